@@ -1,0 +1,44 @@
+"""asyncbackup: resumable, high-concurrency asyncio backups to S3.
+
+The public API is what ``__all__`` lists; everything else is internal.
+"""
+
+from .api import BackupReport, run_backup
+from .checkpoint import CheckpointState, checkpoint_path, read_checkpoint
+from .config import BackupConfig
+from .errors import (
+    AsyncBackupError,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointMismatchError,
+    ConfigError,
+    FatalRunError,
+    IntegrityError,
+    ObjectError,
+    StagingFullError,
+    StoreUnavailableError,
+)
+from .progress import NullObserver, Observer
+
+__all__ = [
+    "AsyncBackupError",
+    "BackupConfig",
+    "BackupReport",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointLockedError",
+    "CheckpointMismatchError",
+    "CheckpointState",
+    "ConfigError",
+    "FatalRunError",
+    "IntegrityError",
+    "NullObserver",
+    "ObjectError",
+    "Observer",
+    "StagingFullError",
+    "StoreUnavailableError",
+    "checkpoint_path",
+    "read_checkpoint",
+    "run_backup",
+]

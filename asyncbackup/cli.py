@@ -1,0 +1,304 @@
+"""The command line: argparse -> config -> a uvloop runner, with signals, logging and exit codes.
+
+Exit codes: 0 all copied; 1 finished with per-file errors (in the checkpoint); 2 bad usage or
+configuration; 3 a fatal error stopped the run (the checkpoint is valid: run again to resume);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .api import BackupReport, run_backup
+from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, BackupConfig
+from .errors import AsyncBackupError
+from .progress_line import ProgressLine
+
+log = logging.getLogger("asyncbackup")
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+GRACE_SECONDS = 5.0
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """``8MiB`` -> 8388608, ``5MB`` -> 5000000, ``1024`` -> 1024."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 8MiB or 5000000)")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    prefix = unit[:1] if unit[:1] in "KMGT" else ""
+    factor = 1024 ** ("KMGT".index(prefix) + 1) if prefix and "I" in unit else _UNITS[prefix]
+    return int(number * factor)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    out.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
+    out.add_argument("--report", type=Path, metavar="FILE", help="write the summary as JSON")
+
+
+def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source_path",
+        metavar="SOURCE_PATH",
+        help="folder in the source bucket; every key under SOURCE_PATH/ is copied "
+        "('' for the whole bucket)",
+    )
+    where = parser.add_argument_group("buckets and credentials")
+    where.add_argument("--source-bucket", required=True)
+    where.add_argument("--dest-bucket", required=True)
+    where.add_argument("--source-profile", help="AWS profile for the source (default chain)")
+    where.add_argument("--dest-profile", help="AWS profile for the destination")
+    where.add_argument("--endpoint-url", help="S3 endpoint for both sides")
+    where.add_argument("--source-endpoint-url", help="S3 endpoint of the source")
+    where.add_argument("--dest-endpoint-url", help="S3 endpoint of the destination")
+    where.add_argument("--region", help="region for both clients (default: the profile's)")
+    local = parser.add_argument_group("staging and checkpoints")
+    local.add_argument("--base-local-path", required=True, type=Path, help="staging directory")
+    local.add_argument("--cleanup", action="store_true", help="delete staged files once copied")
+    local.add_argument("--checkpoint-dir", type=Path, help="default: BASE/checkpoints")
+    local.add_argument(
+        "--checkpoint-interval",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="write the checkpoint after every N processed files (default 1)",
+    )
+    local.add_argument(
+        "--ignore-checkpoints",
+        action="store_true",
+        help="start from the beginning; an existing checkpoint is kept aside",
+    )
+    local.add_argument(
+        "--on-complete",
+        choices=ON_COMPLETE_CHOICES,
+        default="archive",
+        help="what happens to the checkpoint of a backup that completed without errors "
+        "(default: archive, under CHECKPOINT_DIR/archive/)",
+    )
+    tuning = parser.add_argument_group("transfer")
+    tuning.add_argument("--concurrency", type=positive_int, default=16, metavar="N")
+    tuning.add_argument("--multipart-threshold", type=parse_size, default="8MiB", metavar="SIZE")
+    tuning.add_argument("--part-size", type=parse_size, default="8MiB", metavar="SIZE")
+    tuning.add_argument(
+        "--checksum",
+        choices=CHECKSUM_CHOICES,
+        default="md5",
+        help="checksum sent with every upload for the server to verify (default md5: "
+        "Content-MD5, accepted by every S3-compatible server)",
+    )
+    tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="asyncbackup",
+        description="Resumable, high-concurrency backups to S3.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s3 = commands.add_parser(
+        "s3",
+        help="copy a prefix of one S3 bucket to another",
+        description="Copy every object under SOURCE_PATH/ of the source bucket to the "
+        "destination bucket, through the staging directory, resumably.",
+    )
+    add_s3_arguments(s3)
+    add_common_arguments(s3)
+    s3.set_defaults(handler=_s3_command)
+    return parser
+
+
+def build_s3_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="backup-s3",
+        description="Copy every object under SOURCE_PATH/ of the source bucket to the "
+        "destination bucket, through the staging directory, resumably.",
+    )
+    add_s3_arguments(parser)
+    add_common_arguments(parser)
+    parser.set_defaults(handler=_s3_command)
+    return parser
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    if args.debug:
+        log.setLevel(logging.DEBUG)
+    elif args.quiet:
+        log.setLevel(logging.WARNING)
+    else:
+        log.setLevel(logging.INFO)
+
+
+def s3_config(args: argparse.Namespace) -> BackupConfig:
+    return BackupConfig(
+        source_bucket=args.source_bucket,
+        source_path=args.source_path,
+        dest_bucket=args.dest_bucket,
+        base_local_path=args.base_local_path,
+        source_profile=args.source_profile,
+        dest_profile=args.dest_profile,
+        endpoint_url=args.endpoint_url,
+        source_endpoint_url=args.source_endpoint_url,
+        dest_endpoint_url=args.dest_endpoint_url,
+        region=args.region,
+        cleanup=args.cleanup,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval=args.checkpoint_interval,
+        ignore_checkpoints=args.ignore_checkpoints,
+        on_complete=args.on_complete,
+        concurrency=args.concurrency,
+        multipart_threshold=args.multipart_threshold,
+        part_size=args.part_size,
+        checksum=args.checksum,
+        max_attempts=args.max_attempts,
+    )
+
+
+async def _s3_command(args: argparse.Namespace) -> int:
+    config = s3_config(args)
+    progress = ProgressLine(sys.stderr, enabled=not args.quiet)
+    report = await _interruptible(lambda stop: run_backup(config, observer=progress, stop=stop))
+    progress.close()
+    if report is None:
+        log.warning("interrupted; the checkpoint is saved - run the same command to resume")
+        return EXIT_INTERRUPTED
+    _summarize(report, args)
+    return report.exit_code
+
+
+async def _interruptible(
+    start: Callable[[asyncio.Event], Coroutine[Any, Any, BackupReport]],
+) -> BackupReport | None:
+    """Run with SIGINT/SIGTERM handling: the first stops gracefully, the second at once.
+
+    Returns None when a signal cancelled the run (the checkpoint was flushed on the way out).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stop = asyncio.Event()
+    signalled = False
+
+    def on_signal(signame: str) -> None:
+        nonlocal signalled
+        if not signalled:
+            signalled = True
+            log.warning(
+                "%s: finishing objects in flight (at most %.0fs); press Ctrl-C again to stop "
+                "at once",
+                signame,
+                GRACE_SECONDS,
+            )
+            stop.set()
+            loop.call_later(GRACE_SECONDS, task.cancel)
+        else:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        report = await start(stop)
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        return None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return None if report.status == "stopped" and signalled else report
+
+
+def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
+    rate = report.copied_bytes / report.duration / 1e6 if report.duration > 0 else 0.0
+    print(
+        f"{report.status}: copied {report.copied_files} files ({report.copied_bytes} bytes) "
+        f"in {report.duration:.1f}s ({rate:.1f} MB/s); skipped {report.skipped_files} already "
+        f"done; job {report.processed_files}/{report.total_files} files; "
+        f"{len(report.errors)} errors",
+        file=sys.stderr,
+    )
+    if report.errors:
+        print(f"errors are recorded in {report.checkpoint_path}", file=sys.stderr)
+        for key, error in list(report.errors.items())[:10]:
+            print(f"  {key}: {error}", file=sys.stderr)
+    if args.report:
+        import orjson
+
+        args.report.write_bytes(
+            orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2, default=str)
+        )
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    configure_logging(args)
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            code: int = runner.run(args.handler(args))
+            return code
+    except AsyncBackupError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an untranslated failure: still one line
+        if args.debug:
+            traceback.print_exc()
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        print(
+            f"{parser.prog}: error: unexpected {type(exc).__name__}: {detail} "
+            "(the checkpoint is valid; run with --debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FATAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+def main_s3(argv: Sequence[str] | None = None) -> int:
+    return run(build_s3_parser(), argv)

@@ -1,0 +1,104 @@
+"""Frozen, keyword-only configuration, validated once when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+S3_MIN_PART_SIZE = 5 * MiB
+S3_MAX_PART_SIZE = 5 * 1024 * MiB
+S3_MAX_PARTS = 10_000
+
+OnComplete = Literal["archive", "delete"]
+ChecksumMode = Literal["md5", "crc32", "crc32c", "sha256", "none"]
+ON_COMPLETE_CHOICES: tuple[OnComplete, ...] = ("archive", "delete")
+CHECKSUM_CHOICES: tuple[ChecksumMode, ...] = ("md5", "crc32", "crc32c", "sha256", "none")
+
+
+def normalize_source_path(source_path: str) -> str:
+    """The job's folder without leading or trailing slashes; ``""`` is the whole bucket."""
+    return source_path.strip("/")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BackupConfig:
+    """Everything one S3-to-S3 backup needs. Field names follow the CLI flags."""
+
+    source_bucket: str
+    source_path: str
+    dest_bucket: str
+    base_local_path: Path
+    source_profile: str | None = None
+    dest_profile: str | None = None
+    endpoint_url: str | None = None
+    source_endpoint_url: str | None = None
+    dest_endpoint_url: str | None = None
+    region: str | None = None
+    cleanup: bool = False
+    checkpoint_dir: Path | None = None
+    checkpoint_interval: int = 1
+    checkpoint_max_age: float = 30.0
+    ignore_checkpoints: bool = False
+    on_complete: OnComplete = "archive"
+    concurrency: int = 16
+    multipart_threshold: int = 8 * MiB
+    part_size: int = 8 * MiB
+    part_concurrency: int = 4
+    max_attempts: int = 8
+    checksum: ChecksumMode = "md5"
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
+        object.__setattr__(self, "base_local_path", Path(self.base_local_path))
+        if self.checkpoint_dir is not None:
+            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        for name in ("source_bucket", "dest_bucket"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        positive = {
+            "checkpoint_interval": self.checkpoint_interval,
+            "concurrency": self.concurrency,
+            "part_concurrency": self.part_concurrency,
+            "max_attempts": self.max_attempts,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.checkpoint_max_age <= 0:
+            raise ConfigError("checkpoint_max_age must be positive")
+        if not S3_MIN_PART_SIZE <= self.part_size <= S3_MAX_PART_SIZE:
+            raise ConfigError(
+                f"--part-size must be between {S3_MIN_PART_SIZE} and {S3_MAX_PART_SIZE} bytes"
+            )
+        if self.multipart_threshold < S3_MIN_PART_SIZE:
+            raise ConfigError(f"--multipart-threshold must be at least {S3_MIN_PART_SIZE} bytes")
+        if self.on_complete not in ON_COMPLETE_CHOICES:
+            raise ConfigError(f"on_complete must be one of {', '.join(ON_COMPLETE_CHOICES)}")
+        if self.checksum not in CHECKSUM_CHOICES:
+            raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
+
+    @property
+    def source_prefix(self) -> str:
+        """The listing prefix: ``SOURCE_PATH/`` so that ``a/b1`` is not part of ``a/b``."""
+        return f"{self.source_path}/" if self.source_path else ""
+
+    @property
+    def effective_source_endpoint(self) -> str | None:
+        return self.source_endpoint_url or self.endpoint_url
+
+    @property
+    def effective_dest_endpoint(self) -> str | None:
+        return self.dest_endpoint_url or self.endpoint_url
+
+    def part_size_for(self, size: int) -> int:
+        """The part size for an object of ``size`` bytes, grown to stay within 10,000 parts."""
+        part = self.part_size
+        while part * S3_MAX_PARTS < size:
+            part *= 2
+        return min(part, S3_MAX_PART_SIZE)

@@ -1,0 +1,278 @@
+"""The engine: lister -> bounded queue -> N workers -> events -> one checkpoint writer.
+
+It knows nothing of S3 or GitHub: a run is a listing (pages of ``WorkItem``) and a
+``process`` coroutine that copies one item durably and returns its size. One
+``asyncio.TaskGroup`` owns every task; the queue between listing and workers is bounded, so
+listing never runs ahead unbounded and memory stays flat however large the job.
+
+Only the writer task changes the checkpoint state. It batches events and flushes after every
+``interval`` processed items (and at least every ``max_age`` seconds while work completes), and
+once more on completion, failure or cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from .checkpoint import CheckpointManager, CheckpointState
+from .errors import ObjectError
+from .progress import NullObserver, Observer
+
+log = logging.getLogger("asyncbackup")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One thing to copy: an object key (or artifact name), its size and version tag."""
+
+    key: str
+    size: int
+    etag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    items: Sequence[WorkItem]
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    key: str
+    error: str
+
+
+class _ListingDone:
+    pass
+
+
+class _Stop:
+    pass
+
+
+_Event = _Listed | _Done | _Failed | _ListingDone | _Stop
+
+
+@dataclass(slots=True)
+class PipelineResult:
+    """What one run did (not the totals of the whole checkpoint)."""
+
+    done_files: int = 0
+    done_bytes: int = 0
+    skipped_files: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    listed_files: int = 0
+    listed_bytes: int = 0
+    listing_complete: bool = False
+    stopped: bool = False
+
+
+Process = Callable[[WorkItem], Awaitable[int]]
+
+
+def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one failure to report from a task group: the first that is not a cancellation."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if not isinstance(leaf, asyncio.CancelledError):
+            return leaf
+    return leaves[0]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        manager: CheckpointManager,
+        state: CheckpointState,
+        concurrency: int,
+        interval: int,
+        max_age: float = 30.0,
+        queue_depth: int | None = None,
+        observer: Observer | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.manager = manager
+        self.state = state
+        self.concurrency = concurrency
+        self.interval = interval
+        self.max_age = max_age
+        self.observer: Observer = observer or NullObserver()
+        self.stop = stop or asyncio.Event()
+        self.result = PipelineResult()
+        self._work: asyncio.Queue[WorkItem | None] = asyncio.Queue(
+            maxsize=queue_depth or concurrency * 4
+        )
+        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._since_flush = 0
+        self._last_flush = time.monotonic()
+        self._stale_errors = set(state.errors)
+        self._base_total = (state.total_files, state.total_bytes)
+
+    async def run(self, listing: AsyncIterator[Sequence[WorkItem]], process: Process) -> None:
+        """Copy everything ``listing`` yields that the checkpoint does not mark done."""
+        try:
+            await self._run(listing, process)
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None
+
+    async def _run(self, listing: AsyncIterator[Sequence[WorkItem]], process: Process) -> None:
+        try:
+            async with asyncio.TaskGroup() as outer:
+                outer.create_task(self._writer())
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._lister(listing))
+                        for _ in range(self.concurrency):
+                            tg.create_task(self._worker(process))
+                finally:
+                    self._events.put_nowait(_Stop())
+        finally:
+            # Whatever ended the run, the events already sent reach the file.
+            self._drain_events()
+            self.manager.flush(self.state)
+            self.result.stopped = self.stop.is_set()
+
+    # -- lister -------------------------------------------------------------------------
+
+    async def _lister(self, listing: AsyncIterator[Sequence[WorkItem]]) -> None:
+        files = self.state.files
+        try:
+            async for page in listing:
+                if self.stop.is_set():
+                    break
+                self._events.put_nowait(_Listed(page))
+                for item in page:
+                    if files.get(item.key) is True:
+                        continue
+                    if self.stop.is_set():
+                        break
+                    await self._work.put(item)
+            else:
+                self._events.put_nowait(_ListingDone())
+        finally:
+            for _ in range(self.concurrency):
+                await self._work.put(None)
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def _worker(self, process: Process) -> None:
+        while (item := await self._work.get()) is not None:
+            if self.stop.is_set():
+                continue  # drain without starting new work
+            try:
+                size = await process(item)
+            except ObjectError as exc:
+                self._events.put_nowait(_Failed(item.key, str(exc)))
+            else:
+                self._events.put_nowait(_Done(item.key, size))
+
+    # -- the checkpoint writer ----------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            timeout = self.max_age if self._since_flush else None
+            try:
+                event = await asyncio.wait_for(self._events.get(), timeout)
+            except TimeoutError:
+                await self._flush()
+                continue
+            if self._apply(event):
+                return
+            if self._drain_events():
+                return
+            due = self._since_flush >= self.interval or (
+                self._since_flush and time.monotonic() - self._last_flush >= self.max_age
+            )
+            if due:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        processed, self._since_flush = self._since_flush, 0
+        self._last_flush = time.monotonic()
+        await self.manager.flush_async(self.state)
+        self.observer.on_flush(processed)
+
+    def _drain_events(self) -> bool:
+        """Apply every queued event; True once the stop marker has been seen."""
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except asyncio.QueueEmpty:
+                return False
+            if self._apply(event):
+                return True
+
+    def _apply(self, event: _Event) -> bool:
+        state, result = self.state, self.result
+        match event:
+            case _Done(key, size):
+                if state.files.get(key) is not True:
+                    state.processed_files += 1
+                state.files[key] = True
+                state.processed_bytes += size
+                state.errors.pop(key, None)
+                result.done_files += 1
+                result.done_bytes += size
+                self._since_flush += 1
+                self.observer.on_done(key, size)
+            case _Failed(key, error):
+                if state.files.get(key) is True:
+                    state.processed_files -= 1
+                state.files[key] = False
+                state.errors[key] = error
+                result.failed[key] = error
+                self._since_flush += 1
+                self.observer.on_failed(key, error)
+            case _Listed(items):
+                self._apply_listed(items)
+            case _ListingDone():
+                result.listing_complete = True
+                state.total_files, state.total_bytes = result.listed_files, result.listed_bytes
+                for key in self._stale_errors:
+                    # Failed before, and no longer in the source: nothing left to copy.
+                    state.errors.pop(key, None)
+                    log.info("dropping stale error for %s: no longer in the source", key)
+                self.observer.on_listing_done()
+            case _Stop():
+                return True
+        return False
+
+    def _apply_listed(self, items: Sequence[WorkItem]) -> None:
+        state, result = self.state, self.result
+        new = size = skipped = skipped_bytes = 0
+        for item in items:
+            self._stale_errors.discard(item.key)
+            size += item.size
+            done = state.files.get(item.key)
+            if done is True:
+                skipped += 1
+                skipped_bytes += item.size
+            else:
+                new += 1
+                if done is None:
+                    state.files[item.key] = False
+        result.listed_files += len(items)
+        result.listed_bytes += size
+        result.skipped_files += skipped
+        state.total_files = max(self._base_total[0], result.listed_files)
+        state.total_bytes = max(self._base_total[1], result.listed_bytes)
+        self.observer.on_listed(new, size - skipped_bytes, skipped, skipped_bytes)

@@ -1,0 +1,253 @@
+"""Backoff and pacing: which failures are worth another try, how long to wait, how hard to push.
+
+- ``classify()`` turns a botocore / aiohttp / OS failure into an ``ObjectError`` whose
+  ``retryable`` flag says whether another attempt can help.
+- ``Backoff`` is exponential backoff with full jitter and a cap, honouring ``Retry-After``.
+- ``AdaptiveLimiter`` is an AIMD concurrency limit: throttling halves it, successes grow it
+  back one step at a time.
+
+Clock and randomness are injectable, so tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from .errors import ObjectError
+
+THROTTLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "ProvisionedThroughputExceededException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
+        "IncompleteBody",
+        "OperationAborted",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+FATAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "NoSuchBucket",
+        "AllAccessDisabled",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or _status(exc) or "Unknown")
+
+
+def _status(exc: ClientError) -> int | None:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else None
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a ``Retry-After`` header, when the failure carried one."""
+    if not isinstance(exc, ClientError):
+        return None
+    headers: dict[str, Any] = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def is_throttle(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        return error_code(exc) in THROTTLE_CODES or _status(exc) in (429, 503)
+    return isinstance(exc, ObjectError) and exc.code in THROTTLE_CODES
+
+
+def classify(exc: BaseException) -> ObjectError:
+    """The checkpoint-ready form of a failure, flagged retryable or not."""
+    if isinstance(exc, ObjectError):
+        return exc
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = str(exc.response.get("Error", {}).get("Message") or code)
+        status = _status(exc) or 0
+        retryable = code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
+        retryable = retryable or status == 429
+        return ObjectError(code, message, retryable=retryable)
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return ObjectError("NoCredentials", "no usable credentials", retryable=False)
+    transient_types = (
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+        aiohttp.ClientError,
+        asyncio.TimeoutError,
+        ConnectionError,
+    )
+    if isinstance(exc, transient_types):
+        return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
+    if isinstance(exc, BotoCoreError):
+        return ObjectError(type(exc).__name__, _one_line(exc), retryable=False)
+    raise exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
+
+    base: float = 0.2
+    cap: float = 20.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, hint: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * (2 ** min(attempt, 30)))
+        delay = self.rng.uniform(0.0, ceiling)
+        if hint is not None:
+            delay = max(delay, min(hint, self.cap * 3))
+        return delay
+
+
+class AdaptiveLimiter:
+    """An AIMD limit on requests in flight.
+
+    ``throttled()`` halves the limit (at most once per ``cooldown`` seconds, so one burst of
+    SlowDown answers counts once); every ``limit`` successes raise it by one, up to ``maximum``.
+    """
+
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        minimum: int = 1,
+        cooldown: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.limit = maximum
+        self.cooldown = cooldown
+        self._clock = clock
+        self._in_flight = 0
+        self._successes = 0
+        self._last_decrease = float("-inf")
+        self._cond = asyncio.Condition()
+        self.decreases = 0
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._in_flight < self.limit)
+            self._in_flight += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def succeeded(self) -> None:
+        self._successes += 1
+        if self.limit < self.maximum and self._successes >= self.limit:
+            self._successes = 0
+            self.limit += 1
+
+    def throttled(self) -> None:
+        now = self._now()
+        if now - self._last_decrease < self.cooldown:
+            return
+        self._last_decrease = now
+        self._successes = 0
+        self.limit = max(self.minimum, self.limit // 2)
+        self.decreases += 1
+
+
+Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """How many attempts a request gets and how long to wait between them."""
+
+    max_attempts: int = 8
+    backoff: Backoff = field(default_factory=Backoff)
+    limiter: AdaptiveLimiter | None = None
+    sleep: Sleep = asyncio.sleep
+    retries: int = 0
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` until it succeeds, fails for good, or runs out of attempts."""
+        attempt = 0
+        while True:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            try:
+                result = await operation()
+            except Exception as exc:
+                error = classify(exc)
+                if self.limiter is not None:
+                    await self.limiter.release()
+                    if is_throttle(exc):
+                        self.limiter.throttled()
+                attempt += 1
+                if not error.retryable or attempt >= self.max_attempts:
+                    raise error from exc
+                self.retries += 1
+                await self.sleep(self.backoff.delay(attempt, retry_after(exc)))
+                continue
+            if self.limiter is not None:
+                await self.limiter.release()
+                self.limiter.succeeded()
+            return result

@@ -1,0 +1,96 @@
+"""One long-lived S3 client per credential set, and the checks that a bucket is usable."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from .errors import ConfigError, StoreUnavailableError
+from .retry import error_code
+
+S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
+
+
+async def open_client(
+    stack: contextlib.AsyncExitStack,
+    *,
+    role: str,
+    profile: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    max_pool_connections: int,
+    connect_timeout: float,
+    read_timeout: float,
+) -> S3Client:
+    """An S3 client for ``role`` ("source" or "destination") living as long as ``stack``.
+
+    Credentials and ``endpoint_url`` come from the standard chain and the profile; retries
+    are ours (``retry.py``), so botocore's own are switched off. Checksums are declared by
+    the sink (``--checksum``), not by botocore's newer default, which some S3-compatible
+    servers reject.
+    """
+    try:
+        session = aioboto3.Session(profile_name=profile, region_name=region)
+    except ProfileNotFound:
+        flag = "--source-profile" if role == "source" else "--dest-profile"
+        raise ConfigError(
+            f"{role} profile {profile!r} is not in the AWS config or credentials files; "
+            f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
+        ) from None
+    config = AioConfig(
+        max_pool_connections=max_pool_connections,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+    )
+    kwargs: dict[str, Any] = {"config": config}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    try:
+        return await stack.enter_async_context(session.client("s3", **kwargs))
+    except (ValueError, BotoCoreError) as exc:
+        raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
+
+
+async def check_bucket(client: S3Client, bucket: str, *, role: str, write: bool) -> None:
+    """Fail fast, with one clear line, when ``bucket`` cannot be used."""
+    flag = "--source-profile" if role == "source" else "--dest-profile"
+    try:
+        if write:
+            await client.head_bucket(Bucket=bucket)
+        else:
+            await client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("404", "NoSuchBucket"):
+            raise StoreUnavailableError(
+                f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
+            ) from None
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise StoreUnavailableError(
+                f"access to {role} bucket {bucket!r} was refused ({code}); check the "
+                f"credentials of {flag} and the bucket policy"
+            ) from None
+        raise StoreUnavailableError(f"{role} bucket {bucket!r} is not usable: {code}") from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise StoreUnavailableError(
+            f"no credentials for the {role}; set {flag} or the AWS_* variables"
+        ) from None
+    except BotoCoreError as exc:
+        raise StoreUnavailableError(
+            f"cannot reach the {role} endpoint ({type(exc).__name__}); check the endpoint URL "
+            "and the network"
+        ) from None

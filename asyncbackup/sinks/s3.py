@@ -1,0 +1,180 @@
+"""The S3 destination: a single PUT, or a multipart upload streamed part by part from staging.
+
+Every request carries a checksum the server verifies (``Content-MD5`` by default, or an
+``x-amz-checksum-*`` algorithm declared on every step of a multipart upload), and the answer is
+checked too: the ETag of a single PUT is the MD5 we sent, and a multipart ETag is the MD5 of the
+part MD5s with ``-N``. A failed multipart upload is aborted, shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+
+from ..config import ChecksumMode
+from ..errors import IntegrityError, ObjectError
+from ..retry import RetryPolicy
+from ..s3client import S3Client
+from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
+
+log = logging.getLogger("asyncbackup")
+
+_ALGORITHMS: dict[str, str] = {"crc32": "CRC32", "crc32c": "CRC32C", "sha256": "SHA256"}
+_ABORT_TIMEOUT = 10.0
+
+
+async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
+    """Finish ``awaitable`` even if the caller is cancelled meanwhile (bounded by ``limit``)."""
+    task = asyncio.ensure_future(asyncio.wait_for(awaitable, limit))
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        task.result()
+
+
+class S3Sink:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        retry: RetryPolicy,
+        *,
+        checksum: ChecksumMode,
+        multipart_threshold: int,
+        part_size_for: Callable[[int], int],
+        part_concurrency: int,
+        part_slots: asyncio.Semaphore,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.retry = retry
+        self.checksum = checksum
+        self.multipart_threshold = multipart_threshold
+        self.part_size_for = part_size_for
+        self.part_concurrency = part_concurrency
+        self.part_slots = part_slots
+
+    def _checksum_params(self, md5: bytes) -> dict[str, str]:
+        if self.checksum == "md5":
+            return {"ContentMD5": base64.b64encode(md5).decode()}
+        if self.checksum in _ALGORITHMS:
+            return {"ChecksumAlgorithm": _ALGORITHMS[self.checksum]}
+        return {}
+
+    async def put(self, fetched: FetchedObject, key: str) -> None:
+        """Upload ``fetched`` under ``key``; return only once the destination has it whole."""
+        if fetched.size >= self.multipart_threshold:
+            await self._put_multipart(fetched, key)
+            return
+        body = fetched.data
+        if body is None:
+            body = await asyncio.to_thread(fetched.path.read_bytes)
+        if len(body) != fetched.size or hashlib.md5(body, usedforsecurity=False).digest() != (
+            fetched.md5
+        ):
+            raise IntegrityError("the staged file changed between download and upload")
+        params = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            **fetched.metadata,
+            **self._checksum_params(fetched.md5),
+        }
+        response = await self.retry.call(lambda: self.client.put_object(**params))
+        self._check_etag(response, fetched.md5.hex(), key)
+
+    def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
+        etag = str(response.get("ETag", ""))
+        checked = self.checksum == "md5" and etag and etag_is_md5(etag, response)
+        if checked and clean_etag(etag) != expected:
+            raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
+
+    async def _put_multipart(self, fetched: FetchedObject, key: str) -> None:
+        part_size = self.part_size_for(fetched.size)
+        count = max(1, -(-fetched.size // part_size))
+        create: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **fetched.metadata}
+        if self.checksum in _ALGORITHMS:
+            create["ChecksumAlgorithm"] = _ALGORITHMS[self.checksum]
+        upload = await self.retry.call(lambda: self.client.create_multipart_upload(**create))
+        upload_id: str = upload["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = [{} for _ in range(count)]
+            digests: list[bytes] = [b""] * count
+            numbers = iter(range(count))
+
+            async def part_worker() -> None:
+                for index in numbers:
+                    offset = index * part_size
+                    length = min(part_size, fetched.size - offset)
+                    async with self.part_slots:
+                        parts[index], digests[index] = await self._upload_part(
+                            fetched.path, key, upload_id, index + 1, offset, length
+                        )
+
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(self.part_concurrency, count)):
+                    tg.create_task(part_worker())
+            response = await self.retry.call(
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            )
+            expected = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+            etag = clean_etag(str(response.get("ETag", "")))
+            verifiable = self.checksum == "md5" and response.get("ServerSideEncryption") not in (
+                "aws:kms",
+                "aws:kms:dsse",
+            )
+            if verifiable and etag and etag != f"{expected}-{count}":
+                raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")
+        except BaseException:
+            await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
+            raise
+
+    async def _upload_part(
+        self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
+    ) -> tuple[dict[str, Any], bytes]:
+        try:
+            async with aiofiles.open(path, "rb") as handle:
+                await handle.seek(offset)
+                data = await handle.read(length)
+        except OSError as exc:
+            raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
+        if len(data) != length:
+            raise IntegrityError(f"staged file is shorter than expected at part {number}")
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        params = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "Body": data,
+            **self._checksum_params(md5),
+        }
+        response = await self.retry.call(lambda: self.client.upload_part(**params))
+        self._check_etag(response, md5.hex(), key)
+        part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
+        if self.checksum in _ALGORITHMS:
+            field = f"Checksum{_ALGORITHMS[self.checksum]}"
+            part[field] = response[field]
+        return part, md5
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+        except Exception as exc:  # the upload is recorded in the log for a manual abort
+            log.warning("could not abort multipart upload %s of %s: %s", upload_id, key, exc)

@@ -1,0 +1,132 @@
+"""Object key -> a safe local path inside the staging directory.
+
+An S3 key is any UTF-8 string up to 1,024 bytes. Each ``/``-separated segment becomes one path
+component, percent-encoded where it could escape or confuse the file system: ``%``, ``\\``,
+control characters, and the segments ``""``, ``.`` and ``..``. A segment longer than the file
+system allows is cut and given a hash suffix. So no key can name a path outside the staging
+root, and distinct keys map to distinct paths.
+
+What remains is a file/folder collision (keys ``a`` and ``a/b``): the file system cannot hold
+both. The second one to arrive is staged under ``.conflicts/<sha256 of the key>`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from hashlib import sha256
+from pathlib import Path
+
+from .errors import StagingFullError
+
+_MAX_SEGMENT_BYTES = 240
+_SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
+_TMP_DIR = ".tmp"
+_CONFLICT_DIR = ".conflicts"
+
+
+def _encode_char(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def encode_segment(segment: str) -> str:
+    """One key segment as one safe path component."""
+    if segment in _SPECIAL_SEGMENTS:
+        return _SPECIAL_SEGMENTS[segment]
+    encoded = "".join(
+        _encode_char(c) if c in "%\\" or ord(c) < 0x20 or ord(c) == 0x7F else c for c in segment
+    )
+    raw = encoded.encode("utf-8", "surrogatepass")
+    if len(raw) > _MAX_SEGMENT_BYTES:
+        digest = sha256(raw).hexdigest()[:16]
+        head = raw[: _MAX_SEGMENT_BYTES - 18].decode("utf-8", "ignore")
+        encoded = f"{head}~{digest}"
+    return encoded
+
+
+def relative_path_for_key(key: str) -> Path:
+    """The path of ``key`` relative to the staging root; never absolute, never ``..``."""
+    return Path(*(encode_segment(segment) for segment in key.split("/")))
+
+
+def is_within(root: Path, path: Path) -> bool:
+    root_s = os.path.abspath(root)
+    return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
+
+
+def raise_if_disk_full(exc: OSError, where: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StagingFullError(
+            f"no space left in staging directory {where}; free space or point "
+            "--base-local-path at a larger disk, then run again to resume"
+        ) from exc
+
+
+class Staging:
+    """The staging tree of one job: ``<base_local_path>/<source_bucket>/...``."""
+
+    def __init__(self, base_local_path: Path, source_bucket: str) -> None:
+        self.base = base_local_path
+        self.root = base_local_path / encode_segment(source_bucket)
+        self.tmp_dir = base_local_path / _TMP_DIR
+        self.conflict_dir = self.root / _CONFLICT_DIR
+
+    def prepare(self) -> None:
+        """Create the tree and remove temporary files a crashed run left behind."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.tmp_dir.exists():
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.base)
+            raise
+
+    def path_for(self, key: str) -> Path:
+        path = self.root / relative_path_for_key(key)
+        if not is_within(self.root, path):  # defence in depth; encoding already ensures it
+            raise ValueError(f"key {key!r} maps outside staging")
+        return path
+
+    def conflict_path_for(self, key: str) -> Path:
+        return self.conflict_dir / sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def temp_path(self) -> Path:
+        return self.tmp_dir / uuid.uuid4().hex
+
+    def commit(self, tmp: Path, key: str) -> Path:
+        """Move a finished temporary file to the key's path (blocking; run in a thread)."""
+        target = self.path_for(key)
+        try:
+            for attempt in range(3):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    tmp.replace(target)
+                    return target
+                except FileNotFoundError:  # a cleanup removed the folder in between
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            target = self.conflict_path_for(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.replace(target)
+            return target
+        except OSError as exc:
+            raise_if_disk_full(exc, self.base)
+            raise
+
+    def remove(self, path: Path) -> None:
+        """Delete a staged file and the folders it leaves empty (blocking)."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        parent = path.parent
+        while parent != self.root and is_within(self.root, parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
