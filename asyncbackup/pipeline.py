@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
@@ -51,6 +52,13 @@ class _Failed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Note:
+    section: str
+    key: str
+    value: Any
+
+
 class _ListingDone:
     pass
 
@@ -59,7 +67,7 @@ class _Stop:
     pass
 
 
-_Event = _Listed | _Done | _Failed | _ListingDone | _Stop
+_Event = _Listed | _Done | _Failed | _Note | _ListingDone | _Stop
 
 
 @dataclass(slots=True)
@@ -150,6 +158,14 @@ class Pipeline:
             self._drain_events()
             self.manager.flush(self.state)
             self.result.stopped = self.stop.is_set()
+
+    def note(self, section: str, key: str, value: Any) -> None:
+        """Record ``value`` under the checkpoint's top-level ``section`` object, by ``key``.
+
+        For state a source or sink must find again after a crash (multipart upload ids,
+        ETags for conditional requests). ``None`` removes the key. Written with the next flush.
+        """
+        self._events.put_nowait(_Note(section, key, value))
 
     # -- lister -------------------------------------------------------------------------
 
@@ -242,6 +258,12 @@ class Pipeline:
                 result.failed[key] = error
                 self._since_flush += 1
                 self.observer.on_failed(key, error)
+            case _Note(section, key, value):
+                notes = self.state.extra.setdefault(section, {})
+                if value is None:
+                    notes.pop(key, None)
+                else:
+                    notes[key] = value
             case _Listed(items):
                 self._apply_listed(items)
             case _ListingDone():

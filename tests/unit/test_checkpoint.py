@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from asyncbackup.checkpoint import (
+    CheckpointLock,
+    CheckpointManager,
+    CheckpointState,
+    checkpoint_path,
+    read_checkpoint,
+    sanitize_name,
+)
+from asyncbackup.errors import (
+    CheckpointCorruptError,
+    CheckpointLockedError,
+    CheckpointMismatchError,
+)
+
+SEED_EXAMPLE = """{
+  "backup_id": "unique-identifier",
+  "source_bucket": "source-bucket-name",
+  "source_path": "path/within/bucket",
+  "dest_bucket": "destination-bucket-name",
+  "start_time": "2024-04-06T12:00:00",
+  "last_update": "2024-04-06T13:15:30",
+  "total_files": 1250,
+  "processed_files": 820,
+  "total_bytes": 1073741824,
+  "processed_bytes": 536870912,
+  "files": {
+    "path/to/file1.txt": true,
+    "path/to/file2.dat": true,
+    "path/to/file3.csv": false
+  },
+  "errors": {
+    "path/to/problem_file.bin": "AccessDenied: Access Denied"
+  },
+  "config": {
+    "cleanup": true,
+    "base_local_path": "/path/to/local/storage"
+  }
+}"""
+
+
+def test_seed_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "x.checkpoint"
+    path.write_text(SEED_EXAMPLE)
+    state = read_checkpoint(path)
+    assert state.backup_id == "unique-identifier"
+    assert state.files == {
+        "path/to/file1.txt": True,
+        "path/to/file2.dat": True,
+        "path/to/file3.csv": False,
+    }
+    assert state.errors == {"path/to/problem_file.bin": "AccessDenied: Access Denied"}
+    assert state.config["base_local_path"] == "/path/to/local/storage"
+    # processed_files follows the map (hand edits are honoured), not the stale counter
+    assert state.processed_files == 2
+    assert state.total_bytes == 1073741824
+
+
+def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path: Path) -> None:
+    data = json.loads(SEED_EXAMPLE)
+    data["operator_note"] = {"ticket": 42}
+    path = tmp_path / "x.checkpoint"
+    path.write_text(json.dumps(data))
+    manager = CheckpointManager(path)
+    manager.flush(read_checkpoint(path))
+    manager.close()
+    written = orjson.loads(path.read_bytes())
+    assert written["operator_note"] == {"ticket": 42}
+    for field in data:
+        assert field in written
+    assert written["processed_files"] == 2
+    assert isinstance(written["last_update"], str)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d.pop("backup_id"), "backup_id"),
+        (lambda d: d.update(files={"a": "yes"}), "files"),
+        (lambda d: d.update(total_files=-1), "total_files"),
+        (lambda d: d.update(start_time="yesterday"), "start_time"),
+        (lambda d: d.update(errors=[]), "errors"),
+    ],
+)
+def test_schema_violations_are_corrupt(tmp_path: Path, mutate: object, needle: str) -> None:
+    data = json.loads(SEED_EXAMPLE)
+    mutate(data)  # type: ignore[operator]
+    path = tmp_path / "bad.checkpoint"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointCorruptError, match=needle):
+        read_checkpoint(path)
+
+
+def test_truncated_file_is_corrupt_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "t.checkpoint"
+    path.write_text(SEED_EXAMPLE[:200])
+    with pytest.raises(CheckpointCorruptError, match="--ignore-checkpoints"):
+        read_checkpoint(path)
+    assert path.read_text() == SEED_EXAMPLE[:200]
+
+
+def test_path_naming_follows_the_spec(tmp_path: Path) -> None:
+    path = checkpoint_path(
+        base_local_path=Path("/mnt/data/scratch"),
+        source_bucket="company-data-db",
+        source_path="Projects/TeamA/2024Q1",
+        checkpoint_dir=None,
+    )
+    assert path == Path(
+        "/mnt/data/scratch/checkpoints/company-data-db_Projects_TeamA_2024Q1.checkpoint"
+    )
+    custom = checkpoint_path(
+        base_local_path=Path("/x"),
+        source_bucket="b",
+        source_path="a b/c:d",
+        checkpoint_dir=Path("/persistent"),
+    )
+    assert custom == Path("/persistent/b_a_b_c_d.checkpoint")
+
+
+def test_sanitized_long_names_stay_short_and_distinct() -> None:
+    a, b = sanitize_name("x" * 500 + "a"), sanitize_name("x" * 500 + "b")
+    assert a != b
+    assert len(a) <= 200
+
+
+def test_ignored_checkpoint_is_kept_aside(tmp_path: Path) -> None:
+    path = tmp_path / "b_p.checkpoint"
+    path.write_text("{not json")
+    manager = CheckpointManager(path)
+    state, resumed = manager.load_or_create(
+        source_bucket="b", source_path="p", dest_bucket="d", config={}, ignore_existing=True
+    )
+    manager.close()
+    assert not resumed
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_text() == "{not json"
+    assert read_checkpoint(path).backup_id == state.backup_id
+
+
+def test_checkpoint_of_another_job_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "b_p.checkpoint"
+    path.write_text(SEED_EXAMPLE)
+    manager = CheckpointManager(path)
+    with pytest.raises(CheckpointMismatchError, match="another job"):
+        manager.load_or_create(
+            source_bucket="b", source_path="p", dest_bucket="d", config={}, ignore_existing=False
+        )
+    manager.close()
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    path = tmp_path / "x.checkpoint"
+    first, second = CheckpointLock(path), CheckpointLock(path)
+    first.acquire()
+    with pytest.raises(CheckpointLockedError, match="in use"):
+        second.acquire()
+    assert second.is_held_elsewhere()
+    first.release()
+    second.acquire()
+    second.release()
+
+
+def test_new_state_has_every_schema_field() -> None:
+    state = CheckpointState.new(source_bucket="s", source_path="p", dest_bucket="d", config={})
+    data = orjson.loads(state.to_json())
+    expected = {
+        "backup_id", "source_bucket", "source_path", "dest_bucket", "start_time",
+        "last_update", "total_files", "processed_files", "total_bytes", "processed_bytes",
+        "files", "errors", "config",
+    }  # fmt: skip
+    assert expected <= set(data)

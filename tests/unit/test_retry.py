@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from asyncbackup.errors import ObjectError
+from asyncbackup.retry import AdaptiveLimiter, Backoff, RetryPolicy, classify, retry_after
+
+
+def client_error(code: str, status: int, headers: dict[str, str] | None = None) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} happened"},
+            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}},
+        },
+        "GetObject",
+    )
+
+
+def test_classification() -> None:
+    assert classify(client_error("SlowDown", 503)).retryable
+    assert classify(client_error("InternalError", 500)).retryable
+    assert classify(EndpointConnectionError(endpoint_url="http://x")).retryable
+    denied = classify(client_error("AccessDenied", 403))
+    assert not denied.retryable
+    assert str(denied) == "AccessDenied: AccessDenied happened"
+    assert not classify(client_error("NoSuchKey", 404)).retryable
+
+
+def test_retry_after_is_read() -> None:
+    assert retry_after(client_error("SlowDown", 503, {"retry-after": "7"})) == 7.0
+    assert retry_after(client_error("SlowDown", 503)) is None
+
+
+def test_backoff_is_full_jitter_capped_and_honours_hints() -> None:
+    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(1))
+    delays = [backoff.delay(attempt) for attempt in range(1, 12) for _ in range(50)]
+    assert min(delays) >= 0.0
+    assert max(delays) <= 8.0
+    assert max(delays) > 4.0  # it does grow towards the cap
+    assert backoff.delay(1, hint=5.0) >= 5.0
+
+
+async def test_policy_retries_transient_then_succeeds() -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise client_error("InternalError", 500)
+        return "ok"
+
+    policy = RetryPolicy(max_attempts=5, sleep=fake_sleep)
+    assert await policy.call(flaky) == "ok"
+    assert calls == 3 and len(slept) == 2 and policy.retries == 2
+
+
+async def test_policy_does_not_retry_permanent_errors() -> None:
+    calls = 0
+
+    async def denied() -> None:
+        nonlocal calls
+        calls += 1
+        raise client_error("AccessDenied", 403)
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError("must not sleep")
+
+    with pytest.raises(ObjectError, match="AccessDenied"):
+        await RetryPolicy(max_attempts=5, sleep=no_sleep).call(denied)
+    assert calls == 1
+
+
+async def test_policy_gives_up_after_max_attempts() -> None:
+    async def always() -> None:
+        raise client_error("SlowDown", 503)
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    with pytest.raises(ObjectError, match="SlowDown"):
+        await RetryPolicy(max_attempts=4, sleep=no_wait).call(always)
+
+
+def test_limiter_is_aimd() -> None:
+    now = [0.0]
+    limiter = AdaptiveLimiter(16, cooldown=1.0, clock=lambda: now[0])
+    limiter.throttled()
+    assert limiter.limit == 8
+    limiter.throttled()  # within the cooldown: one burst counts once
+    assert limiter.limit == 8
+    now[0] = 2.0
+    limiter.throttled()
+    assert limiter.limit == 4
+    for _ in range(4):
+        limiter.succeeded()
+    assert limiter.limit == 5  # additive increase
+    for _ in range(200):
+        limiter.succeeded()
+    assert limiter.limit == 16  # recovers fully, never beyond the maximum

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
+
+HOSTILE_KEYS = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "a//b",
+    "a/./b",
+    "..",
+    ".",
+    "",
+    "dir/",
+    "back\\slash\\..\\..\\x",
+    "ctrl\x00\x01\x1f\x7fchars",
+    "long/" + "n" * 1000,
+    "%2E%2E/escaped",
+    "ünïcode/ key with spaces",
+]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_every_key_stays_inside_staging(tmp_path: Path, key: str) -> None:
+    staging = Staging(tmp_path, "bucket")
+    path = staging.path_for(key)
+    assert is_within(staging.root, path)
+    assert ".." not in path.relative_to(staging.root).parts
+    assert all(len(part.encode()) <= 255 for part in path.parts)
+    assert "\x00" not in str(path)
+
+
+def test_distinct_keys_get_distinct_paths() -> None:
+    paths = {relative_path_for_key(k) for k in HOSTILE_KEYS}
+    assert len(paths) == len(HOSTILE_KEYS)
+    assert relative_path_for_key("a%b") != relative_path_for_key("a%25b")
+
+
+def test_special_segments_are_encoded() -> None:
+    assert encode_segment("..") == "%2E%2E"
+    assert encode_segment("") == "%"
+    assert encode_segment("a\\b") == "a%5Cb"
+
+
+def test_file_and_folder_collision_goes_to_conflicts(tmp_path: Path) -> None:
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    for key in ("a", "a/b", "c/d", "c"):
+        tmp = staging.temp_path()
+        tmp.write_bytes(key.encode())
+        final = staging.commit(tmp, key)
+        assert final.read_bytes() == key.encode()
+        assert is_within(staging.root, final)
+    assert staging.path_for("a").is_file()
+    assert staging.path_for("c/d").is_file()
+
+
+def test_remove_prunes_empty_folders_only(tmp_path: Path) -> None:
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    kept = staging.commit(_tmp(staging, b"1"), "x/y/keep")
+    gone = staging.commit(_tmp(staging, b"2"), "x/z/gone")
+    staging.remove(gone)
+    assert not gone.parent.exists()
+    assert kept.exists()
+
+
+def _tmp(staging: Staging, data: bytes) -> Path:
+    tmp = staging.temp_path()
+    tmp.write_bytes(data)
+    return tmp
