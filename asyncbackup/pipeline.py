@@ -157,6 +157,8 @@ class Pipeline:
             # Whatever ended the run, the events already sent reach the file.
             self._drain_events()
             self.manager.flush(self.state)
+            self.observer.on_flush(self._since_flush)
+            self._since_flush = 0
             self.result.stopped = self.stop.is_set()
 
     def note(self, section: str, key: str, value: Any) -> None:
@@ -171,22 +173,22 @@ class Pipeline:
 
     async def _lister(self, listing: AsyncIterator[Sequence[WorkItem]]) -> None:
         files = self.state.files
-        try:
-            async for page in listing:
+        async for page in listing:
+            if self.stop.is_set():
+                break
+            self._events.put_nowait(_Listed(page))
+            for item in page:
+                if files.get(item.key) is True:
+                    continue
                 if self.stop.is_set():
                     break
-                self._events.put_nowait(_Listed(page))
-                for item in page:
-                    if files.get(item.key) is True:
-                        continue
-                    if self.stop.is_set():
-                        break
-                    await self._work.put(item)
-            else:
-                self._events.put_nowait(_ListingDone())
-        finally:
-            for _ in range(self.concurrency):
-                await self._work.put(None)
+                await self._work.put(item)
+        else:
+            self._events.put_nowait(_ListingDone())
+        # Not in a ``finally``: on failure or cancellation the workers are cancelled too,
+        # and nobody would take these from a full queue.
+        for _ in range(self.concurrency):
+            await self._work.put(None)
 
     # -- workers ------------------------------------------------------------------------
 

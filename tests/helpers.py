@@ -78,7 +78,7 @@ def run_cli(
             *args,
         ]
     else:
-        argv = [sys.executable, "-m", "asyncbackup", *args]
+        argv = [sys.executable, "-m", "asyncbackup", "s3", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=os.environ)
 
 
