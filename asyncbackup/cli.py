@@ -18,8 +18,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .api import BackupReport, run_backup
-from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, BackupConfig
+import orjson
+
+from .api import BackupReport, plan_backup, run_backup
+from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError
 from .progress_line import ProgressLine
 
@@ -40,6 +42,14 @@ def parse_size(text: str) -> int:
     prefix = unit[:1] if unit[:1] in "KMGT" else ""
     factor = 1024 ** ("KMGT".index(prefix) + 1) if prefix and "I" in unit else _UNITS[prefix]
     return int(number * factor)
+
+
+def parse_rate(text: str) -> int:
+    """``50MB/s`` -> 50000000 bytes per second (``/s`` optional)."""
+    stripped = text.strip()
+    if stripped.lower().endswith("/s"):
+        stripped = stripped[:-2]
+    return parse_size(stripped)
 
 
 def positive_int(text: str) -> int:
@@ -117,6 +127,49 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "Content-MD5, accepted by every S3-compatible server)",
     )
     tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+    tuning.add_argument(
+        "--max-bandwidth",
+        type=parse_rate,
+        metavar="RATE",
+        help="limit on download and on upload throughput, across all workers (e.g. 50MB/s)",
+    )
+    select = parser.add_argument_group("what to copy")
+    select.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="copy only keys (relative to SOURCE_PATH) matching a pattern; repeatable",
+    )
+    select.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip keys (relative to SOURCE_PATH) matching a pattern; repeatable",
+    )
+    select.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip objects already at the destination with the same size and ETag "
+        "(compared with a listing of the destination)",
+    )
+    select.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be copied (counts, bytes, the first keys) and touch nothing",
+    )
+    dest = parser.add_argument_group("destination options")
+    dest.add_argument(
+        "--dest-prefix",
+        metavar="PREFIX",
+        help="put the copies under PREFIX/ instead of SOURCE_PATH/ ('' for the bucket root)",
+    )
+    dest.add_argument(
+        "--storage-class", metavar="CLASS", help="e.g. STANDARD_IA, GLACIER_IR, DEEP_ARCHIVE"
+    )
+    dest.add_argument("--sse", choices=SSE_CHOICES, help="server-side encryption: SSE-S3 or KMS")
+    dest.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key id for --sse aws:kms")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,11 +237,21 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         part_size=args.part_size,
         checksum=args.checksum,
         max_attempts=args.max_attempts,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        skip_existing=args.skip_existing,
+        dest_prefix=args.dest_prefix,
+        storage_class=args.storage_class,
+        sse=args.sse,
+        sse_kms_key_id=args.sse_kms_key_id,
+        max_bandwidth=args.max_bandwidth,
     )
 
 
 async def _s3_command(args: argparse.Namespace) -> int:
     config = s3_config(args)
+    if args.dry_run:
+        return await _dry_run(config, args)
     progress = ProgressLine(sys.stderr, enabled=not args.quiet)
     report = await _interruptible(lambda stop: run_backup(config, observer=progress, stop=stop))
     progress.close()
@@ -197,6 +260,22 @@ async def _s3_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     _summarize(report, args)
     return report.exit_code
+
+
+async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
+    plan = await plan_backup(config)
+    print(
+        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
+        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
+        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination"
+    )
+    for key in plan.first_keys:
+        print(f"  {key}")
+    if plan.copy_files > len(plan.first_keys):
+        print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
+    if args.report:
+        args.report.write_bytes(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+    return EXIT_OK
 
 
 async def _interruptible(
@@ -255,8 +334,6 @@ def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
         for key, error in list(report.errors.items())[:10]:
             print(f"  {key}: {error}", file=sys.stderr)
     if args.report:
-        import orjson
-
         args.report.write_bytes(
             orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2, default=str)
         )

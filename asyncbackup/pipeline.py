@@ -33,6 +33,7 @@ class WorkItem:
     key: str
     size: int
     etag: str = ""
+    present: bool = False  # already identical at the destination (--skip-existing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class PipelineResult:
     done_files: int = 0
     done_bytes: int = 0
     skipped_files: int = 0
+    unchanged_files: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     listed_files: int = 0
     listed_bytes: int = 0
@@ -178,7 +180,7 @@ class Pipeline:
                 break
             self._events.put_nowait(_Listed(page))
             for item in page:
-                if files.get(item.key) is True:
+                if item.present or files.get(item.key) is True:
                     continue
                 if self.stop.is_set():
                     break
@@ -288,6 +290,15 @@ class Pipeline:
             size += item.size
             done = state.files.get(item.key)
             if done is True:
+                skipped += 1
+                skipped_bytes += item.size
+            elif item.present:
+                # Identical at the destination already: done without a copy.
+                state.files[item.key] = True
+                state.processed_files += 1
+                state.processed_bytes += item.size
+                state.errors.pop(item.key, None)
+                result.unchanged_files += 1
                 skipped += 1
                 skipped_bytes += item.size
             else:
