@@ -178,9 +178,9 @@ class S3Source:
         if parts == 1:
             return size
         head = await self.retry.call(
-            functools.partial(
-                self.client.head_object, Bucket=self.bucket, Key=key, PartNumber=1, IfMatch=etag
-            )
+            # No If-Match: some servers answer with the part's ETag. A change in between
+            # shows up as an ETag mismatch of the copy, which is retried.
+            functools.partial(self.client.head_object, Bucket=self.bucket, Key=key, PartNumber=1)
         )
         part_size = int(head.get("ContentLength", 0))
         # Only a uniform layout reproduces the ETag: N-1 full parts and a shorter last one.
