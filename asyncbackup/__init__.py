@@ -19,6 +19,7 @@ from .errors import (
     StagingFullError,
     StoreUnavailableError,
 )
+from .github import GitHubBackupConfig, run_github_backup
 from .progress import NullObserver, Observer
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "CheckpointState",
     "ConfigError",
     "FatalRunError",
+    "GitHubBackupConfig",
     "IntegrityError",
     "NullObserver",
     "ObjectError",
@@ -41,4 +43,5 @@ __all__ = [
     "checkpoint_path",
     "read_checkpoint",
     "run_backup",
+    "run_github_backup",
 ]
