@@ -29,7 +29,13 @@ from ..checkpoint import (
     now_iso,
     read_checkpoint,
 )
-from ..errors import CheckpointError, ConfigError, ObjectError, StoreUnavailableError
+from ..errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+    ObjectError,
+    StoreUnavailableError,
+)
 from ..pipeline import Pipeline
 from ..progress import Observer
 from ..retry import AdaptiveLimiter, RetryPolicy
@@ -143,6 +149,8 @@ async def run_github_backup(
             sleep=sleep,
         )
         repos_path, repos_params = await _resolve_owner(client, config)
+        if not config.ignore_checkpoints:
+            await asyncio.to_thread(_check_same_server, path, config.api_url)
         state, resumed = await asyncio.to_thread(
             manager.load_or_create,
             source_bucket=config.source_name,
@@ -159,7 +167,7 @@ async def run_github_backup(
                 state.total_files,
             )
         elif not config.ignore_checkpoints:
-            carried = await asyncio.to_thread(carry_forward, manager, state)
+            carried = await asyncio.to_thread(carry_forward, manager, state, config.api_url)
             if carried is not None:
                 log.info("incremental backup: versions and ETags from %s", carried)
         staging = Staging(config.base_local_path, config.source_name)
@@ -275,7 +283,23 @@ async def _resolve_owner(
     return f"/users/{login}/repos", {"type": "owner"}
 
 
-def carry_forward(manager: CheckpointManager, state: CheckpointState) -> Path | None:
+def _check_same_server(path: Path, api_url: str) -> None:
+    """A checkpoint of the same owner on another GitHub server is another job."""
+    if not path.exists():
+        return
+    try:
+        recorded = read_checkpoint(path).config.get("api_url")
+    except CheckpointError:
+        return  # load_or_create reports it
+    if recorded not in (None, api_url):
+        raise CheckpointMismatchError(
+            f"checkpoint {path} belongs to a backup from {recorded}, not {api_url}; use "
+            "--checkpoint-dir to keep this job's checkpoint elsewhere, or --ignore-checkpoints "
+            "to replace it"
+        )
+
+
+def carry_forward(manager: CheckpointManager, state: CheckpointState, api_url: str) -> Path | None:
     """Seed a new checkpoint with the versions and ETags of the last completed one."""
     archive = manager.path.parent / "archive"
     candidates = sorted(archive.glob(f"{manager.path.name}.*"), reverse=True)
@@ -288,7 +312,7 @@ def carry_forward(manager: CheckpointManager, state: CheckpointState) -> Path | 
             state.source_bucket,
             state.source_path,
             state.dest_bucket,
-        )
+        ) and old.config.get("api_url") in (None, api_url)
         if not same:
             continue
         for section in CARRIED_SECTIONS:
@@ -302,15 +326,26 @@ def carry_forward(manager: CheckpointManager, state: CheckpointState) -> Path | 
 
 def _prune_notes(state: CheckpointState) -> None:
     """Forget versions, ETags and listings of artifacts no longer in the job."""
-    for section in (ETAGS, VERSIONS, SKIPPED):
+    for section in (ETAGS, VERSIONS):
         notes = state.extra.get(section)
         if isinstance(notes, dict):
             for key in [k for k in notes if k not in state.files]:
                 del notes[key]
+    skipped = state.extra.get(SKIPPED)
+    if isinstance(skipped, dict):  # some are never listed (issues disabled): keep per repo
+        for key in [k for k in skipped if _repo_of(k) + ".bundle" not in state.files]:
+            del skipped[key]
     listing = state.extra.get(RELEASE_LISTING)
     if isinstance(listing, dict):
         for prefix in [p for p in listing if f"{p}.bundle" not in state.files]:
             del listing[prefix]
+
+
+def _repo_of(key: str) -> str:
+    """``github/<owner>/<repo>`` of any artifact key."""
+    head, owner, rest = [*key.split("/", 2), "", ""][:3]
+    repo = rest.split("/", 1)[0].removesuffix(".bundle").removesuffix(".wiki")
+    return f"{head}/{owner}/{repo}"
 
 
 def _conclude(

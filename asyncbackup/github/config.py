@@ -21,7 +21,7 @@ from ..config import (
 from ..errors import ConfigError
 
 GITHUB_API = "https://api.github.com"
-#: The checkpoint's ``source_bucket`` for github.com; GitHub Enterprise Server adds its host.
+#: The checkpoint's ``source_bucket``; which server it was is recorded as ``config.api_url``.
 SOURCE_NAME = "github"
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -121,10 +121,8 @@ class GitHubBackupConfig:
 
     @property
     def source_name(self) -> str:
-        """The checkpoint's ``source_bucket``: ``github``, or ``github-HOST`` for GHES."""
-        if self.api_url == GITHUB_API:
-            return SOURCE_NAME
-        return f"{SOURCE_NAME}-{urlsplit(self.api_url).netloc}"
+        """The checkpoint's ``source_bucket`` (``github``; the API URL is in its config)."""
+        return SOURCE_NAME
 
     def resolved_token(self) -> str:
         """The token, from ``token`` or the ``token_env`` variable; a clear error if neither."""
