@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from tests.conftest import Buckets, S3Server
-from tests.github_server import add_commit
+from tests.github_server import FakeClock, FakeRepo, add_commit, make_repository
 from tests.helpers import list_keys
 from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
 
@@ -146,3 +147,63 @@ async def test_backup_restore_and_incremental_runs(
         issues = read_json(s3, buckets.dest, "github/acme/alpha/issues.json")
         assert issues[5]["title"] == "edited"
         assert len(github.git_requests("beta")) > clones_beta  # fetched into the kept mirror
+
+
+async def test_unavailable_repositories_are_recorded_and_the_run_goes_on_through_limits(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        github.add_repo(FakeRepo("dmca", status=451, has_wiki=False))
+        github.add_repo(FakeRepo("ghost", has_wiki=False))  # listed, but git has no repository
+        # a tight primary budget and a secondary limit on the repository list
+        github.limit = github.remaining = 12
+        github.secondary["/api/orgs/acme/repos"] = [None]
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("*",))
+        started = time.monotonic()
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert time.monotonic() - started < 30  # hours of rate-limit waits took no real time
+
+        assert report.status == "completed_with_errors"
+        assert report.exit_code == 1
+        assert set(report.errors) == {
+            "github/acme/dmca.bundle",
+            "github/acme/dmca/repository.json",
+            "github/acme/dmca/issues.json",
+            "github/acme/dmca/issue-comments.json",
+            "github/acme/dmca/pulls.json",
+            "github/acme/dmca/pull-comments.json",
+            "github/acme/dmca/releases.json",
+            "github/acme/ghost.bundle",
+        }
+        assert report.errors["github/acme/dmca/issues.json"].startswith(
+            "UnavailableForLegalReasons:"
+        )
+        assert report.errors["github/acme/ghost.bundle"].startswith("GitNotFound:")
+        assert set(list_keys(s3, buckets.dest)) >= EXPECTED  # the others all went through
+        waits = sum(clock.sleeps)
+        assert any(reason.startswith("primary") for reason, _ in github_waits(clock))
+        assert waits >= 3600 + 60  # at least one reset waited for, plus the secondary minute
+        assert 60 in [round(s) for s in clock.sleeps]
+        # once a spent budget is seen, requests wait: only those already in flight are refused
+        refused = [s for s in github.seen if s.status == 403 and s.path != "/api/orgs/acme/repos"]
+        resets = len([s for s in clock.sleeps if s > 600])
+        assert len(refused) <= 4 * resets  # --api-concurrency 4
+
+        # the repositories come back: the next run retries only what failed
+        github.repos["dmca"].status = None
+        make_repository(github.git_dir("dmca"), commits=1, tags=0, pull_ref=False)
+        make_repository(github.git_dir("ghost"), commits=1, tags=0, pull_ref=False)
+        alpha_posts = len(github.git_requests("alpha"))
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert second.resumed and second.copied_files == 8
+        assert len(github.git_requests("alpha")) == alpha_posts
+        restored = restore(s3, buckets.dest, "github/acme/ghost.bundle", tmp_path)
+        assert refs(restored) == refs(github.git_dir("ghost"))
+
+
+def github_waits(clock: FakeClock) -> list[tuple[str, float]]:
+    """Reasons the fake clock was slept for, as far as a test can tell: long ones are resets."""
+    return [("primary" if s > 600 else "secondary", s) for s in clock.sleeps]
