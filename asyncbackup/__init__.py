@@ -19,6 +19,7 @@ from .errors import (
     StagingFullError,
     StoreUnavailableError,
 )
+from .github import GitHubBackupConfig, run_github_backup
 from .progress import NullObserver, Observer
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointState",
     "ConfigError",
     "FatalRunError",
+    "GitHubBackupConfig",
     "IntegrityError",
     "NullObserver",
     "ObjectError",
@@ -43,4 +45,5 @@ __all__ = [
     "plan_backup",
     "read_checkpoint",
     "run_backup",
+    "run_github_backup",
 ]
