@@ -379,6 +379,7 @@ def _conclude(
         copied_files=result.done_files,
         copied_bytes=result.done_bytes,
         skipped_files=result.skipped_files,
+        unchanged_files=result.unchanged_files,
         errors=dict(state.errors),
         duration=duration,
         checkpoint_path=manager.path,
