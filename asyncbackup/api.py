@@ -7,18 +7,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import orjson
+from typing import Any
 
 from .bandwidth import TokenBucket
 from .checkpoint import (
     CheckpointManager,
     CheckpointState,
     checkpoint_path,
-    now_iso,
     read_checkpoint,
 )
 from .config import BackupConfig
@@ -27,6 +24,7 @@ from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
 from .pipeline import Pipeline, WorkItem
 from .progress import Observer
+from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sinks.s3 import S3Sink
@@ -35,46 +33,7 @@ from .staging import Staging
 
 log = logging.getLogger("asyncbackup")
 
-Status = Literal["completed", "completed_with_errors", "stopped"]
 _OBJECT_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class BackupReport:
-    """The outcome of one ``run_backup()``.
-
-    ``processed_files`` / ``processed_bytes`` / ``errors`` are the checkpoint's (the whole job,
-    earlier runs included); ``copied_files`` / ``copied_bytes`` are this run's alone.
-    """
-
-    status: Status
-    processed_files: int
-    processed_bytes: int
-    total_files: int
-    total_bytes: int
-    copied_files: int
-    copied_bytes: int
-    skipped_files: int
-    unchanged_files: int
-    errors: dict[str, str]
-    duration: float
-    checkpoint_path: Path
-    archived_checkpoint: Path | None = None
-    resumed: bool = False
-    failed_this_run: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return {"completed": 0, "completed_with_errors": 1, "stopped": 130}[self.status]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
-        out["checkpoint_path"] = str(self.checkpoint_path)
-        out["archived_checkpoint"] = (
-            str(self.archived_checkpoint) if self.archived_checkpoint else None
-        )
-        out["exit_code"] = self.exit_code
-        return out
 
 
 def _bandwidth(config: BackupConfig) -> TokenBucket | None:
@@ -255,7 +214,13 @@ async def run_backup(
         )
         await pipeline.run(_listing(config, source, dest_client), copier.copy)
         return await asyncio.to_thread(
-            _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started
+            conclude,
+            manager,
+            state,
+            pipeline.result,
+            on_complete=config.on_complete,
+            resumed=resumed,
+            duration=time.monotonic() - started,
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
@@ -293,70 +258,6 @@ class _Copier:
             if self.cleanup:
                 await asyncio.to_thread(self.staging.remove, fetched.path)
         return fetched.size
-
-
-def _conclude(
-    config: BackupConfig,
-    manager: CheckpointManager,
-    state: CheckpointState,
-    pipeline: Pipeline,
-    resumed: bool,
-    duration: float,
-) -> BackupReport:
-    result = pipeline.result
-    archived: Path | None = None
-    status: Status
-    if result.stopped or not result.listing_complete:
-        status = "stopped"
-    elif state.errors:
-        status = "completed_with_errors"
-    else:
-        status = "completed"
-        archived = manager.finish(config.on_complete)
-        _log_completion(manager.path, state, duration)
-    return BackupReport(
-        status=status,
-        processed_files=state.processed_files,
-        processed_bytes=state.processed_bytes,
-        total_files=state.total_files,
-        total_bytes=state.total_bytes,
-        copied_files=result.done_files,
-        copied_bytes=result.done_bytes,
-        skipped_files=result.skipped_files,
-        unchanged_files=result.unchanged_files,
-        errors=dict(state.errors),
-        duration=duration,
-        checkpoint_path=manager.path,
-        archived_checkpoint=archived,
-        resumed=resumed,
-        failed_this_run=dict(result.failed),
-    )
-
-
-def _log_completion(path: Path, state: CheckpointState, duration: float) -> None:
-    """The completion entry: a log line, and a JSON line in ``completions.log``."""
-    log.info(
-        "backup %s complete: %d files, %d bytes from s3://%s/%s to s3://%s in %.1fs",
-        state.backup_id,
-        state.processed_files,
-        state.processed_bytes,
-        state.source_bucket,
-        state.source_path,
-        state.dest_bucket,
-        duration,
-    )
-    entry = {
-        "backup_id": state.backup_id,
-        "completed": now_iso(),
-        "source_bucket": state.source_bucket,
-        "source_path": state.source_path,
-        "dest_bucket": state.dest_bucket,
-        "files": state.processed_files,
-        "bytes": state.processed_bytes,
-        "seconds": round(duration, 3),
-    }
-    with (path.parent / "completions.log").open("ab") as handle:
-        handle.write(orjson.dumps(entry) + b"\n")
 
 
 @dataclass(frozen=True, slots=True)

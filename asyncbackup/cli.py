@@ -20,11 +20,12 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .api import BackupReport, plan_backup, run_backup
+from .api import plan_backup, run_backup
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError
 from .github import GitHubBackupConfig, run_github_backup
 from .progress_line import ProgressLine
+from .report import BackupReport
 
 log = logging.getLogger("asyncbackup")
 
