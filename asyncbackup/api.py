@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,12 +23,13 @@ from .config import BackupConfig
 from .errors import CheckpointMismatchError, FatalRunError, ObjectError
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
-from .pipeline import Pipeline, WorkItem
+from .pipeline import Pipeline, Process, WorkItem
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sinks.s3 import S3Sink
+from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
 from .staging import Staging
 
@@ -54,6 +56,7 @@ def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
         "exclude": list(config.exclude),
         "dest_prefix": config.dest_prefix,
         "skip_existing": config.skip_existing,
+        "direct": config.direct,
     }
 
 
@@ -181,28 +184,16 @@ async def run_backup(
                 state.processed_files,
                 state.total_files,
             )
-        staging = Staging(config.base_local_path, config.source_bucket)
-        await asyncio.to_thread(staging.prepare)
-        download_limit, upload_limit = _bandwidth(config), _bandwidth(config)
         source = S3Source(
             source_client,
             config.source_bucket,
             RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
-            bandwidth=download_limit,
         )
-        sink = S3Sink(
-            dest_client,
-            config.dest_bucket,
-            RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
-            checksum=config.checksum,
-            multipart_threshold=config.multipart_threshold,
-            part_size_for=config.part_size_for,
-            part_concurrency=config.part_concurrency,
-            part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
-            extra_params=_dest_params(config),
-            bandwidth=upload_limit,
+        process = (
+            _direct_copier(config, dest_client)
+            if config.direct
+            else await _staged_copier(config, source_client, dest_client)
         )
-        copier = _Copier(source, sink, staging, config)
         pipeline = Pipeline(
             manager=manager,
             state=state,
@@ -212,7 +203,7 @@ async def run_backup(
             observer=observer,
             stop=stop,
         )
-        await pipeline.run(_listing(config, source, dest_client), copier.copy)
+        await pipeline.run(_listing(config, source, dest_client), process)
         return await asyncio.to_thread(
             conclude,
             manager,
@@ -225,8 +216,69 @@ async def run_backup(
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
+def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
+    copier = ServerSideCopier(
+        client,
+        source_bucket=config.source_bucket,
+        dest_bucket=config.dest_bucket,
+        retry=RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
+        dest_key=config.dest_key,
+        part_size_for=config.part_size_for,
+        part_concurrency=config.part_concurrency,
+        extra_params=_dest_params(config),
+    )
+    return functools.partial(with_object_retries, copier.copy)
+
+
+async def _staged_copier(
+    config: BackupConfig, source_client: S3Client, dest_client: S3Client
+) -> Process:
+    staging = Staging(config.base_local_path, config.source_bucket)
+    await asyncio.to_thread(staging.prepare)
+    download_limit, upload_limit = _bandwidth(config), _bandwidth(config)
+    source = S3Source(
+        source_client,
+        config.source_bucket,
+        RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
+        bandwidth=download_limit,
+    )
+    sink = S3Sink(
+        dest_client,
+        config.dest_bucket,
+        RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
+        checksum=config.checksum,
+        multipart_threshold=config.multipart_threshold,
+        part_size_for=config.part_size_for,
+        part_concurrency=config.part_concurrency,
+        part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+        extra_params=_dest_params(config),
+        bandwidth=upload_limit,
+    )
+    copier = _Copier(source, sink, staging, config)
+    return functools.partial(with_object_retries, copier.copy_once)
+
+
+async def with_object_retries(copy: Process, item: WorkItem) -> int:
+    """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
+    a version changed mid-copy) outlived its request-level retries; turn credential and
+    bucket failures into a ``FatalRunError`` instead of one error per object."""
+    for attempt in range(1, _OBJECT_ATTEMPTS + 1):
+        try:
+            return await copy(item)
+        except ObjectError as exc:
+            if exc.code in FATAL_CODES:
+                raise FatalRunError(
+                    f"stopping: {exc} (on {item.key!r}); check the credentials and "
+                    "buckets, then run again to resume"
+                ) from exc
+            if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
+                raise
+            log.warning("retrying %s after %s", item.key, exc)
+    raise AssertionError("unreachable")
+
+
 class _Copier:
-    """The ``process`` step of an S3 backup: fetch to staging, put, clean up."""
+    """The ``process`` step of a staged S3 backup: fetch to staging, put, clean up."""
 
     def __init__(self, source: S3Source, sink: S3Sink, staging: Staging, config: BackupConfig):
         self.source = source
@@ -235,22 +287,7 @@ class _Copier:
         self.cleanup = config.cleanup
         self.dest_key = config.dest_key
 
-    async def copy(self, item: WorkItem) -> int:
-        for attempt in range(1, _OBJECT_ATTEMPTS + 1):
-            try:
-                return await self._copy_once(item)
-            except ObjectError as exc:
-                if exc.code in FATAL_CODES:
-                    raise FatalRunError(
-                        f"stopping: {exc} (on {item.key!r}); check the credentials and "
-                        "buckets, then run again to resume"
-                    ) from exc
-                if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
-                    raise
-                log.warning("retrying %s after %s", item.key, exc)
-        raise AssertionError("unreachable")
-
-    async def _copy_once(self, item: WorkItem) -> int:
+    async def copy_once(self, item: WorkItem) -> int:
         fetched = await self.source.fetch(item, self.staging)
         try:
             await self.sink.put(fetched, self.dest_key(item.key))

@@ -157,6 +157,12 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "(compared with a listing of the destination)",
     )
     select.add_argument(
+        "--direct",
+        action="store_true",
+        help="copy server-side (CopyObject / UploadPartCopy), nothing staged: for one set of "
+        "credentials that can read the source and write the destination on one endpoint",
+    )
+    select.add_argument(
         "--dry-run",
         action="store_true",
         help="list what would be copied (counts, bytes, the first keys) and touch nothing",
@@ -412,6 +418,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id,
         max_bandwidth=args.max_bandwidth,
+        direct=args.direct,
     )
 
 

@@ -121,6 +121,7 @@ class BackupConfig:
     sse: SseMode | None = None
     sse_kms_key_id: str | None = None
     max_bandwidth: int | None = None
+    direct: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
@@ -139,6 +140,17 @@ class BackupConfig:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
+        if self.direct and (
+            self.source_profile != self.dest_profile
+            or (
+                (self.source_endpoint_url or self.dest_endpoint_url)
+                and self.effective_source_endpoint != self.effective_dest_endpoint
+            )
+        ):
+            raise ConfigError(
+                "--direct copies server-side with one set of credentials on one endpoint: "
+                "give the same profile and endpoint for source and destination"
+            )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KB/s")
 
