@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles
+from botocore.compat import HAS_CRT
 
 from ..config import ChecksumMode
-from ..errors import IntegrityError, ObjectError
+from ..errors import ConfigError, IntegrityError, ObjectError
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
@@ -41,6 +42,15 @@ async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
         task.result()
 
 
+def check_checksum_support(mode: ChecksumMode) -> None:
+    """Refuse, before any transfer, a checksum this installation cannot compute."""
+    if mode == "crc32c" and not HAS_CRT:
+        raise ConfigError(
+            "--checksum crc32c needs botocore's CRT extension: pip install 'botocore[crt]', "
+            "or choose --checksum crc32 or md5"
+        )
+
+
 class S3Sink:
     def __init__(
         self,
@@ -54,6 +64,7 @@ class S3Sink:
         part_concurrency: int,
         part_slots: asyncio.Semaphore,
     ) -> None:
+        check_checksum_support(checksum)
         self.client = client
         self.bucket = bucket
         self.retry = retry
@@ -94,7 +105,7 @@ class S3Sink:
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = str(response.get("ETag", ""))
-        checked = self.checksum == "md5" and etag and etag_is_md5(etag, response)
+        checked = self.checksum != "none" and etag and etag_is_md5(etag, response)
         if checked and clean_etag(etag) != expected:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
 
@@ -133,7 +144,7 @@ class S3Sink:
             )
             expected = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
             etag = clean_etag(str(response.get("ETag", "")))
-            verifiable = self.checksum == "md5" and response.get("ServerSideEncryption") not in (
+            verifiable = self.checksum != "none" and response.get("ServerSideEncryption") not in (
                 "aws:kms",
                 "aws:kms:dsse",
             )
