@@ -57,8 +57,9 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The operation is not valid for the object's storage class",
     ),
 }
-#: faults that need no answer table: resets, a short or corrupted body, latency
-STREAM_FAULTS = ("reset_before", "reset_after", "truncate", "corrupt", "latency")
+#: faults that need no answer table: resets, a short or corrupted body (answer or request),
+#: latency
+STREAM_FAULTS = ("reset_before", "reset_after", "truncate", "corrupt", "corrupt_request", "latency")
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
 TRANSIENT_FAULTS = (
@@ -123,6 +124,7 @@ class Recorded:
     query: str = ""
     range: str | None = None
     if_match: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     fault: str | None = None
     status: int | None = None
     started: float = 0.0
@@ -255,6 +257,7 @@ class S3Proxy:
             query=request.query_string,
             range=request.headers.get("Range"),
             if_match=request.headers.get("If-Match"),
+            headers={k.lower(): v for k, v in request.headers.items()},
             started=time.monotonic(),
         )
         self.requests.append(record)
@@ -290,7 +293,7 @@ class S3Proxy:
             return web.Response(status=500)
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
-        status, payload, out_headers = await self._forward(request)
+        status, payload, out_headers = await self._forward(request, fault == "corrupt_request")
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
         if fault == "reset_after":
@@ -312,8 +315,12 @@ class S3Proxy:
             return response
         return web.Response(status=status, body=payload, headers=out_headers)
 
-    async def _forward(self, request: web.Request) -> tuple[int, bytes, dict[str, str]]:
+    async def _forward(
+        self, request: web.Request, corrupt: bool = False
+    ) -> tuple[int, bytes, dict[str, str]]:
         body = await request.read()
+        if corrupt and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         assert self._session is not None
         # raw_path and encoded=True: keys with "..", "//" or "%" reach the server as sent.
