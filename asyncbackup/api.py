@@ -22,6 +22,8 @@ from .s3client import check_bucket, open_client
 from .sinks.s3 import S3Sink
 from .sources.s3 import S3Source
 from .staging import Staging
+from .uploads import SECTION as UPLOADS_SECTION
+from .uploads import UploadJournal, abort_leftover_uploads
 
 log = logging.getLogger("asyncbackup")
 
@@ -146,6 +148,17 @@ async def run_backup(
                 state.processed_files,
                 state.total_files,
             )
+        if state.extra.get(UPLOADS_SECTION):
+            # Multipart uploads a crashed run left behind: abort them before anything else.
+            kept = await abort_leftover_uploads(
+                dest_client,
+                config.dest_bucket,
+                dict(state.extra[UPLOADS_SECTION]),
+                RetryPolicy(config.max_attempts),
+            )
+            state.extra[UPLOADS_SECTION] = kept
+            if not kept:
+                del state.extra[UPLOADS_SECTION]
         staging = Staging(config.base_local_path, config.source_bucket)
         await asyncio.to_thread(staging.prepare)
         source = S3Source(
@@ -173,6 +186,7 @@ async def run_backup(
             observer=observer,
             stop=stop,
         )
+        sink.journal = UploadJournal(pipeline)
         await pipeline.run(source.list(config.source_prefix), copier.copy)
         return await asyncio.to_thread(
             _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started

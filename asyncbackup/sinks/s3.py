@@ -25,6 +25,7 @@ from ..errors import ConfigError, IntegrityError, ObjectError
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
+from ..uploads import UploadJournal, abort_upload, sweep_key
 
 log = logging.getLogger("asyncbackup")
 
@@ -73,6 +74,8 @@ class S3Sink:
         self.part_size_for = part_size_for
         self.part_concurrency = part_concurrency
         self.part_slots = part_slots
+        #: where multipart uploads in flight are recorded for a crash (set by the caller)
+        self.journal: UploadJournal | None = None
 
     def _checksum_params(self, md5: bytes) -> dict[str, str]:
         if self.checksum == "md5":
@@ -115,9 +118,26 @@ class S3Sink:
         create: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **fetched.metadata}
         if self.checksum in _ALGORITHMS:
             create["ChecksumAlgorithm"] = _ALGORITHMS[self.checksum]
-        upload = await self.retry.call(lambda: self.client.create_multipart_upload(**create))
+        if self.journal is not None:  # durable before the upload can exist
+            await self.journal.starting(key)
+        creates = 0
+
+        async def create_upload() -> dict[str, Any]:
+            nonlocal creates
+            creates += 1
+            result: dict[str, Any] = await self.client.create_multipart_upload(**create)
+            return result
+
+        try:
+            upload = await self.retry.call(create_upload)
+        except BaseException:
+            if creates > 1:  # an earlier attempt may have created one whose answer was lost
+                await run_to_completion(self._sweep(key, None), _ABORT_TIMEOUT)
+            raise
         upload_id: str = upload["UploadId"]
         try:
+            if self.journal is not None:
+                await self.journal.started(key, upload_id)
             parts: list[dict[str, Any]] = [{} for _ in range(count)]
             digests: list[bytes] = [b""] * count
             numbers = iter(range(count))
@@ -151,8 +171,13 @@ class S3Sink:
             if verifiable and etag and etag != f"{expected}-{count}":
                 raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")
         except BaseException:
-            await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
+            cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)
+            await run_to_completion(cleanup, _ABORT_TIMEOUT)
             raise
+        if creates > 1:
+            await run_to_completion(self._sweep(key, upload_id), _ABORT_TIMEOUT)
+        elif self.journal is not None:
+            self.journal.finished(key)
 
     async def _upload_part(
         self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
@@ -184,8 +209,19 @@ class S3Sink:
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
-            await self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id
-            )
-        except Exception as exc:  # the upload is recorded in the log for a manual abort
+            await abort_upload(self.client, self.bucket, key, upload_id)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
             log.warning("could not abort multipart upload %s of %s: %s", upload_id, key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
+
+    async def _sweep(self, key: str, keep: str | None) -> None:
+        """Abort uploads of ``key`` created by attempts whose answer was lost."""
+        try:
+            await sweep_key(self.client, self.bucket, key, self.retry, keep)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
+            log.warning("could not abort stray multipart uploads of %s: %s", key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
