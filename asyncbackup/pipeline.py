@@ -190,22 +190,22 @@ class Pipeline:
 
     async def _lister(self, listing: AsyncIterator[Sequence[WorkItem]]) -> None:
         files = self.state.files
-        try:
-            async for page in listing:
+        async for page in listing:
+            if self.stop.is_set():
+                break
+            self._events.put_nowait(_Listed(page))
+            for item in page:
+                if files.get(item.key) is True:
+                    continue
                 if self.stop.is_set():
                     break
-                self._events.put_nowait(_Listed(page))
-                for item in page:
-                    if files.get(item.key) is True:
-                        continue
-                    if self.stop.is_set():
-                        break
-                    await self._work.put(item)
-            else:
-                self._events.put_nowait(_ListingDone())
-        finally:
-            for _ in range(self.concurrency):
-                await self._work.put(None)
+                await self._work.put(item)
+        else:
+            self._events.put_nowait(_ListingDone())
+        # Not in a ``finally``: after a failure or a cancellation the task group cancels the
+        # workers anyway, and waiting here for room in the queue would never end.
+        for _ in range(self.concurrency):
+            await self._work.put(None)
 
     # -- workers ------------------------------------------------------------------------
 
