@@ -32,6 +32,8 @@ from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
 from .staging import Staging
+from .uploads import SECTION as UPLOADS_SECTION
+from .uploads import UploadJournal, abort_leftover_uploads
 
 log = logging.getLogger("asyncbackup")
 
@@ -184,15 +186,21 @@ async def run_backup(
                 state.processed_files,
                 state.total_files,
             )
+        if state.extra.get(UPLOADS_SECTION):
+            # Multipart uploads a crashed run left behind: abort them before anything else.
+            kept = await abort_leftover_uploads(
+                dest_client,
+                config.dest_bucket,
+                dict(state.extra[UPLOADS_SECTION]),
+                RetryPolicy(config.max_attempts),
+            )
+            state.extra[UPLOADS_SECTION] = kept
+            if not kept:
+                del state.extra[UPLOADS_SECTION]
         source = S3Source(
             source_client,
             config.source_bucket,
             RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
-        )
-        process = (
-            _direct_copier(config, dest_client)
-            if config.direct
-            else await _staged_copier(config, source_client, dest_client)
         )
         pipeline = Pipeline(
             manager=manager,
@@ -202,6 +210,12 @@ async def run_backup(
             max_age=config.checkpoint_max_age,
             observer=observer,
             stop=stop,
+        )
+        journal = UploadJournal(pipeline)
+        process = (
+            _direct_copier(config, dest_client)
+            if config.direct
+            else await _staged_copier(config, source_client, dest_client, journal)
         )
         await pipeline.run(_listing(config, source, dest_client), process)
         return await asyncio.to_thread(
@@ -231,7 +245,7 @@ def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
 
 
 async def _staged_copier(
-    config: BackupConfig, source_client: S3Client, dest_client: S3Client
+    config: BackupConfig, source_client: S3Client, dest_client: S3Client, journal: UploadJournal
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
     await asyncio.to_thread(staging.prepare)
@@ -254,6 +268,7 @@ async def _staged_copier(
         extra_params=_dest_params(config),
         bandwidth=upload_limit,
     )
+    sink.journal = journal
     copier = _Copier(source, sink, staging, config)
     return functools.partial(with_object_retries, copier.copy_once)
 

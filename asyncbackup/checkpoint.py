@@ -216,18 +216,30 @@ class CheckpointLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CheckpointLockedError(
+                    f"checkpoint {self.path.with_suffix('')} is in use by another run; wait for "
+                    "it to finish or stop it (a crashed run releases the lock by itself)"
+                ) from None
+            if self._still_linked(fd):
+                break
+            # The holder released (and unlinked) the file between our open and flock: the
+            # lock we got is on a file nobody else will see. Take the current one instead.
             os.close(fd)
-            raise CheckpointLockedError(
-                f"checkpoint {self.path.with_suffix('')} is in use by another run; wait for it "
-                "to finish or stop it (a crashed run releases the lock by itself)"
-            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def _still_linked(self, fd: int) -> bool:
+        try:
+            return self.path.stat().st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         if self._fd is not None:

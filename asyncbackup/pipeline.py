@@ -58,6 +58,7 @@ class _Note:
     section: str
     key: str
     value: Any
+    flushed: asyncio.Future[None] | None = None  # resolved once the note is on disk
 
 
 class _ListingDone:
@@ -87,6 +88,12 @@ class PipelineResult:
 
 
 Process = Callable[[WorkItem], Awaitable[int]]
+
+
+def _resolve(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -135,6 +142,7 @@ class Pipeline:
         self._since_flush = 0
         self._last_flush = time.monotonic()
         self._stale_errors = set(state.errors)
+        self._flush_waiters: list[asyncio.Future[None]] = []
         self._base_total = (state.total_files, state.total_bytes)
 
     async def run(self, listing: AsyncIterator[Sequence[WorkItem]], process: Process) -> None:
@@ -158,9 +166,11 @@ class Pipeline:
         finally:
             # Whatever ended the run, the events already sent reach the file.
             self._drain_events()
+            waiters, self._flush_waiters = self._flush_waiters, []
             self.manager.flush(self.state)
             self.observer.on_flush(self._since_flush)
             self._since_flush = 0
+            _resolve(waiters)
             self.result.stopped = self.stop.is_set()
 
     def note(self, section: str, key: str, value: Any) -> None:
@@ -170,6 +180,15 @@ class Pipeline:
         ETags for conditional requests). ``None`` removes the key. Written with the next flush.
         """
         self._events.put_nowait(_Note(section, key, value))
+
+    async def note_durably(self, section: str, key: str, value: Any) -> None:
+        """``note()``, and return only once the checkpoint file holds it (forces a flush).
+
+        For a record that must survive a SIGKILL, such as a multipart upload about to start.
+        """
+        flushed = asyncio.get_running_loop().create_future()
+        self._events.put_nowait(_Note(section, key, value, flushed))
+        await flushed
 
     # -- lister -------------------------------------------------------------------------
 
@@ -219,16 +238,20 @@ class Pipeline:
                 return
             if self._drain_events():
                 return
-            due = self._since_flush >= self.interval or (
-                self._since_flush and time.monotonic() - self._last_flush >= self.max_age
+            due = (
+                self._since_flush >= self.interval
+                or bool(self._flush_waiters)
+                or (self._since_flush and time.monotonic() - self._last_flush >= self.max_age)
             )
             if due:
                 await self._flush()
 
     async def _flush(self) -> None:
         processed, self._since_flush = self._since_flush, 0
+        waiters, self._flush_waiters = self._flush_waiters, []
         self._last_flush = time.monotonic()
         await self.manager.flush_async(self.state)
+        _resolve(waiters)
         self.observer.on_flush(processed)
 
     def _drain_events(self) -> bool:
@@ -262,10 +285,14 @@ class Pipeline:
                 result.failed[key] = error
                 self._since_flush += 1
                 self.observer.on_failed(key, error)
-            case _Note(section, key, value):
+            case _Note(section, key, value, flushed):
+                if flushed is not None:
+                    self._flush_waiters.append(flushed)
                 notes = self.state.extra.setdefault(section, {})
                 if value is None:
                     notes.pop(key, None)
+                    if not notes:
+                        del self.state.extra[section]
                 else:
                     notes[key] = value
             case _Listed(items):

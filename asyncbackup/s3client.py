@@ -7,16 +7,10 @@ from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProfileNotFound,
-)
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
-from .errors import ConfigError, StoreUnavailableError
-from .retry import error_code
+from .errors import ConfigError, ObjectError, StoreUnavailableError
+from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
 
@@ -65,16 +59,26 @@ async def open_client(
         raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
 
 
-async def check_bucket(client: S3Client, bucket: str, *, role: str, write: bool) -> None:
-    """Fail fast, with one clear line, when ``bucket`` cannot be used."""
+async def check_bucket(
+    client: S3Client, bucket: str, *, role: str, write: bool, attempts: int = 4
+) -> None:
+    """Fail fast, with one clear line, when ``bucket`` cannot be used.
+
+    Transient answers (5xx, SlowDown, a reset, an endpoint that does not answer yet) are
+    retried a few times first, like every other request: a blip must not fail the run.
+    """
     flag = "--source-profile" if role == "source" else "--dest-profile"
-    try:
+
+    async def probe() -> None:
         if write:
             await client.head_bucket(Bucket=bucket)
         else:
             await client.list_objects_v2(Bucket=bucket, MaxKeys=1)
-    except ClientError as exc:
-        code = error_code(exc)
+
+    try:
+        await RetryPolicy(attempts).call(probe)
+    except ObjectError as exc:
+        code = exc.code
         if code in ("404", "NoSuchBucket"):
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
@@ -84,13 +88,12 @@ async def check_bucket(client: S3Client, bucket: str, *, role: str, write: bool)
                 f"access to {role} bucket {bucket!r} was refused ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
             ) from None
-        raise StoreUnavailableError(f"{role} bucket {bucket!r} is not usable: {code}") from None
-    except (NoCredentialsError, PartialCredentialsError):
+        if code == "NoCredentials":
+            raise StoreUnavailableError(
+                f"no credentials for the {role}; set {flag} or the AWS_* variables"
+            ) from None
+        if isinstance(exc.__cause__, ClientError):
+            raise StoreUnavailableError(f"{role} bucket {bucket!r} is not usable: {code}") from None
         raise StoreUnavailableError(
-            f"no credentials for the {role}; set {flag} or the AWS_* variables"
-        ) from None
-    except BotoCoreError as exc:
-        raise StoreUnavailableError(
-            f"cannot reach the {role} endpoint ({type(exc).__name__}); check the endpoint URL "
-            "and the network"
+            f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"
         ) from None

@@ -58,7 +58,7 @@ def is_within(root: Path, path: Path) -> bool:
 
 
 def raise_if_disk_full(exc: OSError, where: Path) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         raise StagingFullError(
             f"no space left in staging directory {where}; free space or point "
             "--base-local-path at a larger disk, then run again to resume"

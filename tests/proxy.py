@@ -1,19 +1,119 @@
-"""A loopback HTTP proxy between a client and the S3 server, for tests.
+"""A loopback HTTP proxy between a client and the S3 server, for tests: records, injects faults.
 
-It forwards every request to ``upstream`` and records what it saw (method, path, access key
-id), so a test can tell which credentials reached which endpoint. Fault injection builds on it.
+It forwards every request to ``upstream`` and records what it saw (method, path, access key id,
+``Range`` header, the fault it injected), so a test can tell which credentials reached which
+endpoint and what the client did after a fault.
+
+Faults come two ways, both driven by the test:
+
+- ``rules``: a ``Rule`` matches requests (method, path regex, query substring) and applies its
+  fault to the next ``times`` of them (or to all);
+- ``rate``: each request (that ``random_filter`` accepts, when set) gets one of
+  ``random_faults`` with probability ``rate``, drawn from a seeded RNG.
+
+A fault is one of ``FAULTS``: canned S3 error answers (503 SlowDown, 500 InternalError, 429,
+403 AccessDenied/InvalidAccessKeyId, ...), a connection reset before the request body is read
+or after it was forwarded upstream, a response body cut short, flipped bytes in a response
+body, or added latency. ``run_proxy()`` serves it from a thread of its own, so it works under
+synchronous tests that run the CLI as a subprocess as well as under async tests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import random
 import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+#: fault -> (HTTP status, S3 error code, message)
+ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "internal": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "throttle": (429, "TooManyRequests", "Too many requests, please slow down."),
+    "access_denied": (403, "AccessDenied", "Access Denied"),
+    "invalid_access_key": (
+        403,
+        "InvalidAccessKeyId",
+        "The AWS Access Key Id you provided does not exist in our records.",
+    ),
+    "no_such_key": (404, "NoSuchKey", "The specified key does not exist."),
+    "invalid_object_state": (
+        403,
+        "InvalidObjectState",
+        "The operation is not valid for the object's storage class",
+    ),
+}
+#: faults that need no answer table: resets, a short or corrupted body (answer or request),
+#: latency
+STREAM_FAULTS = ("reset_before", "reset_after", "truncate", "corrupt", "corrupt_request", "latency")
+FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
+#: what a flaky network and a busy S3 do: every one of these is worth a retry
+TRANSIENT_FAULTS = (
+    "slowdown",
+    "internal",
+    "throttle",
+    "reset_before",
+    "reset_after",
+    "truncate",
+    "latency",
+)
+_BODY_FAULTS = ("truncate", "corrupt")  # only for GetObject answers with a body
+_BUCKET_QUERIES = ("list-type", "uploads", "uploadId", "location", "versioning", "delete")
+
+
+def is_object_get(request: web.Request) -> bool:
+    """A GetObject: GET of ``/bucket/key`` without a bucket or multipart sub-resource."""
+    if request.method != "GET":
+        return False
+    parts = request.path.lstrip("/").split("/", 1)
+    if len(parts) < 2 or not parts[1]:
+        return False
+    return not any(name in request.query for name in _BUCKET_QUERIES)
+
+
+@dataclass
+class Rule:
+    """Apply ``fault`` to matching requests: ``times`` of them, or all when ``times`` is None."""
+
+    fault: str | None
+    method: str | None = None
+    path: str | None = None  # a regex searched in the decoded path (``/bucket/key``)
+    query: str | None = None  # a substring of the raw query string (``uploadId``, ``uploads``)
+    times: int | None = None
+    delay: float = 0.0  # seconds to wait before answering (with fault "latency", or any)
+    delay_after_forward: float = 0.0  # forward, let upstream act, then wait before answering
+    retry_after: float | None = None  # a Retry-After header on error answers
+    action: Callable[[], None] | None = None  # run in a thread before forwarding
+    hits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fault is not None and self.fault not in FAULTS:
+            raise ValueError(f"unknown fault {self.fault!r}; one of {FAULTS}")
+
+    def matches(self, request: web.Request) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.method is not None and request.method != self.method:
+            return False
+        if self.path is not None and not re.search(self.path, request.path):
+            return False
+        if self.query is not None and self.query not in request.query_string:
+            return False
+        return self.fault not in _BODY_FAULTS or is_object_get(request)
 
 
 @dataclass
@@ -21,25 +121,105 @@ class Recorded:
     method: str
     path: str
     access_key: str | None
+    query: str = ""
+    range: str | None = None
+    if_match: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None
+    status: int | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def error_body(code: str, message: str, resource: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<Resource>{resource}</Resource><RequestId>proxy</RequestId></Error>"
+    ).encode()
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP RST, as a crashed server or a middlebox does."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 @dataclass
 class S3Proxy:
     upstream: str
     requests: list[Recorded] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    rate: float = 0.0
+    random_faults: tuple[str, ...] = TRANSIENT_FAULTS
+    random_filter: Callable[[web.Request], bool] | None = None
+    seed: int = 0
+    latency: float = 0.0  # added to every request
+    fault_latency: float = 0.5  # what the "latency" fault adds
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _rng: random.Random = field(default_factory=random.Random)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     port: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng.seed(self.seed)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    # -- test-facing helpers (thread-safe) ---------------------------------------------
+
+    def add_rule(self, rule: Rule) -> Rule:
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.rules.clear()
+            self.rate = 0.0
+            self.latency = 0.0
+
+    def set_random_faults(self, rate: float, *, seed: int, faults: tuple[str, ...] = ()) -> None:
+        with self._lock:
+            self.rate = rate
+            self._rng.seed(seed)
+            if faults:
+                self.random_faults = faults
+
+    def seen(self, *, method: str | None = None, path: str | None = None) -> list[Recorded]:
+        return [
+            r
+            for r in list(self.requests)
+            if (method is None or r.method == method) and (path is None or re.search(path, r.path))
+        ]
+
+    def faults_injected(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in list(self.requests):
+            if record.fault:
+                counts[record.fault] = counts.get(record.fault, 0) + 1
+        return counts
+
+    # -- serving ---------------------------------------------------------------------------
+
     async def start(self) -> S3Proxy:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+        )
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -54,23 +234,128 @@ class S3Proxy:
         if self._session is not None:
             await self._session.close()
 
+    def _choose(self, request: web.Request) -> tuple[str | None, Rule | None]:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(request):
+                    rule.hits += 1
+                    return rule.fault, rule
+            eligible = self.random_filter is None or self.random_filter(request)
+            if self.rate and eligible and self._rng.random() < self.rate:
+                fault = self._rng.choice(self.random_faults)
+                if fault in _BODY_FAULTS and not is_object_get(request):
+                    fault = "internal"
+                return fault, None
+        return None, None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         match = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-        self.requests.append(
-            Recorded(request.method, request.path, match.group(1) if match else None)
+        record = Recorded(
+            request.method,
+            request.path,
+            match.group(1) if match else None,
+            query=request.query_string,
+            range=request.headers.get("Range"),
+            if_match=request.headers.get("If-Match"),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            started=time.monotonic(),
         )
+        self.requests.append(record)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            response = await self._answer(request, record)
+            record.status = response.status
+            return response
+        finally:
+            self.in_flight -= 1
+            record.finished = time.monotonic()
+
+    async def _answer(self, request: web.Request, record: Recorded) -> web.StreamResponse:
+        fault, rule = self._choose(request)
+        record.fault = fault
+        delay = self.latency + (rule.delay if rule else 0.0)
+        if fault == "latency" and rule is None:
+            delay += self.fault_latency
+        if delay:
+            await asyncio.sleep(delay)
+        if fault in ERROR_ANSWERS:
+            status, code, message = ERROR_ANSWERS[fault]
+            headers = {"Content-Type": "application/xml"}
+            if rule is not None and rule.retry_after is not None:
+                headers["Retry-After"] = str(rule.retry_after)
+            await request.read()
+            return web.Response(
+                status=status, body=error_body(code, message, request.path), headers=headers
+            )
+        if fault == "reset_before":
+            _reset(request)
+            return web.Response(status=500)
+        if rule is not None and rule.action is not None:
+            await asyncio.to_thread(rule.action)
+        status, payload, out_headers = await self._forward(request, fault == "corrupt_request")
+        if rule is not None and rule.delay_after_forward:
+            await asyncio.sleep(rule.delay_after_forward)
+        if fault == "reset_after":
+            _reset(request)
+            return web.Response(status=500)
+        if fault == "corrupt" and payload and status < 300:
+            flipped = bytearray(payload)
+            for index in range(0, len(flipped), max(1, len(flipped) // 4)):
+                flipped[index] ^= 0xFF
+            payload = bytes(flipped)
+        if fault == "truncate" and len(payload) > 1 and status < 300:
+            response = web.StreamResponse(status=status, headers=out_headers)
+            response.content_length = len(payload)
+            await response.prepare(request)
+            await response.write(payload[: len(payload) // 2])
+            transport = request.transport
+            if transport is not None:
+                transport.close()  # FIN after the bytes sent: the body ends early
+            return response
+        return web.Response(status=status, body=payload, headers=out_headers)
+
+    async def _forward(
+        self, request: web.Request, corrupt: bool = False
+    ) -> tuple[int, bytes, dict[str, str]]:
         body = await request.read()
+        if corrupt and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         assert self._session is not None
+        # raw_path and encoded=True: keys with "..", "//" or "%" reach the server as sent.
+        url = URL(self.upstream + request.raw_path, encoded=True)
         async with self._session.request(
-            request.method,
-            self.upstream + request.path_qs,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
+            request.method, url, headers=headers, data=io.BytesIO(body), allow_redirects=False
         ) as upstream:
             payload = await upstream.read()
             out_headers = {
                 k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
             }
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+            return upstream.status, payload, out_headers
+
+
+@contextlib.contextmanager
+def run_proxy(upstream: str, **options: object) -> Iterator[S3Proxy]:
+    """Serve an ``S3Proxy`` from a thread with its own event loop for the ``with`` block."""
+    proxy = S3Proxy(upstream, **options)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(proxy.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(proxy.close())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="s3-proxy", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the proxy did not start")
+    try:
+        yield proxy
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

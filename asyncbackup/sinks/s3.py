@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles
+from botocore.compat import HAS_CRT
 
 from ..bandwidth import TokenBucket
 from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
-from ..errors import IntegrityError, ObjectError
+from ..errors import ConfigError, IntegrityError, ObjectError
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
+from ..uploads import UploadJournal, abort_upload, sweep_key
 
 log = logging.getLogger("asyncbackup")
 
@@ -42,6 +44,15 @@ async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
         task.result()
 
 
+def check_checksum_support(mode: ChecksumMode) -> None:
+    """Refuse, before any transfer, a checksum this installation cannot compute."""
+    if mode == "crc32c" and not HAS_CRT:
+        raise ConfigError(
+            "--checksum crc32c needs botocore's CRT extension: pip install 'botocore[crt]', "
+            "or choose --checksum crc32 or md5"
+        )
+
+
 class S3Sink:
     def __init__(
         self,
@@ -57,6 +68,7 @@ class S3Sink:
         extra_params: dict[str, str] | None = None,
         bandwidth: TokenBucket | None = None,
     ) -> None:
+        check_checksum_support(checksum)
         self.client = client
         self.bucket = bucket
         self.retry = retry
@@ -67,6 +79,8 @@ class S3Sink:
         self.part_slots = part_slots
         self.extra_params = dict(extra_params or {})
         self.bandwidth = bandwidth
+        #: where multipart uploads in flight are recorded for a crash (set by the caller)
+        self.journal: UploadJournal | None = None
 
     def _checksum_params(self, md5: bytes) -> dict[str, str]:
         if self.checksum == "md5":
@@ -115,7 +129,7 @@ class S3Sink:
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = str(response.get("ETag", ""))
-        checked = self.checksum == "md5" and etag and etag_is_md5(etag, response)
+        checked = self.checksum != "none" and etag and etag_is_md5(etag, response)
         if checked and clean_etag(etag) != expected:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
 
@@ -129,9 +143,26 @@ class S3Sink:
         }
         if self.checksum in _ALGORITHMS:
             create["ChecksumAlgorithm"] = _ALGORITHMS[self.checksum]
-        upload = await self.retry.call(lambda: self.client.create_multipart_upload(**create))
+        if self.journal is not None:  # durable before the upload can exist
+            await self.journal.starting(key)
+        creates = 0
+
+        async def create_upload() -> dict[str, Any]:
+            nonlocal creates
+            creates += 1
+            result: dict[str, Any] = await self.client.create_multipart_upload(**create)
+            return result
+
+        try:
+            upload = await self.retry.call(create_upload)
+        except BaseException:
+            if creates > 1:  # an earlier attempt may have created one whose answer was lost
+                await run_to_completion(self._sweep(key, None), _ABORT_TIMEOUT)
+            raise
         upload_id: str = upload["UploadId"]
         try:
+            if self.journal is not None:
+                await self.journal.started(key, upload_id)
             parts: list[dict[str, Any]] = [{} for _ in range(count)]
             digests: list[bytes] = [b""] * count
             numbers = iter(range(count))
@@ -158,7 +189,7 @@ class S3Sink:
             )
             expected = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
             etag = clean_etag(str(response.get("ETag", "")))
-            verifiable = self.checksum == "md5" and response.get("ServerSideEncryption") not in (
+            verifiable = self.checksum != "none" and response.get("ServerSideEncryption") not in (
                 "aws:kms",
                 "aws:kms:dsse",
             )
@@ -168,8 +199,13 @@ class S3Sink:
             if verifiable and same_layout and etag != clean_etag(fetched.etag):
                 raise IntegrityError(f"copy ETag {etag} differs from source {fetched.etag}")
         except BaseException:
-            await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
+            cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)
+            await run_to_completion(cleanup, _ABORT_TIMEOUT)
             raise
+        if creates > 1:
+            await run_to_completion(self._sweep(key, upload_id), _ABORT_TIMEOUT)
+        elif self.journal is not None:
+            self.journal.finished(key)
 
     async def _upload_part(
         self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
@@ -203,8 +239,19 @@ class S3Sink:
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
-            await self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id
-            )
-        except Exception as exc:  # the upload is recorded in the log for a manual abort
+            await abort_upload(self.client, self.bucket, key, upload_id)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
             log.warning("could not abort multipart upload %s of %s: %s", upload_id, key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
+
+    async def _sweep(self, key: str, keep: str | None) -> None:
+        """Abort uploads of ``key`` created by attempts whose answer was lost."""
+        try:
+            await sweep_key(self.client, self.bucket, key, self.retry, keep)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
+            log.warning("could not abort stray multipart uploads of %s: %s", key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
