@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiofiles
-
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..retry import RetryPolicy
@@ -39,6 +37,15 @@ async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
             await asyncio.shield(task)
     with contextlib.suppress(Exception, asyncio.CancelledError):
         task.result()
+
+
+def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
+    """Read one part and its MD5 in one worker-thread call: hashlib lets go of the GIL, so
+    hashing runs beside the event loop instead of blocking it (16 ms per 8 MiB part)."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    return data, hashlib.md5(data, usedforsecurity=False).digest()
 
 
 class S3Sink:
@@ -147,14 +154,11 @@ class S3Sink:
         self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
     ) -> tuple[dict[str, Any], bytes]:
         try:
-            async with aiofiles.open(path, "rb") as handle:
-                await handle.seek(offset)
-                data = await handle.read(length)
+            data, md5 = await asyncio.to_thread(_read_part, path, offset, length)
         except OSError as exc:
             raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
         if len(data) != length:
             raise IntegrityError(f"staged file is shorter than expected at part {number}")
-        md5 = hashlib.md5(data, usedforsecurity=False).digest()
         params = {
             "Bucket": self.bucket,
             "Key": key,
