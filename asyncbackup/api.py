@@ -27,6 +27,7 @@ log = logging.getLogger("asyncbackup")
 
 Status = Literal["completed", "completed_with_errors", "stopped"]
 _OBJECT_ATTEMPTS = 3
+_PART_BUFFER_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,7 @@ async def run_backup(
             multipart_threshold=config.multipart_threshold,
             part_size_for=config.part_size_for,
             part_concurrency=config.part_concurrency,
-            part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+            part_slots=asyncio.Semaphore(_part_slots(config)),
         )
         copier = _Copier(source, sink, staging, cleanup=config.cleanup)
         pipeline = Pipeline(
@@ -178,6 +179,12 @@ async def run_backup(
             _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
+
+
+def _part_slots(config: BackupConfig) -> int:
+    """Multipart parts in flight across all objects: each holds its part in memory, so bound
+    their bytes (not their count) and memory stays flat whatever the concurrency."""
+    return max(config.part_concurrency, _PART_BUFFER_BYTES // config.part_size)
 
 
 class _Copier:
