@@ -353,23 +353,35 @@ def main(argv: list[str] | None = None) -> int:
         "tools": [tool.name for tool in tools],
         "notes": notes,
     }
+    name = f"bench-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+    def save() -> None:  # after every phase, so a failure late in the run loses nothing
+        report["load_average"] = os.getloadavg()
+        (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+
+    def phase(title: str, run: Any, *run_args: Any) -> None:
+        try:
+            report[title] = run(*run_args)
+        except Exception as exc:  # reported, and the other phases still run
+            report[title] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"error in {title}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        save()
+
     server_log = WORK / "seaweedfs.log"
     with seaweedfs(weed, WORK / "seaweedfs", server_log) as endpoint:
         env = tool_env(endpoint, args.concurrency)
         print(f"SeaweedFS at {endpoint}; tools: {', '.join(t.name for t in tools)}")
-        results = bench_workloads(args, endpoint, tools, env)
-        report["workloads"] = results
+        phase("workloads", bench_workloads, args, endpoint, tools, env)
+        if "error" not in report["workloads"]:
+            print("\n" + table(report["workloads"]), flush=True)
         if not args.no_scale:
-            report["scale_server"] = scale_with_server(args, endpoint, env)
+            phase("scale_server", scale_with_server, args, endpoint, env)
         if args.profile:
-            report["profile"] = profile_runs(args, endpoint, env)
+            phase("profile", profile_runs, args, endpoint, env)
     if not args.no_scale:
-        report["scale"] = scale_no_server(args)
-    print("\n" + table(results))
-    name = f"bench-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+        phase("scale", scale_no_server, args)
     print(f"\nresults written to {RESULTS / name}")
-    return 0
+    return 1 if any("error" in report.get(k, {}) for k in ("workloads", "scale")) else 0
 
 
 if __name__ == "__main__":

@@ -78,9 +78,13 @@ def generate(workload: Workload, root: Path) -> dict[str, tuple[int, str]]:
     for key, size in workload.objects():
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = rng.randbytes(size)
-        path.write_bytes(data)
-        expected[key] = (size, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("wb") as out:
+            for offset in range(0, size, 8 * MiB):  # randbytes() tops out below 256 MiB
+                data = rng.randbytes(min(8 * MiB, size - offset))
+                out.write(data)
+                digest.update(data)
+        expected[key] = (size, digest.hexdigest())
     return expected
 
 
