@@ -34,5 +34,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## Benchmarks: asyncbackup against s5cmd, rclone and the AWS CLI on a local SeaweedFS (see README).
+## Installs the peers under benchmarks/.work/; BENCH_ARGS=--quick checks the harness in ~2 min.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.install
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache demo-work

@@ -38,6 +38,7 @@ from .uploads import UploadJournal, abort_leftover_uploads
 log = logging.getLogger("asyncbackup")
 
 _OBJECT_ATTEMPTS = 3
+_PART_BUFFER_BYTES = 128 * 1024 * 1024
 
 
 def _bandwidth(config: BackupConfig) -> TokenBucket | None:
@@ -244,6 +245,12 @@ def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
     return functools.partial(with_object_retries, copier.copy)
 
 
+def _part_slots(config: BackupConfig) -> int:
+    """Multipart parts in flight across all objects: each holds its part in memory, so bound
+    their bytes (not their count) and memory stays flat whatever the concurrency."""
+    return max(config.part_concurrency, _PART_BUFFER_BYTES // config.part_size)
+
+
 async def _staged_copier(
     config: BackupConfig, source_client: S3Client, dest_client: S3Client, journal: UploadJournal
 ) -> Process:
@@ -264,7 +271,7 @@ async def _staged_copier(
         multipart_threshold=config.multipart_threshold,
         part_size_for=config.part_size_for,
         part_concurrency=config.part_concurrency,
-        part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+        part_slots=asyncio.Semaphore(_part_slots(config)),
         extra_params=_dest_params(config),
         bandwidth=upload_limit,
     )

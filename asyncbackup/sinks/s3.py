@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 from botocore.compat import HAS_CRT
 
 from ..bandwidth import TokenBucket
@@ -51,6 +50,15 @@ def check_checksum_support(mode: ChecksumMode) -> None:
             "--checksum crc32c needs botocore's CRT extension: pip install 'botocore[crt]', "
             "or choose --checksum crc32 or md5"
         )
+
+
+def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
+    """Read one part and its MD5 in one worker-thread call: hashlib lets go of the GIL, so
+    hashing runs beside the event loop instead of blocking it (16 ms per 8 MiB part)."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    return data, hashlib.md5(data, usedforsecurity=False).digest()
 
 
 class S3Sink:
@@ -211,14 +219,11 @@ class S3Sink:
         self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
     ) -> tuple[dict[str, Any], bytes]:
         try:
-            async with aiofiles.open(path, "rb") as handle:
-                await handle.seek(offset)
-                data = await handle.read(length)
+            data, md5 = await asyncio.to_thread(_read_part, path, offset, length)
         except OSError as exc:
             raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
         if len(data) != length:
             raise IntegrityError(f"staged file is shorter than expected at part {number}")
-        md5 = hashlib.md5(data, usedforsecurity=False).digest()
         if self.bandwidth is not None:
             await self.bandwidth.consume(length)
         params = {

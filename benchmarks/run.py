@@ -1,0 +1,388 @@
+"""The benchmark harness: asyncbackup against s5cmd, rclone and the AWS CLI.
+
+One invocation starts SeaweedFS on loopback, uploads each workload once to ``bench-src``, then
+for every repetition runs every tool (in a rotated order, so no tool always goes first) on the
+same job into an emptied ``bench-dst``: the staged backup (download to local disk, upload), and
+the direct bucket-to-bucket copy where the tool has one. Each run is a fresh process tree under
+``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key and size,
+and the MD5 of a sample). Then the scale benchmarks. Prints tables; writes JSON to
+``benchmarks/results/``.
+
+    python -m benchmarks.run [--quick] [--reps 3] [--concurrency 64] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import workloads as wl
+from .install import PEERS_VENV, WORK
+from .profile import py_spy, record, render, summarize
+from .server import seaweedfs
+from .tools import Job, Tool, discover, s5cmd_binary
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+SOURCE, DEST, HUGE_DEST = "bench-src", "bench-dst", "bench-huge-dst"
+
+
+def tool_env(endpoint: str, concurrency: int) -> dict[str, str]:
+    """The environment every tool runs in: dummy keys, no CA bundle, a throwaway AWS config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    config = WORK / "aws-config"
+    config.write_text(
+        "[default]\nregion = us-east-1\ns3 =\n"
+        f"    max_concurrent_requests = {concurrency}\n    max_queue_size = 10000\n"
+    )
+    (WORK / "rclone.conf").write_text("")
+    env.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=str(config),
+        AWS_SHARED_CREDENTIALS_FILE=str(WORK / "no-credentials"),
+        NO_PROXY="127.0.0.1,localhost",
+        RCLONE_CONFIG=str(WORK / "rclone.conf"),
+        RCLONE_CONFIG_BENCH_TYPE="s3",
+        RCLONE_CONFIG_BENCH_PROVIDER="SeaweedFS",
+        RCLONE_CONFIG_BENCH_ENDPOINT=endpoint,
+        RCLONE_CONFIG_BENCH_ACCESS_KEY_ID="bench",
+        RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY="bench-secret",
+        RCLONE_CONFIG_BENCH_REGION="us-east-1",
+    )
+    return env
+
+
+def timed(steps: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``steps`` in a fresh ``benchmarks.timed`` process; its JSON result."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.timed", json.dumps(steps)],
+        env=env,
+        cwd=ROOT.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def one_run(
+    tool: Tool,
+    mode: str,
+    job: Job,
+    s3: Any,
+    expected: dict[str, tuple[int, str]],
+    env: dict[str, str],
+) -> dict[str, Any]:
+    wl.clear(s3, job.dest_bucket)
+    fresh_dir(job.stage)
+    steps = tool.staged(job) if mode == "staged" else (tool.direct or (lambda _: []))(job)
+    result = timed(steps, env)
+    if result["returncode"] != 0:
+        result["error"] = f"exit {result['returncode']}: {result['stderr'].strip()[-300:]}"
+    else:
+        problem = wl.verify(s3, job.dest_bucket, job.prefix, expected)
+        if problem:
+            result["error"] = f"incomplete copy: {problem}"
+    result.pop("stderr", None)
+    return result
+
+
+def median(runs: list[dict[str, Any]], field: str) -> float:
+    return float(statistics.median(run[field] for run in runs))
+
+
+def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[str, Any]:
+    ok = [run for run in runs if "error" not in run]
+    if not ok:
+        return {"runs": runs, "ok": False, "error": runs[0].get("error", "no run")}
+    wall = median(ok, "wall")
+    walls = [run["wall"] for run in ok]
+    return {
+        "runs": runs,
+        "ok": len(ok) == len(runs),
+        "median_wall": round(wall, 3),
+        "spread": round((max(walls) - min(walls)) / wall, 3),
+        "objects_per_s": round(workload.count / wall, 1),
+        "mb_per_s": round(workload.total_bytes / 1e6 / wall, 1),
+        "peak_rss_mb": round(max(run["peak_rss_mb"] for run in ok), 1),
+        "cpu_seconds": round(median(ok, "cpu_user") + median(ok, "cpu_sys"), 2),
+    }
+
+
+def bench_workloads(
+    args: argparse.Namespace,
+    endpoint: str,
+    tools: list[Tool],
+    env: dict[str, str],
+) -> dict[str, Any]:
+    s3 = wl.client(endpoint)
+    wl.ensure_bucket(s3, SOURCE)
+    wl.ensure_bucket(s3, DEST)
+    results: dict[str, Any] = {}
+    for workload in wl.QUICK if args.quick else wl.FULL:
+        if args.workloads and workload.name not in args.workloads:
+            continue
+        print(f"\n== {workload.name}: {workload.describe()}", flush=True)
+        data = fresh_dir(WORK / "data" / workload.name)
+        expected = wl.generate(workload, data)
+        wl.upload(s3, data, SOURCE, workload.name, s5cmd_binary(), env)
+        shutil.rmtree(data)
+        problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
+        if problem:
+            raise RuntimeError(f"seeding {workload.name} failed: {problem}")
+        job = Job(endpoint, SOURCE, DEST, workload.name, WORK / "stage", args.concurrency)
+        cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for rep in range(args.reps):
+            shift = rep % len(tools)
+            for tool in tools[shift:] + tools[:shift]:
+                for mode in ("staged", "direct"):
+                    if mode == "direct" and tool.direct is None:
+                        continue
+                    run = one_run(tool, mode, job, s3, expected, env)
+                    cells.setdefault((tool.name, mode), []).append(run)
+                    status = run.get("error", "ok")
+                    print(
+                        f"  rep {rep + 1} {tool.name:12} {mode:6} {run['wall']:7.2f}s "
+                        f"{run['peak_rss_mb']:7.1f} MB  {status}",
+                        flush=True,
+                    )
+        wl.clear(s3, DEST)
+        fresh_dir(job.stage)
+        results[workload.name] = {
+            "description": workload.describe(),
+            "objects": workload.count,
+            "bytes": workload.total_bytes,
+            "cells": {
+                f"{name}/{mode}": summarize_cell(runs, workload)
+                for (name, mode), runs in cells.items()
+            },
+        }
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    head = (
+        f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'spread':>7} {'obj/s':>8} "
+        f"{'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'vs ours':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, workload in results.items():
+        cells = workload["cells"]
+        ours = cells.get("asyncbackup/staged", {}).get("median_wall")
+        s5 = cells.get("s5cmd/direct", {}).get("median_wall")
+        for key, cell in cells.items():
+            tool, mode = key.split("/")
+            if not cell.get("median_wall"):
+                lines.append(f"{name:8} {mode:6} {tool:12} failed: {cell.get('error')}")
+                continue
+            base = ours if mode == "staged" else s5
+            ratio = f"{cell['median_wall'] / base:.2f}x" if base else "-"
+            if mode == "staged" and tool != "asyncbackup" and ours:
+                ratio = f"{ours / cell['median_wall']:.2f}x"
+            lines.append(
+                f"{name:8} {mode:6} {tool:12} {cell['median_wall']:9.2f} "
+                f"{cell['spread']:6.0%} {cell['objects_per_s']:8.0f} {cell['mb_per_s']:7.1f} "
+                f"{cell['peak_rss_mb']:7.1f} {cell['cpu_seconds']:6.1f} {ratio:>8}"
+            )
+    lines.append(
+        "vs ours: staged = asyncbackup's time / this tool's time (target <= 0.80 against the "
+        "fastest peer); direct = this tool's time / s5cmd's"
+    )
+    return "\n".join(lines)
+
+
+def scale_no_server(args: argparse.Namespace) -> dict[str, Any]:
+    files_1m = 100_000 if args.quick else 1_000_000
+    files_interval = 10_000 if args.quick else 100_000
+
+    def scale(*argv: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.scale", *argv],
+            cwd=ROOT.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    print("\n== scale: checkpoint and pipeline (no server)", flush=True)
+    out: dict[str, Any] = {"checkpoint": scale("checkpoint", "--files", str(files_1m))}
+    print(f"  checkpoint {files_1m:,} files: {out['checkpoint']}", flush=True)
+    out["pipeline_big"] = scale("pipeline", "--files", str(files_1m), "--interval", "1")
+    print(f"  pipeline {files_1m:,} files, interval 1: {out['pipeline_big']}", flush=True)
+    rate = str(args.rate)
+    for interval in ("1", "1000000000"):
+        argv = ("pipeline", "--files", str(files_interval), "--interval", interval, "--rate", rate)
+        out[f"interval_{interval}"] = result = scale(*argv)
+        print(f"  pipeline {files_interval:,} files at {rate}/s, interval {interval}: {result}")
+    one, never = out["interval_1"]["wall_seconds"], out["interval_1000000000"]["wall_seconds"]
+    out["interval_1_overhead"] = round((one - never) / one, 4)
+    return out
+
+
+def scale_with_server(
+    args: argparse.Namespace, endpoint: str, env: dict[str, str]
+) -> dict[str, Any]:
+    s3 = wl.client(endpoint)
+    out: dict[str, Any] = {}
+    # Listing to first transfer on a large bucket.
+    count = 10_000 if args.quick else 100_000
+    prefix = "many"
+    print(f"\n== scale: first transfer on a {count:,}-object bucket", flush=True)
+    many = wl.Workload(prefix, ((count, 16),))
+    data = fresh_dir(WORK / "data" / prefix)
+    wl.generate(many, data)
+    started = time.perf_counter()
+    wl.upload(s3, data, SOURCE, prefix, s5cmd_binary(), env)
+    shutil.rmtree(data)
+    print(f"  seeded in {time.perf_counter() - started:.1f}s", flush=True)
+    runs = []
+    for _ in range(args.reps):
+        wl.clear(s3, DEST)
+        stage = fresh_dir(WORK / "stage")
+        argv = ["first-transfer", "--endpoint", endpoint, "--bucket", SOURCE, "--prefix", prefix]
+        argv += ["--dest", DEST, "--stage", str(stage), "--concurrency", str(args.concurrency)]
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.scale", *argv],
+            cwd=ROOT.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(done.stdout))
+        print(f"  {runs[-1]}", flush=True)
+    out["first_transfer"] = {
+        "objects": count,
+        "runs": runs,
+        "median_first_done_seconds": statistics.median(r["first_done_seconds"] for r in runs),
+    }
+    wl.clear(s3, DEST)
+    # One huge object: memory must not grow with object size.
+    size = 256 * wl.MiB if args.quick else 2048 * wl.MiB
+    print(f"\n== scale: one {size // wl.MiB} MiB object, staged by asyncbackup", flush=True)
+    huge = wl.Workload("huge", ((1, size),))
+    data = fresh_dir(WORK / "data" / "huge")
+    expected = wl.generate(huge, data)
+    wl.upload(s3, data, SOURCE, "huge", s5cmd_binary(), env)
+    shutil.rmtree(data)
+    tools, _ = discover()
+    job = Job(endpoint, SOURCE, DEST, "huge", WORK / "stage", args.concurrency)
+    run = one_run(tools[0], "staged", job, s3, expected, env)
+    print(f"  {run}", flush=True)
+    out["huge_object"] = {"bytes": size, **run}
+    wl.clear(s3, DEST)
+    fresh_dir(job.stage)
+    return out
+
+
+def profile_runs(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:
+    """py-spy on asyncbackup's staged run of the small and large workloads."""
+    if py_spy() is None:
+        return {"note": "py-spy not installed: skipped"}
+    s3 = wl.client(endpoint)
+    tools, _ = discover()
+    out: dict[str, Any] = {}
+    for workload in wl.QUICK if args.quick else wl.FULL:
+        if workload.name not in ("small", "large"):
+            continue
+        job = Job(endpoint, SOURCE, DEST, workload.name, WORK / "stage", args.concurrency)
+        wl.clear(s3, DEST)
+        fresh_dir(job.stage)
+        raw = RESULTS / f"profile-{workload.name}.raw"
+        os.environ.update(env)
+        record(raw, tools[0].staged(job)[0])
+        summary = summarize(raw, top=25)
+        (RESULTS / f"profile-{workload.name}.txt").write_text(render(summary) + "\n")
+        print(f"\n== profile of asyncbackup, {workload.name}\n{render(summary)}", flush=True)
+        out[workload.name] = summary
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks the harness")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per tool (default 3)")
+    parser.add_argument("--concurrency", type=int, default=64, help="for every tool")
+    parser.add_argument("--workloads", nargs="*", help="small, large, mixed (default all)")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale benchmarks")
+    parser.add_argument("--profile", action="store_true", help="py-spy asyncbackup runs")
+    parser.add_argument("--asyncbackup-only", action="store_true", help="skip the peers")
+    parser.add_argument(
+        "--rate", type=float, default=2000.0, help="simulated objects/s (interval benchmark)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick and args.reps == 3:
+        args.reps = 2
+    weed = PEERS_VENV / "bin" / "weed"
+    if not weed.exists():
+        print("SeaweedFS is not installed: run python -m benchmarks.install", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    tools, notes = discover()
+    if args.asyncbackup_only:
+        tools, notes = tools[:1], ["peers skipped (--asyncbackup-only)"]
+    for note in notes:
+        print(f"note: {note}")
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "args": vars(args),
+        "tools": [tool.name for tool in tools],
+        "notes": notes,
+    }
+    name = f"bench-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+    def save() -> None:  # after every phase, so a failure late in the run loses nothing
+        report["load_average"] = os.getloadavg()
+        (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+
+    def phase(title: str, run: Any, *run_args: Any) -> None:
+        try:
+            report[title] = run(*run_args)
+        except Exception as exc:  # reported, and the other phases still run
+            report[title] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"error in {title}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        save()
+
+    server_log = WORK / "seaweedfs.log"
+    with seaweedfs(weed, WORK / "seaweedfs", server_log) as endpoint:
+        env = tool_env(endpoint, args.concurrency)
+        print(f"SeaweedFS at {endpoint}; tools: {', '.join(t.name for t in tools)}")
+        phase("workloads", bench_workloads, args, endpoint, tools, env)
+        if "error" not in report["workloads"]:
+            print("\n" + table(report["workloads"]), flush=True)
+        if not args.no_scale:
+            phase("scale_server", scale_with_server, args, endpoint, env)
+        if args.profile:
+            phase("profile", profile_runs, args, endpoint, env)
+    if not args.no_scale:
+        phase("scale", scale_no_server, args)
+    print(f"\nresults written to {RESULTS / name}")
+    return 1 if any("error" in report.get(k, {}) for k in ("workloads", "scale")) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

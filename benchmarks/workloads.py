@@ -1,0 +1,162 @@
+"""Workloads: generate the data once, upload it to the source bucket, check every copy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    groups: tuple[tuple[int, int], ...]  # (count, size) pairs
+
+    @property
+    def count(self) -> int:
+        return sum(count for count, _ in self.groups)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(count * size for count, size in self.groups)
+
+    def describe(self) -> str:
+        return " + ".join(f"{count:,} x {_human(size)}" for count, size in self.groups)
+
+    def objects(self) -> Iterator[tuple[str, int]]:
+        """Relative keys (two levels, 100 objects a folder) and sizes."""
+        index = 0
+        for count, size in self.groups:
+            for _ in range(count):
+                yield f"d{index // 100:03d}/{index:06d}-{size}.bin", size
+                index += 1
+
+
+def _human(size: int) -> str:
+    return f"{size // MiB} MiB" if size >= MiB else f"{size // KiB} KiB"
+
+
+FULL = (
+    Workload("small", ((2000, 4 * KiB),)),
+    Workload("large", ((20, 32 * MiB),)),
+    Workload("mixed", ((1000, 4 * KiB), (100, MiB), (5, 32 * MiB))),
+)
+QUICK = (
+    Workload("small", ((200, 4 * KiB),)),
+    Workload("large", ((3, 16 * MiB),)),
+    Workload("mixed", ((100, 4 * KiB), (10, MiB), (1, 16 * MiB))),
+)
+
+
+def client(endpoint: str, pool: int = 64) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+        region_name="us-east-1",
+        config=Config(max_pool_connections=pool, retries={"max_attempts": 5}),
+    )
+
+
+def generate(workload: Workload, root: Path) -> dict[str, tuple[int, str]]:
+    """Write the workload's files under ``root``; return key -> (size, md5 hex)."""
+    rng = random.Random(workload.name)
+    expected: dict[str, tuple[int, str]] = {}
+    for key, size in workload.objects():
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("wb") as out:
+            for offset in range(0, size, 8 * MiB):  # randbytes() tops out below 256 MiB
+                data = rng.randbytes(min(8 * MiB, size - offset))
+                out.write(data)
+                digest.update(data)
+        expected[key] = (size, digest.hexdigest())
+    return expected
+
+
+def upload(
+    s3: Any, root: Path, bucket: str, prefix: str, s5cmd: Path | None, env: dict[str, str]
+) -> None:
+    """Put every file under ``root`` to ``s3://bucket/prefix/`` (s5cmd when it is there)."""
+    if s5cmd is not None:
+        argv = [str(s5cmd), "--endpoint-url", s3.meta.endpoint_url, "cp", f"{root}/*"]
+        subprocess.run(
+            [*argv, f"s3://{bucket}/{prefix}/"], check=True, env=env, stdout=subprocess.DEVNULL
+        )
+        return
+    files = [p for p in root.rglob("*") if p.is_file()]
+
+    def put(path: Path) -> None:
+        key = f"{prefix}/{path.relative_to(root).as_posix()}"
+        s3.upload_file(str(path), bucket, key)
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, files))
+
+
+def listing(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for item in page.get("Contents", ()):
+            found[item["Key"][len(prefix) + 1 :]] = int(item["Size"])
+    return found
+
+
+def verify(
+    s3: Any, bucket: str, prefix: str, expected: dict[str, tuple[int, str]], sample: int = 10
+) -> str | None:
+    """None when the copy is complete (every key, every size, MD5 of a sample); else why not."""
+    found = listing(s3, bucket, prefix)
+    missing = set(expected) - set(found)
+    extra = set(found) - set(expected)
+    if missing or extra:
+        return f"{len(missing)} missing, {len(extra)} unexpected objects"
+    wrong = [key for key, (size, _) in expected.items() if found[key] != size]
+    if wrong:
+        return f"{len(wrong)} objects with the wrong size, e.g. {wrong[0]}"
+    rng = random.Random(len(expected))
+    for key in rng.sample(sorted(expected), min(sample, len(expected))):
+        digest = hashlib.md5(usedforsecurity=False)
+        body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"]
+        while chunk := body.read(MiB):
+            digest.update(chunk)
+        if digest.hexdigest() != expected[key][1]:
+            return f"content of {key} differs"
+    return None
+
+
+def clear(s3: Any, bucket: str) -> None:
+    """Delete every object of ``bucket`` (between runs)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def ensure_bucket(s3: Any, bucket: str) -> None:
+    """Create ``bucket`` and pay SeaweedFS's first-write cost (~0.2 s) before any timing."""
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="warmup", Body=b"x")
+    s3.delete_object(Bucket=bucket, Key="warmup")
+
+
+def disk_usage(path: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            total += (Path(dirpath) / name).stat().st_size
+    return total
