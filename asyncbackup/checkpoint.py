@@ -216,18 +216,30 @@ class CheckpointLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CheckpointLockedError(
+                    f"checkpoint {self.path.with_suffix('')} is in use by another run; wait for "
+                    "it to finish or stop it (a crashed run releases the lock by itself)"
+                ) from None
+            # The previous holder unlinks the file as it releases it: a lock taken on the
+            # unlinked file would guard nothing, as the next process creates a new one.
+            if self._is_at_path(fd):
+                break
             os.close(fd)
-            raise CheckpointLockedError(
-                f"checkpoint {self.path.with_suffix('')} is in use by another run; wait for it "
-                "to finish or stop it (a crashed run releases the lock by itself)"
-            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            return self.path.stat().st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         if self._fd is not None:
