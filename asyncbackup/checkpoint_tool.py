@@ -248,7 +248,8 @@ def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[List
         try:
             state = read_checkpoint(path)
         except CheckpointError as exc:
-            found.append(ListedCheckpoint(path, kind, problem=_first_clause(str(exc))))
+            problem = _first_clause(str(exc)).replace(f"checkpoint {path} ", "")
+            found.append(ListedCheckpoint(path, kind, problem=problem))
         else:
             found.append(ListedCheckpoint(path, kind, info=describe(path, state)))
     return found
