@@ -3,7 +3,7 @@
 The public API is what ``__all__`` lists; everything else is internal.
 """
 
-from .api import BackupReport, run_backup
+from .api import BackupPlan, BackupReport, plan_backup, run_backup
 from .checkpoint import CheckpointState, checkpoint_path, read_checkpoint
 from .config import BackupConfig
 from .errors import (
@@ -19,11 +19,13 @@ from .errors import (
     StagingFullError,
     StoreUnavailableError,
 )
+from .github import GitHubBackupConfig, run_github_backup
 from .progress import NullObserver, Observer
 
 __all__ = [
     "AsyncBackupError",
     "BackupConfig",
+    "BackupPlan",
     "BackupReport",
     "CheckpointCorruptError",
     "CheckpointError",
@@ -32,6 +34,7 @@ __all__ = [
     "CheckpointState",
     "ConfigError",
     "FatalRunError",
+    "GitHubBackupConfig",
     "IntegrityError",
     "NullObserver",
     "ObjectError",
@@ -39,6 +42,8 @@ __all__ = [
     "StagingFullError",
     "StoreUnavailableError",
     "checkpoint_path",
+    "plan_backup",
     "read_checkpoint",
     "run_backup",
+    "run_github_backup",
 ]

@@ -6,19 +6,29 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from .checkpoint import CheckpointManager, CheckpointState, checkpoint_path, now_iso
+from .bandwidth import TokenBucket
+from .checkpoint import (
+    CheckpointManager,
+    CheckpointState,
+    checkpoint_path,
+    now_iso,
+    read_checkpoint,
+)
 from .config import BackupConfig
-from .errors import FatalRunError, ObjectError
+from .errors import CheckpointMismatchError, FatalRunError, ObjectError
+from .filters import KeyFilter
+from .incremental import filtered, mark_unchanged
 from .pipeline import Pipeline, WorkItem
 from .progress import Observer
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
-from .s3client import check_bucket, open_client
+from .s3client import S3Client, check_bucket, open_client
 from .sinks.s3 import S3Sink
 from .sources.s3 import S3Source
 from .staging import Staging
@@ -45,6 +55,7 @@ class BackupReport:
     copied_files: int
     copied_bytes: int
     skipped_files: int
+    unchanged_files: int
     errors: dict[str, str]
     duration: float
     checkpoint_path: Path
@@ -66,6 +77,10 @@ class BackupReport:
         return out
 
 
+def _bandwidth(config: BackupConfig) -> TokenBucket | None:
+    return TokenBucket(config.max_bandwidth) if config.max_bandwidth else None
+
+
 def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
     """What the checkpoint records of the configuration (never a secret)."""
     return {
@@ -76,7 +91,86 @@ def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
         "checksum": config.checksum,
         "source_profile": config.source_profile,
         "dest_profile": config.dest_profile,
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "dest_prefix": config.dest_prefix,
+        "skip_existing": config.skip_existing,
     }
+
+
+def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> None:
+    """A resume must use the filters the checkpoint was made with."""
+    stored = state.config
+    if "include" not in stored and "exclude" not in stored:
+        return  # written by hand or by an older tool: nothing to compare
+    before = KeyFilter(tuple(stored.get("include") or ()), tuple(stored.get("exclude") or ()))
+    if (before.include, before.exclude) != (config.include, config.exclude):
+        now = KeyFilter(config.include, config.exclude)
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was made with {before.describe()}, this run has "
+            f"{now.describe()}; resume with the same filters, or start over with "
+            "--ignore-checkpoints"
+        )
+
+
+def _dest_params(config: BackupConfig) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if config.storage_class:
+        params["StorageClass"] = config.storage_class
+    if config.sse:
+        params["ServerSideEncryption"] = config.sse
+    if config.sse_kms_key_id:
+        params["SSEKMSKeyId"] = config.sse_kms_key_id
+    return params
+
+
+async def _open_stores(
+    stack: contextlib.AsyncExitStack, config: BackupConfig
+) -> tuple[S3Client, S3Client]:
+    """Both clients, and both buckets checked, or one clear error."""
+    source_client = await open_client(
+        stack,
+        role="source",
+        profile=config.source_profile,
+        endpoint_url=config.effective_source_endpoint,
+        region=config.region,
+        max_pool_connections=config.concurrency + 8,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+    dest_client = await open_client(
+        stack,
+        role="destination",
+        profile=config.dest_profile,
+        endpoint_url=config.effective_dest_endpoint,
+        region=config.region,
+        max_pool_connections=config.concurrency * config.part_concurrency + 8,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+    await check_bucket(source_client, config.source_bucket, role="source", write=False)
+    await check_bucket(dest_client, config.dest_bucket, role="destination", write=True)
+    return source_client, dest_client
+
+
+def _listing(
+    config: BackupConfig, source: S3Source, dest_client: S3Client
+) -> AsyncIterator[Sequence[WorkItem]]:
+    """What to copy: the source listing, filtered, and marked against the destination."""
+    listing = source.list(config.source_prefix)
+    key_filter = KeyFilter(config.include, config.exclude)
+    if key_filter.active:
+        listing = filtered(listing, key_filter, len(config.source_prefix))
+    if config.skip_existing:
+        dest = S3Source(dest_client, config.dest_bucket, source.retry)
+        src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
+        listing = mark_unchanged(
+            listing,
+            dest.list(config.dest_list_prefix),
+            lambda key: key[src_strip:],
+            lambda key: key[dst_strip:],
+        )
+    return listing
 
 
 async def run_backup(
@@ -109,28 +203,7 @@ async def run_backup(
     async with contextlib.AsyncExitStack() as stack:
         await asyncio.to_thread(manager.open)
         stack.callback(manager.close)
-        source_client = await open_client(
-            stack,
-            role="source",
-            profile=config.source_profile,
-            endpoint_url=config.effective_source_endpoint,
-            region=config.region,
-            max_pool_connections=config.concurrency + 8,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
-        dest_client = await open_client(
-            stack,
-            role="destination",
-            profile=config.dest_profile,
-            endpoint_url=config.effective_dest_endpoint,
-            region=config.region,
-            max_pool_connections=config.concurrency * config.part_concurrency + 8,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
-        await check_bucket(source_client, config.source_bucket, role="source", write=False)
-        await check_bucket(dest_client, config.dest_bucket, role="destination", write=True)
+        source_client, dest_client = await _open_stores(stack, config)
         state, resumed = await asyncio.to_thread(
             manager.load_or_create,
             source_bucket=config.source_bucket,
@@ -140,6 +213,9 @@ async def run_backup(
             ignore_existing=config.ignore_checkpoints,
         )
         if resumed:
+            _check_filters(state, config, path)
+        state.config.update(_checkpoint_config(config))
+        if resumed:
             log.info(
                 "resuming %s: %d of %d files already done",
                 path,
@@ -148,10 +224,12 @@ async def run_backup(
             )
         staging = Staging(config.base_local_path, config.source_bucket)
         await asyncio.to_thread(staging.prepare)
+        download_limit, upload_limit = _bandwidth(config), _bandwidth(config)
         source = S3Source(
             source_client,
             config.source_bucket,
             RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
+            bandwidth=download_limit,
         )
         sink = S3Sink(
             dest_client,
@@ -162,8 +240,10 @@ async def run_backup(
             part_size_for=config.part_size_for,
             part_concurrency=config.part_concurrency,
             part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+            extra_params=_dest_params(config),
+            bandwidth=upload_limit,
         )
-        copier = _Copier(source, sink, staging, cleanup=config.cleanup)
+        copier = _Copier(source, sink, staging, config)
         pipeline = Pipeline(
             manager=manager,
             state=state,
@@ -173,7 +253,7 @@ async def run_backup(
             observer=observer,
             stop=stop,
         )
-        await pipeline.run(source.list(config.source_prefix), copier.copy)
+        await pipeline.run(_listing(config, source, dest_client), copier.copy)
         return await asyncio.to_thread(
             _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started
         )
@@ -183,11 +263,12 @@ async def run_backup(
 class _Copier:
     """The ``process`` step of an S3 backup: fetch to staging, put, clean up."""
 
-    def __init__(self, source: S3Source, sink: S3Sink, staging: Staging, *, cleanup: bool):
+    def __init__(self, source: S3Source, sink: S3Sink, staging: Staging, config: BackupConfig):
         self.source = source
         self.sink = sink
         self.staging = staging
-        self.cleanup = cleanup
+        self.cleanup = config.cleanup
+        self.dest_key = config.dest_key
 
     async def copy(self, item: WorkItem) -> int:
         for attempt in range(1, _OBJECT_ATTEMPTS + 1):
@@ -207,7 +288,7 @@ class _Copier:
     async def _copy_once(self, item: WorkItem) -> int:
         fetched = await self.source.fetch(item, self.staging)
         try:
-            await self.sink.put(fetched, item.key)
+            await self.sink.put(fetched, self.dest_key(item.key))
         finally:
             if self.cleanup:
                 await asyncio.to_thread(self.staging.remove, fetched.path)
@@ -242,6 +323,7 @@ def _conclude(
         copied_files=result.done_files,
         copied_bytes=result.done_bytes,
         skipped_files=result.skipped_files,
+        unchanged_files=result.unchanged_files,
         errors=dict(state.errors),
         duration=duration,
         checkpoint_path=manager.path,
@@ -275,3 +357,73 @@ def _log_completion(path: Path, state: CheckpointState, duration: float) -> None
     }
     with (path.parent / "completions.log").open("ab") as handle:
         handle.write(orjson.dumps(entry) + b"\n")
+
+
+@dataclass(frozen=True, slots=True)
+class BackupPlan:
+    """What a run would do (``--dry-run``): nothing is written, locked or copied."""
+
+    listed_files: int
+    listed_bytes: int
+    done_files: int
+    unchanged_files: int
+    copy_files: int
+    copy_bytes: int
+    first_keys: list[str]
+    checkpoint_path: Path
+    checkpoint_exists: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        out["checkpoint_path"] = str(self.checkpoint_path)
+        return out
+
+
+async def plan_backup(
+    config: BackupConfig | None = None, *, sample: int = 20, **options: Any
+) -> BackupPlan:
+    """List what ``run_backup`` would copy, with the same filters, checkpoint and
+    ``skip_existing`` decisions, touching nothing."""
+    if config is None:
+        config = BackupConfig(**options)
+    path = checkpoint_path(
+        base_local_path=config.base_local_path,
+        source_bucket=config.source_bucket,
+        source_path=config.source_path,
+        checkpoint_dir=config.checkpoint_dir,
+    )
+    files: dict[str, bool] = {}
+    exists = path.exists() and not config.ignore_checkpoints
+    if exists:
+        state = await asyncio.to_thread(read_checkpoint, path)
+        _check_filters(state, config, path)
+        files = state.files
+    listed = listed_bytes = done = unchanged = copy = copy_bytes = 0
+    first: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        source_client, dest_client = await _open_stores(stack, config)
+        source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
+        async for page in _listing(config, source, dest_client):
+            for item in page:
+                listed += 1
+                listed_bytes += item.size
+                if files.get(item.key) is True:
+                    done += 1
+                elif item.present:
+                    unchanged += 1
+                else:
+                    copy += 1
+                    copy_bytes += item.size
+                    if len(first) < sample:
+                        first.append(item.key)
+    return BackupPlan(
+        listed_files=listed,
+        listed_bytes=listed_bytes,
+        done_files=done,
+        unchanged_files=unchanged,
+        copy_files=copy,
+        copy_bytes=copy_bytes,
+        first_keys=first,
+        checkpoint_path=path,
+        checkpoint_exists=exists,
+    )

@@ -305,7 +305,6 @@ class CheckpointManager:
             else:
                 state = read_checkpoint(self.path)
                 self._check_identity(state, source_bucket, source_path, dest_bucket)
-                state.config.update(config)
                 return state, True
         state = CheckpointState.new(
             source_bucket=source_bucket,

@@ -32,6 +32,7 @@ from .checkpoint import (
     CheckpointState,
     read_checkpoint,
 )
+from .config import BackupConfig
 from .errors import (
     CheckpointError,
     CheckpointLockedError,
@@ -429,8 +430,16 @@ class VerifyResult:
         }
 
 
-def _identity(key: str) -> str:
-    return key
+def job_config(state: CheckpointState) -> BackupConfig:
+    """The parts of the job's configuration that say where its copies are."""
+    dest_prefix = state.config.get("dest_prefix")
+    return BackupConfig(
+        source_bucket=state.source_bucket,
+        source_path=state.source_path,
+        dest_bucket=state.dest_bucket,
+        base_local_path=Path(str(state.config.get("base_local_path") or ".")),
+        dest_prefix=dest_prefix if isinstance(dest_prefix, str) else None,
+    )
 
 
 async def _sizes(
@@ -463,30 +472,28 @@ async def verify_state(
     source_client: S3Client,
     dest_client: S3Client,
     retry: RetryPolicy | None = None,
-    dest_key: Callable[[str], str] = _identity,
 ) -> VerifyResult:
     """Compare the keys ``state`` marks done with listings of the source and destination.
 
-    ``dest_key`` maps a source key to its destination key (the identity unless the backup
-    writes under another prefix). The sizes come from the source listing; a done key that is
-    no longer in the source is only checked for presence at the destination.
+    Copies are looked for where the job put them (under ``--dest-prefix`` if the checkpoint
+    records one). The sizes come from the source listing; a done key that is no longer in the
+    source is only checked for presence at the destination.
     """
+    job = job_config(state)
     done = [key for key, value in state.files.items() if value]
-    source_path = state.source_path.strip("/")
-    prefix = f"{source_path}/" if source_path else ""
     policy = retry or RetryPolicy(8)
     source = S3Source(source_client, state.source_bucket, policy)
     dest = S3Source(dest_client, state.dest_bucket, policy)
     done_keys = set(done)
-    mapped = {dest_key(key): key for key in done} if dest_key is not _identity else None
+    mapped = {job.dest_key(key): key for key in done} if job.dest_prefix is not None else None
 
     def in_job(key: str) -> str | None:
         return key if key in done_keys else None
 
     at_dest_key = in_job if mapped is None else mapped.get
     async with asyncio.TaskGroup() as tg:
-        in_source = tg.create_task(_sizes(source, prefix, in_job, "source"))
-        at_dest = tg.create_task(_sizes(dest, dest_key(prefix), at_dest_key, "destination"))
+        in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
+        at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
     source_sizes, source_listed = in_source.result()
     dest_sizes, dest_listed = at_dest.result()
     result = VerifyResult(checked=len(done), source_listed=source_listed, dest_listed=dest_listed)

@@ -18,11 +18,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .api import BackupReport, run_backup
+import orjson
+
+from .api import BackupReport, plan_backup, run_backup
 from .checkpoint_cli import add_checkpoint_commands
-from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, BackupConfig
+from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
+from .github import GitHubBackupConfig, run_github_backup
 from .logformat import LOG_FORMATS, make_handler
+from .pipeline import primary_error
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
 log = logging.getLogger("asyncbackup")
@@ -42,6 +46,14 @@ def parse_size(text: str) -> int:
     prefix = unit[:1] if unit[:1] in "KMGT" else ""
     factor = 1024 ** ("KMGT".index(prefix) + 1) if prefix and "I" in unit else _UNITS[prefix]
     return int(number * factor)
+
+
+def parse_rate(text: str) -> int:
+    """``50MB/s`` -> 50000000 bytes per second (``/s`` optional)."""
+    stripped = text.strip()
+    if stripped.lower().endswith("/s"):
+        stripped = stripped[:-2]
+    return parse_size(stripped)
 
 
 def positive_int(text: str) -> int:
@@ -148,6 +160,49 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "Content-MD5, accepted by every S3-compatible server)",
     )
     tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+    tuning.add_argument(
+        "--max-bandwidth",
+        type=parse_rate,
+        metavar="RATE",
+        help="limit on download and on upload throughput, across all workers (e.g. 50MB/s)",
+    )
+    select = parser.add_argument_group("what to copy")
+    select.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="copy only keys (relative to SOURCE_PATH) matching a pattern; repeatable",
+    )
+    select.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip keys (relative to SOURCE_PATH) matching a pattern; repeatable",
+    )
+    select.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip objects already at the destination with the same size and ETag "
+        "(compared with a listing of the destination)",
+    )
+    select.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be copied (counts, bytes, the first keys) and touch nothing",
+    )
+    dest = parser.add_argument_group("destination options")
+    dest.add_argument(
+        "--dest-prefix",
+        metavar="PREFIX",
+        help="put the copies under PREFIX/ instead of SOURCE_PATH/ ('' for the bucket root)",
+    )
+    dest.add_argument(
+        "--storage-class", metavar="CLASS", help="e.g. STANDARD_IA, GLACIER_IR, DEEP_ARCHIVE"
+    )
+    dest.add_argument("--sse", choices=SSE_CHOICES, help="server-side encryption: SSE-S3 or KMS")
+    dest.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key id for --sse aws:kms")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_s3_arguments(s3)
     add_common_arguments(s3)
     s3.set_defaults(handler=_s3_command)
+    github = commands.add_parser(
+        "github",
+        help="back up an organisation's or user's GitHub repositories to S3",
+        description=GITHUB_DESCRIPTION,
+    )
+    add_github_arguments(github)
+    add_common_arguments(github)
+    github.set_defaults(handler=_github_command)
     add_checkpoint_commands(commands)
     return parser
 
@@ -179,6 +242,166 @@ def build_s3_parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.set_defaults(handler=_s3_command)
     return parser
+
+
+GITHUB_DESCRIPTION = (
+    "Back up every repository of OWNER (an organisation or a user) to the destination bucket: "
+    "a git bundle of each repository and wiki, its metadata as JSON (the repository record, "
+    "issues, pull requests, comments, releases) and its release assets, resumably. The token "
+    "is read from the environment (GITHUB_TOKEN, or the variable named by --token-env), never "
+    "from the command line."
+)
+
+
+def add_github_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("owner", metavar="OWNER", help="GitHub organisation or user")
+    github = parser.add_argument_group("GitHub")
+    github.add_argument(
+        "--api-url",
+        default="https://api.github.com",
+        help="API root; for GitHub Enterprise Server https://HOST/api/v3",
+    )
+    github.add_argument(
+        "--token-env",
+        default="GITHUB_TOKEN",
+        metavar="NAME",
+        help="environment variable holding the token (default GITHUB_TOKEN)",
+    )
+    github.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only repositories whose name matches this glob (repeatable)",
+    )
+    github.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out repositories whose name matches this glob (repeatable)",
+    )
+    github.add_argument("--skip-forks", action="store_true", help="leave out forks")
+    github.add_argument("--skip-archived", action="store_true", help="leave out archived ones")
+    github.add_argument("--no-wikis", action="store_true", help="do not back up wikis")
+    where = parser.add_argument_group("destination")
+    where.add_argument("--dest-bucket", required=True)
+    where.add_argument("--dest-profile", help="AWS profile for the destination")
+    where.add_argument("--endpoint-url", help="S3 endpoint of the destination")
+    where.add_argument("--dest-endpoint-url", help="S3 endpoint of the destination (wins)")
+    where.add_argument("--region", help="region of the destination client")
+    local = parser.add_argument_group("staging and checkpoints")
+    local.add_argument("--base-local-path", required=True, type=Path, help="staging directory")
+    local.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="delete staged bundles, files and mirrors once uploaded (the next run then "
+        "clones changed repositories again instead of fetching into the kept mirror)",
+    )
+    local.add_argument("--checkpoint-dir", type=Path, help="default: BASE/checkpoints")
+    local.add_argument(
+        "--checkpoint-interval",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="write the checkpoint after every N processed artifacts (default 1)",
+    )
+    local.add_argument(
+        "--ignore-checkpoints",
+        action="store_true",
+        help="start from the beginning and copy everything again; an existing checkpoint is "
+        "kept aside",
+    )
+    local.add_argument(
+        "--on-complete",
+        choices=ON_COMPLETE_CHOICES,
+        default="archive",
+        help="what happens to the checkpoint of a backup that completed without errors "
+        "(default: archive; the next run reads it to skip unchanged repositories)",
+    )
+    tuning = parser.add_argument_group("transfer")
+    tuning.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="artifacts in flight (default 8)",
+    )
+    tuning.add_argument(
+        "--api-concurrency",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="concurrent GitHub API requests (default 4)",
+    )
+    tuning.add_argument(
+        "--git-concurrency",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="concurrent git processes (default 2)",
+    )
+    tuning.add_argument("--multipart-threshold", type=parse_size, default="8MiB", metavar="SIZE")
+    tuning.add_argument("--part-size", type=parse_size, default="8MiB", metavar="SIZE")
+    tuning.add_argument("--checksum", choices=CHECKSUM_CHOICES, default="md5")
+    tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+
+
+def build_github_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="backup-github", description=GITHUB_DESCRIPTION)
+    add_github_arguments(parser)
+    add_common_arguments(parser)
+    parser.set_defaults(handler=_github_command)
+    return parser
+
+
+def github_config(args: argparse.Namespace) -> GitHubBackupConfig:
+    return GitHubBackupConfig(
+        owner=args.owner,
+        dest_bucket=args.dest_bucket,
+        base_local_path=args.base_local_path,
+        dest_profile=args.dest_profile,
+        endpoint_url=args.endpoint_url,
+        dest_endpoint_url=args.dest_endpoint_url,
+        region=args.region,
+        api_url=args.api_url,
+        token_env=args.token_env,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        skip_forks=args.skip_forks,
+        skip_archived=args.skip_archived,
+        wikis=not args.no_wikis,
+        cleanup=args.cleanup,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval=args.checkpoint_interval,
+        ignore_checkpoints=args.ignore_checkpoints,
+        on_complete=args.on_complete,
+        concurrency=args.concurrency,
+        api_concurrency=args.api_concurrency,
+        git_concurrency=args.git_concurrency,
+        multipart_threshold=args.multipart_threshold,
+        part_size=args.part_size,
+        checksum=args.checksum,
+        max_attempts=args.max_attempts,
+    )
+
+
+async def _github_command(args: argparse.Namespace) -> int:
+    config = github_config(args)
+    config.resolved_token()  # fail before any work when the token is missing
+    _check_report_path(args)
+    progress = pick_progress(args, sys.stderr, log)
+    report = await _with_progress(
+        progress,
+        lambda: _interruptible(
+            lambda stop: run_github_backup(config, observer=progress, stop=stop)
+        ),
+    )
+    if report is None:
+        log.warning("interrupted; the checkpoint is saved - run the same command to resume")
+        return EXIT_INTERRUPTED
+    _summarize(report, args)
+    return report.exit_code
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -220,11 +443,21 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         part_size=args.part_size,
         checksum=args.checksum,
         max_attempts=args.max_attempts,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        skip_existing=args.skip_existing,
+        dest_prefix=args.dest_prefix,
+        storage_class=args.storage_class,
+        sse=args.sse,
+        sse_kms_key_id=args.sse_kms_key_id,
+        max_bandwidth=args.max_bandwidth,
     )
 
 
 async def _s3_command(args: argparse.Namespace) -> int:
     config = s3_config(args)
+    if args.dry_run:
+        return await _dry_run(config, args)
     _check_report_path(args)
     progress = pick_progress(args, sys.stderr, log)
     report = await _with_progress(
@@ -260,8 +493,26 @@ async def _with_progress(
                 return await main()
             finally:
                 ticker.cancel()
+    except BaseExceptionGroup as group:  # the run's own error, not a group of one
+        raise primary_error(group) from None
     finally:
         progress.close()
+
+
+async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
+    plan = await plan_backup(config)
+    print(
+        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
+        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
+        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination"
+    )
+    for key in plan.first_keys:
+        print(f"  {key}")
+    if plan.copy_files > len(plan.first_keys):
+        print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
+    if args.report:
+        args.report.write_bytes(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+    return EXIT_OK
 
 
 async def _interruptible(
@@ -372,3 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def main_s3(argv: Sequence[str] | None = None) -> int:
     return run(build_s3_parser(), argv)
+
+
+def main_github(argv: Sequence[str] | None = None) -> int:
+    return run(build_github_parser(), argv)

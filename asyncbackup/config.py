@@ -14,6 +14,8 @@ S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 
 OnComplete = Literal["archive", "delete"]
+SseMode = Literal["AES256", "aws:kms"]
+SSE_CHOICES: tuple[SseMode, ...] = ("AES256", "aws:kms")
 ChecksumMode = Literal["md5", "crc32", "crc32c", "sha256", "none"]
 ON_COMPLETE_CHOICES: tuple[OnComplete, ...] = ("archive", "delete")
 CHECKSUM_CHOICES: tuple[ChecksumMode, ...] = ("md5", "crc32", "crc32c", "sha256", "none")
@@ -52,6 +54,14 @@ class BackupConfig:
     checksum: ChecksumMode = "md5"
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    skip_existing: bool = False
+    dest_prefix: str | None = None
+    storage_class: str | None = None
+    sse: SseMode | None = None
+    sse_kms_key_id: str | None = None
+    max_bandwidth: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
@@ -82,6 +92,16 @@ class BackupConfig:
             raise ConfigError(f"on_complete must be one of {', '.join(ON_COMPLETE_CHOICES)}")
         if self.checksum not in CHECKSUM_CHOICES:
             raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.dest_prefix is not None:
+            object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
+        if self.sse is not None and self.sse not in SSE_CHOICES:
+            raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
+        if self.max_bandwidth is not None and self.max_bandwidth < 1024:
+            raise ConfigError("--max-bandwidth must be at least 1KB/s")
 
     @property
     def source_prefix(self) -> str:
@@ -95,6 +115,20 @@ class BackupConfig:
     @property
     def effective_dest_endpoint(self) -> str | None:
         return self.dest_endpoint_url or self.endpoint_url
+
+    def dest_key(self, key: str) -> str:
+        """Where ``key`` goes: the same key, or with SOURCE_PATH replaced by --dest-prefix."""
+        if self.dest_prefix is None:
+            return key
+        relative = key[len(self.source_prefix) :]
+        return f"{self.dest_prefix}/{relative}" if self.dest_prefix else relative
+
+    @property
+    def dest_list_prefix(self) -> str:
+        """The destination prefix that holds this job's copies."""
+        if self.dest_prefix is None:
+            return self.source_prefix
+        return f"{self.dest_prefix}/" if self.dest_prefix else ""
 
     def part_size_for(self, size: int) -> int:
         """The part size for an object of ``size`` bytes, grown to stay within 10,000 parts."""

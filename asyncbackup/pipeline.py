@@ -33,6 +33,7 @@ class WorkItem:
     key: str
     size: int
     etag: str = ""
+    present: bool = False  # already identical at the destination (--skip-existing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class PipelineResult:
     done_files: int = 0
     done_bytes: int = 0
     skipped_files: int = 0
+    unchanged_files: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     listed_files: int = 0
     listed_bytes: int = 0
@@ -157,6 +159,8 @@ class Pipeline:
             # Whatever ended the run, the events already sent reach the file.
             self._drain_events()
             self.manager.flush(self.state)
+            self.observer.on_flush(self._since_flush)
+            self._since_flush = 0
             self.result.stopped = self.stop.is_set()
 
     def note(self, section: str, key: str, value: Any) -> None:
@@ -171,22 +175,22 @@ class Pipeline:
 
     async def _lister(self, listing: AsyncIterator[Sequence[WorkItem]]) -> None:
         files = self.state.files
-        try:
-            async for page in listing:
+        async for page in listing:
+            if self.stop.is_set():
+                break
+            self._events.put_nowait(_Listed(page))
+            for item in page:
+                if item.present or files.get(item.key) is True:
+                    continue
                 if self.stop.is_set():
                     break
-                self._events.put_nowait(_Listed(page))
-                for item in page:
-                    if files.get(item.key) is True:
-                        continue
-                    if self.stop.is_set():
-                        break
-                    await self._work.put(item)
-            else:
-                self._events.put_nowait(_ListingDone())
-        finally:
-            for _ in range(self.concurrency):
-                await self._work.put(None)
+                await self._work.put(item)
+        else:
+            self._events.put_nowait(_ListingDone())
+        # Not in a ``finally``: on failure or cancellation the workers are cancelled too,
+        # and nobody would take these from a full queue.
+        for _ in range(self.concurrency):
+            await self._work.put(None)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -286,6 +290,15 @@ class Pipeline:
             size += item.size
             done = state.files.get(item.key)
             if done is True:
+                skipped += 1
+                skipped_bytes += item.size
+            elif item.present:
+                # Identical at the destination already: done without a copy.
+                state.files[item.key] = True
+                state.processed_files += 1
+                state.processed_bytes += item.size
+                state.errors.pop(item.key, None)
+                result.unchanged_files += 1
                 skipped += 1
                 skipped_bytes += item.size
             else:

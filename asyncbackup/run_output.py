@@ -66,6 +66,7 @@ def summary_record(report: BackupReport) -> dict[str, Any]:
         "files_copied": report.copied_files,
         "bytes_copied": report.copied_bytes,
         "files_skipped": report.skipped_files,
+        "files_unchanged": report.unchanged_files,
         "duration_seconds": round(report.duration, 3),
         "bytes_per_second": round(bytes_rate, 1),
         "files_per_second": round(files_rate, 3),
@@ -91,7 +92,12 @@ def summary_lines(report: BackupReport) -> list[str]:
         f"{report.status}: copied {report.copied_files:,} files, "
         f"{human_bytes(report.copied_bytes)} ({report.copied_bytes:,} bytes) in "
         f"{report.duration:.1f}s ({bytes_rate / 1e6:.1f} MB/s, {files_rate:.1f} files/s); "
-        f"{report.skipped_files:,} already done before",
+        f"{report.skipped_files:,} already done before"
+        + (
+            f" ({report.unchanged_files:,} found unchanged at the destination)"
+            if report.unchanged_files
+            else ""
+        ),
         f"job: {report.processed_files:,} of {report.total_files:,} files done "
         f"({human_bytes(report.processed_bytes)} of {human_bytes(report.total_bytes)}); "
         f"{len(report.errors):,} errors",

@@ -6,6 +6,7 @@ terminated or its stdin closes. Used by the test fixtures and by ``make demo``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 
@@ -13,6 +14,7 @@ from moto.server import ThreadedMotoServer
 
 
 def main() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on stderr
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(server.get_host_and_port()[1], flush=True)

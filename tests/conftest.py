@@ -64,6 +64,8 @@ def s3_server() -> Iterator[S3Server]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+        process.stdout.close()
 
 
 @pytest.fixture(autouse=True)

@@ -78,9 +78,28 @@ def run_cli(
             *args,
         ]
     else:
-        argv = [sys.executable, "-m", "asyncbackup", *args]
+        argv = [sys.executable, "-m", "asyncbackup", "s3", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=os.environ)
 
 
 def load_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def put_multipart(client: Any, bucket: str, key: str, sizes: Sequence[int]) -> str:
+    """Upload ``key`` as a multipart object with parts of ``sizes``; return its ETag."""
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    parts = []
+    for number, size in enumerate(sizes, start=1):
+        answer = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=os.urandom(size),
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    done = client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+    return str(done["ETag"])

@@ -19,7 +19,8 @@ from typing import Any
 
 import aiofiles
 
-from ..config import ChecksumMode
+from ..bandwidth import TokenBucket
+from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..retry import RetryPolicy
 from ..s3client import S3Client
@@ -53,6 +54,8 @@ class S3Sink:
         part_size_for: Callable[[int], int],
         part_concurrency: int,
         part_slots: asyncio.Semaphore,
+        extra_params: dict[str, str] | None = None,
+        bandwidth: TokenBucket | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -62,6 +65,8 @@ class S3Sink:
         self.part_size_for = part_size_for
         self.part_concurrency = part_concurrency
         self.part_slots = part_slots
+        self.extra_params = dict(extra_params or {})
+        self.bandwidth = bandwidth
 
     def _checksum_params(self, md5: bytes) -> dict[str, str]:
         if self.checksum == "md5":
@@ -71,9 +76,17 @@ class S3Sink:
         return {}
 
     async def put(self, fetched: FetchedObject, key: str) -> None:
-        """Upload ``fetched`` under ``key``; return only once the destination has it whole."""
+        """Upload ``fetched`` under ``key``; return only once the destination has it whole.
+
+        A multipart source is copied with its own part layout, so the copy's ETag equals the
+        source's (checked); other objects above the threshold use ``part_size_for``.
+        """
+        layout = fetched.source_part_size
+        if layout is not None and self._layout_allowed(layout, fetched.size):
+            await self._put_multipart(fetched, key, layout)
+            return
         if fetched.size >= self.multipart_threshold:
-            await self._put_multipart(fetched, key)
+            await self._put_multipart(fetched, key, self.part_size_for(fetched.size))
             return
         body = fetched.data
         if body is None:
@@ -87,10 +100,18 @@ class S3Sink:
             "Key": key,
             "Body": body,
             **fetched.metadata,
+            **self.extra_params,
             **self._checksum_params(fetched.md5),
         }
+        if self.bandwidth is not None:
+            await self.bandwidth.consume(len(body))
         response = await self.retry.call(lambda: self.client.put_object(**params))
         self._check_etag(response, fetched.md5.hex(), key)
+
+    @staticmethod
+    def _layout_allowed(part_size: int, size: int) -> bool:
+        big_enough = part_size >= S3_MIN_PART_SIZE or part_size >= size
+        return big_enough and -(-size // part_size) <= S3_MAX_PARTS
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = str(response.get("ETag", ""))
@@ -98,10 +119,14 @@ class S3Sink:
         if checked and clean_etag(etag) != expected:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
 
-    async def _put_multipart(self, fetched: FetchedObject, key: str) -> None:
-        part_size = self.part_size_for(fetched.size)
+    async def _put_multipart(self, fetched: FetchedObject, key: str, part_size: int) -> None:
         count = max(1, -(-fetched.size // part_size))
-        create: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **fetched.metadata}
+        create: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            **fetched.metadata,
+            **self.extra_params,
+        }
         if self.checksum in _ALGORITHMS:
             create["ChecksumAlgorithm"] = _ALGORITHMS[self.checksum]
         upload = await self.retry.call(lambda: self.client.create_multipart_upload(**create))
@@ -139,6 +164,9 @@ class S3Sink:
             )
             if verifiable and etag and etag != f"{expected}-{count}":
                 raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")
+            same_layout = part_size == fetched.source_part_size
+            if verifiable and same_layout and etag != clean_etag(fetched.etag):
+                raise IntegrityError(f"copy ETag {etag} differs from source {fetched.etag}")
         except BaseException:
             await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
             raise
@@ -155,6 +183,8 @@ class S3Sink:
         if len(data) != length:
             raise IntegrityError(f"staged file is shorter than expected at part {number}")
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        if self.bandwidth is not None:
+            await self.bandwidth.consume(length)
         params = {
             "Bucket": self.bucket,
             "Key": key,

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiofiles
 
+from ..bandwidth import TokenBucket
 from ..errors import IntegrityError, ObjectError
 from ..pipeline import WorkItem
 from ..retry import RetryPolicy
@@ -27,6 +28,7 @@ from ..staging import Staging, raise_if_disk_full
 CHUNK = 1024 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
 
 #: GetObject response fields that are copied to the destination as they are.
 PRESERVED_FIELDS = (
@@ -51,10 +53,17 @@ class FetchedObject:
     etag: str
     metadata: dict[str, Any] = field(default_factory=dict)
     data: bytes | None = None  # small objects stay in memory too: no second read
+    source_part_size: int | None = None  # the part size of a multipart source object
 
 
 def clean_etag(etag: str) -> str:
     return etag.strip().strip('"').lower()
+
+
+def multipart_parts(etag: str) -> int | None:
+    """The part count of a multipart ETag (``"<md5>-N"``), or None."""
+    match = _MULTIPART_ETAG.match(clean_etag(etag))
+    return int(match.group(1)) if match else None
 
 
 def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
@@ -65,10 +74,18 @@ def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
 
 
 class S3Source:
-    def __init__(self, client: S3Client, bucket: str, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        retry: RetryPolicy,
+        *,
+        bandwidth: TokenBucket | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.retry = retry
+        self.bandwidth = bandwidth
 
     async def list(self, prefix: str) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive."""
@@ -120,6 +137,8 @@ class S3Source:
                     body = response["Body"]
                     async with body:  # always release the connection, read or not
                         while chunk := await body.read(CHUNK):
+                            if self.bandwidth is not None:
+                                await self.bandwidth.consume(len(chunk))
                             await out.write(chunk)
                             digest.update(chunk)
                             if chunks is not None:
@@ -147,4 +166,24 @@ class S3Source:
         if head.get("Metadata"):
             metadata["Metadata"] = dict(head["Metadata"])
         data = b"".join(chunks) if chunks is not None else None
-        return FetchedObject(item.key, tmp, written, md5, etag, metadata, data)
+        fetched = FetchedObject(item.key, tmp, written, md5, etag, metadata, data)
+        fetched.source_part_size = await self._part_size(item.key, etag, written)
+        return fetched
+
+    async def _part_size(self, key: str, etag: str, size: int) -> int | None:
+        """The source's part size, so the copy can have the same layout and the same ETag."""
+        parts = multipart_parts(etag)
+        if parts is None:
+            return None
+        if parts == 1:
+            return size
+        head = await self.retry.call(
+            # No If-Match: some servers answer with the part's ETag. A change in between
+            # shows up as an ETag mismatch of the copy, which is retried.
+            functools.partial(self.client.head_object, Bucket=self.bucket, Key=key, PartNumber=1)
+        )
+        part_size = int(head.get("ContentLength", 0))
+        # Only a uniform layout reproduces the ETag: N-1 full parts and a shorter last one.
+        if part_size <= 0 or not (parts - 1) * part_size < size <= parts * part_size:
+            return None
+        return part_size

@@ -39,7 +39,8 @@ class FailedRun:
 
 @pytest.fixture
 async def proxy(s3_server: S3Server) -> AsyncIterator[FaultyProxy]:
-    faulty = await FaultyProxy(s3_server.endpoint).start()
+    faulty = FaultyProxy(s3_server.endpoint)
+    await faulty.start()
     try:
         yield faulty
     finally:

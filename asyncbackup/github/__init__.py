@@ -1,0 +1,11 @@
+"""GitHub to S3: git bundles, wikis, metadata and release assets of an owner's repositories.
+
+``client`` (the REST API: pagination, rate limits, conditional requests), ``git`` (mirror,
+bundle, verify, with the token through askpass), ``listing`` (what is copied, under which key),
+``artifacts`` (copy one artifact), ``backup`` (``run_github_backup``: the pipeline).
+"""
+
+from .backup import run_github_backup
+from .config import GitHubBackupConfig
+
+__all__ = ["GitHubBackupConfig", "run_github_backup"]

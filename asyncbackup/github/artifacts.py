@@ -1,0 +1,250 @@
+"""The ``process`` step of a GitHub backup: copy one artifact durably, or find it unchanged.
+
+An artifact is marked done only once its object is at the destination: uploaded now (and
+verified by the sink), or found there unchanged since the last complete backup, which is when
+``pushed_at`` (bundles), the wiki's refs, a release asset's ``updated_at`` and size, or every
+page's ETag (metadata, answered 304) have not moved *and* the object is still in the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import FatalRunError, IntegrityError, ObjectError
+from ..pipeline import WorkItem
+from ..retry import Backoff, RetryPolicy
+from ..s3client import S3Client
+from ..sinks.s3 import S3Sink
+from ..sources.s3 import FetchedObject
+from ..staging import Staging, encode_segment, raise_if_disk_full
+from .client import GitHubClient, GitHubError
+from .git import GitError, GitRunner, refs_digest
+from .listing import (
+    ASSET,
+    BUNDLE,
+    ETAGS,
+    METADATA_BY_KIND,
+    PREFIX,
+    SKIPPED,
+    VERSIONS,
+    WIKI,
+    Artifact,
+    Note,
+)
+from .ratelimit import Sleep
+
+log = logging.getLogger("asyncbackup")
+
+_ATTEMPTS = 3
+_CHUNK = 1024 * 1024
+
+
+def file_md5(path: Path) -> tuple[int, bytes]:
+    """(size, MD5) of a file, read in chunks (blocking; run in a thread)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.digest()
+
+
+class Skip(Exception):
+    """Nothing to copy for this artifact (an empty repository, no wiki...): done, recorded."""
+
+
+class ArtifactCopier:
+    def __init__(
+        self,
+        *,
+        client: GitHubClient,
+        git: GitRunner,
+        sink: S3Sink,
+        dest_client: S3Client,
+        dest_bucket: str,
+        dest_retry: RetryPolicy,
+        staging: Staging,
+        previous: Mapping[str, Mapping[str, Any]],
+        note: Note,
+        cleanup: bool,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.git = git
+        self.sink = sink
+        self.dest_client = dest_client
+        self.dest_bucket = dest_bucket
+        self.dest_retry = dest_retry
+        self.staging = staging
+        self.previous = previous
+        self.note = note
+        self.cleanup = cleanup
+        self.sleep = sleep
+        self.backoff = Backoff(base=2.0, cap=30.0)
+        self.unchanged = 0
+        self.skipped: dict[str, str] = {}
+
+    async def process(self, item: WorkItem) -> int:
+        """Copy ``item``; its size in bytes (0 when unchanged or nothing to copy)."""
+        assert isinstance(item, Artifact)
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self._copy(item)
+            except Skip as skip:
+                reason = str(skip)
+                self.skipped[item.key] = reason
+                self.note(SKIPPED, item.key, reason)
+                log.info("skipping %s: %s", item.key, reason)
+                return 0
+            except OSError as exc:
+                raise_if_disk_full(exc, self.staging.base)
+                raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
+            except ObjectError as exc:
+                if isinstance(exc, GitHubError) and exc.status == 401:
+                    raise FatalRunError(
+                        "GitHub stopped accepting the token (401); check that it has not "
+                        "expired or been revoked, then run again to resume"
+                    ) from exc
+                if not exc.retryable or attempt == _ATTEMPTS:
+                    raise
+                log.warning("retrying %s after %s", item.key, exc)
+                await self.sleep(self.backoff.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def _copy(self, item: Artifact) -> int:
+        try:
+            if item.kind == BUNDLE:
+                return await self._bundle(item, item.version)
+            if item.kind == WIKI:
+                refs = await self.git.ls_remote(item.url)
+                if refs is None:
+                    raise Skip("the repository has no wiki yet")
+                if not refs:
+                    raise Skip("the wiki is empty")
+                return await self._bundle(item, refs_digest(refs))
+            if item.kind == ASSET:
+                return await self._asset(item)
+            return await self._metadata(item)
+        except GitHubError as exc:
+            if exc.status == 409:
+                raise Skip(f"the repository is empty (409: {exc.message})") from exc
+            if exc.status == 410 and item.kind in ("issues", "issue-comments"):
+                raise Skip("issues are disabled for this repository (410)") from exc
+            raise
+        except GitError as exc:
+            if exc.code == "GitEmpty":
+                raise Skip("the repository has no commits") from exc
+            raise
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _relative(self, key: str) -> str:
+        return key.removeprefix(f"{PREFIX}/")
+
+    async def _at_destination(self, key: str) -> bool:
+        try:
+            await self.dest_retry.call(
+                lambda: self.dest_client.head_object(Bucket=self.dest_bucket, Key=key)
+            )
+        except ObjectError as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    async def _unchanged(self, key: str, version: str) -> bool:
+        before = self.previous.get(VERSIONS, {}).get(key)
+        if version and before == version and await self._at_destination(key):
+            self.unchanged += 1
+            log.debug("%s is unchanged since the last backup", key)
+            return True
+        return False
+
+    async def _upload(
+        self, key: str, tmp: Path, size: int, md5: bytes, metadata: dict[str, Any]
+    ) -> None:
+        """Move ``tmp`` to its staged path, upload it, and clean up if asked."""
+        path = await asyncio.to_thread(self.staging.commit, tmp, self._relative(key))
+        try:
+            fetched = FetchedObject(key, path, size, md5, "", metadata)
+            await self.sink.put(fetched, key)
+        finally:
+            if self.cleanup:
+                await asyncio.to_thread(self.staging.remove, path)
+
+    # -- the kinds of artifact ----------------------------------------------------------
+
+    async def _bundle(self, item: Artifact, version: str) -> int:
+        if await self._unchanged(item.key, version):
+            return 0
+        name = f"{item.repo}.wiki.git" if item.kind == WIKI else f"{item.repo}.git"
+        mirror = self.staging.root / ".mirrors" / encode_segment(item.owner) / encode_segment(name)
+        await self.git.mirror(item.url, mirror)
+        tmp = self.staging.temp_path()
+        try:
+            try:
+                await self.git.bundle(mirror, tmp)
+                await self.git.verify(mirror, tmp)
+                size, md5 = await asyncio.to_thread(file_md5, tmp)
+                meta_name = "refs-sha256" if item.kind == WIKI else "pushed-at"
+                await self._upload(
+                    item.key,
+                    tmp,
+                    size,
+                    md5,
+                    {"ContentType": "application/x-git-bundle", "Metadata": {meta_name: version}},
+                )
+            finally:
+                await asyncio.to_thread(tmp.unlink, True)
+        finally:
+            if self.cleanup:
+                await asyncio.to_thread(shutil.rmtree, mirror, True)
+        self.note(VERSIONS, item.key, version)
+        return size
+
+    async def _metadata(self, item: Artifact) -> int:
+        meta = METADATA_BY_KIND[item.kind]
+        previous = self.previous.get(ETAGS, {}).get(item.key) or None
+        tmp = self.staging.temp_path()
+        try:
+            fetched = await self.client.fetch_to_file(
+                item.url, tmp, previous=previous, paginated=meta.paginated
+            )
+            if fetched.unchanged:
+                if await self._at_destination(item.key):
+                    self.unchanged += 1
+                    log.debug("%s is unchanged (304)", item.key)
+                    return 0
+                fetched = await self.client.fetch_to_file(
+                    item.url, tmp, previous=None, paginated=meta.paginated
+                )
+            await self._upload(
+                item.key, tmp, fetched.size, fetched.md5, {"ContentType": "application/json"}
+            )
+        finally:
+            await asyncio.to_thread(tmp.unlink, True)
+        self.note(ETAGS, item.key, fetched.pages or None)
+        return fetched.size
+
+    async def _asset(self, item: Artifact) -> int:
+        if await self._unchanged(item.key, item.version):
+            return 0
+        tmp = self.staging.temp_path()
+        try:
+            size, md5 = await self.client.download(item.url, tmp)
+            if size != item.size:
+                raise IntegrityError(f"downloaded {size} bytes of the asset, expected {item.size}")
+            await self._upload(
+                item.key, tmp, size, md5, {"ContentType": "application/octet-stream"}
+            )
+        finally:
+            await asyncio.to_thread(tmp.unlink, True)
+        self.note(VERSIONS, item.key, item.version)
+        return size

@@ -1,0 +1,417 @@
+"""``run_github_backup()``: every repository of an organisation or user, with its metadata, to S3.
+
+The same engine as the S3 backup: a listing of artifacts feeds a bounded pipeline whose one
+writer task owns the checkpoint (``<base>/checkpoints/github_<OWNER>.checkpoint``, the seed's
+schema). ETags, ``pushed_at`` values and release asset lists are kept in top-level checkpoint
+sections through ``Pipeline.note``; when a completed checkpoint is archived, the next run starts
+a new one carrying those sections forward, so unchanged repositories cost neither a clone nor
+API quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..api import BackupReport, Status
+from ..checkpoint import (
+    CheckpointManager,
+    CheckpointState,
+    checkpoint_path,
+    now_iso,
+    read_checkpoint,
+)
+from ..errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+    ObjectError,
+    StoreUnavailableError,
+)
+from ..pipeline import Pipeline
+from ..progress import Observer
+from ..retry import AdaptiveLimiter, RetryPolicy
+from ..s3client import check_bucket, open_client
+from ..sinks.s3 import S3Sink
+from ..staging import Staging
+from .artifacts import ArtifactCopier
+from .client import GitHubClient, GitHubError
+from .config import GitHubBackupConfig
+from .git import GitRunner
+from .listing import (
+    CARRIED_SECTIONS,
+    ETAGS,
+    RELEASE_LISTING,
+    SKIPPED,
+    VERSIONS,
+    Lister,
+    RepoFilter,
+    repo_prefix,
+)
+from .ratelimit import Clock, RateGate, Sleep
+
+log = logging.getLogger("asyncbackup")
+
+USER_AGENT = "asyncbackup (+https://github.com/)"
+
+
+def _checkpoint_config(config: GitHubBackupConfig) -> dict[str, Any]:
+    """What the checkpoint records of the configuration: never the token, only its variable."""
+    return {
+        "cleanup": config.cleanup,
+        "base_local_path": str(config.base_local_path),
+        "api_url": config.api_url,
+        "token_env": config.token_env,
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "skip_forks": config.skip_forks,
+        "skip_archived": config.skip_archived,
+        "wikis": config.wikis,
+        "checkpoint_interval": config.checkpoint_interval,
+        "concurrency": config.concurrency,
+        "api_concurrency": config.api_concurrency,
+        "git_concurrency": config.git_concurrency,
+        "checksum": config.checksum,
+        "dest_profile": config.dest_profile,
+    }
+
+
+async def run_github_backup(
+    config: GitHubBackupConfig | None = None,
+    *,
+    observer: Observer | None = None,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+    sleep: Sleep | None = None,
+    **options: Any,
+) -> BackupReport:
+    """Back up every selected repository of ``owner`` (git bundles, wikis, metadata) to S3.
+
+    Pass a ``GitHubBackupConfig``, or its fields as keyword arguments named like the CLI flags
+    (``owner=..., dest_bucket=..., base_local_path=...``). The token comes from
+    ``token=`` or the ``token_env`` variable (``GITHUB_TOKEN``). ``clock`` (wall time, epoch
+    seconds) and ``sleep`` drive every rate-limit and retry wait: tests pass fakes. Setting
+    ``stop`` finishes the artifacts in flight and returns with status ``"stopped"``.
+    """
+    if config is None:
+        config = GitHubBackupConfig(**options)
+    elif options:
+        raise TypeError("pass either a GitHubBackupConfig or keyword options, not both")
+    token = config.resolved_token()
+    sleep = sleep or asyncio.sleep
+    started = time.monotonic()
+    path = checkpoint_path(
+        base_local_path=config.base_local_path,
+        source_bucket=config.source_name,
+        source_path=config.owner,
+        checkpoint_dir=config.checkpoint_dir,
+    )
+    manager = CheckpointManager(path)
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.to_thread(manager.open)
+        stack.callback(manager.close)
+        dest_client = await open_client(
+            stack,
+            role="destination",
+            profile=config.dest_profile,
+            endpoint_url=config.effective_dest_endpoint,
+            region=config.region,
+            max_pool_connections=config.concurrency * config.part_concurrency + 8,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+        )
+        await check_bucket(dest_client, config.dest_bucket, role="destination", write=True)
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT},
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=config.connect_timeout, sock_read=config.read_timeout
+                ),
+                connector=aiohttp.TCPConnector(limit=config.api_concurrency + config.concurrency),
+            )
+        )
+        gate = RateGate(clock=clock or time.time, sleep=sleep)
+        client = GitHubClient(
+            session,
+            config.api_url,
+            token,
+            gate=gate,
+            slots=asyncio.Semaphore(config.api_concurrency),
+            max_attempts=config.max_attempts,
+            sleep=sleep,
+        )
+        repos_path, repos_params = await _resolve_owner(client, config)
+        if not config.ignore_checkpoints:
+            await asyncio.to_thread(_check_same_server, path, config.api_url)
+        state, resumed = await asyncio.to_thread(
+            manager.load_or_create,
+            source_bucket=config.source_name,
+            source_path=config.owner,
+            dest_bucket=config.dest_bucket,
+            config=_checkpoint_config(config),
+            ignore_existing=config.ignore_checkpoints,
+        )
+        if resumed:
+            log.info(
+                "resuming %s: %d of %d artifacts already done",
+                path,
+                state.processed_files,
+                state.total_files,
+            )
+        elif not config.ignore_checkpoints:
+            carried = await asyncio.to_thread(carry_forward, manager, state, config.api_url)
+            if carried is not None:
+                log.info("incremental backup: versions and ETags from %s", carried)
+        staging = Staging(config.base_local_path, config.source_name)
+        await asyncio.to_thread(staging.prepare)
+        git = stack.enter_context(GitRunner(token, slots=asyncio.Semaphore(config.git_concurrency)))
+        dest_retry = RetryPolicy(
+            config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)
+        )
+        sink = S3Sink(
+            dest_client,
+            config.dest_bucket,
+            dest_retry,
+            checksum=config.checksum,
+            multipart_threshold=config.multipart_threshold,
+            part_size_for=config.part_size_for,
+            part_concurrency=config.part_concurrency,
+            part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+        )
+        pipeline = Pipeline(
+            manager=manager,
+            state=state,
+            concurrency=config.concurrency,
+            interval=config.checkpoint_interval,
+            max_age=config.checkpoint_max_age,
+            observer=observer,
+            stop=stop,
+        )
+        # Workers read what the last runs recorded; only the writer task changes the state.
+        previous = {section: dict(state.extra.get(section) or {}) for section in CARRIED_SECTIONS}
+        lister = Lister(
+            client,
+            repos_path=repos_path,
+            repos_params=repos_params,
+            repo_filter=RepoFilter(
+                include=config.include,
+                exclude=config.exclude,
+                skip_forks=config.skip_forks,
+                skip_archived=config.skip_archived,
+            ),
+            wikis=config.wikis,
+            previous_listing=previous[RELEASE_LISTING],
+            note=pipeline.note,
+        )
+        copier = ArtifactCopier(
+            client=client,
+            git=git,
+            sink=sink,
+            dest_client=dest_client,
+            dest_bucket=config.dest_bucket,
+            dest_retry=dest_retry,
+            staging=staging,
+            previous=previous,
+            note=pipeline.note,
+            cleanup=config.cleanup,
+            sleep=sleep,
+        )
+        await pipeline.run(lister.pages(), copier.process)
+        log.info(
+            "%d repositories listed (%d left out by filters); %d artifacts unchanged; "
+            "%d API requests (%d answered 304); %d rate-limit pauses; git: %d clones, %d fetches",
+            lister.repositories,
+            len(lister.left_out),
+            copier.unchanged,
+            client.requests,
+            client.not_modified,
+            len(gate.waits),
+            git.commands.count("clone"),
+            git.commands.count("fetch"),
+        )
+        return await asyncio.to_thread(
+            _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started
+        )
+    raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
+
+
+async def _resolve_owner(
+    client: GitHubClient, config: GitHubBackupConfig
+) -> tuple[str, dict[str, str]]:
+    """Check the token and the owner; the path that lists the owner's repositories."""
+    variable = config.token_env if config.token is None else "the token"
+    try:
+        me: str | None = None
+        try:
+            me = str((await client.get(client.url("/user"), attempts=2)).json()["login"])
+        except GitHubError as exc:
+            if exc.status == 401:
+                raise ConfigError(
+                    f"GitHub refused {variable} (401 {exc.message.split(' (GET')[0]}); check "
+                    "that the token is valid and not expired"
+                ) from None
+            if exc.status != 403:  # app installation tokens cannot read /user
+                raise
+        try:
+            account = (await client.get(client.url(f"/users/{config.owner}"), attempts=2)).json()
+        except GitHubError as exc:
+            if exc.status == 404:
+                raise ConfigError(
+                    f"GitHub has no organisation or user named {config.owner!r}; check OWNER "
+                    "(and --api-url for GitHub Enterprise Server)"
+                ) from None
+            raise
+    except ObjectError as exc:
+        raise StoreUnavailableError(
+            f"cannot use the GitHub API at {config.api_url}: {exc}; check --api-url, the "
+            "network and the token"
+        ) from None
+    login = str(account["login"])
+    if account.get("type") == "Organization":
+        return f"/orgs/{login}/repos", {"type": "all"}
+    if me is not None and me.lower() == login.lower():
+        # /users/{me}/repos lists only public repositories; this lists private ones too
+        return "/user/repos", {"affiliation": "owner", "visibility": "all"}
+    return f"/users/{login}/repos", {"type": "owner"}
+
+
+def _check_same_server(path: Path, api_url: str) -> None:
+    """A checkpoint of the same owner on another GitHub server is another job."""
+    if not path.exists():
+        return
+    try:
+        recorded = read_checkpoint(path).config.get("api_url")
+    except CheckpointError:
+        return  # load_or_create reports it
+    if recorded not in (None, api_url):
+        raise CheckpointMismatchError(
+            f"checkpoint {path} belongs to a backup from {recorded}, not {api_url}; use "
+            "--checkpoint-dir to keep this job's checkpoint elsewhere, or --ignore-checkpoints "
+            "to replace it"
+        )
+
+
+def carry_forward(manager: CheckpointManager, state: CheckpointState, api_url: str) -> Path | None:
+    """Seed a new checkpoint with the versions and ETags of the last completed one."""
+    archive = manager.path.parent / "archive"
+    candidates = sorted(archive.glob(f"{manager.path.name}.*"), reverse=True)
+    for candidate in candidates:
+        try:
+            old = read_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        same = (old.source_bucket, old.source_path, old.dest_bucket) == (
+            state.source_bucket,
+            state.source_path,
+            state.dest_bucket,
+        ) and old.config.get("api_url") in (None, api_url)
+        if not same:
+            continue
+        for section in CARRIED_SECTIONS:
+            value = old.extra.get(section)
+            if isinstance(value, dict):
+                state.extra[section] = value
+        manager.flush(state)
+        return candidate
+    return None
+
+
+def _prune_notes(state: CheckpointState) -> None:
+    """Forget versions, ETags and listings of artifacts no longer in the job."""
+    for section in (ETAGS, VERSIONS):
+        notes = state.extra.get(section)
+        if isinstance(notes, dict):
+            for key in [k for k in notes if k not in state.files]:
+                del notes[key]
+    skipped = state.extra.get(SKIPPED)
+    if isinstance(skipped, dict):  # some are never listed (issues disabled): keep per repo
+        for key in [k for k in skipped if _repo_of(k) + ".bundle" not in state.files]:
+            del skipped[key]
+    listing = state.extra.get(RELEASE_LISTING)
+    if isinstance(listing, dict):
+        for prefix in [p for p in listing if f"{p}.bundle" not in state.files]:
+            del listing[prefix]
+
+
+def _repo_of(key: str) -> str:
+    """``github/<owner>/<repo>`` of any artifact key."""
+    head, owner, rest = [*key.split("/", 2), "", ""][:3]
+    repo = rest.split("/", 1)[0].removesuffix(".bundle").removesuffix(".wiki")
+    return f"{head}/{owner}/{repo}"
+
+
+def _conclude(
+    config: GitHubBackupConfig,
+    manager: CheckpointManager,
+    state: CheckpointState,
+    pipeline: Pipeline,
+    resumed: bool,
+    duration: float,
+) -> BackupReport:
+    result = pipeline.result
+    archived: Path | None = None
+    status: Status
+    if result.stopped or not result.listing_complete:
+        status = "stopped"
+    else:
+        _prune_notes(state)
+        manager.flush(state)
+        if state.errors:
+            status = "completed_with_errors"
+        else:
+            status = "completed"
+            archived = manager.finish(config.on_complete)
+            _log_completion(manager.path, state, duration)
+    return BackupReport(
+        status=status,
+        processed_files=state.processed_files,
+        processed_bytes=state.processed_bytes,
+        total_files=state.total_files,
+        total_bytes=state.total_bytes,
+        copied_files=result.done_files,
+        copied_bytes=result.done_bytes,
+        skipped_files=result.skipped_files,
+        unchanged_files=result.unchanged_files,
+        errors=dict(state.errors),
+        duration=duration,
+        checkpoint_path=manager.path,
+        archived_checkpoint=archived,
+        resumed=resumed,
+        failed_this_run=dict(result.failed),
+    )
+
+
+def _log_completion(path: Path, state: CheckpointState, duration: float) -> None:
+    log.info(
+        "backup %s complete: %d artifacts, %d bytes from %s/%s to s3://%s in %.1fs",
+        state.backup_id,
+        state.processed_files,
+        state.processed_bytes,
+        state.source_bucket,
+        state.source_path,
+        state.dest_bucket,
+        duration,
+    )
+    entry: Mapping[str, Any] = {
+        "backup_id": state.backup_id,
+        "completed": now_iso(),
+        "source_bucket": state.source_bucket,
+        "source_path": state.source_path,
+        "dest_bucket": state.dest_bucket,
+        "files": state.processed_files,
+        "bytes": state.processed_bytes,
+        "seconds": round(duration, 3),
+    }
+    with (path.parent / "completions.log").open("ab") as handle:
+        handle.write(orjson.dumps(entry) + b"\n")
+
+
+__all__ = ["carry_forward", "repo_prefix", "run_github_backup"]

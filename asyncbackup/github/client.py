@@ -1,0 +1,314 @@
+"""The GitHub REST API over aiohttp: pagination, rate limits, conditional requests, assets.
+
+Every request passes the ``RateGate`` (primary and secondary limits) and holds one of a fixed
+number of API slots, separate from the cap on git processes. Lists are read 100 items a page,
+following ``Link: rel="next"``. A paginated resource can be read *conditionally*: the ETag of
+every page of the last copy is sent back in ``If-None-Match``; when every page answers 304 (no
+quota spent) the resource is unchanged.
+
+The token only ever travels in the ``Authorization`` header of API requests; a release asset's
+download redirect is followed by hand, without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import aiofiles
+import aiohttp
+import orjson
+
+from ..errors import ObjectError
+from ..retry import Backoff
+from .ratelimit import RateGate, Sleep
+
+log = logging.getLogger("asyncbackup")
+
+PER_PAGE = 100
+API_VERSION = "2022-11-28"
+CHUNK = 1024 * 1024
+_MAX_RATE_LIMIT_RETRIES = 12
+_MAX_HOPS = 3
+_JSON = "application/vnd.github+json"
+_CODES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    410: "Gone",
+    422: "Unprocessable",
+    451: "UnavailableForLegalReasons",
+}
+
+#: ``[[url, etag], ...]``: the pages of one copy of a resource, as kept in the checkpoint.
+PageTags = list[list[str]]
+
+
+class GitHubError(ObjectError):
+    """An API answer that is an error; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str, *, retryable: bool = False) -> None:
+        code = _CODES.get(status, f"HTTP{status}")
+        super().__init__(code, message, retryable=retryable)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    next_url: str | None
+
+    @property
+    def etag(self) -> str | None:
+        return self.headers.get("etag")
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass(slots=True)
+class Fetched:
+    """A resource copied to a file, or found unchanged (``unchanged``: nothing was written)."""
+
+    unchanged: bool
+    pages: PageTags = field(default_factory=list)
+    size: int = 0
+    md5: bytes = b""
+    items: int = 0
+
+
+def _message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace")
+    else:
+        text = str(data.get("message", "")) if isinstance(data, dict) else ""
+    return " ".join(text.split())[:300]
+
+
+class GitHubClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        token: str,
+        *,
+        gate: RateGate,
+        slots: asyncio.Semaphore,
+        max_attempts: int = 8,
+        backoff: Backoff | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.session = session
+        self.api_url = api_url.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self.gate = gate
+        self.slots = slots
+        self.max_attempts = max_attempts
+        self.backoff = backoff or Backoff(base=1.0, cap=60.0)
+        self.sleep = sleep
+        self.requests = 0
+        self.not_modified = 0
+
+    def url(self, path: str, params: Mapping[str, str | int] | None = None) -> str:
+        url = path if path.startswith(("http://", "https://")) else self.api_url + path
+        return f"{url}?{urlencode(params)}" if params else url
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def get(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        accept: str = _JSON,
+        attempts: int | None = None,
+    ) -> Answer:
+        """One GET, retried through rate limits and transient failures; 2xx or 304 only."""
+        headers = {**self._auth, "Accept": accept, "X-GitHub-Api-Version": API_VERSION}
+        if etag:
+            headers["If-None-Match"] = etag
+        attempt = limited = hops = 0
+        max_attempts = attempts or self.max_attempts
+        while True:
+            await self.gate.wait_turn()
+            try:
+                async with (
+                    self.slots,
+                    self.session.get(url, headers=headers, allow_redirects=False) as response,
+                ):
+                    self.requests += 1
+                    body = await response.read()
+                    status = response.status
+                    answer_headers = {k.lower(): v for k, v in response.headers.items()}
+                    next_link = response.links.get("next")
+                    next_url = str(next_link["url"]) if next_link else None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                attempt += 1
+                if attempt >= max_attempts:
+                    detail = " ".join(str(exc).split()) or type(exc).__name__
+                    raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
+                await self.sleep(self.backoff.delay(attempt))
+                continue
+            message = _message(body) if status >= 400 else ""
+            if self.gate.observe(status, answer_headers, message):
+                limited += 1
+                if limited > _MAX_RATE_LIMIT_RETRIES:
+                    raise GitHubError(status, f"still rate limited: {message}", retryable=True)
+                continue
+            if status == 304:
+                self.not_modified += 1
+            location = answer_headers.get("location")
+            if status in (301, 302, 307, 308) and location and accept == _JSON:
+                target = urljoin(url, location)
+                if _origin(target) != _origin(self.api_url) or hops >= _MAX_HOPS:
+                    raise GitHubError(status, f"redirected away from the API to {target}")
+                url, hops = target, hops + 1  # a renamed or transferred repository
+                continue
+            if status < 400:
+                return Answer(status, answer_headers, body, next_url)
+            if status >= 500 or status == 408:
+                attempt += 1
+                if attempt < max_attempts:
+                    await self.sleep(self.backoff.delay(attempt))
+                    continue
+            retryable = status >= 500 or status == 408
+            raise GitHubError(status, f"{message or 'no message'} (GET {url})", retryable=retryable)
+
+    async def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        return (await self.get(self.url(path, params))).json()
+
+    async def pages(
+        self, path: str, params: Mapping[str, str | int] | None = None
+    ) -> AsyncIterator[list[Any]]:
+        """Every page of a list, 100 items at a time."""
+        url: str | None = self.url(path, {**(params or {}), "per_page": PER_PAGE})
+        while url is not None:
+            answer = await self.get(url)
+            data = answer.json()
+            if not isinstance(data, list):
+                raise GitHubError(answer.status, f"expected a list from {url}")
+            yield data
+            url = answer.next_url
+
+    async def unchanged(self, previous: PageTags) -> bool:
+        """True when every page of the last copy answers 304 Not Modified."""
+        if not previous:
+            return False
+        for url, etag in previous:
+            answer = await self.get(url, etag=etag)
+            if answer.status != 304:
+                return False
+        return True
+
+    # -- whole resources to a file -------------------------------------------------------
+
+    async def fetch_to_file(
+        self, first_url: str, out: Path, *, previous: PageTags | None, paginated: bool
+    ) -> Fetched:
+        """Copy a resource (every page of a list, as one JSON array) to ``out``.
+
+        With ``previous`` (the ETags of the last copy) nothing is written when the resource
+        has not changed. Pages are streamed to the file: memory holds one page at a time.
+        """
+        if previous and await self.unchanged(previous):
+            return Fetched(unchanged=True, pages=previous)
+        digest = hashlib.md5(usedforsecurity=False)
+        pages: PageTags = []
+        size = items = 0
+        async with aiofiles.open(out, "wb") as handle:
+
+            async def write(data: bytes) -> None:
+                nonlocal size
+                digest.update(data)
+                size += len(data)
+                await handle.write(data)
+
+            url: str | None = first_url
+            if paginated:
+                await write(b"[")
+            while url is not None:
+                answer = await self.get(url)
+                pages.append([url, answer.etag or ""])
+                data = answer.json()
+                if not paginated:
+                    await write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+                    items = 1
+                    break
+                if not isinstance(data, list):
+                    raise GitHubError(answer.status, f"expected a list from {url}")
+                for item in data:
+                    await write(b",\n" if items else b"\n")
+                    await write(orjson.dumps(item))
+                    items += 1
+                url = answer.next_url
+            if paginated:
+                await write(b"\n]\n")
+        if any(not etag for _, etag in pages):
+            pages = []  # without every ETag, the next run cannot ask "changed?"
+        return Fetched(unchanged=False, pages=pages, size=size, md5=digest.digest(), items=items)
+
+    async def download(self, url: str, out: Path) -> tuple[int, bytes]:
+        """A release asset's bytes to ``out``: (size, md5).
+
+        The API answers with a redirect to a storage host; that request is sent without the
+        ``Authorization`` header (and without any of ours).
+        """
+        for attempt in range(1, self.max_attempts + 1):
+            answer = await self.get(url, accept="application/octet-stream")
+            location = answer.headers.get("location")
+            try:
+                if 300 <= answer.status < 400 and location:
+                    return await self._stream(urljoin(url, location), out)
+                if answer.status == 200:
+                    async with aiofiles.open(out, "wb") as handle:
+                        await handle.write(answer.body)
+                    digest = hashlib.md5(answer.body, usedforsecurity=False).digest()
+                    return len(answer.body), digest
+                raise GitHubError(answer.status, f"unexpected answer to an asset download ({url})")
+            except ObjectError as exc:
+                if not exc.retryable or attempt == self.max_attempts:
+                    raise
+                log.debug("retrying asset download %s after %s", url, exc)
+                await self.sleep(self.backoff.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def _stream(self, url: str, out: Path) -> tuple[int, bytes]:
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            async with (
+                self.session.get(url, headers={"Accept": "application/octet-stream"}) as response,
+                aiofiles.open(out, "wb") as handle,
+            ):
+                if response.status != 200:
+                    await response.read()
+                    raise GitHubError(
+                        response.status,
+                        "the asset's storage host refused the download",
+                        retryable=response.status >= 500 or response.status == 429,
+                    )
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await handle.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
+        return size, digest.digest()
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc

@@ -1,0 +1,232 @@
+"""git as a subprocess: mirror clone, bundle, verify, ls-remote; the token through askpass.
+
+The token is never in a URL, an argument or a file. git asks for credentials through
+``GIT_ASKPASS``: a small script (written once per run, with no secret in it) that prints the
+token from an environment variable of the git process. Credential helpers are switched off
+(``-c credential.helper=``) so no helper stores the token, and git never prompts.
+
+Refs GitHub adds for pull requests (``refs/pull/*``) are read-only on GitHub and are left out of
+bundles, so a bundle restores with ``git clone --mirror`` and pushes back with ``git push
+--mirror``. Pull request data lives in the ``pulls.json`` metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import ObjectError
+
+GIT = shutil.which("git") or "/usr/bin/git"
+TOKEN_VARIABLE = "ASYNCBACKUP_GIT_TOKEN"  # noqa: S105 - a variable's name
+USER_VARIABLE = "ASYNCBACKUP_GIT_USER"
+#: Ref patterns left out of bundles: GitHub's hidden pull request refs.
+EXCLUDED_REFS = ("refs/pull/*",)
+
+_ASKPASS = """#!/bin/sh
+# asyncbackup: answers git's credential prompts from the environment; holds no secret.
+case "$1" in
+  [Uu]sername*) printf '%s\\n' "${ASYNCBACKUP_GIT_USER:-x-access-token}" ;;
+  *) printf '%s\\n' "$ASYNCBACKUP_GIT_TOKEN" ;;
+esac
+"""
+#: Variables of the caller's environment that would point git elsewhere or log credentials.
+_DROPPED_VARIABLES = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_NAMESPACE",
+        "GIT_COMMON_DIR",
+        "GIT_CURL_VERBOSE",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_PARAMETERS",
+        "SSH_ASKPASS",
+    }
+)
+_NOT_FOUND = ("repository not found", "not found", "does not appear to be a git repository")
+_TRANSIENT = (
+    "rpc failed",
+    "early eof",
+    "the remote end hung up",
+    "could not resolve host",
+    "failed to connect",
+    "connection reset",
+    "connection timed out",
+    "operation timed out",
+    "returned error: 5",
+    "http/2 stream",
+    "unexpected disconnect",
+    "transfer closed",
+)
+
+
+class GitError(ObjectError):
+    """A git command failed; ``code`` is ``GitNotFound``, ``GitEmpty`` or ``GitFailed``."""
+
+
+class GitRunner:
+    """Runs git for one backup run, at most ``slots`` processes at a time."""
+
+    def __init__(self, token: str, *, slots: asyncio.Semaphore, git: str = GIT) -> None:
+        self.git = git
+        self.slots = slots
+        self._token = token
+        self._dir: Path | None = None
+        self.commands: list[str] = []  # the subcommands run, for reports and tests
+
+    def __enter__(self) -> GitRunner:
+        self._dir = Path(tempfile.mkdtemp(prefix="asyncbackup-askpass-"))
+        script = self._dir / "askpass.sh"
+        script.write_text(_ASKPASS)
+        script.chmod(stat.S_IRWXU)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _env(self) -> dict[str, str]:
+        assert self._dir is not None, "use GitRunner as a context manager"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _DROPPED_VARIABLES and not k.startswith("GIT_TRACE")
+        }
+        env.update(
+            {
+                "GIT_ASKPASS": str(self._dir / "askpass.sh"),
+                "GIT_TERMINAL_PROMPT": "0",
+                "GIT_CONFIG_NOSYSTEM": "1",
+                "LC_ALL": "C",
+                TOKEN_VARIABLE: self._token,
+            }
+        )
+        return env
+
+    def _scrub(self, text: str) -> str:
+        text = " ".join(text.split())
+        if self._token:
+            text = text.replace(self._token, "***")
+        return text[-400:]
+
+    async def run(self, args: Sequence[str], *, cwd: Path | None = None) -> str:
+        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr."""
+        argv = [self.git, "-c", "credential.helper=", "-c", "core.askPass=", *args]
+        async with self.slots:
+            self.commands.append(args[0])
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=self._env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # so a cancellation can stop git's helpers too
+            )
+            try:
+                out, err = await process.communicate()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(process.wait())
+                raise
+        if process.returncode != 0:
+            message = self._scrub(err.decode("utf-8", "replace")) or f"exit {process.returncode}"
+            lowered = message.lower()
+            if any(marker in lowered for marker in _NOT_FOUND) or "error: 404" in lowered:
+                raise GitError("GitNotFound", f"git {args[0]}: {message}")
+            if "451" in lowered and "returned error" in lowered:
+                raise GitError("UnavailableForLegalReasons", f"git {args[0]}: {message}")
+            retryable = any(marker in lowered for marker in _TRANSIENT)
+            raise GitError("GitFailed", f"git {args[0]}: {message}", retryable=retryable)
+        return out.decode("utf-8", "replace")
+
+    async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:
+        """``(sha, ref)`` of every ref but the excluded ones; None if there is no repository."""
+        try:
+            out = await self.run(["ls-remote", "--", url])
+        except GitError as exc:
+            if exc.code == "GitNotFound":
+                return None
+            raise
+        refs: list[tuple[str, str]] = []
+        for line in out.splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref and not ref.startswith("refs/pull/"):
+                refs.append((sha, ref))
+        return refs
+
+    async def mirror(self, url: str, dest: Path) -> None:
+        """A bare mirror of ``url`` at ``dest``: updated in place when one is already there."""
+        if await asyncio.to_thread(_is_bare_repository, dest):
+            try:
+                await self.run(["remote", "set-url", "origin", url], cwd=dest)
+                await self.run(["fetch", "--prune", "--quiet", "origin"], cwd=dest)
+                return
+            except GitError as exc:
+                if exc.code == "GitNotFound":
+                    raise
+                # a damaged mirror from a crashed run: start again from scratch
+        await asyncio.to_thread(_clear, dest)
+        partial = dest.with_name(dest.name + ".partial")
+        await asyncio.to_thread(_clear, partial)
+        try:
+            await self.run(["clone", "--mirror", "--quiet", "--", url, str(partial)])
+            await asyncio.to_thread(partial.rename, dest)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, partial, True)
+            raise
+
+    async def bundle(self, mirror: Path, out: Path) -> list[tuple[str, str]]:
+        """Bundle every ref of ``mirror`` but the excluded ones; the refs bundled.
+
+        Raises ``GitError("GitEmpty")`` when there is nothing to bundle.
+        """
+        refs = await self.refs(mirror)
+        if not refs:
+            raise GitError("GitEmpty", "the repository has no commits")
+        excludes = [f"--exclude={pattern}" for pattern in EXCLUDED_REFS]
+        await self.run(["bundle", "create", "--quiet", str(out), *excludes, "--all"], cwd=mirror)
+        return refs
+
+    async def verify(self, mirror: Path, bundle: Path) -> None:
+        """``git bundle verify``: the bundle is whole and needs no other objects."""
+        await self.run(["bundle", "verify", "--quiet", str(bundle)], cwd=mirror)
+
+    async def refs(self, repository: Path) -> list[tuple[str, str]]:
+        out = await self.run(["for-each-ref", "--format=%(objectname)\t%(refname)"], cwd=repository)
+        refs: list[tuple[str, str]] = []
+        for line in out.splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref and not ref.startswith("refs/pull/"):
+                refs.append((sha, ref))
+        return refs
+
+
+def _is_bare_repository(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir()
+
+
+def _clear(path: Path) -> None:
+    """Remove ``path`` if it is there, and make sure its parent exists (blocking)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def refs_digest(refs: Sequence[tuple[str, str]]) -> str:
+    """A stable fingerprint of a set of refs: it changes whenever any ref moves."""
+    text = "\n".join(f"{sha} {ref}" for sha, ref in sorted(refs, key=lambda r: r[1]))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,276 @@
+"""What a GitHub backup copies: the artifacts of every selected repository, page by page.
+
+Each artifact is one object at the destination and one ``files`` entry of the checkpoint::
+
+    github/<owner>/<repo>.bundle                  the git history (git bundle, all refs)
+    github/<owner>/<repo>.wiki.bundle             the wiki's history, where a wiki exists
+    github/<owner>/<repo>/repository.json         the repository's own record
+    github/<owner>/<repo>/issues.json             issues and pull requests (state=all)
+    github/<owner>/<repo>/issue-comments.json     every issue and pull request comment
+    github/<owner>/<repo>/pulls.json              pull requests (state=all)
+    github/<owner>/<repo>/pull-comments.json      every review comment
+    github/<owner>/<repo>/releases.json           releases, with their asset records
+    github/<owner>/<repo>/releases/<tag>/<name>   each release asset's bytes
+
+Release assets are found while listing (one conditional request per repository: a 304 reuses
+the asset list kept in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ObjectError
+from ..pipeline import WorkItem
+from .client import PER_PAGE, GitHubClient, PageTags
+
+log = logging.getLogger("asyncbackup")
+
+PREFIX = "github"
+BUNDLE, WIKI, ASSET = "bundle", "wiki", "asset"
+#: Checkpoint sections (top-level objects beside ``files``) this backup keeps.
+ETAGS = "github_etags"
+VERSIONS = "github_versions"
+RELEASE_LISTING = "github_release_listing"
+SKIPPED = "github_skipped"
+CARRIED_SECTIONS = (ETAGS, VERSIONS, RELEASE_LISTING)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataKind:
+    kind: str
+    filename: str
+    path: str  # relative to /repos/{owner}/{repo}
+    paginated: bool
+    params: tuple[tuple[str, str], ...] = ()
+    needs_issues: bool = False
+
+
+_BY_CREATION = (("sort", "created"), ("direction", "asc"))
+METADATA: tuple[MetadataKind, ...] = (
+    MetadataKind("repository", "repository.json", "", paginated=False),
+    MetadataKind(
+        "issues",
+        "issues.json",
+        "/issues",
+        paginated=True,
+        params=(("state", "all"), *_BY_CREATION),
+        needs_issues=True,
+    ),
+    MetadataKind(
+        "issue-comments",
+        "issue-comments.json",
+        "/issues/comments",
+        paginated=True,
+        params=_BY_CREATION,
+        needs_issues=True,
+    ),
+    MetadataKind("pulls", "pulls.json", "/pulls", True, (("state", "all"), *_BY_CREATION)),
+    MetadataKind("pull-comments", "pull-comments.json", "/pulls/comments", True, _BY_CREATION),
+    MetadataKind("releases", "releases.json", "/releases", paginated=True),
+)
+METADATA_BY_KIND = {m.kind: m for m in METADATA}
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact(WorkItem):
+    """One thing to back up. ``url`` is a clone URL (bundles) or an API URL (the rest)."""
+
+    kind: str = ""
+    owner: str = ""
+    repo: str = ""
+    url: str = ""
+    version: str = ""  # pushed_at (bundle), "updated_at size" (asset)
+
+
+def repo_prefix(owner: str, repo: str) -> str:
+    return f"{PREFIX}/{owner}/{repo}"
+
+
+def wiki_url(clone_url: str) -> str:
+    base = clone_url[:-4] if clone_url.endswith(".git") else clone_url
+    return f"{base}.wiki.git"
+
+
+@dataclass(frozen=True, slots=True)
+class RepoFilter:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    skip_forks: bool = False
+    skip_archived: bool = False
+
+    def rejects(self, repo: Mapping[str, Any]) -> str | None:
+        """Why ``repo`` is left out, or None when it is backed up."""
+        name = str(repo.get("name", ""))
+        folded = name.lower()
+        if self.include and not any(fnmatch.fnmatchcase(folded, p.lower()) for p in self.include):
+            return "not matched by --include"
+        if any(fnmatch.fnmatchcase(folded, p.lower()) for p in self.exclude):
+            return "matched by --exclude"
+        if self.skip_forks and repo.get("fork"):
+            return "a fork (--skip-forks)"
+        if self.skip_archived and repo.get("archived"):
+            return "archived (--skip-archived)"
+        return None
+
+
+Note = Callable[[str, str, Any], None]
+
+
+class Lister:
+    """Turns the owner's repository list into pages of artifacts."""
+
+    def __init__(
+        self,
+        client: GitHubClient,
+        *,
+        repos_path: str,
+        repos_params: Mapping[str, str],
+        repo_filter: RepoFilter,
+        wikis: bool,
+        previous_listing: Mapping[str, Any],
+        note: Note,
+    ) -> None:
+        self.client = client
+        self.repos_path = repos_path
+        self.repos_params = repos_params
+        self.filter = repo_filter
+        self.wikis = wikis
+        self.previous_listing = previous_listing
+        self.note = note
+        self.repositories = 0
+        self.left_out: dict[str, str] = {}
+
+    async def pages(self) -> AsyncIterator[list[WorkItem]]:
+        async for page in self.client.pages(self.repos_path, self.repos_params):
+            selected = []
+            for repo in page:
+                reason = self.filter.rejects(repo)
+                if reason is None:
+                    selected.append(repo)
+                else:
+                    self.left_out[str(repo.get("full_name"))] = reason
+                    log.debug("leaving out %s: %s", repo.get("full_name"), reason)
+            assets: dict[str, list[Artifact]] = {}
+            async with asyncio.TaskGroup() as tg:  # at most one page (100) of small tasks
+                for repo in selected:
+                    tg.create_task(self._assets_of(repo, assets))
+            items: list[WorkItem] = []
+            for repo in selected:
+                self.repositories += 1
+                items.extend(self._artifacts_of(repo))
+                items.extend(assets.get(str(repo["name"]), ()))
+            yield items
+
+    def _artifacts_of(self, repo: Mapping[str, Any]) -> list[Artifact]:
+        owner, name = str(repo["owner"]["login"]), str(repo["name"])
+        prefix = repo_prefix(owner, name)
+        clone_url = str(repo.get("clone_url") or "")
+        pushed_at = str(repo.get("pushed_at") or "")
+        out = [
+            Artifact(
+                key=f"{prefix}.bundle",
+                size=int(repo.get("size") or 0) * 1024,
+                etag=pushed_at,
+                kind=BUNDLE,
+                owner=owner,
+                repo=name,
+                url=clone_url,
+                version=pushed_at,
+            )
+        ]
+        if self.wikis and repo.get("has_wiki"):
+            out.append(
+                Artifact(
+                    key=f"{prefix}.wiki.bundle",
+                    size=0,
+                    kind=WIKI,
+                    owner=owner,
+                    repo=name,
+                    url=wiki_url(clone_url),
+                )
+            )
+        api = self.client.url(f"/repos/{owner}/{name}")
+        for meta in METADATA:
+            key = f"{prefix}/{meta.filename}"
+            if meta.needs_issues and repo.get("has_issues") is False:
+                self.note(SKIPPED, key, "issues are disabled for this repository")
+                continue
+            params: dict[str, str | int] = dict(meta.params)
+            if meta.paginated:
+                params["per_page"] = PER_PAGE
+            out.append(
+                Artifact(
+                    key=key,
+                    size=0,
+                    kind=meta.kind,
+                    owner=owner,
+                    repo=name,
+                    url=self.client.url(api + meta.path, params),
+                )
+            )
+        return out
+
+    async def _assets_of(self, repo: Mapping[str, Any], out: dict[str, list[Artifact]]) -> None:
+        owner, name = str(repo["owner"]["login"]), str(repo["name"])
+        prefix = repo_prefix(owner, name)
+        previous = self.previous_listing.get(prefix)
+        try:
+            if (
+                isinstance(previous, dict)
+                and previous.get("pages")
+                and await self.client.unchanged(previous["pages"])
+            ):
+                rows = previous.get("assets", [])
+            else:
+                rows, pages = await self._list_assets(owner, name)
+                self.note(RELEASE_LISTING, prefix, {"pages": pages, "assets": rows})
+        except ObjectError as exc:
+            # releases.json records the failure; the listing goes on without assets
+            log.debug("cannot list the releases of %s/%s: %s", owner, name, exc)
+            return
+        out[name] = [
+            Artifact(
+                key=str(key),
+                size=int(size),
+                kind=ASSET,
+                owner=owner,
+                repo=name,
+                url=str(url),
+                version=str(version),
+            )
+            for key, size, url, version in rows
+        ]
+
+    async def _list_assets(self, owner: str, name: str) -> tuple[list[list[Any]], PageTags]:
+        prefix = repo_prefix(owner, name)
+        rows: list[list[Any]] = []
+        pages: PageTags = []
+        url: str | None = self.client.url(f"/repos/{owner}/{name}/releases", {"per_page": PER_PAGE})
+        while url is not None:
+            answer = await self.client.get(url)
+            pages.append([url, answer.etag or ""])
+            for release in answer.json():
+                folder = (
+                    f"draft-{release['id']}"
+                    if release.get("draft") or not release.get("tag_name")
+                    else str(release["tag_name"])
+                )
+                for asset in release.get("assets", ()):
+                    rows.append(
+                        [
+                            f"{prefix}/releases/{folder}/{asset['name']}",
+                            int(asset.get("size") or 0),
+                            str(asset["url"]),
+                            f"{asset.get('updated_at', '')} {asset.get('size', 0)}",
+                        ]
+                    )
+            url = answer.next_url
+        if any(not etag for _, etag in pages):
+            pages = []
+        return rows, pages

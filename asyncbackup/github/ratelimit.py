@@ -1,0 +1,100 @@
+"""GitHub's rate limits: one gate every API request passes before it is sent.
+
+- Primary limit: every answer carries ``x-ratelimit-remaining`` and ``x-ratelimit-reset``
+  (epoch seconds). When the budget is spent, every request waits for the reset instead of
+  failing.
+- Secondary limits: a 403 or 429 saying so. ``retry-after`` is honoured; without it the wait is
+  at least 60 s and doubles while the limit keeps answering (GitHub's documented advice).
+
+The wall clock and ``sleep`` are injectable, so tests wait for an hour in no time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+log = logging.getLogger("asyncbackup")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+SECONDARY_MIN_WAIT = 60.0
+SECONDARY_MAX_WAIT = 900.0
+#: A reset further away than this is clock skew, not a real limit.
+PRIMARY_MAX_WAIT = 3600.0 + 60.0
+#: Seconds added after ``x-ratelimit-reset``, so the first request lands after the reset.
+RESET_MARGIN = 1.0
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+class RateGate:
+    """Shared by every request of a run: pauses them all while GitHub asks us to wait."""
+
+    def __init__(self, *, clock: Clock = time.time, sleep: Sleep = asyncio.sleep) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self.remaining: int | None = None
+        self.reset_at: float | None = None
+        self.waits: list[tuple[str, float]] = []  # (reason, seconds): for reports and tests
+        self._resume_at = 0.0
+        self._strikes = 0
+
+    async def wait_turn(self) -> None:
+        """Return once no limit holds requests back."""
+        while (delay := self._resume_at - self.clock()) > 0:
+            await self.sleep(delay)
+
+    def _pause(self, reason: str, seconds: float) -> None:
+        resume = self.clock() + seconds
+        if resume > self._resume_at:
+            self._resume_at = resume
+            self.waits.append((reason, seconds))
+            log.warning("GitHub %s: pausing API requests for %.0fs", reason, seconds)
+
+    def observe(self, status: int, headers: Mapping[str, str], message: str) -> bool:
+        """Take note of one answer; True when it was a rate limit and must be sent again."""
+        remaining = _number(headers, "x-ratelimit-remaining")
+        reset = _number(headers, "x-ratelimit-reset")
+        if remaining is not None:
+            self.remaining = int(remaining)
+        if reset is not None:
+            self.reset_at = reset
+        primary_spent = remaining is not None and remaining <= 0 and reset is not None
+        if status in (403, 429):
+            retry_after = _number(headers, "retry-after")
+            if retry_after is not None:
+                self._strikes += 1
+                self._pause("secondary rate limit (retry-after)", max(retry_after, 1.0))
+                return True
+            if primary_spent:
+                assert reset is not None
+                self._pause_until_reset(reset)
+                return True
+            if status == 429 or "rate limit" in message.lower() or "abuse" in message.lower():
+                wait = min(SECONDARY_MAX_WAIT, SECONDARY_MIN_WAIT * 2**self._strikes)
+                self._strikes += 1
+                self._pause("secondary rate limit", wait)
+                return True
+            return False
+        if status < 400:
+            self._strikes = 0
+        if primary_spent:
+            assert reset is not None
+            self._pause_until_reset(reset)  # the next request would be refused: wait first
+        return False
+
+    def _pause_until_reset(self, reset: float) -> None:
+        wait = min(max(reset - self.clock(), 0.0) + RESET_MARGIN, PRIMARY_MAX_WAIT)
+        self._pause("primary rate limit (waiting for x-ratelimit-reset)", wait)

@@ -1,0 +1,59 @@
+"""Listing transforms: filters, and ``--skip-existing`` against a listing of the destination.
+
+``--skip-existing`` walks the source and destination listings side by side (both come sorted
+by key, UTF-8 byte order, which is code point order), so it needs no HEAD per object and no
+map of the destination in memory. An object is unchanged when the destination has the same
+size and ETag: asyncbackup gives every copy its source's ETag (single PUT with the same MD5, or
+multipart with the same part layout), so its own earlier copies match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+
+from .filters import KeyFilter
+from .pipeline import WorkItem
+from .sources.s3 import clean_etag
+
+Listing = AsyncIterator[Sequence[WorkItem]]
+
+
+async def filtered(listing: Listing, key_filter: KeyFilter, strip: int) -> Listing:
+    """Only the items whose key, less its first ``strip`` characters, passes the filter."""
+    async for page in listing:
+        kept = [item for item in page if key_filter.matches(item.key[strip:])]
+        if kept or not page:
+            yield kept
+
+
+async def mark_unchanged(
+    source: Listing,
+    dest: Listing,
+    source_relative: Callable[[str], str],
+    dest_relative: Callable[[str], str],
+) -> Listing:
+    """Flag source items whose copy at the destination has the same size and ETag."""
+    dest_iter = _items(dest)
+    current = await anext(dest_iter, None)
+    async for page in source:
+        out: list[WorkItem] = []
+        for item in page:
+            name = source_relative(item.key)
+            while current is not None and dest_relative(current.key) < name:
+                current = await anext(dest_iter, None)
+            same = (
+                current is not None
+                and dest_relative(current.key) == name
+                and current.size == item.size
+                and clean_etag(current.etag) == clean_etag(item.etag)
+                and bool(item.etag)
+            )
+            out.append(replace(item, present=True) if same else item)
+        yield out
+
+
+async def _items(listing: Listing) -> AsyncIterator[WorkItem]:
+    async for page in listing:
+        for item in page:
+            yield item

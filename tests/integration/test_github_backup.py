@@ -1,0 +1,209 @@
+"""GitHub to S3 end to end: a loopback GitHub (REST API + git http-backend) to moto over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from asyncbackup import run_github_backup
+from asyncbackup.checkpoint import read_checkpoint
+from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeClock, FakeRepo, add_commit, make_repository
+from tests.helpers import list_keys
+from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
+
+EXPECTED = {
+    "github/acme/alpha.bundle",
+    "github/acme/alpha.wiki.bundle",
+    "github/acme/alpha/repository.json",
+    "github/acme/alpha/issues.json",
+    "github/acme/alpha/issue-comments.json",
+    "github/acme/alpha/pulls.json",
+    "github/acme/alpha/pull-comments.json",
+    "github/acme/alpha/releases.json",
+    "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz",
+    "github/acme/beta.bundle",
+    "github/acme/beta/repository.json",
+    "github/acme/beta/pulls.json",
+    "github/acme/beta/pull-comments.json",
+    "github/acme/beta/releases.json",
+    "github/acme/empty/repository.json",
+    "github/acme/empty/issues.json",
+    "github/acme/empty/issue-comments.json",
+    "github/acme/empty/pulls.json",
+    "github/acme/empty/pull-comments.json",
+    "github/acme/empty/releases.json",
+    "github/acme/old.bundle",
+    "github/acme/old/repository.json",
+    "github/acme/old/pulls.json",
+    "github/acme/old/pull-comments.json",
+    "github/acme/old/releases.json",
+}
+
+
+def read_json(s3: Any, bucket: str, key: str) -> Any:
+    return orjson.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+async def test_backup_restore_and_incremental_runs(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncbackup")
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        options = config(github, s3_server.endpoint, buckets.dest, base)
+        clock = github.clock
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+
+        assert report.status == "completed", report.errors
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED
+        # what is inside: paginated lists whole, the asset's bytes, the repository record
+        issues = read_json(s3, buckets.dest, "github/acme/alpha/issues.json")
+        assert [i["number"] for i in issues] == list(range(1, 231))
+        comments = read_json(s3, buckets.dest, "github/acme/alpha/issue-comments.json")
+        assert len(comments) == 120
+        releases = read_json(s3, buckets.dest, "github/acme/alpha/releases.json")
+        assert releases[0]["tag_name"] == "v1.0"
+        asset = s3.get_object(
+            Bucket=buckets.dest, Key="github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+        )
+        assert asset["Body"].read() == ASSET
+        record = read_json(s3, buckets.dest, "github/acme/alpha/repository.json")
+        assert record["subscribers_count"] == 3
+        assert github.storage_auth == [None]
+
+        # restore: the bundle clones into the same refs and commits, minus refs/pull/*
+        source_refs = refs(github.git_dir("alpha"))
+        assert "refs/pull/1/head" in source_refs
+        restored = restore(s3, buckets.dest, "github/acme/alpha.bundle", tmp_path)
+        expected_refs = {r: sha for r, sha in source_refs.items() if not r.startswith("refs/pull/")}
+        assert refs(restored) == expected_refs
+        wiki = restore(s3, buckets.dest, "github/acme/alpha.wiki.bundle", tmp_path)
+        assert refs(wiki) == refs(github.git_dir("alpha", wiki=True))
+
+        # the checkpoint: one files entry per artifact, skips recorded, then archived
+        assert report.archived_checkpoint is not None
+        state = read_checkpoint(report.archived_checkpoint)
+        assert state.source_bucket == "github" and state.source_path == "acme"
+        assert report.checkpoint_path.name == "github_acme.checkpoint"
+        assert all(state.files.values()) and set(state.files) >= EXPECTED
+        skipped = state.extra["github_skipped"]
+        assert "no commits" in skipped["github/acme/empty.bundle"]
+        assert "no wiki" in skipped["github/acme/empty.wiki.bundle"]
+        assert "410" in skipped["github/acme/old/issues.json"]
+        assert "disabled" in skipped["github/acme/beta/issues.json"]
+        assert "github/acme/forky.bundle" not in state.files  # --skip-forks
+
+        # the token: through askpass after a 401 challenge, never in a URL, log or file
+        alpha_git = [s for s in github.git_seen if "/alpha.git/" in s.path]
+        assert alpha_git[0].status == 401 and alpha_git[-1].status == 200
+        assert all(TOKEN not in s.path + s.query for s in github.git_seen)
+        assert TOKEN not in caplog.text
+        for path in [*base.rglob("*"), report.archived_checkpoint]:
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+
+        # run 2, nothing changed: no clone, no fetch, every metadata request a free 304
+        clones = len(github.git_requests("alpha")) + len(github.git_requests("beta"))
+        quota = github.remaining
+        seen = len(github.seen)
+        again = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert again.status == "completed", again.errors
+        assert again.copied_bytes == 0
+        assert len(github.git_requests("alpha")) + len(github.git_requests("beta")) == clones
+        statuses = [s.status for s in github.seen[seen:]]
+        assert statuses.count(304) >= 20
+        paid = sorted(s.path for s in github.seen[seen:] if s.status != 304)
+        assert paid == [
+            "/api/orgs/acme/repos",
+            "/api/repos/acme/old/issues",  # 410 answers are not cached: issues disabled
+            "/api/repos/acme/old/issues/comments",
+            "/api/user",
+            "/api/users/acme",
+        ]
+        assert quota - github.remaining == len(paid)
+
+        alpha_clones = len(github.git_requests("alpha"))
+        clones_beta = len(github.git_requests("beta"))
+        # run 3: a push to beta and an edited issue in alpha; only those are copied again
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        github.repos["alpha"].issues[5]["title"] = "edited"
+        third = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert third.status == "completed", third.errors
+        assert len(github.git_requests("alpha")) == alpha_clones  # alpha did not move
+        (tmp_path / "third").mkdir()
+        beta = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path / "third")
+        assert refs(beta)["refs/heads/main"] == new_sha
+        issues = read_json(s3, buckets.dest, "github/acme/alpha/issues.json")
+        assert issues[5]["title"] == "edited"
+        assert len(github.git_requests("beta")) > clones_beta  # fetched into the kept mirror
+
+
+async def test_unavailable_repositories_are_recorded_and_the_run_goes_on_through_limits(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        github.add_repo(FakeRepo("dmca", status=451, has_wiki=False))
+        github.add_repo(FakeRepo("ghost", has_wiki=False))  # listed, but git has no repository
+        # a tight primary budget and a secondary limit on the repository list
+        github.limit = github.remaining = 12
+        github.secondary["/api/orgs/acme/repos"] = [None]
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("*",))
+        started = time.monotonic()
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert time.monotonic() - started < 30  # hours of rate-limit waits took no real time
+
+        assert report.status == "completed_with_errors"
+        assert report.exit_code == 1
+        assert set(report.errors) == {
+            "github/acme/dmca.bundle",
+            "github/acme/dmca/repository.json",
+            "github/acme/dmca/issues.json",
+            "github/acme/dmca/issue-comments.json",
+            "github/acme/dmca/pulls.json",
+            "github/acme/dmca/pull-comments.json",
+            "github/acme/dmca/releases.json",
+            "github/acme/ghost.bundle",
+        }
+        assert report.errors["github/acme/dmca/issues.json"].startswith(
+            "UnavailableForLegalReasons:"
+        )
+        assert report.errors["github/acme/ghost.bundle"].startswith("GitNotFound:")
+        assert set(list_keys(s3, buckets.dest)) >= EXPECTED  # the others all went through
+        waits = sum(clock.sleeps)
+        assert any(reason.startswith("primary") for reason, _ in github_waits(clock))
+        assert waits >= 3600 + 60  # at least one reset waited for, plus the secondary minute
+        assert 60 in [round(s) for s in clock.sleeps]
+        # once a spent budget is seen, requests wait: only those already in flight are refused
+        refused = [s for s in github.seen if s.status == 403 and s.path != "/api/orgs/acme/repos"]
+        resets = len([s for s in clock.sleeps if s > 600])
+        assert len(refused) <= 4 * resets  # --api-concurrency 4
+
+        # the repositories come back: the next run retries only what failed
+        github.repos["dmca"].status = None
+        make_repository(github.git_dir("dmca"), commits=1, tags=0, pull_ref=False)
+        make_repository(github.git_dir("ghost"), commits=1, tags=0, pull_ref=False)
+        alpha_posts = len(github.git_requests("alpha"))
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert second.resumed and second.copied_files == 8
+        assert len(github.git_requests("alpha")) == alpha_posts
+        restored = restore(s3, buckets.dest, "github/acme/ghost.bundle", tmp_path)
+        assert refs(restored) == refs(github.git_dir("ghost"))
+
+
+def github_waits(clock: FakeClock) -> list[tuple[str, float]]:
+    """Reasons the fake clock was slept for, as far as a test can tell: long ones are resets."""
+    return [("primary" if s > 600 else "secondary", s) for s in clock.sleeps]

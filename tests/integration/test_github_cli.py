@@ -1,0 +1,129 @@
+"""The ``github`` command as a real process: one-line errors, and a SIGKILL then a resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from asyncbackup import run_github_backup
+from tests.conftest import Buckets, S3Server
+from tests.integration.github_org import ASSET, TOKEN, config, running_org
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncbackup",
+        "github",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error:" in line]
+
+
+async def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}
+    common = ["--dest-bucket", buckets.dest, "--base-local-path", str(tmp_path / "w")]
+    code, err = await run_cli("acme", *common, env=env)
+    assert code == 2 and len(error_lines(err)) == 1
+    assert "set the environment variable GITHUB_TOKEN" in err
+
+    async with running_org(tmp_path / "git") as github:
+        common += ["--endpoint-url", s3_server.endpoint, "--api-url", github.api_url]
+        code, err = await run_cli("acme", *common, env={**env, "GITHUB_TOKEN": "ghp_wrong"})
+        assert code == 2 and "GitHub refused GITHUB_TOKEN (401" in err
+        assert "ghp_wrong" not in err and len(error_lines(err)) == 1
+
+        code, err = await run_cli(
+            "nobody", *common, "--token-env", "MY_TOKEN", env={**env, "MY_TOKEN": TOKEN}
+        )
+        assert code == 2 and "no organisation or user named 'nobody'" in err
+        assert len(error_lines(err)) == 1
+
+        code, err = await run_cli("acme/x", *common, env={**env, "GITHUB_TOKEN": TOKEN})
+        assert code == 2 and "is not a GitHub organisation or user name" in err
+
+
+def done_count(checkpoint: Path) -> int:
+    try:
+        state: dict[str, Any] = orjson.loads(checkpoint.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return 0
+    return sum(1 for done in state["files"].values() if done)
+
+
+async def test_sigkill_then_resume_copies_only_what_was_left(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    checkpoint = base / "checkpoints" / "github_acme.checkpoint"
+    async with running_org(tmp_path / "git") as github:
+        github.storage_gate = asyncio.Event()  # the release asset hangs until released
+        env = {**os.environ, "GITHUB_TOKEN": TOKEN}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbackup",
+            "github",
+            "acme",
+            "--dest-bucket",
+            buckets.dest,
+            "--base-local-path",
+            str(base),
+            "--endpoint-url",
+            s3_server.endpoint,
+            "--api-url",
+            github.api_url,
+            "--skip-forks",
+            "--quiet",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 90
+        # 29 artifacts: everything but the asset gets done, then the run hangs on it
+        while done_count(checkpoint) < 28 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert done_count(checkpoint) == 28
+        process.send_signal(signal.SIGKILL)
+        _, err = await process.communicate()
+        assert process.returncode == -signal.SIGKILL
+        assert TOKEN not in err.decode()
+
+        state = orjson.loads(checkpoint.read_bytes())
+        asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+        assert state["files"][asset_key] is False
+        assert TOKEN.encode() not in checkpoint.read_bytes()
+        git_posts = len([s for s in github.git_seen if s.method == "POST"])
+        listed = len(github.api_requests("/orgs/acme/repos"))
+
+        github.storage_gate.set()
+        clock = github.clock
+        report = await run_github_backup(
+            clock=clock, sleep=clock.sleep, **config(github, s3_server.endpoint, buckets.dest, base)
+        )
+        assert report.status == "completed", report.errors
+        assert report.resumed and report.skipped_files == 28
+        assert report.copied_files == 1 and report.copied_bytes == len(ASSET)
+        assert len([s for s in github.git_seen if s.method == "POST"]) == git_posts  # no clone
+        assert len(github.api_requests("/orgs/acme/repos")) == listed + 1
+        body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
+        assert body == ASSET

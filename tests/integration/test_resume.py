@@ -1,0 +1,191 @@
+"""Resuming: a SIGKILLed run, hand edits to the checkpoint, --ignore-checkpoints."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.conftest import Buckets, S3Server
+from tests.helpers import (
+    assert_same_objects,
+    bucket_digest,
+    cli_args,
+    list_keys,
+    load_json,
+    numbered_objects,
+    put_objects,
+    run_cli,
+)
+
+
+def _checkpoint(base: Path, bucket: str, path: str) -> Path:
+    return base / "checkpoints" / f"{bucket}_{path}.checkpoint"
+
+
+def test_sigkill_then_resume_copies_everything_once(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    objects = numbered_objects(400)
+    put_objects(s3, buckets.source, objects)
+    args = ["data", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--concurrency", "1"]
+    checkpoint = _checkpoint(tmp_path, buckets.source, "data")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asyncbackup", "s3", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if checkpoint.exists():
+            state = orjson.loads(checkpoint.read_bytes())  # valid JSON at every read
+            if state["processed_files"] >= 30:
+                break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = load_json(checkpoint)
+    done = [key for key, ok in state["files"].items() if ok]
+    assert 30 <= len(done) < len(objects), "the kill must land mid-run"
+    assert state["processed_files"] == len(done)
+    # Every file marked done really is at the destination, intact.
+    dest = bucket_digest(s3, buckets.dest)
+    source = bucket_digest(s3, buckets.source)
+    for key in done:
+        assert dest[key] == source[key]
+
+    report = tmp_path / "report.json"
+    result = run_cli([*args, "--concurrency", "8", "--report", str(report)])
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    summary = load_json(report)
+    assert summary["skipped_files"] >= len(done)
+    assert summary["copied_files"] + summary["skipped_files"] == len(objects)
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+def _seed_checkpoint(
+    path: Path, source: str, dest: str, files: dict[str, bool], errors: Any
+) -> None:
+    """A checkpoint written by hand, in the seed's example format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "backup_id": "hand-written",
+                "source_bucket": source,
+                "source_path": "job",
+                "dest_bucket": dest,
+                "start_time": "2024-04-06T12:00:00",
+                "last_update": "2024-04-06T13:15:30",
+                "total_files": 4,
+                "processed_files": 1,
+                "total_bytes": 0,
+                "processed_bytes": 0,
+                "files": files,
+                "errors": errors,
+                "config": {"cleanup": True, "base_local_path": "/elsewhere"},
+            },
+            indent=2,
+        )
+    )
+
+
+def test_hand_edits_are_honoured(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    keys = ["job/skip-me", "job/redo-me", "job/had-error", "job/new"]
+    for key in keys:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=f"fresh {key}".encode())
+    # The destination holds a stale copy of the file the operator marked false.
+    s3.put_object(Bucket=buckets.dest, Key="job/redo-me", Body=b"stale")
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(
+        checkpoint,
+        buckets.source,
+        buckets.dest,
+        files={"job/skip-me": True, "job/redo-me": False},
+        errors={},  # the operator removed "job/had-error": "AccessDenied: ..."
+    )
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--on-complete", "delete"])
+    assert result.returncode == 0, result.stderr
+    # true -> skipped: never copied
+    assert "job/skip-me" not in list_keys(s3, buckets.dest)
+    # false -> redone: the stale copy is replaced
+    body = s3.get_object(Bucket=buckets.dest, Key="job/redo-me")["Body"].read()
+    assert body == b"fresh job/redo-me"
+    assert {"job/had-error", "job/new"} <= set(list_keys(s3, buckets.dest))
+    assert not checkpoint.exists()
+
+
+def test_recorded_errors_keep_the_checkpoint_and_clear_when_fixed(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="job/a", Body=b"a")
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(
+        checkpoint,
+        buckets.source,
+        buckets.dest,
+        files={"job/a": False, "job/gone": False},
+        errors={"job/a": "InternalError: try later", "job/gone": "NoSuchKey: deleted"},
+    )
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    archived = next((tmp_path / "checkpoints" / "archive").iterdir())
+    state = load_json(archived)
+    # The retried file succeeded and the error of a key no longer in the source is dropped.
+    assert state["errors"] == {}
+    assert state["files"]["job/a"] is True
+
+
+def test_ignore_checkpoints_starts_over_and_keeps_the_old_file(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    keys = ["job/x", "job/y"]
+    for key in keys:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=b"1")
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(
+        checkpoint, buckets.source, buckets.dest, files=dict.fromkeys(keys, True), errors={}
+    )
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    skipped = run_cli(args)
+    assert skipped.returncode == 0, skipped.stderr
+    assert list_keys(s3, buckets.dest) == []  # everything was marked done already
+
+    _seed_checkpoint(
+        checkpoint, buckets.source, buckets.dest, files=dict.fromkeys(keys, True), errors={}
+    )
+    fresh = run_cli([*args, "--ignore-checkpoints"])
+    assert fresh.returncode == 0, fresh.stderr
+    assert sorted(list_keys(s3, buckets.dest)) == keys
+    kept = [p for p in checkpoint.parent.iterdir() if ".ignored-" in p.name]
+    assert len(kept) == 1 and load_json(kept[0])["backup_id"] == "hand-written"
+
+
+def test_corrupt_checkpoint_is_an_error_and_left_untouched(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b'{"backup_id": "trunc')
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli(args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(checkpoint) in lines[0] and "--ignore-checkpoints" in lines[0]
+    assert checkpoint.read_bytes() == b'{"backup_id": "trunc'
+    assert list_keys(s3, buckets.dest) == []

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from asyncbackup.bandwidth import TokenBucket
+from asyncbackup.cli import parse_rate, parse_size
+from asyncbackup.config import BackupConfig
+from asyncbackup.filters import KeyFilter
+
+
+def test_include_and_exclude() -> None:
+    f = KeyFilter(include=("*.csv", "reports/*"), exclude=("*tmp*",))
+    assert f.matches("a/b.csv")
+    assert f.matches("reports/x.pdf")
+    assert not f.matches("a/b.json")
+    assert not f.matches("reports/tmp.pdf")
+    assert KeyFilter().matches("anything") and not KeyFilter().active
+    only_exclude = KeyFilter(exclude=("logs/*",))
+    assert only_exclude.matches("data/x") and not only_exclude.matches("logs/x")
+
+
+def test_sizes_and_rates() -> None:
+    assert parse_size("8MiB") == 8 * 1024 * 1024
+    assert parse_size("5MB") == 5_000_000
+    assert parse_size("1024") == 1024
+    assert parse_rate("50MB/s") == 50_000_000
+    assert parse_rate("1.5KiB/s") == 1536
+
+
+def test_dest_key_mapping() -> None:
+    base = {"source_bucket": "s", "dest_bucket": "d", "base_local_path": "/tmp"}
+    same = BackupConfig(source_path="a/b", **base)  # type: ignore[arg-type]
+    assert same.dest_key("a/b/c.txt") == "a/b/c.txt"
+    moved = BackupConfig(source_path="a/b", dest_prefix="backup/2024/", **base)  # type: ignore[arg-type]
+    assert moved.dest_key("a/b/c/d.txt") == "backup/2024/c/d.txt"
+    assert moved.dest_list_prefix == "backup/2024/"
+    root = BackupConfig(source_path="a/b", dest_prefix="", **base)  # type: ignore[arg-type]
+    assert root.dest_key("a/b/c.txt") == "c.txt"
+
+
+async def test_token_bucket_holds_the_rate() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(1000.0, burst=0.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(10):
+        await bucket.consume(500)
+    # 5,000 bytes at 1,000 B/s: the last chunk may start at 4.5 s, not earlier.
+    assert now[0] == pytest.approx(4.5)
+    assert all(s >= 0 for s in slept)
+
+
+async def test_token_bucket_allows_a_burst_after_idle() -> None:
+    now = [100.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    bucket = TokenBucket(1000.0, burst=1.0, clock=lambda: now[0], sleep=sleep)
+    now[0] += 5.0  # idle for 5 s: at most 1 s (the burst) of allowance is kept
+    await bucket.consume(1000)
+    await bucket.consume(1000)
+    assert now[0] == pytest.approx(105.0)  # both went at once
+    await bucket.consume(1000)
+    assert now[0] == pytest.approx(106.0)  # then the rate holds again

@@ -1,0 +1,103 @@
+"""Pure logic of the GitHub backup: rate-limit gate, filters, configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncbackup import GitHubBackupConfig
+from asyncbackup.errors import ConfigError
+from asyncbackup.github.git import refs_digest
+from asyncbackup.github.listing import RepoFilter, wiki_url
+from asyncbackup.github.ratelimit import RateGate
+from tests.github_server import FakeClock
+
+
+async def test_gate_waits_for_the_reset_when_the_budget_is_spent() -> None:
+    clock = FakeClock(now=1000.0)
+    gate = RateGate(clock=clock, sleep=clock.sleep)
+    headers = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1500"}
+    assert gate.observe(200, headers, "") is False  # this answer is good; the next would not be
+    await gate.wait_turn()
+    assert clock.sleeps == [501.0] and clock.now == 1501.0
+    await gate.wait_turn()
+    assert clock.sleeps == [501.0]  # no second wait
+
+
+async def test_gate_secondary_limits_back_off_from_a_minute_and_reset_on_success() -> None:
+    clock = FakeClock(now=0.0)
+    gate = RateGate(clock=clock, sleep=clock.sleep)
+    message = "You have exceeded a secondary rate limit"
+    for _ in range(3):
+        assert gate.observe(403, {"x-ratelimit-remaining": "4000"}, message)
+        await gate.wait_turn()
+    assert clock.sleeps == [60.0, 120.0, 240.0]
+    assert gate.observe(200, {}, "") is False
+    assert gate.observe(429, {}, "")
+    await gate.wait_turn()
+    assert clock.sleeps[-1] == 60.0
+    assert gate.observe(429, {"retry-after": "5"}, "")
+    await gate.wait_turn()
+    assert clock.sleeps[-1] == 5.0
+
+
+def test_gate_leaves_real_403s_alone() -> None:
+    gate = RateGate(clock=lambda: 0.0)
+    assert gate.observe(403, {"x-ratelimit-remaining": "10"}, "Resource not accessible") is False
+    assert gate.waits == []
+
+
+def test_gate_caps_a_skewed_reset() -> None:
+    clock = FakeClock(now=0.0)
+    gate = RateGate(clock=clock, sleep=clock.sleep)
+    gate.observe(403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "99999999"}, "")
+    assert gate.waits[0][1] == 3660.0
+
+
+def test_filters() -> None:
+    repo = {"name": "Service-API", "fork": False, "archived": False}
+    assert RepoFilter().rejects(repo) is None
+    assert RepoFilter(include=("service-*",)).rejects(repo) is None
+    assert RepoFilter(include=("lib-*",)).rejects(repo) == "not matched by --include"
+    assert RepoFilter(exclude=("*-api",)).rejects(repo) == "matched by --exclude"
+    assert RepoFilter(skip_forks=True).rejects({**repo, "fork": True}) is not None
+    assert RepoFilter(skip_archived=True).rejects({**repo, "archived": True}) is not None
+    assert RepoFilter(skip_forks=True).rejects(repo) is None
+
+
+def test_wiki_url_and_refs_digest() -> None:
+    assert wiki_url("https://github.com/acme/x.git") == "https://github.com/acme/x.wiki.git"
+    one = [("a" * 40, "refs/heads/main"), ("b" * 40, "refs/tags/v1")]
+    assert refs_digest(one) == refs_digest(list(reversed(one)))
+    assert refs_digest(one) != refs_digest([("c" * 40, "refs/heads/main"), one[1]])
+
+
+def test_config_keeps_the_token_out_of_repr_and_checks_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = GitHubBackupConfig(
+        owner="acme", dest_bucket="b", base_local_path=tmp_path, token="ghp_secret123"
+    )
+    assert "ghp_secret123" not in repr(config)
+    assert config.resolved_token() == "ghp_secret123"
+    assert config.source_name == "github"
+    monkeypatch.delenv("OTHER", raising=False)
+    other = GitHubBackupConfig(
+        owner="acme", dest_bucket="b", base_local_path=tmp_path, token_env="OTHER"
+    )
+    with pytest.raises(ConfigError, match="set the environment variable OTHER"):
+        other.resolved_token()
+    monkeypatch.setenv("OTHER", "ghp_fromenv")
+    assert other.resolved_token() == "ghp_fromenv"
+    for bad in (
+        {"owner": "a/b"},
+        {"api_url": "ftp://x"},
+        {"api_url": "https://user:pw@ghe.example/api/v3"},
+        {"token_env": "1BAD"},
+        {"api_concurrency": 0},
+    ):
+        with pytest.raises(ConfigError):
+            GitHubBackupConfig(
+                **{"owner": "acme", "dest_bucket": "b", "base_local_path": tmp_path, **bad}  # type: ignore[arg-type]
+            )
