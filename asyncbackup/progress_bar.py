@@ -20,30 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
 from rich.text import Text
 
+from .progress_line import rate, sizes
+
 _PUSH_EVERY = 0.1
-
-
-_UNITS = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
-
-
-def _unit(size: float) -> tuple[str, float]:
-    for name, factor in _UNITS:
-        if size >= factor:
-            return name, factor
-    return "B", 1.0
-
-
-def sizes(done: float, total: float) -> str:
-    """``done/total unit`` in the unit of ``total``: ``410.2/800.0 MB``."""
-    name, factor = _unit(max(done, total))
-    if factor == 1.0:
-        return f"{done:,.0f}/{total:,.0f} B"
-    return f"{done / factor:,.1f}/{total / factor:,.1f} {name}"
-
-
-def rate(per_second: float) -> str:
-    name, factor = _unit(per_second)
-    return f"{per_second / factor:,.1f} {name}/s"
 
 
 def _eta(seconds: float | None) -> str:

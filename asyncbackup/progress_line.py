@@ -14,6 +14,27 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 Emit = Callable[[str, dict[str, Any]], None]
+_UNITS = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+
+
+def _unit(size: float) -> tuple[str, float]:
+    for name, factor in _UNITS:
+        if size >= factor:
+            return name, factor
+    return "B", 1.0
+
+
+def sizes(done: float, total: float) -> str:
+    """``done/total unit`` in the unit of ``total``: ``410.2/800.0 MB``."""
+    name, factor = _unit(max(done, total))
+    if factor == 1.0:
+        return f"{done:,.0f}/{total:,.0f} B"
+    return f"{done / factor:,.1f}/{total / factor:,.1f} {name}"
+
+
+def rate(per_second: float) -> str:
+    name, factor = _unit(per_second)
+    return f"{per_second / factor:,.1f} {name}/s"
 
 
 class ProgressLine:
@@ -102,11 +123,11 @@ class ProgressLine:
 
     def line(self, now: float | None = None) -> str:
         elapsed = max((now or time.monotonic()) - self.started, 1e-9)
-        total = f"{self.total_files}" + ("" if self.listing_done else "+")
+        more = "" if self.listing_done else "+"
         return (
-            f"progress: {self.done_files}/{total} files, "
-            f"{self.done_bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB, "
-            f"{self.done_files / elapsed:.0f} files/s, {self.done_bytes / elapsed / 1e6:.1f} MB/s, "
+            f"progress: {self.done_files}/{self.total_files}{more} files, "
+            f"{sizes(self.done_bytes, self.total_bytes)}{more}, "
+            f"{self.done_files / elapsed:.1f} files/s, {rate(self.done_bytes / elapsed)}, "
             f"{self.failed} errors"
         )
 

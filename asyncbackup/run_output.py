@@ -20,7 +20,7 @@ from .checkpoint import now_iso, write_atomic
 from .checkpoint_tool import errors_by_code, format_codes, human_bytes
 from .progress import Observer
 from .progress_bar import ProgressBar
-from .progress_line import ProgressLine
+from .progress_line import ProgressLine, rate
 
 _SHOWN_ERRORS = 10
 
@@ -91,7 +91,7 @@ def summary_lines(report: BackupReport) -> list[str]:
     lines = [
         f"{report.status}: copied {report.copied_files:,} files, "
         f"{human_bytes(report.copied_bytes)} ({report.copied_bytes:,} bytes) in "
-        f"{report.duration:.1f}s ({bytes_rate / 1e6:.1f} MB/s, {files_rate:.1f} files/s); "
+        f"{report.duration:.1f}s ({rate(bytes_rate)}, {files_rate:.1f} files/s); "
         f"{report.skipped_files:,} already done before"
         + (
             f" ({report.unchanged_files:,} found unchanged at the destination)"
