@@ -131,6 +131,7 @@ class CheckpointInfo:
 
     path: Path
     backup_id: str
+    source: str
     source_bucket: str
     source_path: str
     dest_bucket: str
@@ -165,6 +166,7 @@ def describe(path: Path, state: CheckpointState) -> CheckpointInfo:
     return CheckpointInfo(
         path=path,
         backup_id=state.backup_id,
+        source=describe_source(state),
         source_bucket=state.source_bucket,
         source_path=state.source_path,
         dest_bucket=state.dest_bucket,
@@ -179,6 +181,17 @@ def describe(path: Path, state: CheckpointState) -> CheckpointInfo:
         errors_by_code=errors_by_code(state.errors),
         holder_pid=lock_holder(path),
     )
+
+
+def is_github(state: CheckpointState) -> bool:
+    """A checkpoint of ``asyncbackup github`` (its source is an API, not a bucket)."""
+    return state.source_bucket == "github" and "api_url" in state.config
+
+
+def describe_source(state: CheckpointState) -> str:
+    if is_github(state):
+        return f"GitHub {state.source_path} ({state.config['api_url']})"
+    return f"s3://{state.source_bucket}/{state.source_path.strip('/')}"
 
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
@@ -525,6 +538,11 @@ async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
     The profiles default to the ones the checkpoint recorded for its run.
     """
     state = await asyncio.to_thread(load, path)
+    if is_github(state):
+        raise ConfigError(
+            f"{path} is the checkpoint of a GitHub backup; verify compares an S3 source with "
+            "its copies - check a GitHub backup by restoring a bundle (see the README)"
+        )
     recorded = state.config
     source_profile = where.source_profile or _str_or_none(recorded.get("source_profile"))
     dest_profile = where.dest_profile or _str_or_none(recorded.get("dest_profile"))
@@ -572,7 +590,7 @@ def human_bytes(size: float) -> str:
 
 
 def _job(info: CheckpointInfo) -> str:
-    return f"s3://{info.source_bucket}/{info.source_path.strip('/')} -> s3://{info.dest_bucket}"
+    return f"{info.source} -> s3://{info.dest_bucket}"
 
 
 def _state(info: CheckpointInfo) -> str:

@@ -273,3 +273,23 @@ async def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     both = await run_cli_async(["checkpoint", "mark", str(corrupt), "--done", "--pending", "x"])
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     assert corrupt.read_text() == '{"backup_id": 1}'
+
+
+async def test_verify_looks_under_the_recorded_dest_prefix(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    for key, body in list(_objects().items())[:6]:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=body)
+    base = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)
+    backup = await run_cli_async(["s3", "data", *args, "--dest-prefix", "copies/2024"])
+    assert backup.returncode == 0, backup.stderr
+    assert all(k.startswith("copies/2024/") for k in list_keys(s3, buckets.dest))
+    (archived,) = (base / "checkpoints" / "archive").iterdir()
+    where = ["--endpoint-url", s3_server.endpoint]
+    good = await run_cli_async(["checkpoint", "verify", str(archived), *where])
+    assert good.returncode == 0, good.stdout + good.stderr
+    s3.delete_object(Bucket=buckets.dest, Key="copies/2024/d0/obj-00000.bin")
+    bad = await run_cli_async(["checkpoint", "verify", str(archived), *where])
+    assert bad.returncode == 1
+    assert "missing    data/d0/obj-00000.bin" in bad.stdout

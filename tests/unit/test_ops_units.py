@@ -10,17 +10,23 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from asyncbackup.checkpoint import CheckpointLock, CheckpointState, read_checkpoint
 from asyncbackup.checkpoint_tool import (
+    Endpoints,
     errors_by_code,
     failed_files,
     find_checkpoints,
+    format_info,
+    inspect_checkpoint,
     lock_holder,
     mark_keys,
     match_keys,
     split_error,
+    verify_checkpoint,
 )
+from asyncbackup.errors import ConfigError
 from asyncbackup.logformat import JsonFormatter
 from asyncbackup.progress_bar import ProgressBar
 from asyncbackup.progress_line import rate, sizes
@@ -159,3 +165,19 @@ def test_sizes_and_rates_are_readable() -> None:
     assert sizes(1_500, 3_000_000) == "0.0/3.0 MB"
     assert sizes(410_200_000, 800_000_000) == "410.2/800.0 MB"
     assert rate(52_400_000) == "52.4 MB/s"
+
+
+async def test_github_checkpoints_are_described_and_not_verified(tmp_path: Path) -> None:
+    state = CheckpointState.new(
+        source_bucket="github",
+        source_path="acme",
+        dest_bucket="d",
+        config={"api_url": "https://api.github.com"},
+    )
+    path = tmp_path / "github_acme.checkpoint"
+    path.write_bytes(state.to_json())
+    info = inspect_checkpoint(path)
+    assert info.source == "GitHub acme (https://api.github.com)"
+    assert "GitHub acme (https://api.github.com) -> s3://d" in format_info(info)
+    with pytest.raises(ConfigError, match="checkpoint of a GitHub backup"):
+        await verify_checkpoint(path, Endpoints())
