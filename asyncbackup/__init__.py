@@ -3,7 +3,7 @@
 The public API is what ``__all__`` lists; everything else is internal.
 """
 
-from .api import BackupPlan, BackupReport, plan_backup, run_backup
+from .api import BackupPlan, plan_backup, run_backup
 from .checkpoint import CheckpointState, checkpoint_path, read_checkpoint
 from .config import BackupConfig
 from .errors import (
@@ -21,6 +21,7 @@ from .errors import (
 )
 from .github import GitHubBackupConfig, run_github_backup
 from .progress import NullObserver, Observer
+from .report import BackupReport
 
 __all__ = [
     "AsyncBackupError",

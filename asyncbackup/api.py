@@ -4,77 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import orjson
+from typing import Any
 
 from .bandwidth import TokenBucket
 from .checkpoint import (
     CheckpointManager,
     CheckpointState,
     checkpoint_path,
-    now_iso,
     read_checkpoint,
 )
 from .config import BackupConfig
 from .errors import CheckpointMismatchError, FatalRunError, ObjectError
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
-from .pipeline import Pipeline, WorkItem
+from .pipeline import Pipeline, Process, WorkItem
 from .progress import Observer
+from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sinks.s3 import S3Sink
+from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
 from .staging import Staging
 
 log = logging.getLogger("asyncbackup")
 
-Status = Literal["completed", "completed_with_errors", "stopped"]
 _OBJECT_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class BackupReport:
-    """The outcome of one ``run_backup()``.
-
-    ``processed_files`` / ``processed_bytes`` / ``errors`` are the checkpoint's (the whole job,
-    earlier runs included); ``copied_files`` / ``copied_bytes`` are this run's alone.
-    """
-
-    status: Status
-    processed_files: int
-    processed_bytes: int
-    total_files: int
-    total_bytes: int
-    copied_files: int
-    copied_bytes: int
-    skipped_files: int
-    unchanged_files: int
-    errors: dict[str, str]
-    duration: float
-    checkpoint_path: Path
-    archived_checkpoint: Path | None = None
-    resumed: bool = False
-    failed_this_run: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return {"completed": 0, "completed_with_errors": 1, "stopped": 130}[self.status]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
-        out["checkpoint_path"] = str(self.checkpoint_path)
-        out["archived_checkpoint"] = (
-            str(self.archived_checkpoint) if self.archived_checkpoint else None
-        )
-        out["exit_code"] = self.exit_code
-        return out
 
 
 def _bandwidth(config: BackupConfig) -> TokenBucket | None:
@@ -95,6 +56,7 @@ def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
         "exclude": list(config.exclude),
         "dest_prefix": config.dest_prefix,
         "skip_existing": config.skip_existing,
+        "direct": config.direct,
     }
 
 
@@ -222,28 +184,16 @@ async def run_backup(
                 state.processed_files,
                 state.total_files,
             )
-        staging = Staging(config.base_local_path, config.source_bucket)
-        await asyncio.to_thread(staging.prepare)
-        download_limit, upload_limit = _bandwidth(config), _bandwidth(config)
         source = S3Source(
             source_client,
             config.source_bucket,
             RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
-            bandwidth=download_limit,
         )
-        sink = S3Sink(
-            dest_client,
-            config.dest_bucket,
-            RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
-            checksum=config.checksum,
-            multipart_threshold=config.multipart_threshold,
-            part_size_for=config.part_size_for,
-            part_concurrency=config.part_concurrency,
-            part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
-            extra_params=_dest_params(config),
-            bandwidth=upload_limit,
+        process = (
+            _direct_copier(config, dest_client)
+            if config.direct
+            else await _staged_copier(config, source_client, dest_client)
         )
-        copier = _Copier(source, sink, staging, config)
         pipeline = Pipeline(
             manager=manager,
             state=state,
@@ -253,15 +203,82 @@ async def run_backup(
             observer=observer,
             stop=stop,
         )
-        await pipeline.run(_listing(config, source, dest_client), copier.copy)
+        await pipeline.run(_listing(config, source, dest_client), process)
         return await asyncio.to_thread(
-            _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started
+            conclude,
+            manager,
+            state,
+            pipeline.result,
+            on_complete=config.on_complete,
+            resumed=resumed,
+            duration=time.monotonic() - started,
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
+def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
+    copier = ServerSideCopier(
+        client,
+        source_bucket=config.source_bucket,
+        dest_bucket=config.dest_bucket,
+        retry=RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
+        dest_key=config.dest_key,
+        part_size_for=config.part_size_for,
+        part_concurrency=config.part_concurrency,
+        extra_params=_dest_params(config),
+    )
+    return functools.partial(with_object_retries, copier.copy)
+
+
+async def _staged_copier(
+    config: BackupConfig, source_client: S3Client, dest_client: S3Client
+) -> Process:
+    staging = Staging(config.base_local_path, config.source_bucket)
+    await asyncio.to_thread(staging.prepare)
+    download_limit, upload_limit = _bandwidth(config), _bandwidth(config)
+    source = S3Source(
+        source_client,
+        config.source_bucket,
+        RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
+        bandwidth=download_limit,
+    )
+    sink = S3Sink(
+        dest_client,
+        config.dest_bucket,
+        RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
+        checksum=config.checksum,
+        multipart_threshold=config.multipart_threshold,
+        part_size_for=config.part_size_for,
+        part_concurrency=config.part_concurrency,
+        part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+        extra_params=_dest_params(config),
+        bandwidth=upload_limit,
+    )
+    copier = _Copier(source, sink, staging, config)
+    return functools.partial(with_object_retries, copier.copy_once)
+
+
+async def with_object_retries(copy: Process, item: WorkItem) -> int:
+    """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
+    a version changed mid-copy) outlived its request-level retries; turn credential and
+    bucket failures into a ``FatalRunError`` instead of one error per object."""
+    for attempt in range(1, _OBJECT_ATTEMPTS + 1):
+        try:
+            return await copy(item)
+        except ObjectError as exc:
+            if exc.code in FATAL_CODES:
+                raise FatalRunError(
+                    f"stopping: {exc} (on {item.key!r}); check the credentials and "
+                    "buckets, then run again to resume"
+                ) from exc
+            if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
+                raise
+            log.warning("retrying %s after %s", item.key, exc)
+    raise AssertionError("unreachable")
+
+
 class _Copier:
-    """The ``process`` step of an S3 backup: fetch to staging, put, clean up."""
+    """The ``process`` step of a staged S3 backup: fetch to staging, put, clean up."""
 
     def __init__(self, source: S3Source, sink: S3Sink, staging: Staging, config: BackupConfig):
         self.source = source
@@ -270,22 +287,7 @@ class _Copier:
         self.cleanup = config.cleanup
         self.dest_key = config.dest_key
 
-    async def copy(self, item: WorkItem) -> int:
-        for attempt in range(1, _OBJECT_ATTEMPTS + 1):
-            try:
-                return await self._copy_once(item)
-            except ObjectError as exc:
-                if exc.code in FATAL_CODES:
-                    raise FatalRunError(
-                        f"stopping: {exc} (on {item.key!r}); check the credentials and "
-                        "buckets, then run again to resume"
-                    ) from exc
-                if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
-                    raise
-                log.warning("retrying %s after %s", item.key, exc)
-        raise AssertionError("unreachable")
-
-    async def _copy_once(self, item: WorkItem) -> int:
+    async def copy_once(self, item: WorkItem) -> int:
         fetched = await self.source.fetch(item, self.staging)
         try:
             await self.sink.put(fetched, self.dest_key(item.key))
@@ -293,70 +295,6 @@ class _Copier:
             if self.cleanup:
                 await asyncio.to_thread(self.staging.remove, fetched.path)
         return fetched.size
-
-
-def _conclude(
-    config: BackupConfig,
-    manager: CheckpointManager,
-    state: CheckpointState,
-    pipeline: Pipeline,
-    resumed: bool,
-    duration: float,
-) -> BackupReport:
-    result = pipeline.result
-    archived: Path | None = None
-    status: Status
-    if result.stopped or not result.listing_complete:
-        status = "stopped"
-    elif state.errors:
-        status = "completed_with_errors"
-    else:
-        status = "completed"
-        archived = manager.finish(config.on_complete)
-        _log_completion(manager.path, state, duration)
-    return BackupReport(
-        status=status,
-        processed_files=state.processed_files,
-        processed_bytes=state.processed_bytes,
-        total_files=state.total_files,
-        total_bytes=state.total_bytes,
-        copied_files=result.done_files,
-        copied_bytes=result.done_bytes,
-        skipped_files=result.skipped_files,
-        unchanged_files=result.unchanged_files,
-        errors=dict(state.errors),
-        duration=duration,
-        checkpoint_path=manager.path,
-        archived_checkpoint=archived,
-        resumed=resumed,
-        failed_this_run=dict(result.failed),
-    )
-
-
-def _log_completion(path: Path, state: CheckpointState, duration: float) -> None:
-    """The completion entry: a log line, and a JSON line in ``completions.log``."""
-    log.info(
-        "backup %s complete: %d files, %d bytes from s3://%s/%s to s3://%s in %.1fs",
-        state.backup_id,
-        state.processed_files,
-        state.processed_bytes,
-        state.source_bucket,
-        state.source_path,
-        state.dest_bucket,
-        duration,
-    )
-    entry = {
-        "backup_id": state.backup_id,
-        "completed": now_iso(),
-        "source_bucket": state.source_bucket,
-        "source_path": state.source_path,
-        "dest_bucket": state.dest_bucket,
-        "files": state.processed_files,
-        "bytes": state.processed_bytes,
-        "seconds": round(duration, 3),
-    }
-    with (path.parent / "completions.log").open("ab") as handle:
-        handle.write(orjson.dumps(entry) + b"\n")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,14 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .api import BackupReport, plan_backup, run_backup
+from .api import plan_backup, run_backup
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
 from .github import GitHubBackupConfig, run_github_backup
 from .logformat import LOG_FORMATS, make_handler
 from .pipeline import primary_error
+from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
 log = logging.getLogger("asyncbackup")
@@ -186,6 +187,12 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip objects already at the destination with the same size and ETag "
         "(compared with a listing of the destination)",
+    )
+    select.add_argument(
+        "--direct",
+        action="store_true",
+        help="copy server-side (CopyObject / UploadPartCopy), nothing staged: for one set of "
+        "credentials that can read the source and write the destination on one endpoint",
     )
     select.add_argument(
         "--dry-run",
@@ -451,6 +458,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id,
         max_bandwidth=args.max_bandwidth,
+        direct=args.direct,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from .errors import ConfigError
 
@@ -24,6 +24,65 @@ CHECKSUM_CHOICES: tuple[ChecksumMode, ...] = ("md5", "crc32", "crc32c", "sha256"
 def normalize_source_path(source_path: str) -> str:
     """The job's folder without leading or trailing slashes; ``""`` is the whole bucket."""
     return source_path.strip("/")
+
+
+class TransferSettings(Protocol):
+    """The settings every kind of backup shares, validated by ``validate_transfer``."""
+
+    @property
+    def checkpoint_interval(self) -> int: ...
+    @property
+    def checkpoint_max_age(self) -> float: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def part_concurrency(self) -> int: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def part_size(self) -> int: ...
+    @property
+    def multipart_threshold(self) -> int: ...
+    @property
+    def on_complete(self) -> str: ...
+    @property
+    def checksum(self) -> str: ...
+
+
+def grown_part_size(part_size: int, size: int) -> int:
+    """The part size for an object of ``size`` bytes, doubled to stay within 10,000 parts."""
+    part = part_size
+    while part * S3_MAX_PARTS < size:
+        part *= 2
+    return min(part, S3_MAX_PART_SIZE)
+
+
+def check_positive(**values: int) -> None:
+    """Raise a ``ConfigError`` naming the flag of the first value below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def validate_transfer(settings: TransferSettings) -> None:
+    check_positive(
+        checkpoint_interval=settings.checkpoint_interval,
+        concurrency=settings.concurrency,
+        part_concurrency=settings.part_concurrency,
+        max_attempts=settings.max_attempts,
+    )
+    if settings.checkpoint_max_age <= 0:
+        raise ConfigError("checkpoint_max_age must be positive")
+    if not S3_MIN_PART_SIZE <= settings.part_size <= S3_MAX_PART_SIZE:
+        raise ConfigError(
+            f"--part-size must be between {S3_MIN_PART_SIZE} and {S3_MAX_PART_SIZE} bytes"
+        )
+    if settings.multipart_threshold < S3_MIN_PART_SIZE:
+        raise ConfigError(f"--multipart-threshold must be at least {S3_MIN_PART_SIZE} bytes")
+    if settings.on_complete not in ON_COMPLETE_CHOICES:
+        raise ConfigError(f"on_complete must be one of {', '.join(ON_COMPLETE_CHOICES)}")
+    if settings.checksum not in CHECKSUM_CHOICES:
+        raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,6 +121,7 @@ class BackupConfig:
     sse: SseMode | None = None
     sse_kms_key_id: str | None = None
     max_bandwidth: int | None = None
+    direct: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
@@ -71,27 +131,7 @@ class BackupConfig:
         for name in ("source_bucket", "dest_bucket"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
-        positive = {
-            "checkpoint_interval": self.checkpoint_interval,
-            "concurrency": self.concurrency,
-            "part_concurrency": self.part_concurrency,
-            "max_attempts": self.max_attempts,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.checkpoint_max_age <= 0:
-            raise ConfigError("checkpoint_max_age must be positive")
-        if not S3_MIN_PART_SIZE <= self.part_size <= S3_MAX_PART_SIZE:
-            raise ConfigError(
-                f"--part-size must be between {S3_MIN_PART_SIZE} and {S3_MAX_PART_SIZE} bytes"
-            )
-        if self.multipart_threshold < S3_MIN_PART_SIZE:
-            raise ConfigError(f"--multipart-threshold must be at least {S3_MIN_PART_SIZE} bytes")
-        if self.on_complete not in ON_COMPLETE_CHOICES:
-            raise ConfigError(f"on_complete must be one of {', '.join(ON_COMPLETE_CHOICES)}")
-        if self.checksum not in CHECKSUM_CHOICES:
-            raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
+        validate_transfer(self)
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:
@@ -100,6 +140,17 @@ class BackupConfig:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
+        if self.direct and (
+            self.source_profile != self.dest_profile
+            or (
+                (self.source_endpoint_url or self.dest_endpoint_url)
+                and self.effective_source_endpoint != self.effective_dest_endpoint
+            )
+        ):
+            raise ConfigError(
+                "--direct copies server-side with one set of credentials on one endpoint: "
+                "give the same profile and endpoint for source and destination"
+            )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KB/s")
 
@@ -131,8 +182,4 @@ class BackupConfig:
         return f"{self.dest_prefix}/" if self.dest_prefix else ""
 
     def part_size_for(self, size: int) -> int:
-        """The part size for an object of ``size`` bytes, grown to stay within 10,000 parts."""
-        part = self.part_size
-        while part * S3_MAX_PARTS < size:
-            part *= 2
-        return min(part, S3_MAX_PART_SIZE)
+        return grown_part_size(self.part_size, size)

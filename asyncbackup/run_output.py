@@ -15,12 +15,12 @@ from typing import Any, Protocol, TextIO
 
 import orjson
 
-from .api import BackupReport
 from .checkpoint import now_iso, write_atomic
 from .checkpoint_tool import errors_by_code, format_codes, human_bytes
 from .progress import Observer
 from .progress_bar import ProgressBar
 from .progress_line import ProgressLine, rate
+from .report import BackupReport
 
 _SHOWN_ERRORS = 10
 

@@ -14,19 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
-from ..api import BackupReport, Status
 from ..checkpoint import (
     CheckpointManager,
     CheckpointState,
     checkpoint_path,
-    now_iso,
     read_checkpoint,
 )
 from ..errors import (
@@ -36,8 +32,9 @@ from ..errors import (
     ObjectError,
     StoreUnavailableError,
 )
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, PipelineResult
 from ..progress import Observer
+from ..report import BackupReport, conclude
 from ..retry import AdaptiveLimiter, RetryPolicy
 from ..s3client import check_bucket, open_client
 from ..sinks.s3 import S3Sink
@@ -238,7 +235,7 @@ async def run_github_backup(
             git.commands.count("fetch"),
         )
         return await asyncio.to_thread(
-            _conclude, config, manager, state, pipeline, resumed, time.monotonic() - started
+            _conclude, config, manager, state, pipeline.result, resumed, started
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
@@ -352,66 +349,21 @@ def _conclude(
     config: GitHubBackupConfig,
     manager: CheckpointManager,
     state: CheckpointState,
-    pipeline: Pipeline,
+    result: PipelineResult,
     resumed: bool,
-    duration: float,
+    started: float,
 ) -> BackupReport:
-    result = pipeline.result
-    archived: Path | None = None
-    status: Status
-    if result.stopped or not result.listing_complete:
-        status = "stopped"
-    else:
+    if not result.stopped and result.listing_complete:
         _prune_notes(state)
         manager.flush(state)
-        if state.errors:
-            status = "completed_with_errors"
-        else:
-            status = "completed"
-            archived = manager.finish(config.on_complete)
-            _log_completion(manager.path, state, duration)
-    return BackupReport(
-        status=status,
-        processed_files=state.processed_files,
-        processed_bytes=state.processed_bytes,
-        total_files=state.total_files,
-        total_bytes=state.total_bytes,
-        copied_files=result.done_files,
-        copied_bytes=result.done_bytes,
-        skipped_files=result.skipped_files,
-        unchanged_files=result.unchanged_files,
-        errors=dict(state.errors),
-        duration=duration,
-        checkpoint_path=manager.path,
-        archived_checkpoint=archived,
+    return conclude(
+        manager,
+        state,
+        result,
+        on_complete=config.on_complete,
         resumed=resumed,
-        failed_this_run=dict(result.failed),
+        duration=time.monotonic() - started,
     )
-
-
-def _log_completion(path: Path, state: CheckpointState, duration: float) -> None:
-    log.info(
-        "backup %s complete: %d artifacts, %d bytes from %s/%s to s3://%s in %.1fs",
-        state.backup_id,
-        state.processed_files,
-        state.processed_bytes,
-        state.source_bucket,
-        state.source_path,
-        state.dest_bucket,
-        duration,
-    )
-    entry: Mapping[str, Any] = {
-        "backup_id": state.backup_id,
-        "completed": now_iso(),
-        "source_bucket": state.source_bucket,
-        "source_path": state.source_path,
-        "dest_bucket": state.dest_bucket,
-        "files": state.processed_files,
-        "bytes": state.processed_bytes,
-        "seconds": round(duration, 3),
-    }
-    with (path.parent / "completions.log").open("ab") as handle:
-        handle.write(orjson.dumps(entry) + b"\n")
 
 
 __all__ = ["carry_forward", "repo_prefix", "run_github_backup"]

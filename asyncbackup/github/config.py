@@ -9,14 +9,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..config import (
-    CHECKSUM_CHOICES,
-    ON_COMPLETE_CHOICES,
-    S3_MAX_PART_SIZE,
-    S3_MAX_PARTS,
-    S3_MIN_PART_SIZE,
     ChecksumMode,
     MiB,
     OnComplete,
+    check_positive,
+    grown_part_size,
+    validate_transfer,
 )
 from ..errors import ConfigError
 
@@ -91,29 +89,8 @@ class GitHubBackupConfig:
             raise ConfigError("--api-url must not contain credentials; set the token variable")
         if not _ENV_NAME.match(self.token_env):
             raise ConfigError(f"--token-env {self.token_env!r} is not an environment variable name")
-        positive = {
-            "checkpoint_interval": self.checkpoint_interval,
-            "concurrency": self.concurrency,
-            "api_concurrency": self.api_concurrency,
-            "git_concurrency": self.git_concurrency,
-            "part_concurrency": self.part_concurrency,
-            "max_attempts": self.max_attempts,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.checkpoint_max_age <= 0:
-            raise ConfigError("checkpoint_max_age must be positive")
-        if not S3_MIN_PART_SIZE <= self.part_size <= S3_MAX_PART_SIZE:
-            raise ConfigError(
-                f"--part-size must be between {S3_MIN_PART_SIZE} and {S3_MAX_PART_SIZE} bytes"
-            )
-        if self.multipart_threshold < S3_MIN_PART_SIZE:
-            raise ConfigError(f"--multipart-threshold must be at least {S3_MIN_PART_SIZE} bytes")
-        if self.on_complete not in ON_COMPLETE_CHOICES:
-            raise ConfigError(f"on_complete must be one of {', '.join(ON_COMPLETE_CHOICES)}")
-        if self.checksum not in CHECKSUM_CHOICES:
-            raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
+        validate_transfer(self)
+        check_positive(api_concurrency=self.api_concurrency, git_concurrency=self.git_concurrency)
 
     @property
     def effective_dest_endpoint(self) -> str | None:
@@ -138,7 +115,4 @@ class GitHubBackupConfig:
         return token
 
     def part_size_for(self, size: int) -> int:
-        part = self.part_size
-        while part * S3_MAX_PARTS < size:
-            part *= 2
-        return min(part, S3_MAX_PART_SIZE)
+        return grown_part_size(self.part_size, size)

@@ -178,3 +178,31 @@ def test_max_bandwidth_is_enforced(
     # 2 MiB each way at 1 MB/s cannot take less than ~1.8 s, whatever the machine.
     assert elapsed >= 1.8, elapsed
     assert len(list_keys(s3, buckets.dest)) == 8
+
+
+def test_direct_copy_is_server_side_and_keeps_etags(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    put_objects(s3, buckets.source, numbered_objects(25), ContentType="text/plain",
+                Metadata={"team": "a"})  # fmt: skip
+    layout_etag = put_multipart(s3, buckets.source, "data/big.bin", (5 * MiB, 5 * MiB, 77))
+    base = tmp_path / "scratch"
+    result = run_cli(_args(s3_server, buckets, base, "--direct", "--storage-class", "STANDARD_IA"))
+    assert result.returncode == 0, result.stderr
+    assert bucket_digest(s3, buckets.source) == bucket_digest(s3, buckets.dest)
+    assert s3.head_object(Bucket=buckets.dest, Key="data/big.bin")["ETag"] == layout_etag
+    some = "data/d0/obj-00000.bin"
+    head = s3.head_object(Bucket=buckets.dest, Key=some)
+    assert head["ContentType"] == "text/plain" and head["Metadata"] == {"team": "a"}
+    assert head["StorageClass"] == "STANDARD_IA"
+    assert not (base / buckets.source).exists()  # nothing was staged
+    archived = next((base / "checkpoints" / "archive").iterdir())
+    assert load_json(archived)["processed_files"] == 26
+
+
+def test_direct_copy_needs_one_set_of_credentials(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    result = run_cli(_args(s3_server, buckets, tmp_path, "--direct", "--dest-profile", "dst"))
+    assert result.returncode == 2
+    assert "--direct" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,124 @@
+"""The outcome of a run: ``BackupReport``, and the conclusion every kind of backup shares
+(archive or delete a completed checkpoint, the completion log entry)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from .checkpoint import CheckpointManager, CheckpointState, now_iso
+from .config import OnComplete
+from .pipeline import PipelineResult
+
+log = logging.getLogger("asyncbackup")
+
+Status = Literal["completed", "completed_with_errors", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackupReport:
+    """The outcome of one run.
+
+    ``processed_files`` / ``processed_bytes`` / ``errors`` are the checkpoint's (the whole job,
+    earlier runs included); ``copied_files`` / ``copied_bytes`` are this run's alone;
+    ``skipped_files`` were already done (per checkpoint, or unchanged at the destination),
+    ``unchanged_files`` of them found identical at the destination by this run.
+    """
+
+    status: Status
+    processed_files: int
+    processed_bytes: int
+    total_files: int
+    total_bytes: int
+    copied_files: int
+    copied_bytes: int
+    skipped_files: int
+    unchanged_files: int
+    errors: dict[str, str]
+    duration: float
+    checkpoint_path: Path
+    archived_checkpoint: Path | None = None
+    resumed: bool = False
+    failed_this_run: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {"completed": 0, "completed_with_errors": 1, "stopped": 130}[self.status]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        out["checkpoint_path"] = str(self.checkpoint_path)
+        out["archived_checkpoint"] = (
+            str(self.archived_checkpoint) if self.archived_checkpoint else None
+        )
+        out["exit_code"] = self.exit_code
+        return out
+
+
+def conclude(
+    manager: CheckpointManager,
+    state: CheckpointState,
+    result: PipelineResult,
+    *,
+    on_complete: OnComplete,
+    resumed: bool,
+    duration: float,
+) -> BackupReport:
+    """Decide the status; archive or delete the checkpoint of a completed job (blocking)."""
+    archived: Path | None = None
+    status: Status
+    if result.stopped or not result.listing_complete:
+        status = "stopped"
+    elif state.errors:
+        status = "completed_with_errors"
+    else:
+        status = "completed"
+        archived = manager.finish(on_complete)
+        log_completion(manager.path, state, duration)
+    return BackupReport(
+        status=status,
+        processed_files=state.processed_files,
+        processed_bytes=state.processed_bytes,
+        total_files=state.total_files,
+        total_bytes=state.total_bytes,
+        copied_files=result.done_files,
+        copied_bytes=result.done_bytes,
+        skipped_files=result.skipped_files,
+        unchanged_files=result.unchanged_files,
+        errors=dict(state.errors),
+        duration=duration,
+        checkpoint_path=manager.path,
+        archived_checkpoint=archived,
+        resumed=resumed,
+        failed_this_run=dict(result.failed),
+    )
+
+
+def log_completion(path: Path, state: CheckpointState, duration: float) -> None:
+    """The completion entry: a log line, and a JSON line in ``completions.log``."""
+    log.info(
+        "backup %s complete: %d files, %d bytes from %s/%s to s3://%s in %.1fs",
+        state.backup_id,
+        state.processed_files,
+        state.processed_bytes,
+        state.source_bucket,
+        state.source_path,
+        state.dest_bucket,
+        duration,
+    )
+    entry = {
+        "backup_id": state.backup_id,
+        "completed": now_iso(),
+        "source_bucket": state.source_bucket,
+        "source_path": state.source_path,
+        "dest_bucket": state.dest_bucket,
+        "files": state.processed_files,
+        "bytes": state.processed_bytes,
+        "seconds": round(duration, 3),
+    }
+    with (path.parent / "completions.log").open("ab") as handle:
+        handle.write(orjson.dumps(entry) + b"\n")

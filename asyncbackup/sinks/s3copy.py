@@ -1,0 +1,167 @@
+"""Direct copy: the destination copies each object from the source, server-side.
+
+For when one set of credentials can read the source and write the destination on the same
+S3 service (``--direct``): no byte passes through this machine. A single-part object is one
+CopyObject (metadata copied; its ETag, the MD5, must come back unchanged); a multipart object
+is rebuilt with UploadPartCopy in its own part layout, so the copy's ETag equals the source's
+and is checked. A failed multipart copy is aborted, shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..config import S3_MAX_PART_SIZE
+from ..errors import IntegrityError
+from ..pipeline import WorkItem
+from ..retry import RetryPolicy
+from ..s3client import S3Client
+from ..sources.s3 import clean_etag, etag_is_md5, multipart_parts
+from .s3 import run_to_completion
+
+log = logging.getLogger("asyncbackup")
+
+_ABORT_TIMEOUT = 10.0
+_COPY_OBJECT_LIMIT = S3_MAX_PART_SIZE  # CopyObject copies at most 5 GiB
+
+
+class ServerSideCopier:
+    def __init__(
+        self,
+        client: S3Client,
+        *,
+        source_bucket: str,
+        dest_bucket: str,
+        retry: RetryPolicy,
+        dest_key: Callable[[str], str],
+        part_size_for: Callable[[int], int],
+        part_concurrency: int,
+        extra_params: dict[str, str] | None = None,
+    ) -> None:
+        self.client = client
+        self.source_bucket = source_bucket
+        self.dest_bucket = dest_bucket
+        self.retry = retry
+        self.dest_key = dest_key
+        self.part_size_for = part_size_for
+        self.part_concurrency = part_concurrency
+        self.extra_params = dict(extra_params or {})
+
+    async def copy(self, item: WorkItem) -> int:
+        """Copy ``item`` server-side; return its size once the destination has it whole."""
+        parts = multipart_parts(item.etag)
+        if parts is not None or item.size > _COPY_OBJECT_LIMIT:
+            await self._copy_parts(item, parts)
+        else:
+            await self._copy_object(item)
+        return item.size
+
+    def _source(self, item: WorkItem) -> dict[str, str]:
+        return {"Bucket": self.source_bucket, "Key": item.key}
+
+    async def _copy_object(self, item: WorkItem) -> None:
+        params: dict[str, Any] = {
+            "Bucket": self.dest_bucket,
+            "Key": self.dest_key(item.key),
+            "CopySource": self._source(item),
+            "MetadataDirective": "COPY",
+            **self.extra_params,
+        }
+        if item.etag:
+            params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
+        response = await self.retry.call(functools.partial(self.client.copy_object, **params))
+        etag = str(response.get("CopyObjectResult", {}).get("ETag", ""))
+        comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
+        if comparable and clean_etag(etag) != clean_etag(item.etag):
+            raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+
+    async def _layout(self, item: WorkItem, parts: int | None) -> tuple[int, bool]:
+        """The source's part size where it is uniform (True: the ETag will match), else ours."""
+        if parts == 1:
+            return max(item.size, 1), True
+        if parts is not None:
+            head = await self.retry.call(
+                functools.partial(
+                    self.client.head_object, Bucket=self.source_bucket, Key=item.key, PartNumber=1
+                )
+            )
+            size = int(head.get("ContentLength", 0))
+            if (
+                size > 0
+                and (parts - 1) * size < item.size <= parts * size <= S3_MAX_PART_SIZE * parts
+            ):
+                return size, True
+        return self.part_size_for(item.size), False
+
+    async def _copy_parts(self, item: WorkItem, parts: int | None) -> None:
+        part_size, same_layout = await self._layout(item, parts)
+        count = max(1, -(-item.size // part_size))
+        key = self.dest_key(item.key)
+        head = await self.retry.call(
+            functools.partial(self.client.head_object, Bucket=self.source_bucket, Key=item.key)
+        )
+        create: dict[str, Any] = {"Bucket": self.dest_bucket, "Key": key, **self.extra_params}
+        for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition",
+                     "ContentLanguage", "Metadata"):  # fmt: skip
+            if head.get(name):
+                create[name] = head[name]
+        upload = await self.retry.call(
+            functools.partial(self.client.create_multipart_upload, **create)
+        )
+        upload_id: str = upload["UploadId"]
+        try:
+            done: list[dict[str, Any]] = [{} for _ in range(count)]
+            numbers = iter(range(count))
+
+            async def part_worker() -> None:
+                for index in numbers:
+                    first = index * part_size
+                    last = min(item.size, first + part_size) - 1
+                    answer = await self.retry.call(
+                        functools.partial(
+                            self.client.upload_part_copy,
+                            Bucket=self.dest_bucket,
+                            Key=key,
+                            UploadId=upload_id,
+                            PartNumber=index + 1,
+                            CopySource=self._source(item),
+                            CopySourceRange=f"bytes={first}-{last}",
+                            CopySourceIfMatch=item.etag,
+                        )
+                    )
+                    done[index] = {
+                        "PartNumber": index + 1,
+                        "ETag": answer["CopyPartResult"]["ETag"],
+                    }
+
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(self.part_concurrency, count)):
+                    tg.create_task(part_worker())
+            response = await self.retry.call(
+                functools.partial(
+                    self.client.complete_multipart_upload,
+                    Bucket=self.dest_bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": done},
+                )
+            )
+            etag = clean_etag(str(response.get("ETag", "")))
+            encrypted = response.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+            if same_layout and not encrypted and etag != clean_etag(item.etag):
+                raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+        except BaseException:
+            await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.dest_bucket, Key=key, UploadId=upload_id
+            )
+        except Exception as exc:  # the upload id is logged for a manual abort
+            log.warning("could not abort multipart copy %s of %s: %s", upload_id, key, exc)
