@@ -21,11 +21,14 @@ from typing import Any, NoReturn
 import orjson
 
 from .api import plan_backup, run_backup
+from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
-from .errors import AsyncBackupError
+from .errors import AsyncBackupError, ConfigError
 from .github import GitHubBackupConfig, run_github_backup
-from .progress_line import ProgressLine
+from .logformat import LOG_FORMATS, make_handler
+from .pipeline import primary_error
 from .report import BackupReport
+from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
 log = logging.getLogger("asyncbackup")
 
@@ -71,11 +74,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
-    out.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
+    out.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress: only warnings, errors and the summary",
+    )
     out.add_argument("--report", type=Path, metavar="FILE", help="write the summary as JSON")
+    out.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="json: every line on stderr is a JSON record (time, level, message, fields), "
+        "progress and summary included - for log shippers (default text)",
+    )
+    out.add_argument(
+        "--progress-interval",
+        type=positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal, a progress line every SECONDS (default 5)",
+    )
 
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_github_arguments(github)
     add_common_arguments(github)
     github.set_defaults(handler=_github_command)
+    add_checkpoint_commands(commands)
     return parser
 
 
@@ -363,11 +396,14 @@ def github_config(args: argparse.Namespace) -> GitHubBackupConfig:
 async def _github_command(args: argparse.Namespace) -> int:
     config = github_config(args)
     config.resolved_token()  # fail before any work when the token is missing
-    progress = ProgressLine(sys.stderr, enabled=not args.quiet)
-    report = await _interruptible(
-        lambda stop: run_github_backup(config, observer=progress, stop=stop)
+    _check_report_path(args)
+    progress = pick_progress(args, sys.stderr, log)
+    report = await _with_progress(
+        progress,
+        lambda: _interruptible(
+            lambda stop: run_github_backup(config, observer=progress, stop=stop)
+        ),
     )
-    progress.close()
     if report is None:
         log.warning("interrupted; the checkpoint is saved - run the same command to resume")
         return EXIT_INTERRUPTED
@@ -376,13 +412,17 @@ async def _github_command(args: argparse.Namespace) -> int:
 
 
 def configure_logging(args: argparse.Namespace) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log_format = getattr(args, "log_format", "text")
+    handler = make_handler(log_format)
     log.handlers[:] = [handler]
     log.propagate = False
+    if log_format == "json":  # other libraries' warnings: JSON lines too
+        root = logging.getLogger()
+        root.handlers[:] = [make_handler(log_format)]
+        root.setLevel(logging.WARNING)
     if args.debug:
         log.setLevel(logging.DEBUG)
-    elif args.quiet:
+    elif getattr(args, "quiet", False):
         log.setLevel(logging.WARNING)
     else:
         log.setLevel(logging.INFO)
@@ -426,14 +466,45 @@ async def _s3_command(args: argparse.Namespace) -> int:
     config = s3_config(args)
     if args.dry_run:
         return await _dry_run(config, args)
-    progress = ProgressLine(sys.stderr, enabled=not args.quiet)
-    report = await _interruptible(lambda stop: run_backup(config, observer=progress, stop=stop))
-    progress.close()
+    _check_report_path(args)
+    progress = pick_progress(args, sys.stderr, log)
+    report = await _with_progress(
+        progress,
+        lambda: _interruptible(lambda stop: run_backup(config, observer=progress, stop=stop)),
+    )
     if report is None:
         log.warning("interrupted; the checkpoint is saved - run the same command to resume")
         return EXIT_INTERRUPTED
     _summarize(report, args)
     return report.exit_code
+
+
+def _check_report_path(args: argparse.Namespace) -> None:
+    """Refuse a --report path that cannot be written before the run, not after hours of it."""
+    report: Path | None = args.report
+    if report is not None and (report.is_dir() or not report.parent.is_dir()):
+        raise ConfigError(
+            f"--report {report}: the directory {report.parent} does not exist or the path is a "
+            "directory; give a file in an existing directory"
+        )
+
+
+async def _with_progress(
+    progress: ProgressDisplay, main: Callable[[], Coroutine[Any, Any, BackupReport | None]]
+) -> BackupReport | None:
+    """Run ``main()`` with the progress display drawn, and its ticker beside it."""
+    progress.start()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(progress.run())
+            try:
+                return await main()
+            finally:
+                ticker.cancel()
+    except BaseExceptionGroup as group:  # the run's own error, not a group of one
+        raise primary_error(group) from None
+    finally:
+        progress.close()
 
 
 async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
@@ -495,22 +566,20 @@ async def _interruptible(
 
 
 def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
-    rate = report.copied_bytes / report.duration / 1e6 if report.duration > 0 else 0.0
-    print(
-        f"{report.status}: copied {report.copied_files} files ({report.copied_bytes} bytes) "
-        f"in {report.duration:.1f}s ({rate:.1f} MB/s); skipped {report.skipped_files} already "
-        f"done; job {report.processed_files}/{report.total_files} files; "
-        f"{len(report.errors)} errors",
-        file=sys.stderr,
-    )
-    if report.errors:
-        print(f"errors are recorded in {report.checkpoint_path}", file=sys.stderr)
-        for key, error in list(report.errors.items())[:10]:
-            print(f"  {key}: {error}", file=sys.stderr)
-    if args.report:
-        args.report.write_bytes(
-            orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2, default=str)
+    """The final summary on stderr (a JSON record with --log-format json), and --report."""
+    if getattr(args, "log_format", "text") == "json":
+        log.log(
+            logging.WARNING if report.errors else logging.INFO,
+            "summary",
+            extra=summary_record(report),
         )
+    else:
+        print("\n".join(summary_lines(report)), file=sys.stderr)
+    if args.report:
+        try:
+            write_report(args.report, report)
+        except OSError as exc:
+            log.error("cannot write the report %s: %s", args.report, exc.strerror)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -531,7 +600,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except AsyncBackupError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -539,12 +608,21 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         if args.debug:
             traceback.print_exc()
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        print(
+        _fatal(
+            args,
             f"{parser.prog}: error: unexpected {type(exc).__name__}: {detail} "
             "(the checkpoint is valid; run with --debug for details)",
-            file=sys.stderr,
+            EXIT_FATAL,
         )
         return EXIT_FATAL
+
+
+def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
+    """The one line that ends a failed run: plain, or a JSON record with --log-format json."""
+    if getattr(args, "log_format", "text") == "json":
+        log.error(message, extra={"exit_code": exit_code})
+    else:
+        print(message, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,687 @@
+"""The checkpoint tool: inspect, list, filter errors, mark keys and verify a destination.
+
+Everything an operator used to do with ``jq`` and ``vi`` on a checkpoint file, done safely:
+
+- ``inspect_checkpoint()`` / ``find_checkpoints()`` / ``failed_files()`` only read, and never
+  take the run's lock (a run starting at that instant must not be refused because of them).
+- ``mark_keys()`` takes the run's lock for as long as it edits, so it is refused while a run
+  holds the checkpoint, and no run can start in the middle of an edit; it writes through
+  ``CheckpointManager`` (temporary file, fsync, rename), so the file is valid at every instant.
+- ``verify_checkpoint()`` lists both buckets (ListObjectsV2, never one HEAD per object) and
+  checks that every key marked done is at the destination with the source's size.
+
+Nothing here prints; the ``format_*`` functions at the end build the CLI's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .checkpoint import (
+    CHECKPOINT_SUFFIX,
+    CheckpointLock,
+    CheckpointManager,
+    CheckpointState,
+    read_checkpoint,
+)
+from .config import BackupConfig
+from .errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    ConfigError,
+    FatalRunError,
+    ObjectError,
+)
+from .retry import RetryPolicy
+from .s3client import S3Client, check_bucket, open_client
+from .sources.s3 import S3Source
+
+UNKNOWN_CODE = "Unknown"
+_PROC_LOCKS = Path("/proc/locks")
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def split_error(message: str) -> tuple[str, str]:
+    """``"AccessDenied: Access Denied"`` -> ``("AccessDenied", "Access Denied")``.
+
+    A message without a ``Code:`` prefix (a hand-written one, say) has the code ``Unknown``.
+    """
+    code, sep, rest = message.partition(":")
+    code = code.strip()
+    if not sep or not code or any(ch.isspace() for ch in code):
+        return UNKNOWN_CODE, message.strip()
+    return code, rest.strip()
+
+
+def errors_by_code(errors: Mapping[str, str]) -> dict[str, int]:
+    """How many files failed with each code, the most frequent first."""
+    counts = Counter(split_error(message)[0] for message in errors.values())
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+@dataclass(frozen=True, slots=True)
+class FailedFile:
+    key: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"key": self.key, "code": self.code, "message": self.message}
+
+
+def failed_files(state: CheckpointState, code: str | None = None) -> list[FailedFile]:
+    """The failed files of a checkpoint, sorted by key; only those of ``code`` if given."""
+    out: list[FailedFile] = []
+    for key in sorted(state.errors):
+        error_code, message = split_error(state.errors[key])
+        if code is None or error_code == code:
+            out.append(FailedFile(key, error_code, message))
+    return out
+
+
+# -- who holds the lock ---------------------------------------------------------------------
+
+
+def lock_holder(checkpoint: Path) -> int | None:
+    """The pid of the run holding ``checkpoint``'s lock, 0 if held by an unknown pid, else None.
+
+    On Linux this reads ``/proc/locks`` and never touches the lock itself. Elsewhere it falls
+    back to a non-blocking try of the lock, which a run starting at that very instant could
+    see as taken.
+    """
+    lock = CheckpointLock(checkpoint)
+    try:
+        st = lock.path.stat()
+    except FileNotFoundError:
+        return None
+    try:
+        table = _PROC_LOCKS.read_text()
+    except OSError:
+        return _pid_in(lock.path) if lock.is_held_elsewhere() else None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 10460 fe:00:2181345 0 EOF"; blocked waiters have "->".
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            return int(fields[4]) if fields[4].isdigit() else 0
+    return None
+
+
+def _pid_in(path: Path) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().split()[0])
+    return 0
+
+
+# -- show and list --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """What ``checkpoint show`` tells of one checkpoint."""
+
+    path: Path
+    backup_id: str
+    source: str
+    source_bucket: str
+    source_path: str
+    dest_bucket: str
+    start_time: str
+    last_update: str
+    total_files: int
+    processed_files: int
+    pending_files: int
+    total_bytes: int
+    processed_bytes: int
+    error_count: int
+    errors_by_code: dict[str, int]
+    holder_pid: int | None
+
+    @property
+    def in_use(self) -> bool:
+        return self.holder_pid is not None
+
+    @property
+    def percent_files(self) -> float:
+        return 100.0 * self.processed_files / self.total_files if self.total_files else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        out["path"] = str(self.path)
+        out["in_use"] = self.in_use
+        out["percent_files"] = round(self.percent_files, 2)
+        return out
+
+
+def describe(path: Path, state: CheckpointState) -> CheckpointInfo:
+    return CheckpointInfo(
+        path=path,
+        backup_id=state.backup_id,
+        source=describe_source(state),
+        source_bucket=state.source_bucket,
+        source_path=state.source_path,
+        dest_bucket=state.dest_bucket,
+        start_time=state.start_time,
+        last_update=state.last_update,
+        total_files=max(state.total_files, len(state.files)),
+        processed_files=state.processed_files,
+        pending_files=sum(1 for done in state.files.values() if not done),
+        total_bytes=state.total_bytes,
+        processed_bytes=state.processed_bytes,
+        error_count=len(state.errors),
+        errors_by_code=errors_by_code(state.errors),
+        holder_pid=lock_holder(path),
+    )
+
+
+def is_github(state: CheckpointState) -> bool:
+    """A checkpoint of ``asyncbackup github`` (its source is an API, not a bucket)."""
+    return state.source_bucket == "github" and "api_url" in state.config
+
+
+def describe_source(state: CheckpointState) -> str:
+    if is_github(state):
+        return f"GitHub {state.source_path} ({state.config['api_url']})"
+    return f"s3://{state.source_bucket}/{state.source_path.strip('/')}"
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """Read ``path`` (never locking it) and describe it; a bad file raises ``CheckpointError``."""
+    return describe(path, load(path))
+
+
+def load(path: Path) -> CheckpointState:
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}; list the checkpoints with: asyncbackup checkpoint list DIR"
+        )
+    return read_checkpoint(path)
+
+
+Kind = Literal["active", "archived", "set-aside"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedCheckpoint:
+    """One file found by ``find_checkpoints()``: described, or with the reason it is not."""
+
+    path: Path
+    kind: Kind
+    info: CheckpointInfo | None = None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "info": self.info.to_dict() if self.info else None,
+            "problem": self.problem,
+        }
+
+
+def _kind(path: Path) -> Kind | None:
+    name = path.name
+    if name.startswith(".") or name.endswith((".lock", ".tmp")):
+        return None
+    if name.endswith(CHECKPOINT_SUFFIX):
+        return "active"
+    if CHECKPOINT_SUFFIX + "." not in name:
+        return None
+    tail = name.rsplit(CHECKPOINT_SUFFIX + ".", 1)[1]
+    if tail.startswith(("ignored-", "corrupt-")):
+        return "set-aside"
+    return "archived" if path.parent.name == "archive" else None
+
+
+def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[ListedCheckpoint]:
+    """The checkpoints under ``directory`` (recursively), sorted by path.
+
+    Only the live ones (``*.checkpoint``) unless ``include_all``, which adds the archived
+    checkpoints of completed backups and the ones set aside by ``--ignore-checkpoints``.
+    A file that cannot be read is listed with its problem, not skipped.
+    """
+    if not directory.is_dir():
+        raise ConfigError(
+            f"{directory} is not a directory; pass the checkpoint directory "
+            "(BASE/checkpoints by default) or --base-local-path BASE"
+        )
+    found: list[ListedCheckpoint] = []
+    for path in sorted(directory.rglob(f"*{CHECKPOINT_SUFFIX}*")):
+        kind = _kind(path)
+        if kind is None or not path.is_file() or (kind != "active" and not include_all):
+            continue
+        try:
+            state = read_checkpoint(path)
+        except CheckpointError as exc:
+            problem = _first_clause(str(exc)).replace(f"checkpoint {path} ", "")
+            found.append(ListedCheckpoint(path, kind, problem=problem))
+        else:
+            found.append(ListedCheckpoint(path, kind, info=describe(path, state)))
+    return found
+
+
+def _first_clause(message: str) -> str:
+    return message.split(";", 1)[0]
+
+
+# -- mark -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MarkResult:
+    """What ``mark_keys()`` did (or, with ``dry_run``, would do)."""
+
+    path: Path
+    done: bool
+    matched: list[str]
+    changed: int
+    errors_cleared: int
+    processed_files: int
+    total_files: int
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        out["path"] = str(self.path)
+        return out
+
+
+def match_keys(keys: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The keys matching at least one glob pattern, and the patterns that matched nothing.
+
+    Patterns are ``fnmatch`` globs on the whole key, case-sensitive; ``*`` crosses ``/``.
+    """
+    matched: list[str] = []
+    used: set[str] = set()
+    for key in keys:
+        hit = False
+        for pattern in patterns:
+            if fnmatch.fnmatchcase(key, pattern):
+                used.add(pattern)
+                hit = True
+        if hit:
+            matched.append(key)
+    return sorted(matched), [p for p in patterns if p not in used]
+
+
+def mark_keys(
+    path: Path,
+    patterns: Sequence[str],
+    *,
+    done: bool,
+    clear_errors: bool = False,
+    dry_run: bool = False,
+) -> MarkResult:
+    """Mark the keys matching ``patterns`` done (``True``) or pending (``False``).
+
+    Marking done drops the keys' errors (a done file has none); marking pending keeps them
+    unless ``clear_errors``. ``processed_files`` is recomputed from the map;
+    ``processed_bytes`` cannot be (the checkpoint does not keep sizes) and is left as it is.
+    Refused with ``CheckpointLockedError`` while a run holds the checkpoint; holds the lock
+    itself for the length of the edit. A pattern that matches no key refuses the whole edit.
+    """
+    if not patterns:
+        raise ConfigError("give at least one glob PATTERN of keys to mark (quote it: 'data/*')")
+
+    def select(state: CheckpointState) -> list[str]:
+        matched, unused = match_keys(state.files, patterns)
+        if unused:
+            example = next(iter(state.files), None)
+            hint = f" (keys look like {example!r})" if example is not None else ""
+            raise ConfigError(
+                f"pattern {unused[0]!r} matches no key in {path}{hint}; nothing was changed - "
+                "patterns are globs on the whole key, quote them so the shell leaves them alone"
+            )
+        return matched
+
+    return _edit(path, select, done=done, clear_errors=clear_errors, dry_run=dry_run)
+
+
+def mark_exact(
+    path: Path, keys: Iterable[str], *, done: bool, clear_errors: bool = False
+) -> MarkResult:
+    """Like ``mark_keys()`` for exact keys (no glob); keys not in the checkpoint are ignored."""
+    wanted = set(keys)
+
+    def select(state: CheckpointState) -> list[str]:
+        return sorted(key for key in wanted if key in state.files)
+
+    return _edit(path, select, done=done, clear_errors=clear_errors, dry_run=False)
+
+
+def _edit(
+    path: Path,
+    select: Callable[[CheckpointState], list[str]],
+    *,
+    done: bool,
+    clear_errors: bool,
+    dry_run: bool,
+) -> MarkResult:
+    load(path)  # a clear message for a missing or corrupt file, before locking anything
+    manager = CheckpointManager(path)
+    try:
+        manager.open()
+    except CheckpointLockedError:
+        holder = lock_holder(path)
+        who = f" (pid {holder})" if holder else ""
+        raise CheckpointLockedError(
+            f"checkpoint {path} is in use by a running backup{who}; it was not changed - "
+            "stop the run (Ctrl-C) or wait for it to finish, then mark again"
+        ) from None
+    try:
+        state = read_checkpoint(path)  # again, under the lock: the last flushed state
+        matched = select(state)
+        changed = sum(1 for key in matched if state.files[key] is not done)
+        cleared = 0
+        for key in matched:
+            state.files[key] = done
+            if (done or clear_errors) and state.errors.pop(key, None) is not None:
+                cleared += 1
+        state.processed_files = sum(1 for value in state.files.values() if value)
+        if not dry_run:
+            manager.flush(state)
+        return MarkResult(
+            path=path,
+            done=done,
+            matched=matched,
+            changed=changed,
+            errors_cleared=cleared,
+            processed_files=state.processed_files,
+            total_files=max(state.total_files, len(state.files)),
+            dry_run=dry_run,
+        )
+    finally:
+        manager.close()
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SizeMismatch:
+    key: str
+    source_size: int
+    dest_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "source_size": self.source_size, "dest_size": self.dest_size}
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    """Every key the checkpoint marks done, checked against listings of both buckets."""
+
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    different: list[SizeMismatch] = field(default_factory=list)
+    not_in_source: list[str] = field(default_factory=list)
+    source_listed: int = 0
+    dest_listed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.different
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "missing": self.missing,
+            "different": [m.to_dict() for m in self.different],
+            "not_in_source": self.not_in_source,
+            "source_listed": self.source_listed,
+            "dest_listed": self.dest_listed,
+        }
+
+
+def job_config(state: CheckpointState) -> BackupConfig:
+    """The parts of the job's configuration that say where its copies are."""
+    dest_prefix = state.config.get("dest_prefix")
+    return BackupConfig(
+        source_bucket=state.source_bucket,
+        source_path=state.source_path,
+        dest_bucket=state.dest_bucket,
+        base_local_path=Path(str(state.config.get("base_local_path") or ".")),
+        dest_prefix=dest_prefix if isinstance(dest_prefix, str) else None,
+    )
+
+
+async def _sizes(
+    source: S3Source, prefix: str, wanted: Callable[[str], str | None], role: str
+) -> tuple[dict[str, int], int]:
+    """``wanted`` maps a listed key to its checkpoint key (None: not wanted).
+
+    Returns checkpoint key -> listed size, and how many objects were listed.
+    """
+    sizes: dict[str, int] = {}
+    listed = 0
+    try:
+        async for page in source.list(prefix):
+            listed += len(page)
+            for item in page:
+                key = wanted(item.key)
+                if key is not None:
+                    sizes[key] = item.size
+    except ObjectError as exc:
+        raise FatalRunError(
+            f"cannot list the {role} bucket {source.bucket!r} under {prefix!r}: {exc}; "
+            "nothing was verified"
+        ) from exc
+    return sizes, listed
+
+
+async def verify_state(
+    state: CheckpointState,
+    *,
+    source_client: S3Client,
+    dest_client: S3Client,
+    retry: RetryPolicy | None = None,
+) -> VerifyResult:
+    """Compare the keys ``state`` marks done with listings of the source and destination.
+
+    Copies are looked for where the job put them (under ``--dest-prefix`` if the checkpoint
+    records one). The sizes come from the source listing; a done key that is no longer in the
+    source is only checked for presence at the destination.
+    """
+    job = job_config(state)
+    done = [key for key, value in state.files.items() if value]
+    policy = retry or RetryPolicy(8)
+    source = S3Source(source_client, state.source_bucket, policy)
+    dest = S3Source(dest_client, state.dest_bucket, policy)
+    done_keys = set(done)
+    mapped = {job.dest_key(key): key for key in done} if job.dest_prefix is not None else None
+
+    def in_job(key: str) -> str | None:
+        return key if key in done_keys else None
+
+    at_dest_key = in_job if mapped is None else mapped.get
+    async with asyncio.TaskGroup() as tg:
+        in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
+        at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
+    source_sizes, source_listed = in_source.result()
+    dest_sizes, dest_listed = at_dest.result()
+    result = VerifyResult(checked=len(done), source_listed=source_listed, dest_listed=dest_listed)
+    for key in sorted(done):
+        if key not in dest_sizes:
+            result.missing.append(key)
+        elif key not in source_sizes:
+            result.not_in_source.append(key)
+        elif source_sizes[key] != dest_sizes[key]:
+            result.different.append(SizeMismatch(key, source_sizes[key], dest_sizes[key]))
+    return result
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Endpoints:
+    """Where the two buckets are, as the ``s3`` command takes it."""
+
+    source_profile: str | None = None
+    dest_profile: str | None = None
+    endpoint_url: str | None = None
+    source_endpoint_url: str | None = None
+    dest_endpoint_url: str | None = None
+    region: str | None = None
+
+
+async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
+    """Open clients for the checkpoint's buckets and run ``verify_state()``.
+
+    The profiles default to the ones the checkpoint recorded for its run.
+    """
+    state = await asyncio.to_thread(load, path)
+    if is_github(state):
+        raise ConfigError(
+            f"{path} is the checkpoint of a GitHub backup; verify compares an S3 source with "
+            "its copies - check a GitHub backup by restoring a bundle (see the README)"
+        )
+    recorded = state.config
+    source_profile = where.source_profile or _str_or_none(recorded.get("source_profile"))
+    dest_profile = where.dest_profile or _str_or_none(recorded.get("dest_profile"))
+    async with contextlib.AsyncExitStack() as stack:
+        common: dict[str, Any] = {
+            "region": where.region,
+            "max_pool_connections": 4,
+            "connect_timeout": 10.0,
+            "read_timeout": 60.0,
+        }
+        source_client = await open_client(
+            stack,
+            role="source",
+            profile=source_profile,
+            endpoint_url=where.source_endpoint_url or where.endpoint_url,
+            **common,
+        )
+        dest_client = await open_client(
+            stack,
+            role="destination",
+            profile=dest_profile,
+            endpoint_url=where.dest_endpoint_url or where.endpoint_url,
+            **common,
+        )
+        await check_bucket(source_client, state.source_bucket, role="source", write=False)
+        await check_bucket(dest_client, state.dest_bucket, role="destination", write=False)
+        return await verify_state(state, source_client=source_client, dest_client=dest_client)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# -- formatting for the CLI -----------------------------------------------------------------
+
+
+def human_bytes(size: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _job(info: CheckpointInfo) -> str:
+    return f"{info.source} -> s3://{info.dest_bucket}"
+
+
+def _state(info: CheckpointInfo) -> str:
+    if info.holder_pid is None:
+        return "idle (no run holds it)"
+    return f"in use by a running backup (pid {info.holder_pid or '?'})"
+
+
+def format_codes(codes: Mapping[str, int]) -> str:
+    return ", ".join(f"{code} {count}" for code, count in codes.items())
+
+
+def format_info(info: CheckpointInfo) -> str:
+    pct_bytes = 100.0 * info.processed_bytes / info.total_bytes if info.total_bytes else 0.0
+    lines = [
+        f"checkpoint   {info.path}",
+        f"job          {info.backup_id}  {_job(info)}",
+        f"state        {_state(info)}",
+        f"started      {info.start_time}    last update {info.last_update}",
+        f"files        {info.processed_files:,} of {info.total_files:,} done "
+        f"({info.percent_files:.1f}%), {info.pending_files:,} pending",
+        f"bytes        {human_bytes(info.processed_bytes)} of {human_bytes(info.total_bytes)} "
+        f"({pct_bytes:.1f}%)",
+        f"errors       {info.error_count:,}",
+    ]
+    width = max((len(code) for code in info.errors_by_code), default=0)
+    lines.extend(f"  {code:<{width}}  {count:,}" for code, count in info.errors_by_code.items())
+    if info.error_count:
+        lines.append(f"(one line per failed file: asyncbackup checkpoint errors {info.path})")
+    return "\n".join(lines)
+
+
+def format_listed(item: ListedCheckpoint) -> str:
+    kind = "" if item.kind == "active" else f"  [{item.kind}]"
+    if item.info is None:
+        return f"{item.path}  UNREADABLE: {item.problem}{kind}"
+    info = item.info
+    running = "  [running]" if info.in_use else ""
+    return (
+        f"{item.path}  {info.backup_id[:8]}  {_job(info)}  "
+        f"{info.processed_files:,}/{info.total_files:,} files ({info.percent_files:.0f}%)  "
+        f"{info.error_count:,} errors{running}{kind}"
+    )
+
+
+def format_failed(failed: FailedFile) -> str:
+    """``key<TAB>Code<TAB>message``: easy to ``cut -f1`` or ``grep``."""
+    return f"{failed.key}\t{failed.code}\t{failed.message}"
+
+
+def format_mark(result: MarkResult) -> str:
+    what = "done" if result.done else "pending"
+    verb = "would mark" if result.dry_run else "marked"
+    line = (
+        f"{verb} {len(result.matched):,} keys {what} ({result.changed:,} changed), "
+        f"cleared {result.errors_cleared:,} errors; now {result.processed_files:,} of "
+        f"{result.total_files:,} files done"
+    )
+    if result.dry_run:
+        line += " (dry run: the checkpoint was not changed)"
+    return line
+
+
+def format_verify(result: VerifyResult, path: Path, limit: int = 50) -> str:
+    lines: list[str] = []
+    for key in result.missing[:limit]:
+        lines.append(f"missing    {key}")
+    for m in result.different[:limit]:
+        lines.append(f"different  {m.key}  (source {m.source_size} bytes, dest {m.dest_size})")
+    for key in result.not_in_source[:limit]:
+        lines.append(f"unchecked  {key}  (no longer in the source; present at the destination)")
+    hidden = sum(
+        max(0, len(group) - limit)
+        for group in (result.missing, result.different, result.not_in_source)
+    )
+    if hidden:
+        lines.append(f"... and {hidden:,} more (use --json for the full list)")
+    verdict = "OK" if result.ok else "FAILED"
+    lines.append(
+        f"{verdict}: {result.checked:,} files marked done; {len(result.missing):,} missing, "
+        f"{len(result.different):,} with a different size at the destination"
+        + (
+            f", {len(result.not_in_source):,} no longer in the source"
+            if result.not_in_source
+            else ""
+        )
+    )
+    if not result.ok:
+        lines.append(
+            "to copy them again on the next run: asyncbackup checkpoint verify "
+            f"{path} --mark-pending (with the same endpoint options), or mark them one by one "
+            f"with: asyncbackup checkpoint mark {path} --pending KEY"
+        )
+    return "\n".join(lines)
