@@ -34,6 +34,7 @@ from .sources.s3 import S3Source
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
 from .uploads import UploadJournal, abort_leftover_uploads
+from .workerpool import start_worker_processes
 
 log = logging.getLogger("asyncbackup")
 
@@ -213,11 +214,12 @@ async def run_backup(
             stop=stop,
         )
         journal = UploadJournal(pipeline)
-        process = (
-            _direct_copier(config, dest_client)
-            if config.direct
-            else await _staged_copier(config, source_client, dest_client, journal)
-        )
+        if config.processes > 1:  # the copying in worker processes, the checkpoint here
+            process = await start_worker_processes(stack, config, pipeline)
+        elif config.direct:
+            process = _direct_copier(config, dest_client)
+        else:
+            process = await _staged_copier(config, source_client, dest_client, journal)
         await pipeline.run(_listing(config, source, dest_client), process)
         return await asyncio.to_thread(
             conclude,
@@ -252,10 +254,16 @@ def _part_slots(config: BackupConfig) -> int:
 
 
 async def _staged_copier(
-    config: BackupConfig, source_client: S3Client, dest_client: S3Client, journal: UploadJournal
+    config: BackupConfig,
+    source_client: S3Client,
+    dest_client: S3Client,
+    journal: UploadJournal,
+    *,
+    prepare: bool = True,  # False in a worker process: the main process prepared staging
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
-    await asyncio.to_thread(staging.prepare)
+    if prepare:
+        await asyncio.to_thread(staging.prepare)
     download_limit, upload_limit = _bandwidth(config), _bandwidth(config)
     source = S3Source(
         source_client,

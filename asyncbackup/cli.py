@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
@@ -72,6 +73,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def process_count(text: str) -> int:
+    """``--processes``: a whole number, or ``auto`` for one per CPU."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return positive_int(text)
 
 
 def positive_float(text: str) -> float:
@@ -161,6 +169,14 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "Content-MD5, accepted by every S3-compatible server)",
     )
     tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+    tuning.add_argument(
+        "--processes",
+        type=process_count,
+        default=1,
+        metavar="N",
+        help="copy in N worker processes, each with its own event loop and S3 clients, to use "
+        "more than one core on small objects; 'auto' = one per CPU (default 1: in-process)",
+    )
     tuning.add_argument(
         "--max-bandwidth",
         type=parse_rate,
@@ -459,6 +475,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         sse_kms_key_id=args.sse_kms_key_id,
         max_bandwidth=args.max_bandwidth,
         direct=args.direct,
+        processes=args.processes,
     )
 
 

@@ -122,6 +122,7 @@ class BackupConfig:
     sse_kms_key_id: str | None = None
     max_bandwidth: int | None = None
     direct: bool = False
+    processes: int = 1  # > 1: copy in this many worker processes (workerpool.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
@@ -132,6 +133,7 @@ class BackupConfig:
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
         validate_transfer(self)
+        check_positive(processes=self.processes)
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:

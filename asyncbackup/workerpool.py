@@ -1,0 +1,251 @@
+"""Several worker processes for one run (``--processes N``): both cores, one checkpoint writer.
+
+On small objects one Python event loop is CPU-bound (about 1 ms of CPU a request in
+botocore/aiohttp) long before the S3 server is. So the copying moves to N worker processes
+(``_worker.py``), each with its own event loop and S3 clients, while this (main) process keeps
+the listing, the bounded queue, the pipeline's workers and the one checkpoint writer.
+
+The pipeline's ``process`` step becomes ``WorkerPool.process``: send the item to the least busy
+worker and await its answer - the size once the object is durably at the destination, or the
+error to raise here (``wire.py``). So the checkpoint contract is unchanged: only the writer of
+this process touches the checkpoint, and an object is marked done only after its worker said
+it is at the destination. The workers' multipart journal notes come back here and go through
+``pipeline.note`` / ``note_durably`` (the worker waits for the acknowledgement before it
+creates the upload), so a crash leaks no upload. Log records come back too.
+
+Cancellation: a cancelled ``process`` tells its worker to cancel that object (which aborts a
+multipart upload) and waits a bounded time for the answer. Closing the pool closes the workers'
+stdin; they finish and exit, and are killed if they do not within the grace period. A killed
+main process closes their stdin as well, so no worker outlives it for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import sys
+from typing import Any
+
+from . import wire
+from .config import BackupConfig
+from .errors import AsyncBackupError, FatalRunError
+from .pipeline import Process, WorkItem
+from .staging import Staging
+from .uploads import Notes
+
+log = logging.getLogger("asyncbackup")
+
+#: how long a cancelled object may take to clean up (a multipart abort is bounded by 10 s)
+CANCEL_GRACE = 15.0
+#: how long workers may take to exit once their stdin is closed
+EXIT_GRACE = 15.0
+_LINE_LIMIT = 16 * 1024 * 1024
+_MIN_BANDWIDTH = 1024
+
+
+def worker_config(config: BackupConfig, count: int) -> BackupConfig:
+    """Each worker's share: its part of the concurrency and of the bandwidth limit."""
+    bandwidth = config.max_bandwidth
+    if bandwidth is not None:
+        bandwidth = max(_MIN_BANDWIDTH, bandwidth // count)
+    return dataclasses.replace(
+        config,
+        processes=1,
+        concurrency=max(1, -(-config.concurrency // count)),
+        max_bandwidth=bandwidth,
+    )
+
+
+class _Child:
+    """One worker process and the requests it has in flight."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pending: dict[int, asyncio.Future[wire.Message]] = {}
+        self.failure: AsyncBackupError | None = None
+
+    def send(self, message: wire.Message) -> bool:
+        stdin = self.proc.stdin
+        if self.failure is not None or stdin is None or stdin.is_closing():
+            return False
+        stdin.write(wire.encode(message))
+        return True
+
+
+class WorkerPool:
+    """N worker processes behind one ``process`` coroutine (see the module docstring)."""
+
+    def __init__(self, config: BackupConfig, notes: Notes, count: int) -> None:
+        self.config = config
+        self.notes = notes
+        self.count = count
+        self._children: list[_Child] = []
+        self._ids = itertools.count(1)
+        self._tasks = asyncio.TaskGroup()
+        self._acks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def __aenter__(self) -> WorkerPool:
+        await self._tasks.__aenter__()
+        try:
+            init = {
+                "op": "init",
+                "config": wire.config_to_wire(worker_config(self.config, self.count)),
+                "log_level": log.getEffectiveLevel(),
+            }
+            for _ in range(self.count):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "asyncbackup._worker",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=_LINE_LIMIT,
+                )
+                child = _Child(proc)
+                self._children.append(child)
+                child.send(init)
+                self._tasks.create_task(self._read(child))
+        except BaseException:
+            await self._close()
+            await self._tasks.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self._close()
+        finally:
+            await self._tasks.__aexit__(None, None, None)
+
+    async def process(self, item: WorkItem) -> int:
+        """Copy ``item`` in a worker; its size once it is durably at the destination."""
+        child = min(self._children, key=lambda c: len(c.pending))
+        request = next(self._ids)
+        answer: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
+        child.pending[request] = answer
+        try:
+            if not child.send({"op": "copy", "id": request, "item": wire.item_to_wire(item)}):
+                raise child.failure or FatalRunError("a worker process is gone; run again")
+            try:
+                message = await asyncio.shield(answer)
+            except asyncio.CancelledError:
+                # Let the worker stop and clean up (abort a multipart upload, send its notes)
+                # while the checkpoint writer still runs.
+                if child.send({"op": "cancel", "id": request}):
+                    await _settle(answer, CANCEL_GRACE)
+                raise
+        finally:
+            child.pending.pop(request, None)
+        if message["op"] == "done":
+            return int(message["size"])
+        if message["op"] == "error":
+            raise wire.error_from_wire(message["error"])
+        raise child.failure or FatalRunError(
+            f"a worker process stopped copying {item.key!r}; run again to resume"
+        )
+
+    # -- each worker's answers --------------------------------------------------------------
+
+    async def _read(self, child: _Child) -> None:
+        stdout = child.proc.stdout
+        assert stdout is not None
+        try:
+            while line := await stdout.readline():
+                self._dispatch(child, wire.decode(line))
+        except Exception as exc:  # a broken line, or a bug: this worker is unusable
+            child.failure = FatalRunError(
+                f"a worker process sent what cannot be read ({type(exc).__name__}: {exc}); "
+                "the checkpoint is valid: run again to resume"
+            )
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+        finally:
+            if child.failure is None and not self._closing:
+                code = await child.proc.wait()
+                child.failure = FatalRunError(
+                    f"a worker process (pid {child.proc.pid}) exited unexpectedly with code "
+                    f"{code}; the checkpoint is valid: run again to resume"
+                )
+            gone = {"op": "gone"}
+            for answer in child.pending.values():
+                if not answer.done():
+                    answer.set_result(gone)
+
+    def _dispatch(self, child: _Child, message: wire.Message) -> None:
+        match message["op"]:
+            case "done" | "error" | "cancelled":
+                answer = child.pending.get(message["id"])
+                if answer is not None and not answer.done():
+                    answer.set_result(message)
+            case "note" if "id" in message:
+                task = self._tasks.create_task(self._note_durably(child, message))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+            case "note":
+                self.notes.note(message["section"], message["key"], message["value"])
+            case "log":
+                logger = logging.getLogger(str(message.get("name") or "asyncbackup"))
+                logger.log(int(message.get("level", logging.WARNING)), "%s", message["message"])
+            case "fatal":
+                child.failure = wire.error_from_wire(message["error"])
+
+    async def _note_durably(self, child: _Child, message: wire.Message) -> None:
+        await self.notes.note_durably(message["section"], message["key"], message["value"])
+        child.send({"op": "ack", "id": message["id"]})
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """Close every worker's stdin, wait for them to exit (killing the late ones)."""
+        self._closing = True
+        for child in self._children:
+            stdin = child.proc.stdin
+            if stdin is not None and not stdin.is_closing():
+                stdin.close()
+        try:
+            waits = [child.proc.wait() for child in self._children]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), EXIT_GRACE)
+        finally:
+            for child in self._children:
+                if child.proc.returncode is None:
+                    log.warning("worker process %d did not exit: killing it", child.proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.kill()
+            for child in self._children:
+                await _reap(child.proc)
+            for task in list(self._acks):  # nobody flushes the checkpoint any more
+                task.cancel()
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a killed process, even if cancelled meanwhile (it exits at once)."""
+    waiter = asyncio.ensure_future(proc.wait())
+    while not waiter.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({waiter})
+
+
+async def _settle(future: asyncio.Future[Any], limit: float) -> None:
+    """Wait up to ``limit`` seconds for ``future``, even if the caller is cancelled again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not future.done() and (remaining := deadline - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future}, timeout=remaining)
+
+
+async def start_worker_processes(
+    stack: contextlib.AsyncExitStack, config: BackupConfig, notes: Notes
+) -> Process:
+    """The ``process`` step of a run copied by ``config.processes`` worker processes, which
+    live as long as ``stack``."""
+    if not config.direct:
+        staging = Staging(config.base_local_path, config.source_bucket)
+        await asyncio.to_thread(staging.prepare)  # once, here: workers share the tree
+    pool = await stack.enter_async_context(WorkerPool(config, notes, config.processes))
+    return pool.process

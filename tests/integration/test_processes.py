@@ -1,0 +1,263 @@
+"""``--processes N``: worker processes copy, the main process keeps the one checkpoint writer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from asyncbackup import BackupConfig, run_backup
+from asyncbackup.progress import NullObserver
+from tests.conftest import Buckets, S3Server
+from tests.helpers import assert_same_objects, cli_args, numbered_objects
+from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.reliability import (
+    assert_done_means_copied,
+    assert_identical,
+    checkpoint_file,
+    kill,
+    put_parallel,
+    read_valid,
+    run_cli,
+    start_cli,
+    wait_for,
+)
+
+MiB = 1024 * 1024
+MULTIPART = ("--multipart-threshold", "5MiB", "--part-size", "5MiB")
+WORKER = b"asyncbackup._worker"
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
+    with run_proxy(s3_server.endpoint) as running:
+        yield running
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left to an init that does not reap counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def worker_pids(parent: int) -> set[int]:
+    """Worker processes whose parent is ``parent``."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and WORKER in _cmdline(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def uploads_in_progress(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads
+
+
+def test_two_processes_copy_everything_with_metadata(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    objects = numbered_objects(120, size=2000)
+    put_parallel(s3, buckets.source, objects)
+    s3.put_object(
+        Bucket=buckets.source,
+        Key="data/meta.txt",
+        Body=b"hello",
+        ContentType="text/plain",
+        CacheControl="max-age=60",
+        Metadata={"owner": "team-a"},
+    )
+    big = os.urandom(11 * MiB)
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=big)
+    args = ["data", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--processes", "2", "--concurrency", "8", "--cleanup", *MULTIPART]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 122
+    head = s3.head_object(Bucket=buckets.dest, Key="data/meta.txt")
+    assert head["ContentType"] == "text/plain"
+    assert head["CacheControl"] == "max-age=60"
+    assert head["Metadata"] == {"owner": "team-a"}
+    big_head = s3.head_object(Bucket=buckets.dest, Key="data/big.bin")
+    assert big_head["ETag"].strip('"').endswith("-3")  # 5 + 5 + 1 MiB: a multipart upload
+    assert uploads_in_progress(s3, buckets.dest) == []
+    (archived,) = (tmp_path / "checkpoints" / "archive").iterdir()
+    state = read_valid(archived)
+    assert state.processed_files == 122 and all(state.files.values())
+    assert "multipart_uploads" not in state.extra  # the worker's journal notes came back
+    assert "completed: copied 122 files" in done.stderr
+    assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_object_errors_from_workers_are_recorded(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, numbered_objects(60, size=100))
+    denied = {"data/d1/obj-00001.bin", "data/d3/obj-00010.bin", "data/d5/obj-00040.bin"}
+    for key in denied:
+        proxy.add_rule(Rule("access_denied", method="GET", path=f"/{key}$"))
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--processes", "2", "--concurrency", "6"]
+    done = run_cli(args)
+    assert done.returncode == 1, done.stderr
+    state = read_valid(checkpoint_file(tmp_path, buckets.source, "data"))
+    assert set(state.errors) == denied
+    assert all(state.errors[key].startswith("AccessDenied: ") for key in denied)
+    assert {key for key, ok in state.files.items() if not ok} == denied
+    assert state.processed_files == 57
+    assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+    proxy.clear_faults()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 60
+
+
+def test_sigkill_of_the_main_process_leaves_no_worker_and_no_upload(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, numbered_objects(80, size=100))
+    big = os.urandom(11 * MiB)
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=big)
+    # Parts crawl: the kill surely lands in the middle of the multipart upload.
+    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=30))
+    proxy.latency = 0.02
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--quiet", "--processes", "2", "--concurrency", "4", *MULTIPART]
+    path = checkpoint_file(tmp_path, buckets.source, "data")
+    process = start_cli(args)
+    try:
+        # The worker's durable note of the upload id reached the main process's checkpoint.
+        wait_for(
+            lambda: (
+                path.exists()
+                and bool(read_valid(path).extra.get("multipart_uploads", {}).get("data/big.bin"))
+            ),
+            timeout=60,
+        )
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2
+    finally:
+        kill(process, signal.SIGKILL)
+        process.communicate(timeout=30)
+    # Their stdin closed with the main process: the workers stop (and abort their upload).
+    wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=20)
+    state = read_valid(path)
+    assert state.processed_files < 81
+    assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+    proxy.clear_faults()
+    # The killed run's worker aborted its multipart upload on the way out.
+    assert uploads_in_progress(s3, buckets.dest) == []
+    resumed = start_cli(args)
+    workers = set()
+    while resumed.poll() is None:  # --quiet: stderr cannot fill its pipe meanwhile
+        workers |= worker_pids(resumed.pid)
+        time.sleep(0.05)
+    _, stderr = resumed.communicate(timeout=120)
+    assert len(workers) == 2
+    assert resumed.returncode == 0, stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 81  # big.bin too
+    assert uploads_in_progress(s3, buckets.dest) == []
+    assert not any(_alive(pid) for pid in workers)
+
+
+def test_sigint_exits_130_with_a_valid_checkpoint(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, numbered_objects(300, size=64))
+    proxy.latency = 0.1
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--processes", "2", "--concurrency", "8"]
+    path = checkpoint_file(tmp_path, buckets.source, "data")
+    process = start_cli(args)
+    try:
+        wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
+        workers = worker_pids(process.pid)
+    except BaseException:
+        kill(process)
+        raise
+    assert len(workers) == 2
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "interrupted; the checkpoint is saved" in stderr
+    assert "Traceback" not in stderr
+    assert not any(_alive(pid) for pid in workers)
+    state = read_valid(path)
+    assert 10 <= state.processed_files < 300
+    assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+    proxy.latency = 0.0
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 300
+
+
+class Recorder(NullObserver):
+    def __init__(self) -> None:
+        self.done: list[str] = []
+        self.some_done = asyncio.Event()
+
+    def on_done(self, key: str, size: int) -> None:
+        self.done.append(key)
+        if len(self.done) >= 10:
+            self.some_done.set()
+
+
+async def test_embedded_run_with_processes_completes_and_cancels_cleanly(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    objects = numbered_objects(200, size=64)
+    put_parallel(s3, buckets.source, objects)
+    proxy.latency = 0.05
+    config = BackupConfig(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        concurrency=4,
+        processes=2,
+    )
+    recorder = Recorder()
+    task = asyncio.create_task(run_backup(config, observer=recorder))
+    await asyncio.wait_for(recorder.some_done.wait(), 60)
+    workers = worker_pids(os.getpid())
+    assert len(workers) == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not any(_alive(pid) for pid in workers)
+    state = orjson.loads(checkpoint_file(tmp_path, buckets.source, "data").read_bytes())
+    done = {key for key, ok in state["files"].items() if ok}
+    assert done == set(recorder.done)  # every reported completion reached the file, no more
+    assert 10 <= len(done) < 200
+    proxy.latency = 0.0
+    report = await run_backup(config)
+    assert report.status == "completed" and report.exit_code == 0
+    assert report.skipped_files == len(done)
+    assert report.copied_files == 200 - len(done)
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 200
+    assert worker_pids(os.getpid()) == set()
