@@ -116,6 +116,7 @@ class Worker:
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
         """Take requests until end of file; then cancel whatever is still in flight."""
+        self.channel.send({"op": "ready"})
         async with asyncio.TaskGroup() as tg:
             while line := await reader.readline():
                 message = wire.decode(line)

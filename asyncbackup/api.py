@@ -34,7 +34,7 @@ from .sources.s3 import S3Source
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
 from .uploads import UploadJournal, abort_leftover_uploads
-from .workerpool import start_worker_processes
+from .workerpool import share_of, start_worker_processes
 
 log = logging.getLogger("asyncbackup")
 
@@ -214,12 +214,14 @@ async def run_backup(
             stop=stop,
         )
         journal = UploadJournal(pipeline)
-        if config.processes > 1:  # the copying in worker processes, the checkpoint here
-            process = await start_worker_processes(stack, config, pipeline)
-        elif config.direct:
-            process = _direct_copier(config, dest_client)
-        else:
-            process = await _staged_copier(config, source_client, dest_client, journal)
+        share = share_of(config, config.processes)  # this process's share of the copying
+        process = (
+            _direct_copier(share, dest_client)
+            if config.direct
+            else await _staged_copier(share, source_client, dest_client, journal)
+        )
+        if config.processes > 1:  # a share of the copying in worker processes
+            process = await start_worker_processes(stack, config, pipeline, process)
         await pipeline.run(_listing(config, source, dest_client), process)
         return await asyncio.to_thread(
             conclude,

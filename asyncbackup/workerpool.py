@@ -1,22 +1,25 @@
-"""Several worker processes for one run (``--processes N``): both cores, one checkpoint writer.
+"""Several processes copy for one run (``--processes N``): more cores, one checkpoint writer.
 
 On small objects one Python event loop is CPU-bound (about 1 ms of CPU a request in
-botocore/aiohttp) long before the S3 server is. So the copying moves to N worker processes
-(``_worker.py``), each with its own event loop and S3 clients, while this (main) process keeps
-the listing, the bounded queue, the pipeline's workers and the one checkpoint writer.
+botocore/aiohttp) long before the S3 server is. So ``N - 1`` worker processes
+(``_worker.py``), each with its own event loop and S3 clients, copy beside this (main) process,
+which keeps the listing, the bounded queue, the pipeline's workers and the one checkpoint
+writer, and copies its own share in-process as a single-process run does.
 
-The pipeline's ``process`` step becomes ``WorkerPool.process``: send the item to the least busy
-worker and await its answer - the size once the object is durably at the destination, or the
-error to raise here (``wire.py``). So the checkpoint contract is unchanged: only the writer of
-this process touches the checkpoint, and an object is marked done only after its worker said
-it is at the destination. The workers' multipart journal notes come back here and go through
-``pipeline.note`` / ``note_durably`` (the worker waits for the acknowledgement before it
-creates the upload), so a crash leaks no upload. Log records come back too.
+The pipeline's ``process`` step becomes ``WorkerPool.process``: copy here, or send the item to
+the least busy worker that is ready and await its answer - the size once the object is durably
+at the destination, or the error to raise here (``wire.py``). So the checkpoint contract is
+unchanged: only the writer of this process touches the checkpoint, and an object is marked done
+only after its worker said it is at the destination. The workers' multipart journal notes come
+back here and go through ``pipeline.note`` / ``note_durably`` (a worker waits for the
+acknowledgement before it creates the upload), so a crash leaks no upload. Log records come
+back too, to this process's handlers.
 
 Cancellation: a cancelled ``process`` tells its worker to cancel that object (which aborts a
-multipart upload) and waits a bounded time for the answer. Closing the pool closes the workers'
-stdin; they finish and exit, and are killed if they do not within the grace period. A killed
-main process closes their stdin as well, so no worker outlives it for long.
+multipart upload) and waits a bounded time for the answer, while the checkpoint writer still
+runs. Closing the pool closes the workers' stdin; they finish and exit, and are killed if they
+do not within the grace period. A killed main process closes their stdin as well, so no worker
+outlives it for long.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from . import wire
 from .config import BackupConfig
 from .errors import AsyncBackupError, FatalRunError
 from .pipeline import Process, WorkItem
-from .staging import Staging
 from .uploads import Notes
 
 log = logging.getLogger("asyncbackup")
@@ -46,8 +48,11 @@ _LINE_LIMIT = 16 * 1024 * 1024
 _MIN_BANDWIDTH = 1024
 
 
-def worker_config(config: BackupConfig, count: int) -> BackupConfig:
-    """Each worker's share: its part of the concurrency and of the bandwidth limit."""
+def share_of(config: BackupConfig, count: int) -> BackupConfig:
+    """The configuration of one of ``count`` copying processes: its part of the concurrency
+    and of the bandwidth limit (``config`` itself when ``count`` is 1)."""
+    if count == 1:
+        return config
     bandwidth = config.max_bandwidth
     if bandwidth is not None:
         bandwidth = max(_MIN_BANDWIDTH, bandwidth // count)
@@ -66,6 +71,8 @@ class _Child:
         self.proc = proc
         self.pending: dict[int, asyncio.Future[wire.Message]] = {}
         self.failure: AsyncBackupError | None = None
+        self.ready = False  # its clients are open: it gets work from now on
+        self.copied = 0
 
     def send(self, message: wire.Message) -> bool:
         stdin = self.proc.stdin
@@ -78,10 +85,13 @@ class _Child:
 class WorkerPool:
     """N worker processes behind one ``process`` coroutine (see the module docstring)."""
 
-    def __init__(self, config: BackupConfig, notes: Notes, count: int) -> None:
+    def __init__(self, config: BackupConfig, notes: Notes, local: Process, count: int) -> None:
         self.config = config
         self.notes = notes
+        self.local = local
         self.count = count
+        self._local_in_flight = 0
+        self._local_copied = 0
         self._children: list[_Child] = []
         self._ids = itertools.count(1)
         self._tasks = asyncio.TaskGroup()
@@ -93,7 +103,7 @@ class WorkerPool:
         try:
             init = {
                 "op": "init",
-                "config": wire.config_to_wire(worker_config(self.config, self.count)),
+                "config": wire.config_to_wire(share_of(self.config, self.count + 1)),
                 "log_level": log.getEffectiveLevel(),
             }
             for _ in range(self.count):
@@ -122,8 +132,17 @@ class WorkerPool:
             await self._tasks.__aexit__(None, None, None)
 
     async def process(self, item: WorkItem) -> int:
-        """Copy ``item`` in a worker; its size once it is durably at the destination."""
-        child = min(self._children, key=lambda c: len(c.pending))
+        """Copy ``item`` here or in the least busy worker; its size once it is durably at the
+        destination."""
+        child = self._pick()
+        if child is None:
+            self._local_in_flight += 1
+            try:
+                size = await self.local(item)
+            finally:
+                self._local_in_flight -= 1
+            self._local_copied += 1
+            return size
         request = next(self._ids)
         answer: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
         child.pending[request] = answer
@@ -141,12 +160,30 @@ class WorkerPool:
         finally:
             child.pending.pop(request, None)
         if message["op"] == "done":
+            child.copied += 1
             return int(message["size"])
         if message["op"] == "error":
             raise wire.error_from_wire(message["error"])
         raise child.failure or FatalRunError(
             f"a worker process stopped copying {item.key!r}; run again to resume"
         )
+
+    def _pick(self) -> _Child | None:
+        """The ready worker with the fewest objects in flight, or None for this process.
+
+        Fewest in flight is enough to balance: a busier process takes longer per object, so it
+        has more in flight and gets less. Workers win ties: this process lists and writes the
+        checkpoint too.
+        """
+        best: _Child | None = None
+        for child in self._children:
+            if child.failure is not None:
+                raise child.failure
+            if child.ready and (best is None or len(child.pending) < len(best.pending)):
+                best = child
+        if best is not None and len(best.pending) <= self._local_in_flight:
+            return best
+        return None
 
     # -- each worker's answers --------------------------------------------------------------
 
@@ -181,6 +218,8 @@ class WorkerPool:
                 answer = child.pending.get(message["id"])
                 if answer is not None and not answer.done():
                     answer.set_result(message)
+            case "ready":
+                child.ready = True
             case "note" if "id" in message:
                 task = self._tasks.create_task(self._note_durably(child, message))
                 self._acks.add(task)
@@ -202,6 +241,11 @@ class WorkerPool:
     async def _close(self) -> None:
         """Close every worker's stdin, wait for them to exit (killing the late ones)."""
         self._closing = True
+        log.debug(
+            "copied %d objects in the main process and %s",
+            self._local_copied,
+            ", ".join(f"{c.copied} in worker pid {c.proc.pid}" for c in self._children),
+        )
         for child in self._children:
             stdin = child.proc.stdin
             if stdin is not None and not stdin.is_closing():
@@ -240,12 +284,11 @@ async def _settle(future: asyncio.Future[Any], limit: float) -> None:
 
 
 async def start_worker_processes(
-    stack: contextlib.AsyncExitStack, config: BackupConfig, notes: Notes
+    stack: contextlib.AsyncExitStack, config: BackupConfig, notes: Notes, local: Process
 ) -> Process:
-    """The ``process`` step of a run copied by ``config.processes`` worker processes, which
-    live as long as ``stack``."""
-    if not config.direct:
-        staging = Staging(config.base_local_path, config.source_bucket)
-        await asyncio.to_thread(staging.prepare)  # once, here: workers share the tree
-    pool = await stack.enter_async_context(WorkerPool(config, notes, config.processes))
+    """The ``process`` step of a run copied by ``config.processes`` processes: this one (with
+    ``local``, whose staging is prepared) and ``processes - 1`` workers living as long as
+    ``stack``."""
+    count = config.processes - 1
+    pool = await stack.enter_async_context(WorkerPool(config, notes, local, count))
     return pool.process

@@ -17,7 +17,7 @@ from asyncbackup.errors import (
     StoreUnavailableError,
 )
 from asyncbackup.pipeline import WorkItem
-from asyncbackup.workerpool import worker_config
+from asyncbackup.workerpool import share_of
 
 
 def _config(**extra: object) -> BackupConfig:
@@ -44,10 +44,12 @@ def test_config_round_trips_through_json() -> None:
 
 
 def test_each_worker_gets_its_share_of_concurrency_and_bandwidth() -> None:
-    share = worker_config(_config(max_bandwidth=10_000_000, concurrency=33, processes=3), 3)
+    share = share_of(_config(max_bandwidth=10_000_000, concurrency=33, processes=3), 3)
     assert (share.processes, share.concurrency, share.max_bandwidth) == (1, 11, 3_333_333)
-    assert worker_config(_config(concurrency=5, processes=2), 2).concurrency == 3
-    assert worker_config(_config(concurrency=1, processes=4), 4).concurrency == 1
+    assert share_of(_config(concurrency=5, processes=2), 2).concurrency == 3
+    assert share_of(_config(concurrency=1, processes=4), 4).concurrency == 1
+    single = _config(max_bandwidth=10_000_000)
+    assert share_of(single, 1) is single
 
 
 def test_item_round_trips() -> None:
