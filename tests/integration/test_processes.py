@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.conftest import Buckets, S3Server
 from tests.helpers import assert_same_objects, cli_args, numbered_objects
 from tests.proxy import Rule, S3Proxy, run_proxy
 from tests.reliability import (
+    CLI,
     assert_done_means_copied,
     assert_identical,
     checkpoint_file,
@@ -206,7 +208,24 @@ def test_sigkill_of_the_main_process_leaves_no_worker_and_no_upload(
     assert not any(_alive(pid) for pid in workers)
 
 
-def test_sigint_exits_130_with_a_valid_checkpoint(
+def test_direct_copy_in_two_processes_is_server_side(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, numbered_objects(80, size=300))
+    hold_listing_until_workers_ready(proxy, buckets.dest, 1)
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--direct", "--processes", "2", "--concurrency", "6", "--debug"]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 80
+    (split,) = re.findall(r"copied (\d+) objects in the main process and (\d+) in", done.stderr)
+    assert all(int(n) > 0 for n in split) and sum(map(int, split)) == 80, split
+    gets = [r for r in proxy.seen(method="GET", path=f"^/{buckets.source}/.") if not r.query]
+    assert gets == []  # no object went through either process
+    assert not (tmp_path / buckets.source).exists()  # nothing was staged
+
+
+def test_ctrl_c_to_the_process_group_exits_130_with_a_valid_checkpoint(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
     put_parallel(s3, buckets.source, numbered_objects(300, size=64))
@@ -215,7 +234,11 @@ def test_sigint_exits_130_with_a_valid_checkpoint(
     args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
     args += ["--processes", "3", "--concurrency", "8"]
     path = checkpoint_file(tmp_path, buckets.source, "data")
-    process = start_cli(args)
+    # Its own process group, as a shell gives a command: Ctrl-C reaches every process of it.
+    process = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
     try:
         wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
         workers = worker_pids(process.pid)
@@ -223,7 +246,7 @@ def test_sigint_exits_130_with_a_valid_checkpoint(
         kill(process)
         raise
     assert len(workers) == 2
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # the workers ignore it: the main process decides
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "interrupted; the checkpoint is saved" in stderr
