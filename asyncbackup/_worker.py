@@ -1,4 +1,4 @@
-"""A worker process of a multi-process backup: ``python -m asyncbackup._worker``.
+"""A worker process of a multi-process backup (``--processes N``).
 
 Started by ``workerpool.py`` (never by hand). It reads its configuration from the first line of
 stdin, opens its own S3 clients (credentials resolved here, from the same environment and

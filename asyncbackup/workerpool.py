@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import wire
@@ -46,6 +47,13 @@ CANCEL_GRACE = 15.0
 EXIT_GRACE = 15.0
 _LINE_LIMIT = 16 * 1024 * 1024
 _MIN_BANDWIDTH = 1024
+#: A worker imports the very asyncbackup this process runs, whatever its working directory
+#: holds: the directory of this package takes the place of the working directory on sys.path.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_BOOT = (
+    "import sys; sys.path[0] = sys.argv.pop(1); "
+    "from asyncbackup._worker import main; sys.exit(main())"
+)
 
 
 def share_of(config: BackupConfig, count: int) -> BackupConfig:
@@ -109,8 +117,9 @@ class WorkerPool:
             for _ in range(self.count):
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
-                    "-m",
-                    "asyncbackup._worker",
+                    "-c",
+                    _BOOT,
+                    _PACKAGE_ROOT,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=_LINE_LIMIT,
