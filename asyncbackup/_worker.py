@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -190,6 +191,8 @@ async def serve(in_fd: int, out_fd: int) -> int:
             log.debug("worker failed", exc_info=True)
         channel.send({"op": "fatal", "error": wire.error_to_wire(exc)})
         return 1
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    channel.send({"op": "bye", "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3)})
     return 0
 
 

@@ -81,6 +81,7 @@ class _Child:
         self.failure: AsyncBackupError | None = None
         self.ready = False  # its clients are open: it gets work from now on
         self.copied = 0
+        self.cpu_seconds: float | None = None  # reported when it exits
 
     def send(self, message: wire.Message) -> bool:
         stdin = self.proc.stdin
@@ -138,7 +139,15 @@ class WorkerPool:
         try:
             await self._close()
         finally:
-            await self._tasks.__aexit__(None, None, None)
+            await self._tasks.__aexit__(None, None, None)  # the readers saw every last line
+        log.debug(
+            "copied %d objects in the main process and %s",
+            self._local_copied,
+            ", ".join(
+                f"{c.copied} in worker pid {c.proc.pid} ({c.cpu_seconds} s of CPU)"
+                for c in self._children
+            ),
+        )
 
     async def process(self, item: WorkItem) -> int:
         """Copy ``item`` here or in the least busy worker; its size once it is durably at the
@@ -229,6 +238,8 @@ class WorkerPool:
                     answer.set_result(message)
             case "ready":
                 child.ready = True
+            case "bye":
+                child.cpu_seconds = float(message["cpu_seconds"])
             case "note" if "id" in message:
                 task = self._tasks.create_task(self._note_durably(child, message))
                 self._acks.add(task)
@@ -250,11 +261,6 @@ class WorkerPool:
     async def _close(self) -> None:
         """Close every worker's stdin, wait for them to exit (killing the late ones)."""
         self._closing = True
-        log.debug(
-            "copied %d objects in the main process and %s",
-            self._local_copied,
-            ", ".join(f"{c.copied} in worker pid {c.proc.pid}" for c in self._children),
-        )
         for child in self._children:
             stdin = child.proc.stdin
             if stdin is not None and not stdin.is_closing():

@@ -115,7 +115,8 @@ def test_three_processes_share_the_copying_with_metadata_and_multipart(
     done = run_cli(args)
     assert done.returncode == 0, done.stderr
     # Both workers and the main process copied a share.
-    pattern = r"copied (\d+) objects in the main process and (\d+) in worker pid \d+, (\d+) in"
+    pattern = r"copied (\d+) objects in the main process and (\d+) in worker pid \d+ \([\d.]+ s "
+    pattern += r"of CPU\), (\d+) in worker pid \d+ \([\d.]+ s of CPU\)"
     (split,) = re.findall(pattern, done.stderr)
     assert sum(map(int, split)) == 122 and all(int(n) > 0 for n in split), split
     assert assert_same_objects(s3, buckets.source, buckets.dest) == 122
