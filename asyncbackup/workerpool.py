@@ -100,7 +100,9 @@ class WorkerPool:
         self.local = local
         self.count = count
         self._local_in_flight = 0
+        self._local_share = share_of(config, count + 1).concurrency
         self._local_copied = 0
+        self._change = asyncio.Event()
         self._children: list[_Child] = []
         self._ids = itertools.count(1)
         self._tasks = asyncio.TaskGroup()
@@ -152,13 +154,13 @@ class WorkerPool:
     async def process(self, item: WorkItem) -> int:
         """Copy ``item`` here or in the least busy worker; its size once it is durably at the
         destination."""
-        child = self._pick()
-        if child is None:
-            self._local_in_flight += 1
+        child = await self._choose()
+        if child is None:  # a local slot is reserved
             try:
                 size = await self.local(item)
             finally:
                 self._local_in_flight -= 1
+                self._changed()
             self._local_copied += 1
             return size
         request = next(self._ids)
@@ -186,22 +188,34 @@ class WorkerPool:
             f"a worker process stopped copying {item.key!r}; run again to resume"
         )
 
-    def _pick(self) -> _Child | None:
-        """The ready worker with the fewest objects in flight, or None for this process.
+    async def _choose(self) -> _Child | None:
+        """The ready worker with the fewest objects in flight, or None for this process (with
+        a slot of its share reserved); waits while no worker is ready and the share is full.
 
         Fewest in flight is enough to balance: a busier process takes longer per object, so it
         has more in flight and gets less. Workers win ties: this process lists and writes the
-        checkpoint too.
+        checkpoint too. The share (``share_of``) keeps this process from taking everything
+        while the workers start (large objects would all stay here).
         """
-        best: _Child | None = None
-        for child in self._children:
-            if child.failure is not None:
-                raise child.failure
-            if child.ready and (best is None or len(child.pending) < len(best.pending)):
-                best = child
-        if best is not None and len(best.pending) <= self._local_in_flight:
-            return best
-        return None
+        while True:
+            best: _Child | None = None
+            for child in self._children:
+                if child.failure is not None:
+                    raise child.failure
+                if child.ready and (best is None or len(child.pending) < len(best.pending)):
+                    best = child
+            room = self._local_in_flight < self._local_share
+            if best is not None and (len(best.pending) <= self._local_in_flight or not room):
+                return best
+            if room:
+                self._local_in_flight += 1
+                return None
+            await self._change.wait()
+
+    def _changed(self) -> None:
+        """Wake the ``_choose`` calls waiting for a worker or a local slot (they look again)."""
+        self._change.set()
+        self._change = asyncio.Event()
 
     # -- each worker's answers --------------------------------------------------------------
 
@@ -229,6 +243,7 @@ class WorkerPool:
             for answer in child.pending.values():
                 if not answer.done():
                     answer.set_result(gone)
+            self._changed()
 
     def _dispatch(self, child: _Child, message: wire.Message) -> None:
         match message["op"]:
@@ -238,6 +253,7 @@ class WorkerPool:
                     answer.set_result(message)
             case "ready":
                 child.ready = True
+                self._changed()
             case "bye":
                 child.cpu_seconds = float(message["cpu_seconds"])
             case "note" if "id" in message:

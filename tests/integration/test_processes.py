@@ -26,6 +26,7 @@ from tests.reliability import (
     assert_identical,
     checkpoint_file,
     kill,
+    one_error_line,
     put_parallel,
     read_valid,
     run_cli,
@@ -135,6 +136,27 @@ def test_three_processes_share_the_copying_with_metadata_and_multipart(
     assert not list((tmp_path / ".tmp").iterdir())
 
 
+def test_while_workers_start_the_main_process_takes_only_its_share(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, numbered_objects(6, size=1000))
+    heads = f"^/{buckets.dest}/?$"
+
+    def worker_ready() -> None:  # no upload finishes before the worker can take work
+        wait_for(lambda: len(proxy.seen(method="HEAD", path=heads)) >= 2, timeout=60)
+        time.sleep(0.5)
+
+    proxy.add_rule(Rule(None, method="PUT", path=f"^/{buckets.dest}/", action=worker_ready))
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--processes", "2", "--concurrency", "6", "--debug"]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    # Six objects listed at once, the worker not started yet: this process takes its share
+    # (6 / 2) and the rest waits for the worker instead of piling up here.
+    assert "copied 3 objects in the main process and 3 in worker pid" in done.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 6
+
+
 def test_object_errors_from_workers_are_recorded(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
@@ -209,6 +231,36 @@ def test_sigkill_of_the_main_process_leaves_no_worker_and_no_upload(
     assert not any(_alive(pid) for pid in workers)
 
 
+def test_a_worker_killed_mid_run_stops_the_run_with_exit_3_and_a_valid_checkpoint(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, numbered_objects(200, size=64))
+    proxy.latency = 0.05
+    hold_listing_until_workers_ready(proxy, buckets.dest, 1)
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--quiet", "--processes", "2", "--concurrency", "6"]
+    path = checkpoint_file(tmp_path, buckets.source, "data")
+    process = start_cli(args)
+    try:
+        wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
+        (worker,) = worker_pids(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        kill(process)
+    assert process.returncode == 3, stderr
+    line = one_error_line(stderr)
+    assert f"worker process (pid {worker}) exited unexpectedly" in line
+    assert "run again to resume" in line
+    state = read_valid(path)
+    assert 10 <= state.processed_files < 200
+    assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+    proxy.latency = 0.0
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 200
+
+
 def test_direct_copy_in_two_processes_is_server_side(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
@@ -229,7 +281,7 @@ def test_direct_copy_in_two_processes_is_server_side(
 def test_ctrl_c_to_the_process_group_exits_130_with_a_valid_checkpoint(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
-    put_parallel(s3, buckets.source, numbered_objects(300, size=64))
+    put_parallel(s3, buckets.source, numbered_objects(150, size=64))
     proxy.latency = 0.1
     hold_listing_until_workers_ready(proxy, buckets.dest, 2)
     args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
@@ -254,12 +306,12 @@ def test_ctrl_c_to_the_process_group_exits_130_with_a_valid_checkpoint(
     assert "Traceback" not in stderr
     assert not any(_alive(pid) for pid in workers)
     state = read_valid(path)
-    assert 10 <= state.processed_files < 300
+    assert 10 <= state.processed_files < 150
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
     proxy.latency = 0.0
     resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 300
+    assert assert_identical(s3, buckets.source, buckets.dest) == 150
 
 
 class Recorder(NullObserver):
