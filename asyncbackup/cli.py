@@ -174,8 +174,9 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         type=process_count,
         default=1,
         metavar="N",
-        help="copy in N worker processes, each with its own event loop and S3 clients, to use "
-        "more than one core on small objects; 'auto' = one per CPU (default 1: in-process)",
+        help="copy in N processes: this one and N-1 workers, each with its own event loop and "
+        "S3 clients, sharing --concurrency; for small objects, where one event loop is "
+        "CPU-bound; 'auto' = one per CPU (default 1)",
     )
     tuning.add_argument(
         "--max-bandwidth",

@@ -35,7 +35,7 @@ from typing import Any
 
 from . import wire
 from .config import BackupConfig
-from .errors import AsyncBackupError, FatalRunError
+from .errors import AsyncBackupError, ConfigError, FatalRunError
 from .pipeline import Process, WorkItem
 from .uploads import Notes
 
@@ -110,6 +110,11 @@ class WorkerPool:
         self._closing = False
 
     async def __aenter__(self) -> WorkerPool:
+        if not sys.executable:
+            raise ConfigError(
+                "--processes needs the path of the Python interpreter (sys.executable), which "
+                "this embedding does not provide; use --processes 1"
+            )
         await self._tasks.__aenter__()
         try:
             init = {
@@ -234,10 +239,12 @@ class WorkerPool:
                 child.proc.kill()
         finally:
             if child.failure is None and not self._closing:
-                code = await child.proc.wait()
+                with contextlib.suppress(TimeoutError):  # its stdout closed: it is exiting
+                    await asyncio.wait_for(child.proc.wait(), 5.0)
                 child.failure = FatalRunError(
-                    f"a worker process (pid {child.proc.pid}) exited unexpectedly with code "
-                    f"{code}; the checkpoint is valid: run again to resume"
+                    f"a worker process (pid {child.proc.pid}) exited unexpectedly "
+                    f"(exit status {child.proc.returncode}); the checkpoint is valid: run "
+                    "again to resume"
                 )
             gone = {"op": "gone"}
             for answer in child.pending.values():

@@ -361,3 +361,12 @@ async def test_embedded_run_with_processes_completes_and_cancels_cleanly(
     assert report.copied_files == 200 - len(done)
     assert assert_same_objects(s3, buckets.source, buckets.dest) == 200
     assert worker_pids(os.getpid()) == set()
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_process_count_is_one_line_and_exit_2(value: str, tmp_path: Path) -> None:
+    args = ["data", *cli_args("http://127.0.0.1:9", tmp_path, "src", "dst")]
+    done = run_cli([*args, "--processes", value])
+    assert done.returncode == 2
+    assert "--processes" in one_error_line(done.stderr)
+    assert not (tmp_path / "checkpoints").exists()
