@@ -363,6 +363,44 @@ async def test_embedded_run_with_processes_completes_and_cancels_cleanly(
     assert worker_pids(os.getpid()) == set()
 
 
+async def test_cancelling_aborts_a_workers_multipart_upload_and_clears_its_record(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=os.urandom(11 * MiB))
+    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=5))  # parts crawl
+    hold_listing_until_workers_ready(proxy, buckets.dest, 1)  # the one object goes to a worker
+    config = BackupConfig(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        processes=2,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    path = checkpoint_file(tmp_path, buckets.source, "data")
+    task = asyncio.create_task(run_backup(config))
+
+    def upload_recorded() -> bool:
+        recorded = path.exists() and read_valid(path).extra.get("multipart_uploads", {})
+        return bool(recorded and recorded.get("data/big.bin"))
+
+    while not upload_recorded():  # the worker's durable note reached the checkpoint
+        assert not task.done()
+        await asyncio.sleep(0.05)
+    workers = worker_pids(os.getpid())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(workers) == 1 and not any(_alive(pid) for pid in workers)
+    # The worker aborted its upload, and its note saying so reached the final flush.
+    assert uploads_in_progress(s3, buckets.dest) == []
+    assert "multipart_uploads" not in read_valid(path).extra
+    aborts = [r for r in proxy.seen(method="DELETE") if "uploadId" in r.query]
+    assert len(aborts) == 1
+
+
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_a_bad_process_count_is_one_line_and_exit_2(value: str, tmp_path: Path) -> None:
     args = ["data", *cli_args("http://127.0.0.1:9", tmp_path, "src", "dst")]
