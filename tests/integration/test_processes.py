@@ -188,7 +188,7 @@ def test_sigkill_of_the_main_process_leaves_no_worker_and_no_upload(
     big = os.urandom(11 * MiB)
     s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=big)
     # Parts crawl: the kill surely lands in the middle of the multipart upload.
-    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=5))
+    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=2))
     # data/big.bin is listed first, so a worker copies it: its journal notes cross over.
     hold_listing_until_workers_ready(proxy, buckets.dest, 1)
     proxy.latency = 0.02
@@ -234,7 +234,7 @@ def test_sigkill_of_the_main_process_leaves_no_worker_and_no_upload(
 def test_a_worker_killed_mid_run_stops_the_run_with_exit_3_and_a_valid_checkpoint(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
-    put_parallel(s3, buckets.source, numbered_objects(200, size=64))
+    put_parallel(s3, buckets.source, numbered_objects(120, size=64))
     proxy.latency = 0.05
     hold_listing_until_workers_ready(proxy, buckets.dest, 1)
     args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
@@ -253,12 +253,12 @@ def test_a_worker_killed_mid_run_stops_the_run_with_exit_3_and_a_valid_checkpoin
     assert f"worker process (pid {worker}) exited unexpectedly" in line
     assert "run again to resume" in line
     state = read_valid(path)
-    assert 10 <= state.processed_files < 200
+    assert 10 <= state.processed_files < 120
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
     proxy.latency = 0.0
     resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 200
+    assert assert_identical(s3, buckets.source, buckets.dest) == 120
 
 
 def test_direct_copy_in_two_processes_is_server_side(
@@ -328,7 +328,7 @@ class Recorder(NullObserver):
 async def test_embedded_run_with_processes_completes_and_cancels_cleanly(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
-    objects = numbered_objects(200, size=64)
+    objects = numbered_objects(120, size=64)
     put_parallel(s3, buckets.source, objects)
     proxy.latency = 0.05
     hold_listing_until_workers_ready(proxy, buckets.dest, 1)
@@ -353,13 +353,13 @@ async def test_embedded_run_with_processes_completes_and_cancels_cleanly(
     state = orjson.loads(checkpoint_file(tmp_path, buckets.source, "data").read_bytes())
     done = {key for key, ok in state["files"].items() if ok}
     assert done == set(recorder.done)  # every reported completion reached the file, no more
-    assert 10 <= len(done) < 200
+    assert 10 <= len(done) < 120
     proxy.latency = 0.0
     report = await run_backup(config)
     assert report.status == "completed" and report.exit_code == 0
     assert report.skipped_files == len(done)
-    assert report.copied_files == 200 - len(done)
-    assert assert_same_objects(s3, buckets.source, buckets.dest) == 200
+    assert report.copied_files == 120 - len(done)
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 120
     assert worker_pids(os.getpid()) == set()
 
 
@@ -367,7 +367,7 @@ async def test_cancelling_aborts_a_workers_multipart_upload_and_clears_its_recor
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
     s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=os.urandom(11 * MiB))
-    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=5))  # parts crawl
+    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=2))  # parts crawl
     hold_listing_until_workers_ready(proxy, buckets.dest, 1)  # the one object goes to a worker
     config = BackupConfig(
         source_bucket=buckets.source,
