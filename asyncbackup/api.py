@@ -27,7 +27,7 @@ from .pipeline import Pipeline, Process, WorkItem
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
-from .s3client import S3Client, check_bucket, open_client
+from .s3client import S3Client, check_bucket, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
@@ -103,19 +103,8 @@ async def _open_stores(
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
-    dest_client = await open_client(
-        stack,
-        role="destination",
-        profile=config.dest_profile,
-        endpoint_url=config.effective_dest_endpoint,
-        region=config.region,
-        max_pool_connections=config.concurrency * config.part_concurrency + 8,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-    )
     await check_bucket(source_client, config.source_bucket, role="source", write=False)
-    await check_bucket(dest_client, config.dest_bucket, role="destination", write=True)
-    return source_client, dest_client
+    return source_client, await open_destination(stack, config)
 
 
 def _listing(
