@@ -111,6 +111,11 @@ class S3Source:
         try:
             fetched = await self._download(item, tmp)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
+        except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
+            await asyncio.to_thread(tmp.unlink, True)
+            raise ObjectError(
+                "LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=True
+            ) from exc
         except BaseException:
             await asyncio.to_thread(tmp.unlink, True)
             raise
