@@ -66,6 +66,11 @@ def _asyncbackup(job: Job) -> list[Argv]:
     ]
 
 
+def _asyncbackup_direct(job: Job) -> list[Argv]:
+    """Server-side copy: ``--direct`` (CopyObject / UploadPartCopy), nothing staged."""
+    return [[*_asyncbackup(job)[0], "--direct"]]
+
+
 def _s5cmd(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
     def base(job: Job) -> Argv:
         return [
@@ -136,7 +141,7 @@ def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], lis
 
 def discover() -> tuple[list[Tool], list[str]]:
     """asyncbackup first, then every peer found; notes for the peers that are missing."""
-    tools = [Tool("asyncbackup", _asyncbackup, None)]
+    tools = [Tool("asyncbackup", _asyncbackup, _asyncbackup_direct)]
     notes: list[str] = []
     s5 = s5cmd_binary()
     if s5:
