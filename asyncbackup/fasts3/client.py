@@ -253,12 +253,20 @@ class FastS3:
         self, response: aiohttp.ClientResponse, url: str, operation: str
     ) -> None:
         """Read an error answer and raise it as botocore would (or hand the request back)."""
+        chunks: list[bytes] = []
+        size = 0
         try:
-            body = await response.content.read(ERROR_BODY_LIMIT)
+            while size < ERROR_BODY_LIMIT:  # one read may return part of the document
+                chunk = await response.content.read(ERROR_BODY_LIMIT - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
+        body = b"".join(chunks)
         headers = list(response.headers.items())
         if response.status in _REDIRECTS:
             raise _HandBack(f"HTTP {response.status} redirect")

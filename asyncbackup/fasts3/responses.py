@@ -87,14 +87,13 @@ def parse_error(status: int, headers: Iterable[tuple[str, str]], body: bytes) ->
     start = text.find("<Error>")
     if start >= 0:  # S3's error document is flat: <Error><Code>..</Code><Message>..</Message>
         for match in _LEAF.finditer(text, start):
-            error.setdefault(match.group(1), html.unescape(match.group(2)))
+            text_value = match.group(2)  # an empty element is None, as in botocore
+            error.setdefault(match.group(1), html.unescape(text_value) if text_value else None)
     metadata = response_metadata(lowered, status)
-    for name in ("RequestId", "HostId"):
-        if name in error:
-            metadata[name] = error.pop(name)
+    for name in ("RequestId", "HostId"):  # botocore takes them from the headers only
+        error.pop(name, None)
     if not error.get("Code"):
         error = {"Code": str(status), "Message": http.client.responses.get(status, "")}
-    error.setdefault("Message", "")
     return {"Error": error, "ResponseMetadata": metadata}
 
 
