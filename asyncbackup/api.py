@@ -21,6 +21,7 @@ from .checkpoint import (
 )
 from .config import BackupConfig
 from .errors import CheckpointMismatchError, FatalRunError, ObjectError
+from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
 from .pipeline import Pipeline, Process, WorkItem
@@ -205,7 +206,7 @@ async def run_backup(
         process = (
             _direct_copier(config, dest_client)
             if config.direct
-            else await _staged_copier(config, source_client, dest_client, journal)
+            else await _staged_copier(config, source_client, dest_client, journal, stack)
         )
         await pipeline.run(_listing(config, source, dest_client), process)
         return await asyncio.to_thread(
@@ -241,7 +242,11 @@ def _part_slots(config: BackupConfig) -> int:
 
 
 async def _staged_copier(
-    config: BackupConfig, source_client: S3Client, dest_client: S3Client, journal: UploadJournal
+    config: BackupConfig,
+    source_client: S3Client,
+    dest_client: S3Client,
+    journal: UploadJournal,
+    stack: contextlib.AsyncExitStack,
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
     await asyncio.to_thread(staging.prepare)
@@ -265,8 +270,36 @@ async def _staged_copier(
         bandwidth=upload_limit,
     )
     sink.journal = journal
+    if config.fast_path:
+        source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = _Copier(source, sink, staging, config)
     return functools.partial(with_object_retries, copier.copy_once)
+
+
+async def _fast_paths(
+    config: BackupConfig,
+    source_client: S3Client,
+    dest_client: S3Client,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[FastS3 | None, FastS3 | None]:
+    """The aiohttp data path for small GETs and PUTs (``fasts3``), one per bucket, or None
+    for a bucket whose requests need something only botocore does."""
+    fast: list[FastS3 | None] = []
+    for client, bucket in (
+        (source_client, config.source_bucket),
+        (dest_client, config.dest_bucket),
+    ):
+        fast.append(
+            await open_fast_s3(
+                stack,
+                client,
+                bucket,
+                connections=config.concurrency + 8,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+            )
+        )
+    return fast[0], fast[1]
 
 
 async def with_object_retries(copy: Process, item: WorkItem) -> int:

@@ -163,6 +163,13 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
     tuning.add_argument(
+        "--no-fast-path",
+        dest="fast_path",
+        action="store_false",
+        help="send every request through botocore, also the GET and PUT of small objects "
+        "(by default those go straight over aiohttp, signed by asyncbackup: less CPU each)",
+    )
+    tuning.add_argument(
         "--max-bandwidth",
         type=parse_rate,
         metavar="RATE",
@@ -445,6 +452,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         sse_kms_key_id=args.sse_kms_key_id,
         max_bandwidth=args.max_bandwidth,
         direct=args.direct,
+        fast_path=args.fast_path,
         **_shared_settings(args),
     )
 

@@ -122,6 +122,7 @@ class BackupConfig:
     sse_kms_key_id: str | None = None
     max_bandwidth: int | None = None
     direct: bool = False
+    fast_path: bool = True  # GetObject/PutObject of small objects over aiohttp (fasts3/)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))

@@ -43,7 +43,7 @@ def s5cmd_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _asyncbackup(job: Job) -> list[Argv]:
+def _asyncbackup(job: Job, *extra: str) -> list[Argv]:
     script = Path(sys.executable).parent / "backup-s3"
     return [
         [
@@ -62,13 +62,18 @@ def _asyncbackup(job: Job) -> list[Argv]:
             "--on-complete",
             "delete",
             "--quiet",
+            *extra,
         ]
     ]
 
 
 def _asyncbackup_direct(job: Job) -> list[Argv]:
     """Server-side copy: ``--direct`` (CopyObject / UploadPartCopy), nothing staged."""
-    return [[*_asyncbackup(job)[0], "--direct"]]
+    return _asyncbackup(job, "--direct")
+
+
+def _asyncbackup_no_fast_path(job: Job) -> list[Argv]:
+    return _asyncbackup(job, "--no-fast-path")
 
 
 def _s5cmd(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
@@ -139,9 +144,12 @@ def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], lis
     return staged, direct
 
 
-def discover() -> tuple[list[Tool], list[str]]:
-    """asyncbackup first, then every peer found; notes for the peers that are missing."""
+def discover(fast_path_ab: bool = False) -> tuple[list[Tool], list[str]]:
+    """asyncbackup first (and, with ``fast_path_ab``, asyncbackup ``--no-fast-path`` as
+    ``ab-no-fast``), then every peer found; notes for the peers that are missing."""
     tools = [Tool("asyncbackup", _asyncbackup, _asyncbackup_direct)]
+    if fast_path_ab:
+        tools.append(Tool("ab-no-fast", _asyncbackup_no_fast_path, None))
     notes: list[str] = []
     s5 = s5cmd_binary()
     if s5:

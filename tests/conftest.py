@@ -127,9 +127,9 @@ _LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """The embedding API runs on whatever loop its caller has: test it on asyncio (debug
     mode) and on uvloop."""
     if item.get_closest_marker("both_loops") is not None:
         return _LOOPS
-    return None
+    return {"asyncio": asyncio.new_event_loop}
