@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,13 @@ class JournalFormatError(ValueError):
 
 @dataclass(slots=True)
 class JournalContents:
-    """A parsed journal: its header, its batches and the compactions it saw begin."""
+    """What ``read_journal()`` found: the header, the batches, the compactions it saw begin."""
 
     backup_id: str | None = None
     base_sha256: str | None = None
-    batches: list[dict[str, Any]] = field(default_factory=list)
+    batches: int = 0
+    applied: bool = False  # the batches were applied (the journal continues that JSON file)
+    last: dict[str, Any] = field(default_factory=dict)  # the counters of the last batch
     compacted: set[str] = field(default_factory=set)
     valid_bytes: int = 0  # the length of the complete lines; anything after is torn
     torn_bytes: int = 0
@@ -96,100 +99,138 @@ class JournalContents:
         return self.base_sha256 is None and not self.compacted
 
 
+Maps = tuple[dict[str, bool], dict[str, str], dict[str, Any]]
+_BLOCK = 4096  # lines decoded at a time: memory stays small however long the journal
+
+
 def parse_journal(data: bytes) -> JournalContents:
-    """Split ``data`` into lines and classify them; raise ``JournalFormatError`` if corrupt."""
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: empty, or a write cut short
-    try:
-        # Fast path: every line a JSON object, decoded in one call.
-        entries = orjson.loads(b"[" + b",".join(lines) + b"]")
-    except orjson.JSONDecodeError:
-        entries = None
-    if isinstance(entries, list) and len(entries) == len(lines):
-        out = JournalContents()
-        try:
-            for number, entry in enumerate(entries, start=1):
-                if not isinstance(entry, dict):
-                    raise JournalFormatError("not a JSON object")
-                _classify(out, entry, number)
-        except JournalFormatError:
-            pass  # the slow path below names the line
-        else:
-            out.valid_bytes = len(data) - len(tail)
-            out.torn_bytes = len(tail)
-            return out
-    return _parse_lines(data, lines, tail)
+    """Check and classify every line of ``data``; raise ``JournalFormatError`` if corrupt."""
+    return read_journal(data)
 
 
-def _parse_lines(data: bytes, lines: list[bytes], tail: bytes) -> JournalContents:
+def read_journal(
+    data: bytes, apply_to: Maps | None = None, json_sha256: str | None = None
+) -> JournalContents:
+    """Read a journal; if it continues the JSON file of digest ``json_sha256``, apply its
+    batches in order to ``apply_to`` - a checkpoint's ``files``, ``errors`` and other top-level
+    sections (the notes) - in place, a block of lines at a time.
+
+    Raise ``JournalFormatError`` for a line that cannot be used, other than a torn last one.
+    Only the counters of the last batch are checked (and returned in ``last``): the earlier
+    ones are overwritten. ``processed_files`` is for the caller to recompute from the map.
+    """
     out = JournalContents()
-    position = 0
-    for number, raw in enumerate(lines, start=1):
-        last = number == len(lines) and not tail
-        try:
-            entry = orjson.loads(raw)
-            if not isinstance(entry, dict):
-                raise JournalFormatError("not a JSON object")
-            _classify(out, entry, number)
-        except (orjson.JSONDecodeError, JournalFormatError) as exc:
-            if last and isinstance(exc, orjson.JSONDecodeError):
-                break  # a final line that did not make it whole (power loss, say)
-            raise JournalFormatError(f"line {number}: {exc}") from None
-        position += len(raw) + 1
-    out.valid_bytes = position
-    out.torn_bytes = len(data) - position
+    end = data.rfind(b"\n") + 1  # after it: a write cut short, or nothing
+    if json_sha256 is not None and _holds_marker(data[:end], json_sha256):
+        apply_to = None  # that JSON file was written after every batch: it holds them all
+    number = 0
+    for block, final in _blocks(data, end):
+        entries, torn = _decode(block, number, final and end == len(data))
+        for entry in entries:
+            number += 1
+            _take(out, entry, number, apply_to, json_sha256)
+        if torn is not None:
+            end -= len(torn) + 1
+    if out.batches:
+        out.last = _checked_counters(out.last, out.batches)
+    out.valid_bytes, out.torn_bytes = end, len(data) - end
     return out
 
 
-def _classify(out: JournalContents, entry: dict[str, Any], number: int) -> None:
+def _holds_marker(data: bytes, sha256: str) -> bool:
+    marker = marker_line(sha256)
+    return data.startswith(marker) or b"\n" + marker in data
+
+
+def _blocks(data: bytes, end: int) -> Iterator[tuple[list[bytes], bool]]:
+    """The complete lines of ``data[:end]``, ``_BLOCK`` at a time, and whether it is the last."""
+    block: list[bytes] = []
+    start = 0
+    while start < end:
+        stop = data.index(b"\n", start)
+        block.append(data[start:stop])
+        start = stop + 1
+        if len(block) == _BLOCK and start < end:
+            yield block, False
+            block = []
+    if block:
+        yield block, True
+
+
+def _decode(
+    block: list[bytes], before: int, may_tear: bool
+) -> tuple[list[dict[str, Any]], bytes | None]:
+    """The objects of ``block``'s lines, and its last line if it is torn (then left out)."""
+    try:
+        entries = orjson.loads(b"[" + b",".join(block) + b"]")  # the fast path: one call
+    except orjson.JSONDecodeError:
+        entries = None
+    if (
+        isinstance(entries, list)
+        and len(entries) == len(block)
+        and all(type(entry) is dict for entry in entries)
+    ):
+        return entries, None
+    entries = []
+    for offset, raw in enumerate(block):
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if may_tear and offset == len(block) - 1:
+                return entries, raw  # a final line that did not make it whole (power loss)
+            raise JournalFormatError(f"line {before + offset + 1}: {exc}") from None
+        if type(entry) is not dict:
+            raise JournalFormatError(f"line {before + offset + 1}: not a JSON object")
+        entries.append(entry)
+    return entries, None
+
+
+def _take(
+    out: JournalContents,
+    entry: dict[str, Any],
+    number: int,
+    apply_to: Maps | None,
+    json_sha256: str | None,
+) -> None:
     if "journal" in entry:
         if number != 1:
-            raise JournalFormatError("a header after the first line")
+            raise JournalFormatError(f"line {number}: a header after the first line")
         if entry["journal"] != FORMAT:
-            raise JournalFormatError(f"unknown journal format {entry['journal']!r}")
+            raise JournalFormatError(f"line 1: unknown journal format {entry['journal']!r}")
         backup_id, base = entry.get("backup_id"), entry.get("base_sha256")
         if not isinstance(backup_id, str) or not isinstance(base, str):
-            raise JournalFormatError("the header lacks backup_id or base_sha256")
+            raise JournalFormatError("line 1: the header lacks backup_id or base_sha256")
         out.backup_id, out.base_sha256 = backup_id, base
+        out.applied = apply_to is not None and base == json_sha256
     elif "compacted_sha256" in entry:
         digest = entry["compacted_sha256"]
         if not isinstance(digest, str):
-            raise JournalFormatError("compacted_sha256 is not a string")
+            raise JournalFormatError(f"line {number}: compacted_sha256 is not a string")
         out.compacted.add(digest)
     else:
         if out.base_sha256 is None:
-            raise JournalFormatError("a batch before the header")
-        out.batches.append(entry)
+            raise JournalFormatError(f"line {number}: a batch before the header")
+        out.batches += 1
+        out.last = entry
+        if out.applied:
+            assert apply_to is not None
+            try:
+                _apply(*apply_to, entry)
+            except JournalFormatError as exc:
+                raise JournalFormatError(f"line {number}: {exc}") from None
 
 
-def apply_batches(
-    files: dict[str, bool],
-    errors: dict[str, str],
-    notes: dict[str, Any],
-    batches: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Apply ``batches`` in order to a checkpoint's maps, in place; return the last counters
-    and ``last_update``. ``notes`` holds the checkpoint's other top-level sections (one that
-    is not an object is replaced). Raise ``JournalFormatError`` for a batch in a wrong shape.
-    ``processed_files`` is for the caller to recompute from the map.
-    """
-    last: dict[str, Any] = {}
-    for number, batch in enumerate(batches, start=1):
-        try:
-            _apply(files, errors, notes, batch)
-        except JournalFormatError as exc:
-            raise JournalFormatError(f"batch {number}: {exc}") from None
-        last = batch
+def _checked_counters(last: dict[str, Any], batches: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _COUNTERS:
         if name in last:
             value = last[name]
             if type(value) is not int or value < 0:
-                raise JournalFormatError(f"batch {len(batches)}: {name!r} is not a count")
+                raise JournalFormatError(f"batch {batches}: {name!r} is not a count")
             out[name] = value
     if "last_update" in last:
         if not isinstance(last["last_update"], str):
-            raise JournalFormatError(f"batch {len(batches)}: 'last_update' is not a string")
+            raise JournalFormatError(f"batch {batches}: 'last_update' is not a string")
         out["last_update"] = last["last_update"]
     return out
 

@@ -177,7 +177,9 @@ class Pipeline:
             # Whatever ended the run, the events already sent reach the file.
             self._drain_events()
             waiters, self._flush_waiters = self._flush_waiters, []
-            self.manager.flush(self.state)
+            # The final compaction; the loop keeps running (a second cancellation waits
+            # for the write).
+            await self.manager.flush_final(self.state)
             self._changes = Changes()
             self.observer.on_flush(self._since_flush)
             self._since_flush = 0

@@ -154,7 +154,7 @@ async def test_unreadable_middle_line_is_a_clear_corrupt_error(tmp_path: Path) -
     assert (path.read_bytes(), journal.read_bytes()) == before  # left untouched
     # A batch in the wrong shape is corruption too, wherever it is.
     journal.write_bytes(b"\n".join([lines[0], b'{"files": {"k001": "yes"}}', b""]))
-    with pytest.raises(CheckpointCorruptError, match="batch 1: 'files'"):
+    with pytest.raises(CheckpointCorruptError, match="line 2: 'files'"):
         read_checkpoint(path)
 
 
@@ -200,7 +200,7 @@ async def test_crash_after_the_replace_applies_nothing_twice(tmp_path: Path) -> 
     manager.flush(state)
     _crash(manager)
     contents = parse_journal(journal_path(path).read_bytes())
-    assert len(contents.batches) == 1 and len(contents.compacted) == 1
+    assert contents.batches == 1 and len(contents.compacted) == 1
     loaded = load_checkpoint(path)
     assert loaded.journal and loaded.journal_batches == 0  # already in the JSON file
     assert loaded.state.errors == {}
