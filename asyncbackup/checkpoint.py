@@ -466,6 +466,7 @@ class CheckpointManager:
         self._base: str | None = None  # SHA-256 of the JSON file this manager last wrote
         self._json_size = 0
         self._compacted_at = time.monotonic()
+        self._leftover_valid: int | None = None  # of a crashed run's journal, as loaded
         # One thread writes, so writes land in the order they were asked for, a flush
         # started before a cancellation included.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -507,6 +508,7 @@ class CheckpointManager:
                 state = loaded.state
                 self._check_identity(state, source_bucket, source_path, dest_bucket)
                 if loaded.journal:
+                    self._leftover_valid = loaded.journal_valid_bytes
                     self.flush(state)
                 return state, True
         state = CheckpointState.new(
@@ -564,14 +566,16 @@ class CheckpointManager:
     def _journal_superseded(self, sha256: str) -> None:
         """Before the new JSON file replaces the old: record in the journal that it did."""
         if not self.journal.is_open:
-            try:
-                data = self.journal.path.read_bytes()
-            except FileNotFoundError:
-                return
-            try:
-                valid = parse_journal(data).valid_bytes
-            except JournalFormatError:
-                valid = data.rfind(b"\n") + 1
+            valid, self._leftover_valid = self._leftover_valid, None
+            if valid is None:
+                try:
+                    data = self.journal.path.read_bytes()
+                except FileNotFoundError:
+                    return
+                try:
+                    valid = parse_journal(data).valid_bytes
+                except JournalFormatError:
+                    valid = data.rfind(b"\n") + 1
             if valid == 0:
                 return  # nothing in it to apply: removed after the replace
             self.journal.adopt(valid)

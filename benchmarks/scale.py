@@ -6,7 +6,9 @@ Subcommands (each prints one JSON object; run each in a fresh process so RSS is 
   fsync, and the longest the event loop waited meanwhile), size on disk, load for resume
   (read + validate, as a resumed run does); then a journal of one-file batches as long as the
   manager lets it grow before compacting, its cost per append, and the load with it applied
-  (the worst case of a resume after a crash).
+  (the worst case of a resume after a crash), each load in a fresh process for its peak RSS.
+- ``load PATH [--resume]``: load one checkpoint (``--resume``: as a run does, folding its
+  journal in) and report the time and peak RSS.
 - ``pipeline --files N --interval K [--rate R]``: the real ``Pipeline`` over a synthetic
   listing of N objects whose "copy" takes ``concurrency / R`` seconds (R objects/s overall;
   0 = no wait), writing the checkpoint every K objects. Reports wall time, flushes (journal
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,43 +121,23 @@ def bench_checkpoint(files: int) -> dict[str, Any]:
             manager.flush(state)
             flush = time.perf_counter() - started
             stalls = asyncio.run(_compact_async(manager, state))
+        finally:
+            manager.close()
+        size = path.stat().st_size
+        plain = _load_elsewhere(path, resume=True)
+        manager = TimedManager(path)
+        manager.open()
+        try:
+            manager.flush(state)
             # A journal as long as it may grow before the manager compacts it.
             appends, append_seconds = _fill_journal(manager, state, files)
             journal_mb = manager.journal.path.stat().st_size / 1e6
         finally:
             manager.close()
-        size = path.stat().st_size
         del state
-        started = time.perf_counter()
-        with_journal = load_checkpoint(path)
-        load_journal = time.perf_counter() - started
-        assert with_journal.journal_batches == appends
-        del with_journal
-        loader = CheckpointManager(path)
-        loader.open()
-        try:
-            started = time.perf_counter()
-            loaded, resumed = loader.load_or_create(
-                source_bucket="bench-src",
-                source_path="data",
-                dest_bucket="bench-dst",
-                config={},
-                ignore_existing=False,
-            )
-            resume_and_fold = time.perf_counter() - started
-            del loaded
-            started = time.perf_counter()
-            loaded, resumed = loader.load_or_create(
-                source_bucket="bench-src",
-                source_path="data",
-                dest_bucket="bench-dst",
-                config={},
-                ignore_existing=False,
-            )
-            load = time.perf_counter() - started
-        finally:
-            loader.close()
-        assert resumed and len(loaded.files) == files
+        with_journal = _load_elsewhere(path, resume=False)
+        assert with_journal["journal_batches"] == appends, with_journal
+        resumed = _load_elsewhere(path, resume=True)
         return {
             "files": files,
             "build_seconds": round(build, 3),
@@ -162,14 +145,58 @@ def bench_checkpoint(files: int) -> dict[str, Any]:
             "compact_async_longest_loop_stall_ms": round(stalls.longest * 1000, 1),
             "compact_async_loop_time_lost_seconds": round(stalls.total, 3),
             "file_mb": round(size / 1e6, 1),
-            "load_seconds": round(load, 3),
+            "load_seconds": plain["seconds"],
+            "load_peak_rss_mb": plain["peak_rss_mb"],
             "journal_appends": appends,
             "journal_mb": round(journal_mb, 1),
             "append_ms": round(1000 * append_seconds, 3),
-            "load_with_journal_seconds": round(load_journal, 3),
-            "resume_with_journal_seconds": round(resume_and_fold, 3),
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "load_with_journal_seconds": with_journal["seconds"],
+            "resume_with_journal_seconds": resumed["seconds"],
+            "resume_with_journal_peak_rss_mb": resumed["peak_rss_mb"],
         }
+
+
+def _load_elsewhere(path: Path, *, resume: bool) -> dict[str, Any]:
+    """``load`` in a fresh process, so that its peak RSS is its own."""
+    command = [sys.executable, "-m", "benchmarks.scale", "load", str(path)]
+    out = subprocess.run(
+        [*command, "--resume"] if resume else command,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def bench_load(path: Path, *, resume: bool) -> dict[str, Any]:
+    """Load ``path`` with its journal; with ``resume``, as a run does (the journal folded in)."""
+    started = time.perf_counter()
+    if resume:
+        manager = CheckpointManager(path)
+        manager.open()
+        try:
+            state, resumed = manager.load_or_create(
+                source_bucket="bench-src",
+                source_path="data",
+                dest_bucket="bench-dst",
+                config={},
+                ignore_existing=False,
+            )
+        finally:
+            manager.close()
+        assert resumed
+        batches = -1
+    else:
+        loaded = load_checkpoint(path)
+        state, batches = loaded.state, loaded.journal_batches
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "files": len(state.files),
+        "journal_batches": batches,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
 
 
 async def _compact_async(manager: CheckpointManager, state: CheckpointState) -> LoopStalls:
@@ -329,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cp = sub.add_parser("checkpoint")
     cp.add_argument("--files", type=int, default=1_000_000)
+    ld = sub.add_parser("load")
+    ld.add_argument("path", type=Path)
+    ld.add_argument("--resume", action="store_true")
     pl = sub.add_parser("pipeline")
     pl.add_argument("--files", type=int, default=100_000)
     pl.add_argument("--interval", type=int, default=1)
@@ -341,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
         result = bench_checkpoint(args.files)
+    elif args.command == "load":
+        result = bench_load(args.path, resume=args.resume)
     else:
         with asyncio.Runner(loop_factory=_loop) as runner:
             if args.command == "pipeline":
