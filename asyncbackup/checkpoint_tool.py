@@ -314,12 +314,13 @@ def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[List
         if kind is None or not path.is_file() or (kind != "active" and not include_all):
             continue
         try:
-            state = read_checkpoint(path)
+            loaded = load_checkpoint(path)
         except CheckpointError as exc:
             problem = _first_clause(str(exc)).replace(f"checkpoint {path} ", "")
             found.append(ListedCheckpoint(path, kind, problem=problem))
         else:
-            found.append(ListedCheckpoint(path, kind, info=describe(path, state)))
+            info = describe(path, loaded.state, journal_batches=loaded.journal_batches)
+            found.append(ListedCheckpoint(path, kind, info=info))
     return found
 
 

@@ -18,7 +18,12 @@ from asyncbackup.checkpoint import (
     load_checkpoint,
     read_checkpoint,
 )
-from asyncbackup.checkpoint_tool import compact_checkpoint, inspect_checkpoint, mark_keys
+from asyncbackup.checkpoint_tool import (
+    compact_checkpoint,
+    find_checkpoints,
+    inspect_checkpoint,
+    mark_keys,
+)
 from asyncbackup.errors import CheckpointCorruptError, CheckpointEditedError
 from asyncbackup.journal import Changes, JournalWriter, journal_path, parse_journal
 
@@ -303,3 +308,15 @@ def test_readers_beside_a_writer_always_see_a_whole_recent_state(tmp_path: Path)
     assert not problems, problems
     assert manager.compactions > 3 and len(seen) > 10
     assert seen == sorted(seen)  # never behind an earlier read
+
+
+async def test_list_reads_through_the_journal_and_skips_journal_files(tmp_path: Path) -> None:
+    path = tmp_path / "x.checkpoint"
+    manager, state = _new(path)
+    await manager.save_async(state, _done(state, "k001"))
+    _crash(manager)
+    (tmp_path / "x.checkpoint.journal.discarded-20240101T000000Z").write_bytes(b"{")
+    (listed,) = find_checkpoints(tmp_path, include_all=True)
+    assert listed.path == path and listed.info is not None
+    assert listed.info.processed_files == 1 and listed.info.journal_batches == 1
+    assert journal_path(path).exists()  # list only reads
