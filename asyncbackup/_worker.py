@@ -183,7 +183,7 @@ async def serve(in_fd: int, out_fd: int) -> int:
             else:
                 journal = UploadJournal(notes)
                 process = await _staged_copier(
-                    config, source_client, dest_client, journal, prepare=False
+                    config, source_client, dest_client, journal, stack, prepare=False
                 )
             await Worker(channel, process, notes).serve(reader)
     except Exception as exc:

@@ -21,13 +21,14 @@ from .checkpoint import (
 )
 from .config import BackupConfig
 from .errors import CheckpointMismatchError, FatalRunError, ObjectError
+from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
 from .pipeline import Pipeline, Process, WorkItem
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
-from .s3client import S3Client, check_bucket, open_client
+from .s3client import S3Client, check_bucket, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
@@ -104,19 +105,8 @@ async def _open_stores(
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
-    dest_client = await open_client(
-        stack,
-        role="destination",
-        profile=config.dest_profile,
-        endpoint_url=config.effective_dest_endpoint,
-        region=config.region,
-        max_pool_connections=config.concurrency * config.part_concurrency + 8,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-    )
     await check_bucket(source_client, config.source_bucket, role="source", write=False)
-    await check_bucket(dest_client, config.dest_bucket, role="destination", write=True)
-    return source_client, dest_client
+    return source_client, await open_destination(stack, config)
 
 
 def _listing(
@@ -218,7 +208,7 @@ async def run_backup(
         process = (
             _direct_copier(share, dest_client)
             if config.direct
-            else await _staged_copier(share, source_client, dest_client, journal)
+            else await _staged_copier(share, source_client, dest_client, journal, stack)
         )
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
@@ -260,6 +250,7 @@ async def _staged_copier(
     source_client: S3Client,
     dest_client: S3Client,
     journal: UploadJournal,
+    stack: contextlib.AsyncExitStack,
     *,
     prepare: bool = True,  # False in a worker process: the main process prepared staging
 ) -> Process:
@@ -286,8 +277,36 @@ async def _staged_copier(
         bandwidth=upload_limit,
     )
     sink.journal = journal
+    if config.fast_path:
+        source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = _Copier(source, sink, staging, config)
     return functools.partial(with_object_retries, copier.copy_once)
+
+
+async def _fast_paths(
+    config: BackupConfig,
+    source_client: S3Client,
+    dest_client: S3Client,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[FastS3 | None, FastS3 | None]:
+    """The aiohttp data path for small GETs and PUTs (``fasts3``), one per bucket, or None
+    for a bucket whose requests need something only botocore does."""
+    fast: list[FastS3 | None] = []
+    for client, bucket in (
+        (source_client, config.source_bucket),
+        (dest_client, config.dest_bucket),
+    ):
+        fast.append(
+            await open_fast_s3(
+                stack,
+                client,
+                bucket,
+                connections=config.concurrency + 8,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+            )
+        )
+    return fast[0], fast[1]
 
 
 async def with_object_retries(copy: Process, item: WorkItem) -> int:

@@ -1,23 +1,34 @@
 """The checkpoint file: path resolution, load, flush, lock and archive.
 
-The schema is the public contract of ``shared/spec/checkpoint-schema.md``. Every write goes to
-a temporary file in the same directory, is fsynced and renamed over the checkpoint, so the file
-is valid JSON at every instant, a SIGKILL included. Unknown top-level keys of a hand-written
-file are kept as they are.
+The schema is the public contract of ``shared/spec/checkpoint-schema.md``. A full write goes
+to a temporary file in the same directory, is fsynced and renamed over the checkpoint, so the
+file is valid JSON at every instant, a SIGKILL included. Unknown top-level keys of a
+hand-written file are kept as they are.
+
+A running backup does not rewrite the whole file at every flush: it appends the batch of
+changes to ``<checkpoint>.journal`` (see ``journal``), and compacts - rewrites the JSON file
+whole and removes the journal - when the journal has grown past a share of the file, after
+``compact_every`` seconds, and at the end of every run. ``load_checkpoint()`` applies the
+journal on top of the JSON file, so every reader sees the last flush.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
+import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import sha256
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +36,20 @@ import orjson
 
 from .errors import (
     CheckpointCorruptError,
+    CheckpointEditedError,
     CheckpointError,
     CheckpointLockedError,
     CheckpointMismatchError,
+)
+from .journal import (
+    Changes,
+    JournalContents,
+    JournalFormatError,
+    JournalWriter,
+    fsync_dir,
+    journal_path,
+    parse_journal,
+    read_journal,
 )
 
 CHECKPOINT_SUFFIX = ".checkpoint"
@@ -38,6 +60,7 @@ _INT_FIELDS = ("total_files", "processed_files", "total_bytes", "processed_bytes
 _STR_FIELDS = ("backup_id", "source_bucket", "source_path", "dest_bucket")
 _TIME_FIELDS = ("start_time", "last_update")
 KNOWN_FIELDS = frozenset((*_STR_FIELDS, *_TIME_FIELDS, *_INT_FIELDS, "files", "errors", "config"))
+_SLICE = 20_000  # entries of a large object serialised at a time
 
 
 def now_iso() -> str:
@@ -167,44 +190,188 @@ class CheckpointState:
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
+    def iter_json(self, slice_size: int = _SLICE) -> Iterator[bytes]:
+        """``to_json()`` in pieces (the same bytes): a large object a slice at a time.
 
-def read_checkpoint(path: Path) -> CheckpointState:
-    """Load and validate ``path``; a bad file raises ``CheckpointCorruptError``, untouched."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+        A thread serialising a million-file checkpoint this way holds the GIL for one slice
+        at a time (a few ms), so the event loop keeps running. The maps must not change
+        while the pieces are taken.
+        """
+        indent = orjson.OPT_INDENT_2
+        separator = b"{\n"
+        for key, value in self.to_dict().items():
+            head = separator + b"  " + orjson.dumps(key) + b": "
+            separator = b",\n"
+            if not (isinstance(value, dict) and len(value) > slice_size):
+                yield head + orjson.dumps(value, option=indent).replace(b"\n", b"\n  ")
+                continue
+            items = iter(value.items())
+            between = head + b"{\n"
+            while piece := dict(islice(items, slice_size)):
+                # {\n  "k": v,\n  ...\n} -> the entries, one level deeper
+                body = orjson.dumps(piece, option=indent)[2:-2]
+                yield between + b"  " + body.replace(b"\n", b"\n  ")
+                between = b",\n"
+            yield b"\n  }"
+        yield b"\n}\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A checkpoint as read: the state, and what its journal contributed."""
+
+    state: CheckpointState
+    journal: bool = False  # a journal file was there: the JSON file lags behind it
+    journal_batches: int = 0  # batches applied on top of the JSON file
+    journal_valid_bytes: int = 0  # the journal's complete lines (a torn tail after them)
+
+
+def load_checkpoint(path: Path, *, journal: bool = True) -> Loaded:
+    """Load and validate ``path`` and apply its journal; a bad file raises, left untouched.
+
+    Safe beside a running backup (which may compact meanwhile): the JSON file and the journal
+    are read again until both come from the same generation.
+    """
+    jpath = journal_path(path)
+    for _ in range(20):
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read()
+                seen = os.fstat(handle.fileno())
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+        jraw: bytes | None = None
+        if journal:
+            try:
+                jraw = jpath.read_bytes()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot read checkpoint journal {jpath}: {exc.strerror}"
+                ) from exc
+        try:
+            now = path.stat()
+        except FileNotFoundError:
+            now = None
+        if now is not None and _same_file(seen, now):
+            break
+        time.sleep(0.005)  # a compaction replaced the file while we read: again
+    state = _decode_json(path, raw)
+    if jraw is None:
+        return Loaded(state)
+    digest = hashlib.sha256(raw).hexdigest()
+    del raw  # a million-file checkpoint: 40 MB less while the journal is applied
+    return _apply_journal(path, state, digest, jraw)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+    )
+
+
+def _corrupt(path: Path, reason: object) -> CheckpointCorruptError:
+    return CheckpointCorruptError(
+        f"checkpoint {path} is corrupt ({reason}); it was left untouched: repair it by hand, "
+        "or run again with --ignore-checkpoints to start over (the bad file is then kept "
+        "beside it with a .corrupt suffix)"
+    )
+
+
+def _decode_json(path: Path, raw: bytes) -> CheckpointState:
     try:
         return CheckpointState.from_dict(orjson.loads(raw))
     except (orjson.JSONDecodeError, ValueError) as exc:
-        raise CheckpointCorruptError(
-            f"checkpoint {path} is corrupt ({exc}); it was left untouched: repair it by hand, "
-            "or run again with --ignore-checkpoints to start over (the bad file is then kept "
-            "beside it with a .corrupt suffix)"
-        ) from exc
+        raise _corrupt(path, exc) from exc
+
+
+def _apply_journal(path: Path, state: CheckpointState, digest: str, jraw: bytes) -> Loaded:
+    try:
+        contents = read_journal(jraw, (state.files, state.errors, state.extra), digest)
+    except JournalFormatError as exc:
+        raise _corrupt_journal(path, exc) from exc
+    valid = contents.valid_bytes
+    if contents.empty or digest in contents.compacted:
+        # Empty, or a compaction replaced the file and stopped before removing the journal:
+        # the file holds every batch (none was applied).
+        return Loaded(state, journal=True, journal_valid_bytes=valid)
+    if not contents.applied:
+        raise _edited(path, contents)
+    for name, value in contents.last.items():
+        setattr(state, name, value)
+    state.processed_files = sum(1 for done in state.files.values() if done)
+    return Loaded(state, journal=True, journal_batches=contents.batches, journal_valid_bytes=valid)
+
+
+def _corrupt_journal(path: Path, reason: object) -> CheckpointCorruptError:
+    return CheckpointCorruptError(
+        f"checkpoint journal {journal_path(path)} is corrupt ({reason}); both files were left "
+        "untouched: keep the checkpoint as it was last written whole and set the journal "
+        f"aside with: asyncbackup checkpoint compact {path} --discard-journal (the files it "
+        "recorded as done are copied again), or run again with --ignore-checkpoints to start "
+        "over"
+    )
+
+
+def _edited(path: Path, contents: JournalContents) -> CheckpointEditedError:
+    return CheckpointEditedError(
+        f"checkpoint {path} was changed after its last run stopped without folding in its "
+        f"journal {journal_path(path)} ({contents.batches} batches of later progress), "
+        "so the journal was not applied over your edit and nothing was changed: keep the edit "
+        f"and drop the journal with: asyncbackup checkpoint compact {path} --discard-journal "
+        "(the files it recorded as done are copied again); or put back the file as it was, "
+        "run asyncbackup checkpoint show on it (which folds the journal in), then edit; or "
+        "start over with --ignore-checkpoints"
+    )
+
+
+def read_checkpoint(path: Path) -> CheckpointState:
+    """Load and validate ``path`` (its journal applied); a bad file raises, left untouched."""
+    return load_checkpoint(path).state
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old or the new file, never a mix."""
+    write_atomic_pieces(path, (data,))
+
+
+def write_atomic_pieces(
+    path: Path,
+    pieces: Iterable[bytes],
+    before_replace: Callable[[str], None] | None = None,
+) -> str:
+    """``write_atomic()`` of the concatenated ``pieces``; return their SHA-256.
+
+    ``before_replace(sha256)`` runs once the temporary file is durable, just before it
+    replaces ``path``.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
     try:
         with tmp.open("wb") as handle:
-            handle.write(data)
+            for piece in pieces:
+                handle.write(piece)
+                digest.update(piece)
             handle.flush()
             os.fsync(handle.fileno())
+        sha = digest.hexdigest()
+        if before_replace is not None:
+            before_replace(sha)
         tmp.replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
+    return sha
 
 
-def _stamp() -> str:
+def timestamp() -> str:
+    """``20240406T131530Z``: the suffix of archived and set-aside files."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -263,13 +430,43 @@ class CheckpointLock:
         return False
 
 
-class CheckpointManager:
-    """Owns one checkpoint file for the length of a run."""
+async def _to_the_end(future: concurrent.futures.Future[None]) -> None:
+    try:
+        await asyncio.shield(asyncio.wrap_future(future))
+    except asyncio.CancelledError:
+        future.result()
+        raise
 
-    def __init__(self, path: Path) -> None:
+
+class CheckpointManager:
+    """Owns one checkpoint file, and its journal, for the length of a run.
+
+    ``flush()`` / ``flush_async()`` compact: the whole state to the JSON file, the journal
+    removed. ``save_async()`` appends a batch of changes to the journal, or compacts when the
+    journal has outgrown ``compact_ratio`` of the JSON file (at least ``compact_min_bytes``)
+    or is ``compact_every`` seconds old. Every write runs in one thread, in order.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        compact_ratio: float = 0.5,
+        compact_min_bytes: int = 1 << 20,
+        compact_every: float = 300.0,
+    ) -> None:
         self.path = path
         self.lock = CheckpointLock(path)
-        self.flushes = 0
+        self.journal = JournalWriter(journal_path(path))
+        self.compact_ratio = compact_ratio
+        self.compact_min_bytes = compact_min_bytes
+        self.compact_every = compact_every
+        self.flushes = 0  # journal appends and compactions
+        self.compactions = 0
+        self._base: str | None = None  # SHA-256 of the JSON file this manager last wrote
+        self._json_size = 0
+        self._compacted_at = time.monotonic()
+        self._leftover_valid: int | None = None  # of a crashed run's journal, as loaded
         # One thread writes, so writes land in the order they were asked for, a flush
         # started before a cancellation included.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -287,6 +484,7 @@ class CheckpointManager:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self.journal.close()
         self.lock.release()
 
     def load_or_create(
@@ -298,13 +496,20 @@ class CheckpointManager:
         config: dict[str, Any],
         ignore_existing: bool,
     ) -> tuple[CheckpointState, bool]:
-        """The state to run with, and whether it was resumed from an existing file."""
+        """The state to run with, and whether it was resumed from an existing file.
+
+        The journal of a run that crashed is folded into the JSON file at once.
+        """
         if self.path.exists():
             if ignore_existing:
                 self._set_aside()
             else:
-                state = read_checkpoint(self.path)
+                loaded = load_checkpoint(self.path)
+                state = loaded.state
                 self._check_identity(state, source_bucket, source_path, dest_bucket)
+                if loaded.journal:
+                    self._leftover_valid = loaded.journal_valid_bytes
+                    self.flush(state)
                 return state, True
         state = CheckpointState.new(
             source_bucket=source_bucket,
@@ -328,45 +533,131 @@ class CheckpointManager:
             )
 
     def _set_aside(self) -> None:
-        """Keep an ignored checkpoint beside the new one rather than overwrite it."""
+        """Keep an ignored checkpoint (and its journal) beside the new one."""
         try:
             read_checkpoint(self.path)
             suffix = "ignored"
         except CheckpointCorruptError:
             suffix = "corrupt"
-        aside = self.path.with_name(f"{self.path.name}.{suffix}-{_stamp()}")
+        aside = self.path.with_name(f"{self.path.name}.{suffix}-{timestamp()}")
+        if self.journal.path.exists():
+            self.journal.path.replace(journal_path(aside))
         self.path.replace(aside)
 
-    def _write(self, data: bytes) -> None:
+    # -- writing (in the writer thread) -------------------------------------------------
+
+    def _compact(self, state: CheckpointState) -> None:
+        state.last_update = now_iso()
+        self.flushes += 1
+        self.compactions += 1
         try:
-            write_atomic(self.path, data)
+            self._base = write_atomic_pieces(
+                self.path, state.iter_json(), before_replace=self._journal_superseded
+            )
+            self.journal.remove()
+            self._json_size = self.path.stat().st_size
         except OSError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc.strerror}; the previous version "
                 "is intact - free space or fix permissions, then run again to resume"
             ) from exc
+        self._compacted_at = time.monotonic()
 
-    def _serialize(self, state: CheckpointState) -> bytes:
-        state.last_update = now_iso()
+    def _journal_superseded(self, sha256: str) -> None:
+        """Before the new JSON file replaces the old: record in the journal that it did."""
+        if not self.journal.is_open:
+            valid, self._leftover_valid = self._leftover_valid, None
+            if valid is None:
+                try:
+                    data = self.journal.path.read_bytes()
+                except FileNotFoundError:
+                    return
+                try:
+                    valid = parse_journal(data).valid_bytes
+                except JournalFormatError:
+                    valid = data.rfind(b"\n") + 1
+            if valid == 0:
+                return  # nothing in it to apply: removed after the replace
+            self.journal.adopt(valid)
+        self.journal.mark_compacted(sha256)
+
+    def _append(self, backup_id: str, line: bytes) -> None:
         self.flushes += 1
-        return state.to_json()
+        try:
+            if self.journal.is_open:
+                self.journal.append(line)
+            else:
+                assert self._base is not None
+                self.journal.start(backup_id, self._base, line)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write checkpoint journal {self.journal.path}: {exc.strerror}; the "
+                "checkpoint and its journal are intact up to the previous flush - free space "
+                "or fix permissions, then run again to resume"
+            ) from exc
+
+    # -- the API ------------------------------------------------------------------------
 
     def flush(self, state: CheckpointState) -> None:
-        """Write now and wait, blocking (start-up, and the final flush of a cancelled run)."""
-        self._writer.submit(self._write, self._serialize(state)).result()
+        """Compact now and wait, blocking (start-up, the end of a run, the checkpoint tool)."""
+        self._writer.submit(self._compact, state).result()
 
     async def flush_async(self, state: CheckpointState) -> None:
-        """Write without blocking the event loop; ordered after every earlier flush."""
-        data = self._serialize(state)
-        await asyncio.wrap_future(self._writer.submit(self._write, data))
+        """Compact without blocking the event loop; ordered after every earlier write.
+
+        The state is serialised in the writer thread: nothing may change it until this returns.
+        """
+        await asyncio.wrap_future(self._writer.submit(self._compact, state))
+
+    async def save_async(self, state: CheckpointState, changes: Changes) -> None:
+        """Record ``changes`` (already applied to ``state``): a journal line, or a compaction.
+
+        Appending costs the size of ``changes``, not of the state.
+        """
+        if self._base is None or self.compaction_due():
+            await self.flush_async(state)
+            return
+        state.last_update = now_iso()
+        line = self._encode(state, changes)
+        await asyncio.wrap_future(self._writer.submit(self._append, state.backup_id, line))
+
+    def _encode(self, state: CheckpointState, changes: Changes) -> bytes:
+        return changes.line(
+            {
+                "total_files": state.total_files,
+                "processed_files": state.processed_files,
+                "total_bytes": state.total_bytes,
+                "processed_bytes": state.processed_bytes,
+                "last_update": state.last_update,
+            }
+        )
+
+    def compaction_due(self) -> bool:
+        size = self.journal.size
+        if not size:
+            return False
+        if size > max(self.compact_min_bytes, self.compact_ratio * self._json_size):
+            return True
+        return time.monotonic() - self._compacted_at >= self.compact_every
+
+    async def flush_final(self, state: CheckpointState) -> None:
+        """``flush_async()`` that completes even if the caller is cancelled meanwhile: then it
+        waits (blocking) for the write to land before the cancellation goes on."""
+        await _to_the_end(self._writer.submit(self._compact, state))
+
+    def settle(self) -> None:
+        """Wait (blocking) until every write asked for so far is done, or has failed."""
+        with contextlib.suppress(Exception):
+            self._writer.submit(lambda: None).result()
 
     def finish(self, on_complete: str) -> Path | None:
         """Archive or delete the checkpoint of a completed backup; return the archive path."""
+        self.journal.remove()  # gone already: the last flush compacted
         if on_complete == "delete":
             self.path.unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
         archive_dir.mkdir(exist_ok=True)
-        target = archive_dir / f"{self.path.name}.{_stamp()}"
+        target = archive_dir / f"{self.path.name}.{timestamp()}"
         self.path.replace(target)
         return target

@@ -39,7 +39,13 @@ def add_checkpoint_commands(commands: Any) -> None:
     )
     sub = top.add_subparsers(dest="checkpoint_command", required=True, parser_class=type(top))
 
-    show = sub.add_parser("show", help="job, progress and errors grouped by code")
+    show = sub.add_parser(
+        "show",
+        help="job, progress and errors grouped by code",
+        description="Show a checkpoint as its last flush left it (its journal applied). When "
+        "a run that stopped without compacting (a crash) left a journal and no run holds the "
+        "checkpoint, the journal is first folded into the JSON file.",
+    )
     show.add_argument("file", type=Path, metavar="FILE")
     _common(show)
     show.set_defaults(handler=_show)
@@ -87,6 +93,24 @@ def add_checkpoint_commands(commands: Any) -> None:
     )
     _common(mark)
     mark.set_defaults(handler=_mark)
+
+    compact = sub.add_parser(
+        "compact",
+        help="fold the journal a stopped run left into the JSON file",
+        description="Fold FILE.journal, which a run that stopped without compacting (a crash) "
+        "leaves beside the checkpoint, into the JSON file, so that jq and hand edits see "
+        "everything. Refused while a run holds the checkpoint. --discard-journal keeps the "
+        "JSON file as it is (a hand edit made after the crash) and sets the journal aside: "
+        "the files it recorded as done are copied again.",
+    )
+    compact.add_argument("file", type=Path, metavar="FILE")
+    compact.add_argument(
+        "--discard-journal",
+        action="store_true",
+        help="keep the JSON file as it is and set the journal aside (FILE.journal.discarded-*)",
+    )
+    _common(compact)
+    compact.set_defaults(handler=_compact)
 
     verify = sub.add_parser(
         "verify",
@@ -163,6 +187,17 @@ async def _mark(args: argparse.Namespace) -> int:
         _emit_json(result.to_dict())
     else:
         print(tool.format_mark(result))
+    return EXIT_OK
+
+
+async def _compact(args: argparse.Namespace) -> int:
+    result = await asyncio.to_thread(
+        tool.compact_checkpoint, args.file, discard_journal=args.discard_journal
+    )
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        print(tool.format_compact(result))
     return EXIT_OK
 
 

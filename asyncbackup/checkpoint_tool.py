@@ -2,11 +2,17 @@
 
 Everything an operator used to do with ``jq`` and ``vi`` on a checkpoint file, done safely:
 
-- ``inspect_checkpoint()`` / ``find_checkpoints()`` / ``failed_files()`` only read, and never
-  take the run's lock (a run starting at that instant must not be refused because of them).
+- ``find_checkpoints()`` / ``failed_files()`` only read, and never take the run's lock (a run
+  starting at that instant must not be refused because of them). Every read applies the
+  checkpoint's journal (``<checkpoint>.journal``), so it shows the last flush of a run.
+- ``inspect_checkpoint()`` reads too; when a run that stopped without compacting (a crash) left
+  a journal and no run holds the checkpoint, it first folds the journal into the JSON file,
+  under the lock, so that the file an operator then edits by hand is complete.
 - ``mark_keys()`` takes the run's lock for as long as it edits, so it is refused while a run
   holds the checkpoint, and no run can start in the middle of an edit; it writes through
-  ``CheckpointManager`` (temporary file, fsync, rename), so the file is valid at every instant.
+  ``CheckpointManager`` (temporary file, fsync, rename), so the file is valid at every instant,
+  and the journal is folded into the same write. ``compact_checkpoint()`` only folds (or, on
+  request, sets the journal aside).
 - ``verify_checkpoint()`` lists both buckets (ListObjectsV2, never one HEAD per object) and
   checks that every key marked done is at the destination with the source's size.
 
@@ -30,7 +36,9 @@ from .checkpoint import (
     CheckpointLock,
     CheckpointManager,
     CheckpointState,
+    load_checkpoint,
     read_checkpoint,
+    timestamp,
 )
 from .config import BackupConfig
 from .errors import (
@@ -40,6 +48,7 @@ from .errors import (
     FatalRunError,
     ObjectError,
 )
+from .journal import JOURNAL_SUFFIX, journal_path
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sources.s3 import S3Source
@@ -145,6 +154,8 @@ class CheckpointInfo:
     error_count: int
     errors_by_code: dict[str, int]
     holder_pid: int | None
+    journal_batches: int = 0  # applied from a journal not yet folded into the JSON file
+    journal_folded: int = 0  # batches a stopped run left, folded in by this look
 
     @property
     def in_use(self) -> bool:
@@ -162,7 +173,9 @@ class CheckpointInfo:
         return out
 
 
-def describe(path: Path, state: CheckpointState) -> CheckpointInfo:
+def describe(
+    path: Path, state: CheckpointState, *, journal_batches: int = 0, journal_folded: int = 0
+) -> CheckpointInfo:
     return CheckpointInfo(
         path=path,
         backup_id=state.backup_id,
@@ -180,6 +193,8 @@ def describe(path: Path, state: CheckpointState) -> CheckpointInfo:
         error_count=len(state.errors),
         errors_by_code=errors_by_code(state.errors),
         holder_pid=lock_holder(path),
+        journal_batches=journal_batches,
+        journal_folded=journal_folded,
     )
 
 
@@ -194,9 +209,46 @@ def describe_source(state: CheckpointState) -> str:
     return f"s3://{state.source_bucket}/{state.source_path.strip('/')}"
 
 
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
-    """Read ``path`` (never locking it) and describe it; a bad file raises ``CheckpointError``."""
-    return describe(path, load(path))
+def inspect_checkpoint(path: Path, *, fold: bool = True) -> CheckpointInfo:
+    """Describe ``path``; a bad file raises ``CheckpointError``.
+
+    With ``fold``, the journal a stopped run left is folded into the JSON file first (see
+    ``fold_leftover_journal()``); otherwise, and while a run holds it, this only reads.
+    """
+    if not path.is_file():
+        load(path)  # the message for a missing file
+    folded = fold_leftover_journal(path) if fold else 0
+    loaded = load_checkpoint(path)
+    return describe(
+        path, loaded.state, journal_batches=loaded.journal_batches, journal_folded=folded
+    )
+
+
+def fold_leftover_journal(path: Path) -> int:
+    """Fold a journal left by a run that stopped without compacting; return its batches.
+
+    Does nothing (0) when there is no journal, when a run holds the checkpoint (its journal
+    is live), or when the lock or the write is refused (a read-only directory): the caller
+    then reads the checkpoint with the journal applied, as always. A corrupt journal, or a
+    JSON file edited after the journal began, raises ``CheckpointCorruptError``.
+    """
+    if not journal_path(path).exists() or lock_holder(path) is not None:
+        return 0
+    manager = CheckpointManager(path)
+    try:
+        manager.open()
+    except CheckpointError:
+        return 0
+    try:
+        loaded = load_checkpoint(path)
+        if not loaded.journal:
+            return 0
+        with contextlib.suppress(CheckpointError):
+            manager.flush(loaded.state)
+            return loaded.journal_batches
+        return 0
+    finally:
+        manager.close()
 
 
 def load(path: Path) -> CheckpointState:
@@ -230,8 +282,10 @@ class ListedCheckpoint:
 
 def _kind(path: Path) -> Kind | None:
     name = path.name
-    if name.startswith(".") or name.endswith((".lock", ".tmp")):
+    if name.startswith(".") or name.endswith((".lock", ".tmp", JOURNAL_SUFFIX)):
         return None
+    if CHECKPOINT_SUFFIX + JOURNAL_SUFFIX in name:
+        return None  # a journal set aside by ``compact --discard-journal``
     if name.endswith(CHECKPOINT_SUFFIX):
         return "active"
     if CHECKPOINT_SUFFIX + "." not in name:
@@ -260,12 +314,13 @@ def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[List
         if kind is None or not path.is_file() or (kind != "active" and not include_all):
             continue
         try:
-            state = read_checkpoint(path)
+            loaded = load_checkpoint(path)
         except CheckpointError as exc:
             problem = _first_clause(str(exc)).replace(f"checkpoint {path} ", "")
             found.append(ListedCheckpoint(path, kind, problem=problem))
         else:
-            found.append(ListedCheckpoint(path, kind, info=describe(path, state)))
+            info = describe(path, loaded.state, journal_batches=loaded.journal_batches)
+            found.append(ListedCheckpoint(path, kind, info=info))
     return found
 
 
@@ -367,18 +422,11 @@ def _edit(
     dry_run: bool,
 ) -> MarkResult:
     load(path)  # a clear message for a missing or corrupt file, before locking anything
-    manager = CheckpointManager(path)
+    manager = _lock_for_edit(path, "mark")
     try:
-        manager.open()
-    except CheckpointLockedError:
-        holder = lock_holder(path)
-        who = f" (pid {holder})" if holder else ""
-        raise CheckpointLockedError(
-            f"checkpoint {path} is in use by a running backup{who}; it was not changed - "
-            "stop the run (Ctrl-C) or wait for it to finish, then mark again"
-        ) from None
-    try:
-        state = read_checkpoint(path)  # again, under the lock: the last flushed state
+        # Again, under the lock: the last flush, with the journal of a crashed run applied
+        # (the write below folds it in).
+        state = read_checkpoint(path)
         matched = select(state)
         changed = sum(1 for key in matched if state.files[key] is not done)
         cleared = 0
@@ -399,6 +447,68 @@ def _edit(
             total_files=max(state.total_files, len(state.files)),
             dry_run=dry_run,
         )
+    finally:
+        manager.close()
+
+
+def _lock_for_edit(path: Path, verb: str) -> CheckpointManager:
+    manager = CheckpointManager(path)
+    try:
+        manager.open()
+    except CheckpointLockedError:
+        holder = lock_holder(path)
+        who = f" (pid {holder})" if holder else ""
+        raise CheckpointLockedError(
+            f"checkpoint {path} is in use by a running backup{who}; it was not changed - "
+            f"stop the run (Ctrl-C) or wait for it to finish, then {verb} again"
+        ) from None
+    return manager
+
+
+# -- compact --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CompactResult:
+    """What ``compact_checkpoint()`` did."""
+
+    path: Path
+    had_journal: bool
+    folded_batches: int = 0
+    discarded_to: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "had_journal": self.had_journal,
+            "folded_batches": self.folded_batches,
+            "discarded_to": str(self.discarded_to) if self.discarded_to else None,
+        }
+
+
+def compact_checkpoint(path: Path, *, discard_journal: bool = False) -> CompactResult:
+    """Fold the journal a stopped run left into the JSON file, under the run's lock.
+
+    With ``discard_journal``, keep the JSON file as it is (a hand edit made after a crash,
+    say) and set the journal aside as ``<journal>.discarded-<time>``: the progress it
+    recorded is forgotten, so those files are copied again.
+    """
+    if not path.is_file():
+        load(path)  # the message for a missing file
+    manager = _lock_for_edit(path, "compact")
+    try:
+        jpath = journal_path(path)
+        if discard_journal:
+            load_checkpoint(path, journal=False)  # the JSON file itself must be sound
+            if not jpath.exists():
+                return CompactResult(path, had_journal=False)
+            aside = jpath.with_name(f"{jpath.name}.discarded-{timestamp()}")
+            jpath.replace(aside)
+            return CompactResult(path, had_journal=True, discarded_to=aside)
+        loaded = load_checkpoint(path)
+        if loaded.journal:
+            manager.flush(loaded.state)
+        return CompactResult(path, loaded.journal, folded_batches=loaded.journal_batches)
     finally:
         manager.close()
 
@@ -616,6 +726,16 @@ def format_info(info: CheckpointInfo) -> str:
         f"({pct_bytes:.1f}%)",
         f"errors       {info.error_count:,}",
     ]
+    if info.journal_folded:
+        lines.append(
+            f"journal      {info.journal_folded:,} batches a stopped run left were folded into "
+            "the file"
+        )
+    elif info.journal_batches:
+        lines.append(
+            f"journal      {info.journal_batches:,} batches since the file was last written "
+            "whole (applied above; the run folds them in)"
+        )
     width = max((len(code) for code in info.errors_by_code), default=0)
     lines.extend(f"  {code:<{width}}  {count:,}" for code, count in info.errors_by_code.items())
     if info.error_count:
@@ -652,6 +772,18 @@ def format_mark(result: MarkResult) -> str:
     if result.dry_run:
         line += " (dry run: the checkpoint was not changed)"
     return line
+
+
+def format_compact(result: CompactResult) -> str:
+    journal = journal_path(result.path)
+    if result.discarded_to is not None:
+        return (
+            f"set the journal aside as {result.discarded_to}; {result.path} is kept as it is "
+            "(the files the journal recorded as done will be copied again)"
+        )
+    if not result.had_journal:
+        return f"nothing to fold: {result.path} has no journal"
+    return f"folded {result.folded_batches:,} batches from {journal} into {result.path}"
 
 
 def format_verify(result: VerifyResult, path: Path, limit: int = 50) -> str:

@@ -28,6 +28,7 @@ from .errors import AsyncBackupError, ConfigError
 from .github import GitHubBackupConfig, run_github_backup
 from .logformat import LOG_FORMATS, make_handler
 from .pipeline import primary_error
+from .progress import Observer
 from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
@@ -177,6 +178,13 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         help="copy in N processes: this one and N-1 workers, each with its own event loop and "
         "S3 clients, sharing --concurrency; for small objects, where one event loop is "
         "CPU-bound; 'auto' = one per CPU (default 1)",
+    )
+    tuning.add_argument(
+        "--no-fast-path",
+        dest="fast_path",
+        action="store_false",
+        help="send every request through botocore, also the GET and PUT of small objects "
+        "(by default those go straight over aiohttp, signed by asyncbackup: less CPU each)",
     )
     tuning.add_argument(
         "--max-bandwidth",
@@ -379,53 +387,56 @@ def build_github_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shared_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings both backup commands take, by config field name."""
+    names = (
+        "dest_bucket", "base_local_path", "dest_profile", "endpoint_url", "dest_endpoint_url",
+        "region", "cleanup", "checkpoint_dir", "checkpoint_interval", "ignore_checkpoints",
+        "on_complete", "concurrency", "multipart_threshold", "part_size", "checksum",
+        "max_attempts",
+    )  # fmt: skip
+    settings = {name: getattr(args, name) for name in names}
+    settings["include"], settings["exclude"] = tuple(args.include), tuple(args.exclude)
+    return settings
+
+
 def github_config(args: argparse.Namespace) -> GitHubBackupConfig:
     return GitHubBackupConfig(
         owner=args.owner,
-        dest_bucket=args.dest_bucket,
-        base_local_path=args.base_local_path,
-        dest_profile=args.dest_profile,
-        endpoint_url=args.endpoint_url,
-        dest_endpoint_url=args.dest_endpoint_url,
-        region=args.region,
         api_url=args.api_url,
         token_env=args.token_env,
-        include=tuple(args.include),
-        exclude=tuple(args.exclude),
         skip_forks=args.skip_forks,
         skip_archived=args.skip_archived,
         wikis=not args.no_wikis,
-        cleanup=args.cleanup,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_interval=args.checkpoint_interval,
-        ignore_checkpoints=args.ignore_checkpoints,
-        on_complete=args.on_complete,
-        concurrency=args.concurrency,
         api_concurrency=args.api_concurrency,
         git_concurrency=args.git_concurrency,
-        multipart_threshold=args.multipart_threshold,
-        part_size=args.part_size,
-        checksum=args.checksum,
-        max_attempts=args.max_attempts,
+        **_shared_settings(args),
     )
 
 
-async def _github_command(args: argparse.Namespace) -> int:
-    config = github_config(args)
-    config.resolved_token()  # fail before any work when the token is missing
+async def _run_and_summarize(
+    args: argparse.Namespace,
+    start: Callable[[Observer, asyncio.Event], Coroutine[Any, Any, BackupReport]],
+) -> int:
+    """Run with progress and signal handling, then print the summary; the exit code."""
     _check_report_path(args)
     progress = pick_progress(args, sys.stderr, log)
     report = await _with_progress(
-        progress,
-        lambda: _interruptible(
-            lambda stop: run_github_backup(config, observer=progress, stop=stop)
-        ),
+        progress, lambda: _interruptible(lambda stop: start(progress, stop))
     )
     if report is None:
         log.warning("interrupted; the checkpoint is saved - run the same command to resume")
         return EXIT_INTERRUPTED
     _summarize(report, args)
     return report.exit_code
+
+
+async def _github_command(args: argparse.Namespace) -> int:
+    config = github_config(args)
+    config.resolved_token()  # fail before any work when the token is missing
+    return await _run_and_summarize(
+        args, lambda observer, stop: run_github_backup(config, observer=observer, stop=stop)
+    )
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -449,26 +460,8 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
     return BackupConfig(
         source_bucket=args.source_bucket,
         source_path=args.source_path,
-        dest_bucket=args.dest_bucket,
-        base_local_path=args.base_local_path,
         source_profile=args.source_profile,
-        dest_profile=args.dest_profile,
-        endpoint_url=args.endpoint_url,
         source_endpoint_url=args.source_endpoint_url,
-        dest_endpoint_url=args.dest_endpoint_url,
-        region=args.region,
-        cleanup=args.cleanup,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_interval=args.checkpoint_interval,
-        ignore_checkpoints=args.ignore_checkpoints,
-        on_complete=args.on_complete,
-        concurrency=args.concurrency,
-        multipart_threshold=args.multipart_threshold,
-        part_size=args.part_size,
-        checksum=args.checksum,
-        max_attempts=args.max_attempts,
-        include=tuple(args.include),
-        exclude=tuple(args.exclude),
         skip_existing=args.skip_existing,
         dest_prefix=args.dest_prefix,
         storage_class=args.storage_class,
@@ -476,7 +469,9 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         sse_kms_key_id=args.sse_kms_key_id,
         max_bandwidth=args.max_bandwidth,
         direct=args.direct,
+        fast_path=args.fast_path,
         processes=args.processes,
+        **_shared_settings(args),
     )
 
 
@@ -484,17 +479,9 @@ async def _s3_command(args: argparse.Namespace) -> int:
     config = s3_config(args)
     if args.dry_run:
         return await _dry_run(config, args)
-    _check_report_path(args)
-    progress = pick_progress(args, sys.stderr, log)
-    report = await _with_progress(
-        progress,
-        lambda: _interruptible(lambda stop: run_backup(config, observer=progress, stop=stop)),
+    return await _run_and_summarize(
+        args, lambda observer, stop: run_backup(config, observer=observer, stop=stop)
     )
-    if report is None:
-        log.warning("interrupted; the checkpoint is saved - run the same command to resume")
-        return EXIT_INTERRUPTED
-    _summarize(report, args)
-    return report.exit_code
 
 
 def _check_report_path(args: argparse.Namespace) -> None:

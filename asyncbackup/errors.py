@@ -9,6 +9,7 @@ Lower layers (botocore, aiohttp, the OS) are translated into it at the edge, wit
     │                                or the endpoint cannot be reached
     ├── CheckpointError              the checkpoint cannot be used (exit code 2)
     │   ├── CheckpointCorruptError   not valid JSON or not the schema; kept aside
+    │   │   └── CheckpointEditedError  changed by hand while a crashed run's journal is left
     │   ├── CheckpointLockedError    another run holds it
     │   └── CheckpointMismatchError  it belongs to another job
     ├── FatalRunError                the run cannot go on (exit code 3)
@@ -42,6 +43,10 @@ class CheckpointError(AsyncBackupError):
 
 class CheckpointCorruptError(CheckpointError):
     """The checkpoint is not valid JSON or not in the checkpoint schema."""
+
+
+class CheckpointEditedError(CheckpointCorruptError):
+    """The JSON file changed after its journal began: the journal is not applied over it."""
 
 
 class CheckpointLockedError(CheckpointError):

@@ -7,7 +7,9 @@ listing never runs ahead unbounded and memory stays flat however large the job.
 
 Only the writer task changes the checkpoint state. It batches events and flushes after every
 ``interval`` processed items (and at least every ``max_age`` seconds while work completes), and
-once more on completion, failure or cancellation.
+once more on completion, failure or cancellation. A flush appends the batch's changes to the
+checkpoint's journal (its cost follows the batch, not the map); the first flush of a run and
+the last compact - write the whole JSON file - as does the manager when the journal grows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
+from .journal import Changes
 from .progress import NullObserver, Observer
 
 log = logging.getLogger("asyncbackup")
@@ -144,6 +147,10 @@ class Pipeline:
         self._stale_errors = set(state.errors)
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._base_total = (state.total_files, state.total_bytes)
+        self._changes = Changes()  # what the next journal line records
+        # The first flush writes the whole file: it holds whatever the caller changed in the
+        # state before the run (the config, notes it dropped), which no journal line records.
+        self._compacted = False
 
     async def run(self, listing: AsyncIterator[Sequence[WorkItem]], process: Process) -> None:
         """Copy everything ``listing`` yields that the checkpoint does not mark done."""
@@ -164,10 +171,16 @@ class Pipeline:
                 finally:
                     self._events.put_nowait(_Stop())
         finally:
+            # A compaction a cancellation interrupted may still be reading the state in the
+            # writer thread: let it end before the state changes again.
+            self.manager.settle()
             # Whatever ended the run, the events already sent reach the file.
             self._drain_events()
             waiters, self._flush_waiters = self._flush_waiters, []
-            self.manager.flush(self.state)
+            # The final compaction; the loop keeps running (a second cancellation waits
+            # for the write).
+            await self.manager.flush_final(self.state)
+            self._changes = Changes()
             self.observer.on_flush(self._since_flush)
             self._since_flush = 0
             _resolve(waiters)
@@ -250,7 +263,13 @@ class Pipeline:
         processed, self._since_flush = self._since_flush, 0
         waiters, self._flush_waiters = self._flush_waiters, []
         self._last_flush = time.monotonic()
-        await self.manager.flush_async(self.state)
+        changes, self._changes = self._changes, Changes()
+        if self._compacted:
+            await self.manager.save_async(self.state, changes)
+        else:
+            # The writer task waits here, so the state holds still while it is serialised.
+            await self.manager.flush_async(self.state)
+            self._compacted = True
         _resolve(waiters)
         self.observer.on_flush(processed)
 
@@ -265,14 +284,15 @@ class Pipeline:
                 return True
 
     def _apply(self, event: _Event) -> bool:
-        state, result = self.state, self.result
+        state, result, changes = self.state, self.result, self._changes
         match event:
             case _Done(key, size):
                 if state.files.get(key) is not True:
                     state.processed_files += 1
-                state.files[key] = True
+                state.files[key] = changes.files[key] = True
                 state.processed_bytes += size
-                state.errors.pop(key, None)
+                if state.errors.pop(key, None) is not None:
+                    changes.errors[key] = None
                 result.done_files += 1
                 result.done_bytes += size
                 self._since_flush += 1
@@ -280,14 +300,15 @@ class Pipeline:
             case _Failed(key, error):
                 if state.files.get(key) is True:
                     state.processed_files -= 1
-                state.files[key] = False
-                state.errors[key] = error
+                state.files[key] = changes.files[key] = False
+                state.errors[key] = changes.errors[key] = error
                 result.failed[key] = error
                 self._since_flush += 1
                 self.observer.on_failed(key, error)
             case _Note(section, key, value, flushed):
                 if flushed is not None:
                     self._flush_waiters.append(flushed)
+                changes.note(section, key, value)
                 notes = self.state.extra.setdefault(section, {})
                 if value is None:
                     notes.pop(key, None)
@@ -302,7 +323,8 @@ class Pipeline:
                 state.total_files, state.total_bytes = result.listed_files, result.listed_bytes
                 for key in self._stale_errors:
                     # Failed before, and no longer in the source: nothing left to copy.
-                    state.errors.pop(key, None)
+                    if state.errors.pop(key, None) is not None:
+                        changes.errors[key] = None
                     log.info("dropping stale error for %s: no longer in the source", key)
                 self.observer.on_listing_done()
             case _Stop():
@@ -310,7 +332,7 @@ class Pipeline:
         return False
 
     def _apply_listed(self, items: Sequence[WorkItem]) -> None:
-        state, result = self.state, self.result
+        state, result, changes = self.state, self.result, self._changes
         new = size = skipped = skipped_bytes = 0
         for item in items:
             self._stale_errors.discard(item.key)
@@ -321,17 +343,18 @@ class Pipeline:
                 skipped_bytes += item.size
             elif item.present:
                 # Identical at the destination already: done without a copy.
-                state.files[item.key] = True
+                state.files[item.key] = changes.files[item.key] = True
                 state.processed_files += 1
                 state.processed_bytes += item.size
-                state.errors.pop(item.key, None)
+                if state.errors.pop(item.key, None) is not None:
+                    changes.errors[item.key] = None
                 result.unchanged_files += 1
                 skipped += 1
                 skipped_bytes += item.size
             else:
                 new += 1
                 if done is None:
-                    state.files[item.key] = False
+                    state.files[item.key] = changes.files[item.key] = False
         result.listed_files += len(items)
         result.listed_bytes += size
         result.skipped_files += skipped

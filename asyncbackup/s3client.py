@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -151,3 +151,42 @@ async def check_bucket(
         raise StoreUnavailableError(
             f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"
         ) from None
+
+
+class DestinationSettings(Protocol):
+    """What opening the destination needs, in every kind of backup."""
+
+    @property
+    def dest_bucket(self) -> str: ...
+    @property
+    def dest_profile(self) -> str | None: ...
+    @property
+    def effective_dest_endpoint(self) -> str | None: ...
+    @property
+    def region(self) -> str | None: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def part_concurrency(self) -> int: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def read_timeout(self) -> float: ...
+
+
+async def open_destination(
+    stack: contextlib.AsyncExitStack, settings: DestinationSettings
+) -> S3Client:
+    """The destination client, its bucket checked writable, or one clear error."""
+    client = await open_client(
+        stack,
+        role="destination",
+        profile=settings.dest_profile,
+        endpoint_url=settings.effective_dest_endpoint,
+        region=settings.region,
+        max_pool_connections=settings.concurrency * settings.part_concurrency + 8,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    )
+    await check_bucket(client, settings.dest_bucket, role="destination", write=True)
+    return client

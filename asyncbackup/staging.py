@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 import uuid
 from hashlib import sha256
 from pathlib import Path
@@ -65,6 +66,12 @@ def raise_if_disk_full(exc: OSError, where: Path) -> None:
         ) from exc
 
 
+def _move_into(tmp: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.replace(target)
+    return target
+
+
 class Staging:
     """The staging tree of one job: ``<base_local_path>/<source_bucket>/...``."""
 
@@ -73,6 +80,9 @@ class Staging:
         self.root = base_local_path / encode_segment(source_bucket)
         self.tmp_dir = base_local_path / _TMP_DIR
         self.conflict_dir = self.root / _CONFLICT_DIR
+        # Creating folders for a commit and pruning empty ones after a cleanup happen in
+        # worker threads: one lock keeps a prune from removing a folder a commit just made.
+        self._folders = threading.Lock()
 
     def prepare(self) -> None:
         """Create the tree and remove temporary files a crashed run left behind."""
@@ -99,22 +109,12 @@ class Staging:
 
     def commit(self, tmp: Path, key: str) -> Path:
         """Move a finished temporary file to the key's path (blocking; run in a thread)."""
-        target = self.path_for(key)
         try:
-            for attempt in range(3):
-                target.parent.mkdir(parents=True, exist_ok=True)
+            with self._folders:
                 try:
-                    tmp.replace(target)
-                    return target
-                except FileNotFoundError:  # a cleanup removed the folder in between
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-        except (FileExistsError, NotADirectoryError, IsADirectoryError):
-            target = self.conflict_path_for(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.replace(target)
-            return target
+                    return _move_into(tmp, self.path_for(key))
+                except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                    return _move_into(tmp, self.conflict_path_for(key))
         except OSError as exc:
             raise_if_disk_full(exc, self.base)
             raise
@@ -124,9 +124,10 @@ class Staging:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         parent = path.parent
-        while parent != self.root and is_within(self.root, parent):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        with self._folders:
+            while parent != self.root and is_within(self.root, parent):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent

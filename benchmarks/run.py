@@ -303,21 +303,27 @@ def profile_runs(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -
     if py_spy() is None:
         return {"note": "py-spy not installed: skipped"}
     s3 = wl.client(endpoint)
-    tools, _ = discover()
+    tools, _ = discover(args.fast_path_ab)
     out: dict[str, Any] = {}
     for workload in wl.QUICK if args.quick else wl.FULL:
         if workload.name not in ("small", "large"):
             continue
-        job = Job(endpoint, SOURCE, DEST, workload.name, WORK / "stage", args.concurrency)
-        wl.clear(s3, DEST)
-        fresh_dir(job.stage)
-        raw = RESULTS / f"profile-{workload.name}.raw"
-        os.environ.update(env)
-        record(raw, tools[0].staged(job)[0])
-        summary = summarize(raw, top=25)
-        (RESULTS / f"profile-{workload.name}.txt").write_text(render(summary) + "\n")
-        print(f"\n== profile of asyncbackup, {workload.name}\n{render(summary)}", flush=True)
-        out[workload.name] = summary
+        if args.workloads and workload.name not in args.workloads:
+            continue
+        for tool in tools:
+            if not tool.name.startswith(("asyncbackup", "ab-")):
+                continue
+            job = Job(endpoint, SOURCE, DEST, workload.name, WORK / "stage", args.concurrency)
+            wl.clear(s3, DEST)
+            fresh_dir(job.stage)
+            suffix = "" if tool.name == "asyncbackup" else f"-{tool.name}"
+            raw = RESULTS / f"profile-{workload.name}{suffix}.raw"
+            os.environ.update(env)
+            record(raw, tool.staged(job)[0])
+            summary = summarize(raw, top=25)
+            (RESULTS / f"profile-{workload.name}{suffix}.txt").write_text(render(summary) + "\n")
+            print(f"\n== profile of {tool.name}, {workload.name}\n{render(summary)}", flush=True)
+            out[f"{workload.name}{suffix}"] = summary
     return out
 
 
@@ -347,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, default=2000.0, help="simulated objects/s (interval benchmark)"
     )
+    parser.add_argument(
+        "--fast-path-ab",
+        action="store_true",
+        help="also run asyncbackup --no-fast-path (as ab-no-fast), alternating with the rest",
+    )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="start SeaweedFS with the tools' keys, so that it checks every signature",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.reps == 3:
         args.reps = 2
@@ -356,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    tools, notes = discover(args.variant, shlex.split(args.asyncbackup_args))
+    tools, notes = discover(args.fast_path_ab, args.variant, shlex.split(args.asyncbackup_args))
     if args.asyncbackup_only:
-        ours_count = 1 + len(args.variant)
-        tools, notes = tools[:ours_count], ["peers skipped (--asyncbackup-only)"]
+        tools = [tool for tool in tools if tool.name.startswith(("asyncbackup", "ab-no-fast"))]
+        notes = ["peers skipped (--asyncbackup-only)"]
     for note in notes:
         print(f"note: {note}")
     report: dict[str, Any] = {
@@ -384,9 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     server_log = WORK / "seaweedfs.log"
-    with seaweedfs(weed, WORK / "seaweedfs", server_log) as endpoint:
+    auth = ("bench", "bench-secret") if args.auth else None
+    with seaweedfs(weed, WORK / "seaweedfs", server_log, auth) as endpoint:
         env = tool_env(endpoint, args.concurrency)
-        print(f"SeaweedFS at {endpoint}; tools: {', '.join(t.name for t in tools)}")
+        print(
+            f"SeaweedFS at {endpoint}{' (signatures checked)' if auth else ''}; "
+            f"tools: {', '.join(t.name for t in tools)}"
+        )
         phase("workloads", bench_workloads, args, endpoint, tools, env)
         if "error" not in report["workloads"]:
             print("\n" + table(report["workloads"]), flush=True)

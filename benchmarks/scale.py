@@ -2,12 +2,19 @@
 
 Subcommands (each prints one JSON object; run each in a fresh process so RSS is its own):
 
-- ``checkpoint --files N``: a checkpoint of N files: build, flush (serialise + write + fsync),
-  size on disk, load for resume (read + validate, as a resumed run does).
+- ``checkpoint --files N``: a checkpoint of N files: build, compact (serialise + write +
+  fsync, and the longest the event loop waited meanwhile), size on disk, load for resume
+  (read + validate, as a resumed run does); then a journal of one-file batches as long as the
+  manager lets it grow before compacting, its cost per append, and the load with it applied
+  (the worst case of a resume after a crash), each load in a fresh process for its peak RSS.
+- ``load PATH [--resume]``: load one checkpoint (``--resume``: as a run does, folding its
+  journal in) and report the time and peak RSS.
 - ``pipeline --files N --interval K [--rate R]``: the real ``Pipeline`` over a synthetic
   listing of N objects whose "copy" takes ``concurrency / R`` seconds (R objects/s overall;
-  0 = no wait), writing the checkpoint every K objects. Reports wall time, flushes, time spent
-  serialising on the event loop and writing in the writer thread, and peak RSS.
+  0 = no wait), writing the checkpoint every K objects. Reports wall time, flushes (journal
+  appends and compactions), time spent encoding on the event loop, appending and compacting in
+  the writer thread, the longest event-loop stall, and peak RSS. Compare with the same command
+  at ``--interval 1000000000`` (one write at the end) for the share of wall time.
 - ``first-transfer --endpoint URL --bucket B --prefix P --dest D --stage DIR``: a real
   ``run_backup()`` against a large bucket, stopped after the first object is done; reports the
   seconds from the call to the first listed page and to the first completed object.
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +34,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.checkpoint import CheckpointManager, CheckpointState, load_checkpoint
+from asyncbackup.journal import Changes
 from asyncbackup.pipeline import Pipeline, WorkItem
+
+_TIMED_APPENDS = 1000
 
 
 def _key(index: int) -> str:
@@ -39,26 +50,51 @@ def _peak_rss_mb() -> float:
 
 
 class TimedManager(CheckpointManager):
-    """A CheckpointManager that adds up the time its flushes take."""
+    """A CheckpointManager that adds up the time its writes take, and where."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.serialize_seconds = 0.0
-        self.write_seconds = 0.0
+        self.encode_seconds = 0.0  # journal lines, on the event loop
+        self.append_seconds = 0.0  # journal appends + fsync, in the writer thread
+        self.compact_seconds = 0.0  # full writes, in the writer thread
 
-    def _serialize(self, state: CheckpointState) -> bytes:
+    def _encode(self, state: CheckpointState, changes: Changes) -> bytes:
         started = time.perf_counter()
         try:
-            return super()._serialize(state)
+            return super()._encode(state, changes)
         finally:
-            self.serialize_seconds += time.perf_counter() - started
+            self.encode_seconds += time.perf_counter() - started
 
-    def _write(self, data: bytes) -> None:
+    def _append(self, backup_id: str, line: bytes) -> None:
         started = time.perf_counter()
         try:
-            super()._write(data)
+            super()._append(backup_id, line)
         finally:
-            self.write_seconds += time.perf_counter() - started
+            self.append_seconds += time.perf_counter() - started
+
+    def _compact(self, state: CheckpointState) -> None:
+        started = time.perf_counter()
+        try:
+            super()._compact(state)
+        finally:
+            self.compact_seconds += time.perf_counter() - started
+
+
+class LoopStalls:
+    """The longest the event loop took to wake a 1 ms sleeper, and the time lost in all."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.total = 0.0
+
+    async def watch(self, until: asyncio.Event) -> None:
+        while not until.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            late = time.perf_counter() - started - 0.001
+            self.longest = max(self.longest, late)
+            if late > 0.005:
+                self.total += late
 
 
 def _new_state(files: int, done_every: int = 0) -> CheckpointState:
@@ -84,35 +120,123 @@ def bench_checkpoint(files: int) -> dict[str, Any]:
             started = time.perf_counter()
             manager.flush(state)
             flush = time.perf_counter() - started
+            stalls = asyncio.run(_compact_async(manager, state))
         finally:
             manager.close()
         size = path.stat().st_size
-        del state
-        loader = CheckpointManager(path)
-        loader.open()
+        plain = _load_elsewhere(path, resume=True)
+        manager = TimedManager(path)
+        manager.open()
         try:
-            started = time.perf_counter()
-            loaded, resumed = loader.load_or_create(
+            manager.flush(state)
+            # A journal as long as it may grow before the manager compacts it.
+            appends, append_seconds = _fill_journal(manager, state, files)
+            journal_mb = manager.journal.path.stat().st_size / 1e6
+        finally:
+            manager.close()
+        del state
+        with_journal = _load_elsewhere(path, resume=False)
+        assert with_journal["journal_batches"] == appends, with_journal
+        resumed = _load_elsewhere(path, resume=True)
+        return {
+            "files": files,
+            "build_seconds": round(build, 3),
+            "compact_seconds": round(flush, 3),
+            "compact_async_longest_loop_stall_ms": round(stalls.longest * 1000, 1),
+            "compact_async_loop_time_lost_seconds": round(stalls.total, 3),
+            "file_mb": round(size / 1e6, 1),
+            "load_seconds": plain["seconds"],
+            "load_peak_rss_mb": plain["peak_rss_mb"],
+            "journal_appends": appends,
+            "journal_mb": round(journal_mb, 1),
+            "append_ms": round(1000 * append_seconds, 3),
+            "load_with_journal_seconds": with_journal["seconds"],
+            "resume_with_journal_seconds": resumed["seconds"],
+            "resume_with_journal_peak_rss_mb": resumed["peak_rss_mb"],
+        }
+
+
+def _load_elsewhere(path: Path, *, resume: bool) -> dict[str, Any]:
+    """``load`` in a fresh process, so that its peak RSS is its own."""
+    command = [sys.executable, "-m", "benchmarks.scale", "load", str(path)]
+    out = subprocess.run(
+        [*command, "--resume"] if resume else command,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def bench_load(path: Path, *, resume: bool) -> dict[str, Any]:
+    """Load ``path`` with its journal; with ``resume``, as a run does (the journal folded in)."""
+    started = time.perf_counter()
+    if resume:
+        manager = CheckpointManager(path)
+        manager.open()
+        try:
+            state, resumed = manager.load_or_create(
                 source_bucket="bench-src",
                 source_path="data",
                 dest_bucket="bench-dst",
                 config={},
                 ignore_existing=False,
             )
-            load = time.perf_counter() - started
         finally:
-            loader.close()
-        assert resumed and len(loaded.files) == files
-        return {
-            "files": files,
-            "build_seconds": round(build, 3),
-            "flush_seconds": round(flush, 3),
-            "serialize_seconds": round(manager.serialize_seconds, 3),
-            "write_seconds": round(manager.write_seconds, 3),
-            "file_mb": round(size / 1e6, 1),
-            "load_seconds": round(load, 3),
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
-        }
+            manager.close()
+        assert resumed
+        batches = -1
+    else:
+        loaded = load_checkpoint(path)
+        state, batches = loaded.state, loaded.journal_batches
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "files": len(state.files),
+        "journal_batches": batches,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+async def _compact_async(manager: CheckpointManager, state: CheckpointState) -> LoopStalls:
+    """A compaction from a running event loop, and how long the loop was kept waiting."""
+    stalls, done = LoopStalls(), asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(stalls.watch(done))
+        await asyncio.sleep(0.01)
+        await manager.flush_async(state)
+        done.set()
+    return stalls
+
+
+def _fill_journal(manager: TimedManager, state: CheckpointState, files: int) -> tuple[int, float]:
+    """One-file batches (the most lines per byte) until the next would make a compaction due.
+
+    The first ``_TIMED_APPENDS`` go through the manager (append + fsync each, timed); the rest
+    are the same lines written at once, to build the long journal quickly.
+    """
+    bound = max(manager.compact_min_bytes, manager.compact_ratio * manager._json_size)
+    appends, size, bulk = 0, 0, bytearray()
+    while True:
+        changes = Changes()
+        key = _key((appends * 2 + 1) % files)
+        state.files[key] = changes.files[key] = True
+        state.processed_files += 1
+        state.processed_bytes += 4096
+        line = manager._encode(state, changes)
+        if size + len(line) > bound:
+            break
+        if appends < _TIMED_APPENDS:
+            manager._writer.submit(manager._append, state.backup_id, line).result()
+            size = manager.journal.size
+        else:
+            bulk += line
+            size += len(line)
+        appends += 1
+    with manager.journal.path.open("ab") as handle:
+        handle.write(bulk)
+    return appends, manager.append_seconds / min(appends, _TIMED_APPENDS)
 
 
 async def _listing(files: int) -> AsyncIterator[Sequence[WorkItem]]:
@@ -125,6 +249,7 @@ async def _pipeline(files: int, interval: int, rate: float, concurrency: int) ->
     with tempfile.TemporaryDirectory() as tmp:
         manager = TimedManager(Path(tmp) / "bench-src_data.checkpoint")
         manager.open()
+        stalls, done = LoopStalls(), asyncio.Event()
         try:
             state = CheckpointState.new(
                 source_bucket="bench-src", source_path="data", dest_bucket="bench-dst", config={}
@@ -138,13 +263,17 @@ async def _pipeline(files: int, interval: int, rate: float, concurrency: int) ->
             pipeline = Pipeline(
                 manager=manager, state=state, concurrency=concurrency, interval=interval
             )
-            started = time.perf_counter()
-            await pipeline.run(_listing(files), process)
-            wall = time.perf_counter() - started
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(stalls.watch(done))
+                started = time.perf_counter()
+                await pipeline.run(_listing(files), process)
+                wall = time.perf_counter() - started
+                done.set()
         finally:
             manager.close()
     assert pipeline.result.done_files == files
     ideal = files / rate if rate > 0 else 0.0
+    thread = manager.append_seconds + manager.compact_seconds
     return {
         "files": files,
         "interval": interval,
@@ -153,9 +282,13 @@ async def _pipeline(files: int, interval: int, rate: float, concurrency: int) ->
         "wall_seconds": round(wall, 3),
         "ideal_seconds": round(ideal, 3),
         "flushes": manager.flushes,
-        "serialize_seconds": round(manager.serialize_seconds, 3),
-        "write_seconds": round(manager.write_seconds, 3),
-        "serialize_share": round(manager.serialize_seconds / wall, 4),
+        "compactions": manager.compactions,
+        "encode_seconds": round(manager.encode_seconds, 3),
+        "encode_share": round(manager.encode_seconds / wall, 4),
+        "append_seconds": round(manager.append_seconds, 3),
+        "compact_seconds": round(manager.compact_seconds, 3),
+        "writer_thread_share": round(thread / wall, 4),
+        "longest_loop_stall_ms": round(stalls.longest * 1000, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
 
@@ -223,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cp = sub.add_parser("checkpoint")
     cp.add_argument("--files", type=int, default=1_000_000)
+    ld = sub.add_parser("load")
+    ld.add_argument("path", type=Path)
+    ld.add_argument("--resume", action="store_true")
     pl = sub.add_parser("pipeline")
     pl.add_argument("--files", type=int, default=100_000)
     pl.add_argument("--interval", type=int, default=1)
@@ -235,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
         result = bench_checkpoint(args.files)
+    elif args.command == "load":
+        result = bench_load(args.path, resume=args.resume)
     else:
         with asyncio.Runner(loop_factory=_loop) as runner:
             if args.command == "pipeline":

@@ -37,12 +37,17 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def seaweedfs(weed: Path, data_dir: Path, log_path: Path) -> Iterator[str]:
-    """Start ``weed mini`` on loopback; yield its S3 endpoint; stop it and remove its data."""
+def seaweedfs(
+    weed: Path, data_dir: Path, log_path: Path, auth: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """Start ``weed mini`` on loopback; yield its S3 endpoint; stop it and remove its data.
+    With ``auth`` (key id, secret) in its environment SeaweedFS checks every signature."""
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    if auth is not None:
+        env.update(AWS_ACCESS_KEY_ID=auth[0], AWS_SECRET_ACCESS_KEY=auth[1])
     argv = [
         str(weed),
         "mini",

@@ -44,7 +44,7 @@ def s5cmd_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _asyncbackup(job: Job, extra: Argv | None = None) -> list[Argv]:
+def _asyncbackup(job: Job, *extra: str) -> list[Argv]:
     script = Path(sys.executable).parent / "backup-s3"
     return [
         [
@@ -63,9 +63,27 @@ def _asyncbackup(job: Job, extra: Argv | None = None) -> list[Argv]:
             "--on-complete",
             "delete",
             "--quiet",
-            *(extra or []),
+            *extra,
         ]
     ]
+
+
+def _asyncbackup_direct(job: Job, *extra: str) -> list[Argv]:
+    """Server-side copy: ``--direct`` (CopyObject / UploadPartCopy), nothing staged."""
+    return _asyncbackup(job, "--direct", *extra)
+
+
+def _asyncbackup_no_fast_path(job: Job) -> list[Argv]:
+    return _asyncbackup(job, "--no-fast-path")
+
+
+def asyncbackup_tool(name: str, extra: Argv) -> Tool:
+    """asyncbackup with ``extra`` flags, staged and direct, as the tool ``name``."""
+    return Tool(
+        name,
+        lambda job: _asyncbackup(job, *extra),
+        lambda job: _asyncbackup_direct(job, *extra),
+    )
 
 
 def asyncbackup_variant(spec: str) -> Tool:
@@ -74,8 +92,7 @@ def asyncbackup_variant(spec: str) -> Tool:
     name, sep, flags = spec.partition("=")
     if not sep or not name.strip():
         raise ValueError(f"not NAME=FLAGS: {spec!r}")
-    extra = shlex.split(flags)
-    return Tool(f"asyncbackup-{name.strip()}", lambda job: _asyncbackup(job, extra), None)
+    return asyncbackup_tool(f"asyncbackup-{name.strip()}", shlex.split(flags))
 
 
 def _s5cmd(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
@@ -147,11 +164,14 @@ def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], lis
 
 
 def discover(
-    variants: list[str] | None = None, extra: Argv | None = None
+    fast_path_ab: bool = False, variants: list[str] | None = None, extra: Argv | None = None
 ) -> tuple[list[Tool], list[str]]:
-    """asyncbackup first (with ``extra`` flags), then its ``variants``, then every peer found;
+    """asyncbackup first, with ``extra`` flags (and, with ``fast_path_ab``, asyncbackup
+    ``--no-fast-path`` as ``ab-no-fast``; then each of ``variants``), then every peer found;
     notes for the peers that are missing."""
-    tools = [Tool("asyncbackup", lambda job: _asyncbackup(job, extra), None)]
+    tools = [asyncbackup_tool("asyncbackup", list(extra or ()))]
+    if fast_path_ab:
+        tools.append(Tool("ab-no-fast", _asyncbackup_no_fast_path, None))
     tools += [asyncbackup_variant(spec) for spec in variants or ()]
     notes: list[str] = []
     s5 = s5cmd_binary()

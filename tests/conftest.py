@@ -7,17 +7,19 @@ credentials files point at a temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEYS = {
@@ -109,3 +111,25 @@ def buckets(s3_server: S3Server) -> Buckets:
 def s3(s3_server: S3Server) -> Any:
     """A plain boto3 client for setting up and checking buckets."""
     return s3_server.client()
+
+
+def _debug_asyncio_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    return loop
+
+
+_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio-debug": _debug_asyncio_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The embedding API runs on whatever loop its caller has: test it on asyncio (debug
+    mode) and on uvloop."""
+    if item.get_closest_marker("both_loops") is not None:
+        return _LOOPS
+    return {"asyncio": asyncio.new_event_loop}

@@ -51,6 +51,11 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The AWS Access Key Id you provided does not exist in our records.",
     ),
     "no_such_key": (404, "NoSuchKey", "The specified key does not exist."),
+    "signature_mismatch": (
+        403,
+        "SignatureDoesNotMatch",
+        "The request signature we calculated does not match the signature you provided.",
+    ),
     "invalid_object_state": (
         403,
         "InvalidObjectState",
@@ -219,7 +224,10 @@ class S3Proxy:
         )
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        # auto_decompress=False: a body with Content-Encoding: gzip is forwarded as it came.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, auto_decompress=False
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -36,7 +36,7 @@ from ..pipeline import Pipeline, PipelineResult
 from ..progress import Observer
 from ..report import BackupReport, conclude
 from ..retry import AdaptiveLimiter, RetryPolicy
-from ..s3client import check_bucket, open_client
+from ..s3client import open_destination
 from ..sinks.s3 import S3Sink
 from ..staging import Staging
 from .artifacts import ArtifactCopier
@@ -115,17 +115,7 @@ async def run_github_backup(
     async with contextlib.AsyncExitStack() as stack:
         await asyncio.to_thread(manager.open)
         stack.callback(manager.close)
-        dest_client = await open_client(
-            stack,
-            role="destination",
-            profile=config.dest_profile,
-            endpoint_url=config.effective_dest_endpoint,
-            region=config.region,
-            max_pool_connections=config.concurrency * config.part_concurrency + 8,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
-        await check_bucket(dest_client, config.dest_bucket, role="destination", write=True)
+        dest_client = await open_destination(stack, config)
         session = await stack.enter_async_context(
             aiohttp.ClientSession(
                 headers={"User-Agent": USER_AGENT},

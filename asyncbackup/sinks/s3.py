@@ -22,9 +22,10 @@ from botocore.compat import HAS_CRT
 from ..bandwidth import TokenBucket
 from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import ConfigError, IntegrityError, ObjectError
+from ..fasts3 import FastS3
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
+from ..sources.s3 import IN_MEMORY_LIMIT, FetchedObject, clean_etag, etag_is_md5
 from ..uploads import UploadJournal, abort_upload, sweep_key
 
 log = logging.getLogger("asyncbackup")
@@ -89,6 +90,8 @@ class S3Sink:
         self.bandwidth = bandwidth
         #: where multipart uploads in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
+        #: PutObject of single-PUT objects over aiohttp (set by the caller)
+        self.fast: FastS3 | None = None
 
     def _checksum_params(self, md5: bytes) -> dict[str, str]:
         if self.checksum == "md5":
@@ -127,7 +130,10 @@ class S3Sink:
         }
         if self.bandwidth is not None:
             await self.bandwidth.consume(len(body))
-        response = await self.retry.call(lambda: self.client.put_object(**params))
+        put_object = self.client.put_object
+        if self.fast is not None and fetched.size <= IN_MEMORY_LIMIT:
+            put_object = self.fast.put_object
+        response = await self.retry.call(lambda: put_object(**params))
         self._check_etag(response, fetched.md5.hex(), key)
 
     @staticmethod

@@ -20,6 +20,7 @@ import aiofiles
 
 from ..bandwidth import TokenBucket
 from ..errors import IntegrityError, ObjectError
+from ..fasts3 import FastS3
 from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
@@ -86,6 +87,8 @@ class S3Source:
         self.bucket = bucket
         self.retry = retry
         self.bandwidth = bandwidth
+        #: GetObject of objects up to IN_MEMORY_LIMIT over aiohttp (set by the caller)
+        self.fast: FastS3 | None = None
 
     async def list(self, prefix: str) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive."""
@@ -111,6 +114,11 @@ class S3Source:
         try:
             fetched = await self._download(item, tmp)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
+        except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
+            await asyncio.to_thread(tmp.unlink, True)
+            raise ObjectError(
+                "LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=True
+            ) from exc
         except BaseException:
             await asyncio.to_thread(tmp.unlink, True)
             raise
@@ -121,6 +129,9 @@ class S3Source:
         head: dict[str, Any] = {}
         chunks: list[bytes] | None = [] if item.size <= IN_MEMORY_LIMIT else None
         written = 0
+        get_object = self.client.get_object
+        if self.fast is not None and item.size <= IN_MEMORY_LIMIT:
+            get_object = self.fast.get_object
         try:
             async with aiofiles.open(tmp, "wb") as out:
 
@@ -130,7 +141,7 @@ class S3Source:
                     if head:  # a resume: the rest of the same version
                         params["Range"] = f"bytes={written}-"
                         params["IfMatch"] = head["ETag"]
-                    response = await self.client.get_object(**params)
+                    response = await get_object(**params)
                     if not head:
                         head.update(response)
                         head.pop("Body", None)

@@ -15,6 +15,8 @@ from asyncbackup.progress import NullObserver
 from tests.conftest import Buckets, S3Server
 from tests.helpers import assert_same_objects, numbered_objects, put_objects
 
+pytestmark = pytest.mark.both_loops
+
 
 class Recorder(NullObserver):
     def __init__(self) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from asyncbackup import run_github_backup
+from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
 from tests.integration.github_org import ASSET, TOKEN, config, running_org
 
@@ -63,11 +65,12 @@ async def test_bad_input_is_one_line_and_exit_2(
 
 
 def done_count(checkpoint: Path) -> int:
+    """Files done at the last flush: the JSON file (valid at every read) and its journal."""
     try:
-        state: dict[str, Any] = orjson.loads(checkpoint.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+        orjson.loads(checkpoint.read_bytes())
+    except FileNotFoundError:
         return 0
-    return sum(1 for done in state["files"].values() if done)
+    return read_checkpoint(checkpoint).processed_files
 
 
 async def test_sigkill_then_resume_copies_only_what_was_left(
@@ -108,10 +111,12 @@ async def test_sigkill_then_resume_copies_only_what_was_left(
         assert process.returncode == -signal.SIGKILL
         assert TOKEN not in err.decode()
 
-        state = orjson.loads(checkpoint.read_bytes())
+        state = read_checkpoint(checkpoint)
         asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
-        assert state["files"][asset_key] is False
-        assert TOKEN.encode() not in checkpoint.read_bytes()
+        assert state.files[asset_key] is False
+        journal = journal_path(checkpoint)  # the later flushes, after the kill
+        written = checkpoint.read_bytes() + (journal.read_bytes() if journal.exists() else b"")
+        assert TOKEN.encode() not in written
         git_posts = len([s for s in github.git_seen if s.method == "POST"])
         listed = len(github.api_requests("/orgs/acme/repos"))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from asyncbackup.checkpoint import read_checkpoint
 from tests.conftest import Buckets, S3Server
 from tests.helpers import (
     assert_same_objects,
@@ -43,19 +44,21 @@ def test_sigkill_then_resume_copies_everything_once(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    state: dict[str, Any] = {}
     while time.monotonic() < deadline:
         if checkpoint.exists():
-            state = orjson.loads(checkpoint.read_bytes())  # valid JSON at every read
-            if state["processed_files"] >= 30:
+            orjson.loads(checkpoint.read_bytes())  # the JSON file is valid at every read
+            # The last flush: the JSON file with its journal applied.
+            if read_checkpoint(checkpoint).processed_files >= 30:
                 break
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    state = load_json(checkpoint)
-    done = [key for key, ok in state["files"].items() if ok]
+    on_disk = load_json(checkpoint)  # still valid JSON after the kill
+    state = read_checkpoint(checkpoint)
+    assert len(state.files) >= len(on_disk["files"])
+    done = [key for key, ok in state.files.items() if ok]
     assert 30 <= len(done) < len(objects), "the kill must land mid-run"
-    assert state["processed_files"] == len(done)
+    assert state.processed_files == len(done)
     # Every file marked done really is at the destination, intact.
     dest = bucket_digest(s3, buckets.dest)
     source = bucket_digest(s3, buckets.source)

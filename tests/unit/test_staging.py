@@ -72,3 +72,29 @@ def _tmp(staging: Staging, data: bytes) -> Path:
     tmp = staging.temp_path()
     tmp.write_bytes(data)
     return tmp
+
+
+def test_commit_survives_cleanups_racing_on_the_same_folders(tmp_path: Path) -> None:
+    """Workers commit into folders that other workers' cleanups prune when empty."""
+    import threading
+
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(300):
+                key = f"a/b/c/{n}-{i}"
+                path = staging.commit(_tmp(staging, b"x"), key)
+                staging.remove(path)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert not (staging.root / "a").exists()

@@ -1,0 +1,8 @@
+"""A lean data path for the hot requests of small objects: GetObject and PutObject over aiohttp
+with SigV4 signing of our own; everything else stays on aiobotocore."""
+
+from .client import FastBody, FastS3, open_fast_s3
+from .signer import SigV4Signer
+from .target import Target, probe_target
+
+__all__ = ["FastBody", "FastS3", "SigV4Signer", "Target", "open_fast_s3", "probe_target"]

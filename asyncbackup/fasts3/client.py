@@ -1,0 +1,353 @@
+"""GetObject and PutObject of small objects straight over aiohttp, signed by ``signer.py``.
+
+botocore spends about 1 ms of CPU on every request (events and hooks, serialisation, endpoint
+rules, signing, parsing); for a 4 KiB object that is most of the work. ``FastS3`` does the two
+hot requests of a staged backup directly: one ``aiohttp.ClientSession`` with a pool sized to
+the concurrency, a signing key derived once a day, response headers mapped to the fields
+botocore would return, errors raised as the same ``ClientError`` and connection failures as the
+same botocore exceptions, so ``retry.classify()`` and the callers see no difference.
+
+It takes the methods' botocore-style keyword arguments and hands every call it does not cover
+to the aiobotocore client it was built from (another bucket, an unknown parameter, a checksum
+it cannot compute, non-ASCII header values). If the server answers a fast-path request in a way
+that hints at a difference between the two paths (a redirect to another region, a signature or
+payload-hash complaint), the request is repeated by botocore and the bucket stays on botocore
+for the rest of the run. Credentials are read from the client on every request, so refreshed
+temporary credentials are used as soon as botocore has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import calendar
+import contextlib
+import hashlib
+import logging
+import socket
+import zlib
+from collections.abc import Mapping
+from email.utils import formatdate
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp import http_exceptions
+from botocore.exceptions import (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+from botocore.utils import parse_to_aware_datetime
+from yarl import URL
+
+from .responses import ERROR_BODY_LIMIT, client_error, parse_error, response_fields
+from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer
+from .target import Target, probe_target
+
+log = logging.getLogger("asyncbackup")
+
+USER_AGENT = "asyncbackup-fast-path"
+GET_PARAMS = frozenset({"Bucket", "Key", "Range", "IfMatch"})
+#: PutObject parameters sent as one header each, as botocore names them
+PUT_HEADERS: dict[str, str] = {
+    "ContentMD5": "content-md5",
+    "ContentType": "content-type",
+    "ContentEncoding": "content-encoding",
+    "CacheControl": "cache-control",
+    "ContentDisposition": "content-disposition",
+    "ContentLanguage": "content-language",
+    "WebsiteRedirectLocation": "x-amz-website-redirect-location",
+    "StorageClass": "x-amz-storage-class",
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+}
+PUT_SPECIAL = frozenset({"Bucket", "Key", "Body", "Metadata", "Expires", "ChecksumAlgorithm"})
+#: answers that mean the server wants the request differently than the fast path sent it
+_HAND_BACK_CODES = frozenset(
+    {
+        "PermanentRedirect",
+        "TemporaryRedirect",
+        "AuthorizationHeaderMalformed",
+        "SignatureDoesNotMatch",
+        "XAmzContentSHA256Mismatch",
+        "InvalidRequest",
+        "NotImplemented",
+    }
+)
+_REDIRECTS = frozenset({301, 302, 307, 308})
+
+
+class _HandBack(Exception):
+    """The server's answer says: do this request with botocore."""
+
+
+def _checksum(algorithm: str, body: bytes) -> tuple[str, str] | None:
+    """(header, value) of an ``x-amz-checksum-*`` the fast path computes, or None."""
+    if algorithm == "CRC32":
+        value = zlib.crc32(body).to_bytes(4, "big")
+    elif algorithm == "SHA256":
+        value = hashlib.sha256(body).digest()
+    else:  # CRC32C and others: botocore computes them
+        return None
+    return f"x-amz-checksum-{algorithm.lower()}", base64.b64encode(value).decode()
+
+
+def _http_date(value: Any) -> str:
+    """A timestamp header as botocore writes it: RFC 822, GMT, whole seconds."""
+    moment = parse_to_aware_datetime(value)
+    return formatdate(calendar.timegm(moment.utctimetuple()), usegmt=True)
+
+
+def put_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
+    """The headers of a PutObject with ``params`` (``Body`` must be bytes), or None when the
+    fast path does not cover one of them."""
+    headers: dict[str, str] = {}
+    for name, value in params.items():
+        header = PUT_HEADERS.get(name)
+        if header is not None:
+            headers[header] = str(value)
+        elif name == "Metadata":
+            for meta_name, meta_value in dict(value).items():
+                headers[f"x-amz-meta-{meta_name}"] = str(meta_value)
+        elif name == "Expires":
+            headers["expires"] = _http_date(value)
+        elif name == "ChecksumAlgorithm":
+            checksum = _checksum(str(value).upper(), params["Body"])
+            if checksum is None:
+                return None
+            headers[checksum[0]] = checksum[1]
+            headers["x-amz-sdk-checksum-algorithm"] = str(value).upper()
+        elif name not in PUT_SPECIAL:
+            return None
+    if not isinstance(params.get("Body"), bytes | bytearray):
+        return None
+    if not all(value.isascii() and name.isascii() for name, value in headers.items()):
+        return None  # botocore refuses or encodes these; let it
+    return headers
+
+
+def _connection_error(exc: BaseException, url: str) -> BaseException:
+    """The botocore exception aiobotocore raises for the same aiohttp failure."""
+    error: BaseException = exc
+    if isinstance(exc, aiohttp.ClientSSLError):
+        error = SSLError(endpoint_url=url, error=exc)
+    elif isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientPayloadError
+        | http_exceptions.BadStatusLine,
+    ):
+        error = ConnectionClosedError(endpoint_url=url, error=exc)
+    elif isinstance(exc, aiohttp.ServerTimeoutError):
+        if str(exc).lower().startswith("connect"):
+            error = ConnectTimeoutError(endpoint_url=url, error=exc)
+        else:
+            error = ReadTimeoutError(endpoint_url=url, error=exc)
+    elif isinstance(exc, aiohttp.ClientConnectionError | socket.gaierror):
+        error = EndpointConnectionError(endpoint_url=url, error=exc)
+    elif isinstance(exc, asyncio.TimeoutError):
+        error = ReadTimeoutError(endpoint_url=url, error=exc)
+    return error
+
+
+class FastBody:
+    """A GetObject body: ``async with`` releases the connection, ``read(n)`` streams; failures
+    mid-body become botocore's ``ResponseStreamingError`` / ``ReadTimeoutError``."""
+
+    __slots__ = ("_response", "_url")
+
+    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+        self._response = response
+        self._url = url
+
+    async def __aenter__(self) -> FastBody:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._response.release()  # back to the pool if read to the end, closed otherwise
+
+    async def read(self, amt: int = -1) -> bytes:
+        try:
+            return await self._response.content.read(amt)
+        except TimeoutError as exc:
+            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise ResponseStreamingError(error=exc) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise ResponseStreamingError(error=exc) from exc
+
+
+class FastS3:
+    """The fast path for one bucket of one aiobotocore client (see the module docstring)."""
+
+    def __init__(
+        self, client: Any, bucket: str, target: Target, session: aiohttp.ClientSession
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.target = target
+        self.session = session
+        self.signer = SigV4Signer(target.region, target.service)
+        self.enabled = True
+        self.fast_requests = 0  # answered by the fast path (for tests and the curious)
+
+    def _hand_back(self, reason: str) -> None:
+        if self.enabled:
+            self.enabled = False
+            log.warning(
+                "fast path off for bucket %s (%s); its requests go through botocore",
+                self.bucket,
+                reason,
+            )
+
+    async def _credentials(self) -> FrozenCredentials:
+        source = self.client._get_credentials()
+        if source is None:
+            raise NoCredentialsError()
+        frozen: FrozenCredentials = await source.get_frozen_credentials()
+        return frozen
+
+    async def _send(
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        payload_hash: str,
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        path = self.target.path(key)
+        url = self.target.origin + path
+        credentials = await self._credentials()
+        signed = self.signer.sign(
+            method,
+            path,
+            "",
+            {"host": self.target.host, **headers},
+            credentials,
+            payload_hash=payload_hash,
+        )
+        try:
+            response = await self.session.request(
+                method,
+                URL(url, encoded=True),
+                headers=signed,
+                data=body,
+                allow_redirects=False,
+                ssl=self.target.ssl,
+            )
+        except (TimeoutError, aiohttp.ClientError, socket.gaierror) as exc:
+            raise _connection_error(exc, url) from exc
+        return response, url
+
+    async def _raise_error(
+        self, response: aiohttp.ClientResponse, url: str, operation: str
+    ) -> None:
+        """Read an error answer and raise it as botocore would (or hand the request back)."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < ERROR_BODY_LIMIT:  # one read may return part of the document
+                chunk = await response.content.read(ERROR_BODY_LIMIT - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _connection_error(exc, url) from exc
+        finally:
+            response.release()
+        body = b"".join(chunks)
+        headers = list(response.headers.items())
+        if response.status in _REDIRECTS:
+            raise _HandBack(f"HTTP {response.status} redirect")
+        code = parse_error(response.status, headers, body)["Error"]["Code"]
+        if code in _HAND_BACK_CODES:
+            raise _HandBack(f"the server answered {code}")
+        raise client_error(response.status, headers, body, operation)
+
+    async def get_object(self, **params: Any) -> dict[str, Any]:
+        """GetObject: the fields botocore returns, ``Body`` a ``FastBody`` to read and close."""
+        if not self.enabled or params.get("Bucket") != self.bucket or not set(params) <= GET_PARAMS:
+            return await self._botocore("get_object", params)
+        headers: dict[str, str] = {}
+        if params.get("Range"):
+            headers["range"] = str(params["Range"])
+        if params.get("IfMatch"):
+            headers["if-match"] = str(params["IfMatch"])
+        response, url = await self._send("GET", params["Key"], headers, None, EMPTY_SHA256)
+        if response.status >= 300:
+            try:
+                await self._raise_error(response, url, "GetObject")
+            except _HandBack as exc:
+                self._hand_back(str(exc))
+                return await self._botocore("get_object", params)
+        out = response_fields(response.headers.items(), response.status)
+        out["Body"] = FastBody(response, url)
+        self.fast_requests += 1
+        return out
+
+    async def put_object(self, **params: Any) -> dict[str, Any]:
+        """PutObject of a body in memory; the response fields botocore returns."""
+        headers = put_headers(params) if self.enabled else None
+        if headers is None or params.get("Bucket") != self.bucket:
+            return await self._botocore("put_object", params)
+        body = bytes(params["Body"])
+        checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
+        # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
+        payload = UNSIGNED_PAYLOAD if checked else hashlib.sha256(body).hexdigest()
+        response, url = await self._send("PUT", params["Key"], headers, body, payload)
+        if response.status >= 300:
+            try:
+                await self._raise_error(response, url, "PutObject")
+            except _HandBack as exc:
+                self._hand_back(str(exc))
+                return await self._botocore("put_object", params)
+        try:
+            await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _connection_error(exc, url) from exc
+        finally:
+            response.release()
+        self.fast_requests += 1
+        return response_fields(response.headers.items(), response.status)
+
+    async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await getattr(self.client, method)(**params)
+        return result
+
+
+async def open_fast_s3(
+    stack: contextlib.AsyncExitStack,
+    client: Any,
+    bucket: str,
+    *,
+    connections: int,
+    connect_timeout: float,
+    read_timeout: float,
+) -> FastS3 | None:
+    """A ``FastS3`` for ``bucket`` living as long as ``stack``, or None (with the reason logged
+    at debug level) when the bucket's requests need something only botocore does."""
+    target = await probe_target(client, bucket)
+    if isinstance(target, str):
+        log.debug("fast path off for bucket %s: %s", bucket, target)
+        return None
+    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
+        auto_decompress=False,  # the stored bytes, even when Content-Encoding is gzip
+        skip_auto_headers=("Content-Type",),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    )
+    await stack.enter_async_context(session)
+    return FastS3(client, bucket, target, session)

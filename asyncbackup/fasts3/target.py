@@ -1,0 +1,136 @@
+"""Where and how the fast path sends a bucket's object requests: learnt from botocore itself.
+
+Addressing (path-style on custom endpoints and IPs, virtual-hosted on AWS, dotted bucket names,
+FIPS, dual-stack, the us-east-1 legacy host...) and the signing region are decided by the
+endpoint rules of the aiobotocore client. Rather than re-implement them, ``probe_target()`` lets
+the client prepare one GetObject of a probe key and stops it in ``before-sign``, before
+anything is sent: the URL it built gives the bucket's base, its signing context the region.
+Anything the fast path does not do the same way (another signature version, a proxy, client
+certificates, a query on a plain GetObject) leaves the bucket to botocore.
+"""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.httpsession import get_cert_path
+
+from .signer import encode_key
+
+#: a key with every character class that needs care in a URL: spaces, '+', '~', '%', '//',
+#: non-ASCII; the probe checks that botocore encodes it exactly as ``encode_key`` does
+PROBE_KEY = "asyncbackup-probe/a b+c~d%e//ü€/"
+_SIGNATURE_VERSIONS = frozenset({"s3v4", "v4"})
+_probe_ids = itertools.count()
+
+
+class _Captured(Exception):
+    """Raised from the ``before-sign`` handler: the probe request is never signed or sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One bucket's object URLs: ``origin + path_prefix + encode_key(key)``."""
+
+    origin: str  # scheme://netloc
+    host: str  # the Host header, as botocore signs it
+    path_prefix: str  # "/bucket/" (path-style) or "/" (virtual-hosted)
+    region: str
+    service: str
+    ssl: ssl.SSLContext | bool
+
+    def path(self, key: str) -> str:
+        return self.path_prefix + encode_key(key)
+
+
+def host_header(url: str) -> str:
+    """The Host header botocore signs: the host, and the port when it is not the default."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def _ssl_for(scheme: str, http_session: Any) -> ssl.SSLContext | bool | str:
+    """The TLS setting aiobotocore uses for this client, or a reason the fast path cannot."""
+    if scheme != "https":
+        return False
+    if getattr(http_session, "_cert_file", None):
+        return "a client certificate is configured"
+    verify = getattr(http_session, "_verify", True)
+    if verify is False:
+        return False
+    context = ssl.create_default_context()
+    cafile = get_cert_path(verify)
+    if cafile:
+        context.load_verify_locations(cafile)
+    return context
+
+
+async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:
+    """What botocore would send for a GetObject of ``key`` - URL, signature version, signing
+    region and name - without sending it: the request is stopped in ``before-sign``."""
+    captured: dict[str, Any] = {}
+    encoded = encode_key(key)
+
+    def capture(request: Any, signing_name: str, signature_version: Any, **_: Any) -> None:
+        if not str(request.url).split("?", 1)[0].endswith(encoded):
+            return  # another request of this client: not ours
+        signing = request.context.get("signing") or {}
+        captured.update(
+            url=str(request.url),
+            version=signature_version,
+            region=signing.get("region") or client.meta.region_name,
+            service=signing.get("signing_name") or signing_name,
+        )
+        raise _Captured
+
+    event = "before-sign.s3.GetObject"
+    unique_id = f"asyncbackup-fast-path-probe-{next(_probe_ids)}"
+    client.meta.events.register(event, capture, unique_id=unique_id)
+    try:
+        await client.get_object(Bucket=bucket, Key=key)
+    except _Captured:
+        pass
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
+    return captured
+
+
+async def probe_target(client: Any, bucket: str) -> Target | str:
+    """The fast path's target for ``bucket`` on ``client``, or why there is none."""
+    try:
+        captured = await prepared_get(client, bucket, PROBE_KEY)
+    except Exception as exc:  # botocore refused before signing: it will say why again later
+        return f"botocore could not prepare a request ({type(exc).__name__})"
+    if not captured:
+        return "botocore sent the probe request unsigned"
+    url: str = captured["url"]
+    if captured["version"] not in _SIGNATURE_VERSIONS or captured["service"] != "s3":
+        return f"signature {captured['version']} for {captured['service']} is not SigV4 for s3"
+    parts = urlsplit(url)
+    encoded = encode_key(PROBE_KEY)
+    if parts.query or parts.fragment or not parts.path.endswith(encoded):
+        return "botocore builds object URLs differently for this bucket"
+    http_session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    proxy_config = getattr(http_session, "_proxy_config", None)
+    if proxy_config is not None and proxy_config.proxy_url_for(url):
+        return "a proxy is configured"
+    tls = _ssl_for(parts.scheme, http_session)
+    if isinstance(tls, str):
+        return tls
+    return Target(
+        origin=f"{parts.scheme}://{parts.netloc}",
+        host=host_header(url),
+        path_prefix=parts.path[: -len(encoded)],
+        region=str(captured["region"]),
+        service="s3",
+        ssl=tls,
+    )

@@ -1,0 +1,365 @@
+"""The fast path (``fasts3``) against a real S3 server over HTTP, through the recording proxy.
+
+Its requests carry ``User-Agent: asyncbackup-fast-path``, so the proxy tells which path each
+request took. moto does not check signatures (the signer is checked against botocore in
+``tests/unit/test_fasts3_signer.py``); here we check what a server sees and keeps: the bytes,
+the metadata, the checksum headers, the session token, and that every failure is classified
+exactly as the same failure on the botocore path.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import logging
+import os
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import run_backup
+from asyncbackup.fasts3 import open_fast_s3
+from asyncbackup.fasts3.client import USER_AGENT, put_headers
+from asyncbackup.retry import classify, is_throttle, retry_after
+from asyncbackup.s3client import open_client
+from asyncbackup.sources.s3 import IN_MEMORY_LIMIT
+from tests.conftest import Buckets, S3Server
+from tests.helpers import assert_same_objects, cli_args, run_cli
+from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
+
+KEYS = [
+    "data/plain.txt",
+    "data/sub dir/file with spaces.bin",
+    "data/a+b=c&d.txt",
+    "data/tilde~name",
+    "data/100%/done%20already%2Fencoded",
+    "data/double//slash",
+    "data/unicode/ünïcødé/日本語",
+    "data/quotes'()!*$,;:@",
+]
+#: what S3Source copies, as head_object names it
+FIELDS = (
+    "ContentType",
+    "ContentEncoding",
+    "CacheControl",
+    "ContentDisposition",
+    "ContentLanguage",
+    "Expires",
+    "WebsiteRedirectLocation",
+    "Metadata",
+    "ContentLength",
+    "ETag",
+)
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
+    with run_proxy(s3_server.endpoint) as running:
+        yield running
+
+
+def fast(requests: list[Recorded], method: str) -> list[Recorded]:
+    return [r for r in requests if r.method == method and r.headers.get("user-agent") == USER_AGENT]
+
+
+def fill(s3: Any, bucket: str) -> dict[str, bytes]:
+    bodies = {key: os.urandom(100 + i * 37) for i, key in enumerate(KEYS)}
+    for i, (key, body) in enumerate(bodies.items()):
+        extra: dict[str, Any] = {"Metadata": {"owner": f"team-{i}", "Mixed-Case": "v a l"}}
+        if i % 2 == 0:
+            extra.update(
+                ContentType="text/plain; charset=utf-8",
+                CacheControl="max-age=3600, public",
+                ContentDisposition=f'attachment; filename="f{i}.txt"',
+                ContentEncoding="gzip",  # the stored bytes must not be decompressed
+                ContentLanguage="fr-CH",
+                Expires=datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.UTC),
+                WebsiteRedirectLocation="/elsewhere.html",
+            )
+        s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    big = os.urandom(IN_MEMORY_LIMIT + 4096)  # above the limit: botocore's path
+    s3.put_object(Bucket=bucket, Key="data/big.bin", Body=big)
+    bodies["data/big.bin"] = big
+    return bodies
+
+
+def heads(s3: Any, bucket: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key in keys:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        out[key] = {name: head.get(name) for name in FIELDS}
+    return out
+
+
+async def test_copies_are_identical_with_metadata_on_both_paths(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    bodies = fill(s3, buckets.source)
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "fast",
+        endpoint_url=proxy.endpoint,
+        concurrency=4,
+    )
+    assert report.exit_code == 0 and report.copied_files == len(bodies), report.errors
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(bodies)
+    source_heads = heads(s3, buckets.source, list(bodies))
+    assert heads(s3, buckets.dest, list(bodies)) == source_heads
+    assert source_heads[KEYS[0]]["Metadata"] == {"owner": "team-0", "mixed-case": "v a l"}
+    assert source_heads[KEYS[0]]["ContentEncoding"] == "gzip"
+    # Every small object went through the fast path, both ways; the big one through botocore.
+    small = sorted(f"/{buckets.source}/{key}" for key in KEYS)
+    assert sorted(r.path for r in fast(proxy.requests, "GET")) == small
+    assert len(fast(proxy.requests, "PUT")) == len(KEYS)
+    assert not [r for r in fast(proxy.requests, "GET") if "big.bin" in r.path]
+
+    # The same backup with the fast path off: the same objects, the same metadata.
+    proxy.requests.clear()
+    s3.create_bucket(Bucket=buckets.dest + "-b")
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest + "-b",
+        base_local_path=tmp_path / "slow",
+        endpoint_url=proxy.endpoint,
+        concurrency=4,
+        fast_path=False,
+    )
+    assert report.exit_code == 0 and report.copied_files == len(bodies), report.errors
+    assert heads(s3, buckets.dest + "-b", list(bodies)) == source_heads
+    assert not fast(proxy.requests, "GET") and not fast(proxy.requests, "PUT")
+
+
+@contextlib.asynccontextmanager
+async def both_paths(endpoint: str, bucket: str) -> Any:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_client(
+            stack,
+            role="source",
+            profile=None,
+            endpoint_url=endpoint,
+            region="us-east-1",
+            max_pool_connections=4,
+            connect_timeout=2,
+            read_timeout=5,
+        )
+        fast_s3 = await open_fast_s3(
+            stack, client, bucket, connections=4, connect_timeout=2, read_timeout=5
+        )
+        assert fast_s3 is not None
+        yield client, fast_s3
+
+
+async def outcome(call: Callable[[Any], Awaitable[Any]], api: Any) -> tuple[Any, ...]:
+    """How the engine sees a failure: classify()'s code, flag and message, the Retry-After
+    hint and whether it throttles; or the response body when there is no failure."""
+    try:
+        response = await call(api)
+    except Exception as exc:
+        error = classify(exc)
+        message = error.message if error.code in ("NoSuchKey", "AccessDenied") else ""
+        return (error.code, error.retryable, message, retry_after(exc), is_throttle(exc))
+    if "Body" not in response:  # a PUT: its ETag
+        return ("ok", response["ETag"])
+    async with response["Body"] as body:
+        return ("ok", await body.read())
+
+
+async def test_failures_are_classified_as_on_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="k", Body=b"0123456789")
+    etag = s3.head_object(Bucket=buckets.source, Key="k")["ETag"]
+    async with both_paths(proxy.endpoint, buckets.source) as (client, fast_s3):
+        calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "get": lambda api: api.get_object(Bucket=buckets.source, Key="k"),
+            "missing": lambda api: api.get_object(Bucket=buckets.source, Key="nope"),
+            "range": lambda api: api.get_object(
+                Bucket=buckets.source, Key="k", Range="bytes=4-", IfMatch=etag
+            ),
+            "changed": lambda api: api.get_object(
+                Bucket=buckets.source, Key="k", Range="bytes=4-", IfMatch='"0000"'
+            ),
+            "put": lambda api: api.put_object(Bucket=buckets.source, Key="p", Body=b"x"),
+        }
+        faults = {
+            "denied": ("access_denied", "get"),
+            "slowdown": ("slowdown", "get"),
+            "throttle": ("throttle", "put"),
+            "internal": ("internal", "put"),
+            "reset": ("reset_before", "get"),
+            "invalid_key": ("invalid_access_key", "get"),
+        }
+        seen: dict[str, tuple[Any, ...]] = {}
+        for name, call in calls.items():
+            results = []
+            for api in (client, fast_s3):
+                results.append(await outcome(call, api))
+            assert results[0] == results[1], name
+            seen[name] = results[1]
+        for name, (fault, call_name) in faults.items():
+            results = []
+            for api in (client, fast_s3):
+                proxy.add_rule(Rule(fault, times=1, retry_after=3.0))
+                results.append(await outcome(calls[call_name], api))
+            proxy.clear_faults()
+            assert results[0] == results[1], name
+            seen[name] = results[1]
+        assert fast_s3.enabled and fast_s3.fast_requests >= 2
+    assert seen["get"] == ("ok", b"0123456789") and seen["range"] == ("ok", b"456789")
+    assert seen["missing"][:2] == ("NoSuchKey", False)
+    assert seen["changed"][:2] == ("PreconditionFailed", False)
+    assert seen["denied"][:2] == ("AccessDenied", False)
+    assert seen["slowdown"] == ("SlowDown", True, "", 3.0, True)
+    assert seen["throttle"][:2] == ("TooManyRequests", True)
+    assert seen["internal"][:2] == ("InternalError", True)
+    # aiohttp itself repeats a GET whose reused connection was reset: both paths do
+    assert seen["reset"][0] == "ok" or seen["reset"][1] is True
+    assert seen["invalid_key"][:2] == ("InvalidAccessKeyId", False)
+    assert len(fast(proxy.requests, "GET")) >= 8
+
+
+async def test_no_credentials_is_classified_as_on_the_botocore_path(
+    s3_server: S3Server, buckets: Buckets, aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws_env / "missing"))
+
+    def get(api: Any) -> Awaitable[Any]:
+        return api.get_object(Bucket=buckets.source, Key="k")  # type: ignore[no-any-return]
+
+    async with both_paths(s3_server.endpoint, buckets.source) as (client, fast_s3):
+        results = [await outcome(get, api) for api in (client, fast_s3)]
+    assert results[0] == results[1] == ("NoCredentials", False, "", None, False)
+
+
+async def test_slowdown_and_short_bodies_are_retried_on_the_fast_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    for i in range(6):
+        s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(5000 + i))
+    proxy.add_rule(Rule("slowdown", method="GET", path=r"/data/o0$", times=2))
+    proxy.add_rule(Rule("slowdown", method="PUT", path=r"/data/o1$", times=2))
+    proxy.add_rule(Rule("truncate", method="GET", path=r"/data/o2$", times=1))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        concurrency=3,
+    )
+    assert report.exit_code == 0 and report.copied_files == 6, report.errors
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 6
+    assert proxy.faults_injected() == {"slowdown": 4, "truncate": 1}
+    gets = [r for r in fast(proxy.requests, "GET") if r.path.endswith("/data/o2")]
+    assert len(gets) == 2 and gets[1].range == "bytes=2501-" and gets[1].if_match  # resumed
+    assert len(fast(proxy.requests, "GET")) == 6 + 2 + 1
+    assert len(fast(proxy.requests, "PUT")) == 6 + 2
+
+
+async def test_a_signature_complaint_hands_the_bucket_back_to_botocore(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(5):
+        s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(300))
+    proxy.add_rule(Rule("signature_mismatch", method="GET", path=r"/data/o", times=1))
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path,
+            endpoint_url=proxy.endpoint,
+            concurrency=1,
+        )
+    assert report.exit_code == 0 and report.copied_files == 5, report.errors
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 5
+    assert len(fast(proxy.requests, "GET")) == 1  # the one refused; then botocore
+    assert len([r for r in proxy.requests if r.method == "GET" and "/data/o" in r.path]) == 6
+    assert len(fast(proxy.requests, "PUT")) == 5  # the destination bucket kept its fast path
+    assert "fast path off for bucket" in caplog.text and "SignatureDoesNotMatch" in caplog.text
+
+
+async def test_session_token_and_checksum_headers_reach_the_server(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, aws_env: Path
+) -> None:
+    with (aws_env / "credentials").open("a") as handle:
+        handle.write("[tok]\naws_access_key_id = ASIATEMP0000TEST\n")
+        handle.write("aws_secret_access_key = temp-secret-0123456789\n")
+        handle.write("aws_session_token = FQoGZXIvYXdzE+token/with=chars\n")
+    with (aws_env / "config").open("a") as handle:
+        handle.write("\n[profile tok]\nregion = us-east-1\n")
+    bodies = {f"data/c{i}": os.urandom(1000 + i) for i in range(3)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=buckets.source, Key=key, Body=body)
+    for mode in ("crc32", "sha256"):
+        proxy.requests.clear()
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path / mode,
+            endpoint_url=proxy.endpoint,
+            source_profile="tok",
+            dest_profile="tok",
+            checksum=mode,
+        )
+        assert report.exit_code == 0 and report.copied_files == 3, report.errors
+        puts = fast(proxy.requests, "PUT")
+        assert len(puts) == 3 and len(fast(proxy.requests, "GET")) == 3
+        for put in fast(proxy.requests, "GET") + puts:
+            assert put.headers["x-amz-security-token"] == "FQoGZXIvYXdzE+token/with=chars"
+            assert "x-amz-security-token" in put.headers["authorization"]
+            assert put.access_key == "ASIATEMP0000TEST"
+        for put in puts:
+            body = bodies[put.path.split("/", 2)[2]]
+            if mode == "crc32":
+                expected = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+            else:
+                expected = s3_checksum_sha256(body)
+            assert put.headers[f"x-amz-checksum-{mode}"] == expected
+            assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+            assert "content-md5" not in put.headers
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 3
+
+
+def s3_checksum_sha256(body: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+def test_what_the_fast_path_leaves_to_botocore() -> None:
+    body = b"abc"
+    assert put_headers({"Bucket": "b", "Key": "k", "Body": body, "ContentMD5": "x"}) == {
+        "content-md5": "x"
+    }
+    assert (
+        put_headers({"Bucket": "b", "Key": "k", "Body": body, "ChecksumAlgorithm": "CRC32C"})
+        is None
+    )
+    assert put_headers({"Bucket": "b", "Key": "k", "Body": body, "ACL": "private"}) is None
+    assert put_headers({"Bucket": "b", "Key": "k", "Body": body, "Metadata": {"a": "é"}}) is None
+    assert put_headers({"Bucket": "b", "Key": "k", "Body": open}) is None  # not bytes
+    expires = put_headers({"Bucket": "b", "Key": "k", "Body": body, "Expires": "2030-01-01"})
+    assert expires == {"expires": "Tue, 01 Jan 2030 00:00:00 GMT"}
+
+
+def test_cli_no_fast_path_sends_everything_through_botocore(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="data/one", Body=b"1")
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")
+    done = run_cli(["data", *args, "--no-fast-path"])
+    assert done.returncode == 0, done.stderr
+    assert [r for r in proxy.requests if r.path.endswith("/data/one")]
+    assert not fast(proxy.requests, "GET") and not fast(proxy.requests, "PUT")
+    proxy.requests.clear()
+    done = run_cli(["data", *args, "--ignore-checkpoints"])
+    assert done.returncode == 0, done.stderr
+    assert len(fast(proxy.requests, "GET")) == len(fast(proxy.requests, "PUT")) == 1

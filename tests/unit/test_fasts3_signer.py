@@ -1,0 +1,207 @@
+"""Our SigV4 signer against botocore's own ``S3SigV4Auth``, request by request.
+
+botocore signs first (with its own clock); ours then signs the same request with the
+``X-Amz-Date`` botocore chose, and the two ``Authorization`` headers must be identical. The
+URLs are those the fast path sends (``Target.path``), which ``test_fasts3_target`` proves equal
+to botocore's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials as BotoCredentials
+
+from asyncbackup.fasts3.signer import (
+    EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
+    Credentials,
+    SigV4Signer,
+    encode_key,
+    encode_query,
+)
+from asyncbackup.fasts3.target import host_header
+
+KEYS = [
+    "plain.txt",
+    "dir/sub dir/file with spaces.bin",
+    "a+b=c&d.txt",
+    "tilde~name",
+    "100%/done%20already%2Fencoded",
+    "double//slash/",
+    "/leading-slash",
+    "unicode/ünïcødé/日本語/emoji-🙂",
+    "odd/..//./segments/..",
+    "quotes'\"<>#?[]{}|\\^`",
+    "tab\tand,comma;semicolon:colon@at!bang$dollar*star(paren)",
+]
+ENDPOINTS = [
+    ("http://127.0.0.1:9000", "/bucket-1/"),
+    ("http://localhost", "/bucket-1/"),
+    ("https://bucket-1.s3.eu-west-1.amazonaws.com", "/"),
+    ("https://s3.amazonaws.com:443", "/my.dotted.bucket/"),
+]
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def botocore_sign(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    credentials: BotoCredentials,
+    region: str,
+    body: bytes,
+    *,
+    unsigned_payload: bool,
+) -> AWSRequest:
+    request = AWSRequest(method=method, url=url, headers=dict(headers), data=body)
+    if unsigned_payload:  # what botocore does on https with a checksum header, made explicit
+        request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    S3SigV4Auth(credentials, "s3", region).add_auth(request)
+    return request
+
+
+def ours_sign(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    credentials: Credentials,
+    region: str,
+    timestamp: str,
+    payload_hash: str,
+) -> dict[str, str]:
+    path_query = url.split("://", 1)[1].partition("/")[2]
+    path, _, query = ("/" + path_query).partition("?")
+    return SigV4Signer(region).sign(
+        method,
+        path,
+        query,
+        {"host": host_header(url), **headers},
+        credentials,
+        timestamp=timestamp,
+        payload_hash=payload_hash,
+    )
+
+
+def assert_same_signature(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    *,
+    body: bytes = b"",
+    token: str | None = None,
+    region: str = "us-east-1",
+    unsigned_payload: bool = True,
+) -> dict[str, str]:
+    boto = botocore_sign(
+        method,
+        url,
+        headers,
+        BotoCredentials("AKIDEXAMPLE", SECRET, token),
+        region,
+        body,
+        unsigned_payload=unsigned_payload,
+    )
+    payload = UNSIGNED_PAYLOAD if unsigned_payload else hashlib.sha256(body).hexdigest()
+    ours = ours_sign(
+        method,
+        url,
+        headers,
+        Credentials("AKIDEXAMPLE", SECRET, token),
+        region,
+        boto.headers["X-Amz-Date"],
+        payload,
+    )
+    assert ours["authorization"] == boto.headers["Authorization"]
+    assert ours["x-amz-content-sha256"] == boto.headers["X-Amz-Content-SHA256"] == payload
+    assert ours.get("x-amz-security-token") == boto.headers.get("X-Amz-Security-Token")
+    return ours
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize(("origin", "prefix"), ENDPOINTS)
+def test_get_signature_equals_botocore(key: str, origin: str, prefix: str) -> None:
+    url = origin + prefix + encode_key(key)
+    ours = assert_same_signature("GET", url, {}, unsigned_payload=False)
+    assert ours["x-amz-content-sha256"] == EMPTY_SHA256
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_put_signature_with_headers_and_session_token(key: str) -> None:
+    body = b"hello world" * 10
+    headers = {
+        "Content-MD5": "XrY7u+Ae7tCTyyK7j1rNww==",
+        "Content-Type": "text/plain; charset=utf-8",
+        "Cache-Control": "max-age=60,   public",  # runs of spaces are folded when signed
+        "Content-Disposition": 'attachment; filename="a b.txt"',
+        "Expires": "Tue, 01 Jan 2030 00:00:00 GMT",
+        "x-amz-meta-Owner": "  someone  ",
+        "x-amz-meta-empty": "",
+        "x-amz-storage-class": "STANDARD_IA",
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "alias/backup",
+    }
+    url = "http://127.0.0.1:9000/bucket-1/" + encode_key(key)
+    ours = assert_same_signature("PUT", url, headers, body=body, token="FQoGZXIvYXdzE//token+/=")
+    assert "x-amz-security-token" in ours["authorization"]
+
+
+def test_put_signature_with_signed_payload_and_checksum_header() -> None:
+    body = b"\x00\x01 binary body"
+    headers = {"x-amz-checksum-crc32": "DUoRhQ==", "x-amz-sdk-checksum-algorithm": "CRC32"}
+    url = "https://bucket-1.s3.eu-west-1.amazonaws.com/" + encode_key("k e y")
+    assert_same_signature(
+        "PUT", url, headers, body=body, region="eu-west-1", unsigned_payload=False
+    )
+    assert_same_signature("PUT", url, headers, body=body, region="eu-west-1")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("partNumber", "1")],
+        [("versionId", "3/L4kqtJl40Nr8X8gdRQBpUMLUo+=")],
+        [("prefix", "a b/ü"), ("list-type", "2"), ("delimiter", "/"), ("a", "")],
+        [("x", "2"), ("x", "1"), ("X", "0")],
+    ],
+)
+def test_query_strings_equal_botocore(params: list[tuple[str, str]]) -> None:
+    url = "http://127.0.0.1:9000/bucket-1/" + encode_key("k+1") + "?" + encode_query(params)
+    assert_same_signature("GET", url, {"Range": "bytes=10-"}, unsigned_payload=False)
+
+
+def test_user_agent_and_content_length_are_not_signed() -> None:
+    signed = SigV4Signer("us-east-1").sign(
+        "PUT",
+        "/b/k",
+        "",
+        {"host": "h", "User-Agent": "x", "Content-Length": "3"},
+        Credentials("AK", "SK"),
+        timestamp="20300101T000000Z",
+    )
+    assert "SignedHeaders=host;x-amz-content-sha256;x-amz-date," in signed["authorization"]
+    assert signed["user-agent"] == "x"  # still sent
+
+
+def test_signing_key_is_cached_per_secret_and_day() -> None:
+    signer = SigV4Signer("eu-west-1")
+    one = signer.signing_key("secret", "20300101")
+    assert signer.signing_key("secret", "20300101") is one
+    assert signer.signing_key("secret", "20300102") != one
+    assert signer.signing_key("other", "20300102") != signer.signing_key("secret", "20300102")
+
+
+def test_credentials_repr_hides_the_secret() -> None:
+    text = repr(Credentials("AKIAABCDEFGH", "very-secret-value", "session-token"))
+    assert "very-secret-value" not in text and "session-token" not in text
+
+
+def test_key_encoding_keeps_slashes_and_encodes_once() -> None:
+    assert encode_key("a b/c+d~e%20f//ü") == "a%20b/c%2Bd~e%2520f//%C3%BC"
+    encoded: Any = encode_key("%2F")
+    assert encoded == "%252F"

@@ -1,0 +1,80 @@
+"""The fast path's URLs are botocore's, byte for byte: path-style on custom endpoints,
+virtual-hosted on AWS, keys encoded once with '/' kept. Nothing here is sent: botocore's
+request is stopped in ``before-sign``, where the probe reads it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from asyncbackup.fasts3.signer import encode_key
+from asyncbackup.fasts3.target import Target, host_header, prepared_get, probe_target
+from asyncbackup.s3client import open_client
+from tests.unit.test_fasts3_signer import KEYS
+
+CASES = [
+    # endpoint, region, bucket, expected origin, expected prefix
+    ("http://127.0.0.1:9000", "us-east-1", "bucket-1", "http://127.0.0.1:9000", "/bucket-1/"),
+    ("http://localhost:8333", "us-east-1", "my.bucket", "http://localhost:8333", "/my.bucket/"),
+    (None, "eu-west-1", "bucket-1", "https://bucket-1.s3.eu-west-1.amazonaws.com", "/"),
+    (None, "us-east-1", "bucket-1", "https://bucket-1.s3.amazonaws.com", "/"),
+    (
+        None,
+        "eu-west-1",
+        "my.dotted.bucket",
+        "https://s3.eu-west-1.amazonaws.com",
+        "/my.dotted.bucket/",
+    ),
+]
+
+
+async def open_target(
+    stack: contextlib.AsyncExitStack, endpoint: str | None, region: str, bucket: str
+) -> tuple[object, Target | str]:
+    client = await open_client(
+        stack,
+        role="source",
+        profile=None,
+        endpoint_url=endpoint,
+        region=region,
+        max_pool_connections=4,
+        connect_timeout=1,
+        read_timeout=1,
+    )
+    return client, await probe_target(client, bucket)
+
+
+@pytest.mark.parametrize(("endpoint", "region", "bucket", "origin", "prefix"), CASES)
+async def test_object_urls_equal_botocore(
+    endpoint: str | None, region: str, bucket: str, origin: str, prefix: str, aws_env: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        client, target = await open_target(stack, endpoint, region, bucket)
+        assert isinstance(target, Target), target
+        assert (target.origin, target.path_prefix, target.region) == (origin, prefix, region)
+        assert target.host == origin.split("://", 1)[1]
+        for key in KEYS:
+            prepared = await prepared_get(client, bucket, key)
+            assert prepared["url"] == target.origin + target.path(key), key
+            assert prepared["region"] == target.region
+
+
+async def test_a_proxy_leaves_the_bucket_to_botocore(
+    aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with contextlib.AsyncExitStack() as stack:
+        _, target = await open_target(stack, "http://10.255.255.1:9000", "us-east-1", "b")
+    assert target == "a proxy is configured"
+
+
+def test_host_header_drops_default_ports() -> None:
+    assert host_header("http://h:80/x") == "h"
+    assert host_header("https://h:443/x") == "h"
+    assert host_header("https://h:80/x") == "h:80"
+    assert host_header("http://[::1]:9000/x") == "[::1]:9000"
+    assert encode_key("x") == "x"
