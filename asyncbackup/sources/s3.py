@@ -8,15 +8,17 @@ short is resumed with a ranged GET pinned to the same version by ``If-Match``, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiofiles
+import aiofiles.threadpool
 
 from ..bandwidth import TokenBucket
 from ..errors import IntegrityError, ObjectError
@@ -72,6 +74,28 @@ def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
         "SSECustomerAlgorithm"
     )
     return bool(_MD5_ETAG.match(clean_etag(etag))) and not encrypted
+
+
+def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+@contextlib.asynccontextmanager
+async def _open_for_writing(path: Path) -> AsyncIterator[Any]:
+    """``aiofiles.open(path, "wb")``, minus its leak: cancelled while the open runs in its
+    thread, aiofiles drops the file that thread goes on to open (unclosed). Here it is closed."""
+    opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
+    try:
+        raw = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_if_opened)
+        raise
+    out = aiofiles.threadpool.wrap(raw, loop=asyncio.get_running_loop())
+    try:
+        yield out
+    finally:
+        await out.close()
 
 
 class S3Source:
@@ -133,7 +157,7 @@ class S3Source:
         if self.fast is not None and item.size <= IN_MEMORY_LIMIT:
             get_object = self.fast.get_object
         try:
-            async with aiofiles.open(tmp, "wb") as out:
+            async with _open_for_writing(tmp) as out:
 
                 async def attempt() -> None:
                     nonlocal written
