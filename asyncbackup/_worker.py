@@ -29,6 +29,7 @@ from . import wire
 from .api import _direct_copier, _open_stores, _staged_copier
 from .errors import AsyncBackupError
 from .pipeline import Process
+from .s3client import open_destination
 from .uploads import UploadJournal
 
 log = logging.getLogger("asyncbackup")
@@ -177,10 +178,10 @@ async def serve(in_fd: int, out_fd: int) -> int:
         config = wire.config_from_wire(init["config"])
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
-            source_client, dest_client = await _open_stores(stack, config)
-            if config.direct:
-                process = _direct_copier(config, dest_client)
+            if config.direct:  # server-side: the destination's client is all it needs
+                process = _direct_copier(config, await open_destination(stack, config))
             else:
+                source_client, dest_client = await _open_stores(stack, config)
                 journal = UploadJournal(notes)
                 process = await _staged_copier(
                     config, source_client, dest_client, journal, stack, prepare=False

@@ -78,7 +78,9 @@ class _Parser(argparse.ArgumentParser):
 
 def process_count(text: str) -> int:
     """``--processes``: a whole number, or ``auto`` for one per CPU."""
-    if text.strip().lower() == "auto":
+    if text.strip().lower() == "auto":  # the CPUs this process may run on
+        if hasattr(os, "sched_getaffinity"):
+            return max(1, len(os.sched_getaffinity(0)))
         return os.cpu_count() or 1
     return positive_int(text)
 
