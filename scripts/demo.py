@@ -24,6 +24,8 @@ from typing import Any
 import boto3
 import orjson
 
+from asyncbackup import AsyncBackupError, read_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "demo-work"
 SOURCE, DEST, PREFIX = "company-data-db", "company-archive", "Projects/TeamA/2024Q1"
@@ -100,6 +102,14 @@ def digests(s3: Any, bucket: str) -> dict[str, str]:
     return out
 
 
+def done_so_far(path: Path) -> int:
+    """Files done per the checkpoint: the JSON file plus the journal the run appends to."""
+    try:
+        return read_checkpoint(path).processed_files
+    except AsyncBackupError:  # not written yet
+        return 0
+
+
 def show_checkpoint(path: Path) -> None:
     state = orjson.loads(path.read_bytes())
     files = state.pop("files")
@@ -148,13 +158,10 @@ def main() -> int:
         run = subprocess.Popen(command, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and run.poll() is None:
-            if (
-                checkpoint.exists()
-                and orjson.loads(checkpoint.read_bytes())["processed_files"] >= 120
-            ):
+            if done_so_far(checkpoint) >= 100:
                 run.send_signal(signal.SIGINT)
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         code = run.wait()
         print(f"exit code: {code} (130 = interrupted, checkpoint saved)")
         if code != 130:
