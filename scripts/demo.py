@@ -27,7 +27,7 @@ import orjson
 from asyncbackup import AsyncBackupError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "demo-work"
+WORK = Path(os.environ.get("ASYNCBACKUP_DEMO_DIR", ROOT / "demo-work"))
 SOURCE, DEST, PREFIX = "company-data-db", "company-archive", "Projects/TeamA/2024Q1"
 BIN = Path(sys.executable).parent
 
@@ -102,6 +102,11 @@ def digests(s3: Any, bucket: str) -> dict[str, str]:
     return out
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def done_so_far(path: Path) -> int:
     """Files done per the checkpoint: the JSON file plus the journal the run appends to."""
     try:
@@ -114,7 +119,7 @@ def show_checkpoint(path: Path) -> None:
     state = orjson.loads(path.read_bytes())
     files = state.pop("files")
     state.pop("errors")
-    print(f"$ jq . {path.relative_to(ROOT)}   (abridged)")
+    print(f"$ jq . {_shown(path)}   (abridged)")
     print(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode())
     done = sum(1 for v in files.values() if v)
     print(f'"files": {len(files)} entries, {done} true, {len(files) - done} false; for example:')
@@ -181,7 +186,7 @@ def main() -> int:
             return 1
         print(f"all {len(dest)} objects identical (MD5 of every body compared)")
         archived = sorted((scratch / "checkpoints" / "archive").iterdir())
-        print(f"completed checkpoint archived as {archived[-1].relative_to(ROOT)}")
+        print(f"completed checkpoint archived as {_shown(archived[-1])}")
         print((scratch / "checkpoints" / "completions.log").read_text().strip())
         return 0
     finally:
