@@ -108,3 +108,14 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     return lines[0]
+
+
+def resume_to_completion(
+    proxy: Any, client: Any, source: str, dest: str, args: Sequence[str], count: int
+) -> None:
+    """The interrupted run's sequel: with the proxy's latency off, the same command
+    completes (exit 0) and the destination holds exactly the ``count`` source objects."""
+    proxy.latency = 0.0
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert assert_identical(client, source, dest) == count

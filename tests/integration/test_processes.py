@@ -29,6 +29,7 @@ from tests.reliability import (
     one_error_line,
     put_parallel,
     read_valid,
+    resume_to_completion,
     run_cli,
     start_cli,
     wait_for,
@@ -255,10 +256,7 @@ def test_a_worker_killed_mid_run_stops_the_run_with_exit_3_and_a_valid_checkpoin
     state = read_valid(path)
     assert 10 <= state.processed_files < 120
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
-    proxy.latency = 0.0
-    resumed = run_cli(args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 120
+    resume_to_completion(proxy, s3, buckets.source, buckets.dest, args, 120)
 
 
 def test_direct_copy_in_two_processes_is_server_side(
@@ -308,10 +306,7 @@ def test_ctrl_c_to_the_process_group_exits_130_with_a_valid_checkpoint(
     state = read_valid(path)
     assert 10 <= state.processed_files < 150
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
-    proxy.latency = 0.0
-    resumed = run_cli(args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 150
+    resume_to_completion(proxy, s3, buckets.source, buckets.dest, args, 150)
 
 
 class Recorder(NullObserver):

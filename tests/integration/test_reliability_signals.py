@@ -15,12 +15,12 @@ from tests.helpers import cli_args, numbered_objects
 from tests.proxy import S3Proxy, run_proxy
 from tests.reliability import (
     assert_done_means_copied,
-    assert_identical,
     checkpoint_file,
     kill,
     one_error_line,
     put_parallel,
     read_valid,
+    resume_to_completion,
     run_cli,
     start_cli,
     wait_for,
@@ -74,10 +74,7 @@ def test_signal_stops_taking_work_flushes_and_exits_130(
     state = read_valid(path)
     assert 10 <= state.processed_files < 300
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
-    proxy.latency = 0.0
-    resumed = run_cli(args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 300
+    resume_to_completion(proxy, s3, buckets.source, buckets.dest, args, 300)
 
 
 def test_in_flight_objects_are_abandoned_after_the_grace_period(
@@ -124,10 +121,7 @@ def test_second_sigint_stops_at_once_with_a_valid_checkpoint(
     state = read_valid(path)
     assert state.processed_files >= 5
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
-    proxy.latency = 0.0
-    resumed = run_cli(args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 100
+    resume_to_completion(proxy, s3, buckets.source, buckets.dest, args, 100)
 
 
 def test_one_run_per_checkpoint_and_a_killed_run_does_not_hold_it(
@@ -152,7 +146,4 @@ def test_one_run_per_checkpoint_and_a_killed_run_does_not_hold_it(
     assert str(path) in line and "in use by another run" in line
     assert read_valid(path)  # the refused run did not touch it
     assert before  # and the first run had written it
-    proxy.latency = 0.0
-    third = run_cli(args)
-    assert third.returncode == 0, third.stderr
-    assert assert_identical(s3, buckets.source, buckets.dest) == 100
+    resume_to_completion(proxy, s3, buckets.source, buckets.dest, args, 100)
