@@ -24,6 +24,7 @@ from .errors import CheckpointMismatchError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
+from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, WorkItem
 from .progress import Observer
 from .report import BackupReport, conclude
@@ -32,6 +33,7 @@ from .s3client import S3Client, check_bucket, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
+from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
 from .uploads import UploadJournal, abort_leftover_uploads
@@ -40,6 +42,8 @@ from .workerpool import share_of, start_worker_processes
 log = logging.getLogger("asyncbackup")
 
 _OBJECT_ATTEMPTS = 3
+#: multipart parts held in memory at once, across all objects: memory stays flat whatever the
+#: concurrency, the part size or the object size (``ByteBudget``)
 _PART_BUFFER_BYTES = 128 * 1024 * 1024
 
 
@@ -239,12 +243,6 @@ def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
     return functools.partial(with_object_retries, copier.copy)
 
 
-def _part_slots(config: BackupConfig) -> int:
-    """Multipart parts in flight across all objects: each holds its part in memory, so bound
-    their bytes (not their count) and memory stays flat whatever the concurrency."""
-    return max(config.part_concurrency, _PART_BUFFER_BYTES // config.part_size)
-
-
 async def _staged_copier(
     config: BackupConfig,
     source_client: S3Client,
@@ -272,14 +270,14 @@ async def _staged_copier(
         multipart_threshold=config.multipart_threshold,
         part_size_for=config.part_size_for,
         part_concurrency=config.part_concurrency,
-        part_slots=asyncio.Semaphore(_part_slots(config)),
+        part_budget=ByteBudget(_PART_BUFFER_BYTES),
         extra_params=_dest_params(config),
         bandwidth=upload_limit,
     )
     sink.journal = journal
     if config.fast_path:
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
-    copier = _Copier(source, sink, staging, config)
+    copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
     return functools.partial(with_object_retries, copier.copy_once)
 
 
@@ -326,26 +324,6 @@ async def with_object_retries(copy: Process, item: WorkItem) -> int:
                 raise
             log.warning("retrying %s after %s", item.key, exc)
     raise AssertionError("unreachable")
-
-
-class _Copier:
-    """The ``process`` step of a staged S3 backup: fetch to staging, put, clean up."""
-
-    def __init__(self, source: S3Source, sink: S3Sink, staging: Staging, config: BackupConfig):
-        self.source = source
-        self.sink = sink
-        self.staging = staging
-        self.cleanup = config.cleanup
-        self.dest_key = config.dest_key
-
-    async def copy_once(self, item: WorkItem) -> int:
-        fetched = await self.source.fetch(item, self.staging)
-        try:
-            await self.sink.put(fetched, self.dest_key(item.key))
-        finally:
-            if self.cleanup:
-                await asyncio.to_thread(self.staging.remove, fetched.path)
-        return fetched.size
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import threading
-import uuid
 from hashlib import sha256
 from pathlib import Path
 
@@ -83,6 +83,8 @@ class Staging:
         # Creating folders for a commit and pruning empty ones after a cleanup happen in
         # worker threads: one lock keeps a prune from removing a folder a commit just made.
         self._folders = threading.Lock()
+        self._tmp_names = itertools.count()
+        self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
 
     def prepare(self) -> None:
         """Create the tree and remove temporary files a crashed run left behind."""
@@ -105,7 +107,24 @@ class Staging:
         return self.conflict_dir / sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
     def temp_path(self) -> Path:
-        return self.tmp_dir / uuid.uuid4().hex
+        return self.tmp_dir / f"{self._tmp_prefix}{next(self._tmp_names)}"
+
+    def store(self, key: str, data: bytes) -> Path:
+        """Write ``data`` as the staged file of ``key``: a temporary file, then ``commit``
+        (blocking; small objects, see ``localio``)."""
+        tmp = self.temp_path()
+        try:
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(data)
+            except OSError as exc:
+                raise_if_disk_full(exc, self.base)
+                raise
+            return self.commit(tmp, key)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def commit(self, tmp: Path, key: str) -> Path:
         """Move a finished temporary file to the key's path (blocking; run in a thread)."""

@@ -77,6 +77,8 @@ TRANSIENT_FAULTS = (
     "latency",
 )
 _BODY_FAULTS = ("truncate", "corrupt")  # only for GetObject answers with a body
+_DRIP_PIECE = 256 * 1024
+_UPSTREAM_LENGTH = "x-proxy-upstream-length"
 _BUCKET_QUERIES = ("list-type", "uploads", "uploadId", "location", "versioning", "delete")
 
 
@@ -103,6 +105,7 @@ class Rule:
     delay_after_forward: float = 0.0  # forward, let upstream act, then wait before answering
     retry_after: float | None = None  # a Retry-After header on error answers
     action: Callable[[], None] | None = None  # run in a thread before forwarding
+    drip: float = 0.0  # seconds between the 256 KiB pieces of a successful answer's body
     hits: int = 0
 
     def __post_init__(self) -> None:
@@ -302,6 +305,7 @@ class S3Proxy:
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
         status, payload, out_headers = await self._forward(request, fault == "corrupt_request")
+        upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
         if fault == "reset_after":
@@ -320,6 +324,21 @@ class S3Proxy:
             transport = request.transport
             if transport is not None:
                 transport.close()  # FIN after the bytes sent: the body ends early
+            return response
+        if rule is not None and rule.drip and status < 300:
+            response = web.StreamResponse(status=status, headers=out_headers)
+            response.content_length = len(payload)
+            await response.prepare(request)
+            for start in range(0, len(payload), _DRIP_PIECE):
+                if start:
+                    await asyncio.sleep(rule.drip)
+                await response.write(payload[start : start + _DRIP_PIECE])
+            await response.write_eof()
+            return response
+        if request.method == "HEAD":  # no body, but the object's length, as upstream said
+            response = web.StreamResponse(status=status, headers=out_headers)
+            response.content_length = int(upstream_length or 0)
+            await response.prepare(request)
             return response
         return web.Response(status=status, body=payload, headers=out_headers)
 
@@ -340,6 +359,8 @@ class S3Proxy:
             out_headers = {
                 k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
             }
+            if "Content-Length" in upstream.headers:
+                out_headers[_UPSTREAM_LENGTH] = upstream.headers["Content-Length"]
             return upstream.status, payload, out_headers
 
 

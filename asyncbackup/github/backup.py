@@ -32,6 +32,7 @@ from ..errors import (
     ObjectError,
     StoreUnavailableError,
 )
+from ..partfeed import ByteBudget
 from ..pipeline import Pipeline, PipelineResult
 from ..progress import Observer
 from ..report import BackupReport, conclude
@@ -171,7 +172,9 @@ async def run_github_backup(
             multipart_threshold=config.multipart_threshold,
             part_size_for=config.part_size_for,
             part_concurrency=config.part_concurrency,
-            part_slots=asyncio.Semaphore(max(config.concurrency, config.part_concurrency)),
+            part_budget=ByteBudget(
+                max(config.concurrency, config.part_concurrency) * config.part_size
+            ),
         )
         pipeline = Pipeline(
             manager=manager,

@@ -23,6 +23,8 @@ from ..bandwidth import TokenBucket
 from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
+from ..partfeed import ByteBudget, PartFeed
+from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import IN_MEMORY_LIMIT, FetchedObject, clean_etag, etag_is_md5
@@ -73,7 +75,7 @@ class S3Sink:
         multipart_threshold: int,
         part_size_for: Callable[[int], int],
         part_concurrency: int,
-        part_slots: asyncio.Semaphore,
+        part_budget: ByteBudget,
         extra_params: dict[str, str] | None = None,
         bandwidth: TokenBucket | None = None,
     ) -> None:
@@ -85,7 +87,7 @@ class S3Sink:
         self.multipart_threshold = multipart_threshold
         self.part_size_for = part_size_for
         self.part_concurrency = part_concurrency
-        self.part_slots = part_slots
+        self.part_budget = part_budget
         self.extra_params = dict(extra_params or {})
         self.bandwidth = bandwidth
         #: where multipart uploads in flight are recorded for a crash (set by the caller)
@@ -106,20 +108,17 @@ class S3Sink:
         A multipart source is copied with its own part layout, so the copy's ETag equals the
         source's (checked); other objects above the threshold use ``part_size_for``.
         """
-        layout = fetched.source_part_size
-        if layout is not None and self._layout_allowed(layout, fetched.size):
-            await self._put_multipart(fetched, key, layout)
+        part_size = self.part_size_of(fetched.size, fetched.source_part_size)
+        if part_size is not None:
+            await self._put_multipart(fetched, key, part_size)
             return
-        if fetched.size >= self.multipart_threshold:
-            await self._put_multipart(fetched, key, self.part_size_for(fetched.size))
-            return
-        body = fetched.data
+        body = fetched.data  # the verified download itself, for small objects
         if body is None:
             body = await asyncio.to_thread(fetched.path.read_bytes)
-        if len(body) != fetched.size or hashlib.md5(body, usedforsecurity=False).digest() != (
-            fetched.md5
-        ):
-            raise IntegrityError("the staged file changed between download and upload")
+            if len(body) != fetched.size or hashlib.md5(body, usedforsecurity=False).digest() != (
+                fetched.md5
+            ):
+                raise IntegrityError("the staged file changed between download and upload")
         params = {
             "Bucket": self.bucket,
             "Key": key,
@@ -136,6 +135,12 @@ class S3Sink:
         response = await self.retry.call(lambda: put_object(**params))
         self._check_etag(response, fetched.md5.hex(), key)
 
+    async def put_parts(
+        self, fetched: FetchedObject, feed: PartFeed, *, key: str, part_size: int
+    ) -> None:
+        """Upload the parts ``feed`` hands over as ``fetched`` is downloaded (see ``PartFeed``)."""
+        await self._put_multipart(fetched, key, part_size, feed)
+
     @staticmethod
     def _layout_allowed(part_size: int, size: int) -> bool:
         big_enough = part_size >= S3_MIN_PART_SIZE or part_size >= size
@@ -147,7 +152,19 @@ class S3Sink:
         if checked and clean_etag(etag) != expected:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
 
-    async def _put_multipart(self, fetched: FetchedObject, key: str, part_size: int) -> None:
+    def part_size_of(self, size: int, source_part_size: int | None) -> int | None:
+        """The part size ``put`` uploads an object in, or None for a single PUT."""
+        if source_part_size is not None and self._layout_allowed(source_part_size, size):
+            return source_part_size
+        if size >= self.multipart_threshold:
+            return self.part_size_for(size)
+        return None
+
+    async def _put_multipart(
+        self, fetched: FetchedObject, key: str, part_size: int, feed: PartFeed | None = None
+    ) -> None:
+        """A multipart upload of the staged file, or of the parts ``feed`` hands over as they
+        are downloaded (``fetched`` then describes the object from its GET's headers)."""
         count = max(1, -(-fetched.size // part_size))
         create: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -185,14 +202,31 @@ class S3Sink:
                 for index in numbers:
                     offset = index * part_size
                     length = min(part_size, fetched.size - offset)
-                    async with self.part_slots:
-                        parts[index], digests[index] = await self._upload_part(
-                            fetched.path, key, upload_id, index + 1, offset, length
-                        )
+                    if feed is None:
+                        async with self.part_budget.hold(length):
+                            data, md5 = await self._read_part(fetched.path, offset, length)
+                            parts[index] = await self._upload_part(key, upload_id, index, data, md5)
+                            data = b""  # not held past its share of the budget
+                        digests[index] = md5
+                        continue
+                    data, md5 = await feed.take(index)  # its bytes were reserved by the download
+                    try:
+                        if len(data) != length:
+                            raise IntegrityError(f"part {index + 1} is {len(data)} bytes")
+                        parts[index] = await self._upload_part(key, upload_id, index, data, md5)
+                    finally:
+                        data = b""  # not held past its share of the budget
+                        feed.release()
+                    digests[index] = md5
 
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(self.part_concurrency, count)):
-                    tg.create_task(part_worker())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(self.part_concurrency, count)):
+                        tg.create_task(part_worker())
+            except BaseExceptionGroup as group:
+                raise primary_error(group) from None
+            if feed is not None:
+                await feed.verified  # the whole download checked out: only now complete
             response = await self.retry.call(
                 lambda: self.client.complete_multipart_upload(
                     Bucket=self.bucket,
@@ -221,17 +255,22 @@ class S3Sink:
         elif self.journal is not None:
             self.journal.finished(key)
 
-    async def _upload_part(
-        self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
-    ) -> tuple[dict[str, Any], bytes]:
+    @staticmethod
+    async def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
         try:
             data, md5 = await asyncio.to_thread(_read_part, path, offset, length)
         except OSError as exc:
             raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
         if len(data) != length:
-            raise IntegrityError(f"staged file is shorter than expected at part {number}")
+            raise IntegrityError(f"staged file is shorter than expected at offset {offset}")
+        return data, md5
+
+    async def _upload_part(
+        self, key: str, upload_id: str, index: int, data: bytes, md5: bytes
+    ) -> dict[str, Any]:
+        number = index + 1
         if self.bandwidth is not None:
-            await self.bandwidth.consume(length)
+            await self.bandwidth.consume(len(data))
         params = {
             "Bucket": self.bucket,
             "Key": key,
@@ -246,7 +285,7 @@ class S3Sink:
         if self.checksum in _ALGORITHMS:
             field = f"Checksum{_ALGORITHMS[self.checksum]}"
             part[field] = response[field]
-        return part, md5
+        return part
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -12,18 +12,16 @@ import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import aiofiles
-import aiofiles.threadpool
-
 from ..bandwidth import TokenBucket
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
-from ..pipeline import WorkItem
+from ..partfeed import ByteBudget, PartFeed
+from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_disk_full
@@ -59,6 +57,18 @@ class FetchedObject:
     source_part_size: int | None = None  # the part size of a multipart source object
 
 
+def _local_error(exc: OSError, *, retryable: bool = True) -> ObjectError:
+    return ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=retryable)
+
+
+def _metadata(head: dict[str, Any]) -> dict[str, Any]:
+    """What the copy keeps of a GetObject answer: ``PRESERVED_FIELDS`` and user metadata."""
+    metadata = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
+    if head.get("Metadata"):
+        metadata["Metadata"] = dict(head["Metadata"])
+    return metadata
+
+
 def clean_etag(etag: str) -> str:
     return etag.strip().strip('"').lower()
 
@@ -81,21 +91,135 @@ def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
         opening.result().close()
 
 
+def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
+    """Write a chunk and add it to the MD5, in one worker-thread call (hashlib lets go of the
+    GIL, so 1.5 ms of hashing per MiB runs beside the event loop instead of on it)."""
+    out.write(chunk)
+    digest.update(chunk)
+
+
+def _write_part(out: BinaryIO, data: bytes, whole: Any) -> bytes:
+    """Write one part, add it to the whole object's MD5 (if kept) and return the part's MD5,
+    in one worker-thread call."""
+    out.write(data)
+    if whole is not None:
+        whole.update(data)
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+class _Receiver:
+    """Where the bytes of a download go, in order, resumed or not."""
+
+    digest: Any  # the MD5 of the whole object, or None where it is not computed
+
+    def start(self, head: dict[str, Any]) -> None:
+        """The first response's fields, before its first chunk."""
+
+    async def add(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    async def finish(self) -> None:
+        """The download is complete."""
+
+
+class _MemoryReceiver(_Receiver):
+    """Chunks of a small object kept in memory (staged in one write once verified)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.chunks: list[bytes] = []
+
+    async def add(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.chunks.append(chunk)
+
+
+class _FileReceiver(_Receiver):
+    """Chunks of a large object written to a temporary file as they arrive."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.out = out
+
+    async def add(self, chunk: bytes) -> None:
+        await asyncio.to_thread(_write_hashed, self.out, self.digest, chunk)
+
+
+class _PartReceiver(_Receiver):
+    """A large object cut into the parts of its upload as it arrives: each part is written to
+    the temporary file and hashed in one worker-thread call, then handed to the upload while
+    the download goes on (``PartFeed``). A part's memory is reserved before it is filled."""
+
+    def __init__(self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool):
+        self.out = out
+        self.part_size = part_size
+        self.budget = budget
+        self.digest = hashlib.md5(usedforsecurity=False) if whole else None
+        self.part_md5s: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.reserved = False
+        self.feed: PartFeed | None = None
+        self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def start(self, head: dict[str, Any]) -> None:
+        count = max(1, -(-int(head.get("ContentLength", 0)) // self.part_size))
+        self.feed = PartFeed(count, self.part_size, self.budget)
+        self.started.set_result(head)
+
+    async def add(self, chunk: bytes) -> None:
+        while chunk:
+            if not self.reserved:
+                await self._reserve()
+            need = self.part_size - self.buffered
+            if len(chunk) < need:
+                self.chunks.append(chunk)
+                self.buffered += len(chunk)
+                return
+            self.chunks.append(chunk[:need])
+            chunk = chunk[need:]
+            data = b"".join(self.chunks)  # the one copy of a part
+            self.chunks, self.buffered = [], 0
+            await self._emit(data)
+
+    async def finish(self) -> None:
+        if self.buffered or not self.part_md5s:
+            if not self.reserved:
+                await self._reserve()
+            await self._emit(b"".join(self.chunks))
+            self.chunks, self.buffered = [], 0
+
+    async def _reserve(self) -> None:
+        assert self.feed is not None, "start() comes first"
+        await self.feed.reserve()
+        self.reserved = True
+
+    async def _emit(self, data: bytes) -> None:
+        assert self.feed is not None, "start() comes first"
+        md5 = await asyncio.to_thread(_write_part, self.out, data, self.digest)
+        self.feed.give(len(self.part_md5s), data, md5)
+        self.part_md5s.append(md5)
+        self.reserved = False
+
+    def multipart_etag(self) -> str:
+        joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False).hexdigest()
+        return f"{joined}-{len(self.part_md5s)}"
+
+
 @contextlib.asynccontextmanager
-async def _open_for_writing(path: Path) -> AsyncIterator[Any]:
-    """``aiofiles.open(path, "wb")``, minus its leak: cancelled while the open runs in its
-    thread, aiofiles drops the file that thread goes on to open (unclosed). Here it is closed."""
+async def _open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
+    """``open(path, "wb")`` in a worker thread, closed in one. Cancelled while the open runs,
+    the file that thread goes on to open is closed too (``aiofiles.open`` would leak it)."""
     opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
     try:
         raw = await asyncio.shield(opening)
     except asyncio.CancelledError:
         opening.add_done_callback(_close_if_opened)
         raise
-    out = aiofiles.threadpool.wrap(raw, loop=asyncio.get_running_loop())
     try:
-        yield out
+        yield raw
     finally:
-        await out.close()
+        await asyncio.to_thread(raw.close)
 
 
 class S3Source:
@@ -133,57 +257,144 @@ class S3Source:
                 return
 
     async def fetch(self, item: WorkItem, staging: Staging) -> FetchedObject:
-        """Download ``item`` to a temporary file, verify it, and move it to its staged path."""
+        """Download ``item``, verify it, and stage it under its key's path."""
+        if item.size <= IN_MEMORY_LIMIT:
+            return await self._fetch_small(item, staging)
         tmp = staging.temp_path()
         try:
-            fetched = await self._download(item, tmp)
+            async with _open_for_writing(tmp) as out:
+                fetched = await self._download(item, _FileReceiver(out), tmp)
+            fetched.source_part_size = await self.part_size(item.key, fetched.etag, fetched.size)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
             await asyncio.to_thread(tmp.unlink, True)
-            raise ObjectError(
-                "LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=True
-            ) from exc
+            raise _local_error(exc) from exc
         except BaseException:
             await asyncio.to_thread(tmp.unlink, True)
             raise
         return fetched
 
-    async def _download(self, item: WorkItem, tmp: Path) -> FetchedObject:
-        digest = hashlib.md5(usedforsecurity=False)
-        head: dict[str, Any] = {}
-        chunks: list[bytes] | None = [] if item.size <= IN_MEMORY_LIMIT else None
-        written = 0
-        get_object = self.client.get_object
-        if self.fast is not None and item.size <= IN_MEMORY_LIMIT:
-            get_object = self.fast.get_object
+    async def fetch_streamed(
+        self,
+        item: WorkItem,
+        staging: Staging,
+        *,
+        part_size: int,
+        source_part_size: int | None,
+        budget: ByteBudget,
+        upload: Callable[[FetchedObject, PartFeed], Coroutine[Any, Any, None]],
+    ) -> FetchedObject:
+        """Download ``item`` to staging while ``upload`` sends it in parts of ``part_size``,
+        each as soon as it is on disk: the download and the upload of one object overlap.
+
+        The upload is completed only once the whole download checked out: its size, and its
+        MD5 against the ETag (the whole object's, or that of the parts when the layout is the
+        source's). Any failure on either side stops both, and the upload is aborted.
+        """
+        tmp = staging.temp_path()
+        receiver: _PartReceiver | None = None
         try:
             async with _open_for_writing(tmp) as out:
+                whole = multipart_parts(item.etag) is None
+                receiver = _PartReceiver(out, part_size, budget, whole)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        download = tg.create_task(self._download(item, receiver, tmp))
+                        head = await receiver.started
+                        described = FetchedObject(
+                            item.key,
+                            tmp,
+                            int(head.get("ContentLength", 0)),
+                            b"",
+                            str(head.get("ETag", item.etag)),
+                            _metadata(head),
+                            source_part_size=source_part_size,
+                        )
+                        assert receiver.feed is not None
+                        uploading = tg.create_task(upload(described, receiver.feed))
+                        fetched = await download
+                        if multipart_parts(fetched.etag) and source_part_size == part_size:
+                            etag = receiver.multipart_etag()
+                            if etag != clean_etag(fetched.etag):
+                                raise IntegrityError(
+                                    f"MD5 of the downloaded parts {etag} differs from ETag "
+                                    f"{fetched.etag}"
+                                )
+                        receiver.feed.verified.set_result(None)
+                        await uploading
+                except BaseExceptionGroup as group:
+                    raise primary_error(group) from None
+            fetched.source_part_size = source_part_size
+            fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
+        except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
+            await asyncio.to_thread(tmp.unlink, True)
+            raise _local_error(exc) from exc
+        except BaseException:
+            await asyncio.to_thread(tmp.unlink, True)
+            raise
+        finally:
+            if receiver is not None and receiver.feed is not None:
+                receiver.feed.close()
+        return fetched
 
-                async def attempt() -> None:
-                    nonlocal written
-                    params: dict[str, Any] = {"Bucket": self.bucket, "Key": item.key}
-                    if head:  # a resume: the rest of the same version
-                        params["Range"] = f"bytes={written}-"
-                        params["IfMatch"] = head["ETag"]
-                    response = await get_object(**params)
-                    if not head:
-                        head.update(response)
-                        head.pop("Body", None)
-                    body = response["Body"]
-                    async with body:  # always release the connection, read or not
-                        while chunk := await body.read(CHUNK):
-                            if self.bandwidth is not None:
-                                await self.bandwidth.consume(len(chunk))
-                            await out.write(chunk)
-                            digest.update(chunk)
-                            if chunks is not None:
-                                chunks.append(chunk)
-                            written += len(chunk)
+    async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
+        """A small object: received in memory, verified, then staged by one worker-thread
+        call (open, write, close, rename). Each hand-off to a thread costs a wake-up and a
+        wait for the GIL, so a small object makes one instead of four."""
+        receiver = _MemoryReceiver()
+        fetched = await self._download(item, receiver, None)
+        fetched.data = b"".join(receiver.chunks)
+        fetched.source_part_size = await self.part_size(item.key, fetched.etag, fetched.size)
+        try:
+            fetched.path = await asyncio.to_thread(staging.store, item.key, fetched.data)
+        except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
+            raise _local_error(exc) from exc
+        return fetched
 
-                await self.retry.call(attempt)
+    async def _download(
+        self, item: WorkItem, receiver: _Receiver, tmp: Path | None
+    ) -> FetchedObject:
+        head: dict[str, Any] = {}
+        written = 0
+        small = isinstance(receiver, _MemoryReceiver)
+        get_object = self.client.get_object
+        if self.fast is not None and small:
+            get_object = self.fast.get_object
+
+        async def attempt() -> None:
+            nonlocal written
+            params: dict[str, Any] = {"Bucket": self.bucket, "Key": item.key}
+            if head:  # a resume: the rest of the same version
+                params["Range"] = f"bytes={written}-"
+                params["IfMatch"] = head["ETag"]
+            response = await get_object(**params)
+            if not head:
+                if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
+                    async with response["Body"]:  # released unread
+                        pass
+                    raise ObjectError(
+                        "ObjectChanged",
+                        f"the object grew from {item.size} bytes since it was listed; "
+                        "run again to copy it as listed now",
+                    )
+                head.update(response)
+                head.pop("Body", None)
+                receiver.start(head)
+            body = response["Body"]
+            async with body:  # always release the connection, read or not
+                while chunk := await body.read(CHUNK):
+                    if self.bandwidth is not None:
+                        await self.bandwidth.consume(len(chunk))
+                    await receiver.add(chunk)
+                    written += len(chunk)
+
+        try:
+            await self.retry.call(attempt)
+            await receiver.finish()
         except OSError as exc:
-            raise_if_disk_full(exc, tmp.parent)
-            raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
+            if tmp is not None:
+                raise_if_disk_full(exc, tmp.parent)
+            raise _local_error(exc, retryable=False) from exc
         except ObjectError as exc:
             if exc.code == "PreconditionFailed":
                 raise ObjectError(
@@ -194,18 +405,17 @@ class S3Source:
         if written != size:
             raise IntegrityError(f"downloaded {written} bytes, expected {size}")
         etag = str(head.get("ETag", item.etag))
-        md5 = digest.digest()
-        if etag_is_md5(etag, head) and md5.hex() != clean_etag(etag):
-            raise IntegrityError(f"MD5 {md5.hex()} of the download differs from ETag {etag}")
-        metadata = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
-        if head.get("Metadata"):
-            metadata["Metadata"] = dict(head["Metadata"])
-        data = b"".join(chunks) if chunks is not None else None
-        fetched = FetchedObject(item.key, tmp, written, md5, etag, metadata, data)
-        fetched.source_part_size = await self._part_size(item.key, etag, written)
-        return fetched
+        md5 = receiver.digest.digest() if receiver.digest is not None else b""
+        if etag_is_md5(etag, head):
+            if receiver.digest is None:  # listed as a multipart object, now a single-part one
+                raise ObjectError(
+                    "ObjectChanged", "the object was replaced after it was listed", retryable=True
+                )
+            if md5.hex() != clean_etag(etag):
+                raise IntegrityError(f"MD5 {md5.hex()} of the download differs from ETag {etag}")
+        return FetchedObject(item.key, tmp or Path(), written, md5, etag, _metadata(head))
 
-    async def _part_size(self, key: str, etag: str, size: int) -> int | None:
+    async def part_size(self, key: str, etag: str, size: int) -> int | None:
         """The source's part size, so the copy can have the same layout and the same ETag."""
         parts = multipart_parts(etag)
         if parts is None:

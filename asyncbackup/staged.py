@@ -1,0 +1,70 @@
+"""The ``process`` step of a staged S3 backup: source to staging to destination, one object.
+
+A small or single-PUT object is downloaded (and verified), staged, then uploaded. An object
+uploaded in parts is streamed through: each part goes to the destination as soon as it is
+written to the staged file, so its download and upload overlap, and the upload is completed
+only once the whole download has checked out (``S3Source.fetch_streamed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+
+from .pipeline import WorkItem
+from .sinks.s3 import S3Sink
+from .sources.s3 import FetchedObject, S3Source, multipart_parts
+from .staging import Staging
+
+
+class StagedCopier:
+    def __init__(
+        self,
+        source: S3Source,
+        sink: S3Sink,
+        staging: Staging,
+        dest_key: Callable[[str], str],
+        *,
+        cleanup: bool,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.staging = staging
+        self.dest_key = dest_key
+        self.cleanup = cleanup
+
+    async def copy_once(self, item: WorkItem) -> int:
+        """Copy ``item``; return its size once the destination has it whole."""
+        key = self.dest_key(item.key)
+        fetched = await self._streamed(item, key)
+        if fetched is None:
+            fetched = await self.source.fetch(item, self.staging)
+            try:
+                await self.sink.put(fetched, key)
+            except BaseException:
+                await self._clean(fetched)
+                raise
+        await self._clean(fetched)
+        return fetched.size
+
+    async def _streamed(self, item: WorkItem, key: str) -> FetchedObject | None:
+        """Stream ``item`` through staging if it is uploaded in parts; None if it is not."""
+        source_part_size = None
+        if multipart_parts(item.etag) is not None:
+            source_part_size = await self.source.part_size(item.key, item.etag, item.size)
+        part_size = self.sink.part_size_of(item.size, source_part_size)
+        if part_size is None:
+            return None
+        return await self.source.fetch_streamed(
+            item,
+            self.staging,
+            part_size=part_size,
+            source_part_size=source_part_size,
+            budget=self.sink.part_budget,
+            upload=functools.partial(self.sink.put_parts, key=key, part_size=part_size),
+        )
+
+    async def _clean(self, fetched: FetchedObject) -> None:
+        if self.cleanup:
+            await asyncio.to_thread(self.staging.remove, fetched.path)
