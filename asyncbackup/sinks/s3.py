@@ -92,7 +92,7 @@ class S3Sink:
         self.bandwidth = bandwidth
         #: where multipart uploads in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
-        #: PutObject of single-PUT objects over aiohttp (set by the caller)
+        #: PutObject of small objects and UploadPart over aiohttp (set by the caller)
         self.fast: FastS3 | None = None
 
     def _checksum_params(self, md5: bytes) -> dict[str, str]:
@@ -279,7 +279,8 @@ class S3Sink:
             "Body": data,
             **self._checksum_params(md5),
         }
-        response = await self.retry.call(lambda: self.client.upload_part(**params))
+        upload_part = self.client.upload_part if self.fast is None else self.fast.upload_part
+        response = await self.retry.call(lambda: upload_part(**params))
         self._check_etag(response, md5.hex(), key)
         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
         if self.checksum in _ALGORITHMS:

@@ -18,6 +18,7 @@ from boto3.s3.transfer import TransferConfig
 
 from asyncbackup import run_backup
 from asyncbackup.errors import IntegrityError
+from asyncbackup.fasts3.client import USER_AGENT
 from asyncbackup.partfeed import ByteBudget, PartFeed
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.retry import RetryPolicy
@@ -95,6 +96,8 @@ async def test_parts_are_uploaded_while_the_object_is_still_downloading(
     (get,) = object_gets(proxy)
     uploads = part_uploads(proxy)
     assert len(uploads) == 4
+    assert all(u.headers["user-agent"] == USER_AGENT for u in uploads)  # on the fast path
+    assert all("content-md5" in u.headers for u in uploads)
     # the first parts went up before the last byte of the download had arrived
     assert min(u.started for u in uploads) < get.finished - 1.0
     (complete,) = completes(proxy)
@@ -107,19 +110,27 @@ async def test_parts_are_uploaded_while_the_object_is_still_downloading(
     assert staged.read_bytes() == body  # and the staged file is the whole object
 
 
-@pytest.mark.parametrize("multipart_source", [True, False])
+@pytest.mark.parametrize(("multipart_source", "fast_path"), [(True, True), (False, False)])
 async def test_a_corrupted_download_is_never_completed_at_the_destination(
-    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, multipart_source: bool
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    proxy: S3Proxy,
+    multipart_source: bool,
+    fast_path: bool,
 ) -> None:
     """Bytes flipped in the GET's answer: the parts' MD5s (or the whole MD5) differ from the
-    source's ETag, so that upload is aborted, never completed; the retry copies it right."""
+    source's ETag, so that upload is aborted, never completed; the retry copies it right
+    (parts sent by the fast path, or by botocore)."""
     body = os.urandom(2 * PART + 77)
     if multipart_source:
         upload_in_parts(s3, buckets.source, "data/obj", body)
     else:
         s3.put_object(Bucket=buckets.source, Key="data/obj", Body=body)
     proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1))
-    report = await backup(buckets, tmp_path, proxy)
+    report = await backup(buckets, tmp_path, proxy, fast_path=fast_path)
+    agents = {u.headers["user-agent"] == USER_AGENT for u in part_uploads(proxy)}
+    assert agents == {fast_path}
     assert report.exit_code == 0, report.errors
     assert len(object_gets(proxy)) == 2  # the corrupted one and the retry
     assert len(completes(proxy)) == 1  # only the retry's upload was completed

@@ -175,6 +175,16 @@ def test_query_strings_equal_botocore(params: list[tuple[str, str]]) -> None:
     assert_same_signature("GET", url, {"Range": "bytes=10-"}, unsigned_payload=False)
 
 
+def test_upload_part_signature_equals_botocore() -> None:
+    """UploadPart as the fast path sends it: the part and the upload id in the query,
+    Content-MD5, unsigned payload (and signed, when there is no checksum header)."""
+    body = b"part data" * 1000
+    query = encode_query([("uploadId", "VXBsb2FkIElE.for_6-9a~Mx+/x=="), ("partNumber", "10000")])
+    url = "http://127.0.0.1:9000/bucket-1/" + encode_key("dir/big file.bin") + "?" + query
+    assert_same_signature("PUT", url, {"Content-MD5": "XrY7u+Ae7tCTyyK7j1rNww=="}, body=body)
+    assert_same_signature("PUT", url, {}, body=body, unsigned_payload=False)
+
+
 def test_user_agent_and_content_length_are_not_signed() -> None:
     signed = SigV4Signer("us-east-1").sign(
         "PUT",
