@@ -17,6 +17,7 @@ from botocore.exceptions import (
 from botocore.loaders import Loader
 
 from .errors import ConfigError, ObjectError, StoreUnavailableError
+from .fasts3.responses import read_timestamp
 from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
@@ -48,6 +49,7 @@ async def open_client(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
+    _read_timestamps_cheaply(session)
     config = AioConfig(
         max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout,
@@ -66,6 +68,16 @@ async def open_client(
         raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
     _cache_endpoint_resolution(client)
     return client
+
+
+def _read_timestamps_cheaply(session: Any) -> None:
+    """Parse timestamps with ``read_timestamp`` instead of dateutil: the same datetimes, 60
+    times cheaper (a listing has a LastModified per object: 50 ms of CPU per 2,000 objects,
+    25 s per million). The parser factory is the session's own: only our clients see it."""
+    core = getattr(session, "_session", None)  # aioboto3.Session wraps an AioSession
+    factory = core.get_component("response_parser_factory") if core is not None else None
+    if factory is not None:
+        factory.set_parser_defaults(timestamp_parser=read_timestamp)
 
 
 # S3's endpoint rule set declares Key, Prefix and CopySource as parameters but no rule reads

@@ -134,15 +134,15 @@ _COPY_RESULT_MEMBERS = frozenset(
 )
 
 
-def _timestamp(value: str) -> datetime.datetime:
-    """An ISO 8601 timestamp of an XML body as botocore reads it: the same instant (naive
-    without an offset); the standard library's parser first, dateutil's (botocore's) for
-    what it does not read."""
-    try:
-        return datetime.datetime.fromisoformat(value)
-    except ValueError:
-        parsed: datetime.datetime = parse_timestamp(value)
-        return parsed
+def read_timestamp(value: str) -> datetime.datetime:
+    """A timestamp of an S3 answer as botocore reads it: the same instant (naive without an
+    offset). ISO 8601 (XML bodies) by the standard library's parser (0.4 us, where dateutil's
+    takes 25 us); anything else (RFC 822 headers, epoch seconds) by botocore's own."""
+    if len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(value)
+    parsed: datetime.datetime = parse_timestamp(value)
+    return parsed
 
 
 def _xml_root(body: bytes) -> ElementTree.Element | None:
@@ -178,7 +178,7 @@ def copy_object_output(
             name = child.tag.rpartition("}")[2]  # without the S3 namespace
             if name in _COPY_RESULT_MEMBERS and name not in result:
                 text = child.text or ""
-                result[name] = _timestamp(text) if name == "LastModified" else text
+                result[name] = read_timestamp(text) if name == "LastModified" else text
     out: dict[str, Any] = {}
     lowered: dict[str, str] = {}
     for name, value in listed:

@@ -3,7 +3,9 @@ parser, response headers against the GetObject output botocore builds from the s
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +14,16 @@ from botocore.exceptions import ClientError
 from botocore.loaders import Loader
 from botocore.model import ServiceModel
 from botocore.parsers import RestXMLParser
+from botocore.utils import parse_timestamp
 
-from asyncbackup.fasts3.responses import copy_object_output, parse_error, response_fields
+from asyncbackup.fasts3.responses import (
+    copy_object_output,
+    parse_error,
+    read_timestamp,
+    response_fields,
+)
 from asyncbackup.retry import classify, is_throttle, retry_after
+from asyncbackup.s3client import open_client
 
 MODEL = ServiceModel(Loader().load_service_model("s3", "service-2"), "s3")
 
@@ -204,3 +213,51 @@ def test_copy_object_timestamps_are_the_instants_botocore_reads() -> None:
         ours = copy_object_output([], 200, body.encode())["CopyObjectResult"]["LastModified"]
         theirs = botocore_copy({}, body.encode())["CopyObjectResult"]["LastModified"]
         assert ours == theirs and ours.utcoffset() == theirs.utcoffset()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-05-01T10:11:12.000Z",
+        "2024-05-01T10:11:12+02:00",
+        "2024-05-01T10:11:12",
+        "2024-05-01T10:11:12.123456789Z",
+        "Wed, 01 May 2024 10:11:12 GMT",
+        "1714558272",
+        "1714558272.5",
+        "20240501T101112Z",
+        "2024-05-01",
+    ],
+)
+def test_timestamps_are_read_as_botocore_reads_them(text: str) -> None:
+    ours, theirs = read_timestamp(text), parse_timestamp(text)
+    assert ours == theirs and ours.utcoffset() == theirs.utcoffset()
+
+
+async def test_our_clients_read_listing_timestamps_without_dateutil(aws_env: Path) -> None:
+    body = (
+        b"<ListBucketResult><Name>b</Name><KeyCount>1</KeyCount><Contents><Key>k</Key>"
+        b"<LastModified>2024-05-01T10:11:12.000Z</LastModified><Size>3</Size></Contents>"
+        b"</ListBucketResult>"
+    )
+    response = {"status_code": 200, "headers": {}, "body": body}
+    shape = MODEL.operation_model("ListObjectsV2").output_shape
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_client(
+            stack,
+            role="source",
+            profile=None,
+            endpoint_url="http://127.0.0.1:9",
+            region="us-east-1",
+            max_pool_connections=2,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+        parser = client._endpoint._response_parser_factory.create_parser("rest-xml")
+        assert parser._timestamp_parser is read_timestamp
+        ours = await parser.parse(dict(response), shape)
+    theirs = RestXMLParser().parse(dict(response), shape)
+    assert ours["Contents"] == theirs["Contents"]
+    assert ours["Contents"][0]["LastModified"] == datetime.datetime(
+        2024, 5, 1, 10, 11, 12, tzinfo=datetime.UTC
+    )
