@@ -179,7 +179,8 @@ async def serve(in_fd: int, out_fd: int) -> int:
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
             if config.direct:  # server-side: the destination's client is all it needs
-                process = _direct_copier(config, await open_destination(stack, config))
+                client = await open_destination(stack, config)
+                process = await _direct_copier(config, client, stack)
             else:
                 source_client, dest_client = await _open_stores(stack, config)
                 journal = UploadJournal(notes)

@@ -210,7 +210,7 @@ async def run_backup(
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
         process = (
-            _direct_copier(share, dest_client)
+            await _direct_copier(share, dest_client, stack)
             if config.direct
             else await _staged_copier(share, source_client, dest_client, journal, stack)
         )
@@ -229,7 +229,9 @@ async def run_backup(
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
-def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
+async def _direct_copier(
+    config: BackupConfig, client: S3Client, stack: contextlib.AsyncExitStack
+) -> Process:
     copier = ServerSideCopier(
         client,
         source_bucket=config.source_bucket,
@@ -240,6 +242,8 @@ def _direct_copier(config: BackupConfig, client: S3Client) -> Process:
         part_concurrency=config.part_concurrency,
         extra_params=_dest_params(config),
     )
+    if config.fast_path:  # CopyObject over aiohttp; the source bucket is only named in it
+        copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     return functools.partial(with_object_retries, copier.copy)
 
 
@@ -289,22 +293,23 @@ async def _fast_paths(
 ) -> tuple[FastS3 | None, FastS3 | None]:
     """The aiohttp data path for small GETs and PUTs (``fasts3``), one per bucket, or None
     for a bucket whose requests need something only botocore does."""
-    fast: list[FastS3 | None] = []
-    for client, bucket in (
-        (source_client, config.source_bucket),
-        (dest_client, config.dest_bucket),
-    ):
-        fast.append(
-            await open_fast_s3(
-                stack,
-                client,
-                bucket,
-                connections=config.concurrency + 8,
-                connect_timeout=config.connect_timeout,
-                read_timeout=config.read_timeout,
-            )
-        )
-    return fast[0], fast[1]
+    return (
+        await _open_fast(config, source_client, config.source_bucket, stack),
+        await _open_fast(config, dest_client, config.dest_bucket, stack),
+    )
+
+
+async def _open_fast(
+    config: BackupConfig, client: S3Client, bucket: str, stack: contextlib.AsyncExitStack
+) -> FastS3 | None:
+    return await open_fast_s3(
+        stack,
+        client,
+        bucket,
+        connections=config.concurrency + 8,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
 
 
 async def with_object_retries(copy: Process, item: WorkItem) -> int:

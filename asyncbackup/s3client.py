@@ -14,9 +14,10 @@ from botocore.exceptions import (
     ClientError,
     ProfileNotFound,
 )
-from botocore.loaders import Loader
+from botocore.loaders import Loader, create_loader
 
 from .errors import ConfigError, ObjectError, StoreUnavailableError
+from .fasts3.responses import read_timestamp
 from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
@@ -48,6 +49,8 @@ async def open_client(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
+    _read_timestamps_cheaply(session)
+    _share_data_loader(session)
     config = AioConfig(
         max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout,
@@ -66,6 +69,30 @@ async def open_client(
         raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
     _cache_endpoint_resolution(client)
     return client
+
+
+def _read_timestamps_cheaply(session: Any) -> None:
+    """Parse timestamps with ``read_timestamp`` instead of dateutil: the same datetimes, 60
+    times cheaper (a listing has a LastModified per object: 50 ms of CPU per 2,000 objects,
+    25 s per million). The parser factory is the session's own: only our clients see it."""
+    core = getattr(session, "_session", None)  # aioboto3.Session wraps an AioSession
+    factory = core.get_component("response_parser_factory") if core is not None else None
+    if factory is not None:
+        factory.set_parser_defaults(timestamp_parser=read_timestamp)
+
+
+@functools.cache
+def _shared_loader() -> Loader:
+    return create_loader()
+
+
+def _share_data_loader(session: Any) -> None:
+    """One botocore data loader for all our clients: each session otherwise reads and decodes
+    S3's service model and endpoint rules again (70 ms of CPU for a second client). Only with
+    the default data path: an ``AWS_DATA_PATH`` or ``data_path`` keeps the session's own."""
+    core = getattr(session, "_session", None)  # aioboto3.Session wraps an AioSession
+    if core is not None and not core.get_config_variable("data_path"):
+        core.register_component("data_loader", _shared_loader())
 
 
 # S3's endpoint rule set declares Key, Prefix and CopySource as parameters but no rule reads
@@ -91,7 +118,7 @@ def _refs(node: object) -> Iterator[str]:
 @functools.cache
 def _droppable_endpoint_params() -> tuple[str, ...]:
     try:
-        ruleset = Loader().load_service_model("s3", "endpoint-rule-set-1")
+        ruleset = _shared_loader().load_service_model("s3", "endpoint-rule-set-1")
     except Exception:  # no rule set to check against: leave botocore as it is
         return ()
     referenced = set(_refs(ruleset.get("rules", [])))

@@ -61,6 +61,8 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "InvalidObjectState",
         "The operation is not valid for the object's storage class",
     ),
+    # S3 failing after it answered 200 (a copy): the error is in the body
+    "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }
 #: faults that need no answer table: resets, a short or corrupted body (answer or request),
 #: latency

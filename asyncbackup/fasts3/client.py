@@ -1,11 +1,15 @@
-"""GetObject and PutObject of small objects straight over aiohttp, signed by ``signer.py``.
+"""GetObject and PutObject of small objects, UploadPart and CopyObject, straight over aiohttp,
+signed by ``signer.py``.
 
 botocore spends about 1 ms of CPU on every request (events and hooks, serialisation, endpoint
 rules, signing, parsing); for a 4 KiB object that is most of the work. ``FastS3`` does the two
-hot requests of a staged backup directly: one ``aiohttp.ClientSession`` with a pool sized to
-the concurrency, a signing key derived once a day, response headers mapped to the fields
-botocore would return, errors raised as the same ``ClientError`` and connection failures as the
-same botocore exceptions, so ``retry.classify()`` and the callers see no difference.
+hot requests of a staged backup, its multipart parts (which botocore SHA-256-signs over plain
+http) and the CopyObject of a direct (server-side) copy itself: one
+``aiohttp.ClientSession`` with a pool sized to the concurrency, a signing key derived once a
+day, response headers (and CopyObject's result document) mapped to the fields botocore would
+return, errors raised as the same ``ClientError`` (a CopyObject's 200 carrying an ``<Error>``
+included) and connection failures as the same botocore exceptions, so ``retry.classify()`` and
+the callers see no difference.
 
 It takes the methods' botocore-style keyword arguments and hands every call it does not cover
 to the aiobotocore client it was built from (another bucket, an unknown parameter, a checksum
@@ -31,10 +35,12 @@ from collections.abc import Mapping
 from email.utils import formatdate
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import http_exceptions
 from botocore.exceptions import (
+    ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
@@ -46,7 +52,13 @@ from botocore.exceptions import (
 from botocore.utils import parse_to_aware_datetime
 from yarl import URL
 
-from .responses import ERROR_BODY_LIMIT, client_error, parse_error, response_fields
+from .responses import (
+    ERROR_BODY_LIMIT,
+    client_error,
+    copy_object_output,
+    parse_error,
+    response_fields,
+)
 from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer, encode_query
 from .target import Target, probe_target
 
@@ -68,6 +80,17 @@ PUT_HEADERS: dict[str, str] = {
     "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
 }
 PUT_SPECIAL = frozenset({"Bucket", "Key", "Body", "Metadata", "Expires", "ChecksumAlgorithm"})
+#: CopyObject parameters sent as one header each: PutObject's (but Content-MD5: no body) and
+#: the copy's own
+COPY_HEADERS: dict[str, str] = {
+    **{name: header for name, header in PUT_HEADERS.items() if name != "ContentMD5"},
+    "MetadataDirective": "x-amz-metadata-directive",
+    "TaggingDirective": "x-amz-tagging-directive",
+    "CopySourceIfMatch": "x-amz-copy-source-if-match",
+    "CopySourceIfNoneMatch": "x-amz-copy-source-if-none-match",
+}
+#: what botocore leaves unencoded in ``x-amz-copy-source`` (``SAFE_CHARS + '/'``)
+_COPY_SOURCE_SAFE = "-._~/"
 #: UploadPart parameters the fast path covers; the two of the query string
 UPLOAD_PART_PARAMS = frozenset(
     {"Bucket", "Key", "UploadId", "PartNumber", "Body", "ContentMD5", "ChecksumAlgorithm"}
@@ -131,6 +154,49 @@ def put_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
         elif name not in PUT_SPECIAL:
             return None
     if not isinstance(params.get("Body"), bytes | bytearray):
+        return None
+    if not all(value.isascii() and name.isascii() for name, value in headers.items()):
+        return None  # botocore refuses or encodes these; let it
+    return headers
+
+
+def copy_source(source: Any) -> str | None:
+    """The ``x-amz-copy-source`` header of a ``CopySource`` dict, encoded as botocore's
+    ``handle_copy_source_param`` encodes it (``bucket/key`` percent-encoded as UTF-8, ``/``
+    kept, ``?versionId=`` appended as it is), or None for what the fast path leaves to botocore:
+    a string, an access point or other ARN, anything but Bucket, Key and VersionId."""
+    if not isinstance(source, Mapping) or not set(source) <= {"Bucket", "Key", "VersionId"}:
+        return None
+    bucket, key, version = source.get("Bucket"), source.get("Key"), source.get("VersionId")
+    if not isinstance(bucket, str) or not isinstance(key, str) or bucket.startswith("arn:"):
+        return None
+    header = quote(f"{bucket}/{key}".encode(), safe=_COPY_SOURCE_SAFE)
+    if version is not None:
+        header += f"?versionId={version}"
+    return header
+
+
+def copy_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
+    """The headers of a CopyObject with ``params``, or None when the fast path does not cover
+    one of them."""
+    headers: dict[str, str] = {}
+    for name, value in params.items():
+        header = COPY_HEADERS.get(name)
+        if header is not None:
+            headers[header] = str(value)
+        elif name == "CopySource":
+            source = copy_source(value)
+            if source is None:
+                return None
+            headers["x-amz-copy-source"] = source
+        elif name == "Metadata":
+            for meta_name, meta_value in dict(value).items():
+                headers[f"x-amz-meta-{meta_name}"] = str(meta_value)
+        elif name == "Expires":
+            headers["expires"] = _http_date(value)
+        elif name not in ("Bucket", "Key"):
+            return None
+    if "x-amz-copy-source" not in headers:
         return None
     if not all(value.isascii() and name.isascii() for name, value in headers.items()):
         return None  # botocore refuses or encodes these; let it
@@ -330,6 +396,36 @@ class FastS3:
             response.release()
         self.fast_requests += 1
         return response_fields(response.headers.items(), response.status)
+
+    async def copy_object(self, **params: Any) -> dict[str, Any]:
+        """CopyObject into this bucket: the output botocore returns, ``CopyObjectResult``
+        included; a 200 answer carrying an ``<Error>`` raises it, as botocore does."""
+        headers = copy_headers(params) if self.enabled else None
+        if headers is None or params.get("Bucket") != self.bucket:
+            return await self._botocore("copy_object", params)
+        # No body: its (empty) payload is signed, as botocore signs it.
+        response, url = await self._send("PUT", params["Key"], headers, None, EMPTY_SHA256)
+        if response.status >= 300:
+            try:
+                await self._raise_error(response, url, "CopyObject")
+            except _HandBack as exc:
+                self._hand_back(str(exc))
+                return await self._botocore("copy_object", params)
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _connection_error(exc, url) from exc
+        finally:
+            response.release()
+        try:
+            out = copy_object_output(response.headers.items(), response.status, body)
+        except ClientError as exc:  # an error in a 200: one that may ask for botocore
+            if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
+                self._hand_back(f"the server answered {exc.response['Error']['Code']}")
+                return await self._botocore("copy_object", params)
+            raise
+        self.fast_requests += 1
+        return out
 
     async def upload_part(self, **params: Any) -> dict[str, Any]:
         """UploadPart of a body in memory: the response fields botocore returns (``ETag``,

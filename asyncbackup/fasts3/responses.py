@@ -1,15 +1,18 @@
-"""S3 answers in the shapes botocore gives: response headers as GetObject/PutObject fields, and
-error answers as ``botocore.exceptions.ClientError`` with the same ``response`` dict, so that
+"""S3 answers in the shapes botocore gives: response headers as GetObject/PutObject fields,
+CopyObject's result document as its output, and error answers as
+``botocore.exceptions.ClientError`` with the same ``response`` dict, so that
 ``retry.classify()`` and everything above it cannot tell which path a request took."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import html
 import http.client
 import re
 from collections.abc import Iterable
 from typing import Any
+from xml.etree import ElementTree  # the parser botocore uses on the same bytes
 
 from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
@@ -101,3 +104,91 @@ def client_error(
     status: int, headers: Iterable[tuple[str, str]], body: bytes, operation: str
 ) -> ClientError:
     return ClientError(parse_error(status, headers, body), operation)
+
+
+#: CopyObject's response headers (lower case) -> field, as botocore's model names them
+COPY_FIELDS: dict[str, str] = {
+    "x-amz-expiration": "Expiration",
+    "x-amz-copy-source-version-id": "CopySourceVersionId",
+    "x-amz-version-id": "VersionId",
+    "x-amz-server-side-encryption": "ServerSideEncryption",
+    "x-amz-server-side-encryption-customer-algorithm": "SSECustomerAlgorithm",
+    "x-amz-server-side-encryption-customer-key-md5": "SSECustomerKeyMD5",
+    "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId",
+    "x-amz-server-side-encryption-context": "SSEKMSEncryptionContext",
+    "x-amz-request-charged": "RequestCharged",
+}
+_COPY_BOOLEANS = {"x-amz-server-side-encryption-bucket-key-enabled": "BucketKeyEnabled"}
+#: the members of CopyObjectResult (all strings but LastModified)
+_COPY_RESULT_MEMBERS = frozenset(
+    {
+        "ETag",
+        "LastModified",
+        "ChecksumType",
+        "ChecksumCRC32",
+        "ChecksumCRC32C",
+        "ChecksumCRC64NVME",
+        "ChecksumSHA1",
+        "ChecksumSHA256",
+    }
+)
+
+
+def read_timestamp(value: str) -> datetime.datetime:
+    """A timestamp of an S3 answer as botocore reads it: the same instant (naive without an
+    offset). ISO 8601 (XML bodies) by the standard library's parser (0.4 us, where dateutil's
+    takes 25 us); anything else (RFC 822 headers, epoch seconds) by botocore's own."""
+    if len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(value)
+    parsed: datetime.datetime = parse_timestamp(value)
+    return parsed
+
+
+def _xml_root(body: bytes) -> ElementTree.Element | None:
+    """The root element of ``body`` as botocore parses it, or None when it is not XML."""
+    # expat refuses entity expansion bombs (Python >= 3.11 bundles expat >= 2.4.1)
+    parser = ElementTree.XMLParser(  # noqa: S314
+        target=ElementTree.TreeBuilder(), encoding="utf-8"
+    )
+    try:
+        parser.feed(body)
+        root: ElementTree.Element = parser.close()
+    except ElementTree.ParseError:
+        return None
+    return root
+
+
+def copy_object_output(
+    headers: Iterable[tuple[str, str]], status: int, body: bytes, operation: str = "CopyObject"
+) -> dict[str, Any]:
+    """CopyObject's output as botocore returns it, from a 2xx answer: the header fields and
+    ``CopyObjectResult`` (ETag, LastModified, checksums) from the body. A 200 whose body is an
+    ``<Error>`` document, or not XML at all (cut short), is an error: as botocore, raise it as
+    the 500 the server would have answered had it known before it started copying."""
+    listed = list(headers)
+    result: dict[str, Any] = {}
+    if body:
+        root = _xml_root(body)
+        if root is None:  # botocore: a 500 without a parsable error document
+            raise client_error(500, listed, b"", operation)
+        if root.tag == "Error":
+            raise client_error(500, listed, body, operation)
+        for child in root:
+            name = child.tag.rpartition("}")[2]  # without the S3 namespace
+            if name in _COPY_RESULT_MEMBERS and name not in result:
+                text = child.text or ""
+                result[name] = read_timestamp(text) if name == "LastModified" else text
+    out: dict[str, Any] = {}
+    lowered: dict[str, str] = {}
+    for name, value in listed:
+        lname = name.lower()
+        lowered[lname] = value
+        field = COPY_FIELDS.get(lname)
+        if field is not None:
+            out[field] = value
+        elif lname in _COPY_BOOLEANS:
+            out[_COPY_BOOLEANS[lname]] = value == "true"
+    out["CopyObjectResult"] = result
+    out["ResponseMetadata"] = response_metadata(lowered, status)
+    return out

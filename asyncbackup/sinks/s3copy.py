@@ -4,7 +4,9 @@ For when one set of credentials can read the source and write the destination on
 S3 service (``--direct``): no byte passes through this machine. A single-part object is one
 CopyObject (metadata copied; its ETag, the MD5, must come back unchanged); a multipart object
 is rebuilt with UploadPartCopy in its own part layout, so the copy's ETag equals the source's
-and is checked. A failed multipart copy is aborted, shielded from cancellation.
+and is checked. A failed multipart copy is aborted, shielded from cancellation. CopyObject goes
+through the fast path (``fasts3``) when the destination bucket has one; multipart stays on
+botocore.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from ..config import S3_MAX_PART_SIZE
 from ..errors import IntegrityError
+from ..fasts3 import FastS3
 from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
@@ -50,6 +53,7 @@ class ServerSideCopier:
         self.part_size_for = part_size_for
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
+        self.fast: FastS3 | None = None  # CopyObject over aiohttp (the destination's bucket)
 
     async def copy(self, item: WorkItem) -> int:
         """Copy ``item`` server-side; return its size once the destination has it whole."""
@@ -73,7 +77,8 @@ class ServerSideCopier:
         }
         if item.etag:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
-        response = await self.retry.call(functools.partial(self.client.copy_object, **params))
+        copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
+        response = await self.retry.call(functools.partial(copy_object, **params))
         etag = str(response.get("CopyObjectResult", {}).get("ETag", ""))
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         if comparable and clean_etag(etag) != clean_etag(item.etag):

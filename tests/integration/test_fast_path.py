@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -29,7 +30,7 @@ from asyncbackup.retry import classify, is_throttle, retry_after
 from asyncbackup.s3client import open_client
 from asyncbackup.sources.s3 import IN_MEMORY_LIMIT
 from tests.conftest import Buckets, S3Server
-from tests.helpers import assert_same_objects, cli_args, run_cli
+from tests.helpers import MiB, assert_same_objects, cli_args, list_keys, put_multipart, run_cli
 from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
 
 KEYS = [
@@ -363,3 +364,188 @@ def test_cli_no_fast_path_sends_everything_through_botocore(
     done = run_cli(["data", *args, "--ignore-checkpoints"])
     assert done.returncode == 0, done.stderr
     assert len(fast(proxy.requests, "GET")) == len(fast(proxy.requests, "PUT")) == 1
+
+
+def copy_requests(requests: list[Recorded], *, fast_only: bool = True) -> list[Recorded]:
+    """The CopyObject requests (PUTs with a copy source, no multipart query)."""
+    return [
+        r
+        for r in requests
+        if r.method == "PUT"
+        and "x-amz-copy-source" in r.headers
+        and not r.query
+        and (not fast_only or r.headers.get("user-agent") == USER_AGENT)
+    ]
+
+
+async def test_direct_copy_goes_through_the_fast_path_and_keeps_objects_identical(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    bodies = fill(s3, buckets.source)
+    put_multipart(s3, buckets.source, "data/multi.bin", (5 * MiB, 1000))  # botocore's
+    keys = [*bodies, "data/multi.bin"]
+    source_heads = heads(s3, buckets.source, list(bodies))
+    for fast_path, dest in ((True, buckets.dest), (False, buckets.dest + "-b")):
+        if not fast_path:
+            s3.create_bucket(Bucket=dest)
+        proxy.requests.clear()
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=dest,
+            base_local_path=tmp_path / str(fast_path),
+            endpoint_url=proxy.endpoint,
+            concurrency=4,
+            direct=True,
+            fast_path=fast_path,
+        )
+        assert report.exit_code == 0 and report.copied_files == len(keys), report.errors
+        assert assert_same_objects(s3, buckets.source, dest) == len(keys)  # byte for byte
+        assert heads(s3, dest, list(bodies)) == source_heads  # ETags and metadata too
+        copies = copy_requests(proxy.requests, fast_only=False)
+        assert sorted(r.path for r in copies) == sorted(f"/{dest}/{key}" for key in bodies)
+        fast_copies = copy_requests(proxy.requests)
+        if fast_path:  # every single-part object, whatever its size; multipart on botocore
+            assert fast_copies == copies
+            for copy in fast_copies:
+                key = copy.path.split("/", 2)[2]
+                assert copy.headers["x-amz-copy-source"] == quote(f"{buckets.source}/{key}")
+                assert copy.headers["x-amz-copy-source-if-match"] == source_heads[key]["ETag"]
+                assert copy.headers["x-amz-metadata-directive"] == "COPY"
+        else:
+            assert not fast_copies and not fast(proxy.requests, "PUT")
+        assert not fast(proxy.requests, "GET")
+        part_copies = [r for r in proxy.requests if "uploadId" in r.query and r.method == "PUT"]
+        assert part_copies and not fast(part_copies, "PUT")
+        # Server-side: no object body passed through this machine.
+        assert not [r for r in proxy.requests if r.method == "GET" and not r.query]
+
+
+async def test_copy_failures_are_classified_as_on_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="k", Body=b"0123456789")
+    etag = s3.head_object(Bucket=buckets.source, Key="k")["ETag"]
+
+    def copy(key: str = "k", **condition: str) -> Callable[[Any], Awaitable[Any]]:
+        return lambda api: api.copy_object(
+            Bucket=buckets.dest,
+            Key="copy",
+            CopySource={"Bucket": buckets.source, "Key": key},
+            MetadataDirective="COPY",
+            StorageClass="STANDARD_IA",
+            **(condition or {"CopySourceIfMatch": etag}),
+        )
+
+    async def copy_outcome(call: Callable[[Any], Awaitable[Any]], api: Any) -> tuple[Any, ...]:
+        try:
+            response = await call(api)
+        except Exception as exc:
+            error = classify(exc)
+            return (error.code, error.retryable, retry_after(exc), is_throttle(exc))
+        result = response["CopyObjectResult"]
+        return ("ok", result["ETag"], type(result["LastModified"]), sorted(response))
+
+    async with both_paths(proxy.endpoint, buckets.dest) as (client, fast_s3):
+        calls = {
+            "ok": copy(),
+            "missing": copy("nope"),
+            # moto checks If-None-Match on a copy source, not If-Match: the same 412
+            "changed": copy(CopySourceIfNoneMatch=etag),
+        }
+        faults = ("slowdown", "internal", "internal_in_200", "access_denied", "reset_before")
+        seen: dict[str, tuple[Any, ...]] = {}
+        for name, call in calls.items():
+            results = [await copy_outcome(call, api) for api in (client, fast_s3)]
+            assert results[0] == results[1], name
+            seen[name] = results[1]
+        for fault in faults:
+            results = []
+            for api in (client, fast_s3):
+                proxy.add_rule(Rule(fault, method="PUT", times=1, retry_after=2.0))
+                results.append(await copy_outcome(calls["ok"], api))
+            proxy.clear_faults()
+            assert results[0] == results[1], fault
+            seen[fault] = results[1]
+        succeeded = [name for name, result in seen.items() if result[0] == "ok"]
+        assert fast_s3.enabled and fast_s3.fast_requests == len(succeeded)
+    assert seen["ok"][:2] == ("ok", etag)
+    assert seen["missing"][:2] == ("NoSuchKey", False)
+    assert seen["changed"][:2] == ("PreconditionFailed", False)
+    assert seen["slowdown"] == ("SlowDown", True, 2.0, True)
+    assert seen["internal"][:2] == seen["internal_in_200"][:2] == ("InternalError", True)
+    assert seen["access_denied"][:2] == ("AccessDenied", False)
+    # aiohttp repeats a request whose reused connection was reset: both paths do
+    assert seen["reset_before"][0] == "ok" or seen["reset_before"][1] is True
+    assert len(copy_requests(proxy.requests)) >= len(calls) + len(faults)
+    assert all(r.headers["content-length"] == "0" for r in copy_requests(proxy.requests))
+    assert s3.head_object(Bucket=buckets.dest, Key="copy")["StorageClass"] == "STANDARD_IA"
+
+
+async def test_direct_copy_errors_are_those_of_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A source deleted, or replaced, between the listing and its copy: the same object errors
+    in the report with and without the fast path, and everything else copied."""
+    errors = []
+    for fast_path in (True, False):
+        for i in range(4):
+            s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=bytes([i]) * (200 + i))
+        dest = f"{buckets.dest}-{fast_path}".lower()
+        s3.create_bucket(Bucket=dest)
+        proxy.add_rule(
+            Rule(
+                None,
+                method="PUT",
+                path=rf"^/{dest}/data/o1$",
+                times=1,
+                action=lambda: s3.delete_object(Bucket=buckets.source, Key="data/o1"),
+            )
+        )
+        proxy.add_rule(
+            Rule(
+                None,
+                method="PUT",
+                path=rf"^/{dest}/data/o2$",
+                times=1,
+                action=lambda: s3.put_object(Bucket=buckets.source, Key="data/o2", Body=b"new"),
+            )
+        )
+        proxy.requests.clear()
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=dest,
+            base_local_path=tmp_path / str(fast_path),
+            endpoint_url=proxy.endpoint,
+            concurrency=2,
+            direct=True,
+            fast_path=fast_path,
+        )
+        proxy.clear_faults()
+        assert report.exit_code == 1 and report.copied_files == 2, report.errors
+        copied = list_keys(s3, dest)
+        assert "data/o0" in copied and "data/o3" in copied and "data/o1" not in copied
+        every = copy_requests(proxy.requests, fast_only=False)
+        assert len(every) == 4 + 2  # o2 twice more: the whole object is retried
+        assert copy_requests(proxy.requests) == (every if fast_path else [])
+        errors.append(report.errors)
+    assert errors[0] == errors[1]
+    # moto ignores x-amz-copy-source-if-match: the copy's ETag tells the object changed
+    assert "NoSuchKey" in errors[0]["data/o1"] and "differs from source" in errors[0]["data/o2"]
+
+
+def test_cli_direct_no_fast_path_copies_through_botocore(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="data/one", Body=b"1")
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet", "--direct")
+    done = run_cli(["data", *args, "--no-fast-path"])
+    assert done.returncode == 0, done.stderr
+    assert len(copy_requests(proxy.requests, fast_only=False)) == 1
+    assert not copy_requests(proxy.requests)
+    proxy.requests.clear()
+    done = run_cli(["data", *args, "--ignore-checkpoints"])
+    assert done.returncode == 0, done.stderr
+    assert len(copy_requests(proxy.requests)) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key="data/one")["Body"].read() == b"1"

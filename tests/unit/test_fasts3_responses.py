@@ -3,17 +3,27 @@ parser, response headers against the GetObject output botocore builds from the s
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore import handlers
 from botocore.exceptions import ClientError
 from botocore.loaders import Loader
 from botocore.model import ServiceModel
 from botocore.parsers import RestXMLParser
+from botocore.utils import parse_timestamp
 
-from asyncbackup.fasts3.responses import parse_error, response_fields
+from asyncbackup.fasts3.responses import (
+    copy_object_output,
+    parse_error,
+    read_timestamp,
+    response_fields,
+)
 from asyncbackup.retry import classify, is_throttle, retry_after
+from asyncbackup.s3client import open_client
 
 MODEL = ServiceModel(Loader().load_service_model("s3", "service-2"), "s3")
 
@@ -117,3 +127,137 @@ def test_response_headers_map_to_getobject_fields_as_botocore_does() -> None:
 def test_an_unparsable_expires_is_left_out_as_botocore_does() -> None:
     ours = response_fields([("Expires", "not a date"), ("ETag", '"x"')], 200)
     assert "Expires" not in ours and ours["ExpiresString"] == "not a date"
+
+
+COPY_HEADERS = {
+    "x-amz-request-id": "R3",
+    "x-amz-id-2": "H3",
+    "x-amz-version-id": "v2",
+    "x-amz-copy-source-version-id": "v1",
+    "x-amz-server-side-encryption": "aws:kms",
+    "x-amz-server-side-encryption-aws-kms-key-id": "arn:aws:kms:eu-west-1:1:key/k",
+    "x-amz-server-side-encryption-bucket-key-enabled": "true",
+    "x-amz-expiration": 'expiry-date="Fri, 23 Dec 2033 00:00:00 GMT", rule-id="r"',
+    "Content-Type": "application/xml",
+    "ETag": '"not-a-copyobject-field"',
+}
+COPY_ANSWERS = [
+    # S3's document, with its namespace and an escaped ETag
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult '
+    b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><LastModified>2024-05-01T10:11:12.000Z'
+    b"</LastModified><ETag>&quot;9b2cf535f27731c974343645a3985328&quot;</ETag>"
+    b"</CopyObjectResult>",
+    # moto's, with checksums and an element not in the model
+    b'<CopyObjectResult><ETag>"abc-2"</ETag><LastModified>2031-02-03T04:05:06Z</LastModified>'
+    b"<ChecksumCRC32>DUoRhQ==</ChecksumCRC32><Unknown>x</Unknown></CopyObjectResult>",
+    # the whitespace S3 sends while a long copy runs, then the document
+    b'    \n   <CopyObjectResult><ETag>"e"</ETag></CopyObjectResult>',
+    b"",  # no body at all: botocore returns an empty result
+]
+#: 200 answers that are errors (S3 failed while copying, or the answer was cut short)
+COPY_ERRORS = [
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+    b"<Message>We encountered an internal error. Please try again.</Message>"
+    b"<RequestId>R3</RequestId></Error>",
+    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult><ETag>"abc',  # cut short
+    b"      ",  # only the keep-alive whitespace
+]
+
+
+def botocore_copy(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """What botocore makes of a 200 CopyObject answer: its 200-error check, then its parser."""
+    response = {"status_code": 200, "headers": headers, "body": body}
+    operation = MODEL.operation_model("CopyObject")
+    handlers._handle_200_error(operation, response)
+    parsed: dict[str, Any] = RestXMLParser().parse(response, operation.output_shape)
+    return parsed
+
+
+@pytest.mark.parametrize("body", COPY_ANSWERS)
+def test_copy_object_output_equals_botocore(body: bytes) -> None:
+    ours = copy_object_output(COPY_HEADERS.items(), 200, body)
+    theirs = botocore_copy(COPY_HEADERS, body)
+    # botocore's endpoint adds RetryAttempts (0: its retries are off) and lower-cases names
+    assert ours["ResponseMetadata"].pop("RetryAttempts") == 0
+    headers = theirs["ResponseMetadata"]["HTTPHeaders"]
+    theirs["ResponseMetadata"]["HTTPHeaders"] = {k.lower(): v for k, v in headers.items()}
+    assert ours == theirs
+    if body:
+        assert ours["CopyObjectResult"]["ETag"].startswith('"')
+    assert ours["BucketKeyEnabled"] is True and "ETag" not in ours
+
+
+@pytest.mark.parametrize("body", COPY_ERRORS)
+def test_an_error_in_a_200_copy_answer_is_raised_as_botocore_raises_it(body: bytes) -> None:
+    theirs = botocore_copy({"x-amz-request-id": "R3"}, body)
+    assert theirs["ResponseMetadata"]["HTTPStatusCode"] == 500  # botocore then raises
+    with pytest.raises(ClientError) as raised:
+        copy_object_output([("x-amz-request-id", "R3")], 200, body)
+    ours = raised.value.response
+    assert ours["Error"] == theirs["Error"]
+    assert ours["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert raised.value.operation_name == "CopyObject"
+    assert classify(raised.value).retryable  # retried like any 500 or SlowDown
+
+
+def test_copy_object_timestamps_are_the_instants_botocore_reads() -> None:
+    for text in (
+        "2024-05-01T10:11:12.000Z",
+        "2024-05-01T10:11:12+02:00",
+        "2024-05-01T10:11:12",
+        "2024-05-01T10:11:12.123456789Z",
+        "Wed, 01 May 2024 10:11:12 GMT",  # not ISO 8601: dateutil reads it
+    ):
+        body = f"<CopyObjectResult><LastModified>{text}</LastModified></CopyObjectResult>"
+        ours = copy_object_output([], 200, body.encode())["CopyObjectResult"]["LastModified"]
+        theirs = botocore_copy({}, body.encode())["CopyObjectResult"]["LastModified"]
+        assert ours == theirs and ours.utcoffset() == theirs.utcoffset()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-05-01T10:11:12.000Z",
+        "2024-05-01T10:11:12+02:00",
+        "2024-05-01T10:11:12",
+        "2024-05-01T10:11:12.123456789Z",
+        "Wed, 01 May 2024 10:11:12 GMT",
+        "1714558272",
+        "1714558272.5",
+        "20240501T101112Z",
+        "2024-05-01",
+    ],
+)
+def test_timestamps_are_read_as_botocore_reads_them(text: str) -> None:
+    ours, theirs = read_timestamp(text), parse_timestamp(text)
+    assert ours == theirs and ours.utcoffset() == theirs.utcoffset()
+
+
+async def test_our_clients_read_listing_timestamps_without_dateutil(aws_env: Path) -> None:
+    body = (
+        b"<ListBucketResult><Name>b</Name><KeyCount>1</KeyCount><Contents><Key>k</Key>"
+        b"<LastModified>2024-05-01T10:11:12.000Z</LastModified><Size>3</Size></Contents>"
+        b"</ListBucketResult>"
+    )
+    response = {"status_code": 200, "headers": {}, "body": body}
+    shape = MODEL.operation_model("ListObjectsV2").output_shape
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_client(
+            stack,
+            role="source",
+            profile=None,
+            endpoint_url="http://127.0.0.1:9",
+            region="us-east-1",
+            max_pool_connections=2,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+        parser = client._endpoint._response_parser_factory.create_parser("rest-xml")
+        assert parser._timestamp_parser is read_timestamp
+        ours = await parser.parse(dict(response), shape)
+    theirs = RestXMLParser().parse(dict(response), shape)
+    assert ours["Contents"] == theirs["Contents"]
+    assert ours["Contents"][0]["LastModified"] == datetime.datetime(
+        2024, 5, 1, 10, 11, 12, tzinfo=datetime.UTC
+    )

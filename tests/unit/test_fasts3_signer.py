@@ -8,7 +8,9 @@ to botocore's own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,9 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
+from botocore.handlers import handle_copy_source_param
 
+from asyncbackup.fasts3.client import copy_headers, copy_source
 from asyncbackup.fasts3.signer import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
@@ -25,7 +29,8 @@ from asyncbackup.fasts3.signer import (
     encode_key,
     encode_query,
 )
-from asyncbackup.fasts3.target import host_header
+from asyncbackup.fasts3.target import Target, host_header, probe_target
+from asyncbackup.s3client import open_client
 
 KEYS = [
     "plain.txt",
@@ -215,3 +220,142 @@ def test_key_encoding_keeps_slashes_and_encodes_once() -> None:
     assert encode_key("a b/c+d~e%20f//ü") == "a%20b/c%2Bd~e%2520f//%C3%BC"
     encoded: Any = encode_key("%2F")
     assert encoded == "%252F"
+
+
+#: CopyObject parameters as the direct copier sends them, and some it may send one day
+COPY_CASES: list[dict[str, Any]] = [
+    {"MetadataDirective": "COPY", "CopySourceIfMatch": '"9b2cf535f27731c974343645a3985328"'},
+    {
+        "MetadataDirective": "COPY",
+        "CopySourceIfMatch": '"0f343b0931126a20f133d67c2b018a3b-3"',
+        "StorageClass": "STANDARD_IA",
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": "alias/backup key",
+    },
+    {
+        "MetadataDirective": "REPLACE",
+        "ContentType": "text/plain; charset=utf-8",
+        "CacheControl": "max-age=60,   public",
+        "Metadata": {"Owner": "  someone  ", "empty": ""},
+        "Expires": "2030-01-01T00:00:00Z",
+        "CopySourceIfNoneMatch": "*",
+        "TaggingDirective": "COPY",
+    },
+]
+#: what botocore adds to every request, that the fast path does not send
+BOTOCORE_ONLY = frozenset(
+    {"user-agent", "amz-sdk-invocation-id", "amz-sdk-request", "content-length", "expect"}
+)
+
+
+class _Captured(Exception):
+    pass
+
+
+async def botocore_copy_request(client: Any, params: dict[str, Any]) -> Any:
+    """The request botocore's CopyObject would send with ``params``, signed, but not sent."""
+    captured: list[Any] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        captured.append(request)
+        raise _Captured
+
+    client.meta.events.register("before-send.s3.CopyObject", capture, unique_id="capture-copy")
+    try:
+        with pytest.raises(_Captured):
+            await client.copy_object(**params)
+    finally:
+        client.meta.events.unregister("before-send.s3.CopyObject", unique_id="capture-copy")
+    return captured[0]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "region", "bucket"),
+    [("http://127.0.0.1:9000", "us-east-1", "bucket-1"), (None, "eu-west-1", "bucket-1")],
+)
+async def test_copy_object_headers_and_signature_equal_botocore(
+    endpoint: str | None, region: str, bucket: str, aws_env: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_client(
+            stack,
+            role="source",
+            profile=None,
+            endpoint_url=endpoint,
+            region=region,
+            max_pool_connections=2,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+        target = await probe_target(client, bucket)
+        assert isinstance(target, Target), target
+        frozen = await client._get_credentials().get_frozen_credentials()
+        credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        for index, key in enumerate(KEYS):
+            extra = COPY_CASES[index % len(COPY_CASES)]
+            source: dict[str, str] = {"Bucket": "source.bucket-2", "Key": KEYS[-1 - index]}
+            if index == 3:
+                source["VersionId"] = "3/L4kqtJl40Nr8X8gdRQBpUMLUo+="
+            params = {"Bucket": bucket, "Key": key, "CopySource": source, **extra}
+            ours = copy_headers(params)
+            assert ours is not None, params
+            request = await botocore_copy_request(client, params)
+            assert request.method == "PUT" and request.body in (b"", None)
+            url = target.origin + target.path(key)
+            assert request.url == url
+            theirs = {
+                k.lower(): v.decode() if isinstance(v, bytes) else v
+                for k, v in request.headers.items()
+            }
+            assert theirs.pop("host", target.host) == target.host
+            for name in ("authorization", "x-amz-date", "x-amz-content-sha256"):
+                theirs.pop(name)
+            sent = {k: v for k, v in theirs.items() if k not in BOTOCORE_ONLY}
+            assert sent == {k.lower(): v for k, v in ours.items()}, key
+            # The payload botocore signs (an empty body's hash, https or not) is ours too.
+            assert request.headers["X-Amz-Content-SHA256"] in (EMPTY_SHA256, EMPTY_SHA256.encode())
+            # Our signer on our headers, against botocore's signer on the same request.
+            boto = botocore_sign(
+                "PUT",
+                url,
+                ours,
+                BotoCredentials(frozen.access_key, frozen.secret_key, frozen.token),
+                target.region,
+                b"",
+                unsigned_payload=False,
+            )
+            signed = SigV4Signer(target.region).sign(
+                "PUT",
+                target.path(key),
+                "",
+                {"host": target.host, **ours},
+                credentials,
+                timestamp=boto.headers["X-Amz-Date"],
+                payload_hash=EMPTY_SHA256,
+            )
+            assert signed["authorization"] == boto.headers["Authorization"], key
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_copy_source_is_encoded_as_botocore_encodes_it(key: str) -> None:
+    for source in (
+        {"Bucket": "bucket-1", "Key": key},
+        {"Bucket": "my.dotted.bucket", "Key": key, "VersionId": "v+1/="},
+    ):
+        params: dict[str, Any] = {"CopySource": dict(source)}
+        handle_copy_source_param(params)
+        assert copy_source(source) == params["CopySource"]
+
+
+def test_what_copy_object_leaves_to_botocore() -> None:
+    base: dict[str, Any] = {"Bucket": "b", "Key": "k", "CopySource": {"Bucket": "s", "Key": "k"}}
+    assert copy_headers(base) == {"x-amz-copy-source": "s/k"}
+    assert copy_headers({"Bucket": "b", "Key": "k"}) is None  # no source: botocore says so
+    assert copy_headers({**base, "CopySource": "s/k"}) is None  # a string: botocore parses it
+    arn = "arn:aws:s3:us-east-1:123456789012:accesspoint/ap"
+    assert copy_headers({**base, "CopySource": {"Bucket": arn, "Key": "k"}}) is None
+    assert copy_headers({**base, "CopySource": {"Bucket": "s", "Key": "k", "SSE": 1}}) is None
+    assert copy_headers({**base, "ACL": "private"}) is None
+    assert copy_headers({**base, "ContentMD5": "x"}) is None  # not a CopyObject parameter
+    assert copy_headers({**base, "Metadata": {"a": "é"}}) is None
+    assert copy_headers({**base, "CopySourceSSECustomerKey": "k"}) is None
