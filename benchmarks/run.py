@@ -245,9 +245,15 @@ def scale_no_server(args: argparse.Namespace) -> dict[str, Any]:
 def scale_with_server(
     args: argparse.Namespace, endpoint: str, env: dict[str, str]
 ) -> dict[str, Any]:
-    s3 = wl.client(endpoint)
     out: dict[str, Any] = {}
-    # Listing to first transfer on a large bucket.
+    out["first_transfer"] = first_transfer(args, endpoint, env)
+    out["huge_object"] = huge_object(args, endpoint, env)
+    return out
+
+
+def first_transfer(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:
+    """Listing to first transfer on a large bucket."""
+    s3 = wl.client(endpoint)
     count = 10_000 if args.quick else 100_000
     prefix = "many"
     print(f"\n== scale: first transfer on a {count:,}-object bucket", flush=True)
@@ -274,13 +280,19 @@ def scale_with_server(
         )
         runs.append(json.loads(done.stdout))
         print(f"  {runs[-1]}", flush=True)
-    out["first_transfer"] = {
+    wl.clear(s3, DEST)
+    return {
         "objects": count,
         "runs": runs,
         "median_first_done_seconds": statistics.median(r["first_done_seconds"] for r in runs),
     }
-    wl.clear(s3, DEST)
-    # One huge object: memory must not grow with object size.
+
+
+def huge_object(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:
+    """One huge object: memory must not grow with object size."""
+    s3 = wl.client(endpoint)
+    wl.ensure_bucket(s3, SOURCE)
+    wl.ensure_bucket(s3, DEST)
     size = 256 * wl.MiB if args.quick else 2048 * wl.MiB
     print(f"\n== scale: one {size // wl.MiB} MiB object, staged by asyncbackup", flush=True)
     huge = wl.Workload("huge", ((1, size),))
@@ -292,10 +304,9 @@ def scale_with_server(
     job = Job(endpoint, SOURCE, DEST, "huge", WORK / "stage", args.concurrency)
     run = one_run(tools[0], "staged", job, s3, expected, env)
     print(f"  {run}", flush=True)
-    out["huge_object"] = {"bytes": size, **run}
     wl.clear(s3, DEST)
     fresh_dir(job.stage)
-    return out
+    return {"bytes": size, **run}
 
 
 def profile_runs(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:
@@ -336,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scale", action="store_true", help="skip the scale benchmarks")
     parser.add_argument("--profile", action="store_true", help="py-spy asyncbackup runs")
     parser.add_argument("--asyncbackup-only", action="store_true", help="skip the peers")
+    parser.add_argument(
+        "--huge-only",
+        action="store_true",
+        help="only the one-huge-object run (2 GiB; 256 MiB with --quick): its peak RSS",
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -419,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
             f"SeaweedFS at {endpoint}{' (signatures checked)' if auth else ''}; "
             f"tools: {', '.join(t.name for t in tools)}"
         )
+        if args.huge_only:
+            phase("huge_object", huge_object, args, endpoint, env)
+            print(f"\nresults written to {RESULTS / name}")
+            return 1 if "error" in report["huge_object"] else 0
         phase("workloads", bench_workloads, args, endpoint, tools, env)
         if "error" not in report["workloads"]:
             print("\n" + table(report["workloads"]), flush=True)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from asyncbackup.retry import RetryPolicy
+from asyncbackup.s3client import open_client
+from asyncbackup.sources.s3 import S3Source
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -103,3 +108,25 @@ def put_multipart(client: Any, bucket: str, key: str, sizes: Sequence[int]) -> s
         Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
     )
     return str(done["ETag"])
+
+
+async def open_test_client(stack: contextlib.AsyncExitStack, endpoint: str) -> Any:
+    """One of our aiobotocore clients on ``endpoint``, living as long as ``stack``."""
+    return await open_client(
+        stack,
+        role="source",
+        profile=None,
+        endpoint_url=endpoint,
+        region="us-east-1",
+        max_pool_connections=4,
+        connect_timeout=2,
+        read_timeout=5,
+    )
+
+
+@contextlib.asynccontextmanager
+async def s3_source(endpoint: str, bucket: str, attempts: int = 2) -> AsyncIterator[S3Source]:
+    """An ``S3Source`` of ``bucket`` with its own client."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, endpoint)
+        yield S3Source(client, bucket, RetryPolicy(attempts))

@@ -375,27 +375,7 @@ class FastS3:
     async def put_object(self, **params: Any) -> dict[str, Any]:
         """PutObject of a body in memory; the response fields botocore returns."""
         headers = put_headers(params) if self.enabled else None
-        if headers is None or params.get("Bucket") != self.bucket:
-            return await self._botocore("put_object", params)
-        body = bytes(params["Body"])
-        checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
-        # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
-        payload = UNSIGNED_PAYLOAD if checked else hashlib.sha256(body).hexdigest()
-        response, url = await self._send("PUT", params["Key"], headers, body, payload)
-        if response.status >= 300:
-            try:
-                await self._raise_error(response, url, "PutObject")
-            except _HandBack as exc:
-                self._hand_back(str(exc))
-                return await self._botocore("put_object", params)
-        try:
-            await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _connection_error(exc, url) from exc
-        finally:
-            response.release()
-        self.fast_requests += 1
-        return response_fields(response.headers.items(), response.status)
+        return await self._put_body("put_object", "PutObject", params, headers)
 
     async def copy_object(self, **params: Any) -> dict[str, Any]:
         """CopyObject into this bucket: the output botocore returns, ``CopyObjectResult``
@@ -432,24 +412,37 @@ class FastS3:
         ``Checksum*``). Over plain http botocore SHA-256-signs every part's payload on the
         event loop (16 ms per 8 MiB); here a part with a checksum header goes
         ``UNSIGNED-PAYLOAD``, as botocore sends it over https."""
-        headers = None
-        if self.enabled and set(params) <= UPLOAD_PART_PARAMS:
-            headers = put_headers({k: v for k, v in params.items() if k not in _PART_QUERY})
-        if headers is None or params.get("Bucket") != self.bucket:
+        if not self.enabled or not set(params) <= UPLOAD_PART_PARAMS:
             return await self._botocore("upload_part", params)
-        body = bytes(params["Body"])
-        checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
-        payload = UNSIGNED_PAYLOAD if checked else hashlib.sha256(body).hexdigest()
+        headers = put_headers({k: v for k, v in params.items() if k not in _PART_QUERY})
         query = encode_query(
             (("partNumber", str(int(params["PartNumber"]))), ("uploadId", str(params["UploadId"])))
         )
+        return await self._put_body("upload_part", "UploadPart", params, headers, query)
+
+    async def _put_body(
+        self,
+        method: str,
+        operation: str,
+        params: dict[str, Any],
+        headers: dict[str, str] | None,
+        query: str = "",
+    ) -> dict[str, Any]:
+        """A PUT of the body in memory ``params["Body"]`` with ``headers``, or botocore's
+        ``method`` when they are None (not covered) or the bucket is another one."""
+        if headers is None or params.get("Bucket") != self.bucket:
+            return await self._botocore(method, params)
+        body = bytes(params["Body"])
+        checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
+        # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
+        payload = UNSIGNED_PAYLOAD if checked else hashlib.sha256(body).hexdigest()
         response, url = await self._send("PUT", params["Key"], headers, body, payload, query=query)
         if response.status >= 300:
             try:
-                await self._raise_error(response, url, "UploadPart")
+                await self._raise_error(response, url, operation)
             except _HandBack as exc:
                 self._hand_back(str(exc))
-                return await self._botocore("upload_part", params)
+                return await self._botocore(method, params)
         try:
             await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:

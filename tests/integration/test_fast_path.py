@@ -27,10 +27,17 @@ from asyncbackup import run_backup
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT, put_headers
 from asyncbackup.retry import classify, is_throttle, retry_after
-from asyncbackup.s3client import open_client
 from asyncbackup.sources.s3 import IN_MEMORY_LIMIT
 from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, assert_same_objects, cli_args, list_keys, put_multipart, run_cli
+from tests.helpers import (
+    MiB,
+    assert_same_objects,
+    cli_args,
+    list_keys,
+    open_test_client,
+    put_multipart,
+    run_cli,
+)
 from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
 
 KEYS = [
@@ -141,16 +148,7 @@ async def test_copies_are_identical_with_metadata_on_both_paths(
 @contextlib.asynccontextmanager
 async def both_paths(endpoint: str, bucket: str) -> Any:
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_client(
-            stack,
-            role="source",
-            profile=None,
-            endpoint_url=endpoint,
-            region="us-east-1",
-            max_pool_connections=4,
-            connect_timeout=2,
-            read_timeout=5,
-        )
+        client = await open_test_client(stack, endpoint)
         fast_s3 = await open_fast_s3(
             stack, client, bucket, connections=4, connect_timeout=2, read_timeout=5
         )

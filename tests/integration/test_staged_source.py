@@ -3,10 +3,8 @@ memory and large ones streamed to a file, and what it refuses."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +12,10 @@ import pytest
 
 from asyncbackup.errors import ObjectError
 from asyncbackup.pipeline import WorkItem
-from asyncbackup.retry import RetryPolicy
-from asyncbackup.s3client import open_client
-from asyncbackup.sources.s3 import IN_MEMORY_LIMIT, S3Source
+from asyncbackup.sources.s3 import IN_MEMORY_LIMIT
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server
-
-
-@contextlib.asynccontextmanager
-async def source(endpoint: str, bucket: str) -> AsyncIterator[S3Source]:
-    async with contextlib.AsyncExitStack() as stack:
-        client = await open_client(
-            stack,
-            role="source",
-            profile=None,
-            endpoint_url=endpoint,
-            region="us-east-1",
-            max_pool_connections=4,
-            connect_timeout=2,
-            read_timeout=5,
-        )
-        yield S3Source(client, bucket, RetryPolicy(2))
+from tests.helpers import s3_source
 
 
 def listed(s3: Any, bucket: str, key: str) -> WorkItem:
@@ -50,7 +31,7 @@ async def test_fetch_stages_the_exact_bytes(
     s3.put_object(Bucket=buckets.source, Key="dir/obj", Body=body, ContentType="x/y")
     staging = Staging(tmp_path, buckets.source)
     staging.prepare()
-    async with source(s3_server.endpoint, buckets.source) as src:
+    async with s3_source(s3_server.endpoint, buckets.source) as src:
         fetched = await src.fetch(listed(s3, buckets.source, "dir/obj"), staging)
     assert fetched.path == staging.path_for("dir/obj")
     assert fetched.path.read_bytes() == body
@@ -71,7 +52,7 @@ async def test_a_small_listing_of_an_object_that_grew_is_refused_not_buffered(
     s3.put_object(Bucket=buckets.source, Key="k", Body=os.urandom(IN_MEMORY_LIMIT + 4096))
     staging = Staging(tmp_path, buckets.source)
     staging.prepare()
-    async with source(s3_server.endpoint, buckets.source) as src:
+    async with s3_source(s3_server.endpoint, buckets.source) as src:
         with pytest.raises(ObjectError) as caught:
             await src.fetch(item, staging)
     assert caught.value.code == "ObjectChanged"
@@ -90,7 +71,7 @@ async def test_a_staging_failure_is_an_error_and_leaves_no_temporary_file(
     staging.prepare()
     staging.root.rmdir()
     staging.root.write_bytes(b"in the way")
-    async with source(s3_server.endpoint, buckets.source) as src:
+    async with s3_source(s3_server.endpoint, buckets.source) as src:
         with pytest.raises(ObjectError) as caught:
             await src.fetch(listed(s3, buckets.source, "a/b"), staging)
     assert caught.value.code == "LocalIOError"

@@ -7,26 +7,22 @@ corrupt it)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from boto3.s3.transfer import TransferConfig
 
 from asyncbackup import run_backup
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3.client import USER_AGENT
 from asyncbackup.partfeed import ByteBudget, PartFeed
 from asyncbackup.pipeline import WorkItem
-from asyncbackup.retry import RetryPolicy
-from asyncbackup.s3client import open_client
-from asyncbackup.sources.s3 import FetchedObject, S3Source
+from asyncbackup.sources.s3 import FetchedObject
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, assert_same_objects
+from tests.helpers import MiB, assert_same_objects, put_multipart, s3_source
 from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
 
 PART = 5 * MiB
@@ -36,26 +32,6 @@ PART = 5 * MiB
 def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
     with run_proxy(s3_server.endpoint) as running:
         yield running
-
-
-def upload_in_parts(s3: Any, bucket: str, key: str, body: bytes) -> None:
-    """As ``aws s3 cp`` would: a multipart upload with 5 MiB parts."""
-    s3.upload_fileobj(
-        _Reader(body),
-        bucket,
-        key,
-        Config=TransferConfig(multipart_threshold=PART, multipart_chunksize=PART),
-    )
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else self.pos + size
-        out, self.pos = self.data[self.pos : end], min(end, len(self.data))
-        return out
 
 
 def object_gets(proxy: S3Proxy) -> list[Recorded]:
@@ -87,8 +63,8 @@ async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: An
 async def test_parts_are_uploaded_while_the_object_is_still_downloading(
     buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
 ) -> None:
-    body = os.urandom(3 * PART + 1000)
-    upload_in_parts(s3, buckets.source, "data/big.bin", body)
+    put_multipart(s3, buckets.source, "data/big.bin", [PART, PART, PART, 1000])
+    body = s3.get_object(Bucket=buckets.source, Key="data/big.bin")["Body"].read()
     # the GET's body arrives in 256 KiB pieces 0.05 s apart: about 3 s for the whole object
     proxy.add_rule(Rule(None, method="GET", path="/data/big.bin$", drip=0.05))
     report = await backup(buckets, tmp_path, proxy, cleanup=False)
@@ -122,11 +98,10 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
     """Bytes flipped in the GET's answer: the parts' MD5s (or the whole MD5) differ from the
     source's ETag, so that upload is aborted, never completed; the retry copies it right
     (parts sent by the fast path, or by botocore)."""
-    body = os.urandom(2 * PART + 77)
     if multipart_source:
-        upload_in_parts(s3, buckets.source, "data/obj", body)
+        put_multipart(s3, buckets.source, "data/obj", [PART, PART, 77])
     else:
-        s3.put_object(Bucket=buckets.source, Key="data/obj", Body=body)
+        s3.put_object(Bucket=buckets.source, Key="data/obj", Body=os.urandom(2 * PART + 77))
     proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1))
     report = await backup(buckets, tmp_path, proxy, fast_path=fast_path)
     agents = {u.headers["user-agent"] == USER_AGENT for u in part_uploads(proxy)}
@@ -140,22 +115,6 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
 
 
-@contextlib.asynccontextmanager
-async def source(endpoint: str, bucket: str) -> AsyncIterator[S3Source]:
-    async with contextlib.AsyncExitStack() as stack:
-        client = await open_client(
-            stack,
-            role="source",
-            profile=None,
-            endpoint_url=endpoint,
-            region="us-east-1",
-            max_pool_connections=4,
-            connect_timeout=2,
-            read_timeout=5,
-        )
-        yield S3Source(client, bucket, RetryPolicy(1))
-
-
 async def test_a_failed_upload_gives_back_every_memory_slot(
     buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
@@ -163,8 +122,7 @@ async def test_a_failed_upload_gives_back_every_memory_slot(
     parts never uploaded are given back (or later objects would wait for ever), and no
     temporary file stays behind."""
     endpoint = s3.meta.endpoint_url
-    body = os.urandom(4 * PART)
-    upload_in_parts(s3, buckets.source, "data/obj", body)
+    put_multipart(s3, buckets.source, "data/obj", [PART] * 4)
     head = s3.head_object(Bucket=buckets.source, Key="data/obj")
     item = WorkItem(key="data/obj", size=head["ContentLength"], etag=head["ETag"])
     staging = Staging(tmp_path, buckets.source)
@@ -178,7 +136,7 @@ async def test_a_failed_upload_gives_back_every_memory_slot(
         await asyncio.sleep(0.2)  # meanwhile the download fills the rest of the budget
         raise IntegrityError("the destination refused part 1")
 
-    async with source(endpoint, buckets.source) as src:
+    async with s3_source(endpoint, buckets.source) as src:
         with pytest.raises(IntegrityError, match="refused part 1"):
             await src.fetch_streamed(
                 item,
