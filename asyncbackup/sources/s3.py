@@ -207,6 +207,21 @@ class _PartReceiver(_Receiver):
 
 
 @contextlib.asynccontextmanager
+async def _temporary(staging: Staging) -> AsyncIterator[Path]:
+    """A temporary file's path in staging, removed if the block fails; a local I/O failure
+    becomes a retryable ``LocalIOError`` (a full disk is already a ``StagingFullError``)."""
+    tmp = staging.temp_path()
+    try:
+        yield tmp
+    except OSError as exc:
+        await asyncio.to_thread(tmp.unlink, True)
+        raise _local_error(exc) from exc
+    except BaseException:
+        await asyncio.to_thread(tmp.unlink, True)
+        raise
+
+
+@contextlib.asynccontextmanager
 async def _open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
     """``open(path, "wb")`` in a worker thread, closed in one. Cancelled while the open runs,
     the file that thread goes on to open is closed too (``aiofiles.open`` would leak it)."""
@@ -260,18 +275,11 @@ class S3Source:
         """Download ``item``, verify it, and stage it under its key's path."""
         if item.size <= IN_MEMORY_LIMIT:
             return await self._fetch_small(item, staging)
-        tmp = staging.temp_path()
-        try:
+        async with _temporary(staging) as tmp:
             async with _open_for_writing(tmp) as out:
                 fetched = await self._download(item, _FileReceiver(out), tmp)
             fetched.source_part_size = await self.part_size(item.key, fetched.etag, fetched.size)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
-        except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
-            await asyncio.to_thread(tmp.unlink, True)
-            raise _local_error(exc) from exc
-        except BaseException:
-            await asyncio.to_thread(tmp.unlink, True)
-            raise
         return fetched
 
     async def fetch_streamed(
@@ -291,50 +299,59 @@ class S3Source:
         MD5 against the ETag (the whole object's, or that of the parts when the layout is the
         source's). Any failure on either side stops both, and the upload is aborted.
         """
-        tmp = staging.temp_path()
         receiver: _PartReceiver | None = None
         try:
-            async with _open_for_writing(tmp) as out:
-                whole = multipart_parts(item.etag) is None
-                receiver = _PartReceiver(out, part_size, budget, whole)
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        download = tg.create_task(self._download(item, receiver, tmp))
-                        head = await receiver.started
-                        described = FetchedObject(
-                            item.key,
-                            tmp,
-                            int(head.get("ContentLength", 0)),
-                            b"",
-                            str(head.get("ETag", item.etag)),
-                            _metadata(head),
-                            source_part_size=source_part_size,
-                        )
-                        assert receiver.feed is not None
-                        uploading = tg.create_task(upload(described, receiver.feed))
-                        fetched = await download
-                        if multipart_parts(fetched.etag) and source_part_size == part_size:
-                            etag = receiver.multipart_etag()
-                            if etag != clean_etag(fetched.etag):
-                                raise IntegrityError(
-                                    f"MD5 of the downloaded parts {etag} differs from ETag "
-                                    f"{fetched.etag}"
-                                )
-                        receiver.feed.verified.set_result(None)
-                        await uploading
-                except BaseExceptionGroup as group:
-                    raise primary_error(group) from None
-            fetched.source_part_size = source_part_size
-            fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
-        except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
-            await asyncio.to_thread(tmp.unlink, True)
-            raise _local_error(exc) from exc
-        except BaseException:
-            await asyncio.to_thread(tmp.unlink, True)
-            raise
+            async with _temporary(staging) as tmp:
+                async with _open_for_writing(tmp) as out:
+                    receiver = _PartReceiver(
+                        out, part_size, budget, multipart_parts(item.etag) is None
+                    )
+                    fetched = await self._download_and_upload(
+                        item, receiver, tmp, part_size, source_part_size, upload
+                    )
+                fetched.source_part_size = source_part_size
+                fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         finally:
             if receiver is not None and receiver.feed is not None:
                 receiver.feed.close()
+        return fetched
+
+    async def _download_and_upload(
+        self,
+        item: WorkItem,
+        receiver: _PartReceiver,
+        tmp: Path,
+        part_size: int,
+        source_part_size: int | None,
+        upload: Callable[[FetchedObject, PartFeed], Coroutine[Any, Any, None]],
+    ) -> FetchedObject:
+        """The download into ``receiver`` and, from its first answer on, ``upload``."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                download = tg.create_task(self._download(item, receiver, tmp))
+                head = await receiver.started
+                described = FetchedObject(
+                    item.key,
+                    tmp,
+                    int(head.get("ContentLength", 0)),
+                    b"",
+                    str(head.get("ETag", item.etag)),
+                    _metadata(head),
+                    source_part_size=source_part_size,
+                )
+                assert receiver.feed is not None
+                uploading = tg.create_task(upload(described, receiver.feed))
+                fetched = await download
+                if multipart_parts(fetched.etag) and source_part_size == part_size:
+                    etag = receiver.multipart_etag()
+                    if etag != clean_etag(fetched.etag):
+                        raise IntegrityError(
+                            f"MD5 of the downloaded parts {etag} differs from ETag {fetched.etag}"
+                        )
+                receiver.feed.verified.set_result(None)
+                await uploading
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None
         return fetched
 
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
