@@ -66,5 +66,7 @@ class StagedCopier:
         )
 
     async def _clean(self, fetched: FetchedObject) -> None:
-        if self.cleanup:
+        if self.cleanup and fetched.data is not None:  # small: as it was staged (localio)
+            await self.source.local.run(self.staging.remove, fetched.path)
+        elif self.cleanup:
             await asyncio.to_thread(self.staging.remove, fetched.path)

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 from ..bandwidth import TokenBucket
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
+from ..localio import LocalIO
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy
@@ -252,6 +253,8 @@ class S3Source:
         self.bandwidth = bandwidth
         #: GetObject of objects up to IN_MEMORY_LIMIT over aiohttp (set by the caller)
         self.fast: FastS3 | None = None
+        #: how small objects are staged (and removed): inline while the disk is fast
+        self.local = LocalIO()
 
     async def list(self, prefix: str) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive."""
@@ -355,15 +358,14 @@ class S3Source:
         return fetched
 
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
-        """A small object: received in memory, verified, then staged by one worker-thread
-        call (open, write, close, rename). Each hand-off to a thread costs a wake-up and a
-        wait for the GIL, so a small object makes one instead of four."""
+        """A small object: received in memory, verified, then staged by one file operation
+        (open, write, close, rename), on the event loop while the disk is fast (``localio``)."""
         receiver = _MemoryReceiver()
         fetched = await self._download(item, receiver, None)
         fetched.data = b"".join(receiver.chunks)
         fetched.source_part_size = await self.part_size(item.key, fetched.etag, fetched.size)
         try:
-            fetched.path = await asyncio.to_thread(staging.store, item.key, fetched.data)
+            fetched.path = await self.local.run(staging.store, item.key, fetched.data)
         except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
             raise _local_error(exc) from exc
         return fetched

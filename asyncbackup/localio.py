@@ -1,0 +1,68 @@
+"""Small blocking file operations: on the event loop while the disk is fast, in threads once not.
+
+Staging a 4 KiB object is an open, a write, a close and a rename: well under a millisecond on a
+local disk. Handing that to a worker thread costs more than doing it: each of those system calls
+gives up the GIL and must win it back from the busy event loop, so the hand-off turns into about
+85 futex calls per object (``strace -c -f``: 174,000 for 2,000 objects, against 1,800 inline).
+So ``LocalIO.run`` calls the function directly and times it. The times are averaged
+(exponentially, so one stall of a busy machine does not count for much): once the average passes
+``slow_after`` (a network file system, a disk under pressure), or one call takes longer than
+``stall_after``, the calls go to ``asyncio.to_thread`` for the rest of the run, and the event
+loop is no longer held up by the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger("asyncbackup")
+
+T = TypeVar("T")
+
+#: the average time of an inline operation above which the rest go to threads
+SLOW_AFTER = 0.002
+#: one inline operation this slow sends the rest to threads at once
+STALL_AFTER = 0.1
+#: the weight of the newest time in the average
+WEIGHT = 0.05
+
+
+class LocalIO:
+    """Run small file operations inline while they take less than ``slow_after`` seconds on
+    average (and none ``stall_after``), in worker threads from then on."""
+
+    def __init__(
+        self,
+        slow_after: float = SLOW_AFTER,
+        stall_after: float = STALL_AFTER,
+        *,
+        inline: bool = True,
+    ) -> None:
+        self.slow_after = slow_after
+        self.stall_after = stall_after
+        self.inline = inline
+        self.average = 0.0
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        if not self.inline:
+            return await asyncio.to_thread(function, *args)
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self._timed(time.perf_counter() - started)
+
+    def _timed(self, elapsed: float) -> None:
+        self.average += WEIGHT * (elapsed - self.average)
+        if self.average > self.slow_after or elapsed > self.stall_after:
+            self.inline = False
+            log.info(
+                "staging is slow (file operations take %.1f ms, the last %.1f ms): they move "
+                "to worker threads",
+                self.average * 1000,
+                elapsed * 1000,
+            )
