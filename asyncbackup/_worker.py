@@ -28,6 +28,7 @@ from typing import Any
 from . import wire
 from .api import _direct_copier, _open_stores, _staged_copier
 from .errors import AsyncBackupError
+from .memory import return_large_buffers_to_os
 from .pipeline import Process
 from .s3client import open_destination
 from .uploads import UploadJournal
@@ -209,6 +210,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    return_large_buffers_to_os()
     # The protocol gets private copies of stdin and stdout; fd 1 then points at stderr, so
     # that a stray print() anywhere cannot corrupt the protocol.
     in_fd, out_fd = os.dup(0), os.dup(1)

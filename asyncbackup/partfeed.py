@@ -80,7 +80,7 @@ class PartFeed:
         self.held = 0
         self.count = count
         # a part's bytes are dropped as soon as the upload takes them
-        self.parts: dict[int, asyncio.Future[tuple[bytes, bytes]]] = {
+        self.parts: dict[int, asyncio.Future[tuple[bytes | bytearray, bytes]]] = {
             index: loop.create_future() for index in range(count)
         }
         self.verified: asyncio.Future[None] = loop.create_future()
@@ -100,12 +100,12 @@ class PartFeed:
             part.cancel()  # a no-op for those already resolved
         self.verified.cancel()
 
-    async def take(self, index: int) -> tuple[bytes, bytes]:
+    async def take(self, index: int) -> tuple[bytes | bytearray, bytes]:
         part = await self.parts[index]
         del self.parts[index]
         return part
 
-    def give(self, index: int, data: bytes, md5: bytes) -> None:
+    def give(self, index: int, data: bytes | bytearray, md5: bytes) -> None:
         if index >= self.count:
             raise IntegrityError("the download is longer than its part layout")
         self.parts[index].set_result((data, md5))

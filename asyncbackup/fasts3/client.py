@@ -27,11 +27,10 @@ import base64
 import calendar
 import contextlib
 import hashlib
-import io
 import logging
 import socket
 import zlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 from types import TracebackType
 from typing import Any
@@ -109,6 +108,18 @@ _HAND_BACK_CODES = frozenset(
     }
 )
 _REDIRECTS = frozenset({301, 302, 307, 308})
+
+
+#: a body larger than this is sent in pieces of this size (see ``_pieces``)
+_PIECE = 1 << 20
+
+
+async def _pieces(body: bytes | bytearray) -> AsyncIterator[memoryview]:
+    """A large body as slices of itself: no copy (aiohttp copies a ``BytesIO`` 64 KiB at a
+    time, and warns against a large ``bytes`` body), and the event loop runs in between."""
+    view = memoryview(body)
+    for start in range(0, len(view), _PIECE):
+        yield view[start : start + _PIECE]
 
 
 class _HandBack(Exception):
@@ -294,13 +305,15 @@ class FastS3:
         method: str,
         key: str,
         headers: dict[str, str],
-        body: bytes | None,
+        body: bytes | bytearray | None,
         payload_hash: str,
         *,
         query: str = "",
     ) -> tuple[aiohttp.ClientResponse, str]:
         path = self.target.path(key)
         url = self.target.origin + path + (f"?{query}" if query else "")
+        if body is not None and len(body) > _PIECE:  # sent in pieces, still not chunked
+            headers = {**headers, "content-length": str(len(body))}
         credentials = await self._credentials()
         signed = self.signer.sign(
             method,
@@ -315,9 +328,7 @@ class FastS3:
                 method,
                 URL(url, encoded=True),
                 headers=signed,
-                # aiohttp writes a large body in 64 KiB pieces from a BytesIO (yielding to the
-                # loop between them), and warns about it as raw bytes
-                data=io.BytesIO(body) if body is not None and len(body) > 1 << 20 else body,
+                data=_pieces(body) if body is not None and len(body) > _PIECE else body,
                 allow_redirects=False,
                 ssl=self.target.ssl,
             )
@@ -432,7 +443,7 @@ class FastS3:
         ``method`` when they are None (not covered) or the bucket is another one."""
         if headers is None or params.get("Bucket") != self.bucket:
             return await self._botocore(method, params)
-        body = bytes(params["Body"])
+        body = params["Body"]  # bytes or bytearray (put_headers checked), sent as it is
         checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
         # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
         payload = UNSIGNED_PAYLOAD if checked else hashlib.sha256(body).hexdigest()
@@ -453,6 +464,8 @@ class FastS3:
         return response_fields(response.headers.items(), response.status)
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(params.get("Body"), bytearray | memoryview):
+            params = {**params, "Body": bytes(params["Body"])}  # aiobotocore wants bytes
         result: dict[str, Any] = await getattr(self.client, method)(**params)
         return result
 

@@ -204,6 +204,7 @@ class S3Sink:
                     length = min(part_size, fetched.size - offset)
                     if feed is None:
                         async with self.part_budget.hold(length):
+                            data: bytes | bytearray
                             data, md5 = await self._read_part(fetched.path, offset, length)
                             parts[index] = await self._upload_part(key, upload_id, index, data, md5)
                             data = b""  # not held past its share of the budget
@@ -266,7 +267,7 @@ class S3Sink:
         return data, md5
 
     async def _upload_part(
-        self, key: str, upload_id: str, index: int, data: bytes, md5: bytes
+        self, key: str, upload_id: str, index: int, data: bytes | bytearray, md5: bytes
     ) -> dict[str, Any]:
         number = index + 1
         if self.bandwidth is not None:
@@ -279,7 +280,11 @@ class S3Sink:
             "Body": data,
             **self._checksum_params(md5),
         }
-        upload_part = self.client.upload_part if self.fast is None else self.fast.upload_part
+        if self.fast is not None:  # sends a bytearray as it is
+            upload_part = self.fast.upload_part
+        else:
+            upload_part = self.client.upload_part
+            params["Body"] = bytes(data)  # aiobotocore wants bytes
         response = await self.retry.call(lambda: upload_part(**params))
         self._check_etag(response, md5.hex(), key)
         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}

@@ -99,7 +99,7 @@ def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
-def _write_part(out: BinaryIO, data: bytes, whole: Any) -> bytes:
+def _write_part(out: BinaryIO, data: bytearray, whole: Any) -> bytes:
     """Write one part, add it to the whole object's MD5 (if kept) and return the part's MD5,
     in one worker-thread call."""
     out.write(data)
@@ -147,9 +147,10 @@ class _FileReceiver(_Receiver):
 
 
 class _PartReceiver(_Receiver):
-    """A large object cut into the parts of its upload as it arrives: each part is written to
-    the temporary file and hashed in one worker-thread call, then handed to the upload while
-    the download goes on (``PartFeed``). A part's memory is reserved before it is filled."""
+    """A large object cut into the parts of its upload as it arrives: each part is filled in
+    a buffer of its exact size (reserved in the budget first), written to the temporary file
+    and hashed in one worker-thread call, then handed to the upload as it is, no copy, while
+    the download goes on (``PartFeed``)."""
 
     def __init__(self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool):
         self.out = out
@@ -157,50 +158,51 @@ class _PartReceiver(_Receiver):
         self.budget = budget
         self.digest = hashlib.md5(usedforsecurity=False) if whole else None
         self.part_md5s: list[bytes] = []
-        self.chunks: list[bytes] = []
-        self.buffered = 0
-        self.reserved = False
+        self.size = 0
+        self.buffer: bytearray | None = None
+        self.filled = 0
         self.feed: PartFeed | None = None
         self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def start(self, head: dict[str, Any]) -> None:
-        count = max(1, -(-int(head.get("ContentLength", 0)) // self.part_size))
+        self.size = int(head.get("ContentLength", 0))
+        count = max(1, -(-self.size // self.part_size))
         self.feed = PartFeed(count, self.part_size, self.budget)
         self.started.set_result(head)
 
     async def add(self, chunk: bytes) -> None:
-        while chunk:
-            if not self.reserved:
-                await self._reserve()
-            need = self.part_size - self.buffered
-            if len(chunk) < need:
-                self.chunks.append(chunk)
-                self.buffered += len(chunk)
-                return
-            self.chunks.append(chunk[:need])
-            chunk = chunk[need:]
-            data = b"".join(self.chunks)  # the one copy of a part
-            self.chunks, self.buffered = [], 0
-            await self._emit(data)
+        view = memoryview(chunk)
+        while view:
+            buffer = self.buffer if self.buffer is not None else await self._next_buffer()
+            taken = min(len(view), len(buffer) - self.filled)
+            buffer[self.filled : self.filled + taken] = view[:taken]
+            self.filled += taken
+            view = view[taken:]
+            if self.filled == len(buffer):
+                await self._emit(buffer)
 
     async def finish(self) -> None:
-        if self.buffered or not self.part_md5s:
-            if not self.reserved:
-                await self._reserve()
-            await self._emit(b"".join(self.chunks))
-            self.chunks, self.buffered = [], 0
+        if self.buffer is not None:  # the body ended before the length it announced
+            raise IntegrityError(f"the download ended within part {len(self.part_md5s) + 1}")
+        if not self.part_md5s:  # an empty object is one empty part
+            await self._emit(await self._next_buffer())
 
-    async def _reserve(self) -> None:
+    async def _next_buffer(self) -> bytearray:
         assert self.feed is not None, "start() comes first"
+        offset = len(self.part_md5s) * self.part_size
+        if offset >= self.size and self.size:
+            raise IntegrityError(f"the download is longer than the {self.size} bytes announced")
         await self.feed.reserve()
-        self.reserved = True
+        self.buffer = bytearray(min(self.part_size, self.size - offset))
+        self.filled = 0
+        return self.buffer
 
-    async def _emit(self, data: bytes) -> None:
+    async def _emit(self, data: bytearray) -> None:
         assert self.feed is not None, "start() comes first"
+        self.buffer = None
         md5 = await asyncio.to_thread(_write_part, self.out, data, self.digest)
         self.feed.give(len(self.part_md5s), data, md5)
         self.part_md5s.append(md5)
-        self.reserved = False
 
     def multipart_etag(self) -> str:
         joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False).hexdigest()
