@@ -18,7 +18,6 @@ import orjson
 from .checkpoint import now_iso, write_atomic
 from .checkpoint_tool import errors_by_code, format_codes, human_bytes
 from .progress import Observer
-from .progress_bar import ProgressBar
 from .progress_line import ProgressLine, rate
 from .report import BackupReport
 
@@ -47,6 +46,8 @@ def pick_progress(args: argparse.Namespace, stream: TextIO, log: logging.Logger)
 
         return ProgressLine(stream, every=every, emit=emit)
     if stream.isatty():
+        from .progress_bar import ProgressBar  # rich costs ~40 ms to import: only for the bar
+
         return ProgressBar(stream)
     return ProgressLine(stream, every=every)
 
