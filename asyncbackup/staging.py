@@ -66,12 +66,6 @@ def raise_if_disk_full(exc: OSError, where: Path) -> None:
         ) from exc
 
 
-def _move_into(tmp: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.replace(target)
-    return target
-
-
 class Staging:
     """The staging tree of one job: ``<base_local_path>/<source_bucket>/...``."""
 
@@ -83,6 +77,7 @@ class Staging:
         # Creating folders for a commit and pruning empty ones after a cleanup happen in
         # worker threads: one lock keeps a prune from removing a folder a commit just made.
         self._folders = threading.Lock()
+        self._made: set[Path] = set()  # folders known to exist: no mkdir (and stat) per file
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
 
@@ -115,8 +110,14 @@ class Staging:
         tmp = self.temp_path()
         try:
             try:
-                with open(tmp, "wb") as out:
-                    out.write(data)
+                # os.open: three system calls, where open() adds fstat, ioctl and lseek
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise_if_disk_full(exc, self.base)
                 raise
@@ -131,12 +132,27 @@ class Staging:
         try:
             with self._folders:
                 try:
-                    return _move_into(tmp, self.path_for(key))
+                    return self._move_into(tmp, self.path_for(key))
                 except (FileExistsError, NotADirectoryError, IsADirectoryError):
-                    return _move_into(tmp, self.conflict_path_for(key))
+                    return self._move_into(tmp, self.conflict_path_for(key))
         except OSError as exc:
             raise_if_disk_full(exc, self.base)
             raise
+
+    def _move_into(self, tmp: Path, target: Path) -> Path:
+        """Rename ``tmp`` to ``target``, creating its folder unless this process knows it
+        exists (with ``_folders`` held)."""
+        folder = target.parent
+        if folder in self._made:
+            try:
+                tmp.replace(target)
+                return target
+            except FileNotFoundError:  # removed behind our back: create it again
+                self._made.discard(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.replace(target)
+        self._made.add(folder)
+        return target
 
     def remove(self, path: Path) -> None:
         """Delete a staged file and the folders it leaves empty (blocking)."""
@@ -149,4 +165,5 @@ class Staging:
                     parent.rmdir()
                 except OSError:
                     break
+                self._made.discard(parent)
                 parent = parent.parent

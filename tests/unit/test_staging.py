@@ -98,3 +98,18 @@ def test_commit_survives_cleanups_racing_on_the_same_folders(tmp_path: Path) -> 
         thread.join()
     assert errors == []
     assert not (staging.root / "a").exists()
+
+
+def test_commit_into_a_folder_removed_behind_our_back(tmp_path: Path) -> None:
+    """Folders made once are not made again for every file; one deleted by someone else
+    (an operator cleaning the staging directory mid-run) is made again."""
+    import shutil
+
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    first = staging.store("deep/dir/a", b"1")
+    shutil.rmtree(staging.root / "deep")
+    second = staging.store("deep/dir/b", b"2")
+    assert second.read_bytes() == b"2" and not first.exists()
+    assert staging.store("deep/dir/c", b"3").read_bytes() == b"3"
+    assert sorted(p.name for p in staging.tmp_dir.iterdir()) == []
