@@ -12,6 +12,8 @@ Clock and randomness are injectable, so tests need no sleeping.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -177,7 +179,7 @@ class AdaptiveLimiter:
         self._in_flight = 0
         self._successes = 0
         self._last_decrease = float("-inf")
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.decreases = 0
 
     def _now(self) -> float:
@@ -188,20 +190,40 @@ class AdaptiveLimiter:
         return self._in_flight
 
     async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._in_flight < self.limit)
-            self._in_flight += 1
+        while self._in_flight >= self.limit:
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(woken)
+            try:
+                await woken
+            except asyncio.CancelledError:
+                self._wake()  # a wake-up this waiter got passes on to the next one
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(woken)
+        self._in_flight += 1
 
-    async def release(self) -> None:
-        async with self._cond:
-            self._in_flight -= 1
-            self._cond.notify_all()
+    def release(self) -> None:
+        """Give a slot back. Synchronous, so that it also runs while a task is cancelled:
+        a slot that is never given back would stall every later request for good."""
+        self._in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self._in_flight
+        for woken in self._waiters:
+            if free <= 0:
+                break
+            if not woken.done():
+                woken.set_result(None)
+                free -= 1
 
     def succeeded(self) -> None:
         self._successes += 1
         if self.limit < self.maximum and self._successes >= self.limit:
             self._successes = 0
             self.limit += 1
+            self._wake()
 
     def throttled(self) -> None:
         now = self._now()
@@ -231,23 +253,27 @@ class RetryPolicy:
         """Run ``operation`` until it succeeds, fails for good, or runs out of attempts."""
         attempt = 0
         while True:
-            if self.limiter is not None:
-                await self.limiter.acquire()
+            held = self.limiter  # the slot this attempt holds, until given back
+            if held is not None:
+                await held.acquire()
             try:
                 result = await operation()
             except Exception as exc:
-                error = classify(exc)
-                if self.limiter is not None:
-                    await self.limiter.release()
-                    if is_throttle(exc):
+                if held is not None:
+                    held.release()  # not held through the backoff
+                    held = None
+                    if is_throttle(exc) and self.limiter is not None:
                         self.limiter.throttled()
+                error = classify(exc)
                 attempt += 1
                 if not error.retryable or attempt >= self.max_attempts:
                     raise error from exc
                 self.retries += 1
                 await self.sleep(self.backoff.delay(attempt, retry_after(exc)))
                 continue
+            finally:
+                if held is not None:  # done, cancelled, or an error classify() re-raises
+                    held.release()
             if self.limiter is not None:
-                await self.limiter.release()
                 self.limiter.succeeded()
             return result

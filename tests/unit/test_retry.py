@@ -106,3 +106,53 @@ def test_limiter_is_aimd() -> None:
     for _ in range(200):
         limiter.succeeded()
     assert limiter.limit == 16  # recovers fully, never beyond the maximum
+
+
+async def test_a_cancelled_request_gives_its_slot_back() -> None:
+    """A request cancelled in flight (its copy failed on the other side) or failing with an
+    error classify() re-raises must not keep its limiter slot: two such leaks on a limit of 2
+    used to block every later request for good."""
+    import asyncio
+
+    limiter = AdaptiveLimiter(2)
+    policy = RetryPolicy(3, limiter=limiter, sleep=lambda _: asyncio.sleep(0))
+    started = asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    for _ in range(2):
+        started.clear()
+        task = asyncio.ensure_future(policy.call(hang))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def broken() -> None:
+        raise ValueError("a bug, not a transfer error")
+
+    assert limiter.in_flight == 0
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(policy.call(broken), 1)
+    assert limiter.in_flight == 0
+
+    async def ok() -> str:
+        return "done"
+
+    assert await asyncio.wait_for(policy.call(ok), 1) == "done"
+
+
+async def test_waiters_are_woken_in_turn_and_a_cancelled_one_passes_its_turn_on() -> None:
+    import asyncio
+
+    limiter = AdaptiveLimiter(1)
+    await limiter.acquire()
+    first = asyncio.ensure_future(limiter.acquire())
+    second = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    limiter.release()  # wakes the first waiter...
+    first.cancel()  # ...which is cancelled before it runs: the second gets the slot
+    await asyncio.wait_for(second, 1)
+    assert limiter.in_flight == 1
