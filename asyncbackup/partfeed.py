@@ -38,8 +38,9 @@ class ByteBudget:
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
                 self.free += cost  # granted as it was cancelled: give it back
-            else:
-                self._waiters.remove((cost, granted))
+            else:  # a _wake() may have dropped it already (it was done: cancelled)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((cost, granted))
             self._wake()
             raise
 

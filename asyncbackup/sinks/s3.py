@@ -143,6 +143,8 @@ class S3Sink:
 
     @staticmethod
     def _layout_allowed(part_size: int, size: int) -> bool:
+        if part_size <= 0:
+            return False
         big_enough = part_size >= S3_MIN_PART_SIZE or part_size >= size
         return big_enough and -(-size // part_size) <= S3_MAX_PARTS
 
@@ -245,7 +247,12 @@ class S3Sink:
             if verifiable and etag and etag != f"{expected}-{count}":
                 raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")
             same_layout = part_size == fetched.source_part_size
-            if verifiable and same_layout and etag != clean_etag(fetched.etag):
+            if (
+                verifiable
+                and same_layout
+                and fetched.digest_etag
+                and etag != clean_etag(fetched.etag)
+            ):
                 raise IntegrityError(f"copy ETag {etag} differs from source {fetched.etag}")
         except BaseException:
             cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)

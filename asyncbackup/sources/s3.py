@@ -56,6 +56,7 @@ class FetchedObject:
     metadata: dict[str, Any] = field(default_factory=dict)
     data: bytes | None = None  # small objects stay in memory too: no second read
     source_part_size: int | None = None  # the part size of a multipart source object
+    digest_etag: bool = True  # the source's ETag is made of MD5s (see etag_is_digest)
 
 
 def _local_error(exc: OSError, *, retryable: bool = True) -> ObjectError:
@@ -80,11 +81,15 @@ def multipart_parts(etag: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def etag_is_digest(response: dict[str, Any]) -> bool:
+    """Whether the object's ETag is made of MD5s (of the object, or of its parts): not with
+    SSE-KMS, DSSE-KMS or SSE-C, whose ETags are opaque."""
+    kms = response.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+    return not kms and not response.get("SSECustomerAlgorithm")
+
+
 def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
-    encrypted = response.get("ServerSideEncryption") == "aws:kms" or response.get(
-        "SSECustomerAlgorithm"
-    )
-    return bool(_MD5_ETAG.match(clean_etag(etag))) and not encrypted
+    return bool(_MD5_ETAG.match(clean_etag(etag))) and etag_is_digest(response)
 
 
 def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
@@ -165,7 +170,9 @@ class _PartReceiver(_Receiver):
         self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def start(self, head: dict[str, Any]) -> None:
-        self.size = int(head.get("ContentLength", 0))
+        if head.get("ContentLength") is None:
+            raise IntegrityError("the GET answer has no Content-Length to cut parts by")
+        self.size = int(head["ContentLength"])
         count = max(1, -(-self.size // self.part_size))
         self.feed = PartFeed(count, self.part_size, self.budget)
         self.started.set_result(head)
@@ -343,11 +350,13 @@ class S3Source:
                     str(head.get("ETag", item.etag)),
                     _metadata(head),
                     source_part_size=source_part_size,
+                    digest_etag=etag_is_digest(head),
                 )
                 assert receiver.feed is not None
                 uploading = tg.create_task(upload(described, receiver.feed))
                 fetched = await download
-                if multipart_parts(fetched.etag) and source_part_size == part_size:
+                same_layout = source_part_size == part_size
+                if multipart_parts(fetched.etag) and same_layout and fetched.digest_etag:
                     etag = receiver.multipart_etag()
                     if etag != clean_etag(fetched.etag):
                         raise IntegrityError(
@@ -434,12 +443,14 @@ class S3Source:
                 )
             if md5.hex() != clean_etag(etag):
                 raise IntegrityError(f"MD5 {md5.hex()} of the download differs from ETag {etag}")
-        return FetchedObject(item.key, tmp or Path(), written, md5, etag, _metadata(head))
+        fetched = FetchedObject(item.key, tmp or Path(), written, md5, etag, _metadata(head))
+        fetched.digest_etag = etag_is_digest(head)
+        return fetched
 
     async def part_size(self, key: str, etag: str, size: int) -> int | None:
         """The source's part size, so the copy can have the same layout and the same ETag."""
         parts = multipart_parts(etag)
-        if parts is None:
+        if parts is None or size <= 0:
             return None
         if parts == 1:
             return size

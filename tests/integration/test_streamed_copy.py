@@ -150,3 +150,16 @@ async def test_a_failed_upload_gives_back_every_memory_slot(
     assert budget.free == 3 * PART  # every byte given back
     assert list(staging.tmp_dir.iterdir()) == []
     assert not staging.path_for("data/obj").exists()
+
+
+async def test_an_empty_multipart_source_is_copied(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """A multipart upload of one empty part (ETag "...-1", size 0): its layout is no layout
+    (it divided by zero and killed the worker), and the copy is one empty object."""
+    put_multipart(s3, buckets.source, "data/empty", [0])
+    s3.put_object(Bucket=buckets.source, Key="data/other", Body=b"x")
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    assert s3.head_object(Bucket=buckets.dest, Key="data/empty")["ContentLength"] == 0
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")

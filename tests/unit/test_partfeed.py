@@ -47,3 +47,18 @@ async def test_a_cancelled_waiter_leaves_the_budget_whole() -> None:
     budget.release(100)
     assert budget.free == 100
     await asyncio.wait_for(budget.acquire(100), 1)  # nobody holds a stale share
+
+
+async def test_a_waiter_cancelled_as_bytes_come_back_is_just_cancelled() -> None:
+    """Cancelled while waiting, then bytes released in the same loop turn: the release drops
+    the cancelled waiter, and the waiter must still end with CancelledError (it raised
+    ValueError, which escaped a stopping run as its error)."""
+    budget = ByteBudget(10)
+    await budget.acquire(10)
+    waiter = asyncio.ensure_future(budget.acquire(5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    budget.release(10)
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.free == 10

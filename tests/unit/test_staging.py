@@ -113,3 +113,16 @@ def test_commit_into_a_folder_removed_behind_our_back(tmp_path: Path) -> None:
     assert second.read_bytes() == b"2" and not first.exists()
     assert staging.store("deep/dir/c", b"3").read_bytes() == b"3"
     assert sorted(p.name for p in staging.tmp_dir.iterdir()) == []
+
+
+def test_opaque_etags_of_encrypted_objects_are_not_taken_for_md5s() -> None:
+    from asyncbackup.sources.s3 import etag_is_digest, etag_is_md5
+
+    md5 = '"9e107d9d372bb6826bd81d3542a419d6"'
+    assert etag_is_md5(md5, {}) and etag_is_digest({"ServerSideEncryption": "AES256"})
+    for encrypted in (
+        {"ServerSideEncryption": "aws:kms"},
+        {"ServerSideEncryption": "aws:kms:dsse"},
+        {"SSECustomerAlgorithm": "AES256"},
+    ):
+        assert not etag_is_md5(md5, encrypted) and not etag_is_digest(encrypted)
