@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .pipeline import WorkItem
 from .sinks.s3 import S3Sink
-from .sources.s3 import FetchedObject, S3Source, multipart_parts
+from .sources.s3 import FetchedObject, S3Source
 from .staging import Staging
 
 
@@ -37,33 +37,27 @@ class StagedCopier:
     async def copy_once(self, item: WorkItem) -> int:
         """Copy ``item``; return its size once the destination has it whole."""
         key = self.dest_key(item.key)
-        fetched = await self._streamed(item, key)
-        if fetched is None:
-            fetched = await self.source.fetch(item, self.staging)
-            try:
-                await self.sink.put(fetched, key)
-            except BaseException:
-                await self._clean(fetched)
-                raise
-        await self._clean(fetched)
-        return fetched.size
-
-    async def _streamed(self, item: WorkItem, key: str) -> FetchedObject | None:
-        """Stream ``item`` through staging if it is uploaded in parts; None if it is not."""
-        source_part_size = None
-        if multipart_parts(item.etag) is not None:
-            source_part_size = await self.source.part_size(item.key, item.etag, item.size)
+        # The source's layout (one HEAD for a multipart source), asked once for either path.
+        source_part_size = await self.source.part_size(item.key, item.etag, item.size)
         part_size = self.sink.part_size_of(item.size, source_part_size)
-        if part_size is None:
-            return None
-        return await self.source.fetch_streamed(
-            item,
-            self.staging,
-            part_size=part_size,
-            source_part_size=source_part_size,
-            budget=self.sink.part_budget,
-            upload=functools.partial(self.sink.put_parts, key=key, part_size=part_size),
-        )
+        if part_size is not None:  # uploaded in parts: streamed through staging
+            fetched = await self.source.fetch_streamed(
+                item,
+                self.staging,
+                part_size=part_size,
+                source_part_size=source_part_size,
+                budget=self.sink.part_budget,
+                upload=functools.partial(self.sink.put_parts, key=key, part_size=part_size),
+            )
+            await self._clean(fetched)
+            return fetched.size
+        fetched = await self.source.fetch(item, self.staging)
+        fetched.source_part_size = source_part_size
+        try:
+            await self.sink.put(fetched, key)
+        finally:
+            await self._clean(fetched)
+        return fetched.size
 
     async def _clean(self, fetched: FetchedObject) -> None:
         if self.cleanup and fetched.data is not None:  # small: as it was staged (localio)

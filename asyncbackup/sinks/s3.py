@@ -204,22 +204,20 @@ class S3Sink:
                 for index in numbers:
                     offset = index * part_size
                     length = min(part_size, fetched.size - offset)
+                    data: bytes | bytearray
                     if feed is None:
                         async with self.part_budget.hold(length):
-                            data: bytes | bytearray
                             data, md5 = await self._read_part(fetched.path, offset, length)
                             parts[index] = await self._upload_part(key, upload_id, index, data, md5)
-                            data = b""  # not held past its share of the budget
-                        digests[index] = md5
-                        continue
-                    data, md5 = await feed.take(index)  # its bytes were reserved by the download
-                    try:
-                        if len(data) != length:
-                            raise IntegrityError(f"part {index + 1} is {len(data)} bytes")
-                        parts[index] = await self._upload_part(key, upload_id, index, data, md5)
-                    finally:
-                        data = b""  # not held past its share of the budget
-                        feed.release()
+                    else:
+                        data, md5 = await feed.take(index)  # reserved by the download
+                        try:
+                            if len(data) != length:
+                                raise IntegrityError(f"part {index + 1} is {len(data)} bytes")
+                            parts[index] = await self._upload_part(key, upload_id, index, data, md5)
+                        finally:
+                            feed.release()
+                    del data  # not held while the next part waits for its share of the budget
                     digests[index] = md5
 
             try:

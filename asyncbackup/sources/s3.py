@@ -71,6 +71,16 @@ def _metadata(head: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def _fetched(
+    item: WorkItem, head: dict[str, Any], path: Path, size: int, md5: bytes
+) -> FetchedObject:
+    """The object as its GET's first answer describes it."""
+    etag = str(head.get("ETag", item.etag))
+    fetched = FetchedObject(item.key, path, size, md5, etag, _metadata(head))
+    fetched.digest_etag = etag_is_digest(head)
+    return fetched
+
+
 def clean_etag(etag: str) -> str:
     return etag.strip().strip('"').lower()
 
@@ -290,7 +300,6 @@ class S3Source:
         async with _temporary(staging) as tmp:
             async with _open_for_writing(tmp) as out:
                 fetched = await self._download(item, _FileReceiver(out), tmp)
-            fetched.source_part_size = await self.part_size(item.key, fetched.etag, fetched.size)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         return fetched
 
@@ -342,16 +351,8 @@ class S3Source:
             async with asyncio.TaskGroup() as tg:
                 download = tg.create_task(self._download(item, receiver, tmp))
                 head = await receiver.started
-                described = FetchedObject(
-                    item.key,
-                    tmp,
-                    int(head.get("ContentLength", 0)),
-                    b"",
-                    str(head.get("ETag", item.etag)),
-                    _metadata(head),
-                    source_part_size=source_part_size,
-                    digest_etag=etag_is_digest(head),
-                )
+                described = _fetched(item, head, tmp, int(head["ContentLength"]), b"")
+                described.source_part_size = source_part_size
                 assert receiver.feed is not None
                 uploading = tg.create_task(upload(described, receiver.feed))
                 fetched = await download
@@ -374,7 +375,6 @@ class S3Source:
         receiver = _MemoryReceiver()
         fetched = await self._download(item, receiver, None)
         fetched.data = b"".join(receiver.chunks)
-        fetched.source_part_size = await self.part_size(item.key, fetched.etag, fetched.size)
         try:
             fetched.path = await self.local.run(staging.store, item.key, fetched.data)
         except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
@@ -434,17 +434,17 @@ class S3Source:
         size = int(head.get("ContentLength", written))
         if written != size:
             raise IntegrityError(f"downloaded {written} bytes, expected {size}")
-        etag = str(head.get("ETag", item.etag))
         md5 = receiver.digest.digest() if receiver.digest is not None else b""
-        if etag_is_md5(etag, head):
+        fetched = _fetched(item, head, tmp or Path(), written, md5)
+        if etag_is_md5(fetched.etag, head):
             if receiver.digest is None:  # listed as a multipart object, now a single-part one
                 raise ObjectError(
                     "ObjectChanged", "the object was replaced after it was listed", retryable=True
                 )
-            if md5.hex() != clean_etag(etag):
-                raise IntegrityError(f"MD5 {md5.hex()} of the download differs from ETag {etag}")
-        fetched = FetchedObject(item.key, tmp or Path(), written, md5, etag, _metadata(head))
-        fetched.digest_etag = etag_is_digest(head)
+            if md5.hex() != clean_etag(fetched.etag):
+                raise IntegrityError(
+                    f"MD5 {md5.hex()} of the download differs from ETag {fetched.etag}"
+                )
         return fetched
 
     async def part_size(self, key: str, etag: str, size: int) -> int | None:
