@@ -312,8 +312,10 @@ class FastS3:
     ) -> tuple[aiohttp.ClientResponse, str]:
         path = self.target.path(key)
         url = self.target.origin + path + (f"?{query}" if query else "")
-        if body is not None and len(body) > _PIECE:  # sent in pieces, still not chunked
+        data: bytes | bytearray | AsyncIterator[memoryview] | None = body
+        if body is not None and len(body) > _PIECE:  # in pieces, still not chunked
             headers = {**headers, "content-length": str(len(body))}
+            data = _pieces(body)
         credentials = await self._credentials()
         signed = self.signer.sign(
             method,
@@ -328,7 +330,7 @@ class FastS3:
                 method,
                 URL(url, encoded=True),
                 headers=signed,
-                data=_pieces(body) if body is not None and len(body) > _PIECE else body,
+                data=data,
                 allow_redirects=False,
                 ssl=self.target.ssl,
             )
