@@ -35,16 +35,10 @@ class LocalIO:
     """Run small file operations inline while they take less than ``slow_after`` seconds on
     average (and none ``stall_after``), in worker threads from then on."""
 
-    def __init__(
-        self,
-        slow_after: float = SLOW_AFTER,
-        stall_after: float = STALL_AFTER,
-        *,
-        inline: bool = True,
-    ) -> None:
+    def __init__(self, slow_after: float = SLOW_AFTER, stall_after: float = STALL_AFTER) -> None:
         self.slow_after = slow_after
         self.stall_after = stall_after
-        self.inline = inline
+        self.inline = True
         self.average = 0.0
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
