@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -644,3 +645,32 @@ def main_s3(argv: Sequence[str] | None = None) -> int:
 
 def main_github(argv: Sequence[str] | None = None) -> int:
     return run(build_github_parser(), argv)
+
+
+def leave(code: int) -> NoReturn:
+    """End the process with ``code`` once the run has returned, skipping the interpreter's
+    teardown: freeing every module and object of a finished run costs about 0.1 s (a tenth
+    of a 2,000-object copy) and has nothing left to do. By then the run is over: the loop is
+    closed, its executor joined, the checkpoint closed and fsynced. What is still buffered -
+    log handlers, stdout, stderr - is flushed first. Only for the console commands, which
+    own their process; ``main()`` and friends return the code for callers in Python."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to flush to
+            stream.flush()
+    os._exit(code)
+
+
+def console() -> NoReturn:
+    """``asyncbackup`` (and ``python -m asyncbackup``)."""
+    leave(main())
+
+
+def console_s3() -> NoReturn:
+    """``backup-s3``."""
+    leave(main_s3())
+
+
+def console_github() -> NoReturn:
+    """``backup-github``."""
+    leave(main_github())

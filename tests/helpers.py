@@ -79,7 +79,7 @@ def run_cli(
         argv = [
             sys.executable,
             "-c",
-            "import sys; from asyncbackup.cli import main_s3; sys.exit(main_s3())",
+            "from asyncbackup.cli import console_s3; console_s3()",
             *args,
         ]
     else:

@@ -14,7 +14,7 @@ from typing import Any
 
 from asyncbackup.checkpoint import CheckpointState, read_checkpoint
 
-CLI = [sys.executable, "-c", "import sys; from asyncbackup.cli import main_s3; sys.exit(main_s3())"]
+CLI = [sys.executable, "-c", "from asyncbackup.cli import console_s3; console_s3()"]
 
 
 def put_parallel(client: Any, bucket: str, objects: Mapping[str, bytes], **extra: Any) -> None:
