@@ -164,7 +164,14 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tuning = parser.add_argument_group("transfer")
     tuning.add_argument("--concurrency", type=positive_int, default=16, metavar="N")
-    tuning.add_argument("--multipart-threshold", type=parse_size, default="8MiB", metavar="SIZE")
+    tuning.add_argument(
+        "--multipart-threshold",
+        type=parse_size,
+        default="64MiB",
+        metavar="SIZE",
+        help="objects from this size on are uploaded in parts, unless multipart at the source "
+        "(copied in its layout); smaller ones in one PUT (default 64MiB)",
+    )
     tuning.add_argument("--part-size", type=parse_size, default="8MiB", metavar="SIZE")
     tuning.add_argument(
         "--checksum",

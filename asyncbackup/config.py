@@ -106,7 +106,7 @@ class BackupConfig:
     ignore_checkpoints: bool = False
     on_complete: OnComplete = "archive"
     concurrency: int = 16
-    multipart_threshold: int = 8 * MiB
+    multipart_threshold: int = 64 * MiB
     part_size: int = 8 * MiB
     part_concurrency: int = 4
     max_attempts: int = 8

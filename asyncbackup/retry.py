@@ -277,3 +277,23 @@ class RetryPolicy:
             if self.limiter is not None:
                 self.limiter.succeeded()
             return result
+
+    async def once(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """One attempt of a request that cannot be repeated as it is (a streamed body): it
+        holds a limiter slot like any other, and its failure comes out classified, for the
+        caller to decide what to do instead."""
+        limiter = self.limiter
+        if limiter is not None:
+            await limiter.acquire()
+        try:
+            result = await operation()
+        except Exception as exc:
+            if limiter is not None and is_throttle(exc):
+                limiter.throttled()
+            raise classify(exc) from exc
+        finally:
+            if limiter is not None:
+                limiter.release()
+        if limiter is not None:
+            limiter.succeeded()
+        return result

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .pipeline import WorkItem
 from .sinks.s3 import S3Sink
-from .sources.s3 import FetchedObject, S3Source
+from .sources.s3 import IN_MEMORY_LIMIT, FetchedObject, S3Source, is_md5_etag
 from .staging import Staging
 
 
@@ -51,10 +51,21 @@ class StagedCopier:
             )
             await self._clean(fetched)
             return fetched.size
-        fetched = await self.source.fetch(item, self.staging)
+        if item.size > IN_MEMORY_LIMIT and is_md5_etag(item.etag) and self.sink.can_stream():
+            # One PUT streamed as the download goes, checked by the destination against
+            # the source's MD5 (its ETag): nothing to hash here, and the ETag is kept.
+            fetched, uploaded = await self.source.fetch_and_put(
+                item,
+                self.staging,
+                budget=self.sink.part_budget,
+                upload=functools.partial(self.sink.put_stream, key=key),
+            )
+        else:
+            fetched, uploaded = await self.source.fetch(item, self.staging), False
         fetched.source_part_size = source_part_size
         try:
-            await self.sink.put(fetched, key)
+            if not uploaded:
+                await self.sink.put(fetched, key)
         finally:
             await self._clean(fetched)
         return fetched.size

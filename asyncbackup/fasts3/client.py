@@ -305,15 +305,17 @@ class FastS3:
         method: str,
         key: str,
         headers: dict[str, str],
-        body: bytes | bytearray | None,
+        body: bytes | bytearray | AsyncIterator[bytes] | None,
         payload_hash: str,
         *,
         query: str = "",
     ) -> tuple[aiohttp.ClientResponse, str]:
+        """Sign and send one request. A body given as an iterator goes with the
+        ``content-length`` that ``headers`` must carry (never chunked)."""
         path = self.target.path(key)
         url = self.target.origin + path + (f"?{query}" if query else "")
-        data: bytes | bytearray | AsyncIterator[memoryview] | None = body
-        if body is not None and len(body) > _PIECE:  # in pieces, still not chunked
+        data: bytes | bytearray | AsyncIterator[bytes | memoryview] | None = body
+        if isinstance(body, bytes | bytearray) and len(body) > _PIECE:  # in pieces, not chunked
             headers = {**headers, "content-length": str(len(body))}
             data = _pieces(body)
         credentials = await self._credentials()
@@ -389,6 +391,40 @@ class FastS3:
         """PutObject of a body in memory; the response fields botocore returns."""
         headers = put_headers(params) if self.enabled else None
         return await self._put_body("put_object", "PutObject", params, headers)
+
+    async def put_object_stream(
+        self, params: dict[str, Any], size: int, chunks: AsyncIterator[bytes]
+    ) -> dict[str, Any] | None:
+        """PutObject of ``size`` bytes read from ``chunks`` as the request goes out, so an
+        object can go on while it is still being downloaded. ``params`` are PutObject's
+        without ``Body``, and must carry ``ContentMD5``: the server checks the whole stream
+        against it, which is what lets the body go ``UNSIGNED-PAYLOAD`` unread. Returns the
+        response fields botocore returns, or None when this request cannot be streamed here
+        (a parameter the fast path does not cover, another bucket, the fast path off) or the
+        server asked for botocore (then the fast path is off for the bucket, as for any
+        request): a stream cannot be sent again, so the caller sends the object another way.
+        ``chunks`` is not consumed at all when None is returned before sending."""
+        if "ContentMD5" not in params or "ChecksumAlgorithm" in params or "Body" in params:
+            raise ValueError("a streamed PutObject carries ContentMD5, and only that checksum")
+        headers = put_headers({**params, "Body": b""}) if self.enabled else None
+        if headers is None or params.get("Bucket") != self.bucket:
+            return None
+        headers["content-length"] = str(size)
+        response, url = await self._send("PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD)
+        if response.status >= 300:
+            try:
+                await self._raise_error(response, url, "PutObject")
+            except _HandBack as exc:
+                self._hand_back(str(exc))
+                return None
+        try:
+            await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _connection_error(exc, url) from exc
+        finally:
+            response.release()
+        self.fast_requests += 1
+        return response_fields(response.headers.items(), response.status)
 
     async def copy_object(self, **params: Any) -> dict[str, Any]:
         """CopyObject into this bucket: the output botocore returns, ``CopyObjectResult``

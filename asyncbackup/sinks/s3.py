@@ -13,7 +13,7 @@ import base64
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import IN_MEMORY_LIMIT, FetchedObject, clean_etag, etag_is_md5
+from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
 from ..uploads import UploadJournal, abort_upload, sweep_key
 
 log = logging.getLogger("asyncbackup")
@@ -112,13 +112,21 @@ class S3Sink:
         if part_size is not None:
             await self._put_multipart(fetched, key, part_size)
             return
-        body = fetched.data  # the verified download itself, for small objects
-        if body is None:
+        if fetched.data is not None:  # the verified download itself, for small objects
+            await self._put_body(fetched, key, fetched.data)
+            return
+        async with self.part_budget.hold(fetched.size):  # whole in memory: bounded in bytes
             body = await asyncio.to_thread(fetched.path.read_bytes)
-            if len(body) != fetched.size or hashlib.md5(body, usedforsecurity=False).digest() != (
-                fetched.md5
-            ):
-                raise IntegrityError("the staged file changed between download and upload")
+            md5 = hashlib.md5(body, usedforsecurity=False).digest()
+            if len(body) != fetched.size or (fetched.md5 and md5 != fetched.md5):
+                raise IntegrityError(
+                    f"the staged copy of {key} is not what was downloaded (MD5 {md5.hex()}, "
+                    f"{len(body)} bytes; expected {fetched.md5.hex() or 'any'}, {fetched.size})"
+                )
+            fetched.md5 = md5
+            await self._put_body(fetched, key, body)
+
+    async def _put_body(self, fetched: FetchedObject, key: str, body: bytes) -> None:
         params = {
             "Bucket": self.bucket,
             "Key": key,
@@ -129,11 +137,56 @@ class S3Sink:
         }
         if self.bandwidth is not None:
             await self.bandwidth.consume(len(body))
-        put_object = self.client.put_object
-        if self.fast is not None and fetched.size <= IN_MEMORY_LIMIT:
-            put_object = self.fast.put_object
+        put_object = self.fast.put_object if self.fast is not None else self.client.put_object
         response = await self.retry.call(lambda: put_object(**params))
         self._check_etag(response, fetched.md5.hex(), key)
+
+    def can_stream(self) -> bool:
+        """Whether ``put_stream`` may work: the fast path is on for the bucket, and the
+        checksum is the MD5 a source's ETag gives before its bytes are read."""
+        return self.fast is not None and self.fast.enabled and self.checksum == "md5"
+
+    async def put_stream(
+        self, fetched: FetchedObject, chunks: AsyncIterator[bytes], *, key: str
+    ) -> bool:
+        """Upload ``fetched`` in one PUT whose body is ``chunks``, read as the download brings
+        them, with ``fetched.md5`` (the source's MD5, from its ETag) as Content-MD5: the
+        destination refuses a body that does not match it, and the ETag it answers is checked.
+
+        True once the destination has the object whole. False when it was not streamed: the
+        fast path cannot send it, or the PUT failed in a way a retry could mend (a stream
+        cannot be sent twice; the caller puts the staged file instead, with retries).
+        """
+        fast = self.fast
+        if fast is None or not self.can_stream():
+            return False
+        params = {
+            "Bucket": self.bucket,
+            "Key": key,
+            **fetched.metadata,
+            **self.extra_params,
+            **self._checksum_params(fetched.md5),
+        }
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                if self.bandwidth is not None:
+                    await self.bandwidth.consume(len(chunk))
+                yield chunk
+
+        try:
+            response = await self.retry.once(
+                lambda: fast.put_object_stream(params, fetched.size, body())
+            )
+        except ObjectError as exc:
+            if not exc.retryable:
+                raise
+            log.debug("streamed PUT of %s failed (%s); putting the staged file", key, exc)
+            return False
+        if response is None:
+            return False
+        self._check_etag(response, fetched.md5.hex(), key)
+        return True
 
     async def put_parts(
         self, fetched: FetchedObject, feed: PartFeed, *, key: str, part_size: int

@@ -91,6 +91,12 @@ def multipart_parts(etag: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_md5_etag(etag: str) -> bool:
+    """Whether ``etag`` looks like a single-part upload's MD5 (SSE-KMS and SSE-C ETags look
+    the same: only the GET's headers tell, see ``etag_is_md5``)."""
+    return bool(_MD5_ETAG.match(clean_etag(etag)))
+
+
 def etag_is_digest(response: dict[str, Any]) -> bool:
     """Whether the object's ETag is made of MD5s (of the object, or of its parts): not with
     SSE-KMS, DSSE-KMS or SSE-C, whose ETags are opaque."""
@@ -99,7 +105,7 @@ def etag_is_digest(response: dict[str, Any]) -> bool:
 
 
 def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
-    return bool(_MD5_ETAG.match(clean_etag(etag))) and etag_is_digest(response)
+    return is_md5_etag(etag) and etag_is_digest(response)
 
 
 def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
@@ -127,6 +133,8 @@ class _Receiver:
     """Where the bytes of a download go, in order, resumed or not."""
 
     digest: Any  # the MD5 of the whole object, or None where it is not computed
+    #: False where the destination checks the bytes against the source's MD5 instead
+    checks_md5 = True
 
     def start(self, head: dict[str, Any]) -> None:
         """The first response's fields, before its first chunk."""
@@ -224,6 +232,80 @@ class _PartReceiver(_Receiver):
     def multipart_etag(self) -> str:
         joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False).hexdigest()
         return f"{joined}-{len(self.part_md5s)}"
+
+
+class _StreamReceiver(_Receiver):
+    """A single-part object written to the temporary file and, as it arrives, handed to the
+    one PUT that streams it to the destination (``chunks()``). The bytes waiting for that PUT
+    are reserved in the budget; file writes are batched to at least ``CHUNK`` bytes a thread
+    call. Nothing is hashed here: the PUT carries the source's MD5 as Content-MD5, and the
+    destination refuses a stream that does not match it. ``detach()`` stops the hand-over
+    (the PUT failed, or cannot be made): the download then only goes on to the file."""
+
+    digest = None
+    checks_md5 = False
+
+    def __init__(self, out: BinaryIO, budget: ByteBudget) -> None:
+        self.out = out
+        self.budget = budget
+        self.size = 0
+        self.received = 0
+        self.streaming = True
+        self.reserved = 0  # bytes received for the PUT, not yet sent by it
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.pending: list[bytes] = []  # for the next file write
+        self.pending_bytes = 0
+        self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def start(self, head: dict[str, Any]) -> None:
+        if head.get("ContentLength") is None:
+            raise IntegrityError("the GET answer has no Content-Length to stream by")
+        self.size = int(head["ContentLength"])
+        self.started.set_result(head)
+
+    async def add(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.size:
+            raise IntegrityError(f"the download is longer than the {self.size} bytes announced")
+        if self.streaming:
+            await self.budget.acquire(len(chunk))
+            if self.streaming:
+                self.reserved += len(chunk)
+                self.queue.put_nowait(chunk)
+            else:  # detached while waiting for the budget
+                self.budget.release(len(chunk))
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.pending_bytes >= CHUNK:
+            await self._write()
+
+    async def finish(self) -> None:
+        await self._write()
+
+    async def _write(self) -> None:
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        if pending:
+            await asyncio.to_thread(self.out.writelines, pending)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body of the PUT: every byte of the object, in order, as it arrives."""
+        sent = 0
+        while sent < self.size:
+            chunk = await self.queue.get()
+            yield chunk
+            sent += len(chunk)
+            if self.streaming:
+                self.reserved -= len(chunk)
+                self.budget.release(len(chunk))
+
+    def detach(self) -> None:
+        """No more hand-over to the PUT; give back every byte reserved for it."""
+        if self.streaming:
+            self.streaming = False
+            if self.reserved:
+                self.budget.release(self.reserved)
+            self.reserved = 0
+            self.queue = asyncio.Queue()
 
 
 @contextlib.asynccontextmanager
@@ -337,6 +419,67 @@ class S3Source:
                 receiver.feed.close()
         return fetched
 
+    async def fetch_and_put(
+        self,
+        item: WorkItem,
+        staging: Staging,
+        *,
+        budget: ByteBudget,
+        upload: Callable[[FetchedObject, AsyncIterator[bytes]], Coroutine[Any, Any, bool]],
+    ) -> tuple[FetchedObject, bool]:
+        """Download ``item`` to staging while ``upload`` streams it to the destination in one
+        PUT, with the source's ETag (its MD5) as the PUT's Content-MD5.
+
+        Returns the staged object and whether ``upload`` put it. False when the GET's answer
+        shows an ETag that is not the object's MD5 (SSE-KMS, SSE-C, an object replaced by a
+        multipart one), or when the PUT failed in a way a retry could mend (a stream cannot be
+        sent twice): the download then went on to the staged file alone, and ``md5`` is the
+        source's MD5 when known, else empty; the caller puts the staged file.
+        """
+        receiver: _StreamReceiver | None = None
+        try:
+            async with _temporary(staging) as tmp:
+                async with _open_for_writing(tmp) as out:
+                    receiver = _StreamReceiver(out, budget)
+                    fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
+                fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
+        finally:
+            if receiver is not None:
+                receiver.detach()
+        return fetched, uploaded
+
+    async def _download_and_stream(
+        self,
+        item: WorkItem,
+        receiver: _StreamReceiver,
+        tmp: Path,
+        upload: Callable[[FetchedObject, AsyncIterator[bytes]], Coroutine[Any, Any, bool]],
+    ) -> tuple[FetchedObject, bool]:
+        async def stream(described: FetchedObject) -> bool:
+            uploaded = await upload(described, receiver.chunks())
+            if not uploaded:
+                receiver.detach()
+            return uploaded
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                download = tg.create_task(self._download(item, receiver, tmp))
+                head = await receiver.started
+                etag = str(head.get("ETag", ""))
+                md5 = bytes.fromhex(clean_etag(etag)) if etag_is_md5(etag, head) else b""
+                uploading = None
+                if md5:
+                    described = _fetched(item, head, tmp, receiver.size, md5)
+                    uploading = tg.create_task(stream(described))
+                else:
+                    receiver.detach()
+                fetched = await download
+                uploaded = await uploading if uploading is not None else False
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None
+        fetched.md5 = md5
+        return fetched, uploaded
+
     async def _download_and_upload(
         self,
         item: WorkItem,
@@ -436,7 +579,7 @@ class S3Source:
             raise IntegrityError(f"downloaded {written} bytes, expected {size}")
         md5 = receiver.digest.digest() if receiver.digest is not None else b""
         fetched = _fetched(item, head, tmp or Path(), written, md5)
-        if etag_is_md5(fetched.etag, head):
+        if receiver.checks_md5 and etag_is_md5(fetched.etag, head):
             if receiver.digest is None:  # listed as a multipart object, now a single-part one
                 raise ObjectError(
                     "ObjectChanged", "the object was replaced after it was listed", retryable=True

@@ -90,8 +90,14 @@ def fill(s3: Any, bucket: str) -> dict[str, bytes]:
                 WebsiteRedirectLocation="/elsewhere.html",
             )
         s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
-    big = os.urandom(IN_MEMORY_LIMIT + 4096)  # above the limit: botocore's path
-    s3.put_object(Bucket=bucket, Key="data/big.bin", Body=big)
+    big = os.urandom(IN_MEMORY_LIMIT + 4096)  # above the limit: GET by botocore, PUT streamed
+    s3.put_object(
+        Bucket=bucket,
+        Key="data/big.bin",
+        Body=big,
+        ContentType="application/x-big",
+        Metadata={"owner": "team-big"},
+    )
     bodies["data/big.bin"] = big
     return bodies
 
@@ -122,11 +128,19 @@ async def test_copies_are_identical_with_metadata_on_both_paths(
     assert heads(s3, buckets.dest, list(bodies)) == source_heads
     assert source_heads[KEYS[0]]["Metadata"] == {"owner": "team-0", "mixed-case": "v a l"}
     assert source_heads[KEYS[0]]["ContentEncoding"] == "gzip"
-    # Every small object went through the fast path, both ways; the big one through botocore.
+    # Every small object went through the fast path, both ways. The big one was read by
+    # botocore and streamed to the destination in one fast-path PUT, unsigned, carrying
+    # the source's MD5 (its ETag) for the server to check.
     small = sorted(f"/{buckets.source}/{key}" for key in KEYS)
     assert sorted(r.path for r in fast(proxy.requests, "GET")) == small
-    assert len(fast(proxy.requests, "PUT")) == len(KEYS)
-    assert not [r for r in fast(proxy.requests, "GET") if "big.bin" in r.path]
+    assert len(fast(proxy.requests, "PUT")) == len(KEYS) + 1
+    (big_put,) = [r for r in fast(proxy.requests, "PUT") if "big.bin" in r.path]
+    md5 = hashlib.md5(bodies["data/big.bin"]).digest()
+    assert big_put.headers["content-md5"] == base64.b64encode(md5).decode()
+    assert big_put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert big_put.headers["content-length"] == str(IN_MEMORY_LIMIT + 4096)
+    assert "transfer-encoding" not in big_put.headers
+    assert source_heads["data/big.bin"]["ETag"] == f'"{md5.hex()}"'
 
     # The same backup with the fast path off: the same objects, the same metadata.
     proxy.requests.clear()

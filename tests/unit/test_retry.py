@@ -156,3 +156,26 @@ async def test_waiters_are_woken_in_turn_and_a_cancelled_one_passes_its_turn_on(
     first.cancel()  # ...which is cancelled before it runs: the second gets the slot
     await asyncio.wait_for(second, 1)
     assert limiter.in_flight == 1
+
+
+async def test_once_is_one_attempt_that_gives_its_slot_back_and_reports_a_throttle() -> None:
+    limiter = AdaptiveLimiter(8)
+    policy = RetryPolicy(5, limiter=limiter)
+    calls = 0
+
+    async def throttled() -> None:
+        nonlocal calls
+        calls += 1
+        raise client_error("SlowDown", 503)
+
+    with pytest.raises(ObjectError) as caught:
+        await policy.once(throttled)
+    assert calls == 1  # never repeated
+    assert caught.value.code == "SlowDown" and caught.value.retryable
+    assert limiter.in_flight == 0 and limiter.limit == 4  # slot back, limit halved
+
+    async def fine() -> str:
+        return "ok"
+
+    assert await policy.once(fine) == "ok"
+    assert limiter.in_flight == 0

@@ -1,0 +1,181 @@
+"""A single-part object (above 1 MiB, below the multipart threshold) is streamed to the
+destination in one PUT as it downloads, with the source's ETag (its MD5) as Content-MD5.
+
+Against moto over HTTP, through the recording proxy. moto does not check Content-MD5 (S3,
+MinIO and SeaweedFS do), so a corrupted stream lands there: the ETag it answers is what
+catches it, and the object is copied again."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import run_backup
+from asyncbackup.fasts3.client import USER_AGENT
+from asyncbackup.partfeed import ByteBudget
+from asyncbackup.pipeline import WorkItem
+from asyncbackup.sources.s3 import FetchedObject
+from asyncbackup.staging import Staging
+from tests.conftest import Buckets, S3Server
+from tests.helpers import MiB, assert_same_objects, load_json, s3_source
+from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
+
+SIZE = 3 * MiB + 123
+KEY = "data/obj.bin"
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
+    with run_proxy(s3_server.endpoint) as running:
+        yield running
+
+
+def requests_for(proxy: S3Proxy, method: str) -> list[Recorded]:
+    return [r for r in proxy.requests if r.method == method and r.path.endswith("/" + KEY)]
+
+
+async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: Any) -> Any:
+    return await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "stage",
+        endpoint_url=proxy.endpoint,
+        concurrency=4,
+        multipart_threshold=64 * MiB,
+        **options,
+    )
+
+
+def put_source(s3: Any, bucket: str, **extra: Any) -> bytes:
+    body = os.urandom(SIZE)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=body, **extra)
+    return body
+
+
+async def test_one_put_goes_out_while_the_object_downloads_and_keeps_its_etag(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    body = put_source(s3, buckets.source, ContentType="application/x-obj", Metadata={"a": "b"})
+    # the GET's body arrives in 256 KiB pieces 0.1 s apart: about 1.3 s for the object
+    proxy.add_rule(Rule(None, method="GET", path=KEY + "$", drip=0.1))
+    report = await backup(buckets, tmp_path, proxy, cleanup=False)
+    assert report.exit_code == 0, report.errors
+    (get,) = requests_for(proxy, "GET")
+    (put,) = requests_for(proxy, "PUT")
+    assert put.query == ""  # one PutObject: no multipart upload
+    assert not [r for r in proxy.requests if r.method == "POST"]
+    assert put.headers["user-agent"] == USER_AGENT
+    md5 = hashlib.md5(body).digest()
+    assert put.headers["content-md5"] == base64.b64encode(md5).decode()
+    assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert put.headers["content-length"] == str(SIZE)
+    # it started well before the last byte of the download had arrived
+    assert put.started < get.finished - 0.5
+    source = s3.head_object(Bucket=buckets.source, Key=KEY)
+    copy = s3.head_object(Bucket=buckets.dest, Key=KEY)
+    assert copy["ETag"] == source["ETag"] == f'"{md5.hex()}"'
+    assert (copy["ContentType"], copy["Metadata"]) == ("application/x-obj", {"a": "b"})
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+    staged = Staging(tmp_path / "stage", buckets.source).path_for(KEY)
+    assert staged.read_bytes() == body  # the staged file is the whole object too
+
+
+async def test_a_corrupted_stream_is_caught_by_its_etag_and_copied_again(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    put_source(s3, buckets.source)
+    proxy.add_rule(Rule("corrupt", method="GET", path=KEY + "$", times=1))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    assert len(requests_for(proxy, "GET")) == 2  # the corrupted download, then the retry
+    assert len(requests_for(proxy, "PUT")) == 2
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+
+
+async def test_a_stream_corrupted_every_time_is_never_counted_done(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    put_source(s3, buckets.source)
+    proxy.add_rule(Rule("corrupt", method="GET", path=KEY + "$"))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 1
+    assert KEY in report.errors and "ETag" in report.errors[KEY]
+    checkpoint = load_json(next((tmp_path / "stage" / "checkpoints").glob("*.checkpoint")))
+    assert checkpoint["files"][KEY] is False and KEY in checkpoint["errors"]
+
+
+@pytest.mark.parametrize("fault", ["slowdown", "reset_before", "signature_mismatch"])
+async def test_a_failed_streamed_put_is_sent_again_from_the_staged_file(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, fault: str
+) -> None:
+    """A stream cannot be sent twice: the download goes on to the staged file alone, then
+    the file is put with the usual retries (by botocore when the server asked for it)."""
+    put_source(s3, buckets.source)
+    proxy.add_rule(Rule(fault, method="PUT", path=KEY + "$", times=1))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    assert len(requests_for(proxy, "GET")) == 1  # not downloaded again
+    first, second = requests_for(proxy, "PUT")
+    assert first.fault == fault and second.fault is None
+    agent = second.headers["user-agent"]
+    assert (agent == USER_AGENT) == (fault != "signature_mismatch")
+    source = s3.head_object(Bucket=buckets.source, Key=KEY)
+    assert s3.head_object(Bucket=buckets.dest, Key=KEY)["ETag"] == source["ETag"]
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+
+
+async def test_an_opaque_etag_is_not_sent_as_content_md5(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """SSE-KMS: the ETag is not the MD5 (moto's looks like one). Only the GET's headers say
+    so; the object is then downloaded whole and put with the MD5 of what was received."""
+    body = put_source(s3, buckets.source, ServerSideEncryption="aws:kms")
+    assert s3.head_object(Bucket=buckets.source, Key=KEY)["ServerSideEncryption"] == "aws:kms"
+    proxy.add_rule(Rule(None, method="GET", path=KEY + "$", drip=0.05))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    (get,) = requests_for(proxy, "GET")
+    (put,) = requests_for(proxy, "PUT")
+    assert put.started > get.finished  # not streamed
+    md5 = hashlib.md5(body).digest()
+    assert put.headers["content-md5"] == base64.b64encode(md5).decode()
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+
+
+async def test_a_given_up_stream_gives_back_its_memory_and_stages_the_whole_object(
+    buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The PUT reads one chunk and fails: every byte reserved for it is given back, and the
+    download goes on to the staged file, which is the whole object."""
+    body = put_source(s3, buckets.source)
+    head = s3.head_object(Bucket=buckets.source, Key=KEY)
+    item = WorkItem(key=KEY, size=head["ContentLength"], etag=head["ETag"])
+    staging = Staging(tmp_path, buckets.source)
+    staging.prepare()
+    budget = ByteBudget(2 * MiB)
+    taken: list[int] = []
+
+    async def failing_put(described: FetchedObject, chunks: AsyncIterator[bytes]) -> bool:
+        async for chunk in chunks:
+            taken.append(len(chunk))
+            break
+        await asyncio.sleep(0.2)  # meanwhile the download fills the budget
+        return False
+
+    async with s3_source(s3.meta.endpoint_url, buckets.source) as src:
+        fetched, uploaded = await src.fetch_and_put(
+            item, staging, budget=budget, upload=failing_put
+        )
+    assert not uploaded and len(taken) == 1
+    assert budget.free == 2 * MiB  # every byte given back
+    assert fetched.md5 == hashlib.md5(body).digest()  # the source's, from its ETag
+    assert fetched.path.read_bytes() == body
+    assert list(staging.tmp_dir.iterdir()) == []
