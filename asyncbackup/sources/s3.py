@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
 from ..errors import IntegrityError, ObjectError
@@ -23,14 +26,19 @@ from ..fasts3 import FastS3
 from ..localio import LocalIO
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
-from ..retry import RetryPolicy
+from ..retry import RetryPolicy, error_code
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_disk_full
+
+log = logging.getLogger("asyncbackup")
 
 CHUNK = 1024 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+#: how a server that does not do ``HEAD ?partNumber=`` answers it. The error of a HEAD has no
+#: body, so botocore names it by its status: "400" here is a 400 the server gave no other name.
+_PART_NUMBER_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "400"})
 
 #: GetObject response fields that are copied to the destination as they are.
 PRESERVED_FIELDS = (
@@ -274,6 +282,7 @@ class S3Source:
         self.fast: FastS3 | None = None
         #: how small objects are staged (and removed): inline while the disk is fast
         self.local = LocalIO()
+        self.first_part = FirstPartProbe(client, bucket, retry)
 
     async def list(self, prefix: str) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive."""
@@ -454,13 +463,64 @@ class S3Source:
             return None
         if parts == 1:
             return size
-        head = await self.retry.call(
-            # No If-Match: some servers answer with the part's ETag. A change in between
-            # shows up as an ETag mismatch of the copy, which is retried.
-            functools.partial(self.client.head_object, Bucket=self.bucket, Key=key, PartNumber=1)
-        )
+        head = await self.first_part.head(key)
+        if head is None:
+            return None
         part_size = int(head.get("ContentLength", 0))
         # Only a uniform layout reproduces the ETag: N-1 full parts and a shorter last one.
         if part_size <= 0 or not (parts - 1) * part_size < size <= parts * part_size:
             return None
         return part_size
+
+
+def refuses_part_number(exc: ClientError) -> bool:
+    """Whether ``exc`` is a server saying it does not do ``HEAD ?partNumber=`` (a 501, or a
+    400 without another name), not a failure of the request as such (throttling, a 5xx worth
+    a retry, AccessDenied, NoSuchKey)."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 501 or error_code(exc) in _PART_NUMBER_REFUSALS
+
+
+class FirstPartProbe:
+    """``HEAD ?partNumber=1`` of a bucket's multipart objects: the first part's length tells
+    an object's layout.
+
+    ``head`` answers None when the server refuses the partNumber parameter (some S3-compatible
+    servers do): the layout is then unknown, as it is for a non-uniform one, and the object is
+    copied in parts of our size, checked as any such copy is (a staged one by its length and
+    the MD5 of every part at the destination), but not against the source's multipart ETag.
+    Logged once.
+    """
+
+    def __init__(self, client: S3Client, bucket: str, retry: RetryPolicy) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.retry = retry
+        self.refused = 0  # objects whose HEAD ?partNumber=1 the server refused
+
+    async def head(self, key: str) -> dict[str, Any] | None:
+        async def attempt() -> dict[str, Any] | None:
+            try:
+                # No If-Match: some servers answer with the part's ETag. A change in between
+                # shows up as an ETag mismatch of the copy, which is retried.
+                answer: dict[str, Any] = await self.client.head_object(
+                    Bucket=self.bucket, Key=key, PartNumber=1
+                )
+            except ClientError as exc:
+                if not refuses_part_number(exc):
+                    raise
+                self._refused(exc)
+                return None
+            return answer
+
+        return await self.retry.call(attempt)
+
+    def _refused(self, exc: ClientError) -> None:
+        self.refused += 1
+        if self.refused == 1:  # the server answers every object the same way
+            log.warning(
+                "bucket %s refuses HEAD ?partNumber=1 (%s): multipart objects are copied in "
+                "parts of --part-size, so the copies' ETags differ from the source's",
+                self.bucket,
+                error_code(exc),
+            )
