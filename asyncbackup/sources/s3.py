@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
+from ..checksums import ALGORITHMS, Digests, Hasher
+from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..localio import LocalIO
@@ -122,13 +124,13 @@ def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
-def _write_part(out: BinaryIO, data: bytearray, whole: Any) -> bytes:
-    """Write one part, add it to the whole object's MD5 (if kept) and return the part's MD5,
-    in one worker-thread call."""
+def _write_part(out: BinaryIO, data: bytearray, whole: Any, hasher: Hasher) -> Digests:
+    """Write one part, add it to the whole object's MD5 (if kept) and return the part's
+    digests (its MD5, the checksum its upload carries), in one worker-thread call."""
     out.write(data)
     if whole is not None:
         whole.update(data)
-    return hashlib.md5(data, usedforsecurity=False).digest()
+    return hasher(data)
 
 
 class _Receiver:
@@ -172,15 +174,18 @@ class _FileReceiver(_Receiver):
 class _PartReceiver(_Receiver):
     """A large object cut into the parts of its upload as it arrives: each part is filled in
     a buffer of its exact size (reserved in the budget first), written to the temporary file
-    and hashed in one worker-thread call, then handed to the upload as it is, no copy, while
-    the download goes on (``PartFeed``)."""
+    and hashed (``hasher``) in one worker-thread call, then handed to the upload as it is, no
+    copy, while the download goes on (``PartFeed``)."""
 
-    def __init__(self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool):
+    def __init__(
+        self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool, hasher: Hasher
+    ) -> None:
         self.out = out
         self.part_size = part_size
         self.budget = budget
+        self.hasher = hasher
         self.digest = hashlib.md5(usedforsecurity=False) if whole else None
-        self.part_md5s: list[bytes] = []
+        self.part_md5s: list[bytes] = []  # b"" each where the hasher computes no MD5
         self.size = 0
         self.buffer: bytearray | None = None
         self.filled = 0
@@ -225,11 +230,12 @@ class _PartReceiver(_Receiver):
     async def _emit(self, data: bytearray) -> None:
         assert self.feed is not None, "start() comes first"
         self.buffer = None
-        md5 = await asyncio.to_thread(_write_part, self.out, data, self.digest)
-        self.feed.give(len(self.part_md5s), data, md5)
-        self.part_md5s.append(md5)
+        digests = await asyncio.to_thread(_write_part, self.out, data, self.digest, self.hasher)
+        self.feed.give(len(self.part_md5s), data, digests)
+        self.part_md5s.append(digests.md5)
 
     def multipart_etag(self) -> str:
+        assert self.hasher.md5, "the parts' MD5s were computed"
         joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False).hexdigest()
         return f"{joined}-{len(self.part_md5s)}"
 
@@ -321,6 +327,7 @@ class S3Source:
         source_part_size: int | None,
         budget: ByteBudget,
         upload: Callable[[FetchedObject, PartFeed], Coroutine[Any, Any, None]],
+        checksum: ChecksumMode = "md5",
     ) -> FetchedObject:
         """Download ``item`` to staging while ``upload`` sends it in parts of ``part_size``,
         each as soon as it is on disk: the download and the upload of one object overlap.
@@ -328,13 +335,20 @@ class S3Source:
         The upload is completed only once the whole download checked out: its size, and its
         MD5 against the ETag (the whole object's, or that of the parts when the layout is the
         source's). Any failure on either side stops both, and the upload is aborted.
+        Each part is handed over with the digests its upload with ``--checksum checksum``
+        needs, computed as it is written.
         """
+        # The parts' MD5s: sent (md5), or to check the ETags the destination answers, or
+        # the source's multipart ETag (same layout). With --checksum none and another
+        # layout nothing would read them.
+        part_md5s = checksum != "none" or source_part_size == part_size
+        hasher = Hasher(md5=part_md5s, algorithm=ALGORITHMS.get(checksum))
         receiver: _PartReceiver | None = None
         try:
             async with _temporary(staging) as tmp:
                 async with _open_for_writing(tmp) as out:
                     receiver = _PartReceiver(
-                        out, part_size, budget, multipart_parts(item.etag) is None
+                        out, part_size, budget, multipart_parts(item.etag) is None, hasher
                     )
                     fetched = await self._download_and_upload(
                         item, receiver, tmp, part_size, source_part_size, upload
