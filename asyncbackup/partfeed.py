@@ -7,6 +7,7 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator
 
+from .checksums import Digests
 from .errors import IntegrityError
 
 
@@ -81,7 +82,7 @@ class PartFeed:
         self.held = 0
         self.count = count
         # a part's bytes are dropped as soon as the upload takes them
-        self.parts: dict[int, asyncio.Future[tuple[bytes | bytearray, bytes]]] = {
+        self.parts: dict[int, asyncio.Future[tuple[bytes | bytearray, Digests]]] = {
             index: loop.create_future() for index in range(count)
         }
         self.verified: asyncio.Future[None] = loop.create_future()
@@ -101,12 +102,12 @@ class PartFeed:
             part.cancel()  # a no-op for those already resolved
         self.verified.cancel()
 
-    async def take(self, index: int) -> tuple[bytes | bytearray, bytes]:
+    async def take(self, index: int) -> tuple[bytes | bytearray, Digests]:
         part = await self.parts[index]
         del self.parts[index]
         return part
 
-    def give(self, index: int, data: bytes | bytearray, md5: bytes) -> None:
+    def give(self, index: int, data: bytes | bytearray, digests: Digests) -> None:
         if index >= self.count:
             raise IntegrityError("the download is longer than its part layout")
-        self.parts[index].set_result((data, md5))
+        self.parts[index].set_result((data, digests))

@@ -48,6 +48,7 @@ class StagedCopier:
                 source_part_size=source_part_size,
                 budget=self.sink.part_budget,
                 upload=functools.partial(self.sink.put_parts, key=key, part_size=part_size),
+                checksum=self.sink.checksum,
             )
             await self._clean(fetched)
             return fetched.size

@@ -61,6 +61,13 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "InvalidObjectState",
         "The operation is not valid for the object's storage class",
     ),
+    # S3-compatible servers that do not do a feature (HEAD ?partNumber=, say)
+    "not_implemented": (
+        501,
+        "NotImplemented",
+        "A header you provided implies functionality that is not implemented.",
+    ),
+    "invalid_argument": (400, "InvalidArgument", "Invalid argument."),
     # S3 failing after it answered 200 (a copy): the error is in the body
     "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }

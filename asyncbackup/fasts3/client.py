@@ -23,13 +23,11 @@ temporary credentials are used as soon as botocore has them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import calendar
 import contextlib
 import hashlib
 import logging
 import socket
-import zlib
 from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 from types import TracebackType
@@ -51,6 +49,7 @@ from botocore.exceptions import (
 from botocore.utils import parse_to_aware_datetime
 from yarl import URL
 
+from ..checksums import INLINE_LIMIT, checksum
 from .responses import (
     ERROR_BODY_LIMIT,
     client_error,
@@ -79,6 +78,12 @@ PUT_HEADERS: dict[str, str] = {
     "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
 }
 PUT_SPECIAL = frozenset({"Bucket", "Key", "Body", "Metadata", "Expires", "ChecksumAlgorithm"})
+#: checksum values computed by the caller (off the event loop), as botocore names them
+CHECKSUM_VALUES: dict[str, str] = {
+    "ChecksumCRC32": "x-amz-checksum-crc32",
+    "ChecksumCRC32C": "x-amz-checksum-crc32c",
+    "ChecksumSHA256": "x-amz-checksum-sha256",
+}
 #: CopyObject parameters sent as one header each: PutObject's (but Content-MD5: no body) and
 #: the copy's own
 COPY_HEADERS: dict[str, str] = {
@@ -93,6 +98,7 @@ _COPY_SOURCE_SAFE = "-._~/"
 #: UploadPart parameters the fast path covers; the two of the query string
 UPLOAD_PART_PARAMS = frozenset(
     {"Bucket", "Key", "UploadId", "PartNumber", "Body", "ContentMD5", "ChecksumAlgorithm"}
+    | CHECKSUM_VALUES.keys()
 )
 _PART_QUERY = ("UploadId", "PartNumber")
 #: answers that mean the server wants the request differently than the fast path sent it
@@ -126,15 +132,11 @@ class _HandBack(Exception):
     """The server's answer says: do this request with botocore."""
 
 
-def _checksum(algorithm: str, body: bytes) -> tuple[str, str] | None:
-    """(header, value) of an ``x-amz-checksum-*`` the fast path computes, or None."""
-    if algorithm == "CRC32":
-        value = zlib.crc32(body).to_bytes(4, "big")
-    elif algorithm == "SHA256":
-        value = hashlib.sha256(body).digest()
-    else:  # CRC32C and others: botocore computes them
-        return None
-    return f"x-amz-checksum-{algorithm.lower()}", base64.b64encode(value).decode()
+async def _payload_hash(body: bytes | bytearray) -> str:
+    """The hex SHA-256 a payload is signed with: in a worker thread unless the body is small."""
+    if len(body) <= INLINE_LIMIT:
+        return hashlib.sha256(body).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
 
 
 def _http_date(value: Any) -> str:
@@ -156,12 +158,16 @@ def put_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
                 headers[f"x-amz-meta-{meta_name}"] = str(meta_value)
         elif name == "Expires":
             headers["expires"] = _http_date(value)
+        elif name in CHECKSUM_VALUES:
+            headers[CHECKSUM_VALUES[name]] = str(value)
         elif name == "ChecksumAlgorithm":
-            checksum = _checksum(str(value).upper(), params["Body"])
-            if checksum is None:
-                return None
-            headers[checksum[0]] = checksum[1]
-            headers["x-amz-sdk-checksum-algorithm"] = str(value).upper()
+            algorithm = str(value).upper()
+            if f"Checksum{algorithm}" not in params:  # not given: computed here, on the loop
+                computed = checksum(algorithm, params["Body"])
+                if computed is None:  # CRC32C and others: botocore computes them
+                    return None
+                headers[f"x-amz-checksum-{algorithm.lower()}"] = computed
+            headers["x-amz-sdk-checksum-algorithm"] = algorithm
         elif name not in PUT_SPECIAL:
             return None
     if not isinstance(params.get("Body"), bytes | bytearray):
@@ -484,7 +490,7 @@ class FastS3:
         body = params["Body"]  # bytes or bytearray (put_headers checked), sent as it is
         checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
         # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
-        payload = UNSIGNED_PAYLOAD if checked else hashlib.sha256(body).hexdigest()
+        payload = UNSIGNED_PAYLOAD if checked else await _payload_hash(body)
         response, url = await self._send("PUT", params["Key"], headers, body, payload, query=query)
         if response.status >= 300:
             try:

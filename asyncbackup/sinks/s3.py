@@ -20,6 +20,7 @@ from typing import Any
 from botocore.compat import HAS_CRT
 
 from ..bandwidth import TokenBucket
+from ..checksums import ALGORITHMS, Digests, Hasher
 from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -32,7 +33,6 @@ from ..uploads import UploadJournal, abort_upload, sweep_key
 
 log = logging.getLogger("asyncbackup")
 
-_ALGORITHMS: dict[str, str] = {"crc32": "CRC32", "crc32c": "CRC32C", "sha256": "SHA256"}
 _ABORT_TIMEOUT = 10.0
 
 
@@ -55,13 +55,19 @@ def check_checksum_support(mode: ChecksumMode) -> None:
         )
 
 
-def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    """Read one part and its MD5 in one worker-thread call: hashlib lets go of the GIL, so
+def _read_part(path: Path, offset: int, length: int, hasher: Hasher) -> tuple[bytes, Digests]:
+    """Read one part and hash it in one worker-thread call: hashlib lets go of the GIL, so
     hashing runs beside the event loop instead of blocking it (16 ms per 8 MiB part)."""
     with path.open("rb") as handle:
         handle.seek(offset)
         data = handle.read(length)
-    return data, hashlib.md5(data, usedforsecurity=False).digest()
+    return data, hasher(data)
+
+
+def _read_whole(path: Path, hasher: Hasher) -> tuple[bytes, Digests]:
+    """A staged file and its digests, in one worker-thread call."""
+    data = path.read_bytes()
+    return data, hasher(data)
 
 
 class S3Sink:
@@ -90,16 +96,29 @@ class S3Sink:
         self.part_budget = part_budget
         self.extra_params = dict(extra_params or {})
         self.bandwidth = bandwidth
+        algorithm = ALGORITHMS.get(checksum)
+        #: the digests of what is read from staging: the MD5 is only of use with a checksum
+        self.hasher = Hasher(md5=checksum != "none", algorithm=algorithm)
+        #: what a staged file needs: the MD5, to check that it is still what was downloaded
+        self._whole_hasher = Hasher(md5=True, algorithm=algorithm)
+        #: what an object kept in memory needs: its MD5 is the download's
+        self._checksum_only = Hasher(md5=False, algorithm=algorithm)
         #: where multipart uploads in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
         #: PutObject of small objects and UploadPart over aiohttp (set by the caller)
         self.fast: FastS3 | None = None
 
-    def _checksum_params(self, md5: bytes) -> dict[str, str]:
+    def _checksum_params(self, digests: Digests) -> dict[str, str]:
+        """The parameters that carry ``digests`` (a checksum botocore computes, CRC32C, is
+        only named)."""
         if self.checksum == "md5":
-            return {"ContentMD5": base64.b64encode(md5).decode()}
-        if self.checksum in _ALGORITHMS:
-            return {"ChecksumAlgorithm": _ALGORITHMS[self.checksum]}
+            return {"ContentMD5": base64.b64encode(digests.md5).decode()}
+        if self.checksum in ALGORITHMS:
+            algorithm = ALGORITHMS[self.checksum]
+            params = {"ChecksumAlgorithm": algorithm}
+            if digests.checksum is not None:
+                params[f"Checksum{algorithm}"] = digests.checksum
+            return params
         return {}
 
     async def put(self, fetched: FetchedObject, key: str) -> None:
@@ -113,27 +132,30 @@ class S3Sink:
             await self._put_multipart(fetched, key, part_size)
             return
         if fetched.data is not None:  # the verified download itself, for small objects
-            await self._put_body(fetched, key, fetched.data)
+            digests = (await self._checksum_only.digests(fetched.data))._replace(md5=fetched.md5)
+            await self._put_body(fetched, key, fetched.data, digests)
             return
         async with self.part_budget.hold(fetched.size):  # whole in memory: bounded in bytes
-            body = await asyncio.to_thread(fetched.path.read_bytes)
-            md5 = hashlib.md5(body, usedforsecurity=False).digest()
-            if len(body) != fetched.size or (fetched.md5 and md5 != fetched.md5):
+            body, digests = await asyncio.to_thread(_read_whole, fetched.path, self._whole_hasher)
+            if len(body) != fetched.size or (fetched.md5 and digests.md5 != fetched.md5):
                 raise IntegrityError(
-                    f"the staged copy of {key} is not what was downloaded (MD5 {md5.hex()}, "
-                    f"{len(body)} bytes; expected {fetched.md5.hex() or 'any'}, {fetched.size})"
+                    f"the staged copy of {key} is not what was downloaded (MD5 "
+                    f"{digests.md5.hex()}, {len(body)} bytes; expected "
+                    f"{fetched.md5.hex() or 'any'}, {fetched.size})"
                 )
-            fetched.md5 = md5
-            await self._put_body(fetched, key, body)
+            fetched.md5 = digests.md5
+            await self._put_body(fetched, key, body, digests)
 
-    async def _put_body(self, fetched: FetchedObject, key: str, body: bytes) -> None:
+    async def _put_body(
+        self, fetched: FetchedObject, key: str, body: bytes, digests: Digests
+    ) -> None:
         params = {
             "Bucket": self.bucket,
             "Key": key,
             "Body": body,
             **fetched.metadata,
             **self.extra_params,
-            **self._checksum_params(fetched.md5),
+            **self._checksum_params(digests),
         }
         if self.bandwidth is not None:
             await self.bandwidth.consume(len(body))
@@ -165,7 +187,7 @@ class S3Sink:
             "Key": key,
             **fetched.metadata,
             **self.extra_params,
-            **self._checksum_params(fetched.md5),
+            **self._checksum_params(Digests(fetched.md5)),
         }
 
         async def body() -> AsyncIterator[bytes]:
@@ -227,8 +249,8 @@ class S3Sink:
             **fetched.metadata,
             **self.extra_params,
         }
-        if self.checksum in _ALGORITHMS:
-            create["ChecksumAlgorithm"] = _ALGORITHMS[self.checksum]
+        if self.checksum in ALGORITHMS:
+            create["ChecksumAlgorithm"] = ALGORITHMS[self.checksum]
         if self.journal is not None:  # durable before the upload can exist
             await self.journal.starting(key)
         creates = 0
@@ -250,7 +272,7 @@ class S3Sink:
             if self.journal is not None:
                 await self.journal.started(key, upload_id)
             parts: list[dict[str, Any]] = [{} for _ in range(count)]
-            digests: list[bytes] = [b""] * count
+            md5s: list[bytes] = [b""] * count
             numbers = iter(range(count))
 
             async def part_worker() -> None:
@@ -260,18 +282,22 @@ class S3Sink:
                     data: bytes | bytearray
                     if feed is None:
                         async with self.part_budget.hold(length):
-                            data, md5 = await self._read_part(fetched.path, offset, length)
-                            parts[index] = await self._upload_part(key, upload_id, index, data, md5)
+                            data, digests = await self._read_part(fetched.path, offset, length)
+                            parts[index] = await self._upload_part(
+                                key, upload_id, index, data, digests
+                            )
                     else:
-                        data, md5 = await feed.take(index)  # reserved by the download
+                        data, digests = await feed.take(index)  # reserved by the download
                         try:
                             if len(data) != length:
                                 raise IntegrityError(f"part {index + 1} is {len(data)} bytes")
-                            parts[index] = await self._upload_part(key, upload_id, index, data, md5)
+                            parts[index] = await self._upload_part(
+                                key, upload_id, index, data, digests
+                            )
                         finally:
                             feed.release()
                     del data  # not held while the next part waits for its share of the budget
-                    digests[index] = md5
+                    md5s[index] = digests.md5
 
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -289,7 +315,7 @@ class S3Sink:
                     MultipartUpload={"Parts": parts},
                 )
             )
-            expected = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+            expected = hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()
             etag = clean_etag(str(response.get("ETag", "")))
             verifiable = self.checksum != "none" and response.get("ServerSideEncryption") not in (
                 "aws:kms",
@@ -314,18 +340,17 @@ class S3Sink:
         elif self.journal is not None:
             self.journal.finished(key)
 
-    @staticmethod
-    async def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
+    async def _read_part(self, path: Path, offset: int, length: int) -> tuple[bytes, Digests]:
         try:
-            data, md5 = await asyncio.to_thread(_read_part, path, offset, length)
+            data, digests = await asyncio.to_thread(_read_part, path, offset, length, self.hasher)
         except OSError as exc:
             raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
         if len(data) != length:
             raise IntegrityError(f"staged file is shorter than expected at offset {offset}")
-        return data, md5
+        return data, digests
 
     async def _upload_part(
-        self, key: str, upload_id: str, index: int, data: bytes | bytearray, md5: bytes
+        self, key: str, upload_id: str, index: int, data: bytes | bytearray, digests: Digests
     ) -> dict[str, Any]:
         number = index + 1
         if self.bandwidth is not None:
@@ -336,7 +361,7 @@ class S3Sink:
             "UploadId": upload_id,
             "PartNumber": number,
             "Body": data,
-            **self._checksum_params(md5),
+            **self._checksum_params(digests),
         }
         if self.fast is not None:  # sends a bytearray as it is
             upload_part = self.fast.upload_part
@@ -344,10 +369,10 @@ class S3Sink:
             upload_part = self.client.upload_part
             params["Body"] = bytes(data)  # aiobotocore wants bytes
         response = await self.retry.call(lambda: upload_part(**params))
-        self._check_etag(response, md5.hex(), key)
+        self._check_etag(response, digests.md5.hex(), key)
         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
-        if self.checksum in _ALGORITHMS:
-            field = f"Checksum{_ALGORITHMS[self.checksum]}"
+        if self.checksum in ALGORITHMS:
+            field = f"Checksum{ALGORITHMS[self.checksum]}"
             part[field] = response[field]
         return part
 

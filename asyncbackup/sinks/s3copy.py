@@ -23,7 +23,7 @@ from ..fasts3 import FastS3
 from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import clean_etag, etag_is_md5, multipart_parts
+from ..sources.s3 import FirstPartProbe, clean_etag, etag_is_md5, multipart_parts
 from .s3 import run_to_completion
 
 log = logging.getLogger("asyncbackup")
@@ -54,6 +54,7 @@ class ServerSideCopier:
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
         self.fast: FastS3 | None = None  # CopyObject over aiohttp (the destination's bucket)
+        self.first_part = FirstPartProbe(client, source_bucket, retry)
 
     async def copy(self, item: WorkItem) -> int:
         """Copy ``item`` server-side; return its size once the destination has it whole."""
@@ -89,12 +90,8 @@ class ServerSideCopier:
         if parts == 1:
             return max(item.size, 1), True
         if parts is not None:
-            head = await self.retry.call(
-                functools.partial(
-                    self.client.head_object, Bucket=self.source_bucket, Key=item.key, PartNumber=1
-                )
-            )
-            size = int(head.get("ContentLength", 0))
+            head = await self.first_part.head(item.key)
+            size = int(head.get("ContentLength", 0)) if head is not None else 0
             if (
                 size > 0
                 and (parts - 1) * size < item.size <= parts * size <= S3_MAX_PART_SIZE * parts

@@ -11,26 +11,36 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from botocore.exceptions import ClientError
+
 from ..bandwidth import TokenBucket
+from ..checksums import ALGORITHMS, Digests, Hasher
+from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..localio import LocalIO
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
-from ..retry import RetryPolicy
+from ..retry import RetryPolicy, error_code
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_disk_full
+
+log = logging.getLogger("asyncbackup")
 
 CHUNK = 1024 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+#: how a server that does not do ``HEAD ?partNumber=`` answers it. The error of a HEAD has no
+#: body, so botocore names it by its status: "400" here is a 400 the server gave no other name.
+_PART_NUMBER_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "400"})
 
 #: GetObject response fields that are copied to the destination as they are.
 PRESERVED_FIELDS = (
@@ -120,13 +130,13 @@ def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
-def _write_part(out: BinaryIO, data: bytearray, whole: Any) -> bytes:
-    """Write one part, add it to the whole object's MD5 (if kept) and return the part's MD5,
-    in one worker-thread call."""
+def _write_part(out: BinaryIO, data: bytearray, whole: Any, hasher: Hasher) -> Digests:
+    """Write one part, add it to the whole object's MD5 (if kept) and return the part's
+    digests (its MD5, the checksum its upload carries), in one worker-thread call."""
     out.write(data)
     if whole is not None:
         whole.update(data)
-    return hashlib.md5(data, usedforsecurity=False).digest()
+    return hasher(data)
 
 
 class _Receiver:
@@ -172,15 +182,18 @@ class _FileReceiver(_Receiver):
 class _PartReceiver(_Receiver):
     """A large object cut into the parts of its upload as it arrives: each part is filled in
     a buffer of its exact size (reserved in the budget first), written to the temporary file
-    and hashed in one worker-thread call, then handed to the upload as it is, no copy, while
-    the download goes on (``PartFeed``)."""
+    and hashed (``hasher``) in one worker-thread call, then handed to the upload as it is, no
+    copy, while the download goes on (``PartFeed``)."""
 
-    def __init__(self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool):
+    def __init__(
+        self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool, hasher: Hasher
+    ) -> None:
         self.out = out
         self.part_size = part_size
         self.budget = budget
+        self.hasher = hasher
         self.digest = hashlib.md5(usedforsecurity=False) if whole else None
-        self.part_md5s: list[bytes] = []
+        self.part_md5s: list[bytes] = []  # b"" each where the hasher computes no MD5
         self.size = 0
         self.buffer: bytearray | None = None
         self.filled = 0
@@ -225,11 +238,12 @@ class _PartReceiver(_Receiver):
     async def _emit(self, data: bytearray) -> None:
         assert self.feed is not None, "start() comes first"
         self.buffer = None
-        md5 = await asyncio.to_thread(_write_part, self.out, data, self.digest)
-        self.feed.give(len(self.part_md5s), data, md5)
-        self.part_md5s.append(md5)
+        digests = await asyncio.to_thread(_write_part, self.out, data, self.digest, self.hasher)
+        self.feed.give(len(self.part_md5s), data, digests)
+        self.part_md5s.append(digests.md5)
 
     def multipart_etag(self) -> str:
+        assert self.hasher.md5, "the parts' MD5s were computed"
         joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False).hexdigest()
         return f"{joined}-{len(self.part_md5s)}"
 
@@ -356,6 +370,7 @@ class S3Source:
         self.fast: FastS3 | None = None
         #: how small objects are staged (and removed): inline while the disk is fast
         self.local = LocalIO()
+        self.first_part = FirstPartProbe(client, bucket, retry)
 
     async def list(self, prefix: str) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive."""
@@ -394,6 +409,7 @@ class S3Source:
         source_part_size: int | None,
         budget: ByteBudget,
         upload: Callable[[FetchedObject, PartFeed], Coroutine[Any, Any, None]],
+        checksum: ChecksumMode = "md5",
     ) -> FetchedObject:
         """Download ``item`` to staging while ``upload`` sends it in parts of ``part_size``,
         each as soon as it is on disk: the download and the upload of one object overlap.
@@ -401,13 +417,20 @@ class S3Source:
         The upload is completed only once the whole download checked out: its size, and its
         MD5 against the ETag (the whole object's, or that of the parts when the layout is the
         source's). Any failure on either side stops both, and the upload is aborted.
+        Each part is handed over with the digests its upload with ``--checksum checksum``
+        needs, computed as it is written.
         """
+        # The parts' MD5s: sent (md5), or to check the ETags the destination answers, or
+        # the source's multipart ETag (same layout). With --checksum none and another
+        # layout nothing would read them.
+        part_md5s = checksum != "none" or source_part_size == part_size
+        hasher = Hasher(md5=part_md5s, algorithm=ALGORITHMS.get(checksum))
         receiver: _PartReceiver | None = None
         try:
             async with _temporary(staging) as tmp:
                 async with _open_for_writing(tmp) as out:
                     receiver = _PartReceiver(
-                        out, part_size, budget, multipart_parts(item.etag) is None
+                        out, part_size, budget, multipart_parts(item.etag) is None, hasher
                     )
                     fetched = await self._download_and_upload(
                         item, receiver, tmp, part_size, source_part_size, upload
@@ -597,13 +620,64 @@ class S3Source:
             return None
         if parts == 1:
             return size
-        head = await self.retry.call(
-            # No If-Match: some servers answer with the part's ETag. A change in between
-            # shows up as an ETag mismatch of the copy, which is retried.
-            functools.partial(self.client.head_object, Bucket=self.bucket, Key=key, PartNumber=1)
-        )
+        head = await self.first_part.head(key)
+        if head is None:
+            return None
         part_size = int(head.get("ContentLength", 0))
         # Only a uniform layout reproduces the ETag: N-1 full parts and a shorter last one.
         if part_size <= 0 or not (parts - 1) * part_size < size <= parts * part_size:
             return None
         return part_size
+
+
+def refuses_part_number(exc: ClientError) -> bool:
+    """Whether ``exc`` is a server saying it does not do ``HEAD ?partNumber=`` (a 501, or a
+    400 without another name), not a failure of the request as such (throttling, a 5xx worth
+    a retry, AccessDenied, NoSuchKey)."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 501 or error_code(exc) in _PART_NUMBER_REFUSALS
+
+
+class FirstPartProbe:
+    """``HEAD ?partNumber=1`` of a bucket's multipart objects: the first part's length tells
+    an object's layout.
+
+    ``head`` answers None when the server refuses the partNumber parameter (some S3-compatible
+    servers do): the layout is then unknown, as it is for a non-uniform one, and the object is
+    copied in parts of our size, checked as any such copy is (a staged one by its length and
+    the MD5 of every part at the destination), but not against the source's multipart ETag.
+    Logged once.
+    """
+
+    def __init__(self, client: S3Client, bucket: str, retry: RetryPolicy) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.retry = retry
+        self.refused = 0  # objects whose HEAD ?partNumber=1 the server refused
+
+    async def head(self, key: str) -> dict[str, Any] | None:
+        async def attempt() -> dict[str, Any] | None:
+            try:
+                # No If-Match: some servers answer with the part's ETag. A change in between
+                # shows up as an ETag mismatch of the copy, which is retried.
+                answer: dict[str, Any] = await self.client.head_object(
+                    Bucket=self.bucket, Key=key, PartNumber=1
+                )
+            except ClientError as exc:
+                if not refuses_part_number(exc):
+                    raise
+                self._refused(exc)
+                return None
+            return answer
+
+        return await self.retry.call(attempt)
+
+    def _refused(self, exc: ClientError) -> None:
+        self.refused += 1
+        if self.refused == 1:  # the server answers every object the same way
+            log.warning(
+                "bucket %s refuses HEAD ?partNumber=1 (%s): multipart objects are copied in "
+                "parts of --part-size, so the copies' ETags differ from the source's",
+                self.bucket,
+                error_code(exc),
+            )
