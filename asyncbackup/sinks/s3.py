@@ -182,6 +182,8 @@ class S3Sink:
         fast = self.fast
         if fast is None or not self.can_stream():
             return False
+        if self.part_size_of(fetched.size, None) is not None:
+            return False  # grown past the threshold since it was listed: it goes in parts
         params = {
             "Bucket": self.bucket,
             "Key": key,

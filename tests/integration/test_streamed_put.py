@@ -179,3 +179,34 @@ async def test_a_given_up_stream_gives_back_its_memory_and_stages_the_whole_obje
     assert fetched.md5 == hashlib.md5(body).digest()  # the source's, from its ETag
     assert fetched.path.read_bytes() == body
     assert list(staging.tmp_dir.iterdir()) == []
+
+
+async def test_an_object_grown_past_the_threshold_since_its_listing_goes_in_parts(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Listed at 3 MiB, 6 MiB by the time of its GET: not one PUT above the threshold
+    (5 MiB here), but a multipart upload of the staged file."""
+    put_source(s3, buckets.source)
+    grown = os.urandom(6 * MiB)
+    proxy.add_rule(
+        Rule(
+            None,
+            method="GET",
+            path=KEY + "$",
+            times=1,
+            action=lambda: s3.put_object(Bucket=buckets.source, Key=KEY, Body=grown),
+        )
+    )
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "stage",
+        endpoint_url=proxy.endpoint,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    assert report.exit_code == 0, report.errors
+    assert [r.query for r in requests_for(proxy, "PUT") if "partNumber=" not in r.query] == []
+    assert len([r for r in requests_for(proxy, "PUT") if "partNumber=" in r.query]) == 2
+    assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == grown
