@@ -28,7 +28,7 @@ from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupCo
 from .errors import AsyncBackupError, ConfigError
 from .github import GitHubBackupConfig, run_github_backup
 from .logformat import LOG_FORMATS, make_handler
-from .memory import return_large_buffers_to_os
+from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
 from .progress import Observer
 from .report import BackupReport
@@ -610,6 +610,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args)
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
+    collect_less()
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             code: int = runner.run(args.handler(args))
