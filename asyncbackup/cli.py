@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -664,8 +663,12 @@ def leave(code: int) -> NoReturn:
     own their process; ``main()`` and friends return the code for callers in Python."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to flush to
+        try:
             stream.flush()
+        except ValueError:  # closed by the program: nothing left in it
+            pass
+        except OSError:  # a full disk, a closed pipe: 120, as the interpreter's own exit
+            code = code or 120
     os._exit(code)
 
 

@@ -279,21 +279,16 @@ class RetryPolicy:
             return result
 
     async def once(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """One attempt of a request that cannot be repeated as it is (a streamed body): it
-        holds a limiter slot like any other, and its failure comes out classified, for the
-        caller to decide what to do instead."""
-        limiter = self.limiter
-        if limiter is not None:
-            await limiter.acquire()
+        """One attempt of a request that cannot be repeated as it is (a streamed body); its
+        failure comes out classified, for the caller to decide what to do instead.
+
+        It takes no limiter slot. Its body waits for a download, and that download may wait
+        for memory that only other requests give back: holding a slot meanwhile could stall
+        them all once throttling has cut the limit to a few slots. A throttle still lowers
+        the limit for the requests that take slots."""
         try:
-            result = await operation()
+            return await operation()
         except Exception as exc:
-            if limiter is not None and is_throttle(exc):
-                limiter.throttled()
+            if self.limiter is not None and is_throttle(exc):
+                self.limiter.throttled()
             raise classify(exc) from exc
-        finally:
-            if limiter is not None:
-                limiter.release()
-        if limiter is not None:
-            limiter.succeeded()
-        return result

@@ -34,6 +34,8 @@ from ..uploads import UploadJournal, abort_upload, sweep_key
 log = logging.getLogger("asyncbackup")
 
 _ABORT_TIMEOUT = 10.0
+#: server-side encryption whose objects' ETags are not their MD5s
+_OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 
 
 async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
@@ -164,9 +166,12 @@ class S3Sink:
         self._check_etag(response, fetched.md5.hex(), key)
 
     def can_stream(self) -> bool:
-        """Whether ``put_stream`` may work: the fast path is on for the bucket, and the
-        checksum is the MD5 a source's ETag gives before its bytes are read."""
-        return self.fast is not None and self.fast.enabled and self.checksum == "md5"
+        """Whether ``put_stream`` may work: the fast path is on for the bucket, the checksum
+        is the MD5 a source's ETag gives before its bytes are read, and the copy's ETag will
+        be its MD5 (not with SSE-KMS at the destination): a server that does not check
+        Content-MD5 is then still caught by the ETag it answers."""
+        opaque = self.extra_params.get("ServerSideEncryption") in _OPAQUE_ETAG_SSE
+        return self.fast is not None and self.fast.enabled and self.checksum == "md5" and not opaque
 
     async def put_stream(
         self, fetched: FetchedObject, chunks: AsyncIterator[bytes], *, key: str
@@ -319,9 +324,9 @@ class S3Sink:
             )
             expected = hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()
             etag = clean_etag(str(response.get("ETag", "")))
-            verifiable = self.checksum != "none" and response.get("ServerSideEncryption") not in (
-                "aws:kms",
-                "aws:kms:dsse",
+            verifiable = (
+                self.checksum != "none"
+                and response.get("ServerSideEncryption") not in _OPAQUE_ETAG_SSE
             )
             if verifiable and etag and etag != f"{expected}-{count}":
                 raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")

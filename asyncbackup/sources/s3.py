@@ -123,6 +123,19 @@ def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
         opening.result().close()
 
 
+def _check_file_md5(path: Path, md5: bytes) -> None:
+    """A staged file that was not hashed as it arrived (nor checked by a streamed PUT),
+    against the MD5 its source's ETag gives."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while block := handle.read(8 * CHUNK):
+            digest.update(block)
+    if digest.digest() != md5:
+        raise IntegrityError(
+            f"MD5 {digest.hexdigest()} of the download differs from ETag {md5.hex()}"
+        )
+
+
 def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
     """Write a chunk and add it to the MD5, in one worker-thread call (hashlib lets go of the
     GIL, so 1.5 ms of hashing per MiB runs beside the event loop instead of on it)."""
@@ -456,8 +469,9 @@ class S3Source:
         Returns the staged object and whether ``upload`` put it. False when the GET's answer
         shows an ETag that is not the object's MD5 (SSE-KMS, SSE-C, an object replaced by a
         multipart one), or when the PUT failed in a way a retry could mend (a stream cannot be
-        sent twice): the download then went on to the staged file alone, and ``md5`` is the
-        source's MD5 when known, else empty; the caller puts the staged file.
+        sent twice): the download then went on to the staged file alone, which is checked
+        against the source's MD5 when that is known (``md5``, else empty); the caller puts
+        the staged file.
         """
         receiver: _StreamReceiver | None = None
         try:
@@ -465,6 +479,8 @@ class S3Source:
                 async with _open_for_writing(tmp) as out:
                     receiver = _StreamReceiver(out, budget)
                     fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
+                if not uploaded and fetched.md5:  # no PUT checked these bytes: we do
+                    await asyncio.to_thread(_check_file_md5, tmp, fetched.md5)
                 fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         finally:
             if receiver is not None:

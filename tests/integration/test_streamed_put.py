@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -18,13 +19,17 @@ from typing import Any
 import pytest
 
 from asyncbackup import run_backup
+from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.pipeline import WorkItem
+from asyncbackup.retry import AdaptiveLimiter, RetryPolicy
+from asyncbackup.sinks.s3 import S3Sink
 from asyncbackup.sources.s3 import FetchedObject
+from asyncbackup.staged import StagedCopier
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, assert_same_objects, load_json, s3_source
+from tests.helpers import MiB, assert_same_objects, load_json, open_test_client, s3_source
 from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
 
 SIZE = 3 * MiB + 123
@@ -210,3 +215,105 @@ async def test_an_object_grown_past_the_threshold_since_its_listing_goes_in_part
     assert [r.query for r in requests_for(proxy, "PUT") if "partNumber=" not in r.query] == []
     assert len([r for r in requests_for(proxy, "PUT") if "partNumber=" in r.query]) == 2
     assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == grown
+
+
+async def test_a_grown_object_downloaded_corrupted_is_caught_before_it_goes_in_parts(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Listed at 3 MiB (streamed), 6 MiB by its GET (parts: no streamed PUT checks it), and
+    that GET corrupted: the staged file is checked against the ETag, so the corrupted copy
+    never goes up, and the retry copies the object right. (Found in review.)"""
+    put_source(s3, buckets.source)
+    grown = os.urandom(6 * MiB)
+    proxy.add_rule(
+        Rule(
+            "corrupt",
+            method="GET",
+            path=KEY + "$",
+            times=1,
+            action=lambda: s3.put_object(Bucket=buckets.source, Key=KEY, Body=grown),
+        )
+    )
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "stage",
+        endpoint_url=proxy.endpoint,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    assert report.exit_code == 0, report.errors
+    assert len(requests_for(proxy, "GET")) == 2  # the corrupted download, then the retry
+    assert len([r for r in proxy.requests if r.method == "POST" and "uploads" in r.query]) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == grown
+
+
+async def test_streams_go_on_when_throttling_left_one_put_slot(
+    buckets: Buckets, s3: Any, tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Scaled down from --concurrency 16 after SlowDown bursts: the sink's limiter at one
+    slot, a 2 MiB budget, two 3 MiB objects streamed at once. A streamed PUT that held the
+    only slot waited for its download, which waited for budget held by the other stream's
+    chunks, whose PUT waited for the slot: nothing moved. Streamed PUTs take no slot now.
+    (Found in review.)"""
+    rounds = [{f"data/{n}{name}.bin": os.urandom(3 * MiB) for name in "ab"} for n in range(4)]
+    bodies = {key: body for pair in rounds for key, body in pair.items()}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=buckets.source, Key=key, Body=body)
+    items = {}
+    for key in bodies:
+        head = s3.head_object(Bucket=buckets.source, Key=key)
+        items[key] = WorkItem(key=key, size=head["ContentLength"], etag=head["ETag"])
+
+    staging = Staging(tmp_path, buckets.source)
+    staging.prepare()
+    limiter = AdaptiveLimiter(4, clock=iter(range(0, 100, 10)).__next__)
+    limiter.throttled()
+    limiter.throttled()  # two SlowDown bursts: 4 -> 2 -> 1
+    assert limiter.limit == 1
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, s3_server.endpoint)
+        sink = S3Sink(
+            client,
+            buckets.dest,
+            RetryPolicy(2, limiter=limiter),
+            checksum="md5",
+            multipart_threshold=64 * MiB,
+            part_size_for=lambda size: 8 * MiB,
+            part_concurrency=2,
+            part_budget=ByteBudget(2 * MiB),
+        )
+        sink.fast = await open_fast_s3(
+            stack, client, buckets.dest, connections=4, connect_timeout=2, read_timeout=10
+        )
+        source = await stack.enter_async_context(s3_source(s3_server.endpoint, buckets.source))
+        copier = StagedCopier(source, sink, staging, lambda key: key, cleanup=True)
+
+        async def both(pair: dict[str, bytes]) -> None:
+            async with asyncio.TaskGroup() as tg:
+                for key in pair:
+                    tg.create_task(copier.copy_once(items[key]))
+
+        for pair in rounds:  # the stall depends on how the two interleave: several tries
+            limiter.limit = 1  # as throttled again (successes raise it)
+            await asyncio.wait_for(both(pair), 20)
+            assert sink.part_budget.free == 2 * MiB
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == body
+
+
+async def test_no_stream_to_a_destination_whose_etags_are_not_md5s(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """--sse aws:kms: the copy's ETag cannot show a corrupted stream that a server did not
+    check against Content-MD5, so the download is verified here first, then put."""
+    body = put_source(s3, buckets.source)
+    proxy.add_rule(Rule(None, method="GET", path=KEY + "$", drip=0.05))
+    report = await backup(buckets, tmp_path, proxy, sse="aws:kms")
+    assert report.exit_code == 0, report.errors
+    (get,) = requests_for(proxy, "GET")
+    (put,) = requests_for(proxy, "PUT")
+    assert put.started > get.finished  # not streamed
+    assert put.headers["x-amz-server-side-encryption"] == "aws:kms"
+    assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == body

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 _SCRIPT = """
 import logging, sys
@@ -63,3 +66,20 @@ def test_python_m_asyncbackup_exits_with_the_commands_code(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+@pytest.mark.parametrize(("code", "expected"), [(0, 120), (3, 3)])
+def test_leave_on_a_full_disk_fails_like_the_interpreter(code: int, expected: int) -> None:
+    """stdout on a full disk: the flush fails, and a run that succeeded exits 120, as
+    Python itself does when it cannot flush stdout at exit."""
+    script = f"import sys; from asyncbackup.cli import leave; sys.stdout.write('x'); leave({code})"
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=buffered,
+            timeout=60,
+        )
+    assert result.returncode == expected

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -158,9 +159,11 @@ async def test_waiters_are_woken_in_turn_and_a_cancelled_one_passes_its_turn_on(
     assert limiter.in_flight == 1
 
 
-async def test_once_is_one_attempt_that_gives_its_slot_back_and_reports_a_throttle() -> None:
-    limiter = AdaptiveLimiter(8)
+async def test_once_is_one_attempt_without_a_slot_that_reports_a_throttle() -> None:
+    limiter = AdaptiveLimiter(8, cooldown=0.0)
     policy = RetryPolicy(5, limiter=limiter)
+    for _ in range(8):
+        await limiter.acquire()  # every slot taken: once() must not wait for one
     calls = 0
 
     async def throttled() -> None:
@@ -169,13 +172,14 @@ async def test_once_is_one_attempt_that_gives_its_slot_back_and_reports_a_thrott
         raise client_error("SlowDown", 503)
 
     with pytest.raises(ObjectError) as caught:
-        await policy.once(throttled)
+        await asyncio.wait_for(policy.once(throttled), 5)
     assert calls == 1  # never repeated
     assert caught.value.code == "SlowDown" and caught.value.retryable
-    assert limiter.in_flight == 0 and limiter.limit == 4  # slot back, limit halved
+    assert limiter.limit == 4  # halved for the requests that take slots
+    assert limiter.in_flight == 8  # none taken, none given back
 
     async def fine() -> str:
         return "ok"
 
-    assert await policy.once(fine) == "ok"
-    assert limiter.in_flight == 0
+    assert await asyncio.wait_for(policy.once(fine), 5) == "ok"
+    assert limiter.in_flight == 8
