@@ -98,9 +98,9 @@ def _dest_params(config: BackupConfig) -> dict[str, str]:
 async def _open_stores(
     stack: contextlib.AsyncExitStack, config: BackupConfig
 ) -> tuple[S3Client, S3Client]:
-    """Both clients, and both buckets checked, or one clear error. The source bucket is
-    checked while the destination's client is made and its bucket checked: one round trip
-    less before the first transfer."""
+    """Both clients, and both buckets checked, or one clear error (the source's when both
+    fail). The source bucket is checked while the destination's client is made and its
+    bucket checked: one round trip less before the first transfer."""
     source_client = await open_client(
         stack,
         role="source",
@@ -111,15 +111,25 @@ async def _open_stores(
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
+
+    async def destination() -> tuple[S3Client | None, Exception | None]:
+        try:  # a failure here waits for the source's check, whose failure is reported first
+            return await open_destination(stack, config), None
+        except Exception as exc:
+            return None, exc
+
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
                 check_bucket(source_client, config.source_bucket, role="source", write=False)
             )
-            opening = tg.create_task(open_destination(stack, config))
+            opening = tg.create_task(destination())
     except BaseExceptionGroup as group:
         raise primary_error(group) from None
-    return source_client, opening.result()
+    dest_client, failure = opening.result()
+    if failure is not None:
+        raise failure
+    return source_client, dest_client
 
 
 def _listing(

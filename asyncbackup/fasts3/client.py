@@ -417,20 +417,7 @@ class FastS3:
             return None
         headers["content-length"] = str(size)
         response, url = await self._send("PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD)
-        if response.status >= 300:
-            try:
-                await self._raise_error(response, url, "PutObject")
-            except _HandBack as exc:
-                self._hand_back(str(exc))
-                return None
-        try:
-            await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _connection_error(exc, url) from exc
-        finally:
-            response.release()
-        self.fast_requests += 1
-        return response_fields(response.headers.items(), response.status)
+        return await self._put_answer(response, url, "PutObject")
 
     async def copy_object(self, **params: Any) -> dict[str, Any]:
         """CopyObject into this bucket: the output botocore returns, ``CopyObjectResult``
@@ -492,12 +479,20 @@ class FastS3:
         # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
         payload = UNSIGNED_PAYLOAD if checked else await _payload_hash(body)
         response, url = await self._send("PUT", params["Key"], headers, body, payload, query=query)
+        answer = await self._put_answer(response, url, operation)
+        return answer if answer is not None else await self._botocore(method, params)
+
+    async def _put_answer(
+        self, response: aiohttp.ClientResponse, url: str, operation: str
+    ) -> dict[str, Any] | None:
+        """The fields botocore returns for a PUT's answer; an error raised as botocore
+        raises it; None when the server asked for botocore (the bucket is handed back)."""
         if response.status >= 300:
             try:
                 await self._raise_error(response, url, operation)
             except _HandBack as exc:
                 self._hand_back(str(exc))
-                return await self._botocore(method, params)
+                return None
         try:
             await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:

@@ -53,9 +53,7 @@ async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: An
         dest_bucket=buckets.dest,
         base_local_path=tmp_path / "stage",
         endpoint_url=proxy.endpoint,
-        concurrency=4,
-        multipart_threshold=64 * MiB,
-        **options,
+        **{"concurrency": 4, "multipart_threshold": 64 * MiB, **options},
     )
 
 
@@ -186,31 +184,32 @@ async def test_a_given_up_stream_gives_back_its_memory_and_stages_the_whole_obje
     assert list(staging.tmp_dir.iterdir()) == []
 
 
-async def test_an_object_grown_past_the_threshold_since_its_listing_goes_in_parts(
-    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
-) -> None:
-    """Listed at 3 MiB, 6 MiB by the time of its GET: not one PUT above the threshold
-    (5 MiB here), but a multipart upload of the staged file."""
+async def backup_of_a_grown_object(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, fault: str | None
+) -> tuple[Any, bytes]:
+    """The backup (threshold 5 MiB) of an object listed at 3 MiB and replaced by a 6 MiB one
+    as its first GET goes out, that GET answered with ``fault``; the report and the new body."""
     put_source(s3, buckets.source)
     grown = os.urandom(6 * MiB)
     proxy.add_rule(
         Rule(
-            None,
+            fault,
             method="GET",
             path=KEY + "$",
             times=1,
             action=lambda: s3.put_object(Bucket=buckets.source, Key=KEY, Body=grown),
         )
     )
-    report = await run_backup(
-        source_bucket=buckets.source,
-        source_path="data",
-        dest_bucket=buckets.dest,
-        base_local_path=tmp_path / "stage",
-        endpoint_url=proxy.endpoint,
-        multipart_threshold=5 * MiB,
-        part_size=5 * MiB,
-    )
+    report = await backup(buckets, tmp_path, proxy, multipart_threshold=5 * MiB, part_size=5 * MiB)
+    return report, grown
+
+
+async def test_an_object_grown_past_the_threshold_since_its_listing_goes_in_parts(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Listed at 3 MiB, 6 MiB by the time of its GET: not one PUT above the threshold
+    (5 MiB here), but a multipart upload of the staged file."""
+    report, grown = await backup_of_a_grown_object(buckets, s3, tmp_path, proxy, fault=None)
     assert report.exit_code == 0, report.errors
     assert [r.query for r in requests_for(proxy, "PUT") if "partNumber=" not in r.query] == []
     assert len([r for r in requests_for(proxy, "PUT") if "partNumber=" in r.query]) == 2
@@ -223,26 +222,7 @@ async def test_a_grown_object_downloaded_corrupted_is_caught_before_it_goes_in_p
     """Listed at 3 MiB (streamed), 6 MiB by its GET (parts: no streamed PUT checks it), and
     that GET corrupted: the staged file is checked against the ETag, so the corrupted copy
     never goes up, and the retry copies the object right. (Found in review.)"""
-    put_source(s3, buckets.source)
-    grown = os.urandom(6 * MiB)
-    proxy.add_rule(
-        Rule(
-            "corrupt",
-            method="GET",
-            path=KEY + "$",
-            times=1,
-            action=lambda: s3.put_object(Bucket=buckets.source, Key=KEY, Body=grown),
-        )
-    )
-    report = await run_backup(
-        source_bucket=buckets.source,
-        source_path="data",
-        dest_bucket=buckets.dest,
-        base_local_path=tmp_path / "stage",
-        endpoint_url=proxy.endpoint,
-        multipart_threshold=5 * MiB,
-        part_size=5 * MiB,
-    )
+    report, grown = await backup_of_a_grown_object(buckets, s3, tmp_path, proxy, "corrupt")
     assert report.exit_code == 0, report.errors
     assert len(requests_for(proxy, "GET")) == 2  # the corrupted download, then the retry
     assert len([r for r in proxy.requests if r.method == "POST" and "uploads" in r.query]) == 1
