@@ -66,6 +66,38 @@ def _read_part(path: Path, offset: int, length: int, hasher: Hasher) -> tuple[by
     return data, hasher(data)
 
 
+_FILE_CHUNK = 1024 * 1024
+
+
+def _file_md5(path: Path, size: int) -> bytes:
+    """The MD5 of a staged file of ``size`` bytes, read in blocks (one worker-thread call)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    read = 0
+    with path.open("rb") as handle:
+        while block := handle.read(8 * _FILE_CHUNK):
+            digest.update(block)
+            read += len(block)
+    if read != size:
+        raise IntegrityError(f"the staged file is {read} bytes, not {size}")
+    return digest.digest()
+
+
+async def _file_chunks(path: Path, size: int) -> AsyncIterator[bytes]:
+    """A staged file, a chunk per worker-thread call; exactly ``size`` bytes, or an error
+    (a body shorter than its Content-Length would leave the request waiting)."""
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        sent = 0
+        while sent < size:
+            chunk = await asyncio.to_thread(handle.read, min(_FILE_CHUNK, size - sent))
+            if not chunk:
+                raise IntegrityError(f"the staged file ended at {sent} of {size} bytes")
+            sent += len(chunk)
+            yield chunk
+    finally:
+        handle.close()
+
+
 def _read_whole(path: Path, hasher: Hasher) -> tuple[bytes, Digests]:
     """A staged file and its digests, in one worker-thread call."""
     data = path.read_bytes()
@@ -137,6 +169,8 @@ class S3Sink:
             digests = (await self._checksum_only.digests(fetched.data))._replace(md5=fetched.md5)
             await self._put_body(fetched, key, fetched.data, digests)
             return
+        if await self._put_file_streamed(fetched, key):
+            return
         async with self.part_budget.hold(fetched.size):  # whole in memory: bounded in bytes
             body, digests = await asyncio.to_thread(_read_whole, fetched.path, self._whole_hasher)
             if len(body) != fetched.size or (fetched.md5 and digests.md5 != fetched.md5):
@@ -147,6 +181,41 @@ class S3Sink:
                 )
             fetched.md5 = digests.md5
             await self._put_body(fetched, key, body, digests)
+
+    async def _put_file_streamed(self, fetched: FetchedObject, key: str) -> bool:
+        """PUT the staged file read as it goes out, with its MD5 as Content-MD5 (the one
+        the download gave, else one read of the file), retried like any request: no more
+        memory than a chunk, whatever the size. False where the fast path cannot send it."""
+        fast = self.fast
+        if fast is None or not self.can_stream():
+            return False
+        if not fetched.md5:  # an opaque source ETag: the file's MD5, read in a thread
+            fetched.md5 = await asyncio.to_thread(_file_md5, fetched.path, fetched.size)
+        params = {
+            "Bucket": self.bucket,
+            "Key": key,
+            **fetched.metadata,
+            **self.extra_params,
+            **self._checksum_params(Digests(fetched.md5)),
+        }
+
+        async def attempt() -> dict[str, Any] | None:
+            return await fast.put_object_stream(
+                params, fetched.size, self._metered(_file_chunks(fetched.path, fetched.size))
+            )
+
+        response = await self.retry.call(attempt)
+        if response is None:  # handed back to botocore: the in-memory PUT
+            return False
+        self._check_etag(response, fetched.md5.hex(), key)
+        return True
+
+    async def _metered(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, within ``--max-bandwidth``."""
+        async for chunk in chunks:
+            if self.bandwidth is not None:
+                await self.bandwidth.consume(len(chunk))
+            yield chunk
 
     async def _put_body(
         self, fetched: FetchedObject, key: str, body: bytes, digests: Digests
@@ -197,15 +266,9 @@ class S3Sink:
             **self._checksum_params(Digests(fetched.md5)),
         }
 
-        async def body() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                if self.bandwidth is not None:
-                    await self.bandwidth.consume(len(chunk))
-                yield chunk
-
         try:
             response = await self.retry.once(
-                lambda: fast.put_object_stream(params, fetched.size, body())
+                lambda: fast.put_object_stream(params, fetched.size, self._metered(chunks))
             )
         except ObjectError as exc:
             if not exc.retryable:

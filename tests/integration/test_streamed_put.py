@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from asyncbackup import run_backup
+from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.retry import AdaptiveLimiter, RetryPolicy
-from asyncbackup.sinks.s3 import S3Sink
+from asyncbackup.sinks.s3 import S3Sink, _file_chunks
 from asyncbackup.sources.s3 import FetchedObject
 from asyncbackup.staged import StagedCopier
 from asyncbackup.staging import Staging
@@ -139,7 +140,8 @@ async def test_an_opaque_etag_is_not_sent_as_content_md5(
     buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
 ) -> None:
     """SSE-KMS: the ETag is not the MD5 (moto's looks like one). Only the GET's headers say
-    so; the object is then downloaded whole and put with the MD5 of what was received."""
+    so; the object is then downloaded whole and put with the MD5 of what was received, the
+    staged file read as the PUT goes out (never whole in memory)."""
     body = put_source(s3, buckets.source, ServerSideEncryption="aws:kms")
     assert s3.head_object(Bucket=buckets.source, Key=KEY)["ServerSideEncryption"] == "aws:kms"
     proxy.add_rule(Rule(None, method="GET", path=KEY + "$", drip=0.05))
@@ -150,6 +152,9 @@ async def test_an_opaque_etag_is_not_sent_as_content_md5(
     assert put.started > get.finished  # not streamed
     md5 = hashlib.md5(body).digest()
     assert put.headers["content-md5"] == base64.b64encode(md5).decode()
+    assert put.headers["user-agent"] == USER_AGENT
+    assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert put.headers["content-length"] == str(SIZE) and "transfer-encoding" not in put.headers
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
 
 
@@ -297,3 +302,28 @@ async def test_no_stream_to_a_destination_whose_etags_are_not_md5s(
     assert put.started > get.finished  # not streamed
     assert put.headers["x-amz-server-side-encryption"] == "aws:kms"
     assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == body
+
+
+async def test_a_put_read_from_the_staged_file_is_retried_from_its_start(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """An SSE-KMS source (not streamed from its GET) whose PUT from the staged file is reset
+    halfway: the file is read again from its start for the retry."""
+    body = put_source(s3, buckets.source, ServerSideEncryption="aws:kms")
+    proxy.add_rule(Rule("reset_before", method="PUT", path=KEY + "$", times=1))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    first, second = requests_for(proxy, "PUT")
+    assert first.fault == "reset_before" and second.fault is None
+    assert {first.headers["user-agent"], second.headers["user-agent"]} == {USER_AGENT}
+    assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == body
+
+
+async def test_a_staged_file_shorter_than_its_object_is_an_error_not_a_short_body(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "staged"
+    path.write_bytes(b"x" * 1000)
+    with pytest.raises(IntegrityError, match="ended at 1000 of 3000 bytes"):
+        async for _ in _file_chunks(path, 3000):
+            pass
