@@ -21,6 +21,8 @@ import boto3
 import pytest
 import uvloop
 
+from tests.proxy import S3Proxy, run_proxy
+
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEYS = {
     "default": ("AKIADEFAULT0000TEST", "default-secret-0123456789abcdefghijklmnop"),
@@ -133,3 +135,10 @@ def pytest_asyncio_loop_factories(
     if item.get_closest_marker("both_loops") is not None:
         return _LOOPS
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
+    """The recording, fault-injecting proxy in front of moto (``tests/proxy.py``)."""
+    with run_proxy(s3_server.endpoint) as running:
+        yield running

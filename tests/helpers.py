@@ -13,9 +13,11 @@ from typing import Any
 
 import orjson
 
+from asyncbackup import BackupReport, run_backup
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.s3client import open_client
 from asyncbackup.sources.s3 import S3Source
+from tests.conftest import Buckets
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -130,3 +132,19 @@ async def s3_source(endpoint: str, bucket: str, attempts: int = 2) -> AsyncItera
     async with contextlib.AsyncExitStack() as stack:
         client = await open_test_client(stack, endpoint)
         yield S3Source(client, bucket, RetryPolicy(attempts))
+
+
+async def backup_data(
+    buckets: Buckets, tmp_path: Path, endpoint: str, **options: Any
+) -> BackupReport:
+    """``run_backup`` of the source bucket's ``data`` folder to the destination bucket over
+    ``endpoint`` (moto, or a proxy in front of it), staged under ``tmp_path / "stage"``."""
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "data",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path / "stage",
+        "endpoint_url": endpoint,
+        **options,
+    }
+    return await run_backup(**settings)

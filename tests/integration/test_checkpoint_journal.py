@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ import pytest
 
 from asyncbackup.checkpoint import CheckpointState, load_checkpoint, read_checkpoint
 from asyncbackup.journal import journal_path
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import assert_same_objects, bucket_digest, cli_args, numbered_objects
-from tests.proxy import S3Proxy, run_proxy
+from tests.proxy import S3Proxy
 from tests.reliability import (
     checkpoint_file,
     kill,
@@ -33,12 +32,6 @@ from tests.reliability import (
 
 COUNT = 150
 TOOL = [sys.executable, "-m", "asyncbackup", "checkpoint"]
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 @pytest.fixture

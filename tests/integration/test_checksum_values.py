@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +33,9 @@ from asyncbackup.sinks.s3 import S3Sink
 from asyncbackup.sources.s3 import FetchedObject
 from tests.conftest import Buckets, S3Server
 from tests.helpers import MiB, open_test_client, put_multipart
-from tests.proxy import Recorded, S3Proxy, run_proxy
+from tests.proxy import Recorded, S3Proxy
 
 PART = 5 * MiB
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def expected_checksum(mode: str, data: bytes) -> str:

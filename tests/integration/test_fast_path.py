@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +38,7 @@ from tests.helpers import (
     put_multipart,
     run_cli,
 )
-from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
+from tests.proxy import Recorded, Rule, S3Proxy
 
 KEYS = [
     "data/plain.txt",
@@ -63,12 +63,6 @@ FIELDS = (
     "ContentLength",
     "ETag",
 )
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def fast(requests: list[Recorded], method: str) -> list[Recorded]:

@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from asyncbackup import run_backup
-from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, put_multipart
-from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
+from tests.conftest import Buckets
+from tests.helpers import MiB, backup_data, put_multipart
+from tests.proxy import Recorded, Rule, S3Proxy
 
 PART = 5 * MiB
 SOURCE_PARTS = (6 * MiB, 6 * MiB, 77)  # a layout our 5 MiB parts do not reproduce
 KEY = "data/big.bin"
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def first_part_heads(proxy: S3Proxy) -> list[Recorded]:
@@ -45,16 +37,11 @@ def source_object(s3: Any, buckets: Buckets) -> tuple[bytes, str]:
 
 
 async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: Any) -> Any:
-    return await run_backup(
-        source_bucket=buckets.source,
-        source_path="data",
-        dest_bucket=buckets.dest,
-        base_local_path=tmp_path / "stage",
-        endpoint_url=proxy.endpoint,
-        concurrency=2,
-        multipart_threshold=PART,
-        part_size=PART,
-        **options,
+    return await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        **{"concurrency": 2, "multipart_threshold": PART, "part_size": PART, **options},
     )
 
 

@@ -10,24 +10,15 @@ replayed is not retried by aiohttp; our retry sends the part again, whole.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from asyncbackup import run_backup
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import MiB, put_multipart
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 
 PART = 5 * MiB
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 async def test_a_part_reset_mid_body_is_sent_again_whole(

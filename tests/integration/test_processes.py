@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import pytest
 
 from asyncbackup import BackupConfig, run_backup
 from asyncbackup.progress import NullObserver
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import assert_same_objects, cli_args, numbered_objects
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     CLI,
     assert_done_means_copied,
@@ -38,12 +37,6 @@ from tests.reliability import (
 MiB = 1024 * 1024
 MULTIPART = ("--multipart-threshold", "5MiB", "--part-size", "5MiB")
 WORKER = b"asyncbackup._worker"
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def _cmdline(pid: int) -> bytes:

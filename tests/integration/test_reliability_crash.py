@@ -7,17 +7,14 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from asyncbackup import run_backup
 from asyncbackup.checkpoint import CheckpointState
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import cli_args, numbered_objects
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     assert_done_means_copied,
     assert_identical,
@@ -32,12 +29,6 @@ from tests.reliability import (
 
 MiB = 1024 * 1024
 MULTIPART = ("--multipart-threshold", "5MiB", "--part-size", "5MiB")
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def uploads_in_progress(s3: Any, bucket: str) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from asyncbackup import run_backup
 from asyncbackup.config import CHECKSUM_CHOICES
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     assert_done_means_copied,
     checkpoint_file,
@@ -28,12 +27,6 @@ from tests.reliability import (
 )
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def test_permanent_errors_are_recorded_and_the_run_completes_with_exit_1(

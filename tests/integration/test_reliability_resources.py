@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     CLI,
     assert_done_means_copied,
@@ -35,12 +35,6 @@ from tests.reliability import (
     start_cli,
     wait_for,
 )
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def mount_tmpfs(where: Path, *options: str) -> bool:

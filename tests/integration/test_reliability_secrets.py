@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import cli_args
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import put_parallel, run_cli
 
 KEY_ID = "AKIALEAKCHECK0000001"
 SECRET = "leak-check-secret-Zq8vN3xW7pL2mK9sT4yR6uB1cE5hJ0aD"
 TOKEN = "leak-check-session-token-FQoGZXIvYXdzEJr//////////wEaDM3" + "x" * 120
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 @pytest.fixture

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import cli_args, numbered_objects
-from tests.proxy import S3Proxy, run_proxy
+from tests.proxy import S3Proxy
 from tests.reliability import (
     assert_done_means_copied,
     checkpoint_file,
@@ -25,12 +24,6 @@ from tests.reliability import (
     start_cli,
     wait_for,
 )
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def object_gets(

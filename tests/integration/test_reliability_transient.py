@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from asyncbackup import run_backup
 from asyncbackup.pipeline import WorkItem
@@ -20,21 +17,15 @@ from asyncbackup.retry import AdaptiveLimiter, Backoff, RetryPolicy
 from asyncbackup.s3client import open_client
 from asyncbackup.sources.s3 import S3Source
 from asyncbackup.staging import Staging
-from tests.conftest import Buckets, S3Server
+from tests.conftest import Buckets
 from tests.helpers import numbered_objects
-from tests.proxy import Rule, S3Proxy, run_proxy
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import assert_identical, listing, put_parallel, read_valid
 
 
 def range_start(header: str | None) -> int:
     assert header is not None and header.startswith("bytes=") and header.endswith("-"), header
     return int(header[len("bytes=") : -1])
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 async def test_ten_percent_faults_2000_objects_all_identical(

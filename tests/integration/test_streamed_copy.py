@@ -8,30 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from asyncbackup import run_backup
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3.client import USER_AGENT
 from asyncbackup.partfeed import ByteBudget, PartFeed
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.sources.s3 import FetchedObject
 from asyncbackup.staging import Staging
-from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, assert_same_objects, put_multipart, s3_source
-from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
+from tests.conftest import Buckets
+from tests.helpers import MiB, assert_same_objects, backup_data, put_multipart, s3_source
+from tests.proxy import Recorded, Rule, S3Proxy
 
 PART = 5 * MiB
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def object_gets(proxy: S3Proxy) -> list[Recorded]:
@@ -47,16 +39,11 @@ def completes(proxy: S3Proxy) -> list[Recorded]:
 
 
 async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: Any) -> Any:
-    return await run_backup(
-        source_bucket=buckets.source,
-        source_path="data",
-        dest_bucket=buckets.dest,
-        base_local_path=tmp_path / "stage",
-        endpoint_url=proxy.endpoint,
-        concurrency=4,
-        multipart_threshold=PART,
-        part_size=PART,
-        **options,
+    return await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        **{"concurrency": 4, "multipart_threshold": PART, "part_size": PART, **options},
     )
 
 

@@ -12,13 +12,12 @@ import base64
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from asyncbackup import run_backup
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT
@@ -30,17 +29,18 @@ from asyncbackup.sources.s3 import FetchedObject
 from asyncbackup.staged import StagedCopier
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, assert_same_objects, load_json, open_test_client, s3_source
-from tests.proxy import Recorded, Rule, S3Proxy, run_proxy
+from tests.helpers import (
+    MiB,
+    assert_same_objects,
+    backup_data,
+    load_json,
+    open_test_client,
+    s3_source,
+)
+from tests.proxy import Recorded, Rule, S3Proxy
 
 SIZE = 3 * MiB + 123
 KEY = "data/obj.bin"
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
-    with run_proxy(s3_server.endpoint) as running:
-        yield running
 
 
 def requests_for(proxy: S3Proxy, method: str) -> list[Recorded]:
@@ -48,12 +48,10 @@ def requests_for(proxy: S3Proxy, method: str) -> list[Recorded]:
 
 
 async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: Any) -> Any:
-    return await run_backup(
-        source_bucket=buckets.source,
-        source_path="data",
-        dest_bucket=buckets.dest,
-        base_local_path=tmp_path / "stage",
-        endpoint_url=proxy.endpoint,
+    return await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
         **{"concurrency": 4, "multipart_threshold": 64 * MiB, **options},
     )
 
