@@ -15,7 +15,10 @@ import base64
 import hashlib
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
+
+from .errors import IntegrityError
 
 #: ``--checksum`` mode -> the algorithm's name in S3 requests
 ALGORITHMS: dict[str, str] = {"crc32": "CRC32", "crc32c": "CRC32C", "sha256": "SHA256"}
@@ -66,3 +69,17 @@ class Hasher:
         if len(data) <= INLINE_LIMIT:
             return self(data)
         return await asyncio.to_thread(self, data)
+
+
+def file_md5(path: Path, size: int) -> bytes:
+    """The MD5 of a staged file of ``size`` bytes, read in 8 MiB blocks (blocking: one
+    worker-thread call); an ``IntegrityError`` when the file is not ``size`` bytes long."""
+    digest = hashlib.md5(usedforsecurity=False)
+    read = 0
+    with path.open("rb") as handle:
+        while block := handle.read(8 * 1024 * 1024):
+            digest.update(block)
+            read += len(block)
+    if read != size:
+        raise IntegrityError(f"the staged file is {read} bytes, not {size}")
+    return digest.digest()

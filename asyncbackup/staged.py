@@ -1,9 +1,10 @@
 """The ``process`` step of a staged S3 backup: source to staging to destination, one object.
 
-A small or single-PUT object is downloaded (and verified), staged, then uploaded. An object
-uploaded in parts is streamed through: each part goes to the destination as soon as it is
-written to the staged file, so its download and upload overlap, and the upload is completed
-only once the whole download has checked out (``S3Source.fetch_streamed``).
+A small object is downloaded (and verified), staged, then uploaded. A larger single-part one
+goes up in one PUT streamed as it downloads, checked by the destination against the source's
+MD5 (``S3Source.fetch_and_put``). An object uploaded in parts is streamed through: each part
+goes to the destination as soon as it is written to the staged file, and the upload is
+completed only once the whole download has checked out (``S3Source.fetch_streamed``).
 """
 
 from __future__ import annotations

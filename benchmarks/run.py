@@ -407,14 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
     tools, notes = discover(args.fast_path_ab, args.variant, shlex.split(args.asyncbackup_args))
-    if args.baseline:
-        tools.insert(1, asyncbackup_baseline(args.baseline.resolve()))
+    baseline = args.baseline.resolve() if args.baseline else None
+    if baseline is not None:
+        tools.insert(1, asyncbackup_baseline(baseline))
     if args.asyncbackup_only:
         tools = [tool for tool in tools if tool.name.startswith(("asyncbackup", "ab-no-fast"))]
         notes = ["peers skipped (--asyncbackup-only)"]
     for note in notes:
         print(f"note: {note}")
-    compile_bytecode([ROOT.parent, *([args.baseline.resolve()] if args.baseline else [])])
+    compile_bytecode([ROOT.parent, *([baseline] if baseline is not None else [])])
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

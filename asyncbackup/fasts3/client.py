@@ -145,36 +145,52 @@ def _http_date(value: Any) -> str:
     return formatdate(calendar.timegm(moment.utctimetuple()), usegmt=True)
 
 
-def put_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
-    """The headers of a PutObject with ``params`` (``Body`` must be bytes), or None when the
-    fast path does not cover one of them."""
+def _object_header(
+    name: str, value: Any, table: Mapping[str, str], headers: dict[str, str]
+) -> bool:
+    """Add the header(s) of a parameter that PutObject and CopyObject both send as headers
+    (one of ``table``, ``Metadata``, ``Expires``); False for any other parameter."""
+    header = table.get(name)
+    if header is not None:
+        headers[header] = str(value)
+    elif name == "Metadata":
+        for meta_name, meta_value in dict(value).items():
+            headers[f"x-amz-meta-{meta_name}"] = str(meta_value)
+    elif name == "Expires":
+        headers["expires"] = _http_date(value)
+    else:
+        return False
+    return True
+
+
+def _all_ascii(headers: Mapping[str, str]) -> bool:
+    """Whether the fast path may send ``headers``: botocore refuses or encodes the others."""
+    return all(value.isascii() and name.isascii() for name, value in headers.items())
+
+
+def put_headers(params: Mapping[str, Any], *, streamed: bool = False) -> dict[str, str] | None:
+    """The headers of a PutObject with ``params`` (``Body`` must be bytes; absent when the
+    body is ``streamed``, with no checksum computed from it), or None when the fast path does
+    not cover one of them."""
     headers: dict[str, str] = {}
     for name, value in params.items():
-        header = PUT_HEADERS.get(name)
-        if header is not None:
-            headers[header] = str(value)
-        elif name == "Metadata":
-            for meta_name, meta_value in dict(value).items():
-                headers[f"x-amz-meta-{meta_name}"] = str(meta_value)
-        elif name == "Expires":
-            headers["expires"] = _http_date(value)
-        elif name in CHECKSUM_VALUES:
+        if _object_header(name, value, PUT_HEADERS, headers):
+            continue
+        if name in CHECKSUM_VALUES:
             headers[CHECKSUM_VALUES[name]] = str(value)
         elif name == "ChecksumAlgorithm":
             algorithm = str(value).upper()
             if f"Checksum{algorithm}" not in params:  # not given: computed here, on the loop
-                computed = checksum(algorithm, params["Body"])
-                if computed is None:  # CRC32C and others: botocore computes them
+                computed = None if streamed else checksum(algorithm, params["Body"])
+                if computed is None:  # no body to compute it from, or CRC32C: botocore's
                     return None
                 headers[f"x-amz-checksum-{algorithm.lower()}"] = computed
             headers["x-amz-sdk-checksum-algorithm"] = algorithm
         elif name not in PUT_SPECIAL:
             return None
-    if not isinstance(params.get("Body"), bytes | bytearray):
+    if not streamed and not isinstance(params.get("Body"), bytes | bytearray):
         return None
-    if not all(value.isascii() and name.isascii() for name, value in headers.items()):
-        return None  # botocore refuses or encodes these; let it
-    return headers
+    return headers if _all_ascii(headers) else None
 
 
 def copy_source(source: Any) -> str | None:
@@ -198,26 +214,18 @@ def copy_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
     one of them."""
     headers: dict[str, str] = {}
     for name, value in params.items():
-        header = COPY_HEADERS.get(name)
-        if header is not None:
-            headers[header] = str(value)
-        elif name == "CopySource":
+        if _object_header(name, value, COPY_HEADERS, headers):
+            continue
+        if name == "CopySource":
             source = copy_source(value)
             if source is None:
                 return None
             headers["x-amz-copy-source"] = source
-        elif name == "Metadata":
-            for meta_name, meta_value in dict(value).items():
-                headers[f"x-amz-meta-{meta_name}"] = str(meta_value)
-        elif name == "Expires":
-            headers["expires"] = _http_date(value)
         elif name not in ("Bucket", "Key"):
             return None
     if "x-amz-copy-source" not in headers:
         return None
-    if not all(value.isascii() and name.isascii() for name, value in headers.items()):
-        return None  # botocore refuses or encodes these; let it
-    return headers
+    return headers if _all_ascii(headers) else None
 
 
 def _connection_error(exc: BaseException, url: str) -> BaseException:
@@ -412,7 +420,7 @@ class FastS3:
         ``chunks`` is not consumed at all when None is returned before sending."""
         if "ContentMD5" not in params or "ChecksumAlgorithm" in params or "Body" in params:
             raise ValueError("a streamed PutObject carries ContentMD5, and only that checksum")
-        headers = put_headers({**params, "Body": b""}) if self.enabled else None
+        headers = put_headers(params, streamed=True) if self.enabled else None
         if headers is None or params.get("Bucket") != self.bucket:
             return None
         headers["content-length"] = str(size)

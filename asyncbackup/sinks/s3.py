@@ -20,7 +20,7 @@ from typing import Any
 from botocore.compat import HAS_CRT
 
 from ..bandwidth import TokenBucket
-from ..checksums import ALGORITHMS, Digests, Hasher
+from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
 from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -28,14 +28,12 @@ from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import FetchedObject, clean_etag, etag_is_md5
+from ..sources.s3 import OPAQUE_ETAG_SSE, FetchedObject, clean_etag, etag_is_md5
 from ..uploads import UploadJournal, abort_upload, sweep_key
 
 log = logging.getLogger("asyncbackup")
 
 _ABORT_TIMEOUT = 10.0
-#: server-side encryption whose objects' ETags are not their MD5s
-_OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 
 
 async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
@@ -67,19 +65,6 @@ def _read_part(path: Path, offset: int, length: int, hasher: Hasher) -> tuple[by
 
 
 _FILE_CHUNK = 1024 * 1024
-
-
-def _file_md5(path: Path, size: int) -> bytes:
-    """The MD5 of a staged file of ``size`` bytes, read in blocks (one worker-thread call)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    read = 0
-    with path.open("rb") as handle:
-        while block := handle.read(8 * _FILE_CHUNK):
-            digest.update(block)
-            read += len(block)
-    if read != size:
-        raise IntegrityError(f"the staged file is {read} bytes, not {size}")
-    return digest.digest()
 
 
 async def _file_chunks(path: Path, size: int) -> AsyncIterator[bytes]:
@@ -155,6 +140,16 @@ class S3Sink:
             return params
         return {}
 
+    def _put_params(self, fetched: FetchedObject, key: str, digests: Digests) -> dict[str, Any]:
+        """PutObject's parameters for ``fetched`` under ``key``, but its body."""
+        return {
+            "Bucket": self.bucket,
+            "Key": key,
+            **fetched.metadata,
+            **self.extra_params,
+            **self._checksum_params(digests),
+        }
+
     async def put(self, fetched: FetchedObject, key: str) -> None:
         """Upload ``fetched`` under ``key``; return only once the destination has it whole.
 
@@ -190,14 +185,8 @@ class S3Sink:
         if fast is None or not self.can_stream():
             return False
         if not fetched.md5:  # an opaque source ETag: the file's MD5, read in a thread
-            fetched.md5 = await asyncio.to_thread(_file_md5, fetched.path, fetched.size)
-        params = {
-            "Bucket": self.bucket,
-            "Key": key,
-            **fetched.metadata,
-            **self.extra_params,
-            **self._checksum_params(Digests(fetched.md5)),
-        }
+            fetched.md5 = await asyncio.to_thread(file_md5, fetched.path, fetched.size)
+        params = self._put_params(fetched, key, Digests(fetched.md5))
 
         async def attempt() -> dict[str, Any] | None:
             return await fast.put_object_stream(
@@ -220,14 +209,7 @@ class S3Sink:
     async def _put_body(
         self, fetched: FetchedObject, key: str, body: bytes, digests: Digests
     ) -> None:
-        params = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "Body": body,
-            **fetched.metadata,
-            **self.extra_params,
-            **self._checksum_params(digests),
-        }
+        params = {**self._put_params(fetched, key, digests), "Body": body}
         if self.bandwidth is not None:
             await self.bandwidth.consume(len(body))
         put_object = self.fast.put_object if self.fast is not None else self.client.put_object
@@ -239,7 +221,7 @@ class S3Sink:
         is the MD5 a source's ETag gives before its bytes are read, and the copy's ETag will
         be its MD5 (not with SSE-KMS at the destination): a server that does not check
         Content-MD5 is then still caught by the ETag it answers."""
-        opaque = self.extra_params.get("ServerSideEncryption") in _OPAQUE_ETAG_SSE
+        opaque = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
         return self.fast is not None and self.fast.enabled and self.checksum == "md5" and not opaque
 
     async def put_stream(
@@ -258,13 +240,7 @@ class S3Sink:
             return False
         if self.part_size_of(fetched.size, None) is not None:
             return False  # grown past the threshold since it was listed: it goes in parts
-        params = {
-            "Bucket": self.bucket,
-            "Key": key,
-            **fetched.metadata,
-            **self.extra_params,
-            **self._checksum_params(Digests(fetched.md5)),
-        }
+        params = self._put_params(fetched, key, Digests(fetched.md5))
 
         try:
             response = await self.retry.once(
@@ -389,7 +365,7 @@ class S3Sink:
             etag = clean_etag(str(response.get("ETag", "")))
             verifiable = (
                 self.checksum != "none"
-                and response.get("ServerSideEncryption") not in _OPAQUE_ETAG_SSE
+                and response.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE
             )
             if verifiable and etag and etag != f"{expected}-{count}":
                 raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")

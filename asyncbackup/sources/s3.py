@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
-from ..checksums import ALGORITHMS, Digests, Hasher
+from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -36,6 +36,8 @@ log = logging.getLogger("asyncbackup")
 
 CHUNK = 1024 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024
+#: server-side encryption whose objects' ETags are not their MD5s
+OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
 #: how a server that does not do ``HEAD ?partNumber=`` answers it. The error of a HEAD has no
@@ -110,7 +112,7 @@ def is_md5_etag(etag: str) -> bool:
 def etag_is_digest(response: dict[str, Any]) -> bool:
     """Whether the object's ETag is made of MD5s (of the object, or of its parts): not with
     SSE-KMS, DSSE-KMS or SSE-C, whose ETags are opaque."""
-    kms = response.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+    kms = response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
     return not kms and not response.get("SSECustomerAlgorithm")
 
 
@@ -121,19 +123,6 @@ def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
 def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()
-
-
-def _check_file_md5(path: Path, md5: bytes) -> None:
-    """A staged file that was not hashed as it arrived (nor checked by a streamed PUT),
-    against the MD5 its source's ETag gives."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while block := handle.read(8 * CHUNK):
-            digest.update(block)
-    if digest.digest() != md5:
-        raise IntegrityError(
-            f"MD5 {digest.hexdigest()} of the download differs from ETag {md5.hex()}"
-        )
 
 
 def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
@@ -480,7 +469,11 @@ class S3Source:
                     receiver = _StreamReceiver(out, budget)
                     fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
                 if not uploaded and fetched.md5:  # no PUT checked these bytes: we do
-                    await asyncio.to_thread(_check_file_md5, tmp, fetched.md5)
+                    md5 = await asyncio.to_thread(file_md5, tmp, fetched.size)
+                    if md5 != fetched.md5:
+                        raise IntegrityError(
+                            f"MD5 {md5.hex()} of the download differs from ETag {fetched.etag}"
+                        )
                 fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         finally:
             if receiver is not None:
