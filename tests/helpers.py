@@ -112,14 +112,17 @@ def put_multipart(client: Any, bucket: str, key: str, sizes: Sequence[int]) -> s
     return str(done["ETag"])
 
 
-async def open_test_client(stack: contextlib.AsyncExitStack, endpoint: str) -> Any:
-    """One of our aiobotocore clients on ``endpoint``, living as long as ``stack``."""
+async def open_test_client(
+    stack: contextlib.AsyncExitStack, endpoint: str | None, region: str = "us-east-1"
+) -> Any:
+    """One of our aiobotocore clients on ``endpoint`` (None: AWS's), living as long as
+    ``stack``."""
     return await open_client(
         stack,
         role="source",
         profile=None,
         endpoint_url=endpoint,
-        region="us-east-1",
+        region=region,
         max_pool_connections=4,
         connect_timeout=2,
         read_timeout=5,

@@ -32,6 +32,7 @@ from tests.conftest import Buckets, S3Server
 from tests.helpers import (
     MiB,
     assert_same_objects,
+    backup_data,
     cli_args,
     list_keys,
     open_test_client,
@@ -395,12 +396,11 @@ async def test_direct_copy_goes_through_the_fast_path_and_keeps_objects_identica
         if not fast_path:
             s3.create_bucket(Bucket=dest)
         proxy.requests.clear()
-        report = await run_backup(
-            source_bucket=buckets.source,
-            source_path="data",
+        report = await backup_data(
+            buckets,
+            tmp_path / str(fast_path),
+            proxy.endpoint,
             dest_bucket=dest,
-            base_local_path=tmp_path / str(fast_path),
-            endpoint_url=proxy.endpoint,
             concurrency=4,
             direct=True,
             fast_path=fast_path,
@@ -518,12 +518,11 @@ async def test_direct_copy_errors_are_those_of_the_botocore_path(
             )
         )
         proxy.requests.clear()
-        report = await run_backup(
-            source_bucket=buckets.source,
-            source_path="data",
+        report = await backup_data(
+            buckets,
+            tmp_path / str(fast_path),
+            proxy.endpoint,
             dest_bucket=dest,
-            base_local_path=tmp_path / str(fast_path),
-            endpoint_url=proxy.endpoint,
             concurrency=2,
             direct=True,
             fast_path=fast_path,

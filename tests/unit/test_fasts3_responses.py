@@ -23,7 +23,7 @@ from asyncbackup.fasts3.responses import (
     response_fields,
 )
 from asyncbackup.retry import classify, is_throttle, retry_after
-from asyncbackup.s3client import open_client
+from tests.helpers import open_test_client
 
 MODEL = ServiceModel(Loader().load_service_model("s3", "service-2"), "s3")
 
@@ -243,16 +243,7 @@ async def test_our_clients_read_listing_timestamps_without_dateutil(aws_env: Pat
     response = {"status_code": 200, "headers": {}, "body": body}
     shape = MODEL.operation_model("ListObjectsV2").output_shape
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_client(
-            stack,
-            role="source",
-            profile=None,
-            endpoint_url="http://127.0.0.1:9",
-            region="us-east-1",
-            max_pool_connections=2,
-            connect_timeout=1,
-            read_timeout=1,
-        )
+        client = await open_test_client(stack, "http://127.0.0.1:9")
         parser = client._endpoint._response_parser_factory.create_parser("rest-xml")
         assert parser._timestamp_parser is read_timestamp
         ours = await parser.parse(dict(response), shape)

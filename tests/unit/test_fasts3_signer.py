@@ -30,7 +30,7 @@ from asyncbackup.fasts3.signer import (
     encode_query,
 )
 from asyncbackup.fasts3.target import Target, host_header, probe_target
-from asyncbackup.s3client import open_client
+from tests.helpers import open_test_client
 
 KEYS = [
     "plain.txt",
@@ -277,16 +277,7 @@ async def test_copy_object_headers_and_signature_equal_botocore(
     endpoint: str | None, region: str, bucket: str, aws_env: Path
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_client(
-            stack,
-            role="source",
-            profile=None,
-            endpoint_url=endpoint,
-            region=region,
-            max_pool_connections=2,
-            connect_timeout=1,
-            read_timeout=1,
-        )
+        client = await open_test_client(stack, endpoint, region)
         target = await probe_target(client, bucket)
         assert isinstance(target, Target), target
         frozen = await client._get_credentials().get_frozen_credentials()

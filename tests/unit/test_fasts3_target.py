@@ -11,7 +11,7 @@ import pytest
 
 from asyncbackup.fasts3.signer import encode_key
 from asyncbackup.fasts3.target import Target, host_header, prepared_get, probe_target
-from asyncbackup.s3client import open_client
+from tests.helpers import open_test_client
 from tests.unit.test_fasts3_signer import KEYS
 
 CASES = [
@@ -33,16 +33,7 @@ CASES = [
 async def open_target(
     stack: contextlib.AsyncExitStack, endpoint: str | None, region: str, bucket: str
 ) -> tuple[object, Target | str]:
-    client = await open_client(
-        stack,
-        role="source",
-        profile=None,
-        endpoint_url=endpoint,
-        region=region,
-        max_pool_connections=4,
-        connect_timeout=1,
-        read_timeout=1,
-    )
+    client = await open_test_client(stack, endpoint, region)
     return client, await probe_target(client, bucket)
 
 

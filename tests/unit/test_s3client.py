@@ -8,20 +8,9 @@ from typing import Any
 
 import pytest
 
-from asyncbackup.s3client import open_client
+from tests.helpers import open_test_client
 
-
-async def new_client(stack: contextlib.AsyncExitStack) -> Any:
-    return await open_client(
-        stack,
-        role="source",
-        profile=None,
-        endpoint_url="http://127.0.0.1:9",
-        region="us-east-1",
-        max_pool_connections=2,
-        connect_timeout=1,
-        read_timeout=1,
-    )
+NOWHERE = "http://127.0.0.1:9"  # no request is sent
 
 
 def loader_of(client: Any) -> Any:
@@ -30,7 +19,7 @@ def loader_of(client: Any) -> Any:
 
 async def test_clients_share_one_data_loader(aws_env: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        one, two = await new_client(stack), await new_client(stack)
+        one, two = await open_test_client(stack, NOWHERE), await open_test_client(stack, NOWHERE)
         assert loader_of(one) is loader_of(two)
         assert one.meta.service_model.operation_model("CopyObject").http["method"] == "PUT"
 
@@ -39,7 +28,7 @@ async def test_a_data_path_keeps_the_session_its_own_loader(
     aws_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        shared = loader_of(await new_client(stack))
+        shared = loader_of(await open_test_client(stack, NOWHERE))
         monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
-        own = loader_of(await new_client(stack))
+        own = loader_of(await open_test_client(stack, NOWHERE))
         assert own is not shared and str(tmp_path) in own.search_paths
