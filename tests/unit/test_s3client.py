@@ -1,12 +1,16 @@
-"""How ``open_client`` sets up botocore: one data loader shared by our clients."""
+"""How ``open_client`` sets up botocore: one data loader shared by our clients, TLS only
+where there is TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import SSLError
 
 from tests.helpers import open_test_client
 
@@ -32,3 +36,78 @@ async def test_a_data_path_keeps_the_session_its_own_loader(
         monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
         own = loader_of(await open_test_client(stack, NOWHERE))
         assert own is not shared and str(tmp_path) in own.search_paths
+
+
+def verify_of(client: Any) -> Any:
+    return client._endpoint.http_session._verify
+
+
+async def test_plain_http_endpoints_build_no_tls_context(
+    aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No TLS on the way to an http endpoint: no CA bundle to load (17 ms per client). Through
+    a proxy, which may be reached over TLS, verification stays on."""
+    async with contextlib.AsyncExitStack() as stack:
+        assert verify_of(await open_test_client(stack, NOWHERE)) is False
+        assert verify_of(await open_test_client(stack, "HTTP://127.0.0.1:9")) is False
+        monkeypatch.setenv("HTTP_PROXY", "https://proxy.invalid:3128")
+        assert verify_of(await open_test_client(stack, NOWHERE)) is not False
+
+
+async def test_https_endpoints_still_verify_the_server(aws_env: Path, tmp_path: Path) -> None:
+    """A TLS server whose certificate no CA signed is refused, not talked to."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_self_signed(tmp_path))
+    answered: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            answered.append(await reader.read(100))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    async with server, contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, f"https://127.0.0.1:{port}")
+        with pytest.raises(SSLError, match=r"(?i)certificate verify failed"):
+            await client.head_bucket(Bucket="b")
+    assert not any(answered)  # no request reached the server
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
