@@ -130,6 +130,30 @@ def test_hand_edits_are_honoured(
     assert not checkpoint.exists()
 
 
+def test_a_failed_file_marked_true_by_hand_is_skipped_and_the_job_completes(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    for key in ("job/problem_file.dat", "job/ok"):
+        s3.put_object(Bucket=buckets.source, Key=key, Body=f"fresh {key}".encode())
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    # The spec's example edit: "job/problem_file.dat": false -> true, nothing else touched
+    # (its error from the failed run is still in "errors").
+    _seed_checkpoint(
+        checkpoint,
+        buckets.source,
+        buckets.dest,
+        files={"job/problem_file.dat": True, "job/ok": False},
+        errors={"job/problem_file.dat": "AccessDenied: Access Denied"},
+    )
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--on-complete", "delete"])
+    # Skipped, so nothing is left to fail: the job completes (exit 0, checkpoint deleted)
+    # instead of reporting the skipped file's old error for ever.
+    assert result.returncode == 0, result.stderr
+    assert list_keys(s3, buckets.dest) == ["job/ok"]
+    assert not checkpoint.exists()
+
+
 def test_recorded_errors_keep_the_checkpoint_and_clear_when_fixed(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
