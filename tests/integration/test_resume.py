@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.errors import CheckpointMismatchError
+from asyncbackup.progress import NullObserver
 from tests.conftest import Buckets, S3Server
 from tests.helpers import (
     assert_same_objects,
+    backup_data,
     bucket_digest,
     cli_args,
     list_keys,
@@ -216,3 +221,29 @@ def test_corrupt_checkpoint_is_an_error_and_left_untouched(
     assert str(checkpoint) in lines[0] and "--ignore-checkpoints" in lines[0]
     assert checkpoint.read_bytes() == b'{"backup_id": "trunc'
     assert list_keys(s3, buckets.dest) == []
+
+
+async def test_resume_with_another_dest_prefix_is_refused(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    put_objects(s3, buckets.source, numbered_objects(30))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    first = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, dest_prefix="old", concurrency=1,
+        observer=StopAtFirst(), stop=stop,
+    )  # fmt: skip
+    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    # The files marked done are under old/: a run putting its copies under new/ would skip
+    # them and report the job complete with new/ missing them.
+    with pytest.raises(CheckpointMismatchError, match="--dest-prefix"):
+        await backup_data(buckets, tmp_path, s3_server.endpoint, dest_prefix="new")
+    assert list_keys(s3, buckets.dest, "new/") == []
+    # The same destination, however spelled, resumes and completes the job.
+    done = await backup_data(buckets, tmp_path, s3_server.endpoint, dest_prefix="/old/")
+    assert done.status == "completed" and done.skipped_files == first.copied_files
+    assert len(list_keys(s3, buckets.dest, "old/")) == 30
