@@ -211,6 +211,7 @@ async def run_backup(
             dest_bucket=config.dest_bucket,
             config=_checkpoint_config(config),
             ignore_existing=config.ignore_checkpoints,
+            carry=(UPLOADS_SECTION,),
         )
         if resumed:
             _check_filters(state, config, path)

@@ -247,3 +247,26 @@ async def test_resume_with_another_dest_prefix_is_refused(
     done = await backup_data(buckets, tmp_path, s3_server.endpoint, dest_prefix="/old/")
     assert done.status == "completed" and done.skipped_files == first.copied_files
     assert len(list_keys(s3, buckets.dest, "old/")) == 30
+
+
+def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
+    # What a run SIGKILLed mid-upload leaves: an upload at the destination, recorded in its
+    # checkpoint's multipart_uploads section (by destination key).
+    upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
+    s3.upload_part(
+        Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
+    )
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(checkpoint, buckets.source, buckets.dest, files={"job/big": False}, errors={})
+    data = load_json(checkpoint)
+    data["multipart_uploads"] = {"job/big": upload}
+    checkpoint.write_bytes(orjson.dumps(data))
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--ignore-checkpoints", "--on-complete", "delete"])
+    assert result.returncode == 0, result.stderr
+    assert list_keys(s3, buckets.dest) == ["job/x"]
+    # Starting over does not leave the old run's upload (and its parts) behind for ever.
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
