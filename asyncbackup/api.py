@@ -251,7 +251,7 @@ async def run_backup(
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
         process = (
-            await _direct_copier(share, dest_client, stack)
+            await _direct_copier(share, dest_client, stack, journal)
             if config.direct
             else await _staged_copier(share, source_client, dest_client, journal, stack)
         )
@@ -271,7 +271,10 @@ async def run_backup(
 
 
 async def _direct_copier(
-    config: BackupConfig, client: S3Client, stack: contextlib.AsyncExitStack
+    config: BackupConfig,
+    client: S3Client,
+    stack: contextlib.AsyncExitStack,
+    journal: UploadJournal,
 ) -> Process:
     copier = ServerSideCopier(
         client,
@@ -283,6 +286,7 @@ async def _direct_copier(
         part_concurrency=config.part_concurrency,
         extra_params=_dest_params(config),
     )
+    copier.journal = journal
     if config.fast_path:  # CopyObject over aiohttp; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     return functools.partial(with_object_retries, copier.copy)

@@ -24,6 +24,7 @@ from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FirstPartProbe, clean_etag, etag_is_md5, multipart_parts
+from ..uploads import UploadJournal
 from .s3 import run_to_completion
 
 log = logging.getLogger("asyncbackup")
@@ -54,6 +55,8 @@ class ServerSideCopier:
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
         self.fast: FastS3 | None = None  # CopyObject over aiohttp (the destination's bucket)
+        #: where multipart copies in flight are recorded for a crash (set by the caller)
+        self.journal: UploadJournal | None = None
         self.first_part = FirstPartProbe(client, source_bucket, retry)
 
     async def copy(self, item: WorkItem) -> int:
@@ -111,11 +114,15 @@ class ServerSideCopier:
                      "ContentLanguage", "Metadata"):  # fmt: skip
             if head.get(name):
                 create[name] = head[name]
+        if self.journal is not None:  # durable before the upload can exist
+            await self.journal.starting(key)
         upload = await self.retry.call(
             functools.partial(self.client.create_multipart_upload, **create)
         )
         upload_id: str = upload["UploadId"]
         try:
+            if self.journal is not None:
+                await self.journal.started(key, upload_id)
             done: list[dict[str, Any]] = [{} for _ in range(count)]
             numbers = iter(range(count))
 
@@ -159,11 +166,16 @@ class ServerSideCopier:
         except BaseException:
             await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
             raise
+        if self.journal is not None:
+            self.journal.finished(key)
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
             await self.client.abort_multipart_upload(
                 Bucket=self.dest_bucket, Key=key, UploadId=upload_id
             )
-        except Exception as exc:  # the upload id is logged for a manual abort
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
             log.warning("could not abort multipart copy %s of %s: %s", upload_id, key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
