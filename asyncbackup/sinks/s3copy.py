@@ -24,7 +24,7 @@ from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FirstPartProbe, clean_etag, etag_is_md5, multipart_parts
-from ..uploads import UploadJournal
+from ..uploads import UploadJournal, sweep_key
 from .s3 import run_to_completion
 
 log = logging.getLogger("asyncbackup")
@@ -116,9 +116,20 @@ class ServerSideCopier:
                 create[name] = head[name]
         if self.journal is not None:  # durable before the upload can exist
             await self.journal.starting(key)
-        upload = await self.retry.call(
-            functools.partial(self.client.create_multipart_upload, **create)
-        )
+        creates = 0
+
+        async def create_upload() -> dict[str, Any]:
+            nonlocal creates
+            creates += 1
+            result: dict[str, Any] = await self.client.create_multipart_upload(**create)
+            return result
+
+        try:
+            upload = await self.retry.call(create_upload)
+        except BaseException:
+            if creates > 1:  # an earlier attempt may have created one whose answer was lost
+                await run_to_completion(self._sweep(key, None), _ABORT_TIMEOUT)
+            raise
         upload_id: str = upload["UploadId"]
         try:
             if self.journal is not None:
@@ -164,9 +175,12 @@ class ServerSideCopier:
             if same_layout and not encrypted and etag != clean_etag(item.etag):
                 raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
         except BaseException:
-            await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
+            cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)
+            await run_to_completion(cleanup, _ABORT_TIMEOUT)
             raise
-        if self.journal is not None:
+        if creates > 1:
+            await run_to_completion(self._sweep(key, upload_id), _ABORT_TIMEOUT)
+        elif self.journal is not None:
             self.journal.finished(key)
 
     async def _abort(self, key: str, upload_id: str) -> None:
@@ -176,6 +190,16 @@ class ServerSideCopier:
             )
         except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
             log.warning("could not abort multipart copy %s of %s: %s", upload_id, key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
+
+    async def _sweep(self, key: str, keep: str | None) -> None:
+        """Abort the uploads of ``key`` created by attempts whose answer was lost."""
+        try:
+            await sweep_key(self.client, self.dest_bucket, key, self.retry, keep)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
+            log.warning("could not abort stray multipart copies of %s: %s", key, exc)
             return
         if self.journal is not None:
             self.journal.finished(key)

@@ -196,3 +196,23 @@ def test_sigkill_during_a_direct_multipart_copy_then_resume_leaks_nothing(
     assert uploads_in_progress(s3, buckets.dest) == []
     assert_identical(s3, buckets.source, buckets.dest)
     assert "multipart_uploads" not in read_valid(checkpoint_file_archived(tmp_path)).extra
+
+
+async def test_lost_create_answer_of_a_direct_copy_leaves_no_stray_upload(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_multipart(s3, buckets.source, "m/big.bin", [5 * MiB, 1 * MiB])
+    # The first CreateMultipartUpload is done by the server, then the connection drops.
+    proxy.add_rule(Rule("reset_after", method="POST", query="uploads", times=1))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="m",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        direct=True,
+    )
+    assert report.exit_code == 0, report.errors
+    assert len([r for r in proxy.seen(method="POST") if "uploads" in r.query]) == 2
+    assert uploads_in_progress(s3, buckets.dest) == []
+    assert_identical(s3, buckets.source, buckets.dest)
