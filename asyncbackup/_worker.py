@@ -179,12 +179,12 @@ async def serve(in_fd: int, out_fd: int) -> int:
         config = wire.config_from_wire(init["config"])
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
+            journal = UploadJournal(notes)
             if config.direct:  # server-side: the destination's client is all it needs
                 client = await open_destination(stack, config)
-                process = await _direct_copier(config, client, stack)
+                process = await _direct_copier(config, client, stack, journal)
             else:
                 source_client, dest_client = await _open_stores(stack, config)
-                journal = UploadJournal(notes)
                 process = await _staged_copier(
                     config, source_client, dest_client, journal, stack, prepare=False
                 )

@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,9 @@ def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
 
 
 def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> None:
-    """A resume must use the filters the checkpoint was made with."""
+    """A resume must use the filters and the destination the checkpoint was made with."""
     stored = state.config
+    _check_dest_prefix(stored, config, path)
     if "include" not in stored and "exclude" not in stored:
         return  # written by hand or by an older tool: nothing to compare
     before = KeyFilter(tuple(stored.get("include") or ()), tuple(stored.get("exclude") or ()))
@@ -81,6 +82,26 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
             f"checkpoint {path} was made with {before.describe()}, this run has "
             f"{now.describe()}; resume with the same filters, or start over with "
             "--ignore-checkpoints"
+        )
+
+
+def _check_dest_prefix(stored: dict[str, Any], config: BackupConfig, path: Path) -> None:
+    """The files a checkpoint marks done are where its ``--dest-prefix`` put them: a resume
+    that puts copies elsewhere would skip them and leave its own prefix without them."""
+    if "dest_prefix" not in stored:
+        return  # written by hand or by an older tool: nothing to compare
+    recorded = stored["dest_prefix"]
+    if recorded is not None and not isinstance(recorded, str):
+        return
+    before = replace(config, dest_prefix=recorded)
+    if before.dest_list_prefix != config.dest_list_prefix:
+        was = "no --dest-prefix" if recorded is None else f"--dest-prefix {recorded!r}"
+        now = "none" if config.dest_prefix is None else repr(config.dest_prefix)
+        where = repr(before.dest_list_prefix) if before.dest_list_prefix else "the bucket root"
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was made with {was} (the copies it marks done are under "
+            f"{where}), this run has --dest-prefix {now}; resume with the same --dest-prefix, "
+            "or start over with --ignore-checkpoints"
         )
 
 
@@ -190,6 +211,7 @@ async def run_backup(
             dest_bucket=config.dest_bucket,
             config=_checkpoint_config(config),
             ignore_existing=config.ignore_checkpoints,
+            carry=(UPLOADS_SECTION,),
         )
         if resumed:
             _check_filters(state, config, path)
@@ -229,7 +251,7 @@ async def run_backup(
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
         process = (
-            await _direct_copier(share, dest_client, stack)
+            await _direct_copier(share, dest_client, stack, journal)
             if config.direct
             else await _staged_copier(share, source_client, dest_client, journal, stack)
         )
@@ -249,7 +271,10 @@ async def run_backup(
 
 
 async def _direct_copier(
-    config: BackupConfig, client: S3Client, stack: contextlib.AsyncExitStack
+    config: BackupConfig,
+    client: S3Client,
+    stack: contextlib.AsyncExitStack,
+    journal: UploadJournal,
 ) -> Process:
     copier = ServerSideCopier(
         client,
@@ -261,6 +286,7 @@ async def _direct_copier(
         part_concurrency=config.part_concurrency,
         extra_params=_dest_params(config),
     )
+    copier.journal = journal
     if config.fast_path:  # CopyObject over aiohttp; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     return functools.partial(with_object_retries, copier.copy)

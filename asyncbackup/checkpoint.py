@@ -430,6 +430,13 @@ class CheckpointLock:
         return False
 
 
+def _same_job(
+    state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
+) -> bool:
+    mine = (source_bucket, source_path.strip("/"), dest_bucket)
+    return mine == (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
+
+
 async def _to_the_end(future: concurrent.futures.Future[None]) -> None:
     try:
         await asyncio.shield(asyncio.wrap_future(future))
@@ -495,14 +502,23 @@ class CheckpointManager:
         dest_bucket: str,
         config: dict[str, Any],
         ignore_existing: bool,
+        carry: Iterable[str] = (),
     ) -> tuple[CheckpointState, bool]:
         """The state to run with, and whether it was resumed from an existing file.
 
-        The journal of a run that crashed is folded into the JSON file at once.
+        The journal of a run that crashed is folded into the JSON file at once. With
+        ``ignore_existing``, the top-level sections named in ``carry`` (the multipart uploads a
+        crashed run left, still to abort) go from the ignored checkpoint of the same job into
+        the new one.
         """
+        carried: dict[str, Any] = {}
         if self.path.exists():
             if ignore_existing:
-                self._set_aside()
+                ignored = self._set_aside()
+                if ignored is not None and _same_job(
+                    ignored, source_bucket, source_path, dest_bucket
+                ):
+                    carried = {name: ignored.extra[name] for name in carry if name in ignored.extra}
             else:
                 loaded = load_checkpoint(self.path)
                 state = loaded.state
@@ -517,25 +533,27 @@ class CheckpointManager:
             dest_bucket=dest_bucket,
             config=config,
         )
+        state.extra.update(carried)
         self.flush(state)
         return state, False
 
     def _check_identity(
         self, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
     ) -> None:
-        mine = (source_bucket, source_path.strip("/"), dest_bucket)
-        theirs = (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
-        if mine != theirs:
+        if not _same_job(state, source_bucket, source_path, dest_bucket):
+            theirs = (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
             raise CheckpointMismatchError(
                 f"checkpoint {self.path} belongs to another job (s3://{theirs[0]}/{theirs[1]} -> "
                 f"{theirs[2]}); use --checkpoint-dir to keep this job's checkpoint elsewhere, "
                 "or --ignore-checkpoints to replace it"
             )
 
-    def _set_aside(self) -> None:
-        """Keep an ignored checkpoint (and its journal) beside the new one."""
+    def _set_aside(self) -> CheckpointState | None:
+        """Keep an ignored checkpoint (and its journal) beside the new one; return its state
+        (None when it is corrupt)."""
+        ignored: CheckpointState | None = None
         try:
-            read_checkpoint(self.path)
+            ignored = read_checkpoint(self.path)
             suffix = "ignored"
         except CheckpointCorruptError:
             suffix = "corrupt"
@@ -543,6 +561,7 @@ class CheckpointManager:
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))
         self.path.replace(aside)
+        return ignored
 
     # -- writing (in the writer thread) -------------------------------------------------
 

@@ -341,6 +341,11 @@ class Pipeline:
             if done is True:
                 skipped += 1
                 skipped_bytes += item.size
+                # A done file has no error: one marked true by hand (the spec's way to skip
+                # a problematic file) leaves its old error behind, which would keep the job
+                # from ever completing.
+                if state.errors.pop(item.key, None) is not None:
+                    changes.errors[item.key] = None
             elif item.present:
                 # Identical at the destination already: done without a copy.
                 state.files[item.key] = changes.files[item.key] = True

@@ -24,6 +24,7 @@ from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FirstPartProbe, clean_etag, etag_is_md5, multipart_parts
+from ..uploads import UploadJournal, sweep_key
 from .s3 import run_to_completion
 
 log = logging.getLogger("asyncbackup")
@@ -54,6 +55,8 @@ class ServerSideCopier:
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
         self.fast: FastS3 | None = None  # CopyObject over aiohttp (the destination's bucket)
+        #: where multipart copies in flight are recorded for a crash (set by the caller)
+        self.journal: UploadJournal | None = None
         self.first_part = FirstPartProbe(client, source_bucket, retry)
 
     async def copy(self, item: WorkItem) -> int:
@@ -111,11 +114,26 @@ class ServerSideCopier:
                      "ContentLanguage", "Metadata"):  # fmt: skip
             if head.get(name):
                 create[name] = head[name]
-        upload = await self.retry.call(
-            functools.partial(self.client.create_multipart_upload, **create)
-        )
+        if self.journal is not None:  # durable before the upload can exist
+            await self.journal.starting(key)
+        creates = 0
+
+        async def create_upload() -> dict[str, Any]:
+            nonlocal creates
+            creates += 1
+            result: dict[str, Any] = await self.client.create_multipart_upload(**create)
+            return result
+
+        try:
+            upload = await self.retry.call(create_upload)
+        except BaseException:
+            if creates > 1:  # an earlier attempt may have created one whose answer was lost
+                await run_to_completion(self._sweep(key, None), _ABORT_TIMEOUT)
+            raise
         upload_id: str = upload["UploadId"]
         try:
+            if self.journal is not None:
+                await self.journal.started(key, upload_id)
             done: list[dict[str, Any]] = [{} for _ in range(count)]
             numbers = iter(range(count))
 
@@ -157,13 +175,31 @@ class ServerSideCopier:
             if same_layout and not encrypted and etag != clean_etag(item.etag):
                 raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
         except BaseException:
-            await run_to_completion(self._abort(key, upload_id), _ABORT_TIMEOUT)
+            cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)
+            await run_to_completion(cleanup, _ABORT_TIMEOUT)
             raise
+        if creates > 1:
+            await run_to_completion(self._sweep(key, upload_id), _ABORT_TIMEOUT)
+        elif self.journal is not None:
+            self.journal.finished(key)
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
             await self.client.abort_multipart_upload(
                 Bucket=self.dest_bucket, Key=key, UploadId=upload_id
             )
-        except Exception as exc:  # the upload id is logged for a manual abort
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
             log.warning("could not abort multipart copy %s of %s: %s", upload_id, key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)
+
+    async def _sweep(self, key: str, keep: str | None) -> None:
+        """Abort the uploads of ``key`` created by attempts whose answer was lost."""
+        try:
+            await sweep_key(self.client, self.dest_bucket, key, self.retry, keep)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
+            log.warning("could not abort stray multipart copies of %s: %s", key, exc)
+            return
+        if self.journal is not None:
+            self.journal.finished(key)

@@ -13,7 +13,7 @@ from typing import Any
 from asyncbackup import run_backup
 from asyncbackup.checkpoint import CheckpointState
 from tests.conftest import Buckets
-from tests.helpers import cli_args, numbered_objects
+from tests.helpers import cli_args, numbered_objects, put_multipart
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     assert_done_means_copied,
@@ -171,3 +171,48 @@ async def test_lost_create_answer_leaves_no_stray_upload(
     assert len([r for r in proxy.seen(method="POST") if "uploads" in r.query]) == 2
     assert uploads_in_progress(s3, buckets.dest) == []
     assert s3.get_object(Bucket=buckets.dest, Key="m/big.bin")["Body"].read() == body
+
+
+def test_sigkill_during_a_direct_multipart_copy_then_resume_leaks_nothing(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    # A multipart source: --direct rebuilds it server-side with UploadPartCopy.
+    put_multipart(s3, buckets.source, "m/big.bin", [5 * MiB, 1 * MiB])
+    # The part copies crawl: the run is surely in the middle of the copy when it is killed.
+    proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=30))
+    args = ["m", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    args += ["--direct"]
+    process = start_cli(args)
+    try:
+        wait_for(lambda: bool(proxy.seen(method="PUT", path="/m/big.bin$")), timeout=60)
+    finally:
+        kill(process)
+        process.communicate(timeout=30)
+    assert len(uploads_in_progress(s3, buckets.dest)) == 1
+    proxy.clear_faults()
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    # The upload the killed run had begun was aborted, not left (with its parts) for ever.
+    assert uploads_in_progress(s3, buckets.dest) == []
+    assert_identical(s3, buckets.source, buckets.dest)
+    assert "multipart_uploads" not in read_valid(checkpoint_file_archived(tmp_path)).extra
+
+
+async def test_lost_create_answer_of_a_direct_copy_leaves_no_stray_upload(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_multipart(s3, buckets.source, "m/big.bin", [5 * MiB, 1 * MiB])
+    # The first CreateMultipartUpload is done by the server, then the connection drops.
+    proxy.add_rule(Rule("reset_after", method="POST", query="uploads", times=1))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="m",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        direct=True,
+    )
+    assert report.exit_code == 0, report.errors
+    assert len([r for r in proxy.seen(method="POST") if "uploads" in r.query]) == 2
+    assert uploads_in_progress(s3, buckets.dest) == []
+    assert_identical(s3, buckets.source, buckets.dest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.errors import CheckpointMismatchError
+from asyncbackup.progress import NullObserver
 from tests.conftest import Buckets, S3Server
 from tests.helpers import (
     assert_same_objects,
+    backup_data,
     bucket_digest,
     cli_args,
     list_keys,
@@ -130,6 +135,30 @@ def test_hand_edits_are_honoured(
     assert not checkpoint.exists()
 
 
+def test_a_failed_file_marked_true_by_hand_is_skipped_and_the_job_completes(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    for key in ("job/problem_file.dat", "job/ok"):
+        s3.put_object(Bucket=buckets.source, Key=key, Body=f"fresh {key}".encode())
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    # The spec's example edit: "job/problem_file.dat": false -> true, nothing else touched
+    # (its error from the failed run is still in "errors").
+    _seed_checkpoint(
+        checkpoint,
+        buckets.source,
+        buckets.dest,
+        files={"job/problem_file.dat": True, "job/ok": False},
+        errors={"job/problem_file.dat": "AccessDenied: Access Denied"},
+    )
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--on-complete", "delete"])
+    # Skipped, so nothing is left to fail: the job completes (exit 0, checkpoint deleted)
+    # instead of reporting the skipped file's old error for ever.
+    assert result.returncode == 0, result.stderr
+    assert list_keys(s3, buckets.dest) == ["job/ok"]
+    assert not checkpoint.exists()
+
+
 def test_recorded_errors_keep_the_checkpoint_and_clear_when_fixed(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
@@ -192,3 +221,52 @@ def test_corrupt_checkpoint_is_an_error_and_left_untouched(
     assert str(checkpoint) in lines[0] and "--ignore-checkpoints" in lines[0]
     assert checkpoint.read_bytes() == b'{"backup_id": "trunc'
     assert list_keys(s3, buckets.dest) == []
+
+
+async def test_resume_with_another_dest_prefix_is_refused(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    put_objects(s3, buckets.source, numbered_objects(30))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    first = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, dest_prefix="old", concurrency=1,
+        observer=StopAtFirst(), stop=stop,
+    )  # fmt: skip
+    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    # The files marked done are under old/: a run putting its copies under new/ would skip
+    # them and report the job complete with new/ missing them.
+    with pytest.raises(CheckpointMismatchError, match="--dest-prefix"):
+        await backup_data(buckets, tmp_path, s3_server.endpoint, dest_prefix="new")
+    assert list_keys(s3, buckets.dest, "new/") == []
+    # The same destination, however spelled, resumes and completes the job.
+    done = await backup_data(buckets, tmp_path, s3_server.endpoint, dest_prefix="/old/")
+    assert done.status == "completed" and done.skipped_files == first.copied_files
+    assert len(list_keys(s3, buckets.dest, "old/")) == 30
+
+
+def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
+    # What a run SIGKILLed mid-upload leaves: an upload at the destination, recorded in its
+    # checkpoint's multipart_uploads section (by destination key).
+    upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
+    s3.upload_part(
+        Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
+    )
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(checkpoint, buckets.source, buckets.dest, files={"job/big": False}, errors={})
+    data = load_json(checkpoint)
+    data["multipart_uploads"] = {"job/big": upload}
+    checkpoint.write_bytes(orjson.dumps(data))
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--ignore-checkpoints", "--on-complete", "delete"])
+    assert result.returncode == 0, result.stderr
+    assert list_keys(s3, buckets.dest) == ["job/x"]
+    # Starting over does not leave the old run's upload (and its parts) behind for ever.
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
