@@ -15,8 +15,11 @@ CreateMultipartUpload whose answer was lost), so nothing leaks, a SIGKILL includ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
@@ -30,6 +33,8 @@ log = logging.getLogger("asyncbackup")
 SECTION = "multipart_uploads"
 PENDING = ""
 _GONE = ("NoSuchUpload", "404")
+#: how long cleaning up after a failed (or cancelled) upload may take
+ABORT_TIMEOUT = 10.0
 
 
 class Notes(Protocol):
@@ -54,6 +59,82 @@ class UploadJournal:
 
     def finished(self, key: str) -> None:
         self.notes.note(SECTION, key, None)
+
+
+async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
+    """Finish ``awaitable`` even if the caller is cancelled meanwhile (bounded by ``limit``)."""
+    task = asyncio.ensure_future(asyncio.wait_for(awaitable, limit))
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        task.result()
+
+
+@contextlib.asynccontextmanager
+async def tracked_upload(
+    client: S3Client,
+    retry: RetryPolicy,
+    journal: UploadJournal | None,
+    create: dict[str, Any],
+    *,
+    what: str = "multipart upload",
+) -> AsyncIterator[str]:
+    """A multipart upload (CreateMultipartUpload with ``create``), its id for the block.
+
+    The upload is recorded in ``journal`` before it can exist and once its id is known. The
+    block failing (or cancelled) aborts it; the block done lets the checkpoint forget it.
+    When more than one create was sent, an earlier one may have made an upload whose answer
+    was lost: every other upload of the key is then aborted too (kept recorded until then).
+    ``what`` names it in warnings.
+    """
+    bucket, key = create["Bucket"], create["Key"]
+    creates = 0
+
+    async def create_upload() -> dict[str, Any]:
+        nonlocal creates
+        creates += 1
+        result: dict[str, Any] = await client.create_multipart_upload(**create)
+        return result
+
+    async def abort(upload_id: str) -> None:
+        try:
+            await abort_upload(client, bucket, key, upload_id)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
+            log.warning("could not abort %s %s of %s: %s", what, upload_id, key, exc)
+            return
+        if journal is not None:
+            journal.finished(key)
+
+    async def sweep(keep: str | None) -> None:
+        try:
+            await sweep_key(client, bucket, key, retry, keep)
+        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
+            log.warning("could not abort stray %ss of %s: %s", what, key, exc)
+            return
+        if journal is not None:
+            journal.finished(key)
+
+    if journal is not None:  # durable before the upload can exist
+        await journal.starting(key)
+    try:
+        upload = await retry.call(create_upload)
+    except BaseException:
+        if creates > 1:  # an earlier attempt may have created one whose answer was lost
+            await run_to_completion(sweep(None), ABORT_TIMEOUT)
+        raise
+    upload_id: str = upload["UploadId"]
+    try:
+        if journal is not None:
+            await journal.started(key, upload_id)
+        yield upload_id
+    except BaseException:
+        await run_to_completion(abort(upload_id) if creates == 1 else sweep(None), ABORT_TIMEOUT)
+        raise
+    if creates > 1:
+        await run_to_completion(sweep(upload_id), ABORT_TIMEOUT)
+    elif journal is not None:
+        journal.finished(key)
 
 
 async def abort_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> None:

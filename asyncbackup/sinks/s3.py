@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,9 @@ from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import OPAQUE_ETAG_SSE, FetchedObject, clean_etag, etag_is_md5
-from ..uploads import UploadJournal, abort_upload, sweep_key
+from ..uploads import UploadJournal, tracked_upload
 
 log = logging.getLogger("asyncbackup")
-
-_ABORT_TIMEOUT = 10.0
-
-
-async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
-    """Finish ``awaitable`` even if the caller is cancelled meanwhile (bounded by ``limit``)."""
-    task = asyncio.ensure_future(asyncio.wait_for(awaitable, limit))
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        task.result()
 
 
 def check_checksum_support(mode: ChecksumMode) -> None:
@@ -297,26 +284,7 @@ class S3Sink:
         }
         if self.checksum in ALGORITHMS:
             create["ChecksumAlgorithm"] = ALGORITHMS[self.checksum]
-        if self.journal is not None:  # durable before the upload can exist
-            await self.journal.starting(key)
-        creates = 0
-
-        async def create_upload() -> dict[str, Any]:
-            nonlocal creates
-            creates += 1
-            result: dict[str, Any] = await self.client.create_multipart_upload(**create)
-            return result
-
-        try:
-            upload = await self.retry.call(create_upload)
-        except BaseException:
-            if creates > 1:  # an earlier attempt may have created one whose answer was lost
-                await run_to_completion(self._sweep(key, None), _ABORT_TIMEOUT)
-            raise
-        upload_id: str = upload["UploadId"]
-        try:
-            if self.journal is not None:
-                await self.journal.started(key, upload_id)
+        async with tracked_upload(self.client, self.retry, self.journal, create) as upload_id:
             parts: list[dict[str, Any]] = [{} for _ in range(count)]
             md5s: list[bytes] = [b""] * count
             numbers = iter(range(count))
@@ -377,14 +345,6 @@ class S3Sink:
                 and etag != clean_etag(fetched.etag)
             ):
                 raise IntegrityError(f"copy ETag {etag} differs from source {fetched.etag}")
-        except BaseException:
-            cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)
-            await run_to_completion(cleanup, _ABORT_TIMEOUT)
-            raise
-        if creates > 1:
-            await run_to_completion(self._sweep(key, upload_id), _ABORT_TIMEOUT)
-        elif self.journal is not None:
-            self.journal.finished(key)
 
     async def _read_part(self, path: Path, offset: int, length: int) -> tuple[bytes, Digests]:
         try:
@@ -421,22 +381,3 @@ class S3Sink:
             field = f"Checksum{ALGORITHMS[self.checksum]}"
             part[field] = response[field]
         return part
-
-    async def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            await abort_upload(self.client, self.bucket, key, upload_id)
-        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort multipart upload %s of %s: %s", upload_id, key, exc)
-            return
-        if self.journal is not None:
-            self.journal.finished(key)
-
-    async def _sweep(self, key: str, keep: str | None) -> None:
-        """Abort uploads of ``key`` created by attempts whose answer was lost."""
-        try:
-            await sweep_key(self.client, self.bucket, key, self.retry, keep)
-        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort stray multipart uploads of %s: %s", key, exc)
-            return
-        if self.journal is not None:
-            self.journal.finished(key)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +23,8 @@ from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import FirstPartProbe, clean_etag, etag_is_md5, multipart_parts
-from ..uploads import UploadJournal, sweep_key
-from .s3 import run_to_completion
+from ..uploads import UploadJournal, tracked_upload
 
-log = logging.getLogger("asyncbackup")
-
-_ABORT_TIMEOUT = 10.0
 _COPY_OBJECT_LIMIT = S3_MAX_PART_SIZE  # CopyObject copies at most 5 GiB
 
 
@@ -114,26 +109,9 @@ class ServerSideCopier:
                      "ContentLanguage", "Metadata"):  # fmt: skip
             if head.get(name):
                 create[name] = head[name]
-        if self.journal is not None:  # durable before the upload can exist
-            await self.journal.starting(key)
-        creates = 0
-
-        async def create_upload() -> dict[str, Any]:
-            nonlocal creates
-            creates += 1
-            result: dict[str, Any] = await self.client.create_multipart_upload(**create)
-            return result
-
-        try:
-            upload = await self.retry.call(create_upload)
-        except BaseException:
-            if creates > 1:  # an earlier attempt may have created one whose answer was lost
-                await run_to_completion(self._sweep(key, None), _ABORT_TIMEOUT)
-            raise
-        upload_id: str = upload["UploadId"]
-        try:
-            if self.journal is not None:
-                await self.journal.started(key, upload_id)
+        async with tracked_upload(
+            self.client, self.retry, self.journal, create, what="multipart copy"
+        ) as upload_id:
             done: list[dict[str, Any]] = [{} for _ in range(count)]
             numbers = iter(range(count))
 
@@ -174,32 +152,3 @@ class ServerSideCopier:
             encrypted = response.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
             if same_layout and not encrypted and etag != clean_etag(item.etag):
                 raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
-        except BaseException:
-            cleanup = self._abort(key, upload_id) if creates == 1 else self._sweep(key, None)
-            await run_to_completion(cleanup, _ABORT_TIMEOUT)
-            raise
-        if creates > 1:
-            await run_to_completion(self._sweep(key, upload_id), _ABORT_TIMEOUT)
-        elif self.journal is not None:
-            self.journal.finished(key)
-
-    async def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            await self.client.abort_multipart_upload(
-                Bucket=self.dest_bucket, Key=key, UploadId=upload_id
-            )
-        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort multipart copy %s of %s: %s", upload_id, key, exc)
-            return
-        if self.journal is not None:
-            self.journal.finished(key)
-
-    async def _sweep(self, key: str, keep: str | None) -> None:
-        """Abort the uploads of ``key`` created by attempts whose answer was lost."""
-        try:
-            await sweep_key(self.client, self.dest_bucket, key, self.retry, keep)
-        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort stray multipart copies of %s: %s", key, exc)
-            return
-        if self.journal is not None:
-            self.journal.finished(key)
