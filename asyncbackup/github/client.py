@@ -227,6 +227,7 @@ class GitHubClient:
         digest = hashlib.md5(usedforsecurity=False)
         pages: PageTags = []
         size = items = 0
+        page_sizes: list[int] = []
         async with aiofiles.open(out, "wb") as handle:
 
             async def write(data: bytes) -> None:
@@ -248,6 +249,7 @@ class GitHubClient:
                     break
                 if not isinstance(data, list):
                     raise GitHubError(answer.status, f"expected a list from {url}")
+                page_sizes.append(len(data))
                 for item in data:
                     await write(b",\n" if items else b"\n")
                     await write(orjson.dumps(item))
@@ -255,8 +257,10 @@ class GitHubClient:
                 url = answer.next_url
             if paginated:
                 await write(b"\n]\n")
-        if any(not etag for _, etag in pages):
-            pages = []  # without every ETag, the next run cannot ask "changed?"
+        if any(not etag for _, etag in pages) or _last_page_full(page_sizes):
+            # Without every ETag, the next run cannot ask "changed?". After a full last page,
+            # items added later go to a page no ETag covers while the kept ones answer 304.
+            pages = []
         return Fetched(unchanged=False, pages=pages, size=size, md5=digest.digest(), items=items)
 
     async def download(self, url: str, out: Path) -> tuple[int, bytes]:
@@ -307,6 +311,15 @@ class GitHubClient:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
         return size, digest.digest()
+
+
+def _last_page_full(page_sizes: list[int]) -> bool:
+    """Whether a list's last page held as many items as a page can (the first page's count
+    when there are several: the server's page size)."""
+    if not page_sizes or not page_sizes[-1]:
+        return False
+    full = page_sizes[0] if len(page_sizes) > 1 else PER_PAGE
+    return page_sizes[-1] >= full
 
 
 def _origin(url: str) -> tuple[str, str]:

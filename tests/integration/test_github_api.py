@@ -99,6 +99,24 @@ async def test_conditional_requests_answer_304_and_spend_no_quota(
     assert changed.pages[1][1] != first.pages[1][1]
 
 
+async def test_a_list_with_a_full_last_page_is_read_again_when_it_grows(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # 200 issues: two full pages. Issue 201 goes on a third page, which no ETag covers,
+    # while the two pages kept answer 304: unchanged ETags must not hide it.
+    repo = with_issues(github, 200)
+    client = make_client(github, session)
+    url = client.url("/repos/acme/alpha/issues", {"per_page": 100})
+    first = await client.fetch_to_file(url, tmp_path / "a.json", previous=None, paginated=True)
+    repo.issues.append({"number": 201, "title": "issue 201"})
+    again = await client.fetch_to_file(
+        url, tmp_path / "b.json", previous=first.pages, paginated=True
+    )
+    assert not again.unchanged
+    numbers = [i["number"] for i in orjson.loads((tmp_path / "b.json").read_bytes())]
+    assert numbers == list(range(1, 202))
+
+
 async def test_primary_limit_waits_for_the_reset(
     github: FakeGitHub, session: aiohttp.ClientSession
 ) -> None:
