@@ -131,7 +131,14 @@ class ArtifactCopier:
                 return await self._bundle(item, refs_digest(refs))
             if item.kind == ASSET:
                 return await self._asset(item)
-            return await self._metadata(item)
+            size = await self._metadata(item)
+            if item.unlisted:  # copied, but the assets it lists were not: not done
+                raise ObjectError(
+                    "ReleaseAssetsNotListed",
+                    f"the release assets could not be listed ({item.unlisted}); run again "
+                    "to copy them",
+                )
+            return size
         except GitHubError as exc:
             if exc.status == 409:
                 raise Skip(f"the repository is empty (409: {exc.message})") from exc

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
@@ -207,3 +208,34 @@ async def test_unavailable_repositories_are_recorded_and_the_run_goes_on_through
 def github_waits(clock: FakeClock) -> list[tuple[str, float]]:
     """Reasons the fake clock was slept for, as far as a test can tell: long ones are resets."""
     return [("primary" if s > 600 else "secondary", s) for s in clock.sleeps]
+
+
+async def test_release_assets_that_cannot_be_listed_are_an_error_not_a_silent_gap(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+    async with running_org(tmp_path / "git") as github:
+        refusals = [502, 502]  # the listing's two attempts fail; later requests go through
+
+        async def flaky_releases(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/releases" and refusals:
+                return web.Response(status=refusals.pop(0), text="bad gateway")
+            return None
+
+        github.hooks.append(flaky_releases)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, max_attempts=2)
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not refusals
+        assert asset_key not in list_keys(s3, buckets.dest)  # never listed, so never copied
+        # ... which the run says, instead of reporting a complete backup
+        assert report.status == "completed_with_errors"
+        assert set(report.errors) == {"github/acme/alpha/releases.json"}
+        assert "assets" in report.errors["github/acme/alpha/releases.json"]
+        assert "github/acme/alpha/releases.json" in list_keys(s3, buckets.dest)
+
+        again = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert again.status == "completed", again.errors
+        body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
+        assert body == ASSET
