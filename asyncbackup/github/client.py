@@ -87,11 +87,15 @@ class Fetched:
     items: int = 0
 
 
-def _message(body: bytes) -> str:
+def _message(body: bytes, reason: str) -> str:
+    """GitHub's JSON ``message``, a plain-text body, or for an HTML page (a proxy's or load
+    balancer's error page) the status line's reason: never markup in an error."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace")
+        if text.lstrip().startswith("<"):
+            text = reason
     else:
         text = str(data.get("message", "")) if isinstance(data, dict) else ""
     return " ".join(text.split())[:300]
@@ -150,7 +154,7 @@ class GitHubClient:
                 ):
                     self.requests += 1
                     body = await response.read()
-                    status = response.status
+                    status, reason = response.status, response.reason or ""
                     answer_headers = {k.lower(): v for k, v in response.headers.items()}
                     next_link = response.links.get("next")
                     next_url = str(next_link["url"]) if next_link else None
@@ -161,7 +165,7 @@ class GitHubClient:
                     raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
                 await self.sleep(self.backoff.delay(attempt))
                 continue
-            message = _message(body) if status >= 400 else ""
+            message = _message(body, reason) if status >= 400 else ""
             if self.gate.observe(status, answer_headers, message):
                 limited += 1
                 if limited > _MAX_RATE_LIMIT_RETRIES:

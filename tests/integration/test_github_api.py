@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from asyncbackup.github.client import GitHubClient, GitHubError
 from asyncbackup.github.ratelimit import RateGate
@@ -172,3 +173,19 @@ async def test_errors_carry_the_status(github: FakeGitHub, session: aiohttp.Clie
         await make_client(github, session, token="wrong").get_json("/user")
     assert refused.value.status == 401
     assert "wrong" not in str(refused.value)
+
+
+async def test_an_html_error_page_is_reported_as_its_status_not_as_markup(
+    github: FakeGitHub, session: aiohttp.ClientSession
+) -> None:
+    page = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body>\n</html>\n"
+
+    async def gateway(request: web.Request) -> web.StreamResponse | None:
+        return web.Response(status=502, text=page, content_type="text/html")
+
+    github.hooks.append(gateway)  # GitHub Enterprise Server behind a proxy that is down
+    client = make_client(github, session)
+    with pytest.raises(GitHubError) as caught:
+        await client.get_json("/repos/acme/alpha")
+    url = client.url("/repos/acme/alpha")
+    assert str(caught.value) == f"HTTP502: Bad Gateway (GET {url})"
