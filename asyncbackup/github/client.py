@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import aiofiles
 import aiohttp
 import orjson
 
 from ..errors import ObjectError
 from ..retry import Backoff
+from ..sources.s3 import _open_for_writing
 from .ratelimit import RateGate, Sleep
 
 log = logging.getLogger("asyncbackup")
@@ -232,13 +232,13 @@ class GitHubClient:
         pages: PageTags = []
         size = items = 0
         page_sizes: list[int] = []
-        async with aiofiles.open(out, "wb") as handle:
+        async with _open_for_writing(out) as handle:  # closed even if cancelled mid-open
 
             async def write(data: bytes) -> None:
                 nonlocal size
                 digest.update(data)
                 size += len(data)
-                await handle.write(data)
+                await asyncio.to_thread(handle.write, data)
 
             url: str | None = first_url
             if paginated:
@@ -280,8 +280,8 @@ class GitHubClient:
                 if 300 <= answer.status < 400 and location:
                     return await self._stream(urljoin(url, location), out)
                 if answer.status == 200:
-                    async with aiofiles.open(out, "wb") as handle:
-                        await handle.write(answer.body)
+                    async with _open_for_writing(out) as handle:
+                        await asyncio.to_thread(handle.write, answer.body)
                     digest = hashlib.md5(answer.body, usedforsecurity=False).digest()
                     return len(answer.body), digest
                 raise GitHubError(answer.status, f"unexpected answer to an asset download ({url})")
@@ -298,7 +298,7 @@ class GitHubClient:
         try:
             async with (
                 self.session.get(url, headers={"Accept": "application/octet-stream"}) as response,
-                aiofiles.open(out, "wb") as handle,
+                _open_for_writing(out) as handle,
             ):
                 if response.status != 200:
                     await response.read()
@@ -310,7 +310,7 @@ class GitHubClient:
                 async for chunk in response.content.iter_chunked(CHUNK):
                     digest.update(chunk)
                     size += len(chunk)
-                    await handle.write(chunk)
+                    await asyncio.to_thread(handle.write, chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -189,3 +192,31 @@ async def test_an_html_error_page_is_reported_as_its_status_not_as_markup(
         await client.get_json("/repos/acme/alpha")
     url = client.url("/repos/acme/alpha")
     assert str(caught.value) == f"HTTP502: Bad Gateway (GET {url})"
+
+
+async def test_a_copy_cancelled_while_its_file_opens_leaves_no_file_open(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    with_issues(github, 5)
+    client = make_client(github, session)
+    out = tmp_path / "fifo"
+    os.mkfifo(out)  # opening it to write blocks (in a worker thread) until a reader comes
+    url = client.url("/repos/acme/alpha/issues", {"per_page": 100})
+    task = asyncio.create_task(client.fetch_to_file(url, out, previous=None, paginated=True))
+    await asyncio.sleep(0.2)
+    task.cancel()  # a stop, a second Ctrl-C: while the file is being opened
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    reader = os.open(out, os.O_RDONLY | os.O_NONBLOCK)  # the thread's open() returns now
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the file it opened is closed by us, not left to the garbage collector
+            try:
+                assert os.read(reader, 1) == b""  # end of file: no writer holds it open
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the writer end is still open"
+                await asyncio.sleep(0.01)
+    finally:
+        os.close(reader)
+    gc.collect()  # an unclosed file would be reported (as an error) by pytest here
