@@ -236,10 +236,11 @@ class Lister:
                 rows, pages = await self._list_assets(owner, name)
                 self.note(RELEASE_LISTING, prefix, {"pages": pages, "assets": rows})
         except ObjectError as exc:
-            # releases.json records the failure; the listing goes on without assets
+            # releases.json records the failure; the assets listed last time are still copied
+            # (a resumed run's releases.json may be done already: it would not record it)
             log.debug("cannot list the releases of %s/%s: %s", owner, name, exc)
             unlisted[name] = str(exc)
-            return
+            rows = previous.get("assets", []) if isinstance(previous, dict) else []
         out[name] = [
             Artifact(
                 key=str(key),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -237,5 +238,47 @@ async def test_release_assets_that_cannot_be_listed_are_an_error_not_a_silent_ga
 
         again = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
         assert again.status == "completed", again.errors
+        body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
+        assert body == ASSET
+
+
+async def test_a_resumed_run_that_cannot_list_release_assets_still_copies_those_it_knew(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+    async with running_org(tmp_path / "git") as github:
+        github.storage_gate = asyncio.Event()  # the asset's download hangs
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, max_attempts=2)
+        checkpoint = base / "checkpoints" / "github_acme.checkpoint"
+
+        def releases_done() -> bool:
+            if not checkpoint.exists():
+                return False
+            return read_checkpoint(checkpoint).files.get("github/acme/alpha/releases.json") is True
+
+        first = asyncio.create_task(run_github_backup(clock=clock, sleep=clock.sleep, **options))
+        deadline = time.monotonic() + 30
+        while not (releases_done() and github.storage_auth) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        first.cancel()  # interrupted: releases.json is done, its asset is not
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert read_checkpoint(checkpoint).files[asset_key] is False
+
+        github.storage_gate.set()
+        refusals = [502, 502]  # this time the releases cannot be listed
+
+        async def flaky_releases(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/releases" and refusals:
+                return web.Response(status=refusals.pop(0), text="bad gateway")
+            return None
+
+        github.hooks.append(flaky_releases)
+        resumed = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not refusals and resumed.resumed
+        # the assets the interrupted run listed are copied, not dropped with a "completed"
+        assert resumed.status == "completed", resumed.errors
         body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
         assert body == ASSET
