@@ -67,13 +67,21 @@ class Answer:
     headers: Mapping[str, str]
     body: bytes
     next_url: str | None
+    url: str = ""
 
     @property
     def etag(self) -> str | None:
         return self.headers.get("etag")
 
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        """The body, decoded; an ``ObjectError`` for this one answer when it is not JSON (a
+        proxy's page, a garbled body), not an exception that stops the whole run."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise ObjectError(
+                "InvalidJSON", f"the answer to GET {self.url} is not JSON ({exc})", retryable=True
+            ) from exc
 
 
 @dataclass(slots=True)
@@ -181,7 +189,7 @@ class GitHubClient:
                 url, hops = target, hops + 1  # a renamed or transferred repository
                 continue
             if status < 400:
-                return Answer(status, answer_headers, body, next_url)
+                return Answer(status, answer_headers, body, next_url, url)
             if status >= 500 or status == 408:
                 attempt += 1
                 if attempt < max_attempts:

@@ -282,3 +282,25 @@ async def test_a_resumed_run_that_cannot_list_release_assets_still_copies_those_
         assert resumed.status == "completed", resumed.errors
         body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
         assert body == ASSET
+
+
+async def test_an_answer_that_is_not_json_fails_its_artifact_not_the_run(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    async with running_org(tmp_path / "git") as github:
+
+        async def login_page(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/pulls":  # a proxy's page, status 200
+                return web.Response(text="<html>sign in</html>", content_type="text/html")
+            return None
+
+        github.hooks.append(login_page)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert report.status == "completed_with_errors"
+        pulls = "github/acme/alpha/pulls.json"
+        assert set(report.errors) == {pulls}
+        assert report.errors[pulls].startswith("InvalidJSON: ")
+        assert "/api/repos/acme/alpha/pulls" in report.errors[pulls]
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED - {pulls}
