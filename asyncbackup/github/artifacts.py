@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..pipeline import WorkItem
-from ..retry import Backoff, RetryPolicy
+from ..retry import FATAL_CODES, Backoff, RetryPolicy
 from ..s3client import S3Client
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
@@ -111,6 +111,11 @@ class ArtifactCopier:
                     raise FatalRunError(
                         "GitHub stopped accepting the token (401); check that it has not "
                         "expired or been revoked, then run again to resume"
+                    ) from exc
+                if exc.code in FATAL_CODES:  # the destination refuses the keys or the bucket
+                    raise FatalRunError(
+                        f"stopping: {exc} (on {item.key!r}); check the destination's "
+                        "credentials and bucket, then run again to resume"
                     ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise

@@ -14,10 +14,12 @@ from aiohttp import web
 
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeClock, FakeRepo, add_commit, make_repository
 from tests.helpers import list_keys
 from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
+from tests.proxy import Rule, S3Proxy
 
 EXPECTED = {
     "github/acme/alpha.bundle",
@@ -304,3 +306,21 @@ async def test_an_answer_that_is_not_json_fails_its_artifact_not_the_run(
         assert report.errors[pulls].startswith("InvalidJSON: ")
         assert "/api/repos/acme/alpha/pulls" in report.errors[pulls]
         assert set(list_keys(s3, buckets.dest)) == EXPECTED - {pulls}
+
+
+async def test_destination_credentials_refused_mid_run_stop_the_run(
+    tmp_path: Path, proxy: S3Proxy, buckets: Buckets
+) -> None:
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        proxy.add_rule(Rule("invalid_access_key", method="PUT"))  # the keys were revoked
+        clock = github.clock
+        options = config(github, proxy.endpoint, buckets.dest, base, concurrency=1)
+        with pytest.raises(FatalRunError) as caught:
+            await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert "InvalidAccessKeyId" in str(caught.value) and "run again" in str(caught.value)
+        # stopped at the first refusal (exit 3), not every repository cloned and every
+        # artifact failed with the same error (exit 1)
+        state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
+        assert state.errors == {} and not any(state.files.values())
+        assert len(github.git_requests("beta")) + len(github.git_requests("old")) == 0
