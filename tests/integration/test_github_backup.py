@@ -16,7 +16,7 @@ from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeClock, FakeRepo, add_commit, make_repository
+from tests.github_server import FakeClock, FakeGitHub, FakeRepo, add_commit, make_repository
 from tests.helpers import list_keys
 from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
 from tests.proxy import Rule, S3Proxy
@@ -324,3 +324,45 @@ async def test_destination_credentials_refused_mid_run_stop_the_run(
         state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
         assert state.errors == {} and not any(state.files.values())
         assert len(github.git_requests("beta")) + len(github.git_requests("old")) == 0
+
+
+async def test_a_run_of_another_owner_on_the_same_staging_path_spares_files_in_flight(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"  # one --base-local-path for every backup job of the machine
+    asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+    async with running_org(tmp_path / "git") as github:
+        github.storage_pause = asyncio.Event()  # the asset's download stops half-way
+        clock = github.clock
+        first = asyncio.create_task(
+            run_github_backup(
+                clock=clock,
+                sleep=clock.sleep,
+                **config(github, s3_server.endpoint, buckets.dest, base),
+            )
+        )
+        checkpoint = base / "checkpoints" / "github_acme.checkpoint"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            checkpoint.exists()
+            and read_checkpoint(checkpoint).processed_files == len(EXPECTED) + 3
+            and len(list((base / ".tmp").iterdir())) == 1  # the asset's file, half written
+        ):
+            await asyncio.sleep(0.05)
+        assert not first.done()
+
+        other = FakeGitHub(tmp_path / "git2", token=TOKEN, clock=FakeClock(), owner="other")
+        await other.start()
+        try:
+            other.add_repo(FakeRepo("solo", owner="other", has_wiki=False))
+            make_repository(other.git_dir("solo"), commits=1, tags=0, pull_ref=False)
+            options = {**config(other, s3_server.endpoint, buckets.dest, base), "owner": "other"}
+            second = await run_github_backup(clock=other.clock, sleep=other.clock.sleep, **options)
+            assert second.status == "completed", second.errors
+        finally:
+            await other.close()
+
+        github.storage_pause.set()
+        report = await first
+        assert report.status == "completed", report.errors
+        assert s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read() == ASSET
