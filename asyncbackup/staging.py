@@ -58,6 +58,20 @@ def is_within(root: Path, path: Path) -> bool:
     return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a temporary file ``<pid>-...`` (``temp_path``) runs."""
+    pid = name.partition("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def raise_if_disk_full(exc: OSError, where: Path) -> None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         raise StagingFullError(
@@ -82,12 +96,18 @@ class Staging:
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
 
     def prepare(self) -> None:
-        """Create the tree and remove temporary files a crashed run left behind."""
+        """Create the tree and remove temporary files crashed runs left behind - not those of
+        runs still going: other jobs may share the base path (blocking)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            if self.tmp_dir.exists():
-                shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in self.tmp_dir.iterdir():
+                if not _writer_alive(leftover.name):
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            leftover.unlink()
         except OSError as exc:
             raise_if_disk_full(exc, self.base)
             raise

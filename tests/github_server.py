@@ -145,6 +145,7 @@ class FakeGitHub:
         self.secondary: dict[str, list[int | None]] = {}  # path -> retry-after values to answer
         self.hooks: list[Hook] = []
         self.storage_gate: asyncio.Event | None = None
+        self.storage_pause: asyncio.Event | None = None  # half an asset sent, then this wait
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._next_id = 1000
@@ -367,13 +368,22 @@ class FakeGitHub:
         location = f"{self.url}/storage/{asset_id}?X-Signature=abc"
         return web.Response(status=302, headers={"Location": location})
 
-    async def _storage(self, request: web.Request) -> web.Response:
+    async def _storage(self, request: web.Request) -> web.StreamResponse:
         self.storage_auth.append(request.headers.get("Authorization"))
         if self.storage_gate is not None:
             await self.storage_gate.wait()
         data = self.assets.get(int(request.match_info["id"]))
         if data is None:
             return web.Response(status=404)
+        if self.storage_pause is not None:  # a download in flight: its file is being written
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = len(data)
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            await self.storage_pause.wait()
+            await response.write(data[len(data) // 2 :])
+            await response.write_eof()
+            return response
         return web.Response(body=data, content_type="application/octet-stream")
 
     # -- git over smart HTTP ------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..pipeline import WorkItem
-from ..retry import Backoff, RetryPolicy
+from ..retry import FATAL_CODES, Backoff, RetryPolicy
 from ..s3client import S3Client
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
@@ -112,6 +112,11 @@ class ArtifactCopier:
                         "GitHub stopped accepting the token (401); check that it has not "
                         "expired or been revoked, then run again to resume"
                     ) from exc
+                if exc.code in FATAL_CODES:  # the destination refuses the keys or the bucket
+                    raise FatalRunError(
+                        f"stopping: {exc} (on {item.key!r}); check the destination's "
+                        "credentials and bucket, then run again to resume"
+                    ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise
                 log.warning("retrying %s after %s", item.key, exc)
@@ -131,7 +136,14 @@ class ArtifactCopier:
                 return await self._bundle(item, refs_digest(refs))
             if item.kind == ASSET:
                 return await self._asset(item)
-            return await self._metadata(item)
+            size = await self._metadata(item)
+            if item.unlisted:  # copied, but the assets it lists were not: not done
+                raise ObjectError(
+                    "ReleaseAssetsNotListed",
+                    f"the release assets could not be listed ({item.unlisted}); run again "
+                    "to copy them",
+                )
+            return size
         except GitHubError as exc:
             if exc.status == 409:
                 raise Skip(f"the repository is empty (409: {exc.message})") from exc

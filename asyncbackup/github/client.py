@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import aiofiles
 import aiohttp
 import orjson
 
 from ..errors import ObjectError
 from ..retry import Backoff
+from ..sources.s3 import _open_for_writing
 from .ratelimit import RateGate, Sleep
 
 log = logging.getLogger("asyncbackup")
@@ -67,13 +67,21 @@ class Answer:
     headers: Mapping[str, str]
     body: bytes
     next_url: str | None
+    url: str = ""
 
     @property
     def etag(self) -> str | None:
         return self.headers.get("etag")
 
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        """The body, decoded; an ``ObjectError`` for this one answer when it is not JSON (a
+        proxy's page, a garbled body), not an exception that stops the whole run."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise ObjectError(
+                "InvalidJSON", f"the answer to GET {self.url} is not JSON ({exc})", retryable=True
+            ) from exc
 
 
 @dataclass(slots=True)
@@ -87,11 +95,15 @@ class Fetched:
     items: int = 0
 
 
-def _message(body: bytes) -> str:
+def _message(body: bytes, reason: str) -> str:
+    """GitHub's JSON ``message``, a plain-text body, or for an HTML page (a proxy's or load
+    balancer's error page) the status line's reason: never markup in an error."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace")
+        if text.lstrip().startswith("<"):
+            text = reason
     else:
         text = str(data.get("message", "")) if isinstance(data, dict) else ""
     return " ".join(text.split())[:300]
@@ -150,7 +162,7 @@ class GitHubClient:
                 ):
                     self.requests += 1
                     body = await response.read()
-                    status = response.status
+                    status, reason = response.status, response.reason or ""
                     answer_headers = {k.lower(): v for k, v in response.headers.items()}
                     next_link = response.links.get("next")
                     next_url = str(next_link["url"]) if next_link else None
@@ -161,7 +173,7 @@ class GitHubClient:
                     raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
                 await self.sleep(self.backoff.delay(attempt))
                 continue
-            message = _message(body) if status >= 400 else ""
+            message = _message(body, reason) if status >= 400 else ""
             if self.gate.observe(status, answer_headers, message):
                 limited += 1
                 if limited > _MAX_RATE_LIMIT_RETRIES:
@@ -177,7 +189,7 @@ class GitHubClient:
                 url, hops = target, hops + 1  # a renamed or transferred repository
                 continue
             if status < 400:
-                return Answer(status, answer_headers, body, next_url)
+                return Answer(status, answer_headers, body, next_url, url)
             if status >= 500 or status == 408:
                 attempt += 1
                 if attempt < max_attempts:
@@ -227,13 +239,14 @@ class GitHubClient:
         digest = hashlib.md5(usedforsecurity=False)
         pages: PageTags = []
         size = items = 0
-        async with aiofiles.open(out, "wb") as handle:
+        page_sizes: list[int] = []
+        async with _open_for_writing(out) as handle:  # closed even if cancelled mid-open
 
             async def write(data: bytes) -> None:
                 nonlocal size
                 digest.update(data)
                 size += len(data)
-                await handle.write(data)
+                await asyncio.to_thread(handle.write, data)
 
             url: str | None = first_url
             if paginated:
@@ -248,6 +261,7 @@ class GitHubClient:
                     break
                 if not isinstance(data, list):
                     raise GitHubError(answer.status, f"expected a list from {url}")
+                page_sizes.append(len(data))
                 for item in data:
                     await write(b",\n" if items else b"\n")
                     await write(orjson.dumps(item))
@@ -255,8 +269,10 @@ class GitHubClient:
                 url = answer.next_url
             if paginated:
                 await write(b"\n]\n")
-        if any(not etag for _, etag in pages):
-            pages = []  # without every ETag, the next run cannot ask "changed?"
+        if any(not etag for _, etag in pages) or _last_page_full(page_sizes):
+            # Without every ETag, the next run cannot ask "changed?". After a full last page,
+            # items added later go to a page no ETag covers while the kept ones answer 304.
+            pages = []
         return Fetched(unchanged=False, pages=pages, size=size, md5=digest.digest(), items=items)
 
     async def download(self, url: str, out: Path) -> tuple[int, bytes]:
@@ -272,8 +288,8 @@ class GitHubClient:
                 if 300 <= answer.status < 400 and location:
                     return await self._stream(urljoin(url, location), out)
                 if answer.status == 200:
-                    async with aiofiles.open(out, "wb") as handle:
-                        await handle.write(answer.body)
+                    async with _open_for_writing(out) as handle:
+                        await asyncio.to_thread(handle.write, answer.body)
                     digest = hashlib.md5(answer.body, usedforsecurity=False).digest()
                     return len(answer.body), digest
                 raise GitHubError(answer.status, f"unexpected answer to an asset download ({url})")
@@ -290,7 +306,7 @@ class GitHubClient:
         try:
             async with (
                 self.session.get(url, headers={"Accept": "application/octet-stream"}) as response,
-                aiofiles.open(out, "wb") as handle,
+                _open_for_writing(out) as handle,
             ):
                 if response.status != 200:
                     await response.read()
@@ -302,11 +318,20 @@ class GitHubClient:
                 async for chunk in response.content.iter_chunked(CHUNK):
                     digest.update(chunk)
                     size += len(chunk)
-                    await handle.write(chunk)
+                    await asyncio.to_thread(handle.write, chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
         return size, digest.digest()
+
+
+def _last_page_full(page_sizes: list[int]) -> bool:
+    """Whether a list's last page held as many items as a page can (the first page's count
+    when there are several: the server's page size)."""
+    if not page_sizes or not page_sizes[-1]:
+        return False
+    full = page_sizes[0] if len(page_sizes) > 1 else PER_PAGE
+    return page_sizes[-1] >= full
 
 
 def _origin(url: str) -> tuple[str, str]:

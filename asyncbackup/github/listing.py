@@ -86,6 +86,7 @@ class Artifact(WorkItem):
     repo: str = ""
     url: str = ""
     version: str = ""  # pushed_at (bundle), "updated_at size" (asset)
+    unlisted: str = ""  # releases: why its assets could not be listed (it fails once copied)
 
 
 def repo_prefix(owner: str, repo: str) -> str:
@@ -157,17 +158,18 @@ class Lister:
                     self.left_out[str(repo.get("full_name"))] = reason
                     log.debug("leaving out %s: %s", repo.get("full_name"), reason)
             assets: dict[str, list[Artifact]] = {}
+            unlisted: dict[str, str] = {}
             async with asyncio.TaskGroup() as tg:  # at most one page (100) of small tasks
                 for repo in selected:
-                    tg.create_task(self._assets_of(repo, assets))
+                    tg.create_task(self._assets_of(repo, assets, unlisted))
             items: list[WorkItem] = []
             for repo in selected:
                 self.repositories += 1
-                items.extend(self._artifacts_of(repo))
+                items.extend(self._artifacts_of(repo, unlisted.get(str(repo["name"]), "")))
                 items.extend(assets.get(str(repo["name"]), ()))
             yield items
 
-    def _artifacts_of(self, repo: Mapping[str, Any]) -> list[Artifact]:
+    def _artifacts_of(self, repo: Mapping[str, Any], unlisted: str = "") -> list[Artifact]:
         owner, name = str(repo["owner"]["login"]), str(repo["name"])
         prefix = repo_prefix(owner, name)
         clone_url = str(repo.get("clone_url") or "")
@@ -212,11 +214,14 @@ class Lister:
                     owner=owner,
                     repo=name,
                     url=self.client.url(api + meta.path, params),
+                    unlisted=unlisted if meta.kind == "releases" else "",
                 )
             )
         return out
 
-    async def _assets_of(self, repo: Mapping[str, Any], out: dict[str, list[Artifact]]) -> None:
+    async def _assets_of(
+        self, repo: Mapping[str, Any], out: dict[str, list[Artifact]], unlisted: dict[str, str]
+    ) -> None:
         owner, name = str(repo["owner"]["login"]), str(repo["name"])
         prefix = repo_prefix(owner, name)
         previous = self.previous_listing.get(prefix)
@@ -231,9 +236,11 @@ class Lister:
                 rows, pages = await self._list_assets(owner, name)
                 self.note(RELEASE_LISTING, prefix, {"pages": pages, "assets": rows})
         except ObjectError as exc:
-            # releases.json records the failure; the listing goes on without assets
+            # releases.json records the failure; the assets listed last time are still copied
+            # (a resumed run's releases.json may be done already: it would not record it)
             log.debug("cannot list the releases of %s/%s: %s", owner, name, exc)
-            return
+            unlisted[name] = str(exc)
+            rows = previous.get("assets", []) if isinstance(previous, dict) else []
         out[name] = [
             Artifact(
                 key=str(key),

@@ -73,9 +73,12 @@ class RateGate:
             self.reset_at = reset
         primary_spent = remaining is not None and remaining <= 0 and reset is not None
         if status in (403, 429):
+            # Requests sent together are refused together: while a pause holds, a refusal is
+            # the same strike (the limit persisting is a refusal once the pause is over).
+            strike = self._resume_at <= self.clock()
             retry_after = _number(headers, "retry-after")
             if retry_after is not None:
-                self._strikes += 1
+                self._strikes += strike
                 self._pause("secondary rate limit (retry-after)", max(retry_after, 1.0))
                 return True
             if primary_spent:
@@ -83,9 +86,10 @@ class RateGate:
                 self._pause_until_reset(reset)
                 return True
             if status == 429 or "rate limit" in message.lower() or "abuse" in message.lower():
-                wait = min(SECONDARY_MAX_WAIT, SECONDARY_MIN_WAIT * 2**self._strikes)
-                self._strikes += 1
-                self._pause("secondary rate limit", wait)
+                if strike:
+                    wait = min(SECONDARY_MAX_WAIT, SECONDARY_MIN_WAIT * 2**self._strikes)
+                    self._strikes += 1
+                    self._pause("secondary rate limit", wait)
                 return True
             return False
         if status < 400:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from asyncbackup.github.client import GitHubClient, GitHubError
 from asyncbackup.github.ratelimit import RateGate
@@ -99,6 +103,24 @@ async def test_conditional_requests_answer_304_and_spend_no_quota(
     assert changed.pages[1][1] != first.pages[1][1]
 
 
+async def test_a_list_with_a_full_last_page_is_read_again_when_it_grows(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # 200 issues: two full pages. Issue 201 goes on a third page, which no ETag covers,
+    # while the two pages kept answer 304: unchanged ETags must not hide it.
+    repo = with_issues(github, 200)
+    client = make_client(github, session)
+    url = client.url("/repos/acme/alpha/issues", {"per_page": 100})
+    first = await client.fetch_to_file(url, tmp_path / "a.json", previous=None, paginated=True)
+    repo.issues.append({"number": 201, "title": "issue 201"})
+    again = await client.fetch_to_file(
+        url, tmp_path / "b.json", previous=first.pages, paginated=True
+    )
+    assert not again.unchanged
+    numbers = [i["number"] for i in orjson.loads((tmp_path / "b.json").read_bytes())]
+    assert numbers == list(range(1, 202))
+
+
 async def test_primary_limit_waits_for_the_reset(
     github: FakeGitHub, session: aiohttp.ClientSession
 ) -> None:
@@ -154,3 +176,47 @@ async def test_errors_carry_the_status(github: FakeGitHub, session: aiohttp.Clie
         await make_client(github, session, token="wrong").get_json("/user")
     assert refused.value.status == 401
     assert "wrong" not in str(refused.value)
+
+
+async def test_an_html_error_page_is_reported_as_its_status_not_as_markup(
+    github: FakeGitHub, session: aiohttp.ClientSession
+) -> None:
+    page = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body>\n</html>\n"
+
+    async def gateway(request: web.Request) -> web.StreamResponse | None:
+        return web.Response(status=502, text=page, content_type="text/html")
+
+    github.hooks.append(gateway)  # GitHub Enterprise Server behind a proxy that is down
+    client = make_client(github, session)
+    with pytest.raises(GitHubError) as caught:
+        await client.get_json("/repos/acme/alpha")
+    url = client.url("/repos/acme/alpha")
+    assert str(caught.value) == f"HTTP502: Bad Gateway (GET {url})"
+
+
+async def test_a_copy_cancelled_while_its_file_opens_leaves_no_file_open(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    with_issues(github, 5)
+    client = make_client(github, session)
+    out = tmp_path / "fifo"
+    os.mkfifo(out)  # opening it to write blocks (in a worker thread) until a reader comes
+    url = client.url("/repos/acme/alpha/issues", {"per_page": 100})
+    task = asyncio.create_task(client.fetch_to_file(url, out, previous=None, paginated=True))
+    await asyncio.sleep(0.2)
+    task.cancel()  # a stop, a second Ctrl-C: while the file is being opened
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    reader = os.open(out, os.O_RDONLY | os.O_NONBLOCK)  # the thread's open() returns now
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the file it opened is closed by us, not left to the garbage collector
+            try:
+                assert os.read(reader, 1) == b""  # end of file: no writer holds it open
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the writer end is still open"
+                await asyncio.sleep(0.01)
+    finally:
+        os.close(reader)
+    gc.collect()  # an unclosed file would be reported (as an error) by pytest here

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -9,13 +10,16 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeClock, FakeRepo, add_commit, make_repository
+from tests.github_server import FakeClock, FakeGitHub, FakeRepo, add_commit, make_repository
 from tests.helpers import list_keys
 from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
+from tests.proxy import Rule, S3Proxy
 
 EXPECTED = {
     "github/acme/alpha.bundle",
@@ -207,3 +211,158 @@ async def test_unavailable_repositories_are_recorded_and_the_run_goes_on_through
 def github_waits(clock: FakeClock) -> list[tuple[str, float]]:
     """Reasons the fake clock was slept for, as far as a test can tell: long ones are resets."""
     return [("primary" if s > 600 else "secondary", s) for s in clock.sleeps]
+
+
+async def test_release_assets_that_cannot_be_listed_are_an_error_not_a_silent_gap(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+    async with running_org(tmp_path / "git") as github:
+        refusals = [502, 502]  # the listing's two attempts fail; later requests go through
+
+        async def flaky_releases(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/releases" and refusals:
+                return web.Response(status=refusals.pop(0), text="bad gateway")
+            return None
+
+        github.hooks.append(flaky_releases)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, max_attempts=2)
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not refusals
+        assert asset_key not in list_keys(s3, buckets.dest)  # never listed, so never copied
+        # ... which the run says, instead of reporting a complete backup
+        assert report.status == "completed_with_errors"
+        assert set(report.errors) == {"github/acme/alpha/releases.json"}
+        assert "assets" in report.errors["github/acme/alpha/releases.json"]
+        assert "github/acme/alpha/releases.json" in list_keys(s3, buckets.dest)
+
+        again = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert again.status == "completed", again.errors
+        body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
+        assert body == ASSET
+
+
+async def test_a_resumed_run_that_cannot_list_release_assets_still_copies_those_it_knew(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+    async with running_org(tmp_path / "git") as github:
+        github.storage_gate = asyncio.Event()  # the asset's download hangs
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, max_attempts=2)
+        checkpoint = base / "checkpoints" / "github_acme.checkpoint"
+
+        def releases_done() -> bool:
+            if not checkpoint.exists():
+                return False
+            return read_checkpoint(checkpoint).files.get("github/acme/alpha/releases.json") is True
+
+        first = asyncio.create_task(run_github_backup(clock=clock, sleep=clock.sleep, **options))
+        deadline = time.monotonic() + 30
+        while not (releases_done() and github.storage_auth) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        first.cancel()  # interrupted: releases.json is done, its asset is not
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert read_checkpoint(checkpoint).files[asset_key] is False
+
+        github.storage_gate.set()
+        refusals = [502, 502]  # this time the releases cannot be listed
+
+        async def flaky_releases(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/releases" and refusals:
+                return web.Response(status=refusals.pop(0), text="bad gateway")
+            return None
+
+        github.hooks.append(flaky_releases)
+        resumed = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not refusals and resumed.resumed
+        # the assets the interrupted run listed are copied, not dropped with a "completed"
+        assert resumed.status == "completed", resumed.errors
+        body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
+        assert body == ASSET
+
+
+async def test_an_answer_that_is_not_json_fails_its_artifact_not_the_run(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    async with running_org(tmp_path / "git") as github:
+
+        async def login_page(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/pulls":  # a proxy's page, status 200
+                return web.Response(text="<html>sign in</html>", content_type="text/html")
+            return None
+
+        github.hooks.append(login_page)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert report.status == "completed_with_errors"
+        pulls = "github/acme/alpha/pulls.json"
+        assert set(report.errors) == {pulls}
+        assert report.errors[pulls].startswith("InvalidJSON: ")
+        assert "/api/repos/acme/alpha/pulls" in report.errors[pulls]
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED - {pulls}
+
+
+async def test_destination_credentials_refused_mid_run_stop_the_run(
+    tmp_path: Path, proxy: S3Proxy, buckets: Buckets
+) -> None:
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        proxy.add_rule(Rule("invalid_access_key", method="PUT"))  # the keys were revoked
+        clock = github.clock
+        options = config(github, proxy.endpoint, buckets.dest, base, concurrency=1)
+        with pytest.raises(FatalRunError) as caught:
+            await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert "InvalidAccessKeyId" in str(caught.value) and "run again" in str(caught.value)
+        # stopped at the first refusal (exit 3), not every repository cloned and every
+        # artifact failed with the same error (exit 1)
+        state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
+        assert state.errors == {} and not any(state.files.values())
+        assert len(github.git_requests("beta")) + len(github.git_requests("old")) == 0
+
+
+async def test_a_run_of_another_owner_on_the_same_staging_path_spares_files_in_flight(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"  # one --base-local-path for every backup job of the machine
+    asset_key = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+    async with running_org(tmp_path / "git") as github:
+        github.storage_pause = asyncio.Event()  # the asset's download stops half-way
+        clock = github.clock
+        first = asyncio.create_task(
+            run_github_backup(
+                clock=clock,
+                sleep=clock.sleep,
+                **config(github, s3_server.endpoint, buckets.dest, base),
+            )
+        )
+        checkpoint = base / "checkpoints" / "github_acme.checkpoint"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            checkpoint.exists()
+            and read_checkpoint(checkpoint).processed_files == len(EXPECTED) + 3
+            and len(list((base / ".tmp").iterdir())) == 1  # the asset's file, half written
+        ):
+            await asyncio.sleep(0.05)
+        assert not first.done()
+
+        other = FakeGitHub(tmp_path / "git2", token=TOKEN, clock=FakeClock(), owner="other")
+        await other.start()
+        try:
+            other.add_repo(FakeRepo("solo", owner="other", has_wiki=False))
+            make_repository(other.git_dir("solo"), commits=1, tags=0, pull_ref=False)
+            options = {**config(other, s3_server.endpoint, buckets.dest, base), "owner": "other"}
+            second = await run_github_backup(clock=other.clock, sleep=other.clock.sleep, **options)
+            assert second.status == "completed", second.errors
+        finally:
+            await other.close()
+
+        github.storage_pause.set()
+        report = await first
+        assert report.status == "completed", report.errors
+        assert s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read() == ASSET

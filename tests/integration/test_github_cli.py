@@ -16,7 +16,11 @@ from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeRepo, git
 from tests.integration.github_org import ASSET, TOKEN, config, running_org
+from tests.proxy import Rule, S3Proxy
+
+MiB = 1024 * 1024
 
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
@@ -132,3 +136,64 @@ async def test_sigkill_then_resume_copies_only_what_was_left(
         assert len(github.api_requests("/orgs/acme/repos")) == listed + 1
         body = s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read()
         assert body == ASSET
+
+
+async def test_sigkill_during_a_bundle_multipart_upload_leaks_no_upload(
+    tmp_path: Path, proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        # "big": one incompressible 6 MiB file, so its bundle goes up in two 5 MiB parts
+        github.add_repo(FakeRepo("big", has_wiki=False))
+        work = tmp_path / "big.work"
+        git("init", "-q", "-b", "main", str(work))
+        (work / "blob.bin").write_bytes(os.urandom(6 * MiB))
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "big", cwd=work)
+        git("clone", "-q", "--bare", str(work), str(github.git_dir("big")))
+        proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=30))  # parts crawl
+        sizes = ["--multipart-threshold", "5MiB", "--part-size", "5MiB"]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbackup",
+            "github",
+            "acme",
+            "--dest-bucket",
+            buckets.dest,
+            "--base-local-path",
+            str(base),
+            "--endpoint-url",
+            proxy.endpoint,
+            "--api-url",
+            github.api_url,
+            "--include",
+            "big",
+            "--skip-forks",
+            "--quiet",
+            *sizes,
+            env={**os.environ, "GITHUB_TOKEN": TOKEN},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 90
+        while not uploads_in_progress(s3, buckets.dest) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(uploads_in_progress(s3, buckets.dest)) == 1
+        process.send_signal(signal.SIGKILL)
+        await process.communicate()
+
+        proxy.clear_faults()
+        clock = github.clock
+        options = config(github, proxy.endpoint, buckets.dest, base, include=("big",))
+        options.update(multipart_threshold=5 * MiB, part_size=5 * MiB)
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert report.status == "completed", report.errors
+        assert s3.head_object(Bucket=buckets.dest, Key="github/acme/big.bundle")["ContentLength"]
+        # the upload the killed run left is aborted, not kept (and paid for) for ever
+        assert uploads_in_progress(s3, buckets.dest) == []
+
+
+def uploads_in_progress(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads

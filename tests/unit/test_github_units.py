@@ -42,6 +42,20 @@ async def test_gate_secondary_limits_back_off_from_a_minute_and_reset_on_success
     assert clock.sleeps[-1] == 5.0
 
 
+async def test_gate_counts_requests_refused_together_as_one_strike() -> None:
+    clock = FakeClock(now=0.0)
+    gate = RateGate(clock=clock, sleep=clock.sleep)
+    message = "You have exceeded a secondary rate limit"
+    for _ in range(4):  # --api-concurrency 4: four requests in flight, refused at once
+        assert gate.observe(403, {"x-ratelimit-remaining": "4000"}, message)
+    await gate.wait_turn()
+    assert clock.sleeps == [60.0]  # GitHub's minute, not 60 s doubled three times (480 s)
+    for _ in range(4):  # still limited after the wait: now it doubles, once
+        assert gate.observe(403, {"x-ratelimit-remaining": "4000"}, message)
+    await gate.wait_turn()
+    assert clock.sleeps == [60.0, 120.0]
+
+
 def test_gate_leaves_real_403s_alone() -> None:
     gate = RateGate(clock=lambda: 0.0)
     assert gate.observe(403, {"x-ratelimit-remaining": "10"}, "Resource not accessible") is False

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,19 @@ def test_opaque_etags_of_encrypted_objects_are_not_taken_for_md5s() -> None:
         {"SSECustomerAlgorithm": "AES256"},
     ):
         assert not etag_is_md5(md5, encrypted) and not etag_is_digest(encrypted)
+
+
+def test_prepare_removes_what_dead_runs_left_not_what_live_ones_write(tmp_path: Path) -> None:
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    Staging(tmp_path, "bucket").prepare()
+    leftover = tmp_path / ".tmp" / f"{int(ended.stdout)}-0a1b2c3d-7"  # a killed run's
+    leftover.write_bytes(b"partial")
+    in_flight = _tmp(Staging(tmp_path, "other"), b"being written")  # a run still going
+    Staging(tmp_path, "third").prepare()  # another job on the same base path starts
+    assert not leftover.exists()
+    assert in_flight.read_bytes() == b"being written"
