@@ -36,7 +36,7 @@ from .sources.s3 import S3Source
 from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
-from .uploads import UploadJournal, abort_leftover_uploads
+from .uploads import UploadJournal, abort_recorded_uploads
 from .workerpool import share_of, start_worker_processes
 
 log = logging.getLogger("asyncbackup")
@@ -223,17 +223,10 @@ async def run_backup(
                 state.processed_files,
                 state.total_files,
             )
-        if state.extra.get(UPLOADS_SECTION):
-            # Multipart uploads a crashed run left behind: abort them before anything else.
-            kept = await abort_leftover_uploads(
-                dest_client,
-                config.dest_bucket,
-                dict(state.extra[UPLOADS_SECTION]),
-                RetryPolicy(config.max_attempts),
-            )
-            state.extra[UPLOADS_SECTION] = kept
-            if not kept:
-                del state.extra[UPLOADS_SECTION]
+        # Multipart uploads a crashed run left behind: aborted before anything else.
+        await abort_recorded_uploads(
+            state.extra, dest_client, config.dest_bucket, RetryPolicy(config.max_attempts)
+        )
         source = S3Source(
             source_client,
             config.source_bucket,

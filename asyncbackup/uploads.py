@@ -8,7 +8,7 @@ section, keyed by destination key, *before* it can be lost:
 - the upload id (durably, as soon as it is known);
 - nothing once the upload is completed or aborted.
 
-At the start of the next run ``abort_leftover_uploads()`` aborts every upload of a recorded key
+At the start of the next run ``abort_recorded_uploads()`` aborts every upload of a recorded key
 (the recorded id, and whatever ListMultipartUploads shows for exactly that key, which covers a
 CreateMultipartUpload whose answer was lost), so nothing leaks, a SIGKILL included.
 """
@@ -171,6 +171,20 @@ async def sweep_key(
             await retry.call(functools.partial(abort_upload, client, bucket, key, upload_id))
             aborted += 1
     return aborted
+
+
+async def abort_recorded_uploads(
+    extra: dict[str, Any], client: S3Client, bucket: str, retry: RetryPolicy
+) -> None:
+    """Abort the uploads an earlier run recorded in the checkpoint's sections ``extra``;
+    those that could not be aborted stay recorded, for the next run."""
+    if not extra.get(SECTION):
+        return
+    kept = await abort_leftover_uploads(client, bucket, dict(extra[SECTION]), retry)
+    if kept:
+        extra[SECTION] = kept
+    else:
+        del extra[SECTION]
 
 
 async def abort_leftover_uploads(

@@ -40,8 +40,7 @@ from ..retry import AdaptiveLimiter, RetryPolicy
 from ..s3client import open_destination
 from ..sinks.s3 import S3Sink
 from ..staging import Staging
-from ..uploads import SECTION as UPLOADS_SECTION
-from ..uploads import UploadJournal, abort_leftover_uploads
+from ..uploads import UploadJournal, abort_recorded_uploads
 from .artifacts import ArtifactCopier
 from .client import GitHubClient, GitHubError
 from .config import GitHubBackupConfig
@@ -160,17 +159,10 @@ async def run_github_backup(
             carried = await asyncio.to_thread(carry_forward, manager, state, config.api_url)
             if carried is not None:
                 log.info("incremental backup: versions and ETags from %s", carried)
-        if state.extra.get(UPLOADS_SECTION):
-            # Multipart uploads a crashed run left behind: abort them before anything else.
-            kept = await abort_leftover_uploads(
-                dest_client,
-                config.dest_bucket,
-                dict(state.extra[UPLOADS_SECTION]),
-                RetryPolicy(config.max_attempts),
-            )
-            state.extra[UPLOADS_SECTION] = kept
-            if not kept:
-                del state.extra[UPLOADS_SECTION]
+        # Multipart uploads a crashed run left behind: aborted before anything else.
+        await abort_recorded_uploads(
+            state.extra, dest_client, config.dest_bucket, RetryPolicy(config.max_attempts)
+        )
         staging = Staging(config.base_local_path, config.source_name)
         await asyncio.to_thread(staging.prepare)
         git = stack.enter_context(GitRunner(token, slots=asyncio.Semaphore(config.git_concurrency)))
