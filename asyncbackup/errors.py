@@ -71,13 +71,14 @@ class ObjectError(AsyncBackupError):
     """One object could not be copied.
 
     ``code`` is an S3-style error code (``AccessDenied``, ``NoSuchKey``...) and
-    ``str()`` is the checkpoint form ``"Code: Message"``.
+    ``str()`` is the checkpoint form ``"Code: Message"``, on one line (a server's message
+    may hold line breaks; ``checkpoint errors`` prints one line per file).
     """
 
     exit_code = 1
 
     def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(f"{code}: {' '.join(message.split())}")
         self.code = code
         self.message = message
         self.retryable = retryable

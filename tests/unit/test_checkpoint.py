@@ -18,6 +18,7 @@ from asyncbackup.errors import (
     CheckpointCorruptError,
     CheckpointLockedError,
     CheckpointMismatchError,
+    ObjectError,
 )
 
 SEED_EXAMPLE = """{
@@ -143,6 +144,30 @@ def test_ignored_checkpoint_is_kept_aside(tmp_path: Path) -> None:
     aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1 and aside[0].read_text() == "{not json"
     assert read_checkpoint(path).backup_id == state.backup_id
+
+
+def test_set_asides_within_one_second_never_replace_each_other(tmp_path: Path) -> None:
+    """Three --ignore-checkpoints starts in a few milliseconds: at least two share a second,
+    and each set-aside file, the operator's original first, is kept."""
+    path = tmp_path / "b_p.checkpoint"
+    path.write_text(SEED_EXAMPLE)
+    original = read_checkpoint(path).backup_id
+    for _ in range(3):
+        manager = CheckpointManager(path)
+        manager.load_or_create(
+            source_bucket="b", source_path="p", dest_bucket="d", config={}, ignore_existing=True
+        )
+        manager.close()
+    aside = [p for p in tmp_path.iterdir() if ".ignored-" in p.name]
+    assert len(aside) == 3
+    assert original in {read_checkpoint(p).backup_id for p in aside}
+
+
+def test_error_messages_are_stored_on_one_line() -> None:
+    """A server's message with line breaks stays one line in the checkpoint (and in
+    ``checkpoint errors``, one line per file)."""
+    error = ObjectError("InternalError", "We encountered\r\nan internal error.\n  Retry.")
+    assert str(error) == "InternalError: We encountered an internal error. Retry."
 
 
 def test_checkpoint_of_another_job_is_refused(tmp_path: Path) -> None:
