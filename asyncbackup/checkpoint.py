@@ -375,6 +375,17 @@ def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+def stamped(folder: Path, prefix: str) -> Path:
+    """``folder/<prefix><timestamp>``, with ``-2``, ``-3``... when that name is taken (two
+    within one second): a file set aside or archived never replaces an earlier one."""
+    name = f"{prefix}{timestamp()}"
+    path, number = folder / name, 1
+    while path.exists() or journal_path(path).exists():
+        number += 1
+        path = folder / f"{name}-{number}"
+    return path
+
+
 class CheckpointLock:
     """An exclusive ``flock`` beside the checkpoint; the kernel drops it if the process dies."""
 
@@ -557,7 +568,7 @@ class CheckpointManager:
             suffix = "ignored"
         except CheckpointCorruptError:
             suffix = "corrupt"
-        aside = self.path.with_name(f"{self.path.name}.{suffix}-{timestamp()}")
+        aside = stamped(self.path.parent, f"{self.path.name}.{suffix}-")
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))
         self.path.replace(aside)
@@ -677,6 +688,6 @@ class CheckpointManager:
             return None
         archive_dir = self.path.parent / "archive"
         archive_dir.mkdir(exist_ok=True)
-        target = archive_dir / f"{self.path.name}.{timestamp()}"
+        target = stamped(archive_dir, f"{self.path.name}.")
         self.path.replace(target)
         return target

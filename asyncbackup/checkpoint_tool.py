@@ -38,7 +38,7 @@ from .checkpoint import (
     CheckpointState,
     load_checkpoint,
     read_checkpoint,
-    timestamp,
+    stamped,
 )
 from .config import BackupConfig
 from .errors import (
@@ -502,7 +502,7 @@ def compact_checkpoint(path: Path, *, discard_journal: bool = False) -> CompactR
             load_checkpoint(path, journal=False)  # the JSON file itself must be sound
             if not jpath.exists():
                 return CompactResult(path, had_journal=False)
-            aside = jpath.with_name(f"{jpath.name}.discarded-{timestamp()}")
+            aside = stamped(jpath.parent, f"{jpath.name}.discarded-")
             jpath.replace(aside)
             return CompactResult(path, had_journal=True, discarded_to=aside)
         loaded = load_checkpoint(path)
