@@ -490,10 +490,17 @@ class CheckpointManager:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
 
     def open(self) -> None:
-        """Create the directory and take the lock."""
+        """Create the directory, take the lock, and remove the temporary files of writes a
+        killed run left (only the lock's holder writes this checkpoint)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
+            prefix, suffix = f".{self.path.name}.", ".tmp"  # write_atomic_pieces' names
+            for leftover in self.path.parent.iterdir():
+                name = leftover.name
+                pid = name[len(prefix) : -len(suffix)]
+                if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
+                    leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "

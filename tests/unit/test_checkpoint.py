@@ -181,6 +181,19 @@ def test_checkpoint_of_another_job_is_refused(tmp_path: Path) -> None:
     manager.close()
 
 
+def test_open_removes_the_temporary_files_a_killed_write_left(tmp_path: Path) -> None:
+    path = tmp_path / "b_p.checkpoint"
+    killed = tmp_path / ".b_p.checkpoint.4242.tmp"  # a compaction cut short by a SIGKILL
+    others = [tmp_path / ".other.checkpoint.4242.tmp", tmp_path / ".b_p.checkpoint.x.tmp"]
+    for file in (killed, *others):
+        file.write_bytes(b"{")
+    manager = CheckpointManager(path)
+    manager.open()
+    manager.close()
+    assert not killed.exists()
+    assert all(file.exists() for file in others)
+
+
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     path = tmp_path / "x.checkpoint"
     first, second = CheckpointLock(path), CheckpointLock(path)
