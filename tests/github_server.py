@@ -105,6 +105,7 @@ class FakeRepo:
     has_wiki: bool = True
     pushed_at: str = "2024-01-01T00:00:00Z"
     status: int | None = None  # every API and git request of the repository answers this
+    git_refusals: list[int] = field(default_factory=list)  # the next git requests answer these
     issues_status: int | None = None  # e.g. 410: issues disabled
     issues: list[dict[str, Any]] = field(default_factory=list)
     issue_comments: list[dict[str, Any]] = field(default_factory=list)
@@ -414,6 +415,9 @@ class FakeGitHub:
         if repo is not None and repo.status is not None:
             seen.status = repo.status
             return web.Response(status=repo.status, text="blocked")
+        if repo is not None and repo.git_refusals:
+            seen.status = repo.git_refusals.pop(0)
+            return web.Response(status=seen.status, text="refused")
         body = await request.read()  # aiohttp has already undone Content-Encoding: gzip
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

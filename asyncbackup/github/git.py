@@ -65,6 +65,7 @@ _TRANSIENT = (
     "connection timed out",
     "operation timed out",
     "returned error: 5",
+    "returned error: 429",  # rate limited: the artifact is tried again after a pause
     "http/2 stream",
     "unexpected disconnect",
     "transfer closed",

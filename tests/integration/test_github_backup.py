@@ -366,3 +366,21 @@ async def test_a_run_of_another_owner_on_the_same_staging_path_spares_files_in_f
         report = await first
         assert report.status == "completed", report.errors
         assert s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read() == ASSET
+
+
+async def test_a_git_request_refused_as_rate_limited_is_tried_again(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """git answered 429 (too many requests) is a pause and another try, not a failed bundle."""
+    async with running_org(tmp_path / "git") as github:
+        github.repos["beta"].git_refusals = [429]
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "base")
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert report.status == "completed", report.errors
+        assert github.repos["beta"].git_refusals == []  # the refusal was met
+        assert 429 in [seen.status for seen in github.git_seen if "/beta.git/" in seen.path]
+        assert set(list_keys(s3, buckets.dest)) >= EXPECTED
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        source = refs(github.git_dir("beta"))
+        assert refs(restored) == {r: sha for r, sha in source.items() if "refs/pull/" not in r}
