@@ -36,7 +36,7 @@ from .sources.s3 import S3Source
 from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
-from .uploads import UploadJournal, abort_recorded_uploads
+from .uploads import UploadJournal, abort_recorded_uploads, last_try_at_uploads
 from .workerpool import share_of, start_worker_processes
 
 log = logging.getLogger("asyncbackup")
@@ -251,6 +251,14 @@ async def run_backup(
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
         await pipeline.run(_listing(config, source, dest_client), process)
+        await last_try_at_uploads(
+            state,
+            manager,
+            stopped=pipeline.result.stopped,
+            client=dest_client,
+            bucket=config.dest_bucket,
+            retry=RetryPolicy(config.max_attempts),
+        )
         return await asyncio.to_thread(
             conclude,
             manager,

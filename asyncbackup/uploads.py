@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import shlex
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
 from .retry import RetryPolicy, error_code
 from .s3client import S3Client
@@ -174,42 +176,75 @@ async def sweep_key(
 
 
 async def abort_recorded_uploads(
-    extra: dict[str, Any], client: S3Client, bucket: str, retry: RetryPolicy
+    extra: dict[str, Any],
+    client: S3Client,
+    bucket: str,
+    retry: RetryPolicy,
+    *,
+    last_try: bool = False,
 ) -> None:
-    """Abort the uploads an earlier run recorded in the checkpoint's sections ``extra``;
-    those that could not be aborted stay recorded, for the next run."""
+    """Abort the uploads recorded in the checkpoint's sections ``extra`` (by a crashed run,
+    or by an abort that failed); those that could not be aborted stay recorded.
+
+    A run tries at its start and, for what is still recorded, once more at its end
+    (``last_try``): a run that completes archives its checkpoint, and no later run would
+    see the record. What outlives the last try is logged with the command that aborts it.
+    """
     if not extra.get(SECTION):
         return
-    kept = await abort_leftover_uploads(client, bucket, dict(extra[SECTION]), retry)
+    kept: dict[str, Any] = {}
+    for key, upload_id in dict(extra[SECTION]).items():
+        try:
+            if isinstance(upload_id, str) and upload_id:
+                await retry.call(functools.partial(abort_upload, client, bucket, key, upload_id))
+            aborted = await sweep_key(client, bucket, key, retry)
+        except ObjectError as exc:
+            kept[key] = upload_id
+            if not last_try:
+                log.warning(
+                    "could not abort the multipart upload of %s left behind (%s); will try "
+                    "again at the end of this run",
+                    key,
+                    exc,
+                )
+                continue
+            log.warning(
+                "could not abort the multipart upload of %s left behind (%s); abort it by hand: "
+                "aws s3api list-multipart-uploads --bucket %s --prefix %s, then "
+                "aws s3api abort-multipart-upload --bucket %s --key %s --upload-id ID",
+                key,
+                exc,
+                bucket,
+                shlex.quote(key),
+                bucket,
+                shlex.quote(key),
+            )
+            continue
+        log.info(
+            "aborted the multipart upload of %s left behind (%s, %d more found)",
+            key,
+            upload_id or "id not recorded",
+            aborted,
+        )
     if kept:
         extra[SECTION] = kept
     else:
         del extra[SECTION]
 
 
-async def abort_leftover_uploads(
-    client: S3Client, bucket: str, recorded: dict[str, Any], retry: RetryPolicy
-) -> dict[str, Any]:
-    """Abort the uploads an earlier run recorded; return the entries that must be kept."""
-    kept: dict[str, Any] = {}
-    for key, upload_id in recorded.items():
-        try:
-            if isinstance(upload_id, str) and upload_id:
-                await retry.call(functools.partial(abort_upload, client, bucket, key, upload_id))
-            aborted = await sweep_key(client, bucket, key, retry)
-        except ObjectError as exc:
-            log.warning(
-                "could not abort the multipart upload of %s left by an earlier run (%s); "
-                "will try again on the next run",
-                key,
-                exc,
-            )
-            kept[key] = upload_id
-            continue
-        log.info(
-            "aborted the multipart upload of %s left by an earlier run (%s, %d more found)",
-            key,
-            upload_id or "id not recorded",
-            aborted,
-        )
-    return kept
+async def last_try_at_uploads(
+    state: CheckpointState,
+    manager: CheckpointManager,
+    *,
+    stopped: bool,
+    client: S3Client,
+    bucket: str,
+    retry: RetryPolicy,
+) -> None:
+    """At the end of a run that was not stopped: ``abort_recorded_uploads`` once more for
+    what its start (or a failed abort during the run) left recorded, then the checkpoint
+    written with what is left."""
+    if stopped or not state.extra.get(SECTION):
+        return
+    await abort_recorded_uploads(state.extra, client, bucket, retry, last_try=True)
+    await asyncio.to_thread(manager.flush, state)

@@ -40,7 +40,7 @@ from ..retry import AdaptiveLimiter, RetryPolicy
 from ..s3client import open_destination
 from ..sinks.s3 import S3Sink
 from ..staging import Staging
-from ..uploads import UploadJournal, abort_recorded_uploads
+from ..uploads import UploadJournal, abort_recorded_uploads, last_try_at_uploads
 from .artifacts import ArtifactCopier
 from .client import GitHubClient, GitHubError
 from .config import GitHubBackupConfig
@@ -221,6 +221,14 @@ async def run_github_backup(
             sleep=sleep,
         )
         await pipeline.run(lister.pages(), copier.process)
+        await last_try_at_uploads(
+            state,
+            manager,
+            stopped=pipeline.result.stopped,
+            client=dest_client,
+            bucket=config.dest_bucket,
+            retry=RetryPolicy(config.max_attempts),
+        )
         log.info(
             "%d repositories listed (%d left out by filters); %d artifacts unchanged; "
             "%d API requests (%d answered 304); %d rate-limit pauses; git: %d clones, %d fetches",

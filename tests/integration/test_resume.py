@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from asyncbackup import run_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import CheckpointMismatchError
 from asyncbackup.progress import NullObserver
@@ -29,6 +30,7 @@ from tests.helpers import (
     put_objects,
     run_cli,
 )
+from tests.proxy import Rule, S3Proxy
 
 
 def _checkpoint(base: Path, bucket: str, path: str) -> Path:
@@ -270,3 +272,32 @@ def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
     assert list_keys(s3, buckets.dest) == ["job/x"]
     # Starting over does not leave the old run's upload (and its parts) behind for ever.
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+
+
+async def test_an_upload_whose_abort_failed_at_the_start_is_aborted_at_the_end(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A run that completes archives its checkpoint: a leftover upload still recorded then
+    would never be aborted. The run tries once more before it concludes."""
+    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
+    upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(checkpoint, buckets.source, buckets.dest, files={}, errors={})
+    data = load_json(checkpoint)
+    data["multipart_uploads"] = {"job/big": upload}
+    checkpoint.write_bytes(orjson.dumps(data))
+    # The start-up abort fails (both of its attempts); the servers answer again later.
+    refusal = proxy.add_rule(Rule("internal", method="DELETE", query="uploadId", times=2))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="job",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        max_attempts=2,
+    )
+    assert report.exit_code == 0, report.errors
+    assert refusal.hits == 2  # the start's try did fail
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    assert report.archived_checkpoint is not None
+    assert "multipart_uploads" not in load_json(report.archived_checkpoint)
