@@ -251,14 +251,8 @@ async def run_backup(
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
         await pipeline.run(_listing(config, source, dest_client), process)
-        await last_try_at_uploads(
-            state,
-            manager,
-            stopped=pipeline.result.stopped,
-            client=dest_client,
-            bucket=config.dest_bucket,
-            retry=RetryPolicy(config.max_attempts),
-        )
+        stopped = pipeline.result.stopped
+        await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
         return await asyncio.to_thread(
             conclude,
             manager,

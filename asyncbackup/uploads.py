@@ -232,19 +232,29 @@ async def abort_recorded_uploads(
         del extra[SECTION]
 
 
+class Destination(Protocol):
+    """What ``last_try_at_uploads`` needs of a run's settings (S3 or GitHub)."""
+
+    @property
+    def dest_bucket(self) -> str: ...
+
+    @property
+    def max_attempts(self) -> int: ...
+
+
 async def last_try_at_uploads(
     state: CheckpointState,
     manager: CheckpointManager,
+    client: S3Client,
+    config: Destination,
     *,
     stopped: bool,
-    client: S3Client,
-    bucket: str,
-    retry: RetryPolicy,
 ) -> None:
     """At the end of a run that was not stopped: ``abort_recorded_uploads`` once more for
     what its start (or a failed abort during the run) left recorded, then the checkpoint
     written with what is left."""
     if stopped or not state.extra.get(SECTION):
         return
-    await abort_recorded_uploads(state.extra, client, bucket, retry, last_try=True)
+    retry = RetryPolicy(config.max_attempts)
+    await abort_recorded_uploads(state.extra, client, config.dest_bucket, retry, last_try=True)
     await asyncio.to_thread(manager.flush, state)

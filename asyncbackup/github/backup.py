@@ -221,14 +221,8 @@ async def run_github_backup(
             sleep=sleep,
         )
         await pipeline.run(lister.pages(), copier.process)
-        await last_try_at_uploads(
-            state,
-            manager,
-            stopped=pipeline.result.stopped,
-            client=dest_client,
-            bucket=config.dest_bucket,
-            retry=RetryPolicy(config.max_attempts),
-        )
+        stopped = pipeline.result.stopped
+        await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
         log.info(
             "%d repositories listed (%d left out by filters); %d artifacts unchanged; "
             "%d API requests (%d answered 304); %d rate-limit pauses; git: %d clones, %d fetches",
