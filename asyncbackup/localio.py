@@ -1,4 +1,5 @@
-"""Small blocking file operations: on the event loop while the disk is fast, in threads once not.
+"""Small blocking file operations: on the event loop while the disk is fast, in threads once not;
+and ``open_for_writing``, a file opened and closed in worker threads.
 
 Staging a 4 KiB object is an open, a write, a close and a rename: well under a millisecond on a
 local disk. Handing that to a worker thread costs more than doing it: each of those system calls
@@ -14,10 +15,12 @@ loop is no longer held up by the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 log = logging.getLogger("asyncbackup")
 
@@ -60,3 +63,24 @@ class LocalIO:
                 self.average * 1000,
                 elapsed * 1000,
             )
+
+
+@contextlib.asynccontextmanager
+async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
+    """``open(path, "wb")`` in a worker thread, closed in one. Cancelled while the open runs,
+    the file that thread goes on to open is closed too (``aiofiles.open`` would leak it)."""
+    opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
+    try:
+        raw = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_if_opened)
+        raise
+    try:
+        yield raw
+    finally:
+        await asyncio.to_thread(raw.close)
+
+
+def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

@@ -25,8 +25,8 @@ import aiohttp
 import orjson
 
 from ..errors import ObjectError
+from ..localio import open_for_writing
 from ..retry import Backoff
-from ..sources.s3 import _open_for_writing
 from .ratelimit import RateGate, Sleep
 
 log = logging.getLogger("asyncbackup")
@@ -240,7 +240,7 @@ class GitHubClient:
         pages: PageTags = []
         size = items = 0
         page_sizes: list[int] = []
-        async with _open_for_writing(out) as handle:  # closed even if cancelled mid-open
+        async with open_for_writing(out) as handle:  # closed even if cancelled mid-open
 
             async def write(data: bytes) -> None:
                 nonlocal size
@@ -288,7 +288,7 @@ class GitHubClient:
                 if 300 <= answer.status < 400 and location:
                     return await self._stream(urljoin(url, location), out)
                 if answer.status == 200:
-                    async with _open_for_writing(out) as handle:
+                    async with open_for_writing(out) as handle:
                         await asyncio.to_thread(handle.write, answer.body)
                     digest = hashlib.md5(answer.body, usedforsecurity=False).digest()
                     return len(answer.body), digest
@@ -306,7 +306,7 @@ class GitHubClient:
         try:
             async with (
                 self.session.get(url, headers={"Accept": "application/octet-stream"}) as response,
-                _open_for_writing(out) as handle,
+                open_for_writing(out) as handle,
             ):
                 if response.status != 200:
                     await response.read()

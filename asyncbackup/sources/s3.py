@@ -25,7 +25,7 @@ from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
-from ..localio import LocalIO
+from ..localio import LocalIO, open_for_writing
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy, error_code
@@ -118,11 +118,6 @@ def etag_is_digest(response: dict[str, Any]) -> bool:
 
 def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
     return is_md5_etag(etag) and etag_is_digest(response)
-
-
-def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
 
 
 def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
@@ -339,22 +334,6 @@ async def _temporary(staging: Staging) -> AsyncIterator[Path]:
         raise
 
 
-@contextlib.asynccontextmanager
-async def _open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
-    """``open(path, "wb")`` in a worker thread, closed in one. Cancelled while the open runs,
-    the file that thread goes on to open is closed too (``aiofiles.open`` would leak it)."""
-    opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
-    try:
-        raw = await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        opening.add_done_callback(_close_if_opened)
-        raise
-    try:
-        yield raw
-    finally:
-        await asyncio.to_thread(raw.close)
-
-
 class S3Source:
     def __init__(
         self,
@@ -397,7 +376,7 @@ class S3Source:
         if item.size <= IN_MEMORY_LIMIT:
             return await self._fetch_small(item, staging)
         async with _temporary(staging) as tmp:
-            async with _open_for_writing(tmp) as out:
+            async with open_for_writing(tmp) as out:
                 fetched = await self._download(item, _FileReceiver(out), tmp)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         return fetched
@@ -430,7 +409,7 @@ class S3Source:
         receiver: _PartReceiver | None = None
         try:
             async with _temporary(staging) as tmp:
-                async with _open_for_writing(tmp) as out:
+                async with open_for_writing(tmp) as out:
                     receiver = _PartReceiver(
                         out, part_size, budget, multipart_parts(item.etag) is None, hasher
                     )
@@ -465,7 +444,7 @@ class S3Source:
         receiver: _StreamReceiver | None = None
         try:
             async with _temporary(staging) as tmp:
-                async with _open_for_writing(tmp) as out:
+                async with open_for_writing(tmp) as out:
                     receiver = _StreamReceiver(out, budget)
                     fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
                 if not uploaded and fetched.md5:  # no PUT checked these bytes: we do
