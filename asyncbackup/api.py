@@ -224,9 +224,7 @@ async def run_backup(
                 state.total_files,
             )
         # Multipart uploads a crashed run left behind: aborted before anything else.
-        await abort_recorded_uploads(
-            state.extra, dest_client, config.dest_bucket, RetryPolicy(config.max_attempts)
-        )
+        await abort_recorded_uploads(state.extra, dest_client, config)
         source = S3Source(
             source_client,
             config.source_bucket,

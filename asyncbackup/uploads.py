@@ -99,23 +99,21 @@ async def tracked_upload(
         result: dict[str, Any] = await client.create_multipart_upload(**create)
         return result
 
-    async def abort(upload_id: str) -> None:
+    async def forget_after(cleanup: Awaitable[Any], uploads: str) -> None:
+        """Once ``cleanup`` (an abort) is done, the checkpoint forgets the key's uploads."""
         try:
-            await abort_upload(client, bucket, key, upload_id)
+            await cleanup
         except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort %s %s of %s: %s", what, upload_id, key, exc)
+            log.warning("could not abort %s of %s: %s", uploads, key, exc)
             return
         if journal is not None:
             journal.finished(key)
 
-    async def sweep(keep: str | None) -> None:
-        try:
-            await sweep_key(client, bucket, key, retry, keep)
-        except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort stray %ss of %s: %s", what, key, exc)
-            return
-        if journal is not None:
-            journal.finished(key)
+    def abort(upload_id: str) -> Awaitable[None]:
+        return forget_after(abort_upload(client, bucket, key, upload_id), f"{what} {upload_id}")
+
+    def sweep(keep: str | None) -> Awaitable[None]:
+        return forget_after(sweep_key(client, bucket, key, retry, keep), f"stray {what}s")
 
     if journal is not None:  # durable before the upload can exist
         await journal.starting(key)
@@ -175,13 +173,18 @@ async def sweep_key(
     return aborted
 
 
+class Destination(Protocol):
+    """What aborting recorded uploads needs of a run's settings (S3 or GitHub)."""
+
+    @property
+    def dest_bucket(self) -> str: ...
+
+    @property
+    def max_attempts(self) -> int: ...
+
+
 async def abort_recorded_uploads(
-    extra: dict[str, Any],
-    client: S3Client,
-    bucket: str,
-    retry: RetryPolicy,
-    *,
-    last_try: bool = False,
+    extra: dict[str, Any], client: S3Client, config: Destination, *, last_try: bool = False
 ) -> None:
     """Abort the uploads recorded in the checkpoint's sections ``extra`` (by a crashed run,
     or by an abort that failed); those that could not be aborted stay recorded.
@@ -192,6 +195,7 @@ async def abort_recorded_uploads(
     """
     if not extra.get(SECTION):
         return
+    bucket, retry = config.dest_bucket, RetryPolicy(config.max_attempts)
     kept: dict[str, Any] = {}
     for key, upload_id in dict(extra[SECTION]).items():
         try:
@@ -232,16 +236,6 @@ async def abort_recorded_uploads(
         del extra[SECTION]
 
 
-class Destination(Protocol):
-    """What ``last_try_at_uploads`` needs of a run's settings (S3 or GitHub)."""
-
-    @property
-    def dest_bucket(self) -> str: ...
-
-    @property
-    def max_attempts(self) -> int: ...
-
-
 async def last_try_at_uploads(
     state: CheckpointState,
     manager: CheckpointManager,
@@ -255,6 +249,5 @@ async def last_try_at_uploads(
     written with what is left."""
     if stopped or not state.extra.get(SECTION):
         return
-    retry = RetryPolicy(config.max_attempts)
-    await abort_recorded_uploads(state.extra, client, config.dest_bucket, retry, last_try=True)
+    await abort_recorded_uploads(state.extra, client, config, last_try=True)
     await asyncio.to_thread(manager.flush, state)

@@ -160,9 +160,7 @@ async def run_github_backup(
             if carried is not None:
                 log.info("incremental backup: versions and ETags from %s", carried)
         # Multipart uploads a crashed run left behind: aborted before anything else.
-        await abort_recorded_uploads(
-            state.extra, dest_client, config.dest_bucket, RetryPolicy(config.max_attempts)
-        )
+        await abort_recorded_uploads(state.extra, dest_client, config)
         staging = Staging(config.base_local_path, config.source_name)
         await asyncio.to_thread(staging.prepare)
         git = stack.enter_context(GitRunner(token, slots=asyncio.Semaphore(config.git_concurrency)))

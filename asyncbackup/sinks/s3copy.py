@@ -22,7 +22,13 @@ from ..fasts3 import FastS3
 from ..pipeline import WorkItem
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import FirstPartProbe, clean_etag, etag_is_md5, multipart_parts
+from ..sources.s3 import (
+    OPAQUE_ETAG_SSE,
+    FirstPartProbe,
+    clean_etag,
+    etag_is_md5,
+    multipart_parts,
+)
 from ..uploads import UploadJournal, tracked_upload
 
 _COPY_OBJECT_LIMIT = S3_MAX_PART_SIZE  # CopyObject copies at most 5 GiB
@@ -149,6 +155,6 @@ class ServerSideCopier:
                 )
             )
             etag = clean_etag(str(response.get("ETag", "")))
-            encrypted = response.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+            encrypted = response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
             if same_layout and not encrypted and etag != clean_etag(item.etag):
                 raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
