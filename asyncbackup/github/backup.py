@@ -40,6 +40,7 @@ from ..retry import AdaptiveLimiter, RetryPolicy
 from ..s3client import open_destination
 from ..sinks.s3 import S3Sink
 from ..staging import Staging
+from ..uploads import SECTION as UPLOADS_SECTION
 from ..uploads import UploadJournal, abort_recorded_uploads, last_try_at_uploads
 from .artifacts import ArtifactCopier
 from .client import GitHubClient, GitHubError
@@ -147,6 +148,7 @@ async def run_github_backup(
             dest_bucket=config.dest_bucket,
             config=_checkpoint_config(config),
             ignore_existing=config.ignore_checkpoints,
+            carry=(UPLOADS_SECTION,),  # set aside, its uploads are still to abort
         )
         if resumed:
             log.info(

@@ -384,3 +384,25 @@ async def test_a_git_request_refused_as_rate_limited_is_tried_again(
         restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
         source = refs(github.git_dir("beta"))
         assert refs(restored) == {r: sha for r, sha in source.items() if "refs/pull/" not in r}
+
+
+async def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """As for the S3 command: starting over does not forget an upload to abort."""
+    base = tmp_path / "base"
+    async with running_org(tmp_path / "git") as github:
+        github.add_repo(FakeRepo("dmca", status=451, has_wiki=False))  # keeps the checkpoint
+        options = config(github, s3_server.endpoint, buckets.dest, base)
+        first = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert first.status == "completed_with_errors"
+        (checkpoint,) = (base / "checkpoints").glob("*.checkpoint")
+        # What a run SIGKILLed mid-upload leaves: an upload, recorded by destination key.
+        upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="github/acme/x.bundle")
+        data = orjson.loads(checkpoint.read_bytes())
+        data["multipart_uploads"] = {"github/acme/x.bundle": upload["UploadId"]}
+        checkpoint.write_bytes(orjson.dumps(data))
+        await run_github_backup(
+            clock=github.clock, sleep=github.clock.sleep, ignore_checkpoints=True, **options
+        )
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
