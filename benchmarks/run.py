@@ -223,8 +223,7 @@ def bench_workloads(
 def table(results: dict[str, Any]) -> str:
     head = (
         f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
-        f"{'obj/s':>8} "
-        f"{'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'vs ours':>8}"
+        f"{'obj/s':>8} {'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'vs ours':>8}"
     )
     lines = [head, "-" * len(head)]
     for name, workload in results.items():
@@ -243,8 +242,8 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"{name:8} {mode:6} {tool:12} {cell['median_wall']:9.2f} "
                 f"{cell['best_wall']:7.2f} {cell['spread']:6.0%} {cell['objects_per_s']:8.0f} "
-                f"{cell['mb_per_s']:7.1f} "
-                f"{cell['peak_rss_mb']:7.1f} {cell['cpu_seconds']:6.1f} {ratio:>8}"
+                f"{cell['mb_per_s']:7.1f} {cell['peak_rss_mb']:7.1f} {cell['cpu_seconds']:6.1f} "
+                f"{ratio:>8}"
             )
     lines.append(
         "vs ours (of the medians): staged = asyncbackup's time / this tool's time (target <= "
