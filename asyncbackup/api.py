@@ -157,7 +157,9 @@ def _listing(
     config: BackupConfig, source: S3Source, dest_client: S3Client
 ) -> AsyncIterator[Sequence[WorkItem]]:
     """What to copy: the source listing, filtered, and marked against the destination."""
-    listing = source.list(config.source_prefix)
+    # --skip-existing walks both listings side by side: both must come in key order
+    streams = 1 if config.skip_existing else config.list_streams
+    listing = source.list(config.source_prefix, streams=streams)
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
         listing = filtered(listing, key_filter, len(config.source_prefix))

@@ -190,6 +190,15 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "CPU-bound; 'auto' = one per CPU (default 1)",
     )
     tuning.add_argument(
+        "--list-streams",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="list the source in up to N streams over key ranges when one stream cannot keep "
+        "up with the copying (a resume of a mostly done bucket); 1 = one stream. "
+        "--skip-existing always lists each side in one stream (default 8)",
+    )
+    tuning.add_argument(
         "--no-fast-path",
         dest="fast_path",
         action="store_false",
@@ -481,6 +490,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         direct=args.direct,
         fast_path=args.fast_path,
         processes=args.processes,
+        list_streams=args.list_streams,
         **_shared_settings(args),
     )
 

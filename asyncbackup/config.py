@@ -124,6 +124,7 @@ class BackupConfig:
     direct: bool = False
     fast_path: bool = True  # GetObject/PutObject of small objects over aiohttp (fasts3/)
     processes: int = 1  # > 1: copy in this many worker processes (workerpool.py)
+    list_streams: int = 8  # ListObjectsV2 streams over key ranges, when one is not enough
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
@@ -134,7 +135,7 @@ class BackupConfig:
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
         validate_transfer(self)
-        check_positive(processes=self.processes)
+        check_positive(processes=self.processes, list_streams=self.list_streams)
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:

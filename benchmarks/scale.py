@@ -18,12 +18,17 @@ Subcommands (each prints one JSON object; run each in a fresh process so RSS is 
 - ``first-transfer --endpoint URL --bucket B --prefix P --dest D --stage DIR``: a real
   ``run_backup()`` against a large bucket, stopped after the first object is done; reports the
   seconds from the call to the first listed page and to the first completed object.
+- ``listing --endpoint URL --bucket B --prefix P --streams 1 8 [--latency S]``: the whole
+  listing of a prefix with each number of streams (``S3Source.list``; the consumer takes
+  pages as fast as they come, as a resume of a done bucket does); ``--latency`` puts a loopback
+  proxy adding S seconds to every request in front of the server, for a distant store.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import subprocess
@@ -345,6 +350,54 @@ async def _first_transfer(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _list_all(endpoint: str, bucket: str, prefix: str, streams: int) -> dict[str, Any]:
+    from asyncbackup.retry import RetryPolicy
+    from asyncbackup.s3client import open_client
+    from asyncbackup.sources.s3 import S3Source
+
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_client(
+            stack,
+            role="source",
+            profile=None,
+            endpoint_url=endpoint,
+            region=None,
+            max_pool_connections=64,
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        source = S3Source(client, bucket, RetryPolicy(8))
+        started = time.perf_counter()
+        keys: list[str] = []
+        async for page in source.list(prefix, streams=streams):
+            keys.extend(item.key for item in page)
+        seconds = time.perf_counter() - started
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"{streams} streams listed {len(keys) - len(set(keys))} keys twice")
+    return {"streams": streams, "keys": len(keys), "seconds": round(seconds, 3)}
+
+
+def bench_listing(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole listing of a prefix with each number of streams, optionally through a proxy
+    that adds latency to every request."""
+    with contextlib.ExitStack() as stack:
+        endpoint = args.endpoint
+        if args.latency:
+            from tests.proxy import run_proxy
+
+            proxy = stack.enter_context(run_proxy(args.endpoint))
+            proxy.latency = args.latency
+            endpoint = proxy.endpoint
+        runs = []
+        for streams in args.streams:
+            with asyncio.Runner(loop_factory=_loop) as runner:
+                runs.append(runner.run(_list_all(endpoint, args.bucket, args.prefix, streams)))
+    counts = {run["keys"] for run in runs}
+    if len(counts) != 1:
+        raise SystemExit(f"the stream counts listed different numbers of keys: {runs}")
+    return {"latency_seconds": args.latency, "runs": runs}
+
+
 def _loop() -> asyncio.AbstractEventLoop:
     import uvloop
 
@@ -368,11 +421,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("endpoint", "bucket", "prefix", "dest", "stage"):
         ft.add_argument(f"--{name}", required=True)
     ft.add_argument("--concurrency", type=int, default=64)
+    ls = sub.add_parser("listing")
+    for name in ("endpoint", "bucket", "prefix"):
+        ls.add_argument(f"--{name}", required=True)
+    ls.add_argument("--streams", type=int, nargs="+", default=[1, 8])
+    ls.add_argument("--latency", type=float, default=0.0)
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
         result = bench_checkpoint(args.files)
     elif args.command == "load":
         result = bench_load(args.path, resume=args.resume)
+    elif args.command == "listing":
+        result = bench_listing(args)
     else:
         with asyncio.Runner(loop_factory=_loop) as runner:
             if args.command == "pipeline":

@@ -25,6 +25,7 @@ from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
+from ..listing import RangeLister
 from ..localio import LocalIO, open_for_writing
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
@@ -353,23 +354,19 @@ class S3Source:
         self.local = LocalIO()
         self.first_part = FirstPartProbe(client, bucket, retry)
 
-    async def list(self, prefix: str) -> AsyncIterator[Sequence[WorkItem]]:
-        """Pages of ListObjectsV2 under ``prefix``, as they arrive."""
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
-            if token:
-                params["ContinuationToken"] = token
-            page: dict[str, Any] = await self.retry.call(
-                functools.partial(self.client.list_objects_v2, **params)
+    def list(self, prefix: str, *, streams: int = 1) -> AsyncIterator[Sequence[WorkItem]]:
+        """Pages of ListObjectsV2 under ``prefix``, as they arrive: in key order with one
+        stream, in up to ``streams`` streams over key ranges when one cannot keep up
+        (``listing.py``)."""
+
+        async def list_page(params: dict[str, Any]) -> dict[str, Any]:
+            request = functools.partial(
+                self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, **params
             )
-            yield [
-                WorkItem(key=o["Key"], size=int(o.get("Size", 0)), etag=o.get("ETag", ""))
-                for o in page.get("Contents", ())
-            ]
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return
+            answer: dict[str, Any] = await self.retry.call(request)
+            return answer
+
+        return RangeLister(list_page, prefix, streams=streams).pages()
 
     async def fetch(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """Download ``item``, verify it, and stage it under its key's path."""

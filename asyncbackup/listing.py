@@ -1,0 +1,281 @@
+"""Listing a prefix in key ranges, several streams at once, when one stream cannot keep up.
+
+ListObjectsV2 answers 1,000 keys at a time, in UTF-8 byte order (which is code point order,
+Python's ``str`` order), and each page needs the previous one's continuation token: one stream
+lists 1,000 keys per round trip, whatever the bandwidth. When the pipeline has consumed every
+page and waits for the next (a resume of a bucket that is mostly done, small objects on a
+distant store), that round trip is the bottleneck.
+
+So the key space is cut into ranges ``(after, upto]``, each listed by a stream of its own
+(``StartAfter=after``, keeping the keys up to ``upto``). It starts as one range, the whole
+prefix. When the consumer is waiting for pages and a stream's page came back full, that
+stream's remaining range is split: probes (``StartAfter=candidate``, ``MaxKeys=1``) at
+candidate keys just past the stream's position find where keys really are, the stream keeps
+the range up to the first boundary that has keys after it, and new streams take the ranges
+between the next ones. Wherever the boundaries fall, the ranges stay contiguous and disjoint:
+every key is listed once. The candidates only decide how even the split is.
+
+Pages from all streams come out as they arrive, in no particular order across ranges; with one
+stream they come out in key order (what ``--skip-existing``'s side-by-side walk needs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .pipeline import WorkItem
+
+log = logging.getLogger("asyncbackup")
+
+#: ``list_page(params)``: one ListObjectsV2 under the prefix with these extra parameters
+#: (``MaxKeys``, ``StartAfter``, ``ContinuationToken``), retried; its answer as botocore gives it
+ListPage = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+PAGE_KEYS = 1000
+#: probes of one split, all sent at once (one round trip)
+PROBES = 48
+#: character positions one split probes at most: the shallowest and the deepest that vary
+_LEVELS = 8
+#: the characters keys are most often made of, by class: candidates come from the class of
+#: the character they follow first (``0`` -> ``1``..``9``), then a few from the others
+_CLASSES = (
+    "0123456789",
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "abcdefghijklmnopqrstuvwxyz",
+    "!$&'()*+,-./:;=@_~",
+)
+
+
+@dataclass(slots=True)
+class _Range:
+    """Keys ``after < key <= upto`` (``None``: unbounded), listed by one stream."""
+
+    after: str | None
+    upto: str | None
+    position: str | None = None  # the last key listed
+    done: bool = False
+
+    @property
+    def low(self) -> str | None:
+        return self.position if self.position is not None else self.after
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    failure: BaseException | None = None
+
+
+class RangeLister:
+    """The pages of one prefix, listed by up to ``streams`` streams over key ranges."""
+
+    def __init__(
+        self,
+        list_page: ListPage,
+        prefix: str,
+        *,
+        streams: int = 1,
+        page_keys: int | None = None,
+        probes: int = PROBES,
+    ) -> None:
+        if streams < 1:
+            raise ValueError("streams must be at least 1")
+        self.list_page = list_page
+        self.prefix = prefix
+        self.streams = streams
+        self.page_keys = page_keys or PAGE_KEYS
+        self.probes = probes
+        #: ranges listed so far (1 when the listing never split), and probe requests sent
+        self.ranges_started = 0
+        self.probes_sent = 0
+        self._queue: asyncio.Queue[Sequence[WorkItem] | _End] = asyncio.Queue()
+        self._room = asyncio.Semaphore(max(2, streams))  # pages listed ahead of the consumer
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0
+        self._splitting = False
+        self._pages_to_split = 1  # pages before the next split attempt
+        self._fruitless = 0  # split attempts in a row that found nothing
+        self._starved = False  # the consumer waits for a page, after it had its first
+
+    async def pages(self) -> AsyncGenerator[Sequence[WorkItem], None]:
+        """Every key under the prefix once, page by page, as the streams list them."""
+        self._start(_Range(None, None))
+        delivered = False
+        try:
+            while True:
+                self._starved = delivered and self._queue.empty()
+                entry = await self._queue.get()
+                self._starved = False
+                if isinstance(entry, _End):
+                    if entry.failure is not None:
+                        raise entry.failure
+                    return
+                self._room.release()
+                delivered = True
+                yield entry
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start(self, key_range: _Range) -> None:
+        self._active += 1
+        self.ranges_started += 1
+        self._spawn(self._stream(key_range))
+
+    async def _stream(self, key_range: _Range) -> None:
+        try:
+            await self._walk(key_range)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the listing failed: the consumer raises it
+            self._queue.put_nowait(_End(exc))
+            return
+        finally:
+            key_range.done = True
+            self._active -= 1
+        if self._active == 0:
+            self._queue.put_nowait(_End())
+
+    async def _walk(self, key_range: _Range) -> None:
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"MaxKeys": self.page_keys}
+            if token:
+                params["ContinuationToken"] = token
+            elif key_range.after is not None:
+                params["StartAfter"] = key_range.after
+            answer = await self.list_page(params)
+            upto = key_range.upto  # read after the answer: a split may have moved it
+            items: list[WorkItem] = []
+            beyond = False
+            for entry in answer.get("Contents", ()):
+                key = entry["Key"]
+                if upto is not None and key > upto:
+                    beyond = True
+                    break
+                items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
+            if items:
+                key_range.position = items[-1].key
+            token = answer.get("NextContinuationToken")
+            last = beyond or not answer.get("IsTruncated") or not token
+            if items or self.ranges_started == 1:  # one range: every page, as one stream
+                await self._room.acquire()
+                self._queue.put_nowait(items)
+            if last:
+                return
+            if self._starved and not self._splitting and self._active < self.streams:
+                self._pages_to_split -= 1
+                if self._pages_to_split <= 0:
+                    self._splitting = True
+                    self._spawn(self._split(key_range, items[0].key if items else None))
+
+    # -- splitting ----------------------------------------------------------------------
+
+    async def _split(self, key_range: _Range, page_first: str | None) -> None:
+        try:
+            bounds = await self._boundaries(key_range, page_first)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the streams go on as they are; their errors are reported
+            log.debug("listing: no split of %r: %s", key_range, exc)
+            bounds = []
+        finally:
+            self._splitting = False
+        low, upto = key_range.low, key_range.upto  # where the stream is now
+        bounds = [b for b in bounds if (low is None or b > low) and (upto is None or b < upto)]
+        room = self.streams - self._active
+        if key_range.done or not bounds or room < 1:
+            self._fruitless += 1  # try again later, and less often each time
+            self._pages_to_split = 2**self._fruitless
+            return
+        self._fruitless = 0
+        # the bounds at the shallowest positions first: they cut the biggest ranges
+        bounds = sorted(sorted(bounds, key=len)[:room])
+        key_range.upto = bounds[0]
+        for start, end in zip(bounds, [*bounds[1:], upto], strict=True):
+            self._start(_Range(start, end))
+        log.debug("listing: %d streams after a split at %s", self._active, bounds)
+
+    async def _boundaries(self, key_range: _Range, page_first: str | None) -> list[str]:
+        """Keys past the range's position that have keys after them within the range: probes
+        of candidates at the character positions from the prefix's end to the deepest one
+        where the last page's keys differed, all at once."""
+        low = key_range.low or self.prefix
+        upto = key_range.upto
+        top = max(len(self.prefix), _common_length(low, upto) if upto is not None else 0)
+        varied = _common_length(page_first, low) if page_first is not None else len(low) - 1
+        levels = list(range(top, max(top, min(varied, len(low) - 1)) + 1))
+        if len(levels) > _LEVELS:
+            levels = levels[: _LEVELS // 2] + levels[-(_LEVELS // 2) :]
+        each = max(4, self.probes // len(levels))
+        candidates: set[str] = set()
+        for level in levels:
+            base = low[:level]
+            after = low[level] if level < len(low) else None
+            bounded = upto is not None and len(upto) > level and upto.startswith(base)
+            before = upto[level] if upto is not None and bounded else None
+            candidates.update(base + c for c in _candidates(after, before, each))
+        ordered = sorted(candidates)
+        firsts = await asyncio.gather(*(self._probe(c) for c in ordered))
+        return _useful(ordered, firsts, upto)
+
+    async def _probe(self, candidate: str) -> str | None:
+        """The first key after ``candidate``, or None."""
+        self.probes_sent += 1
+        answer = await self.list_page({"StartAfter": candidate, "MaxKeys": 1})
+        contents = answer.get("Contents") or ()
+        return str(contents[0]["Key"]) if contents else None
+
+
+def _common_length(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _candidates(after: str | None, before: str | None, most: int) -> list[str]:
+    """Up to ``most`` characters strictly between ``after`` and ``before``: the rest of
+    ``after``'s class first (digits after a digit), then an even spread of the others."""
+
+    def between(chars: str) -> list[str]:
+        return [c for c in chars if (after is None or c > after) and (before is None or c < before)]
+
+    own = next((chars for chars in _CLASSES if after is not None and after in chars), "")
+    first = _spread(between(own), most)
+    others = _spread([c for chars in _CLASSES if chars != own for c in between(chars)], most)
+    return first + others[: max(0, most - len(first))]
+
+
+def _spread(chars: list[str], most: int) -> list[str]:
+    if len(chars) <= most:
+        return chars
+    return [chars[(i * len(chars)) // most] for i in range(most)]
+
+
+def _useful(candidates: list[str], firsts: Sequence[str | None], upto: str | None) -> list[str]:
+    """The candidates that start a range with keys in it: from ``c`` to the next kept one."""
+    kept: list[tuple[str, str]] = []
+    for candidate, first in zip(candidates, firsts, strict=True):
+        if first is None or (upto is not None and first > upto):
+            break  # no key after this candidate within the range: none after later ones
+        while kept and kept[-1][1] > candidate:
+            kept.pop()  # nothing between that one and this: its range would be empty
+        kept.append((candidate, first))
+    return [candidate for candidate, _ in kept]
