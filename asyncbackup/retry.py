@@ -31,6 +31,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from botocore.parsers import ResponseParserError
 
 from .errors import ObjectError
 
@@ -124,6 +125,7 @@ def classify(exc: BaseException) -> ObjectError:
         EndpointConnectionError,
         ReadTimeoutError,
         ResponseStreamingError,
+        ResponseParserError,  # an answer garbled on the way: ask again
         aiohttp.ClientError,
         asyncio.TimeoutError,
         ConnectionError,

@@ -72,8 +72,16 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
     "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }
 #: faults that need no answer table: resets, a short or corrupted body (answer or request),
-#: latency
-STREAM_FAULTS = ("reset_before", "reset_after", "truncate", "corrupt", "corrupt_request", "latency")
+#: a body broken in its middle only ("malformed": its start and end intact), latency
+STREAM_FAULTS = (
+    "reset_before",
+    "reset_after",
+    "truncate",
+    "corrupt",
+    "malformed",
+    "corrupt_request",
+    "latency",
+)
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
 TRANSIENT_FAULTS = (
@@ -325,6 +333,9 @@ class S3Proxy:
             for index in range(0, len(flipped), max(1, len(flipped) // 4)):
                 flipped[index] ^= 0xFF
             payload = bytes(flipped)
+        if fault == "malformed" and len(payload) > 4 and status < 300:
+            middle = len(payload) // 2
+            payload = payload[:middle] + b"<<" + payload[middle + 2 :]
         if fault == "truncate" and len(payload) > 1 and status < 300:
             response = web.StreamResponse(status=status, headers=out_headers)
             response.content_length = len(payload)

@@ -21,6 +21,7 @@ from asyncbackup.listing import RangeLister
 from asyncbackup.retry import RetryPolicy
 from tests.conftest import Buckets, S3Server
 from tests.helpers import assert_same_objects, list_keys, open_test_client
+from tests.proxy import Rule, run_proxy
 
 
 def _numbered(n: int) -> list[str]:
@@ -53,7 +54,7 @@ def _seed(s3: Any, bucket: str, keys: list[str]) -> None:
 async def _lister(endpoint: str, bucket: str, **options: Any) -> Any:
     async with contextlib.AsyncExitStack() as stack:
         client = await open_test_client(stack, endpoint)
-        retry = RetryPolicy(2)
+        retry = RetryPolicy(4)
 
         async def list_page(params: dict[str, Any]) -> dict[str, Any]:
             answer: dict[str, Any] = await retry.call(
@@ -176,3 +177,16 @@ async def test_backup_and_resume_with_split_listing(
     assert first.copied_files + done.copied_files == 250
     assert sorted(list_keys(s3, buckets.dest)) == sorted(keys)
     assert assert_same_objects(s3, buckets.source, buckets.dest, "p/") == 250
+
+
+@pytest.mark.parametrize("fault", ["internal_in_200", "malformed"])
+async def test_a_listing_answer_garbled_or_an_error_in_a_200_is_retried(
+    s3_server: S3Server, buckets: Buckets, s3: Any, fault: str
+) -> None:
+    _seed(s3, buckets.source, _numbered(60))
+    with run_proxy(s3_server.endpoint) as proxy:
+        rule = proxy.add_rule(Rule(fault, method="GET", query="list-type=2", times=2))
+        async with _lister(proxy.endpoint, buckets.source, streams=1, page_keys=25) as lister:
+            got = await _collect(lister)
+    assert rule.hits == 2
+    assert got == _numbered(60)

@@ -111,3 +111,67 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
         )
     )
     return cert_file, key_file
+
+
+LIST_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult '
+    b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>p/</Prefix>'
+    + b"".join(
+        b"<Contents><Key>p/%d</Key><Size>1</Size><ETag>&quot;e&quot;</ETag></Contents>" % i
+        for i in range(50)
+    )
+    + b"<IsTruncated>false</IsTruncated></ListBucketResult>\n"
+)
+#: 200 answers and what botocore's check makes of them (True: an error, answered as a 500)
+TWO_HUNDREDS = [
+    (LIST_BODY, False),
+    (b'    \n   <CopyObjectResult><ETag>"e"</ETag></CopyObjectResult>', False),
+    (b"<s3:CopyObjectResult>x</s3:CopyObjectResult>", True),  # an undeclared namespace prefix
+    (b'<?xml version="1.0"?>\n<Error><Code>InternalError</Code></Error>', True),
+    (b"<Error><Code>SlowDown</Code></Error>", True),
+    (LIST_BODY[: len(LIST_BODY) // 2], True),  # cut short
+    (LIST_BODY.replace(b"</ListBucketResult>", b"</ListBucketResul>"), True),
+    (b"      ", True),  # only the whitespace S3 sends while a copy runs
+    (b"not xml at all", True),
+]
+
+
+@pytest.mark.parametrize(("body", "is_error"), TWO_HUNDREDS)
+async def test_the_200_error_check_agrees_with_botocores(
+    aws_env: Path, body: bytes, is_error: bool
+) -> None:
+    from botocore import handlers
+
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, NOWHERE)
+        operation = client.meta.service_model.operation_model("ListObjectsV2")
+        ours = {"status_code": 200, "headers": {}, "body": body}
+        await client.meta.events.emit("before-parse.s3.ListObjectsV2", operation_model=operation,
+                                response_dict=ours, customized_response_dict={})  # fmt: skip
+        theirs = {"status_code": 200, "headers": {}, "body": body}
+        handlers._handle_200_error(operation, theirs)
+    assert theirs["status_code"] == (500 if is_error else 200)
+    assert ours["status_code"] == theirs["status_code"]
+
+
+async def test_a_body_broken_only_in_its_middle_is_still_refused_and_retried(
+    aws_env: Path,
+) -> None:
+    """The check does not parse what it lets through: the response parser does, and raises;
+    that failure is one to retry, as botocore's 500 was."""
+    from botocore.parsers import ResponseParserError
+
+    from asyncbackup.retry import classify
+
+    middle = len(LIST_BODY) // 2
+    broken = LIST_BODY[:middle] + b"<<" + LIST_BODY[middle + 2 :]
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, NOWHERE)
+        operation = client.meta.service_model.operation_model("ListObjectsV2")
+        answer = {"status_code": 200, "headers": {}, "body": broken}
+        await client.meta.events.emit("before-parse.s3.ListObjectsV2", operation_model=operation,
+                                response_dict=answer, customized_response_dict={})  # fmt: skip
+        assert answer["status_code"] == 200
+        with pytest.raises(ResponseParserError) as raised:
+            await client._response_parser.parse(answer, operation.output_shape)
+    assert classify(raised.value).retryable
