@@ -326,7 +326,29 @@ def first_transfer(args: argparse.Namespace, endpoint: str, env: dict[str, str])
         "objects": count,
         "runs": runs,
         "median_first_done_seconds": statistics.median(r["first_done_seconds"] for r in runs),
+        "listing": listing_streams(endpoint, env, prefix),
     }
+
+
+def listing_streams(endpoint: str, env: dict[str, str], prefix: str) -> list[dict[str, Any]]:
+    """The whole listing of the large bucket in 1 and 8 streams, on loopback and behind 50 ms
+    of added latency per request (a distant store)."""
+    print("\n== scale: listing it whole, in 1 and in 8 streams", flush=True)
+    out = []
+    for latency in (0.0, 0.05):
+        argv = ["listing", "--endpoint", endpoint, "--bucket", SOURCE, "--prefix", f"{prefix}/"]
+        argv += ["--streams", "1", "8", "--latency", str(latency)]
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.scale", *argv],
+            cwd=ROOT.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out.append(json.loads(done.stdout))
+        print(f"  {out[-1]}", flush=True)
+    return out
 
 
 def huge_object(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -377,17 +377,43 @@ async def _list_all(endpoint: str, bucket: str, prefix: str, streams: int) -> di
     return {"streams": streams, "keys": len(keys), "seconds": round(seconds, 3)}
 
 
+_PROXY = """
+import sys, time
+from tests.proxy import run_proxy
+with run_proxy(sys.argv[1]) as proxy:
+    proxy.latency = float(sys.argv[2])
+    print(proxy.endpoint, flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def _latency_proxy(endpoint: str, latency: float) -> Iterator[str]:
+    """A loopback proxy adding ``latency`` seconds to every request, in a process of its own
+    (in this one it would take the event loop's CPU)."""
+    root = Path(__file__).resolve().parent.parent
+    with subprocess.Popen(
+        [sys.executable, "-c", _PROXY, endpoint, str(latency)],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            yield process.stdout.readline().strip()
+        finally:
+            process.stdin.close()
+            process.wait(10)
+
+
 def bench_listing(args: argparse.Namespace) -> dict[str, Any]:
     """The whole listing of a prefix with each number of streams, optionally through a proxy
     that adds latency to every request."""
     with contextlib.ExitStack() as stack:
         endpoint = args.endpoint
         if args.latency:
-            from tests.proxy import run_proxy
-
-            proxy = stack.enter_context(run_proxy(args.endpoint))
-            proxy.latency = args.latency
-            endpoint = proxy.endpoint
+            endpoint = stack.enter_context(_latency_proxy(args.endpoint, args.latency))
         runs = []
         for streams in args.streams:
             with asyncio.Runner(loop_factory=_loop) as runner:
