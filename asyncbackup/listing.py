@@ -36,6 +36,9 @@ log = logging.getLogger("asyncbackup")
 ListPage = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 PAGE_KEYS = 1000
+#: the very first page is smaller: the copying starts a page's round trip and parse sooner
+#: (1,000 keys: 25-30 ms on SeaweedFS; 100: 4-6 ms)
+FIRST_PAGE_KEYS = 100
 #: probes of one split, all sent at once (one round trip)
 PROBES = 48
 #: character positions one split probes at most: the shallowest and the deepest that vary
@@ -98,15 +101,17 @@ class RangeLister:
         self._splitting = False
         self._pages_to_split = 1  # pages before the next split attempt
         self._fruitless = 0  # split attempts in a row that found nothing
-        self._starved = False  # the consumer waits for a page, after it had its first
+        self._starved = False  # the consumer waits for a page, after it had two
+        self._first = True  # the next request is the listing's first
 
     async def pages(self) -> AsyncGenerator[Sequence[WorkItem], None]:
         """Every key under the prefix once, page by page, as the streams list them."""
         self._start(_Range(None, None))
-        delivered = False
+        delivered = 0
         try:
             while True:
-                self._starved = delivered and self._queue.empty()
+                # after the small first page and a full one: the consumer keeps up
+                self._starved = delivered >= 2 and self._queue.empty()
                 entry = await self._queue.get()
                 self._starved = False
                 if isinstance(entry, _End):
@@ -114,7 +119,7 @@ class RangeLister:
                         raise entry.failure
                     return
                 self._room.release()
-                delivered = True
+                delivered += 1
                 yield entry
         finally:
             await self._close()
@@ -154,6 +159,9 @@ class RangeLister:
         token: str | None = None
         while True:
             params: dict[str, Any] = {"MaxKeys": self.page_keys}
+            if self._first:
+                self._first = False
+                params["MaxKeys"] = min(self.page_keys, FIRST_PAGE_KEYS)
             if token:
                 params["ContinuationToken"] = token
             elif key_range.after is not None:

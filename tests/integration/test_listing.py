@@ -190,3 +190,16 @@ async def test_a_listing_answer_garbled_or_an_error_in_a_200_is_retried(
             got = await _collect(lister)
     assert rule.hits == 2
     assert got == _numbered(60)
+
+
+async def test_the_first_page_is_small_and_the_next_ones_full(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """The copying starts after a 100-key page, not a 1,000-key one; the rest come by 1,000."""
+    _seed(s3, buckets.source, _numbered(1150))
+    with run_proxy(s3_server.endpoint) as proxy:
+        async with _lister(proxy.endpoint, buckets.source, streams=1) as lister:
+            got = await _collect(lister)
+        sizes = [r.query.split("max-keys=")[1].split("&")[0] for r in proxy.requests]
+    assert got == _numbered(1150)
+    assert sizes == ["100", "1000", "1000"]
