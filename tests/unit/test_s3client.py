@@ -175,3 +175,26 @@ async def test_a_body_broken_only_in_its_middle_is_still_refused_and_retried(
         with pytest.raises(ResponseParserError) as raised:
             await client._response_parser.parse(answer, operation.output_shape)
     assert classify(raised.value).retryable
+
+
+def test_the_model_loader_loads_what_botocores_loads_and_knows_no_more_services() -> None:
+    from botocore.exceptions import UnknownServiceError
+    from botocore.loaders import Loader
+
+    from asyncbackup.botocore_setup import _ModelLoader
+
+    loader = _ModelLoader()  # not the shared one: clients made from it change its models
+    for type_name in ("service-2", "endpoint-rule-set-1", "paginators-1"):
+        ours = loader.load_service_model("s3", type_name)
+        assert ours == Loader().load_service_model("s3", type_name), type_name
+    with pytest.raises(UnknownServiceError):
+        loader.load_service_model("no-such-service", "service-2")
+
+
+async def test_clients_have_no_managed_transfer_methods(aws_env: Path) -> None:
+    """aioboto3 adds upload_file & co. to the client class (importing s3transfer); our
+    transfers are our own, and the client still makes every call botocore's does."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, NOWHERE)
+        assert not hasattr(client, "upload_file") and not hasattr(client, "download_fileobj")
+        assert callable(client.list_objects_v2) and callable(client.upload_part_copy)
