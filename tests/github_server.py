@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -106,6 +107,7 @@ class FakeRepo:
     pushed_at: str = "2024-01-01T00:00:00Z"
     status: int | None = None  # every API and git request of the repository answers this
     git_refusals: list[int] = field(default_factory=list)  # the next git requests answer these
+    git_stalls: list[float] = field(default_factory=list)  # the next git requests hang this long
     issues_status: int | None = None  # e.g. 410: issues disabled
     issues: list[dict[str, Any]] = field(default_factory=list)
     issue_comments: list[dict[str, Any]] = field(default_factory=list)
@@ -149,6 +151,7 @@ class FakeGitHub:
         self.storage_pause: asyncio.Event | None = None  # half an asset sent, then this wait
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()  # ends the stalls a test left hanging
         self._next_id = 1000
 
     # -- set-up -------------------------------------------------------------------------
@@ -232,6 +235,7 @@ class FakeGitHub:
         return self
 
     async def close(self) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -418,6 +422,11 @@ class FakeGitHub:
         if repo is not None and repo.git_refusals:
             seen.status = repo.git_refusals.pop(0)
             return web.Response(status=seen.status, text="refused")
+        if repo is not None and repo.git_stalls:
+            seen.status = -1  # a dead link: nothing comes back for this long (or until close)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), repo.git_stalls.pop(0))
+            return web.Response(status=503, text="stalled")
         body = await request.read()  # aiohttp has already undone Content-Encoding: gzip
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

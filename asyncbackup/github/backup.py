@@ -165,7 +165,9 @@ async def run_github_backup(
         await abort_recorded_uploads(state.extra, dest_client, config)
         staging = Staging(config.base_local_path, config.source_name)
         await asyncio.to_thread(staging.prepare)
-        git = stack.enter_context(GitRunner(token, slots=asyncio.Semaphore(config.git_concurrency)))
+        slots = asyncio.Semaphore(config.git_concurrency)
+        stall = round(config.read_timeout)  # what the API requests wait for data, git waits too
+        git = stack.enter_context(GitRunner(token, slots=slots, stall_seconds=stall))
         dest_retry = RetryPolicy(
             config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)
         )

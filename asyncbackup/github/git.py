@@ -1,5 +1,9 @@
 """git as a subprocess: mirror clone, bundle, verify, ls-remote; the token through askpass.
 
+A transfer that stalls (below 1,000 bytes/s for ``stall_seconds``, the run's read timeout) is
+abandoned by git itself (``http.lowSpeedLimit``/``http.lowSpeedTime``) and retried like any
+dropped connection: a clone never hangs for ever on a dead link.
+
 The token is never in a URL, an argument or a file. git asks for credentials through
 ``GIT_ASKPASS``: a small script (written once per run, with no secret in it) that prints the
 token from an environment variable of the git process. Credential helpers are switched off
@@ -69,6 +73,7 @@ _TRANSIENT = (
     "http/2 stream",
     "unexpected disconnect",
     "transfer closed",
+    "too slow",  # stalled: below http.lowSpeedLimit for http.lowSpeedTime
 )
 
 
@@ -79,9 +84,12 @@ class GitError(ObjectError):
 class GitRunner:
     """Runs git for one backup run, at most ``slots`` processes at a time."""
 
-    def __init__(self, token: str, *, slots: asyncio.Semaphore, git: str = GIT) -> None:
+    def __init__(
+        self, token: str, *, slots: asyncio.Semaphore, stall_seconds: int = 120, git: str = GIT
+    ) -> None:
         self.git = git
         self.slots = slots
+        self.stall_seconds = max(1, stall_seconds)
         self._token = token
         self._dir: Path | None = None
         self.commands: list[str] = []  # the subcommands run, for reports and tests
@@ -124,7 +132,9 @@ class GitRunner:
 
     async def run(self, args: Sequence[str], *, cwd: Path | None = None) -> str:
         """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr."""
-        argv = [self.git, "-c", "credential.helper=", "-c", "core.askPass=", *args]
+        argv = [self.git, "-c", "credential.helper=", "-c", "core.askPass="]
+        argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
+        argv += args
         async with self.slots:
             self.commands.append(args[0])
             process = await asyncio.create_subprocess_exec(

@@ -386,6 +386,27 @@ async def test_a_git_request_refused_as_rate_limited_is_tried_again(
         assert refs(restored) == {r: sha for r, sha in source.items() if "refs/pull/" not in r}
 
 
+async def test_a_stalled_git_transfer_is_abandoned_and_tried_again(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A clone whose server stops sending does not hang the run: git gives up after the
+    read timeout without data, and the clone is tried again."""
+    async with running_org(tmp_path / "git") as github:
+        github.repos["beta"].git_stalls = [60.0]
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "base")
+        started = time.monotonic()
+        report = await run_github_backup(
+            clock=github.clock, sleep=github.clock.sleep, read_timeout=2, **options
+        )
+        assert time.monotonic() - started < 30  # not the 60 s the server would have hung
+        assert report.status == "completed", report.errors
+        assert github.repos["beta"].git_stalls == []  # the stall was met
+        assert -1 in [seen.status for seen in github.git_seen if "/beta.git/" in seen.path]
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        source = refs(github.git_dir("beta"))
+        assert refs(restored) == {r: sha for r, sha in source.items() if "refs/pull/" not in r}
+
+
 async def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
     tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
 ) -> None:
