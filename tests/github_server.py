@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,7 @@ class FakeGitHub:
 
     def _limit_headers(self) -> dict[str, str]:
         return {
+            "Date": formatdate(self.clock.now, usegmt=True),  # the server's clock, as GitHub's
             "x-ratelimit-limit": str(self.limit),
             "x-ratelimit-remaining": str(max(self.remaining, 0)),
             "x-ratelimit-reset": str(int(self.reset_at)),

@@ -2,7 +2,9 @@
 
 - Primary limit: every answer carries ``x-ratelimit-remaining`` and ``x-ratelimit-reset``
   (epoch seconds). When the budget is spent, every request waits for the reset instead of
-  failing.
+  failing. The reset is a time on GitHub's clock, so the wait is measured from the answer's
+  ``Date`` (GitHub's clock too), not from ours: a local clock minutes ahead would otherwise
+  send requests into the limit again and again, one minutes behind would wait that much longer.
 - Secondary limits: a 403 or 429 saying so. ``retry-after`` is honoured; without it the wait is
   at least 60 s and doubles while the limit keeps answering (GitHub's documented advice).
 
@@ -15,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from email.utils import parsedate_to_datetime
 
 log = logging.getLogger("asyncbackup")
 
@@ -39,6 +42,17 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def _server_time(headers: Mapping[str, str]) -> float | None:
+    """The answer's ``Date`` header in epoch seconds, or None."""
+    value = headers.get("date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 class RateGate:
     """Shared by every request of a run: pauses them all while GitHub asks us to wait."""
 
@@ -50,6 +64,7 @@ class RateGate:
         self.waits: list[tuple[str, float]] = []  # (reason, seconds): for reports and tests
         self._resume_at = 0.0
         self._strikes = 0
+        self.skew = 0.0  # GitHub's clock minus ours, from the last answer with a Date
 
     async def wait_turn(self) -> None:
         """Return once no limit holds requests back."""
@@ -65,6 +80,9 @@ class RateGate:
 
     def observe(self, status: int, headers: Mapping[str, str], message: str) -> bool:
         """Take note of one answer; True when it was a rate limit and must be sent again."""
+        server_time = _server_time(headers)
+        if server_time is not None:
+            self.skew = server_time - self.clock()
         remaining = _number(headers, "x-ratelimit-remaining")
         reset = _number(headers, "x-ratelimit-reset")
         if remaining is not None:
@@ -100,5 +118,6 @@ class RateGate:
         return False
 
     def _pause_until_reset(self, reset: float) -> None:
-        wait = min(max(reset - self.clock(), 0.0) + RESET_MARGIN, PRIMARY_MAX_WAIT)
+        github_now = self.clock() + self.skew
+        wait = min(max(reset - github_now, 0.0) + RESET_MARGIN, PRIMARY_MAX_WAIT)
         self._pause("primary rate limit (waiting for x-ratelimit-reset)", wait)

@@ -7,7 +7,7 @@ import gc
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -39,10 +39,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def make_client(
-    github: FakeGitHub, session: aiohttp.ClientSession, token: str = TOKEN
+    github: FakeGitHub,
+    session: aiohttp.ClientSession,
+    token: str = TOKEN,
+    clock: Callable[[], float] | None = None,
 ) -> GitHubClient:
-    clock = github.clock
-    gate = RateGate(clock=clock, sleep=clock.sleep)
+    gate = RateGate(clock=clock or github.clock, sleep=github.clock.sleep)
     return GitHubClient(
         session,
         github.api_url,
@@ -50,7 +52,7 @@ def make_client(
         gate=gate,
         slots=asyncio.Semaphore(4),
         max_attempts=3,
-        sleep=clock.sleep,
+        sleep=github.clock.sleep,
     )
 
 
@@ -137,6 +139,23 @@ async def test_primary_limit_waits_for_the_reset(
     assert sum(github.clock.sleeps) >= 2 * 3600
     refused = [s for s in github.seen if s.status == 403]
     assert len(refused) <= 2  # the gate waits before asking again once it saw remaining=0
+
+
+async def test_primary_limit_with_our_clock_five_minutes_ahead(
+    github: FakeGitHub, session: aiohttp.ClientSession
+) -> None:
+    """Our clock runs 5 minutes ahead of GitHub's: the reset is still waited for in full
+    (measured from the answers' Date), not taken as already past."""
+    with_issues(github, 250)
+    github.limit = github.remaining = 2
+    reset_in = github.reset_at - github.clock.now
+    client = make_client(github, session, clock=lambda: github.clock.now + 300)
+    pages = [page async for page in client.pages("/repos/acme/alpha/issues")]
+    assert sum(len(p) for p in pages) == 250
+    waits = [w for reason, w in client.gate.waits if reason.startswith("primary")]
+    assert waits and waits[0] == pytest.approx(reset_in + 1, abs=1)
+    refused = [s for s in github.seen if s.status == 403]
+    assert len(refused) <= 1  # not one refusal after another while our clock says "past"
 
 
 async def test_secondary_limit_honours_retry_after_then_backs_off_exponentially(

@@ -62,6 +62,32 @@ def test_gate_leaves_real_403s_alone() -> None:
     assert gate.waits == []
 
 
+@pytest.mark.parametrize("ahead", [-600.0, 0.0, 300.0])
+async def test_gate_measures_the_wait_on_githubs_clock(ahead: float) -> None:
+    """The reset is GitHub's time: the wait is from the answer's Date, whatever our clock
+    says (``ahead``: how far ours runs ahead of GitHub's)."""
+    github_now = 1_700_000_000.0
+    clock = FakeClock(now=github_now + ahead)
+    gate = RateGate(clock=clock, sleep=clock.sleep)
+    headers = {
+        "date": "Tue, 14 Nov 2023 22:13:20 GMT",  # github_now
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": str(int(github_now + 120)),
+    }
+    assert gate.observe(403, headers, "API rate limit exceeded") is True
+    assert gate.waits == [("primary rate limit (waiting for x-ratelimit-reset)", 121.0)]
+    await gate.wait_turn()
+    assert clock.sleeps == [121.0]
+
+
+def test_gate_without_a_date_uses_its_own_clock() -> None:
+    clock = FakeClock(now=1000.0)
+    gate = RateGate(clock=clock, sleep=clock.sleep)
+    headers = {"date": "not a date", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1100"}
+    gate.observe(403, headers, "")
+    assert gate.waits[0][1] == 101.0
+
+
 def test_gate_caps_a_skewed_reset() -> None:
     clock = FakeClock(now=0.0)
     gate = RateGate(clock=clock, sleep=clock.sleep)
