@@ -140,6 +140,7 @@ class FakeGitHub:
         self.login = "tester"
         self.repos: dict[str, FakeRepo] = {}
         self.assets: dict[int, bytes] = {}
+        self.assets_direct = False  # the API answers asset downloads itself (200), no redirect
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -363,7 +364,7 @@ class FakeGitHub:
             return _json({"message": "Not Found"}, 404)
         return self._paginate(request, items)
 
-    async def _asset(self, request: web.Request) -> web.Response:
+    async def _asset(self, request: web.Request) -> web.StreamResponse:
         repo = self._find(request)
         if isinstance(repo, web.Response):
             return repo
@@ -372,6 +373,15 @@ class FakeGitHub:
             return _json({"message": "Not Found"}, 404)
         if request.headers.get("Accept") != "application/octet-stream":
             return _json({"id": asset_id})
+        if self.assets_direct:  # streamed from a view: the server holds no copy of its own
+            data = memoryview(self.assets[asset_id])
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = len(data)
+            await response.prepare(request)
+            for start in range(0, len(data), 256 * 1024):
+                await response.write(data[start : start + 256 * 1024])
+            await response.write_eof()
+            return response
         location = f"{self.url}/storage/{asset_id}?X-Signature=abc"
         return web.Response(status=302, headers={"Location": location})
 

@@ -68,6 +68,7 @@ class Answer:
     body: bytes
     next_url: str | None
     url: str = ""
+    saved: tuple[int, bytes] | None = None  # (size, md5) of a 200 body written to a file
 
     @property
     def etag(self) -> str | None:
@@ -146,8 +147,12 @@ class GitHubClient:
         etag: str | None = None,
         accept: str = _JSON,
         attempts: int | None = None,
+        save_to: Path | None = None,
     ) -> Answer:
-        """One GET, retried through rate limits and transient failures; 2xx or 304 only."""
+        """One GET, retried through rate limits and transient failures; 2xx or 304 only.
+
+        With ``save_to``, a 200's body is streamed to that file (``Answer.saved``), never
+        held in memory: an asset the server answers itself may be gigabytes."""
         headers = {**self._auth, "Accept": accept, "X-GitHub-Api-Version": API_VERSION}
         if etag:
             headers["If-None-Match"] = etag
@@ -161,8 +166,12 @@ class GitHubClient:
                     self.session.get(url, headers=headers, allow_redirects=False) as response,
                 ):
                     self.requests += 1
-                    body = await response.read()
                     status, reason = response.status, response.reason or ""
+                    saved = None
+                    if save_to is not None and status == 200:
+                        saved, body = await _save_body(response, save_to), b""
+                    else:
+                        body = await response.read()
                     answer_headers = {k.lower(): v for k, v in response.headers.items()}
                     next_link = response.links.get("next")
                     next_url = str(next_link["url"]) if next_link else None
@@ -189,7 +198,7 @@ class GitHubClient:
                 url, hops = target, hops + 1  # a renamed or transferred repository
                 continue
             if status < 400:
-                return Answer(status, answer_headers, body, next_url, url)
+                return Answer(status, answer_headers, body, next_url, url, saved)
             if status >= 500 or status == 408:
                 attempt += 1
                 if attempt < max_attempts:
@@ -282,16 +291,13 @@ class GitHubClient:
         ``Authorization`` header (and without any of ours).
         """
         for attempt in range(1, self.max_attempts + 1):
-            answer = await self.get(url, accept="application/octet-stream")
+            answer = await self.get(url, accept="application/octet-stream", save_to=out)
             location = answer.headers.get("location")
             try:
                 if 300 <= answer.status < 400 and location:
                     return await self._stream(urljoin(url, location), out)
-                if answer.status == 200:
-                    async with open_for_writing(out) as handle:
-                        await asyncio.to_thread(handle.write, answer.body)
-                    digest = hashlib.md5(answer.body, usedforsecurity=False).digest()
-                    return len(answer.body), digest
+                if answer.status == 200 and answer.saved is not None:  # served by the API
+                    return answer.saved
                 raise GitHubError(answer.status, f"unexpected answer to an asset download ({url})")
             except ObjectError as exc:
                 if not exc.retryable or attempt == self.max_attempts:
@@ -301,13 +307,10 @@ class GitHubClient:
         raise AssertionError("unreachable")
 
     async def _stream(self, url: str, out: Path) -> tuple[int, bytes]:
-        digest = hashlib.md5(usedforsecurity=False)
-        size = 0
         try:
-            async with (
-                self.session.get(url, headers={"Accept": "application/octet-stream"}) as response,
-                open_for_writing(out) as handle,
-            ):
+            async with self.session.get(
+                url, headers={"Accept": "application/octet-stream"}
+            ) as response:
                 if response.status != 200:
                     await response.read()
                     raise GitHubError(
@@ -315,14 +318,22 @@ class GitHubClient:
                         "the asset's storage host refused the download",
                         retryable=response.status >= 500 or response.status == 429,
                     )
-                async for chunk in response.content.iter_chunked(CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    await asyncio.to_thread(handle.write, chunk)
+                return await _save_body(response, out)
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
-        return size, digest.digest()
+
+
+async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, bytes]:
+    """A response's body to ``out``, a chunk at a time: (size, md5)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    async with open_for_writing(out) as handle:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            await asyncio.to_thread(handle.write, chunk)
+    return size, digest.digest()
 
 
 def _last_page_full(page_sizes: list[int]) -> bool:

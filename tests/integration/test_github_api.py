@@ -7,6 +7,7 @@ import gc
 import hashlib
 import os
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -183,6 +184,29 @@ async def test_asset_redirect_is_followed_without_the_token(
     assert size == 7000 and md5 == hashlib.md5(b"\x00binary" * 1000).digest()
     assert github.storage_auth == [None]  # the storage host never saw the token
     assert github.seen[-1].authorization == f"Bearer {TOKEN}"
+
+
+async def test_an_asset_the_api_serves_itself_is_streamed_to_the_file(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A server that answers the asset with 200 instead of a redirect (GitHub Enterprise
+    can): the bytes go to the file a chunk at a time, never whole in memory."""
+    data = os.urandom(48 * 1024 * 1024)
+    repo = github.add_repo(FakeRepo("alpha"))
+    github.add_release(repo, "v1.0", {"big.iso": data})
+    github.assets_direct = True
+    asset = repo.releases[0]["assets"][0]
+    client = make_client(github, session)
+    tracemalloc.start()
+    try:
+        size, md5 = await client.download(asset["url"], tmp_path / "asset")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size == len(data) and md5 == hashlib.md5(data).digest()
+    assert (tmp_path / "asset").read_bytes() == data
+    assert peak < 16 * 1024 * 1024, f"{peak / 2**20:.0f} MiB allocated at once"
+    assert github.storage_auth == []  # no redirect was involved
 
 
 async def test_errors_carry_the_status(github: FakeGitHub, session: aiohttp.ClientSession) -> None:
