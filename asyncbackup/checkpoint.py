@@ -15,6 +15,7 @@ journal on top of the JSON file, so every reader sees the last flush.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import concurrent.futures
 import contextlib
 import fcntl
@@ -283,6 +284,9 @@ def _corrupt(path: Path, reason: object) -> CheckpointCorruptError:
 
 
 def _decode_json(path: Path, raw: bytes) -> CheckpointState:
+    # An editor may save the file with a UTF-8 byte order mark; jq reads it, so do we.
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
     try:
         return CheckpointState.from_dict(orjson.loads(raw))
     except (orjson.JSONDecodeError, ValueError) as exc:

@@ -137,6 +137,23 @@ def test_hand_edits_are_honoured(
     assert not checkpoint.exists()
 
 
+def test_a_checkpoint_saved_with_a_byte_order_mark_is_honoured(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Some editors save UTF-8 with a byte order mark; jq reads such a file, and so do we."""
+    for key in ("job/skip-me", "job/new"):
+        s3.put_object(Bucket=buckets.source, Key=key, Body=key.encode())
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(
+        checkpoint, buckets.source, buckets.dest, files={"job/skip-me": True}, errors={}
+    )
+    checkpoint.write_bytes(b"\xef\xbb\xbf" + checkpoint.read_bytes())
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--on-complete", "delete"])
+    assert result.returncode == 0, result.stderr
+    assert list_keys(s3, buckets.dest) == ["job/new"]  # the file marked true was skipped
+
+
 def test_a_failed_file_marked_true_by_hand_is_skipped_and_the_job_completes(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
