@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -426,8 +427,10 @@ async def plan_backup(
                 else:
                     copy += 1
                     copy_bytes += item.size
-                    if len(first) < sample:
-                        first.append(item.key)
+                    # the first keys in key order, though split listings come in any order
+                    if len(first) < sample or item.key < first[-1]:
+                        bisect.insort(first, item.key)
+                        del first[sample:]
     return BackupPlan(
         listed_files=listed,
         listed_bytes=listed_bytes,

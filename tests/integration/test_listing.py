@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import NullObserver, listing, read_checkpoint, run_backup
+from asyncbackup import NullObserver, listing, plan_backup, read_checkpoint, run_backup
 from asyncbackup.errors import ObjectError
 from asyncbackup.listing import RangeLister
 from asyncbackup.retry import RetryPolicy
@@ -203,3 +203,29 @@ async def test_the_first_page_is_small_and_the_next_ones_full(
         sizes = [r.query.split("max-keys=")[1].split("&")[0] for r in proxy.requests]
     assert got == _numbered(1150)
     assert sizes == ["100", "1000", "1000"]
+
+
+async def test_a_dry_run_of_a_split_listing_shows_the_first_keys_in_key_order(
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(listing, "PAGE_KEYS", 10)
+    keys = [f"p/d{i % 9}/obj-{i:04d}" for i in range(250)]
+    _seed(s3, buckets.source, keys)
+    with caplog.at_level(logging.DEBUG, logger="asyncbackup"):
+        plan = await plan_backup(
+            source_bucket=buckets.source,
+            source_path="p",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path / "stage",
+            endpoint_url=s3_server.endpoint,
+            list_streams=4,
+            sample=100,  # more than the pages listed before the split
+        )
+    assert any("streams after a split" in r.getMessage() for r in caplog.records)
+    assert plan.listed_files == plan.copy_files == 250
+    assert plan.first_keys == sorted(keys)[:100]
