@@ -27,7 +27,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pipeline import WorkItem
+from .pipeline import WorkItem, primary_error
 
 log = logging.getLogger("asyncbackup")
 
@@ -96,7 +96,9 @@ class RangeLister:
         self.probes_sent = 0
         self._queue: asyncio.Queue[Sequence[WorkItem] | _End] = asyncio.Queue()
         self._room = asyncio.Semaphore(max(2, streams))  # pages listed ahead of the consumer
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None  # owns every stream and split
+        self._owner: asyncio.Task[None] | None = None  # the task running that group
+        self._split_task: asyncio.Task[None] | None = None
         self._active = 0
         self._splitting = False
         self._pages_to_split = 1  # pages before the next split attempt
@@ -106,7 +108,7 @@ class RangeLister:
 
     async def pages(self) -> AsyncGenerator[Sequence[WorkItem], None]:
         """Every key under the prefix once, page by page, as the streams list them."""
-        self._start(_Range(None, None))
+        self._owner = asyncio.ensure_future(self._own())
         delivered = 0
         try:
             while True:
@@ -121,39 +123,36 @@ class RangeLister:
                 self._room.release()
                 delivered += 1
                 yield entry
-        finally:
-            await self._close()
+        finally:  # done, failed, or the consumer stopped early: no stream outlives it
+            self._owner.cancel()
+            await asyncio.wait({self._owner})
 
-    async def _close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _own(self) -> None:
+        """One TaskGroup owns every stream and split; the listing ends when it does."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                self._start(_Range(None, None))
+        except Exception as exc:  # a stream failed (the others were cancelled)
+            failure = primary_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            self._queue.put_nowait(_End(failure))
+            return
+        self._queue.put_nowait(_End())
 
     def _start(self, key_range: _Range) -> None:
+        assert self._group is not None
         self._active += 1
         self.ranges_started += 1
-        self._spawn(self._stream(key_range))
+        self._group.create_task(self._stream(key_range))
 
     async def _stream(self, key_range: _Range) -> None:
         try:
             await self._walk(key_range)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the listing failed: the consumer raises it
-            self._queue.put_nowait(_End(exc))
-            return
         finally:
             key_range.done = True
             self._active -= 1
-        if self._active == 0:
-            self._queue.put_nowait(_End())
+            if self._active == 0 and self._split_task is not None:
+                self._split_task.cancel()  # nothing left to split: the group may end
 
     async def _walk(self, key_range: _Range) -> None:
         token: str | None = None
@@ -188,8 +187,10 @@ class RangeLister:
             if self._starved and not self._splitting and self._active < self.streams:
                 self._pages_to_split -= 1
                 if self._pages_to_split <= 0:
+                    assert self._group is not None
                     self._splitting = True
-                    self._spawn(self._split(key_range, items[0].key if items else None))
+                    first = items[0].key if items else None
+                    self._split_task = self._group.create_task(self._split(key_range, first))
 
     # -- splitting ----------------------------------------------------------------------
 
