@@ -198,3 +198,59 @@ async def test_clients_have_no_managed_transfer_methods(aws_env: Path) -> None:
         client = await open_test_client(stack, NOWHERE)
         assert not hasattr(client, "upload_file") and not hasattr(client, "download_fileobj")
         assert callable(client.list_objects_v2) and callable(client.upload_part_copy)
+
+
+AWS_LISTING = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    b"<Name>b</Name><Prefix>p%2F</Prefix><KeyCount>3</KeyCount><MaxKeys>3</MaxKeys>"
+    b"<EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+    b"<NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken>"
+    b"<StartAfter>p%2F0</StartAfter>"
+    b"<Contents><Key>p%2Fa%20b</Key><LastModified>2024-05-01T10:11:12.000Z</LastModified>"
+    b"<ETag>&quot;9b2cf535f27731c974343645a3985328&quot;</ETag>"
+    b"<ChecksumAlgorithm>CRC32</ChecksumAlgorithm><ChecksumAlgorithm>SHA256</ChecksumAlgorithm>"
+    b"<ChecksumType>FULL_OBJECT</ChecksumType><Size>434234</Size>"
+    b"<StorageClass>GLACIER</StorageClass><Owner><DisplayName>me</DisplayName><ID>75aa</ID>"
+    b"</Owner><RestoreStatus><IsRestoreInProgress>false</IsRestoreInProgress>"
+    b"<RestoreExpiryDate>2024-06-01T00:00:00.000Z</RestoreExpiryDate></RestoreStatus>"
+    b"<Unknown>x</Unknown></Contents>"
+    b"<Contents><Key>p%2F%E6%97%A5</Key><LastModified>2024-05-01T10:11:13Z</LastModified>"
+    b"<ETag></ETag><Size>0</Size><ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm></Contents>"
+    b"<Contents><Key>p%2Fz</Key><Size>7</Size></Contents>"
+    b"<CommonPrefixes><Prefix>p%2Fd%2F</Prefix></CommonPrefixes>"
+    b"<CommonPrefixes><Prefix>p%2Fe%2F</Prefix></CommonPrefixes>"
+    b"</ListBucketResult>"
+)
+ONE_OBJECT = (
+    b"<ListBucketResult><Name>b</Name><IsTruncated>false</IsTruncated>"
+    b"<Contents><Key>k</Key><Size>1</Size><ETag>e</ETag></Contents></ListBucketResult>"
+)
+NO_OBJECTS = b"<ListBucketResult><Name>b</Name><KeyCount>0</KeyCount></ListBucketResult>"
+
+
+@pytest.mark.parametrize("body", [AWS_LISTING, ONE_OBJECT, NO_OBJECTS, LIST_BODY])
+@pytest.mark.parametrize("operation_name", ["ListObjectsV2", "ListObjects"])
+async def test_our_listing_parser_gives_what_botocores_gives(
+    aws_env: Path, body: bytes, operation_name: str
+) -> None:
+    from botocore.parsers import RestXMLParser
+
+    from asyncbackup.fasts3.responses import read_timestamp
+
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, NOWHERE)
+        operation = client.meta.service_model.operation_model(operation_name)
+        ours = client._endpoint._response_parser_factory.create_parser("rest-xml")
+        assert type(ours).__name__ == "_RestXMLParser"
+        headers = {"x-amz-request-id": "R", "x-amz-id-2": "H"}
+        answer = {"status_code": 200, "headers": headers, "body": body}
+        parsed = await ours.parse(answer, operation.output_shape)
+    theirs = RestXMLParser(timestamp_parser=read_timestamp).parse(
+        {"status_code": 200, "headers": headers, "body": body}, operation.output_shape
+    )
+    assert parsed == theirs
+    if body is AWS_LISTING:
+        first = parsed["Contents"][0]
+        assert first["ChecksumAlgorithm"] == ["CRC32", "SHA256"] and first["Size"] == 434234
+        assert first["Owner"] == {"DisplayName": "me", "ID": "75aa"}
