@@ -253,20 +253,24 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scale(*argv: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``python -m benchmarks.scale ARGV`` in a process of its own (its RSS is its own); the
+    JSON it prints."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", *argv],
+        cwd=ROOT.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 def scale_no_server(args: argparse.Namespace) -> dict[str, Any]:
     files_1m = 100_000 if args.quick else 1_000_000
     files_interval = 10_000 if args.quick else 100_000
-
-    def scale(*argv: str) -> dict[str, Any]:
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.scale", *argv],
-            cwd=ROOT.parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result: dict[str, Any] = json.loads(out.stdout)
-        return result
 
     print("\n== scale: checkpoint and pipeline (no server)", flush=True)
     out: dict[str, Any] = {"checkpoint": scale("checkpoint", "--files", str(files_1m))}
@@ -311,15 +315,7 @@ def first_transfer(args: argparse.Namespace, endpoint: str, env: dict[str, str])
         stage = fresh_dir(WORK / "stage")
         argv = ["first-transfer", "--endpoint", endpoint, "--bucket", SOURCE, "--prefix", prefix]
         argv += ["--dest", DEST, "--stage", str(stage), "--concurrency", str(args.concurrency)]
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.scale", *argv],
-            cwd=ROOT.parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        runs.append(json.loads(done.stdout))
+        runs.append(scale(*argv, env=env))
         print(f"  {runs[-1]}", flush=True)
     wl.clear(s3, DEST)
     return {
@@ -338,15 +334,7 @@ def listing_streams(endpoint: str, env: dict[str, str], prefix: str) -> list[dic
     for latency in (0.0, 0.05):
         argv = ["listing", "--endpoint", endpoint, "--bucket", SOURCE, "--prefix", f"{prefix}/"]
         argv += ["--streams", "1", "8", "--latency", str(latency)]
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.scale", *argv],
-            cwd=ROOT.parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        out.append(json.loads(done.stdout))
+        out.append(scale(*argv, env=env))
         print(f"  {out[-1]}", flush=True)
     return out
 

@@ -136,6 +136,20 @@ TWO_HUNDREDS = [
 ]
 
 
+async def _checked_for_200_errors(client: Any, body: bytes) -> dict[str, Any]:
+    """A 200 ListObjectsV2 answer with ``body``, through the client's before-parse handlers
+    (where the 200-error check is): its status says whether it was taken for an error."""
+    operation = client.meta.service_model.operation_model("ListObjectsV2")
+    answer = {"status_code": 200, "headers": {}, "body": body}
+    await client.meta.events.emit(
+        "before-parse.s3.ListObjectsV2",
+        operation_model=operation,
+        response_dict=answer,
+        customized_response_dict={},
+    )
+    return answer
+
+
 @pytest.mark.parametrize(("body", "is_error"), TWO_HUNDREDS)
 async def test_the_200_error_check_agrees_with_botocores(
     aws_env: Path, body: bytes, is_error: bool
@@ -144,10 +158,8 @@ async def test_the_200_error_check_agrees_with_botocores(
 
     async with contextlib.AsyncExitStack() as stack:
         client = await open_test_client(stack, NOWHERE)
+        ours = await _checked_for_200_errors(client, body)
         operation = client.meta.service_model.operation_model("ListObjectsV2")
-        ours = {"status_code": 200, "headers": {}, "body": body}
-        await client.meta.events.emit("before-parse.s3.ListObjectsV2", operation_model=operation,
-                                response_dict=ours, customized_response_dict={})  # fmt: skip
         theirs = {"status_code": 200, "headers": {}, "body": body}
         handlers._handle_200_error(operation, theirs)
     assert theirs["status_code"] == (500 if is_error else 200)
@@ -167,10 +179,8 @@ async def test_a_body_broken_only_in_its_middle_is_still_refused_and_retried(
     broken = LIST_BODY[:middle] + b"<<" + LIST_BODY[middle + 2 :]
     async with contextlib.AsyncExitStack() as stack:
         client = await open_test_client(stack, NOWHERE)
+        answer = await _checked_for_200_errors(client, broken)
         operation = client.meta.service_model.operation_model("ListObjectsV2")
-        answer = {"status_code": 200, "headers": {}, "body": broken}
-        await client.meta.events.emit("before-parse.s3.ListObjectsV2", operation_model=operation,
-                                response_dict=answer, customized_response_dict={})  # fmt: skip
         assert answer["status_code"] == 200
         with pytest.raises(ResponseParserError) as raised:
             await client._response_parser.parse(answer, operation.output_shape)
