@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import NullObserver, listing, plan_backup, read_checkpoint, run_backup
-from asyncbackup.errors import ObjectError
+from asyncbackup.errors import FatalRunError, ObjectError
 from asyncbackup.listing import RangeLister
 from asyncbackup.retry import RetryPolicy
 from tests.conftest import Buckets, S3Server
@@ -238,3 +238,34 @@ async def test_a_dry_run_of_a_split_listing_shows_the_first_keys_in_key_order(
     assert any("streams after a split" in r.getMessage() for r in caplog.records)
     assert plan.listed_files == plan.copy_files == 250
     assert plan.first_keys == sorted(keys)[:100]
+
+
+@pytest.mark.parametrize("fault", ["ignore_start_after", "reverse_keys"])
+async def test_a_server_that_ignores_start_after_or_lists_out_of_order_lists_every_key_once(
+    s3_server: S3Server, buckets: Buckets, s3: Any, fault: str
+) -> None:
+    """Splitting needs StartAfter honoured and keys in order; a server without them (older
+    S3-compatible servers) is listed as by one stream: every key once, no split."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule(fault, method="GET", query="list-type=2"))
+        async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            got = await _collect(lister)
+    assert len(got) == len(set(got)), "a key was listed twice"
+    assert sorted(got) == _numbered(300)
+    assert lister.ranges_started == 1
+
+
+async def test_keys_out_of_order_after_a_split_end_the_listing_with_an_error(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """Once the listing split, a page out of order may hide a key beyond a range's end: the
+    listing fails, with what to do, rather than miss it."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        # the first page of each stream a split started (probes have one key: unchanged)
+        proxy.add_rule(Rule("reverse_keys", method="GET", query="start-after"))
+        async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            with pytest.raises(FatalRunError, match="--list-streams 1"):
+                await _collect(lister)
+    assert lister.ranges_started > 1
