@@ -165,6 +165,7 @@ class RangeLister:
 
     async def _walk(self, key_range: _Range) -> None:
         token: str | None = None
+        start_after = key_range.after
         while True:
             params: dict[str, Any] = {"MaxKeys": self.page_keys}
             if self._first:
@@ -172,8 +173,8 @@ class RangeLister:
                 params["MaxKeys"] = min(self.page_keys, FIRST_PAGE_KEYS)
             if token:
                 params["ContinuationToken"] = token
-            elif key_range.after is not None:
-                params["StartAfter"] = key_range.after
+            elif start_after is not None:
+                params["StartAfter"] = start_after
             answer = await self.list_page(params)
             upto = key_range.upto  # read after the answer: a split may have moved it
             items: list[WorkItem] = []
@@ -191,7 +192,14 @@ class RangeLister:
             if items:
                 key_range.position = items[-1].key
             token = answer.get("NextContinuationToken")
-            last = beyond or not answer.get("IsTruncated") or not token
+            last = beyond or not answer.get("IsTruncated")
+            if not last and not token:  # truncated, no token: go on after the page's last key
+                if previous is None or previous == start_after:
+                    raise FatalRunError(
+                        "the source server said the listing goes on but gave neither a "
+                        "continuation token nor a key to go on from"
+                    )
+                start_after = previous
             if items or self.ranges_started == 1:  # one range: every page, as one stream
                 await self._room.acquire()
                 self._queue.put_nowait(items)

@@ -39,6 +39,7 @@ from yarl import URL
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
+_NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 #: fault -> (HTTP status, S3 error code, message)
@@ -84,9 +85,10 @@ STREAM_FAULTS = (
     "corrupt_request",
     "latency",
     # S3-compatible servers that list differently: StartAfter ignored (the query parameter
-    # dropped), a page's keys in reverse order
+    # dropped), a page's keys in reverse order, IsTruncated without NextContinuationToken
     "ignore_start_after",
     "reverse_keys",
+    "no_continuation_token",
 )
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
@@ -350,6 +352,8 @@ class S3Proxy:
             payload = pieces[0] + b"".join(
                 c + p for c, p in zip(contents[::-1], pieces[1:], strict=True)
             )
+        if fault == "no_continuation_token" and status < 300:
+            payload = _NEXT_TOKEN.sub(b"", payload)
         if fault == "truncate" and len(payload) > 1 and status < 300:
             response = web.StreamResponse(status=status, headers=out_headers)
             response.content_length = len(payload)

@@ -269,3 +269,18 @@ async def test_keys_out_of_order_after_a_split_end_the_listing_with_an_error(
             with pytest.raises(FatalRunError, match="--list-streams 1"):
                 await _collect(lister)
     assert lister.ranges_started > 1
+
+
+@pytest.mark.parametrize("streams", [1, 6])
+async def test_a_truncated_answer_without_a_continuation_token_goes_on_after_its_last_key(
+    s3_server: S3Server, buckets: Buckets, s3: Any, streams: int
+) -> None:
+    """IsTruncated without NextContinuationToken (some S3-compatible servers): the listing
+    goes on with StartAfter at the page's last key, rather than end with keys unlisted."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule("no_continuation_token", method="GET", query="list-type=2"))
+        async with _lister(proxy.endpoint, buckets.source, streams=streams, page_keys=10) as lister:
+            got = await _collect(lister)
+    assert len(got) == len(set(got)), "a key was listed twice"
+    assert sorted(got) == _numbered(300)
