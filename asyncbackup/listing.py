@@ -179,12 +179,15 @@ class RangeLister:
             upto = key_range.upto  # read after the answer: a split may have moved it
             items: list[WorkItem] = []
             beyond = False
+            contents = answer.get("Contents", ())
             previous = key_range.low
-            for entry in answer.get("Contents", ()):
+            for entry in contents:  # the whole page: a key past the end may hide one before
                 key = entry["Key"]
                 if previous is not None and key <= previous:
                     self._out_of_order(key, previous)
                 previous = key
+            for entry in contents:
+                key = entry["Key"]
                 if upto is not None and key > upto:
                     beyond = True
                     break

@@ -265,6 +265,8 @@ async def test_keys_out_of_order_after_a_split_end_the_listing_with_an_error(
     with run_proxy(s3_server.endpoint) as proxy:
         # the first page of each stream a split started (probes have one key: unchanged)
         proxy.add_rule(Rule("reverse_keys", method="GET", query="start-after"))
+        # the other pages slower than the probes: the stream is not past the split's bounds
+        proxy.add_rule(Rule(None, method="GET", query="max-keys=10", delay=0.02))
         async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
             with pytest.raises(FatalRunError, match="--list-streams 1"):
                 await _collect(lister)
