@@ -286,3 +286,18 @@ async def test_a_truncated_answer_without_a_continuation_token_goes_on_after_its
             got = await _collect(lister)
     assert len(got) == len(set(got)), "a key was listed twice"
     assert sorted(got) == _numbered(300)
+
+
+async def test_a_dry_run_asked_for_no_first_keys_lists_none(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    _seed(s3, buckets.source, _numbered(5))
+    plan = await plan_backup(
+        source_bucket=buckets.source,
+        source_path="p",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "stage",
+        endpoint_url=s3_server.endpoint,
+        sample=0,
+    )
+    assert plan.copy_files == 5 and plan.first_keys == []
