@@ -270,7 +270,10 @@ class RangeLister:
             before = upto[level] if upto is not None and bounded else None
             candidates.update(base + c for c in _candidates(after, before, each))
         ordered = sorted(candidates)
-        firsts = await asyncio.gather(*(self._probe(c) for c in ordered))
+        # a group, not gather: a probe that fails cancels the others, none outlives the split
+        async with asyncio.TaskGroup() as probes:
+            tasks = [probes.create_task(self._probe(c)) for c in ordered]
+        firsts = [task.result() for task in tasks]
         for candidate, first in zip(ordered, firsts, strict=True):
             if first is not None and first <= candidate:
                 self._out_of_order(first, candidate)  # StartAfter ignored

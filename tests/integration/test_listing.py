@@ -301,3 +301,19 @@ async def test_a_dry_run_asked_for_no_first_keys_lists_none(
         sample=0,
     )
     assert plan.copy_files == 5 and plan.first_keys == []
+
+
+async def test_a_failed_probe_leaves_no_other_probe_running(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A probe that fails abandons the split; its sibling probes go with it, not on in the
+    background past the listing's end."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        rule = proxy.add_rule(Rule("access_denied", method="GET", query="max-keys=1&", times=1))
+        proxy.add_rule(Rule(None, method="GET", query="max-keys=1&", delay=5.0))
+        async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            got = await _collect(lister)
+            assert rule.hits == 1 and lister.probes_sent > 1
+            assert sorted(got) == _numbered(300)
+            assert not _running(), "probes still running after the listing ended"
