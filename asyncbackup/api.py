@@ -428,7 +428,7 @@ async def plan_backup(
                     copy += 1
                     copy_bytes += item.size
                     # the first keys in key order, though split listings come in any order
-                    if len(first) < sample or item.key < first[-1]:
+                    if sample > 0 and (len(first) < sample or item.key < first[-1]):
                         bisect.insort(first, item.key)
                         del first[sample:]
     return BackupPlan(

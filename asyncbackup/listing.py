@@ -15,6 +15,13 @@ the range up to the first boundary that has keys after it, and new streams take 
 between the next ones. Wherever the boundaries fall, the ranges stay contiguous and disjoint:
 every key is listed once. The candidates only decide how even the split is.
 
+That holds only on a server that lists in key order and honours ``StartAfter``, as S3 does;
+some S3-compatible servers do neither. So every answer is checked: a probe's key must come
+after its candidate, a page's keys after the stream's position and each other. A server that
+fails this before the listing split is listed as by one stream (no split, every key as it
+comes); one that fails it after a split ends the listing with an error, rather than a key
+missed or listed twice.
+
 Pages from all streams come out as they arrive, in no particular order across ranges; with one
 stream they come out in key order (what ``--skip-existing``'s side-by-side walk needs).
 """
@@ -27,6 +34,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import FatalRunError
 from .pipeline import WorkItem, primary_error
 
 log = logging.getLogger("asyncbackup")
@@ -105,6 +113,7 @@ class RangeLister:
         self._fruitless = 0  # split attempts in a row that found nothing
         self._starved = False  # the consumer waits for a page, after it had two
         self._first = True  # the next request is the listing's first
+        self._ordered = True  # the server answers in key order and honours StartAfter
 
     async def pages(self) -> AsyncGenerator[Sequence[WorkItem], None]:
         """Every key under the prefix once, page by page, as the streams list them."""
@@ -156,6 +165,7 @@ class RangeLister:
 
     async def _walk(self, key_range: _Range) -> None:
         token: str | None = None
+        start_after = key_range.after
         while True:
             params: dict[str, Any] = {"MaxKeys": self.page_keys}
             if self._first:
@@ -163,13 +173,20 @@ class RangeLister:
                 params["MaxKeys"] = min(self.page_keys, FIRST_PAGE_KEYS)
             if token:
                 params["ContinuationToken"] = token
-            elif key_range.after is not None:
-                params["StartAfter"] = key_range.after
+            elif start_after is not None:
+                params["StartAfter"] = start_after
             answer = await self.list_page(params)
             upto = key_range.upto  # read after the answer: a split may have moved it
             items: list[WorkItem] = []
             beyond = False
-            for entry in answer.get("Contents", ()):
+            contents = answer.get("Contents", ())
+            previous = key_range.low
+            for entry in contents:  # the whole page: a key past the end may hide one before
+                key = entry["Key"]
+                if previous is not None and key <= previous:
+                    self._out_of_order(key, previous)
+                previous = key
+            for entry in contents:
                 key = entry["Key"]
                 if upto is not None and key > upto:
                     beyond = True
@@ -178,13 +195,25 @@ class RangeLister:
             if items:
                 key_range.position = items[-1].key
             token = answer.get("NextContinuationToken")
-            last = beyond or not answer.get("IsTruncated") or not token
+            last = beyond or not answer.get("IsTruncated")
+            if not last and not token:  # truncated, no token: go on after the page's last key
+                if previous is None or previous == start_after:
+                    raise FatalRunError(
+                        "the source server said the listing goes on but gave neither a "
+                        "continuation token nor a key to go on from"
+                    )
+                start_after = previous
             if items or self.ranges_started == 1:  # one range: every page, as one stream
                 await self._room.acquire()
                 self._queue.put_nowait(items)
             if last:
                 return
-            if self._starved and not self._splitting and self._active < self.streams:
+            if (
+                self._starved
+                and self._ordered
+                and not self._splitting
+                and self._active < self.streams
+            ):
                 self._pages_to_split -= 1
                 if self._pages_to_split <= 0:
                     assert self._group is not None
@@ -204,6 +233,8 @@ class RangeLister:
             bounds = []
         finally:
             self._splitting = False
+        if not self._ordered:
+            return
         low, upto = key_range.low, key_range.upto  # where the stream is now
         bounds = [b for b in bounds if (low is None or b > low) and (upto is None or b < upto)]
         room = self.streams - self._active
@@ -239,8 +270,28 @@ class RangeLister:
             before = upto[level] if upto is not None and bounded else None
             candidates.update(base + c for c in _candidates(after, before, each))
         ordered = sorted(candidates)
-        firsts = await asyncio.gather(*(self._probe(c) for c in ordered))
+        # a group, not gather: a probe that fails cancels the others, none outlives the split
+        async with asyncio.TaskGroup() as probes:
+            tasks = [probes.create_task(self._probe(c)) for c in ordered]
+        firsts = [task.result() for task in tasks]
+        for candidate, first in zip(ordered, firsts, strict=True):
+            if first is not None and first <= candidate:
+                self._out_of_order(first, candidate)  # StartAfter ignored
+                return []
         return _useful(ordered, firsts, upto)
+
+    def _out_of_order(self, key: str, after: str) -> None:
+        """The server answered ``key`` after ``after``: not in key order, or StartAfter
+        ignored. Before any split: no split ever; after one: the listing cannot go on."""
+        if self.ranges_started > 1:
+            raise FatalRunError(
+                f"the source server listed {key!r} after {after!r}: it does not list in key "
+                "order or ignores StartAfter, so the listing cannot be split; run again with "
+                "--list-streams 1"
+            )
+        if self._ordered:
+            log.debug("listing: %r came after %r: no split", key, after)
+        self._ordered = False
 
     async def _probe(self, candidate: str) -> str | None:
         """The first key after ``candidate``, or None."""

@@ -37,6 +37,9 @@ from aiohttp import web
 from yarl import URL
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
+_START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
+_CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
+_NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 #: fault -> (HTTP status, S3 error code, message)
@@ -81,6 +84,11 @@ STREAM_FAULTS = (
     "malformed",
     "corrupt_request",
     "latency",
+    # S3-compatible servers that list differently: StartAfter ignored (the query parameter
+    # dropped), a page's keys in reverse order, IsTruncated without NextContinuationToken
+    "ignore_start_after",
+    "reverse_keys",
+    "no_continuation_token",
 )
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
@@ -321,7 +329,9 @@ class S3Proxy:
             return web.Response(status=500)
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
-        status, payload, out_headers = await self._forward(request, fault == "corrupt_request")
+        status, payload, out_headers = await self._forward(
+            request, fault == "corrupt_request", drop_start_after=fault == "ignore_start_after"
+        )
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
@@ -336,6 +346,14 @@ class S3Proxy:
         if fault == "malformed" and len(payload) > 4 and status < 300:
             middle = len(payload) // 2
             payload = payload[:middle] + b"<<" + payload[middle + 2 :]
+        if fault == "reverse_keys" and status < 300:
+            contents = _CONTENTS.findall(payload)
+            pieces = _CONTENTS.split(payload)
+            payload = pieces[0] + b"".join(
+                c + p for c, p in zip(contents[::-1], pieces[1:], strict=True)
+            )
+        if fault == "no_continuation_token" and status < 300:
+            payload = _NEXT_TOKEN.sub(b"", payload)
         if fault == "truncate" and len(payload) > 1 and status < 300:
             response = web.StreamResponse(status=status, headers=out_headers)
             response.content_length = len(payload)
@@ -363,7 +381,7 @@ class S3Proxy:
         return web.Response(status=status, body=payload, headers=out_headers)
 
     async def _forward(
-        self, request: web.Request, corrupt: bool = False
+        self, request: web.Request, corrupt: bool = False, *, drop_start_after: bool = False
     ) -> tuple[int, bytes, dict[str, str]]:
         body = await request.read()
         if corrupt and body:
@@ -371,7 +389,10 @@ class S3Proxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         assert self._session is not None
         # raw_path and encoded=True: keys with "..", "//" or "%" reach the server as sent.
-        url = URL(self.upstream + request.raw_path, encoded=True)
+        raw_path = request.raw_path
+        if drop_start_after:
+            raw_path = _START_AFTER.sub("", raw_path)
+        url = URL(self.upstream + raw_path, encoded=True)
         async with self._session.request(
             request.method, url, headers=headers, data=io.BytesIO(body), allow_redirects=False
         ) as upstream:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import NullObserver, listing, plan_backup, read_checkpoint, run_backup
-from asyncbackup.errors import ObjectError
+from asyncbackup.errors import FatalRunError, ObjectError
 from asyncbackup.listing import RangeLister
 from asyncbackup.retry import RetryPolicy
 from tests.conftest import Buckets, S3Server
@@ -238,3 +238,82 @@ async def test_a_dry_run_of_a_split_listing_shows_the_first_keys_in_key_order(
     assert any("streams after a split" in r.getMessage() for r in caplog.records)
     assert plan.listed_files == plan.copy_files == 250
     assert plan.first_keys == sorted(keys)[:100]
+
+
+@pytest.mark.parametrize("fault", ["ignore_start_after", "reverse_keys"])
+async def test_a_server_that_ignores_start_after_or_lists_out_of_order_lists_every_key_once(
+    s3_server: S3Server, buckets: Buckets, s3: Any, fault: str
+) -> None:
+    """Splitting needs StartAfter honoured and keys in order; a server without them (older
+    S3-compatible servers) is listed as by one stream: every key once, no split."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule(fault, method="GET", query="list-type=2"))
+        async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            got = await _collect(lister)
+    assert len(got) == len(set(got)), "a key was listed twice"
+    assert sorted(got) == _numbered(300)
+    assert lister.ranges_started == 1
+
+
+async def test_keys_out_of_order_after_a_split_end_the_listing_with_an_error(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """Once the listing split, a page out of order may hide a key beyond a range's end: the
+    listing fails, with what to do, rather than miss it."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        # the first page of each stream a split started (probes have one key: unchanged)
+        proxy.add_rule(Rule("reverse_keys", method="GET", query="start-after"))
+        # the other pages slower than the probes: the stream is not past the split's bounds
+        proxy.add_rule(Rule(None, method="GET", query="max-keys=10", delay=0.02))
+        async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            with pytest.raises(FatalRunError, match="--list-streams 1"):
+                await _collect(lister)
+    assert lister.ranges_started > 1
+
+
+@pytest.mark.parametrize("streams", [1, 6])
+async def test_a_truncated_answer_without_a_continuation_token_goes_on_after_its_last_key(
+    s3_server: S3Server, buckets: Buckets, s3: Any, streams: int
+) -> None:
+    """IsTruncated without NextContinuationToken (some S3-compatible servers): the listing
+    goes on with StartAfter at the page's last key, rather than end with keys unlisted."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule("no_continuation_token", method="GET", query="list-type=2"))
+        async with _lister(proxy.endpoint, buckets.source, streams=streams, page_keys=10) as lister:
+            got = await _collect(lister)
+    assert len(got) == len(set(got)), "a key was listed twice"
+    assert sorted(got) == _numbered(300)
+
+
+async def test_a_dry_run_asked_for_no_first_keys_lists_none(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    _seed(s3, buckets.source, _numbered(5))
+    plan = await plan_backup(
+        source_bucket=buckets.source,
+        source_path="p",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "stage",
+        endpoint_url=s3_server.endpoint,
+        sample=0,
+    )
+    assert plan.copy_files == 5 and plan.first_keys == []
+
+
+async def test_a_failed_probe_leaves_no_other_probe_running(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A probe that fails abandons the split; its sibling probes go with it, not on in the
+    background past the listing's end."""
+    _seed(s3, buckets.source, _numbered(300))
+    with run_proxy(s3_server.endpoint) as proxy:
+        rule = proxy.add_rule(Rule("access_denied", method="GET", query="max-keys=1&", times=1))
+        proxy.add_rule(Rule(None, method="GET", query="max-keys=1&", delay=5.0))
+        async with _lister(proxy.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            got = await _collect(lister)
+            assert rule.hits == 1 and lister.probes_sent > 1
+            assert sorted(got) == _numbered(300)
+            assert not _running(), "probes still running after the listing ended"
