@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 from .filters import KeyFilter
-from .pipeline import WorkItem
+from .pipeline import WorkItem, close_listing
 from .sources.s3 import clean_etag
 
 Listing = AsyncIterator[Sequence[WorkItem]]
@@ -21,10 +21,13 @@ Listing = AsyncIterator[Sequence[WorkItem]]
 
 async def filtered(listing: Listing, key_filter: KeyFilter, strip: int) -> Listing:
     """Only the items whose key, less its first ``strip`` characters, passes the filter."""
-    async for page in listing:
-        kept = [item for item in page if key_filter.matches(item.key[strip:])]
-        if kept or not page:
-            yield kept
+    try:
+        async for page in listing:
+            kept = [item for item in page if key_filter.matches(item.key[strip:])]
+            if kept or not page:
+                yield kept
+    finally:
+        await close_listing(listing)
 
 
 async def mark_unchanged(
@@ -35,25 +38,32 @@ async def mark_unchanged(
 ) -> Listing:
     """Flag source items whose copy at the destination has the same size and ETag."""
     dest_iter = _items(dest)
-    current = await anext(dest_iter, None)
-    async for page in source:
-        out: list[WorkItem] = []
-        for item in page:
-            name = source_relative(item.key)
-            while current is not None and dest_relative(current.key) < name:
-                current = await anext(dest_iter, None)
-            same = (
-                current is not None
-                and dest_relative(current.key) == name
-                and current.size == item.size
-                and clean_etag(current.etag) == clean_etag(item.etag)
-                and bool(item.etag)
-            )
-            out.append(replace(item, present=True) if same else item)
-        yield out
+    try:
+        current = await anext(dest_iter, None)
+        async for page in source:
+            out: list[WorkItem] = []
+            for item in page:
+                name = source_relative(item.key)
+                while current is not None and dest_relative(current.key) < name:
+                    current = await anext(dest_iter, None)
+                same = (
+                    current is not None
+                    and dest_relative(current.key) == name
+                    and current.size == item.size
+                    and clean_etag(current.etag) == clean_etag(item.etag)
+                    and bool(item.etag)
+                )
+                out.append(replace(item, present=True) if same else item)
+            yield out
+    finally:
+        await close_listing(source)
+        await close_listing(dest_iter)
 
 
 async def _items(listing: Listing) -> AsyncIterator[WorkItem]:
-    async for page in listing:
-        for item in page:
-            yield item
+    try:
+        async for page in listing:
+            for item in page:
+                yield item
+    finally:
+        await close_listing(listing)

@@ -99,6 +99,14 @@ def _resolve(waiters: list[asyncio.Future[None]]) -> None:
             waiter.set_result(None)
 
 
+async def close_listing(listing: AsyncIterator[Any]) -> None:
+    """Close ``listing`` when it is an async generator (its ``finally`` runs, its tasks end);
+    a listing left unfinished would otherwise run on until it is garbage-collected."""
+    close = getattr(listing, "aclose", None)
+    if close is not None:
+        await close()
+
+
 def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one failure to report from a task group: the first that is not a cancellation."""
     leaves: list[BaseException] = []
@@ -207,18 +215,21 @@ class Pipeline:
 
     async def _lister(self, listing: AsyncIterator[Sequence[WorkItem]]) -> None:
         files = self.state.files
-        async for page in listing:
-            if self.stop.is_set():
-                break
-            self._events.put_nowait(_Listed(page))
-            for item in page:
-                if item.present or files.get(item.key) is True:
-                    continue
+        try:
+            async for page in listing:
                 if self.stop.is_set():
                     break
-                await self._work.put(item)
-        else:
-            self._events.put_nowait(_ListingDone())
+                self._events.put_nowait(_Listed(page))
+                for item in page:
+                    if item.present or files.get(item.key) is True:
+                        continue
+                    if self.stop.is_set():
+                        break
+                    await self._work.put(item)
+            else:
+                self._events.put_nowait(_ListingDone())
+        finally:  # stopped or cancelled: the listing's requests end now, not when collected
+            await close_listing(listing)
         # Not in a ``finally``: on failure or cancellation the workers are cancelled too,
         # and nobody would take these from a full queue.
         for _ in range(self.concurrency):

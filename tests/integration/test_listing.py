@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from asyncbackup import NullObserver, listing, plan_backup, read_checkpoint, run_backup
+from asyncbackup.checkpoint import CheckpointManager, CheckpointState
 from asyncbackup.errors import FatalRunError, ObjectError
 from asyncbackup.listing import RangeLister
+from asyncbackup.pipeline import Pipeline, WorkItem
 from asyncbackup.retry import RetryPolicy
 from tests.conftest import Buckets, S3Server
 from tests.helpers import assert_same_objects, list_keys, open_test_client
@@ -317,3 +319,32 @@ async def test_a_failed_probe_leaves_no_other_probe_running(
             assert rule.hits == 1 and lister.probes_sent > 1
             assert sorted(got) == _numbered(300)
             assert not _running(), "probes still running after the listing ended"
+
+
+async def test_a_pipeline_stopped_early_closes_its_listing(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The run stops with most of the listing still to come: when the pipeline returns, the
+    listing is closed and none of its streams is left running (before, they ran on until the
+    generator was garbage-collected, which a reference held elsewhere puts off for ever)."""
+    _seed(s3, buckets.source, _numbered(300))
+    stop = asyncio.Event()
+
+    async def process(item: WorkItem) -> int:
+        stop.set()
+        return item.size
+
+    manager = CheckpointManager(tmp_path / "job.checkpoint")
+    manager.open()
+    try:
+        state = CheckpointState.new(
+            source_bucket=buckets.source, source_path="p", dest_bucket=buckets.dest, config={}
+        )
+        pipeline = Pipeline(manager=manager, state=state, concurrency=1, interval=1, stop=stop)
+        async with _lister(s3_server.endpoint, buckets.source, streams=4, page_keys=10) as lister:
+            pages = lister.pages()  # held here: only an explicit close ends its streams
+            await pipeline.run(pages, process)
+            assert pipeline.result.stopped and pipeline.result.done_files < 300
+            assert not _running()
+    finally:
+        manager.close()
