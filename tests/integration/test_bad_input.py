@@ -22,6 +22,7 @@ def _one_line(stderr: str) -> str:
     ("extra", "needle"),
     [
         (["--concurrency", "0"], "--concurrency"),
+        (["--list-streams", "0"], "--list-streams"),
         (["--checkpoint-interval", "x"], "--checkpoint-interval"),
         (["--part-size", "1MiB"], "--part-size"),
         (["--no-such-flag"], "--no-such-flag"),
