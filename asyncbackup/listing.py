@@ -106,9 +106,8 @@ class RangeLister:
         self._room = asyncio.Semaphore(max(2, streams))  # pages listed ahead of the consumer
         self._group: asyncio.TaskGroup | None = None  # owns every stream and split
         self._owner: asyncio.Task[None] | None = None  # the task running that group
-        self._split_task: asyncio.Task[None] | None = None
+        self._split_task: asyncio.Task[None] | None = None  # the last split attempt
         self._active = 0
-        self._splitting = False
         self._pages_to_split = 1  # pages before the next split attempt
         self._fruitless = 0  # split attempts in a row that found nothing
         self._starved = False  # the consumer waits for a page, after it had two
@@ -179,19 +178,17 @@ class RangeLister:
             upto = key_range.upto  # read after the answer: a split may have moved it
             items: list[WorkItem] = []
             beyond = False
-            contents = answer.get("Contents", ())
             previous = key_range.low
-            for entry in contents:  # the whole page: a key past the end may hide one before
+            for entry in answer.get("Contents", ()):
                 key = entry["Key"]
+                # the whole page is checked: a key past the end may hide one before it
                 if previous is not None and key <= previous:
                     self._out_of_order(key, previous)
                 previous = key
-            for entry in contents:
-                key = entry["Key"]
                 if upto is not None and key > upto:
                     beyond = True
-                    break
-                items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
+                elif not beyond:
+                    items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
             if items:
                 key_range.position = items[-1].key
             token = answer.get("NextContinuationToken")
@@ -211,13 +208,12 @@ class RangeLister:
             if (
                 self._starved
                 and self._ordered
-                and not self._splitting
+                and (self._split_task is None or self._split_task.done())
                 and self._active < self.streams
             ):
                 self._pages_to_split -= 1
                 if self._pages_to_split <= 0:
                     assert self._group is not None
-                    self._splitting = True
                     first = items[0].key if items else None
                     self._split_task = self._group.create_task(self._split(key_range, first))
 
@@ -226,13 +222,9 @@ class RangeLister:
     async def _split(self, key_range: _Range, page_first: str | None) -> None:
         try:
             bounds = await self._boundaries(key_range, page_first)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the streams go on as they are; their errors are reported
             log.debug("listing: no split of %r: %s", key_range, exc)
             bounds = []
-        finally:
-            self._splitting = False
         if not self._ordered:
             return
         low, upto = key_range.low, key_range.upto  # where the stream is now
