@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,37 @@ def test_the_model_loader_loads_what_botocores_loads_and_knows_no_more_services(
         assert ours == Loader().load_service_model("s3", type_name), type_name
     with pytest.raises(UnknownServiceError):
         loader.load_service_model("no-such-service", "service-2")
+
+
+def _in_order(value: Any) -> Any:
+    """``value`` with every mapping as its list of items, so that key order counts."""
+    if isinstance(value, dict):
+        return [(key, _in_order(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_in_order(item) for item in value]
+    return value
+
+
+def test_the_orjson_file_loader_reads_what_botocores_reads_in_the_same_order(
+    tmp_path: Path,
+) -> None:
+    from botocore.loaders import JSONFileLoader, Loader
+
+    from asyncbackup.botocore_setup import _OrjsonFileLoader
+
+    ours, theirs = _OrjsonFileLoader(), JSONFileLoader()
+    data = Path(Loader.BUILTIN_DATA_PATH)
+    model = next((data / "s3").iterdir())
+    names = [data / "endpoints", data / "partitions", data / "sdk-default-configuration"]
+    names += [model / "service-2", model / "endpoint-rule-set-1", model / "paginators-1"]
+    for name in names:
+        expected = theirs.load_file(str(name))
+        assert expected is not None, name
+        assert _in_order(ours.load_file(str(name))) == _in_order(expected), name
+    big = {"max": 2**70, "b": [1.5, "x"]}  # past orjson's 64 bits: botocore's decoder
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    assert ours.load_file(str(tmp_path / "big")) == big
+    assert ours.load_file(str(tmp_path / "missing")) is None
 
 
 async def test_clients_have_no_managed_transfer_methods(aws_env: Path) -> None:
