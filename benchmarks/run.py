@@ -31,7 +31,7 @@ from typing import Any
 from . import workloads as wl
 from .install import PEERS_VENV, WORK
 from .profile import py_spy, record, render, summarize
-from .server import seaweedfs
+from .server import cpu_seconds, seaweedfs
 from .tools import Job, Tool, asyncbackup_baseline, discover, s5cmd_binary
 
 ROOT = Path(__file__).resolve().parent
@@ -134,7 +134,11 @@ def one_run(
     job.stage.mkdir(parents=True, exist_ok=True)
     os.sync()  # the last run's staged data is written back now, not during this run
     steps = tool.staged(job) if mode == "staged" else (tool.direct or (lambda _: []))(job)
+    server_before = cpu_seconds(job.endpoint)
     result = timed(steps, env)
+    server_after = cpu_seconds(job.endpoint)
+    if server_before is not None and server_after is not None:
+        result["server_cpu"] = server_after - server_before
     if result["returncode"] != 0:
         result["error"] = f"exit {result['returncode']}: {result['stderr'].strip()[-300:]}"
     else:
@@ -165,6 +169,11 @@ def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[st
         "mb_per_s": round(workload.total_bytes / 1e6 / wall, 1),
         "peak_rss_mb": round(max(run["peak_rss_mb"] for run in ok), 1),
         "cpu_seconds": round(median(ok, "cpu_user") + median(ok, "cpu_sys"), 2),
+        **(
+            {"server_cpu_seconds": round(median(ok, "server_cpu"), 2)}
+            if all("server_cpu" in run for run in ok)
+            else {}
+        ),
     }
 
 
@@ -223,7 +232,7 @@ def bench_workloads(
 def table(results: dict[str, Any]) -> str:
     head = (
         f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
-        f"{'obj/s':>8} {'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'vs ours':>8}"
+        f"{'obj/s':>8} {'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'srv CPU':>7} {'vs ours':>8}"
     )
     lines = [head, "-" * len(head)]
     for name, workload in results.items():
@@ -235,6 +244,8 @@ def table(results: dict[str, Any]) -> str:
             if not cell.get("median_wall"):
                 lines.append(f"{name:8} {mode:6} {tool:12} failed: {cell.get('error')}")
                 continue
+            server = cell.get("server_cpu_seconds")
+            server_cpu = f"{server:.1f}" if server is not None else "-"
             base = ours if mode == "staged" else s5
             ratio = f"{cell['median_wall'] / base:.2f}x" if base else "-"
             if mode == "staged" and tool != "asyncbackup" and ours:
@@ -243,12 +254,13 @@ def table(results: dict[str, Any]) -> str:
                 f"{name:8} {mode:6} {tool:12} {cell['median_wall']:9.2f} "
                 f"{cell['best_wall']:7.2f} {cell['spread']:6.0%} {cell['objects_per_s']:8.0f} "
                 f"{cell['mb_per_s']:7.1f} {cell['peak_rss_mb']:7.1f} {cell['cpu_seconds']:6.1f} "
-                f"{ratio:>8}"
+                f"{server_cpu:>7} {ratio:>8}"
             )
     lines.append(
         "vs ours (of the medians): staged = asyncbackup's time / this tool's time (target <= "
         "0.80 against the fastest peer); direct = this tool's time / s5cmd's. best: the "
-        "fastest run; spread: (slowest - fastest) / median"
+        "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
+        "srv CPU: the server's during the run (medians)"
     )
     return "\n".join(lines)
 

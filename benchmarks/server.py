@@ -18,6 +18,23 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+#: the process of each server running, by its endpoint (for ``cpu_seconds``)
+_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(endpoint: str) -> float | None:
+    """The CPU time (user + system) the server at ``endpoint`` has used so far; None when it
+    is not one of ours or ``/proc`` cannot tell (not Linux)."""
+    pid = _PIDS.get(endpoint)
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 on
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -71,8 +88,10 @@ def seaweedfs(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SeaweedFS did not answer within 60 s; see {log_path}")
             time.sleep(0.2)
+        _PIDS[endpoint] = process.pid
         yield endpoint
     finally:
+        _PIDS.pop(endpoint, None)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
