@@ -4,6 +4,10 @@ A transfer that stalls (below 1,000 bytes/s for ``stall_seconds``, the run's rea
 abandoned by git itself (``http.lowSpeedLimit``/``http.lowSpeedTime``) and retried like any
 dropped connection: a clone never hangs for ever on a dead link.
 
+Where ``setpriv`` can (Linux, util-linux 2.33 on), git runs under ``setpriv --pdeathsig KILL``:
+the kernel kills it when the process of the run dies, even by SIGKILL, so no git outlives a
+killed run and goes on writing into the mirror the next run fetches into.
+
 The token is never in a URL, an argument or a file. git asks for credentials through
 ``GIT_ASKPASS``: a small script (written once per run, with no secret in it) that prints the
 token from an environment variable of the git process. Credential helpers are switched off
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +83,22 @@ _TRANSIENT = (
 )
 
 
+@functools.cache
+def parent_death_prefix() -> tuple[str, ...]:
+    """The command that makes the kernel kill git when this process dies, if it works here
+    (tried once per process); ``()`` where it does not: git then runs as it is."""
+    setpriv = shutil.which("setpriv")
+    true = shutil.which("true")
+    if setpriv is None or true is None:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "KILL", "--")
+    try:
+        probe = subprocess.run([*prefix, true], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):  # an old setpriv, a sandbox without prctl
+        return ()
+    return prefix if probe.returncode == 0 else ()
+
+
 class GitError(ObjectError):
     """A git command failed; ``code`` is ``GitNotFound``, ``GitEmpty`` or ``GitFailed``."""
 
@@ -92,9 +114,11 @@ class GitRunner:
         self.stall_seconds = max(1, stall_seconds)
         self._token = token
         self._dir: Path | None = None
+        self._prefix: tuple[str, ...] = ()
         self.commands: list[str] = []  # the subcommands run, for reports and tests
 
     def __enter__(self) -> GitRunner:
+        self._prefix = parent_death_prefix()
         self._dir = Path(tempfile.mkdtemp(prefix="asyncbackup-askpass-"))
         script = self._dir / "askpass.sh"
         script.write_text(_ASKPASS)
@@ -132,7 +156,7 @@ class GitRunner:
 
     async def run(self, args: Sequence[str], *, cwd: Path | None = None) -> str:
         """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr."""
-        argv = [self.git, "-c", "credential.helper=", "-c", "core.askPass="]
+        argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
         argv += args
         async with self.slots:

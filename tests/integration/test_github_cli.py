@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -197,3 +198,72 @@ async def test_sigkill_during_a_bundle_multipart_upload_leaks_no_upload(
 def uploads_in_progress(s3: Any, bucket: str) -> list[dict[str, Any]]:
     uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     return uploads
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """The live processes called ``name`` whose parent is ``pid`` (Linux ``/proc``)."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [child for child in pids if _stat(child) == (name, "live", pid)]
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """``(command, "live" or "dead", parent)`` of process ``pid``; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    command = text[text.index("(") + 1 : text.rindex(")")]
+    state, parent = text[text.rindex(")") + 2 :].split()[:2]
+    return command, "dead" if state in "ZX" else "live", int(parent)
+
+
+async def test_git_does_not_outlive_a_sigkilled_run(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    """A run killed while git hangs on a stalled clone takes git with it: no git goes on
+    writing into the mirror directory the next run fetches into."""
+    async with running_org(tmp_path / "git") as github:
+        github.repos["beta"].git_stalls = [120.0]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbackup",
+            "github",
+            "acme",
+            "--dest-bucket",
+            buckets.dest,
+            "--base-local-path",
+            str(tmp_path / "work"),
+            "--endpoint-url",
+            s3_server.endpoint,
+            "--api-url",
+            github.api_url,
+            "--include",
+            "beta",
+            "--quiet",
+            env={**os.environ, "GITHUB_TOKEN": TOKEN},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        gits: list[int] = []
+        try:
+            deadline = time.monotonic() + 60
+            while github.repos["beta"].git_stalls and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)  # the server has begun to stall a git request
+            gits = _children(process.pid, "git")
+            assert gits, "no git running under the run"
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            deadline = time.monotonic() + 10
+            while any(_alive(pid) for pid in gits) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not any(_alive(pid) for pid in gits)
+        finally:
+            for pid in gits:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[1] == "live"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from asyncbackup import GitHubBackupConfig
 from asyncbackup.errors import ConfigError
-from asyncbackup.github.git import refs_digest
+from asyncbackup.github.git import parent_death_prefix, refs_digest
 from asyncbackup.github.listing import RepoFilter, wiki_url
 from asyncbackup.github.ratelimit import RateGate
 from tests.github_server import FakeClock
@@ -141,3 +142,21 @@ def test_config_keeps_the_token_out_of_repr_and_checks_input(
             GitHubBackupConfig(
                 **{"owner": "acme", "dest_bucket": "b", "base_local_path": tmp_path, **bad}  # type: ignore[arg-type]
             )
+
+
+def test_git_runs_under_setpriv_only_where_setpriv_can_set_the_death_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old setpriv (no ``--pdeathsig``) or none at all: git runs as it is, rather than
+    every git command failing."""
+    probe = parent_death_prefix.__wrapped__
+    (tmp_path / "true").symlink_to(shutil.which("true") or "/bin/true")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert probe() == ()  # no setpriv
+    old = tmp_path / "setpriv"
+    old.write_text("#!/bin/sh\necho 'setpriv: unrecognized option --pdeathsig' >&2\nexit 1\n")
+    old.chmod(0o755)
+    assert probe() == ()
+    if Path("/usr/bin/setpriv").exists():  # a working one, where this machine has it
+        monkeypatch.setenv("PATH", f"/usr/bin:{tmp_path}")
+        assert probe() == ("/usr/bin/setpriv", "--pdeathsig", "KILL", "--")
