@@ -69,6 +69,34 @@ async def test_bad_input_is_one_line_and_exit_2(
         assert code == 2 and "is not a GitHub organisation or user name" in err
 
 
+async def start_run(
+    github: Any, endpoint: str, bucket: str, base: Path, *extra: str
+) -> asyncio.subprocess.Process:
+    """``asyncbackup github acme`` against the fake GitHub, as a process of its own (stdout
+    discarded, stderr piped)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncbackup",
+        "github",
+        "acme",
+        "--dest-bucket",
+        bucket,
+        "--base-local-path",
+        str(base),
+        "--endpoint-url",
+        endpoint,
+        "--api-url",
+        github.api_url,
+        "--skip-forks",
+        "--quiet",
+        *extra,
+        env={**os.environ, "GITHUB_TOKEN": TOKEN},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 def done_count(checkpoint: Path) -> int:
     """Files done at the last flush: the JSON file (valid at every read) and its journal."""
     try:
@@ -85,27 +113,7 @@ async def test_sigkill_then_resume_copies_only_what_was_left(
     checkpoint = base / "checkpoints" / "github_acme.checkpoint"
     async with running_org(tmp_path / "git") as github:
         github.storage_gate = asyncio.Event()  # the release asset hangs until released
-        env = {**os.environ, "GITHUB_TOKEN": TOKEN}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncbackup",
-            "github",
-            "acme",
-            "--dest-bucket",
-            buckets.dest,
-            "--base-local-path",
-            str(base),
-            "--endpoint-url",
-            s3_server.endpoint,
-            "--api-url",
-            github.api_url,
-            "--skip-forks",
-            "--quiet",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await start_run(github, s3_server.endpoint, buckets.dest, base)
         deadline = time.monotonic() + 90
         # 29 artifacts: everything but the asset gets done, then the run hangs on it
         while done_count(checkpoint) < 28 and time.monotonic() < deadline:
@@ -154,29 +162,8 @@ async def test_sigkill_during_a_bundle_multipart_upload_leaks_no_upload(
         git("clone", "-q", "--bare", str(work), str(github.git_dir("big")))
         proxy.add_rule(Rule("latency", method="PUT", query="uploadId", delay=30))  # parts crawl
         sizes = ["--multipart-threshold", "5MiB", "--part-size", "5MiB"]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncbackup",
-            "github",
-            "acme",
-            "--dest-bucket",
-            buckets.dest,
-            "--base-local-path",
-            str(base),
-            "--endpoint-url",
-            proxy.endpoint,
-            "--api-url",
-            github.api_url,
-            "--include",
-            "big",
-            "--skip-forks",
-            "--quiet",
-            *sizes,
-            env={**os.environ, "GITHUB_TOKEN": TOKEN},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        extra = ["--include", "big", *sizes]
+        process = await start_run(github, proxy.endpoint, buckets.dest, base, *extra)
         deadline = time.monotonic() + 90
         while not uploads_in_progress(s3, buckets.dest) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -224,27 +211,8 @@ async def test_git_does_not_outlive_a_sigkilled_run(
     writing into the mirror directory the next run fetches into."""
     async with running_org(tmp_path / "git") as github:
         github.repos["beta"].git_stalls = [120.0]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncbackup",
-            "github",
-            "acme",
-            "--dest-bucket",
-            buckets.dest,
-            "--base-local-path",
-            str(tmp_path / "work"),
-            "--endpoint-url",
-            s3_server.endpoint,
-            "--api-url",
-            github.api_url,
-            "--include",
-            "beta",
-            "--quiet",
-            env={**os.environ, "GITHUB_TOKEN": TOKEN},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        base, extra = tmp_path / "work", ("--include", "beta")
+        process = await start_run(github, s3_server.endpoint, buckets.dest, base, *extra)
         gits: list[int] = []
         try:
             deadline = time.monotonic() + 60
@@ -253,12 +221,15 @@ async def test_git_does_not_outlive_a_sigkilled_run(
             gits = _children(process.pid, "git")
             assert gits, "no git running under the run"
             process.send_signal(signal.SIGKILL)
-            await process.wait()
+            await process.communicate()
             deadline = time.monotonic() + 10
             while any(_alive(pid) for pid in gits) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             assert not any(_alive(pid) for pid in gits)
         finally:
+            if process.returncode is None:
+                process.kill()
+                await process.communicate()
             for pid in gits:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
