@@ -68,10 +68,14 @@ def tool_env(endpoint: str, concurrency: int) -> dict[str, str]:
     return env
 
 
-def timed(steps: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``steps`` in a fresh ``benchmarks.timed`` process; its JSON result."""
+def timed(
+    steps: list[list[str]], env: dict[str, str], cpus: frozenset[int] | None = None
+) -> dict[str, Any]:
+    """Run ``steps`` in a fresh ``benchmarks.timed`` process (on ``cpus`` only, if given); its
+    JSON result."""
+    pinned = [",".join(map(str, sorted(cpus)))] if cpus else []
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.timed", json.dumps(steps)],
+        [sys.executable, "-m", "benchmarks.timed", json.dumps(steps), *pinned],
         env=env,
         cwd=ROOT.parent,
         capture_output=True,
@@ -96,6 +100,11 @@ def fresh_dir(path: Path) -> Path:
 #: each instead of 25 us, whichever tool runs next. Trees of a few files (the large
 #: workload's 640 MB) are deleted at once, to bound the disk used.
 KEPT = WORK / "kept"
+
+#: ``--pin``: the server's CPU and the tools' (all the others)
+_CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPUS = frozenset(_CPUS[-1:])
+TOOL_CPUS = frozenset(_CPUS[:-1]) or SERVER_CPUS
 #: a run's staging tree with fewer files than this is deleted right after the run
 KEEP_FROM_FILES = 100
 
@@ -135,7 +144,7 @@ def one_run(
     os.sync()  # the last run's staged data is written back now, not during this run
     steps = tool.staged(job) if mode == "staged" else (tool.direct or (lambda _: []))(job)
     server_before = cpu_seconds(job.endpoint)
-    result = timed(steps, env)
+    result = timed(steps, env, job.cpus)
     server_after = cpu_seconds(job.endpoint)
     if server_before is not None and server_after is not None:
         result["server_cpu"] = server_after - server_before
@@ -186,6 +195,7 @@ def bench_workloads(
     s3 = wl.client(endpoint)
     wl.ensure_bucket(s3, SOURCE)
     wl.ensure_bucket(s3, DEST)
+    tool_cpus = TOOL_CPUS if args.pin else None
     results: dict[str, Any] = {}
     for workload in wl.QUICK if args.quick else wl.FULL:
         if args.workloads and workload.name not in args.workloads:
@@ -206,7 +216,9 @@ def bench_workloads(
                     if mode == "direct" and tool.direct is None:
                         continue
                     stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
-                    job = Job(endpoint, SOURCE, DEST, workload.name, stage, args.concurrency)
+                    job = Job(
+                        endpoint, SOURCE, DEST, workload.name, stage, args.concurrency, tool_cpus
+                    )
                     run = one_run(tool, mode, job, s3, expected, env)
                     release(stage)
                     cells.setdefault((tool.name, mode), []).append(run)
@@ -456,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run asyncbackup --no-fast-path (as ab-no-fast), alternating with the rest",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="SeaweedFS on the last CPU, every tool on the others: a model of a server on "
+        "another machine (each tool gets one core on a 2-core machine)",
+    )
+    parser.add_argument(
         "--auth",
         action="store_true",
         help="start SeaweedFS with the tools' keys, so that it checks every signature",
@@ -505,10 +523,16 @@ def main(argv: list[str] | None = None) -> int:
 
     server_log = WORK / "seaweedfs.log"
     auth = ("bench", "bench-secret") if args.auth else None
-    with kept_trees(), seaweedfs(weed, WORK / "seaweedfs", server_log, auth) as endpoint:
+    server_cpus = SERVER_CPUS if args.pin else None
+    pinned = f" on CPU {sorted(SERVER_CPUS)}, tools on {sorted(TOOL_CPUS)}" if args.pin else ""
+    with (
+        kept_trees(),
+        seaweedfs(weed, WORK / "seaweedfs", server_log, auth, server_cpus) as endpoint,
+    ):
         env = tool_env(endpoint, args.concurrency)
         print(
-            f"SeaweedFS at {endpoint}{' (signatures checked)' if auth else ''}; "
+            f"SeaweedFS at {endpoint}{' (signatures checked)' if auth else ''}"
+            f"{pinned}; "
             f"tools: {', '.join(t.name for t in tools)}"
         )
         if args.huge_only:

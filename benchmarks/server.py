@@ -55,10 +55,15 @@ def _answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def seaweedfs(
-    weed: Path, data_dir: Path, log_path: Path, auth: tuple[str, str] | None = None
+    weed: Path,
+    data_dir: Path,
+    log_path: Path,
+    auth: tuple[str, str] | None = None,
+    cpus: frozenset[int] | None = None,
 ) -> Iterator[str]:
     """Start ``weed mini`` on loopback; yield its S3 endpoint; stop it and remove its data.
-    With ``auth`` (key id, secret) in its environment SeaweedFS checks every signature."""
+    With ``auth`` (key id, secret) in its environment SeaweedFS checks every signature; with
+    ``cpus`` it runs on those CPUs only."""
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     port = free_port()
@@ -77,7 +82,12 @@ def seaweedfs(
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     endpoint = f"http://127.0.0.1:{port}"
     try:

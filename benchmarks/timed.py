@@ -1,6 +1,7 @@
 """Run commands one after another in a fresh process; print wall time and peak RSS as JSON.
 
-Usage: ``python -m benchmarks.timed '<json list of argv lists>'``. The peak RSS is
+Usage: ``python -m benchmarks.timed '<json list of argv lists>' [CPU,...]``; with CPUs, the
+commands (and their children) run on those CPUs only. The peak RSS is
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss``: the largest resident set of any process this wrapper
 waited for (each step's own process tree included), which is why every measured run gets a
 wrapper of its own.
@@ -9,6 +10,7 @@ wrapper of its own.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import time
 
 def main() -> int:
     steps: list[list[str]] = json.loads(sys.argv[1])
+    if len(sys.argv) > 2:
+        os.sched_setaffinity(0, {int(cpu) for cpu in sys.argv[2].split(",")})
     started = time.perf_counter()
     code = 0
     tail = ""

@@ -27,6 +27,7 @@ class Job:
     prefix: str  # without slashes, e.g. "small"
     stage: Path  # an empty local directory for this run
     concurrency: int
+    cpus: frozenset[int] | None = None  # the CPUs the tool may run on (None: all)
 
 
 @dataclass(frozen=True)
