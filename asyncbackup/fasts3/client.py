@@ -55,6 +55,7 @@ from .responses import (
     client_error,
     copy_object_output,
     parse_error,
+    put_output,
     response_fields,
 )
 from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer, encode_query
@@ -502,13 +503,20 @@ class FastS3:
                 self._hand_back(str(exc))
                 return None
         try:
-            await response.read()
+            body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
+        try:
+            out = put_output(response.headers.items(), response.status, body, operation)
+        except ClientError as exc:  # an error in a 200: one that may ask for botocore
+            if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
+                self._hand_back(f"the server answered {exc.response['Error']['Code']}")
+                return None
+            raise
         self.fast_requests += 1
-        return response_fields(response.headers.items(), response.status)
+        return out
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(params.get("Body"), bytearray | memoryview):

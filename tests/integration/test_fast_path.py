@@ -554,3 +554,47 @@ def test_cli_direct_no_fast_path_copies_through_botocore(
     assert done.returncode == 0, done.stderr
     assert len(copy_requests(proxy.requests)) == 1
     assert s3.get_object(Bucket=buckets.dest, Key="data/one")["Body"].read() == b"1"
+
+
+async def test_an_error_in_a_200_put_answer_is_raised_as_on_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    """S3 may answer 200 and then put an ``<Error>`` in the body; botocore raises it as a 500
+    for every operation without a streamed output (PutObject and UploadPart included): the
+    fast path must not take it for a success (an object marked done that is not there)."""
+    body = b"0123456789"
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    upload_id = s3.create_multipart_upload(Bucket=buckets.dest, Key="parts")["UploadId"]
+    calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
+        "put": lambda api: api.put_object(Bucket=buckets.dest, Key="p", Body=body, ContentMD5=md5),
+        "part": lambda api: api.upload_part(
+            Bucket=buckets.dest,
+            Key="parts",
+            UploadId=upload_id,
+            PartNumber=1,
+            Body=body,
+            ContentMD5=md5,
+        ),
+    }
+    async with both_paths(proxy.endpoint, buckets.dest) as (client, fast_s3):
+        for name, call in calls.items():
+            results = []
+            for api in (client, fast_s3):
+                proxy.add_rule(Rule("internal_in_200", method="PUT", times=1, retry_after=2.0))
+                results.append(await outcome(call, api))
+            proxy.clear_faults()
+            assert results[0] == results[1], name
+            assert results[1][:2] == ("InternalError", True), name
+        # the streamed PUT answers through the same check
+        proxy.add_rule(Rule("internal_in_200", method="PUT", times=1))
+
+        async def chunks() -> Any:
+            yield body
+
+        with pytest.raises(Exception) as raised:
+            await fast_s3.put_object_stream(
+                {"Bucket": buckets.dest, "Key": "s", "ContentMD5": md5}, len(body), chunks()
+            )
+        assert classify(raised.value).code == "InternalError"
+        assert fast_s3.enabled
+    assert proxy.faults_injected() == {"internal_in_200": 5}
