@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pytest
 
 from asyncbackup import run_backup
+from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT, put_headers
 from asyncbackup.retry import classify, is_throttle, retry_after
@@ -598,3 +599,37 @@ async def test_an_error_in_a_200_put_answer_is_raised_as_on_the_botocore_path(
         assert classify(raised.value).code == "InternalError"
         assert fast_s3.enabled
     assert proxy.faults_injected() == {"internal_in_200": 5}
+
+
+async def test_a_streamed_body_that_fails_raises_its_own_error_not_a_network_one(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """aiohttp reports a request body that raises as a connection failure; a staged file cut
+    short (``_file_chunks``' IntegrityError) must be reported and retried as itself, not as
+    "Could not connect to the endpoint URL". A local OSError stays a retryable object error
+    (raised as it is, it would end the run). Nothing is stored, and the pool goes on."""
+    body = os.urandom(10_000)
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    params = {"Bucket": buckets.dest, "Key": "s", "ContentMD5": md5}
+
+    async def failing(failure: Exception) -> AsyncIterator[bytes]:
+        yield body[:4096]
+        raise failure
+
+    async with both_paths(s3_server.endpoint, buckets.dest) as (_, fast_s3):
+        short = IntegrityError("the staged file ended at 4096 of 10000 bytes")
+        with pytest.raises(IntegrityError) as raised:
+            await fast_s3.put_object_stream(params, len(body), failing(short))
+        assert raised.value is short and classify(raised.value).retryable
+        gone = FileNotFoundError(2, "No such file or directory", "/stage/gone")
+        with pytest.raises(Exception) as raised_os:
+            await fast_s3.put_object_stream(params, len(body), failing(gone))
+        assert classify(raised_os.value).retryable
+        assert "Contents" not in s3.list_objects_v2(Bucket=buckets.dest)
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield body
+
+        answer = await fast_s3.put_object_stream(params, len(body), whole())
+        assert answer is not None and answer["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert s3.get_object(Bucket=buckets.dest, Key="s")["Body"].read() == body
