@@ -50,11 +50,13 @@ from botocore.utils import parse_to_aware_datetime
 from yarl import URL
 
 from ..checksums import INLINE_LIMIT, checksum
+from ..errors import ObjectError
 from .responses import (
     ERROR_BODY_LIMIT,
     client_error,
     copy_object_output,
     parse_error,
+    put_output,
     response_fields,
 )
 from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer, encode_query
@@ -126,6 +128,22 @@ async def _pieces(body: bytes | bytearray) -> AsyncIterator[memoryview]:
     view = memoryview(body)
     for start in range(0, len(view), _PIECE):
         yield view[start : start + _PIECE]
+
+
+async def _watched(
+    chunks: AsyncIterator[bytes], failures: list[ObjectError]
+) -> AsyncIterator[bytes]:
+    """``chunks``, keeping the ``ObjectError`` they raise (a staged file cut short): aiohttp
+    reports a request body that fails as a connection error ("Could not connect to the
+    endpoint URL"), and the engine's own error must be reported and retried as itself. (An
+    ``OSError`` stays the retryable connection error aiohttp makes of it: raised as it is, it
+    would be no object's error, and end the run.)"""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ObjectError as exc:
+        failures.append(exc)
+        raise
 
 
 class _HandBack(Exception):
@@ -329,9 +347,12 @@ class FastS3:
         path = self.target.path(key)
         url = self.target.origin + path + (f"?{query}" if query else "")
         data: bytes | bytearray | AsyncIterator[bytes | memoryview] | None = body
+        failures: list[ObjectError] = []  # what the caller's body raised, if it did
         if isinstance(body, bytes | bytearray) and len(body) > _PIECE:  # in pieces, not chunked
             headers = {**headers, "content-length": str(len(body))}
             data = _pieces(body)
+        elif body is not None and not isinstance(body, bytes | bytearray):
+            data = _watched(body, failures)
         credentials = await self._credentials()
         signed = self.signer.sign(
             method,
@@ -351,6 +372,8 @@ class FastS3:
                 ssl=self.target.ssl,
             )
         except (TimeoutError, aiohttp.ClientError, socket.gaierror) as exc:
+            if failures:  # the body failed, not the connection (which aiohttp closed)
+                raise failures[0] from None
             raise _connection_error(exc, url) from exc
         return response, url
 
@@ -502,13 +525,20 @@ class FastS3:
                 self._hand_back(str(exc))
                 return None
         try:
-            await response.read()
+            body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
+        try:
+            out = put_output(response.headers.items(), response.status, body, operation)
+        except ClientError as exc:  # an error in a 200: one that may ask for botocore
+            if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
+                self._hand_back(f"the server answered {exc.response['Error']['Code']}")
+                return None
+            raise
         self.fast_requests += 1
-        return response_fields(response.headers.items(), response.status)
+        return out
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(params.get("Body"), bytearray | memoryview):

@@ -159,21 +159,45 @@ def _xml_root(body: bytes) -> ElementTree.Element | None:
     return root
 
 
+def _checked_root(
+    listed: list[tuple[str, str]], status: int, body: bytes, operation: str
+) -> ElementTree.Element | None:
+    """The root element of a 2xx answer's body (None when there is no body). As botocore's
+    ``_handle_200_error`` does for every operation without a streamed output (CopyObject,
+    PutObject, UploadPart...): a body that is an ``<Error>`` document, or not XML at all
+    (cut short), is raised as the 500 the server would have answered had it known before
+    it started."""
+    if not body:
+        return None
+    root = _xml_root(body)
+    if root is None:  # botocore: a 500 without a parsable error document
+        raise client_error(500, listed, b"", operation)
+    if root.tag == "Error":
+        raise client_error(500, listed, body, operation)
+    return root
+
+
+def put_output(
+    headers: Iterable[tuple[str, str]], status: int, body: bytes, operation: str
+) -> dict[str, Any]:
+    """PutObject's or UploadPart's output as botocore returns it, from a 2xx answer and its
+    body (empty, as S3 sends it), or the error a 200 carries in its body, raised."""
+    listed = list(headers)
+    if status == 200:  # botocore looks at a 200's body only; these outputs have no body
+        _checked_root(listed, status, body, operation)
+    return response_fields(listed, status)
+
+
 def copy_object_output(
     headers: Iterable[tuple[str, str]], status: int, body: bytes, operation: str = "CopyObject"
 ) -> dict[str, Any]:
     """CopyObject's output as botocore returns it, from a 2xx answer: the header fields and
-    ``CopyObjectResult`` (ETag, LastModified, checksums) from the body. A 200 whose body is an
-    ``<Error>`` document, or not XML at all (cut short), is an error: as botocore, raise it as
-    the 500 the server would have answered had it known before it started copying."""
+    ``CopyObjectResult`` (ETag, LastModified, checksums) from the body; the error a 200
+    carries in its body, raised (see ``_checked_root``)."""
     listed = list(headers)
     result: dict[str, Any] = {}
-    if body:
-        root = _xml_root(body)
-        if root is None:  # botocore: a 500 without a parsable error document
-            raise client_error(500, listed, b"", operation)
-        if root.tag == "Error":
-            raise client_error(500, listed, body, operation)
+    root = _checked_root(listed, status, body, operation)
+    if root is not None:
         for child in root:
             name = child.tag.rpartition("}")[2]  # without the S3 namespace
             if name in _COPY_RESULT_MEMBERS and name not in result:

@@ -67,11 +67,9 @@ def _ssl_for(scheme: str, http_session: Any) -> ssl.SSLContext | bool | str:
     verify = getattr(http_session, "_verify", True)
     if verify is False:
         return False
-    context = ssl.create_default_context()
-    cafile = get_cert_path(verify)
-    if cafile:
-        context.load_verify_locations(cafile)
-    return context
+    # The CA bundle botocore trusts (AWS_CA_BUNDLE, verify=, else certifi's) and only that:
+    # not the system's store on top, which would accept certificates botocore refuses.
+    return ssl.create_default_context(cafile=get_cert_path(verify) or None)
 
 
 async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pytest
 
 from asyncbackup import run_backup
+from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT, put_headers
 from asyncbackup.retry import classify, is_throttle, retry_after
@@ -554,3 +555,81 @@ def test_cli_direct_no_fast_path_copies_through_botocore(
     assert done.returncode == 0, done.stderr
     assert len(copy_requests(proxy.requests)) == 1
     assert s3.get_object(Bucket=buckets.dest, Key="data/one")["Body"].read() == b"1"
+
+
+async def test_an_error_in_a_200_put_answer_is_raised_as_on_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    """S3 may answer 200 and then put an ``<Error>`` in the body; botocore raises it as a 500
+    for every operation without a streamed output (PutObject and UploadPart included): the
+    fast path must not take it for a success (an object marked done that is not there)."""
+    body = b"0123456789"
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    upload_id = s3.create_multipart_upload(Bucket=buckets.dest, Key="parts")["UploadId"]
+    calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
+        "put": lambda api: api.put_object(Bucket=buckets.dest, Key="p", Body=body, ContentMD5=md5),
+        "part": lambda api: api.upload_part(
+            Bucket=buckets.dest,
+            Key="parts",
+            UploadId=upload_id,
+            PartNumber=1,
+            Body=body,
+            ContentMD5=md5,
+        ),
+    }
+    async with both_paths(proxy.endpoint, buckets.dest) as (client, fast_s3):
+        for name, call in calls.items():
+            results = []
+            for api in (client, fast_s3):
+                proxy.add_rule(Rule("internal_in_200", method="PUT", times=1, retry_after=2.0))
+                results.append(await outcome(call, api))
+            proxy.clear_faults()
+            assert results[0] == results[1], name
+            assert results[1][:2] == ("InternalError", True), name
+        # the streamed PUT answers through the same check
+        proxy.add_rule(Rule("internal_in_200", method="PUT", times=1))
+
+        async def chunks() -> Any:
+            yield body
+
+        with pytest.raises(Exception) as raised:
+            await fast_s3.put_object_stream(
+                {"Bucket": buckets.dest, "Key": "s", "ContentMD5": md5}, len(body), chunks()
+            )
+        assert classify(raised.value).code == "InternalError"
+        assert fast_s3.enabled
+    assert proxy.faults_injected() == {"internal_in_200": 5}
+
+
+async def test_a_streamed_body_that_fails_raises_its_own_error_not_a_network_one(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """aiohttp reports a request body that raises as a connection failure; a staged file cut
+    short (``_file_chunks``' IntegrityError) must be reported and retried as itself, not as
+    "Could not connect to the endpoint URL". A local OSError stays a retryable object error
+    (raised as it is, it would end the run). Nothing is stored, and the pool goes on."""
+    body = os.urandom(10_000)
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    params = {"Bucket": buckets.dest, "Key": "s", "ContentMD5": md5}
+
+    async def failing(failure: Exception) -> AsyncIterator[bytes]:
+        yield body[:4096]
+        raise failure
+
+    async with both_paths(s3_server.endpoint, buckets.dest) as (_, fast_s3):
+        short = IntegrityError("the staged file ended at 4096 of 10000 bytes")
+        with pytest.raises(IntegrityError) as raised:
+            await fast_s3.put_object_stream(params, len(body), failing(short))
+        assert raised.value is short and classify(raised.value).retryable
+        gone = FileNotFoundError(2, "No such file or directory", "/stage/gone")
+        with pytest.raises(Exception) as raised_os:
+            await fast_s3.put_object_stream(params, len(body), failing(gone))
+        assert classify(raised_os.value).retryable
+        assert "Contents" not in s3.list_objects_v2(Bucket=buckets.dest)
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield body
+
+        answer = await fast_s3.put_object_stream(params, len(body), whole())
+        assert answer is not None and answer["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert s3.get_object(Bucket=buckets.dest, Key="s")["Body"].read() == body

@@ -19,6 +19,7 @@ from botocore.utils import parse_timestamp
 from asyncbackup.fasts3.responses import (
     copy_object_output,
     parse_error,
+    put_output,
     read_timestamp,
     response_fields,
 )
@@ -199,6 +200,31 @@ def test_an_error_in_a_200_copy_answer_is_raised_as_botocore_raises_it(body: byt
     assert ours["ResponseMetadata"]["HTTPStatusCode"] == 500
     assert raised.value.operation_name == "CopyObject"
     assert classify(raised.value).retryable  # retried like any 500 or SlowDown
+
+
+@pytest.mark.parametrize("operation", ["PutObject", "UploadPart"])
+@pytest.mark.parametrize("body", COPY_ERRORS)
+def test_an_error_in_a_200_put_answer_is_raised_as_botocore_raises_it(
+    body: bytes, operation: str
+) -> None:
+    """botocore's 200-error check covers every operation without a streamed output."""
+    response = {"status_code": 200, "headers": {"x-amz-request-id": "R3"}, "body": body}
+    model = MODEL.operation_model(operation)
+    handlers._handle_200_error(model, response)
+    assert response["status_code"] == 500  # botocore then raises the parsed error
+    theirs = RestXMLParser().parse(response, model.output_shape)
+    with pytest.raises(ClientError) as raised:
+        put_output([("x-amz-request-id", "R3")], 200, body, operation)
+    assert raised.value.response["Error"] == theirs["Error"]
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert raised.value.operation_name == operation
+    assert classify(raised.value).retryable
+
+
+def test_a_put_answer_without_a_body_is_its_headers() -> None:
+    headers = [("ETag", '"9b2cf535f27731c974343645a3985328"'), ("x-amz-request-id", "R")]
+    assert put_output(headers, 200, b"", "PutObject") == response_fields(headers, 200)
+    assert put_output(headers, 204, b"not xml", "UploadPart")["ETag"] == headers[0][1]
 
 
 def test_copy_object_timestamps_are_the_instants_botocore_reads() -> None:

@@ -5,9 +5,12 @@ request is stopped in ``before-sign``, where the probe reads it."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 from pathlib import Path
 
+import certifi
 import pytest
+from botocore.httpsession import get_cert_path
 
 from asyncbackup.fasts3.signer import encode_key
 from asyncbackup.fasts3.target import Target, host_header, prepared_get, probe_target
@@ -69,3 +72,33 @@ def test_host_header_drops_default_ports() -> None:
     assert host_header("https://h:80/x") == "h:80"
     assert host_header("http://[::1]:9000/x") == "[::1]:9000"
     assert encode_key("x") == "x"
+
+
+async def test_tls_trusts_the_ca_bundle_botocore_trusts_and_no_other(
+    aws_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``AWS_CA_BUNDLE`` (or ``verify=``) botocore trusts that bundle only, not the
+    system's store: a certificate from any other CA is refused, and so it is here."""
+    pem = Path(certifi.where()).read_text()
+    first = pem[pem.index("-----BEGIN CERTIFICATE-----") :]
+    first = first[: first.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_text(first + "\n")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    async with contextlib.AsyncExitStack() as stack:
+        client, target = await open_target(stack, "https://127.0.0.1:9443", "us-east-1", "b")
+        assert isinstance(target, Target), target
+        assert isinstance(target.ssl, ssl.SSLContext)
+        assert client._endpoint.http_session._verify == str(bundle)  # type: ignore[attr-defined]
+        trusted = target.ssl.get_ca_certs(binary_form=True)
+        assert trusted == [ssl.PEM_cert_to_DER_cert(first)]
+        assert target.ssl.verify_mode == ssl.CERT_REQUIRED and target.ssl.check_hostname
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)  # botocore honours it too
+    async with contextlib.AsyncExitStack() as stack:  # no bundle: botocore's own (certifi's)
+        client, target = await open_target(stack, "https://127.0.0.1:9443", "us-east-1", "b")
+        assert isinstance(target, Target) and isinstance(target.ssl, ssl.SSLContext)
+        verify = client._endpoint.http_session._verify  # type: ignore[attr-defined]
+        assert get_cert_path(verify) == certifi.where()
+        expected = ssl.create_default_context(cafile=certifi.where())
+        assert target.ssl.get_ca_certs(binary_form=True) == expected.get_ca_certs(True)
