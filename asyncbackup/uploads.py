@@ -52,8 +52,9 @@ class UploadJournal:
 
     def __init__(self, notes: Notes) -> None:
         self.notes = notes
-        #: keys with an upload whose abort has not (yet) succeeded: still recorded, and a
-        #: later upload of the same key must not let the checkpoint forget them
+        #: keys that may have an upload not aborted (its abort failed or was cut short, or
+        #: its create was, its id unknown): still recorded, and a later upload of the same
+        #: key must not let the checkpoint forget them
         self.unaborted: set[str] = set()
 
     async def starting(self, key: str) -> None:
@@ -117,8 +118,8 @@ async def tracked_upload(
 
     def others_may_exist() -> bool:
         """Whether other uploads of the key may exist: an earlier create whose answer was
-        lost, or an earlier upload of the key whose abort failed (this upload's record
-        replaced its record, so only a sweep of the key still finds it)."""
+        lost, or an earlier upload of the key not aborted (this upload's record replaced its
+        record, so only a sweep of the key still finds it)."""
         return creates > 1 or (journal is not None and key in journal.unaborted)
 
     def abort(upload_id: str) -> Awaitable[None]:
@@ -134,6 +135,8 @@ async def tracked_upload(
     except BaseException:
         if creates > 1:  # an earlier attempt may have created one whose answer was lost
             await run_to_completion(sweep(None), ABORT_TIMEOUT)
+        elif journal is not None:  # cancelled, it may have made one all the same: the
+            journal.unaborted.add(key)  # next upload of the key sweeps it (or the run's end)
         raise
     upload_id: str = upload["UploadId"]
     try:

@@ -35,3 +35,21 @@ async def test_an_upload_whose_abort_failed_is_not_forgotten_by_the_retry_of_its
     assert len(proxy.seen(method="POST", path="/data/big.bin$")) >= 3  # 2 creates, 1 complete
     # the first upload was aborted after all: nothing leaks at the destination
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+
+
+async def test_an_upload_whose_create_was_cut_short_is_aborted_after_its_object_is_copied(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=os.urandom(2 * PART + 10))
+    # The first download is corrupted; by the time it has failed, the server has created the
+    # first upload but not yet answered: that create is cancelled, its upload id never known.
+    proxy.add_rule(Rule("corrupt", method="GET", path="/data/big.bin$", times=1))
+    proxy.add_rule(Rule(None, method="POST", query="uploads", times=1, delay_after_forward=2.0))
+    report = await backup_data(
+        buckets, tmp_path, proxy.endpoint, multipart_threshold=PART, part_size=PART
+    )
+    assert report.exit_code == 0, report.errors
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+    creates = [r for r in proxy.seen(method="POST", path="/data/big.bin$") if r.query == "uploads"]
+    assert len(creates) == 2 and creates[0].status is None  # the first one cut short
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
