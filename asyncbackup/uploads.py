@@ -52,6 +52,10 @@ class UploadJournal:
 
     def __init__(self, notes: Notes) -> None:
         self.notes = notes
+        #: keys that may have an upload not aborted (its abort failed or was cut short, or
+        #: its create was, its id unknown): still recorded, and a later upload of the same
+        #: key must not let the checkpoint forget them
+        self.unaborted: set[str] = set()
 
     async def starting(self, key: str) -> None:
         await self.notes.note_durably(SECTION, key, PENDING)
@@ -101,13 +105,22 @@ async def tracked_upload(
 
     async def forget_after(cleanup: Awaitable[Any], uploads: str) -> None:
         """Once ``cleanup`` (an abort) is done, the checkpoint forgets the key's uploads."""
+        if journal is not None:  # until the abort is known to be done (not cancelled)
+            journal.unaborted.add(key)
         try:
             await cleanup
         except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
             log.warning("could not abort %s of %s: %s", uploads, key, exc)
             return
         if journal is not None:
+            journal.unaborted.discard(key)
             journal.finished(key)
+
+    def others_may_exist() -> bool:
+        """Whether other uploads of the key may exist: an earlier create whose answer was
+        lost, or an earlier upload of the key not aborted (this upload's record replaced its
+        record, so only a sweep of the key still finds it)."""
+        return creates > 1 or (journal is not None and key in journal.unaborted)
 
     def abort(upload_id: str) -> Awaitable[None]:
         return forget_after(abort_upload(client, bucket, key, upload_id), f"{what} {upload_id}")
@@ -122,6 +135,8 @@ async def tracked_upload(
     except BaseException:
         if creates > 1:  # an earlier attempt may have created one whose answer was lost
             await run_to_completion(sweep(None), ABORT_TIMEOUT)
+        elif journal is not None:  # cancelled, it may have made one all the same: the
+            journal.unaborted.add(key)  # next upload of the key sweeps it (or the run's end)
         raise
     upload_id: str = upload["UploadId"]
     try:
@@ -129,9 +144,10 @@ async def tracked_upload(
             await journal.started(key, upload_id)
         yield upload_id
     except BaseException:
-        await run_to_completion(abort(upload_id) if creates == 1 else sweep(None), ABORT_TIMEOUT)
+        cleanup = sweep(None) if others_may_exist() else abort(upload_id)
+        await run_to_completion(cleanup, ABORT_TIMEOUT)
         raise
-    if creates > 1:
+    if others_may_exist():
         await run_to_completion(sweep(upload_id), ABORT_TIMEOUT)
     elif journal is not None:
         journal.finished(key)

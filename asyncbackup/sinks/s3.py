@@ -20,7 +20,7 @@ from botocore.compat import HAS_CRT
 
 from ..bandwidth import TokenBucket
 from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
-from ..config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
+from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..partfeed import ByteBudget, PartFeed
@@ -263,10 +263,11 @@ class S3Sink:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
 
     def part_size_of(self, size: int, source_part_size: int | None) -> int | None:
-        """The part size ``put`` uploads an object in, or None for a single PUT."""
+        """The part size ``put`` uploads an object in, or None for a single PUT (never over
+        5 GiB, which S3 refuses, whatever the threshold)."""
         if source_part_size is not None and self._layout_allowed(source_part_size, size):
             return source_part_size
-        if size >= self.multipart_threshold:
+        if size >= self.multipart_threshold or size > S3_MAX_PART_SIZE:
             return self.part_size_for(size)
         return None
 

@@ -137,6 +137,24 @@ def _write_part(out: BinaryIO, data: bytearray, whole: Any, hasher: Hasher) -> D
     return hasher(data)
 
 
+def _staged_multipart_etag(out: BinaryIO, path: Path, sizes: Sequence[int]) -> str:
+    """The multipart ETag of the file ``out`` is writing to ``path``, cut in parts of
+    ``sizes`` (blocking: one worker-thread call)."""
+    out.flush()
+    md5s: list[bytes] = []
+    with path.open("rb") as handle:
+        for size in sizes:
+            digest = hashlib.md5(usedforsecurity=False)
+            left = size
+            while left and (block := handle.read(min(left, 8 * CHUNK))):
+                digest.update(block)
+                left -= len(block)
+            if left:
+                raise IntegrityError(f"the staged file ended {left} bytes short of its parts")
+            md5s.append(digest.digest())
+    return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(sizes)}"
+
+
 class _Receiver:
     """Where the bytes of a download go, in order, resumed or not."""
 
@@ -511,14 +529,40 @@ class S3Source:
                 if multipart_parts(fetched.etag) and same_layout and fetched.digest_etag:
                     etag = receiver.multipart_etag()
                     if etag != clean_etag(fetched.etag):
-                        raise IntegrityError(
-                            f"MD5 of the downloaded parts {etag} differs from ETag {fetched.etag}"
-                        )
+                        await self._check_other_layout(item.key, fetched, receiver, tmp, etag)
+                        # good in the source's true layout, not in the one the copy has: the
+                        # copy's ETag differs from the source's (read by the upload once
+                        # ``verified``)
+                        described.source_part_size = None
                 receiver.feed.verified.set_result(None)
                 await uploading
         except BaseExceptionGroup as group:
             raise primary_error(group) from None
         return fetched
+
+    async def _check_other_layout(
+        self, key: str, fetched: FetchedObject, receiver: _PartReceiver, tmp: Path, etag: str
+    ) -> None:
+        """A download whose parts' MD5s do not make the source's multipart ETag in the layout
+        its first part suggested. S3 only asks that no part but the last is under 5 MiB, so
+        the source's parts may differ in size (5, 6 and 1 MiB look like 5, 5 and 2 MiB from
+        the first part): their true sizes (``HEAD ?partNumber=`` each) tell. The download is
+        good only if it makes the source's ETag in them; otherwise it is an
+        ``IntegrityError`` as before."""
+        mismatch = IntegrityError(
+            f"MD5 of the downloaded parts {etag} differs from ETag {fetched.etag}"
+        )
+        parts = multipart_parts(fetched.etag)
+        assert parts is not None, "a multipart ETag"
+        sizes = await self.first_part.sizes(key, parts)
+        assumed = [receiver.part_size] * (parts - 1)
+        assumed.append(fetched.size - sum(assumed))
+        if sizes is None or sum(sizes) != fetched.size or sizes == assumed:
+            raise mismatch
+        true_etag = await asyncio.to_thread(_staged_multipart_etag, receiver.out, tmp, sizes)
+        if true_etag != clean_etag(fetched.etag):
+            raise mismatch
+        log.debug("%s: its source parts are not all the size of the first", key)
 
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """A small object: received in memory, verified, then staged by one file operation
@@ -615,6 +659,14 @@ class S3Source:
         return part_size
 
 
+#: how many ``HEAD ?partNumber=`` of one object are in flight at once (``sizes``)
+_LAYOUT_PROBES = 8
+
+
+class _Refused(Exception):
+    """The server refuses ``HEAD ?partNumber=``."""
+
+
 def refuses_part_number(exc: ClientError) -> bool:
     """Whether ``exc`` is a server saying it does not do ``HEAD ?partNumber=`` (a 501, or a
     400 without another name), not a failure of the request as such (throttling, a 5xx worth
@@ -640,13 +692,13 @@ class FirstPartProbe:
         self.retry = retry
         self.refused = 0  # objects whose HEAD ?partNumber=1 the server refused
 
-    async def head(self, key: str) -> dict[str, Any] | None:
+    async def head(self, key: str, number: int = 1) -> dict[str, Any] | None:
         async def attempt() -> dict[str, Any] | None:
             try:
                 # No If-Match: some servers answer with the part's ETag. A change in between
                 # shows up as an ETag mismatch of the copy, which is retried.
                 answer: dict[str, Any] = await self.client.head_object(
-                    Bucket=self.bucket, Key=key, PartNumber=1
+                    Bucket=self.bucket, Key=key, PartNumber=number
                 )
             except ClientError as exc:
                 if not refuses_part_number(exc):
@@ -656,6 +708,30 @@ class FirstPartProbe:
             return answer
 
         return await self.retry.call(attempt)
+
+    async def sizes(self, key: str, parts: int) -> list[int] | None:
+        """The length of each of an object's ``parts`` (a ``HEAD ?partNumber=`` each, a few
+        at a time), or None when the server refuses them."""
+        sizes = [0] * parts
+        numbers = iter(range(parts))
+
+        async def prober() -> None:
+            for index in numbers:
+                head = await self.head(key, index + 1)
+                if head is None:
+                    raise _Refused
+                sizes[index] = int(head.get("ContentLength", 0))
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(_LAYOUT_PROBES, parts)):
+                    tg.create_task(prober())
+        except BaseExceptionGroup as group:
+            error = primary_error(group)
+            if isinstance(error, _Refused):
+                return None
+            raise error from None
+        return sizes
 
     def _refused(self, exc: ClientError) -> None:
         self.refused += 1

@@ -97,7 +97,11 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
     assert len(object_gets(proxy)) == 2  # the corrupted one and the retry
     assert len(completes(proxy)) == 1  # only the retry's upload was completed
     aborts = [r for r in proxy.requests if r.method == "DELETE" and "uploadId=" in r.query]
-    assert len(aborts) == 1
+    # The first upload is aborted (twice when moto answers 500 to an abort racing a part
+    # upload the cancellation cut short; none when the failure cut its create short): then
+    # the retry's completed upload sweeps the key. Never the completed one.
+    assert len({r.query for r in aborts}) <= 1
+    assert all(r.query != completes(proxy)[0].query for r in aborts)
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
 

@@ -1,0 +1,55 @@
+"""A multipart upload whose abort failed stays recorded until it is aborted, even when the
+object's next attempt uploads the same key and completes (against moto, through the proxy)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Buckets
+from tests.helpers import MiB, assert_same_objects, backup_data
+from tests.proxy import Rule, S3Proxy
+
+PART = 5 * MiB
+
+
+async def test_an_upload_whose_abort_failed_is_not_forgotten_by_the_retry_of_its_object(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=os.urandom(2 * PART + 10))
+    # The first upload fails (part 2 refused by both of its attempts), and its abort fails
+    # once; the object is retried, and its second upload of the same key completes.
+    proxy.add_rule(Rule("internal", method="PUT", query="partNumber=2", times=2))
+    proxy.add_rule(Rule("internal", method="DELETE", query="uploadId", times=1))
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        max_attempts=2,
+        multipart_threshold=PART,
+        part_size=PART,
+    )
+    assert report.exit_code == 0, report.errors
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+    assert len(proxy.seen(method="POST", path="/data/big.bin$")) >= 3  # 2 creates, 1 complete
+    # the first upload was aborted after all: nothing leaks at the destination
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+
+
+async def test_an_upload_whose_create_was_cut_short_is_aborted_after_its_object_is_copied(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=os.urandom(2 * PART + 10))
+    # The first download is corrupted; by the time it has failed, the server has created the
+    # first upload but not yet answered: that create is cancelled, its upload id never known.
+    proxy.add_rule(Rule("corrupt", method="GET", path="/data/big.bin$", times=1))
+    proxy.add_rule(Rule(None, method="POST", query="uploads", times=1, delay_after_forward=2.0))
+    report = await backup_data(
+        buckets, tmp_path, proxy.endpoint, multipart_threshold=PART, part_size=PART
+    )
+    assert report.exit_code == 0, report.errors
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+    creates = [r for r in proxy.seen(method="POST", path="/data/big.bin$") if r.query == "uploads"]
+    assert len(creates) == 2 and creates[0].status is None  # the first one cut short
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
