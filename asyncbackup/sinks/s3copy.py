@@ -4,7 +4,8 @@ For when one set of credentials can read the source and write the destination on
 S3 service (``--direct``): no byte passes through this machine. A single-part object is one
 CopyObject (metadata copied; its ETag, the MD5, must come back unchanged); a multipart object
 is rebuilt with UploadPartCopy in its own part layout, so the copy's ETag equals the source's
-and is checked. A failed multipart copy is aborted, shielded from cancellation. CopyObject goes
+and is checked (the layout is read from the first part; a source whose parts are not all that
+size is copied again in its true part sizes, a HEAD each). A failed multipart copy is aborted, shielded from cancellation. CopyObject goes
 through the fast path (``fasts3``) when the destination bucket has one; multipart stays on
 botocore.
 """
@@ -105,7 +106,24 @@ class ServerSideCopier:
 
     async def _copy_parts(self, item: WorkItem, parts: int | None) -> None:
         part_size, same_layout = await self._layout(item, parts)
-        count = max(1, -(-item.size // part_size))
+        sizes = _even_parts(item.size, part_size)
+        etag, encrypted = await self._copy_in(item, sizes)
+        if not same_layout or encrypted or etag == clean_etag(item.etag):
+            return
+        mismatch = IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+        # S3 asks only that no part but the last is under 5 MiB: parts of 5, 6 and 1 MiB look
+        # like 5, 5 and 2 from the first part. Their true sizes (a HEAD each) tell; the copy
+        # is made again in them, and must then have the source's ETag.
+        true_sizes = await self.first_part.sizes(item.key, parts) if parts else None
+        if true_sizes is None or true_sizes == sizes or sum(true_sizes) != item.size:
+            raise mismatch
+        etag, encrypted = await self._copy_in(item, true_sizes)
+        if not encrypted and etag != clean_etag(item.etag):
+            raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+
+    async def _copy_in(self, item: WorkItem, sizes: list[int]) -> tuple[str, bool]:
+        """Copy ``item`` by UploadPartCopy in parts of ``sizes``; the copy's ETag, and
+        whether its encryption makes that ETag no MD5."""
         key = self.dest_key(item.key)
         head = await self.retry.call(
             functools.partial(self.client.head_object, Bucket=self.source_bucket, Key=item.key)
@@ -115,16 +133,17 @@ class ServerSideCopier:
                      "ContentLanguage", "Metadata"):  # fmt: skip
             if head.get(name):
                 create[name] = head[name]
+        starts = [sum(sizes[:index]) for index in range(len(sizes))]
         async with tracked_upload(
             self.client, self.retry, self.journal, create, what="multipart copy"
         ) as upload_id:
-            done: list[dict[str, Any]] = [{} for _ in range(count)]
-            numbers = iter(range(count))
+            done: list[dict[str, Any]] = [{} for _ in sizes]
+            numbers = iter(range(len(sizes)))
 
             async def part_worker() -> None:
                 for index in numbers:
-                    first = index * part_size
-                    last = min(item.size, first + part_size) - 1
+                    first = starts[index]
+                    last = first + sizes[index] - 1
                     answer = await self.retry.call(
                         functools.partial(
                             self.client.upload_part_copy,
@@ -143,7 +162,7 @@ class ServerSideCopier:
                     }
 
             async with asyncio.TaskGroup() as tg:
-                for _ in range(min(self.part_concurrency, count)):
+                for _ in range(min(self.part_concurrency, len(sizes))):
                     tg.create_task(part_worker())
             response = await self.retry.call(
                 functools.partial(
@@ -154,7 +173,12 @@ class ServerSideCopier:
                     MultipartUpload={"Parts": done},
                 )
             )
-            etag = clean_etag(str(response.get("ETag", "")))
-            encrypted = response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
-            if same_layout and not encrypted and etag != clean_etag(item.etag):
-                raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+        etag = clean_etag(str(response.get("ETag", "")))
+        return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
+
+
+def _even_parts(size: int, part_size: int) -> list[int]:
+    """``size`` bytes cut in parts of ``part_size``, the last one shorter (one part of 0
+    bytes for an empty object)."""
+    count = max(1, -(-size // part_size))
+    return [min(part_size, size - index * part_size) for index in range(count)]

@@ -50,3 +50,20 @@ async def test_a_corrupted_download_of_such_a_source_is_never_completed(
     assert len(completes(proxy)) == 1  # only the retry's upload was completed
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
+
+
+async def test_a_direct_copy_of_such_a_source_is_made_in_its_true_layout(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Server-side, the first copy (in the layout the first part suggests) gets another ETag;
+    the true part sizes are asked for and the copy is made again in them: same ETag."""
+    put_multipart(s3, buckets.source, "data/uneven.bin", UNEVEN)
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
+    assert report.exit_code == 0, report.errors  # was: "copy ETag differs" on every attempt
+    source = s3.head_object(Bucket=buckets.source, Key="data/uneven.bin")
+    copy = s3.head_object(Bucket=buckets.dest, Key="data/uneven.bin")
+    assert copy["ETag"] == source["ETag"] and copy["ContentLength"] == sum(UNEVEN)
+    heads = [r for r in proxy.requests if r.method == "HEAD" and "partNumber=" in r.query]
+    assert len(heads) == 1 + len(UNEVEN)  # the first part's, then one per part
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
