@@ -38,6 +38,10 @@ def completes(proxy: S3Proxy) -> list[Recorded]:
     return [r for r in proxy.requests if r.method == "POST" and "uploadId=" in r.query]
 
 
+def creates(proxy: S3Proxy) -> list[Recorded]:
+    return [r for r in proxy.requests if r.method == "POST" and r.query == "uploads"]
+
+
 async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: Any) -> Any:
     return await backup_data(
         buckets,
@@ -99,6 +103,28 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
     aborts = [r for r in proxy.requests if r.method == "DELETE" and "uploadId=" in r.query]
     assert len(aborts) == 1
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+
+
+async def test_an_upload_created_as_the_download_failed_is_aborted(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """The download fails (corrupted) while CreateMultipartUpload is on its way: the server
+    made the upload, but its answer never reached the cancelled create. That upload is found
+    (ListMultipartUploads of the key) and aborted, not left behind for ever: the retry's
+    success clears the record a later run would have aborted it from."""
+    put_multipart(s3, buckets.source, "data/obj", [PART, PART, 77])
+    # dripped (about 1 s): the upload's create is sent before the download fails
+    proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1, drip=0.025))
+    # the first create reaches moto, its answer comes long after the download has failed
+    proxy.add_rule(Rule(None, method="POST", query="uploads", times=1, delay_after_forward=5))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    assert len(creates(proxy)) == 2  # the one whose answer was lost and the retry's
+    assert len(completes(proxy)) == 1
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    aborts = [r for r in proxy.requests if r.method == "DELETE" and "uploadId=" in r.query]
+    assert len(aborts) == 1
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
 
 
