@@ -88,12 +88,17 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
 ) -> None:
     """Bytes flipped in the GET's answer: the parts' MD5s (or the whole MD5) differ from the
     source's ETag, so that upload is aborted, never completed; the retry copies it right
-    (parts sent by the fast path, or by botocore)."""
+    (parts sent by the fast path, or by botocore).
+
+    The corrupted body is dripped (about 1 s) so that the upload is normally created before
+    the download fails. Not always: on a loaded machine the failure may come first and
+    cancel the upload before its CreateMultipartUpload is sent (then there is nothing to
+    abort), so what is checked is that every upload created but not completed is aborted."""
     if multipart_source:
         put_multipart(s3, buckets.source, "data/obj", [PART, PART, 77])
     else:
         s3.put_object(Bucket=buckets.source, Key="data/obj", Body=os.urandom(2 * PART + 77))
-    proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1))
+    proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1, drip=0.025))
     report = await backup(buckets, tmp_path, proxy, fast_path=fast_path)
     agents = {u.headers["user-agent"] == USER_AGENT for u in part_uploads(proxy)}
     assert agents == {fast_path}
@@ -101,7 +106,8 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
     assert len(object_gets(proxy)) == 2  # the corrupted one and the retry
     assert len(completes(proxy)) == 1  # only the retry's upload was completed
     aborts = [r for r in proxy.requests if r.method == "DELETE" and "uploadId=" in r.query]
-    assert len(aborts) == 1
+    assert 1 <= len(creates(proxy)) <= 2
+    assert len(aborts) == len(creates(proxy)) - 1
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
 
