@@ -68,7 +68,8 @@ class LocalIO:
 @contextlib.asynccontextmanager
 async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
     """``open(path, "wb")`` in a worker thread, closed in one. Cancelled while the open runs,
-    the file that thread goes on to open is closed too (``aiofiles.open`` would leak it)."""
+    the file that thread goes on to open is closed too (``aiofiles.open`` would leak it);
+    cancelled while the close waits for its thread, the block is left once it is closed."""
     opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
     try:
         raw = await asyncio.shield(opening)
@@ -78,7 +79,25 @@ async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
     try:
         yield raw
     finally:
-        await asyncio.to_thread(raw.close)
+        await _close(raw)
+
+
+async def _close(raw: BinaryIO) -> None:
+    """``raw.close()`` in a worker thread, done when this returns even if cancelled meanwhile.
+
+    An executor call cancelled before a thread took it (every thread busy: a loaded machine)
+    never runs, and the file would stay open until the garbage collector finds it. So a
+    cancellation waits for the close, then propagates (its error, if any, is dropped)."""
+    closing = asyncio.get_running_loop().run_in_executor(None, raw.close)
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        while not closing.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([closing])
+        if not closing.cancelled():
+            closing.exception()  # retrieved: the cancellation is what propagates
+        raise
 
 
 def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:

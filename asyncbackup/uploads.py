@@ -90,17 +90,25 @@ async def tracked_upload(
 
     The upload is recorded in ``journal`` before it can exist and once its id is known. The
     block failing (or cancelled) aborts it; the block done lets the checkpoint forget it.
-    When more than one create was sent, an earlier one may have made an upload whose answer
-    was lost: every other upload of the key is then aborted too (kept recorded until then).
+    When more than one create was sent, or the only one was cut short (cancelled while on its
+    way), an earlier one may have made an upload whose answer was lost: every other upload of
+    the key is then aborted too (kept recorded until then).
     ``what`` names it in warnings.
     """
     bucket, key = create["Bucket"], create["Key"]
     creates = 0
+    unanswered = False  # a create was cut short (cancelled, connection lost): made or not?
 
     async def create_upload() -> dict[str, Any]:
-        nonlocal creates
+        nonlocal creates, unanswered
         creates += 1
-        result: dict[str, Any] = await client.create_multipart_upload(**create)
+        unanswered = True
+        try:
+            result: dict[str, Any] = await client.create_multipart_upload(**create)
+        except ClientError:  # the server's answer: no upload was made
+            unanswered = False
+            raise
+        unanswered = False
         return result
 
     async def forget_after(cleanup: Awaitable[Any], uploads: str) -> None:
@@ -133,10 +141,15 @@ async def tracked_upload(
     try:
         upload = await retry.call(create_upload)
     except BaseException:
-        if creates > 1:  # an earlier attempt may have created one whose answer was lost
+        # An earlier attempt, or this one cut short (the block's failure cancelling it while
+        # the request was on its way), may have created one whose answer was lost. With a
+        # journal the key stays recorded and marked: the next upload of the key sweeps it
+        # once done, or the next run does (a sweep now could list the key before the server
+        # has made the upload). Without one, the key is swept now.
+        if creates > 1 or (unanswered and journal is None):
             await run_to_completion(sweep(None), ABORT_TIMEOUT)
-        elif journal is not None:  # cancelled, it may have made one all the same: the
-            journal.unaborted.add(key)  # next upload of the key sweeps it (or the run's end)
+        elif journal is not None and unanswered:
+            journal.unaborted.add(key)
         raise
     upload_id: str = upload["UploadId"]
     try:

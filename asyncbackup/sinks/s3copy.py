@@ -5,9 +5,9 @@ S3 service (``--direct``): no byte passes through this machine. A single-part ob
 CopyObject (metadata copied; its ETag, the MD5, must come back unchanged); a multipart object
 is rebuilt with UploadPartCopy in its own part layout, so the copy's ETag equals the source's
 and is checked (the layout is read from the first part; a source whose parts are not all that
-size is copied again in its true part sizes, a HEAD each). A failed multipart copy is aborted, shielded from cancellation. CopyObject goes
-through the fast path (``fasts3``) when the destination bucket has one; multipart stays on
-botocore.
+size is copied again in its true part sizes, a HEAD each). A failed multipart copy is
+aborted, shielded from cancellation. CopyObject goes through the fast path (``fasts3``) when
+the destination bucket has one; multipart stays on botocore.
 """
 
 from __future__ import annotations

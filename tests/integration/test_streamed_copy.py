@@ -38,6 +38,10 @@ def completes(proxy: S3Proxy) -> list[Recorded]:
     return [r for r in proxy.requests if r.method == "POST" and "uploadId=" in r.query]
 
 
+def creates(proxy: S3Proxy) -> list[Recorded]:
+    return [r for r in proxy.requests if r.method == "POST" and r.query == "uploads"]
+
+
 async def backup(buckets: Buckets, tmp_path: Path, proxy: S3Proxy, **options: Any) -> Any:
     return await backup_data(
         buckets,
@@ -84,12 +88,17 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
 ) -> None:
     """Bytes flipped in the GET's answer: the parts' MD5s (or the whole MD5) differ from the
     source's ETag, so that upload is aborted, never completed; the retry copies it right
-    (parts sent by the fast path, or by botocore)."""
+    (parts sent by the fast path, or by botocore).
+
+    The corrupted body is dripped (about 1 s) so that the upload is normally created before
+    the download fails. Not always: on a loaded machine the failure may come first and
+    cancel the upload before its CreateMultipartUpload is sent (then there is nothing to
+    abort), so what is checked is that every upload created but not completed is aborted."""
     if multipart_source:
         put_multipart(s3, buckets.source, "data/obj", [PART, PART, 77])
     else:
         s3.put_object(Bucket=buckets.source, Key="data/obj", Body=os.urandom(2 * PART + 77))
-    proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1))
+    proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1, drip=0.025))
     report = await backup(buckets, tmp_path, proxy, fast_path=fast_path)
     agents = {u.headers["user-agent"] == USER_AGENT for u in part_uploads(proxy)}
     assert agents == {fast_path}
@@ -97,12 +106,36 @@ async def test_a_corrupted_download_is_never_completed_at_the_destination(
     assert len(object_gets(proxy)) == 2  # the corrupted one and the retry
     assert len(completes(proxy)) == 1  # only the retry's upload was completed
     aborts = [r for r in proxy.requests if r.method == "DELETE" and "uploadId=" in r.query]
-    # The first upload is aborted (twice when moto answers 500 to an abort racing a part
-    # upload the cancellation cut short; none when the failure cut its create short): then
-    # the retry's completed upload sweeps the key. Never the completed one.
-    assert len({r.query for r in aborts}) <= 1
-    assert all(r.query != completes(proxy)[0].query for r in aborts)
+    # Every upload created but not completed is aborted, never the completed one (an abort
+    # may be sent twice: moto answers 500 to one racing a part upload the cancellation cut
+    # short, and the retry's sweep of the key aborts it again).
+    assert 1 <= len(creates(proxy)) <= 2
+    aborted = {r.query for r in aborts}
+    assert len(aborted) == len(creates(proxy)) - 1
+    assert completes(proxy)[0].query not in aborted
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+
+
+async def test_an_upload_created_as_the_download_failed_is_aborted(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """The download fails (corrupted) while CreateMultipartUpload is on its way: the server
+    made the upload, but its answer never reached the cancelled create. That upload is found
+    (ListMultipartUploads of the key) and aborted, not left behind for ever: the retry's
+    success clears the record a later run would have aborted it from."""
+    put_multipart(s3, buckets.source, "data/obj", [PART, PART, 77])
+    # dripped (about 1 s): the upload's create is sent before the download fails
+    proxy.add_rule(Rule("corrupt", method="GET", path="/data/obj$", times=1, drip=0.025))
+    # the first create reaches moto, its answer comes long after the download has failed
+    proxy.add_rule(Rule(None, method="POST", query="uploads", times=1, delay_after_forward=5))
+    report = await backup(buckets, tmp_path, proxy)
+    assert report.exit_code == 0, report.errors
+    assert len(creates(proxy)) == 2  # the one whose answer was lost and the retry's
+    assert len(completes(proxy)) == 1
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    aborts = [r for r in proxy.requests if r.method == "DELETE" and "uploadId=" in r.query]
+    assert len(aborts) == 1
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from asyncbackup.localio import LocalIO
+from asyncbackup.localio import LocalIO, open_for_writing
 
 
 def where() -> int:
@@ -54,3 +58,43 @@ async def test_errors_propagate_and_are_timed() -> None:
     with pytest.raises(FileNotFoundError):
         await local.run(failing)
     assert not local.inline
+
+
+async def test_a_file_is_closed_when_its_task_is_cancelled_during_the_close(
+    tmp_path: Path,
+) -> None:
+    """The block is done, and the close waits for a worker thread (every one busy: a loaded
+    machine) when the task is cancelled. The file is closed all the same, before the
+    cancellation propagates: a ``to_thread`` call cancelled before a thread took it never
+    runs, and the file stayed open until the garbage collector found it."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # this test's loop only
+    release = threading.Event()
+    handles: list[BinaryIO] = []
+    blocked: list[asyncio.Future[bool]] = []
+
+    async def write() -> None:
+        async with open_for_writing(tmp_path / "staged") as handle:
+            handle.write(b"data")
+            blocked.append(loop.run_in_executor(None, release.wait))  # the only thread, taken
+            handles.append(handle)
+        # the close is queued behind the blocked thread from here on
+
+    task = asyncio.create_task(write())
+    try:
+        while not handles:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not task.done()  # waiting for the close
+        task.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert handles[0].closed
+        assert (tmp_path / "staged").read_bytes() == b"data"
+    finally:
+        release.set()
+        await asyncio.gather(*blocked)
+        for handle in handles:
+            handle.close()
