@@ -452,6 +452,19 @@ def _same_job(
     return mine == (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
 
 
+def check_identity(
+    path: Path, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
+) -> None:
+    """Raise ``CheckpointMismatchError`` when ``state`` (read from ``path``) is another job's."""
+    if not _same_job(state, source_bucket, source_path, dest_bucket):
+        theirs = (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
+        raise CheckpointMismatchError(
+            f"checkpoint {path} belongs to another job (s3://{theirs[0]}/{theirs[1]} -> "
+            f"{theirs[2]}); use --checkpoint-dir to keep this job's checkpoint elsewhere, "
+            "or --ignore-checkpoints to replace it"
+        )
+
+
 async def _to_the_end(future: concurrent.futures.Future[None]) -> None:
     try:
         await asyncio.shield(asyncio.wrap_future(future))
@@ -562,13 +575,7 @@ class CheckpointManager:
     def _check_identity(
         self, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
     ) -> None:
-        if not _same_job(state, source_bucket, source_path, dest_bucket):
-            theirs = (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
-            raise CheckpointMismatchError(
-                f"checkpoint {self.path} belongs to another job (s3://{theirs[0]}/{theirs[1]} -> "
-                f"{theirs[2]}); use --checkpoint-dir to keep this job's checkpoint elsewhere, "
-                "or --ignore-checkpoints to replace it"
-            )
+        check_identity(self.path, state, source_bucket, source_path, dest_bucket)
 
     def _set_aside(self) -> CheckpointState | None:
         """Keep an ignored checkpoint (and its journal) beside the new one; return its state

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import run_backup
+from asyncbackup import plan_backup, run_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import CheckpointMismatchError
 from asyncbackup.progress import NullObserver
@@ -318,3 +318,31 @@ async def test_an_upload_whose_abort_failed_at_the_start_is_aborted_at_the_end(
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
     assert report.archived_checkpoint is not None
     assert "multipart_uploads" not in load_json(report.archived_checkpoint)
+
+
+async def test_a_dry_run_refuses_the_checkpoint_of_another_job_like_the_run(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Two jobs from one source folder to two buckets share a checkpoint name: the run
+    refuses the other job's checkpoint, so the dry run must not count its files as done."""
+    keys = ["job/a", "job/b"]
+    for key in keys:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=b"1")
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(
+        checkpoint, buckets.source, "another-bucket", files=dict.fromkeys(keys, True), errors={}
+    )
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": s3_server.endpoint,
+    }
+    with pytest.raises(CheckpointMismatchError, match="another job"):
+        await run_backup(**settings)
+    with pytest.raises(CheckpointMismatchError, match="another job"):
+        await plan_backup(**settings)
+    plan = await plan_backup(**settings, ignore_checkpoints=True)
+    assert plan.copy_files == 2 and plan.done_files == 0
+    assert list_keys(s3, buckets.dest) == []
