@@ -240,7 +240,11 @@ def load_checkpoint(path: Path, *, journal: bool = True) -> Loaded:
                 raw = handle.read()
                 seen = os.fstat(handle.fileno())
         except OSError as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {exc.strerror}; nothing was changed - make it "
+                "a file this user can read (check its owner and permissions), or move it aside "
+                "to start over"
+            ) from exc
         jraw: bytes | None = None
         if journal:
             try:
@@ -249,7 +253,10 @@ def load_checkpoint(path: Path, *, journal: bool = True) -> Loaded:
                 pass
             except OSError as exc:
                 raise CheckpointError(
-                    f"cannot read checkpoint journal {jpath}: {exc.strerror}"
+                    f"cannot read checkpoint journal {jpath}: {exc.strerror}; nothing was "
+                    "changed - make it a file this user can read (check its owner and "
+                    "permissions), or set it aside with: asyncbackup checkpoint compact "
+                    f"{path} --discard-journal (the files it recorded as done are copied again)"
                 ) from exc
         try:
             now = path.stat()
