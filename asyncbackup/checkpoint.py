@@ -459,6 +459,25 @@ def _same_job(
     return mine == (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
 
 
+def _despite_journal(path: Path) -> CheckpointState | None:
+    """A checkpoint whose journal cannot be applied (corrupt, or the JSON file edited after a
+    crash): the JSON file with as many of the journal's batches as can be read applied anyway,
+    for the sections a crashed run recorded there (its multipart uploads, still to abort).
+    None when the JSON file itself is corrupt."""
+    try:
+        state = load_checkpoint(path, journal=False).state
+    except CheckpointError:
+        return None
+    try:
+        data = journal_path(path).read_bytes()
+        base = parse_journal(data).base_sha256
+        if base is not None:
+            read_journal(data, (state.files, state.errors, state.extra), base)
+    except (OSError, JournalFormatError):
+        pass  # a corrupt journal: what the JSON file records is still carried
+    return state
+
+
 def check_identity(
     path: Path, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
 ) -> None:
@@ -586,13 +605,14 @@ class CheckpointManager:
 
     def _set_aside(self) -> CheckpointState | None:
         """Keep an ignored checkpoint (and its journal) beside the new one; return its state
-        (None when it is corrupt)."""
+        (None when the JSON file is corrupt)."""
         ignored: CheckpointState | None = None
         try:
             ignored = read_checkpoint(self.path)
             suffix = "ignored"
         except CheckpointCorruptError:
             suffix = "corrupt"
+            ignored = _despite_journal(self.path)
         aside = stamped(self.path.parent, f"{self.path.name}.{suffix}-")
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))
