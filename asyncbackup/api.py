@@ -17,6 +17,7 @@ from .bandwidth import TokenBucket
 from .checkpoint import (
     CheckpointManager,
     CheckpointState,
+    check_identity,
     checkpoint_path,
     read_checkpoint,
 )
@@ -409,6 +410,8 @@ async def plan_backup(
     exists = path.exists() and not config.ignore_checkpoints
     if exists:
         state = await asyncio.to_thread(read_checkpoint, path)
+        # What the run would refuse: the checkpoint of another job that maps to this name.
+        check_identity(path, state, config.source_bucket, config.source_path, config.dest_bucket)
         _check_filters(state, config, path)
         files = state.files
     listed = listed_bytes = done = unchanged = copy = copy_bytes = 0

@@ -240,7 +240,11 @@ def load_checkpoint(path: Path, *, journal: bool = True) -> Loaded:
                 raw = handle.read()
                 seen = os.fstat(handle.fileno())
         except OSError as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {exc.strerror}; nothing was changed - make it "
+                "a file this user can read (check its owner and permissions), or move it aside "
+                "to start over"
+            ) from exc
         jraw: bytes | None = None
         if journal:
             try:
@@ -249,7 +253,10 @@ def load_checkpoint(path: Path, *, journal: bool = True) -> Loaded:
                 pass
             except OSError as exc:
                 raise CheckpointError(
-                    f"cannot read checkpoint journal {jpath}: {exc.strerror}"
+                    f"cannot read checkpoint journal {jpath}: {exc.strerror}; nothing was "
+                    "changed - make it a file this user can read (check its owner and "
+                    "permissions), or set it aside with: asyncbackup checkpoint compact "
+                    f"{path} --discard-journal (the files it recorded as done are copied again)"
                 ) from exc
         try:
             now = path.stat()
@@ -452,6 +459,38 @@ def _same_job(
     return mine == (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
 
 
+def _despite_journal(path: Path) -> CheckpointState | None:
+    """A checkpoint whose journal cannot be applied (corrupt, or the JSON file edited after a
+    crash): the JSON file with as many of the journal's batches as can be read applied anyway,
+    for the sections a crashed run recorded there (its multipart uploads, still to abort).
+    None when the JSON file itself is corrupt."""
+    try:
+        state = load_checkpoint(path, journal=False).state
+    except CheckpointError:
+        return None
+    try:
+        data = journal_path(path).read_bytes()
+        base = parse_journal(data).base_sha256
+        if base is not None:
+            read_journal(data, (state.files, state.errors, state.extra), base)
+    except (OSError, JournalFormatError):
+        pass  # a corrupt journal: what the JSON file records is still carried
+    return state
+
+
+def check_identity(
+    path: Path, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
+) -> None:
+    """Raise ``CheckpointMismatchError`` when ``state`` (read from ``path``) is another job's."""
+    if not _same_job(state, source_bucket, source_path, dest_bucket):
+        theirs = (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
+        raise CheckpointMismatchError(
+            f"checkpoint {path} belongs to another job (s3://{theirs[0]}/{theirs[1]} -> "
+            f"{theirs[2]}); use --checkpoint-dir to keep this job's checkpoint elsewhere, "
+            "or --ignore-checkpoints to replace it"
+        )
+
+
 async def _to_the_end(future: concurrent.futures.Future[None]) -> None:
     try:
         await asyncio.shield(asyncio.wrap_future(future))
@@ -562,23 +601,18 @@ class CheckpointManager:
     def _check_identity(
         self, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
     ) -> None:
-        if not _same_job(state, source_bucket, source_path, dest_bucket):
-            theirs = (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
-            raise CheckpointMismatchError(
-                f"checkpoint {self.path} belongs to another job (s3://{theirs[0]}/{theirs[1]} -> "
-                f"{theirs[2]}); use --checkpoint-dir to keep this job's checkpoint elsewhere, "
-                "or --ignore-checkpoints to replace it"
-            )
+        check_identity(self.path, state, source_bucket, source_path, dest_bucket)
 
     def _set_aside(self) -> CheckpointState | None:
         """Keep an ignored checkpoint (and its journal) beside the new one; return its state
-        (None when it is corrupt)."""
+        (None when the JSON file is corrupt)."""
         ignored: CheckpointState | None = None
         try:
             ignored = read_checkpoint(self.path)
             suffix = "ignored"
         except CheckpointCorruptError:
             suffix = "corrupt"
+            ignored = _despite_journal(self.path)
         aside = stamped(self.path.parent, f"{self.path.name}.{suffix}-")
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))

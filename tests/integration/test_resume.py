@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import run_backup
-from asyncbackup.checkpoint import read_checkpoint
-from asyncbackup.errors import CheckpointMismatchError
+from asyncbackup import plan_backup, run_backup
+from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
+from asyncbackup.errors import CheckpointEditedError, CheckpointMismatchError
+from asyncbackup.journal import Changes
 from asyncbackup.progress import NullObserver
 from tests.conftest import Buckets, S3Server
 from tests.helpers import (
@@ -318,3 +319,75 @@ async def test_an_upload_whose_abort_failed_at_the_start_is_aborted_at_the_end(
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
     assert report.archived_checkpoint is not None
     assert "multipart_uploads" not in load_json(report.archived_checkpoint)
+
+
+async def test_a_dry_run_refuses_the_checkpoint_of_another_job_like_the_run(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Two jobs from one source folder to two buckets share a checkpoint name: the run
+    refuses the other job's checkpoint, so the dry run must not count its files as done."""
+    keys = ["job/a", "job/b"]
+    for key in keys:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=b"1")
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(
+        checkpoint, buckets.source, "another-bucket", files=dict.fromkeys(keys, True), errors={}
+    )
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": s3_server.endpoint,
+    }
+    with pytest.raises(CheckpointMismatchError, match="another job"):
+        await run_backup(**settings)
+    with pytest.raises(CheckpointMismatchError, match="another job"):
+        await plan_backup(**settings)
+    plan = await plan_backup(**settings, ignore_checkpoints=True)
+    assert plan.copy_files == 2 and plan.done_files == 0
+    assert list_keys(s3, buckets.dest) == []
+
+
+async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_uploads(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """After a crash, the upload in flight is recorded in the journal only. An operator who
+    then edits the file gets CheckpointEditedError, which offers --ignore-checkpoints: the
+    fresh start must still abort that upload, not leave its parts billed for ever."""
+    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
+    upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
+    s3.upload_part(
+        Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
+    )
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(checkpoint, buckets.source, buckets.dest, files={"job/big": False}, errors={})
+    crashed = CheckpointManager(checkpoint)
+    crashed.open()
+    state = read_checkpoint(checkpoint)
+    crashed.flush(state)
+    changes = Changes()
+    changes.note("multipart_uploads", "job/big", upload)
+    state.extra["multipart_uploads"] = {"job/big": upload}
+    await crashed.save_async(state, changes)
+    crashed._writer.shutdown(wait=True)  # a SIGKILL: the files stay, the lock goes
+    crashed.journal.close()
+    crashed.lock.release()
+    data = load_json(checkpoint)
+    data["files"]["job/big"] = True  # the operator's edit, the journal still there
+    checkpoint.write_bytes(orjson.dumps(data))
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": s3_server.endpoint,
+    }
+    with pytest.raises(CheckpointEditedError, match="--ignore-checkpoints"):
+        await run_backup(**settings)
+    report = await run_backup(**settings, ignore_checkpoints=True, on_complete="delete")
+    assert report.status == "completed"
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    # The edited file and its journal are both kept aside, untouched.
+    kept = sorted(p.name for p in checkpoint.parent.iterdir() if "-20" in p.name)
+    assert len(kept) == 2 and kept[1] == kept[0] + ".journal"

@@ -16,6 +16,7 @@ from asyncbackup.checkpoint import (
 )
 from asyncbackup.errors import (
     CheckpointCorruptError,
+    CheckpointError,
     CheckpointLockedError,
     CheckpointMismatchError,
     ObjectError,
@@ -105,6 +106,26 @@ def test_truncated_file_is_corrupt_and_left_untouched(tmp_path: Path) -> None:
     with pytest.raises(CheckpointCorruptError, match="--ignore-checkpoints"):
         read_checkpoint(path)
     assert path.read_text() == SEED_EXAMPLE[:200]
+
+
+def test_an_unreadable_checkpoint_or_journal_says_what_to_do(tmp_path: Path) -> None:
+    """An unreadable file (its permissions, or not a file at all) is a one-line error that
+    says what to do, as a corrupt one is; nothing is changed."""
+    path = tmp_path / "u.checkpoint"
+    path.mkdir()
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path)
+    message = str(caught.value)
+    assert "\n" not in message and "permissions" in message and path.is_dir()
+    path.rmdir()
+    path.write_text(SEED_EXAMPLE)
+    journal = tmp_path / "u.checkpoint.journal"
+    journal.mkdir()
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path)
+    message = str(caught.value)
+    assert "\n" not in message and "permissions" in message and "--discard-journal" in message
+    assert journal.is_dir() and path.read_text() == SEED_EXAMPLE
 
 
 def test_path_naming_follows_the_spec(tmp_path: Path) -> None:
