@@ -146,11 +146,19 @@ class Lister:
         self.note = note
         self.repositories = 0
         self.left_out: dict[str, str] = {}
+        # GitHub pages by offset: a repository created while the list is read (hours, as
+        # pages are read as the copies go) pushes one already listed onto the next page.
+        self._seen: set[str] = set()
 
     async def pages(self) -> AsyncIterator[list[WorkItem]]:
         async for page in self.client.pages(self.repos_path, self.repos_params):
             selected = []
             for repo in page:
+                identity = str(repo.get("id") or repo.get("full_name"))
+                if identity in self._seen:
+                    log.debug("%s is listed again: already in this run", repo.get("full_name"))
+                    continue
+                self._seen.add(identity)
                 reason = self.filter.rejects(repo)
                 if reason is None:
                     selected.append(repo)
