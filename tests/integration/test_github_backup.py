@@ -470,3 +470,27 @@ async def test_a_repository_listed_twice_while_the_org_grows_is_backed_up_once(
         assert report.total_files == len(state.files)
         assert report.failed_this_run == {}  # no two clones of alpha into one mirror
         assert len(github.api_requests("/repos/acme/alpha/pulls/comments")) == 1
+
+
+async def test_release_assets_on_a_page_added_after_a_full_last_page_are_copied(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """100 releases: one more goes onto a second page, which no ETag of the last listing
+    covers, while the first page answers 304."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        alpha = github.repos["alpha"]
+        for i in range(99):
+            github.add_release(alpha, f"old-{i}", {})
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("alpha",))
+        first = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert first.status == "completed", first.errors
+
+        github.add_release(alpha, "v2.0", {"new.bin": b"new asset"})
+        second = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        releases = read_json(s3, buckets.dest, "github/acme/alpha/releases.json")
+        assert len(releases) == 101
+        key = "github/acme/alpha/releases/v2.0/new.bin"
+        assert key in list_keys(s3, buckets.dest)
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == b"new asset"
