@@ -154,11 +154,12 @@ class Lister:
         async for page in self.client.pages(self.repos_path, self.repos_params):
             selected = []
             for repo in page:
-                identity = str(repo.get("id") or repo.get("full_name"))
-                if identity in self._seen:
-                    log.debug("%s is listed again: already in this run", repo.get("full_name"))
-                    continue
-                self._seen.add(identity)
+                identity = repo.get("id") or repo.get("full_name")
+                if identity is not None:
+                    if str(identity) in self._seen:
+                        log.debug("%s is listed again: already in this run", repo.get("full_name"))
+                        continue
+                    self._seen.add(str(identity))
                 reason = self.filter.rejects(repo)
                 if reason is None:
                     selected.append(repo)
