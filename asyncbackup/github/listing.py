@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ObjectError
 from ..pipeline import WorkItem
-from .client import PER_PAGE, GitHubClient, PageTags
+from .client import PER_PAGE, GitHubClient, PageTags, _last_page_full
 
 log = logging.getLogger("asyncbackup")
 
@@ -146,11 +146,20 @@ class Lister:
         self.note = note
         self.repositories = 0
         self.left_out: dict[str, str] = {}
+        # GitHub pages by offset: a repository created while the list is read (hours, as
+        # pages are read as the copies go) pushes one already listed onto the next page.
+        self._seen: set[str] = set()
 
     async def pages(self) -> AsyncIterator[list[WorkItem]]:
         async for page in self.client.pages(self.repos_path, self.repos_params):
             selected = []
             for repo in page:
+                identity = repo.get("id") or repo.get("full_name")
+                if identity is not None:
+                    if str(identity) in self._seen:
+                        log.debug("%s is listed again: already in this run", repo.get("full_name"))
+                        continue
+                    self._seen.add(str(identity))
                 reason = self.filter.rejects(repo)
                 if reason is None:
                     selected.append(repo)
@@ -258,11 +267,14 @@ class Lister:
         prefix = repo_prefix(owner, name)
         rows: list[list[Any]] = []
         pages: PageTags = []
+        page_sizes: list[int] = []
         url: str | None = self.client.url(f"/repos/{owner}/{name}/releases", {"per_page": PER_PAGE})
         while url is not None:
             answer = await self.client.get(url)
             pages.append([url, answer.etag or ""])
-            for release in answer.json():
+            releases = answer.json()
+            page_sizes.append(len(releases))
+            for release in releases:
                 folder = (
                     f"draft-{release['id']}"
                     if release.get("draft") or not release.get("tag_name")
@@ -278,6 +290,8 @@ class Lister:
                         ]
                     )
             url = answer.next_url
-        if any(not etag for _, etag in pages):
+        if any(not etag for _, etag in pages) or _last_page_full(page_sizes):
+            # as for metadata: a release added after a full last page goes on a page no
+            # ETag covers, while the kept ones answer 304 (and its assets would be missed)
             pages = []
         return rows, pages

@@ -427,3 +427,70 @@ async def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
             clock=github.clock, sleep=github.clock.sleep, ignore_checkpoints=True, **options
         )
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+
+
+async def test_a_repository_listed_twice_while_the_org_grows_is_backed_up_once(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """GitHub lists an organisation's repositories newest first, by offset: one created while
+    the listing is under way pushes the last of a page onto the next page, read later."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        rest = dict(github.repos)
+        github.repos.clear()
+        for i in range(99):
+            github.add_repo(FakeRepo(f"filler-{i:02d}"))
+        github.add_repo(rest.pop("alpha"))  # the 100th: the last of page 1
+        github.repos.update(rest)
+
+        async def new_repository_before_page_2(request: web.Request) -> web.Response | None:
+            page = request.query.get("page")
+            if (
+                request.path == "/api/orgs/acme/repos"
+                and page == "2"
+                and "newcomer" not in github.repos
+            ):
+                repos = dict(github.repos)
+                github.repos.clear()
+                github.add_repo(FakeRepo("newcomer"))
+                github.repos.update(repos)
+            return None
+
+        github.hooks.append(new_repository_before_page_2)
+        options = config(
+            github, s3_server.endpoint, buckets.dest, base, exclude=("filler-*", "newcomer")
+        )
+        report = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+
+        assert report.status == "completed", report.errors
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED
+        assert report.archived_checkpoint is not None
+        state = read_checkpoint(report.archived_checkpoint)
+        # alpha's artifacts are counted once: the job's total is what it holds
+        assert report.total_files == len(state.files)
+        assert report.failed_this_run == {}  # no two clones of alpha into one mirror
+        assert len(github.api_requests("/repos/acme/alpha/pulls/comments")) == 1
+
+
+async def test_release_assets_on_a_page_added_after_a_full_last_page_are_copied(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """100 releases: one more goes onto a second page, which no ETag of the last listing
+    covers, while the first page answers 304."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        alpha = github.repos["alpha"]
+        for i in range(99):
+            github.add_release(alpha, f"old-{i}", {})
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("alpha",))
+        first = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert first.status == "completed", first.errors
+
+        github.add_release(alpha, "v2.0", {"new.bin": b"new asset"})
+        second = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        releases = read_json(s3, buckets.dest, "github/acme/alpha/releases.json")
+        assert len(releases) == 101
+        key = "github/acme/alpha/releases/v2.0/new.bin"
+        assert key in list_keys(s3, buckets.dest)
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == b"new asset"
