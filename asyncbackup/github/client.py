@@ -278,7 +278,7 @@ class GitHubClient:
                 url = answer.next_url
             if paginated:
                 await write(b"\n]\n")
-        if any(not etag for _, etag in pages) or _last_page_full(page_sizes):
+        if any(not etag for _, etag in pages) or last_page_full(page_sizes):
             # Without every ETag, the next run cannot ask "changed?". After a full last page,
             # items added later go to a page no ETag covers while the kept ones answer 304.
             pages = []
@@ -336,7 +336,7 @@ async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, 
     return size, digest.digest()
 
 
-def _last_page_full(page_sizes: list[int]) -> bool:
+def last_page_full(page_sizes: list[int]) -> bool:
     """Whether a list's last page held as many items as a page can (the first page's count
     when there are several: the server's page size)."""
     if not page_sizes or not page_sizes[-1]:

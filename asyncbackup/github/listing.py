@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ObjectError
 from ..pipeline import WorkItem
-from .client import PER_PAGE, GitHubClient, PageTags, _last_page_full
+from .client import PER_PAGE, GitHubClient, PageTags, last_page_full
 
 log = logging.getLogger("asyncbackup")
 
@@ -290,7 +290,7 @@ class Lister:
                         ]
                     )
             url = answer.next_url
-        if any(not etag for _, etag in pages) or _last_page_full(page_sizes):
+        if any(not etag for _, etag in pages) or last_page_full(page_sizes):
             # as for metadata: a release added after a full last page goes on a page no
             # ETag covers, while the kept ones answer 304 (and its assets would be missed)
             pages = []
