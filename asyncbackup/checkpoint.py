@@ -547,7 +547,7 @@ class CheckpointManager:
         except OSError as exc:
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "
-                "choose a writable one with --checkpoint-dir"
+                "make it writable by this user, or give the backup another --checkpoint-dir"
             ) from exc
 
     def close(self) -> None:
