@@ -210,6 +210,7 @@ class GitRunner:
             try:
                 await self.run(["remote", "set-url", "origin", url], cwd=dest)
                 await self.run(["fetch", "--prune", "--quiet", "origin"], cwd=dest)
+                await self._follow_remote_head(dest)
                 return
             except GitError as exc:
                 if exc.code == "GitNotFound":
@@ -224,6 +225,17 @@ class GitRunner:
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, partial, True)
             raise
+
+    async def _follow_remote_head(self, mirror: Path) -> None:
+        """Point the mirror's HEAD where the remote's points: a fetch leaves it on the branch
+        it had at the clone, dangling once that branch is renamed (the default branch moved
+        from master to main, say), and the bundle would restore with no default branch."""
+        out = await self.run(["ls-remote", "--symref", "origin", "HEAD"], cwd=mirror)
+        for line in out.splitlines():
+            target, _, name = line.removeprefix("ref: ").partition("\t")
+            if line.startswith("ref: ") and name == "HEAD" and target.startswith("refs/heads/"):
+                await self.run(["symbolic-ref", "HEAD", target], cwd=mirror)
+                return
 
     async def bundle(self, mirror: Path, out: Path) -> list[tuple[str, str]]:
         """Bundle every ref of ``mirror`` but the excluded ones; the refs bundled.

@@ -16,7 +16,14 @@ from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeClock, FakeGitHub, FakeRepo, add_commit, make_repository
+from tests.github_server import (
+    FakeClock,
+    FakeGitHub,
+    FakeRepo,
+    add_commit,
+    git,
+    make_repository,
+)
 from tests.helpers import list_keys
 from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
 from tests.proxy import Rule, S3Proxy
@@ -494,3 +501,25 @@ async def test_release_assets_on_a_page_added_after_a_full_last_page_are_copied(
         key = "github/acme/alpha/releases/v2.0/new.bin"
         assert key in list_keys(s3, buckets.dest)
         assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == b"new asset"
+
+
+async def test_a_renamed_default_branch_is_the_head_of_the_next_bundle(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """The default branch renamed on GitHub (master -> main, say): the kept mirror is fetched,
+    and the bundle it gives restores with the new branch as its HEAD, not a dangling one."""
+    async with running_org(tmp_path / "git") as github:
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        options["include"] = ("beta",)
+        clock = github.clock
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        git("branch", "-m", "main", "trunk", cwd=github.git_dir("beta"))  # HEAD follows
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        fetches = len(github.git_requests("beta"))
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert len(github.git_requests("beta")) > fetches  # fetched into the kept mirror
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        assert "refs/heads/main" not in refs(restored)
+        assert git("symbolic-ref", "HEAD", cwd=restored).strip() == "refs/heads/trunk"
