@@ -213,8 +213,8 @@ class GitRunner:
                 await self._follow_remote_head(dest)
                 return
             except GitError as exc:
-                if exc.code == "GitNotFound":
-                    raise
+                if exc.code == "GitNotFound" or exc.retryable:
+                    raise  # a network failure is tried again into this mirror
                 # a damaged mirror from a crashed run: start again from scratch
         await asyncio.to_thread(_clear, dest)
         partial = dest.with_name(dest.name + ".partial")

@@ -523,3 +523,28 @@ async def test_a_renamed_default_branch_is_the_head_of_the_next_bundle(
         restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
         assert "refs/heads/main" not in refs(restored)
         assert git("symbolic-ref", "HEAD", cwd=restored).strip() == "refs/heads/trunk"
+
+
+async def test_a_fetch_that_fails_on_the_network_keeps_the_mirror(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A fetch into the kept mirror refused on the way (a 503) is tried again into the same
+    mirror, not answered by deleting it and cloning the whole repository again."""
+    async with running_org(tmp_path / "git") as github:
+        base = tmp_path / "work"
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("beta",))
+        clock = github.clock
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        (mirror,) = base.rglob(".mirrors/*/beta.git")
+        marker = mirror / "kept-by-the-test"
+        marker.write_text("the mirror of the first run")
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        github.repos["beta"].git_refusals = [503]
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert github.repos["beta"].git_refusals == []  # the refusal was met
+        assert marker.exists()  # the same mirror, fetched into
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        assert refs(restored)["refs/heads/main"] == new_sha
