@@ -61,6 +61,17 @@ _INT_FIELDS = ("total_files", "processed_files", "total_bytes", "processed_bytes
 _STR_FIELDS = ("backup_id", "source_bucket", "source_path", "dest_bucket")
 _TIME_FIELDS = ("start_time", "last_update")
 KNOWN_FIELDS = frozenset((*_STR_FIELDS, *_TIME_FIELDS, *_INT_FIELDS, "files", "errors", "config"))
+#: the top-level sections the engine keeps its notes in (``Pipeline.note``): objects, by key
+#: (multipart uploads in flight; GitHub's ETags, versions, release listings and skips)
+NOTE_SECTIONS = frozenset(
+    {
+        "multipart_uploads",
+        "github_etags",
+        "github_versions",
+        "github_release_listing",
+        "github_skipped",
+    }
+)
 _SLICE = 20_000  # entries of a large object serialised at a time
 
 
@@ -146,6 +157,9 @@ class CheckpointState:
         errors = data.get("errors", {})
         if not isinstance(errors, dict) or not all(isinstance(v, str) for v in errors.values()):
             raise ValueError("field 'errors' must map paths to messages")
+        for name in NOTE_SECTIONS & data.keys():
+            if not isinstance(data[name], dict):
+                raise ValueError(f"field {name!r} must be an object")
         config = data.get("config", {})
         if not isinstance(config, dict):
             raise ValueError("field 'config' must be an object")

@@ -89,6 +89,9 @@ def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path: Path) -> None:
         (lambda d: d.update(total_files=-1), "total_files"),
         (lambda d: d.update(start_time="yesterday"), "start_time"),
         (lambda d: d.update(errors=[]), "errors"),
+        # the engine's own sections: a hand edit that is no object was a crash mid-run
+        (lambda d: d.update(multipart_uploads="abc"), "multipart_uploads"),
+        (lambda d: d.update(github_etags=[]), "github_etags"),
     ],
 )
 def test_schema_violations_are_corrupt(tmp_path: Path, mutate: object, needle: str) -> None:
@@ -236,3 +239,11 @@ def test_new_state_has_every_schema_field() -> None:
         "files", "errors", "config",
     }  # fmt: skip
     assert expected <= set(data)
+
+
+def test_the_note_sections_are_those_the_engine_writes() -> None:
+    from asyncbackup.checkpoint import NOTE_SECTIONS
+    from asyncbackup.github.listing import CARRIED_SECTIONS, SKIPPED
+    from asyncbackup.uploads import SECTION
+
+    assert {SECTION, SKIPPED, *CARRIED_SECTIONS} == NOTE_SECTIONS
