@@ -269,18 +269,25 @@ async def test_resume_with_another_dest_prefix_is_refused(
     assert len(list_keys(s3, buckets.dest, "old/")) == 30
 
 
-def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
-    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
-) -> None:
+def _left_upload(s3: Any, buckets: Buckets, tmp_path: Path) -> tuple[Path, str]:
+    """A source object ``job/x``, a multipart upload of ``job/big`` with one part at the
+    destination, and the job's checkpoint (``job/big`` not done); the upload's id."""
     s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
-    # What a run SIGKILLed mid-upload leaves: an upload at the destination, recorded in its
-    # checkpoint's multipart_uploads section (by destination key).
-    upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
+    upload: str = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
     s3.upload_part(
         Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
     )
     checkpoint = _checkpoint(tmp_path, buckets.source, "job")
     _seed_checkpoint(checkpoint, buckets.source, buckets.dest, files={"job/big": False}, errors={})
+    return checkpoint, upload
+
+
+def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    # What a run SIGKILLed mid-upload leaves: an upload at the destination, recorded in its
+    # checkpoint's multipart_uploads section (by destination key).
+    checkpoint, upload = _left_upload(s3, buckets, tmp_path)
     data = load_json(checkpoint)
     data["multipart_uploads"] = {"job/big": upload}
     checkpoint.write_bytes(orjson.dumps(data))
@@ -321,6 +328,17 @@ async def test_an_upload_whose_abort_failed_at_the_start_is_aborted_at_the_end(
     assert "multipart_uploads" not in load_json(report.archived_checkpoint)
 
 
+def _job(s3_server: S3Server, buckets: Buckets, tmp_path: Path) -> dict[str, Any]:
+    """``run_backup``'s settings for the source's ``job`` folder, staged under ``tmp_path``."""
+    return {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": s3_server.endpoint,
+    }
+
+
 async def test_a_dry_run_refuses_the_checkpoint_of_another_job_like_the_run(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
@@ -333,13 +351,7 @@ async def test_a_dry_run_refuses_the_checkpoint_of_another_job_like_the_run(
     _seed_checkpoint(
         checkpoint, buckets.source, "another-bucket", files=dict.fromkeys(keys, True), errors={}
     )
-    settings: dict[str, Any] = {
-        "source_bucket": buckets.source,
-        "source_path": "job",
-        "dest_bucket": buckets.dest,
-        "base_local_path": tmp_path,
-        "endpoint_url": s3_server.endpoint,
-    }
+    settings = _job(s3_server, buckets, tmp_path)
     with pytest.raises(CheckpointMismatchError, match="another job"):
         await run_backup(**settings)
     with pytest.raises(CheckpointMismatchError, match="another job"):
@@ -355,13 +367,7 @@ async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_
     """After a crash, the upload in flight is recorded in the journal only. An operator who
     then edits the file gets CheckpointEditedError, which offers --ignore-checkpoints: the
     fresh start must still abort that upload, not leave its parts billed for ever."""
-    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
-    upload = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
-    s3.upload_part(
-        Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
-    )
-    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
-    _seed_checkpoint(checkpoint, buckets.source, buckets.dest, files={"job/big": False}, errors={})
+    checkpoint, upload = _left_upload(s3, buckets, tmp_path)
     crashed = CheckpointManager(checkpoint)
     crashed.open()
     state = read_checkpoint(checkpoint)
@@ -376,13 +382,7 @@ async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_
     data = load_json(checkpoint)
     data["files"]["job/big"] = True  # the operator's edit, the journal still there
     checkpoint.write_bytes(orjson.dumps(data))
-    settings: dict[str, Any] = {
-        "source_bucket": buckets.source,
-        "source_path": "job",
-        "dest_bucket": buckets.dest,
-        "base_local_path": tmp_path,
-        "endpoint_url": s3_server.endpoint,
-    }
+    settings = _job(s3_server, buckets, tmp_path)
     with pytest.raises(CheckpointEditedError, match="--ignore-checkpoints"):
         await run_backup(**settings)
     report = await run_backup(**settings, ignore_checkpoints=True, on_complete="delete")
