@@ -12,7 +12,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +54,25 @@ def _read_part(path: Path, offset: int, length: int, hasher: Hasher) -> tuple[by
 _FILE_CHUNK = 1024 * 1024
 
 
-async def _file_chunks(path: Path, size: int) -> AsyncIterator[bytes]:
+async def _file_chunks(path: Path, size: int) -> AsyncGenerator[bytes, None]:
     """A staged file, a chunk per worker-thread call; exactly ``size`` bytes, or an error
-    (a body shorter than its Content-Length would leave the request waiting)."""
-    handle = await asyncio.to_thread(path.open, "rb")
-    try:
-        sent = 0
-        while sent < size:
-            chunk = await asyncio.to_thread(handle.read, min(_FILE_CHUNK, size - sent))
-            if not chunk:
-                raise IntegrityError(f"the staged file ended at {sent} of {size} bytes")
-            sent += len(chunk)
-            yield chunk
-    finally:
-        handle.close()
+    (a body shorter than its Content-Length would leave the request waiting). Each call opens
+    and closes the file: the HTTP client drops a body it stops reading (a reset connection)
+    without closing it, and a file held open across chunks stayed open until the garbage
+    collector finalised the generator."""
+    sent = 0
+    while sent < size:
+        chunk = await asyncio.to_thread(_read_chunk, path, sent, min(_FILE_CHUNK, size - sent))
+        if not chunk:
+            raise IntegrityError(f"the staged file ended at {sent} of {size} bytes")
+        sent += len(chunk)
+        yield chunk
+
+
+def _read_chunk(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
 
 
 def _read_whole(path: Path, hasher: Hasher) -> tuple[bytes, Digests]:

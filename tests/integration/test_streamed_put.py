@@ -325,3 +325,21 @@ async def test_a_staged_file_shorter_than_its_object_is_an_error_not_a_short_bod
     with pytest.raises(IntegrityError, match="ended at 1000 of 3000 bytes"):
         async for _ in _file_chunks(path, 3000):
             pass
+
+
+def _open_on(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path`` (Linux ``/proc``)."""
+    return sum(1 for fd in Path("/proc/self/fd").iterdir() if fd.resolve() == path.resolve())
+
+
+async def test_a_staged_file_body_dropped_mid_way_leaves_no_file_open(tmp_path: Path) -> None:
+    """The HTTP client stops reading a body when the connection is reset, without closing it:
+    the staged file must not stay open until the garbage collector finds the generator (an
+    unclosed-file warning, a leaked descriptor per reset)."""
+    path = tmp_path / "staged"
+    path.write_bytes(os.urandom(3 * 1024 * 1024))
+    chunks = _file_chunks(path, 3 * 1024 * 1024)
+    first = await anext(chunks)
+    assert len(first) == 1024 * 1024
+    assert _open_on(path) == 0  # abandoned here, as by a reset request
+    await chunks.aclose()
