@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -69,6 +70,12 @@ class Hasher:
         if len(data) <= INLINE_LIMIT:
             return self(data)
         return await asyncio.to_thread(self, data)
+
+
+def multipart_etag(part_md5s: Sequence[bytes]) -> str:
+    """S3's ETag of an object uploaded in parts with these MD5s (without quotes)."""
+    joined = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest()
+    return f"{joined}-{len(part_md5s)}"
 
 
 def file_md5(path: Path, size: int) -> bytes:

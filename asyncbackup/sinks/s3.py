@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from botocore.compat import HAS_CRT
 
 from ..bandwidth import TokenBucket
-from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
+from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
 from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -335,14 +334,14 @@ class S3Sink:
                     MultipartUpload={"Parts": parts},
                 )
             )
-            expected = hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()
+            expected = multipart_etag(md5s)
             etag = clean_etag(str(response.get("ETag", "")))
             verifiable = (
                 self.checksum != "none"
                 and response.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE
             )
-            if verifiable and etag and etag != f"{expected}-{count}":
-                raise IntegrityError(f"multipart ETag {etag} differs from {expected}-{count}")
+            if verifiable and etag and etag != expected:
+                raise IntegrityError(f"multipart ETag {etag} differs from {expected}")
             same_layout = part_size == fetched.source_part_size
             if (
                 verifiable

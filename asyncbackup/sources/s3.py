@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
-from ..checksums import ALGORITHMS, Digests, Hasher, file_md5
+from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -152,7 +152,7 @@ def _staged_multipart_etag(out: BinaryIO, path: Path, sizes: Sequence[int]) -> s
             if left:
                 raise IntegrityError(f"the staged file ended {left} bytes short of its parts")
             md5s.append(digest.digest())
-    return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(sizes)}"
+    return multipart_etag(md5s)
 
 
 class _Receiver:
@@ -260,8 +260,7 @@ class _PartReceiver(_Receiver):
 
     def multipart_etag(self) -> str:
         assert self.hasher.md5, "the parts' MD5s were computed"
-        joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False).hexdigest()
-        return f"{joined}-{len(self.part_md5s)}"
+        return multipart_etag(self.part_md5s)
 
 
 class _StreamReceiver(_Receiver):
