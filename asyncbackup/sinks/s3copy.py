@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -107,7 +108,8 @@ class ServerSideCopier:
     async def _copy_parts(self, item: WorkItem, parts: int | None) -> None:
         part_size, same_layout = await self._layout(item, parts)
         sizes = _even_parts(item.size, part_size)
-        etag, encrypted = await self._copy_in(item, sizes)
+        create = await self._create_params(item)
+        etag, encrypted = await self._copy_in(item, create, sizes)
         if not same_layout or encrypted or etag == clean_etag(item.etag):
             return
         mismatch = IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
@@ -117,23 +119,34 @@ class ServerSideCopier:
         true_sizes = await self.first_part.sizes(item.key, parts) if parts else None
         if true_sizes is None or true_sizes == sizes or sum(true_sizes) != item.size:
             raise mismatch
-        etag, encrypted = await self._copy_in(item, true_sizes)
+        etag, encrypted = await self._copy_in(item, create, true_sizes)
         if not encrypted and etag != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
 
-    async def _copy_in(self, item: WorkItem, sizes: list[int]) -> tuple[str, bool]:
-        """Copy ``item`` by UploadPartCopy in parts of ``sizes``; the copy's ETag, and
-        whether its encryption makes that ETag no MD5."""
-        key = self.dest_key(item.key)
+    async def _create_params(self, item: WorkItem) -> dict[str, Any]:
+        """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
+        and metadata (one HEAD of the source)."""
         head = await self.retry.call(
             functools.partial(self.client.head_object, Bucket=self.source_bucket, Key=item.key)
         )
-        create: dict[str, Any] = {"Bucket": self.dest_bucket, "Key": key, **self.extra_params}
+        create: dict[str, Any] = {
+            "Bucket": self.dest_bucket,
+            "Key": self.dest_key(item.key),
+            **self.extra_params,
+        }
         for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition",
                      "ContentLanguage", "Metadata"):  # fmt: skip
             if head.get(name):
                 create[name] = head[name]
-        starts = [sum(sizes[:index]) for index in range(len(sizes))]
+        return create
+
+    async def _copy_in(
+        self, item: WorkItem, create: dict[str, Any], sizes: list[int]
+    ) -> tuple[str, bool]:
+        """Copy ``item`` by UploadPartCopy in parts of ``sizes`` into the upload ``create``
+        makes; the copy's ETag, and whether its encryption makes that ETag no MD5."""
+        key = create["Key"]
+        starts = [0, *itertools.accumulate(sizes[:-1])]  # each part's first byte
         async with tracked_upload(
             self.client, self.retry, self.journal, create, what="multipart copy"
         ) as upload_id:
