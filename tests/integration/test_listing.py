@@ -142,6 +142,15 @@ def _running() -> list[asyncio.Task[Any]]:
     ]
 
 
+def _seed_for_splits(s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """250 keys under ``p/`` in 9 folders, listed 10 a page: a whole run lists in several
+    streams. The keys."""
+    monkeypatch.setattr(listing, "PAGE_KEYS", 10)
+    keys = [f"p/d{i % 9}/obj-{i:04d}" for i in range(250)]
+    _seed(s3, bucket, keys)
+    return keys
+
+
 async def test_backup_and_resume_with_split_listing(
     s3_server: S3Server,
     buckets: Buckets,
@@ -153,9 +162,7 @@ async def test_backup_and_resume_with_split_listing(
     """Whole runs list in several streams: a run stopped early, then its resume, which lists
     what the first run did as done: every object copied exactly once in all, the checkpoint's
     totals exact."""
-    monkeypatch.setattr(listing, "PAGE_KEYS", 10)
-    keys = [f"p/d{i % 9}/obj-{i:04d}" for i in range(250)]
-    _seed(s3, buckets.source, keys)
+    keys = _seed_for_splits(s3, buckets.source, monkeypatch)
     stop = asyncio.Event()
 
     class StopAfter40(NullObserver):
@@ -224,9 +231,7 @@ async def test_a_dry_run_of_a_split_listing_shows_the_first_keys_in_key_order(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(listing, "PAGE_KEYS", 10)
-    keys = [f"p/d{i % 9}/obj-{i:04d}" for i in range(250)]
-    _seed(s3, buckets.source, keys)
+    keys = _seed_for_splits(s3, buckets.source, monkeypatch)
     with caplog.at_level(logging.DEBUG, logger="asyncbackup"):
         plan = await plan_backup(
             source_bucket=buckets.source,
