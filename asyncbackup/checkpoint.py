@@ -597,7 +597,7 @@ class CheckpointManager:
             else:
                 loaded = load_checkpoint(self.path)
                 state = loaded.state
-                self._check_identity(state, source_bucket, source_path, dest_bucket)
+                check_identity(self.path, state, source_bucket, source_path, dest_bucket)
                 if loaded.journal:
                     self._leftover_valid = loaded.journal_valid_bytes
                     self.flush(state)
@@ -611,11 +611,6 @@ class CheckpointManager:
         state.extra.update(carried)
         self.flush(state)
         return state, False
-
-    def _check_identity(
-        self, state: CheckpointState, source_bucket: str, source_path: str, dest_bucket: str
-    ) -> None:
-        check_identity(self.path, state, source_bucket, source_path, dest_bucket)
 
     def _set_aside(self) -> CheckpointState | None:
         """Keep an ignored checkpoint (and its journal) beside the new one; return its state
