@@ -41,12 +41,18 @@ def check_checksum_support(mode: ChecksumMode) -> None:
         )
 
 
+def _read_chunk(path: Path, offset: int, length: int) -> bytes:
+    """``length`` bytes of a staged file from ``offset`` (blocking), the file opened and
+    closed again."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
 def _read_part(path: Path, offset: int, length: int, hasher: Hasher) -> tuple[bytes, Digests]:
     """Read one part and hash it in one worker-thread call: hashlib lets go of the GIL, so
     hashing runs beside the event loop instead of blocking it (16 ms per 8 MiB part)."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
+    data = _read_chunk(path, offset, length)
     return data, hasher(data)
 
 
@@ -66,12 +72,6 @@ async def _file_chunks(path: Path, size: int) -> AsyncGenerator[bytes, None]:
             raise IntegrityError(f"the staged file ended at {sent} of {size} bytes")
         sent += len(chunk)
         yield chunk
-
-
-def _read_chunk(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        return handle.read(length)
 
 
 def _read_whole(path: Path, hasher: Hasher) -> tuple[bytes, Digests]:
