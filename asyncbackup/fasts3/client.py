@@ -1,11 +1,11 @@
-"""GetObject and PutObject of small objects, UploadPart and CopyObject, straight over aiohttp,
-signed by ``signer.py``.
+"""GetObject and PutObject of small objects, UploadPart and CopyObject, straight over HTTP/1.1
+(``http11.py``), signed by ``signer.py``.
 
 botocore spends about 1 ms of CPU on every request (events and hooks, serialisation, endpoint
 rules, signing, parsing); for a 4 KiB object that is most of the work. ``FastS3`` does the two
 hot requests of a staged backup, its multipart parts (which botocore SHA-256-signs over plain
-http) and the CopyObject of a direct (server-side) copy itself: one
-``aiohttp.ClientSession`` with a pool sized to the concurrency, a signing key derived once a
+http) and the CopyObject of a direct (server-side) copy itself: one ``http11.Pool`` of
+keep-alive connections sized to the concurrency, a signing key derived once a
 day, response headers (and CopyObject's result document) mapped to the fields botocore would
 return, errors raised as the same ``ClientError`` (a CopyObject's 200 carrying an ``<Error>``
 included) and connection failures as the same botocore exceptions, so ``retry.classify()`` and
@@ -27,15 +27,13 @@ import calendar
 import contextlib
 import hashlib
 import logging
-import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import aiohttp
-from aiohttp import http_exceptions
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -47,10 +45,10 @@ from botocore.exceptions import (
     SSLError,
 )
 from botocore.utils import parse_to_aware_datetime
-from yarl import URL
 
 from ..checksums import INLINE_LIMIT, checksum
 from ..errors import ObjectError
+from . import http11
 from .responses import (
     ERROR_BODY_LIMIT,
     client_error,
@@ -117,33 +115,8 @@ _HAND_BACK_CODES = frozenset(
 )
 _REDIRECTS = frozenset({301, 302, 307, 308})
 
-
-#: a body larger than this is sent in pieces of this size (see ``_pieces``)
-_PIECE = 1 << 20
-
-
-async def _pieces(body: bytes | bytearray) -> AsyncIterator[memoryview]:
-    """A large body as slices of itself: no copy (aiohttp copies a ``BytesIO`` 64 KiB at a
-    time, and warns against a large ``bytes`` body), and the event loop runs in between."""
-    view = memoryview(body)
-    for start in range(0, len(view), _PIECE):
-        yield view[start : start + _PIECE]
-
-
-async def _watched(
-    chunks: AsyncIterator[bytes], failures: list[ObjectError]
-) -> AsyncIterator[bytes]:
-    """``chunks``, keeping the ``ObjectError`` they raise (a staged file cut short): aiohttp
-    reports a request body that fails as a connection error ("Could not connect to the
-    endpoint URL"), and the engine's own error must be reported and retried as itself. (An
-    ``OSError`` stays the retryable connection error aiohttp makes of it: raised as it is, it
-    would be no object's error, and end the run.)"""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except ObjectError as exc:
-        failures.append(exc)
-        raise
+#: headers every fast-path request carries, unsigned
+_FIXED_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "identity"}
 
 
 class _HandBack(Exception):
@@ -182,8 +155,12 @@ def _object_header(
 
 
 def _all_ascii(headers: Mapping[str, str]) -> bool:
-    """Whether the fast path may send ``headers``: botocore refuses or encodes the others."""
-    return all(value.isascii() and name.isascii() for name, value in headers.items())
+    """Whether the fast path may send ``headers``: botocore refuses or encodes the others
+    (non-ASCII), or fails on them (a line break, which would end the header early)."""
+    return all(
+        value.isascii() and name.isascii() and "\r" not in value and "\n" not in value
+        for name, value in headers.items()
+    )
 
 
 def put_headers(params: Mapping[str, Any], *, streamed: bool = False) -> dict[str, str] | None:
@@ -246,27 +223,19 @@ def copy_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
     return headers if _all_ascii(headers) else None
 
 
-def _connection_error(exc: BaseException, url: str) -> BaseException:
-    """The botocore exception aiobotocore raises for the same aiohttp failure."""
-    error: BaseException = exc
-    if isinstance(exc, aiohttp.ClientSSLError):
+def _connection_error(exc: http11.HTTPError, url: str) -> BaseException:
+    """The botocore exception aiobotocore raises for the same failure of its aiohttp."""
+    error: BaseException
+    if isinstance(exc, http11.TLSError):
         error = SSLError(endpoint_url=url, error=exc)
-    elif isinstance(
-        exc,
-        aiohttp.ServerDisconnectedError
-        | aiohttp.ClientPayloadError
-        | http_exceptions.BadStatusLine,
-    ):
+    elif isinstance(exc, http11.Disconnected | http11.BadResponse):
         error = ConnectionClosedError(endpoint_url=url, error=exc)
-    elif isinstance(exc, aiohttp.ServerTimeoutError):
-        if str(exc).lower().startswith("connect"):
-            error = ConnectTimeoutError(endpoint_url=url, error=exc)
-        else:
-            error = ReadTimeoutError(endpoint_url=url, error=exc)
-    elif isinstance(exc, aiohttp.ClientConnectionError | socket.gaierror):
-        error = EndpointConnectionError(endpoint_url=url, error=exc)
-    elif isinstance(exc, asyncio.TimeoutError):
+    elif isinstance(exc, http11.ConnectTimeout):
+        error = ConnectTimeoutError(endpoint_url=url, error=exc)
+    elif isinstance(exc, http11.ReadTimeout):
         error = ReadTimeoutError(endpoint_url=url, error=exc)
+    else:  # ConnectError, BodyError
+        error = EndpointConnectionError(endpoint_url=url, error=exc)
     return error
 
 
@@ -276,7 +245,7 @@ class FastBody:
 
     __slots__ = ("_response", "_url")
 
-    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+    def __init__(self, response: http11.Response, url: str) -> None:
         self._response = response
         self._url = url
 
@@ -293,25 +262,21 @@ class FastBody:
 
     async def read(self, amt: int = -1) -> bytes:
         try:
-            return await self._response.content.read(amt)
-        except TimeoutError as exc:
+            return await self._response.read(amt)
+        except http11.ReadTimeout as exc:
             raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise ResponseStreamingError(error=exc) from exc
-        except aiohttp.ClientPayloadError as exc:
+        except http11.HTTPError as exc:
             raise ResponseStreamingError(error=exc) from exc
 
 
 class FastS3:
     """The fast path for one bucket of one aiobotocore client (see the module docstring)."""
 
-    def __init__(
-        self, client: Any, bucket: str, target: Target, session: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, client: Any, bucket: str, target: Target, pool: http11.Pool) -> None:
         self.client = client
         self.bucket = bucket
         self.target = target
-        self.session = session
+        self.pool = pool
         self.signer = SigV4Signer(target.region, target.service)
         self.enabled = True
         self.fast_requests = 0  # answered by the fast path (for tests and the curious)
@@ -341,18 +306,15 @@ class FastS3:
         payload_hash: str,
         *,
         query: str = "",
-    ) -> tuple[aiohttp.ClientResponse, str]:
+    ) -> tuple[http11.Response, str]:
         """Sign and send one request. A body given as an iterator goes with the
-        ``content-length`` that ``headers`` must carry (never chunked)."""
+        ``content-length`` that ``headers`` must carry (never chunked). The engine's own
+        error from such a body (a staged file cut short) is raised as itself, to be reported
+        and retried as itself; any other failure of the body is a connection error, as
+        aiobotocore makes it."""
         path = self.target.path(key)
-        url = self.target.origin + path + (f"?{query}" if query else "")
-        data: bytes | bytearray | AsyncIterator[bytes | memoryview] | None = body
-        failures: list[ObjectError] = []  # what the caller's body raised, if it did
-        if isinstance(body, bytes | bytearray) and len(body) > _PIECE:  # in pieces, not chunked
-            headers = {**headers, "content-length": str(len(body))}
-            data = _pieces(body)
-        elif body is not None and not isinstance(body, bytes | bytearray):
-            data = _watched(body, failures)
+        target = path + (f"?{query}" if query else "")
+        url = self.target.origin + target
         credentials = await self._credentials()
         signed = self.signer.sign(
             method,
@@ -362,40 +324,32 @@ class FastS3:
             credentials,
             payload_hash=payload_hash,
         )
+        signed.update(_FIXED_HEADERS)
         try:
-            response = await self.session.request(
-                method,
-                URL(url, encoded=True),
-                headers=signed,
-                data=data,
-                allow_redirects=False,
-                ssl=self.target.ssl,
-            )
-        except (TimeoutError, aiohttp.ClientError, socket.gaierror) as exc:
-            if failures:  # the body failed, not the connection (which aiohttp closed)
-                raise failures[0] from None
+            response = await self.pool.request(method, target, signed, body)
+        except http11.HTTPError as exc:
+            if isinstance(exc, http11.BodyError) and isinstance(exc.__cause__, ObjectError):
+                raise exc.__cause__ from None  # the body failed, not the connection
             raise _connection_error(exc, url) from exc
         return response, url
 
-    async def _raise_error(
-        self, response: aiohttp.ClientResponse, url: str, operation: str
-    ) -> None:
+    async def _raise_error(self, response: http11.Response, url: str, operation: str) -> None:
         """Read an error answer and raise it as botocore would (or hand the request back)."""
         chunks: list[bytes] = []
         size = 0
         try:
             while size < ERROR_BODY_LIMIT:  # one read may return part of the document
-                chunk = await response.content.read(ERROR_BODY_LIMIT - size)
+                chunk = await response.read(ERROR_BODY_LIMIT - size)
                 if not chunk:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except http11.HTTPError as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
         body = b"".join(chunks)
-        headers = list(response.headers.items())
+        headers = response.headers
         if response.status in _REDIRECTS:
             raise _HandBack(f"HTTP {response.status} redirect")
         code = parse_error(response.status, headers, body)["Error"]["Code"]
@@ -419,7 +373,7 @@ class FastS3:
             except _HandBack as exc:
                 self._hand_back(str(exc))
                 return await self._botocore("get_object", params)
-        out = response_fields(response.headers.items(), response.status)
+        out = response_fields(response.headers, response.status)
         out["Body"] = FastBody(response, url)
         self.fast_requests += 1
         return out
@@ -466,12 +420,12 @@ class FastS3:
                 return await self._botocore("copy_object", params)
         try:
             body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except http11.HTTPError as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
         try:
-            out = copy_object_output(response.headers.items(), response.status, body)
+            out = copy_object_output(response.headers, response.status, body)
         except ClientError as exc:  # an error in a 200: one that may ask for botocore
             if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
                 self._hand_back(f"the server answered {exc.response['Error']['Code']}")
@@ -514,7 +468,7 @@ class FastS3:
         return answer if answer is not None else await self._botocore(method, params)
 
     async def _put_answer(
-        self, response: aiohttp.ClientResponse, url: str, operation: str
+        self, response: http11.Response, url: str, operation: str
     ) -> dict[str, Any] | None:
         """The fields botocore returns for a PUT's answer; an error raised as botocore
         raises it; None when the server asked for botocore (the bucket is handed back)."""
@@ -526,12 +480,12 @@ class FastS3:
                 return None
         try:
             body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except http11.HTTPError as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
         try:
-            out = put_output(response.headers.items(), response.status, body, operation)
+            out = put_output(response.headers, response.status, body, operation)
         except ClientError as exc:  # an error in a 200: one that may ask for botocore
             if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
                 self._hand_back(f"the server answered {exc.response['Error']['Code']}")
@@ -562,13 +516,25 @@ async def open_fast_s3(
     if isinstance(target, str):
         log.debug("fast path off for bucket %s: %s", bucket, target)
         return None
-    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
-        auto_decompress=False,  # the stored bytes, even when Content-Encoding is gzip
-        skip_auto_headers=("Content-Type",),
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    origin = urlsplit(target.origin)
+    tls: ssl.SSLContext | None = None
+    if origin.scheme == "https":
+        tls = target.ssl if isinstance(target.ssl, ssl.SSLContext) else _unverified()
+    pool = http11.Pool(
+        origin.hostname or "",
+        origin.port or (443 if tls else 80),
+        tls=tls,
+        limit=connections,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
     )
-    await stack.enter_async_context(session)
-    return FastS3(client, bucket, target, session)
+    await stack.enter_async_context(pool)
+    return FastS3(client, bucket, target, pool)
+
+
+def _unverified() -> ssl.SSLContext:
+    """TLS without checking the certificate: botocore's ``verify=False``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

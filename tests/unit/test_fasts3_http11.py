@@ -1,0 +1,325 @@
+"""The fast path's HTTP/1.1 pool against a real server on loopback, scripted per test: answer
+framing (length, chunked, closed), keep-alive, the pool's limit, flow control, timeouts, a
+failing request body, a kept connection the server has closed, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from asyncbackup.fasts3 import http11
+
+pytestmark = pytest.mark.both_loops
+
+
+@dataclass
+class Request:
+    line: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Server:
+    port: int
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    requests: list[Request] = field(default_factory=list)
+
+
+Handler = Callable[[Request, asyncio.StreamWriter, int], Awaitable[bool]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    headers = {}
+    for text in lines:
+        name, value = text.split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    try:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None  # the client gave up on its request
+    return Request(line, headers, body)
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    """A server calling ``handler(request, writer, n)`` for the n-th request of each
+    connection; the connection is kept while it returns True."""
+    server = Server(port=0)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        server.connections += 1
+        server.open_now += 1
+        server.most_open = max(server.most_open, server.open_now)
+        try:
+            n = 0
+            while (request := await read_request(reader)) is not None:
+                server.requests.append(request)
+                if not await handler(request, writer, n):
+                    break
+                n += 1
+        except ConnectionError:
+            pass
+        finally:
+            server.open_now -= 1
+            writer.close()
+
+    listening = await asyncio.start_server(connection, "127.0.0.1", 0)
+    server.port = listening.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        listening.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def pool(server: Server, *, limit: int = 8, read_timeout: float = 5.0) -> http11.Pool:
+    return http11.Pool(
+        "127.0.0.1",
+        server.port,
+        tls=None,
+        limit=limit,
+        connect_timeout=5,
+        read_timeout=read_timeout,
+    )
+
+
+def answer(body: bytes, *extra: str, status: str = "200 OK") -> bytes:
+    head = "".join(f"{line}\r\n" for line in (f"HTTP/1.1 {status}", *extra))
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def get(p: http11.Pool, path: str = "/k", amt: int = -1) -> tuple[int, bytes]:
+    response = await p.request("GET", path, {"host": "h"})
+    try:
+        parts = []
+        while chunk := await response.read(amt):
+            parts.append(chunk)
+        return response.status, b"".join(parts)
+    finally:
+        response.release()
+
+
+async def test_connections_are_kept_and_answers_framed_by_length_chunks_or_close() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /chunked"):
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        elif request.line.startswith("GET /closed"):
+            writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+            await writer.drain()
+            return False
+        elif request.line.startswith("GET /continue"):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"after 100"))
+        else:
+            writer.write(answer(f"{request.line} #{n}".encode(), "x-amz-meta-Name: V"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        assert await get(p) == (200, b"GET /k HTTP/1.1 #0")
+        assert await get(p, "/chunked") == (200, b"hello world")
+        assert await get(p, "/continue") == (200, b"after 100")
+        assert await get(p, "/x") == (200, b"GET /x HTTP/1.1 #3")
+        assert server.connections == 1
+        assert await get(p, "/closed") == (200, b"until the end")
+        assert await get(p) == (200, b"GET /k HTTP/1.1 #0")  # a new connection
+        assert server.connections == 2
+        response = await p.request("GET", "/k", {"host": "h"})
+        assert ("x-amz-meta-Name", "V") in response.headers  # as received
+        response.release()
+    assert server.requests[0].headers["host"] == "h"
+
+
+async def test_bodies_are_sent_whole_with_their_length() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"", f"x-got: {len(request.body)}"))
+        await writer.drain()
+        return True
+
+    big = os.urandom(3 * 1024 * 1024 + 5)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield big[:1000]
+        yield big[1000:]
+
+    async with serving(handler) as server, pool(server) as p:
+        for body in (b"small", big, bytearray(big), None):
+            response = await p.request("PUT", "/k", {"host": "h"}, body)
+            assert response.status == 200
+            assert await response.read() == b""
+            response.release()
+        response = await p.request(
+            "PUT", "/k", {"host": "h", "content-length": str(len(big))}, pieces()
+        )
+        response.release()
+    assert [r.body for r in server.requests] == [b"small", big, big, b"", big]
+    assert server.requests[3].headers["content-length"] == "0"
+    assert server.connections == 1
+
+
+async def test_a_failing_or_short_body_raises_and_the_connection_is_dropped() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    failure = OSError("the staged file went away")
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        raise failure
+
+    async def short() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        with pytest.raises(http11.BodyError) as raised:
+            await p.request("PUT", "/k", {"host": "h", "content-length": "20"}, failing())
+        assert raised.value.__cause__ is failure
+        with pytest.raises(http11.BodyError, match="10 of its 20 bytes"):
+            await p.request("PUT", "/k", {"host": "h", "content-length": "20"}, short())
+        assert await get(p) == (200, b"ok")  # the one slot is free again
+    assert server.connections == 3
+    assert len(server.requests) == 1  # neither half-sent request reached the server whole
+
+
+async def test_at_most_limit_connections_are_open() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(0.02)
+        writer.write(answer(request.line.encode()))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=3) as p:
+        results = await asyncio.gather(*(get(p, f"/{i}") for i in range(20)))
+    assert [body for _, body in results] == [f"GET /{i} HTTP/1.1".encode() for i in range(20)]
+    assert server.most_open == 3 and server.connections == 3
+
+
+async def test_a_large_answer_is_read_in_pieces_with_reading_paused() -> None:
+    data = os.urandom(16 * 1024 * 1024)
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(data))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        response = await p.request("GET", "/big", {"host": "h"})
+        connection = response._connection
+        assert connection is not None
+        parts, most_buffered = [], 0
+        while chunk := await response.read(256 * 1024):
+            assert len(chunk) <= 256 * 1024
+            parts.append(chunk)
+            most_buffered = max(most_buffered, connection.buffered)
+            await asyncio.sleep(0)  # a slow reader: the server is faster
+        response.release()
+        assert b"".join(parts) == data
+        # the socket is not read while more than the high water waits (plus what one read
+        # of the socket brings)
+        assert most_buffered < 2 * 1024 * 1024
+        assert await get(p, "/again") == (200, data)
+        assert server.connections == 1
+
+
+async def test_a_kept_connection_the_server_closes_unanswered_is_replaced_once() -> None:
+    """A server's idle timeout closing a kept connection as a request goes out on it: a
+    request that can be sent again is, once, on a new connection; a streamed one cannot."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            return False  # the second request of a connection: closed, not answered
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        assert await get(p) == (200, b"ok")
+        assert await get(p) == (200, b"ok")
+        response = await p.request("PUT", "/k", {"host": "h"}, b"abc")
+        assert response.status == 200
+        response.release()
+        assert server.connections == 3
+        with pytest.raises(http11.Disconnected):
+            await p.request("PUT", "/k", {"host": "h", "content-length": "3"}, streamed())
+    assert len(server.requests) == 6
+
+
+async def test_a_reset_mid_answer_raises_and_the_connection_is_not_reused() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /cut"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+            await writer.drain()
+            return False
+        if request.line.startswith("GET /garbage"):
+            writer.write(b"SMTP ready\r\n\r\n")
+        else:
+            writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        with pytest.raises(http11.Disconnected):
+            await get(p, "/cut")
+        assert await get(p) == (200, b"ok")
+        with pytest.raises(http11.BadResponse):
+            await get(p, "/garbage")
+        assert await get(p) == (200, b"ok")
+    assert server.connections == 3
+
+
+async def test_no_answer_is_a_read_timeout_and_cancelling_frees_the_slot() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /slow"):
+            await asyncio.sleep(3)
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1, read_timeout=0.2) as p:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(http11.ReadTimeout):
+            await p.request("GET", "/slow", {"host": "h"})
+        assert loop.time() - started < 2
+        task = asyncio.create_task(get(p, "/slow"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await get(p) == (200, b"ok")
+    assert server.connections == 3
+
+
+async def test_refusals_connection_and_header_injection() -> None:
+    async with serving(lambda *_: asyncio.sleep(0, False)) as server:
+        port = server.port
+    closed = http11.Pool("127.0.0.1", port, tls=None, limit=1, connect_timeout=2, read_timeout=2)
+    with pytest.raises(http11.ConnectError):
+        await closed.request("GET", "/", {"host": "h"})
+    with pytest.raises(ValueError, match="line break"):
+        await closed.request("GET", "/", {"host": "h", "x-amz-meta-a": "b\r\nevil: 1"})
+    await closed.close()
