@@ -354,6 +354,8 @@ def test_what_the_fast_path_leaves_to_botocore() -> None:
     )
     assert put_headers({"Bucket": "b", "Key": "k", "Body": body, "ACL": "private"}) is None
     assert put_headers({"Bucket": "b", "Key": "k", "Body": body, "Metadata": {"a": "é"}}) is None
+    broken = {"a": "one\r\nx-amz-meta-b: injected"}  # would end the header early
+    assert put_headers({"Bucket": "b", "Key": "k", "Body": body, "Metadata": broken}) is None
     assert put_headers({"Bucket": "b", "Key": "k", "Body": open}) is None  # not bytes
     expires = put_headers({"Bucket": "b", "Key": "k", "Body": body, "Expires": "2030-01-01"})
     assert expires == {"expires": "Tue, 01 Jan 2030 00:00:00 GMT"}
