@@ -284,7 +284,7 @@ async def _direct_copier(
         extra_params=_dest_params(config),
     )
     copier.journal = journal
-    if config.fast_path:  # CopyObject over aiohttp; the source bucket is only named in it
+    if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     return functools.partial(with_object_retries, copier.copy)
 
@@ -333,7 +333,7 @@ async def _fast_paths(
     dest_client: S3Client,
     stack: contextlib.AsyncExitStack,
 ) -> tuple[FastS3 | None, FastS3 | None]:
-    """The aiohttp data path for small GETs and PUTs (``fasts3``), one per bucket, or None
+    """The fast data path for small GETs and PUTs (``fasts3``), one per bucket, or None
     for a bucket whose requests need something only botocore does."""
     return (
         await _open_fast(config, source_client, config.source_bucket, stack),

@@ -203,7 +203,7 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         dest="fast_path",
         action="store_false",
         help="send every request through botocore, also the GET and PUT of small objects "
-        "(by default those go straight over aiohttp, signed by asyncbackup: less CPU each)",
+        "(by default those go over asyncbackup's own HTTP/1.1 pool, signed by it: less CPU each)",
     )
     tuning.add_argument(
         "--max-bandwidth",

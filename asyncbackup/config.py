@@ -122,7 +122,7 @@ class BackupConfig:
     sse_kms_key_id: str | None = None
     max_bandwidth: int | None = None
     direct: bool = False
-    fast_path: bool = True  # GetObject/PutObject of small objects over aiohttp (fasts3/)
+    fast_path: bool = True  # GetObject/PutObject of small objects without botocore (fasts3/)
     processes: int = 1  # > 1: copy in this many worker processes (workerpool.py)
     list_streams: int = 8  # ListObjectsV2 streams over key ranges, when one is not enough
 

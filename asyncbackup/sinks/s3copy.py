@@ -57,7 +57,7 @@ class ServerSideCopier:
         self.part_size_for = part_size_for
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
-        self.fast: FastS3 | None = None  # CopyObject over aiohttp (the destination's bucket)
+        self.fast: FastS3 | None = None  # CopyObject without botocore (the destination's bucket)
         #: where multipart copies in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
         self.first_part = FirstPartProbe(client, source_bucket, retry)

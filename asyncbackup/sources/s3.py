@@ -365,7 +365,7 @@ class S3Source:
         self.bucket = bucket
         self.retry = retry
         self.bandwidth = bandwidth
-        #: GetObject of objects up to IN_MEMORY_LIMIT over aiohttp (set by the caller)
+        #: GetObject of objects up to IN_MEMORY_LIMIT without botocore (set by the caller)
         self.fast: FastS3 | None = None
         #: how small objects are staged (and removed): inline while the disk is fast
         self.local = LocalIO()
