@@ -4,7 +4,9 @@
 by key, UTF-8 byte order, which is code point order), so it needs no HEAD per object and no
 map of the destination in memory. An object is unchanged when the destination has the same
 size and ETag: asyncbackup gives every copy its source's ETag (single PUT with the same MD5, or
-multipart with the same part layout), so its own earlier copies match.
+multipart with the same part layout), so its own earlier copies match. Empty objects are the
+exception: an empty source uploaded in one empty part (ETag ``...-1``) is copied as a plain
+empty object, so two empty objects count as the same whatever their ETags.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ async def mark_unchanged(
                     current is not None
                     and dest_relative(current.key) == name
                     and current.size == item.size
-                    and clean_etag(current.etag) == clean_etag(item.etag)
-                    and bool(item.etag)
+                    and (
+                        item.size == 0
+                        or (clean_etag(current.etag) == clean_etag(item.etag) and bool(item.etag))
+                    )
                 )
                 out.append(replace(item, present=True) if same else item)
             yield out

@@ -107,6 +107,9 @@ def test_skip_existing_copies_only_new_and_changed(
     objects = numbered_objects(200)
     put_objects(s3, buckets.source, objects)
     put_multipart(s3, buckets.source, "data/big.bin", (5 * MiB, 5 * MiB, 10))
+    # An empty object uploaded in one empty part ("...-1") is copied as a plain empty object,
+    # whose ETag differs: zero bytes are zero bytes, so it counts as unchanged all the same.
+    put_multipart(s3, buckets.source, "data/empty-multipart", (0,))
     # A single-part source above the threshold is uploaded in parts: its ETag cannot match.
     s3.put_object(Bucket=buckets.source, Key="data/single.bin", Body=os.urandom(6 * MiB))
     first = run_cli(_args(s3_server, buckets, tmp_path, "--multipart-threshold", "5MiB"))
@@ -123,7 +126,7 @@ def test_skip_existing_copies_only_new_and_changed(
     summary = load_json(report)
     # two new, one changed, and the single-part object that was uploaded in parts
     assert summary["copied_files"] == 4
-    assert summary["unchanged_files"] == 200  # the multipart copy kept its source ETag
+    assert summary["unchanged_files"] == 201  # the multipart copy kept its source ETag
     assert bucket_digest(s3, buckets.source) == bucket_digest(s3, buckets.dest)
     # The second run (default 8 MiB threshold) sent the 6 MiB object as one PUT: now it matches.
     plan = run_cli(_args(s3_server, buckets, tmp_path, "--skip-existing", "--dry-run"))
