@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from .staging import raise_if_disk_full
+
 log = logging.getLogger("asyncbackup")
 
 T = TypeVar("T")
@@ -69,7 +71,9 @@ class LocalIO:
 async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
     """``open(path, "wb")`` in a worker thread, closed in one. Cancelled while the open runs,
     the file that thread goes on to open is closed too (``aiofiles.open`` would leak it);
-    cancelled while the close waits for its thread, the block is left once it is closed."""
+    cancelled while the close waits for its thread, the block is left once it is closed. A
+    full disk found by the close (the last buffered bytes) is a ``StagingFullError``, as at
+    any write."""
     opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
     try:
         raw = await asyncio.shield(opening)
@@ -79,7 +83,11 @@ async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
     try:
         yield raw
     finally:
-        await _close(raw)
+        try:
+            await _close(raw)
+        except OSError as exc:
+            raise_if_disk_full(exc, path.parent)
+            raise
 
 
 async def _close(raw: BinaryIO) -> None:

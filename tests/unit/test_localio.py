@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import pytest
 
+from asyncbackup.errors import StagingFullError
 from asyncbackup.localio import LocalIO, open_for_writing
 
 
@@ -98,3 +99,12 @@ async def test_a_file_is_closed_when_its_task_is_cancelled_during_the_close(
         await asyncio.gather(*blocked)
         for handle in handles:
             handle.close()
+
+
+async def test_a_full_disk_found_at_close_stops_the_run_as_a_full_disk() -> None:
+    """The last bytes of a staged file may only be written when it is closed (buffered): a
+    full disk then must be the run-stopping StagingFullError, as at any write, not one
+    object's error."""
+    with pytest.raises(StagingFullError, match="no space left in staging directory /dev"):
+        async with open_for_writing(Path("/dev/full")) as out:
+            out.write(b"x" * 100)  # buffered: /dev/full refuses it at the flush
