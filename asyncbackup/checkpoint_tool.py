@@ -49,6 +49,7 @@ from .errors import (
     ObjectError,
 )
 from .journal import JOURNAL_SUFFIX, journal_path
+from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sources.s3 import S3Source
@@ -757,8 +758,9 @@ def format_listed(item: ListedCheckpoint) -> str:
 
 
 def format_failed(failed: FailedFile) -> str:
-    """``key<TAB>Code<TAB>message``: easy to ``cut -f1`` or ``grep``."""
-    return f"{failed.key}\t{failed.code}\t{failed.message}"
+    """``key<TAB>Code<TAB>message``: easy to ``cut -f1`` or ``grep`` (a tab or newline in
+    the key or message is escaped: ``printable``)."""
+    return f"{printable(failed.key)}\t{failed.code}\t{printable(failed.message)}"
 
 
 def format_mark(result: MarkResult) -> str:
@@ -789,11 +791,15 @@ def format_compact(result: CompactResult) -> str:
 def format_verify(result: VerifyResult, path: Path, limit: int = 50) -> str:
     lines: list[str] = []
     for key in result.missing[:limit]:
-        lines.append(f"missing    {key}")
+        lines.append(f"missing    {printable(key)}")
     for m in result.different[:limit]:
-        lines.append(f"different  {m.key}  (source {m.source_size} bytes, dest {m.dest_size})")
+        lines.append(
+            f"different  {printable(m.key)}  (source {m.source_size} bytes, dest {m.dest_size})"
+        )
     for key in result.not_in_source[:limit]:
-        lines.append(f"unchecked  {key}  (no longer in the source; present at the destination)")
+        lines.append(
+            f"unchecked  {printable(key)}  (no longer in the source; present at the destination)"
+        )
     hidden = sum(
         max(0, len(group) - limit)
         for group in (result.missing, result.different, result.not_in_source)

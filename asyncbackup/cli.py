@@ -29,6 +29,7 @@ from .github import GitHubBackupConfig, run_github_backup
 from .logformat import LOG_FORMATS, make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
+from .printable import printable
 from .progress import Observer
 from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
@@ -540,7 +541,7 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
         f"done per checkpoint, {plan.unchanged_files} unchanged at the destination"
     )
     for key in plan.first_keys:
-        print(f"  {key}")
+        print(f"  {printable(key)}")
     if plan.copy_files > len(plan.first_keys):
         print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
     if args.report:

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from .printable import printable
+
 LOG_FORMATS = ("text", "json")
 _STANDARD = frozenset(
     [*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"]
@@ -33,6 +35,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS LEVEL message``, the message's control characters escaped (``printable``:
+    a key with a newline cannot forge a log line); a traceback keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class StderrHandler(logging.StreamHandler[TextIO]):
@@ -59,5 +73,5 @@ def make_handler(log_format: str) -> logging.Handler:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TextFormatter())
     return handler

@@ -17,6 +17,7 @@ import orjson
 
 from .checkpoint import now_iso, write_atomic
 from .checkpoint_tool import errors_by_code, format_codes, human_bytes
+from .printable import printable
 from .progress import Observer
 from .progress_line import ProgressLine, rate
 from .report import BackupReport
@@ -106,7 +107,7 @@ def summary_lines(report: BackupReport) -> list[str]:
     if report.errors:
         lines.append(f"errors by code: {format_codes(errors_by_code(report.errors))}")
         for key, error in list(report.errors.items())[:_SHOWN_ERRORS]:
-            lines.append(f"  {key}: {error}")
+            lines.append(f"  {printable(key)}: {printable(error)}")
         if len(report.errors) > _SHOWN_ERRORS:
             lines.append(f"  ... and {len(report.errors) - _SHOWN_ERRORS:,} more")
         path = report.checkpoint_path
