@@ -228,6 +228,16 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def finish(self) -> None:
+        """Done with a complete answer: what is left of its body dropped, and the socket read
+        again if reading paused (the answer's last piece can be the one past the high water)."""
+        self.chunks.clear()
+        self.buffered = 0
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+
     async def send(self, head: bytes, body: Body, length: int) -> None:
         """Write one request; return early if the server answers before taking all of it."""
         transport = self.transport
@@ -326,6 +336,7 @@ class Response:
         if connection is None:
             return
         if connection.complete and connection.keep_alive and not connection.closed:
+            connection.finish()
             connection.pool._put_back(connection)
         else:
             connection.abort()

@@ -323,3 +323,25 @@ async def test_refusals_connection_and_header_injection() -> None:
     with pytest.raises(ValueError, match="line break"):
         await closed.request("GET", "/", {"host": "h", "x-amz-meta-a": "b\r\nevil: 1"})
     await closed.close()
+
+
+async def test_an_answer_complete_while_reading_is_paused_leaves_a_reading_connection() -> None:
+    """The byte that ends an answer can be the one past the high water (reading pauses as the
+    answer completes); released unread, its connection must read the next answer."""
+    data = os.urandom(1024 * 1024 + 1)
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(data if request.line.startswith("GET /big") else b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1, read_timeout=1) as p:
+        response = await p.request("GET", "/big", {"host": "h"})
+        connection = response._connection
+        assert connection is not None
+        while not connection.complete:  # all of it arrives; nothing is read yet
+            await connection.wait()
+        assert await response.read(10) == data[:10]
+        response.release()  # the rest not wanted: a complete answer, the connection kept
+        assert await get(p) == (200, b"ok")
+    assert server.connections == 1
