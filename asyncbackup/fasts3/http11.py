@@ -114,10 +114,15 @@ class _Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        aborted = self.closed  # by this side: a failure, the pool closing, a body not wanted
         self.closed = True
-        if self.headers_done and not self.complete and self._until_eof():
+        if self.complete:
+            pass
+        elif not aborted and exc is None and self.headers_done and self._until_eof():
             self.complete = True  # an answer framed by the server closing: that was its end
-        elif not self.complete:
+        elif aborted:
+            self._fail(Disconnected("the connection was closed before the answer was complete"))
+        else:  # a reset (exc) is no end of an answer framed by the server closing
             reason = f": {exc}" if exc else ""
             self._fail(Disconnected(f"the server closed the connection{reason}"))
         self._wake()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -345,3 +347,36 @@ async def test_an_answer_complete_while_reading_is_paused_leaves_a_reading_conne
         response.release()  # the rest not wanted: a complete answer, the connection kept
         assert await get(p) == (200, b"ok")
     assert server.connections == 1
+
+
+async def test_an_answer_framed_by_close_is_cut_by_a_reset_or_the_pool_closing() -> None:
+    """An answer with no length ends when the server closes the connection; a reset, or the
+    pool closing it, is no such end: the body is cut, not complete."""
+    stall = asyncio.Event()
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart of it")
+        await writer.drain()
+        if request.line.startswith("GET /reset"):
+            await asyncio.sleep(0.05)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            await stall.wait()
+        return False
+
+    async with serving(handler) as server, pool(server) as p:
+        response = await p.request("GET", "/reset", {"host": "h"})
+        with pytest.raises(http11.Disconnected):
+            await response.read()
+        response.release()
+        response = await p.request("GET", "/k", {"host": "h"})
+        assert await response.read(100) == b"part of it"
+        reading = asyncio.ensure_future(response.read())
+        await asyncio.sleep(0.05)
+        await p.close()
+        with pytest.raises(http11.Disconnected):
+            await reading
+        response.release()
+        stall.set()
