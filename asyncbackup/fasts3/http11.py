@@ -106,7 +106,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"the server's answer is not HTTP/1.1 ({exc})"))
+            cause = exc.__context__
+            if isinstance(cause, BadResponse):
+                self._fail(cause)
+            else:
+                self._fail(BadResponse(f"the server's answer is not HTTP/1.1 ({exc})"))
             self.abort()
         self._wake()
 
@@ -147,6 +151,8 @@ class _Connection(asyncio.Protocol):
     # httptools
 
     def on_message_begin(self) -> None:
+        if self.complete:  # a message after the answer, with no request for it
+            raise BadResponse("the server sent more than its answer")
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:

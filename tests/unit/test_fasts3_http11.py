@@ -380,3 +380,25 @@ async def test_an_answer_framed_by_close_is_cut_by_a_reset_or_the_pool_closing()
             await reading
         response.release()
         stall.set()
+
+
+async def test_data_after_the_answer_is_not_part_of_it_and_the_connection_is_dropped() -> None:
+    """Bytes after a complete answer (a second answer nobody asked for) are no part of its
+    body, and a connection that sends them is not trusted with another request."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /extra"):
+            writer.write(answer(b"ok") + answer(b"unasked", status="404 Not Found"))
+        else:
+            writer.write(answer(b"fine"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        response = await p.request("GET", "/extra", {"host": "h"})
+        await asyncio.sleep(0.05)  # all of it arrives before the body is read
+        assert response.status == 200
+        assert await response.read() == b"ok"
+        response.release()
+        assert await get(p) == (200, b"fine")
+    assert server.connections == 2
