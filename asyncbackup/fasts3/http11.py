@@ -268,15 +268,19 @@ class _Connection(asyncio.Protocol):
         else:
             transport.write(head)
             sent = 0
-            try:
-                async for piece in body:
-                    if not await self._writable():
-                        return
-                    transport.write(piece)
-                    sent += len(piece)
-            except Exception as exc:
-                self.abort()
-                raise BodyError(f"the request body failed: {exc}") from exc
+            pieces = aiter(body)
+            while True:
+                try:  # only the body's own failure is a BodyError, not the connection's
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    self.abort()
+                    raise BodyError(f"the request body failed: {exc}") from exc
+                if not await self._writable():
+                    return
+                transport.write(piece)
+                sent += len(piece)
             if sent != length:
                 self.abort()
                 raise BodyError(f"the request body had {sent} of its {length} bytes")

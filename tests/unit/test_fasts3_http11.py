@@ -402,3 +402,26 @@ async def test_data_after_the_answer_is_not_part_of_it_and_the_connection_is_dro
         response.release()
         assert await get(p) == (200, b"fine")
     assert server.connections == 2
+
+
+async def test_the_connection_failing_while_a_streamed_body_goes_is_no_body_error() -> None:
+    """A server closing (or not reading) while a streamed body goes out is a connection
+    failure, reported as one: ``BodyError`` is for the body's own iterator failing."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head, then no more: closed
+        writer.close()
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 10
+            await asyncio.sleep(0.02)
+
+    listening = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    async with (
+        listening,
+        http11.Pool("127.0.0.1", port, tls=None, limit=1, connect_timeout=2, read_timeout=2) as p,
+    ):
+        with pytest.raises(http11.Disconnected):
+            await p.request("PUT", "/k", {"host": "h", "content-length": "200"}, slow())
