@@ -64,7 +64,8 @@ class BadResponse(HTTPError):
 
 
 class BodyError(HTTPError):
-    """The request's body failed: its iterator raised (the ``__cause__``) or came up short."""
+    """The request's body failed: its iterator raised (the ``__cause__``), came up short or
+    went past its length."""
 
 
 class _Connection(asyncio.Protocol):
@@ -277,6 +278,9 @@ class _Connection(asyncio.Protocol):
                 except Exception as exc:
                     self.abort()
                     raise BodyError(f"the request body failed: {exc}") from exc
+                if sent + len(piece) > length:  # not one byte past the length: the server
+                    self.abort()  # would take the first ``length`` as the whole body
+                    raise BodyError(f"the request body had more than its {length} bytes")
                 if not await self._writable():
                     return
                 transport.write(piece)

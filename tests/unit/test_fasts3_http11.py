@@ -425,3 +425,23 @@ async def test_the_connection_failing_while_a_streamed_body_goes_is_no_body_erro
     ):
         with pytest.raises(http11.Disconnected):
             await p.request("PUT", "/k", {"host": "h", "content-length": "200"}, slow())
+
+
+async def test_a_body_longer_than_its_length_is_refused_before_the_server_has_it_whole() -> None:
+    """A streamed body with more bytes than its ``content-length`` (a staged file that grew)
+    fails before its first ``content-length`` bytes reach the server as a whole request."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"stored"))
+        await writer.drain()
+        return True
+
+    async def longer() -> AsyncIterator[bytes]:
+        yield b"x" * 15
+        yield b"y" * 15
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        with pytest.raises(http11.BodyError, match="more than its 20 bytes"):
+            await p.request("PUT", "/k", {"host": "h", "content-length": "20"}, longer())
+        assert await get(p) == (200, b"stored")
+    assert [r.line for r in server.requests] == ["GET /k HTTP/1.1"]
