@@ -106,8 +106,8 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: no
+            cause = exc.__context__  # HTTP after it, and not an HttpParserError
             if isinstance(cause, BadResponse):
                 self._fail(cause)
             else:

@@ -445,3 +445,22 @@ async def test_a_body_longer_than_its_length_is_refused_before_the_server_has_it
             await p.request("PUT", "/k", {"host": "h", "content-length": "20"}, longer())
         assert await get(p) == (200, b"stored")
     assert [r.line for r in server.requests] == ["GET /k HTTP/1.1"]
+
+
+async def test_a_switch_of_protocols_is_a_bad_response() -> None:
+    """101 Switching Protocols is no answer the fast path can read: a ``BadResponse``, not an
+    exception escaping the protocol into the event loop's handler."""
+    escaped: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: escaped.append(context))
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n"
+        )
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        with pytest.raises(http11.BadResponse):
+            await p.request("GET", "/k", {"host": "h"})
+    assert not [c for c in escaped if "data_received" in str(c["message"])]
