@@ -350,6 +350,13 @@ class Response:
                 raise connection.error
             await connection.wait()
 
+    def __del__(self) -> None:
+        # Dropped without release(): its connection would count against the pool's limit for
+        # good (aiohttp's response closes its connection the same way when collected).
+        connection = self._connection
+        if connection is not None and not connection.closed and not connection.loop.is_closed():
+            connection.abort()
+
     def release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:

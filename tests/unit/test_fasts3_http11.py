@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import struct
@@ -464,3 +465,22 @@ async def test_a_switch_of_protocols_is_a_bad_response() -> None:
         with pytest.raises(http11.BadResponse):
             await p.request("GET", "/k", {"host": "h"})
     assert not [c for c in escaped if "data_received" in str(c["message"])]
+
+
+async def test_an_answer_dropped_unreleased_gives_its_slot_back() -> None:
+    """A response lost without ``release()`` (an exception between the request and the
+    ``async with`` of its body) closes its connection when collected, as aiohttp's does:
+    the pool's slot is not lost for the rest of the run."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        response = await p.request("GET", "/dropped", {"host": "h"})
+        assert response.status == 200
+        del response
+        gc.collect()
+        assert await asyncio.wait_for(get(p), 2) == (200, b"ok")
+    assert server.connections == 2
