@@ -386,8 +386,9 @@ class Pool:
         self.port = port
         self.tls = tls
         self.limit = max(1, limit)
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        # 0 (or less) is no timeout, as aiohttp takes it (aiobotocore hands botocore's on)
+        self.connect_timeout = connect_timeout if connect_timeout and connect_timeout > 0 else None
+        self.read_timeout = read_timeout if read_timeout and read_timeout > 0 else None
         self.loop = asyncio.get_running_loop()
         self._idle: list[_Connection] = []
         self._open = 0  # connections made or being made, not yet closed
@@ -470,10 +471,9 @@ class Pool:
                     ssl=self.tls,
                     server_hostname=self.host if self.tls else None,
                 )
-        except TimeoutError as exc:
-            raise ConnectTimeout(
-                f"no connection to {self.host}:{self.port} within {self.connect_timeout:g} s"
-            ) from exc
+        except TimeoutError as exc:  # ours, or the system's (ETIMEDOUT: an OSError too)
+            within = f" within {self.connect_timeout:g} s" if self.connect_timeout else ""
+            raise ConnectTimeout(f"no connection to {self.host}:{self.port}{within}") from exc
         except ssl.SSLError as exc:
             raise TLSError(f"TLS with {self.host}:{self.port} failed: {exc}") from exc
         except OSError as exc:

@@ -484,3 +484,25 @@ async def test_an_answer_dropped_unreleased_gives_its_slot_back() -> None:
         gc.collect()
         assert await asyncio.wait_for(get(p), 2) == (200, b"ok")
     assert server.connections == 2
+
+
+async def test_a_timeout_of_zero_or_none_is_no_timeout() -> None:
+    """As aiohttp (and so aiobotocore) takes them: 0 or None, no limit on connecting or
+    reading, not a connection that times out at once."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server:
+        for timeout in (0, None):
+            async with http11.Pool(
+                "127.0.0.1",
+                server.port,
+                tls=None,
+                limit=1,
+                connect_timeout=timeout,
+                read_timeout=timeout,
+            ) as p:
+                assert await get(p) == (200, b"ok")
