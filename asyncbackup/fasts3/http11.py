@@ -434,7 +434,9 @@ class Pool:
         while True:
             while self._idle:
                 connection = self._idle.pop()
-                if not connection.closed:
+                transport = connection.transport
+                # closing: the server's close was read, its connection_lost() not run yet
+                if not connection.closed and transport is not None and not transport.is_closing():
                     connection.reused = True
                     connection.begin()
                     return connection

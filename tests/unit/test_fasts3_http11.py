@@ -506,3 +506,30 @@ async def test_a_timeout_of_zero_or_none_is_no_timeout() -> None:
                 read_timeout=timeout,
             ) as p:
                 assert await get(p) == (200, b"ok")
+
+
+async def test_a_kept_connection_already_closing_is_not_taken_for_a_request() -> None:
+    """The server's close of a kept connection has been read (the transport is closing) but
+    its ``connection_lost`` has not run yet: a request in that moment gets another connection
+    (which matters for a streamed body: it cannot be sent twice)."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return request.line.startswith("PUT")  # after a GET: closed, as by an idle timeout
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async with serving(handler) as server, pool(server, limit=2) as p:
+        response = await p.request("GET", "/k", {"host": "h"})
+        connection = response._connection
+        assert connection is not None and connection.transport is not None
+        assert await response.read() == b"ok"
+        response.release()
+        while not connection.transport.is_closing():
+            await asyncio.sleep(0)
+        response = await p.request("PUT", "/k", {"host": "h", "content-length": "3"}, streamed())
+        assert response.status == 200
+        response.release()
+    assert server.requests[-1].body == b"abc"
