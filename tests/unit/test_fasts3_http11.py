@@ -533,3 +533,63 @@ async def test_a_kept_connection_already_closing_is_not_taken_for_a_request() ->
         assert response.status == 200
         response.release()
     assert server.requests[-1].body == b"abc"
+
+
+async def test_slots_come_back_from_every_cancel_and_a_close_fails_what_runs() -> None:
+    """The pool's accounting under cancellation: a request cancelled waiting for a slot,
+    woken for one and cancelled before it ran (its turn passes on), waiting for an answer, or
+    reading a body gives its slot back; ``close()`` fails the requests running or waiting."""
+    gate = asyncio.Event()
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /hold"):
+            await gate.wait()
+        if request.line.startswith("GET /part"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+            await writer.drain()
+            await gate.wait()
+            return False
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async def settle(p: http11.Pool) -> None:
+        for _ in range(50):  # until the aborted connections' connection_lost() ran
+            await asyncio.sleep(0.01)
+            if p._open == len(p._idle):
+                return
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        first = await p.request("GET", "/a", {"host": "h"})
+        waiting = asyncio.ensure_future(get(p, "/b"))
+        woken = asyncio.ensure_future(get(p, "/c"))
+        last = asyncio.ensure_future(get(p, "/d"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # cancelled in line
+        await asyncio.sleep(0)
+        assert await first.read() == b"ok"
+        first.release()  # wakes "woken"...
+        woken.cancel()  # ... which is cancelled before it runs: "last" gets the connection
+        assert await asyncio.wait_for(last, 2) == (200, b"ok")
+        for task in (waiting, woken):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for path in ("/hold", "/part"):  # cancelled waiting for the answer, reading the body
+            task = asyncio.ensure_future(get(p, path))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await settle(p)
+            assert p._open == len(p._idle) <= 1
+            assert await asyncio.wait_for(get(p), 2) == (200, b"ok")
+        running = asyncio.ensure_future(get(p, "/hold"))
+        queued = asyncio.ensure_future(get(p, "/e"))
+        await asyncio.sleep(0.05)
+        await p.close()
+        for task in (running, queued):
+            with pytest.raises(http11.Disconnected):
+                await asyncio.wait_for(task, 2)
+        await settle(p)
+        assert p._open == 0 and not p._all and not p._idle
+        gate.set()
