@@ -64,7 +64,8 @@ class BadResponse(HTTPError):
 
 
 class BodyError(HTTPError):
-    """The request's body failed: its iterator raised (the ``__cause__``) or came up short."""
+    """The request's body failed: its iterator raised (the ``__cause__``), came up short or
+    went past its length."""
 
 
 class _Connection(asyncio.Protocol):
@@ -105,8 +106,12 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"the server's answer is not HTTP/1.1 ({exc})"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101: no
+            cause = exc.__context__  # HTTP after it, and not an HttpParserError
+            if isinstance(cause, BadResponse):
+                self._fail(cause)
+            else:
+                self._fail(BadResponse(f"the server's answer is not HTTP/1.1 ({exc})"))
             self.abort()
         self._wake()
 
@@ -114,10 +119,15 @@ class _Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        aborted = self.closed  # by this side: a failure, the pool closing, a body not wanted
         self.closed = True
-        if self.headers_done and not self.complete and self._until_eof():
+        if self.complete:
+            pass
+        elif not aborted and exc is None and self.headers_done and self._until_eof():
             self.complete = True  # an answer framed by the server closing: that was its end
-        elif not self.complete:
+        elif aborted:
+            self._fail(Disconnected("the connection was closed before the answer was complete"))
+        else:  # a reset (exc) is no end of an answer framed by the server closing
             reason = f": {exc}" if exc else ""
             self._fail(Disconnected(f"the server closed the connection{reason}"))
         self._wake()
@@ -142,6 +152,8 @@ class _Connection(asyncio.Protocol):
     # httptools
 
     def on_message_begin(self) -> None:
+        if self.complete:  # a message after the answer, with no request for it
+            raise BadResponse("the server sent more than its answer")
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -228,6 +240,16 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def finish(self) -> None:
+        """Done with a complete answer: what is left of its body dropped, and the socket read
+        again if reading paused (the answer's last piece can be the one past the high water)."""
+        self.chunks.clear()
+        self.buffered = 0
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+
     async def send(self, head: bytes, body: Body, length: int) -> None:
         """Write one request; return early if the server answers before taking all of it."""
         transport = self.transport
@@ -247,15 +269,22 @@ class _Connection(asyncio.Protocol):
         else:
             transport.write(head)
             sent = 0
-            try:
-                async for piece in body:
-                    if not await self._writable():
-                        return
-                    transport.write(piece)
-                    sent += len(piece)
-            except Exception as exc:
-                self.abort()
-                raise BodyError(f"the request body failed: {exc}") from exc
+            pieces = aiter(body)
+            while True:
+                try:  # only the body's own failure is a BodyError, not the connection's
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    self.abort()
+                    raise BodyError(f"the request body failed: {exc}") from exc
+                if sent + len(piece) > length:  # not one byte past the length: the server
+                    self.abort()  # would take the first ``length`` as the whole body
+                    raise BodyError(f"the request body had more than its {length} bytes")
+                if not await self._writable():
+                    return
+                transport.write(piece)
+                sent += len(piece)
             if sent != length:
                 self.abort()
                 raise BodyError(f"the request body had {sent} of its {length} bytes")
@@ -321,11 +350,19 @@ class Response:
                 raise connection.error
             await connection.wait()
 
+    def __del__(self) -> None:
+        # Dropped without release(): its connection would count against the pool's limit for
+        # good (aiohttp's response closes its connection the same way when collected).
+        connection = self._connection
+        if connection is not None and not connection.closed and not connection.loop.is_closed():
+            connection.abort()
+
     def release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return
         if connection.complete and connection.keep_alive and not connection.closed:
+            connection.finish()
             connection.pool._put_back(connection)
         else:
             connection.abort()
@@ -349,8 +386,9 @@ class Pool:
         self.port = port
         self.tls = tls
         self.limit = max(1, limit)
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        # 0 (or less) is no timeout, as aiohttp takes it (aiobotocore hands botocore's on)
+        self.connect_timeout = connect_timeout if connect_timeout and connect_timeout > 0 else None
+        self.read_timeout = read_timeout if read_timeout and read_timeout > 0 else None
         self.loop = asyncio.get_running_loop()
         self._idle: list[_Connection] = []
         self._open = 0  # connections made or being made, not yet closed
@@ -396,7 +434,9 @@ class Pool:
         while True:
             while self._idle:
                 connection = self._idle.pop()
-                if not connection.closed:
+                transport = connection.transport
+                # closing: the server's close was read, its connection_lost() not run yet
+                if not connection.closed and transport is not None and not transport.is_closing():
                     connection.reused = True
                     connection.begin()
                     return connection
@@ -433,10 +473,9 @@ class Pool:
                     ssl=self.tls,
                     server_hostname=self.host if self.tls else None,
                 )
-        except TimeoutError as exc:
-            raise ConnectTimeout(
-                f"no connection to {self.host}:{self.port} within {self.connect_timeout:g} s"
-            ) from exc
+        except TimeoutError as exc:  # ours, or the system's (ETIMEDOUT: an OSError too)
+            within = f" within {self.connect_timeout:g} s" if self.connect_timeout else ""
+            raise ConnectTimeout(f"no connection to {self.host}:{self.port}{within}") from exc
         except ssl.SSLError as exc:
             raise TLSError(f"TLS with {self.host}:{self.port} failed: {exc}") from exc
         except OSError as exc:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -323,3 +326,270 @@ async def test_refusals_connection_and_header_injection() -> None:
     with pytest.raises(ValueError, match="line break"):
         await closed.request("GET", "/", {"host": "h", "x-amz-meta-a": "b\r\nevil: 1"})
     await closed.close()
+
+
+async def test_an_answer_complete_while_reading_is_paused_leaves_a_reading_connection() -> None:
+    """The byte that ends an answer can be the one past the high water (reading pauses as the
+    answer completes); released unread, its connection must read the next answer."""
+    data = os.urandom(1024 * 1024 + 1)
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(data if request.line.startswith("GET /big") else b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1, read_timeout=1) as p:
+        response = await p.request("GET", "/big", {"host": "h"})
+        connection = response._connection
+        assert connection is not None
+        while not connection.complete:  # all of it arrives; nothing is read yet
+            await connection.wait()
+        assert await response.read(10) == data[:10]
+        response.release()  # the rest not wanted: a complete answer, the connection kept
+        assert await get(p) == (200, b"ok")
+    assert server.connections == 1
+
+
+async def test_an_answer_framed_by_close_is_cut_by_a_reset_or_the_pool_closing() -> None:
+    """An answer with no length ends when the server closes the connection; a reset, or the
+    pool closing it, is no such end: the body is cut, not complete."""
+    stall = asyncio.Event()
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart of it")
+        await writer.drain()
+        if request.line.startswith("GET /reset"):
+            await asyncio.sleep(0.05)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            await stall.wait()
+        return False
+
+    async with serving(handler) as server, pool(server) as p:
+        response = await p.request("GET", "/reset", {"host": "h"})
+        with pytest.raises(http11.Disconnected):
+            await response.read()
+        response.release()
+        response = await p.request("GET", "/k", {"host": "h"})
+        assert await response.read(100) == b"part of it"
+        reading = asyncio.ensure_future(response.read())
+        await asyncio.sleep(0.05)
+        await p.close()
+        with pytest.raises(http11.Disconnected):
+            await reading
+        response.release()
+        stall.set()
+
+
+async def test_data_after_the_answer_is_not_part_of_it_and_the_connection_is_dropped() -> None:
+    """Bytes after a complete answer (a second answer nobody asked for) are no part of its
+    body, and a connection that sends them is not trusted with another request."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /extra"):
+            writer.write(answer(b"ok") + answer(b"unasked", status="404 Not Found"))
+        else:
+            writer.write(answer(b"fine"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        response = await p.request("GET", "/extra", {"host": "h"})
+        await asyncio.sleep(0.05)  # all of it arrives before the body is read
+        assert response.status == 200
+        assert await response.read() == b"ok"
+        response.release()
+        assert await get(p) == (200, b"fine")
+    assert server.connections == 2
+
+
+async def test_the_connection_failing_while_a_streamed_body_goes_is_no_body_error() -> None:
+    """A server closing (or not reading) while a streamed body goes out is a connection
+    failure, reported as one: ``BodyError`` is for the body's own iterator failing."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head, then no more: closed
+        writer.close()
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 10
+            await asyncio.sleep(0.02)
+
+    listening = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    async with (
+        listening,
+        http11.Pool("127.0.0.1", port, tls=None, limit=1, connect_timeout=2, read_timeout=2) as p,
+    ):
+        with pytest.raises(http11.Disconnected):
+            await p.request("PUT", "/k", {"host": "h", "content-length": "200"}, slow())
+
+
+async def test_a_body_longer_than_its_length_is_refused_before_the_server_has_it_whole() -> None:
+    """A streamed body with more bytes than its ``content-length`` (a staged file that grew)
+    fails before its first ``content-length`` bytes reach the server as a whole request."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"stored"))
+        await writer.drain()
+        return True
+
+    async def longer() -> AsyncIterator[bytes]:
+        yield b"x" * 15
+        yield b"y" * 15
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        with pytest.raises(http11.BodyError, match="more than its 20 bytes"):
+            await p.request("PUT", "/k", {"host": "h", "content-length": "20"}, longer())
+        assert await get(p) == (200, b"stored")
+    assert [r.line for r in server.requests] == ["GET /k HTTP/1.1"]
+
+
+async def test_a_switch_of_protocols_is_a_bad_response() -> None:
+    """101 Switching Protocols is no answer the fast path can read: a ``BadResponse``, not an
+    exception escaping the protocol into the event loop's handler."""
+    escaped: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: escaped.append(context))
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n"
+        )
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        with pytest.raises(http11.BadResponse):
+            await p.request("GET", "/k", {"host": "h"})
+    assert not [c for c in escaped if "data_received" in str(c["message"])]
+
+
+async def test_an_answer_dropped_unreleased_gives_its_slot_back() -> None:
+    """A response lost without ``release()`` (an exception between the request and the
+    ``async with`` of its body) closes its connection when collected, as aiohttp's does:
+    the pool's slot is not lost for the rest of the run."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        response = await p.request("GET", "/dropped", {"host": "h"})
+        assert response.status == 200
+        del response
+        gc.collect()
+        assert await asyncio.wait_for(get(p), 2) == (200, b"ok")
+    assert server.connections == 2
+
+
+async def test_a_timeout_of_zero_or_none_is_no_timeout() -> None:
+    """As aiohttp (and so aiobotocore) takes them: 0 or None, no limit on connecting or
+    reading, not a connection that times out at once."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server:
+        for timeout in (0, None):
+            async with http11.Pool(
+                "127.0.0.1",
+                server.port,
+                tls=None,
+                limit=1,
+                connect_timeout=timeout,
+                read_timeout=timeout,
+            ) as p:
+                assert await get(p) == (200, b"ok")
+
+
+async def test_a_kept_connection_already_closing_is_not_taken_for_a_request() -> None:
+    """The server's close of a kept connection has been read (the transport is closing) but
+    its ``connection_lost`` has not run yet: a request in that moment gets another connection
+    (which matters for a streamed body: it cannot be sent twice)."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return request.line.startswith("PUT")  # after a GET: closed, as by an idle timeout
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async with serving(handler) as server, pool(server, limit=2) as p:
+        response = await p.request("GET", "/k", {"host": "h"})
+        connection = response._connection
+        assert connection is not None and connection.transport is not None
+        assert await response.read() == b"ok"
+        response.release()
+        while not connection.transport.is_closing():
+            await asyncio.sleep(0)
+        response = await p.request("PUT", "/k", {"host": "h", "content-length": "3"}, streamed())
+        assert response.status == 200
+        response.release()
+    assert server.requests[-1].body == b"abc"
+
+
+async def test_slots_come_back_from_every_cancel_and_a_close_fails_what_runs() -> None:
+    """The pool's accounting under cancellation: a request cancelled waiting for a slot,
+    woken for one and cancelled before it ran (its turn passes on), waiting for an answer, or
+    reading a body gives its slot back; ``close()`` fails the requests running or waiting."""
+    gate = asyncio.Event()
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        if request.line.startswith("GET /hold"):
+            await gate.wait()
+        if request.line.startswith("GET /part"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+            await writer.drain()
+            await gate.wait()
+            return False
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async def settle(p: http11.Pool) -> None:
+        for _ in range(50):  # until the aborted connections' connection_lost() ran
+            await asyncio.sleep(0.01)
+            if p._open == len(p._idle):
+                return
+
+    async with serving(handler) as server, pool(server, limit=1) as p:
+        first = await p.request("GET", "/a", {"host": "h"})
+        waiting = asyncio.ensure_future(get(p, "/b"))
+        woken = asyncio.ensure_future(get(p, "/c"))
+        last = asyncio.ensure_future(get(p, "/d"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # cancelled in line
+        await asyncio.sleep(0)
+        assert await first.read() == b"ok"
+        first.release()  # wakes "woken"...
+        woken.cancel()  # ... which is cancelled before it runs: "last" gets the connection
+        assert await asyncio.wait_for(last, 2) == (200, b"ok")
+        for task in (waiting, woken):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for path in ("/hold", "/part"):  # cancelled waiting for the answer, reading the body
+            task = asyncio.ensure_future(get(p, path))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await settle(p)
+            assert p._open == len(p._idle) <= 1
+            assert await asyncio.wait_for(get(p), 2) == (200, b"ok")
+        running = asyncio.ensure_future(get(p, "/hold"))
+        queued = asyncio.ensure_future(get(p, "/e"))
+        await asyncio.sleep(0.05)
+        await p.close()
+        for task in (running, queued):
+            with pytest.raises(http11.Disconnected):
+                await asyncio.wait_for(task, 2)
+        await settle(p)
+        assert p._open == 0 and not p._all and not p._idle
+        gate.set()
