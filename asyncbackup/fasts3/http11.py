@@ -33,6 +33,9 @@ _ONE_WRITE = 256 * 1024
 _SLICE = 1 << 20
 #: reading from the socket pauses while this much of an answer's body waits to be read
 _HIGH_WATER = 1 << 20
+#: an idle connection older than this is closed rather than used (aiohttp's default): servers
+#: close idle connections after their own timeout, and a request sent as one does is lost
+KEEPALIVE = 15.0
 
 
 class HTTPError(Exception):
@@ -79,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
+        self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self.begin()
@@ -370,7 +374,8 @@ class Response:
 
 class Pool:
     """Keep-alive connections to one origin: at most ``limit`` open at a time (a request
-    waits for one beyond that), idle ones reused last-in first-out."""
+    waits for one beyond that), idle ones reused last-in first-out, for ``keepalive``
+    seconds."""
 
     def __init__(
         self,
@@ -381,8 +386,10 @@ class Pool:
         limit: int,
         connect_timeout: float | None,
         read_timeout: float | None,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         self.host = host
+        self.keepalive = keepalive
         self.port = port
         self.tls = tls
         self.limit = max(1, limit)
@@ -436,10 +443,14 @@ class Pool:
                 connection = self._idle.pop()
                 transport = connection.transport
                 # closing: the server's close was read, its connection_lost() not run yet
-                if not connection.closed and transport is not None and not transport.is_closing():
-                    connection.reused = True
-                    connection.begin()
-                    return connection
+                if connection.closed or transport is None or transport.is_closing():
+                    continue
+                if self.loop.time() - connection.idle_since > self.keepalive:
+                    connection.abort()  # its slot comes back with its connection_lost()
+                    continue
+                connection.reused = True
+                connection.begin()
+                return connection
             if self._closed:
                 raise Disconnected("the connection pool is closed")
             if self._open < self.limit:
@@ -483,6 +494,8 @@ class Pool:
         if self._closed:
             connection.abort()
             raise Disconnected("the connection pool is closed")
+        if connection.closed:  # its connection_lost() ran before it was counted in _all:
+            raise Disconnected("the connection closed as it was made")  # _acquire frees its slot
         self._all.add(connection)
         return connection
 
@@ -497,6 +510,7 @@ class Pool:
         if self._closed:
             connection.abort()
             return
+        connection.idle_since = self.loop.time()
         self._idle.append(connection)
         self._wake()
 

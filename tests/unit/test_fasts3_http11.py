@@ -94,12 +94,15 @@ async def serving(handler: Handler) -> AsyncIterator[Server]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def pool(server: Server, *, limit: int = 8, read_timeout: float = 5.0) -> http11.Pool:
+def pool(
+    server: Server, *, limit: int = 8, read_timeout: float = 5.0, keepalive: float = 15.0
+) -> http11.Pool:
     return http11.Pool(
         "127.0.0.1",
         server.port,
         tls=None,
         limit=limit,
+        keepalive=keepalive,
         connect_timeout=5,
         read_timeout=read_timeout,
     )
@@ -593,3 +596,20 @@ async def test_slots_come_back_from_every_cancel_and_a_close_fails_what_runs() -
         await settle(p)
         assert p._open == 0 and not p._all and not p._idle
         gate.set()
+
+
+async def test_a_connection_idle_past_the_keepalive_is_closed_not_used() -> None:
+    """A server closes idle connections after its own timeout; one idle longer than ours is
+    closed here rather than risked (a streamed PUT on it could not be sent again)."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(f"#{n}".encode()))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=1, keepalive=0.1) as p:
+        assert await get(p) == (200, b"#0")
+        assert await get(p) == (200, b"#1")  # at once: kept
+        await asyncio.sleep(0.2)
+        assert await get(p) == (200, b"#0")  # idle too long: a new connection
+        assert server.connections == 2
