@@ -227,21 +227,30 @@ class _PartReceiver(_Receiver):
     async def add(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
-            buffer = self.buffer if self.buffer is not None else await self._next_buffer()
+            if self.buffer is None:
+                await self._next_buffer()
+            buffer = self.buffer
+            assert buffer is not None
             taken = min(len(view), len(buffer) - self.filled)
             buffer[self.filled : self.filled + taken] = view[:taken]
             self.filled += taken
             view = view[taken:]
-            if self.filled == len(buffer):
-                await self._emit(buffer)
+            full = self.filled == len(buffer)
+            # No reference to a part outlives its hand-over: a part uploaded out of order
+            # releases its bytes in the budget, and the next part may be allocated while this
+            # frame waits for it - a third part in memory where the budget counts two.
+            del buffer
+            if full:
+                await self._emit()
 
     async def finish(self) -> None:
         if self.buffer is not None:  # the body ended before the length it announced
             raise IntegrityError(f"the download ended within part {len(self.part_md5s) + 1}")
         if not self.part_md5s:  # an empty object is one empty part
-            await self._emit(await self._next_buffer())
+            await self._next_buffer()
+            await self._emit()
 
-    async def _next_buffer(self) -> bytearray:
+    async def _next_buffer(self) -> None:
         assert self.feed is not None, "start() comes first"
         offset = len(self.part_md5s) * self.part_size
         if offset >= self.size and self.size:
@@ -249,11 +258,11 @@ class _PartReceiver(_Receiver):
         await self.feed.reserve()
         self.buffer = bytearray(min(self.part_size, self.size - offset))
         self.filled = 0
-        return self.buffer
 
-    async def _emit(self, data: bytearray) -> None:
-        assert self.feed is not None, "start() comes first"
-        self.buffer = None
+    async def _emit(self) -> None:
+        """Write the full buffer, then hand it to the upload (the only reference left)."""
+        assert self.feed is not None and self.buffer is not None, "start() comes first"
+        data, self.buffer = self.buffer, None
         digests = await asyncio.to_thread(_write_part, self.out, data, self.digest, self.hasher)
         self.feed.give(len(self.part_md5s), data, digests)
         self.part_md5s.append(digests.md5)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 
+from asyncbackup.checksums import Hasher
 from asyncbackup.partfeed import ByteBudget
+from asyncbackup.sources.s3 import _PartReceiver
 
 
 async def test_parts_wait_for_bytes_and_are_served_in_order() -> None:
@@ -62,3 +66,30 @@ async def test_a_waiter_cancelled_as_bytes_come_back_is_just_cancelled() -> None
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert budget.free == 10
+
+
+async def test_a_part_handed_to_the_upload_is_held_by_it_alone(tmp_path: Path) -> None:
+    """The download must keep no reference to a part it handed over: parts are uploaded by
+    several workers, so one can finish (and release its bytes in the budget) before an older
+    one, and the next part is then allocated while the download waits - a part still
+    referenced by the download would be a third in memory where the budget counts two."""
+    budget = ByteBudget(20)  # two parts of 10 bytes
+    data = bytes(range(25))
+    with (tmp_path / "staged").open("wb") as out:
+        receiver = _PartReceiver(out, 10, budget, True, Hasher(md5=True, algorithm=None))
+        receiver.start({"ContentLength": len(data)})
+        feed = receiver.feed
+        assert feed is not None
+        async with asyncio.TaskGroup() as tg:
+            adding = tg.create_task(receiver.add(data))  # parts 0 and 1, then waits for room
+            part1, _ = await feed.take(1)
+            await asyncio.sleep(0.01)
+            assert not adding.done() and budget.free == 0
+            assert sys.getrefcount(part1) == 2  # this local, and getrefcount's argument
+            assert part1 == data[10:20]
+            del part1
+            feed.release()  # part 1 uploaded before part 0: part 2 comes in
+        part0, _ = await feed.take(0)
+        part2, _ = await feed.take(2)
+        assert (part0, part2) == (data[:10], data[20:])
+    assert (tmp_path / "staged").read_bytes() == data
