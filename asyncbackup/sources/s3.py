@@ -374,7 +374,7 @@ class S3Source:
         self.bucket = bucket
         self.retry = retry
         self.bandwidth = bandwidth
-        #: GetObject of objects up to IN_MEMORY_LIMIT without botocore (set by the caller)
+        #: GetObject without botocore (set by the caller)
         self.fast: FastS3 | None = None
         #: how small objects are staged (and removed): inline while the disk is fast
         self.local = LocalIO()
@@ -590,9 +590,7 @@ class S3Source:
         head: dict[str, Any] = {}
         written = 0
         small = isinstance(receiver, _MemoryReceiver)
-        get_object = self.client.get_object
-        if self.fast is not None and small:
-            get_object = self.fast.get_object
+        get_object = self.client.get_object if self.fast is None else self.fast.get_object
 
         async def attempt() -> None:
             nonlocal written

@@ -86,7 +86,7 @@ def fill(s3: Any, bucket: str) -> dict[str, bytes]:
                 WebsiteRedirectLocation="/elsewhere.html",
             )
         s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
-    big = os.urandom(IN_MEMORY_LIMIT + 4096)  # above the limit: GET by botocore, PUT streamed
+    big = os.urandom(IN_MEMORY_LIMIT + 4096)  # above the limit: staged as it streams
     s3.put_object(
         Bucket=bucket,
         Key="data/big.bin",
@@ -124,11 +124,11 @@ async def test_copies_are_identical_with_metadata_on_both_paths(
     assert heads(s3, buckets.dest, list(bodies)) == source_heads
     assert source_heads[KEYS[0]]["Metadata"] == {"owner": "team-0", "mixed-case": "v a l"}
     assert source_heads[KEYS[0]]["ContentEncoding"] == "gzip"
-    # Every small object went through the fast path, both ways. The big one was read by
-    # botocore and streamed to the destination in one fast-path PUT, unsigned, carrying
-    # the source's MD5 (its ETag) for the server to check.
-    small = sorted(f"/{buckets.source}/{key}" for key in KEYS)
-    assert sorted(r.path for r in fast(proxy.requests, "GET")) == small
+    # Every object went through the fast path, both ways. The big one was streamed to the
+    # destination in one PUT as it was downloaded, unsigned, carrying the source's MD5 (its
+    # ETag) for the server to check.
+    every = sorted(f"/{buckets.source}/{key}" for key in [*KEYS, "data/big.bin"])
+    assert sorted(r.path for r in fast(proxy.requests, "GET")) == every
     assert len(fast(proxy.requests, "PUT")) == len(KEYS) + 1
     (big_put,) = [r for r in fast(proxy.requests, "PUT") if "big.bin" in r.path]
     md5 = hashlib.md5(bodies["data/big.bin"]).digest()
