@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -36,6 +37,9 @@ _HIGH_WATER = 1 << 20
 #: an idle connection older than this is closed rather than used (aiohttp's default): servers
 #: close idle connections after their own timeout, and a request sent as one does is lost
 KEEPALIVE = 15.0
+#: a host name's addresses are looked up once for this long (aiohttp's ``ttl_dns_cache``), not
+#: once per connection: the first requests of a run open ``limit`` connections at once
+DNS_TTL = 300.0
 
 
 class HTTPError(Exception):
@@ -402,6 +406,10 @@ class Pool:
         self._all: set[_Connection] = set()
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
+        self._addresses: list[tuple[Any, ...]] = []
+        self._addresses_until = 0.0
+        self._lookup: asyncio.Future[list[tuple[Any, ...]]] | None = None
+        self.lookups = 0  # host name lookups made (for tests and the curious)
 
     async def request(
         self, method: str, target: str, headers: dict[str, str], body: Body = None
@@ -473,17 +481,51 @@ class Pool:
             self._wake()
             raise
 
-    async def _connect(self) -> _Connection:
+    async def _resolve(self) -> list[tuple[Any, ...]]:
+        """The host's addresses (``getaddrinfo``): looked up once per ``DNS_TTL``, one lookup
+        shared by the connections made meanwhile (a cancelled one does not cancel it)."""
+        if self._addresses and self.loop.time() < self._addresses_until:
+            return self._addresses
+        if self._lookup is None:
+            self.lookups += 1
+            self._lookup = asyncio.ensure_future(
+                self.loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            )
+            self._lookup.add_done_callback(self._looked_up)
+        return await asyncio.shield(self._lookup)
+
+    def _looked_up(self, lookup: asyncio.Future[list[tuple[Any, ...]]]) -> None:
+        self._lookup = None
+        if not lookup.cancelled() and lookup.exception() is None:  # a failure: next time again
+            self._addresses = lookup.result()
+            self._addresses_until = self.loop.time() + DNS_TTL
+
+    async def _open_connection(self) -> _Connection:
+        """A connection to the first of the host's addresses that takes one."""
         factory: Callable[[], _Connection] = lambda: _Connection(self)  # noqa: E731
-        try:
-            async with asyncio.timeout(self.connect_timeout):
+        failure: OSError | None = None
+        for family, _, _, _, address in await self._resolve():
+            try:
                 _, connection = await self.loop.create_connection(
                     factory,
-                    self.host,
-                    self.port,
+                    address[0],
+                    address[1],
+                    family=family,
                     ssl=self.tls,
                     server_hostname=self.host if self.tls else None,
                 )
+            except ssl.SSLError:
+                raise  # the server answered: another address would not do better
+            except OSError as exc:
+                failure = exc
+                continue
+            return connection
+        raise failure or OSError(f"no address for {self.host}")
+
+    async def _connect(self) -> _Connection:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                connection = await self._open_connection()
         except TimeoutError as exc:  # ours, or the system's (ETIMEDOUT: an OSError too)
             within = f" within {self.connect_timeout:g} s" if self.connect_timeout else ""
             raise ConnectTimeout(f"no connection to {self.host}:{self.port}{within}") from exc

@@ -613,3 +613,24 @@ async def test_a_connection_idle_past_the_keepalive_is_closed_not_used() -> None
         await asyncio.sleep(0.2)
         assert await get(p) == (200, b"#0")  # idle too long: a new connection
         assert server.connections == 2
+
+
+async def test_the_host_name_is_looked_up_once_for_the_connections_made_together() -> None:
+    """The first requests of a run open ``limit`` connections at once: one lookup of the host
+    name serves them all (aiohttp's DNS cache did the same), and an address that refuses (a
+    ``localhost`` that is ``::1`` first, with the server on 127.0.0.1) gives way to the next."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(0.02)  # all eight in flight at once
+        writer.write(answer(request.line.encode()))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server:
+        named = http11.Pool(
+            "localhost", server.port, tls=None, limit=8, connect_timeout=5, read_timeout=5
+        )
+        async with named:
+            results = await asyncio.gather(*(get(named, f"/{i}") for i in range(8)))
+            assert results == [(200, f"GET /{i} HTTP/1.1".encode()) for i in range(8)]
+            assert server.connections == 8 and named.lookups == 1
