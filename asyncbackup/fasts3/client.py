@@ -27,7 +27,6 @@ import calendar
 import contextlib
 import hashlib
 import logging
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
 from types import TracebackType
@@ -517,24 +516,13 @@ async def open_fast_s3(
         log.debug("fast path off for bucket %s: %s", bucket, target)
         return None
     origin = urlsplit(target.origin)
-    tls: ssl.SSLContext | None = None
-    if origin.scheme == "https":
-        tls = target.ssl if isinstance(target.ssl, ssl.SSLContext) else _unverified()
     pool = http11.Pool(
         origin.hostname or "",
-        origin.port or (443 if tls else 80),
-        tls=tls,
+        origin.port or (443 if target.ssl else 80),
+        tls=target.ssl,
         limit=connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
     await stack.enter_async_context(pool)
     return FastS3(client, bucket, target, pool)
-
-
-def _unverified() -> ssl.SSLContext:
-    """TLS without checking the certificate: botocore's ``verify=False``."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context

@@ -41,7 +41,7 @@ class Target:
     path_prefix: str  # "/bucket/" (path-style) or "/" (virtual-hosted)
     region: str
     service: str
-    ssl: ssl.SSLContext | bool
+    ssl: ssl.SSLContext | None  # None: plain http
 
     def path(self, key: str) -> str:
         return self.path_prefix + encode_key(key)
@@ -58,15 +58,19 @@ def host_header(url: str) -> str:
     return host
 
 
-def _ssl_for(scheme: str, http_session: Any) -> ssl.SSLContext | bool | str:
-    """The TLS setting aiobotocore uses for this client, or a reason the fast path cannot."""
+def _ssl_for(scheme: str, http_session: Any) -> ssl.SSLContext | str | None:
+    """The TLS aiobotocore uses for this client (None: plain http), or a reason the fast path
+    cannot do the same."""
     if scheme != "https":
-        return False
+        return None
     if getattr(http_session, "_cert_file", None):
         return "a client certificate is configured"
     verify = getattr(http_session, "_verify", True)
-    if verify is False:
-        return False
+    if verify is False:  # TLS without checking the certificate
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
     # The CA bundle botocore trusts (AWS_CA_BUNDLE, verify=, else certifi's) and only that:
     # not the system's store on top, which would accept certificates botocore refuses.
     return ssl.create_default_context(cafile=get_cert_path(verify) or None)
