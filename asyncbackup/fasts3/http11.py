@@ -242,10 +242,8 @@ class _Connection(asyncio.Protocol):
                 left -= len(chunk)
             data = b"".join(parts)
         self.buffered -= len(data)
-        if self._reading_paused and self.buffered <= _HIGH_WATER // 4 and not self.closed:
-            self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
+        if self.buffered <= _HIGH_WATER // 4:
+            self._resume_reading()
         return data
 
     def finish(self) -> None:
@@ -253,6 +251,9 @@ class _Connection(asyncio.Protocol):
         again if reading paused (the answer's last piece can be the one past the high water)."""
         self.chunks.clear()
         self.buffered = 0
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
         if self._reading_paused and not self.closed:
             self._reading_paused = False
             assert self.transport is not None
