@@ -41,6 +41,7 @@ from .errors import (
     CheckpointError,
     CheckpointLockedError,
     CheckpointMismatchError,
+    ConfigError,
 )
 from .journal import (
     Changes,
@@ -52,6 +53,7 @@ from .journal import (
     parse_journal,
     read_journal,
 )
+from .staging import is_within, staging_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -91,8 +93,19 @@ def sanitize_name(text: str) -> str:
 def checkpoint_path(
     *, base_local_path: Path, source_bucket: str, source_path: str, checkpoint_dir: Path | None
 ) -> Path:
-    """``<base_local_path>/checkpoints/<source_bucket>_<sanitized source_path>.checkpoint``."""
+    """``<base_local_path>/checkpoints/<source_bucket>_<sanitized source_path>.checkpoint``.
+
+    Raises ``ConfigError`` if that folder is inside the bucket's staging folder, where a key
+    could be staged over the checkpoint (a bucket named ``checkpoints``, say).
+    """
     directory = checkpoint_dir if checkpoint_dir is not None else base_local_path / "checkpoints"
+    staged = staging_root(base_local_path, source_bucket)
+    if is_within(staged, directory):
+        raise ConfigError(
+            f"the checkpoint folder {directory} is inside {staged}, where the objects of "
+            f"{source_bucket!r} are staged and could overwrite it; pass --checkpoint-dir "
+            "outside it"
+        )
     name = sanitize_name(f"{source_bucket}_{source_path.strip('/')}")
     return directory / f"{name}{CHECKPOINT_SUFFIX}"
 

@@ -7,7 +7,8 @@ system allows is cut and given a hash suffix. So no key can name a path outside 
 root, and distinct keys map to distinct paths.
 
 What remains is a file/folder collision (keys ``a`` and ``a/b``): the file system cannot hold
-both. The second one to arrive is staged under ``.conflicts/<sha256 of the key>`` instead.
+both. The second one to arrive is staged under ``.conflicts/<sha256 of the key>`` instead, a
+name no key maps to: a key's first segment ``.conflicts`` is encoded as ``%2Econflicts``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
 _TMP_DIR = ".tmp"
 _CONFLICT_DIR = ".conflicts"
+_RESERVED_FIRST = {_CONFLICT_DIR: "%2E" + _CONFLICT_DIR[1:]}  # ours, under the staging root
 
 
 def _encode_char(char: str) -> str:
@@ -49,8 +51,15 @@ def encode_segment(segment: str) -> str:
 
 
 def relative_path_for_key(key: str) -> Path:
-    """The path of ``key`` relative to the staging root; never absolute, never ``..``."""
-    return Path(*(encode_segment(segment) for segment in key.split("/")))
+    """The path of ``key`` relative to the staging root; never absolute, never ``..``, never
+    in the folder of conflicts."""
+    first, *rest = (encode_segment(segment) for segment in key.split("/"))
+    return Path(_RESERVED_FIRST.get(first, first), *rest)
+
+
+def staging_root(base_local_path: Path, source_name: str) -> Path:
+    """Where the objects of bucket (or GitHub owner) ``source_name`` are staged."""
+    return base_local_path / encode_segment(source_name)
 
 
 def is_within(root: Path, path: Path) -> bool:
@@ -85,7 +94,7 @@ class Staging:
 
     def __init__(self, base_local_path: Path, source_bucket: str) -> None:
         self.base = base_local_path
-        self.root = base_local_path / encode_segment(source_bucket)
+        self.root = staging_root(base_local_path, source_bucket)
         self.tmp_dir = base_local_path / _TMP_DIR
         self.conflict_dir = self.root / _CONFLICT_DIR
         # Creating folders for a commit and pruning empty ones after a cleanup happen in

@@ -56,6 +56,17 @@ def test_missing_bucket(
     assert not list(tmp_path.glob("checkpoints/*.checkpoint"))
 
 
+def test_bucket_named_checkpoints_needs_another_checkpoint_dir(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Its objects are staged in ``<base>/checkpoints``, beside the checkpoint files."""
+    args = cli_args(s3_server.endpoint, tmp_path, "checkpoints", buckets.dest)
+    result = run_cli(["data", *args])
+    assert result.returncode == 2
+    assert "--checkpoint-dir" in _one_line(result.stderr)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_unknown_profile(s3_server: S3Server, buckets: Buckets, tmp_path: Path) -> None:
     args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
     result = run_cli(["data", *args, "--dest-profile", "nope"])

@@ -19,6 +19,7 @@ from asyncbackup.errors import (
     CheckpointError,
     CheckpointLockedError,
     CheckpointMismatchError,
+    ConfigError,
     ObjectError,
 )
 
@@ -148,6 +149,31 @@ def test_path_naming_follows_the_spec(tmp_path: Path) -> None:
         checkpoint_dir=Path("/persistent"),
     )
     assert custom == Path("/persistent/b_a_b_c_d.checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("bucket", "checkpoint_dir"),
+    [("checkpoints", None), ("b", Path("/x/b/state")), ("b", Path("/x/b"))],
+)
+def test_checkpoint_folder_inside_staging_is_refused(
+    bucket: str, checkpoint_dir: Path | None
+) -> None:
+    """A key staged under ``/x/<bucket>`` could land on the checkpoint: refused up front."""
+    with pytest.raises(ConfigError, match="--checkpoint-dir") as caught:
+        checkpoint_path(
+            base_local_path=Path("/x"),
+            source_bucket=bucket,
+            source_path="p",
+            checkpoint_dir=checkpoint_dir,
+        )
+    assert "\n" not in str(caught.value)
+    beside = checkpoint_path(
+        base_local_path=Path("/x"),
+        source_bucket=bucket,
+        source_path="p",
+        checkpoint_dir=Path("/x/bb"),
+    )
+    assert beside == Path(f"/x/bb/{bucket}_p.checkpoint")
 
 
 def test_sanitized_long_names_stay_short_and_distinct() -> None:

@@ -60,6 +60,25 @@ def test_file_and_folder_collision_goes_to_conflicts(tmp_path: Path) -> None:
     assert staging.path_for("c/d").is_file()
 
 
+def test_no_key_is_staged_where_a_conflict_goes(tmp_path: Path) -> None:
+    """A crafted key naming the conflict of another cannot replace that staged file."""
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    first = staging.commit(_tmp(staging, b"folder"), "a/b")
+    moved = staging.commit(_tmp(staging, b"file"), "a")  # a file where a folder is: conflict
+    crafted = ".conflicts/" + moved.name
+    assert moved.parent == staging.conflict_dir
+    landed = staging.commit(_tmp(staging, b"crafted"), crafted)
+    assert landed != moved and is_within(staging.root, landed)
+    assert (moved.read_bytes(), first.read_bytes(), landed.read_bytes()) == (
+        b"file",
+        b"folder",
+        b"crafted",
+    )
+    assert relative_path_for_key(".conflicts") == Path("%2Econflicts")
+    assert relative_path_for_key("x/.conflicts/y") == Path("x/.conflicts/y")  # only at the top
+
+
 def test_remove_prunes_empty_folders_only(tmp_path: Path) -> None:
     staging = Staging(tmp_path, "bucket")
     staging.prepare()
