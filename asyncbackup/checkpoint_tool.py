@@ -381,7 +381,8 @@ def mark_keys(
 
     Marking done drops the keys' errors (a done file has none); marking pending keeps them
     unless ``clear_errors``. ``processed_files`` is recomputed from the map;
-    ``processed_bytes`` cannot be (the checkpoint does not keep sizes) and is left as it is.
+    ``processed_bytes`` cannot be (the checkpoint keeps no sizes): the next run sets it from
+    its complete listing.
     Refused with ``CheckpointLockedError`` while a run holds the checkpoint; holds the lock
     itself for the length of the edit. A pattern that matches no key refuses the whole edit.
     """

@@ -82,6 +82,7 @@ class PipelineResult:
     done_files: int = 0
     done_bytes: int = 0
     skipped_files: int = 0
+    skipped_bytes: int = 0
     unchanged_files: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     listed_files: int = 0
@@ -332,6 +333,9 @@ class Pipeline:
             case _ListingDone():
                 result.listing_complete = True
                 state.total_files, state.total_bytes = result.listed_files, result.listed_bytes
+                # Exact now, whatever the loaded figure: a file reset to false by hand was
+                # counted once before and once more when redone (the map keeps no sizes).
+                state.processed_bytes = result.skipped_bytes + result.done_bytes
                 for key in self._stale_errors:
                     # Failed before, and no longer in the source: nothing left to copy.
                     if state.errors.pop(key, None) is not None:
@@ -374,6 +378,7 @@ class Pipeline:
         result.listed_files += len(items)
         result.listed_bytes += size
         result.skipped_files += skipped
+        result.skipped_bytes += skipped_bytes
         state.total_files = max(self._base_total[0], result.listed_files)
         state.total_bytes = max(self._base_total[1], result.listed_bytes)
         self.observer.on_listed(new, size - skipped_bytes, skipped, skipped_bytes)

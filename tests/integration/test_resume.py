@@ -138,6 +138,35 @@ def test_hand_edits_are_honoured(
     assert not checkpoint.exists()
 
 
+async def test_a_file_reset_by_hand_is_not_counted_twice_in_processed_bytes(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The operator resets a done file to false: its bytes were counted by the run that did
+    it; the run that copies it again must leave processed_bytes equal to the bytes done."""
+    sizes = {"job/kept": 300, "job/reset": 5_000, "job/new": 70}
+    for key, size in sizes.items():
+        s3.put_object(Bucket=buckets.source, Key=key, Body=b"x" * size)
+    checkpoint = _checkpoint(tmp_path, buckets.source, "job")
+    _seed_checkpoint(checkpoint, buckets.source, buckets.dest, {"job/kept": True}, {})
+    edited = load_json(checkpoint)
+    # As the earlier run left it, then "job/reset": true -> false by hand.
+    edited.update(total_bytes=5_300, processed_bytes=5_300, total_files=2, processed_files=2)
+    edited["files"]["job/reset"] = False
+    checkpoint.write_text(json.dumps(edited))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="job",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=s3_server.endpoint,
+    )
+    assert report.status == "completed" and report.archived_checkpoint is not None
+    state = load_json(report.archived_checkpoint)
+    assert state["total_bytes"] == state["processed_bytes"] == sum(sizes.values())
+    assert state["total_files"] == state["processed_files"] == 3
+    assert report.processed_bytes == sum(sizes.values())
+
+
 def test_a_checkpoint_saved_with_a_byte_order_mark_is_honoured(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
