@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ObjectError
 from ..pipeline import WorkItem
-from .client import PER_PAGE, GitHubClient, PageTags, last_page_full
+from .client import PER_PAGE, GitHubClient, GitHubError, PageTags, last_page_full
 
 log = logging.getLogger("asyncbackup")
 
@@ -39,6 +39,8 @@ VERSIONS = "github_versions"
 RELEASE_LISTING = "github_release_listing"
 SKIPPED = "github_skipped"
 CARRIED_SECTIONS = (ETAGS, VERSIONS, RELEASE_LISTING)
+#: readings of the repository list after the first, while one still finds repositories
+_REREADS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,12 @@ class Artifact(WorkItem):
     url: str = ""
     version: str = ""  # pushed_at (bundle), "updated_at size" (asset)
     unlisted: str = ""  # releases: why its assets could not be listed (it fails once copied)
+
+
+def _with_next(pages: PageTags) -> Iterator[tuple[list[str], str | None]]:
+    """Each page of a reading with the URL of the one after it (None after the last)."""
+    after: list[str | None] = [url for url, _ in pages[1:]]
+    return zip(pages, [*after, None] if pages else [], strict=True)
 
 
 def repo_prefix(owner: str, repo: str) -> str:
@@ -151,15 +159,63 @@ class Lister:
         self._seen: set[str] = set()
 
     async def pages(self) -> AsyncIterator[list[WorkItem]]:
-        async for page in self.client.pages(self.repos_path, self.repos_params):
+        """The artifacts of every repository, a page of the list at a time.
+
+        Then the list is read again: a repository deleted while it was read (for hours, as
+        the copies go) moved the next one onto a page already read. The pages are asked for
+        with their ETags, so unchanged ones answer a free 304, and only repositories not seen
+        yet are yielded; again while a reading finds some, at most ``_REREADS`` times.
+        """
+        tags: PageTags = []
+        async for items in self._read_list([], tags, again=False):
+            yield items
+        for _ in range(_REREADS):
+            seen, previous, tags = len(self._seen), tags, []
+            async for items in self._read_list(previous, tags, again=True):
+                if items:
+                    yield items
+            found = len(self._seen) - seen
+            if not found:
+                return
+            log.info("the list read again: %d more repositories (moved while it was read)", found)
+
+    async def _repo_pages(self, previous: PageTags, out: PageTags) -> AsyncIterator[list[Any]]:
+        """The pages of the repository list, each one's URL and ETag added to ``out``. A page
+        of ``previous`` (an earlier reading) that answers 304 to its ETag is skipped."""
+        following = {url: (etag, nxt) for (url, etag), nxt in _with_next(previous)}
+        url: str | None = self.client.url(
+            self.repos_path, {**self.repos_params, "per_page": PER_PAGE}
+        )
+        while url is not None:
+            etag, after = following.get(url, ("", None))
+            answer = await self.client.get(url, etag=etag or None)
+            if answer.status == 304:
+                out.append([url, etag])
+                url = after
+                continue
+            out.append([url, answer.etag or ""])
+            data = answer.json()
+            if not isinstance(data, list):
+                raise GitHubError(answer.status, f"expected a list from {url}")
+            yield data
+            url = answer.next_url
+
+    async def _read_list(
+        self, previous: PageTags, tags: PageTags, *, again: bool
+    ) -> AsyncIterator[list[WorkItem]]:
+        async for page in self._repo_pages(previous, tags):
             selected = []
             for repo in page:
                 identity = repo.get("id") or repo.get("full_name")
                 if identity is not None:
                     if str(identity) in self._seen:
-                        log.debug("%s is listed again: already in this run", repo.get("full_name"))
+                        if not again:
+                            name = repo.get("full_name")
+                            log.debug("%s is listed again: already in this run", name)
                         continue
                     self._seen.add(str(identity))
+                elif again:
+                    continue  # no identity to tell: yielded by the first reading only
                 reason = self.filter.rejects(repo)
                 if reason is None:
                     selected.append(repo)

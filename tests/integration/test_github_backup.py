@@ -479,6 +479,37 @@ async def test_a_repository_listed_twice_while_the_org_grows_is_backed_up_once(
         assert len(github.api_requests("/repos/acme/alpha/pulls/comments")) == 1
 
 
+async def test_a_repository_moved_onto_a_page_already_read_is_backed_up(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A repository deleted while the list is read moves the first one of the next page onto
+    the page already read: the list is read again, and the moved one is backed up."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        rest = dict(github.repos)
+        github.repos.clear()
+        for i in range(100):
+            github.add_repo(FakeRepo(f"filler-{i:02d}"))  # page 1; then alpha, beta...
+        github.repos.update(rest)
+        first_of_page_2 = next(iter(rest))
+
+        async def delete_one_before_page_2(request: web.Request) -> web.Response | None:
+            if request.path == "/api/orgs/acme/repos" and request.query.get("page") == "2":
+                github.repos.pop("filler-00", None)
+            return None
+
+        github.hooks.append(delete_one_before_page_2)
+        options = config(github, s3_server.endpoint, buckets.dest, base, exclude=("filler-*",))
+        report = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+
+        assert report.status == "completed", report.errors
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED
+        assert f"github/acme/{first_of_page_2}.bundle" in EXPECTED
+        reads = [s for s in github.api_requests("/orgs/acme/repos") if "page=2" not in s.query]
+        # the first reading; page 1 changed and holds the moved one; unchanged, a free 304
+        assert [s.status for s in reads] == [200, 200, 304]
+
+
 async def test_release_assets_on_a_page_added_after_a_full_last_page_are_copied(
     tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
 ) -> None:
