@@ -26,6 +26,7 @@ from .errors import CheckpointMismatchError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
+from .listing import PROBES
 from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, WorkItem, primary_error
 from .progress import Observer
@@ -234,6 +235,11 @@ async def run_backup(
             config.source_bucket,
             RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
         )
+        if config.fast_path:  # the listing's own connections: the copies do not hold it up
+            connections = config.list_streams + PROBES
+            source.fast = await _open_fast(
+                config, source_client, config.source_bucket, stack, connections
+            )
         pipeline = Pipeline(
             manager=manager,
             state=state,
@@ -342,13 +348,18 @@ async def _fast_paths(
 
 
 async def _open_fast(
-    config: BackupConfig, client: S3Client, bucket: str, stack: contextlib.AsyncExitStack
+    config: BackupConfig,
+    client: S3Client,
+    bucket: str,
+    stack: contextlib.AsyncExitStack,
+    connections: int | None = None,
 ) -> FastS3 | None:
+    """The fast path to ``bucket``, with ``connections`` at most (the copies' by default)."""
     return await open_fast_s3(
         stack,
         client,
         bucket,
-        connections=config.concurrency + 8,
+        connections=connections or config.concurrency + 8,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )

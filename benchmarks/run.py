@@ -357,7 +357,7 @@ def listing_streams(endpoint: str, env: dict[str, str], prefix: str) -> list[dic
     out = []
     for latency in (0.0, 0.05):
         argv = ["listing", "--endpoint", endpoint, "--bucket", SOURCE, "--prefix", f"{prefix}/"]
-        argv += ["--streams", "1", "8", "--latency", str(latency)]
+        argv += ["--streams", "1", "8", "--latency", str(latency), "--path", "fast", "botocore"]
         out.append(scale(*argv, env=env))
         print(f"  {out[-1]}", flush=True)
     return out

@@ -18,10 +18,11 @@ Subcommands (each prints one JSON object; run each in a fresh process so RSS is 
 - ``first-transfer --endpoint URL --bucket B --prefix P --dest D --stage DIR``: a real
   ``run_backup()`` against a large bucket, stopped after the first object is done; reports the
   seconds from the call to the first listed page and to the first completed object.
-- ``listing --endpoint URL --bucket B --prefix P --streams 1 8 [--latency S]``: the whole
-  listing of a prefix with each number of streams (``S3Source.list``; the consumer takes
-  pages as fast as they come, as a resume of a done bucket does); ``--latency`` puts a loopback
-  proxy adding S seconds to every request in front of the server, for a distant store.
+- ``listing --endpoint URL --bucket B --prefix P --streams 1 8 [--latency S] [--path fast
+  botocore]``: the whole listing of a prefix with each number of streams (``S3Source.list``;
+  the consumer takes pages as fast as they come, as a resume of a done bucket does), by the
+  fast path (as a run lists) and/or by aiobotocore; ``--latency`` puts a loopback proxy adding
+  S seconds to every request in front of the server, for a distant store.
 """
 
 from __future__ import annotations
@@ -350,7 +351,11 @@ async def _first_transfer(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _list_all(endpoint: str, bucket: str, prefix: str, streams: int) -> dict[str, Any]:
+async def _list_all(
+    endpoint: str, bucket: str, prefix: str, streams: int, path: str
+) -> dict[str, Any]:
+    from asyncbackup.fasts3 import open_fast_s3
+    from asyncbackup.listing import PROBES
     from asyncbackup.retry import RetryPolicy
     from asyncbackup.s3client import open_client
     from asyncbackup.sources.s3 import S3Source
@@ -367,14 +372,31 @@ async def _list_all(endpoint: str, bucket: str, prefix: str, streams: int) -> di
             read_timeout=60,
         )
         source = S3Source(client, bucket, RetryPolicy(8))
-        started = time.perf_counter()
+        if path == "fast":
+            source.fast = await open_fast_s3(
+                stack,
+                client,
+                bucket,
+                connections=streams + PROBES,
+                connect_timeout=10,
+                read_timeout=60,
+            )
+            if source.fast is None:
+                raise SystemExit(f"no fast path to {endpoint}")
+        started, cpu = time.perf_counter(), time.process_time()
         keys: list[str] = []
         async for page in source.list(prefix, streams=streams):
             keys.extend(item.key for item in page)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     if len(set(keys)) != len(keys):
         raise SystemExit(f"{streams} streams listed {len(keys) - len(set(keys))} keys twice")
-    return {"streams": streams, "keys": len(keys), "seconds": round(seconds, 3)}
+    return {
+        "path": path,
+        "streams": streams,
+        "keys": len(keys),
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+    }
 
 
 _PROXY = """
@@ -416,11 +438,13 @@ def bench_listing(args: argparse.Namespace) -> dict[str, Any]:
             endpoint = stack.enter_context(_latency_proxy(args.endpoint, args.latency))
         runs = []
         for streams in args.streams:
-            with asyncio.Runner(loop_factory=_loop) as runner:
-                runs.append(runner.run(_list_all(endpoint, args.bucket, args.prefix, streams)))
+            for path in args.path:
+                listing = _list_all(endpoint, args.bucket, args.prefix, streams, path)
+                with asyncio.Runner(loop_factory=_loop) as runner:
+                    runs.append(runner.run(listing))
     counts = {run["keys"] for run in runs}
     if len(counts) != 1:
-        raise SystemExit(f"the stream counts listed different numbers of keys: {runs}")
+        raise SystemExit(f"the runs listed different numbers of keys: {runs}")
     return {"latency_seconds": args.latency, "runs": runs}
 
 
@@ -452,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ls.add_argument(f"--{name}", required=True)
     ls.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     ls.add_argument("--latency", type=float, default=0.0)
+    # fast: ListObjectsV2 by the fast path (what a run does); botocore: by aiobotocore
+    ls.add_argument("--path", nargs="+", choices=("fast", "botocore"), default=["fast"])
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
         result = bench_checkpoint(args.files)

@@ -27,7 +27,7 @@ import calendar
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import formatdate
 from types import TracebackType
 from typing import Any
@@ -52,6 +52,7 @@ from .responses import (
     ERROR_BODY_LIMIT,
     client_error,
     copy_object_output,
+    list_objects_v2_output,
     parse_error,
     put_output,
     response_fields,
@@ -100,6 +101,15 @@ UPLOAD_PART_PARAMS = frozenset(
     | CHECKSUM_VALUES.keys()
 )
 _PART_QUERY = ("UploadId", "PartNumber")
+#: ListObjectsV2 parameters the fast path covers -> their query names (Bucket: in the path)
+LIST_QUERY: dict[str, str] = {
+    "Bucket": "",
+    "Prefix": "prefix",
+    "MaxKeys": "max-keys",
+    "ContinuationToken": "continuation-token",
+    "StartAfter": "start-after",
+    "Delimiter": "delimiter",
+}
 #: answers that mean the server wants the request differently than the fast path sent it
 _HAND_BACK_CODES = frozenset(
     {
@@ -305,13 +315,14 @@ class FastS3:
         payload_hash: str,
         *,
         query: str = "",
+        path: str | None = None,
     ) -> tuple[http11.Response, str]:
         """Sign and send one request. A body given as an iterator goes with the
         ``content-length`` that ``headers`` must carry (never chunked). The engine's own
         error from such a body (a staged file cut short) is raised as itself, to be reported
         and retried as itself; any other failure of the body is a connection error, as
-        aiobotocore makes it."""
-        path = self.target.path(key)
+        aiobotocore makes it. ``path`` (already encoded) replaces the key's: the bucket's."""
+        path = self.target.path(key) if path is None else path
         target = path + (f"?{query}" if query else "")
         url = self.target.origin + target
         credentials = await self._credentials()
@@ -411,12 +422,52 @@ class FastS3:
             return await self._botocore("copy_object", params)
         # No body: its (empty) payload is signed, as botocore signs it.
         response, url = await self._send("PUT", params["Key"], headers, None, EMPTY_SHA256)
+        out = await self._document(response, url, "CopyObject", copy_object_output)
+        return out if out is not None else await self._botocore("copy_object", params)
+
+    async def list_objects_v2(self, **params: Any) -> dict[str, Any]:
+        """One page of ListObjectsV2 of this bucket, asked with ``encoding-type=url`` and
+        decoded as botocore does it; the fields are ``list_objects_v2_output``'s (each object
+        with ``Key``, ``Size``, ``ETag`` and ``StorageClass``). About a third of botocore's
+        CPU for a page of 1,000 objects."""
+        if (
+            not self.enabled
+            or params.get("Bucket") != self.bucket
+            or not set(params) <= LIST_QUERY.keys()
+        ):
+            return await self._botocore("list_objects_v2", params)
+        query = encode_query(
+            [
+                ("list-type", "2"),
+                ("encoding-type", "url"),
+                *(
+                    (LIST_QUERY[name], str(value))
+                    for name, value in params.items()
+                    if name != "Bucket"
+                ),
+            ]
+        )
+        path = self.target.bucket_path
+        response, url = await self._send("GET", "", {}, None, EMPTY_SHA256, query=query, path=path)
+        out = await self._document(response, url, "ListObjectsV2", list_objects_v2_output)
+        return out if out is not None else await self._botocore("list_objects_v2", params)
+
+    async def _document(
+        self,
+        response: http11.Response,
+        url: str,
+        operation: str,
+        output: Callable[[list[tuple[str, str]], int, bytes], dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """The output of an answer with an XML document, made by ``output``; an error raised
+        as botocore raises it (a 200 carrying one included); None when the server asked for
+        botocore (the bucket is handed back)."""
         if response.status >= 300:
             try:
-                await self._raise_error(response, url, "CopyObject")
+                await self._raise_error(response, url, operation)
             except _HandBack as exc:
                 self._hand_back(str(exc))
-                return await self._botocore("copy_object", params)
+                return None
         try:
             body = await response.read()
         except http11.HTTPError as exc:
@@ -424,11 +475,11 @@ class FastS3:
         finally:
             response.release()
         try:
-            out = copy_object_output(response.headers, response.status, body)
+            out = output(response.headers, response.status, body)
         except ClientError as exc:  # an error in a 200: one that may ask for botocore
             if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
                 self._hand_back(f"the server answered {exc.response['Error']['Code']}")
-                return await self._botocore("copy_object", params)
+                return None
             raise
         self.fast_requests += 1
         return out
@@ -471,27 +522,11 @@ class FastS3:
     ) -> dict[str, Any] | None:
         """The fields botocore returns for a PUT's answer; an error raised as botocore
         raises it; None when the server asked for botocore (the bucket is handed back)."""
-        if response.status >= 300:
-            try:
-                await self._raise_error(response, url, operation)
-            except _HandBack as exc:
-                self._hand_back(str(exc))
-                return None
-        try:
-            body = await response.read()
-        except http11.HTTPError as exc:
-            raise _connection_error(exc, url) from exc
-        finally:
-            response.release()
-        try:
-            out = put_output(response.headers, response.status, body, operation)
-        except ClientError as exc:  # an error in a 200: one that may ask for botocore
-            if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
-                self._hand_back(f"the server answered {exc.response['Error']['Code']}")
-                return None
-            raise
-        self.fast_requests += 1
-        return out
+
+        def output(headers: list[tuple[str, str]], status: int, body: bytes) -> dict[str, Any]:
+            return put_output(headers, status, body, operation)
+
+        return await self._document(response, url, operation, output)
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(params.get("Body"), bytearray | memoryview):

@@ -12,6 +12,7 @@ import http.client
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_plus  # botocore's unquote_str for encoding-type=url
 from xml.etree import ElementTree  # the parser botocore uses on the same bytes
 
 from botocore.exceptions import ClientError
@@ -214,5 +215,78 @@ def copy_object_output(
         elif lname in _COPY_BOOLEANS:
             out[_COPY_BOOLEANS[lname]] = value == "true"
     out["CopyObjectResult"] = result
+    out["ResponseMetadata"] = response_metadata(lowered, status)
+    return out
+
+
+#: ListObjectsV2's members of an object (``Contents``) this parser returns, and their types
+_LISTED_MEMBERS: dict[str, type[int] | type[str]] = {
+    "Key": str,
+    "Size": int,
+    "ETag": str,
+    "StorageClass": str,
+}
+_LIST_STRINGS = frozenset(
+    {
+        "Name",
+        "Prefix",
+        "StartAfter",
+        "ContinuationToken",
+        "NextContinuationToken",
+        "Delimiter",
+        "EncodingType",
+    }
+)
+_LIST_INTS = frozenset({"KeyCount", "MaxKeys"})
+#: what a listing asked with ``encoding-type=url`` has encoded (botocore decodes the same)
+_URL_ENCODED = frozenset({"Delimiter", "Prefix", "StartAfter"})
+
+
+def list_objects_v2_output(
+    headers: Iterable[tuple[str, str]], status: int, body: bytes
+) -> dict[str, Any]:
+    """ListObjectsV2's output as botocore returns it (after its ``encoding-type=url``
+    decoding), from a 2xx answer. The objects in ``Contents`` carry ``Key``, ``Size``,
+    ``ETag`` and ``StorageClass`` (not ``LastModified``, ``Owner`` or checksums: the listing
+    reads none of them); ``CommonPrefixes`` and the page's own fields are all there. A 200
+    whose body is an error document, or not XML, is raised as ``_checked_root`` does."""
+    listed = list(headers)
+    root = _checked_root(listed, status, body, "ListObjectsV2")
+    out: dict[str, Any] = {"IsTruncated": False}
+    contents: list[dict[str, Any]] = []
+    prefixes: list[dict[str, str]] = []
+    for child in root if root is not None else ():
+        name = child.tag.rpartition("}")[2]
+        if name == "Contents":
+            entry: dict[str, Any] = {}
+            for member in child:
+                field = member.tag.rpartition("}")[2]
+                kind = _LISTED_MEMBERS.get(field)
+                if kind is not None:
+                    entry[field] = kind(member.text or "")
+            contents.append(entry)
+        elif name == "CommonPrefixes":
+            for member in child:
+                if member.tag.rpartition("}")[2] == "Prefix":
+                    prefixes.append({"Prefix": member.text or ""})
+        elif name == "IsTruncated":
+            out[name] = (child.text or "").strip() == "true"
+        elif name in _LIST_STRINGS:
+            out[name] = child.text or ""
+        elif name in _LIST_INTS:
+            out[name] = int(child.text or 0)
+    if out.get("EncodingType") == "url":
+        for name in _URL_ENCODED & out.keys():
+            out[name] = unquote_plus(out[name])
+        for entry in contents:
+            if "Key" in entry:
+                entry["Key"] = unquote_plus(entry["Key"])
+        for prefix in prefixes:
+            prefix["Prefix"] = unquote_plus(prefix["Prefix"])
+    if contents:
+        out["Contents"] = contents
+    if prefixes:
+        out["CommonPrefixes"] = prefixes
+    lowered = {name.lower(): value for name, value in listed}
     out["ResponseMetadata"] = response_metadata(lowered, status)
     return out

@@ -46,6 +46,11 @@ class Target:
     def path(self, key: str) -> str:
         return self.path_prefix + encode_key(key)
 
+    @property
+    def bucket_path(self) -> str:
+        """The bucket's own path, for bucket requests (ListObjectsV2): ``/bucket`` or ``/``."""
+        return self.path_prefix.removesuffix("/") or "/"
+
 
 def host_header(url: str) -> str:
     """The Host header botocore signs: the host, and the port when it is not the default."""

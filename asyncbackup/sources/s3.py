@@ -383,12 +383,14 @@ class S3Source:
     def list(self, prefix: str, *, streams: int = 1) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive: in key order with one
         stream, in up to ``streams`` streams over key ranges when one cannot keep up
-        (``listing.py``)."""
+        (``listing.py``). Through the fast path, when ``fast`` is set."""
+
+        list_objects = (
+            self.client.list_objects_v2 if self.fast is None else self.fast.list_objects_v2
+        )
 
         async def list_page(params: dict[str, Any]) -> dict[str, Any]:
-            request = functools.partial(
-                self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, **params
-            )
+            request = functools.partial(list_objects, Bucket=self.bucket, Prefix=prefix, **params)
             answer: dict[str, Any] = await self.retry.call(request)
             return answer
 

@@ -27,8 +27,8 @@ from asyncbackup import run_backup
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT, put_headers
-from asyncbackup.retry import classify, is_throttle, retry_after
-from asyncbackup.sources.s3 import IN_MEMORY_LIMIT
+from asyncbackup.retry import RetryPolicy, classify, is_throttle, retry_after
+from asyncbackup.sources.s3 import IN_MEMORY_LIMIT, S3Source
 from tests.conftest import Buckets, S3Server
 from tests.helpers import (
     MiB,
@@ -68,7 +68,16 @@ FIELDS = (
 
 
 def fast(requests: list[Recorded], method: str) -> list[Recorded]:
+    """The object requests (not the listing's) that took the fast path."""
+    return [r for r in fast_all(requests, method) if not listing(r)]
+
+
+def fast_all(requests: list[Recorded], method: str) -> list[Recorded]:
     return [r for r in requests if r.method == method and r.headers.get("user-agent") == USER_AGENT]
+
+
+def listing(request: Recorded) -> bool:
+    return request.method == "GET" and "list-type=2" in request.query
 
 
 def fill(s3: Any, bucket: str) -> dict[str, bytes]:
@@ -124,11 +133,12 @@ async def test_copies_are_identical_with_metadata_on_both_paths(
     assert heads(s3, buckets.dest, list(bodies)) == source_heads
     assert source_heads[KEYS[0]]["Metadata"] == {"owner": "team-0", "mixed-case": "v a l"}
     assert source_heads[KEYS[0]]["ContentEncoding"] == "gzip"
-    # Every object went through the fast path, both ways. The big one was streamed to the
-    # destination in one PUT as it was downloaded, unsigned, carrying the source's MD5 (its
-    # ETag) for the server to check.
+    # Every object went through the fast path, both ways, and so did the listing. The big one
+    # was streamed to the destination in one PUT as it was downloaded, unsigned, carrying the
+    # source's MD5 (its ETag) for the server to check.
     every = sorted(f"/{buckets.source}/{key}" for key in [*KEYS, "data/big.bin"])
     assert sorted(r.path for r in fast(proxy.requests, "GET")) == every
+    assert [r.path for r in fast_all(proxy.requests, "GET") if listing(r)] == [f"/{buckets.source}"]
     assert len(fast(proxy.requests, "PUT")) == len(KEYS) + 1
     (big_put,) = [r for r in fast(proxy.requests, "PUT") if "big.bin" in r.path]
     md5 = hashlib.md5(bodies["data/big.bin"]).digest()
@@ -635,3 +645,103 @@ async def test_a_streamed_body_that_fails_raises_its_own_error_not_a_network_one
         answer = await fast_s3.put_object_stream(params, len(body), whole())
         assert answer is not None and answer["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
     assert s3.get_object(Bucket=buckets.dest, Key="s")["Body"].read() == body
+
+
+#: keys a listing must give back exactly: what encoding-type=url encodes ('+', ' ', '%',
+#: control characters XML cannot carry) and what it need not
+LISTED_KEYS = [
+    *KEYS,
+    "data/ctrl\x01\x1fchars",
+    "data/a+plus and space",
+    'data/<angle>&amp;"quote"',
+    "data/trailing space ",
+    "data/deep/er/still/x",
+]
+
+
+async def test_listing_pages_are_those_of_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    """Every page of ListObjectsV2, paged by MaxKeys, ContinuationToken, StartAfter and a
+    Delimiter, has the same keys, sizes, ETags, prefixes and paging fields on both paths."""
+    for i, key in enumerate(LISTED_KEYS):
+        s3.put_object(Bucket=buckets.source, Key=key, Body=b"x" * i)
+    asks: list[dict[str, Any]] = [
+        {"Prefix": "data/", "MaxKeys": 3},
+        {"Prefix": "data/", "StartAfter": "data/c"},
+        {"Prefix": "data/", "Delimiter": "/"},
+        {"Prefix": "data/sub dir/"},
+        {"Prefix": "nothing-here/"},
+    ]
+    kept = ("Key", "Size", "ETag", "StorageClass")
+    async with both_paths(proxy.endpoint, buckets.source) as (client, fast_s3):
+        for ask in asks:
+            pages: list[list[Any]] = []
+            for api in (client, fast_s3):
+                walked, params = [], dict(ask)
+                while True:
+                    page = await api.list_objects_v2(Bucket=buckets.source, **params)
+                    contents = [{k: o[k] for k in kept if k in o} for o in page.get("Contents", ())]
+                    fields = ("IsTruncated", "KeyCount", "Prefix", "StartAfter", "Delimiter")
+                    walked.append(
+                        [contents, page.get("CommonPrefixes"), *(page.get(f) for f in fields)]
+                    )
+                    if not page.get("IsTruncated"):
+                        break
+                    params = {**ask, "ContinuationToken": page["NextContinuationToken"]}
+                pages.append(walked)
+            assert pages[0] == pages[1], ask
+        assert fast_s3.enabled
+    assert pages[0][0][0] == []  # the last ask: nothing under that prefix
+    lists = [r for r in proxy.requests if listing(r)]
+    assert len(fast_all(lists, "GET")) * 2 == len(lists) >= 18  # half of them by each path
+
+
+async def test_a_run_lists_through_the_fast_path(proxy: S3Proxy, buckets: Buckets, s3: Any) -> None:
+    """S3Source lists as a run does: every key once, in order, sizes and ETags as stored."""
+    for i, key in enumerate(LISTED_KEYS):
+        s3.put_object(Bucket=buckets.source, Key=key, Body=b"x" * i)
+    stored = {o["Key"]: o for o in s3.list_objects_v2(Bucket=buckets.source)["Contents"]}
+    async with both_paths(proxy.endpoint, buckets.source) as (client, fast_s3):
+        source = S3Source(client, buckets.source, RetryPolicy(2))
+        source.fast = fast_s3
+        items = [item async for page in source.list("data/", streams=4) for item in page]
+        assert fast_s3.fast_requests >= 1 and fast_s3.enabled
+    assert [item.key for item in items] == sorted(LISTED_KEYS)
+    for item in items:
+        assert (item.size, item.etag) == (stored[item.key]["Size"], stored[item.key]["ETag"])
+    lists = [r for r in proxy.requests if listing(r)]
+    assert lists and lists == [r for r in fast_all(proxy.requests, "GET") if listing(r)]
+
+
+async def test_listing_failures_are_classified_as_on_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets
+) -> None:
+    async def listed(api: Any, bucket: str) -> tuple[Any, ...]:
+        try:
+            page = await api.list_objects_v2(Bucket=bucket, Prefix="p/")
+        except Exception as exc:
+            error = classify(exc)
+            return (error.code, error.retryable, retry_after(exc), is_throttle(exc))
+        return ("ok", page["KeyCount"])
+
+    results: dict[str, list[tuple[Any, ...]]] = {}
+    missing = "no-such-bucket-here"
+    async with both_paths(proxy.endpoint, missing) as (client, fast_s3):
+        results["missing"] = [await listed(api, missing) for api in (client, fast_s3)]
+    async with both_paths(proxy.endpoint, buckets.source) as (client, fast_s3):
+        for fault in ("access_denied", "slowdown", "internal", "reset_before", None):
+            results[str(fault)] = []
+            for api in (client, fast_s3):
+                if fault is not None:
+                    proxy.add_rule(Rule(fault, times=1, retry_after=2.0))
+                results[str(fault)].append(await listed(api, buckets.source))
+                proxy.clear_faults()
+        assert fast_s3.enabled and fast_s3.fast_requests >= 1
+    for name, (botocore_path, fast_path) in results.items():
+        assert botocore_path == fast_path, name
+    assert results["missing"][1][:2] == ("NoSuchBucket", False)
+    assert results["access_denied"][1][:2] == ("AccessDenied", False)
+    assert results["slowdown"][1] == ("SlowDown", True, 2.0, True)
+    assert results["internal"][1][:2] == ("InternalError", True)
+    assert results["None"][1] == ("ok", 0)

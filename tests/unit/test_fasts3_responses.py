@@ -18,6 +18,7 @@ from botocore.utils import parse_timestamp
 
 from asyncbackup.fasts3.responses import (
     copy_object_output,
+    list_objects_v2_output,
     parse_error,
     put_output,
     read_timestamp,
@@ -278,3 +279,60 @@ async def test_our_clients_read_listing_timestamps_without_dateutil(aws_env: Pat
     assert ours["Contents"][0]["LastModified"] == datetime.datetime(
         2024, 5, 1, 10, 11, 12, tzinfo=datetime.UTC
     )
+
+
+LIST_ANSWERS = [
+    # S3's document for encoding-type=url: keys, prefixes and StartAfter encoded ('+' a space)
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult '
+    b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>data%2F</Prefix>'
+    b"<StartAfter>data%2Fa+b</StartAfter><KeyCount>3</KeyCount><MaxKeys>3</MaxKeys>"
+    b"<Delimiter>%2F</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+    b"<NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken>"
+    b"<Contents><Key>data%2Fa+b%2B%25c%01</Key><LastModified>2024-05-01T10:11:12.000Z"
+    b"</LastModified><ETag>&quot;9b2cf535f27731c974343645a3985328&quot;</ETag>"
+    b"<ChecksumAlgorithm>CRC32</ChecksumAlgorithm><Size>1234567890123</Size>"
+    b"<StorageClass>STANDARD</StorageClass></Contents>"
+    b"<Contents><Key>data%2F%E6%97%A5%E6%9C%AC</Key><Size>0</Size><ETag>&quot;d41d8cd98f00b204e98"
+    b"00998ecf8427e-1&quot;</ETag><Owner><ID>o</ID></Owner><StorageClass>GLACIER</StorageClass>"
+    b"</Contents><CommonPrefixes><Prefix>data%2Fsub+dir%2F</Prefix></CommonPrefixes>"
+    b"<CommonPrefixes><Prefix>data%2Fx%2F</Prefix></CommonPrefixes></ListBucketResult>",
+    # a server that ignores encoding-type: nothing is decoded ('+' stays)
+    b"<ListBucketResult><Name>b</Name><Prefix></Prefix><KeyCount>1</KeyCount>"
+    b"<IsTruncated>false</IsTruncated><Contents><Key>a+b%20c &amp; d</Key><Size>5</Size>"
+    b'<ETag>"e"</ETag></Contents></ListBucketResult>',
+    # an empty listing
+    b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>'
+    b"<Prefix>none%2F</Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys>"
+    b"<EncodingType>url</EncodingType><IsTruncated>false</IsTruncated></ListBucketResult>",
+]
+
+
+@pytest.mark.parametrize("body", LIST_ANSWERS)
+def test_list_objects_v2_output_equals_botocore(body: bytes) -> None:
+    """The page botocore returns - its parser, then its encoding-type=url decoding - with
+    each object cut to the members ours keeps."""
+    headers = {"x-amz-request-id": "R4", "Content-Type": "application/xml"}
+    operation = MODEL.operation_model("ListObjectsV2")
+    response = {"status_code": 200, "headers": headers, "body": body}
+    theirs: dict[str, Any] = RestXMLParser().parse(response, operation.output_shape)
+    handlers.decode_list_object_v2(theirs, {"encoding_type_auto_set": True})
+    ours = list_objects_v2_output(headers.items(), 200, body)
+    assert ours["ResponseMetadata"].pop("RetryAttempts") == 0
+    metadata = theirs["ResponseMetadata"]
+    metadata["HTTPHeaders"] = {k.lower(): v for k, v in metadata["HTTPHeaders"].items()}
+    kept = ("Key", "Size", "ETag", "StorageClass")
+    for entry in theirs.get("Contents", ()):
+        for member in set(entry) - set(kept):
+            del entry[member]
+    assert ours == theirs
+    if b"%01" in body:
+        assert ours["Contents"][0]["Key"] == "data/a b+%c\x01"
+        assert ours["Contents"][0]["Size"] == 1234567890123
+        assert ours["CommonPrefixes"][0] == {"Prefix": "data/sub dir/"}
+
+
+@pytest.mark.parametrize("body", COPY_ERRORS)
+def test_an_error_in_a_200_listing_is_raised_as_botocore_raises_it(body: bytes) -> None:
+    with pytest.raises(ClientError) as raised:
+        list_objects_v2_output([("x-amz-request-id", "R3")], 200, body)
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
