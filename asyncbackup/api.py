@@ -17,8 +17,10 @@ from .bandwidth import TokenBucket
 from .checkpoint import (
     CheckpointManager,
     CheckpointState,
+    check_dest_endpoint,
     check_identity,
     checkpoint_path,
+    endpoint_for_checkpoint,
     read_checkpoint,
 )
 from .config import BackupConfig
@@ -67,6 +69,8 @@ def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
         "include": list(config.include),
         "exclude": list(config.exclude),
         "dest_prefix": config.dest_prefix,
+        "source_endpoint_url": endpoint_for_checkpoint(config.effective_source_endpoint),
+        "dest_endpoint_url": endpoint_for_checkpoint(config.effective_dest_endpoint),
         "skip_existing": config.skip_existing,
         "direct": config.direct,
     }
@@ -76,6 +80,7 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
     """A resume must use the filters and the destination the checkpoint was made with."""
     stored = state.config
     _check_dest_prefix(stored, config, path)
+    check_dest_endpoint(path, stored, config.effective_dest_endpoint)
     if "include" not in stored and "exclude" not in stored:
         return  # written by hand or by an older tool: nothing to compare
     before = KeyFilter(tuple(stored.get("include") or ()), tuple(stored.get("exclude") or ()))

@@ -32,6 +32,7 @@ from hashlib import sha256
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -515,6 +516,36 @@ def check_identity(
             f"checkpoint {path} belongs to another job (s3://{theirs[0]}/{theirs[1]} -> "
             f"{theirs[2]}); use --checkpoint-dir to keep this job's checkpoint elsewhere, "
             "or --ignore-checkpoints to replace it"
+        )
+
+
+def endpoint_for_checkpoint(url: str | None) -> str | None:
+    """An endpoint URL as a checkpoint records it (None: the AWS default): scheme, host, port
+    and path, never the user info or query string a URL could carry."""
+    if not url:
+        return None
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+
+
+def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:
+    """A resume must copy to the store where the files the checkpoint marks done are: another
+    endpoint (another server, with a bucket of the same name) would be left without them."""
+    if "dest_endpoint_url" not in stored:
+        return  # written by hand or by an older tool: nothing to compare
+    recorded = stored["dest_endpoint_url"]
+    if recorded is not None and not isinstance(recorded, str):
+        return
+    now = endpoint_for_checkpoint(endpoint)
+    if endpoint_for_checkpoint(recorded) != now:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was made with destination endpoint {recorded or 'AWS'} (the "
+            f"copies it marks done are there), this run's is {now or 'AWS'}; resume with the "
+            "same endpoint, or start over with --ignore-checkpoints"
         )
 
 

@@ -22,7 +22,9 @@ import aiohttp
 from ..checkpoint import (
     CheckpointManager,
     CheckpointState,
+    check_dest_endpoint,
     checkpoint_path,
+    endpoint_for_checkpoint,
     read_checkpoint,
 )
 from ..errors import (
@@ -69,6 +71,7 @@ def _checkpoint_config(config: GitHubBackupConfig) -> dict[str, Any]:
         "cleanup": config.cleanup,
         "base_local_path": str(config.base_local_path),
         "api_url": config.api_url,
+        "dest_endpoint_url": endpoint_for_checkpoint(config.effective_dest_endpoint),
         "token_env": config.token_env,
         "include": list(config.include),
         "exclude": list(config.exclude),
@@ -151,6 +154,7 @@ async def run_github_backup(
             carry=(UPLOADS_SECTION,),  # set aside, its uploads are still to abort
         )
         if resumed:
+            check_dest_endpoint(path, state.config, config.effective_dest_endpoint)
             log.info(
                 "resuming %s: %d of %d artifacts already done",
                 path,

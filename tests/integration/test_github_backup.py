@@ -14,7 +14,7 @@ from aiohttp import web
 
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
-from asyncbackup.errors import FatalRunError
+from asyncbackup.errors import CheckpointMismatchError, FatalRunError
 from tests.conftest import Buckets, S3Server
 from tests.github_server import (
     FakeClock,
@@ -26,7 +26,7 @@ from tests.github_server import (
 )
 from tests.helpers import list_keys
 from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
-from tests.proxy import Rule, S3Proxy
+from tests.proxy import Rule, S3Proxy, run_proxy
 
 EXPECTED = {
     "github/acme/alpha.bundle",
@@ -201,6 +201,14 @@ async def test_unavailable_repositories_are_recorded_and_the_run_goes_on_through
         refused = [s for s in github.seen if s.status == 403 and s.path != "/api/orgs/acme/repos"]
         resets = len([s for s in clock.sleeps if s > 600])
         assert len(refused) <= 4 * resets  # --api-concurrency 4
+
+        # a resume to another S3 server (the proxy stands for one) is refused: what the
+        # checkpoint marks done is not there
+        with run_proxy(s3_server.endpoint) as elsewhere:
+            moved = {**options, "dest_endpoint_url": elsewhere.endpoint}
+            with pytest.raises(CheckpointMismatchError, match="destination endpoint"):
+                await run_github_backup(clock=clock, sleep=clock.sleep, **moved)
+            assert not [r for r in elsewhere.requests if r.method in ("PUT", "POST")]
 
         # the repositories come back: the next run retries only what failed
         github.repos["dmca"].status = None

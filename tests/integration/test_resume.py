@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from asyncbackup import plan_backup, run_backup
-from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
+from asyncbackup.checkpoint import CheckpointManager, endpoint_for_checkpoint, read_checkpoint
 from asyncbackup.errors import CheckpointEditedError, CheckpointMismatchError
 from asyncbackup.journal import Changes
 from asyncbackup.progress import NullObserver
@@ -296,6 +296,42 @@ async def test_resume_with_another_dest_prefix_is_refused(
     done = await backup_data(buckets, tmp_path, s3_server.endpoint, dest_prefix="/old/")
     assert done.status == "completed" and done.skipped_files == first.copied_files
     assert len(list_keys(s3, buckets.dest, "old/")) == 30
+
+
+async def test_resume_to_another_destination_endpoint_is_refused(
+    s3_server: S3Server, proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Another endpoint is another store (here the proxy stands for one): the files the
+    checkpoint marks done are not there, and a resume would skip them."""
+    put_objects(s3, buckets.source, numbered_objects(30))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    first = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, concurrency=1, observer=StopAtFirst(), stop=stop
+    )
+    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    checkpoint = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    recorded = load_json(checkpoint)["config"]["dest_endpoint_url"]
+    assert recorded == s3_server.endpoint.rstrip("/")
+    with pytest.raises(CheckpointMismatchError, match="destination endpoint") as refused:
+        await backup_data(buckets, tmp_path, s3_server.endpoint, dest_endpoint_url=proxy.endpoint)
+    assert "--ignore-checkpoints" in str(refused.value)
+    assert not [r for r in proxy.requests if r.method == "PUT"]
+    # The same endpoint, however spelled, resumes and completes the job.
+    done = await backup_data(buckets, tmp_path, s3_server.endpoint + "/")
+    assert done.status == "completed" and done.skipped_files == first.copied_files
+
+
+def test_an_endpoint_is_recorded_without_what_it_could_hide() -> None:
+    assert endpoint_for_checkpoint("HTTPS://user:secret@S3.Example.com:9000/base/?token=t") == (
+        "https://s3.example.com:9000/base"
+    )
+    assert endpoint_for_checkpoint("http://[::1]:9000") == "http://[::1]:9000"
+    assert endpoint_for_checkpoint(None) is None and endpoint_for_checkpoint("") is None
 
 
 def _left_upload(s3: Any, buckets: Buckets, tmp_path: Path) -> tuple[Path, str]:
