@@ -386,8 +386,11 @@ def write_atomic_pieces(
     """``write_atomic()`` of the concatenated ``pieces``; return their SHA-256.
 
     ``before_replace(sha256)`` runs once the temporary file is durable, just before it
-    replaces ``path``.
+    replaces ``path``. A ``path`` that is a symbolic link (an operator's, to other storage)
+    stays one: the file it points to is replaced.
     """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     try:
@@ -545,7 +548,8 @@ def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with destination endpoint {recorded or 'AWS'} (the "
             f"copies it marks done are there), this run's is {now or 'AWS'}; resume with the "
-            "same endpoint, or start over with --ignore-checkpoints"
+            "same endpoint, set config.dest_endpoint_url in the checkpoint if it is the same "
+            "store under another name, or start over with --ignore-checkpoints"
         )
 
 

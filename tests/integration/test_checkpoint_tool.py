@@ -67,7 +67,7 @@ async def failed_run(
         stderr=result.stderr,
         returncode=result.returncode,
         objects=objects,
-        endpoint=s3_server.endpoint,
+        endpoint=proxy.endpoint,  # the checkpoint's destination endpoint: a resume's too
     )
 
 
@@ -136,7 +136,7 @@ async def test_list_finds_archived_and_unreadable_checkpoints(tmp_path: Path) ->
 
 
 async def test_mark_edits_safely_and_the_next_run_follows(
-    failed_run: FailedRun, s3: Any, buckets: Buckets
+    failed_run: FailedRun, s3: Any, buckets: Buckets, proxy: FaultyProxy
 ) -> None:
     path = failed_run.checkpoint
     before = read_checkpoint(path)
@@ -179,6 +179,8 @@ async def test_mark_edits_safely_and_the_next_run_follows(
     # faults gone) copies exactly the pending keys again and the buckets match.
     for key in pending_d5:
         s3.delete_object(Bucket=buckets.dest, Key=key)
+    proxy.deny.clear()
+    proxy.vanish.clear()
     args = cli_args(failed_run.endpoint, failed_run.base, buckets.source, buckets.dest)
     rerun = await run_cli_async(["s3", "data", *args])
     assert rerun.returncode == 0, rerun.stderr

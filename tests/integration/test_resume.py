@@ -321,9 +321,15 @@ async def test_resume_to_another_destination_endpoint_is_refused(
         await backup_data(buckets, tmp_path, s3_server.endpoint, dest_endpoint_url=proxy.endpoint)
     assert "--ignore-checkpoints" in str(refused.value)
     assert not [r for r in proxy.requests if r.method == "PUT"]
-    # The same endpoint, however spelled, resumes and completes the job.
-    done = await backup_data(buckets, tmp_path, s3_server.endpoint + "/")
+    # The same store under another name: the operator says so in the checkpoint.
+    edited = load_json(checkpoint)
+    edited["config"]["dest_endpoint_url"] = proxy.endpoint + "/"
+    checkpoint.write_bytes(orjson.dumps(edited))
+    done = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, dest_endpoint_url=proxy.endpoint
+    )
     assert done.status == "completed" and done.skipped_files == first.copied_files
+    assert len(list_keys(s3, buckets.dest)) == 30
 
 
 def test_an_endpoint_is_recorded_without_what_it_could_hide() -> None:
@@ -331,6 +337,7 @@ def test_an_endpoint_is_recorded_without_what_it_could_hide() -> None:
         "https://s3.example.com:9000/base"
     )
     assert endpoint_for_checkpoint("http://[::1]:9000") == "http://[::1]:9000"
+    assert endpoint_for_checkpoint("http://h:1/") == endpoint_for_checkpoint("HTTP://H:1")
     assert endpoint_for_checkpoint(None) is None and endpoint_for_checkpoint("") is None
 
 

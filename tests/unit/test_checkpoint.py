@@ -273,3 +273,31 @@ def test_the_note_sections_are_those_the_engine_writes() -> None:
     from asyncbackup.uploads import SECTION
 
     assert {SECTION, SKIPPED, *CARRIED_SECTIONS} == NOTE_SECTIONS
+
+
+def test_a_checkpoint_that_is_a_symlink_stays_one(tmp_path: Path) -> None:
+    """An operator keeps the checkpoint elsewhere (persistent storage) through a link: every
+    write goes to the file it points to, and the link stays."""
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "b_p.checkpoint"
+    real.write_text(SEED_EXAMPLE)
+    link = tmp_path / "checkpoints" / "b_p.checkpoint"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    manager = CheckpointManager(link)
+    manager.open()
+    state, resumed = manager.load_or_create(
+        source_bucket="source-bucket-name",
+        source_path="path/within/bucket",
+        dest_bucket="destination-bucket-name",
+        config={},
+        ignore_existing=False,
+    )
+    assert resumed
+    state.files["job/new"] = True
+    manager.flush(state)
+    manager.close()
+    assert link.is_symlink() and link.resolve() == real
+    assert read_checkpoint(real).files["job/new"] is True
+    assert not [p for p in storage.iterdir() if p.name.endswith(".tmp")]
