@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import plan_backup, run_backup
+from asyncbackup import BackupReport, plan_backup, run_backup
 from asyncbackup.checkpoint import CheckpointManager, endpoint_for_checkpoint, read_checkpoint
 from asyncbackup.errors import CheckpointEditedError, CheckpointMismatchError
 from asyncbackup.journal import Changes
@@ -272,9 +272,10 @@ def test_corrupt_checkpoint_is_an_error_and_left_untouched(
     assert list_keys(s3, buckets.dest) == []
 
 
-async def test_resume_with_another_dest_prefix_is_refused(
-    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
-) -> None:
+async def _stopped_after_one(
+    s3: Any, buckets: Buckets, tmp_path: Path, endpoint: str, **options: Any
+) -> BackupReport:
+    """A backup of 30 objects asked to stop once one is done: it stops with a few done."""
     put_objects(s3, buckets.source, numbered_objects(30))
     stop = asyncio.Event()
 
@@ -283,10 +284,16 @@ async def test_resume_with_another_dest_prefix_is_refused(
             stop.set()
 
     first = await backup_data(
-        buckets, tmp_path, s3_server.endpoint, dest_prefix="old", concurrency=1,
-        observer=StopAtFirst(), stop=stop,
-    )  # fmt: skip
+        buckets, tmp_path, endpoint, concurrency=1, observer=StopAtFirst(), stop=stop, **options
+    )
     assert first.status == "stopped" and 1 <= first.copied_files < 30
+    return first
+
+
+async def test_resume_with_another_dest_prefix_is_refused(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    first = await _stopped_after_one(s3, buckets, tmp_path, s3_server.endpoint, dest_prefix="old")
     # The files marked done are under old/: a run putting its copies under new/ would skip
     # them and report the job complete with new/ missing them.
     with pytest.raises(CheckpointMismatchError, match="--dest-prefix"):
@@ -303,17 +310,7 @@ async def test_resume_to_another_destination_endpoint_is_refused(
 ) -> None:
     """Another endpoint is another store (here the proxy stands for one): the files the
     checkpoint marks done are not there, and a resume would skip them."""
-    put_objects(s3, buckets.source, numbered_objects(30))
-    stop = asyncio.Event()
-
-    class StopAtFirst(NullObserver):
-        def on_done(self, key: str, size: int) -> None:
-            stop.set()
-
-    first = await backup_data(
-        buckets, tmp_path, s3_server.endpoint, concurrency=1, observer=StopAtFirst(), stop=stop
-    )
-    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    first = await _stopped_after_one(s3, buckets, tmp_path, s3_server.endpoint)
     checkpoint = _checkpoint(tmp_path / "stage", buckets.source, "data")
     recorded = load_json(checkpoint)["config"]["dest_endpoint_url"]
     assert recorded == s3_server.endpoint.rstrip("/")
