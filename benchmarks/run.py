@@ -513,12 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         report["load_average"] = os.getloadavg()
         (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
 
+    failed: list[str] = []
+
     def phase(title: str, run: Any, *run_args: Any) -> None:
         try:
             report[title] = run(*run_args)
         except Exception as exc:  # reported, and the other phases still run
             report[title] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"error in {title}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed.append(title)
         save()
 
     server_log = WORK / "seaweedfs.log"
@@ -549,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_scale:
         phase("scale", scale_no_server, args)
     print(f"\nresults written to {RESULTS / name}")
-    return 1 if any("error" in report.get(k, {}) for k in ("workloads", "scale")) else 0
+    verdicts = ("workloads", "scale")  # their own errors, as well as a phase's failure
+    return 1 if failed or any("error" in report.get(k, {}) for k in verdicts) else 0
 
 
 if __name__ == "__main__":
