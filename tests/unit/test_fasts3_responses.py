@@ -7,6 +7,7 @@ import contextlib
 import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
 from botocore import handlers
@@ -17,6 +18,7 @@ from botocore.parsers import RestXMLParser
 from botocore.utils import parse_timestamp
 
 from asyncbackup.fasts3.responses import (
+    _url_decoded,
     copy_object_output,
     list_objects_v2_output,
     parse_error,
@@ -336,3 +338,11 @@ def test_an_error_in_a_200_listing_is_raised_as_botocore_raises_it(body: bytes) 
     with pytest.raises(ClientError) as raised:
         list_objects_v2_output([("x-amz-request-id", "R3")], 200, body)
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "a+b", "a%2Bb+c", "%E6%97%A5%E6%9C%AC", "bad%FF%FE", "lone%", "odd%zz%4", "ü%20x+"],
+)
+def test_keys_are_url_decoded_exactly_as_botocore_decodes_them(text: str) -> None:
+    assert _url_decoded(text) == unquote_plus(text)
