@@ -600,12 +600,18 @@ class CheckpointManager:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
-            prefix, suffix = f".{self.path.name}.", ".tmp"  # write_atomic_pieces' names
-            for leftover in self.path.parent.iterdir():
-                name = leftover.name
-                pid = name[len(prefix) : -len(suffix)]
-                if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
-                    leftover.unlink(missing_ok=True)
+            # write_atomic_pieces' names, beside the file written: the one a link points to
+            written = {self.path}
+            if self.path.is_symlink():
+                written.add(Path(os.path.realpath(self.path)))
+            for target in written:
+                prefix, suffix = f".{target.name}.", ".tmp"
+                with contextlib.suppress(FileNotFoundError):  # a link to a folder not made yet
+                    for leftover in target.parent.iterdir():
+                        name = leftover.name
+                        pid = name[len(prefix) : -len(suffix)]
+                        if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
+                            leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "

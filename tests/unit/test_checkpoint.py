@@ -301,3 +301,28 @@ def test_a_checkpoint_that_is_a_symlink_stays_one(tmp_path: Path) -> None:
     assert link.is_symlink() and link.resolve() == real
     assert read_checkpoint(real).files["job/new"] is True
     assert not [p for p in storage.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_open_removes_a_killed_write_s_temporary_file_beside_a_linked_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint that is a link is written beside the file it points to: the temporary file
+    a write cut short by a SIGKILL left there (the whole checkpoint, tens of MB) is removed by
+    the next run, as one beside an unlinked checkpoint is."""
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "state.json"
+    real.write_text(SEED_EXAMPLE)
+    link = tmp_path / "checkpoints" / "b_p.checkpoint"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    killed = storage / ".state.json.4242.tmp"  # write_atomic_pieces' name, beside the target
+    other = storage / ".other.json.4242.tmp"
+    for file in (killed, other):
+        file.write_bytes(b"{")
+    manager = CheckpointManager(link)
+    manager.open()
+    manager.close()
+    assert not killed.exists()
+    assert other.exists()
+    assert link.is_symlink() and real.read_text() == SEED_EXAMPLE
