@@ -195,6 +195,7 @@ async def run_github_backup(
             max_age=config.checkpoint_max_age,
             observer=observer,
             stop=stop,
+            exact_sizes=False,  # a listing's sizes are estimates: the bytes copied are counted
         )
         sink.journal = UploadJournal(pipeline)  # a SIGKILL mid-upload leaks no upload
         # Workers read what the last runs recorded; only the writer task changes the state.

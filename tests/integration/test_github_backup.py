@@ -587,3 +587,37 @@ async def test_a_fetch_that_fails_on_the_network_keeps_the_mirror(
         assert marker.exists()  # the same mirror, fetched into
         restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
         assert refs(restored)["refs/heads/main"] == new_sha
+
+
+async def test_a_resumed_run_counts_the_bytes_copied_before_as_they_were(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A GitHub listing knows no artifact's size (metadata: 0, a bundle: the repository's
+    size in KiB): processed_bytes is the bytes copied, by this run and the ones before it.
+    Stopped once and resumed, the job ends with the bytes at the destination, as a run that
+    was never stopped does."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        stop = asyncio.Event()
+
+        async def stop_at_the_first_pulls(request: web.Request) -> web.Response | None:
+            if request.path.endswith("/pulls"):
+                stop.set()  # the artifacts in flight finish; none is started after them
+            return None
+
+        github.hooks.append(stop_at_the_first_pulls)
+        options = config(github, s3_server.endpoint, buckets.dest, base, concurrency=1)
+        first = await run_github_backup(
+            clock=github.clock, sleep=github.clock.sleep, stop=stop, **options
+        )
+        assert first.status == "stopped", first.errors
+        copied_first = sum(o["Size"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"])
+        assert 0 < first.processed_bytes == copied_first
+
+        github.hooks.clear()
+        second = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED
+        at_dest = sum(o["Size"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"])
+        assert second.archived_checkpoint is not None
+        assert read_checkpoint(second.archived_checkpoint).processed_bytes == at_dest
