@@ -57,6 +57,7 @@ from .journal import (
 from .staging import is_within, staging_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
+_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME_BYTES = 200
 
@@ -523,12 +524,14 @@ def check_identity(
 
 
 def endpoint_for_checkpoint(url: str | None) -> str | None:
-    """An endpoint URL as a checkpoint records it (None: the AWS default): scheme, host, port
-    and path, never the user info or query string a URL could carry."""
+    """An endpoint URL as a checkpoint records it (None: AWS, any of its endpoints): scheme,
+    host, port and path, never the user info or query string a URL could carry."""
     if not url:
         return None
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
+    if host.endswith(_AWS_HOSTS):
+        return None  # AWS: one bucket namespace, whatever the region's endpoint
     if ":" in host:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port is not None else ""

@@ -463,3 +463,50 @@ async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_
     # The edited file and its journal are both kept aside, untouched.
     kept = sorted(p.name for p in checkpoint.parent.iterdir() if "-20" in p.name)
     assert len(kept) == 2 and kept[1] == kept[0] + ".journal"
+
+
+async def test_the_destination_endpoint_set_in_the_environment_is_the_one_compared(
+    s3_server: S3Server,
+    proxy: S3Proxy,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The destination endpoint can come from AWS_ENDPOINT_URL (or the profile) rather than a
+    flag: a resume to another one that way is refused too (the proxy stands for another
+    store), and the same one given by a flag resumes."""
+    put_objects(s3, buckets.source, numbered_objects(30))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    def run(**options: Any) -> Any:
+        return run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path / "stage",
+            source_endpoint_url=s3_server.endpoint,
+            **options,
+        )
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    first = await run(concurrency=1, observer=StopAtFirst(), stop=stop)
+    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    checkpoint = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    assert load_json(checkpoint)["config"]["dest_endpoint_url"] == s3_server.endpoint
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    with pytest.raises(CheckpointMismatchError, match="destination endpoint"):
+        await run()
+    assert not [r for r in proxy.requests if r.method == "PUT"]
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    done = await run(dest_endpoint_url=s3_server.endpoint + "/")
+    assert done.status == "completed" and done.skipped_files == first.copied_files
+    assert len(list_keys(s3, buckets.dest)) == 30
+    # AWS is one store whatever the region's endpoint the client picked
+    assert endpoint_for_checkpoint("https://s3.eu-west-1.amazonaws.com/") is None
