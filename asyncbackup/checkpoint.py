@@ -534,8 +534,10 @@ def endpoint_for_checkpoint(url: str | None) -> str | None:
         return None  # AWS: one bucket namespace, whatever the region's endpoint
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = f":{parts.port}" if parts.port not in (None, default) else ""
+    return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:

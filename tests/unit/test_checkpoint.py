@@ -11,6 +11,7 @@ from asyncbackup.checkpoint import (
     CheckpointManager,
     CheckpointState,
     checkpoint_path,
+    endpoint_for_checkpoint,
     read_checkpoint,
     sanitize_name,
 )
@@ -326,3 +327,13 @@ def test_open_removes_a_killed_write_s_temporary_file_beside_a_linked_checkpoint
     assert not killed.exists()
     assert other.exists()
     assert link.is_symlink() and real.read_text() == SEED_EXAMPLE
+
+
+def test_an_endpoint_with_its_default_port_spelled_out_is_the_same_endpoint() -> None:
+    """botocore sends to https://h and https://h:443 alike: a resume with either is the same
+    store, not a refusal."""
+    assert endpoint_for_checkpoint("https://s3.example.com:443/") == endpoint_for_checkpoint(
+        "https://s3.example.com"
+    )
+    assert endpoint_for_checkpoint("HTTP://minio:80") == "http://minio"
+    assert endpoint_for_checkpoint("http://minio:443") == "http://minio:443"
