@@ -536,7 +536,11 @@ def endpoint_for_checkpoint(url: str | None) -> str | None:
         host = f"[{host}]"
     scheme = parts.scheme.lower()
     default = {"http": 80, "https": 443}.get(scheme)
-    port = f":{parts.port}" if parts.port not in (None, default) else ""
+    try:
+        number = parts.port
+    except ValueError:  # not a port (a hand edit's typo): no endpoint is that one
+        return f"{scheme}://{host}:{parts.netloc.rpartition(':')[2]}"
+    port = f":{number}" if number not in (None, default) else ""
     return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 

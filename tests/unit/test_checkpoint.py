@@ -10,6 +10,7 @@ from asyncbackup.checkpoint import (
     CheckpointLock,
     CheckpointManager,
     CheckpointState,
+    check_dest_endpoint,
     checkpoint_path,
     endpoint_for_checkpoint,
     read_checkpoint,
@@ -337,3 +338,14 @@ def test_an_endpoint_with_its_default_port_spelled_out_is_the_same_endpoint() ->
     )
     assert endpoint_for_checkpoint("HTTP://minio:80") == "http://minio"
     assert endpoint_for_checkpoint("http://minio:443") == "http://minio:443"
+
+
+def test_a_mistyped_endpoint_in_the_checkpoint_is_a_one_line_refusal() -> None:
+    """The refusal says to set config.dest_endpoint_url by hand: a typo there is reported as
+    another endpoint, not a traceback."""
+    for typo in ("http://127.0.0.1:90o0", "http://127.0.0.1:99999"):
+        with pytest.raises(CheckpointMismatchError, match="destination endpoint") as caught:
+            check_dest_endpoint(
+                Path("b_p.checkpoint"), {"dest_endpoint_url": typo}, "http://127.0.0.1:9000"
+            )
+        assert typo in str(caught.value) and "\n" not in str(caught.value)
