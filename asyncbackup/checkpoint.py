@@ -18,6 +18,7 @@ import asyncio
 import codecs
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -800,11 +801,21 @@ class CheckpointManager:
     def finish(self, on_complete: str) -> Path | None:
         """Archive or delete the checkpoint of a completed backup; return the archive path."""
         self.journal.remove()  # gone already: the last flush compacted
+        # A link (an operator's, to other storage) stays, for the next run to write through:
+        # the file it points to is the one archived or deleted.
+        linked = self.path.is_symlink()
+        written = Path(os.path.realpath(self.path)) if linked else self.path
         if on_complete == "delete":
-            self.path.unlink(missing_ok=True)
+            written.unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
         archive_dir.mkdir(exist_ok=True)
         target = stamped(archive_dir, f"{self.path.name}.")
-        self.path.replace(target)
+        try:
+            written.replace(target)
+        except OSError as exc:
+            if not linked or exc.errno != errno.EXDEV:
+                raise
+            write_atomic(target, written.read_bytes())  # the link's target: another disk
+            written.unlink()
         return target

@@ -510,3 +510,38 @@ async def test_the_destination_endpoint_set_in_the_environment_is_the_one_compar
     assert len(list_keys(s3, buckets.dest)) == 30
     # AWS is one store whatever the region's endpoint the client picked
     assert endpoint_for_checkpoint("https://s3.eu-west-1.amazonaws.com/") is None
+
+
+async def test_a_linked_checkpoint_stays_linked_once_the_job_completes(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The operator links the checkpoint to persistent storage. The completed job's checkpoint
+    is archived, and the link stays: the next run of the job keeps its checkpoint where the
+    link points, not on the machine's own disk."""
+    put_objects(s3, buckets.source, numbered_objects(20))
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "job.checkpoint"
+    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)  # dangling until the first run writes through it
+
+    first = await backup_data(buckets, tmp_path, s3_server.endpoint)
+    assert first.status == "completed" and first.archived_checkpoint is not None
+    assert not first.archived_checkpoint.is_symlink()
+    assert read_checkpoint(first.archived_checkpoint).processed_files == 20
+    assert link.is_symlink() and not real.exists()  # archived: nothing to resume
+
+    put_objects(s3, buckets.source, numbered_objects(40))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    second = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, concurrency=1, observer=StopAtFirst(), stop=stop
+    )
+    assert second.status == "stopped"
+    assert link.is_symlink() and real.exists()
+    assert read_checkpoint(real).processed_files == second.processed_files
