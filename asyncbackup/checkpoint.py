@@ -689,7 +689,7 @@ class CheckpointManager:
         aside = stamped(self.path.parent, f"{self.path.name}.{suffix}-")
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))
-        self.path.replace(aside)
+        self._move_to(aside)
         return ignored
 
     # -- writing (in the writer thread) -------------------------------------------------
@@ -801,21 +801,27 @@ class CheckpointManager:
     def finish(self, on_complete: str) -> Path | None:
         """Archive or delete the checkpoint of a completed backup; return the archive path."""
         self.journal.remove()  # gone already: the last flush compacted
-        # A link (an operator's, to other storage) stays, for the next run to write through:
-        # the file it points to is the one archived or deleted.
-        linked = self.path.is_symlink()
-        written = Path(os.path.realpath(self.path)) if linked else self.path
-        if on_complete == "delete":
-            written.unlink(missing_ok=True)
+        if on_complete == "delete":  # a link's file, not the link (``_move_to``)
+            Path(os.path.realpath(self.path)).unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
         archive_dir.mkdir(exist_ok=True)
         target = stamped(archive_dir, f"{self.path.name}.")
+        self._move_to(target)
+        return target
+
+    def _move_to(self, target: Path) -> None:
+        """Move the checkpoint file to ``target``. A link (an operator's, to other storage)
+        stays, for the next run to write through: the file it points to moves, copied when it
+        is on another file system."""
+        if not self.path.is_symlink():
+            self.path.replace(target)
+            return
+        written = Path(os.path.realpath(self.path))
         try:
             written.replace(target)
         except OSError as exc:
-            if not linked or exc.errno != errno.EXDEV:
+            if exc.errno != errno.EXDEV:
                 raise
-            write_atomic(target, written.read_bytes())  # the link's target: another disk
+            write_atomic(target, written.read_bytes())
             written.unlink()
-        return target

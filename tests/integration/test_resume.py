@@ -545,3 +545,41 @@ async def test_a_linked_checkpoint_stays_linked_once_the_job_completes(
     assert second.status == "stopped"
     assert link.is_symlink() and real.exists()
     assert read_checkpoint(real).processed_files == second.processed_files
+
+
+async def test_a_linked_checkpoint_set_aside_by_ignore_checkpoints_stays_linked(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """--ignore-checkpoints sets the old checkpoint aside: the file, not the operator's link,
+    which the new run writes through."""
+    put_objects(s3, buckets.source, numbered_objects(20))
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "job.checkpoint"
+    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    def stopped_run(**options: Any) -> Any:
+        stop.clear()
+        return backup_data(
+            buckets,
+            tmp_path,
+            s3_server.endpoint,
+            concurrency=1,
+            observer=StopAtFirst(),
+            stop=stop,
+            **options,
+        )
+
+    assert (await stopped_run()).status == "stopped"
+    old_id = read_checkpoint(real).backup_id
+    assert (await stopped_run(ignore_checkpoints=True)).status == "stopped"
+    assert link.is_symlink() and read_checkpoint(real).backup_id != old_id
+    (aside,) = link.parent.glob(f"{link.name}.ignored-*")
+    assert not aside.is_symlink() and read_checkpoint(aside).backup_id == old_id
