@@ -55,7 +55,7 @@ from .journal import (
     parse_journal,
     read_journal,
 )
-from .staging import is_within, staging_root
+from .staging import is_within, staging_root, temp_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 _AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
@@ -99,7 +99,8 @@ def checkpoint_path(
     """``<base_local_path>/checkpoints/<source_bucket>_<sanitized source_path>.checkpoint``.
 
     Raises ``ConfigError`` if that folder is inside the bucket's staging folder, where a key
-    could be staged over the checkpoint (a bucket named ``checkpoints``, say).
+    could be staged over the checkpoint (a bucket named ``checkpoints``, say), or inside the
+    staging's temporary folder, which ``Staging.prepare()`` empties.
     """
     directory = checkpoint_dir if checkpoint_dir is not None else base_local_path / "checkpoints"
     staged = staging_root(base_local_path, source_bucket)
@@ -108,6 +109,13 @@ def checkpoint_path(
             f"the checkpoint folder {directory} is inside {staged}, where the objects of "
             f"{source_bucket!r} are staged and could overwrite it; pass --checkpoint-dir "
             "outside it"
+        )
+    temporary = temp_root(base_local_path)
+    if is_within(temporary, directory):
+        raise ConfigError(
+            f"the checkpoint folder {directory} is inside {temporary}, the staging's "
+            "temporary folder, which every run empties of what is not its own; pass "
+            "--checkpoint-dir outside it"
         )
     name = sanitize_name(f"{source_bucket}_{source_path.strip('/')}")
     return directory / f"{name}{CHECKPOINT_SUFFIX}"

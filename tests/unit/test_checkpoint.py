@@ -349,3 +349,16 @@ def test_a_mistyped_endpoint_in_the_checkpoint_is_a_one_line_refusal() -> None:
                 Path("b_p.checkpoint"), {"dest_endpoint_url": typo}, "http://127.0.0.1:9000"
             )
         assert typo in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_folder_in_the_staging_temporary_folder_is_refused(tmp_path: Path) -> None:
+    """Staging.prepare() removes what a dead writer left in <base>/.tmp - anything whose name
+    is not <pid>-...: a checkpoint kept there would be deleted by the run that made it."""
+    with pytest.raises(ConfigError, match="--checkpoint-dir") as caught:
+        checkpoint_path(
+            base_local_path=tmp_path,
+            source_bucket="b",
+            source_path="p",
+            checkpoint_dir=tmp_path / ".tmp" / "state",
+        )
+    assert "\n" not in str(caught.value)
