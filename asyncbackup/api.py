@@ -34,7 +34,7 @@ from .pipeline import Pipeline, Process, WorkItem, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
-from .s3client import S3Client, check_bucket, open_client, open_destination
+from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
@@ -56,8 +56,11 @@ def _bandwidth(config: BackupConfig) -> TokenBucket | None:
     return TokenBucket(config.max_bandwidth) if config.max_bandwidth else None
 
 
-def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
-    """What the checkpoint records of the configuration (never a secret)."""
+def _checkpoint_config(
+    config: BackupConfig, source_endpoint: str | None, dest_endpoint: str | None
+) -> dict[str, Any]:
+    """What the checkpoint records of the configuration (never a secret); the endpoints are
+    the clients' (``client_endpoint``): given by a flag, the environment or the profile."""
     return {
         "cleanup": config.cleanup,
         "base_local_path": str(config.base_local_path),
@@ -69,18 +72,18 @@ def _checkpoint_config(config: BackupConfig) -> dict[str, Any]:
         "include": list(config.include),
         "exclude": list(config.exclude),
         "dest_prefix": config.dest_prefix,
-        "source_endpoint_url": endpoint_for_checkpoint(config.effective_source_endpoint),
-        "dest_endpoint_url": endpoint_for_checkpoint(config.effective_dest_endpoint),
+        "source_endpoint_url": endpoint_for_checkpoint(source_endpoint),
+        "dest_endpoint_url": endpoint_for_checkpoint(dest_endpoint),
         "skip_existing": config.skip_existing,
         "direct": config.direct,
     }
 
 
 def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> None:
-    """A resume must use the filters and the destination the checkpoint was made with."""
+    """A resume must use the filters and the destination prefix the checkpoint was made with
+    (and the destination endpoint: ``check_dest_endpoint``, once the client is made)."""
     stored = state.config
     _check_dest_prefix(stored, config, path)
-    check_dest_endpoint(path, stored, config.effective_dest_endpoint)
     if "include" not in stored and "exclude" not in stored:
         return  # written by hand or by an older tool: nothing to compare
     before = KeyFilter(tuple(stored.get("include") or ()), tuple(stored.get("exclude") or ()))
@@ -214,18 +217,20 @@ async def run_backup(
         await asyncio.to_thread(manager.open)
         stack.callback(manager.close)
         source_client, dest_client = await _open_stores(stack, config)
+        endpoints = client_endpoint(source_client), client_endpoint(dest_client)
         state, resumed = await asyncio.to_thread(
             manager.load_or_create,
             source_bucket=config.source_bucket,
             source_path=config.source_path,
             dest_bucket=config.dest_bucket,
-            config=_checkpoint_config(config),
+            config=_checkpoint_config(config, *endpoints),
             ignore_existing=config.ignore_checkpoints,
             carry=(UPLOADS_SECTION,),
         )
         if resumed:
             _check_filters(state, config, path)
-        state.config.update(_checkpoint_config(config))
+            check_dest_endpoint(path, state.config, endpoints[1])
+        state.config.update(_checkpoint_config(config, *endpoints))
         if resumed:
             log.info(
                 "resuming %s: %d of %d files already done",
@@ -424,8 +429,10 @@ async def plan_backup(
     )
     files: dict[str, bool] = {}
     exists = path.exists() and not config.ignore_checkpoints
+    recorded: dict[str, Any] | None = None
     if exists:
         state = await asyncio.to_thread(read_checkpoint, path)
+        recorded = state.config
         # What the run would refuse: the checkpoint of another job that maps to this name.
         check_identity(path, state, config.source_bucket, config.source_path, config.dest_bucket)
         _check_filters(state, config, path)
@@ -434,6 +441,8 @@ async def plan_backup(
     first: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         source_client, dest_client = await _open_stores(stack, config)
+        if recorded is not None:
+            check_dest_endpoint(path, recorded, client_endpoint(dest_client))
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
         async for page in _listing(config, source, dest_client):
             for item in page:

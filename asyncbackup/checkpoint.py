@@ -18,6 +18,7 @@ import asyncio
 import codecs
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -54,9 +55,10 @@ from .journal import (
     parse_journal,
     read_journal,
 )
-from .staging import is_within, staging_root
+from .staging import is_within, staging_root, temp_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
+_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME_BYTES = 200
 
@@ -97,7 +99,8 @@ def checkpoint_path(
     """``<base_local_path>/checkpoints/<source_bucket>_<sanitized source_path>.checkpoint``.
 
     Raises ``ConfigError`` if that folder is inside the bucket's staging folder, where a key
-    could be staged over the checkpoint (a bucket named ``checkpoints``, say).
+    could be staged over the checkpoint (a bucket named ``checkpoints``, say), or inside the
+    staging's temporary folder, which ``Staging.prepare()`` empties.
     """
     directory = checkpoint_dir if checkpoint_dir is not None else base_local_path / "checkpoints"
     staged = staging_root(base_local_path, source_bucket)
@@ -106,6 +109,13 @@ def checkpoint_path(
             f"the checkpoint folder {directory} is inside {staged}, where the objects of "
             f"{source_bucket!r} are staged and could overwrite it; pass --checkpoint-dir "
             "outside it"
+        )
+    temporary = temp_root(base_local_path)
+    if is_within(temporary, directory):
+        raise ConfigError(
+            f"the checkpoint folder {directory} is inside {temporary}, the staging's "
+            "temporary folder, which every run empties of what is not its own; pass "
+            "--checkpoint-dir outside it"
         )
     name = sanitize_name(f"{source_bucket}_{source_path.strip('/')}")
     return directory / f"{name}{CHECKPOINT_SUFFIX}"
@@ -523,16 +533,24 @@ def check_identity(
 
 
 def endpoint_for_checkpoint(url: str | None) -> str | None:
-    """An endpoint URL as a checkpoint records it (None: the AWS default): scheme, host, port
-    and path, never the user info or query string a URL could carry."""
+    """An endpoint URL as a checkpoint records it (None: AWS, any of its endpoints): scheme,
+    host, port and path, never the user info or query string a URL could carry."""
     if not url:
         return None
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
+    if host.endswith(_AWS_HOSTS):
+        return None  # AWS: one bucket namespace, whatever the region's endpoint
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    try:
+        number = parts.port
+    except ValueError:  # not a port (a hand edit's typo): no endpoint is that one
+        return f"{scheme}://{host}:{parts.netloc.rpartition(':')[2]}"
+    port = f":{number}" if number not in (None, default) else ""
+    return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:
@@ -600,12 +618,18 @@ class CheckpointManager:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
-            prefix, suffix = f".{self.path.name}.", ".tmp"  # write_atomic_pieces' names
-            for leftover in self.path.parent.iterdir():
-                name = leftover.name
-                pid = name[len(prefix) : -len(suffix)]
-                if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
-                    leftover.unlink(missing_ok=True)
+            # write_atomic_pieces' names, beside the file written: the one a link points to
+            written = {self.path}
+            if self.path.is_symlink():
+                written.add(Path(os.path.realpath(self.path)))
+            for target in written:
+                prefix, suffix = f".{target.name}.", ".tmp"
+                with contextlib.suppress(FileNotFoundError):  # a link to a folder not made yet
+                    for leftover in target.parent.iterdir():
+                        name = leftover.name
+                        pid = name[len(prefix) : -len(suffix)]
+                        if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
+                            leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "
@@ -673,7 +697,7 @@ class CheckpointManager:
         aside = stamped(self.path.parent, f"{self.path.name}.{suffix}-")
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))
-        self.path.replace(aside)
+        self._move_to(aside)
         return ignored
 
     # -- writing (in the writer thread) -------------------------------------------------
@@ -785,11 +809,27 @@ class CheckpointManager:
     def finish(self, on_complete: str) -> Path | None:
         """Archive or delete the checkpoint of a completed backup; return the archive path."""
         self.journal.remove()  # gone already: the last flush compacted
-        if on_complete == "delete":
-            self.path.unlink(missing_ok=True)
+        if on_complete == "delete":  # a link's file, not the link (``_move_to``)
+            Path(os.path.realpath(self.path)).unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
         archive_dir.mkdir(exist_ok=True)
         target = stamped(archive_dir, f"{self.path.name}.")
-        self.path.replace(target)
+        self._move_to(target)
         return target
+
+    def _move_to(self, target: Path) -> None:
+        """Move the checkpoint file to ``target``. A link (an operator's, to other storage)
+        stays, for the next run to write through: the file it points to moves, copied when it
+        is on another file system."""
+        if not self.path.is_symlink():
+            self.path.replace(target)
+            return
+        written = Path(os.path.realpath(self.path))
+        try:
+            written.replace(target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            write_atomic(target, written.read_bytes())
+            written.unlink()

@@ -138,7 +138,11 @@ class Pipeline:
         queue_depth: int | None = None,
         observer: Observer | None = None,
         stop: asyncio.Event | None = None,
+        exact_sizes: bool = True,
     ) -> None:
+        """``exact_sizes``: the listing's sizes are those ``process`` returns (S3), so the
+        complete listing sets ``processed_bytes``; False when they are estimates (GitHub): it
+        is then the bytes copied, carried over from the loaded checkpoint and added to."""
         self.manager = manager
         self.state = state
         self.concurrency = concurrency
@@ -146,6 +150,7 @@ class Pipeline:
         self.max_age = max_age
         self.observer: Observer = observer or NullObserver()
         self.stop = stop or asyncio.Event()
+        self.exact_sizes = exact_sizes
         self.result = PipelineResult()
         self._work: asyncio.Queue[WorkItem | None] = asyncio.Queue(
             maxsize=queue_depth or concurrency * 4
@@ -335,7 +340,8 @@ class Pipeline:
                 state.total_files, state.total_bytes = result.listed_files, result.listed_bytes
                 # Exact now, whatever the loaded figure: a file reset to false by hand was
                 # counted once before and once more when redone (the map keeps no sizes).
-                state.processed_bytes = result.skipped_bytes + result.done_bytes
+                if self.exact_sizes:
+                    state.processed_bytes = result.skipped_bytes + result.done_bytes
                 for key in self._stale_errors:
                     # Failed before, and no longer in the source: nothing left to copy.
                     if state.errors.pop(key, None) is not None:

@@ -69,6 +69,13 @@ async def open_client(
     return client
 
 
+def client_endpoint(client: S3Client) -> str | None:
+    """The endpoint ``client`` sends to, however it was given: a flag, ``AWS_ENDPOINT_URL``
+    (``_S3``), the profile's ``endpoint_url``, or AWS's own for the region."""
+    url = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    return url if isinstance(url, str) and url else None
+
+
 async def check_bucket(
     client: S3Client, bucket: str, *, role: str, write: bool, attempts: int = 4
 ) -> None:

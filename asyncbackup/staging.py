@@ -62,6 +62,12 @@ def staging_root(base_local_path: Path, source_name: str) -> Path:
     return base_local_path / encode_segment(source_name)
 
 
+def temp_root(base_local_path: Path) -> Path:
+    """Where every job on ``base_local_path`` writes its temporary files (``prepare`` empties
+    it of a dead writer's: of anything not named ``<pid>-...``)."""
+    return base_local_path / _TMP_DIR
+
+
 def is_within(root: Path, path: Path) -> bool:
     root_s = os.path.abspath(root)
     return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
@@ -95,7 +101,7 @@ class Staging:
     def __init__(self, base_local_path: Path, source_bucket: str) -> None:
         self.base = base_local_path
         self.root = staging_root(base_local_path, source_bucket)
-        self.tmp_dir = base_local_path / _TMP_DIR
+        self.tmp_dir = temp_root(base_local_path)
         self.conflict_dir = self.root / _CONFLICT_DIR
         # Creating folders for a commit and pruning empty ones after a cleanup happen in
         # worker threads: one lock keeps a prune from removing a folder a commit just made.

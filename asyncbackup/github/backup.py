@@ -39,7 +39,7 @@ from ..pipeline import Pipeline, PipelineResult
 from ..progress import Observer
 from ..report import BackupReport, conclude
 from ..retry import AdaptiveLimiter, RetryPolicy
-from ..s3client import open_destination
+from ..s3client import client_endpoint, open_destination
 from ..sinks.s3 import S3Sink
 from ..staging import Staging
 from ..uploads import SECTION as UPLOADS_SECTION
@@ -65,13 +65,13 @@ log = logging.getLogger("asyncbackup")
 USER_AGENT = "asyncbackup (+https://github.com/)"
 
 
-def _checkpoint_config(config: GitHubBackupConfig) -> dict[str, Any]:
+def _checkpoint_config(config: GitHubBackupConfig, dest_endpoint: str | None) -> dict[str, Any]:
     """What the checkpoint records of the configuration: never the token, only its variable."""
     return {
         "cleanup": config.cleanup,
         "base_local_path": str(config.base_local_path),
         "api_url": config.api_url,
-        "dest_endpoint_url": endpoint_for_checkpoint(config.effective_dest_endpoint),
+        "dest_endpoint_url": endpoint_for_checkpoint(dest_endpoint),
         "token_env": config.token_env,
         "include": list(config.include),
         "exclude": list(config.exclude),
@@ -149,12 +149,12 @@ async def run_github_backup(
             source_bucket=config.source_name,
             source_path=config.owner,
             dest_bucket=config.dest_bucket,
-            config=_checkpoint_config(config),
+            config=_checkpoint_config(config, client_endpoint(dest_client)),
             ignore_existing=config.ignore_checkpoints,
             carry=(UPLOADS_SECTION,),  # set aside, its uploads are still to abort
         )
         if resumed:
-            check_dest_endpoint(path, state.config, config.effective_dest_endpoint)
+            check_dest_endpoint(path, state.config, client_endpoint(dest_client))
             log.info(
                 "resuming %s: %d of %d artifacts already done",
                 path,
@@ -195,6 +195,7 @@ async def run_github_backup(
             max_age=config.checkpoint_max_age,
             observer=observer,
             stop=stop,
+            exact_sizes=False,  # a listing's sizes are estimates: the bytes copied are counted
         )
         sink.journal = UploadJournal(pipeline)  # a SIGKILL mid-upload leaks no upload
         # Workers read what the last runs recorded; only the writer task changes the state.

@@ -193,10 +193,13 @@ class Lister:
                 out.append([url, etag])
                 url = after
                 continue
-            out.append([url, answer.etag or ""])
             data = answer.json()
             if not isinstance(data, list):
                 raise GitHubError(answer.status, f"expected a list from {url}")
+            # A full last page is asked whole next time: a repository added after it goes on a
+            # new page, which no ETag covers, while this one's body (and ETag) is unchanged.
+            full_last = answer.next_url is None and len(data) >= PER_PAGE
+            out.append([url, "" if full_last else answer.etag or ""])
             yield data
             url = answer.next_url
 

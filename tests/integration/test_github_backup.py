@@ -587,3 +587,72 @@ async def test_a_fetch_that_fails_on_the_network_keeps_the_mirror(
         assert marker.exists()  # the same mirror, fetched into
         restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
         assert refs(restored)["refs/heads/main"] == new_sha
+
+
+async def test_a_resumed_run_counts_the_bytes_copied_before_as_they_were(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A GitHub listing knows no artifact's size (metadata: 0, a bundle: the repository's
+    size in KiB): processed_bytes is the bytes copied, by this run and the ones before it.
+    Stopped once and resumed, the job ends with the bytes at the destination, as a run that
+    was never stopped does."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        stop = asyncio.Event()
+
+        async def stop_at_the_first_pulls(request: web.Request) -> web.Response | None:
+            if request.path.endswith("/pulls"):
+                stop.set()  # the artifacts in flight finish; none is started after them
+            return None
+
+        github.hooks.append(stop_at_the_first_pulls)
+        options = config(github, s3_server.endpoint, buckets.dest, base, concurrency=1)
+        first = await run_github_backup(
+            clock=github.clock, sleep=github.clock.sleep, stop=stop, **options
+        )
+        assert first.status == "stopped", first.errors
+        copied_first = sum(o["Size"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"])
+        assert 0 < first.processed_bytes == copied_first
+
+        github.hooks.clear()
+        second = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert set(list_keys(s3, buckets.dest)) == EXPECTED
+        at_dest = sum(o["Size"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"])
+        assert second.archived_checkpoint is not None
+        assert read_checkpoint(second.archived_checkpoint).processed_bytes == at_dest
+
+
+async def test_a_repository_created_past_a_full_last_page_is_found_by_the_second_reading(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A user's repositories are listed by name: one created while the copies go, named after
+    all the others, lands on a page after the last one read. That page was full, so the
+    reading again must not take its 304 (its body unchanged) for the end of the list: the next
+    page is new, and no ETag covers it - as for release assets."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        github.owner_type = "User"
+        repos = dict(github.repos)
+        for i in range(100 - len(repos)):
+            repos[f"filler-{i:02d}"] = FakeRepo(f"filler-{i:02d}")
+        github.repos.clear()
+        github.repos.update(sorted(repos.items()))  # by name, as GitHub lists them: 100
+
+        async def create_one_named_last(request: web.Request) -> web.Response | None:
+            # after the first reading of the list, before the next
+            listed = github.api_requests("/users/acme/repos")
+            if len(listed) == 2 and "zzz" not in github.repos:
+                make_repository(github.git_dir("zzz"), commits=1, tags=0, pull_ref=False)
+                github.add_repo(FakeRepo("zzz", has_wiki=False))
+            return None
+
+        github.hooks.append(create_one_named_last)
+        options = config(github, s3_server.endpoint, buckets.dest, base, exclude=("filler-*",))
+        report = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+
+        assert report.status == "completed", report.errors
+        assert "zzz" in github.repos
+        keys = set(list_keys(s3, buckets.dest))
+        assert {"github/acme/zzz.bundle", "github/acme/zzz/repository.json"} <= keys
+        assert keys >= EXPECTED

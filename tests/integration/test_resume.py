@@ -460,3 +460,123 @@ async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_
     # The edited file and its journal are both kept aside, untouched.
     kept = sorted(p.name for p in checkpoint.parent.iterdir() if "-20" in p.name)
     assert len(kept) == 2 and kept[1] == kept[0] + ".journal"
+
+
+async def test_the_destination_endpoint_set_in_the_environment_is_the_one_compared(
+    s3_server: S3Server,
+    proxy: S3Proxy,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The destination endpoint can come from AWS_ENDPOINT_URL (or the profile) rather than a
+    flag: a resume to another one that way is refused too (the proxy stands for another
+    store), and the same one given by a flag resumes."""
+    put_objects(s3, buckets.source, numbered_objects(30))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    def run(**options: Any) -> Any:
+        return run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path / "stage",
+            source_endpoint_url=s3_server.endpoint,
+            **options,
+        )
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    first = await run(concurrency=1, observer=StopAtFirst(), stop=stop)
+    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    checkpoint = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    assert load_json(checkpoint)["config"]["dest_endpoint_url"] == s3_server.endpoint
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    with pytest.raises(CheckpointMismatchError, match="destination endpoint"):
+        await run()
+    assert not [r for r in proxy.requests if r.method == "PUT"]
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    done = await run(dest_endpoint_url=s3_server.endpoint + "/")
+    assert done.status == "completed" and done.skipped_files == first.copied_files
+    assert len(list_keys(s3, buckets.dest)) == 30
+    # AWS is one store whatever the region's endpoint the client picked
+    assert endpoint_for_checkpoint("https://s3.eu-west-1.amazonaws.com/") is None
+
+
+async def test_a_linked_checkpoint_stays_linked_once_the_job_completes(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The operator links the checkpoint to persistent storage. The completed job's checkpoint
+    is archived, and the link stays: the next run of the job keeps its checkpoint where the
+    link points, not on the machine's own disk."""
+    put_objects(s3, buckets.source, numbered_objects(20))
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "job.checkpoint"
+    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)  # dangling until the first run writes through it
+
+    first = await backup_data(buckets, tmp_path, s3_server.endpoint)
+    assert first.status == "completed" and first.archived_checkpoint is not None
+    assert not first.archived_checkpoint.is_symlink()
+    assert read_checkpoint(first.archived_checkpoint).processed_files == 20
+    assert link.is_symlink() and not real.exists()  # archived: nothing to resume
+
+    put_objects(s3, buckets.source, numbered_objects(40))
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    second = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, concurrency=1, observer=StopAtFirst(), stop=stop
+    )
+    assert second.status == "stopped"
+    assert link.is_symlink() and real.exists()
+    assert read_checkpoint(real).processed_files == second.processed_files
+
+
+async def test_a_linked_checkpoint_set_aside_by_ignore_checkpoints_stays_linked(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """--ignore-checkpoints sets the old checkpoint aside: the file, not the operator's link,
+    which the new run writes through."""
+    put_objects(s3, buckets.source, numbered_objects(20))
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "job.checkpoint"
+    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    stop = asyncio.Event()
+
+    class StopAtFirst(NullObserver):
+        def on_done(self, key: str, size: int) -> None:
+            stop.set()
+
+    def stopped_run(**options: Any) -> Any:
+        stop.clear()
+        return backup_data(
+            buckets,
+            tmp_path,
+            s3_server.endpoint,
+            concurrency=1,
+            observer=StopAtFirst(),
+            stop=stop,
+            **options,
+        )
+
+    assert (await stopped_run()).status == "stopped"
+    old_id = read_checkpoint(real).backup_id
+    assert (await stopped_run(ignore_checkpoints=True)).status == "stopped"
+    assert link.is_symlink() and read_checkpoint(real).backup_id != old_id
+    (aside,) = link.parent.glob(f"{link.name}.ignored-*")
+    assert not aside.is_symlink() and read_checkpoint(aside).backup_id == old_id

@@ -10,7 +10,9 @@ from asyncbackup.checkpoint import (
     CheckpointLock,
     CheckpointManager,
     CheckpointState,
+    check_dest_endpoint,
     checkpoint_path,
+    endpoint_for_checkpoint,
     read_checkpoint,
     sanitize_name,
 )
@@ -301,3 +303,62 @@ def test_a_checkpoint_that_is_a_symlink_stays_one(tmp_path: Path) -> None:
     assert link.is_symlink() and link.resolve() == real
     assert read_checkpoint(real).files["job/new"] is True
     assert not [p for p in storage.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_open_removes_a_killed_write_s_temporary_file_beside_a_linked_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint that is a link is written beside the file it points to: the temporary file
+    a write cut short by a SIGKILL left there (the whole checkpoint, tens of MB) is removed by
+    the next run, as one beside an unlinked checkpoint is."""
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "state.json"
+    real.write_text(SEED_EXAMPLE)
+    link = tmp_path / "checkpoints" / "b_p.checkpoint"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    killed = storage / ".state.json.4242.tmp"  # write_atomic_pieces' name, beside the target
+    other = storage / ".other.json.4242.tmp"
+    for file in (killed, other):
+        file.write_bytes(b"{")
+    manager = CheckpointManager(link)
+    manager.open()
+    manager.close()
+    assert not killed.exists()
+    assert other.exists()
+    assert link.is_symlink() and real.read_text() == SEED_EXAMPLE
+
+
+def test_an_endpoint_with_its_default_port_spelled_out_is_the_same_endpoint() -> None:
+    """botocore sends to https://h and https://h:443 alike: a resume with either is the same
+    store, not a refusal."""
+    assert endpoint_for_checkpoint("https://s3.example.com:443/") == endpoint_for_checkpoint(
+        "https://s3.example.com"
+    )
+    assert endpoint_for_checkpoint("HTTP://minio:80") == "http://minio"
+    assert endpoint_for_checkpoint("http://minio:443") == "http://minio:443"
+
+
+def test_a_mistyped_endpoint_in_the_checkpoint_is_a_one_line_refusal() -> None:
+    """The refusal says to set config.dest_endpoint_url by hand: a typo there is reported as
+    another endpoint, not a traceback."""
+    for typo in ("http://127.0.0.1:90o0", "http://127.0.0.1:99999"):
+        with pytest.raises(CheckpointMismatchError, match="destination endpoint") as caught:
+            check_dest_endpoint(
+                Path("b_p.checkpoint"), {"dest_endpoint_url": typo}, "http://127.0.0.1:9000"
+            )
+        assert typo in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_folder_in_the_staging_temporary_folder_is_refused(tmp_path: Path) -> None:
+    """Staging.prepare() removes what a dead writer left in <base>/.tmp - anything whose name
+    is not <pid>-...: a checkpoint kept there would be deleted by the run that made it."""
+    with pytest.raises(ConfigError, match="--checkpoint-dir") as caught:
+        checkpoint_path(
+            base_local_path=tmp_path,
+            source_bucket="b",
+            source_path="p",
+            checkpoint_dir=tmp_path / ".tmp" / "state",
+        )
+    assert "\n" not in str(caught.value)
