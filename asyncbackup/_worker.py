@@ -181,7 +181,7 @@ async def serve(in_fd: int, out_fd: int) -> int:
         async with contextlib.AsyncExitStack() as stack:
             journal = UploadJournal(notes)
             if config.direct:  # server-side: the destination's client is all it needs
-                client = await open_destination(stack, config)
+                client = await open_destination(stack, config, fast_path=config.fast_path)
                 process = await _direct_copier(config, client, stack, journal)
             else:
                 source_client, dest_client = await _open_stores(stack, config)

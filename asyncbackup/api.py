@@ -146,14 +146,21 @@ async def _open_stores(
 
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
-            return await open_destination(stack, config), None
+            return await open_destination(stack, config, fast_path=config.fast_path), None
         except Exception as exc:
             return None, exc
 
     try:
         async with asyncio.TaskGroup() as tg:
+            timeouts = (config.connect_timeout, config.read_timeout) if config.fast_path else None
             tg.create_task(
-                check_bucket(source_client, config.source_bucket, role="source", write=False)
+                check_bucket(
+                    source_client,
+                    config.source_bucket,
+                    role="source",
+                    write=False,
+                    fast_timeouts=timeouts,
+                )
             )
             opening = tg.create_task(destination())
     except BaseExceptionGroup as group:

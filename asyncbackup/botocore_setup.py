@@ -1,5 +1,7 @@
 """What our S3 clients change in botocore, for speed only: each change keeps botocore's
-behaviour and says what it saves. ``s3client.open_client`` applies them to every client."""
+behaviour and says what it saves. ``s3client.open_client`` applies them to every client; the
+aiobotocore-only ones (the response parsers) are in ``aiosession.py``, imported only when an
+aiobotocore client is made."""
 
 from __future__ import annotations
 
@@ -9,109 +11,16 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aioboto3
 import orjson
-from aiobotocore.parsers import AioResponseParserFactory, AioRestXMLParser
 from botocore import handlers
 from botocore.exceptions import DataNotFoundError
 from botocore.loaders import JSONFileLoader, Loader, instance_cache
-from botocore.model import Shape
-
-from .fasts3.responses import read_timestamp
-
-
-class Session(aioboto3.Session):  # type: ignore[misc]
-    """aioboto3's session without its S3 managed-transfer methods (``upload_file``,
-    ``download_fileobj``...) and resource classes: asyncbackup makes its own transfers and
-    uses no resources, and adding those methods to the client class imported s3transfer and
-    boto3's transfer modules, 22-27 ms of every start."""
-
-    def _register_default_handlers(self) -> None:
-        pass
-
-
-def tune_session(session: Any) -> None:
-    """Before the session makes a client: our response parsers, one shared data loader."""
-    _use_our_parsers(session)
-    _share_data_loader(session)
 
 
 def tune_client(client: Any) -> None:
     """Once the client is made: endpoint resolution cached, 200 errors checked cheaply."""
     _cache_endpoint_resolution(client)
     _check_200_errors_cheaply(client)
-
-
-def _use_our_parsers(session: Any) -> None:
-    """Our response parsers (``_RestXMLParser``), with timestamps parsed by ``read_timestamp``
-    instead of dateutil: the same datetimes, 60 times cheaper (a listing has a LastModified
-    per object: 50 ms of CPU per 2,000 objects, 25 s per million). The parser factory is the
-    session's own: only our clients see it."""
-    core = getattr(session, "_session", None)  # aioboto3.Session wraps an AioSession
-    if core is None:
-        return
-    factory = _ParserFactory()
-    factory.set_parser_defaults(timestamp_parser=read_timestamp)
-    core.register_component("response_parser_factory", factory)
-
-
-#: a structure shape -> its plan: (XML tag, member name, member shape) of each member
-_PLANS: dict[int, tuple[Shape, list[tuple[str, str, Shape]]]] = {}
-
-
-class _RestXMLParser(AioRestXMLParser):  # type: ignore[misc]
-    """botocore's S3 response parser, with a faster structure parse for the objects of a
-    listing (shape ``Object``, 1,000 a page): the same dict, built from a per-shape plan of
-    its members and the tags without a regular expression each. It was a third of a
-    listing's parse (12-13 ms a page of 1,000 keys, now 8.5-9). Any other structure, or one
-    with members this does not do (attributes, headers), is botocore's."""
-
-    def _handle_structure(self, shape: Shape, node: Any) -> Any:
-        plan = self._plan(shape) if shape.name == "Object" else None
-        if plan is None or isinstance(node, list):
-            return super()._handle_structure(shape, node)
-        by_tag: dict[str, Any] = {}
-        for child in node:  # as _build_name_to_xml_node: repeated tags become a list
-            tag = child.tag.rpartition("}")[2]
-            seen = by_tag.get(tag)
-            if seen is None:
-                by_tag[tag] = child
-            elif isinstance(seen, list):
-                seen.append(child)
-            else:
-                by_tag[tag] = [seen, child]
-        parsed: dict[str, Any] = {}
-        for tag, name, member in plan:
-            member_node = by_tag.get(tag)
-            if member_node is not None:
-                parsed[name] = self._parse_shape(member, member_node)
-        return parsed
-
-    def _plan(self, shape: Shape) -> list[tuple[str, str, Shape]] | None:
-        known = _PLANS.get(id(shape))
-        if known is not None and known[0] is shape:
-            return known[1]
-        if shape.is_tagged_union or shape.metadata.get("exception", False):
-            return None
-        plan = []
-        for name, member in shape.members.items():
-            serialization = member.serialization
-            if (
-                serialization.get("location")
-                or serialization.get("eventheader")
-                or serialization.get("xmlAttribute")
-            ):
-                return None
-            plan.append((self._member_key_name(member, name), name, member))
-        _PLANS[id(shape)] = (shape, plan)
-        return plan
-
-
-class _ParserFactory(AioResponseParserFactory):  # type: ignore[misc]
-    def create_parser(self, protocol_name: str) -> Any:
-        if protocol_name == "rest-xml":
-            return _RestXMLParser(**self._defaults)
-        return super().create_parser(protocol_name)
 
 
 class _OrjsonFileLoader(JSONFileLoader):  # type: ignore[misc]
@@ -160,12 +69,12 @@ def _shared_loader() -> Loader:
     return _ModelLoader()
 
 
-def _share_data_loader(session: Any) -> None:
-    """One botocore data loader for all our clients: each session otherwise reads and decodes
-    S3's service model and endpoint rules again (70 ms of CPU for a second client). Only with
-    the default data path: an ``AWS_DATA_PATH`` or ``data_path`` keeps the session's own."""
-    core = getattr(session, "_session", None)  # aioboto3.Session wraps an AioSession
-    if core is not None and not core.get_config_variable("data_path"):
+def share_data_loader(core: Any) -> None:
+    """One botocore data loader for all our clients (``core``: a botocore session): each
+    session otherwise reads and decodes S3's service model and endpoint rules again (70 ms of
+    CPU for a second client). Only with the default data path: an ``AWS_DATA_PATH`` or
+    ``data_path`` keeps the session's own."""
+    if not core.get_config_variable("data_path"):
         core.register_component("data_loader", _shared_loader())
 
 

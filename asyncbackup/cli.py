@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -25,7 +25,6 @@ from .api import plan_backup, run_backup
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
-from .github import GitHubBackupConfig, run_github_backup
 from .logformat import LOG_FORMATS, make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
@@ -33,6 +32,9 @@ from .printable import printable
 from .progress import Observer
 from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
+
+if TYPE_CHECKING:
+    from .github import GitHubBackupConfig
 
 log = logging.getLogger("asyncbackup")
 
@@ -421,6 +423,8 @@ def _shared_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def github_config(args: argparse.Namespace) -> GitHubBackupConfig:
+    from .github import GitHubBackupConfig  # aiohttp: only for this command
+
     return GitHubBackupConfig(
         owner=args.owner,
         api_url=args.api_url,
@@ -452,6 +456,8 @@ async def _run_and_summarize(
 
 
 async def _github_command(args: argparse.Namespace) -> int:
+    from .github import run_github_backup
+
     config = github_config(args)
     config.resolved_token()  # fail before any work when the token is missing
     return await _run_and_summarize(

@@ -15,11 +15,11 @@ import asyncio
 import collections
 import contextlib
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -119,22 +119,30 @@ def classify(exc: BaseException) -> ObjectError:
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
-    transient_types = (
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-        ResponseParserError,  # an answer garbled on the way: ask again
-        aiohttp.ClientError,
-        asyncio.TimeoutError,
-        ConnectionError,
-    )
-    if isinstance(exc, transient_types):
+    if isinstance(exc, _TRANSIENT_TYPES) or _aiohttp_error(exc):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
     if isinstance(exc, BotoCoreError):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=False)
     raise exc
+
+
+_TRANSIENT_TYPES = (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    ResponseParserError,  # an answer garbled on the way: ask again
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+def _aiohttp_error(exc: BaseException) -> bool:
+    """An aiohttp failure (GitHub's client, aiobotocore's): without aiohttp imported - a run
+    whose requests all took the fast path - there can be none, and it is not imported."""
+    aiohttp = sys.modules.get("aiohttp")
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
 def _one_line(exc: BaseException) -> str:

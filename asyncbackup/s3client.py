@@ -1,11 +1,21 @@
-"""One long-lived S3 client per credential set, and the checks that a bucket is usable."""
+"""One long-lived S3 client per credential set, and the checks that a bucket is usable.
+
+A client is made in two halves (``LazyClient``). At once, a plain botocore client that never
+sends anything: it resolves the credentials and prepares the fast path's probe request
+(``fasts3.target``), which is all a run whose requests take the fast path needs. The
+aiobotocore client, which sends every other request, is made the first time one is sent:
+importing aiobotocore (and aiohttp under it) and making it is a third of a start-up.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiobotocore.config import AioConfig
+import botocore.session
+from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -13,11 +23,59 @@ from botocore.exceptions import (
 )
 from botocore.utils import get_environ_proxies
 
-from .botocore_setup import Session, tune_client, tune_session
+from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
+from .fasts3 import open_fast_s3
 from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
+
+
+class LazyClient:
+    """An S3 client: botocore's ``meta``, credentials and endpoint from a plain botocore
+    client made at once; every API method (``await client.get_object(...)``) from the
+    aiobotocore client, made on the first call (``make``)."""
+
+    def __init__(self, control: Any, make: Callable[[], Awaitable[Any]]) -> None:
+        self._control = control
+        self._make = make
+        self._client: Any = None
+        self._making = asyncio.Lock()
+
+    @property
+    def meta(self) -> Any:
+        return self._control.meta
+
+    @property
+    def _endpoint(self) -> Any:
+        return self._control._endpoint
+
+    def _get_credentials(self) -> Any:
+        return self._control._get_credentials()
+
+    @property
+    def made(self) -> bool:
+        """Whether the aiobotocore client has been made (for tests and the curious)."""
+        return self._client is not None
+
+    async def aio(self) -> Any:
+        """The aiobotocore client, made now if it was not yet."""
+        if self._client is None:
+            async with self._making:
+                if self._client is None:
+                    self._client = await self._make()
+        return self._client
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            client = await self.aio()
+            return await getattr(client, name)(*args, **kwargs)
+
+        call.__name__ = name
+        return call
 
 
 async def open_client(
@@ -38,33 +96,49 @@ async def open_client(
     the sink (``--checksum``), not by botocore's newer default, which some S3-compatible
     servers reject.
     """
+    config: dict[str, Any] = {
+        "max_pool_connections": max_pool_connections,
+        "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "retries": {"total_max_attempts": 1, "mode": "standard"},
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
+    options: dict[str, Any] = {}
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+        if _plain_http(endpoint_url):
+            options["verify"] = False
     try:
-        session = Session(profile_name=profile, region_name=region)
+        control = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = "--source-profile" if role == "source" else "--dest-profile"
         raise ConfigError(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
-    tune_session(session)
-    config = AioConfig(
-        max_pool_connections=max_pool_connections,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        tcp_keepalive=True,
-    )
-    kwargs: dict[str, Any] = {"config": config}
-    if endpoint_url:
-        kwargs["endpoint_url"] = endpoint_url
-        if _plain_http(endpoint_url):
-            kwargs["verify"] = False
-    try:
-        client = await stack.enter_async_context(session.client("s3", **kwargs))
     except (ValueError, BotoCoreError) as exc:
         raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
+
+    async def make() -> Any:
+        from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
+
+        aio_config = {**config, "tcp_keepalive": True}
+        return await open_aio_client(
+            stack, profile=profile, region=region, options=options, config=aio_config
+        )
+
+    return LazyClient(control, make)
+
+
+def _control_client(
+    profile: str | None, region: str | None, options: dict[str, Any], config: dict[str, Any]
+) -> Any:
+    """A plain botocore S3 client with the settings the aiobotocore one will have: the same
+    profile, region, endpoint and TLS, so the same credentials and request URLs."""
+    session = botocore.session.Session(profile=profile)
+    share_data_loader(session)
+    client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
     return client
 
@@ -77,16 +151,34 @@ def client_endpoint(client: S3Client) -> str | None:
 
 
 async def check_bucket(
-    client: S3Client, bucket: str, *, role: str, write: bool, attempts: int = 4
+    client: S3Client,
+    bucket: str,
+    *,
+    role: str,
+    write: bool,
+    attempts: int = 4,
+    fast_timeouts: tuple[float, float] | None = None,
 ) -> None:
     """Fail fast, with one clear line, when ``bucket`` cannot be used.
 
     Transient answers (5xx, SlowDown, a reset, an endpoint that does not answer yet) are
     retried a few times first, like every other request: a blip must not fail the run.
+    With ``fast_timeouts`` (connect, read) the check is one ListObjectsV2 of one key through
+    the fast path, so that it makes no aiobotocore client (HeadBucket, which the destination
+    is otherwise checked with, needs the same s3:ListBucket permission).
     """
     flag = "--source-profile" if role == "source" else "--dest-profile"
 
     async def probe() -> None:
+        if fast_timeouts is not None:
+            async with contextlib.AsyncExitStack() as stack:
+                connect, read = fast_timeouts
+                fast = await open_fast_s3(
+                    stack, client, bucket, connections=1, connect_timeout=connect, read_timeout=read
+                )
+                if fast is not None:
+                    await fast.list_objects_v2(Bucket=bucket, MaxKeys=1)
+                    return
         if write:
             await client.head_bucket(Bucket=bucket)
         else:
@@ -138,9 +230,10 @@ class DestinationSettings(Protocol):
 
 
 async def open_destination(
-    stack: contextlib.AsyncExitStack, settings: DestinationSettings
+    stack: contextlib.AsyncExitStack, settings: DestinationSettings, *, fast_path: bool = False
 ) -> S3Client:
-    """The destination client, its bucket checked writable, or one clear error."""
+    """The destination client, its bucket checked writable, or one clear error; checked
+    through the fast path with ``fast_path``."""
     client = await open_client(
         stack,
         role="destination",
@@ -151,7 +244,10 @@ async def open_destination(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
     )
-    await check_bucket(client, settings.dest_bucket, role="destination", write=True)
+    timeouts = (settings.connect_timeout, settings.read_timeout) if fast_path else None
+    await check_bucket(
+        client, settings.dest_bucket, role="destination", write=True, fast_timeouts=timeouts
+    )
     return client
 
 

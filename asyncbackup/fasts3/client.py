@@ -26,6 +26,7 @@ import asyncio
 import calendar
 import contextlib
 import hashlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import formatdate
@@ -303,8 +304,14 @@ class FastS3:
         source = self.client._get_credentials()
         if source is None:
             raise NoCredentialsError()
-        frozen: FrozenCredentials = await source.get_frozen_credentials()
-        return frozen
+        if inspect.iscoroutinefunction(source.get_frozen_credentials):  # aiobotocore's
+            frozen: FrozenCredentials = await source.get_frozen_credentials()
+            return frozen
+        # botocore's (our LazyClient's): a refresh due asks STS or a process, off the loop
+        refresh_needed = getattr(source, "refresh_needed", None)
+        if refresh_needed is not None and refresh_needed():
+            return await asyncio.to_thread(source.get_frozen_credentials)
+        return source.get_frozen_credentials()  # type: ignore[no-any-return]
 
     async def _send(
         self,

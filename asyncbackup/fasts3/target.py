@@ -11,6 +11,7 @@ certificates, a query on a plain GetObject) leaves the bucket to botocore.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import ssl
 from dataclasses import dataclass
@@ -103,7 +104,12 @@ async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:
     unique_id = f"asyncbackup-fast-path-probe-{next(_probe_ids)}"
     client.meta.events.register(event, capture, unique_id=unique_id)
     try:
-        await client.get_object(Bucket=bucket, Key=key)
+        # an aiobotocore client's method returns a coroutine; a botocore client's (our
+        # LazyClient's control half, through ``meta``) runs at once: the handler raises
+        prepare = getattr(client, "_control", client)
+        pending = prepare.get_object(Bucket=bucket, Key=key)
+        if inspect.isawaitable(pending):
+            await pending
     except _Captured:
         pass
     finally:

@@ -71,14 +71,21 @@ def worker_pids(parent: int) -> set[int]:
     return found
 
 
+def dest_checks(proxy: S3Proxy, dest: str) -> int:
+    """The checks of the destination bucket that went through: one a process."""
+    bucket = f"^/{dest}/?$"
+    listed = [r for r in proxy.seen(method="GET", path=bucket) if r.query.endswith("max-keys=1")]
+    return len(listed) + len(proxy.seen(method="HEAD", path=bucket))
+
+
 def hold_listing_until_workers_ready(proxy: S3Proxy, dest: str, workers: int) -> None:
     """The main process gets its listing only once every worker has opened its clients (the
-    last request of a start-up, HEAD of the destination bucket, went through): so the work is
-    surely shared, and the first key listed goes to a worker (workers win ties)."""
+    last request of a start-up, the check of the destination bucket - a ListObjectsV2 of one
+    key through the fast path, HEAD through botocore - went through): so the work is surely
+    shared, and the first key listed goes to a worker (workers win ties)."""
 
     def ready() -> None:
-        heads = f"^/{dest}/?$"
-        wait_for(lambda: len(proxy.seen(method="HEAD", path=heads)) >= 1 + workers, timeout=60)
+        wait_for(lambda: dest_checks(proxy, dest) >= 1 + workers, timeout=60)
         time.sleep(0.5)
 
     proxy.add_rule(Rule(None, method="GET", query="prefix=", action=ready, times=1))
@@ -134,10 +141,9 @@ def test_while_workers_start_the_main_process_takes_only_its_share(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
     put_parallel(s3, buckets.source, numbered_objects(6, size=1000))
-    heads = f"^/{buckets.dest}/?$"
 
     def worker_ready() -> None:  # no upload finishes before the worker can take work
-        wait_for(lambda: len(proxy.seen(method="HEAD", path=heads)) >= 2, timeout=60)
+        wait_for(lambda: dest_checks(proxy, buckets.dest) >= 2, timeout=60)
         time.sleep(0.5)
 
     proxy.add_rule(Rule(None, method="PUT", path=f"^/{buckets.dest}/", action=worker_ready))

@@ -170,9 +170,11 @@ async def test_start_up_bucket_checks_are_retried_too(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
     s3.put_object(Bucket=buckets.source, Key="s/one", Body=b"1")
-    proxy.add_rule(Rule("internal", method="GET", query="max-keys=1&", times=2))
-    proxy.add_rule(Rule("reset_before", method="HEAD", times=1))
-    proxy.add_rule(Rule("slowdown", method="HEAD", times=1))
+    # The checks come before anything else of each bucket: ListObjectsV2 of one key.
+    source, dest = f"^/{buckets.source}/?$", f"^/{buckets.dest}/?$"
+    proxy.add_rule(Rule("internal", method="GET", path=source, query="max-keys=1", times=2))
+    proxy.add_rule(Rule("reset_before", method="GET", path=dest, times=1))
+    proxy.add_rule(Rule("slowdown", method="GET", path=dest, times=1))
     report = await run_backup(
         source_bucket=buckets.source,
         source_path="s",

@@ -272,7 +272,7 @@ async def test_our_clients_read_listing_timestamps_without_dateutil(aws_env: Pat
     response = {"status_code": 200, "headers": {}, "body": body}
     shape = MODEL.operation_model("ListObjectsV2").output_shape
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, "http://127.0.0.1:9")
+        client = await (await open_test_client(stack, "http://127.0.0.1:9")).aio()
         parser = client._endpoint._response_parser_factory.create_parser("rest-xml")
         assert parser._timestamp_parser is read_timestamp
         ours = await parser.parse(dict(response), shape)

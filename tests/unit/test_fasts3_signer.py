@@ -277,7 +277,8 @@ async def test_copy_object_headers_and_signature_equal_botocore(
     endpoint: str | None, region: str, bucket: str, aws_env: Path
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, endpoint, region)
+        # the aiobotocore client itself: its requests are the ones compared
+        client = await (await open_test_client(stack, endpoint, region)).aio()
         target = await probe_target(client, bucket)
         assert isinstance(target, Target), target
         frozen = await client._get_credentials().get_frozen_credentials()

@@ -18,13 +18,18 @@ from tests.helpers import open_test_client
 NOWHERE = "http://127.0.0.1:9"  # no request is sent
 
 
+async def aio_client(stack: contextlib.AsyncExitStack, endpoint: str | None) -> Any:
+    """The aiobotocore half of one of our clients (``LazyClient``), made now."""
+    return await (await open_test_client(stack, endpoint)).aio()
+
+
 def loader_of(client: Any) -> Any:
     return client._loader
 
 
 async def test_clients_share_one_data_loader(aws_env: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        one, two = await open_test_client(stack, NOWHERE), await open_test_client(stack, NOWHERE)
+        one, two = await aio_client(stack, NOWHERE), await aio_client(stack, NOWHERE)
         assert loader_of(one) is loader_of(two)
         assert one.meta.service_model.operation_model("CopyObject").http["method"] == "PUT"
 
@@ -33,9 +38,9 @@ async def test_a_data_path_keeps_the_session_its_own_loader(
     aws_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        shared = loader_of(await open_test_client(stack, NOWHERE))
+        shared = loader_of(await aio_client(stack, NOWHERE))
         monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
-        own = loader_of(await open_test_client(stack, NOWHERE))
+        own = loader_of(await aio_client(stack, NOWHERE))
         assert own is not shared and str(tmp_path) in own.search_paths
 
 
@@ -49,10 +54,10 @@ async def test_plain_http_endpoints_build_no_tls_context(
     """No TLS on the way to an http endpoint: no CA bundle to load (17 ms per client). Through
     a proxy, which may be reached over TLS, verification stays on."""
     async with contextlib.AsyncExitStack() as stack:
-        assert verify_of(await open_test_client(stack, NOWHERE)) is False
-        assert verify_of(await open_test_client(stack, "HTTP://127.0.0.1:9")) is False
+        assert verify_of(await aio_client(stack, NOWHERE)) is False
+        assert verify_of(await aio_client(stack, "HTTP://127.0.0.1:9")) is False
         monkeypatch.setenv("HTTP_PROXY", "https://proxy.invalid:3128")
-        assert verify_of(await open_test_client(stack, NOWHERE)) is not False
+        assert verify_of(await aio_client(stack, NOWHERE)) is not False
 
 
 async def test_https_endpoints_still_verify_the_server(aws_env: Path, tmp_path: Path) -> None:
@@ -69,7 +74,7 @@ async def test_https_endpoints_still_verify_the_server(aws_env: Path, tmp_path: 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
     port = server.sockets[0].getsockname()[1]
     async with server, contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, f"https://127.0.0.1:{port}")
+        client = await aio_client(stack, f"https://127.0.0.1:{port}")
         with pytest.raises(SSLError, match=r"(?i)certificate verify failed"):
             await client.head_bucket(Bucket="b")
     assert not any(answered)  # no request reached the server
@@ -158,7 +163,7 @@ async def test_the_200_error_check_agrees_with_botocores(
     from botocore import handlers
 
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, NOWHERE)
+        client = await aio_client(stack, NOWHERE)
         ours = await _checked_for_200_errors(client, body)
         operation = client.meta.service_model.operation_model("ListObjectsV2")
         theirs = {"status_code": 200, "headers": {}, "body": body}
@@ -179,7 +184,7 @@ async def test_a_body_broken_only_in_its_middle_is_still_refused_and_retried(
     middle = len(LIST_BODY) // 2
     broken = LIST_BODY[:middle] + b"<<" + LIST_BODY[middle + 2 :]
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, NOWHERE)
+        client = await aio_client(stack, NOWHERE)
         answer = await _checked_for_200_errors(client, broken)
         operation = client.meta.service_model.operation_model("ListObjectsV2")
         assert answer["status_code"] == 200
@@ -237,7 +242,7 @@ async def test_clients_have_no_managed_transfer_methods(aws_env: Path) -> None:
     """aioboto3 adds upload_file & co. to the client class (importing s3transfer); our
     transfers are our own, and the client still makes every call botocore's does."""
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, NOWHERE)
+        client = await aio_client(stack, NOWHERE)
         assert not hasattr(client, "upload_file") and not hasattr(client, "download_fileobj")
         assert callable(client.list_objects_v2) and callable(client.upload_part_copy)
 
@@ -281,7 +286,7 @@ async def test_our_listing_parser_gives_what_botocores_gives(
     from asyncbackup.fasts3.responses import read_timestamp
 
     async with contextlib.AsyncExitStack() as stack:
-        client = await open_test_client(stack, NOWHERE)
+        client = await aio_client(stack, NOWHERE)
         operation = client.meta.service_model.operation_model(operation_name)
         ours = client._endpoint._response_parser_factory.create_parser("rest-xml")
         assert type(ours).__name__ == "_RestXMLParser"
