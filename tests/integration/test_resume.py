@@ -273,10 +273,10 @@ def test_corrupt_checkpoint_is_an_error_and_left_untouched(
 
 
 async def _stopped_after_one(
-    s3: Any, buckets: Buckets, tmp_path: Path, endpoint: str, **options: Any
+    s3: Any, buckets: Buckets, tmp_path: Path, endpoint: str, objects: int = 30, **options: Any
 ) -> BackupReport:
-    """A backup of 30 objects asked to stop once one is done: it stops with a few done."""
-    put_objects(s3, buckets.source, numbered_objects(30))
+    """A backup of ``objects`` objects asked to stop once one is done: it stops, a few done."""
+    put_objects(s3, buckets.source, numbered_objects(objects))
     stop = asyncio.Event()
 
     class StopAtFirst(NullObserver):
@@ -286,7 +286,7 @@ async def _stopped_after_one(
     first = await backup_data(
         buckets, tmp_path, endpoint, concurrency=1, observer=StopAtFirst(), stop=stop, **options
     )
-    assert first.status == "stopped" and 1 <= first.copied_files < 30
+    assert first.status == "stopped" and 1 <= first.copied_files < objects
     return first
 
 
@@ -509,6 +509,18 @@ async def test_the_destination_endpoint_set_in_the_environment_is_the_one_compar
     assert endpoint_for_checkpoint("https://s3.eu-west-1.amazonaws.com/") is None
 
 
+def _linked_job_checkpoint(tmp_path: Path, buckets: Buckets) -> tuple[Path, Path]:
+    """The job's checkpoint as a link to ``persistent/job.checkpoint``, dangling until the
+    first run writes through it: (the file, the link)."""
+    storage = tmp_path / "persistent"
+    storage.mkdir()
+    real = storage / "job.checkpoint"
+    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    return real, link
+
+
 async def test_a_linked_checkpoint_stays_linked_once_the_job_completes(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
@@ -516,12 +528,7 @@ async def test_a_linked_checkpoint_stays_linked_once_the_job_completes(
     is archived, and the link stays: the next run of the job keeps its checkpoint where the
     link points, not on the machine's own disk."""
     put_objects(s3, buckets.source, numbered_objects(20))
-    storage = tmp_path / "persistent"
-    storage.mkdir()
-    real = storage / "job.checkpoint"
-    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
-    link.parent.mkdir(parents=True)
-    link.symlink_to(real)  # dangling until the first run writes through it
+    real, link = _linked_job_checkpoint(tmp_path, buckets)
 
     first = await backup_data(buckets, tmp_path, s3_server.endpoint)
     assert first.status == "completed" and first.archived_checkpoint is not None
@@ -529,17 +536,7 @@ async def test_a_linked_checkpoint_stays_linked_once_the_job_completes(
     assert read_checkpoint(first.archived_checkpoint).processed_files == 20
     assert link.is_symlink() and not real.exists()  # archived: nothing to resume
 
-    put_objects(s3, buckets.source, numbered_objects(40))
-    stop = asyncio.Event()
-
-    class StopAtFirst(NullObserver):
-        def on_done(self, key: str, size: int) -> None:
-            stop.set()
-
-    second = await backup_data(
-        buckets, tmp_path, s3_server.endpoint, concurrency=1, observer=StopAtFirst(), stop=stop
-    )
-    assert second.status == "stopped"
+    second = await _stopped_after_one(s3, buckets, tmp_path, s3_server.endpoint, objects=40)
     assert link.is_symlink() and real.exists()
     assert read_checkpoint(real).processed_files == second.processed_files
 
@@ -550,12 +547,7 @@ async def test_a_linked_checkpoint_set_aside_by_ignore_checkpoints_stays_linked(
     """--ignore-checkpoints sets the old checkpoint aside: the file, not the operator's link,
     which the new run writes through."""
     put_objects(s3, buckets.source, numbered_objects(20))
-    storage = tmp_path / "persistent"
-    storage.mkdir()
-    real = storage / "job.checkpoint"
-    link = _checkpoint(tmp_path / "stage", buckets.source, "data")
-    link.parent.mkdir(parents=True)
-    link.symlink_to(real)
+    real, link = _linked_job_checkpoint(tmp_path, buckets)
     stop = asyncio.Event()
 
     class StopAtFirst(NullObserver):

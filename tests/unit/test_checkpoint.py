@@ -277,16 +277,23 @@ def test_the_note_sections_are_those_the_engine_writes() -> None:
     assert {SECTION, SKIPPED, *CARRIED_SECTIONS} == NOTE_SECTIONS
 
 
-def test_a_checkpoint_that_is_a_symlink_stays_one(tmp_path: Path) -> None:
-    """An operator keeps the checkpoint elsewhere (persistent storage) through a link: every
-    write goes to the file it points to, and the link stays."""
+def _linked_checkpoint(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """The seed's example as ``persistent/NAME``, and ``checkpoints/b_p.checkpoint`` a link to
+    it: (the persistent folder, the file, the link)."""
     storage = tmp_path / "persistent"
     storage.mkdir()
-    real = storage / "b_p.checkpoint"
+    real = storage / name
     real.write_text(SEED_EXAMPLE)
     link = tmp_path / "checkpoints" / "b_p.checkpoint"
     link.parent.mkdir()
     link.symlink_to(real)
+    return storage, real, link
+
+
+def test_a_checkpoint_that_is_a_symlink_stays_one(tmp_path: Path) -> None:
+    """An operator keeps the checkpoint elsewhere (persistent storage) through a link: every
+    write goes to the file it points to, and the link stays."""
+    storage, real, link = _linked_checkpoint(tmp_path, "b_p.checkpoint")
     manager = CheckpointManager(link)
     manager.open()
     state, resumed = manager.load_or_create(
@@ -311,13 +318,7 @@ def test_open_removes_a_killed_write_s_temporary_file_beside_a_linked_checkpoint
     """A checkpoint that is a link is written beside the file it points to: the temporary file
     a write cut short by a SIGKILL left there (the whole checkpoint, tens of MB) is removed by
     the next run, as one beside an unlinked checkpoint is."""
-    storage = tmp_path / "persistent"
-    storage.mkdir()
-    real = storage / "state.json"
-    real.write_text(SEED_EXAMPLE)
-    link = tmp_path / "checkpoints" / "b_p.checkpoint"
-    link.parent.mkdir()
-    link.symlink_to(real)
+    storage, real, link = _linked_checkpoint(tmp_path, "state.json")
     killed = storage / ".state.json.4242.tmp"  # write_atomic_pieces' name, beside the target
     other = storage / ".other.json.4242.tmp"
     for file in (killed, other):
