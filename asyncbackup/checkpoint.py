@@ -108,7 +108,7 @@ def checkpoint_path(
         raise ConfigError(
             f"the checkpoint folder {directory} is inside {staged}, where the objects of "
             f"{source_bucket!r} are staged and could overwrite it; pass --checkpoint-dir "
-            "outside it"
+            "outside it (and move a checkpoint of this job there to resume it)"
         )
     temporary = temp_root(base_local_path)
     if is_within(temporary, directory):

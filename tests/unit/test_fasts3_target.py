@@ -55,6 +55,39 @@ async def test_object_urls_equal_botocore(
             assert prepared["region"] == target.region
 
 
+class _Stop(Exception):
+    pass
+
+
+def listing_url(client: object, bucket: str) -> str:
+    """The URL (without its query) botocore would send a ListObjectsV2 of ``bucket`` to."""
+    control = getattr(client, "_control", client)  # LazyClient: its botocore half
+    seen: list[str] = []
+
+    def capture(request: object, **_: object) -> None:
+        seen.append(str(getattr(request, "url", "")).split("?", 1)[0])
+        raise _Stop
+
+    events = control.meta.events  # type: ignore[attr-defined]
+    events.register("before-sign.s3.ListObjectsV2", capture, unique_id="test-listing-url")
+    try:
+        with pytest.raises(_Stop):
+            control.list_objects_v2(Bucket=bucket)  # type: ignore[attr-defined]
+    finally:
+        events.unregister("before-sign.s3.ListObjectsV2", unique_id="test-listing-url")
+    return seen[0]
+
+
+@pytest.mark.parametrize(("endpoint", "region", "bucket", "origin", "prefix"), CASES)
+async def test_the_listing_url_equals_botocore(
+    endpoint: str | None, region: str, bucket: str, origin: str, prefix: str, aws_env: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        client, target = await open_target(stack, endpoint, region, bucket)
+        assert isinstance(target, Target), target
+        assert target.origin + target.bucket_path == listing_url(client, bucket)
+
+
 async def test_a_proxy_leaves_the_bucket_to_botocore(
     aws_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
