@@ -383,6 +383,12 @@ def read_checkpoint(path: Path) -> CheckpointState:
     return load_checkpoint(path).state
 
 
+def written_file(path: Path) -> Path:
+    """The file a checkpoint ``path`` writes to: the file it points to when it is a symbolic
+    link (an operator's, to other storage, which stays a link), else ``path`` itself."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old or the new file, never a mix."""
     write_atomic_pieces(path, (data,))
@@ -399,8 +405,7 @@ def write_atomic_pieces(
     replaces ``path``. A ``path`` that is a symbolic link (an operator's, to other storage)
     stays one: the file it points to is replaced.
     """
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    path = written_file(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     try:
@@ -619,10 +624,7 @@ class CheckpointManager:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
             # write_atomic_pieces' names, beside the file written: the one a link points to
-            written = {self.path}
-            if self.path.is_symlink():
-                written.add(Path(os.path.realpath(self.path)))
-            for target in written:
+            for target in {self.path, written_file(self.path)}:
                 prefix, suffix = f".{target.name}.", ".tmp"
                 with contextlib.suppress(FileNotFoundError):  # a link to a folder not made yet
                     for leftover in target.parent.iterdir():
@@ -810,7 +812,7 @@ class CheckpointManager:
         """Archive or delete the checkpoint of a completed backup; return the archive path."""
         self.journal.remove()  # gone already: the last flush compacted
         if on_complete == "delete":  # a link's file, not the link (``_move_to``)
-            Path(os.path.realpath(self.path)).unlink(missing_ok=True)
+            written_file(self.path).unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
         archive_dir.mkdir(exist_ok=True)
@@ -821,11 +823,8 @@ class CheckpointManager:
     def _move_to(self, target: Path) -> None:
         """Move the checkpoint file to ``target``. A link (an operator's, to other storage)
         stays, for the next run to write through: the file it points to moves, copied when it
-        is on another file system."""
-        if not self.path.is_symlink():
-            self.path.replace(target)
-            return
-        written = Path(os.path.realpath(self.path))
+        is on another file system (``target`` is beside the link, the file may not be)."""
+        written = written_file(self.path)
         try:
             written.replace(target)
         except OSError as exc:
