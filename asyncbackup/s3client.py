@@ -37,21 +37,22 @@ class LazyClient:
     aiobotocore client, made on the first call (``make``)."""
 
     def __init__(self, control: Any, make: Callable[[], Awaitable[Any]]) -> None:
-        self._control = control
+        #: the botocore client: prepares requests (the fast path's probe), never sends one
+        self.control = control
         self._make = make
         self._client: Any = None
         self._making = asyncio.Lock()
 
     @property
     def meta(self) -> Any:
-        return self._control.meta
+        return self.control.meta
 
     @property
     def _endpoint(self) -> Any:
-        return self._control._endpoint
+        return self.control._endpoint
 
     def _get_credentials(self) -> Any:
-        return self._control._get_credentials()
+        return self.control._get_credentials()
 
     @property
     def made(self) -> bool:

@@ -106,7 +106,7 @@ async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:
     try:
         # an aiobotocore client's method returns a coroutine; a botocore client's (our
         # LazyClient's control half, through ``meta``) runs at once: the handler raises
-        prepare = getattr(client, "_control", client)
+        prepare = getattr(client, "control", client)
         pending = prepare.get_object(Bucket=bucket, Key=key)
         if inspect.isawaitable(pending):
             await pending
