@@ -3,9 +3,10 @@
 One invocation starts SeaweedFS on loopback, uploads each workload once to ``bench-src``, then
 for every repetition runs every tool (in a rotated order, so no tool always goes first) on the
 same job into an emptied ``bench-dst``: the staged backup (download to local disk, upload), and
-the direct bucket-to-bucket copy where the tool has one. Each run is a fresh process tree under
-``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key and size,
-and the MD5 of a sample). Then the scale benchmarks. Prints tables; writes JSON to
+the direct bucket-to-bucket copy where the tool has one. A bare HTTP client (``bare.py``) does
+the same job as a reference: the server's floor, not a peer. Each run is a fresh process tree
+under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key and
+size, and the MD5 of a sample). Then the scale benchmarks. Prints tables; writes JSON to
 ``benchmarks/results/``.
 
     python -m benchmarks.run [--quick] [--reps 3] [--concurrency 64] [--profile]
@@ -272,7 +273,8 @@ def table(results: dict[str, Any]) -> str:
         "vs ours (of the medians): staged = asyncbackup's time / this tool's time (target <= "
         "0.80 against the fastest peer); direct = this tool's time / s5cmd's. best: the "
         "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
-        "srv CPU: the server's during the run (medians)"
+        "srv CPU: the server's during the run (medians). bare-http is not a peer: a bare HTTP "
+        "client (benchmarks/bare.py), the least the server and disk need for the job"
     )
     return "\n".join(lines)
 
@@ -487,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    tools, notes = discover(args.fast_path_ab, args.variant, shlex.split(args.asyncbackup_args))
+    tools, notes = discover(
+        args.fast_path_ab, args.variant, shlex.split(args.asyncbackup_args), bare=not args.auth
+    )
     baseline = args.baseline.resolve() if args.baseline else None
     if baseline is not None:
         tools.insert(1, asyncbackup_baseline(baseline))

@@ -177,12 +177,40 @@ def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], lis
     return staged, direct
 
 
+def _bare(mode: str) -> Callable[[Job], list[Argv]]:
+    def steps(job: Job) -> list[Argv]:
+        return [
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bare",
+                mode,
+                job.endpoint,
+                job.source_bucket,
+                job.dest_bucket,
+                job.prefix,
+                str(job.stage),
+                str(job.concurrency),
+            ]
+        ]
+
+    return steps
+
+
+#: The server's floor (``benchmarks/bare.py``): not a peer, so never the "fastest peer".
+BARE = Tool("bare-http", _bare("staged"), _bare("direct"))
+
+
 def discover(
-    fast_path_ab: bool = False, variants: list[str] | None = None, extra: Argv | None = None
+    fast_path_ab: bool = False,
+    variants: list[str] | None = None,
+    extra: Argv | None = None,
+    *,
+    bare: bool = True,
 ) -> tuple[list[Tool], list[str]]:
     """asyncbackup first, with ``extra`` flags (and, with ``fast_path_ab``, asyncbackup
-    ``--no-fast-path`` as ``ab-no-fast``; then each of ``variants``), then every peer found;
-    notes for the peers that are missing."""
+    ``--no-fast-path`` as ``ab-no-fast``; then each of ``variants``), then every peer found,
+    then (with ``bare``) the bare HTTP floor; notes for the peers that are missing."""
     tools = [asyncbackup_tool("asyncbackup", list(extra or ()))]
     if fast_path_ab:
         tools.append(Tool("ab-no-fast", _asyncbackup_no_fast_path, None))
@@ -203,4 +231,8 @@ def discover(
         tools.append(Tool("aws", *_aws(aws)))
     else:
         notes.append(f"aws CLI not installed in {AWS_VENV} (pip install awscli): skipped")
+    if bare:
+        tools.append(BARE)
+    else:
+        notes.append("bare-http (the server's floor) needs a server that checks no signatures")
     return tools, notes
