@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
 
 KiB = 1024
@@ -141,11 +142,19 @@ def verify(
 
 
 def clear(s3: Any, bucket: str) -> None:
-    """Delete every object of ``bucket`` (between runs)."""
+    """Delete every object of ``bucket`` and the bucket, then make it again (between runs).
+
+    SeaweedFS gives a deleted object's disk back only when its volume is vacuumed, but a
+    bucket's at once (the bucket is a collection of volumes of its own). Emptying alone let
+    a full run (about 40 GB written) fill the disk, and the server then failed writes with
+    "No writable volumes"."""
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
         if keys:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    with contextlib.suppress(botocore.exceptions.ClientError):  # e.g. an unfinished upload
+        s3.delete_bucket(Bucket=bucket)
+    ensure_bucket(s3, bucket)
 
 
 def ensure_bucket(s3: Any, bucket: str) -> None:
