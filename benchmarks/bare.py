@@ -8,7 +8,7 @@ job when the client costs next to nothing: for large objects, where the server s
 the least any tool can take on this machine. On small objects Python's per-request cost shows,
 so there it is no floor.
 
-    python -m benchmarks.bare staged|direct ENDPOINT SRC DST PREFIX STAGE CONCURRENCY
+    python benchmarks/bare.py staged|direct ENDPOINT SRC DST PREFIX STAGE CONCURRENCY
 """
 
 from __future__ import annotations

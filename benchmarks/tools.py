@@ -182,8 +182,7 @@ def _bare(mode: str) -> Callable[[Job], list[Argv]]:
         return [
             [
                 sys.executable,
-                "-m",
-                "benchmarks.bare",
+                str(Path(__file__).with_name("bare.py")),  # standard library only: any cwd
                 mode,
                 job.endpoint,
                 job.source_bucket,
