@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,17 +41,13 @@ class Target:
     origin: str  # scheme://netloc
     host: str  # the Host header, as botocore signs it
     path_prefix: str  # "/bucket/" (path-style) or "/" (virtual-hosted)
+    bucket_path: str  # the bucket's own path (ListObjectsV2): "/bucket" or "/"
     region: str
     service: str
     ssl: ssl.SSLContext | None  # None: plain http
 
     def path(self, key: str) -> str:
         return self.path_prefix + encode_key(key)
-
-    @property
-    def bucket_path(self) -> str:
-        """The bucket's own path, for bucket requests (ListObjectsV2): ``/bucket`` or ``/``."""
-        return self.path_prefix.removesuffix("/") or "/"
 
 
 def host_header(url: str) -> str:
@@ -85,11 +82,37 @@ def _ssl_for(scheme: str, http_session: Any) -> ssl.SSLContext | str | None:
 async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:
     """What botocore would send for a GetObject of ``key`` - URL, signature version, signing
     region and name - without sending it: the request is stopped in ``before-sign``."""
-    captured: dict[str, Any] = {}
     encoded = encode_key(key)
+    return await _prepared(
+        client,
+        "GetObject",
+        {"Bucket": bucket, "Key": key},
+        lambda url: url.split("?", 1)[0].endswith(encoded),
+    )
+
+
+async def prepared_listing(client: Any, bucket: str) -> dict[str, Any]:
+    """What botocore would send for a ListObjectsV2 of ``bucket``, stopped as in
+    ``prepared_get``."""
+    token = f"asyncbackup-probe-{next(_probe_ids)}"
+    return await _prepared(
+        client,
+        "ListObjectsV2",
+        {"Bucket": bucket, "Prefix": token, "MaxKeys": 1},
+        lambda url: f"prefix={token}" in url,
+    )
+
+
+_METHODS = {"GetObject": "get_object", "ListObjectsV2": "list_objects_v2"}
+
+
+async def _prepared(
+    client: Any, operation: str, params: dict[str, Any], ours: Callable[[str], bool]
+) -> dict[str, Any]:
+    captured: dict[str, Any] = {}
 
     def capture(request: Any, signing_name: str, signature_version: Any, **_: Any) -> None:
-        if not str(request.url).split("?", 1)[0].endswith(encoded):
+        if not ours(str(request.url)):
             return  # another request of this client: not ours
         signing = request.context.get("signing") or {}
         captured.update(
@@ -100,14 +123,14 @@ async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:
         )
         raise _Captured
 
-    event = "before-sign.s3.GetObject"
+    event = f"before-sign.s3.{operation}"
     unique_id = f"asyncbackup-fast-path-probe-{next(_probe_ids)}"
     client.meta.events.register(event, capture, unique_id=unique_id)
     try:
         # an aiobotocore client's method returns a coroutine; a botocore client's (our
         # LazyClient's control half, through ``meta``) runs at once: the handler raises
         prepare = getattr(client, "control", client)
-        pending = prepare.get_object(Bucket=bucket, Key=key)
+        pending = getattr(prepare, _METHODS[operation])(**params)
         if inspect.isawaitable(pending):
             await pending
     except _Captured:
@@ -139,10 +162,21 @@ async def probe_target(client: Any, bucket: str) -> Target | str:
     tls = _ssl_for(parts.scheme, http_session)
     if isinstance(tls, str):
         return tls
+    origin = f"{parts.scheme}://{parts.netloc}"
+    # The bucket's own URL (ListObjectsV2) as botocore builds it too: it is not always the
+    # object prefix less its '/' (a virtual-hosted endpoint "https://host/base/" lists at
+    # "/base/", objects at "/base/KEY").
+    try:
+        listing = urlsplit(str((await prepared_listing(client, bucket)).get("url", "")))
+    except Exception as exc:
+        return f"botocore could not prepare a listing ({type(exc).__name__})"
+    if f"{listing.scheme}://{listing.netloc}" != origin:
+        return "botocore lists this bucket at another address than its objects"
     return Target(
-        origin=f"{parts.scheme}://{parts.netloc}",
+        origin=origin,
         host=host_header(url),
         path_prefix=parts.path[: -len(encoded)],
+        bucket_path=listing.path or "/",
         region=str(captured["region"]),
         service="s3",
         ssl=tls,

@@ -56,6 +56,28 @@ async def test_object_and_listing_urls_equal_botocore(
         assert target.origin + target.bucket_path == listing_url(client, bucket)
 
 
+@pytest.mark.parametrize("base", ["/base", "/base/"])
+async def test_virtual_hosted_endpoint_with_a_path_lists_where_botocore_does(
+    base: str, aws_env: Path
+) -> None:
+    # The object prefix is "/base/" either way; the listing is at "/base" or "/base/", as
+    # the endpoint is written: read from botocore, not derived from the object prefix.
+    (aws_env / "config").write_text(
+        "[default]\nregion = us-east-1\ns3 =\n    addressing_style = virtual\n"
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        client, target = await open_target(
+            stack, f"http://s3.example.test:9000{base}", "us-east-1", "bucket-1"
+        )
+        assert isinstance(target, Target), target
+        assert (target.origin, target.path_prefix) == (
+            "http://bucket-1.s3.example.test:9000",
+            "/base/",
+        )
+        assert target.bucket_path == base
+        assert target.origin + target.bucket_path == listing_url(client, "bucket-1")
+
+
 class _Stop(Exception):
     pass
 
