@@ -111,3 +111,10 @@ async def _close(raw: BinaryIO) -> None:
 def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()
+
+
+async def remove_temporary(path: Path) -> None:
+    """Remove ``path`` (if it is there) in a thread, shielded: a second cancellation while
+    the removal waits for a free thread must not cancel it, or the file would stay until the
+    next run's clean-up of staging."""
+    await asyncio.shield(asyncio.to_thread(path.unlink, True))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FatalRunError, IntegrityError, ObjectError
+from ..localio import remove_temporary
 from ..pipeline import WorkItem
 from ..retry import FATAL_CODES, Backoff, RetryPolicy
 from ..s3client import S3Client
@@ -214,7 +215,7 @@ class ArtifactCopier:
                     {"ContentType": "application/x-git-bundle", "Metadata": {meta_name: version}},
                 )
             finally:
-                await asyncio.to_thread(tmp.unlink, True)
+                await remove_temporary(tmp)
         finally:
             if self.cleanup:
                 await asyncio.to_thread(shutil.rmtree, mirror, True)
@@ -241,7 +242,7 @@ class ArtifactCopier:
                 item.key, tmp, fetched.size, fetched.md5, {"ContentType": "application/json"}
             )
         finally:
-            await asyncio.to_thread(tmp.unlink, True)
+            await remove_temporary(tmp)
         self.note(ETAGS, item.key, fetched.pages or None)
         return fetched.size
 
@@ -257,6 +258,6 @@ class ArtifactCopier:
                 item.key, tmp, size, md5, {"ContentType": "application/octet-stream"}
             )
         finally:
-            await asyncio.to_thread(tmp.unlink, True)
+            await remove_temporary(tmp)
         self.note(VERSIONS, item.key, item.version)
         return size

@@ -26,7 +26,7 @@ from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..listing import RangeLister
-from ..localio import LocalIO, open_for_writing
+from ..localio import LocalIO, open_for_writing, remove_temporary
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy, error_code
@@ -354,10 +354,10 @@ async def _temporary(staging: Staging) -> AsyncIterator[Path]:
     try:
         yield tmp
     except OSError as exc:
-        await asyncio.to_thread(tmp.unlink, True)
+        await remove_temporary(tmp)
         raise _local_error(exc) from exc
     except BaseException:
-        await asyncio.to_thread(tmp.unlink, True)
+        await remove_temporary(tmp)
         raise
 
 

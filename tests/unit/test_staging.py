@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from asyncbackup.sources.s3 import _temporary
 from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
 
 HOSTILE_KEYS = [
@@ -163,3 +167,38 @@ def test_prepare_removes_what_dead_runs_left_not_what_live_ones_write(tmp_path: 
     Staging(tmp_path, "third").prepare()  # another job on the same base path starts
     assert not leftover.exists()
     assert in_flight.read_bytes() == b"being written"
+
+
+async def test_a_second_cancellation_still_removes_the_temporary_file(tmp_path: Path) -> None:
+    # A failed download's temporary file is removed in a thread. With every executor thread
+    # busy, that removal waits in the queue; a second cancellation (Ctrl-C twice, a task
+    # group tearing down) used to cancel the queued removal, leaving the file behind.
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(1)
+    loop.set_default_executor(executor)
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    made: list[Path] = []
+    release = threading.Event()
+
+    async def download() -> None:
+        async with _temporary(staging) as tmp:
+            tmp.write_bytes(b"partial")
+            made.append(tmp)
+            await asyncio.sleep(3600)
+
+    busy = loop.run_in_executor(None, release.wait)  # the only thread, taken
+    task = asyncio.create_task(download())
+    while not made:
+        await asyncio.sleep(0)
+    task.cancel()  # the first: the block fails, the removal is queued behind `busy`
+    for _ in range(5):
+        await asyncio.sleep(0)
+    task.cancel()  # the second, while the removal waits
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    await busy
+    await asyncio.to_thread(lambda: None)  # the queue has run up to here
+    assert not made[0].exists()
+    executor.shutdown()
