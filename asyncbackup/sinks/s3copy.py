@@ -21,7 +21,7 @@ from typing import Any
 from ..config import S3_MAX_PART_SIZE
 from ..errors import IntegrityError
 from ..fasts3 import FastS3
-from ..pipeline import WorkItem
+from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import (
@@ -174,9 +174,12 @@ class ServerSideCopier:
                         "ETag": answer["CopyPartResult"]["ETag"],
                     }
 
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(self.part_concurrency, len(sizes))):
-                    tg.create_task(part_worker())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(self.part_concurrency, len(sizes))):
+                        tg.create_task(part_worker())
+            except BaseExceptionGroup as group:  # the part's own error: the object's, not a group
+                raise primary_error(group) from None
             response = await self.retry.call(
                 functools.partial(
                     self.client.complete_multipart_upload,
