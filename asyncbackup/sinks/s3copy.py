@@ -86,7 +86,7 @@ class ServerSideCopier:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
-        etag = str(response.get("CopyObjectResult", {}).get("ETag", ""))
+        etag = _answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         if comparable and clean_etag(etag) != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
@@ -171,7 +171,10 @@ class ServerSideCopier:
                     )
                     done[index] = {
                         "PartNumber": index + 1,
-                        "ETag": answer["CopyPartResult"]["ETag"],
+                        "ETag": _answered_etag(
+                            answer.get("CopyPartResult", {}).get("ETag"),
+                            f"UploadPartCopy of part {index + 1}",
+                        ),
                     }
 
             try:
@@ -189,8 +192,18 @@ class ServerSideCopier:
                     MultipartUpload={"Parts": done},
                 )
             )
-        etag = clean_etag(str(response.get("ETag", "")))
+            # in the block: an answer without the ETag aborts the upload
+            etag = clean_etag(_answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
+
+
+def _answered_etag(etag: Any, request: str) -> str:
+    """The ETag of a copy's 200 answer. S3 sends a copy's 200 before the copy is made and its
+    outcome in the body: a 200 without the result (the server failed after its status line)
+    is no copy, and the object is copied again."""
+    if not etag:
+        raise IntegrityError(f"{request} answered 200 without the copy's ETag: not copied")
+    return str(etag)
 
 
 def _even_parts(size: int, part_size: int) -> list[int]:

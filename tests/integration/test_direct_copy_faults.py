@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Buckets
 from tests.helpers import MiB, backup_data, list_keys, put_multipart
 from tests.proxy import Recorded, Rule, S3Proxy
@@ -48,4 +50,41 @@ async def test_a_source_deleted_during_its_multipart_copy_is_that_objects_error(
     assert report.exit_code == 1 and report.copied_files == 1, report.errors
     assert list(report.errors) == [KEY]
     assert list_keys(s3, buckets.dest) == ["data/other.txt"]
+    assert no_uploads_left(s3, buckets.dest)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_copy_answered_200_without_its_result_is_not_done(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, fast_path: bool
+) -> None:
+    """S3 answers a CopyObject's 200 before the copy is made and tells the outcome in the
+    body: a 200 without a ``CopyObjectResult`` (the server failed after its status line)
+    says nothing was copied. It used to be taken as done, with nothing at the destination."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.txt", Body=b"hello")
+    proxy.add_rule(Rule("empty_200", method="PUT", path=r"/data/a\.txt$", times=1))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True, fast_path=fast_path)
+    assert report.exit_code == 0, report.errors
+    assert [r.fault for r in proxy.requests if r.method == "PUT"] == ["empty_200", None]
+    assert s3.get_object(Bucket=buckets.dest, Key="data/a.txt")["Body"].read() == b"hello"
+
+
+@pytest.mark.parametrize("step", ["part", "complete"])
+async def test_a_multipart_copy_answered_200_without_its_result_is_not_done(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, step: str
+) -> None:
+    """The same for UploadPartCopy (used to fail the whole run on the missing
+    ``CopyPartResult``) and CompleteMultipartUpload (used to be taken as done when the copy's
+    layout is not the source's, so no ETag is compared: here the server refuses
+    ``HEAD ?partNumber=``), with nothing at the destination."""
+    put_multipart(s3, buckets.source, KEY, PARTS)
+    body = s3.get_object(Bucket=buckets.source, Key=KEY)["Body"].read()
+    proxy.add_rule(Rule("not_implemented", method="HEAD", query="partNumber="))
+    if step == "part":
+        proxy.add_rule(Rule("empty_200", method="PUT", query="partNumber=", times=1))
+    else:
+        proxy.add_rule(Rule("empty_200", method="POST", query="uploadId=", times=1))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == body
     assert no_uploads_left(s3, buckets.dest)
