@@ -26,6 +26,7 @@ from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import (
     OPAQUE_ETAG_SSE,
+    PRESERVED_FIELDS,
     FirstPartProbe,
     clean_etag,
     etag_is_md5,
@@ -134,8 +135,7 @@ class ServerSideCopier:
             "Key": self.dest_key(item.key),
             **self.extra_params,
         }
-        for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition",
-                     "ContentLanguage", "Metadata"):  # fmt: skip
+        for name in (*PRESERVED_FIELDS, "Metadata"):  # what a staged copy keeps
             if head.get(name):
                 create[name] = head[name]
         return create

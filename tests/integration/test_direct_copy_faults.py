@@ -7,6 +7,7 @@ Against moto over HTTP, through the recording, fault-injecting proxy.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,47 @@ async def test_a_multipart_copy_answered_200_without_its_result_is_not_done(
     assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
     assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == body
     assert no_uploads_left(s3, buckets.dest)
+
+
+async def test_a_multipart_copy_keeps_the_metadata_a_staged_copy_keeps(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """UploadPartCopy copies no metadata: the upload is created with the source's. Its
+    expiry (``Expires``) used to be left out, which a staged copy keeps."""
+    expires = datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
+    upload = s3.create_multipart_upload(
+        Bucket=buckets.source,
+        Key=KEY,
+        ContentType="application/x-test",
+        CacheControl="max-age=60",
+        Expires=expires,
+        Metadata={"owner": "team-a"},
+    )
+    etags = []
+    for number, size in enumerate(PARTS, start=1):
+        answer = s3.upload_part(
+            Bucket=buckets.source,
+            Key=KEY,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=bytes([number]) * size,
+        )
+        etags.append({"PartNumber": number, "ETag": answer["ETag"]})
+    s3.complete_multipart_upload(
+        Bucket=buckets.source,
+        Key=KEY,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": etags},
+    )
+    fields = ("ContentType", "CacheControl", "Expires", "Metadata", "ETag", "ContentLength")
+    for direct in (False, True):
+        dest = f"{buckets.dest}-{direct}".lower()
+        s3.create_bucket(Bucket=dest)
+        report = await backup_data(
+            buckets, tmp_path / str(direct), proxy.endpoint, dest_bucket=dest, direct=direct
+        )
+        assert report.exit_code == 0, report.errors
+        source = s3.head_object(Bucket=buckets.source, Key=KEY)
+        copy = s3.head_object(Bucket=dest, Key=KEY)
+        assert source["Expires"] == expires
+        assert {f: copy.get(f) for f in fields} == {f: source.get(f) for f in fields}, direct
