@@ -2,10 +2,11 @@
 
 For when one set of credentials can read the source and write the destination on the same
 S3 service (``--direct``): no byte passes through this machine. A single-part object is one
-CopyObject (metadata copied; its ETag, the MD5, must come back unchanged); a multipart object
-is rebuilt with UploadPartCopy in its own part layout, so the copy's ETag equals the source's
-and is checked (the layout is read from the first part; a source whose parts are not all that
-size is copied again in its true part sizes, a HEAD each). A failed multipart copy is
+CopyObject (metadata copied; its ETag, the MD5, must come back unchanged), and so is an empty
+multipart one (no byte range can name its bytes); any other multipart object is rebuilt with
+UploadPartCopy in its own part layout, so the copy's ETag equals the source's and is checked
+(the layout is read from the first part; a source whose parts are not all that size is copied
+again in its true part sizes, a HEAD each). A failed multipart copy is
 aborted, shielded from cancellation. CopyObject goes through the fast path (``fasts3``) when
 the destination bucket has one; multipart stays on botocore.
 """
@@ -66,7 +67,8 @@ class ServerSideCopier:
     async def copy(self, item: WorkItem) -> int:
         """Copy ``item`` server-side; return its size once the destination has it whole."""
         parts = multipart_parts(item.etag)
-        if parts is not None or item.size > _COPY_OBJECT_LIMIT:
+        # An empty object is one CopyObject, multipart or not: no range can name its bytes.
+        if item.size > 0 and (parts is not None or item.size > _COPY_OBJECT_LIMIT):
             await self._copy_parts(item, parts)
         else:
             await self._copy_object(item)

@@ -8,6 +8,7 @@ Against moto over HTTP, through the recording, fault-injecting proxy.
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,21 @@ async def test_a_multipart_copy_keeps_the_metadata_a_staged_copy_keeps(
         copy = s3.head_object(Bucket=dest, Key=KEY)
         assert source["Expires"] == expires
         assert {f: copy.get(f) for f in fields} == {f: source.get(f) for f in fields}, direct
+
+
+async def test_an_empty_multipart_source_is_copied_without_an_invalid_range(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """An empty object uploaded in one part of 0 bytes has a multipart ETag. Its copy used to
+    be an UploadPartCopy of ``bytes=0--1``, which S3 refuses (InvalidArgument: the range must
+    be ``bytes=first-last``; moto lets it through): it is copied as the plain empty object a
+    staged copy makes."""
+    etag = put_multipart(s3, buckets.source, "data/empty", (0,))
+    assert etag.strip('"').endswith("-1")
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
+    assert report.exit_code == 0, report.errors
+    for request in part_copies(proxy):
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers["x-amz-copy-source-range"])
+        assert match is not None and int(match[1]) <= int(match[2]), request.headers
+    assert s3.get_object(Bucket=buckets.dest, Key="data/empty")["Body"].read() == b""
+    assert no_uploads_left(s3, buckets.dest)
