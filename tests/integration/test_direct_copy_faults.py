@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from asyncbackup.errors import ConfigError
 from tests.conftest import Buckets
 from tests.helpers import MiB, backup_data, list_keys, put_multipart
 from tests.proxy import Recorded, Rule, S3Proxy
@@ -152,3 +153,40 @@ async def test_an_empty_multipart_source_is_copied_without_an_invalid_range(
         assert match is not None and int(match[1]) <= int(match[2]), request.headers
     assert s3.get_object(Bucket=buckets.dest, Key="data/empty")["Body"].read() == b""
     assert no_uploads_left(s3, buckets.dest)
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["staged", "direct"])
+async def test_copies_under_the_source_path_of_the_same_bucket_are_refused(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, direct: bool
+) -> None:
+    """The source bucket as the destination, its copies under SOURCE_PATH: onto the objects
+    themselves (--direct: InvalidRequest for every object; staged: each object put over
+    itself and reported copied), or in a folder the next run lists and copies again
+    (``data/copies/copies/...``, one level more every run). Refused before anything is
+    written; a --dest-prefix outside SOURCE_PATH is a fine use of one bucket."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.txt", Body=b"a")
+    for dest_prefix in (None, "data", "data/copies"):
+        with pytest.raises(ConfigError, match="--dest-prefix") as refused:
+            await backup_data(
+                buckets,
+                tmp_path,
+                proxy.endpoint,
+                dest_bucket=buckets.source,
+                dest_prefix=dest_prefix,
+                direct=direct,
+            )
+        assert "\n" not in str(refused.value)
+    assert list_keys(s3, buckets.source) == ["data/a.txt"]
+    assert not proxy.requests  # refused before any request
+    for _ in range(2):  # twice: the second run does not copy the copies
+        report = await backup_data(
+            buckets,
+            tmp_path,
+            proxy.endpoint,
+            dest_bucket=buckets.source,
+            dest_prefix="copies",
+            direct=direct,
+            ignore_checkpoints=True,
+        )
+        assert report.exit_code == 0 and report.copied_files == 1, report.errors
+    assert list_keys(s3, buckets.source) == ["copies/a.txt", "data/a.txt"]
