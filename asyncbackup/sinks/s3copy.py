@@ -6,7 +6,9 @@ CopyObject (metadata copied; its ETag, the MD5, must come back unchanged), and s
 multipart one (no byte range can name its bytes); any other multipart object is rebuilt with
 UploadPartCopy in its own part layout, so the copy's ETag equals the source's and is checked
 (the layout is read from the first part; a source whose parts are not all that size is copied
-again in its true part sizes, a HEAD each). A failed multipart copy is
+again in its true part sizes, a HEAD each). Where no ETag can be compared (parts of our size,
+SSE-KMS), the source must still have its listed ETag once the parts are copied (a HEAD with
+If-Match), as a server may ignore the parts' if-match. A failed multipart copy is
 aborted, shielded from cancellation. CopyObject goes through the fast path (``fasts3``) when
 the destination bucket has one; multipart stays on botocore.
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import S3_MAX_PART_SIZE
-from ..errors import IntegrityError
+from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy
@@ -112,7 +114,13 @@ class ServerSideCopier:
         part_size, same_layout = await self._layout(item, parts)
         sizes = _even_parts(item.size, part_size)
         create = await self._create_params(item)
-        etag, encrypted = await self._copy_in(item, create, sizes)
+        # Where no ETag will tell a copy made of two versions (a server may ignore the parts'
+        # if-match), the source must still be the listed version before the copy completes.
+        opaque = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
+        unchecked = not same_layout or opaque
+        etag, encrypted = await self._copy_in(item, create, sizes, check_source=unchecked)
+        if encrypted and not unchecked:  # the bucket's own SSE-KMS: known only now
+            await self._source_unchanged(item)
         if not same_layout or encrypted or etag == clean_etag(item.etag):
             return
         mismatch = IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
@@ -125,6 +133,30 @@ class ServerSideCopier:
         etag, encrypted = await self._copy_in(item, create, true_sizes)
         if not encrypted and etag != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+
+    async def _source_unchanged(self, item: WorkItem) -> None:
+        """Raise PreconditionFailed unless the source still has the listed ETag: then every
+        part copied until now is of that version, on a server that ignores the parts'
+        ``x-amz-copy-source-if-match`` too (one HEAD with If-Match)."""
+        if not item.etag:
+            return
+        try:
+            await self.retry.call(
+                functools.partial(
+                    self.client.head_object,
+                    Bucket=self.source_bucket,
+                    Key=item.key,
+                    IfMatch=item.etag,
+                )
+            )
+        except ObjectError as exc:
+            if exc.code not in ("412", "PreconditionFailed"):
+                raise
+            raise ObjectError(
+                "PreconditionFailed",
+                f"the source changed during its copy (its ETag is no longer {item.etag}); "
+                "run again to copy the new version",
+            ) from exc
 
     async def _create_params(self, item: WorkItem) -> dict[str, Any]:
         """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
@@ -143,10 +175,16 @@ class ServerSideCopier:
         return create
 
     async def _copy_in(
-        self, item: WorkItem, create: dict[str, Any], sizes: list[int]
+        self,
+        item: WorkItem,
+        create: dict[str, Any],
+        sizes: list[int],
+        *,
+        check_source: bool = False,
     ) -> tuple[str, bool]:
         """Copy ``item`` by UploadPartCopy in parts of ``sizes`` into the upload ``create``
-        makes; the copy's ETag, and whether its encryption makes that ETag no MD5."""
+        makes; the copy's ETag, and whether its encryption makes that ETag no MD5.
+        ``check_source``: the source must still be the listed version before completing."""
         key = create["Key"]
         starts = [0, *itertools.accumulate(sizes[:-1])]  # each part's first byte
         async with tracked_upload(
@@ -185,6 +223,8 @@ class ServerSideCopier:
                         tg.create_task(part_worker())
             except BaseExceptionGroup as group:  # the part's own error: the object's, not a group
                 raise primary_error(group) from None
+            if check_source:
+                await self._source_unchanged(item)
             response = await self.retry.call(
                 functools.partial(
                     self.client.complete_multipart_upload,
