@@ -140,6 +140,16 @@ class BackupConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
+        if (
+            self.source_bucket == self.dest_bucket
+            and self.effective_source_endpoint == self.effective_dest_endpoint
+            and self.dest_list_prefix.startswith(self.source_prefix)
+        ):
+            raise ConfigError(
+                "the copies would go under SOURCE_PATH in the source bucket itself (onto the "
+                "objects, or where the next run copies them again): give another --dest-bucket "
+                "or a --dest-prefix outside SOURCE_PATH"
+            )
         if self.sse is not None and self.sse not in SSE_CHOICES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
         if self.sse_kms_key_id and self.sse != "aws:kms":

@@ -89,6 +89,9 @@ STREAM_FAULTS = (
     "ignore_start_after",
     "reverse_keys",
     "no_continuation_token",
+    # a 200 with an empty body, the request not forwarded: a server that failed after its
+    # status line (S3 sends a copy's 200 before the copy is made, its result after)
+    "empty_200",
 )
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
@@ -327,6 +330,9 @@ class S3Proxy:
         if fault == "reset_before":
             _reset(request)
             return web.Response(status=500)
+        if fault == "empty_200":
+            await request.read()
+            return web.Response(status=200)
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
         status, payload, out_headers = await self._forward(

@@ -2,10 +2,13 @@
 
 For when one set of credentials can read the source and write the destination on the same
 S3 service (``--direct``): no byte passes through this machine. A single-part object is one
-CopyObject (metadata copied; its ETag, the MD5, must come back unchanged); a multipart object
-is rebuilt with UploadPartCopy in its own part layout, so the copy's ETag equals the source's
-and is checked (the layout is read from the first part; a source whose parts are not all that
-size is copied again in its true part sizes, a HEAD each). A failed multipart copy is
+CopyObject (metadata copied; its ETag, the MD5, must come back unchanged), and so is an empty
+multipart one (no byte range can name its bytes); any other multipart object is rebuilt with
+UploadPartCopy in its own part layout, so the copy's ETag equals the source's and is checked
+(the layout is read from the first part; a source whose parts are not all that size is copied
+again in its true part sizes, a HEAD each). Where no ETag can be compared (parts of our size,
+SSE-KMS), the source must still have its listed ETag once the parts are copied (a HEAD with
+If-Match), as a server may ignore the parts' if-match. A failed multipart copy is
 aborted, shielded from cancellation. CopyObject goes through the fast path (``fasts3``) when
 the destination bucket has one; multipart stays on botocore.
 """
@@ -19,13 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import S3_MAX_PART_SIZE
-from ..errors import IntegrityError
+from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
-from ..pipeline import WorkItem
+from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import (
     OPAQUE_ETAG_SSE,
+    PRESERVED_FIELDS,
     FirstPartProbe,
     clean_etag,
     etag_is_md5,
@@ -65,7 +69,8 @@ class ServerSideCopier:
     async def copy(self, item: WorkItem) -> int:
         """Copy ``item`` server-side; return its size once the destination has it whole."""
         parts = multipart_parts(item.etag)
-        if parts is not None or item.size > _COPY_OBJECT_LIMIT:
+        # An empty object is one CopyObject, multipart or not: no range can name its bytes.
+        if item.size > 0 and (parts is not None or item.size > _COPY_OBJECT_LIMIT):
             await self._copy_parts(item, parts)
         else:
             await self._copy_object(item)
@@ -86,7 +91,7 @@ class ServerSideCopier:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
-        etag = str(response.get("CopyObjectResult", {}).get("ETag", ""))
+        etag = _answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         if comparable and clean_etag(etag) != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
@@ -109,7 +114,13 @@ class ServerSideCopier:
         part_size, same_layout = await self._layout(item, parts)
         sizes = _even_parts(item.size, part_size)
         create = await self._create_params(item)
-        etag, encrypted = await self._copy_in(item, create, sizes)
+        # Where no ETag will tell a copy made of two versions (a server may ignore the parts'
+        # if-match), the source must still be the listed version before the copy completes.
+        opaque = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
+        unchecked = not same_layout or opaque
+        etag, encrypted = await self._copy_in(item, create, sizes, check_source=unchecked)
+        if encrypted and not unchecked:  # the bucket's own SSE-KMS: known only now
+            await self._source_unchanged(item)
         if not same_layout or encrypted or etag == clean_etag(item.etag):
             return
         mismatch = IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
@@ -123,6 +134,30 @@ class ServerSideCopier:
         if not encrypted and etag != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
 
+    async def _source_unchanged(self, item: WorkItem) -> None:
+        """Raise PreconditionFailed unless the source still has the listed ETag: then every
+        part copied until now is of that version, on a server that ignores the parts'
+        ``x-amz-copy-source-if-match`` too (one HEAD with If-Match)."""
+        if not item.etag:
+            return
+        try:
+            await self.retry.call(
+                functools.partial(
+                    self.client.head_object,
+                    Bucket=self.source_bucket,
+                    Key=item.key,
+                    IfMatch=item.etag,
+                )
+            )
+        except ObjectError as exc:
+            if exc.code not in ("412", "PreconditionFailed"):
+                raise
+            raise ObjectError(
+                "PreconditionFailed",
+                f"the source changed during its copy (its ETag is no longer {item.etag}); "
+                "run again to copy the new version",
+            ) from exc
+
     async def _create_params(self, item: WorkItem) -> dict[str, Any]:
         """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
         and metadata (one HEAD of the source)."""
@@ -134,17 +169,22 @@ class ServerSideCopier:
             "Key": self.dest_key(item.key),
             **self.extra_params,
         }
-        for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition",
-                     "ContentLanguage", "Metadata"):  # fmt: skip
+        for name in (*PRESERVED_FIELDS, "Metadata"):  # what a staged copy keeps
             if head.get(name):
                 create[name] = head[name]
         return create
 
     async def _copy_in(
-        self, item: WorkItem, create: dict[str, Any], sizes: list[int]
+        self,
+        item: WorkItem,
+        create: dict[str, Any],
+        sizes: list[int],
+        *,
+        check_source: bool = False,
     ) -> tuple[str, bool]:
         """Copy ``item`` by UploadPartCopy in parts of ``sizes`` into the upload ``create``
-        makes; the copy's ETag, and whether its encryption makes that ETag no MD5."""
+        makes; the copy's ETag, and whether its encryption makes that ETag no MD5.
+        ``check_source``: the source must still be the listed version before completing."""
         key = create["Key"]
         starts = [0, *itertools.accumulate(sizes[:-1])]  # each part's first byte
         async with tracked_upload(
@@ -171,12 +211,20 @@ class ServerSideCopier:
                     )
                     done[index] = {
                         "PartNumber": index + 1,
-                        "ETag": answer["CopyPartResult"]["ETag"],
+                        "ETag": _answered_etag(
+                            answer.get("CopyPartResult", {}).get("ETag"),
+                            f"UploadPartCopy of part {index + 1}",
+                        ),
                     }
 
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(self.part_concurrency, len(sizes))):
-                    tg.create_task(part_worker())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(self.part_concurrency, len(sizes))):
+                        tg.create_task(part_worker())
+            except BaseExceptionGroup as group:  # the part's own error: the object's, not a group
+                raise primary_error(group) from None
+            if check_source:
+                await self._source_unchanged(item)
             response = await self.retry.call(
                 functools.partial(
                     self.client.complete_multipart_upload,
@@ -186,8 +234,18 @@ class ServerSideCopier:
                     MultipartUpload={"Parts": done},
                 )
             )
-        etag = clean_etag(str(response.get("ETag", "")))
+            # in the block: an answer without the ETag aborts the upload
+            etag = clean_etag(_answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
+
+
+def _answered_etag(etag: Any, request: str) -> str:
+    """The ETag of a copy's 200 answer. S3 sends a copy's 200 before the copy is made and its
+    outcome in the body: a 200 without the result (the server failed after its status line)
+    is no copy, and the object is copied again."""
+    if not etag:
+        raise IntegrityError(f"{request} answered 200 without the copy's ETag: not copied")
+    return str(etag)
 
 
 def _even_parts(size: int, part_size: int) -> list[int]:
