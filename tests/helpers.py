@@ -93,9 +93,10 @@ def load_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
 
 
-def put_multipart(client: Any, bucket: str, key: str, sizes: Sequence[int]) -> str:
-    """Upload ``key`` as a multipart object with parts of ``sizes``; return its ETag."""
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+def put_multipart(client: Any, bucket: str, key: str, sizes: Sequence[int], **create: Any) -> str:
+    """Upload ``key`` as a multipart object with parts of ``sizes`` (``create``: more
+    CreateMultipartUpload parameters); return its ETag."""
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, **create)
     parts = []
     for number, size in enumerate(sizes, start=1):
         answer = client.upload_part(

@@ -14,8 +14,9 @@ Faults come two ways, both driven by the test:
 A fault is one of ``FAULTS``: canned S3 error answers (503 SlowDown, 500 InternalError, 429,
 403 AccessDenied/InvalidAccessKeyId, ...), a connection reset before the request body is read
 or after it was forwarded upstream, a response body cut short, flipped bytes in a response
-body, or added latency. ``run_proxy()`` serves it from a thread of its own, so it works under
-synchronous tests that run the CLI as a subprocess as well as under async tests.
+body, another ETag in an answer, or added latency. ``run_proxy()`` serves it from a thread of
+its own, so it works under synchronous tests that run the CLI as a subprocess as well as under
+async tests.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
+_ETAG = re.compile(rb"<ETag>[^<]*</ETag>")
+OTHER_ETAG = '"' + "0" * 32 + '"'  # what "other_etag" puts in an answer
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 #: fault -> (HTTP status, S3 error code, message)
@@ -92,6 +95,8 @@ STREAM_FAULTS = (
     # a 200 with an empty body, the request not forwarded: a server that failed after its
     # status line (S3 sends a copy's 200 before the copy is made, its result after)
     "empty_200",
+    # the answer's first ETag replaced by another (an MD5-like one that no body here has)
+    "other_etag",
 )
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
@@ -358,6 +363,8 @@ class S3Proxy:
             payload = pieces[0] + b"".join(
                 c + p for c, p in zip(contents[::-1], pieces[1:], strict=True)
             )
+        if fault == "other_etag" and status < 300:
+            payload = _ETAG.sub(f"<ETag>{OTHER_ETAG}</ETag>".encode(), payload, count=1)
         if fault == "no_continuation_token" and status < 300:
             payload = _NEXT_TOKEN.sub(b"", payload)
         if fault == "truncate" and len(payload) > 1 and status < 300:

@@ -32,6 +32,7 @@ from ..sources.s3 import (
     PRESERVED_FIELDS,
     FirstPartProbe,
     clean_etag,
+    etag_is_digest,
     etag_is_md5,
     multipart_parts,
 )
@@ -93,7 +94,13 @@ class ServerSideCopier:
         response = await self.retry.call(functools.partial(copy_object, **params))
         etag = _answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
-        if comparable and clean_etag(etag) != clean_etag(item.etag):
+        # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
+        # is no MD5 (the listing does not say so), which only the source's HEAD tells.
+        if (
+            comparable
+            and clean_etag(etag) != clean_etag(item.etag)
+            and etag_is_digest(await self._head_source(item))
+        ):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
 
     async def _layout(self, item: WorkItem, parts: int | None) -> tuple[int, bool]:
@@ -113,15 +120,18 @@ class ServerSideCopier:
     async def _copy_parts(self, item: WorkItem, parts: int | None) -> None:
         part_size, same_layout = await self._layout(item, parts)
         sizes = _even_parts(item.size, part_size)
-        create = await self._create_params(item)
+        head = await self._head_source(item)
+        create = self._create_params(item, head)
         # Where no ETag will tell a copy made of two versions (a server may ignore the parts'
         # if-match), the source must still be the listed version before the copy completes.
+        # An SSE-KMS source's ETag is not made of MD5s: no copy of it can match it.
+        source_opaque = not etag_is_digest(head)
         opaque = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
-        unchecked = not same_layout or opaque
+        unchecked = not same_layout or opaque or source_opaque
         etag, encrypted = await self._copy_in(item, create, sizes, check_source=unchecked)
         if encrypted and not unchecked:  # the bucket's own SSE-KMS: known only now
             await self._source_unchanged(item)
-        if not same_layout or encrypted or etag == clean_etag(item.etag):
+        if unchecked or encrypted or etag == clean_etag(item.etag):
             return
         mismatch = IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
         # S3 asks only that no part but the last is under 5 MiB: parts of 5, 6 and 1 MiB look
@@ -158,12 +168,15 @@ class ServerSideCopier:
                 "run again to copy the new version",
             ) from exc
 
-    async def _create_params(self, item: WorkItem) -> dict[str, Any]:
-        """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
-        and metadata (one HEAD of the source)."""
-        head = await self.retry.call(
+    async def _head_source(self, item: WorkItem) -> dict[str, Any]:
+        head: dict[str, Any] = await self.retry.call(
             functools.partial(self.client.head_object, Bucket=self.source_bucket, Key=item.key)
         )
+        return head
+
+    def _create_params(self, item: WorkItem, head: dict[str, Any]) -> dict[str, Any]:
+        """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
+        and metadata (from ``head``, the source's HEAD)."""
         create: dict[str, Any] = {
             "Bucket": self.dest_bucket,
             "Key": self.dest_key(item.key),

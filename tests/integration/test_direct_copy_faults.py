@@ -220,3 +220,50 @@ async def test_a_source_overwritten_between_part_copies_is_never_a_mixed_copy(
     assert report.exit_code == 1 and report.copied_files == 0
     assert list_keys(s3, buckets.dest) == []  # never completed: no copy of two versions
     assert no_uploads_left(s3, buckets.dest)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+@pytest.mark.parametrize("source_sse", ["aws:kms", None], ids=["kms-source", "plain-source"])
+async def test_a_copy_of_an_sse_kms_source_is_not_held_to_its_opaque_etag(
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    proxy: S3Proxy,
+    fast_path: bool,
+    source_sse: str | None,
+) -> None:
+    """An SSE-KMS source's ETag is no MD5, and the listing does not say so; a copy to an
+    unencrypted destination answers the MD5 as its ETag. The two differ on S3 (moto's KMS
+    ETags are MD5s: the proxy gives the copy another ETag), and every such object used to
+    fail "copy ETag differs" on every attempt. The source's HEAD now tells: an opaque ETag
+    is not compared (the copy was made with the listed ETag as its if-match). A plain
+    source's differing ETag is still an error."""
+    extra = {"ServerSideEncryption": source_sse} if source_sse else {}
+    s3.put_object(Bucket=buckets.source, Key="data/a.txt", Body=b"hello", **extra)
+    proxy.add_rule(Rule("other_etag", method="PUT", path=r"/data/a\.txt$"))
+    report = await backup_data(
+        buckets, tmp_path, proxy.endpoint, direct=True, fast_path=fast_path, max_attempts=2
+    )
+    if source_sse:
+        assert report.exit_code == 0, report.errors
+        assert s3.get_object(Bucket=buckets.dest, Key="data/a.txt")["Body"].read() == b"hello"
+    else:
+        assert report.exit_code == 1
+        assert "differs from source" in report.errors["data/a.txt"]
+
+
+async def test_a_multipart_copy_of_an_sse_kms_source_is_checked_by_its_head(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """The same for a multipart SSE-KMS source copied in its own layout: its ETag is not
+    the MD5 of its parts' MD5s, so the copy's cannot match it (the proxy makes them differ,
+    as S3's do). The copy is instead checked the way one in parts of our size is: the
+    source must still have its listed ETag (a HEAD with If-Match) before it completes."""
+    put_multipart(s3, buckets.source, KEY, PARTS, ServerSideEncryption="aws:kms")
+    proxy.add_rule(Rule("other_etag", method="POST", query="uploadId="))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True, max_attempts=2)
+    assert report.exit_code == 0, report.errors
+    heads = [r for r in proxy.requests if r.method == "HEAD" and r.path.endswith(KEY)]
+    assert any("if-match" in r.headers for r in heads)
+    source = s3.get_object(Bucket=buckets.source, Key=KEY)["Body"].read()
+    assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == source
