@@ -6,9 +6,10 @@ CopyObject (metadata copied; its ETag, the MD5, must come back unchanged), and s
 multipart one (no byte range can name its bytes); any other multipart object is rebuilt with
 UploadPartCopy in its own part layout, so the copy's ETag equals the source's and is checked
 (the layout is read from the first part; a source whose parts are not all that size is copied
-again in its true part sizes, a HEAD each). Where no ETag can be compared (parts of our size,
-SSE-KMS), the source must still have its listed ETag once the parts are copied (a HEAD with
-If-Match), as a server may ignore the parts' if-match. A failed multipart copy is
+again in its true part sizes, a HEAD each). Before any multipart copy is completed, the source
+must still have its listed ETag (a HEAD with If-Match), as a server may ignore the parts'
+if-match: a copy made of two versions is never completed, even where its ETag would tell
+(not in parts of our size, nor with SSE-KMS). A failed multipart copy is
 aborted, shielded from cancellation. CopyObject goes through the fast path (``fasts3``) when
 the destination bucket has one; multipart stays on botocore.
 """
@@ -122,15 +123,14 @@ class ServerSideCopier:
         sizes = _even_parts(item.size, part_size)
         head = await self._head_source(item)
         create = self._create_params(item, head)
-        # Where no ETag will tell a copy made of two versions (a server may ignore the parts'
-        # if-match), the source must still be the listed version before the copy completes.
-        # An SSE-KMS source's ETag is not made of MD5s: no copy of it can match it.
+        # A server may ignore the parts' if-match, and a copy made of two versions must never
+        # be completed: the source must still be the listed version before it is (a HEAD).
+        # Where the ETags can be compared, the copy's must then be the source's too; not in
+        # parts of our size, nor with SSE-KMS (an SSE-KMS source's ETag is no MD5s' either).
         source_opaque = not etag_is_digest(head)
         opaque = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
         unchecked = not same_layout or opaque or source_opaque
-        etag, encrypted = await self._copy_in(item, create, sizes, check_source=unchecked)
-        if encrypted and not unchecked:  # the bucket's own SSE-KMS: known only now
-            await self._source_unchanged(item)
+        etag, encrypted = await self._copy_in(item, create, sizes)
         if unchecked or encrypted or etag == clean_etag(item.etag):
             return
         mismatch = IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
@@ -188,16 +188,11 @@ class ServerSideCopier:
         return create
 
     async def _copy_in(
-        self,
-        item: WorkItem,
-        create: dict[str, Any],
-        sizes: list[int],
-        *,
-        check_source: bool = False,
+        self, item: WorkItem, create: dict[str, Any], sizes: list[int]
     ) -> tuple[str, bool]:
         """Copy ``item`` by UploadPartCopy in parts of ``sizes`` into the upload ``create``
-        makes; the copy's ETag, and whether its encryption makes that ETag no MD5.
-        ``check_source``: the source must still be the listed version before completing."""
+        makes, completed only if the source is still the listed version; the copy's ETag,
+        and whether its encryption makes that ETag no MD5."""
         key = create["Key"]
         starts = [0, *itertools.accumulate(sizes[:-1])]  # each part's first byte
         async with tracked_upload(
@@ -236,8 +231,7 @@ class ServerSideCopier:
                         tg.create_task(part_worker())
             except BaseExceptionGroup as group:  # the part's own error: the object's, not a group
                 raise primary_error(group) from None
-            if check_source:
-                await self._source_unchanged(item)
+            await self._source_unchanged(item)
             response = await self.retry.call(
                 functools.partial(
                     self.client.complete_multipart_upload,

@@ -222,6 +222,31 @@ async def test_a_source_overwritten_between_part_copies_is_never_a_mixed_copy(
     assert no_uploads_left(s3, buckets.dest)
 
 
+async def test_a_mixed_copy_in_the_source_layout_is_never_completed_either(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """In the source's own layout the copy's ETag does tell a mixed copy, but only once the
+    copy is completed: the object failed, yet a copy made of two versions stayed at the
+    destination (its retries then fail on the changed source). Every multipart copy now
+    checks the source before it completes."""
+    sizes = (5 * MiB, 5 * MiB, 77)
+    put_multipart(s3, buckets.source, KEY, sizes)
+    overwritten: list[bool] = []
+
+    def overwrite() -> None:
+        put_multipart(s3, buckets.source, KEY, sizes)  # same size, other bytes
+        overwritten.append(True)
+
+    proxy.add_rule(Rule(None, method="PUT", query="partNumber=2", times=1, action=overwrite))
+    report = await backup_data(
+        buckets, tmp_path, proxy.endpoint, direct=True, part_concurrency=1, max_attempts=2
+    )
+    assert overwritten
+    assert KEY in report.errors and report.exit_code == 1, report.errors
+    assert list_keys(s3, buckets.dest) == []  # no copy of two versions left there
+    assert no_uploads_left(s3, buckets.dest)
+
+
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
 @pytest.mark.parametrize("source_sse", ["aws:kms", None], ids=["kms-source", "plain-source"])
 async def test_a_copy_of_an_sse_kms_source_is_not_held_to_its_opaque_etag(
