@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import ssl
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -140,8 +141,21 @@ async def _prepared(
     return captured
 
 
+#: client -> bucket -> its probe's answer: a run opens several fast paths to one bucket (its
+#: check, the listing's, the copies'), and the answer depends on nothing else
+_probed: weakref.WeakKeyDictionary[Any, dict[str, Target | str]] = weakref.WeakKeyDictionary()
+
+
 async def probe_target(client: Any, bucket: str) -> Target | str:
-    """The fast path's target for ``bucket`` on ``client``, or why there is none."""
+    """The fast path's target for ``bucket`` on ``client``, or why there is none; asked of
+    botocore once per client and bucket."""
+    known = _probed.setdefault(client, {})
+    if bucket not in known:
+        known[bucket] = await _probe(client, bucket)
+    return known[bucket]
+
+
+async def _probe(client: Any, bucket: str) -> Target | str:
     try:
         captured = await prepared_get(client, bucket, PROBE_KEY)
     except Exception as exc:  # botocore refused before signing: it will say why again later

@@ -148,3 +148,18 @@ async def test_tls_trusts_the_ca_bundle_botocore_trusts_and_no_other(
         assert get_cert_path(verify) == certifi.where()
         expected = ssl.create_default_context(cafile=certifi.where())
         assert target.ssl.get_ca_certs(binary_form=True) == expected.get_ca_certs(True)
+
+
+async def test_a_bucket_is_probed_once_per_client(aws_env: Path) -> None:
+    # A run opens several fast paths to one bucket (its check, the listing's, the copies'):
+    # botocore prepares the probe requests for the first only.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, "http://127.0.0.1:9000")
+        first = await probe_target(client, "bucket-1")
+        assert await probe_target(client, "bucket-1") is first
+        other = await probe_target(client, "bucket-2")
+        assert isinstance(other, Target) and other.path_prefix == "/bucket-2/"
+        again = await probe_target(
+            await open_test_client(stack, "http://127.0.0.1:9000"), "bucket-1"
+        )
+        assert again is not first and again == first  # another client asks again
