@@ -144,17 +144,18 @@ async def run_github_backup(
         repos_path, repos_params = await _resolve_owner(client, config)
         if not config.ignore_checkpoints:
             await asyncio.to_thread(_check_same_server, path, config.api_url)
+        dest_endpoint = client_endpoint(dest_client)
         state, resumed = await asyncio.to_thread(
             manager.load_or_create,
             source_bucket=config.source_name,
             source_path=config.owner,
             dest_bucket=config.dest_bucket,
-            config=_checkpoint_config(config, client_endpoint(dest_client)),
+            config=_checkpoint_config(config, dest_endpoint),
             ignore_existing=config.ignore_checkpoints,
             carry=(UPLOADS_SECTION,),  # set aside, its uploads are still to abort
         )
         if resumed:
-            check_dest_endpoint(path, state.config, client_endpoint(dest_client))
+            check_dest_endpoint(path, state.config, dest_endpoint)
             log.info(
                 "resuming %s: %d of %d artifacts already done",
                 path,
