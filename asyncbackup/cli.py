@@ -30,6 +30,7 @@ from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
 from .printable import printable
 from .progress import Observer
+from .redact import redact
 from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
@@ -633,14 +634,14 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             return code
     except AsyncBackupError as exc:
         if args.debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line
         if args.debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         detail = " ".join(str(exc).split()) or type(exc).__name__
         _fatal(
             args,
@@ -653,6 +654,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
     """The one line that ends a failed run: plain, or a JSON record with --log-format json."""
+    message = redact(message)
     if getattr(args, "log_format", "text") == "json":
         log.error(message, extra={"exit_code": exit_code})
     else:
