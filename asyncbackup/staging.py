@@ -22,7 +22,7 @@ import threading
 from hashlib import sha256
 from pathlib import Path
 
-from .errors import StagingFullError
+from .errors import ConfigError, StagingFullError
 
 _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
@@ -125,7 +125,10 @@ class Staging:
                             leftover.unlink()
         except OSError as exc:
             raise_if_disk_full(exc, self.base)
-            raise
+            raise ConfigError(
+                f"cannot use staging directory {self.base}: {exc.strerror} ({exc.filename}); "
+                "make it a directory this user can write, or point --base-local-path elsewhere"
+            ) from exc
 
     def path_for(self, key: str) -> Path:
         path = self.root / relative_path_for_key(key)

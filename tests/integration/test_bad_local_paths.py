@@ -1,0 +1,75 @@
+"""Local paths that cannot be used: one line that says what to do, the documented exit code,
+the checkpoint valid with nothing marked done; and from ``run_backup`` a typed error."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import ConfigError, run_backup
+from tests.conftest import Buckets, S3Server
+from tests.helpers import cli_args
+from tests.reliability import one_error_line, put_parallel, read_valid, run_cli
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only file system (a tmpfs mounted ``ro``; the tests run as root, whom
+    permissions do not stop)."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(where)])
+    assert mounted.returncode == 0, "these tests need to mount a tmpfs (root)"
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_read_only_staging_directory_is_a_usage_error(
+    read_only_dir: Path, s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, {f"p/{i}": b"x" * 10 for i in range(3)})
+    checkpoints = tmp_path / "checkpoints"
+    stage = read_only_dir / "stage"
+    args = ["p", *cli_args(s3_server.endpoint, stage, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--checkpoint-dir", str(checkpoints), "--quiet"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "staging directory" in line and "--base-local-path" in line, line
+    assert "unexpected" not in line
+    state = read_valid(checkpoints / f"{buckets.source}_p.checkpoint")
+    assert not any(state.files.values())
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+
+
+def test_staging_path_that_is_a_file_is_a_usage_error(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, {"p/1": b"x"})
+    stage = tmp_path / "a-file"
+    stage.write_text("not a directory")
+    args = ["p", *cli_args(s3_server.endpoint, stage, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--checkpoint-dir", str(tmp_path / "checkpoints"), "--quiet"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "staging directory" in line and "--base-local-path" in line, line
+
+
+async def test_run_backup_raises_a_typed_error_for_a_read_only_staging_directory(
+    read_only_dir: Path, s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_parallel(s3, buckets.source, {"p/1": b"x"})
+    with pytest.raises(ConfigError, match="--base-local-path"):
+        await run_backup(
+            source_bucket=buckets.source,
+            source_path="p",
+            dest_bucket=buckets.dest,
+            base_local_path=read_only_dir / "stage",
+            checkpoint_dir=tmp_path / "checkpoints",
+            endpoint_url=s3_server.endpoint,
+        )
