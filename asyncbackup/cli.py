@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from .api import plan_backup, run_backup
+from .checkpoint import write_atomic
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
@@ -506,6 +507,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
 async def _s3_command(args: argparse.Namespace) -> int:
     config = s3_config(args)
     if args.dry_run:
+        _check_report_path(args)
         return await _dry_run(config, args)
     return await _run_and_summarize(
         args, lambda observer, stop: run_backup(config, observer=observer, stop=stop)
@@ -552,7 +554,13 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
     if plan.copy_files > len(plan.first_keys):
         print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
     if args.report:
-        args.report.write_bytes(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+        try:
+            write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write --report {args.report}: {exc.strerror}; give a file this user "
+                "can write"
+            ) from exc
     return EXIT_OK
 
 

@@ -73,3 +73,18 @@ async def test_run_backup_raises_a_typed_error_for_a_read_only_staging_directory
             checkpoint_dir=tmp_path / "checkpoints",
             endpoint_url=s3_server.endpoint,
         )
+
+
+def test_dry_run_report_in_a_missing_directory_is_refused_before_the_listing(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """As for a run: refused at once (exit 2), not after the whole listing as an unexpected
+    FileNotFoundError (exit 3)."""
+    put_parallel(s3, buckets.source, {f"p/{i}": b"x" for i in range(3)})
+    report = tmp_path / "missing" / "plan.json"
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    done = run_cli([*args, "--dry-run", "--report", str(report)])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "--report" in line and "unexpected" not in line, line
+    assert done.stdout == ""  # refused before listing anything
