@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from asyncbackup import ConfigError, run_backup
@@ -88,3 +89,39 @@ def test_dry_run_report_in_a_missing_directory_is_refused_before_the_listing(
     line = one_error_line(done.stderr)
     assert "--report" in line and "unexpected" not in line, line
     assert done.stdout == ""  # refused before listing anything
+
+
+def test_full_checkpoint_directory_at_completion_says_to_run_again(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The disk of the checkpoint directory fills up as the run completes: the archive (or
+    the completions log) cannot be written. A tmpfs with 4 inodes holds the folder, the lock,
+    the checkpoint and the temporary file of its last write, and nothing more."""
+    objects = {f"c/{i}": bytes([i]) * 100 for i in range(5)}
+    put_parallel(s3, buckets.source, objects)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=4", "tmpfs", str(checkpoints)]
+    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
+    report = tmp_path / "report.json"
+    args = ["c", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    args += ["--checkpoint-dir", str(checkpoints), "--checkpoint-interval", "1000000"]
+    args += ["--quiet", "--report", str(report)]
+    try:
+        done = run_cli(args)
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done.stderr)
+        assert str(checkpoints) in line and "run" in line and "again" in line, line
+        assert "unexpected" not in line
+        # The complete checkpoint is where the next run finds it, valid, every file done.
+        state = read_valid(checkpoints / f"{buckets.source}_c.checkpoint")
+        assert state.files == dict.fromkeys(objects, True)
+        # Space again: the same command archives it, copying nothing again.
+        remount = ["mount", "-o", "remount,nr_inodes=100", str(checkpoints)]
+        subprocess.run(remount, check=True)
+        again = run_cli(args)
+        assert again.returncode == 0, again.stderr
+        assert orjson.loads(report.read_bytes())["files_copied"] == 0
+        assert len(list((checkpoints / "archive").iterdir())) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
