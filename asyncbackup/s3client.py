@@ -106,11 +106,11 @@ async def open_client(
         "response_checksum_validation": "when_required",
     }
     options: dict[str, Any] = {}
-    if endpoint_url:
-        options["endpoint_url"] = endpoint_url
-        if _plain_http(endpoint_url):
-            options["verify"] = False
     try:
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+            if _plain_http(endpoint_url):  # parses it: a malformed URL raises ValueError
+                options["verify"] = False
         control = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = "--source-profile" if role == "source" else "--dest-profile"
@@ -119,7 +119,10 @@ async def open_client(
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
     except (ValueError, BotoCoreError) as exc:
-        raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
+        raise ConfigError(
+            f"cannot create the {role} S3 client: {str(exc).rstrip('.')}; check the {role}'s "
+            "endpoint URL, --region and profile"
+        ) from None
 
     async def make() -> Any:
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
