@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import shutil
 import threading
@@ -23,6 +24,8 @@ from hashlib import sha256
 from pathlib import Path
 
 from .errors import ConfigError, StagingFullError
+
+log = logging.getLogger("asyncbackup")
 
 _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
@@ -109,6 +112,7 @@ class Staging:
         self._made: set[Path] = set()  # folders known to exist: no mkdir (and stat) per file
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
+        self._unremoved = False  # a staged file could not be removed (logged once)
 
     def prepare(self) -> None:
         """Create the tree and remove temporary files crashed runs left behind - not those of
@@ -193,9 +197,28 @@ class Staging:
         return target
 
     def remove(self, path: Path) -> None:
-        """Delete a staged file and the folders it leaves empty (blocking)."""
-        with contextlib.suppress(FileNotFoundError):
+        """Delete a staged file and the folders it leaves empty (blocking).
+
+        A file that cannot be deleted stays: its copy is at the destination all the same, so
+        it must not fail the object (nor the run). The first such file is logged (a warning:
+        staging fills up), the others at debug level."""
+        try:
             path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            level = logging.DEBUG if self._unremoved else logging.WARNING
+            self._unremoved = True
+            log.log(
+                level,
+                "cannot remove staged file %s (%s); its copy is done, the file stays (and so "
+                "may others, logged with --debug) - fix the permissions of %s for --cleanup "
+                "to free the space",
+                path,
+                exc.strerror,
+                self.root,
+            )
+            return
         parent = path.parent
         with self._folders:
             while parent != self.root and is_within(self.root, parent):

@@ -14,7 +14,7 @@ import pytest
 from asyncbackup import ConfigError, run_backup
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
-from tests.reliability import one_error_line, put_parallel, read_valid, run_cli
+from tests.reliability import assert_identical, one_error_line, put_parallel, read_valid, run_cli
 
 
 @pytest.fixture
@@ -125,3 +125,29 @@ def test_full_checkpoint_directory_at_completion_says_to_run_again(
         assert len(list((checkpoints / "archive").iterdir())) == 1
     finally:
         subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+
+
+def test_staged_files_that_cannot_be_removed_do_not_undo_their_copies(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """--cleanup on a staging folder where files can be created but not removed (append-only:
+    ``chattr +a``): the copies are at the destination, so they are done; one warning says the
+    staged files stay. Before, the first refused removal stopped the run ('unexpected
+    PermissionError', exit 3) with nothing marked done."""
+    objects = {f"a/{i:02d}": bytes([i]) * 50 for i in range(8)}
+    put_parallel(s3, buckets.source, objects)
+    base = tmp_path / "w"
+    folder = base / buckets.source / "a"
+    folder.mkdir(parents=True)
+    subprocess.run(["chattr", "+a", str(folder)], check=True)
+    args = ["a", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)]
+    try:
+        done = run_cli([*args, "--cleanup", "--quiet", "--concurrency", "2"])
+    finally:
+        subprocess.run(["chattr", "-a", str(folder)], check=True)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "cannot remove staged file" in warnings[0], done.stderr
+    assert "--cleanup" in warnings[0]
+    assert_identical(s3, buckets.source, buckets.dest)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(k[2:] for k in objects)
