@@ -22,6 +22,7 @@ from .checkpoint import (
     checkpoint_path,
     endpoint_for_checkpoint,
     read_checkpoint,
+    recorded_patterns,
 )
 from .config import BackupConfig
 from .errors import CheckpointMismatchError, FatalRunError, ObjectError
@@ -86,7 +87,9 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
     _check_dest_prefix(stored, config, path)
     if "include" not in stored and "exclude" not in stored:
         return  # written by hand or by an older tool: nothing to compare
-    before = KeyFilter(tuple(stored.get("include") or ()), tuple(stored.get("exclude") or ()))
+    before = KeyFilter(
+        recorded_patterns(path, stored, "include"), recorded_patterns(path, stored, "exclude")
+    )
     if (before.include, before.exclude) != (config.include, config.exclude):
         now = KeyFilter(config.include, config.exclude)
         raise CheckpointMismatchError(

@@ -558,6 +558,17 @@ def endpoint_for_checkpoint(url: str | None) -> str | None:
     return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
+def recorded_patterns(path: Path, stored: dict[str, Any], name: str) -> tuple[str, ...]:
+    """The glob patterns a checkpoint's ``config`` records under ``name`` (``include`` or
+    ``exclude``); anything but a list of strings there is a corrupt checkpoint."""
+    value = stored.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _corrupt(path, f"field 'config.{name}' must be a list of glob patterns")
+    return tuple(value)
+
+
 def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:
     """A resume must copy to the store where the files the checkpoint marks done are: another
     endpoint (another server, with a bucket of the same name) would be left without them."""
@@ -567,7 +578,11 @@ def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None
     if recorded is not None and not isinstance(recorded, str):
         return
     now = endpoint_for_checkpoint(endpoint)
-    if endpoint_for_checkpoint(recorded) != now:
+    try:
+        before = endpoint_for_checkpoint(recorded)
+    except ValueError:  # a hand edit's typo: "http://[::1", say
+        raise _corrupt(path, "field 'config.dest_endpoint_url' is not a URL") from None
+    if before != now:
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with destination endpoint {recorded or 'AWS'} (the "
             f"copies it marks done are there), this run's is {now or 'AWS'}; resume with the "
