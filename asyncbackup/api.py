@@ -25,7 +25,7 @@ from .checkpoint import (
     recorded_patterns,
 )
 from .config import BackupConfig
-from .errors import CheckpointMismatchError, FatalRunError, ObjectError
+from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
@@ -393,6 +393,11 @@ async def with_object_retries(copy: Process, item: WorkItem) -> int:
         try:
             return await copy(item)
         except ObjectError as exc:
+            if exc.code == "InvalidStorageClass":  # the flag, not the object: say it once
+                raise ConfigError(
+                    f"the destination refused --storage-class ({exc}); give a storage class "
+                    "it supports, then run again to resume"
+                ) from exc
             if exc.code in FATAL_CODES:
                 raise FatalRunError(
                     f"stopping: {exc} (on {item.key!r}); check the credentials and "

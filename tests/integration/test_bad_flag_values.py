@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
-from tests.reliability import one_error_line, run_cli
+from tests.reliability import (
+    assert_identical,
+    checkpoint_file,
+    one_error_line,
+    put_parallel,
+    read_valid,
+    run_cli,
+)
 
 
 @pytest.mark.parametrize("flag", ["--endpoint-url", "--dest-endpoint-url"])
@@ -20,3 +28,22 @@ def test_malformed_endpoint_url_is_a_usage_error(
     assert done.returncode == 2, done.stderr
     line = one_error_line(done.stderr)
     assert "unexpected" not in line and "endpoint" in line, line
+
+
+def test_a_storage_class_the_destination_refuses_stops_the_run_with_one_line(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Not one InvalidStorageClass error per object (every object downloaded and staged for
+    nothing, then a summary of errors): the flag is wrong, and the run says so once."""
+    put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(30)})
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--storage-class", "NO_SUCH_CLASS", "--quiet", "--concurrency", "2"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "--storage-class" in line and "InvalidStorageClass" in line, line
+    state = read_valid(checkpoint_file(tmp_path, buckets.source, "p"))
+    assert not any(state.files.values()) and not state.errors
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+    again = run_cli([*args, "--storage-class", "STANDARD_IA", "--quiet"])
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 30
