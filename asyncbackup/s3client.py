@@ -30,6 +30,21 @@ from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
 
+#: answers to the start-up check that mean the credentials (or the policy) are refused
+_REFUSED = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "AllAccessDisabled",
+    }
+)
+
 
 class LazyClient:
     """An S3 client: botocore's ``meta``, credentials and endpoint from a plain botocore
@@ -196,7 +211,7 @@ async def check_bucket(
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
             ) from None
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        if code in _REFUSED:
             raise StoreUnavailableError(
                 f"access to {role} bucket {bucket!r} was refused ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
@@ -206,7 +221,10 @@ async def check_bucket(
                 f"no credentials for the {role}; set {flag} or the AWS_* variables"
             ) from None
         if isinstance(exc.__cause__, ClientError):
-            raise StoreUnavailableError(f"{role} bucket {bucket!r} is not usable: {code}") from None
+            raise StoreUnavailableError(
+                f"{role} bucket {bucket!r} is not usable ({exc}); check the bucket name, the "
+                "endpoint URL and --region"
+            ) from None
         raise StoreUnavailableError(
             f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"
         ) from None

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     assert_identical,
     checkpoint_file,
@@ -47,3 +48,21 @@ def test_a_storage_class_the_destination_refuses_stops_the_run_with_one_line(
     again = run_cli([*args, "--storage-class", "STANDARD_IA", "--quiet"])
     assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, buckets.dest) == 30
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"), [("expired_token", "ExpiredToken"), ("invalid_argument", "InvalidArgument")]
+)
+def test_refused_at_start_says_what_to_check(
+    proxy: S3Proxy, buckets: Buckets, tmp_path: Path, fault: str, code: str
+) -> None:
+    """Every refusal of the start-up check says what to do, not only the codes it knows:
+    an expired session token is a credentials problem like InvalidAccessKeyId."""
+    proxy.add_rule(Rule(fault))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--quiet", "--max-attempts", "1"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert code in line and "check" in line, line
+    if code == "ExpiredToken":
+        assert "--source-profile" in line, line
