@@ -522,6 +522,12 @@ def _check_report_path(args: argparse.Namespace) -> None:
             f"--report {report}: the directory {report.parent} does not exist or the path is a "
             "directory; give a file in an existing directory"
         )
+    # The report is written beside itself, then renamed: the directory must take new files.
+    if report is not None and not os.access(report.parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--report {report}: this user cannot write in {report.parent} (read-only or "
+            "its permissions); give a file in a directory this user can write"
+        )
 
 
 async def _with_progress(

@@ -151,3 +151,25 @@ def test_staged_files_that_cannot_be_removed_do_not_undo_their_copies(
     assert "--cleanup" in warnings[0]
     assert_identical(s3, buckets.source, buckets.dest)
     assert sorted(p.name for p in folder.iterdir()) == sorted(k[2:] for k in objects)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_report_on_a_read_only_file_system_is_refused_before_the_run(
+    read_only_dir: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    dry_run: bool,
+) -> None:
+    """Not after the whole copy, with a logged error and exit 0: a report that cannot be
+    written is bad input, found at once like one in a missing directory."""
+    put_parallel(s3, buckets.source, {f"p/{i}": b"x" for i in range(3)})
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    args += ["--report", str(read_only_dir / "report.json"), "--quiet"]
+    done = run_cli([*args, "--dry-run"] if dry_run else args)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "--report" in line, line
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+    assert done.stdout == ""
