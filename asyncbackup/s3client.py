@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import botocore.session
 from botocore.config import Config
@@ -26,6 +27,7 @@ from botocore.utils import get_environ_proxies
 from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
+from .redact import redact
 from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
@@ -138,6 +140,7 @@ async def open_client(
             f"cannot create the {role} S3 client: {str(exc).rstrip('.')}; check the {role}'s "
             "endpoint URL, --region and profile"
         ) from None
+    _refuse_user_info(role, client_endpoint(control))
 
     async def make() -> Any:
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
@@ -160,6 +163,27 @@ def _control_client(
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
     return client
+
+
+def _refuse_user_info(role: str, endpoint: str | None) -> None:
+    """An endpoint URL with credentials in it (``http://user:password@host``), however it was
+    given: S3 requests are signed with the access keys, so a user and password there are never
+    sent (the HTTP client under botocore refuses every request that would carry both)."""
+    if endpoint is None:
+        return
+    try:
+        parts = urlsplit(endpoint)
+        user_info = parts.username is not None or parts.password is not None
+    except ValueError:
+        return  # botocore took it: not for us to refuse
+    if user_info:
+        flag = "--source-endpoint-url" if role == "source" else "--dest-endpoint-url"
+        raise ConfigError(
+            f"the {role} endpoint URL (for {redact(endpoint)}) has a user or password in it "
+            "(user:password@), which S3 does not use; remove them from --endpoint-url, "
+            f"{flag}, AWS_ENDPOINT_URL or the profile's endpoint_url (the access keys come "
+            "from the profile or the AWS_* variables)"
+        )
 
 
 def client_endpoint(client: S3Client) -> str | None:
