@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .github import GitHubBackupConfig
 
 log = logging.getLogger("asyncbackup")
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 GRACE_SECONDS = 5.0
@@ -549,7 +550,10 @@ async def _with_progress(
 
 
 async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
-    plan = await plan_backup(config)
+    plan = await _until_signal(plan_backup(config))
+    if plan is None:
+        log.warning("interrupted; a dry run changes nothing")
+        return EXIT_INTERRUPTED
     print(
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
         f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
@@ -568,6 +572,33 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
                 "can write"
             ) from exc
     return EXIT_OK
+
+
+async def _until_signal(work: Coroutine[Any, Any, T]) -> T | None:
+    """``await work``, or None once SIGINT or SIGTERM cancelled it (something that changes
+    nothing, such as a dry run, has nothing to finish first)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signalled = False
+
+    def on_signal() -> None:
+        nonlocal signalled
+        signalled = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _interruptible(

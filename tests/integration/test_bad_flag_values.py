@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from tests.reliability import (
     put_parallel,
     read_valid,
     run_cli,
+    start_cli,
+    wait_for,
 )
 
 
@@ -66,3 +69,21 @@ def test_refused_at_start_says_what_to_check(
     assert code in line and "check" in line, line
     if code == "ExpiredToken":
         assert "--source-profile" in line, line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_dry_run_exits_130_with_one_line(
+    sig: signal.Signals, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """As a run does (the README's exit codes): not killed by SIGTERM, not silent on Ctrl-C."""
+    put_parallel(s3, buckets.source, {f"s/{i:03d}": b"x" for i in range(50)})
+    proxy.latency = 1.0  # the listing takes a while
+    base = tmp_path / "w"
+    args = ["s", *cli_args(proxy.endpoint, base, buckets.source, buckets.dest, "--dry-run")]
+    process = start_cli(args)
+    wait_for(lambda: len(proxy.requests) >= 2, timeout=30)  # the bucket checks went out
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, (process.returncode, err)
+    assert "interrupted" in one_error_line(err) and out == ""
+    assert not base.exists()  # a dry run touches nothing
