@@ -31,7 +31,7 @@ from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
 from .listing import PROBES
 from .partfeed import ByteBudget
-from .pipeline import Pipeline, Process, WorkItem, close_listing, primary_error
+from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
@@ -180,8 +180,10 @@ def _listing(
     """What to copy: the source listing, filtered, and marked against the destination."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
-    listing = _stop_if_refused(
-        source.list(config.source_prefix, streams=streams), "source", source.bucket
+    listing = listing_or_stop(
+        source.list(config.source_prefix, streams=streams),
+        f"the source bucket {source.bucket!r}",
+        "check the credentials of --source-profile, the bucket policy and the endpoint",
     )
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
@@ -191,31 +193,15 @@ def _listing(
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
         listing = mark_unchanged(
             listing,
-            _stop_if_refused(dest.list(config.dest_list_prefix), "destination", dest.bucket),
+            listing_or_stop(
+                dest.list(config.dest_list_prefix),
+                f"the destination bucket {dest.bucket!r}",
+                "check the credentials of --dest-profile, the bucket policy and the endpoint",
+            ),
             lambda key: key[src_strip:],
             lambda key: key[dst_strip:],
         )
     return listing
-
-
-async def _stop_if_refused(
-    pages: AsyncIterator[Sequence[WorkItem]], role: str, bucket: str
-) -> AsyncIterator[Sequence[WorkItem]]:
-    """``pages``, a listing failure made the run's: a listing cannot skip a page the way a
-    copy skips an object, so the run stops (the checkpoint valid) rather than end as if an
-    object had failed."""
-    try:
-        async for page in pages:
-            yield page
-    except ObjectError as exc:
-        flag = "--source-profile" if role == "source" else "--dest-profile"
-        raise FatalRunError(
-            f"stopping: cannot list the {role} bucket {bucket!r} ({exc}); check the "
-            f"credentials of {flag}, the bucket policy and the endpoint, then run again to "
-            "resume"
-        ) from exc
-    finally:
-        await close_listing(pages)
 
 
 async def run_backup(

@@ -5,13 +5,17 @@ objects failed, see the checkpoint's errors' - where there were none."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from tests.conftest import Buckets
+from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
+from tests.integration.github_org import TOKEN, running_org
+from tests.integration.test_github_cli import run_cli as run_github_cli
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     assert_done_means_copied,
@@ -56,3 +60,39 @@ def test_a_destination_listing_refused_stops_the_run_with_exit_3(
     assert done.returncode == 3, done.stderr
     line = one_error_line(done.stderr)
     assert f"cannot list the destination bucket '{buckets.dest}'" in line, line
+
+
+async def test_a_github_repository_list_refused_stops_the_run_with_exit_3(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    """The same for ``asyncbackup github``: the list of repositories failing for good."""
+    async with running_org(tmp_path / "git") as github:
+
+        async def refuse(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/orgs/acme/repos":
+                return web.json_response({"message": "Server Error"}, status=500)
+            return None
+
+        github.hooks.append(refuse)
+        env = {**os.environ, "GITHUB_TOKEN": TOKEN}
+        code, err = await run_github_cli(
+            "acme",
+            "--dest-bucket",
+            buckets.dest,
+            "--base-local-path",
+            str(tmp_path / "w"),
+            "--endpoint-url",
+            s3_server.endpoint,
+            "--api-url",
+            github.api_url,
+            "--max-attempts",
+            "1",
+            "--quiet",
+            env=env,
+        )
+    assert code == 3, err
+    line = one_error_line(err)
+    assert "cannot list the repositories of acme" in line and "run again" in line, line
+    assert TOKEN not in err
+    state = read_valid(tmp_path / "w" / "checkpoints" / "github_acme.checkpoint")
+    assert not state.errors
