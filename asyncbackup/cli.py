@@ -26,6 +26,7 @@ from .checkpoint import write_atomic
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
+from .fdlimit import raise_open_file_limit
 from .logformat import LOG_FORMATS, make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
@@ -672,6 +673,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args)
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
+    raise_open_file_limit()  # and its open files (fdlimit.py)
     collect_less()
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
+    CLI,
     assert_identical,
     checkpoint_file,
     one_error_line,
@@ -87,3 +90,32 @@ def test_an_interrupted_dry_run_exits_130_with_one_line(
     assert process.returncode == 130, (process.returncode, err)
     assert "interrupted" in one_error_line(err) and out == ""
     assert not base.exists()  # a dry run touches nothing
+
+
+def test_a_high_concurrency_under_a_low_soft_open_file_limit_completes(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Linux's usual soft limit of open files is 1,024 (the hard one far higher): every object
+    in flight holds a connection to each side and a staged file, so --concurrency 512 ran out
+    of descriptors ('Too many open files' on staged files, then on the checkpoint journal:
+    exit 2 with 'free space or fix permissions'). The command line owns its process, and
+    takes the hard limit as its soft one, as Go programs do."""
+    put_parallel(s3, buckets.source, {f"n/{i:04d}": b"x" * 10 for i in range(600)})
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        hard = max(hard, 4096)  # the tests run as root, who may raise it
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    args = ["n", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = subprocess.run(
+        [*CLI, *args, "--concurrency", "300", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=low_soft_limit,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Too many open files" not in done.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 600
