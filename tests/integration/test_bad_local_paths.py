@@ -14,7 +14,14 @@ import pytest
 from asyncbackup import ConfigError, run_backup
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
-from tests.reliability import assert_identical, one_error_line, put_parallel, read_valid, run_cli
+from tests.reliability import (
+    assert_done_means_copied,
+    assert_identical,
+    one_error_line,
+    put_parallel,
+    read_valid,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -173,3 +180,35 @@ def test_report_on_a_read_only_file_system_is_refused_before_the_run(
     assert "--report" in line, line
     assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
     assert done.stdout == ""
+
+
+def test_full_checkpoint_directory_midway_keeps_a_valid_checkpoint_and_resumes(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Only the checkpoint's disk fills up (staging is elsewhere, with room): the run stops
+    with one line, exit 2; the checkpoint (its JSON file and journal) is valid and marks done
+    only what is at the destination; with space again the same command completes."""
+    objects = {f"m/{i:04d}": b"x" * 10 for i in range(400)}
+    put_parallel(s3, buckets.source, objects)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)]
+    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
+    try:
+        (checkpoints / "filler").write_bytes(b"\0" * 44 * 1024)  # 20 KiB left
+        args = ["m", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+        args += ["--checkpoint-dir", str(checkpoints), "--quiet", "--concurrency", "4"]
+        done = run_cli(args)
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done.stderr)
+        assert "cannot write checkpoint" in line and "No space left" in line, line
+        state = read_valid(checkpoints / f"{buckets.source}_m.checkpoint")
+        assert 0 < state.processed_files < 400
+        assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+        (checkpoints / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,size=2m", str(checkpoints)], check=True)
+        again = run_cli(args)
+        assert again.returncode == 0, again.stderr
+        assert assert_identical(s3, buckets.source, buckets.dest) == 400
+    finally:
+        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
