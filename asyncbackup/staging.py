@@ -127,12 +127,24 @@ class Staging:
                     else:
                         with contextlib.suppress(FileNotFoundError):
                             leftover.unlink()
+            self._probe()
         except OSError as exc:
             raise_if_disk_full(exc, self.base)
             raise ConfigError(
                 f"cannot use staging directory {self.base}: {exc.strerror} ({exc.filename}); "
                 "make it a directory this user can write, or point --base-local-path elsewhere"
             ) from exc
+
+    def _probe(self) -> None:
+        """Fail now, not once per object, when staging cannot take files: a tree an earlier
+        run made (nothing to create here) on a file system since made read-only, or
+        folders this user may not write. Every staged file starts in the temporary folder
+        and is renamed into the tree."""
+        probe = self.temp_path()
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        probe.unlink()
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root))
 
     def path_for(self, key: str) -> Path:
         path = self.root / relative_path_for_key(key)

@@ -212,3 +212,30 @@ def test_full_checkpoint_directory_midway_keeps_a_valid_checkpoint_and_resumes(
         assert assert_identical(s3, buckets.source, buckets.dest) == 400
     finally:
         subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+
+
+def test_an_existing_staging_tree_on_a_read_only_file_system_is_one_line(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The staging tree of an earlier run, now read-only: nothing to create, so nothing failed
+    at the start, and every object was downloaded, then recorded as a LocalIOError (exit 1, a
+    summary of errors that are no object's fault). Found at the start now: one line, exit 2."""
+    put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(12)})
+    stage = tmp_path / "ro"
+    stage.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(stage)]
+    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
+    try:
+        (stage / buckets.source / "p").mkdir(parents=True)  # as a run leaves it
+        (stage / ".tmp").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(stage)], check=True)
+        checkpoints = tmp_path / "checkpoints"
+        args = ["p", *cli_args(s3_server.endpoint, stage, buckets.source, buckets.dest)]
+        done = run_cli([*args, "--checkpoint-dir", str(checkpoints), "--quiet"])
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done.stderr)
+        assert "staging directory" in line and "--base-local-path" in line, line
+        state = read_valid(checkpoints / f"{buckets.source}_p.checkpoint")
+        assert not state.errors and not any(state.files.values())
+    finally:
+        subprocess.run(["umount", "-l", str(stage)], check=False)
