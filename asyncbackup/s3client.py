@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -141,6 +142,7 @@ async def open_client(
             "endpoint URL, --region and profile"
         ) from None
     _refuse_user_info(role, client_endpoint(control))
+    _refuse_garbled_credentials(role, control)
 
     async def make() -> Any:
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
@@ -183,6 +185,24 @@ def _refuse_user_info(role: str, endpoint: str | None) -> None:
             "(user:password@), which S3 does not use; remove them from --endpoint-url, "
             f"{flag}, AWS_ENDPOINT_URL or the profile's endpoint_url (the access keys come "
             "from the profile or the AWS_* variables)"
+        )
+
+
+def _refuse_garbled_credentials(role: str, control: Any) -> None:
+    """Keys with a control character in them: a line break an env file with Windows line
+    ends leaves on each value, say. An access key or token with one cannot be sent (the HTTP
+    clients refuse such a header) and a secret with one signs wrongly. Credentials that
+    refresh themselves (assumed roles, SSO) are checked when they are fetched, by the server."""
+    credentials = control._get_credentials()
+    if credentials is None or isinstance(credentials, RefreshableCredentials):
+        return
+    values = (credentials.access_key, credentials.secret_key, credentials.token)
+    if any(value and not value.isprintable() for value in values):
+        flag = "--source-profile" if role == "source" else "--dest-profile"
+        raise ConfigError(
+            f"the {role} credentials hold a control character (a line break left by an env "
+            f"file with Windows line ends, say); check the keys of {flag} or the AWS_* "
+            "variables"
         )
 
 

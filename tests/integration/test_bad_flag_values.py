@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -119,3 +120,26 @@ def test_a_high_concurrency_under_a_low_soft_open_file_limit_completes(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Too many open files" not in done.stderr
     assert assert_identical(s3, buckets.source, buckets.dest) == 600
+
+
+@pytest.mark.parametrize("variable", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_credentials_with_a_line_break_are_refused_in_one_line(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, variable: str, fast_path: bool
+) -> None:
+    """An env file with Windows line ends gives 'KEY\\r': the fast path refused to send the
+    header ('unexpected ValueError', exit 3), aiohttp too ('cannot reach the source
+    endpoint (HTTPClientError)'), and a secret with it signs wrongly. One line, exit 2, and
+    never the value."""
+    env = dict(os.environ)
+    env["AWS_ACCESS_KEY_ID"] = "AKIACRLF0000TEST"
+    env["AWS_SECRET_ACCESS_KEY"] = "crlf-secret-0123456789abcdefghijklmnop"
+    env[variable] += "\r"
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--quiet"] if fast_path else ["--quiet", "--no-fast-path"]
+    done = run_cli(args, env=env)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "credentials" in line and "control character" in line, line
+    assert "unexpected" not in line
+    assert "AKIACRLF" not in line and "crlf-secret" not in line
