@@ -466,8 +466,15 @@ class CheckpointLock:
             # The holder released (and unlinked) the file between our open and flock: the
             # lock we got is on a file nobody else will see. Take the current one instead.
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # a full disk fails here
+        except BaseException:
+            # Let go of the lock, or it stays with this process until it exits: every
+            # later run in it (an embedding program trying again) would be "in use".
+            self._fd = fd
+            self.release()
+            raise
         self._fd = fd
 
     def _still_linked(self, fd: int) -> bool:
@@ -648,9 +655,14 @@ class CheckpointManager:
                         if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
                             leftover.unlink(missing_ok=True)
         except OSError as exc:
+            what = (
+                "free space on its disk"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "make it writable by this user"
+            )
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "
-                "make it writable by this user, or give the backup another --checkpoint-dir"
+                f"{what}, or give the backup another --checkpoint-dir"
             ) from exc
 
     def close(self) -> None:

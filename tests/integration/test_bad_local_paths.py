@@ -3,6 +3,7 @@ the checkpoint valid with nothing marked done; and from ``run_backup`` a typed e
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import ConfigError, run_backup
+from asyncbackup import CheckpointError, ConfigError, run_backup
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
 from tests.reliability import (
@@ -239,3 +240,39 @@ def test_an_existing_staging_tree_on_a_read_only_file_system_is_one_line(
         assert not state.errors and not any(state.files.values())
     finally:
         subprocess.run(["umount", "-l", str(stage)], check=False)
+
+
+async def test_run_backup_on_a_full_checkpoint_disk_can_be_retried_in_the_same_process(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The checkpoint's disk is full when the run takes its lock: the lock file is created,
+    the pid cannot be written into it. The error says to free space; and the program that
+    embeds run_backup, having freed it, can run again - the failed attempt kept the lock
+    (its descriptor was never closed), so every later run in the process was refused as
+    'in use by another run'."""
+    put_parallel(s3, buckets.source, {f"p/{i}": b"x" for i in range(3)})
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)]
+    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
+    options: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "p",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path / "w",
+        "checkpoint_dir": checkpoints,
+        "endpoint_url": s3_server.endpoint,
+    }
+    try:
+        filler = checkpoints / "filler"
+        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:  # until the disk is full
+                handle.write(b"\0" * 4096)
+        with pytest.raises(CheckpointError, match="free space"):
+            await run_backup(**options)
+        filler.unlink()
+        report = await run_backup(**options)
+        assert report.status == "completed"
+        assert assert_identical(s3, buckets.source, buckets.dest) == 3
+    finally:
+        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
