@@ -654,7 +654,11 @@ class CheckpointManager:
                         pid = name[len(prefix) : -len(suffix)]
                         if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
                             leftover.unlink(missing_ok=True)
-        except OSError as exc:
+        except BaseException as exc:
+            # Not kept by a failed open: the same process could never run again.
+            self.lock.release()
+            if not isinstance(exc, OSError):
+                raise
             what = (
                 "free space on its disk"
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT)

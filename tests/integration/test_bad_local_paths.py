@@ -276,3 +276,33 @@ async def test_run_backup_on_a_full_checkpoint_disk_can_be_retried_in_the_same_p
         assert assert_identical(s3, buckets.source, buckets.dest) == 3
     finally:
         subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+
+
+async def test_a_checkpoint_directory_refused_after_the_lock_is_taken_lets_the_lock_go(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Opening the checkpoint takes the lock, then removes the temporary files of a killed
+    run's writes: a directory where files can be created but not removed (``chattr +a``)
+    fails that second step. Once the directory is fixed, the same process can run again
+    (the failed attempt kept the lock: 'in use by another run' until the process ended)."""
+    put_parallel(s3, buckets.source, {"p/1": b"x"})
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    name = f"{buckets.source}_p.checkpoint"
+    (checkpoints / f".{name}.999999.tmp").write_bytes(b"{")  # a killed run's write
+    options: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "p",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path / "w",
+        "checkpoint_dir": checkpoints,
+        "endpoint_url": s3_server.endpoint,
+    }
+    subprocess.run(["chattr", "+a", str(checkpoints)], check=True)
+    try:
+        with pytest.raises(CheckpointError, match="cannot use checkpoint directory"):
+            await run_backup(**options)
+    finally:
+        subprocess.run(["chattr", "-a", str(checkpoints)], check=True)
+    report = await run_backup(**options)
+    assert report.status == "completed"
