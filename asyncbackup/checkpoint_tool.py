@@ -610,7 +610,12 @@ async def verify_state(
     source = S3Source(source_client, state.source_bucket, policy)
     dest = S3Source(dest_client, state.dest_bucket, policy)
     done_keys = set(done)
-    mapped = {job.dest_key(key): key for key in done} if job.dest_prefix is not None else None
+    mapped = (
+        # SOURCE_PATH/ itself has no key under --dest-prefix '' (dest_key): reported missing
+        {job.dest_key(k): k for k in done if job.dest_prefix or k != job.source_prefix}
+        if job.dest_prefix is not None
+        else None
+    )
 
     def in_job(key: str) -> str | None:
         return key if key in done_keys else None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, ObjectError
 
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB
@@ -186,6 +186,15 @@ class BackupConfig:
         if self.dest_prefix is None:
             return key
         relative = key[len(self.source_prefix) :]
+        if not self.dest_prefix and not relative:
+            # SOURCE_PATH/ itself (a folder marker) at the bucket root: no object can be there,
+            # and a request for the empty key goes to the bucket itself (S3: CreateBucket, 200)
+            raise ObjectError(
+                "InvalidDestinationKey",
+                f"{key!r} is SOURCE_PATH/ itself, which --dest-prefix '' puts at the bucket "
+                "root, where no object can be; leave it out with --exclude '' or give "
+                "another --dest-prefix",
+            )
         return f"{self.dest_prefix}/{relative}" if self.dest_prefix else relative
 
     @property

@@ -1,0 +1,74 @@
+"""Bug hunt of the listing side (listing.py, incremental.py, filters.py, --dry-run): each test
+failed before the fix committed with it, against the real S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from asyncbackup import run_backup
+from asyncbackup.checkpoint import CheckpointState
+from asyncbackup.checkpoint_tool import verify_state
+from tests.conftest import Buckets, S3Server
+from tests.helpers import list_keys, open_test_client
+from tests.proxy import run_proxy
+
+
+async def test_the_source_path_marker_with_dest_prefix_root_fails_without_a_request(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """``p/`` (the folder marker of SOURCE_PATH itself) maps to the empty key under
+    ``--dest-prefix ''``: no object can be there. Before, it was sent as a PUT to the
+    bucket's own URL (on S3, a CreateBucket) and failed with whatever came back, at every run;
+    now it fails at once with what to do, and nothing is sent for it."""
+    s3.put_object(Bucket=buckets.source, Key="p/", Body=b"")
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"data")
+    with run_proxy(s3_server.endpoint) as proxy:
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="p",
+            dest_bucket=buckets.dest,
+            dest_prefix="",
+            base_local_path=tmp_path / "stage",
+            endpoint_url=proxy.endpoint,
+        )
+        at_bucket = proxy.seen(method="PUT", path=rf"^/{buckets.dest}/?$")
+    assert at_bucket == [], "a PUT was sent to the destination bucket itself"
+    assert list_keys(s3, buckets.dest) == ["a"]
+    assert report.status == "completed_with_errors"
+    assert list(report.errors) == ["p/"]
+    assert "--dest-prefix" in report.errors["p/"] and "--exclude ''" in report.errors["p/"]
+    # what the error says to do works
+    again = await run_backup(
+        source_bucket=buckets.source,
+        source_path="p",
+        dest_bucket=buckets.dest,
+        dest_prefix="",
+        exclude=("",),
+        ignore_checkpoints=True,
+        base_local_path=tmp_path / "stage",
+        endpoint_url=s3_server.endpoint,
+    )
+    assert again.status == "completed" and again.errors == {}
+
+
+async def test_verify_reports_a_source_path_marker_marked_done_under_dest_prefix_root(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A checkpoint that marks ``p/`` done with ``--dest-prefix ''`` (as runs did before the
+    fix above): verify reports it missing rather than fail on its mapping."""
+    s3.put_object(Bucket=buckets.source, Key="p/", Body=b"")
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"data")
+    s3.put_object(Bucket=buckets.dest, Key="a", Body=b"data")
+    state = CheckpointState.new(
+        source_bucket=buckets.source,
+        source_path="p",
+        dest_bucket=buckets.dest,
+        config={"dest_prefix": ""},
+    )
+    state.files.update({"p/": True, "p/a": True})
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, s3_server.endpoint)
+        result = await verify_state(state, source_client=client, dest_client=client)
+    assert result.missing == ["p/"] and result.different == []
