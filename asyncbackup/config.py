@@ -143,12 +143,16 @@ class BackupConfig:
         if (
             self.source_bucket == self.dest_bucket
             and self.effective_source_endpoint == self.effective_dest_endpoint
-            and self.dest_list_prefix.startswith(self.source_prefix)
+            and (
+                self.dest_list_prefix.startswith(self.source_prefix)
+                # a prefix above SOURCE_PATH: SOURCE_PATH/SOURCE_PATH/x lands on SOURCE_PATH/x
+                or self.source_prefix.startswith(self.dest_list_prefix)
+            )
         ):
             raise ConfigError(
                 "the copies would go under SOURCE_PATH in the source bucket itself (onto the "
                 "objects, or where the next run copies them again): give another --dest-bucket "
-                "or a --dest-prefix outside SOURCE_PATH"
+                "or a --dest-prefix outside SOURCE_PATH (and not above it)"
             )
         if self.sse is not None and self.sse not in SSE_CHOICES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")

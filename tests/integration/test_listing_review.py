@@ -7,9 +7,12 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from asyncbackup import run_backup
+import pytest
+
+from asyncbackup import BackupConfig, run_backup
 from asyncbackup.checkpoint import CheckpointState
 from asyncbackup.checkpoint_tool import verify_state
+from asyncbackup.errors import ConfigError
 from tests.conftest import Buckets, S3Server
 from tests.helpers import list_keys, open_test_client
 from tests.proxy import run_proxy
@@ -72,3 +75,42 @@ async def test_verify_reports_a_source_path_marker_marked_done_under_dest_prefix
         client = await open_test_client(stack, s3_server.endpoint)
         result = await verify_state(state, source_client=client, dest_client=client)
     assert result.missing == ["p/"] and result.different == []
+
+
+async def test_a_dest_prefix_above_source_path_in_the_same_bucket_is_refused(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Same bucket, ``--dest-prefix`` an ancestor of SOURCE_PATH (here the root): ``p/p/x``
+    maps to ``p/x``, a source object, which the copy overwrote. Refused, like a prefix under
+    SOURCE_PATH, and the source left as it was."""
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=b"original")
+    s3.put_object(Bucket=buckets.source, Key="p/p/x", Body=b"nested")
+    with contextlib.suppress(ConfigError):
+        await run_backup(
+            source_bucket=buckets.source,
+            source_path="p",
+            dest_bucket=buckets.source,
+            dest_prefix="",
+            base_local_path=tmp_path / "stage",
+            endpoint_url=s3_server.endpoint,
+        )
+    body = s3.get_object(Bucket=buckets.source, Key="p/x")["Body"].read()
+    assert body == b"original", "a copy overwrote a source object"
+    for source_path, dest_prefix in (("p", ""), ("a/b", "a"), ("a/b", "a/")):
+        with pytest.raises(ConfigError, match="--dest-prefix outside SOURCE_PATH"):
+            BackupConfig(
+                source_bucket="b",
+                source_path=source_path,
+                dest_bucket="b",
+                dest_prefix=dest_prefix,
+                base_local_path=tmp_path,
+            )
+    # beside SOURCE_PATH, or in another bucket: accepted
+    BackupConfig(
+        source_bucket="b", source_path="a/b", dest_bucket="b", dest_prefix="a/c",
+        base_local_path=tmp_path,
+    )  # fmt: skip
+    BackupConfig(
+        source_bucket="b", source_path="a/b", dest_bucket="c", dest_prefix="",
+        base_local_path=tmp_path,
+    )  # fmt: skip
