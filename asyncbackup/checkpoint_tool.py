@@ -558,12 +558,19 @@ class VerifyResult:
 def job_config(state: CheckpointState) -> BackupConfig:
     """The parts of the job's configuration that say where its copies are."""
     dest_prefix = state.config.get("dest_prefix")
+    # one bucket name on two endpoints is two buckets (BackupConfig's same-bucket check)
+    source_endpoint, dest_endpoint = (
+        value if isinstance(value := state.config.get(name), str) else None
+        for name in ("source_endpoint_url", "dest_endpoint_url")
+    )
     return BackupConfig(
         source_bucket=state.source_bucket,
         source_path=state.source_path,
         dest_bucket=state.dest_bucket,
         base_local_path=Path(str(state.config.get("base_local_path") or ".")),
         dest_prefix=dest_prefix if isinstance(dest_prefix, str) else None,
+        source_endpoint_url=source_endpoint,
+        dest_endpoint_url=dest_endpoint,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from asyncbackup import BackupConfig, run_backup
 from asyncbackup.checkpoint import CheckpointState
-from asyncbackup.checkpoint_tool import verify_state
+from asyncbackup.checkpoint_tool import job_config, verify_state
 from asyncbackup.errors import ConfigError
 from tests.conftest import Buckets, S3Server
 from tests.helpers import list_keys, open_test_client
@@ -114,3 +114,21 @@ async def test_a_dest_prefix_above_source_path_in_the_same_bucket_is_refused(
         source_bucket="b", source_path="a/b", dest_bucket="c", dest_prefix="",
         base_local_path=tmp_path,
     )  # fmt: skip
+
+
+def test_the_job_of_a_checkpoint_between_two_endpoints_with_one_bucket_name() -> None:
+    """``checkpoint verify`` rebuilds the job's key mapping from the checkpoint: a job from
+    one endpoint's bucket to the same name on another (no --dest-prefix) is a valid job, not
+    copies onto the source (which the rebuilt job, without the endpoints, was refused as)."""
+    state = CheckpointState.new(
+        source_bucket="data",
+        source_path="p",
+        dest_bucket="data",
+        config={
+            "source_endpoint_url": "http://127.0.0.1:9000",
+            "dest_endpoint_url": "http://127.0.0.1:9001",
+            "dest_prefix": None,
+        },
+    )
+    job = job_config(state)
+    assert job.dest_key("p/a") == "p/a" and job.dest_list_prefix == "p/"
