@@ -14,7 +14,7 @@ from asyncbackup.checkpoint import CheckpointState
 from asyncbackup.checkpoint_tool import job_config, verify_state
 from asyncbackup.errors import ConfigError
 from tests.conftest import Buckets, S3Server
-from tests.helpers import list_keys, open_test_client
+from tests.helpers import cli_args, list_keys, open_test_client, run_cli
 from tests.proxy import run_proxy
 
 
@@ -132,3 +132,18 @@ def test_the_job_of_a_checkpoint_between_two_endpoints_with_one_bucket_name() ->
     )
     job = job_config(state)
     assert job.dest_key("p/a") == "p/a" and job.dest_list_prefix == "p/"
+
+
+def test_a_dry_run_report_in_a_missing_directory_is_refused_before_the_listing(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """``--report`` in a missing directory is refused before the run starts (README), the
+    dry run's too: before, it listed the whole source, then failed on the write with
+    'unexpected FileNotFoundError' (exit 3)."""
+    s3.put_object(Bucket=buckets.source, Key="data/a", Body=b"a")
+    report = tmp_path / "missing" / "plan.json"
+    args = cli_args(s3_server.endpoint, tmp_path / "stage", buckets.source, buckets.dest)
+    result = run_cli(["data", *args, "--dry-run", "--report", str(report)])
+    assert result.returncode == 2, result.stderr
+    assert "--report" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "would copy" not in result.stdout  # refused before listing anything
