@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from .checkpoint import endpoint_for_checkpoint
 from .errors import ConfigError, ObjectError
 
 MiB = 1024 * 1024
@@ -142,7 +143,9 @@ class BackupConfig:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
         if (
             self.source_bucket == self.dest_bucket
-            and self.effective_source_endpoint == self.effective_dest_endpoint
+            # one store however its URL is spelled (a trailing /, the host's case, :80)
+            and endpoint_for_checkpoint(self.effective_source_endpoint)
+            == endpoint_for_checkpoint(self.effective_dest_endpoint)
             and (
                 self.dest_list_prefix.startswith(self.source_prefix)
                 # a prefix above SOURCE_PATH: SOURCE_PATH/SOURCE_PATH/x lands on SOURCE_PATH/x

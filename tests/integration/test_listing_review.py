@@ -147,3 +147,39 @@ def test_a_dry_run_report_in_a_missing_directory_is_refused_before_the_listing(
     assert result.returncode == 2, result.stderr
     assert "--report" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "would copy" not in result.stdout  # refused before listing anything
+
+
+async def test_the_source_bucket_named_through_another_spelling_of_its_endpoint_is_refused(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The same-bucket check compared the endpoint URLs as typed: a trailing ``/`` (or an
+    upper-case host, or ``:80``) made the source bucket a different one, and the copies of
+    ``--dest-prefix ''`` overwrote the source objects."""
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=b"original")
+    s3.put_object(Bucket=buckets.source, Key="p/p/x", Body=b"nested")
+    with contextlib.suppress(ConfigError):
+        await run_backup(
+            source_bucket=buckets.source,
+            source_path="p",
+            dest_bucket=buckets.source,
+            dest_prefix="",
+            base_local_path=tmp_path / "stage",
+            source_endpoint_url=s3_server.endpoint,
+            dest_endpoint_url=s3_server.endpoint + "/",
+        )
+    body = s3.get_object(Bucket=buckets.source, Key="p/x")["Body"].read()
+    assert body == b"original", "a copy overwrote a source object"
+    for dest in ("http://LOCALHOST:80/", "http://localhost"):
+        with pytest.raises(ConfigError, match="--dest-prefix outside SOURCE_PATH"):
+            BackupConfig(
+                source_bucket="b",
+                source_path="p",
+                dest_bucket="b",
+                base_local_path=tmp_path,
+                endpoint_url="http://localhost:80",
+                dest_endpoint_url=dest,
+            )
+    BackupConfig(  # another port: another server
+        source_bucket="b", source_path="p", dest_bucket="b", base_local_path=tmp_path,
+        endpoint_url="http://localhost:80", dest_endpoint_url="http://localhost:81",
+    )  # fmt: skip
