@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,12 @@ def _check_dest_prefix(stored: dict[str, Any], config: BackupConfig, path: Path)
     recorded = stored["dest_prefix"]
     if recorded is not None and not isinstance(recorded, str):
         return
-    before = replace(config, dest_prefix=recorded)
-    if before.dest_list_prefix != config.dest_list_prefix:
+    # not a BackupConfig of its own: the recorded job may be one this version refuses
+    recorded_prefix = config.list_prefix_with(recorded)
+    if recorded_prefix != config.dest_list_prefix:
         was = "no --dest-prefix" if recorded is None else f"--dest-prefix {recorded!r}"
         now = "none" if config.dest_prefix is None else repr(config.dest_prefix)
-        where = repr(before.dest_list_prefix) if before.dest_list_prefix else "the bucket root"
+        where = repr(recorded_prefix) if recorded_prefix else "the bucket root"
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with {was} (the copies it marks done are under "
             f"{where}), this run has --dest-prefix {now}; resume with the same --dest-prefix, "

@@ -207,9 +207,14 @@ class BackupConfig:
     @property
     def dest_list_prefix(self) -> str:
         """The destination prefix that holds this job's copies."""
-        if self.dest_prefix is None:
+        return self.list_prefix_with(self.dest_prefix)
+
+    def list_prefix_with(self, dest_prefix: str | None) -> str:
+        """The destination prefix of this job's copies with ``--dest-prefix dest_prefix``."""
+        if dest_prefix is None:
             return self.source_prefix
-        return f"{self.dest_prefix}/" if self.dest_prefix else ""
+        dest_prefix = normalize_source_path(dest_prefix)
+        return f"{dest_prefix}/" if dest_prefix else ""
 
     def part_size_for(self, size: int) -> int:
         return grown_part_size(self.part_size, size)

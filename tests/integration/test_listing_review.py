@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import BackupConfig, run_backup
-from asyncbackup.checkpoint import CheckpointState
+from asyncbackup import BackupConfig, plan_backup, run_backup
+from asyncbackup.checkpoint import CheckpointManager, CheckpointState
 from asyncbackup.checkpoint_tool import job_config, verify_state
-from asyncbackup.errors import ConfigError
+from asyncbackup.errors import CheckpointMismatchError, ConfigError
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args, list_keys, open_test_client, run_cli
 from tests.proxy import run_proxy
@@ -183,3 +183,34 @@ async def test_the_source_bucket_named_through_another_spelling_of_its_endpoint_
         source_bucket="b", source_path="p", dest_bucket="b", base_local_path=tmp_path,
         endpoint_url="http://localhost:80", dest_endpoint_url="http://localhost:81",
     )  # fmt: skip
+
+
+async def test_a_resume_of_a_job_now_refused_says_the_prefix_changed(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A checkpoint left by a job the same-bucket check now refuses (``--dest-prefix ''`` in
+    the source bucket), resumed with a prefix beside SOURCE_PATH: the resume is refused for
+    its other prefix (what to do: the same one, or --ignore-checkpoints), not with the
+    same-bucket error of a job this run is not."""
+    options: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "p",
+        "dest_bucket": buckets.source,
+        "dest_prefix": "copies",
+        "base_local_path": tmp_path / "stage",
+        "endpoint_url": s3_server.endpoint,
+    }
+    state = CheckpointState.new(
+        source_bucket=buckets.source,
+        source_path="p",
+        dest_bucket=buckets.source,
+        config={"dest_prefix": "", "include": [], "exclude": []},
+    )
+    path = tmp_path / "stage" / "checkpoints" / f"{buckets.source}_p.checkpoint"
+    path.parent.mkdir(parents=True)
+    manager = CheckpointManager(path)
+    manager.flush(state)
+    manager.close()
+    with pytest.raises(CheckpointMismatchError, match="--ignore-checkpoints"):
+        await plan_backup(**options)
+    assert (await plan_backup(**options, ignore_checkpoints=True)).listed_files == 0
