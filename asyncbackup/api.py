@@ -27,7 +27,7 @@ from .config import BackupConfig
 from .errors import CheckpointMismatchError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
-from .incremental import filtered, mark_unchanged
+from .incremental import fatal_when_failed, filtered, mark_unchanged
 from .listing import PROBES
 from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, WorkItem, primary_error
@@ -178,16 +178,27 @@ def _listing(
     """What to copy: the source listing, filtered, and marked against the destination."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
-    listing = source.list(config.source_prefix, streams=streams)
+    listing = fatal_when_failed(
+        source.list(config.source_prefix, streams=streams),
+        "source",
+        config.source_bucket,
+        config.source_prefix,
+    )
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
         listing = filtered(listing, key_filter, len(config.source_prefix))
     if config.skip_existing:
         dest = S3Source(dest_client, config.dest_bucket, source.retry)
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
+        dest_listing = fatal_when_failed(
+            dest.list(config.dest_list_prefix),
+            "destination",
+            config.dest_bucket,
+            config.dest_list_prefix,
+        )
         listing = mark_unchanged(
             listing,
-            dest.list(config.dest_list_prefix),
+            dest_listing,
             lambda key: key[src_strip:],
             lambda key: key[dst_strip:],
         )

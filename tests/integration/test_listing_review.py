@@ -4,18 +4,19 @@ failed before the fix committed with it, against the real S3 server."""
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from asyncbackup import BackupConfig, plan_backup, run_backup
+from asyncbackup import BackupConfig, plan_backup, read_checkpoint, run_backup
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState
 from asyncbackup.checkpoint_tool import job_config, verify_state
 from asyncbackup.errors import CheckpointMismatchError, ConfigError
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args, list_keys, open_test_client, run_cli
-from tests.proxy import run_proxy
+from tests.proxy import Rule, run_proxy
 
 
 async def test_the_source_path_marker_with_dest_prefix_root_fails_without_a_request(
@@ -214,3 +215,23 @@ async def test_a_resume_of_a_job_now_refused_says_the_prefix_changed(
     with pytest.raises(CheckpointMismatchError, match="--ignore-checkpoints"):
         await plan_backup(**options)
     assert (await plan_backup(**options, ignore_checkpoints=True)).listed_files == 0
+
+
+def test_a_listing_that_fails_midway_stops_the_run_as_fatal(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A listing page refused for good after the copying started: the run stopped midway,
+    its checkpoint valid (exit 3, README), not 'finished with failed objects in the
+    checkpoint's errors' (exit 1, with none there), and the line says what failed."""
+    with ThreadPoolExecutor(8) as pool:
+        keys = [f"p/{i:04d}" for i in range(150)]
+        list(pool.map(lambda k: s3.put_object(Bucket=buckets.source, Key=k, Body=b"x"), keys))
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule("access_denied", method="GET", query="continuation-token"))
+        args = cli_args(proxy.endpoint, tmp_path / "stage", buckets.source, buckets.dest)
+        result = run_cli(["p", *args, "--list-streams", "1"])
+    assert result.returncode == 3, result.stderr
+    assert "cannot list the source bucket" in result.stderr and "run again" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    state = read_checkpoint(tmp_path / "stage" / "checkpoints" / f"{buckets.source}_p.checkpoint")
+    assert state.errors == {} and 0 < state.processed_files <= 100
