@@ -169,6 +169,8 @@ async def _open_stores(
     dest_client, failure = opening.result()
     if failure is not None:
         raise failure
+    # the endpoints a profile or the environment gave, which the flags did not show
+    config.check_not_onto_source(client_endpoint(source_client), client_endpoint(dest_client))
     return source_client, dest_client
 
 

@@ -141,22 +141,11 @@ class BackupConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
-        if (
-            self.source_bucket == self.dest_bucket
-            # one store however its URL is spelled (a trailing /, the host's case, :80)
-            and endpoint_for_checkpoint(self.effective_source_endpoint)
-            == endpoint_for_checkpoint(self.effective_dest_endpoint)
-            and (
-                self.dest_list_prefix.startswith(self.source_prefix)
-                # a prefix above SOURCE_PATH: SOURCE_PATH/SOURCE_PATH/x lands on SOURCE_PATH/x
-                or self.source_prefix.startswith(self.dest_list_prefix)
-            )
-        ):
-            raise ConfigError(
-                "the copies would go under SOURCE_PATH in the source bucket itself (onto the "
-                "objects, or where the next run copies them again): give another --dest-bucket "
-                "or a --dest-prefix outside SOURCE_PATH (and not above it)"
-            )
+        # Known before the clients are made when the flags give both endpoints, or one
+        # profile (or none) gives both sides the same; else checked once they are made.
+        source, dest = self.effective_source_endpoint, self.effective_dest_endpoint
+        if (source and dest) or (not source and not dest and self.same_profile):
+            self.check_not_onto_source(source, dest)
         if self.sse is not None and self.sse not in SSE_CHOICES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
@@ -174,6 +163,30 @@ class BackupConfig:
             )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KB/s")
+
+    @property
+    def same_profile(self) -> bool:
+        return self.source_profile == self.dest_profile
+
+    def check_not_onto_source(self, source_endpoint: str | None, dest_endpoint: str | None) -> None:
+        """Refuse copies into SOURCE_PATH's own area of the source bucket, with the endpoints
+        the clients use (a flag's, a profile's, ``AWS_ENDPOINT_URL``'s): under SOURCE_PATH
+        (onto the objects, or where the next run copies them again), or above it
+        (SOURCE_PATH/SOURCE_PATH/x lands on SOURCE_PATH/x)."""
+        if (
+            self.source_bucket == self.dest_bucket
+            # one store however its URL is spelled (a trailing /, the host's case, :80)
+            and endpoint_for_checkpoint(source_endpoint) == endpoint_for_checkpoint(dest_endpoint)
+            and (
+                self.dest_list_prefix.startswith(self.source_prefix)
+                or self.source_prefix.startswith(self.dest_list_prefix)
+            )
+        ):
+            raise ConfigError(
+                "the copies would go under SOURCE_PATH in the source bucket itself (onto the "
+                "objects, or where the next run copies them again): give another --dest-bucket "
+                "or a --dest-prefix outside SOURCE_PATH (and not above it)"
+            )
 
     @property
     def source_prefix(self) -> str:

@@ -235,3 +235,47 @@ def test_a_listing_that_fails_midway_stops_the_run_as_fatal(
     assert len(result.stderr.strip().splitlines()) == 1
     state = read_checkpoint(tmp_path / "stage" / "checkpoints" / f"{buckets.source}_p.checkpoint")
     assert state.errors == {} and 0 < state.processed_files <= 100
+
+
+async def test_the_source_bucket_reached_through_the_environment_s_endpoint_is_refused(
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The source's endpoint from ``AWS_ENDPOINT_URL`` (or a profile's ``endpoint_url``),
+    the destination's from its flag, one store: the check saw None and a URL, two stores,
+    and the copies of ``--dest-prefix ''`` overwrote the source objects. Checked again with
+    the endpoints the clients use, before anything is written."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=b"original")
+    s3.put_object(Bucket=buckets.source, Key="p/p/x", Body=b"nested")
+    with pytest.raises(ConfigError, match="--dest-prefix outside SOURCE_PATH"):
+        await run_backup(
+            source_bucket=buckets.source,
+            source_path="p",
+            dest_bucket=buckets.source,
+            dest_prefix="",
+            base_local_path=tmp_path / "stage",
+            dest_endpoint_url=s3_server.endpoint,
+        )
+    body = s3.get_object(Bucket=buckets.source, Key="p/x")["Body"].read()
+    assert body == b"original", "a copy overwrote a source object"
+    assert list_keys(s3, buckets.source) == ["p/p/x", "p/x"]
+
+
+def test_one_bucket_name_through_two_profiles_is_not_refused_before_their_endpoints_are_known(
+    tmp_path: Path,
+) -> None:
+    """Two profiles may name two stores (their ``endpoint_url``): the same bucket name on
+    each is a valid job, refused before as copies onto the source."""
+    job = BackupConfig(
+        source_bucket="data",
+        source_path="p",
+        dest_bucket="data",
+        base_local_path=tmp_path,
+        source_profile="src",
+        dest_profile="dst",
+    )
+    assert job.dest_key("p/a") == "p/a"
