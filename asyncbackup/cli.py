@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from .api import plan_backup, run_backup
+from .checkpoint import write_atomic
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
@@ -540,6 +541,7 @@ async def _with_progress(
 
 
 async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
+    _check_report_path(args)
     plan = await plan_backup(config)
     print(
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
@@ -551,7 +553,7 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
     if plan.copy_files > len(plan.first_keys):
         print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
     if args.report:
-        args.report.write_bytes(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+        write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
     return EXIT_OK
 
 
