@@ -57,6 +57,12 @@ def file_md5(path: Path) -> tuple[int, bytes]:
     return size, digest.digest()
 
 
+def _component(name: str) -> str:
+    """A name from the API as one path component: a name is not a path (``/`` is encoded
+    too; ``encode_segment`` encoded ``%`` already, so distinct names stay distinct)."""
+    return encode_segment(name).replace("/", "%2F")
+
+
 class Skip(Exception):
     """Nothing to copy for this artifact (an empty repository, no wiki...): done, recorded."""
 
@@ -198,7 +204,7 @@ class ArtifactCopier:
         if await self._unchanged(item.key, version):
             return 0
         name = f"{item.repo}.wiki.git" if item.kind == WIKI else f"{item.repo}.git"
-        mirror = self.staging.root / ".mirrors" / encode_segment(item.owner) / encode_segment(name)
+        mirror = self.staging.root / ".mirrors" / _component(item.owner) / _component(name)
         await self.git.mirror(item.url, mirror)
         tmp = self.staging.temp_path()
         try:

@@ -1,0 +1,34 @@
+"""GitHub to S3, found in review: each test failed before the fix it comes with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asyncbackup import run_github_backup
+from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeRepo
+from tests.integration.github_org import config, running_org
+
+
+async def test_a_repository_name_with_slashes_cannot_reach_outside_staging(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A name from the API is not a path: a repository called ``../../../../victim`` (a
+    broken or hostile server) must not have its mirror cleared, cloned or fetched outside
+    the staging directory - the mirror's folder is removed before each clone."""
+    base = tmp_path / "work"
+    victim = tmp_path / "victim.git"  # where .mirrors/acme/../../../../victim.git lands
+    victim.mkdir()
+    (victim / "precious.txt").write_text("not the backup's to delete")
+    async with running_org(tmp_path / "git") as github:
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("beta",))
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors  # beta's mirror is kept
+        github.add_repo(FakeRepo("../../../../victim", has_wiki=False))
+        options["include"] = ("*victim",)
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert report.errors  # nothing to clone there: an error, recorded
+    assert (victim / "precious.txt").read_text() == "not the backup's to delete"
+    assert not (tmp_path / "victim.git.partial").exists()
