@@ -103,6 +103,7 @@ class FakeRepo:
     owner: str = "acme"
     fork: bool = False
     archived: bool = False
+    private: bool = False  # left out of /users/{owner}/repos, as on GitHub
     has_issues: bool = True
     has_wiki: bool = True
     pushed_at: str = "2024-01-01T00:00:00Z"
@@ -202,7 +203,7 @@ class FakeGitHub:
             "name": repo.name,
             "full_name": f"{repo.owner}/{repo.name}",
             "owner": {"login": repo.owner, "type": self.owner_type},
-            "private": False,
+            "private": repo.private,
             "fork": repo.fork,
             "archived": repo.archived,
             "has_issues": repo.has_issues,
@@ -330,7 +331,9 @@ class FakeGitHub:
         return _json({"login": self.owner, "type": self.owner_type})
 
     async def _repos(self, request: web.Request) -> web.Response:
-        return self._paginate(request, [self.record(r) for r in self.repos.values()])
+        public_only = request.path.startswith("/api/users/")  # another user's: public ones
+        repos = [r for r in self.repos.values() if not (public_only and r.private)]
+        return self._paginate(request, [self.record(r) for r in repos])
 
     def _find(self, request: web.Request) -> FakeRepo | web.Response:
         repo = self.repos.get(request.match_info["repo"])

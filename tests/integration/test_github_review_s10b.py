@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from asyncbackup import run_github_backup
+from asyncbackup.errors import StoreUnavailableError
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeRepo
+from tests.helpers import list_keys
 from tests.integration.github_org import config, running_org
 
 
@@ -32,3 +36,22 @@ async def test_a_repository_name_with_slashes_cannot_reach_outside_staging(
         assert report.errors  # nothing to clone there: an error, recorded
     assert (victim / "precious.txt").read_text() == "not the backup's to delete"
     assert not (tmp_path / "victim.git.partial").exists()
+
+
+async def test_a_rate_limited_user_check_does_not_leave_private_repositories_out(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """GET /user tells whether OWNER is the token's own user, whose private repositories
+    only /user/repos lists. A 403 there is taken for an app token (which cannot read /user),
+    but a 403 that is a rate limit that never lifted is not an answer: the run must not go
+    on with the public list and report a complete backup without the private ones."""
+    async with running_org(tmp_path / "git") as github:
+        github.owner_type, github.login = "User", "acme"  # the token's own user
+        github.repos["beta"].private = True
+        github.secondary["/api/user"] = [1] * 13  # more refusals than a request waits out
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        with pytest.raises(StoreUnavailableError, match="still rate limited"):
+            await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not github.api_requests("/users/acme/repos")  # never the public list
+        assert list_keys(s3, buckets.dest) == []
