@@ -153,6 +153,13 @@ class GitHubClient:
 
         With ``save_to``, a 200's body is streamed to that file (``Answer.saved``), never
         held in memory: an asset the server answers itself may be gigabytes."""
+        if _origin(url) != _origin(self.api_url):  # a next link, an asset URL elsewhere
+            parts = urlsplit(url)
+            raise ObjectError(
+                "NotTheAPI",
+                f"not sending the token to {parts.scheme}://{parts.netloc}, which is not the "
+                f"API's origin (a link or asset URL of {self.api_url}); check --api-url",
+            )
         headers = {**self._auth, "Accept": accept, "X-GitHub-Api-Version": API_VERSION}
         if etag:
             headers["If-None-Match"] = etag
@@ -345,6 +352,15 @@ def last_page_full(page_sizes: list[int]) -> bool:
     return page_sizes[-1] >= full
 
 
-def _origin(url: str) -> tuple[str, str]:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default one when none is written) of ``url``."""
     parts = urlsplit(url)
-    return parts.scheme, parts.netloc
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a port: an origin of its own, never the API's
+        return scheme, parts.netloc, -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from asyncbackup import run_github_backup
 from asyncbackup.errors import StoreUnavailableError
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeRepo
 from tests.helpers import list_keys
-from tests.integration.github_org import config, running_org
+from tests.integration.github_org import TOKEN, config, running_org
 
 
 async def test_a_repository_name_with_slashes_cannot_reach_outside_staging(
@@ -55,3 +56,46 @@ async def test_a_rate_limited_user_check_does_not_leave_private_repositories_out
             await run_github_backup(clock=clock, sleep=clock.sleep, **options)
         assert not github.api_requests("/users/acme/repos")  # never the public list
         assert list_keys(s3, buckets.dest) == []
+
+
+async def test_the_token_never_goes_to_a_next_page_on_another_origin(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A ``Link: rel="next"`` (or an asset URL) off the API's origin - GitHub Enterprise
+    behind a TLS proxy that writes http:// links, a hostile or broken server - is not an API
+    request: the token must not be sent there (a redirect off the origin is refused too)."""
+    elsewhere: list[str | None] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        elsewhere.append(request.headers.get("Authorization"))
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", capture)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with running_org(tmp_path / "git") as github:
+
+            async def next_page_elsewhere(request: web.Request) -> web.StreamResponse | None:
+                if request.path == "/api/repos/acme/alpha/pulls" and "page" not in request.query:
+                    page_2 = f"http://127.0.0.1:{port}/api/repos/acme/alpha/pulls?page=2"
+                    link = f'<{page_2}>; rel="next"'
+                    return web.json_response([{"number": 1}], headers={"Link": link})
+                return None
+
+            github.hooks.append(next_page_elsewhere)
+            clock = github.clock
+            options = config(
+                github, s3_server.endpoint, buckets.dest, tmp_path / "work", include=("alpha",)
+            )
+            report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    finally:
+        await runner.cleanup()
+    assert TOKEN not in " ".join(str(a) for a in elsewhere)
+    # and the copy is not a silent half: pulls.json fails, saying why
+    assert set(report.errors) == {"github/acme/alpha/pulls.json"}
+    assert f"127.0.0.1:{port}" in report.errors["github/acme/alpha/pulls.json"]
