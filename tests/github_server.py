@@ -105,6 +105,7 @@ class FakeRepo:
     archived: bool = False
     private: bool = False  # left out of /users/{owner}/repos, as on GitHub
     has_issues: bool = True
+    has_pull_requests: bool = True  # False: /pulls... answer a bare 404, as on GitHub
     has_wiki: bool = True
     pushed_at: str = "2024-01-01T00:00:00Z"
     status: int | None = None  # every API and git request of the repository answers this
@@ -142,6 +143,7 @@ class FakeGitHub:
         self.repos: dict[str, FakeRepo] = {}
         self.assets: dict[int, bytes] = {}
         self.assets_direct = False  # the API answers asset downloads itself (200), no redirect
+        self.lists_have_pull_requests = True  # False: repository lists lack has_pull_requests
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -207,6 +209,7 @@ class FakeGitHub:
             "fork": repo.fork,
             "archived": repo.archived,
             "has_issues": repo.has_issues,
+            "has_pull_requests": repo.has_pull_requests,
             "has_wiki": repo.has_wiki,
             "pushed_at": repo.pushed_at,
             "size": 1,
@@ -333,7 +336,11 @@ class FakeGitHub:
     async def _repos(self, request: web.Request) -> web.Response:
         public_only = request.path.startswith("/api/users/")  # another user's: public ones
         repos = [r for r in self.repos.values() if not (public_only and r.private)]
-        return self._paginate(request, [self.record(r) for r in repos])
+        records = [self.record(r) for r in repos]
+        if not self.lists_have_pull_requests:
+            for record in records:
+                del record["has_pull_requests"]
+        return self._paginate(request, records)
 
     def _find(self, request: web.Request) -> FakeRepo | web.Response:
         repo = self.repos.get(request.match_info["repo"])
@@ -354,6 +361,8 @@ class FakeGitHub:
         if isinstance(repo, web.Response):
             return repo
         what = request.match_info["what"]
+        if what.startswith("pulls") and not repo.has_pull_requests:
+            return _json({"message": "Not Found"}, 404)
         if what.startswith("issues") and repo.issues_status is not None:
             return _json({"message": "Issues are disabled for this repo"}, repo.issues_status)
         items = {

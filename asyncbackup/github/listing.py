@@ -39,6 +39,7 @@ VERSIONS = "github_versions"
 RELEASE_LISTING = "github_release_listing"
 SKIPPED = "github_skipped"
 CARRIED_SECTIONS = (ETAGS, VERSIONS, RELEASE_LISTING)
+PULLS_DISABLED = "pull requests are disabled for this repository"
 #: readings of the repository list after the first, while one still finds repositories
 _REREADS = 3
 
@@ -51,6 +52,7 @@ class MetadataKind:
     paginated: bool
     params: tuple[tuple[str, str], ...] = ()
     needs_issues: bool = False
+    needs_pulls: bool = False  # GitHub can turn pull requests off (has_pull_requests)
 
 
 _BY_CREATION = (("sort", "created"), ("direction", "asc"))
@@ -72,8 +74,22 @@ METADATA: tuple[MetadataKind, ...] = (
         params=_BY_CREATION,
         needs_issues=True,
     ),
-    MetadataKind("pulls", "pulls.json", "/pulls", True, (("state", "all"), *_BY_CREATION)),
-    MetadataKind("pull-comments", "pull-comments.json", "/pulls/comments", True, _BY_CREATION),
+    MetadataKind(
+        "pulls",
+        "pulls.json",
+        "/pulls",
+        paginated=True,
+        params=(("state", "all"), *_BY_CREATION),
+        needs_pulls=True,
+    ),
+    MetadataKind(
+        "pull-comments",
+        "pull-comments.json",
+        "/pulls/comments",
+        paginated=True,
+        params=_BY_CREATION,
+        needs_pulls=True,
+    ),
     MetadataKind("releases", "releases.json", "/releases", paginated=True),
 )
 METADATA_BY_KIND = {m.kind: m for m in METADATA}
@@ -270,6 +286,9 @@ class Lister:
             key = f"{prefix}/{meta.filename}"
             if meta.needs_issues and repo.get("has_issues") is False:
                 self.note(SKIPPED, key, "issues are disabled for this repository")
+                continue
+            if meta.needs_pulls and repo.get("has_pull_requests") is False:
+                self.note(SKIPPED, key, PULLS_DISABLED)
                 continue
             params: dict[str, str | int] = dict(meta.params)
             if meta.paginated:

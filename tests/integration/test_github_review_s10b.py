@@ -9,11 +9,12 @@ import pytest
 from aiohttp import web
 
 from asyncbackup import run_github_backup
+from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import StoreUnavailableError
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeRepo
+from tests.github_server import FakeRepo, add_commit
 from tests.helpers import list_keys
-from tests.integration.github_org import TOKEN, config, running_org
+from tests.integration.github_org import TOKEN, config, refs, restore, running_org
 
 
 async def test_a_repository_name_with_slashes_cannot_reach_outside_staging(
@@ -99,3 +100,35 @@ async def test_the_token_never_goes_to_a_next_page_on_another_origin(
     # and the copy is not a silent half: pulls.json fails, saying why
     assert set(report.errors) == {"github/acme/alpha/pulls.json"}
     assert f"127.0.0.1:{port}" in report.errors["github/acme/alpha/pulls.json"]
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["in-the-list", "record-only"])
+async def test_a_repository_with_pull_requests_disabled_does_not_stall_the_backup(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, listed: bool
+) -> None:
+    """GitHub lets a repository turn pull requests off (``has_pull_requests: false``): its
+    /pulls and /pulls/comments answer a bare 404 for every token. That is nothing to copy
+    (like issues disabled), not an error: an error there would keep the job from ever
+    completing, and each next run would resume it, retrying those two and backing up no
+    change anywhere else."""
+    async with running_org(tmp_path / "git") as github:
+        github.repos["alpha"].has_pull_requests = False
+        github.lists_have_pull_requests = listed  # else only GET /repos/{o}/{r} says so
+        clock = github.clock
+        options = config(
+            github, s3_server.endpoint, buckets.dest, tmp_path / "work", include=("alpha", "beta")
+        )
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        assert first.archived_checkpoint is not None
+        skipped = read_checkpoint(first.archived_checkpoint).extra["github_skipped"]
+        for name in ("pulls.json", "pull-comments.json"):
+            assert "pull requests are disabled" in skipped[f"github/acme/alpha/{name}"]
+
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert not second.resumed
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        assert refs(restored)["refs/heads/main"] == new_sha
