@@ -104,7 +104,8 @@ class FakeRepo:
     fork: bool = False
     archived: bool = False
     private: bool = False  # left out of /users/{owner}/repos, as on GitHub
-    has_issues: bool = True
+    has_issues: bool = True  # False: /issues answers 410; /issues/comments still lists the
+    # comments of pull request conversations (every pull request is an issue)
     has_pull_requests: bool = True  # False: /pulls... answer a bare 404, as on GitHub
     has_wiki: bool = True
     pushed_at: str = "2024-01-01T00:00:00Z"
@@ -362,6 +363,12 @@ class FakeGitHub:
             return repo
         what = request.match_info["what"]
         if what.startswith("pulls") and not repo.has_pull_requests:
+            return _json({"message": "Not Found"}, 404)
+        if what == "issues" and not repo.has_issues:
+            return _json({"message": "Issues are disabled for this repo"}, 410)
+        # what is left with issues off: pull request conversation comments, unless those
+        # are off too
+        if what == "issues/comments" and not (repo.has_issues or repo.has_pull_requests):
             return _json({"message": "Not Found"}, 404)
         if what.startswith("issues") and repo.issues_status is not None:
             return _json({"message": "Issues are disabled for this repo"}, repo.issues_status)

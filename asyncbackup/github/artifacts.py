@@ -32,12 +32,13 @@ from .listing import (
     ETAGS,
     METADATA_BY_KIND,
     PREFIX,
-    PULLS_DISABLED,
     SKIPPED,
     VERSIONS,
     WIKI,
     Artifact,
+    MetadataKind,
     Note,
+    turned_off,
 )
 from .ratelimit import Sleep
 
@@ -157,14 +158,13 @@ class ArtifactCopier:
                 raise Skip(f"the repository is empty (409: {exc.message})") from exc
             if exc.status == 410 and item.kind in ("issues", "issue-comments"):
                 raise Skip("issues are disabled for this repository (410)") from exc
-            # pull requests turned off answer a bare 404, as a repository gone: the
-            # repository's record tells them apart
-            if (
-                exc.status == 404
-                and METADATA_BY_KIND[item.kind].needs_pulls
-                and await self._pulls_disabled(item)
-            ):
-                raise Skip(f"{PULLS_DISABLED} (404)") from exc
+            # a feature turned off (pull requests) answers a bare 404, as a repository
+            # gone: the repository's record tells them apart
+            meta = METADATA_BY_KIND.get(item.kind)
+            if exc.status == 404 and meta is not None and meta.needs:
+                reason = await self._turned_off(item, meta)
+                if reason is not None:
+                    raise Skip(f"{reason} (404)") from exc
             raise
         except GitError as exc:
             if exc.code == "GitEmpty":
@@ -187,14 +187,14 @@ class ArtifactCopier:
             raise
         return True
 
-    async def _pulls_disabled(self, item: Artifact) -> bool:
-        """Whether the repository's record says pull requests are turned off."""
+    async def _turned_off(self, item: Artifact, meta: MetadataKind) -> str | None:
+        """Why the repository's record says it has no ``meta``, or None."""
         try:
             answer = await self.client.get(self.client.url(f"/repos/{item.owner}/{item.repo}"))
             record = answer.json()
         except ObjectError:
-            return False  # the 404 stands
-        return isinstance(record, dict) and record.get("has_pull_requests") is False
+            return None  # the 404 stands
+        return turned_off(meta, record, lenient=True) if isinstance(record, dict) else None
 
     async def _unchanged(self, key: str, version: str) -> bool:
         before = self.previous.get(VERSIONS, {}).get(key)

@@ -39,7 +39,8 @@ VERSIONS = "github_versions"
 RELEASE_LISTING = "github_release_listing"
 SKIPPED = "github_skipped"
 CARRIED_SECTIONS = (ETAGS, VERSIONS, RELEASE_LISTING)
-PULLS_DISABLED = "pull requests are disabled for this repository"
+_ISSUES, _PULLS = "has_issues", "has_pull_requests"
+_FEATURES = {_ISSUES: "issues", _PULLS: "pull requests"}
 #: readings of the repository list after the first, while one still finds repositories
 _REREADS = 3
 
@@ -51,8 +52,26 @@ class MetadataKind:
     path: str  # relative to /repos/{owner}/{repo}
     paginated: bool
     params: tuple[tuple[str, str], ...] = ()
-    needs_issues: bool = False
-    needs_pulls: bool = False  # GitHub can turn pull requests off (has_pull_requests)
+    #: repository record fields (``has_issues``...) for features a repository can turn off:
+    #: the resource is there while any of them is on
+    needs: tuple[str, ...] = ()
+
+
+def turned_off(
+    meta: MetadataKind, record: Mapping[str, Any], *, lenient: bool = False
+) -> str | None:
+    """Why the repository of ``record`` has no ``meta`` to copy, or None: every feature it
+    needs is off. ``lenient`` (the resource answered 404 or 410): none is on and one is off,
+    a field the record lacks (an older server) not counting."""
+    states = [record.get(name) for name in meta.needs]
+    if lenient:
+        off = False in states and True not in states
+    else:
+        off = bool(states) and all(state is False for state in states)
+    if not off:
+        return None
+    names = [_FEATURES[n] for n, state in zip(meta.needs, states, strict=True) if state is False]
+    return f"{' and '.join(names)} are disabled for this repository"
 
 
 _BY_CREATION = (("sort", "created"), ("direction", "asc"))
@@ -64,7 +83,7 @@ METADATA: tuple[MetadataKind, ...] = (
         "/issues",
         paginated=True,
         params=(("state", "all"), *_BY_CREATION),
-        needs_issues=True,
+        needs=(_ISSUES,),
     ),
     MetadataKind(
         "issue-comments",
@@ -72,7 +91,7 @@ METADATA: tuple[MetadataKind, ...] = (
         "/issues/comments",
         paginated=True,
         params=_BY_CREATION,
-        needs_issues=True,
+        needs=(_ISSUES, _PULLS),  # every pull request is an issue: its conversation too
     ),
     MetadataKind(
         "pulls",
@@ -80,7 +99,7 @@ METADATA: tuple[MetadataKind, ...] = (
         "/pulls",
         paginated=True,
         params=(("state", "all"), *_BY_CREATION),
-        needs_pulls=True,
+        needs=(_PULLS,),
     ),
     MetadataKind(
         "pull-comments",
@@ -88,7 +107,7 @@ METADATA: tuple[MetadataKind, ...] = (
         "/pulls/comments",
         paginated=True,
         params=_BY_CREATION,
-        needs_pulls=True,
+        needs=(_PULLS,),
     ),
     MetadataKind("releases", "releases.json", "/releases", paginated=True),
 )
@@ -284,11 +303,9 @@ class Lister:
         api = self.client.url(f"/repos/{owner}/{name}")
         for meta in METADATA:
             key = f"{prefix}/{meta.filename}"
-            if meta.needs_issues and repo.get("has_issues") is False:
-                self.note(SKIPPED, key, "issues are disabled for this repository")
-                continue
-            if meta.needs_pulls and repo.get("has_pull_requests") is False:
-                self.note(SKIPPED, key, PULLS_DISABLED)
+            reason = turned_off(meta, repo)
+            if reason is not None:
+                self.note(SKIPPED, key, reason)
                 continue
             params: dict[str, str | int] = dict(meta.params)
             if meta.paginated:

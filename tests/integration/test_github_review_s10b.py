@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -12,7 +13,7 @@ from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import StoreUnavailableError
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeRepo, add_commit
+from tests.github_server import FakeRepo, add_commit, make_repository
 from tests.helpers import list_keys
 from tests.integration.github_org import TOKEN, config, refs, restore, running_org
 
@@ -132,3 +133,36 @@ async def test_a_repository_with_pull_requests_disabled_does_not_stall_the_backu
         assert not second.resumed
         restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
         assert refs(restored)["refs/heads/main"] == new_sha
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["in-the-list", "record-only"])
+async def test_pull_request_conversations_are_kept_when_issues_are_disabled(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, listed: bool
+) -> None:
+    """Every pull request is an issue: the comments of a pull request's conversation are
+    issue comments, listed by /issues/comments - still there with issues turned off (a fork's
+    default, a team on another tracker). Only with pull requests off too is there nothing."""
+    async with running_org(tmp_path / "git") as github:
+        talk = github.add_repo(FakeRepo("talk", has_issues=False, has_wiki=False))
+        make_repository(github.git_dir("talk"), commits=1, tags=0, pull_ref=False)
+        talk.pulls = [{"number": 7, "head": {"sha": "0" * 40}}]
+        talk.issue_comments = [{"id": 70, "body": "LGTM, merging", "issue_url": ".../7"}]
+        quiet = github.add_repo(
+            FakeRepo("quiet", has_issues=False, has_pull_requests=False, has_wiki=False)
+        )
+        make_repository(github.git_dir("quiet"), commits=1, tags=0, pull_ref=False)
+        quiet.issue_comments = []
+        github.lists_have_pull_requests = listed
+        clock = github.clock
+        options = config(
+            github, s3_server.endpoint, buckets.dest, tmp_path / "work", include=("talk", "quiet")
+        )
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert report.status == "completed", report.errors
+        comments = s3.get_object(Bucket=buckets.dest, Key="github/acme/talk/issue-comments.json")
+        assert [c["body"] for c in orjson.loads(comments["Body"].read())] == ["LGTM, merging"]
+        assert report.archived_checkpoint is not None
+        skipped = read_checkpoint(report.archived_checkpoint).extra["github_skipped"]
+        assert "issues are disabled" in skipped["github/acme/talk/issues.json"]
+        assert "github/acme/talk/issue-comments.json" not in skipped
+        assert "disabled" in skipped["github/acme/quiet/issue-comments.json"]
