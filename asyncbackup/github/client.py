@@ -96,9 +96,10 @@ class Fetched:
     items: int = 0
 
 
-def _message(body: bytes, reason: str) -> str:
+def _message(body: bytes, reason: str, secret: str = "") -> str:
     """GitHub's JSON ``message``, a plain-text body, or for an HTML page (a proxy's or load
-    balancer's error page) the status line's reason: never markup in an error."""
+    balancer's error page) the status line's reason: never markup in an error, nor
+    ``secret`` (a page that echoes the request would show the token)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -107,6 +108,8 @@ def _message(body: bytes, reason: str) -> str:
             text = reason
     else:
         text = str(data.get("message", "")) if isinstance(data, dict) else ""
+    if secret:
+        text = text.replace(secret, "***")  # before it is cut: no part of it either
     return " ".join(text.split())[:300]
 
 
@@ -125,6 +128,7 @@ class GitHubClient:
     ) -> None:
         self.session = session
         self.api_url = api_url.rstrip("/")
+        self._token = token
         self._auth = {"Authorization": f"Bearer {token}"}
         self.gate = gate
         self.slots = slots
@@ -189,7 +193,7 @@ class GitHubClient:
                     raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
                 await self.sleep(self.backoff.delay(attempt))
                 continue
-            message = _message(body, reason) if status >= 400 else ""
+            message = _message(body, reason, self._token) if status >= 400 else ""
             if self.gate.observe(status, answer_headers, message):
                 limited += 1
                 if limited > _MAX_RATE_LIMIT_RETRIES:

@@ -166,3 +166,30 @@ async def test_pull_request_conversations_are_kept_when_issues_are_disabled(
         assert "issues are disabled" in skipped["github/acme/talk/issues.json"]
         assert "github/acme/talk/issue-comments.json" not in skipped
         assert "disabled" in skipped["github/acme/quiet/issue-comments.json"]
+
+
+async def test_an_error_page_that_echoes_the_request_does_not_carry_the_token_on(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """An error's text goes into the checkpoint, the log and the report. A proxy's or a
+    debugging gateway's error page may echo the request it refused, Authorization header
+    and all: the token is blanked out of it, as it is out of git's messages."""
+    async with running_org(tmp_path / "git") as github:
+
+        async def echo(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/pulls":
+                headers = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+                return web.Response(status=400, text=f"bad request:\n{headers}")
+            return None
+
+        github.hooks.append(echo)
+        clock = github.clock
+        base = tmp_path / "work"
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("alpha",))
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    pulls = "github/acme/alpha/pulls.json"
+    assert set(report.errors) == {pulls}
+    assert "bad request" in report.errors[pulls]  # the message is kept, but not the token
+    assert TOKEN not in report.errors[pulls]
+    checkpoint = base / "checkpoints" / "github_acme.checkpoint"
+    assert TOKEN.encode() not in checkpoint.read_bytes()
