@@ -227,8 +227,7 @@ class ArtifactCopier:
         tmp = self.staging.temp_path()
         try:
             try:
-                await self.git.bundle(mirror, tmp)
-                await self.git.verify(mirror, tmp)
+                await self._sound_bundle(mirror, tmp)
                 size, md5 = await asyncio.to_thread(file_md5, tmp)
                 meta_name = "refs-sha256" if item.kind == WIKI else "pushed-at"
                 await self._upload(
@@ -245,6 +244,22 @@ class ArtifactCopier:
                 await asyncio.to_thread(shutil.rmtree, mirror, True)
         self.note(VERSIONS, item.key, version)
         return size
+
+    async def _sound_bundle(self, mirror: Path, out: Path) -> None:
+        """Bundle ``mirror`` to ``out`` and check it reads whole. A mirror that gives no sound
+        bundle is damaged (on disk, by a crash): it is removed, and the next try clones."""
+        try:
+            await self.git.bundle(mirror, out)
+            await self.git.verify(mirror, out, self.staging.temp_path())
+        except GitError as exc:
+            if exc.code == "GitEmpty" or "no space left" in exc.message.lower():
+                raise
+            await asyncio.to_thread(shutil.rmtree, mirror, True)
+            raise GitError(
+                "GitBundleFailed",
+                f"{exc.message} (the mirror is removed: the next try clones again)",
+                retryable=True,
+            ) from exc
 
     async def _metadata(self, item: Artifact) -> int:
         meta = METADATA_BY_KIND[item.kind]

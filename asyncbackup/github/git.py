@@ -249,9 +249,17 @@ class GitRunner:
         await self.run(["bundle", "create", "--quiet", str(out), *excludes, "--all"], cwd=mirror)
         return refs
 
-    async def verify(self, mirror: Path, bundle: Path) -> None:
-        """``git bundle verify``: the bundle is whole and needs no other objects."""
+    async def verify(self, mirror: Path, bundle: Path, scratch: Path) -> None:
+        """The bundle is whole and needs no other objects: ``git bundle verify`` (its header
+        and prerequisites), then a clone from it into ``scratch`` (removed after), which
+        reads and hashes every object and checks every ref's history is there.
+        ``bundle verify`` alone does not read the pack, and ``bundle create`` copies the
+        bytes of a damaged mirror's pack as they are: such a bundle would not restore."""
         await self.run(["bundle", "verify", "--quiet", str(bundle)], cwd=mirror)
+        try:
+            await self.run(["clone", "--mirror", "--quiet", "--", str(bundle), str(scratch)])
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
 
     async def refs(self, repository: Path) -> list[tuple[str, str]]:
         out = await self.run(["for-each-ref", "--format=%(objectname)\t%(refname)"], cwd=repository)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import StoreUnavailableError
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeRepo, add_commit, make_repository
+from tests.github_server import FakeRepo, add_commit, git, make_repository
 from tests.helpers import list_keys
 from tests.integration.github_org import TOKEN, config, refs, restore, running_org
 
@@ -193,3 +194,43 @@ async def test_an_error_page_that_echoes_the_request_does_not_carry_the_token_on
     assert TOKEN not in report.errors[pulls]
     checkpoint = base / "checkpoints" / "github_acme.checkpoint"
     assert TOKEN.encode() not in checkpoint.read_bytes()
+
+
+async def test_a_damaged_kept_mirror_never_replaces_a_good_bundle_with_a_bad_one(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A kept mirror whose pack got damaged on disk (a bad sector, a crash of the scratch
+    disk) still fetches: the fetch reads the commits, not the blobs. ``git bundle create``
+    copies the damaged bytes as they are and ``git bundle verify`` checks only the
+    header, so the bundle that overwrote the good one in the bucket did not clone. Every
+    bundle must be checked by reading it whole before it goes up; a damaged mirror is
+    cloned again."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        work = tmp_path / "beta.work"
+        git("clone", "-q", str(github.git_dir("beta")), str(work))
+        for i in range(3):
+            (work / f"blob{i}.bin").write_bytes(os.urandom(200_000))
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "blobs", cwd=work)
+        git("push", "-q", "origin", "HEAD:main", cwd=work)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("beta",))
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+
+        (mirror,) = base.rglob(".mirrors/*/beta.git")
+        (pack,) = mirror.rglob("objects/pack/*.pack")
+        data = bytearray(pack.read_bytes())
+        middle = len(data) // 2  # inside a blob
+        data[middle : middle + 40] = bytes(40)
+        pack.chmod(0o644)
+        pack.write_bytes(bytes(data))
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors  # cloned again, then bundled
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        assert refs(restored)["refs/heads/main"] == new_sha
+        # restore() ran git fsck --full: every blob is there and sound
+        assert git("cat-file", "-s", f"{new_sha}:blob1.bin", cwd=restored).strip() == "200000"
