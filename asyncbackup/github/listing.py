@@ -363,6 +363,7 @@ class Lister:
         rows: list[list[Any]] = []
         pages: PageTags = []
         page_sizes: list[int] = []
+        keys: set[str] = set()
         url: str | None = self.client.url(f"/repos/{owner}/{name}/releases", {"per_page": PER_PAGE})
         while url is not None:
             answer = await self.client.get(url)
@@ -376,9 +377,13 @@ class Lister:
                     else str(release["tag_name"])
                 )
                 for asset in release.get("assets", ()):
+                    key = f"{prefix}/releases/{folder}/{asset['name']}"
+                    if key in keys:  # its release was pushed onto the next page meanwhile
+                        continue
+                    keys.add(key)
                     rows.append(
                         [
-                            f"{prefix}/releases/{folder}/{asset['name']}",
+                            key,
                             int(asset.get("size") or 0),
                             str(asset["url"]),
                             f"{asset.get('updated_at', '')} {asset.get('size', 0)}",

@@ -234,3 +234,42 @@ async def test_a_damaged_kept_mirror_never_replaces_a_good_bundle_with_a_bad_one
         assert refs(restored)["refs/heads/main"] == new_sha
         # restore() ran git fsck --full: every blob is there and sound
         assert git("cat-file", "-s", f"{new_sha}:blob1.bin", cwd=restored).strip() == "200000"
+
+
+async def test_a_release_asset_listed_twice_while_releases_are_added_is_copied_once(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """Releases are listed newest first, by offset: one published while the list is read
+    pushes the last of page 1 onto page 2. Its assets were two work items with one key,
+    copied twice at once into one staged path, and counted twice in the job's total."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        alpha = github.repos["alpha"]
+        for i in range(98):  # after v1.0
+            github.add_release(alpha, f"old-{i}", {})
+        github.add_release(alpha, "v0.9", {"edge.bin": b"last of page 1"})  # the 100th
+        github.add_release(alpha, "v0.1", {})  # page 2
+        published: list[str] = []
+
+        async def publish_before_page_2(request: web.Request) -> web.Response | None:
+            if (
+                request.path == "/api/repos/acme/alpha/releases"
+                and request.query.get("page") == "2"
+                and not published
+            ):
+                github.add_release(alpha, "v2.0", {})
+                alpha.releases.insert(0, alpha.releases.pop())  # newest first
+                published.append("v2.0")
+            return None
+
+        github.hooks.append(publish_before_page_2)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("alpha",))
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert published
+        assert report.status == "completed", report.errors
+        edge = "github/acme/alpha/releases/v0.9/edge.bin"
+        assert s3.get_object(Bucket=buckets.dest, Key=edge)["Body"].read() == b"last of page 1"
+        assert report.archived_checkpoint is not None
+        state = read_checkpoint(report.archived_checkpoint)
+        assert report.total_files == len(state.files) == report.processed_files
