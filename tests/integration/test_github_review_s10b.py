@@ -273,3 +273,13 @@ async def test_a_release_asset_listed_twice_while_releases_are_added_is_copied_o
         assert report.archived_checkpoint is not None
         state = read_checkpoint(report.archived_checkpoint)
         assert report.total_files == len(state.files) == report.processed_files
+
+
+def test_the_api_origin_ignores_default_ports_and_case_but_not_scheme() -> None:
+    """The origin check refuses a downgrade to http, not an API URL written another way."""
+    from asyncbackup.github.client import _origin
+
+    assert _origin("https://GHE.example.com:443/api/v3") == _origin("https://ghe.example.com/x")
+    assert _origin("http://ghe.example.com/api/v3") != _origin("https://ghe.example.com/api/v3")
+    assert _origin("https://ghe.example.com:8443/") != _origin("https://ghe.example.com/")
+    assert _origin("https://ghe.example.com:bad/") != _origin("https://ghe.example.com/")
