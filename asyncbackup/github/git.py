@@ -154,13 +154,16 @@ class GitRunner:
             text = text.replace(self._token, "***")
         return text[-400:]
 
-    async def run(self, args: Sequence[str], *, cwd: Path | None = None) -> str:
-        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr."""
+    async def run(
+        self, args: Sequence[str], *, cwd: Path | None = None, label: str | None = None
+    ) -> str:
+        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr.
+        ``label``: what ``commands`` records (default: the subcommand)."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
         argv += args
         async with self.slots:
-            self.commands.append(args[0])
+            self.commands.append(label or args[0])
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
@@ -257,7 +260,8 @@ class GitRunner:
         bytes of a damaged mirror's pack as they are: such a bundle would not restore."""
         await self.run(["bundle", "verify", "--quiet", str(bundle)], cwd=mirror)
         try:
-            await self.run(["clone", "--mirror", "--quiet", "--", str(bundle), str(scratch)])
+            clone = ["clone", "--mirror", "--quiet", "--", str(bundle), str(scratch)]
+            await self.run(clone, label="verify")  # not a clone from GitHub
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
