@@ -264,7 +264,9 @@ async def _resolve_owner(
                     f"GitHub refused {variable} (401 {exc.message.split(' (GET')[0]}); check "
                     "that the token is valid and not expired"
                 ) from None
-            if exc.status != 403:  # app installation tokens cannot read /user
+            # app installation tokens cannot read /user; a rate limit that never lifted
+            # (retryable) is no answer: the token's own private repositories would be missed
+            if exc.status != 403 or exc.retryable:
                 raise
         try:
             account = (await client.get(client.url(f"/users/{config.owner}"), attempts=2)).json()

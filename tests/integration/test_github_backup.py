@@ -40,6 +40,7 @@ EXPECTED = {
     "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz",
     "github/acme/beta.bundle",
     "github/acme/beta/repository.json",
+    "github/acme/beta/issue-comments.json",  # issues off: pull request conversations stay
     "github/acme/beta/pulls.json",
     "github/acme/beta/pull-comments.json",
     "github/acme/beta/releases.json",
