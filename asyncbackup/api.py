@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ from .config import BackupConfig
 from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
-from .incremental import filtered, mark_unchanged
+from .incremental import fatal_when_failed, filtered, mark_unchanged
 from .listing import PROBES
 from .partfeed import ByteBudget
-from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
+from .pipeline import Pipeline, Process, WorkItem, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
@@ -107,11 +107,12 @@ def _check_dest_prefix(stored: dict[str, Any], config: BackupConfig, path: Path)
     recorded = stored["dest_prefix"]
     if recorded is not None and not isinstance(recorded, str):
         return
-    before = replace(config, dest_prefix=recorded)
-    if before.dest_list_prefix != config.dest_list_prefix:
+    # not a BackupConfig of its own: the recorded job may be one this version refuses
+    recorded_prefix = config.list_prefix_with(recorded)
+    if recorded_prefix != config.dest_list_prefix:
         was = "no --dest-prefix" if recorded is None else f"--dest-prefix {recorded!r}"
         now = "none" if config.dest_prefix is None else repr(config.dest_prefix)
-        where = repr(before.dest_list_prefix) if before.dest_list_prefix else "the bucket root"
+        where = repr(recorded_prefix) if recorded_prefix else "the bucket root"
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with {was} (the copies it marks done are under "
             f"{where}), this run has --dest-prefix {now}; resume with the same --dest-prefix, "
@@ -171,6 +172,8 @@ async def _open_stores(
     dest_client, failure = opening.result()
     if failure is not None:
         raise failure
+    # the endpoints a profile or the environment gave, which the flags did not show
+    config.check_not_onto_source(client_endpoint(source_client), client_endpoint(dest_client))
     return source_client, dest_client
 
 
@@ -180,10 +183,11 @@ def _listing(
     """What to copy: the source listing, filtered, and marked against the destination."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
-    listing = listing_or_stop(
+    listing = fatal_when_failed(
         source.list(config.source_prefix, streams=streams),
-        f"the source bucket {source.bucket!r}",
-        "check the credentials of --source-profile, the bucket policy and the endpoint",
+        "source",
+        config.source_bucket,
+        config.source_prefix,
     )
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
@@ -191,13 +195,15 @@ def _listing(
     if config.skip_existing:
         dest = S3Source(dest_client, config.dest_bucket, source.retry)
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
+        dest_listing = fatal_when_failed(
+            dest.list(config.dest_list_prefix),
+            "destination",
+            config.dest_bucket,
+            config.dest_list_prefix,
+        )
         listing = mark_unchanged(
             listing,
-            listing_or_stop(
-                dest.list(config.dest_list_prefix),
-                f"the destination bucket {dest.bucket!r}",
-                "check the credentials of --dest-profile, the bucket policy and the endpoint",
-            ),
+            dest_listing,
             lambda key: key[src_strip:],
             lambda key: key[dst_strip:],
         )

@@ -558,12 +558,19 @@ class VerifyResult:
 def job_config(state: CheckpointState) -> BackupConfig:
     """The parts of the job's configuration that say where its copies are."""
     dest_prefix = state.config.get("dest_prefix")
+    # one bucket name on two endpoints is two buckets (BackupConfig's same-bucket check)
+    source_endpoint, dest_endpoint = (
+        value if isinstance(value := state.config.get(name), str) else None
+        for name in ("source_endpoint_url", "dest_endpoint_url")
+    )
     return BackupConfig(
         source_bucket=state.source_bucket,
         source_path=state.source_path,
         dest_bucket=state.dest_bucket,
         base_local_path=Path(str(state.config.get("base_local_path") or ".")),
         dest_prefix=dest_prefix if isinstance(dest_prefix, str) else None,
+        source_endpoint_url=source_endpoint,
+        dest_endpoint_url=dest_endpoint,
     )
 
 
@@ -610,7 +617,12 @@ async def verify_state(
     source = S3Source(source_client, state.source_bucket, policy)
     dest = S3Source(dest_client, state.dest_bucket, policy)
     done_keys = set(done)
-    mapped = {job.dest_key(key): key for key in done} if job.dest_prefix is not None else None
+    mapped = (
+        # SOURCE_PATH/ itself has no key under --dest-prefix '' (dest_key): reported missing
+        {job.dest_key(k): k for k in done if job.dest_prefix or k != job.source_prefix}
+        if job.dest_prefix is not None
+        else None
+    )
 
     def in_job(key: str) -> str | None:
         return key if key in done_keys else None

@@ -509,7 +509,6 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
 async def _s3_command(args: argparse.Namespace) -> int:
     config = s3_config(args)
     if args.dry_run:
-        _check_report_path(args)
         return await _dry_run(config, args)
     return await _run_and_summarize(
         args, lambda observer, stop: run_backup(config, observer=observer, stop=stop)
@@ -551,6 +550,7 @@ async def _with_progress(
 
 
 async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
+    _check_report_path(args)
     plan = await _until_signal(plan_backup(config))
     if plan is None:
         log.warning("interrupted; a dry run changes nothing")

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .errors import ConfigError
+from .checkpoint import endpoint_for_checkpoint
+from .errors import ConfigError, ObjectError
 
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB
@@ -140,16 +141,11 @@ class BackupConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
-        if (
-            self.source_bucket == self.dest_bucket
-            and self.effective_source_endpoint == self.effective_dest_endpoint
-            and self.dest_list_prefix.startswith(self.source_prefix)
-        ):
-            raise ConfigError(
-                "the copies would go under SOURCE_PATH in the source bucket itself (onto the "
-                "objects, or where the next run copies them again): give another --dest-bucket "
-                "or a --dest-prefix outside SOURCE_PATH"
-            )
+        # Known before the clients are made when the flags give both endpoints, or one
+        # profile (or none) gives both sides the same; else checked once they are made.
+        source, dest = self.effective_source_endpoint, self.effective_dest_endpoint
+        if (source and dest) or (not source and not dest and self.same_profile):
+            self.check_not_onto_source(source, dest)
         if self.sse is not None and self.sse not in SSE_CHOICES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
@@ -169,6 +165,30 @@ class BackupConfig:
             raise ConfigError("--max-bandwidth must be at least 1KB/s")
 
     @property
+    def same_profile(self) -> bool:
+        return self.source_profile == self.dest_profile
+
+    def check_not_onto_source(self, source_endpoint: str | None, dest_endpoint: str | None) -> None:
+        """Refuse copies into SOURCE_PATH's own area of the source bucket, with the endpoints
+        the clients use (a flag's, a profile's, ``AWS_ENDPOINT_URL``'s): under SOURCE_PATH
+        (onto the objects, or where the next run copies them again), or above it
+        (SOURCE_PATH/SOURCE_PATH/x lands on SOURCE_PATH/x)."""
+        if (
+            self.source_bucket == self.dest_bucket
+            # one store however its URL is spelled (a trailing /, the host's case, :80)
+            and endpoint_for_checkpoint(source_endpoint) == endpoint_for_checkpoint(dest_endpoint)
+            and (
+                self.dest_list_prefix.startswith(self.source_prefix)
+                or self.source_prefix.startswith(self.dest_list_prefix)
+            )
+        ):
+            raise ConfigError(
+                "the copies would go under SOURCE_PATH in the source bucket itself (onto the "
+                "objects, or where the next run copies them again): give another --dest-bucket "
+                "or a --dest-prefix outside SOURCE_PATH (and not above it)"
+            )
+
+    @property
     def source_prefix(self) -> str:
         """The listing prefix: ``SOURCE_PATH/`` so that ``a/b1`` is not part of ``a/b``."""
         return f"{self.source_path}/" if self.source_path else ""
@@ -186,14 +206,28 @@ class BackupConfig:
         if self.dest_prefix is None:
             return key
         relative = key[len(self.source_prefix) :]
+        if not self.dest_prefix and not relative:
+            # SOURCE_PATH/ itself (a folder marker) at the bucket root: no object can be there,
+            # and a request for the empty key goes to the bucket itself (S3: CreateBucket, 200)
+            raise ObjectError(
+                "InvalidDestinationKey",
+                f"{key!r} is SOURCE_PATH/ itself, which --dest-prefix '' puts at the bucket "
+                "root, where no object can be; leave it out with --exclude '' or give "
+                "another --dest-prefix",
+            )
         return f"{self.dest_prefix}/{relative}" if self.dest_prefix else relative
 
     @property
     def dest_list_prefix(self) -> str:
         """The destination prefix that holds this job's copies."""
-        if self.dest_prefix is None:
+        return self.list_prefix_with(self.dest_prefix)
+
+    def list_prefix_with(self, dest_prefix: str | None) -> str:
+        """The destination prefix of this job's copies with ``--dest-prefix dest_prefix``."""
+        if dest_prefix is None:
             return self.source_prefix
-        return f"{self.dest_prefix}/" if self.dest_prefix else ""
+        dest_prefix = normalize_source_path(dest_prefix)
+        return f"{dest_prefix}/" if dest_prefix else ""
 
     def part_size_for(self, size: int) -> int:
         return grown_part_size(self.part_size, size)

@@ -103,7 +103,10 @@ class FakeRepo:
     owner: str = "acme"
     fork: bool = False
     archived: bool = False
-    has_issues: bool = True
+    private: bool = False  # left out of /users/{owner}/repos, as on GitHub
+    has_issues: bool = True  # False: /issues answers 410; /issues/comments still lists the
+    # comments of pull request conversations (every pull request is an issue)
+    has_pull_requests: bool = True  # False: /pulls... answer a bare 404, as on GitHub
     has_wiki: bool = True
     pushed_at: str = "2024-01-01T00:00:00Z"
     status: int | None = None  # every API and git request of the repository answers this
@@ -141,6 +144,7 @@ class FakeGitHub:
         self.repos: dict[str, FakeRepo] = {}
         self.assets: dict[int, bytes] = {}
         self.assets_direct = False  # the API answers asset downloads itself (200), no redirect
+        self.lists_have_pull_requests = True  # False: repository lists lack has_pull_requests
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -202,10 +206,11 @@ class FakeGitHub:
             "name": repo.name,
             "full_name": f"{repo.owner}/{repo.name}",
             "owner": {"login": repo.owner, "type": self.owner_type},
-            "private": False,
+            "private": repo.private,
             "fork": repo.fork,
             "archived": repo.archived,
             "has_issues": repo.has_issues,
+            "has_pull_requests": repo.has_pull_requests,
             "has_wiki": repo.has_wiki,
             "pushed_at": repo.pushed_at,
             "size": 1,
@@ -330,7 +335,13 @@ class FakeGitHub:
         return _json({"login": self.owner, "type": self.owner_type})
 
     async def _repos(self, request: web.Request) -> web.Response:
-        return self._paginate(request, [self.record(r) for r in self.repos.values()])
+        public_only = request.path.startswith("/api/users/")  # another user's: public ones
+        repos = [r for r in self.repos.values() if not (public_only and r.private)]
+        records = [self.record(r) for r in repos]
+        if not self.lists_have_pull_requests:
+            for record in records:
+                del record["has_pull_requests"]
+        return self._paginate(request, records)
 
     def _find(self, request: web.Request) -> FakeRepo | web.Response:
         repo = self.repos.get(request.match_info["repo"])
@@ -351,6 +362,14 @@ class FakeGitHub:
         if isinstance(repo, web.Response):
             return repo
         what = request.match_info["what"]
+        if what.startswith("pulls") and not repo.has_pull_requests:
+            return _json({"message": "Not Found"}, 404)
+        if what == "issues" and not repo.has_issues:
+            return _json({"message": "Issues are disabled for this repo"}, 410)
+        # what is left with issues off: pull request conversation comments, unless those
+        # are off too
+        if what == "issues/comments" and not (repo.has_issues or repo.has_pull_requests):
+            return _json({"message": "Not Found"}, 404)
         if what.startswith("issues") and repo.issues_status is not None:
             return _json({"message": "Issues are disabled for this repo"}, repo.issues_status)
         items = {

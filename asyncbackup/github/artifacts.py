@@ -36,7 +36,9 @@ from .listing import (
     VERSIONS,
     WIKI,
     Artifact,
+    MetadataKind,
     Note,
+    turned_off,
 )
 from .ratelimit import Sleep
 
@@ -55,6 +57,12 @@ def file_md5(path: Path) -> tuple[int, bytes]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.digest()
+
+
+def _component(name: str) -> str:
+    """A name from the API as one path component: a name is not a path (``/`` is encoded
+    too; ``encode_segment`` encoded ``%`` already, so distinct names stay distinct)."""
+    return encode_segment(name).replace("/", "%2F")
 
 
 class Skip(Exception):
@@ -150,6 +158,13 @@ class ArtifactCopier:
                 raise Skip(f"the repository is empty (409: {exc.message})") from exc
             if exc.status == 410 and item.kind in ("issues", "issue-comments"):
                 raise Skip("issues are disabled for this repository (410)") from exc
+            # a feature turned off (pull requests) answers a bare 404, as a repository
+            # gone: the repository's record tells them apart
+            meta = METADATA_BY_KIND.get(item.kind)
+            if exc.status == 404 and meta is not None and meta.needs:
+                reason = await self._turned_off(item, meta)
+                if reason is not None:
+                    raise Skip(f"{reason} (404)") from exc
             raise
         except GitError as exc:
             if exc.code == "GitEmpty":
@@ -171,6 +186,15 @@ class ArtifactCopier:
                 return False
             raise
         return True
+
+    async def _turned_off(self, item: Artifact, meta: MetadataKind) -> str | None:
+        """Why the repository's record says it has no ``meta``, or None."""
+        try:
+            answer = await self.client.get(self.client.url(f"/repos/{item.owner}/{item.repo}"))
+            record = answer.json()
+        except ObjectError:
+            return None  # the 404 stands
+        return turned_off(meta, record, lenient=True) if isinstance(record, dict) else None
 
     async def _unchanged(self, key: str, version: str) -> bool:
         before = self.previous.get(VERSIONS, {}).get(key)
@@ -198,13 +222,12 @@ class ArtifactCopier:
         if await self._unchanged(item.key, version):
             return 0
         name = f"{item.repo}.wiki.git" if item.kind == WIKI else f"{item.repo}.git"
-        mirror = self.staging.root / ".mirrors" / encode_segment(item.owner) / encode_segment(name)
+        mirror = self.staging.root / ".mirrors" / _component(item.owner) / _component(name)
         await self.git.mirror(item.url, mirror)
         tmp = self.staging.temp_path()
         try:
             try:
-                await self.git.bundle(mirror, tmp)
-                await self.git.verify(mirror, tmp)
+                await self._sound_bundle(mirror, tmp)
                 size, md5 = await asyncio.to_thread(file_md5, tmp)
                 meta_name = "refs-sha256" if item.kind == WIKI else "pushed-at"
                 await self._upload(
@@ -221,6 +244,22 @@ class ArtifactCopier:
                 await asyncio.to_thread(shutil.rmtree, mirror, True)
         self.note(VERSIONS, item.key, version)
         return size
+
+    async def _sound_bundle(self, mirror: Path, out: Path) -> None:
+        """Bundle ``mirror`` to ``out`` and check it reads whole. A mirror that gives no sound
+        bundle is damaged (on disk, by a crash): it is removed, and the next try clones."""
+        try:
+            await self.git.bundle(mirror, out)
+            await self.git.verify(mirror, out, self.staging.temp_path())
+        except GitError as exc:
+            if exc.code == "GitEmpty" or "no space left" in exc.message.lower():
+                raise
+            await asyncio.to_thread(shutil.rmtree, mirror, True)
+            raise GitError(
+                "GitBundleFailed",
+                f"{exc.message} (the mirror is removed: the next try clones again)",
+                retryable=True,
+            ) from exc
 
     async def _metadata(self, item: Artifact) -> int:
         meta = METADATA_BY_KIND[item.kind]

@@ -5,7 +5,10 @@ writer task owns the checkpoint (``<base>/checkpoints/github_<OWNER>.checkpoint`
 schema). ETags, ``pushed_at`` values and release asset lists are kept in top-level checkpoint
 sections through ``Pipeline.note``; when a completed checkpoint is archived, the next run starts
 a new one carrying those sections forward, so unchanged repositories cost neither a clone nor
-API quota.
+API quota. A run that gets to the end with errors says so in the checkpoint
+(``github_ended_with_errors``), and the next run is a new pass over everything, not a retry of
+the failures alone: one repository that fails for good (a 451) must not keep the others' new
+pushes out of the backup.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..checkpoint import (
     check_dest_endpoint,
     checkpoint_path,
     endpoint_for_checkpoint,
+    now_iso,
     read_checkpoint,
 )
 from ..errors import (
@@ -63,6 +67,8 @@ from .ratelimit import Clock, RateGate, Sleep
 log = logging.getLogger("asyncbackup")
 
 USER_AGENT = "asyncbackup (+https://github.com/)"
+#: the checkpoint section of a run that got to the end with errors: when, and what failed
+ENDED_WITH_ERRORS = "github_ended_with_errors"
 
 
 def _checkpoint_config(config: GitHubBackupConfig, dest_endpoint: str | None) -> dict[str, Any]:
@@ -156,12 +162,23 @@ async def run_github_backup(
         )
         if resumed:
             check_dest_endpoint(path, state.config, dest_endpoint)
-            log.info(
-                "resuming %s: %d of %d artifacts already done",
-                path,
-                state.processed_files,
-                state.total_files,
-            )
+            ended = state.extra.pop(ENDED_WITH_ERRORS, None)
+            if isinstance(ended, dict):
+                again = new_pass(state, ended)
+                log.info(
+                    "the last run of %s ended with %d errors: a new pass over every repository "
+                    "(%d artifacts to look at again; unchanged ones are not copied again)",
+                    path,
+                    len(state.errors),
+                    again,
+                )
+            else:
+                log.info(
+                    "resuming %s: %d of %d artifacts already done",
+                    path,
+                    state.processed_files,
+                    state.total_files,
+                )
         elif not config.ignore_checkpoints:
             carried = await asyncio.to_thread(carry_forward, manager, state, config.api_url)
             if carried is not None:
@@ -269,7 +286,9 @@ async def _resolve_owner(
                     f"GitHub refused {variable} (401 {exc.message.split(' (GET')[0]}); check "
                     "that the token is valid and not expired"
                 ) from None
-            if exc.status != 403:  # app installation tokens cannot read /user
+            # app installation tokens cannot read /user; a rate limit that never lifted
+            # (retryable) is no answer: the token's own private repositories would be missed
+            if exc.status != 403 or exc.retryable:
                 raise
         try:
             account = (await client.get(client.url(f"/users/{config.owner}"), attempts=2)).json()
@@ -335,6 +354,20 @@ def carry_forward(manager: CheckpointManager, state: CheckpointState, api_url: s
     return None
 
 
+def new_pass(state: CheckpointState, ended: dict[str, Any]) -> int:
+    """Make the checkpoint of a run that ended with errors the start of a new pass: every
+    artifact done is looked at again (its ETag, ``pushed_at`` or ``updated_at`` says whether it
+    changed), and the failed ones are tried again. An artifact that failed then and is now
+    ``true`` was marked done by hand to skip it, and stays so. Return how many are reset."""
+    failed = {key for key in ended.get("failed") or () if isinstance(key, str)}
+    again = [key for key, done in state.files.items() if done is True and key not in failed]
+    for key in again:
+        state.files[key] = False
+    state.processed_files = sum(1 for done in state.files.values() if done is True)
+    state.processed_bytes = 0  # the bytes copied by this pass (a listing's sizes are estimates)
+    return len(again)
+
+
 def _prune_notes(state: CheckpointState) -> None:
     """Forget versions, ETags and listings of artifacts no longer in the job."""
     for section in (ETAGS, VERSIONS):
@@ -369,6 +402,8 @@ def _conclude(
 ) -> BackupReport:
     if not result.stopped and result.listing_complete:
         _prune_notes(state)
+        if state.errors:  # the next run is a new pass (``new_pass``)
+            state.extra[ENDED_WITH_ERRORS] = {"at": now_iso(), "failed": sorted(state.errors)}
         manager.flush(state)
     return conclude(
         manager,
@@ -380,4 +415,4 @@ def _conclude(
     )
 
 
-__all__ = ["carry_forward", "repo_prefix", "run_github_backup"]
+__all__ = ["carry_forward", "new_pass", "repo_prefix", "run_github_backup"]

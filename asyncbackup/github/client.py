@@ -96,9 +96,10 @@ class Fetched:
     items: int = 0
 
 
-def _message(body: bytes, reason: str) -> str:
+def _message(body: bytes, reason: str, secret: str = "") -> str:
     """GitHub's JSON ``message``, a plain-text body, or for an HTML page (a proxy's or load
-    balancer's error page) the status line's reason: never markup in an error."""
+    balancer's error page) the status line's reason: never markup in an error, nor
+    ``secret`` (a page that echoes the request would show the token)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -107,6 +108,8 @@ def _message(body: bytes, reason: str) -> str:
             text = reason
     else:
         text = str(data.get("message", "")) if isinstance(data, dict) else ""
+    if secret:
+        text = text.replace(secret, "***")  # before it is cut: no part of it either
     return " ".join(text.split())[:300]
 
 
@@ -125,6 +128,7 @@ class GitHubClient:
     ) -> None:
         self.session = session
         self.api_url = api_url.rstrip("/")
+        self._token = token
         self._auth = {"Authorization": f"Bearer {token}"}
         self.gate = gate
         self.slots = slots
@@ -153,6 +157,13 @@ class GitHubClient:
 
         With ``save_to``, a 200's body is streamed to that file (``Answer.saved``), never
         held in memory: an asset the server answers itself may be gigabytes."""
+        if _origin(url) != _origin(self.api_url):  # a next link, an asset URL elsewhere
+            parts = urlsplit(url)
+            raise ObjectError(
+                "NotTheAPI",
+                f"not sending the token to {parts.scheme}://{parts.netloc}, which is not the "
+                f"API's origin (a link or asset URL of {self.api_url}); check --api-url",
+            )
         headers = {**self._auth, "Accept": accept, "X-GitHub-Api-Version": API_VERSION}
         if etag:
             headers["If-None-Match"] = etag
@@ -182,7 +193,7 @@ class GitHubClient:
                     raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
                 await self.sleep(self.backoff.delay(attempt))
                 continue
-            message = _message(body, reason) if status >= 400 else ""
+            message = _message(body, reason, self._token) if status >= 400 else ""
             if self.gate.observe(status, answer_headers, message):
                 limited += 1
                 if limited > _MAX_RATE_LIMIT_RETRIES:
@@ -345,6 +356,15 @@ def last_page_full(page_sizes: list[int]) -> bool:
     return page_sizes[-1] >= full
 
 
-def _origin(url: str) -> tuple[str, str]:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default one when none is written) of ``url``."""
     parts = urlsplit(url)
-    return parts.scheme, parts.netloc
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a port: an origin of its own, never the API's
+        return scheme, parts.netloc, -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)

@@ -154,13 +154,16 @@ class GitRunner:
             text = text.replace(self._token, "***")
         return text[-400:]
 
-    async def run(self, args: Sequence[str], *, cwd: Path | None = None) -> str:
-        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr."""
+    async def run(
+        self, args: Sequence[str], *, cwd: Path | None = None, label: str | None = None
+    ) -> str:
+        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr.
+        ``label``: what ``commands`` records (default: the subcommand)."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
         argv += args
         async with self.slots:
-            self.commands.append(args[0])
+            self.commands.append(label or args[0])
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
@@ -249,9 +252,18 @@ class GitRunner:
         await self.run(["bundle", "create", "--quiet", str(out), *excludes, "--all"], cwd=mirror)
         return refs
 
-    async def verify(self, mirror: Path, bundle: Path) -> None:
-        """``git bundle verify``: the bundle is whole and needs no other objects."""
+    async def verify(self, mirror: Path, bundle: Path, scratch: Path) -> None:
+        """The bundle is whole and needs no other objects: ``git bundle verify`` (its header
+        and prerequisites), then a clone from it into ``scratch`` (removed after), which
+        reads and hashes every object and checks every ref's history is there.
+        ``bundle verify`` alone does not read the pack, and ``bundle create`` copies the
+        bytes of a damaged mirror's pack as they are: such a bundle would not restore."""
         await self.run(["bundle", "verify", "--quiet", str(bundle)], cwd=mirror)
+        try:
+            clone = ["clone", "--mirror", "--quiet", "--", str(bundle), str(scratch)]
+            await self.run(clone, label="verify")  # not a clone from GitHub
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
 
     async def refs(self, repository: Path) -> list[tuple[str, str]]:
         out = await self.run(["for-each-ref", "--format=%(objectname)\t%(refname)"], cwd=repository)

@@ -39,6 +39,8 @@ VERSIONS = "github_versions"
 RELEASE_LISTING = "github_release_listing"
 SKIPPED = "github_skipped"
 CARRIED_SECTIONS = (ETAGS, VERSIONS, RELEASE_LISTING)
+_ISSUES, _PULLS = "has_issues", "has_pull_requests"
+_FEATURES = {_ISSUES: "issues", _PULLS: "pull requests"}
 #: readings of the repository list after the first, while one still finds repositories
 _REREADS = 3
 
@@ -50,7 +52,26 @@ class MetadataKind:
     path: str  # relative to /repos/{owner}/{repo}
     paginated: bool
     params: tuple[tuple[str, str], ...] = ()
-    needs_issues: bool = False
+    #: repository record fields (``has_issues``...) for features a repository can turn off:
+    #: the resource is there while any of them is on
+    needs: tuple[str, ...] = ()
+
+
+def turned_off(
+    meta: MetadataKind, record: Mapping[str, Any], *, lenient: bool = False
+) -> str | None:
+    """Why the repository of ``record`` has no ``meta`` to copy, or None: every feature it
+    needs is off. ``lenient`` (the resource answered 404 or 410): none is on and one is off,
+    a field the record lacks (an older server) not counting."""
+    states = [record.get(name) for name in meta.needs]
+    if lenient:
+        off = False in states and True not in states
+    else:
+        off = bool(states) and all(state is False for state in states)
+    if not off:
+        return None
+    names = [_FEATURES[n] for n, state in zip(meta.needs, states, strict=True) if state is False]
+    return f"{' and '.join(names)} are disabled for this repository"
 
 
 _BY_CREATION = (("sort", "created"), ("direction", "asc"))
@@ -62,7 +83,7 @@ METADATA: tuple[MetadataKind, ...] = (
         "/issues",
         paginated=True,
         params=(("state", "all"), *_BY_CREATION),
-        needs_issues=True,
+        needs=(_ISSUES,),
     ),
     MetadataKind(
         "issue-comments",
@@ -70,10 +91,24 @@ METADATA: tuple[MetadataKind, ...] = (
         "/issues/comments",
         paginated=True,
         params=_BY_CREATION,
-        needs_issues=True,
+        needs=(_ISSUES, _PULLS),  # every pull request is an issue: its conversation too
     ),
-    MetadataKind("pulls", "pulls.json", "/pulls", True, (("state", "all"), *_BY_CREATION)),
-    MetadataKind("pull-comments", "pull-comments.json", "/pulls/comments", True, _BY_CREATION),
+    MetadataKind(
+        "pulls",
+        "pulls.json",
+        "/pulls",
+        paginated=True,
+        params=(("state", "all"), *_BY_CREATION),
+        needs=(_PULLS,),
+    ),
+    MetadataKind(
+        "pull-comments",
+        "pull-comments.json",
+        "/pulls/comments",
+        paginated=True,
+        params=_BY_CREATION,
+        needs=(_PULLS,),
+    ),
     MetadataKind("releases", "releases.json", "/releases", paginated=True),
 )
 METADATA_BY_KIND = {m.kind: m for m in METADATA}
@@ -268,8 +303,9 @@ class Lister:
         api = self.client.url(f"/repos/{owner}/{name}")
         for meta in METADATA:
             key = f"{prefix}/{meta.filename}"
-            if meta.needs_issues and repo.get("has_issues") is False:
-                self.note(SKIPPED, key, "issues are disabled for this repository")
+            reason = turned_off(meta, repo)
+            if reason is not None:
+                self.note(SKIPPED, key, reason)
                 continue
             params: dict[str, str | int] = dict(meta.params)
             if meta.paginated:
@@ -327,6 +363,7 @@ class Lister:
         rows: list[list[Any]] = []
         pages: PageTags = []
         page_sizes: list[int] = []
+        keys: set[str] = set()
         url: str | None = self.client.url(f"/repos/{owner}/{name}/releases", {"per_page": PER_PAGE})
         while url is not None:
             answer = await self.client.get(url)
@@ -340,9 +377,13 @@ class Lister:
                     else str(release["tag_name"])
                 )
                 for asset in release.get("assets", ()):
+                    key = f"{prefix}/releases/{folder}/{asset['name']}"
+                    if key in keys:  # its release was pushed onto the next page meanwhile
+                        continue
+                    keys.add(key)
                     rows.append(
                         [
-                            f"{prefix}/releases/{folder}/{asset['name']}",
+                            key,
                             int(asset.get("size") or 0),
                             str(asset["url"]),
                             f"{asset.get('updated_at', '')} {asset.get('size', 0)}",

@@ -40,6 +40,7 @@ EXPECTED = {
     "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz",
     "github/acme/beta.bundle",
     "github/acme/beta/repository.json",
+    "github/acme/beta/issue-comments.json",  # issues off: pull request conversations stay
     "github/acme/beta/pulls.json",
     "github/acme/beta/pull-comments.json",
     "github/acme/beta/releases.json",
@@ -210,15 +211,19 @@ async def test_unavailable_repositories_are_recorded_and_the_run_goes_on_through
                 await run_github_backup(clock=clock, sleep=clock.sleep, **moved)
             assert not [r for r in elsewhere.requests if r.method in ("PUT", "POST")]
 
-        # the repositories come back: the next run retries only what failed
+        # the repositories come back: the next run retries what failed, in a new pass that
+        # copies nothing unchanged again
         github.repos["dmca"].status = None
         make_repository(github.git_dir("dmca"), commits=1, tags=0, pull_ref=False)
         make_repository(github.git_dir("ghost"), commits=1, tags=0, pull_ref=False)
         alpha_posts = len(github.git_requests("alpha"))
+        seen = len(github.seen)
         second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
         assert second.status == "completed", second.errors
-        assert second.resumed and second.copied_files == 8
+        assert second.resumed and not second.errors
         assert len(github.git_requests("alpha")) == alpha_posts
+        alpha = [s for s in github.seen[seen:] if s.path.startswith("/api/repos/acme/alpha/")]
+        assert alpha and {s.status for s in alpha} == {304}  # its metadata: unchanged
         restored = restore(s3, buckets.dest, "github/acme/ghost.bundle", tmp_path)
         assert refs(restored) == refs(github.git_dir("ghost"))
 
@@ -656,3 +661,47 @@ async def test_a_repository_created_past_a_full_last_page_is_found_by_the_second
         keys = set(list_keys(s3, buckets.dest))
         assert {"github/acme/zzz.bundle", "github/acme/zzz/repository.json"} <= keys
         assert keys >= EXPECTED
+
+
+async def test_a_repository_failing_for_good_does_not_keep_new_pushes_out(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A repository taken down (451 for ever) ends every run with errors. The run after one
+    that got to the end is a new pass: a push to another repository is backed up (before,
+    the resume retried the failures alone and the bundle stayed stale for good), unchanged
+    ones are not fetched, and a failure marked done by hand stays skipped."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        github.add_repo(FakeRepo("dmca", status=451, has_wiki=False))
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base)
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed_with_errors"
+        assert len(first.errors) == 7 and all("/dmca" in key for key in first.errors)
+        path = first.checkpoint_path
+        ended = orjson.loads(path.read_bytes())["github_ended_with_errors"]
+        assert ended["failed"] == sorted(first.errors)
+
+        # the operator gives up on one of the failures: marked done by hand
+        data = orjson.loads(path.read_bytes())
+        data["files"]["github/acme/dmca/issues.json"] = True
+        path.write_bytes(orjson.dumps(data))
+        new_sha = add_commit(github.git_dir("beta"), "after the takedown")
+        github.repos["beta"].pushed_at = "2024-03-01T00:00:00Z"
+        alpha_requests = len(github.git_requests("alpha"))
+        seen = len(github.seen)
+
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed_with_errors" and second.resumed
+        assert set(second.errors) == set(first.errors) - {"github/acme/dmca/issues.json"}
+        restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+        assert refs(restored)["refs/heads/main"] == new_sha
+        assert len(github.git_requests("alpha")) == alpha_requests
+        asked = [s.path for s in github.seen[seen:]]
+        assert "/api/repos/acme/dmca/issues" not in asked
+        assert "/api/repos/acme/dmca/pulls" in asked  # the failures are tried again
+        state = read_checkpoint(path)
+        assert state.files["github/acme/beta.bundle"] is True
+        assert state.files["github/acme/dmca/issues.json"] is True
+        assert state.processed_files == len(state.files) - len(second.errors)
+        assert state.extra["github_ended_with_errors"]["failed"] == sorted(second.errors)

@@ -115,10 +115,10 @@ async def test_sigkill_then_resume_copies_only_what_was_left(
         github.storage_gate = asyncio.Event()  # the release asset hangs until released
         process = await start_run(github, s3_server.endpoint, buckets.dest, base)
         deadline = time.monotonic() + 90
-        # 29 artifacts: everything but the asset gets done, then the run hangs on it
-        while done_count(checkpoint) < 28 and time.monotonic() < deadline:
+        # 30 artifacts: everything but the asset gets done, then the run hangs on it
+        while done_count(checkpoint) < 29 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        assert done_count(checkpoint) == 28
+        assert done_count(checkpoint) == 29
         process.send_signal(signal.SIGKILL)
         _, err = await process.communicate()
         assert process.returncode == -signal.SIGKILL
@@ -139,7 +139,7 @@ async def test_sigkill_then_resume_copies_only_what_was_left(
             clock=clock, sleep=clock.sleep, **config(github, s3_server.endpoint, buckets.dest, base)
         )
         assert report.status == "completed", report.errors
-        assert report.resumed and report.skipped_files == 28
+        assert report.resumed and report.skipped_files == 29
         assert report.copied_files == 1 and report.copied_bytes == len(ASSET)
         assert len([s for s in github.git_seen if s.method == "POST"]) == git_posts  # no clone
         # one reading of the list, and one more that costs nothing: 304 Not Modified
