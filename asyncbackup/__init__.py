@@ -5,6 +5,7 @@ imported on first use: it brings aiohttp, which an S3 run whose requests all tak
 never needs (75 ms of its start-up).
 """
 
+import logging as _logging
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
@@ -29,6 +30,10 @@ from .report import BackupReport
 
 if _TYPE_CHECKING:
     from .github import GitHubBackupConfig, run_github_backup
+
+# A library prints nothing: without this, Python's last-resort handler prints the warnings
+# of the "asyncbackup" logger on stderr in a program that configured no logging.
+_logging.getLogger("asyncbackup").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AsyncBackupError",

@@ -22,9 +22,10 @@ from .checkpoint import (
     checkpoint_path,
     endpoint_for_checkpoint,
     read_checkpoint,
+    recorded_patterns,
 )
 from .config import BackupConfig
-from .errors import CheckpointMismatchError, FatalRunError, ObjectError
+from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import fatal_when_failed, filtered, mark_unchanged
@@ -86,7 +87,9 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
     _check_dest_prefix(stored, config, path)
     if "include" not in stored and "exclude" not in stored:
         return  # written by hand or by an older tool: nothing to compare
-    before = KeyFilter(tuple(stored.get("include") or ()), tuple(stored.get("exclude") or ()))
+    before = KeyFilter(
+        recorded_patterns(path, stored, "include"), recorded_patterns(path, stored, "exclude")
+    )
     if (before.include, before.exclude) != (config.include, config.exclude):
         now = KeyFilter(config.include, config.exclude)
         raise CheckpointMismatchError(
@@ -404,6 +407,11 @@ async def with_object_retries(copy: Process, item: WorkItem) -> int:
         try:
             return await copy(item)
         except ObjectError as exc:
+            if exc.code == "InvalidStorageClass":  # the flag, not the object: say it once
+                raise ConfigError(
+                    f"the destination refused --storage-class ({exc}); give a storage class "
+                    "it supports, then run again to resume"
+                ) from exc
             if exc.code in FATAL_CODES:
                 raise FatalRunError(
                     f"stopping: {exc} (on {item.key!r}); check the credentials and "

@@ -466,8 +466,15 @@ class CheckpointLock:
             # The holder released (and unlinked) the file between our open and flock: the
             # lock we got is on a file nobody else will see. Take the current one instead.
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # a full disk fails here
+        except BaseException:
+            # Let go of the lock, or it stays with this process until it exits: every
+            # later run in it (an embedding program trying again) would be "in use".
+            self._fd = fd
+            self.release()
+            raise
         self._fd = fd
 
     def _still_linked(self, fd: int) -> bool:
@@ -558,6 +565,17 @@ def endpoint_for_checkpoint(url: str | None) -> str | None:
     return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
+def recorded_patterns(path: Path, stored: dict[str, Any], name: str) -> tuple[str, ...]:
+    """The glob patterns a checkpoint's ``config`` records under ``name`` (``include`` or
+    ``exclude``); anything but a list of strings there is a corrupt checkpoint."""
+    value = stored.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _corrupt(path, f"field 'config.{name}' must be a list of glob patterns")
+    return tuple(value)
+
+
 def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:
     """A resume must copy to the store where the files the checkpoint marks done are: another
     endpoint (another server, with a bucket of the same name) would be left without them."""
@@ -567,7 +585,11 @@ def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None
     if recorded is not None and not isinstance(recorded, str):
         return
     now = endpoint_for_checkpoint(endpoint)
-    if endpoint_for_checkpoint(recorded) != now:
+    try:
+        before = endpoint_for_checkpoint(recorded)
+    except ValueError:  # a hand edit's typo: "http://[::1", say
+        raise _corrupt(path, "field 'config.dest_endpoint_url' is not a URL") from None
+    if before != now:
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with destination endpoint {recorded or 'AWS'} (the "
             f"copies it marks done are there), this run's is {now or 'AWS'}; resume with the "
@@ -632,10 +654,19 @@ class CheckpointManager:
                         pid = name[len(prefix) : -len(suffix)]
                         if name.startswith(prefix) and name.endswith(suffix) and pid.isdigit():
                             leftover.unlink(missing_ok=True)
-        except OSError as exc:
+        except BaseException as exc:
+            # Not kept by a failed open: the same process could never run again.
+            self.lock.release()
+            if not isinstance(exc, OSError):
+                raise
+            what = (
+                "free space on its disk"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "make it writable by this user"
+            )
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "
-                "make it writable by this user, or give the backup another --checkpoint-dir"
+                f"{what}, or give the backup another --checkpoint-dir"
             ) from exc
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 
@@ -26,11 +26,13 @@ from .checkpoint import write_atomic
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
+from .fdlimit import raise_open_file_limit
 from .logformat import LOG_FORMATS, make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
 from .printable import printable
 from .progress import Observer
+from .redact import redact
 from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from .github import GitHubBackupConfig
 
 log = logging.getLogger("asyncbackup")
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 GRACE_SECONDS = 5.0
@@ -520,6 +523,12 @@ def _check_report_path(args: argparse.Namespace) -> None:
             f"--report {report}: the directory {report.parent} does not exist or the path is a "
             "directory; give a file in an existing directory"
         )
+    # The report is written beside itself, then renamed: the directory must take new files.
+    if report is not None and not os.access(report.parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--report {report}: this user cannot write in {report.parent} (read-only or "
+            "its permissions); give a file in a directory this user can write"
+        )
 
 
 async def _with_progress(
@@ -542,7 +551,10 @@ async def _with_progress(
 
 async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
     _check_report_path(args)
-    plan = await plan_backup(config)
+    plan = await _until_signal(plan_backup(config))
+    if plan is None:
+        log.warning("interrupted; a dry run changes nothing")
+        return EXIT_INTERRUPTED
     print(
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
         f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
@@ -553,8 +565,41 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
     if plan.copy_files > len(plan.first_keys):
         print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
     if args.report:
-        write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+        try:
+            write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write --report {args.report}: {exc.strerror}; give a file this user "
+                "can write"
+            ) from exc
     return EXIT_OK
+
+
+async def _until_signal(work: Coroutine[Any, Any, T]) -> T | None:
+    """``await work``, or None once SIGINT or SIGTERM cancelled it (something that changes
+    nothing, such as a dry run, has nothing to finish first)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signalled = False
+
+    def on_signal() -> None:
+        nonlocal signalled
+        signalled = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _interruptible(
@@ -628,6 +673,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args)
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
+    raise_open_file_limit()  # and its open files (fdlimit.py)
     collect_less()
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
@@ -635,14 +681,14 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             return code
     except AsyncBackupError as exc:
         if args.debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line
         if args.debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         detail = " ".join(str(exc).split()) or type(exc).__name__
         _fatal(
             args,
@@ -655,6 +701,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
     """The one line that ends a failed run: plain, or a JSON record with --log-format json."""
+    message = redact(message)
     if getattr(args, "log_format", "text") == "json":
         log.error(message, extra={"exit_code": exit_code})
     else:

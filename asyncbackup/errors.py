@@ -22,11 +22,18 @@ Every message says what to do next and never contains a secret.
 
 from __future__ import annotations
 
+from .redact import redact
+
 
 class AsyncBackupError(Exception):
-    """Base class of every error asyncbackup raises on purpose."""
+    """Base class of every error asyncbackup raises on purpose.
+
+    Its message never holds the credentials of a URL it quotes (``redact``)."""
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ConfigError(AsyncBackupError):
@@ -80,7 +87,7 @@ class ObjectError(AsyncBackupError):
     def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(f"{code}: {' '.join(message.split())}")
         self.code = code
-        self.message = message
+        self.message = redact(message)
         self.retryable = retryable
 
 

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import orjson
 
 from .printable import printable
+from .redact import redact
 
 LOG_FORMATS = ("text", "json")
 _STANDARD = frozenset(
@@ -34,7 +35,7 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return redact(orjson.dumps(out, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -47,6 +48,9 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))  # the message and its traceback
 
 
 class StderrHandler(logging.StreamHandler[TextIO]):

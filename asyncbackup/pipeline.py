@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import CheckpointManager, CheckpointState
-from .errors import ObjectError
+from .errors import FatalRunError, ObjectError
 from .journal import Changes
 from .progress import NullObserver, Observer
 
@@ -106,6 +106,24 @@ async def close_listing(listing: AsyncIterator[Any]) -> None:
     close = getattr(listing, "aclose", None)
     if close is not None:
         await close()
+
+
+async def listing_or_stop(
+    pages: AsyncIterator[Sequence[WorkItem]], what: str, advice: str
+) -> AsyncIterator[Sequence[WorkItem]]:
+    """``pages``, with a failure of the listing made the run's: a listing cannot skip a page
+    the way a copy skips an object, so the run stops (the checkpoint valid) with a
+    ``FatalRunError`` that says ``what`` could not be listed and the ``advice``, rather than
+    end with the bare object error as if an object had failed."""
+    try:
+        async for page in pages:
+            yield page
+    except ObjectError as exc:
+        raise FatalRunError(
+            f"stopping: cannot list {what} ({exc}); {advice}, then run again to resume"
+        ) from exc
+    finally:
+        await close_listing(pages)
 
 
 def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

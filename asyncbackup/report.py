@@ -12,6 +12,7 @@ import orjson
 
 from .checkpoint import CheckpointManager, CheckpointState, now_iso
 from .config import OnComplete
+from .errors import CheckpointError
 from .pipeline import PipelineResult
 
 log = logging.getLogger("asyncbackup")
@@ -77,7 +78,19 @@ def conclude(
         status = "completed_with_errors"
     else:
         status = "completed"
-        archived = manager.finish(on_complete)
+        # The entry first: when the archive then fails, the checkpoint stays in place and the
+        # next run completes it again (a second entry); archived first, a failed entry would
+        # leave no way to write it but by hand.
+        try:
+            append_completion(manager.path, state, duration)
+            archived = manager.finish(on_complete)
+        except OSError as exc:
+            raise CheckpointError(
+                f"every file is copied, but the checkpoint directory {manager.path.parent} "
+                f"cannot be written ({exc.strerror}), so the checkpoint was not archived: free "
+                "space or fix permissions, then run the same command again to complete it "
+                "(it copies nothing again)"
+            ) from exc
         log_completion(manager.path, state, duration)
     return BackupReport(
         status=status,
@@ -99,7 +112,7 @@ def conclude(
 
 
 def log_completion(path: Path, state: CheckpointState, duration: float) -> None:
-    """The completion entry: a log line, and a JSON line in ``completions.log``."""
+    """The completion's log line (its JSON line: ``append_completion``)."""
     log.info(
         "backup %s complete: %d files, %d bytes from %s/%s to s3://%s in %.1fs",
         state.backup_id,
@@ -110,6 +123,10 @@ def log_completion(path: Path, state: CheckpointState, duration: float) -> None:
         state.dest_bucket,
         duration,
     )
+
+
+def append_completion(path: Path, state: CheckpointState, duration: float) -> None:
+    """The completion entry: a JSON line in ``completions.log`` beside the checkpoint."""
     entry = {
         "backup_id": state.backup_id,
         "completed": now_iso(),

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -26,9 +28,25 @@ from botocore.utils import get_environ_proxies
 from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
+from .redact import redact
 from .retry import RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
+
+#: answers to the start-up check that mean the credentials (or the policy) are refused
+_REFUSED = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "AllAccessDisabled",
+    }
+)
 
 
 class LazyClient:
@@ -106,11 +124,11 @@ async def open_client(
         "response_checksum_validation": "when_required",
     }
     options: dict[str, Any] = {}
-    if endpoint_url:
-        options["endpoint_url"] = endpoint_url
-        if _plain_http(endpoint_url):
-            options["verify"] = False
     try:
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+            if _plain_http(endpoint_url):  # parses it: a malformed URL raises ValueError
+                options["verify"] = False
         control = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = "--source-profile" if role == "source" else "--dest-profile"
@@ -119,7 +137,12 @@ async def open_client(
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
     except (ValueError, BotoCoreError) as exc:
-        raise ConfigError(f"cannot create the {role} S3 client: {exc}") from None
+        raise ConfigError(
+            f"cannot create the {role} S3 client: {str(exc).rstrip('.')}; check the {role}'s "
+            "endpoint URL, --region and profile"
+        ) from None
+    _refuse_user_info(role, client_endpoint(control))
+    _refuse_garbled_credentials(role, control)
 
     async def make() -> Any:
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
@@ -142,6 +165,45 @@ def _control_client(
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
     return client
+
+
+def _refuse_user_info(role: str, endpoint: str | None) -> None:
+    """An endpoint URL with credentials in it (``http://user:password@host``), however it was
+    given: S3 requests are signed with the access keys, so a user and password there are never
+    sent (the HTTP client under botocore refuses every request that would carry both)."""
+    if endpoint is None:
+        return
+    try:
+        parts = urlsplit(endpoint)
+        user_info = parts.username is not None or parts.password is not None
+    except ValueError:
+        return  # botocore took it: not for us to refuse
+    if user_info:
+        flag = "--source-endpoint-url" if role == "source" else "--dest-endpoint-url"
+        raise ConfigError(
+            f"the {role} endpoint URL (for {redact(endpoint)}) has a user or password in it "
+            "(user:password@), which S3 does not use; remove them from --endpoint-url, "
+            f"{flag}, AWS_ENDPOINT_URL or the profile's endpoint_url (the access keys come "
+            "from the profile or the AWS_* variables)"
+        )
+
+
+def _refuse_garbled_credentials(role: str, control: Any) -> None:
+    """Keys with a control character in them: a line break an env file with Windows line
+    ends leaves on each value, say. An access key or token with one cannot be sent (the HTTP
+    clients refuse such a header) and a secret with one signs wrongly. Credentials that
+    refresh themselves (assumed roles, SSO) are checked when they are fetched, by the server."""
+    credentials = control._get_credentials()
+    if credentials is None or isinstance(credentials, RefreshableCredentials):
+        return
+    values = (credentials.access_key, credentials.secret_key, credentials.token)
+    if any(value and not value.isprintable() for value in values):
+        flag = "--source-profile" if role == "source" else "--dest-profile"
+        raise ConfigError(
+            f"the {role} credentials hold a control character (a line break left by an env "
+            f"file with Windows line ends, say); check the keys of {flag} or the AWS_* "
+            "variables"
+        )
 
 
 def client_endpoint(client: S3Client) -> str | None:
@@ -193,7 +255,7 @@ async def check_bucket(
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
             ) from None
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        if code in _REFUSED:
             raise StoreUnavailableError(
                 f"access to {role} bucket {bucket!r} was refused ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
@@ -203,7 +265,10 @@ async def check_bucket(
                 f"no credentials for the {role}; set {flag} or the AWS_* variables"
             ) from None
         if isinstance(exc.__cause__, ClientError):
-            raise StoreUnavailableError(f"{role} bucket {bucket!r} is not usable: {code}") from None
+            raise StoreUnavailableError(
+                f"{role} bucket {bucket!r} is not usable ({exc}); check the bucket name, the "
+                "endpoint URL and --region"
+            ) from None
         raise StoreUnavailableError(
             f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"
         ) from None

@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import shutil
 import threading
 from hashlib import sha256
 from pathlib import Path
 
-from .errors import StagingFullError
+from .errors import ConfigError, StagingFullError
+
+log = logging.getLogger("asyncbackup")
 
 _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
@@ -109,6 +112,7 @@ class Staging:
         self._made: set[Path] = set()  # folders known to exist: no mkdir (and stat) per file
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
+        self._unremoved = False  # a staged file could not be removed (logged once)
 
     def prepare(self) -> None:
         """Create the tree and remove temporary files crashed runs left behind - not those of
@@ -123,9 +127,24 @@ class Staging:
                     else:
                         with contextlib.suppress(FileNotFoundError):
                             leftover.unlink()
+            self._probe()
         except OSError as exc:
             raise_if_disk_full(exc, self.base)
-            raise
+            raise ConfigError(
+                f"cannot use staging directory {self.base}: {exc.strerror} ({exc.filename}); "
+                "make it a directory this user can write, or point --base-local-path elsewhere"
+            ) from exc
+
+    def _probe(self) -> None:
+        """Fail now, not once per object, when staging cannot take files: a tree an earlier
+        run made (nothing to create here) on a file system since made read-only, or
+        folders this user may not write. Every staged file starts in the temporary folder
+        and is renamed into the tree."""
+        probe = self.temp_path()
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        probe.unlink()
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root))
 
     def path_for(self, key: str) -> Path:
         path = self.root / relative_path_for_key(key)
@@ -190,9 +209,28 @@ class Staging:
         return target
 
     def remove(self, path: Path) -> None:
-        """Delete a staged file and the folders it leaves empty (blocking)."""
-        with contextlib.suppress(FileNotFoundError):
+        """Delete a staged file and the folders it leaves empty (blocking).
+
+        A file that cannot be deleted stays: its copy is at the destination all the same, so
+        it must not fail the object (nor the run). The first such file is logged (a warning:
+        staging fills up), the others at debug level."""
+        try:
             path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            level = logging.DEBUG if self._unremoved else logging.WARNING
+            self._unremoved = True
+            log.log(
+                level,
+                "cannot remove staged file %s (%s); its copy is done, the file stays (and so "
+                "may others, logged with --debug) - fix the permissions of %s for --cleanup "
+                "to free the space",
+                path,
+                exc.strerror,
+                self.root,
+            )
+            return
         parent = path.parent
         with self._folders:
             while parent != self.root and is_within(self.root, parent):

@@ -57,6 +57,7 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The AWS Access Key Id you provided does not exist in our records.",
     ),
     "no_such_key": (404, "NoSuchKey", "The specified key does not exist."),
+    "expired_token": (400, "ExpiredToken", "The provided token has expired."),
     "signature_mismatch": (
         403,
         "SignatureDoesNotMatch",

@@ -39,7 +39,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 from ..partfeed import ByteBudget
-from ..pipeline import Pipeline, PipelineResult
+from ..pipeline import Pipeline, PipelineResult, listing_or_stop
 from ..progress import Observer
 from ..report import BackupReport, conclude
 from ..retry import AdaptiveLimiter, RetryPolicy
@@ -245,7 +245,12 @@ async def run_github_backup(
             cleanup=config.cleanup,
             sleep=sleep,
         )
-        await pipeline.run(lister.pages(), copier.process)
+        listing = listing_or_stop(
+            lister.pages(),
+            f"the repositories of {config.owner}",
+            "check the token's access, --api-url and the network",
+        )
+        await pipeline.run(listing, copier.process)
         stopped = pipeline.result.stopped
         await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
         log.info(

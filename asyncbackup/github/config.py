@@ -112,6 +112,10 @@ class GitHubBackupConfig:
             )
         if any(c.isspace() for c in token):
             raise ConfigError(f"the token in {self.token_env} contains whitespace; check it")
+        if not token.isprintable():  # an escape sequence pasted with it, say
+            raise ConfigError(
+                f"the token in {self.token_env} contains a control character; check it"
+            )
         return token
 
     def part_size_for(self, size: int) -> int:

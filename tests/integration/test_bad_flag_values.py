@@ -1,0 +1,145 @@
+"""Flag values that only the S3 client looks into: still one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets, S3Server
+from tests.helpers import cli_args
+from tests.proxy import Rule, S3Proxy
+from tests.reliability import (
+    CLI,
+    assert_identical,
+    checkpoint_file,
+    one_error_line,
+    put_parallel,
+    read_valid,
+    run_cli,
+    start_cli,
+    wait_for,
+)
+
+
+@pytest.mark.parametrize("flag", ["--endpoint-url", "--dest-endpoint-url"])
+def test_malformed_endpoint_url_is_a_usage_error(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, flag: str
+) -> None:
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, flag, "http://[::1", "--quiet"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "unexpected" not in line and "endpoint" in line, line
+
+
+def test_a_storage_class_the_destination_refuses_stops_the_run_with_one_line(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Not one InvalidStorageClass error per object (every object downloaded and staged for
+    nothing, then a summary of errors): the flag is wrong, and the run says so once."""
+    put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(30)})
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--storage-class", "NO_SUCH_CLASS", "--quiet", "--concurrency", "2"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "--storage-class" in line and "InvalidStorageClass" in line, line
+    state = read_valid(checkpoint_file(tmp_path, buckets.source, "p"))
+    assert not any(state.files.values()) and not state.errors
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+    again = run_cli([*args, "--storage-class", "STANDARD_IA", "--quiet"])
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 30
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"), [("expired_token", "ExpiredToken"), ("invalid_argument", "InvalidArgument")]
+)
+def test_refused_at_start_says_what_to_check(
+    proxy: S3Proxy, buckets: Buckets, tmp_path: Path, fault: str, code: str
+) -> None:
+    """Every refusal of the start-up check says what to do, not only the codes it knows:
+    an expired session token is a credentials problem like InvalidAccessKeyId."""
+    proxy.add_rule(Rule(fault))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--quiet", "--max-attempts", "1"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert code in line and "check" in line, line
+    if code == "ExpiredToken":
+        assert "--source-profile" in line, line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_dry_run_exits_130_with_one_line(
+    sig: signal.Signals, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """As a run does (the README's exit codes): not killed by SIGTERM, not silent on Ctrl-C."""
+    put_parallel(s3, buckets.source, {f"s/{i:03d}": b"x" for i in range(50)})
+    proxy.latency = 1.0  # the listing takes a while
+    base = tmp_path / "w"
+    args = ["s", *cli_args(proxy.endpoint, base, buckets.source, buckets.dest, "--dry-run")]
+    process = start_cli(args)
+    wait_for(lambda: len(proxy.requests) >= 2, timeout=30)  # the bucket checks went out
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, (process.returncode, err)
+    assert "interrupted" in one_error_line(err) and out == ""
+    assert not base.exists()  # a dry run touches nothing
+
+
+def test_a_high_concurrency_under_a_low_soft_open_file_limit_completes(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Linux's usual soft limit of open files is 1,024 (the hard one far higher): every object
+    in flight holds a connection to each side and a staged file, so --concurrency 512 ran out
+    of descriptors ('Too many open files' on staged files, then on the checkpoint journal:
+    exit 2 with 'free space or fix permissions'). The command line owns its process, and
+    takes the hard limit as its soft one, as Go programs do."""
+    put_parallel(s3, buckets.source, {f"n/{i:04d}": b"x" * 10 for i in range(600)})
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        hard = max(hard, 4096)  # the tests run as root, who may raise it
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    args = ["n", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = subprocess.run(
+        [*CLI, *args, "--concurrency", "300", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=low_soft_limit,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Too many open files" not in done.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 600
+
+
+@pytest.mark.parametrize("variable", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_credentials_with_a_line_break_are_refused_in_one_line(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, variable: str, fast_path: bool
+) -> None:
+    """An env file with Windows line ends gives 'KEY\\r': the fast path refused to send the
+    header ('unexpected ValueError', exit 3), aiohttp too ('cannot reach the source
+    endpoint (HTTPClientError)'), and a secret with it signs wrongly. One line, exit 2, and
+    never the value."""
+    env = dict(os.environ)
+    env["AWS_ACCESS_KEY_ID"] = "AKIACRLF0000TEST"
+    env["AWS_SECRET_ACCESS_KEY"] = "crlf-secret-0123456789abcdefghijklmnop"
+    env[variable] += "\r"
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--quiet"] if fast_path else ["--quiet", "--no-fast-path"]
+    done = run_cli(args, env=env)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "credentials" in line and "control character" in line, line
+    assert "unexpected" not in line
+    assert "AKIACRLF" not in line and "crlf-secret" not in line
