@@ -28,10 +28,10 @@ from .config import BackupConfig
 from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
-from .incremental import fatal_when_failed, filtered, mark_unchanged
+from .incremental import filtered, mark_unchanged
 from .listing import PROBES
 from .partfeed import ByteBudget
-from .pipeline import Pipeline, Process, WorkItem, primary_error
+from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
@@ -177,17 +177,19 @@ async def _open_stores(
     return source_client, dest_client
 
 
+_LISTING_ADVICE = "check the credentials' access to it, the endpoint and the network"
+
+
 def _listing(
     config: BackupConfig, source: S3Source, dest_client: S3Client
 ) -> AsyncIterator[Sequence[WorkItem]]:
     """What to copy: the source listing, filtered, and marked against the destination."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
-    listing = fatal_when_failed(
+    listing = listing_or_stop(
         source.list(config.source_prefix, streams=streams),
-        "source",
-        config.source_bucket,
-        config.source_prefix,
+        f"the source bucket {config.source_bucket!r} under {config.source_prefix!r}",
+        _LISTING_ADVICE,
     )
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
@@ -195,11 +197,10 @@ def _listing(
     if config.skip_existing:
         dest = S3Source(dest_client, config.dest_bucket, source.retry)
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
-        dest_listing = fatal_when_failed(
+        dest_listing = listing_or_stop(
             dest.list(config.dest_list_prefix),
-            "destination",
-            config.dest_bucket,
-            config.dest_list_prefix,
+            f"the destination bucket {config.dest_bucket!r} under {config.dest_list_prefix!r}",
+            _LISTING_ADVICE,
         )
         listing = mark_unchanged(
             listing,

@@ -14,27 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
-from .errors import FatalRunError, ObjectError
 from .filters import KeyFilter
 from .pipeline import WorkItem, close_listing
 from .sources.s3 import clean_etag
 
 Listing = AsyncIterator[Sequence[WorkItem]]
-
-
-async def fatal_when_failed(listing: Listing, role: str, bucket: str, prefix: str) -> Listing:
-    """``listing``, whose failure stops the run (``FatalRunError``: exit 3, the checkpoint
-    valid) rather than end it as if objects had failed (``ObjectError``: exit 1)."""
-    try:
-        async for page in listing:
-            yield page
-    except ObjectError as exc:
-        raise FatalRunError(
-            f"cannot list the {role} bucket {bucket!r} under {prefix!r}: {exc}; the "
-            "checkpoint is valid: run again to resume"
-        ) from exc
-    finally:
-        await close_listing(listing)
 
 
 async def filtered(listing: Listing, key_filter: KeyFilter, strip: int) -> Listing:
