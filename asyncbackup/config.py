@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 from .checkpoint import endpoint_for_checkpoint
 from .errors import ConfigError, ObjectError
@@ -141,6 +142,7 @@ class BackupConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.dest_prefix is not None:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
+        self._check_endpoint_urls()
         # Known before the clients are made when the flags give both endpoints, or one
         # profile (or none) gives both sides the same; else checked once they are made.
         source, dest = self.effective_source_endpoint, self.effective_dest_endpoint
@@ -154,7 +156,8 @@ class BackupConfig:
             self.source_profile != self.dest_profile
             or (
                 (self.source_endpoint_url or self.dest_endpoint_url)
-                and self.effective_source_endpoint != self.effective_dest_endpoint
+                # one endpoint however its URL is spelled (a trailing /, the host's case, :80)
+                and endpoint_for_checkpoint(source) != endpoint_for_checkpoint(dest)
             )
         ):
             raise ConfigError(
@@ -163,6 +166,22 @@ class BackupConfig:
             )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KB/s")
+
+    def _check_endpoint_urls(self) -> None:
+        """An endpoint flag that is no URL is a usage error here, before the checks below
+        read it (not an unexpected ValueError). Its value is not repeated: a URL may hold a
+        password."""
+        for flag, url in (
+            ("--endpoint-url", self.endpoint_url),
+            ("--source-endpoint-url", self.source_endpoint_url),
+            ("--dest-endpoint-url", self.dest_endpoint_url),
+        ):
+            try:
+                _ = urlsplit(url.strip()).port if url else None
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{flag} is not a URL ({exc}); give it as http(s)://host[:port]"
+                ) from None
 
     @property
     def same_profile(self) -> bool:

@@ -38,6 +38,19 @@ def test_malformed_endpoint_url_is_a_usage_error(
     assert "unexpected" not in line and "endpoint" in line, line
 
 
+@pytest.mark.parametrize("flag", ["--endpoint-url", "--source-endpoint-url"])
+def test_malformed_endpoint_url_of_a_copy_within_one_bucket_is_a_usage_error(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, flag: str
+) -> None:
+    """Source and destination in one bucket: the same-bucket check reads the endpoints before
+    any client is made (it said "unexpected ValueError", exit 3)."""
+    args = ["p", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.source)]
+    done = run_cli([*args, "--dest-prefix", "copies", flag, "http://[::1", "--quiet"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "unexpected" not in line and flag in line, line
+
+
 def test_a_storage_class_the_destination_refuses_stops_the_run_with_one_line(
     s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:

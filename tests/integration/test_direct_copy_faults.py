@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from asyncbackup.errors import ConfigError
-from tests.conftest import Buckets
+from tests.conftest import Buckets, S3Server
 from tests.helpers import MiB, backup_data, list_keys, put_multipart
 from tests.proxy import Recorded, Rule, S3Proxy
 
@@ -292,3 +292,30 @@ async def test_a_multipart_copy_of_an_sse_kms_source_is_checked_by_its_head(
     assert any("if-match" in r.headers for r in heads)
     source = s3.get_object(Bucket=buckets.source, Key=KEY)["Body"].read()
     assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == source
+
+
+async def test_direct_accepts_one_endpoint_spelled_two_ways(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """--direct needs one endpoint for both sides: the same one written with a trailing slash
+    is that endpoint, not a refusal (the URLs were compared as strings). Another server is
+    still refused."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.txt", Body=b"a")
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        s3_server.endpoint,
+        direct=True,
+        source_endpoint_url=s3_server.endpoint + "/",
+        dest_endpoint_url=s3_server.endpoint,
+    )
+    assert report.status == "completed", report.errors
+    assert list_keys(s3, buckets.dest) == ["data/a.txt"]
+    with pytest.raises(ConfigError, match="one endpoint"):
+        await backup_data(
+            buckets,
+            tmp_path,
+            s3_server.endpoint,
+            direct=True,
+            dest_endpoint_url="http://127.0.0.2:1",
+        )
