@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import orjson
 
 from .api import plan_backup, run_backup
-from .checkpoint import write_atomic
+from .checkpoint import now_iso, write_atomic
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
@@ -453,7 +454,9 @@ async def _run_and_summarize(
         progress, lambda: _interruptible(lambda stop: start(progress, stop))
     )
     if report is None:
-        log.warning("interrupted; the checkpoint is saved - run the same command to resume")
+        message = "interrupted; the checkpoint is saved - run the same command to resume"
+        log.warning(message)
+        _report_end(args, "interrupted", EXIT_INTERRUPTED, message)
         return EXIT_INTERRUPTED
     _summarize(report, args)
     return report.exit_code
@@ -554,6 +557,7 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
     plan = await _until_signal(plan_backup(config))
     if plan is None:
         log.warning("interrupted; a dry run changes nothing")
+        _report_end(args, "interrupted", EXIT_INTERRUPTED, "interrupted before the plan was made")
         return EXIT_INTERRUPTED
     print(
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
@@ -683,6 +687,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         if args.debug:
             print(redact(traceback.format_exc()), end="", file=sys.stderr)
         _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
+        _report_end(args, "failed", exc.exit_code, f"{exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -690,13 +695,32 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         if args.debug:
             print(redact(traceback.format_exc()), end="", file=sys.stderr)
         detail = " ".join(str(exc).split()) or type(exc).__name__
+        message = f"unexpected {type(exc).__name__}: {detail}"
         _fatal(
             args,
-            f"{parser.prog}: error: unexpected {type(exc).__name__}: {detail} "
-            "(the checkpoint is valid; run with --debug for details)",
+            f"{parser.prog}: error: {message} (the checkpoint is valid; run with --debug for "
+            "details)",
             EXIT_FATAL,
         )
+        _report_end(args, "failed", EXIT_FATAL, message)
         return EXIT_FATAL
+
+
+def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: str) -> None:
+    """A run that ends without a summary (stopped by an error or a signal) still writes its
+    ``--report``: the file must not go on holding an earlier run's result, which a monitor
+    would read as this one's. Nothing when it cannot be written (the error said why)."""
+    path: Path | None = getattr(args, "report", None)
+    if path is None:
+        return
+    document = {
+        "status": status,
+        "exit_code": exit_code,
+        "error": redact(" ".join(message.split())),
+        "finished_at": now_iso(),
+    }
+    with contextlib.suppress(OSError):
+        write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2))
 
 
 def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:

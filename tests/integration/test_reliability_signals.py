@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import Buckets
@@ -140,3 +141,40 @@ def test_one_run_per_checkpoint_and_a_killed_run_does_not_hold_it(
     assert read_valid(path)  # the refused run did not touch it
     assert before  # and the first run had written it
     resume_to_completion(proxy, s3, buckets.source, buckets.dest, args, 100)
+
+
+def test_a_run_that_ends_without_a_summary_still_writes_its_report(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """--report holds how this run ended, also when an error or a signal ended it: the
+    previous run's "completed" left in place would be read as this run's by a monitor."""
+    report = tmp_path / "report.json"
+    stale = {"status": "completed", "exit_code": 0}
+    report.write_bytes(orjson.dumps(stale))
+    put_parallel(s3, buckets.source, numbered_objects(300, size=64))
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--report", str(report)]
+
+    # a fatal error before the run: the source bucket does not exist (exit 2)
+    missing = [*args, "--source-bucket", "no-such-bucket"]
+    done = run_cli(missing)
+    assert done.returncode == 2, done.stderr
+    failed = orjson.loads(report.read_bytes())
+    assert failed["status"] == "failed" and failed["exit_code"] == 2
+    assert "no-such-bucket" in failed["error"] and failed["finished_at"]
+
+    # interrupted: the same file says so
+    report.write_bytes(orjson.dumps(stale))
+    proxy.latency = 0.15
+    path = checkpoint_file(tmp_path, buckets.source, "data")
+    process = start_cli([*args, "--concurrency", "8"])
+    try:
+        wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
+    except BaseException:
+        kill(process)
+        raise
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    interrupted = orjson.loads(report.read_bytes())
+    assert interrupted["status"] == "interrupted" and interrupted["exit_code"] == 130
