@@ -618,9 +618,10 @@ async def _interruptible(
     assert task is not None
     stop = asyncio.Event()
     signalled = False
+    grace: asyncio.TimerHandle | None = None
 
     def on_signal(signame: str) -> None:
-        nonlocal signalled
+        nonlocal signalled, grace
         if not signalled:
             signalled = True
             log.warning(
@@ -630,7 +631,7 @@ async def _interruptible(
                 GRACE_SECONDS,
             )
             stop.set()
-            loop.call_later(GRACE_SECONDS, task.cancel)
+            grace = loop.call_later(GRACE_SECONDS, task.cancel)
         else:
             task.cancel()
 
@@ -645,6 +646,8 @@ async def _interruptible(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if grace is not None:  # a run that stopped within the grace period: no late cancel
+            grace.cancel()
     return None if report.status == "stopped" and signalled else report
 
 
