@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -127,7 +128,9 @@ class Worker:
                     case "copy":
                         request = message["id"]
                         item = wire.item_from_wire(message["item"])
-                        self.tasks[request] = tg.create_task(self.copy(request, item))
+                        copying = tg.create_task(self.copy(request, item))
+                        copying.add_done_callback(functools.partial(self.finished, request))
+                        self.tasks[request] = copying
                     case "cancel":
                         task = self.tasks.get(message["id"])
                         if task is not None:
@@ -137,20 +140,23 @@ class Worker:
             for task in self.tasks.values():
                 task.cancel()
 
+    def finished(self, request: int, task: asyncio.Task[None]) -> None:
+        """A cancelled copy says so here, not in ``copy``: a task cancelled before it ran
+        (its "copy" and "cancel" read in one go) never enters ``copy``, and the main process
+        would wait its whole grace period for the answer."""
+        self.tasks.pop(request, None)
+        if task.cancelled():
+            self.channel.send({"op": "cancelled", "id": request})
+
     async def copy(self, request: int, item: Any) -> None:
         try:
             size = await self.process(item)
-        except asyncio.CancelledError:
-            self.channel.send({"op": "cancelled", "id": request})
-            raise
         except Exception as exc:  # reported to the main process, which raises it there
             if not isinstance(exc, AsyncBackupError):
                 log.debug("unexpected error copying %s", item.key, exc_info=True)
             self.channel.send({"op": "error", "id": request, "error": wire.error_to_wire(exc)})
         else:
             self.channel.send({"op": "done", "id": request, "size": size})
-        finally:
-            self.tasks.pop(request, None)
 
 
 async def _reader(fd: int) -> asyncio.StreamReader:

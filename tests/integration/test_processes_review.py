@@ -1,0 +1,72 @@
+"""``--processes N`` under stress: what a review of the worker pool proved wrong, kept fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import BackupConfig
+from asyncbackup.pipeline import WorkItem
+from asyncbackup.workerpool import WorkerPool
+from tests.conftest import Buckets
+from tests.proxy import S3Proxy
+
+
+class RecordedNotes:
+    """The pipeline's notes, kept in a dict (durable at once)."""
+
+    def __init__(self) -> None:
+        self.notes: dict[tuple[str, str], Any] = {}
+
+    def note(self, section: str, key: str, value: Any) -> None:
+        self.notes[section, key] = value
+
+    async def note_durably(self, section: str, key: str, value: Any) -> None:
+        self.notes[section, key] = value
+
+
+async def _never_local(item: WorkItem) -> int:
+    raise AssertionError(f"{item.key} was copied in the main process")
+
+
+async def test_a_copy_cancelled_before_its_worker_started_it_answers_at_once(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A busy worker reads "copy" and "cancel" in one go: the copy's task is cancelled
+    before it ran. The worker still says "cancelled", so the main process does not wait out
+    its whole grace period (15 s) for an answer that never comes."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=b"x" * 100)
+    config = BackupConfig(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        concurrency=2,
+        processes=2,
+        direct=True,
+    )
+    async with WorkerPool(config, RecordedNotes(), _never_local, 1) as pool:
+        (child,) = pool._children
+        deadline = time.monotonic() + 60
+        while not child.ready:
+            assert time.monotonic() < deadline, "the worker never became ready"
+            await asyncio.sleep(0.02)
+        os.kill(child.proc.pid, signal.SIGSTOP)  # busy: both lines wait in its pipe
+        try:
+            copy = asyncio.ensure_future(pool.process(WorkItem("data/a.bin", 100)))
+            await asyncio.sleep(0.2)  # "copy" sent
+            copy.cancel()
+            await asyncio.sleep(0.2)  # "cancel" sent
+        finally:
+            os.kill(child.proc.pid, signal.SIGCONT)
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await copy
+        assert time.monotonic() - started < 5
