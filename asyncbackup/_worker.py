@@ -24,13 +24,15 @@ import resource
 import signal
 import sys
 import threading
+from collections.abc import Coroutine
 from typing import Any
 
 from . import wire
 from .api import _direct_copier, _open_stores, _staged_copier
-from .errors import AsyncBackupError
+from .config import BackupConfig
+from .errors import AsyncBackupError, FatalRunError
 from .memory import return_large_buffers_to_os
-from .pipeline import Process
+from .pipeline import Process, primary_error
 from .s3client import open_destination
 from .uploads import UploadJournal
 
@@ -159,6 +161,39 @@ class Worker:
             self.channel.send({"op": "done", "id": request, "size": size})
 
 
+async def _open(
+    config: BackupConfig, stack: contextlib.AsyncExitStack, journal: UploadJournal
+) -> Process:
+    """The copier, its clients opened (and their buckets checked) on ``stack``."""
+    if config.direct:  # server-side: the destination's client is all it needs
+        client = await open_destination(stack, config, fast_path=config.fast_path)
+        return await _direct_copier(config, client, stack, journal)
+    source_client, dest_client = await _open_stores(stack, config)
+    return await _staged_copier(config, source_client, dest_client, journal, stack, prepare=False)
+
+
+async def _until_eof(
+    reader: asyncio.StreamReader, opening: Coroutine[Any, Any, Process]
+) -> Process | None:
+    """``opening``'s result; or None, ``opening`` cancelled, if stdin ends first: a main
+    process killed while this one opens its clients (on an endpoint slow to answer, that can
+    take minutes) must not leave it running."""
+
+    async def eof() -> None:
+        if line := await reader.readline():  # nothing may come before "ready"
+            raise FatalRunError(f"the main process spoke before this worker was ready: {line!r}")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            opened = tg.create_task(opening)
+            ended = tg.create_task(eof())
+            await asyncio.wait({opened, ended}, return_when=asyncio.FIRST_COMPLETED)
+            (ended if opened.done() else opened).cancel()
+    except BaseExceptionGroup as group:
+        raise primary_error(group) from None
+    return None if opened.cancelled() else opened.result()
+
+
 async def _reader(fd: int) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
@@ -185,15 +220,9 @@ async def serve(in_fd: int, out_fd: int) -> int:
         config = wire.config_from_wire(init["config"])
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
-            journal = UploadJournal(notes)
-            if config.direct:  # server-side: the destination's client is all it needs
-                client = await open_destination(stack, config, fast_path=config.fast_path)
-                process = await _direct_copier(config, client, stack, journal)
-            else:
-                source_client, dest_client = await _open_stores(stack, config)
-                process = await _staged_copier(
-                    config, source_client, dest_client, journal, stack, prepare=False
-                )
+            process = await _until_eof(reader, _open(config, stack, UploadJournal(notes)))
+            if process is None:
+                return 0  # the main process went away while this one opened its clients
             await Worker(channel, process, notes).serve(reader)
     except Exception as exc:
         if not isinstance(exc, AsyncBackupError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ from asyncbackup import BackupConfig
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.workerpool import WorkerPool
 from tests.conftest import Buckets
-from tests.proxy import S3Proxy
+from tests.helpers import cli_args
+from tests.integration.test_processes import _alive, worker_pids
+from tests.proxy import Rule, S3Proxy
+from tests.reliability import kill, start_cli, wait_for
 
 
 class RecordedNotes:
@@ -70,3 +74,37 @@ async def test_a_copy_cancelled_before_its_worker_started_it_answers_at_once(
         with pytest.raises(asyncio.CancelledError):
             await copy
         assert time.monotonic() - started < 5
+
+
+def test_a_worker_still_opening_its_clients_exits_with_a_killed_main_process(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The worker's check of the source bucket hangs (an endpoint slow to answer); the main
+    process is SIGKILLed meanwhile. The worker sees its stdin close and exits at once, rather
+    than outlive the main process until its check times out (60 s a try, 4 tries)."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=b"x")
+    release = threading.Event()
+    checks = 0
+
+    def hang_after_the_first() -> None:  # the main process's check goes through
+        nonlocal checks
+        checks += 1
+        if checks > 1:
+            release.wait(60)
+
+    path = f"^/{buckets.source}/?$"
+    proxy.add_rule(
+        Rule(None, method="GET", path=path, query="max-keys=1", action=hang_after_the_first)
+    )
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    process = start_cli([*args, "--quiet", "--processes", "2"])
+    try:
+        wait_for(lambda: checks >= 2, timeout=60)  # the worker's check hangs
+        workers = worker_pids(process.pid)
+        assert len(workers) == 1
+        kill(process, signal.SIGKILL)
+        wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=10)
+    finally:
+        release.set()
+        kill(process, signal.SIGKILL)
+        process.communicate(timeout=60)  # the worker held its stderr
