@@ -8,8 +8,9 @@ completions, failures, multipart journal notes and log records go back to the ma
 protocol lines (``wire.py``) on stdout, which nothing else may write to.
 
 It lives as long as its stdin: at end of file (the main process is done, or was killed) it
-cancels what is in flight - multipart uploads are aborted - and exits. SIGINT and SIGTERM are
-ignored: a Ctrl-C reaches the whole process group, and the main process decides what happens.
+cancels what is in flight - multipart uploads are aborted - and exits. It runs in a session of
+its own, which a terminal's Ctrl-C does not reach, and ignores SIGINT and SIGTERM: the main
+process decides what happens.
 """
 
 from __future__ import annotations

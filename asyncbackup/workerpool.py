@@ -131,6 +131,10 @@ class WorkerPool:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=_LINE_LIMIT,
+                    # Out of the terminal's process group: a Ctrl-C there is this process's
+                    # to handle, and would kill a worker still starting (before it can
+                    # ignore it) with a traceback.
+                    start_new_session=True,
                 )
                 child = _Child(proc)
                 self._children.append(child)

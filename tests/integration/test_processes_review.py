@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.conftest import Buckets
 from tests.helpers import cli_args
 from tests.integration.test_processes import _alive, worker_pids
 from tests.proxy import Rule, S3Proxy
-from tests.reliability import kill, start_cli, wait_for
+from tests.reliability import CLI, kill, start_cli, wait_for
 
 
 class RecordedNotes:
@@ -108,3 +109,38 @@ def test_a_worker_still_opening_its_clients_exits_with_a_killed_main_process(
         release.set()
         kill(process, signal.SIGKILL)
         process.communicate(timeout=60)  # the worker held its stderr
+
+
+def _catches_sigint(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+def test_ctrl_c_while_the_workers_start_is_an_interruption_not_their_tracebacks(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches the whole process group, workers still importing included (about a
+    second): they ignore it from their first line on, so the run ends as interrupted, without
+    a worker's KeyboardInterrupt traceback or a worker "exited unexpectedly"."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=b"x")
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    process = subprocess.Popen(
+        [*CLI, *args, "--processes", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(worker_pids(process.pid)) == 2, timeout=60, every=0.005)
+        workers = worker_pids(process.pid)
+        # Python's own SIGINT handler is in place: the workers are importing asyncbackup.
+        wait_for(lambda: all(_catches_sigint(pid) for pid in workers), timeout=60, every=0.002)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        kill(process)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "exited unexpectedly" not in stderr, stderr
+    assert process.returncode in (0, 130), stderr
