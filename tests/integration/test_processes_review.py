@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import BackupConfig
+from asyncbackup import BackupConfig, run_backup
+from asyncbackup.errors import AsyncBackupError, ConfigError
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.workerpool import WorkerPool
 from tests.conftest import Buckets
@@ -144,3 +146,53 @@ def test_ctrl_c_while_the_workers_start_is_an_interruption_not_their_tracebacks(
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert "exited unexpectedly" not in stderr, stderr
     assert process.returncode in (0, 130), stderr
+
+
+def _config(proxy: S3Proxy, buckets: Buckets, base: Path, **options: Any) -> BackupConfig:
+    return BackupConfig(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=base,
+        endpoint_url=proxy.endpoint,
+        **options,
+    )
+
+
+async def test_an_interpreter_gone_is_one_clear_error_and_the_checkpoint_stays_usable(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python a long-running program was started with was removed (a virtualenv rebuilt):
+    no worker can be started. That is an ``AsyncBackupError`` naming the interpreter and what
+    to do, not a bare ``FileNotFoundError``."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=b"x")
+    gone = tmp_path / "venv" / "bin" / "python"
+    with monkeypatch.context() as patch, pytest.raises(AsyncBackupError) as raised:
+        patch.setattr(sys, "executable", str(gone))
+        await run_backup(_config(proxy, buckets, tmp_path, processes=2))
+    message = str(raised.value)
+    assert str(gone) in message and "--processes 1" in message and "\n" not in message
+    report = await run_backup(_config(proxy, buckets, tmp_path))  # the lock was let go
+    assert report.status == "completed" and report.copied_files == 1
+
+
+async def test_a_worker_that_cannot_start_is_not_told_to_run_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interpreter runs but cannot run a worker (another Python, without asyncbackup's
+    dependencies): the worker exits before it is ready. Running again fails the same way, so
+    the error says the worker could not start and what to do instead."""
+    for index in range(40):
+        s3.put_object(Bucket=buckets.source, Key=f"data/{index:03d}.bin", Body=b"x")
+    python = tmp_path / "other-python"
+    python.write_text(
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'orjson'\" >&2\nexit 1\n"
+    )
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    proxy.latency = 0.05  # the worker has exited before the main process is done
+    with pytest.raises(ConfigError) as raised:
+        await run_backup(_config(proxy, buckets, tmp_path / "base", processes=2, concurrency=2))
+    message = str(raised.value)
+    assert "could not start" in message and "--processes 1" in message, message
+    assert "run again to resume" not in message
