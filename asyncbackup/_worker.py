@@ -8,14 +8,16 @@ completions, failures, multipart journal notes and log records go back to the ma
 protocol lines (``wire.py``) on stdout, which nothing else may write to.
 
 It lives as long as its stdin: at end of file (the main process is done, or was killed) it
-cancels what is in flight - multipart uploads are aborted - and exits. SIGINT and SIGTERM are
-ignored: a Ctrl-C reaches the whole process group, and the main process decides what happens.
+cancels what is in flight - multipart uploads are aborted - and exits. It runs in a session of
+its own, which a terminal's Ctrl-C does not reach, and ignores SIGINT and SIGTERM: the main
+process decides what happens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -23,13 +25,15 @@ import resource
 import signal
 import sys
 import threading
+from collections.abc import Coroutine
 from typing import Any
 
 from . import wire
 from .api import _direct_copier, _open_stores, _staged_copier
-from .errors import AsyncBackupError
+from .config import BackupConfig
+from .errors import AsyncBackupError, FatalRunError
 from .memory import return_large_buffers_to_os
-from .pipeline import Process
+from .pipeline import Process, primary_error
 from .s3client import open_destination
 from .uploads import UploadJournal
 
@@ -127,7 +131,9 @@ class Worker:
                     case "copy":
                         request = message["id"]
                         item = wire.item_from_wire(message["item"])
-                        self.tasks[request] = tg.create_task(self.copy(request, item))
+                        copying = tg.create_task(self.copy(request, item))
+                        copying.add_done_callback(functools.partial(self.finished, request))
+                        self.tasks[request] = copying
                     case "cancel":
                         task = self.tasks.get(message["id"])
                         if task is not None:
@@ -137,20 +143,56 @@ class Worker:
             for task in self.tasks.values():
                 task.cancel()
 
+    def finished(self, request: int, task: asyncio.Task[None]) -> None:
+        """A cancelled copy says so here, not in ``copy``: a task cancelled before it ran
+        (its "copy" and "cancel" read in one go) never enters ``copy``, and the main process
+        would wait its whole grace period for the answer."""
+        self.tasks.pop(request, None)
+        if task.cancelled():
+            self.channel.send({"op": "cancelled", "id": request})
+
     async def copy(self, request: int, item: Any) -> None:
         try:
             size = await self.process(item)
-        except asyncio.CancelledError:
-            self.channel.send({"op": "cancelled", "id": request})
-            raise
         except Exception as exc:  # reported to the main process, which raises it there
             if not isinstance(exc, AsyncBackupError):
                 log.debug("unexpected error copying %s", item.key, exc_info=True)
             self.channel.send({"op": "error", "id": request, "error": wire.error_to_wire(exc)})
         else:
             self.channel.send({"op": "done", "id": request, "size": size})
-        finally:
-            self.tasks.pop(request, None)
+
+
+async def _open(
+    config: BackupConfig, stack: contextlib.AsyncExitStack, journal: UploadJournal
+) -> Process:
+    """The copier, its clients opened (and their buckets checked) on ``stack``."""
+    if config.direct:  # server-side: the destination's client is all it needs
+        client = await open_destination(stack, config, fast_path=config.fast_path)
+        return await _direct_copier(config, client, stack, journal)
+    source_client, dest_client = await _open_stores(stack, config)
+    return await _staged_copier(config, source_client, dest_client, journal, stack, prepare=False)
+
+
+async def _until_eof(
+    reader: asyncio.StreamReader, opening: Coroutine[Any, Any, Process]
+) -> Process | None:
+    """``opening``'s result; or None, ``opening`` cancelled, if stdin ends first: a main
+    process killed while this one opens its clients (on an endpoint slow to answer, that can
+    take minutes) must not leave it running."""
+
+    async def eof() -> None:
+        if line := await reader.readline():  # nothing may come before "ready"
+            raise FatalRunError(f"the main process spoke before this worker was ready: {line!r}")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            opened = tg.create_task(opening)
+            ended = tg.create_task(eof())
+            await asyncio.wait({opened, ended}, return_when=asyncio.FIRST_COMPLETED)
+            (ended if opened.done() else opened).cancel()
+    except BaseExceptionGroup as group:
+        raise primary_error(group) from None
+    return None if opened.cancelled() else opened.result()
 
 
 async def _reader(fd: int) -> asyncio.StreamReader:
@@ -179,15 +221,9 @@ async def serve(in_fd: int, out_fd: int) -> int:
         config = wire.config_from_wire(init["config"])
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
-            journal = UploadJournal(notes)
-            if config.direct:  # server-side: the destination's client is all it needs
-                client = await open_destination(stack, config, fast_path=config.fast_path)
-                process = await _direct_copier(config, client, stack, journal)
-            else:
-                source_client, dest_client = await _open_stores(stack, config)
-                process = await _staged_copier(
-                    config, source_client, dest_client, journal, stack, prepare=False
-                )
+            process = await _until_eof(reader, _open(config, stack, UploadJournal(notes)))
+            if process is None:
+                return 0  # the main process went away while this one opened its clients
             await Worker(channel, process, notes).serve(reader)
     except Exception as exc:
         if not isinstance(exc, AsyncBackupError):

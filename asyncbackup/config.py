@@ -166,6 +166,12 @@ class BackupConfig:
             )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KB/s")
+        if self.max_bandwidth is not None and self.max_bandwidth < 1024 * self.processes:
+            # each process gets its share, of 1KB/s at least: they would add up to more
+            raise ConfigError(
+                f"--max-bandwidth is shared by the {self.processes} --processes, at least "
+                f"1KB/s each: give {self.processes}KB/s or more, or fewer --processes"
+            )
 
     def _check_endpoint_urls(self) -> None:
         """An endpoint flag that is no URL is a usage error here, before the checks below

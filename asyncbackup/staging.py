@@ -30,6 +30,9 @@ log = logging.getLogger("asyncbackup")
 _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
 _TMP_DIR = ".tmp"
+#: tries at making a folder and renaming a staged file into it, which another process
+#: sharing the staging tree may prune (empty) in between
+_MOVE_ATTEMPTS = 10
 _CONFLICT_DIR = ".conflicts"
 _RESERVED_FIRST = {_CONFLICT_DIR: "%2E" + _CONFLICT_DIR[1:]}  # ours, under the staging root
 
@@ -195,7 +198,10 @@ class Staging:
 
     def _move_into(self, tmp: Path, target: Path) -> Path:
         """Rename ``tmp`` to ``target``, creating its folder unless this process knows it
-        exists (with ``_folders`` held)."""
+        exists (with ``_folders`` held).
+
+        Another process sharing the tree (``--processes``), whose lock is not this one, may
+        prune the folder, empty, between its creation and the rename: it is made again."""
         folder = target.parent
         if folder in self._made:
             try:
@@ -203,10 +209,17 @@ class Staging:
                 return target
             except FileNotFoundError:  # removed behind our back: create it again
                 self._made.discard(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp.replace(target)
-        self._made.add(folder)
-        return target
+        for attempt in range(1, _MOVE_ATTEMPTS + 1):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp.replace(target)
+            except FileNotFoundError:
+                if attempt == _MOVE_ATTEMPTS or not tmp.exists():
+                    raise
+                continue
+            self._made.add(folder)
+            return target
+        raise AssertionError("unreachable")
 
     def remove(self, path: Path) -> None:
         """Delete a staged file and the folders it leaves empty (blocking).

@@ -123,15 +123,26 @@ class WorkerPool:
                 "log_level": log.getEffectiveLevel(),
             }
             for _ in range(self.count):
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-c",
-                    _BOOT,
-                    _PACKAGE_ROOT,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    limit=_LINE_LIMIT,
-                )
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-c",
+                        _BOOT,
+                        _PACKAGE_ROOT,
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        limit=_LINE_LIMIT,
+                        # Out of the terminal's process group: a Ctrl-C there is this
+                        # process's to handle, and would kill a worker still starting
+                        # (before it can ignore it) with a traceback.
+                        start_new_session=True,
+                    )
+                except OSError as exc:  # the interpreter is gone, or no process can be made
+                    raise ConfigError(
+                        f"cannot start a worker process with {sys.executable} "
+                        f"({exc.strerror or exc}); use --processes 1, or run with a Python "
+                        "that exists"
+                    ) from exc
                 child = _Child(proc)
                 self._children.append(child)
                 child.send(init)
@@ -241,11 +252,19 @@ class WorkerPool:
             if child.failure is None and not self._closing:
                 with contextlib.suppress(TimeoutError):  # its stdout closed: it is exiting
                     await asyncio.wait_for(child.proc.wait(), 5.0)
-                child.failure = FatalRunError(
-                    f"a worker process (pid {child.proc.pid}) exited unexpectedly "
-                    f"(exit status {child.proc.returncode}); the checkpoint is valid: run "
-                    "again to resume"
-                )
+                status = child.proc.returncode
+                if not child.ready and status is not None and status > 0:
+                    # It exited by itself before it could copy: it will again, next run too.
+                    child.failure = ConfigError(
+                        f"a worker process (pid {child.proc.pid}) could not start (exit "
+                        f"status {status}; its error, if any, is above): check that "
+                        f"{sys.executable} can run asyncbackup, or use --processes 1"
+                    )
+                else:
+                    child.failure = FatalRunError(
+                        f"a worker process (pid {child.proc.pid}) exited unexpectedly "
+                        f"(exit status {status}); the checkpoint is valid: run again to resume"
+                    )
             gone = {"op": "gone"}
             for answer in child.pending.values():
                 if not answer.done():

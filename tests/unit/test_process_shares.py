@@ -1,0 +1,41 @@
+"""``--processes N`` shares ``--max-bandwidth``: the shares never add up to more than it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncbackup.config import BackupConfig
+from asyncbackup.errors import ConfigError
+from asyncbackup.workerpool import share_of
+
+
+def _config(max_bandwidth: int, processes: int) -> BackupConfig:
+    return BackupConfig(
+        source_bucket="src",
+        source_path="data",
+        dest_bucket="dst",
+        base_local_path=Path("/tmp/stage"),
+        max_bandwidth=max_bandwidth,
+        processes=processes,
+    )
+
+
+@pytest.mark.parametrize(("limit", "processes"), [(10_000_000, 3), (4096, 4), (3072, 3)])
+def test_the_shares_of_the_bandwidth_limit_add_up_to_at_most_the_limit(
+    limit: int, processes: int
+) -> None:
+    share = share_of(_config(limit, processes), processes).max_bandwidth
+    assert share is not None and share * processes <= limit
+
+
+@pytest.mark.parametrize(("limit", "processes"), [(2048, 4), (1024, 2)])
+def test_a_limit_too_small_to_share_is_refused_with_what_to_do(limit: int, processes: int) -> None:
+    """Each process needs 1 KB/s at least (the flag's own minimum): 4 processes under 2 KB/s
+    would copy at 4 KB/s."""
+    with pytest.raises(ConfigError) as raised:
+        _config(limit, processes)
+    message = str(raised.value)
+    assert "--max-bandwidth" in message and "--processes" in message
+    assert f"{processes}KB/s" in message
