@@ -220,7 +220,8 @@ class FakeGitHub:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> FakeGitHub:
+    async def start(self, port: int = 0) -> FakeGitHub:
+        """Serve on ``port`` (0: one the system picks; see ``port`` after)."""
         app = web.Application(middlewares=[self._api_middleware])
         app.router.add_get("/api/user", self._user)
         app.router.add_get("/api/users/{owner}", self._owner)
@@ -234,8 +235,13 @@ class FakeGitHub:
         app.router.add_route("*", "/git/{owner}/{tail:.+}", self._git)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        try:
+            await site.start()
+        except OSError:  # the port is taken: nothing left serving, start may be tried again
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -81,6 +82,21 @@ _TRANSIENT = (
     "transfer closed",
     "too slow",  # stalled: below http.lowSpeedLimit for http.lowSpeedTime
 )
+#: The names git quotes in its messages (URLs, paths) and bare URLs. A name holds any digits
+#: or words (port 34512, a repository ``r451``, a directory ``pytest-451``), so the markers
+#: above and the status codes are looked for in the rest of the message only.
+_NAMES = re.compile(r"'(?:[a-z][a-z0-9+.-]*://|\.{0,2}/)[^']*'|\b[a-z][a-z0-9+.-]*://\S+")
+
+
+def classify_failure(message: str) -> tuple[str, bool]:
+    """``(code, retryable)`` of a git failure from its stderr: ``GitNotFound``,
+    ``UnavailableForLegalReasons`` or ``GitFailed``, retryable when transient."""
+    text = _NAMES.sub("''", " ".join(message.lower().split()))
+    if any(marker in text for marker in _NOT_FOUND) or "error: 404" in text:
+        return "GitNotFound", False
+    if "error: 451" in text:
+        return "UnavailableForLegalReasons", False
+    return "GitFailed", any(marker in text for marker in _TRANSIENT)
 
 
 @functools.cache
@@ -100,7 +116,8 @@ def parent_death_prefix() -> tuple[str, ...]:
 
 
 class GitError(ObjectError):
-    """A git command failed; ``code`` is ``GitNotFound``, ``GitEmpty`` or ``GitFailed``."""
+    """A git command failed; ``code`` is ``GitNotFound``, ``UnavailableForLegalReasons``,
+    ``GitEmpty`` or ``GitFailed``."""
 
 
 class GitRunner:
@@ -182,14 +199,10 @@ class GitRunner:
                     await asyncio.shield(process.wait())
                 raise
         if process.returncode != 0:
-            message = self._scrub(err.decode("utf-8", "replace")) or f"exit {process.returncode}"
-            lowered = message.lower()
-            if any(marker in lowered for marker in _NOT_FOUND) or "error: 404" in lowered:
-                raise GitError("GitNotFound", f"git {args[0]}: {message}")
-            if "451" in lowered and "returned error" in lowered:
-                raise GitError("UnavailableForLegalReasons", f"git {args[0]}: {message}")
-            retryable = any(marker in lowered for marker in _TRANSIENT)
-            raise GitError("GitFailed", f"git {args[0]}: {message}", retryable=retryable)
+            stderr = err.decode("utf-8", "replace")
+            message = self._scrub(stderr) or f"exit {process.returncode}"
+            code, retryable = classify_failure(stderr)  # all of it: the message is cut short
+            raise GitError(code, f"git {args[0]}: {message}", retryable=retryable)
         return out.decode("utf-8", "replace")
 
     async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,17 @@ def build_org(server: FakeGitHub) -> None:
 
 
 @asynccontextmanager
-async def running_org(root: Path) -> AsyncIterator[FakeGitHub]:
+async def running_org(root: Path, ports: Iterable[int] = (0,)) -> AsyncIterator[FakeGitHub]:
+    """The org on the first of ``ports`` free (0: any port the system picks)."""
     server = FakeGitHub(root, token=TOKEN, clock=FakeClock())
-    await server.start()
+    for port in ports:
+        try:
+            await server.start(port)
+            break
+        except OSError:  # taken: the next one
+            continue
+    else:
+        raise AssertionError(f"no free port among {ports}")
     build_org(server)  # once the port is known: records carry absolute URLs
     try:
         yield server
