@@ -63,7 +63,8 @@ TRANSIENT_CODES = frozenset(
         "504",
     }
 )
-FATAL_CODES = frozenset(
+#: the credentials themselves refused (not one object's permissions)
+CREDENTIALS_REFUSED = frozenset(
     {
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
@@ -71,10 +72,10 @@ FATAL_CODES = frozenset(
         "InvalidToken",
         "TokenRefreshRequired",
         "AccountProblem",
-        "NoSuchBucket",
         "AllAccessDisabled",
     }
 )
+FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket"}
 
 
 def error_code(exc: ClientError) -> str:

@@ -29,24 +29,12 @@ from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
-from .retry import RetryPolicy
+from .retry import CREDENTIALS_REFUSED, RetryPolicy
 
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
-_REFUSED = frozenset(
-    {
-        "403",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AccountProblem",
-        "AllAccessDisabled",
-    }
-)
+_REFUSED = CREDENTIALS_REFUSED | {"403", "AccessDenied"}
 
 
 class LazyClient:

@@ -39,6 +39,10 @@ def build_org(server: FakeGitHub) -> None:
     make_repository(server.git_dir("old"), commits=1, tags=0, pull_ref=False)
 
 
+#: ports whose number holds "451", a status git quotes in its errors (with the URL)
+PORTS_HOLDING_451 = tuple(port for port in range(1024, 65536) if "451" in str(port))
+
+
 @asynccontextmanager
 async def running_org(root: Path, ports: Iterable[int] = (0,)) -> AsyncIterator[FakeGitHub]:
     """The org on the first of ``ports`` free (0: any port the system picks)."""

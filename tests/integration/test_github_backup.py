@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ from tests.github_server import (
     make_repository,
 )
 from tests.helpers import list_keys
-from tests.integration.github_org import ASSET, TOKEN, config, refs, restore, running_org
+from tests.integration.github_org import (
+    ASSET,
+    PORTS_HOLDING_451,
+    TOKEN,
+    config,
+    refs,
+    restore,
+    running_org,
+)
 from tests.proxy import Rule, S3Proxy, run_proxy
 
 EXPECTED = {
@@ -388,11 +397,20 @@ async def test_a_run_of_another_owner_on_the_same_staging_path_spares_files_in_f
         assert s3.get_object(Bucket=buckets.dest, Key=asset_key)["Body"].read() == ASSET
 
 
+#: the fake GitHub on any free port, or on one whose number holds "451" (34512, 45123...): a
+#: 429 or a 503 on such a URL was once taken for a repository taken down (451) for good
+PORTS = pytest.mark.parametrize(
+    "ports", [(0,), PORTS_HOLDING_451], ids=["any-port", "port-holding-451"]
+)
+
+
+@PORTS
 async def test_a_git_request_refused_as_rate_limited_is_tried_again(
-    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, ports: Sequence[int]
 ) -> None:
     """git answered 429 (too many requests) is a pause and another try, not a failed bundle."""
-    async with running_org(tmp_path / "git") as github:
+    async with running_org(tmp_path / "git", ports=ports) as github:
+        assert ports == (0,) or "451" in str(github.port)
         github.repos["beta"].git_refusals = [429]
         clock = github.clock
         options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "base")
@@ -569,12 +587,15 @@ async def test_a_renamed_default_branch_is_the_head_of_the_next_bundle(
         assert git("symbolic-ref", "HEAD", cwd=restored).strip() == "refs/heads/trunk"
 
 
+@PORTS
 async def test_a_fetch_that_fails_on_the_network_keeps_the_mirror(
-    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, ports: Sequence[int]
 ) -> None:
     """A fetch into the kept mirror refused on the way (a 503) is tried again into the same
-    mirror, not answered by deleting it and cloning the whole repository again."""
-    async with running_org(tmp_path / "git") as github:
+    mirror, not answered by deleting it and cloning the whole repository again (nor taken
+    for a final 451)."""
+    async with running_org(tmp_path / "git", ports=ports) as github:
+        assert ports == (0,) or "451" in str(github.port)
         base = tmp_path / "work"
         options = config(github, s3_server.endpoint, buckets.dest, base, include=("beta",))
         clock = github.clock
