@@ -80,6 +80,15 @@ NOTE_SECTIONS = frozenset(
 _SLICE = 20_000  # entries of a large object serialised at a time
 
 
+def remedy(exc: OSError) -> str:
+    """What to do about a checkpoint file that could not be written: by its cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space on its disk"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "raise the open-file limit (ulimit -n) or lower --concurrency"
+    return "make it writable by this user"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -659,14 +668,9 @@ class CheckpointManager:
             self.lock.release()
             if not isinstance(exc, OSError):
                 raise
-            what = (
-                "free space on its disk"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else "make it writable by this user"
-            )
             raise CheckpointError(
                 f"cannot use checkpoint directory {self.path.parent}: {exc.strerror}; "
-                f"{what}, or give the backup another --checkpoint-dir"
+                f"{remedy(exc)}, or give the backup another --checkpoint-dir"
             ) from exc
 
     def close(self) -> None:
@@ -748,7 +752,7 @@ class CheckpointManager:
         except OSError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc.strerror}; the previous version "
-                "is intact - free space or fix permissions, then run again to resume"
+                f"is intact - {remedy(exc)}, then run again to resume"
             ) from exc
         self._compacted_at = time.monotonic()
 
@@ -781,8 +785,8 @@ class CheckpointManager:
         except OSError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint journal {self.journal.path}: {exc.strerror}; the "
-                "checkpoint and its journal are intact up to the previous flush - free space "
-                "or fix permissions, then run again to resume"
+                "checkpoint and its journal are intact up to the previous flush - "
+                f"{remedy(exc)}, then run again to resume"
             ) from exc
 
     # -- the API ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .checkpoint import CheckpointManager, CheckpointState, now_iso
+from .checkpoint import CheckpointManager, CheckpointState, now_iso, remedy
 from .config import OnComplete
 from .errors import CheckpointError
 from .pipeline import PipelineResult
@@ -87,9 +87,9 @@ def conclude(
         except OSError as exc:
             raise CheckpointError(
                 f"every file is copied, but the checkpoint directory {manager.path.parent} "
-                f"cannot be written ({exc.strerror}), so the checkpoint was not archived: free "
-                "space or fix permissions, then run the same command again to complete it "
-                "(it copies nothing again)"
+                f"cannot be written ({exc.strerror}), so the checkpoint was not archived: "
+                f"{remedy(exc)}, then run the same command again to complete it (it copies "
+                "nothing again)"
             ) from exc
         log_completion(manager.path, state, duration)
     return BackupReport(

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 from pathlib import Path
 
 import orjson
@@ -363,3 +365,37 @@ def test_a_checkpoint_folder_in_the_staging_temporary_folder_is_refused(tmp_path
             checkpoint_dir=tmp_path / ".tmp" / "state",
         )
     assert "\n" not in str(caught.value)
+
+
+def test_a_flush_out_of_open_files_says_so_not_free_space(tmp_path: Path) -> None:
+    """Every descriptor in use (a --concurrency above the open-file limit): the checkpoint
+    write fails with EMFILE, and its message says what to do about that, not "free space or
+    fix permissions". The previous version stays intact."""
+    path = tmp_path / "job.checkpoint"
+    manager = CheckpointManager(path)
+    manager.open()
+    state, _ = manager.load_or_create(
+        source_bucket="b", source_path="p", dest_bucket="d", config={}, ignore_existing=False
+    )
+    manager.flush(state)
+    before = path.read_bytes()
+    held: list[int] = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = sum(1 for _ in Path("/proc/self/fd").iterdir())
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 64, hard))  # a few to take
+    try:
+        with pytest.raises(CheckpointError, match=r"open-file limit \(ulimit -n\)") as caught:
+            while True:  # take every descriptor left, then write the checkpoint
+                try:
+                    held.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    state.files["k"] = True
+                    manager.flush(state)
+                    break
+        assert "free space" not in str(caught.value)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        manager.close()
+    assert path.read_bytes() == before
