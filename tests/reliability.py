@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,32 @@ def resume_to_completion(
     resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr
     assert assert_identical(client, source, dest) == count
+
+
+def mount_tmpfs(where: Path, *options: str) -> bool:
+    """Mount a tmpfs with ``options`` at ``where`` (made if missing); False where this
+    process may not mount (not root)."""
+    where.mkdir(parents=True, exist_ok=True)
+    opts = ",".join(options)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], check=False)
+    return done.returncode == 0
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
+def remount(where: Path, *options: str) -> None:
+    """Change the options of the tmpfs at ``where`` (its size, inodes, ``ro``)."""
+    subprocess.run(["mount", "-o", ",".join(("remount", *options)), str(where)], check=True)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, *options: str) -> Iterator[Path]:
+    """A tmpfs at ``where`` for the block, for a test that needs a real full or read-only
+    file system (root, as CI has)."""
+    assert mount_tmpfs(where, *options), "this test needs to mount a tmpfs (root)"
+    try:
+        yield where
+    finally:
+        unmount(where)

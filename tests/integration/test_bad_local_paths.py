@@ -21,7 +21,9 @@ from tests.reliability import (
     one_error_line,
     put_parallel,
     read_valid,
+    remount,
     run_cli,
+    tmpfs,
 )
 
 
@@ -29,14 +31,8 @@ from tests.reliability import (
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only file system (a tmpfs mounted ``ro``; the tests run as root, whom
     permissions do not stop)."""
-    where = tmp_path / "ro"
-    where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(where)])
-    assert mounted.returncode == 0, "these tests need to mount a tmpfs (root)"
-    try:
+    with tmpfs(tmp_path / "ro", "size=1m", "ro") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_read_only_staging_directory_is_a_usage_error(
@@ -108,14 +104,11 @@ def test_full_checkpoint_directory_at_completion_says_to_run_again(
     objects = {f"c/{i}": bytes([i]) * 100 for i in range(5)}
     put_parallel(s3, buckets.source, objects)
     checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=4", "tmpfs", str(checkpoints)]
-    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
     report = tmp_path / "report.json"
     args = ["c", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
     args += ["--checkpoint-dir", str(checkpoints), "--checkpoint-interval", "1000000"]
     args += ["--quiet", "--report", str(report)]
-    try:
+    with tmpfs(checkpoints, "size=1m", "nr_inodes=4"):
         done = run_cli(args)
         assert done.returncode == 2, done.stderr
         line = one_error_line(done.stderr)
@@ -125,14 +118,11 @@ def test_full_checkpoint_directory_at_completion_says_to_run_again(
         state = read_valid(checkpoints / f"{buckets.source}_c.checkpoint")
         assert state.files == dict.fromkeys(objects, True)
         # Space again: the same command archives it, copying nothing again.
-        remount = ["mount", "-o", "remount,nr_inodes=100", str(checkpoints)]
-        subprocess.run(remount, check=True)
+        remount(checkpoints, "nr_inodes=100")
         again = run_cli(args)
         assert again.returncode == 0, again.stderr
         assert orjson.loads(report.read_bytes())["files_copied"] == 0
         assert len(list((checkpoints / "archive").iterdir())) == 1
-    finally:
-        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
 
 
 def test_staged_files_that_cannot_be_removed_do_not_undo_their_copies(
@@ -192,10 +182,7 @@ def test_full_checkpoint_directory_midway_keeps_a_valid_checkpoint_and_resumes(
     objects = {f"m/{i:04d}": b"x" * 10 for i in range(400)}
     put_parallel(s3, buckets.source, objects)
     checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)]
-    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
-    try:
+    with tmpfs(checkpoints, "size=64k"):
         (checkpoints / "filler").write_bytes(b"\0" * 44 * 1024)  # 20 KiB left
         args = ["m", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
         args += ["--checkpoint-dir", str(checkpoints), "--quiet", "--concurrency", "4"]
@@ -207,12 +194,10 @@ def test_full_checkpoint_directory_midway_keeps_a_valid_checkpoint_and_resumes(
         assert 0 < state.processed_files < 400
         assert_done_means_copied(s3, state, buckets.source, buckets.dest)
         (checkpoints / "filler").unlink()
-        subprocess.run(["mount", "-o", "remount,size=2m", str(checkpoints)], check=True)
+        remount(checkpoints, "size=2m")
         again = run_cli(args)
         assert again.returncode == 0, again.stderr
         assert assert_identical(s3, buckets.source, buckets.dest) == 400
-    finally:
-        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
 
 
 def test_an_existing_staging_tree_on_a_read_only_file_system_is_one_line(
@@ -223,13 +208,10 @@ def test_an_existing_staging_tree_on_a_read_only_file_system_is_one_line(
     summary of errors that are no object's fault). Found at the start now: one line, exit 2."""
     put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(12)})
     stage = tmp_path / "ro"
-    stage.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(stage)]
-    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
-    try:
+    with tmpfs(stage, "size=1m"):
         (stage / buckets.source / "p").mkdir(parents=True)  # as a run leaves it
         (stage / ".tmp").mkdir()
-        subprocess.run(["mount", "-o", "remount,ro", str(stage)], check=True)
+        remount(stage, "ro")
         checkpoints = tmp_path / "checkpoints"
         args = ["p", *cli_args(s3_server.endpoint, stage, buckets.source, buckets.dest)]
         done = run_cli([*args, "--checkpoint-dir", str(checkpoints), "--quiet"])
@@ -238,8 +220,6 @@ def test_an_existing_staging_tree_on_a_read_only_file_system_is_one_line(
         assert "staging directory" in line and "--base-local-path" in line, line
         state = read_valid(checkpoints / f"{buckets.source}_p.checkpoint")
         assert not state.errors and not any(state.files.values())
-    finally:
-        subprocess.run(["umount", "-l", str(stage)], check=False)
 
 
 async def test_run_backup_on_a_full_checkpoint_disk_can_be_retried_in_the_same_process(
@@ -252,9 +232,6 @@ async def test_run_backup_on_a_full_checkpoint_disk_can_be_retried_in_the_same_p
     'in use by another run'."""
     put_parallel(s3, buckets.source, {f"p/{i}": b"x" for i in range(3)})
     checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)]
-    assert subprocess.run(mount).returncode == 0, "this test needs to mount a tmpfs (root)"
     options: dict[str, Any] = {
         "source_bucket": buckets.source,
         "source_path": "p",
@@ -263,7 +240,7 @@ async def test_run_backup_on_a_full_checkpoint_disk_can_be_retried_in_the_same_p
         "checkpoint_dir": checkpoints,
         "endpoint_url": s3_server.endpoint,
     }
-    try:
+    with tmpfs(checkpoints, "size=64k"):
         filler = checkpoints / "filler"
         with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
             while True:  # until the disk is full
@@ -274,8 +251,6 @@ async def test_run_backup_on_a_full_checkpoint_disk_can_be_retried_in_the_same_p
         report = await run_backup(**options)
         assert report.status == "completed"
         assert assert_identical(s3, buckets.source, buckets.dest) == 3
-    finally:
-        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
 
 
 async def test_a_checkpoint_directory_refused_after_the_lock_is_taken_lets_the_lock_go(

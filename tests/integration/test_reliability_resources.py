@@ -28,24 +28,16 @@ from tests.reliability import (
     assert_done_means_copied,
     assert_identical,
     checkpoint_file,
+    mount_tmpfs,
     one_error_line,
     put_parallel,
     read_valid,
+    remount,
     run_cli,
     start_cli,
+    unmount,
     wait_for,
 )
-
-
-def mount_tmpfs(where: Path, *options: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join(options)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], check=False)
-    return done.returncode == 0
-
-
-def unmount(where: Path) -> None:
-    subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -152,7 +144,7 @@ def test_read_only_checkpoint_directory_leaves_the_checkpoint_as_it_was(
         path.write_bytes(state.to_json())
         before = path.read_bytes()
         if mounted:
-            subprocess.run(["mount", "-o", "remount,ro", str(checkpoints)], check=True)
+            remount(checkpoints, "ro")
         else:  # pragma: no cover - without root: permissions are enforced
             checkpoints.chmod(0o500)
         done = run_cli(args)
