@@ -109,6 +109,7 @@ class FakeRepo:
     has_pull_requests: bool = True  # False: /pulls... answer a bare 404, as on GitHub
     has_wiki: bool = True
     pushed_at: str = "2024-01-01T00:00:00Z"
+    clone_url: str | None = None  # where the API says to clone (default: this server's git)
     status: int | None = None  # every API and git request of the repository answers this
     git_refusals: list[int] = field(default_factory=list)  # the next git requests answer these
     git_stalls: list[float] = field(default_factory=list)  # the next git requests hang this long
@@ -215,7 +216,7 @@ class FakeGitHub:
             "pushed_at": repo.pushed_at,
             "size": 1,
             "default_branch": "main",
-            "clone_url": f"{self.url}/git/{repo.owner}/{repo.name}.git",
+            "clone_url": repo.clone_url or f"{self.url}/git/{repo.owner}/{repo.name}.git",
         }
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """GitHub to S3: git bundles, wikis, metadata and release assets of an owner's repositories.
 
 ``client`` (the REST API: pagination, rate limits, conditional requests), ``git`` (mirror,
-bundle, verify, with the token through askpass), ``listing`` (what is copied, under which key),
-``artifacts`` (copy one artifact), ``backup`` (``run_github_backup``: the pipeline).
+bundle, verify, the token through a credential helper), ``listing`` (what is copied, under
+which key), ``artifacts`` (copy one artifact), ``backup`` (``run_github_backup``: the pipeline).
 """
 
 from .backup import run_github_backup

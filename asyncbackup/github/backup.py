@@ -51,7 +51,7 @@ from ..uploads import UploadJournal, abort_recorded_uploads, last_try_at_uploads
 from .artifacts import ArtifactCopier
 from .client import GitHubClient, GitHubError
 from .config import GitHubBackupConfig
-from .git import GitRunner
+from .git import GitRunner, git_origin
 from .listing import (
     CARRIED_SECTIONS,
     ETAGS,
@@ -189,7 +189,9 @@ async def run_github_backup(
         await asyncio.to_thread(staging.prepare)
         slots = asyncio.Semaphore(config.git_concurrency)
         stall = round(config.read_timeout)  # what the API requests wait for data, git waits too
-        git = stack.enter_context(GitRunner(token, slots=slots, stall_seconds=stall))
+        git = stack.enter_context(
+            GitRunner(token, slots=slots, origin=git_origin(config.api_url), stall_seconds=stall)
+        )
         dest_retry = RetryPolicy(
             config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)
         )

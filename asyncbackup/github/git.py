@@ -1,4 +1,5 @@
-"""git as a subprocess: mirror clone, bundle, verify, ls-remote; the token through askpass.
+"""git as a subprocess: mirror clone, bundle, verify, ls-remote; the token through a
+credential helper that answers GitHub's git host only.
 
 A transfer that stalls (below 1,000 bytes/s for ``stall_seconds``, the run's read timeout) is
 abandoned by git itself (``http.lowSpeedLimit``/``http.lowSpeedTime``) and retried like any
@@ -8,10 +9,14 @@ Where ``setpriv`` can (Linux, util-linux 2.33 on), git runs under ``setpriv --pd
 the kernel kills it when the process of the run dies, even by SIGKILL, so no git outlives a
 killed run and goes on writing into the mirror the next run fetches into.
 
-The token is never in a URL, an argument or a file. git asks for credentials through
-``GIT_ASKPASS``: a small script (written once per run, with no secret in it) that prints the
-token from an environment variable of the git process. Credential helpers are switched off
-(``-c credential.helper=``) so no helper stores the token, and git never prompts.
+The token is never in a URL, an argument or a file. git asks for credentials through a
+credential helper given on its command line (``-c credential.helper=!...``, after ``-c
+credential.helper=`` has switched off the user's own, so no helper stores the token): a shell
+function, holding no secret, that prints the token from an environment variable of the git
+process, and only when git asks for GitHub's git origin (``git_origin``: the scheme and host
+of the API, ``api.`` dropped): a clone URL or redirect elsewhere gets no token. Being a shell
+snippet, not a script file, it works where the temporary directory is mounted ``noexec``.
+git never prompts.
 
 Refs GitHub adds for pull requests (``refs/pull/*``) are read-only on GitHub and are left out of
 bundles, so a bundle restores with ``git clone --mirror`` and pushes back with ``git push
@@ -28,9 +33,8 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
-import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,13 +46,18 @@ USER_VARIABLE = "ASYNCBACKUP_GIT_USER"
 #: Ref patterns left out of bundles: GitHub's hidden pull request refs.
 EXCLUDED_REFS = ("refs/pull/*",)
 
-_ASKPASS = """#!/bin/sh
-# asyncbackup: answers git's credential prompts from the environment; holds no secret.
-case "$1" in
-  [Uu]sername*) printf '%s\\n' "${ASYNCBACKUP_GIT_USER:-x-access-token}" ;;
-  *) printf '%s\\n' "$ASYNCBACKUP_GIT_TOKEN" ;;
-esac
-"""
+ORIGIN_VARIABLE = "ASYNCBACKUP_GIT_ORIGIN"
+#: git runs it as ``sh -c 'f() {...}; f get'`` with the request (``protocol=``, ``host=``...)
+#: on stdin; it answers ``get`` for the one origin only, and ignores ``store`` and ``erase``.
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || return 0; p=; h=; '
+    'while IFS= read -r line; do case "$line" in '
+    "protocol=*) p=${line#protocol=} ;; host=*) h=${line#host=} ;; esac; done; "
+    f'test "$p://$h" = "${ORIGIN_VARIABLE}" || return 0; '
+    "printf 'username=%s\\npassword=%s\\n' "
+    f'"${{{USER_VARIABLE}:-x-access-token}}" "${TOKEN_VARIABLE}"; '
+    "}; f"
+)
 #: Variables of the caller's environment that would point git elsewhere or log credentials.
 _DROPPED_VARIABLES = frozenset(
     {
@@ -63,6 +72,7 @@ _DROPPED_VARIABLES = frozenset(
         "GIT_CONFIG_COUNT",
         "GIT_CONFIG_PARAMETERS",
         "SSH_ASKPASS",
+        "GIT_ASKPASS",
     }
 )
 _NOT_FOUND = ("repository not found", "not found", "does not appear to be a git repository")
@@ -99,6 +109,18 @@ def classify_failure(message: str) -> tuple[str, bool]:
     return "GitFailed", any(marker in text for marker in _TRANSIENT)
 
 
+def git_origin(api_url: str) -> str:
+    """Where GitHub serves git for the API at ``api_url``, as git names it to a credential
+    helper (``protocol://host[:port]``): ``https://github.com`` for ``https://api.github.com``
+    (and ``SUB.ghe.com`` for ``api.SUB.ghe.com``); the API's own host for GitHub Enterprise
+    Server, whose API is a path (``https://HOST/api/v3``)."""
+    parts = urllib.parse.urlsplit(api_url)
+    host = parts.netloc.rpartition("@")[2].lower()
+    if parts.path.strip("/") == "":
+        host = host.removeprefix("api.")
+    return f"{parts.scheme.lower()}://{host}"
+
+
 @functools.cache
 def parent_death_prefix() -> tuple[str, ...]:
     """The command that makes the kernel kill git when this process dies, if it works here
@@ -124,31 +146,30 @@ class GitRunner:
     """Runs git for one backup run, at most ``slots`` processes at a time."""
 
     def __init__(
-        self, token: str, *, slots: asyncio.Semaphore, stall_seconds: int = 120, git: str = GIT
+        self,
+        token: str,
+        *,
+        slots: asyncio.Semaphore,
+        origin: str,
+        stall_seconds: int = 120,
+        git: str = GIT,
     ) -> None:
         self.git = git
         self.slots = slots
+        self.origin = origin  # the only origin the token is given to (``git_origin``)
         self.stall_seconds = max(1, stall_seconds)
         self._token = token
-        self._dir: Path | None = None
         self._prefix: tuple[str, ...] = ()
         self.commands: list[str] = []  # the subcommands run, for reports and tests
 
     def __enter__(self) -> GitRunner:
         self._prefix = parent_death_prefix()
-        self._dir = Path(tempfile.mkdtemp(prefix="asyncbackup-askpass-"))
-        script = self._dir / "askpass.sh"
-        script.write_text(_ASKPASS)
-        script.chmod(stat.S_IRWXU)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        pass
 
     def _env(self) -> dict[str, str]:
-        assert self._dir is not None, "use GitRunner as a context manager"
         env = {
             k: v
             for k, v in os.environ.items()
@@ -156,10 +177,10 @@ class GitRunner:
         }
         env.update(
             {
-                "GIT_ASKPASS": str(self._dir / "askpass.sh"),
                 "GIT_TERMINAL_PROMPT": "0",
                 "GIT_CONFIG_NOSYSTEM": "1",
                 "LC_ALL": "C",
+                ORIGIN_VARIABLE: self.origin,
                 TOKEN_VARIABLE: self._token,
             }
         )
@@ -177,6 +198,7 @@ class GitRunner:
         """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr.
         ``label``: what ``commands`` records (default: the subcommand)."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
+        argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
         argv += args
         async with self.slots:

@@ -124,7 +124,7 @@ async def test_backup_restore_and_incremental_runs(
         assert "disabled" in skipped["github/acme/beta/issues.json"]
         assert "github/acme/forky.bundle" not in state.files  # --skip-forks
 
-        # the token: through askpass after a 401 challenge, never in a URL, log or file
+        # the token: from the credential helper after a 401 challenge, never in a URL, log or file
         alpha_git = [s for s in github.git_seen if "/alpha.git/" in s.path]
         assert alpha_git[0].status == 401 and alpha_git[-1].status == 200
         assert all(TOKEN not in s.path + s.query for s in github.git_seen)
