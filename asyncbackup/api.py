@@ -294,6 +294,8 @@ async def run_backup(
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
         await pipeline.run(_listing(config, source, dest_client), process)
+        if pipeline.result.listing_complete and pipeline.result.listed_files == 0:
+            _warn_nothing_listed(config)
         stopped = pipeline.result.stopped
         await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
         return await asyncio.to_thread(
@@ -306,6 +308,19 @@ async def run_backup(
             duration=time.monotonic() - started,
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
+
+
+def _warn_nothing_listed(config: BackupConfig) -> None:
+    """A job of no objects completes, but is most often a mistyped SOURCE_PATH or filter:
+    said, so a backup of nothing is not taken for a backup."""
+    filters = " or --include/--exclude" if KeyFilter(config.include, config.exclude).active else ""
+    log.warning(
+        "nothing to back up: no object under s3://%s/%s%s; check SOURCE_PATH%s",
+        config.source_bucket,
+        config.source_prefix,
+        " that the filters let through" if filters else "",
+        filters,
+    )
 
 
 async def _direct_copier(

@@ -98,6 +98,25 @@ def test_empty_source_path_is_the_whole_bucket(
     assert archived.name.startswith(f"{buckets.source}_.checkpoint")
 
 
+def test_a_backup_of_nothing_says_so(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A mistyped SOURCE_PATH (or filters that leave nothing) completes with nothing copied:
+    a warning says so, even with --quiet, rather than a bare 'completed'."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.txt", Body=b"a")
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
+    typo = run_cli(["dta", *args, "--quiet"])
+    assert typo.returncode == 0, typo.stderr
+    assert f"nothing to back up: no object under s3://{buckets.source}/dta/" in typo.stderr
+    filtered = run_cli(["data", *args, "--quiet", "--exclude", "*.txt"])
+    assert "that the filters let through; check SOURCE_PATH or --include/--exclude" in (
+        filtered.stderr
+    )
+    copied = run_cli(["data", *args, "--quiet"])
+    assert copied.returncode == 0 and "nothing to back up" not in copied.stderr
+    assert list_keys(s3, buckets.dest) == ["data/a.txt"]
+
+
 def test_checkpoint_dir_is_used(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
