@@ -76,6 +76,13 @@ CREDENTIALS_REFUSED = frozenset(
     }
 )
 FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket"}
+#: An object in an archive tier (S3 Glacier Flexible Retrieval, Deep Archive, the archive
+#: tiers of Intelligent-Tiering) not restored: GET answers the first, CopyObject the second.
+ARCHIVED_CODES = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
+_ARCHIVED_ADVICE = (
+    " (the object is archived: restore it, e.g. `aws s3api restore-object`, and run again "
+    "to copy it, or skip it with `asyncbackup checkpoint mark --done CHECKPOINT KEY`)"
+)
 
 
 def error_code(exc: ClientError) -> str:
@@ -117,6 +124,8 @@ def classify(exc: BaseException) -> ObjectError:
         status = _status(exc) or 0
         retryable = code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
         retryable = retryable or status == 429
+        if code in ARCHIVED_CODES:
+            message += _ARCHIVED_ADVICE
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
