@@ -185,7 +185,8 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         choices=CHECKSUM_CHOICES,
         default="md5",
         help="checksum sent with every upload for the server to verify (default md5: "
-        "Content-MD5, accepted by every S3-compatible server)",
+        "Content-MD5, accepted by every S3-compatible server); --direct uploads no data, "
+        "its copies are checked by ETag",
     )
     tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
     tuning.add_argument(
