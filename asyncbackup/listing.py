@@ -181,6 +181,8 @@ class RangeLister:
             previous = key_range.low
             for entry in answer.get("Contents", ()):
                 key = entry["Key"]
+                if not key.startswith(self.prefix):
+                    self._outside_prefix(key)
                 # the whole page is checked: a key past the end may hide one before it
                 if previous is not None and key <= previous:
                     self._out_of_order(key, previous)
@@ -271,6 +273,15 @@ class RangeLister:
                 self._out_of_order(first, candidate)  # StartAfter ignored
                 return []
         return _useful(ordered, firsts, upto)
+
+    def _outside_prefix(self, key: str) -> None:
+        """The server listed ``key``, not under the prefix asked for: it ignores Prefix, and
+        the key has no destination (its name would be cut at the prefix's length)."""
+        raise FatalRunError(
+            f"the server listed {key!r}, outside the prefix {self.prefix!r}: it ignores "
+            "the listing's Prefix, so what it lists cannot be mapped to destination keys; "
+            "check --endpoint-url points at an S3 server that supports ListObjectsV2 Prefix"
+        )
 
     def _out_of_order(self, key: str, after: str) -> None:
         """The server answered ``key`` after ``after``: not in key order, or StartAfter

@@ -39,6 +39,7 @@ from yarl import URL
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
+_PREFIX = re.compile(r"(?<=[?&])prefix=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _ETAG = re.compile(rb"<ETag>[^<]*</ETag>")
@@ -88,9 +89,11 @@ STREAM_FAULTS = (
     "malformed",
     "corrupt_request",
     "latency",
-    # S3-compatible servers that list differently: StartAfter ignored (the query parameter
-    # dropped), a page's keys in reverse order, IsTruncated without NextContinuationToken
+    # S3-compatible servers that list differently: StartAfter or Prefix ignored (the query
+    # parameter dropped), a page's keys in reverse order, IsTruncated without
+    # NextContinuationToken
     "ignore_start_after",
+    "ignore_prefix",
     "reverse_keys",
     "no_continuation_token",
     # a 200 with an empty body, the request not forwarded: a server that failed after its
@@ -341,8 +344,9 @@ class S3Proxy:
             return web.Response(status=200)
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
+        dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
         status, payload, out_headers = await self._forward(
-            request, fault == "corrupt_request", drop_start_after=fault == "ignore_start_after"
+            request, fault == "corrupt_request", drop=dropped
         )
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
@@ -395,7 +399,7 @@ class S3Proxy:
         return web.Response(status=status, body=payload, headers=out_headers)
 
     async def _forward(
-        self, request: web.Request, corrupt: bool = False, *, drop_start_after: bool = False
+        self, request: web.Request, corrupt: bool = False, *, drop: re.Pattern[str] | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
         body = await request.read()
         if corrupt and body:
@@ -404,8 +408,8 @@ class S3Proxy:
         assert self._session is not None
         # raw_path and encoded=True: keys with "..", "//" or "%" reach the server as sent.
         raw_path = request.raw_path
-        if drop_start_after:
-            raw_path = _START_AFTER.sub("", raw_path)
+        if drop is not None:  # a query parameter the server would ignore
+            raw_path = drop.sub("", raw_path)
         url = URL(self.upstream + raw_path, encoded=True)
         async with self._session.request(
             request.method, url, headers=headers, data=io.BytesIO(body), allow_redirects=False

@@ -281,6 +281,32 @@ async def test_keys_out_of_order_after_a_split_end_the_listing_with_an_error(
 
 
 @pytest.mark.parametrize("streams", [1, 6])
+async def test_a_server_that_ignores_the_prefix_stops_the_backup_before_a_wrong_copy(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path, streams: int
+) -> None:
+    """A key listed outside SOURCE_PATH was copied as it is (objects the job never asked
+    for), or with --dest-prefix to a key cut at the prefix's length (``o/x`` under ``p/`` ->
+    ``DEST/x``), over another object's copy. A server that ignores Prefix stops the run,
+    saying so."""
+    _seed(s3, buckets.source, _numbered(30))
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule("ignore_prefix", method="GET", query="list-type=2"))
+        with pytest.raises(FatalRunError, match=r"outside the prefix 'p/'.*--endpoint-url"):
+            await run_backup(
+                source_bucket=buckets.source,
+                source_path="p",
+                dest_bucket=buckets.dest,
+                base_local_path=tmp_path,
+                endpoint_url=proxy.endpoint,
+                list_streams=streams,
+            )
+    assert all(key.startswith("p/") for key in list_keys(s3, buckets.dest))
+    for key in list_keys(s3, buckets.dest):  # what was copied before the stop is right
+        source = s3.get_object(Bucket=buckets.source, Key=key)["Body"].read()
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == source
+
+
+@pytest.mark.parametrize("streams", [1, 6])
 async def test_a_truncated_answer_without_a_continuation_token_goes_on_after_its_last_key(
     s3_server: S3Server, buckets: Buckets, s3: Any, streams: int
 ) -> None:
