@@ -1,0 +1,194 @@
+"""The README's IAM policies are enough: every request a backup sends, recorded by the proxy,
+is checked against the two policies as the README writes them (source and destination), and a
+backup never deletes, tags or changes an object's ACL on either side."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Buckets
+from tests.helpers import MiB, assert_same_objects, cli_args, put_multipart, run_cli
+from tests.proxy import Recorded, Rule, S3Proxy
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+#: the bucket names the README's policies are written for
+README_BUCKETS = {"source": "company-data-db", "destination": "company-archive"}
+
+
+def readme_policy(name: str, bucket: str) -> dict[str, Any]:
+    """The JSON block after ``<!-- policy: NAME -->`` in the README, for ``bucket``."""
+    text = README.read_text()
+    found = re.search(rf"<!-- policy: {name} -->\n```json\n(.*?)\n```", text, re.DOTALL)
+    assert found, f"the README has no policy {name!r}"
+    document: dict[str, Any] = orjson.loads(found.group(1).replace(README_BUCKETS[name], bucket))
+    return document
+
+
+def allows(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """Whether an Allow statement of ``policy`` covers ``action`` on ``resource`` (the policies
+    here have no Deny and no conditions)."""
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        resources = statement["Resource"]
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        if (
+            statement["Effect"] == "Allow"
+            and any(fnmatch.fnmatchcase(action, a) for a in actions)
+            and any(fnmatch.fnmatchcase(resource, r) for r in resources)
+        ):
+            return True
+    return False
+
+
+def needs(request: Recorded) -> tuple[str, list[tuple[str, str]]]:
+    """The S3 operation of a recorded request, and the (IAM action, resource) pairs AWS checks
+    for it (https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations.html)."""
+    bucket, _, key = urllib.parse.unquote(request.path).lstrip("/").partition("/")
+    query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
+    bucket_arn, object_arn = f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key}"
+    copy = request.headers.get("x-amz-copy-source")
+    method = request.method
+    if not key:
+        if method == "GET" and "uploads" in query:
+            return "ListMultipartUploads", [("s3:ListBucketMultipartUploads", bucket_arn)]
+        if (
+            method == "GET"
+            and set(query)
+            <= {
+                "list-type",
+                "prefix",
+                "max-keys",
+                "encoding-type",
+                "continuation-token",
+                "start-after",
+            }
+        ) or (method == "HEAD" and not query):
+            return "ListBucket", [("s3:ListBucket", bucket_arn)]
+    elif copy is not None and method == "PUT" and "tagging" not in query:
+        source = urllib.parse.unquote(copy.split("?", 1)[0]).lstrip("/")
+        operation = "UploadPartCopy" if "partNumber" in query else "CopyObject"
+        return operation, [("s3:PutObject", object_arn), ("s3:GetObject", f"arn:aws:s3:::{source}")]
+    elif method in ("GET", "HEAD") and set(query) <= {"partNumber"}:
+        return f"{method.title()}Object", [("s3:GetObject", object_arn)]
+    elif method == "PUT" and (not query or set(query) == {"partNumber", "uploadId"}):
+        return ("UploadPart" if query else "PutObject"), [("s3:PutObject", object_arn)]
+    elif method == "POST" and set(query) in ({"uploads"}, {"uploadId"}):
+        operation = "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+        return operation, [("s3:PutObject", object_arn)]
+    elif method == "DELETE" and set(query) == {"uploadId"}:
+        return "AbortMultipartUpload", [("s3:AbortMultipartUpload", object_arn)]
+    # anything else (DeleteObject, tagging, ACLs, bucket settings) is in no policy
+    return f"{method} {request.path}?{request.query}", [(f"unknown:{method}", object_arn)]
+
+
+def check_requests(requests: list[Recorded], policies: dict[str, dict[str, Any]]) -> set[str]:
+    """Every request allowed by the policy of the bucket it goes to; the operations seen."""
+    operations: set[str] = set()
+    for request in requests:
+        bucket = urllib.parse.unquote(request.path).lstrip("/").partition("/")[0]
+        operation, pairs = needs(request)
+        operations.add(operation)
+        for action, resource in pairs:
+            policy = policies[resource.removeprefix("arn:aws:s3:::").partition("/")[0]]
+            assert allows(policy, action, resource), (
+                f"{operation} on {bucket} needs {action} on {resource}, which the README's "
+                "policy does not give"
+            )
+    return operations
+
+
+def _seed(s3: Any, bucket: str) -> None:
+    for i in range(12):
+        s3.put_object(
+            Bucket=bucket, Key=f"p/small/{i}", Body=b"x" * (100 + i), ContentType="text/plain"
+        )
+    s3.put_object(Bucket=bucket, Key="p/empty", Body=b"")
+    s3.put_object(Bucket=bucket, Key="p/big-single", Body=b"s" * (11 * MiB))  # sent in parts
+    put_multipart(s3, bucket, "p/multi", [5 * MiB, 5 * MiB, 1 * MiB])
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_staged_backup_needs_only_the_readme_policies(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path, fast_path: bool
+) -> None:
+    _seed(s3, buckets.source)
+    # a lost answer to CreateMultipartUpload: the uploads of the key are listed and aborted
+    proxy.add_rule(Rule("reset_after", method="POST", query="uploads", times=1))
+    extra = ["--multipart-threshold", "5MiB", "--part-size", "5MiB", "--quiet"]
+    extra += [] if fast_path else ["--no-fast-path"]
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, *extra)
+    first = run_cli(["p", *args])
+    assert first.returncode == 0, first.stderr
+    s3.put_object(Bucket=buckets.source, Key="p/small/new", Body=b"new")
+    again = run_cli(["p", *args, "--skip-existing"])
+    assert again.returncode == 0, again.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 16
+    archived = next((tmp_path / "checkpoints" / "archive").iterdir())
+    command = ["checkpoint", "verify", str(archived), "--endpoint-url", proxy.endpoint]
+    verify = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+
+    policies = {
+        buckets.source: readme_policy("source", buckets.source),
+        buckets.dest: readme_policy("destination", buckets.dest),
+    }
+    seen = check_requests(proxy.seen(), policies)
+    assert {
+        "ListBucket",
+        "GetObject",
+        "PutObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "ListMultipartUploads",
+    } <= seen, seen
+
+
+def test_a_direct_copy_needs_the_two_policies_together(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    _seed(s3, buckets.source)
+    extra = ["--multipart-threshold", "5MiB", "--part-size", "5MiB", "--quiet", "--direct"]
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, *extra)
+    done = run_cli(["p", *args])
+    assert done.returncode == 0, done.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 15
+    both = {
+        "Version": "2012-10-17",
+        "Statement": readme_policy("source", buckets.source)["Statement"]
+        + readme_policy("destination", buckets.dest)["Statement"],
+    }
+    seen = check_requests(proxy.seen(), {buckets.source: both, buckets.dest: both})
+    assert {"ListBucket", "CopyObject", "UploadPartCopy", "HeadObject"} <= seen, seen
+
+
+def test_a_request_outside_the_policies_is_caught(buckets: Buckets) -> None:
+    """The checker itself: a DeleteObject at the destination, a GET of a destination object
+    with the source policy, a PUT into the source bucket."""
+    policies = {
+        buckets.source: readme_policy("source", buckets.source),
+        buckets.dest: readme_policy("destination", buckets.dest),
+    }
+    for method, path, query in [
+        ("DELETE", f"/{buckets.dest}/p/x", ""),
+        ("GET", f"/{buckets.dest}/p/x", ""),
+        ("PUT", f"/{buckets.source}/p/x", ""),
+        ("PUT", f"/{buckets.dest}/p/x", "tagging="),
+    ]:
+        with pytest.raises(AssertionError, match="README's policy does not give"):
+            check_requests([Recorded(method, path, None, query=query)], policies)
