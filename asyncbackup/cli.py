@@ -654,11 +654,12 @@ async def _interruptible(
 def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
     """The final summary on stderr (a JSON record with --log-format json), and --report."""
     if getattr(args, "log_format", "text") == "json":
-        log.log(
-            logging.WARNING if report.errors else logging.INFO,
-            "summary",
-            extra=summary_record(report),
+        # Handled whatever the logger's level: --quiet drops info records, not the summary.
+        level = logging.WARNING if report.errors else logging.INFO
+        record = log.makeRecord(
+            log.name, level, __file__, 0, "summary", (), None, extra=summary_record(report)
         )
+        log.handle(record)
     else:
         print("\n".join(summary_lines(report)), file=sys.stderr)
     if args.report:
