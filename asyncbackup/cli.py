@@ -661,7 +661,7 @@ def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
         )
         log.handle(record)
     else:
-        print("\n".join(summary_lines(report)), file=sys.stderr)
+        _say("\n".join(summary_lines(report)))
     if args.report:
         try:
             write_report(args.report, report)
@@ -689,7 +689,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             return code
     except AsyncBackupError as exc:
         if args.debug:
-            print(redact(traceback.format_exc()), end="", file=sys.stderr)
+            _say(redact(traceback.format_exc()).rstrip("\n"))
         _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
         _report_end(args, "failed", exc.exit_code, f"{exc}")
         return exc.exit_code
@@ -697,7 +697,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line
         if args.debug:
-            print(redact(traceback.format_exc()), end="", file=sys.stderr)
+            _say(redact(traceback.format_exc()).rstrip("\n"))
         detail = " ".join(str(exc).split()) or type(exc).__name__
         message = f"unexpected {type(exc).__name__}: {detail}"
         _fatal(
@@ -733,7 +733,14 @@ def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
     if getattr(args, "log_format", "text") == "json":
         log.error(message, extra={"exit_code": exit_code})
     else:
-        print(message, file=sys.stderr)
+        _say(message)
+
+
+def _say(text: str) -> None:
+    """``text`` on stderr; nothing when stderr cannot be written (a pipe nobody reads any
+    more): what the run did, its exit code and its --report must not depend on it."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -754,15 +761,21 @@ def leave(code: int) -> NoReturn:
     of a 2,000-object copy) and has nothing left to do. By then the run is over: the loop is
     closed, its executor joined, the checkpoint closed and fsynced. What is still buffered -
     log handlers, stdout, stderr - is flushed first. Only for the console commands, which
-    own their process; ``main()`` and friends return the code for callers in Python."""
+    own their process; ``main()`` and friends return the code for callers in Python.
+
+    stdout that cannot be flushed (a full disk, a closed pipe) makes a success 120, as the
+    interpreter's own exit: the command's output is lost. stderr does not: it only carries
+    progress and the summary, and the run's code (and --report) must not depend on whether
+    anybody still reads them."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except ValueError:  # closed by the program: nothing left in it
             pass
-        except OSError:  # a full disk, a closed pipe: 120, as the interpreter's own exit
-            code = code or 120
+        except OSError:
+            if stream is sys.stdout:
+                code = code or 120
     os._exit(code)
 
 

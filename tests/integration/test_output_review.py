@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import FaultyProxy, run_cli_async
-from tests.helpers import cli_args
+from tests.helpers import cli_args, list_keys, load_json
 
 
 @pytest.fixture
@@ -36,19 +36,22 @@ def _fill(s3: Any, bucket: str, count: int) -> None:
 
 
 async def _run_with_closed(which: str, args: Sequence[str]) -> tuple[int, str]:
-    """``python -m asyncbackup ARGS`` with ``which`` ("stdout" or "stderr") a pipe whose
+    """The ``asyncbackup ARGS`` console command with ``which`` ("stdout" or "stderr") a pipe whose
     reading end is already closed; the return code and what the other stream got."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     streams: dict[str, Any] = {"stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
     streams[which] = write_end
+    # As in production: stdout and stderr buffered (the test run may set PYTHONUNBUFFERED).
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "asyncbackup",
+            "-c",
+            "from asyncbackup.cli import console; console()",
             *args,
             stdin=asyncio.subprocess.DEVNULL,
+            env=env,
             **streams,
         )
     finally:
@@ -75,3 +78,43 @@ async def test_quiet_with_json_logs_still_gives_the_summary_record(
     assert summaries[0]["status"] == "completed" and summaries[0]["files_copied"] == 3
     # Still quiet: no progress records, no other info records.
     assert all(r["message"] == "summary" or r["level"] != "info" for r in records), records
+
+
+async def test_a_closed_stderr_changes_neither_the_copy_nor_the_report(
+    s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+) -> None:
+    # `backup-s3 ... 2>&1 | head -1`, or a log shipper that died: every write to stderr fails
+    # with EPIPE. The progress line used to raise inside the run (nothing copied, exit 1 from
+    # an uncaught traceback), and the summary's failed print kept --report from being written.
+    _fill(s3, buckets.source, 4)
+    proxy.delay = 0.05
+    report = tmp_path / "report.json"
+    report.write_bytes(b'{"status": "an earlier run"}\n')
+    args = cli_args(proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    code, _ = await _run_with_closed(
+        "stderr",
+        [
+            "s3",
+            "data",
+            *args,
+            "--concurrency",
+            "1",
+            "--progress-interval",
+            "0.02",
+            "--report",
+            str(report),
+        ],
+    )
+    assert len(list_keys(s3, buckets.dest)) == 4
+    data = load_json(report)
+    assert data["status"] == "completed" and data["files_copied"] == 4
+    assert code == 0
+
+    # A run that cannot start: its one-line error cannot be written either, and still the
+    # exit code is the documented 2 (not 1, "some objects failed", from a traceback) and
+    # --report says why.
+    bad = cli_args(proxy.endpoint, tmp_path / "bad", "no-such-bucket-z", buckets.dest)
+    code, _ = await _run_with_closed("stderr", ["s3", "data", *bad, "--report", str(report)])
+    assert code == 2
+    failed = load_json(report)
+    assert failed["status"] == "failed" and "no-such-bucket-z" in failed["error"]
