@@ -44,6 +44,7 @@ log = logging.getLogger("asyncbackup")
 T = TypeVar("T")
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STDOUT_LOST = 120  # the interpreter's own code when it cannot flush stdout at exit
 GRACE_SECONDS = 5.0
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -559,16 +560,7 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
         log.warning("interrupted; a dry run changes nothing")
         _report_end(args, "interrupted", EXIT_INTERRUPTED, "interrupted before the plan was made")
         return EXIT_INTERRUPTED
-    print(
-        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
-        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
-        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination"
-    )
-    for key in plan.first_keys:
-        print(f"  {printable(key)}")
-    if plan.copy_files > len(plan.first_keys):
-        print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
-    if args.report:
+    if args.report:  # first: the report does not depend on anybody reading stdout
         try:
             write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
         except OSError as exc:
@@ -576,6 +568,18 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
                 f"cannot write --report {args.report}: {exc.strerror}; give a file this user "
                 "can write"
             ) from exc
+    lines = [
+        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
+        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
+        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination",
+        *(f"  {printable(key)}" for key in plan.first_keys),
+    ]
+    if plan.copy_files > len(plan.first_keys):
+        lines.append(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
+    try:
+        print("\n".join(lines))
+    except OSError:  # `| head -1` has what it wanted; the rest is lost, as Python says: 120
+        return EXIT_STDOUT_LOST
     return EXIT_OK
 
 

@@ -118,3 +118,23 @@ async def test_a_closed_stderr_changes_neither_the_copy_nor_the_report(
     assert code == 2
     failed = load_json(report)
     assert failed["status"] == "failed" and "no-such-bucket-z" in failed["error"]
+
+
+async def test_a_dry_run_into_a_closed_pipe_is_not_an_unexpected_fatal_error(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    # `asyncbackup s3 ... --dry-run | head -1`: once head is gone, the list of keys cannot be
+    # written. That used to be "unexpected BrokenPipeError ... the checkpoint is valid", exit 3
+    # (a fatal error midway, per the README) and a --report saying the dry run failed.
+    for i in range(25):  # long keys: more than stdout's buffer, so a print itself fails
+        s3.put_object(Bucket=buckets.source, Key=f"data/{i:02d}-" + "k" * 900, Body=b"x")
+    report = tmp_path / "plan.json"
+    args = cli_args(s3_server.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    code, stderr = await _run_with_closed(
+        "stdout", ["s3", "data", *args, "--dry-run", "--report", str(report)]
+    )
+    assert "unexpected" not in stderr and "error" not in stderr, stderr
+    assert code == 120  # as Python itself when it cannot write stdout; not 3
+    plan = load_json(report)
+    assert plan["copy_files"] == 25
+    assert list_keys(s3, buckets.dest) == []
