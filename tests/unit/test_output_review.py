@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
+from rich.progress import ProgressColumn
+
 from asyncbackup.logformat import TextFormatter
 from asyncbackup.printable import printable
+from asyncbackup.progress_bar import ProgressBar
 from asyncbackup.report import BackupReport
 from asyncbackup.run_output import summary_lines
 
@@ -55,3 +59,20 @@ def test_ordinary_non_ascii_keys_still_print_as_they_are() -> None:
     # Arabic and Hebrew letters (right-to-left by themselves), emoji with a zero-width joiner
     ordinary = "data/تقرير/דוח/👩\u200d💻/ünï.txt"
     assert printable(ordinary) == ordinary
+
+
+def test_the_bar_of_a_finished_run_with_failures_is_full_with_no_time_left() -> None:
+    # Failed objects count one unit each but their bytes stayed "to do": the bar left on the
+    # screen said "finished", 50% and an ETA, as if half the job were still coming.
+    bar = ProgressBar(io.StringIO())
+    bar.on_listed(2, 2_000_000, 0, 0)
+    bar.on_listing_done()
+    bar.on_done("data/a", 1_000_000)
+    bar.on_failed("data/b", "AccessDenied: Access Denied")
+    bar._push(final=True)
+    assert bar.description() == "finished"
+    assert bar._main.percentage == 100.0
+    assert bar._main.time_remaining == 0.0
+    columns = [column for column in bar.progress.columns if isinstance(column, ProgressColumn)]
+    text = " ".join(str(column.render(bar._main)) for column in columns[3:])
+    assert "1/2 files" in text and "ETA 0:00:00" in text and "1 errors" in text
