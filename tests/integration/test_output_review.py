@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -138,3 +139,64 @@ async def test_a_dry_run_into_a_closed_pipe_is_not_an_unexpected_fatal_error(
     plan = load_json(report)
     assert plan["copy_files"] == 25
     assert list_keys(s3, buckets.dest) == []
+
+
+def _read_until_closed(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every holder of the terminal's other side has closed it
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_dumb_terminal_gets_the_plain_progress_line(
+    s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+) -> None:
+    # TERM=dumb (an Emacs shell, some CI consoles): a terminal, but rich does not redraw on it
+    # and draws the bar once, at the end - the whole run used to show no progress at all.
+    _fill(s3, buckets.source, 3)
+    proxy.delay = 0.2
+    args = cli_args(proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES")
+    }
+    env.update(TERM="dumb", COLUMNS="200")
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbackup",
+            "s3",
+            "data",
+            *args,
+            "--concurrency",
+            "1",
+            "--progress-interval",
+            "0.2",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+            env=env,
+        )
+        os.close(terminal)
+        terminal = -1
+        raw = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, controller), 60)
+        await process.communicate()
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    screen = raw.decode(errors="replace")
+    assert process.returncode == 0, screen
+    lines = [line for line in screen.splitlines() if line.startswith("progress: ")]
+    assert len(lines) >= 2, screen  # while it ran, not only at the end
+    assert "\x1b[" not in screen  # no cursor movement a dumb terminal cannot do
+    assert "completed: copied 3 files" in screen
