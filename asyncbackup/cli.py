@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import orjson
 
 from .api import plan_backup, run_backup
-from .checkpoint import now_iso, write_atomic
+from .checkpoint import now_iso, write_atomic, written_file
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
@@ -670,7 +670,12 @@ def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
         try:
             write_report(args.report, report)
         except OSError as exc:
-            log.error("cannot write the report %s: %s", args.report, exc.strerror)
+            _drop_stale_report(args.report)
+            log.error(
+                "cannot write the report %s: %s (an earlier report there is removed)",
+                args.report,
+                exc.strerror,
+            )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -727,8 +732,17 @@ def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: 
         "error": redact(" ".join(message.split())),
         "finished_at": now_iso(),
     }
-    with contextlib.suppress(OSError):
+    try:
         write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    except OSError:
+        _drop_stale_report(path)
+
+
+def _drop_stale_report(path: Path) -> None:
+    """The report could not be written (a full disk): remove the earlier run's, so that no
+    monitor reads it as this run's (removing a file needs no space)."""
+    with contextlib.suppress(OSError):
+        written_file(path).unlink(missing_ok=True)  # through the operator's link, as written
 
 
 def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pty
 import sys
@@ -19,6 +20,7 @@ import pytest
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import FaultyProxy, run_cli_async
 from tests.helpers import cli_args, list_keys, load_json
+from tests.reliability import tmpfs
 
 
 @pytest.fixture
@@ -200,3 +202,25 @@ async def test_a_dumb_terminal_gets_the_plain_progress_line(
     assert len(lines) >= 2, screen  # while it ran, not only at the end
     assert "\x1b[" not in screen  # no cursor movement a dumb terminal cannot do
     assert "completed: copied 3 files" in screen
+
+
+async def test_a_report_that_cannot_be_written_does_not_leave_the_last_runs_in_place(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    # README: "the file never keeps an earlier run's result for a monitor to read as this
+    # one's". The report's disk fills up during the run: the new report cannot be written, and
+    # the earlier run's (here, a failed one's) used to stay in its place.
+    _fill(s3, buckets.source, 2)
+    args = cli_args(s3_server.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    with tmpfs(tmp_path / "reports", "size=1m") as where:
+        report = where / "report.json"
+        report.write_bytes(b'{"status": "failed", "exit_code": 3}\n')
+        filler = where / "filler"
+        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:  # until the disk is full
+                handle.write(b"x" * 4096)
+        result = await run_cli_async(["s3", "data", *args, "--report", str(report)])
+        assert len(list_keys(s3, buckets.dest)) == 2
+        assert "cannot write the report" in result.stderr
+        assert not report.exists() or b"failed" not in report.read_bytes()
+        assert result.returncode == 0, result.stderr  # the backup itself went well
