@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import orjson
 
 from .api import plan_backup, run_backup
-from .checkpoint import now_iso, write_atomic
+from .checkpoint import now_iso, write_atomic, written_file
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
@@ -44,6 +44,7 @@ log = logging.getLogger("asyncbackup")
 T = TypeVar("T")
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STDOUT_LOST = 120  # the interpreter's own code when it cannot flush stdout at exit
 GRACE_SECONDS = 5.0
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -560,16 +561,7 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
         log.warning("interrupted; a dry run changes nothing")
         _report_end(args, "interrupted", EXIT_INTERRUPTED, "interrupted before the plan was made")
         return EXIT_INTERRUPTED
-    print(
-        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
-        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
-        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination"
-    )
-    for key in plan.first_keys:
-        print(f"  {printable(key)}")
-    if plan.copy_files > len(plan.first_keys):
-        print(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
-    if args.report:
+    if args.report:  # first: the report does not depend on anybody reading stdout
         try:
             write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
         except OSError as exc:
@@ -577,6 +569,18 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
                 f"cannot write --report {args.report}: {exc.strerror}; give a file this user "
                 "can write"
             ) from exc
+    lines = [
+        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
+        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
+        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination",
+        *(f"  {printable(key)}" for key in plan.first_keys),
+    ]
+    if plan.copy_files > len(plan.first_keys):
+        lines.append(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
+    try:
+        print("\n".join(lines))
+    except OSError:  # `| head -1` has what it wanted; the rest is lost, as Python says: 120
+        return EXIT_STDOUT_LOST
     return EXIT_OK
 
 
@@ -655,18 +659,24 @@ async def _interruptible(
 def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
     """The final summary on stderr (a JSON record with --log-format json), and --report."""
     if getattr(args, "log_format", "text") == "json":
-        log.log(
-            logging.WARNING if report.errors else logging.INFO,
-            "summary",
-            extra=summary_record(report),
+        # Handled whatever the logger's level: --quiet drops info records, not the summary.
+        level = logging.WARNING if report.errors else logging.INFO
+        record = log.makeRecord(
+            log.name, level, __file__, 0, "summary", (), None, extra=summary_record(report)
         )
+        log.handle(record)
     else:
-        print("\n".join(summary_lines(report)), file=sys.stderr)
+        _say("\n".join(summary_lines(report)))
     if args.report:
         try:
             write_report(args.report, report)
         except OSError as exc:
-            log.error("cannot write the report %s: %s", args.report, exc.strerror)
+            _drop_stale_report(args.report)
+            log.error(
+                "cannot write the report %s: %s (an earlier report there is removed)",
+                args.report,
+                exc.strerror,
+            )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -689,7 +699,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             return code
     except AsyncBackupError as exc:
         if args.debug:
-            print(redact(traceback.format_exc()), end="", file=sys.stderr)
+            _say(redact(traceback.format_exc()).rstrip("\n"))
         _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
         _report_end(args, "failed", exc.exit_code, f"{exc}")
         return exc.exit_code
@@ -697,7 +707,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line
         if args.debug:
-            print(redact(traceback.format_exc()), end="", file=sys.stderr)
+            _say(redact(traceback.format_exc()).rstrip("\n"))
         detail = " ".join(str(exc).split()) or type(exc).__name__
         message = f"unexpected {type(exc).__name__}: {detail}"
         _fatal(
@@ -723,8 +733,17 @@ def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: 
         "error": redact(" ".join(message.split())),
         "finished_at": now_iso(),
     }
-    with contextlib.suppress(OSError):
+    try:
         write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    except OSError:
+        _drop_stale_report(path)
+
+
+def _drop_stale_report(path: Path) -> None:
+    """The report could not be written (a full disk): remove the earlier run's, so that no
+    monitor reads it as this run's (removing a file needs no space)."""
+    with contextlib.suppress(OSError):
+        written_file(path).unlink(missing_ok=True)  # through the operator's link, as written
 
 
 def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
@@ -733,7 +752,14 @@ def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
     if getattr(args, "log_format", "text") == "json":
         log.error(message, extra={"exit_code": exit_code})
     else:
-        print(message, file=sys.stderr)
+        _say(message)
+
+
+def _say(text: str) -> None:
+    """``text`` on stderr; nothing when stderr cannot be written (a pipe nobody reads any
+    more): what the run did, its exit code and its --report must not depend on it."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -754,15 +780,21 @@ def leave(code: int) -> NoReturn:
     of a 2,000-object copy) and has nothing left to do. By then the run is over: the loop is
     closed, its executor joined, the checkpoint closed and fsynced. What is still buffered -
     log handlers, stdout, stderr - is flushed first. Only for the console commands, which
-    own their process; ``main()`` and friends return the code for callers in Python."""
+    own their process; ``main()`` and friends return the code for callers in Python.
+
+    stdout that cannot be flushed (a full disk, a closed pipe) makes a success 120, as the
+    interpreter's own exit: the command's output is lost. stderr does not: it only carries
+    progress and the summary, and the run's code (and --report) must not depend on whether
+    anybody still reads them."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except ValueError:  # closed by the program: nothing left in it
             pass
-        except OSError:  # a full disk, a closed pipe: 120, as the interpreter's own exit
-            code = code or 120
+        except OSError:
+            if stream is sys.stdout:
+                code = code or 120
     os._exit(code)
 
 

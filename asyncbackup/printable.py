@@ -3,9 +3,13 @@
 A key is any UTF-8 string: it can hold a newline (which would forge a line of the summary or
 the log), a tab (a column of ``checkpoint errors``) or an escape sequence (which would rewrite
 the operator's terminal). ``printable()`` writes each control character - C0, DEL and C1 - as
-a backslash escape (``\\n``, ``\\t``, ``\\x1b``...); everything else, non-ASCII letters and
-backslashes included, is left as it is, so ordinary keys print unchanged. Machine outputs
-(``--report``, JSON logs, the checkpoint) keep keys exact: JSON escapes them itself.
+a backslash escape (``\\n``, ``\\t``, ``\\x1b``...), and so the Unicode line and paragraph
+separators (U+2028, U+2029: a line break to ``str.splitlines`` and many editors) and the
+bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069: they reorder
+what follows, so ``data/x-\\u202efdp.exe`` shows as ``data/x-exe.pdf``) as ``\\u2028``...;
+everything else, non-ASCII letters (right-to-left ones too) and backslashes included, is left
+as it is, so ordinary keys print unchanged. Machine outputs (``--report``, JSON logs, the
+checkpoint) keep keys exact: JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ _TABLE = {
     code: _NAMED.get(chr(code), f"\\x{code:02x}")
     for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
 }
+_TABLE.update(
+    (code, f"\\u{code:04x}")
+    for code in (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F))
+)
+_TABLE.update((code, f"\\u{code:04x}") for code in range(0x2066, 0x206A))
 
 
 def printable(text: str) -> str:

@@ -6,9 +6,10 @@ One line::
     ETA 0:00:10  3 errors
 
 Totals grow while the listing goes on (shown with a ``+``). The percentage and the ETA count
-bytes plus one unit a file, so a bucket of empty objects still moves. Rates are rich's
-estimates over the last 30 seconds. Rich redraws from its own thread, so the observer methods
-(called on the event loop) only update counters and, at most every 0.1 s, rich's tasks.
+bytes plus one unit a file, so a bucket of empty objects still moves; once every object is done
+or failed the bar is full. Rates are rich's estimates over the last 30 seconds. Rich redraws
+from its own thread, so the observer methods (called on the event loop) only update counters
+and, at most every 0.1 s, rich's tasks.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ class ProgressBar:
         self._last_push = now
         units_total = self.total_bytes + self.total_files
         units_done = self.done_bytes + self.done_files + self.failed
+        if self.listing_done and self.done_files + self.failed >= self.total_files:
+            # Every object is done or failed: nothing is left to come (a failed object's bytes,
+            # which the observer is not told, would otherwise keep the bar short with an ETA).
+            units_done = max(units_done, units_total)
         update = self.progress.update
         update(
             self.main_task,

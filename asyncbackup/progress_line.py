@@ -103,8 +103,11 @@ class ProgressLine:
         if self.emit is not None:
             self.emit(self.line(now), self.fields(now))
             return
-        self.stream.write(self.line(now) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+        except OSError:  # nobody reads it any more (a closed pipe): the run goes on, silent
+            self.enabled = False
 
     def fields(self, now: float | None = None) -> dict[str, Any]:
         elapsed = max((now or time.monotonic()) - self.started, 1e-9)

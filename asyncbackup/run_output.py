@@ -1,7 +1,8 @@
 """What the CLI shows of a run: the progress display it picks, the final summary, the report.
 
-- On a terminal: the live bar (``progress_bar``); otherwise a plain line every few seconds
-  (``progress_line``); nothing with ``--quiet``; JSON log records with ``--log-format json``.
+- On a terminal: the live bar (``progress_bar``); otherwise (a dumb terminal included) a plain
+  line every few seconds (``progress_line``); nothing with ``--quiet``; JSON log records with
+  ``--log-format json``.
 - The summary: objects, bytes, duration, throughput and errors grouped by code, as text lines
   or as the fields of one JSON log record; ``--report FILE`` writes it as a JSON document.
 """
@@ -49,7 +50,10 @@ def pick_progress(args: argparse.Namespace, stream: TextIO, log: logging.Logger)
     if stream.isatty():
         from .progress_bar import ProgressBar  # rich costs ~40 ms to import: only for the bar
 
-        return ProgressBar(stream)
+        bar = ProgressBar(stream)
+        # A terminal rich does not redraw on (TERM=dumb): the bar would show once, at the end.
+        if bar.console.is_interactive:
+            return bar
     return ProgressLine(stream, every=every)
 
 
