@@ -72,6 +72,16 @@ def share_of(config: BackupConfig, count: int) -> BackupConfig:
     )
 
 
+def forwarded_logger(name: str) -> logging.Logger:
+    """Where a worker's log record named ``name`` goes in this process: its own logger for
+    ours, and under ``asyncbackup.worker.`` for another library's (botocore, asyncio), so it
+    reaches the handlers of ``asyncbackup`` (the CLI's formatter, an embedding program's) and
+    never Python's last-resort handler, which would print from inside a library."""
+    if name == "asyncbackup" or name.startswith("asyncbackup."):
+        return logging.getLogger(name)
+    return logging.getLogger(f"asyncbackup.worker.{name}")
+
+
 class _Child:
     """One worker process and the requests it has in flight."""
 
@@ -289,7 +299,7 @@ class WorkerPool:
             case "note":
                 self.notes.note(message["section"], message["key"], message["value"])
             case "log":
-                logger = logging.getLogger(str(message.get("name") or "asyncbackup"))
+                logger = forwarded_logger(str(message.get("name") or "asyncbackup"))
                 logger.log(int(message.get("level", logging.WARNING)), "%s", message["message"])
             case "fatal":
                 child.failure = wire.error_from_wire(message["error"])

@@ -6,6 +6,7 @@ resort" handler), so a library that logs warnings and adds no handler of its own
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,37 @@ def test_run_backup_prints_nothing_without_logging_configured(
     assert done.returncode == 0, done.stderr
     assert reset.hits == 1
     assert done.stdout == "" and done.stderr == ""
+
+
+FORWARDED = """
+import json, logging
+from asyncbackup.workerpool import forwarded_logger
+
+names = ("botocore.credentials", "asyncio", "asyncbackup", "asyncbackup.staging")
+for name in names:  # nobody configured logging: nothing may be printed
+    forwarded_logger(name).warning("from a worker: %s", name)
+seen = []
+handler = logging.Handler()
+handler.emit = lambda record: seen.append((record.name, record.getMessage()))
+logging.getLogger("asyncbackup").addHandler(handler)
+for name in names:  # an embedding program's (or the CLI's) handler gets every one
+    forwarded_logger(name).warning("from a worker: %s", name)
+print(json.dumps(seen))
+"""
+
+
+def test_a_worker_log_record_of_another_library_is_not_printed_by_the_library() -> None:
+    """A --processes worker forwards its warnings, botocore's and asyncio's too, to the main
+    process, which logs them under their names. A logger outside ``asyncbackup`` has no
+    handler in a program that configured no logging: Python's last resort printed them."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORWARDED], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    seen = json.loads(done.stdout)
+    assert [message for _, message in seen] == [
+        f"from a worker: {name}"
+        for name in ("botocore.credentials", "asyncio", "asyncbackup", "asyncbackup.staging")
+    ]
+    assert seen[0][0] == "asyncbackup.worker.botocore.credentials"
