@@ -49,6 +49,7 @@ from .errors import (
     ObjectError,
 )
 from .journal import JOURNAL_SUFFIX, journal_path
+from .pipeline import primary_error
 from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
@@ -591,9 +592,11 @@ async def _sizes(
                 if key is not None:
                     sizes[key] = item.size
     except ObjectError as exc:
+        flag = "--source-profile" if role == "source" else "--dest-profile"
         raise FatalRunError(
             f"cannot list the {role} bucket {source.bucket!r} under {prefix!r}: {exc}; "
-            "nothing was verified"
+            f"nothing was verified - check the access of {flag}'s credentials to it, the "
+            "endpoint and the network, then verify again"
         ) from exc
     return sizes, listed
 
@@ -628,9 +631,12 @@ async def verify_state(
         return key if key in done_keys else None
 
     at_dest_key = in_job if mapped is None else mapped.get
-    async with asyncio.TaskGroup() as tg:
-        in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
-        at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
+            at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
+    except BaseExceptionGroup as group:  # the failed listing's own error, not a group of one
+        raise primary_error(group) from None
     source_sizes, source_listed = in_source.result()
     dest_sizes, dest_listed = at_dest.result()
     result = VerifyResult(checked=len(done), source_listed=source_listed, dest_listed=dest_listed)

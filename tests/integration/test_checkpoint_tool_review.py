@@ -1,0 +1,70 @@
+"""Review of ``asyncbackup checkpoint ...``: what an operator hits, each test a bug found.
+
+Every command runs in its own process against the S3 server (or a loopback proxy in front of
+it); the checkpoints are written as a run writes them (``CheckpointState`` through
+``write_atomic``), so each test needs no full backup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asyncbackup.checkpoint import CheckpointState, write_atomic
+from tests.conftest import Buckets
+from tests.faulty_proxy import run_cli_async
+from tests.proxy import Rule, S3Proxy
+
+OBJECTS = {f"data/f{i}.bin": bytes(10 + i) for i in range(5)}
+
+
+def _write_checkpoint(
+    path: Path,
+    buckets: Buckets,
+    files: dict[str, bool],
+    *,
+    errors: dict[str, str] | None = None,
+    **config: Any,
+) -> CheckpointState:
+    state = CheckpointState.new(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        config={"base_local_path": str(path.parent.parent), **config},
+    )
+    state.files = dict(files)
+    state.errors = dict(errors or {})
+    state.total_files = len(files)
+    state.processed_files = sum(files.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, state.to_json())
+    return state
+
+
+def _copied(s3: Any, buckets: Buckets) -> dict[str, bool]:
+    for key, body in OBJECTS.items():
+        s3.put_object(Bucket=buckets.source, Key=key, Body=body)
+        s3.put_object(Bucket=buckets.dest, Key=key, Body=body)
+    return dict.fromkeys(OBJECTS, True)
+
+
+async def test_verify_listing_refused_midway_is_one_clear_line(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The bucket check passes, then the job's listing is refused: the tool's own message
+    ("cannot list the ... bucket ...; nothing was verified"), not an unexpected
+    ExceptionGroup from the task group the two listings run in."""
+    path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
+    _write_checkpoint(path, buckets, _copied(s3, buckets))
+    snapshot = path.read_bytes()
+    # check_bucket lists with max-keys=1 and no prefix; the job's listing has prefix=data/
+    proxy.add_rule(Rule("access_denied", method="GET", path=buckets.dest, query="prefix=data"))
+    refused = await run_cli_async(
+        ["checkpoint", "verify", str(path), "--endpoint-url", proxy.endpoint]
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "cannot list the destination bucket" in refused.stderr
+    assert "nothing was verified" in refused.stderr and "--dest-profile" in refused.stderr
+    assert "ExceptionGroup" not in refused.stderr and "unexpected" not in refused.stderr
+    assert path.read_bytes() == snapshot
