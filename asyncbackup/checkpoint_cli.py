@@ -123,7 +123,10 @@ def add_checkpoint_commands(commands: Any) -> None:
     where = verify.add_argument_group("buckets and credentials (as for the s3 command)")
     where.add_argument("--source-profile", help="default: the one the checkpoint recorded")
     where.add_argument("--dest-profile", help="default: the one the checkpoint recorded")
-    where.add_argument("--endpoint-url", help="S3 endpoint for both sides")
+    where.add_argument(
+        "--endpoint-url",
+        help="S3 endpoint for both sides (default: the ones the checkpoint recorded)",
+    )
     where.add_argument("--source-endpoint-url")
     where.add_argument("--dest-endpoint-url")
     where.add_argument("--region")

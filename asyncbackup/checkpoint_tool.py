@@ -665,7 +665,9 @@ class Endpoints:
 async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
     """Open clients for the checkpoint's buckets and run ``verify_state()``.
 
-    The profiles default to the ones the checkpoint recorded for its run.
+    The profiles and endpoints default to the ones the checkpoint recorded for its run: the
+    copies are on that store (one bucket name on two endpoints is two buckets), wherever the
+    environment or a profile points now.
     """
     state = await asyncio.to_thread(load, path)
     if is_github(state):
@@ -676,6 +678,16 @@ async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
     recorded = state.config
     source_profile = where.source_profile or _str_or_none(recorded.get("source_profile"))
     dest_profile = where.dest_profile or _str_or_none(recorded.get("dest_profile"))
+    source_endpoint = (
+        where.source_endpoint_url
+        or where.endpoint_url
+        or _str_or_none(recorded.get("source_endpoint_url"))
+    )
+    dest_endpoint = (
+        where.dest_endpoint_url
+        or where.endpoint_url
+        or _str_or_none(recorded.get("dest_endpoint_url"))
+    )
     async with contextlib.AsyncExitStack() as stack:
         common: dict[str, Any] = {
             "region": where.region,
@@ -687,14 +699,14 @@ async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
             stack,
             role="source",
             profile=source_profile,
-            endpoint_url=where.source_endpoint_url or where.endpoint_url,
+            endpoint_url=source_endpoint,
             **common,
         )
         dest_client = await open_client(
             stack,
             role="destination",
             profile=dest_profile,
-            endpoint_url=where.dest_endpoint_url or where.endpoint_url,
+            endpoint_url=dest_endpoint,
             **common,
         )
         await check_bucket(source_client, state.source_bucket, role="source", write=False)

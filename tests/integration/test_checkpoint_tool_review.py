@@ -7,11 +7,12 @@ it); the checkpoints are written as a run writes them (``CheckpointState`` throu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from asyncbackup.checkpoint import CheckpointState, write_atomic
-from tests.conftest import Buckets
+from asyncbackup.checkpoint import CheckpointState, endpoint_for_checkpoint, write_atomic
+from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
 from tests.proxy import Rule, S3Proxy
 
@@ -68,3 +69,30 @@ async def test_verify_listing_refused_midway_is_one_clear_line(
     assert "nothing was verified" in refused.stderr and "--dest-profile" in refused.stderr
     assert "ExceptionGroup" not in refused.stderr and "unexpected" not in refused.stderr
     assert path.read_bytes() == snapshot
+
+
+async def test_verify_goes_to_the_endpoint_the_checkpoint_recorded(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A backup to a non-AWS store records its endpoint; ``verify FILE`` without endpoint
+    flags checks the copies there, not wherever the environment points (here a dead loopback
+    port standing for AWS or another store)."""
+    path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
+    recorded = endpoint_for_checkpoint(s3_server.endpoint)
+    _write_checkpoint(
+        path,
+        buckets,
+        _copied(s3, buckets),
+        source_endpoint_url=recorded,
+        dest_endpoint_url=recorded,
+    )
+    env = dict(os.environ, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    checked = await run_cli_async(["checkpoint", "verify", str(path)], env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"OK: {len(OBJECTS)} files marked done; 0 missing" in checked.stdout
+    # A flag still wins (a proxy in front of the same store, say): here the dead port.
+    flagged = await run_cli_async(
+        ["checkpoint", "verify", str(path), "--dest-endpoint-url", "http://127.0.0.1:9"]
+    )
+    assert flagged.returncode == 2, flagged.stdout + flagged.stderr
+    assert "destination endpoint" in flagged.stderr
