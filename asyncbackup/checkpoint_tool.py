@@ -742,7 +742,7 @@ def _state(info: CheckpointInfo) -> str:
 
 
 def format_codes(codes: Mapping[str, int]) -> str:
-    return ", ".join(f"{code} {count}" for code, count in codes.items())
+    return ", ".join(f"{printable(code)} {count}" for code, count in codes.items())
 
 
 def format_info(info: CheckpointInfo) -> str:
@@ -768,8 +768,9 @@ def format_info(info: CheckpointInfo) -> str:
             f"journal      {info.journal_batches:,} batches since the file was last written "
             "whole (applied above; the run folds them in)"
         )
-    width = max((len(code) for code in info.errors_by_code), default=0)
-    lines.extend(f"  {code:<{width}}  {count:,}" for code, count in info.errors_by_code.items())
+    codes = {printable(code): count for code, count in info.errors_by_code.items()}
+    width = max((len(code) for code in codes), default=0)
+    lines.extend(f"  {code:<{width}}  {count:,}" for code, count in codes.items())
     if info.error_count:
         lines.append(f"(one line per failed file: asyncbackup checkpoint errors {info.path})")
     return "\n".join(lines)
@@ -790,8 +791,8 @@ def format_listed(item: ListedCheckpoint) -> str:
 
 def format_failed(failed: FailedFile) -> str:
     """``key<TAB>Code<TAB>message``: easy to ``cut -f1`` or ``grep`` (a tab or newline in
-    the key or message is escaped: ``printable``)."""
-    return f"{printable(failed.key)}\t{failed.code}\t{printable(failed.message)}"
+    the key, code or message is escaped: ``printable``)."""
+    return f"{printable(failed.key)}\t{printable(failed.code)}\t{printable(failed.message)}"
 
 
 def format_mark(result: MarkResult) -> str:

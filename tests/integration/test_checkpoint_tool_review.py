@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from asyncbackup.checkpoint import CheckpointState, endpoint_for_checkpoint, write_atomic
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
@@ -96,3 +98,35 @@ async def test_verify_goes_to_the_endpoint_the_checkpoint_recorded(
     )
     assert flagged.returncode == 2, flagged.stdout + flagged.stderr
     assert "destination endpoint" in flagged.stderr
+
+
+async def test_errors_and_show_escape_control_characters_of_the_code(
+    buckets: Buckets, tmp_path: Path
+) -> None:
+    """The code column comes from the server (or a hand edit) like the message: an escape
+    sequence in it must not reach the terminal raw, nor a stray column in ``errors``."""
+    path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
+    evil = "\x1b]0;owned\x07Denied"
+    _write_checkpoint(
+        path,
+        buckets,
+        {"data/a": False, "data/b\tc\nd": False},
+        errors={"data/a": f"{evil}: no", "data/b\tc\nd": "AccessDenied: x\ty\nz"},
+    )
+    errors = await run_cli_async(["checkpoint", "errors", str(path)])
+    assert errors.returncode == 0, errors.stderr
+    assert "\x1b" not in errors.stdout and "\x07" not in errors.stdout
+    rows = [line.split("\t") for line in errors.stdout.splitlines()]
+    assert rows == [
+        ["data/a", "\\x1b]0;owned\\x07Denied", "no"],
+        ["data/b\\tc\\nd", "AccessDenied", "x\\ty\\nz"],
+    ]
+    shown = await run_cli_async(["checkpoint", "show", str(path)])
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "\\x1b]0;owned\\x07Denied" in shown.stdout
+    # --json keeps the text exact: JSON escapes it itself
+    as_json = orjson.loads(
+        (await run_cli_async(["checkpoint", "errors", str(path), "--json"])).stdout
+    )
+    assert as_json[0]["code"] == evil
