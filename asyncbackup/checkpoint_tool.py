@@ -56,6 +56,9 @@ from .s3client import S3Client, check_bucket, open_client
 from .sources.s3 import S3Source
 
 UNKNOWN_CODE = "Unknown"
+#: the notes by which a GitHub run takes an artifact for unchanged since its last copy
+#: (``github.listing.VERSIONS`` and ``ETAGS``, not imported: they would load aiohttp here)
+REFETCH_NOTES = ("github_versions", "github_etags")
 _PROC_LOCKS = Path("/proc/locks")
 
 # -- errors ---------------------------------------------------------------------------------
@@ -381,9 +384,10 @@ def mark_keys(
     """Mark the keys matching ``patterns`` done (``True``) or pending (``False``).
 
     Marking done drops the keys' errors (a done file has none); marking pending keeps them
-    unless ``clear_errors``. ``processed_files`` is recomputed from the map;
-    ``processed_bytes`` cannot be (the checkpoint keeps no sizes): the next run sets it from
-    its complete listing.
+    unless ``clear_errors``, and drops what a GitHub run knows of their last copy (version,
+    ETags), so that they are copied again even when unchanged. ``processed_files`` is
+    recomputed from the map; ``processed_bytes`` cannot be (the checkpoint keeps no sizes):
+    the next run sets it from its complete listing.
     Refused with ``CheckpointLockedError`` while a run holds the checkpoint; holds the lock
     itself for the length of the edit. A pattern that matches no key refuses the whole edit.
     """
@@ -437,6 +441,8 @@ def _edit(
             state.files[key] = done
             if (done or clear_errors) and state.errors.pop(key, None) is not None:
                 cleared += 1
+            if not done:
+                _forget_versions(state, key)
         state.processed_files = sum(1 for value in state.files.values() if value)
         if not dry_run:
             manager.flush(state)
@@ -452,6 +458,15 @@ def _edit(
         )
     finally:
         manager.close()
+
+
+def _forget_versions(state: CheckpointState, key: str) -> None:
+    """A key marked pending is copied again: a GitHub run must not find its version or ETag
+    unchanged since the last copy, and skip it."""
+    for section in REFETCH_NOTES:
+        notes = state.extra.get(section)
+        if isinstance(notes, dict):
+            notes.pop(key, None)
 
 
 def _lock_for_edit(path: Path, verb: str) -> CheckpointManager:

@@ -13,9 +13,19 @@ from typing import Any
 
 import orjson
 
-from asyncbackup.checkpoint import CheckpointState, endpoint_for_checkpoint, write_atomic
+from asyncbackup import run_github_backup
+from asyncbackup.checkpoint import (
+    CheckpointState,
+    endpoint_for_checkpoint,
+    read_checkpoint,
+    write_atomic,
+)
+from asyncbackup.checkpoint_tool import REFETCH_NOTES
+from asyncbackup.github.listing import ETAGS, VERSIONS
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
+from tests.integration.github_org import config as github_config
+from tests.integration.github_org import running_org
 from tests.proxy import Rule, S3Proxy
 
 OBJECTS = {f"data/f{i}.bin": bytes(10 + i) for i in range(5)}
@@ -130,3 +140,38 @@ async def test_errors_and_show_escape_control_characters_of_the_code(
         (await run_cli_async(["checkpoint", "errors", str(path), "--json"])).stdout
     )
     assert as_json[0]["code"] == evil
+
+
+async def test_mark_pending_copies_an_unchanged_github_artifact_again(
+    proxy: S3Proxy, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``mark --pending`` promises "copied again". On a GitHub checkpoint the next run found
+    the artifact's version (``github_versions``) unchanged and its copy present, so it marked
+    it done again without copying it: the edit did nothing."""
+    async with running_org(tmp_path / "git") as github:
+        options = github_config(github, proxy.endpoint, buckets.dest, tmp_path / "w")
+        options["include"] = ["alpha", "beta"]
+        clock = github.clock
+        # alpha's issues cannot be written: the run ends with an error, the checkpoint stays
+        rule = proxy.add_rule(Rule("access_denied", method="PUT", path="alpha/issues.json"))
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed_with_errors", first.errors
+        (path,) = (tmp_path / "w" / "checkpoints").glob("*.checkpoint")
+        bundle = "github/acme/beta.bundle"
+        assert read_checkpoint(path).files[bundle] is True
+
+        marked = await run_cli_async(["checkpoint", "mark", str(path), "--pending", bundle])
+        assert marked.returncode == 0, marked.stderr
+        assert "marked 1 keys pending (1 changed)" in marked.stdout
+        state = read_checkpoint(path)
+        assert state.files[bundle] is False
+        assert bundle not in state.extra[VERSIONS]
+        assert REFETCH_NOTES == (VERSIONS, ETAGS)  # the tool's names for the engine's notes
+
+        proxy.rules.remove(rule)
+        puts = len(proxy.seen(method="PUT", path="beta.bundle"))
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert len(proxy.seen(method="PUT", path="beta.bundle")) == puts + 1
+        # what was not marked is not copied again (its version is unchanged)
+        assert len(proxy.seen(method="PUT", path="alpha.bundle")) == 1
