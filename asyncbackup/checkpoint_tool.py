@@ -26,7 +26,8 @@ import contextlib
 import fnmatch
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -358,18 +359,23 @@ class MarkResult:
 def match_keys(keys: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     """The keys matching at least one glob pattern, and the patterns that matched nothing.
 
-    Patterns are ``fnmatch`` globs on the whole key, case-sensitive; ``*`` crosses ``/``.
+    Patterns are ``fnmatch`` globs on the whole key, case-sensitive; ``*`` crosses ``/``. A
+    pattern that is one of the keys as it is matches that key alone: a key with ``[``, ``*``
+    or ``?`` in it (pasted from ``checkpoint errors``) is never taken for a glob that could
+    match other keys.
     """
-    matched: list[str] = []
-    used: set[str] = set()
-    for key in keys:
-        hit = False
-        for pattern in patterns:
-            if fnmatch.fnmatchcase(key, pattern):
-                used.add(pattern)
-                hit = True
-        if hit:
-            matched.append(key)
+    pool = keys if isinstance(keys, Collection) else list(keys)
+    present = pool if isinstance(pool, Mapping | AbstractSet) else set(pool)
+    literal = {pattern for pattern in patterns if pattern in present}
+    globs = [pattern for pattern in dict.fromkeys(patterns) if pattern not in literal]
+    matched: set[str] = set(literal)
+    used: set[str] = set(literal)
+    if globs:
+        for key in pool:
+            for pattern in globs:
+                if fnmatch.fnmatchcase(key, pattern):
+                    used.add(pattern)
+                    matched.add(key)
     return sorted(matched), [p for p in patterns if p not in used]
 
 

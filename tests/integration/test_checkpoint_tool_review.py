@@ -175,3 +175,33 @@ async def test_mark_pending_copies_an_unchanged_github_artifact_again(
         assert len(proxy.seen(method="PUT", path="beta.bundle")) == puts + 1
         # what was not marked is not copied again (its version is unchanged)
         assert len(proxy.seen(method="PUT", path="alpha.bundle")) == 1
+
+
+async def test_mark_a_key_with_glob_characters_marks_that_key_not_another(
+    buckets: Buckets, tmp_path: Path
+) -> None:
+    """S3 keys hold ``[``, ``*`` and ``?``. Pasting such a key from ``checkpoint errors`` into
+    ``mark --done`` took it for a glob: ``report[1].csv`` marked ``report1.csv`` done - never
+    copied, and skipped by every run after - and left the failed key as it was."""
+    path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
+    odd, other = "data/report[1].csv", "data/report1.csv"
+    starry = "data/what?*.txt"
+    _write_checkpoint(
+        path,
+        buckets,
+        {odd: False, other: False, starry: False, "data/whatnot.txt": False},
+        errors={odd: "AccessDenied: Access Denied"},
+    )
+    (row,) = (await run_cli_async(["checkpoint", "errors", str(path)])).stdout.splitlines()
+    key = row.split("\t")[0]
+    assert key == odd
+    marked = await run_cli_async(["checkpoint", "mark", str(path), "--done", key, starry])
+    assert marked.returncode == 0, marked.stderr
+    assert "marked 2 keys done (2 changed), cleared 1 errors" in marked.stdout
+    state = read_checkpoint(path)
+    assert state.files == {odd: True, other: False, starry: True, "data/whatnot.txt": False}
+    assert not state.errors
+    # a pattern that is no key is still a glob
+    globbed = await run_cli_async(["checkpoint", "mark", str(path), "--done", "data/report[0-9]*"])
+    assert globbed.returncode == 0, globbed.stderr
+    assert read_checkpoint(path).files[other] is True
