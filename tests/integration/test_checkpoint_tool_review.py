@@ -8,6 +8,8 @@ it); the checkpoints are written as a run writes them (``CheckpointState`` throu
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +207,33 @@ async def test_mark_a_key_with_glob_characters_marks_that_key_not_another(
     globbed = await run_cli_async(["checkpoint", "mark", str(path), "--done", "data/report[0-9]*"])
     assert globbed.returncode == 0, globbed.stderr
     assert read_checkpoint(path).files[other] is True
+
+
+def _run_into_closed_pipe(args: list[str]) -> tuple[int, str]:
+    """The tool with its stdout a pipe nobody reads any more (``| head -1`` once it has its
+    line): every write gets EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncbackup", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+def test_output_to_a_reader_that_went_away_is_no_error(buckets: Buckets, tmp_path: Path) -> None:
+    """``checkpoint errors FILE | head -1``: the reader has what it wanted. The tool said
+    "error: unexpected BrokenPipeError ..." and exited 3 (or 120 for a short output), which
+    fails a script under ``set -o pipefail``; it now stops quietly with its own exit code."""
+    path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
+    many = {f"data/k{i:05d}": False for i in range(3000)}
+    _write_checkpoint(path, buckets, many, errors=dict.fromkeys(many, "AccessDenied: no"))
+    for args in (["errors", str(path)], ["errors", str(path), "--json"], ["show", str(path)]):
+        code, stderr = _run_into_closed_pipe(["checkpoint", *args])
+        assert (code, stderr) == (0, ""), args
