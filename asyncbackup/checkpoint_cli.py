@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from . import checkpoint_tool as tool
+from .errors import CheckpointError
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
@@ -228,9 +229,13 @@ async def _verify(args: argparse.Namespace) -> int:
     )
     result = await tool.verify_checkpoint(args.file, where)
     marked: tool.MarkResult | None = None
+    refused: CheckpointError | None = None
     if args.mark_pending and not result.ok:
         bad = [*result.missing, *(m.key for m in result.different)]
-        marked = await asyncio.to_thread(tool.mark_exact, args.file, bad, done=False)
+        try:
+            marked = await asyncio.to_thread(tool.mark_exact, args.file, bad, done=False)
+        except CheckpointError as exc:  # a run took it meanwhile: still say what was found
+            refused = exc
     if args.json:
         out = result.to_dict()
         out["marked_pending"] = marked.matched if marked else []
@@ -239,4 +244,6 @@ async def _verify(args: argparse.Namespace) -> int:
         _out(tool.format_verify(result, args.file))
         if marked is not None:
             _out(tool.format_mark(marked))
+    if refused is not None:
+        raise refused
     return EXIT_OK if result.ok else EXIT_MISMATCH

@@ -17,6 +17,7 @@ import orjson
 
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import (
+    CheckpointLock,
     CheckpointState,
     endpoint_for_checkpoint,
     read_checkpoint,
@@ -237,3 +238,30 @@ def test_output_to_a_reader_that_went_away_is_no_error(buckets: Buckets, tmp_pat
     for args in (["errors", str(path)], ["errors", str(path), "--json"], ["show", str(path)]):
         code, stderr = _run_into_closed_pipe(["checkpoint", *args])
         assert (code, stderr) == (0, ""), args
+
+
+async def test_verify_mark_pending_refused_by_a_run_still_reports_what_it_found(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A run took the checkpoint while ``verify --mark-pending`` listed (minutes, for a large
+    job): the marking is refused, and the verification's findings were thrown away with it -
+    nothing on stdout. They are printed now, before the one-line refusal."""
+    path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
+    _write_checkpoint(path, buckets, _copied(s3, buckets))
+    s3.delete_object(Bucket=buckets.dest, Key="data/f0.bin")
+    snapshot = path.read_bytes()
+    where = ["--endpoint-url", s3_server.endpoint, "--mark-pending"]
+    lock = CheckpointLock(path)
+    lock.acquire()
+    try:
+        text = await run_cli_async(["checkpoint", "verify", str(path), *where])
+        as_json = await run_cli_async(["checkpoint", "verify", str(path), *where, "--json"])
+    finally:
+        lock.release()
+    assert text.returncode == 2, text.stderr
+    assert "missing    data/f0.bin" in text.stdout and "FAILED" in text.stdout
+    assert "in use by a running backup" in text.stderr and text.stderr.count("\n") == 1
+    assert as_json.returncode == 2, as_json.stderr
+    found = orjson.loads(as_json.stdout)
+    assert found["missing"] == ["data/f0.bin"] and found["marked_pending"] == []
+    assert path.read_bytes() == snapshot
