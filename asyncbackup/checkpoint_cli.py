@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,25 @@ from typing import Any
 import orjson
 
 from . import checkpoint_tool as tool
+from .errors import CheckpointError
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
 
+def _out(text: str) -> None:
+    """One result to stdout. A reader that went away (``| head -1`` once it has its line) has
+    what it wanted: the rest is dropped quietly, and the exit code stays the command's."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
+        os.close(devnull)
+
+
 def _emit_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    _out(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 def _common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
@@ -123,7 +137,10 @@ def add_checkpoint_commands(commands: Any) -> None:
     where = verify.add_argument_group("buckets and credentials (as for the s3 command)")
     where.add_argument("--source-profile", help="default: the one the checkpoint recorded")
     where.add_argument("--dest-profile", help="default: the one the checkpoint recorded")
-    where.add_argument("--endpoint-url", help="S3 endpoint for both sides")
+    where.add_argument(
+        "--endpoint-url",
+        help="S3 endpoint for both sides (default: the ones the checkpoint recorded)",
+    )
     where.add_argument("--source-endpoint-url")
     where.add_argument("--dest-endpoint-url")
     where.add_argument("--region")
@@ -142,7 +159,7 @@ async def _show(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(info.to_dict())
     else:
-        print(tool.format_info(info))
+        _out(tool.format_info(info))
     return EXIT_OK
 
 
@@ -155,7 +172,7 @@ async def _list(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json([item.to_dict() for item in found])
     elif found:
-        print("\n".join(tool.format_listed(item) for item in found))
+        _out("\n".join(tool.format_listed(item) for item in found))
     else:
         print(f"no checkpoints under {directory}", file=sys.stderr)
     return EXIT_OK
@@ -167,7 +184,7 @@ async def _errors(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json([item.to_dict() for item in failed])
     elif failed:
-        print("\n".join(tool.format_failed(item) for item in failed))
+        _out("\n".join(tool.format_failed(item) for item in failed))
     else:
         which = f" with code {args.code}" if args.code else ""
         print(f"no failed files{which} in {args.file}", file=sys.stderr)
@@ -186,7 +203,7 @@ async def _mark(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result.to_dict())
     else:
-        print(tool.format_mark(result))
+        _out(tool.format_mark(result))
     return EXIT_OK
 
 
@@ -197,7 +214,7 @@ async def _compact(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(result.to_dict())
     else:
-        print(tool.format_compact(result))
+        _out(tool.format_compact(result))
     return EXIT_OK
 
 
@@ -212,15 +229,21 @@ async def _verify(args: argparse.Namespace) -> int:
     )
     result = await tool.verify_checkpoint(args.file, where)
     marked: tool.MarkResult | None = None
+    refused: CheckpointError | None = None
     if args.mark_pending and not result.ok:
         bad = [*result.missing, *(m.key for m in result.different)]
-        marked = await asyncio.to_thread(tool.mark_exact, args.file, bad, done=False)
+        try:
+            marked = await asyncio.to_thread(tool.mark_exact, args.file, bad, done=False)
+        except CheckpointError as exc:  # a run took it meanwhile: still say what was found
+            refused = exc
     if args.json:
         out = result.to_dict()
         out["marked_pending"] = marked.matched if marked else []
         _emit_json(out)
     else:
-        print(tool.format_verify(result, args.file))
+        _out(tool.format_verify(result, args.file))
         if marked is not None:
-            print(tool.format_mark(marked))
+            _out(tool.format_mark(marked))
+    if refused is not None:
+        raise refused
     return EXIT_OK if result.ok else EXIT_MISMATCH

@@ -26,7 +26,8 @@ import contextlib
 import fnmatch
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,12 +50,16 @@ from .errors import (
     ObjectError,
 )
 from .journal import JOURNAL_SUFFIX, journal_path
+from .pipeline import primary_error
 from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sources.s3 import S3Source
 
 UNKNOWN_CODE = "Unknown"
+#: the notes by which a GitHub run takes an artifact for unchanged since its last copy
+#: (``github.listing.VERSIONS`` and ``ETAGS``, not imported: they would load aiohttp here)
+REFETCH_NOTES = ("github_versions", "github_etags")
 _PROC_LOCKS = Path("/proc/locks")
 
 # -- errors ---------------------------------------------------------------------------------
@@ -354,18 +359,23 @@ class MarkResult:
 def match_keys(keys: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     """The keys matching at least one glob pattern, and the patterns that matched nothing.
 
-    Patterns are ``fnmatch`` globs on the whole key, case-sensitive; ``*`` crosses ``/``.
+    Patterns are ``fnmatch`` globs on the whole key, case-sensitive; ``*`` crosses ``/``. A
+    pattern that is one of the keys as it is matches that key alone: a key with ``[``, ``*``
+    or ``?`` in it (pasted from ``checkpoint errors``) is never taken for a glob that could
+    match other keys.
     """
-    matched: list[str] = []
-    used: set[str] = set()
-    for key in keys:
-        hit = False
-        for pattern in patterns:
-            if fnmatch.fnmatchcase(key, pattern):
-                used.add(pattern)
-                hit = True
-        if hit:
-            matched.append(key)
+    pool = keys if isinstance(keys, Collection) else list(keys)
+    present = pool if isinstance(pool, Mapping | AbstractSet) else set(pool)
+    literal = {pattern for pattern in patterns if pattern in present}
+    globs = [pattern for pattern in dict.fromkeys(patterns) if pattern not in literal]
+    matched: set[str] = set(literal)
+    used: set[str] = set(literal)
+    if globs:
+        for key in pool:
+            for pattern in globs:
+                if fnmatch.fnmatchcase(key, pattern):
+                    used.add(pattern)
+                    matched.add(key)
     return sorted(matched), [p for p in patterns if p not in used]
 
 
@@ -380,9 +390,10 @@ def mark_keys(
     """Mark the keys matching ``patterns`` done (``True``) or pending (``False``).
 
     Marking done drops the keys' errors (a done file has none); marking pending keeps them
-    unless ``clear_errors``. ``processed_files`` is recomputed from the map;
-    ``processed_bytes`` cannot be (the checkpoint keeps no sizes): the next run sets it from
-    its complete listing.
+    unless ``clear_errors``, and drops what a GitHub run knows of their last copy (version,
+    ETags), so that they are copied again even when unchanged. ``processed_files`` is
+    recomputed from the map; ``processed_bytes`` cannot be (the checkpoint keeps no sizes):
+    the next run sets it from its complete listing.
     Refused with ``CheckpointLockedError`` while a run holds the checkpoint; holds the lock
     itself for the length of the edit. A pattern that matches no key refuses the whole edit.
     """
@@ -436,6 +447,8 @@ def _edit(
             state.files[key] = done
             if (done or clear_errors) and state.errors.pop(key, None) is not None:
                 cleared += 1
+            if not done:
+                _forget_versions(state, key)
         state.processed_files = sum(1 for value in state.files.values() if value)
         if not dry_run:
             manager.flush(state)
@@ -451,6 +464,15 @@ def _edit(
         )
     finally:
         manager.close()
+
+
+def _forget_versions(state: CheckpointState, key: str) -> None:
+    """A key marked pending is copied again: a GitHub run must not find its version or ETag
+    unchanged since the last copy, and skip it."""
+    for section in REFETCH_NOTES:
+        notes = state.extra.get(section)
+        if isinstance(notes, dict):
+            notes.pop(key, None)
 
 
 def _lock_for_edit(path: Path, verb: str) -> CheckpointManager:
@@ -591,9 +613,11 @@ async def _sizes(
                 if key is not None:
                     sizes[key] = item.size
     except ObjectError as exc:
+        flag = "--source-profile" if role == "source" else "--dest-profile"
         raise FatalRunError(
             f"cannot list the {role} bucket {source.bucket!r} under {prefix!r}: {exc}; "
-            "nothing was verified"
+            f"nothing was verified - check the access of {flag}'s credentials to it, the "
+            "endpoint and the network, then verify again"
         ) from exc
     return sizes, listed
 
@@ -628,9 +652,12 @@ async def verify_state(
         return key if key in done_keys else None
 
     at_dest_key = in_job if mapped is None else mapped.get
-    async with asyncio.TaskGroup() as tg:
-        in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
-        at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
+            at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
+    except BaseExceptionGroup as group:  # the failed listing's own error, not a group of one
+        raise primary_error(group) from None
     source_sizes, source_listed = in_source.result()
     dest_sizes, dest_listed = at_dest.result()
     result = VerifyResult(checked=len(done), source_listed=source_listed, dest_listed=dest_listed)
@@ -659,7 +686,9 @@ class Endpoints:
 async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
     """Open clients for the checkpoint's buckets and run ``verify_state()``.
 
-    The profiles default to the ones the checkpoint recorded for its run.
+    The profiles and endpoints default to the ones the checkpoint recorded for its run: the
+    copies are on that store (one bucket name on two endpoints is two buckets), wherever the
+    environment or a profile points now.
     """
     state = await asyncio.to_thread(load, path)
     if is_github(state):
@@ -670,6 +699,16 @@ async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
     recorded = state.config
     source_profile = where.source_profile or _str_or_none(recorded.get("source_profile"))
     dest_profile = where.dest_profile or _str_or_none(recorded.get("dest_profile"))
+    source_endpoint = (
+        where.source_endpoint_url
+        or where.endpoint_url
+        or _str_or_none(recorded.get("source_endpoint_url"))
+    )
+    dest_endpoint = (
+        where.dest_endpoint_url
+        or where.endpoint_url
+        or _str_or_none(recorded.get("dest_endpoint_url"))
+    )
     async with contextlib.AsyncExitStack() as stack:
         common: dict[str, Any] = {
             "region": where.region,
@@ -681,14 +720,14 @@ async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
             stack,
             role="source",
             profile=source_profile,
-            endpoint_url=where.source_endpoint_url or where.endpoint_url,
+            endpoint_url=source_endpoint,
             **common,
         )
         dest_client = await open_client(
             stack,
             role="destination",
             profile=dest_profile,
-            endpoint_url=where.dest_endpoint_url or where.endpoint_url,
+            endpoint_url=dest_endpoint,
             **common,
         )
         await check_bucket(source_client, state.source_bucket, role="source", write=False)
@@ -724,7 +763,7 @@ def _state(info: CheckpointInfo) -> str:
 
 
 def format_codes(codes: Mapping[str, int]) -> str:
-    return ", ".join(f"{code} {count}" for code, count in codes.items())
+    return ", ".join(f"{printable(code)} {count}" for code, count in codes.items())
 
 
 def format_info(info: CheckpointInfo) -> str:
@@ -750,8 +789,9 @@ def format_info(info: CheckpointInfo) -> str:
             f"journal      {info.journal_batches:,} batches since the file was last written "
             "whole (applied above; the run folds them in)"
         )
-    width = max((len(code) for code in info.errors_by_code), default=0)
-    lines.extend(f"  {code:<{width}}  {count:,}" for code, count in info.errors_by_code.items())
+    codes = {printable(code): count for code, count in info.errors_by_code.items()}
+    width = max((len(code) for code in codes), default=0)
+    lines.extend(f"  {code:<{width}}  {count:,}" for code, count in codes.items())
     if info.error_count:
         lines.append(f"(one line per failed file: asyncbackup checkpoint errors {info.path})")
     return "\n".join(lines)
@@ -772,8 +812,8 @@ def format_listed(item: ListedCheckpoint) -> str:
 
 def format_failed(failed: FailedFile) -> str:
     """``key<TAB>Code<TAB>message``: easy to ``cut -f1`` or ``grep`` (a tab or newline in
-    the key or message is escaped: ``printable``)."""
-    return f"{printable(failed.key)}\t{failed.code}\t{printable(failed.message)}"
+    the key, code or message is escaped: ``printable``)."""
+    return f"{printable(failed.key)}\t{printable(failed.code)}\t{printable(failed.message)}"
 
 
 def format_mark(result: MarkResult) -> str:
