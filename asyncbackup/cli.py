@@ -479,10 +479,11 @@ def configure_logging(args: argparse.Namespace) -> None:
     handler = make_handler(log_format)
     log.handlers[:] = [handler]
     log.propagate = False
-    if log_format == "json":  # other libraries' warnings: JSON lines too
-        root = logging.getLogger()
-        root.handlers[:] = [make_handler(log_format)]
-        root.setLevel(logging.WARNING)
+    # Other libraries' warnings (botocore, asyncio) through the same formatter: JSON lines in
+    # JSON mode; escaped and redacted lines in text mode, not Python's raw last resort.
+    root = logging.getLogger()
+    root.handlers[:] = [make_handler(log_format)]
+    root.setLevel(logging.WARNING)
     if args.debug:
         log.setLevel(logging.DEBUG)
     elif getattr(args, "quiet", False):

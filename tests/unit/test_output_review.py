@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.progress import ProgressColumn
@@ -76,3 +78,27 @@ def test_the_bar_of_a_finished_run_with_failures_is_full_with_no_time_left() -> 
     columns = [column for column in bar.progress.columns if isinstance(column, ProgressColumn)]
     text = " ".join(str(column.render(bar._main)) for column in columns[3:])
     assert "1/2 files" in text and "ETA 0:00:00" in text and "1 errors" in text
+
+
+def test_another_librarys_warning_in_text_mode_is_formatted_escaped_and_redacted() -> None:
+    """botocore's or asyncio's warnings went to Python's last-resort handler in text mode:
+    raw, so an escape sequence from a server's message reached the terminal and a URL's
+    password the log (JSON mode already formatted them)."""
+
+    program = (
+        "import argparse, logging\n"
+        "from asyncbackup.cli import configure_logging\n"
+        "configure_logging(argparse.Namespace(log_format='text', debug=False, quiet=True))\n"
+        "logging.getLogger('botocore.endpoint').warning(\n"
+        "    'retrying http://me:hunter2@example.com/ after \\x1b[2J\\nforged line')\n"
+        "logging.getLogger('botocore.endpoint').info('not shown: below WARNING')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert " WARNING retrying " in lines[0]
+    assert "\x1b" not in done.stderr and "\\x1b[2J\\nforged line" in lines[0]
+    assert "hunter2" not in done.stderr
