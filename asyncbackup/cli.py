@@ -748,12 +748,13 @@ def _drop_stale_report(path: Path) -> None:
 
 
 def _fatal(args: argparse.Namespace, message: str, exit_code: int) -> None:
-    """The one line that ends a failed run: plain, or a JSON record with --log-format json."""
+    """The one line that ends a failed run: plain (its control characters escaped: it may
+    quote a server's message), or a JSON record with --log-format json."""
     message = redact(message)
     if getattr(args, "log_format", "text") == "json":
         log.error(message, extra={"exit_code": exit_code})
     else:
-        _say(message)
+        _say(printable(message))
 
 
 def _say(text: str) -> None:

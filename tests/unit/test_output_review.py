@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.progress import ProgressColumn
 
+from asyncbackup import cli
 from asyncbackup.logformat import TextFormatter
 from asyncbackup.printable import printable
 from asyncbackup.progress_bar import ProgressBar
@@ -102,3 +105,14 @@ def test_another_librarys_warning_in_text_mode_is_formatted_escaped_and_redacted
     assert " WARNING retrying " in lines[0]
     assert "\x1b" not in done.stderr and "\\x1b[2J\\nforged line" in lines[0]
     assert "hunter2" not in done.stderr
+
+
+def test_the_line_that_ends_a_failed_run_escapes_what_a_server_said(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The fatal line quotes the failure, a server's message included: an escape sequence
+    in it must not reach the terminal, nor a newline forge a second line."""
+    args = argparse.Namespace(log_format="text")
+    cli._fatal(args, "asyncbackup: error: refused (\x1b[2J\nexit 0)", 3)
+    err = capsys.readouterr().err
+    assert err == "asyncbackup: error: refused (\\x1b[2J\\nexit 0)\n"
