@@ -521,7 +521,7 @@ def _same_job(
     return mine == (state.source_bucket, state.source_path.strip("/"), state.dest_bucket)
 
 
-def _despite_journal(path: Path) -> CheckpointState | None:
+def despite_journal(path: Path) -> CheckpointState | None:
     """A checkpoint whose journal cannot be applied (corrupt, or the JSON file edited after a
     crash): the JSON file with as many of the journal's batches as can be read applied anyway,
     for the sections a crashed run recorded there (its multipart uploads, still to abort).
@@ -730,7 +730,7 @@ class CheckpointManager:
             suffix = "ignored"
         except CheckpointCorruptError:
             suffix = "corrupt"
-            ignored = _despite_journal(self.path)
+            ignored = despite_journal(self.path)
         aside = stamped(self.path.parent, f"{self.path.name}.{suffix}-")
         if self.journal.path.exists():
             self.journal.path.replace(journal_path(aside))

@@ -37,9 +37,11 @@ from .checkpoint import (
     CheckpointLock,
     CheckpointManager,
     CheckpointState,
+    despite_journal,
     load_checkpoint,
     read_checkpoint,
     stamped,
+    write_atomic_pieces,
 )
 from .config import BackupConfig
 from .errors import (
@@ -55,6 +57,7 @@ from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
 from .sources.s3 import S3Source
+from .uploads import SECTION as UPLOADS
 
 UNKNOWN_CODE = "Unknown"
 #: the notes by which a GitHub run takes an artifact for unchanged since its last copy
@@ -523,9 +526,10 @@ def compact_checkpoint(path: Path, *, discard_journal: bool = False) -> CompactR
     try:
         jpath = journal_path(path)
         if discard_journal:
-            load_checkpoint(path, journal=False)  # the JSON file itself must be sound
+            kept = load_checkpoint(path, journal=False).state  # the JSON file must be sound
             if not jpath.exists():
                 return CompactResult(path, had_journal=False)
+            _keep_journal_uploads(path, kept)
             aside = stamped(jpath.parent, f"{jpath.name}.discarded-")
             jpath.replace(aside)
             return CompactResult(path, had_journal=True, discarded_to=aside)
@@ -535,6 +539,21 @@ def compact_checkpoint(path: Path, *, discard_journal: bool = False) -> CompactR
         return CompactResult(path, loaded.journal, folded_batches=loaded.journal_batches)
     finally:
         manager.close()
+
+
+def _keep_journal_uploads(path: Path, kept: CheckpointState) -> None:
+    """Before a journal is set aside: the multipart uploads it alone records (a crash in the
+    middle of one) go into the JSON file, for the next run to abort. Discarding a journal
+    forgets its progress, never an upload still billed at the destination."""
+    journaled = despite_journal(path)
+    theirs = journaled.extra.get(UPLOADS) if journaled is not None else None
+    if not theirs:
+        return
+    ours: dict[str, Any] = kept.extra.get(UPLOADS) or {}
+    merged = {**ours, **theirs}
+    if merged != ours:
+        kept.extra[UPLOADS] = merged
+        write_atomic_pieces(path, kept.iter_json())
 
 
 # -- verify ---------------------------------------------------------------------------------

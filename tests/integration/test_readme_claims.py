@@ -1,0 +1,79 @@
+"""What the README promises, checked where a run by hand found the code falling short."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from asyncbackup import run_backup
+from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
+from asyncbackup.journal import Changes, journal_path
+from tests.conftest import Buckets, S3Server
+
+
+def tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncbackup", "checkpoint", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_compact_discard_journal_keeps_the_uploads_still_to_abort(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """README, "No multipart upload leaks": uploads a crash left are aborted by the next run.
+    A crash mid-upload records the upload in the journal only; an operator who then edits the
+    file is told to run ``checkpoint compact --discard-journal``, which drops the journal's
+    progress - it must not drop its record of the upload too, or the parts stay billed."""
+    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
+    upload: str = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
+    s3.upload_part(
+        Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
+    )
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": s3_server.endpoint,
+    }
+    checkpoint = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
+    crashed = CheckpointManager(checkpoint)
+    crashed.open()
+    state, _ = crashed.load_or_create(
+        source_bucket=buckets.source,
+        source_path="job",
+        dest_bucket=buckets.dest,
+        config={},
+        ignore_existing=False,
+    )
+    state.files["job/big"] = False
+    crashed.flush(state)
+    changes = Changes()
+    changes.note("multipart_uploads", "job/big", upload)
+    state.extra["multipart_uploads"] = {"job/big": upload}
+    await crashed.save_async(state, changes)
+    crashed._writer.shutdown(wait=True)  # a SIGKILL: the files stay, the lock goes
+    crashed.journal.close()
+    crashed.lock.release()
+    assert journal_path(checkpoint).exists()
+    data = orjson.loads(checkpoint.read_bytes())
+    assert "multipart_uploads" not in data  # recorded by the journal alone
+    data["files"]["job/extra"] = True  # the operator's edit, the journal still there
+    checkpoint.write_bytes(orjson.dumps(data))
+
+    discarded = tool("compact", str(checkpoint), "--discard-journal")
+    assert discarded.returncode == 0, discarded.stderr
+    assert not journal_path(checkpoint).exists()
+    kept = read_checkpoint(checkpoint)
+    assert kept.files.get("job/extra") is True  # the edit is kept
+
+    report = await run_backup(**settings, on_complete="delete")
+    assert report.status == "completed"
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
