@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STDOUT_LOST = 120  # the interpreter's own code when it cannot flush stdout at exit
+PROG = "asyncbackup"  # the command with subcommands (s3, github, checkpoint)
 GRACE_SECONDS = 5.0
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -79,11 +80,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _BadUsage(SystemExit):
+    """A command line the parser refused: exit 2, after its one line on stderr."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.prog, self.message = prog, message
+
+
 class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        message = f"{message} (see {self.prog} --help)"
+        _say(f"{self.prog}: error: {message}")
+        raise _BadUsage(self.prog, message)
+
+
+class _ReportOnly(argparse.ArgumentParser):
+    """Finds ``--report`` in a command line the real parser refused; never exits."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def _report_bad_usage(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, refused: _BadUsage
+) -> None:
+    """A backup command line refused before it parsed still writes its ``--report`` (failed,
+    exit 2), as any run stopped by an error does: the file must not keep the last run's
+    result. Not for the checkpoint tool, which takes no ``--report``."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if parser.prog == PROG and words[:1] == ["checkpoint"]:
+        return
+    finder = _ReportOnly(add_help=False)
+    finder.add_argument("--report", type=Path)
+    try:
+        found, _ = finder.parse_known_args(words)
+    except ValueError:
+        return
+    _report_end(found, "failed", EXIT_USAGE, refused.message)
 
 
 def process_count(text: str) -> int:
@@ -268,7 +304,7 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="asyncbackup",
+        prog=PROG,
         description="Resumable, high-concurrency backups to S3.",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -689,7 +725,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _BadUsage as refused:
+        _report_bad_usage(parser, argv, refused)
+        raise
     configure_logging(args)
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
     raise_open_file_limit()  # and its open files (fdlimit.py)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from asyncbackup import run_backup
 from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
@@ -77,3 +78,42 @@ async def test_compact_discard_journal_keeps_the_uploads_still_to_abort(
     report = await run_backup(**settings, on_complete="delete")
     assert report.status == "completed"
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    [
+        (["s3", "job", "--source-bucket", "a-bucket"], ["--concurrency", "0"]),
+        (["github", "acme"], ["--max-bandwidth", "50MB/s"]),  # not a github flag
+    ],
+)
+def test_a_bad_flag_still_replaces_the_last_report(
+    tmp_path: Path, command: list[str], bad: list[str]
+) -> None:
+    """README, ``--report``: a run stopped by an error (exit 2) writes ``{"status": "failed"}``
+    - "the file never keeps an earlier run's result for a monitor to read as this one's". A
+    flag with a bad value (a cron line edited wrong) is such an error."""
+    report = tmp_path / "report.json"
+    report.write_bytes(orjson.dumps({"status": "completed", "exit_code": 0}))
+    args = [*command, "--dest-bucket", "b-bucket", "--base-local-path", str(tmp_path / "w")]
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *args, "--report", str(report), *bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    written = orjson.loads(report.read_bytes())
+    assert written["status"] == "failed" and written["exit_code"] == 2
+    assert bad[0] in written["error"]
+    assert not (tmp_path / "w").exists()  # nothing was started
+
+
+def test_the_checkpoint_tool_writes_no_report_file(tmp_path: Path) -> None:
+    """``--report`` belongs to the backup commands: a mistyped ``checkpoint`` command line
+    holding the word creates no file."""
+    report = tmp_path / "report.json"
+    done = tool("show", "--report", str(report), str(tmp_path / "x.checkpoint"))
+    assert done.returncode == 2
+    assert not report.exists()
