@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from .checkpoint import endpoint_for_checkpoint
 from .errors import ConfigError, ObjectError
+from .filters import patterns
 
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB
@@ -138,8 +139,8 @@ class BackupConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
         validate_transfer(self)
         check_positive(processes=self.processes, list_streams=self.list_streams)
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "include", patterns("--include", self.include))
+        object.__setattr__(self, "exclude", patterns("--exclude", self.exclude))
         if self.dest_prefix is not None:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
         self._check_endpoint_urls()

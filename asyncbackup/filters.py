@@ -10,6 +10,21 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
+
+from .errors import ConfigError
+
+
+def patterns(flag: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``--include`` or ``--exclude`` as a config holds them: a tuple of globs. One string is
+    one pattern, never its letters (``*`` among them would match every key)."""
+    if value is None:
+        return ()
+    found = (value,) if isinstance(value, str) else tuple(value)
+    for item in found:
+        if not isinstance(item, str):
+            raise ConfigError(f"{flag} takes glob patterns (strings), got {item!r}")
+    return found
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:

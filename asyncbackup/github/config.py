@@ -17,6 +17,7 @@ from ..config import (
     validate_transfer,
 )
 from ..errors import ConfigError
+from ..filters import patterns
 
 GITHUB_API = "https://api.github.com"
 #: The checkpoint's ``source_bucket``; which server it was is recorded as ``config.api_url``.
@@ -70,8 +71,8 @@ class GitHubBackupConfig:
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
         object.__setattr__(self, "api_url", self.api_url.rstrip("/"))
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "include", patterns("--include", self.include))
+        object.__setattr__(self, "exclude", patterns("--exclude", self.exclude))
         if not _OWNER.match(self.owner):
             raise ConfigError(
                 f"OWNER {self.owner!r} is not a GitHub organisation or user name "

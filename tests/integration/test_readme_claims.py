@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import run_backup
+from asyncbackup import BackupConfig, GitHubBackupConfig, plan_backup, run_backup
 from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
+from asyncbackup.errors import ConfigError
 from asyncbackup.journal import Changes, journal_path
 from tests.conftest import Buckets, S3Server
 
@@ -117,3 +118,41 @@ def test_the_checkpoint_tool_writes_no_report_file(tmp_path: Path) -> None:
     done = tool("show", "--report", str(report), str(tmp_path / "x.checkpoint"))
     assert done.returncode == 2
     assert not report.exists()
+
+
+async def test_one_pattern_given_as_a_string_is_one_pattern(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """README, embedding: "The keyword arguments are the CLI flags". ``exclude="tmp/*"`` (one
+    ``--exclude``) was taken letter by letter - ``*`` among them, which matches every key - so
+    the nightly backup copied nothing and said ``completed``, exit code 0."""
+    for key in ("job/a.csv", "job/b.txt", "job/tmp/x.csv"):
+        s3.put_object(Bucket=buckets.source, Key=key, Body=key.encode())
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": s3_server.endpoint,
+        "on_complete": "delete",
+    }
+    report = await run_backup(**settings, exclude="tmp/*")
+    assert report.status == "completed"
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]) == [
+        "job/a.csv",
+        "job/b.txt",
+    ]
+    plan = await plan_backup(**settings, include="*.csv", ignore_checkpoints=True)
+    assert plan.copy_files == 2  # a.csv and tmp/x.csv, not every key
+
+
+def test_a_pattern_that_is_not_a_string_is_refused() -> None:
+    s3_job: dict[str, Any] = {"source_bucket": "a-b", "source_path": "x", "dest_bucket": "c-d"}
+    github_job: dict[str, Any] = {"owner": "acme", "dest_bucket": "c-d", "token": "t"}
+    s3_job["base_local_path"] = github_job["base_local_path"] = Path("/w")
+    with pytest.raises(ConfigError, match="--include"):
+        BackupConfig(**s3_job | {"include": [b"*.csv"]})
+    with pytest.raises(ConfigError, match="--exclude"):
+        GitHubBackupConfig(**github_job | {"exclude": [None]})
+    github = GitHubBackupConfig(**github_job | {"include": "al*"})
+    assert github.include == ("al*",)
