@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -267,9 +268,8 @@ async def run_github_backup(
             git.commands.count("clone"),
             git.commands.count("fetch"),
         )
-        return await asyncio.to_thread(
-            _conclude, config, manager, state, pipeline.result, resumed, started
-        )
+        result = _as_reported(pipeline.result, copier)
+        return await asyncio.to_thread(_conclude, config, manager, state, result, resumed, started)
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
@@ -392,6 +392,20 @@ def _repo_of(key: str) -> str:
     head, owner, rest = [*key.split("/", 2), "", ""][:3]
     repo = rest.split("/", 1)[0].removesuffix(".bundle").removesuffix(".wiki")
     return f"{head}/{owner}/{repo}"
+
+
+def _as_reported(result: PipelineResult, copier: ArtifactCopier) -> PipelineResult:
+    """This run's counts as its report gives them. An artifact found unchanged since the last
+    backup (a 304, the same ``pushed_at``) or with nothing to copy (no wiki, issues turned
+    off) is done, but was not copied: it is skipped (and, the first, unchanged)."""
+    unchanged = min(copier.unchanged, result.done_files)
+    skipped = min(len(copier.skipped), result.done_files - unchanged)
+    return dataclasses.replace(
+        result,
+        done_files=result.done_files - unchanged - skipped,
+        skipped_files=result.skipped_files + unchanged + skipped,
+        unchanged_files=result.unchanged_files + unchanged,
+    )
 
 
 def _conclude(

@@ -10,11 +10,19 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import BackupConfig, GitHubBackupConfig, plan_backup, run_backup
+from asyncbackup import (
+    BackupConfig,
+    GitHubBackupConfig,
+    plan_backup,
+    run_backup,
+    run_github_backup,
+)
 from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
 from asyncbackup.errors import ConfigError
 from asyncbackup.journal import Changes, journal_path
 from tests.conftest import Buckets, S3Server
+from tests.integration.github_org import config as org_config
+from tests.integration.github_org import running_org
 
 
 def tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -156,3 +164,23 @@ def test_a_pattern_that_is_not_a_string_is_refused() -> None:
         GitHubBackupConfig(**github_job | {"exclude": [None]})
     github = GitHubBackupConfig(**github_job | {"include": "al*"})
     assert github.include == ("al*",)
+
+
+async def test_a_github_run_that_finds_everything_unchanged_copies_nothing(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    """README, incremental GitHub backups: an unchanged repository "is not cloned again" and a
+    304 costs nothing - yet the report said ``copied 30 files, 0 B``, the unchanged and the
+    skipped artifacts counted as copies; a monitor could not tell a quiet night from a busy
+    one. They are this run's ``skipped_files`` (``unchanged_files``: found unchanged)."""
+    async with running_org(tmp_path / "git") as github:
+        options = org_config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        first = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        assert first.copied_files > 0 and first.copied_bytes > 0
+        again = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+    assert again.status == "completed", again.errors
+    assert (again.copied_files, again.copied_bytes) == (0, 0)
+    assert again.skipped_files == again.processed_files == first.processed_files
+    assert 0 < again.unchanged_files <= again.skipped_files
+    assert first.copied_files + first.skipped_files == first.processed_files
