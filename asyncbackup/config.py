@@ -166,12 +166,12 @@ class BackupConfig:
                 "give the same profile and endpoint for source and destination"
             )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
-            raise ConfigError("--max-bandwidth must be at least 1KB/s")
+            raise ConfigError("--max-bandwidth must be at least 1KiB/s (1024 bytes a second)")
         if self.max_bandwidth is not None and self.max_bandwidth < 1024 * self.processes:
-            # each process gets its share, of 1KB/s at least: they would add up to more
+            # each process gets its share, of 1KiB/s at least: they would add up to more
             raise ConfigError(
                 f"--max-bandwidth is shared by the {self.processes} --processes, at least "
-                f"1KB/s each: give {self.processes}KB/s or more, or fewer --processes"
+                f"1KiB/s each: give {self.processes}KiB/s or more, or fewer --processes"
             )
 
     def _check_endpoint_urls(self) -> None:

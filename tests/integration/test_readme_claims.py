@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,34 @@ async def test_a_github_run_that_finds_everything_unchanged_copies_nothing(
     assert again.skipped_files == again.processed_files == first.processed_files
     assert 0 < again.unchanged_files <= again.skipped_files
     assert first.copied_files + first.skipped_files == first.processed_files
+
+
+@pytest.mark.parametrize(
+    ("rate", "processes", "advice"),
+    [("1000", "1", r"at least (\S+)"), ("3000", "3", r"give (\S+) or more")],
+)
+def test_the_bandwidth_floor_the_error_names_is_accepted(
+    tmp_path: Path, rate: str, processes: str, advice: str
+) -> None:
+    """README: bad input gets a one-line error that says what to do. ``--max-bandwidth 1KB/s``
+    was refused with "must be at least 1KB/s" (1KB is 1000 bytes; the floor was 1024), and
+    "give 3KB/s or more" for three processes was refused in turn."""
+    args = ["s3", "job", "--source-bucket", "a-bucket", "--dest-bucket", "b-bucket"]
+    args += ["--base-local-path", str(tmp_path / "w"), "--dry-run", "--processes", processes]
+    args += ["--endpoint-url", "http://127.0.0.1:9"]  # nothing listens: the flags matter here
+
+    def cli(limit: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "asyncbackup", *args, "--max-bandwidth", limit],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = cli(rate)
+    assert refused.returncode == 2 and "--max-bandwidth" in refused.stderr
+    found = re.search(advice, refused.stderr)
+    assert found is not None, refused.stderr
+    followed = cli(found.group(1))
+    assert "--max-bandwidth" not in followed.stderr, followed.stderr
+    assert "cannot reach" in followed.stderr  # past the flags' checks, to the endpoint

@@ -32,10 +32,10 @@ def test_the_shares_of_the_bandwidth_limit_add_up_to_at_most_the_limit(
 
 @pytest.mark.parametrize(("limit", "processes"), [(2048, 4), (1024, 2)])
 def test_a_limit_too_small_to_share_is_refused_with_what_to_do(limit: int, processes: int) -> None:
-    """Each process needs 1 KB/s at least (the flag's own minimum): 4 processes under 2 KB/s
-    would copy at 4 KB/s."""
+    """Each process needs 1 KiB/s at least (the flag's own minimum): 4 processes under 2 KiB/s
+    would copy at 4 KiB/s."""
     with pytest.raises(ConfigError) as raised:
         _config(limit, processes)
     message = str(raised.value)
     assert "--max-bandwidth" in message and "--processes" in message
-    assert f"{processes}KB/s" in message
+    assert f"{processes}KiB/s" in message
