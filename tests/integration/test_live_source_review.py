@@ -1,0 +1,123 @@
+"""Review: the source bucket changes while a backup job is in progress (a live bucket).
+
+Objects deleted, overwritten or added between the listing and the copy, and between the runs
+of one job (resume from the checkpoint): what ends up at the destination, what the checkpoint
+counts, and whether the job completes when it should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import BackupReport
+from asyncbackup.checkpoint import load_checkpoint
+from asyncbackup.progress import NullObserver
+from tests.conftest import Buckets
+from tests.helpers import backup_data, bucket_digest, list_keys, put_objects
+from tests.proxy import Rule, S3Proxy
+
+
+def _checkpoint(tmp_path: Path, report: BackupReport) -> Any:
+    return load_checkpoint(report.checkpoint_path).state
+
+
+def _assert_counts(report: BackupReport) -> None:
+    """What any report of the job must hold: no more done than there is."""
+    assert report.processed_files <= report.total_files, report
+    assert report.processed_bytes <= report.total_bytes, report
+
+
+async def test_an_object_deleted_after_it_was_listed_fails_then_the_job_completes(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    put_objects(s3, buckets.source, {f"data/k{i}": bytes([i]) * 100 for i in range(4)})
+    proxy.add_rule(
+        Rule(
+            None,
+            method="GET",
+            path=r"/data/k1$",
+            times=1,
+            action=lambda: s3.delete_object(Bucket=buckets.source, Key="data/k1"),
+        )
+    )
+    first = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2)
+    assert first.status == "completed_with_errors"
+    assert set(first.errors) == {"data/k1"} and first.errors["data/k1"].startswith("NoSuchKey")
+    assert first.processed_files == 3
+    second = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2)
+    # the key is gone from the listing: its error is dropped and the job completes
+    assert second.status == "completed" and second.exit_code == 0, second.errors
+    assert second.copied_files == 0
+    assert (second.processed_files, second.total_files) == (3, 3)
+    assert second.archived_checkpoint is not None
+    assert bucket_digest(s3, buckets.source) == bucket_digest(s3, buckets.dest)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"skip_existing": True}, {"direct": True}, {"processes": 2}],
+    ids=["staged", "skip-existing", "direct", "processes"],
+)
+async def test_done_files_since_deleted_from_the_source_are_not_counted_done(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """Run 1 copies four files and fails one; two of the four copied are then deleted from
+    the source. Run 2 lists three files: the job's counts are of those three (it said "5 of 3
+    files done", and the checkpoint kept the deleted keys for ever)."""
+    put_objects(s3, buckets.source, {f"data/k{i}": bytes([i]) * 100 for i in range(5)})
+    method = "PUT" if options.get("direct") else "GET"
+    proxy.add_rule(Rule("internal", method=method, path=r"/data/k4$"))
+    first = await backup_data(buckets, tmp_path, proxy.endpoint, max_attempts=1, **options)
+    assert first.status == "completed_with_errors" and first.processed_files == 4
+    proxy.clear_faults()
+    s3.delete_object(Bucket=buckets.source, Key="data/k0")
+    s3.delete_object(Bucket=buckets.source, Key="data/k1")
+    second = await backup_data(buckets, tmp_path, proxy.endpoint, **options)
+    assert second.status == "completed", second.errors
+    assert second.copied_files == 1 and second.skipped_files == 2
+    assert (second.total_files, second.total_bytes) == (3, 300)
+    assert (second.processed_files, second.processed_bytes) == (3, 300)
+    assert second.archived_checkpoint is not None
+    archived = load_checkpoint(second.archived_checkpoint).state
+    assert archived.processed_files == archived.total_files == 3
+    assert archived.files == {"data/k2": True, "data/k3": True, "data/k4": True}
+    assert bucket_digest(s3, buckets.source) == {
+        key: digest
+        for key, digest in bucket_digest(s3, buckets.dest).items()
+        if key in archived.files
+    }
+
+
+async def test_a_stopped_run_then_a_deleted_prefix_then_the_resume_counts_what_is_left(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Stopped after a few copies (the listing not finished); a whole folder is deleted from
+    the source; the resume completes, and counts only what the source still has."""
+    objects = {f"data/{folder}/k{i}": bytes([i]) * 50 for folder in "abc" for i in range(4)}
+    put_objects(s3, buckets.source, objects)
+    stop = asyncio.Event()
+
+    class StopAfterFour(NullObserver):
+        done = 0
+
+        def on_done(self, key: str, size: int) -> None:
+            self.done += 1
+            if self.done == 4:
+                stop.set()
+
+    first = await backup_data(
+        buckets, tmp_path, proxy.endpoint, concurrency=1, observer=StopAfterFour(), stop=stop
+    )
+    assert first.status == "stopped" and first.copied_files >= 4
+    for key in list_keys(s3, buckets.source, "data/a/"):
+        s3.delete_object(Bucket=buckets.source, Key=key)
+    second = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2)
+    assert second.status == "completed", second.errors
+    assert (second.total_files, second.total_bytes) == (8, 400)
+    assert (second.processed_files, second.processed_bytes) == (8, 400)
+    for key in list_keys(s3, buckets.source):
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == objects[key]
