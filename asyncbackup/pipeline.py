@@ -49,6 +49,7 @@ class _Listed:
 class _Done:
     key: str
     size: int
+    listed: int  # the size the listing gave (another version may have been copied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +278,7 @@ class Pipeline:
             except ObjectError as exc:
                 self._events.put_nowait(_Failed(item.key, str(exc)))
             else:
-                self._events.put_nowait(_Done(item.key, size))
+                self._events.put_nowait(_Done(item.key, size, item.size))
 
     # -- the checkpoint writer ----------------------------------------------------------
 
@@ -328,7 +329,17 @@ class Pipeline:
     def _apply(self, event: _Event) -> bool:
         state, result, changes = self.state, self.result, self._changes
         match event:
-            case _Done(key, size):
+            case _Done(key, size, listed):
+                if size != listed and self.exact_sizes:
+                    # Replaced since it was listed, and the new version copied: the total is
+                    # of what is copied, or the job would end with more (or fewer) bytes
+                    # done than its total.
+                    result.listed_bytes += size - listed
+                    state.total_bytes = (
+                        result.listed_bytes
+                        if result.listing_complete
+                        else max(self._base_total[1], result.listed_bytes)
+                    )
                 if state.files.get(key) is not True:
                     state.processed_files += 1
                 state.files[key] = changes.files[key] = True

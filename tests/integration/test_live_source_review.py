@@ -8,6 +8,7 @@ counts, and whether the job completes when it should.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,37 @@ async def test_a_stopped_run_then_a_deleted_prefix_then_the_resume_counts_what_i
     assert (second.processed_files, second.processed_bytes) == (8, 400)
     for key in list_keys(s3, buckets.source):
         assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == objects[key]
+
+
+@pytest.mark.parametrize("new_size", [300, 40], ids=["grown", "shrunk"])
+async def test_an_object_replaced_between_listing_and_get_is_copied_whole_and_counted(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, new_size: int
+) -> None:
+    """Listed at 100 bytes, replaced by another size before its GET: whichever version is
+    copied, the copy is whole and the job's bytes done are its total when it completes."""
+    put_objects(s3, buckets.source, {"data/a": b"a" * 100, "data/b": b"b" * 100})
+    new = os.urandom(new_size)
+    proxy.add_rule(
+        Rule(
+            None,
+            method="GET",
+            path=r"/data/a$",
+            times=1,
+            action=lambda: s3.put_object(Bucket=buckets.source, Key="data/a", Body=new),
+        )
+    )
+    report = await backup_data(buckets, tmp_path, proxy.endpoint)
+    copied = s3.get_object(Bucket=buckets.dest, Key="data/a")["Body"].read()
+    assert copied in (new, b"a" * 100)
+    if report.status == "completed":
+        # it said "400 B of 200 B" done: the total is what the job copies
+        _assert_counts(report)
+        assert report.processed_bytes == report.total_bytes == 100 + len(copied)
+        assert report.archived_checkpoint is not None
+        archived = load_checkpoint(report.archived_checkpoint).state
+        assert archived.processed_bytes == archived.total_bytes
+    else:
+        assert set(report.errors) == {"data/a"}
+    again = await backup_data(buckets, tmp_path, proxy.endpoint)
+    assert again.status == "completed"
+    assert s3.get_object(Bucket=buckets.dest, Key="data/a")["Body"].read() == new
