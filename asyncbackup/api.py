@@ -283,6 +283,7 @@ async def run_backup(
             max_age=config.checkpoint_max_age,
             observer=observer,
             stop=stop,
+            forget_unlisted=True,  # a complete listing is the whole source
         )
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying

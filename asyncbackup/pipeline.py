@@ -15,6 +15,7 @@ the last compact - write the whole JSON file - as does the manager when the jour
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -48,6 +49,7 @@ class _Listed:
 class _Done:
     key: str
     size: int
+    listed: int  # the size the listing gave (another version may have been copied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +159,15 @@ class Pipeline:
         observer: Observer | None = None,
         stop: asyncio.Event | None = None,
         exact_sizes: bool = True,
+        forget_unlisted: bool = False,
     ) -> None:
         """``exact_sizes``: the listing's sizes are those ``process`` returns (S3), so the
         complete listing sets ``processed_bytes``; False when they are estimates (GitHub): it
-        is then the bytes copied, carried over from the loaded checkpoint and added to."""
+        is then the bytes copied, carried over from the loaded checkpoint and added to.
+
+        ``forget_unlisted``: a complete listing is the whole source as it is now (S3), so
+        the files of the checkpoint it did not list (deleted from the source since an earlier
+        run) leave the map: the job's counts are of the files the source has."""
         self.manager = manager
         self.state = state
         self.concurrency = concurrency
@@ -169,6 +176,7 @@ class Pipeline:
         self.observer: Observer = observer or NullObserver()
         self.stop = stop or asyncio.Event()
         self.exact_sizes = exact_sizes
+        self.forget_unlisted = forget_unlisted
         self.result = PipelineResult()
         self._work: asyncio.Queue[WorkItem | None] = asyncio.Queue(
             maxsize=queue_depth or concurrency * 4
@@ -270,7 +278,7 @@ class Pipeline:
             except ObjectError as exc:
                 self._events.put_nowait(_Failed(item.key, str(exc)))
             else:
-                self._events.put_nowait(_Done(item.key, size))
+                self._events.put_nowait(_Done(item.key, size, item.size))
 
     # -- the checkpoint writer ----------------------------------------------------------
 
@@ -321,7 +329,17 @@ class Pipeline:
     def _apply(self, event: _Event) -> bool:
         state, result, changes = self.state, self.result, self._changes
         match event:
-            case _Done(key, size):
+            case _Done(key, size, listed):
+                if size != listed and self.exact_sizes:
+                    # Replaced since it was listed, and the new version copied: the total is
+                    # of what is copied, or the job would end with more (or fewer) bytes
+                    # done than its total.
+                    result.listed_bytes += size - listed
+                    state.total_bytes = (
+                        result.listed_bytes
+                        if result.listing_complete
+                        else max(self._base_total[1], result.listed_bytes)
+                    )
                 if state.files.get(key) is not True:
                     state.processed_files += 1
                 state.files[key] = changes.files[key] = True
@@ -360,6 +378,8 @@ class Pipeline:
                 # counted once before and once more when redone (the map keeps no sizes).
                 if self.exact_sizes:
                     state.processed_bytes = result.skipped_bytes + result.done_bytes
+                if self.forget_unlisted:
+                    self._forget_unlisted()
                 for key in self._stale_errors:
                     # Failed before, and no longer in the source: nothing left to copy.
                     if state.errors.pop(key, None) is not None:
@@ -370,13 +390,36 @@ class Pipeline:
                 return True
         return False
 
+    def _forget_unlisted(self) -> None:
+        """Drop the files the complete listing did not list: every listed one is in the map,
+        moved to its end (``_apply_listed``), so those are the first ``len - listed`` ones.
+        A key listed twice makes that fewer: never a listed one dropped."""
+        state = self.state
+        stale = len(state.files) - self.result.listed_files
+        if stale <= 0:
+            return
+        for key in list(itertools.islice(state.files, stale)):
+            if state.files.pop(key):
+                state.processed_files -= 1
+            self._changes.files.pop(key, None)
+            state.errors.pop(key, None)  # its error too (``_stale_errors`` logs it)
+        log.info("forgetting %d files no longer in the source", stale)
+        # A journal line cannot remove a file: the next flush writes the whole file.
+        self._compacted = False
+
     def _apply_listed(self, items: Sequence[WorkItem]) -> None:
         state, result, changes = self.state, self.result, self._changes
         new = size = skipped = skipped_bytes = 0
+        files = state.files
         for item in items:
             self._stale_errors.discard(item.key)
             size += item.size
-            done = state.files.get(item.key)
+            done = files.get(item.key)
+            if done is not None and self.forget_unlisted:
+                # Listed again: to the end of the map, after every file not (yet) listed
+                # (``_forget_unlisted``). The order of a dict is its insertion order.
+                del files[item.key]
+                files[item.key] = done
             if done is True:
                 skipped += 1
                 skipped_bytes += item.size
