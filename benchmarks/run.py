@@ -5,9 +5,9 @@ for every repetition runs every tool (in a rotated order, so no tool always goes
 same job into an emptied ``bench-dst``: the staged backup (download to local disk, upload), and
 the direct bucket-to-bucket copy where the tool has one. A bare HTTP client (``bare.py``) does
 the same job as a reference: the server's floor, not a peer. Each run is a fresh process tree
-under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key and
-size, and the MD5 of a sample). Then the scale benchmarks. Prints tables; writes JSON to
-``benchmarks/results/``.
+under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key,
+size and content: ETags against the data's MD5, and objects read back). Then the scale
+benchmarks. Prints tables; writes JSON to ``benchmarks/results/``.
 
     python -m benchmarks.run [--quick] [--reps 3] [--concurrency 64] [--profile]
 """
