@@ -5,9 +5,9 @@ for every repetition runs every tool (in a rotated order, so no tool always goes
 same job into an emptied ``bench-dst``: the staged backup (download to local disk, upload), and
 the direct bucket-to-bucket copy where the tool has one. A bare HTTP client (``bare.py``) does
 the same job as a reference: the server's floor, not a peer. Each run is a fresh process tree
-under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key and
-size, and the MD5 of a sample). Then the scale benchmarks. Prints tables; writes JSON to
-``benchmarks/results/``.
+under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key,
+size and content: ETags against the data's MD5, and objects read back). Then the scale
+benchmarks. Prints tables; writes JSON to ``benchmarks/results/``.
 
     python -m benchmarks.run [--quick] [--reps 3] [--concurrency 64] [--profile]
 """
@@ -164,14 +164,20 @@ def median(runs: list[dict[str, Any]], field: str) -> float:
 
 
 def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[str, Any]:
+    """The figures of one tool and mode over its runs; the failed runs (an exit status, an
+    incomplete copy) are counted in ``failed_runs`` and left out of the figures."""
     ok = [run for run in runs if "error" not in run]
+    failed = len(runs) - len(ok)
     if not ok:
-        return {"runs": runs, "ok": False, "error": runs[0].get("error", "no run")}
+        error = runs[0].get("error", "no run")
+        return {"runs": runs, "ok": False, "failed_runs": failed, "error": error}
     wall = median(ok, "wall")
     walls = [run["wall"] for run in ok]
     return {
         "runs": runs,
-        "ok": len(ok) == len(runs),
+        "ok": failed == 0,
+        "failed_runs": failed,
+        **({"error": next(run["error"] for run in runs if "error" in run)} if failed else {}),
         "median_wall": round(wall, 3),
         "best_wall": round(min(walls), 3),
         "spread": round((max(walls) - min(walls)) / wall, 3),
@@ -185,6 +191,37 @@ def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[st
             else {}
         ),
     }
+
+
+def vs_ours(cells: dict[str, Any], key: str) -> float | None:
+    """The table's "vs ours" of cell ``key`` ("TOOL/MODE"): staged, asyncbackup's median time
+    / this tool's (asyncbackup's own row: 1); direct, this tool's / s5cmd's. None when either
+    median is missing (all runs failed, or the tool is not installed)."""
+    tool, mode = key.split("/")
+    mine: float | None = cells[key].get("median_wall")
+    base: float | None
+    if mode == "staged":
+        base = cells.get("asyncbackup/staged", {}).get("median_wall")
+        if mine and base:
+            return round(mine / base if tool == "asyncbackup" else base / mine, 3)
+        return None
+    base = cells.get("s5cmd/direct", {}).get("median_wall")
+    return round(mine / base, 3) if mine and base else None
+
+
+def failed_runs(workloads: dict[str, Any]) -> list[str]:
+    """One line for every cell with a failed run: a figure that is not of complete copies."""
+    lines = []
+    for name, workload in workloads.items():
+        for key, cell in workload["cells"].items():
+            if cell.get("failed_runs"):
+                tool, mode = key.split("/")
+                count = len(cell["runs"])
+                lines.append(
+                    f"{name} {mode} {tool}: {cell['failed_runs']} of {count} runs failed "
+                    f"({cell['error']})"
+                )
+    return lines
 
 
 def bench_workloads(
@@ -230,14 +267,16 @@ def bench_workloads(
                         flush=True,
                     )
         wl.clear(s3, DEST)
+        summaries = {
+            f"{name}/{mode}": summarize_cell(runs, workload) for (name, mode), runs in cells.items()
+        }
+        for key, summary in summaries.items():
+            summary["vs_ours"] = vs_ours(summaries, key)
         results[workload.name] = {
             "description": workload.describe(),
             "objects": workload.count,
             "bytes": workload.total_bytes,
-            "cells": {
-                f"{name}/{mode}": summarize_cell(runs, workload)
-                for (name, mode), runs in cells.items()
-            },
+            "cells": summaries,
         }
     return results
 
@@ -245,13 +284,12 @@ def bench_workloads(
 def table(results: dict[str, Any]) -> str:
     head = (
         f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
-        f"{'obj/s':>8} {'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'srv CPU':>7} {'vs ours':>8}"
+        f"{'obj/s':>8} {'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'srv CPU':>7} {'vs ours':>8} "
+        f"{'runs ok':>7}"
     )
     lines = [head, "-" * len(head)]
     for name, workload in results.items():
         cells = workload["cells"]
-        ours = cells.get("asyncbackup/staged", {}).get("median_wall")
-        s5 = cells.get("s5cmd/direct", {}).get("median_wall")
         for key, cell in cells.items():
             tool, mode = key.split("/")
             if not cell.get("median_wall"):
@@ -259,23 +297,25 @@ def table(results: dict[str, Any]) -> str:
                 continue
             server = cell.get("server_cpu_seconds")
             server_cpu = f"{server:.1f}" if server is not None else "-"
-            base = ours if mode == "staged" else s5
-            ratio = f"{cell['median_wall'] / base:.2f}x" if base else "-"
-            if mode == "staged" and tool != "asyncbackup" and ours:
-                ratio = f"{ours / cell['median_wall']:.2f}x"
+            ratio = vs_ours(cells, key)
+            runs = len(cell["runs"])
+            runs_ok = f"{runs - cell.get('failed_runs', 0)}/{runs}"
             lines.append(
                 f"{name:8} {mode:6} {tool:12} {cell['median_wall']:9.2f} "
                 f"{cell['best_wall']:7.2f} {cell['spread']:6.0%} {cell['objects_per_s']:8.0f} "
                 f"{cell['mb_per_s']:7.1f} {cell['peak_rss_mb']:7.1f} {cell['cpu_seconds']:6.1f} "
-                f"{server_cpu:>7} {ratio:>8}"
+                f"{server_cpu:>7} {f'{ratio:.2f}x' if ratio else '-':>8} "
+                f"{runs_ok:>7}"
             )
     lines.append(
         "vs ours (of the medians): staged = asyncbackup's time / this tool's time (target <= "
         "0.80 against the fastest peer); direct = this tool's time / s5cmd's. best: the "
         "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
-        "srv CPU: the server's during the run (medians). bare-http is not a peer: a bare HTTP "
-        "client (benchmarks/bare.py), the least the server and disk need for the job"
+        "srv CPU: the server's during the run (medians); runs ok: the runs that exited 0 with "
+        "a complete copy, the only ones the figures are of. bare-http is not a peer: a bare "
+        "HTTP client (benchmarks/bare.py), the least the server and disk need for the job"
     )
+    lines += [f"FAILED RUNS: {line}" for line in failed_runs(results)]
     return "\n".join(lines)
 
 
@@ -557,6 +597,15 @@ def main(argv: list[str] | None = None) -> int:
         phase("scale", scale_no_server, args)
     print(f"\nresults written to {RESULTS / name}")
     verdicts = ("workloads", "scale")  # their own errors, as well as a phase's failure
+    if "error" not in report.get("workloads", {}):
+        incomplete = failed_runs(report.get("workloads", {}))
+        for line in incomplete:
+            print(f"failed runs: {line}", file=sys.stderr)
+        failed += ["workloads"] if incomplete else []
+    huge = report.get("scale_server", {}).get("huge_object", {})
+    if "error" in huge:  # the one huge object's run failed or copied it incompletely
+        print(f"failed run: huge object: {huge['error']}", file=sys.stderr)
+        failed.append("huge_object")
     return 1 if failed or any("error" in report.get(k, {}) for k in verdicts) else 0
 
 
