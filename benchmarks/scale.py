@@ -44,6 +44,8 @@ from asyncbackup.checkpoint import CheckpointManager, CheckpointState, load_chec
 from asyncbackup.journal import Changes
 from asyncbackup.pipeline import Pipeline, WorkItem
 
+from .install import WORK
+
 _TIMED_APPENDS = 1000
 
 
@@ -103,6 +105,14 @@ class LoopStalls:
                 self.total += late
 
 
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """Where the checkpoint benchmarks write: under ``benchmarks/.work/`` (the checkout's
+    disk), not the system's temporary directory, a tmpfs on many systems, where an fsync is
+    free and the checkpoint's cost would come out too low."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix="scale-", dir=WORK)
+
+
 def _new_state(files: int, done_every: int = 0) -> CheckpointState:
     state = CheckpointState.new(
         source_bucket="bench-src", source_path="data", dest_bucket="bench-dst", config={}
@@ -115,7 +125,7 @@ def _new_state(files: int, done_every: int = 0) -> CheckpointState:
 
 
 def bench_checkpoint(files: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with _scratch() as tmp:
         path = Path(tmp) / "bench-src_data.checkpoint"
         started = time.perf_counter()
         state = _new_state(files, done_every=2)
@@ -252,7 +262,7 @@ async def _listing(files: int) -> AsyncIterator[Sequence[WorkItem]]:
 
 
 async def _pipeline(files: int, interval: int, rate: float, concurrency: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with _scratch() as tmp:
         manager = TimedManager(Path(tmp) / "bench-src_data.checkpoint")
         manager.open()
         stalls, done = LoopStalls(), asyncio.Event()
