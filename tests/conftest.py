@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import boto3
 import pytest
 import uvloop
 
+from tests.faulty_proxy import FaultyProxy
 from tests.proxy import S3Proxy, run_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +143,15 @@ def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
     """The recording, fault-injecting proxy in front of moto (``tests/proxy.py``)."""
     with run_proxy(s3_server.endpoint) as running:
         yield running
+
+
+@pytest.fixture
+async def faulty_proxy(s3_server: S3Server) -> AsyncIterator[FaultyProxy]:
+    """The simpler proxy in front of moto (``tests/faulty_proxy.py``): a delay on every
+    request, keys answered AccessDenied or NoSuchKey; served on the test's own loop."""
+    faulty = FaultyProxy(s3_server.endpoint)
+    await faulty.start()
+    try:
+        yield faulty
+    finally:
+        await faulty.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -152,3 +154,47 @@ async def backup_data(
         **options,
     }
     return await run_backup(**settings)
+
+
+def _read_until_closed(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every holder of the terminal's other side has closed it
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def run_on_terminal(args: Sequence[str], term: str) -> tuple[int, bytes, bytes]:
+    """``asyncbackup s3 ARGS`` with its stderr on a pseudo terminal of type ``term``, 200
+    columns wide: its exit code, what the terminal received, and its stdout."""
+    unset = ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(TERM=term, COLUMNS="200")
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbackup",
+            "s3",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+            env=env,
+        )
+        os.close(terminal)
+        terminal = -1
+        raw = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, controller), 60)
+        out, _ = await process.communicate()
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert process.returncode is not None
+    return process.returncode, raw, out

@@ -4,7 +4,6 @@ real runs against the S3 server (failures injected by a proxy where a test needs
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,27 +37,19 @@ class FailedRun:
 
 
 @pytest.fixture
-async def proxy(s3_server: S3Server) -> AsyncIterator[FaultyProxy]:
-    faulty = FaultyProxy(s3_server.endpoint)
-    await faulty.start()
-    try:
-        yield faulty
-    finally:
-        await faulty.close()
-
-
-@pytest.fixture
 async def failed_run(
-    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> FailedRun:
     """A real backup of 24 objects in which 2 are denied and 1 vanishes: exit 1, 3 errors."""
     objects = _objects()
     for key, body in objects.items():
         s3.put_object(Bucket=buckets.source, Key=key, Body=body)
-    proxy.deny, proxy.vanish = set(DENIED), set(VANISHED)
+    faulty_proxy.deny, faulty_proxy.vanish = set(DENIED), set(VANISHED)
     base = tmp_path / "scratch"
     report = tmp_path / "report.json"
-    args = cli_args(proxy.endpoint, base, buckets.source, buckets.dest, "--report", str(report))
+    args = cli_args(
+        faulty_proxy.endpoint, base, buckets.source, buckets.dest, "--report", str(report)
+    )
     result = await run_cli_async(["s3", "data", *args, "--concurrency", "4"])
     return FailedRun(
         base=base,
@@ -67,7 +58,7 @@ async def failed_run(
         stderr=result.stderr,
         returncode=result.returncode,
         objects=objects,
-        endpoint=proxy.endpoint,  # the checkpoint's destination endpoint: a resume's too
+        endpoint=faulty_proxy.endpoint,  # the checkpoint's destination endpoint: a resume's too
     )
 
 
@@ -136,7 +127,7 @@ async def test_list_finds_archived_and_unreadable_checkpoints(tmp_path: Path) ->
 
 
 async def test_mark_edits_safely_and_the_next_run_follows(
-    failed_run: FailedRun, s3: Any, buckets: Buckets, proxy: FaultyProxy
+    failed_run: FailedRun, s3: Any, buckets: Buckets, faulty_proxy: FaultyProxy
 ) -> None:
     path = failed_run.checkpoint
     before = read_checkpoint(path)
@@ -179,8 +170,8 @@ async def test_mark_edits_safely_and_the_next_run_follows(
     # faults gone) copies exactly the pending keys again and the buckets match.
     for key in pending_d5:
         s3.delete_object(Bucket=buckets.dest, Key=key)
-    proxy.deny.clear()
-    proxy.vanish.clear()
+    faulty_proxy.deny.clear()
+    faulty_proxy.vanish.clear()
     args = cli_args(failed_run.endpoint, failed_run.base, buckets.source, buckets.dest)
     rerun = await run_cli_async(["s3", "data", *args])
     assert rerun.returncode == 0, rerun.stderr
@@ -216,7 +207,7 @@ async def test_mark_is_refused_while_a_run_holds_the_checkpoint(failed_run: Fail
 
 
 async def test_verify_finds_missing_and_wrong_size_objects_from_listings(
-    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> None:
     for key, body in _objects().items():
         s3.put_object(Bucket=buckets.source, Key=key, Body=body)
@@ -227,15 +218,17 @@ async def test_verify_finds_missing_and_wrong_size_objects_from_listings(
     assert backup.returncode == 0, backup.stderr
     (archived,) = (base / "checkpoints" / "archive").iterdir()
 
-    where = ["--endpoint-url", proxy.endpoint]
+    where = ["--endpoint-url", faulty_proxy.endpoint]
     good = await run_cli_async(["checkpoint", "verify", str(archived), *where])
     assert good.returncode == 0, good.stdout + good.stderr
     assert f"OK: {COUNT} files marked done; 0 missing" in good.stdout
     # Listings only: no HEAD per object, no GET of an object.
     buckets_paths = {f"/{buckets.source}", f"/{buckets.dest}"}
-    assert proxy.requests and all(r.method in ("GET", "HEAD") for r in proxy.requests)
-    assert all(r.path.rstrip("/") in buckets_paths for r in proxy.requests), proxy.requests
-    assert len(proxy.requests) <= 6
+    assert faulty_proxy.requests and all(r.method in ("GET", "HEAD") for r in faulty_proxy.requests)
+    assert all(r.path.rstrip("/") in buckets_paths for r in faulty_proxy.requests), (
+        faulty_proxy.requests
+    )
+    assert len(faulty_proxy.requests) <= 6
 
     missing, wrong = "data/d2/obj-00002.bin", "data/d4/obj-00011.bin"
     s3.delete_object(Bucket=buckets.dest, Key=missing)

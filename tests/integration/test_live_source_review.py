@@ -22,6 +22,22 @@ from tests.helpers import backup_data, bucket_digest, list_keys, put_objects
 from tests.proxy import Rule, S3Proxy
 
 
+def _replace_before(
+    proxy: S3Proxy, s3: Any, bucket: str, key: str, body: bytes, method: str, path: str = ""
+) -> None:
+    """Replace the source object ``key`` with ``body`` just before the proxy forwards the next
+    ``method`` request whose path matches the regex ``path`` (default: the key's own)."""
+    proxy.add_rule(
+        Rule(
+            None,
+            method=method,
+            path=path or rf"/{key}$",
+            times=1,
+            action=lambda: s3.put_object(Bucket=bucket, Key=key, Body=body),
+        )
+    )
+
+
 def _checkpoint(tmp_path: Path, report: BackupReport) -> Any:
     return load_checkpoint(report.checkpoint_path).state
 
@@ -136,15 +152,7 @@ async def test_an_object_replaced_between_listing_and_get_is_copied_whole_and_co
     copied, the copy is whole and the job's bytes done are its total when it completes."""
     put_objects(s3, buckets.source, {"data/a": b"a" * 100, "data/b": b"b" * 100})
     new = os.urandom(new_size)
-    proxy.add_rule(
-        Rule(
-            None,
-            method="GET",
-            path=r"/data/a$",
-            times=1,
-            action=lambda: s3.put_object(Bucket=buckets.source, Key="data/a", Body=new),
-        )
-    )
+    _replace_before(proxy, s3, buckets.source, "data/a", new, "GET")
     report = await backup_data(buckets, tmp_path, proxy.endpoint)
     copied = s3.get_object(Bucket=buckets.dest, Key="data/a")["Body"].read()
     assert copied in (new, b"a" * 100)
@@ -174,15 +182,7 @@ async def test_an_object_replaced_during_its_multipart_download_is_copied_as_one
     old, new = os.urandom(11 * MiB), os.urandom(13 * MiB)
     put_objects(s3, buckets.source, {"data/big": old, "data/small": b"s"})
     proxy.add_rule(Rule("truncate", method="GET", path=r"/data/big$", times=1))
-    proxy.add_rule(
-        Rule(
-            None,
-            method="GET",
-            path=r"/data/big$",
-            times=1,
-            action=lambda: s3.put_object(Bucket=buckets.source, Key="data/big", Body=new),
-        )
-    )
+    _replace_before(proxy, s3, buckets.source, "data/big", new, "GET")
     report = await backup_data(
         buckets, tmp_path, proxy.endpoint, multipart_threshold=5 * MiB, part_size=5 * MiB
     )
@@ -200,15 +200,7 @@ async def test_a_small_object_grown_past_the_memory_limit_fails_then_is_copied(
 ) -> None:
     put_objects(s3, buckets.source, {"data/a": b"a" * 100})
     new = os.urandom(2 * MiB)
-    proxy.add_rule(
-        Rule(
-            None,
-            method="GET",
-            path=r"/data/a$",
-            times=1,
-            action=lambda: s3.put_object(Bucket=buckets.source, Key="data/a", Body=new),
-        )
-    )
+    _replace_before(proxy, s3, buckets.source, "data/a", new, "GET")
     first = await backup_data(buckets, tmp_path, proxy.endpoint)
     assert first.status == "completed_with_errors" and "ObjectChanged" in first.errors["data/a"]
     assert list_keys(s3, buckets.dest) == []
@@ -230,15 +222,7 @@ async def test_direct_copy_of_an_object_replaced_mid_copy_is_never_done_then_cop
         put_objects(s3, buckets.source, {"data/a": os.urandom(size)})
     new = os.urandom(size + 7)
     # replaced before the first copy request of the object reaches the server
-    proxy.add_rule(
-        Rule(
-            None,
-            method="PUT",
-            path=rf"^/{buckets.dest}/data/a$",
-            times=1,
-            action=lambda: s3.put_object(Bucket=buckets.source, Key="data/a", Body=new),
-        )
-    )
+    _replace_before(proxy, s3, buckets.source, "data/a", new, "PUT", rf"^/{buckets.dest}/data/a$")
     first = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
     assert first.status == "completed_with_errors", first
     assert set(first.errors) == {"data/a"}
@@ -313,15 +297,7 @@ async def test_a_streamed_put_whose_source_is_replaced_before_the_resume_is_neve
     old, new = os.urandom(3 * MiB), os.urandom(3 * MiB)
     put_objects(s3, buckets.source, {"data/mid": old})
     proxy.add_rule(Rule("truncate", method="GET", path=r"/data/mid$", times=1))
-    proxy.add_rule(
-        Rule(
-            None,
-            method="GET",
-            path=r"/data/mid$",
-            times=1,
-            action=lambda: s3.put_object(Bucket=buckets.source, Key="data/mid", Body=new),
-        )
-    )
+    _replace_before(proxy, s3, buckets.source, "data/mid", new, "GET")
     report = await backup_data(buckets, tmp_path, proxy.endpoint)
     assert report.status == "completed", report.errors
     assert s3.get_object(Bucket=buckets.dest, Key="data/mid")["Body"].read() == new

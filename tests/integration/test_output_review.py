@@ -8,29 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pty
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import FaultyProxy, run_cli_async
-from tests.helpers import cli_args, list_keys, load_json
+from tests.helpers import cli_args, list_keys, load_json, run_on_terminal
 from tests.reliability import tmpfs
-
-
-@pytest.fixture
-async def proxy(s3_server: S3Server) -> AsyncIterator[FaultyProxy]:
-    faulty = FaultyProxy(s3_server.endpoint)
-    await faulty.start()
-    try:
-        yield faulty
-    finally:
-        await faulty.close()
 
 
 def _fill(s3: Any, bucket: str, count: int) -> None:
@@ -84,16 +72,16 @@ async def test_quiet_with_json_logs_still_gives_the_summary_record(
 
 
 async def test_a_closed_stderr_changes_neither_the_copy_nor_the_report(
-    s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> None:
     # `backup-s3 ... 2>&1 | head -1`, or a log shipper that died: every write to stderr fails
     # with EPIPE. The progress line used to raise inside the run (nothing copied, exit 1 from
     # an uncaught traceback), and the summary's failed print kept --report from being written.
     _fill(s3, buckets.source, 4)
-    proxy.delay = 0.05
+    faulty_proxy.delay = 0.05
     report = tmp_path / "report.json"
     report.write_bytes(b'{"status": "an earlier run"}\n')
-    args = cli_args(proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    args = cli_args(faulty_proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
     code, _ = await _run_with_closed(
         "stderr",
         [
@@ -116,7 +104,7 @@ async def test_a_closed_stderr_changes_neither_the_copy_nor_the_report(
     # A run that cannot start: its one-line error cannot be written either, and still the
     # exit code is the documented 2 (not 1, "some objects failed", from a traceback) and
     # --report says why.
-    bad = cli_args(proxy.endpoint, tmp_path / "bad", "no-such-bucket-z", buckets.dest)
+    bad = cli_args(faulty_proxy.endpoint, tmp_path / "bad", "no-such-bucket-z", buckets.dest)
     code, _ = await _run_with_closed("stderr", ["s3", "data", *bad, "--report", str(report)])
     assert code == 2
     failed = load_json(report)
@@ -143,61 +131,18 @@ async def test_a_dry_run_into_a_closed_pipe_is_not_an_unexpected_fatal_error(
     assert list_keys(s3, buckets.dest) == []
 
 
-def _read_until_closed(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: every holder of the terminal's other side has closed it
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def test_a_dumb_terminal_gets_the_plain_progress_line(
-    s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> None:
     # TERM=dumb (an Emacs shell, some CI consoles): a terminal, but rich does not redraw on it
     # and draws the bar once, at the end - the whole run used to show no progress at all.
     _fill(s3, buckets.source, 3)
-    proxy.delay = 0.2
-    args = cli_args(proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES")
-    }
-    env.update(TERM="dumb", COLUMNS="200")
-    controller, terminal = pty.openpty()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncbackup",
-            "s3",
-            "data",
-            *args,
-            "--concurrency",
-            "1",
-            "--progress-interval",
-            "0.2",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=terminal,
-            env=env,
-        )
-        os.close(terminal)
-        terminal = -1
-        raw = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, controller), 60)
-        await process.communicate()
-    finally:
-        os.close(controller)
-        if terminal != -1:
-            os.close(terminal)
+    faulty_proxy.delay = 0.2
+    args = cli_args(faulty_proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    extra = ["--concurrency", "1", "--progress-interval", "0.2"]
+    code, raw, _ = await run_on_terminal(["data", *args, *extra], "dumb")
     screen = raw.decode(errors="replace")
-    assert process.returncode == 0, screen
+    assert code == 0, screen
     lines = [line for line in screen.splitlines() if line.startswith("progress: ")]
     assert len(lines) >= 2, screen  # while it ran, not only at the end
     assert "\x1b[" not in screen  # no cursor movement a dumb terminal cannot do

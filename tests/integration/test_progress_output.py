@@ -6,35 +6,20 @@ A proxy slows every request down so that a run lasts long enough for progress to
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
-import pty
 import re
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import FaultyProxy, run_cli_async
-from tests.helpers import cli_args, list_keys, load_json
+from tests.helpers import cli_args, list_keys, load_json, run_on_terminal
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LINE = re.compile(r"^progress: (\d+)/(\d+)(\+?) files, ")
-
-
-@pytest.fixture
-async def proxy(s3_server: S3Server) -> AsyncIterator[FaultyProxy]:
-    faulty = FaultyProxy(s3_server.endpoint)
-    await faulty.start()
-    try:
-        yield faulty
-    finally:
-        await faulty.close()
 
 
 def _fill(s3: Any, bucket: str, count: int) -> None:
@@ -42,56 +27,14 @@ def _fill(s3: Any, bucket: str, count: int) -> None:
         s3.put_object(Bucket=bucket, Key=f"data/f{i:03d}.bin", Body=os.urandom(1000 + i))
 
 
-def _read_until_closed(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: every holder of the terminal's other side has closed it
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def test_live_bar_on_a_terminal(
-    s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> None:
     _fill(s3, buckets.source, 12)
-    proxy.delay = 0.05
-    args = cli_args(proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "LINES")
-    }
-    env.update(TERM="xterm-256color", COLUMNS="200")
-    controller, terminal = pty.openpty()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncbackup",
-            "s3",
-            "data",
-            *args,
-            "--concurrency",
-            "2",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=terminal,
-            env=env,
-        )
-        os.close(terminal)
-        terminal = -1
-        raw = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, controller), 60)
-        out, _ = await process.communicate()
-    finally:
-        os.close(controller)
-        if terminal != -1:
-            os.close(terminal)
-    assert process.returncode == 0, raw.decode(errors="replace")
+    faulty_proxy.delay = 0.05
+    args = cli_args(faulty_proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    code, raw, out = await run_on_terminal(["data", *args, "--concurrency", "2"], "xterm-256color")
+    assert code == 0, raw.decode(errors="replace")
     assert out == b""  # progress and summary go to stderr
     screen = ANSI.sub("", raw.decode(errors="replace"))
     assert "\x1b[" in raw.decode(errors="replace")  # drawn in place with terminal controls
@@ -106,12 +49,12 @@ async def test_live_bar_on_a_terminal(
 
 
 async def test_plain_line_every_interval_when_not_a_terminal(
-    s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> None:
     _fill(s3, buckets.source, 3)
-    proxy.delay = 0.3  # one object every ~0.6 s; a line every 0.2 s comes anyway
+    faulty_proxy.delay = 0.3  # one object every ~0.6 s; a line every 0.2 s comes anyway
     base = tmp_path / "scratch"
-    args = cli_args(proxy.endpoint, base, buckets.source, buckets.dest)
+    args = cli_args(faulty_proxy.endpoint, base, buckets.source, buckets.dest)
     result = await run_cli_async(
         ["s3", "data", *args, "--concurrency", "1", "--progress-interval", "0.2"]
     )
@@ -131,7 +74,7 @@ async def test_plain_line_every_interval_when_not_a_terminal(
         [
             "s3",
             "data",
-            *cli_args(proxy.endpoint, tmp_path / "q", buckets.source, buckets.dest),
+            *cli_args(faulty_proxy.endpoint, tmp_path / "q", buckets.source, buckets.dest),
             "--ignore-checkpoints",
             "--progress-interval",
             "0.1",
@@ -145,12 +88,12 @@ async def test_plain_line_every_interval_when_not_a_terminal(
 
 
 async def test_log_format_json_makes_every_stderr_line_a_record(
-    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: FaultyProxy
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, faulty_proxy: FaultyProxy
 ) -> None:
     _fill(s3, buckets.source, 3)
-    proxy.delay = 0.15
+    faulty_proxy.delay = 0.15
     report = tmp_path / "report.json"
-    args = cli_args(proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
+    args = cli_args(faulty_proxy.endpoint, tmp_path / "scratch", buckets.source, buckets.dest)
     result = await run_cli_async(
         [
             "s3",
