@@ -18,12 +18,13 @@ from asyncbackup import (
     run_backup,
     run_github_backup,
 )
-from asyncbackup.checkpoint import CheckpointManager, read_checkpoint
+from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.errors import ConfigError
-from asyncbackup.journal import Changes, journal_path
+from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
 from tests.integration.github_org import config as org_config
 from tests.integration.github_org import running_org
+from tests.integration.test_resume import crashed_mid_upload
 
 
 def tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,11 +43,7 @@ async def test_compact_discard_journal_keeps_the_uploads_still_to_abort(
     A crash mid-upload records the upload in the journal only; an operator who then edits the
     file is told to run ``checkpoint compact --discard-journal``, which drops the journal's
     progress - it must not drop its record of the upload too, or the parts stay billed."""
-    s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
-    upload: str = s3.create_multipart_upload(Bucket=buckets.dest, Key="job/big")["UploadId"]
-    s3.upload_part(
-        Bucket=buckets.dest, Key="job/big", UploadId=upload, PartNumber=1, Body=b"p" * 1024
-    )
+    checkpoint, _ = await crashed_mid_upload(s3, buckets, tmp_path)
     settings: dict[str, Any] = {
         "source_bucket": buckets.source,
         "source_path": "job",
@@ -54,25 +51,6 @@ async def test_compact_discard_journal_keeps_the_uploads_still_to_abort(
         "base_local_path": tmp_path,
         "endpoint_url": s3_server.endpoint,
     }
-    checkpoint = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
-    crashed = CheckpointManager(checkpoint)
-    crashed.open()
-    state, _ = crashed.load_or_create(
-        source_bucket=buckets.source,
-        source_path="job",
-        dest_bucket=buckets.dest,
-        config={},
-        ignore_existing=False,
-    )
-    state.files["job/big"] = False
-    crashed.flush(state)
-    changes = Changes()
-    changes.note("multipart_uploads", "job/big", upload)
-    state.extra["multipart_uploads"] = {"job/big": upload}
-    await crashed.save_async(state, changes)
-    crashed._writer.shutdown(wait=True)  # a SIGKILL: the files stay, the lock goes
-    crashed.journal.close()
-    crashed.lock.release()
     assert journal_path(checkpoint).exists()
     data = orjson.loads(checkpoint.read_bytes())
     assert "multipart_uploads" not in data  # recorded by the journal alone

@@ -338,7 +338,7 @@ def test_an_endpoint_is_recorded_without_what_it_could_hide() -> None:
     assert endpoint_for_checkpoint(None) is None and endpoint_for_checkpoint("") is None
 
 
-def _left_upload(s3: Any, buckets: Buckets, tmp_path: Path) -> tuple[Path, str]:
+def left_upload(s3: Any, buckets: Buckets, tmp_path: Path) -> tuple[Path, str]:
     """A source object ``job/x``, a multipart upload of ``job/big`` with one part at the
     destination, and the job's checkpoint (``job/big`` not done); the upload's id."""
     s3.put_object(Bucket=buckets.source, Key="job/x", Body=b"1")
@@ -351,12 +351,30 @@ def _left_upload(s3: Any, buckets: Buckets, tmp_path: Path) -> tuple[Path, str]:
     return checkpoint, upload
 
 
+async def crashed_mid_upload(s3: Any, buckets: Buckets, tmp_path: Path) -> tuple[Path, str]:
+    """``left_upload``, as a run SIGKILLed mid-upload leaves it: the upload recorded in the
+    checkpoint's journal only (not in the JSON file), the lock released."""
+    checkpoint, upload = left_upload(s3, buckets, tmp_path)
+    crashed = CheckpointManager(checkpoint)
+    crashed.open()
+    state = read_checkpoint(checkpoint)
+    crashed.flush(state)
+    changes = Changes()
+    changes.note("multipart_uploads", "job/big", upload)
+    state.extra["multipart_uploads"] = {"job/big": upload}
+    await crashed.save_async(state, changes)
+    crashed._writer.shutdown(wait=True)  # a SIGKILL: the files stay, the lock goes
+    crashed.journal.close()
+    crashed.lock.release()
+    return checkpoint, upload
+
+
 def test_ignore_checkpoints_still_aborts_the_uploads_a_crashed_run_left(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
     # What a run SIGKILLed mid-upload leaves: an upload at the destination, recorded in its
     # checkpoint's multipart_uploads section (by destination key).
-    checkpoint, upload = _left_upload(s3, buckets, tmp_path)
+    checkpoint, upload = left_upload(s3, buckets, tmp_path)
     data = load_json(checkpoint)
     data["multipart_uploads"] = {"job/big": upload}
     checkpoint.write_bytes(orjson.dumps(data))
@@ -436,18 +454,7 @@ async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_
     """After a crash, the upload in flight is recorded in the journal only. An operator who
     then edits the file gets CheckpointEditedError, which offers --ignore-checkpoints: the
     fresh start must still abort that upload, not leave its parts billed for ever."""
-    checkpoint, upload = _left_upload(s3, buckets, tmp_path)
-    crashed = CheckpointManager(checkpoint)
-    crashed.open()
-    state = read_checkpoint(checkpoint)
-    crashed.flush(state)
-    changes = Changes()
-    changes.note("multipart_uploads", "job/big", upload)
-    state.extra["multipart_uploads"] = {"job/big": upload}
-    await crashed.save_async(state, changes)
-    crashed._writer.shutdown(wait=True)  # a SIGKILL: the files stay, the lock goes
-    crashed.journal.close()
-    crashed.lock.release()
+    checkpoint, _ = await crashed_mid_upload(s3, buckets, tmp_path)
     data = load_json(checkpoint)
     data["files"]["job/big"] = True  # the operator's edit, the journal still there
     checkpoint.write_bytes(orjson.dumps(data))
