@@ -24,7 +24,7 @@ from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
 from tests.integration.github_org import config as org_config
 from tests.integration.github_org import running_org
-from tests.integration.test_resume import crashed_mid_upload
+from tests.integration.test_resume import crashed_mid_upload, job_settings
 
 
 def tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,13 +44,7 @@ async def test_compact_discard_journal_keeps_the_uploads_still_to_abort(
     file is told to run ``checkpoint compact --discard-journal``, which drops the journal's
     progress - it must not drop its record of the upload too, or the parts stay billed."""
     checkpoint, _ = await crashed_mid_upload(s3, buckets, tmp_path)
-    settings: dict[str, Any] = {
-        "source_bucket": buckets.source,
-        "source_path": "job",
-        "dest_bucket": buckets.dest,
-        "base_local_path": tmp_path,
-        "endpoint_url": s3_server.endpoint,
-    }
+    settings = job_settings(s3_server, buckets, tmp_path)
     assert journal_path(checkpoint).exists()
     data = orjson.loads(checkpoint.read_bytes())
     assert "multipart_uploads" not in data  # recorded by the journal alone
@@ -115,14 +109,7 @@ async def test_one_pattern_given_as_a_string_is_one_pattern(
     the nightly backup copied nothing and said ``completed``, exit code 0."""
     for key in ("job/a.csv", "job/b.txt", "job/tmp/x.csv"):
         s3.put_object(Bucket=buckets.source, Key=key, Body=key.encode())
-    settings: dict[str, Any] = {
-        "source_bucket": buckets.source,
-        "source_path": "job",
-        "dest_bucket": buckets.dest,
-        "base_local_path": tmp_path,
-        "endpoint_url": s3_server.endpoint,
-        "on_complete": "delete",
-    }
+    settings = {**job_settings(s3_server, buckets, tmp_path), "on_complete": "delete"}
     report = await run_backup(**settings, exclude="tmp/*")
     assert report.status == "completed"
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]) == [

@@ -415,7 +415,7 @@ async def test_an_upload_whose_abort_failed_at_the_start_is_aborted_at_the_end(
     assert "multipart_uploads" not in load_json(report.archived_checkpoint)
 
 
-def _job(s3_server: S3Server, buckets: Buckets, tmp_path: Path) -> dict[str, Any]:
+def job_settings(s3_server: S3Server, buckets: Buckets, tmp_path: Path) -> dict[str, Any]:
     """``run_backup``'s settings for the source's ``job`` folder, staged under ``tmp_path``."""
     return {
         "source_bucket": buckets.source,
@@ -438,7 +438,7 @@ async def test_a_dry_run_refuses_the_checkpoint_of_another_job_like_the_run(
     _seed_checkpoint(
         checkpoint, buckets.source, "another-bucket", files=dict.fromkeys(keys, True), errors={}
     )
-    settings = _job(s3_server, buckets, tmp_path)
+    settings = job_settings(s3_server, buckets, tmp_path)
     with pytest.raises(CheckpointMismatchError, match="another job"):
         await run_backup(**settings)
     with pytest.raises(CheckpointMismatchError, match="another job"):
@@ -458,7 +458,7 @@ async def test_starting_over_from_an_edited_crashed_checkpoint_still_aborts_its_
     data = load_json(checkpoint)
     data["files"]["job/big"] = True  # the operator's edit, the journal still there
     checkpoint.write_bytes(orjson.dumps(data))
-    settings = _job(s3_server, buckets, tmp_path)
+    settings = job_settings(s3_server, buckets, tmp_path)
     with pytest.raises(CheckpointEditedError, match="--ignore-checkpoints"):
         await run_backup(**settings)
     report = await run_backup(**settings, ignore_checkpoints=True, on_complete="delete")
