@@ -167,7 +167,9 @@ async def _open(
 ) -> Process:
     """The copier, its clients opened (and their buckets checked) on ``stack``."""
     if config.direct:  # server-side: the destination's client is all it needs
-        client = await open_destination(stack, config, fast_path=config.fast_path)
+        client = await open_destination(
+            stack, config, fast_path=config.fast_path, write_probe=config.dest_write_probe
+        )
         return await _direct_copier(config, client, stack, journal)
     source_client, dest_client = await _open_stores(stack, config)
     return await _staged_copier(config, source_client, dest_client, journal, stack, prepare=False)

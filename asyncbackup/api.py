@@ -150,7 +150,10 @@ async def _open_stores(
 
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
-            return await open_destination(stack, config, fast_path=config.fast_path), None
+            opened = await open_destination(
+                stack, config, fast_path=config.fast_path, write_probe=config.dest_write_probe
+            )
+            return opened, None
         except Exception as exc:
             return None, exc
 

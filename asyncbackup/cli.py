@@ -298,6 +298,13 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     dest.add_argument(
         "--storage-class", metavar="CLASS", help="e.g. STANDARD_IA, GLACIER_IR, DEEP_ARCHIVE"
     )
+    dest.add_argument(
+        "--dest-write-only",
+        action="store_true",
+        help="the destination credentials may write but not list or read (s3:PutObject and "
+        "s3:AbortMultipartUpload only): the destination is checked by starting and aborting "
+        "an upload, not by a listing; not with --skip-existing",
+    )
     dest.add_argument("--sse", choices=SSE_CHOICES, help="server-side encryption: SSE-S3 or KMS")
     dest.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key id for --sse aws:kms")
 
@@ -535,6 +542,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         source_profile=args.source_profile,
         source_endpoint_url=args.source_endpoint_url,
         skip_existing=args.skip_existing,
+        dest_write_only=args.dest_write_only,
         dest_prefix=args.dest_prefix,
         storage_class=args.storage_class,
         sse=args.sse,

@@ -119,6 +119,7 @@ class BackupConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     skip_existing: bool = False
+    dest_write_only: bool = False  # destination credentials that may write but not list
     dest_prefix: str | None = None
     storage_class: str | None = None
     sse: SseMode | None = None
@@ -151,6 +152,11 @@ class BackupConfig:
             self.check_not_onto_source(source, dest)
         if self.sse is not None and self.sse not in SSE_CHOICES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
+        if self.dest_write_only and self.skip_existing:
+            raise ConfigError(
+                "--skip-existing lists the destination, which --dest-write-only says these "
+                "credentials cannot: leave one of them out"
+            )
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
         if self.direct and (
@@ -242,6 +248,12 @@ class BackupConfig:
                 "another --dest-prefix",
             )
         return f"{self.dest_prefix}/{relative}" if self.dest_prefix else relative
+
+    @property
+    def dest_write_probe(self) -> str | None:
+        """With ``--dest-write-only``: the key whose upload, started and aborted, checks the
+        destination at start (under the job's prefix, where a policy lets it write)."""
+        return f"{self.dest_list_prefix}.asyncbackup-write-check" if self.dest_write_only else None
 
     @property
     def dest_list_prefix(self) -> str:

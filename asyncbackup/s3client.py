@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -29,8 +30,9 @@ from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
-from .retry import CREDENTIALS_REFUSED, RetryPolicy
+from .retry import CREDENTIALS_REFUSED, RetryPolicy, error_code
 
+log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
@@ -209,6 +211,7 @@ async def check_bucket(
     write: bool,
     attempts: int = 4,
     fast_timeouts: tuple[float, float] | None = None,
+    write_probe: str | None = None,
 ) -> None:
     """Fail fast, with one clear line, when ``bucket`` cannot be used.
 
@@ -217,10 +220,16 @@ async def check_bucket(
     With ``fast_timeouts`` (connect, read) the check is one ListObjectsV2 of one key through
     the fast path, so that it makes no aiobotocore client (HeadBucket, which the destination
     is otherwise checked with, needs the same s3:ListBucket permission).
+    With ``write_probe`` (a key) the check reads nothing: it starts a multipart upload of that
+    key and aborts it, for credentials that may write but not list (``--dest-write-only``);
+    no object is written.
     """
     flag = "--source-profile" if role == "source" else "--dest-profile"
 
     async def probe() -> None:
+        if write_probe is not None:
+            await _start_and_abort(client, bucket, write_probe)
+            return
         if fast_timeouts is not None:
             async with contextlib.AsyncExitStack() as stack:
                 connect, read = fast_timeouts
@@ -244,8 +253,9 @@ async def check_bucket(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
             ) from None
         if code in _REFUSED:
+            tried = " to start an upload" if write_probe is not None else ""
             raise StoreUnavailableError(
-                f"access to {role} bucket {bucket!r} was refused ({code}); check the "
+                f"access to {role} bucket {bucket!r} was refused{tried} ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
             ) from None
         if code == "NoCredentials":
@@ -260,6 +270,21 @@ async def check_bucket(
         raise StoreUnavailableError(
             f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"
         ) from None
+
+
+async def _start_and_abort(client: S3Client, bucket: str, key: str) -> None:
+    """Start a multipart upload of ``key`` and abort it: the bucket exists and these
+    credentials may write there. An abort refused leaves an empty upload, said once."""
+    upload = await client.create_multipart_upload(Bucket=bucket, Key=key)
+    try:
+        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+    except ClientError as exc:
+        log.warning(
+            "the write check's upload of %r could not be aborted (%s): give the destination "
+            "credentials s3:AbortMultipartUpload, or uploads a failed run leaves stay too",
+            key,
+            error_code(exc),
+        )
 
 
 class DestinationSettings(Protocol):
@@ -284,10 +309,15 @@ class DestinationSettings(Protocol):
 
 
 async def open_destination(
-    stack: contextlib.AsyncExitStack, settings: DestinationSettings, *, fast_path: bool = False
+    stack: contextlib.AsyncExitStack,
+    settings: DestinationSettings,
+    *,
+    fast_path: bool = False,
+    write_probe: str | None = None,
 ) -> S3Client:
     """The destination client, its bucket checked writable, or one clear error; checked
-    through the fast path with ``fast_path``."""
+    through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
+    aborted when given (``check_bucket``)."""
     client = await open_client(
         stack,
         role="destination",
@@ -300,7 +330,12 @@ async def open_destination(
     )
     timeouts = (settings.connect_timeout, settings.read_timeout) if fast_path else None
     await check_bucket(
-        client, settings.dest_bucket, role="destination", write=True, fast_timeouts=timeouts
+        client,
+        settings.dest_bucket,
+        role="destination",
+        write=True,
+        fast_timeouts=timeouts,
+        write_probe=write_probe,
     )
     return client
 

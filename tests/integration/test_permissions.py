@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from tests.conftest import Buckets
-from tests.helpers import MiB, assert_same_objects, cli_args, put_multipart, run_cli
+from tests.helpers import MiB, assert_same_objects, cli_args, list_keys, put_multipart, run_cli
+from tests.integration.test_resume import left_upload
 from tests.proxy import Recorded, Rule, S3Proxy
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -192,3 +193,85 @@ def test_a_request_outside_the_policies_is_caught(buckets: Buckets) -> None:
     ]:
         with pytest.raises(AssertionError, match="README's policy does not give"):
             check_requests([Recorded(method, path, None, query=query)], policies)
+
+
+def _write_only(proxy: S3Proxy, bucket: str) -> None:
+    """The proxy answers AccessDenied to every read of ``bucket`` (GET and HEAD of the bucket
+    and its objects: listings, HEAD, GET), as S3 does under a write-only policy."""
+    for method in ("GET", "HEAD"):
+        proxy.add_rule(Rule("access_denied", method=method, path=rf"^/{bucket}(/|$)"))
+
+
+@pytest.mark.parametrize("mode", [(), ("--no-fast-path",), ("--processes", "2")])
+def test_a_write_only_destination_is_backed_up_with_dest_write_only(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path, mode: tuple[str, ...]
+) -> None:
+    """Destination credentials that may only write (a "backup vault" writer: s3:PutObject and
+    s3:AbortMultipartUpload) were refused at the start-up check, which lists the bucket. With
+    --dest-write-only the check starts and aborts an upload instead, and nothing else of the
+    run reads the destination."""
+    _seed(s3, buckets.source)
+    _write_only(proxy, buckets.dest)
+    extra = ["--multipart-threshold", "5MiB", "--part-size", "5MiB", "--quiet", *mode]
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, *extra)
+    refused = run_cli(["p", *args])
+    assert refused.returncode == 2
+    assert f"access to destination bucket '{buckets.dest}' was refused" in refused.stderr
+    before = len(proxy.seen())
+    done = run_cli(["p", *args, "--dest-write-only"])
+    assert done.returncode == 0, done.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 15
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    assert not [k for k in list_keys(s3, buckets.dest) if "asyncbackup-write-check" in k]
+    writer = readme_policy("destination", buckets.dest)
+    writer["Statement"] = [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+            "Resource": f"arn:aws:s3:::{buckets.dest}/p/*",
+        }
+    ]
+    run = proxy.seen()[before:]
+    assert [r for r in run if r.fault] == []  # no read of the destination was even tried
+    check_requests(
+        run, {buckets.source: readme_policy("source", buckets.source), buckets.dest: writer}
+    )
+
+
+def test_dest_write_only_says_what_is_wrong_with_the_destination(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Nothing listed at start, yet a missing bucket or a refused upload is still one line and
+    exit 2 before anything is copied; --skip-existing, which lists, is refused."""
+    _seed(s3, buckets.source)
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, "no-such-bucket-w", "--quiet")
+    missing = run_cli(["p", *args, "--dest-write-only"])
+    assert missing.returncode == 2
+    assert "destination bucket 'no-such-bucket-w' does not exist" in missing.stderr
+    proxy.add_rule(Rule("access_denied", method="POST", path=rf"^/{buckets.dest}/"))
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")
+    denied = run_cli(["p", *args, "--dest-write-only"])
+    assert denied.returncode == 2
+    assert "was refused to start an upload (AccessDenied)" in denied.stderr
+    both = run_cli(["p", *args, "--dest-write-only", "--skip-existing"])
+    assert both.returncode == 2 and "--skip-existing lists the destination" in both.stderr
+    assert list_keys(s3, buckets.dest) == []
+
+
+def test_a_write_only_run_aborts_the_upload_a_crashed_run_left(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The upload a crash left is aborted by its recorded id; the sweep for others of its key
+    lists uploads, which write-only credentials may not. That refusal is not a failure to
+    abort: the run says nothing of it and forgets the record."""
+    checkpoint, upload = left_upload(s3, buckets, tmp_path)
+    data = orjson.loads(checkpoint.read_bytes())
+    data["multipart_uploads"] = {"job/big": upload}
+    checkpoint.write_bytes(orjson.dumps(data))
+    _write_only(proxy, buckets.dest)
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--dest-write-only")
+    done = run_cli(["job", *args, "--on-complete", "delete"])
+    assert done.returncode == 0, done.stderr
+    assert "could not abort" not in done.stderr, done.stderr
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    assert list_keys(s3, buckets.dest) == ["job/x"]
