@@ -132,11 +132,13 @@ def _dest_params(config: BackupConfig) -> dict[str, str]:
 
 
 async def _open_stores(
-    stack: contextlib.AsyncExitStack, config: BackupConfig
+    stack: contextlib.AsyncExitStack, config: BackupConfig, *, dry_run: bool = False
 ) -> tuple[S3Client, S3Client]:
     """Both clients, and both buckets checked, or one clear error (the source's when both
     fail). The source bucket is checked while the destination's client is made and its
-    bucket checked: one round trip less before the first transfer."""
+    bucket checked: one round trip less before the first transfer. A dry run does not check
+    a ``--dest-write-only`` destination: its check is an upload, and a dry run writes
+    nothing (nor could it list there)."""
     source_client = await open_client(
         stack,
         role="source",
@@ -151,7 +153,11 @@ async def _open_stores(
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
             opened = await open_destination(
-                stack, config, fast_path=config.fast_path, write_probe=config.dest_write_probe
+                stack,
+                config,
+                fast_path=config.fast_path,
+                write_probe=config.dest_write_probe,
+                check=not (dry_run and config.dest_write_only),
             )
             return opened, None
         except Exception as exc:
@@ -489,7 +495,7 @@ async def plan_backup(
     listed = listed_bytes = done = unchanged = copy = copy_bytes = 0
     first: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        source_client, dest_client = await _open_stores(stack, config)
+        source_client, dest_client = await _open_stores(stack, config, dry_run=True)
         if recorded is not None:
             check_dest_endpoint(path, recorded, client_endpoint(dest_client))
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))

@@ -314,10 +314,11 @@ async def open_destination(
     *,
     fast_path: bool = False,
     write_probe: str | None = None,
+    check: bool = True,
 ) -> S3Client:
     """The destination client, its bucket checked writable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
-    aborted when given (``check_bucket``)."""
+    aborted when given (``check_bucket``); not checked without ``check``."""
     client = await open_client(
         stack,
         role="destination",
@@ -328,6 +329,8 @@ async def open_destination(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
     )
+    if not check:
+        return client
     timeouts = (settings.connect_timeout, settings.read_timeout) if fast_path else None
     await check_bucket(
         client,

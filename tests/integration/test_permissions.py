@@ -275,3 +275,18 @@ def test_a_write_only_run_aborts_the_upload_a_crashed_run_left(
     assert "could not abort" not in done.stderr, done.stderr
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
     assert list_keys(s3, buckets.dest) == ["job/x"]
+
+
+def test_a_dry_run_with_dest_write_only_writes_nothing(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """--dest-write-only's check is an upload started and aborted; a dry run sends only
+    reads, so it leaves the destination unchecked (and it may not list it either)."""
+    _seed(s3, buckets.source)
+    _write_only(proxy, buckets.dest)
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--dest-write-only")
+    plan = run_cli(["p", *args, "--dry-run"])
+    assert plan.returncode == 0, plan.stderr
+    assert "would copy 15 files" in plan.stdout
+    assert {r.method for r in proxy.seen()} <= {"GET", "HEAD"}
+    assert not [r for r in proxy.seen() if r.path.startswith(f"/{buckets.dest}")]
