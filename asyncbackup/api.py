@@ -239,8 +239,8 @@ async def run_backup(
     )
     manager = CheckpointManager(path)
     async with contextlib.AsyncExitStack() as stack:
-        await asyncio.to_thread(manager.open)
-        stack.callback(manager.close)
+        stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
+        await manager.open_async()
         source_client, dest_client = await _open_stores(stack, config)
         endpoints = client_endpoint(source_client), client_endpoint(dest_client)
         state, resumed = await asyncio.to_thread(

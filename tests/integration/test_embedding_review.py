@@ -1,0 +1,74 @@
+"""``run_backup`` embedded in a long-running service (a review): what a run leaves behind
+when it ends - normally, failed, stopped or cancelled at an awkward moment - and what two runs
+in one event loop do to each other."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import GitHubBackupConfig, run_backup, run_github_backup
+from asyncbackup.checkpoint import CheckpointLock, checkpoint_path
+from tests.conftest import Buckets, S3Server
+from tests.helpers import numbered_objects, put_objects
+
+pytestmark = pytest.mark.both_loops
+
+
+def _options(s3_server: S3Server, buckets: Buckets, base: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "source_bucket": buckets.source,
+        "source_path": "data",
+        "dest_bucket": buckets.dest,
+        "base_local_path": base,
+        "endpoint_url": s3_server.endpoint,
+        **extra,
+    }
+
+
+async def test_a_run_cancelled_while_it_takes_the_checkpoint_lock_lets_the_next_run_start(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    put_objects(s3, buckets.source, numbered_objects(5))
+    options = _options(s3_server, buckets, tmp_path)
+    task = asyncio.create_task(run_backup(**options))
+    await asyncio.sleep(0)  # the run starts: it takes the lock in a thread
+    time.sleep(0.2)  # (blocking the loop) the thread has taken it by now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The service tries again: the lock the cancelled run took went with it.
+    report = await run_backup(**options)
+    assert report.status == "completed" and report.copied_files == 5
+
+
+async def test_a_github_run_cancelled_while_it_takes_the_checkpoint_lock_leaves_no_lock(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    config = GitHubBackupConfig(
+        owner="acme",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=s3_server.endpoint,
+        api_url="http://127.0.0.1:9/api",  # never reached
+        token="ghp_not-a-real-token",
+    )
+    task = asyncio.create_task(run_github_backup(config))
+    await asyncio.sleep(0)
+    time.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    path = checkpoint_path(
+        base_local_path=tmp_path,
+        source_bucket=config.source_name,
+        source_path="acme",
+        checkpoint_dir=None,
+    )
+    lock = CheckpointLock(path)
+    lock.acquire()  # CheckpointLockedError while the cancelled run still holds it
+    lock.release()
