@@ -5,11 +5,13 @@ in one event loop do to each other."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.model import Shape
 
 from asyncbackup import GitHubBackupConfig, run_backup, run_github_backup
 from asyncbackup.checkpoint import CheckpointLock, checkpoint_path
@@ -72,3 +74,24 @@ async def test_a_github_run_cancelled_while_it_takes_the_checkpoint_lock_leaves_
     lock = CheckpointLock(path)
     lock.acquire()  # CheckpointLockedError while the cancelled run still holds it
     lock.release()
+
+
+def _live_shapes() -> int:
+    gc.collect()
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, Shape))
+
+
+async def test_many_runs_in_one_process_keep_nothing_of_the_botocore_clients_they_made(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    # without the fast path, every request - the listing's too - goes through aiobotocore
+    put_objects(s3, buckets.source, numbered_objects(5))
+    options = _options(s3_server, buckets, tmp_path, fast_path=False, on_complete="delete")
+    for _ in range(2):
+        await run_backup(**options)
+    before = _live_shapes()
+    for _ in range(4):
+        report = await run_backup(**options)
+        assert report.status == "completed" and report.copied_files == 5
+    # A service running backups for days: what a run made of botocore's model goes with it.
+    assert _live_shapes() <= before
