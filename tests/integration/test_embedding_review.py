@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import pytest
 from botocore.model import Shape
 
-from asyncbackup import GitHubBackupConfig, run_backup, run_github_backup
+from asyncbackup import GitHubBackupConfig, read_checkpoint, run_backup, run_github_backup
 from asyncbackup.checkpoint import CheckpointLock, checkpoint_path
 from tests.conftest import Buckets, S3Server
 from tests.helpers import numbered_objects, put_objects
+from tests.proxy import Rule, S3Proxy
 
 pytestmark = pytest.mark.both_loops
 
@@ -95,3 +97,33 @@ async def test_many_runs_in_one_process_keep_nothing_of_the_botocore_clients_the
         assert report.status == "completed" and report.copied_files == 5
     # A service running backups for days: what a run made of botocore's model goes with it.
     assert _live_shapes() <= before
+
+
+async def _upload_made(s3: Any, bucket: str) -> None:
+    """Until the destination holds a multipart upload in progress."""
+    for _ in range(200):
+        if await asyncio.to_thread(lambda: s3.list_multipart_uploads(Bucket=bucket).get("Uploads")):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no multipart upload was made")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_cancelled_while_the_upload_is_being_created_leaves_no_upload_behind(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: S3Proxy, processes: int
+) -> None:
+    put_objects(s3, buckets.source, {"data/big": os.urandom(9 * 1024 * 1024)})
+    # CreateMultipartUpload reaches the server, which makes the upload; its answer is late
+    proxy.add_rule(Rule(None, method="POST", query="uploads", delay_after_forward=1.5, times=1))
+    options = _options(s3_server, buckets, tmp_path, multipart_threshold=8 * 1024 * 1024)
+    options.update(endpoint_url=proxy.endpoint, processes=processes)
+    task = asyncio.create_task(run_backup(**options))
+    await _upload_made(s3, buckets.dest)
+    task.cancel()  # while the answer is on its way
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # "Cancelling the awaiting task stops at once: multipart uploads in flight are aborted"
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads") is None
+    state = read_checkpoint(tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint")
+    assert state.files == {"data/big": False}
+    assert "multipart_uploads" not in state.extra  # nothing left for the next run to abort
