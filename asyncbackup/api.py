@@ -467,6 +467,8 @@ async def plan_backup(
     ``skip_existing`` decisions, touching nothing."""
     if config is None:
         config = BackupConfig(**options)
+    elif options:
+        raise TypeError("pass either a BackupConfig or keyword options, not both")
     path = checkpoint_path(
         base_local_path=config.base_local_path,
         source_bucket=config.source_bucket,
