@@ -59,16 +59,20 @@ def _use_our_parsers(session: Any) -> None:
     core.register_component("response_parser_factory", factory)
 
 
-#: a structure shape -> its plan: (XML tag, member name, member shape) of each member
-_PLANS: dict[int, tuple[Shape, list[tuple[str, str, Shape]]]] = {}
-
-
 class _RestXMLParser(AioRestXMLParser):  # type: ignore[misc]
     """botocore's S3 response parser, with a faster structure parse for the objects of a
     listing (shape ``Object``, 1,000 a page): the same dict, built from a per-shape plan of
     its members and the tags without a regular expression each. It was a third of a
     listing's parse (12-13 ms a page of 1,000 keys, now 8.5-9). Any other structure, or one
-    with members this does not do (attributes, headers), is botocore's."""
+    with members this does not do (attributes, headers), is botocore's.
+
+    The plans are the parser's, so they go with its client: each client has shapes of its
+    own, and a module-wide cache kept those of every client a long-running program made."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: a structure shape -> its plan: (XML tag, member name, member shape) of each member
+        self._plans: dict[int, tuple[Shape, list[tuple[str, str, Shape]] | None]] = {}
 
     def _handle_structure(self, shape: Shape, node: Any) -> Any:
         plan = self._plan(shape) if shape.name == "Object" else None
@@ -92,9 +96,14 @@ class _RestXMLParser(AioRestXMLParser):  # type: ignore[misc]
         return parsed
 
     def _plan(self, shape: Shape) -> list[tuple[str, str, Shape]] | None:
-        known = _PLANS.get(id(shape))
+        known = self._plans.get(id(shape))
         if known is not None and known[0] is shape:
             return known[1]
+        plan = self._make_plan(shape)
+        self._plans[id(shape)] = (shape, plan)
+        return plan
+
+    def _make_plan(self, shape: Shape) -> list[tuple[str, str, Shape]] | None:
         if shape.is_tagged_union or shape.metadata.get("exception", False):
             return None
         plan = []
@@ -107,7 +116,6 @@ class _RestXMLParser(AioRestXMLParser):  # type: ignore[misc]
             ):
                 return None
             plan.append((self._member_key_name(member, name), name, member))
-        _PLANS[id(shape)] = (shape, plan)
         return plan
 
 

@@ -248,8 +248,8 @@ async def run_backup(
     )
     manager = CheckpointManager(path)
     async with contextlib.AsyncExitStack() as stack:
-        await asyncio.to_thread(manager.open)
-        stack.callback(manager.close)
+        stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
+        await manager.open_async()
         source_client, dest_client = await _open_stores(stack, config)
         endpoints = client_endpoint(source_client), client_endpoint(dest_client)
         state, resumed = await asyncio.to_thread(
@@ -476,6 +476,8 @@ async def plan_backup(
     ``skip_existing`` decisions, touching nothing."""
     if config is None:
         config = BackupConfig(**options)
+    elif options:
+        raise TypeError("pass either a BackupConfig or keyword options, not both")
     path = checkpoint_path(
         base_local_path=config.base_local_path,
         source_bucket=config.source_bucket,

@@ -673,6 +673,19 @@ class CheckpointManager:
                 f"{remedy(exc)}, or give the backup another --checkpoint-dir"
             ) from exc
 
+    async def open_async(self) -> None:
+        """``open()`` in the writer thread, the event loop free meanwhile. Cancelled while it
+        runs, this waits (blocking) for it to end before the cancellation goes on, so that the
+        ``close()`` the caller registered first releases the lock it took: a lock left behind
+        would refuse every later run of the job in this process ("in use by another run")."""
+        future = self._writer.submit(self.open)
+        try:
+            await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # open() releases the lock when it fails
+                future.result()
+            raise
+
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self.journal.close()

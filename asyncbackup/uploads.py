@@ -77,6 +77,15 @@ async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
         task.result()
 
 
+async def _wait_bounded(future: asyncio.Future[Any], limit: float) -> None:
+    """Wait up to ``limit`` seconds for ``future``, even if the caller is cancelled again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not future.done() and (remaining := deadline - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future}, timeout=remaining)
+
+
 @contextlib.asynccontextmanager
 async def tracked_upload(
     client: S3Client,
@@ -90,23 +99,41 @@ async def tracked_upload(
 
     The upload is recorded in ``journal`` before it can exist and once its id is known. The
     block failing (or cancelled) aborts it; the block done lets the checkpoint forget it.
-    When more than one create was sent, or the only one was cut short (cancelled while on its
-    way), an earlier one may have made an upload whose answer was lost: every other upload of
-    the key is then aborted too (kept recorded until then).
+    When more than one create was sent, or the only one was cut short (its connection lost,
+    or cancelled and not answered within ``ABORT_TIMEOUT``), an earlier one may have made an
+    upload whose answer was lost: every other upload of the key is then aborted too (kept
+    recorded until then). A create cancelled on its way is waited for: the upload it made is
+    aborted by its id.
     ``what`` names it in warnings.
     """
     bucket, key = create["Bucket"], create["Key"]
     creates = 0
     unanswered = False  # a create was cut short (cancelled, connection lost): made or not?
+    late: str | None = None  # the upload a create made, answered after a cancellation
 
     async def create_upload() -> dict[str, Any]:
-        nonlocal creates, unanswered
+        nonlocal creates, unanswered, late
         creates += 1
         unanswered = True
+        request = asyncio.ensure_future(client.create_multipart_upload(**create))
         try:
-            result: dict[str, Any] = await client.create_multipart_upload(**create)
+            result: dict[str, Any] = await asyncio.shield(request)
         except ClientError:  # the server's answer: no upload was made
             unanswered = False
+            raise
+        except asyncio.CancelledError:
+            # Cancelled while the create is on its way: the server may be making the upload.
+            # Its answer is awaited (bounded) so that the upload is aborted by its id now,
+            # not left at the destination until a next run of the job, which may never come.
+            await _wait_bounded(request, ABORT_TIMEOUT)
+            if not request.done():
+                request.cancel()
+            elif not request.cancelled():
+                error = request.exception()
+                if error is None:
+                    late, unanswered = request.result()["UploadId"], False
+                elif isinstance(error, ClientError):
+                    unanswered = False
             raise
         unanswered = False
         return result
@@ -148,6 +175,8 @@ async def tracked_upload(
         # has made the upload). Without one, the key is swept now.
         if creates > 1 or (unanswered and journal is None):
             await run_to_completion(sweep(None), ABORT_TIMEOUT)
+        elif late is not None:
+            await run_to_completion(abort(late), ABORT_TIMEOUT)
         elif journal is not None and unanswered:
             journal.unaborted.add(key)
         raise

@@ -126,8 +126,8 @@ async def run_github_backup(
     )
     manager = CheckpointManager(path)
     async with contextlib.AsyncExitStack() as stack:
-        await asyncio.to_thread(manager.open)
-        stack.callback(manager.close)
+        stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
+        await manager.open_async()
         dest_client = await open_destination(stack, config)
         session = await stack.enter_async_context(
             aiohttp.ClientSession(
