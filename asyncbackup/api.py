@@ -21,6 +21,7 @@ from .checkpoint import (
     check_identity,
     checkpoint_path,
     endpoint_for_checkpoint,
+    in_thread_to_the_end,
     read_checkpoint,
     recorded_patterns,
 )
@@ -252,7 +253,7 @@ async def run_backup(
         await manager.open_async()
         source_client, dest_client = await _open_stores(stack, config)
         endpoints = client_endpoint(source_client), client_endpoint(dest_client)
-        state, resumed = await asyncio.to_thread(
+        state, resumed = await in_thread_to_the_end(
             manager.load_or_create,
             source_bucket=config.source_bucket,
             source_path=config.source_path,
@@ -308,7 +309,7 @@ async def run_backup(
             _warn_nothing_listed(config)
         stopped = pipeline.result.stopped
         await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
-        return await asyncio.to_thread(
+        return await in_thread_to_the_end(
             conclude,
             manager,
             state,

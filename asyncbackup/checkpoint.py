@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -58,6 +58,8 @@ from .journal import (
 from .staging import is_within, staging_root, temp_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
+T = TypeVar("T")
+
 _AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME_BYTES = 200
@@ -605,6 +607,21 @@ def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None
             "same endpoint, set config.dest_endpoint_url in the checkpoint if it is the same "
             "store under another name, or start over with --ignore-checkpoints"
         )
+
+
+async def in_thread_to_the_end(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``asyncio.to_thread(func, ...)`` that, cancelled, waits (blocking) for ``func`` to end
+    before the cancellation goes on. For the steps of a run that change the checkpoint's files
+    (loading it, archiving it at the end): they are over before the caller's ``close()``
+    releases the lock, so a run of the job started at once never has them change its files."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-step") as pool:
+        future = pool.submit(func, *args, **kwargs)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                future.result()
+            raise
 
 
 async def _to_the_end(future: concurrent.futures.Future[None]) -> None:

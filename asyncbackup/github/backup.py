@@ -29,6 +29,7 @@ from ..checkpoint import (
     check_dest_endpoint,
     checkpoint_path,
     endpoint_for_checkpoint,
+    in_thread_to_the_end,
     now_iso,
     read_checkpoint,
 )
@@ -152,7 +153,7 @@ async def run_github_backup(
         if not config.ignore_checkpoints:
             await asyncio.to_thread(_check_same_server, path, config.api_url)
         dest_endpoint = client_endpoint(dest_client)
-        state, resumed = await asyncio.to_thread(
+        state, resumed = await in_thread_to_the_end(
             manager.load_or_create,
             source_bucket=config.source_name,
             source_path=config.owner,
@@ -269,7 +270,9 @@ async def run_github_backup(
             git.commands.count("fetch"),
         )
         result = _as_reported(pipeline.result, copier)
-        return await asyncio.to_thread(_conclude, config, manager, state, result, resumed, started)
+        return await in_thread_to_the_end(
+            _conclude, config, manager, state, result, resumed, started
+        )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 

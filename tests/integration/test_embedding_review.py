@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from asyncbackup import (
     run_backup,
     run_github_backup,
 )
-from asyncbackup.checkpoint import CheckpointLock, checkpoint_path
+from asyncbackup.checkpoint import CheckpointLock, CheckpointManager, checkpoint_path
 from tests.conftest import Buckets, S3Server
 from tests.helpers import numbered_objects, put_objects
 from tests.proxy import Rule, S3Proxy
@@ -148,3 +149,42 @@ async def test_plan_backup_refuses_a_config_and_options_together_as_run_backup_d
         await run_backup(config, source_path="elsewhere")
     plan = await plan_backup(config, sample=2)
     assert plan.copy_files == 3 and len(plan.first_keys) == 2
+
+
+async def test_a_run_cancelled_while_it_archives_its_checkpoint_ends_that_first(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The end of a run (``conclude``: the completion entry, the checkpoint archived, its
+    journal removed) ran in a thread that a cancellation left going while the lock was
+    released: a service starting the job again at once could have its new checkpoint moved
+    to the archive, or its journal removed, under it. A cancelled run now lets that step
+    end before it lets go of the lock."""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    archiving = threading.Event()
+    finish = CheckpointManager.finish
+
+    def slow_finish(self: CheckpointManager, on_complete: str) -> Path | None:
+        archiving.set()
+        time.sleep(0.5)  # an archive on a slow disk
+        return finish(self, on_complete)
+
+    monkeypatch.setattr(CheckpointManager, "finish", slow_finish)
+    options = _options(s3_server, buckets, tmp_path)
+    task = asyncio.create_task(run_backup(**options))
+    while not archiving.is_set():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    path = checkpoint_path(
+        base_local_path=tmp_path,
+        source_bucket=buckets.source,
+        source_path="data",
+        checkpoint_dir=None,
+    )
+    assert not path.exists()  # archived before the cancellation went on
+    assert len(list((path.parent / "archive").iterdir())) == 1
