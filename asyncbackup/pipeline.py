@@ -25,7 +25,7 @@ from typing import Any
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import FatalRunError, ObjectError
 from .journal import Changes
-from .progress import NullObserver, Observer
+from .progress import GuardedObserver, NullObserver, Observer
 
 log = logging.getLogger("asyncbackup")
 
@@ -173,7 +173,7 @@ class Pipeline:
         self.concurrency = concurrency
         self.interval = interval
         self.max_age = max_age
-        self.observer: Observer = observer or NullObserver()
+        self.observer: Observer = GuardedObserver(observer) if observer else NullObserver()
         self.stop = stop or asyncio.Event()
         self.exact_sizes = exact_sizes
         self.forget_unlisted = forget_unlisted

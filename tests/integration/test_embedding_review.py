@@ -18,6 +18,7 @@ from botocore.model import Shape
 from asyncbackup import (
     BackupConfig,
     GitHubBackupConfig,
+    NullObserver,
     plan_backup,
     read_checkpoint,
     run_backup,
@@ -188,3 +189,38 @@ async def test_a_run_cancelled_while_it_archives_its_checkpoint_ends_that_first(
     )
     assert not path.exists()  # archived before the cancellation went on
     assert len(list((path.parent / "archive").iterdir())) == 1
+
+
+class _FlakyMetrics(NullObserver):
+    """A service's metrics hook that fails now and then (its backend is down)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def on_done(self, key: str, size: int) -> None:
+        self.done += 1
+        if self.done % 2 == 0:
+            raise ConnectionError("metrics backend unreachable")
+
+    def on_flush(self, processed: int) -> None:
+        raise ConnectionError("metrics backend unreachable")
+
+
+async def test_an_observer_that_raises_does_not_stop_the_backup(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The observer is progress reporting. One that raised ended the run with its exception:
+    the objects copied since the last flush were not recorded (copied again by the next run)
+    and a completed job was not archived. It is now logged, once, and the backup goes on."""
+    put_objects(s3, buckets.source, numbered_objects(6))
+    metrics = _FlakyMetrics()
+    report = await run_backup(**_options(s3_server, buckets, tmp_path), observer=metrics)
+    assert report.status == "completed" and report.copied_files == 6
+    assert report.archived_checkpoint is not None
+    assert metrics.done == 6  # still told of every object after it raised
+    warnings = [r for r in caplog.records if "observer" in r.getMessage()]
+    assert len(warnings) == 1 and "metrics backend unreachable" in warnings[0].getMessage()
