@@ -37,12 +37,14 @@ async def test_an_upload_whose_abort_failed_is_not_forgotten_by_the_retry_of_its
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
 
 
-async def test_an_upload_whose_create_was_cut_short_is_aborted_after_its_object_is_copied(
+async def test_an_upload_whose_create_was_cancelled_on_its_way_is_aborted_by_its_id(
     buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
 ) -> None:
     s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=os.urandom(2 * PART + 10))
     # The first download is corrupted; by the time it has failed, the server has created the
-    # first upload but not yet answered: that create is cancelled, its upload id never known.
+    # first upload but not yet answered: that create is cancelled on its way. Its answer is
+    # awaited (up to ABORT_TIMEOUT) and the upload it made aborted by its id, before the
+    # object is tried again.
     proxy.add_rule(Rule("corrupt", method="GET", path="/data/big.bin$", times=1))
     proxy.add_rule(Rule(None, method="POST", query="uploads", times=1, delay_after_forward=2.0))
     report = await backup_data(
@@ -51,5 +53,7 @@ async def test_an_upload_whose_create_was_cut_short_is_aborted_after_its_object_
     assert report.exit_code == 0, report.errors
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
     creates = [r for r in proxy.seen(method="POST", path="/data/big.bin$") if r.query == "uploads"]
-    assert len(creates) == 2 and creates[0].status is None  # the first one cut short
+    assert len(creates) == 2 and creates[0].status == 200  # answered late, not cut short
+    aborts = proxy.seen(method="DELETE", path="/data/big.bin$")
+    assert len(aborts) == 1 and aborts[0].started < creates[1].started  # before the retry
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
