@@ -77,7 +77,7 @@ async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
         task.result()
 
 
-async def _wait_bounded(future: asyncio.Future[Any], limit: float) -> None:
+async def settle(future: asyncio.Future[Any], limit: float) -> None:
     """Wait up to ``limit`` seconds for ``future``, even if the caller is cancelled again."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
@@ -125,7 +125,7 @@ async def tracked_upload(
             # Cancelled while the create is on its way: the server may be making the upload.
             # Its answer is awaited (bounded) so that the upload is aborted by its id now,
             # not left at the destination until a next run of the job, which may never come.
-            await _wait_bounded(request, ABORT_TIMEOUT)
+            await settle(request, ABORT_TIMEOUT)
             if not request.done():
                 request.cancel()
             elif not request.cancelled():

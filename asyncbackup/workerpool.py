@@ -31,13 +31,12 @@ import itertools
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import wire
 from .config import BackupConfig
 from .errors import AsyncBackupError, ConfigError, FatalRunError
 from .pipeline import Process, WorkItem
-from .uploads import Notes
+from .uploads import Notes, settle
 
 log = logging.getLogger("asyncbackup")
 
@@ -201,7 +200,7 @@ class WorkerPool:
                 # Let the worker stop and clean up (abort a multipart upload, send its notes)
                 # while the checkpoint writer still runs.
                 if child.send({"op": "cancel", "id": request}):
-                    await _settle(answer, CANCEL_GRACE)
+                    await settle(answer, CANCEL_GRACE)
                 raise
         finally:
             child.pending.pop(request, None)
@@ -339,15 +338,6 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
     while not waiter.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({waiter})
-
-
-async def _settle(future: asyncio.Future[Any], limit: float) -> None:
-    """Wait up to ``limit`` seconds for ``future``, even if the caller is cancelled again."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not future.done() and (remaining := deadline - loop.time()) > 0:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({future}, timeout=remaining)
 
 
 async def start_worker_processes(

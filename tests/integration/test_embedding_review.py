@@ -27,20 +27,10 @@ from asyncbackup import (
 from asyncbackup.checkpoint import CheckpointLock, CheckpointManager, checkpoint_path
 from tests.conftest import Buckets, S3Server
 from tests.helpers import numbered_objects, put_objects
+from tests.integration.test_embedding import _options
 from tests.proxy import Rule, S3Proxy
 
 pytestmark = pytest.mark.both_loops
-
-
-def _options(s3_server: S3Server, buckets: Buckets, base: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "source_bucket": buckets.source,
-        "source_path": "data",
-        "dest_bucket": buckets.dest,
-        "base_local_path": base,
-        "endpoint_url": s3_server.endpoint,
-        **extra,
-    }
 
 
 async def test_a_run_cancelled_while_it_takes_the_checkpoint_lock_lets_the_next_run_start(
