@@ -168,7 +168,11 @@ async def _open(
     """The copier, its clients opened (and their buckets checked) on ``stack``."""
     if config.direct:  # server-side: the destination's client is all it needs
         client = await open_destination(
-            stack, config, fast_path=config.fast_path, write_probe=config.dest_write_probe
+            stack,
+            config,
+            fast_path=config.fast_path,
+            write_probe=config.dest_write_probe,
+            prefix=config.dest_list_prefix,
         )
         return await _direct_copier(config, client, stack, journal)
     source_client, dest_client = await _open_stores(stack, config)

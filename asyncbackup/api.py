@@ -159,6 +159,7 @@ async def _open_stores(
                 fast_path=config.fast_path,
                 write_probe=config.dest_write_probe,
                 check=not (dry_run and config.dest_write_only),
+                prefix=config.dest_list_prefix,
             )
             return opened, None
         except Exception as exc:
@@ -172,8 +173,8 @@ async def _open_stores(
                     source_client,
                     config.source_bucket,
                     role="source",
-                    write=False,
                     fast_timeouts=timeouts,
+                    prefix=config.source_prefix,
                 )
             )
             opening = tg.create_task(destination())

@@ -749,8 +749,13 @@ async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
             endpoint_url=dest_endpoint,
             **common,
         )
-        await check_bucket(source_client, state.source_bucket, role="source", write=False)
-        await check_bucket(dest_client, state.dest_bucket, role="destination", write=False)
+        job = job_config(state)  # the prefixes the job lists (a policy may allow those only)
+        await check_bucket(
+            source_client, state.source_bucket, role="source", prefix=job.source_prefix
+        )
+        await check_bucket(
+            dest_client, state.dest_bucket, role="destination", prefix=job.dest_list_prefix
+        )
         return await verify_state(state, source_client=source_client, dest_client=dest_client)
     raise AssertionError("unreachable")  # pragma: no cover
 

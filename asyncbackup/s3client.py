@@ -208,18 +208,21 @@ async def check_bucket(
     bucket: str,
     *,
     role: str,
-    write: bool,
     attempts: int = 4,
     fast_timeouts: tuple[float, float] | None = None,
     write_probe: str | None = None,
+    prefix: str = "",
 ) -> None:
     """Fail fast, with one clear line, when ``bucket`` cannot be used.
 
+    The check lists (at most) one key under ``prefix``, the job's: a policy that lets the
+    credentials list that prefix only (``s3:ListBucket`` with an ``s3:prefix`` condition)
+    passes it, as it passes the run's own listings.
+
     Transient answers (5xx, SlowDown, a reset, an endpoint that does not answer yet) are
     retried a few times first, like every other request: a blip must not fail the run.
-    With ``fast_timeouts`` (connect, read) the check is one ListObjectsV2 of one key through
-    the fast path, so that it makes no aiobotocore client (HeadBucket, which the destination
-    is otherwise checked with, needs the same s3:ListBucket permission).
+    With ``fast_timeouts`` (connect, read) the check is that ListObjectsV2 through the fast
+    path, so that it makes no aiobotocore client.
     With ``write_probe`` (a key) the check reads nothing: it starts a multipart upload of that
     key and aborts it, for credentials that may write but not list (``--dest-write-only``);
     no object is written.
@@ -237,12 +240,9 @@ async def check_bucket(
                     stack, client, bucket, connections=1, connect_timeout=connect, read_timeout=read
                 )
                 if fast is not None:
-                    await fast.list_objects_v2(Bucket=bucket, MaxKeys=1)
+                    await fast.list_objects_v2(Bucket=bucket, MaxKeys=1, Prefix=prefix)
                     return
-        if write:
-            await client.head_bucket(Bucket=bucket)
-        else:
-            await client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        await client.list_objects_v2(Bucket=bucket, MaxKeys=1, Prefix=prefix)
 
     try:
         await RetryPolicy(attempts).call(probe)
@@ -315,6 +315,7 @@ async def open_destination(
     fast_path: bool = False,
     write_probe: str | None = None,
     check: bool = True,
+    prefix: str = "",
 ) -> S3Client:
     """The destination client, its bucket checked writable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
@@ -336,9 +337,9 @@ async def open_destination(
         client,
         settings.dest_bucket,
         role="destination",
-        write=True,
         fast_timeouts=timeouts,
         write_probe=write_probe,
+        prefix=prefix,
     )
     return client
 

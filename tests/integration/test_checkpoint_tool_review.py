@@ -73,8 +73,8 @@ async def test_verify_listing_refused_midway_is_one_clear_line(
     path = tmp_path / "checkpoints" / f"{buckets.source}_data.checkpoint"
     _write_checkpoint(path, buckets, _copied(s3, buckets))
     snapshot = path.read_bytes()
-    # check_bucket lists with max-keys=1 and no prefix; the job's listing has prefix=data/
-    proxy.add_rule(Rule("access_denied", method="GET", path=buckets.dest, query="prefix=data"))
+    # check_bucket lists one key (max-keys=1); the job's listing pages of 100, then 1,000
+    proxy.add_rule(Rule("access_denied", method="GET", path=buckets.dest, query="max-keys=10"))
     refused = await run_cli_async(
         ["checkpoint", "verify", str(path), "--endpoint-url", proxy.endpoint]
     )

@@ -34,18 +34,27 @@ def readme_policy(name: str, bucket: str) -> dict[str, Any]:
     return document
 
 
-def allows(policy: dict[str, Any], action: str, resource: str) -> bool:
+def allows(
+    policy: dict[str, Any], action: str, resource: str, context: dict[str, str] | None = None
+) -> bool:
     """Whether an Allow statement of ``policy`` covers ``action`` on ``resource`` (the policies
-    here have no Deny and no conditions)."""
+    here have no Deny). A statement's ``StringLike`` condition needs each of its keys in the
+    request's ``context`` (``s3:prefix``: a listing's prefix, absent when it has none)."""
     for statement in policy["Statement"]:
         actions = statement["Action"]
         resources = statement["Resource"]
         actions = [actions] if isinstance(actions, str) else actions
         resources = [resources] if isinstance(resources, str) else resources
+        conditions = statement.get("Condition", {}).get("StringLike", {})
         if (
             statement["Effect"] == "Allow"
             and any(fnmatch.fnmatchcase(action, a) for a in actions)
             and any(fnmatch.fnmatchcase(resource, r) for r in resources)
+            and all(
+                name in (context or {})
+                and any(fnmatch.fnmatchcase((context or {})[name], v) for v in values)
+                for name, values in conditions.items()
+            )
         ):
             return True
     return False
@@ -99,11 +108,13 @@ def check_requests(requests: list[Recorded], policies: dict[str, dict[str, Any]]
         bucket = urllib.parse.unquote(request.path).lstrip("/").partition("/")[0]
         operation, pairs = needs(request)
         operations.add(operation)
+        query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
+        context = {"s3:prefix": query["prefix"][0]} if "prefix" in query else {}
         for action, resource in pairs:
             policy = policies[resource.removeprefix("arn:aws:s3:::").partition("/")[0]]
-            assert allows(policy, action, resource), (
-                f"{operation} on {bucket} needs {action} on {resource}, which the README's "
-                "policy does not give"
+            assert allows(policy, action, resource, context), (
+                f"{operation} on {bucket} needs {action} on {resource} ({context}), which the "
+                "README's policy does not give"
             )
     return operations
 
@@ -290,3 +301,52 @@ def test_a_dry_run_with_dest_write_only_writes_nothing(
     assert "would copy 15 files" in plan.stdout
     assert {r.method for r in proxy.seen()} <= {"GET", "HEAD"}
     assert not [r for r in proxy.seen() if r.path.startswith(f"/{buckets.dest}")]
+
+
+def _narrowed(policy: dict[str, Any], bucket: str, prefix: str) -> dict[str, Any]:
+    """``policy`` narrowed to ``prefix`` as the README says: the object ARNs to
+    ``bucket/prefix/*``, and ``s3:ListBucket`` in a statement of its own with an
+    ``s3:prefix`` condition."""
+    statements: list[dict[str, Any]] = []
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        actions = [actions] if isinstance(actions, str) else actions
+        if statement["Resource"].endswith("/*"):
+            statements.append({**statement, "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"})
+            continue
+        rest = [a for a in actions if a != "s3:ListBucket"]
+        if rest:
+            statements.append({**statement, "Action": rest})
+        if "s3:ListBucket" in actions:
+            statements.append(
+                {
+                    **statement,
+                    "Action": "s3:ListBucket",
+                    "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+                }
+            )
+    return {**policy, "Statement": statements}
+
+
+def test_a_backup_needs_to_list_only_the_prefix_it_copies(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A bucket shared between teams gives each the right to list its own prefix only. The
+    start-up checks listed the whole bucket (one key, no prefix), which such a policy
+    refuses; they now list under the job's prefix, as the run does."""
+    _seed(s3, buckets.source)
+    extra = ["--multipart-threshold", "5MiB", "--part-size", "5MiB", "--quiet"]
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, *extra)
+    assert run_cli(["p", *args]).returncode == 0
+    assert run_cli(["p", *args, "--skip-existing"]).returncode == 0
+    archived = next((tmp_path / "checkpoints" / "archive").iterdir())
+    command = ["checkpoint", "verify", str(archived), "--endpoint-url", proxy.endpoint]
+    verify = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *command], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    policies = {
+        buckets.source: _narrowed(readme_policy("source", buckets.source), buckets.source, "p"),
+        buckets.dest: _narrowed(readme_policy("destination", buckets.dest), buckets.dest, "p"),
+    }
+    check_requests(proxy.seen(), policies)
