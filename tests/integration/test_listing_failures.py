@@ -54,7 +54,10 @@ def test_a_destination_listing_refused_stops_the_run_with_exit_3(
 ) -> None:
     """--skip-existing lists the destination too."""
     put_parallel(s3, buckets.source, {f"s/{i:04d}": b"x" for i in range(5)})
-    proxy.add_rule(Rule("access_denied", method="GET", path=f"^/{buckets.dest}$", query="prefix"))
+    # the listing's pages (100, then 1,000 keys), not the start-up check (one key)
+    proxy.add_rule(
+        Rule("access_denied", method="GET", path=f"^/{buckets.dest}$", query="max-keys=10")
+    )
     args = ["s", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
     done = run_cli([*args, "--skip-existing", "--max-attempts", "1"])
     assert done.returncode == 3, done.stderr

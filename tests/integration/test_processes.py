@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,15 @@ def worker_pids(parent: int) -> set[int]:
     return found
 
 
+def _one_key(query: str) -> bool:
+    """A listing of one key: the start-up check of a bucket (under the job's prefix)."""
+    return urllib.parse.parse_qs(query).get("max-keys") == ["1"]
+
+
 def dest_checks(proxy: S3Proxy, dest: str) -> int:
     """The checks of the destination bucket that went through: one a process."""
     bucket = f"^/{dest}/?$"
-    listed = [r for r in proxy.seen(method="GET", path=bucket) if r.query.endswith("max-keys=1")]
+    listed = [r for r in proxy.seen(method="GET", path=bucket) if _one_key(r.query)]
     return len(listed) + len(proxy.seen(method="HEAD", path=bucket))
 
 
@@ -88,7 +94,8 @@ def hold_listing_until_workers_ready(proxy: S3Proxy, dest: str, workers: int) ->
         wait_for(lambda: dest_checks(proxy, dest) >= 1 + workers, timeout=60)
         time.sleep(0.5)
 
-    proxy.add_rule(Rule(None, method="GET", query="prefix=", action=ready, times=1))
+    # the listing's pages ask for 100, then 1,000 keys; the checks for one
+    proxy.add_rule(Rule(None, method="GET", query="max-keys=10", action=ready, times=1))
 
 
 def uploads_in_progress(s3: Any, bucket: str) -> list[dict[str, Any]]:
