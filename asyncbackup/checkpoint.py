@@ -615,20 +615,17 @@ async def in_thread_to_the_end(func: Callable[..., T], *args: Any, **kwargs: Any
     (loading it, archiving it at the end): they are over before the caller's ``close()``
     releases the lock, so a run of the job started at once never has them change its files."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-step") as pool:
-        future = pool.submit(func, *args, **kwargs)
-        try:
-            return await asyncio.shield(asyncio.wrap_future(future))
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                future.result()
-            raise
+        return await _to_the_end(pool.submit(func, *args, **kwargs), quiet=True)
 
 
-async def _to_the_end(future: concurrent.futures.Future[None]) -> None:
+async def _to_the_end(future: concurrent.futures.Future[T], *, quiet: bool = False) -> T:
+    """``future``'s result. Cancelled meanwhile: wait (blocking) for it to end, then go on
+    with the cancellation - or raise its own failure instead, unless ``quiet``."""
     try:
-        await asyncio.shield(asyncio.wrap_future(future))
+        return await asyncio.shield(asyncio.wrap_future(future))
     except asyncio.CancelledError:
-        future.result()
+        with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+            future.result()
         raise
 
 
@@ -695,13 +692,8 @@ class CheckpointManager:
         runs, this waits (blocking) for it to end before the cancellation goes on, so that the
         ``close()`` the caller registered first releases the lock it took: a lock left behind
         would refuse every later run of the job in this process ("in use by another run")."""
-        future = self._writer.submit(self.open)
-        try:
-            await asyncio.shield(asyncio.wrap_future(future))
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # open() releases the lock when it fails
-                future.result()
-            raise
+        # quiet: open() releases the lock itself when it fails
+        await _to_the_end(self._writer.submit(self.open), quiet=True)
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
