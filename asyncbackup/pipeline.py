@@ -335,11 +335,7 @@ class Pipeline:
                     # of what is copied, or the job would end with more (or fewer) bytes
                     # done than its total.
                     result.listed_bytes += size - listed
-                    state.total_bytes = (
-                        result.listed_bytes
-                        if result.listing_complete
-                        else max(self._base_total[1], result.listed_bytes)
-                    )
+                    self._set_totals()
                 if state.files.get(key) is not True:
                     state.processed_files += 1
                 state.files[key] = changes.files[key] = True
@@ -373,7 +369,7 @@ class Pipeline:
                 self._apply_listed(items)
             case _ListingDone():
                 result.listing_complete = True
-                state.total_files, state.total_bytes = result.listed_files, result.listed_bytes
+                self._set_totals()
                 # Exact now, whatever the loaded figure: a file reset to false by hand was
                 # counted once before and once more when redone (the map keeps no sizes).
                 if self.exact_sizes:
@@ -389,6 +385,16 @@ class Pipeline:
             case _Stop():
                 return True
         return False
+
+    def _set_totals(self) -> None:
+        """The job's totals: the listing's once it is complete; until then at least the
+        loaded checkpoint's (a resume's listing has not yet seen what it had)."""
+        state, result = self.state, self.result
+        if result.listing_complete:
+            state.total_files, state.total_bytes = result.listed_files, result.listed_bytes
+        else:
+            state.total_files = max(self._base_total[0], result.listed_files)
+            state.total_bytes = max(self._base_total[1], result.listed_bytes)
 
     def _forget_unlisted(self) -> None:
         """Drop the files the complete listing did not list: every listed one is in the map,
@@ -446,6 +452,5 @@ class Pipeline:
         result.listed_bytes += size
         result.skipped_files += skipped
         result.skipped_bytes += skipped_bytes
-        state.total_files = max(self._base_total[0], result.listed_files)
-        state.total_bytes = max(self._base_total[1], result.listed_bytes)
+        self._set_totals()
         self.observer.on_listed(new, size - skipped_bytes, skipped, skipped_bytes)

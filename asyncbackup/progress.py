@@ -7,7 +7,7 @@ service can plug its metrics in. Every method is called on the event loop and mu
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("asyncbackup")
 
@@ -57,44 +57,32 @@ class GuardedObserver:
         self.observer = observer
         self._warned = False
 
-    def _failed(self, method: str, exc: Exception) -> None:
-        level = logging.DEBUG if self._warned else logging.WARNING
-        self._warned = True
-        log.log(
-            level,
-            "the observer's %s raised %s: %s; the backup goes on (further errors of the "
-            "observer are logged at debug level)",
-            method,
-            type(exc).__name__,
-            exc,
-        )
+    def _call(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.observer, method)(*args)
+        except Exception as exc:  # the caller's code, whatever it raises
+            level = logging.DEBUG if self._warned else logging.WARNING
+            self._warned = True
+            log.log(
+                level,
+                "the observer's %s raised %s: %s; the backup goes on (further errors of the "
+                "observer are logged at debug level)",
+                method,
+                type(exc).__name__,
+                exc,
+            )
 
     def on_listed(self, files: int, size: int, skipped: int, skipped_bytes: int) -> None:
-        try:
-            self.observer.on_listed(files, size, skipped, skipped_bytes)
-        except Exception as exc:  # the caller's code, whatever it raises
-            self._failed("on_listed", exc)
+        self._call("on_listed", files, size, skipped, skipped_bytes)
 
     def on_listing_done(self) -> None:
-        try:
-            self.observer.on_listing_done()
-        except Exception as exc:
-            self._failed("on_listing_done", exc)
+        self._call("on_listing_done")
 
     def on_done(self, key: str, size: int) -> None:
-        try:
-            self.observer.on_done(key, size)
-        except Exception as exc:
-            self._failed("on_done", exc)
+        self._call("on_done", key, size)
 
     def on_failed(self, key: str, error: str) -> None:
-        try:
-            self.observer.on_failed(key, error)
-        except Exception as exc:
-            self._failed("on_failed", exc)
+        self._call("on_failed", key, error)
 
     def on_flush(self, processed: int) -> None:
-        try:
-            self.observer.on_flush(processed)
-        except Exception as exc:
-            self._failed("on_flush", exc)
+        self._call("on_flush", processed)
