@@ -29,12 +29,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import wire
-from .api import _direct_copier, _open_stores, _staged_copier
+from .api import _direct_copier, _open_stores, _staged_copier, open_job_destination
 from .config import BackupConfig
 from .errors import AsyncBackupError, FatalRunError
 from .memory import return_large_buffers_to_os
 from .pipeline import Process, primary_error
-from .s3client import open_destination
 from .uploads import UploadJournal
 
 log = logging.getLogger("asyncbackup")
@@ -167,13 +166,7 @@ async def _open(
 ) -> Process:
     """The copier, its clients opened (and their buckets checked) on ``stack``."""
     if config.direct:  # server-side: the destination's client is all it needs
-        client = await open_destination(
-            stack,
-            config,
-            fast_path=config.fast_path,
-            write_probe=config.dest_write_probe,
-            prefix=config.dest_list_prefix,
-        )
+        client = await open_job_destination(stack, config)
         return await _direct_copier(config, client, stack, journal)
     source_client, dest_client = await _open_stores(stack, config)
     return await _staged_copier(config, source_client, dest_client, journal, stack, prepare=False)

@@ -132,6 +132,22 @@ def _dest_params(config: BackupConfig) -> dict[str, str]:
     return params
 
 
+async def open_job_destination(
+    stack: contextlib.AsyncExitStack, config: BackupConfig, *, check: bool = True
+) -> S3Client:
+    """The destination client of ``config``'s job, its bucket checked as the job's options
+    say: under the job's prefix, through the fast path, or by an upload started and aborted
+    with ``--dest-write-only``."""
+    return await open_destination(
+        stack,
+        config,
+        fast_path=config.fast_path,
+        write_probe=config.dest_write_probe,
+        check=check,
+        prefix=config.dest_list_prefix,
+    )
+
+
 async def _open_stores(
     stack: contextlib.AsyncExitStack, config: BackupConfig, *, dry_run: bool = False
 ) -> tuple[S3Client, S3Client]:
@@ -153,15 +169,8 @@ async def _open_stores(
 
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
-            opened = await open_destination(
-                stack,
-                config,
-                fast_path=config.fast_path,
-                write_probe=config.dest_write_probe,
-                check=not (dry_run and config.dest_write_only),
-                prefix=config.dest_list_prefix,
-            )
-            return opened, None
+            check = not (dry_run and config.dest_write_only)
+            return await open_job_destination(stack, config, check=check), None
         except Exception as exc:
             return None, exc
 
