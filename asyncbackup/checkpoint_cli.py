@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from . import checkpoint_tool as tool
+from . import verify
 from .errors import CheckpointError
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
@@ -126,15 +127,15 @@ def add_checkpoint_commands(commands: Any) -> None:
     _common(compact)
     compact.set_defaults(handler=_compact)
 
-    verify = sub.add_parser(
+    verify_cmd = sub.add_parser(
         "verify",
         help="check that every file marked done is at the destination with the right size",
         description="List the source and destination under the job's prefix and check that "
         "every key marked done is at the destination with the source's size. Exit 0 when all "
         "are, 1 otherwise (with the keys).",
     )
-    verify.add_argument("file", type=Path, metavar="FILE")
-    where = verify.add_argument_group("buckets and credentials (as for the s3 command)")
+    verify_cmd.add_argument("file", type=Path, metavar="FILE")
+    where = verify_cmd.add_argument_group("buckets and credentials (as for the s3 command)")
     where.add_argument("--source-profile", help="default: the one the checkpoint recorded")
     where.add_argument("--dest-profile", help="default: the one the checkpoint recorded")
     where.add_argument(
@@ -144,14 +145,14 @@ def add_checkpoint_commands(commands: Any) -> None:
     where.add_argument("--source-endpoint-url")
     where.add_argument("--dest-endpoint-url")
     where.add_argument("--region")
-    verify.add_argument(
+    verify_cmd.add_argument(
         "--mark-pending",
         action="store_true",
         help="mark the missing and different keys pending, so the next run copies them "
         "again (refused while a run holds the checkpoint)",
     )
-    _common(verify)
-    verify.set_defaults(handler=_verify)
+    _common(verify_cmd)
+    verify_cmd.set_defaults(handler=_verify)
 
 
 async def _show(args: argparse.Namespace) -> int:
@@ -219,7 +220,7 @@ async def _compact(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    where = tool.Endpoints(
+    where = verify.Endpoints(
         source_profile=args.source_profile,
         dest_profile=args.dest_profile,
         endpoint_url=args.endpoint_url,
@@ -227,7 +228,7 @@ async def _verify(args: argparse.Namespace) -> int:
         dest_endpoint_url=args.dest_endpoint_url,
         region=args.region,
     )
-    result = await tool.verify_checkpoint(args.file, where)
+    result = await verify.verify_checkpoint(args.file, where)
     marked: tool.MarkResult | None = None
     refused: CheckpointError | None = None
     if args.mark_pending and not result.ok:
@@ -241,7 +242,7 @@ async def _verify(args: argparse.Namespace) -> int:
         out["marked_pending"] = marked.matched if marked else []
         _emit_json(out)
     else:
-        _out(tool.format_verify(result, args.file))
+        _out(verify.format_verify(result, args.file))
         if marked is not None:
             _out(tool.format_mark(marked))
     if refused is not None:

@@ -12,8 +12,8 @@ import pytest
 
 from asyncbackup import BackupConfig, plan_backup, read_checkpoint, run_backup
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState
-from asyncbackup.checkpoint_tool import job_config, verify_state
 from asyncbackup.errors import CheckpointMismatchError, ConfigError
+from asyncbackup.verify import job_config, verify_state
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args, list_keys, open_test_client, run_cli
 from tests.proxy import Rule, run_proxy

@@ -14,7 +14,6 @@ import pytest
 
 from asyncbackup.checkpoint import CheckpointLock, CheckpointState, read_checkpoint
 from asyncbackup.checkpoint_tool import (
-    Endpoints,
     errors_by_code,
     failed_files,
     find_checkpoints,
@@ -24,12 +23,12 @@ from asyncbackup.checkpoint_tool import (
     mark_keys,
     match_keys,
     split_error,
-    verify_checkpoint,
 )
 from asyncbackup.errors import ConfigError
 from asyncbackup.logformat import JsonFormatter
 from asyncbackup.progress_bar import ProgressBar
 from asyncbackup.progress_line import rate, sizes
+from asyncbackup.verify import Endpoints, verify_checkpoint
 
 
 def _state(**files: bool) -> CheckpointState:
