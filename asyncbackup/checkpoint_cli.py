@@ -129,10 +129,11 @@ def add_checkpoint_commands(commands: Any) -> None:
 
     verify_cmd = sub.add_parser(
         "verify",
-        help="check that every file marked done is at the destination with the right size",
+        help="check that every file marked done is at the destination, with the source's "
+        "size and content",
         description="List the source and destination under the job's prefix and check that "
-        "every key marked done is at the destination with the source's size. Exit 0 when all "
-        "are, 1 otherwise (with the keys).",
+        "every key marked done is at the destination with the source's size and, where the "
+        "ETags can tell, content. Exit 0 when all are, 1 otherwise (with the keys).",
     )
     verify_cmd.add_argument("file", type=Path, metavar="FILE")
     where = verify_cmd.add_argument_group("buckets and credentials (as for the s3 command)")

@@ -1,13 +1,22 @@
-"""``asyncbackup checkpoint verify``: are the copies a checkpoint marks done at the destination?
+"""``asyncbackup checkpoint verify``: are the copies a checkpoint marks done at the destination,
+with the source's content?
 
 One listing of each side under the job's prefix (ListObjectsV2, 1,000 keys a request, never one
-HEAD per object) gives every done key's size and ETag there and at the source.
+HEAD per object) gives every done key's size and ETag there and at the source. A copy is
+checked by content where the ETags can tell: asyncbackup gives a copy its source's ETag (one
+PUT: the MD5; a multipart source: its own layout), so equal ETags are the same bytes. Two
+single-part ETags that differ are two contents unless an encryption makes them opaque
+(SSE-KMS, SSE-C), which only the objects' HEADs tell: those pairs alone are looked at. Where the
+ETags are of different kinds (a single-part source above ``--multipart-threshold`` uploaded in
+parts, a layout the source's parts did not allow) the copy is compared by size only, and says
+so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +30,38 @@ from .pipeline import primary_error
 from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client
-from .sources.s3 import S3Source
+from .sources.s3 import S3Source, clean_etag, etag_is_digest, is_md5_etag
+
+#: how many HEADs of suspect copies (single-part ETags that differ) are in flight at once
+_HEADS_AT_ONCE = 8
 
 
 @dataclass(frozen=True, slots=True)
-class SizeMismatch:
+class Listed:
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A copy whose size differs from the source's, or whose content does (same size)."""
+
     key: str
-    source_size: int
-    dest_size: int
+    source: Listed
+    dest: Listed
+
+    @property
+    def same_size(self) -> bool:
+        return self.source.size == self.dest.size
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "source_size": self.source_size, "dest_size": self.dest_size}
+        return {
+            "key": self.key,
+            "source_size": self.source.size,
+            "dest_size": self.dest.size,
+            "source_etag": self.source.etag,
+            "dest_etag": self.dest.etag,
+        }
 
 
 @dataclass(slots=True)
@@ -40,8 +70,12 @@ class VerifyResult:
 
     checked: int = 0
     missing: list[str] = field(default_factory=list)
-    different: list[SizeMismatch] = field(default_factory=list)
+    different: list[Mismatch] = field(default_factory=list)
     not_in_source: list[str] = field(default_factory=list)
+    #: copies found with the source's content (same ETag, or both empty)
+    content_checked: int = 0
+    #: copies of the source's size whose content the ETags cannot compare
+    size_only: list[str] = field(default_factory=list)
     source_listed: int = 0
     dest_listed: int = 0
 
@@ -56,6 +90,8 @@ class VerifyResult:
             "missing": self.missing,
             "different": [m.to_dict() for m in self.different],
             "not_in_source": self.not_in_source,
+            "content_checked": self.content_checked,
+            "size_only": self.size_only,
             "source_listed": self.source_listed,
             "dest_listed": self.dest_listed,
         }
@@ -80,14 +116,14 @@ def job_config(state: CheckpointState) -> BackupConfig:
     )
 
 
-async def _sizes(
+async def _listed(
     source: S3Source, prefix: str, wanted: Callable[[str], str | None], role: str
-) -> tuple[dict[str, int], int]:
+) -> tuple[dict[str, Listed], int]:
     """``wanted`` maps a listed key to its checkpoint key (None: not wanted).
 
-    Returns checkpoint key -> listed size, and how many objects were listed.
+    Returns checkpoint key -> its listed size and ETag, and how many objects were listed.
     """
-    sizes: dict[str, int] = {}
+    found: dict[str, Listed] = {}
     listed = 0
     try:
         async for page in source.list(prefix):
@@ -95,7 +131,7 @@ async def _sizes(
             for item in page:
                 key = wanted(item.key)
                 if key is not None:
-                    sizes[key] = item.size
+                    found[key] = Listed(item.size, clean_etag(item.etag))
     except ObjectError as exc:
         flag = "--source-profile" if role == "source" else "--dest-profile"
         raise FatalRunError(
@@ -103,7 +139,7 @@ async def _sizes(
             f"nothing was verified - check the access of {flag}'s credentials to it, the "
             "endpoint and the network, then verify again"
         ) from exc
-    return sizes, listed
+    return found, listed
 
 
 async def verify_state(
@@ -138,21 +174,113 @@ async def verify_state(
     at_dest_key = in_job if mapped is None else mapped.get
     try:
         async with asyncio.TaskGroup() as tg:
-            in_source = tg.create_task(_sizes(source, job.source_prefix, in_job, "source"))
-            at_dest = tg.create_task(_sizes(dest, job.dest_list_prefix, at_dest_key, "destination"))
+            in_source = tg.create_task(_listed(source, job.source_prefix, in_job, "source"))
+            at_dest = tg.create_task(
+                _listed(dest, job.dest_list_prefix, at_dest_key, "destination")
+            )
     except BaseExceptionGroup as group:  # the failed listing's own error, not a group of one
         raise primary_error(group) from None
-    source_sizes, source_listed = in_source.result()
-    dest_sizes, dest_listed = at_dest.result()
+    source_found, source_listed = in_source.result()
+    dest_found, dest_listed = at_dest.result()
     result = VerifyResult(checked=len(done), source_listed=source_listed, dest_listed=dest_listed)
+    suspects: list[Mismatch] = []
     for key in sorted(done):
-        if key not in dest_sizes:
+        if key not in dest_found:
             result.missing.append(key)
-        elif key not in source_sizes:
+        elif key not in source_found:
             result.not_in_source.append(key)
-        elif source_sizes[key] != dest_sizes[key]:
-            result.different.append(SizeMismatch(key, source_sizes[key], dest_sizes[key]))
+        else:
+            pair = Mismatch(key, source_found[key], dest_found[key])
+            if not pair.same_size:
+                result.different.append(pair)
+            elif pair.source.etag == pair.dest.etag or pair.source.size == 0:
+                result.content_checked += 1
+            elif is_md5_etag(pair.source.etag) and is_md5_etag(pair.dest.etag):
+                suspects.append(pair)
+            else:
+                result.size_only.append(key)
+    if suspects:
+        await _look_closer(suspects, result, source, dest, job.dest_key)
     return result
+
+
+async def _look_closer(
+    suspects: list[Mismatch],
+    result: VerifyResult,
+    source: S3Source,
+    dest: S3Source,
+    dest_key: Callable[[str], str],
+) -> None:
+    """HEAD both sides of each pair of single-part ETags that differ: other content, unless an
+    encryption makes an ETag opaque or the object changed since it was listed."""
+    verdicts: dict[str, str] = {}
+    queue = iter(suspects)
+
+    async def worker() -> None:
+        for pair in queue:
+            verdicts[pair.key] = await _verdict(pair, source, dest, dest_key(pair.key))
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(_HEADS_AT_ONCE, len(suspects))):
+                tg.create_task(worker())
+    except BaseExceptionGroup as group:
+        raise primary_error(group) from None
+    for pair in suspects:  # still in key order
+        verdict = verdicts[pair.key]
+        if verdict == "different":
+            result.different.append(pair)
+        elif verdict == "same":
+            result.content_checked += 1
+        elif verdict == "missing":
+            result.missing.append(pair.key)
+        elif verdict == "not_in_source":
+            result.not_in_source.append(pair.key)
+        else:
+            result.size_only.append(pair.key)
+    for keys in (result.missing, result.not_in_source, result.size_only):
+        keys.sort()
+
+
+async def _verdict(pair: Mismatch, source: S3Source, dest: S3Source, dest_key: str) -> str:
+    source_head = await _head(source, pair.key, "source")
+    dest_head = await _head(dest, dest_key, "destination")
+    if dest_head is None:
+        return "missing"
+    if source_head is None:
+        return "not_in_source"
+    if not source_head or not dest_head:  # a HEAD refused: nothing more to tell
+        return "size_only"
+    if not (etag_is_digest(source_head) and etag_is_digest(dest_head)):
+        return "size_only"
+    source_etag = clean_etag(str(source_head.get("ETag", "")))
+    dest_etag = clean_etag(str(dest_head.get("ETag", "")))
+    if source_etag == dest_etag:
+        return "same"  # changed on one side since the listing, and the same again
+    if is_md5_etag(source_etag) and is_md5_etag(dest_etag):
+        return "different"
+    return "size_only"
+
+
+async def _head(side: S3Source, key: str, role: str) -> dict[str, Any] | None:
+    """The object's HEAD; None when it is gone, ``{}`` when the credentials may not read it
+    (a destination writer may list without ``s3:GetObject``)."""
+    try:
+        answer: dict[str, Any] = await side.retry.call(
+            functools.partial(side.client.head_object, Bucket=side.bucket, Key=key)
+        )
+    except ObjectError as exc:
+        if exc.code in ("404", "NoSuchKey"):
+            return None
+        if exc.code in ("403", "AccessDenied"):
+            return {}
+        flag = "--source-profile" if role == "source" else "--dest-profile"
+        raise FatalRunError(
+            f"cannot read the {role} object {printable(key)!r} of bucket {side.bucket!r}: "
+            f"{exc}; check the access of {flag}'s credentials to it, the endpoint and the "
+            "network, then verify again"
+        ) from exc
+    return answer
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -237,9 +365,11 @@ def format_verify(result: VerifyResult, path: Path, limit: int = 50) -> str:
     for key in result.missing[:limit]:
         lines.append(f"missing    {printable(key)}")
     for m in result.different[:limit]:
-        lines.append(
-            f"different  {printable(m.key)}  (source {m.source_size} bytes, dest {m.dest_size})"
-        )
+        if m.same_size:
+            why = f"same size, other content: ETag {m.source.etag} at the source, {m.dest.etag}"
+        else:
+            why = f"source {m.source.size} bytes, dest {m.dest.size}"
+        lines.append(f"different  {printable(m.key)}  ({why})")
     for key in result.not_in_source[:limit]:
         lines.append(
             f"unchecked  {printable(key)}  (no longer in the source; present at the destination)"
@@ -253,13 +383,19 @@ def format_verify(result: VerifyResult, path: Path, limit: int = 50) -> str:
     verdict = "OK" if result.ok else "FAILED"
     lines.append(
         f"{verdict}: {result.checked:,} files marked done; {len(result.missing):,} missing, "
-        f"{len(result.different):,} with a different size at the destination"
+        f"{len(result.different):,} different at the destination (size or content)"
         + (
             f", {len(result.not_in_source):,} no longer in the source"
             if result.not_in_source
             else ""
         )
     )
+    if result.size_only:
+        lines.append(
+            f"{len(result.size_only):,} compared by size only: their ETags cannot compare "
+            "content (a single-part source uploaded in parts, SSE-KMS or SSE-C, or a HEAD the "
+            "credentials may not make); --json lists them"
+        )
     if not result.ok:
         lines.append(
             "to copy them again on the next run: asyncbackup checkpoint verify "

@@ -3,6 +3,7 @@ real runs against the S3 server (failures injected by a proxy where a test needs
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +244,9 @@ async def test_verify_finds_missing_and_wrong_size_objects_from_listings(
     )
     assert as_json["ok"] is False
     assert as_json["missing"] == [missing]
-    assert as_json["different"] == [{"key": wrong, "source_size": 111, "dest_size": 5}]
+    (entry,) = as_json["different"]
+    assert entry == {**entry, "key": wrong, "source_size": 111, "dest_size": 5}
+    assert entry["dest_etag"] == hashlib.md5(b"short").hexdigest()
 
     # Repair: put the checkpoint back in place, mark the bad keys pending, run again.
     live = base / "checkpoints" / f"{buckets.source}_data.checkpoint"
