@@ -45,6 +45,7 @@ from .errors import (
     CheckpointMismatchError,
     ConfigError,
 )
+from .filemodes import FILE_MODE, make_folders, private_opener
 from .journal import (
     Changes,
     JournalContents,
@@ -420,7 +421,7 @@ def write_atomic_pieces(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     try:
-        with tmp.open("wb") as handle:
+        with open(tmp, "wb", opener=private_opener) as handle:
             for piece in pieces:
                 handle.write(piece)
                 digest.update(piece)
@@ -463,7 +464,7 @@ class CheckpointLock:
 
     def acquire(self) -> None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -666,7 +667,7 @@ class CheckpointManager:
         """Create the directory, take the lock, and remove the temporary files of writes a
         killed run left (only the lock's holder writes this checkpoint)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path.parent)
             self.lock.acquire()
             # write_atomic_pieces' names, beside the file written: the one a link points to
             for target in {self.path, written_file(self.path)}:
@@ -872,7 +873,7 @@ class CheckpointManager:
             written_file(self.path).unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
-        archive_dir.mkdir(exist_ok=True)
+        make_folders(archive_dir)
         target = stamped(archive_dir, f"{self.path.name}.")
         self._move_to(target)
         return target

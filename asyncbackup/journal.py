@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from .filemodes import FILE_MODE
+
 FORMAT = 1
 JOURNAL_SUFFIX = ".journal"
 _COUNTERS = ("total_files", "processed_files", "total_bytes", "processed_bytes")
@@ -294,7 +296,9 @@ class JournalWriter:
     def start(self, backup_id: str, base_sha256: str, first: bytes) -> None:
         """Create the journal (replacing any) with its header and first batch, fsynced."""
         self.close()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, FILE_MODE
+        )
         self._fd = fd
         self.size = self.batches = 0
         self._write(header_line(backup_id, base_sha256) + first)

@@ -1,0 +1,74 @@
+"""Security review: file modes, planted symbolic links, secrets, as a co-tenant would test them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets
+from tests.helpers import cli_args
+from tests.proxy import Rule, S3Proxy
+from tests.reliability import put_parallel, run_cli
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_staged_files_checkpoints_and_report_are_private_under_umask_022(
+    umask_022: None, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Under the usual umask 022 nothing asyncbackup writes is readable by other users: staged
+    copies of private objects (one small, one streamed in parts), the checkpoint that names
+    buckets and keys (kept by a failed object, then archived), completions.log and the report
+    are 0600; the folders it creates (staging root, temporaries, checkpoints, archive) 0700."""
+    objects = {"p/small.txt": b"private data", "p/big.bin": os.urandom(6 << 20)}
+    objects["p/denied"] = b"x"
+    put_parallel(s3, buckets.source, objects)
+    base = tmp_path / "work"
+    report = tmp_path / "report.json"
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, base, buckets.source, buckets.dest),
+        "--multipart-threshold",
+        "5MiB",
+        "--part-size",
+        "5MiB",
+        "--report",
+        str(report),
+    ]
+    proxy.add_rule(Rule("access_denied", method="GET", path=r"/p/denied$"))
+    first = run_cli(args)
+    assert first.returncode == 1, first.stderr
+    checkpoint = base / "checkpoints" / f"{buckets.source}_p.checkpoint"
+    root = base / buckets.source
+    private_files = [root / "p" / "small.txt", root / "p" / "big.bin", checkpoint, report]
+    folders = [base, root, base / ".tmp", base / "checkpoints"]
+    modes = {str(p): oct(_mode(p)) for p in [*private_files, *folders]}
+    assert all(_mode(p) == 0o600 for p in private_files), modes
+    assert all(_mode(p) == 0o700 for p in folders), modes
+
+    proxy.clear_faults()
+    second = run_cli(args)
+    assert second.returncode == 0, second.stderr
+    archive = base / "checkpoints" / "archive"
+    archived = list(archive.iterdir())
+    completions = base / "checkpoints" / "completions.log"
+    modes = {str(p): oct(_mode(p)) for p in [archive, *archived, completions, report]}
+    assert len(archived) == 1 and _mode(archived[0]) == 0o600, modes
+    assert _mode(completions) == 0o600 and _mode(report) == 0o600, modes
+    assert _mode(archive) == 0o700, modes
