@@ -45,7 +45,7 @@ from .errors import (
     CheckpointMismatchError,
     ConfigError,
 )
-from .filemodes import FILE_MODE, make_folders, private_opener
+from .filemodes import FILE_MODE, NOFOLLOW, make_folders, private_opener
 from .journal import (
     Changes,
     JournalContents,
@@ -89,6 +89,11 @@ def remedy(exc: OSError) -> str:
         return "free space on its disk"
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return "raise the open-file limit (ulimit -n) or lower --concurrency"
+    if exc.errno == errno.ELOOP:
+        return (
+            f"{exc.filename} is a symbolic link, which asyncbackup does not write through "
+            "(another user of the machine may have put it there): remove it"
+        )
     return "make it writable by this user"
 
 
@@ -421,7 +426,8 @@ def write_atomic_pieces(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     try:
-        with open(tmp, "wb", opener=private_opener) as handle:
+        tmp.unlink(missing_ok=True)  # a name anyone can guess: made anew, never opened
+        with open(tmp, "xb", opener=private_opener) as handle:
             for piece in pieces:
                 handle.write(piece)
                 digest.update(piece)
@@ -464,7 +470,7 @@ class CheckpointLock:
 
     def acquire(self) -> None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

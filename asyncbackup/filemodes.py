@@ -14,11 +14,16 @@ from pathlib import Path
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
+#: flags of every file asyncbackup creates or writes in place: a symbolic link at its name,
+#: which another user may have planted in a shared folder (to the runner's ~/.bashrc, say), is
+#: refused (``ELOOP``) instead of followed
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def private_opener(path: str | os.PathLike[str], flags: int) -> int:
-    """An ``opener`` for ``open()``: the file, when created, is ``FILE_MODE``."""
-    return os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
+    """An ``opener`` for ``open()``: the file, when created, is ``FILE_MODE``; a symbolic link
+    at ``path`` is not followed (``ELOOP``, see ``NOFOLLOW``)."""
+    return os.open(path, flags | NOFOLLOW, FILE_MODE)
 
 
 def make_folders(path: Path) -> None:

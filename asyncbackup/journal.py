@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from .filemodes import FILE_MODE
+from .filemodes import FILE_MODE, NOFOLLOW
 
 FORMAT = 1
 JOURNAL_SUFFIX = ".journal"
@@ -297,7 +297,7 @@ class JournalWriter:
         """Create the journal (replacing any) with its header and first batch, fsynced."""
         self.close()
         fd = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, FILE_MODE
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | NOFOLLOW, FILE_MODE
         )
         self._fd = fd
         self.size = self.batches = 0
@@ -308,7 +308,7 @@ class JournalWriter:
     def adopt(self, valid_bytes: int) -> None:
         """Append to a journal a crashed run left (cutting off its torn tail first)."""
         self.close()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | NOFOLLOW)
         self._fd = fd
         os.ftruncate(fd, valid_bytes)
         self.size = valid_bytes

@@ -72,3 +72,41 @@ def test_staged_files_checkpoints_and_report_are_private_under_umask_022(
     assert len(archived) == 1 and _mode(archived[0]) == 0o600, modes
     assert _mode(completions) == 0o600 and _mode(report) == 0o600, modes
     assert _mode(archive) == 0o700, modes
+
+
+def _plant(link: Path, victim: Path) -> None:
+    """A co-tenant's link where asyncbackup will write, to a file of the user running it."""
+    victim.write_text("precious\n")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim)
+
+
+def test_a_lock_planted_as_a_symlink_is_not_written_through(
+    buckets: Buckets, s3: Any, s3_server: Any, tmp_path: Path
+) -> None:
+    """A link at ``<checkpoint>.lock`` (to ~/.bashrc, say) was followed: the file it pointed
+    to was truncated to the run's pid. Now the run refuses (exit 2) and names the link."""
+    put_parallel(s3, buckets.source, {"p/a": b"a"})
+    base = tmp_path / "work"
+    victim = tmp_path / "bashrc"
+    link = base / "checkpoints" / f"{buckets.source}_p.checkpoint.lock"
+    _plant(link, victim)
+    result = run_cli(["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)])
+    assert victim.read_text() == "precious\n"
+    assert result.returncode == 2, result.stderr
+    assert str(link) in result.stderr and "symbolic link" in result.stderr
+
+
+def test_a_completions_log_planted_as_a_symlink_is_not_written_through(
+    buckets: Buckets, s3: Any, s3_server: Any, tmp_path: Path
+) -> None:
+    """``completions.log`` is appended to at the end of every completed run: a planted link
+    there had the entry appended to the file it points to."""
+    put_parallel(s3, buckets.source, {"p/a": b"a"})
+    base = tmp_path / "work"
+    victim = tmp_path / "bashrc"
+    _plant(base / "checkpoints" / "completions.log", victim)
+    result = run_cli(["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)])
+    assert victim.read_text() == "precious\n"
+    assert result.returncode == 2, result.stderr
+    assert "symbolic link" in result.stderr
