@@ -402,8 +402,16 @@ def read_checkpoint(path: Path) -> CheckpointState:
 
 def written_file(path: Path) -> Path:
     """The file a checkpoint ``path`` writes to: the file it points to when it is a symbolic
-    link (an operator's, to other storage, which stays a link), else ``path`` itself."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    link (an operator's, to other storage, which stays a link), else ``path`` itself.
+
+    Only a link this user or root owns is followed: one another user owns may have been
+    planted (in a shared folder, to this user's files) and raises ``ELOOP``, as the kernel's
+    ``fs.protected_symlinks`` refuses it in ``/tmp`` (which ``realpath`` would get around)."""
+    if not path.is_symlink():
+        return path
+    if path.lstat().st_uid not in (os.geteuid(), 0):
+        raise OSError(errno.ELOOP, "a symbolic link another user owns", str(path))
+    return Path(os.path.realpath(path))
 
 
 def write_atomic(path: Path, data: bytes) -> None:

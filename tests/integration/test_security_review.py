@@ -110,3 +110,36 @@ def test_a_completions_log_planted_as_a_symlink_is_not_written_through(
     assert victim.read_text() == "precious\n"
     assert result.returncode == 2, result.stderr
     assert "symbolic link" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link owned by another user needs root")
+@pytest.mark.parametrize("planted", ["report", "checkpoint"])
+def test_a_link_another_user_owns_is_not_followed_for_the_report_or_the_checkpoint(
+    planted: str, buckets: Buckets, s3: Any, s3_server: Any, tmp_path: Path
+) -> None:
+    """An operator's link at the report or checkpoint path is written through (to other
+    storage): that is a feature. But ``os.path.realpath`` follows any link, so one another user
+    planted (``--report /tmp/report.json``, in a shared folder; fs.protected_symlinks does not
+    stop a path resolved by hand) had the file it points to replaced by the report, or the
+    checkpoint written there. A link another user (not root) owns is now refused."""
+    put_parallel(s3, buckets.source, {"p/a": b"a"})
+    base = tmp_path / "work"
+    victim = tmp_path / "home" / "notes.txt"
+    victim.parent.mkdir()
+    shared = tmp_path / "shared"
+    report = shared / "report.json"
+    link = report if planted == "report" else shared / "ckpt" / f"{buckets.source}_p.checkpoint"
+    _plant(link, victim)
+    victim.unlink()  # a dangling link: the checkpoint is then created there
+    if planted == "report":
+        victim.write_text("precious\n")
+    os.lchown(link, 54321, 54321)
+    args = ["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--report", str(report), "--checkpoint-dir", str(shared / "ckpt")])
+    if planted == "report":
+        assert victim.read_text() == "precious\n"
+    else:
+        assert not victim.exists()
+    assert link.is_symlink()
+    assert result.returncode == 2, result.stderr
+    assert str(link) in result.stderr and "symbolic link" in result.stderr
