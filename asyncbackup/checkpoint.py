@@ -45,6 +45,7 @@ from .errors import (
     CheckpointMismatchError,
     ConfigError,
 )
+from .filemodes import FILE_MODE, NOFOLLOW, make_folders, private_opener
 from .journal import (
     Changes,
     JournalContents,
@@ -88,6 +89,11 @@ def remedy(exc: OSError) -> str:
         return "free space on its disk"
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return "raise the open-file limit (ulimit -n) or lower --concurrency"
+    if exc.errno == errno.ELOOP:
+        return (
+            f"{exc.filename} is a symbolic link, which asyncbackup does not write through "
+            "(another user of the machine may have put it there): remove it"
+        )
     return "make it writable by this user"
 
 
@@ -396,8 +402,16 @@ def read_checkpoint(path: Path) -> CheckpointState:
 
 def written_file(path: Path) -> Path:
     """The file a checkpoint ``path`` writes to: the file it points to when it is a symbolic
-    link (an operator's, to other storage, which stays a link), else ``path`` itself."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    link (an operator's, to other storage, which stays a link), else ``path`` itself.
+
+    Only a link this user or root owns is followed: one another user owns may have been
+    planted (in a shared folder, to this user's files) and raises ``ELOOP``, as the kernel's
+    ``fs.protected_symlinks`` refuses it in ``/tmp`` (which ``realpath`` would get around)."""
+    if not path.is_symlink():
+        return path
+    if path.lstat().st_uid not in (os.geteuid(), 0):
+        raise OSError(errno.ELOOP, "a symbolic link another user owns", str(path))
+    return Path(os.path.realpath(path))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -420,7 +434,8 @@ def write_atomic_pieces(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     try:
-        with tmp.open("wb") as handle:
+        tmp.unlink(missing_ok=True)  # a name anyone can guess: made anew, never opened
+        with open(tmp, "xb", opener=private_opener) as handle:
             for piece in pieces:
                 handle.write(piece)
                 digest.update(piece)
@@ -463,7 +478,7 @@ class CheckpointLock:
 
     def acquire(self) -> None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -666,7 +681,7 @@ class CheckpointManager:
         """Create the directory, take the lock, and remove the temporary files of writes a
         killed run left (only the lock's holder writes this checkpoint)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path.parent)
             self.lock.acquire()
             # write_atomic_pieces' names, beside the file written: the one a link points to
             for target in {self.path, written_file(self.path)}:
@@ -872,7 +887,7 @@ class CheckpointManager:
             written_file(self.path).unlink(missing_ok=True)
             return None
         archive_dir = self.path.parent / "archive"
-        archive_dir.mkdir(exist_ok=True)
+        make_folders(archive_dir)
         target = stamped(archive_dir, f"{self.path.name}.")
         self._move_to(target)
         return target

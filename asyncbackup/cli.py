@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import orjson
 
 from .api import plan_backup, run_backup
-from .checkpoint import now_iso, write_atomic, written_file
+from .checkpoint import now_iso, remedy, write_atomic, written_file
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError
@@ -573,6 +573,11 @@ def _check_report_path(args: argparse.Namespace) -> None:
             f"--report {report}: the directory {report.parent} does not exist or the path is a "
             "directory; give a file in an existing directory"
         )
+    if report is not None:
+        try:
+            written_file(report)
+        except OSError as exc:
+            raise ConfigError(f"--report {report}: {exc.strerror}; {remedy(exc)}") from None
     # The report is written beside itself, then renamed: the directory must take new files.
     if report is not None and not os.access(report.parent, os.W_OK | os.X_OK):
         raise ConfigError(

@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from .filemodes import FILE_MODE, NOFOLLOW
+
 FORMAT = 1
 JOURNAL_SUFFIX = ".journal"
 _COUNTERS = ("total_files", "processed_files", "total_bytes", "processed_bytes")
@@ -294,7 +296,9 @@ class JournalWriter:
     def start(self, backup_id: str, base_sha256: str, first: bytes) -> None:
         """Create the journal (replacing any) with its header and first batch, fsynced."""
         self.close()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | NOFOLLOW, FILE_MODE
+        )
         self._fd = fd
         self.size = self.batches = 0
         self._write(header_line(backup_id, base_sha256) + first)
@@ -304,7 +308,7 @@ class JournalWriter:
     def adopt(self, valid_bytes: int) -> None:
         """Append to a journal a crashed run left (cutting off its torn tail first)."""
         self.close()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | NOFOLLOW)
         self._fd = fd
         os.ftruncate(fd, valid_bytes)
         self.size = valid_bytes

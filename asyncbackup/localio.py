@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from .filemodes import private_opener
 from .staging import raise_if_disk_full
 
 log = logging.getLogger("asyncbackup")
@@ -74,7 +75,9 @@ async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
     cancelled while the close waits for its thread, the block is left once it is closed. A
     full disk found by the close (the last buffered bytes) is a ``StagingFullError``, as at
     any write."""
-    opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
+    opening: asyncio.Future[BinaryIO] = asyncio.ensure_future(
+        asyncio.to_thread(open, path, "wb", opener=private_opener)
+    )
     try:
         raw = await asyncio.shield(opening)
     except asyncio.CancelledError:

@@ -13,6 +13,7 @@ import orjson
 from .checkpoint import CheckpointManager, CheckpointState, now_iso, remedy
 from .config import OnComplete
 from .errors import CheckpointError
+from .filemodes import private_opener
 from .pipeline import PipelineResult
 
 log = logging.getLogger("asyncbackup")
@@ -137,5 +138,5 @@ def append_completion(path: Path, state: CheckpointState, duration: float) -> No
         "bytes": state.processed_bytes,
         "seconds": round(duration, 3),
     }
-    with (path.parent / "completions.log").open("ab") as handle:
+    with open(path.parent / "completions.log", "ab", opener=private_opener) as handle:
         handle.write(orjson.dumps(entry) + b"\n")

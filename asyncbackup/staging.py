@@ -24,6 +24,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from .errors import ConfigError, StagingFullError
+from .filemodes import FILE_MODE, make_folders
 
 log = logging.getLogger("asyncbackup")
 
@@ -121,8 +122,8 @@ class Staging:
         """Create the tree and remove temporary files crashed runs left behind - not those of
         runs still going: other jobs may share the base path (blocking)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            make_folders(self.root)
+            make_folders(self.tmp_dir)
             for leftover in self.tmp_dir.iterdir():
                 if not _writer_alive(leftover.name):
                     if leftover.is_dir() and not leftover.is_symlink():
@@ -144,7 +145,7 @@ class Staging:
         folders this user may not write. Every staged file starts in the temporary folder
         and is renamed into the tree."""
         probe = self.temp_path()
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
         probe.unlink()
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root))
@@ -168,7 +169,7 @@ class Staging:
         try:
             try:
                 # os.open: three system calls, where open() adds fstat, ioctl and lseek
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
                 try:
                     view = memoryview(data)
                     while view:
@@ -211,7 +212,7 @@ class Staging:
                 self._made.discard(folder)
         for attempt in range(1, _MOVE_ATTEMPTS + 1):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_folders(folder)
                 tmp.replace(target)
             except FileNotFoundError:
                 if attempt == _MOVE_ATTEMPTS or not tmp.exists():

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ObjectError
+from ..filemodes import make_folders
 
 GIT = shutil.which("git") or "/usr/bin/git"
 TOKEN_VARIABLE = "ASYNCBACKUP_GIT_TOKEN"  # noqa: S105 - a variable's name
@@ -317,7 +318,7 @@ def _is_bare_repository(path: Path) -> bool:
 def _clear(path: Path) -> None:
     """Remove ``path`` if it is there, and make sure its parent exists (blocking)."""
     shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
 
 
 def refs_digest(refs: Sequence[tuple[str, str]]) -> str:
