@@ -78,6 +78,7 @@ def _checkpoint_config(
         "dest_endpoint_url": endpoint_for_checkpoint(dest_endpoint),
         "skip_existing": config.skip_existing,
         "direct": config.direct,
+        "copy_tags": config.copy_tags,
     }
 
 
@@ -359,6 +360,7 @@ async def _direct_copier(
         part_size_for=config.part_size_for,
         part_concurrency=config.part_concurrency,
         extra_params=_dest_params(config),
+        copy_tags=config.copy_tags,
     )
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
@@ -384,6 +386,7 @@ async def _staged_copier(
         config.source_bucket,
         RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
         bandwidth=download_limit,
+        copy_tags=config.copy_tags,
     )
     sink = S3Sink(
         dest_client,

@@ -305,6 +305,12 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "s3:AbortMultipartUpload only): the destination is checked by starting and aborting "
         "an upload, not by a listing; not with --skip-existing",
     )
+    dest.add_argument(
+        "--copy-tags",
+        action="store_true",
+        help="copy each object's tags (S3 object tagging) with it: needs s3:GetObjectTagging "
+        "on the source and s3:PutObjectTagging on the destination",
+    )
     dest.add_argument("--sse", choices=SSE_CHOICES, help="server-side encryption: SSE-S3 or KMS")
     dest.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key id for --sse aws:kms")
 
@@ -547,6 +553,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         storage_class=args.storage_class,
         sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id,
+        copy_tags=args.copy_tags,
         max_bandwidth=args.max_bandwidth,
         direct=args.direct,
         fast_path=args.fast_path,

@@ -124,6 +124,7 @@ class BackupConfig:
     storage_class: str | None = None
     sse: SseMode | None = None
     sse_kms_key_id: str | None = None
+    copy_tags: bool = False  # each object's tags (S3 object tagging) go with its copy
     max_bandwidth: int | None = None
     direct: bool = False
     fast_path: bool = True  # GetObject/PutObject of small objects without botocore (fasts3/)

@@ -77,6 +77,7 @@ PUT_HEADERS: dict[str, str] = {
     "StorageClass": "x-amz-storage-class",
     "ServerSideEncryption": "x-amz-server-side-encryption",
     "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    "Tagging": "x-amz-tagging",
 }
 PUT_SPECIAL = frozenset({"Bucket", "Key", "Body", "Metadata", "Expires", "ChecksumAlgorithm"})
 #: checksum values computed by the caller (off the event loop), as botocore names them

@@ -60,6 +60,9 @@ def response_fields(headers: Iterable[tuple[str, str]], status: int) -> dict[str
             metadata[name[len(META_PREFIX) :]] = value  # botocore keeps the name as received
         elif lname == "content-length":
             out["ContentLength"] = int(value)
+        elif lname == "x-amz-tagging-count":
+            with contextlib.suppress(ValueError):
+                out["TagCount"] = int(value)
         elif lname == "expires":
             out["ExpiresString"] = value
             # As botocore: a timestamp, or left out when it does not parse. (LastModified is

@@ -37,6 +37,7 @@ from ..sources.s3 import (
     etag_is_md5,
     multipart_parts,
 )
+from ..tags import TAGGING, read_tags, tag_count
 from ..uploads import UploadJournal, tracked_upload
 
 _COPY_OBJECT_LIMIT = S3_MAX_PART_SIZE  # CopyObject copies at most 5 GiB
@@ -54,6 +55,7 @@ class ServerSideCopier:
         part_size_for: Callable[[int], int],
         part_concurrency: int,
         extra_params: dict[str, str] | None = None,
+        copy_tags: bool = False,
     ) -> None:
         self.client = client
         self.source_bucket = source_bucket
@@ -63,6 +65,7 @@ class ServerSideCopier:
         self.part_size_for = part_size_for
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
+        self.copy_tags = copy_tags  # --copy-tags
         self.fast: FastS3 | None = None  # CopyObject without botocore (the destination's bucket)
         #: where multipart copies in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
@@ -89,6 +92,8 @@ class ServerSideCopier:
             "MetadataDirective": "COPY",
             **self.extra_params,
         }
+        if self.copy_tags:  # S3's default; said, for servers whose default is not
+            params["TaggingDirective"] = "COPY"
         if item.etag:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
@@ -123,6 +128,11 @@ class ServerSideCopier:
         sizes = _even_parts(item.size, part_size)
         head = await self._head_source(item)
         create = self._create_params(item, head)
+        if self.copy_tags and tag_count(head):  # UploadPartCopy copies no tags: they are set
+            read = functools.partial(
+                read_tags, self.client, self.source_bucket, item.key, head.get("VersionId")
+            )
+            create[TAGGING] = await self.retry.call(read)
         # A server may ignore the parts' if-match, and a copy made of two versions must never
         # be completed: the source must still be the listed version before it is (a HEAD).
         # Where the ETags can be compared, the copy's must then be the source's too; not in

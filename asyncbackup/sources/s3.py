@@ -32,6 +32,7 @@ from ..pipeline import WorkItem, primary_error
 from ..retry import RetryPolicy, error_code
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_disk_full
+from ..tags import TAGGING, read_tags, tag_count
 
 log = logging.getLogger("asyncbackup")
 
@@ -81,6 +82,8 @@ def _metadata(head: dict[str, Any]) -> dict[str, Any]:
     metadata = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
     if head.get("Metadata"):
         metadata["Metadata"] = dict(head["Metadata"])
+    if head.get(TAGGING):  # read with --copy-tags (``S3Source.copy_tags``)
+        metadata[TAGGING] = head[TAGGING]
     return metadata
 
 
@@ -369,11 +372,14 @@ class S3Source:
         retry: RetryPolicy,
         *,
         bandwidth: TokenBucket | None = None,
+        copy_tags: bool = False,
     ) -> None:
         self.client = client
         self.bucket = bucket
         self.retry = retry
         self.bandwidth = bandwidth
+        #: read each tagged object's tags, for its copy (``--copy-tags``)
+        self.copy_tags = copy_tags
         #: GetObject without botocore (set by the caller)
         self.fast: FastS3 | None = None
         #: how small objects are staged (and removed): inline while the disk is fast
@@ -610,8 +616,18 @@ class S3Source:
                         f"the object grew from {item.size} bytes since it was listed; "
                         "run again to copy it as listed now",
                     )
-                head.update(response)
-                head.pop("Body", None)
+                first = dict(response)
+                del first["Body"]
+                if self.copy_tags and tag_count(first):
+                    try:
+                        first[TAGGING] = await read_tags(
+                            self.client, self.bucket, item.key, first.get("VersionId")
+                        )
+                    except BaseException:
+                        async with response["Body"]:  # released unread
+                            pass
+                        raise
+                head.update(first)
                 receiver.start(head)
             body = response["Body"]
             async with body:  # always release the connection, read or not

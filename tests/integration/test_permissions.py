@@ -68,6 +68,14 @@ def needs(request: Recorded) -> tuple[str, list[tuple[str, str]]]:
     bucket_arn, object_arn = f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key}"
     copy = request.headers.get("x-amz-copy-source")
     method = request.method
+    # Tags written with the object (PutObject, CreateMultipartUpload, CopyObject with tags):
+    # s3:PutObjectTagging on top; a CopyObject that copies them, s3:GetObjectTagging too.
+    tagged = [("s3:PutObjectTagging", object_arn)] if "x-amz-tagging" in request.headers else []
+    if copy is not None and request.headers.get("x-amz-tagging-directive") == "COPY":
+        source_arn = f"arn:aws:s3:::{urllib.parse.unquote(copy.split('?', 1)[0]).lstrip('/')}"
+        tagged = [("s3:PutObjectTagging", object_arn), ("s3:GetObjectTagging", source_arn)]
+    if key and method == "GET" and set(query) <= {"tagging", "versionId"} and "tagging" in query:
+        return "GetObjectTagging", [("s3:GetObjectTagging", object_arn)]
     if not key:
         if method == "GET" and "uploads" in query:
             return "ListMultipartUploads", [("s3:ListBucketMultipartUploads", bucket_arn)]
@@ -87,14 +95,18 @@ def needs(request: Recorded) -> tuple[str, list[tuple[str, str]]]:
     elif copy is not None and method == "PUT" and "tagging" not in query:
         source = urllib.parse.unquote(copy.split("?", 1)[0]).lstrip("/")
         operation = "UploadPartCopy" if "partNumber" in query else "CopyObject"
-        return operation, [("s3:PutObject", object_arn), ("s3:GetObject", f"arn:aws:s3:::{source}")]
+        return operation, [
+            ("s3:PutObject", object_arn),
+            ("s3:GetObject", f"arn:aws:s3:::{source}"),
+            *tagged,
+        ]
     elif method in ("GET", "HEAD") and set(query) <= {"partNumber"}:
         return f"{method.title()}Object", [("s3:GetObject", object_arn)]
     elif method == "PUT" and (not query or set(query) == {"partNumber", "uploadId"}):
-        return ("UploadPart" if query else "PutObject"), [("s3:PutObject", object_arn)]
+        return ("UploadPart" if query else "PutObject"), [("s3:PutObject", object_arn), *tagged]
     elif method == "POST" and set(query) in ({"uploads"}, {"uploadId"}):
         operation = "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
-        return operation, [("s3:PutObject", object_arn)]
+        return operation, [("s3:PutObject", object_arn), *tagged]
     elif method == "DELETE" and set(query) == {"uploadId"}:
         return "AbortMultipartUpload", [("s3:AbortMultipartUpload", object_arn)]
     # anything else (DeleteObject, tagging, ACLs, bucket settings) is in no policy
@@ -350,3 +362,53 @@ def test_a_backup_needs_to_list_only_the_prefix_it_copies(
         buckets.dest: _narrowed(readme_policy("destination", buckets.dest), buckets.dest, "p"),
     }
     check_requests(proxy.seen(), policies)
+
+
+def with_action(policy: dict[str, Any], action: str) -> dict[str, Any]:
+    """``policy`` with ``action`` added to its object statement (the one on ``BUCKET/*``)."""
+    statements = []
+    for statement in policy["Statement"]:
+        resources = statement["Resource"]
+        resources = [resources] if isinstance(resources, str) else resources
+        if any(r.endswith("/*") for r in resources):
+            actions = statement["Action"]
+            statement = {
+                **statement,
+                "Action": [*([actions] if isinstance(actions, str) else actions), action],
+            }
+        statements.append(statement)
+    return {**policy, "Statement": statements}
+
+
+@pytest.mark.parametrize(
+    "mode", [[], ["--no-fast-path"], ["--direct"]], ids=["staged", "botocore", "direct"]
+)
+def test_copy_tags_needs_the_two_tagging_permissions_the_readme_adds(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path, mode: list[str]
+) -> None:
+    _seed(s3, buckets.source)
+    for key in ("p/small/1", "p/big-single", "p/multi"):
+        s3.put_object_tagging(
+            Bucket=buckets.source, Key=key, Tagging={"TagSet": [{"Key": "k", "Value": "v"}]}
+        )
+    extra = ["--multipart-threshold", "5MiB", "--part-size", "5MiB", "--quiet", "--copy-tags"]
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, *extra, *mode)
+    done = run_cli(["p", *args])
+    assert done.returncode == 0, done.stderr
+    assert s3.get_object_tagging(Bucket=buckets.dest, Key="p/multi")["TagSet"] == [
+        {"Key": "k", "Value": "v"}
+    ]
+    source = readme_policy("source", buckets.source)
+    dest = readme_policy("destination", buckets.dest)
+    if mode == ["--direct"]:
+        source = dest = {**source, "Statement": source["Statement"] + dest["Statement"]}
+    with pytest.raises(AssertionError, match="Tagging"):  # the README's policies alone
+        check_requests(proxy.seen(), {buckets.source: source, buckets.dest: dest})
+    readme = README.read_text()
+    assert "`--copy-tags` adds `s3:GetObjectTagging`" in readme
+    source = with_action(source, "s3:GetObjectTagging")
+    dest = with_action(dest, "s3:PutObjectTagging")
+    if mode == ["--direct"]:
+        source = dest = {**source, "Statement": source["Statement"] + dest["Statement"]}
+    seen = check_requests(proxy.seen(), {buckets.source: source, buckets.dest: dest})
+    assert "GetObjectTagging" in seen or mode == ["--direct"], seen
