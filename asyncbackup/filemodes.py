@@ -4,13 +4,17 @@ Staged files are copies of objects a bucket policy kept private; checkpoints, th
 and reports name buckets and keys. So files are created ``0600`` and the folders asyncbackup
 creates ``0700`` (as git, rclone and restic create their temporary files), not ``0644`` and
 ``0755`` under the usual umask 022, which would let every local user read them (in a shared
-``/tmp``, say). An existing folder keeps its mode.
+``/tmp``, say). An existing folder keeps its mode, but a staging folder another user could
+write into is refused (``refuse_shared_folder``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from .errors import ConfigError
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
@@ -39,3 +43,43 @@ def make_folders(path: Path) -> None:
     except FileExistsError:
         if not path.is_dir():
             raise
+
+
+def refuse_shared_folder(path: Path, what: str) -> None:
+    """Refuse a folder whose files another user could redirect (``ConfigError``): one they own
+    (or a link to it they own), or one they may write, where they could plant a symbolic
+    link at the name of a subfolder to be, and have the files written through it. As ssh's
+    StrictModes; root's folders are trusted."""
+    trusted = (os.geteuid(), 0)
+    if path.is_symlink() and path.lstat().st_uid not in trusted:
+        raise ConfigError(
+            f"{what} {path} is a symbolic link another user owns: the files written there "
+            "would go where they chose; use a folder of your own (--base-local-path)"
+        )
+    status = path.stat()
+    if status.st_uid not in trusted:
+        raise ConfigError(
+            f"{what} {path} belongs to another user (uid {status.st_uid}), who could redirect "
+            "the files written there through a symbolic link; use a folder of your own "
+            "(--base-local-path)"
+        )
+    if status.st_mode & 0o022:
+        raise ConfigError(
+            f"{what} {path} is writable by other users (mode {stat.S_IMODE(status.st_mode):o}), "
+            "who could redirect the files written there through a symbolic link; "
+            f"chmod go-w {path}, or choose another --base-local-path"
+        )
+
+
+def refuse_open_parent(path: Path) -> None:
+    """Refuse ``--base-local-path`` when others may write it without the sticky bit: they
+    could move the staging folder away and put theirs in its place (``/tmp``, sticky, is
+    fine: only the owner of a folder there may move it)."""
+    status = path.stat()
+    if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"{path} is writable by other users without the sticky bit (mode "
+            f"{stat.S_IMODE(status.st_mode):o}): another user could put a folder of theirs in "
+            f"place of the staging folder; chmod go-w {path} (or +t), or choose another "
+            "--base-local-path"
+        )

@@ -24,7 +24,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from .errors import ConfigError, StagingFullError
-from .filemodes import FILE_MODE, make_folders
+from .filemodes import FILE_MODE, make_folders, refuse_open_parent, refuse_shared_folder
 
 log = logging.getLogger("asyncbackup")
 
@@ -124,6 +124,9 @@ class Staging:
         try:
             make_folders(self.root)
             make_folders(self.tmp_dir)
+            refuse_open_parent(self.base)
+            refuse_shared_folder(self.root, "staging folder")
+            refuse_shared_folder(self.tmp_dir, "staging folder")
             for leftover in self.tmp_dir.iterdir():
                 if not _writer_alive(leftover.name):
                     if leftover.is_dir() and not leftover.is_symlink():

@@ -143,3 +143,51 @@ def test_a_link_another_user_owns_is_not_followed_for_the_report_or_the_checkpoi
     assert link.is_symlink()
     assert result.returncode == 2, result.stderr
     assert str(link) in result.stderr and "symbolic link" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["owner", "mode"])
+def test_a_staging_tree_another_user_could_write_is_refused(
+    how: str, buckets: Buckets, s3: Any, s3_server: Any, tmp_path: Path
+) -> None:
+    """Another user who can write the staging tree (it is theirs, or it is writable by
+    others) can plant a link where a folder of keys will be (``<bucket>/p`` to a folder of
+    yours), and the staged copies were written through it, there. Such a tree is refused
+    before anything is staged, as ssh's StrictModes refuses such a home."""
+    put_parallel(s3, buckets.source, {"p/a": b"a", "p/b": b"b"})
+    base = tmp_path / "work"
+    root = base / buckets.source
+    root.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (root / "p").symlink_to(victim)
+    if how == "owner":
+        os.chown(root, 54321, 54321)
+        os.lchown(root / "p", 54321, 54321)
+    else:
+        root.chmod(0o777)
+    result = run_cli(["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)])
+    assert result.returncode == 2, result.stderr
+    assert list(victim.iterdir()) == []
+    assert str(root) in result.stderr
+    assert ("another user" if how == "owner" else "chmod go-w") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_base_path_others_may_write_needs_the_sticky_bit(
+    buckets: Buckets, s3: Any, s3_server: Any, tmp_path: Path
+) -> None:
+    """``--base-local-path /tmp`` is fine: its sticky bit keeps others from renaming the
+    staging tree away and putting theirs in its place. A folder anyone may write without it
+    is refused."""
+    put_parallel(s3, buckets.source, {"p/a": b"a"})
+    base = tmp_path / "shared"
+    base.mkdir()
+    base.chmod(0o777)
+    args = ["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)]
+    refused = run_cli(args)
+    assert refused.returncode == 2, refused.stderr
+    assert str(base) in refused.stderr and "sticky" in refused.stderr
+    base.chmod(0o1777)
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((base / buckets.source).stat().st_mode) == 0o700
