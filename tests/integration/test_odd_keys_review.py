@@ -32,3 +32,19 @@ async def test_a_corrupted_download_of_a_source_whose_first_part_is_largest_is_n
     assert report.exit_code == 0, report.errors
     assert_same_objects(s3, buckets.source, buckets.dest, "data")
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+
+
+async def test_a_direct_copy_of_a_source_whose_first_part_is_largest_keeps_its_etag(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Made in the source's true part sizes, server-side: the copy has the source's ETag, so
+    ``--skip-existing`` finds it unchanged next time instead of copying it again."""
+    put_multipart(s3, buckets.source, "data/first-largest.bin", FIRST_PART_LARGEST)
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
+    assert report.exit_code == 0, report.errors
+    source = s3.head_object(Bucket=buckets.source, Key="data/first-largest.bin")
+    copy = s3.head_object(Bucket=buckets.dest, Key="data/first-largest.bin")
+    assert copy["ETag"] == source["ETag"]
+    assert_same_objects(s3, buckets.source, buckets.dest, "data")
+    again = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True, skip_existing=True)
+    assert again.exit_code == 0 and again.copied_files == 0, again
