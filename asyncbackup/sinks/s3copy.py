@@ -6,7 +6,8 @@ CopyObject (metadata copied; its ETag, the MD5, must come back unchanged), and s
 multipart one (no byte range can name its bytes); any other multipart object is rebuilt with
 UploadPartCopy in its own part layout, so the copy's ETag equals the source's and is checked
 (the layout is read from the first part; a source whose parts are not all that size is copied
-again in its true part sizes, a HEAD each). Before any multipart copy is completed, the source
+in its true part sizes, a HEAD each: at once where no uniform layout fits the first part's
+length, else again after a copy in that layout). Before any multipart copy is completed, the source
 must still have its listed ETag (a HEAD with If-Match), as a server may ignore the parts'
 if-match: a copy made of two versions is never completed, even where its ETag would tell
 (not in parts of our size, nor with SSE-KMS). A failed multipart copy is
@@ -109,10 +110,12 @@ class ServerSideCopier:
         ):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
 
-    async def _layout(self, item: WorkItem, parts: int | None) -> tuple[int, bool]:
-        """The source's part size where it is uniform (True: the ETag will match), else ours."""
+    async def _layout(self, item: WorkItem, parts: int | None) -> tuple[list[int], bool]:
+        """The source's part sizes (True: the ETag will match): uniform where the first part
+        says so, else its true sizes when no uniform layout fits the first part's length
+        (6, 5 and 1 MiB); ours where the server does not tell."""
         if parts == 1:
-            return max(item.size, 1), True
+            return [item.size], True
         if parts is not None:
             head = await self.first_part.head(item.key)
             size = int(head.get("ContentLength", 0)) if head is not None else 0
@@ -120,12 +123,15 @@ class ServerSideCopier:
                 size > 0
                 and (parts - 1) * size < item.size <= parts * size <= S3_MAX_PART_SIZE * parts
             ):
-                return size, True
-        return self.part_size_for(item.size), False
+                return _even_parts(item.size, size), True
+            if size > 0:  # parts not all of one size: a HEAD each tells
+                sizes = await self.first_part.sizes(item.key, parts)
+                if sizes is not None and sum(sizes) == item.size and all(sizes):
+                    return sizes, True
+        return _even_parts(item.size, self.part_size_for(item.size)), False
 
     async def _copy_parts(self, item: WorkItem, parts: int | None) -> None:
-        part_size, same_layout = await self._layout(item, parts)
-        sizes = _even_parts(item.size, part_size)
+        sizes, same_layout = await self._layout(item, parts)
         head = await self._head_source(item)
         create = self._create_params(item, head)
         if self.copy_tags and tag_count(head):  # UploadPartCopy copies no tags: they are set

@@ -409,6 +409,8 @@ class S3Source:
         async with _temporary(staging) as tmp:
             async with open_for_writing(tmp) as out:
                 fetched = await self._download(item, _FileReceiver(out), tmp)
+                # a multipart source put in one PUT: no part layout checked it on the way
+                await self._check_true_layout(item.key, fetched, out, tmp)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         return fetched
 
@@ -550,11 +552,36 @@ class S3Source:
                         # copy's ETag differs from the source's (read by the upload once
                         # ``verified``)
                         described.source_part_size = None
+                elif not same_layout:  # parts of our size: they tell nothing of the source's
+                    await self._check_true_layout(item.key, fetched, receiver.out, tmp)
                 receiver.feed.verified.set_result(None)
                 await uploading
         except BaseExceptionGroup as group:
             raise primary_error(group) from None
         return fetched
+
+    async def _check_true_layout(
+        self, key: str, fetched: FetchedObject, out: BinaryIO, tmp: Path
+    ) -> None:
+        """Check the download of a multipart source whose parts it was not cut in (none, or
+        parts of our size: the first part's length fits no uniform layout, say 6, 5 and
+        1 MiB) against the source's ETag in its true part sizes (``HEAD ?partNumber=``
+        each), read back from the staged file ``out`` is writing to ``tmp``. Unchecked only
+        where the server refuses those HEADs (logged once) or the ETag is no MD5s'."""
+        parts = multipart_parts(fetched.etag)
+        if parts is None or not fetched.digest_etag or self.first_part.refused:
+            return
+        sizes = await self.first_part.sizes(key, parts)
+        if sizes is None:
+            return
+        mismatch = IntegrityError(
+            f"the download does not make ETag {fetched.etag} in the source's {parts} parts"
+        )
+        if sum(sizes) != fetched.size:
+            raise mismatch
+        etag = await asyncio.to_thread(_staged_multipart_etag, out, tmp, sizes)
+        if etag != clean_etag(fetched.etag):
+            raise mismatch
 
     async def _check_other_layout(
         self, key: str, fetched: FetchedObject, receiver: _PartReceiver, tmp: Path, etag: str
