@@ -134,16 +134,23 @@ def _dest_params(config: BackupConfig) -> dict[str, str]:
 
 
 async def open_job_destination(
-    stack: contextlib.AsyncExitStack, config: BackupConfig, *, check: bool = True
+    stack: contextlib.AsyncExitStack,
+    config: BackupConfig,
+    *,
+    check: bool = True,
+    dry_run: bool = False,
 ) -> S3Client:
     """The destination client of ``config``'s job, its bucket checked as the job's options
     say: under the job's prefix, through the fast path, or by an upload started and aborted
-    with ``--dest-write-only``."""
+    with ``--dest-write-only``; and the job's upload settings (SSE-KMS key, storage class)
+    by such an upload, unless ``dry_run`` (which writes nothing)."""
     return await open_destination(
         stack,
         config,
         fast_path=config.fast_path,
         write_probe=config.dest_write_probe,
+        settings_probe=None if dry_run else config.dest_settings_probe,
+        upload_params=_dest_params(config),
         check=check,
         prefix=config.dest_list_prefix,
     )
@@ -171,7 +178,8 @@ async def _open_stores(
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
             check = not (dry_run and config.dest_write_only)
-            return await open_job_destination(stack, config, check=check), None
+            opened = await open_job_destination(stack, config, check=check, dry_run=dry_run)
+            return opened, None
         except Exception as exc:
             return None, exc
 

@@ -257,6 +257,15 @@ class BackupConfig:
         return f"{self.dest_list_prefix}.asyncbackup-write-check" if self.dest_write_only else None
 
     @property
+    def dest_settings_probe(self) -> str | None:
+        """With SSE-KMS or a storage class (and not ``--dest-write-only``, whose check is such
+        an upload already): the key whose upload, started with them and aborted, checks at
+        start that the destination takes them - not at every object's upload, after its
+        download."""
+        settings = self.sse == "aws:kms" or self.storage_class
+        return f"{self.dest_list_prefix}.asyncbackup-write-check" if settings else None
+
+    @property
     def dest_list_prefix(self) -> str:
         """The destination prefix that holds this job's copies."""
         return self.list_prefix_with(self.dest_prefix)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -211,6 +211,8 @@ async def check_bucket(
     attempts: int = 4,
     fast_timeouts: tuple[float, float] | None = None,
     write_probe: str | None = None,
+    settings_probe: str | None = None,
+    upload_params: Mapping[str, str] | None = None,
     prefix: str = "",
 ) -> None:
     """Fail fast, with one clear line, when ``bucket`` cannot be used.
@@ -225,14 +227,27 @@ async def check_bucket(
     path, so that it makes no aiobotocore client.
     With ``write_probe`` (a key) the check reads nothing: it starts a multipart upload of that
     key and aborts it, for credentials that may write but not list (``--dest-write-only``);
-    no object is written.
+    no object is written. With ``settings_probe`` (a key) such an upload, started with
+    ``upload_params`` (SSE-KMS, a storage class), follows the listing: a KMS key or a class
+    the destination refuses is found before any object is downloaded for nothing.
     """
     flag = "--source-profile" if role == "source" else "--dest-profile"
+    params = dict(upload_params or {})
+    uploading = False  # the failure is the upload's (not the listing's)
 
     async def probe() -> None:
+        nonlocal uploading
+        uploading = False
         if write_probe is not None:
-            await _start_and_abort(client, bucket, write_probe)
+            uploading = True
+            await _start_and_abort(client, bucket, write_probe, params)
             return
+        await listing()
+        if settings_probe is not None:
+            uploading = True
+            await _start_and_abort(client, bucket, settings_probe, params)
+
+    async def listing() -> None:
         if fast_timeouts is not None:
             async with contextlib.AsyncExitStack() as stack:
                 connect, read = fast_timeouts
@@ -248,12 +263,23 @@ async def check_bucket(
         await RetryPolicy(attempts).call(probe)
     except ObjectError as exc:
         code = exc.code
+        if uploading and code.startswith("KMS."):
+            raise StoreUnavailableError(
+                f"the {role} refused the KMS key of --sse aws:kms ({exc}); check "
+                f"--sse-kms-key-id and that the credentials of {flag} may use the key "
+                "(kms:GenerateDataKey), then run again"
+            ) from None
+        if uploading and code == "InvalidStorageClass":
+            raise StoreUnavailableError(
+                f"the {role} refused --storage-class ({exc}); give a storage class it "
+                "supports, then run again"
+            ) from None
         if code in ("404", "NoSuchBucket"):
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
             ) from None
         if code in _REFUSED:
-            tried = " to start an upload" if write_probe is not None else ""
+            tried = " to start an upload" if uploading else ""
             raise StoreUnavailableError(
                 f"access to {role} bucket {bucket!r} was refused{tried} ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
@@ -272,10 +298,13 @@ async def check_bucket(
         ) from None
 
 
-async def _start_and_abort(client: S3Client, bucket: str, key: str) -> None:
-    """Start a multipart upload of ``key`` and abort it: the bucket exists and these
-    credentials may write there. An abort refused leaves an empty upload, said once."""
-    upload = await client.create_multipart_upload(Bucket=bucket, Key=key)
+async def _start_and_abort(
+    client: S3Client, bucket: str, key: str, params: Mapping[str, str]
+) -> None:
+    """Start a multipart upload of ``key`` (with the run's upload ``params``) and abort it:
+    the bucket exists, these credentials may write there, and the destination takes the
+    settings. An abort refused leaves an empty upload, said once."""
+    upload = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
     try:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
     except ClientError as exc:
@@ -314,6 +343,8 @@ async def open_destination(
     *,
     fast_path: bool = False,
     write_probe: str | None = None,
+    settings_probe: str | None = None,
+    upload_params: Mapping[str, str] | None = None,
     check: bool = True,
     prefix: str = "",
 ) -> S3Client:
@@ -339,6 +370,8 @@ async def open_destination(
         role="destination",
         fast_timeouts=timeouts,
         write_probe=write_probe,
+        settings_probe=settings_probe,
+        upload_params=upload_params,
         prefix=prefix,
     )
     return client

@@ -76,6 +76,8 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "A header you provided implies functionality that is not implemented.",
     ),
     "invalid_argument": (400, "InvalidArgument", "Invalid argument."),
+    # SSE-KMS with a key id the destination's KMS does not have
+    "kms_not_found": (400, "KMS.NotFoundException", "Invalid keyId 'bad-key'"),
     # S3 failing after it answered 200 (a copy): the error is in the body
     "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }

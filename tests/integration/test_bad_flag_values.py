@@ -156,3 +156,35 @@ def test_credentials_with_a_line_break_are_refused_in_one_line(
     assert "credentials" in line and "control character" in line, line
     assert "unexpected" not in line
     assert "AKIACRLF" not in line and "crlf-secret" not in line
+
+
+def test_a_kms_key_the_destination_refuses_stops_the_run_before_anything_is_copied(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A mistyped --sse-kms-key-id made every object fail at its upload, after its download:
+    a whole bucket read and staged for nothing, then a summary of N identical errors (exit 1).
+    The start-up check now starts (and aborts) an upload with the run's encryption settings."""
+    put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(30)})
+    for method, query in (("PUT", None), ("POST", "uploads")):
+        proxy.add_rule(Rule("kms_not_found", method=method, path=f"/{buckets.dest}/", query=query))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    kms = ["--sse", "aws:kms", "--sse-kms-key-id", "bad-key"]
+    done = run_cli([*args, *kms, "--quiet", "--concurrency", "2"])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "--sse-kms-key-id" in line and "KMS.NotFoundException" in line, line
+    source_reads = [
+        r
+        for r in proxy.requests
+        if r.method == "GET" and r.path.startswith(f"/{buckets.source}/p/")
+    ]
+    assert source_reads == []  # nothing downloaded for nothing
+    assert not s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads")
+    proxy.requests.clear()
+    dry = run_cli([*args, *kms, "--quiet", "--dry-run"])  # sends reads only: no such check
+    assert dry.returncode == 0, dry.stderr
+    assert [r for r in proxy.requests if r.method not in ("GET", "HEAD")] == []
+    proxy.clear_faults()
+    again = run_cli([*args, "--sse", "aws:kms", "--quiet"])
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 30
