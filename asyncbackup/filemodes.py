@@ -63,7 +63,7 @@ def refuse_shared_folder(path: Path, what: str) -> None:
             "the files written there through a symbolic link; use a folder of your own "
             "(--base-local-path)"
         )
-    if status.st_mode & 0o022:
+    if _others_may_write(status):
         raise ConfigError(
             f"{what} {path} is writable by other users (mode {stat.S_IMODE(status.st_mode):o}), "
             "who could redirect the files written there through a symbolic link; "
@@ -76,10 +76,19 @@ def refuse_open_parent(path: Path) -> None:
     could move the staging folder away and put theirs in its place (``/tmp``, sticky, is
     fine: only the owner of a folder there may move it)."""
     status = path.stat()
-    if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
+    if _others_may_write(status) and not status.st_mode & stat.S_ISVTX:
         raise ConfigError(
             f"{path} is writable by other users without the sticky bit (mode "
             f"{stat.S_IMODE(status.st_mode):o}): another user could put a folder of theirs in "
             f"place of the staging folder; chmod go-w {path} (or +t), or choose another "
             "--base-local-path"
         )
+
+
+def _others_may_write(status: os.stat_result) -> bool:
+    """Whether users other than this one may write the folder: anyone (``o+w``), or its group
+    (``g+w``) when that is not this user's own group (a umask of 002 makes folders ``g+w`` in
+    the user's private group, as Debian and Ubuntu give every user: harmless)."""
+    if status.st_mode & stat.S_IWOTH:
+        return True
+    return bool(status.st_mode & stat.S_IWGRP) and status.st_gid != os.getegid()

@@ -145,7 +145,7 @@ def test_a_link_another_user_owns_is_not_followed_for_the_report_or_the_checkpoi
     assert str(link) in result.stderr and "symbolic link" in result.stderr
 
 
-@pytest.mark.parametrize("how", ["owner", "mode"])
+@pytest.mark.parametrize("how", ["owner", "mode", "group"])
 def test_a_staging_tree_another_user_could_write_is_refused(
     how: str, buckets: Buckets, s3: Any, s3_server: Any, tmp_path: Path
 ) -> None:
@@ -163,13 +163,21 @@ def test_a_staging_tree_another_user_could_write_is_refused(
     if how == "owner":
         os.chown(root, 54321, 54321)
         os.lchown(root / "p", 54321, 54321)
-    else:
+    elif how == "mode":
         root.chmod(0o777)
+    else:  # writable by a group that is not this user's own
+        os.chown(root, -1, 54321)
+        root.chmod(0o770)
     result = run_cli(["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)])
     assert result.returncode == 2, result.stderr
     assert list(victim.iterdir()) == []
     assert str(root) in result.stderr
     assert ("another user" if how == "owner" else "chmod go-w") in result.stderr
+    if how == "group":  # the user's own group (umask 002, private groups): nothing to fear
+        os.chown(root, -1, os.getegid())
+        (root / "p").unlink()
+        done = run_cli(["p", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)])
+        assert done.returncode == 0, done.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
