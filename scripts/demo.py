@@ -188,7 +188,12 @@ def main() -> int:
         archived = sorted((scratch / "checkpoints" / "archive").iterdir())
         print(f"completed checkpoint archived as {_shown(archived[-1])}")
         print((scratch / "checkpoints" / "completions.log").read_text().strip())
-        return 0
+        say("the same check, as an operator makes it: asyncbackup checkpoint verify")
+        verify = [str(BIN / "asyncbackup"), "checkpoint", "verify", str(_shown(archived[-1]))]
+        print("$ " + " ".join(verify))
+        code = subprocess.run([*verify, "--dest-profile", "prod"], env=env, check=False).returncode
+        print(f"exit code: {code}")
+        return code
     finally:
         say("stopping the S3 server")
         assert server.stdin is not None and server.stdout is not None

@@ -24,5 +24,6 @@ def test_the_demo_backs_up_interrupts_and_resumes(tmp_path: Path) -> None:
     assert "exit code: 130" in out  # interrupted mid-run...
     assert "exit code: 0" in out  # ...and resumed to completion
     assert "all 484 objects identical" in out
+    assert "OK: 484 files marked done; 0 missing, 0 different" in out  # checkpoint verify
     assert "resuming" in result.stderr
     assert list((tmp_path / "demo" / "scratch" / "checkpoints" / "archive").iterdir())
