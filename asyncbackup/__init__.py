@@ -27,6 +27,7 @@ from .errors import (
 )
 from .progress import NullObserver, Observer
 from .report import BackupReport
+from .verify import Endpoints, VerifyResult, verify_checkpoint
 
 if _TYPE_CHECKING:
     from .github import GitHubBackupConfig, run_github_backup
@@ -46,6 +47,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointState",
     "ConfigError",
+    "Endpoints",
     "FatalRunError",
     "GitHubBackupConfig",
     "IntegrityError",
@@ -54,11 +56,13 @@ __all__ = [
     "Observer",
     "StagingFullError",
     "StoreUnavailableError",
+    "VerifyResult",
     "checkpoint_path",
     "plan_backup",
     "read_checkpoint",
     "run_backup",
     "run_github_backup",
+    "verify_checkpoint",
 ]
 
 

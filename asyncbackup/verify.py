@@ -295,13 +295,14 @@ class Endpoints:
     region: str | None = None
 
 
-async def verify_checkpoint(path: Path, where: Endpoints) -> VerifyResult:
+async def verify_checkpoint(path: Path, where: Endpoints | None = None) -> VerifyResult:
     """Open clients for the checkpoint's buckets and run ``verify_state()``.
 
     The profiles and endpoints default to the ones the checkpoint recorded for its run: the
     copies are on that store (one bucket name on two endpoints is two buckets), wherever the
     environment or a profile points now.
     """
+    where = where or Endpoints()
     state = await asyncio.to_thread(load, path)
     if is_github(state):
         raise ConfigError(

@@ -122,3 +122,27 @@ async def test_copies_etags_cannot_compare_are_reported_as_checked_by_size_only(
     code, out, report = await _verify(archived, proxy.endpoint)
     assert code == 0, out
     assert report["size_only"] == [big, "data/f01.bin", kms]
+
+
+async def test_a_service_verifies_the_backup_it_ran(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``verify_checkpoint`` is public: a service that embeds ``run_backup`` audits the copies
+    of the run it made from its archived checkpoint, on its own event loop."""
+    from asyncbackup import Endpoints, run_backup, verify_checkpoint
+
+    objects = _seed(s3, buckets.source)
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path / "scratch",
+        endpoint_url=s3_server.endpoint,
+    )
+    assert report.status == "completed" and report.archived_checkpoint is not None
+    result = await verify_checkpoint(report.archived_checkpoint)  # the recorded endpoints
+    assert result.ok and result.content_checked == len(objects) and not result.size_only
+    s3.put_object(Bucket=buckets.dest, Key="data/f00.bin", Body=os.urandom(1000))
+    where = Endpoints(endpoint_url=s3_server.endpoint)
+    result = await verify_checkpoint(report.archived_checkpoint, where)
+    assert not result.ok and [m.key for m in result.different] == ["data/f00.bin"]
