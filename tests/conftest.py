@@ -155,3 +155,13 @@ async def faulty_proxy(s3_server: S3Server) -> AsyncIterator[FaultyProxy]:
         yield faulty
     finally:
         await faulty.close()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, whatever the test runner's: what files are created with is checked."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

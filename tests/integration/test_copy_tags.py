@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
-from tests.helpers import MiB, assert_same_objects, cli_args
+from tests.helpers import MiB, assert_same_objects, cli_args, put_multipart
 from tests.proxy import Rule, S3Proxy
 
 TAGS = {"team": "data eng", "path": "a/b:c@d", "empty": "", "class": "x+y=z"}
@@ -36,20 +36,7 @@ def _seed(s3: Any, bucket: str) -> dict[str, dict[str, str]]:
         tags[key] = {**TAGS, "n": str(index)} if tagged else {}
     # a multipart source of 5 MiB parts, tagged at its creation
     key = "data/multipart-tagged.bin"
-    upload = s3.create_multipart_upload(Bucket=bucket, Key=key, Tagging=urlencode({"mp": "yes"}))
-    parts = []
-    for number, size in enumerate((5 * MiB, 5 * MiB, 1234), start=1):
-        answer = s3.upload_part(
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload["UploadId"],
-            PartNumber=number,
-            Body=os.urandom(size),
-        )
-        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-    s3.complete_multipart_upload(
-        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
-    )
+    put_multipart(s3, bucket, key, [5 * MiB, 5 * MiB, 1234], Tagging=urlencode({"mp": "yes"}))
     tags[key] = {"mp": "yes"}
     return tags
 

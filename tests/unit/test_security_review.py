@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asyncbackup.checkpoint import CheckpointLock, write_atomic
 from asyncbackup.journal import JournalWriter
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_the_lock_and_the_journal_are_private_under_umask_022(
