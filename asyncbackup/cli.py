@@ -122,12 +122,17 @@ def _report_bad_usage(
     _report_end(found, "failed", EXIT_USAGE, refused.message)
 
 
+class AutoProcesses(int):
+    """``--processes auto``: one per CPU this process may run on, and no more than
+    ``--concurrency`` (``s3_config``)."""
+
+
 def process_count(text: str) -> int:
     """``--processes``: a whole number, or ``auto`` for one per CPU."""
     if text.strip().lower() == "auto":  # the CPUs this process may run on
         if hasattr(os, "sched_getaffinity"):
-            return max(1, len(os.sched_getaffinity(0)))
-        return os.cpu_count() or 1
+            return AutoProcesses(max(1, len(os.sched_getaffinity(0))))
+        return AutoProcesses(os.cpu_count() or 1)
     return positive_int(text)
 
 
@@ -557,7 +562,11 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         max_bandwidth=args.max_bandwidth,
         direct=args.direct,
         fast_path=args.fast_path,
-        processes=args.processes,
+        processes=(
+            min(args.processes, args.concurrency)
+            if isinstance(args.processes, AutoProcesses)
+            else args.processes
+        ),
         list_streams=args.list_streams,
         **_shared_settings(args),
     )

@@ -174,6 +174,12 @@ class BackupConfig:
             )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KiB/s (1024 bytes a second)")
+        if self.processes > self.concurrency:  # each takes one object in flight at least
+            raise ConfigError(
+                f"--processes {self.processes} is more than --concurrency {self.concurrency}: "
+                "the processes share the objects in flight, one at least each; give "
+                f"--concurrency {self.processes} or more, or fewer --processes"
+            )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024 * self.processes:
             # each process gets its share, of 1KiB/s at least: they would add up to more
             raise ConfigError(

@@ -39,3 +39,44 @@ def test_a_limit_too_small_to_share_is_refused_with_what_to_do(limit: int, proce
     message = str(raised.value)
     assert "--max-bandwidth" in message and "--processes" in message
     assert f"{processes}KiB/s" in message
+
+
+def test_more_processes_than_concurrency_is_refused_not_a_larger_budget() -> None:
+    """Each process took at least one object in flight, so --processes 20 --concurrency 16
+    copied 20 at a time, and 500 processes 500 (and started 500 interpreters): the processes
+    share --concurrency, they do not add to it."""
+    with pytest.raises(ConfigError) as raised:
+        BackupConfig(
+            source_bucket="src",
+            source_path="data",
+            dest_bucket="dst",
+            base_local_path=Path("/tmp/stage"),
+            processes=20,
+            concurrency=16,
+        )
+    message = str(raised.value)
+    assert "--processes 20" in message and "--concurrency 16" in message
+
+
+def test_processes_auto_is_at_most_the_concurrency() -> None:
+    """``auto`` (one per CPU) on a machine of more CPUs than --concurrency: as many processes
+    as objects in flight, not a refusal of a flag the user did not count."""
+    from asyncbackup.cli import build_parser, s3_config
+
+    args = build_parser().parse_args(
+        [
+            "s3",
+            "d",
+            "--source-bucket",
+            "a",
+            "--dest-bucket",
+            "b",
+            "--base-local-path",
+            "/tmp/s",
+            "--processes",
+            "auto",
+            "--concurrency",
+            "1",
+        ]
+    )
+    assert s3_config(args).processes == 1
