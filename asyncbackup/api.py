@@ -49,6 +49,8 @@ from .workerpool import share_of, start_worker_processes
 log = logging.getLogger("asyncbackup")
 
 _OBJECT_ATTEMPTS = 3
+#: whole-object retries logged as warnings; the later ones of the run at debug level only
+_RETRY_WARNINGS = 10
 #: multipart parts held in memory at once, across all objects: memory stays flat whatever the
 #: concurrency, the part size or the object size (``ByteBudget``)
 _PART_BUFFER_BYTES = 128 * 1024 * 1024
@@ -365,7 +367,7 @@ async def _direct_copier(
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
-    return functools.partial(with_object_retries, copier.copy)
+    return functools.partial(with_object_retries, copier.copy, retries=RetryLog())
 
 
 async def _staged_copier(
@@ -404,7 +406,7 @@ async def _staged_copier(
     if config.fast_path:
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
-    return functools.partial(with_object_retries, copier.copy_once)
+    return functools.partial(with_object_retries, copier.copy_once, retries=RetryLog())
 
 
 async def _fast_paths(
@@ -439,10 +441,35 @@ async def _open_fast(
     )
 
 
-async def with_object_retries(copy: Process, item: WorkItem) -> int:
+class RetryLog:
+    """The whole-object retries of a run: the first ``_RETRY_WARNINGS`` are warnings, the
+    rest debug records. A source failing every object (an outage) would otherwise log two
+    warnings an object; the failures themselves are in the summary, grouped by code."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def retrying(self, key: str, exc: ObjectError) -> None:
+        self.count += 1
+        if self.count > _RETRY_WARNINGS:
+            log.debug("retrying %s after %s", key, exc)
+            return
+        log.warning("retrying %s after %s", key, exc)
+        if self.count == _RETRY_WARNINGS:
+            log.warning(
+                "more objects are being retried: further retries are logged at debug level "
+                "(--debug)"
+            )
+
+
+async def with_object_retries(
+    copy: Process, item: WorkItem, *, retries: RetryLog | None = None
+) -> int:
     """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
     a version changed mid-copy) outlived its request-level retries; turn credential and
-    bucket failures into a ``FatalRunError`` instead of one error per object."""
+    bucket failures into a ``FatalRunError`` instead of one error per object. ``retries``
+    logs the retries (a new one: every retry a warning)."""
+    retries = retries or RetryLog()
     for attempt in range(1, _OBJECT_ATTEMPTS + 1):
         try:
             return await copy(item)
@@ -459,7 +486,7 @@ async def with_object_retries(copy: Process, item: WorkItem) -> int:
                 ) from exc
             if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
                 raise
-            log.warning("retrying %s after %s", item.key, exc)
+            retries.retrying(item.key, exc)
     raise AssertionError("unreachable")
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Buckets, S3Server
-from tests.helpers import cli_args, load_json, run_cli
+from tests.helpers import cli_args, load_json, numbered_objects, run_cli
+from tests.proxy import Rule, S3Proxy
+from tests.reliability import put_parallel
 
 
 def _seed_checkpoint(path: Path, source: str, dest: str, errors: dict[str, str]) -> None:
@@ -53,3 +55,21 @@ def test_many_stale_errors_are_dropped_in_one_line_not_one_per_key(
     assert len(result.stderr.splitlines()) < 20, result.stderr[:2000]
     archived = next((tmp_path / "checkpoints" / "archive").iterdir())
     assert load_json(archived)["errors"] == {}
+
+
+def test_a_source_failing_every_object_logs_a_few_retries_not_two_per_object(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    # A source answering 500 to every GET (an outage): each object is tried three times,
+    # and each whole-object retry was a warning - 2 lines an object, 60,000 for 30,000.
+    put_parallel(s3, buckets.source, numbered_objects(60))
+    proxy.add_rule(Rule("internal", method="GET", path=r"/data/"))
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    result = run_cli([*args, "--max-attempts", "1", "--concurrency", "4"])
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    retried = [line for line in lines if " retrying " in line]
+    assert 1 <= len(retried) <= 10, len(retried)
+    assert any("--debug" in line for line in lines), result.stderr[-2000:]
+    assert "errors by code: InternalError 60" in result.stderr
+    assert len(lines) < 40, result.stderr[:3000]
