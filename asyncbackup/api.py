@@ -35,7 +35,7 @@ from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
+from .retry import FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy
 from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
@@ -49,8 +49,6 @@ from .workerpool import share_of, start_worker_processes
 log = logging.getLogger("asyncbackup")
 
 _OBJECT_ATTEMPTS = 3
-#: whole-object retries logged as warnings; the later ones of the run at debug level only
-_RETRY_WARNINGS = 10
 #: multipart parts held in memory at once, across all objects: memory stays flat whatever the
 #: concurrency, the part size or the object size (``ByteBudget``)
 _PART_BUFFER_BYTES = 128 * 1024 * 1024
@@ -439,27 +437,6 @@ async def _open_fast(
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
-
-
-class RetryLog:
-    """The whole-object retries of a run: the first ``_RETRY_WARNINGS`` are warnings, the
-    rest debug records. A source failing every object (an outage) would otherwise log two
-    warnings an object; the failures themselves are in the summary, grouped by code."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def retrying(self, key: str, exc: ObjectError) -> None:
-        self.count += 1
-        if self.count > _RETRY_WARNINGS:
-            log.debug("retrying %s after %s", key, exc)
-            return
-        log.warning("retrying %s after %s", key, exc)
-        if self.count == _RETRY_WARNINGS:
-            log.warning(
-                "more objects are being retried: further retries are logged at debug level "
-                "(--debug)"
-            )
 
 
 async def with_object_retries(

@@ -7,11 +7,17 @@ which a per-object line would break at any size.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from asyncbackup import run_github_backup
 from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeRepo
 from tests.helpers import cli_args, load_json, numbered_objects, run_cli
+from tests.integration.github_org import config, running_org
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import put_parallel
 
@@ -73,3 +79,26 @@ def test_a_source_failing_every_object_logs_a_few_retries_not_two_per_object(
     assert any("--debug" in line for line in lines), result.stderr[-2000:]
     assert "errors by code: InternalError 60" in result.stderr
     assert len(lines) < 40, result.stderr[:3000]
+
+
+async def test_github_failing_every_artifact_logs_a_few_retries_not_two_per_artifact(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # GitHub answering 500 for 30 repositories (an outage): each artifact is tried three
+    # times, and each retry was a warning - two lines an artifact, tens of thousands for an
+    # organisation of thousands of repositories.
+    async with running_org(tmp_path / "git") as github:
+        for i in range(30):
+            github.add_repo(FakeRepo(f"down-{i:02d}", has_wiki=False, status=500))
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        options["include"] = ("down-*",)
+        with caplog.at_level(logging.INFO, logger="asyncbackup"):
+            report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert report.status == "completed_with_errors"
+    assert len(report.errors) >= 30
+    retried = [r for r in caplog.records if r.getMessage().startswith("retrying ")]
+    assert 1 <= len(retried) <= 10, len(retried)
