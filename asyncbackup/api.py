@@ -35,7 +35,7 @@ from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import FATAL_CODES, AdaptiveLimiter, RetryPolicy
+from .retry import FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy
 from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
@@ -373,7 +373,7 @@ async def _direct_copier(
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
-    return functools.partial(with_object_retries, copier.copy)
+    return functools.partial(with_object_retries, copier.copy, retries=RetryLog())
 
 
 async def _staged_copier(
@@ -412,7 +412,7 @@ async def _staged_copier(
     if config.fast_path:
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
-    return functools.partial(with_object_retries, copier.copy_once)
+    return functools.partial(with_object_retries, copier.copy_once, retries=RetryLog())
 
 
 async def _fast_paths(
@@ -447,10 +447,14 @@ async def _open_fast(
     )
 
 
-async def with_object_retries(copy: Process, item: WorkItem) -> int:
+async def with_object_retries(
+    copy: Process, item: WorkItem, *, retries: RetryLog | None = None
+) -> int:
     """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
     a version changed mid-copy) outlived its request-level retries; turn credential and
-    bucket failures into a ``FatalRunError`` instead of one error per object."""
+    bucket failures into a ``FatalRunError`` instead of one error per object. ``retries``
+    logs the retries (a new one: every retry a warning)."""
+    retries = retries or RetryLog()
     for attempt in range(1, _OBJECT_ATTEMPTS + 1):
         try:
             return await copy(item)
@@ -467,7 +471,7 @@ async def with_object_retries(copy: Process, item: WorkItem) -> int:
                 ) from exc
             if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
                 raise
-            log.warning("retrying %s after %s", item.key, exc)
+            retries.retrying(item.key, exc)
     raise AssertionError("unreachable")
 
 

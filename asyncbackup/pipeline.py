@@ -29,6 +29,8 @@ from .progress import GuardedObserver, NullObserver, Observer
 
 log = logging.getLogger("asyncbackup")
 
+_STALE_SHOWN = 3  # stale errors named in the line that drops them
+
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
@@ -376,15 +378,29 @@ class Pipeline:
                     state.processed_bytes = result.skipped_bytes + result.done_bytes
                 if self.forget_unlisted:
                     self._forget_unlisted()
-                for key in self._stale_errors:
-                    # Failed before, and no longer in the source: nothing left to copy.
-                    if state.errors.pop(key, None) is not None:
-                        changes.errors[key] = None
-                    log.info("dropping stale error for %s: no longer in the source", key)
+                self._drop_stale_errors()
                 self.observer.on_listing_done()
             case _Stop():
                 return True
         return False
+
+    def _drop_stale_errors(self) -> None:
+        """Drop the errors of files that failed before and are no longer in the source:
+        nothing is left to copy. Said in one line (a deleted folder may hold thousands)."""
+        stale = sorted(self._stale_errors)
+        if not stale:
+            return
+        for key in stale:
+            if self.state.errors.pop(key, None) is not None:
+                self._changes.errors[key] = None
+        shown = ", ".join(stale[:_STALE_SHOWN])
+        more = f" and {len(stale) - _STALE_SHOWN:,} more" if len(stale) > _STALE_SHOWN else ""
+        log.info(
+            "dropping %d stale errors of files no longer in the source: %s%s",
+            len(stale),
+            shown,
+            more,
+        )
 
     def _set_totals(self) -> None:
         """The job's totals: the listing's once it is complete; until then at least the

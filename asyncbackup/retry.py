@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,11 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 
 from .errors import ObjectError
+
+log = logging.getLogger("asyncbackup")
+
+#: whole-object retries logged as warnings; the later ones of a run at debug level only
+_RETRY_WARNINGS = 10
 
 THROTTLE_CODES = frozenset(
     {
@@ -312,3 +318,25 @@ class RetryPolicy:
             if self.limiter is not None and is_throttle(exc):
                 self.limiter.throttled()
             raise classify(exc) from exc
+
+
+class RetryLog:
+    """The whole-object (or artifact) retries of a run: the first ``_RETRY_WARNINGS`` are
+    warnings, the rest debug records. A source failing every object (an outage) would
+    otherwise log two warnings an object; the failures themselves are in the summary, grouped
+    by code."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def retrying(self, key: str, exc: ObjectError) -> None:
+        self.count += 1
+        if self.count > _RETRY_WARNINGS:
+            log.debug("retrying %s after %s", key, exc)
+            return
+        log.warning("retrying %s after %s", key, exc)
+        if self.count == _RETRY_WARNINGS:
+            log.warning(
+                "more objects are being retried: further retries are logged at debug level "
+                "(--debug)"
+            )

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
-from ..retry import FATAL_CODES, Backoff, RetryPolicy
+from ..retry import FATAL_CODES, Backoff, RetryLog, RetryPolicy
 from ..s3client import S3Client
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
@@ -99,6 +99,7 @@ class ArtifactCopier:
         self.backoff = Backoff(base=2.0, cap=30.0)
         self.unchanged = 0
         self.skipped: dict[str, str] = {}
+        self.retries = RetryLog()
 
     async def process(self, item: WorkItem) -> int:
         """Copy ``item``; its size in bytes (0 when unchanged or nothing to copy)."""
@@ -128,7 +129,7 @@ class ArtifactCopier:
                     ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise
-                log.warning("retrying %s after %s", item.key, exc)
+                self.retries.retrying(item.key, exc)
                 await self.sleep(self.backoff.delay(attempt))
         raise AssertionError("unreachable")
 
