@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
+from .pipeline import primary_error
 from .retry import RetryPolicy, error_code
 from .s3client import S3Client
 
@@ -35,6 +36,8 @@ log = logging.getLogger("asyncbackup")
 SECTION = "multipart_uploads"
 PENDING = ""
 _GONE = ("NoSuchUpload", "404")
+#: recorded uploads aborted at once at the start (and end) of a run
+_ABORTS_AT_ONCE = 16
 #: how long cleaning up after a failed (or cancelled) upload may take
 ABORT_TIMEOUT = 10.0
 
@@ -255,44 +258,60 @@ async def abort_recorded_uploads(
         return
     bucket, retry = config.dest_bucket, RetryPolicy(config.max_attempts)
     kept: dict[str, Any] = {}
-    for key, upload_id in dict(extra[SECTION]).items():
-        try:
-            by_id = isinstance(upload_id, str) and bool(upload_id)
-            if by_id:
-                await retry.call(functools.partial(abort_upload, client, bucket, key, upload_id))
-            aborted = await _sweep_if_allowed(client, bucket, key, retry, aborted_by_id=by_id)
-        except ObjectError as exc:
-            kept[key] = upload_id
-            if not last_try:
-                log.warning(
-                    "could not abort the multipart upload of %s left behind (%s); will try "
-                    "again at the end of this run",
-                    key,
-                    exc,
-                )
-                continue
-            log.warning(
-                "could not abort the multipart upload of %s left behind (%s); abort it by hand: "
-                "aws s3api list-multipart-uploads --bucket %s --prefix %s, then "
-                "aws s3api abort-multipart-upload --bucket %s --key %s --upload-id ID",
-                key,
-                exc,
-                bucket,
-                shlex.quote(key),
-                bucket,
-                shlex.quote(key),
-            )
-            continue
+    lanes = asyncio.Semaphore(_ABORTS_AT_ONCE)
+
+    async def abort(key: str, upload_id: Any) -> None:
+        async with lanes:
+            try:
+                by_id = isinstance(upload_id, str) and bool(upload_id)
+                if by_id:
+                    await retry.call(
+                        functools.partial(abort_upload, client, bucket, key, upload_id)
+                    )
+                aborted = await _sweep_if_allowed(client, bucket, key, retry, aborted_by_id=by_id)
+            except ObjectError as exc:
+                kept[key] = upload_id
+                _not_aborted(key, exc, bucket, last_try=last_try)
+                return
         log.info(
             "aborted the multipart upload of %s left behind (%s, %d more found)",
             key,
             upload_id or "id not recorded",
             aborted,
         )
+
+    try:
+        async with asyncio.TaskGroup() as tg:  # a crash at --concurrency N leaves up to N
+            for key, upload_id in dict(extra[SECTION]).items():
+                tg.create_task(abort(key, upload_id))
+    except BaseExceptionGroup as group:  # the failure itself, not a group of one
+        raise primary_error(group) from None
     if kept:
         extra[SECTION] = kept
     else:
         del extra[SECTION]
+
+
+def _not_aborted(key: str, exc: ObjectError, bucket: str, *, last_try: bool) -> None:
+    if not last_try:
+        log.warning(
+            "could not abort the multipart upload of %s left behind (%s); will try again at "
+            "the end of this run",
+            key,
+            exc,
+        )
+        return
+    log.warning(
+        "could not abort the multipart upload of %s left behind (%s); abort it by hand: "
+        "aws s3api list-multipart-uploads --bucket %s --prefix %s, then "
+        "aws s3api abort-multipart-upload --bucket %s --key %s --upload-id ID",
+        key,
+        exc,
+        bucket,
+        shlex.quote(key),
+        bucket,
+        shlex.quote(key),
+    )
 
 
 async def _sweep_if_allowed(
