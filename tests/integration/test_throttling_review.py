@@ -11,7 +11,15 @@ import pytest
 
 from asyncbackup import run_backup
 from tests.conftest import Buckets
+from tests.helpers import cli_args
 from tests.proxy import Rule, S3Proxy
+from tests.reliability import (
+    assert_identical,
+    checkpoint_file,
+    put_parallel,
+    read_valid,
+    run_cli,
+)
 
 KiB = 1024
 
@@ -44,3 +52,36 @@ async def test_a_bandwidth_limited_upload_never_pauses_long_enough_for_s3_to_dro
     puts = proxy.seen(method="PUT", path=r"/bw/one$")
     assert [r.status for r in puts] == ([500, 200] if first_put_fails else [200])
     assert s3.get_object(Bucket=buckets.dest, Key="bw/one")["Body"].read() == body
+
+
+@pytest.mark.parametrize("fault", ["slowdown", "reset_before"])
+def test_a_destination_failing_every_request_stops_the_run_with_one_line_and_exit_3(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, fault: str
+) -> None:
+    """A destination that answers every PUT 503 SlowDown (or drops every connection) for
+    longer than the retries last: each object used to fail after its 3 x --max-attempts
+    tries (with the defaults 24 PUTs and about 75 s of backoff), one after another - a
+    million objects at --concurrency 16 would take some 55 days to end with a million
+    errors. The run now stops once twice --concurrency objects (16 at least) in a row failed
+    that way, with one line and exit 3, as a listing refused for good does; a run once the
+    destination answers again resumes."""
+    objects = {f"o/{i:03d}": os.urandom(100) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    proxy.add_rule(Rule(fault, method="PUT"))
+    args = ["o", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    args += ["--max-attempts", "2", "--concurrency", "4"]
+    done = run_cli(args)
+    assert done.returncode == 3, done.stderr
+    *retries, line = done.stderr.strip().splitlines()  # the object retries' warnings, then
+    assert all(" WARNING retrying o/" in retry for retry in retries), retries  # the error
+    assert "Traceback" not in done.stderr
+    assert "objects in a row" in line and "run again" in line, line
+    tried = {record.path for record in proxy.seen(method="PUT")}
+    assert 16 <= len(tried) <= 16 + 4, len(tried)  # stopped, not one error per object
+    state = read_valid(checkpoint_file(tmp_path, buckets.source, "o"))
+    assert not any(state.files.values())
+    assert len(state.errors) >= 15  # those that failed before the last, for the next run
+    proxy.clear_faults()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert_identical(s3, buckets.source, buckets.dest, "o")
