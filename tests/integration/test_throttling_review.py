@@ -3,12 +3,14 @@ loopback proxy in front of the S3 server (``tests/proxy.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import asyncbackup.api
 from asyncbackup import run_backup
 from tests.conftest import Buckets
 from tests.helpers import cli_args
@@ -22,6 +24,7 @@ from tests.reliability import (
 )
 
 KiB = 1024
+MiB = 1024 * KiB
 
 
 @pytest.mark.parametrize("first_put_fails", [False, True], ids=["streamed", "from-staging"])
@@ -85,3 +88,37 @@ def test_a_destination_failing_every_request_stops_the_run_with_one_line_and_exi
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     assert_identical(s3, buckets.source, buckets.dest, "o")
+
+
+async def test_a_download_cut_short_while_throttled_does_not_wait_for_good(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object uploaded in parts is downloaded into part buffers reserved in a memory
+    budget shared by all objects (128 MiB: two 64 MiB parts). A download cut short kept its
+    half-filled part for its ranged retry, and waited for a slot of the source's limiter,
+    which a SlowDown had cut to one; the download holding that slot waited for the budget
+    the first one held: the run hung for good. Here the budget is one 5 MiB part: x's body
+    is cut short while y's first GET is throttled. The cut part is now dropped, and the
+    retry starts at its beginning."""
+    monkeypatch.setattr(asyncbackup.api, "_PART_BUFFER_BYTES", 5 * MiB)
+    bodies = {f"d/{name}": os.urandom(6 * MiB) for name in "xy"}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=buckets.source, Key=key, Body=body)
+    proxy.add_rule(Rule("slowdown", method="GET", path=r"/d/y$", times=1))
+    proxy.add_rule(Rule("truncate", method="GET", path=r"/d/x$", times=1, delay=0.5))
+    run = run_backup(
+        source_bucket=buckets.source,
+        source_path="d",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        concurrency=2,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    report = await asyncio.wait_for(run, 30)  # a few seconds; it used to hang
+    assert report.exit_code == 0, report.errors
+    first, resumed = proxy.seen(method="GET", path=r"/d/x$")
+    assert first.fault == "truncate" and resumed.range == "bytes=0-"  # the part's start
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == body
