@@ -35,7 +35,7 @@ from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy
+from .retry import FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage
 from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
@@ -49,6 +49,11 @@ from .workerpool import share_of, start_worker_processes
 log = logging.getLogger("asyncbackup")
 
 _OBJECT_ATTEMPTS = 3
+#: a run stops (exit 3) once this many objects in a row, and at least twice as many as are in
+#: flight, failed after all their retries with a failure of the servers or the network
+#: (``retry.is_outage``), none copied in between: every later one would fail the same way,
+#: each after its minutes of retries
+_OUTAGE_OBJECTS = 16
 #: multipart parts held in memory at once, across all objects: memory stays flat whatever the
 #: concurrency, the part size or the object size (``ByteBudget``)
 _PART_BUFFER_BYTES = 128 * 1024 * 1024
@@ -373,7 +378,8 @@ async def _direct_copier(
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
-    return functools.partial(with_object_retries, copier.copy, retries=RetryLog())
+    outage = Outage(config.concurrency)
+    return functools.partial(with_object_retries, copier.copy, retries=RetryLog(), outage=outage)
 
 
 async def _staged_copier(
@@ -412,7 +418,10 @@ async def _staged_copier(
     if config.fast_path:
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
-    return functools.partial(with_object_retries, copier.copy_once, retries=RetryLog())
+    outage = Outage(config.concurrency)
+    return functools.partial(
+        with_object_retries, copier.copy_once, retries=RetryLog(), outage=outage
+    )
 
 
 async def _fast_paths(
@@ -447,17 +456,48 @@ async def _open_fast(
     )
 
 
+class Outage:
+    """Counts the objects that failed in a row, after all their retries, because the servers
+    or the network failed (``is_outage``); a copied object, or one failed for a reason of its
+    own (the server answered about it), starts the count again. At ``threshold`` the run
+    stops with a ``FatalRunError``: one line and exit 3, rather than one error per object,
+    each after minutes of retries (a million objects at --concurrency 16 took weeks)."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.threshold = max(_OUTAGE_OBJECTS, 2 * concurrency)
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self, exc: ObjectError, key: str) -> None:
+        if not is_outage(exc):
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            raise FatalRunError(
+                f"stopping: {self.failures} objects in a row failed after all their retries, "
+                f"the last with {exc} (on {key!r}): the servers are refusing or not answering "
+                "requests; run again once they answer to resume"
+            ) from exc
+
+
 async def with_object_retries(
-    copy: Process, item: WorkItem, *, retries: RetryLog | None = None
+    copy: Process,
+    item: WorkItem,
+    *,
+    retries: RetryLog | None = None,
+    outage: Outage | None = None,
 ) -> int:
     """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
     a version changed mid-copy) outlived its request-level retries; turn credential and
-    bucket failures into a ``FatalRunError`` instead of one error per object. ``retries``
-    logs the retries (a new one: every retry a warning)."""
+    bucket failures, and ``outage``'s run of failures, into a ``FatalRunError`` instead of
+    one error per object. ``retries`` logs the retries (a new one: every retry a warning)."""
     retries = retries or RetryLog()
     for attempt in range(1, _OBJECT_ATTEMPTS + 1):
         try:
-            return await copy(item)
+            size = await copy(item)
         except ObjectError as exc:
             if exc.code == "InvalidStorageClass":  # the flag, not the object: say it once
                 raise ConfigError(
@@ -470,8 +510,14 @@ async def with_object_retries(
                     "buckets, then run again to resume"
                 ) from exc
             if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
+                if outage is not None:
+                    outage.failed(exc, item.key)
                 raise
             retries.retrying(item.key, exc)
+        else:
+            if outage is not None:
+                outage.succeeded()
+            return size
     raise AssertionError("unreachable")
 
 

@@ -154,6 +154,40 @@ _TRANSIENT_TYPES = (
 )
 
 
+#: the codes of failures of the servers or the network, not of one object (``is_outage``)
+_OUTAGE_CODES = THROTTLE_CODES | {
+    "InternalError",
+    "ServiceUnavailable",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    *(kind.__name__ for kind in _TRANSIENT_TYPES if kind is not ResponseParserError),
+    "TimeoutError",
+    "ConnectionResetError",
+    "ConnectionRefusedError",
+    "ConnectionAbortedError",
+    "BrokenPipeError",
+    # aiohttp's (GitHub's client, aiobotocore's), by name: it may not be imported
+    "ClientConnectionError",
+    "ClientConnectorError",
+    "ClientConnectionResetError",
+    "ClientOSError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "ServerConnectionError",
+    "ConnectionTimeoutError",
+    "SocketTimeoutError",
+}
+
+
+def is_outage(error: ObjectError) -> bool:
+    """Whether ``error`` (after all its retries) is one of the servers or the network -
+    throttling, 5xx, timeouts, connections refused or dropped - rather than of its object."""
+    return error.retryable and error.code in _OUTAGE_CODES
+
+
 def _aiohttp_error(exc: BaseException) -> bool:
     """An aiohttp failure (GitHub's client, aiobotocore's): without aiohttp imported - a run
     whose requests all took the fast path - there can be none, and it is not imported."""

@@ -145,6 +145,9 @@ class Rule:
     retry_after: float | None = None  # a Retry-After header on error answers
     action: Callable[[], None] | None = None  # run in a thread before forwarding
     drip: float = 0.0  # seconds between the 256 KiB pieces of a successful answer's body
+    # S3's idle timeout on a request's body (about 20 s there): a body that pauses longer is
+    # answered 400 RequestTimeout, the connection closed, nothing forwarded
+    body_idle: float = 0.0
     hits: int = 0
 
     def __post_init__(self) -> None:
@@ -184,6 +187,27 @@ def error_body(code: str, message: str, resource: str) -> bytes:
         f"<Error><Code>{code}</Code><Message>{message}</Message>"
         f"<Resource>{resource}</Resource><RequestId>proxy</RequestId></Error>"
     ).encode()
+
+
+_REQUEST_TIMEOUT = (
+    400,
+    "RequestTimeout",
+    "Your socket connection to the server was not read from or written to within the "
+    "timeout period. Idle connections will be closed.",
+)
+
+
+async def _read_unless_idle(request: web.Request, idle: float) -> bytes | None:
+    """The request's body, or None when it paused for more than ``idle`` seconds."""
+    pieces: list[bytes] = []
+    while True:
+        try:
+            piece = await asyncio.wait_for(request.content.readany(), idle)
+        except TimeoutError:
+            return None
+        if not piece:
+            return b"".join(pieces)
+        pieces.append(piece)
 
 
 def _reset(request: web.Request) -> None:
@@ -344,11 +368,23 @@ class S3Proxy:
         if fault == "empty_200":
             await request.read()
             return web.Response(status=200)
+        body: bytes | None = None
+        if rule is not None and rule.body_idle:
+            body = await _read_unless_idle(request, rule.body_idle)
+            if body is None:
+                status, code, message = _REQUEST_TIMEOUT
+                answer = web.Response(
+                    status=status,
+                    body=error_body(code, message, request.path),
+                    headers={"Content-Type": "application/xml", "Connection": "close"},
+                )
+                answer.force_close()
+                return answer
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
         dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
         status, payload, out_headers = await self._forward(
-            request, fault == "corrupt_request", drop=dropped
+            request, fault == "corrupt_request", drop=dropped, body=body
         )
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
@@ -401,9 +437,15 @@ class S3Proxy:
         return web.Response(status=status, body=payload, headers=out_headers)
 
     async def _forward(
-        self, request: web.Request, corrupt: bool = False, *, drop: re.Pattern[str] | None = None
+        self,
+        request: web.Request,
+        corrupt: bool = False,
+        *,
+        drop: re.Pattern[str] | None = None,
+        body: bytes | None = None,  # already read
     ) -> tuple[int, bytes, dict[str, str]]:
-        body = await request.read()
+        if body is None:
+            body = await request.read()
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}

@@ -191,11 +191,15 @@ class S3Sink:
         return True
 
     async def _metered(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``chunks``, within ``--max-bandwidth``."""
+        """``chunks``, within ``--max-bandwidth``: in its ``paced()`` pieces, so that the
+        request's body never pauses for long enough that the server drops it."""
+        bandwidth = self.bandwidth
         async for chunk in chunks:
-            if self.bandwidth is not None:
-                await self.bandwidth.consume(len(chunk))
-            yield chunk
+            if bandwidth is None:
+                yield chunk
+                continue
+            async for piece in bandwidth.paced(chunk):
+                yield piece
 
     async def _put_body(
         self, fetched: FetchedObject, key: str, body: bytes, digests: Digests

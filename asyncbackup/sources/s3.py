@@ -174,6 +174,11 @@ class _Receiver:
     async def finish(self) -> None:
         """The download is complete."""
 
+    def rewind(self, written: int) -> int:
+        """A download attempt failed after ``written`` bytes came: where the next one starts
+        (what is kept of them), for a ranged GET."""
+        return written
+
 
 class _MemoryReceiver(_Receiver):
     """Chunks of a small object kept in memory (staged in one write once verified)."""
@@ -252,6 +257,18 @@ class _PartReceiver(_Receiver):
         if not self.part_md5s:  # an empty object is one empty part
             await self._next_buffer()
             await self._emit()
+
+    def rewind(self, written: int) -> int:
+        """The part being filled is dropped, and its bytes in the budget given back: the
+        next attempt starts at its beginning. A download waiting to try again (for a slot of
+        the limiter, which throttling may have cut to one) held them, while the one holding
+        the slot waited for them in the budget: both waited for good."""
+        if self.buffer is not None:
+            assert self.feed is not None
+            self.buffer = None
+            self.filled = 0
+            self.feed.release()
+        return len(self.part_md5s) * self.part_size
 
     async def _next_buffer(self) -> None:
         assert self.feed is not None, "start() comes first"
@@ -658,11 +675,15 @@ class S3Source:
                 receiver.start(head)
             body = response["Body"]
             async with body:  # always release the connection, read or not
-                while chunk := await body.read(CHUNK):
-                    if self.bandwidth is not None:
-                        await self.bandwidth.consume(len(chunk))
-                    await receiver.add(chunk)
-                    written += len(chunk)
+                try:
+                    while chunk := await body.read(CHUNK):
+                        if self.bandwidth is not None:
+                            await self.bandwidth.consume(len(chunk))
+                        await receiver.add(chunk)
+                        written += len(chunk)
+                except BaseException:
+                    written = receiver.rewind(written)
+                    raise
 
         try:
             await self.retry.call(attempt)

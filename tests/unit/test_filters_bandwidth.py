@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from asyncbackup.bandwidth import TokenBucket
@@ -67,3 +69,27 @@ async def test_token_bucket_allows_a_burst_after_idle() -> None:
     assert now[0] == pytest.approx(105.0)  # both went at once
     await bucket.consume(1000)
     assert now[0] == pytest.approx(106.0)  # then the rate holds again
+
+
+async def test_a_paced_body_never_pauses_longer_than_its_piece_takes() -> None:
+    """A 1 MiB chunk at 50 KB/s used to wait 21 s before the next one: longer than S3
+    waits for a request's body (400 RequestTimeout)."""
+    now = [0.0]
+    sent: list[tuple[float, int]] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    bucket = TokenBucket(50_000.0, clock=lambda: now[0], sleep=sleep)
+    data = bytes(range(256)) * 4096 * 2  # 2 MiB
+    pieces = []
+    for _ in range(2):
+        async for piece in bucket.paced(data[: len(data) // 2]):
+            sent.append((now[0], len(piece)))
+            pieces.append(piece)
+    assert b"".join(pieces) == data[: len(data) // 2] * 2
+    assert max(size for _, size in sent) == bucket.piece == 12_500  # the 0.25 s burst
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent)]
+    assert max(gaps) <= 0.25 + 1e-9
+    assert now[0] == pytest.approx((len(data) - bucket.piece) / 50_000.0, rel=0.01)
+    assert TokenBucket(1024.0).piece == 1024 and TokenBucket(100e6).piece == 64 * 1024

@@ -4,10 +4,17 @@ import asyncio
 import random
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from asyncbackup.errors import ObjectError
-from asyncbackup.retry import AdaptiveLimiter, Backoff, RetryPolicy, classify, retry_after
+from asyncbackup.errors import IntegrityError, ObjectError
+from asyncbackup.retry import (
+    AdaptiveLimiter,
+    Backoff,
+    RetryPolicy,
+    classify,
+    is_outage,
+    retry_after,
+)
 
 
 def client_error(code: str, status: int, headers: dict[str, str] | None = None) -> ClientError:
@@ -28,6 +35,28 @@ def test_classification() -> None:
     assert not denied.retryable
     assert str(denied) == "AccessDenied: AccessDenied happened"
     assert not classify(client_error("NoSuchKey", 404)).retryable
+
+
+def test_an_outage_is_the_servers_or_the_networks_not_an_objects() -> None:
+    """What stops a run when it fails object after object (``api.Outage``)."""
+    for exc in (
+        client_error("SlowDown", 503),
+        client_error("InternalError", 500),
+        client_error("TooManyRequests", 429),
+        client_error("502", 502),
+        EndpointConnectionError(endpoint_url="http://x"),
+        ReadTimeoutError(endpoint_url="http://x"),
+        ConnectionResetError(104, "reset"),
+    ):
+        assert is_outage(classify(exc)), exc
+    for error in (
+        classify(client_error("AccessDenied", 403)),
+        classify(client_error("BadDigest", 400)),
+        classify(client_error("RequestTimeout", 400)),
+        IntegrityError("MD5 differs"),
+        ObjectError("ObjectChanged", "replaced", retryable=True),
+    ):
+        assert not is_outage(error), error
 
 
 def test_retry_after_is_read() -> None:
