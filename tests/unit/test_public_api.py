@@ -8,9 +8,10 @@ import asyncbackup
 PUBLIC = {
     "AsyncBackupError", "BackupConfig", "BackupPlan", "BackupReport", "CheckpointCorruptError",
     "CheckpointError", "CheckpointLockedError", "CheckpointMismatchError", "CheckpointState",
-    "ConfigError", "FatalRunError", "GitHubBackupConfig", "IntegrityError", "NullObserver",
-    "ObjectError", "Observer", "StagingFullError", "StoreUnavailableError", "checkpoint_path",
-    "plan_backup", "read_checkpoint", "run_backup", "run_github_backup",
+    "ConfigError", "Endpoints", "FatalRunError", "GitHubBackupConfig", "IntegrityError",
+    "NullObserver", "ObjectError", "Observer", "StagingFullError", "StoreUnavailableError",
+    "VerifyResult", "checkpoint_path", "plan_backup", "read_checkpoint", "run_backup",
+    "run_github_backup", "verify_checkpoint",
 }  # fmt: skip
 
 

@@ -47,7 +47,7 @@ def test_each_worker_gets_its_share_of_concurrency_and_bandwidth() -> None:
     share = share_of(_config(max_bandwidth=10_000_000, concurrency=33, processes=3), 3)
     assert (share.processes, share.concurrency, share.max_bandwidth) == (1, 11, 3_333_333)
     assert share_of(_config(concurrency=5, processes=2), 2).concurrency == 3
-    assert share_of(_config(concurrency=1, processes=4), 4).concurrency == 1
+    assert share_of(_config(concurrency=4, processes=4), 4).concurrency == 1
     single = _config(max_bandwidth=10_000_000)
     assert share_of(single, 1) is single
 
