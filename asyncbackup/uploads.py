@@ -71,11 +71,14 @@ class UploadJournal:
 
 
 async def run_to_completion(awaitable: Awaitable[None], limit: float) -> None:
-    """Finish ``awaitable`` even if the caller is cancelled meanwhile (bounded by ``limit``)."""
+    """Finish ``awaitable`` even if the caller is cancelled meanwhile (bounded by ``limit``).
+    Its outcome is dropped, a timeout included: the caller's own failure (or cancellation)
+    is what goes on. (``await shield(task)`` raised the task's ``TimeoutError``, an
+    ``OSError``, which replaced a cancellation and was taken for a local I/O failure.)"""
     task = asyncio.ensure_future(asyncio.wait_for(awaitable, limit))
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
+            await asyncio.wait({task})  # returns once it is done, raises nothing of it
     with contextlib.suppress(Exception, asyncio.CancelledError):
         task.result()
 
