@@ -1,0 +1,70 @@
+"""Faults a randomized chaos soak of the S3 backup found, shrunk to fixed faults.
+
+Against moto over HTTP, through the recording, fault-injecting proxy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets
+from tests.helpers import MiB, backup_data
+from tests.proxy import Rule, S3Proxy
+
+
+def no_uploads_left(s3: Any, bucket: str) -> bool:
+    uploads: list[Any] = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return not uploads
+
+
+@pytest.mark.parametrize(
+    "size",
+    [5, 300 * 1024, 2 * MiB],
+    ids=["small", "in-memory", "streamed"],
+)
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_put_answered_200_without_its_etag_is_not_done(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, size: int, fast_path: bool
+) -> None:
+    """A PUT's 200 without an ETag (a server or a middlebox that failed after its status
+    line; here the request never reached the store) confirms nothing. It used to be taken
+    as done: the checkpoint marked the object copied, the run ended 0, and the object was
+    not at the destination."""
+    body = os.urandom(size)
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=body)
+    proxy.add_rule(Rule("empty_200", method="PUT", path=r"/data/a\.bin$", times=1))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, fast_path=fast_path)
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key="data/a.bin")["Body"].read() == body
+
+
+@pytest.mark.parametrize("step", ["part", "complete"])
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_multipart_step_answered_200_without_its_result_is_not_done(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, step: str, fast_path: bool
+) -> None:
+    """The same for UploadPart (no ETag) and CompleteMultipartUpload (no result) of a staged
+    multipart copy."""
+    body = os.urandom(6 * MiB)
+    s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=body)
+    if step == "part":
+        proxy.add_rule(Rule("empty_200", method="PUT", query="partNumber=", times=1))
+    else:
+        proxy.add_rule(Rule("empty_200", method="POST", query="uploadId=", times=1))
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        fast_path=fast_path,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key="data/big.bin")["Body"].read() == body
+    assert no_uploads_left(s3, buckets.dest)
