@@ -501,7 +501,9 @@ class S3Source:
             async with asyncio.TaskGroup() as tg:
                 download = tg.create_task(self._download(item, receiver, tmp))
                 head = await receiver.started
-                etag = str(head.get("ETag", ""))
+                # As ``_fetched``: an answer without an ETag is checked against the listed
+                # one, not taken for an object whose MD5 nobody knows (then never checked).
+                etag = str(head.get("ETag", item.etag))
                 md5 = bytes.fromhex(clean_etag(etag)) if etag_is_md5(etag, head) else b""
                 uploading = None
                 if md5:

@@ -68,3 +68,30 @@ async def test_a_multipart_step_answered_200_without_its_result_is_not_done(
     assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
     assert s3.get_object(Bucket=buckets.dest, Key="data/big.bin")["Body"].read() == body
     assert no_uploads_left(s3, buckets.dest)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [5, 300 * 1024, 2 * MiB, 6 * MiB],
+    ids=["small", "in-memory", "streamed", "parts"],
+)
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_get_answered_200_with_an_empty_body_is_not_copied_empty(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, size: int, fast_path: bool
+) -> None:
+    """A GET's 200 with no body and no headers (a server that failed after its status line)
+    is no download of the object."""
+    body = os.urandom(size)
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=body)
+    proxy.add_rule(Rule("empty_200", method="GET", path=r"/data/a\.bin$", times=1))
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        fast_path=fast_path,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key="data/a.bin")["Body"].read() == body
