@@ -389,9 +389,19 @@ class S3Source:
             self.client.list_objects_v2 if self.fast is None else self.fast.list_objects_v2
         )
 
+        async def request(params: dict[str, Any]) -> dict[str, Any]:
+            answer: dict[str, Any] = await list_objects(Bucket=self.bucket, Prefix=prefix, **params)
+            if "IsTruncated" not in answer:
+                # S3 always says whether a page is the last: a 200 without it (without a
+                # body at all: a server that failed after its status line) is no page, and
+                # taken for the last one it would end the listing there, the job "complete".
+                raise ObjectError(
+                    "InternalError", "ListObjectsV2 answered 200 without a page", retryable=True
+                )
+            return answer
+
         async def list_page(params: dict[str, Any]) -> dict[str, Any]:
-            request = functools.partial(list_objects, Bucket=self.bucket, Prefix=prefix, **params)
-            answer: dict[str, Any] = await self.retry.call(request)
+            answer: dict[str, Any] = await self.retry.call(functools.partial(request, params))
             return answer
 
         return RangeLister(list_page, prefix, streams=streams).pages()

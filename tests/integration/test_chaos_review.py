@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import Buckets
-from tests.helpers import MiB, backup_data
+from tests.helpers import MiB, backup_data, list_keys
 from tests.proxy import Rule, S3Proxy
+from tests.reliability import put_parallel
 
 
 def no_uploads_left(s3: Any, bucket: str) -> bool:
@@ -95,3 +96,23 @@ async def test_a_get_answered_200_with_an_empty_body_is_not_copied_empty(
     assert report.exit_code == 0, report.errors
     assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
     assert s3.get_object(Bucket=buckets.dest, Key="data/a.bin")["Body"].read() == body
+
+
+@pytest.mark.parametrize("page", ["max-keys=100", "continuation-token"], ids=["first", "next"])
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_listing_page_answered_200_with_an_empty_body_does_not_end_the_listing(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, fast_path: bool, page: str
+) -> None:
+    """A ListObjectsV2 200 with no body (a server that failed after its status line) is no
+    page, least of all the last one. Its second page answered so used to end the listing
+    after the first 100 keys: the run ended 0, the checkpoint archived as complete, with
+    160 objects never copied (its first page: "nothing to back up", exit 0)."""
+    objects = {f"data/k{i:04d}": b"x%d" % i for i in range(260)}
+    put_parallel(s3, buckets.source, objects)
+    proxy.add_rule(Rule("empty_200", method="GET", query=page, times=1))
+    report = await backup_data(
+        buckets, tmp_path, proxy.endpoint, fast_path=fast_path, list_streams=1
+    )
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert sorted(list_keys(s3, buckets.dest)) == sorted(objects)
