@@ -614,6 +614,13 @@ class S3Source:
                 params["IfMatch"] = head["ETag"]
             response = await get_object(**params)
             if not head:
+                if not response.get("ETag"):
+                    # S3 answers every GET with the object's ETag and its metadata: a 200
+                    # without them (a server that failed after its status line) is no
+                    # download, even where its empty body passes for an empty object's.
+                    async with response["Body"]:  # released unread
+                        pass
+                    raise IntegrityError(f"the GET of {item.key} answered 200 without its ETag")
                 if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
                     async with response["Body"]:  # released unread
                         pass

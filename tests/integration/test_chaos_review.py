@@ -116,3 +116,28 @@ async def test_a_listing_page_answered_200_with_an_empty_body_does_not_end_the_l
     assert report.exit_code == 0, report.errors
     assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
     assert sorted(list_keys(s3, buckets.dest)) == sorted(objects)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_an_empty_object_answered_200_without_headers_keeps_its_metadata(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, fast_path: bool
+) -> None:
+    """A GET's 200 with no body and no headers looks like an empty object's download, but
+    tells none of its metadata (nor its ETag): it used to be copied with none, as
+    ``application/octet-stream``."""
+    s3.put_object(
+        Bucket=buckets.source,
+        Key="data/empty",
+        Body=b"",
+        ContentType="image/png",
+        CacheControl="max-age=60",
+        Metadata={"owner": "team-a"},
+    )
+    proxy.add_rule(Rule("empty_200", method="GET", path=r"/data/empty$", times=1))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, fast_path=fast_path)
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    head = s3.head_object(Bucket=buckets.dest, Key="data/empty")
+    assert head["ContentType"] == "image/png"
+    assert head["CacheControl"] == "max-age=60"
+    assert head["Metadata"] == {"owner": "team-a"}
