@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Buckets
-from tests.helpers import MiB, backup_data, list_keys
+from tests.helpers import MiB, backup_data, list_keys, put_multipart
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import put_parallel
 
@@ -141,3 +141,32 @@ async def test_an_empty_object_answered_200_without_headers_keeps_its_metadata(
     assert head["ContentType"] == "image/png"
     assert head["CacheControl"] == "max-age=60"
     assert head["Metadata"] == {"owner": "team-a"}
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["staged", "direct"])
+async def test_a_create_answered_200_without_an_upload_id_is_retried(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, direct: bool
+) -> None:
+    """A CreateMultipartUpload 200 without a body (a server that failed after its status
+    line) used to stop the whole run: ``unexpected KeyError: 'UploadId'``, exit 3. It is
+    a transient fault: retried, and the object copied; no upload left behind."""
+    body = os.urandom(6 * MiB)
+    if direct:
+        put_multipart(s3, buckets.source, "data/big.bin", [5 * MiB, 1 * MiB])
+        body = s3.get_object(Bucket=buckets.source, Key="data/big.bin")["Body"].read()
+    else:
+        s3.put_object(Bucket=buckets.source, Key="data/big.bin", Body=body)
+    s3.put_object(Bucket=buckets.source, Key="data/small.txt", Body=b"small")
+    proxy.add_rule(Rule("empty_200", method="POST", query="uploads", times=1))
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        direct=direct,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key="data/big.bin")["Body"].read() == body
+    assert no_uploads_left(s3, buckets.dest)
