@@ -170,3 +170,43 @@ async def test_a_create_answered_200_without_an_upload_id_is_retried(
     assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
     assert s3.get_object(Bucket=buckets.dest, Key="data/big.bin")["Body"].read() == body
     assert no_uploads_left(s3, buckets.dest)
+
+
+async def test_a_direct_multipart_copy_whose_head_answered_200_without_headers_keeps_metadata(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """``--direct`` reads a multipart source's metadata with a HEAD (UploadPartCopy copies
+    none). A HEAD's 200 without the object's headers (a server that failed after its status
+    line) used to be taken as an object without any: the copy lost its content type and
+    user metadata."""
+    upload = s3.create_multipart_upload(
+        Bucket=buckets.source,
+        Key="data/big.bin",
+        ContentType="image/png",
+        Metadata={"owner": "team-a"},
+    )
+    parts = []
+    for number, size in enumerate([5 * MiB, 1 * MiB], start=1):
+        answer = s3.upload_part(
+            Bucket=buckets.source,
+            Key="data/big.bin",
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=os.urandom(size),
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    s3.complete_multipart_upload(
+        Bucket=buckets.source,
+        Key="data/big.bin",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": parts},
+    )
+    proxy.add_rule(Rule(None, method="HEAD", query="partNumber"))  # let the layout's through
+    proxy.add_rule(Rule("empty_200", method="HEAD", path=r"/data/big\.bin$", times=1))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    head = s3.head_object(Bucket=buckets.dest, Key="data/big.bin")
+    assert head["ContentType"] == "image/png"
+    assert head["Metadata"] == {"owner": "team-a"}
+    assert head["ETag"] == s3.head_object(Bucket=buckets.source, Key="data/big.bin")["ETag"]
