@@ -732,6 +732,13 @@ class FirstPartProbe:
                     raise
                 self._refused(exc)
                 return None
+            if not answer.get("ETag"):
+                # A 200 without the headers every S3 HEAD has (a server that failed after its
+                # status line) tells no layout; taken for a refusal, it would leave the
+                # download unchecked against the source's ETag.
+                raise IntegrityError(
+                    f"HEAD ?partNumber={number} of {key} answered 200 without its ETag"
+                )
             return answer
 
         return await self.retry.call(attempt)

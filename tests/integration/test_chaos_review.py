@@ -210,3 +210,35 @@ async def test_a_direct_multipart_copy_whose_head_answered_200_without_headers_k
     assert head["ContentType"] == "image/png"
     assert head["Metadata"] == {"owner": "team-a"}
     assert head["ETag"] == s3.head_object(Bucket=buckets.source, Key="data/big.bin")["ETag"]
+
+
+def put_source_multipart(s3: Any, bucket: str, key: str, sizes: list[int]) -> bytes:
+    """A multipart source object of parts of ``sizes``; its bytes."""
+    put_multipart(s3, bucket, key, sizes)
+    body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_layout_head_without_headers_and_a_corrupt_download_are_not_copied(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, fast_path: bool
+) -> None:
+    """Two faults at once. The ``HEAD ?partNumber=1`` that tells a multipart source's layout
+    answered 200 without the part's headers (no length): the layout was taken as unknown,
+    as if the server refused the HEAD, so the download was never checked against the
+    source's ETag - and a download corrupted on its way was copied and marked done."""
+    body = put_source_multipart(s3, buckets.source, "data/big.bin", [5 * MiB, 1 * MiB])
+    proxy.add_rule(Rule("empty_200", method="HEAD", query="partNumber", times=1))
+    proxy.add_rule(Rule("corrupt", method="GET", path=r"/data/big\.bin$", times=1))
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        fast_path=fast_path,
+        multipart_threshold=5 * MiB,
+        part_size=5 * MiB,
+    )
+    assert report.exit_code == 0, report.errors
+    assert sum(r.fault == "empty_200" for r in proxy.requests) == 1
+    assert sum(r.fault == "corrupt" for r in proxy.requests) == 1
+    assert s3.get_object(Bucket=buckets.dest, Key="data/big.bin")["Body"].read() == body
