@@ -621,6 +621,18 @@ class S3Source:
                     async with response["Body"]:  # released unread
                         pass
                     raise IntegrityError(f"the GET of {item.key} answered 200 without its ETag")
+                listed_single = item.etag and not multipart_parts(item.etag)
+                if listed_single and multipart_parts(str(response["ETag"])):
+                    # Listed as a single-part object, a multipart one now: its bytes can be
+                    # checked only in its own part layout, which was not probed - copied,
+                    # they would be copied unchecked.
+                    async with response["Body"]:  # released unread
+                        pass
+                    raise ObjectError(
+                        "ObjectChanged",
+                        "the object was replaced by a multipart upload since it was listed; "
+                        "run again to copy it as listed now",
+                    )
                 if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
                     async with response["Body"]:  # released unread
                         pass
