@@ -141,6 +141,15 @@ async def tracked_upload(
                 elif isinstance(error, ClientError):
                     unanswered = False
             raise
+        if not result.get("UploadId"):
+            # A 200 without the upload's id (a server that failed after its status line):
+            # made or not, nobody can tell, as for an answer lost. Tried again, the key
+            # swept once the upload is done (``others_may_exist``).
+            raise ObjectError(
+                "InternalError",
+                "CreateMultipartUpload answered 200 without an UploadId",
+                retryable=True,
+            )
         unanswered = False
         return result
 

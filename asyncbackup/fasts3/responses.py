@@ -255,7 +255,7 @@ def list_objects_v2_output(
     whose body is an error document, or not XML, is raised as ``_checked_root`` does."""
     listed = list(headers)
     root = _checked_root(listed, status, body, "ListObjectsV2")
-    out: dict[str, Any] = {"IsTruncated": False}
+    out: dict[str, Any] = {}  # no IsTruncated where the answer has none, as botocore
     contents: list[dict[str, Any]] = []
     prefixes: list[dict[str, str]] = []
     names: dict[str, str] = {}  # tag -> name without the namespace (the same few, 1,000 times)

@@ -41,6 +41,16 @@ def check_checksum_support(mode: ChecksumMode) -> None:
         )
 
 
+def _answered_etag(response: dict[str, Any], request: str) -> str:
+    """The ETag of an upload's 200 answer (PUT, UploadPart, CompleteMultipartUpload). S3
+    always sends one: a 200 without it (a server or a middlebox that failed after its status
+    line) confirms nothing, and the object is copied again rather than marked done."""
+    etag = response.get("ETag")
+    if not etag:
+        raise IntegrityError(f"{request} answered 200 without an ETag: not stored")
+    return str(etag)
+
+
 def _read_chunk(path: Path, offset: int, length: int) -> bytes:
     """``length`` bytes of a staged file from ``offset`` (blocking), the file opened and
     closed again."""
@@ -265,7 +275,7 @@ class S3Sink:
         return big_enough and -(-size // part_size) <= S3_MAX_PARTS
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
-        etag = str(response.get("ETag", ""))
+        etag = _answered_etag(response, f"the upload of {key}")
         checked = self.checksum != "none" and etag and etag_is_md5(etag, response)
         if checked and clean_etag(etag) != expected:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
@@ -339,12 +349,12 @@ class S3Sink:
                 )
             )
             expected = multipart_etag(md5s)
-            etag = clean_etag(str(response.get("ETag", "")))
+            etag = clean_etag(_answered_etag(response, f"CompleteMultipartUpload of {key}"))
             verifiable = (
                 self.checksum != "none"
                 and response.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE
             )
-            if verifiable and etag and etag != expected:
+            if verifiable and etag != expected:
                 raise IntegrityError(f"multipart ETag {etag} differs from {expected}")
             same_layout = part_size == fetched.source_part_size
             if (

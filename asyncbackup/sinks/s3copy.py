@@ -185,10 +185,17 @@ class ServerSideCopier:
             ) from exc
 
     async def _head_source(self, item: WorkItem) -> dict[str, Any]:
-        head: dict[str, Any] = await self.retry.call(
-            functools.partial(self.client.head_object, Bucket=self.source_bucket, Key=item.key)
-        )
-        return head
+        async def head_object() -> dict[str, Any]:
+            head: dict[str, Any] = await self.client.head_object(
+                Bucket=self.source_bucket, Key=item.key
+            )
+            if not head.get("ETag"):
+                # S3 answers a HEAD with the object's ETag and metadata: a 200 without them
+                # (a server that failed after its status line) would copy none of them.
+                raise IntegrityError(f"the HEAD of {item.key} answered 200 without its ETag")
+            return head
+
+        return await self.retry.call(head_object)
 
     def _create_params(self, item: WorkItem, head: dict[str, Any]) -> dict[str, Any]:
         """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers

@@ -412,9 +412,19 @@ class S3Source:
             self.client.list_objects_v2 if self.fast is None else self.fast.list_objects_v2
         )
 
+        async def request(params: dict[str, Any]) -> dict[str, Any]:
+            answer: dict[str, Any] = await list_objects(Bucket=self.bucket, Prefix=prefix, **params)
+            if "IsTruncated" not in answer:
+                # S3 always says whether a page is the last: a 200 without it (without a
+                # body at all: a server that failed after its status line) is no page, and
+                # taken for the last one it would end the listing there, the job "complete".
+                raise ObjectError(
+                    "InternalError", "ListObjectsV2 answered 200 without a page", retryable=True
+                )
+            return answer
+
         async def list_page(params: dict[str, Any]) -> dict[str, Any]:
-            request = functools.partial(list_objects, Bucket=self.bucket, Prefix=prefix, **params)
-            answer: dict[str, Any] = await self.retry.call(request)
+            answer: dict[str, Any] = await self.retry.call(functools.partial(request, params))
             return answer
 
         return RangeLister(list_page, prefix, streams=streams).pages()
@@ -526,7 +536,9 @@ class S3Source:
             async with asyncio.TaskGroup() as tg:
                 download = tg.create_task(self._download(item, receiver, tmp))
                 head = await receiver.started
-                etag = str(head.get("ETag", ""))
+                # As ``_fetched``: an answer without an ETag is checked against the listed
+                # one, not taken for an object whose MD5 nobody knows (then never checked).
+                etag = str(head.get("ETag", item.etag))
                 md5 = bytes.fromhex(clean_etag(etag)) if etag_is_md5(etag, head) else b""
                 uploading = None
                 if md5:
@@ -652,6 +664,25 @@ class S3Source:
                 params["IfMatch"] = head["ETag"]
             response = await get_object(**params)
             if not head:
+                if not response.get("ETag"):
+                    # S3 answers every GET with the object's ETag and its metadata: a 200
+                    # without them (a server that failed after its status line) is no
+                    # download, even where its empty body passes for an empty object's.
+                    async with response["Body"]:  # released unread
+                        pass
+                    raise IntegrityError(f"the GET of {item.key} answered 200 without its ETag")
+                listed_single = item.etag and not multipart_parts(item.etag)
+                if listed_single and multipart_parts(str(response["ETag"])):
+                    # Listed as a single-part object, a multipart one now: its bytes can be
+                    # checked only in its own part layout, which was not probed - copied,
+                    # they would be copied unchecked.
+                    async with response["Body"]:  # released unread
+                        pass
+                    raise ObjectError(
+                        "ObjectChanged",
+                        "the object was replaced by a multipart upload since it was listed; "
+                        "run again to copy it as listed now",
+                    )
                 if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
                     async with response["Body"]:  # released unread
                         pass
@@ -777,6 +808,13 @@ class FirstPartProbe:
                     raise
                 self._refused(exc)
                 return None
+            if not answer.get("ETag"):
+                # A 200 without the headers every S3 HEAD has (a server that failed after its
+                # status line) tells no layout; taken for a refusal, it would leave the
+                # download unchecked against the source's ETag.
+                raise IntegrityError(
+                    f"HEAD ?partNumber={number} of {key} answered 200 without its ETag"
+                )
             return answer
 
         return await self.retry.call(attempt)
