@@ -305,8 +305,15 @@ async def _start_and_abort(
     the bucket exists, these credentials may write there, and the destination takes the
     settings. An abort refused leaves an empty upload, said once."""
     upload = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
+    upload_id = upload.get("UploadId")
+    if not upload_id:  # a 200 without it (a server failing after its status line): again
+        raise ObjectError(
+            "InternalError",
+            "CreateMultipartUpload answered 200 without an UploadId",
+            retryable=True,
+        )
     try:
-        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except ClientError as exc:
         log.warning(
             "the write check's upload of %r could not be aborted (%s): give the destination "

@@ -136,7 +136,7 @@ async def tracked_upload(
                 request.cancel()
             elif not request.cancelled():
                 error = request.exception()
-                if error is None:
+                if error is None and request.result().get("UploadId"):
                     late, unanswered = request.result()["UploadId"], False
                 elif isinstance(error, ClientError):
                     unanswered = False

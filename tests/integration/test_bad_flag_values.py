@@ -188,3 +188,17 @@ def test_a_kms_key_the_destination_refuses_stops_the_run_before_anything_is_copi
     again = run_cli([*args, "--sse", "aws:kms", "--quiet"])
     assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, buckets.dest) == 30
+
+
+def test_a_start_up_upload_answered_200_without_its_id_is_asked_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The start-up check's upload (--dest-write-only, SSE-KMS, a storage class) answered 200
+    with no body (a server failing after its status line) ended the run with "unexpected
+    KeyError: 'UploadId'", exit 3. It is a transient failure like any other: asked again."""
+    put_parallel(s3, buckets.source, {"p/a": b"a"})
+    proxy.add_rule(Rule("empty_200", method="POST", path="asyncbackup-write-check", times=1))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--storage-class", "STANDARD_IA", "--quiet"])
+    assert done.returncode == 0, done.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 1
