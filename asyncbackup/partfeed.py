@@ -110,4 +110,10 @@ class PartFeed:
     def give(self, index: int, data: bytes | bytearray, digests: Digests) -> None:
         if index >= self.count:
             raise IntegrityError("the download is longer than its part layout")
-        self.parts[index].set_result((data, digests))
+        part = self.parts[index]
+        if part.cancelled():
+            # Its uploader was cancelled while it waited (a sibling part failed, and the
+            # upload is failing): nobody takes it, and the upload's failure is what stops
+            # the download. Its bytes stay counted until ``close``.
+            return
+        part.set_result((data, digests))

@@ -93,3 +93,25 @@ async def test_a_part_handed_to_the_upload_is_held_by_it_alone(tmp_path: Path) -
         part2, _ = await feed.take(2)
         assert (part0, part2) == (data[:10], data[20:])
     assert (tmp_path / "staged").read_bytes() == data
+
+
+async def test_a_part_whose_uploader_was_cancelled_is_given_without_an_error() -> None:
+    """A part upload that failed cancels its sibling workers, and one waiting in ``take()``
+    cancels the part's future with it; the upload then aborts (up to 10 s) before it fails,
+    and the download, still going, handed that part over: ``InvalidStateError``, which took
+    the place of the upload's own (retryable) failure and ended the run "unexpected" (a
+    flaky CI failure of test_chaos_review). The part now goes nowhere; the upload's failure
+    is the one that stops both."""
+    from asyncbackup.checksums import Digests
+    from asyncbackup.partfeed import PartFeed
+
+    feed = PartFeed(2, 4, ByteBudget(100))
+    taker = asyncio.create_task(feed.take(1))
+    await asyncio.sleep(0)
+    taker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taker
+    await feed.reserve()
+    feed.give(1, bytearray(b"abcd"), Digests(md5=b"", checksum=None))  # raised before
+    feed.close()
+    assert feed.budget.free == 100  # what the part held is given back
