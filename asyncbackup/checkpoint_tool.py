@@ -570,7 +570,7 @@ def _state(info: CheckpointInfo) -> str:
 
 
 def format_codes(codes: Mapping[str, int]) -> str:
-    return ", ".join(f"{printable(code)} {count}" for code, count in codes.items())
+    return ", ".join(f"{printable(code)} {count:,}" for code, count in codes.items())
 
 
 def format_info(info: CheckpointInfo) -> str:

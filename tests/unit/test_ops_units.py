@@ -180,3 +180,11 @@ async def test_github_checkpoints_are_described_and_not_verified(tmp_path: Path)
     assert "GitHub acme (https://api.github.com) -> s3://d" in format_info(info)
     with pytest.raises(ConfigError, match="checkpoint of a GitHub backup"):
         await verify_checkpoint(path, Endpoints())
+
+
+def test_error_counts_by_code_have_thousands_separators_as_every_other_count() -> None:
+    """The summary said "job: 0 of 30,000 files done; 30,000 errors" and then "errors by code:
+    AccessDenied 30000" (the failure-at-scale review)."""
+    from asyncbackup.checkpoint_tool import format_codes
+
+    assert format_codes({"AccessDenied": 30000, "SlowDown": 2}) == "AccessDenied 30,000, SlowDown 2"
