@@ -648,6 +648,38 @@ class S3Source:
             raise _local_error(exc) from exc
         return fetched
 
+    async def _first_answer(
+        self, item: WorkItem, response: dict[str, Any], *, small: bool
+    ) -> dict[str, Any]:
+        """The object as the first answer to its GET describes it (its body left out), once
+        that answer is one to copy from, with its tags read (``--copy-tags``)."""
+        if not response.get("ETag"):
+            # S3 answers every GET with the object's ETag and its metadata: a 200 without
+            # them (a server that failed after its status line) is no download, even where
+            # its empty body passes for an empty object's.
+            raise IntegrityError(f"the GET of {item.key} answered 200 without its ETag")
+        if item.etag and not multipart_parts(item.etag) and multipart_parts(response["ETag"]):
+            # Listed as a single-part object, a multipart one now: its bytes can be checked
+            # only in its own part layout, which was not probed - copied, they would be
+            # copied unchecked.
+            raise ObjectError(
+                "ObjectChanged",
+                "the object was replaced by a multipart upload since it was listed; run again "
+                "to copy it as listed now",
+            )
+        if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
+            raise ObjectError(
+                "ObjectChanged",
+                f"the object grew from {item.size} bytes since it was listed; "
+                "run again to copy it as listed now",
+            )
+        first = {name: value for name, value in response.items() if name != "Body"}
+        if self.copy_tags and tag_count(first):
+            first[TAGGING] = await read_tags(
+                self.client, self.bucket, item.key, first.get("VersionId")
+            )
+        return first
+
     async def _download(
         self, item: WorkItem, receiver: _Receiver, tmp: Path | None
     ) -> FetchedObject:
@@ -664,44 +696,12 @@ class S3Source:
                 params["IfMatch"] = head["ETag"]
             response = await get_object(**params)
             if not head:
-                if not response.get("ETag"):
-                    # S3 answers every GET with the object's ETag and its metadata: a 200
-                    # without them (a server that failed after its status line) is no
-                    # download, even where its empty body passes for an empty object's.
+                try:
+                    first = await self._first_answer(item, response, small=small)
+                except BaseException:
                     async with response["Body"]:  # released unread
                         pass
-                    raise IntegrityError(f"the GET of {item.key} answered 200 without its ETag")
-                listed_single = item.etag and not multipart_parts(item.etag)
-                if listed_single and multipart_parts(str(response["ETag"])):
-                    # Listed as a single-part object, a multipart one now: its bytes can be
-                    # checked only in its own part layout, which was not probed - copied,
-                    # they would be copied unchecked.
-                    async with response["Body"]:  # released unread
-                        pass
-                    raise ObjectError(
-                        "ObjectChanged",
-                        "the object was replaced by a multipart upload since it was listed; "
-                        "run again to copy it as listed now",
-                    )
-                if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
-                    async with response["Body"]:  # released unread
-                        pass
-                    raise ObjectError(
-                        "ObjectChanged",
-                        f"the object grew from {item.size} bytes since it was listed; "
-                        "run again to copy it as listed now",
-                    )
-                first = dict(response)
-                del first["Body"]
-                if self.copy_tags and tag_count(first):
-                    try:
-                        first[TAGGING] = await read_tags(
-                            self.client, self.bucket, item.key, first.get("VersionId")
-                        )
-                    except BaseException:
-                        async with response["Body"]:  # released unread
-                            pass
-                        raise
+                    raise
                 head.update(first)
                 receiver.start(head)
             body = response["Body"]
