@@ -26,7 +26,7 @@ from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import OPAQUE_ETAG_SSE, FetchedObject, clean_etag, etag_is_md5
+from ..sources.s3 import OPAQUE_ETAG_SSE, FetchedObject, answered_etag, clean_etag, etag_is_md5
 from ..uploads import UploadJournal, tracked_upload
 
 log = logging.getLogger("asyncbackup")
@@ -39,16 +39,6 @@ def check_checksum_support(mode: ChecksumMode) -> None:
             "--checksum crc32c needs botocore's CRT extension: pip install 'botocore[crt]', "
             "or choose --checksum crc32 or md5"
         )
-
-
-def _answered_etag(response: dict[str, Any], request: str) -> str:
-    """The ETag of an upload's 200 answer (PUT, UploadPart, CompleteMultipartUpload). S3
-    always sends one: a 200 without it (a server or a middlebox that failed after its status
-    line) confirms nothing, and the object is copied again rather than marked done."""
-    etag = response.get("ETag")
-    if not etag:
-        raise IntegrityError(f"{request} answered 200 without an ETag: not stored")
-    return str(etag)
 
 
 def _read_chunk(path: Path, offset: int, length: int) -> bytes:
@@ -275,7 +265,7 @@ class S3Sink:
         return big_enough and -(-size // part_size) <= S3_MAX_PARTS
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
-        etag = _answered_etag(response, f"the upload of {key}")
+        etag = answered_etag(response.get("ETag"), f"the upload of {key}")
         checked = self.checksum != "none" and etag and etag_is_md5(etag, response)
         if checked and clean_etag(etag) != expected:
             raise IntegrityError(f"destination ETag {etag} is not the MD5 sent for {key}")
@@ -349,7 +339,9 @@ class S3Sink:
                 )
             )
             expected = multipart_etag(md5s)
-            etag = clean_etag(_answered_etag(response, f"CompleteMultipartUpload of {key}"))
+            etag = clean_etag(
+                answered_etag(response.get("ETag"), f"CompleteMultipartUpload of {key}")
+            )
             verifiable = (
                 self.checksum != "none"
                 and response.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE

@@ -33,6 +33,7 @@ from ..sources.s3 import (
     OPAQUE_ETAG_SSE,
     PRESERVED_FIELDS,
     FirstPartProbe,
+    answered_etag,
     clean_etag,
     etag_is_digest,
     etag_is_md5,
@@ -99,7 +100,7 @@ class ServerSideCopier:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
-        etag = _answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
+        etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
         # is no MD5 (the listing does not say so), which only the source's HEAD tells.
@@ -189,10 +190,8 @@ class ServerSideCopier:
             head: dict[str, Any] = await self.client.head_object(
                 Bucket=self.source_bucket, Key=item.key
             )
-            if not head.get("ETag"):
-                # S3 answers a HEAD with the object's ETag and metadata: a 200 without them
-                # (a server that failed after its status line) would copy none of them.
-                raise IntegrityError(f"the HEAD of {item.key} answered 200 without its ETag")
+            # without its ETag, none of the metadata the copy takes from it either
+            answered_etag(head.get("ETag"), f"the HEAD of {item.key}")
             return head
 
         return await self.retry.call(head_object)
@@ -242,7 +241,7 @@ class ServerSideCopier:
                     )
                     done[index] = {
                         "PartNumber": index + 1,
-                        "ETag": _answered_etag(
+                        "ETag": answered_etag(
                             answer.get("CopyPartResult", {}).get("ETag"),
                             f"UploadPartCopy of part {index + 1}",
                         ),
@@ -265,17 +264,8 @@ class ServerSideCopier:
                 )
             )
             # in the block: an answer without the ETag aborts the upload
-            etag = clean_etag(_answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
+            etag = clean_etag(answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
-
-
-def _answered_etag(etag: Any, request: str) -> str:
-    """The ETag of a copy's 200 answer. S3 sends a copy's 200 before the copy is made and its
-    outcome in the body: a 200 without the result (the server failed after its status line)
-    is no copy, and the object is copied again."""
-    if not etag:
-        raise IntegrityError(f"{request} answered 200 without the copy's ETag: not copied")
-    return str(etag)
 
 
 def _even_parts(size: int, part_size: int) -> list[int]:

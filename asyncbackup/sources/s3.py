@@ -97,6 +97,16 @@ def _fetched(
     return fetched
 
 
+def answered_etag(etag: Any, what: str) -> str:
+    """The ETag a 200 answer carries (every S3 answer about an object or an upload has one).
+    A 200 without it - a server or a middlebox that failed after its status line, or, for a
+    copy, one whose outcome S3 puts in the body - confirms nothing: an ``IntegrityError``,
+    and the request (or the object) is tried again."""
+    if not etag:
+        raise IntegrityError(f"{what} answered 200 without its ETag")
+    return str(etag)
+
+
 def clean_etag(etag: str) -> str:
     return etag.strip().strip('"').lower()
 
@@ -653,12 +663,9 @@ class S3Source:
     ) -> dict[str, Any]:
         """The object as the first answer to its GET describes it (its body left out), once
         that answer is one to copy from, with its tags read (``--copy-tags``)."""
-        if not response.get("ETag"):
-            # S3 answers every GET with the object's ETag and its metadata: a 200 without
-            # them (a server that failed after its status line) is no download, even where
-            # its empty body passes for an empty object's.
-            raise IntegrityError(f"the GET of {item.key} answered 200 without its ETag")
-        if item.etag and not multipart_parts(item.etag) and multipart_parts(response["ETag"]):
+        # without its ETag, no download: even its empty body would pass for an empty object's
+        etag = answered_etag(response.get("ETag"), f"the GET of {item.key}")
+        if item.etag and not multipart_parts(item.etag) and multipart_parts(etag):
             # Listed as a single-part object, a multipart one now: its bytes can be checked
             # only in its own part layout, which was not probed - copied, they would be
             # copied unchecked.
@@ -808,13 +815,9 @@ class FirstPartProbe:
                     raise
                 self._refused(exc)
                 return None
-            if not answer.get("ETag"):
-                # A 200 without the headers every S3 HEAD has (a server that failed after its
-                # status line) tells no layout; taken for a refusal, it would leave the
-                # download unchecked against the source's ETag.
-                raise IntegrityError(
-                    f"HEAD ?partNumber={number} of {key} answered 200 without its ETag"
-                )
+            # without its headers it tells no layout; taken for a refusal, it would leave the
+            # download unchecked against the source's ETag
+            answered_etag(answer.get("ETag"), f"HEAD ?partNumber={number} of {key}")
             return answer
 
         return await self.retry.call(attempt)
