@@ -298,20 +298,27 @@ async def check_bucket(
         ) from None
 
 
+def upload_id_of(answer: Mapping[str, Any]) -> str:
+    """The id a CreateMultipartUpload 200 answer carries. Without it (a server that failed
+    after its status line) the upload was made or not, nobody can tell, as for an answer
+    lost: a retryable ``InternalError``."""
+    upload_id = answer.get("UploadId")
+    if not upload_id:
+        raise ObjectError(
+            "InternalError",
+            "CreateMultipartUpload answered 200 without an UploadId",
+            retryable=True,
+        )
+    return str(upload_id)
+
+
 async def _start_and_abort(
     client: S3Client, bucket: str, key: str, params: Mapping[str, str]
 ) -> None:
     """Start a multipart upload of ``key`` (with the run's upload ``params``) and abort it:
     the bucket exists, these credentials may write there, and the destination takes the
     settings. An abort refused leaves an empty upload, said once."""
-    upload = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
-    upload_id = upload.get("UploadId")
-    if not upload_id:  # a 200 without it (a server failing after its status line): again
-        raise ObjectError(
-            "InternalError",
-            "CreateMultipartUpload answered 200 without an UploadId",
-            retryable=True,
-        )
+    upload_id = upload_id_of(await client.create_multipart_upload(Bucket=bucket, Key=key, **params))
     try:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except ClientError as exc:

@@ -29,7 +29,7 @@ from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
 from .pipeline import primary_error
 from .retry import RetryPolicy, error_code
-from .s3client import S3Client
+from .s3client import S3Client, upload_id_of
 
 log = logging.getLogger("asyncbackup")
 
@@ -136,20 +136,15 @@ async def tracked_upload(
                 request.cancel()
             elif not request.cancelled():
                 error = request.exception()
-                if error is None and request.result().get("UploadId"):
-                    late, unanswered = request.result()["UploadId"], False
+                if error is None:  # an answer without its id leaves it unanswered
+                    with contextlib.suppress(ObjectError):
+                        late, unanswered = upload_id_of(request.result()), False
                 elif isinstance(error, ClientError):
                     unanswered = False
             raise
-        if not result.get("UploadId"):
-            # A 200 without the upload's id (a server that failed after its status line):
-            # made or not, nobody can tell, as for an answer lost. Tried again, the key
-            # swept once the upload is done (``others_may_exist``).
-            raise ObjectError(
-                "InternalError",
-                "CreateMultipartUpload answered 200 without an UploadId",
-                retryable=True,
-            )
+        # Without its id: tried again, the key swept once the upload is done
+        # (``others_may_exist``).
+        upload_id_of(result)
         unanswered = False
         return result
 
