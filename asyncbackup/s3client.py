@@ -121,7 +121,7 @@ async def open_client(
                 options["verify"] = False
         control = _control_client(profile, region, options, config)
     except ProfileNotFound:
-        flag = "--source-profile" if role == "source" else "--dest-profile"
+        flag = profile_flag(role)
         raise ConfigError(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
@@ -188,12 +188,17 @@ def _refuse_garbled_credentials(role: str, control: Any) -> None:
         return
     values = (credentials.access_key, credentials.secret_key, credentials.token)
     if any(value and not value.isprintable() for value in values):
-        flag = "--source-profile" if role == "source" else "--dest-profile"
+        flag = profile_flag(role)
         raise ConfigError(
             f"the {role} credentials hold a control character (a line break left by an env "
             f"file with Windows line ends, say); check the keys of {flag} or the AWS_* "
             "variables"
         )
+
+
+def profile_flag(role: str) -> str:
+    """The flag that gives the credentials of ``role`` (``source`` or ``destination``)."""
+    return "--source-profile" if role == "source" else "--dest-profile"
 
 
 def client_endpoint(client: S3Client) -> str | None:
@@ -231,7 +236,7 @@ async def check_bucket(
     ``upload_params`` (SSE-KMS, a storage class), follows the listing: a KMS key or a class
     the destination refuses is found before any object is downloaded for nothing.
     """
-    flag = "--source-profile" if role == "source" else "--dest-profile"
+    flag = profile_flag(role)
     params = dict(upload_params or {})
     uploading = False  # the failure is the upload's (not the listing's)
 

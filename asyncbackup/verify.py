@@ -29,7 +29,7 @@ from .errors import ConfigError, FatalRunError, ObjectError
 from .pipeline import primary_error
 from .printable import printable
 from .retry import RetryPolicy
-from .s3client import S3Client, check_bucket, open_client
+from .s3client import S3Client, check_bucket, open_client, profile_flag
 from .sources.s3 import S3Source, clean_etag, etag_is_digest, is_md5_etag
 
 #: how many HEADs of suspect copies (single-part ETags that differ) are in flight at once
@@ -133,7 +133,7 @@ async def _listed(
                 if key is not None:
                     found[key] = Listed(item.size, clean_etag(item.etag))
     except ObjectError as exc:
-        flag = "--source-profile" if role == "source" else "--dest-profile"
+        flag = profile_flag(role)
         raise FatalRunError(
             f"cannot list the {role} bucket {source.bucket!r} under {prefix!r}: {exc}; "
             f"nothing was verified - check the access of {flag}'s credentials to it, the "
@@ -274,7 +274,7 @@ async def _head(side: S3Source, key: str, role: str) -> dict[str, Any] | None:
             return None
         if exc.code in ("403", "AccessDenied"):
             return {}
-        flag = "--source-profile" if role == "source" else "--dest-profile"
+        flag = profile_flag(role)
         raise FatalRunError(
             f"cannot read the {role} object {printable(key)!r} of bucket {side.bucket!r}: "
             f"{exc}; check the access of {flag}'s credentials to it, the endpoint and the "
