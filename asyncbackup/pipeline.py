@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import FatalRunError, ObjectError
@@ -28,6 +28,8 @@ from .journal import Changes
 from .progress import GuardedObserver, NullObserver, Observer
 
 log = logging.getLogger("asyncbackup")
+
+T = TypeVar("T")
 
 _STALE_SHOWN = 3  # stale errors named in the line that drops them
 
@@ -146,6 +148,25 @@ def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(leaf, asyncio.CancelledError):
             return leaf
     return leaves[0]
+
+
+async def for_each_bounded(
+    items: Sequence[T], limit: int, work: Callable[[T], Awaitable[None]]
+) -> None:
+    """``work`` on every item, ``limit`` at a time, in order; the first failure cancels the
+    rest and is raised itself (``primary_error``), not in a group."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(limit, len(items))):
+                tg.create_task(worker())
+    except BaseExceptionGroup as group:
+        raise primary_error(group) from None
 
 
 class Pipeline:

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
-from .pipeline import primary_error
+from .pipeline import for_each_bounded
 from .retry import RetryPolicy, error_code
 from .s3client import S3Client, upload_id_of
 
@@ -265,21 +265,18 @@ async def abort_recorded_uploads(
         return
     bucket, retry = config.dest_bucket, RetryPolicy(config.max_attempts)
     kept: dict[str, Any] = {}
-    lanes = asyncio.Semaphore(_ABORTS_AT_ONCE)
 
-    async def abort(key: str, upload_id: Any) -> None:
-        async with lanes:
-            try:
-                by_id = isinstance(upload_id, str) and bool(upload_id)
-                if by_id:
-                    await retry.call(
-                        functools.partial(abort_upload, client, bucket, key, upload_id)
-                    )
-                aborted = await _sweep_if_allowed(client, bucket, key, retry, aborted_by_id=by_id)
-            except ObjectError as exc:
-                kept[key] = upload_id
-                _not_aborted(key, exc, bucket, last_try=last_try)
-                return
+    async def abort(record: tuple[str, Any]) -> None:
+        key, upload_id = record
+        try:
+            by_id = isinstance(upload_id, str) and bool(upload_id)
+            if by_id:
+                await retry.call(functools.partial(abort_upload, client, bucket, key, upload_id))
+            aborted = await _sweep_if_allowed(client, bucket, key, retry, aborted_by_id=by_id)
+        except ObjectError as exc:
+            kept[key] = upload_id
+            _not_aborted(key, exc, bucket, last_try=last_try)
+            return
         log.info(
             "aborted the multipart upload of %s left behind (%s, %d more found)",
             key,
@@ -287,12 +284,8 @@ async def abort_recorded_uploads(
             aborted,
         )
 
-    try:
-        async with asyncio.TaskGroup() as tg:  # a crash at --concurrency N leaves up to N
-            for key, upload_id in dict(extra[SECTION]).items():
-                tg.create_task(abort(key, upload_id))
-    except BaseExceptionGroup as group:  # the failure itself, not a group of one
-        raise primary_error(group) from None
+    # a crash at --concurrency N leaves up to N
+    await for_each_bounded(list(extra[SECTION].items()), _ABORTS_AT_ONCE, abort)
     if kept:
         extra[SECTION] = kept
     else:

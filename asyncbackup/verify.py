@@ -26,7 +26,7 @@ from .checkpoint import CheckpointState
 from .checkpoint_tool import is_github, load
 from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError
-from .pipeline import primary_error
+from .pipeline import for_each_bounded, primary_error
 from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client, profile_flag
@@ -214,18 +214,11 @@ async def _look_closer(
     """HEAD both sides of each pair of single-part ETags that differ: other content, unless an
     encryption makes an ETag opaque or the object changed since it was listed."""
     verdicts: dict[str, str] = {}
-    queue = iter(suspects)
 
-    async def worker() -> None:
-        for pair in queue:
-            verdicts[pair.key] = await _verdict(pair, source, dest, dest_key(pair.key))
+    async def look(pair: Mismatch) -> None:
+        verdicts[pair.key] = await _verdict(pair, source, dest, dest_key(pair.key))
 
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(_HEADS_AT_ONCE, len(suspects))):
-                tg.create_task(worker())
-    except BaseExceptionGroup as group:
-        raise primary_error(group) from None
+    await for_each_bounded(suspects, _HEADS_AT_ONCE, look)
     for pair in suspects:  # still in key order
         verdict = verdicts[pair.key]
         if verdict == "different":

@@ -28,7 +28,7 @@ from ..fasts3 import FastS3
 from ..listing import RangeLister
 from ..localio import LocalIO, open_for_writing, remove_temporary
 from ..partfeed import ByteBudget, PartFeed
-from ..pipeline import WorkItem, primary_error
+from ..pipeline import WorkItem, for_each_bounded, primary_error
 from ..retry import RetryPolicy, error_code
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_disk_full
@@ -826,24 +826,17 @@ class FirstPartProbe:
         """The length of each of an object's ``parts`` (a ``HEAD ?partNumber=`` each, a few
         at a time), or None when the server refuses them."""
         sizes = [0] * parts
-        numbers = iter(range(parts))
 
-        async def prober() -> None:
-            for index in numbers:
-                head = await self.head(key, index + 1)
-                if head is None:
-                    raise _Refused
-                sizes[index] = int(head.get("ContentLength", 0))
+        async def probe(index: int) -> None:
+            head = await self.head(key, index + 1)
+            if head is None:
+                raise _Refused
+            sizes[index] = int(head.get("ContentLength", 0))
 
         try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(_LAYOUT_PROBES, parts)):
-                    tg.create_task(prober())
-        except BaseExceptionGroup as group:
-            error = primary_error(group)
-            if isinstance(error, _Refused):
-                return None
-            raise error from None
+            await for_each_bounded(range(parts), _LAYOUT_PROBES, probe)
+        except _Refused:
+            return None
         return sizes
 
     def _refused(self, exc: ClientError) -> None:
