@@ -45,7 +45,7 @@ from .errors import (
     CheckpointMismatchError,
     ConfigError,
 )
-from .filemodes import FILE_MODE, NOFOLLOW, make_folders, private_opener
+from .filemodes import FILE_MODE, NOFOLLOW, make_folders, private_opener, trusted_owner
 from .journal import (
     Changes,
     JournalContents,
@@ -409,7 +409,7 @@ def written_file(path: Path) -> Path:
     ``fs.protected_symlinks`` refuses it in ``/tmp`` (which ``realpath`` would get around)."""
     if not path.is_symlink():
         return path
-    if path.lstat().st_uid not in (os.geteuid(), 0):
+    if not trusted_owner(path.lstat().st_uid):
         raise OSError(errno.ELOOP, "a symbolic link another user owns", str(path))
     return Path(os.path.realpath(path))
 

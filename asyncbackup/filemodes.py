@@ -45,19 +45,23 @@ def make_folders(path: Path) -> None:
             raise
 
 
+def trusted_owner(uid: int) -> bool:
+    """Whether a file or link of ``uid`` can be trusted: this user's, or root's."""
+    return uid in (os.geteuid(), 0)
+
+
 def refuse_shared_folder(path: Path, what: str) -> None:
     """Refuse a folder whose files another user could redirect (``ConfigError``): one they own
     (or a link to it they own), or one they may write, where they could plant a symbolic
     link at the name of a subfolder to be, and have the files written through it. As ssh's
     StrictModes; root's folders are trusted."""
-    trusted = (os.geteuid(), 0)
-    if path.is_symlink() and path.lstat().st_uid not in trusted:
+    if path.is_symlink() and not trusted_owner(path.lstat().st_uid):
         raise ConfigError(
             f"{what} {path} is a symbolic link another user owns: the files written there "
             "would go where they chose; use a folder of your own (--base-local-path)"
         )
     status = path.stat()
-    if status.st_uid not in trusted:
+    if not trusted_owner(status.st_uid):
         raise ConfigError(
             f"{what} {path} belongs to another user (uid {status.st_uid}), who could redirect "
             "the files written there through a symbolic link; use a folder of your own "
