@@ -240,14 +240,7 @@ async def test_a_multipart_source_listed_with_another_etag_and_a_corrupt_downloa
     body = put_source_multipart(s3, buckets.source, "data/big.bin", [5 * MiB, 1 * MiB])
     proxy.add_rule(Rule("other_etag", method="GET", query="list-type"))
     proxy.add_rule(Rule("corrupt", method="GET", path=r"/data/big\.bin$", times=1))
-    report = await backup_data(
-        buckets,
-        tmp_path,
-        proxy.endpoint,
-        fast_path=fast_path,
-        multipart_threshold=5 * MiB,
-        part_size=5 * MiB,
-    )
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, fast_path=fast_path, **IN_PARTS)
     if report.exit_code == 0:
         assert copy_of(s3, buckets, "data/big.bin") == body
     else:  # refused as changed since its listing: the next run copies it
@@ -255,12 +248,7 @@ async def test_a_multipart_source_listed_with_another_etag_and_a_corrupt_downloa
         assert "ObjectChanged" in report.errors["data/big.bin"]
         proxy.clear_faults()
         again = await backup_data(
-            buckets,
-            tmp_path,
-            proxy.endpoint,
-            fast_path=fast_path,
-            multipart_threshold=5 * MiB,
-            part_size=5 * MiB,
+            buckets, tmp_path, proxy.endpoint, fast_path=fast_path, **IN_PARTS
         )
         assert again.exit_code == 0, again.errors
         assert copy_of(s3, buckets, "data/big.bin") == body

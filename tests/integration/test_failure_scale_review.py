@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from asyncbackup import run_github_backup
@@ -23,9 +22,18 @@ from tests.proxy import Rule, S3Proxy
 from tests.reliability import put_parallel
 
 
-def _seed_checkpoint(path: Path, source: str, dest: str, errors: dict[str, str]) -> None:
-    """A checkpoint of job ``job`` whose failed files are all in ``errors``."""
+def _seed_checkpoint(
+    path: Path,
+    source: str,
+    dest: str,
+    errors: dict[str, str],
+    files: dict[str, bool] | None = None,
+    **sections: Any,
+) -> None:
+    """A checkpoint of job ``job`` written by hand: its ``files`` (by default the failed ones,
+    all in ``errors``) and other top-level ``sections``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    files = dict.fromkeys(errors, False) if files is None else files
     document = {
         "backup_id": "hand-written",
         "source_bucket": source,
@@ -33,13 +41,14 @@ def _seed_checkpoint(path: Path, source: str, dest: str, errors: dict[str, str])
         "dest_bucket": dest,
         "start_time": "2024-04-06T12:00:00",
         "last_update": "2024-04-06T13:15:30",
-        "total_files": len(errors),
+        "total_files": len(files),
         "processed_files": 0,
         "total_bytes": 0,
         "processed_bytes": 0,
-        "files": dict.fromkeys(errors, False),
+        "files": files,
         "errors": errors,
         "config": {},
+        **sections,
     }
     path.write_text(json.dumps(document))
 
@@ -120,23 +129,14 @@ def test_the_uploads_a_crash_left_are_aborted_several_at_a_time(
         for i in range(24)
     }
     checkpoint = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
-    checkpoint.parent.mkdir(parents=True)
-    state = {
-        "backup_id": "crashed",
-        "source_bucket": buckets.source,
-        "source_path": "job",
-        "dest_bucket": buckets.dest,
-        "start_time": "2026-11-28T00:00:00",
-        "last_update": "2026-11-28T00:01:00",
-        "total_files": 1,
-        "processed_files": 0,
-        "total_bytes": 1,
-        "processed_bytes": 0,
-        "files": {"job/x": False},
-        "errors": {},
-        "multipart_uploads": uploads,
-    }
-    checkpoint.write_bytes(orjson.dumps(state))
+    _seed_checkpoint(
+        checkpoint,
+        buckets.source,
+        buckets.dest,
+        errors={},
+        files={"job/x": False},
+        multipart_uploads=uploads,
+    )
     proxy.latency = 0.05
     args = ["job", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
     done = run_cli([*args, "--quiet"])
