@@ -32,14 +32,14 @@ from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
 from .listing import PROBES
 from .partfeed import ByteBudget
-from .pipeline import Pipeline, Process, WorkItem, listing_or_stop, primary_error
+from .pipeline import Pipeline, Process, SourceGone, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage
 from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
-from .sources.s3 import S3Source
+from .sources.s3 import MISSING_CODES, S3Source
 from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
@@ -328,7 +328,7 @@ async def run_backup(
         )
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
-        await pipeline.run(_listing(config, source, dest_client), process)
+        await pipeline.run(_listing(config, source, dest_client), unless_deleted(process, source))
         if pipeline.result.listing_complete and pipeline.result.listed_files == 0:
             _warn_nothing_listed(config)
         stopped = pipeline.result.stopped
@@ -481,6 +481,23 @@ class Outage:
                 f"the last with {exc} (on {key!r}): the servers are refusing or not answering "
                 "requests; run again once they answer to resume"
             ) from exc
+
+
+def unless_deleted(process: Process, source: S3Source) -> Process:
+    """``process``, a source object deleted after it was listed (the copy's NoSuchKey, or
+    404 from a HEAD of it) raised as ``SourceGone`` once a HEAD of the key confirms it: a
+    backup of a live bucket then completes, where every object deleted during the run was
+    an error (exit 1) until the next run's listing no longer had it."""
+
+    async def copy(item: WorkItem) -> int:
+        try:
+            return await process(item)
+        except ObjectError as exc:
+            if exc.code not in MISSING_CODES or not await source.deleted(item.key):
+                raise
+            raise SourceGone(item.key) from exc
+
+    return copy
 
 
 async def with_object_retries(

@@ -63,6 +63,12 @@ class _Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class _Gone:
+    key: str
+    listed: int  # the size the listing gave
+
+
+@dataclass(frozen=True, slots=True)
 class _Note:
     section: str
     key: str
@@ -78,7 +84,16 @@ class _Stop:
     pass
 
 
-_Event = _Listed | _Done | _Failed | _Note | _ListingDone | _Stop
+_Event = _Listed | _Done | _Failed | _Gone | _Note | _ListingDone | _Stop
+
+#: deletions from the source named one a line; the rest at debug level
+_GONE_SHOWN = 10
+
+
+class SourceGone(Exception):
+    """Raised by ``process``: the item is no longer in the source (deleted after it was
+    listed). It leaves the job as a complete listing would have left it out: not copied,
+    not an error, out of the totals."""
 
 
 @dataclass(slots=True)
@@ -90,6 +105,7 @@ class PipelineResult:
     skipped_files: int = 0
     skipped_bytes: int = 0
     unchanged_files: int = 0
+    source_deleted_files: int = 0  # listed, then deleted from the source before their copy
     failed: dict[str, str] = field(default_factory=dict)
     listed_files: int = 0
     listed_bytes: int = 0
@@ -300,6 +316,8 @@ class Pipeline:
                 size = await process(item)
             except ObjectError as exc:
                 self._events.put_nowait(_Failed(item.key, str(exc)))
+            except SourceGone:
+                self._events.put_nowait(_Gone(item.key, item.size))
             else:
                 self._events.put_nowait(_Done(item.key, size, item.size))
 
@@ -377,6 +395,8 @@ class Pipeline:
                 result.failed[key] = error
                 self._since_flush += 1
                 self.observer.on_failed(key, error)
+            case _Gone(key, listed):
+                self._apply_gone(key, listed)
             case _Note(section, key, value, flushed):
                 if flushed is not None:
                     self._flush_waiters.append(flushed)
@@ -404,6 +424,28 @@ class Pipeline:
             case _Stop():
                 return True
         return False
+
+    def _apply_gone(self, key: str, listed: int) -> None:
+        """``key`` was deleted from the source after it was listed: out of the map and the
+        totals, as if the listing had not seen it (the next complete listing will not)."""
+        state, result = self.state, self.result
+        if state.files.pop(key, None) is True:
+            state.processed_files -= 1
+        state.errors.pop(key, None)
+        result.listed_files -= 1
+        result.listed_bytes -= listed
+        result.source_deleted_files += 1
+        self._set_totals()
+        # A journal line cannot remove a file: the next flush writes the whole file.
+        self._compacted = False
+        self._since_flush += 1
+        self.observer.on_listed(-1, -listed, 0, 0)
+        if result.source_deleted_files > _GONE_SHOWN:
+            log.debug("%s: deleted from the source since it was listed", key)
+            return
+        log.info("%s: deleted from the source since it was listed; left out of the job", key)
+        if result.source_deleted_files == _GONE_SHOWN:
+            log.info("more objects were deleted from the source: logged at debug level (--debug)")
 
     def _drop_stale_errors(self) -> None:
         """Drop the errors of files that failed before and are no longer in the source:

@@ -14,7 +14,10 @@ log = logging.getLogger("asyncbackup")
 
 class Observer(Protocol):
     def on_listed(self, files: int, size: int, skipped: int, skipped_bytes: int) -> None:
-        """A page of the listing: ``files`` new objects, ``skipped`` already done."""
+        """A page of the listing: ``files`` new objects, ``skipped`` already done.
+
+        ``files`` is -1 (``size`` minus its size) for an object listed earlier and since
+        deleted from the source: it leaves the totals, neither done nor failed."""
 
     def on_listing_done(self) -> None:
         """The listing is complete; totals will not grow any more."""

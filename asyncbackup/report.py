@@ -28,7 +28,9 @@ class BackupReport:
     ``processed_files`` / ``processed_bytes`` / ``errors`` are the checkpoint's (the whole job,
     earlier runs included); ``copied_files`` / ``copied_bytes`` are this run's alone;
     ``skipped_files`` were already done (per checkpoint, or unchanged at the destination),
-    ``unchanged_files`` of them found identical at the destination by this run.
+    ``unchanged_files`` of them found identical at the destination by this run;
+    ``source_deleted_files`` were listed, then deleted from the source before their copy
+    (left out of the job: not copied, not errors).
     """
 
     status: Status
@@ -46,6 +48,7 @@ class BackupReport:
     archived_checkpoint: Path | None = None
     resumed: bool = False
     failed_this_run: dict[str, str] = field(default_factory=dict)
+    source_deleted_files: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -109,6 +112,7 @@ def conclude(
         archived_checkpoint=archived,
         resumed=resumed,
         failed_this_run=dict(result.failed),
+        source_deleted_files=result.source_deleted_files,
     )
 
 

@@ -73,6 +73,7 @@ def summary_record(report: BackupReport) -> dict[str, Any]:
         "bytes_copied": report.copied_bytes,
         "files_skipped": report.skipped_files,
         "files_unchanged": report.unchanged_files,
+        "files_deleted_from_source": report.source_deleted_files,
         "duration_seconds": round(report.duration, 3),
         "bytes_per_second": round(bytes_rate, 1),
         "files_per_second": round(files_rate, 3),
@@ -102,6 +103,11 @@ def summary_lines(report: BackupReport) -> list[str]:
         + (
             f" ({report.unchanged_files:,} found unchanged at the destination)"
             if report.unchanged_files
+            else ""
+        )
+        + (
+            f"; {report.source_deleted_files:,} deleted from the source since listed (left out)"
+            if report.source_deleted_files
             else ""
         ),
         f"job: {report.processed_files:,} of {report.total_files:,} files done "

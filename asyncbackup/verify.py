@@ -30,7 +30,7 @@ from .pipeline import for_each_bounded, primary_error
 from .printable import printable
 from .retry import RetryPolicy
 from .s3client import S3Client, check_bucket, open_client, profile_flag
-from .sources.s3 import S3Source, clean_etag, etag_is_digest, is_md5_etag
+from .sources.s3 import MISSING_CODES, S3Source, clean_etag, etag_is_digest, is_md5_etag
 
 #: how many HEADs of suspect copies (single-part ETags that differ) are in flight at once
 _HEADS_AT_ONCE = 8
@@ -263,7 +263,7 @@ async def _head(side: S3Source, key: str, role: str) -> dict[str, Any] | None:
             functools.partial(side.client.head_object, Bucket=side.bucket, Key=key)
         )
     except ObjectError as exc:
-        if exc.code in ("404", "NoSuchKey"):
+        if exc.code in MISSING_CODES:
             return None
         if exc.code in ("403", "AccessDenied"):
             return {}

@@ -73,6 +73,10 @@ class FetchedObject:
     digest_etag: bool = True  # the source's ETag is made of MD5s (see etag_is_digest)
 
 
+#: the codes of an object that is not there (a HEAD's error has no body: its status)
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
 def _local_error(exc: OSError, *, retryable: bool = True) -> ObjectError:
     return ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=retryable)
 
@@ -438,6 +442,17 @@ class S3Source:
             return answer
 
         return RangeLister(list_page, prefix, streams=streams).pages()
+
+    async def deleted(self, key: str) -> bool:
+        """Whether ``key`` is no longer in the bucket: its HEAD answers 404. (S3 answers 403
+        instead to credentials that may not list the bucket; these listed it.) Any other
+        answer, or a failure of the HEAD, is not taken for a deletion."""
+        head = functools.partial(self.client.head_object, Bucket=self.bucket, Key=key)
+        try:
+            await self.retry.call(head)
+        except ObjectError as exc:
+            return exc.code in MISSING_CODES
+        return False
 
     async def fetch(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """Download ``item``, verify it, and stage it under its key's path."""

@@ -49,12 +49,22 @@ def _assert_counts(report: BackupReport) -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"direct": True}, {"processes": 2}], ids=["staged", "direct", "processes"]
+    "options",
+    [{}, {"direct": True}, {"processes": 2}, {"fast_path": False}, {"big": True}],
+    ids=["staged", "direct", "processes", "botocore", "multipart"],
 )
-async def test_an_object_deleted_after_it_was_listed_fails_then_the_job_completes(
+async def test_an_object_deleted_after_it_was_listed_is_left_out_and_the_job_completes(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, options: dict[str, Any]
 ) -> None:
-    put_objects(s3, buckets.source, {f"data/k{i}": bytes([i]) * 100 for i in range(4)})
+    """Deleted between its listing and its copy: a HEAD confirms the copy's NoSuchKey (or a
+    multipart source's 404), and the object leaves the job as the next listing would leave it
+    out: the run completes, exit 0, the checkpoint archived without it. It was an error (exit
+    1) until the next run."""
+    big = options.pop("big", False)
+    size = 6 * 1024 * 1024 if big else 100
+    put_objects(s3, buckets.source, {f"data/k{i}": bytes([i]) * size for i in range(4)})
+    if big:  # copied in parts: the 404 of a part's ranged GET
+        options["multipart_threshold"] = options["part_size"] = 5 * 1024 * 1024
     proxy.add_rule(
         Rule(
             None,
@@ -64,17 +74,34 @@ async def test_an_object_deleted_after_it_was_listed_fails_then_the_job_complete
             action=lambda: s3.delete_object(Bucket=buckets.source, Key="data/k1"),
         )
     )
-    first = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2, **options)
-    assert first.status == "completed_with_errors"
-    assert set(first.errors) == {"data/k1"} and first.errors["data/k1"].startswith("NoSuchKey")
-    assert first.processed_files == 3
-    second = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2, **options)
-    # the key is gone from the listing: its error is dropped and the job completes
-    assert second.status == "completed" and second.exit_code == 0, second.errors
-    assert second.copied_files == 0
-    assert (second.processed_files, second.total_files) == (3, 3)
-    assert second.archived_checkpoint is not None
-    assert "data/k1" not in load_checkpoint(second.archived_checkpoint).state.files
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2, **options)
+    assert report.status == "completed" and report.exit_code == 0, report.errors
+    assert report.source_deleted_files == 1 and report.errors == {}
+    assert report.copied_files == 3
+    assert (report.processed_files, report.total_files) == (3, 3)
+    assert report.total_bytes == report.processed_bytes == 3 * size
+    assert report.archived_checkpoint is not None
+    assert "data/k1" not in load_checkpoint(report.archived_checkpoint).state.files
+    heads = [r for r in proxy.requests if r.method == "HEAD" and r.path.endswith("/data/k1")]
+    assert heads, "the deletion was not confirmed by a HEAD"
+    assert bucket_digest(s3, buckets.source) == bucket_digest(s3, buckets.dest)
+    assert list_keys(s3, buckets.dest) == [f"data/k{i}" for i in (0, 2, 3)]
+
+
+async def test_a_no_such_key_the_head_does_not_confirm_is_an_error(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A NoSuchKey answered for an object that is still there (a server's or a proxy's fault):
+    not taken for a deletion. The object stays in the job, an error; the next run copies it."""
+    put_objects(s3, buckets.source, {f"data/k{i}": bytes([i]) * 100 for i in range(3)})
+    proxy.add_rule(Rule("no_such_key", method="GET", path=r"/data/k1$"))
+    first = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2)
+    assert first.status == "completed_with_errors" and first.source_deleted_files == 0
+    assert first.errors["data/k1"].startswith("NoSuchKey")
+    assert (first.processed_files, first.total_files) == (2, 3)
+    proxy.clear_faults()
+    second = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=2)
+    assert second.status == "completed" and second.copied_files == 1
     assert bucket_digest(s3, buckets.source) == bucket_digest(s3, buckets.dest)
 
 

@@ -36,7 +36,8 @@ def test_permanent_errors_are_recorded_and_the_run_completes_with_exit_1(
     put_parallel(s3, buckets.source, {**good, "p/denied": b"d", "p/deleted": b"x"})
     s3.put_object(Bucket=buckets.source, Key="p/archived", Body=b"cold", StorageClass="GLACIER")
     proxy.add_rule(Rule("access_denied", method="GET", path=r"/p/denied$"))
-    # Listed, then deleted just before its download: the server answers NoSuchKey.
+    # Listed, then deleted just before its download: the server answers NoSuchKey, a HEAD
+    # confirms it, and the object is left out of the job (not an error).
     proxy.add_rule(
         Rule(
             None,
@@ -51,9 +52,9 @@ def test_permanent_errors_are_recorded_and_the_run_completes_with_exit_1(
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     state = read_valid(checkpoint_file(tmp_path, buckets.source, "p"))
-    assert set(state.errors) == {"p/denied", "p/deleted", "p/archived"}
+    assert set(state.errors) == {"p/denied", "p/archived"}
+    assert "p/deleted" not in state.files and state.total_files == len(good) + 2
     assert state.errors["p/denied"].startswith("AccessDenied: ")
-    assert state.errors["p/deleted"].startswith("NoSuchKey: ")
     assert state.errors["p/archived"].startswith("InvalidObjectState: ")
     assert not any(state.files[key] for key in state.errors)
     assert all(state.files[key] for key in good)
@@ -65,6 +66,7 @@ def test_permanent_errors_are_recorded_and_the_run_completes_with_exit_1(
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
     # The summary on stderr says where the errors are.
     assert "errors are recorded in" in done.stderr
+    assert "1 deleted from the source since listed (left out)" in done.stderr
 
 
 async def test_corrupted_download_is_retried_then_recorded_never_done(
