@@ -3,8 +3,9 @@
 An S3 key is any UTF-8 string up to 1,024 bytes. Each ``/``-separated segment becomes one path
 component, percent-encoded where it could escape or confuse the file system: ``%``, ``\\``,
 control characters, and the segments ``""``, ``.`` and ``..``. A segment longer than the file
-system allows is cut and given a hash suffix. So no key can name a path outside the staging
-root, and distinct keys map to distinct paths.
+system allows is cut and given a hash suffix (``~`` and 16 hex digits), as is one that already
+ends so, which would otherwise share a cut one's name. So no key can name a path outside the
+staging root, and distinct keys map to distinct paths.
 
 What remains is a file/folder collision (keys ``a`` and ``a/b``): the file system cannot hold
 both. The second one to arrive is staged under ``.conflicts/<sha256 of the key>`` instead, a
@@ -18,6 +19,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import shutil
 import threading
 from hashlib import sha256
@@ -30,6 +32,7 @@ log = logging.getLogger("asyncbackup")
 
 _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
+_HASHED = re.compile(r"~[0-9a-f]{16}\Z")  # the suffix of a cut segment
 _TMP_DIR = ".tmp"
 #: tries at making a folder and renaming a staged file into it, which another process
 #: sharing the staging tree may prune (empty) in between
@@ -50,7 +53,7 @@ def encode_segment(segment: str) -> str:
         _encode_char(c) if c in "%\\" or ord(c) < 0x20 or ord(c) == 0x7F else c for c in segment
     )
     raw = encoded.encode("utf-8", "surrogatepass")
-    if len(raw) > _MAX_SEGMENT_BYTES:
+    if len(raw) > _MAX_SEGMENT_BYTES or _HASHED.search(encoded):
         digest = sha256(raw).hexdigest()[:16]
         head = raw[: _MAX_SEGMENT_BYTES - 18].decode("utf-8", "ignore")
         encoded = f"{head}~{digest}"

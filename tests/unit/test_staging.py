@@ -45,6 +45,18 @@ def test_distinct_keys_get_distinct_paths() -> None:
     assert relative_path_for_key("a%b") != relative_path_for_key("a%25b")
 
 
+def test_a_segment_spelled_as_a_cut_one_does_not_share_its_path() -> None:
+    """A segment over 240 bytes is cut and given a hash suffix (``head~<16 hex>``); a key
+    whose segment is spelled so already was staged at the same path, each copy's staging
+    writing over the other's."""
+    long = "x" * 300
+    cut = encode_segment(long)
+    assert len(cut.encode()) <= 240 and cut != long
+    assert relative_path_for_key(f"p/{cut}") != relative_path_for_key(f"p/{long}")
+    assert encode_segment(cut) != cut
+    assert encode_segment("a~0123456789abcdeg") == "a~0123456789abcdeg"  # not hex: as it is
+
+
 def test_special_segments_are_encoded() -> None:
     assert encode_segment("..") == "%2E%2E"
     assert encode_segment("") == "%"
