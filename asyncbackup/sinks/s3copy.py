@@ -167,23 +167,26 @@ class ServerSideCopier:
         ``x-amz-copy-source-if-match`` too (one HEAD with If-Match)."""
         if not item.etag:
             return
-        try:
-            await self.retry.call(
-                functools.partial(
-                    self.client.head_object,
-                    Bucket=self.source_bucket,
-                    Key=item.key,
-                    IfMatch=item.etag,
-                )
+
+        async def head_if_match() -> str:
+            head: dict[str, Any] = await self.client.head_object(
+                Bucket=self.source_bucket, Key=item.key, IfMatch=item.etag
             )
+            # a 200 without its ETag (a server failing after its status line) says nothing
+            return answered_etag(head.get("ETag"), f"the HEAD of {item.key}")
+
+        try:
+            etag = await self.retry.call(head_if_match)
         except ObjectError as exc:
             if exc.code not in ("412", "PreconditionFailed"):
                 raise
+            etag = ""
+        if clean_etag(etag) != clean_etag(item.etag):  # a 412, or a server ignoring If-Match
             raise ObjectError(
                 "PreconditionFailed",
                 f"the source changed during its copy (its ETag is no longer {item.etag}); "
                 "run again to copy the new version",
-            ) from exc
+            )
 
     async def _head_source(self, item: WorkItem) -> dict[str, Any]:
         async def head_object() -> dict[str, Any]:
