@@ -1,0 +1,49 @@
+"""What a restore gets back: each copy's headers as its source has them, byte for byte, on the
+fast path as on botocore's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets, S3Server
+from tests.helpers import MiB, backup_data
+
+#: a Content-Disposition as S3 stores it when a client sent it in UTF-8 (RFC 6266 asks for
+#: ``filename*``, but S3 keeps and answers whatever bytes it was given)
+UTF8_DISPOSITION = 'attachment; filename="é€ rates.txt"'.encode()
+
+
+def wire_header(s3: Any, bucket: str, key: str, name: str) -> bytes:
+    """A header of a HEAD of ``key`` as its bytes on the wire (http.client decodes them as
+    latin-1)."""
+    headers = s3.head_object(Bucket=bucket, Key=key)["ResponseMetadata"]["HTTPHeaders"]
+    return str(headers[name]).encode("latin-1")
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("size", [100, 2 * MiB, 6 * MiB])  # in memory, streamed PUT, in parts
+async def test_a_utf8_content_disposition_is_copied_byte_for_byte(
+    buckets: Buckets, s3: Any, s3_server: S3Server, tmp_path: Path, fast_path: bool, size: int
+) -> None:
+    s3.put_object(  # botocore sends a header's text in UTF-8
+        Bucket=buckets.source,
+        Key="data/rates.txt",
+        Body=os.urandom(size),
+        ContentDisposition=UTF8_DISPOSITION.decode(),
+    )
+    assert wire_header(s3, buckets.source, "data/rates.txt", "content-disposition") == (
+        UTF8_DISPOSITION
+    )
+    report = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, fast_path=fast_path, multipart_threshold=5 * MiB
+    )
+    assert report.exit_code == 0, report.errors
+    # The fast path read it as latin-1 and botocore sent that text as UTF-8: each é became
+    # "Ã©" in the copy, a file name a browser then saves as such.
+    assert wire_header(s3, buckets.dest, "data/rates.txt", "content-disposition") == (
+        UTF8_DISPOSITION
+    )
