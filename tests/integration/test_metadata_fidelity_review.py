@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, backup_data
+from tests.helpers import MiB, backup_data, put_multipart
 
 #: a Content-Disposition as S3 stores it when a client sent it in UTF-8 (RFC 6266 asks for
 #: ``filename*``, but S3 keeps and answers whatever bytes it was given)
@@ -47,3 +47,50 @@ async def test_a_utf8_content_disposition_is_copied_byte_for_byte(
     assert wire_header(s3, buckets.dest, "data/rates.txt", "content-disposition") == (
         UTF8_DISPOSITION
     )
+
+
+def with_header(s3: Any, operation: str, name: str, value: str) -> None:
+    """Every ``operation`` request of ``s3`` sends ``name: value`` (a value botocore's
+    parameters cannot carry)."""
+
+    def add(request: Any, **_: Any) -> None:
+        request.headers[name] = value
+
+    s3.meta.events.register(f"before-sign.s3.{operation}", add)
+
+
+@pytest.mark.parametrize(
+    ("options", "size"),
+    [
+        ({}, 100),
+        ({"fast_path": False}, 100),
+        ({}, 2 * MiB),
+        ({}, 6 * MiB),  # in parts
+        ({"direct": True}, None),  # a multipart source, copied by UploadPartCopy
+    ],
+)
+async def test_an_expires_that_is_no_date_is_kept_as_already_expired(
+    buckets: Buckets,
+    s3_server: S3Server,
+    s3: Any,
+    tmp_path: Path,
+    options: dict[str, Any],
+    size: int | None,
+) -> None:
+    writer = s3_server.client()  # its own: the header goes on its requests only
+    if size is None:
+        with_header(writer, "CreateMultipartUpload", "Expires", "never")
+        put_multipart(writer, buckets.source, "data/page.html", [5 * MiB, MiB])
+    else:
+        with_header(writer, "PutObject", "Expires", "never")
+        writer.put_object(Bucket=buckets.source, Key="data/page.html", Body=os.urandom(size))
+    head = s3.head_object(Bucket=buckets.source, Key="data/page.html")
+    assert head["ExpiresString"] == "never" and "Expires" not in head  # S3 keeps any text
+    report = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, multipart_threshold=5 * MiB, **options
+    )
+    assert report.exit_code == 0, report.errors
+    # Left out, the copy could be cached where its source never was: a date that is no date
+    # means "already expired" (RFC 9111, 5.3), which 1970 says too.
+    copy = s3.head_object(Bucket=buckets.dest, Key="data/page.html")
+    assert copy.get("ExpiresString") == "Thu, 01 Jan 1970 00:00:00 GMT"
