@@ -3,14 +3,18 @@ fast path as on botocore's."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from asyncbackup.fasts3.client import USER_AGENT
 from tests.conftest import Buckets, S3Server
 from tests.helpers import MiB, backup_data, put_multipart
+from tests.proxy import Rule, S3Proxy
 
 #: a Content-Disposition as S3 stores it when a client sent it in UTF-8 (RFC 6266 asks for
 #: ``filename*``, but S3 keeps and answers whatever bytes it was given)
@@ -94,3 +98,26 @@ async def test_an_expires_that_is_no_date_is_kept_as_already_expired(
     # means "already expired" (RFC 9111, 5.3), which 1970 says too.
     copy = s3.head_object(Bucket=buckets.dest, Key="data/page.html")
     assert copy.get("ExpiresString") == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+async def test_an_sse_c_object_is_one_clear_error_and_leaves_the_fast_path_on(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for i in range(4):
+        s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(300))
+    s3.put_object(Bucket=buckets.source, Key="data/0-secret", Body=os.urandom(300))  # first
+    # moto serves an SSE-C object without its key: the proxy answers as S3 does
+    proxy.add_rule(Rule("sse_c_key_missing", method="GET", path=r"/data/0-secret$"))
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        report = await backup_data(buckets, tmp_path, proxy.endpoint, concurrency=1)
+    assert report.exit_code == 1 and list(report.errors) == ["data/0-secret"]
+    assert "Server Side Encryption" in report.errors["data/0-secret"]
+    # botocore is answered the same: the server did not refuse the fast path's request, and
+    # the rest of the run keeps it (it was off for the bucket, every GET through botocore)
+    gets = [r for r in proxy.requests if r.method == "GET" and re.search(r"/data/o\d$", r.path)]
+    assert len(gets) == 4 and all(r.headers.get("user-agent") == USER_AGENT for r in gets)
+    assert "fast path off" not in caplog.text
