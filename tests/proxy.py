@@ -78,6 +78,13 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
     "invalid_argument": (400, "InvalidArgument", "Invalid argument."),
     # SSE-KMS with a key id the destination's KMS does not have
     "kms_not_found": (400, "KMS.NotFoundException", "Invalid keyId 'bad-key'"),
+    # a GET of an object encrypted with SSE-C (a key of the customer's), made without the key
+    "sse_c_key_missing": (
+        400,
+        "InvalidRequest",
+        "The object was stored using a form of Server Side Encryption. The correct parameters "
+        "must be provided to retrieve the object.",
+    ),
     # S3 failing after it answered 200 (a copy): the error is in the body
     "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }

@@ -16,8 +16,10 @@ to the aiobotocore client it was built from (another bucket, an unknown paramete
 it cannot compute, non-ASCII header values). If the server answers a fast-path request in a way
 that hints at a difference between the two paths (a redirect to another region, a signature or
 payload-hash complaint), the request is repeated by botocore and the bucket stays on botocore
-for the rest of the run. Credentials are read from the client on every request, so refreshed
-temporary credentials are used as soon as botocore has them.
+for the rest of the run - unless botocore is answered the same error, which is then the
+request's, not the fast path's (an SSE-C object's GET without its key). Credentials are read
+from the client on every request, so refreshed temporary credentials are used as soon as
+botocore has them.
 """
 
 from __future__ import annotations
@@ -131,7 +133,12 @@ _FIXED_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "identity"}
 
 
 class _HandBack(Exception):
-    """The server's answer says: do this request with botocore."""
+    """The server's answer says: do this request with botocore (``code``: the error it
+    answered, None for a redirect)."""
+
+    def __init__(self, reason: str, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 async def _payload_hash(body: bytes | bytearray) -> str:
@@ -372,7 +379,7 @@ class FastS3:
             raise _HandBack(f"HTTP {response.status} redirect")
         code = parse_error(response.status, headers, body)["Error"]["Code"]
         if code in _HAND_BACK_CODES:
-            raise _HandBack(f"the server answered {code}")
+            raise _HandBack(f"the server answered {code}", code)
         raise client_error(response.status, headers, body, operation)
 
     async def get_object(self, **params: Any) -> dict[str, Any]:
@@ -389,8 +396,7 @@ class FastS3:
             try:
                 await self._raise_error(response, url, "GetObject")
             except _HandBack as exc:
-                self._hand_back(str(exc))
-                return await self._botocore("get_object", params)
+                return await self._instead("get_object", params, exc)
         out = response_fields(response.headers, response.status)
         out["Body"] = FastBody(response, url)
         self.fast_requests += 1
@@ -420,7 +426,11 @@ class FastS3:
             return None
         headers["content-length"] = str(size)
         response, url = await self._send("PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD)
-        return await self._put_answer(response, url, "PutObject")
+        try:
+            return await self._put_answer(response, url, "PutObject")
+        except _HandBack as exc:  # a stream cannot be sent again: the caller sends it
+            self._hand_back(str(exc))
+            return None
 
     async def copy_object(self, **params: Any) -> dict[str, Any]:
         """CopyObject into this bucket: the output botocore returns, ``CopyObjectResult``
@@ -430,8 +440,10 @@ class FastS3:
             return await self._botocore("copy_object", params)
         # No body: its (empty) payload is signed, as botocore signs it.
         response, url = await self._send("PUT", params["Key"], headers, None, EMPTY_SHA256)
-        out = await self._document(response, url, "CopyObject", copy_object_output)
-        return out if out is not None else await self._botocore("copy_object", params)
+        try:
+            return await self._document(response, url, "CopyObject", copy_object_output)
+        except _HandBack as exc:
+            return await self._instead("copy_object", params, exc)
 
     async def list_objects_v2(self, **params: Any) -> dict[str, Any]:
         """One page of ListObjectsV2 of this bucket, asked with ``encoding-type=url`` and
@@ -457,8 +469,10 @@ class FastS3:
         )
         path = self.target.bucket_path
         response, url = await self._send("GET", "", {}, None, EMPTY_SHA256, query=query, path=path)
-        out = await self._document(response, url, "ListObjectsV2", list_objects_v2_output)
-        return out if out is not None else await self._botocore("list_objects_v2", params)
+        try:
+            return await self._document(response, url, "ListObjectsV2", list_objects_v2_output)
+        except _HandBack as exc:
+            return await self._instead("list_objects_v2", params, exc)
 
     async def _document(
         self,
@@ -466,16 +480,12 @@ class FastS3:
         url: str,
         operation: str,
         output: Callable[[list[tuple[str, str]], int, bytes], dict[str, Any]],
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any]:
         """The output of an answer with an XML document, made by ``output``; an error raised
-        as botocore raises it (a 200 carrying one included); None when the server asked for
-        botocore (the bucket is handed back)."""
+        as botocore raises it (a 200 carrying one included); ``_HandBack`` when the server
+        asked for botocore."""
         if response.status >= 300:
-            try:
-                await self._raise_error(response, url, operation)
-            except _HandBack as exc:
-                self._hand_back(str(exc))
-                return None
+            await self._raise_error(response, url, operation)
         try:
             body = await response.read()
         except http11.HTTPError as exc:
@@ -485,9 +495,9 @@ class FastS3:
         try:
             out = output(response.headers, response.status, body)
         except ClientError as exc:  # an error in a 200: one that may ask for botocore
-            if exc.response["Error"].get("Code") in _HAND_BACK_CODES:
-                self._hand_back(f"the server answered {exc.response['Error']['Code']}")
-                return None
+            code = exc.response["Error"].get("Code")
+            if code in _HAND_BACK_CODES:
+                raise _HandBack(f"the server answered {code}", code) from exc
             raise
         self.fast_requests += 1
         return out
@@ -522,19 +532,38 @@ class FastS3:
         # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
         payload = UNSIGNED_PAYLOAD if checked else await _payload_hash(body)
         response, url = await self._send("PUT", params["Key"], headers, body, payload, query=query)
-        answer = await self._put_answer(response, url, operation)
-        return answer if answer is not None else await self._botocore(method, params)
+        try:
+            return await self._put_answer(response, url, operation)
+        except _HandBack as exc:
+            return await self._instead(method, params, exc)
 
     async def _put_answer(
         self, response: http11.Response, url: str, operation: str
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any]:
         """The fields botocore returns for a PUT's answer; an error raised as botocore
-        raises it; None when the server asked for botocore (the bucket is handed back)."""
+        raises it; ``_HandBack`` when the server asked for botocore."""
 
         def output(headers: list[tuple[str, str]], status: int, body: bytes) -> dict[str, Any]:
             return put_output(headers, status, body, operation)
 
         return await self._document(response, url, operation, output)
+
+    async def _instead(
+        self, method: str, params: dict[str, Any], handed: _HandBack
+    ) -> dict[str, Any]:
+        """``method`` by botocore, for a request the server answered with ``handed``; the
+        bucket then stays on botocore, unless botocore is answered the same error: the server
+        refused the request, not the way the fast path made it (a GET of an object encrypted
+        with SSE-C, made without its key, is InvalidRequest whoever asks), and the error is the
+        request's."""
+        try:
+            result = await self._botocore(method, params)
+        except ClientError as exc:
+            if handed.code is None or exc.response.get("Error", {}).get("Code") != handed.code:
+                self._hand_back(str(handed))
+            raise
+        self._hand_back(str(handed))
+        return result
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(params.get("Body"), bytearray | memoryview):

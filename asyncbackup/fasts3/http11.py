@@ -75,6 +75,17 @@ class BodyError(HTTPError):
     went past its length."""
 
 
+def _header_text(raw: bytes) -> str:
+    """A header's name or value as text: UTF-8, as aiobotocore reads it, so that a value that
+    is not ASCII (a file name in a Content-Disposition) is the text botocore gives, and a
+    copy sent on by botocore, which writes UTF-8, has the same bytes. Bytes that are not
+    UTF-8 (which aiobotocore refuses) are read as latin-1, one character a byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 class _Connection(asyncio.Protocol):
     """One connection, and the answer being received on it (httptools calls the ``on_``
     methods from ``feed_data``)."""
@@ -165,7 +176,7 @@ class _Connection(asyncio.Protocol):
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.headers.append((_header_text(name), _header_text(value)))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

@@ -31,12 +31,12 @@ from ..retry import RetryPolicy
 from ..s3client import S3Client
 from ..sources.s3 import (
     OPAQUE_ETAG_SSE,
-    PRESERVED_FIELDS,
     FirstPartProbe,
     answered_etag,
     clean_etag,
     etag_is_digest,
     etag_is_md5,
+    kept_fields,
     multipart_parts,
 )
 from ..tags import TAGGING, read_tags, tag_count
@@ -202,15 +202,12 @@ class ServerSideCopier:
     def _create_params(self, item: WorkItem, head: dict[str, Any]) -> dict[str, Any]:
         """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
         and metadata (from ``head``, the source's HEAD)."""
-        create: dict[str, Any] = {
+        return {
             "Bucket": self.dest_bucket,
             "Key": self.dest_key(item.key),
+            **kept_fields(head),  # what a staged copy keeps
             **self.extra_params,
         }
-        for name in (*PRESERVED_FIELDS, "Metadata"):  # what a staged copy keeps
-            if head.get(name):
-                create[name] = head[name]
-        return create
 
     async def _copy_in(
         self, item: WorkItem, create: dict[str, Any], sizes: list[int]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import logging
@@ -56,6 +57,9 @@ PRESERVED_FIELDS = (
     "Expires",
     "WebsiteRedirectLocation",
 )
+#: the ``Expires`` of a copy whose source's is no date: what such a date means, "already
+#: expired" (RFC 9111, 5.3). Left out, the copy could be cached where its source never was.
+ALREADY_EXPIRED = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 @dataclass(slots=True)
@@ -81,12 +85,23 @@ def _local_error(exc: OSError, *, retryable: bool = True) -> ObjectError:
     return ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=retryable)
 
 
-def _metadata(head: dict[str, Any]) -> dict[str, Any]:
-    """What the copy keeps of a GetObject answer: ``PRESERVED_FIELDS`` and user metadata."""
-    metadata = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
+def kept_fields(head: dict[str, Any]) -> dict[str, Any]:
+    """What a copy keeps of its source's GetObject or HeadObject answer: ``PRESERVED_FIELDS``
+    and user metadata. An ``Expires`` that is no date (S3 keeps any text; botocore leaves the
+    field out, the text in ``ExpiresString``) is ``ALREADY_EXPIRED``."""
+    fields = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
+    if "Expires" not in fields and head.get("ExpiresString"):
+        fields["Expires"] = ALREADY_EXPIRED
     if head.get("Metadata"):
-        metadata["Metadata"] = dict(head["Metadata"])
-    if head.get(TAGGING):  # read with --copy-tags (``S3Source.copy_tags``)
+        fields["Metadata"] = dict(head["Metadata"])
+    return fields
+
+
+def _metadata(head: dict[str, Any]) -> dict[str, Any]:
+    """What the copy is written with: ``kept_fields`` and, read with --copy-tags
+    (``S3Source.copy_tags``), the tags."""
+    metadata = kept_fields(head)
+    if head.get(TAGGING):
         metadata[TAGGING] = head[TAGGING]
     return metadata
 

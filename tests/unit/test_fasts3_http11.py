@@ -155,6 +155,23 @@ async def test_connections_are_kept_and_answers_framed_by_length_chunks_or_close
     assert server.requests[0].headers["host"] == "h"
 
 
+async def test_header_values_are_read_as_utf8_and_other_bytes_as_latin1() -> None:
+    utf8 = 'attachment; filename="\u00e9\u20ac.txt"'.encode()
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        head = b"HTTP/1.1 200 OK\r\ncontent-disposition: " + utf8
+        writer.write(head + b"\r\nx-amz-meta-a: \xe9t\xe9\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        response = await p.request("GET", "/k", {"host": "h"})
+        response.release()
+    # as aiobotocore reads them: the text whose UTF-8 botocore sends again is the same bytes
+    assert ("content-disposition", utf8.decode()) in response.headers
+    assert ("x-amz-meta-a", "\u00e9t\u00e9") in response.headers  # not UTF-8: a byte a char
+
+
 async def test_bodies_are_sent_whole_with_their_length() -> None:
     async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
         writer.write(answer(b"", f"x-got: {len(request.body)}"))
