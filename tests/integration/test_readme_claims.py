@@ -181,3 +181,41 @@ def test_the_bandwidth_floor_the_error_names_is_accepted(
     followed = cli(found.group(1))
     assert "--max-bandwidth" not in followed.stderr, followed.stderr
     assert "cannot reach" in followed.stderr  # past the flags' checks, to the endpoint
+
+
+def _completed_backup(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, keys: list[str]
+) -> tuple[Path, Path]:
+    """A backup of ``job/`` completed by the command line: its live path and its archive."""
+    for key in keys:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=key.encode())
+    args = ["s3", "job", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path), "--endpoint-url", s3_server.endpoint, "-q"]
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    live = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
+    (archived,) = (tmp_path / "checkpoints" / "archive").iterdir()
+    assert not live.exists()
+    return live, archived
+
+
+def test_no_checkpoint_names_the_archived_one(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """README, "Exit codes of the tool" and "Errors are one line on stderr, with what to do
+    next". ``checkpoint verify`` of a completed backup, given the path the README documents,
+    said "list the checkpoints with: asyncbackup checkpoint list DIR" - and that command
+    answered "no checkpoints under DIR": a completed backup's checkpoint is archived, which
+    ``list`` shows only with ``--all``. The advice must lead to the checkpoint."""
+    live, archived = _completed_backup(s3_server, s3, buckets, tmp_path, ["job/a", "job/b"])
+    refused = tool("verify", str(live), "--endpoint-url", s3_server.endpoint)
+    assert refused.returncode == 2
+    assert str(archived) in refused.stderr, refused.stderr
+    nowhere = tool("show", str(tmp_path / "checkpoints" / "other_job.checkpoint"))
+    assert nowhere.returncode == 2
+    found = re.search(r"asyncbackup (checkpoint list \S+ --all)", nowhere.stderr)
+    assert found is not None, nowhere.stderr
+    listed = tool(*found.group(1).split()[1:])
+    assert listed.returncode == 0 and str(archived) in listed.stdout, listed.stdout
