@@ -268,6 +268,16 @@ def archived_versions(path: Path) -> list[Path]:
     return []
 
 
+def live_path(path: Path) -> Path | None:
+    """The live checkpoint an archived one was (the file runs read), or None if ``path`` is
+    not an archive: ``DIR/archive/NAME.checkpoint.<time>`` was ``DIR/NAME.checkpoint``."""
+    if _kind(path) != "archived":
+        return None
+    return path.parent.parent / (
+        path.name.rsplit(CHECKPOINT_SUFFIX + ".", 1)[0] + CHECKPOINT_SUFFIX
+    )
+
+
 def _where_else(path: Path) -> str:
     """What to do about a checkpoint that is not at ``path``: a completed backup's is in
     ``archive/``, which ``list`` shows only with ``--all``."""

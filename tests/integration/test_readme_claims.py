@@ -219,3 +219,30 @@ def test_no_checkpoint_names_the_archived_one(
     assert found is not None, nowhere.stderr
     listed = tool(*found.group(1).split()[1:])
     assert listed.returncode == 0 and str(archived) in listed.stdout, listed.stdout
+
+
+def test_verify_advice_on_an_archived_checkpoint_copies_what_it_found(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """README, ``verify``: "It works on archived checkpoints too" and ``--mark-pending`` "marks
+    the bad keys pending so the next run copies them again". On an archived checkpoint the
+    next run reads none of it (it starts a new checkpoint): the printed advice, followed, left
+    the next run copying every object again. Followed now, the next run copies the missing
+    object alone."""
+    keys = [f"job/{i}" for i in range(5)]
+    live, archived = _completed_backup(s3_server, s3, buckets, tmp_path, keys)
+    s3.delete_object(Bucket=buckets.dest, Key="job/3")
+    where = ["--endpoint-url", s3_server.endpoint]
+    found = tool("verify", str(archived), *where, "--mark-pending")
+    assert found.returncode == 1 and "missing    job/3" in found.stdout
+    # what the advice says to do: put the archived checkpoint back where a run reads it
+    assert f"cp {archived} {live}" in found.stdout, found.stdout
+    live.write_bytes(archived.read_bytes())
+    args = ["s3", "job", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path), "--endpoint-url", s3_server.endpoint, "-q"]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *args], capture_output=True, text=True, timeout=60
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "copied 1 files" in rerun.stderr, rerun.stderr
+    assert "job/3" in {o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]}
