@@ -246,3 +246,37 @@ def test_verify_advice_on_an_archived_checkpoint_copies_what_it_found(
     assert rerun.returncode == 0, rerun.stderr
     assert "copied 1 files" in rerun.stderr, rerun.stderr
     assert "job/3" in {o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]}
+
+
+def test_a_checkpoint_command_whose_output_cannot_be_written_exits_120(tmp_path: Path) -> None:
+    """README, "Exit codes": "a stdout that cannot be written makes a success 120, as Python
+    does"; the tool's own codes say 3 is "a listing failed midway". ``checkpoint show`` into a
+    full disk said "unexpected OSError ... (the checkpoint is valid; run with --debug for
+    details)" and exited 3, as if the command itself had failed."""
+    checkpoint = tmp_path / "job.checkpoint"
+    state = {
+        "backup_id": "b",
+        "source_bucket": "src",
+        "source_path": "job",
+        "dest_bucket": "dst",
+        "start_time": "2024-04-06T12:00:00",
+        "last_update": "2024-04-06T13:15:30",
+        "total_files": 1,
+        "processed_files": 1,
+        "total_bytes": 1,
+        "processed_bytes": 1,
+        "files": {"job/a": True},
+        "errors": {},
+        "config": {},
+    }
+    checkpoint.write_bytes(orjson.dumps(state))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncbackup", "checkpoint", "show", str(checkpoint)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 120, done.stderr
+    assert "unexpected" not in done.stderr
