@@ -280,3 +280,26 @@ def test_a_checkpoint_command_whose_output_cannot_be_written_exits_120(tmp_path:
         )
     assert done.returncode == 120, done.stderr
     assert "unexpected" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["s3", "github"])
+def test_every_flag_with_a_default_states_it_in_its_help(command: str) -> None:
+    """The README's flag tables give each default (``--concurrency`` 16, ``--part-size`` 8MiB,
+    ``--max-attempts`` 8...); ``--help`` must give the same ones, not leave a newcomer to
+    guess. Several flags said nothing of their default, and the github command's
+    ``--multipart-threshold`` (8MiB there, 64MiB for s3) neither."""
+    from asyncbackup.cli import build_github_parser, build_s3_parser
+
+    parser = build_s3_parser() if command == "s3" else build_github_parser()
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action.default, bool):
+            continue  # a switch: its help says what it turns on or off
+        if action.default in (None, [], "==SUPPRESS=="):
+            continue
+        flag = action.option_strings[0]
+        found = re.search(r"default:? (\S+)", action.help or "")
+        assert found is not None, f"{command} {flag}: help states no default ({action.help!r})"
+        stated, default = found.group(1).rstrip(",;:)"), action.default
+        assert stated == str(default) or (
+            isinstance(default, float) and float(stated) == default
+        ), f"{command} {flag}: help says {stated}, default is {default!r}"
