@@ -17,21 +17,34 @@ import orjson
 
 from . import checkpoint_tool as tool
 from . import verify
-from .errors import CheckpointError
+from .errors import AsyncBackupError, CheckpointError
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
 
+class _OutputLostError(AsyncBackupError):
+    """stdout could not take the result (a full disk): a success ends 120, as the
+    interpreter's own exit does when it cannot flush stdout."""
+
+    exit_code = 120
+
+
 def _out(text: str) -> None:
     """One result to stdout. A reader that went away (``| head -1`` once it has its line) has
-    what it wanted: the rest is dropped quietly, and the exit code stays the command's."""
+    what it wanted: the rest is dropped quietly, and the exit code stays the command's. A
+    stdout that cannot be written otherwise (a full disk) lost the result: exit 120."""
     try:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:
+    except OSError as exc:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
         os.close(devnull)
+        if not isinstance(exc, BrokenPipeError):
+            raise _OutputLostError(
+                f"the result could not be written to stdout ({exc.strerror}); the command "
+                "itself ran"
+            ) from exc
 
 
 def _emit_json(data: Any) -> None:

@@ -253,10 +253,45 @@ def fold_leftover_journal(path: Path) -> int:
 
 def load(path: Path) -> CheckpointState:
     if not path.is_file():
-        raise CheckpointError(
-            f"no checkpoint at {path}; list the checkpoints with: asyncbackup checkpoint list DIR"
-        )
+        raise CheckpointError(f"no checkpoint at {path}; {_where_else(path)}")
     return read_checkpoint(path)
+
+
+def archived_versions(path: Path) -> list[Path]:
+    """The archives of the live checkpoint ``path`` (its completed backups), oldest first."""
+    with contextlib.suppress(OSError):
+        return sorted(
+            candidate
+            for candidate in (path.parent / "archive").iterdir()
+            if candidate.name.startswith(f"{path.name}.") and _kind(candidate) == "archived"
+        )
+    return []
+
+
+def live_path(path: Path) -> Path | None:
+    """The live checkpoint an archived one was (the file runs read), or None if ``path`` is
+    not an archive: ``DIR/archive/NAME.checkpoint.<time>`` was ``DIR/NAME.checkpoint``."""
+    if _kind(path) != "archived":
+        return None
+    return path.parent.parent / (
+        path.name.rsplit(CHECKPOINT_SUFFIX + ".", 1)[0] + CHECKPOINT_SUFFIX
+    )
+
+
+def _where_else(path: Path) -> str:
+    """What to do about a checkpoint that is not at ``path``: a completed backup's is in
+    ``archive/``, which ``list`` shows only with ``--all``."""
+    archived = archived_versions(path)
+    if archived:
+        return (
+            f"its backup completed and the checkpoint was archived, last as {archived[-1]} "
+            "(give that path)"
+        )
+    folder = path.parent if path.parent.is_dir() else Path("DIR")
+    return (
+        f"list the checkpoints with: asyncbackup checkpoint list {folder} --all "
+        "(--all: the archived ones of completed backups too)"
+    )
 
 
 Kind = Literal["active", "archived", "set-aside"]

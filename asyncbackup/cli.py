@@ -212,7 +212,13 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: archive, under CHECKPOINT_DIR/archive/)",
     )
     tuning = parser.add_argument_group("transfer")
-    tuning.add_argument("--concurrency", type=positive_int, default=16, metavar="N")
+    tuning.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="objects in flight (default 16)",
+    )
     tuning.add_argument(
         "--multipart-threshold",
         type=parse_size,
@@ -221,7 +227,14 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         help="objects from this size on are uploaded in parts, unless multipart at the source "
         "(copied in its layout); smaller ones in one PUT (default 64MiB)",
     )
-    tuning.add_argument("--part-size", type=parse_size, default="8MiB", metavar="SIZE")
+    tuning.add_argument(
+        "--part-size",
+        type=parse_size,
+        default="8MiB",
+        metavar="SIZE",
+        help="size of the parts of a multipart upload, grown to stay within 10,000 parts "
+        "(default 8MiB)",
+    )
     tuning.add_argument(
         "--checksum",
         choices=CHECKSUM_CHOICES,
@@ -230,7 +243,13 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "Content-MD5, accepted by every S3-compatible server); --direct uploads no data, "
         "its copies are checked by ETag",
     )
-    tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+    tuning.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="attempts per request for transient failures, with backoff (default 8)",
+    )
     tuning.add_argument(
         "--processes",
         type=process_count,
@@ -253,8 +272,9 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-fast-path",
         dest="fast_path",
         action="store_false",
-        help="send every request through botocore, also the GET and PUT of small objects "
-        "(by default those go over asyncbackup's own HTTP/1.1 pool, signed by it: less CPU each)",
+        help="send every request through botocore (by default the listing, GETs, PUTs, "
+        "multipart parts and --direct's CopyObject go over asyncbackup's own HTTP/1.1 pool, "
+        "signed by it: less CPU each)",
     )
     tuning.add_argument(
         "--max-bandwidth",
@@ -374,7 +394,8 @@ def add_github_arguments(parser: argparse.ArgumentParser) -> None:
     github.add_argument(
         "--api-url",
         default="https://api.github.com",
-        help="API root; for GitHub Enterprise Server https://HOST/api/v3",
+        help="API root (default https://api.github.com); for GitHub Enterprise Server "
+        "https://HOST/api/v3",
     )
     github.add_argument(
         "--token-env",
@@ -456,10 +477,33 @@ def add_github_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="concurrent git processes (default 2)",
     )
-    tuning.add_argument("--multipart-threshold", type=parse_size, default="8MiB", metavar="SIZE")
-    tuning.add_argument("--part-size", type=parse_size, default="8MiB", metavar="SIZE")
-    tuning.add_argument("--checksum", choices=CHECKSUM_CHOICES, default="md5")
-    tuning.add_argument("--max-attempts", type=positive_int, default=8, metavar="N")
+    tuning.add_argument(
+        "--multipart-threshold",
+        type=parse_size,
+        default="8MiB",
+        metavar="SIZE",
+        help="artifacts from this size on are uploaded in parts (default 8MiB)",
+    )
+    tuning.add_argument(
+        "--part-size",
+        type=parse_size,
+        default="8MiB",
+        metavar="SIZE",
+        help="size of the parts of a multipart upload (default 8MiB)",
+    )
+    tuning.add_argument(
+        "--checksum",
+        choices=CHECKSUM_CHOICES,
+        default="md5",
+        help="checksum sent with every upload for the server to verify (default md5)",
+    )
+    tuning.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="attempts per request for transient failures, with backoff (default 8)",
+    )
 
 
 def build_github_parser() -> argparse.ArgumentParser:

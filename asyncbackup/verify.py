@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointState
-from .checkpoint_tool import is_github, load
+from .checkpoint_tool import is_github, live_path, load
 from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError
 from .pipeline import for_each_bounded, primary_error
@@ -391,9 +391,29 @@ def format_verify(result: VerifyResult, path: Path, limit: int = 50) -> str:
             "credentials may not make); --json lists them"
         )
     if not result.ok:
-        lines.append(
+        lines.append(_next_run_advice(path))
+    return "\n".join(lines)
+
+
+def _next_run_advice(path: Path) -> str:
+    """How to have the next run copy the bad keys again. A run reads only the live checkpoint:
+    an archived one (a completed backup) is read again only once put back in its place."""
+    live = live_path(path)
+    if live is None:
+        return (
             "to copy them again on the next run: asyncbackup checkpoint verify "
             f"{path} --mark-pending (with the same endpoint options), or mark them one by one "
             f"with: asyncbackup checkpoint mark {path} --pending KEY"
         )
-    return "\n".join(lines)
+    if live.exists() or live.is_symlink():
+        return (
+            f"this checkpoint is archived; the job's current one is {live}: to copy them again "
+            f"on its next run, mark them there with: asyncbackup checkpoint mark {live} "
+            "--pending KEY"
+        )
+    return (
+        f"this checkpoint is archived, and a run reads only {live} (without it, the next run "
+        "starts a new checkpoint and copies everything): to copy them alone again on the next "
+        f"run, put it back with: cp {path} {live} && asyncbackup checkpoint verify {live} "
+        "--mark-pending (with the same endpoint options)"
+    )

@@ -181,3 +181,125 @@ def test_the_bandwidth_floor_the_error_names_is_accepted(
     followed = cli(found.group(1))
     assert "--max-bandwidth" not in followed.stderr, followed.stderr
     assert "cannot reach" in followed.stderr  # past the flags' checks, to the endpoint
+
+
+def _completed_backup(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, keys: list[str]
+) -> tuple[Path, Path]:
+    """A backup of ``job/`` completed by the command line: its live path and its archive."""
+    for key in keys:
+        s3.put_object(Bucket=buckets.source, Key=key, Body=key.encode())
+    args = ["s3", "job", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path), "--endpoint-url", s3_server.endpoint, "-q"]
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    live = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
+    (archived,) = (tmp_path / "checkpoints" / "archive").iterdir()
+    assert not live.exists()
+    return live, archived
+
+
+def test_no_checkpoint_names_the_archived_one(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """README, "Exit codes of the tool" and "Errors are one line on stderr, with what to do
+    next". ``checkpoint verify`` of a completed backup, given the path the README documents,
+    said "list the checkpoints with: asyncbackup checkpoint list DIR" - and that command
+    answered "no checkpoints under DIR": a completed backup's checkpoint is archived, which
+    ``list`` shows only with ``--all``. The advice must lead to the checkpoint."""
+    live, archived = _completed_backup(s3_server, s3, buckets, tmp_path, ["job/a", "job/b"])
+    refused = tool("verify", str(live), "--endpoint-url", s3_server.endpoint)
+    assert refused.returncode == 2
+    assert str(archived) in refused.stderr, refused.stderr
+    nowhere = tool("show", str(tmp_path / "checkpoints" / "other_job.checkpoint"))
+    assert nowhere.returncode == 2
+    found = re.search(r"asyncbackup (checkpoint list \S+ --all)", nowhere.stderr)
+    assert found is not None, nowhere.stderr
+    listed = tool(*found.group(1).split()[1:])
+    assert listed.returncode == 0 and str(archived) in listed.stdout, listed.stdout
+
+
+def test_verify_advice_on_an_archived_checkpoint_copies_what_it_found(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """README, ``verify``: "It works on archived checkpoints too" and ``--mark-pending`` "marks
+    the bad keys pending so the next run copies them again". On an archived checkpoint the
+    next run reads none of it (it starts a new checkpoint): the printed advice, followed, left
+    the next run copying every object again. Followed now, the next run copies the missing
+    object alone."""
+    keys = [f"job/{i}" for i in range(5)]
+    live, archived = _completed_backup(s3_server, s3, buckets, tmp_path, keys)
+    s3.delete_object(Bucket=buckets.dest, Key="job/3")
+    where = ["--endpoint-url", s3_server.endpoint]
+    found = tool("verify", str(archived), *where, "--mark-pending")
+    assert found.returncode == 1 and "missing    job/3" in found.stdout
+    # what the advice says to do: put the archived checkpoint back where a run reads it
+    assert f"cp {archived} {live}" in found.stdout, found.stdout
+    live.write_bytes(archived.read_bytes())
+    args = ["s3", "job", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path), "--endpoint-url", s3_server.endpoint, "-q"]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", *args], capture_output=True, text=True, timeout=60
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "copied 1 files" in rerun.stderr, rerun.stderr
+    assert "job/3" in {o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]}
+
+
+def test_a_checkpoint_command_whose_output_cannot_be_written_exits_120(tmp_path: Path) -> None:
+    """README, "Exit codes": "a stdout that cannot be written makes a success 120, as Python
+    does"; the tool's own codes say 3 is "a listing failed midway". ``checkpoint show`` into a
+    full disk said "unexpected OSError ... (the checkpoint is valid; run with --debug for
+    details)" and exited 3, as if the command itself had failed."""
+    checkpoint = tmp_path / "job.checkpoint"
+    state = {
+        "backup_id": "b",
+        "source_bucket": "src",
+        "source_path": "job",
+        "dest_bucket": "dst",
+        "start_time": "2024-04-06T12:00:00",
+        "last_update": "2024-04-06T13:15:30",
+        "total_files": 1,
+        "processed_files": 1,
+        "total_bytes": 1,
+        "processed_bytes": 1,
+        "files": {"job/a": True},
+        "errors": {},
+        "config": {},
+    }
+    checkpoint.write_bytes(orjson.dumps(state))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncbackup", "checkpoint", "show", str(checkpoint)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 120, done.stderr
+    assert "unexpected" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["s3", "github"])
+def test_every_flag_with_a_default_states_it_in_its_help(command: str) -> None:
+    """The README's flag tables give each default (``--concurrency`` 16, ``--part-size`` 8MiB,
+    ``--max-attempts`` 8...); ``--help`` must give the same ones, not leave a newcomer to
+    guess. Several flags said nothing of their default, and the github command's
+    ``--multipart-threshold`` (8MiB there, 64MiB for s3) neither."""
+    from asyncbackup.cli import build_github_parser, build_s3_parser
+
+    parser = build_s3_parser() if command == "s3" else build_github_parser()
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action.default, bool):
+            continue  # a switch: its help says what it turns on or off
+        if action.default in (None, [], "==SUPPRESS=="):
+            continue
+        flag = action.option_strings[0]
+        found = re.search(r"default:? (\S+)", action.help or "")
+        assert found is not None, f"{command} {flag}: help states no default ({action.help!r})"
+        stated, default = found.group(1).rstrip(",;:)"), action.default
+        assert stated == str(default) or (
+            isinstance(default, float) and float(stated) == default
+        ), f"{command} {flag}: help says {stated}, default is {default!r}"
