@@ -753,7 +753,27 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def open_standard_streams() -> None:
+    """Give a closed stdin, stdout or stderr (``<&-``, ``2>&-``, a launcher that closes them)
+    ``/dev/null``, as daemons do. Left closed, the next file opened takes its number: log
+    lines and the summary would land in it, and libuv aborts the process (SIGABRT, after a
+    completed copy) when it closes a descriptor below 3 that its loop had been given."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if fd == 1 and sys.stdout is None:
+                sys.stdout = open(1, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            if fd == 2 and sys.stderr is None:
+                sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    open_standard_streams()
     try:
         args = parser.parse_args(argv)
     except _BadUsage as refused:

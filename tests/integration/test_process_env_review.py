@@ -1,0 +1,52 @@
+"""The process environment of a user's machine, not the test runner's: standard streams
+closed by whatever started the command, a locale whose encoding is not UTF-8, and AWS_*
+variables that name nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets, S3Server
+from tests.helpers import cli_args, load_json, put_objects
+
+
+def _backup(
+    s3_server: S3Server, buckets: Buckets, base: Path, *extra: str, close: int | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    def close_fd() -> None:  # in the child, before exec: what a launcher leaves it
+        if close is not None:
+            os.close(close)
+
+    argv = [sys.executable, "-m", "asyncbackup", "s3", "data"]
+    argv += cli_args(s3_server.endpoint, base, buckets.source, buckets.dest, *extra)
+    return subprocess.run(
+        argv,
+        stdout=None if close == 1 else subprocess.PIPE,
+        stderr=None if close == 2 else subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=close_fd,  # the closed descriptor is the point
+        timeout=120,
+        env=os.environ,
+    )
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_a_closed_standard_stream_does_not_abort_a_completed_run(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path, fd: int
+) -> None:
+    """Started with stdin, stdout or stderr closed (``<&-``, ``>&-``, ``2>&-``, some
+    launchers), the next file the run opened took that descriptor, and libuv aborted the
+    process (SIGABRT, exit 134) closing it, after the copy had completed."""
+    put_objects(s3, buckets.source, {f"data/f{i}": b"x" * i for i in range(5)})
+    report = tmp_path / "report.json"
+    done = _backup(s3_server, buckets, tmp_path / "base", "--report", str(report), close=fd)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert load_json(report)["status"] == "completed"
+    listed = s3.list_objects_v2(Bucket=buckets.dest)["KeyCount"]
+    assert listed == 5
