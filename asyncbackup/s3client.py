@@ -30,7 +30,7 @@ from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
-from .retry import CREDENTIALS_REFUSED, RetryPolicy, error_code
+from .retry import CLOCK_SKEWED, CREDENTIALS_REFUSED, RetryPolicy, error_code
 
 log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
@@ -279,6 +279,8 @@ async def check_bucket(
                 f"the {role} refused --storage-class ({exc}); give a storage class it "
                 "supports, then run again"
             ) from None
+        if code == CLOCK_SKEWED:  # the message says what to do
+            raise StoreUnavailableError(f"the {role} refused the requests: {exc}") from None
         if code in ("404", "NoSuchBucket"):
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
