@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import re
@@ -772,8 +773,18 @@ def open_standard_streams() -> None:
                 sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
 
+def escape_what_stdout_cannot_encode() -> None:
+    """Results on a stdout whose encoding lacks a key's characters (``PYTHONIOENCODING=ascii``,
+    a latin-1 locale) print them escaped (``\\xe9``), as stderr does, instead of ending the
+    command half-way with an ``UnicodeEncodeError``."""
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper) and stdout.errors == "strict":
+        stdout.reconfigure(errors="backslashreplace")
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     open_standard_streams()
+    escape_what_stdout_cannot_encode()
     try:
         args = parser.parse_args(argv)
     except _BadUsage as refused:

@@ -50,3 +50,27 @@ def test_a_closed_standard_stream_does_not_abort_a_completed_run(
     assert load_json(report)["status"] == "completed"
     listed = s3.list_objects_v2(Bucket=buckets.dest)["KeyCount"]
     assert listed == 5
+
+
+def _checkpoint_with_a_non_ascii_key(where: Path) -> Path:
+    path = where / "s_p.checkpoint"
+    path.write_text(
+        '{"backup_id": "b1", "source_bucket": "s", "source_path": "p", "dest_bucket": "d", '
+        '"start_time": "2024-04-06T12:00:00", "last_update": "2024-04-06T13:15:30.5Z", '
+        '"total_files": 2, "processed_files": 1, "total_bytes": 0, "processed_bytes": 0, '
+        '"files": {"p/a": true, "p/\\u00e9t\\u00e9": false}, '
+        '"errors": {"p/\\u00e9t\\u00e9": "AccessDenied: Access Denied"}, "config": {}}'
+    )
+    return path
+
+
+def test_results_print_on_a_stdout_that_cannot_encode_the_keys(tmp_path: Path) -> None:
+    """``PYTHONIOENCODING=ascii`` (or a latin-1 terminal's locale): a non-ASCII key made
+    ``checkpoint errors`` end with "unexpected UnicodeEncodeError", exit 3, listing nothing.
+    Such a key prints escaped, as stderr's lines do."""
+    path = _checkpoint_with_a_non_ascii_key(tmp_path)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    argv = [sys.executable, "-m", "asyncbackup", "checkpoint", "errors", str(path)]
+    done = subprocess.run(argv, capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"p/\\xe9t\\xe9\tAccessDenied\tAccess Denied\n"
