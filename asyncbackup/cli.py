@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import io
 import logging
@@ -773,13 +774,25 @@ def open_standard_streams() -> None:
                 sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
 
+def _escape_unencodable(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """``surrogateescape`` where it applies (bytes a file name had, given back as they were),
+    ``backslashreplace`` for the rest (a character the encoding lacks)."""
+    try:
+        return codecs.lookup_error("surrogateescape")(exc)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(exc)
+
+
+codecs.register_error("asyncbackup.escape", _escape_unencodable)
+
+
 def escape_what_stdout_cannot_encode() -> None:
     """Results on a stdout whose encoding lacks a key's characters (``PYTHONIOENCODING=ascii``,
-    a latin-1 locale) print them escaped (``\\xe9``), as stderr does, instead of ending the
-    command half-way with an ``UnicodeEncodeError``."""
+    the C locale with ``PYTHONUTF8=0``, a latin-1 locale) print them escaped (``\\xe9``), as
+    stderr does, instead of ending the command half-way with an ``UnicodeEncodeError``."""
     stdout = sys.stdout
-    if isinstance(stdout, io.TextIOWrapper) and stdout.errors == "strict":
-        stdout.reconfigure(errors="backslashreplace")
+    if isinstance(stdout, io.TextIOWrapper) and stdout.errors in ("strict", "surrogateescape"):
+        stdout.reconfigure(errors="asyncbackup.escape")
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -64,12 +64,19 @@ def _checkpoint_with_a_non_ascii_key(where: Path) -> Path:
     return path
 
 
-def test_results_print_on_a_stdout_that_cannot_encode_the_keys(tmp_path: Path) -> None:
-    """``PYTHONIOENCODING=ascii`` (or a latin-1 terminal's locale): a non-ASCII key made
-    ``checkpoint errors`` end with "unexpected UnicodeEncodeError", exit 3, listing nothing.
-    Such a key prints escaped, as stderr's lines do."""
+@pytest.mark.parametrize(
+    "variables",
+    [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}],
+    ids=["PYTHONIOENCODING", "C-locale"],
+)
+def test_results_print_on_a_stdout_that_cannot_encode_the_keys(
+    tmp_path: Path, variables: dict[str, str]
+) -> None:
+    """``PYTHONIOENCODING=ascii``, the C locale with ``PYTHONUTF8=0`` (or a latin-1 locale):
+    a non-ASCII key made ``checkpoint errors`` end with "unexpected UnicodeEncodeError",
+    exit 3, listing nothing. Such a key prints escaped, as stderr's lines do."""
     path = _checkpoint_with_a_non_ascii_key(tmp_path)
-    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    env = {**os.environ, **variables}
     argv = [sys.executable, "-m", "asyncbackup", "checkpoint", "errors", str(path)]
     done = subprocess.run(argv, capture_output=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
