@@ -81,3 +81,23 @@ def test_results_print_on_a_stdout_that_cannot_encode_the_keys(
     done = subprocess.run(argv, capture_output=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"p/\\xe9t\\xe9\tAccessDenied\tAccess Denied\n"
+
+
+def test_non_ascii_keys_are_staged_where_the_file_system_encoding_is_ascii(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The C locale with ``PYTHONUTF8=0`` (an old cron or init script, a distribution's
+    policy) makes file names ASCII: the first key with an ``é`` stopped the whole run,
+    "unexpected UnicodeEncodeError", exit 3. Such characters are percent-encoded in staging,
+    as ``%`` is, and the key reaches the destination exact."""
+    keys = {"data/caf\u00e9/r\u00e9sum\u00e9.txt": b"cv", "data/\u2603": b"snow", "data/a": b"a"}
+    put_objects(s3, buckets.source, keys)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    argv = [sys.executable, "-m", "asyncbackup", "s3", "data", "--quiet"]
+    argv += cli_args(s3_server.endpoint, tmp_path / "base", buckets.source, buckets.dest)
+    done = subprocess.run(argv, capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    copied = {o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]}
+    assert copied == set(keys)
+    staged = {p.name for p in (tmp_path / "base" / buckets.source).rglob("*")}
+    assert {"caf%C3%A9", "r%C3%A9sum%C3%A9.txt", "%E2%98%83"} <= staged
