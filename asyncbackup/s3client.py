@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -122,6 +123,14 @@ async def open_client(
         control = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = profile_flag(role)
+        variable = _profile_variable() if profile is None else None
+        if variable is not None:  # no flag: botocore took the profile from the environment
+            name, value = variable
+            raise ConfigError(
+                f"{name}={value!r} names a profile that is not in the AWS config or "
+                f"credentials files; unset {name}, or name a profile that exists (there or "
+                f"with {flag}), or check AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
+            ) from None
         raise ConfigError(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
@@ -199,6 +208,15 @@ def _refuse_garbled_credentials(role: str, control: Any) -> None:
 def profile_flag(role: str) -> str:
     """The flag that gives the credentials of ``role`` (``source`` or ``destination``)."""
     return "--source-profile" if role == "source" else "--dest-profile"
+
+
+def _profile_variable() -> tuple[str, str] | None:
+    """The variable botocore takes the profile from when no flag gives one, and its value
+    (set, even empty), in botocore's order."""
+    for name in ("AWS_DEFAULT_PROFILE", "AWS_PROFILE"):
+        if name in os.environ:
+            return name, os.environ[name]
+    return None
 
 
 def client_endpoint(client: S3Client) -> str | None:

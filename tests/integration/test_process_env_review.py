@@ -101,3 +101,19 @@ def test_non_ascii_keys_are_staged_where_the_file_system_encoding_is_ascii(
     assert copied == set(keys)
     staged = {p.name for p in (tmp_path / "base" / buckets.source).rglob("*")}
     assert {"caf%C3%A9", "r%C3%A9sum%C3%A9.txt", "%E2%98%83"} <= staged
+
+
+@pytest.mark.parametrize("value", ["", "gone"])
+def test_an_aws_profile_variable_naming_no_profile_is_named_in_the_error(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, value: str
+) -> None:
+    """``AWS_PROFILE=`` (set empty by a wrapper script) or naming a deleted profile, and no
+    --source-profile: the error said "source profile None ... check --source-profile", a
+    flag the user did not give. It names the variable and its value."""
+    env = {**os.environ, "AWS_PROFILE": value}
+    argv = [sys.executable, "-m", "asyncbackup", "s3", "data", "--quiet"]
+    argv += cli_args(s3_server.endpoint, tmp_path / "base", buckets.source, buckets.dest)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"AWS_PROFILE={value!r}" in done.stderr, done.stderr
+    assert "None" not in done.stderr
