@@ -171,7 +171,7 @@ def classify(exc: BaseException) -> ObjectError:
         if code in ARCHIVED_CODES:
             message += _ARCHIVED_ADVICE
         if code == CLOCK_SKEWED:
-            message += _clock_advice(exc.response.get("Error", {}))
+            message = message.rstrip(".") + _clock_advice(exc.response.get("Error", {}))
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
