@@ -6,7 +6,10 @@ the record's own fields (what was passed as ``extra=``), and ``exception`` when 
 
 from __future__ import annotations
 
+import codecs
+import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -35,7 +38,44 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(out, default=str).decode())
+        return redact(_json_line(out))
+
+
+def _json_line(out: dict[str, Any]) -> str:
+    """``out`` as one line of JSON that the stderr of the moment can carry: non-ASCII
+    characters escaped (``\\u00e9``) where its encoding lacks them (``PYTHONIOENCODING=ascii``,
+    the C locale with ``PYTHONUTF8=0``), which otherwise wrote ``\\xe9``, no JSON escape; the
+    bytes of a file name that are not UTF-8 (lone surrogates, which orjson refuses) as
+    ``\\udcff``, as the text format shows them."""
+    try:
+        text = orjson.dumps(out, default=str).decode()
+    except TypeError:
+        text = orjson.dumps(_without_surrogates(out), default=_escaped).decode()
+    if text.isascii() or _stderr_is_utf8():
+        return text
+    return json.dumps(orjson.loads(text), separators=(",", ":"))  # ensure_ascii
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, (str, os.PathLike)):
+        return _escaped(value)
+    return value
+
+
+def _escaped(value: object) -> str:
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _stderr_is_utf8() -> bool:
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
 
 
 class TextFormatter(logging.Formatter):

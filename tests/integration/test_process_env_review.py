@@ -4,6 +4,7 @@ variables that name nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,36 @@ def test_an_aws_profile_variable_naming_no_profile_is_named_in_the_error(
     assert done.returncode == 2, done.stderr
     assert f"AWS_PROFILE={value!r}" in done.stderr, done.stderr
     assert "None" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "variables"),
+    [(b"caf\xc3\xa9", {"PYTHONIOENCODING": "ascii"}), (b"bad\xff", {})],
+    ids=["ascii-stderr", "non-utf8-file-name"],
+)
+def test_json_log_lines_stay_json(
+    s3_server: S3Server,
+    buckets: Buckets,
+    tmp_path: Path,
+    name: bytes,
+    variables: dict[str, str],
+) -> None:
+    """``--log-format json`` with a message quoting a non-ASCII path: on a stderr that cannot
+    encode it (``PYTHONIOENCODING=ascii``, the C locale with ``PYTHONUTF8=0``) the line held
+    ``\\xe9``, no JSON escape, and a log shipper dropped it; a file name whose bytes are not
+    UTF-8 (read from argv as a lone surrogate) made orjson raise, and a "--- Logging error
+    ---" traceback came instead of the error's record."""
+    blocker = tmp_path / os.fsdecode(name)
+    blocker.touch()  # a file where the staging folder would go
+    env = {**os.environ, **variables}
+    argv: list[str | bytes] = [sys.executable, "-m", "asyncbackup", "s3", "data"]
+    argv += cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
+    argv[argv.index(str(tmp_path))] = os.fsencode(blocker / "base")
+    argv += ["--log-format", "json"]
+    done = subprocess.run(argv, capture_output=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    record = json.loads(lines[0])
+    assert record["level"] == "error" and record["exit_code"] == 2
+    assert os.fsdecode(name).encode("utf-8", "backslashreplace").decode() in record["message"]
