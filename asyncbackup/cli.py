@@ -844,7 +844,8 @@ def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: 
     document = {
         "status": status,
         "exit_code": exit_code,
-        "error": redact(" ".join(message.split())),
+        # a path whose bytes are not UTF-8 (lone surrogates) as \udce9, which JSON can hold
+        "error": redact(" ".join(message.split())).encode("utf-8", "backslashreplace").decode(),
         "finished_at": now_iso(),
     }
     try:

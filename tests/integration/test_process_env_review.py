@@ -151,3 +151,20 @@ def test_json_log_lines_stay_json(
     record = json.loads(lines[0])
     assert record["level"] == "error" and record["exit_code"] == 2
     assert os.fsdecode(name).encode("utf-8", "backslashreplace").decode() in record["message"]
+
+
+def test_a_report_path_whose_name_is_not_utf8_fails_in_one_line(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``--report`` in a missing folder named in latin-1: the error's line came, then the
+    failed run's report (its message quoting the path) made orjson raise, and a traceback
+    ended the command with exit 1 instead of the error's 2."""
+    report = os.fsencode(tmp_path / "gone") + b"\xe9/r.json"
+    argv: list[str | bytes] = [sys.executable, "-m", "asyncbackup", "s3", "data", "--quiet"]
+    argv += cli_args(s3_server.endpoint, tmp_path / "base", buckets.source, buckets.dest)
+    argv += ["--report", report]
+    done = subprocess.run(argv, capture_output=True, env=os.environ, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert b"Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert b"--report " in done.stderr
