@@ -132,18 +132,16 @@ def test_json_log_lines_stay_json(
     name: bytes,
     variables: dict[str, str],
 ) -> None:
-    """``--log-format json`` with a message quoting a non-ASCII path: on a stderr that cannot
-    encode it (``PYTHONIOENCODING=ascii``, the C locale with ``PYTHONUTF8=0``) the line held
-    ``\\xe9``, no JSON escape, and a log shipper dropped it; a file name whose bytes are not
-    UTF-8 (read from argv as a lone surrogate) made orjson raise, and a "--- Logging error
-    ---" traceback came instead of the error's record."""
-    blocker = tmp_path / os.fsdecode(name)
-    blocker.touch()  # a file where the staging folder would go
+    """``--log-format json`` with a message quoting a non-ASCII path (a ``--report`` in a
+    missing folder): on a stderr that cannot encode it (``PYTHONIOENCODING=ascii``, the C
+    locale with ``PYTHONUTF8=0``) the line held ``\\xe9``, no JSON escape, and a log shipper
+    dropped it; a file name whose bytes are not UTF-8 (read from argv as a lone surrogate)
+    made orjson raise, and a "--- Logging error ---" traceback came instead of the error's
+    record."""
     env = {**os.environ, **variables}
     argv: list[str | bytes] = [sys.executable, "-m", "asyncbackup", "s3", "data"]
-    argv += cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
-    argv[argv.index(str(tmp_path))] = os.fsencode(blocker / "base")
-    argv += ["--log-format", "json"]
+    argv += cli_args(s3_server.endpoint, tmp_path / "base", buckets.source, buckets.dest)
+    argv += ["--log-format", "json", "--report", os.fsencode(tmp_path) + b"/" + name + b"/r"]
     done = subprocess.run(argv, capture_output=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
@@ -168,3 +166,24 @@ def test_a_report_path_whose_name_is_not_utf8_fails_in_one_line(
     assert b"Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert b"--report " in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--base-local-path", "--checkpoint-dir"])
+def test_a_path_whose_name_is_not_utf8_is_refused_in_one_line(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, flag: str
+) -> None:
+    """A folder named in latin-1 (``donn\\xe9es``) on a UTF-8 system: the checkpoint (which
+    records it), the report and the logs are JSON, which cannot hold such a name, and the run
+    ended with "unexpected TypeError: str is not valid UTF-8", exit 3. It is refused at the
+    start with what to do."""
+    odd = os.fsencode(tmp_path / "donn") + b"\xe9es"
+    argv: list[str | bytes] = [sys.executable, "-m", "asyncbackup", "s3", "data", "--quiet"]
+    argv += cli_args(s3_server.endpoint, tmp_path / "base", buckets.source, buckets.dest)
+    argv += [flag, odd] if flag != "--base-local-path" else []
+    if flag == "--base-local-path":
+        argv[argv.index(str(tmp_path / "base"))] = odd
+    done = subprocess.run(argv, capture_output=True, env=os.environ, timeout=120)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.decode().strip()
+    assert "\n" not in line
+    assert f"{flag} " in line and "not UTF-8" in line and "donn\\xe9es" in line, line
