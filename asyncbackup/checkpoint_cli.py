@@ -18,6 +18,7 @@ import orjson
 from . import checkpoint_tool as tool
 from . import verify
 from .errors import CheckpointError
+from .printable import escape_surrogates, without_surrogates
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
@@ -35,7 +36,13 @@ def _out(text: str) -> None:
 
 
 def _emit_json(data: Any) -> None:
-    _out(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+    try:
+        text = orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str)
+    except TypeError:  # a path whose bytes are not UTF-8 (a folder named in latin-1)
+        text = orjson.dumps(
+            without_surrogates(data), option=orjson.OPT_INDENT_2, default=escape_surrogates
+        )
+    _out(text.decode())
 
 
 def _common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:

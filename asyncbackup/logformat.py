@@ -9,14 +9,13 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 
-from .printable import printable
+from .printable import escape_surrogates, printable, without_surrogates
 from .redact import redact
 
 LOG_FORMATS = ("text", "json")
@@ -50,24 +49,10 @@ def _json_line(out: dict[str, Any]) -> str:
     try:
         text = orjson.dumps(out, default=str).decode()
     except TypeError:
-        text = orjson.dumps(_without_surrogates(out), default=_escaped).decode()
+        text = orjson.dumps(without_surrogates(out), default=escape_surrogates).decode()
     if text.isascii() or _stderr_is_utf8():
         return text
     return json.dumps(orjson.loads(text), separators=(",", ":"))  # ensure_ascii
-
-
-def _without_surrogates(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_surrogates(item) for item in value]
-    if isinstance(value, (str, os.PathLike)):
-        return _escaped(value)
-    return value
-
-
-def _escaped(value: object) -> str:
-    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _stderr_is_utf8() -> bool:

@@ -187,3 +187,21 @@ def test_a_path_whose_name_is_not_utf8_is_refused_in_one_line(
     line = done.stderr.decode().strip()
     assert "\n" not in line
     assert f"{flag} " in line and "not UTF-8" in line and "donn\\xe9es" in line, line
+
+
+@pytest.mark.parametrize("command", ["list", "show"])
+def test_checkpoint_json_output_under_a_folder_whose_name_is_not_utf8(
+    tmp_path: Path, command: str
+) -> None:
+    """``checkpoint list|show --json`` of checkpoints in a folder named in latin-1 ended with
+    "unexpected TypeError: str is not valid UTF-8", exit 3, printing nothing: the path's odd
+    bytes print escaped (``\\udce9``), as the text output shows them."""
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/donn\xe9es"))
+    folder.mkdir()
+    path = _checkpoint_with_a_non_ascii_key(folder)
+    target = folder if command == "list" else path
+    argv = [sys.executable, "-m", "asyncbackup", "checkpoint", command, str(target), "--json"]
+    done = subprocess.run(argv, capture_output=True, env=os.environ, timeout=60)
+    assert done.returncode == 0, done.stderr
+    json.loads(done.stdout)
+    assert b"donn\\\\udce9es" in done.stdout  # a backslash, JSON-escaped
