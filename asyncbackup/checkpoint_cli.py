@@ -17,22 +17,35 @@ import orjson
 
 from . import checkpoint_tool as tool
 from . import verify
-from .errors import CheckpointError
+from .errors import AsyncBackupError, CheckpointError
 from .printable import escape_surrogates, without_surrogates
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
 
+class StdoutLostError(AsyncBackupError):
+    """stdout cannot be written (a full disk under a redirect): the results are lost. Exit
+    120, as Python's own when it cannot flush stdout at exit (and the dry run's)."""
+
+    exit_code = 120
+
+
 def _out(text: str) -> None:
     """One result to stdout. A reader that went away (``| head -1`` once it has its line) has
-    what it wanted: the rest is dropped quietly, and the exit code stays the command's."""
+    what it wanted: the rest is dropped quietly, and the exit code stays the command's. Any
+    other failure to write (a full disk) loses the results: one line, exit 120."""
     try:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:
+    except OSError as exc:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
         os.close(devnull)
+        if not isinstance(exc, BrokenPipeError):
+            raise StdoutLostError(
+                f"cannot write to stdout ({exc.strerror}): the results are lost; free space "
+                "where it goes, or redirect it elsewhere, and run the command again"
+            ) from exc
 
 
 def _emit_json(data: Any) -> None:

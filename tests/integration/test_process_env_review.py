@@ -205,3 +205,20 @@ def test_checkpoint_json_output_under_a_folder_whose_name_is_not_utf8(
     assert done.returncode == 0, done.stderr
     json.loads(done.stdout)
     assert b"donn\\\\udce9es" in done.stdout  # a backslash, JSON-escaped
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_checkpoint_results_to_a_full_stdout_are_one_line_and_exit_120(
+    tmp_path: Path, json_flag: list[str]
+) -> None:
+    """``checkpoint errors > /dev/full`` (a full disk under a redirect): "unexpected OSError
+    ... run with --debug for details", exit 3, as if a bug; a dry run's results lost that way
+    exit 120, as Python's own."""
+    path = _checkpoint_with_a_non_ascii_key(tmp_path)
+    argv = [sys.executable, "-m", "asyncbackup", "checkpoint", "errors", str(path), *json_flag]
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 120, done.stderr
+    line = done.stderr.decode().strip()
+    assert "\n" not in line and "unexpected" not in line
+    assert "cannot write to stdout" in line and "No space left on device" in line
