@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 log = logging.getLogger("asyncbackup")
@@ -48,7 +49,10 @@ def _server_time(headers: Mapping[str, str]) -> float | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).timestamp()
+        moment = parsedate_to_datetime(value)
+        if moment.tzinfo is None:  # asctime's form, or -0000: an HTTP date is GMT, not ours
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
