@@ -45,3 +45,32 @@ def test_the_wait_for_the_reset_does_not_depend_on_the_time_zone(
     }
     assert gate.observe(403, headers, "API rate limit exceeded") is True
     assert gate.waits == [("primary rate limit (waiting for x-ratelimit-reset)", 121.0)], local_zone
+
+
+class _Clocks:
+    """A wall clock that NTP steps back 20 minutes during the first sleep, and a steady one."""
+
+    def __init__(self) -> None:
+        self.wall = GITHUB_NOW
+        self.steady = 5000.0
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.steady += seconds
+        self.wall += seconds - (1200.0 if len(self.sleeps) == 1 else 0.0)
+
+
+async def test_a_wall_clock_stepped_back_does_not_stretch_a_rate_limit_pause() -> None:
+    """A pause was measured on the wall clock: the VM whose clock NTP set back 20 minutes
+    during a two-minute wait for the reset waited 22 (sleeps [121, 1200])."""
+    clocks = _Clocks()
+    gate = RateGate(clock=lambda: clocks.wall, steady=lambda: clocks.steady, sleep=clocks.sleep)
+    headers = {
+        "date": "Tue, 14 Nov 2023 22:13:20 GMT",
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": str(int(GITHUB_NOW + 120)),
+    }
+    assert gate.observe(403, headers, "API rate limit exceeded") is True
+    await gate.wait_turn()
+    assert clocks.sleeps == [121.0]
