@@ -11,8 +11,12 @@ from typing import Any
 
 import pytest
 
+from asyncbackup import run_github_backup
+from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets
 from tests.helpers import cli_args
+from tests.integration.github_org import config, running_org
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     checkpoint_file,
@@ -66,3 +70,21 @@ def test_a_clock_that_goes_wrong_mid_run_stops_the_run_with_one_line(
     state = read_valid(checkpoint_file(tmp_path, buckets.source, "m"))
     assert state.processed_files == 0
     assert not state.errors  # not blamed on the objects: the next run tries them all
+
+
+async def test_the_github_command_stops_once_when_s3_says_the_clock_is_off(
+    tmp_path: Path, proxy: S3Proxy, buckets: Buckets
+) -> None:
+    """The destination refuses every upload as too skewed: each artifact was retried and
+    recorded with the same error (exit 1, every repository cloned for nothing); the run
+    stops at the first (exit 3) saying to set the clock, nothing blamed on an artifact."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        proxy.add_rule(Rule("clock_skew", method="PUT"))
+        clock = github.clock
+        options = config(github, proxy.endpoint, buckets.dest, base, concurrency=1, max_attempts=2)
+        with pytest.raises(FatalRunError) as caught:
+            await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert "clock is 20 min behind the server's" in str(caught.value)
+        state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
+        assert state.errors == {} and not any(state.files.values())
