@@ -35,7 +35,7 @@ from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, SourceGone, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage
+from .retry import CLOCK_SKEWED, FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage
 from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
@@ -521,6 +521,8 @@ async def with_object_retries(
                     f"the destination refused --storage-class ({exc}); give a storage class "
                     "it supports, then run again to resume"
                 ) from exc
+            if exc.code == CLOCK_SKEWED:  # the message says what to do
+                raise FatalRunError(f"stopping on {item.key!r}: {exc}") from exc
             if exc.code in FATAL_CODES:
                 raise FatalRunError(
                     f"stopping: {exc} (on {item.key!r}); check the credentials and "

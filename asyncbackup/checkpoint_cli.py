@@ -18,21 +18,22 @@ import orjson
 from . import checkpoint_tool as tool
 from . import verify
 from .errors import AsyncBackupError, CheckpointError
+from .printable import escape_surrogates, without_surrogates
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
 
-class _OutputLostError(AsyncBackupError):
-    """stdout could not take the result (a full disk): a success ends 120, as the
-    interpreter's own exit does when it cannot flush stdout."""
+class StdoutLostError(AsyncBackupError):
+    """stdout cannot be written (a full disk under a redirect): the results are lost. Exit
+    120, as Python's own when it cannot flush stdout at exit (and the dry run's)."""
 
     exit_code = 120
 
 
 def _out(text: str) -> None:
     """One result to stdout. A reader that went away (``| head -1`` once it has its line) has
-    what it wanted: the rest is dropped quietly, and the exit code stays the command's. A
-    stdout that cannot be written otherwise (a full disk) lost the result: exit 120."""
+    what it wanted: the rest is dropped quietly, and the exit code stays the command's. Any
+    other failure to write (a full disk) loses the results: one line, exit 120."""
     try:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
@@ -41,14 +42,20 @@ def _out(text: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
         os.close(devnull)
         if not isinstance(exc, BrokenPipeError):
-            raise _OutputLostError(
-                f"the result could not be written to stdout ({exc.strerror}); the command "
-                "itself ran"
+            raise StdoutLostError(
+                f"cannot write to stdout ({exc.strerror}): the results are lost; free space "
+                "where it goes, or redirect it elsewhere, and run the command again"
             ) from exc
 
 
 def _emit_json(data: Any) -> None:
-    _out(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+    try:
+        text = orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str)
+    except TypeError:  # a path whose bytes are not UTF-8 (a folder named in latin-1)
+        text = orjson.dumps(
+            without_surrogates(data), option=orjson.OPT_INDENT_2, default=escape_surrogates
+        )
+    _out(text.decode())
 
 
 def _common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:

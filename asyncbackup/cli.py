@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
+import io
 import logging
 import os
 import re
@@ -797,7 +799,49 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def open_standard_streams() -> None:
+    """Give a closed stdin, stdout or stderr (``<&-``, ``2>&-``, a launcher that closes them)
+    ``/dev/null``, as daemons do. Left closed, the next file opened takes its number: log
+    lines and the summary would land in it, and libuv aborts the process (SIGABRT, after a
+    completed copy) when it closes a descriptor below 3 that its loop had been given."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if fd == 1 and sys.stdout is None:
+                sys.stdout = open(1, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            if fd == 2 and sys.stderr is None:
+                sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """``surrogateescape`` where it applies (bytes a file name had, given back as they were),
+    ``backslashreplace`` for the rest (a character the encoding lacks)."""
+    try:
+        return codecs.lookup_error("surrogateescape")(exc)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(exc)
+
+
+codecs.register_error("asyncbackup.escape", _escape_unencodable)
+
+
+def escape_what_stdout_cannot_encode() -> None:
+    """Results on a stdout whose encoding lacks a key's characters (``PYTHONIOENCODING=ascii``,
+    the C locale with ``PYTHONUTF8=0``, a latin-1 locale) print them escaped (``\\xe9``), as
+    stderr does, instead of ending the command half-way with an ``UnicodeEncodeError``."""
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper) and stdout.errors in ("strict", "surrogateescape"):
+        stdout.reconfigure(errors="asyncbackup.escape")
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    open_standard_streams()
+    escape_what_stdout_cannot_encode()
     try:
         args = parser.parse_args(argv)
     except _BadUsage as refused:
@@ -844,7 +888,8 @@ def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: 
     document = {
         "status": status,
         "exit_code": exit_code,
-        "error": redact(" ".join(message.split())),
+        # a path whose bytes are not UTF-8 (lone surrogates) as \udce9, which JSON can hold
+        "error": redact(" ".join(message.split())).encode("utf-8", "backslashreplace").decode(),
         "finished_at": now_iso(),
     }
     try:

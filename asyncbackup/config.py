@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -58,6 +59,27 @@ def grown_part_size(part_size: int, size: int) -> int:
     while part * S3_MAX_PARTS < size:
         part *= 2
     return min(part, S3_MAX_PART_SIZE)
+
+
+def text_path(flag: str, path: str | os.PathLike[str] | None) -> Path | None:
+    """``path`` as a ``Path``, refused (``ConfigError``) when its name is not text here: bytes
+    that are not UTF-8 (a folder named in latin-1), or any non-ASCII name where file names are
+    ASCII (the C locale with ``PYTHONUTF8=0``). The checkpoint records it, and it, the report
+    and the logs are JSON, which holds text only."""
+    if path is None:
+        return None
+    out = Path(path)
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(
+            f"{flag} {shown} is not UTF-8 text here (its bytes, or this locale's file names: "
+            "LANG=C with PYTHONUTF8=0 makes them ASCII), and the checkpoint and the report, "
+            "which are JSON, record it: give a path whose name is UTF-8 (a symbolic link to "
+            "it will do), or run with LANG=C.UTF-8"
+        ) from None
+    return out
 
 
 def check_positive(**values: int) -> None:
@@ -133,9 +155,12 @@ class BackupConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
-        object.__setattr__(self, "base_local_path", Path(self.base_local_path))
-        if self.checkpoint_dir is not None:
-            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        object.__setattr__(
+            self, "base_local_path", text_path("--base-local-path", Path(self.base_local_path))
+        )
+        object.__setattr__(
+            self, "checkpoint_dir", text_path("--checkpoint-dir", self.checkpoint_dir)
+        )
         for name in ("source_bucket", "dest_bucket"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")

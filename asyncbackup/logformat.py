@@ -6,6 +6,8 @@ the record's own fields (what was passed as ``extra=``), and ``exception`` when 
 
 from __future__ import annotations
 
+import codecs
+import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from .printable import printable
+from .printable import escape_surrogates, printable, without_surrogates
 from .redact import redact
 
 LOG_FORMATS = ("text", "json")
@@ -35,7 +37,30 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(out, default=str).decode())
+        return redact(_json_line(out))
+
+
+def _json_line(out: dict[str, Any]) -> str:
+    """``out`` as one line of JSON that the stderr of the moment can carry: non-ASCII
+    characters escaped (``\\u00e9``) where its encoding lacks them (``PYTHONIOENCODING=ascii``,
+    the C locale with ``PYTHONUTF8=0``), which otherwise wrote ``\\xe9``, no JSON escape; the
+    bytes of a file name that are not UTF-8 (lone surrogates, which orjson refuses) as
+    ``\\udcff``, as the text format shows them."""
+    try:
+        text = orjson.dumps(out, default=str).decode()
+    except TypeError:
+        text = orjson.dumps(without_surrogates(out), default=escape_surrogates).decode()
+    if text.isascii() or _stderr_is_utf8():
+        return text
+    return json.dumps(orjson.loads(text), separators=(",", ":"))  # ensure_ascii
+
+
+def _stderr_is_utf8() -> bool:
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
 
 
 class TextFormatter(logging.Formatter):

@@ -14,6 +14,9 @@ checkpoint) keep keys exact: JSON escapes them itself.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _TABLE = {
     code: _NAMED.get(chr(code), f"\\x{code:02x}")
@@ -29,3 +32,22 @@ _TABLE.update((code, f"\\u{code:04x}") for code in range(0x2066, 0x206A))
 def printable(text: str) -> str:
     """``text`` with its control characters escaped (see the module docstring)."""
     return text.translate(_TABLE)
+
+
+def escape_surrogates(value: object) -> str:
+    """``str(value)`` with the bytes of a file name that are not UTF-8 (lone surrogates, as
+    Python reads them) written ``\\udce9``, as text output shows them: JSON (orjson) cannot
+    hold them as they are."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` (JSON-ready: dicts, lists, strings, paths...) with ``escape_surrogates``
+    applied to every string and path in it."""
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(item) for item in value]
+    if isinstance(value, (str, os.PathLike)):
+        return escape_surrogates(value)
+    return value

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
+import email.utils
 import logging
 import random
 import sys
@@ -81,7 +83,11 @@ CREDENTIALS_REFUSED = frozenset(
         "AllAccessDisabled",
     }
 )
-FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket"}
+#: this machine's clock too far from the server's: every request is refused, whatever its
+#: object, until the clock is set right (retried per request all the same: a request held up
+#: after it was signed passes once signed again)
+CLOCK_SKEWED = "RequestTimeTooSkewed"
+FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket", CLOCK_SKEWED}
 #: An object in an archive tier (S3 Glacier Flexible Retrieval, Deep Archive, the archive
 #: tiers of Intelligent-Tiering) not restored: GET answers the first, CopyObject the second.
 ARCHIVED_CODES = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
@@ -89,6 +95,38 @@ _ARCHIVED_ADVICE = (
     " (the object is archived: restore it, e.g. `aws s3api restore-object`, and run again "
     "to copy it, or skip it with `asyncbackup checkpoint mark --done CHECKPOINT KEY`)"
 )
+
+
+def _instant(text: object) -> datetime.datetime | None:
+    """A time as S3 writes it in an error: ISO 8601 (``ServerTime``), the ``x-amz-date`` form
+    (``RequestTime``) or an HTTP date; None when it is none of them."""
+    if not isinstance(text, str):
+        return None
+    with contextlib.suppress(ValueError):
+        return datetime.datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
+    with contextlib.suppress(ValueError):
+        moment = datetime.datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        moment = email.utils.parsedate_to_datetime(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    return None
+
+
+def _clock_advice(error: dict[str, Any]) -> str:
+    """What to do about ``RequestTimeTooSkewed``: this machine's clock is wrong, by how much
+    (the server's ``ServerTime`` against the ``RequestTime`` we signed), which no retry and
+    no other setting mends."""
+    server, sent = _instant(error.get("ServerTime")), _instant(error.get("RequestTime"))
+    gap = "off"
+    if server is not None and sent is not None:
+        seconds = (server - sent).total_seconds()
+        way = "behind" if seconds > 0 else "ahead of"
+        gap = f"{abs(seconds) / 60:.0f} min {way} the server's ({error['ServerTime']})"
+    return (
+        f"; this machine's clock is {gap}, and S3 refuses requests signed more than 15 min "
+        "from its time: set the clock right (e.g. `timedatectl set-ntp true`), then run again"
+    )
 
 
 def error_code(exc: ClientError) -> str:
@@ -132,6 +170,8 @@ def classify(exc: BaseException) -> ObjectError:
         retryable = retryable or status == 429
         if code in ARCHIVED_CODES:
             message += _ARCHIVED_ADVICE
+        if code == CLOCK_SKEWED:
+            message = message.rstrip(".") + _clock_advice(exc.response.get("Error", {}))
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)

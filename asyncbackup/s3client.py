@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from .botocore_setup import share_data_loader, tune_client
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
-from .retry import CREDENTIALS_REFUSED, RetryPolicy, error_code
+from .retry import CLOCK_SKEWED, CREDENTIALS_REFUSED, RetryPolicy, error_code
 
 log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
@@ -122,6 +123,14 @@ async def open_client(
         control = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = profile_flag(role)
+        variable = _profile_variable() if profile is None else None
+        if variable is not None:  # no flag: botocore took the profile from the environment
+            name, value = variable
+            raise ConfigError(
+                f"{name}={value!r} names a profile that is not in the AWS config or "
+                f"credentials files; unset {name}, or name a profile that exists (there or "
+                f"with {flag}), or check AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
+            ) from None
         raise ConfigError(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
@@ -199,6 +208,15 @@ def _refuse_garbled_credentials(role: str, control: Any) -> None:
 def profile_flag(role: str) -> str:
     """The flag that gives the credentials of ``role`` (``source`` or ``destination``)."""
     return "--source-profile" if role == "source" else "--dest-profile"
+
+
+def _profile_variable() -> tuple[str, str] | None:
+    """The variable botocore takes the profile from when no flag gives one, and its value
+    (set, even empty), in botocore's order."""
+    for name in ("AWS_DEFAULT_PROFILE", "AWS_PROFILE"):
+        if name in os.environ:
+            return name, os.environ[name]
+    return None
 
 
 def client_endpoint(client: S3Client) -> str | None:
@@ -279,6 +297,8 @@ async def check_bucket(
                 f"the {role} refused --storage-class ({exc}); give a storage class it "
                 "supports, then run again"
             ) from None
+        if code == CLOCK_SKEWED:  # the message says what to do
+            raise StoreUnavailableError(f"the {role} refused the requests: {exc}") from None
         if code in ("404", "NoSuchBucket"):
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"

@@ -14,6 +14,7 @@ name no key maps to: a key's first segment ``.conflicts`` is encoded as ``%2Econ
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import itertools
@@ -21,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import threading
 from hashlib import sha256
 from pathlib import Path
@@ -39,10 +41,22 @@ _TMP_DIR = ".tmp"
 _MOVE_ATTEMPTS = 10
 _CONFLICT_DIR = ".conflicts"
 _RESERVED_FIRST = {_CONFLICT_DIR: "%2E" + _CONFLICT_DIR[1:]}  # ours, under the staging root
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_UTF8 = codecs.lookup(_FS_ENCODING).name == "utf-8"
 
 
 def _encode_char(char: str) -> str:
     return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def _nameable(char: str) -> bool:
+    """Whether a file name may hold ``char`` in the file system encoding: always in UTF-8;
+    not a non-ASCII one where it is ASCII (the C locale with ``PYTHONUTF8=0``) or latin-1."""
+    try:
+        char.encode(_FS_ENCODING, "strict")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_segment(segment: str) -> str:
@@ -50,7 +64,13 @@ def encode_segment(segment: str) -> str:
     if segment in _SPECIAL_SEGMENTS:
         return _SPECIAL_SEGMENTS[segment]
     encoded = "".join(
-        _encode_char(c) if c in "%\\" or ord(c) < 0x20 or ord(c) == 0x7F else c for c in segment
+        _encode_char(c)
+        if c in "%\\"
+        or ord(c) < 0x20
+        or ord(c) == 0x7F
+        or (not _FS_UTF8 and ord(c) > 0x7F and not _nameable(c))
+        else c
+        for c in segment
     )
     raw = encoded.encode("utf-8", "surrogatepass")
     if len(raw) > _MAX_SEGMENT_BYTES or _HASHED.search(encoded):

@@ -22,6 +22,7 @@ async tests.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import io
 import random
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 import aiohttp
 from aiohttp import web
@@ -110,6 +112,9 @@ STREAM_FAULTS = (
     "empty_200",
     # the answer's first ETag replaced by another (an MD5-like one that no body here has)
     "other_etag",
+    # 403 RequestTimeTooSkewed as S3 answers it to a client whose clock is 20 minutes behind:
+    # the request's x-amz-date as RequestTime, the server's time in the body and in Date
+    "clock_skew",
 )
 FAULTS = (*ERROR_ANSWERS, *STREAM_FAULTS)
 #: what a flaky network and a busy S3 do: every one of these is worth a retry
@@ -215,6 +220,29 @@ async def _read_unless_idle(request: web.Request, idle: float) -> bytes | None:
         if not piece:
             return b"".join(pieces)
         pieces.append(piece)
+
+
+#: how far ahead of the client's clock the server's is, for the "clock_skew" fault
+CLOCK_SKEW_SECONDS = 20 * 60
+
+
+def _clock_skew_answer(request: web.Request) -> web.Response:
+    sent = request.headers.get("x-amz-date", "")
+    try:
+        signed: float = calendar.timegm(time.strptime(sent, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        signed = time.time() - CLOCK_SKEW_SECONDS
+    server = signed + CLOCK_SKEW_SECONDS
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>RequestTimeTooSkewed</Code>'
+        "<Message>The difference between the request time and the current time is too large."
+        f"</Message><RequestTime>{sent}</RequestTime>"
+        f"<ServerTime>{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(server))}</ServerTime>"
+        "<MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds>"
+        "<RequestId>proxy</RequestId></Error>"
+    )
+    headers = {"Content-Type": "application/xml", "Date": formatdate(server, usegmt=True)}
+    return web.Response(status=403, body=body.encode(), headers=headers)
 
 
 def _reset(request: web.Request) -> None:
@@ -369,6 +397,9 @@ class S3Proxy:
             return web.Response(
                 status=status, body=error_body(code, message, request.path), headers=headers
             )
+        if fault == "clock_skew":
+            await request.read()
+            return _clock_skew_answer(request)
         if fault == "reset_before":
             _reset(request)
             return web.Response(status=500)

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
-from ..retry import FATAL_CODES, Backoff, RetryLog, RetryPolicy
+from ..retry import CLOCK_SKEWED, FATAL_CODES, Backoff, RetryLog, RetryPolicy
 from ..s3client import S3Client
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
@@ -122,6 +122,8 @@ class ArtifactCopier:
                         "GitHub stopped accepting the token (401); check that it has not "
                         "expired or been revoked, then run again to resume"
                     ) from exc
+                if exc.code == CLOCK_SKEWED:  # the message says what to do
+                    raise FatalRunError(f"stopping on {item.key!r}: {exc}") from exc
                 if exc.code in FATAL_CODES:  # the destination refuses the keys or the bucket
                     raise FatalRunError(
                         f"stopping: {exc} (on {item.key!r}); check the destination's "

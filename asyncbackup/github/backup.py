@@ -139,7 +139,7 @@ async def run_github_backup(
                 connector=aiohttp.TCPConnector(limit=config.api_concurrency + config.concurrency),
             )
         )
-        gate = RateGate(clock=clock or time.time, sleep=sleep)
+        gate = RateGate(clock=clock, sleep=sleep)
         client = GitHubClient(
             session,
             config.api_url,

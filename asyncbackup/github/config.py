@@ -14,6 +14,7 @@ from ..config import (
     OnComplete,
     check_positive,
     grown_part_size,
+    text_path,
     validate_transfer,
 )
 from ..errors import ConfigError
@@ -67,9 +68,12 @@ class GitHubBackupConfig:
     read_timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_local_path", Path(self.base_local_path))
-        if self.checkpoint_dir is not None:
-            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        object.__setattr__(
+            self, "base_local_path", text_path("--base-local-path", Path(self.base_local_path))
+        )
+        object.__setattr__(
+            self, "checkpoint_dir", text_path("--checkpoint-dir", self.checkpoint_dir)
+        )
         object.__setattr__(self, "api_url", self.api_url.rstrip("/"))
         object.__setattr__(self, "include", patterns("--include", self.include))
         object.__setattr__(self, "exclude", patterns("--exclude", self.exclude))

@@ -8,7 +8,8 @@
 - Secondary limits: a 403 or 429 saying so. ``retry-after`` is honoured; without it the wait is
   at least 60 s and doubles while the limit keeps answering (GitHub's documented advice).
 
-The wall clock and ``sleep`` are injectable, so tests wait for an hour in no time.
+The clocks and ``sleep`` are injectable, so tests wait for an hour in no time. Pauses are
+measured on a steady clock: NTP setting the wall clock back during one does not stretch it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 log = logging.getLogger("asyncbackup")
@@ -48,7 +50,10 @@ def _server_time(headers: Mapping[str, str]) -> float | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).timestamp()
+        moment = parsedate_to_datetime(value)
+        if moment.tzinfo is None:  # asctime's form, or -0000: an HTTP date is GMT, not ours
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
@@ -56,23 +61,34 @@ def _server_time(headers: Mapping[str, str]) -> float | None:
 class RateGate:
     """Shared by every request of a run: pauses them all while GitHub asks us to wait."""
 
-    def __init__(self, *, clock: Clock = time.time, sleep: Sleep = asyncio.sleep) -> None:
-        self.clock = clock
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        steady: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        """``clock`` is the wall clock, in epoch seconds (``time.time``): what GitHub's times
+        are compared with, through the answers' ``Date``. ``steady`` measures the pauses
+        (``time.monotonic``), so that a wall clock set back (NTP) does not stretch one; by
+        default the clock given, when one is (a test's: one clock that moves as it sleeps)."""
+        self.clock = clock or time.time
+        self.steady = steady or clock or time.monotonic
         self.sleep = sleep
         self.remaining: int | None = None
         self.reset_at: float | None = None
         self.waits: list[tuple[str, float]] = []  # (reason, seconds): for reports and tests
-        self._resume_at = 0.0
+        self._resume_at = float("-inf")  # on ``steady``: no pause yet
         self._strikes = 0
         self.skew = 0.0  # GitHub's clock minus ours, from the last answer with a Date
 
     async def wait_turn(self) -> None:
         """Return once no limit holds requests back."""
-        while (delay := self._resume_at - self.clock()) > 0:
+        while (delay := self._resume_at - self.steady()) > 0:
             await self.sleep(delay)
 
     def _pause(self, reason: str, seconds: float) -> None:
-        resume = self.clock() + seconds
+        resume = self.steady() + seconds
         if resume > self._resume_at:
             self._resume_at = resume
             self.waits.append((reason, seconds))
@@ -93,7 +109,7 @@ class RateGate:
         if status in (403, 429):
             # Requests sent together are refused together: while a pause holds, a refusal is
             # the same strike (the limit persisting is a refusal once the pause is over).
-            strike = self._resume_at <= self.clock()
+            strike = self._resume_at <= self.steady()
             retry_after = _number(headers, "retry-after")
             if retry_after is not None:
                 self._strikes += strike

@@ -212,3 +212,29 @@ async def test_once_is_one_attempt_without_a_slot_that_reports_a_throttle() -> N
 
     assert await asyncio.wait_for(policy.once(fine), 5) == "ok"
     assert limiter.in_flight == 8
+
+
+@pytest.mark.parametrize(
+    ("times", "said"),
+    [
+        (
+            {"RequestTime": "20261128T060000Z", "ServerTime": "2026-11-28T05:30:00Z"},
+            "30 min ahead of",
+        ),
+        (
+            {"RequestTime": "Sat, 28 Nov 2026 06:00:00 GMT", "ServerTime": "2026-11-28T06:20:00Z"},
+            "20 min behind",
+        ),
+        ({}, "clock is off,"),
+        ({"RequestTime": "soon", "ServerTime": "2026-11-28T06:20:00Z"}, "clock is off,"),
+    ],
+)
+def test_request_time_too_skewed_says_how_far_the_clock_is_off(
+    times: dict[str, str], said: str
+) -> None:
+    error = {"Code": "RequestTimeTooSkewed", "Message": "too large.", **times}
+    response = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}
+    classified = classify(ClientError(response, "GetObject"))
+    assert classified.retryable  # a request held up after its signing passes signed again
+    assert said in classified.message, classified.message
+    assert "set the clock right" in classified.message
