@@ -166,9 +166,9 @@ async def _open(
 ) -> Process:
     """The copier, its clients opened (and their buckets checked) on ``stack``."""
     if config.direct:  # server-side: the destination's client is all it needs
-        client = await open_job_destination(stack, config)
+        client = await open_job_destination(stack, config, worker=True)
         return await _direct_copier(config, client, stack, journal)
-    source_client, dest_client = await _open_stores(stack, config)
+    source_client, dest_client = await _open_stores(stack, config, worker=True)
     return await _staged_copier(config, source_client, dest_client, journal, stack, prepare=False)
 
 

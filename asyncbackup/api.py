@@ -144,25 +144,33 @@ async def open_job_destination(
     *,
     check: bool = True,
     dry_run: bool = False,
+    worker: bool = False,
 ) -> S3Client:
     """The destination client of ``config``'s job, its bucket checked as the job's options
     say: under the job's prefix, through the fast path, or by an upload started and aborted
     with ``--dest-write-only``; and the job's upload settings (SSE-KMS key, storage class)
-    by such an upload, unless ``dry_run`` (which writes nothing)."""
+    by such an upload, unless ``dry_run`` (which writes nothing). A ``worker`` process starts
+    no such upload (the main process did; a worker stopped between its start and its abort
+    would leave it): a write-only destination goes unchecked there, another is listed."""
+    probes = not (dry_run or worker)
     return await open_destination(
         stack,
         config,
         fast_path=config.fast_path,
         write_probe=config.dest_write_probe,
-        settings_probe=None if dry_run else config.dest_settings_probe,
+        settings_probe=config.dest_settings_probe if probes else None,
         upload_params=_dest_params(config),
-        check=check,
+        check=check and not (worker and config.dest_write_only),
         prefix=config.dest_list_prefix,
     )
 
 
 async def _open_stores(
-    stack: contextlib.AsyncExitStack, config: BackupConfig, *, dry_run: bool = False
+    stack: contextlib.AsyncExitStack,
+    config: BackupConfig,
+    *,
+    dry_run: bool = False,
+    worker: bool = False,
 ) -> tuple[S3Client, S3Client]:
     """Both clients, and both buckets checked, or one clear error (the source's when both
     fail). The source bucket is checked while the destination's client is made and its
@@ -183,7 +191,9 @@ async def _open_stores(
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
             check = not (dry_run and config.dest_write_only)
-            opened = await open_job_destination(stack, config, check=check, dry_run=dry_run)
+            opened = await open_job_destination(
+                stack, config, check=check, dry_run=dry_run, worker=worker
+            )
             return opened, None
         except Exception as exc:
             return None, exc

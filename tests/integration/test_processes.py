@@ -409,3 +409,23 @@ def test_a_bad_process_count_is_one_line_and_exit_2(value: str, tmp_path: Path) 
     assert done.returncode == 2
     assert "--processes" in one_error_line(done.stderr)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workers_start_no_upload_of_their_own_to_check_the_destination(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The main process checks that the destination takes the run's storage class (or SSE-KMS
+    key, or with --dest-write-only that it may write) by starting and aborting an upload of
+    PREFIX/.asyncbackup-write-check; every worker did the same at its start, so a worker the
+    run stopped between the two (a short job done before it was up) left that upload."""
+    put_parallel(s3, buckets.source, numbered_objects(30, size=300))
+    hold_listing_until_workers_ready(proxy, buckets.dest, 2)
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--processes", "3", "--concurrency", "6", "--storage-class", "STANDARD_IA"]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 30
+    probe = f"^/{buckets.dest}/data/.asyncbackup-write-check$"
+    started = [r for r in proxy.seen(method="POST", path=probe) if "uploads" in r.query]
+    assert len(started) == 1, started  # the main process's check alone
+    assert uploads_in_progress(s3, buckets.dest) == []
