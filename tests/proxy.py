@@ -39,6 +39,7 @@ from yarl import URL
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
+_START_AFTER_VALUE = re.compile(r"(?<=[?&]start-after=)[^&]*")
 _PREFIX = re.compile(r"(?<=[?&])prefix=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
@@ -98,6 +99,10 @@ STREAM_FAULTS = (
     "ignore_prefix",
     "reverse_keys",
     "no_continuation_token",
+    # SeaweedFS, which stores keys as a tree of folders: StartAfter=a/b lists no key under
+    # a/b/ (the folder named b is not after b), nor does a probe at a/b (moto is asked to
+    # start after a/b/ and all that is in it instead)
+    "start_after_skips_folder",
     # a 200 with an empty body, the request not forwarded: a server that failed after its
     # status line (S3 sends a copy's 200 before the copy is made, its result after)
     "empty_200",
@@ -383,8 +388,9 @@ class S3Proxy:
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
         dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
+        rewrite = _past_folder if fault == "start_after_skips_folder" else None
         status, payload, out_headers = await self._forward(
-            request, fault == "corrupt_request", drop=dropped, body=body
+            request, fault == "corrupt_request", drop=dropped, rewrite=rewrite, body=body
         )
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
@@ -442,6 +448,7 @@ class S3Proxy:
         corrupt: bool = False,
         *,
         drop: re.Pattern[str] | None = None,
+        rewrite: Callable[[str], str] | None = None,  # of the raw path and query
         body: bytes | None = None,  # already read
     ) -> tuple[int, bytes, dict[str, str]]:
         if body is None:
@@ -454,6 +461,8 @@ class S3Proxy:
         raw_path = request.raw_path
         if drop is not None:  # a query parameter the server would ignore
             raw_path = drop.sub("", raw_path)
+        if rewrite is not None:
+            raw_path = rewrite(raw_path)
         url = URL(self.upstream + raw_path, encoded=True)
         async with self._session.request(
             request.method, url, headers=headers, data=io.BytesIO(body), allow_redirects=False
@@ -465,6 +474,12 @@ class S3Proxy:
             if "Content-Length" in upstream.headers:
                 out_headers[_UPSTREAM_LENGTH] = upstream.headers["Content-Length"]
             return upstream.status, payload, out_headers
+
+
+def _past_folder(raw_path: str) -> str:
+    """``start-after=a/b`` made ``a/b/`` followed by the last code point: after everything
+    in the folder ``a/b/`` too, as SeaweedFS lists it."""
+    return _START_AFTER_VALUE.sub(lambda m: m.group(0) + "%2F%F4%8F%BF%BF", raw_path)
 
 
 @contextlib.contextmanager
