@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import random
 import re
@@ -103,6 +104,9 @@ STREAM_FAULTS = (
     # a/b/ (the folder named b is not after b), nor does a probe at a/b (moto is asked to
     # start after a/b/ and all that is in it instead)
     "start_after_skips_folder",
+    # SeaweedFS again: a PUT of a key ending in "/" makes a folder, its body dropped, and
+    # answers 200 with the body's MD5 as ETag (the empty object stored, the ETag a lie)
+    "folder_key_drops_data",
     # a 200 with an empty body, the request not forwarded: a server that failed after its
     # status line (S3 sends a copy's 200 before the copy is made, its result after)
     "empty_200",
@@ -389,9 +393,16 @@ class S3Proxy:
             await asyncio.to_thread(rule.action)
         dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
         rewrite = _past_folder if fault == "start_after_skips_folder" else None
+        sent_md5 = None
+        if fault == "folder_key_drops_data":
+            sent_md5 = hashlib.md5(await request.read()).hexdigest()
+            body = b""
         status, payload, out_headers = await self._forward(
             request, fault == "corrupt_request", drop=dropped, rewrite=rewrite, body=body
         )
+        if sent_md5 is not None and status == 200:
+            out_headers = {k: v for k, v in out_headers.items() if k.lower() != "etag"}
+            out_headers["ETag"] = f'"{sent_md5}"'
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
