@@ -379,7 +379,7 @@ async def _direct_copier(
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     outage = Outage(config.concurrency)
-    copy = _folder_key_checked(copier.copy, config, client)
+    copy = _kept_key_checked(copier.copy, config, client)
     return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
 
 
@@ -420,36 +420,48 @@ async def _staged_copier(
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
     outage = Outage(config.concurrency)
-    copy = _folder_key_checked(copier.copy_once, config, dest_client)
+    copy = _kept_key_checked(copier.copy_once, config, dest_client)
     return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
 
 
-def _folder_key_checked(copy: Process, config: BackupConfig, dest_client: S3Client) -> Process:
-    """``copy``, and then, for a copy with data under a key ending in "/", a listing of that
-    key at the destination: a store that keeps keys as file paths may make it a folder and
-    drop the data while its PUT answers 200 with the data's MD5 (SeaweedFS keeps an empty
-    object, or the data under ``key + name``). Such a copy is an error, not done. Not with
-    ``--dest-write-only``, whose credentials may not list."""
+def _kept_key_checked(copy: Process, config: BackupConfig, dest_client: S3Client) -> Process:
+    """``copy``, and then, for the keys a store that keeps keys as file paths may not keep
+    while its PUT answers 200 with the data's MD5, one listing at the destination; a copy
+    not kept is an error, not done. Not with ``--dest-write-only``, whose credentials may
+    not list. SeaweedFS makes a key ending in "/" a folder (an empty object kept, or the
+    data under ``key + name``), and folds ``a//b`` into ``a/b`` (a HEAD or a listing of
+    ``a//b`` itself answers as if it were there; one of ``a//`` lists ``a/b``)."""
     if config.dest_write_only:
         return copy
     retry = RetryPolicy(config.max_attempts)
+
+    async def first_listed(prefix: str) -> dict[str, Any]:
+        answer = await retry.call(
+            lambda: dest_client.list_objects_v2(Bucket=config.dest_bucket, Prefix=prefix, MaxKeys=1)
+        )
+        return dict((answer.get("Contents") or [{}])[0])
 
     async def copy_and_check(item: WorkItem) -> int:
         size = await copy(item)
         key = config.dest_key(item.key)
         if size and key.endswith("/"):
-            answer = await retry.call(
-                lambda: dest_client.list_objects_v2(
-                    Bucket=config.dest_bucket, Prefix=key, MaxKeys=1
-                )
-            )
-            listed = (answer.get("Contents") or [{}])[0]
+            listed = await first_listed(key)
             if listed.get("Key") != key or listed.get("Size") != size:
                 raise ObjectError(
                     "IntegrityError",
                     f"the destination answered the copy of {key!r} ({size} bytes) but lists "
                     f"{listed.get('Key')!r} ({listed.get('Size')} bytes) there: it does not "
                     "keep data under a key ending in '/' (SeaweedFS makes it a folder)",
+                )
+        if "//" in key:
+            folder = key[: key.rindex("//") + 2]
+            listed = await first_listed(folder)
+            if not str(listed.get("Key", "")).startswith(folder):
+                raise ObjectError(
+                    "IntegrityError",
+                    f"the destination answered the copy of {key!r} but lists "
+                    f"{listed.get('Key')!r} under {folder!r}: it does not keep keys with "
+                    "'//' (SeaweedFS folds them into '/')",
                 )
         return size
 

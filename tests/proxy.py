@@ -107,6 +107,9 @@ STREAM_FAULTS = (
     # SeaweedFS again: a PUT of a key ending in "/" makes a folder, its body dropped, and
     # answers 200 with the body's MD5 as ETag (the empty object stored, the ETag a lie)
     "folder_key_drops_data",
+    # and it folds "//" in a key into "/": a PUT of a//b makes a/b, a listing of a// lists
+    # what is under a/ (moto is sent the keys and prefixes folded)
+    "fold_double_slash",
     # a 200 with an empty body, the request not forwarded: a server that failed after its
     # status line (S3 sends a copy's 200 before the copy is made, its result after)
     "empty_200",
@@ -392,7 +395,9 @@ class S3Proxy:
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
         dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
-        rewrite = _past_folder if fault == "start_after_skips_folder" else None
+        rewrite = {"start_after_skips_folder": _past_folder, "fold_double_slash": _folded}.get(
+            fault or ""
+        )
         sent_md5 = None
         if fault == "folder_key_drops_data":
             sent_md5 = hashlib.md5(await request.read()).hexdigest()
@@ -491,6 +496,17 @@ def _past_folder(raw_path: str) -> str:
     """``start-after=a/b`` made ``a/b/`` followed by the last code point: after everything
     in the folder ``a/b/`` too, as SeaweedFS lists it."""
     return _START_AFTER_VALUE.sub(lambda m: m.group(0) + "%2F%F4%8F%BF%BF", raw_path)
+
+
+def _folded(raw_path: str) -> str:
+    """The object key in the path, or the listing's prefix, with every "//" made "/"."""
+    path, mark, query = raw_path.partition("?")
+    bucket, slash, key = path.lstrip("/").partition("/")
+    while "//" in key:
+        key = key.replace("//", "/")
+    while "%2F%2F" in query:
+        query = query.replace("%2F%2F", "%2F")
+    return f"/{bucket}{slash}{key}{mark}{query}"
 
 
 @contextlib.contextmanager

@@ -36,3 +36,22 @@ async def test_a_folder_key_whose_data_the_destination_dropped_is_not_marked_don
     files = read_checkpoint(report.checkpoint_path).files
     assert files["data/notes/"] is not True
     assert files["data/marker/"] is True and files["data/plain"] is True
+
+
+@pytest.mark.parametrize("options", [{}, {"fast_path": False}], ids=["fast", "botocore"])
+async def test_a_key_with_double_slashes_the_destination_folded_is_not_marked_done(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, options: dict[str, Any]
+) -> None:
+    """SeaweedFS keeps a PUT of a//b as a/b and answers 200 with the data's MD5; the run
+    marked a//b done, absent at the destination (and a/b, another key, overwritten)."""
+    s3.put_object(Bucket=buckets.source, Key="data/x//y", Body=b"under a double slash")
+    s3.put_object(Bucket=buckets.source, Key="data/z", Body=b"plain")
+    proxy.add_rule(Rule("fold_double_slash", method="PUT", path=f"^/{buckets.dest}/"))
+    proxy.add_rule(Rule("fold_double_slash", method="GET", query="list-type=2"))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, **options)
+    kept = s3.list_objects_v2(Bucket=buckets.dest, Prefix="data/")["Contents"]
+    assert [o["Key"] for o in kept] == ["data/x/y", "data/z"]  # what the destination did
+    assert report.exit_code == 1
+    assert list(report.errors) == ["data/x//y"], report.errors
+    files = read_checkpoint(report.checkpoint_path).files
+    assert files["data/x//y"] is not True and files["data/z"] is True
