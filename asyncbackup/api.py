@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,7 +379,8 @@ async def _direct_copier(
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     outage = Outage(config.concurrency)
-    copy = _kept_key_checked(copier.copy, config, client)
+    lister = copier.fast.list_objects_v2 if copier.fast is not None else client.list_objects_v2
+    copy = _kept_key_checked(copier.copy, config, lister)
     return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
 
 
@@ -420,11 +421,14 @@ async def _staged_copier(
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
     outage = Outage(config.concurrency)
-    copy = _kept_key_checked(copier.copy_once, config, dest_client)
+    lister = sink.fast.list_objects_v2 if sink.fast is not None else dest_client.list_objects_v2
+    copy = _kept_key_checked(copier.copy_once, config, lister)
     return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
 
 
-def _kept_key_checked(copy: Process, config: BackupConfig, dest_client: S3Client) -> Process:
+def _kept_key_checked(
+    copy: Process, config: BackupConfig, list_objects_v2: Callable[..., Awaitable[dict[str, Any]]]
+) -> Process:
     """``copy``, and then, for the keys a store that keeps keys as file paths may not keep
     while its PUT answers 200 with the data's MD5, one listing at the destination; a copy
     not kept is an error, not done. Not with ``--dest-write-only``, whose credentials may
@@ -437,7 +441,7 @@ def _kept_key_checked(copy: Process, config: BackupConfig, dest_client: S3Client
 
     async def first_listed(prefix: str) -> dict[str, Any]:
         answer = await retry.call(
-            lambda: dest_client.list_objects_v2(Bucket=config.dest_bucket, Prefix=prefix, MaxKeys=1)
+            lambda: list_objects_v2(Bucket=config.dest_bucket, Prefix=prefix, MaxKeys=1)
         )
         return dict((answer.get("Contents") or [{}])[0])
 
