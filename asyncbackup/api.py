@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -389,7 +389,9 @@ async def _direct_copier(
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     outage = Outage(config.concurrency)
-    return functools.partial(with_object_retries, copier.copy, retries=RetryLog(), outage=outage)
+    lister = copier.fast.list_objects_v2 if copier.fast is not None else client.list_objects_v2
+    copy = _kept_key_checked(copier.copy, config, lister)
+    return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
 
 
 async def _staged_copier(
@@ -429,9 +431,55 @@ async def _staged_copier(
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
     outage = Outage(config.concurrency)
-    return functools.partial(
-        with_object_retries, copier.copy_once, retries=RetryLog(), outage=outage
-    )
+    lister = sink.fast.list_objects_v2 if sink.fast is not None else dest_client.list_objects_v2
+    copy = _kept_key_checked(copier.copy_once, config, lister)
+    return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
+
+
+def _kept_key_checked(
+    copy: Process, config: BackupConfig, list_objects_v2: Callable[..., Awaitable[dict[str, Any]]]
+) -> Process:
+    """``copy``, and then, for the keys a store that keeps keys as file paths may not keep
+    while its PUT answers 200 with the data's MD5, one listing at the destination; a copy
+    not kept is an error, not done. Not with ``--dest-write-only``, whose credentials may
+    not list. SeaweedFS makes a key ending in "/" a folder (an empty object kept, or the
+    data under ``key + name``), and folds ``a//b`` into ``a/b`` (a HEAD or a listing of
+    ``a//b`` itself answers as if it were there; one of ``a//`` lists ``a/b``)."""
+    if config.dest_write_only:
+        return copy
+    retry = RetryPolicy(config.max_attempts)
+
+    async def first_listed(prefix: str) -> dict[str, Any]:
+        answer = await retry.call(
+            lambda: list_objects_v2(Bucket=config.dest_bucket, Prefix=prefix, MaxKeys=1)
+        )
+        return dict((answer.get("Contents") or [{}])[0])
+
+    async def copy_and_check(item: WorkItem) -> int:
+        size = await copy(item)
+        key = config.dest_key(item.key)
+        if size and key.endswith("/"):
+            listed = await first_listed(key)
+            if listed.get("Key") != key or listed.get("Size") != size:
+                raise ObjectError(
+                    "IntegrityError",
+                    f"the destination answered the copy of {key!r} ({size} bytes) but lists "
+                    f"{listed.get('Key')!r} ({listed.get('Size')} bytes) there: it does not "
+                    "keep data under a key ending in '/' (SeaweedFS makes it a folder)",
+                )
+        if "//" in key:
+            folder = key[: key.rindex("//") + 2]
+            listed = await first_listed(folder)
+            if not str(listed.get("Key", "")).startswith(folder):
+                raise ObjectError(
+                    "IntegrityError",
+                    f"the destination answered the copy of {key!r} but lists "
+                    f"{listed.get('Key')!r} under {folder!r}: it does not keep keys with "
+                    "'//' (SeaweedFS folds them into '/')",
+                )
+        return size
+
+    return copy_and_check
 
 
 async def _fast_paths(

@@ -67,6 +67,8 @@ class _Range:
 
     after: str | None
     upto: str | None
+    #: the first key after ``upto``, as the probe at ``upto`` found it: the next range's first
+    upto_first: str | None = None
     position: str | None = None  # the last key listed
     done: bool = False
 
@@ -175,7 +177,8 @@ class RangeLister:
             elif start_after is not None:
                 params["StartAfter"] = start_after
             answer = await self.list_page(params)
-            upto = key_range.upto  # read after the answer: a split may have moved it
+            # read after the answer: a split may have moved them
+            upto, upto_first = key_range.upto, key_range.upto_first
             items: list[WorkItem] = []
             beyond = False
             previous = key_range.low
@@ -188,6 +191,8 @@ class RangeLister:
                     self._out_of_order(key, previous)
                 previous = key
                 if upto is not None and key > upto:
+                    if not beyond and upto_first is not None and key != upto_first:
+                        self._not_next(key, upto, upto_first)
                     beyond = True
                 elif not beyond:
                     items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
@@ -229,8 +234,13 @@ class RangeLister:
             bounds = []
         if not self._ordered:
             return
-        low, upto = key_range.low, key_range.upto  # where the stream is now
-        bounds = [b for b in bounds if (low is None or b > low) and (upto is None or b < upto)]
+        # where the stream is now
+        low, upto, upto_first = key_range.low, key_range.upto, key_range.upto_first
+        bounds = [
+            (b, first)
+            for b, first in bounds
+            if (low is None or b > low) and (upto is None or b < upto)
+        ]
         room = self.streams - self._active
         if key_range.done or not bounds or room < 1:
             self._fruitless += 1  # try again later, and less often each time
@@ -238,16 +248,18 @@ class RangeLister:
             return
         self._fruitless = 0
         # the bounds at the shallowest positions first: they cut the biggest ranges
-        bounds = sorted(sorted(bounds, key=len)[:room])
-        key_range.upto = bounds[0]
-        for start, end in zip(bounds, [*bounds[1:], upto], strict=True):
-            self._start(_Range(start, end))
-        log.debug("listing: %d streams after a split at %s", self._active, bounds)
+        bounds = sorted(sorted(bounds, key=lambda bound: len(bound[0]))[:room])
+        key_range.upto, key_range.upto_first = bounds[0]
+        for (start, _), (end, end_first) in zip(
+            bounds, [*bounds[1:], (upto, upto_first)], strict=True
+        ):
+            self._start(_Range(start, end, end_first))
+        log.debug("listing: %d streams after a split at %s", self._active, [b for b, _ in bounds])
 
-    async def _boundaries(self, key_range: _Range, page_first: str | None) -> list[str]:
-        """Keys past the range's position that have keys after them within the range: probes
-        of candidates at the character positions from the prefix's end to the deepest one
-        where the last page's keys differed, all at once."""
+    async def _boundaries(self, key_range: _Range, page_first: str | None) -> list[tuple[str, str]]:
+        """Keys past the range's position that have keys after them within the range, each
+        with the first of those: probes of candidates at the character positions from the
+        prefix's end to the deepest one where the last page's keys differed, all at once."""
         low = key_range.low or self.prefix
         upto = key_range.upto
         top = max(len(self.prefix), _common_length(low, upto) if upto is not None else 0)
@@ -273,6 +285,16 @@ class RangeLister:
                 self._out_of_order(first, candidate)  # StartAfter ignored
                 return []
         return _useful(ordered, firsts, upto)
+
+    def _not_next(self, key: str, upto: str, first: str) -> None:
+        """A stream listed ``key`` first past its end ``upto``, where the next range's probe
+        (StartAfter ``upto``) found ``first``: the server skips keys after a StartAfter
+        (SeaweedFS skips the folder it names, ``upto/...``), and the next range misses them."""
+        raise FatalRunError(
+            f"the source server listed {key!r} first after {upto!r}, but {first!r} when asked "
+            "to start after it: it does not honour StartAfter, so the listing cannot be "
+            "split; run again with --list-streams 1"
+        )
 
     def _outside_prefix(self, key: str) -> None:
         """The server listed ``key``, not under the prefix asked for: it ignores Prefix, and
@@ -332,8 +354,11 @@ def _spread(chars: list[str], most: int) -> list[str]:
     return [chars[(i * len(chars)) // most] for i in range(most)]
 
 
-def _useful(candidates: list[str], firsts: Sequence[str | None], upto: str | None) -> list[str]:
-    """The candidates that start a range with keys in it: from ``c`` to the next kept one."""
+def _useful(
+    candidates: list[str], firsts: Sequence[str | None], upto: str | None
+) -> list[tuple[str, str]]:
+    """The candidates that start a range with keys in it (from ``c`` to the next kept one),
+    each with the first key after it."""
     kept: list[tuple[str, str]] = []
     for candidate, first in zip(candidates, firsts, strict=True):
         if first is None or (upto is not None and first > upto):
@@ -341,4 +366,4 @@ def _useful(candidates: list[str], firsts: Sequence[str | None], upto: str | Non
         while kept and kept[-1][1] > candidate:
             kept.pop()  # nothing between that one and this: its range would be empty
         kept.append((candidate, first))
-    return [candidate for candidate, _ in kept]
+    return kept

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import hashlib
 import io
 import random
 import re
@@ -41,6 +42,7 @@ from yarl import URL
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
+_START_AFTER_VALUE = re.compile(r"(?<=[?&]start-after=)[^&]*")
 _PREFIX = re.compile(r"(?<=[?&])prefix=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
@@ -107,6 +109,16 @@ STREAM_FAULTS = (
     "ignore_prefix",
     "reverse_keys",
     "no_continuation_token",
+    # SeaweedFS, which stores keys as a tree of folders: StartAfter=a/b lists no key under
+    # a/b/ (the folder named b is not after b), nor does a probe at a/b (moto is asked to
+    # start after a/b/ and all that is in it instead)
+    "start_after_skips_folder",
+    # SeaweedFS again: a PUT of a key ending in "/" makes a folder, its body dropped, and
+    # answers 200 with the body's MD5 as ETag (the empty object stored, the ETag a lie)
+    "folder_key_drops_data",
+    # and it folds "//" in a key into "/": a PUT of a//b makes a/b, a listing of a// lists
+    # what is under a/ (moto is sent the keys and prefixes folded)
+    "fold_double_slash",
     # a 200 with an empty body, the request not forwarded: a server that failed after its
     # status line (S3 sends a copy's 200 before the copy is made, its result after)
     "empty_200",
@@ -421,9 +433,19 @@ class S3Proxy:
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
         dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
-        status, payload, out_headers = await self._forward(
-            request, fault == "corrupt_request", drop=dropped, body=body
+        rewrite = {"start_after_skips_folder": _past_folder, "fold_double_slash": _folded}.get(
+            fault or ""
         )
+        sent_md5 = None
+        if fault == "folder_key_drops_data":
+            sent_md5 = hashlib.md5(await request.read()).hexdigest()
+            body = b""
+        status, payload, out_headers = await self._forward(
+            request, fault == "corrupt_request", drop=dropped, rewrite=rewrite, body=body
+        )
+        if sent_md5 is not None and status == 200:
+            out_headers = {k: v for k, v in out_headers.items() if k.lower() != "etag"}
+            out_headers["ETag"] = f'"{sent_md5}"'
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
@@ -480,6 +502,7 @@ class S3Proxy:
         corrupt: bool = False,
         *,
         drop: re.Pattern[str] | None = None,
+        rewrite: Callable[[str], str] | None = None,  # of the raw path and query
         body: bytes | None = None,  # already read
     ) -> tuple[int, bytes, dict[str, str]]:
         if body is None:
@@ -492,6 +515,8 @@ class S3Proxy:
         raw_path = request.raw_path
         if drop is not None:  # a query parameter the server would ignore
             raw_path = drop.sub("", raw_path)
+        if rewrite is not None:
+            raw_path = rewrite(raw_path)
         url = URL(self.upstream + raw_path, encoded=True)
         async with self._session.request(
             request.method, url, headers=headers, data=io.BytesIO(body), allow_redirects=False
@@ -503,6 +528,23 @@ class S3Proxy:
             if "Content-Length" in upstream.headers:
                 out_headers[_UPSTREAM_LENGTH] = upstream.headers["Content-Length"]
             return upstream.status, payload, out_headers
+
+
+def _past_folder(raw_path: str) -> str:
+    """``start-after=a/b`` made ``a/b/`` followed by the last code point: after everything
+    in the folder ``a/b/`` too, as SeaweedFS lists it."""
+    return _START_AFTER_VALUE.sub(lambda m: m.group(0) + "%2F%F4%8F%BF%BF", raw_path)
+
+
+def _folded(raw_path: str) -> str:
+    """The object key in the path, or the listing's prefix, with every "//" made "/"."""
+    path, mark, query = raw_path.partition("?")
+    bucket, slash, key = path.lstrip("/").partition("/")
+    while "//" in key:
+        key = key.replace("//", "/")
+    while "%2F%2F" in query:
+        query = query.replace("%2F%2F", "%2F")
+    return f"/{bucket}{slash}{key}{mark}{query}"
 
 
 @contextlib.contextmanager
