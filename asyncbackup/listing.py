@@ -190,9 +190,11 @@ class RangeLister:
                 if previous is not None and key <= previous:
                     self._out_of_order(key, previous)
                 previous = key
-                if upto is not None and key > upto:
-                    if not beyond and upto_first is not None and key != upto_first:
-                        self._not_next(key, upto, upto_first)
+                # Past the end is from the next range's first key on, as its probe found it:
+                # keys between the end and it are this stream's. A server whose StartAfter
+                # skips the folder it names (SeaweedFS: after a/b, nothing under a/b/) lists
+                # them to no other stream; on S3 there are none but keys added since.
+                if upto is not None and key > upto and (upto_first is None or key >= upto_first):
                     beyond = True
                 elif not beyond:
                     items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
@@ -285,16 +287,6 @@ class RangeLister:
                 self._out_of_order(first, candidate)  # StartAfter ignored
                 return []
         return _useful(ordered, firsts, upto)
-
-    def _not_next(self, key: str, upto: str, first: str) -> None:
-        """A stream listed ``key`` first past its end ``upto``, where the next range's probe
-        (StartAfter ``upto``) found ``first``: the server skips keys after a StartAfter
-        (SeaweedFS skips the folder it names, ``upto/...``), and the next range misses them."""
-        raise FatalRunError(
-            f"the source server listed {key!r} first after {upto!r}, but {first!r} when asked "
-            "to start after it: it does not honour StartAfter, so the listing cannot be "
-            "split; run again with --list-streams 1"
-        )
 
     def _outside_prefix(self, key: str) -> None:
         """The server listed ``key``, not under the prefix asked for: it ignores Prefix, and
