@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectE
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
+from .keptkeys import kept_key_checked
 from .listing import PROBES
 from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, SourceGone, WorkItem, listing_or_stop, primary_error
@@ -390,7 +391,7 @@ async def _direct_copier(
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
     outage = Outage(config.concurrency)
     lister = copier.fast.list_objects_v2 if copier.fast is not None else client.list_objects_v2
-    copy = _kept_key_checked(copier.copy, config, lister)
+    copy = kept_key_checked(copier.copy, config, lister)
     return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
 
 
@@ -432,54 +433,8 @@ async def _staged_copier(
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
     outage = Outage(config.concurrency)
     lister = sink.fast.list_objects_v2 if sink.fast is not None else dest_client.list_objects_v2
-    copy = _kept_key_checked(copier.copy_once, config, lister)
+    copy = kept_key_checked(copier.copy_once, config, lister)
     return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
-
-
-def _kept_key_checked(
-    copy: Process, config: BackupConfig, list_objects_v2: Callable[..., Awaitable[dict[str, Any]]]
-) -> Process:
-    """``copy``, and then, for the keys a store that keeps keys as file paths may not keep
-    while its PUT answers 200 with the data's MD5, one listing at the destination; a copy
-    not kept is an error, not done. Not with ``--dest-write-only``, whose credentials may
-    not list. SeaweedFS makes a key ending in "/" a folder (an empty object kept, or the
-    data under ``key + name``), and folds ``a//b`` into ``a/b`` (a HEAD or a listing of
-    ``a//b`` itself answers as if it were there; one of ``a//`` lists ``a/b``)."""
-    if config.dest_write_only:
-        return copy
-    retry = RetryPolicy(config.max_attempts)
-
-    async def first_listed(prefix: str) -> dict[str, Any]:
-        answer = await retry.call(
-            lambda: list_objects_v2(Bucket=config.dest_bucket, Prefix=prefix, MaxKeys=1)
-        )
-        return dict((answer.get("Contents") or [{}])[0])
-
-    async def copy_and_check(item: WorkItem) -> int:
-        size = await copy(item)
-        key = config.dest_key(item.key)
-        if size and key.endswith("/"):
-            listed = await first_listed(key)
-            if listed.get("Key") != key or listed.get("Size") != size:
-                raise ObjectError(
-                    "IntegrityError",
-                    f"the destination answered the copy of {key!r} ({size} bytes) but lists "
-                    f"{listed.get('Key')!r} ({listed.get('Size')} bytes) there: it does not "
-                    "keep data under a key ending in '/' (SeaweedFS makes it a folder)",
-                )
-        if "//" in key:
-            folder = key[: key.rindex("//") + 2]
-            listed = await first_listed(folder)
-            if not str(listed.get("Key", "")).startswith(folder):
-                raise ObjectError(
-                    "IntegrityError",
-                    f"the destination answered the copy of {key!r} but lists "
-                    f"{listed.get('Key')!r} under {folder!r}: it does not keep keys with "
-                    "'//' (SeaweedFS folds them into '/')",
-                )
-        return size
-
-    return copy_and_check
 
 
 async def _fast_paths(
