@@ -77,7 +77,13 @@ def _ssl_for(scheme: str, http_session: Any) -> ssl.SSLContext | str | None:
         return context
     # The CA bundle botocore trusts (AWS_CA_BUNDLE, verify=, else certifi's) and only that:
     # not the system's store on top, which would accept certificates botocore refuses.
-    return ssl.create_default_context(cafile=get_cert_path(verify) or None)
+    context = ssl.create_default_context(cafile=get_cert_path(verify) or None)
+    # And chains checked as botocore's (urllib3's) context checks them, whatever the Python:
+    # 3.13 adds VERIFY_X509_STRICT (refusing, say, a private CA whose basicConstraints are
+    # not marked critical, which botocore takes) and VERIFY_X509_PARTIAL_CHAIN (taking a
+    # chain that ends at an intermediate in the bundle, which botocore refuses).
+    context.verify_flags &= ~(ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN)
+    return context
 
 
 async def prepared_get(client: Any, bucket: str, key: str) -> dict[str, Any]:

@@ -301,3 +301,103 @@ async def test_our_listing_parser_gives_what_botocores_gives(
         first = parsed["Contents"][0]
         assert first["ChecksumAlgorithm"] == ["CRC32", "SHA256"] and first["Size"] == 434234
         assert first["Owner"] == {"DisplayName": "me", "ID": "75aa"}
+
+
+async def test_the_fast_path_accepts_the_certificates_botocore_accepts(
+    aws_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server certificate from a private CA that botocore's TLS accepts, the fast path's
+    accepts too: here the CA's basicConstraints are not marked critical. Python 3.13's
+    ``create_default_context`` adds ``VERIFY_X509_STRICT``, which botocore's context (urllib3's)
+    does not: on 3.13 every fast-path GET of such a server failed with ``SSLError``."""
+    from botocore.httpsession import create_urllib3_context
+
+    from asyncbackup.fasts3.client import open_fast_s3
+
+    ca_file, cert_file, key_file = _private_ca_chain(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                requests.append(method := head.split(b" ", 1)[0])
+                body = b"" if method == b"HEAD" else b"ok"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n" + body)
+                await writer.drain()
+        writer.close()
+
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    async with server, contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, f"https://127.0.0.1:{port}")
+        await (await client.aio()).head_bucket(Bucket="b")  # botocore's TLS takes it
+        fast = await open_fast_s3(
+            stack, client, "b", connections=1, connect_timeout=2, read_timeout=5
+        )
+        assert fast is not None and fast.target.ssl is not None
+        theirs = create_urllib3_context().verify_flags  # what aiobotocore's context starts from
+        assert fast.target.ssl.verify_flags == theirs
+        answer = await fast.get_object(Bucket="b", Key="k")
+        async with answer["Body"] as body:
+            assert await body.read() == b"ok"
+        assert fast.fast_requests == 1
+    assert requests == [b"HEAD", b"GET"]
+
+
+def _private_ca_chain(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA (its basicConstraints not marked critical, as some tools make them) and a
+    certificate for 127.0.0.1 it signed: the CA's file, the certificate's and its key's."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "asyncbackup test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
