@@ -339,8 +339,9 @@ def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[List
     A file that cannot be read is listed with its problem, not skipped.
     """
     if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
         raise ConfigError(
-            f"{directory} is not a directory; pass the checkpoint directory "
+            f"{directory} {what}; pass the checkpoint directory "
             "(BASE/checkpoints by default) or --base-local-path BASE"
         )
     found: list[ListedCheckpoint] = []

@@ -124,7 +124,11 @@ async def test_list_finds_archived_and_unreadable_checkpoints(tmp_path: Path) ->
     assert sorted(item["kind"] for item in every) == ["active", "archived"]
     missing = await run_cli_async(["checkpoint", "list", str(tmp_path / "nowhere")])
     assert missing.returncode == 2
-    assert "is not a directory" in missing.stderr and missing.stderr.count("\n") == 1
+    assert "does not exist" in missing.stderr and missing.stderr.count("\n") == 1
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    not_folder = await run_cli_async(["checkpoint", "list", str(a_file)])
+    assert not_folder.returncode == 2 and "is not a directory" in not_folder.stderr
 
 
 async def test_mark_edits_safely_and_the_next_run_follows(
