@@ -174,6 +174,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_max_attempts(group: argparse._ArgumentGroup) -> None:
+    """``--max-attempts``, the same in every command."""
+    group.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="attempts per request for transient failures, with backoff (default 8)",
+    )
+
+
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source_path",
@@ -245,13 +256,7 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "Content-MD5, accepted by every S3-compatible server); --direct uploads no data, "
         "its copies are checked by ETag",
     )
-    tuning.add_argument(
-        "--max-attempts",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="attempts per request for transient failures, with backoff (default 8)",
-    )
+    _add_max_attempts(tuning)
     tuning.add_argument(
         "--processes",
         type=process_count,
@@ -499,13 +504,7 @@ def add_github_arguments(parser: argparse.ArgumentParser) -> None:
         default="md5",
         help="checksum sent with every upload for the server to verify (default md5)",
     )
-    tuning.add_argument(
-        "--max-attempts",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="attempts per request for transient failures, with backoff (default 8)",
-    )
+    _add_max_attempts(tuning)
 
 
 def build_github_parser() -> argparse.ArgumentParser:
