@@ -69,6 +69,9 @@ class _Range:
     upto: str | None
     #: the first key after ``upto``, as the probe at ``upto`` found it: the next range's first
     upto_first: str | None = None
+    #: the first key after ``after``, as the probe at ``after`` found it (the range before
+    #: lists the keys between ``after`` and it: ``upto_first``)
+    after_first: str | None = None
     position: str | None = None  # the last key listed
     done: bool = False
 
@@ -166,7 +169,7 @@ class RangeLister:
 
     async def _walk(self, key_range: _Range) -> None:
         token: str | None = None
-        start_after = key_range.after
+        start_after, after_first = key_range.after, key_range.after_first
         while True:
             params: dict[str, Any] = {"MaxKeys": self.page_keys}
             if self._first:
@@ -193,10 +196,11 @@ class RangeLister:
                 # Past the end is from the next range's first key on, as its probe found it:
                 # keys between the end and it are this stream's. A server whose StartAfter
                 # skips the folder it names (SeaweedFS: after a/b, nothing under a/b/) lists
-                # them to no other stream; on S3 there are none but keys added since.
+                # them to no other stream; on S3 there are none but keys added since, which
+                # the next stream, after the same bound, lists too: it leaves them to this one.
                 if upto is not None and key > upto and (upto_first is None or key >= upto_first):
                     beyond = True
-                elif not beyond:
+                elif not beyond and (after_first is None or key >= after_first):
                     items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
             if items:
                 key_range.position = items[-1].key
@@ -252,10 +256,10 @@ class RangeLister:
         # the bounds at the shallowest positions first: they cut the biggest ranges
         bounds = sorted(sorted(bounds, key=lambda bound: len(bound[0]))[:room])
         key_range.upto, key_range.upto_first = bounds[0]
-        for (start, _), (end, end_first) in zip(
+        for (start, start_first), (end, end_first) in zip(
             bounds, [*bounds[1:], (upto, upto_first)], strict=True
         ):
-            self._start(_Range(start, end, end_first))
+            self._start(_Range(start, end, end_first, after_first=start_first))
         log.debug("listing: %d streams after a split at %s", self._active, [b for b, _ in bounds])
 
     async def _boundaries(self, key_range: _Range, page_first: str | None) -> list[tuple[str, str]]:

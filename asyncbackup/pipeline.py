@@ -440,12 +440,12 @@ class Pipeline:
         self._compacted = False
         self._since_flush += 1
         self.observer.on_listed(-1, -listed, 0, 0)
-        if result.source_deleted_files > _GONE_SHOWN:
-            log.debug("%s: deleted from the source since it was listed", key)
+        if result.source_deleted_files <= _GONE_SHOWN:
+            log.info("%s: deleted from the source since it was listed; left out of the job", key)
             return
-        log.info("%s: deleted from the source since it was listed; left out of the job", key)
-        if result.source_deleted_files == _GONE_SHOWN:
+        if result.source_deleted_files == _GONE_SHOWN + 1:  # said once there are more
             log.info("more objects were deleted from the source: logged at debug level (--debug)")
+        log.debug("%s: deleted from the source since it was listed", key)
 
     def _drop_stale_errors(self) -> None:
         """Drop the errors of files that failed before and are no longer in the source:

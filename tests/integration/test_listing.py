@@ -398,3 +398,42 @@ async def test_a_server_whose_start_after_skips_the_folder_it_names_misses_no_ke
             got = await _collect(lister)
     assert lister.ranges_started > 1, "the listing never split"
     assert sorted(got) == sorted(keys)
+
+
+async def test_a_key_added_just_past_a_split_bound_is_listed_once(
+    s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A live bucket: keys written while the listing runs. A key added after a split, between
+    a bound and the first key its probe found, lies in the stream before the bound's range
+    (which lists on to that first key: SeaweedFS's StartAfter skips the folder it names) and
+    in the range after it (S3's StartAfter does not): it was listed by both, so a backup
+    counted it twice (its job 'N of N+1 files done' once completed) and copied it twice at
+    once."""
+    keys = _numbered(400)
+    _seed(s3, buckets.source, keys)
+    added: list[str] = []
+
+    class AddAtBounds(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "streams after a split" not in record.getMessage():
+                return
+            assert isinstance(record.args, tuple) and isinstance(record.args[1], list)
+            for bound in record.args[1]:
+                key = bound + " "  # after the bound, before any key its probe found
+                s3.put_object(Bucket=buckets.source, Key=key, Body=b"x")
+                added.append(key)
+
+    handler = AddAtBounds()
+    logger = logging.getLogger("asyncbackup")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with _lister(s3_server.endpoint, buckets.source, streams=6, page_keys=10) as lister:
+            got = await _collect(lister)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert added, "the listing never split"
+    assert len(got) == len(set(got)), f"listed twice: {sorted(k for k in got if got.count(k) > 1)}"
+    assert set(keys) <= set(got)

@@ -5,10 +5,12 @@ must not leave it pending, or counted in a total it is not in)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import orjson
+import pytest
 
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState, load_checkpoint
 from asyncbackup.pipeline import Pipeline, SourceGone, WorkItem
@@ -93,3 +95,31 @@ async def test_a_deleted_object_leaves_the_map_and_totals_and_the_file_on_disk(
     assert (state.total_files, state.total_bytes, state.processed_files) == (2, 40, 5002)
     assert "p/gone" not in state.files and state.errors == {}
     assert (totals.files, totals.bytes, totals.done) == (2, 40, 2)
+
+
+@pytest.mark.parametrize("deleted", [10, 11])
+async def test_the_line_about_more_deletions_comes_only_with_more(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, deleted: int
+) -> None:
+    """The first ten deletions are logged one a line; the line saying the rest go to debug
+    level came with the tenth, so a run with exactly ten said more were deleted than were."""
+    path = tmp_path / "job.checkpoint"
+    manager = CheckpointManager(path)
+    manager.open()
+    state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+
+    async def process(item: WorkItem) -> int:
+        raise SourceGone(item.key)
+
+    items = [WorkItem(f"p/{i:02d}", 1) for i in range(deleted)]
+    pipeline = Pipeline(manager=manager, state=state, concurrency=1, interval=100)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncbackup"):
+            await pipeline.run(_pages(items), process)
+    finally:
+        manager.close()
+    assert pipeline.result.source_deleted_files == deleted
+    shown = [r for r in caplog.records if "left out of the job" in r.getMessage()]
+    assert [r.levelno for r in shown] == [logging.INFO] * 10
+    more = [r for r in caplog.records if "more objects were deleted" in r.getMessage()]
+    assert len(more) == (deleted > 10)
