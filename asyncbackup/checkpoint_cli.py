@@ -18,7 +18,7 @@ import orjson
 from . import checkpoint_tool as tool
 from . import verify
 from .errors import AsyncBackupError, CheckpointError
-from .printable import escape_surrogates, without_surrogates
+from .printable import json_dumps
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
@@ -49,13 +49,7 @@ def _out(text: str) -> None:
 
 
 def _emit_json(data: Any) -> None:
-    try:
-        text = orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str)
-    except TypeError:  # a path whose bytes are not UTF-8 (a folder named in latin-1)
-        text = orjson.dumps(
-            without_surrogates(data), option=orjson.OPT_INDENT_2, default=escape_surrogates
-        )
-    _out(text.decode())
+    _out(json_dumps(data, orjson.OPT_INDENT_2).decode())
 
 
 def _common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:

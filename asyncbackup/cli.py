@@ -33,7 +33,7 @@ from .fdlimit import raise_open_file_limit
 from .logformat import LOG_FORMATS, make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
-from .printable import printable
+from .printable import escape_surrogates, printable
 from .progress import Observer
 from .redact import redact
 from .report import BackupReport
@@ -888,7 +888,7 @@ def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: 
         "status": status,
         "exit_code": exit_code,
         # a path whose bytes are not UTF-8 (lone surrogates) as \udce9, which JSON can hold
-        "error": redact(" ".join(message.split())).encode("utf-8", "backslashreplace").decode(),
+        "error": escape_surrogates(redact(" ".join(message.split()))),
         "finished_at": now_iso(),
     }
     try:

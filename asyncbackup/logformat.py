@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from .printable import escape_surrogates, printable, without_surrogates
+from .printable import json_dumps, printable
 from .redact import redact
 
 LOG_FORMATS = ("text", "json")
@@ -46,10 +46,7 @@ def _json_line(out: dict[str, Any]) -> str:
     the C locale with ``PYTHONUTF8=0``), which otherwise wrote ``\\xe9``, no JSON escape; the
     bytes of a file name that are not UTF-8 (lone surrogates, which orjson refuses) as
     ``\\udcff``, as the text format shows them."""
-    try:
-        text = orjson.dumps(out, default=str).decode()
-    except TypeError:
-        text = orjson.dumps(without_surrogates(out), default=escape_surrogates).decode()
+    text = json_dumps(out).decode()
     if text.isascii() or _stderr_is_utf8():
         return text
     return json.dumps(orjson.loads(text), separators=(",", ":"))  # ensure_ascii

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import orjson
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _TABLE = {
     code: _NAMED.get(chr(code), f"\\x{code:02x}")
@@ -51,3 +53,13 @@ def without_surrogates(value: Any) -> Any:
     if isinstance(value, (str, os.PathLike)):
         return escape_surrogates(value)
     return value
+
+
+def json_dumps(data: Any, option: int = 0) -> bytes:
+    """``orjson.dumps`` of ``data`` (``str()`` of what JSON has no type for); where a string
+    holds bytes of a file name that are not UTF-8, which orjson refuses, those escaped
+    (``without_surrogates``)."""
+    try:
+        return orjson.dumps(data, option=option, default=str)
+    except TypeError:
+        return orjson.dumps(without_surrogates(data), option=option, default=escape_surrogates)
