@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import FatalRunError, ObjectError
 from .journal import Changes
+from .loglimit import FirstFew
 from .progress import GuardedObserver, NullObserver, Observer
 
 log = logging.getLogger("asyncbackup")
@@ -85,9 +86,6 @@ class _Stop:
 
 
 _Event = _Listed | _Done | _Failed | _Gone | _Note | _ListingDone | _Stop
-
-#: deletions from the source named one a line; the rest at debug level
-_GONE_SHOWN = 10
 
 
 class SourceGone(Exception):
@@ -227,6 +225,10 @@ class Pipeline:
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._base_total = (state.total_files, state.total_bytes)
         self._changes = Changes()  # what the next journal line records
+        self._gone_lines = FirstFew(
+            logging.INFO,
+            "more objects were deleted from the source: logged at debug level (--debug)",
+        )
         # The first flush writes the whole file: it holds whatever the caller changed in the
         # state before the run (the config, notes it dropped), which no journal line records.
         self._compacted = False
@@ -440,12 +442,10 @@ class Pipeline:
         self._compacted = False
         self._since_flush += 1
         self.observer.on_listed(-1, -listed, 0, 0)
-        if result.source_deleted_files <= _GONE_SHOWN:
+        if self._gone_lines.level() == logging.DEBUG:
+            log.debug("%s: deleted from the source since it was listed", key)
+        else:
             log.info("%s: deleted from the source since it was listed; left out of the job", key)
-            return
-        if result.source_deleted_files == _GONE_SHOWN + 1:  # said once there are more
-            log.info("more objects were deleted from the source: logged at debug level (--debug)")
-        log.debug("%s: deleted from the source since it was listed", key)
 
     def _drop_stale_errors(self) -> None:
         """Drop the errors of files that failed before and are no longer in the source:

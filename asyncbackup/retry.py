@@ -37,11 +37,9 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 
 from .errors import ObjectError
+from .loglimit import FirstFew
 
 log = logging.getLogger("asyncbackup")
-
-#: whole-object retries logged as warnings; the later ones of a run at debug level only
-_RETRY_WARNINGS = 10
 
 THROTTLE_CODES = frozenset(
     {
@@ -395,22 +393,16 @@ class RetryPolicy:
 
 
 class RetryLog:
-    """The whole-object (or artifact) retries of a run: the first ``_RETRY_WARNINGS`` are
-    warnings, the rest debug records. A source failing every object (an outage) would
-    otherwise log two warnings an object; the failures themselves are in the summary, grouped
-    by code."""
+    """The whole-object (or artifact) retries of a run: the first ten are warnings, the rest
+    debug records (``FirstFew``). A source failing every object (an outage) would otherwise
+    log two warnings an object; the failures themselves are in the summary, grouped by
+    code."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.lines = FirstFew(
+            logging.WARNING,
+            "more objects are being retried: further retries are logged at debug level (--debug)",
+        )
 
     def retrying(self, key: str, exc: ObjectError) -> None:
-        self.count += 1
-        if self.count > _RETRY_WARNINGS:
-            log.debug("retrying %s after %s", key, exc)
-            return
-        log.warning("retrying %s after %s", key, exc)
-        if self.count == _RETRY_WARNINGS:
-            log.warning(
-                "more objects are being retried: further retries are logged at debug level "
-                "(--debug)"
-            )
+        log.log(self.lines.level(), "retrying %s after %s", key, exc)
