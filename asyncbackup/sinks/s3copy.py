@@ -167,16 +167,8 @@ class ServerSideCopier:
         ``x-amz-copy-source-if-match`` too (one HEAD with If-Match)."""
         if not item.etag:
             return
-
-        async def head_if_match() -> str:
-            head: dict[str, Any] = await self.client.head_object(
-                Bucket=self.source_bucket, Key=item.key, IfMatch=item.etag
-            )
-            # a 200 without its ETag (a server failing after its status line) says nothing
-            return answered_etag(head.get("ETag"), f"the HEAD of {item.key}")
-
         try:
-            etag = await self.retry.call(head_if_match)
+            etag = str((await self._head_source(item, IfMatch=item.etag))["ETag"])
         except ObjectError as exc:
             if exc.code not in ("412", "PreconditionFailed"):
                 raise
@@ -188,12 +180,15 @@ class ServerSideCopier:
                 "run again to copy the new version",
             )
 
-    async def _head_source(self, item: WorkItem) -> dict[str, Any]:
+    async def _head_source(self, item: WorkItem, **conditions: str) -> dict[str, Any]:
+        """The source's HEAD (with ``conditions``: ``IfMatch``). A 200 without its ETag (a
+        server failing after its status line) says nothing, none of the metadata the copy
+        takes from it either: an ``IntegrityError``, and the HEAD is tried again."""
+
         async def head_object() -> dict[str, Any]:
             head: dict[str, Any] = await self.client.head_object(
-                Bucket=self.source_bucket, Key=item.key
+                Bucket=self.source_bucket, Key=item.key, **conditions
             )
-            # without its ETag, none of the metadata the copy takes from it either
             answered_etag(head.get("ETag"), f"the HEAD of {item.key}")
             return head
 
