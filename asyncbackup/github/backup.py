@@ -33,6 +33,7 @@ from ..checkpoint import (
     now_iso,
     read_checkpoint,
 )
+from ..checkpoint_tool import archived_versions
 from ..errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -336,9 +337,7 @@ def _check_same_server(path: Path, api_url: str) -> None:
 
 def carry_forward(manager: CheckpointManager, state: CheckpointState, api_url: str) -> Path | None:
     """Seed a new checkpoint with the versions and ETags of the last completed one."""
-    archive = manager.path.parent / "archive"
-    candidates = sorted(archive.glob(f"{manager.path.name}.*"), reverse=True)
-    for candidate in candidates:
+    for candidate in reversed(archived_versions(manager.path)):  # the newest first
         try:
             old = read_checkpoint(candidate)
         except CheckpointError:
