@@ -105,10 +105,18 @@ def _instant(text: object) -> datetime.datetime | None:
     with contextlib.suppress(ValueError):
         moment = datetime.datetime.fromisoformat(text)
         return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
-    with contextlib.suppress(TypeError, ValueError, IndexError):
+    return http_date(text)
+
+
+def http_date(text: str) -> datetime.datetime | None:
+    """An HTTP date (RFC 9110: ``Date``, ``Retry-After``...), in UTC when it names no zone
+    (asctime's form, ``-0000``): an HTTP date is GMT, not this machine's time. None when it
+    is no date."""
+    try:
         moment = email.utils.parsedate_to_datetime(text)
-        return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
-    return None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _clock_advice(error: dict[str, Any]) -> str:

@@ -18,8 +18,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+
+from ..retry import http_date
 
 log = logging.getLogger("asyncbackup")
 
@@ -49,13 +49,8 @@ def _server_time(headers: Mapping[str, str]) -> float | None:
     value = headers.get("date")
     if not value:
         return None
-    try:
-        moment = parsedate_to_datetime(value)
-        if moment.tzinfo is None:  # asctime's form, or -0000: an HTTP date is GMT, not ours
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    moment = http_date(value)
+    return moment.timestamp() if moment is not None else None
 
 
 class RateGate:
