@@ -14,9 +14,10 @@ import pytest
 
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState, load_checkpoint
 from asyncbackup.pipeline import Pipeline, SourceGone, WorkItem
+from asyncbackup.progress import NullObserver
 
 
-class _Totals:
+class _Totals(NullObserver):
     """An observer keeping what a progress display would show; ``shrunk`` is set by the
     first flush after the totals went down."""
 
@@ -30,14 +31,8 @@ class _Totals:
         self.bytes += size
         self.most = max(self.most, self.files)
 
-    def on_listing_done(self) -> None:
-        pass
-
     def on_done(self, key: str, size: int) -> None:
         self.done += 1
-
-    def on_failed(self, key: str, error: str) -> None:
-        pass
 
     def on_flush(self, processed: int) -> None:
         self.flushed.set()
