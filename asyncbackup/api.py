@@ -36,7 +36,7 @@ from .partfeed import ByteBudget
 from .pipeline import Pipeline, Process, SourceGone, WorkItem, listing_or_stop, primary_error
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import CLOCK_SKEWED, FATAL_CODES, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage
+from .retry import AdaptiveLimiter, RetryLog, RetryPolicy, is_outage, raise_if_fatal
 from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
@@ -534,13 +534,7 @@ async def with_object_retries(
                     f"the destination refused --storage-class ({exc}); give a storage class "
                     "it supports, then run again to resume"
                 ) from exc
-            if exc.code == CLOCK_SKEWED:  # the message says what to do
-                raise FatalRunError(f"stopping on {item.key!r}: {exc}") from exc
-            if exc.code in FATAL_CODES:
-                raise FatalRunError(
-                    f"stopping: {exc} (on {item.key!r}); check the credentials and "
-                    "buckets, then run again to resume"
-                ) from exc
+            raise_if_fatal(exc, item.key, "check the credentials and buckets")
             if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
                 if outage is not None:
                     outage.failed(exc, item.key)

@@ -36,7 +36,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from .errors import ObjectError
+from .errors import FatalRunError, ObjectError
 from .loglimit import FirstFew
 
 log = logging.getLogger("asyncbackup")
@@ -133,6 +133,18 @@ def _clock_advice(error: dict[str, Any]) -> str:
         f"; this machine's clock is {gap}, and S3 refuses requests signed more than 15 min "
         "from its time: set the clock right (e.g. `timedatectl set-ntp true`), then run again"
     )
+
+
+def raise_if_fatal(exc: ObjectError, key: str, advice: str) -> None:
+    """Stop the run (``FatalRunError``) on a failure every other object would meet too: this
+    machine's clock (its message says what to do), refused credentials or a missing bucket
+    (then ``advice``), rather than one error per object."""
+    if exc.code == CLOCK_SKEWED:
+        raise FatalRunError(f"stopping on {key!r}: {exc}") from exc
+    if exc.code in FATAL_CODES:
+        raise FatalRunError(
+            f"stopping: {exc} (on {key!r}); {advice}, then run again to resume"
+        ) from exc
 
 
 def error_code(exc: ClientError) -> str:

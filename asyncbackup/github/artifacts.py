@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
-from ..retry import CLOCK_SKEWED, FATAL_CODES, Backoff, RetryLog, RetryPolicy
+from ..retry import Backoff, RetryLog, RetryPolicy, raise_if_fatal
 from ..s3client import S3Client
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
@@ -122,13 +122,8 @@ class ArtifactCopier:
                         "GitHub stopped accepting the token (401); check that it has not "
                         "expired or been revoked, then run again to resume"
                     ) from exc
-                if exc.code == CLOCK_SKEWED:  # the message says what to do
-                    raise FatalRunError(f"stopping on {item.key!r}: {exc}") from exc
-                if exc.code in FATAL_CODES:  # the destination refuses the keys or the bucket
-                    raise FatalRunError(
-                        f"stopping: {exc} (on {item.key!r}); check the destination's "
-                        "credentials and bucket, then run again to resume"
-                    ) from exc
+                # the destination refuses the keys or the bucket, or the clock is wrong
+                raise_if_fatal(exc, item.key, "check the destination's credentials and bucket")
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise
                 self.retries.retrying(item.key, exc)
