@@ -33,6 +33,10 @@ log = logging.getLogger("asyncbackup")
 T = TypeVar("T")
 
 _STALE_SHOWN = 3  # stale errors named in the line that drops them
+# Events the writer applies in one turn of the loop (a listed page counts as its items): a
+# backlog piled up during a slow flush is applied in batches of a few milliseconds each,
+# with the listing and the workers running between them.
+_DRAIN_BATCH = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,14 +339,15 @@ class Pipeline:
                 continue
             if self._apply(event):
                 return
-            if self._drain_events():
+            if self._drain_events(_DRAIN_BATCH):
                 return
-            due = (
-                self._since_flush >= self.interval
-                or bool(self._flush_waiters)
-                or (self._since_flush and time.monotonic() - self._last_flush >= self.max_age)
-            )
-            if due:
+            overdue = self._since_flush and time.monotonic() - self._last_flush >= self.max_age
+            if not self._events.empty() and not overdue:
+                # A backlog: the loop's other tasks run before the next batch, and the flush
+                # waits for the batches after it (one flush, as if applied in one go).
+                await asyncio.sleep(0)
+                continue
+            if overdue or self._since_flush >= self.interval or self._flush_waiters:
                 await self._flush()
 
     async def _flush(self) -> None:
@@ -359,15 +364,19 @@ class Pipeline:
         _resolve(waiters)
         self.observer.on_flush(processed)
 
-    def _drain_events(self) -> bool:
-        """Apply every queued event; True once the stop marker has been seen."""
-        while True:
+    def _drain_events(self, limit: float = float("inf")) -> bool:
+        """Apply queued events (until about ``limit`` are applied); True once the stop
+        marker has been seen."""
+        applied = 0
+        while applied < limit:
             try:
                 event = self._events.get_nowait()
             except asyncio.QueueEmpty:
                 return False
             if self._apply(event):
                 return True
+            applied += len(event.items) if isinstance(event, _Listed) else 1
+        return False
 
     def _apply(self, event: _Event) -> bool:
         state, result, changes = self.state, self.result, self._changes
