@@ -289,11 +289,11 @@ class BackupConfig:
 
     @property
     def dest_settings_probe(self) -> str | None:
-        """With SSE-KMS or a storage class (and not ``--dest-write-only``, whose check is such
-        an upload already): the key whose upload, started with them and aborted, checks at
-        start that the destination takes them - not at every object's upload, after its
-        download."""
-        settings = self.sse == "aws:kms" or self.storage_class
+        """With ``--sse`` or a storage class (and not ``--dest-write-only``, whose check is
+        such an upload already): the key whose upload, started with them and aborted, checks
+        at start that the destination takes them (and applies the encryption) - not at every
+        object's upload, after its download."""
+        settings = self.sse or self.storage_class
         return self._write_check_key if settings else None
 
     @property

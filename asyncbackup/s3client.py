@@ -28,6 +28,7 @@ from botocore.exceptions import (
 from botocore.utils import get_environ_proxies
 
 from .botocore_setup import share_data_loader, tune_client
+from .encryption import EncryptionNotApplied, check_applied
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
@@ -292,6 +293,13 @@ async def check_bucket(
                 f"--sse-kms-key-id and that the credentials of {flag} may use the key "
                 "(kms:GenerateDataKey), then run again"
             ) from None
+        if isinstance(exc, EncryptionNotApplied):
+            named = f"names {exc.applied}" if exc.applied else "names no encryption"
+            raise StoreUnavailableError(
+                f"the {role} does not apply --sse {exc.wanted} (its answer to an upload started "
+                f"with it {named}); drop --sse, or back up to a {role} that encrypts, then run "
+                "again"
+            ) from None
         if uploading and code == "InvalidStorageClass":
             raise StoreUnavailableError(
                 f"the {role} refused --storage-class ({exc}); give a storage class it "
@@ -342,8 +350,10 @@ async def _start_and_abort(
 ) -> None:
     """Start a multipart upload of ``key`` (with the run's upload ``params``) and abort it:
     the bucket exists, these credentials may write there, and the destination takes the
-    settings. An abort refused leaves an empty upload, said once."""
-    upload_id = upload_id_of(await client.create_multipart_upload(Bucket=bucket, Key=key, **params))
+    settings (and applies ``--sse``, as its answer says). An abort refused leaves an empty
+    upload, said once."""
+    answer = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
+    upload_id = upload_id_of(answer)
     try:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except ClientError as exc:
@@ -353,6 +363,7 @@ async def _start_and_abort(
             key,
             error_code(exc),
         )
+    check_applied(params, answer, "the write check's upload")
 
 
 class DestinationSettings(Protocol):

@@ -124,6 +124,9 @@ STREAM_FAULTS = (
     "empty_200",
     # the answer's first ETag replaced by another (an MD5-like one that no body here has)
     "other_etag",
+    # a server that ignores the server-side encryption asked for: its answers carry no
+    # x-amz-server-side-encryption header (S3 names the encryption it applied in each)
+    "sse_ignored",
     # 403 RequestTimeTooSkewed as S3 answers it to a client whose clock is 20 minutes behind:
     # the request's x-amz-date as RequestTime, the server's time in the body and in Date
     "clock_skew",
@@ -446,6 +449,12 @@ class S3Proxy:
         if sent_md5 is not None and status == 200:
             out_headers = {k: v for k, v in out_headers.items() if k.lower() != "etag"}
             out_headers["ETag"] = f'"{sent_md5}"'
+        if fault == "sse_ignored":
+            out_headers = {
+                k: v
+                for k, v in out_headers.items()
+                if not k.lower().startswith("x-amz-server-side-encryption")
+            }
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)

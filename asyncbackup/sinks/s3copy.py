@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import S3_MAX_PART_SIZE
+from ..encryption import check_applied
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..pipeline import WorkItem, primary_error
@@ -101,6 +102,7 @@ class ServerSideCopier:
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
         etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
+        check_applied(self.extra_params, response, params["Key"])
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
         # is no MD5 (the listing does not say so), which only the source's HEAD tells.
@@ -260,6 +262,7 @@ class ServerSideCopier:
             )
             # in the block: an answer without the ETag aborts the upload
             etag = clean_etag(answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
+            check_applied(self.extra_params, response, key)
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
 
 

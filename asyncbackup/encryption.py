@@ -1,0 +1,39 @@
+"""Whether a destination applied the server-side encryption ``--sse`` asked for.
+
+S3 names the encryption it applied in its answer to every upload and copy
+(``x-amz-server-side-encryption``); a server that ignores the request's header answers
+without it, or names another. Such a copy is no backup the user asked for: not done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ObjectError
+
+
+class EncryptionNotApplied(ObjectError):
+    """The destination's answer names another encryption than ``--sse`` asked for (or none)."""
+
+    def __init__(self, what: str, wanted: str, applied: str | None) -> None:
+        stored = f"with {applied}" if applied else "unencrypted (its answer names no encryption)"
+        super().__init__(
+            "EncryptionNotApplied",
+            f"the destination stored {what} {stored}, not with --sse {wanted}: it does not "
+            "apply the encryption asked for",
+        )
+        self.wanted = wanted
+        self.applied = applied
+
+
+def check_applied(asked: Mapping[str, Any], answer: Mapping[str, Any], what: str) -> None:
+    """Raise ``EncryptionNotApplied`` unless ``answer`` (of a request made with the upload
+    parameters ``asked``) names the encryption ``asked`` asks for; ``what`` is the object,
+    as the message names it."""
+    wanted = asked.get("ServerSideEncryption")
+    if wanted is None:
+        return
+    applied = answer.get("ServerSideEncryption")
+    if applied != wanted:
+        raise EncryptionNotApplied(what, wanted, applied)
