@@ -261,11 +261,20 @@ def archived_versions(path: Path) -> list[Path]:
     """The archives of the live checkpoint ``path`` (its completed backups), oldest first."""
     with contextlib.suppress(OSError):
         return sorted(
-            candidate
-            for candidate in (path.parent / "archive").iterdir()
-            if candidate.name.startswith(f"{path.name}.") and _kind(candidate) == "archived"
+            (
+                candidate
+                for candidate in (path.parent / "archive").iterdir()
+                if candidate.name.startswith(f"{path.name}.") and _kind(candidate) == "archived"
+            ),
+            key=_archive_order,
         )
     return []
+
+
+def _archive_order(path: Path) -> tuple[str, int]:
+    """``NAME.<time>`` then ``NAME.<time>-2``... ``-10`` (``stamped``): by time, then number."""
+    stamp, dash, number = path.name.rpartition(".")[2].partition("-")
+    return stamp, int(number) if dash and number.isdigit() else 1
 
 
 def live_path(path: Path) -> Path | None:

@@ -399,3 +399,23 @@ def test_a_flush_out_of_open_files_says_so_not_free_space(tmp_path: Path) -> Non
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         manager.close()
     assert path.read_bytes() == before
+
+
+def test_the_newest_archive_is_found_among_more_than_ten_in_one_second(tmp_path: Path) -> None:
+    """Archives made within one second are named ``<time>``, ``<time>-2``... ``<time>-11``:
+    sorted by name, ``-10`` and ``-11`` came before ``-2``, and the "newest" archive (which a
+    GitHub backup carries its artifacts' versions forward from) was the ninth."""
+    from asyncbackup.checkpoint_tool import archived_versions
+
+    path = tmp_path / "job.checkpoint"
+    for run in range(12):
+        manager = CheckpointManager(path)
+        manager.open()
+        state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+        state.extra["run"] = {"number": run}
+        manager.flush(state)
+        manager.finish("archive")
+        manager.close()
+    archives = archived_versions(path)
+    runs = [read_checkpoint(a).extra["run"]["number"] for a in archives]
+    assert runs == list(range(12))
