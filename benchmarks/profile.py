@@ -64,9 +64,7 @@ def summarize(raw: Path, top: int = 15) -> dict[str, object]:
             continue
         func, path = frames[-1]
         in_thread = frames[0][0] == "Thread._bootstrap"
-        threads["worker threads (to_thread, aiofiles, checkpoint)" if in_thread else "main"] += (
-            count
-        )
+        threads["worker threads (to_thread, checkpoint)" if in_thread else "main"] += count
         self_time[f"{func} ({Path(path).name})"] += count
         libraries[_library(path)] += count
         for name in {f"{func} ({Path(path).name})" for func, path in frames}:
