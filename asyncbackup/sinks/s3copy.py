@@ -7,10 +7,11 @@ multipart one (no byte range can name its bytes); any other multipart object is 
 UploadPartCopy in its own part layout, so the copy's ETag equals the source's and is checked
 (the layout is read from the first part; a source whose parts are not all that size is copied
 in its true part sizes, a HEAD each: at once where no uniform layout fits the first part's
-length, else again after a copy in that layout). Before any multipart copy is completed, the source
-must still have its listed ETag (a HEAD with If-Match), as a server may ignore the parts'
-if-match: a copy made of two versions is never completed, even where its ETag would tell
-(not in parts of our size, nor with SSE-KMS). A failed multipart copy is
+length, else again after a copy in that layout). Before any multipart copy is completed, its
+parts must be of the listed version, as a server may ignore the parts' if-match: a copy made
+of two versions is never completed, even where its ETag would tell. The parts' ETags (their
+ranges' MD5s) making the listed ETag show it; else (parts of our size, SSE-KMS) the source
+must still have its listed ETag (a HEAD with If-Match). A failed multipart copy is
 aborted, shielded from cancellation. CopyObject goes through the fast path (``fasts3``) when
 the destination bucket has one; multipart stays on botocore.
 """
@@ -23,6 +24,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from ..checksums import multipart_etag
 from ..config import S3_MAX_PART_SIZE
 from ..encryption import check_applied
 from ..errors import IntegrityError, ObjectError
@@ -143,7 +145,8 @@ class ServerSideCopier:
             )
             create[TAGGING] = await self.retry.call(read)
         # A server may ignore the parts' if-match, and a copy made of two versions must never
-        # be completed: the source must still be the listed version before it is (a HEAD).
+        # be completed: its parts must show the listed version, or the source must still be
+        # it (a HEAD) before it is.
         # Where the ETags can be compared, the copy's must then be the source's too; not in
         # parts of our size, nor with SSE-KMS (an SSE-KMS source's ETag is no MD5s' either).
         source_opaque = not etag_is_digest(head)
@@ -210,8 +213,9 @@ class ServerSideCopier:
         self, item: WorkItem, create: dict[str, Any], sizes: list[int]
     ) -> tuple[str, bool]:
         """Copy ``item`` by UploadPartCopy in parts of ``sizes`` into the upload ``create``
-        makes, completed only if the source is still the listed version; the copy's ETag,
-        and whether its encryption makes that ETag no MD5."""
+        makes, completed only if its parts are of the listed version (their ETags make the
+        listed one, or the source still has it); the copy's ETag, and whether its encryption
+        makes that ETag no MD5."""
         key = create["Key"]
         starts = [0, *itertools.accumulate(sizes[:-1])]  # each part's first byte
         async with tracked_upload(
@@ -250,7 +254,8 @@ class ServerSideCopier:
                         tg.create_task(part_worker())
             except BaseExceptionGroup as group:  # the part's own error: the object's, not a group
                 raise primary_error(group) from None
-            await self._source_unchanged(item)
+            if not _parts_make(done, item.etag):
+                await self._source_unchanged(item)
             response = await self.retry.call(
                 functools.partial(
                     self.client.complete_multipart_upload,
@@ -264,6 +269,17 @@ class ServerSideCopier:
             etag = clean_etag(answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
             check_applied(self.extra_params, response, key)
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
+
+
+def _parts_make(parts: list[dict[str, Any]], etag: str) -> bool:
+    """Whether the copied parts' ETags (each its byte range's MD5) make ``etag``, the listed
+    version's: then the bytes copied are that version's, whatever a server did with the parts'
+    if-match. Not with an SSE-KMS copy or source (no MD5s), nor in parts of our size."""
+    try:
+        md5s = [bytes.fromhex(clean_etag(part["ETag"])) for part in parts]
+    except ValueError:
+        return False
+    return all(len(md5) == 16 for md5 in md5s) and multipart_etag(md5s) == clean_etag(etag)
 
 
 def _even_parts(size: int, part_size: int) -> list[int]:

@@ -253,19 +253,21 @@ async def test_a_source_check_answered_200_without_an_etag_is_not_taken_for_unch
     assert no_uploads_left(s3, buckets.dest)
 
 
+@pytest.mark.parametrize("sse", [None, "aws:kms"], ids=["plain-source", "kms-source"])
 async def test_a_mixed_copy_in_the_source_layout_is_never_completed_either(
-    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy, sse: str | None
 ) -> None:
     """In the source's own layout the copy's ETag does tell a mixed copy, but only once the
     copy is completed: the object failed, yet a copy made of two versions stayed at the
     destination (its retries then fail on the changed source). Every multipart copy now
-    checks the source before it completes."""
+    checks the source before it completes, unless its parts' ETags make the listed one."""
     sizes = (5 * MiB, 5 * MiB, 77)
-    put_multipart(s3, buckets.source, KEY, sizes)
+    extra = {"ServerSideEncryption": sse} if sse else {}
+    put_multipart(s3, buckets.source, KEY, sizes, **extra)
     overwritten: list[bool] = []
 
     def overwrite() -> None:
-        put_multipart(s3, buckets.source, KEY, sizes)  # same size, other bytes
+        put_multipart(s3, buckets.source, KEY, sizes, **extra)  # same size, other bytes
         overwritten.append(True)
 
     proxy.add_rule(Rule(None, method="PUT", query="partNumber=2", times=1, action=overwrite))
@@ -313,14 +315,12 @@ async def test_a_multipart_copy_of_an_sse_kms_source_is_checked_by_its_head(
 ) -> None:
     """The same for a multipart SSE-KMS source copied in its own layout: its ETag is not
     the MD5 of its parts' MD5s, so the copy's cannot match it (the proxy makes them differ,
-    as S3's do). The copy is instead checked the way one in parts of our size is: the
-    source must still have its listed ETag (a HEAD with If-Match) before it completes."""
+    as S3's do), and the copy is not held to it. That the copy is of one version is checked
+    as for one in parts of our size (``test_a_mixed_copy_in_the_source_layout...``)."""
     put_multipart(s3, buckets.source, KEY, PARTS, ServerSideEncryption="aws:kms")
     proxy.add_rule(Rule("other_etag", method="POST", query="uploadId="))
     report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True, max_attempts=2)
     assert report.exit_code == 0, report.errors
-    heads = [r for r in proxy.requests if r.method == "HEAD" and r.path.endswith(KEY)]
-    assert any("if-match" in r.headers for r in heads)
     source = s3.get_object(Bucket=buckets.source, Key=KEY)["Body"].read()
     assert s3.get_object(Bucket=buckets.dest, Key=KEY)["Body"].read() == source
 
@@ -350,3 +350,19 @@ async def test_direct_accepts_one_endpoint_spelled_two_ways(
             direct=True,
             dest_endpoint_url="http://127.0.0.2:1",
         )
+
+
+async def test_a_copy_whose_parts_make_the_listed_etag_needs_no_source_check(
+    buckets: Buckets, s3: Any, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """The source's If-Match HEAD before completing is for a copy whose parts cannot show
+    which version they came from. In the source's own layout, the parts' ETags (each its
+    range's MD5) make the listed ETag: the bytes copied are the listed version's, and the
+    HEAD - one more round trip in every multipart copy's chain - is not sent."""
+    put_multipart(s3, buckets.source, KEY, (5 * MiB, 5 * MiB, 77))
+    report = await backup_data(buckets, tmp_path, proxy.endpoint, direct=True)
+    assert report.exit_code == 0 and report.copied_files == 1, report.errors
+    heads = [r for r in proxy.requests if r.method == "HEAD" and r.path.endswith(KEY)]
+    assert heads and not [r for r in heads if r.if_match], heads
+    source = s3.head_object(Bucket=buckets.source, Key=KEY)["ETag"]
+    assert s3.head_object(Bucket=buckets.dest, Key=KEY)["ETag"] == source
