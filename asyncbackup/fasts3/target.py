@@ -152,6 +152,41 @@ async def _prepared(
 _probed: weakref.WeakKeyDictionary[Any, dict[str, Target | str]] = weakref.WeakKeyDictionary()
 
 
+#: client -> bucket -> the region the server said the bucket is in, in an answer botocore's
+#: redirector followed: the probe's client never sends a request, so it never learns it itself
+_regions: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+async def learn_region(client: Any, bucket: str, region: str) -> Target | str:
+    """The fast path's target for ``bucket``, in ``region`` (the server's redirect said so,
+    and botocore followed it), or why there is none. Asked of botocore again, with the region
+    its redirector then resolves the bucket's requests with (the ``AWS::Region`` of the
+    endpoint rules): AWS's host for that region, the signing region. Learnt once: a second
+    region named for the bucket leaves it to botocore."""
+    regions = _regions.get(client)
+    if regions is None:
+        regions = _regions[client] = {}
+
+        def redirected(builtins: dict[str, Any], params: dict[str, Any], **_: Any) -> None:
+            learnt = regions.get(params.get("Bucket", ""))
+            if learnt is not None:
+                builtins["AWS::Region"] = learnt
+
+        client.meta.events.register(
+            "before-endpoint-resolution.s3",
+            redirected,
+            unique_id=f"asyncbackup-fast-path-region-{next(_probe_ids)}",
+        )
+    known = regions.setdefault(bucket, region)
+    if known != region:
+        return f"the server named two regions for the bucket ({known}, {region})"
+    probed = _probed.setdefault(client, {})
+    current = probed.get(bucket)
+    if not isinstance(current, Target) or current.region != region:
+        probed[bucket] = await _probe(client, bucket)
+    return probed[bucket]
+
+
 async def probe_target(client: Any, bucket: str) -> Target | str:
     """The fast path's target for ``bucket`` on ``client``, or why there is none; asked of
     botocore once per client and bucket."""

@@ -13,7 +13,13 @@ import pytest
 from botocore.httpsession import get_cert_path
 
 from asyncbackup.fasts3.signer import encode_key
-from asyncbackup.fasts3.target import Target, host_header, prepared_get, probe_target
+from asyncbackup.fasts3.target import (
+    Target,
+    host_header,
+    learn_region,
+    prepared_get,
+    probe_target,
+)
 from tests.helpers import open_test_client
 from tests.unit.test_fasts3_signer import KEYS
 
@@ -163,3 +169,27 @@ async def test_a_bucket_is_probed_once_per_client(aws_env: Path) -> None:
             await open_test_client(stack, "http://127.0.0.1:9000"), "bucket-1"
         )
         assert again is not first and again == first  # another client asks again
+
+
+async def test_a_bucket_in_another_region_is_targeted_where_botocore_redirects_it(
+    aws_env: Path,
+) -> None:
+    # After S3 named the bucket's region (a redirect botocore followed), the fast path's
+    # target is the one botocore's redirector resolves: that region's host, signed for it.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, None, "us-east-1")
+        first = await probe_target(client, "bucket-1")
+        assert isinstance(first, Target) and first.region == "us-east-1"
+        learnt = await learn_region(client, "bucket-1", "eu-west-1")
+        assert isinstance(learnt, Target), learnt
+        assert (learnt.origin, learnt.region) == (
+            "https://bucket-1.s3.eu-west-1.amazonaws.com",
+            "eu-west-1",
+        )
+        assert await probe_target(client, "bucket-1") is learnt  # the next fast paths' too
+        prepared = await prepared_get(client, "bucket-1", "k")
+        assert (prepared["url"], prepared["region"]) == (learnt.origin + "/k", "eu-west-1")
+        other = await probe_target(client, "bucket-2")  # other buckets keep the client's
+        assert isinstance(other, Target) and other.region == "us-east-1"
+        # a second region named for the bucket: botocore's from then on
+        assert isinstance(await learn_region(client, "bucket-1", "ap-south-1"), str)

@@ -1,0 +1,70 @@
+"""A bucket in another region than the client's (review s15a): S3 answers a request signed
+for the wrong region with a redirect naming the bucket's (``x-amz-bucket-region``), which
+botocore follows; the recording proxy answers the same way for the buckets in its
+``regions``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import run_backup
+from asyncbackup.fasts3.client import USER_AGENT
+from tests.conftest import Buckets
+from tests.helpers import assert_same_objects
+from tests.proxy import Recorded, S3Proxy
+
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/s3/")
+
+
+def signed_for(record: Recorded) -> str | None:
+    match = _SCOPE.search(record.headers.get("authorization", ""))
+    return match.group(1) if match else None
+
+
+@pytest.mark.parametrize("answer", ["redirect", "malformed"])
+@pytest.mark.parametrize("side", ["source", "dest"])
+async def test_a_bucket_in_another_region_keeps_the_fast_path_signed_for_its_region(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    answer: str,
+    side: str,
+) -> None:
+    # One --region for both clients: with the buckets in two regions, one of them is
+    # always in another region than its client's.
+    proxy.regions[getattr(buckets, side)] = "eu-west-1"
+    proxy.wrong_region = answer
+    for i in range(6):
+        s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(300 + i))
+    with caplog.at_level(logging.INFO, logger="asyncbackup"):
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path,
+            endpoint_url=proxy.endpoint,
+            region="us-east-1",
+            concurrency=2,
+        )
+    assert report.exit_code == 0 and report.copied_files == 6, report.errors
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 6
+    # The start-up check meets the redirect (on the fast path, then botocore's first try);
+    # from then on every request is signed for the bucket's region, on the fast path.
+    refused = [r for r in proxy.requests if r.fault == "wrong_region"]
+    assert len(refused) == 2, [(r.method, r.path, r.headers.get("user-agent")) for r in refused]
+    method = "GET" if side == "source" else "PUT"
+    copies = [r for r in proxy.requests if r.method == method and "/data/o" in r.path]
+    assert len(copies) == 6
+    assert all(r.headers.get("user-agent") == USER_AGENT for r in copies)
+    assert {signed_for(r) for r in copies} == {"eu-west-1"}
+    assert "fast path off" not in caplog.text
+    said = [r.getMessage() for r in caplog.records if "eu-west-1" in r.getMessage()]
+    assert len(said) == 1 and "us-east-1" in said[0], said
