@@ -50,6 +50,7 @@ _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _ETAG = re.compile(rb"<ETag>[^<]*</ETag>")
 OTHER_ETAG = '"' + "0" * 32 + '"'  # what "other_etag" puts in an answer
+_BUCKET_REGION = "x-amz-bucket-region"
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 #: fault -> (HTTP status, S3 error code, message)
@@ -282,7 +283,7 @@ class S3Proxy:
     seed: int = 0
     latency: float = 0.0  # added to every request
     # bucket -> the region it is in: a request signed for another one is answered as S3
-    # answers it (``wrong_region``: "redirect" or "malformed")
+    # answers it (``wrong_region``: "redirect", "malformed" or "opt_in")
     regions: dict[str, str] = field(default_factory=dict)
     wrong_region: str = "redirect"
     fault_latency: float = 0.5  # what the "latency" fault adds
@@ -458,6 +459,10 @@ class S3Proxy:
             out_headers = {k: v for k, v in out_headers.items() if k.lower() != "etag"}
             out_headers["ETag"] = f'"{sent_md5}"'
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
+        region = self.regions.get(request.path.lstrip("/").split("/", 1)[0])
+        if region is not None:  # the bucket's region, not the one moto made it in
+            out_headers = {k: v for k, v in out_headers.items() if k.lower() != _BUCKET_REGION}
+            out_headers[_BUCKET_REGION] = region
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
         if fault == "reset_after":
@@ -510,7 +515,10 @@ class S3Proxy:
     def _wrong_region(self, request: web.Request) -> web.Response | None:
         """S3's answer to a request signed for another region than its bucket's (None for
         any other request): 301 PermanentRedirect, or 400 AuthorizationHeaderMalformed naming
-        the region, both with ``x-amz-bucket-region``; a HEAD's without a body."""
+        the region, both with ``x-amz-bucket-region``; a HEAD's without a body. "opt_in" is
+        the answer across an opt-in region (af-south-1...): 400
+        IllegalLocationConstraintException, the region in its message only (a HEAD's has the
+        header, as every HEAD of a bucket)."""
         bucket = request.path.lstrip("/").split("/", 1)[0]
         region = self.regions.get(bucket)
         signed = _SIGNING_REGION.search(request.headers.get("Authorization", ""))
@@ -524,6 +532,14 @@ class S3Proxy:
                 f"specified endpoint.</Message><Endpoint>{bucket}.s3.{region}.amazonaws.com"
                 f"</Endpoint><Bucket>{bucket}</Bucket>"
             )
+        elif self.wrong_region == "opt_in":
+            status, code = 400, "IllegalLocationConstraintException"
+            detail = (
+                f"<Message>The {region} location constraint is incompatible for the region "
+                "specific endpoint this request was sent to.</Message>"
+            )
+            if request.method != "HEAD":
+                del headers["x-amz-bucket-region"]
         else:
             status, code = 400, "AuthorizationHeaderMalformed"
             wrong = signed.group(1) if signed else ""

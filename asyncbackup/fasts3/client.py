@@ -122,6 +122,9 @@ _HAND_BACK_CODES = frozenset(
         "PermanentRedirect",
         "TemporaryRedirect",
         "AuthorizationHeaderMalformed",
+        # S3's redirect between an opt-in region (af-south-1...) and another, which botocore
+        # follows (the bucket's region from a HEAD of it)
+        "IllegalLocationConstraintException",
         "SignatureDoesNotMatch",
         "XAmzContentSHA256Mismatch",
         "InvalidRequest",

@@ -68,3 +68,28 @@ async def test_a_bucket_in_another_region_keeps_the_fast_path_signed_for_its_reg
     assert "fast path off" not in caplog.text
     said = [r.getMessage() for r in caplog.records if "eu-west-1" in r.getMessage()]
     assert len(said) == 1 and "us-east-1" in said[0], said
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_a_bucket_across_an_opt_in_region_is_copied_on_both_paths(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, fast_path: bool
+) -> None:
+    # S3 answers 400 IllegalLocationConstraintException (no region header) between an
+    # opt-in region and another; botocore follows it (HEAD of the bucket for its region).
+    proxy.regions[buckets.source] = "af-south-1"
+    proxy.wrong_region = "opt_in"
+    for i in range(4):
+        s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(200 + i))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="data",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+        region="us-east-1",
+        fast_path=fast_path,
+    )
+    assert report.exit_code == 0 and report.copied_files == 4, report.errors
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 4
+    gets = [r for r in proxy.requests if r.method == "GET" and "/data/o" in r.path]
+    assert {signed_for(r) for r in gets if r.fault is None} == {"af-south-1"}
