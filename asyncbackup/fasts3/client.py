@@ -63,7 +63,7 @@ from .responses import (
     response_fields,
 )
 from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer, encode_query
-from .target import Target, learn_region, probe_target
+from .target import Target, learn_region, leave_to_botocore, probe_target
 
 log = logging.getLogger("asyncbackup")
 
@@ -308,6 +308,7 @@ class FastS3:
     def _hand_back(self, reason: str) -> None:
         if self.enabled:
             self.enabled = False
+            leave_to_botocore(self.client, self.bucket, f"handed back earlier ({reason})")
             log.warning(
                 "fast path off for bucket %s (%s); its requests go through botocore",
                 self.bucket,

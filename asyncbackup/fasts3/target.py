@@ -187,6 +187,13 @@ async def learn_region(client: Any, bucket: str, region: str) -> Target | str:
     return probed[bucket]
 
 
+def leave_to_botocore(client: Any, bucket: str, reason: str) -> None:
+    """The bucket's requests go through botocore for the rest of the run: a fast path opened
+    to it from now on is none (a run opens its listing's and copies' after the start-up
+    check, whose fast path may have met the answer that said so)."""
+    _probed.setdefault(client, {})[bucket] = reason
+
+
 async def probe_target(client: Any, bucket: str) -> Target | str:
     """The fast path's target for ``bucket`` on ``client``, or why there is none; asked of
     botocore once per client and bucket."""

@@ -93,3 +93,32 @@ async def test_a_bucket_across_an_opt_in_region_is_copied_on_both_paths(
     assert assert_same_objects(s3, buckets.source, buckets.dest) == 4
     gets = [r for r in proxy.requests if r.method == "GET" and "/data/o" in r.path]
     assert {signed_for(r) for r in gets if r.fault is None} == {"af-south-1"}
+
+
+async def test_a_bucket_handed_to_botocore_stays_there_with_one_warning(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The start-up check's fast path meets the answer that hands the bucket to botocore; the
+    # listing's and the copies' fast paths, opened after it, do not send it again.
+    proxy.regions[buckets.source] = "af-south-1"
+    proxy.wrong_region = "opt_in"
+    for i in range(6):
+        s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(200 + i))
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path,
+            endpoint_url=proxy.endpoint,
+            region="us-east-1",
+            concurrency=3,
+        )
+    assert report.exit_code == 0 and report.copied_files == 6, report.errors
+    warnings = [r.getMessage() for r in caplog.records if "fast path off" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    refused = [r for r in proxy.requests if r.fault == "wrong_region" and r.method == "GET"]
+    assert [r.headers.get("user-agent") == USER_AGENT for r in refused] == [True, False]
+    fast = [r for r in proxy.requests if r.headers.get("user-agent") == USER_AGENT]
+    assert len([r for r in fast if r.path.startswith(f"/{buckets.source}")]) == 1
+    assert len([r for r in fast if r.method == "PUT"]) == 6  # the destination kept its own
