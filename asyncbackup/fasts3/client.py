@@ -296,11 +296,19 @@ class FastBody:
 class FastS3:
     """The fast path for one bucket of one aiobotocore client (see the module docstring)."""
 
-    def __init__(self, client: Any, bucket: str, target: Target, pool: http11.Pool) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        target: Target,
+        pool: http11.Pool,
+        stack: contextlib.AsyncExitStack | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.target = target
         self.pool = pool
+        self._stack = stack  # what the pool lives in (and another one, for another address)
         self.signer = SigV4Signer(target.region, target.service)
         self.enabled = True
         self.fast_requests = 0  # answered by the fast path (for tests and the curious)
@@ -345,22 +353,24 @@ class FastS3:
         short) is raised as itself, to be reported and retried as itself; any other failure
         of the body is a connection error, as aiobotocore makes it. ``path`` (already
         encoded) replaces the key's: the bucket's."""
-        path = self.target.path(key) if path is None else path
-        target = path + (f"?{query}" if query else "")
-        url = self.target.origin + target
         credentials = await self._credentials()
-        signer = self.signer  # the region's: another once the bucket's region is learnt
+        # where, signed how and through which pool: all three change together once the
+        # bucket's region is learnt (``_retarget``), so read at once
+        where, signer, pool = self.target, self.signer, self.pool
+        path = where.path(key) if path is None else path
+        target = path + (f"?{query}" if query else "")
+        url = where.origin + target
         signed = signer.sign(
             method,
             path,
             query,
-            {"host": self.target.host, **headers},
+            {"host": where.host, **headers},
             credentials,
             payload_hash=payload_hash,
         )
         signed.update(_FIXED_HEADERS)
         try:
-            response = await self.pool.request(method, target, signed, body)
+            response = await pool.request(method, target, signed, body)
         except http11.HTTPError as exc:
             if isinstance(exc, http11.BodyError) and isinstance(exc.__cause__, ObjectError):
                 raise exc.__cause__ from None  # the body failed, not the connection
@@ -588,21 +598,26 @@ class FastS3:
     async def _retarget(self, region: str) -> bool:
         """The bucket is in ``region``, another than the one signed for: the server said so
         and botocore followed it there (its redirect). Where botocore sends that region's
-        requests is asked of it again (``learn_region``). At the same address, this fast path
-        signs for the region from now on; at another (AWS's host for the region) it stops,
-        and the bucket's next fast paths go there (a run opens its copies' after the
-        start-up check). False: the bucket stays on botocore."""
+        requests is asked of it again (``learn_region``), and this fast path sends them there
+        from now on, signed for the region: at another address (AWS's host for the region)
+        through a pool of its own. False: the bucket stays on botocore."""
         target = await learn_region(self.client, self.bucket, region)
         if not isinstance(target, Target) or target.region != region:
             return False
         if target == self.target or not self.enabled:  # another request, sent before
             return True  # the first one learnt the region
         before = self.target.region
-        if target.origin == self.target.origin:
+        moved = target.origin != self.target.origin
+        if moved and self._stack is None:
+            self.enabled = False  # the bucket's next fast paths go there
+        else:
+            if moved:  # the old pool's requests end there; it is closed with the stack
+                old = self.pool
+                self.pool = _pool_for(target, old.limit, old.connect_timeout, old.read_timeout)
             self.target = target
             self.signer = SigV4Signer(target.region, target.service)
-        else:  # this pool's connections are to the old address
-            self.enabled = False
+            if moved and self._stack is not None:
+                await self._stack.enter_async_context(self.pool)
         log.info(
             "bucket %s is in region %s, not %s: its requests are signed for %s from now on "
             "(region = %s in its profile, without --region, saves the redirect)",
@@ -636,8 +651,16 @@ async def open_fast_s3(
     if isinstance(target, str):
         log.debug("fast path off for bucket %s: %s", bucket, target)
         return None
+    pool = _pool_for(target, connections, connect_timeout, read_timeout)
+    await stack.enter_async_context(pool)
+    return FastS3(client, bucket, target, pool, stack)
+
+
+def _pool_for(
+    target: Target, connections: int, connect_timeout: float | None, read_timeout: float | None
+) -> http11.Pool:
     origin = urlsplit(target.origin)
-    pool = http11.Pool(
+    return http11.Pool(
         origin.hostname or "",
         origin.port or (443 if target.ssl else 80),
         tls=target.ssl,
@@ -645,5 +668,3 @@ async def open_fast_s3(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    await stack.enter_async_context(pool)
-    return FastS3(client, bucket, target, pool)

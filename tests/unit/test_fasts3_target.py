@@ -12,6 +12,7 @@ import certifi
 import pytest
 from botocore.httpsession import get_cert_path
 
+from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.signer import encode_key
 from asyncbackup.fasts3.target import (
     Target,
@@ -193,3 +194,25 @@ async def test_a_bucket_in_another_region_is_targeted_where_botocore_redirects_i
         assert isinstance(other, Target) and other.region == "us-east-1"
         # a second region named for the bucket: botocore's from then on
         assert isinstance(await learn_region(client, "bucket-1", "ap-south-1"), str)
+
+
+async def test_a_fast_path_moves_to_the_host_of_the_bucket_s_region(aws_env: Path) -> None:
+    # A fast path that meets the redirect itself (the copies' of a --dest-write-only
+    # destination, whose start-up check is botocore's upload): on AWS the bucket's region has
+    # another host, and the fast path goes on there, not over to botocore for the run.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, None, "us-east-1")
+        fast = await open_fast_s3(
+            stack, client, "bucket-1", connections=3, connect_timeout=2, read_timeout=4
+        )
+        assert fast is not None and fast.pool.host == "bucket-1.s3.amazonaws.com"
+        assert await fast._retarget("eu-west-1")
+        assert fast.enabled
+        assert (fast.pool.host, fast.pool.port, fast.pool.limit) == (
+            "bucket-1.s3.eu-west-1.amazonaws.com",
+            443,
+            3,
+        )
+        assert (fast.pool.connect_timeout, fast.pool.read_timeout) == (2, 4)
+        assert fast.signer.region == fast.target.region == "eu-west-1"
+        assert fast.target.host == "bucket-1.s3.eu-west-1.amazonaws.com"
