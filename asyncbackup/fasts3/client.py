@@ -449,11 +449,16 @@ class FastS3:
         if headers is None or params.get("Bucket") != self.bucket:
             return None
         headers["content-length"] = str(size)
-        response, url, _ = await self._send("PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD)
+        response, url, signed = await self._send(
+            "PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD
+        )
         try:
             return await self._put_answer(response, url, "PutObject")
         except _HandBack as exc:  # a stream cannot be sent again: the caller sends it
-            self._hand_back(str(exc))
+            # another way; when the answer named the bucket's region, through this fast path
+            # still, whose botocore then confirms it (``_instead``) before it is learnt
+            if exc.region in (None, signed):
+                self._hand_back(str(exc))
             return None
 
     async def copy_object(self, **params: Any) -> dict[str, Any]:

@@ -122,3 +122,35 @@ async def test_a_bucket_handed_to_botocore_stays_there_with_one_warning(
     fast = [r for r in proxy.requests if r.headers.get("user-agent") == USER_AGENT]
     assert len([r for r in fast if r.path.startswith(f"/{buckets.source}")]) == 1
     assert len([r for r in fast if r.method == "PUT"]) == 6  # the destination kept its own
+
+
+async def test_a_write_only_destination_in_another_region_keeps_its_fast_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # --dest-write-only: the start-up check is botocore's upload, so the copies meet the
+    # redirect themselves, first a streamed PUT (not sent again: the object goes another way).
+    proxy.regions[buckets.dest] = "eu-west-1"
+    objects = {"data/big": os.urandom(2 * 1024 * 1024), "data/small": os.urandom(500)}
+    for key, body in objects.items():
+        s3.put_object(Bucket=buckets.source, Key=key, Body=body)
+    with caplog.at_level(logging.INFO, logger="asyncbackup"):
+        report = await run_backup(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path,
+            endpoint_url=proxy.endpoint,
+            region="us-east-1",
+            dest_write_only=True,
+            concurrency=1,
+        )
+    assert report.exit_code == 0 and report.copied_files == 2, report.errors
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 2
+    # the stream, and the staged file streamed after it, are refused and not sent again;
+    # the object's next PUT is repeated by botocore, which follows the redirect: from then
+    # on the fast path signs for eu-west-1
+    puts = [r for r in proxy.requests if r.method == "PUT" and r.fault is None]
+    assert [r.path.rsplit("/", 1)[1] for r in puts] == ["big", "small"]
+    assert puts[1].headers.get("user-agent") == USER_AGENT
+    assert {signed_for(r) for r in puts} == {"eu-west-1"}
+    assert "fast path off" not in caplog.text
