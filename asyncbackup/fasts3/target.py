@@ -5,6 +5,8 @@ FIPS, dual-stack, the us-east-1 legacy host...) and the signing region are decid
 endpoint rules of the aiobotocore client. Rather than re-implement them, ``probe_target()`` lets
 the client prepare one GetObject of a probe key and stops it in ``before-sign``, before
 anything is sent: the URL it built gives the bucket's base, its signing context the region.
+A bucket the server says is in another region (a redirect botocore followed) is probed again
+with that region, as botocore's redirector resolves its requests then (``learn_region``).
 Anything the fast path does not do the same way (another signature version, a proxy, client
 certificates, a query on a plain GetObject) leaves the bucket to botocore.
 """
@@ -177,12 +179,14 @@ async def learn_region(client: Any, bucket: str, region: str) -> Target | str:
             redirected,
             unique_id=f"asyncbackup-fast-path-region-{next(_probe_ids)}",
         )
+    probed = _probed.setdefault(client, {})
+    current = probed.get(bucket)
+    if isinstance(current, str):  # left to botocore meanwhile (``leave_to_botocore``)
+        return current
     known = regions.setdefault(bucket, region)
     if known != region:
         return f"the server named two regions for the bucket ({known}, {region})"
-    probed = _probed.setdefault(client, {})
-    current = probed.get(bucket)
-    if not isinstance(current, Target) or current.region != region:
+    if current is None or current.region != region:
         probed[bucket] = await _probe(client, bucket)
     return probed[bucket]
 

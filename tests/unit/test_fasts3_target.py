@@ -18,6 +18,7 @@ from asyncbackup.fasts3.target import (
     Target,
     host_header,
     learn_region,
+    leave_to_botocore,
     prepared_get,
     probe_target,
 )
@@ -216,3 +217,17 @@ async def test_a_fast_path_moves_to_the_host_of_the_bucket_s_region(aws_env: Pat
         assert (fast.pool.connect_timeout, fast.pool.read_timeout) == (2, 4)
         assert fast.signer.region == fast.target.region == "eu-west-1"
         assert fast.target.host == "bucket-1.s3.eu-west-1.amazonaws.com"
+
+
+async def test_a_bucket_left_to_botocore_is_not_taken_back_by_a_region_learnt_later(
+    aws_env: Path,
+) -> None:
+    # One fast path handed the bucket back (a signature complaint, say); another, opened
+    # before, then meets a region redirect: the bucket stays on botocore.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, "http://127.0.0.1:9000", "us-east-1")
+        assert isinstance(await probe_target(client, "bucket-1"), Target)
+        leave_to_botocore(client, "bucket-1", "handed back earlier (SignatureDoesNotMatch)")
+        learnt = await learn_region(client, "bucket-1", "eu-west-1")
+        assert learnt == "handed back earlier (SignatureDoesNotMatch)"
+        assert await probe_target(client, "bucket-1") == learnt
