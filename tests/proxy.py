@@ -14,9 +14,10 @@ Faults come two ways, both driven by the test:
 A fault is one of ``FAULTS``: canned S3 error answers (503 SlowDown, 500 InternalError, 429,
 403 AccessDenied/InvalidAccessKeyId, ...), a connection reset before the request body is read
 or after it was forwarded upstream, a response body cut short, flipped bytes in a response
-body, another ETag in an answer, or added latency. ``run_proxy()`` serves it from a thread of
-its own, so it works under synchronous tests that run the CLI as a subprocess as well as under
-async tests.
+body, another ETag in an answer, or added latency. ``regions`` puts buckets in regions of their
+own: a request signed for another region is answered as S3 answers it (a redirect naming the
+bucket's). ``run_proxy()`` serves it from a thread of its own, so it works under synchronous
+tests that run the CLI as a subprocess as well as under async tests.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from aiohttp import web
 from yarl import URL
 
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
+_SIGNING_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
 _START_AFTER_VALUE = re.compile(r"(?<=[?&]start-after=)[^&]*")
 _PREFIX = re.compile(r"(?<=[?&])prefix=[^&]*&?")
@@ -48,6 +50,7 @@ _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _ETAG = re.compile(rb"<ETag>[^<]*</ETag>")
 OTHER_ETAG = '"' + "0" * 32 + '"'  # what "other_etag" puts in an answer
+_BUCKET_REGION = "x-amz-bucket-region"
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 #: fault -> (HTTP status, S3 error code, message)
@@ -282,6 +285,10 @@ class S3Proxy:
     random_filter: Callable[[web.Request], bool] | None = None
     seed: int = 0
     latency: float = 0.0  # added to every request
+    # bucket -> the region it is in: a request signed for another one is answered as S3
+    # answers it (``wrong_region``: "redirect", "malformed" or "opt_in")
+    regions: dict[str, str] = field(default_factory=dict)
+    wrong_region: str = "redirect"
     fault_latency: float = 0.5  # what the "latency" fault adds
     in_flight: int = 0
     max_in_flight: int = 0
@@ -396,6 +403,11 @@ class S3Proxy:
             record.finished = time.monotonic()
 
     async def _answer(self, request: web.Request, record: Recorded) -> web.StreamResponse:
+        misdirected = self._wrong_region(request)
+        if misdirected is not None:
+            record.fault = "wrong_region"
+            await request.read()
+            return misdirected
         fault, rule = self._choose(request)
         record.fault = fault
         delay = self.latency + (rule.delay if rule else 0.0)
@@ -456,6 +468,10 @@ class S3Proxy:
                 if not k.lower().startswith("x-amz-server-side-encryption")
             }
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
+        region = self.regions.get(request.path.lstrip("/").split("/", 1)[0])
+        if region is not None:  # the bucket's region, not the one moto made it in
+            out_headers = {k: v for k, v in out_headers.items() if k.lower() != _BUCKET_REGION}
+            out_headers[_BUCKET_REGION] = region
         if rule is not None and rule.delay_after_forward:
             await asyncio.sleep(rule.delay_after_forward)
         if fault == "reset_after":
@@ -504,6 +520,46 @@ class S3Proxy:
             await response.prepare(request)
             return response
         return web.Response(status=status, body=payload, headers=out_headers)
+
+    def _wrong_region(self, request: web.Request) -> web.Response | None:
+        """S3's answer to a request signed for another region than its bucket's (None for
+        any other request): 301 PermanentRedirect, or 400 AuthorizationHeaderMalformed naming
+        the region, both with ``x-amz-bucket-region``; a HEAD's without a body. "opt_in" is
+        the answer across an opt-in region (af-south-1...): 400
+        IllegalLocationConstraintException, the region in its message only (a HEAD's has the
+        header, as every HEAD of a bucket)."""
+        bucket = request.path.lstrip("/").split("/", 1)[0]
+        region = self.regions.get(bucket)
+        signed = _SIGNING_REGION.search(request.headers.get("Authorization", ""))
+        if region is None or (signed is not None and signed.group(1) == region):
+            return None
+        headers = {"x-amz-bucket-region": region, "Content-Type": "application/xml"}
+        if self.wrong_region == "redirect":
+            status, code = 301, "PermanentRedirect"
+            detail = (
+                "<Message>The bucket you are attempting to access must be addressed using the "
+                f"specified endpoint.</Message><Endpoint>{bucket}.s3.{region}.amazonaws.com"
+                f"</Endpoint><Bucket>{bucket}</Bucket>"
+            )
+        elif self.wrong_region == "opt_in":
+            status, code = 400, "IllegalLocationConstraintException"
+            detail = (
+                f"<Message>The {region} location constraint is incompatible for the region "
+                "specific endpoint this request was sent to.</Message>"
+            )
+            if request.method != "HEAD":
+                del headers["x-amz-bucket-region"]
+        else:
+            status, code = 400, "AuthorizationHeaderMalformed"
+            wrong = signed.group(1) if signed else ""
+            detail = (
+                f"<Message>The authorization header is malformed; the region '{wrong}' is "
+                f"wrong; expecting '{region}'</Message><Region>{region}</Region>"
+            )
+        if request.method == "HEAD":
+            return web.Response(status=status, headers=headers)
+        body = f"<Error><Code>{code}</Code>{detail}<RequestId>proxy</RequestId></Error>"
+        return web.Response(status=status, body=body.encode(), headers=headers)
 
     async def _forward(
         self,

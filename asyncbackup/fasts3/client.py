@@ -17,7 +17,9 @@ it cannot compute, non-ASCII header values). If the server answers a fast-path r
 that hints at a difference between the two paths (a redirect to another region, a signature or
 payload-hash complaint), the request is repeated by botocore and the bucket stays on botocore
 for the rest of the run - unless botocore is answered the same error, which is then the
-request's, not the fast path's (an SSE-C object's GET without its key). Credentials are read
+request's, not the fast path's (an SSE-C object's GET without its key), or the answer named
+the bucket's region, which botocore followed: the fast path then signs for that region
+(``learn_region``). Credentials are read
 from the client on every request, so refreshed temporary credentials are used as soon as
 botocore has them.
 """
@@ -61,7 +63,7 @@ from .responses import (
     response_fields,
 )
 from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer, encode_query
-from .target import Target, probe_target
+from .target import Target, learn_region, leave_to_botocore, probe_target
 
 log = logging.getLogger("asyncbackup")
 
@@ -120,6 +122,9 @@ _HAND_BACK_CODES = frozenset(
         "PermanentRedirect",
         "TemporaryRedirect",
         "AuthorizationHeaderMalformed",
+        # S3's redirect between an opt-in region (af-south-1...) and another, which botocore
+        # follows (the bucket's region from a HEAD of it)
+        "IllegalLocationConstraintException",
         "SignatureDoesNotMatch",
         "XAmzContentSHA256Mismatch",
         "InvalidRequest",
@@ -134,11 +139,12 @@ _FIXED_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "identity"}
 
 class _HandBack(Exception):
     """The server's answer says: do this request with botocore (``code``: the error it
-    answered, None for a redirect)."""
+    answered, None for a redirect; ``region``: the bucket's, when the answer names it)."""
 
-    def __init__(self, reason: str, code: str | None = None) -> None:
+    def __init__(self, reason: str, code: str | None = None, region: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
+        self.region = region
 
 
 async def _payload_hash(body: bytes | bytearray) -> str:
@@ -290,11 +296,19 @@ class FastBody:
 class FastS3:
     """The fast path for one bucket of one aiobotocore client (see the module docstring)."""
 
-    def __init__(self, client: Any, bucket: str, target: Target, pool: http11.Pool) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        target: Target,
+        pool: http11.Pool,
+        stack: contextlib.AsyncExitStack | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.target = target
         self.pool = pool
+        self._stack = stack  # what the pool lives in (and another one, for another address)
         self.signer = SigV4Signer(target.region, target.service)
         self.enabled = True
         self.fast_requests = 0  # answered by the fast path (for tests and the curious)
@@ -302,6 +316,7 @@ class FastS3:
     def _hand_back(self, reason: str) -> None:
         if self.enabled:
             self.enabled = False
+            leave_to_botocore(self.client, self.bucket, f"handed back earlier ({reason})")
             log.warning(
                 "fast path off for bucket %s (%s); its requests go through botocore",
                 self.bucket,
@@ -331,32 +346,36 @@ class FastS3:
         *,
         query: str = "",
         path: str | None = None,
-    ) -> tuple[http11.Response, str]:
-        """Sign and send one request. A body given as an iterator goes with the
-        ``content-length`` that ``headers`` must carry (never chunked). The engine's own
-        error from such a body (a staged file cut short) is raised as itself, to be reported
-        and retried as itself; any other failure of the body is a connection error, as
-        aiobotocore makes it. ``path`` (already encoded) replaces the key's: the bucket's."""
-        path = self.target.path(key) if path is None else path
-        target = path + (f"?{query}" if query else "")
-        url = self.target.origin + target
+    ) -> tuple[http11.Response, str, str]:
+        """Sign and send one request; return the answer, the URL and the region signed for.
+        A body given as an iterator goes with the ``content-length`` that ``headers`` must
+        carry (never chunked). The engine's own error from such a body (a staged file cut
+        short) is raised as itself, to be reported and retried as itself; any other failure
+        of the body is a connection error, as aiobotocore makes it. ``path`` (already
+        encoded) replaces the key's: the bucket's."""
         credentials = await self._credentials()
-        signed = self.signer.sign(
+        # where, signed how and through which pool: all three change together once the
+        # bucket's region is learnt (``_retarget``), so read at once
+        where, signer, pool = self.target, self.signer, self.pool
+        path = where.path(key) if path is None else path
+        target = path + (f"?{query}" if query else "")
+        url = where.origin + target
+        signed = signer.sign(
             method,
             path,
             query,
-            {"host": self.target.host, **headers},
+            {"host": where.host, **headers},
             credentials,
             payload_hash=payload_hash,
         )
         signed.update(_FIXED_HEADERS)
         try:
-            response = await self.pool.request(method, target, signed, body)
+            response = await pool.request(method, target, signed, body)
         except http11.HTTPError as exc:
             if isinstance(exc, http11.BodyError) and isinstance(exc.__cause__, ObjectError):
                 raise exc.__cause__ from None  # the body failed, not the connection
             raise _connection_error(exc, url) from exc
-        return response, url
+        return response, url, signer.region
 
     async def _raise_error(self, response: http11.Response, url: str, operation: str) -> None:
         """Read an error answer and raise it as botocore would (or hand the request back)."""
@@ -375,11 +394,16 @@ class FastS3:
             response.release()
         body = b"".join(chunks)
         headers = response.headers
+        error = parse_error(response.status, headers, body)
+        # the bucket's region, where botocore's redirector reads it: this header, else the
+        # error's <Region> (AuthorizationHeaderMalformed)
+        region = error["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region")
+        region = region or error["Error"].get("Region")
         if response.status in _REDIRECTS:
-            raise _HandBack(f"HTTP {response.status} redirect")
-        code = parse_error(response.status, headers, body)["Error"]["Code"]
+            raise _HandBack(f"HTTP {response.status} redirect", region=region)
+        code = error["Error"]["Code"]
         if code in _HAND_BACK_CODES:
-            raise _HandBack(f"the server answered {code}", code)
+            raise _HandBack(f"the server answered {code}", code, region)
         raise client_error(response.status, headers, body, operation)
 
     async def get_object(self, **params: Any) -> dict[str, Any]:
@@ -391,12 +415,12 @@ class FastS3:
             headers["range"] = str(params["Range"])
         if params.get("IfMatch"):
             headers["if-match"] = str(params["IfMatch"])
-        response, url = await self._send("GET", params["Key"], headers, None, EMPTY_SHA256)
+        response, url, signed = await self._send("GET", params["Key"], headers, None, EMPTY_SHA256)
         if response.status >= 300:
             try:
                 await self._raise_error(response, url, "GetObject")
             except _HandBack as exc:
-                return await self._instead("get_object", params, exc)
+                return await self._instead("get_object", params, exc, signed)
         out = response_fields(response.headers, response.status)
         out["Body"] = FastBody(response, url)
         self.fast_requests += 1
@@ -425,11 +449,16 @@ class FastS3:
         if headers is None or params.get("Bucket") != self.bucket:
             return None
         headers["content-length"] = str(size)
-        response, url = await self._send("PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD)
+        response, url, signed = await self._send(
+            "PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD
+        )
         try:
             return await self._put_answer(response, url, "PutObject")
         except _HandBack as exc:  # a stream cannot be sent again: the caller sends it
-            self._hand_back(str(exc))
+            # another way; when the answer named the bucket's region, through this fast path
+            # still, whose botocore then confirms it (``_instead``) before it is learnt
+            if exc.region in (None, signed):
+                self._hand_back(str(exc))
             return None
 
     async def copy_object(self, **params: Any) -> dict[str, Any]:
@@ -439,11 +468,11 @@ class FastS3:
         if headers is None or params.get("Bucket") != self.bucket:
             return await self._botocore("copy_object", params)
         # No body: its (empty) payload is signed, as botocore signs it.
-        response, url = await self._send("PUT", params["Key"], headers, None, EMPTY_SHA256)
+        response, url, signed = await self._send("PUT", params["Key"], headers, None, EMPTY_SHA256)
         try:
             return await self._document(response, url, "CopyObject", copy_object_output)
         except _HandBack as exc:
-            return await self._instead("copy_object", params, exc)
+            return await self._instead("copy_object", params, exc, signed)
 
     async def list_objects_v2(self, **params: Any) -> dict[str, Any]:
         """One page of ListObjectsV2 of this bucket, asked with ``encoding-type=url`` and
@@ -468,11 +497,13 @@ class FastS3:
             ]
         )
         path = self.target.bucket_path
-        response, url = await self._send("GET", "", {}, None, EMPTY_SHA256, query=query, path=path)
+        response, url, signed = await self._send(
+            "GET", "", {}, None, EMPTY_SHA256, query=query, path=path
+        )
         try:
             return await self._document(response, url, "ListObjectsV2", list_objects_v2_output)
         except _HandBack as exc:
-            return await self._instead("list_objects_v2", params, exc)
+            return await self._instead("list_objects_v2", params, exc, signed)
 
     async def _document(
         self,
@@ -531,11 +562,13 @@ class FastS3:
         checked = "content-md5" in headers or any(h.startswith("x-amz-checksum-") for h in headers)
         # Without a checksum header the payload's SHA-256 is signed instead, as botocore does.
         payload = UNSIGNED_PAYLOAD if checked else await _payload_hash(body)
-        response, url = await self._send("PUT", params["Key"], headers, body, payload, query=query)
+        response, url, signed = await self._send(
+            "PUT", params["Key"], headers, body, payload, query=query
+        )
         try:
             return await self._put_answer(response, url, operation)
         except _HandBack as exc:
-            return await self._instead(method, params, exc)
+            return await self._instead(method, params, exc, signed)
 
     async def _put_answer(
         self, response: http11.Response, url: str, operation: str
@@ -549,7 +582,7 @@ class FastS3:
         return await self._document(response, url, operation, output)
 
     async def _instead(
-        self, method: str, params: dict[str, Any], handed: _HandBack
+        self, method: str, params: dict[str, Any], handed: _HandBack, signed: str
     ) -> dict[str, Any]:
         """``method`` by botocore, for a request the server answered with ``handed``; the
         bucket then stays on botocore, unless botocore is answered the same error: the server
@@ -562,8 +595,44 @@ class FastS3:
             if handed.code is None or exc.response.get("Error", {}).get("Code") != handed.code:
                 self._hand_back(str(handed))
             raise
-        self._hand_back(str(handed))
+        # the bucket in another region than the request was signed for: sign for its own
+        if handed.region in (None, signed) or not await self._retarget(handed.region):
+            self._hand_back(str(handed))
         return result
+
+    async def _retarget(self, region: str) -> bool:
+        """The bucket is in ``region``, another than the one signed for: the server said so
+        and botocore followed it there (its redirect). Where botocore sends that region's
+        requests is asked of it again (``learn_region``), and this fast path sends them there
+        from now on, signed for the region: at another address (AWS's host for the region)
+        through a pool of its own. False: the bucket stays on botocore."""
+        target = await learn_region(self.client, self.bucket, region)
+        if not isinstance(target, Target) or target.region != region:
+            return False
+        if target == self.target or not self.enabled:  # another request, sent before
+            return True  # the first one learnt the region
+        before = self.target.region
+        moved = target.origin != self.target.origin
+        if moved and self._stack is None:
+            self.enabled = False  # the bucket's next fast paths go there
+        else:
+            if moved:  # the old pool's requests end there; it is closed with the stack
+                old = self.pool
+                self.pool = _pool_for(target, old.limit, old.connect_timeout, old.read_timeout)
+            self.target = target
+            self.signer = SigV4Signer(target.region, target.service)
+            if moved and self._stack is not None:
+                await self._stack.enter_async_context(self.pool)
+        log.info(
+            "bucket %s is in region %s, not %s: its requests are signed for %s from now on "
+            "(region = %s in its profile, without --region, saves the redirect)",
+            self.bucket,
+            region,
+            before,
+            region,
+            region,
+        )
+        return True
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(params.get("Body"), bytearray | memoryview):
@@ -587,8 +656,16 @@ async def open_fast_s3(
     if isinstance(target, str):
         log.debug("fast path off for bucket %s: %s", bucket, target)
         return None
+    pool = _pool_for(target, connections, connect_timeout, read_timeout)
+    await stack.enter_async_context(pool)
+    return FastS3(client, bucket, target, pool, stack)
+
+
+def _pool_for(
+    target: Target, connections: int, connect_timeout: float | None, read_timeout: float | None
+) -> http11.Pool:
     origin = urlsplit(target.origin)
-    pool = http11.Pool(
+    return http11.Pool(
         origin.hostname or "",
         origin.port or (443 if target.ssl else 80),
         tls=target.ssl,
@@ -596,5 +673,3 @@ async def open_fast_s3(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    await stack.enter_async_context(pool)
-    return FastS3(client, bucket, target, pool)

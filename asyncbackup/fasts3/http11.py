@@ -24,6 +24,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
+import aiohappyeyeballs
 import httptools
 
 #: the body of a request: in memory, or pieces read as the request goes out
@@ -37,6 +38,9 @@ _HIGH_WATER = 1 << 20
 #: an idle connection older than this is closed rather than used (aiohttp's default): servers
 #: close idle connections after their own timeout, and a request sent as one does is lost
 KEEPALIVE = 15.0
+#: the next of a host's addresses is tried this long after the last one got no answer yet
+#: (aiohttp's default)
+HAPPY_EYEBALLS_DELAY = 0.25
 #: a host name's addresses are looked up once for this long (aiohttp's ``ttl_dns_cache``), not
 #: once per connection: the first requests of a run open ``limit`` connections at once
 DNS_TTL = 300.0
@@ -513,26 +517,33 @@ class Pool:
             self._addresses_until = self.loop.time() + DNS_TTL
 
     async def _open_connection(self) -> _Connection:
-        """A connection to the first of the host's addresses that takes one."""
+        """A connection to the first of the host's addresses that takes one, the next one
+        tried ``HAPPY_EYEBALLS_DELAY`` after the last while it has no answer (RFC 8305, as
+        aiohttp under botocore: an address that never answers - a node down behind a
+        firewall, an IPv6 route to nowhere - is not waited on for the whole connect timeout).
+        TLS is then made on the connected socket: a handshake that fails is the server's
+        answer, and another address would not do better."""
+        addresses = await self._resolve()
+        if not addresses:
+            raise OSError(f"no address for {self.host}")
+        try:
+            sock = await aiohappyeyeballs.start_connection(
+                addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, loop=self.loop
+            )
+        except RuntimeError as exc:  # uvloop's, for some failures to connect
+            raise OSError(str(exc)) from exc
         factory: Callable[[], _Connection] = lambda: _Connection(self)  # noqa: E731
-        failure: OSError | None = None
-        for family, _, _, _, address in await self._resolve():
-            try:
-                _, connection = await self.loop.create_connection(
-                    factory,
-                    address[0],
-                    address[1],
-                    family=family,
-                    ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
-                )
-            except ssl.SSLError:
-                raise  # the server answered: another address would not do better
-            except OSError as exc:
-                failure = exc
-                continue
-            return connection
-        raise failure or OSError(f"no address for {self.host}")
+        try:
+            _, connection = await self.loop.create_connection(
+                factory,
+                sock=sock,
+                ssl=self.tls,
+                server_hostname=self.host if self.tls else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return connection
 
     async def _connect(self) -> _Connection:
         try:

@@ -5,6 +5,8 @@ FIPS, dual-stack, the us-east-1 legacy host...) and the signing region are decid
 endpoint rules of the aiobotocore client. Rather than re-implement them, ``probe_target()`` lets
 the client prepare one GetObject of a probe key and stops it in ``before-sign``, before
 anything is sent: the URL it built gives the bucket's base, its signing context the region.
+A bucket the server says is in another region (a redirect botocore followed) is probed again
+with that region, as botocore's redirector resolves its requests then (``learn_region``).
 Anything the fast path does not do the same way (another signature version, a proxy, client
 certificates, a query on a plain GetObject) leaves the bucket to botocore.
 """
@@ -150,6 +152,50 @@ async def _prepared(
 #: client -> bucket -> its probe's answer: a run opens several fast paths to one bucket (its
 #: check, the listing's, the copies'), and the answer depends on nothing else
 _probed: weakref.WeakKeyDictionary[Any, dict[str, Target | str]] = weakref.WeakKeyDictionary()
+
+
+#: client -> bucket -> the region the server said the bucket is in, in an answer botocore's
+#: redirector followed: the probe's client never sends a request, so it never learns it itself
+_regions: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+async def learn_region(client: Any, bucket: str, region: str) -> Target | str:
+    """The fast path's target for ``bucket``, in ``region`` (the server's redirect said so,
+    and botocore followed it), or why there is none. Asked of botocore again, with the region
+    its redirector then resolves the bucket's requests with (the ``AWS::Region`` of the
+    endpoint rules): AWS's host for that region, the signing region. Learnt once: a second
+    region named for the bucket leaves it to botocore."""
+    regions = _regions.get(client)
+    if regions is None:
+        regions = _regions[client] = {}
+
+        def redirected(builtins: dict[str, Any], params: dict[str, Any], **_: Any) -> None:
+            learnt = regions.get(params.get("Bucket", ""))
+            if learnt is not None:
+                builtins["AWS::Region"] = learnt
+
+        client.meta.events.register(
+            "before-endpoint-resolution.s3",
+            redirected,
+            unique_id=f"asyncbackup-fast-path-region-{next(_probe_ids)}",
+        )
+    probed = _probed.setdefault(client, {})
+    current = probed.get(bucket)
+    if isinstance(current, str):  # left to botocore meanwhile (``leave_to_botocore``)
+        return current
+    known = regions.setdefault(bucket, region)
+    if known != region:
+        return f"the server named two regions for the bucket ({known}, {region})"
+    if current is None or current.region != region:
+        probed[bucket] = await _probe(client, bucket)
+    return probed[bucket]
+
+
+def leave_to_botocore(client: Any, bucket: str, reason: str) -> None:
+    """The bucket's requests go through botocore for the rest of the run: a fast path opened
+    to it from now on is none (a run opens its listing's and copies' after the start-up
+    check, whose fast path may have met the answer that said so)."""
+    _probed.setdefault(client, {})[bucket] = reason
 
 
 async def probe_target(client: Any, bucket: str) -> Target | str:

@@ -12,6 +12,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -651,3 +652,51 @@ async def test_the_host_name_is_looked_up_once_for_the_connections_made_together
             results = await asyncio.gather(*(get(named, f"/{i}") for i in range(8)))
             assert results == [(200, f"GET /{i} HTTP/1.1".encode()) for i in range(8)]
             assert server.connections == 8 and named.lookups == 1
+
+
+class _TwoAddresses(http11.Pool):
+    """A host name with two addresses, as DNS gives them: ``127.0.0.2`` first, then the
+    server's ``127.0.0.1`` (a name with an A record per node, or an AAAA and an A)."""
+
+    async def _resolve(self) -> list[tuple[Any, ...]]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", self.port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", self.port)),
+        ]
+
+
+async def test_an_address_that_never_answers_gives_way_to_the_next_one() -> None:
+    """A first address that drops the connection's SYN (a node down behind a firewall, an
+    IPv6 route that goes nowhere) is not waited on for the whole connect timeout: the next
+    address is tried a moment later, as aiohttp (under botocore) does (Happy Eyeballs)."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(b"ok"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server:
+        # 127.0.0.2 on the same port: a listener that accepts nothing, its queue full, so
+        # a connection to it hangs, unanswered
+        hole = socket.socket()
+        held: list[socket.socket] = []
+        try:
+            hole.bind(("127.0.0.2", server.port))
+            hole.listen(0)
+            for _ in range(2):
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.2", server.port))
+                held.append(filler)
+            await asyncio.sleep(0.1)
+            two = _TwoAddresses(
+                "s3.example.test", server.port, tls=None, limit=1, connect_timeout=3, read_timeout=3
+            )
+            async with two:
+                started = asyncio.get_running_loop().time()
+                assert await get(two) == (200, b"ok")
+                assert asyncio.get_running_loop().time() - started < 1.5
+        finally:
+            for sock in (*held, hole):
+                sock.close()

@@ -12,8 +12,16 @@ import certifi
 import pytest
 from botocore.httpsession import get_cert_path
 
+from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.signer import encode_key
-from asyncbackup.fasts3.target import Target, host_header, prepared_get, probe_target
+from asyncbackup.fasts3.target import (
+    Target,
+    host_header,
+    learn_region,
+    leave_to_botocore,
+    prepared_get,
+    probe_target,
+)
 from tests.helpers import open_test_client
 from tests.unit.test_fasts3_signer import KEYS
 
@@ -163,3 +171,63 @@ async def test_a_bucket_is_probed_once_per_client(aws_env: Path) -> None:
             await open_test_client(stack, "http://127.0.0.1:9000"), "bucket-1"
         )
         assert again is not first and again == first  # another client asks again
+
+
+async def test_a_bucket_in_another_region_is_targeted_where_botocore_redirects_it(
+    aws_env: Path,
+) -> None:
+    # After S3 named the bucket's region (a redirect botocore followed), the fast path's
+    # target is the one botocore's redirector resolves: that region's host, signed for it.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, None, "us-east-1")
+        first = await probe_target(client, "bucket-1")
+        assert isinstance(first, Target) and first.region == "us-east-1"
+        learnt = await learn_region(client, "bucket-1", "eu-west-1")
+        assert isinstance(learnt, Target), learnt
+        assert (learnt.origin, learnt.region) == (
+            "https://bucket-1.s3.eu-west-1.amazonaws.com",
+            "eu-west-1",
+        )
+        assert await probe_target(client, "bucket-1") is learnt  # the next fast paths' too
+        prepared = await prepared_get(client, "bucket-1", "k")
+        assert (prepared["url"], prepared["region"]) == (learnt.origin + "/k", "eu-west-1")
+        other = await probe_target(client, "bucket-2")  # other buckets keep the client's
+        assert isinstance(other, Target) and other.region == "us-east-1"
+        # a second region named for the bucket: botocore's from then on
+        assert isinstance(await learn_region(client, "bucket-1", "ap-south-1"), str)
+
+
+async def test_a_fast_path_moves_to_the_host_of_the_bucket_s_region(aws_env: Path) -> None:
+    # A fast path that meets the redirect itself (the copies' of a --dest-write-only
+    # destination, whose start-up check is botocore's upload): on AWS the bucket's region has
+    # another host, and the fast path goes on there, not over to botocore for the run.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, None, "us-east-1")
+        fast = await open_fast_s3(
+            stack, client, "bucket-1", connections=3, connect_timeout=2, read_timeout=4
+        )
+        assert fast is not None and fast.pool.host == "bucket-1.s3.amazonaws.com"
+        assert await fast._retarget("eu-west-1")
+        assert fast.enabled
+        assert (fast.pool.host, fast.pool.port, fast.pool.limit) == (
+            "bucket-1.s3.eu-west-1.amazonaws.com",
+            443,
+            3,
+        )
+        assert (fast.pool.connect_timeout, fast.pool.read_timeout) == (2, 4)
+        assert fast.signer.region == fast.target.region == "eu-west-1"
+        assert fast.target.host == "bucket-1.s3.eu-west-1.amazonaws.com"
+
+
+async def test_a_bucket_left_to_botocore_is_not_taken_back_by_a_region_learnt_later(
+    aws_env: Path,
+) -> None:
+    # One fast path handed the bucket back (a signature complaint, say); another, opened
+    # before, then meets a region redirect: the bucket stays on botocore.
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, "http://127.0.0.1:9000", "us-east-1")
+        assert isinstance(await probe_target(client, "bucket-1"), Target)
+        leave_to_botocore(client, "bucket-1", "handed back earlier (SignatureDoesNotMatch)")
+        learnt = await learn_region(client, "bucket-1", "eu-west-1")
+        assert learnt == "handed back earlier (SignatureDoesNotMatch)"
+        assert await probe_target(client, "bucket-1") == learnt
