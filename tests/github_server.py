@@ -146,6 +146,10 @@ class FakeGitHub:
         self.assets: dict[int, bytes] = {}
         self.assets_direct = False  # the API answers asset downloads itself (200), no redirect
         self.lists_have_pull_requests = True  # False: repository lists lack has_pull_requests
+        # A classic token's scopes, sent as X-OAuth-Scopes on every answer (None: a
+        # fine-grained or app token, which has none); without ``repo`` the lists show public
+        # repositories only, as on GitHub
+        self.oauth_scopes: str | None = None
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -308,6 +312,8 @@ class FakeGitHub:
                 {"message": "API rate limit exceeded for user."}, 403, self._limit_headers()
             )
         response = await handler(request)
+        if self.oauth_scopes is not None:
+            response.headers["X-OAuth-Scopes"] = self.oauth_scopes
         if isinstance(response, web.Response) and response.status == 200 and response.body:
             body = response.body
             assert isinstance(body, bytes)
@@ -343,6 +349,8 @@ class FakeGitHub:
 
     async def _repos(self, request: web.Request) -> web.Response:
         public_only = request.path.startswith("/api/users/")  # another user's: public ones
+        if self.oauth_scopes is not None and "repo" not in _scopes(self.oauth_scopes):
+            public_only = True  # a classic token without the repo scope sees public ones only
         repos = [r for r in self.repos.values() if not (public_only and r.private)]
         records = [self.record(r) for r in repos]
         if not self.lists_have_pull_requests:
@@ -503,6 +511,10 @@ class FakeGitHub:
                 headers[name.strip()] = value.strip()
         seen.status = status
         return web.Response(status=status, body=payload, headers=headers)
+
+
+def _scopes(header: str) -> set[str]:
+    return {scope.strip() for scope in header.split(",") if scope.strip()}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

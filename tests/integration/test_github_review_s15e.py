@@ -1,0 +1,56 @@
+"""GitHub to S3 against the real API's documented behaviour (review s15e): each test failed
+before the fix it comes with, and its docstring cites the page the fake server follows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import run_github_backup
+from tests.conftest import Buckets, S3Server
+from tests.helpers import list_keys
+from tests.integration.github_org import config, running_org
+
+
+@pytest.mark.parametrize(
+    ("scopes", "warned"),
+    [("public_repo, read:org", True), ("", True), ("repo, read:org", False)],
+    ids=["public_repo", "no-scope", "repo"],
+)
+async def test_a_classic_token_without_the_repo_scope_is_not_a_silent_public_only_backup(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+    scopes: str,
+    warned: bool,
+) -> None:
+    """A classic token without the ``repo`` scope sees public repositories only: "(no scope)
+    Grants read-only access to public information", "repo: Grants full access to public and
+    private repositories", and every answer's ``X-OAuth-Scopes`` "lists the scopes your token
+    has authorized" (https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/
+    scopes-for-oauth-apps). The organisation's list then leaves every private repository out
+    and the run said "completed", not a word about them: it must say the token cannot see
+    them."""
+    caplog.set_level(logging.WARNING, logger="asyncbackup")
+    async with running_org(tmp_path / "git") as github:
+        github.repos["beta"].private = True
+        github.oauth_scopes = scopes
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert report.status == "completed", report.errors
+    keys = list_keys(s3, buckets.dest)
+    assert ("github/acme/beta.bundle" in keys) is not warned  # GitHub's own behaviour
+    about_scope = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "'repo' scope" in r.getMessage()
+    ]
+    assert bool(about_scope) is warned, about_scope
+    if warned:
+        assert "private repositories" in about_scope[0]
