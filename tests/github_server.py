@@ -150,6 +150,9 @@ class FakeGitHub:
         # fine-grained or app token, which has none); without ``repo`` the lists show public
         # repositories only, as on GitHub
         self.oauth_scopes: str | None = None
+        # An organisation enforcing SAML SSO for a token not authorized for it: its resources
+        # answer 403 with ``X-GitHub-SSO: required; url=<this>`` (None: no SSO)
+        self.sso_authorization: str | None = None
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -298,6 +301,21 @@ class FakeGitHub:
             early = await hook(request)
             if early is not None:
                 return early
+        if self.sso_authorization is not None and request.path.startswith(
+            (f"/api/orgs/{self.owner}/", f"/api/repos/{self.owner}/")
+        ):
+            return _json(
+                {
+                    "message": "Resource protected by organization SAML enforcement. You must "
+                    "grant your Personal Access token access to this organization.",
+                    "documentation_url": "https://docs.github.com",
+                },
+                403,
+                {
+                    **self._limit_headers(),
+                    "X-GitHub-SSO": f"required; url={self.sso_authorization}",
+                },
+            )
         if self.clock.now >= self.reset_at:
             self.remaining, self.reset_at = self.limit, self.clock.now + 3600
         pending = self.secondary.get(request.path)

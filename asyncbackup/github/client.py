@@ -216,7 +216,8 @@ class GitHubClient:
                     await self.sleep(self.backoff.delay(attempt))
                     continue
             retryable = status >= 500 or status == 408
-            raise GitHubError(status, f"{message or 'no message'} (GET {url})", retryable=retryable)
+            detail = f"{message or 'no message'} (GET {url}){_sso_advice(answer_headers)}"
+            raise GitHubError(status, detail, retryable=retryable)
 
     async def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
         return (await self.get(self.url(path, params))).json()
@@ -333,6 +334,18 @@ class GitHubClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
+
+
+def _sso_advice(headers: Mapping[str, str]) -> str:
+    """Where to authorize the token, when an organisation's SAML SSO refused it: GitHub names
+    the page in ``X-GitHub-SSO: required; url=...``."""
+    fields = [part.strip() for part in headers.get("x-github-sso", "").split(";")]
+    if not fields or fields[0].lower() != "required":
+        return ""
+    for part in fields[1:]:
+        if part.lower().startswith("url="):
+            return f"; authorize the token for the organisation's SAML SSO at {part[4:]}"
+    return "; authorize the token for the organisation's SAML SSO"
 
 
 async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, bytes]:

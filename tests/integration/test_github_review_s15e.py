@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from asyncbackup import run_github_backup
+from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets, S3Server
 from tests.helpers import list_keys
 from tests.integration.github_org import config, running_org
@@ -54,3 +55,22 @@ async def test_a_classic_token_without_the_repo_scope_is_not_a_silent_public_onl
     assert bool(about_scope) is warned, about_scope
     if warned:
         assert "private repositories" in about_scope[0]
+
+
+async def test_an_organisation_enforcing_saml_sso_says_where_to_authorize_the_token(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """An organisation that enforces SAML SSO answers a token not authorized for it with a 403
+    whose ``X-GitHub-SSO: required; url=...`` header is where to authorize it ("Visit the URL
+    specified in X-GitHub-SSO to authorize the token for the organization",
+    https://docs.github.com/en/rest/overview/other-authentication-methods#authenticating-for-saml-sso).
+    The run stopped with GitHub's message alone: "grant your token access" and not where."""
+    where = "https://github.com/orgs/acme/sso?authorization_request=AZSCKtL4U8yX1H3s"
+    async with running_org(tmp_path / "git") as github:
+        github.sso_authorization = where
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        with pytest.raises(FatalRunError, match="SAML enforcement") as caught:
+            await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert where in str(caught.value)
+    assert list_keys(s3, buckets.dest) == []
