@@ -153,6 +153,9 @@ class FakeGitHub:
         # An organisation enforcing SAML SSO for a token not authorized for it: its resources
         # answer 403 with ``X-GitHub-SSO: required; url=<this>`` (None: no SSO)
         self.sso_authorization: str | None = None
+        # repositories renamed (old name -> new): the API answers the old name's paths with
+        # 301 to the new location (GitHub's Location is /repositories/{id}/..., same origin)
+        self.renamed: dict[str, str] = {}
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -315,6 +318,15 @@ class FakeGitHub:
                     **self._limit_headers(),
                     "X-GitHub-SSO": f"required; url={self.sso_authorization}",
                 },
+            )
+        parts = request.path.split("/", 5)  # '', 'api', 'repos', owner, name, rest
+        if len(parts) >= 5 and parts[2] == "repos" and parts[4] in self.renamed:
+            parts[4] = self.renamed[parts[4]]
+            moved = request.url.with_path("/".join(parts), encoded=False)
+            return _json(
+                {"message": "Moved Permanently", "url": str(moved)},
+                301,
+                {**self._limit_headers(), "Location": str(moved)},
             )
         if self.clock.now >= self.reset_at:
             self.remaining, self.reset_at = self.limit, self.clock.now + 3600

@@ -202,11 +202,15 @@ class GitHubClient:
             if status == 304:
                 self.not_modified += 1
             location = answer_headers.get("location")
-            if status in (301, 302, 307, 308) and location and accept == _JSON:
-                target = urljoin(url, location)
+            target = urljoin(url, location) if location else ""
+            # A redirect within the API is a renamed or transferred repository: followed with
+            # the token, an asset download's too. Any other is an asset's storage host (the
+            # caller's to follow, without the token), or for JSON not the API at all.
+            within_api = target.startswith(self.api_url + "/")
+            if status in (301, 302, 307, 308) and target and (accept == _JSON or within_api):
                 if _origin(target) != _origin(self.api_url) or hops >= _MAX_HOPS:
                     raise GitHubError(status, f"redirected away from the API to {target}")
-                url, hops = target, hops + 1  # a renamed or transferred repository
+                url, hops = target, hops + 1
                 continue
             if status < 400:
                 return Answer(status, answer_headers, body, next_url, url, saved)

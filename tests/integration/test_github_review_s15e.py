@@ -3,17 +3,23 @@ before the fix it comes with, and its docstring cites the page the fake server f
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from asyncbackup import run_github_backup
 from asyncbackup.errors import FatalRunError
+from asyncbackup.github.client import GitHubClient
+from asyncbackup.github.ratelimit import RateGate
 from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeClock, FakeGitHub, FakeRepo
 from tests.helpers import list_keys
-from tests.integration.github_org import config, running_org
+from tests.integration.github_org import TOKEN, config, running_org
 
 
 @pytest.mark.parametrize(
@@ -74,3 +80,45 @@ async def test_an_organisation_enforcing_saml_sso_says_where_to_authorize_the_to
             await run_github_backup(clock=clock, sleep=clock.sleep, **options)
     assert where in str(caught.value)
     assert list_keys(s3, buckets.dest) == []
+
+
+async def test_an_asset_of_a_repository_renamed_since_it_was_listed_is_downloaded(
+    tmp_path: Path,
+) -> None:
+    """A renamed or transferred repository's old API paths answer "301 Moved Permanently" with
+    the new location in ``Location`` ("This and all future requests to this resource should be
+    directed to the new URI", https://docs.github.com/en/rest/using-the-rest-api/
+    troubleshooting-the-rest-api and .../getting-started-with-the-rest-api#http-redirects).
+    An asset download took any redirect for the storage host's and followed it without the
+    token: back to the API, where a private repository answers an anonymous request 404 (our
+    server: 401), so the asset failed. A redirect within the API is the API's, token and all;
+    the storage host still never sees the token."""
+    server = FakeGitHub(tmp_path / "git", token=TOKEN, clock=FakeClock())
+    await server.start()
+    try:
+        repo = server.add_repo(FakeRepo("tool", private=True))
+        server.add_release(repo, "v1.0", {"tool.tar.gz": b"\x00binary" * 1000})
+        listed = repo.releases[0]["assets"][0]["url"]
+        server.renamed["old-tool"] = "tool"  # listed as old-tool, renamed since
+        old_url = listed.replace("/acme/tool/", "/acme/old-tool/")
+        async with aiohttp.ClientSession() as session:
+            client = GitHubClient(
+                session,
+                server.api_url,
+                TOKEN,
+                gate=RateGate(clock=server.clock, sleep=server.clock.sleep),
+                slots=asyncio.Semaphore(4),
+                max_attempts=3,
+                sleep=server.clock.sleep,
+            )
+            size, md5 = await client.download(old_url, tmp_path / "asset")
+    finally:
+        await server.close()
+    assert (tmp_path / "asset").read_bytes() == b"\x00binary" * 1000
+    assert size == 7000 and md5 == hashlib.md5(b"\x00binary" * 1000).digest()
+    assert [(s.path, s.status) for s in server.seen][-2:] == [
+        ("/api/repos/acme/old-tool/releases/assets/" + listed.rsplit("/", 1)[1], 301),
+        ("/api/repos/acme/tool/releases/assets/" + listed.rsplit("/", 1)[1], 302),
+    ]
+    assert server.seen[-1].authorization == f"Bearer {TOKEN}"
+    assert server.storage_auth == [None]  # the storage host never saw the token
