@@ -92,6 +92,12 @@ _TRANSIENT = (
     "unexpected disconnect",
     "transfer closed",
     "too slow",  # stalled: below http.lowSpeedLimit for http.lowSpeedTime
+    # the TLS layer's words for a dropped connection (git with GnuTLS, as Debian's; OpenSSL)
+    "gnutls recv error",
+    "gnutls_handshake() failed",
+    "tls connection was non-properly terminated",
+    "ssl_error_syscall",
+    "empty reply from server",
 )
 #: The names git quotes in its messages (URLs, paths) and bare URLs. A name holds any digits
 #: or words (port 34512, a repository ``r451``, a directory ``pytest-451``), so the markers
