@@ -122,10 +122,14 @@ def git_origin(api_url: str) -> str:
     (and ``SUB.ghe.com`` for ``api.SUB.ghe.com``); the API's own host for GitHub Enterprise
     Server, whose API is a path (``https://HOST/api/v3``)."""
     parts = urllib.parse.urlsplit(api_url)
+    scheme = parts.scheme.lower()
     host = parts.netloc.rpartition("@")[2].lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):  # git names no port for a URL that writes none
+        host = host.removesuffix(default)
     if parts.path.strip("/") == "":
         host = host.removeprefix("api.")
-    return f"{parts.scheme.lower()}://{host}"
+    return f"{scheme}://{host}"
 
 
 @functools.cache
