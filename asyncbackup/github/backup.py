@@ -318,6 +318,15 @@ async def _resolve_owner(
     if me is not None and me.lower() == login.lower():
         # /users/{me}/repos lists only public repositories; this lists private ones too
         return "/user/repos", {"affiliation": "owner", "visibility": "all"}
+    if me is None:
+        log.warning(
+            "GitHub refused GET /user to the token (an app's installation token?): whether "
+            "%s is the token's own user cannot be told, and GET /users/%s/repos lists public "
+            "repositories only, so private repositories of %s are not backed up",
+            login,
+            login,
+            login,
+        )
     return f"/users/{login}/repos", {"type": "owner"}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from asyncbackup import run_github_backup
 from asyncbackup.errors import FatalRunError
@@ -122,3 +123,36 @@ async def test_an_asset_of_a_repository_renamed_since_it_was_listed_is_downloade
     ]
     assert server.seen[-1].authorization == f"Bearer {TOKEN}"
     assert server.storage_auth == [None]  # the storage host never saw the token
+
+
+async def test_a_token_refused_its_own_user_on_a_user_account_is_not_a_silent_public_backup(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An app's installation token cannot read ``GET /user`` ("Resource not accessible by
+    integration", 403), so whether a user OWNER is the token's own user cannot be told, and
+    ``GET /users/{username}/repos`` "Lists public repositories for the specified user"
+    (https://docs.github.com/en/rest/repos/repos#list-repositories-for-a-user). The run
+    backed up the public ones and said "completed", not a word of the private ones."""
+    caplog.set_level(logging.WARNING, logger="asyncbackup")
+
+    async def no_user(request: web.Request) -> web.StreamResponse | None:
+        if request.path == "/api/user":
+            message = {"message": "Resource not accessible by integration"}
+            return web.json_response(message, status=403)
+        return None
+
+    async with running_org(tmp_path / "git") as github:
+        github.owner_type = "User"
+        github.repos["beta"].private = True
+        github.hooks.append(no_user)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert report.status == "completed", report.errors
+    assert "github/acme/beta.bundle" not in list_keys(s3, buckets.dest)  # GitHub's behaviour
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("private repositories of acme are not backed up" in m for m in warned), warned
