@@ -311,6 +311,16 @@ class GitRunner:
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
+    async def uses_lfs(self, mirror: Path) -> bool:
+        """Whether HEAD's tree routes any file to Git LFS (``filter=lfs`` in a
+        ``.gitattributes``): a mirror clone fetches no LFS object, so the bundle holds only
+        their pointers. False when it cannot tell (no HEAD, no such file)."""
+        grep = ["grep", "-l", "-F", "filter=lfs", "HEAD", "--", ":(glob)**/.gitattributes"]
+        try:
+            return bool((await self.run(grep, cwd=mirror, label="lfs-check")).strip())
+        except GitError:  # exit 1: no match; 128: no HEAD (an empty repository)
+            return False
+
     async def refs(self, repository: Path) -> list[tuple[str, str]]:
         out = await self.run(["for-each-ref", "--format=%(objectname)\t%(refname)"], cwd=repository)
         refs: list[tuple[str, str]] = []

@@ -18,7 +18,7 @@ from asyncbackup.errors import FatalRunError
 from asyncbackup.github.client import GitHubClient
 from asyncbackup.github.ratelimit import RateGate
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeClock, FakeGitHub, FakeRepo
+from tests.github_server import FakeClock, FakeGitHub, FakeRepo, git
 from tests.helpers import list_keys
 from tests.integration.github_org import TOKEN, config, running_org
 
@@ -156,3 +156,42 @@ async def test_a_token_refused_its_own_user_on_a_user_account_is_not_a_silent_pu
     assert "github/acme/beta.bundle" not in list_keys(s3, buckets.dest)  # GitHub's behaviour
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("private repositories of acme are not backed up" in m for m in warned), warned
+
+
+async def test_a_repository_that_keeps_files_in_git_lfs_is_warned_about(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mirror clone fetches no Git LFS object: GitHub's guide to duplicating a repository
+    adds ``git lfs fetch --all`` for them (https://docs.github.com/en/repositories/
+    creating-and-managing-repositories/duplicating-a-repository#mirroring-a-repository-that-
+    contains-git-large-file-storage-objects). The bundle of a repository whose files are in
+    LFS holds their pointers only, and the run said nothing: the backup looked whole."""
+    caplog.set_level(logging.WARNING, logger="asyncbackup")
+    async with running_org(tmp_path / "git") as github:
+        github.add_repo(FakeRepo("assets", has_wiki=False))
+        work = tmp_path / "assets.work"
+        git("init", "-q", "-b", "main", str(work))
+        (work / "media").mkdir()
+        (work / "media" / ".gitattributes").write_text(
+            "*.psd filter=lfs diff=lfs merge=lfs -text\n"
+        )
+        (work / "media" / "cover.psd").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 12345\n"
+        )
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "artwork", cwd=work)
+        git("clone", "-q", "--bare", str(work), str(github.git_dir("assets")))
+        clock = github.clock
+        options = config(
+            github, s3_server.endpoint, buckets.dest, tmp_path / "work", include=("assets", "beta")
+        )
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert report.status == "completed", report.errors
+    assert "github/acme/assets.bundle" in list_keys(s3, buckets.dest)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    lfs = [m for m in warned if "Git LFS" in m]
+    assert len(lfs) == 1 and "acme/assets" in lfs[0], warned  # beta keeps none
