@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,9 @@ from asyncbackup.errors import FatalRunError
 from asyncbackup.github.client import GitHubClient
 from asyncbackup.github.ratelimit import RateGate
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeClock, FakeGitHub, FakeRepo, git
+from tests.github_server import GIT, FakeClock, FakeGitHub, FakeRepo, add_commit, git
 from tests.helpers import list_keys
-from tests.integration.github_org import TOKEN, config, running_org
+from tests.integration.github_org import TOKEN, config, refs, restore, running_org
 
 
 @pytest.mark.parametrize(
@@ -195,3 +197,54 @@ async def test_a_repository_that_keeps_files_in_git_lfs_is_warned_about(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     lfs = [m for m in warned if "Git LFS" in m]
     assert len(lfs) == 1 and "acme/assets" in lfs[0], warned  # beta keeps none
+
+
+async def test_the_mirror_fetches_no_pull_request_refs_it_leaves_out_of_the_bundle(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """GitHub serves a ``refs/pull/ID/head`` (and ``/merge``) ref for every pull request
+    ever opened (https://docs.github.com/en/pull-requests/collaborating-with-pull-requests/
+    reviewing-changes-in-pull-requests/checking-out-pull-requests-locally), and a mirror clone
+    fetches every ref: the commits of each unmerged or squash-merged pull request, from
+    forks too, all downloaded (on a huge repository, often more than its branches) to be
+    left out of the bundle. The mirror, made or kept, must not fetch them."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        served = refs(github.git_dir("beta"))
+        pr_only = served["refs/pull/1/head"]  # a commit no branch or tag reaches
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, include=("beta",))
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        (mirror,) = base.rglob(".mirrors/*/beta.git")
+        assert not [r for r in refs(mirror) if r.startswith("refs/pull/")]
+        assert not _has_object(mirror, pr_only)
+        assert refs(mirror)["refs/heads/main"] == served["refs/heads/main"]
+
+        # a mirror kept by an earlier version (a plain clone --mirror) and a new pull request
+        shutil.rmtree(mirror)
+        git("clone", "-q", "--mirror", str(github.git_dir("beta")), str(mirror))
+        work = tmp_path / "pr2.work"
+        git("clone", "-q", str(github.git_dir("beta")), str(work))
+        (work / "pr2.txt").write_text("second pull request\n")
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "pr 2", cwd=work)
+        pr2 = git("rev-parse", "HEAD", cwd=work).strip()
+        git("push", "-q", "origin", "HEAD:refs/pull/2/head", cwd=work)
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+    assert refs(mirror)["refs/heads/main"] == new_sha  # fetched into the kept mirror
+    assert "refs/pull/2/head" not in refs(mirror)
+    assert not _has_object(mirror, pr2)
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert refs(restored)["refs/heads/main"] == new_sha
+    assert not [r for r in refs(restored) if r.startswith("refs/pull/")]
+
+
+def _has_object(repository: Path, sha: str) -> bool:
+    done = subprocess.run(
+        [GIT, "cat-file", "-e", sha], cwd=repository, capture_output=True, check=False
+    )
+    return done.returncode == 0
