@@ -311,7 +311,7 @@ async def _resolve_owner(
             f"cannot use the GitHub API at {config.api_url}: {exc}; check --api-url, the "
             "network and the token"
         ) from None
-    _warn_if_public_only(answer.headers.get("x-oauth-scopes"))
+    _warn_if_public_only(client.token_kind, answer.headers.get("x-oauth-scopes"))
     login = str(account["login"])
     if account.get("type") == "Organization":
         return f"/orgs/{login}/repos", {"type": "all"}
@@ -330,11 +330,12 @@ async def _resolve_owner(
     return f"/users/{login}/repos", {"type": "owner"}
 
 
-def _warn_if_public_only(scopes: str | None) -> None:
-    """A classic token (the one kind whose answers carry ``X-OAuth-Scopes``) without the
-    ``repo`` scope is shown public repositories only: the lists leave every private one out,
-    with no error to tell."""
-    if scopes is None or "repo" in {s.strip() for s in scopes.split(",")}:
+def _warn_if_public_only(kind: str, scopes: str | None) -> None:
+    """A classic token (or an OAuth app's: the kinds that have scopes, which answers list in
+    ``X-OAuth-Scopes``) without the ``repo`` scope is shown public repositories only: the
+    lists leave every private one out, with no error to tell. Other tokens have permissions,
+    not scopes (an empty header says nothing of them)."""
+    if kind != "scoped" or scopes is None or "repo" in {s.strip() for s in scopes.split(",")}:
         return
     log.warning(
         "the token is a classic token without the 'repo' scope (its scopes: %s): GitHub "

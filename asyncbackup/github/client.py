@@ -138,6 +138,19 @@ class GitHubClient:
         self.requests = 0
         self.not_modified = 0
 
+    @property
+    def token_kind(self) -> str:
+        """``scoped`` for a classic personal access token or an OAuth app's (``ghp_``,
+        ``gho_``, or the 40 hex digits of one made before 2021): the tokens that have scopes;
+        ``other`` for fine-grained and GitHub App tokens (``github_pat_``, ``ghs_``, ``ghu_``),
+        which have permissions instead."""
+        token = self._token
+        if token.startswith(("ghp_", "gho_")):
+            return "scoped"
+        if len(token) == 40 and all(c in "0123456789abcdef" for c in token.lower()):
+            return "scoped"
+        return "other"
+
     def url(self, path: str, params: Mapping[str, str | int] | None = None) -> str:
         url = path if path.startswith(("http://", "https://")) else self.api_url + path
         return f"{url}?{urlencode(params)}" if params else url

@@ -248,3 +248,30 @@ def _has_object(repository: Path, sha: str) -> bool:
         [GIT, "cat-file", "-e", sha], cwd=repository, capture_output=True, check=False
     )
     return done.returncode == 0
+
+
+async def test_a_fine_grained_token_is_not_taken_for_a_classic_one_without_scopes(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Scopes are a classic (``ghp_``) or OAuth app (``gho_``) token's; a fine-grained token
+    (``github_pat_``) or an app's has permissions instead, and an empty ``X-OAuth-Scopes``
+    says nothing of them (https://docs.github.com/en/authentication/keeping-your-account-
+    and-data-secure/about-authentication-to-github#githubs-token-formats): no warning that
+    private repositories are missed, which would be false."""
+    caplog.set_level(logging.WARNING, logger="asyncbackup")
+    fine_grained = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz0123456789ABCDEF"
+    async with running_org(tmp_path / "git") as github:
+        github.token = fine_grained
+        github.repos["beta"].private = True
+        github.oauth_scopes = ""
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        options["token"] = fine_grained
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert report.status == "completed", report.errors
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not [m for m in warned if "'repo' scope" in m], warned
