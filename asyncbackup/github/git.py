@@ -187,10 +187,12 @@ class GitRunner:
         self.stall_seconds = max(1, stall_seconds)
         self._token = token
         self._prefix: tuple[str, ...] = ()
+        self._negative_refspecs = False  # whether this git takes ``^refs/pull/*`` (__enter__)
         self.commands: list[str] = []  # the subcommands run, for reports and tests
 
     def __enter__(self) -> GitRunner:
         self._prefix = parent_death_prefix()
+        self._negative_refspecs = negative_refspecs(self.git)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -290,7 +292,7 @@ class GitRunner:
         partial = dest.with_name(dest.name + ".partial")
         await asyncio.to_thread(_clear, partial)
         try:
-            if negative_refspecs(self.git):
+            if self._negative_refspecs:
                 # clone --mirror fetches every ref whatever the configuration says: a bare
                 # repository that mirrors origin but its pull request refs, then one fetch
                 await self.run(["init", "--bare", "--quiet", str(partial)])
@@ -311,7 +313,7 @@ class GitRunner:
     async def _leave_out_pull_refs(self, mirror: Path) -> None:
         """Keep GitHub's pull request refs out of what ``mirror`` fetches (a mirror made
         by an earlier version fetched them), where git can."""
-        if not negative_refspecs(self.git):
+        if not self._negative_refspecs:
             return
         try:
             specs = await self.run(["config", "--get-all", "remote.origin.fetch"], cwd=mirror)
