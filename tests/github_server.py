@@ -156,6 +156,9 @@ class FakeGitHub:
         # repositories renamed (old name -> new): the API answers the old name's paths with
         # 301 to the new location (GitHub's Location is /repositories/{id}/..., same origin)
         self.renamed: dict[str, str] = {}
+        # a fine-grained token without a permission: a repository list (``issues``, ``pulls``...)
+        # -> the permission GitHub names in X-Accepted-GitHub-Permissions, answering 403
+        self.withheld: dict[str, str] = {}
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -407,6 +410,12 @@ class FakeGitHub:
         if isinstance(repo, web.Response):
             return repo
         what = request.match_info["what"]
+        if what in self.withheld:
+            return _json(
+                {"message": "Resource not accessible by personal access token"},
+                403,
+                {**self._limit_headers(), "X-Accepted-GitHub-Permissions": self.withheld[what]},
+            )
         if what.startswith("pulls") and not repo.has_pull_requests:
             return _json({"message": "Not Found"}, 404)
         if what == "issues" and not repo.has_issues:

@@ -233,7 +233,7 @@ class GitHubClient:
                     await self.sleep(self.backoff.delay(attempt))
                     continue
             retryable = status >= 500 or status == 408
-            detail = f"{message or 'no message'} (GET {url}){_sso_advice(answer_headers)}"
+            detail = f"{message or 'no message'} (GET {url}){_advice(status, answer_headers)}"
             raise GitHubError(status, detail, retryable=retryable)
 
     async def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
@@ -353,9 +353,18 @@ class GitHubClient:
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
 
 
+def _advice(status: int, headers: Mapping[str, str]) -> str:
+    """What GitHub's headers say to do about a refusal: the permission a fine-grained or app
+    token lacks (``X-Accepted-GitHub-Permissions``, on a 403), or where to authorize it for
+    an organisation's SAML SSO (``X-GitHub-SSO: required; url=...``)."""
+    sso = _sso_advice(headers)
+    needed = headers.get("x-accepted-github-permissions", "").strip()
+    if sso or status != 403 or not needed:
+        return sso
+    return f"; the permissions GitHub names for it (a set, or sets split by ';'): {needed}"
+
+
 def _sso_advice(headers: Mapping[str, str]) -> str:
-    """Where to authorize the token, when an organisation's SAML SSO refused it: GitHub names
-    the page in ``X-GitHub-SSO: required; url=...``."""
     fields = [part.strip() for part in headers.get("x-github-sso", "").split(";")]
     if not fields or fields[0].lower() != "required":
         return ""

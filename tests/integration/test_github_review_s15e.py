@@ -275,3 +275,23 @@ async def test_a_fine_grained_token_is_not_taken_for_a_classic_one_without_scope
     assert report.status == "completed", report.errors
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert not [m for m in warned if "'repo' scope" in m], warned
+
+
+async def test_a_permission_the_token_lacks_is_named_in_the_error(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A fine-grained token without a permission gets "403 Resource not accessible by personal
+    access token", and GitHub names what it needs in ``X-Accepted-GitHub-Permissions``
+    (https://docs.github.com/en/rest/using-the-rest-api/troubleshooting-the-rest-api#
+    insufficient-permission-errors; changelog 2023-08-10). The error said only "not
+    accessible", for every repository, run after run: it must name the permission."""
+    async with running_org(tmp_path / "git") as github:
+        github.withheld["issues"] = "issues=read"
+        clock = github.clock
+        options = config(
+            github, s3_server.endpoint, buckets.dest, tmp_path / "work", include=("alpha",)
+        )
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert set(report.errors) == {"github/acme/alpha/issues.json"}
+    error = report.errors["github/acme/alpha/issues.json"]
+    assert "Resource not accessible" in error and "issues=read" in error, error
