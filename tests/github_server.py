@@ -146,6 +146,19 @@ class FakeGitHub:
         self.assets: dict[int, bytes] = {}
         self.assets_direct = False  # the API answers asset downloads itself (200), no redirect
         self.lists_have_pull_requests = True  # False: repository lists lack has_pull_requests
+        # A classic token's scopes, sent as X-OAuth-Scopes on every answer (None: a
+        # fine-grained or app token, which has none); without ``repo`` the lists show public
+        # repositories only, as on GitHub
+        self.oauth_scopes: str | None = None
+        # An organisation enforcing SAML SSO for a token not authorized for it: its resources
+        # answer 403 with ``X-GitHub-SSO: required; url=<this>`` (None: no SSO)
+        self.sso_authorization: str | None = None
+        # repositories renamed (old name -> new): the API answers the old name's paths with
+        # 301 to the new location (GitHub's Location is /repositories/{id}/..., same origin)
+        self.renamed: dict[str, str] = {}
+        # a fine-grained token without a permission: a repository list (``issues``, ``pulls``...)
+        # -> the permission GitHub names in X-Accepted-GitHub-Permissions, answering 403
+        self.withheld: dict[str, str] = {}
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -294,6 +307,30 @@ class FakeGitHub:
             early = await hook(request)
             if early is not None:
                 return early
+        if self.sso_authorization is not None and request.path.startswith(
+            (f"/api/orgs/{self.owner}/", f"/api/repos/{self.owner}/")
+        ):
+            return _json(
+                {
+                    "message": "Resource protected by organization SAML enforcement. You must "
+                    "grant your Personal Access token access to this organization.",
+                    "documentation_url": "https://docs.github.com",
+                },
+                403,
+                {
+                    **self._limit_headers(),
+                    "X-GitHub-SSO": f"required; url={self.sso_authorization}",
+                },
+            )
+        parts = request.path.split("/", 5)  # '', 'api', 'repos', owner, name, rest
+        if len(parts) >= 5 and parts[2] == "repos" and parts[4] in self.renamed:
+            parts[4] = self.renamed[parts[4]]
+            moved = request.url.with_path("/".join(parts), encoded=False)
+            return _json(
+                {"message": "Moved Permanently", "url": str(moved)},
+                301,
+                {**self._limit_headers(), "Location": str(moved)},
+            )
         if self.clock.now >= self.reset_at:
             self.remaining, self.reset_at = self.limit, self.clock.now + 3600
         pending = self.secondary.get(request.path)
@@ -308,6 +345,8 @@ class FakeGitHub:
                 {"message": "API rate limit exceeded for user."}, 403, self._limit_headers()
             )
         response = await handler(request)
+        if self.oauth_scopes is not None:
+            response.headers["X-OAuth-Scopes"] = self.oauth_scopes
         if isinstance(response, web.Response) and response.status == 200 and response.body:
             body = response.body
             assert isinstance(body, bytes)
@@ -343,6 +382,8 @@ class FakeGitHub:
 
     async def _repos(self, request: web.Request) -> web.Response:
         public_only = request.path.startswith("/api/users/")  # another user's: public ones
+        if self.oauth_scopes is not None and "repo" not in _scopes(self.oauth_scopes):
+            public_only = True  # a classic token without the repo scope sees public ones only
         repos = [r for r in self.repos.values() if not (public_only and r.private)]
         records = [self.record(r) for r in repos]
         if not self.lists_have_pull_requests:
@@ -369,6 +410,12 @@ class FakeGitHub:
         if isinstance(repo, web.Response):
             return repo
         what = request.match_info["what"]
+        if what in self.withheld:
+            return _json(
+                {"message": "Resource not accessible by personal access token"},
+                403,
+                {**self._limit_headers(), "X-Accepted-GitHub-Permissions": self.withheld[what]},
+            )
         if what.startswith("pulls") and not repo.has_pull_requests:
             return _json({"message": "Not Found"}, 404)
         if what == "issues" and not repo.has_issues:
@@ -503,6 +550,10 @@ class FakeGitHub:
                 headers[name.strip()] = value.strip()
         seen.status = status
         return web.Response(status=status, body=payload, headers=headers)
+
+
+def _scopes(header: str) -> set[str]:
+    return {scope.strip() for scope in header.split(",") if scope.strip()}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -222,6 +222,13 @@ class ArtifactCopier:
         name = f"{item.repo}.wiki.git" if item.kind == WIKI else f"{item.repo}.git"
         mirror = self.staging.root / ".mirrors" / _component(item.owner) / _component(name)
         await self.git.mirror(item.url, mirror)
+        if item.kind == BUNDLE and await self.git.uses_lfs(mirror):
+            log.warning(
+                "%s/%s keeps files in Git LFS: its bundle holds their LFS pointers, not their "
+                "content (a mirror clone fetches no LFS object); back those up separately",
+                item.owner,
+                item.repo,
+            )
         tmp = self.staging.temp_path()
         try:
             try:

@@ -297,7 +297,8 @@ async def _resolve_owner(
             if exc.status != 403 or exc.retryable:
                 raise
         try:
-            account = (await client.get(client.url(f"/users/{config.owner}"), attempts=2)).json()
+            answer = await client.get(client.url(f"/users/{config.owner}"), attempts=2)
+            account = answer.json()
         except GitHubError as exc:
             if exc.status == 404:
                 raise ConfigError(
@@ -310,13 +311,38 @@ async def _resolve_owner(
             f"cannot use the GitHub API at {config.api_url}: {exc}; check --api-url, the "
             "network and the token"
         ) from None
+    _warn_if_public_only(client.token_kind, answer.headers.get("x-oauth-scopes"))
     login = str(account["login"])
     if account.get("type") == "Organization":
         return f"/orgs/{login}/repos", {"type": "all"}
     if me is not None and me.lower() == login.lower():
         # /users/{me}/repos lists only public repositories; this lists private ones too
         return "/user/repos", {"affiliation": "owner", "visibility": "all"}
+    if me is None:
+        log.warning(
+            "GitHub refused GET /user to the token (an app's installation token?): whether "
+            "%s is the token's own user cannot be told, and GET /users/%s/repos lists public "
+            "repositories only, so private repositories of %s are not backed up",
+            login,
+            login,
+            login,
+        )
     return f"/users/{login}/repos", {"type": "owner"}
+
+
+def _warn_if_public_only(kind: str, scopes: str | None) -> None:
+    """A classic token (or an OAuth app's: the kinds that have scopes, which answers list in
+    ``X-OAuth-Scopes``) without the ``repo`` scope is shown public repositories only: the
+    lists leave every private one out, with no error to tell. Other tokens have permissions,
+    not scopes (an empty header says nothing of them)."""
+    if kind != "scoped" or scopes is None or "repo" in {s.strip() for s in scopes.split(",")}:
+        return
+    log.warning(
+        "the token is a classic token without the 'repo' scope (its scopes: %s): GitHub "
+        "shows it public repositories only, so private repositories are not backed up; "
+        "give it the repo scope (or use a fine-grained token) to include them",
+        scopes.strip() or "none",
+    )
 
 
 def _check_same_server(path: Path, api_url: str) -> None:

@@ -138,6 +138,19 @@ class GitHubClient:
         self.requests = 0
         self.not_modified = 0
 
+    @property
+    def token_kind(self) -> str:
+        """``scoped`` for a classic personal access token or an OAuth app's (``ghp_``,
+        ``gho_``, or the 40 hex digits of one made before 2021): the tokens that have scopes;
+        ``other`` for fine-grained and GitHub App tokens (``github_pat_``, ``ghs_``, ``ghu_``),
+        which have permissions instead."""
+        token = self._token
+        if token.startswith(("ghp_", "gho_")):
+            return "scoped"
+        if len(token) == 40 and all(c in "0123456789abcdef" for c in token.lower()):
+            return "scoped"
+        return "other"
+
     def url(self, path: str, params: Mapping[str, str | int] | None = None) -> str:
         url = path if path.startswith(("http://", "https://")) else self.api_url + path
         return f"{url}?{urlencode(params)}" if params else url
@@ -202,11 +215,15 @@ class GitHubClient:
             if status == 304:
                 self.not_modified += 1
             location = answer_headers.get("location")
-            if status in (301, 302, 307, 308) and location and accept == _JSON:
-                target = urljoin(url, location)
+            target = urljoin(url, location) if location else ""
+            # A redirect within the API is a renamed or transferred repository: followed with
+            # the token, an asset download's too. Any other is an asset's storage host (the
+            # caller's to follow, without the token), or for JSON not the API at all.
+            within_api = target.startswith(self.api_url + "/")
+            if status in (301, 302, 307, 308) and target and (accept == _JSON or within_api):
                 if _origin(target) != _origin(self.api_url) or hops >= _MAX_HOPS:
                     raise GitHubError(status, f"redirected away from the API to {target}")
-                url, hops = target, hops + 1  # a renamed or transferred repository
+                url, hops = target, hops + 1
                 continue
             if status < 400:
                 return Answer(status, answer_headers, body, next_url, url, saved)
@@ -216,7 +233,8 @@ class GitHubClient:
                     await self.sleep(self.backoff.delay(attempt))
                     continue
             retryable = status >= 500 or status == 408
-            raise GitHubError(status, f"{message or 'no message'} (GET {url})", retryable=retryable)
+            detail = f"{message or 'no message'} (GET {url}){_advice(status, answer_headers)}"
+            raise GitHubError(status, detail, retryable=retryable)
 
     async def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
         return (await self.get(self.url(path, params))).json()
@@ -333,6 +351,27 @@ class GitHubClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
+
+
+def _advice(status: int, headers: Mapping[str, str]) -> str:
+    """What GitHub's headers say to do about a refusal: the permission a fine-grained or app
+    token lacks (``X-Accepted-GitHub-Permissions``, on a 403), or where to authorize it for
+    an organisation's SAML SSO (``X-GitHub-SSO: required; url=...``)."""
+    sso = _sso_advice(headers)
+    needed = headers.get("x-accepted-github-permissions", "").strip()
+    if sso or status != 403 or not needed:
+        return sso
+    return f"; the permissions GitHub names for it (a set, or sets split by ';'): {needed}"
+
+
+def _sso_advice(headers: Mapping[str, str]) -> str:
+    fields = [part.strip() for part in headers.get("x-github-sso", "").split(";")]
+    if not fields or fields[0].lower() != "required":
+        return ""
+    for part in fields[1:]:
+        if part.lower().startswith("url="):
+            return f"; authorize the token for the organisation's SAML SSO at {part[4:]}"
+    return "; authorize the token for the organisation's SAML SSO"
 
 
 async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, bytes]:

@@ -20,7 +20,9 @@ git never prompts.
 
 Refs GitHub adds for pull requests (``refs/pull/*``) are read-only on GitHub and are left out of
 bundles, so a bundle restores with ``git clone --mirror`` and pushes back with ``git push
---mirror``. Pull request data lives in the ``pulls.json`` metadata.
+--mirror``; with git 2.29 on they are left out of the mirrors too (a negative refspec), so
+their commits are not downloaded at all. Pull request data lives in the ``pulls.json``
+metadata.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ TOKEN_VARIABLE = "ASYNCBACKUP_GIT_TOKEN"  # noqa: S105 - a variable's name
 USER_VARIABLE = "ASYNCBACKUP_GIT_USER"
 #: Ref patterns left out of bundles: GitHub's hidden pull request refs.
 EXCLUDED_REFS = ("refs/pull/*",)
+#: The same refs kept out of mirrors (a negative refspec: git 2.29 on), so that a clone does
+#: not download every pull request's commits only for the bundle to leave them out.
+NO_PULL_REFS = "^refs/pull/*"
 
 ORIGIN_VARIABLE = "ASYNCBACKUP_GIT_ORIGIN"
 #: git runs it as ``sh -c 'f() {...}; f get'`` with the request (``protocol=``, ``host=``...)
@@ -92,6 +97,12 @@ _TRANSIENT = (
     "unexpected disconnect",
     "transfer closed",
     "too slow",  # stalled: below http.lowSpeedLimit for http.lowSpeedTime
+    # the TLS layer's words for a dropped connection (git with GnuTLS, as Debian's; OpenSSL)
+    "gnutls recv error",
+    "gnutls_handshake() failed",
+    "tls connection was non-properly terminated",
+    "ssl_error_syscall",
+    "empty reply from server",
 )
 #: The names git quotes in its messages (URLs, paths) and bare URLs. A name holds any digits
 #: or words (port 34512, a repository ``r451``, a directory ``pytest-451``), so the markers
@@ -116,10 +127,14 @@ def git_origin(api_url: str) -> str:
     (and ``SUB.ghe.com`` for ``api.SUB.ghe.com``); the API's own host for GitHub Enterprise
     Server, whose API is a path (``https://HOST/api/v3``)."""
     parts = urllib.parse.urlsplit(api_url)
+    scheme = parts.scheme.lower()
     host = parts.netloc.rpartition("@")[2].lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):  # git names no port for a URL that writes none
+        host = host.removesuffix(default)
     if parts.path.strip("/") == "":
         host = host.removeprefix("api.")
-    return f"{parts.scheme.lower()}://{host}"
+    return f"{scheme}://{host}"
 
 
 @functools.cache
@@ -136,6 +151,17 @@ def parent_death_prefix() -> tuple[str, ...]:
     except (OSError, subprocess.SubprocessError):  # an old setpriv, a sandbox without prctl
         return ()
     return prefix if probe.returncode == 0 else ()
+
+
+@functools.cache
+def negative_refspecs(git: str = GIT) -> bool:
+    """Whether this git takes negative refspecs (``^refs/pull/*``): 2.29 on (tried once)."""
+    try:
+        done = subprocess.run([git, "version"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    found = re.search(rb"(\d+)\.(\d+)", done.stdout)
+    return found is not None and (int(found[1]), int(found[2])) >= (2, 29)
 
 
 class GitError(ObjectError):
@@ -161,10 +187,12 @@ class GitRunner:
         self.stall_seconds = max(1, stall_seconds)
         self._token = token
         self._prefix: tuple[str, ...] = ()
+        self._negative_refspecs = False  # whether this git takes ``^refs/pull/*`` (__enter__)
         self.commands: list[str] = []  # the subcommands run, for reports and tests
 
     def __enter__(self) -> GitRunner:
         self._prefix = parent_death_prefix()
+        self._negative_refspecs = negative_refspecs(self.git)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -202,8 +230,12 @@ class GitRunner:
         argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
         argv += args
+        first = 0
+        while first < len(args) and args[first] == "-c":  # configuration for this command only
+            first += 2
+        command = args[first] if first < len(args) else args[0]
         async with self.slots:
-            self.commands.append(label or args[0])
+            self.commands.append(label or command)
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
@@ -225,7 +257,7 @@ class GitRunner:
             stderr = err.decode("utf-8", "replace")
             message = self._scrub(stderr) or f"exit {process.returncode}"
             code, retryable = classify_failure(stderr)  # all of it: the message is cut short
-            raise GitError(code, f"git {args[0]}: {message}", retryable=retryable)
+            raise GitError(code, f"git {command}: {message}", retryable=retryable)
         return out.decode("utf-8", "replace")
 
     async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:
@@ -248,6 +280,7 @@ class GitRunner:
         if await asyncio.to_thread(_is_bare_repository, dest):
             try:
                 await self.run(["remote", "set-url", "origin", url], cwd=dest)
+                await self._leave_out_pull_refs(dest)
                 await self.run(["fetch", "--prune", "--quiet", "origin"], cwd=dest)
                 await self._follow_remote_head(dest)
                 return
@@ -259,11 +292,35 @@ class GitRunner:
         partial = dest.with_name(dest.name + ".partial")
         await asyncio.to_thread(_clear, partial)
         try:
-            await self.run(["clone", "--mirror", "--quiet", "--", url, str(partial)])
+            if self._negative_refspecs:
+                # clone --mirror fetches every ref whatever the configuration says: a bare
+                # repository that mirrors origin but its pull request refs, then one fetch
+                await self.run(["init", "--bare", "--quiet", str(partial)])
+                add = ["remote", "add", "--mirror=fetch", "--", "origin", url]
+                await self.run(add, cwd=partial)
+                await self._leave_out_pull_refs(partial)
+                # the pack kept as it comes, as a clone keeps it (not exploded when small)
+                fetch = ["-c", "fetch.unpackLimit=1", "fetch", "--quiet", "origin"]
+                await self.run(fetch, cwd=partial, label="clone")
+                await self._follow_remote_head(partial)
+            else:
+                await self.run(["clone", "--mirror", "--quiet", "--", url, str(partial)])
             await asyncio.to_thread(partial.rename, dest)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, partial, True)
             raise
+
+    async def _leave_out_pull_refs(self, mirror: Path) -> None:
+        """Keep GitHub's pull request refs out of what ``mirror`` fetches (a mirror made
+        by an earlier version fetched them), where git can."""
+        if not self._negative_refspecs:
+            return
+        try:
+            specs = await self.run(["config", "--get-all", "remote.origin.fetch"], cwd=mirror)
+        except GitError:
+            specs = ""  # none set (exit 1)
+        if NO_PULL_REFS not in specs.split():
+            await self.run(["config", "--add", "remote.origin.fetch", NO_PULL_REFS], cwd=mirror)
 
     async def _follow_remote_head(self, mirror: Path) -> None:
         """Point the mirror's HEAD where the remote's points: a fetch leaves it on the branch
@@ -300,6 +357,16 @@ class GitRunner:
             await self.run(clone, label="verify")  # not a clone from GitHub
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def uses_lfs(self, mirror: Path) -> bool:
+        """Whether HEAD's tree routes any file to Git LFS (``filter=lfs`` in a
+        ``.gitattributes``): a mirror clone fetches no LFS object, so the bundle holds only
+        their pointers. False when it cannot tell (no HEAD, no such file)."""
+        grep = ["grep", "-l", "-F", "filter=lfs", "HEAD", "--", ":(glob)**/.gitattributes"]
+        try:
+            return bool((await self.run(grep, cwd=mirror, label="lfs-check")).strip())
+        except GitError:  # exit 1: no match; 128: no HEAD (an empty repository)
+            return False
 
     async def refs(self, repository: Path) -> list[tuple[str, str]]:
         out = await self.run(["for-each-ref", "--format=%(objectname)\t%(refname)"], cwd=repository)

@@ -73,6 +73,12 @@ async def test_the_token_goes_only_to_githubs_own_git_origin(
         ("https://ghe.example.org/api/v3", "https://ghe.example.org"),
         ("https://api.example.org/api/v3", "https://api.example.org"),
         ("http://127.0.0.1:8080/api", "http://127.0.0.1:8080"),
+        # the default port written out: GitHub Enterprise's clone URLs name none, and git asks
+        # for ``host=ghe.example.org`` (the API requests already take the two for one origin)
+        ("https://ghe.example.org:443/api/v3", "https://ghe.example.org"),
+        ("http://ghe.example.org:80/api/v3", "http://ghe.example.org"),
+        ("https://api.github.com:443", "https://github.com"),
+        ("https://ghe.example.org:8443/api/v3", "https://ghe.example.org:8443"),
     ],
 )
 def test_git_origin_of_an_api(api_url: str, origin: str) -> None:

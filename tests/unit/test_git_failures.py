@@ -77,3 +77,28 @@ def test_a_missing_repository_is_not_found(stderr: str) -> None:
 )
 def test_a_local_failure_is_neither_retried_nor_a_missing_repository(stderr: str) -> None:
     assert classify_failure(stderr) == ("GitFailed", False)
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        # git linked with GnuTLS (Debian, Ubuntu) when github.com's TLS connection drops
+        # (nexus-xyz/nexus-cli#1317, QuilibriumNetwork/monorepo#77, argoproj/argo-cd#3994)
+        "fatal: unable to access 'https://github.com/acme/beta.git/': GnuTLS recv error "
+        "(-110): The TLS connection was non-properly terminated.\n",
+        "fatal: unable to access 'https://github.com/acme/beta.git/': GnuTLS recv error "
+        "(-54): Error in the pull function.\n",
+        "fatal: unable to access 'https://github.com/acme/beta.git/': gnutls_handshake() "
+        "failed: The TLS connection was non-properly terminated.\n",
+        # git linked with OpenSSL: the connection reset under it
+        "fatal: unable to access 'https://github.com/acme/beta.git/': OpenSSL SSL_read: "
+        "SSL_ERROR_SYSCALL, errno 104\n",
+        "fatal: unable to access 'https://github.com/acme/beta.git/': OpenSSL SSL_connect: "
+        "SSL_ERROR_SYSCALL in connection to github.com:443\n",
+        "fatal: unable to access 'https://github.com/acme/beta.git/': Empty reply from server\n",
+    ],
+)
+def test_a_tls_connection_dropped_is_retryable_like_any_dropped_connection(stderr: str) -> None:
+    """The TLS layer's words for a connection that dropped: the clone is tried again in the
+    run, as after "Connection reset" or "early EOF", not left failed until the next run."""
+    assert classify_failure(stderr) == ("GitFailed", True)
