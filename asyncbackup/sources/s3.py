@@ -843,7 +843,8 @@ class FirstPartProbe:
             except ClientError as exc:
                 if not refuses_part_number(exc):
                     raise
-                self._refused(exc)
+                if not await self._unreadable(key, exc):
+                    self._refused(exc)
                 return None
             # without its headers it tells no layout; taken for a refusal, it would leave the
             # download unchecked against the source's ETag
@@ -868,6 +869,23 @@ class FirstPartProbe:
         except _Refused:
             return None
         return sizes
+
+    async def _unreadable(self, key: str, refusal: ClientError) -> bool:
+        """Whether ``refusal`` (a 400 without a name: a HEAD's error has no body) is the
+        object's, not the partNumber parameter's: S3 answers any HEAD of an SSE-C object made
+        without its key so. A plain HEAD answered the same tells; the object then fails on its
+        own GET, and the bucket is not taken for one that refuses part-number HEADs (which
+        would leave every later multipart object unchecked against its ETag)."""
+        status = refusal.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status != 400:
+            return False
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400:
+                return True
+            raise
+        return False
 
     def _refused(self, exc: ClientError) -> None:
         self.refused += 1
