@@ -640,7 +640,7 @@ class S3Source:
         parts = multipart_parts(fetched.etag)
         if parts is None or not fetched.digest_etag or self.first_part.refused:
             return
-        sizes = await self.first_part.sizes(key, parts)
+        sizes = await self.first_part.sizes(key, parts, fetched.size)
         if sizes is None:
             return
         mismatch = IntegrityError(
@@ -666,7 +666,7 @@ class S3Source:
         )
         parts = multipart_parts(fetched.etag)
         assert parts is not None, "a multipart ETag"
-        sizes = await self.first_part.sizes(key, parts)
+        sizes = await self.first_part.sizes(key, parts, fetched.size)
         assumed = [receiver.part_size] * (parts - 1)
         assumed.append(fetched.size - sum(assumed))
         if sizes is None or sum(sizes) != fetched.size or sizes == assumed:
@@ -844,7 +844,7 @@ class FirstPartProbe:
                 if not refuses_part_number(exc):
                     raise
                 if not await self._unreadable(key, exc):
-                    self._refused(exc)
+                    self._refused(error_code(exc))
                 return None
             # without its headers it tells no layout; taken for a refusal, it would leave the
             # download unchecked against the source's ETag
@@ -853,9 +853,11 @@ class FirstPartProbe:
 
         return await self.retry.call(attempt)
 
-    async def sizes(self, key: str, parts: int) -> list[int] | None:
+    async def sizes(self, key: str, parts: int, total: int) -> list[int] | None:
         """The length of each of an object's ``parts`` (a ``HEAD ?partNumber=`` each, a few
-        at a time), or None when the server refuses them."""
+        at a time) of ``total`` bytes in all, or None when the server refuses them, or
+        ignores them: every part answered with the whole object's length (MinIO did until
+        mid-2020), which would fail every copy checked against them."""
         sizes = [0] * parts
 
         async def probe(index: int) -> None:
@@ -867,6 +869,9 @@ class FirstPartProbe:
         try:
             await for_each_bounded(range(parts), _LAYOUT_PROBES, probe)
         except _Refused:
+            return None
+        if parts > 1 and total > 0 and all(size == total for size in sizes):
+            self._refused("its answers are the whole object's")
             return None
         return sizes
 
@@ -887,12 +892,12 @@ class FirstPartProbe:
             raise
         return False
 
-    def _refused(self, exc: ClientError) -> None:
+    def _refused(self, why: str) -> None:
         self.refused += 1
         if self.refused == 1:  # the server answers every object the same way
             log.warning(
                 "bucket %s refuses HEAD ?partNumber=1 (%s): multipart objects are copied in "
                 "parts of --part-size, so the copies' ETags differ from the source's",
                 self.bucket,
-                error_code(exc),
+                why,
             )

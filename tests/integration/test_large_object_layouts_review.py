@@ -45,3 +45,37 @@ async def test_an_sse_c_object_does_not_turn_off_the_checks_of_the_objects_after
     assert copy == source  # was: the corrupted download, completed and marked done
     # nor is the bucket said to refuse part-number HEADs for one object's encryption
     assert "refuses HEAD ?partNumber" not in caplog.text
+
+
+@pytest.mark.parametrize("threshold", [5 * MiB, 64 * MiB], ids=["in-parts", "one-put"])
+async def test_a_server_that_ignores_part_numbers_still_gets_its_multipart_objects_copied(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    threshold: int,
+) -> None:
+    """Some servers answer ``HEAD ?partNumber=N`` as a plain HEAD: the whole object's length
+    for every part. No layout can be read from that; the objects are copied in our parts,
+    as for a server that refuses the parameter, rather than failing "the download does not
+    make ETag ..." on every attempt of every run."""
+    put_multipart(s3, buckets.source, "data/uniform", (5 * MiB, 5 * MiB, 2 * MiB))
+    put_multipart(s3, buckets.source, "data/uneven", LAST_LARGER)
+    proxy.add_rule(Rule("ignore_part_number", method="HEAD", query="partNumber="))
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        report = await backup_data(
+            buckets,
+            tmp_path,
+            proxy.endpoint,
+            concurrency=1,
+            part_size=5 * MiB,
+            multipart_threshold=threshold,
+            max_attempts=2,
+        )
+    assert report.exit_code == 0, report.errors
+    for key in ("data/uniform", "data/uneven"):
+        source = s3.get_object(Bucket=buckets.source, Key=key)["Body"].read()
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == source
+    assert caplog.text.count("partNumber") == 1  # said once, for the bucket
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
