@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import importlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from .errors import IntegrityError
 
@@ -90,3 +91,54 @@ def file_md5(path: Path, size: int) -> bytes:
     if read != size:
         raise IntegrityError(f"the staged file is {read} bytes, not {size}")
     return digest.digest()
+
+
+class _Crc:
+    """A running CRC with hashlib's ``update``/``digest`` (``function(data, previous)``)."""
+
+    def __init__(self, function: Callable[[Buffer, int], int], width: int) -> None:
+        self.function = function
+        self.width = width
+        self.value = 0
+
+    def update(self, data: Buffer) -> None:
+        self.value = self.function(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(self.width, "big")
+
+
+def whole_object_digest(algorithm: str) -> Any | None:
+    """A running digest of S3's additional checksum ``algorithm`` (as S3 names it: ``CRC32``,
+    ``SHA256``...), with ``update`` and ``digest``; None where this installation cannot
+    compute it (CRC32C and CRC64NVME need botocore's CRT extension, ``awscrt``)."""
+    if algorithm == "CRC32":
+        return _Crc(zlib.crc32, 4)
+    if algorithm == "SHA1":
+        return hashlib.sha1(usedforsecurity=False)
+    if algorithm == "SHA256":
+        return hashlib.sha256()
+    try:
+        crt = importlib.import_module("awscrt.checksums")  # optional: botocore[crt]
+    except ImportError:
+        return None
+    if algorithm == "CRC32C":
+        return _Crc(crt.crc32c, 4)
+    if algorithm == "CRC64NVME":
+        return _Crc(crt.crc64nvme, 8)
+    return None
+
+
+def staged_checksum(digest: Any, out: BinaryIO | None, path: Path, data: Buffer | None) -> str:
+    """The base64 value of ``digest`` over ``data``, or else over the file ``out`` is writing
+    to ``path`` (flushed first, read back in 8 MiB blocks). Blocking: one worker-thread call
+    for anything but small data."""
+    if data is not None:
+        digest.update(data)
+    else:
+        if out is not None:
+            out.flush()
+        with path.open("rb") as handle:
+            while block := handle.read(8 * 1024 * 1024):
+                digest.update(block)
+    return base64.b64encode(digest.digest()).decode()

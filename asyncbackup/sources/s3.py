@@ -22,7 +22,16 @@ from typing import Any, BinaryIO
 from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
-from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
+from ..checksums import (
+    ALGORITHMS,
+    INLINE_LIMIT,
+    Digests,
+    Hasher,
+    file_md5,
+    multipart_etag,
+    staged_checksum,
+    whole_object_digest,
+)
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -43,6 +52,9 @@ IN_MEMORY_LIMIT = 1024 * 1024
 OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+#: S3's additional checksums, in the order one is chosen to check a download whose ETag is
+#: no MD5 (CRC64NVME: what S3 gives every object uploaded without one since 2025)
+_ADDITIONAL_CHECKSUMS = ("CRC64NVME", "CRC32", "CRC32C", "SHA256", "SHA1")
 #: how a server that does not do ``HEAD ?partNumber=`` answers it. The error of a HEAD has no
 #: body, so botocore names it by its status: "400" here is a 400 the server gave no other name.
 _PART_NUMBER_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "400"})
@@ -478,6 +490,7 @@ class S3Source:
                 fetched = await self._download(item, _FileReceiver(out), tmp)
                 # a multipart source put in one PUT: no part layout checked it on the way
                 await self._check_true_layout(item.key, fetched, out, tmp)
+                await self._check_opaque(fetched, out, tmp)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         return fetched
 
@@ -547,6 +560,7 @@ class S3Source:
                 async with open_for_writing(tmp) as out:
                     receiver = _StreamReceiver(out, budget)
                     fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
+                    await self._check_opaque(fetched, out, tmp)
                 if not uploaded and fetched.md5:  # no PUT checked these bytes: we do
                     md5 = await asyncio.to_thread(file_md5, tmp, fetched.size)
                     if md5 != fetched.md5:
@@ -623,6 +637,7 @@ class S3Source:
                         described.source_part_size = None
                 elif not same_layout:  # parts of our size: they tell nothing of the source's
                     await self._check_true_layout(item.key, fetched, receiver.out, tmp)
+                await self._check_opaque(fetched, receiver.out, tmp)
                 receiver.feed.verified.set_result(None)
                 await uploading
         except BaseExceptionGroup as group:
@@ -676,12 +691,67 @@ class S3Source:
             raise mismatch
         log.debug("%s: its source parts are not all the size of the first", key)
 
+    async def _check_opaque(
+        self,
+        fetched: FetchedObject,
+        out: BinaryIO | None,
+        tmp: Path | None,
+        data: bytes | None = None,
+    ) -> None:
+        """Check the download of an object whose ETag is no MD5 (SSE-KMS, DSSE-KMS: SSE-C
+        objects are not served without their key) against the whole-object checksum S3
+        keeps of it: one HEAD with ``x-amz-checksum-mode``, pinned to the downloaded version,
+        and the checksum computed over ``data`` or the staged file. Where the object has none
+        this installation can compute (a composite one, of its parts; CRC32C or CRC64NVME
+        without ``awscrt``), it stays checked by its length alone (logged at debug level)."""
+        if fetched.digest_etag:
+            return
+        head = functools.partial(
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=fetched.key,
+            IfMatch=fetched.etag,
+            ChecksumMode="ENABLED",
+        )
+        try:
+            answer: dict[str, Any] = await self.retry.call(head)
+        except ObjectError as exc:
+            if exc.code in ("412", "PreconditionFailed"):
+                raise ObjectError(
+                    "ObjectChanged", "the object was replaced during the download", retryable=True
+                ) from exc
+            raise
+        composite = answer.get("ChecksumType") == "COMPOSITE"
+        for algorithm in _ADDITIONAL_CHECKSUMS:
+            expected = answer.get(f"Checksum{algorithm}")
+            if not expected or composite or "-" in str(expected):
+                continue
+            digest = whole_object_digest(algorithm)
+            if digest is None:
+                continue
+            if data is not None and len(data) <= INLINE_LIMIT:
+                found = staged_checksum(digest, None, Path(), data)
+            else:
+                assert data is not None or tmp is not None, "the download is somewhere"
+                found = await asyncio.to_thread(staged_checksum, digest, out, tmp or Path(), data)
+            if found != expected:
+                raise IntegrityError(
+                    f"{algorithm} {found} of the download differs from the source's {expected}"
+                )
+            return
+        log.debug(
+            "%s: its ETag is no MD5 and it has no whole-object checksum to check it by: "
+            "checked by its length only",
+            fetched.key,
+        )
+
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """A small object: received in memory, verified, then staged by one file operation
         (open, write, close, rename), on the event loop while the disk is fast (``localio``)."""
         receiver = _MemoryReceiver()
         fetched = await self._download(item, receiver, None)
         fetched.data = b"".join(receiver.chunks)
+        await self._check_opaque(fetched, None, None, fetched.data)
         try:
             fetched.path = await self.local.run(staging.store, item.key, fetched.data)
         except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
