@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import importlib
+import io
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,16 +131,48 @@ def whole_object_digest(algorithm: str) -> Any | None:
     return None
 
 
-def staged_checksum(digest: Any, out: BinaryIO | None, path: Path, data: Buffer | None) -> str:
-    """The base64 value of ``digest`` over ``data``, or else over the file ``out`` is writing
-    to ``path`` (flushed first, read back in 8 MiB blocks). Blocking: one worker-thread call
-    for anything but small data."""
-    if data is not None:
-        digest.update(data)
-    else:
-        if out is not None:
-            out.flush()
-        with path.open("rb") as handle:
-            while block := handle.read(8 * 1024 * 1024):
-                digest.update(block)
-    return base64.b64encode(digest.digest()).decode()
+_BLOCK = 8 * 1024 * 1024
+
+
+def _digest_of(algorithm: str, read: Callable[[int], Buffer], size: int | None) -> bytes:
+    """The raw ``algorithm`` digest of ``size`` bytes (None: all there is) from ``read``."""
+    digest: Any = whole_object_digest(algorithm)  # computable: checked by the caller
+    left = size
+    while left is None or left > 0:
+        block = read(_BLOCK if left is None else min(left, _BLOCK))
+        if not block:
+            break
+        digest.update(block)
+        if left is not None:
+            left -= len(block)
+    return bytes(digest.digest())
+
+
+def staged_checksum(
+    algorithm: str,
+    out: BinaryIO | None,
+    path: Path,
+    data: Buffer | None,
+    parts: Sequence[int] | None = None,
+) -> str | None:
+    """The base64 value of S3's checksum ``algorithm`` over ``data``, or else over the file
+    ``out`` is writing to ``path`` (flushed first, read back in 8 MiB blocks): of the whole
+    object, or with ``parts`` (their sizes) the composite one S3 gives an object uploaded in
+    parts, the checksum of its parts' checksums. None where this installation cannot compute
+    ``algorithm``. Blocking: one worker-thread call for anything but small data."""
+    if whole_object_digest(algorithm) is None:
+        return None
+    sizes: Sequence[int | None] = [None] if parts is None else parts
+    with contextlib.ExitStack() as stack:
+        if data is None:
+            if out is not None:
+                out.flush()
+            read = stack.enter_context(path.open("rb")).read
+        else:
+            read = io.BytesIO(data).read
+        digests = [_digest_of(algorithm, read, size) for size in sizes]
+    if parts is None:
+        return base64.b64encode(digests[0]).decode()
+    combined: Any = whole_object_digest(algorithm)
+    combined.update(b"".join(digests))
+    return base64.b64encode(combined.digest()).decode()

@@ -637,7 +637,8 @@ class S3Source:
                         described.source_part_size = None
                 elif not same_layout:  # parts of our size: they tell nothing of the source's
                     await self._check_true_layout(item.key, fetched, receiver.out, tmp)
-                await self._check_opaque(fetched, receiver.out, tmp)
+                layout = source_part_size if same_layout else None
+                await self._check_opaque(fetched, receiver.out, tmp, part_size=layout)
                 receiver.feed.verified.set_result(None)
                 await uploading
         except BaseExceptionGroup as group:
@@ -697,13 +698,18 @@ class S3Source:
         out: BinaryIO | None,
         tmp: Path | None,
         data: bytes | None = None,
+        *,
+        part_size: int | None = None,
     ) -> None:
         """Check the download of an object whose ETag is no MD5 (SSE-KMS, DSSE-KMS: SSE-C
-        objects are not served without their key) against the whole-object checksum S3
-        keeps of it: one HEAD with ``x-amz-checksum-mode``, pinned to the downloaded version,
-        and the checksum computed over ``data`` or the staged file. Where the object has none
-        this installation can compute (a composite one, of its parts; CRC32C or CRC64NVME
-        without ``awscrt``), it stays checked by its length alone (logged at debug level)."""
+        objects are not served without their key) against the additional checksum S3 keeps
+        of it: one HEAD with ``x-amz-checksum-mode``, pinned to the downloaded version, and
+        the checksum computed over ``data`` or the staged file - the whole object's, or a
+        composite one in the source's parts (uniform of ``part_size`` where the download was
+        cut in them, else their sizes asked with ``HEAD ?partNumber=``). Where the object has
+        none this installation can compute (CRC32C or CRC64NVME without ``awscrt``; a
+        composite one of parts the server does not tell), it stays checked by its length
+        alone (logged at debug level)."""
         if fetched.digest_etag:
             return
         head = functools.partial(
@@ -723,27 +729,65 @@ class S3Source:
             raise
         composite = answer.get("ChecksumType") == "COMPOSITE"
         for algorithm in _ADDITIONAL_CHECKSUMS:
-            expected = answer.get(f"Checksum{algorithm}")
-            if not expected or composite or "-" in str(expected):
+            expected = str(answer.get(f"Checksum{algorithm}") or "")
+            if not expected or whole_object_digest(algorithm) is None:
                 continue
-            digest = whole_object_digest(algorithm)
-            if digest is None:
-                continue
-            if data is not None and len(data) <= INLINE_LIMIT:
-                found = staged_checksum(digest, None, Path(), data)
+            expected, _, suffix = expected.partition("-")  # S3's composite: VALUE-N
+            if not (composite or suffix):
+                found = await self._staged_checksum(algorithm, out, tmp, data, None)
             else:
-                assert data is not None or tmp is not None, "the download is somewhere"
-                found = await asyncio.to_thread(staged_checksum, digest, out, tmp or Path(), data)
+                # in the layout the first part suggested; where that is not the source's
+                # (5, 6 and 1 MiB look like 5, 5 and 2), in its parts' true sizes
+                layouts = (part_size, None) if part_size is not None else (None,)
+                for layout in layouts:
+                    parts = await self._part_sizes(fetched, layout)
+                    if parts is None or (suffix and suffix != str(len(parts))):
+                        found = None
+                        continue
+                    found = await self._staged_checksum(algorithm, out, tmp, data, parts)
+                    if found == expected:
+                        break
+                if found is None:  # no layout tells: another checksum, or none
+                    continue
             if found != expected:
+                what = f"composite {algorithm}" if composite or suffix else algorithm
                 raise IntegrityError(
-                    f"{algorithm} {found} of the download differs from the source's {expected}"
+                    f"{what} {found} of the download differs from the source's {expected}"
                 )
             return
         log.debug(
-            "%s: its ETag is no MD5 and it has no whole-object checksum to check it by: "
-            "checked by its length only",
+            "%s: its ETag is no MD5 and it has no checksum to check it by: checked by its "
+            "length only",
             fetched.key,
         )
+
+    async def _staged_checksum(
+        self,
+        algorithm: str,
+        out: BinaryIO | None,
+        tmp: Path | None,
+        data: bytes | None,
+        parts: Sequence[int] | None,
+    ) -> str | None:
+        """``staged_checksum`` of the download, in a worker thread unless it is small."""
+        if data is not None and len(data) <= INLINE_LIMIT:
+            return staged_checksum(algorithm, None, Path(), data, parts)
+        assert data is not None or tmp is not None, "the download is somewhere"
+        return await asyncio.to_thread(staged_checksum, algorithm, out, tmp or Path(), data, parts)
+
+    async def _part_sizes(
+        self, fetched: FetchedObject, part_size: int | None
+    ) -> Sequence[int] | None:
+        """The sizes of the parts ``fetched`` was uploaded in (its ETag says how many): of
+        ``part_size`` but the last where known, else asked (None: the server does not tell)."""
+        count = multipart_parts(fetched.etag)
+        if count is None or self.first_part.refused:
+            return None
+        if part_size is not None:
+            sizes = [part_size] * (count - 1)
+            sizes.append(fetched.size - sum(sizes))
+            return sizes if sizes[-1] > 0 or count == 1 else None
+        return await self.first_part.sizes(fetched.key, count, fetched.size)
 
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """A small object: received in memory, verified, then staged by one file operation

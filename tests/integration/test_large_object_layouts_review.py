@@ -84,15 +84,17 @@ async def test_a_server_that_ignores_part_numbers_still_gets_its_multipart_objec
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
 
 
-def _put_kms_multipart(s3: Any, bucket: str, key: str, sizes: tuple[int, ...]) -> bytes:
-    """An SSE-KMS object uploaded in parts with a full-object CRC32, as the AWS SDKs upload
-    by default since early 2025; returns its bytes."""
+def _put_kms_multipart(
+    s3: Any, bucket: str, key: str, sizes: tuple[int, ...], algorithm: str, kind: str
+) -> bytes:
+    """An SSE-KMS object uploaded in parts with a checksum of ``kind`` (``FULL_OBJECT`` or
+    ``COMPOSITE``), as the AWS SDKs upload by default since early 2025; returns its bytes."""
     upload = s3.create_multipart_upload(
         Bucket=bucket,
         Key=key,
         ServerSideEncryption="aws:kms",
-        ChecksumAlgorithm="CRC32",
-        ChecksumType="FULL_OBJECT",
+        ChecksumAlgorithm=algorithm,
+        ChecksumType=kind,
     )
     parts, body = [], b""
     for number, size in enumerate(sizes, start=1):
@@ -104,18 +106,34 @@ def _put_kms_multipart(s3: Any, bucket: str, key: str, sizes: tuple[int, ...]) -
             UploadId=upload["UploadId"],
             PartNumber=number,
             Body=data,
-            ChecksumAlgorithm="CRC32",
+            ChecksumAlgorithm=algorithm,
         )
         parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    whole = {}
+    if kind == "FULL_OBJECT":
+        whole["ChecksumCRC32"] = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
     s3.complete_multipart_upload(
         Bucket=bucket,
         Key=key,
         UploadId=upload["UploadId"],
         MultipartUpload={"Parts": parts},
-        ChecksumType="FULL_OBJECT",
-        ChecksumCRC32=base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
+        ChecksumType=kind,
+        **whole,
     )
     return body
+
+
+async def _corrupted_once_then_copied(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, key: str, body: bytes, **options: Any
+) -> None:
+    proxy.add_rule(Rule("corrupt", method="GET", path=f"/{key}$", times=1))
+    report = await backup_data(
+        buckets, tmp_path, proxy.endpoint, part_size=5 * MiB, multipart_threshold=5 * MiB, **options
+    )
+    assert report.exit_code == 0, report.errors
+    gets = [r for r in proxy.requests if r.method == "GET" and r.path.endswith(key)]
+    assert [r.fault for r in gets] == ["corrupt", None]  # found, and copied again
+    assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == body
 
 
 @pytest.mark.parametrize(
@@ -124,7 +142,6 @@ def _put_kms_multipart(s3: Any, bucket: str, key: str, sizes: tuple[int, ...]) -
         ("data/small", "SHA256", 300_000),  # received in memory
         ("data/large", "CRC32", 3 * MiB),  # staged whole: an opaque ETag is no Content-MD5
         ("data/sha1", "SHA1", 3 * MiB),
-        ("data/parts", "CRC32", 0),  # in its own parts, streamed
     ],
 )
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
@@ -142,27 +159,36 @@ async def test_an_sse_kms_source_is_checked_by_its_checksum_not_its_length_alone
     nothing checked its download but its length; a corrupted one was copied and marked
     done. S3 keeps an additional checksum of it (of every object uploaded since 2025): the
     download is checked against it."""
-    if size:
-        body = os.urandom(size)
-        s3.put_object(
-            Bucket=buckets.source,
-            Key=key,
-            Body=body,
-            ServerSideEncryption="aws:kms",
-            ChecksumAlgorithm=algorithm,
-        )
-    else:
-        body = _put_kms_multipart(s3, buckets.source, key, (5 * MiB, 1 * MiB))
-    proxy.add_rule(Rule("corrupt", method="GET", path=f"/{key}$", times=1))
-    report = await backup_data(
-        buckets,
-        tmp_path,
-        proxy.endpoint,
-        part_size=5 * MiB,
-        multipart_threshold=5 * MiB,
-        fast_path=fast_path,
+    body = os.urandom(size)
+    s3.put_object(
+        Bucket=buckets.source,
+        Key=key,
+        Body=body,
+        ServerSideEncryption="aws:kms",
+        ChecksumAlgorithm=algorithm,
     )
-    assert report.exit_code == 0, report.errors
-    gets = [r for r in proxy.requests if r.method == "GET" and r.path.endswith(key)]
-    assert [r.fault for r in gets] == ["corrupt", None]  # found, and copied again
-    assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == body
+    await _corrupted_once_then_copied(proxy, buckets, s3, tmp_path, key, body, fast_path=fast_path)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "kind", "sizes"),
+    [
+        ("CRC32", "FULL_OBJECT", (5 * MiB, 1 * MiB)),
+        ("CRC32", "COMPOSITE", (5 * MiB, 1 * MiB)),  # cut in its own parts
+        ("SHA256", "COMPOSITE", (5 * MiB, 6 * MiB, 1 * MiB)),  # in ours: its own asked for
+    ],
+)
+async def test_an_sse_kms_source_uploaded_in_parts_is_checked_by_its_checksum(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    algorithm: str,
+    kind: str,
+    sizes: tuple[int, ...],
+) -> None:
+    """The same for one uploaded in parts: its checksum is of the whole object, or composite
+    (of its parts' checksums), computed in the source's part sizes."""
+    key = "data/parts"
+    body = _put_kms_multipart(s3, buckets.source, key, sizes, algorithm, kind)
+    await _corrupted_once_then_copied(proxy, buckets, s3, tmp_path, key, body)
