@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import importlib
+import io
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from .errors import IntegrityError
 
@@ -90,3 +93,86 @@ def file_md5(path: Path, size: int) -> bytes:
     if read != size:
         raise IntegrityError(f"the staged file is {read} bytes, not {size}")
     return digest.digest()
+
+
+class _Crc:
+    """A running CRC with hashlib's ``update``/``digest`` (``function(data, previous)``)."""
+
+    def __init__(self, function: Callable[[Buffer, int], int], width: int) -> None:
+        self.function = function
+        self.width = width
+        self.value = 0
+
+    def update(self, data: Buffer) -> None:
+        self.value = self.function(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(self.width, "big")
+
+
+def whole_object_digest(algorithm: str) -> Any | None:
+    """A running digest of S3's additional checksum ``algorithm`` (as S3 names it: ``CRC32``,
+    ``SHA256``...), with ``update`` and ``digest``; None where this installation cannot
+    compute it (CRC32C and CRC64NVME need botocore's CRT extension, ``awscrt``)."""
+    if algorithm == "CRC32":
+        return _Crc(zlib.crc32, 4)
+    if algorithm == "SHA1":
+        return hashlib.sha1(usedforsecurity=False)
+    if algorithm == "SHA256":
+        return hashlib.sha256()
+    try:
+        crt = importlib.import_module("awscrt.checksums")  # optional: botocore[crt]
+    except ImportError:
+        return None
+    if algorithm == "CRC32C":
+        return _Crc(crt.crc32c, 4)
+    if algorithm == "CRC64NVME":
+        return _Crc(crt.crc64nvme, 8)
+    return None
+
+
+_BLOCK = 8 * 1024 * 1024
+
+
+def _digest_of(algorithm: str, read: Callable[[int], Buffer], size: int | None) -> bytes:
+    """The raw ``algorithm`` digest of ``size`` bytes (None: all there is) from ``read``."""
+    digest: Any = whole_object_digest(algorithm)  # computable: checked by the caller
+    left = size
+    while left is None or left > 0:
+        block = read(_BLOCK if left is None else min(left, _BLOCK))
+        if not block:
+            break
+        digest.update(block)
+        if left is not None:
+            left -= len(block)
+    return bytes(digest.digest())
+
+
+def staged_checksum(
+    algorithm: str,
+    out: BinaryIO | None,
+    path: Path,
+    data: Buffer | None,
+    parts: Sequence[int] | None = None,
+) -> str | None:
+    """The base64 value of S3's checksum ``algorithm`` over ``data``, or else over the file
+    ``out`` is writing to ``path`` (flushed first, read back in 8 MiB blocks): of the whole
+    object, or with ``parts`` (their sizes) the composite one S3 gives an object uploaded in
+    parts, the checksum of its parts' checksums. None where this installation cannot compute
+    ``algorithm``. Blocking: one worker-thread call for anything but small data."""
+    if whole_object_digest(algorithm) is None:
+        return None
+    sizes: Sequence[int | None] = [None] if parts is None else parts
+    with contextlib.ExitStack() as stack:
+        if data is None:
+            if out is not None:
+                out.flush()
+            read = stack.enter_context(path.open("rb")).read
+        else:
+            read = io.BytesIO(data).read
+        digests = [_digest_of(algorithm, read, size) for size in sizes]
+    if parts is None:
+        return base64.b64encode(digests[0]).decode()
+    combined: Any = whole_object_digest(algorithm)
+    combined.update(b"".join(digests))
+    return base64.b64encode(combined.digest()).decode()

@@ -46,6 +46,7 @@ _SIGNING_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/")
 _START_AFTER = re.compile(r"(?<=[?&])start-after=[^&]*&?")
 _START_AFTER_VALUE = re.compile(r"(?<=[?&]start-after=)[^&]*")
 _PREFIX = re.compile(r"(?<=[?&])prefix=[^&]*&?")
+_PART_NUMBER = re.compile(r"(?<=[?&])partNumber=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _ETAG = re.compile(rb"<ETag>[^<]*</ETag>")
@@ -110,6 +111,9 @@ STREAM_FAULTS = (
     # NextContinuationToken
     "ignore_start_after",
     "ignore_prefix",
+    # and servers that answer a HEAD or GET ?partNumber= as if it were not there (the whole
+    # object's length: MinIO before mid-2020, moto before 1.3.14, some gateways)
+    "ignore_part_number",
     "reverse_keys",
     "no_continuation_token",
     # SeaweedFS, which stores keys as a tree of folders: StartAfter=a/b lists no key under
@@ -447,7 +451,11 @@ class S3Proxy:
                 return answer
         if rule is not None and rule.action is not None:
             await asyncio.to_thread(rule.action)
-        dropped = {"ignore_start_after": _START_AFTER, "ignore_prefix": _PREFIX}.get(fault or "")
+        dropped = {
+            "ignore_start_after": _START_AFTER,
+            "ignore_prefix": _PREFIX,
+            "ignore_part_number": _PART_NUMBER,
+        }.get(fault or "")
         rewrite = {"start_after_skips_folder": _past_folder, "fold_double_slash": _folded}.get(
             fault or ""
         )

@@ -130,7 +130,7 @@ class ServerSideCopier:
             ):
                 return _even_parts(item.size, size), True
             if size > 0:  # parts not all of one size: a HEAD each tells
-                sizes = await self.first_part.sizes(item.key, parts)
+                sizes = await self.first_part.sizes(item.key, parts, item.size)
                 if sizes is not None and sum(sizes) == item.size and all(sizes):
                     return sizes, True
         return _even_parts(item.size, self.part_size_for(item.size)), False
@@ -159,7 +159,7 @@ class ServerSideCopier:
         # S3 asks only that no part but the last is under 5 MiB: parts of 5, 6 and 1 MiB look
         # like 5, 5 and 2 from the first part. Their true sizes (a HEAD each) tell; the copy
         # is made again in them, and must then have the source's ETag.
-        true_sizes = await self.first_part.sizes(item.key, parts) if parts else None
+        true_sizes = await self.first_part.sizes(item.key, parts, item.size) if parts else None
         if true_sizes is None or true_sizes == sizes or sum(true_sizes) != item.size:
             raise mismatch
         etag, encrypted = await self._copy_in(item, create, true_sizes)

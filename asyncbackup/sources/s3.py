@@ -22,7 +22,16 @@ from typing import Any, BinaryIO
 from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
-from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
+from ..checksums import (
+    ALGORITHMS,
+    INLINE_LIMIT,
+    Digests,
+    Hasher,
+    file_md5,
+    multipart_etag,
+    staged_checksum,
+    whole_object_digest,
+)
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
@@ -43,6 +52,9 @@ IN_MEMORY_LIMIT = 1024 * 1024
 OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+#: S3's additional checksums, in the order one is chosen to check a download whose ETag is
+#: no MD5 (CRC64NVME: what S3 gives every object uploaded without one since 2025)
+_ADDITIONAL_CHECKSUMS = ("CRC64NVME", "CRC32", "CRC32C", "SHA256", "SHA1")
 #: how a server that does not do ``HEAD ?partNumber=`` answers it. The error of a HEAD has no
 #: body, so botocore names it by its status: "400" here is a 400 the server gave no other name.
 _PART_NUMBER_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "400"})
@@ -478,6 +490,7 @@ class S3Source:
                 fetched = await self._download(item, _FileReceiver(out), tmp)
                 # a multipart source put in one PUT: no part layout checked it on the way
                 await self._check_true_layout(item.key, fetched, out, tmp)
+                await self._check_opaque(fetched, out, tmp)
             fetched.path = await asyncio.to_thread(staging.commit, tmp, item.key)
         return fetched
 
@@ -547,6 +560,7 @@ class S3Source:
                 async with open_for_writing(tmp) as out:
                     receiver = _StreamReceiver(out, budget)
                     fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
+                    await self._check_opaque(fetched, out, tmp)
                 if not uploaded and fetched.md5:  # no PUT checked these bytes: we do
                     md5 = await asyncio.to_thread(file_md5, tmp, fetched.size)
                     if md5 != fetched.md5:
@@ -623,6 +637,8 @@ class S3Source:
                         described.source_part_size = None
                 elif not same_layout:  # parts of our size: they tell nothing of the source's
                     await self._check_true_layout(item.key, fetched, receiver.out, tmp)
+                layout = source_part_size if same_layout else None
+                await self._check_opaque(fetched, receiver.out, tmp, part_size=layout)
                 receiver.feed.verified.set_result(None)
                 await uploading
         except BaseExceptionGroup as group:
@@ -640,7 +656,7 @@ class S3Source:
         parts = multipart_parts(fetched.etag)
         if parts is None or not fetched.digest_etag or self.first_part.refused:
             return
-        sizes = await self.first_part.sizes(key, parts)
+        sizes = await self.first_part.sizes(key, parts, fetched.size)
         if sizes is None:
             return
         mismatch = IntegrityError(
@@ -666,7 +682,7 @@ class S3Source:
         )
         parts = multipart_parts(fetched.etag)
         assert parts is not None, "a multipart ETag"
-        sizes = await self.first_part.sizes(key, parts)
+        sizes = await self.first_part.sizes(key, parts, fetched.size)
         assumed = [receiver.part_size] * (parts - 1)
         assumed.append(fetched.size - sum(assumed))
         if sizes is None or sum(sizes) != fetched.size or sizes == assumed:
@@ -676,12 +692,110 @@ class S3Source:
             raise mismatch
         log.debug("%s: its source parts are not all the size of the first", key)
 
+    async def _check_opaque(
+        self,
+        fetched: FetchedObject,
+        out: BinaryIO | None,
+        tmp: Path | None,
+        data: bytes | None = None,
+        *,
+        part_size: int | None = None,
+    ) -> None:
+        """Check the download of an object whose ETag is no MD5 (SSE-KMS, DSSE-KMS: SSE-C
+        objects are not served without their key) against the additional checksum S3 keeps
+        of it: one HEAD with ``x-amz-checksum-mode``, pinned to the downloaded version, and
+        the checksum computed over ``data`` or the staged file - the whole object's, or a
+        composite one in the source's parts (uniform of ``part_size`` where the download was
+        cut in them, else their sizes asked with ``HEAD ?partNumber=``). Where the object has
+        none this installation can compute (CRC32C or CRC64NVME without ``awscrt``; a
+        composite one of parts the server does not tell), it stays checked by its length
+        alone (logged at debug level)."""
+        if fetched.digest_etag:
+            return
+        head = functools.partial(
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=fetched.key,
+            IfMatch=fetched.etag,
+            ChecksumMode="ENABLED",
+        )
+        try:
+            answer: dict[str, Any] = await self.retry.call(head)
+        except ObjectError as exc:
+            if exc.code in ("412", "PreconditionFailed"):
+                raise ObjectError(
+                    "ObjectChanged", "the object was replaced during the download", retryable=True
+                ) from exc
+            raise
+        composite = answer.get("ChecksumType") == "COMPOSITE"
+        for algorithm in _ADDITIONAL_CHECKSUMS:
+            expected = str(answer.get(f"Checksum{algorithm}") or "")
+            if not expected or whole_object_digest(algorithm) is None:
+                continue
+            expected, _, suffix = expected.partition("-")  # S3's composite: VALUE-N
+            if not (composite or suffix):
+                found = await self._staged_checksum(algorithm, out, tmp, data, None)
+            else:
+                # in the layout the first part suggested; where that is not the source's
+                # (5, 6 and 1 MiB look like 5, 5 and 2), in its parts' true sizes
+                layouts = (part_size, None) if part_size is not None else (None,)
+                for layout in layouts:
+                    parts = await self._part_sizes(fetched, layout)
+                    if parts is None or (suffix and suffix != str(len(parts))):
+                        found = None
+                        continue
+                    found = await self._staged_checksum(algorithm, out, tmp, data, parts)
+                    if found == expected:
+                        break
+                if found is None:  # no layout tells: another checksum, or none
+                    continue
+            if found != expected:
+                what = f"composite {algorithm}" if composite or suffix else algorithm
+                raise IntegrityError(
+                    f"{what} {found} of the download differs from the source's {expected}"
+                )
+            return
+        log.debug(
+            "%s: its ETag is no MD5 and it has no checksum to check it by: checked by its "
+            "length only",
+            fetched.key,
+        )
+
+    async def _staged_checksum(
+        self,
+        algorithm: str,
+        out: BinaryIO | None,
+        tmp: Path | None,
+        data: bytes | None,
+        parts: Sequence[int] | None,
+    ) -> str | None:
+        """``staged_checksum`` of the download, in a worker thread unless it is small."""
+        if data is not None and len(data) <= INLINE_LIMIT:
+            return staged_checksum(algorithm, None, Path(), data, parts)
+        assert data is not None or tmp is not None, "the download is somewhere"
+        return await asyncio.to_thread(staged_checksum, algorithm, out, tmp or Path(), data, parts)
+
+    async def _part_sizes(
+        self, fetched: FetchedObject, part_size: int | None
+    ) -> Sequence[int] | None:
+        """The sizes of the parts ``fetched`` was uploaded in (its ETag says how many): of
+        ``part_size`` but the last where known, else asked (None: the server does not tell)."""
+        count = multipart_parts(fetched.etag)
+        if count is None or self.first_part.refused:
+            return None
+        if part_size is not None:
+            sizes = [part_size] * (count - 1)
+            sizes.append(fetched.size - sum(sizes))
+            return sizes if sizes[-1] > 0 or count == 1 else None
+        return await self.first_part.sizes(fetched.key, count, fetched.size)
+
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """A small object: received in memory, verified, then staged by one file operation
         (open, write, close, rename), on the event loop while the disk is fast (``localio``)."""
         receiver = _MemoryReceiver()
         fetched = await self._download(item, receiver, None)
         fetched.data = b"".join(receiver.chunks)
+        await self._check_opaque(fetched, None, None, fetched.data)
         try:
             fetched.path = await self.local.run(staging.store, item.key, fetched.data)
         except OSError as exc:  # a full disk is already a StagingFullError, not an OSError
@@ -843,7 +957,8 @@ class FirstPartProbe:
             except ClientError as exc:
                 if not refuses_part_number(exc):
                     raise
-                self._refused(exc)
+                if not await self._unreadable(key, exc):
+                    self._refused(error_code(exc))
                 return None
             # without its headers it tells no layout; taken for a refusal, it would leave the
             # download unchecked against the source's ETag
@@ -852,9 +967,11 @@ class FirstPartProbe:
 
         return await self.retry.call(attempt)
 
-    async def sizes(self, key: str, parts: int) -> list[int] | None:
+    async def sizes(self, key: str, parts: int, total: int) -> list[int] | None:
         """The length of each of an object's ``parts`` (a ``HEAD ?partNumber=`` each, a few
-        at a time), or None when the server refuses them."""
+        at a time) of ``total`` bytes in all, or None when the server refuses them, or
+        ignores them: every part answered with the whole object's length (MinIO did until
+        mid-2020), which would fail every copy checked against them."""
         sizes = [0] * parts
 
         async def probe(index: int) -> None:
@@ -867,14 +984,34 @@ class FirstPartProbe:
             await for_each_bounded(range(parts), _LAYOUT_PROBES, probe)
         except _Refused:
             return None
+        if parts > 1 and total > 0 and all(size == total for size in sizes):
+            self._refused("its answers are the whole object's")
+            return None
         return sizes
 
-    def _refused(self, exc: ClientError) -> None:
+    async def _unreadable(self, key: str, refusal: ClientError) -> bool:
+        """Whether ``refusal`` (a 400 without a name: a HEAD's error has no body) is the
+        object's, not the partNumber parameter's: S3 answers any HEAD of an SSE-C object made
+        without its key so. A plain HEAD answered the same tells; the object then fails on its
+        own GET, and the bucket is not taken for one that refuses part-number HEADs (which
+        would leave every later multipart object unchecked against its ETag)."""
+        status = refusal.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status != 400:
+            return False
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400:
+                return True
+            raise
+        return False
+
+    def _refused(self, why: str) -> None:
         self.refused += 1
         if self.refused == 1:  # the server answers every object the same way
             log.warning(
                 "bucket %s refuses HEAD ?partNumber=1 (%s): multipart objects are copied in "
                 "parts of --part-size, so the copies' ETags differ from the source's",
                 self.bucket,
-                error_code(exc),
+                why,
             )
