@@ -105,8 +105,11 @@ async def test_no_split_while_the_consumer_keeps_the_listing_waiting(
     s3_server: S3Server, buckets: Buckets, s3: Any
 ) -> None:
     _seed(s3, buckets.source, _numbered(120))
-    async with _lister(s3_server.endpoint, buckets.source, streams=6, page_keys=10) as lister:
-        got = await _collect(lister, pause=0.05)  # a consumer slower than the listing
+    async with _lister(s3_server.endpoint, buckets.source, streams=6, page_keys=20) as lister:
+        # A consumer much slower than the listing, on a loaded machine too: 0.3 s a page,
+        # where moto answers a page in about 10 ms (at 0.05 s a page, a busy 2-core machine
+        # once made the listing the slower side: it split, 48 probes).
+        got = await _collect(lister, pause=0.3)
     assert sorted(got) == _numbered(120)
     assert lister.ranges_started == 1 and lister.probes_sent == 0
 
