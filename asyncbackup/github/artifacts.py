@@ -250,7 +250,7 @@ class ArtifactCopier:
             await self.git.bundle(mirror, out)
             await self.git.verify(mirror, out, self.staging.temp_path())
         except GitError as exc:
-            if exc.code == "GitEmpty" or "no space left" in exc.message.lower():
+            if exc.code == "GitEmpty":
                 raise
             await asyncio.to_thread(shutil.rmtree, mirror, True)
             raise GitError(

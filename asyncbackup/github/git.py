@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -93,6 +94,13 @@ _TRANSIENT = (
     "transfer closed",
     "too slow",  # stalled: below http.lowSpeedLimit for http.lowSpeedTime
 )
+#: git's words (``LC_ALL=C``) for a local disk that takes no more: the staging disk is full,
+#: which stops the run as it does an S3 backup's (``staging.raise_if_disk_full``)
+_DISK_FULL = {
+    "no space left on device": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "file too large": errno.EFBIG,
+}
 #: The names git quotes in its messages (URLs, paths) and bare URLs. A name holds any digits
 #: or words (port 34512, a repository ``r451``, a directory ``pytest-451``), so the markers
 #: above and the status codes are looked for in the rest of the message only.
@@ -108,6 +116,19 @@ def classify_failure(message: str) -> tuple[str, bool]:
     if "error: 451" in text:
         return "UnavailableForLegalReasons", False
     return "GitFailed", any(marker in text for marker in _TRANSIENT)
+
+
+def local_disk_full(message: str) -> int | None:
+    """The ``errno`` of a full local disk that git's stderr reports, or None. The server's
+    own lines (``remote: ...``: its disk, not ours) and the names git quotes are left out."""
+    for line in message.lower().splitlines():
+        if line.lstrip().startswith("remote:"):
+            continue
+        text = _NAMES.sub("''", line)
+        for words, number in _DISK_FULL.items():
+            if words in text:
+                return number
+    return None
 
 
 def git_origin(api_url: str) -> str:
@@ -196,7 +217,8 @@ class GitRunner:
     async def run(
         self, args: Sequence[str], *, cwd: Path | None = None, label: str | None = None
     ) -> str:
-        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr.
+        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr - an
+        ``OSError`` (``ENOSPC``...) when git says the local disk is full.
         ``label``: what ``commands`` records (default: the subcommand)."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
@@ -225,7 +247,11 @@ class GitRunner:
             stderr = err.decode("utf-8", "replace")
             message = self._scrub(stderr) or f"exit {process.returncode}"
             code, retryable = classify_failure(stderr)  # all of it: the message is cut short
-            raise GitError(code, f"git {args[0]}: {message}", retryable=retryable)
+            failure = GitError(code, f"git {args[0]}: {message}", retryable=retryable)
+            number = local_disk_full(stderr)
+            if number is not None:  # not the repository's fault: the caller stops the run
+                raise OSError(number, os.strerror(number), str(cwd or args[-1])) from failure
+            raise failure
         return out.decode("utf-8", "replace")
 
     async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:
