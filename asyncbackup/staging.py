@@ -27,7 +27,7 @@ import threading
 from hashlib import sha256
 from pathlib import Path
 
-from .errors import ConfigError, StagingFullError
+from .errors import ConfigError, FatalRunError, StagingFullError
 from .filemodes import FILE_MODE, make_folders, refuse_open_parent, refuse_shared_folder
 
 log = logging.getLogger("asyncbackup")
@@ -125,6 +125,27 @@ def raise_if_disk_full(exc: OSError, where: Path) -> None:
         ) from exc
 
 
+def raise_if_unusable(exc: OSError, where: Path) -> None:
+    """Raise the error that stops the run for a staging write no object is to blame for, and
+    that every object after it would meet: a full disk (``StagingFullError``), a file system
+    turned read-only (ext4 does after disk errors), the temporary folder removed."""
+    raise_if_disk_full(exc, where)
+    if exc.errno == errno.EROFS:
+        raise FatalRunError(
+            f"staging directory {where} became read-only during the run ({exc.filename}): "
+            "a file system is remounted so after disk errors (see dmesg); make it writable "
+            "or point --base-local-path elsewhere, then run again to resume"
+        ) from exc
+    if exc.errno == errno.ENOENT and isinstance(exc.filename, str | Path):
+        folder = Path(exc.filename).parent  # every staged file starts in the temporary one
+        if folder.name != _TMP_DIR or folder.is_dir():
+            return
+        raise FatalRunError(
+            f"staging directory {where} was removed during the run ({exc.filename}); "
+            "run again to resume (it is made again)"
+        ) from exc
+
+
 class Staging:
     """The staging tree of one job: ``<base_local_path>/<source_bucket>/...``."""
 
@@ -203,7 +224,7 @@ class Staging:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise_if_disk_full(exc, self.base)
+                raise_if_unusable(exc, self.base)
                 raise
             return self.commit(tmp, key)
         except BaseException:
@@ -220,7 +241,7 @@ class Staging:
                 except (FileExistsError, NotADirectoryError, IsADirectoryError):
                     return self._move_into(tmp, self.conflict_path_for(key))
         except OSError as exc:
-            raise_if_disk_full(exc, self.base)
+            raise_if_unusable(exc, self.base)
             raise
 
     def _move_into(self, tmp: Path, target: Path) -> Path:

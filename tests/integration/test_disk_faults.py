@@ -7,15 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from asyncbackup.checkpoint import read_checkpoint
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeGitHub, FakeRepo, git
+from tests.helpers import cli_args
 from tests.integration.github_org import TOKEN, running_org
-from tests.reliability import one_error_line, remount, tmpfs
+from tests.proxy import S3Proxy
+from tests.reliability import (
+    assert_done_means_copied,
+    assert_identical,
+    one_error_line,
+    put_parallel,
+    read_valid,
+    remount,
+    run_cli,
+    start_cli,
+    tmpfs,
+    wait_for,
+)
 
 MiB = 1024 * 1024
 
@@ -79,3 +95,53 @@ async def test_a_git_clone_that_fills_the_staging_disk_stops_the_run_in_one_line
             assert code == 0, err
     head = s3.head_object(Bucket=buckets.dest, Key="github/acme/big.bundle")
     assert head["ContentLength"] > 3 * MiB
+
+
+def done_so_far(checkpoint: Path) -> int:
+    try:
+        return read_checkpoint(checkpoint).processed_files
+    except Exception:  # not written yet
+        return 0
+
+
+@pytest.mark.parametrize("fault", ["read-only", "removed"])
+def test_staging_made_unusable_mid_run_stops_the_run_in_one_line(
+    fault: str, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The staging file system turns read-only mid-run (as ext4 does after disk errors,
+    ``errors=remount-ro``), or the staging folder is removed: no object can be staged any
+    more. The run stops with one line and exit 3, as a full disk does; before, every object
+    left was downloaded three times and failed (exit 1, a thousand LocalIOErrors that were no
+    object's fault). The checkpoint marks done only what is at the destination, and the same
+    command, once staging is usable again, completes."""
+    objects = {f"r/{i:04d}": bytes([i % 256]) * 100 for i in range(300)}
+    put_parallel(s3, buckets.source, objects)
+    base = tmp_path / "stage"
+    checkpoints = tmp_path / "checkpoints"
+    checkpoint = checkpoints / f"{buckets.source}_r.checkpoint"
+    args = ["r", *cli_args(proxy.endpoint, base, buckets.source, buckets.dest)]
+    args += ["--checkpoint-dir", str(checkpoints), "--quiet", "--concurrency", "2"]
+    with tmpfs(base, "size=4m"):
+        proxy.latency = 0.02  # a run of a few seconds
+        process = start_cli(args)
+        wait_for(lambda: done_so_far(checkpoint) >= 20 or process.poll() is not None)
+        if fault == "read-only":
+            remount(base, "ro")
+        else:
+            for entry in base.iterdir():
+                shutil.rmtree(entry)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 3, err
+        line = one_error_line(err)
+        assert f"staging directory {base}" in line and "run again" in line, line
+        assert ("read-only" in line) if fault == "read-only" else ("removed" in line), line
+        state = read_valid(checkpoint)
+        assert 20 <= state.processed_files < 300
+        assert len(state.errors) <= 2  # at most the objects in flight
+        assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+        if fault == "read-only":
+            remount(base, "rw")
+        proxy.latency = 0.0
+        again = run_cli(args)
+        assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest, "r/") == 300
