@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import time
@@ -60,6 +61,7 @@ from .staging import is_within, staging_root, temp_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 T = TypeVar("T")
+log = logging.getLogger("asyncbackup")
 
 _AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -503,6 +505,17 @@ class CheckpointLock:
             raise
         self._fd = fd
 
+    def retake_if_removed(self) -> bool:
+        """Take the lock again when its file was removed (with the checkpoint's folder) while
+        held: a run started since would take a lock of its own on the same checkpoint.
+        Raises ``CheckpointLockedError`` when one did; True when the lock was taken again."""
+        if self._fd is None or self._still_linked(self._fd):
+            return False
+        fd, self._fd = self._fd, None
+        os.close(fd)
+        self.acquire()
+        return True
+
     def _still_linked(self, fd: int) -> bool:
         try:
             return self.path.stat().st_ino == os.fstat(fd).st_ino
@@ -781,6 +794,7 @@ class CheckpointManager:
         self.flushes += 1
         self.compactions += 1
         try:
+            self._make_again_if_removed()
             self._base = write_atomic_pieces(
                 self.path, state.iter_json(), before_replace=self._journal_superseded
             )
@@ -792,6 +806,20 @@ class CheckpointManager:
                 f"is intact - {remedy(exc)}, then run again to resume"
             ) from exc
         self._compacted_at = time.monotonic()
+
+    def _make_again_if_removed(self) -> None:
+        """The checkpoint's folder removed during the run (a clean-up script, ``rm -rf``):
+        made again, and the lock taken again, for the compaction to write the whole state
+        where it was."""
+        if self.path.parent.is_dir() and not self.journal.removed():
+            return
+        make_folders(self.path.parent)
+        if self.lock.retake_if_removed() or self.journal.removed():
+            log.warning(
+                "checkpoint %s (or its folder) was removed during the run; it is written "
+                "again whole, with this run's progress",
+                self.path,
+            )
 
     def _journal_superseded(self, sha256: str) -> None:
         """Before the new JSON file replaces the old: record in the journal that it did."""
@@ -811,7 +839,13 @@ class CheckpointManager:
             self.journal.adopt(valid)
         self.journal.mark_compacted(sha256)
 
-    def _append(self, backup_id: str, line: bytes) -> None:
+    def _append(self, state: CheckpointState, line: bytes) -> None:
+        if self.journal.removed() or not (self.journal.is_open or self.path.exists()):
+            # the journal, the JSON file it continues or their folder was removed: a line
+            # there would be read by nobody, or continue no file
+            self._compact(state)
+            return
+        backup_id = state.backup_id
         self.flushes += 1
         try:
             if self.journal.is_open:
@@ -849,7 +883,7 @@ class CheckpointManager:
             return
         state.last_update = now_iso()
         line = self._encode(state, changes)
-        await asyncio.wrap_future(self._writer.submit(self._append, state.backup_id, line))
+        await asyncio.wrap_future(self._writer.submit(self._append, state, line))
 
     def _encode(self, state: CheckpointState, changes: Changes) -> bytes:
         return changes.line(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeGitHub, FakeRepo, git
 from tests.helpers import cli_args
@@ -145,3 +146,43 @@ def test_staging_made_unusable_mid_run_stops_the_run_in_one_line(
         again = run_cli(args)
         assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, buckets.dest, "r/") == 300
+
+
+@pytest.mark.parametrize("removed", ["folder", "journal"])
+def test_a_checkpoint_removed_mid_run_is_written_again_whole(
+    removed: str, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The checkpoint folder (a clean-up script, an operator's ``rm -rf``), or the journal
+    alone, is removed while a run holds it. The run has the whole state in memory: it writes
+    the checkpoint whole again, where it was, and completes. Before, the flushes went on into
+    the removed journal (lost to any crash meanwhile), and the end of the run failed (exit 2,
+    "the previous version is intact", there being none): the next run copied it all again."""
+    objects = {f"k/{i:04d}": bytes([i % 256]) * 100 for i in range(200)}
+    put_parallel(s3, buckets.source, objects)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoint = checkpoints / f"{buckets.source}_k.checkpoint"
+    report = tmp_path / "report.json"
+    args = ["k", *cli_args(proxy.endpoint, tmp_path / "stage", buckets.source, buckets.dest)]
+    args += ["--checkpoint-dir", str(checkpoints), "--quiet", "--concurrency", "2"]
+    args += ["--report", str(report)]
+    proxy.latency = 0.02  # a run of a few seconds
+    process = start_cli(args)
+    wait_for(lambda: done_so_far(checkpoint) >= 20 or process.poll() is not None)
+    if removed == "folder":
+        shutil.rmtree(checkpoints)
+    else:
+        wait_for(lambda: journal_path(checkpoint).exists() or process.poll() is not None)
+        journal_path(checkpoint).unlink()
+    # Until the run ends, the checkpoint on disk keeps up with it again: a crash now loses
+    # no more than a crash before the removal would have.
+    # (not the final compaction's count, which also comes before the run ends)
+    wait_for(lambda: 40 <= done_so_far(checkpoint) < 200 or process.poll() is not None)
+    assert process.poll() is None, "the checkpoint was not written again before the end"
+    state = read_valid(checkpoint)
+    assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "removed" in err and str(checkpoint) in err, err  # said once, a warning
+    (archived,) = (checkpoints / "archive").iterdir()
+    assert read_valid(archived).files == dict.fromkeys(objects, True)
+    assert assert_identical(s3, buckets.source, buckets.dest, "k/") == 200
