@@ -89,6 +89,8 @@ def remedy(exc: OSError) -> str:
     """What to do about a checkpoint file that could not be written: by its cause."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "free space on its disk"
+    if exc.errno == errno.EFBIG:
+        return "raise the file size limit (ulimit -f), or use another file system"
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return "raise the open-file limit (ulimit -n) or lower --concurrency"
     if exc.errno == errno.ELOOP:

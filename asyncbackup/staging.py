@@ -118,7 +118,14 @@ def _writer_alive(name: str) -> bool:
 
 
 def raise_if_disk_full(exc: OSError, where: Path) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno == errno.EFBIG:  # no space is missing: freeing some would not help
+        raise StagingFullError(
+            f"a file too large for staging directory {where} ({exc.strerror}: larger than "
+            "the file size limit, ulimit -f, or than its file system takes - FAT32: 4 GiB); "
+            "raise the limit or point --base-local-path at another file system, then run "
+            "again to resume"
+        ) from exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise StagingFullError(
             f"no space left in staging directory {where}; free space or point "
             "--base-local-path at a larger disk, then run again to resume"

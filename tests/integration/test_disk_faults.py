@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from tests.helpers import cli_args
 from tests.integration.github_org import TOKEN, running_org
 from tests.proxy import S3Proxy
 from tests.reliability import (
+    CLI,
     assert_done_means_copied,
     assert_identical,
+    checkpoint_file,
     one_error_line,
     put_parallel,
     read_valid,
@@ -186,3 +190,48 @@ def test_a_checkpoint_removed_mid_run_is_written_again_whole(
     (archived,) = (checkpoints / "archive").iterdir()
     assert read_valid(archived).files == dict.fromkeys(objects, True)
     assert assert_identical(s3, buckets.source, buckets.dest, "k/") == 200
+
+
+def cli_with_file_size_limit(args: list[str], limit: int) -> subprocess.CompletedProcess[str]:
+    """The CLI under ``ulimit -f``: a write past ``limit`` bytes fails with EFBIG (Python
+    ignores SIGXFSZ, which would otherwise kill it)."""
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit_file_size,
+        env=dict(os.environ),
+    )
+
+
+@pytest.mark.parametrize("where", ["staging", "checkpoint"])
+def test_a_file_size_limit_is_not_taken_for_a_full_disk(
+    where: str, s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A file larger than ``ulimit -f`` (or than its file system takes: FAT32's 4 GiB) fails
+    with EFBIG, "File too large". Freeing space does not help, nor do permissions: the line
+    says to raise the limit or to use another file system. Before, a staged file said "no
+    space left ... free space", a checkpoint "make it writable by this user"."""
+    if where == "staging":  # one object larger than the limit
+        objects = {"z/big": os.urandom(300_000)}
+    else:  # small objects, a checkpoint larger than the limit
+        objects = {f"z/{'k' * 60}-{i:04d}": b"0123456789" for i in range(600)}
+    put_parallel(s3, buckets.source, objects)
+    args = ["z", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    args += ["--quiet"]
+    done = cli_with_file_size_limit(args, 16_384 if where == "checkpoint" else 100_000)
+    assert done.returncode in (2, 3), done.stderr
+    line = one_error_line(done.stderr)
+    assert "File too large" in line or "too large" in line, line
+    assert "ulimit -f" in line, line
+    assert "free space" not in line and "writable by this user" not in line, line
+    state = read_valid(checkpoint_file(tmp_path / "w", buckets.source, "z"))
+    assert_done_means_copied(s3, state, buckets.source, buckets.dest)
+    again = run_cli(args)  # without the limit: the same command completes
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest, "z/") == len(objects)
