@@ -7,7 +7,10 @@ dropped connection: a clone never hangs for ever on a dead link.
 
 Where ``setpriv`` can (Linux, util-linux 2.33 on), git runs under ``setpriv --pdeathsig KILL``:
 the kernel kills it when the process of the run dies, even by SIGKILL, so no git outlives a
-killed run and goes on writing into the mirror the next run fetches into.
+killed run and goes on writing into the mirror the next run fetches into. Under a file size
+limit (``ulimit -f``) git runs with SIGXFSZ ignored, so it says "File too large" rather than
+dying unheard (``file_size_limit_prefix``); git's words for a full local disk stop the run
+(``local_disk_full``).
 
 The token is never in a URL, an argument or a file. git asks for credentials through a
 credential helper given on its command line (``-c credential.helper=!...``, after ``-c
@@ -32,6 +35,7 @@ import functools
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -159,6 +163,17 @@ def parent_death_prefix() -> tuple[str, ...]:
     return prefix if probe.returncode == 0 else ()
 
 
+def file_size_limit_prefix() -> tuple[str, ...]:
+    """Under a file size limit (``ulimit -f``), a command that runs git with SIGXFSZ ignored:
+    past the limit it then gets EFBIG and says "File too large" (``local_disk_full``), where
+    the signal's default would kill it with nothing said ("invalid index-pack output").
+    Python ignores SIGXFSZ, but its child processes get the default back (uvloop's, every
+    signal's), so a shell sets it, then runs git in its place. ``()`` without a limit."""
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] == resource.RLIM_INFINITY:
+        return ()
+    return ("/bin/sh", "-c", 'trap "" XFSZ; exec "$@"', "git")
+
+
 class GitError(ObjectError):
     """A git command failed; ``code`` is ``GitNotFound``, ``UnavailableForLegalReasons``,
     ``GitEmpty`` or ``GitFailed``."""
@@ -185,7 +200,7 @@ class GitRunner:
         self.commands: list[str] = []  # the subcommands run, for reports and tests
 
     def __enter__(self) -> GitRunner:
-        self._prefix = parent_death_prefix()
+        self._prefix = (*file_size_limit_prefix(), *parent_death_prefix())
         return self
 
     def __exit__(self, *exc: object) -> None:

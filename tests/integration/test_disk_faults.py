@@ -41,8 +41,16 @@ from tests.reliability import (
 MiB = 1024 * 1024
 
 
-async def github_cli(github: FakeGitHub, *args: str) -> tuple[int, str]:
-    """``asyncbackup github acme ARGS`` as a process of its own: its exit code and stderr."""
+async def github_cli(
+    github: FakeGitHub, *args: str, file_size_limit: int | None = None
+) -> tuple[int, str]:
+    """``asyncbackup github acme ARGS`` as a process of its own: its exit code and stderr;
+    under ``ulimit -f`` when ``file_size_limit`` is given."""
+
+    def limit_file_size() -> None:
+        if file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -57,6 +65,7 @@ async def github_cli(github: FakeGitHub, *args: str) -> tuple[int, str]:
         env={**os.environ, "GITHUB_TOKEN": TOKEN},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=limit_file_size,
     )
     _, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
@@ -98,6 +107,31 @@ async def test_a_git_clone_that_fills_the_staging_disk_stops_the_run_in_one_line
             remount(base, "size=64m")  # space again: the same command completes
             code, err = await github_cli(github, *args)
             assert code == 0, err
+    head = s3.head_object(Bucket=buckets.dest, Key="github/acme/big.bundle")
+    assert head["ContentLength"] > 3 * MiB
+
+
+async def test_a_git_clone_past_the_file_size_limit_says_so(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """Under ``ulimit -f``, a git writing past the limit got SIGXFSZ, which kills a process
+    by default (Python ignores it, and gave it back to git): the clone failed with "fetch-pack:
+    invalid index-pack output", one more GitFailed error for each repository past the limit,
+    exit 1, nothing naming the limit. git now inherits the ignored signal, gets EFBIG, says
+    "File too large", and the run stops in one line naming the limit (exit 3)."""
+    base = tmp_path / "w"
+    async with running_org(tmp_path / "git") as github:
+        add_large_repository(github, tmp_path / "big.work", "big", 3 * MiB)
+        args = ["--dest-bucket", buckets.dest, "--endpoint-url", s3_server.endpoint]
+        args += ["--base-local-path", str(base)]
+        code, err = await github_cli(github, *args, file_size_limit=MiB)
+        assert code == 3, err
+        line = one_error_line(err)
+        assert "too large for staging directory" in line and "ulimit -f" in line, line
+        state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
+        assert "github/acme/big.bundle" not in state.errors
+        code, err = await github_cli(github, *args)  # without the limit
+        assert code == 0, err
     head = s3.head_object(Bucket=buckets.dest, Key="github/acme/big.bundle")
     assert head["ContentLength"] > 3 * MiB
 
