@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from asyncbackup.checkpoint import read_checkpoint
@@ -269,3 +270,30 @@ def test_a_file_size_limit_is_not_taken_for_a_full_disk(
     again = run_cli(args)  # without the limit: the same command completes
     assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, buckets.dest, "z/") == len(objects)
+
+
+def test_a_completion_line_cut_short_by_the_disk_leaves_completions_log_readable(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The disk takes part of the completion's JSON line only (a short write: the room left in
+    the file's last block, or the file size limit, as here), then fails. The run says to run
+    again (exit 2); the next run appends the line again. The part written before must not
+    stay: the next line was glued to it, and ``jq`` (or any JSON-lines reader) stopped at the
+    log's first torn entry, every later completion with it."""
+    put_parallel(s3, buckets.source, {f"c/{i}": b"x" for i in range(3)})
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    log = checkpoints / "completions.log"
+    earlier = b'{"backup_id":"earlier","completed":"2026-01-01T00:00:00+00:00"}\n'
+    log.write_bytes(earlier * 300)  # 19 KB of earlier completions
+    args = ["c", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    args += ["--checkpoint-dir", str(checkpoints), "--quiet"]
+    done = cli_with_file_size_limit(args, log.stat().st_size + 40)  # 40 bytes of the line
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "every file is copied" in line and "run the same command again" in line, line
+    assert log.read_bytes() == earlier * 300  # nothing of the failed line left
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    entries = [orjson.loads(entry) for entry in log.read_bytes().splitlines()]
+    assert len(entries) == 301 and entries[-1]["files"] == 3
