@@ -28,7 +28,13 @@ from hashlib import sha256
 from pathlib import Path
 
 from .errors import ConfigError, FatalRunError, StagingFullError
-from .filemodes import FILE_MODE, make_folders, refuse_open_parent, refuse_shared_folder
+from .filemodes import (
+    FILE_MODE,
+    make_folders,
+    private_opener,
+    refuse_open_parent,
+    refuse_shared_folder,
+)
 
 log = logging.getLogger("asyncbackup")
 
@@ -153,6 +159,25 @@ def raise_if_unusable(exc: OSError, where: Path) -> None:
         ) from exc
 
 
+def _rename(tmp: Path, target: Path) -> None:
+    """``tmp.replace(target)``; across file systems (EXDEV: a disk mounted at the staging
+    folder of a bucket, below the temporary folder's), a copy, private as any staged file,
+    then the removal of ``tmp``."""
+    try:
+        tmp.replace(target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        try:
+            with tmp.open("rb") as source, open(target, "wb", opener=private_opener) as copy:
+                shutil.copyfileobj(source, copy, 1 << 20)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                target.unlink()  # no half copy (a full disk) taking room
+            raise
+        tmp.unlink()
+
+
 class Staging:
     """The staging tree of one job: ``<base_local_path>/<source_bucket>/...``."""
 
@@ -260,14 +285,14 @@ class Staging:
         folder = target.parent
         if folder in self._made:
             try:
-                tmp.replace(target)
+                _rename(tmp, target)
                 return target
             except FileNotFoundError:  # removed behind our back: create it again
                 self._made.discard(folder)
         for attempt in range(1, _MOVE_ATTEMPTS + 1):
             try:
                 make_folders(folder)
-                tmp.replace(target)
+                _rename(tmp, target)
             except FileNotFoundError:
                 if attempt == _MOVE_ATTEMPTS or not tmp.exists():
                     raise

@@ -21,7 +21,7 @@ from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeGitHub, FakeRepo, git
-from tests.helpers import cli_args
+from tests.helpers import assert_same_objects, cli_args
 from tests.integration.github_org import TOKEN, running_org
 from tests.proxy import S3Proxy
 from tests.reliability import (
@@ -297,3 +297,28 @@ def test_a_completion_line_cut_short_by_the_disk_leaves_completions_log_readable
     assert again.returncode == 0, again.stderr
     entries = [orjson.loads(entry) for entry in log.read_bytes().splitlines()]
     assert len(entries) == 301 and entries[-1]["files"] == 3
+
+
+def test_a_bucket_staging_folder_on_a_disk_of_its_own_works(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A disk mounted at ``BASE/<bucket>`` (the bucket's staging on a larger volume): every
+    staged file starts in ``BASE/.tmp``, on the other file system, and a rename across file
+    systems fails (EXDEV). Every object failed, downloaded three times first (exit 1, one
+    LocalIOError "Invalid cross-device link" each). The file is now copied across, private
+    as any staged file, and the run completes."""
+    objects = {f"x/{i:02d}": os.urandom(2000 + i) for i in range(20)}
+    objects["x/big"] = os.urandom(6 * MiB)  # streamed in parts, committed at its end
+    put_parallel(s3, buckets.source, objects)
+    base = tmp_path / "w"
+    args = ["x", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)]
+    args += ["--quiet", "--multipart-threshold", "5MiB", "--part-size", "5MiB"]
+    with tmpfs(base / buckets.source, "size=16m", "mode=0700") as folder:
+        done = run_cli(args)
+        assert done.returncode == 0, done.stderr
+        staged = {p for p in (folder / "x").iterdir()}
+        assert {p.name for p in staged} == {key[2:] for key in objects}
+        assert {p.stat().st_mode & 0o777 for p in staged} == {0o600}
+        assert (folder / "x" / "big").read_bytes() == objects["x/big"]
+        assert not list((base / ".tmp").iterdir())  # nothing left on the other side
+    assert assert_same_objects(s3, buckets.source, buckets.dest, "x/") == len(objects)
