@@ -57,7 +57,7 @@ from .journal import (
     parse_journal,
     read_journal,
 )
-from .staging import is_within, staging_root, temp_root
+from .staging import is_within, out_of_inodes, staging_root, temp_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 T = TypeVar("T")
@@ -87,6 +87,8 @@ _SLICE = 20_000  # entries of a large object serialised at a time
 
 def remedy(exc: OSError) -> str:
     """What to do about a checkpoint file that could not be written: by its cause."""
+    if exc.errno == errno.ENOSPC and exc.filename and out_of_inodes(Path(exc.filename).parent):
+        return "free inodes on its disk (df -i: one per file and folder; df -h may show room)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "free space on its disk"
     if exc.errno == errno.EFBIG:

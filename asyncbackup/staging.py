@@ -123,6 +123,16 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
+def out_of_inodes(where: Path) -> bool:
+    """Whether the file system of ``where`` has no inode left for a new file (ENOSPC with
+    blocks to spare); False when it does not say (some report no inode counts at all)."""
+    try:
+        stats = os.statvfs(where)
+    except OSError:
+        return False
+    return stats.f_files > 0 and stats.f_favail == 0
+
+
 def raise_if_disk_full(exc: OSError, where: Path) -> None:
     if exc.errno == errno.EFBIG:  # no space is missing: freeing some would not help
         raise StagingFullError(
@@ -130,6 +140,13 @@ def raise_if_disk_full(exc: OSError, where: Path) -> None:
             "the file size limit, ulimit -f, or than its file system takes - FAT32: 4 GiB); "
             "raise the limit or point --base-local-path at another file system, then run "
             "again to resume"
+        ) from exc
+    if exc.errno == errno.ENOSPC and out_of_inodes(where):
+        raise StagingFullError(
+            f"no free inodes left in staging directory {where} (one per file and folder; "
+            "df -i shows them, df -h may show room): remove files (staged files of done "
+            "objects can go), use --cleanup, or point --base-local-path at another file "
+            "system, then run again to resume"
         ) from exc
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise StagingFullError(

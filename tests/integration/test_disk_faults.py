@@ -322,3 +322,24 @@ def test_a_bucket_staging_folder_on_a_disk_of_its_own_works(
         assert (folder / "x" / "big").read_bytes() == objects["x/big"]
         assert not list((base / ".tmp").iterdir())  # nothing left on the other side
     assert assert_same_objects(s3, buckets.source, buckets.dest, "x/") == len(objects)
+
+
+def test_a_staging_disk_out_of_inodes_says_inodes(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Every file and folder takes an inode; a file system out of them refuses new files
+    with ENOSPC while ``df -h`` shows it nearly empty. The line said "no space left ... free
+    space or a larger disk": it now says no inodes are left, and where to look (``df -i``)."""
+    put_parallel(s3, buckets.source, {f"i/{n:03d}": b"x" for n in range(60)})
+    base = tmp_path / "w"
+    args = ["i", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)]
+    args += ["--quiet", "--checkpoint-dir", str(tmp_path / "checkpoints")]
+    with tmpfs(base, "size=64m", "nr_inodes=30"):
+        done = run_cli(args)
+        assert done.returncode == 3, done.stderr
+        line = one_error_line(done.stderr)
+        assert "no free inodes left in staging directory" in line and "df -i" in line, line
+        shutil.rmtree(base / buckets.source)
+        again = run_cli([*args, "--cleanup"])  # room again: files removed as they are copied
+        assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest, "i/") == 60
