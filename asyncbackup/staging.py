@@ -158,7 +158,8 @@ def raise_if_disk_full(exc: OSError, where: Path) -> None:
 def raise_if_unusable(exc: OSError, where: Path) -> None:
     """Raise the error that stops the run for a staging write no object is to blame for, and
     that every object after it would meet: a full disk (``StagingFullError``), a file system
-    turned read-only (ext4 does after disk errors), the temporary folder removed."""
+    turned read-only (ext4 does after disk errors), the temporary folder removed or made
+    unwritable (a file of ours refused there: its name has nothing of the object's)."""
     raise_if_disk_full(exc, where)
     if exc.errno == errno.EROFS:
         raise FatalRunError(
@@ -166,13 +167,21 @@ def raise_if_unusable(exc: OSError, where: Path) -> None:
             "a file system is remounted so after disk errors (see dmesg); make it writable "
             "or point --base-local-path elsewhere, then run again to resume"
         ) from exc
-    if exc.errno == errno.ENOENT and isinstance(exc.filename, str | Path):
-        folder = Path(exc.filename).parent  # every staged file starts in the temporary one
-        if folder.name != _TMP_DIR or folder.is_dir():
-            return
+    if not isinstance(exc.filename, str | Path) or exc.filename2 is not None:
+        return  # a rename: the folder of the key's path may be the cause, that object's
+    folder = Path(exc.filename).parent  # every staged file starts in the temporary one
+    if folder.name != _TMP_DIR:
+        return
+    if exc.errno == errno.ENOENT and not folder.is_dir():
         raise FatalRunError(
             f"staging directory {where} was removed during the run ({exc.filename}); "
             "run again to resume (it is made again)"
+        ) from exc
+    if exc.errno in (errno.EACCES, errno.EPERM):  # a name of ours: no object's fault
+        raise FatalRunError(
+            f"cannot create files in staging directory {where} any more ({exc.strerror}: "
+            f"{folder}); make it a directory this user can write (its mode, owner, "
+            "chattr -i), or point --base-local-path elsewhere, then run again to resume"
         ) from exc
 
 

@@ -144,16 +144,17 @@ def done_so_far(checkpoint: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("fault", ["read-only", "removed"])
+@pytest.mark.parametrize("fault", ["read-only", "removed", "not-writable"])
 def test_staging_made_unusable_mid_run_stops_the_run_in_one_line(
     fault: str, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
     """The staging file system turns read-only mid-run (as ext4 does after disk errors,
-    ``errors=remount-ro``), or the staging folder is removed: no object can be staged any
-    more. The run stops with one line and exit 3, as a full disk does; before, every object
-    left was downloaded three times and failed (exit 1, a thousand LocalIOErrors that were no
-    object's fault). The checkpoint marks done only what is at the destination, and the same
-    command, once staging is usable again, completes."""
+    ``errors=remount-ro``), the staging folder is removed, or made unwritable (its mode, or
+    here the immutable flag): no object can be staged any more. The run stops with one line
+    and exit 3, as a full disk does; before, every object left was downloaded three times
+    and failed (exit 1, a thousand LocalIOErrors that were no object's fault). The
+    checkpoint marks done only what is at the destination, and the same command, once
+    staging is usable again, completes."""
     objects = {f"r/{i:04d}": bytes([i % 256]) * 100 for i in range(300)}
     put_parallel(s3, buckets.source, objects)
     base = tmp_path / "stage"
@@ -167,20 +168,25 @@ def test_staging_made_unusable_mid_run_stops_the_run_in_one_line(
         wait_for(lambda: done_so_far(checkpoint) >= 20 or process.poll() is not None)
         if fault == "read-only":
             remount(base, "ro")
-        else:
+        elif fault == "removed":
             for entry in base.iterdir():
                 shutil.rmtree(entry)
+        else:  # root ignores permissions, not the immutable flag: EPERM on every new file
+            subprocess.run(["chattr", "+i", str(base / ".tmp")], check=True)
         _, err = process.communicate(timeout=120)
         assert process.returncode == 3, err
         line = one_error_line(err)
         assert f"staging directory {base}" in line and "run again" in line, line
-        assert ("read-only" in line) if fault == "read-only" else ("removed" in line), line
+        said = {"read-only": "read-only", "removed": "removed", "not-writable": "cannot create"}
+        assert said[fault] in line, line
         state = read_valid(checkpoint)
         assert 20 <= state.processed_files < 300
         assert len(state.errors) <= 2  # at most the objects in flight
         assert_done_means_copied(s3, state, buckets.source, buckets.dest)
         if fault == "read-only":
             remount(base, "rw")
+        elif fault == "not-writable":
+            subprocess.run(["chattr", "-i", str(base / ".tmp")], check=True)
         proxy.latency = 0.0
         again = run_cli(args)
         assert again.returncode == 0, again.stderr
