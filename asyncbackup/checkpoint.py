@@ -812,13 +812,14 @@ class CheckpointManager:
         self._compacted_at = time.monotonic()
 
     def _make_again_if_removed(self) -> None:
-        """The checkpoint's folder removed during the run (a clean-up script, ``rm -rf``):
-        made again, and the lock taken again, for the compaction to write the whole state
-        where it was."""
-        if self.path.parent.is_dir() and not self.journal.removed():
-            return
-        make_folders(self.path.parent)
-        if self.lock.retake_if_removed() or self.journal.removed():
+        """The checkpoint's folder, JSON file or journal removed during the run (a clean-up
+        script, ``rm -rf``): the folder made again, and the lock taken again (its file may
+        be gone too), for the compaction to write the whole state where it was."""
+        removed = self.journal.removed() or (self._base is not None and not self.path.exists())
+        if not self.path.parent.is_dir():
+            make_folders(self.path.parent)
+            removed = True
+        if self.lock.retake_if_removed() or removed:
             log.warning(
                 "checkpoint %s (or its folder) was removed during the run; it is written "
                 "again whole, with this run's progress",
@@ -844,7 +845,7 @@ class CheckpointManager:
         self.journal.mark_compacted(sha256)
 
     def _append(self, state: CheckpointState, line: bytes) -> None:
-        if self.journal.removed() or not (self.journal.is_open or self.path.exists()):
+        if self.journal.removed() or not self.path.exists():
             # the journal, the JSON file it continues or their folder was removed: a line
             # there would be read by nobody, or continue no file
             self._compact(state)

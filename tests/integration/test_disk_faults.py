@@ -193,15 +193,16 @@ def test_staging_made_unusable_mid_run_stops_the_run_in_one_line(
     assert assert_identical(s3, buckets.source, buckets.dest, "r/") == 300
 
 
-@pytest.mark.parametrize("removed", ["folder", "journal"])
+@pytest.mark.parametrize("removed", ["folder", "journal", "file"])
 def test_a_checkpoint_removed_mid_run_is_written_again_whole(
     removed: str, proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
     """The checkpoint folder (a clean-up script, an operator's ``rm -rf``), or the journal
-    alone, is removed while a run holds it. The run has the whole state in memory: it writes
-    the checkpoint whole again, where it was, and completes. Before, the flushes went on into
-    the removed journal (lost to any crash meanwhile), and the end of the run failed (exit 2,
-    "the previous version is intact", there being none): the next run copied it all again."""
+    or the JSON file alone, is removed while a run holds it. The run has the whole state in
+    memory: it writes the checkpoint whole again, where it was, and completes. Before, the
+    flushes went on into the removed journal (lost to any crash meanwhile), and the end of
+    the run failed (exit 2, "the previous version is intact", there being none): the next
+    run copied it all again. A JSON file removed alone went unnoticed until the end."""
     objects = {f"k/{i:04d}": bytes([i % 256]) * 100 for i in range(200)}
     put_parallel(s3, buckets.source, objects)
     checkpoints = tmp_path / "checkpoints"
@@ -215,9 +216,12 @@ def test_a_checkpoint_removed_mid_run_is_written_again_whole(
     wait_for(lambda: done_so_far(checkpoint) >= 20 or process.poll() is not None)
     if removed == "folder":
         shutil.rmtree(checkpoints)
-    else:
+    elif removed == "journal":
         wait_for(lambda: journal_path(checkpoint).exists() or process.poll() is not None)
         journal_path(checkpoint).unlink()
+    else:  # the JSON file the journal continues
+        wait_for(lambda: journal_path(checkpoint).exists() or process.poll() is not None)
+        checkpoint.unlink()
     # Until the run ends, the checkpoint on disk keeps up with it again: a crash now loses
     # no more than a crash before the removal would have.
     # (not the final compaction's count, which also comes before the run ends)
