@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import time
@@ -56,10 +57,11 @@ from .journal import (
     parse_journal,
     read_journal,
 )
-from .staging import is_within, staging_root, temp_root
+from .staging import is_within, out_of_inodes, staging_root, temp_root
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 T = TypeVar("T")
+log = logging.getLogger("asyncbackup")
 
 _AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -85,8 +87,12 @@ _SLICE = 20_000  # entries of a large object serialised at a time
 
 def remedy(exc: OSError) -> str:
     """What to do about a checkpoint file that could not be written: by its cause."""
+    if exc.errno == errno.ENOSPC and exc.filename and out_of_inodes(Path(exc.filename).parent):
+        return "free inodes on its disk (df -i: one per file and folder; df -h may show room)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "free space on its disk"
+    if exc.errno == errno.EFBIG:
+        return "raise the file size limit (ulimit -f), or use another file system"
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return "raise the open-file limit (ulimit -n) or lower --concurrency"
     if exc.errno == errno.ELOOP:
@@ -503,6 +509,17 @@ class CheckpointLock:
             raise
         self._fd = fd
 
+    def retake_if_removed(self) -> bool:
+        """Take the lock again when its file was removed (with the checkpoint's folder) while
+        held: a run started since would take a lock of its own on the same checkpoint.
+        Raises ``CheckpointLockedError`` when one did; True when the lock was taken again."""
+        if self._fd is None or self._still_linked(self._fd):
+            return False
+        fd, self._fd = self._fd, None
+        os.close(fd)
+        self.acquire()
+        return True
+
     def _still_linked(self, fd: int) -> bool:
         try:
             return self.path.stat().st_ino == os.fstat(fd).st_ino
@@ -781,6 +798,7 @@ class CheckpointManager:
         self.flushes += 1
         self.compactions += 1
         try:
+            self._make_again_if_removed()
             self._base = write_atomic_pieces(
                 self.path, state.iter_json(), before_replace=self._journal_superseded
             )
@@ -792,6 +810,21 @@ class CheckpointManager:
                 f"is intact - {remedy(exc)}, then run again to resume"
             ) from exc
         self._compacted_at = time.monotonic()
+
+    def _make_again_if_removed(self) -> None:
+        """The checkpoint's folder, JSON file or journal removed during the run (a clean-up
+        script, ``rm -rf``): the folder made again, and the lock taken again (its file may
+        be gone too), for the compaction to write the whole state where it was."""
+        removed = self.journal.removed() or (self._base is not None and not self.path.exists())
+        if not self.path.parent.is_dir():
+            make_folders(self.path.parent)
+            removed = True
+        if self.lock.retake_if_removed() or removed:
+            log.warning(
+                "checkpoint %s (or its folder) was removed during the run; it is written "
+                "again whole, with this run's progress",
+                self.path,
+            )
 
     def _journal_superseded(self, sha256: str) -> None:
         """Before the new JSON file replaces the old: record in the journal that it did."""
@@ -811,7 +844,13 @@ class CheckpointManager:
             self.journal.adopt(valid)
         self.journal.mark_compacted(sha256)
 
-    def _append(self, backup_id: str, line: bytes) -> None:
+    def _append(self, state: CheckpointState, line: bytes) -> None:
+        if self.journal.removed() or not self.path.exists():
+            # the journal, the JSON file it continues or their folder was removed: a line
+            # there would be read by nobody, or continue no file
+            self._compact(state)
+            return
+        backup_id = state.backup_id
         self.flushes += 1
         try:
             if self.journal.is_open:
@@ -849,7 +888,7 @@ class CheckpointManager:
             return
         state.last_update = now_iso()
         line = self._encode(state, changes)
-        await asyncio.wrap_future(self._writer.submit(self._append, state.backup_id, line))
+        await asyncio.wrap_future(self._writer.submit(self._append, state, line))
 
     def _encode(self, state: CheckpointState, changes: Changes) -> bytes:
         return changes.line(

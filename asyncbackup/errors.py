@@ -13,7 +13,7 @@ Lower layers (botocore, aiohttp, the OS) are translated into it at the edge, wit
     │   ├── CheckpointLockedError    another run holds it
     │   └── CheckpointMismatchError  it belongs to another job
     ├── FatalRunError                the run cannot go on (exit code 3)
-    │   └── StagingFullError         the staging disk is full
+    │   └── StagingFullError         the staging disk is full (or takes no file that large)
     └── ObjectError                  one object failed; recorded in ``errors``
         └── IntegrityError           what arrived differs from what was listed
 
@@ -71,7 +71,7 @@ class FatalRunError(AsyncBackupError):
 
 
 class StagingFullError(FatalRunError):
-    """The staging file system has no space left."""
+    """The staging file system has no space left, or takes no file that large (EFBIG)."""
 
 
 class ObjectError(AsyncBackupError):

@@ -332,6 +332,11 @@ class JournalWriter:
             raise
         self.size += len(data)
 
+    def removed(self) -> bool:
+        """Whether the open journal's file was removed (by hand, with its folder): what is
+        appended to it then is on no path a reader or the next run would look at."""
+        return self._fd is not None and os.fstat(self._fd).st_nlink == 0
+
     def mark_compacted(self, sha256: str) -> None:
         self._write(marker_line(sha256))
 

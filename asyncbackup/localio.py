@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from .filemodes import private_opener
-from .staging import raise_if_disk_full
+from .staging import raise_if_unusable
 
 log = logging.getLogger("asyncbackup")
 
@@ -89,7 +89,7 @@ async def open_for_writing(path: Path) -> AsyncIterator[BinaryIO]:
         try:
             await _close(raw)
         except OSError as exc:
-            raise_if_disk_full(exc, path.parent)
+            raise_if_unusable(exc, path.parent)
             raise
 
 

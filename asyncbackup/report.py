@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,5 +145,22 @@ def append_completion(path: Path, state: CheckpointState, duration: float) -> No
         "bytes": state.processed_bytes,
         "seconds": round(duration, 3),
     }
-    with open(path.parent / "completions.log", "ab", opener=private_opener) as handle:
-        handle.write(orjson.dumps(entry) + b"\n")
+    line = orjson.dumps(entry) + b"\n"
+    fd = private_opener(path.parent / "completions.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        # other jobs' runs append to the same log: none may come between the size taken
+        # here and a truncation back to it
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            # A disk that took part of the line only (the room left in its last block):
+            # never leave it for the next completion's line to be glued to.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)

@@ -27,8 +27,14 @@ import threading
 from hashlib import sha256
 from pathlib import Path
 
-from .errors import ConfigError, StagingFullError
-from .filemodes import FILE_MODE, make_folders, refuse_open_parent, refuse_shared_folder
+from .errors import ConfigError, FatalRunError, StagingFullError
+from .filemodes import (
+    FILE_MODE,
+    make_folders,
+    private_opener,
+    refuse_open_parent,
+    refuse_shared_folder,
+)
 
 log = logging.getLogger("asyncbackup")
 
@@ -117,12 +123,85 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
+def out_of_inodes(where: Path) -> bool:
+    """Whether the file system of ``where`` has no inode left for a new file (ENOSPC with
+    blocks to spare); False when it does not say (some report no inode counts at all)."""
+    try:
+        stats = os.statvfs(where)
+    except OSError:
+        return False
+    return stats.f_files > 0 and stats.f_favail == 0
+
+
 def raise_if_disk_full(exc: OSError, where: Path) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno == errno.EFBIG:  # no space is missing: freeing some would not help
+        raise StagingFullError(
+            f"a file too large for staging directory {where} ({exc.strerror}: larger than "
+            "the file size limit, ulimit -f, or than its file system takes - FAT32: 4 GiB); "
+            "raise the limit or point --base-local-path at another file system, then run "
+            "again to resume"
+        ) from exc
+    if exc.errno == errno.ENOSPC and out_of_inodes(where):
+        raise StagingFullError(
+            f"no free inodes left in staging directory {where} (one per file and folder; "
+            "df -i shows them, df -h may show room): remove files (staged files of done "
+            "objects can go), use --cleanup, or point --base-local-path at another file "
+            "system, then run again to resume"
+        ) from exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise StagingFullError(
             f"no space left in staging directory {where}; free space or point "
             "--base-local-path at a larger disk, then run again to resume"
         ) from exc
+
+
+def raise_if_unusable(exc: OSError, where: Path) -> None:
+    """Raise the error that stops the run for a staging write no object is to blame for, and
+    that every object after it would meet: a full disk (``StagingFullError``), a file system
+    turned read-only (ext4 does after disk errors), the temporary folder removed or made
+    unwritable (a file of ours refused there: its name has nothing of the object's)."""
+    raise_if_disk_full(exc, where)
+    if exc.errno == errno.EROFS:
+        raise FatalRunError(
+            f"staging directory {where} became read-only during the run ({exc.filename}): "
+            "a file system is remounted so after disk errors (see dmesg); make it writable "
+            "or point --base-local-path elsewhere, then run again to resume"
+        ) from exc
+    if not isinstance(exc.filename, str | Path) or exc.filename2 is not None:
+        return  # a rename: the folder of the key's path may be the cause, that object's
+    folder = Path(exc.filename).parent  # every staged file starts in the temporary one
+    if folder.name != _TMP_DIR:
+        return
+    if exc.errno == errno.ENOENT and not folder.is_dir():
+        raise FatalRunError(
+            f"staging directory {where} was removed during the run ({exc.filename}); "
+            "run again to resume (it is made again)"
+        ) from exc
+    if exc.errno in (errno.EACCES, errno.EPERM):  # a name of ours: no object's fault
+        raise FatalRunError(
+            f"cannot create files in staging directory {where} any more ({exc.strerror}: "
+            f"{folder}); make it a directory this user can write (its mode, owner, "
+            "chattr -i), or point --base-local-path elsewhere, then run again to resume"
+        ) from exc
+
+
+def _rename(tmp: Path, target: Path) -> None:
+    """``tmp.replace(target)``; across file systems (EXDEV: a disk mounted at the staging
+    folder of a bucket, below the temporary folder's), a copy, private as any staged file,
+    then the removal of ``tmp``."""
+    try:
+        tmp.replace(target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        try:
+            with tmp.open("rb") as source, open(target, "wb", opener=private_opener) as copy:
+                shutil.copyfileobj(source, copy, 1 << 20)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                target.unlink()  # no half copy (a full disk) taking room
+            raise
+        tmp.unlink()
 
 
 class Staging:
@@ -203,7 +282,7 @@ class Staging:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise_if_disk_full(exc, self.base)
+                raise_if_unusable(exc, self.base)
                 raise
             return self.commit(tmp, key)
         except BaseException:
@@ -220,7 +299,7 @@ class Staging:
                 except (FileExistsError, NotADirectoryError, IsADirectoryError):
                     return self._move_into(tmp, self.conflict_path_for(key))
         except OSError as exc:
-            raise_if_disk_full(exc, self.base)
+            raise_if_unusable(exc, self.base)
             raise
 
     def _move_into(self, tmp: Path, target: Path) -> Path:
@@ -232,14 +311,14 @@ class Staging:
         folder = target.parent
         if folder in self._made:
             try:
-                tmp.replace(target)
+                _rename(tmp, target)
                 return target
             except FileNotFoundError:  # removed behind our back: create it again
                 self._made.discard(folder)
         for attempt in range(1, _MOVE_ATTEMPTS + 1):
             try:
                 make_folders(folder)
-                tmp.replace(target)
+                _rename(tmp, target)
             except FileNotFoundError:
                 if attempt == _MOVE_ATTEMPTS or not tmp.exists():
                     raise

@@ -73,10 +73,10 @@ class TimedManager(CheckpointManager):
         finally:
             self.encode_seconds += time.perf_counter() - started
 
-    def _append(self, backup_id: str, line: bytes) -> None:
+    def _append(self, state: CheckpointState, line: bytes) -> None:
         started = time.perf_counter()
         try:
-            super()._append(backup_id, line)
+            super()._append(state, line)
         finally:
             self.append_seconds += time.perf_counter() - started
 
@@ -244,7 +244,7 @@ def _fill_journal(manager: TimedManager, state: CheckpointState, files: int) -> 
         if size + len(line) > bound:
             break
         if appends < _TIMED_APPENDS:
-            manager._writer.submit(manager._append, state.backup_id, line).result()
+            manager._writer.submit(manager._append, state, line).result()
             size = manager.journal.size
         else:
             bulk += line

@@ -23,7 +23,7 @@ from ..retry import Backoff, RetryLog, RetryPolicy, raise_if_fatal
 from ..s3client import S3Client
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
-from ..staging import Staging, encode_segment, raise_if_disk_full
+from ..staging import Staging, encode_segment, raise_if_unusable
 from .client import GitHubClient, GitHubError
 from .git import GitError, GitRunner, refs_digest
 from .listing import (
@@ -114,7 +114,7 @@ class ArtifactCopier:
                 log.info("skipping %s: %s", item.key, reason)
                 return 0
             except OSError as exc:
-                raise_if_disk_full(exc, self.staging.base)
+                raise_if_unusable(exc, self.staging.base)
                 raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
             except ObjectError as exc:
                 if isinstance(exc, GitHubError) and exc.status == 401:
@@ -257,7 +257,7 @@ class ArtifactCopier:
             await self.git.bundle(mirror, out)
             await self.git.verify(mirror, out, self.staging.temp_path())
         except GitError as exc:
-            if exc.code == "GitEmpty" or "no space left" in exc.message.lower():
+            if exc.code == "GitEmpty":
                 raise
             await asyncio.to_thread(shutil.rmtree, mirror, True)
             raise GitError(

@@ -7,7 +7,10 @@ dropped connection: a clone never hangs for ever on a dead link.
 
 Where ``setpriv`` can (Linux, util-linux 2.33 on), git runs under ``setpriv --pdeathsig KILL``:
 the kernel kills it when the process of the run dies, even by SIGKILL, so no git outlives a
-killed run and goes on writing into the mirror the next run fetches into.
+killed run and goes on writing into the mirror the next run fetches into. Under a file size
+limit (``ulimit -f``) git runs with SIGXFSZ ignored, so it says "File too large" rather than
+dying unheard (``file_size_limit_prefix``); git's words for a full local disk stop the run
+(``local_disk_full``).
 
 The token is never in a URL, an argument or a file. git asks for credentials through a
 credential helper given on its command line (``-c credential.helper=!...``, after ``-c
@@ -29,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -104,6 +109,13 @@ _TRANSIENT = (
     "ssl_error_syscall",
     "empty reply from server",
 )
+#: git's words (``LC_ALL=C``) for a local disk that takes no more: the staging disk is full,
+#: which stops the run as it does an S3 backup's (``staging.raise_if_disk_full``)
+_DISK_FULL = {
+    "no space left on device": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "file too large": errno.EFBIG,
+}
 #: The names git quotes in its messages (URLs, paths) and bare URLs. A name holds any digits
 #: or words (port 34512, a repository ``r451``, a directory ``pytest-451``), so the markers
 #: above and the status codes are looked for in the rest of the message only.
@@ -119,6 +131,19 @@ def classify_failure(message: str) -> tuple[str, bool]:
     if "error: 451" in text:
         return "UnavailableForLegalReasons", False
     return "GitFailed", any(marker in text for marker in _TRANSIENT)
+
+
+def local_disk_full(message: str) -> int | None:
+    """The ``errno`` of a full local disk that git's stderr reports, or None. The server's
+    own lines (``remote: ...``: its disk, not ours) and the names git quotes are left out."""
+    for line in message.lower().splitlines():
+        if line.lstrip().startswith("remote:"):
+            continue
+        text = _NAMES.sub("''", line)
+        for words, number in _DISK_FULL.items():
+            if words in text:
+                return number
+    return None
 
 
 def git_origin(api_url: str) -> str:
@@ -164,6 +189,17 @@ def negative_refspecs(git: str = GIT) -> bool:
     return found is not None and (int(found[1]), int(found[2])) >= (2, 29)
 
 
+def file_size_limit_prefix() -> tuple[str, ...]:
+    """Under a file size limit (``ulimit -f``), a command that runs git with SIGXFSZ ignored:
+    past the limit it then gets EFBIG and says "File too large" (``local_disk_full``), where
+    the signal's default would kill it with nothing said ("invalid index-pack output").
+    Python ignores SIGXFSZ, but its child processes get the default back (uvloop's, every
+    signal's), so a shell sets it, then runs git in its place. ``()`` without a limit."""
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] == resource.RLIM_INFINITY:
+        return ()
+    return ("/bin/sh", "-c", 'trap "" XFSZ; exec "$@"', "git")
+
+
 class GitError(ObjectError):
     """A git command failed; ``code`` is ``GitNotFound``, ``UnavailableForLegalReasons``,
     ``GitEmpty`` or ``GitFailed``."""
@@ -191,7 +227,7 @@ class GitRunner:
         self.commands: list[str] = []  # the subcommands run, for reports and tests
 
     def __enter__(self) -> GitRunner:
-        self._prefix = parent_death_prefix()
+        self._prefix = (*file_size_limit_prefix(), *parent_death_prefix())
         self._negative_refspecs = negative_refspecs(self.git)
         return self
 
@@ -224,7 +260,8 @@ class GitRunner:
     async def run(
         self, args: Sequence[str], *, cwd: Path | None = None, label: str | None = None
     ) -> str:
-        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr.
+        """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr - an
+        ``OSError`` (``ENOSPC``...) when git says the local disk is full.
         ``label``: what ``commands`` records (default: the subcommand)."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
@@ -257,7 +294,11 @@ class GitRunner:
             stderr = err.decode("utf-8", "replace")
             message = self._scrub(stderr) or f"exit {process.returncode}"
             code, retryable = classify_failure(stderr)  # all of it: the message is cut short
-            raise GitError(code, f"git {command}: {message}", retryable=retryable)
+            failure = GitError(code, f"git {command}: {message}", retryable=retryable)
+            number = local_disk_full(stderr)
+            if number is not None:  # not the repository's fault: the caller stops the run
+                raise OSError(number, os.strerror(number), str(cwd or args[-1])) from failure
+            raise failure
         return out.decode("utf-8", "replace")
 
     async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:

@@ -41,7 +41,7 @@ from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, for_each_bounded, primary_error
 from ..retry import RetryPolicy, error_code
 from ..s3client import S3Client
-from ..staging import Staging, raise_if_disk_full
+from ..staging import Staging, raise_if_unusable
 from ..tags import TAGGING, read_tags, tag_count
 
 log = logging.getLogger("asyncbackup")
@@ -410,12 +410,14 @@ class _StreamReceiver(_Receiver):
 @contextlib.asynccontextmanager
 async def _temporary(staging: Staging) -> AsyncIterator[Path]:
     """A temporary file's path in staging, removed if the block fails; a local I/O failure
-    becomes a retryable ``LocalIOError`` (a full disk is already a ``StagingFullError``)."""
+    becomes a retryable ``LocalIOError``, or stops the run when no object could be staged
+    (``raise_if_unusable``: a full disk, a read-only file system, the folder removed)."""
     tmp = staging.temp_path()
     try:
         yield tmp
     except OSError as exc:
         await remove_temporary(tmp)
+        raise_if_unusable(exc, staging.base)
         raise _local_error(exc) from exc
     except BaseException:
         await remove_temporary(tmp)
@@ -872,7 +874,7 @@ class S3Source:
             await receiver.finish()
         except OSError as exc:
             if tmp is not None:
-                raise_if_disk_full(exc, tmp.parent)
+                raise_if_unusable(exc, tmp.parent)
             raise _local_error(exc, retryable=False) from exc
         except ObjectError as exc:
             if exc.code == "PreconditionFailed":

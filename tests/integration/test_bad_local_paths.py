@@ -114,6 +114,7 @@ def test_full_checkpoint_directory_at_completion_says_to_run_again(
         line = one_error_line(done.stderr)
         assert str(checkpoints) in line and "run" in line and "again" in line, line
         assert "unexpected" not in line
+        assert "inodes" in line and "df -i" in line, line  # not "free space": df shows room
         # The complete checkpoint is where the next run finds it, valid, every file done.
         state = read_valid(checkpoints / f"{buckets.source}_c.checkpoint")
         assert state.files == dict.fromkeys(objects, True)

@@ -7,9 +7,11 @@ holds "451", a repository may be named ``r451`` or a directory ``pytest-451``. A
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from asyncbackup.github.git import classify_failure
+from asyncbackup.github.git import classify_failure, local_disk_full
 
 
 @pytest.mark.parametrize(
@@ -102,3 +104,27 @@ def test_a_tls_connection_dropped_is_retryable_like_any_dropped_connection(stder
     """The TLS layer's words for a connection that dropped: the clone is tried again in the
     run, as after "Connection reset" or "early EOF", not left failed until the next run."""
     assert classify_failure(stderr) == ("GitFailed", True)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "number"),
+    [
+        (
+            "fatal: write error: No space left on device\nfatal: fetch-pack: invalid index-pack "
+            "output\n",
+            errno.ENOSPC,
+        ),
+        ("error: unable to create temporary file: Disk quota exceeded\n", errno.EDQUOT),
+        ("fatal: write error: File too large\n", errno.EFBIG),
+        # the server's disk, or a path that holds the words: not ours
+        ("remote: fatal: write error: No space left on device\nfatal: early EOF\n", None),
+        (
+            "fatal: could not create work tree dir '/srv/No space left on device/x.git': "
+            "Permission denied\n",
+            None,
+        ),
+    ],
+)
+def test_a_full_local_disk_is_told_from_gits_words(stderr: str, number: int | None) -> None:
+    """What stops a GitHub backup as a full staging disk (exit 3), not one repository's error."""
+    assert local_disk_full(stderr) == number
