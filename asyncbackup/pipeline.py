@@ -206,7 +206,7 @@ class Pipeline:
         complete listing sets ``processed_bytes``; False when they are estimates (GitHub): it
         is then the bytes copied, carried over from the loaded checkpoint and added to.
 
-        ``forget_unlisted``: a complete listing is the whole source as it is now (S3), so
+        ``forget_unlisted``: a complete listing is the whole source as it is now (S3, GitHub), so
         the files of the checkpoint it did not list (deleted from the source since an earlier
         run) leave the map: the job's counts are of the files the source has."""
         self.manager = manager

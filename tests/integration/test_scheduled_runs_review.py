@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from asyncbackup import run_backup
+from asyncbackup import read_checkpoint, run_backup, run_github_backup
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeRepo
 from tests.helpers import numbered_objects, put_objects
+from tests.integration.github_org import config, running_org
 from tests.integration.test_embedding import _options
 
 
@@ -33,3 +35,26 @@ async def test_a_crashed_run_of_the_same_pid_leaves_no_temporary_file_for_good(
     # "Crash, SIGKILL, power loss ... Run again. ... staging temporaries removed."
     assert not crashed.exists()
     assert in_flight.exists()
+
+
+async def test_a_deleted_repository_leaves_the_checkpoint_of_a_backup_that_keeps_failing(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        # one repository taken down for good: no run of the job completes any more
+        github.add_repo(FakeRepo("dmca", status=451, has_wiki=False))
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base)
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed_with_errors"
+        del github.repos["old"]  # deleted (or renamed) on GitHub before the next night
+        for _ in range(2):
+            night = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+            assert night.status == "completed_with_errors" and night.resumed
+            state = read_checkpoint(night.checkpoint_path)
+            # "Files that are no longer in the source ... leave `files` ... at the end of the
+            # next complete listing: the counts are of what the source has."
+            assert not [key for key in state.files if key.startswith("github/acme/old")]
+            assert len(state.files) == night.total_files
+            assert state.processed_files == len(state.files) - len(night.errors)
