@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from asyncbackup import read_checkpoint, run_backup, run_github_backup
+from asyncbackup import plan_backup, read_checkpoint, run_backup, run_github_backup
+from asyncbackup.checkpoint_tool import mark_keys
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeRepo
@@ -58,3 +59,30 @@ async def test_a_deleted_repository_leaves_the_checkpoint_of_a_backup_that_keeps
             assert not [key for key in state.files if key.startswith("github/acme/old")]
             assert len(state.files) == night.total_files
             assert state.processed_files == len(state.files) - len(night.errors)
+
+
+async def test_a_nightly_skip_existing_run_copies_what_changed_while_one_object_keeps_failing(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    put_objects(s3, buckets.source, {"data/report.csv": b"monday", "data/notes": b"n"})
+    # an object moved to an archive tier: every run fails it, no run completes the job
+    s3.put_object(Bucket=buckets.source, Key="data/cold", Body=b"c", StorageClass="GLACIER")
+    options = _options(s3_server, buckets, tmp_path, skip_existing=True)
+    first = await run_backup(**options)
+    assert first.status == "completed_with_errors" and set(first.errors) == {"data/cold"}
+    # the next night: a file overwritten (same size, other bytes), another grown
+    put_objects(s3, buckets.source, {"data/report.csv": b"friday", "data/notes": b"longer"})
+    plan = await plan_backup(**options)
+    assert (plan.done_files, plan.copy_files) == (0, 3)
+    second = await run_backup(**options)
+    assert second.status == "completed_with_errors" and second.resumed
+    # "a file done and then overwritten in the source before the resume keeps its earlier
+    # copy; the next backup, or `--skip-existing`, which compares sizes and ETags, copies
+    # the new version"
+    assert s3.get_object(Bucket=buckets.dest, Key="data/report.csv")["Body"].read() == b"friday"
+    assert s3.get_object(Bucket=buckets.dest, Key="data/notes")["Body"].read() == b"longer"
+    assert second.copied_files == 2
+    # the operator skips the archived object: it stays skipped, and the job completes
+    mark_keys(second.checkpoint_path, ["data/cold"], done=True)
+    third = await run_backup(**options)
+    assert third.status == "completed" and third.copied_files == 0
