@@ -603,7 +603,7 @@ async def plan_backup(
             for item in page:
                 listed += 1
                 listed_bytes += item.size
-                if files.get(item.key) is True:
+                if files.get(item.key) is True and not item.changed:
                     done += 1
                 elif item.present:
                     unchanged += 1

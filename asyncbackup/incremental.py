@@ -38,7 +38,8 @@ async def mark_unchanged(
     source_relative: Callable[[str], str],
     dest_relative: Callable[[str], str],
 ) -> Listing:
-    """Flag source items whose copy at the destination has the same size and ETag."""
+    """Flag source items whose copy at the destination has the same size and ETag
+    (``present``), or is there with another size or ETag (``changed``)."""
     dest_iter = _items(dest)
     try:
         current = await anext(dest_iter, None)
@@ -57,7 +58,11 @@ async def mark_unchanged(
                         or (clean_etag(current.etag) == clean_etag(item.etag) and bool(item.etag))
                     )
                 )
-                out.append(replace(item, present=True) if same else item)
+                if same:
+                    item = replace(item, present=True)
+                elif current is not None and dest_relative(current.key) == name:
+                    item = replace(item, changed=True)
+                out.append(item)
             yield out
     finally:
         await close_listing(source)

@@ -47,6 +47,9 @@ class WorkItem:
     size: int
     etag: str = ""
     present: bool = False  # already identical at the destination (--skip-existing)
+    #: at the destination with another size or ETag (--skip-existing): a file the checkpoint
+    #: marks done was changed at the source since it was copied, and is copied again
+    changed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +209,7 @@ class Pipeline:
         complete listing sets ``processed_bytes``; False when they are estimates (GitHub): it
         is then the bytes copied, carried over from the loaded checkpoint and added to.
 
-        ``forget_unlisted``: a complete listing is the whole source as it is now (S3), so
+        ``forget_unlisted``: a complete listing is the whole source as it is now (S3, GitHub), so
         the files of the checkpoint it did not list (deleted from the source since an earlier
         run) leave the map: the job's counts are of the files the source has."""
         self.manager = manager
@@ -298,7 +301,7 @@ class Pipeline:
                     break
                 self._events.put_nowait(_Listed(page))
                 for item in page:
-                    if item.present or files.get(item.key) is True:
+                    if item.present or (files.get(item.key) is True and not item.changed):
                         continue
                     if self.stop.is_set():
                         break
@@ -514,6 +517,12 @@ class Pipeline:
                 # (``_forget_unlisted``). The order of a dict is its insertion order.
                 del files[item.key]
                 files[item.key] = done
+            if done is True and item.changed:
+                # Done by an earlier run of this checkpoint, and the source changed since: a
+                # job that keeps ending with errors is resumed night after night, and its
+                # changed files would otherwise keep their first copy for good.
+                files[item.key] = changes.files[item.key] = done = False
+                state.processed_files -= 1
             if done is True:
                 skipped += 1
                 skipped_bytes += item.size

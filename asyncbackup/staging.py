@@ -49,6 +49,10 @@ _CONFLICT_DIR = ".conflicts"
 _RESERVED_FIRST = {_CONFLICT_DIR: "%2E" + _CONFLICT_DIR[1:]}  # ours, under the staging root
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_UTF8 = codecs.lookup(_FS_ENCODING).name == "utf-8"
+#: the ``temp_path`` prefixes (``<pid>-<random>-``) this process has given out: a temporary
+#: file with this process's pid and another prefix is a dead process's that had the same pid
+#: (a job in a container is pid 1 at every run), not one of ours
+_OWN_PREFIXES: set[str] = set()
 
 
 def _encode_char(char: str) -> str:
@@ -111,9 +115,11 @@ def is_within(root: Path, path: Path) -> bool:
 
 def _writer_alive(name: str) -> bool:
     """Whether the process that named a temporary file ``<pid>-...`` (``temp_path``) runs."""
-    pid = name.partition("-")[0]
+    pid, _, rest = name.partition("-")
     if not pid.isdigit():
         return False
+    if int(pid) == os.getpid():  # ours, or a crashed run's that had this pid before
+        return f"{pid}-{rest.partition('-')[0]}-" in _OWN_PREFIXES
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -218,6 +224,7 @@ class Staging:
         self._made: set[Path] = set()  # folders known to exist: no mkdir (and stat) per file
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
+        _OWN_PREFIXES.add(self._tmp_prefix)
         self._unremoved = False  # a staged file could not be removed (logged once)
 
     def prepare(self) -> None:

@@ -219,6 +219,9 @@ async def run_github_backup(
             observer=observer,
             stop=stop,
             exact_sizes=False,  # a listing's sizes are estimates: the bytes copied are counted
+            # a complete listing is every artifact of the job: a repository deleted or renamed
+            # since leaves the map (a pass resumed after errors kept its files pending for good)
+            forget_unlisted=True,
         )
         sink.journal = UploadJournal(pipeline)  # a SIGKILL mid-upload leaks no upload
         # Workers read what the last runs recorded; only the writer task changes the state.
