@@ -350,6 +350,7 @@ async def run_backup(
             state,
             pipeline.result,
             on_complete=config.on_complete,
+            keep_archives=config.keep_archives,
             resumed=resumed,
             duration=time.monotonic() - started,
         )

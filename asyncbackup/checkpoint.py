@@ -48,6 +48,7 @@ from .errors import (
 )
 from .filemodes import FILE_MODE, NOFOLLOW, make_folders, private_opener, trusted_owner
 from .journal import (
+    JOURNAL_SUFFIX,
     Changes,
     JournalContents,
     JournalFormatError,
@@ -465,14 +466,20 @@ def timestamp() -> str:
 
 
 def stamped(folder: Path, prefix: str) -> Path:
-    """``folder/<prefix><timestamp>``, with ``-2``, ``-3``... when that name is taken (two
-    within one second): a file set aside or archived never replaces an earlier one."""
+    """``folder/<prefix><timestamp>``, with ``-2``, ``-3``... after the highest number that
+    second has (several within one second): a file set aside or archived never replaces an
+    earlier one, and sorts after it, even once older ones are removed (``--keep-archives``)."""
     name = f"{prefix}{timestamp()}"
-    path, number = folder / name, 1
-    while path.exists() or journal_path(path).exists():
-        number += 1
-        path = folder / f"{name}-{number}"
-    return path
+    numbers = [0]
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            stem = entry.name.removesuffix(JOURNAL_SUFFIX)
+            if stem == name:
+                numbers.append(1)
+            elif stem.startswith(f"{name}-") and stem[len(name) + 1 :].isdigit():
+                numbers.append(int(stem[len(name) + 1 :]))
+    number = max(numbers) + 1
+    return folder / (name if number == 1 else f"{name}-{number}")
 
 
 class CheckpointLock:

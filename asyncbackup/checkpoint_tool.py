@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -49,6 +50,8 @@ from .errors import (
 from .journal import JOURNAL_SUFFIX, journal_path
 from .printable import printable
 from .uploads import SECTION as UPLOADS
+
+log = logging.getLogger("asyncbackup")
 
 UNKNOWN_CODE = "Unknown"
 #: the notes by which a GitHub run takes an artifact for unchanged since its last copy
@@ -269,6 +272,23 @@ def archived_versions(path: Path) -> list[Path]:
             key=_archive_order,
         )
     return []
+
+
+def prune_archives(path: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest archives of the live checkpoint ``path`` (``keep``
+    at least 1: a GitHub backup reads the newest); the ones removed. One that cannot be is
+    left, and said: the backup itself is done."""
+    removed: list[Path] = []
+    for old in archived_versions(path)[:-keep]:
+        try:
+            old.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("old archived checkpoint %s not removed (%s)", old, exc.strerror)
+            continue
+        removed.append(old)
+    return removed
 
 
 def _archive_order(path: Path) -> tuple[str, int]:

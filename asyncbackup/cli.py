@@ -185,6 +185,17 @@ def _add_max_attempts(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_keep_archives(group: argparse._ArgumentGroup) -> None:
+    """``--keep-archives``, the same in every command."""
+    group.add_argument(
+        "--keep-archives",
+        type=positive_int,
+        metavar="N",
+        help="keep only the N newest archived checkpoints of this job, removing older ones "
+        "at each completion (default: keep every one)",
+    )
+
+
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source_path",
@@ -224,6 +235,7 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         help="what happens to the checkpoint of a backup that completed without errors "
         "(default: archive, under CHECKPOINT_DIR/archive/)",
     )
+    _add_keep_archives(local)
     tuning = parser.add_argument_group("transfer")
     tuning.add_argument(
         "--concurrency",
@@ -462,6 +474,7 @@ def add_github_arguments(parser: argparse.ArgumentParser) -> None:
         help="what happens to the checkpoint of a backup that completed without errors "
         "(default: archive; the next run reads it to skip unchanged repositories)",
     )
+    _add_keep_archives(local)
     tuning = parser.add_argument_group("transfer")
     tuning.add_argument(
         "--concurrency",
@@ -520,8 +533,8 @@ def _shared_settings(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "dest_bucket", "base_local_path", "dest_profile", "endpoint_url", "dest_endpoint_url",
         "region", "cleanup", "checkpoint_dir", "checkpoint_interval", "ignore_checkpoints",
-        "on_complete", "concurrency", "multipart_threshold", "part_size", "checksum",
-        "max_attempts",
+        "on_complete", "keep_archives", "concurrency", "multipart_threshold", "part_size",
+        "checksum", "max_attempts",
     )  # fmt: skip
     settings = {name: getattr(args, name) for name in names}
     settings["include"], settings["exclude"] = tuple(args.include), tuple(args.exclude)

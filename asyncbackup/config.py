@@ -50,6 +50,8 @@ class TransferSettings(Protocol):
     @property
     def on_complete(self) -> str: ...
     @property
+    def keep_archives(self) -> int | None: ...
+    @property
     def checksum(self) -> str: ...
 
 
@@ -106,6 +108,8 @@ def validate_transfer(settings: TransferSettings) -> None:
         raise ConfigError(f"--multipart-threshold must be at least {S3_MIN_PART_SIZE} bytes")
     if settings.on_complete not in ON_COMPLETE_CHOICES:
         raise ConfigError(f"on_complete must be one of {', '.join(ON_COMPLETE_CHOICES)}")
+    if settings.keep_archives is not None:
+        check_positive(keep_archives=settings.keep_archives)
     if settings.checksum not in CHECKSUM_CHOICES:
         raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
 
@@ -130,6 +134,7 @@ class BackupConfig:
     checkpoint_max_age: float = 30.0
     ignore_checkpoints: bool = False
     on_complete: OnComplete = "archive"
+    keep_archives: int | None = None  # the job's newest archives kept; None: every one
     concurrency: int = 16
     multipart_threshold: int = 64 * MiB
     part_size: int = 8 * MiB

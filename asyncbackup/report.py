@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 
 from .checkpoint import CheckpointManager, CheckpointState, now_iso, remedy
+from .checkpoint_tool import prune_archives
 from .config import OnComplete
 from .errors import CheckpointError
 from .filemodes import private_opener
@@ -75,8 +76,10 @@ def conclude(
     on_complete: OnComplete,
     resumed: bool,
     duration: float,
+    keep_archives: int | None = None,
 ) -> BackupReport:
-    """Decide the status; archive or delete the checkpoint of a completed job (blocking)."""
+    """Decide the status; archive or delete the checkpoint of a completed job, and remove
+    all but its ``keep_archives`` newest archives (blocking)."""
     archived: Path | None = None
     status: Status
     if result.stopped or not result.listing_complete:
@@ -99,6 +102,8 @@ def conclude(
                 "nothing again)"
             ) from exc
         log_completion(manager.path, state, duration)
+        if archived is not None and keep_archives is not None:
+            prune_archives(manager.path, keep_archives)
     return BackupReport(
         status=status,
         processed_files=state.processed_files,

@@ -457,6 +457,7 @@ def _conclude(
         state,
         result,
         on_complete=config.on_complete,
+        keep_archives=config.keep_archives,
         resumed=resumed,
         duration=time.monotonic() - started,
     )

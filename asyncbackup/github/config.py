@@ -56,6 +56,7 @@ class GitHubBackupConfig:
     checkpoint_max_age: float = 30.0
     ignore_checkpoints: bool = False
     on_complete: OnComplete = "archive"
+    keep_archives: int | None = None  # the job's newest archives kept; None: every one
     concurrency: int = 8
     api_concurrency: int = 4
     git_concurrency: int = 2
