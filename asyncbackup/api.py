@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from .checkpoint import (
     recorded_patterns,
 )
 from .config import BackupConfig
+from .encryption import stored_unencrypted
 from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
@@ -226,9 +227,11 @@ _LISTING_ADVICE = "check the credentials' access to it, the endpoint and the net
 
 
 def _listing(
-    config: BackupConfig, source: S3Source, dest_client: S3Client
+    config: BackupConfig, source: S3Source, dest_client: S3Client, errors: Mapping[str, str]
 ) -> AsyncIterator[Sequence[WorkItem]]:
-    """What to copy: the source listing, filtered, and marked against the destination."""
+    """What to copy: the source listing, filtered, and marked against the destination (but
+    for the objects the checkpoint's ``errors`` say it stored without ``--sse``: there with
+    the source's size and ETag, they are copied again)."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
     listing = listing_or_stop(
@@ -252,6 +255,7 @@ def _listing(
             dest_listing,
             lambda key: key[src_strip:],
             lambda key: key[dst_strip:],
+            stored_unencrypted(errors),
         )
     return listing
 
@@ -339,7 +343,9 @@ async def run_backup(
         )
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
-        await pipeline.run(_listing(config, source, dest_client), unless_deleted(process, source))
+        await pipeline.run(
+            _listing(config, source, dest_client, state.errors), unless_deleted(process, source)
+        )
         if pipeline.result.listing_complete and pipeline.result.listed_files == 0:
             _warn_nothing_listed(config)
         stopped = pipeline.result.stopped
@@ -584,6 +590,7 @@ async def plan_backup(
         checkpoint_dir=config.checkpoint_dir,
     )
     files: dict[str, bool] = {}
+    errors: dict[str, str] = {}
     exists = path.exists() and not config.ignore_checkpoints
     recorded: dict[str, Any] | None = None
     if exists:
@@ -592,7 +599,7 @@ async def plan_backup(
         # What the run would refuse: the checkpoint of another job that maps to this name.
         check_identity(path, state, config.source_bucket, config.source_path, config.dest_bucket)
         _check_filters(state, config, path)
-        files = state.files
+        files, errors = state.files, state.errors
     listed = listed_bytes = done = unchanged = copy = copy_bytes = 0
     first: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
@@ -600,7 +607,7 @@ async def plan_backup(
         if recorded is not None:
             check_dest_endpoint(path, recorded, client_endpoint(dest_client))
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
-        async for page in _listing(config, source, dest_client):
+        async for page in _listing(config, source, dest_client, errors):
             for item in page:
                 listed += 1
                 listed_bytes += item.size

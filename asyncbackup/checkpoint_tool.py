@@ -291,10 +291,13 @@ def prune_archives(path: Path, keep: int) -> list[Path]:
     return removed
 
 
-def _archive_order(path: Path) -> tuple[str, int]:
-    """``NAME.<time>`` then ``NAME.<time>-2``... ``-10`` (``stamped``): by time, then number."""
-    stamp, dash, number = path.name.rpartition(".")[2].partition("-")
-    return stamp, int(number) if dash and number.isdigit() else 1
+def _archive_order(path: Path) -> tuple[str, int, str]:
+    """``NAME.<time>`` then ``NAME.<time>-2``... ``-10`` (``stamped``): by time, then number.
+    The time is what follows ``.checkpoint.`` (as ``_kind`` reads it), not the last dot: a
+    copy a user made, ``NAME.<time>.bak``, is of its time, not after every time."""
+    tail = path.name.rsplit(CHECKPOINT_SUFFIX + ".", 1)[-1]
+    stamp, dash, number = tail.partition("-")
+    return stamp, int(number) if dash and number.isdigit() else 1, path.name
 
 
 def live_path(path: Path) -> Path | None:

@@ -12,6 +12,15 @@ from typing import Any
 
 from .errors import ObjectError
 
+#: the code of ``EncryptionNotApplied``, as a checkpoint's error records it ("CODE: message")
+NOT_APPLIED = "EncryptionNotApplied"
+
+
+def stored_unencrypted(errors: Mapping[str, str]) -> frozenset[str]:
+    """The keys of ``errors`` (a checkpoint's) whose copy the destination stored without the
+    encryption asked for: it is there with the source's size and ETag, yet no copy."""
+    return frozenset(key for key, error in errors.items() if error.startswith(f"{NOT_APPLIED}:"))
+
 
 class EncryptionNotApplied(ObjectError):
     """The destination's answer names another encryption than ``--sse`` asked for (or none)."""
@@ -19,7 +28,7 @@ class EncryptionNotApplied(ObjectError):
     def __init__(self, what: str, wanted: str, applied: str | None) -> None:
         stored = f"with {applied}" if applied else "unencrypted (its answer names no encryption)"
         super().__init__(
-            "EncryptionNotApplied",
+            NOT_APPLIED,
             f"the destination stored {what} {stored}, not with --sse {wanted}: it does not "
             "apply the encryption asked for",
         )

@@ -11,7 +11,7 @@ empty object, so two empty objects count as the same whatever their ETags.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import replace
 
 from .filters import KeyFilter
@@ -37,9 +37,11 @@ async def mark_unchanged(
     dest: Listing,
     source_relative: Callable[[str], str],
     dest_relative: Callable[[str], str],
+    not_copies: Collection[str] = (),
 ) -> Listing:
     """Flag source items whose copy at the destination has the same size and ETag
-    (``present``), or is there with another size or ETag (``changed``)."""
+    (``present``), or is there with another size or ETag (``changed``); never present: those
+    of ``not_copies`` (keys whose object there is known to be no good copy)."""
     dest_iter = _items(dest)
     try:
         current = await anext(dest_iter, None)
@@ -51,6 +53,7 @@ async def mark_unchanged(
                     current = await anext(dest_iter, None)
                 same = (
                     current is not None
+                    and item.key not in not_copies
                     and dest_relative(current.key) == name
                     and current.size == item.size
                     and (

@@ -70,3 +70,26 @@ def test_an_object_stored_without_the_encryption_asked_for_is_an_error_not_done(
     again = run_cli([*args, *mode, "--sse", "AES256", "--quiet"])
     assert again.returncode == 0, again.stderr
     assert assert_same_objects(s3, buckets.source, buckets.dest) == 3  # parts: other ETags
+
+
+def test_skip_existing_copies_again_what_was_stored_without_the_encryption(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The copy answered without the encryption stays at the destination with the source's
+    size and ETag (an AES256 ETag is the MD5 too): --skip-existing took it for an identical
+    copy and marked it done, without copying it again, exit 0 - the object the user asked to
+    be encrypted stayed as the server stored it."""
+    put_parallel(s3, buckets.source, {"p/a": b"a" * 10, "p/b": b"b" * 10, "p/c": b"c" * 10})
+    proxy.add_rule(Rule("sse_ignored", method="PUT", path=f"^/{buckets.dest}/p/b$"))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--sse", "AES256", "--skip-existing", "--quiet"]
+    done = run_cli(args)
+    assert done.returncode == 1, done.stderr
+    state = read_valid(checkpoint_file(tmp_path, buckets.source, "p"))
+    assert state.files == {"p/a": True, "p/b": False, "p/c": True}
+    proxy.clear_faults()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    puts = proxy.seen(method="PUT", path=f"^/{buckets.dest}/p/")
+    assert sorted(r.path.rpartition("/")[2] for r in puts) == ["a", "b", "b", "c"]
+    assert not checkpoint_file(tmp_path, buckets.source, "p").exists()  # complete: archived

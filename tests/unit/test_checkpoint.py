@@ -419,3 +419,35 @@ def test_the_newest_archive_is_found_among_more_than_ten_in_one_second(tmp_path:
     archives = archived_versions(path)
     runs = [read_checkpoint(a).extra["run"]["number"] for a in archives]
     assert runs == list(range(12))
+
+
+def test_a_copy_of_an_old_archive_with_a_suffix_is_not_taken_for_the_newest(
+    tmp_path: Path,
+) -> None:
+    """``NAME.checkpoint.<time>.bak`` (a copy a user kept of an older archive) was ordered by
+    what follows its last dot, ``bak``, after every time: ``checkpoint show`` named it the
+    last archive and a GitHub backup carried its old versions forward, not the newest's."""
+    import shutil
+
+    from asyncbackup.checkpoint_tool import archived_versions
+
+    path = tmp_path / "job.checkpoint"
+    for run, stamp in enumerate(("20260101T000000Z", "20260102T000000Z")):
+        manager = CheckpointManager(path)
+        manager.open()
+        state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+        state.extra["run"] = {"number": run}
+        manager.flush(state)
+        archived = manager.finish("archive")
+        manager.close()
+        assert archived is not None
+        archived.rename(archived.with_name(f"{path.name}.{stamp}"))
+    old = path.parent / "archive" / f"{path.name}.20260101T000000Z"
+    shutil.copy(old, old.with_name(f"{old.name}.bak"))
+    archives = archived_versions(path)
+    assert [a.name.removeprefix(f"{path.name}.") for a in archives] == [
+        "20260101T000000Z",
+        "20260101T000000Z.bak",
+        "20260102T000000Z",
+    ]
+    assert read_checkpoint(archives[-1]).extra["run"] == {"number": 1}
