@@ -7,7 +7,7 @@ without it, or names another. Such a copy is no backup the user asked for: not d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .errors import ObjectError
@@ -46,3 +46,21 @@ def check_applied(asked: Mapping[str, Any], answer: Mapping[str, Any], what: str
     applied = answer.get("ServerSideEncryption")
     if applied != wanted:
         raise EncryptionNotApplied(what, wanted, applied)
+
+
+async def confirm_applied(
+    asked: Mapping[str, Any],
+    answer: Mapping[str, Any],
+    what: str,
+    head: Callable[[], Awaitable[Mapping[str, Any]]],
+) -> None:
+    """``check_applied`` of a copy's answer; one that names no encryption at all is not
+    taken for none, but checked against the object's HEAD (``head``): some servers apply the
+    encryption and leave its header off a copy's or a multipart completion's answer
+    (s3s-project/s3s#325, floci-io/floci#2145). A HEAD is sent only then."""
+    try:
+        check_applied(asked, answer, what)
+    except EncryptionNotApplied as exc:
+        if exc.applied is not None:
+            raise
+        check_applied(asked, await head(), what)

@@ -20,7 +20,7 @@ from botocore.compat import HAS_CRT
 from ..bandwidth import TokenBucket
 from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
 from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
-from ..encryption import check_applied
+from ..encryption import confirm_applied
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..partfeed import ByteBudget, PartFeed
@@ -188,7 +188,7 @@ class S3Sink:
         response = await self.retry.call(attempt)
         if response is None:  # handed back to botocore: the in-memory PUT
             return False
-        self._check_put(response, fetched.md5.hex(), key)
+        await self._check_put(response, fetched.md5.hex(), key)
         return True
 
     async def _metered(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -210,7 +210,7 @@ class S3Sink:
             await self.bandwidth.consume(len(body))
         put_object = self.fast.put_object if self.fast is not None else self.client.put_object
         response = await self.retry.call(lambda: put_object(**params))
-        self._check_put(response, fetched.md5.hex(), key)
+        await self._check_put(response, fetched.md5.hex(), key)
 
     def can_stream(self) -> bool:
         """Whether ``put_stream`` may work: the fast path is on for the bucket, the checksum
@@ -249,7 +249,7 @@ class S3Sink:
             return False
         if response is None:
             return False
-        self._check_put(response, fetched.md5.hex(), key)
+        await self._check_put(response, fetched.md5.hex(), key)
         return True
 
     async def put_parts(
@@ -265,10 +265,20 @@ class S3Sink:
         big_enough = part_size >= S3_MIN_PART_SIZE or part_size >= size
         return big_enough and -(-size // part_size) <= S3_MAX_PARTS
 
-    def _check_put(self, response: dict[str, Any], expected: str, key: str) -> None:
+    async def _check_put(self, response: dict[str, Any], expected: str, key: str) -> None:
         """The answer to a whole object's PUT: its ETag, and the encryption asked for."""
         self._check_etag(response, expected, key)
-        check_applied(self.extra_params, response, key)
+        await self._check_encryption(response, key)
+
+    async def _check_encryption(self, response: dict[str, Any], key: str) -> None:
+        """The encryption ``--sse`` asked for, as the answer (or else the copy's HEAD) says."""
+
+        async def head() -> dict[str, Any]:
+            return await self.retry.call(
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+            )
+
+        await confirm_applied(self.extra_params, response, key, head)
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = answered_etag(response.get("ETag"), f"the upload of {key}")
@@ -344,7 +354,7 @@ class S3Sink:
                     MultipartUpload={"Parts": parts},
                 )
             )
-            check_applied(self.extra_params, response, key)
+            await self._check_encryption(response, key)
             expected = multipart_etag(md5s)
             etag = clean_etag(
                 answered_etag(response.get("ETag"), f"CompleteMultipartUpload of {key}")

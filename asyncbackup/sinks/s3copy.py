@@ -26,7 +26,7 @@ from typing import Any
 
 from ..checksums import multipart_etag
 from ..config import S3_MAX_PART_SIZE
-from ..encryption import check_applied
+from ..encryption import confirm_applied
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..pipeline import WorkItem, primary_error
@@ -104,7 +104,7 @@ class ServerSideCopier:
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
         etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
-        check_applied(self.extra_params, response, params["Key"])
+        await self._check_encryption(response, params["Key"])
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
         # is no MD5 (the listing does not say so), which only the source's HEAD tells.
@@ -165,6 +165,16 @@ class ServerSideCopier:
         etag, encrypted = await self._copy_in(item, create, true_sizes)
         if not encrypted and etag != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+
+    async def _check_encryption(self, response: dict[str, Any], key: str) -> None:
+        """The encryption ``--sse`` asked for, as the answer (or else the copy's HEAD) says."""
+
+        async def head() -> dict[str, Any]:
+            return await self.retry.call(
+                functools.partial(self.client.head_object, Bucket=self.dest_bucket, Key=key)
+            )
+
+        await confirm_applied(self.extra_params, response, key, head)
 
     async def _source_unchanged(self, item: WorkItem) -> None:
         """Raise PreconditionFailed unless the source still has the listed ETag: then every
@@ -267,7 +277,7 @@ class ServerSideCopier:
             )
             # in the block: an answer without the ETag aborts the upload
             etag = clean_etag(answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
-            check_applied(self.extra_params, response, key)
+            await self._check_encryption(response, key)
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
 
 

@@ -54,12 +54,13 @@ def test_an_object_stored_without_the_encryption_asked_for_is_an_error_not_done(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: list[str]
 ) -> None:
     """The start-up check passes (the server applied it then); one object's answer says
-    it was stored without: that object is an error, never marked done."""
+    it was stored without, and so does its HEAD: that object is an error, never marked done."""
     big = b"y" * (6 << 20)
     put_parallel(s3, buckets.source, {"p/a": b"a" * 10, "p/b": big, "p/c": b"c" * 10})
     # the upload's last answer: a PUT or a copy of p/b, or the completion of its upload
     last = "POST" if "--part-size" in mode else "PUT"
     proxy.add_rule(Rule("sse_ignored", method=last, path=f"^/{buckets.dest}/p/b$"))
+    proxy.add_rule(Rule("sse_ignored", method="HEAD", path=f"^/{buckets.dest}/p/b$"))
     args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
     done = run_cli([*args, *mode, "--sse", "AES256", "--quiet"])
     assert done.returncode == 1, done.stderr
@@ -72,6 +73,34 @@ def test_an_object_stored_without_the_encryption_asked_for_is_an_error_not_done(
     assert assert_same_objects(s3, buckets.source, buckets.dest) == 3  # parts: other ETags
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param([], id="staged"),
+        pytest.param(["--direct"], id="direct"),
+        pytest.param(["--multipart-threshold", "5MiB", "--part-size", "5MiB"], id="multipart"),
+    ],
+)
+def test_an_answer_without_the_header_is_checked_by_the_objects_head(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: list[str]
+) -> None:
+    """Some servers apply the encryption but leave its header off a copy's or a multipart
+    completion's answer (s3s-project/s3s#325, a CopyObject in floci-io/floci#2145): an answer
+    that names no encryption is not taken for none. The object's HEAD tells; it shows the
+    encryption, and the object is done."""
+    big = b"y" * (6 << 20)
+    put_parallel(s3, buckets.source, {"p/a": b"a" * 10, "p/b": big})
+    last = "POST" if "--part-size" in mode else "PUT"
+    completion = "uploadId=" if last == "POST" else None  # not the start-up check's upload
+    proxy.add_rule(Rule("sse_ignored", method=last, path=f"^/{buckets.dest}/p/", query=completion))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, *mode, "--sse", "AES256", "--quiet"])
+    assert done.returncode == 0, done.stderr
+    heads = proxy.seen(method="HEAD", path=f"^/{buckets.dest}/p/b$")
+    assert heads and heads[-1].status == 200
+    assert s3.head_object(Bucket=buckets.dest, Key="p/b")["ServerSideEncryption"] == "AES256"
+
+
 def test_skip_existing_copies_again_what_was_stored_without_the_encryption(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
@@ -81,6 +110,7 @@ def test_skip_existing_copies_again_what_was_stored_without_the_encryption(
     be encrypted stayed as the server stored it."""
     put_parallel(s3, buckets.source, {"p/a": b"a" * 10, "p/b": b"b" * 10, "p/c": b"c" * 10})
     proxy.add_rule(Rule("sse_ignored", method="PUT", path=f"^/{buckets.dest}/p/b$"))
+    proxy.add_rule(Rule("sse_ignored", method="HEAD", path=f"^/{buckets.dest}/p/b$"))
     args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
     args += ["--sse", "AES256", "--skip-existing", "--quiet"]
     done = run_cli(args)
