@@ -690,8 +690,7 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
             write_atomic(args.report, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
         except OSError as exc:
             raise ConfigError(
-                f"cannot write --report {args.report}: {exc.strerror}; give a file this user "
-                "can write"
+                f"cannot write --report {args.report}: {exc.strerror}; {remedy(exc)}"
             ) from exc
     lines = [
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "

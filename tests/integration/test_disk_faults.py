@@ -6,6 +6,7 @@ in CI) or a real resource limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -353,3 +354,22 @@ def test_a_staging_disk_out_of_inodes_says_inodes(
         again = run_cli([*args, "--cleanup"])  # room again: files removed as they are copied
         assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, buckets.dest, "i/") == 60
+
+
+def test_a_dry_run_report_on_a_full_disk_says_to_free_space(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A dry run's ``--report`` on a full disk said "give a file this user can write", as if
+    the file were not writable; the real run's report already said what the disk needs."""
+    put_parallel(s3, buckets.source, {f"k/{i:03d}": b"x" * 10 for i in range(300)})
+    full = tmp_path / "full"
+    args = ["k", *cli_args(s3_server.endpoint, tmp_path / "stage", buckets.source, buckets.dest)]
+    with tmpfs(full, "size=64k"):
+        with contextlib.suppress(OSError), (full / "filler").open("wb") as filler:
+            while True:  # the disk full to its last block
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        done = run_cli([*args, "--dry-run", "--report", str(full / "report.json")])
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done.stderr)
+        assert "free space" in line and "this user can write" not in line, line
