@@ -37,6 +37,9 @@ _STALE_SHOWN = 3  # stale errors named in the line that drops them
 # backlog piled up during a slow flush is applied in batches of a few milliseconds each,
 # with the listing and the workers running between them.
 _DRAIN_BATCH = 2048
+# While a backlog is queued, a flush waits for its last batch, but for no more than this
+# many events: a writer that never catches up (items that cost nothing) still flushes.
+_FLUSH_DEFERRED_MAX = 8 * _DRAIN_BATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +348,8 @@ class Pipeline:
             if self._drain_events(_DRAIN_BATCH):
                 return
             overdue = self._since_flush and time.monotonic() - self._last_flush >= self.max_age
-            if not self._events.empty() and not overdue:
+            deferrable = self._since_flush < _FLUSH_DEFERRED_MAX and not overdue
+            if not self._events.empty() and deferrable:
                 # A backlog: the loop's other tasks run before the next batch, and the flush
                 # waits for the batches after it (one flush, as if applied in one go).
                 await asyncio.sleep(0)

@@ -72,3 +72,36 @@ async def test_the_writer_applies_a_backlog_in_batches_between_other_tasks(
     assert pipeline.result.done_files == len(items) and not pipeline.result.failed
     steps = [b - a for a, b in itertools.pairwise(seen)]
     assert max(steps) <= 5_000, f"the writer applied {max(steps)} events in one turn"
+
+
+class _Flushes(NullObserver):
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def on_flush(self, processed: int) -> None:
+        self.batches.append(processed)
+
+
+async def test_a_writer_that_never_catches_up_still_flushes_every_few_batches(
+    tmp_path: Path,
+) -> None:
+    """Workers that complete faster than the writer applies (items that cost nothing) keep a
+    backlog queued for good: the flush waited for an empty queue (or 30 s), and a 1M-object
+    benchmark run wrote its checkpoint twice, at its start and its end, at interval 1."""
+    manager = CheckpointManager(tmp_path / "job.checkpoint")
+    manager.open()
+    state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+    observer = _Flushes()
+
+    async def process(item: WorkItem) -> int:
+        await asyncio.sleep(0)
+        return item.size
+
+    items = [WorkItem(f"p/{i:06d}", 1) for i in range(200_000)]
+    pipeline = Pipeline(manager=manager, state=state, concurrency=64, interval=1, observer=observer)
+    try:
+        await pipeline.run(_pages(items), process)
+    finally:
+        manager.close()
+    assert pipeline.result.done_files == len(items)
+    assert max(observer.batches) <= 20_000, observer.batches[:20]
