@@ -351,7 +351,7 @@ class Pipeline:
             deferrable = self._since_flush < _FLUSH_DEFERRED_MAX and not overdue
             if not self._events.empty() and deferrable:
                 # A backlog: the loop's other tasks run before the next batch, and the flush
-                # waits for the batches after it (one flush, as if applied in one go).
+                # waits for the batches after it (one flush for them, up to a cap).
                 await asyncio.sleep(0)
                 continue
             if overdue or self._since_flush >= self.interval or self._flush_waiters:
