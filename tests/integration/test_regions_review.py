@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import run_backup
 from asyncbackup.fasts3.client import USER_AGENT
 from tests.conftest import Buckets
-from tests.helpers import assert_same_objects
+from tests.helpers import assert_same_objects, backup_data
 from tests.proxy import Recorded, S3Proxy
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/s3/")
@@ -45,12 +44,10 @@ async def test_a_bucket_in_another_region_keeps_the_fast_path_signed_for_its_reg
     for i in range(6):
         s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(300 + i))
     with caplog.at_level(logging.INFO, logger="asyncbackup"):
-        report = await run_backup(
-            source_bucket=buckets.source,
-            source_path="data",
-            dest_bucket=buckets.dest,
-            base_local_path=tmp_path,
-            endpoint_url=proxy.endpoint,
+        report = await backup_data(
+            buckets,
+            tmp_path,
+            proxy.endpoint,
             region="us-east-1",
             concurrency=2,
         )
@@ -80,12 +77,10 @@ async def test_a_bucket_across_an_opt_in_region_is_copied_on_both_paths(
     proxy.wrong_region = "opt_in"
     for i in range(4):
         s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(200 + i))
-    report = await run_backup(
-        source_bucket=buckets.source,
-        source_path="data",
-        dest_bucket=buckets.dest,
-        base_local_path=tmp_path,
-        endpoint_url=proxy.endpoint,
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
         region="us-east-1",
         fast_path=fast_path,
     )
@@ -105,12 +100,10 @@ async def test_a_bucket_handed_to_botocore_stays_there_with_one_warning(
     for i in range(6):
         s3.put_object(Bucket=buckets.source, Key=f"data/o{i}", Body=os.urandom(200 + i))
     with caplog.at_level(logging.WARNING, logger="asyncbackup"):
-        report = await run_backup(
-            source_bucket=buckets.source,
-            source_path="data",
-            dest_bucket=buckets.dest,
-            base_local_path=tmp_path,
-            endpoint_url=proxy.endpoint,
+        report = await backup_data(
+            buckets,
+            tmp_path,
+            proxy.endpoint,
             region="us-east-1",
             concurrency=3,
         )
@@ -134,12 +127,10 @@ async def test_a_write_only_destination_in_another_region_keeps_its_fast_path(
     for key, body in objects.items():
         s3.put_object(Bucket=buckets.source, Key=key, Body=body)
     with caplog.at_level(logging.INFO, logger="asyncbackup"):
-        report = await run_backup(
-            source_bucket=buckets.source,
-            source_path="data",
-            dest_bucket=buckets.dest,
-            base_local_path=tmp_path,
-            endpoint_url=proxy.endpoint,
+        report = await backup_data(
+            buckets,
+            tmp_path,
+            proxy.endpoint,
             region="us-east-1",
             dest_write_only=True,
             concurrency=1,
