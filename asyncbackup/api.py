@@ -392,6 +392,7 @@ async def _direct_copier(
         part_concurrency=config.part_concurrency,
         extra_params=_dest_params(config),
         copy_tags=config.copy_tags,
+        readable=not config.dest_write_only,
     )
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
@@ -433,6 +434,7 @@ async def _staged_copier(
         part_budget=ByteBudget(_PART_BUFFER_BYTES),
         extra_params=_dest_params(config),
         bandwidth=upload_limit,
+        readable=not config.dest_write_only,
     )
     sink.journal = journal
     if config.fast_path:

@@ -52,15 +52,17 @@ async def confirm_applied(
     asked: Mapping[str, Any],
     answer: Mapping[str, Any],
     what: str,
-    head: Callable[[], Awaitable[Mapping[str, Any]]],
+    head: Callable[[], Awaitable[Mapping[str, Any]]] | None,
 ) -> None:
     """``check_applied`` of a copy's answer; one that names no encryption at all is not
     taken for none, but checked against the object's HEAD (``head``): some servers apply the
     encryption and leave its header off a copy's or a multipart completion's answer
-    (s3s-project/s3s#325, floci-io/floci#2145). A HEAD is sent only then."""
+    (s3s-project/s3s#325, floci-io/floci#2145). A HEAD is sent only then, and never when
+    ``head`` is None (``--dest-write-only``: the credentials may not read the destination,
+    and the answer decides, as it says)."""
     try:
         check_applied(asked, answer, what)
     except EncryptionNotApplied as exc:
-        if exc.applied is not None:
+        if exc.applied is not None or head is None:
             raise
         check_applied(asked, await head(), what)

@@ -95,6 +95,7 @@ class S3Sink:
         part_budget: ByteBudget,
         extra_params: dict[str, str] | None = None,
         bandwidth: TokenBucket | None = None,
+        readable: bool = True,
     ) -> None:
         check_checksum_support(checksum)
         self.client = client
@@ -107,6 +108,7 @@ class S3Sink:
         self.part_budget = part_budget
         self.extra_params = dict(extra_params or {})
         self.bandwidth = bandwidth
+        self.readable = readable  # False with --dest-write-only: nothing reads the bucket
         algorithm = ALGORITHMS.get(checksum)
         #: the digests of what is read from staging: the MD5 is only of use with a checksum
         self.hasher = Hasher(md5=checksum != "none", algorithm=algorithm)
@@ -278,7 +280,7 @@ class S3Sink:
                 lambda: self.client.head_object(Bucket=self.bucket, Key=key)
             )
 
-        await confirm_applied(self.extra_params, response, key, head)
+        await confirm_applied(self.extra_params, response, key, head if self.readable else None)
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = answered_etag(response.get("ETag"), f"the upload of {key}")

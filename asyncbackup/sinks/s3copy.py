@@ -61,6 +61,7 @@ class ServerSideCopier:
         part_concurrency: int,
         extra_params: dict[str, str] | None = None,
         copy_tags: bool = False,
+        readable: bool = True,
     ) -> None:
         self.client = client
         self.source_bucket = source_bucket
@@ -71,6 +72,7 @@ class ServerSideCopier:
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
         self.copy_tags = copy_tags  # --copy-tags
+        self.readable = readable  # False with --dest-write-only: nothing reads the bucket
         self.fast: FastS3 | None = None  # CopyObject without botocore (the destination's bucket)
         #: where multipart copies in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
@@ -174,7 +176,7 @@ class ServerSideCopier:
                 functools.partial(self.client.head_object, Bucket=self.dest_bucket, Key=key)
             )
 
-        await confirm_applied(self.extra_params, response, key, head)
+        await confirm_applied(self.extra_params, response, key, head if self.readable else None)
 
     async def _source_unchanged(self, item: WorkItem) -> None:
         """Raise PreconditionFailed unless the source still has the listed ETag: then every

@@ -123,3 +123,24 @@ def test_skip_existing_copies_again_what_was_stored_without_the_encryption(
     puts = proxy.seen(method="PUT", path=f"^/{buckets.dest}/p/")
     assert sorted(r.path.rpartition("/")[2] for r in puts) == ["a", "b", "b", "c"]
     assert not checkpoint_file(tmp_path, buckets.source, "p").exists()  # complete: archived
+
+
+@pytest.mark.parametrize(
+    "mode", [pytest.param([], id="staged"), pytest.param(["--direct"], id="direct")]
+)
+def test_a_write_only_destination_is_not_read_to_confirm_the_encryption(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: list[str]
+) -> None:
+    """``--dest-write-only``: nothing of the run reads the destination, whose credentials may
+    not (a HEAD is refused, 403). An answer naming no encryption is then taken as it says: an
+    ``EncryptionNotApplied`` error, as before the HEAD, not one the HEAD's refusal names."""
+    put_parallel(s3, buckets.source, {"p/a": b"a" * 10, "p/b": b"b" * 10})
+    proxy.add_rule(Rule("sse_ignored", method="PUT", path=f"^/{buckets.dest}/p/b$"))
+    proxy.add_rule(Rule("access_denied", method="HEAD", path=f"^/{buckets.dest}/"))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, *mode, "--sse", "AES256", "--dest-write-only", "--quiet"])
+    assert done.returncode == 1, done.stderr
+    assert not proxy.seen(method="HEAD", path=f"^/{buckets.dest}/"), done.stderr
+    state = read_valid(checkpoint_file(tmp_path, buckets.source, "p"))
+    assert state.files == {"p/a": True, "p/b": False}
+    assert "EncryptionNotApplied" in state.errors["p/b"], state.errors
