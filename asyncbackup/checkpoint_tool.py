@@ -24,6 +24,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -54,6 +55,8 @@ from .uploads import SECTION as UPLOADS
 log = logging.getLogger("asyncbackup")
 
 UNKNOWN_CODE = "Unknown"
+#: what follows ``NAME.checkpoint.`` in the name of an archive a completion made (``stamped``)
+_STAMPED = re.compile(r"\d{8}T\d{6}Z(?:-\d+)?")
 #: the notes by which a GitHub run takes an artifact for unchanged since its last copy
 #: (``github.listing.VERSIONS`` and ``ETAGS``, not imported: they would load aiohttp here)
 REFETCH_NOTES = ("github_versions", "github_etags")
@@ -277,9 +280,16 @@ def archived_versions(path: Path) -> list[Path]:
 def prune_archives(path: Path, keep: int) -> list[Path]:
     """Remove all but the ``keep`` newest archives of the live checkpoint ``path`` (``keep``
     at least 1: a GitHub backup reads the newest); the ones removed. One that cannot be is
-    left, and said: the backup itself is done."""
+    left, and said: the backup itself is done. Only the names a completion gives its archives
+    (``NAME.checkpoint.<time>``, ``-2``...) count: a copy a user made beside them
+    (``NAME.checkpoint.<time>.bak``) is neither removed nor one of the ``keep``."""
     removed: list[Path] = []
-    for old in archived_versions(path)[:-keep]:
+    made = [
+        archive
+        for archive in archived_versions(path)
+        if _STAMPED.fullmatch(archive.name.removeprefix(f"{path.name}."))
+    ]
+    for old in made[:-keep]:
         try:
             old.unlink()
         except FileNotFoundError:

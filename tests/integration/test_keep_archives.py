@@ -4,6 +4,7 @@ flag, only the job's N newest archives stay; other jobs' archives are not touche
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,21 @@ async def test_a_github_backup_keeps_its_newest_archive_and_reads_it(
             assert report.status == "completed", report.errors
         assert archived_versions(report.checkpoint_path) == [report.archived_checkpoint]
         assert report.copied_bytes == 0  # unchanged: skipped by the archive it read
+
+
+async def test_a_copy_a_user_made_in_the_archive_folder_is_not_removed(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Users keep copies of an archive beside it, ``NAME.checkpoint.<time>.bak`` (71763e3
+    orders them): not an archive a completion made, so not one ``--keep-archives`` removes."""
+    put_objects(s3, buckets.source, {"data/a": b"a"})
+    first = await backup_data(buckets, tmp_path, s3_server.endpoint)
+    assert first.archived_checkpoint is not None
+    kept = first.archived_checkpoint.with_name(first.archived_checkpoint.name + ".bak")
+    shutil.copyfile(first.archived_checkpoint, kept)
+    for _ in range(2):
+        report = await backup_data(buckets, tmp_path, s3_server.endpoint, keep_archives=1)
+        assert report.status == "completed"
+    assert kept.exists()
+    assert report.archived_checkpoint is not None and report.archived_checkpoint.exists()
+    assert not first.archived_checkpoint.exists()  # the completion's own archives: pruned
