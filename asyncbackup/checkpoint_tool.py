@@ -277,19 +277,24 @@ def archived_versions(path: Path) -> list[Path]:
     return []
 
 
-def prune_archives(path: Path, keep: int) -> list[Path]:
+def prune_archives(path: Path, keep: int, just_made: Path | None = None) -> list[Path]:
     """Remove all but the ``keep`` newest archives of the live checkpoint ``path`` (``keep``
     at least 1: a GitHub backup reads the newest); the ones removed. One that cannot be is
     left, and said: the backup itself is done. Only the names a completion gives its archives
     (``NAME.checkpoint.<time>``, ``-2``...) count: a copy a user made beside them
-    (``NAME.checkpoint.<time>.bak``) is neither removed nor one of the ``keep``."""
+    (``NAME.checkpoint.<time>.bak``) is neither removed nor one of the ``keep``.
+    ``just_made``, the archive of the completion that prunes, is one of the ``keep`` whatever
+    its name's place: an archive named after the present (a clock that was ahead) sorts last."""
     removed: list[Path] = []
     made = [
         archive
         for archive in archived_versions(path)
         if _STAMPED.fullmatch(archive.name.removeprefix(f"{path.name}."))
     ]
-    for old in made[:-keep]:
+    if just_made in made:
+        made.remove(just_made)
+        keep -= 1
+    for old in made[: len(made) - keep]:
         try:
             old.unlink()
         except FileNotFoundError:

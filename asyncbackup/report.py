@@ -103,7 +103,7 @@ def conclude(
             ) from exc
         log_completion(manager.path, state, duration)
         if archived is not None and keep_archives is not None:
-            prune_archives(manager.path, keep_archives)
+            prune_archives(manager.path, keep_archives, just_made=archived)
     return BackupReport(
         status=status,
         processed_files=state.processed_files,

@@ -107,3 +107,21 @@ async def test_a_copy_a_user_made_in_the_archive_folder_is_not_removed(
     assert kept.exists()
     assert report.archived_checkpoint is not None and report.archived_checkpoint.exists()
     assert not first.archived_checkpoint.exists()  # the completion's own archives: pruned
+
+
+async def test_the_archive_a_completion_just_made_is_never_the_one_removed(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """An archive named after the present (made while the machine's clock was ahead, or
+    restored from elsewhere) sorts after every archive made since: kept as 'the newest', it
+    had each completion remove the archive it had just made, the one its report names."""
+    put_objects(s3, buckets.source, {"data/a": b"a"})
+    first = await backup_data(buckets, tmp_path, s3_server.endpoint)
+    assert first.archived_checkpoint is not None
+    ahead = first.archived_checkpoint.with_name(first.checkpoint_path.name + ".20991231T235959Z")
+    first.archived_checkpoint.rename(ahead)
+    put_objects(s3, buckets.source, {"data/b": b"b"})
+    report = await backup_data(buckets, tmp_path, s3_server.endpoint, keep_archives=1)
+    assert report.status == "completed" and report.archived_checkpoint is not None
+    assert archived_versions(report.checkpoint_path) == [report.archived_checkpoint]
+    assert read_checkpoint(report.archived_checkpoint).total_files == 2
