@@ -348,14 +348,17 @@ class Pipeline:
             if self._drain_events(_DRAIN_BATCH):
                 return
             overdue = self._since_flush and time.monotonic() - self._last_flush >= self.max_age
-            deferrable = self._since_flush < _FLUSH_DEFERRED_MAX and not overdue
-            if not self._events.empty() and deferrable:
+            backlog = not self._events.empty()
+            if backlog and self._since_flush < _FLUSH_DEFERRED_MAX and not overdue:
                 # A backlog: the loop's other tasks run before the next batch, and the flush
                 # waits for the batches after it (one flush for them, up to a cap).
                 await asyncio.sleep(0)
-                continue
-            if overdue or self._since_flush >= self.interval or self._flush_waiters:
+            elif overdue or self._since_flush >= self.interval or self._flush_waiters:
                 await self._flush()
+            elif backlog:
+                # Not left to the queue's get: from Python 3.12 on, wait_for returns an item
+                # already queued without letting any other task run.
+                await asyncio.sleep(0)
 
     async def _flush(self) -> None:
         processed, self._since_flush = self._since_flush, 0

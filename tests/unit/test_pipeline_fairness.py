@@ -10,6 +10,8 @@ import itertools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
+
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState
 from asyncbackup.pipeline import Pipeline, WorkItem
 from asyncbackup.progress import NullObserver
@@ -41,24 +43,30 @@ async def _pages(items: Sequence[WorkItem]) -> AsyncIterator[Sequence[WorkItem]]
     yield items
 
 
+@pytest.mark.parametrize("interval", [1, 100_000])
 async def test_the_writer_applies_a_backlog_in_batches_between_other_tasks(
-    tmp_path: Path,
+    tmp_path: Path, interval: int
 ) -> None:
     manager = _HeldManager(tmp_path / "job.checkpoint")
     manager.open()
     state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
     observer = _Counted()
     started = 0
+    durable: list[asyncio.Task[None]] = []
 
     async def process(item: WorkItem) -> int:
         nonlocal started
         started += 1
+        if started == 1:  # a flush at once, whatever the interval: one note made durable
+            durable.append(asyncio.create_task(pipeline.note_durably("test", "k", 1)))
         if started == _PILED:
             manager.release.set()
         return item.size
 
     items = [WorkItem(f"p/{i:06d}", 1) for i in range(_PILED + 10)]
-    pipeline = Pipeline(manager=manager, state=state, concurrency=4, interval=1, observer=observer)
+    pipeline = Pipeline(
+        manager=manager, state=state, concurrency=4, interval=interval, observer=observer
+    )
     seen: list[int] = []
     try:
         run = asyncio.create_task(pipeline.run(_pages(items), process))
