@@ -7,10 +7,12 @@ without it, or names another. Such a copy is no backup the user asked for: not d
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import ObjectError
+from .retry import RetryPolicy
 
 #: the code of ``EncryptionNotApplied``, as a checkpoint's error records it ("CODE: message")
 NOT_APPLIED = "EncryptionNotApplied"
@@ -51,18 +53,24 @@ def check_applied(asked: Mapping[str, Any], answer: Mapping[str, Any], what: str
 async def confirm_applied(
     asked: Mapping[str, Any],
     answer: Mapping[str, Any],
-    what: str,
-    head: Callable[[], Awaitable[Mapping[str, Any]]] | None,
+    key: str,
+    *,
+    client: Any,
+    bucket: str,
+    retry: RetryPolicy,
+    readable: bool,
 ) -> None:
-    """``check_applied`` of a copy's answer; one that names no encryption at all is not
-    taken for none, but checked against the object's HEAD (``head``): some servers apply the
-    encryption and leave its header off a copy's or a multipart completion's answer
-    (s3s-project/s3s#325, floci-io/floci#2145). A HEAD is sent only then, and never when
-    ``head`` is None (``--dest-write-only``: the credentials may not read the destination,
-    and the answer decides, as it says)."""
+    """``check_applied`` of the answer to the upload or copy of ``key`` into ``bucket``; one
+    that names no encryption at all is not taken for none, but checked against the object's
+    HEAD (by ``client``, with ``retry``): some servers apply the encryption and leave its
+    header off a copy's or a multipart completion's answer (s3s-project/s3s#325,
+    floci-io/floci#2145). A HEAD is sent only then, and never when the destination is not
+    ``readable`` (``--dest-write-only``: the credentials may not read it, and the answer
+    decides, as it says)."""
     try:
-        check_applied(asked, answer, what)
+        check_applied(asked, answer, key)
     except EncryptionNotApplied as exc:
-        if exc.applied is not None or head is None:
+        if exc.applied is not None or not readable:
             raise
-        check_applied(asked, await head(), what)
+        head = functools.partial(client.head_object, Bucket=bucket, Key=key)
+        check_applied(asked, await retry.call(head), key)

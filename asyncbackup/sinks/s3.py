@@ -274,13 +274,15 @@ class S3Sink:
 
     async def _check_encryption(self, response: dict[str, Any], key: str) -> None:
         """The encryption ``--sse`` asked for, as the answer (or else the copy's HEAD) says."""
-
-        async def head() -> dict[str, Any]:
-            return await self.retry.call(
-                lambda: self.client.head_object(Bucket=self.bucket, Key=key)
-            )
-
-        await confirm_applied(self.extra_params, response, key, head if self.readable else None)
+        await confirm_applied(
+            self.extra_params,
+            response,
+            key,
+            client=self.client,
+            bucket=self.bucket,
+            retry=self.retry,
+            readable=self.readable,
+        )
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = answered_etag(response.get("ETag"), f"the upload of {key}")

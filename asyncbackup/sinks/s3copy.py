@@ -170,13 +170,15 @@ class ServerSideCopier:
 
     async def _check_encryption(self, response: dict[str, Any], key: str) -> None:
         """The encryption ``--sse`` asked for, as the answer (or else the copy's HEAD) says."""
-
-        async def head() -> dict[str, Any]:
-            return await self.retry.call(
-                functools.partial(self.client.head_object, Bucket=self.dest_bucket, Key=key)
-            )
-
-        await confirm_applied(self.extra_params, response, key, head if self.readable else None)
+        await confirm_applied(
+            self.extra_params,
+            response,
+            key,
+            client=self.client,
+            bucket=self.dest_bucket,
+            retry=self.retry,
+            readable=self.readable,
+        )
 
     async def _source_unchanged(self, item: WorkItem) -> None:
         """Raise PreconditionFailed unless the source still has the listed ETag: then every
