@@ -34,7 +34,15 @@ from .incremental import filtered, mark_unchanged
 from .keptkeys import kept_key_checked
 from .listing import PROBES
 from .partfeed import ByteBudget
-from .pipeline import Pipeline, Process, SourceGone, WorkItem, listing_or_stop, primary_error
+from .pipeline import (
+    Pipeline,
+    Process,
+    SourceGone,
+    WorkItem,
+    done_before,
+    listing_or_stop,
+    primary_error,
+)
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import AdaptiveLimiter, RetryLog, RetryPolicy, is_outage, raise_if_fatal
@@ -613,7 +621,7 @@ async def plan_backup(
             for item in page:
                 listed += 1
                 listed_bytes += item.size
-                if files.get(item.key) is True and not item.changed:
+                if done_before(files, item):
                     done += 1
                 elif item.present:
                     unchanged += 1

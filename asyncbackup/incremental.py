@@ -51,25 +51,24 @@ async def mark_unchanged(
                 name = source_relative(item.key)
                 while current is not None and dest_relative(current.key) < name:
                     current = await anext(dest_iter, None)
-                same = (
-                    current is not None
-                    and item.key not in not_copies
-                    and dest_relative(current.key) == name
-                    and current.size == item.size
-                    and (
-                        item.size == 0
-                        or (clean_etag(current.etag) == clean_etag(item.etag) and bool(item.etag))
-                    )
-                )
-                if same:
-                    item = replace(item, present=True)
-                elif current is not None and dest_relative(current.key) == name:
-                    item = replace(item, changed=True)
+                if current is not None and dest_relative(current.key) == name:
+                    if item.key not in not_copies and _same(item, current):
+                        item = replace(item, present=True)
+                    else:
+                        item = replace(item, changed=True)
                 out.append(item)
             yield out
     finally:
         await close_listing(source)
         await close_listing(dest_iter)
+
+
+def _same(item: WorkItem, copy: WorkItem) -> bool:
+    """Whether ``copy`` (the destination's object of ``item``'s name) has its size and ETag;
+    any two empty objects are the same."""
+    if copy.size != item.size:
+        return False
+    return item.size == 0 or (bool(item.etag) and clean_etag(copy.etag) == clean_etag(item.etag))
 
 
 async def _items(listing: Listing) -> AsyncIterator[WorkItem]:

@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,6 +53,12 @@ class WorkItem:
     #: at the destination with another size or ETag (--skip-existing): a file the checkpoint
     #: marks done was changed at the source since it was copied, and is copied again
     changed: bool = False
+
+
+def done_before(files: Mapping[str, bool], item: WorkItem) -> bool:
+    """Whether the checkpoint's ``files`` mark ``item`` done and the destination's copy has
+    not changed since (``--skip-existing`` sees that): it is skipped, not copied."""
+    return files.get(item.key) is True and not item.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +310,7 @@ class Pipeline:
                     break
                 self._events.put_nowait(_Listed(page))
                 for item in page:
-                    if item.present or (files.get(item.key) is True and not item.changed):
+                    if item.present or done_before(files, item):
                         continue
                     if self.stop.is_set():
                         break
