@@ -823,10 +823,10 @@ def open_standard_streams() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
-            if fd == 1 and sys.stdout is None:
-                sys.stdout = open(1, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
-            if fd == 2 and sys.stderr is None:
-                sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            name = {1: "stdout", 2: "stderr"}.get(fd)
+            if name is not None and getattr(sys, name) is None:
+                stream = open(fd, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+                setattr(sys, name, stream)
 
 
 def _escape_unencodable(exc: UnicodeError) -> tuple[str | bytes, int]:
