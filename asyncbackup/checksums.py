@@ -74,6 +74,53 @@ class Hasher:
             return self(data)
         return await asyncio.to_thread(self, data)
 
+    def running(self) -> RunningDigests:
+        """The same digests, of data given a piece at a time."""
+        return RunningDigests(self)
+
+    def of_file(self, path: Path, offset: int, length: int) -> Digests:
+        """The digests of ``length`` bytes of the file at ``path`` from ``offset``, read in
+        1 MiB blocks (blocking: one worker-thread call; a part of any size takes no more
+        memory than a block); an ``IntegrityError`` if the file ends before."""
+        running = self.running()
+        with path.open("rb", buffering=0) as handle:
+            handle.seek(offset)
+            left = length
+            while left and (block := handle.read(min(left, _SMALL_BLOCK))):
+                running.update(block)
+                left -= len(block)
+        if left:
+            raise IntegrityError(f"the staged file ended {left} bytes short of its part")
+        return running.digests()
+
+
+class RunningDigests:
+    """A ``Hasher``'s digests computed over data given in pieces (``update``)."""
+
+    def __init__(self, hasher: Hasher) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False) if hasher.md5 else None
+        self.algorithm = hasher.algorithm
+        self.checksum = _running_checksum(hasher.algorithm) if hasher.algorithm else None
+
+    def update(self, data: Buffer) -> None:
+        if self.md5 is not None:
+            self.md5.update(data)
+        if self.checksum is not None:
+            self.checksum.update(data)
+
+    def digests(self) -> Digests:
+        md5 = self.md5.digest() if self.md5 is not None else b""
+        value = None
+        if self.checksum is not None:
+            value = base64.b64encode(self.checksum.digest()).decode()
+        return Digests(md5, value)
+
+
+def _running_checksum(algorithm: str) -> Any | None:
+    """What ``checksum(algorithm, ...)`` computes, as a running digest (None where botocore
+    computes it: CRC32C)."""
+    return whole_object_digest(algorithm) if algorithm in ("CRC32", "SHA256") else None
+
 
 def multipart_etag(part_md5s: Sequence[bytes]) -> str:
     """S3's ETag of an object uploaded in parts with these MD5s (without quotes)."""
@@ -132,6 +179,7 @@ def whole_object_digest(algorithm: str) -> Any | None:
 
 
 _BLOCK = 8 * 1024 * 1024
+_SMALL_BLOCK = 1024 * 1024
 
 
 def _digest_of(algorithm: str, read: Callable[[int], Buffer], size: int | None) -> bytes:

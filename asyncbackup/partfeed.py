@@ -6,16 +6,37 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from .checksums import Digests
 from .errors import IntegrityError
+
+
+@dataclass(frozen=True, slots=True)
+class StagedPart:
+    """A part too large for the memory budget, handed over as where it is in the staged
+    file (``length`` bytes from ``offset``), to be read from there as its upload goes out."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+#: a part handed over: its bytes in memory, or where they are in the staged file
+PartData = bytes | bytearray | StagedPart
+
+
+def part_length(data: PartData) -> int:
+    return data.length if isinstance(data, StagedPart) else len(data)
 
 
 class ByteBudget:
     """How many bytes of multipart parts may be held in memory at once, across all objects.
 
     Counted in bytes, not parts: a source copied in its own layout may have 50 MiB parts where
-    the configured part size is 8 MiB. A part larger than the whole budget takes all of it.
+    the configured part size is 8 MiB. A part larger than the whole budget is never held in
+    memory (``StagedPart``); asked for anyway, it would take all of it.
     Waiters are served in order, so a large part is not starved by a stream of small ones.
     """
 
@@ -71,6 +92,8 @@ class PartFeed:
     The download ``reserve``s the bytes of a part in ``budget`` before it fills it and the
     upload ``release``s them once the part is at the destination, so the bytes held in memory
     stay bounded across all objects; ``close`` gives back whatever a failure left reserved.
+    Parts larger than the whole budget are never in memory (``in_memory`` False): they are
+    handed over as ``StagedPart``s, and reserve nothing.
     ``verified`` is resolved by the download once the whole object checked out: the upload
     is completed only then.
     """
@@ -79,21 +102,24 @@ class PartFeed:
         loop = asyncio.get_running_loop()
         self.part_size = part_size
         self.budget = budget
+        self.in_memory = part_size <= budget.limit
         self.held = 0
         self.count = count
         # a part's bytes are dropped as soon as the upload takes them
-        self.parts: dict[int, asyncio.Future[tuple[bytes | bytearray, Digests]]] = {
+        self.parts: dict[int, asyncio.Future[tuple[PartData, Digests]]] = {
             index: loop.create_future() for index in range(count)
         }
         self.verified: asyncio.Future[None] = loop.create_future()
 
     async def reserve(self) -> None:
-        await self.budget.acquire(self.part_size)
-        self.held += 1
+        if self.in_memory:
+            await self.budget.acquire(self.part_size)
+            self.held += 1
 
     def release(self) -> None:
-        self.held -= 1
-        self.budget.release(self.part_size)
+        if self.in_memory:
+            self.held -= 1
+            self.budget.release(self.part_size)
 
     def close(self) -> None:
         while self.held:
@@ -102,12 +128,12 @@ class PartFeed:
             part.cancel()  # a no-op for those already resolved
         self.verified.cancel()
 
-    async def take(self, index: int) -> tuple[bytes | bytearray, Digests]:
+    async def take(self, index: int) -> tuple[PartData, Digests]:
         part = await self.parts[index]
         del self.parts[index]
         return part
 
-    def give(self, index: int, data: bytes | bytearray, digests: Digests) -> None:
+    def give(self, index: int, data: PartData, digests: Digests) -> None:
         if index >= self.count:
             raise IntegrityError("the download is longer than its part layout")
         part = self.parts[index]

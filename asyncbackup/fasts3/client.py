@@ -212,6 +212,20 @@ def put_headers(params: Mapping[str, Any], *, streamed: bool = False) -> dict[st
     return headers if _all_ascii(headers) else None
 
 
+def _check_streamed(params: Mapping[str, Any]) -> None:
+    """A streamed PUT's ``params``: no ``Body``, and a checksum value the server checks the
+    stream against (its payload goes unsigned)."""
+    if "Body" in params or not ({"ContentMD5", *CHECKSUM_VALUES} & params.keys()):
+        raise ValueError("a streamed PUT carries the checksum values of its body, not the body")
+
+
+def _query(params: Mapping[str, Any]) -> str:
+    """The query string of an UploadPart with ``params``."""
+    return encode_query(
+        (("partNumber", str(int(params["PartNumber"]))), ("uploadId", str(params["UploadId"])))
+    )
+
+
 def copy_source(source: Any) -> str | None:
     """The ``x-amz-copy-source`` header of a ``CopySource`` dict, encoded as botocore's
     ``handle_copy_source_param`` encodes it (``bucket/key`` percent-encoded as UTF-8, ``/``
@@ -436,24 +450,51 @@ class FastS3:
     ) -> dict[str, Any] | None:
         """PutObject of ``size`` bytes read from ``chunks`` as the request goes out, so an
         object can go on while it is still being downloaded. ``params`` are PutObject's
-        without ``Body``, and must carry ``ContentMD5``: the server checks the whole stream
-        against it, which is what lets the body go ``UNSIGNED-PAYLOAD`` unread. Returns the
+        without ``Body``, and must carry the checksum values of the stream (``ContentMD5``,
+        ``Checksum<ALGORITHM>``): the server checks the whole stream against them, which is
+        what lets the body go ``UNSIGNED-PAYLOAD`` unread. Returns the
         response fields botocore returns, or None when this request cannot be streamed here
         (a parameter the fast path does not cover, another bucket, the fast path off) or the
         server asked for botocore (then the fast path is off for the bucket, as for any
         request): a stream cannot be sent again, so the caller sends the object another way.
         ``chunks`` is not consumed at all when None is returned before sending."""
-        if "ContentMD5" not in params or "ChecksumAlgorithm" in params or "Body" in params:
-            raise ValueError("a streamed PutObject carries ContentMD5, and only that checksum")
+        _check_streamed(params)
         headers = put_headers(params, streamed=True) if self.enabled else None
+        return await self._put_stream("PutObject", params, headers, size, chunks)
+
+    async def upload_part_stream(
+        self, params: dict[str, Any], size: int, chunks: AsyncIterator[bytes]
+    ) -> dict[str, Any] | None:
+        """UploadPart of ``size`` bytes read from ``chunks`` as the request goes out (a part
+        read from the staged file), as ``put_object_stream``: ``params`` are UploadPart's
+        without ``Body``, with the checksum values the server checks the stream against
+        (``ContentMD5``, ``Checksum<ALGORITHM>``); None when it cannot be sent here."""
+        _check_streamed(params)
+        if not self.enabled or not set(params) <= UPLOAD_PART_PARAMS:
+            return None
+        fields = {k: v for k, v in params.items() if k not in _PART_QUERY}
+        headers = put_headers(fields, streamed=True)
+        return await self._put_stream("UploadPart", params, headers, size, chunks, _query(params))
+
+    async def _put_stream(
+        self,
+        operation: str,
+        params: dict[str, Any],
+        headers: dict[str, str] | None,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        query: str = "",
+    ) -> dict[str, Any] | None:
+        """A PUT of ``chunks`` with ``headers`` (their checksums let it go unsigned), or None
+        where the fast path does not send it (see ``put_object_stream``)."""
         if headers is None or params.get("Bucket") != self.bucket:
             return None
         headers["content-length"] = str(size)
         response, url, signed = await self._send(
-            "PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD
+            "PUT", params["Key"], headers, chunks, UNSIGNED_PAYLOAD, query=query
         )
         try:
-            return await self._put_answer(response, url, "PutObject")
+            return await self._put_answer(response, url, operation)
         except _HandBack as exc:  # a stream cannot be sent again: the caller sends it
             # another way; when the answer named the bucket's region, through this fast path
             # still, whose botocore then confirms it (``_instead``) before it is learnt
@@ -541,10 +582,7 @@ class FastS3:
         if not self.enabled or not set(params) <= UPLOAD_PART_PARAMS:
             return await self._botocore("upload_part", params)
         headers = put_headers({k: v for k, v in params.items() if k not in _PART_QUERY})
-        query = encode_query(
-            (("partNumber", str(int(params["PartNumber"]))), ("uploadId", str(params["UploadId"])))
-        )
-        return await self._put_body("upload_part", "UploadPart", params, headers, query)
+        return await self._put_body("upload_part", "UploadPart", params, headers, _query(params))
 
     async def _put_body(
         self,

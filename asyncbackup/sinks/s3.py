@@ -23,7 +23,9 @@ from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumM
 from ..encryption import confirm_applied
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
-from ..partfeed import ByteBudget, PartFeed
+from ..fasts3.client import CHECKSUM_VALUES
+from ..filerange import FileRange
+from ..partfeed import ByteBudget, PartData, PartFeed, StagedPart, part_length
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
@@ -60,15 +62,16 @@ def _read_part(path: Path, offset: int, length: int, hasher: Hasher) -> tuple[by
 _FILE_CHUNK = 1024 * 1024
 
 
-async def _file_chunks(path: Path, size: int) -> AsyncGenerator[bytes, None]:
-    """A staged file, a chunk per worker-thread call; exactly ``size`` bytes, or an error
-    (a body shorter than its Content-Length would leave the request waiting). Each call opens
-    and closes the file: the HTTP client drops a body it stops reading (a reset connection)
-    without closing it, and a file held open across chunks stayed open until the garbage
-    collector finalised the generator."""
+async def _file_chunks(path: Path, size: int, offset: int = 0) -> AsyncGenerator[bytes, None]:
+    """A staged file (``size`` bytes of it from ``offset``), a chunk per worker-thread call;
+    exactly ``size`` bytes, or an error (a body shorter than its Content-Length would leave
+    the request waiting). Each call opens and closes the file: the HTTP client drops a body
+    it stops reading (a reset connection) without closing it, and a file held open across
+    chunks stayed open until the garbage collector finalised the generator."""
     sent = 0
     while sent < size:
-        chunk = await asyncio.to_thread(_read_chunk, path, sent, min(_FILE_CHUNK, size - sent))
+        length = min(_FILE_CHUNK, size - sent)
+        chunk = await asyncio.to_thread(_read_chunk, path, offset + sent, length)
         if not chunk:
             raise IntegrityError(f"the staged file ended at {sent} of {size} bytes")
         sent += len(chunk)
@@ -79,6 +82,18 @@ def _read_whole(path: Path, hasher: Hasher) -> tuple[bytes, Digests]:
     """A staged file and its digests, in one worker-thread call."""
     data = path.read_bytes()
     return data, hasher(data)
+
+
+def _check_staged(fetched: FetchedObject, key: str, digests: Digests, size: int) -> None:
+    """The staged file read back (``size`` bytes, ``digests``) is what was downloaded; the
+    MD5 read is then the one the upload carries."""
+    if size != fetched.size or (fetched.md5 and digests.md5 != fetched.md5):
+        raise IntegrityError(
+            f"the staged copy of {key} is not what was downloaded (MD5 "
+            f"{digests.md5.hex()}, {size} bytes; expected "
+            f"{fetched.md5.hex() or 'any'}, {fetched.size})"
+        )
+    fetched.md5 = digests.md5
 
 
 class S3Sink:
@@ -160,16 +175,23 @@ class S3Sink:
             return
         if await self._put_file_streamed(fetched, key):
             return
+        if fetched.size > self.part_budget.limit:  # never whole in memory
+            await self._put_staged_file(fetched, key)
+            return
         async with self.part_budget.hold(fetched.size):  # whole in memory: bounded in bytes
             body, digests = await asyncio.to_thread(_read_whole, fetched.path, self._whole_hasher)
-            if len(body) != fetched.size or (fetched.md5 and digests.md5 != fetched.md5):
-                raise IntegrityError(
-                    f"the staged copy of {key} is not what was downloaded (MD5 "
-                    f"{digests.md5.hex()}, {len(body)} bytes; expected "
-                    f"{fetched.md5.hex() or 'any'}, {fetched.size})"
-                )
-            fetched.md5 = digests.md5
+            _check_staged(fetched, key, digests, len(body))
             await self._put_body(fetched, key, body, digests)
+
+    async def _put_staged_file(self, fetched: FetchedObject, key: str) -> None:
+        """One PUT of a staged file larger than the memory budget, its body read from the
+        file as the request goes out, with the digests of one read of it before."""
+        whole = StagedPart(fetched.path, 0, fetched.size)
+        digests = await self._hash_part(whole, self._whole_hasher)
+        _check_staged(fetched, key, digests, fetched.size)
+        params = self._put_params(fetched, key, digests)
+        response = await self.retry.call(lambda: self._send_staged(params, whole))
+        await self._check_put(response, fetched.md5.hex(), key)
 
     async def _put_file_streamed(self, fetched: FetchedObject, key: str) -> bool:
         """PUT the staged file read as it goes out, with its MD5 as Content-MD5 (the one
@@ -322,8 +344,12 @@ class S3Sink:
                 for index in numbers:
                     offset = index * part_size
                     length = min(part_size, fetched.size - offset)
-                    data: bytes | bytearray
-                    if feed is None:
+                    data: PartData
+                    if feed is None and length > self.part_budget.limit:  # never in memory
+                        data = StagedPart(fetched.path, offset, length)
+                        digests = await self._hash_part(data)
+                        parts[index] = await self._upload_part(key, upload_id, index, data, digests)
+                    elif feed is None:
                         async with self.part_budget.hold(length):
                             data, digests = await self._read_part(fetched.path, offset, length)
                             parts[index] = await self._upload_part(
@@ -332,8 +358,10 @@ class S3Sink:
                     else:
                         data, digests = await feed.take(index)  # reserved by the download
                         try:
-                            if len(data) != length:
-                                raise IntegrityError(f"part {index + 1} is {len(data)} bytes")
+                            if part_length(data) != length:
+                                raise IntegrityError(
+                                    f"part {index + 1} is {part_length(data)} bytes"
+                                )
                             parts[index] = await self._upload_part(
                                 key, upload_id, index, data, digests
                             )
@@ -378,6 +406,29 @@ class S3Sink:
             ):
                 raise IntegrityError(f"copy ETag {etag} differs from source {fetched.etag}")
 
+    async def _send_staged(self, params: dict[str, Any], part: StagedPart) -> dict[str, Any]:
+        """One attempt at the UploadPart (``params`` has an ``UploadId``) or PutObject of
+        ``part``, its body read from the staged file as the request goes out: through the
+        fast path where it can stream it (checksum values given), else botocore's."""
+        fast = self.fast
+        in_parts = "UploadId" in params
+        if fast is not None and ({"ContentMD5", *CHECKSUM_VALUES} & params.keys()):
+            chunks = self._metered(_file_chunks(part.path, part.length, part.offset))
+            stream = fast.upload_part_stream if in_parts else fast.put_object_stream
+            response = await stream(params, part.length, chunks)
+            if response is not None:
+                return response
+        if self.bandwidth is not None:
+            await self.bandwidth.consume(part.length)
+        try:
+            body = FileRange(part.path, part.offset, part.length)
+        except OSError as exc:
+            raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
+        send = self.client.upload_part if in_parts else self.client.put_object
+        with body:
+            result: dict[str, Any] = await send(**params, Body=body)
+            return result
+
     async def _read_part(self, path: Path, offset: int, length: int) -> tuple[bytes, Digests]:
         try:
             data, digests = await asyncio.to_thread(_read_part, path, offset, length, self.hasher)
@@ -387,26 +438,38 @@ class S3Sink:
             raise IntegrityError(f"staged file is shorter than expected at offset {offset}")
         return data, digests
 
+    async def _hash_part(self, part: StagedPart, hasher: Hasher | None = None) -> Digests:
+        """The digests of ``part`` (``hasher``'s, else those its upload carries), read in a
+        worker thread."""
+        read = (hasher or self.hasher).of_file
+        try:
+            return await asyncio.to_thread(read, part.path, part.offset, part.length)
+        except OSError as exc:
+            raise ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})") from exc
+
     async def _upload_part(
-        self, key: str, upload_id: str, index: int, data: bytes | bytearray, digests: Digests
+        self, key: str, upload_id: str, index: int, data: PartData, digests: Digests
     ) -> dict[str, Any]:
         number = index + 1
-        if self.bandwidth is not None:
-            await self.bandwidth.consume(len(data))
-        params = {
+        params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
             "UploadId": upload_id,
             "PartNumber": number,
-            "Body": data,
             **self._checksum_params(digests),
         }
-        if self.fast is not None:  # sends a bytearray as it is
-            upload_part = self.fast.upload_part
+        if isinstance(data, StagedPart):
+            response = await self.retry.call(lambda: self._send_staged(params, data))
         else:
-            upload_part = self.client.upload_part
-            params["Body"] = bytes(data)  # aiobotocore wants bytes
-        response = await self.retry.call(lambda: upload_part(**params))
+            if self.bandwidth is not None:
+                await self.bandwidth.consume(len(data))
+            params["Body"] = data
+            if self.fast is not None:  # sends a bytearray as it is
+                upload_part = self.fast.upload_part
+            else:
+                upload_part = self.client.upload_part
+                params["Body"] = bytes(data)  # aiobotocore wants bytes
+            response = await self.retry.call(lambda: upload_part(**params))
         self._check_etag(response, digests.md5.hex(), key)
         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
         if self.checksum in ALGORITHMS:

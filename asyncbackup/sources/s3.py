@@ -27,6 +27,7 @@ from ..checksums import (
     INLINE_LIMIT,
     Digests,
     Hasher,
+    RunningDigests,
     file_md5,
     multipart_etag,
     staged_checksum,
@@ -37,7 +38,7 @@ from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..listing import RangeLister
 from ..localio import LocalIO, open_for_writing, remove_temporary
-from ..partfeed import ByteBudget, PartFeed
+from ..partfeed import ByteBudget, PartFeed, StagedPart
 from ..pipeline import WorkItem, for_each_bounded, primary_error
 from ..retry import RetryPolicy, error_code
 from ..s3client import S3Client
@@ -181,6 +182,20 @@ def _write_part(out: BinaryIO, data: bytearray, whole: Any, hasher: Hasher) -> D
     return hasher(data)
 
 
+def _write_spilled(
+    out: BinaryIO, data: memoryview, whole: Any, part: RunningDigests, end: bool
+) -> None:
+    """Write a piece of a part too large for memory and hash it (the whole object's MD5, if
+    kept, and the part's digests); at the part's end, flush the file for its upload to read,
+    in one worker-thread call."""
+    out.write(data)
+    if whole is not None:
+        whole.update(data)
+    part.update(data)
+    if end:
+        out.flush()
+
+
 def _staged_multipart_etag(out: BinaryIO, path: Path, sizes: Sequence[int]) -> str:
     """The multipart ETag of the file ``out`` is writing to ``path``, cut in parts of
     ``sizes`` (blocking: one worker-thread call)."""
@@ -248,12 +263,24 @@ class _PartReceiver(_Receiver):
     """A large object cut into the parts of its upload as it arrives: each part is filled in
     a buffer of its exact size (reserved in the budget first), written to the temporary file
     and hashed (``hasher``) in one worker-thread call, then handed to the upload as it is, no
-    copy, while the download goes on (``PartFeed``)."""
+    copy, while the download goes on (``PartFeed``).
+
+    A part larger than the whole budget is never in memory: its chunks are written to the
+    file and hashed as they come, and the part is handed over as a ``StagedPart``, which its
+    upload reads from the file (checked by the destination against the digests of the bytes
+    that came)."""
 
     def __init__(
-        self, out: BinaryIO, part_size: int, budget: ByteBudget, whole: bool, hasher: Hasher
+        self,
+        out: BinaryIO,
+        path: Path,
+        part_size: int,
+        budget: ByteBudget,
+        whole: bool,
+        hasher: Hasher,
     ) -> None:
         self.out = out
+        self.path = path
         self.part_size = part_size
         self.budget = budget
         self.hasher = hasher
@@ -264,6 +291,9 @@ class _PartReceiver(_Receiver):
         self.filled = 0
         self.feed: PartFeed | None = None
         self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        #: the part being written straight to the file, when parts are too large for memory
+        self.spilled: RunningDigests | None = None
+        self.length = 0  # its length
 
     def start(self, head: dict[str, Any]) -> None:
         if head.get("ContentLength") is None:
@@ -274,6 +304,10 @@ class _PartReceiver(_Receiver):
         self.started.set_result(head)
 
     async def add(self, chunk: bytes) -> None:
+        assert self.feed is not None, "start() comes first"
+        if not self.feed.in_memory:
+            await self._spill(chunk)
+            return
         view = memoryview(chunk)
         while view:
             if self.buffer is None:
@@ -293,7 +327,7 @@ class _PartReceiver(_Receiver):
                 await self._emit()
 
     async def finish(self) -> None:
-        if self.buffer is not None:  # the body ended before the length it announced
+        if self.buffer is not None or self.spilled is not None:  # ended before its length
             raise IntegrityError(f"the download ended within part {len(self.part_md5s) + 1}")
         if not self.part_md5s:  # an empty object is one empty part
             await self._next_buffer()
@@ -303,7 +337,11 @@ class _PartReceiver(_Receiver):
         """The part being filled is dropped, and its bytes in the budget given back: the
         next attempt starts at its beginning. A download waiting to try again (for a slot of
         the limiter, which throttling may have cut to one) held them, while the one holding
-        the slot waited for them in the budget: both waited for good."""
+        the slot waited for them in the budget: both waited for good. A part written
+        straight to the file holds nothing: the next attempt goes on where this one ended."""
+        assert self.feed is not None, "start() comes first"
+        if not self.feed.in_memory:
+            return written
         if self.buffer is not None:
             assert self.feed is not None
             self.buffer = None
@@ -311,14 +349,42 @@ class _PartReceiver(_Receiver):
             self.feed.release()
         return len(self.part_md5s) * self.part_size
 
-    async def _next_buffer(self) -> None:
-        assert self.feed is not None, "start() comes first"
+    def _next_length(self) -> int:
+        """The length of the next part."""
         offset = len(self.part_md5s) * self.part_size
         if offset >= self.size and self.size:
             raise IntegrityError(f"the download is longer than the {self.size} bytes announced")
+        return min(self.part_size, self.size - offset)
+
+    async def _next_buffer(self) -> None:
+        assert self.feed is not None, "start() comes first"
+        length = self._next_length()
         await self.feed.reserve()
-        self.buffer = bytearray(min(self.part_size, self.size - offset))
+        self.buffer = bytearray(length)
         self.filled = 0
+
+    async def _spill(self, chunk: bytes) -> None:
+        """``chunk`` written to the file and hashed, part by part, in a worker thread."""
+        assert self.feed is not None, "start() comes first"
+        view = memoryview(chunk)
+        while view:
+            if self.spilled is None:
+                self.length = self._next_length()
+                self.spilled, self.filled = self.hasher.running(), 0
+            taken = min(len(view), self.length - self.filled)
+            end = self.filled + taken == self.length
+            await asyncio.to_thread(
+                _write_spilled, self.out, view[:taken], self.digest, self.spilled, end
+            )
+            self.filled += taken
+            view = view[taken:]
+            if end:
+                index = len(self.part_md5s)
+                digests = self.spilled.digests()
+                self.spilled = None
+                part = StagedPart(self.path, index * self.part_size, self.length)
+                self.feed.give(index, part, digests)
+                self.part_md5s.append(digests.md5)
 
     async def _emit(self) -> None:
         """Write the full buffer, then hand it to the upload (the only reference left)."""
@@ -526,7 +592,7 @@ class S3Source:
             async with _temporary(staging) as tmp:
                 async with open_for_writing(tmp) as out:
                     receiver = _PartReceiver(
-                        out, part_size, budget, multipart_parts(item.etag) is None, hasher
+                        out, tmp, part_size, budget, multipart_parts(item.etag) is None, hasher
                     )
                     fetched = await self._download_and_upload(
                         item, receiver, tmp, part_size, source_part_size, upload

@@ -76,7 +76,9 @@ async def test_a_part_handed_to_the_upload_is_held_by_it_alone(tmp_path: Path) -
     budget = ByteBudget(20)  # two parts of 10 bytes
     data = bytes(range(25))
     with (tmp_path / "staged").open("wb") as out:
-        receiver = _PartReceiver(out, 10, budget, True, Hasher(md5=True, algorithm=None))
+        receiver = _PartReceiver(
+            out, tmp_path / "staged", 10, budget, True, Hasher(md5=True, algorithm=None)
+        )
         receiver.start({"ContentLength": len(data)})
         feed = receiver.feed
         assert feed is not None
