@@ -406,16 +406,34 @@ def listing_streams(endpoint: str, env: dict[str, str], prefix: str) -> list[dic
 
 
 def huge_object(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:
-    """One huge object: memory must not grow with object size."""
+    """One huge object: memory must not grow with object size, nor with its source's part
+    size (copied in its own layout): uploaded in s5cmd's 50 MiB parts, then in parts four
+    times the 128 MiB memory budget of parts (a quarter of the object with ``--quick``)."""
+    size = 256 * wl.MiB if args.quick else 2048 * wl.MiB
+    out: dict[str, Any] = {"bytes": size, **huge_run(args, endpoint, env, size, 50)}
+    big = huge_run(args, endpoint, env, size, size // 4 // wl.MiB)
+    out["big_parts"] = big
+    if "error" in big and "error" not in out:
+        out["error"] = f"in {size // 4 // wl.MiB} MiB parts: {big['error']}"
+    return out
+
+
+def huge_run(
+    args: argparse.Namespace, endpoint: str, env: dict[str, str], size: int, part_mib: int
+) -> dict[str, Any]:
+    """The staged copy of one object of ``size`` uploaded in ``part_mib`` MiB parts."""
     s3 = wl.client(endpoint)
     wl.ensure_bucket(s3, SOURCE)
     wl.ensure_bucket(s3, DEST)
-    size = 256 * wl.MiB if args.quick else 2048 * wl.MiB
-    print(f"\n== scale: one {size // wl.MiB} MiB object, staged by asyncbackup", flush=True)
+    print(
+        f"\n== scale: one {size // wl.MiB} MiB object in {part_mib} MiB parts, staged by "
+        "asyncbackup",
+        flush=True,
+    )
     huge = wl.Workload("huge", ((1, size),))
     data = fresh_dir(WORK / "data" / "huge")
     expected = wl.generate(huge, data)
-    wl.upload(s3, data, SOURCE, "huge", s5cmd_binary(), env)
+    wl.upload(s3, data, SOURCE, "huge", s5cmd_binary(), env, part_mib)
     shutil.rmtree(data)
     tools, _ = discover()
     job = Job(endpoint, SOURCE, DEST, "huge", fresh_dir(WORK / "stage"), args.concurrency)
@@ -423,7 +441,7 @@ def huge_object(args: argparse.Namespace, endpoint: str, env: dict[str, str]) ->
     print(f"  {run}", flush=True)
     wl.clear(s3, DEST)
     fresh_dir(job.stage)
-    return {"bytes": size, **run}
+    return {"part_mib": part_mib, **run}
 
 
 def profile_runs(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 KiB = 1024
@@ -91,20 +92,30 @@ def generate(workload: Workload, root: Path) -> dict[str, tuple[int, str]]:
 
 
 def upload(
-    s3: Any, root: Path, bucket: str, prefix: str, s5cmd: Path | None, env: dict[str, str]
+    s3: Any,
+    root: Path,
+    bucket: str,
+    prefix: str,
+    s5cmd: Path | None,
+    env: dict[str, str],
+    part_mib: int = 50,
 ) -> None:
-    """Put every file under ``root`` to ``s3://bucket/prefix/`` (s5cmd when it is there)."""
+    """Put every file under ``root`` to ``s3://bucket/prefix/`` (s5cmd when it is there), in
+    parts of ``part_mib`` MiB."""
     if s5cmd is not None:
-        argv = [str(s5cmd), "--endpoint-url", s3.meta.endpoint_url, "cp", f"{root}/*"]
+        argv = [str(s5cmd), "--endpoint-url", s3.meta.endpoint_url, "cp", "-p", str(part_mib)]
+        argv.append(f"{root}/*")
         subprocess.run(
             [*argv, f"s3://{bucket}/{prefix}/"], check=True, env=env, stdout=subprocess.DEVNULL
         )
         return
     files = [p for p in root.rglob("*") if p.is_file()]
 
+    config = TransferConfig(multipart_chunksize=part_mib * MiB)
+
     def put(path: Path) -> None:
         key = f"{prefix}/{path.relative_to(root).as_posix()}"
-        s3.upload_file(str(path), bucket, key)
+        s3.upload_file(str(path), bucket, key, Config=config)
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(put, files))
