@@ -97,6 +97,14 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
+#: GitHub's answer (422) to a page past the depth it serves of some lists
+PAGINATION_LIMITED = (
+    "In order to keep the API fast for everyone, pagination is limited for this resource. "
+    "Check the rel=last link relation in the Link response header to see how far back you "
+    "can traverse."
+)
+
+
 @dataclass
 class FakeRepo:
     name: str
@@ -159,6 +167,9 @@ class FakeGitHub:
         # a fine-grained token without a permission: a repository list (``issues``, ``pulls``...)
         # -> the permission GitHub names in X-Accepted-GitHub-Permissions, answering 403
         self.withheld: dict[str, str] = {}
+        #: the deepest page of a repository's list served: deeper ones answer 422, as GitHub's
+        #: comment lists do past some tens of thousands of items
+        self.page_cap: int | None = None
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
         self.storage_auth: list[str | None] = []
@@ -363,6 +374,8 @@ class FakeGitHub:
     def _paginate(self, request: web.Request, items: list[Any]) -> web.Response:
         per_page = min(int(request.query.get("per_page", "30")), 100)
         page = int(request.query.get("page", "1"))
+        if self.page_cap is not None and page > self.page_cap:
+            return _json({"message": PAGINATION_LIMITED}, 422)
         chunk = items[(page - 1) * per_page : page * per_page]
         last = max(1, -(-len(items) // per_page))
         links = []
@@ -435,6 +448,9 @@ class FakeGitHub:
         }.get(what)
         if items is None:
             return _json({"message": "Not Found"}, 404)
+        since = request.query.get("since")
+        if since is not None and what != "pulls" and what != "releases":  # theirs: ignored
+            items = [item for item in items if item.get("updated_at", "") >= since]
         return self._paginate(request, items)
 
     async def _asset(self, request: web.Request) -> web.StreamResponse:

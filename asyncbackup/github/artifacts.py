@@ -272,7 +272,7 @@ class ArtifactCopier:
         tmp = self.staging.temp_path()
         try:
             fetched = await self.client.fetch_to_file(
-                item.url, tmp, previous=previous, paginated=meta.paginated
+                item.url, tmp, previous=previous, paginated=meta.paginated, by_since=meta.by_since
             )
             if fetched.unchanged:
                 if await self._at_destination(item.key):
@@ -280,7 +280,7 @@ class ArtifactCopier:
                     log.debug("%s is unchanged (304)", item.key)
                     return 0
                 fetched = await self.client.fetch_to_file(
-                    item.url, tmp, previous=None, paginated=meta.paginated
+                    item.url, tmp, previous=None, paginated=meta.paginated, by_since=meta.by_since
                 )
             await self._upload(
                 item.key, tmp, fetched.size, fetched.md5, {"ContentType": "application/json"}

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import aiohttp
 import orjson
@@ -265,12 +265,20 @@ class GitHubClient:
     # -- whole resources to a file -------------------------------------------------------
 
     async def fetch_to_file(
-        self, first_url: str, out: Path, *, previous: PageTags | None, paginated: bool
+        self,
+        first_url: str,
+        out: Path,
+        *,
+        previous: PageTags | None,
+        paginated: bool,
+        by_since: bool = False,
     ) -> Fetched:
         """Copy a resource (every page of a list, as one JSON array) to ``out``.
 
         With ``previous`` (the ETags of the last copy) nothing is written when the resource
         has not changed. Pages are streamed to the file: memory holds one page at a time.
+        A list sorted by creation that takes ``since`` (``by_since``) is read on past the
+        depth GitHub pages it (``ListPosition``).
         """
         if previous and await self.unchanged(previous):
             return Fetched(unchanged=True, pages=previous)
@@ -287,10 +295,15 @@ class GitHubClient:
                 await asyncio.to_thread(handle.write, data)
 
             url: str | None = first_url
+            position = ListPosition(first_url if by_since else None)
             if paginated:
                 await write(b"[")
             while url is not None:
-                answer = await self.get(url)
+                try:
+                    answer = await self.get(url)
+                except GitHubError as exc:
+                    url = position.read_on(exc)
+                    continue
                 pages.append([url, answer.etag or ""])
                 data = answer.json()
                 if not paginated:
@@ -301,6 +314,8 @@ class GitHubClient:
                     raise GitHubError(answer.status, f"expected a list from {url}")
                 page_sizes.append(len(data))
                 for item in data:
+                    if position.written_before(item):
+                        continue
                     await write(b",\n" if items else b"\n")
                     await write(orjson.dumps(item))
                     items += 1
@@ -351,6 +366,54 @@ class GitHubClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ObjectError(type(exc).__name__, detail, retryable=True) from exc
+
+
+class ListPosition:
+    """How far a list sorted by creation has been written, to read on past the depth GitHub
+    pages it: a page past it answers 422 "pagination is limited for this resource" (some
+    tens of thousands of a repository's comments: singer-io/tap-github#61). The list is then
+    asked again from the last item written, with ``since`` its creation time (``since``
+    filters by update time, and every item created later was updated at or after its
+    creation); the items listed again, created up to it (and edited since), are skipped.
+    ``first_url`` None: the list takes no ``since``, and the 422 stands."""
+
+    def __init__(self, first_url: str | None) -> None:
+        self.first_url = first_url
+        self.last: tuple[str, int] | None = None  # (created_at, id) of the last item written
+        self.skip: tuple[str, int] | None = None  # written up to here before a reading
+        self.known = True  # every item written had its creation time and id
+
+    def written_before(self, item: Any) -> bool:
+        """Whether ``item`` was written by an earlier reading (and is left out now)."""
+        created, ident = (
+            (item.get("created_at"), item.get("id")) if isinstance(item, dict) else (None, None)
+        )
+        if not isinstance(created, str) or not isinstance(ident, int):
+            self.known = False
+            return False
+        if self.skip is not None and (created, ident) <= self.skip:
+            return True
+        self.last = (created, ident)
+        return False
+
+    def read_on(self, exc: GitHubError) -> str:
+        """The URL that reads on after ``exc`` ended a reading; ``exc`` itself, raised, when
+        it is not the pagination cap, or nothing was written since the last reading."""
+        capped = exc.status == 422 and "pagination is limited" in str(exc).lower()
+        last = self.last
+        if not capped or self.first_url is None or not self.known or last in (None, self.skip):
+            raise exc
+        assert last is not None
+        parts = urlsplit(self.first_url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("page", "since")]
+        url = parts._replace(query=urlencode([*query, ("since", last[0])])).geturl()
+        log.info(
+            "GitHub pages %s only so deep: reading on from the items created at %s",
+            parts.path,
+            last[0],
+        )
+        self.skip = last
+        return url
 
 
 def _advice(status: int, headers: Mapping[str, str]) -> str:

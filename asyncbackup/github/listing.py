@@ -55,6 +55,8 @@ class MetadataKind:
     #: repository record fields (``has_issues``...) for features a repository can turn off:
     #: the resource is there while any of them is on
     needs: tuple[str, ...] = ()
+    #: the list takes ``since``: read on with it past the depth GitHub pages it
+    by_since: bool = False
 
 
 def turned_off(
@@ -84,6 +86,7 @@ METADATA: tuple[MetadataKind, ...] = (
         paginated=True,
         params=(("state", "all"), *_BY_CREATION),
         needs=(_ISSUES,),
+        by_since=True,
     ),
     MetadataKind(
         "issue-comments",
@@ -92,6 +95,7 @@ METADATA: tuple[MetadataKind, ...] = (
         paginated=True,
         params=_BY_CREATION,
         needs=(_ISSUES, _PULLS),  # every pull request is an issue: its conversation too
+        by_since=True,
     ),
     MetadataKind(
         "pulls",
@@ -108,6 +112,7 @@ METADATA: tuple[MetadataKind, ...] = (
         paginated=True,
         params=_BY_CREATION,
         needs=(_PULLS,),
+        by_since=True,
     ),
     MetadataKind("releases", "releases.json", "/releases", paginated=True),
 )
