@@ -62,5 +62,9 @@ async def test_lists_deeper_than_githubs_pagination_cap_are_read_whole(
         assert sum("since=" in query for query in readings) >= 2  # 550 items, 200 a reading
 
         # the next run asks each page read whether it changed: all 304, nothing copied again
+        before = len(github.seen)
         again = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
         assert again.status == "completed", again.errors
+        assert again.copied_files == 0 and report.copied_files >= 3
+        asked = [seen for seen in github.seen[before:] if "since=" in seen.query]
+        assert asked and all(seen.if_none_match for seen in asked)
