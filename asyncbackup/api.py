@@ -421,6 +421,7 @@ async def _staged_copier(
     prepare: bool = True,  # False in a worker process: the main process prepared staging
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
+    stack.callback(staging.close)
     if prepare:
         await asyncio.to_thread(staging.prepare)
     download_limit, upload_limit = _bandwidth(config), _bandwidth(config)

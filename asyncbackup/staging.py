@@ -35,6 +35,7 @@ from .filemodes import (
     refuse_open_parent,
     refuse_shared_folder,
 )
+from .liveness import LivenessLock, writer_alive
 
 log = logging.getLogger("asyncbackup")
 
@@ -49,10 +50,6 @@ _CONFLICT_DIR = ".conflicts"
 _RESERVED_FIRST = {_CONFLICT_DIR: "%2E" + _CONFLICT_DIR[1:]}  # ours, under the staging root
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_UTF8 = codecs.lookup(_FS_ENCODING).name == "utf-8"
-#: the ``temp_path`` prefixes (``<pid>-<random>-``) this process has given out: a temporary
-#: file with this process's pid and another prefix is a dead process's that had the same pid
-#: (a job in a container is pid 1 at every run), not one of ours
-_OWN_PREFIXES: set[str] = set()
 
 
 def _encode_char(char: str) -> str:
@@ -111,22 +108,6 @@ def temp_root(base_local_path: Path) -> Path:
 def is_within(root: Path, path: Path) -> bool:
     root_s = os.path.abspath(root)
     return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
-
-
-def _writer_alive(name: str) -> bool:
-    """Whether the process that named a temporary file ``<pid>-...`` (``temp_path``) runs."""
-    pid, _, rest = name.partition("-")
-    if not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():  # ours, or a crashed run's that had this pid before
-        return f"{pid}-{rest.partition('-')[0]}-" in _OWN_PREFIXES
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def out_of_inodes(where: Path) -> bool:
@@ -224,7 +205,8 @@ class Staging:
         self._made: set[Path] = set()  # folders known to exist: no mkdir (and stat) per file
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
-        _OWN_PREFIXES.add(self._tmp_prefix)
+        #: held while this run writes temporary files: another run sharing the folder keeps them
+        self._alive = LivenessLock(self.tmp_dir, self._tmp_prefix)
         self._unremoved = False  # a staged file could not be removed (logged once)
 
     def prepare(self) -> None:
@@ -236,8 +218,9 @@ class Staging:
             refuse_open_parent(self.base)
             refuse_shared_folder(self.root, "staging folder")
             refuse_shared_folder(self.tmp_dir, "staging folder")
+            self._alive.hold()
             for leftover in self.tmp_dir.iterdir():
-                if not _writer_alive(leftover.name):
+                if not writer_alive(self.tmp_dir, leftover.name):
                     if leftover.is_dir() and not leftover.is_symlink():
                         shutil.rmtree(leftover, ignore_errors=True)
                     else:
@@ -272,7 +255,12 @@ class Staging:
         return self.conflict_dir / sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
     def temp_path(self) -> Path:
+        self._alive.hold()  # once, before the first (a worker process prepares nothing)
         return self.tmp_dir / f"{self._tmp_prefix}{next(self._tmp_names)}"
+
+    def close(self) -> None:
+        """The run is over: another may take its leftovers, if any, for a dead run's."""
+        self._alive.release()
 
     def store(self, key: str, data: bytes) -> Path:
         """Write ``data`` as the staged file of ``key``: a temporary file, then ``commit``

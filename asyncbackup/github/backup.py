@@ -189,6 +189,7 @@ async def run_github_backup(
         # Multipart uploads a crashed run left behind: aborted before anything else.
         await abort_recorded_uploads(state.extra, dest_client, config)
         staging = Staging(config.base_local_path, config.source_name)
+        stack.callback(staging.close)
         await asyncio.to_thread(staging.prepare)
         slots = asyncio.Semaphore(config.git_concurrency)
         stall = round(config.read_timeout)  # what the API requests wait for data, git waits too

@@ -39,6 +39,7 @@ async def test_fetch_stages_the_exact_bytes(
     assert fetched.metadata["ContentType"] == "x/y"
     # small objects also stay in memory for the upload; large ones are read back from disk
     assert fetched.data == (body if size <= IN_MEMORY_LIMIT else None)
+    staging.close()  # the run is over: its lock file goes too
     assert list(staging.tmp_dir.iterdir()) == []  # no temporary file left behind
 
 
@@ -58,6 +59,7 @@ async def test_a_small_listing_of_an_object_that_grew_is_refused_not_buffered(
     assert caught.value.code == "ObjectChanged"
     assert "run again" in str(caught.value)
     assert not staging.path_for("k").exists()
+    staging.close()  # the run is over: its lock file goes too
     assert list(staging.tmp_dir.iterdir()) == []
 
 
@@ -75,4 +77,5 @@ async def test_a_staging_failure_is_an_error_and_leaves_no_temporary_file(
         with pytest.raises(ObjectError) as caught:
             await src.fetch(listed(s3, buckets.source, "a/b"), staging)
     assert caught.value.code == "LocalIOError"
+    staging.close()  # the run is over: its lock file goes too
     assert list(staging.tmp_dir.iterdir()) == []

@@ -172,6 +172,7 @@ async def test_a_failed_upload_gives_back_every_memory_slot(
             )
     assert taken == [PART]
     assert budget.free == 3 * PART  # every byte given back
+    staging.close()  # the run is over: its lock file goes too
     assert list(staging.tmp_dir.iterdir()) == []
     assert not staging.path_for("data/obj").exists()
 

@@ -184,6 +184,7 @@ async def test_a_given_up_stream_gives_back_its_memory_and_stages_the_whole_obje
     assert budget.free == 2 * MiB  # every byte given back
     assert fetched.md5 == hashlib.md5(body).digest()  # the source's, from its ETag
     assert fetched.path.read_bytes() == body
+    staging.close()  # the run is over: its lock file goes too
     assert list(staging.tmp_dir.iterdir()) == []
 
 

@@ -149,6 +149,7 @@ def test_commit_into_a_folder_removed_behind_our_back(tmp_path: Path) -> None:
     second = staging.store("deep/dir/b", b"2")
     assert second.read_bytes() == b"2" and not first.exists()
     assert staging.store("deep/dir/c", b"3").read_bytes() == b"3"
+    staging.close()  # the run's end: its lock file goes too
     assert sorted(p.name for p in staging.tmp_dir.iterdir()) == []
 
 
@@ -214,3 +215,51 @@ async def test_a_second_cancellation_still_removes_the_temporary_file(tmp_path: 
     await asyncio.to_thread(lambda: None)  # the queue has run up to here
     assert not made[0].exists()
     executor.shutdown()
+
+
+def _other_namespace_run(tmp_path: Path, stop: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A run in another container sharing the staging folder, still writing: its own
+    process (here, so the kernel holds its lock), its files named with a pid of its own
+    namespace, which means nothing in ours (here: the pid of a process that ended)."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    runner = (
+        "import os, sys, pathlib, time\n"
+        "os.getpid = lambda: int(sys.argv[3])  # its pid in its own namespace\n"
+        "import asyncbackup.staging as s\n"
+        "st = s.Staging(pathlib.Path(sys.argv[1]), 'bucket')\n"
+        "st.prepare()\n"
+        "path = st.temp_path()\n"
+        "path.write_bytes(b'being written')\n"
+        "print(path, flush=True)\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\n"
+    )
+    argv = [sys.executable, "-c", runner, str(tmp_path), str(stop), ended.stdout.strip()]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_a_run_in_another_pid_namespace_keeps_its_temporary_files(tmp_path: Path) -> None:
+    """Jobs in two containers may share a staging volume (two prefixes of one bucket, in
+    Kubernetes CronJobs with one volume). Each has pids the other's namespace does not have
+    (or has for another process: pid 1): taken for a dead run's, a live run's partial
+    downloads were removed by the other's start. A run now holds a lock while it writes;
+    its files are kept while the lock is held, and removed once it is not (killed)."""
+    stop = tmp_path / "stop"
+    process, in_flight = _other_namespace_run(tmp_path, stop)
+    try:
+        Staging(tmp_path, "other-prefix").prepare()  # another job on the same base path
+        assert in_flight.read_bytes() == b"being written"
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    Staging(tmp_path, "third").prepare()  # after it was killed: a dead run's leftovers
+    assert not in_flight.exists()
+    assert [p.name for p in (tmp_path / ".tmp").iterdir()] == []
