@@ -40,6 +40,11 @@ _DRAIN_BATCH = 2048
 # While a backlog is queued, a flush waits for its last batch, but for no more than this
 # many events: a writer that never catches up (items that cost nothing) still flushes.
 _FLUSH_DEFERRED_MAX = 8 * _DRAIN_BATCH
+# Listed items the writer has not applied yet, at most, before the listing waits for it: a
+# page waits in the writer's queue while a flush is slow (the first writes the whole map),
+# and a resume whose objects are done does not wait for the workers, so it listed its whole
+# bucket into that queue meanwhile. The listing goes on once half of them are applied.
+_LISTED_AHEAD = _FLUSH_DEFERRED_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +240,9 @@ class Pipeline:
             maxsize=queue_depth or concurrency * 4
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._listed_unapplied = 0  # items of the ``_Listed`` events queued
+        self._listing_room = asyncio.Event()  # set while the listing may go on
+        self._listing_room.set()
         self._since_flush = 0
         self._last_flush = time.monotonic()
         self._stale_errors = set(state.errors)
@@ -308,6 +316,7 @@ class Pipeline:
             async for page in listing:
                 if self.stop.is_set():
                     break
+                self._listed_unapplied += len(page)
                 self._events.put_nowait(_Listed(page))
                 for item in page:
                     if item.present or done_before(files, item):
@@ -315,6 +324,9 @@ class Pipeline:
                     if self.stop.is_set():
                         break
                     await self._work.put(item)
+                if self._listed_unapplied > _LISTED_AHEAD:  # the writer is behind: wait
+                    self._listing_room.clear()
+                    await self._listing_room.wait()
             else:
                 self._events.put_nowait(_ListingDone())
         finally:  # stopped or cancelled: the listing's requests end now, not when collected
@@ -437,6 +449,9 @@ class Pipeline:
                     notes[key] = value
             case _Listed(items):
                 self._apply_listed(items)
+                self._listed_unapplied -= len(items)
+                if self._listed_unapplied <= _LISTED_AHEAD // 2:
+                    self._listing_room.set()
             case _ListingDone():
                 result.listing_complete = True
                 self._set_totals()
