@@ -366,12 +366,16 @@ class Pipeline:
             if self._drain_events(_DRAIN_BATCH):
                 return
             overdue = self._since_flush and time.monotonic() - self._last_flush >= self.max_age
+            # Entries of the next journal line that no completion counts (objects found
+            # unchanged as they are listed): a line of a bounded size, however rare the
+            # completions between them.
+            large = len(self._changes.files) >= _FLUSH_DEFERRED_MAX
             backlog = not self._events.empty()
-            if backlog and self._since_flush < _FLUSH_DEFERRED_MAX and not overdue:
+            if backlog and self._since_flush < _FLUSH_DEFERRED_MAX and not overdue and not large:
                 # A backlog: the loop's other tasks run before the next batch, and the flush
                 # waits for the batches after it (one flush for them, up to a cap).
                 await asyncio.sleep(0)
-            elif overdue or self._since_flush >= self.interval or self._flush_waiters:
+            elif overdue or large or self._since_flush >= self.interval or self._flush_waiters:
                 await self._flush()
             elif backlog:
                 # Not left to the queue's get: from Python 3.12 on, wait_for returns an item

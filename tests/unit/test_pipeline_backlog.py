@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.journal import Changes
 from asyncbackup.pipeline import Pipeline, WorkItem
 
 _PAGES = 60
@@ -111,3 +112,51 @@ async def test_the_workers_wait_while_a_slow_flush_holds_their_completions(
         manager.close()
     assert pipeline.result.done_files == len(items) and not pipeline.result.failed
     assert started_while_held <= 70_000, f"{started_while_held} copies made meanwhile"
+
+
+class _Batches(CheckpointManager):
+    """Records the number of file entries of each journal line the writer asks for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+
+    async def save_async(self, state: CheckpointState, changes: Changes) -> None:
+        self.batches.append(len(changes.files))
+        await super().save_async(state, changes)
+
+
+async def test_objects_found_unchanged_are_recorded_in_batches_of_bounded_size(
+    tmp_path: Path,
+) -> None:
+    """``--skip-existing``: an object identical at the destination is marked done as it is
+    listed, no copy, no completion event. Those waited for the next completion to be
+    flushed: a bucket that gained a few objects kept every unchanged one listed in between
+    in one batch, encoded on the event loop as one journal line (10M keys: gigabytes)."""
+    manager = _Batches(tmp_path / "job.checkpoint")
+    manager.open()
+    state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+    present = [WorkItem(f"p/b{i:08d}", 1, present=True) for i in range(50 * _PAGE)]
+    first_done = asyncio.Event()
+
+    async def listing() -> AsyncIterator[Sequence[WorkItem]]:
+        yield [WorkItem("p/a", 1)]  # new: copied, the first flush (the whole file)
+        await first_done.wait()
+        for start in range(0, len(present), _PAGE):
+            await asyncio.sleep(0)
+            yield present[start : start + _PAGE]
+        yield [WorkItem("p/c", 1)]  # new, at the end: its completion flushes
+
+    async def process(item: WorkItem) -> int:
+        first_done.set()
+        return item.size
+
+    pipeline = Pipeline(manager=manager, state=state, concurrency=2, interval=1)
+    try:
+        await asyncio.wait_for(pipeline.run(listing(), process), 60)
+    finally:
+        manager.close()
+    assert pipeline.result.unchanged_files == len(present)
+    assert pipeline.result.done_files == 2
+    assert len(manager.batches) >= 2  # recorded as they come, in several journal lines
+    assert max(manager.batches) <= 20_000, f"a journal line of {max(manager.batches)} files"
