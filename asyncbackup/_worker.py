@@ -162,14 +162,26 @@ class Worker:
 
 
 async def _open(
-    config: BackupConfig, stack: contextlib.AsyncExitStack, journal: UploadJournal
+    config: BackupConfig,
+    stack: contextlib.AsyncExitStack,
+    journal: UploadJournal,
+    part_buffer_bytes: int,
 ) -> Process:
-    """The copier, its clients opened (and their buckets checked) on ``stack``."""
+    """The copier, its clients opened (and their buckets checked) on ``stack``; its parts
+    held in memory bounded to ``part_buffer_bytes``, its share of the run's."""
     if config.direct:  # server-side: the destination's client is all it needs
         client = await open_job_destination(stack, config, worker=True)
         return await _direct_copier(config, client, stack, journal)
     source_client, dest_client = await _open_stores(stack, config, worker=True)
-    return await _staged_copier(config, source_client, dest_client, journal, stack, prepare=False)
+    return await _staged_copier(
+        config,
+        source_client,
+        dest_client,
+        journal,
+        stack,
+        part_buffer_bytes=part_buffer_bytes,
+        prepare=False,
+    )
 
 
 async def _until_eof(
@@ -220,7 +232,9 @@ async def serve(in_fd: int, out_fd: int) -> int:
         config = wire.config_from_wire(init["config"])
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
-            process = await _until_eof(reader, _open(config, stack, UploadJournal(notes)))
+            budget = int(init["part_buffer_bytes"])
+            opening = _open(config, stack, UploadJournal(notes), budget)
+            process = await _until_eof(reader, opening)
             if process is None:
                 return 0  # the main process went away while this one opened its clients
             await Worker(channel, process, notes).serve(reader)

@@ -54,7 +54,7 @@ from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
 from .uploads import UploadJournal, abort_recorded_uploads, last_try_at_uploads
-from .workerpool import share_of, start_worker_processes
+from .workerpool import budget_share, share_of, start_worker_processes
 
 log = logging.getLogger("asyncbackup")
 
@@ -64,9 +64,6 @@ _OBJECT_ATTEMPTS = 3
 #: (``retry.is_outage``), none copied in between: every later one would fail the same way,
 #: each after its minutes of retries
 _OUTAGE_OBJECTS = 16
-#: multipart parts held in memory at once, across all objects: memory stays flat whatever the
-#: concurrency, the part size or the object size (``ByteBudget``)
-_PART_BUFFER_BYTES = 128 * 1024 * 1024
 
 
 def _bandwidth(config: BackupConfig) -> TokenBucket | None:
@@ -347,7 +344,14 @@ async def run_backup(
         process = (
             await _direct_copier(share, dest_client, stack, journal)
             if config.direct
-            else await _staged_copier(share, source_client, dest_client, journal, stack)
+            else await _staged_copier(
+                share,
+                source_client,
+                dest_client,
+                journal,
+                stack,
+                part_buffer_bytes=budget_share(config.processes),
+            )
         )
         if config.processes > 1:  # a share of the copying in worker processes
             process = await start_worker_processes(stack, config, pipeline, process)
@@ -418,6 +422,7 @@ async def _staged_copier(
     journal: UploadJournal,
     stack: contextlib.AsyncExitStack,
     *,
+    part_buffer_bytes: int,  # this process's share of the parts held in memory (budget_share)
     prepare: bool = True,  # False in a worker process: the main process prepared staging
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
@@ -440,7 +445,7 @@ async def _staged_copier(
         multipart_threshold=config.multipart_threshold,
         part_size_for=config.part_size_for,
         part_concurrency=config.part_concurrency,
-        part_budget=ByteBudget(_PART_BUFFER_BYTES),
+        part_budget=ByteBudget(part_buffer_bytes),
         extra_params=_dest_params(config),
         bandwidth=upload_limit,
         readable=not config.dest_write_only,

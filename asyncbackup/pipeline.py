@@ -40,6 +40,11 @@ _DRAIN_BATCH = 2048
 # While a backlog is queued, a flush waits for its last batch, but for no more than this
 # many events: a writer that never catches up (items that cost nothing) still flushes.
 _FLUSH_DEFERRED_MAX = 8 * _DRAIN_BATCH
+# Listed items the writer has not applied yet, at most, before the listing waits for it: a
+# page waits in the writer's queue while a flush is slow (the first writes the whole map),
+# and a resume whose objects are done does not wait for the workers, so it listed its whole
+# bucket into that queue meanwhile. The listing goes on once half of them are applied.
+_LISTED_AHEAD = _FLUSH_DEFERRED_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +240,9 @@ class Pipeline:
             maxsize=queue_depth or concurrency * 4
         )
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._listed_unapplied = 0  # items of the ``_Listed`` events queued
+        self._listing_room = asyncio.Event()  # set while the listing may go on
+        self._listing_room.set()
         self._since_flush = 0
         self._last_flush = time.monotonic()
         self._stale_errors = set(state.errors)
@@ -308,6 +316,7 @@ class Pipeline:
             async for page in listing:
                 if self.stop.is_set():
                     break
+                self._listed_unapplied += len(page)
                 self._events.put_nowait(_Listed(page))
                 for item in page:
                     if item.present or done_before(files, item):
@@ -315,6 +324,9 @@ class Pipeline:
                     if self.stop.is_set():
                         break
                     await self._work.put(item)
+                if self._listed_unapplied > _LISTED_AHEAD:  # the writer is behind: wait
+                    self._listing_room.clear()
+                    await self._listing_room.wait()
             else:
                 self._events.put_nowait(_ListingDone())
         finally:  # stopped or cancelled: the listing's requests end now, not when collected
@@ -354,12 +366,16 @@ class Pipeline:
             if self._drain_events(_DRAIN_BATCH):
                 return
             overdue = self._since_flush and time.monotonic() - self._last_flush >= self.max_age
+            # Entries of the next journal line that no completion counts (objects found
+            # unchanged as they are listed): a line of a bounded size, however rare the
+            # completions between them.
+            large = len(self._changes.files) >= _FLUSH_DEFERRED_MAX
             backlog = not self._events.empty()
-            if backlog and self._since_flush < _FLUSH_DEFERRED_MAX and not overdue:
+            if backlog and self._since_flush < _FLUSH_DEFERRED_MAX and not overdue and not large:
                 # A backlog: the loop's other tasks run before the next batch, and the flush
                 # waits for the batches after it (one flush for them, up to a cap).
                 await asyncio.sleep(0)
-            elif overdue or self._since_flush >= self.interval or self._flush_waiters:
+            elif overdue or large or self._since_flush >= self.interval or self._flush_waiters:
                 await self._flush()
             elif backlog:
                 # Not left to the queue's get: from Python 3.12 on, wait_for returns an item
@@ -437,6 +453,9 @@ class Pipeline:
                     notes[key] = value
             case _Listed(items):
                 self._apply_listed(items)
+                self._listed_unapplied -= len(items)
+                if self._listed_unapplied <= _LISTED_AHEAD // 2:
+                    self._listing_room.set()
             case _ListingDone():
                 result.listing_complete = True
                 self._set_totals()

@@ -15,6 +15,7 @@ name no key maps to: a key's first segment ``.conflicts`` is encoded as ``%2Econ
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import errno
 import itertools
@@ -46,6 +47,10 @@ _TMP_DIR = ".tmp"
 #: tries at making a folder and renaming a staged file into it, which another process
 #: sharing the staging tree may prune (empty) in between
 _MOVE_ATTEMPTS = 10
+#: folders a ``Staging`` remembers having made (the most recently used): keys come in listing
+#: order, so those of one folder come together, and a bucket of millions of folders is not
+#: remembered whole
+_MADE_FOLDERS = 1024
 _CONFLICT_DIR = ".conflicts"
 _RESERVED_FIRST = {_CONFLICT_DIR: "%2E" + _CONFLICT_DIR[1:]}  # ours, under the staging root
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -202,7 +207,8 @@ class Staging:
         # Creating folders for a commit and pruning empty ones after a cleanup happen in
         # worker threads: one lock keeps a prune from removing a folder a commit just made.
         self._folders = threading.Lock()
-        self._made: set[Path] = set()  # folders known to exist: no mkdir (and stat) per file
+        # folders known to exist: no mkdir (and stat) per file; the last ``_MADE_FOLDERS`` used
+        self._made: collections.OrderedDict[Path, None] = collections.OrderedDict()
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
         #: held while this run writes temporary files: another run sharing the folder keeps them
@@ -305,11 +311,12 @@ class Staging:
         prune the folder, empty, between its creation and the rename: it is made again."""
         folder = target.parent
         if folder in self._made:
+            self._made.move_to_end(folder)
             try:
                 _rename(tmp, target)
                 return target
             except FileNotFoundError:  # removed behind our back: create it again
-                self._made.discard(folder)
+                self._made.pop(folder, None)
         for attempt in range(1, _MOVE_ATTEMPTS + 1):
             try:
                 make_folders(folder)
@@ -318,7 +325,9 @@ class Staging:
                 if attempt == _MOVE_ATTEMPTS or not tmp.exists():
                     raise
                 continue
-            self._made.add(folder)
+            self._made[folder] = None
+            if len(self._made) > _MADE_FOLDERS:
+                self._made.popitem(last=False)  # the least recently used
             return target
         raise AssertionError("unreachable")
 
@@ -352,5 +361,5 @@ class Staging:
                     parent.rmdir()
                 except OSError:
                     break
-                self._made.discard(parent)
+                self._made.pop(parent, None)
                 parent = parent.parent

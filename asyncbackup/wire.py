@@ -7,7 +7,8 @@ are names; each worker resolves its own credentials from the same environment).
 
 main -> worker::
 
-    {"op": "init", "config": {...}, "log_level": 20}       first line, once
+    {"op": "init", "config": {...}, "log_level": 20,       first line, once; the worker's
+     "part_buffer_bytes": 67108864}                        share of the parts in memory
     {"op": "copy", "id": 7, "item": {...}}                  copy one object
     {"op": "cancel", "id": 7}                               stop copying it (abort, clean up)
     {"op": "ack", "id": 3}                                  durable note 3 is in the checkpoint

@@ -55,6 +55,17 @@ _BOOT = (
 )
 
 
+#: multipart parts held in memory at once in a run, across all its objects and processes:
+#: memory stays flat whatever the concurrency, the part size or the object size (``ByteBudget``)
+PART_BUFFER_BYTES = 128 * 1024 * 1024
+
+
+def budget_share(count: int) -> int:
+    """The bytes of parts one of ``count`` copying processes may hold in memory: the run's
+    ``PART_BUFFER_BYTES`` shared, so that ``--processes`` does not multiply it."""
+    return PART_BUFFER_BYTES // count
+
+
 def share_of(config: BackupConfig, count: int) -> BackupConfig:
     """The configuration of one of ``count`` copying processes: its part of the concurrency
     and of the bandwidth limit (``config`` itself when ``count`` is 1)."""
@@ -129,6 +140,7 @@ class WorkerPool:
             init = {
                 "op": "init",
                 "config": wire.config_to_wire(share_of(self.config, self.count + 1)),
+                "part_buffer_bytes": budget_share(self.count + 1),
                 "log_level": log.getEffectiveLevel(),
             }
             for _ in range(self.count):

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-import asyncbackup.api
+import asyncbackup.workerpool
 from asyncbackup.checksums import multipart_etag
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.partfeed import ByteBudget
@@ -57,7 +57,7 @@ async def test_a_source_part_larger_than_the_budget_is_never_held_whole(
     fast_path: bool,
     checksum: str,
 ) -> None:
-    monkeypatch.setattr(asyncbackup.api, "_PART_BUFFER_BYTES", BUDGET)
+    monkeypatch.setattr(asyncbackup.workerpool, "PART_BUFFER_BYTES", BUDGET)
     # what a first run in a process loads once (botocore's endpoints and models: 22 MiB
     # traced at its peak), loaded before the copy measured
     s3.put_object(Bucket=buckets.source, Key="warm/up", Body=b"x")
@@ -144,7 +144,7 @@ async def test_large_parts_survive_a_cut_download_and_a_corrupted_upload(
     is in memory to drop), and a part's upload corrupted on the way is caught (its
     Content-MD5 and the ETag answered are those of the bytes downloaded; moto checks only
     the ETag) and sent again, read from the file again."""
-    monkeypatch.setattr(asyncbackup.api, "_PART_BUFFER_BYTES", BUDGET)
+    monkeypatch.setattr(asyncbackup.workerpool, "PART_BUFFER_BYTES", BUDGET)
     etag = put_multipart(s3, buckets.source, "data/big", [PART, PART, 3 * MiB])
     body = s3.get_object(Bucket=buckets.source, Key="data/big")["Body"].read()
     proxy.add_rule(Rule("truncate", method="GET", path=r"/data/big$", times=1))

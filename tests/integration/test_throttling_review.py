@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import asyncbackup.api
+import asyncbackup.workerpool
 from asyncbackup import run_backup
 from tests.conftest import Buckets
 from tests.helpers import cli_args
@@ -103,7 +103,7 @@ async def test_a_download_cut_short_while_throttled_does_not_wait_for_good(
     the first one held: the run hung for good. Here the budget is one 5 MiB part: x's body
     is cut short while y's first GET is throttled. The cut part is now dropped, and the
     retry starts at its beginning."""
-    monkeypatch.setattr(asyncbackup.api, "_PART_BUFFER_BYTES", 5 * MiB)
+    monkeypatch.setattr(asyncbackup.workerpool, "PART_BUFFER_BYTES", 5 * MiB)
     bodies = {f"d/{name}": os.urandom(6 * MiB) for name in "xy"}
     for key, body in bodies.items():
         s3.put_object(Bucket=buckets.source, Key=key, Body=body)

@@ -263,3 +263,17 @@ def test_a_run_in_another_pid_namespace_keeps_its_temporary_files(tmp_path: Path
     Staging(tmp_path, "third").prepare()  # after it was killed: a dead run's leftovers
     assert not in_flight.exists()
     assert [p.name for p in (tmp_path / ".tmp").iterdir()] == []
+
+
+def test_the_folders_known_to_exist_are_a_bounded_number(tmp_path: Path) -> None:
+    """Staging remembers the folders it made (no mkdir per file), but not every folder of
+    the job: a bucket of 10M objects each in a folder of its own (``<id>/file``) held 10M
+    paths in memory beside the checkpoint's map, unless --cleanup pruned them."""
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    paths = [staging.store(f"jobs/{i:05d}/result", str(i).encode()) for i in range(3000)]
+    assert all(path.read_bytes() == str(i).encode() for i, path in enumerate(paths))
+    assert len(staging._made) <= 1024, f"{len(staging._made)} folders remembered"
+    # a folder forgotten since is made again as needed, and one still known is reused
+    again = staging.store("jobs/00000/second", b"a")
+    assert again.read_bytes() == b"a" and again.parent == paths[0].parent
