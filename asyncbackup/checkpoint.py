@@ -626,14 +626,22 @@ def recorded_patterns(path: Path, stored: dict[str, Any], name: str) -> tuple[st
     return tuple(value)
 
 
+def recorded_text(path: Path, stored: dict[str, Any], name: str, what: str) -> str | None:
+    """The string (or null) a checkpoint's ``config`` records under ``name``; anything else
+    there - a number, a list - is a corrupt checkpoint, not "not recorded": a resume would
+    then skip the files it marks done wherever they are."""
+    value = stored[name]
+    if value is not None and not isinstance(value, str):
+        raise _corrupt(path, f"field 'config.{name}' must be {what} or null")
+    return value
+
+
 def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:
     """A resume must copy to the store where the files the checkpoint marks done are: another
     endpoint (another server, with a bucket of the same name) would be left without them."""
     if "dest_endpoint_url" not in stored:
         return  # written by hand or by an older tool: nothing to compare
-    recorded = stored["dest_endpoint_url"]
-    if recorded is not None and not isinstance(recorded, str):
-        return
+    recorded = recorded_text(path, stored, "dest_endpoint_url", "a URL")
     now = endpoint_for_checkpoint(endpoint)
     try:
         before = endpoint_for_checkpoint(recorded)
