@@ -1,0 +1,42 @@
+"""The checkpoint file as a public contract (``shared/spec/checkpoint-schema.md``): what an
+operator writes or edits by hand, with ``jq`` or an editor, is read as the run reads it, by
+real runs and the checkpoint tool against the S3 server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Buckets, S3Server
+from tests.faulty_proxy import run_cli_async
+from tests.helpers import cli_args
+from tests.reliability import one_error_line, put_parallel
+
+
+@pytest.mark.parametrize(("field", "value"), [("dest_prefix", 5), ("dest_endpoint_url", 9000)])
+async def test_verify_refuses_a_recorded_destination_a_hand_edit_broke(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, field: str, value: Any
+) -> None:
+    """``checkpoint verify`` looks where the checkpoint says the copies are: a
+    ``config.dest_prefix`` or ``dest_endpoint_url`` that is no string was taken for "none",
+    and the copies under the prefix were reported missing (exit 1; with ``--mark-pending``
+    all marked to be copied again), or AWS's endpoint asked. As for a run: corrupt, exit 2."""
+    put_parallel(s3, buckets.source, {f"k/{i}": b"x" for i in range(3)})
+    base = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)
+    backup = await run_cli_async(["s3", "k", *args, "--dest-prefix", "copies", "--quiet"])
+    assert backup.returncode == 0, backup.stderr
+    (archived,) = (base / "checkpoints" / "archive").iterdir()
+    data = orjson.loads(archived.read_bytes())
+    data["config"][field] = value
+    archived.write_bytes(orjson.dumps(data))
+    before = archived.read_bytes()
+    where = ["--source-endpoint-url", s3_server.endpoint, "--mark-pending"]
+    checked = await run_cli_async(["checkpoint", "verify", str(archived), *where])
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    line = one_error_line(checked.stderr)
+    assert "is corrupt" in line and f"config.{field}" in line, line
+    assert archived.read_bytes() == before
