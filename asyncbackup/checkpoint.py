@@ -145,6 +145,19 @@ def checkpoint_path(
     return directory / f"{name}{CHECKPOINT_SUFFIX}"
 
 
+def _bad(mapping: object, kind: type) -> str:
+    """``: 'KEY' is VALUE``, the first entry of ``mapping`` that is not a ``kind``: one among
+    a million a hand edit broke can be found (empty when ``mapping`` is no object)."""
+    if not isinstance(mapping, dict):
+        return ""
+    for key, value in mapping.items():
+        if not isinstance(value, kind):
+            shown = orjson.dumps(value).decode()
+            shown = shown if len(shown) <= 40 else f"{shown[:40]}..."
+            return f": {key!r} is {shown}"
+    return ""
+
+
 @dataclass(slots=True)
 class CheckpointState:
     """The in-memory form of one checkpoint file."""
@@ -201,10 +214,10 @@ class CheckpointState:
                 raise ValueError(f"field {name!r} is not a non-negative integer")
         files = data.get("files", {})
         if not isinstance(files, dict) or not all(isinstance(v, bool) for v in files.values()):
-            raise ValueError("field 'files' must map paths to true or false")
+            raise ValueError(f"field 'files' must map paths to true or false{_bad(files, bool)}")
         errors = data.get("errors", {})
         if not isinstance(errors, dict) or not all(isinstance(v, str) for v in errors.values()):
-            raise ValueError("field 'errors' must map paths to messages")
+            raise ValueError(f"field 'errors' must map paths to messages{_bad(errors, str)}")
         for name in NOTE_SECTIONS & data.keys():
             if not isinstance(data[name], dict):
                 raise ValueError(f"field {name!r} must be an object")

@@ -40,3 +40,39 @@ async def test_verify_refuses_a_recorded_destination_a_hand_edit_broke(
     line = one_error_line(checked.stderr)
     assert "is corrupt" in line and f"config.{field}" in line, line
     assert archived.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("section", "bad"),
+    [("files", "done"), ("files", None), ("errors", None), ("errors", 403)],
+)
+async def test_a_bad_entry_in_a_large_map_is_named(
+    buckets: Buckets, tmp_path: Path, section: str, bad: Any
+) -> None:
+    """One wrong value among thousands of entries (a status not in the spec, an error
+    "cleared" with null as the journal does): the one line names its key, so the operator
+    can find and repair it (it only said the map was wrong)."""
+    files: dict[str, Any] = {f"job/f{i:05d}": i % 2 == 0 for i in range(5000)}
+    errors: dict[str, Any] = {f"job/f{i:05d}": "AccessDenied: no" for i in range(1, 5000, 2)}
+    {"files": files, "errors": errors}[section]["job/f03001"] = bad
+    path = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
+    path.parent.mkdir()
+    written = {
+        "backup_id": "hand",
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "start_time": "2024-04-06T12:00:00",
+        "last_update": "2024-04-06T12:00:00",
+        "files": files,
+        "errors": errors,
+    }
+    path.write_bytes(orjson.dumps(written, option=orjson.OPT_INDENT_2))
+    before = path.read_bytes()
+    for command in (["show"], ["errors"], ["mark", "--done", "job/f00001"]):
+        shown = await run_cli_async(["checkpoint", command[0], str(path), *command[1:]])
+        assert shown.returncode == 2, shown.stdout + shown.stderr
+        line = one_error_line(shown.stderr)
+        assert "is corrupt" in line and f"field '{section}'" in line, line
+        assert "'job/f03001'" in line, line
+    assert path.read_bytes() == before
