@@ -317,7 +317,7 @@ async def run_backup(
                 "resuming %s: %d of %d files already done",
                 path,
                 state.processed_files,
-                state.total_files,
+                max(state.total_files, len(state.files)),  # a hand-written one may lack it
             )
         # Multipart uploads a crashed run left behind: aborted before anything else.
         await abort_recorded_uploads(state.extra, dest_client, config)

@@ -180,7 +180,7 @@ async def run_github_backup(
                     "resuming %s: %d of %d artifacts already done",
                     path,
                     state.processed_files,
-                    state.total_files,
+                    max(state.total_files, len(state.files)),  # a hand-written one may lack it
                 )
         elif not config.ignore_checkpoints:
             carried = await asyncio.to_thread(carry_forward, manager, state, config.api_url)

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
 from tests.helpers import cli_args
-from tests.reliability import one_error_line, put_parallel
+from tests.reliability import one_error_line, put_parallel, run_cli
 
 
 @pytest.mark.parametrize(("field", "value"), [("dest_prefix", 5), ("dest_endpoint_url", 9000)])
@@ -76,3 +76,32 @@ async def test_a_bad_entry_in_a_large_map_is_named(
         assert "is corrupt" in line and f"field '{section}'" in line, line
         assert "'job/f03001'" in line, line
     assert path.read_bytes() == before
+
+
+def test_a_checkpoint_without_its_counters_resumes_with_sensible_counts(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The counters are optional to a hand-written checkpoint (they are recounted): its
+    resume said "2 of 0 files already done"; now of the files the checkpoint knows, as
+    ``checkpoint show`` says."""
+    put_parallel(s3, buckets.source, {f"job/{i}": b"x" for i in range(4)})
+    path = tmp_path / "checkpoints" / f"{buckets.source}_job.checkpoint"
+    path.parent.mkdir()
+    written = {
+        "backup_id": "hand",
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "start_time": "2024-04-06T12:00:00",
+        "last_update": "2024-04-06T12:00:00",
+        "files": {"job/0": True, "job/1": True, "job/2": False},
+    }
+    path.write_bytes(orjson.dumps(written))
+    args = ["job", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 3 files already done" in done.stderr, done.stderr
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]) == [
+        "job/2",
+        "job/3",
+    ]
