@@ -21,6 +21,7 @@ Nothing here prints; the ``format_*`` functions at the end build the CLI's text.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -643,7 +644,9 @@ def human_bytes(size: float) -> str:
 
 
 def _job(info: CheckpointInfo) -> str:
-    return f"{info.source} -> s3://{info.dest_bucket}"
+    """Escaped, as the run logs it: a source path is a key prefix, and may hold any character
+    (a hand-written checkpoint, any field)."""
+    return printable(f"{info.backup_id}  {info.source} -> s3://{info.dest_bucket}")
 
 
 def _state(info: CheckpointInfo) -> str:
@@ -660,9 +663,10 @@ def format_info(info: CheckpointInfo) -> str:
     pct_bytes = 100.0 * info.processed_bytes / info.total_bytes if info.total_bytes else 0.0
     lines = [
         f"checkpoint   {info.path}",
-        f"job          {info.backup_id}  {_job(info)}",
+        f"job          {_job(info)}",
         f"state        {_state(info)}",
-        f"started      {info.start_time}    last update {info.last_update}",
+        # ISO, but Python's reading takes any one character between date and time
+        printable(f"started      {info.start_time}    last update {info.last_update}"),
         f"files        {info.processed_files:,} of {info.total_files:,} done "
         f"({info.percent_files:.1f}%), {info.pending_files:,} pending",
         f"bytes        {human_bytes(info.processed_bytes)} of {human_bytes(info.total_bytes)} "
@@ -693,8 +697,9 @@ def format_listed(item: ListedCheckpoint) -> str:
         return f"{item.path}  UNREADABLE: {item.problem}{kind}"
     info = item.info
     running = "  [running]" if info.in_use else ""
+    job = _job(dataclasses.replace(info, backup_id=info.backup_id[:8]))
     return (
-        f"{item.path}  {info.backup_id[:8]}  {_job(info)}  "
+        f"{item.path}  {job}  "
         f"{info.processed_files:,}/{info.total_files:,} files ({info.percent_files:.0f}%)  "
         f"{info.error_count:,} errors{running}{kind}"
     )

@@ -105,3 +105,26 @@ def test_a_checkpoint_without_its_counters_resumes_with_sensible_counts(
         "job/2",
         "job/3",
     ]
+
+
+async def test_show_and_list_escape_the_job_a_checkpoint_names(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A SOURCE_PATH is a key prefix and may hold any character; the run logs it escaped, but
+    ``checkpoint show`` and ``list`` printed the checkpoint's job as it is: a newline split
+    ``list``'s one line per checkpoint, and an escape sequence reached the terminal."""
+    source_path = "we\x1b[31mird\nline"
+    base = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)
+    backup = await run_cli_async(["s3", source_path, *args])  # nothing to copy: archived
+    assert backup.returncode == 0, backup.stderr
+    (archived,) = (base / "checkpoints" / "archive").iterdir()
+    data = orjson.loads(archived.read_bytes())
+    assert data["source_path"] == source_path  # the checkpoint keeps it exact
+    listed = await run_cli_async(["checkpoint", "list", "--all", str(base / "checkpoints")])
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("\n") == 1 and "\x1b" not in listed.stdout, listed.stdout
+    assert "we\\x1b[31mird\\nline" in listed.stdout, listed.stdout
+    shown = await run_cli_async(["checkpoint", "show", str(archived)])
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "we\\x1b[31mird\\nline" in shown.stdout, shown.stdout
