@@ -10,9 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
+from asyncbackup import run_github_backup
+from asyncbackup.github.listing import VERSIONS
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
 from tests.helpers import cli_args
+from tests.integration.github_org import config as github_config
+from tests.integration.github_org import running_org
+from tests.proxy import Rule, S3Proxy
 from tests.reliability import one_error_line, put_parallel, run_cli
 
 
@@ -128,3 +133,34 @@ async def test_show_and_list_escape_the_job_a_checkpoint_names(
     shown = await run_cli_async(["checkpoint", "show", str(archived)])
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "we\\x1b[31mird\\nline" in shown.stdout, shown.stdout
+
+
+async def test_a_github_artifact_set_false_by_hand_is_copied_again(
+    proxy: S3Proxy, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The spec's hand edit "reset progress ... by changing their status to false" (the
+    README: "false to copy it again"), made with jq on the checkpoint a GitHub run that ended
+    with errors left: the next run - a new pass, which looks at every artifact again - found
+    the artifact's version unchanged and its copy present, and did not copy it. Only
+    ``checkpoint mark --pending`` (which also forgets the version) did."""
+    async with running_org(tmp_path / "git") as github:
+        options = github_config(github, proxy.endpoint, buckets.dest, tmp_path / "w")
+        options["include"] = ["alpha", "beta"]
+        clock = github.clock
+        rule = proxy.add_rule(Rule("access_denied", method="PUT", path="alpha/issues.json"))
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed_with_errors", first.errors
+        (path,) = (tmp_path / "w" / "checkpoints").glob("*.checkpoint")
+        bundle = "github/acme/beta.bundle"
+        data = orjson.loads(path.read_bytes())
+        assert data["files"][bundle] is True and bundle in data[VERSIONS]
+        data["files"][bundle] = False  # jq '.files["github/acme/beta.bundle"] = false'
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+        proxy.rules.remove(rule)
+        puts = len(proxy.seen(method="PUT", path="beta.bundle"))
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        assert len(proxy.seen(method="PUT", path="beta.bundle")) == puts + 1
+        # what was not reset is not copied again (its version is unchanged)
+        assert len(proxy.seen(method="PUT", path="alpha.bundle")) == 1
