@@ -821,8 +821,9 @@ class CheckpointManager:
 
     # -- writing (in the writer thread) -------------------------------------------------
 
-    def _compact(self, state: CheckpointState) -> None:
-        state.last_update = now_iso()
+    def _compact(self, state: CheckpointState, touch: bool = True) -> None:
+        if touch:
+            state.last_update = now_iso()
         self.flushes += 1
         self.compactions += 1
         try:
@@ -895,9 +896,12 @@ class CheckpointManager:
 
     # -- the API ------------------------------------------------------------------------
 
-    def flush(self, state: CheckpointState) -> None:
-        """Compact now and wait, blocking (start-up, the end of a run, the checkpoint tool)."""
-        self._writer.submit(self._compact, state).result()
+    def flush(self, state: CheckpointState, *, touch: bool = True) -> None:
+        """Compact now and wait, blocking (start-up, the end of a run, the checkpoint tool).
+
+        Without ``touch``, ``last_update`` stays as it is: folding a journal is no update
+        (it stays when the crashed run last recorded progress)."""
+        self._writer.submit(self._compact, state, touch).result()
 
     async def flush_async(self, state: CheckpointState) -> None:
         """Compact without blocking the event loop; ordered after every earlier write.

@@ -251,7 +251,7 @@ def fold_leftover_journal(path: Path) -> int:
         if not loaded.journal:
             return 0
         with contextlib.suppress(CheckpointError):
-            manager.flush(loaded.state)
+            manager.flush(loaded.state, touch=False)
             return loaded.journal_batches
         return 0
     finally:
@@ -610,7 +610,7 @@ def compact_checkpoint(path: Path, *, discard_journal: bool = False) -> CompactR
             return CompactResult(path, had_journal=True, discarded_to=aside)
         loaded = load_checkpoint(path)
         if loaded.journal:
-            manager.flush(loaded.state)
+            manager.flush(loaded.state, touch=False)
         return CompactResult(path, loaded.journal, folded_batches=loaded.journal_batches)
     finally:
         manager.close()

@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import run_github_backup
+from asyncbackup import checkpoint, run_github_backup
+from asyncbackup.checkpoint import CheckpointManager, CheckpointState
 from asyncbackup.github.listing import VERSIONS
+from asyncbackup.journal import Changes, journal_path
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
 from tests.helpers import cli_args
@@ -164,3 +166,31 @@ async def test_a_github_artifact_set_false_by_hand_is_copied_again(
         assert len(proxy.seen(method="PUT", path="beta.bundle")) == puts + 1
         # what was not reset is not copied again (its version is unchanged)
         assert len(proxy.seen(method="PUT", path="alpha.bundle")) == 1
+
+
+@pytest.mark.parametrize("command", [["show", "--json"], ["compact"]])
+async def test_folding_a_crashed_run_s_journal_keeps_its_last_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """``last_update`` is "when the checkpoint was last updated": after a crash, when the run
+    last recorded progress. ``checkpoint show`` (a look) and ``compact`` fold the journal the
+    crash left into the JSON file, and set ``last_update`` to the time of that fold: a stalled
+    or dead job seemed to have progressed just now, in the output and in the file for good."""
+    path = tmp_path / "x.checkpoint"
+    monkeypatch.setattr(checkpoint, "now_iso", lambda: "2024-04-06T13:15:30+00:00")
+    manager = CheckpointManager(path)
+    manager.open()
+    state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+    manager.flush(state)
+    state.files["p/a"] = True
+    await manager.save_async(state, Changes(files={"p/a": True}))  # a journal line
+    manager.close()  # killed: no final compaction
+    assert journal_path(path).exists()
+    done = await run_cli_async(["checkpoint", *command, str(path)])
+    assert done.returncode == 0, done.stderr
+    assert not journal_path(path).exists()  # folded
+    written = orjson.loads(path.read_bytes())
+    assert written["files"] == {"p/a": True}
+    assert written["last_update"] == "2024-04-06T13:15:30+00:00"
+    if command[0] == "show":
+        assert orjson.loads(done.stdout)["last_update"] == "2024-04-06T13:15:30+00:00"
