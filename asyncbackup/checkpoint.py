@@ -793,6 +793,8 @@ class CheckpointManager:
                     self._leftover_valid = loaded.journal_valid_bytes
                     self.flush(state)
                 return state, True
+        elif carry:
+            carried = self._orphaned(carry)
         state = CheckpointState.new(
             source_bucket=source_bucket,
             source_path=source_path,
@@ -802,6 +804,29 @@ class CheckpointManager:
         state.extra.update(carried)
         self.flush(state)
         return state, False
+
+    def _orphaned(self, carry: Iterable[str]) -> dict[str, Any]:
+        """The sections named in ``carry`` that a journal records whose JSON file is gone
+        (removed or moved aside by hand after a crash, "to start over"): the multipart
+        uploads the crashed run had in flight, recorded there alone, still to abort. The new
+        checkpoint's first write then removes the journal."""
+        try:
+            data = self.journal.path.read_bytes()
+        except OSError:
+            return {}
+        extra: dict[str, Any] = {}
+        with contextlib.suppress(JournalFormatError):  # a corrupt one: what could be read
+            base = parse_journal(data).base_sha256
+            if base is not None:
+                read_journal(data, ({}, {}, extra), base)
+        carried = {name: extra[name] for name in carry if name in extra}
+        if carried:
+            log.info(
+                "%s is left without its checkpoint file (removed or moved aside after a "
+                "crash): its progress is dropped, the multipart uploads it records are aborted",
+                self.journal.path,
+            )
+        return carried
 
     def _set_aside(self) -> CheckpointState | None:
         """Keep an ignored checkpoint (and its journal) beside the new one; return its state

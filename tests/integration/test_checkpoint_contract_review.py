@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import checkpoint, run_github_backup
+from asyncbackup import checkpoint, run_backup, run_github_backup
 from asyncbackup.checkpoint import CheckpointManager, CheckpointState
 from asyncbackup.github.listing import VERSIONS
 from asyncbackup.journal import Changes, journal_path
@@ -19,6 +19,7 @@ from tests.faulty_proxy import run_cli_async
 from tests.helpers import cli_args
 from tests.integration.github_org import config as github_config
 from tests.integration.github_org import running_org
+from tests.integration.test_resume import crashed_mid_upload, job_settings
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import one_error_line, put_parallel, run_cli
 
@@ -194,3 +195,23 @@ async def test_folding_a_crashed_run_s_journal_keeps_its_last_update(
     assert written["last_update"] == "2024-04-06T13:15:30+00:00"
     if command[0] == "show":
         assert orjson.loads(done.stdout)["last_update"] == "2024-04-06T13:15:30+00:00"
+
+
+@pytest.mark.parametrize("how", ["removed", "moved aside"])
+async def test_a_checkpoint_removed_by_hand_after_a_crash_still_has_its_uploads_aborted(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, how: str
+) -> None:
+    """A checkpoint moved aside "to start over", as the messages say (or removed): after a
+    crash, the upload in flight is recorded in the journal beside the file only. The next run
+    started a new checkpoint and deleted that journal without a word, so nothing ever aborted the
+    upload: its parts stayed billed at the destination for good."""
+    path, upload = await crashed_mid_upload(s3, buckets, tmp_path)
+    assert journal_path(path).exists()
+    if how == "removed":
+        path.unlink()
+    else:
+        path.rename(path.with_name(path.name + ".old"))
+    settings = job_settings(s3_server, buckets, tmp_path)
+    report = await run_backup(**settings, on_complete="delete")
+    assert report.status == "completed"
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == [], upload
