@@ -395,7 +395,10 @@ def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[List
     found: list[ListedCheckpoint] = []
     for path in sorted(directory.rglob(f"*{CHECKPOINT_SUFFIX}*")):
         kind = _kind(path)
-        if kind is None or not path.is_file() or (kind != "active" and not include_all):
+        if kind is None or (kind != "active" and not include_all):
+            continue
+        # a directory in a live checkpoint's place stops its runs: listed, with the reason
+        if not (path.is_file() or (kind == "active" and path.is_dir())):
             continue
         try:
             loaded = load_checkpoint(path)

@@ -215,3 +215,21 @@ async def test_a_checkpoint_removed_by_hand_after_a_crash_still_has_its_uploads_
     report = await run_backup(**settings, on_complete="delete")
     assert report.status == "completed"
     assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == [], upload
+
+
+async def test_list_shows_a_directory_in_a_checkpoint_s_place(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A directory where a job's checkpoint goes stops its runs ("cannot read checkpoint ...:
+    Is a directory"); ``checkpoint list``, which lists "a file that cannot be read with the
+    reason", left it out, as if there were no checkpoint at all."""
+    base = tmp_path / "scratch"
+    place = base / "checkpoints" / f"{buckets.source}_job.checkpoint"
+    place.mkdir(parents=True)
+    args = cli_args(s3_server.endpoint, base, buckets.source, buckets.dest)
+    refused = await run_cli_async(["s3", "job", *args])
+    assert refused.returncode == 2 and "Is a directory" in one_error_line(refused.stderr)
+    listed = await run_cli_async(["checkpoint", "list", "--base-local-path", str(base)])
+    assert listed.returncode == 0, listed.stderr
+    assert f"{place}  UNREADABLE" in listed.stdout and "Is a directory" in listed.stdout
+    assert place.is_dir()
