@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from asyncbackup import checkpoint, run_backup, run_github_backup
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState
-from asyncbackup.github.listing import VERSIONS
+from asyncbackup.checkpoint import CheckpointManager, CheckpointState, read_checkpoint
+from asyncbackup.github.listing import ETAGS, RELEASE_LISTING, VERSIONS
 from asyncbackup.journal import Changes, journal_path
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
@@ -233,3 +233,46 @@ async def test_list_shows_a_directory_in_a_checkpoint_s_place(
     assert listed.returncode == 0, listed.stderr
     assert f"{place}  UNREADABLE" in listed.stdout and "Is a directory" in listed.stdout
     assert place.is_dir()
+
+
+def _break_etags(data: dict[str, Any]) -> None:
+    data[ETAGS]["github/acme/alpha/repository.json"] = "W/abc"  # an ETag, not its pages
+
+
+def _break_pages(data: dict[str, Any]) -> None:
+    data[RELEASE_LISTING]["github/acme/alpha"]["pages"] = 5
+
+
+def _break_rows(data: dict[str, Any]) -> None:
+    data[RELEASE_LISTING]["github/acme/alpha"]["assets"] = [["github/acme/alpha/x"]]
+
+
+def _break_size(data: dict[str, Any]) -> None:
+    data[RELEASE_LISTING]["github/acme/alpha"]["assets"][0][1] = "70 KB"
+
+
+@pytest.mark.parametrize("edit", [_break_etags, _break_pages, _break_rows, _break_size])
+async def test_a_hand_edited_github_etag_or_asset_record_is_read_again_not_a_crash(
+    proxy: S3Proxy, buckets: Buckets, tmp_path: Path, edit: Any
+) -> None:
+    """An ETag or an asset's size edited by hand in the sections a GitHub checkpoint keeps
+    them in (``github_etags``, ``github_release_listing``), in another shape than the
+    engine's: every later run stopped with "unexpected ValueError: not enough values to
+    unpack" (exit 3), until the file was repaired. What cannot be read is asked again."""
+    async with running_org(tmp_path / "git") as github:
+        options = github_config(github, proxy.endpoint, buckets.dest, tmp_path / "w")
+        options["include"] = ["alpha", "beta"]
+        clock = github.clock
+        rule = proxy.add_rule(Rule("access_denied", method="PUT", path="alpha/issues.json"))
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed_with_errors", first.errors
+        (path,) = (tmp_path / "w" / "checkpoints").glob("*.checkpoint")
+        data = orjson.loads(path.read_bytes())
+        edit(data)
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        proxy.rules.remove(rule)
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert second.status == "completed", second.errors
+        asset = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
+        assert second.archived_checkpoint is not None
+        assert asset in read_checkpoint(second.archived_checkpoint).files
