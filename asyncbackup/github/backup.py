@@ -395,7 +395,10 @@ def new_pass(state: CheckpointState, ended: dict[str, Any]) -> int:
     now ``false`` was reset by hand (the spec's "false" - jq, an editor) to be copied again:
     its version and ETags are forgotten, as ``checkpoint mark --pending`` does, or it would be
     found unchanged and not copied. Return how many are reset."""
-    failed = {key for key in ended.get("failed") or () if isinstance(key, str)}
+    recorded = ended.get("failed")  # a list of keys, unless a hand edit made it another thing
+    failed = (
+        {key for key in recorded if isinstance(key, str)} if isinstance(recorded, list) else set()
+    )
     reset = [key for key, done in state.files.items() if done is False and key not in failed]
     for section in (ETAGS, VERSIONS):
         notes = state.extra.get(section)

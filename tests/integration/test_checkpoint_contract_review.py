@@ -251,7 +251,13 @@ def _break_size(data: dict[str, Any]) -> None:
     data[RELEASE_LISTING]["github/acme/alpha"]["assets"][0][1] = "70 KB"
 
 
-@pytest.mark.parametrize("edit", [_break_etags, _break_pages, _break_rows, _break_size])
+def _break_failed(data: dict[str, Any]) -> None:
+    data["github_ended_with_errors"]["failed"] = 1  # "how many", not which
+
+
+@pytest.mark.parametrize(
+    "edit", [_break_etags, _break_pages, _break_rows, _break_size, _break_failed]
+)
 async def test_a_hand_edited_github_etag_or_asset_record_is_read_again_not_a_crash(
     proxy: S3Proxy, buckets: Buckets, tmp_path: Path, edit: Any
 ) -> None:
