@@ -24,6 +24,7 @@ from .checkpoint import (
     in_thread_to_the_end,
     read_checkpoint,
     recorded_patterns,
+    recorded_text,
 )
 from .config import BackupConfig
 from .encryption import stored_unencrypted
@@ -118,9 +119,7 @@ def _check_dest_prefix(stored: dict[str, Any], config: BackupConfig, path: Path)
     that puts copies elsewhere would skip them and leave its own prefix without them."""
     if "dest_prefix" not in stored:
         return  # written by hand or by an older tool: nothing to compare
-    recorded = stored["dest_prefix"]
-    if recorded is not None and not isinstance(recorded, str):
-        return
+    recorded = recorded_text(path, stored, "dest_prefix", "a key prefix")
     # not a BackupConfig of its own: the recorded job may be one this version refuses
     recorded_prefix = config.list_prefix_with(recorded)
     if recorded_prefix != config.dest_list_prefix:
@@ -315,7 +314,7 @@ async def run_backup(
                 "resuming %s: %d of %d files already done",
                 path,
                 state.processed_files,
-                state.total_files,
+                max(state.total_files, len(state.files)),  # a hand-written one may lack it
             )
         # Multipart uploads a crashed run left behind: aborted before anything else.
         await abort_recorded_uploads(state.extra, dest_client, config)

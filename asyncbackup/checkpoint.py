@@ -145,6 +145,19 @@ def checkpoint_path(
     return directory / f"{name}{CHECKPOINT_SUFFIX}"
 
 
+def _bad(mapping: object, kind: type) -> str:
+    """``: 'KEY' is VALUE``, the first entry of ``mapping`` that is not a ``kind``: one among
+    a million a hand edit broke can be found (empty when ``mapping`` is no object)."""
+    if not isinstance(mapping, dict):
+        return ""
+    for key, value in mapping.items():
+        if not isinstance(value, kind):
+            shown = orjson.dumps(value).decode()
+            shown = shown if len(shown) <= 40 else f"{shown[:40]}..."
+            return f": {key!r} is {shown}"
+    return ""
+
+
 @dataclass(slots=True)
 class CheckpointState:
     """The in-memory form of one checkpoint file."""
@@ -201,10 +214,10 @@ class CheckpointState:
                 raise ValueError(f"field {name!r} is not a non-negative integer")
         files = data.get("files", {})
         if not isinstance(files, dict) or not all(isinstance(v, bool) for v in files.values()):
-            raise ValueError("field 'files' must map paths to true or false")
+            raise ValueError(f"field 'files' must map paths to true or false{_bad(files, bool)}")
         errors = data.get("errors", {})
         if not isinstance(errors, dict) or not all(isinstance(v, str) for v in errors.values()):
-            raise ValueError("field 'errors' must map paths to messages")
+            raise ValueError(f"field 'errors' must map paths to messages{_bad(errors, str)}")
         for name in NOTE_SECTIONS & data.keys():
             if not isinstance(data[name], dict):
                 raise ValueError(f"field {name!r} must be an object")
@@ -626,14 +639,22 @@ def recorded_patterns(path: Path, stored: dict[str, Any], name: str) -> tuple[st
     return tuple(value)
 
 
+def recorded_text(path: Path, stored: dict[str, Any], name: str, what: str) -> str | None:
+    """The string (or null) a checkpoint's ``config`` records under ``name``; anything else
+    there - a number, a list - is a corrupt checkpoint, not "not recorded": a resume would
+    then skip the files it marks done wherever they are."""
+    value = stored[name]
+    if value is not None and not isinstance(value, str):
+        raise _corrupt(path, f"field 'config.{name}' must be {what} or null")
+    return value
+
+
 def check_dest_endpoint(path: Path, stored: dict[str, Any], endpoint: str | None) -> None:
     """A resume must copy to the store where the files the checkpoint marks done are: another
     endpoint (another server, with a bucket of the same name) would be left without them."""
     if "dest_endpoint_url" not in stored:
         return  # written by hand or by an older tool: nothing to compare
-    recorded = stored["dest_endpoint_url"]
-    if recorded is not None and not isinstance(recorded, str):
-        return
+    recorded = recorded_text(path, stored, "dest_endpoint_url", "a URL")
     now = endpoint_for_checkpoint(endpoint)
     try:
         before = endpoint_for_checkpoint(recorded)
@@ -772,6 +793,8 @@ class CheckpointManager:
                     self._leftover_valid = loaded.journal_valid_bytes
                     self.flush(state)
                 return state, True
+        elif carry:
+            carried = self._orphaned(carry)
         state = CheckpointState.new(
             source_bucket=source_bucket,
             source_path=source_path,
@@ -781,6 +804,29 @@ class CheckpointManager:
         state.extra.update(carried)
         self.flush(state)
         return state, False
+
+    def _orphaned(self, carry: Iterable[str]) -> dict[str, Any]:
+        """The sections named in ``carry`` that a journal records whose JSON file is gone
+        (removed or moved aside by hand after a crash, "to start over"): the multipart
+        uploads the crashed run had in flight, recorded there alone, still to abort. The new
+        checkpoint's first write then removes the journal."""
+        try:
+            data = self.journal.path.read_bytes()
+        except OSError:
+            return {}
+        extra: dict[str, Any] = {}
+        with contextlib.suppress(JournalFormatError):  # a corrupt one: what could be read
+            base = parse_journal(data).base_sha256
+            if base is not None:
+                read_journal(data, ({}, {}, extra), base)
+        carried = {name: extra[name] for name in carry if name in extra}
+        if carried:
+            log.info(
+                "%s is left without its checkpoint file (removed or moved aside after a "
+                "crash): its progress is dropped, the multipart uploads it records are aborted",
+                self.journal.path,
+            )
+        return carried
 
     def _set_aside(self) -> CheckpointState | None:
         """Keep an ignored checkpoint (and its journal) beside the new one; return its state
@@ -800,8 +846,9 @@ class CheckpointManager:
 
     # -- writing (in the writer thread) -------------------------------------------------
 
-    def _compact(self, state: CheckpointState) -> None:
-        state.last_update = now_iso()
+    def _compact(self, state: CheckpointState, touch: bool = True) -> None:
+        if touch:
+            state.last_update = now_iso()
         self.flushes += 1
         self.compactions += 1
         try:
@@ -874,9 +921,12 @@ class CheckpointManager:
 
     # -- the API ------------------------------------------------------------------------
 
-    def flush(self, state: CheckpointState) -> None:
-        """Compact now and wait, blocking (start-up, the end of a run, the checkpoint tool)."""
-        self._writer.submit(self._compact, state).result()
+    def flush(self, state: CheckpointState, *, touch: bool = True) -> None:
+        """Compact now and wait, blocking (start-up, the end of a run, the checkpoint tool).
+
+        Without ``touch``, ``last_update`` stays as it is: folding a journal is no update
+        (it stays when the crashed run last recorded progress)."""
+        self._writer.submit(self._compact, state, touch).result()
 
     async def flush_async(self, state: CheckpointState) -> None:
         """Compact without blocking the event loop; ordered after every earlier write.

@@ -21,6 +21,7 @@ Nothing here prints; the ``format_*`` functions at the end build the CLI's text.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -250,7 +251,7 @@ def fold_leftover_journal(path: Path) -> int:
         if not loaded.journal:
             return 0
         with contextlib.suppress(CheckpointError):
-            manager.flush(loaded.state)
+            manager.flush(loaded.state, touch=False)
             return loaded.journal_batches
         return 0
     finally:
@@ -394,7 +395,10 @@ def find_checkpoints(directory: Path, *, include_all: bool = False) -> list[List
     found: list[ListedCheckpoint] = []
     for path in sorted(directory.rglob(f"*{CHECKPOINT_SUFFIX}*")):
         kind = _kind(path)
-        if kind is None or not path.is_file() or (kind != "active" and not include_all):
+        if kind is None or (kind != "active" and not include_all):
+            continue
+        # a directory in a live checkpoint's place stops its runs: listed, with the reason
+        if not (path.is_file() or (kind == "active" and path.is_dir())):
             continue
         try:
             loaded = load_checkpoint(path)
@@ -609,7 +613,7 @@ def compact_checkpoint(path: Path, *, discard_journal: bool = False) -> CompactR
             return CompactResult(path, had_journal=True, discarded_to=aside)
         loaded = load_checkpoint(path)
         if loaded.journal:
-            manager.flush(loaded.state)
+            manager.flush(loaded.state, touch=False)
         return CompactResult(path, loaded.journal, folded_batches=loaded.journal_batches)
     finally:
         manager.close()
@@ -643,7 +647,9 @@ def human_bytes(size: float) -> str:
 
 
 def _job(info: CheckpointInfo) -> str:
-    return f"{info.source} -> s3://{info.dest_bucket}"
+    """Escaped, as the run logs it: a source path is a key prefix, and may hold any character
+    (a hand-written checkpoint, any field)."""
+    return printable(f"{info.backup_id}  {info.source} -> s3://{info.dest_bucket}")
 
 
 def _state(info: CheckpointInfo) -> str:
@@ -660,9 +666,10 @@ def format_info(info: CheckpointInfo) -> str:
     pct_bytes = 100.0 * info.processed_bytes / info.total_bytes if info.total_bytes else 0.0
     lines = [
         f"checkpoint   {info.path}",
-        f"job          {info.backup_id}  {_job(info)}",
+        f"job          {_job(info)}",
         f"state        {_state(info)}",
-        f"started      {info.start_time}    last update {info.last_update}",
+        # ISO, but Python's reading takes any one character between date and time
+        printable(f"started      {info.start_time}    last update {info.last_update}"),
         f"files        {info.processed_files:,} of {info.total_files:,} done "
         f"({info.percent_files:.1f}%), {info.pending_files:,} pending",
         f"bytes        {human_bytes(info.processed_bytes)} of {human_bytes(info.total_bytes)} "
@@ -693,8 +700,9 @@ def format_listed(item: ListedCheckpoint) -> str:
         return f"{item.path}  UNREADABLE: {item.problem}{kind}"
     info = item.info
     running = "  [running]" if info.in_use else ""
+    job = _job(dataclasses.replace(info, backup_id=info.backup_id[:8]))
     return (
-        f"{item.path}  {info.backup_id[:8]}  {_job(info)}  "
+        f"{item.path}  {job}  "
         f"{info.processed_files:,}/{info.total_files:,} files ({info.percent_files:.0f}%)  "
         f"{info.error_count:,} errors{running}{kind}"
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointState
+from .checkpoint import CheckpointState, recorded_text
 from .checkpoint_tool import is_github, live_path, load
 from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError
@@ -303,6 +303,11 @@ async def verify_checkpoint(path: Path, where: Endpoints | None = None) -> Verif
             "its copies - check a GitHub backup by restoring a bundle (see the README)"
         )
     recorded = state.config
+    # Where the copies are: a value a hand edit broke would have them looked for elsewhere
+    # (reported missing, marked pending), as a run refuses it.
+    for name, what in (("dest_prefix", "a key prefix"), ("dest_endpoint_url", "a URL")):
+        if name in recorded:
+            recorded_text(path, recorded, name, what)
     source_profile = where.source_profile or _str_or_none(recorded.get("source_profile"))
     dest_profile = where.dest_profile or _str_or_none(recorded.get("dest_profile"))
     source_endpoint = (

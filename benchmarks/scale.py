@@ -80,10 +80,10 @@ class TimedManager(CheckpointManager):
         finally:
             self.append_seconds += time.perf_counter() - started
 
-    def _compact(self, state: CheckpointState) -> None:
+    def _compact(self, state: CheckpointState, touch: bool = True) -> None:
         started = time.perf_counter()
         try:
-            super()._compact(state)
+            super()._compact(state, touch)
         finally:
             self.compact_seconds += time.perf_counter() - started
 

@@ -180,7 +180,7 @@ async def run_github_backup(
                     "resuming %s: %d of %d artifacts already done",
                     path,
                     state.processed_files,
-                    state.total_files,
+                    max(state.total_files, len(state.files)),  # a hand-written one may lack it
                 )
         elif not config.ignore_checkpoints:
             carried = await asyncio.to_thread(carry_forward, manager, state, config.api_url)
@@ -392,8 +392,20 @@ def new_pass(state: CheckpointState, ended: dict[str, Any]) -> int:
     """Make the checkpoint of a run that ended with errors the start of a new pass: every
     artifact done is looked at again (its ETag, ``pushed_at`` or ``updated_at`` says whether it
     changed), and the failed ones are tried again. An artifact that failed then and is now
-    ``true`` was marked done by hand to skip it, and stays so. Return how many are reset."""
-    failed = {key for key in ended.get("failed") or () if isinstance(key, str)}
+    ``true`` was marked done by hand to skip it, and stays so; one that did not fail and is
+    now ``false`` was reset by hand (the spec's "false" - jq, an editor) to be copied again:
+    its version and ETags are forgotten, as ``checkpoint mark --pending`` does, or it would be
+    found unchanged and not copied. Return how many are reset."""
+    recorded = ended.get("failed")  # a list of keys, unless a hand edit made it another thing
+    failed = (
+        {key for key in recorded if isinstance(key, str)} if isinstance(recorded, list) else set()
+    )
+    reset = [key for key, done in state.files.items() if done is False and key not in failed]
+    for section in (ETAGS, VERSIONS):
+        notes = state.extra.get(section)
+        if isinstance(notes, dict):
+            for key in reset:
+                notes.pop(key, None)
     again = [key for key, done in state.files.items() if done is True and key not in failed]
     for key in again:
         state.files[key] = False

@@ -52,6 +52,15 @@ _CODES = {
 PageTags = list[list[str]]
 
 
+def is_page_tags(value: object) -> bool:
+    """Whether ``value`` has the shape of ``PageTags``: what a checkpoint holds may have been
+    edited by hand (an ETag set to a string, say)."""
+    return isinstance(value, list) and all(
+        isinstance(page, list) and len(page) == 2 and all(isinstance(x, str) for x in page)
+        for page in value
+    )
+
+
 class GitHubError(ObjectError):
     """An API answer that is an error; ``status`` is the HTTP status."""
 
@@ -253,8 +262,10 @@ class GitHubClient:
             url = answer.next_url
 
     async def unchanged(self, previous: PageTags) -> bool:
-        """True when every page of the last copy answers 304 Not Modified."""
-        if not previous:
+        """True when every page of the last copy answers 304 Not Modified; False, for the
+        resource to be read again, when ``previous`` is none or not ``PageTags`` (a hand edit
+        of the checkpoint)."""
+        if not previous or not is_page_tags(previous):
             return False
         for url, etag in previous:
             answer = await self.get(url, etag=etag)

@@ -334,13 +334,15 @@ class Lister:
         owner, name = str(repo["owner"]["login"]), str(repo["name"])
         prefix = repo_prefix(owner, name)
         previous = self.previous_listing.get(prefix)
+        recorded = _asset_rows(previous.get("assets")) if isinstance(previous, dict) else None
         try:
             if (
                 isinstance(previous, dict)
+                and recorded is not None
                 and previous.get("pages")
                 and await self.client.unchanged(previous["pages"])
             ):
-                rows = previous.get("assets", [])
+                rows = recorded
             else:
                 rows, pages = await self._list_assets(owner, name)
                 self.note(RELEASE_LISTING, prefix, {"pages": pages, "assets": rows})
@@ -349,7 +351,7 @@ class Lister:
             # (a resumed run's releases.json may be done already: it would not record it)
             log.debug("cannot list the releases of %s/%s: %s", owner, name, exc)
             unlisted[name] = str(exc)
-            rows = previous.get("assets", []) if isinstance(previous, dict) else []
+            rows = recorded or []
         out[name] = [
             Artifact(
                 key=str(key),
@@ -400,3 +402,24 @@ class Lister:
             # ETag covers, while the kept ones answer 304 (and its assets would be missed)
             pages = []
         return rows, pages
+
+
+def _asset_rows(value: object) -> list[list[Any]] | None:
+    """The assets a checkpoint's release listing records, ``[[key, size, url, version],
+    ...]``; None when they are not in that shape (a hand edit): the releases are listed
+    again."""
+    if not isinstance(value, list):
+        return None
+    for row in value:
+        if not (isinstance(row, list) and len(row) == 4):
+            return None
+        key, size, url, version = row
+        if not (
+            isinstance(key, str)
+            and isinstance(size, int)
+            and not isinstance(size, bool)
+            and isinstance(url, str)
+            and isinstance(version, str)
+        ):
+            return None
+    return value

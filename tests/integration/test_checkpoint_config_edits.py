@@ -1,6 +1,8 @@
-"""A checkpoint whose ``config`` a hand edit broke - the filters or the destination endpoint a
-resume is checked against - is a corrupt checkpoint: exit 2, one line that names the field,
-the file untouched. It was an 'unexpected TypeError/ValueError' with exit 3."""
+"""A checkpoint whose ``config`` a hand edit broke - the filters, the destination prefix or the
+destination endpoint a resume is checked against - is a corrupt checkpoint: exit 2, one line
+that names the field, the file untouched. It was an 'unexpected TypeError/ValueError' with
+exit 3 (a filter), or a resume that took the field for not recorded (the prefix or endpoint
+as a number or a list)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ from tests.reliability import one_error_line, put_parallel, run_cli
         ("include", [1, 2]),
         ("exclude", "tmp/*"),
         ("dest_endpoint_url", "http://[::1"),
+        # not a URL or null: the endpoint the copies are on is unknown, and a resume to
+        # another one would skip them (it was taken for "not recorded" and resumed)
+        ("dest_endpoint_url", 9000),
+        ("dest_prefix", 5),
+        ("dest_prefix", ["backup"]),
     ],
 )
 def test_a_broken_config_field_is_a_corrupt_checkpoint(
