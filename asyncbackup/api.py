@@ -67,6 +67,26 @@ _OBJECT_ATTEMPTS = 3
 _OUTAGE_OBJECTS = 16
 
 
+def _warn_keys_outside(state: CheckpointState, config: BackupConfig, path: Path) -> None:
+    """Say so when no file of a resumed checkpoint is under SOURCE_PATH: a checkpoint written
+    by hand with keys relative to it (the spec's example may read so) marks nothing done,
+    and every object would be copied again without a word."""
+    prefix = config.source_prefix
+    if not prefix or not state.files or any(key.startswith(prefix) for key in state.files):
+        return
+    first = next(iter(state.files))
+    log.warning(
+        "none of the %d files in %s is under %r: its keys are taken as full keys, as runs "
+        "write them (%r would be %r), so none of them counts as done; write full keys, or "
+        "leave it to the run",
+        len(state.files),
+        path,
+        prefix,
+        first,
+        prefix + first,
+    )
+
+
 def _bandwidth(config: BackupConfig) -> TokenBucket | None:
     return TokenBucket(config.max_bandwidth) if config.max_bandwidth else None
 
@@ -316,6 +336,7 @@ async def run_backup(
                 state.processed_files,
                 max(state.total_files, len(state.files)),  # a hand-written one may lack it
             )
+            _warn_keys_outside(state, config, path)
         # Multipart uploads a crashed run left behind: aborted before anything else.
         await abort_recorded_uploads(state.extra, dest_client, config)
         source = S3Source(

@@ -282,3 +282,44 @@ async def test_a_hand_edited_github_etag_or_asset_record_is_read_again_not_a_cra
         asset = "github/acme/alpha/releases/v1.0/tool-1.0.tar.gz"
         assert second.archived_checkpoint is not None
         assert asset in read_checkpoint(second.archived_checkpoint).files
+
+
+async def test_a_hand_written_checkpoint_with_keys_relative_to_the_source_path_is_named(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spec's example lists ``files`` under paths that are not under its
+    ``source_path``, as if relative to it; the run records and reads full keys. A checkpoint
+    written that way marked nothing done, silently: every object was copied again, the
+    operator's ``true`` ignored without a word. One warning now says why, and what to write."""
+    put_parallel(s3, buckets.source, {"job/x.txt": b"x", "job/y.txt": b"y"})
+    settings = job_settings(s3_server, buckets, tmp_path)
+    path = checkpoint.checkpoint_path(
+        base_local_path=tmp_path,
+        source_bucket=buckets.source,
+        source_path="job",
+        checkpoint_dir=None,
+    )
+    path.parent.mkdir(parents=True)
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "backup_id": "by-hand",
+                "start_time": "2024-04-06T12:00:00",
+                "last_update": "2024-04-06T13:15:30",
+                "source_bucket": buckets.source,
+                "source_path": "job",
+                "dest_bucket": buckets.dest,
+                "files": {"x.txt": True, "y.txt": False},
+            }
+        )
+    )
+    report = await run_backup(**settings)
+    assert report.exit_code == 0, report.errors
+    assert report.copied_files == 2  # full keys: neither is marked done
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    (line,) = [w for w in warnings if "full keys" in w]
+    assert "none of the 2 files" in line and "'job/'" in line and "job/x.txt" in line
