@@ -93,7 +93,11 @@ class LivenessLock:
             except OSError:
                 return  # the temporary files' own creation will say what is wrong
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a run starting checks it (a shared lock, for a
+                    # moment): it has locks, and the name is ours alone - wait for it
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 held = os.path.samestat(os.fstat(fd), self.path.stat())
             except FileNotFoundError:
                 held = False  # removed by a run that found it unlocked: again

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncbackup.liveness import LivenessLock
 from asyncbackup.sources.s3 import _temporary
 from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
 
@@ -263,3 +266,33 @@ def test_a_run_in_another_pid_namespace_keeps_its_temporary_files(tmp_path: Path
     Staging(tmp_path, "third").prepare()  # after it was killed: a dead run's leftovers
     assert not in_flight.exists()
     assert [p.name for p in (tmp_path / ".tmp").iterdir()] == []
+
+
+def test_a_run_taking_its_lock_while_another_run_checks_it_still_holds_it(
+    tmp_path: Path,
+) -> None:
+    """A run starting checks each lock file in the shared folder by taking a shared lock on
+    it for a moment. A run taking its own lock in that moment found it taken (EWOULDBLOCK),
+    took that for a file system without locks and removed its lock file: its partial
+    downloads were then judged by its pid, which means nothing in another container's
+    namespace, and removed by the next job's start."""
+    staging = Staging(tmp_path, "bucket")
+    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
+    staging._tmp_prefix = f"{dead}-0badcafe-"
+    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
+    staging.tmp_dir.mkdir()
+    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another run's check, now
+    check_done = threading.Timer(0.2, os.close, [checking])  # a moment later
+    check_done.start()
+    try:
+        staging.prepare()
+    finally:
+        check_done.join()
+    in_flight = staging.temp_path()
+    in_flight.write_bytes(b"being written")
+    Staging(tmp_path, "other-prefix").prepare()  # another job on the same base path
+    assert in_flight.read_bytes() == b"being written"
+    staging.close()
+    Staging(tmp_path, "third").prepare()
+    assert not in_flight.exists()
