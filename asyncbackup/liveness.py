@@ -62,6 +62,38 @@ def writer_alive(folder: Path, name: str) -> bool:
     return True
 
 
+def remove_lock_file(path: Path) -> None:
+    """Remove the lock file ``path`` of a run found dead (``writer_alive``), holding its lock
+    meanwhile: a run that made it and locks it just now keeps it, and one that locks it
+    later finds it gone (``LivenessLock.hold`` makes another). Removed once its check was
+    over, it was the lock file of the run that had locked it in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError:  # not a file to lock (a link, say): removed as any leftover
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its run has locked it since: alive
+        except OSError:
+            pass  # no locks here: the pid judged it
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), path.lstat()):
+                path.unlink()
+    finally:
+        os.close(fd)
+
+
+def is_lock_file(name: str) -> bool:
+    """Whether ``name`` is that of a run's lock file (``<pid>-<token>-alive``)."""
+    return name.endswith(f"-{ALIVE}")
+
+
 def _release(fd: int, path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()  # first: nobody finds it unlocked

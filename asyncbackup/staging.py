@@ -35,7 +35,7 @@ from .filemodes import (
     refuse_open_parent,
     refuse_shared_folder,
 )
-from .liveness import LivenessLock, writer_alive
+from .liveness import LivenessLock, is_lock_file, remove_lock_file, writer_alive
 
 log = logging.getLogger("asyncbackup")
 
@@ -223,6 +223,8 @@ class Staging:
                 if not writer_alive(self.tmp_dir, leftover.name):
                     if leftover.is_dir() and not leftover.is_symlink():
                         shutil.rmtree(leftover, ignore_errors=True)
+                    elif is_lock_file(leftover.name):
+                        remove_lock_file(leftover)
                     else:
                         with contextlib.suppress(FileNotFoundError):
                             leftover.unlink()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncbackup import liveness
 from asyncbackup.liveness import LivenessLock
 from asyncbackup.sources.s3 import _temporary
 from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
@@ -296,3 +297,37 @@ def test_a_run_taking_its_lock_while_another_run_checks_it_still_holds_it(
     staging.close()
     Staging(tmp_path, "third").prepare()
     assert not in_flight.exists()
+
+
+def test_a_run_taking_its_lock_just_after_another_found_it_free_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run starting found a lock file free (the run that made it had not locked it yet),
+    and removed it once its check was over: the run locking it in between lost its lock
+    file and went on without one, its partial downloads judged by a pid that means nothing
+    in another container - removed by the next job's start."""
+    other = Staging(tmp_path, "bucket")
+    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
+    other._tmp_prefix = f"{dead}-0badcafe-"
+    other._alive = LivenessLock(other.tmp_dir, other._tmp_prefix)
+    other.tmp_dir.mkdir()
+    os.close(os.open(other._alive.path, os.O_RDONLY | os.O_CREAT, 0o600))  # made, not locked
+    real = liveness._lock_state
+
+    def checked_then_locked(path: Path) -> bool | None:
+        held = real(path)
+        if path == other._alive.path:
+            other._alive.hold()  # the other run takes its lock right after the check
+        return held
+
+    monkeypatch.setattr(liveness, "_lock_state", checked_then_locked)
+    Staging(tmp_path, "other-prefix").prepare()
+    monkeypatch.setattr(liveness, "_lock_state", real)
+    in_flight = other.temp_path()
+    in_flight.write_bytes(b"being written")
+    Staging(tmp_path, "third").prepare()
+    assert in_flight.read_bytes() == b"being written"
+    other.close()
+    Staging(tmp_path, "fourth").prepare()
+    assert not in_flight.exists()
+    assert [p.name for p in other.tmp_dir.iterdir()] == []
