@@ -219,7 +219,9 @@ class Staging:
             refuse_shared_folder(self.root, "staging folder")
             refuse_shared_folder(self.tmp_dir, "staging folder")
             self._alive.hold()
-            for leftover in self.tmp_dir.iterdir():
+            # a run's lock file last: its files are judged by it, not by their pid
+            leftovers = sorted(self.tmp_dir.iterdir(), key=lambda path: is_lock_file(path.name))
+            for leftover in leftovers:
                 if not writer_alive(self.tmp_dir, leftover.name):
                     if leftover.is_dir() and not leftover.is_symlink():
                         shutil.rmtree(leftover, ignore_errors=True)

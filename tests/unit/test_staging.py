@@ -331,3 +331,18 @@ def test_a_run_taking_its_lock_just_after_another_found_it_free_keeps_it(
     Staging(tmp_path, "fourth").prepare()
     assert not in_flight.exists()
     assert [p.name for p in other.tmp_dir.iterdir()] == []
+
+
+def test_a_killed_run_of_another_container_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A job in a container is pid 1 there, at every run, and pid 1 is alive in every
+    namespace. Killed, its run leaves its temporary files and its lock file, free. A run
+    starting that came to the lock file first removed it, then judged the temporary files
+    by their pid: alive, kept - at every later start too, a partial download left for good."""
+    tmp_dir = tmp_path / ".tmp"
+    tmp_dir.mkdir()
+    for n in range(8):  # the lock file made before or after a file: whatever the listing order
+        names = [f"1-0000000{n}-alive", f"1-0000000{n}-0"]
+        for name in names if n % 2 else reversed(names):
+            (tmp_dir / name).write_bytes(b"")
+    Staging(tmp_path, "bucket").prepare()
+    assert [p.name for p in tmp_dir.iterdir() if p.name.startswith("1-")] == []
