@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import weakref
 from pathlib import Path
 
@@ -107,6 +108,8 @@ class LivenessLock:
     def __init__(self, folder: Path, prefix: str) -> None:
         self.path = folder / f"{prefix}{ALIVE}"
         self._tried = False
+        #: temporary files are named in worker threads: none before the lock is held
+        self._taking = threading.Lock()
         self._finalizer: weakref.finalize[[int, Path], LivenessLock] | None = None
         OWN_PREFIXES.add(prefix)
 
@@ -115,9 +118,12 @@ class LivenessLock:
         this file system) no lock file is left: the pid decides, as before there were
         locks. A run removing a dead run's lock file between its creation and the lock
         being taken would leave this one unseen: it is made again."""
-        if self._tried:
-            return
-        self._tried = True
+        with self._taking:
+            if not self._tried:
+                self._tried = True
+                self._take()
+
+    def _take(self) -> None:
         for _ in range(3):
             try:  # read-only: a file open for writing would keep its disk from being
                 # remounted read-only (busy), and flock needs no more

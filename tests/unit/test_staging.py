@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -346,3 +348,36 @@ def test_a_killed_run_of_another_container_leaves_no_temporary_file(tmp_path: Pa
             (tmp_dir / name).write_bytes(b"")
     Staging(tmp_path, "bucket").prepare()
     assert [p.name for p in tmp_dir.iterdir() if p.name.startswith("1-")] == []
+
+
+def test_a_second_temporary_file_waits_for_the_lock_the_first_is_taking(tmp_path: Path) -> None:
+    """A worker process (--processes) takes its lock with its first temporary file: a
+    second one asked meanwhile, in another thread, went ahead without the lock held - a
+    run starting then (another run's check held the lock file) removed it as a dead
+    run's."""
+    staging = Staging(tmp_path, "bucket")
+    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
+    staging._tmp_prefix = f"{dead}-0badcafe-"
+    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
+    staging.tmp_dir.mkdir()
+    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another run's check, now
+    made: list[Path] = []
+
+    def second() -> None:
+        path = staging.temp_path()
+        path.write_bytes(b"being written")
+        made.append(path)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(staging.temp_path)  # waits for the check to end
+        time.sleep(0.1)
+        done = pool.submit(second)
+        with contextlib.suppress(TimeoutError):
+            done.result(timeout=0.3)
+        Staging(tmp_path, "other-prefix").prepare()  # another job starting, meanwhile
+        os.close(checking)
+        first.result(timeout=5)
+        done.result(timeout=5)
+    assert made[0].read_bytes() == b"being written"
+    staging.close()
