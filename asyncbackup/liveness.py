@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import weakref
 from pathlib import Path
 
@@ -62,6 +63,38 @@ def writer_alive(folder: Path, name: str) -> bool:
     return True
 
 
+def remove_lock_file(path: Path) -> None:
+    """Remove the lock file ``path`` of a run found dead (``writer_alive``), holding its lock
+    meanwhile: a run that made it and locks it just now keeps it, and one that locks it
+    later finds it gone (``LivenessLock.hold`` makes another). Removed once its check was
+    over, it was the lock file of the run that had locked it in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError:  # not a file to lock (a link, say): removed as any leftover
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its run has locked it since: alive
+        except OSError:
+            pass  # no locks here: the pid judged it
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), path.lstat()):
+                path.unlink()
+    finally:
+        os.close(fd)
+
+
+def is_lock_file(name: str) -> bool:
+    """Whether ``name`` is that of a run's lock file (``<pid>-<token>-alive``)."""
+    return name.endswith(f"-{ALIVE}")
+
+
 def _release(fd: int, path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()  # first: nobody finds it unlocked
@@ -75,6 +108,8 @@ class LivenessLock:
     def __init__(self, folder: Path, prefix: str) -> None:
         self.path = folder / f"{prefix}{ALIVE}"
         self._tried = False
+        #: temporary files are named in worker threads: none before the lock is held
+        self._taking = threading.Lock()
         self._finalizer: weakref.finalize[[int, Path], LivenessLock] | None = None
         OWN_PREFIXES.add(prefix)
 
@@ -83,9 +118,12 @@ class LivenessLock:
         this file system) no lock file is left: the pid decides, as before there were
         locks. A run removing a dead run's lock file between its creation and the lock
         being taken would leave this one unseen: it is made again."""
-        if self._tried:
-            return
-        self._tried = True
+        with self._taking:
+            if not self._tried:
+                self._tried = True
+                self._take()
+
+    def _take(self) -> None:
         for _ in range(3):
             try:  # read-only: a file open for writing would keep its disk from being
                 # remounted read-only (busy), and flock needs no more
@@ -93,7 +131,11 @@ class LivenessLock:
             except OSError:
                 return  # the temporary files' own creation will say what is wrong
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a run starting checks it (a shared lock, for a
+                    # moment): it has locks, and the name is ours alone - wait for it
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 held = os.path.samestat(os.fstat(fd), self.path.stat())
             except FileNotFoundError:
                 held = False  # removed by a run that found it unlocked: again

@@ -36,7 +36,7 @@ from .filemodes import (
     refuse_open_parent,
     refuse_shared_folder,
 )
-from .liveness import LivenessLock, writer_alive
+from .liveness import LivenessLock, is_lock_file, remove_lock_file, writer_alive
 
 log = logging.getLogger("asyncbackup")
 
@@ -225,10 +225,14 @@ class Staging:
             refuse_shared_folder(self.root, "staging folder")
             refuse_shared_folder(self.tmp_dir, "staging folder")
             self._alive.hold()
-            for leftover in self.tmp_dir.iterdir():
+            # a run's lock file last: its files are judged by it, not by their pid
+            leftovers = sorted(self.tmp_dir.iterdir(), key=lambda path: is_lock_file(path.name))
+            for leftover in leftovers:
                 if not writer_alive(self.tmp_dir, leftover.name):
                     if leftover.is_dir() and not leftover.is_symlink():
                         shutil.rmtree(leftover, ignore_errors=True)
+                    elif is_lock_file(leftover.name):
+                        remove_lock_file(leftover)
                     else:
                         with contextlib.suppress(FileNotFoundError):
                             leftover.unlink()

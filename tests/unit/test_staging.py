@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from asyncbackup import liveness
+from asyncbackup.liveness import LivenessLock
 from asyncbackup.sources.s3 import _temporary
 from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
 
@@ -277,3 +283,115 @@ def test_the_folders_known_to_exist_are_a_bounded_number(tmp_path: Path) -> None
     # a folder forgotten since is made again as needed, and one still known is reused
     again = staging.store("jobs/00000/second", b"a")
     assert again.read_bytes() == b"a" and again.parent == paths[0].parent
+
+
+def test_a_run_taking_its_lock_while_another_run_checks_it_still_holds_it(
+    tmp_path: Path,
+) -> None:
+    """A run starting checks each lock file in the shared folder by taking a shared lock on
+    it for a moment. A run taking its own lock in that moment found it taken (EWOULDBLOCK),
+    took that for a file system without locks and removed its lock file: its partial
+    downloads were then judged by its pid, which means nothing in another container's
+    namespace, and removed by the next job's start."""
+    staging = Staging(tmp_path, "bucket")
+    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
+    staging._tmp_prefix = f"{dead}-0badcafe-"
+    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
+    staging.tmp_dir.mkdir()
+    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another run's check, now
+    check_done = threading.Timer(0.2, os.close, [checking])  # a moment later
+    check_done.start()
+    try:
+        staging.prepare()
+    finally:
+        check_done.join()
+    in_flight = staging.temp_path()
+    in_flight.write_bytes(b"being written")
+    Staging(tmp_path, "other-prefix").prepare()  # another job on the same base path
+    assert in_flight.read_bytes() == b"being written"
+    staging.close()
+    Staging(tmp_path, "third").prepare()
+    assert not in_flight.exists()
+
+
+def test_a_run_taking_its_lock_just_after_another_found_it_free_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run starting found a lock file free (the run that made it had not locked it yet),
+    and removed it once its check was over: the run locking it in between lost its lock
+    file and went on without one, its partial downloads judged by a pid that means nothing
+    in another container - removed by the next job's start."""
+    other = Staging(tmp_path, "bucket")
+    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
+    other._tmp_prefix = f"{dead}-0badcafe-"
+    other._alive = LivenessLock(other.tmp_dir, other._tmp_prefix)
+    other.tmp_dir.mkdir()
+    os.close(os.open(other._alive.path, os.O_RDONLY | os.O_CREAT, 0o600))  # made, not locked
+    real = liveness._lock_state
+
+    def checked_then_locked(path: Path) -> bool | None:
+        held = real(path)
+        if path == other._alive.path:
+            other._alive.hold()  # the other run takes its lock right after the check
+        return held
+
+    monkeypatch.setattr(liveness, "_lock_state", checked_then_locked)
+    Staging(tmp_path, "other-prefix").prepare()
+    monkeypatch.setattr(liveness, "_lock_state", real)
+    in_flight = other.temp_path()
+    in_flight.write_bytes(b"being written")
+    Staging(tmp_path, "third").prepare()
+    assert in_flight.read_bytes() == b"being written"
+    other.close()
+    Staging(tmp_path, "fourth").prepare()
+    assert not in_flight.exists()
+    assert [p.name for p in other.tmp_dir.iterdir()] == []
+
+
+def test_a_killed_run_of_another_container_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A job in a container is pid 1 there, at every run, and pid 1 is alive in every
+    namespace. Killed, its run leaves its temporary files and its lock file, free. A run
+    starting that came to the lock file first removed it, then judged the temporary files
+    by their pid: alive, kept - at every later start too, a partial download left for good."""
+    tmp_dir = tmp_path / ".tmp"
+    tmp_dir.mkdir()
+    for n in range(8):  # the lock file made before or after a file: whatever the listing order
+        names = [f"1-0000000{n}-alive", f"1-0000000{n}-0"]
+        for name in names if n % 2 else reversed(names):
+            (tmp_dir / name).write_bytes(b"")
+    Staging(tmp_path, "bucket").prepare()
+    assert [p.name for p in tmp_dir.iterdir() if p.name.startswith("1-")] == []
+
+
+def test_a_second_temporary_file_waits_for_the_lock_the_first_is_taking(tmp_path: Path) -> None:
+    """A worker process (--processes) takes its lock with its first temporary file: a
+    second one asked meanwhile, in another thread, went ahead without the lock held - a
+    run starting then (another run's check held the lock file) removed it as a dead
+    run's."""
+    staging = Staging(tmp_path, "bucket")
+    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
+    staging._tmp_prefix = f"{dead}-0badcafe-"
+    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
+    staging.tmp_dir.mkdir()
+    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another run's check, now
+    made: list[Path] = []
+
+    def second() -> None:
+        path = staging.temp_path()
+        path.write_bytes(b"being written")
+        made.append(path)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(staging.temp_path)  # waits for the check to end
+        time.sleep(0.1)
+        done = pool.submit(second)
+        with contextlib.suppress(TimeoutError):
+            done.result(timeout=0.3)
+        Staging(tmp_path, "other-prefix").prepare()  # another job starting, meanwhile
+        os.close(checking)
+        first.result(timeout=5)
+        done.result(timeout=5)
+    assert made[0].read_bytes() == b"being written"
+    staging.close()
