@@ -28,11 +28,14 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
     ResponseStreamingError,
+    SSOError,
+    TokenRetrievalError,
 )
 from botocore.parsers import ResponseParserError
 
@@ -85,7 +88,10 @@ CREDENTIALS_REFUSED = frozenset(
 #: object, until the clock is set right (retried per request all the same: a request held up
 #: after it was signed passes once signed again)
 CLOCK_SKEWED = "RequestTimeTooSkewed"
-FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket", CLOCK_SKEWED}
+#: temporary credentials that could not be refreshed (the credential process, SSO, STS or the
+#: instance's metadata failing): every later request would fail the same way
+NOT_REFRESHED = "CredentialsNotRefreshed"
+FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket", CLOCK_SKEWED, NOT_REFRESHED}
 #: An object in an archive tier (S3 Glacier Flexible Retrieval, Deep Archive, the archive
 #: tiers of Intelligent-Tiering) not restored: GET answers the first, CopyObject the second.
 ARCHIVED_CODES = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
@@ -193,6 +199,9 @@ def classify(exc: BaseException) -> ObjectError:
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
+    if isinstance(exc, (CredentialRetrievalError, SSOError, TokenRetrievalError)):
+        # retried like a request (a provider's blip passes); then the run stops
+        return ObjectError(NOT_REFRESHED, _not_refreshed(exc), retryable=True)
     if isinstance(exc, _TRANSIENT_TYPES) or _aiohttp_error(exc):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
     if isinstance(exc, BotoCoreError):
@@ -251,6 +260,21 @@ def _aiohttp_error(exc: BaseException) -> bool:
     whose requests all took the fast path - there can be none, and it is not imported."""
     aiohttp = sys.modules.get("aiohttp")
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+
+
+def _not_refreshed(exc: BotoCoreError) -> str:
+    """What to say of credentials that could not be fetched: what botocore says, except what
+    a credential process printed on its standard error (a process that fails may print what
+    it was given or got: a key, a token), which is not repeated."""
+    provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
+    if provider == "custom-process":
+        detail = (
+            "the profile's credential_process failed (its output is not repeated here: it "
+            "may hold secrets; run the command by hand to see why)"
+        )
+    else:
+        detail = _one_line(exc)
+    return f"cannot refresh the credentials: {detail}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,158 @@
+"""Temporary credentials over a long run: they expire and are refreshed while objects are
+copied, and the source and the destination have credentials of their own (another account).
+
+The credentials come from a real ``credential_process`` (``tests/credproc.py``) that issues a
+new key every time it is asked, and a proxy in front of each side refuses what S3 refuses: a
+key past its life, another account's key, a token not the key's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import credproc
+from tests.conftest import Buckets, S3Server
+from tests.credproc import CheckingProxy
+from tests.faulty_proxy import Finished, run_cli_async
+from tests.helpers import assert_same_objects
+from tests.reliability import put_parallel
+
+LIFETIME = 1.5
+
+
+async def _proxies(s3_server: S3Server, ledger: Path) -> tuple[CheckingProxy, CheckingProxy]:
+    source = CheckingProxy(s3_server.endpoint, ledger=ledger, account="csrc")
+    dest = CheckingProxy(s3_server.endpoint, ledger=ledger, account="cdst")
+    await source.start()
+    await dest.start()
+    return source, dest
+
+
+def _args(
+    source: CheckingProxy, dest: CheckingProxy, buckets: Buckets, base: Path, *extra: str
+) -> list[str]:
+    return [
+        "s3",
+        "data",
+        "--source-bucket",
+        buckets.source,
+        "--dest-bucket",
+        buckets.dest,
+        "--base-local-path",
+        str(base),
+        "--source-profile",
+        "csrc",
+        "--dest-profile",
+        "cdst",
+        "--source-endpoint-url",
+        source.endpoint,
+        "--dest-endpoint-url",
+        dest.endpoint,
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        ("--no-fast-path",),
+        ("--processes", "2"),
+        ("--multipart-threshold", "5MiB", "--part-size", "5MiB"),
+    ],
+    ids=["fast", "botocore", "processes", "multipart"],
+)
+async def test_credentials_refreshed_during_the_run(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path, extra: Any
+) -> None:
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": LIFETIME})
+    if "--multipart-threshold" in extra:
+        objects = {f"data/big-{i}": os.urandom(11 * 1024 * 1024) for i in range(3)}
+        latency = 0.4
+    else:
+        objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+        latency = 0.15
+    put_parallel(s3, buckets.source, objects)
+    source, dest = await _proxies(s3_server, ledger)
+    source.latency = dest.latency = latency
+    try:
+        done = await run_cli_async(
+            _args(source, dest, buckets, tmp_path / "w", "--concurrency", "4", *extra)
+        )
+    finally:
+        await source.close()
+        await dest.close()
+    assert done.returncode == 0, done.stderr
+    assert source.refused == [] and dest.refused == []
+    # the parts of an upload span refreshes (the source's few GETs may not)
+    assert credproc.calls(ledger, "cdst") >= 2
+    assert len({r.access_key for r in dest.requests}) >= 2
+    if "--multipart-threshold" not in extra:
+        assert credproc.calls(ledger, "csrc") >= 2
+        assert len({r.access_key for r in source.requests}) >= 2
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+async def _run_with_process_failing(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, ledger: Path, *extra: str
+) -> tuple[Finished, list[str]]:
+    """A run whose source credentials stop refreshing a second in: the credential process
+    fails from then on (its standard error quoting a secret). Returns the run and the run's
+    arguments."""
+    source, dest = await _proxies(s3_server, ledger)
+    source.latency = dest.latency = 0.15
+    args = _args(source, dest, buckets, tmp_path / "w", "--concurrency", "4", *extra)
+    args += ["--report", str(tmp_path / "report.json"), "--max-attempts", "3"]
+
+    async def break_it() -> None:
+        await asyncio.sleep(1.0)
+        credproc.control(ledger, "csrc", "fail")
+
+    try:
+        breaker = asyncio.create_task(break_it())
+        done = await run_cli_async(args)
+        await breaker
+        credproc.control(ledger, "csrc", "")
+        again = await run_cli_async(args)
+    finally:
+        await source.close()
+        await dest.close()
+    assert again.returncode == 0, again.stderr
+    return done, args
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_credentials_that_cannot_be_refreshed_stop_the_run(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    fast_path: bool,
+) -> None:
+    """Credentials that could no longer be refreshed failed every object left, one error
+    each (68 of 80 here, exit 1, "completed_with_errors"), each quoting the credential
+    process's standard error into the summary, the checkpoint and the report. The run now
+    stops at the first object that meets it (after its retries), exit 3, one line that does
+    not repeat the process's output; the checkpoint is valid and a second run completes."""
+    # Expiration 600 s ahead: botocore's next refresh is mandatory (the credentials are
+    # about to expire), so its failure fails the request
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600}, window=600)
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    extra = () if fast_path else ("--no-fast-path",)
+    done, _ = await _run_with_process_failing(s3_server, buckets, tmp_path, ledger, *extra)
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "stopping" in last and "credential_process failed" in last, last
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        assert "secret-in-stderr" not in path.read_text(errors="replace"), path
+    assert "secret-in-stderr" not in done.stdout
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
