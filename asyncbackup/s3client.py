@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -39,6 +40,47 @@ S3Client = Any  # aiobotocore builds the client class at run time; there is no s
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
 _REFUSED = CREDENTIALS_REFUSED | {"403", "AccessDenied"}
+#: how often a failing advisory refresh of temporary credentials is said (``_RefreshLog``)
+REFRESH_WARNING_INTERVAL = 300.0
+
+
+class _RefreshLog(logging.Filter):
+    """botocore's (and aiobotocore's) warning that refreshing temporary credentials failed
+    carries the provider's exception as a traceback, whose last line quotes what a failed
+    credential process printed on its standard error (it may hold secrets), and comes again
+    at every request while the provider fails. A failure in the mandatory period (the
+    credentials about to expire) fails its request, which the run reports itself
+    (``retry.classify``): its warning goes. One in the advisory period (the credentials still
+    good for minutes) is said in one line without the error, once every
+    ``REFRESH_WARNING_INTERVAL`` seconds at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None and record.exc_text is None:
+            return True
+        if "advisory" not in record.getMessage():
+            return False
+        now = time.monotonic()
+        if self._said_at is not None and now - self._said_at < REFRESH_WARNING_INTERVAL:
+            return False
+        self._said_at = now
+        record.msg = (
+            "refreshing the temporary credentials failed; the current ones are used until "
+            "they are about to expire (the provider's error is not repeated: a credential "
+            "process's output may hold secrets)"
+        )
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_REFRESH_LOG = _RefreshLog()
+for _name in ("botocore.credentials", "aiobotocore.credentials"):
+    logging.getLogger(_name).addFilter(_REFRESH_LOG)
 
 
 class LazyClient:

@@ -99,13 +99,19 @@ async def test_credentials_refreshed_during_the_run(
 
 
 async def _run_with_process_failing(
-    s3_server: S3Server, buckets: Buckets, tmp_path: Path, ledger: Path, *extra: str
+    s3_server: S3Server,
+    buckets: Buckets,
+    tmp_path: Path,
+    ledger: Path,
+    *extra: str,
+    grace: float = 2.0,
 ) -> tuple[Finished, list[str]]:
     """A run whose source credentials stop refreshing a second in: the credential process
     fails from then on (its standard error quoting a secret). Returns the run and the run's
     arguments."""
     source, dest = await _proxies(s3_server, ledger)
     source.latency = dest.latency = 0.15
+    source.grace = grace
     args = _args(source, dest, buckets, tmp_path / "w", "--concurrency", "4", *extra)
     args += ["--report", str(tmp_path / "report.json"), "--max-attempts", "3"]
 
@@ -155,4 +161,66 @@ async def test_credentials_that_cannot_be_refreshed_stop_the_run(
     for path in files:
         assert "secret-in-stderr" not in path.read_text(errors="replace"), path
     assert "secret-in-stderr" not in done.stdout
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+@pytest.mark.parametrize("period", ["advisory", "mandatory"])
+async def test_a_failing_refresh_logs_no_traceback_and_no_secret(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    period: str,
+) -> None:
+    """botocore logs a failed refresh as a warning with the provider's exception as a
+    traceback, its last line a failed credential process's standard error (here a secret),
+    at every request while the process fails: dozens of tracebacks in a short run. Now a
+    failure in the advisory period (the credentials still good for minutes: the run goes
+    on with them) is said once, in one line without the error; one in the mandatory period
+    (about to expire) only by the run's own line."""
+    window = 900 if period == "advisory" else 600
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600}, window=window)
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    done, _ = await _run_with_process_failing(s3_server, buckets, tmp_path, ledger, grace=60)
+    assert "secret-in-stderr" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    warned = [line for line in done.stderr.splitlines() if "refreshing the temporary" in line]
+    if period == "advisory":  # the credentials the proxy takes for a minute more
+        assert done.returncode == 0, done.stderr
+        assert len(warned) == 1, done.stderr
+        assert credproc.calls(ledger, "csrc") >= 1
+    else:
+        assert done.returncode == 3, done.stderr
+        # (an advisory refresh failed before: the credentials had less than 15 min left)
+        assert len(warned) <= 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == len(warned) + 1, done.stderr
+        assert "CredentialsNotRefreshed" in lines[-1]
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+async def test_direct_copies_refresh_the_credentials(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """--direct: one profile for both sides; the copies go on over refreshes."""
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME})
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(60)}
+    put_parallel(s3, buckets.source, objects)
+    proxy = CheckingProxy(s3_server.endpoint, ledger=ledger, account="csrc", latency=0.2)
+    await proxy.start()
+    args = ["s3", "data", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path / "w"), "--source-profile", "csrc"]
+    args += ["--dest-profile", "csrc", "--endpoint-url", proxy.endpoint, "--direct"]
+    args += ["--concurrency", "4"]
+    try:
+        done = await run_cli_async(args)
+    finally:
+        await proxy.close()
+    assert done.returncode == 0, done.stderr
+    assert proxy.refused == []
+    assert credproc.calls(ledger, "csrc") >= 2
+    assert len({r.access_key for r in proxy.requests if r.method == "PUT"}) >= 2
+    assert "x-amz-copy-source" in proxy.requests[-1].headers
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
