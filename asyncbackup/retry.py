@@ -39,6 +39,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
+from .credprocess import CredentialProcessTimeout
 from .errors import FatalRunError, ObjectError
 from .loglimit import FirstFew
 
@@ -200,8 +201,10 @@ def classify(exc: BaseException) -> ObjectError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
     if isinstance(exc, (CredentialRetrievalError, SSOError, TokenRetrievalError)):
-        # retried like a request (a provider's blip passes); then the run stops
-        return ObjectError(NOT_REFRESHED, _not_refreshed(exc), retryable=True)
+        # retried like a request (a provider's blip passes), then the run stops; a process
+        # that did not answer in minutes is not asked again
+        retryable = not isinstance(exc, CredentialProcessTimeout)
+        return ObjectError(NOT_REFRESHED, _not_refreshed(exc), retryable=retryable)
     if isinstance(exc, _TRANSIENT_TYPES) or _aiohttp_error(exc):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
     if isinstance(exc, BotoCoreError):
@@ -267,7 +270,9 @@ def _not_refreshed(exc: BotoCoreError) -> str:
     a credential process printed on its standard error (a process that fails may print what
     it was given or got: a key, a token), which is not repeated."""
     provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
-    if provider == "custom-process":
+    if isinstance(exc, CredentialProcessTimeout):
+        detail = _one_line(exc)
+    elif provider == "custom-process":
         detail = (
             "the profile's credential_process failed (its output is not repeated here: it "
             "may hold secrets; run the command by hand to see why)"

@@ -29,6 +29,7 @@ from botocore.exceptions import (
 from botocore.utils import get_environ_proxies
 
 from .botocore_setup import share_data_loader, tune_client
+from .credprocess import bound_credential_processes
 from .encryption import EncryptionNotApplied, check_applied
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
@@ -204,6 +205,7 @@ def _control_client(
     profile, region, endpoint and TLS, so the same credentials and request URLs."""
     session = botocore.session.Session(profile=profile)
     share_data_loader(session)
+    bound_credential_processes(session)
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
     return client

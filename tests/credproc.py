@@ -16,6 +16,8 @@ InvalidToken, the way S3 answers.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +36,9 @@ if mode == "fail":
     sys.stderr.write("sts: refused for secret-in-stderr-Zq8vN3 (AKIAFAILPROCESS0TEST)\n")
     sys.exit(3)
 if mode == "hang":
-    time.sleep(3600)
+    with open(ledger + "." + profile + ".hung", "a") as f:
+        f.write("%d\n" % os.getpid())
+    time.sleep(600)
 with open(ledger, "a+") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     f.seek(0)
@@ -71,6 +75,19 @@ def install(aws_env: Path, profiles: dict[str, float], window: float = 900) -> P
 def control(ledger: Path, profile: str, mode: str) -> None:
     """Make the process of ``profile`` fail ("fail"), hang ("hang") or work ("")."""
     Path(f"{ledger}.{profile}.control").write_text(mode)
+
+
+def kill_hung(ledger: Path, profile: str) -> int:
+    """Kill the processes of ``profile`` that hang (by their pids); how many were alive."""
+    hung = Path(f"{ledger}.{profile}.hung")
+    alive = 0
+    for pid in hung.read_text().split() if hung.exists() else ():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+            alive += 1
+        except ProcessLookupError:
+            pass
+    return alive
 
 
 def issued(ledger: Path) -> list[dict[str, object]]:

@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
+from asyncbackup import credprocess, run_backup
+from asyncbackup.errors import FatalRunError
 from tests import credproc
 from tests.conftest import Buckets, S3Server
 from tests.credproc import CheckingProxy
 from tests.faulty_proxy import Finished, run_cli_async
 from tests.helpers import assert_same_objects
-from tests.reliability import put_parallel
+from tests.reliability import checkpoint_file, put_parallel, read_valid
 
 LIFETIME = 1.5
 
@@ -223,4 +225,68 @@ async def test_direct_copies_refresh_the_credentials(
     assert credproc.calls(ledger, "csrc") >= 2
     assert len({r.access_key for r in proxy.requests if r.method == "PUT"}) >= 2
     assert "x-amz-copy-source" in proxy.requests[-1].headers
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_hanging_credential_process_stops_the_run(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fast_path: bool,
+) -> None:
+    """botocore and aiobotocore wait for a credential process without a timeout: one that
+    hung mid-run (an MFA prompt nobody answers) held every request that needed fresh
+    credentials, and the run stalled for good, saying nothing (here: no end in 40 s, 12
+    requests made). Now the run warns that it waits, kills the process after
+    ``PROCESS_TIMEOUT`` and stops (exit 3 from the command line), the checkpoint valid."""
+    monkeypatch.setattr(credprocess, "PROCESS_TIMEOUT", 3.0)
+    monkeypatch.setattr(credprocess, "NOTICE_AFTER", 1.0)
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600}, window=600)
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    source, dest = await _proxies(s3_server, ledger)
+    source.latency = dest.latency = 0.15
+
+    async def hang() -> None:
+        await asyncio.sleep(1.0)
+        credproc.control(ledger, "csrc", "hang")
+
+    options: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "data",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path / "w",
+        "source_profile": "csrc",
+        "dest_profile": "cdst",
+        "source_endpoint_url": source.endpoint,
+        "dest_endpoint_url": dest.endpoint,
+        "concurrency": 4,
+        "max_attempts": 2,
+        "fast_path": fast_path,
+    }
+    try:
+        hanging = asyncio.create_task(hang())
+        with pytest.raises(FatalRunError) as stopped:
+            await asyncio.wait_for(run_backup(**options), 60)
+        await hanging
+        await asyncio.sleep(credprocess.PROCESS_TIMEOUT + 1)  # one the run left is stopped too
+        alive = credproc.kill_hung(ledger, "csrc")
+        state = read_valid(checkpoint_file(tmp_path / "w", buckets.source, "data"))
+        credproc.control(ledger, "csrc", "")
+        report = await run_backup(**options)
+    finally:
+        credproc.kill_hung(ledger, "csrc")
+        await source.close()
+        await dest.close()
+    assert alive == 0  # each was stopped
+    assert "CredentialsNotRefreshed" in str(stopped.value)
+    assert "gave no credentials in 3 s" in str(stopped.value)
+    assert "waiting for the profile's credential_process" in caplog.text
+    assert 0 < sum(state.files.values()) < len(objects)
+    assert report.status == "completed"
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
