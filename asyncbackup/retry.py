@@ -200,11 +200,15 @@ def classify(exc: BaseException) -> ObjectError:
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
-    if isinstance(exc, (CredentialRetrievalError, SSOError, TokenRetrievalError)):
+    if isinstance(exc, CREDENTIAL_ERRORS):
         # retried like a request (a provider's blip passes), then the run stops; a process
         # that did not answer in minutes is not asked again
         retryable = not isinstance(exc, CredentialProcessTimeout)
-        return ObjectError(NOT_REFRESHED, _not_refreshed(exc), retryable=retryable)
+        return ObjectError(
+            NOT_REFRESHED,
+            f"cannot refresh the credentials: {credentials_failure(exc)}",
+            retryable=retryable,
+        )
     if isinstance(exc, _TRANSIENT_TYPES) or _aiohttp_error(exc):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
     if isinstance(exc, BotoCoreError):
@@ -265,7 +269,11 @@ def _aiohttp_error(exc: BaseException) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
-def _not_refreshed(exc: BotoCoreError) -> str:
+#: botocore's errors of credentials that could not be fetched (``credentials_failure``)
+CREDENTIAL_ERRORS = (CredentialRetrievalError, SSOError, TokenRetrievalError)
+
+
+def credentials_failure(exc: BotoCoreError) -> str:
     """What to say of credentials that could not be fetched: what botocore says, except what
     a credential process printed on its standard error (a process that fails may print what
     it was given or got: a key, a token), which is not repeated."""
@@ -279,7 +287,7 @@ def _not_refreshed(exc: BotoCoreError) -> str:
         )
     else:
         detail = _one_line(exc)
-    return f"cannot refresh the credentials: {detail}"
+    return detail
 
 
 def _one_line(exc: BaseException) -> str:

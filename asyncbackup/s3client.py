@@ -34,7 +34,14 @@ from .encryption import EncryptionNotApplied, check_applied
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
-from .retry import CLOCK_SKEWED, CREDENTIALS_REFUSED, RetryPolicy, error_code
+from .retry import (
+    CLOCK_SKEWED,
+    CREDENTIAL_ERRORS,
+    CREDENTIALS_REFUSED,
+    RetryPolicy,
+    credentials_failure,
+    error_code,
+)
 
 log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
@@ -178,6 +185,11 @@ async def open_client(
         raise ConfigError(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
+        ) from None
+    except CREDENTIAL_ERRORS as exc:  # a credential process, SSO or STS failing at once
+        raise ConfigError(
+            f"cannot get the {role} credentials: {credentials_failure(exc)}; check "
+            f"{profile_flag(role)}"
         ) from None
     except (ValueError, BotoCoreError) as exc:
         raise ConfigError(

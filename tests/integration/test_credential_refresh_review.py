@@ -22,7 +22,7 @@ from tests.conftest import Buckets, S3Server
 from tests.credproc import CheckingProxy
 from tests.faulty_proxy import Finished, run_cli_async
 from tests.helpers import assert_same_objects
-from tests.reliability import checkpoint_file, put_parallel, read_valid
+from tests.reliability import checkpoint_file, one_error_line, put_parallel, read_valid
 
 LIFETIME = 1.5
 
@@ -290,3 +290,54 @@ async def test_a_hanging_credential_process_stops_the_run(
     assert 0 < sum(state.files.values()) < len(objects)
     assert report.status == "completed"
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+async def test_verify_refreshes_the_credentials_of_each_side(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """``checkpoint verify`` with each side's profile: requests a refresh apart are signed
+    with each side's own new keys."""
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": LIFETIME})
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(20)}
+    put_parallel(s3, buckets.source, objects)
+    source, dest = await _proxies(s3_server, ledger)
+    try:
+        done = await run_cli_async(_args(source, dest, buckets, tmp_path / "w"))
+        assert done.returncode == 0, done.stderr
+        source.latency = dest.latency = 2 * LIFETIME
+        checkpoint = next(p for p in (tmp_path / "w").rglob("*checkpoint*") if p.is_file())
+        command = ["checkpoint", "verify", str(checkpoint), "--source-profile", "csrc"]
+        command += ["--dest-profile", "cdst", "--source-endpoint-url", source.endpoint]
+        command += ["--dest-endpoint-url", dest.endpoint]
+        verified = await run_cli_async(command)
+    finally:
+        await source.close()
+        await dest.close()
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    assert source.refused == [] and dest.refused == []
+    assert len({r.access_key for r in source.requests}) >= 2
+    assert len({r.access_key for r in dest.requests}) >= 2
+
+
+async def test_a_credential_process_failing_at_the_start_is_not_quoted(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """The process failing from the start: the run's one error line (and the --report file)
+    quoted what it printed on its standard error, here a secret."""
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600})
+    credproc.control(ledger, "csrc", "fail")
+    put_parallel(s3, buckets.source, {"data/a": b"a"})
+    source, dest = await _proxies(s3_server, ledger)
+    report = tmp_path / "report.json"
+    try:
+        done = await run_cli_async(
+            _args(source, dest, buckets, tmp_path / "w", "--report", str(report))
+        )
+    finally:
+        await source.close()
+        await dest.close()
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "cannot get the source credentials" in line and "credential_process failed" in line
+    assert "--source-profile" in line
+    assert "secret-in-stderr" not in done.stderr + done.stdout + report.read_text()
