@@ -7,12 +7,14 @@ nothing. Each of our clients' sessions has its credential processes run through
 ``BoundedPopen`` (botocore's, in a thread) or ``bounded_exec`` (aiobotocore's, on the loop):
 after ``NOTICE_AFTER`` seconds a warning says the run is waiting; after ``PROCESS_TIMEOUT``
 the process is killed and ``CredentialProcessTimeout`` raised, which stops the run as
-credentials that cannot be refreshed do (``retry.classify``)."""
+credentials that cannot be refreshed do (``retry.classify``). Output that is not JSON is such
+a failure too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import subprocess
 from collections.abc import Callable
@@ -46,6 +48,21 @@ def _waiting() -> None:
     )
 
 
+def _checked(answer: Any, returncode: int | None) -> Any:
+    """``(stdout, stderr)`` as the process gave them, when it succeeded and printed JSON.
+    botocore parses what it printed without catching the error, so that a process printing
+    something else (a prompt, a message) was an unexpected ``JSONDecodeError``, not a failure
+    of the credentials."""
+    if returncode == 0:
+        try:
+            json.loads(answer[0])
+        except ValueError:
+            raise CredentialRetrievalError(
+                provider=ProcessProvider.METHOD, error_msg="its output is not JSON"
+            ) from None
+    return answer
+
+
 def _timed_out() -> CredentialProcessTimeout:
     return CredentialProcessTimeout(provider=ProcessProvider.METHOD, seconds=PROCESS_TIMEOUT)
 
@@ -57,15 +74,16 @@ class BoundedPopen(subprocess.Popen):  # type: ignore[type-arg]
     def communicate(self, input: Any = None, timeout: float | None = None) -> Any:
         notice = min(NOTICE_AFTER, PROCESS_TIMEOUT)
         try:
-            return super().communicate(input, timeout=notice)
+            return _checked(super().communicate(input, timeout=notice), self.returncode)
         except subprocess.TimeoutExpired:
             if notice >= PROCESS_TIMEOUT:
                 return self._stop()
             _waiting()
         try:
-            return super().communicate(timeout=PROCESS_TIMEOUT - notice)
+            answer = super().communicate(timeout=PROCESS_TIMEOUT - notice)
         except subprocess.TimeoutExpired:
             return self._stop()
+        return _checked(answer, self.returncode)
 
     def _stop(self) -> Any:
         self.kill()
@@ -89,7 +107,7 @@ class _BoundedProcess:
         try:
             out = await asyncio.wait_for(self._process.communicate(input), PROCESS_TIMEOUT)
             answered = True
-            return out
+            return _checked(out, self._process.returncode)  # type: ignore[no-any-return]
         except TimeoutError:
             raise _timed_out() from None
         finally:

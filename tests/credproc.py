@@ -35,6 +35,9 @@ mode = open(control).read().strip() if os.path.exists(control) else ""
 if mode == "fail":
     sys.stderr.write("sts: refused for secret-in-stderr-Zq8vN3 (AKIAFAILPROCESS0TEST)\n")
     sys.exit(3)
+if mode == "garbage":  # a message instead of the JSON document
+    print("Enter MFA code for arn:aws:iam::123456789012:mfa/backup (secret-in-stdout-Wq7):")
+    sys.exit(0)
 if mode == "hang":
     with open(ledger + "." + profile + ".hung", "a") as f:
         f.write("%d\n" % os.getpid())
@@ -73,7 +76,8 @@ def install(aws_env: Path, profiles: dict[str, float], window: float = 900) -> P
 
 
 def control(ledger: Path, profile: str, mode: str) -> None:
-    """Make the process of ``profile`` fail ("fail"), hang ("hang") or work ("")."""
+    """Make the process of ``profile`` fail ("fail"), hang ("hang"), print something else than
+    JSON ("garbage") or work ("")."""
     Path(f"{ledger}.{profile}.control").write_text(mode)
 
 

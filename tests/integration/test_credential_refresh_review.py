@@ -107,6 +107,7 @@ async def _run_with_process_failing(
     ledger: Path,
     *extra: str,
     grace: float = 2.0,
+    mode: str = "fail",
 ) -> tuple[Finished, list[str]]:
     """A run whose source credentials stop refreshing a second in: the credential process
     fails from then on (its standard error quoting a secret). Returns the run and the run's
@@ -119,7 +120,7 @@ async def _run_with_process_failing(
 
     async def break_it() -> None:
         await asyncio.sleep(1.0)
-        credproc.control(ledger, "csrc", "fail")
+        credproc.control(ledger, "csrc", mode)
 
     try:
         breaker = asyncio.create_task(break_it())
@@ -134,7 +135,11 @@ async def _run_with_process_failing(
     return done, args
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+@pytest.mark.parametrize(
+    ("fast_path", "mode"),
+    [(True, "fail"), (False, "fail"), (True, "garbage"), (False, "garbage")],
+    ids=["fast", "botocore", "fast-garbage", "botocore-garbage"],
+)
 async def test_credentials_that_cannot_be_refreshed_stop_the_run(
     s3_server: S3Server,
     s3: Any,
@@ -142,27 +147,32 @@ async def test_credentials_that_cannot_be_refreshed_stop_the_run(
     tmp_path: Path,
     aws_env: Path,
     fast_path: bool,
+    mode: str,
 ) -> None:
     """Credentials that could no longer be refreshed failed every object left, one error
     each (68 of 80 here, exit 1, "completed_with_errors"), each quoting the credential
     process's standard error into the summary, the checkpoint and the report. The run now
     stops at the first object that meets it (after its retries), exit 3, one line that does
-    not repeat the process's output; the checkpoint is valid and a second run completes."""
+    not repeat the process's output; the checkpoint is valid and a second run completes. A
+    process printing a message instead of JSON ("garbage") stopped the run with "unexpected
+    JSONDecodeError: Expecting value: line 1 column 1 (char 0)"."""
     # Expiration 600 s ahead: botocore's next refresh is mandatory (the credentials are
     # about to expire), so its failure fails the request
     ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600}, window=600)
     objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
     put_parallel(s3, buckets.source, objects)
     extra = () if fast_path else ("--no-fast-path",)
-    done, _ = await _run_with_process_failing(s3_server, buckets, tmp_path, ledger, *extra)
+    done, _ = await _run_with_process_failing(
+        s3_server, buckets, tmp_path, ledger, *extra, mode=mode
+    )
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert "stopping" in last and "credential_process failed" in last, last
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files
     for path in files:
-        assert "secret-in-stderr" not in path.read_text(errors="replace"), path
-    assert "secret-in-stderr" not in done.stdout
+        assert "secret-in-std" not in path.read_text(errors="replace"), path
+    assert "secret-in-std" not in done.stdout
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
 
 
@@ -319,13 +329,16 @@ async def test_verify_refreshes_the_credentials_of_each_side(
     assert len({r.access_key for r in dest.requests}) >= 2
 
 
+@pytest.mark.parametrize("mode", ["fail", "garbage"])
 async def test_a_credential_process_failing_at_the_start_is_not_quoted(
-    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path, mode: str
 ) -> None:
     """The process failing from the start: the run's one error line (and the --report file)
-    quoted what it printed on its standard error, here a secret."""
+    quoted what it printed on its standard error, here a secret. One printing a message
+    instead of JSON was "cannot create the source S3 client: Expecting value: line 1 column
+    1 (char 0); check the source's endpoint URL, --region and profile"."""
     ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600})
-    credproc.control(ledger, "csrc", "fail")
+    credproc.control(ledger, "csrc", mode)
     put_parallel(s3, buckets.source, {"data/a": b"a"})
     source, dest = await _proxies(s3_server, ledger)
     report = tmp_path / "report.json"
@@ -340,4 +353,4 @@ async def test_a_credential_process_failing_at_the_start_is_not_quoted(
     line = one_error_line(done.stderr)
     assert "cannot get the source credentials" in line and "credential_process failed" in line
     assert "--source-profile" in line
-    assert "secret-in-stderr" not in done.stderr + done.stdout + report.read_text()
+    assert "secret-in-std" not in done.stderr + done.stdout + report.read_text()
