@@ -209,6 +209,14 @@ def classify(exc: BaseException) -> ObjectError:
             f"cannot refresh the credentials: {credentials_failure(exc)}",
             retryable=retryable,
         )
+    if isinstance(exc, RuntimeError) and str(exc).startswith(STILL_EXPIRED):
+        return ObjectError(
+            NOT_REFRESHED,
+            "cannot refresh the credentials: their provider (the profile's "
+            "credential_process, its SSO cache...) gave credentials that had expired already; "
+            "check this machine's clock and the provider",
+            retryable=True,
+        )
     if isinstance(exc, _TRANSIENT_TYPES) or _aiohttp_error(exc):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
     if isinstance(exc, BotoCoreError):
@@ -269,6 +277,9 @@ def _aiohttp_error(exc: BaseException) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
+#: what botocore (and aiobotocore) raise, as a bare RuntimeError, when a refresh gave
+#: credentials that had expired already
+STILL_EXPIRED = "Credentials were refreshed, but the refreshed credentials are still expired"
 #: botocore's errors of credentials that could not be fetched (``credentials_failure``)
 CREDENTIAL_ERRORS = (CredentialRetrievalError, SSOError, TokenRetrievalError)
 

@@ -38,6 +38,8 @@ from .retry import (
     CLOCK_SKEWED,
     CREDENTIAL_ERRORS,
     CREDENTIALS_REFUSED,
+    NOT_REFRESHED,
+    STILL_EXPIRED,
     RetryPolicy,
     credentials_failure,
     error_code,
@@ -60,7 +62,8 @@ class _RefreshLog(logging.Filter):
     credentials about to expire) fails its request, which the run reports itself
     (``retry.classify``): its warning goes. One in the advisory period (the credentials still
     good for minutes) is said in one line without the error, once every
-    ``REFRESH_WARNING_INTERVAL`` seconds at most."""
+    ``REFRESH_WARNING_INTERVAL`` seconds at most. The warning that a refresh gave expired
+    credentials goes too: the request fails with it, and the run says so."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,7 +71,8 @@ class _RefreshLog(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info is None and record.exc_text is None:
-            return True
+            # said by the run too, as the error of the request (``retry.STILL_EXPIRED``)
+            return not record.getMessage().startswith(STILL_EXPIRED)
         if "advisory" not in record.getMessage():
             return False
         now = time.monotonic()
@@ -372,6 +376,11 @@ async def check_bucket(
             raise StoreUnavailableError(
                 f"access to {role} bucket {bucket!r} was refused{tried} ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
+            ) from None
+        if code == NOT_REFRESHED:
+            raise StoreUnavailableError(
+                f"cannot get the {role} credentials: "
+                f"{exc.message.removeprefix('cannot refresh the credentials: ')}; check {flag}"
             ) from None
         if code == "NoCredentials":
             raise StoreUnavailableError(

@@ -52,7 +52,10 @@ with open(ledger, "a+") as f:
              "token": "token-%s-%d-" % (profile, n) + "T" * 40, "profile": profile,
              "issued": now, "expires": now + lifetime}
     f.write(json.dumps(entry) + "\n")
-expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + lifetime + window))
+if mode == "stale":  # credentials that expired already (a helper's broken cache)
+    expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60))
+else:
+    expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + lifetime + window))
 print(json.dumps({"Version": 1, "AccessKeyId": entry["key"], "SecretAccessKey": entry["secret"],
                   "SessionToken": entry["token"], "Expiration": expiration}))
 """
@@ -77,7 +80,7 @@ def install(aws_env: Path, profiles: dict[str, float], window: float = 900) -> P
 
 def control(ledger: Path, profile: str, mode: str) -> None:
     """Make the process of ``profile`` fail ("fail"), hang ("hang"), print something else than
-    JSON ("garbage") or work ("")."""
+    JSON ("garbage"), give credentials that expired a minute ago ("stale") or work ("")."""
     Path(f"{ledger}.{profile}.control").write_text(mode)
 
 

@@ -354,3 +354,43 @@ async def test_a_credential_process_failing_at_the_start_is_not_quoted(
     assert "cannot get the source credentials" in line and "credential_process failed" in line
     assert "--source-profile" in line
     assert "secret-in-std" not in done.stderr + done.stdout + report.read_text()
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_credentials_given_expired_by_their_provider(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    fast_path: bool,
+) -> None:
+    """A provider that gives credentials that expired already (a helper's stale cache, a
+    clock far off): botocore raises a bare RuntimeError, and the run stopped with
+    "unexpected RuntimeError: Credentials were refreshed, but the refreshed credentials are
+    still expired." after botocore's own warning, mid-run and at the start alike (exit 3
+    there too). Now it is credentials that cannot be refreshed: mid-run exit 3, at the start
+    exit 2, each one line."""
+    ledger = credproc.install(aws_env, {"csrc": LIFETIME, "cdst": 3600}, window=600)
+    put_parallel(s3, buckets.source, {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)})
+    extra = () if fast_path else ("--no-fast-path",)
+    done, _ = await _run_with_process_failing(
+        s3_server, buckets, tmp_path, ledger, *extra, mode="stale"
+    )
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done.stderr)
+    # (the listing's page, or an object's copy, meets it first)
+    assert "stopping" in line and "CredentialsNotRefreshed" in line, line
+    assert "expired already" in line, line
+    credproc.control(ledger, "csrc", "stale")
+    source, dest = await _proxies(s3_server, ledger)
+    try:
+        at_start = await run_cli_async(
+            _args(source, dest, buckets, tmp_path / "w2", *extra)  # its first request
+        )
+    finally:
+        await source.close()
+        await dest.close()
+    assert at_start.returncode == 2, at_start.stderr
+    line = one_error_line(at_start.stderr)
+    assert "cannot get the source credentials" in line and "expired already" in line, line
