@@ -33,6 +33,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
+    RefreshWithMFAUnsupportedError,
     ResponseStreamingError,
     SSOError,
     TokenRetrievalError,
@@ -202,8 +203,8 @@ def classify(exc: BaseException) -> ObjectError:
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
     if isinstance(exc, CREDENTIAL_ERRORS):
         # retried like a request (a provider's blip passes), then the run stops; a process
-        # that did not answer in minutes is not asked again
-        retryable = not isinstance(exc, CredentialProcessTimeout)
+        # that did not answer in minutes is not asked again, nor a role that needs an MFA code
+        retryable = not isinstance(exc, (CredentialProcessTimeout, RefreshWithMFAUnsupportedError))
         return ObjectError(
             NOT_REFRESHED,
             f"cannot refresh the credentials: {credentials_failure(exc)}",
@@ -281,7 +282,12 @@ def _aiohttp_error(exc: BaseException) -> bool:
 #: credentials that had expired already
 STILL_EXPIRED = "Credentials were refreshed, but the refreshed credentials are still expired"
 #: botocore's errors of credentials that could not be fetched (``credentials_failure``)
-CREDENTIAL_ERRORS = (CredentialRetrievalError, SSOError, TokenRetrievalError)
+CREDENTIAL_ERRORS = (
+    CredentialRetrievalError,
+    SSOError,
+    TokenRetrievalError,
+    RefreshWithMFAUnsupportedError,
+)
 
 
 def credentials_failure(exc: BotoCoreError) -> str:
@@ -291,6 +297,12 @@ def credentials_failure(exc: BotoCoreError) -> str:
     provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
     if isinstance(exc, CredentialProcessTimeout):
         detail = _one_line(exc)
+    elif isinstance(exc, RefreshWithMFAUnsupportedError):
+        detail = (
+            "the profile's role (with mfa_serial) cannot be assumed again without a new MFA "
+            "code; give the profile a longer duration_seconds (up to the role's maximum "
+            "session duration) for a run this long"
+        )
     elif provider == "custom-process":
         detail = (
             "the profile's credential_process failed (its output is not repeated here: it "

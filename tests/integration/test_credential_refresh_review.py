@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.conftest import Buckets, S3Server
 from tests.credproc import CheckingProxy
 from tests.faulty_proxy import Finished, run_cli_async
 from tests.helpers import assert_same_objects
+from tests.proxy import S3Proxy
 from tests.reliability import checkpoint_file, one_error_line, put_parallel, read_valid
 
 LIFETIME = 1.5
@@ -394,3 +396,51 @@ async def test_credentials_given_expired_by_their_provider(
     assert at_start.returncode == 2, at_start.stderr
     line = one_error_line(at_start.stderr)
     assert "cannot get the source credentials" in line and "expired already" in line, line
+
+
+async def test_a_role_assumed_with_mfa_that_expires_stops_the_run(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """A profile whose role needs an MFA code (``mfa_serial``): botocore asks for the code
+    once, and cannot renew the role's credentials when they expire (an hour by default), a
+    ``RefreshWithMFAUnsupportedError`` at every request. It failed every object left (60 of
+    80 here, exit 1). Now the run stops, saying what to do (exit 3). The role is assumed from
+    moto's STS, for 602 s: botocore renews credentials with less than 10 min left."""
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    config = aws_env / "config"
+    config.write_text(
+        config.read_text() + "\n[profile mfa]\nregion = us-east-1\n"
+        "role_arn = arn:aws:iam::123456789012:role/backup\nsource_profile = src\n"
+        "mfa_serial = arn:aws:iam::123456789012:mfa/operator\nduration_seconds = 602\n"
+        "parameter_validation = false\n"  # (STS takes 900 s at least)
+    )
+    proxy = S3Proxy(s3_server.endpoint, latency=0.15)
+    await proxy.start()
+    args = ["s3", "data", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path / "w"), "--endpoint-url", proxy.endpoint]
+    args += ["--source-profile", "mfa", "--dest-profile", "dst", "--concurrency", "4"]
+    try:
+        # no terminal (a session of its own): botocore reads the MFA code from stdin
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncbackup",
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(os.environ, AWS_ENDPOINT_URL_STS=s3_server.endpoint),
+            start_new_session=True,
+        )
+        _, err = await asyncio.wait_for(process.communicate(b"123456\n"), 90)
+    finally:
+        await proxy.close()
+    stderr = err.decode()
+    assert process.returncode == 3, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "stopping: CredentialsNotRefreshed" in last and "mfa_serial" in last, last
+    assert "duration_seconds" in last
+    assert any(r.access_key and r.access_key.startswith("ASIA") for r in proxy.requests)
+    state = read_valid(checkpoint_file(tmp_path / "w", buckets.source, "data"))
+    assert 0 < sum(state.files.values()) < len(objects)
