@@ -188,6 +188,15 @@ def classify(exc: BaseException) -> ObjectError:
     """The checkpoint-ready form of a failure, flagged retryable or not."""
     if isinstance(exc, ObjectError):
         return exc
+    if isinstance(exc, ClientError) and exc.operation_name in CREDENTIAL_OPERATIONS:
+        # the refresh of the credentials refused (by STS, SSO), not the request to S3:
+        # retried like a request, then the run stops
+        return ObjectError(
+            NOT_REFRESHED,
+            f"cannot refresh the credentials: {exc.operation_name} was refused "
+            f"({error_code(exc)}: {exc.response.get('Error', {}).get('Message') or ''})",
+            retryable=True,
+        )
     if isinstance(exc, ClientError):
         code = error_code(exc)
         message = str(exc.response.get("Error", {}).get("Message") or code)
@@ -278,6 +287,17 @@ def _aiohttp_error(exc: BaseException) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
+#: the requests botocore makes to refresh temporary credentials (STS, SSO): their errors are
+#: the credentials', not the S3 request's that needed them
+CREDENTIAL_OPERATIONS = frozenset(
+    {
+        "AssumeRole",
+        "AssumeRoleWithWebIdentity",
+        "AssumeRoleWithSAML",
+        "GetRoleCredentials",
+        "CreateToken",
+    }
+)
 #: what botocore (and aiobotocore) raise, as a bare RuntimeError, when a refresh gave
 #: credentials that had expired already
 STILL_EXPIRED = "Credentials were refreshed, but the refreshed credentials are still expired"

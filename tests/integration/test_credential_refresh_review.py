@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from asyncbackup import credprocess, run_backup
 from asyncbackup.errors import FatalRunError
@@ -444,3 +446,75 @@ async def test_a_role_assumed_with_mfa_that_expires_stops_the_run(
     assert any(r.access_key and r.access_key.startswith("ASIA") for r in proxy.requests)
     state = read_valid(checkpoint_file(tmp_path / "w", buckets.source, "data"))
     assert 0 < sum(state.files.values()) < len(objects)
+
+
+_STS_REFUSAL = (
+    '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
+    "</Type><Code>InvalidClientTokenId</Code><Message>The security token included in the "
+    "request is invalid.</Message></Error><RequestId>proxy</RequestId></ErrorResponse>"
+)
+
+
+@dataclass
+class _RefusingSts(S3Proxy):
+    """moto's STS, until ``refuse``: then every request is answered as STS answers keys
+    that were deactivated (403 InvalidClientTokenId)."""
+
+    refuse: bool = False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.refuse:
+            return await super()._handle(request)
+        await request.read()
+        return web.Response(status=403, body=_STS_REFUSAL.encode(), content_type="text/xml")
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+async def test_a_role_that_sts_no_longer_gives_stops_the_run(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    fast_path: bool,
+) -> None:
+    """A profile assuming a role (``role_arn``, ``source_profile``) whose renewal STS refuses
+    mid-run (the source profile's keys deactivated, the role's trust changed): the error was
+    taken for the S3 request's own, one object's, and every object left failed with it (52
+    of 80 here, exit 1). Now the run stops (exit 3), naming the refused AssumeRole."""
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    config = aws_env / "config"
+    config.write_text(
+        config.read_text() + "\n[profile role]\nregion = us-east-1\n"
+        "role_arn = arn:aws:iam::123456789012:role/backup\nsource_profile = src\n"
+        "duration_seconds = 602\nparameter_validation = false\n"  # (STS takes 900 s at least)
+    )
+    proxy = S3Proxy(s3_server.endpoint, latency=0.15)
+    sts = _RefusingSts(s3_server.endpoint)
+    await proxy.start()
+    await sts.start()
+    args = ["s3", "data", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+    args += ["--base-local-path", str(tmp_path / "w"), "--endpoint-url", proxy.endpoint]
+    args += ["--source-profile", "role", "--dest-profile", "dst", "--concurrency", "4"]
+    args += ["--max-attempts", "2", *(() if fast_path else ("--no-fast-path",))]
+
+    async def refuse() -> None:
+        await asyncio.sleep(1.0)
+        sts.refuse = True
+
+    try:
+        refusing = asyncio.create_task(refuse())
+        done = await run_cli_async(args, env=dict(os.environ, AWS_ENDPOINT_URL_STS=sts.endpoint))
+        await refusing
+        sts.refuse = False
+        again = await run_cli_async(args, env=dict(os.environ, AWS_ENDPOINT_URL_STS=sts.endpoint))
+    finally:
+        await proxy.close()
+        await sts.close()
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "stopping" in last and "CredentialsNotRefreshed" in last, last
+    assert "AssumeRole was refused (InvalidClientTokenId" in last, last
+    assert again.returncode == 0, again.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
