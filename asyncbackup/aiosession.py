@@ -13,6 +13,7 @@ from aiobotocore.parsers import AioResponseParserFactory, AioRestXMLParser
 from botocore.model import Shape
 
 from .botocore_setup import share_data_loader, tune_client
+from .credprocess import bound_credential_processes
 from .fasts3.responses import read_timestamp
 
 
@@ -39,6 +40,7 @@ async def open_aio_client(
     session = Session(profile_name=profile, region_name=region)
     _use_our_parsers(session)
     share_data_loader(session._session)
+    bound_credential_processes(session._session, aio=True)
     client = await stack.enter_async_context(
         session.client("s3", config=AioConfig(**config), **options)
     )

@@ -28,14 +28,19 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
+    RefreshWithMFAUnsupportedError,
     ResponseStreamingError,
+    SSOError,
+    TokenRetrievalError,
 )
 from botocore.parsers import ResponseParserError
 
+from .credprocess import CredentialProcessTimeout
 from .errors import FatalRunError, ObjectError
 from .loglimit import FirstFew
 
@@ -85,7 +90,10 @@ CREDENTIALS_REFUSED = frozenset(
 #: object, until the clock is set right (retried per request all the same: a request held up
 #: after it was signed passes once signed again)
 CLOCK_SKEWED = "RequestTimeTooSkewed"
-FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket", CLOCK_SKEWED}
+#: temporary credentials that could not be refreshed (the credential process, SSO, STS or the
+#: instance's metadata failing): every later request would fail the same way
+NOT_REFRESHED = "CredentialsNotRefreshed"
+FATAL_CODES = CREDENTIALS_REFUSED | {"NoSuchBucket", CLOCK_SKEWED, NOT_REFRESHED}
 #: An object in an archive tier (S3 Glacier Flexible Retrieval, Deep Archive, the archive
 #: tiers of Intelligent-Tiering) not restored: GET answers the first, CopyObject the second.
 ARCHIVED_CODES = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
@@ -180,6 +188,15 @@ def classify(exc: BaseException) -> ObjectError:
     """The checkpoint-ready form of a failure, flagged retryable or not."""
     if isinstance(exc, ObjectError):
         return exc
+    if isinstance(exc, ClientError) and exc.operation_name in CREDENTIAL_OPERATIONS:
+        # the refresh of the credentials refused (by STS, SSO), not the request to S3:
+        # retried like a request, then the run stops
+        return ObjectError(
+            NOT_REFRESHED,
+            f"cannot refresh the credentials: {exc.operation_name} was refused "
+            f"({error_code(exc)}: {exc.response.get('Error', {}).get('Message') or ''})",
+            retryable=True,
+        )
     if isinstance(exc, ClientError):
         code = error_code(exc)
         message = str(exc.response.get("Error", {}).get("Message") or code)
@@ -193,6 +210,23 @@ def classify(exc: BaseException) -> ObjectError:
         return ObjectError(code, message, retryable=retryable)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return ObjectError("NoCredentials", "no usable credentials", retryable=False)
+    if isinstance(exc, CREDENTIAL_ERRORS):
+        # retried like a request (a provider's blip passes), then the run stops; a process
+        # that did not answer in minutes is not asked again, nor a role that needs an MFA code
+        retryable = not isinstance(exc, (CredentialProcessTimeout, RefreshWithMFAUnsupportedError))
+        return ObjectError(
+            NOT_REFRESHED,
+            f"cannot refresh the credentials: {credentials_failure(exc)}",
+            retryable=retryable,
+        )
+    if isinstance(exc, RuntimeError) and str(exc).startswith(STILL_EXPIRED):
+        return ObjectError(
+            NOT_REFRESHED,
+            "cannot refresh the credentials: their provider (the profile's "
+            "credential_process, its SSO cache...) gave credentials that had expired already; "
+            "check this machine's clock and the provider",
+            retryable=True,
+        )
     if isinstance(exc, _TRANSIENT_TYPES) or _aiohttp_error(exc):
         return ObjectError(type(exc).__name__, _one_line(exc), retryable=True)
     if isinstance(exc, BotoCoreError):
@@ -251,6 +285,52 @@ def _aiohttp_error(exc: BaseException) -> bool:
     whose requests all took the fast path - there can be none, and it is not imported."""
     aiohttp = sys.modules.get("aiohttp")
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+
+
+#: the requests botocore makes to refresh temporary credentials (STS, SSO): their errors are
+#: the credentials', not the S3 request's that needed them
+CREDENTIAL_OPERATIONS = frozenset(
+    {
+        "AssumeRole",
+        "AssumeRoleWithWebIdentity",
+        "AssumeRoleWithSAML",
+        "GetRoleCredentials",
+        "CreateToken",
+    }
+)
+#: what botocore (and aiobotocore) raise, as a bare RuntimeError, when a refresh gave
+#: credentials that had expired already
+STILL_EXPIRED = "Credentials were refreshed, but the refreshed credentials are still expired"
+#: botocore's errors of credentials that could not be fetched (``credentials_failure``)
+CREDENTIAL_ERRORS = (
+    CredentialRetrievalError,
+    SSOError,
+    TokenRetrievalError,
+    RefreshWithMFAUnsupportedError,
+)
+
+
+def credentials_failure(exc: BotoCoreError) -> str:
+    """What to say of credentials that could not be fetched: what botocore says, except what
+    a credential process printed on its standard error (a process that fails may print what
+    it was given or got: a key, a token), which is not repeated."""
+    provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
+    if isinstance(exc, CredentialProcessTimeout):
+        detail = _one_line(exc)
+    elif isinstance(exc, RefreshWithMFAUnsupportedError):
+        detail = (
+            "the profile's role (with mfa_serial) cannot be assumed again without a new MFA "
+            "code; give the profile a longer duration_seconds (up to the role's maximum "
+            "session duration) for a run this long"
+        )
+    elif provider == "custom-process":
+        detail = (
+            "the profile's credential_process failed (its output is not repeated here: it "
+            "may hold secrets; run the command by hand to see why)"
+        )
+    else:
+        detail = _one_line(exc)
+    return detail
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -28,17 +29,70 @@ from botocore.exceptions import (
 from botocore.utils import get_environ_proxies
 
 from .botocore_setup import share_data_loader, tune_client
+from .credprocess import bound_credential_processes
 from .encryption import EncryptionNotApplied, check_applied
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
-from .retry import CLOCK_SKEWED, CREDENTIALS_REFUSED, RetryPolicy, error_code
+from .retry import (
+    CLOCK_SKEWED,
+    CREDENTIAL_ERRORS,
+    CREDENTIALS_REFUSED,
+    NOT_REFRESHED,
+    STILL_EXPIRED,
+    RetryPolicy,
+    credentials_failure,
+    error_code,
+)
 
 log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
 _REFUSED = CREDENTIALS_REFUSED | {"403", "AccessDenied"}
+#: how often a failing advisory refresh of temporary credentials is said (``_RefreshLog``)
+REFRESH_WARNING_INTERVAL = 300.0
+
+
+class _RefreshLog(logging.Filter):
+    """botocore's (and aiobotocore's) warning that refreshing temporary credentials failed
+    carries the provider's exception as a traceback, whose last line quotes what a failed
+    credential process printed on its standard error (it may hold secrets), and comes again
+    at every request while the provider fails. A failure in the mandatory period (the
+    credentials about to expire) fails its request, which the run reports itself
+    (``retry.classify``): its warning goes. One in the advisory period (the credentials still
+    good for minutes) is said in one line without the error, once every
+    ``REFRESH_WARNING_INTERVAL`` seconds at most. The warning that a refresh gave expired
+    credentials goes too: the request fails with it, and the run says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None and record.exc_text is None:
+            # said by the run too, as the error of the request (``retry.STILL_EXPIRED``)
+            return not record.getMessage().startswith(STILL_EXPIRED)
+        if "advisory" not in record.getMessage():
+            return False
+        now = time.monotonic()
+        if self._said_at is not None and now - self._said_at < REFRESH_WARNING_INTERVAL:
+            return False
+        self._said_at = now
+        record.msg = (
+            "refreshing the temporary credentials failed; the current ones are used until "
+            "they are about to expire (the provider's error is not repeated: a credential "
+            "process's output may hold secrets)"
+        )
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_REFRESH_LOG = _RefreshLog()
+for _name in ("botocore.credentials", "aiobotocore.credentials"):
+    logging.getLogger(_name).addFilter(_REFRESH_LOG)
 
 
 class LazyClient:
@@ -136,6 +190,11 @@ async def open_client(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
+    except CREDENTIAL_ERRORS as exc:  # a credential process, SSO or STS failing at once
+        raise ConfigError(
+            f"cannot get the {role} credentials: {credentials_failure(exc)}; check "
+            f"{profile_flag(role)}"
+        ) from None
     except (ValueError, BotoCoreError) as exc:
         raise ConfigError(
             f"cannot create the {role} S3 client: {str(exc).rstrip('.')}; check the {role}'s "
@@ -162,6 +221,7 @@ def _control_client(
     profile, region, endpoint and TLS, so the same credentials and request URLs."""
     session = botocore.session.Session(profile=profile)
     share_data_loader(session)
+    bound_credential_processes(session)
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
     return client
@@ -316,6 +376,11 @@ async def check_bucket(
             raise StoreUnavailableError(
                 f"access to {role} bucket {bucket!r} was refused{tried} ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
+            ) from None
+        if code == NOT_REFRESHED:
+            raise StoreUnavailableError(
+                f"cannot get the {role} credentials: "
+                f"{exc.message.removeprefix('cannot refresh the credentials: ')}; check {flag}"
             ) from None
         if code == "NoCredentials":
             raise StoreUnavailableError(

@@ -51,6 +51,7 @@ from botocore.exceptions import (
 from botocore.utils import parse_to_aware_datetime
 
 from ..checksums import INLINE_LIMIT, checksum
+from ..credprocess import CredentialProcessTimeout
 from ..errors import ObjectError
 from . import http11
 from .responses import (
@@ -326,6 +327,10 @@ class FastS3:
         self.signer = SigV4Signer(target.region, target.service)
         self.enabled = True
         self.fast_requests = 0  # answered by the fast path (for tests and the curious)
+        # one refresh of the credentials in a thread at a time (``_credentials``)
+        self._refreshing = asyncio.Lock()
+        self._refresh_failures = 0
+        self._refresh_failure: BaseException | None = None
 
     def _hand_back(self, reason: str) -> None:
         if self.enabled:
@@ -346,9 +351,42 @@ class FastS3:
             return frozen
         # botocore's (our LazyClient's): a refresh due asks STS or a process, off the loop
         refresh_needed = getattr(source, "refresh_needed", None)
-        if refresh_needed is not None and refresh_needed():
-            return await asyncio.to_thread(source.get_frozen_credentials)
-        return source.get_frozen_credentials()  # type: ignore[no-any-return]
+        if refresh_needed is None or not refresh_needed():
+            return source.get_frozen_credentials()  # type: ignore[no-any-return]
+        return await self._refresh(source)
+
+    async def _refresh(self, source: Any) -> FrozenCredentials:
+        """The credentials of ``source``, refreshed in a thread, one refresh at a time. Each
+        request used to start its own thread, and those that came during a refresh queued
+        on botocore's lock: a refresh that hangs (a credential process) held every request,
+        and a failed one was started again by each thread in turn, after the run had
+        stopped too (its exit waiting for all of them). While a refresh is under way, a
+        request whose credentials are still good for minutes (botocore's advisory period)
+        goes on with them; one that needs new ones waits for it, and gets its error when it
+        fails, rather than starting another (nor does any later request, after a credential
+        process that did not answer at all)."""
+        mandatory = getattr(source, "_mandatory_refresh_timeout", 600)
+        frozen = getattr(source, "_frozen_credentials", None)
+        if (
+            self._refreshing.locked()
+            and frozen is not None
+            and not source.refresh_needed(mandatory)
+        ):
+            return frozen  # type: ignore[no-any-return]
+        if isinstance(self._refresh_failure, CredentialProcessTimeout):
+            raise self._refresh_failure  # not started again: the run stops on it
+        failures = self._refresh_failures
+        async with self._refreshing:
+            if self._refresh_failures != failures and self._refresh_failure is not None:
+                raise self._refresh_failure  # the refresh this request waited for failed
+            if not source.refresh_needed():  # done while this request waited
+                return source.get_frozen_credentials()  # type: ignore[no-any-return]
+            try:
+                return await asyncio.to_thread(source.get_frozen_credentials)
+            except Exception as exc:
+                self._refresh_failures += 1
+                self._refresh_failure = exc
+                raise
 
     async def _send(
         self,

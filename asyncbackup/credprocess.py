@@ -1,0 +1,147 @@
+"""A bound on how long a profile's ``credential_process`` may take to answer.
+
+botocore (and aiobotocore) run the process with no timeout. One that hangs mid-run (waiting
+for an MFA prompt or a vault's unlock that nobody answers, a helper stuck on the network)
+held every request that needed fresh credentials, and the run stalled for good, saying
+nothing. Each of our clients' sessions has its credential processes run through
+``BoundedPopen`` (botocore's, in a thread) or ``bounded_exec`` (aiobotocore's, on the loop):
+after ``NOTICE_AFTER`` seconds a warning says the run is waiting; after ``PROCESS_TIMEOUT``
+the process is killed and ``CredentialProcessTimeout`` raised, which stops the run as
+credentials that cannot be refreshed do (``retry.classify``). Output that is not JSON is such
+a failure too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from botocore.credentials import ProcessProvider
+from botocore.exceptions import CredentialRetrievalError
+
+log = logging.getLogger("asyncbackup")
+
+#: seconds a credential process may take before it is killed (an interactive one, asking for
+#: an MFA code at the start of a run, has this long to be answered)
+PROCESS_TIMEOUT = 300.0
+#: seconds after which a warning says the run is waiting for it
+NOTICE_AFTER = 30.0
+
+
+class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
+    fmt = (
+        "the profile's credential_process gave no credentials in {seconds:.0f} s and was "
+        "stopped; run the command by hand to see why"
+    )
+
+
+def _waiting() -> None:
+    log.warning(
+        "waiting for the profile's credential_process: no answer for %.0f s (it is stopped "
+        "after %.0f s)",
+        NOTICE_AFTER,
+        PROCESS_TIMEOUT,
+    )
+
+
+def _checked(answer: Any, returncode: int | None) -> Any:
+    """``(stdout, stderr)`` as the process gave them, when it succeeded and printed JSON.
+    botocore parses what it printed without catching the error, so that a process printing
+    something else (a prompt, a message) was an unexpected ``JSONDecodeError``, not a failure
+    of the credentials."""
+    if returncode == 0:
+        try:
+            json.loads(answer[0])
+        except ValueError:
+            raise CredentialRetrievalError(
+                provider=ProcessProvider.METHOD, error_msg="its output is not JSON"
+            ) from None
+    return answer
+
+
+def _timed_out() -> CredentialProcessTimeout:
+    return CredentialProcessTimeout(provider=ProcessProvider.METHOD, seconds=PROCESS_TIMEOUT)
+
+
+class BoundedPopen(subprocess.Popen):  # type: ignore[type-arg]
+    """``subprocess.Popen`` whose ``communicate()`` (the only call botocore makes) gives up
+    after ``PROCESS_TIMEOUT`` seconds, the process killed."""
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> Any:
+        notice = min(NOTICE_AFTER, PROCESS_TIMEOUT)
+        try:
+            return _checked(super().communicate(input, timeout=notice), self.returncode)
+        except subprocess.TimeoutExpired:
+            if notice >= PROCESS_TIMEOUT:
+                return self._stop()
+            _waiting()
+        try:
+            answer = super().communicate(timeout=PROCESS_TIMEOUT - notice)
+        except subprocess.TimeoutExpired:
+            return self._stop()
+        return _checked(answer, self.returncode)
+
+    def _stop(self) -> Any:
+        self.kill()
+        super().communicate()
+        raise _timed_out() from None
+
+
+class _BoundedProcess:
+    """An ``asyncio.subprocess.Process`` whose ``communicate()`` is bounded the same way."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def communicate(self, input: bytes | None = None) -> tuple[bytes, bytes]:
+        notice = asyncio.get_running_loop().call_later(min(NOTICE_AFTER, PROCESS_TIMEOUT), _waiting)
+        answered = False
+        try:
+            out = await asyncio.wait_for(self._process.communicate(input), PROCESS_TIMEOUT)
+            answered = True
+            return _checked(out, self._process.returncode)  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise _timed_out() from None
+        finally:
+            notice.cancel()
+            if not answered and self._process.returncode is None:  # timed out or cancelled
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                await asyncio.shield(self._process.wait())
+
+
+async def bounded_exec(*args: Any, **kwargs: Any) -> _BoundedProcess:
+    """``asyncio.create_subprocess_exec``, its ``communicate()`` bounded."""
+    return _BoundedProcess(await asyncio.create_subprocess_exec(*args, **kwargs))
+
+
+def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
+    """Run the credential processes of ``session`` (a botocore session, or aiobotocore's with
+    ``aio``) bounded: the profile's own, and those of the profiles an assumed role takes its
+    source credentials from. Resolves nothing: the providers are made, not asked."""
+    popen: Callable[..., Any] = bounded_exec if aio else BoundedPopen
+    resolver = session.get_component("credential_provider")
+    for provider in list(getattr(resolver, "providers", ())):
+        if isinstance(provider, ProcessProvider):
+            provider._popen = popen
+        builder: Any = getattr(provider, "_profile_provider_builder", None)
+        make = getattr(builder, "_create_process_provider", None)
+        if make is not None:
+            builder._create_process_provider = _bounded_maker(make, popen)
+
+
+def _bounded_maker(make: Callable[[str], Any], popen: Callable[..., Any]) -> Callable[[str], Any]:
+    def create(profile_name: str) -> Any:
+        provider = make(profile_name)
+        provider._popen = popen
+        return provider
+
+    return create
