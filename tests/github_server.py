@@ -167,8 +167,9 @@ class FakeGitHub:
         # a fine-grained token without a permission: a repository list (``issues``, ``pulls``...)
         # -> the permission GitHub names in X-Accepted-GitHub-Permissions, answering 403
         self.withheld: dict[str, str] = {}
-        #: the deepest page of a repository's list served: deeper ones answer 422, as GitHub's
-        #: comment lists do past some tens of thousands of items
+        #: the deepest page of a repository's comment lists served: deeper ones answer 422, as
+        #: GitHub's do past some tens of thousands of comments (its issues list pages large
+        #: repositories by cursors in its Link headers instead)
         self.page_cap: int | None = None
         self.seen: list[Seen] = []
         self.git_seen: list[Seen] = []
@@ -371,10 +372,12 @@ class FakeGitHub:
         response.headers.update(self._limit_headers())
         return response
 
-    def _paginate(self, request: web.Request, items: list[Any]) -> web.Response:
+    def _paginate(
+        self, request: web.Request, items: list[Any], *, capped: bool = False
+    ) -> web.Response:
         per_page = min(int(request.query.get("per_page", "30")), 100)
         page = int(request.query.get("page", "1"))
-        if self.page_cap is not None and page > self.page_cap:
+        if capped and self.page_cap is not None and page > self.page_cap:
             return _json({"message": PAGINATION_LIMITED}, 422)
         chunk = items[(page - 1) * per_page : page * per_page]
         last = max(1, -(-len(items) // per_page))
@@ -451,7 +454,7 @@ class FakeGitHub:
         since = request.query.get("since")
         if since is not None and what != "pulls" and what != "releases":  # theirs: ignored
             items = [item for item in items if item.get("updated_at", "") >= since]
-        return self._paginate(request, items)
+        return self._paginate(request, items, capped=what.endswith("comments"))
 
     async def _asset(self, request: web.Request) -> web.StreamResponse:
         repo = self._find(request)

@@ -55,7 +55,10 @@ class MetadataKind:
     #: repository record fields (``has_issues``...) for features a repository can turn off:
     #: the resource is there while any of them is on
     needs: tuple[str, ...] = ()
-    #: the list takes ``since``: read on with it past the depth GitHub pages it
+    #: read on with ``since`` past the depth GitHub pages it (its comment lists: edited
+    #: rarely, so few items are listed again; an issue's update time moves with every
+    #: comment, label or close, and the issues list is paged by cursors on large
+    #: repositories anyway)
     by_since: bool = False
 
 
@@ -86,7 +89,6 @@ METADATA: tuple[MetadataKind, ...] = (
         paginated=True,
         params=(("state", "all"), *_BY_CREATION),
         needs=(_ISSUES,),
-        by_since=True,
     ),
     MetadataKind(
         "issue-comments",
