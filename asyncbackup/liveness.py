@@ -127,7 +127,8 @@ class LivenessLock:
         for _ in range(3):
             try:  # read-only: a file open for writing would keep its disk from being
                 # remounted read-only (busy), and flock needs no more
-                fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+                flags = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                fd = os.open(self.path, flags, FILE_MODE)
             except OSError:
                 return  # the temporary files' own creation will say what is wrong
             try:

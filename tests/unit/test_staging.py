@@ -395,3 +395,16 @@ def test_a_second_temporary_file_waits_for_the_lock_the_first_is_taking(tmp_path
         done.result(timeout=5)
     assert made[0].read_bytes() == b"being written"
     staging.close()
+
+
+def test_a_link_planted_as_a_runs_lock_file_is_not_followed(tmp_path: Path) -> None:
+    """Files in staging are opened without following links (the security rules in the
+    README); the lock file too: a link planted under its name made it elsewhere."""
+    staging = Staging(tmp_path, "bucket")
+    (tmp_path / ".tmp").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    staging._alive.path.symlink_to(elsewhere)
+    staging.prepare()
+    assert not elsewhere.exists()
+    assert staging.store("k", b"x").read_bytes() == b"x"
+    staging.close()
