@@ -1,8 +1,11 @@
-"""A range of a staged file as the file object botocore sends as a request's body.
+"""A range of a staged file, or a part in memory, as the file object botocore sends as a
+request's body.
 
 botocore reads a file body as the request goes out (aiohttp, a chunk per worker-thread call)
 and seeks back to its start to send it again or to hash it (the SHA-256 it signs over plain
-http, a checksum it computes), so a part of many GiB is never in memory whole.
+http, a checksum it computes), so a part of many GiB is never in memory whole. A part already
+in memory goes the same way (``BufferBody``): botocore would send a bytearray raw (aiohttp
+then warns it may block the loop), and bytes would be a second copy of it.
 """
 
 from __future__ import annotations
@@ -55,4 +58,44 @@ class FileRange(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             os.close(self._fd)
+        super().close()
+
+
+class BufferBody(io.RawIOBase):
+    """``data`` (a part's buffer) as a read-only, seekable file object, read without a copy
+    of the whole."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        size = len(self._view)
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: size}[whence]
+        self._position = min(max(base + offset, 0), size)
+        return self._position
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        piece = self._view[self._position : self._position + len(buffer)]
+        buffer[: len(piece)] = piece
+        self._position += len(piece)
+        return len(piece)
+
+    def close(self) -> None:
+        """Let go of the buffer: a part's memory is given back to the budget once its
+        upload is over, and must be freed then, whoever still holds this object."""
+        self._view.release()
         super().close()

@@ -53,6 +53,7 @@ from botocore.utils import parse_to_aware_datetime
 from ..checksums import INLINE_LIMIT, checksum
 from ..credprocess import CredentialProcessTimeout
 from ..errors import ObjectError
+from ..filerange import BufferBody
 from . import http11
 from .responses import (
     ERROR_BODY_LIMIT,
@@ -711,9 +712,14 @@ class FastS3:
         return True
 
     async def _botocore(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(params.get("Body"), bytearray | memoryview):
-            params = {**params, "Body": bytes(params["Body"])}  # aiobotocore wants bytes
-        result: dict[str, Any] = await getattr(self.client, method)(**params)
+        body = params.get("Body")
+        if isinstance(body, bytearray | memoryview):  # read as it goes: no copy (BufferBody)
+            with BufferBody(body) as readable:
+                result: dict[str, Any] = await getattr(self.client, method)(
+                    **{**params, "Body": readable}
+                )
+                return result
+        result = await getattr(self.client, method)(**params)
         return result
 
 

@@ -24,7 +24,7 @@ from ..encryption import confirm_applied
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..fasts3.client import CHECKSUM_VALUES
-from ..filerange import FileRange
+from ..filerange import BufferBody, FileRange
 from ..partfeed import ByteBudget, PartData, PartFeed, StagedPart, part_length
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
@@ -429,6 +429,14 @@ class S3Sink:
             result: dict[str, Any] = await send(**params, Body=body)
             return result
 
+    async def _botocore_part(
+        self, params: dict[str, Any], data: bytes | bytearray
+    ) -> dict[str, Any]:
+        """One attempt at UploadPart of ``data`` by botocore, read as it goes: no copy."""
+        with BufferBody(data) as body:
+            result: dict[str, Any] = await self.client.upload_part(**params, Body=body)
+            return result
+
     async def _read_part(self, path: Path, offset: int, length: int) -> tuple[bytes, Digests]:
         try:
             data, digests = await asyncio.to_thread(_read_part, path, offset, length, self.hasher)
@@ -463,13 +471,11 @@ class S3Sink:
         else:
             if self.bandwidth is not None:
                 await self.bandwidth.consume(len(data))
-            params["Body"] = data
             if self.fast is not None:  # sends a bytearray as it is
-                upload_part = self.fast.upload_part
+                fast = self.fast
+                response = await self.retry.call(lambda: fast.upload_part(**params, Body=data))
             else:
-                upload_part = self.client.upload_part
-                params["Body"] = bytes(data)  # aiobotocore wants bytes
-            response = await self.retry.call(lambda: upload_part(**params))
+                response = await self.retry.call(lambda: self._botocore_part(params, data))
         self._check_etag(response, digests.md5.hex(), key)
         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
         if self.checksum in ALGORITHMS:

@@ -159,3 +159,30 @@ async def test_large_parts_survive_a_cut_download_and_a_corrupted_upload(
     assert 0 < resumed_at < len(body) and resumed_at % PART  # within a part, not its start
     puts = [put for put in proxy.seen(method="PUT") if "partNumber=2" in put.query]
     assert puts[0].fault == "corrupt_request" and puts[-1].fault is None
+
+
+async def test_a_part_in_memory_is_held_once_on_the_botocore_path_too(
+    buckets: Buckets,
+    s3: Any,
+    s3_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parts within the budget are held in memory, once: without the fast path each was
+    copied to bytes for aiobotocore (which takes a bytearray as it is), so two copies of
+    every part in flight, up to twice the budget (the memory review's note)."""
+    monkeypatch.setattr(asyncbackup.workerpool, "PART_BUFFER_BYTES", PART)
+    s3.put_object(Bucket=buckets.source, Key="warm/up", Body=b"x")
+    warm = await backup_data(
+        buckets, tmp_path, s3_server.endpoint, source_path="warm", fast_path=False
+    )
+    assert warm.exit_code == 0, warm.errors
+    etag = put_multipart(s3, buckets.source, "data/big", [PART, PART, 3 * MiB])
+
+    async def copy() -> Any:
+        return await backup_data(buckets, tmp_path, s3_server.endpoint, fast_path=False)
+
+    report, peak = await traced_peak(copy)
+    assert report.exit_code == 0, report.errors
+    assert s3.head_object(Bucket=buckets.dest, Key="data/big")["ETag"] == etag
+    assert peak < 1.5 * PART, f"{peak / MiB:.1f} MiB traced at once"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup.filerange import FileRange
+from asyncbackup.filerange import BufferBody, FileRange
 
 
 def test_a_range_reads_its_bytes_only_and_again_after_a_seek(tmp_path: Path) -> None:
@@ -31,3 +31,13 @@ def test_a_file_shorter_than_its_range_is_an_error_not_a_short_body(tmp_path: Pa
     staged.write_bytes(b"x" * 20)
     with FileRange(staged, 10, 30) as body, pytest.raises(OSError, match="ended 20 bytes early"):
         body.read()
+
+
+def test_a_buffer_reads_as_a_file_without_a_copy_of_the_whole() -> None:
+    data = bytearray(range(50))
+    with BufferBody(data) as body:
+        assert len(body) == 50
+        assert body.read(10) == bytes(range(10))
+        assert body.seek(-5, io.SEEK_END) == 45 and body.read() == bytes(range(45, 50))
+        assert body.seek(0) == 0 and body.read() == bytes(data)
+        assert body.read(1) == b""
