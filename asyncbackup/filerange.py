@@ -15,15 +15,12 @@ import os
 from pathlib import Path
 
 
-class FileRange(io.RawIOBase):
-    """``length`` bytes of the file at ``path`` from ``offset``, read-only and seekable
-    within them; an ``OSError`` if the file ends early (a body shorter than its
-    Content-Length would leave the request waiting)."""
+class _Body(io.RawIOBase):
+    """A read-only body of ``length`` bytes, seekable within them (what botocore needs to
+    send it again or to hash it); ``readinto`` reads from ``_position``."""
 
-    def __init__(self, path: Path, offset: int, length: int) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self._start = offset
         self._length = length
         self._position = 0
 
@@ -44,6 +41,16 @@ class FileRange(io.RawIOBase):
     def __len__(self) -> int:
         return self._length
 
+
+class FileRange(_Body):
+    """``length`` bytes of the file at ``path`` from ``offset``; an ``OSError`` if the file
+    ends early (a body shorter than its Content-Length would leave the request waiting)."""
+
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        super().__init__(length)
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._start = offset
+
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         wanted = min(len(buffer), self._length - self._position)
         if wanted <= 0:
@@ -61,32 +68,12 @@ class FileRange(io.RawIOBase):
         super().close()
 
 
-class BufferBody(io.RawIOBase):
-    """``data`` (a part's buffer) as a read-only, seekable file object, read without a copy
-    of the whole."""
+class BufferBody(_Body):
+    """``data`` (a part's buffer), read without a copy of the whole."""
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        super().__init__()
         self._view = memoryview(data).cast("B")
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        size = len(self._view)
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: size}[whence]
-        self._position = min(max(base + offset, 0), size)
-        return self._position
-
-    def __len__(self) -> int:
-        return len(self._view)
+        super().__init__(len(self._view))
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         piece = self._view[self._position : self._position + len(buffer)]
