@@ -716,6 +716,8 @@ class CheckpointManager:
         self.compactions = 0
         self._base: str | None = None  # SHA-256 of the JSON file this manager last wrote
         self._json_size = 0
+        self._written: os.stat_result | None = None  # the JSON file as this manager left it
+        self._edit_warned = False
         self._compacted_at = time.monotonic()
         self._leftover_valid: int | None = None  # of a crashed run's journal, as loaded
         # One thread writes, so writes land in the order they were asked for, a flush
@@ -853,11 +855,13 @@ class CheckpointManager:
         self.compactions += 1
         try:
             self._make_again_if_removed()
+            self._warn_if_edited()
             self._base = write_atomic_pieces(
                 self.path, state.iter_json(), before_replace=self._journal_superseded
             )
             self.journal.remove()
-            self._json_size = self.path.stat().st_size
+            self._written = self.path.stat()
+            self._json_size = self._written.st_size
         except OSError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc.strerror}; the previous version "
@@ -877,6 +881,25 @@ class CheckpointManager:
             log.warning(
                 "checkpoint %s (or its folder) was removed during the run; it is written "
                 "again whole, with this run's progress",
+                self.path,
+            )
+
+    def _warn_if_edited(self) -> None:
+        """Say so, once, when the file changed since this run last wrote it: an edit made
+        while the run holds the checkpoint (an editor, ``jq ... > FILE``), which this write
+        overwrites with the run's own state."""
+        if self._written is None or self._edit_warned:
+            return
+        try:
+            now = self.path.stat()
+        except FileNotFoundError:
+            return  # removed: ``_make_again_if_removed`` said so
+        if not _same_file(now, self._written):
+            self._edit_warned = True
+            log.warning(
+                "checkpoint %s was changed while this run held it (an editor, jq > FILE): "
+                "the run's own progress is written over the change; make it once the run "
+                "is over (checkpoint show says whether one holds it)",
                 self.path,
             )
 

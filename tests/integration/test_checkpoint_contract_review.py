@@ -4,6 +4,7 @@ real runs and the checkpoint tool against the S3 server."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from asyncbackup.checkpoint import CheckpointManager, CheckpointState, read_chec
 from asyncbackup.github.listing import ETAGS, RELEASE_LISTING, VERSIONS
 from asyncbackup.journal import Changes, journal_path
 from tests.conftest import Buckets, S3Server
-from tests.faulty_proxy import run_cli_async
+from tests.faulty_proxy import FaultyProxy, run_cli_async
 from tests.helpers import cli_args
 from tests.integration.github_org import config as github_config
 from tests.integration.github_org import running_org
@@ -323,3 +324,47 @@ async def test_a_hand_written_checkpoint_with_keys_relative_to_the_source_path_i
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     (line,) = [w for w in warnings if "full keys" in w]
     assert "none of the 2 files" in line and "'job/'" in line and "job/x.txt" in line
+
+
+async def test_an_edit_made_while_a_run_holds_the_checkpoint_is_not_lost_without_a_word(
+    faulty_proxy: FaultyProxy,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A running backup rewrites the file (its compactions, its end): an edit made
+    meanwhile (jq > FILE, an editor) is overwritten by the run's state. The README says so;
+    the run said nothing. It now warns once, at the write that overwrites the edit."""
+    put_parallel(s3, buckets.source, {f"job/{i:02d}": b"x" for i in range(12)})
+    faulty_proxy.delay = 0.1
+    settings: dict[str, Any] = {
+        "source_bucket": buckets.source,
+        "source_path": "job",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path,
+        "endpoint_url": faulty_proxy.endpoint,
+        "concurrency": 1,
+    }
+    path = checkpoint.checkpoint_path(
+        base_local_path=tmp_path,
+        source_bucket=buckets.source,
+        source_path="job",
+        checkpoint_dir=None,
+    )
+
+    async def edit_meanwhile() -> None:
+        while not path.exists():
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        data = orjson.loads(path.read_bytes())
+        data["operator_note"] = "edited during the run"
+        path.write_bytes(orjson.dumps(data))
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(edit_meanwhile())
+        report = await run_backup(**settings)
+    assert report.exit_code == 0, report.errors
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    (line,) = [w for w in warnings if "changed while this run" in w]
+    assert str(path) in line and "once the run is over" in line
