@@ -264,11 +264,16 @@ class GitHubClient:
     async def unchanged(self, previous: PageTags) -> bool:
         """True when every page of the last copy answers 304 Not Modified; False, for the
         resource to be read again, when ``previous`` is none or not ``PageTags`` (a hand edit
-        of the checkpoint)."""
+        of the checkpoint), or a page answers an error (GitHub's paging cap lowered since, a
+        page gone): an error that stands is then the new reading's."""
         if not previous or not is_page_tags(previous):
             return False
         for url, etag in previous:
-            answer = await self.get(url, etag=etag)
+            try:
+                answer = await self.get(url, etag=etag)
+            except GitHubError as exc:
+                log.debug("a page of the last copy answered %s: reading it again", exc)
+                return False
             if answer.status != 304:
                 return False
         return True

@@ -66,3 +66,28 @@ async def test_lists_deeper_than_githubs_pagination_cap_are_read_whole(
         assert again.copied_files == 0 and report.copied_files >= 3
         asked = [seen for seen in github.seen[before:] if "since=" in seen.query]
         assert asked and all(seen.if_none_match for seen in asked)
+
+
+async def test_a_page_kept_for_the_next_run_that_answers_the_cap_is_read_again(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """The next run asks each page the last one read whether it changed. A page that
+    answers an error instead (GitHub's cap lowered since: page 3 of 3 now a 422) failed
+    the list at every run, though the list itself could still be read: it is now read again
+    whole (here, on with since), and any real error is that reading's."""
+    async with running_org(tmp_path / "git") as github:
+        big = github.add_repo(FakeRepo("big", has_wiki=False))
+        make_repository(github.git_dir("big"), commits=1, tags=0, pull_ref=False)
+        big.issue_comments = [_record(i, body=f"comment {i}") for i in range(250)]
+        clock = github.clock
+        options = config(
+            github, s3_server.endpoint, buckets.dest, tmp_path / "work", include=("big",)
+        )
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        github.page_cap = 2
+        again = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert again.status == "completed", again.errors
+        key = "github/acme/big/issue-comments.json"
+        copied = orjson.loads(s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read())
+        assert [item["id"] for item in copied] == [1000 + i for i in range(250)]
