@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
+from .loglimit import FirstFew
 from .pipeline import for_each_bounded
 from .retry import RetryPolicy, error_code
 from .s3client import S3Client, upload_id_of
@@ -59,6 +60,14 @@ class UploadJournal:
         #: its create was, its id unknown): still recorded, and a later upload of the same
         #: key must not let the checkpoint forget them
         self.unaborted: set[str] = set()
+        #: failed aborts, said for the first few: a run stopping on credentials or an
+        #: outage has one per upload in flight, a run of failing objects one per object
+        self.abort_failures = FirstFew(
+            logging.WARNING,
+            "more multipart uploads could not be aborted (logged at debug level): each "
+            "stays recorded in the checkpoint, and the next run of the job aborts it",
+            shown=3,
+        )
 
     async def starting(self, key: str) -> None:
         await self.notes.note_durably(SECTION, key, PENDING)
@@ -155,7 +164,8 @@ async def tracked_upload(
         try:
             await cleanup
         except Exception as exc:  # still recorded in the checkpoint: the next run aborts it
-            log.warning("could not abort %s of %s: %s", uploads, key, exc)
+            level = logging.WARNING if journal is None else journal.abort_failures.level()
+            log.log(level, "could not abort %s of %s: %s", uploads, key, exc)
             return
         if journal is not None:
             journal.unaborted.discard(key)
@@ -265,6 +275,11 @@ async def abort_recorded_uploads(
         return
     bucket, retry = config.dest_bucket, RetryPolicy(config.max_attempts)
     kept: dict[str, Any] = {}
+    failures = FirstFew(
+        logging.WARNING,
+        "more multipart uploads left behind could not be aborted (logged at debug level); "
+        f"aws s3api list-multipart-uploads --bucket {bucket} lists them all",
+    )
 
     async def abort(record: tuple[str, Any]) -> None:
         key, upload_id = record
@@ -275,7 +290,7 @@ async def abort_recorded_uploads(
             aborted = await _sweep_if_allowed(client, bucket, key, retry, aborted_by_id=by_id)
         except ObjectError as exc:
             kept[key] = upload_id
-            _not_aborted(key, exc, bucket, last_try=last_try)
+            _not_aborted(key, exc, bucket, last_try=last_try, level=failures.level())
             return
         log.info(
             "aborted the multipart upload of %s left behind (%s, %d more found)",
@@ -292,16 +307,18 @@ async def abort_recorded_uploads(
         del extra[SECTION]
 
 
-def _not_aborted(key: str, exc: ObjectError, bucket: str, *, last_try: bool) -> None:
+def _not_aborted(key: str, exc: ObjectError, bucket: str, *, last_try: bool, level: int) -> None:
     if not last_try:
-        log.warning(
+        log.log(
+            level,
             "could not abort the multipart upload of %s left behind (%s); will try again at "
             "the end of this run",
             key,
             exc,
         )
         return
-    log.warning(
+    log.log(
+        level,
         "could not abort the multipart upload of %s left behind (%s); abort it by hand: "
         "aws s3api list-multipart-uploads --bucket %s --prefix %s, then "
         "aws s3api abort-multipart-upload --bucket %s --key %s --upload-id ID",
