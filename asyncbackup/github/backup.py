@@ -165,6 +165,11 @@ async def run_github_backup(
         )
         if resumed:
             check_dest_endpoint(path, state.config, dest_endpoint)
+            forget_untrusted_page_tags(path, state.config, state.extra)
+            # the ETags kept from now on are this version's: the next run may trust them
+            state.config.setdefault(
+                _RECORDED_SINCE_TRUSTED_TAGS, endpoint_for_checkpoint(dest_endpoint)
+            )
             ended = state.extra.pop(ENDED_WITH_ERRORS, None)
             if isinstance(ended, dict):
                 again = new_pass(state, ended)
@@ -383,9 +388,43 @@ def carry_forward(manager: CheckpointManager, state: CheckpointState, api_url: s
             value = old.extra.get(section)
             if isinstance(value, dict):
                 state.extra[section] = value
+        forget_untrusted_page_tags(candidate, old.config, state.extra)
         manager.flush(state)
         return candidate
     return None
+
+
+#: a field every checkpoint has recorded since 27 Nov 2026 17:23 (1f0ace0); one without it
+#: was written by an older version (or by hand)
+_RECORDED_SINCE_TRUSTED_TAGS = "dest_endpoint_url"
+
+
+def forget_untrusted_page_tags(path: Path, config: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Forget the ETags of lists and release listings in ``extra`` when the checkpoint at
+    ``path`` (its ``config``) was written by a version older than 27 Nov 2026 17:23.
+
+    Versions before b8a3f5b (lists) and b40546e (release listings) kept the ETags of a list
+    whose last page was full: an item added after it goes on a page no kept ETag covers, while
+    the kept ones answer 304, so the list was taken for unchanged - and with it every later
+    run, which keeps the same ETags. No ETag of those versions says whether its last page was
+    full: each such list is read whole once, and its ETags kept as this version keeps them.
+    """
+    if _RECORDED_SINCE_TRUSTED_TAGS in config:
+        return
+    forgotten = len(extra.pop(ETAGS, None) or ())
+    listing = extra.get(RELEASE_LISTING)
+    if isinstance(listing, dict):
+        for entry in listing.values():
+            if isinstance(entry, dict) and entry.get("pages"):
+                entry["pages"] = []  # its assets stay: the fallback of a failed listing
+                forgotten += 1
+    if forgotten:
+        log.info(
+            "%s was written by an older version of asyncbackup, whose ETags could hide items "
+            "added after a full last page: its %d lists are read whole once",
+            path,
+            forgotten,
+        )
 
 
 def new_pass(state: CheckpointState, ended: dict[str, Any]) -> int:
