@@ -93,6 +93,14 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The object was stored using a form of Server Side Encryption. The correct parameters "
         "must be provided to retrieve the object.",
     ),
+    # a PUT without Content-MD5 or an x-amz-checksum-* header into a bucket whose Object Lock
+    # configuration gives new objects a default retention period, as S3 refuses it
+    "object_lock_needs_checksum": (
+        400,
+        "InvalidRequest",
+        "Content-MD5 OR x-amz-checksum- HTTP header is required for Put Object requests with "
+        "Object Lock parameters",
+    ),
     # S3 failing after it answered 200 (a copy): the error is in the body
     "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }

@@ -1,0 +1,57 @@
+"""Destination buckets as backup accounts configure them: Object Lock, versioning, default
+encryption, bucket policies, lifecycle rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets
+from tests.helpers import cli_args
+from tests.proxy import Rule, S3Proxy
+from tests.reliability import assert_identical, one_error_line, put_parallel, run_cli
+
+
+def locked_bucket(s3: Any, name: str, mode: str = "COMPLIANCE") -> None:
+    """A bucket with Object Lock whose every new object gets a default retention."""
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(
+        Bucket=name,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": mode, "Days": 1}},
+        },
+    )
+
+
+@pytest.mark.parametrize("answer", ["moto", "s3"])
+def test_checksum_none_into_an_object_lock_bucket_stops_the_run_in_one_line(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, answer: str
+) -> None:
+    """S3 (PutObject, "Uploading objects to an Object Lock enabled bucket"): "The Content-MD5
+    or x-amz-sdk-checksum-algorithm header is required for any request to upload an object
+    with a retention period configured using Amazon S3 Object Lock", a bucket's default
+    retention included; without one it answers 400 InvalidRequest ("Content-MD5 OR
+    x-amz-checksum- HTTP header is required for Put Object requests with Object Lock
+    parameters"; moto: MissingUploadObjectWithObjectLockHeaders). ``--checksum none`` sends
+    neither: every object was downloaded, then refused, one error each (exit 1), with nothing
+    saying that the flag was the cause. Now the first refusal stops the run (exit 3), in one
+    line that names the flag; the same command with a checksum then completes."""
+    dest = f"{buckets.dest}-locked"
+    locked_bucket(s3, dest)
+    put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(30)})
+    if answer == "s3":
+        proxy.add_rule(Rule("object_lock_needs_checksum", method="PUT", path=f"^/{dest}/"))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, dest), "--quiet"]
+    done = run_cli([*args, "--checksum", "none", "--concurrency", "2"])
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done.stderr)
+    assert "--checksum none" in line and "Object Lock" in line, line
+    puts = [r for r in proxy.seen(method="PUT") if r.path.startswith(f"/{dest}/")]
+    assert len(puts) <= 4, len(puts)  # stopped at once, not one refusal per object
+    proxy.clear_faults()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, dest) == 30
