@@ -190,6 +190,9 @@ class Rule:
     # S3's idle timeout on a request's body (about 20 s there): a body that pauses longer is
     # answered 400 RequestTimeout, the connection closed, nothing forwarded
     body_idle: float = 0.0
+    # only requests without this header (a bucket policy that denies s3:PutObject unless the
+    # request carries it: x-amz-server-side-encryption, x-amz-acl...)
+    unless_header: str | None = None
     hits: int = 0
 
     def __post_init__(self) -> None:
@@ -204,6 +207,8 @@ class Rule:
         if self.path is not None and not re.search(self.path, request.path):
             return False
         if self.query is not None and self.query not in request.query_string:
+            return False
+        if self.unless_header is not None and self.unless_header in request.headers:
             return False
         return self.fault not in _BODY_FAULTS or is_object_get(request)
 

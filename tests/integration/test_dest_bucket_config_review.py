@@ -55,3 +55,45 @@ def test_checksum_none_into_an_object_lock_bucket_stops_the_run_in_one_line(
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, dest) == 30
+
+
+@pytest.mark.parametrize(
+    ("header", "sent_with"),
+    [
+        ("x-amz-server-side-encryption", ["--sse", "AES256"]),
+        ("x-amz-storage-class", ["--storage-class", "STANDARD_IA"]),
+    ],
+)
+def test_a_policy_that_denies_uploads_without_a_header_stops_the_run_at_start(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    header: str,
+    sent_with: list[str],
+) -> None:
+    """A backup account's bucket policy commonly denies ``s3:PutObject`` unless the upload
+    carries a header (AWS Organizations' example SCPs for S3: "Deny" ``s3:PutObject`` with
+    ``"Null": {"s3:x-amz-server-side-encryption": "true"}``); S3 answers such an upload 403
+    AccessDenied, and authorizes CreateMultipartUpload as ``s3:PutObject`` under the same
+    condition keys. The run's start-up check only listed the bucket (which the policy allows):
+    every object was then downloaded and refused, one bare "AccessDenied: Access Denied" each
+    (exit 1). The first refusal now asks the start-up check's upload (started with the run's
+    settings and aborted): refused too, the run stops (exit 3) in one line that says what to
+    check; with the header the policy asks for, the same command completes."""
+    put_parallel(s3, buckets.source, {f"p/{i:02d}": b"x" * 10 for i in range(30)})
+    for method in ("PUT", "POST"):  # PutObject and UploadPart; CreateMultipartUpload
+        proxy.add_rule(
+            Rule("access_denied", method=method, path=f"^/{buckets.dest}/.", unless_header=header)
+        )
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest), "--quiet"]
+    done = run_cli([*args, "--concurrency", "2"])
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done.stderr)
+    assert "refuses any upload" in line and "bucket policy" in line and "--sse" in line, line
+    gets = [r for r in proxy.seen(method="GET") if r.path.startswith(f"/{buckets.source}/p/")]
+    assert len(gets) <= 4, len(gets)  # stopped at the first refusals
+    assert not s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads")
+    again = run_cli([*args, *sent_with])
+    assert again.returncode == 0, again.stderr
+    assert assert_identical(s3, buckets.source, buckets.dest) == 30
