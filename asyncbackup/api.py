@@ -57,7 +57,7 @@ from .s3client import (
 )
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
-from .sources.s3 import MISSING_CODES, S3Source
+from .sources.s3 import MISSING_CODES, OPAQUE_ETAG_SSE, S3Source
 from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
@@ -287,6 +287,7 @@ def _listing(
             lambda key: key[src_strip:],
             lambda key: key[dst_strip:],
             stored_unencrypted(errors),
+            opaque=config.sse in OPAQUE_ETAG_SSE,
         )
     return listing
 

@@ -139,6 +139,9 @@ STREAM_FAULTS = (
     "empty_200",
     # the answer's first ETag replaced by another (an MD5-like one that no body here has)
     "other_etag",
+    # a listing of SSE-KMS objects: every ETag looks like an MD5, and is none (each one
+    # replaced by an MD5 of itself)
+    "kms_etags",
     # a server that ignores the server-side encryption asked for: its answers carry no
     # x-amz-server-side-encryption header (S3 names the encryption it applied in each)
     "sse_ignored",
@@ -514,6 +517,11 @@ class S3Proxy:
             )
         if fault == "other_etag" and status < 300:
             payload = _ETAG.sub(f"<ETag>{OTHER_ETAG}</ETag>".encode(), payload, count=1)
+        if fault == "kms_etags" and status < 300:  # each ETag an MD5 of itself: opaque
+            payload = _ETAG.sub(
+                lambda m: b'<ETag>"' + hashlib.md5(m.group(0)).hexdigest().encode() + b'"</ETag>',
+                payload,
+            )
         if fault == "no_continuation_token" and status < 300:
             payload = _NEXT_TOKEN.sub(b"", payload)
         if fault == "truncate" and len(payload) > 1 and status < 300:
