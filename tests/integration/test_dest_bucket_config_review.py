@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest
 
+from asyncbackup import run_github_backup
+from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets
 from tests.helpers import cli_args
+from tests.integration.github_org import config, running_org
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import assert_identical, one_error_line, put_parallel, run_cli
 
@@ -167,3 +171,33 @@ def test_a_resumed_skip_existing_run_keeps_done_copies_encrypted_with_sse_kms(
     assert again.returncode == 1, again.stderr
     sent = {r.path for r in proxy.seen(method="PUT")}
     assert sent == {f"/{buckets.dest}/p/03"}, sorted(sent)
+
+
+async def test_a_github_destination_that_refuses_every_upload_stops_the_run(
+    tmp_path: Path, proxy: S3Proxy, buckets: Buckets
+) -> None:
+    """The same bucket policy as above (deny ``s3:PutObject`` without
+    ``x-amz-server-side-encryption``) in front of the GitHub command, which sends no
+    encryption header: every repository was cloned and every artifact refused, one bare
+    "AccessDenied: Access Denied" each. The first refusal now asks the destination with one
+    upload started and aborted; refused too, the run stops in one line."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        for method in ("PUT", "POST"):
+            proxy.add_rule(
+                Rule(
+                    "access_denied",
+                    method=method,
+                    path=f"^/{buckets.dest}/.",
+                    unless_header="x-amz-server-side-encryption",
+                )
+            )
+        clock = github.clock
+        options = config(github, proxy.endpoint, buckets.dest, base, concurrency=1)
+        with pytest.raises(FatalRunError) as caught:
+            await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        message = str(caught.value)
+        assert "refuses any upload" in message and "bucket policy" in message, message
+        state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
+        assert len(state.errors) <= 1, state.errors
+        assert len(github.git_requests("beta")) + len(github.git_requests("old")) == 0
