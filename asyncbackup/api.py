@@ -47,10 +47,17 @@ from .pipeline import (
 from .progress import Observer
 from .report import BackupReport, conclude
 from .retry import AdaptiveLimiter, RetryLog, RetryPolicy, is_outage, raise_if_fatal
-from .s3client import S3Client, check_bucket, client_endpoint, open_client, open_destination
+from .s3client import (
+    S3Client,
+    UploadCheck,
+    check_bucket,
+    client_endpoint,
+    open_client,
+    open_destination,
+)
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
-from .sources.s3 import MISSING_CODES, S3Source
+from .sources.s3 import MISSING_CODES, OPAQUE_ETAG_SSE, S3Source
 from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION
@@ -280,6 +287,7 @@ def _listing(
             lambda key: key[src_strip:],
             lambda key: key[dst_strip:],
             stored_unencrypted(errors),
+            opaque=config.sse in OPAQUE_ETAG_SSE,
         )
     return listing
 
@@ -361,8 +369,9 @@ async def run_backup(
         )
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
+        upload_check = _upload_check(config, dest_client)
         process = (
-            await _direct_copier(share, dest_client, stack, journal)
+            await _direct_copier(share, dest_client, stack, journal, upload_check)
             if config.direct
             else await _staged_copier(
                 share,
@@ -371,6 +380,7 @@ async def run_backup(
                 journal,
                 stack,
                 part_buffer_bytes=budget_share(config.processes),
+                upload_check=upload_check,
             )
         )
         if config.processes > 1:  # a share of the copying in worker processes
@@ -408,11 +418,27 @@ def _warn_nothing_listed(config: BackupConfig) -> None:
     )
 
 
+def _upload_check(config: BackupConfig, dest_client: S3Client) -> UploadCheck | None:
+    """The check an upload refused (``AccessDenied``) asks, whether the destination refuses
+    any upload: not where the start-up check started one already (``--dest-write-only``,
+    ``--sse``, a storage class)."""
+    if config.dest_write_probe or config.dest_settings_probe:
+        return None
+    return UploadCheck(
+        dest_client,
+        config.dest_bucket,
+        f"{config.dest_list_prefix}.asyncbackup-write-check",
+        _dest_params(config),
+        config.max_attempts,
+    )
+
+
 async def _direct_copier(
     config: BackupConfig,
     client: S3Client,
     stack: contextlib.AsyncExitStack,
     journal: UploadJournal,
+    upload_check: UploadCheck | None = None,  # None in a worker process
 ) -> Process:
     copier = ServerSideCopier(
         client,
@@ -432,7 +458,9 @@ async def _direct_copier(
     outage = Outage(config.concurrency)
     lister = copier.fast.list_objects_v2 if copier.fast is not None else client.list_objects_v2
     copy = kept_key_checked(copier.copy, config, lister)
-    return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
+    return functools.partial(
+        with_object_retries, copy, retries=RetryLog(), outage=outage, upload_check=upload_check
+    )
 
 
 async def _staged_copier(
@@ -444,6 +472,7 @@ async def _staged_copier(
     *,
     part_buffer_bytes: int,  # this process's share of the parts held in memory (budget_share)
     prepare: bool = True,  # False in a worker process: the main process prepared staging
+    upload_check: UploadCheck | None = None,  # None in a worker process
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
     stack.callback(staging.close)
@@ -477,7 +506,9 @@ async def _staged_copier(
     outage = Outage(config.concurrency)
     lister = sink.fast.list_objects_v2 if sink.fast is not None else dest_client.list_objects_v2
     copy = kept_key_checked(copier.copy_once, config, lister)
-    return functools.partial(with_object_retries, copy, retries=RetryLog(), outage=outage)
+    return functools.partial(
+        with_object_retries, copy, retries=RetryLog(), outage=outage, upload_check=upload_check
+    )
 
 
 async def _fast_paths(
@@ -562,6 +593,7 @@ async def with_object_retries(
     *,
     retries: RetryLog | None = None,
     outage: Outage | None = None,
+    upload_check: UploadCheck | None = None,
 ) -> int:
     """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
     a version changed mid-copy) outlived its request-level retries; turn credential and
@@ -578,6 +610,12 @@ async def with_object_retries(
                     "it supports, then run again to resume"
                 ) from exc
             raise_if_fatal(exc, item.key, "check the credentials and buckets")
+            if upload_check is not None and exc.code in ("AccessDenied", "403"):
+                refusal = await upload_check.refusal()
+                if refusal is not None:  # not the object's: every upload is refused
+                    raise FatalRunError(
+                        f"stopping: {exc} (on {item.key!r}); {refusal}, then run again to resume"
+                    ) from exc
             if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
                 if outage is not None:
                     outage.failed(exc, item.key)

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from .filters import KeyFilter
 from .pipeline import WorkItem, close_listing
-from .sources.s3 import clean_etag
+from .sources.s3 import clean_etag, is_md5_etag, multipart_parts
 
 Listing = AsyncIterator[Sequence[WorkItem]]
 
@@ -38,10 +38,13 @@ async def mark_unchanged(
     source_relative: Callable[[str], str],
     dest_relative: Callable[[str], str],
     not_copies: Collection[str] = (),
+    opaque: bool = False,
 ) -> Listing:
     """Flag source items whose copy at the destination has the same size and ETag
-    (``present``), or is there with another size or ETag (``changed``); never present: those
-    of ``not_copies`` (keys whose object there is known to be no good copy)."""
+    (``present``), or is there with another size, or an ETag that could have been the
+    source's and is not (``changed``: a copy a resumed checkpoint marks done is made again);
+    never present: those of ``not_copies`` (keys whose object there is known to be no good
+    copy). ``opaque``: the destination's ETags are no MD5s (``--sse aws:kms``)."""
     dest_iter = _items(dest)
     try:
         current = await anext(dest_iter, None)
@@ -54,7 +57,7 @@ async def mark_unchanged(
                 if current is not None and dest_relative(current.key) == name:
                     if item.key not in not_copies and _same(item, current):
                         item = replace(item, present=True)
-                    else:
+                    elif item.key in not_copies or _differs(item, current, opaque):
                         item = replace(item, changed=True)
                 out.append(item)
             yield out
@@ -69,6 +72,23 @@ def _same(item: WorkItem, copy: WorkItem) -> bool:
     if copy.size != item.size:
         return False
     return item.size == 0 or (bool(item.etag) and clean_etag(copy.etag) == clean_etag(item.etag))
+
+
+def _differs(item: WorkItem, copy: WorkItem, opaque: bool) -> bool:
+    """Whether ``copy`` (not ``_same``) is known to be of other content than ``item``: its
+    size differs, or its ETag is of the kind the source's is (both one MD5, or both of as
+    many parts) on a destination whose ETags are MD5s. ETags of two kinds (a single-part
+    source copied in parts, above ``--multipart-threshold``; parts of another count) or
+    opaque ones (SSE-KMS) tell nothing: such a copy a resumed checkpoint marks done stays
+    done, as a plain resume leaves it."""
+    if copy.size != item.size:
+        return True
+    if opaque or not item.etag:
+        return False
+    parts = multipart_parts(item.etag)
+    if parts is not None:
+        return multipart_parts(copy.etag) == parts
+    return is_md5_etag(item.etag) and is_md5_etag(copy.etag)
 
 
 async def _items(listing: Listing) -> AsyncIterator[WorkItem]:

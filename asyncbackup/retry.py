@@ -143,12 +143,28 @@ def _clock_advice(error: dict[str, Any]) -> str:
     )
 
 
+def needs_checksum(exc: ObjectError) -> bool:
+    """Whether ``exc`` is a destination's refusal of an upload that carried no checksum: a
+    bucket with Object Lock (a default retention) takes no PUT without ``Content-MD5`` or an
+    ``x-amz-checksum-*`` header (S3: 400 ``InvalidRequest``; moto names it)."""
+    if exc.code == "MissingUploadObjectWithObjectLockHeaders":
+        return True
+    return exc.code == "InvalidRequest" and "Object Lock" in exc.message
+
+
 def raise_if_fatal(exc: ObjectError, key: str, advice: str) -> None:
     """Stop the run (``FatalRunError``) on a failure every other object would meet too: this
     machine's clock (its message says what to do), refused credentials or a missing bucket
-    (then ``advice``), rather than one error per object."""
+    (then ``advice``), an upload without a checksum refused by an Object Lock bucket (then
+    ``--checksum none`` is the cause), rather than one error per object."""
     if exc.code == CLOCK_SKEWED:
         raise FatalRunError(f"stopping on {key!r}: {exc}") from exc
+    if needs_checksum(exc):
+        raise FatalRunError(
+            f"stopping: the destination refused an upload without a checksum ({exc}, on "
+            f"{key!r}): a bucket with Object Lock takes none; run without --checksum none "
+            "(md5, crc32, crc32c or sha256), then run again to resume"
+        ) from exc
     if exc.code in FATAL_CODES:
         raise FatalRunError(
             f"stopping: {exc} (on {key!r}); {advice}, then run again to resume"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -50,6 +51,12 @@ S3Client = Any  # aiobotocore builds the client class at run time; there is no s
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
 _REFUSED = CREDENTIALS_REFUSED | {"403", "AccessDenied"}
+#: what to check when the destination refuses to start an upload
+_UPLOAD_ADVICE = (
+    "check that the credentials of --dest-profile may write there (s3:PutObject) and what "
+    "the bucket policy asks of uploads (an encryption: --sse; a storage class: "
+    "--storage-class)"
+)
 #: how often a failing advisory refresh of temporary credentials is said (``_RefreshLog``)
 REFRESH_WARNING_INTERVAL = 300.0
 
@@ -371,10 +378,14 @@ async def check_bucket(
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
             ) from None
-        if code in _REFUSED:
-            tried = " to start an upload" if uploading else ""
+        if code in _REFUSED and uploading:
             raise StoreUnavailableError(
-                f"access to {role} bucket {bucket!r} was refused{tried} ({code}); check the "
+                f"access to {role} bucket {bucket!r} was refused to start an upload ({code}); "
+                f"{_UPLOAD_ADVICE}"
+            ) from None
+        if code in _REFUSED:
+            raise StoreUnavailableError(
+                f"access to {role} bucket {bucket!r} was refused ({code}); check the "
                 f"credentials of {flag} and the bucket policy"
             ) from None
         if code == NOT_REFRESHED:
@@ -429,6 +440,50 @@ async def _start_and_abort(
             error_code(exc),
         )
     check_applied(params, answer, "the write check's upload")
+
+
+class UploadCheck:
+    """Whether the destination refuses any upload as the run sends it, asked once (by the
+    start-up check's upload, started with the run's ``params`` and aborted) when an object's
+    upload was refused: the credentials may not write there, or a bucket policy denies
+    uploads without a header the run does not send (an encryption, an ACL). Then every object
+    would be refused the same way, each after its download; else the refusal is the object's."""
+
+    def __init__(
+        self, client: S3Client, bucket: str, key: str, params: Mapping[str, str], attempts: int
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.params = dict(params)
+        self.attempts = attempts
+        self._lock = asyncio.Lock()
+        self._asked = False
+        self._refusal: str | None = None
+
+    async def refusal(self) -> str | None:
+        """What to say when the destination refuses the check's upload too (None: it took
+        it, or the check could not tell)."""
+        async with self._lock:
+            if not self._asked:
+                self._asked = True
+                self._refusal = await self._ask()
+            return self._refusal
+
+    async def _ask(self) -> str | None:
+        try:
+            await RetryPolicy(self.attempts).call(
+                functools.partial(_start_and_abort, self.client, self.bucket, self.key, self.params)
+            )
+        except ObjectError as exc:
+            if exc.code in _REFUSED:
+                return (
+                    f"the destination refuses any upload as this run sends it (an upload of "
+                    f"{self.key!r} was refused too: {exc.code}); {_UPLOAD_ADVICE}"
+                )
+        except EncryptionNotApplied:
+            pass
+        return None
 
 
 class DestinationSettings(Protocol):

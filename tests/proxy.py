@@ -93,6 +93,14 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The object was stored using a form of Server Side Encryption. The correct parameters "
         "must be provided to retrieve the object.",
     ),
+    # a PUT without Content-MD5 or an x-amz-checksum-* header into a bucket whose Object Lock
+    # configuration gives new objects a default retention period, as S3 refuses it
+    "object_lock_needs_checksum": (
+        400,
+        "InvalidRequest",
+        "Content-MD5 OR x-amz-checksum- HTTP header is required for Put Object requests with "
+        "Object Lock parameters",
+    ),
     # S3 failing after it answered 200 (a copy): the error is in the body
     "internal_in_200": (200, "InternalError", "We encountered an internal error."),
 }
@@ -131,6 +139,9 @@ STREAM_FAULTS = (
     "empty_200",
     # the answer's first ETag replaced by another (an MD5-like one that no body here has)
     "other_etag",
+    # a listing of SSE-KMS objects: every ETag looks like an MD5, and is none (each one
+    # replaced by an MD5 of itself)
+    "kms_etags",
     # a server that ignores the server-side encryption asked for: its answers carry no
     # x-amz-server-side-encryption header (S3 names the encryption it applied in each)
     "sse_ignored",
@@ -182,6 +193,9 @@ class Rule:
     # S3's idle timeout on a request's body (about 20 s there): a body that pauses longer is
     # answered 400 RequestTimeout, the connection closed, nothing forwarded
     body_idle: float = 0.0
+    # only requests without this header (a bucket policy that denies s3:PutObject unless the
+    # request carries it: x-amz-server-side-encryption, x-amz-acl...)
+    unless_header: str | None = None
     hits: int = 0
 
     def __post_init__(self) -> None:
@@ -196,6 +210,8 @@ class Rule:
         if self.path is not None and not re.search(self.path, request.path):
             return False
         if self.query is not None and self.query not in request.query_string:
+            return False
+        if self.unless_header is not None and self.unless_header in request.headers:
             return False
         return self.fault not in _BODY_FAULTS or is_object_get(request)
 
@@ -501,6 +517,11 @@ class S3Proxy:
             )
         if fault == "other_etag" and status < 300:
             payload = _ETAG.sub(f"<ETag>{OTHER_ETAG}</ETag>".encode(), payload, count=1)
+        if fault == "kms_etags" and status < 300:  # each ETag an MD5 of itself: opaque
+            payload = _ETAG.sub(
+                lambda m: b'<ETag>"' + hashlib.md5(m.group(0)).hexdigest().encode() + b'"</ETag>',
+                payload,
+            )
         if fault == "no_continuation_token" and status < 300:
             payload = _NEXT_TOKEN.sub(b"", payload)
         if fault == "truncate" and len(payload) > 1 and status < 300:

@@ -20,7 +20,7 @@ from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
 from ..retry import Backoff, RetryLog, RetryPolicy, raise_if_fatal
-from ..s3client import S3Client
+from ..s3client import S3Client, UploadCheck
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
 from ..staging import Staging, encode_segment, raise_if_unusable
@@ -84,6 +84,7 @@ class ArtifactCopier:
         note: Note,
         cleanup: bool,
         sleep: Sleep = asyncio.sleep,
+        upload_check: UploadCheck | None = None,
     ) -> None:
         self.client = client
         self.git = git
@@ -96,6 +97,8 @@ class ArtifactCopier:
         self.note = note
         self.cleanup = cleanup
         self.sleep = sleep
+        #: asked when an upload is refused: does the destination refuse every upload?
+        self.upload_check = upload_check
         self.backoff = Backoff(base=2.0, cap=30.0)
         self.unchanged = 0
         self.skipped: dict[str, str] = {}
@@ -124,6 +127,13 @@ class ArtifactCopier:
                     ) from exc
                 # the destination refuses the keys or the bucket, or the clock is wrong
                 raise_if_fatal(exc, item.key, "check the destination's credentials and bucket")
+                if self.upload_check is not None and exc.code in ("AccessDenied", "403"):
+                    refusal = await self.upload_check.refusal()
+                    if refusal is not None:  # not the artifact's: every upload is refused
+                        raise FatalRunError(
+                            f"stopping: {exc} (on {item.key!r}); {refusal}, then run again "
+                            "to resume"
+                        ) from exc
                 if not exc.retryable or attempt == _ATTEMPTS:
                     raise
                 self.retries.retrying(item.key, exc)

@@ -46,7 +46,7 @@ from ..pipeline import Pipeline, PipelineResult, listing_or_stop
 from ..progress import Observer
 from ..report import BackupReport, conclude
 from ..retry import AdaptiveLimiter, RetryPolicy
-from ..s3client import client_endpoint, open_destination
+from ..s3client import UploadCheck, client_endpoint, open_destination
 from ..sinks.s3 import S3Sink
 from ..staging import Staging
 from ..uploads import SECTION as UPLOADS_SECTION
@@ -58,6 +58,7 @@ from .git import GitRunner, git_origin
 from .listing import (
     CARRIED_SECTIONS,
     ETAGS,
+    PREFIX,
     RELEASE_LISTING,
     SKIPPED,
     VERSIONS,
@@ -258,6 +259,13 @@ async def run_github_backup(
             note=pipeline.note,
             cleanup=config.cleanup,
             sleep=sleep,
+            upload_check=UploadCheck(
+                dest_client,
+                config.dest_bucket,
+                f"{PREFIX}/.asyncbackup-write-check",  # no owner's name starts with "."
+                {},
+                config.max_attempts,
+            ),
         )
         listing = listing_or_stop(
             lister.pages(),
