@@ -123,7 +123,12 @@ async def _run_with_process_failing(
     args += ["--report", str(tmp_path / "report.json"), "--max-attempts", "3"]
 
     async def break_it() -> None:
-        await asyncio.sleep(1.0)
+        # mid-run: once the copying has started (a fixed second was the start-up itself on
+        # a loaded machine, which ends with exit 2 instead), and a second after the start
+        started = asyncio.get_running_loop().time()
+        while not dest.seen(method="PUT") and asyncio.get_running_loop().time() - started < 30:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(max(0.0, 1.0 - (asyncio.get_running_loop().time() - started)))
         credproc.control(ledger, "csrc", mode)
 
     try:
