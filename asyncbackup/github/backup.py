@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from .. import workerpool
 from ..checkpoint import (
     CheckpointManager,
     CheckpointState,
@@ -213,8 +214,13 @@ async def run_github_backup(
             multipart_threshold=config.multipart_threshold,
             part_size_for=config.part_size_for,
             part_concurrency=config.part_concurrency,
+            # the S3 command's budget at most: parts larger than it are read from their
+            # staged files as they go, never whole in memory
             part_budget=ByteBudget(
-                max(config.concurrency, config.part_concurrency) * config.part_size
+                min(
+                    max(config.concurrency, config.part_concurrency) * config.part_size,
+                    workerpool.PART_BUFFER_BYTES,
+                )
             ),
         )
         pipeline = Pipeline(

@@ -21,14 +21,17 @@ import pytest
 import asyncbackup.workerpool
 from asyncbackup.checksums import multipart_etag
 from asyncbackup.fasts3 import open_fast_s3
+from asyncbackup.github.backup import run_github_backup
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sinks.s3 import S3Sink
 from asyncbackup.sources.s3 import FetchedObject
+from tests.github_server import FakeRepo, git
 
 from ..conftest import Buckets, S3Server
 from ..helpers import backup_data, open_test_client, put_multipart
 from ..proxy import Rule, S3Proxy
+from .github_org import config, running_org
 
 MiB = 1024 * 1024
 PART = 16 * MiB
@@ -186,3 +189,45 @@ async def test_a_part_in_memory_is_held_once_on_the_botocore_path_too(
     assert report.exit_code == 0, report.errors
     assert s3.head_object(Bucket=buckets.dest, Key="data/big")["ETag"] == etag
     assert peak < 1.5 * PART, f"{peak / MiB:.1f} MiB traced at once"
+
+
+async def test_a_github_bundle_in_parts_larger_than_the_budget_is_never_held_whole(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GitHub's artifacts go in parts from their staged files, within a budget of
+    ``--concurrency`` x ``--part-size``: 8 GiB of parts in memory with ``--part-size 1GiB``.
+    It is now the S3 command's 128 MiB at most, and larger parts are read from the file."""
+    monkeypatch.setattr(asyncbackup.workerpool, "PART_BUFFER_BYTES", BUDGET)
+    async with running_org(tmp_path / "git") as github:
+        heavy = github.add_repo(FakeRepo("heavy", has_wiki=False))
+        work = tmp_path / "heavy.work"
+        git("init", "-q", "-b", "main", str(work))
+        (work / "blob.bin").write_bytes(os.urandom(2 * PART + 3 * MiB))
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "one heavy commit", cwd=work)
+        git("clone", "-q", "--bare", str(work), str(github.git_dir("heavy")))
+        del heavy
+        clock = github.clock
+        options = config(
+            github,
+            s3_server.endpoint,
+            buckets.dest,
+            tmp_path / "work",
+            include=("heavy",),
+            part_size=PART,
+            multipart_threshold=PART,
+        )
+        warm = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert warm.status == "completed", warm.errors
+        s3.delete_object(Bucket=buckets.dest, Key="github/acme/heavy.bundle")
+
+        async def backup() -> Any:
+            return await run_github_backup(
+                clock=clock, sleep=clock.sleep, ignore_checkpoints=True, **options
+            )
+
+        report, peak = await traced_peak(backup)
+    assert report.status == "completed", report.errors
+    head = s3.head_object(Bucket=buckets.dest, Key="github/acme/heavy.bundle")
+    assert head["ContentLength"] > 2 * PART and head["ETag"].endswith('-3"')
+    assert peak < PART, f"{peak / MiB:.1f} MiB traced at once"
