@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ObjectError
@@ -50,27 +51,29 @@ def check_applied(asked: Mapping[str, Any], answer: Mapping[str, Any], what: str
         raise EncryptionNotApplied(what, wanted, applied)
 
 
-async def confirm_applied(
-    asked: Mapping[str, Any],
-    answer: Mapping[str, Any],
-    key: str,
-    *,
-    client: Any,
-    bucket: str,
-    retry: RetryPolicy,
-    readable: bool,
-) -> None:
-    """``check_applied`` of the answer to the upload or copy of ``key`` into ``bucket``; one
-    that names no encryption at all is not taken for none, but checked against the object's
-    HEAD (by ``client``, with ``retry``): some servers apply the encryption and leave its
-    header off a copy's or a multipart completion's answer (s3s-project/s3s#325,
-    floci-io/floci#2145). A HEAD is sent only then, and never when the destination is not
-    ``readable`` (``--dest-write-only``: the credentials may not read it, and the answer
-    decides, as it says)."""
-    try:
-        check_applied(asked, answer, key)
-    except EncryptionNotApplied as exc:
-        if exc.applied is not None or not readable:
-            raise
-        head = functools.partial(client.head_object, Bucket=bucket, Key=key)
-        check_applied(asked, await retry.call(head), key)
+@dataclass(frozen=True, slots=True)
+class AppliedCheck:
+    """What a sink checks of the encryption its uploads or copies into ``bucket`` (made with
+    the upload parameters ``asked``) were stored with."""
+
+    asked: Mapping[str, Any]
+    client: Any
+    bucket: str
+    retry: RetryPolicy
+    #: False with ``--dest-write-only``: the credentials may not read the destination
+    readable: bool
+
+    async def confirm(self, answer: Mapping[str, Any], key: str) -> None:
+        """``check_applied`` of the answer to the upload or copy of ``key``; one that names
+        no encryption at all is not taken for none, but checked against the object's HEAD
+        (with ``retry``): some servers apply the encryption and leave its header off a
+        copy's or a multipart completion's answer (s3s-project/s3s#325, floci-io/floci#2145).
+        A HEAD is sent only then, and never when the destination is not ``readable`` (the
+        answer then decides, as it says)."""
+        try:
+            check_applied(self.asked, answer, key)
+        except EncryptionNotApplied as exc:
+            if exc.applied is not None or not self.readable:
+                raise
+            head = functools.partial(self.client.head_object, Bucket=self.bucket, Key=key)
+            check_applied(self.asked, await self.retry.call(head), key)

@@ -20,7 +20,7 @@ from botocore.compat import HAS_CRT
 from ..bandwidth import TokenBucket
 from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
 from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
-from ..encryption import confirm_applied
+from ..encryption import AppliedCheck
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..fasts3.client import CHECKSUM_VALUES
@@ -123,7 +123,11 @@ class S3Sink:
         self.part_budget = part_budget
         self.extra_params = dict(extra_params or {})
         self.bandwidth = bandwidth
-        self.readable = readable  # False with --dest-write-only: nothing reads the bucket
+        #: the encryption --sse asked for, as the answers (or else the copies' HEADs, unless
+        #: not ``readable``: --dest-write-only) say
+        self.encryption = AppliedCheck(
+            self.extra_params, client=client, bucket=bucket, retry=retry, readable=readable
+        )
         algorithm = ALGORITHMS.get(checksum)
         #: the digests of what is read from staging: the MD5 is only of use with a checksum
         self.hasher = Hasher(md5=checksum != "none", algorithm=algorithm)
@@ -292,19 +296,7 @@ class S3Sink:
     async def _check_put(self, response: dict[str, Any], expected: str, key: str) -> None:
         """The answer to a whole object's PUT: its ETag, and the encryption asked for."""
         self._check_etag(response, expected, key)
-        await self._check_encryption(response, key)
-
-    async def _check_encryption(self, response: dict[str, Any], key: str) -> None:
-        """The encryption ``--sse`` asked for, as the answer (or else the copy's HEAD) says."""
-        await confirm_applied(
-            self.extra_params,
-            response,
-            key,
-            client=self.client,
-            bucket=self.bucket,
-            retry=self.retry,
-            readable=self.readable,
-        )
+        await self.encryption.confirm(response, key)
 
     def _check_etag(self, response: dict[str, Any], expected: str, key: str) -> None:
         etag = answered_etag(response.get("ETag"), f"the upload of {key}")
@@ -386,7 +378,7 @@ class S3Sink:
                     MultipartUpload={"Parts": parts},
                 )
             )
-            await self._check_encryption(response, key)
+            await self.encryption.confirm(response, key)
             expected = multipart_etag(md5s)
             etag = clean_etag(
                 answered_etag(response.get("ETag"), f"CompleteMultipartUpload of {key}")

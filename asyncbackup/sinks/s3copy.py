@@ -26,7 +26,7 @@ from typing import Any
 
 from ..checksums import multipart_etag
 from ..config import S3_MAX_PART_SIZE
-from ..encryption import confirm_applied
+from ..encryption import AppliedCheck
 from ..errors import IntegrityError, ObjectError
 from ..fasts3 import FastS3
 from ..pipeline import WorkItem, primary_error
@@ -72,7 +72,11 @@ class ServerSideCopier:
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
         self.copy_tags = copy_tags  # --copy-tags
-        self.readable = readable  # False with --dest-write-only: nothing reads the bucket
+        #: the encryption --sse asked for, as the answers (or else the copies' HEADs, unless
+        #: not ``readable``: --dest-write-only) say
+        self.encryption = AppliedCheck(
+            self.extra_params, client=client, bucket=dest_bucket, retry=retry, readable=readable
+        )
         self.fast: FastS3 | None = None  # CopyObject without botocore (the destination's bucket)
         #: where multipart copies in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
@@ -106,7 +110,7 @@ class ServerSideCopier:
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
         etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
-        await self._check_encryption(response, params["Key"])
+        await self.encryption.confirm(response, params["Key"])
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
         # is no MD5 (the listing does not say so), which only the source's HEAD tells.
@@ -167,18 +171,6 @@ class ServerSideCopier:
         etag, encrypted = await self._copy_in(item, create, true_sizes)
         if not encrypted and etag != clean_etag(item.etag):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
-
-    async def _check_encryption(self, response: dict[str, Any], key: str) -> None:
-        """The encryption ``--sse`` asked for, as the answer (or else the copy's HEAD) says."""
-        await confirm_applied(
-            self.extra_params,
-            response,
-            key,
-            client=self.client,
-            bucket=self.dest_bucket,
-            retry=self.retry,
-            readable=self.readable,
-        )
 
     async def _source_unchanged(self, item: WorkItem) -> None:
         """Raise PreconditionFailed unless the source still has the listed ETag: then every
@@ -281,7 +273,7 @@ class ServerSideCopier:
             )
             # in the block: an answer without the ETag aborts the upload
             etag = clean_etag(answered_etag(response.get("ETag"), "CompleteMultipartUpload"))
-            await self._check_encryption(response, key)
+            await self.encryption.confirm(response, key)
         return etag, response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
 
 
