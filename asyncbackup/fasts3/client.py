@@ -214,10 +214,15 @@ def put_headers(params: Mapping[str, Any], *, streamed: bool = False) -> dict[st
     return headers if _all_ascii(headers) else None
 
 
+def carries_checksum(params: Mapping[str, Any]) -> bool:
+    """Whether a PUT's ``params`` give a checksum value the server checks the body against
+    (what lets a streamed body go unsigned)."""
+    return bool({"ContentMD5", *CHECKSUM_VALUES} & params.keys())
+
+
 def _check_streamed(params: Mapping[str, Any]) -> None:
-    """A streamed PUT's ``params``: no ``Body``, and a checksum value the server checks the
-    stream against (its payload goes unsigned)."""
-    if "Body" in params or not ({"ContentMD5", *CHECKSUM_VALUES} & params.keys()):
+    """A streamed PUT's ``params``: no ``Body``, and a checksum value (``carries_checksum``)."""
+    if "Body" in params or not carries_checksum(params):
         raise ValueError("a streamed PUT carries the checksum values of its body, not the body")
 
 

@@ -23,7 +23,7 @@ from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumM
 from ..encryption import AppliedCheck
 from ..errors import ConfigError, IntegrityError, ObjectError
 from ..fasts3 import FastS3
-from ..fasts3.client import CHECKSUM_VALUES
+from ..fasts3.client import carries_checksum
 from ..filerange import BufferBody, FileRange
 from ..partfeed import ByteBudget, PartData, PartFeed, StagedPart, part_length
 from ..pipeline import primary_error
@@ -404,7 +404,7 @@ class S3Sink:
         fast path where it can stream it (checksum values given), else botocore's."""
         fast = self.fast
         in_parts = "UploadId" in params
-        if fast is not None and ({"ContentMD5", *CHECKSUM_VALUES} & params.keys()):
+        if fast is not None and carries_checksum(params):
             chunks = self._metered(_file_chunks(part.path, part.length, part.offset))
             stream = fast.upload_part_stream if in_parts else fast.put_object_stream
             response = await stream(params, part.length, chunks)
