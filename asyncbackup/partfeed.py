@@ -45,6 +45,11 @@ class ByteBudget:
         self.free = limit
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` bytes may be held in memory at all: a larger part or object goes
+        through its staged file instead (``StagedPart``)."""
+        return size <= self.limit
+
     def _cost(self, size: int) -> int:
         return min(max(size, 1), self.limit)
 
@@ -102,7 +107,7 @@ class PartFeed:
         loop = asyncio.get_running_loop()
         self.part_size = part_size
         self.budget = budget
-        self.in_memory = part_size <= budget.limit
+        self.in_memory = budget.fits(part_size)
         self.held = 0
         self.count = count
         # a part's bytes are dropped as soon as the upload takes them

@@ -179,7 +179,7 @@ class S3Sink:
             return
         if await self._put_file_streamed(fetched, key):
             return
-        if fetched.size > self.part_budget.limit:  # never whole in memory
+        if not self.part_budget.fits(fetched.size):  # never whole in memory
             await self._put_staged_file(fetched, key)
             return
         async with self.part_budget.hold(fetched.size):  # whole in memory: bounded in bytes
@@ -337,7 +337,7 @@ class S3Sink:
                     offset = index * part_size
                     length = min(part_size, fetched.size - offset)
                     data: PartData
-                    if feed is None and length > self.part_budget.limit:  # never in memory
+                    if feed is None and not self.part_budget.fits(length):  # never in memory
                         data = StagedPart(fetched.path, offset, length)
                         digests = await self._hash_part(data)
                         parts[index] = await self._upload_part(key, upload_id, index, data, digests)
