@@ -46,7 +46,7 @@ from .pipeline import (
 )
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import AdaptiveLimiter, RetryLog, RetryPolicy, is_outage, raise_if_fatal
+from .retry import ACCESS_DENIED, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage, raise_if_fatal
 from .s3client import (
     S3Client,
     UploadCheck,
@@ -610,7 +610,7 @@ async def with_object_retries(
                     "it supports, then run again to resume"
                 ) from exc
             raise_if_fatal(exc, item.key, "check the credentials and buckets")
-            if upload_check is not None and exc.code in ("AccessDenied", "403"):
+            if upload_check is not None and exc.code in ACCESS_DENIED:
                 refusal = await upload_check.refusal()
                 if refusal is not None:  # not the object's: every upload is refused
                     raise FatalRunError(

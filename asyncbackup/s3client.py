@@ -36,6 +36,7 @@ from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
 from .redact import redact
 from .retry import (
+    ACCESS_DENIED,
     CLOCK_SKEWED,
     CREDENTIAL_ERRORS,
     CREDENTIALS_REFUSED,
@@ -50,7 +51,7 @@ log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
-_REFUSED = CREDENTIALS_REFUSED | {"403", "AccessDenied"}
+_REFUSED = CREDENTIALS_REFUSED | ACCESS_DENIED
 #: what to check when the destination refuses to start an upload
 _UPLOAD_ADVICE = (
     "check that the credentials of --dest-profile may write there (s3:PutObject) and what "

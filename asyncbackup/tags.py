@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 from botocore.exceptions import ClientError
 
 from .errors import ObjectError
-from .retry import error_code
+from .retry import ACCESS_DENIED, error_code
 
 #: the request parameter (and ``FetchedObject.metadata`` entry) that carries the tags
 TAGGING = "Tagging"
@@ -43,7 +43,7 @@ async def read_tags(client: Any, bucket: str, key: str, version_id: str | None) 
     try:
         answer = await client.get_object_tagging(**params)
     except ClientError as exc:
-        if error_code(exc) in ("AccessDenied", "403"):
+        if error_code(exc) in ACCESS_DENIED:
             raise ObjectError(
                 "AccessDenied",
                 f"reading the tags of {key!r} was refused (GetObjectTagging): --copy-tags needs "

@@ -29,7 +29,7 @@ from .checkpoint import CheckpointManager, CheckpointState
 from .errors import ObjectError
 from .loglimit import FirstFew
 from .pipeline import for_each_bounded
-from .retry import RetryPolicy, error_code
+from .retry import ACCESS_DENIED, RetryPolicy, error_code
 from .s3client import S3Client, upload_id_of
 
 log = logging.getLogger("asyncbackup")
@@ -340,7 +340,7 @@ async def _sweep_if_allowed(
     try:
         return await sweep_key(client, bucket, key, retry)
     except ObjectError as exc:
-        if not aborted_by_id or exc.code not in ("AccessDenied", "403"):
+        if not aborted_by_id or exc.code not in ACCESS_DENIED:
             raise
         log.debug("could not look for other uploads of %s (%s)", key, exc)
         return 0

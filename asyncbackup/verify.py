@@ -28,7 +28,7 @@ from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError
 from .pipeline import for_each_bounded, primary_error
 from .printable import printable
-from .retry import RetryPolicy
+from .retry import ACCESS_DENIED, RetryPolicy
 from .s3client import S3Client, check_bucket, open_client, profile_flag
 from .sources.s3 import MISSING_CODES, S3Source, clean_etag, etag_is_digest, is_md5_etag
 
@@ -265,7 +265,7 @@ async def _head(side: S3Source, key: str, role: str) -> dict[str, Any] | None:
     except ObjectError as exc:
         if exc.code in MISSING_CODES:
             return None
-        if exc.code in ("403", "AccessDenied"):
+        if exc.code in ACCESS_DENIED:
             return {}
         flag = profile_flag(role)
         raise FatalRunError(

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
-from ..retry import Backoff, RetryLog, RetryPolicy, raise_if_fatal
+from ..retry import ACCESS_DENIED, Backoff, RetryLog, RetryPolicy, raise_if_fatal
 from ..s3client import S3Client, UploadCheck
 from ..sinks.s3 import S3Sink
 from ..sources.s3 import FetchedObject
@@ -127,7 +127,7 @@ class ArtifactCopier:
                     ) from exc
                 # the destination refuses the keys or the bucket, or the clock is wrong
                 raise_if_fatal(exc, item.key, "check the destination's credentials and bucket")
-                if self.upload_check is not None and exc.code in ("AccessDenied", "403"):
+                if self.upload_check is not None and exc.code in ACCESS_DENIED:
                     refusal = await self.upload_check.refusal()
                     if refusal is not None:  # not the artifact's: every upload is refused
                         raise FatalRunError(
