@@ -285,6 +285,19 @@ def test_the_folders_known_to_exist_are_a_bounded_number(tmp_path: Path) -> None
     assert again.read_bytes() == b"a" and again.parent == paths[0].parent
 
 
+def _checked_by_another_run(tmp_path: Path) -> tuple[Staging, int]:
+    """A run's staging whose pid this namespace does not have (the run's, in its own), and
+    the descriptor of another run's check of its lock file, holding a shared lock now."""
+    staging = Staging(tmp_path, "bucket")
+    dead = 99_999_999
+    staging._tmp_prefix = f"{dead}-0badcafe-"
+    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
+    staging.tmp_dir.mkdir()
+    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return staging, checking
+
+
 def test_a_run_taking_its_lock_while_another_run_checks_it_still_holds_it(
     tmp_path: Path,
 ) -> None:
@@ -293,13 +306,7 @@ def test_a_run_taking_its_lock_while_another_run_checks_it_still_holds_it(
     took that for a file system without locks and removed its lock file: its partial
     downloads were then judged by its pid, which means nothing in another container's
     namespace, and removed by the next job's start."""
-    staging = Staging(tmp_path, "bucket")
-    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
-    staging._tmp_prefix = f"{dead}-0badcafe-"
-    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
-    staging.tmp_dir.mkdir()
-    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
-    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another run's check, now
+    staging, checking = _checked_by_another_run(tmp_path)
     check_done = threading.Timer(0.2, os.close, [checking])  # a moment later
     check_done.start()
     try:
@@ -369,13 +376,7 @@ def test_a_second_temporary_file_waits_for_the_lock_the_first_is_taking(tmp_path
     second one asked meanwhile, in another thread, went ahead without the lock held - a
     run starting then (another run's check held the lock file) removed it as a dead
     run's."""
-    staging = Staging(tmp_path, "bucket")
-    dead = 99_999_999  # a pid this namespace does not have (the run's, in its own)
-    staging._tmp_prefix = f"{dead}-0badcafe-"
-    staging._alive = LivenessLock(staging.tmp_dir, staging._tmp_prefix)
-    staging.tmp_dir.mkdir()
-    checking = os.open(staging._alive.path, os.O_RDONLY | os.O_CREAT, 0o600)
-    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another run's check, now
+    staging, checking = _checked_by_another_run(tmp_path)
     made: list[Path] = []
 
     def second() -> None:
