@@ -29,6 +29,7 @@ from .checkpoint import (
 from .config import BackupConfig
 from .encryption import stored_unencrypted
 from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError
+from .etags import OPAQUE_ETAG_SSE
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
 from .incremental import filtered, mark_unchanged
@@ -46,7 +47,15 @@ from .pipeline import (
 )
 from .progress import Observer
 from .report import BackupReport, conclude
-from .retry import ACCESS_DENIED, AdaptiveLimiter, RetryLog, RetryPolicy, is_outage, raise_if_fatal
+from .retry import (
+    ACCESS_DENIED,
+    MISSING_CODES,
+    AdaptiveLimiter,
+    RetryLog,
+    RetryPolicy,
+    is_outage,
+    raise_if_fatal,
+)
 from .s3client import (
     S3Client,
     UploadCheck,
@@ -57,7 +66,7 @@ from .s3client import (
 )
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
-from .sources.s3 import MISSING_CODES, OPAQUE_ETAG_SSE, S3Source
+from .sources.s3 import S3Source
 from .staged import StagedCopier
 from .staging import Staging
 from .uploads import SECTION as UPLOADS_SECTION

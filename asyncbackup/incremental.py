@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import replace
 
+from .etags import clean_etag, is_md5_etag, multipart_parts
 from .filters import KeyFilter
 from .pipeline import WorkItem, close_listing
-from .sources.s3 import clean_etag, is_md5_etag, multipart_parts
 
 Listing = AsyncIterator[Sequence[WorkItem]]
 

@@ -88,6 +88,8 @@ CREDENTIALS_REFUSED = frozenset(
 )
 #: a request refused by the permissions on what it names (the code, or a bare HEAD's status)
 ACCESS_DENIED = frozenset({"AccessDenied", "403"})
+#: the codes of an object that is not there (a HEAD's error has no body: its status)
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 #: this machine's clock too far from the server's: every request is refused, whatever its
 #: object, until the clock is set right (retried per request all the same: a request held up
 #: after it was signed passes once signed again)

@@ -13,9 +13,11 @@ import asyncio
 import functools
 from collections.abc import Callable
 
+from .etags import is_md5_etag
+from .fetched import FetchedObject
 from .pipeline import WorkItem
 from .sinks.s3 import S3Sink
-from .sources.s3 import IN_MEMORY_LIMIT, FetchedObject, S3Source, is_md5_etag
+from .sources.s3 import IN_MEMORY_LIMIT, S3Source
 from .staging import Staging
 
 

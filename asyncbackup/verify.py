@@ -26,11 +26,12 @@ from .checkpoint import CheckpointState, recorded_text
 from .checkpoint_tool import is_github, live_path, load
 from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError
+from .etags import clean_etag, etag_is_digest, is_md5_etag
 from .pipeline import for_each_bounded, primary_error
 from .printable import printable
-from .retry import ACCESS_DENIED, RetryPolicy
+from .retry import ACCESS_DENIED, MISSING_CODES, RetryPolicy
 from .s3client import S3Client, check_bucket, open_client, profile_flag
-from .sources.s3 import MISSING_CODES, S3Source, clean_etag, etag_is_digest, is_md5_etag
+from .sources.s3 import S3Source
 
 #: how many HEADs of suspect copies (single-part ETags that differ) are in flight at once
 _HEADS_AT_ONCE = 8

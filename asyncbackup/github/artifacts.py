@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FatalRunError, IntegrityError, ObjectError
+from ..fetched import FetchedObject
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
 from ..retry import ACCESS_DENIED, Backoff, RetryLog, RetryPolicy, raise_if_fatal
 from ..s3client import S3Client, UploadCheck
 from ..sinks.s3 import S3Sink
-from ..sources.s3 import FetchedObject
 from ..staging import Staging, encode_segment, raise_if_unusable
 from .client import GitHubClient, GitHubError
 from .git import GitError, GitRunner, refs_digest

@@ -22,14 +22,15 @@ from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
 from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..encryption import AppliedCheck
 from ..errors import ConfigError, IntegrityError, ObjectError
+from ..etags import OPAQUE_ETAG_SSE, answered_etag, clean_etag, etag_is_md5
 from ..fasts3 import FastS3
 from ..fasts3.client import carries_checksum
+from ..fetched import FetchedObject
 from ..filerange import BufferBody, FileRange
 from ..partfeed import ByteBudget, PartData, PartFeed, StagedPart, part_length
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
-from ..sources.s3 import OPAQUE_ETAG_SSE, FetchedObject, answered_etag, clean_etag, etag_is_md5
 from ..uploads import UploadJournal, tracked_upload
 
 log = logging.getLogger("asyncbackup")

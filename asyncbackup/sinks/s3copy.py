@@ -28,20 +28,20 @@ from ..checksums import multipart_etag
 from ..config import S3_MAX_PART_SIZE
 from ..encryption import AppliedCheck
 from ..errors import IntegrityError, ObjectError
-from ..fasts3 import FastS3
-from ..pipeline import WorkItem, primary_error
-from ..retry import RetryPolicy
-from ..s3client import S3Client
-from ..sources.s3 import (
+from ..etags import (
     OPAQUE_ETAG_SSE,
-    FirstPartProbe,
     answered_etag,
     clean_etag,
     etag_is_digest,
     etag_is_md5,
-    kept_fields,
     multipart_parts,
 )
+from ..fasts3 import FastS3
+from ..fetched import kept_fields
+from ..pipeline import WorkItem, primary_error
+from ..retry import RetryPolicy
+from ..s3client import S3Client
+from ..sources.layout import FirstPartProbe
 from ..tags import TAGGING, read_tags, tag_count
 from ..uploads import UploadJournal, tracked_upload
 

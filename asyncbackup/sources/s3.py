@@ -9,105 +9,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
-import hashlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
-
-from botocore.exceptions import ClientError
 
 from ..bandwidth import TokenBucket
 from ..checksums import (
     ALGORITHMS,
     INLINE_LIMIT,
-    Digests,
     Hasher,
-    RunningDigests,
     file_md5,
-    multipart_etag,
     staged_checksum,
     whole_object_digest,
 )
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
+from ..etags import answered_etag, clean_etag, etag_is_digest, etag_is_md5, multipart_parts
 from ..fasts3 import FastS3
+from ..fetched import FetchedObject, kept_fields
 from ..listing import RangeLister
 from ..localio import LocalIO, open_for_writing, remove_temporary
-from ..partfeed import ByteBudget, PartFeed, StagedPart
-from ..pipeline import WorkItem, for_each_bounded, primary_error
-from ..retry import RetryPolicy, error_code
+from ..partfeed import ByteBudget, PartFeed
+from ..pipeline import WorkItem, primary_error
+from ..retry import MISSING_CODES, RetryPolicy
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_unusable
 from ..tags import TAGGING, read_tags, tag_count
+from .layout import FirstPartProbe
+from .receivers import (
+    CHUNK,
+    FileReceiver,
+    MemoryReceiver,
+    PartReceiver,
+    Receiver,
+    StreamReceiver,
+    staged_multipart_etag,
+)
 
 log = logging.getLogger("asyncbackup")
 
-CHUNK = 1024 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024
-#: server-side encryption whose objects' ETags are not their MD5s
-OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
 #: S3's additional checksums, in the order one is chosen to check a download whose ETag is
 #: no MD5 (CRC64NVME: what S3 gives every object uploaded without one since 2025)
 _ADDITIONAL_CHECKSUMS = ("CRC64NVME", "CRC32", "CRC32C", "SHA256", "SHA1")
-#: how a server that does not do ``HEAD ?partNumber=`` answers it. The error of a HEAD has no
-#: body, so botocore names it by its status: "400" here is a 400 the server gave no other name.
-_PART_NUMBER_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "400"})
-
-#: GetObject response fields that are copied to the destination as they are.
-PRESERVED_FIELDS = (
-    "ContentType",
-    "ContentEncoding",
-    "CacheControl",
-    "ContentDisposition",
-    "ContentLanguage",
-    "Expires",
-    "WebsiteRedirectLocation",
-)
-#: the ``Expires`` of a copy whose source's is no date: what such a date means, "already
-#: expired" (RFC 9111, 5.3). Left out, the copy could be cached where its source never was.
-ALREADY_EXPIRED = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-
-
-@dataclass(slots=True)
-class FetchedObject:
-    """An object staged locally, with what the upload needs to reproduce it."""
-
-    key: str
-    path: Path
-    size: int
-    md5: bytes
-    etag: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    data: bytes | None = None  # small objects stay in memory too: no second read
-    source_part_size: int | None = None  # the part size of a multipart source object
-    digest_etag: bool = True  # the source's ETag is made of MD5s (see etag_is_digest)
-
-
-#: the codes of an object that is not there (a HEAD's error has no body: its status)
-MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 def _local_error(exc: OSError, *, retryable: bool = True) -> ObjectError:
     return ObjectError("LocalIOError", f"{exc.strerror} ({exc.filename})", retryable=retryable)
-
-
-def kept_fields(head: dict[str, Any]) -> dict[str, Any]:
-    """What a copy keeps of its source's GetObject or HeadObject answer: ``PRESERVED_FIELDS``
-    and user metadata. An ``Expires`` that is no date (S3 keeps any text; botocore leaves the
-    field out, the text in ``ExpiresString``) is ``ALREADY_EXPIRED``."""
-    fields = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
-    if "Expires" not in fields and head.get("ExpiresString"):
-        fields["Expires"] = ALREADY_EXPIRED
-    if head.get("Metadata"):
-        fields["Metadata"] = dict(head["Metadata"])
-    return fields
 
 
 def _metadata(head: dict[str, Any]) -> dict[str, Any]:
@@ -127,350 +77,6 @@ def _fetched(
     fetched = FetchedObject(item.key, path, size, md5, etag, _metadata(head))
     fetched.digest_etag = etag_is_digest(head)
     return fetched
-
-
-def answered_etag(etag: Any, what: str) -> str:
-    """The ETag a 200 answer carries (every S3 answer about an object or an upload has one).
-    A 200 without it - a server or a middlebox that failed after its status line, or, for a
-    copy, one whose outcome S3 puts in the body - confirms nothing: an ``IntegrityError``,
-    and the request (or the object) is tried again."""
-    if not etag:
-        raise IntegrityError(f"{what} answered 200 without its ETag")
-    return str(etag)
-
-
-def clean_etag(etag: str) -> str:
-    return etag.strip().strip('"').lower()
-
-
-def multipart_parts(etag: str) -> int | None:
-    """The part count of a multipart ETag (``"<md5>-N"``), or None."""
-    match = _MULTIPART_ETAG.match(clean_etag(etag))
-    return int(match.group(1)) if match else None
-
-
-def is_md5_etag(etag: str) -> bool:
-    """Whether ``etag`` looks like a single-part upload's MD5 (SSE-KMS and SSE-C ETags look
-    the same: only the GET's headers tell, see ``etag_is_md5``)."""
-    return bool(_MD5_ETAG.match(clean_etag(etag)))
-
-
-def etag_is_digest(response: dict[str, Any]) -> bool:
-    """Whether the object's ETag is made of MD5s (of the object, or of its parts): not with
-    SSE-KMS, DSSE-KMS or SSE-C, whose ETags are opaque."""
-    kms = response.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
-    return not kms and not response.get("SSECustomerAlgorithm")
-
-
-def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
-    return is_md5_etag(etag) and etag_is_digest(response)
-
-
-def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
-    """Write a chunk and add it to the MD5, in one worker-thread call (hashlib lets go of the
-    GIL, so 1.5 ms of hashing per MiB runs beside the event loop instead of on it)."""
-    out.write(chunk)
-    digest.update(chunk)
-
-
-def _write_part(out: BinaryIO, data: bytearray, whole: Any, hasher: Hasher) -> Digests:
-    """Write one part, add it to the whole object's MD5 (if kept) and return the part's
-    digests (its MD5, the checksum its upload carries), in one worker-thread call."""
-    out.write(data)
-    if whole is not None:
-        whole.update(data)
-    return hasher(data)
-
-
-def _write_spilled(
-    out: BinaryIO, data: memoryview, whole: Any, part: RunningDigests, end: bool
-) -> None:
-    """Write a piece of a part too large for memory and hash it (the whole object's MD5, if
-    kept, and the part's digests); at the part's end, flush the file for its upload to read,
-    in one worker-thread call."""
-    out.write(data)
-    if whole is not None:
-        whole.update(data)
-    part.update(data)
-    if end:
-        out.flush()
-
-
-def _staged_multipart_etag(out: BinaryIO, path: Path, sizes: Sequence[int]) -> str:
-    """The multipart ETag of the file ``out`` is writing to ``path``, cut in parts of
-    ``sizes`` (blocking: one worker-thread call)."""
-    out.flush()
-    md5s: list[bytes] = []
-    with path.open("rb") as handle:
-        for size in sizes:
-            digest = hashlib.md5(usedforsecurity=False)
-            left = size
-            while left and (block := handle.read(min(left, 8 * CHUNK))):
-                digest.update(block)
-                left -= len(block)
-            if left:
-                raise IntegrityError(f"the staged file ended {left} bytes short of its parts")
-            md5s.append(digest.digest())
-    return multipart_etag(md5s)
-
-
-class _Receiver:
-    """Where the bytes of a download go, in order, resumed or not."""
-
-    digest: Any  # the MD5 of the whole object, or None where it is not computed
-    #: False where the destination checks the bytes against the source's MD5 instead
-    checks_md5 = True
-
-    def start(self, head: dict[str, Any]) -> None:
-        """The first response's fields, before its first chunk."""
-
-    async def add(self, chunk: bytes) -> None:
-        raise NotImplementedError
-
-    async def finish(self) -> None:
-        """The download is complete."""
-
-    def rewind(self, written: int) -> int:
-        """A download attempt failed after ``written`` bytes came: where the next one starts
-        (what is kept of them), for a ranged GET."""
-        return written
-
-
-class _MemoryReceiver(_Receiver):
-    """Chunks of a small object kept in memory (staged in one write once verified)."""
-
-    def __init__(self) -> None:
-        self.digest = hashlib.md5(usedforsecurity=False)
-        self.chunks: list[bytes] = []
-
-    async def add(self, chunk: bytes) -> None:
-        self.digest.update(chunk)
-        self.chunks.append(chunk)
-
-
-class _FileReceiver(_Receiver):
-    """Chunks of a large object written to a temporary file as they arrive."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.digest = hashlib.md5(usedforsecurity=False)
-        self.out = out
-
-    async def add(self, chunk: bytes) -> None:
-        await asyncio.to_thread(_write_hashed, self.out, self.digest, chunk)
-
-
-class _PartReceiver(_Receiver):
-    """A large object cut into the parts of its upload as it arrives: each part is filled in
-    a buffer of its exact size (reserved in the budget first), written to the temporary file
-    and hashed (``hasher``) in one worker-thread call, then handed to the upload as it is, no
-    copy, while the download goes on (``PartFeed``).
-
-    A part larger than the whole budget is never in memory: its chunks are written to the
-    file and hashed as they come, and the part is handed over as a ``StagedPart``, which its
-    upload reads from the file (checked by the destination against the digests of the bytes
-    that came)."""
-
-    def __init__(
-        self,
-        out: BinaryIO,
-        path: Path,
-        part_size: int,
-        budget: ByteBudget,
-        whole: bool,
-        hasher: Hasher,
-    ) -> None:
-        self.out = out
-        self.path = path
-        self.part_size = part_size
-        self.budget = budget
-        self.hasher = hasher
-        self.digest = hashlib.md5(usedforsecurity=False) if whole else None
-        self.part_md5s: list[bytes] = []  # b"" each where the hasher computes no MD5
-        self.size = 0
-        self.buffer: bytearray | None = None
-        self.filled = 0
-        self.feed: PartFeed | None = None
-        self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        #: the part being written straight to the file, when parts are too large for memory
-        self.spilled: RunningDigests | None = None
-        self.length = 0  # its length
-
-    def start(self, head: dict[str, Any]) -> None:
-        if head.get("ContentLength") is None:
-            raise IntegrityError("the GET answer has no Content-Length to cut parts by")
-        self.size = int(head["ContentLength"])
-        count = max(1, -(-self.size // self.part_size))
-        self.feed = PartFeed(count, self.part_size, self.budget)
-        self.started.set_result(head)
-
-    async def add(self, chunk: bytes) -> None:
-        assert self.feed is not None, "start() comes first"
-        if not self.feed.in_memory:
-            await self._spill(chunk)
-            return
-        view = memoryview(chunk)
-        while view:
-            if self.buffer is None:
-                await self._next_buffer()
-            buffer = self.buffer
-            assert buffer is not None
-            taken = min(len(view), len(buffer) - self.filled)
-            buffer[self.filled : self.filled + taken] = view[:taken]
-            self.filled += taken
-            view = view[taken:]
-            full = self.filled == len(buffer)
-            # No reference to a part outlives its hand-over: a part uploaded out of order
-            # releases its bytes in the budget, and the next part may be allocated while this
-            # frame waits for it - a third part in memory where the budget counts two.
-            del buffer
-            if full:
-                await self._emit()
-
-    async def finish(self) -> None:
-        if self.buffer is not None or self.spilled is not None:  # ended before its length
-            raise IntegrityError(f"the download ended within part {len(self.part_md5s) + 1}")
-        if not self.part_md5s:  # an empty object is one empty part
-            await self._next_buffer()
-            await self._emit()
-
-    def rewind(self, written: int) -> int:
-        """The part being filled is dropped, and its bytes in the budget given back: the
-        next attempt starts at its beginning. A download waiting to try again (for a slot of
-        the limiter, which throttling may have cut to one) held them, while the one holding
-        the slot waited for them in the budget: both waited for good. A part written
-        straight to the file holds nothing: the next attempt goes on where this one ended."""
-        assert self.feed is not None, "start() comes first"
-        if not self.feed.in_memory:
-            return written
-        if self.buffer is not None:
-            assert self.feed is not None
-            self.buffer = None
-            self.filled = 0
-            self.feed.release()
-        return len(self.part_md5s) * self.part_size
-
-    def _next_length(self) -> int:
-        """The length of the next part."""
-        offset = len(self.part_md5s) * self.part_size
-        if offset >= self.size and self.size:
-            raise IntegrityError(f"the download is longer than the {self.size} bytes announced")
-        return min(self.part_size, self.size - offset)
-
-    async def _next_buffer(self) -> None:
-        assert self.feed is not None, "start() comes first"
-        length = self._next_length()
-        await self.feed.reserve()
-        self.buffer = bytearray(length)
-        self.filled = 0
-
-    async def _spill(self, chunk: bytes) -> None:
-        """``chunk`` written to the file and hashed, part by part, in a worker thread."""
-        assert self.feed is not None, "start() comes first"
-        view = memoryview(chunk)
-        while view:
-            if self.spilled is None:
-                self.length = self._next_length()
-                self.spilled, self.filled = self.hasher.running(), 0
-            taken = min(len(view), self.length - self.filled)
-            end = self.filled + taken == self.length
-            await asyncio.to_thread(
-                _write_spilled, self.out, view[:taken], self.digest, self.spilled, end
-            )
-            self.filled += taken
-            view = view[taken:]
-            if end:
-                index = len(self.part_md5s)
-                digests = self.spilled.digests()
-                self.spilled = None
-                part = StagedPart(self.path, index * self.part_size, self.length)
-                self.feed.give(index, part, digests)
-                self.part_md5s.append(digests.md5)
-
-    async def _emit(self) -> None:
-        """Write the full buffer, then hand it to the upload (the only reference left)."""
-        assert self.feed is not None and self.buffer is not None, "start() comes first"
-        data, self.buffer = self.buffer, None
-        digests = await asyncio.to_thread(_write_part, self.out, data, self.digest, self.hasher)
-        self.feed.give(len(self.part_md5s), data, digests)
-        self.part_md5s.append(digests.md5)
-
-    def multipart_etag(self) -> str:
-        assert self.hasher.md5, "the parts' MD5s were computed"
-        return multipart_etag(self.part_md5s)
-
-
-class _StreamReceiver(_Receiver):
-    """A single-part object written to the temporary file and, as it arrives, handed to the
-    one PUT that streams it to the destination (``chunks()``). The bytes waiting for that PUT
-    are reserved in the budget; file writes are batched to at least ``CHUNK`` bytes a thread
-    call. Nothing is hashed here: the PUT carries the source's MD5 as Content-MD5, and the
-    destination refuses a stream that does not match it. ``detach()`` stops the hand-over
-    (the PUT failed, or cannot be made): the download then only goes on to the file."""
-
-    digest = None
-    checks_md5 = False
-
-    def __init__(self, out: BinaryIO, budget: ByteBudget) -> None:
-        self.out = out
-        self.budget = budget
-        self.size = 0
-        self.received = 0
-        self.streaming = True
-        self.reserved = 0  # bytes received for the PUT, not yet sent by it
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.pending: list[bytes] = []  # for the next file write
-        self.pending_bytes = 0
-        self.started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-    def start(self, head: dict[str, Any]) -> None:
-        if head.get("ContentLength") is None:
-            raise IntegrityError("the GET answer has no Content-Length to stream by")
-        self.size = int(head["ContentLength"])
-        self.started.set_result(head)
-
-    async def add(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.size:
-            raise IntegrityError(f"the download is longer than the {self.size} bytes announced")
-        if self.streaming:
-            await self.budget.acquire(len(chunk))
-            if self.streaming:
-                self.reserved += len(chunk)
-                self.queue.put_nowait(chunk)
-            else:  # detached while waiting for the budget
-                self.budget.release(len(chunk))
-        self.pending.append(chunk)
-        self.pending_bytes += len(chunk)
-        if self.pending_bytes >= CHUNK:
-            await self._write()
-
-    async def finish(self) -> None:
-        await self._write()
-
-    async def _write(self) -> None:
-        pending, self.pending, self.pending_bytes = self.pending, [], 0
-        if pending:
-            await asyncio.to_thread(self.out.writelines, pending)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body of the PUT: every byte of the object, in order, as it arrives."""
-        sent = 0
-        while sent < self.size:
-            chunk = await self.queue.get()
-            yield chunk
-            sent += len(chunk)
-            if self.streaming:
-                self.reserved -= len(chunk)
-                self.budget.release(len(chunk))
-
-    def detach(self) -> None:
-        """No more hand-over to the PUT; give back every byte reserved for it."""
-        if self.streaming:
-            self.streaming = False
-            if self.reserved:
-                self.budget.release(self.reserved)
-            self.reserved = 0
-            self.queue = asyncio.Queue()
 
 
 @contextlib.asynccontextmanager
@@ -555,7 +161,7 @@ class S3Source:
             return await self._fetch_small(item, staging)
         async with _temporary(staging) as tmp:
             async with open_for_writing(tmp) as out:
-                fetched = await self._download(item, _FileReceiver(out), tmp)
+                fetched = await self._download(item, FileReceiver(out), tmp)
                 # a multipart source put in one PUT: no part layout checked it on the way
                 await self._check_true_layout(item.key, fetched, out, tmp)
                 await self._check_opaque(fetched, out, tmp)
@@ -587,11 +193,11 @@ class S3Source:
         # layout nothing would read them.
         part_md5s = checksum != "none" or source_part_size == part_size
         hasher = Hasher(md5=part_md5s, algorithm=ALGORITHMS.get(checksum))
-        receiver: _PartReceiver | None = None
+        receiver: PartReceiver | None = None
         try:
             async with _temporary(staging) as tmp:
                 async with open_for_writing(tmp) as out:
-                    receiver = _PartReceiver(
+                    receiver = PartReceiver(
                         out, tmp, part_size, budget, multipart_parts(item.etag) is None, hasher
                     )
                     fetched = await self._download_and_upload(
@@ -622,11 +228,11 @@ class S3Source:
         against the source's MD5 when that is known (``md5``, else empty); the caller puts
         the staged file.
         """
-        receiver: _StreamReceiver | None = None
+        receiver: StreamReceiver | None = None
         try:
             async with _temporary(staging) as tmp:
                 async with open_for_writing(tmp) as out:
-                    receiver = _StreamReceiver(out, budget)
+                    receiver = StreamReceiver(out, budget)
                     fetched, uploaded = await self._download_and_stream(item, receiver, tmp, upload)
                     await self._check_opaque(fetched, out, tmp)
                 if not uploaded and fetched.md5:  # no PUT checked these bytes: we do
@@ -644,7 +250,7 @@ class S3Source:
     async def _download_and_stream(
         self,
         item: WorkItem,
-        receiver: _StreamReceiver,
+        receiver: StreamReceiver,
         tmp: Path,
         upload: Callable[[FetchedObject, AsyncIterator[bytes]], Coroutine[Any, Any, bool]],
     ) -> tuple[FetchedObject, bool]:
@@ -678,7 +284,7 @@ class S3Source:
     async def _download_and_upload(
         self,
         item: WorkItem,
-        receiver: _PartReceiver,
+        receiver: PartReceiver,
         tmp: Path,
         part_size: int,
         source_part_size: int | None,
@@ -732,12 +338,12 @@ class S3Source:
         )
         if sum(sizes) != fetched.size:
             raise mismatch
-        etag = await asyncio.to_thread(_staged_multipart_etag, out, tmp, sizes)
+        etag = await asyncio.to_thread(staged_multipart_etag, out, tmp, sizes)
         if etag != clean_etag(fetched.etag):
             raise mismatch
 
     async def _check_other_layout(
-        self, key: str, fetched: FetchedObject, receiver: _PartReceiver, tmp: Path, etag: str
+        self, key: str, fetched: FetchedObject, receiver: PartReceiver, tmp: Path, etag: str
     ) -> None:
         """A download whose parts' MD5s do not make the source's multipart ETag in the layout
         its first part suggested. S3 only asks that no part but the last is under 5 MiB, so
@@ -755,7 +361,7 @@ class S3Source:
         assumed.append(fetched.size - sum(assumed))
         if sizes is None or sum(sizes) != fetched.size or sizes == assumed:
             raise mismatch
-        true_etag = await asyncio.to_thread(_staged_multipart_etag, receiver.out, tmp, sizes)
+        true_etag = await asyncio.to_thread(staged_multipart_etag, receiver.out, tmp, sizes)
         if true_etag != clean_etag(fetched.etag):
             raise mismatch
         log.debug("%s: its source parts are not all the size of the first", key)
@@ -860,7 +466,7 @@ class S3Source:
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """A small object: received in memory, verified, then staged by one file operation
         (open, write, close, rename), on the event loop while the disk is fast (``localio``)."""
-        receiver = _MemoryReceiver()
+        receiver = MemoryReceiver()
         fetched = await self._download(item, receiver, None)
         fetched.data = b"".join(receiver.chunks)
         await self._check_opaque(fetched, None, None, fetched.data)
@@ -900,11 +506,11 @@ class S3Source:
         return first
 
     async def _download(
-        self, item: WorkItem, receiver: _Receiver, tmp: Path | None
+        self, item: WorkItem, receiver: Receiver, tmp: Path | None
     ) -> FetchedObject:
         head: dict[str, Any] = {}
         written = 0
-        small = isinstance(receiver, _MemoryReceiver)
+        small = isinstance(receiver, MemoryReceiver)
         get_object = self.client.get_object if self.fast is None else self.fast.get_object
 
         async def attempt() -> None:
@@ -979,107 +585,3 @@ class S3Source:
         if part_size <= 0 or not (parts - 1) * part_size < size <= parts * part_size:
             return None
         return part_size
-
-
-#: how many ``HEAD ?partNumber=`` of one object are in flight at once (``sizes``)
-_LAYOUT_PROBES = 8
-
-
-class _Refused(Exception):
-    """The server refuses ``HEAD ?partNumber=``."""
-
-
-def refuses_part_number(exc: ClientError) -> bool:
-    """Whether ``exc`` is a server saying it does not do ``HEAD ?partNumber=`` (a 501, or a
-    400 without another name), not a failure of the request as such (throttling, a 5xx worth
-    a retry, AccessDenied, NoSuchKey)."""
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return status == 501 or error_code(exc) in _PART_NUMBER_REFUSALS
-
-
-class FirstPartProbe:
-    """``HEAD ?partNumber=1`` of a bucket's multipart objects: the first part's length tells
-    an object's layout.
-
-    ``head`` answers None when the server refuses the partNumber parameter (some S3-compatible
-    servers do): the layout is then unknown, as it is for a non-uniform one, and the object is
-    copied in parts of our size, checked as any such copy is (a staged one by its length and
-    the MD5 of every part at the destination), but not against the source's multipart ETag.
-    Logged once.
-    """
-
-    def __init__(self, client: S3Client, bucket: str, retry: RetryPolicy) -> None:
-        self.client = client
-        self.bucket = bucket
-        self.retry = retry
-        self.refused = 0  # objects whose HEAD ?partNumber=1 the server refused
-
-    async def head(self, key: str, number: int = 1) -> dict[str, Any] | None:
-        async def attempt() -> dict[str, Any] | None:
-            try:
-                # No If-Match: some servers answer with the part's ETag. A change in between
-                # shows up as an ETag mismatch of the copy, which is retried.
-                answer: dict[str, Any] = await self.client.head_object(
-                    Bucket=self.bucket, Key=key, PartNumber=number
-                )
-            except ClientError as exc:
-                if not refuses_part_number(exc):
-                    raise
-                if not await self._unreadable(key, exc):
-                    self._refused(error_code(exc))
-                return None
-            # without its headers it tells no layout; taken for a refusal, it would leave the
-            # download unchecked against the source's ETag
-            answered_etag(answer.get("ETag"), f"HEAD ?partNumber={number} of {key}")
-            return answer
-
-        return await self.retry.call(attempt)
-
-    async def sizes(self, key: str, parts: int, total: int) -> list[int] | None:
-        """The length of each of an object's ``parts`` (a ``HEAD ?partNumber=`` each, a few
-        at a time) of ``total`` bytes in all, or None when the server refuses them, or
-        ignores them: every part answered with the whole object's length (MinIO did until
-        mid-2020), which would fail every copy checked against them."""
-        sizes = [0] * parts
-
-        async def probe(index: int) -> None:
-            head = await self.head(key, index + 1)
-            if head is None:
-                raise _Refused
-            sizes[index] = int(head.get("ContentLength", 0))
-
-        try:
-            await for_each_bounded(range(parts), _LAYOUT_PROBES, probe)
-        except _Refused:
-            return None
-        if parts > 1 and total > 0 and all(size == total for size in sizes):
-            self._refused("its answers are the whole object's")
-            return None
-        return sizes
-
-    async def _unreadable(self, key: str, refusal: ClientError) -> bool:
-        """Whether ``refusal`` (a 400 without a name: a HEAD's error has no body) is the
-        object's, not the partNumber parameter's: S3 answers any HEAD of an SSE-C object made
-        without its key so. A plain HEAD answered the same tells; the object then fails on its
-        own GET, and the bucket is not taken for one that refuses part-number HEADs (which
-        would leave every later multipart object unchecked against its ETag)."""
-        status = refusal.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status != 400:
-            return False
-        try:
-            await self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400:
-                return True
-            raise
-        return False
-
-    def _refused(self, why: str) -> None:
-        self.refused += 1
-        if self.refused == 1:  # the server answers every object the same way
-            log.warning(
-                "bucket %s refuses HEAD ?partNumber=1 (%s): multipart objects are copied in "
-                "parts of --part-size, so the copies' ETags differ from the source's",
-                self.bucket,
-                why,
-            )

@@ -27,10 +27,10 @@ from asyncbackup import run_backup
 from asyncbackup.checksums import INLINE_LIMIT
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import put_headers
+from asyncbackup.fetched import FetchedObject
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sinks.s3 import S3Sink
-from asyncbackup.sources.s3 import FetchedObject
 from tests.conftest import Buckets, S3Server
 from tests.helpers import MiB, open_test_client, put_multipart
 from tests.proxy import Recorded, S3Proxy

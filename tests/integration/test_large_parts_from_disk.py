@@ -21,11 +21,11 @@ import pytest
 import asyncbackup.workerpool
 from asyncbackup.checksums import multipart_etag
 from asyncbackup.fasts3 import open_fast_s3
+from asyncbackup.fetched import FetchedObject
 from asyncbackup.github.backup import run_github_backup
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sinks.s3 import S3Sink
-from asyncbackup.sources.s3 import FetchedObject
 from tests.github_server import FakeRepo, git
 
 from ..conftest import Buckets, S3Server

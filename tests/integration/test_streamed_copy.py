@@ -15,9 +15,9 @@ import pytest
 
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3.client import USER_AGENT
+from asyncbackup.fetched import FetchedObject
 from asyncbackup.partfeed import ByteBudget, PartFeed, part_length
 from asyncbackup.pipeline import WorkItem
-from asyncbackup.sources.s3 import FetchedObject
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets
 from tests.helpers import MiB, assert_same_objects, backup_data, put_multipart, s3_source

@@ -21,11 +21,11 @@ import pytest
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT
+from asyncbackup.fetched import FetchedObject
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.retry import AdaptiveLimiter, RetryPolicy
 from asyncbackup.sinks.s3 import S3Sink, _file_chunks
-from asyncbackup.sources.s3 import FetchedObject
 from asyncbackup.staged import StagedCopier
 from asyncbackup.staging import Staging
 from tests.conftest import Buckets, S3Server

@@ -10,7 +10,7 @@ import pytest
 
 from asyncbackup.checksums import Hasher
 from asyncbackup.partfeed import ByteBudget
-from asyncbackup.sources.s3 import _PartReceiver
+from asyncbackup.sources.receivers import PartReceiver
 
 
 async def test_parts_wait_for_bytes_and_are_served_in_order() -> None:
@@ -76,7 +76,7 @@ async def test_a_part_handed_to_the_upload_is_held_by_it_alone(tmp_path: Path) -
     budget = ByteBudget(20)  # two parts of 10 bytes
     data = bytes(range(25))
     with (tmp_path / "staged").open("wb") as out:
-        receiver = _PartReceiver(
+        receiver = PartReceiver(
             out, tmp_path / "staged", 10, budget, True, Hasher(md5=True, algorithm=None)
         )
         receiver.start({"ContentLength": len(data)})

@@ -160,7 +160,7 @@ def test_commit_into_a_folder_removed_behind_our_back(tmp_path: Path) -> None:
 
 
 def test_opaque_etags_of_encrypted_objects_are_not_taken_for_md5s() -> None:
-    from asyncbackup.sources.s3 import etag_is_digest, etag_is_md5
+    from asyncbackup.etags import etag_is_digest, etag_is_md5
 
     md5 = '"9e107d9d372bb6826bd81d3542a419d6"'
     assert etag_is_md5(md5, {}) and etag_is_digest({"ServerSideEncryption": "AES256"})
