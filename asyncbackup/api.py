@@ -14,18 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .bandwidth import TokenBucket
-from .checkpoint import (
-    CheckpointManager,
-    CheckpointState,
+from .checkpoint import CheckpointState, checkpoint_path, read_checkpoint
+from .checkpoint_identity import (
     check_dest_endpoint,
     check_identity,
-    checkpoint_path,
     endpoint_for_checkpoint,
-    in_thread_to_the_end,
-    read_checkpoint,
     recorded_patterns,
     recorded_text,
 )
+from .checkpoint_manager import CheckpointManager, in_thread_to_the_end
 from .config import BackupConfig
 from .encryption import stored_unencrypted
 from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectError

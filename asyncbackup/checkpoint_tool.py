@@ -33,17 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .atomicfile import stamped, write_atomic_pieces
 from .checkpoint import (
     CHECKPOINT_SUFFIX,
-    CheckpointLock,
-    CheckpointManager,
     CheckpointState,
     despite_journal,
     load_checkpoint,
     read_checkpoint,
-    stamped,
-    write_atomic_pieces,
 )
+from .checkpoint_lock import CheckpointLock
+from .checkpoint_manager import CheckpointManager
 from .errors import (
     CheckpointError,
     CheckpointLockedError,

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import orjson
 
 from .api import plan_backup, run_backup
-from .checkpoint import now_iso, remedy, write_atomic, written_file
+from .atomicfile import write_atomic, written_file
+from .checkpoint import now_iso, remedy
 from .checkpoint_cli import add_checkpoint_commands
 from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
 from .errors import AsyncBackupError, ConfigError

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-from .checkpoint import endpoint_for_checkpoint
+from .checkpoint_identity import endpoint_for_checkpoint
 from .errors import ConfigError, ObjectError
 from .filters import patterns
 

@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .checkpoint import CheckpointManager, CheckpointState
+from .checkpoint import CheckpointState
+from .checkpoint_manager import CheckpointManager
 from .errors import FatalRunError, ObjectError
 from .journal import Changes
 from .loglimit import FirstFew

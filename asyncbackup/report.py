@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import orjson
 
-from .checkpoint import CheckpointManager, CheckpointState, now_iso, remedy
+from .checkpoint import CheckpointState, now_iso, remedy
+from .checkpoint_manager import CheckpointManager
 from .checkpoint_tool import prune_archives
 from .config import OnComplete
 from .errors import CheckpointError

@@ -16,7 +16,8 @@ from typing import Any, Protocol, TextIO
 
 import orjson
 
-from .checkpoint import now_iso, write_atomic
+from .atomicfile import write_atomic
+from .checkpoint import now_iso
 from .checkpoint_tool import errors_by_code, format_codes, human_bytes
 from .printable import printable
 from .progress import Observer

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from .checkpoint import CheckpointManager, CheckpointState
+from .checkpoint import CheckpointState
+from .checkpoint_manager import CheckpointManager
 from .errors import ObjectError
 from .loglimit import FirstFew
 from .pipeline import for_each_bounded

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointState, recorded_text
+from .checkpoint import CheckpointState
+from .checkpoint_identity import recorded_text
 from .checkpoint_tool import is_github, live_path, load
 from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError

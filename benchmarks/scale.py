@@ -40,7 +40,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState, load_checkpoint
+from asyncbackup.checkpoint import CheckpointState, load_checkpoint
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.journal import Changes
 from asyncbackup.pipeline import Pipeline, WorkItem
 

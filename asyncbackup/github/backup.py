@@ -24,16 +24,9 @@ from typing import Any
 import aiohttp
 
 from .. import workerpool
-from ..checkpoint import (
-    CheckpointManager,
-    CheckpointState,
-    check_dest_endpoint,
-    checkpoint_path,
-    endpoint_for_checkpoint,
-    in_thread_to_the_end,
-    now_iso,
-    read_checkpoint,
-)
+from ..checkpoint import CheckpointState, checkpoint_path, now_iso, read_checkpoint
+from ..checkpoint_identity import check_dest_endpoint, endpoint_for_checkpoint
+from ..checkpoint_manager import CheckpointManager, in_thread_to_the_end
 from ..checkpoint_tool import archived_versions
 from ..errors import (
     CheckpointError,

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup import checkpoint, run_backup, run_github_backup
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState, read_checkpoint
+from asyncbackup import checkpoint, checkpoint_manager, run_backup, run_github_backup
+from asyncbackup.checkpoint import CheckpointState, read_checkpoint
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.github.listing import ETAGS, RELEASE_LISTING, VERSIONS
 from asyncbackup.journal import Changes, journal_path
 from tests.conftest import Buckets, S3Server
@@ -179,7 +180,7 @@ async def test_folding_a_crashed_run_s_journal_keeps_its_last_update(
     crash left into the JSON file, and set ``last_update`` to the time of that fold: a stalled
     or dead job seemed to have progressed just now, in the output and in the file for good."""
     path = tmp_path / "x.checkpoint"
-    monkeypatch.setattr(checkpoint, "now_iso", lambda: "2024-04-06T13:15:30+00:00")
+    monkeypatch.setattr(checkpoint_manager, "now_iso", lambda: "2024-04-06T13:15:30+00:00")
     manager = CheckpointManager(path)
     manager.open()
     state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncbackup.checkpoint import CheckpointLock, read_checkpoint
+from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.checkpoint_lock import CheckpointLock
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import FaultyProxy, run_cli_async
 from tests.helpers import assert_same_objects, cli_args, list_keys, load_json

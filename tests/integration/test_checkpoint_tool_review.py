@@ -16,13 +16,10 @@ from typing import Any
 import orjson
 
 from asyncbackup import run_github_backup
-from asyncbackup.checkpoint import (
-    CheckpointLock,
-    CheckpointState,
-    endpoint_for_checkpoint,
-    read_checkpoint,
-    write_atomic,
-)
+from asyncbackup.atomicfile import write_atomic
+from asyncbackup.checkpoint import CheckpointState, read_checkpoint
+from asyncbackup.checkpoint_identity import endpoint_for_checkpoint
+from asyncbackup.checkpoint_lock import CheckpointLock
 from asyncbackup.checkpoint_tool import REFETCH_NOTES
 from asyncbackup.github.listing import ETAGS, VERSIONS
 from tests.conftest import Buckets, S3Server

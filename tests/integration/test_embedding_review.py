@@ -24,7 +24,9 @@ from asyncbackup import (
     run_backup,
     run_github_backup,
 )
-from asyncbackup.checkpoint import CheckpointLock, CheckpointManager, checkpoint_path
+from asyncbackup.checkpoint import checkpoint_path
+from asyncbackup.checkpoint_lock import CheckpointLock
+from asyncbackup.checkpoint_manager import CheckpointManager
 from tests.conftest import Buckets, S3Server
 from tests.helpers import numbered_objects, put_objects
 from tests.integration.test_embedding import _options

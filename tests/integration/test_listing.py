@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from asyncbackup import NullObserver, listing, plan_backup, read_checkpoint, run_backup
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.checkpoint import CheckpointState
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.errors import FatalRunError, ObjectError
 from asyncbackup.listing import RangeLister
 from asyncbackup.pipeline import Pipeline, WorkItem

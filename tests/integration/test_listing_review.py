@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from asyncbackup import BackupConfig, plan_backup, read_checkpoint, run_backup
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.checkpoint import CheckpointState
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.errors import CheckpointMismatchError, ConfigError
 from asyncbackup.verify import job_config, verify_state
 from tests.conftest import Buckets, S3Server

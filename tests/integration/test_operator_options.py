@@ -64,7 +64,8 @@ def test_resume_with_other_filters_is_refused(
     state_file = tmp_path / "checkpoints" / "keep.json"
     assert not state_file.exists()
     # Re-create the situation of an unfinished job: a checkpoint made with --include '*.csv'.
-    from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+    from asyncbackup.checkpoint import CheckpointState
+    from asyncbackup.checkpoint_manager import CheckpointManager
 
     state = CheckpointState.new(
         source_bucket=buckets.source,

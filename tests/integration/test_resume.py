@@ -15,7 +15,9 @@ import orjson
 import pytest
 
 from asyncbackup import BackupReport, plan_backup, run_backup
-from asyncbackup.checkpoint import CheckpointManager, endpoint_for_checkpoint, read_checkpoint
+from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.checkpoint_identity import endpoint_for_checkpoint
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.errors import CheckpointEditedError, CheckpointMismatchError
 from asyncbackup.journal import Changes
 from asyncbackup.progress import NullObserver

@@ -8,16 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbackup.checkpoint import (
-    CheckpointLock,
-    CheckpointManager,
-    CheckpointState,
-    check_dest_endpoint,
-    checkpoint_path,
-    endpoint_for_checkpoint,
-    read_checkpoint,
-    sanitize_name,
-)
+from asyncbackup.checkpoint import CheckpointState, checkpoint_path, read_checkpoint, sanitize_name
+from asyncbackup.checkpoint_identity import check_dest_endpoint, endpoint_for_checkpoint
+from asyncbackup.checkpoint_lock import CheckpointLock
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.errors import (
     CheckpointCorruptError,
     CheckpointError,

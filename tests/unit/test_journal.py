@@ -12,12 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbackup.checkpoint import (
-    CheckpointManager,
-    CheckpointState,
-    load_checkpoint,
-    read_checkpoint,
-)
+from asyncbackup.checkpoint import CheckpointState, load_checkpoint, read_checkpoint
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.checkpoint_tool import (
     compact_checkpoint,
     find_checkpoints,

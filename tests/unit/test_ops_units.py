@@ -12,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbackup.checkpoint import CheckpointLock, CheckpointState, read_checkpoint
+from asyncbackup.checkpoint import CheckpointState, read_checkpoint
+from asyncbackup.checkpoint_lock import CheckpointLock
 from asyncbackup.checkpoint_tool import (
     errors_by_code,
     failed_files,
@@ -111,7 +112,7 @@ def test_lock_holder_sees_another_process_without_taking_the_lock(tmp_path: Path
         [
             sys.executable,
             "-c",
-            "import sys, pathlib; from asyncbackup.checkpoint import CheckpointLock; "
+            "import sys, pathlib; from asyncbackup.checkpoint_lock import CheckpointLock; "
             f"CheckpointLock(pathlib.Path({str(path)!r})).acquire(); print('held', flush=True); "
             "sys.stdin.read()",
         ],

@@ -9,7 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.checkpoint import CheckpointState
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.journal import Changes
 from asyncbackup.pipeline import Pipeline, WorkItem
 

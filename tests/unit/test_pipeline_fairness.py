@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState
+from asyncbackup.checkpoint import CheckpointState
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.pipeline import Pipeline, WorkItem
 from asyncbackup.progress import NullObserver
 

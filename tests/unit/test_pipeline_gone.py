@@ -12,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbackup.checkpoint import CheckpointManager, CheckpointState, load_checkpoint
+from asyncbackup.checkpoint import CheckpointState, load_checkpoint
+from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.pipeline import Pipeline, SourceGone, WorkItem
 from asyncbackup.progress import NullObserver
 

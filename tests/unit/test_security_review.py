@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup.checkpoint import CheckpointLock, write_atomic
+from asyncbackup.atomicfile import write_atomic
+from asyncbackup.checkpoint_lock import CheckpointLock
 from asyncbackup.journal import JournalWriter
 
 
