@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from asyncbackup.bandwidth import TokenBucket
-from asyncbackup.cli import parse_rate, parse_size
+from asyncbackup.cli_options import parse_rate, parse_size
 from asyncbackup.config import BackupConfig
 from asyncbackup.filters import KeyFilter
 

@@ -61,7 +61,8 @@ def test_more_processes_than_concurrency_is_refused_not_a_larger_budget() -> Non
 def test_processes_auto_is_at_most_the_concurrency() -> None:
     """``auto`` (one per CPU) on a machine of more CPUs than --concurrency: as many processes
     as objects in flight, not a refusal of a flag the user did not count."""
-    from asyncbackup.cli import build_parser, s3_config
+    from asyncbackup.cli import build_parser
+    from asyncbackup.cli_options import s3_config
 
     args = build_parser().parse_args(
         [
