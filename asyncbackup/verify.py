@@ -2,7 +2,9 @@
 with the source's content?
 
 One listing of each side under the job's prefix (ListObjectsV2, 1,000 keys a request, never one
-HEAD per object) gives every done key's size and ETag there and at the source. A copy is
+HEAD per object) gives every done key's size and ETag there and at the source; the two are
+walked side by side in key order, a few pages of each in memory, however large the bucket. A
+copy is
 checked by content where the ETags can tell: asyncbackup gives a copy its source's ETag (one
 PUT: the MD5; a multipart source: its own layout), so equal ETags are the same bytes. Two
 single-part ETags that differ are two contents unless an encryption makes them opaque
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from .checkpoint_tool import is_github, live_path, load
 from .config import BackupConfig
 from .errors import ConfigError, FatalRunError, ObjectError
 from .etags import clean_etag, etag_is_digest, is_md5_etag
-from .pipeline import for_each_bounded, primary_error
+from .pipeline import WorkItem, close_listing, for_each_bounded
 from .printable import printable
 from .retry import ACCESS_DENIED, MISSING_CODES, RetryPolicy
 from .s3client import S3Client, check_bucket, open_client, profile_flag
@@ -118,30 +120,66 @@ def job_config(state: CheckpointState) -> BackupConfig:
     )
 
 
-async def _listed(
-    source: S3Source, prefix: str, wanted: Callable[[str], str | None], role: str
-) -> tuple[dict[str, Listed], int]:
-    """``wanted`` maps a listed key to its checkpoint key (None: not wanted).
+class _Walk:
+    """One side's listing under the job's prefix, walked in key order beside the other: only
+    the page being read is held (and the two the listing reads ahead), never a map of the
+    bucket. ``to_key`` maps a listed key to its checkpoint key (an order-keeping change of
+    prefix)."""
 
-    Returns checkpoint key -> its listed size and ETag, and how many objects were listed.
-    """
-    found: dict[str, Listed] = {}
-    listed = 0
-    try:
-        async for page in source.list(prefix):
-            listed += len(page)
-            for item in page:
-                key = wanted(item.key)
-                if key is not None:
-                    found[key] = Listed(item.size, clean_etag(item.etag))
-    except ObjectError as exc:
-        flag = profile_flag(role)
-        raise FatalRunError(
-            f"cannot list the {role} bucket {source.bucket!r} under {prefix!r}: {exc}; "
-            f"nothing was verified - check the access of {flag}'s credentials to it, the "
-            "endpoint and the network, then verify again"
-        ) from exc
-    return found, listed
+    def __init__(self, side: S3Source, prefix: str, to_key: Callable[[str], str], role: str):
+        self.side, self.prefix, self.role = side, prefix, role
+        self.to_key = to_key
+        self.listed = 0
+        self._pages = side.list(prefix)
+        self._page: Sequence[WorkItem] = ()
+        self._index = 0
+        self._current: tuple[str, WorkItem] | None = None
+        self._ended = False
+
+    async def find(self, key: str) -> Listed | None:
+        """The listed object of checkpoint key ``key``; asked in key order."""
+        while not self._ended and (self._current is None or self._current[0] < key):
+            await self._advance()
+        if self._current is None or self._current[0] != key:
+            return None
+        return Listed(self._current[1].size, clean_etag(self._current[1].etag))
+
+    async def drain(self) -> None:
+        """Walk to the end, for the count of objects listed."""
+        while not self._ended:
+            await self._advance()
+
+    async def close(self) -> None:
+        await close_listing(self._pages)
+
+    async def _advance(self) -> None:
+        while self._index >= len(self._page):
+            try:
+                page = await anext(self._pages, None)
+            except ObjectError as exc:
+                flag = profile_flag(self.role)
+                raise FatalRunError(
+                    f"cannot list the {self.role} bucket {self.side.bucket!r} under "
+                    f"{self.prefix!r}: {exc}; nothing was verified - check the access of "
+                    f"{flag}'s credentials to it, the endpoint and the network, then verify "
+                    "again"
+                ) from exc
+            if page is None:
+                self._ended, self._current = True, None
+                return
+            self._page, self._index = page, 0
+            self.listed += len(page)
+        item = self._page[self._index]
+        self._index += 1
+        key = self.to_key(item.key)
+        if self._current is not None and key <= self._current[0]:
+            raise FatalRunError(
+                f"the {self.role} bucket {self.side.bucket!r} listed {printable(item.key)!r} "
+                "after a key that sorts after it: verify walks both listings in key order, "
+                "as S3 lists them, and this server does not (an S3 Express directory bucket "
+                "does not); nothing was verified"
+            )
+        self._current = (key, item)
 
 
 async def verify_state(
@@ -158,49 +196,45 @@ async def verify_state(
     source is only checked for presence at the destination.
     """
     job = job_config(state)
-    done = [key for key, value in state.files.items() if value]
     policy = retry or RetryPolicy(8)
     source = S3Source(source_client, state.source_bucket, policy)
     dest = S3Source(dest_client, state.dest_bucket, policy)
-    done_keys = set(done)
-    mapped = (
-        # SOURCE_PATH/ itself has no key under --dest-prefix '' (dest_key): reported missing
-        {job.dest_key(k): k for k in done if job.dest_prefix or k != job.source_prefix}
-        if job.dest_prefix is not None
-        else None
-    )
+    dest_prefix = job.dest_list_prefix
 
-    def in_job(key: str) -> str | None:
-        return key if key in done_keys else None
+    def from_dest(key: str) -> str:
+        # the inverse of ``job.dest_key`` (SOURCE_PATH/ itself has no key under
+        # --dest-prefix '': never listed, reported missing)
+        return job.source_prefix + key[len(dest_prefix) :]
 
-    at_dest_key = in_job if mapped is None else mapped.get
-    try:
-        async with asyncio.TaskGroup() as tg:
-            in_source = tg.create_task(_listed(source, job.source_prefix, in_job, "source"))
-            at_dest = tg.create_task(
-                _listed(dest, job.dest_list_prefix, at_dest_key, "destination")
-            )
-    except BaseExceptionGroup as group:  # the failed listing's own error, not a group of one
-        raise primary_error(group) from None
-    source_found, source_listed = in_source.result()
-    dest_found, dest_listed = at_dest.result()
-    result = VerifyResult(checked=len(done), source_listed=source_listed, dest_listed=dest_listed)
+    done = sorted(key for key, value in state.files.items() if value)
+    result = VerifyResult(checked=len(done))
     suspects: list[Mismatch] = []
-    for key in sorted(done):
-        if key not in dest_found:
-            result.missing.append(key)
-        elif key not in source_found:
-            result.not_in_source.append(key)
-        else:
-            pair = Mismatch(key, source_found[key], dest_found[key])
-            if not pair.same_size:
-                result.different.append(pair)
-            elif pair.source.etag == pair.dest.etag or pair.source.size == 0:
-                result.content_checked += 1
-            elif is_md5_etag(pair.source.etag) and is_md5_etag(pair.dest.etag):
-                suspects.append(pair)
+    in_source = _Walk(source, job.source_prefix, str, "source")
+    at_dest = _Walk(dest, dest_prefix, str if job.dest_prefix is None else from_dest, "destination")
+    try:
+        for key in done:
+            source_copy = await in_source.find(key)
+            dest_copy = await at_dest.find(key)
+            if dest_copy is None:
+                result.missing.append(key)
+            elif source_copy is None:
+                result.not_in_source.append(key)
             else:
-                result.size_only.append(key)
+                pair = Mismatch(key, source_copy, dest_copy)
+                if not pair.same_size:
+                    result.different.append(pair)
+                elif pair.source.etag == pair.dest.etag or pair.source.size == 0:
+                    result.content_checked += 1
+                elif is_md5_etag(pair.source.etag) and is_md5_etag(pair.dest.etag):
+                    suspects.append(pair)
+                else:
+                    result.size_only.append(key)
+        await in_source.drain()
+        await at_dest.drain()
+    finally:
+        await in_source.close()
+        await at_dest.close()
+    result.source_listed, result.dest_listed = in_source.listed, at_dest.listed
     if suspects:
         await _look_closer(suspects, result, source, dest, job.dest_key)
     return result
