@@ -109,6 +109,8 @@ PAGINATION_LIMITED = (
 class FakeRepo:
     name: str
     owner: str = "acme"
+    id: int | None = None  # GitHub's repository id (default: one from the name); a renamed
+    # repository keeps its id, a new one under a deleted one's name gets another
     fork: bool = False
     archived: bool = False
     private: bool = False  # left out of /users/{owner}/repos, as on GitHub
@@ -228,7 +230,7 @@ class FakeGitHub:
 
     def record(self, repo: FakeRepo) -> dict[str, Any]:
         return {
-            "id": abs(hash(repo.name)) % 10**8,
+            "id": repo.id if repo.id is not None else abs(hash(repo.name)) % 10**8,
             "name": repo.name,
             "full_name": f"{repo.owner}/{repo.name}",
             "owner": {"login": repo.owner, "type": self.owner_type},
