@@ -6,7 +6,8 @@ same job into an emptied ``bench-dst``: the staged backup (download to local dis
 the direct bucket-to-bucket copy where the tool has one. A bare HTTP client (``bare.py``) does
 the same job as a reference: the server's floor, not a peer. Each run is a fresh process tree
 under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key,
-size and content: ETags against the data's MD5, and objects read back). Then the scale
+size and content: ETags against the data's MD5, and objects read back; staged, the staging
+folder too: every object in it whole). Then the scale
 benchmarks. Prints tables; writes JSON to ``benchmarks/results/``.
 
     python -m benchmarks.run [--quick] [--reps 3] [--concurrency 64] [--profile]
@@ -155,6 +156,8 @@ def one_run(
         problem = wl.verify(s3, job.dest_bucket, job.prefix, expected)
         if problem:
             result["error"] = f"incomplete copy: {problem}"
+        elif mode == "staged" and (problem := wl.verify_staged(job.stage, expected)):
+            result["error"] = f"incomplete staging: {problem}"
     result.pop("stderr", None)
     return result
 
@@ -165,7 +168,7 @@ def median(runs: list[dict[str, Any]], field: str) -> float:
 
 def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[str, Any]:
     """The figures of one tool and mode over its runs; the failed runs (an exit status, an
-    incomplete copy) are counted in ``failed_runs`` and left out of the figures."""
+    incomplete copy or staging) are counted in ``failed_runs`` and left out of the figures."""
     ok = [run for run in runs if "error" not in run]
     failed = len(runs) - len(ok)
     if not ok:
@@ -312,8 +315,9 @@ def table(results: dict[str, Any]) -> str:
         "0.80 against the fastest peer); direct = this tool's time / s5cmd's. best: the "
         "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
         "srv CPU: the server's during the run (medians); runs ok: the runs that exited 0 with "
-        "a complete copy, the only ones the figures are of. bare-http is not a peer: a bare "
-        "HTTP client (benchmarks/bare.py), the least the server and disk need for the job"
+        "a complete copy (staged: and staging), the only ones the figures are of. bare-http "
+        "is not a peer: a bare HTTP client (benchmarks/bare.py), the least the server and "
+        "disk need for the job"
     )
     lines += [f"FAILED RUNS: {line}" for line in failed_runs(results)]
     return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Review of the benchmark harness: a staged run's figure must be of a staged copy.
+
+A staged run is timed for downloading every object to the staging folder and uploading it; the
+harness checked only the destination bucket, so a "staged" run that wrote nothing (or part of
+the objects, or truncated files) to local disk still produced a figure. asyncbackup uploads a
+staged object from memory, not from its staged file, so only a check of the folder itself shows
+that its staged copy is there and whole. These tests run the harness's own ``one_run`` against
+the tests' S3 server (moto); nothing is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from benchmarks import run as run_mod
+from benchmarks import workloads as wl
+from benchmarks.tools import BARE, Job, Tool, discover
+from tests.conftest import Buckets
+
+SMALL = wl.Workload("small", ((30, 64), (2, 3000)))
+
+
+def _seed(s3: Any, bucket: str, root: Path) -> dict[str, tuple[int, str]]:
+    expected = wl.generate(SMALL, root)
+    for key in expected:
+        s3.put_object(Bucket=bucket, Key=f"small/{key}", Body=(root / key).read_bytes())
+    return expected
+
+
+def _job(endpoint: str, buckets: Buckets, stage: Path) -> Job:
+    return Job(endpoint, buckets.source, buckets.dest, "small", stage, 4)
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def test_a_staged_run_that_stages_nothing_is_no_staged_figure(
+    s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A tool timed as "staged" that copies bucket to bucket (the bare client's direct mode):
+    the destination is complete and right, the staging folder empty - not the staged job."""
+    expected = _seed(s3, buckets.source, tmp_path / "data")
+    assert BARE.direct is not None
+    direct_only = Tool("direct-as-staged", BARE.direct, None)
+    job = _job(s3.meta.endpoint_url, buckets, tmp_path / "stage")
+    result = run_mod.one_run(direct_only, "staged", job, s3, expected, _env())
+    assert result["returncode"] == 0
+    assert wl.verify(s3, buckets.dest, "small", expected) is None  # the bucket copy is right
+    assert "error" in result
+    assert "staging" in result["error"]
+
+
+def test_staged_files_named_by_index_pass(tmp_path: Path) -> None:
+    """The bare client names its staged files by index, not by key: their content counts."""
+    data = tmp_path / "data"
+    expected = wl.generate(SMALL, data)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for index, key in enumerate(sorted(expected)):
+        shutil.copyfile(data / key, stage / str(index))
+    assert wl.verify_staged(stage, expected) is None
+    (stage / "0").write_bytes(b"x" * expected[sorted(expected)[0]][0])  # same size, not it
+    assert wl.verify_staged(stage, expected) is not None
+
+
+def test_asyncbackup_staged_run_leaves_every_object_staged(
+    s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The benchmark's asyncbackup command (``--on-complete delete`` removes the checkpoint,
+    not the staged files): every object is in the staging folder, whole."""
+    expected = _seed(s3, buckets.source, tmp_path / "data")
+    tools, _ = discover()
+    job = _job(s3.meta.endpoint_url, buckets, tmp_path / "stage")
+    result = run_mod.one_run(tools[0], "staged", job, s3, expected, _env())
+    assert result.get("error") is None, result
+    staged = [path for path in (tmp_path / "stage").rglob("*.bin") if path.is_file()]
+    assert len(staged) == len(expected)
+
+
+def test_a_staged_file_cut_short_or_missing_is_found(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    expected = wl.generate(SMALL, data)
+    stage = tmp_path / "stage"
+    shutil.copytree(data, stage / "bench-src" / "small")  # asyncbackup's layout
+    (stage / "checkpoints").mkdir()
+    (stage / "checkpoints" / "completions.log").write_text("done\n")  # not an object: ignored
+    assert wl.verify_staged(stage, expected) is None
+    keys = sorted(expected)
+    staged = stage / "bench-src" / "small" / keys[-1]
+    staged.write_bytes(staged.read_bytes()[:-1])  # one byte short
+    problem = wl.verify_staged(stage, expected)
+    assert problem is not None and problem.startswith("1 of 32 objects")
+    (stage / "bench-src" / "small" / keys[0]).unlink()
+    problem = wl.verify_staged(stage, expected)
+    assert problem is not None and problem.startswith("2 of 32 objects")
+
+
+def test_a_direct_run_needs_no_staged_copy(s3: Any, buckets: Buckets, tmp_path: Path) -> None:
+    expected = _seed(s3, buckets.source, tmp_path / "data")
+    job = _job(s3.meta.endpoint_url, buckets, tmp_path / "stage")
+    result = run_mod.one_run(BARE, "direct", job, s3, expected, _env())
+    assert result.get("error") is None
