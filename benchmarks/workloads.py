@@ -102,7 +102,7 @@ def upload(
     part_mib: int = 50,
 ) -> None:
     """Put every file under ``root`` to ``s3://bucket/prefix/`` (s5cmd when it is there), in
-    parts of ``part_mib`` MiB."""
+    parts of ``part_mib`` MiB; a smaller file in one PUT, either way."""
     if s5cmd is not None:
         argv = [str(s5cmd), "--endpoint-url", s3.meta.endpoint_url, "cp", "-p", str(part_mib)]
         argv.append(f"{root}/*")
@@ -112,7 +112,8 @@ def upload(
         return
     files = [p for p in root.rglob("*") if p.is_file()]
 
-    config = TransferConfig(multipart_chunksize=part_mib * MiB)
+    # in one PUT below the part size, as s5cmd does (boto3's own threshold is 8 MiB)
+    config = TransferConfig(multipart_threshold=part_mib * MiB, multipart_chunksize=part_mib * MiB)
 
     def put(path: Path) -> None:
         key = f"{prefix}/{path.relative_to(root).as_posix()}"

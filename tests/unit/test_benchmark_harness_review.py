@@ -145,3 +145,20 @@ def test_s5cmd_on_the_path_as_a_binary_is_taken(
     monkeypatch.setattr(tools_mod, "PEERS_VENV", tmp_path / "no-peers-venv")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert tools_mod.s5cmd_binary() == binary
+
+
+def test_seeding_without_s5cmd_keeps_objects_below_the_part_size_whole(
+    s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Without s5cmd the source is seeded with boto3 in parts of ``part_mib``; boto3's own
+    threshold (8 MiB) made every object from 8 MiB on a multipart upload of one part, where
+    s5cmd PUTs it whole: the large workload's 32 MiB objects had another layout (and every tool
+    another job) depending on whether s5cmd was installed."""
+    workload = wl.Workload("seed", ((1, 9 * wl.MiB), (1, 12 * wl.MiB)))
+    expected = wl.generate(workload, tmp_path / "data")
+    wl.upload(s3, tmp_path / "data", buckets.source, "seed", None, {}, part_mib=10)
+    etags = {key: etag for key, (_, etag) in wl.listing(s3, buckets.source, "seed").items()}
+    small, big = sorted(expected, key=lambda key: expected[key][0])
+    assert etags[small] == expected[small][1]  # one PUT: its ETag is its MD5
+    assert etags[big].endswith("-2")  # 12 MiB in parts of 10
+    assert wl.verify(s3, buckets.source, "seed", expected, sample=0) is None
