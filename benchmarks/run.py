@@ -216,7 +216,9 @@ def failed_runs(workloads: dict[str, Any]) -> list[str]:
     """One line for every cell with a failed run: a figure that is not of complete copies."""
     lines = []
     for name, workload in workloads.items():
-        for key, cell in workload["cells"].items():
+        if "error" in workload:  # cut short: no figures at all
+            lines.append(f"{name}: {workload['error']}")
+        for key, cell in workload.get("cells", {}).items():
             if cell.get("failed_runs"):
                 tool, mode = key.split("/")
                 count = len(cell["runs"])
@@ -236,40 +238,22 @@ def bench_workloads(
     s3 = wl.client(endpoint)
     wl.ensure_bucket(s3, SOURCE)
     wl.ensure_bucket(s3, DEST)
-    tool_cpus = TOOL_CPUS if args.pin else None
     results: dict[str, Any] = {}
     for workload in wl.QUICK if args.quick else wl.FULL:
         if args.workloads and workload.name not in args.workloads:
             continue
-        print(f"\n== {workload.name}: {workload.describe()}", flush=True)
-        data = kept_dir(f"data-{workload.name}")
-        expected = wl.generate(workload, data)
-        wl.upload(s3, data, SOURCE, workload.name, s5cmd_binary(), env)
-        release(data)
-        problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
-        if problem:
-            raise RuntimeError(f"seeding {workload.name} failed: {problem}")
         cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for rep in range(args.reps):
-            shift = rep % len(tools)
-            for tool in tools[shift:] + tools[:shift]:
-                for mode in ("staged", "direct"):
-                    if mode == "direct" and tool.direct is None:
-                        continue
-                    stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
-                    job = Job(
-                        endpoint, SOURCE, DEST, workload.name, stage, args.concurrency, tool_cpus
-                    )
-                    run = one_run(tool, mode, job, s3, expected, env)
-                    release(stage)
-                    cells.setdefault((tool.name, mode), []).append(run)
-                    status = run.get("error", "ok")
-                    print(
-                        f"  rep {rep + 1} {tool.name:12} {mode:6} {run['wall']:7.2f}s "
-                        f"{run['peak_rss_mb']:7.1f} MB  {status}",
-                        flush=True,
-                    )
-        wl.clear(s3, DEST)
+        try:
+            bench_workload(args, endpoint, tools, env, s3, workload, cells)
+        except Exception as exc:  # this workload has no figures; the others keep theirs
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"error in workload {workload.name}: {error}", file=sys.stderr, flush=True)
+            results[workload.name] = {
+                "description": workload.describe(),
+                "error": error,
+                "runs": {f"{name}/{mode}": runs for (name, mode), runs in cells.items()},
+            }
+            continue
         summaries = {
             f"{name}/{mode}": summarize_cell(runs, workload) for (name, mode), runs in cells.items()
         }
@@ -284,6 +268,45 @@ def bench_workloads(
     return results
 
 
+def bench_workload(
+    args: argparse.Namespace,
+    endpoint: str,
+    tools: list[Tool],
+    env: dict[str, str],
+    s3: Any,
+    workload: wl.Workload,
+    cells: dict[tuple[str, str], list[dict[str, Any]]],
+) -> None:
+    """Seed ``workload``, then every repetition of every tool on it, into ``cells``."""
+    tool_cpus = TOOL_CPUS if args.pin else None
+    print(f"\n== {workload.name}: {workload.describe()}", flush=True)
+    data = kept_dir(f"data-{workload.name}")
+    expected = wl.generate(workload, data)
+    wl.upload(s3, data, SOURCE, workload.name, s5cmd_binary(), env)
+    release(data)
+    problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
+    if problem:
+        raise RuntimeError(f"seeding {workload.name} failed: {problem}")
+    for rep in range(args.reps):
+        shift = rep % len(tools)
+        for tool in tools[shift:] + tools[:shift]:
+            for mode in ("staged", "direct"):
+                if mode == "direct" and tool.direct is None:
+                    continue
+                stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
+                job = Job(endpoint, SOURCE, DEST, workload.name, stage, args.concurrency, tool_cpus)
+                run = one_run(tool, mode, job, s3, expected, env)
+                release(stage)
+                cells.setdefault((tool.name, mode), []).append(run)
+                status = run.get("error", "ok")
+                print(
+                    f"  rep {rep + 1} {tool.name:12} {mode:6} {run['wall']:7.2f}s "
+                    f"{run['peak_rss_mb']:7.1f} MB  {status}",
+                    flush=True,
+                )
+    wl.clear(s3, DEST)
+
+
 def table(results: dict[str, Any]) -> str:
     head = (
         f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
@@ -292,7 +315,9 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [head, "-" * len(head)]
     for name, workload in results.items():
-        cells = workload["cells"]
+        if "error" in workload:
+            lines.append(f"{name:8} failed: {workload['error'][-300:]}")
+        cells = workload.get("cells", {})
         for key, cell in cells.items():
             tool, mode = key.split("/")
             if not cell.get("median_wall"):

@@ -12,6 +12,7 @@ the same layout with or without s5cmd.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -164,3 +165,33 @@ def test_seeding_without_s5cmd_keeps_objects_below_the_part_size_whole(
     assert etags[small] == expected[small][1]  # one PUT: its ETag is its MD5
     assert etags[big].endswith("-2")  # 12 MiB in parts of 10
     assert wl.verify(s3, buckets.source, "seed", expected, sample=0) is None
+
+
+def test_a_workload_that_fails_loses_no_other_workloads_figures(
+    s3: Any, buckets: Buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is no failed run (here the mixed workload's tool cannot be started; a
+    seeding check that fails is another) used to end the whole workloads phase: its JSON kept
+    only the error, not the figures of the workloads measured before it."""
+    monkeypatch.setattr(run_mod, "KEPT", tmp_path / "kept")
+    monkeypatch.setattr(run_mod, "SOURCE", buckets.source)
+    monkeypatch.setattr(run_mod, "DEST", buckets.dest)
+    real = discover()[0][0]
+    assert real.direct is not None
+
+    def staged(job: Job) -> list[list[str]]:
+        return [[str(tmp_path / "no-such-tool")]] if job.prefix == "mixed" else real.staged(job)
+
+    flaky = Tool("flaky", staged, real.direct)
+    args = argparse.Namespace(quick=True, workloads=["small", "mixed"], reps=1, concurrency=8)
+    args.pin = False
+    results = run_mod.bench_workloads(args, s3.meta.endpoint_url, [flaky], _env())
+    small = results["small"]["cells"]
+    assert small["flaky/staged"]["ok"] and small["flaky/direct"]["ok"]
+    assert small["flaky/staged"]["median_wall"] > 0
+    assert "no-such-tool" in results["mixed"]["error"]
+    assert "cells" not in results["mixed"]  # no figures of a workload cut short
+    assert any(line.startswith("mixed: ") for line in run_mod.failed_runs(results))
+    table = run_mod.table(results)
+    assert "small    staged flaky" in table
+    assert "mixed    failed:" in table
