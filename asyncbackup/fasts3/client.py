@@ -323,7 +323,7 @@ class FastS3:
         bucket: str,
         target: Target,
         pool: http11.Pool,
-        stack: contextlib.AsyncExitStack | None = None,
+        stack: contextlib.AsyncExitStack,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -695,16 +695,13 @@ class FastS3:
             return True  # the first one learnt the region
         before = self.target.region
         moved = target.origin != self.target.origin
-        if moved and self._stack is None:
-            self.enabled = False  # the bucket's next fast paths go there
-        else:
-            if moved:  # the old pool's requests end there; it is closed with the stack
-                old = self.pool
-                self.pool = _pool_for(target, old.limit, old.connect_timeout, old.read_timeout)
-            self.target = target
-            self.signer = SigV4Signer(target.region, target.service)
-            if moved and self._stack is not None:
-                await self._stack.enter_async_context(self.pool)
+        if moved:  # the old pool's requests end there; it is closed with the stack
+            old = self.pool
+            self.pool = _pool_for(target, old.limit, old.connect_timeout, old.read_timeout)
+        self.target = target
+        self.signer = SigV4Signer(target.region, target.service)
+        if moved:
+            await self._stack.enter_async_context(self.pool)
         log.info(
             "bucket %s is in region %s, not %s: its requests are signed for %s from now on "
             "(region = %s in its profile, without --region, saves the redirect)",
