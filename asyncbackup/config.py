@@ -95,9 +95,10 @@ def validate_transfer(settings: TransferSettings) -> None:
     check_positive(
         checkpoint_interval=settings.checkpoint_interval,
         concurrency=settings.concurrency,
-        part_concurrency=settings.part_concurrency,
         max_attempts=settings.max_attempts,
     )
+    if settings.part_concurrency < 1:  # no flag sets it: named as the API names it
+        raise ConfigError(f"part_concurrency must be at least 1, got {settings.part_concurrency}")
     if settings.checkpoint_max_age <= 0:
         raise ConfigError("checkpoint_max_age must be positive")
     if not S3_MIN_PART_SIZE <= settings.part_size <= S3_MAX_PART_SIZE:
