@@ -155,7 +155,7 @@ class BackupConfig:
     copy_tags: bool = False  # each object's tags (S3 object tagging) go with its copy
     max_bandwidth: int | None = None
     direct: bool = False
-    fast_path: bool = True  # GetObject/PutObject of small objects without botocore (fasts3/)
+    fast_path: bool = True  # the listing, GETs, PUTs, parts, CopyObject without botocore (fasts3/)
     processes: int = 1  # > 1: copy in this many worker processes (workerpool.py)
     list_streams: int = 8  # ListObjectsV2 streams over key ranges, when one is not enough
 
