@@ -528,7 +528,7 @@ async def open_destination(
     check: bool = True,
     prefix: str = "",
 ) -> S3Client:
-    """The destination client, its bucket checked writable, or one clear error; checked
+    """The destination client, its bucket checked usable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
     aborted when given (``check_bucket``); not checked without ``check``."""
     client = await open_client(
