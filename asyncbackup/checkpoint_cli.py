@@ -52,9 +52,8 @@ def _emit_json(data: Any) -> None:
     _out(json_dumps(data, orjson.OPT_INDENT_2).decode())
 
 
-def _common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
-    if json_output:
-        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
 
 

@@ -3,7 +3,7 @@ signals, logging and exit codes.
 
 Exit codes: 0 all copied; 1 finished with per-file errors (in the checkpoint); 2 bad usage or
 configuration; 3 a fatal error stopped the run (the checkpoint is valid: run again to resume);
-130 interrupted.
+120 a success whose stdout could not be written (``EXIT_STDOUT_LOST``); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -95,9 +95,10 @@ def validate_transfer(settings: TransferSettings) -> None:
     check_positive(
         checkpoint_interval=settings.checkpoint_interval,
         concurrency=settings.concurrency,
-        part_concurrency=settings.part_concurrency,
         max_attempts=settings.max_attempts,
     )
+    if settings.part_concurrency < 1:  # no flag sets it: named as the API names it
+        raise ConfigError(f"part_concurrency must be at least 1, got {settings.part_concurrency}")
     if settings.checkpoint_max_age <= 0:
         raise ConfigError("checkpoint_max_age must be positive")
     if not S3_MIN_PART_SIZE <= settings.part_size <= S3_MAX_PART_SIZE:
@@ -154,7 +155,7 @@ class BackupConfig:
     copy_tags: bool = False  # each object's tags (S3 object tagging) go with its copy
     max_bandwidth: int | None = None
     direct: bool = False
-    fast_path: bool = True  # GetObject/PutObject of small objects without botocore (fasts3/)
+    fast_path: bool = True  # the listing, GETs, PUTs, parts, CopyObject without botocore (fasts3/)
     processes: int = 1  # > 1: copy in this many worker processes (workerpool.py)
     list_streams: int = 8  # ListObjectsV2 streams over key ranges, when one is not enough
 

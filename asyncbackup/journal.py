@@ -94,7 +94,6 @@ class JournalContents:
     last: dict[str, Any] = field(default_factory=dict)  # the counters of the last batch
     compacted: set[str] = field(default_factory=set)
     valid_bytes: int = 0  # the length of the complete lines; anything after is torn
-    torn_bytes: int = 0
 
     @property
     def empty(self) -> bool:
@@ -135,7 +134,7 @@ def read_journal(
             end -= len(torn) + 1
     if out.batches:
         out.last = _checked_counters(out.last, out.batches)
-    out.valid_bytes, out.torn_bytes = end, len(data) - end
+    out.valid_bytes = end
     return out
 
 

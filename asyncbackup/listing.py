@@ -95,7 +95,6 @@ class RangeLister:
         *,
         streams: int = 1,
         page_keys: int | None = None,
-        probes: int = PROBES,
     ) -> None:
         if streams < 1:
             raise ValueError("streams must be at least 1")
@@ -103,7 +102,6 @@ class RangeLister:
         self.prefix = prefix
         self.streams = streams
         self.page_keys = page_keys or PAGE_KEYS
-        self.probes = probes
         #: ranges listed so far (1 when the listing never split), and probe requests sent
         self.ranges_started = 0
         self.probes_sent = 0
@@ -273,7 +271,7 @@ class RangeLister:
         levels = list(range(top, max(top, min(varied, len(low) - 1)) + 1))
         if len(levels) > _LEVELS:
             levels = levels[: _LEVELS // 2] + levels[-(_LEVELS // 2) :]
-        each = max(4, self.probes // len(levels))
+        each = max(4, PROBES // len(levels))
         candidates: set[str] = set()
         for level in levels:
             base = low[:level]

@@ -214,7 +214,6 @@ class Pipeline:
         concurrency: int,
         interval: int,
         max_age: float = 30.0,
-        queue_depth: int | None = None,
         observer: Observer | None = None,
         stop: asyncio.Event | None = None,
         exact_sizes: bool = True,
@@ -237,9 +236,7 @@ class Pipeline:
         self.exact_sizes = exact_sizes
         self.forget_unlisted = forget_unlisted
         self.result = PipelineResult()
-        self._work: asyncio.Queue[WorkItem | None] = asyncio.Queue(
-            maxsize=queue_depth or concurrency * 4
-        )
+        self._work: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=concurrency * 4)
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
         self._listed_unapplied = 0  # items of the ``_Listed`` events queued
         self._listing_room = asyncio.Event()  # set while the listing may go on

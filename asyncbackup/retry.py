@@ -385,12 +385,10 @@ class AdaptiveLimiter:
         self,
         maximum: int,
         *,
-        minimum: int = 1,
         cooldown: float = 1.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.maximum = maximum
-        self.minimum = max(1, min(minimum, maximum))
         self.limit = maximum
         self.cooldown = cooldown
         self._clock = clock
@@ -449,7 +447,7 @@ class AdaptiveLimiter:
             return
         self._last_decrease = now
         self._successes = 0
-        self.limit = max(self.minimum, self.limit // 2)
+        self.limit = max(1, self.limit // 2)
         self.decreases += 1
 
 

@@ -448,16 +448,25 @@ class UploadCheck:
     start-up check's upload, started with the run's ``params`` and aborted) when an object's
     upload was refused: the credentials may not write there, or a bucket policy denies
     uploads without a header the run does not send (an encryption, an ACL). Then every object
-    would be refused the same way, each after its download; else the refusal is the object's."""
+    would be refused the same way, each after its download; else the refusal is the object's.
+    ``advice`` ends what it says: what to check, naming the flags of the run's command."""
 
     def __init__(
-        self, client: S3Client, bucket: str, key: str, params: Mapping[str, str], attempts: int
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        params: Mapping[str, str],
+        attempts: int,
+        *,
+        advice: str = _UPLOAD_ADVICE,
     ) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
         self.params = dict(params)
         self.attempts = attempts
+        self.advice = advice
         self._lock = asyncio.Lock()
         self._asked = False
         self._refusal: str | None = None
@@ -480,7 +489,7 @@ class UploadCheck:
             if exc.code in _REFUSED:
                 return (
                     f"the destination refuses any upload as this run sends it (an upload of "
-                    f"{self.key!r} was refused too: {exc.code}); {_UPLOAD_ADVICE}"
+                    f"{self.key!r} was refused too: {exc.code}); {self.advice}"
                 )
         except EncryptionNotApplied:
             pass
@@ -519,7 +528,7 @@ async def open_destination(
     check: bool = True,
     prefix: str = "",
 ) -> S3Client:
-    """The destination client, its bucket checked writable, or one clear error; checked
+    """The destination client, its bucket checked usable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
     aborted when given (``check_bucket``); not checked without ``check``."""
     client = await open_client(

@@ -100,7 +100,8 @@ def relative_path_for_key(key: str) -> Path:
 
 
 def staging_root(base_local_path: Path, source_name: str) -> Path:
-    """Where the objects of bucket (or GitHub owner) ``source_name`` are staged."""
+    """Where the objects of bucket ``source_name`` are staged (``github`` for a GitHub
+    backup, whatever its owner: ``GitHubBackupConfig.source_name``)."""
     return base_local_path / encode_segment(source_name)
 
 

@@ -16,6 +16,7 @@ main -> worker::
 
 worker -> main::
 
+    {"op": "ready"}                                         clients open: copies may come now
     {"op": "done", "id": 7, "size": 4096}                   durably at the destination
     {"op": "error", "id": 7, "error": {...}}                failed (see ``error_to_wire``)
     {"op": "cancelled", "id": 7}                            stopped by a cancel or end of file
@@ -23,6 +24,7 @@ worker -> main::
     {"op": "note", "id": 3, "section": ...}                 pipeline.note_durably(), then ack
     {"op": "log", "name": "asyncbackup", "level": 30, "message": "..."}
     {"op": "fatal", "error": {...}}                         the worker cannot start or go on
+    {"op": "bye", "cpu_seconds": 1.5}                       last line, after end of file
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A lean data path for the hot requests of small objects: GetObject, PutObject and CopyObject
-over a keep-alive HTTP/1.1 pool of our own (httptools parses the answers), with SigV4 signing
-of our own; everything else stays on aiobotocore."""
+"""A lean data path for the hot requests: the source's listing (ListObjectsV2), GetObject,
+PutObject, UploadPart and CopyObject over a keep-alive HTTP/1.1 pool of our own (httptools
+parses the answers), with SigV4 signing of our own; everything else stays on aiobotocore."""
 
 from .client import FastBody, FastS3, open_fast_s3
 from .signer import SigV4Signer

@@ -1,12 +1,12 @@
-"""GetObject and PutObject of small objects, UploadPart and CopyObject, straight over HTTP/1.1
+"""ListObjectsV2, GetObject, PutObject, UploadPart and CopyObject, straight over HTTP/1.1
 (``http11.py``), signed by ``signer.py``.
 
 botocore spends about 1 ms of CPU on every request (events and hooks, serialisation, endpoint
 rules, signing, parsing); for a 4 KiB object that is most of the work. ``FastS3`` does the two
 hot requests of a staged backup, its multipart parts (which botocore SHA-256-signs over plain
-http) and the CopyObject of a direct (server-side) copy itself: one ``http11.Pool`` of
-keep-alive connections sized to the concurrency, a signing key derived once a
-day, response headers (and CopyObject's result document) mapped to the fields botocore would
+http), the CopyObject of a direct (server-side) copy and the source's listing pages itself:
+one ``http11.Pool`` of keep-alive connections sized to the concurrency, a signing key derived
+once a day, response headers (and CopyObject's result document) mapped to the fields botocore would
 return, errors raised as the same ``ClientError`` (a CopyObject's 200 carrying an ``<Error>``
 included) and connection failures as the same botocore exceptions, so ``retry.classify()`` and
 the callers see no difference.
@@ -323,7 +323,7 @@ class FastS3:
         bucket: str,
         target: Target,
         pool: http11.Pool,
-        stack: contextlib.AsyncExitStack | None = None,
+        stack: contextlib.AsyncExitStack,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -695,16 +695,13 @@ class FastS3:
             return True  # the first one learnt the region
         before = self.target.region
         moved = target.origin != self.target.origin
-        if moved and self._stack is None:
-            self.enabled = False  # the bucket's next fast paths go there
-        else:
-            if moved:  # the old pool's requests end there; it is closed with the stack
-                old = self.pool
-                self.pool = _pool_for(target, old.limit, old.connect_timeout, old.read_timeout)
-            self.target = target
-            self.signer = SigV4Signer(target.region, target.service)
-            if moved and self._stack is not None:
-                await self._stack.enter_async_context(self.pool)
+        if moved:  # the old pool's requests end there; it is closed with the stack
+            old = self.pool
+            self.pool = _pool_for(target, old.limit, old.connect_timeout, old.read_timeout)
+        self.target = target
+        self.signer = SigV4Signer(target.region, target.service)
+        if moved:
+            await self._stack.enter_async_context(self.pool)
         log.info(
             "bucket %s is in region %s, not %s: its requests are signed for %s from now on "
             "(region = %s in its profile, without --region, saves the redirect)",

@@ -84,7 +84,7 @@ class ArtifactCopier:
         note: Note,
         cleanup: bool,
         sleep: Sleep = asyncio.sleep,
-        upload_check: UploadCheck | None = None,
+        upload_check: UploadCheck,
     ) -> None:
         self.client = client
         self.git = git
@@ -127,7 +127,7 @@ class ArtifactCopier:
                     ) from exc
                 # the destination refuses the keys or the bucket, or the clock is wrong
                 raise_if_fatal(exc, item.key, "check the destination's credentials and bucket")
-                if self.upload_check is not None and exc.code in ACCESS_DENIED:
+                if exc.code in ACCESS_DENIED:
                     refusal = await self.upload_check.refusal()
                     if refusal is not None:  # not the artifact's: every upload is refused
                         raise FatalRunError(

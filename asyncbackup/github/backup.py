@@ -65,6 +65,13 @@ from .ratelimit import Clock, RateGate, Sleep
 log = logging.getLogger("asyncbackup")
 
 USER_AGENT = "asyncbackup (+https://github.com/)"
+#: what to check when the destination refuses any upload: this command sends neither an
+#: encryption nor a storage class (it has no --sse, no --storage-class)
+_UPLOAD_ADVICE = (
+    "check that the credentials of --dest-profile may write there (s3:PutObject) and what "
+    "the bucket policy asks of uploads (this command sends no encryption or storage class "
+    "header: a policy that requires one refuses every upload it makes)"
+)
 #: the checkpoint section of a run that got to the end with errors: when, and what failed
 ENDED_WITH_ERRORS = "github_ended_with_errors"
 
@@ -264,6 +271,7 @@ async def run_github_backup(
                 f"{PREFIX}/.asyncbackup-write-check",  # no owner's name starts with "."
                 {},
                 config.max_attempts,
+                advice=_UPLOAD_ADVICE,
             ),
         )
         listing = listing_or_stop(

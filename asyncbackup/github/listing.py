@@ -2,7 +2,8 @@
 
 Each artifact is one object at the destination and one ``files`` entry of the checkpoint::
 
-    github/<owner>/<repo>.bundle                  the git history (git bundle, all refs)
+    github/<owner>/<repo>.bundle                  the git history (git bundle, every ref but
+                                                  GitHub's refs/pull/*: ``git.EXCLUDED_REFS``)
     github/<owner>/<repo>.wiki.bundle             the wiki's history, where a wiki exists
     github/<owner>/<repo>/repository.json         the repository's own record
     github/<owner>/<repo>/issues.json             issues and pull requests (state=all)

@@ -70,8 +70,6 @@ class RateGate:
         self.clock = clock or time.time
         self.steady = steady or clock or time.monotonic
         self.sleep = sleep
-        self.remaining: int | None = None
-        self.reset_at: float | None = None
         self.waits: list[tuple[str, float]] = []  # (reason, seconds): for reports and tests
         self._resume_at = float("-inf")  # on ``steady``: no pause yet
         self._strikes = 0
@@ -96,10 +94,6 @@ class RateGate:
             self.skew = server_time - self.clock()
         remaining = _number(headers, "x-ratelimit-remaining")
         reset = _number(headers, "x-ratelimit-reset")
-        if remaining is not None:
-            self.remaining = int(remaining)
-        if reset is not None:
-            self.reset_at = reset
         primary_spent = remaining is not None and remaining <= 0 and reset is not None
         if status in (403, 429):
             # Requests sent together are refused together: while a pause holds, a refusal is

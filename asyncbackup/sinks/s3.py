@@ -138,7 +138,7 @@ class S3Sink:
         self._checksum_only = Hasher(md5=False, algorithm=algorithm)
         #: where multipart uploads in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
-        #: PutObject of small objects and UploadPart without botocore (set by the caller)
+        #: PutObject (in memory or streamed) and UploadPart without botocore (set by the caller)
         self.fast: FastS3 | None = None
 
     def _checksum_params(self, digests: Digests) -> dict[str, str]:

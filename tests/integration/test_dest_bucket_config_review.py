@@ -3,6 +3,7 @@ encryption, bucket policies, lifecycle rules."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.cli import build_github_parser
 from asyncbackup.errors import FatalRunError
 from tests.conftest import Buckets
 from tests.helpers import cli_args
@@ -198,6 +200,10 @@ async def test_a_github_destination_that_refuses_every_upload_stops_the_run(
             await run_github_backup(clock=clock, sleep=clock.sleep, **options)
         message = str(caught.value)
         assert "refuses any upload" in message and "bucket policy" in message, message
+        # what to check names only flags the GitHub command has (it had --sse, --storage-class)
+        flags = {f for a in build_github_parser()._actions for f in a.option_strings}
+        named = set(re.findall(r"--[a-z][a-z0-9-]*", message))
+        assert named and named <= flags, named - flags
         state = read_checkpoint(base / "checkpoints" / "github_acme.checkpoint")
         assert len(state.errors) <= 1, state.errors
         assert len(github.git_requests("beta")) + len(github.git_requests("old")) == 0

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
+from asyncbackup import GitHubBackupConfig
 from asyncbackup.bandwidth import TokenBucket
+from asyncbackup.cli import build_s3_parser
 from asyncbackup.cli_options import parse_rate, parse_size
 from asyncbackup.config import BackupConfig
+from asyncbackup.errors import ConfigError
 from asyncbackup.filters import KeyFilter
 
 
@@ -93,3 +97,19 @@ async def test_a_paced_body_never_pauses_longer_than_its_piece_takes() -> None:
     assert max(gaps) <= 0.25 + 1e-9
     assert now[0] == pytest.approx((len(data) - bucket.piece) / 50_000.0, rel=0.01)
     assert TokenBucket(1024.0).piece == 1024 and TokenBucket(100e6).piece == 64 * 1024
+
+
+def test_a_setting_without_a_flag_is_named_as_the_api_names_it(tmp_path: Path) -> None:
+    """``part_concurrency`` has no flag (an embedding program's setting): below 1 it was
+    refused with "--part-concurrency must be at least 1", a flag no command has."""
+    base = {"dest_bucket": "d", "base_local_path": tmp_path, "part_concurrency": 0}
+    for make in (
+        lambda: BackupConfig(source_bucket="s", source_path="p", **base),  # type: ignore[arg-type]
+        lambda: GitHubBackupConfig(owner="acme", token="t", **base),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigError) as caught:
+            make()
+        message = str(caught.value)
+        assert message == "part_concurrency must be at least 1, got 0", message
+    flags = {f for a in build_s3_parser()._actions for f in a.option_strings}
+    assert "--part-concurrency" not in flags  # were there one, the message would name it

@@ -89,6 +89,17 @@ def test_gate_without_a_date_uses_its_own_clock() -> None:
     assert gate.waits[0][1] == 101.0
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_gate_takes_a_rate_limit_header_that_is_no_finite_number(value: str) -> None:
+    """``x-ratelimit-remaining`` was kept as ``int(float(value))``, read by nothing, which
+    raised ValueError (nan) or OverflowError (inf) out of the request: the run failed on an
+    unexpected error. Such a header is now no limit, as one that is no number."""
+    gate = RateGate(clock=lambda: 0.0)
+    headers = {"x-ratelimit-remaining": value, "x-ratelimit-reset": "100"}
+    assert gate.observe(200, headers, "") is False
+    assert gate.waits == []
+
+
 def test_gate_caps_a_skewed_reset() -> None:
     clock = FakeClock(now=0.0)
     gate = RateGate(clock=clock, sleep=clock.sleep)
