@@ -34,7 +34,8 @@ from botocore.exceptions import (
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT, FastS3
 from asyncbackup.retry import classify
-from tests.helpers import open_test_client
+from tests.conftest import Buckets, S3Server
+from tests.helpers import backup_data, open_test_client
 
 pytestmark = pytest.mark.both_loops
 
@@ -410,7 +411,7 @@ async def test_interim_answers_content_encoding_and_connection_close() -> None:
     are not the answer's); an object stored with ``Content-Encoding: gzip`` comes as its
     stored bytes, not decompressed, its encoding reported; ``Connection: close`` (or an
     HTTP/1.0 answer without keep-alive) is honoured even when the server leaves the
-    connection open."""
+    connection open; a folded header (obsolete) is one value, its lines joined."""
     plain = b"hello, gzip " * 1000
     stored = gzip.compress(plain)
 
@@ -433,6 +434,8 @@ async def test_interim_answers_content_encoding_and_connection_close() -> None:
             writer.write(object_answer(b"closing", "connection: close"))
         elif key == "http10":
             writer.write(object_answer(b"http10").replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        elif key == "folded":
+            writer.write(object_answer(b"folded", "x-amz-meta-a: one", " two"))
         else:
             writer.write(object_answer(b"next"))
         await writer.drain()
@@ -456,6 +459,9 @@ async def test_interim_answers_content_encoding_and_connection_close() -> None:
             assert body == key.encode()
             assert (await get(fast, "next"))[1] == b"next"
             assert server.connections == before + 1  # not asked on the connection it closed
+        out, body = await get(fast, "folded")  # as aiohttp reads it (leniently)
+        assert body == b"folded" and out["Metadata"] == {"a": "one two"}
+        assert (await get(fast, "next"))[1] == b"next"
 
 
 def error_document(code: str, message: str = "m") -> bytes:
@@ -618,3 +624,45 @@ async def test_the_pool_keeps_its_limit_and_leaks_no_connection_on_any_failure()
         assert client_connections(server.port) == 0
     await asyncio.sleep(0.05)  # the server's transports closed
     assert open_sockets() == sockets
+
+
+async def test_header_values_botocore_reads_are_read_alike(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A header value with control characters (an object's metadata, stored as sent: moto
+    keeps ``\\x01`` and DEL) is read by botocore, whose aiohttp parses answers leniently; the
+    fast path refused the whole answer as not HTTP, on every attempt (a dropped connection,
+    retried): the object failed where ``--no-fast-path`` copied it. A NUL is refused by
+    both."""
+    metadata = {"ctl": "a\x01b\x7fc", "tab": "a\tb"}
+    s3.put_object(Bucket=buckets.source, Key="data/odd", Body=b"odd", Metadata=metadata)
+    report = await backup_data(buckets, tmp_path, s3_server.endpoint, max_attempts=2)
+    assert report.exit_code == 0 and report.copied_files == 1, report.errors
+    assert s3.head_object(Bucket=buckets.dest, Key="data/odd")["Metadata"] == metadata
+    async with contextlib.AsyncExitStack() as stack:
+        client = await open_test_client(stack, s3_server.endpoint)
+        fast = await open_fast_s3(
+            stack, client, buckets.source, connections=1, connect_timeout=2, read_timeout=5
+        )
+        assert fast is not None
+        by_botocore = await client.get_object(Bucket=buckets.source, Key="data/odd")
+        async with by_botocore["Body"]:
+            pass
+        out = await fast.get_object(Bucket=buckets.source, Key="data/odd")
+        async with out["Body"] as body:
+            assert await body.read() == b"odd"
+        assert out["Metadata"] == by_botocore["Metadata"] == metadata
+        assert fast.fast_requests == 1
+
+
+async def test_a_nul_in_a_header_value_is_refused() -> None:
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        writer.write(object_answer(b"nul", "x-amz-meta-a: a\x00b"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, fast_s3(server) as fast:
+        with pytest.raises(ConnectionClosedError):
+            await get(fast, "nul")
