@@ -666,3 +666,62 @@ async def test_a_nul_in_a_header_value_is_refused() -> None:
     async with serving(handler) as server, fast_s3(server) as fast:
         with pytest.raises(ConnectionClosedError):
             await get(fast, "nul")
+
+
+async def test_a_put_cancelled_mid_body_never_lends_its_connection_to_the_next() -> None:
+    """A PUT cancelled while its body is still going out (the server reads it slowly): had
+    its connection gone back to the pool, the server would take the next request's bytes as
+    the rest of that body. The next PUT goes whole on a new connection, and no request the
+    server read holds bytes of another."""
+    big = os.urandom(8 * 1024 * 1024)
+    small = b"small body"
+    received: list[tuple[str, bytes]] = []  # whole requests, as the server read them
+    connections = 0
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        done = asyncio.Event()
+        ended.append(done)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                path = head.split(" ")[1]
+                length = int(head.lower().split("content-length: ")[1].split("\r\n")[0])
+                body = b""
+                while len(body) < length:  # "big" in a trickle: the client's writes back up
+                    piece = await reader.read(min(16384, length - len(body)))
+                    if not piece:
+                        raise asyncio.IncompleteReadError(body, length)
+                    body += piece
+                    if path.endswith("/big") and len(body) < 1024 * 1024:
+                        await asyncio.sleep(0.01)
+                received.append((path, body))
+                writer.write(answer(b"", f"etag: {etag_of(body)}"))
+                await writer.drain()
+        writer.close()
+        done.set()
+
+    ended: list[asyncio.Event] = []
+    listening = await asyncio.start_server(connection, "127.0.0.1", 0)
+    async with listening:
+        server = Server(port=listening.sockets[0].getsockname()[1])
+        async with fast_s3(server) as fast:
+            task = asyncio.create_task(
+                fast.put_object(Bucket=BUCKET, Key="big", Body=big, ContentMD5=md5_b64(big))
+            )
+            await asyncio.sleep(0.3)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            out = await fast.put_object(
+                Bucket=BUCKET, Key="small", Body=small, ContentMD5=md5_b64(small)
+            )
+            assert out["ETag"] == etag_of(small)
+            await asyncio.sleep(0.05)
+            assert received == [("/bkt/small", small)]
+            assert connections == 2
+            await settle(fast)
+            assert fast.pool._open == 1
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ended)), 2)
