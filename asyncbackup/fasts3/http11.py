@@ -99,6 +99,10 @@ class _Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # Header values read as aiohttp (under botocore) reads an answer: control characters
+        # taken (an object's metadata stored with them by a server that keeps what it is
+        # sent), a NUL not (``on_header``); the answer's framing checked as strictly.
+        self.parser.set_dangerous_leniencies(lenient_headers=True)
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
@@ -180,6 +184,8 @@ class _Connection(asyncio.Protocol):
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if b"\0" in value:
+            raise BadResponse("the server's answer has a NUL in a header value")
         self.headers.append((_header_text(name), _header_text(value)))
 
     def on_headers_complete(self) -> None:
