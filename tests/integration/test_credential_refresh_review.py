@@ -504,8 +504,10 @@ async def test_a_role_that_sts_no_longer_gives_stops_the_run(
     args += ["--source-profile", "role", "--dest-profile", "dst", "--concurrency", "4"]
     args += ["--max-attempts", "2", *(() if fast_path else ("--no-fast-path",))]
 
-    async def refuse() -> None:
-        await asyncio.sleep(1.0)
+    async def refuse() -> None:  # mid-run: once the first copy is on its way (under load a
+        # fixed second was still the start-up, whose refusal is exit 2, not 3)
+        while not any(r.method == "PUT" for r in list(proxy.requests)):
+            await asyncio.sleep(0.05)
         sts.refuse = True
 
     try:
