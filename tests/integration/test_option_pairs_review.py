@@ -1,0 +1,102 @@
+"""Options where two meet (review): a dry run over a pending checkpoint, and a server-side copy
+with a prefix, filters, tags and a class."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Buckets, S3Server
+from tests.helpers import MiB, cli_args, list_keys, load_json, put_multipart, run_cli
+
+
+def _args(s3_server: S3Server, buckets: Buckets, base: Path, *extra: str) -> list[str]:
+    return ["data", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest, *extra)]
+
+
+def _pending_job(s3: Any, buckets: Buckets) -> None:
+    """Three objects, one of them archived (its GET fails): a first run ends with exit 1 and
+    leaves its checkpoint with two files done."""
+    for name in ("a", "b"):
+        s3.put_object(Bucket=buckets.source, Key=f"data/{name}", Body=b"x", Tagging="k=v")
+    s3.put_object(
+        Bucket=buckets.source, Key="data/cold", Body=b"c", StorageClass="GLACIER", Tagging="k=v"
+    )
+
+
+def _tree(base: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(base)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in base.rglob("*")
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--ignore-checkpoints"],
+        ["--skip-existing", "--ignore-checkpoints"],
+        ["--processes", "2", "--concurrency", "4", "--direct"],
+    ],
+    ids=["ignore-checkpoints", "skip-existing", "processes-direct"],
+)
+def test_a_dry_run_over_a_pending_checkpoint_touches_nothing(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, extra: list[str]
+) -> None:
+    _pending_job(s3, buckets)
+    first = run_cli(_args(s3_server, buckets, tmp_path))
+    assert first.returncode == 1, first.stderr
+    before, dest = _tree(tmp_path), sorted(list_keys(s3, buckets.dest))
+    report = tmp_path.parent / f"{tmp_path.name}-plan.json"
+    plan = run_cli(_args(s3_server, buckets, tmp_path, "--dry-run", "--report", str(report)))
+    assert plan.returncode == 0, plan.stderr
+    dry = run_cli(_args(s3_server, buckets, tmp_path, "--dry-run", *extra))
+    assert dry.returncode == 0, dry.stderr
+    assert _tree(tmp_path) == before  # no checkpoint set aside, no staging, no lock
+    assert sorted(list_keys(s3, buckets.dest)) == dest
+    assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", []) == []
+    assert load_json(report)["copy_files"] == 1  # the resume's plan: the archived one
+    would = 3 if extra == ["--ignore-checkpoints"] else 1
+    assert f"would copy {would} files" in dry.stdout, dry.stdout
+
+
+DIRECT_PAIRS = [
+    *("--direct", "--processes", "2", "--concurrency", "4", "--dest-prefix", "bk/x"),
+    *("--exclude", "tmp/*", "--copy-tags", "--storage-class", "STANDARD_IA"),
+    *("--log-format", "json"),
+]
+
+
+def test_direct_with_prefix_filters_tags_and_class_in_two_processes(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Server-side copies under another prefix, filtered, with tags and a storage class,
+    shared by two processes: single-part (CopyObject) and multipart (UploadPartCopy) alike."""
+    for i in range(6):
+        s3.put_object(
+            Bucket=buckets.source,
+            Key=f"data/d{i % 2}/o{i}.bin",
+            Body=os.urandom(100 + i),
+            Metadata={"n": str(i)},
+            Tagging=f"t=v{i}",
+        )
+    s3.put_object(Bucket=buckets.source, Key="data/tmp/x.bin", Body=b"tmp")
+    put_multipart(s3, buckets.source, "data/big.bin", (5 * MiB, MiB), Tagging="k=big")
+    result = run_cli(_args(s3_server, buckets, tmp_path, *DIRECT_PAIRS))
+    assert result.returncode == 0, result.stderr
+    records = [orjson.loads(line) for line in result.stderr.splitlines()]  # JSON, every one
+    assert records[-1]["message"] == "summary" and records[-1]["files_copied"] == 7
+    expected = [f"d{i % 2}/o{i}.bin" for i in range(6)] + ["big.bin"]
+    assert sorted(list_keys(s3, buckets.dest)) == sorted(f"bk/x/{k}" for k in expected)
+    for name in expected:
+        source = s3.head_object(Bucket=buckets.source, Key=f"data/{name}")
+        copy = s3.head_object(Bucket=buckets.dest, Key=f"bk/x/{name}")
+        assert copy["ETag"] == source["ETag"] and copy["Metadata"] == source["Metadata"]
+        assert copy.get("StorageClass") == "STANDARD_IA", name
+        tags = s3.get_object_tagging(Bucket=buckets.source, Key=f"data/{name}")["TagSet"]
+        assert s3.get_object_tagging(Bucket=buckets.dest, Key=f"bk/x/{name}")["TagSet"] == tags
