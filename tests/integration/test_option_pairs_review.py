@@ -1,5 +1,5 @@
-"""Options where two meet (review): a dry run over a pending checkpoint, and a server-side copy
-with a prefix, filters, tags and a class."""
+"""Options where two meet (review): a resume that changes how copies are stored, a dry run
+over a pending checkpoint, and a server-side copy with a prefix, filters, tags and a class."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def _args(s3_server: S3Server, buckets: Buckets, base: Path, *extra: str) -> lis
     return ["data", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest, *extra)]
 
 
+STORED_WITH = ("--storage-class", "STANDARD_IA", "--sse", "AES256")
+
+
 def _pending_job(s3: Any, buckets: Buckets) -> None:
     """Three objects, one of them archived (its GET fails): a first run ends with exit 1 and
     leaves its checkpoint with two files done."""
@@ -34,6 +37,55 @@ def _tree(base: Path) -> dict[str, tuple[int, int]]:
         for path in base.rglob("*")
         if path.is_file()
     }
+
+
+def test_a_resume_that_changes_how_copies_are_stored_is_refused(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The files a checkpoint marks done were copied with its storage class, encryption and
+    tags: a resume with others would finish a backup half one way, half the other, and say
+    "completed" (an audit of the class or the encryption finds the rest later)."""
+    _pending_job(s3, buckets)
+    first = run_cli(_args(s3_server, buckets, tmp_path))
+    assert first.returncode == 1, first.stderr
+    s3.put_object(Bucket=buckets.source, Key="data/cold", Body=b"c", Tagging="k=v")  # restored
+    checkpoint = next((tmp_path / "checkpoints").glob("*.checkpoint"))
+    before = checkpoint.read_bytes()
+    for change, shown in (
+        (["--storage-class", "STANDARD_IA"], "--storage-class"),
+        (["--sse", "AES256"], "--sse"),
+        (["--copy-tags"], "--copy-tags"),
+    ):
+        for mode in ([], ["--dry-run"]):
+            refused = run_cli(_args(s3_server, buckets, tmp_path, *change, *mode))
+            assert refused.returncode == 2, (change, mode, refused.stderr)
+            assert shown in refused.stderr and "--ignore-checkpoints" in refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert checkpoint.read_bytes() == before
+    assert sorted(list_keys(s3, buckets.dest)) == ["data/a", "data/b"]
+    # what the resume is checked against keeps its type: a hand edit that breaks it is named
+    edited = orjson.loads(before)
+    edited["config"]["copy_tags"] = "yes"
+    checkpoint.write_bytes(orjson.dumps(edited))
+    corrupt = run_cli(_args(s3_server, buckets, tmp_path))
+    assert corrupt.returncode == 2 and "config.copy_tags" in corrupt.stderr, corrupt.stderr
+    checkpoint.write_bytes(before)
+    # The same options resume (an empty class is none); starting over applies the new ones
+    # to every copy.
+    same = run_cli(_args(s3_server, buckets, tmp_path, "--storage-class", ""))
+    assert same.returncode == 0, same.stderr
+    over = run_cli(
+        _args(s3_server, buckets, tmp_path, *STORED_WITH, "--copy-tags", "--ignore-checkpoints")
+    )
+    assert over.returncode == 0, over.stderr
+    for key in ("data/a", "data/b", "data/cold"):
+        head = s3.head_object(Bucket=buckets.dest, Key=key)
+        assert (head.get("StorageClass"), head.get("ServerSideEncryption")) == (
+            "STANDARD_IA",
+            "AES256",
+        ), key
+        tags = s3.get_object_tagging(Bucket=buckets.dest, Key=key)["TagSet"]
+        assert tags == [{"Key": "k", "Value": "v"}], key
 
 
 @pytest.mark.parametrize(
