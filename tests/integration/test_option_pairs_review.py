@@ -4,14 +4,28 @@ over a pending checkpoint, and a server-side copy with a prefix, filters, tags a
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from asyncbackup.checkpoint import read_checkpoint
+from asyncbackup.journal import journal_path
 from tests.conftest import Buckets, S3Server
-from tests.helpers import MiB, cli_args, list_keys, load_json, put_multipart, run_cli
+from tests.helpers import (
+    MiB,
+    assert_same_objects,
+    cli_args,
+    list_keys,
+    load_json,
+    numbered_objects,
+    put_multipart,
+    run_cli,
+)
+from tests.proxy import S3Proxy
+from tests.reliability import checkpoint_file, kill, put_parallel, start_cli, wait_for
 
 
 def _args(s3_server: S3Server, buckets: Buckets, base: Path, *extra: str) -> list[str]:
@@ -152,3 +166,37 @@ def test_direct_with_prefix_filters_tags_and_class_in_two_processes(
         assert copy.get("StorageClass") == "STANDARD_IA", name
         tags = s3.get_object_tagging(Bucket=buckets.source, Key=f"data/{name}")["TagSet"]
         assert s3.get_object_tagging(Bucket=buckets.dest, Key=f"bk/x/{name}")["TagSet"] == tags
+
+
+def test_a_dry_run_after_a_crash_reads_the_journal_and_touches_nothing(
+    proxy: S3Proxy, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A run of two processes SIGKILLed mid-run leaves its checkpoint with a journal and a
+    lock file: a dry run (also one that ignores the checkpoint, or compares the destination)
+    counts what the journal says is done, and neither folds it in nor sets anything aside."""
+    put_parallel(s3, buckets.source, numbered_objects(120, size=64))
+    args = ["data", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--quiet", "--concurrency", "2", "--processes", "2"]
+    path = checkpoint_file(tmp_path, buckets.source, "data")
+    proxy.latency = 0.03
+    process = start_cli(args)
+    try:
+        wait_for(lambda: path.exists() and read_checkpoint(path).processed_files >= 20, 60)
+    finally:
+        kill(process, signal.SIGKILL)
+        process.communicate(timeout=30)
+    proxy.latency = 0.0
+    done = read_checkpoint(path).processed_files  # the JSON file and the journal
+    assert journal_path(path).exists() and load_json(path)["processed_files"] < done
+    before, dest = _tree(tmp_path), sorted(list_keys(s3, buckets.dest))
+    for extra, would in (([], 120 - done), (["--ignore-checkpoints"], 120)):
+        dry = run_cli([*args, "--dry-run", *extra])
+        assert dry.returncode == 0, dry.stderr
+        assert f"would copy {would} files" in dry.stdout, (done, dry.stdout)
+    dry = run_cli([*args, "--dry-run", "--skip-existing"])
+    assert dry.returncode == 0 and f"{done} already done per checkpoint" in dry.stdout, dry.stdout
+    assert _tree(tmp_path) == before
+    assert sorted(list_keys(s3, buckets.dest)) == dest
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest, "data/") == 120
