@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .bandwidth import TokenBucket
-from .checkpoint import CheckpointState, checkpoint_path, read_checkpoint
+from .checkpoint import CheckpointState, checkpoint_path, corrupt_checkpoint, read_checkpoint
 from .checkpoint_identity import (
     check_dest_endpoint,
     check_identity,
@@ -125,7 +125,53 @@ def _checkpoint_config(
         "skip_existing": config.skip_existing,
         "direct": config.direct,
         "copy_tags": config.copy_tags,
+        "storage_class": config.storage_class,
+        "sse": config.sse,
+        "sse_kms_key_id": config.sse_kms_key_id,
     }
+
+
+#: what a copy is stored with, as the checkpoint's config records it: the flag that sets it
+_STORED_WITH = {
+    "storage_class": "--storage-class",
+    "sse": "--sse",
+    "sse_kms_key_id": "--sse-kms-key-id",
+    "copy_tags": "--copy-tags",
+}
+
+
+def _stored_with(flag: str, value: str | bool | None) -> str:
+    if isinstance(value, bool):
+        return f"{'with' if value else 'without'} {flag}"
+    return f"with {flag} {value!r}" if value else f"with no {flag}"
+
+
+def _check_stored_with(state: CheckpointState, config: BackupConfig, path: Path) -> None:
+    """The files a checkpoint marks done were copied with its storage class, encryption and
+    tags: a resume with others would end a backup stored half one way, half the other, and
+    call it complete. A checkpoint with none done (a first run stopped by a bucket policy that
+    wants ``--sse``, say) takes the new options."""
+    done = sum(1 for value in state.files.values() if value is True)
+    if not done:
+        return
+    stored = state.config
+    for name, flag in _STORED_WITH.items():
+        if name not in stored:
+            continue  # written by hand or by an older tool: nothing to compare
+        before: str | bool | None
+        now: str | bool | None = getattr(config, name)
+        if name == "copy_tags":
+            before = stored[name]
+            if not isinstance(before, bool):
+                raise corrupt_checkpoint(path, f"field 'config.{name}' must be true or false")
+        else:  # '' sends no header: none
+            before, now = recorded_text(path, stored, name, "a string") or None, now or None
+        if before != now:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was made {_stored_with(flag, before)} (the {done:,} files it "
+                f"marks done were copied so), this run is {_stored_with(flag, now)}; resume "
+                "with the same options, or start over with --ignore-checkpoints"
+            )
 
 
 def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> None:
@@ -133,6 +179,7 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
     (and the destination endpoint: ``check_dest_endpoint``, once the client is made)."""
     stored = state.config
     _check_dest_prefix(stored, config, path)
+    _check_stored_with(state, config, path)
     if "include" not in stored and "exclude" not in stored:
         return  # written by hand or by an older tool: nothing to compare
     before = KeyFilter(
