@@ -203,6 +203,11 @@ class BackupConfig:
                 "--direct copies server-side with one set of credentials on one endpoint: "
                 "give the same profile and endpoint for source and destination"
             )
+        if self.direct and self.max_bandwidth is not None:
+            raise ConfigError(
+                "--max-bandwidth limits the bytes that pass through this machine, and --direct "
+                "copies server-side, where none do: leave one of them out"
+            )
         if self.max_bandwidth is not None and self.max_bandwidth < 1024:
             raise ConfigError("--max-bandwidth must be at least 1KiB/s (1024 bytes a second)")
         if self.processes > self.concurrency:  # each takes one object in flight at least
