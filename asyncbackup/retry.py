@@ -222,7 +222,9 @@ def classify(exc: BaseException) -> ObjectError:
         message = str(exc.response.get("Error", {}).get("Message") or code)
         status = _status(exc) or 0
         retryable = code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
-        retryable = retryable or status == 429
+        # 429, and a 408 Request Timeout without an S3 body (a load balancer's idle close
+        # racing the request): worth repeating, by their status alone
+        retryable = retryable or status in (408, 429)
         if code in ARCHIVED_CODES:
             message += _ARCHIVED_ADVICE
         if code == CLOCK_SKEWED:

@@ -137,6 +137,9 @@ STREAM_FAULTS = (
     # a 200 with an empty body, the request not forwarded: a server that failed after its
     # status line (S3 sends a copy's 200 before the copy is made, its result after)
     "empty_200",
+    # a load balancer's 408 Request Timeout (its idle close racing a request): no XML body,
+    # the request not forwarded
+    "bare_408",
     # the answer's first ETag replaced by another (an MD5-like one that no body here has)
     "other_etag",
     # a listing of SSE-KMS objects: every ETag looks like an MD5, and is none (each one
@@ -453,6 +456,9 @@ class S3Proxy:
         if fault == "empty_200":
             await request.read()
             return web.Response(status=200)
+        if fault == "bare_408":
+            await request.read()
+            return web.Response(status=408, headers={"Connection": "close"})
         body: bytes | None = None
         if rule is not None and rule.body_idle:
             body = await _read_unless_idle(request, rule.body_idle)

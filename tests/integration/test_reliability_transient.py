@@ -185,3 +185,26 @@ async def test_start_up_bucket_checks_are_retried_too(
     assert report.exit_code == 0
     assert proxy.faults_injected() == {"internal": 2, "reset_before": 1, "slowdown": 1}
     assert s3.get_object(Bucket=buckets.dest, Key="s/one")["Body"].read() == b"1"
+
+
+async def test_a_bare_408_from_a_load_balancer_is_retried(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A 408 Request Timeout without an S3 error body (a load balancer closing an idle
+    connection as a request arrives; RFC 9110: the request may be repeated) was classified by
+    its status alone, "408", and not retried: the object failed for the run."""
+    s3.put_object(Bucket=buckets.source, Key="w/one", Body=b"x" * 100)
+    s3.put_object(Bucket=buckets.source, Key="w/two", Body=b"y" * 100)
+    proxy.add_rule(Rule("bare_408", method="GET", path=r"/w/one$", times=1))
+    proxy.add_rule(Rule("bare_408", method="PUT", path=r"/w/two$", times=1))
+    report = await run_backup(
+        source_bucket=buckets.source,
+        source_path="w",
+        dest_bucket=buckets.dest,
+        base_local_path=tmp_path,
+        endpoint_url=proxy.endpoint,
+    )
+    assert report.exit_code == 0, report.errors
+    assert [r.status for r in proxy.seen(method="GET", path=r"/w/one$")] == [408, 200]
+    assert [r.status for r in proxy.seen(method="PUT", path=r"/w/two$")] == [408, 200]
+    assert_identical(s3, buckets.source, buckets.dest, "w/")
