@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
+
 from tests.conftest import Buckets, S3Server
 from tests.helpers import MiB, cli_args, list_keys, put_multipart, run_cli
 
@@ -227,6 +229,63 @@ def test_the_readme_restore_of_a_dest_prefix_backup_puts_objects_back_at_their_k
         snapshot(s3, buckets.source, f"{prefix}/"), snapshot(s3, restored_bucket, f"{prefix}/")
     )
     assert list_keys(s3, restored_bucket) == list_keys(s3, restored_bucket, f"{prefix}/")
+
+
+def verify(checkpoint: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncbackup", "checkpoint", "verify", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("change", ["metadata", "tags"])
+def test_verify_passes_a_copy_that_restores_otherwise_and_the_readme_says_so(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, change: str
+) -> None:
+    """``checkpoint verify`` compares sizes and ETags from listings: a copy whose metadata or
+    tags differ from its source's (it would restore differently) passes. The README must say
+    that verify does not check them, so that nobody reads its OK as "restores the same"."""
+    s3.put_object(
+        Bucket=buckets.source,
+        Key="data/a.csv",
+        Body=b"x" * 100,
+        ContentType="text/csv",
+        Metadata={"owner": "a"},
+        Tagging="keep=1",
+    )
+    scratch = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, scratch, buckets.source, buckets.dest, "--copy-tags")
+    backup = run_cli(["data", *args])
+    assert backup.returncode == 0, backup.stderr
+    if change == "metadata":  # the copy copied onto itself with other headers: same ETag
+        s3.copy_object(
+            Bucket=buckets.dest,
+            Key="data/a.csv",
+            CopySource={"Bucket": buckets.dest, "Key": "data/a.csv"},
+            MetadataDirective="REPLACE",
+            ContentType="application/octet-stream",
+            Metadata={},
+        )
+    else:
+        s3.put_object_tagging(
+            Bucket=buckets.dest, Key="data/a.csv", Tagging={"TagSet": [{"Key": "x", "Value": "y"}]}
+        )
+    before = snapshot(s3, buckets.source, "data/")["a.csv"]
+    after = snapshot(s3, buckets.dest, "data/")["a.csv"]
+    assert before["etag"] == after["etag"] and before != after
+    (archived,) = (scratch / "checkpoints" / "archive").iterdir()
+    result = verify(archived)
+    assert result.returncode == 0, result.stdout + result.stderr  # verify's OK: as it is
+
+    text = " ".join(README.read_text().split())
+    section = text[text.index("**`verify FILE`**") :]
+    section = section[: section.index("Exit codes of the tool")]
+    assert re.search(r"not (compared|checked)[^.]*metadata[^.]*tags", section), (
+        "the README's verify section does not say that metadata and tags are not checked"
+    )
 
 
 def test_the_readme_restore_of_an_archive_in_glacier_completes_once_objects_are_restored(
