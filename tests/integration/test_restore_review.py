@@ -7,16 +7,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 import pytest
 
+from asyncbackup import run_github_backup
 from tests.conftest import Buckets, S3Server
+from tests.github_server import add_commit, git
 from tests.helpers import MiB, cli_args, list_keys, put_multipart, run_cli
+from tests.integration.github_org import ASSET, config, refs, running_org
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -322,3 +327,148 @@ def test_the_readme_restore_of_an_archive_in_glacier_completes_once_objects_are_
     assert "OK: 3 files marked done; 0 missing" in again.stdout, again.stdout
     for key, body in bodies.items():
         assert s3.get_object(Bucket=restored_bucket, Key=key)["Body"].read() == body
+
+
+def github_restore_block() -> str:
+    """The README's "Restore from a bundle" commands."""
+    text = README.read_text()
+    start = text.index("**Restore from a bundle.**")
+    found = re.search(r"```bash\n(.*?)```", text[start:], re.S)
+    assert found
+    return found.group(1)
+
+
+def run_github_restore(
+    bucket: str, repo: str, target: str, branch: str, where: Path, endpoint: str
+) -> subprocess.CompletedProcess[str]:
+    """The README's restore commands for ``repo`` (``service`` there), in bash in ``where``:
+    the push goes to ``target`` (a bare repository), the working copy checks out ``branch``.
+    ``aws`` is the AWS CLI where it is installed, else a stand-in for its ``s3 cp``."""
+    script = github_restore_block()
+    # its last line, a comment, is the other way: a working copy, from the bundle's folder
+    script, _, working_copy = script.partition("# or a working copy: ")
+    script += f"cd {where}\n{working_copy}"
+    script = script.replace("https://github.com/acme/service-restored.git", target)
+    script = script.replace("company-archive", bucket).replace("service", repo)
+    script = script.replace("<branch>", branch)
+    prelude = "set -e\n"
+    if shutil.which("aws") is None:
+        prelude += (
+            f'aws() {{ "{sys.executable}" -c "import sys, boto3; '
+            "b, _, k = sys.argv[3][5:].partition('/'); "
+            "boto3.client('s3').download_file(b, k, k.rsplit('/', 1)[-1])\" \"$@\"; }\n"
+        )
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
+    return subprocess.run(
+        ["bash", "-c", prelude + script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=where,
+    )
+
+
+async def test_the_readme_github_restore_pushes_every_branch_and_tag_after_many_runs(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """Three backups with pushes between them, the staging folder then lost: the README's
+    restore commands, from the bucket alone, push to a new empty repository every branch and
+    tag the repository has now (its pull request refs aside), and its wiki onto a wiki with a
+    first page; the metadata files are whole and each release asset is GitHub's bytes."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        options = config(github, s3_server.endpoint, buckets.dest, base)
+        for run in range(3):
+            if run:
+                add_commit(github.git_dir("alpha"), f"change {run}")
+                git("tag", f"after-{run}", "main", cwd=github.git_dir("alpha"))
+                github.repos["alpha"].pushed_at = f"2026-01-0{run + 1}T00:00:00Z"
+            report = await run_github_backup(
+                clock=github.clock, sleep=github.clock.sleep, **options
+            )
+            assert report.status == "completed", report.errors
+        source_refs = refs(github.git_dir("alpha"))
+        wiki_refs = refs(github.git_dir("alpha", wiki=True))
+    shutil.rmtree(base)  # the bucket alone
+
+    where = tmp_path / "restore"
+    where.mkdir()
+    target = tmp_path / "new" / "alpha-restored.git"
+    git("init", "-q", "--bare", str(target))
+    result = run_github_restore(
+        buckets.dest, "alpha", str(target), "feature", where, s3_server.endpoint
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is okay" in result.stdout + result.stderr
+    expected = {r: sha for r, sha in source_refs.items() if not r.startswith("refs/pull/")}
+    assert "refs/tags/after-2" in expected
+    assert refs(target) == expected
+    assert git("rev-parse", "HEAD", cwd=where / "alpha").strip() == expected["refs/heads/feature"]
+
+    # the wiki: onto a new wiki with a first page, as GitHub makes one, on the branch the
+    # backed-up wiki has (a GitHub wiki's is always the same one, its default)
+    wiki = tmp_path / "new" / "alpha-restored.wiki.git"
+    git("init", "-q", "--bare", "-b", "main", str(wiki))
+    first = tmp_path / "first-page"
+    git("init", "-q", str(first))
+    (first / "Home.md").write_text("Welcome\n")
+    git("add", "-A", cwd=first)
+    git("commit", "-q", "-m", "Initial Home page", cwd=first)
+    git("push", "-q", str(wiki), "HEAD:refs/heads/main", cwd=first)
+    wiki_where = tmp_path / "restore-wiki"
+    wiki_where.mkdir()
+    result = run_github_restore(
+        buckets.dest, "alpha.wiki", str(wiki), "main", wiki_where, s3_server.endpoint
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert refs(wiki) == wiki_refs
+
+    # the metadata: GitHub's records, whole; the assets they list, byte for byte
+    def read_json(key: str) -> Any:
+        return orjson.loads(s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read())
+
+    assert [i["number"] for i in read_json("github/acme/alpha/issues.json")] == list(range(1, 231))
+    assert len(read_json("github/acme/alpha/issue-comments.json")) == 120
+    assert len(read_json("github/acme/alpha/pulls.json")) == 3
+    assert len(read_json("github/acme/alpha/pull-comments.json")) == 2
+    releases = read_json("github/acme/alpha/releases.json")
+    assets = [(r["tag_name"], a) for r in releases for a in r["assets"]]
+    assert assets
+    for tag, asset in assets:
+        key = f"github/acme/alpha/releases/{tag}/{asset['name']}"
+        body = s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read()
+        assert len(body) == asset["size"] and body == ASSET
+
+
+async def test_the_readme_github_restore_says_how_to_set_the_default_branch(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``git push --mirror`` carries branches and tags, not the repository's HEAD: the new
+    repository's default branch is whatever its server had (a bare repository's names no
+    branch, and a clone of it checks out nothing). The README must say how to set it to the
+    one ``repository.json`` names; its command for a bare repository does."""
+    async with running_org(tmp_path / "git") as github:
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "work")
+        report = await run_github_backup(clock=github.clock, sleep=github.clock.sleep, **options)
+        assert report.status == "completed", report.errors
+    record = s3.get_object(Bucket=buckets.dest, Key="github/acme/beta/repository.json")
+    default = orjson.loads(record["Body"].read())["default_branch"]
+    where = tmp_path / "restore"
+    where.mkdir()
+    target = tmp_path / "new" / "beta-restored.git"
+    git("init", "-q", "--bare", "-b", "not-a-branch", str(target))
+    result = run_github_restore(
+        buckets.dest, "beta", str(target), default, where, s3_server.endpoint
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert git("symbolic-ref", "HEAD", cwd=target).strip() == "refs/heads/not-a-branch"
+
+    text = README.read_text()
+    section = text[text.index("**Restore from a bundle.**") : text.index("Wikis restore the same")]
+    found = re.search(r"`(git symbolic-ref HEAD refs/heads/[^`]*)`", section)
+    assert found, "the README does not say how to set a restored repository's default branch"
+    command = found.group(1).replace("main", default).split()
+    git(*command[1:], cwd=target)
+    git("clone", "-q", str(target), str(tmp_path / "checkout"))
+    assert git("branch", "--show-current", cwd=tmp_path / "checkout").strip() == default
