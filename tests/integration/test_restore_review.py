@@ -472,3 +472,36 @@ async def test_the_readme_github_restore_says_how_to_set_the_default_branch(
     git(*command[1:], cwd=target)
     git("clone", "-q", str(target), str(tmp_path / "checkout"))
     assert git("branch", "--show-current", cwd=tmp_path / "checkout").strip() == default
+
+
+def test_a_restore_brings_back_objects_deleted_from_the_source_since_and_the_readme_says_so(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A backup deletes nothing at the destination: an object deleted from the source after
+    it was backed up stays in the archive, and the README's restore brings it back with the
+    rest. The README's restore section must say so (a restore is not the source's last
+    state), and how ``checkpoint verify`` of the backup shows such objects."""
+    prefix = "Projects/TeamA/2024Q1"
+    for name in ("kept", "deleted-later"):
+        s3.put_object(Bucket=buckets.source, Key=f"{prefix}/{name}", Body=name.encode())
+    scratch = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, scratch, buckets.source, buckets.dest)
+    assert run_cli([prefix, *args]).returncode == 0
+    s3.delete_object(Bucket=buckets.source, Key=f"{prefix}/deleted-later")
+    again = run_cli([prefix, *args, "--skip-existing"])
+    assert again.returncode == 0, again.stderr
+    restored_bucket = f"{buckets.dest}-restored"
+    s3.create_bucket(Bucket=restored_bucket)
+    names = {
+        RESTORED: restored_bucket,
+        ARCHIVE: buckets.dest,
+        SCRATCH: str(scratch),
+        f"-profile {PROFILE}": "-profile dst",
+    }
+    result = run_readme_block("new bucket", names, s3_server.endpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list_keys(s3, restored_bucket) == [f"{prefix}/deleted-later", f"{prefix}/kept"]
+
+    text = " ".join(README.read_text().split())
+    section = text[text.index("### Restoring") : text.index("## GitHub to S3")]
+    assert "deleted from the source" in section, "the README's restore does not say so"
