@@ -22,6 +22,8 @@ from tests.conftest import Buckets, S3Server
 from tests.github_server import add_commit, git
 from tests.helpers import MiB, cli_args, list_keys, put_multipart, run_cli
 from tests.integration.github_org import ASSET, config, refs, running_org
+from tests.integration.test_permissions import check_requests, readme_policy
+from tests.proxy import S3Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -505,3 +507,43 @@ def test_a_restore_brings_back_objects_deleted_from_the_source_since_and_the_rea
     text = " ".join(README.read_text().split())
     section = text[text.index("### Restoring") : text.index("## GitHub to S3")]
     assert "deleted from the source" in section, "the README's restore does not say so"
+
+
+def test_the_readme_restore_needs_only_the_permissions_it_names(
+    proxy: S3Proxy, s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The README's restore, its verify included, sends only requests that its permissions
+    allow: the source policy on the archive, the destination policy on the new bucket, each
+    with its tagging permission for ``--copy-tags``."""
+    prefix = "Projects/TeamA/2024Q1"
+    seed(s3, buckets.source, prefix)
+    scratch = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, scratch, buckets.source, buckets.dest)
+    backup = run_cli([prefix, *args, "--copy-tags", "--multipart-threshold", "5MiB"])
+    assert backup.returncode == 0, backup.stderr
+    restored_bucket = f"{buckets.dest}-restored"
+    s3.create_bucket(Bucket=restored_bucket)
+    names = {
+        RESTORED: restored_bucket,
+        ARCHIVE: buckets.dest,
+        SCRATCH: str(scratch),
+        f"-profile {PROFILE}": "-profile dst",
+    }
+    result = run_readme_block("new bucket", names, proxy.endpoint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: 9 files marked done" in result.stdout, result.stdout
+
+    def tagging(policy: dict[str, Any], action: str, bucket: str) -> dict[str, Any]:
+        extra = {"Effect": "Allow", "Action": action, "Resource": f"arn:aws:s3:::{bucket}/*"}
+        return {**policy, "Statement": [*policy["Statement"], extra]}
+
+    policies = {
+        buckets.dest: tagging(
+            readme_policy("source", buckets.dest), "s3:GetObjectTagging", buckets.dest
+        ),
+        restored_bucket: tagging(
+            readme_policy("destination", restored_bucket), "s3:PutObjectTagging", restored_bucket
+        ),
+    }
+    seen = check_requests(proxy.seen(), policies)
+    assert {"GetObjectTagging", "GetObject", "PutObject", "UploadPart"} <= seen, seen
