@@ -584,3 +584,32 @@ def test_a_restore_into_the_original_bucket_with_skip_existing_puts_back_what_wa
     for name in ("multipart.bin", "folder/", "odd/k e y %2F+é€ ?#&=;@ ~!'()*[]", "streamed.bin"):
         restored = {k: v for k, v in after[name].items() if k != "storage_class"}
         assert restored == {k: v for k, v in before[name].items() if k != "storage_class"}, name
+
+
+def test_a_backup_to_the_bucket_root_restores_from_an_empty_source_path(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The README: a backup made with ``--dest-prefix ''`` restores with a ``SOURCE_PATH`` of
+    ``''`` and the original folder as ``--dest-prefix``; ``--exclude`` leaves out what else
+    the archive holds."""
+    prefix = "Projects/TeamA/2024Q1"
+    seed(s3, buckets.source, prefix)
+    scratch = tmp_path / "scratch"
+    args = cli_args(s3_server.endpoint, scratch, buckets.source, buckets.dest)
+    backup = run_cli([prefix, *args, "--copy-tags", "--multipart-threshold", "5MiB"])
+    assert backup.returncode == 0, backup.stderr  # another job's copies, under Projects/
+    backup = run_cli(
+        [prefix, *args, "--copy-tags", "--multipart-threshold", "5MiB", "--dest-prefix", ""]
+    )
+    assert backup.returncode == 0, backup.stderr
+    restored_bucket = f"{buckets.dest}-restored"
+    s3.create_bucket(Bucket=restored_bucket)
+    back = cli_args(s3_server.endpoint, scratch, buckets.dest, restored_bucket)
+    restore = run_cli(
+        ["", *back, "--copy-tags", "--dest-prefix", prefix, "--exclude", "Projects/*"]
+    )
+    assert restore.returncode == 0, restore.stderr
+    assert_restored(
+        snapshot(s3, buckets.source, f"{prefix}/"), snapshot(s3, restored_bucket, f"{prefix}/")
+    )
+    assert list_keys(s3, restored_bucket) == list_keys(s3, restored_bucket, f"{prefix}/")
