@@ -97,3 +97,33 @@ async def test_a_listing_out_of_key_order_is_refused_in_one_line_nothing_marked(
         ["checkpoint", "verify", str(path), "--endpoint-url", s3_server.endpoint]
     )
     assert direct.returncode == 0, direct.stdout + direct.stderr
+
+
+async def test_a_done_key_outside_source_path_takes_no_copy_of_another_key(
+    s3_server: S3Server, s3: Any, buckets: Buckets
+) -> None:
+    """A key marked done by hand outside SOURCE_PATH has no copy of the job's: reported
+    missing, and the copy of the job's key whose name it shares past the prefix's length is
+    still that key's. Mapping each done key to its destination key (before the walk) cut
+    ``zzzzzx`` at the prefix's length to ``bk/x``, which then stood for it, not for ``data/x``
+    (reported missing, a good copy marked pending by --mark-pending); with --dest-prefix ''
+    the key ``other`` (as long as ``data/``) raised an InvalidDestinationKey out of verify."""
+    s3.put_object(Bucket=buckets.source, Key="data/x", Body=b"x")
+    for dest_prefix, copy in (("bk", "bk/x"), ("", "x")):
+        s3.put_object(Bucket=buckets.dest, Key=copy, Body=b"x")
+        state = CheckpointState.new(
+            source_bucket=buckets.source,
+            source_path="data",
+            dest_bucket=buckets.dest,
+            config={"dest_prefix": dest_prefix},
+        )
+        state.files = {"data/x": True, "zzzzzx": True, "other": True}
+        async with contextlib.AsyncExitStack() as stack:
+            client = await open_test_client(stack, s3_server.endpoint)
+            result = await verify_state(state, source_client=client, dest_client=client)
+        assert (result.content_checked, result.missing) == (1, ["other", "zzzzzx"]), (
+            dest_prefix,
+            result.to_dict(),
+        )
+        assert not result.different and not result.not_in_source, result.to_dict()
+        s3.delete_object(Bucket=buckets.dest, Key=copy)
