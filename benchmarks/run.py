@@ -196,10 +196,15 @@ def summarize_cell(runs: list[dict[str, Any]], workload: wl.Workload) -> dict[st
     }
 
 
+#: s5cmd as the harness runs it: at the shared concurrency, and at its own 256 workers
+S5CMD_NAMES = ("s5cmd", "s5cmd-256")
+
+
 def vs_ours(cells: dict[str, Any], key: str) -> float | None:
     """The table's "vs ours" of cell ``key`` ("TOOL/MODE"): staged, asyncbackup's median time
     / this tool's (asyncbackup's own row: 1); direct, this tool's / s5cmd's. None when either
-    median is missing (all runs failed, or the tool is not installed)."""
+    median is missing (all runs failed, or the tool is not installed). s5cmd's: the faster of
+    its runs at 64 workers and at its own 256 (``S5CMD_NAMES``)."""
     tool, mode = key.split("/")
     mine: float | None = cells[key].get("median_wall")
     base: float | None
@@ -208,7 +213,9 @@ def vs_ours(cells: dict[str, Any], key: str) -> float | None:
         if mine and base:
             return round(mine / base if tool == "asyncbackup" else base / mine, 3)
         return None
-    base = cells.get("s5cmd/direct", {}).get("median_wall")
+    # s5cmd at 64 workers and at its own 256: the faster of the two is the one to beat
+    s5cmd = [cells.get(f"{name}/direct", {}).get("median_wall") for name in S5CMD_NAMES]
+    base = min((time for time in s5cmd if time), default=None)
     return round(mine / base, 3) if mine and base else None
 
 
@@ -293,7 +300,11 @@ def bench_workload(
                args.concurrency, tool_cpus)  # fmt: skip
     warm_up = one_run(tools[0], "staged", warm, s3, expected, env)
     release(warm.stage)
-    print(f"  warm-up {tools[0].name} staged {warm_up['wall']:.2f}s (not counted)", flush=True)
+    status = warm_up.get("error", "ok")
+    print(
+        f"  warm-up {tools[0].name} staged {warm_up['wall']:.2f}s {status} (not counted)",
+        flush=True,
+    )
     for rep in range(args.reps):
         shift = rep % len(tools)
         for tool in tools[shift:] + tools[:shift]:
@@ -344,7 +355,7 @@ def table(results: dict[str, Any]) -> str:
             )
     lines.append(
         "vs ours (of the medians): staged = asyncbackup's time / this tool's time (target <= "
-        "0.80 against the fastest peer); direct = this tool's time / s5cmd's. best: the "
+        "0.80 against the fastest peer); direct = this tool's time / the faster s5cmd's. best: the "
         "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
         "srv CPU: the server's during the run (medians); runs ok: the runs that exited 0 with "
         "a complete copy (staged: and staging), the only ones the figures are of. bare-http "

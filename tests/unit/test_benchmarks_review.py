@@ -150,3 +150,20 @@ def test_the_ratios_of_the_table_are_in_the_json() -> None:
     table = run_mod.table(results)
     assert "0.75x" in table and "1.50x" in table
     assert "small    direct aws          failed: exit 1: boom" in table
+
+
+def test_direct_ratios_are_against_the_faster_s5cmd() -> None:
+    """s5cmd runs twice, at 64 workers and at its own 256: the direct target is against
+    s5cmd, so against whichever of the two was faster (the 64-worker one alone made our
+    large direct 1.16x where the faster s5cmd made it 1.22x)."""
+    results = _results(
+        {
+            "asyncbackup/direct": [_run(3.0)],
+            "s5cmd/direct": [_run(2.0)],
+            "s5cmd-256/direct": [_run(1.5)],
+        }
+    )
+    cells = results["small"]["cells"]
+    assert cells["asyncbackup/direct"]["vs_ours"] == 2.0  # ours 3.0 / the faster s5cmd's 1.5
+    assert cells["s5cmd/direct"]["vs_ours"] == round(2.0 / 1.5, 3)
+    assert cells["s5cmd-256/direct"]["vs_ours"] == 1.0
