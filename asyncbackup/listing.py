@@ -202,8 +202,14 @@ class RangeLister:
                     items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
             if items:
                 key_range.position = items[-1].key
-            token = answer.get("NextContinuationToken")
+            sent, token = token, answer.get("NextContinuationToken")
             last = beyond or not answer.get("IsTruncated")
+            if not last and token and token == sent:  # as botocore's paginator refuses it
+                raise FatalRunError(
+                    "the source server answered a listing page with the continuation token "
+                    "it was sent: the listing would never end; check --endpoint-url points "
+                    "at an S3 server that supports ListObjectsV2"
+                )
             if not last and not token:  # truncated, no token: go on after the page's last key
                 if previous is None or previous == start_after:
                     raise FatalRunError(
