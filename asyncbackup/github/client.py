@@ -253,8 +253,9 @@ class GitHubClient:
     ) -> AsyncIterator[list[Any]]:
         """Every page of a list, 100 items at a time."""
         url: str | None = self.url(path, {**(params or {}), "per_page": PER_PAGE})
+        seen: set[str] = set()
         while url is not None:
-            answer = await self.get(url)
+            answer = await self.get(unseen_page(seen, url))
             data = answer.json()
             if not isinstance(data, list):
                 raise GitHubError(answer.status, f"expected a list from {url}")
@@ -314,9 +315,10 @@ class GitHubClient:
             position = ListPosition(first_url if by_since else None)
             if paginated:
                 await write(b"[")
+            seen: set[str] = set()
             while url is not None:
                 try:
-                    answer = await self.get(url)
+                    answer = await self.get(unseen_page(seen, url))
                 except GitHubError as exc:
                     url = position.read_on(exc)
                     continue
@@ -463,6 +465,16 @@ async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, 
             size += len(chunk)
             await asyncio.to_thread(handle.write, chunk)
     return size, digest.digest()
+
+
+def unseen_page(seen: set[str], url: str) -> str:
+    """``url``, noted as a page of the list being read; a ``GitHubError`` when it is one
+    read already: next links that loop (page 3 back to page 1) would read the list, and
+    write it to its file, for ever."""
+    if url in seen:
+        raise GitHubError(200, f"the API's next links loop back to a page read already: {url}")
+    seen.add(url)
+    return url
 
 
 def last_page_full(page_sizes: list[int]) -> bool:

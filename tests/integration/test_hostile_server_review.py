@@ -13,12 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from asyncbackup.errors import FatalRunError
+from asyncbackup.github.client import GitHubClient, GitHubError
+from asyncbackup.github.listing import Lister, RepoFilter
+from asyncbackup.github.ratelimit import RateGate
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sources.s3 import S3Source
+from tests.github_server import FakeClock
 from tests.integration.test_fast_path_http_review import (
     BUCKET,
     Request,
@@ -87,3 +95,115 @@ async def test_a_continuation_token_that_never_changes_ends_the_listing(fast: bo
                     pages += 1
                     assert pages < 50, "the listing went on, page after page of the same token"
     assert len(server.requests) <= 5
+
+
+# -- GitHub -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def github_api(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[tuple[GitHubClient, str, list[web.Request]]]:
+    """A loopback "API" answering with ``handler``, and a client of it (fake time: a pause
+    passes at once, and is recorded in ``client.gate.waits``)."""
+    seen: list[web.Request] = []
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    api = f"http://127.0.0.1:{port}/api"
+    clock = FakeClock()
+    try:
+        async with aiohttp.ClientSession() as session:
+            gate = RateGate(clock=clock, sleep=clock.sleep)
+            client = GitHubClient(
+                session, api, TOKEN, gate=gate, slots=asyncio.Semaphore(4), sleep=clock.sleep
+            )
+            yield client, api, seen
+    finally:
+        await runner.cleanup()
+
+
+async def looping_pages(request: web.Request) -> web.Response:
+    """Pages 1, 2, 3 of a list, page 3's next link back to page 1."""
+    page = int(request.query.get("page", "1"))
+    following = page % 3 + 1
+    link = f'<{request.url.with_query(page=following, per_page=100)}>; rel="next"'
+    items = [{"id": page * 100 + i, "title": f"item {i}"} for i in range(3)]
+    return web.json_response(items, headers={"Link": link})
+
+
+async def test_github_next_links_that_loop_end_the_reading(tmp_path: Path) -> None:
+    """A server whose page 3 links back to page 1: the resource was written to its file
+    for ever (the staging disk filled), and the repository list read for ever."""
+    async with github_api(looping_pages) as (client, api, seen):
+        out = tmp_path / "issues.json"
+        with pytest.raises(GitHubError, match="loop"):
+            async with asyncio.timeout(10):
+                await client.fetch_to_file(f"{api}/items", out, previous=None, paginated=True)
+        assert len(seen) <= 4
+        assert out.stat().st_size < 10_000
+        seen.clear()
+        pages = 0
+        with pytest.raises(GitHubError, match="loop"):
+            async with asyncio.timeout(20):
+                async for _ in client.pages("/items"):
+                    pages += 1
+                    assert pages < 50, "the pages went on, round and round"
+        assert len(seen) <= 4
+
+
+async def looping_repositories(request: web.Request) -> web.Response:
+    """An organisation's repository list whose page 3 links back to page 1 (each repository
+    with no release), or the releases of one of them, whose page 2 links back to page 1."""
+    page = int(request.query.get("page", "1"))
+    if request.path.endswith("/releases"):
+        following = page % 2 + 1
+        items: list[dict[str, Any]] = [
+            {"id": page * 10 + i, "tag_name": f"v{page}.{i}", "assets": []} for i in range(2)
+        ]
+    else:
+        following = page % 3 + 1
+        items = [
+            {
+                "id": page * 100 + i,
+                "name": f"r{page}-{i}",
+                "full_name": f"acme/r{page}-{i}",
+                "owner": {"login": "acme"},
+            }
+            for i in range(3)
+        ]
+    link = f'<{request.url.with_query(page=following, per_page=100)}>; rel="next"'
+    return web.json_response(items, headers={"Link": link})
+
+
+async def test_github_repository_and_release_lists_that_loop_end_the_listing() -> None:
+    async with github_api(looping_repositories) as (client, _, seen):
+        lister = Lister(
+            client,
+            repos_path="/orgs/acme/repos",
+            repos_params={},
+            repo_filter=RepoFilter(),
+            wikis=False,
+            previous_listing={},
+            note=lambda *_: None,
+        )
+        with pytest.raises(GitHubError, match="loop"):
+            async with asyncio.timeout(10):
+                await lister._list_assets("acme", "r1-0")
+        assert len(seen) <= 3
+        with pytest.raises(GitHubError, match="loop"):
+            async with asyncio.timeout(10):
+                async for _ in lister.pages():
+                    pass
+        listed = [r for r in seen if r.path.endswith("/orgs/acme/repos")]
+        assert len(listed) <= 4
