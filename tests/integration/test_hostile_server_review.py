@@ -23,7 +23,7 @@ from aiohttp import web
 from asyncbackup.errors import FatalRunError
 from asyncbackup.github.client import GitHubClient, GitHubError
 from asyncbackup.github.listing import Lister, RepoFilter
-from asyncbackup.github.ratelimit import RateGate
+from asyncbackup.github.ratelimit import PRIMARY_MAX_WAIT, RateGate
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sources.s3 import S3Source
 from tests.github_server import FakeClock
@@ -207,3 +207,26 @@ async def test_github_repository_and_release_lists_that_loop_end_the_listing() -
                     pass
         listed = [r for r in seen if r.path.endswith("/orgs/acme/repos")]
         assert len(listed) <= 4
+
+
+@pytest.mark.parametrize("retry_after", ["1000000000", "inf", "-5"])
+async def test_github_retry_after_far_away_is_no_pause_for_ever(retry_after: str) -> None:
+    """A secondary limit's ``retry-after`` of 10^9 seconds paused every request for 31 years
+    (one warning, then silence); a reset time far away is capped at an hour already."""
+    answers = 0
+
+    async def limited_once(request: web.Request) -> web.Response:
+        nonlocal answers
+        answers += 1
+        if answers == 1:
+            return web.json_response(
+                {"message": "You have exceeded a secondary rate limit."},
+                status=403,
+                headers={"retry-after": retry_after},
+            )
+        return web.json_response({"id": 1})
+
+    async with github_api(limited_once) as (client, _, _):
+        assert await client.get_json("/repos/acme/alpha") == {"id": 1}
+        waits = [seconds for _, seconds in client.gate.waits]
+        assert waits and all(1.0 <= seconds <= PRIMARY_MAX_WAIT for seconds in waits)
