@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,14 @@ import pytest
 from aiohttp import web
 
 from asyncbackup.errors import FatalRunError
+from asyncbackup.etags import multipart_parts
 from asyncbackup.github.client import GitHubClient, GitHubError
 from asyncbackup.github.listing import Lister, RepoFilter
 from asyncbackup.github.ratelimit import PRIMARY_MAX_WAIT, RateGate
+from asyncbackup.pipeline import WorkItem
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sources.s3 import S3Source
+from asyncbackup.staging import Staging
 from tests.github_server import FakeClock
 from tests.integration.test_fast_path_http_review import (
     BUCKET,
@@ -230,3 +235,46 @@ async def test_github_retry_after_far_away_is_no_pause_for_ever(retry_after: str
         assert await client.get_json("/repos/acme/alpha") == {"id": 1}
         waits = [seconds for _, seconds in client.gate.waits]
         assert waits and all(1.0 <= seconds <= PRIMARY_MAX_WAIT for seconds in waits)
+
+
+# -- S3: sizes and part counts ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+async def test_an_etag_claiming_millions_of_parts_allocates_and_asks_nothing_per_part(
+    fast: bool, tmp_path: Path
+) -> None:
+    """S3 makes at most 10,000 parts. An ETag ``<md5>-1000000000`` made the download's
+    layout check allocate a list of 10^9 sizes (8 GB) and ask a HEAD ?partNumber= of each;
+    10^7 here (80 MB) shows it without exhausting the machine."""
+    body = bytes(range(256)) * 8192  # 2 MiB: staged through a file, its layout checked
+    etag = f'"{hashlib.md5(body).hexdigest()}-10000000"'
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        if "partNumber" in request.path:
+            writer.write(answer(b"", status="501 Not Implemented"))
+        else:
+            writer.write(answer(body if request.method == "GET" else b"", f"etag: {etag}"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, s3_source(server, fast=fast) as source:
+        staging = Staging(tmp_path / "stage", BUCKET)
+        staging.prepare()
+        tracemalloc.start()
+        try:
+            fetched = await source.fetch(WorkItem("data/big", len(body), etag), staging)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert fetched.size == len(body)
+    assert peak < 30 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
+    assert not [r for r in server.requests if "partNumber" in r.path]
+
+
+@pytest.mark.parametrize("count", ["0", "10001", "1000000000", "9" * 5000])
+def test_no_part_count_s3_never_makes_is_taken_from_an_etag(count: str) -> None:
+    assert multipart_parts(f'"{"0" * 32}-{count}"') is None
+    assert multipart_parts(f'"{"0" * 32}-10000"') == 10_000
