@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..checksums import Digests, Hasher, RunningDigests, multipart_etag
-from ..errors import IntegrityError
+from ..config import S3_MAX_PARTS
+from ..errors import IntegrityError, ObjectError
 from ..partfeed import ByteBudget, PartFeed, StagedPart
 
 CHUNK = 1024 * 1024
@@ -150,6 +151,13 @@ class PartReceiver(Receiver):
             raise IntegrityError("the GET answer has no Content-Length to cut parts by")
         self.size = int(head["ContentLength"])
         count = max(1, -(-self.size // self.part_size))
+        if count > S3_MAX_PARTS:  # the feed holds a future per part: 2^62 bytes, 10^11 of them
+            raise ObjectError(
+                "ObjectChanged",
+                f"the GET announces {self.size:,} bytes, more than the {S3_MAX_PARTS:,} parts "
+                f"of {self.part_size:,} bytes its upload was planned in for its listed size "
+                "can take; run again to copy it as listed now",
+            )
         self.feed = PartFeed(count, self.part_size, self.budget)
         self.started.set_result(head)
 

@@ -22,11 +22,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from asyncbackup.errors import FatalRunError
+from asyncbackup.errors import FatalRunError, ObjectError
 from asyncbackup.etags import multipart_parts
 from asyncbackup.github.client import GitHubClient, GitHubError
 from asyncbackup.github.listing import Lister, RepoFilter
 from asyncbackup.github.ratelimit import PRIMARY_MAX_WAIT, RateGate
+from asyncbackup.partfeed import ByteBudget
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.retry import RetryPolicy
 from asyncbackup.sources.s3 import S3Source
@@ -278,3 +279,45 @@ async def test_an_etag_claiming_millions_of_parts_allocates_and_asks_nothing_per
 def test_no_part_count_s3_never_makes_is_taken_from_an_etag(count: str) -> None:
     assert multipart_parts(f'"{"0" * 32}-{count}"') is None
     assert multipart_parts(f'"{"0" * 32}-10000"') == 10_000
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+async def test_a_get_announcing_petabytes_makes_no_part_per_announced_byte(
+    fast: bool, tmp_path: Path
+) -> None:
+    """A GET streamed to a multipart upload as it arrives was cut in parts by its announced
+    Content-Length before any byte came: a future per part. 2^62 bytes in parts of 8 MiB
+    was 5.5 * 10^11 of them (the machine out of memory); 200,000 parts here show it."""
+    part_size = 8 * 1024 * 1024
+    announced = part_size * 200_000
+    etag = f'"{"0" * 32}"'
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        head = f"HTTP/1.1 200 OK\r\netag: {etag}\r\ncontent-length: {announced}\r\n\r\n"
+        writer.write(head.encode() + b"abc")  # then the connection closes: a body cut short
+        await writer.drain()
+        return False
+
+    async def upload(fetched: Any, feed: Any) -> None:
+        await asyncio.Event().wait()  # until the download's failure cancels it
+
+    async with serving(handler) as server, s3_source(server, fast=fast) as source:
+        staging = Staging(tmp_path / "stage", BUCKET)
+        staging.prepare()
+        tracemalloc.start()
+        try:
+            with pytest.raises(ObjectError):
+                await source.fetch_streamed(
+                    WorkItem("data/big", 100 * 1024 * 1024, etag),
+                    staging,
+                    part_size=part_size,
+                    source_part_size=None,
+                    budget=ByteBudget(4 * part_size),
+                    upload=upload,
+                )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
