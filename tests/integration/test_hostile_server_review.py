@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from asyncbackup.config import grown_part_size
 from asyncbackup.errors import FatalRunError, ObjectError
 from asyncbackup.etags import multipart_parts
 from asyncbackup.github.client import GitHubClient, GitHubError
@@ -30,6 +31,7 @@ from asyncbackup.github.ratelimit import PRIMARY_MAX_WAIT, RateGate
 from asyncbackup.partfeed import ByteBudget
 from asyncbackup.pipeline import WorkItem
 from asyncbackup.retry import RetryPolicy
+from asyncbackup.sinks.s3copy import ServerSideCopier
 from asyncbackup.sources.s3 import S3Source
 from asyncbackup.staging import Staging
 from tests.github_server import FakeClock
@@ -321,3 +323,38 @@ async def test_a_get_announcing_petabytes_makes_no_part_per_announced_byte(
         finally:
             tracemalloc.stop()
     assert peak < 20 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+async def test_a_direct_copy_of_a_listed_size_past_any_multipart_upload_plans_no_parts() -> None:
+    """``--direct`` cut an object into parts by its listed Size before any request: a listed
+    Size of 10^20 was a list of 1.9 * 10^10 part sizes (the machine out of memory); 2.7 * 10^16
+    here (5 * 10^6 parts) shows it. No multipart upload of S3's (10,000 parts of 5 GiB) can
+    take more than 50 TiB: such an object fails, and nothing is asked of the server."""
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        writer.write(answer(b"", status="500 Internal Server Error"))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, s3_source(server, fast=False) as source:
+        copier = ServerSideCopier(
+            source.client,
+            source_bucket=BUCKET,
+            dest_bucket="dest",
+            retry=RetryPolicy(1),
+            dest_key=lambda key: key,
+            part_size_for=lambda size: grown_part_size(8 * 1024 * 1024, size),
+            part_concurrency=2,
+        )
+        tracemalloc.start()
+        try:
+            with pytest.raises(ObjectError, match="EntityTooLarge") as failed:
+                await copier.copy(WorkItem("data/huge", 5 * 2**30 * 5_000_000, '"abc"'))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert not failed.value.retryable
+    assert peak < 10 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
+    assert server.requests == []
