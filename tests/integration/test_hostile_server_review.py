@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from botocore.exceptions import BotoCoreError
 
 from asyncbackup.config import grown_part_size
 from asyncbackup.errors import FatalRunError, ObjectError
@@ -41,6 +42,7 @@ from tests.integration.test_fast_path_http_review import (
     Server,
     answer,
     fast_s3,
+    get,
     serving,
 )
 
@@ -358,3 +360,56 @@ async def test_a_direct_copy_of_a_listed_size_past_any_multipart_upload_plans_no
     assert not failed.value.retryable
     assert peak < 10 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
     assert server.requests == []
+
+
+# -- S3: headers ------------------------------------------------------------------------
+
+
+async def test_a_huge_answer_head_is_refused_by_the_fast_path() -> None:
+    """aiohttp (botocore's) refuses a header line over 8 KiB; the fast path took a head of
+    any size, each header's pieces joined one by one (quadratic: a 1 GB header was minutes of
+    CPU and its gigabyte held). 16 MiB here, read as the request's answer."""
+    value = b"x" * (16 * 1024 * 1024)
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\netag: "abc"\r\nx-amz-meta-big: ')
+        for start in range(0, len(value), 1 << 20):
+            writer.write(value[start : start + (1 << 20)])
+            await writer.drain()
+        writer.write(b"\r\ncontent-length: 3\r\n\r\nabc")
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, fast_s3(server) as fast:
+        tracemalloc.start()
+        try:
+            with pytest.raises(BotoCoreError):
+                await get(fast, "data/a")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+async def test_thousands_of_headers_and_far_off_dates_are_read_as_botocore_reads_them() -> None:
+    """5,000 small headers (1 MiB in all would be refused: see above; these are 150 KiB), a
+    Date years off and a Retry-After of 10^9 on an answer: read, not slept on."""
+    headers = "".join(f"x-amz-meta-h{i}: v{i}\r\n" for i in range(5000))
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        head = (
+            'HTTP/1.1 200 OK\r\netag: "900150983cd24fb0d6963f7d28e17f72"\r\n'
+            "date: Mon, 01 Jan 1990 00:00:00 GMT\r\nretry-after: 1000000000\r\n"
+            f"{headers}content-length: 3\r\n\r\nabc"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, fast_s3(server) as fast:
+        out, body = await get(fast, "data/a")
+    assert body == b"abc" and len(out["Metadata"]) == 5000
