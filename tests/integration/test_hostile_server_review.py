@@ -413,3 +413,64 @@ async def test_thousands_of_headers_and_far_off_dates_are_read_as_botocore_reads
     async with serving(handler) as server, fast_s3(server) as fast:
         out, body = await get(fast, "data/a")
     assert body == b"abc" and len(out["Metadata"]) == 5000
+
+
+# -- XML ----------------------------------------------------------------------------------
+
+_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lollollollollollollollollollol">'
+    + "".join(
+        f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">'
+        for i in range(1, 10)
+    )
+    + "]>"
+)
+HOSTILE_XML = {
+    "billion-laughs": _LAUGHS.encode()
+    + listing(contents("data/&lol9;"), truncated=False, token=None).split(b"?>", 1)[1],
+    "external-entity": (
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        + listing(contents("data/&xxe;"), truncated=False, token=None).split(b"?>", 1)[1]
+    ),
+    "external-dtd": (
+        b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "file:///etc/passwd">'
+        + listing(contents("data/a"), truncated=False, token=None).split(b"?>", 1)[1]
+    ),
+    "deep-nesting": listing(
+        contents("data/a") + "<x>" * 200_000 + "</x>" * 200_000, truncated=False, token=None
+    ),
+}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+@pytest.mark.parametrize("kind", list(HOSTILE_XML))
+async def test_hostile_xml_in_a_listing_expands_nothing_and_reads_no_local_file(
+    kind: str, fast: bool
+) -> None:
+    """Entity bombs, external entities (a DOCTYPE naming /etc/passwd) and 200,000 nested
+    elements in a ListObjectsV2 page: refused or read as plain text, never expanded, never
+    a local file's content in a key or an error; memory stays small."""
+    body = HOSTILE_XML[kind]
+
+    def page(request: Request) -> bytes:
+        return body
+
+    passwd = Path("/etc/passwd").read_text()[:8]  # "root:x:0" on any Linux
+    keys: list[str] = []
+    tracemalloc.start()
+    try:
+        async with serving(listing_server(page)) as server, s3_source(server, fast=fast) as source:
+            try:
+                async with asyncio.timeout(30):
+                    async for items in source.list("data/"):
+                        keys.extend(item.key for item in items)
+                failure = ""
+            except (ObjectError, FatalRunError) as exc:
+                failure = str(exc)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert passwd not in failure and all(passwd not in key for key in keys)
+    assert all(len(key) < 100 for key in keys), "an entity was expanded"
+    assert kind in ("external-dtd", "deep-nesting") or failure  # refused outright
+    assert peak < 64 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
