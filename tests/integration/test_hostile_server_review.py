@@ -474,3 +474,26 @@ async def test_hostile_xml_in_a_listing_expands_nothing_and_reads_no_local_file(
     assert all(len(key) < 100 for key in keys), "an entity was expanded"
     assert kind in ("external-dtd", "deep-nesting") or failure  # refused outright
     assert peak < 64 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+async def test_a_listing_page_of_gigabytes_is_refused_by_the_fast_path_unparsed() -> None:
+    """A ListObjectsV2 page asked for 1,000 keys is a few MB at most; the fast path read a
+    body of any size whole and parsed it (a 2 GB page: tens of GB). 17 MiB of 4,400 keys of
+    4 KiB here: refused, its parse never made."""
+    entries = "".join(contents(f"data/{i:06d}-{'k' * 4000}") for i in range(4400))
+    body = listing(entries, truncated=False, token=None)
+    assert len(body) > 17 * 1024 * 1024
+
+    def page(request: Request) -> bytes:
+        return body
+
+    async with serving(listing_server(page)) as server, s3_source(server, fast=True) as source:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ObjectError, match="InvalidResponse"):
+                async for _ in source.list("data/"):
+                    pass
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 48 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
