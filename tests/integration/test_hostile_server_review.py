@@ -497,3 +497,36 @@ async def test_a_listing_page_of_gigabytes_is_refused_by_the_fast_path_unparsed(
         finally:
             tracemalloc.stop()
     assert peak < 48 * 1024 * 1024, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+async def test_continuation_tokens_that_cycle_end_the_listing(fast: bool) -> None:
+    """Tokens A, B, C, then A again (the same keys with each): listed for ever, as with one
+    token repeated."""
+
+    def page(request: Request) -> bytes:
+        sent = request.path.partition("continuation-token=")[2].partition("&")[0]
+        following = {"": "A", "A": "B", "B": "C", "C": "A"}[sent]
+        return listing(contents("data/a"), truncated=True, token=following)
+
+    async with serving(listing_server(page)) as server, s3_source(server, fast=fast) as source:
+        pages = 0
+        with pytest.raises(FatalRunError, match="continuation token"):
+            async with asyncio.timeout(20):
+                async for _ in source.list("data/"):
+                    pages += 1
+                    assert pages < 50, "the listing went on, round and round"
+    assert len(server.requests) <= 6
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+async def test_truncated_pages_without_a_token_or_progress_end_the_listing(fast: bool) -> None:
+    def page(request: Request) -> bytes:
+        return listing(contents("data/a"), truncated=True, token=None)
+
+    async with serving(listing_server(page)) as server, s3_source(server, fast=fast) as source:
+        with pytest.raises(FatalRunError, match="neither a continuation token"):
+            async with asyncio.timeout(20):
+                async for _ in source.list("data/"):
+                    pass
+    assert len(server.requests) <= 3
