@@ -34,6 +34,10 @@ log = logging.getLogger("asyncbackup")
 PER_PAGE = 100
 API_VERSION = "2022-11-28"
 CHUNK = 1024 * 1024
+#: an API answer longer than this (decompressed) is refused as it comes: a page of 100 items
+#: is tens of MB at most (100 releases of 1,000 assets each: about 150), and a broken or
+#: hostile server's gigabyte was read whole, then parsed
+BODY_LIMIT = 256 * 1024 * 1024
 _MAX_RATE_LIMIT_RETRIES = 12
 _MAX_HOPS = 3
 _JSON = "application/vnd.github+json"
@@ -204,7 +208,7 @@ class GitHubClient:
                     if save_to is not None and status == 200:
                         saved, body = await _save_body(response, save_to), b""
                     else:
-                        body = await response.read()
+                        body = await _read_body(response)
                     answer_headers = {k.lower(): v for k, v in response.headers.items()}
                     next_link = response.links.get("next")
                     next_url = str(next_link["url"]) if next_link else None
@@ -453,6 +457,22 @@ def _sso_advice(headers: Mapping[str, str]) -> str:
         if part.lower().startswith("url="):
             return f"; authorize the token for the organisation's SAML SSO at {part[4:]}"
     return "; authorize the token for the organisation's SAML SSO"
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """A response's body, refused (a ``GitHubError``) once it goes on past ``BODY_LIMIT``."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > BODY_LIMIT:
+            raise GitHubError(
+                response.status,
+                f"the answer to GET {response.url} goes on past {BODY_LIMIT:,} bytes; "
+                "no page of the API is that long",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, bytes]:

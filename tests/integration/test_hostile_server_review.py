@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -530,3 +531,32 @@ async def test_truncated_pages_without_a_token_or_progress_end_the_listing(fast:
                 async for _ in source.list("data/"):
                     pass
     assert len(server.requests) <= 3
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+async def test_a_github_answer_past_the_body_limit_is_refused_as_it_comes(
+    compressed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of 100 items is tens of MB at most; an answer of any size was read whole (a
+    1 GB JSON body: a gigabyte, then its parse several more). The limit is lowered to 1 MiB
+    here, the answer 4 MiB (gzip: 4 MiB from a few KiB, a decompression bomb)."""
+    monkeypatch.setattr("asyncbackup.github.client.BODY_LIMIT", 1024 * 1024)
+    body = b"[" + b",".join([b'{"id": 1}'] * 400_000) + b"]"
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        if compressed:
+            return web.Response(
+                body=gzip.compress(body),
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)  # chunked: no Content-Length to refuse it by
+        for start in range(0, len(body), 65536):
+            await response.write(body[start : start + 65536])
+        await response.write_eof()
+        return response
+
+    async with github_api(huge) as (client, _, seen):
+        with pytest.raises(GitHubError, match="past"):
+            await client.get_json("/repos/acme/alpha/issues")
+    assert len(seen) == 1  # not retried
