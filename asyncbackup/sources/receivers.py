@@ -90,11 +90,22 @@ class Receiver:
 class MemoryReceiver(Receiver):
     """Chunks of a small object kept in memory (staged in one write once verified)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.digest = hashlib.md5(usedforsecurity=False)
         self.chunks: list[bytes] = []
+        #: held no further: an answer announcing more is refused by its Content-Length, one
+        #: without it (chunked) by this, however long it goes on
+        self.limit = limit
+        self.size = 0
 
     async def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ObjectError(
+                "ObjectChanged",
+                f"the object grew past {self.limit:,} bytes since it was listed; "
+                "run again to copy it as listed now",
+            )
         self.digest.update(chunk)
         self.chunks.append(chunk)
 

@@ -711,3 +711,39 @@ async def test_keys_the_fast_path_decodes_never_stage_outside_staging(tmp_path: 
             assert fetched.path.resolve().is_relative_to(root), key
     assert set(tmp_path.parent.iterdir()) == before
     assert not [p for p in tmp_path.rglob("escaped*") if not p.resolve().is_relative_to(root)]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+async def test_a_small_object_whose_get_goes_on_unannounced_is_held_in_memory_no_further(
+    fast: bool, tmp_path: Path
+) -> None:
+    """A small object (listed under 1 MiB) is received in memory; one grown past it is
+    refused by its announced Content-Length, but a GET without one (chunked) that went on
+    and on was held whole, without end for an answer that never ends. 8 MiB here."""
+    body = b"x" * (8 * 1024 * 1024)
+    etag = f'"{hashlib.md5(body).hexdigest()}"'
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        writer.write(
+            f"HTTP/1.1 200 OK\r\netag: {etag}\r\ntransfer-encoding: chunked\r\n\r\n".encode()
+        )
+        for start in range(0, len(body), 65536):
+            writer.write(b"10000\r\n" + body[start : start + 65536] + b"\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return False
+
+    async with serving(handler) as server, s3_source(server, fast=fast) as source:
+        staging = Staging(tmp_path / "stage", BUCKET)
+        staging.prepare()
+        tracemalloc.start()
+        try:
+            with pytest.raises(ObjectError, match="ObjectChanged"):
+                await source.fetch(WorkItem("data/small", 3, etag), staging)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 5 * 1024 * 1024, f"{peak / 2**20:.1f} MiB at the peak"
