@@ -747,3 +747,37 @@ async def test_a_small_object_whose_get_goes_on_unannounced_is_held_in_memory_no
         finally:
             tracemalloc.stop()
     assert peak < 5 * 1024 * 1024, f"{peak / 2**20:.1f} MiB at the peak"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "botocore"])
+@pytest.mark.parametrize("retry_after", ["1000000000", "inf", "nan", "-5"])
+async def test_an_s3_retry_after_far_away_is_waited_a_minute_at_most(
+    retry_after: str, fast: bool
+) -> None:
+    slowdown = (
+        b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def page(request: Request) -> bytes:
+        return listing(contents("data/a"), truncated=False, token=None)
+
+    async def handler(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        if len(server.requests) == 1:
+            writer.write(answer(slowdown, f"retry-after: {retry_after}", status="503 Slow Down"))
+        else:
+            writer.write(answer(page(request), "content-type: application/xml"))
+        await writer.drain()
+        return True
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with serving(handler) as server, s3_source(server, fast=fast) as source:
+        source.retry = RetryPolicy(3, sleep=sleep)
+        keys = [item.key async for items in source.list("data/") for item in items]
+    assert keys == ["data/a"]
+    assert slept and all(0 <= seconds <= 60 for seconds in slept)
