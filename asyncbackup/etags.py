@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .config import S3_MAX_PARTS
 from .errors import IntegrityError
 
 #: server-side encryption whose objects' ETags are not their MD5s
 OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-([1-9]\d{0,4})$")
 
 
 def answered_etag(etag: Any, what: str) -> str:
@@ -29,9 +30,15 @@ def clean_etag(etag: str) -> str:
 
 
 def multipart_parts(etag: str) -> int | None:
-    """The part count of a multipart ETag (``"<md5>-N"``), or None."""
+    """The part count of a multipart ETag (``"<md5>-N"``), or None. A count S3 never makes
+    (0, past 10,000) is no multipart ETag: the object's layout, checked from it, was a list
+    of that many sizes and a HEAD of each (``<md5>-1000000000`` from a broken or hostile
+    server: 8 GB), and a count of thousands of digits an int() that raised."""
     match = _MULTIPART_ETAG.match(clean_etag(etag))
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    count = int(match.group(1))
+    return count if count <= S3_MAX_PARTS else None
 
 
 def is_md5_etag(etag: str) -> bool:

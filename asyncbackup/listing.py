@@ -29,6 +29,7 @@ stream they come out in key order (what ``--skip-existing``'s side-by-side walk 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,7 @@ class RangeLister:
 
     async def _walk(self, key_range: _Range) -> None:
         token: str | None = None
+        tokens: set[bytes] = set()  # digests of the tokens this stream was given
         start_after, after_first = key_range.after, key_range.after_first
         while True:
             params: dict[str, Any] = {"MaxKeys": self.page_keys}
@@ -204,6 +206,17 @@ class RangeLister:
                 key_range.position = items[-1].key
             token = answer.get("NextContinuationToken")
             last = beyond or not answer.get("IsTruncated")
+            if not last and token:
+                # a token this stream was given before (the one just sent, as botocore's
+                # paginator refuses it, or one of a cycle): the listing would never end
+                digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
+                if digest in tokens:
+                    raise FatalRunError(
+                        "the source server answered a listing page with a continuation "
+                        "token it gave before: the listing would never end; check "
+                        "--endpoint-url points at an S3 server that supports ListObjectsV2"
+                    )
+                tokens.add(digest)  # 16 bytes a page (of 1,000 keys), not the token
             if not last and not token:  # truncated, no token: go on after the page's last key
                 if previous is None or previous == start_after:
                     raise FatalRunError(

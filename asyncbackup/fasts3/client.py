@@ -56,6 +56,7 @@ from ..errors import ObjectError
 from ..filerange import BufferBody
 from . import http11
 from .responses import (
+    DOCUMENT_LIMIT,
     ERROR_BODY_LIMIT,
     client_error,
     copy_object_output,
@@ -284,6 +285,19 @@ def _connection_error(exc: http11.HTTPError, url: str) -> BaseException:
     return error
 
 
+async def _read_at_most(response: http11.Response, limit: int) -> bytes:
+    """The body of ``response``, or its first ``limit`` bytes when it is longer."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:  # one read may return part of the document
+        chunk = await response.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class FastBody:
     """A GetObject body: ``async with`` releases the connection, ``read(n)`` streams; failures
     mid-body become botocore's ``ResponseStreamingError`` / ``ReadTimeoutError``."""
@@ -437,20 +451,12 @@ class FastS3:
 
     async def _raise_error(self, response: http11.Response, url: str, operation: str) -> None:
         """Read an error answer and raise it as botocore would (or hand the request back)."""
-        chunks: list[bytes] = []
-        size = 0
         try:
-            while size < ERROR_BODY_LIMIT:  # one read may return part of the document
-                chunk = await response.read(ERROR_BODY_LIMIT - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+            body = await _read_at_most(response, ERROR_BODY_LIMIT)
         except http11.HTTPError as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
-        body = b"".join(chunks)
         headers = response.headers
         error = parse_error(response.status, headers, body)
         # the bucket's region, where botocore's redirector reads it: this header, else the
@@ -603,11 +609,17 @@ class FastS3:
         if response.status >= 300:
             await self._raise_error(response, url, operation)
         try:
-            body = await response.read()
+            body = await _read_at_most(response, DOCUMENT_LIMIT + 1)
         except http11.HTTPError as exc:
             raise _connection_error(exc, url) from exc
         finally:
             response.release()
+        if len(body) > DOCUMENT_LIMIT:  # read no further: its parse would take ten times more
+            raise ObjectError(
+                "InvalidResponse",
+                f"the server's answer to {operation} goes on past {DOCUMENT_LIMIT:,} bytes; "
+                "no S3 answer is that long (a page of 1,000 keys is a few MB)",
+            )
         try:
             out = output(response.headers, response.status, body)
         except ClientError as exc:  # an error in a 200: one that may ask for botocore

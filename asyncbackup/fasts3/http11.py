@@ -35,6 +35,11 @@ _ONE_WRITE = 256 * 1024
 _SLICE = 1 << 20
 #: reading from the socket pauses while this much of an answer's body waits to be read
 _HIGH_WATER = 1 << 20
+#: an answer whose status line and headers go on past this is refused (aiohttp, under
+#: botocore, refuses a header line over 8 KiB): httptools joins a header's pieces one by one,
+#: so a head of a gigabyte was minutes of CPU and its gigabyte held, from a broken or hostile
+#: server (S3's own heads are a few KiB: its metadata is at most 2 KiB)
+HEAD_LIMIT = 1 << 20
 #: an idle connection older than this is closed rather than used (aiohttp's default): servers
 #: close idle connections after their own timeout, and a request sent as one does is lost
 KEEPALIVE = 15.0
@@ -118,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.received = False  # any byte of the answer
+        self.head_bytes = 0  # received while the head was not complete
         self.error: HTTPError | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -140,6 +146,14 @@ class _Connection(asyncio.Protocol):
             else:
                 self._fail(BadResponse(f"the server's answer is not HTTP/1.1 ({exc})"))
             self.abort()
+        else:
+            if not self.headers_done:
+                self.head_bytes += len(data)
+                if self.head_bytes > HEAD_LIMIT:
+                    self._fail(
+                        BadResponse(f"the server's answer has a head over {HEAD_LIMIT:,} bytes")
+                    )
+                    self.abort()
         self._wake()
 
     def eof_received(self) -> bool | None:

@@ -43,6 +43,9 @@ META_PREFIX = "x-amz-meta-"
 _LEAF = re.compile(r"<([A-Za-z][\w.-]*)>([^<]*)</\1>")
 #: an error body longer than this is not S3's XML: read no more of it
 ERROR_BODY_LIMIT = 64 * 1024
+#: a 2xx answer's document longer than this is not S3's (a ListObjectsV2 page of 1,000 keys
+#: of 1,024 bytes, each URL-encoded, with every field is under 4 MB): refused unparsed
+DOCUMENT_LIMIT = 16 * 1024 * 1024
 
 
 def response_fields(headers: Iterable[tuple[str, str]], status: int) -> dict[str, Any]:

@@ -34,6 +34,10 @@ log = logging.getLogger("asyncbackup")
 PER_PAGE = 100
 API_VERSION = "2022-11-28"
 CHUNK = 1024 * 1024
+#: an API answer longer than this (decompressed) is refused as it comes: a page of 100 items
+#: is tens of MB at most (100 releases of 1,000 assets each: about 150), and a broken or
+#: hostile server's gigabyte was read whole, then parsed
+BODY_LIMIT = 256 * 1024 * 1024
 _MAX_RATE_LIMIT_RETRIES = 12
 _MAX_HOPS = 3
 _JSON = "application/vnd.github+json"
@@ -204,7 +208,7 @@ class GitHubClient:
                     if save_to is not None and status == 200:
                         saved, body = await _save_body(response, save_to), b""
                     else:
-                        body = await response.read()
+                        body = await _read_body(response)
                     answer_headers = {k.lower(): v for k, v in response.headers.items()}
                     next_link = response.links.get("next")
                     next_url = str(next_link["url"]) if next_link else None
@@ -253,8 +257,9 @@ class GitHubClient:
     ) -> AsyncIterator[list[Any]]:
         """Every page of a list, 100 items at a time."""
         url: str | None = self.url(path, {**(params or {}), "per_page": PER_PAGE})
+        seen: set[str] = set()
         while url is not None:
-            answer = await self.get(url)
+            answer = await self.get(unseen_page(seen, url))
             data = answer.json()
             if not isinstance(data, list):
                 raise GitHubError(answer.status, f"expected a list from {url}")
@@ -314,9 +319,10 @@ class GitHubClient:
             position = ListPosition(first_url if by_since else None)
             if paginated:
                 await write(b"[")
+            seen: set[str] = set()
             while url is not None:
                 try:
-                    answer = await self.get(url)
+                    answer = await self.get(unseen_page(seen, url))
                 except GitHubError as exc:
                     url = position.read_on(exc)
                     continue
@@ -453,6 +459,22 @@ def _sso_advice(headers: Mapping[str, str]) -> str:
     return "; authorize the token for the organisation's SAML SSO"
 
 
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """A response's body, refused (a ``GitHubError``) once it goes on past ``BODY_LIMIT``."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > BODY_LIMIT:
+            raise GitHubError(
+                response.status,
+                f"the answer to GET {response.url} goes on past {BODY_LIMIT:,} bytes; "
+                "no page of the API is that long",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, bytes]:
     """A response's body to ``out``, a chunk at a time: (size, md5)."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -463,6 +485,16 @@ async def _save_body(response: aiohttp.ClientResponse, out: Path) -> tuple[int, 
             size += len(chunk)
             await asyncio.to_thread(handle.write, chunk)
     return size, digest.digest()
+
+
+def unseen_page(seen: set[str], url: str) -> str:
+    """``url``, noted as a page of the list being read; a ``GitHubError`` when it is one
+    read already: next links that loop (page 3 back to page 1) would read the list, and
+    write it to its file, for ever."""
+    if url in seen:
+        raise GitHubError(200, f"the API's next links loop back to a page read already: {url}")
+    seen.add(url)
+    return url
 
 
 def last_page_full(page_sizes: list[int]) -> bool:

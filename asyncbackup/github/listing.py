@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ObjectError
 from ..pipeline import WorkItem
-from .client import PER_PAGE, GitHubClient, GitHubError, PageTags, last_page_full
+from .client import PER_PAGE, GitHubClient, GitHubError, PageTags, last_page_full, unseen_page
 
 log = logging.getLogger("asyncbackup")
 
@@ -229,8 +229,9 @@ class Lister:
         url: str | None = self.client.url(
             self.repos_path, {**self.repos_params, "per_page": PER_PAGE}
         )
+        seen: set[str] = set()
         while url is not None:
-            etag, after = following.get(url, ("", None))
+            etag, after = following.get(unseen_page(seen, url), ("", None))
             answer = await self.client.get(url, etag=etag or None)
             if answer.status == 304:
                 out.append([url, etag])
@@ -375,8 +376,9 @@ class Lister:
         page_sizes: list[int] = []
         keys: set[str] = set()
         url: str | None = self.client.url(f"/repos/{owner}/{name}/releases", {"per_page": PER_PAGE})
+        seen: set[str] = set()
         while url is not None:
-            answer = await self.client.get(url)
+            answer = await self.client.get(unseen_page(seen, url))
             pages.append([url, answer.etag or ""])
             releases = answer.json()
             page_sizes.append(len(releases))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -39,9 +40,10 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None  # "inf", "nan": no number of seconds
 
 
 def _server_time(headers: Mapping[str, str]) -> float | None:
@@ -102,7 +104,10 @@ class RateGate:
             retry_after = _number(headers, "retry-after")
             if retry_after is not None:
                 self._strikes += strike
-                self._pause("secondary rate limit (retry-after)", max(retry_after, 1.0))
+                # further away than an hour is no real limit either (a primary one's reset
+                # is capped there too): 10^9 s would pause every request for good
+                wait = min(max(retry_after, 1.0), PRIMARY_MAX_WAIT)
+                self._pause("secondary rate limit (retry-after)", wait)
                 return True
             if primary_spent:
                 assert reset is not None

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checksums import multipart_etag
-from ..config import S3_MAX_PART_SIZE
+from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS
 from ..encryption import AppliedCheck
 from ..errors import IntegrityError, ObjectError
 from ..etags import (
@@ -84,6 +84,12 @@ class ServerSideCopier:
 
     async def copy(self, item: WorkItem) -> int:
         """Copy ``item`` server-side; return its size once the destination has it whole."""
+        if item.size > S3_MAX_PART_SIZE * S3_MAX_PARTS:  # its parts, planned, would be a list
+            raise ObjectError(  # of 10^10 sizes for a listed Size of 10^20
+                "EntityTooLarge",
+                f"listed at {item.size:,} bytes, more than a multipart copy can make "
+                f"({S3_MAX_PARTS:,} parts of {S3_MAX_PART_SIZE:,} bytes)",
+            )
         parts = multipart_parts(item.etag)
         # An empty object is one CopyObject, multipart or not: no range can name its bytes.
         if item.size > 0 and (parts is not None or item.size > _COPY_OBJECT_LIMIT):

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..checksums import Digests, Hasher, RunningDigests, multipart_etag
-from ..errors import IntegrityError
+from ..config import S3_MAX_PARTS
+from ..errors import IntegrityError, ObjectError
 from ..partfeed import ByteBudget, PartFeed, StagedPart
 
 CHUNK = 1024 * 1024
@@ -89,11 +90,22 @@ class Receiver:
 class MemoryReceiver(Receiver):
     """Chunks of a small object kept in memory (staged in one write once verified)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.digest = hashlib.md5(usedforsecurity=False)
         self.chunks: list[bytes] = []
+        #: held no further: an answer announcing more is refused by its Content-Length, one
+        #: without it (chunked) by this, however long it goes on
+        self.limit = limit
+        self.size = 0
 
     async def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ObjectError(
+                "ObjectChanged",
+                f"the object grew past {self.limit:,} bytes since it was listed; "
+                "run again to copy it as listed now",
+            )
         self.digest.update(chunk)
         self.chunks.append(chunk)
 
@@ -150,6 +162,13 @@ class PartReceiver(Receiver):
             raise IntegrityError("the GET answer has no Content-Length to cut parts by")
         self.size = int(head["ContentLength"])
         count = max(1, -(-self.size // self.part_size))
+        if count > S3_MAX_PARTS:  # the feed holds a future per part: 2^62 bytes, 10^11 of them
+            raise ObjectError(
+                "ObjectChanged",
+                f"the GET announces {self.size:,} bytes, more than the {S3_MAX_PARTS:,} parts "
+                f"of {self.part_size:,} bytes its upload was planned in for its listed size "
+                "can take; run again to copy it as listed now",
+            )
         self.feed = PartFeed(count, self.part_size, self.budget)
         self.started.set_result(head)
 

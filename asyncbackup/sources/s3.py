@@ -466,7 +466,7 @@ class S3Source:
     async def _fetch_small(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """A small object: received in memory, verified, then staged by one file operation
         (open, write, close, rename), on the event loop while the disk is fast (``localio``)."""
-        receiver = MemoryReceiver()
+        receiver = MemoryReceiver(IN_MEMORY_LIMIT)
         fetched = await self._download(item, receiver, None)
         fetched.data = b"".join(receiver.chunks)
         await self._check_opaque(fetched, None, None, fetched.data)
