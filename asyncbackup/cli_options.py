@@ -125,8 +125,9 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source_path",
         metavar="SOURCE_PATH",
-        help="folder in the source bucket; every key under SOURCE_PATH/ is copied "
-        "('' for the whole bucket)",
+        help="folder in the source bucket, without the bucket (Projects/TeamA, not "
+        "s3://BUCKET/Projects/TeamA); every key under SOURCE_PATH/ is copied ('' for the "
+        "whole bucket)",
     )
     where = parser.add_argument_group("buckets and credentials")
     where.add_argument("--source-bucket", required=True)

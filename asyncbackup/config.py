@@ -30,6 +30,21 @@ def normalize_source_path(source_path: str) -> str:
     return source_path.strip("/")
 
 
+def refuse_url(what: str, value: str, bucket_flag: str, bucket: str) -> None:
+    """A folder given as the AWS CLI spells a location (``s3://bucket/folder``) is refused
+    (``ConfigError``), naming the folder alone: taken as it is, it is a key prefix that no
+    key has (a backup of nothing, ending 0), or a destination folder named ``s3:``."""
+    if value[:5].lower() != "s3://":
+        return
+    named, _, folder = value[5:].partition("/")
+    folder = normalize_source_path(folder)
+    other = "" if named == bucket else f"; it names the bucket {named!r}, not {bucket!r}"
+    raise ConfigError(
+        f"{what} {value!r} is an S3 URL: give the folder in the bucket alone, {folder!r} "
+        f"(the bucket is {bucket_flag}{other})"
+    )
+
+
 class TransferSettings(Protocol):
     """The settings every kind of backup shares, validated by ``validate_transfer``."""
 
@@ -160,6 +175,9 @@ class BackupConfig:
     list_streams: int = 8  # ListObjectsV2 streams over key ranges, when one is not enough
 
     def __post_init__(self) -> None:
+        refuse_url("SOURCE_PATH", self.source_path, "--source-bucket", self.source_bucket)
+        if self.dest_prefix is not None:
+            refuse_url("--dest-prefix", self.dest_prefix, "--dest-bucket", self.dest_bucket)
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
         object.__setattr__(
             self, "base_local_path", text_path("--base-local-path", Path(self.base_local_path))
