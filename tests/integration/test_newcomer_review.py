@@ -67,3 +67,20 @@ async def test_run_backup_refuses_an_s3_url_as_source_path(
             endpoint_url=s3_server.endpoint,
         )
     assert list_keys(s3, buckets.dest) == []
+
+
+@pytest.mark.parametrize("side", ["source", "dest"])
+@pytest.mark.parametrize("form", ["s3://{}", "{}/Projects"])
+def test_bucket_given_with_a_url_or_a_folder_says_so(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, side: str, form: str
+) -> None:
+    """``--source-bucket s3://company-data-db`` said 'cannot reach the source endpoint
+    (ParamValidationError); check the endpoint URL and the network': the network was fine."""
+    source = form.format(buckets.source) if side == "source" else buckets.source
+    dest = form.format(buckets.dest) if side == "dest" else buckets.dest
+    args = cli_args(s3_server.endpoint, tmp_path, source, dest)
+    result = run_cli(["Projects/TeamA", *args])
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result.stderr)
+    assert f"--{side}-bucket" in line, line
+    assert "network" not in line and "reach" not in line, line
