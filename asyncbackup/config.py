@@ -99,6 +99,20 @@ def text_path(flag: str, path: str | os.PathLike[str] | None) -> Path | None:
     return out
 
 
+def check_numbers(**values: object) -> None:
+    """Raise a ``ConfigError`` naming the first value that is no number (``None`` allowed
+    for those optional): an embedder's ``multipart_threshold="64MiB"``, as the CLI spells
+    it, or a concurrency read from an environment variable, met a comparison below as
+    ``TypeError: '<' not supported between instances of 'str' and 'int'``."""
+    for name, value in values.items():
+        if value is None and name in ("keep_archives", "max_bandwidth"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            sizes = ("multipart_threshold", "part_size", "max_bandwidth")
+            hint = " of bytes (64 * 1024**2, not '64MiB')" if name in sizes else ""
+            raise ConfigError(f"{name} must be a number{hint}, got {value!r}")
+
+
 def check_positive(**values: int) -> None:
     """Raise a ``ConfigError`` naming the flag of the first value below 1."""
     for name, value in values.items():
@@ -107,6 +121,16 @@ def check_positive(**values: int) -> None:
 
 
 def validate_transfer(settings: TransferSettings) -> None:
+    check_numbers(
+        checkpoint_interval=settings.checkpoint_interval,
+        checkpoint_max_age=settings.checkpoint_max_age,
+        concurrency=settings.concurrency,
+        part_concurrency=settings.part_concurrency,
+        max_attempts=settings.max_attempts,
+        part_size=settings.part_size,
+        multipart_threshold=settings.multipart_threshold,
+        keep_archives=settings.keep_archives,
+    )
     check_positive(
         checkpoint_interval=settings.checkpoint_interval,
         concurrency=settings.concurrency,
@@ -188,6 +212,11 @@ class BackupConfig:
         for name in ("source_bucket", "dest_bucket"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        check_numbers(
+            processes=self.processes,
+            list_streams=self.list_streams,
+            max_bandwidth=self.max_bandwidth,
+        )
         validate_transfer(self)
         check_positive(processes=self.processes, list_streams=self.list_streams)
         object.__setattr__(self, "include", patterns("--include", self.include))

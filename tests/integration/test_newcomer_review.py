@@ -84,3 +84,36 @@ def test_bucket_given_with_a_url_or_a_folder_says_so(
     line = _one_line(result.stderr)
     assert f"--{side}-bucket" in line, line
     assert "network" not in line and "reach" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("multipart_threshold", "64MiB"),
+        ("part_size", "8MiB"),
+        ("max_bandwidth", "50MB/s"),
+        ("concurrency", "32"),
+        ("processes", "auto"),
+        ("keep_archives", "3"),
+        ("concurrency", None),
+    ],
+)
+async def test_run_backup_option_given_as_the_cli_spells_it_is_a_config_error(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, option: str, value: object
+) -> None:
+    """The README: keyword arguments are the CLI flags with Python values, and failures raise
+    an AsyncBackupError subclass with a one-line message. ``multipart_threshold="64MiB"`` (or
+    a concurrency read from an environment variable, a string) raised ``TypeError: '<' not
+    supported between instances of 'str' and 'int'``, naming neither the option nor the fix."""
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ConfigError) as refused:
+        await run_backup(
+            source_bucket=buckets.source,
+            source_path="Projects/TeamA",
+            dest_bucket=buckets.dest,
+            base_local_path=tmp_path,
+            endpoint_url=s3_server.endpoint,
+            **options,
+        )
+    assert option in str(refused.value) and "number" in str(refused.value)
+    assert not (tmp_path / "checkpoints").exists()
