@@ -4,13 +4,16 @@ one line saying what to do, with exit 2, and nothing copied to a key it does not
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncbackup import ConfigError, run_backup
-from tests.conftest import Buckets, S3Server
+from tests.conftest import ROOT, Buckets, S3Server
 from tests.helpers import cli_args, list_keys, put_objects, run_cli
 
 
@@ -117,3 +120,50 @@ async def test_run_backup_option_given_as_the_cli_spells_it_is_a_config_error(
         )
     assert option in str(refused.value) and "number" in str(refused.value)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def _readme_embedding_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Embedding: `await run_backup(...)`") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
+
+
+@pytest.mark.parametrize("typo", [False, True])
+def test_the_readme_embedding_example_runs_as_shown(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path, typo: bool
+) -> None:
+    """The README's code, copied as it is (its buckets, folder and profile swapped for the
+    test's, the endpoint from ``AWS_ENDPOINT_URL``), in a fresh interpreter: it prints its
+    one line and nothing else (the library never prints), and a mistyped bucket raises the
+    documented ``AsyncBackupError`` subclass with one line."""
+    put_objects(s3, buckets.source, {f"Projects/TeamA/2024Q1/d{i}.txt": b"x" * i for i in range(5)})
+    with (aws_env / "credentials").open("a") as credentials:
+        credentials.write("[prod]\naws_access_key_id = AKIAPROD0000000TEST\n")
+        credentials.write("aws_secret_access_key = prod-secret-0123456789abcdefghijklmno\n")
+    with (aws_env / "config").open("a") as config:
+        config.write("\n[profile prod]\nregion = us-east-1\n")
+    source = "no-such-bucket-typo" if typo else buckets.source
+    code = (
+        _readme_embedding_example()
+        .replace('"company-data-db"', repr(source))
+        .replace('"company-archive"', repr(buckets.dest))
+        .replace('"/mnt/data/scratch"', repr(str(tmp_path / "scratch")))
+    )
+    code += (
+        "\ntry:\n    asyncio.run(nightly())\nexcept AsyncBackupError as exc:\n"
+        "    print('raised', type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_server.endpoint}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    if typo:
+        assert result.stdout.startswith("raised StoreUnavailableError "), result.stdout
+        assert "no-such-bucket-typo" in result.stdout
+        assert len(result.stdout.splitlines()) == 1
+    else:
+        assert result.stdout == "completed 5 10 {}\n"
+        assert sorted(list_keys(s3, buckets.dest)) == sorted(list_keys(s3, buckets.source))
