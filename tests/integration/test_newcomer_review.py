@@ -167,3 +167,32 @@ def test_the_readme_embedding_example_runs_as_shown(
     else:
         assert result.stdout == "completed 5 10 {}\n"
         assert sorted(list_keys(s3, buckets.dest)) == sorted(list_keys(s3, buckets.source))
+
+
+@pytest.mark.parametrize("command", ["python -m", "backup-s3"])
+def test_a_mistyped_flag_names_the_flag_meant_and_the_help_that_lists_it(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path, command: str
+) -> None:
+    """``asyncbackup s3 ... --dest-profle prod`` said 'unrecognized arguments: --dest-profle
+    prod (see asyncbackup --help)', and ``asyncbackup --help`` lists the subcommands alone,
+    not one of the flags."""
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
+    result = run_cli(["Projects/TeamA", *args, "--dest-profle", "dst"], command=command)
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result.stderr)
+    assert "--dest-profle" in line and "did you mean --dest-profile?" in line, line
+    help_command = "asyncbackup s3" if command == "python -m" else "backup-s3"
+    assert f"(see {help_command} --help)" in line, line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_mistyped_checkpoint_tool_flag_points_at_its_own_help(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "asyncbackup", "checkpoint", "list", str(tmp_path), "--jsn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    line = _one_line(result.stderr)
+    assert "did you mean --json?" in line and "(see asyncbackup checkpoint list --help)" in line
