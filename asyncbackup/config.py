@@ -82,10 +82,15 @@ def text_path(flag: str, path: str | os.PathLike[str] | None) -> Path | None:
     """``path`` as a ``Path``, refused (``ConfigError``) when its name is not text here: bytes
     that are not UTF-8 (a folder named in latin-1), or any non-ASCII name where file names are
     ASCII (the C locale with ``PYTHONUTF8=0``). The checkpoint records it, and it, the report
-    and the logs are JSON, which holds text only."""
+    and the logs are JSON, which holds text only. A leading ``~`` is the home folder, as a
+    shell would have made it (``--base-local-path=~/scratch``, a systemd unit, Python): not
+    a folder named ``~`` in the working directory."""
     if path is None:
         return None
-    out = Path(path)
+    try:
+        out = Path(path).expanduser()
+    except RuntimeError as exc:  # no HOME, no password entry
+        raise ConfigError(f"{flag} {path}: {exc}; give the full path") from None
     try:
         str(out).encode("utf-8")
     except UnicodeEncodeError:

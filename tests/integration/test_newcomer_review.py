@@ -4,6 +4,7 @@ one line saying what to do, with exit 2, and nothing copied to a key it does not
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -196,3 +197,51 @@ def test_a_mistyped_checkpoint_tool_flag_points_at_its_own_help(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     line = _one_line(result.stderr)
     assert "did you mean --json?" in line and "(see asyncbackup checkpoint list --help)" in line
+
+
+@pytest.mark.parametrize("embedded", [False, True])
+def test_a_tilde_in_base_local_path_is_the_home_folder(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    embedded: bool,
+) -> None:
+    """``--base-local-path=~/scratch`` (the ``=`` form, which the shell does not expand; a
+    systemd unit or a crontab line without a shell; ``base_local_path="~/scratch"`` in
+    Python) staged into a folder named ``~`` in the working directory, and the summary said
+    'checkpoint archived as ~/scratch/checkpoints/...', where the user's home had nothing: a
+    run from another directory started over, and cleaning up the stray ``~`` is how people
+    type ``rm -rf ~``."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's asyncbackup, from any cwd
+    put_objects(s3, buckets.source, {"Projects/TeamA/a.txt": b"a"})
+    if embedded:
+        report = asyncio.run(
+            run_backup(
+                source_bucket=buckets.source,
+                source_path="Projects/TeamA",
+                dest_bucket=buckets.dest,
+                base_local_path="~/scratch",
+                checkpoint_dir="~/checkpoints",
+                endpoint_url=s3_server.endpoint,
+            )
+        )
+        assert report.status == "completed"
+    else:
+        args = cli_args(s3_server.endpoint, Path("unused"), buckets.source, buckets.dest)
+        args[args.index("--base-local-path") : args.index("--base-local-path") + 2] = [
+            "--base-local-path=~/scratch",
+            "--checkpoint-dir=~/checkpoints",
+        ]
+        result = run_cli(["Projects/TeamA", *args])
+        assert result.returncode == 0, result.stderr
+        assert f"checkpoint archived as {home}/checkpoints/archive/" in result.stderr
+    assert list(work.iterdir()) == []
+    assert (home / "scratch" / buckets.source).is_dir()
+    assert len(list((home / "checkpoints" / "archive").iterdir())) == 1
