@@ -245,3 +245,19 @@ def test_a_tilde_in_base_local_path_is_the_home_folder(
     assert list(work.iterdir()) == []
     assert (home / "scratch" / buckets.source).is_dir()
     assert len(list((home / "checkpoints" / "archive").iterdir())) == 1
+
+
+def test_a_pattern_as_source_path_is_told_to_use_include(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``backup-s3 'Projects/*/2024Q1'`` lists the folder named ``*`` (a key may hold one),
+    finds nothing and ends 0 with 'check SOURCE_PATH': which did not say that SOURCE_PATH
+    is no pattern, nor what takes one."""
+    put_objects(s3, buckets.source, {"Projects/TeamA/2024Q1/a.txt": b"a"})
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest, "-q")
+    result = run_cli(["Projects/*/2024Q1", *args])
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.splitlines()[0]
+    assert "nothing to back up" in warning and "not a pattern" in warning, warning
+    assert "--include" in warning, warning
+    assert list_keys(s3, buckets.dest) == []
