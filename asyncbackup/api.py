@@ -462,12 +462,17 @@ def _warn_nothing_listed(config: BackupConfig) -> None:
     """A job of no objects completes, but is most often a mistyped SOURCE_PATH or filter:
     said, so a backup of nothing is not taken for a backup."""
     filters = " or --include/--exclude" if KeyFilter(config.include, config.exclude).active else ""
+    pattern = any(c in config.source_path for c in "*?[")
     log.warning(
-        "nothing to back up: no object under s3://%s/%s%s; check SOURCE_PATH%s",
+        "nothing to back up: no object under s3://%s/%s%s; check SOURCE_PATH%s%s",
         config.source_bucket,
         config.source_prefix,
         " that the filters let through" if filters else "",
         filters,
+        " (a folder, not a pattern: give the folder above the pattern and --include "
+        "'PATTERN' relative to it)"
+        if pattern
+        else "",
     )
 
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import codecs
 import contextlib
+import difflib
 import io
 import logging
 import os
@@ -75,6 +76,39 @@ class _Parser(argparse.ArgumentParser):
         message = f"{message} (see {self.prog} --help)"
         _say(f"{self.prog}: error: {message}")
         raise _BadUsage(self.prog, message)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        """Words no parser took are refused by the parser of the (sub)command they were
+        given to, with the flag meant where one is close: argparse's own refusal came from
+        the top parser, ``(see asyncbackup --help)``, whose help lists no flag."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _command_parser(self, parsed)
+            options = [name for action in command._actions for name in action.option_strings]
+            meant = [
+                close[0]
+                for word in extras
+                if word.startswith("--")
+                and (close := difflib.get_close_matches(word.split("=", 1)[0], options, n=1))
+            ]
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            message += f" (did you mean {' and '.join(meant)}?)" if meant else ""
+            command.error(message)
+        return parsed
+
+
+def _command_parser(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> Any:
+    """The parser of the subcommand (``s3``, ``checkpoint list``...) ``parsed`` went to."""
+    while True:
+        chosen = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+        if chosen is None:
+            return parser
+        parser = chosen
 
 
 class _ReportOnly(argparse.ArgumentParser):

@@ -125,22 +125,30 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source_path",
         metavar="SOURCE_PATH",
-        help="folder in the source bucket; every key under SOURCE_PATH/ is copied "
-        "('' for the whole bucket)",
+        help="folder in the source bucket, without the bucket (Projects/TeamA, not "
+        "s3://BUCKET/Projects/TeamA); every key under SOURCE_PATH/ is copied ('' for the "
+        "whole bucket)",
     )
     where = parser.add_argument_group("buckets and credentials")
     where.add_argument("--source-bucket", required=True)
     where.add_argument("--dest-bucket", required=True)
     where.add_argument("--source-profile", help="AWS profile for the source (default chain)")
-    where.add_argument("--dest-profile", help="AWS profile for the destination")
+    where.add_argument("--dest-profile", help="AWS profile for the destination (default chain)")
     where.add_argument("--endpoint-url", help="S3 endpoint for both sides")
     where.add_argument("--source-endpoint-url", help="S3 endpoint of the source")
     where.add_argument("--dest-endpoint-url", help="S3 endpoint of the destination")
     where.add_argument("--region", help="region for both clients (default: the profile's)")
     local = parser.add_argument_group("staging and checkpoints")
-    local.add_argument("--base-local-path", required=True, type=Path, help="staging directory")
+    local.add_argument(
+        "--base-local-path",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="staging directory: objects are staged in DIR/<source bucket>/<key>, the "
+        "checkpoint kept in DIR/checkpoints; give the same DIR to resume",
+    )
     local.add_argument("--cleanup", action="store_true", help="delete staged files once copied")
-    local.add_argument("--checkpoint-dir", type=Path, help="default: BASE/checkpoints")
+    local.add_argument("--checkpoint-dir", type=Path, help="default: DIR/checkpoints")
     local.add_argument(
         "--checkpoint-interval",
         type=positive_int,
@@ -201,7 +209,7 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="copy in N processes: this one and N-1 workers, each with its own event loop and "
         "S3 clients, sharing --concurrency; for small objects, where one event loop is "
-        "CPU-bound; 'auto' = one per CPU (default 1)",
+        "CPU-bound; 'auto' = one per CPU, at most --concurrency (default 1)",
     )
     tuning.add_argument(
         "--list-streams",
@@ -224,7 +232,8 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-bandwidth",
         type=parse_rate,
         metavar="RATE",
-        help="limit on download and on upload throughput, across all workers (e.g. 50MB/s)",
+        help="limit on download and on upload throughput, across all workers (e.g. 50MB/s); "
+        "not with --direct, whose copies are server-side",
     )
     select = parser.add_argument_group("what to copy")
     select.add_argument(

@@ -30,6 +30,21 @@ def normalize_source_path(source_path: str) -> str:
     return source_path.strip("/")
 
 
+def refuse_url(what: str, value: str, bucket_flag: str, bucket: str) -> None:
+    """A folder given as the AWS CLI spells a location (``s3://bucket/folder``) is refused
+    (``ConfigError``), naming the folder alone: taken as it is, it is a key prefix that no
+    key has (a backup of nothing, ending 0), or a destination folder named ``s3:``."""
+    if value[:5].lower() != "s3://":
+        return
+    named, _, folder = value[5:].partition("/")
+    folder = normalize_source_path(folder)
+    other = "" if named == bucket else f"; it names the bucket {named!r}, not {bucket!r}"
+    raise ConfigError(
+        f"{what} {value!r} is an S3 URL: give the folder in the bucket alone, {folder!r} "
+        f"(the bucket is {bucket_flag}{other})"
+    )
+
+
 class TransferSettings(Protocol):
     """The settings every kind of backup shares, validated by ``validate_transfer``."""
 
@@ -67,10 +82,15 @@ def text_path(flag: str, path: str | os.PathLike[str] | None) -> Path | None:
     """``path`` as a ``Path``, refused (``ConfigError``) when its name is not text here: bytes
     that are not UTF-8 (a folder named in latin-1), or any non-ASCII name where file names are
     ASCII (the C locale with ``PYTHONUTF8=0``). The checkpoint records it, and it, the report
-    and the logs are JSON, which holds text only."""
+    and the logs are JSON, which holds text only. A leading ``~`` is the home folder, as a
+    shell would have made it (``--base-local-path=~/scratch``, a systemd unit, Python): not
+    a folder named ``~`` in the working directory."""
     if path is None:
         return None
-    out = Path(path)
+    try:
+        out = Path(path).expanduser()
+    except RuntimeError as exc:  # no HOME, no password entry
+        raise ConfigError(f"{flag} {path}: {exc}; give the full path") from None
     try:
         str(out).encode("utf-8")
     except UnicodeEncodeError:
@@ -84,6 +104,20 @@ def text_path(flag: str, path: str | os.PathLike[str] | None) -> Path | None:
     return out
 
 
+def check_numbers(**values: object) -> None:
+    """Raise a ``ConfigError`` naming the first value that is no number (``None`` allowed
+    for those optional): an embedder's ``multipart_threshold="64MiB"``, as the CLI spells
+    it, or a concurrency read from an environment variable, met a comparison below as
+    ``TypeError: '<' not supported between instances of 'str' and 'int'``."""
+    for name, value in values.items():
+        if value is None and name in ("keep_archives", "max_bandwidth"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            sizes = ("multipart_threshold", "part_size", "max_bandwidth")
+            hint = " of bytes (64 * 1024**2, not '64MiB')" if name in sizes else ""
+            raise ConfigError(f"{name} must be a number{hint}, got {value!r}")
+
+
 def check_positive(**values: int) -> None:
     """Raise a ``ConfigError`` naming the flag of the first value below 1."""
     for name, value in values.items():
@@ -92,6 +126,16 @@ def check_positive(**values: int) -> None:
 
 
 def validate_transfer(settings: TransferSettings) -> None:
+    check_numbers(
+        checkpoint_interval=settings.checkpoint_interval,
+        checkpoint_max_age=settings.checkpoint_max_age,
+        concurrency=settings.concurrency,
+        part_concurrency=settings.part_concurrency,
+        max_attempts=settings.max_attempts,
+        part_size=settings.part_size,
+        multipart_threshold=settings.multipart_threshold,
+        keep_archives=settings.keep_archives,
+    )
     check_positive(
         checkpoint_interval=settings.checkpoint_interval,
         concurrency=settings.concurrency,
@@ -160,6 +204,9 @@ class BackupConfig:
     list_streams: int = 8  # ListObjectsV2 streams over key ranges, when one is not enough
 
     def __post_init__(self) -> None:
+        refuse_url("SOURCE_PATH", self.source_path, "--source-bucket", self.source_bucket)
+        if self.dest_prefix is not None:
+            refuse_url("--dest-prefix", self.dest_prefix, "--dest-bucket", self.dest_bucket)
         object.__setattr__(self, "source_path", normalize_source_path(self.source_path))
         object.__setattr__(
             self, "base_local_path", text_path("--base-local-path", Path(self.base_local_path))
@@ -170,6 +217,11 @@ class BackupConfig:
         for name in ("source_bucket", "dest_bucket"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        check_numbers(
+            processes=self.processes,
+            list_streams=self.list_streams,
+            max_bandwidth=self.max_bandwidth,
+        )
         validate_transfer(self)
         check_positive(processes=self.processes, list_streams=self.list_streams)
         object.__setattr__(self, "include", patterns("--include", self.include))

@@ -375,6 +375,12 @@ async def check_bucket(
             ) from None
         if code == CLOCK_SKEWED:  # the message says what to do
             raise StoreUnavailableError(f"the {role} refused the requests: {exc}") from None
+        if code == "ParamValidationError":  # botocore's, before any request: not the network
+            bucket_flag = "--source-bucket" if role == "source" else "--dest-bucket"
+            raise StoreUnavailableError(
+                f"{bucket_flag} {bucket!r} is not a bucket name; give the name alone, without "
+                "s3:// or a folder (the folder is SOURCE_PATH, or --dest-prefix)"
+            ) from None
         if code in ("404", "NoSuchBucket"):
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} does not exist; check the bucket name and endpoint"
