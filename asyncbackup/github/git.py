@@ -19,7 +19,9 @@ function, holding no secret, that prints the token from an environment variable 
 process, and only when git asks for GitHub's git origin (``git_origin``: the scheme and host
 of the API, ``api.`` dropped): a clone URL or redirect elsewhere gets no token. Being a shell
 snippet, not a script file, it works where the temporary directory is mounted ``noexec``.
-git never prompts.
+git never prompts, and reads neither the system's nor the user's git configuration
+(``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL``): a proxy or a CA bundle comes from the
+environment (``HTTPS_PROXY``, ``GIT_SSL_CAINFO``), which git and curl read.
 
 Refs GitHub adds for pull requests (``refs/pull/*``) are read-only on GitHub and are left out of
 bundles, so a bundle restores with ``git clone --mirror`` and pushes back with ``git push
@@ -243,7 +245,11 @@ class GitRunner:
         env.update(
             {
                 "GIT_TERMINAL_PROMPT": "0",
+                # neither the machine's nor the user's git configuration: their
+                # ``url.*.insteadOf`` (to SSH, another host), ``http.extraHeader``,
+                # ``core.hooksPath``... would change where git goes and what it sends or runs
                 "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": os.devnull,  # ~/.gitconfig and ~/.config/git/config
                 "LC_ALL": "C",
                 ORIGIN_VARIABLE: self.origin,
                 TOKEN_VARIABLE: self._token,

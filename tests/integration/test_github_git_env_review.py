@@ -1,0 +1,217 @@
+"""The git of a GitHub backup runs on a machine whose git someone else configured (review
+s17f): the user's global git configuration, the caller's ``GIT_*`` variables, the current
+directory's repository and a kept mirror's own hooks must not change where git fetches from,
+what it sends, what it runs or which files it writes; and the token must show up in no
+process's arguments, no kept file and no log or trace."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import BackupReport, run_github_backup
+from tests.conftest import Buckets, S3Server
+from tests.github_server import FakeGitHub, git
+from tests.integration.github_org import TOKEN, config, refs, restore, running_org
+
+
+@pytest.fixture
+def user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of the user's own, whose ``.gitconfig`` the test writes (where git looks for
+    the global configuration when no ``GIT_CONFIG_GLOBAL`` says otherwise)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    return home
+
+
+def global_config(home: Path, *settings: tuple[str, str]) -> None:
+    for key, value in settings:
+        subprocess.run(
+            ["git", "config", "--file", str(home / ".gitconfig"), "--add", key, value],
+            check=True,
+        )
+
+
+def without_pull_refs(bare: Path) -> dict[str, str]:
+    return {ref: sha for ref, sha in refs(bare).items() if "/pull/" not in ref}
+
+
+async def backup(
+    github: FakeGitHub, s3_server: S3Server, bucket: str, base: Path, **extra: Any
+) -> BackupReport:
+    clock = github.clock
+    options = config(github, s3_server.endpoint, bucket, base, **extra)
+    return await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+
+
+async def test_a_global_insteadof_to_ssh_does_not_take_the_backup_off_the_token(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, user_home: Path
+) -> None:
+    """Go's documentation for private modules has developers write ``url."ssh://git@
+    github.com/".insteadOf https://github.com/``: every clone of the backup then went over
+    SSH with the user's key (none under cron: all failed), not the token it was given."""
+    async with running_org(tmp_path / "git") as github:
+        global_config(user_home, ("url.ssh://git@127.0.0.1:1/.insteadOf", f"{github.url}/"))
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        assert report.status == "completed", report.errors
+        assert github.git_requests("beta")[-1].status == 200
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert refs(restored) == without_pull_refs(github.git_dir("beta"))
+
+
+async def test_a_global_hooks_path_runs_no_hook_with_the_token_in_its_environment(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, user_home: Path
+) -> None:
+    """git runs the ``reference-transaction`` hook on every fetch's ref updates, from
+    ``core.hooksPath`` when the user set one (a team's hook manager): with the token in its
+    environment (``ASYNCBACKUP_GIT_TOKEN``)."""
+    hooks = user_home / "hooks"
+    hooks.mkdir()
+    ran = tmp_path / "hook-ran"
+    hook = hooks / "reference-transaction"
+    hook.write_text(f"#!/bin/sh\nenv >> {ran}\ncat > /dev/null\n")
+    hook.chmod(0o755)
+    global_config(user_home, ("core.hooksPath", str(hooks)))
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+    assert report.status == "completed", report.errors
+    assert not ran.exists(), "a hook ran, its environment: " + ran.read_text()[:300]
+
+
+async def test_a_global_extra_header_sends_no_other_authorization(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, user_home: Path
+) -> None:
+    """``http.extraHeader`` in the user's configuration (another token for the same host, as
+    CI set-ups write) went with every git request of the backup, in place of its own."""
+    global_config(user_home, ("http.extraHeader", "Authorization: Basic b3RoZXI6b3RoZXI="))
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        seen = [s.authorization for s in github.git_seen]
+    assert report.status == "completed", report.errors
+    assert "Basic b3RoZXI6b3RoZXI=" not in seen
+
+
+async def test_git_dir_work_tree_and_index_of_a_hook_touch_no_other_repository(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup started from a git hook or a CI step inherits ``GIT_DIR``, ``GIT_WORK_TREE``
+    and ``GIT_INDEX_FILE``: its git commands must still act on its own mirrors."""
+    other = tmp_path / "other"
+    git("init", "-q", "-b", "main", str(other))
+    (other / "f").write_text("x")
+    git("add", "f", cwd=other)
+    git("-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "m", cwd=other)
+    before = refs(other / ".git")
+    config_before = (other / ".git" / "config").read_text()
+    hooks = {
+        "GIT_DIR": str(other / ".git"),
+        "GIT_WORK_TREE": str(other),
+        "GIT_INDEX_FILE": str(other / ".git" / "index"),
+        "GIT_OBJECT_DIRECTORY": str(other / ".git" / "objects"),
+    }
+    async with running_org(tmp_path / "git") as github:
+        with monkeypatch.context() as inherited:  # the fake GitHub's own git runs without
+            for name, value in hooks.items():
+                inherited.setenv(name, value)
+            report = await backup(
+                github, s3_server, buckets.dest, tmp_path / "w", include=("beta",)
+            )
+    assert report.status == "completed", report.errors
+    assert refs(other / ".git") == before
+    assert (other / ".git" / "config").read_text() == config_before
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert refs(restored) == without_pull_refs(github.git_dir("beta"))
+
+
+async def test_git_traces_asked_for_by_the_caller_print_no_token(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trace = tmp_path / "trace2.json"
+    for name in ("GIT_TRACE", "GIT_TRACE_CURL", "GIT_CURL_VERBOSE", "GIT_TRACE_PACKET"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+    monkeypatch.setenv("GIT_TRACE_CURL_NO_DATA", "1")
+    caplog.set_level(logging.DEBUG)
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("alpha",))
+    assert report.status == "completed", report.errors
+    out, err = capfd.readouterr()
+    assert TOKEN not in out + err
+    assert not trace.exists() or TOKEN not in trace.read_text()
+    assert TOKEN not in caplog.text
+
+
+def _command_lines(stop: threading.Event, seen: list[str]) -> None:
+    while not stop.is_set():
+        for process in Path("/proc").iterdir():
+            if process.name.isdigit():
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    seen.append((process / "cmdline").read_bytes().decode("utf-8", "replace"))
+
+
+async def test_the_token_is_in_no_command_line_and_no_kept_file(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    seen: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_command_lines, args=(stop, seen), daemon=True)
+    watcher.start()
+    try:
+        async with running_org(tmp_path / "git") as github:
+            report = await backup(github, s3_server, buckets.dest, tmp_path / "w")
+    finally:
+        stop.set()
+        watcher.join()
+    assert report.status == "completed", report.errors
+    gits = [line for line in seen if "credential.helper" in line]
+    assert gits, "no git command line seen"
+    assert not [line for line in seen if TOKEN in line]
+    kept = [p for p in (tmp_path / "w").rglob("*") if p.is_file()]
+    assert any(p.name == "config" for p in kept)
+    assert not [p for p in kept if TOKEN.encode() in p.read_bytes()]
+
+
+async def test_a_failing_git_names_no_token(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    async with running_org(tmp_path / "git") as github:
+        github.repos["beta"].git_refusals = [500] * 10
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+    assert "github/acme/beta.bundle" in report.errors
+    assert TOKEN not in str(report.errors)
+
+
+async def test_git_still_takes_a_proxy_from_the_environment(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    user_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the user's configuration is no longer read for, the environment gives: a proxy
+    in ``http_proxy``/``HTTPS_PROXY`` (here one that refuses every connection, so the clone
+    fails naming it) is the one git uses, whatever ``http.proxy`` says."""
+    global_config(user_home, ("http.proxy", "http://127.0.0.1:2"))
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
+    monkeypatch.setenv("no_proxy", "localhost")  # S3 (botocore takes the proxy too)
+    endpoint = s3_server.endpoint.replace("127.0.0.1", "localhost")
+    async with running_org(tmp_path / "git") as github:
+        clock = github.clock
+        options = config(github, endpoint, buckets.dest, tmp_path / "w", include=("beta",))
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not github.git_seen  # no git request got past the proxy
+    assert "port 1" in report.errors["github/acme/beta.bundle"]
