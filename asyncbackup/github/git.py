@@ -218,8 +218,11 @@ class GitRunner:
         origin: str,
         stall_seconds: int = 120,
         git: str = GIT,
+        workdir: Path | None = None,
     ) -> None:
         self.git = git
+        # the staging root: git looks for no repository above it (``_env``)
+        self.workdir = Path(os.path.abspath(workdir)) if workdir is not None else None
         self.slots = slots
         self.origin = origin  # the only origin the token is given to (``git_origin``)
         self.stall_seconds = max(1, stall_seconds)
@@ -255,6 +258,11 @@ class GitRunner:
                 TOKEN_VARIABLE: self._token,
             }
         )
+        if self.workdir is not None:
+            # a mirror git does not take for a repository (its HEAD emptied by a power cut)
+            # must not send git up to a checkout around the staging folder: its origin
+            # would be set, fetched into and bundled in the mirror's place
+            env["GIT_CEILING_DIRECTORIES"] = str(self.workdir.parent)
         return env
 
     def _scrub(self, text: str) -> str:

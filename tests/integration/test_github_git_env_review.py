@@ -17,7 +17,7 @@ import pytest
 
 from asyncbackup import BackupReport, run_github_backup
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeGitHub, git
+from tests.github_server import FakeGitHub, add_commit, git
 from tests.integration.github_org import TOKEN, config, refs, restore, running_org
 
 
@@ -215,3 +215,35 @@ async def test_git_still_takes_a_proxy_from_the_environment(
         report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
         assert not github.git_seen  # no git request got past the proxy
     assert "port 1" in report.errors["github/acme/beta.bundle"]
+
+
+async def test_a_mirror_git_does_not_take_for_one_never_leads_git_to_the_enclosing_checkout(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A kept mirror whose ``HEAD`` a power cut left empty (git's well-known "not a git
+    repository" after a crash) is no repository to git, which looks in the folders above it:
+    with the staging folder inside a checkout (``--base-local-path ./scratch`` run from an
+    ops repository), the backup's ``remote set-url``, ``fetch --prune`` and ``symbolic-ref
+    HEAD`` went to that checkout, and its bundle was uploaded as the repository's."""
+    checkout = tmp_path / "ops"
+    git("init", "-q", "-b", "main", str(checkout))
+    (checkout / "f").write_text("ops\n")
+    git("add", "f", cwd=checkout)
+    git("commit", "-q", "-m", "ops", cwd=checkout)
+    git("remote", "add", "origin", "https://example.invalid/ops.git", cwd=checkout)
+    before = (checkout / ".git" / "config").read_text(), refs(checkout / ".git")
+    head = (checkout / ".git" / "HEAD").read_text()
+    base = checkout / "scratch"
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, base, include=("beta",))
+        assert report.status == "completed", report.errors
+        mirror = next(p for p in base.rglob("beta.git") if p.is_dir())
+        (mirror / "HEAD").write_text("")
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2026-11-28T12:00:00Z"
+        report = await backup(github, s3_server, buckets.dest, base, include=("beta",))
+    assert ((checkout / ".git" / "config").read_text(), refs(checkout / ".git")) == before
+    assert (checkout / ".git" / "HEAD").read_text() == head
+    assert report.status == "completed", report.errors
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert new_sha in refs(restored).values()
