@@ -316,9 +316,11 @@ class GitRunner:
         return out.decode("utf-8", "replace")
 
     async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:
-        """``(sha, ref)`` of every ref but the excluded ones; None if there is no repository."""
+        """``(sha, ref)`` of every ref but the excluded ones; None if there is no repository.
+        Run in the staging root: in the current directory, git would read the configuration
+        of the repository around it (a CI job's checkout: its ``url.*.insteadOf``)."""
         try:
-            out = await self.run(["ls-remote", "--", url])
+            out = await self.run(["ls-remote", "--", url], cwd=self.workdir)
         except GitError as exc:
             if exc.code == "GitNotFound":
                 return None

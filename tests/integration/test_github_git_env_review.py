@@ -100,6 +100,27 @@ async def test_a_global_extra_header_sends_no_other_authorization(
     assert "Basic b3RoZXI6b3RoZXI=" not in seen
 
 
+async def test_the_current_directorys_repository_does_not_reroute_a_wiki(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run from inside a checkout (a CI job's workspace): ``git ls-remote URL`` reads the
+    enclosing repository's configuration, so its ``url.*.insteadOf`` (or a CI runner's
+    ``http.extraHeader``) decided where the wiki was looked for."""
+    async with running_org(tmp_path / "git") as github:
+        workspace = tmp_path / "workspace"
+        git("init", "-q", str(workspace))
+        git("config", "url.ssh://git@127.0.0.1:1/.insteadOf", f"{github.url}/", cwd=workspace)
+        monkeypatch.chdir(workspace)
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("alpha",))
+    assert report.status == "completed", report.errors
+    restored = restore(s3, buckets.dest, "github/acme/alpha.wiki.bundle", tmp_path)
+    assert refs(restored) == refs(github.git_dir("alpha", wiki=True))
+
+
 async def test_git_dir_work_tree_and_index_of_a_hook_touch_no_other_repository(
     tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
