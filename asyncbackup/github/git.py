@@ -71,16 +71,26 @@ _CREDENTIAL_HELPER = (
     f'"${{{USER_VARIABLE}:-x-access-token}}" "${TOKEN_VARIABLE}"; '
     "}; f"
 )
-#: Variables of the caller's environment that would point git elsewhere or log credentials.
+#: Variables of the caller's environment that would point git elsewhere or log credentials:
+#: those git itself drops on entering another repository (``git rev-parse --local-env-vars``:
+#: ``GIT_CONFIG`` is the file ``git config`` reads and writes) and more.
 _DROPPED_VARIABLES = frozenset(
     {
         "GIT_DIR",
         "GIT_WORK_TREE",
+        "GIT_IMPLICIT_WORK_TREE",
         "GIT_INDEX_FILE",
         "GIT_OBJECT_DIRECTORY",
         "GIT_ALTERNATE_OBJECT_DIRECTORIES",
         "GIT_NAMESPACE",
         "GIT_COMMON_DIR",
+        "GIT_CONFIG",
+        "GIT_GRAFT_FILE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_PREFIX",
+        "GIT_INTERNAL_SUPER_PREFIX",
+        "GIT_SHALLOW_FILE",
         "GIT_CURL_VERBOSE",
         "GIT_CONFIG_COUNT",
         "GIT_CONFIG_PARAMETERS",

@@ -121,6 +121,24 @@ async def test_the_current_directorys_repository_does_not_reroute_a_wiki(
     assert refs(restored) == refs(github.git_dir("alpha", wiki=True))
 
 
+async def test_git_config_variable_does_not_make_the_backup_write_the_users_file(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GIT_CONFIG`` is the file ``git config`` reads and writes in place of the
+    repository's: the backup's ``git config --add remote.origin.fetch ^refs/pull/*`` went
+    into the user's file, and the mirror fetched every pull request's commits."""
+    users = tmp_path / "users.gitconfig"
+    users.write_text("[user]\n\tname = someone\n")
+    before = users.read_text()
+    monkeypatch.setenv("GIT_CONFIG", str(users))
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+    assert report.status == "completed", report.errors
+    assert users.read_text() == before
+    mirror = next(p for p in (tmp_path / "w").rglob("beta.git") if p.is_dir())
+    assert not [ref for ref in refs(mirror) if "/pull/" in ref]
+
+
 async def test_git_dir_work_tree_and_index_of_a_hook_touch_no_other_repository(
     tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
