@@ -290,6 +290,9 @@ class GitRunner:
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
+        # no hook runs (a fetch runs reference-transaction): not one put in a kept mirror,
+        # which would get the token in its environment
+        argv += ["-c", f"core.hooksPath={os.devnull}"]
         argv += args
         first = 0
         while first < len(args) and args[first] == "-c":  # configuration for this command only

@@ -234,6 +234,28 @@ async def test_a_failing_git_names_no_token(
     assert TOKEN not in str(report.errors)
 
 
+async def test_a_hook_left_in_a_kept_mirror_does_not_run_on_the_next_fetch(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A kept mirror (no ``--cleanup``) is fetched into by the next run: a hook put in its
+    ``hooks/`` meanwhile ran, with the token in its environment."""
+    ran = tmp_path / "hook-ran"
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        assert report.status == "completed", report.errors
+        mirror = next(p for p in (tmp_path / "w").rglob("beta.git") if p.is_dir())
+        hook = mirror / "hooks" / "reference-transaction"
+        hook.write_text(f"#!/bin/sh\nenv >> {ran}\ncat > /dev/null\n")
+        hook.chmod(0o755)
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2026-11-28T12:00:00Z"
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+    assert report.status == "completed", report.errors
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert new_sha in refs(restored).values()
+    assert not ran.exists(), "a hook ran, its environment: " + ran.read_text()[:300]
+
+
 async def test_git_still_takes_a_proxy_from_the_environment(
     tmp_path: Path,
     s3_server: S3Server,
