@@ -282,11 +282,19 @@ class GitRunner:
         return text[-400:]
 
     async def run(
-        self, args: Sequence[str], *, cwd: Path | None = None, label: str | None = None
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        label: str | None = None,
+        local: bool = False,
     ) -> str:
         """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr - an
         ``OSError`` (``ENOSPC``...) when git says the local disk is full.
-        ``label``: what ``commands`` records (default: the subcommand)."""
+        ``label``: what ``commands`` records (default: the subcommand). git may use http
+        and https only (``GIT_ALLOW_PROTOCOL``, whatever a kept mirror's configuration
+        allows: its ``ext::`` or ``ssh`` would run a command with the token in its
+        environment); ``local``: a local file (a bundle) only."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
@@ -298,12 +306,14 @@ class GitRunner:
         while first < len(args) and args[first] == "-c":  # configuration for this command only
             first += 2
         command = args[first] if first < len(args) else args[0]
+        env = self._env()
+        env["GIT_ALLOW_PROTOCOL"] = "file" if local else "http:https"
         async with self.slots:
             self.commands.append(label or command)
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
-                env=self._env(),
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -424,7 +434,7 @@ class GitRunner:
         await self.run(["bundle", "verify", "--quiet", str(bundle)], cwd=mirror)
         try:
             clone = ["clone", "--mirror", "--quiet", "--", str(bundle), str(scratch)]
-            await self.run(clone, label="verify")  # not a clone from GitHub
+            await self.run(clone, label="verify", local=True)  # not a clone from GitHub
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 

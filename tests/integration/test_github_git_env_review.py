@@ -308,3 +308,25 @@ async def test_a_mirror_git_does_not_take_for_one_never_leads_git_to_the_enclosi
     assert report.status == "completed", report.errors
     restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
     assert new_sha in refs(restored).values()
+
+
+async def test_a_kept_mirrors_configuration_runs_no_command_with_the_token(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A kept mirror's own configuration is read by the next fetch: an ``ext::`` transport
+    allowed there (``protocol.ext.allow``) and put in the origin's place with
+    ``url.*.insteadOf`` ran a command, with the token in its environment."""
+    ran = tmp_path / "ext-ran"
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        assert report.status == "completed", report.errors
+        mirror = next(p for p in (tmp_path / "w").rglob("beta.git") if p.is_dir())
+        git("config", "protocol.ext.allow", "always", cwd=mirror)
+        git("config", f"url.ext::sh -c env% >{ran}% #.insteadOf", f"{github.url}/", cwd=mirror)
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2026-11-28T12:00:00Z"
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+    assert not ran.exists(), "a command ran, its environment: " + ran.read_text()[:300]
+    assert report.status == "completed", report.errors
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert new_sha in refs(restored).values()
