@@ -263,6 +263,11 @@ class GitRunner:
                 # ``core.hooksPath``... would change where git goes and what it sends or runs
                 "GIT_CONFIG_NOSYSTEM": "1",
                 "GIT_CONFIG_GLOBAL": os.devnull,  # ~/.gitconfig and ~/.config/git/config
+                # nor the user's ~/.netrc, whose credentials curl would send before git asks
+                # for the token (GitHub answers other credentials 404 for a private
+                # repository); nor ~/.gitconfig for a git older than 2.32
+                "HOME": os.devnull,
+                "XDG_CONFIG_HOME": os.devnull,
                 "LC_ALL": "C",
                 ORIGIN_VARIABLE: self.origin,
                 TOKEN_VARIABLE: self._token,

@@ -6,6 +6,7 @@ process's arguments, no kept file and no log or trace."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import subprocess
@@ -14,11 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from asyncbackup import BackupReport, run_github_backup
 from tests.conftest import Buckets, S3Server
-from tests.github_server import FakeGitHub, add_commit, git
-from tests.integration.github_org import TOKEN, config, refs, restore, running_org
+from tests.github_server import FakeClock, FakeGitHub, Seen, add_commit, git
+from tests.integration.github_org import (
+    TOKEN,
+    build_org,
+    config,
+    refs,
+    restore,
+    running_org,
+)
 
 
 @pytest.fixture
@@ -330,3 +339,41 @@ async def test_a_kept_mirrors_configuration_runs_no_command_with_the_token(
     assert report.status == "completed", report.errors
     restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
     assert new_sha in refs(restored).values()
+
+
+class GitHubAnswering404ToOtherCredentials(FakeGitHub):
+    """GitHub answers a private repository's git requests with 404 "Repository not found"
+    to credentials that may not read it (it does not tell such a repository exists)."""
+
+    async def _git(self, request: web.Request) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization")
+        if authorization is not None and authorization != self._expected:
+            self.git_seen.append(Seen(request.method, request.path, "", authorization, None, 404))
+            return web.Response(status=404, text="Repository not found.")
+        return await super()._git(request)
+
+    @property
+    def _expected(self) -> str:
+        return "Basic " + base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
+
+
+async def test_a_netrc_of_the_user_does_not_take_the_tokens_place(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any, user_home: Path
+) -> None:
+    """curl, under git, sends the credentials of ``~/.netrc`` (Go's documented recipe for
+    private modules: ``machine github.com login USER password TOKEN``) before git asks the
+    backup's credential helper; GitHub answers a private repository's request with other
+    credentials 404, and the clone failed "not found" without the token ever tried."""
+    github = GitHubAnswering404ToOtherCredentials(tmp_path / "git", token=TOKEN, clock=FakeClock())
+    await github.start(0)
+    try:
+        build_org(github)
+        netrc = user_home / ".netrc"
+        netrc.write_text("machine 127.0.0.1 login someone password ghp_someoneelses\n")
+        netrc.chmod(0o600)
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+    finally:
+        await github.close()
+    assert report.status == "completed", report.errors
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert refs(restored) == without_pull_refs(github.git_dir("beta"))
