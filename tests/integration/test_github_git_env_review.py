@@ -6,11 +6,13 @@ process's arguments, no kept file and no log or trace."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
 import subprocess
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -265,28 +267,6 @@ async def test_a_hook_left_in_a_kept_mirror_does_not_run_on_the_next_fetch(
     assert not ran.exists(), "a hook ran, its environment: " + ran.read_text()[:300]
 
 
-async def test_git_still_takes_a_proxy_from_the_environment(
-    tmp_path: Path,
-    s3_server: S3Server,
-    buckets: Buckets,
-    user_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """What the user's configuration is no longer read for, the environment gives: a proxy
-    in ``http_proxy``/``HTTPS_PROXY`` (here one that refuses every connection, so the clone
-    fails naming it) is the one git uses, whatever ``http.proxy`` says."""
-    global_config(user_home, ("http.proxy", "http://127.0.0.1:2"))
-    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
-    monkeypatch.setenv("no_proxy", "localhost")  # S3 (botocore takes the proxy too)
-    endpoint = s3_server.endpoint.replace("127.0.0.1", "localhost")
-    async with running_org(tmp_path / "git") as github:
-        clock = github.clock
-        options = config(github, endpoint, buckets.dest, tmp_path / "w", include=("beta",))
-        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
-        assert not github.git_seen  # no git request got past the proxy
-    assert "port 1" in report.errors["github/acme/beta.bundle"]
-
-
 async def test_a_mirror_git_does_not_take_for_one_never_leads_git_to_the_enclosing_checkout(
     tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
 ) -> None:
@@ -377,3 +357,81 @@ async def test_a_netrc_of_the_user_does_not_take_the_tokens_place(
     assert report.status == "completed", report.errors
     restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
     assert refs(restored) == without_pull_refs(github.git_dir("beta"))
+
+
+class ForwardProxy:
+    """A loopback forward proxy for ``http://`` URLs that records the URL of every request
+    (each sent on with ``Connection: close``, so the next one comes on a new connection)."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ForwardProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line, *fields = head.decode("latin-1").split("\r\n")
+            method, target, version = line.split(" ")
+            self.urls.append(target)
+            parts = urllib.parse.urlsplit(target)
+            kept = [
+                f
+                for f in fields
+                if f and not f.lower().startswith(("connection:", "proxy-connection:"))
+            ]
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                parts.hostname, parts.port
+            )
+            request = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close"])
+            upstream_writer.write(request.encode("latin-1") + b"\r\n\r\n")
+
+            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    while data := await source.read(65536):
+                        sink.write(data)
+                        await sink.drain()
+
+            upload = asyncio.ensure_future(pipe(reader, upstream_writer))
+            await pipe(upstream_reader, writer)
+            upload.cancel()
+            upstream_writer.close()
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_every_request_takes_the_proxy_of_the_environment(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    monkeypatch: pytest.MonkeyPatch,
+    user_home: Path,
+) -> None:
+    """Behind a proxy every request must go through (a corporate network), the one the
+    environment names (``HTTPS_PROXY``, ``http_proxy`` for an ``http://`` server), as git
+    and botocore take it: the API requests and asset downloads went straight to the server
+    (and failed there). The user's ``http.proxy`` (here a dead one) is not git's any more."""
+    global_config(user_home, ("http.proxy", "http://127.0.0.1:1"))
+    async with ForwardProxy() as proxy, running_org(tmp_path / "git") as github:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("no_proxy", "localhost")  # S3 directly
+        endpoint = s3_server.endpoint.replace("127.0.0.1", "localhost")
+        clock = github.clock
+        options = config(github, endpoint, buckets.dest, tmp_path / "w", include=("alpha",))
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+    assert report.status == "completed", report.errors
+    through = {urllib.parse.urlsplit(url).path.split("/")[1] for url in proxy.urls}
+    assert through >= {"api", "git", "storage"}, proxy.urls
