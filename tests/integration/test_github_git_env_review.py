@@ -16,10 +16,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from asyncbackup import BackupReport, run_github_backup
+from asyncbackup.github.client import GitHubClient
+from asyncbackup.github.ratelimit import RateGate
 from tests.conftest import Buckets, S3Server
 from tests.github_server import FakeClock, FakeGitHub, Seen, add_commit, git
 from tests.integration.github_org import (
@@ -435,3 +438,55 @@ async def test_every_request_takes_the_proxy_of_the_environment(
     assert report.status == "completed", report.errors
     through = {urllib.parse.urlsplit(url).path.split("/")[1] for url in proxy.urls}
     assert through >= {"api", "git", "storage"}, proxy.urls
+
+
+async def test_a_credential_helper_of_a_kept_mirror_neither_stores_nor_gives_a_token(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """git asks every helper of its configuration, the repository's included, and has each
+    store what worked: a ``credential.helper store`` in a kept mirror would write the token
+    to a file, and one answering first would give other credentials. Both are switched off
+    (``-c credential.helper=`` empties the list before the backup's own)."""
+    stored = tmp_path / "stored-credentials"
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        assert report.status == "completed", report.errors
+        mirror = next(p for p in (tmp_path / "w").rglob("beta.git") if p.is_dir())
+        stored.write_text(f"http://someone:ghp_someoneelses@127.0.0.1:{github.port}\n")
+        git("config", "credential.helper", f"store --file {stored}", cwd=mirror)
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2026-11-28T12:00:00Z"
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        assert not [
+            s for s in github.git_seen if s.authorization and "c29tZW9uZ" in s.authorization
+        ]
+    assert report.status == "completed", report.errors
+    assert TOKEN not in stored.read_text()
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert new_sha in refs(restored).values()
+
+
+@pytest.mark.parametrize(
+    ("variables", "url", "proxy"),
+    [
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.github.com/user", "http://proxy:3128"),
+        ({"https_proxy": "proxy:3128"}, "https://api.github.com/user", "http://proxy:3128"),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "github.com"}, "https://api.github.com/", None),
+        ({"HTTPS_PROXY": "http://p:1", "no_proxy": "*"}, "https://api.github.com/", None),
+        ({"http_proxy": "http://p:1"}, "https://api.github.com/user", None),
+        ({}, "https://api.github.com/user", None),
+    ],
+)
+async def test_the_proxy_of_a_request(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], url: str, proxy: str | None
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    async with aiohttp.ClientSession() as session:
+        client = GitHubClient(
+            session, "https://api.github.com", TOKEN, gate=RateGate(), slots=asyncio.Semaphore(1)
+        )
+        assert client.proxy_for(url) == proxy
