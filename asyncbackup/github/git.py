@@ -91,6 +91,10 @@ _DROPPED_VARIABLES = frozenset(
         "GIT_PREFIX",
         "GIT_INTERNAL_SUPER_PREFIX",
         "GIT_SHALLOW_FILE",
+        # they win over ``-c http.lowSpeed...``: a stalled transfer would outlast the run's
+        # read timeout (600 s, as CI images set them for slow links; for ever with 0)
+        "GIT_HTTP_LOW_SPEED_LIMIT",
+        "GIT_HTTP_LOW_SPEED_TIME",
         "GIT_CURL_VERBOSE",
         "GIT_CONFIG_COUNT",
         "GIT_CONFIG_PARAMETERS",

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import subprocess
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -490,3 +491,27 @@ async def test_the_proxy_of_a_request(
             session, "https://api.github.com", TOKEN, gate=RateGate(), slots=asyncio.Semaphore(1)
         )
         assert client.proxy_for(url) == proxy
+
+
+async def test_the_callers_low_speed_variables_do_not_undo_the_stall_limit(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GIT_HTTP_LOW_SPEED_LIMIT``/``_TIME`` in the environment (CI images set them for slow
+    links) win over ``-c http.lowSpeedLimit``: a stalled clone then waited their 600 s (or
+    for ever with a limit of 0), not the run's read timeout."""
+    monkeypatch.setenv("GIT_HTTP_LOW_SPEED_LIMIT", "1")
+    monkeypatch.setenv("GIT_HTTP_LOW_SPEED_TIME", "600")
+    async with running_org(tmp_path / "git") as github:
+        github.repos["beta"].git_stalls = [30.0]
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "w")
+        started = time.monotonic()
+        report = await run_github_backup(
+            clock=github.clock,
+            sleep=github.clock.sleep,
+            read_timeout=2,
+            include=("beta",),
+            **options,
+        )
+        elapsed = time.monotonic() - started
+    assert report.status == "completed", report.errors
+    assert elapsed < 20, f"{elapsed:.0f} s: the stall was waited out"
