@@ -91,6 +91,10 @@ _DROPPED_VARIABLES = frozenset(
         "GIT_PREFIX",
         "GIT_INTERNAL_SUPER_PREFIX",
         "GIT_SHALLOW_FILE",
+        # what a new mirror is made with (``init --bare``): the hash (sha256 does not fetch
+        # GitHub's sha1 repositories) and a template whose ``config`` would be the mirror's
+        "GIT_DEFAULT_HASH",
+        "GIT_TEMPLATE_DIR",
         # they win over ``-c http.lowSpeed...``: a stalled transfer would outlast the run's
         # read timeout (600 s, as CI images set them for slow links; for ever with 0)
         "GIT_HTTP_LOW_SPEED_LIMIT",

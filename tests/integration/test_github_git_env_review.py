@@ -515,3 +515,30 @@ async def test_the_callers_low_speed_variables_do_not_undo_the_stall_limit(
         elapsed = time.monotonic() - started
     assert report.status == "completed", report.errors
     assert elapsed < 20, f"{elapsed:.0f} s: the stall was waited out"
+
+
+@pytest.mark.parametrize("variable", ["GIT_DEFAULT_HASH", "GIT_TEMPLATE_DIR"])
+async def test_the_callers_repository_defaults_do_not_shape_a_new_mirror(
+    tmp_path: Path,
+    s3_server: S3Server,
+    buckets: Buckets,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+) -> None:
+    """A mirror is made with ``git init --bare``, which takes the caller's
+    ``GIT_DEFAULT_HASH`` (sha256: GitHub's sha1 repositories then do not fetch) and copies
+    ``GIT_TEMPLATE_DIR`` into it (a ``config`` there: an ``http.proxy``, an ``insteadOf``)."""
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "config").write_text("[http]\n\tproxy = http://127.0.0.1:1\n")
+    values = {"GIT_DEFAULT_HASH": "sha256", "GIT_TEMPLATE_DIR": str(template)}
+    async with running_org(tmp_path / "git") as github:
+        with monkeypatch.context() as inherited:
+            inherited.setenv(variable, values[variable])
+            report = await backup(
+                github, s3_server, buckets.dest, tmp_path / "w", include=("beta",)
+            )
+    assert report.status == "completed", report.errors
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert refs(restored) == without_pull_refs(github.git_dir("beta"))
