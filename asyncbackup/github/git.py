@@ -314,6 +314,10 @@ class GitRunner:
         # no hook runs (a fetch runs reference-transaction): not one put in a kept mirror,
         # which would get the token in its environment
         argv += ["-c", f"core.hooksPath={os.devnull}"]
+        # the gc a fetch starts in a mirror full of loose objects runs within it: detached (a
+        # session of its own) it repacked the mirror while its bundle was made, and outlived
+        # the run; ``maintenance.autoDetach``: git 2.47 on
+        argv += ["-c", "gc.autoDetach=false", "-c", "maintenance.autoDetach=false"]
         argv += args
         first = 0
         while first < len(args) and args[first] == "-c":  # configuration for this command only

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import subprocess
 import threading
 import time
 import urllib.parse
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -542,3 +544,63 @@ async def test_the_callers_repository_defaults_do_not_shape_a_new_mirror(
     assert report.status == "completed", report.errors
     restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
     assert refs(restored) == without_pull_refs(github.git_dir("beta"))
+
+
+def _loose_objects(mirror: Path, prefix: str, count: int) -> None:
+    """``count`` loose blobs whose names start with ``prefix``: what ``gc --auto`` counts
+    (the objects of one fan-out folder, times 256, against ``gc.auto``, 6,700)."""
+    made = i = 0
+    while made < count:
+        i += 1
+        body = f"unreachable {i}\n".encode()
+        data = b"blob %d\0" % len(body) + body
+        name = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        if name.startswith(prefix):
+            (mirror / "objects" / name[:2]).mkdir(exist_ok=True)
+            (mirror / "objects" / name[:2] / name[2:]).write_bytes(zlib.compress(data))
+            made += 1
+
+
+def _git_gcs(stop: threading.Event, seen: dict[int, bool]) -> None:
+    """pid -> whether it ran detached (its own session), for every ``git gc --auto`` seen."""
+    while not stop.is_set():
+        for process in Path("/proc").iterdir():
+            if not process.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if b"gc\0--auto" in (process / "cmdline").read_bytes():
+                    session = (process / "stat").read_text().rsplit(")", 1)[1].split()[3]
+                    seen[int(process.name)] = int(session) == int(process.name)
+
+
+async def test_a_fetch_into_a_kept_mirror_leaves_no_git_running_behind_it(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    """A fetch into a mirror with many loose objects (kept mirrors gather them, a fetch at a
+    time) starts ``git gc --auto``, which by default detaches into a session of its own: it
+    went on repacking the mirror while the bundle was made from it and after the run (a
+    killed one too: neither the kill of git's process group nor ``--pdeathsig`` reaches
+    it), where the README says no git outlives the run."""
+    async with running_org(tmp_path / "git") as github:
+        report = await backup(github, s3_server, buckets.dest, tmp_path / "w", include=("beta",))
+        assert report.status == "completed", report.errors
+        mirror = next(p for p in (tmp_path / "w").rglob("beta.git") if p.is_dir())
+        _loose_objects(mirror, "17", 40)
+        new_sha = add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2026-11-28T12:00:00Z"
+        seen: dict[int, bool] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=_git_gcs, args=(stop, seen), daemon=True)
+        watcher.start()
+        try:
+            report = await backup(
+                github, s3_server, buckets.dest, tmp_path / "w", include=("beta",)
+            )
+        finally:
+            stop.set()
+            watcher.join()
+    assert report.status == "completed", report.errors
+    assert seen, "no gc --auto ran: the test did not make one"
+    assert not any(seen.values()), "a gc ran detached from the run"
+    restored = restore(s3, buckets.dest, "github/acme/beta.bundle", tmp_path)
+    assert new_sha in refs(restored).values()
