@@ -20,8 +20,11 @@ process, and only when git asks for GitHub's git origin (``git_origin``: the sch
 of the API, ``api.`` dropped): a clone URL or redirect elsewhere gets no token. Being a shell
 snippet, not a script file, it works where the temporary directory is mounted ``noexec``.
 git never prompts, and reads neither the system's nor the user's git configuration
-(``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL``): a proxy or a CA bundle comes from the
-environment (``HTTPS_PROXY``, ``GIT_SSL_CAINFO``), which git and curl read.
+(``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL``) nor ``~/.netrc`` (``HOME``): a proxy or a
+CA bundle comes from the environment (``HTTPS_PROXY``, ``GIT_SSL_CAINFO``), which git and
+curl read. The caller's ``GIT_*`` variables that would point git at another repository or
+shape a new one are dropped; git looks for no repository above the staging root, runs no
+hook and speaks http and https alone, whatever a kept mirror's configuration says.
 
 Refs GitHub adds for pull requests (``refs/pull/*``) are read-only on GitHub and are left out of
 bundles, so a bundle restores with ``git clone --mirror`` and pushes back with ``git push
@@ -315,8 +318,8 @@ class GitRunner:
         # which would get the token in its environment
         argv += ["-c", f"core.hooksPath={os.devnull}"]
         # the gc a fetch starts in a mirror full of loose objects runs within it: detached (a
-        # session of its own) it repacked the mirror while its bundle was made, and outlived
-        # the run; ``maintenance.autoDetach``: git 2.47 on
+        # session of its own) it could repack the mirror while its bundle is made, and
+        # outlive a killed run; ``maintenance.autoDetach``: git 2.47 on
         argv += ["-c", "gc.autoDetach=false", "-c", "maintenance.autoDetach=false"]
         argv += args
         first = 0
