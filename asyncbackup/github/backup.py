@@ -201,7 +201,13 @@ async def run_github_backup(
         slots = asyncio.Semaphore(config.git_concurrency)
         stall = round(config.read_timeout)  # what the API requests wait for data, git waits too
         git = stack.enter_context(
-            GitRunner(token, slots=slots, origin=git_origin(config.api_url), stall_seconds=stall)
+            GitRunner(
+                token,
+                slots=slots,
+                origin=git_origin(config.api_url),
+                stall_seconds=stall,
+                workdir=staging.root,
+            )
         )
         dest_retry = RetryPolicy(
             config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,20 @@ class GitHubClient:
         self.sleep = sleep
         self.requests = 0
         self.not_modified = 0
+        # the proxies of the environment, as git (curl) and botocore take them: the session
+        # is not ``trust_env``, which would also send ~/.netrc credentials in the token's
+        # place (and refuse the request with both)
+        self._proxies = urllib.request.getproxies_environment()
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``http_proxy``...;
+        none for a host of ``NO_PROXY``), or None: straight there."""
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme.lower())
+        bypassed = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if not proxy or bypassed(parts.netloc, self._proxies):
+            return None
+        return proxy if "://" in proxy else f"http://{proxy}"  # curl's default scheme
 
     @property
     def token_kind(self) -> str:
@@ -200,7 +215,9 @@ class GitHubClient:
             try:
                 async with (
                     self.slots,
-                    self.session.get(url, headers=headers, allow_redirects=False) as response,
+                    self.session.get(
+                        url, headers=headers, allow_redirects=False, proxy=self.proxy_for(url)
+                    ) as response,
                 ):
                     self.requests += 1
                     status, reason = response.status, response.reason or ""
@@ -375,7 +392,7 @@ class GitHubClient:
     async def _stream(self, url: str, out: Path) -> tuple[int, bytes]:
         try:
             async with self.session.get(
-                url, headers={"Accept": "application/octet-stream"}
+                url, headers={"Accept": "application/octet-stream"}, proxy=self.proxy_for(url)
             ) as response:
                 if response.status != 200:
                     await response.read()

@@ -19,7 +19,12 @@ function, holding no secret, that prints the token from an environment variable 
 process, and only when git asks for GitHub's git origin (``git_origin``: the scheme and host
 of the API, ``api.`` dropped): a clone URL or redirect elsewhere gets no token. Being a shell
 snippet, not a script file, it works where the temporary directory is mounted ``noexec``.
-git never prompts.
+git never prompts, and reads neither the system's nor the user's git configuration
+(``GIT_CONFIG_NOSYSTEM``, ``GIT_CONFIG_GLOBAL``) nor ``~/.netrc`` (``HOME``): a proxy or a
+CA bundle comes from the environment (``HTTPS_PROXY``, ``GIT_SSL_CAINFO``), which git and
+curl read. The caller's ``GIT_*`` variables that would point git at another repository or
+shape a new one are dropped; git looks for no repository above the staging root, runs no
+hook and speaks http and https alone, whatever a kept mirror's configuration says.
 
 Refs GitHub adds for pull requests (``refs/pull/*``) are read-only on GitHub and are left out of
 bundles, so a bundle restores with ``git clone --mirror`` and pushes back with ``git push
@@ -69,16 +74,34 @@ _CREDENTIAL_HELPER = (
     f'"${{{USER_VARIABLE}:-x-access-token}}" "${TOKEN_VARIABLE}"; '
     "}; f"
 )
-#: Variables of the caller's environment that would point git elsewhere or log credentials.
+#: Variables of the caller's environment that would point git elsewhere or log credentials:
+#: those git itself drops on entering another repository (``git rev-parse --local-env-vars``:
+#: ``GIT_CONFIG`` is the file ``git config`` reads and writes) and more.
 _DROPPED_VARIABLES = frozenset(
     {
         "GIT_DIR",
         "GIT_WORK_TREE",
+        "GIT_IMPLICIT_WORK_TREE",
         "GIT_INDEX_FILE",
         "GIT_OBJECT_DIRECTORY",
         "GIT_ALTERNATE_OBJECT_DIRECTORIES",
         "GIT_NAMESPACE",
         "GIT_COMMON_DIR",
+        "GIT_CONFIG",
+        "GIT_GRAFT_FILE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_PREFIX",
+        "GIT_INTERNAL_SUPER_PREFIX",
+        "GIT_SHALLOW_FILE",
+        # what a new mirror is made with (``init --bare``): the hash (sha256 does not fetch
+        # GitHub's sha1 repositories) and a template whose ``config`` would be the mirror's
+        "GIT_DEFAULT_HASH",
+        "GIT_TEMPLATE_DIR",
+        # they win over ``-c http.lowSpeed...``: a stalled transfer would outlast the run's
+        # read timeout (600 s, as CI images set them for slow links; for ever with 0)
+        "GIT_HTTP_LOW_SPEED_LIMIT",
+        "GIT_HTTP_LOW_SPEED_TIME",
         "GIT_CURL_VERBOSE",
         "GIT_CONFIG_COUNT",
         "GIT_CONFIG_PARAMETERS",
@@ -216,8 +239,11 @@ class GitRunner:
         origin: str,
         stall_seconds: int = 120,
         git: str = GIT,
+        workdir: Path | None = None,
     ) -> None:
         self.git = git
+        # the staging root: git looks for no repository above it (``_env``)
+        self.workdir = Path(os.path.abspath(workdir)) if workdir is not None else None
         self.slots = slots
         self.origin = origin  # the only origin the token is given to (``git_origin``)
         self.stall_seconds = max(1, stall_seconds)
@@ -243,12 +269,26 @@ class GitRunner:
         env.update(
             {
                 "GIT_TERMINAL_PROMPT": "0",
+                # neither the machine's nor the user's git configuration: their
+                # ``url.*.insteadOf`` (to SSH, another host), ``http.extraHeader``,
+                # ``core.hooksPath``... would change where git goes and what it sends or runs
                 "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": os.devnull,  # ~/.gitconfig and ~/.config/git/config
+                # nor the user's ~/.netrc, whose credentials curl would send before git asks
+                # for the token (GitHub answers other credentials 404 for a private
+                # repository); nor ~/.gitconfig for a git older than 2.32
+                "HOME": os.devnull,
+                "XDG_CONFIG_HOME": os.devnull,
                 "LC_ALL": "C",
                 ORIGIN_VARIABLE: self.origin,
                 TOKEN_VARIABLE: self._token,
             }
         )
+        if self.workdir is not None:
+            # a mirror git does not take for a repository (its HEAD emptied by a power cut)
+            # must not send git up to a checkout around the staging folder: its origin
+            # would be set, fetched into and bundled in the mirror's place
+            env["GIT_CEILING_DIRECTORIES"] = str(self.workdir.parent)
         return env
 
     def _scrub(self, text: str) -> str:
@@ -258,25 +298,42 @@ class GitRunner:
         return text[-400:]
 
     async def run(
-        self, args: Sequence[str], *, cwd: Path | None = None, label: str | None = None
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        label: str | None = None,
+        local: bool = False,
     ) -> str:
         """Run ``git ARGS``; its stdout, or a ``GitError`` with the last of its stderr - an
         ``OSError`` (``ENOSPC``...) when git says the local disk is full.
-        ``label``: what ``commands`` records (default: the subcommand)."""
+        ``label``: what ``commands`` records (default: the subcommand). git may use http
+        and https only (``GIT_ALLOW_PROTOCOL``, whatever a kept mirror's configuration
+        allows: its ``ext::`` or ``ssh`` would run a command with the token in its
+        environment); ``local``: a local file (a bundle) only."""
         argv = [*self._prefix, self.git, "-c", "credential.helper=", "-c", "core.askPass="]
         argv += ["-c", f"credential.helper={_CREDENTIAL_HELPER}"]
         argv += ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={self.stall_seconds}"]
+        # no hook runs (a fetch runs reference-transaction): not one put in a kept mirror,
+        # which would get the token in its environment
+        argv += ["-c", f"core.hooksPath={os.devnull}"]
+        # the gc a fetch starts in a mirror full of loose objects runs within it: detached (a
+        # session of its own) it could repack the mirror while its bundle is made, and
+        # outlive a killed run; ``maintenance.autoDetach``: git 2.47 on
+        argv += ["-c", "gc.autoDetach=false", "-c", "maintenance.autoDetach=false"]
         argv += args
         first = 0
         while first < len(args) and args[first] == "-c":  # configuration for this command only
             first += 2
         command = args[first] if first < len(args) else args[0]
+        env = self._env()
+        env["GIT_ALLOW_PROTOCOL"] = "file" if local else "http:https"
         async with self.slots:
             self.commands.append(label or command)
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
-                env=self._env(),
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -302,9 +359,11 @@ class GitRunner:
         return out.decode("utf-8", "replace")
 
     async def ls_remote(self, url: str) -> list[tuple[str, str]] | None:
-        """``(sha, ref)`` of every ref but the excluded ones; None if there is no repository."""
+        """``(sha, ref)`` of every ref but the excluded ones; None if there is no repository.
+        Run in the staging root: in the current directory, git would read the configuration
+        of the repository around it (a CI job's checkout: its ``url.*.insteadOf``)."""
         try:
-            out = await self.run(["ls-remote", "--", url])
+            out = await self.run(["ls-remote", "--", url], cwd=self.workdir)
         except GitError as exc:
             if exc.code == "GitNotFound":
                 return None
@@ -395,7 +454,7 @@ class GitRunner:
         await self.run(["bundle", "verify", "--quiet", str(bundle)], cwd=mirror)
         try:
             clone = ["clone", "--mirror", "--quiet", "--", str(bundle), str(scratch)]
-            await self.run(clone, label="verify")  # not a clone from GitHub
+            await self.run(clone, label="verify", local=True)  # not a clone from GitHub
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
