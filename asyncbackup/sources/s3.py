@@ -522,13 +522,13 @@ class S3Source:
             response = await get_object(**params)
             if not head:
                 try:
-                    first = await self._first_answer(item, response, small=small)
+                    head.update(await self._first_answer(item, response, small=small))
+                    receiver.start(head)  # may refuse the answer too (its length)
                 except BaseException:
+                    head.clear()  # a next attempt starts over, not a resume
                     async with response["Body"]:  # released unread
                         pass
                     raise
-                head.update(first)
-                receiver.start(head)
             body = response["Body"]
             async with body:  # always release the connection, read or not
                 try:
