@@ -11,6 +11,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.parsers import AioResponseParserFactory, AioRestXMLParser
 from botocore.model import Shape
+from botocore.parsers import ResponseParserError
 
 from .botocore_setup import share_data_loader, tune_client
 from .credprocess import bound_credential_processes
@@ -75,6 +76,15 @@ class _RestXMLParser(AioRestXMLParser):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         #: a structure shape -> its plan: (XML tag, member name, member shape) of each member
         self._plans: dict[int, tuple[Shape, list[tuple[str, str, Shape]] | None]] = {}
+
+    async def parse(self, response: dict[str, Any], shape: Shape | None) -> Any:
+        """botocore's parse, a field no S3 sends (a listed ``<Size>`` of "abc": botocore's
+        ``int()`` raises ValueError) a ``ResponseParserError`` as a garbled document is: a
+        failure of the request, asked again, not an unexpected error of the run."""
+        try:
+            return await super().parse(response, shape)
+        except ValueError as exc:
+            raise ResponseParserError(f"the server's answer could not be read: {exc}") from exc
 
     def _handle_structure(self, shape: Shape, node: Any) -> Any:
         plan = self._plan(shape) if shape.name == "Object" else None

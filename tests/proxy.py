@@ -140,6 +140,8 @@ STREAM_FAULTS = (
     # a load balancer's 408 Request Timeout (its idle close racing a request): no XML body,
     # the request not forwarded
     "bare_408",
+    # a listing whose first object's <Size> is no number (a broken or hostile server)
+    "bad_size",
     # the answer's first ETag replaced by another (an MD5-like one that no body here has)
     "other_etag",
     # a listing of SSE-KMS objects: every ETag looks like an MD5, and is none (each one
@@ -528,6 +530,8 @@ class S3Proxy:
                 lambda m: b'<ETag>"' + hashlib.md5(m.group(0)).hexdigest().encode() + b'"</ETag>',
                 payload,
             )
+        if fault == "bad_size" and status < 300:
+            payload = re.sub(rb"<Size>[^<]*</Size>", b"<Size>abc</Size>", payload, count=1)
         if fault == "no_continuation_token" and status < 300:
             payload = _NEXT_TOKEN.sub(b"", payload)
         if fault == "truncate" and len(payload) > 1 and status < 300:

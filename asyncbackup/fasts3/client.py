@@ -48,6 +48,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
     SSLError,
 )
+from botocore.parsers import ResponseParserError
 from botocore.utils import parse_to_aware_datetime
 
 from ..checksums import INLINE_LIMIT, checksum
@@ -622,6 +623,8 @@ class FastS3:
             )
         try:
             out = output(response.headers, response.status, body)
+        except ValueError as exc:  # a field no S3 sends (a listed <Size> of "abc"), as botocore
+            raise ResponseParserError(f"the server's answer to {operation}: {exc}") from exc
         except ClientError as exc:  # an error in a 200: one that may ask for botocore
             code = exc.response["Error"].get("Code")
             if code in _HAND_BACK_CODES:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args
-from tests.proxy import Rule, S3Proxy
+from tests.proxy import Rule, S3Proxy, run_proxy
 from tests.reliability import (
     CLI,
     assert_identical,
@@ -217,3 +217,23 @@ def test_a_bandwidth_limit_with_direct_is_a_usage_error(
     line = one_error_line(done.stderr)
     assert "--max-bandwidth" in line and "--direct" in line, line
     assert s3.list_objects_v2(Bucket=buckets.dest).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+def test_a_listing_page_that_is_no_listing_stops_the_run_in_one_named_line(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, fast_path: bool
+) -> None:
+    """A page whose object's <Size> is no number (a broken or hostile server) raised a bare
+    ValueError out of the parser: the run ended "unexpected ValueError". Now it is a garbled
+    answer (botocore's ResponseParserError), asked again, then one line: here at the start-up
+    check's listing, exit 2."""
+    put_parallel(s3, buckets.source, {"p/a": b"x" * 10})
+    with run_proxy(s3_server.endpoint) as proxy:
+        proxy.add_rule(Rule("bad_size", method="GET", path=f"^/{buckets.source}$"))
+        args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+        flags = ["--quiet", "--max-attempts", "2", *([] if fast_path else ["--no-fast-path"])]
+        done = run_cli([*args, *flags])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "unexpected" not in line and "ResponseParserError" in line, line
+    assert "source" in line, line
