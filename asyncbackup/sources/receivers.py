@@ -72,6 +72,10 @@ class Receiver:
     #: False where the destination checks the bytes against the source's MD5 instead
     checks_md5 = True
 
+    def refuse_early(self, response: dict[str, Any]) -> None:
+        """Raise if the first response announces what this receiver cannot take, before
+        anything else is asked about the object (its tags)."""
+
     def start(self, head: dict[str, Any]) -> None:
         """The first response's fields, before its first chunk."""
 
@@ -98,16 +102,23 @@ class MemoryReceiver(Receiver):
         self.limit = limit
         self.size = 0
 
+    def refuse_early(self, response: dict[str, Any]) -> None:
+        if int(response.get("ContentLength", 0)) > self.limit:
+            raise self._grew()
+
     async def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
-            raise ObjectError(
-                "ObjectChanged",
-                f"the object grew past {self.limit:,} bytes since it was listed; "
-                "run again to copy it as listed now",
-            )
+            raise self._grew()
         self.digest.update(chunk)
         self.chunks.append(chunk)
+
+    def _grew(self) -> ObjectError:
+        return ObjectError(
+            "ObjectChanged",
+            f"the object grew past {self.limit:,} bytes since it was listed; "
+            "run again to copy it as listed now",
+        )
 
 
 class FileReceiver(Receiver):

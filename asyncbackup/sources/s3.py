@@ -477,10 +477,11 @@ class S3Source:
         return fetched
 
     async def _first_answer(
-        self, item: WorkItem, response: dict[str, Any], *, small: bool
+        self, item: WorkItem, response: dict[str, Any], receiver: Receiver
     ) -> dict[str, Any]:
         """The object as the first answer to its GET describes it (its body left out), once
-        that answer is one to copy from, with its tags read (``--copy-tags``)."""
+        that answer is one to copy from (and one ``receiver`` can take), with its tags read
+        (``--copy-tags``)."""
         # without its ETag, no download: even its empty body would pass for an empty object's
         etag = answered_etag(response.get("ETag"), f"the GET of {item.key}")
         if item.etag and not multipart_parts(item.etag) and multipart_parts(etag):
@@ -492,12 +493,7 @@ class S3Source:
                 "the object was replaced by a multipart upload since it was listed; run again "
                 "to copy it as listed now",
             )
-        if small and int(response.get("ContentLength", 0)) > IN_MEMORY_LIMIT:
-            raise ObjectError(
-                "ObjectChanged",
-                f"the object grew from {item.size} bytes since it was listed; "
-                "run again to copy it as listed now",
-            )
+        receiver.refuse_early(response)
         first = {name: value for name, value in response.items() if name != "Body"}
         if self.copy_tags and tag_count(first):
             first[TAGGING] = await read_tags(
@@ -510,7 +506,6 @@ class S3Source:
     ) -> FetchedObject:
         head: dict[str, Any] = {}
         written = 0
-        small = isinstance(receiver, MemoryReceiver)
         get_object = self.client.get_object if self.fast is None else self.fast.get_object
 
         async def attempt() -> None:
@@ -522,7 +517,7 @@ class S3Source:
             response = await get_object(**params)
             if not head:
                 try:
-                    head.update(await self._first_answer(item, response, small=small))
+                    head.update(await self._first_answer(item, response, receiver))
                     receiver.start(head)  # may refuse the answer too (its length)
                 except BaseException:
                     head.clear()  # a next attempt starts over, not a resume
