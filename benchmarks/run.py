@@ -294,34 +294,31 @@ def bench_workload(
     problem = wl.verify(s3, SOURCE, workload.name, expected, sample=0)
     if problem:
         raise RuntimeError(f"seeding {workload.name} failed: {problem}")
+
+    def run(tool: Tool, mode: str, stage: str, label: str) -> dict[str, Any]:
+        """One timed run of ``tool``, its figures printed after ``label``."""
+        where = KEPT / f"stage-{workload.name}-{stage}"
+        job = Job(endpoint, SOURCE, DEST, workload.name, where, args.concurrency, tool_cpus)
+        result = one_run(tool, mode, job, s3, expected, env)
+        release(where)
+        print(
+            f"  {label} {tool.name:12} {mode:6} {result['wall']:7.2f}s "
+            f"{result['peak_rss_mb']:7.1f} MB  {result.get('error', 'ok')}",
+            flush=True,
+        )
+        return result
+
     # One untimed run first: the first copy after seeding met a server and page cache in
     # another state than every later one (1.4-1.8x its median, always the same tool's run).
-    warm = Job(endpoint, SOURCE, DEST, workload.name, KEPT / f"stage-{workload.name}-warm-up",
-               args.concurrency, tool_cpus)  # fmt: skip
-    warm_up = one_run(tools[0], "staged", warm, s3, expected, env)
-    release(warm.stage)
-    status = warm_up.get("error", "ok")
-    print(
-        f"  warm-up {tools[0].name} staged {warm_up['wall']:.2f}s {status} (not counted)",
-        flush=True,
-    )
+    run(tools[0], "staged", "warm-up", "warm-up (not counted)")
     for rep in range(args.reps):
         shift = rep % len(tools)
         for tool in tools[shift:] + tools[:shift]:
             for mode in ("staged", "direct"):
                 if mode == "direct" and tool.direct is None:
                     continue
-                stage = KEPT / f"stage-{workload.name}-{tool.name}-{mode}-{rep + 1}"
-                job = Job(endpoint, SOURCE, DEST, workload.name, stage, args.concurrency, tool_cpus)
-                run = one_run(tool, mode, job, s3, expected, env)
-                release(stage)
-                cells.setdefault((tool.name, mode), []).append(run)
-                status = run.get("error", "ok")
-                print(
-                    f"  rep {rep + 1} {tool.name:12} {mode:6} {run['wall']:7.2f}s "
-                    f"{run['peak_rss_mb']:7.1f} MB  {status}",
-                    flush=True,
-                )
+                result = run(tool, mode, f"{tool.name}-{mode}-{rep + 1}", f"rep {rep + 1}")
+                cells.setdefault((tool.name, mode), []).append(result)
     wl.clear(s3, DEST)
 
 
