@@ -34,7 +34,15 @@ from . import workloads as wl
 from .install import PEERS_VENV, WORK
 from .profile import py_spy, record, render, summarize
 from .server import cpu_seconds, seaweedfs
-from .tools import Job, Tool, asyncbackup_baseline, discover, s5cmd_binary
+from .tools import (
+    Job,
+    Tool,
+    asyncbackup_baseline,
+    discover,
+    s5cmd_binary,
+    source_commit,
+    tool_versions,
+)
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -517,6 +525,11 @@ def profile_runs(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -
     return out
 
 
+def _no_steps(job: Job) -> list[list[str]]:
+    """The server is not a tool: it only has a version to record."""
+    return []
+
+
 def compile_bytecode(checkouts: list[Path]) -> None:
     """Byte-compile each checkout's ``asyncbackup``, as ``pip install`` of a wheel does: an
     editable install under ``PYTHONDONTWRITEBYTECODE`` would otherwise compile every module
@@ -603,8 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     compile_bytecode([ROOT.parent, *([baseline] if baseline is not None else [])])
+    versions = tool_versions([*tools, Tool("seaweedfs", _no_steps, None, [str(weed), "version"])])
+    commit = source_commit(ROOT.parent)
+    print(f"asyncbackup at {commit}; " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": commit,
+        "baseline_commit": source_commit(baseline) if baseline is not None else None,
+        "versions": versions,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "args": {
             name: str(value) if isinstance(value, Path) else value

