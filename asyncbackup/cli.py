@@ -155,12 +155,17 @@ class _ReportOnly(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def _report_bad_usage(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, refused: _BadUsage
+def _report_unparsed(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    status: str,
+    exit_code: int,
+    message: str,
 ) -> None:
-    """A backup command line refused before it parsed still writes its ``--report`` (failed,
-    exit 2), as any run stopped by an error does: the file must not keep the last run's
-    result. Not for the checkpoint tool, which takes no ``--report``."""
+    """A backup command that ended before its command line was parsed (refused by the parser,
+    exit 2; interrupted while starting, 130) still writes its ``--report``, as any run
+    stopped by an error or a signal does: the file must not keep the last run's result. Not
+    for the checkpoint tool, which takes no ``--report``."""
     words = list(sys.argv[1:] if argv is None else argv)
     if parser.prog == PROG and words[:1] == ["checkpoint"]:
         return
@@ -170,7 +175,15 @@ def _report_bad_usage(
         found, _ = finder.parse_known_args(words)
     except ValueError:
         return
-    _report_end(found, "failed", EXIT_USAGE, refused.message)
+    _report_end(found, status, exit_code, message)
+
+
+def interrupted_at_start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Ctrl-C before the run started: one line, the ``--report``, exit 130."""
+    message = "interrupted before the run started; nothing was done"
+    _say(f"{parser.prog}: {message}")
+    _report_unparsed(parser, argv, "interrupted", EXIT_INTERRUPTED, message)
+    return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,12 +504,19 @@ def escape_what_stdout_cannot_encode() -> None:
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    try:
+        return _run(parser, argv)
+    except KeyboardInterrupt:  # before the run started (its own Ctrl-C is handled in it)
+        return interrupted_at_start(parser, argv)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     open_standard_streams()
     escape_what_stdout_cannot_encode()
     try:
         args = parser.parse_args(argv)
     except _BadUsage as refused:
-        _report_bad_usage(parser, argv, refused)
+        _report_unparsed(parser, argv, "failed", EXIT_USAGE, refused.message)
         raise
     configure_logging(args)
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
@@ -512,7 +532,10 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
         _report_end(args, "failed", exc.exit_code, f"{exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside the run's own handling: making its loop, say
+        message = "interrupted; run the same command to resume"
+        _fatal(args, f"{parser.prog}: {message}", EXIT_INTERRUPTED)
+        _report_end(args, "interrupted", EXIT_INTERRUPTED, message)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line
         if args.debug:
