@@ -15,7 +15,7 @@ from asyncbackup.checkpoint import read_checkpoint
 from tests.conftest import Buckets
 from tests.helpers import MiB, cli_args, put_multipart
 from tests.proxy import Rule, S3Proxy
-from tests.reliability import checkpoint_file, listing, put_parallel, run_cli
+from tests.reliability import checkpoint_file, listing, one_error_line, put_parallel, run_cli
 
 MODES = {"fast": (), "no-fast": ("--no-fast-path",), "direct": ("--direct",)}
 
@@ -60,3 +60,26 @@ def test_an_sse_c_source_object_is_one_error_that_names_sse_c(
     assert not s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads")
     asked = [r for r in proxy.requests if r.path.endswith("/p/secret")]
     assert len(asked) <= 6, [(r.method, r.query) for r in asked]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_requester_pays_source_is_refused_at_start_in_a_line_that_names_it(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """S3 ("Downloading objects from Requester Pays buckets"): a request of another account
+    without ``x-amz-request-payer: requester`` is refused, 403 AccessDenied, listings
+    included. asyncbackup sends no such header (Requester Pays is not supported): the run
+    stops at its start-up check, exit 2, nothing read. Its line said to check the
+    credentials and the bucket policy only, which are not the cause; it now names Requester
+    Pays too."""
+    put_parallel(s3, buckets.source, {f"p/o{i}": b"x" * 100 for i in range(4)})
+    proxy.add_rule(
+        Rule("access_denied", path=f"^/{buckets.source}", unless_header="x-amz-request-payer")
+    )
+    done, _ = run(proxy, tmp_path, buckets, *MODES[mode])
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert f"source bucket {buckets.source!r} was refused (AccessDenied)" in line, line
+    assert "Requester Pays" in line and "--source-profile" in line, line
+    assert not proxy.seen(method="GET", path=f"^/{buckets.source}/p/")
+    assert not listing(s3, buckets.dest)
