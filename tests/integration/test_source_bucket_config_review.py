@@ -263,3 +263,48 @@ def test_objects_under_a_legal_hold_or_retention_at_the_source_are_copied_withou
     for key in ("p/held", "p/big-held", "p/retained"):
         head = s3.head_object(Bucket=buckets.dest, Key=key)
         assert "ObjectLockLegalHoldStatus" not in head and "ObjectLockMode" not in head, key
+
+
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_kms_object_the_reader_may_not_decrypt_says_which_key(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """S3 refuses the GET (or the copy) of an SSE-KMS object whose key the reader may not
+    use (no kms:Decrypt) with the same bare 403 "AccessDenied: Access Denied" as a missing
+    s3:GetObject (boto/boto3#2952): the error said nothing of the key, and the operator
+    went looking in the bucket policy. The object's HEAD (which needs no kms:Decrypt) tells
+    its key: the error now names it and the permission. An object whose HEAD shows no KMS
+    key keeps the bare error."""
+    put_parallel(s3, buckets.source, {f"p/o{i}": b"x" * 100 for i in range(4)})
+    s3.put_object(
+        Bucket=buckets.source,
+        Key="p/kms",
+        Body=os.urandom(300),
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=KMS_KEY,
+    )
+    s3.put_object(
+        Bucket=buckets.source,
+        Key="p/kms-2m",  # streamed
+        Body=os.urandom(2 * MiB),
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=KMS_KEY,
+    )
+    kms = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY}
+    put_multipart(s3, buckets.source, "p/kms-parts", [5 * MiB, MiB], **kms)
+    s3.put_object(Bucket=buckets.source, Key="p/plain", Body=os.urandom(300))
+    # PUT: --direct's CopyObject and UploadPartCopy, refused as S3 refuses them
+    for method in ("GET", "PUT"):
+        proxy.add_rule(Rule("access_denied", method=method, path=r"/p/(kms.*|plain)$"))
+    done, _ = run(proxy, tmp_path, buckets, *MODES[mode])
+    assert done.returncode == 1, done.stderr
+    errors = read_checkpoint(checkpoint_file(tmp_path, buckets.source, "p")).errors
+    assert sorted(errors) == ["p/kms", "p/kms-2m", "p/kms-parts", "p/plain"]
+    assert errors.pop("p/plain") == "AccessDenied: Access Denied"
+    for message in errors.values():
+        assert message.startswith("AccessDenied: Access Denied ("), errors
+        assert KMS_KEY in message and "kms:Decrypt" in message, errors
+    assert sorted(listing(s3, buckets.dest)) == [f"p/o{i}" for i in range(4)]
