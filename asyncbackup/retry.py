@@ -106,6 +106,26 @@ _ARCHIVED_ADVICE = (
     "to copy it, or skip it with `asyncbackup checkpoint mark --done CHECKPOINT KEY`)"
 )
 
+#: S3's answer to a GET, CopyObject or UploadPartCopy of an object encrypted with SSE-C (a key
+#: of its owner's, which S3 does not keep) made without that key: 400 InvalidRequest, this
+#: message; a HEAD's is a 400 without a body (``sse_c_unreadable``)
+SSE_C_MESSAGE = "stored using a form of Server Side Encryption"
+SSE_C_ADVICE = (
+    " (the object is encrypted with SSE-C, a key of its owner's that S3 does not keep, and "
+    "asyncbackup has no way to give that key: copy it by other means, or skip it with "
+    "`asyncbackup checkpoint mark --done CHECKPOINT KEY`)"
+)
+
+
+def sse_c_unreadable() -> ObjectError:
+    """The error of an object whose HEADs (with ``partNumber`` and without) S3 answered 400
+    without a body: what it answers for an SSE-C object asked without its key."""
+    return ObjectError(
+        "InvalidRequest",
+        "its HEAD was answered 400 Bad Request, as S3 answers for an object stored with "
+        "Server Side Encryption and asked without its key" + SSE_C_ADVICE,
+    )
+
 
 def _instant(text: object) -> datetime.datetime | None:
     """A time as S3 writes it in an error: ISO 8601 (``ServerTime``), the ``x-amz-date`` form
@@ -227,6 +247,8 @@ def classify(exc: BaseException) -> ObjectError:
         retryable = retryable or status in (408, 429)
         if code in ARCHIVED_CODES:
             message += _ARCHIVED_ADVICE
+        if code == "InvalidRequest" and SSE_C_MESSAGE in message:
+            message += SSE_C_ADVICE
         if code == CLOCK_SKEWED:
             message = message.rstrip(".") + _clock_advice(exc.response.get("Error", {}))
         return ObjectError(code, message, retryable=retryable)

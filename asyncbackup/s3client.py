@@ -391,9 +391,17 @@ async def check_bucket(
                 f"{_UPLOAD_ADVICE}"
             ) from None
         if code in _REFUSED:
+            # S3 refuses a Requester Pays bucket's requests of another account that do not
+            # agree to pay (x-amz-request-payer, which asyncbackup never sends) the same way
+            payer = (
+                " (or its Requester Pays setting: such a bucket refuses the requests of other "
+                "accounts that do not agree to pay, and asyncbackup does not support it)"
+                if role == "source" and code in ACCESS_DENIED
+                else ""
+            )
             raise StoreUnavailableError(
                 f"access to {role} bucket {bucket!r} was refused ({code}); check the "
-                f"credentials of {flag} and the bucket policy"
+                f"credentials of {flag} and the bucket policy{payer}"
             ) from None
         if code == NOT_REFRESHED:
             raise StoreUnavailableError(

@@ -93,6 +93,18 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The object was stored using a form of Server Side Encryption. The correct parameters "
         "must be provided to retrieve the object.",
     ),
+    # a GET of an SSE-KMS object whose key is disabled, or pending deletion, as S3 answers
+    "kms_disabled": (
+        400,
+        "KMS.DisabledException",
+        "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab is disabled.",
+    ),
+    "kms_invalid_state": (
+        400,
+        "KMS.KMSInvalidStateException",
+        "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab is "
+        "pending deletion.",
+    ),
     # a PUT without Content-MD5 or an x-amz-checksum-* header into a bucket whose Object Lock
     # configuration gives new objects a default retention period, as S3 refuses it
     "object_lock_needs_checksum": (

@@ -39,7 +39,7 @@ from ..etags import (
 from ..fasts3 import FastS3
 from ..fetched import kept_fields
 from ..pipeline import WorkItem, primary_error
-from ..retry import RetryPolicy
+from ..retry import ACCESS_DENIED, RetryPolicy
 from ..s3client import S3Client
 from ..sources.layout import FirstPartProbe
 from ..tags import TAGGING, read_tags, tag_count
@@ -91,12 +91,36 @@ class ServerSideCopier:
                 f"({S3_MAX_PARTS:,} parts of {S3_MAX_PART_SIZE:,} bytes)",
             )
         parts = multipart_parts(item.etag)
-        # An empty object is one CopyObject, multipart or not: no range can name its bytes.
-        if item.size > 0 and (parts is not None or item.size > _COPY_OBJECT_LIMIT):
-            await self._copy_parts(item, parts)
-        else:
-            await self._copy_object(item)
+        try:
+            # An empty object is one CopyObject, multipart or not: no range can name its bytes.
+            if item.size > 0 and (parts is not None or item.size > _COPY_OBJECT_LIMIT):
+                await self._copy_parts(item, parts)
+            else:
+                await self._copy_object(item)
+        except ObjectError as exc:
+            if exc.code not in ACCESS_DENIED:
+                raise
+            key_id = await self._kms_key(item)
+            if key_id is None:
+                raise
+            raise ObjectError(
+                exc.code,
+                f"{exc.message} (the source object is encrypted with the KMS key {key_id}: "
+                "its copy needs kms:Decrypt on that key, besides s3:GetObject on the source "
+                "and s3:PutObject on the destination)",
+            ) from exc
         return item.size
+
+    async def _kms_key(self, item: WorkItem) -> str | None:
+        """The KMS key of a source object whose copy was refused, when its HEAD (which
+        needs no kms:Decrypt) shows one: S3's bare "Access Denied" does not name it."""
+        try:
+            head = await self._head_source(item)
+        except ObjectError:
+            return None
+        if head.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE:
+            return None
+        return str(head.get("SSEKMSKeyId") or "of the object")
 
     def _source(self, item: WorkItem) -> dict[str, str]:
         return {"Bucket": self.source_bucket, "Key": item.key}

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from ..etags import answered_etag
 from ..pipeline import for_each_bounded
-from ..retry import RetryPolicy, error_code
+from ..retry import RetryPolicy, error_code, sse_c_unreadable
 from ..s3client import S3Client
 
 log = logging.getLogger("asyncbackup")
@@ -62,8 +62,9 @@ class FirstPartProbe:
             except ClientError as exc:
                 if not refuses_part_number(exc):
                     raise
-                if not await self._unreadable(key, exc):
-                    self._refused(error_code(exc))
+                if await self._unreadable(key, exc):
+                    raise sse_c_unreadable() from exc
+                self._refused(error_code(exc))
                 return None
             # without its headers it tells no layout; taken for a refusal, it would leave the
             # download unchecked against the source's ETag
@@ -97,9 +98,10 @@ class FirstPartProbe:
     async def _unreadable(self, key: str, refusal: ClientError) -> bool:
         """Whether ``refusal`` (a 400 without a name: a HEAD's error has no body) is the
         object's, not the partNumber parameter's: S3 answers any HEAD of an SSE-C object made
-        without its key so. A plain HEAD answered the same tells; the object then fails on its
-        own GET, and the bucket is not taken for one that refuses part-number HEADs (which
-        would leave every later multipart object unchecked against its ETag)."""
+        without its key so. A plain HEAD answered the same tells; the object then fails, in
+        an error that says SSE-C (a --direct copy makes no GET that would say more than this
+        400), and the bucket is not taken for one that refuses part-number HEADs (which would
+        leave every later multipart object unchecked against its ETag)."""
         status = refusal.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status != 400:
             return False
