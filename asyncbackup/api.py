@@ -52,6 +52,7 @@ from .retry import (
     RetryPolicy,
     is_outage,
     raise_if_fatal,
+    worth_another_copy,
 )
 from .s3client import (
     S3Client,
@@ -73,10 +74,6 @@ from .workerpool import budget_share, share_of, start_worker_processes
 log = logging.getLogger("asyncbackup")
 
 _OBJECT_ATTEMPTS = 3
-#: our multipart upload gone from under the copy (a lifecycle rule's
-#: AbortIncompleteMultipartUpload, another run's sweep of the key): no request of it can
-#: succeed again, but the object, started again with a new upload, can
-_UPLOAD_GONE = "NoSuchUpload"
 #: a run stops (exit 3) once this many objects in a row, and at least twice as many as are in
 #: flight, failed after all their retries with a failure of the servers or the network
 #: (``retry.is_outage``), none copied in between: every later one would fail the same way,
@@ -715,8 +712,7 @@ async def with_object_retries(
                     raise FatalRunError(
                         f"stopping: {exc} (on {item.key!r}); {refusal}, then run again to resume"
                     ) from exc
-            retryable = exc.retryable or exc.code == _UPLOAD_GONE
-            if not retryable or attempt == _OBJECT_ATTEMPTS:
+            if not worth_another_copy(exc) or attempt == _OBJECT_ATTEMPTS:
                 if outage is not None:
                     outage.failed(exc, item.key)
                 raise

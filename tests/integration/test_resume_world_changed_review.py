@@ -23,11 +23,14 @@ from typing import Any
 
 import pytest
 
+from asyncbackup import run_github_backup
 from asyncbackup.checkpoint import CheckpointState
 from asyncbackup.progress import NullObserver
 from tests.conftest import ACCESS_KEYS, Buckets
 from tests.faulty_proxy import Finished, run_cli_async
+from tests.github_server import FakeRepo, git
 from tests.helpers import backup_data, cli_args, list_keys, put_multipart
+from tests.integration.github_org import config, running_org
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import (
     CLI,
@@ -496,3 +499,37 @@ def test_a_resume_as_another_user_is_one_line_and_changes_nothing(
         assert _same_bytes(s3, buckets) == len(objects)
     finally:
         shutil.rmtree(shared)
+
+
+async def test_a_bundle_upload_aborted_by_a_lifecycle_rule_is_started_again(
+    tmp_path: Path, proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    """The GitHub backup's artifacts go up by the same sink: a bundle's multipart upload
+    aborted under the run (NoSuchUpload on its second part) was an error of the artifact
+    (completed_with_errors), not an artifact started again."""
+    async with running_org(tmp_path / "git") as github:
+        github.add_repo(FakeRepo("big", has_wiki=False))
+        work = tmp_path / "big.work"
+        git("init", "-q", "-b", "main", str(work))
+        (work / "blob.bin").write_bytes(os.urandom(6 * MiB))
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "big", cwd=work)
+        git("clone", "-q", "--bare", str(work), str(github.git_dir("big")))
+        rule = proxy.add_rule(
+            Rule(
+                "no_such_upload",
+                method="PUT",
+                path=r"/big\.bundle$",
+                query="partNumber=2",
+                times=1,
+                action=lambda: _abort_every_upload(s3, buckets.dest),
+            )
+        )
+        options = config(github, proxy.endpoint, buckets.dest, tmp_path / "work")
+        options.update(include=("big",), multipart_threshold=5 * MiB, part_size=5 * MiB)
+        clock = github.clock
+        report = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert rule.hits == 1
+        assert report.status == "completed", report.errors
+        assert s3.head_object(Bucket=buckets.dest, Key="github/acme/big.bundle")["ContentLength"]
+        assert _uploads(s3, buckets.dest) == []
