@@ -341,6 +341,28 @@ async def test_a_resume_into_a_destination_emptied_since(
     assert _same_bytes(s3, buckets) == len(objects)
 
 
+async def test_a_resume_into_a_destination_bucket_deleted_since(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The destination bucket was deleted: one line naming it, exit 2, the checkpoint as it
+    was (its done files still done, for when the bucket is back)."""
+    await _stopped_half_way(buckets, s3, tmp_path, proxy.endpoint)
+    for key in list_keys(s3, buckets.dest):
+        s3.delete_object(Bucket=buckets.dest, Key=key)
+    s3.delete_bucket(Bucket=buckets.dest)
+    path = checkpoint_file(tmp_path / "stage", buckets.source, "data")
+    before = path.read_bytes()
+    args = ["data", *cli_args(proxy.endpoint, tmp_path / "stage", buckets.source, buckets.dest)]
+    try:
+        resumed = await _run(*args)
+    finally:
+        s3.create_bucket(Bucket=buckets.dest)
+    assert resumed.returncode == 2, resumed.stderr
+    line = one_error_line(resumed.stderr)
+    assert f"destination bucket '{buckets.dest}' does not exist" in line, line
+    assert path.read_bytes() == before
+
+
 @pytest.mark.parametrize("how", ["staging_moved", "checkpoint_copied_elsewhere"])
 async def test_a_resume_from_a_moved_staging_folder_or_a_copied_checkpoint(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, how: str
@@ -470,6 +492,11 @@ def test_a_resume_as_another_user_is_one_line_and_changes_nothing(
             process.communicate(timeout=30)
         proxy.clear_faults()
         before = {p: p.read_bytes() for p in path.parent.iterdir() if p.is_file()}
+        made = [p for p in base.rglob("*") if not p.is_symlink()]
+        modes = {p.stat().st_mode & 0o777 for p in made if p.is_file()}
+        assert modes == {0o600} and {p.stat().st_mode & 0o777 for p in made if p.is_dir()} == {
+            0o700
+        }
         key, secret = ACCESS_KEYS["default"]
         env = {
             "PATH": os.environ["PATH"],
