@@ -94,9 +94,7 @@ def _recorded_upload(state: CheckpointState, key: str) -> str:
     return str(state.extra.get("multipart_uploads", {}).get(key) or "")
 
 
-@pytest.mark.parametrize(
-    "change", ["aborted", "aborted_and_replaced_same_size", "replaced_other_size"]
-)
+@pytest.mark.parametrize("change", ["aborted_and_replaced_same_size", "replaced_other_size"])
 def test_an_upload_left_in_progress_then_changed_meanwhile_is_started_again(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, change: str
 ) -> None:
@@ -246,8 +244,8 @@ def _stop_after(count: int, stop: asyncio.Event) -> NullObserver:
 async def _stopped_half_way(
     buckets: Buckets, s3: Any, tmp_path: Path, endpoint: str
 ) -> tuple[dict[str, bytes], list[str]]:
-    """Eight objects; a run stopped once four are done: the objects, and the keys done."""
-    objects = {f"data/k{i}": os.urandom(200 + i) for i in range(8)}
+    """Twenty objects; a run stopped once four are done: the objects, and the keys done."""
+    objects = {f"data/k{i:02d}": os.urandom(200 + i) for i in range(20)}
     for key, body in objects.items():
         s3.put_object(Bucket=buckets.source, Key=key, Body=body)
     stop = asyncio.Event()
@@ -257,7 +255,7 @@ async def _stopped_half_way(
     assert first.status == "stopped"
     state = read_valid(first.checkpoint_path)
     done = sorted(key for key, ok in state.files.items() if ok)
-    assert len(done) >= 4
+    assert 4 <= len(done) <= 16
     return objects, done
 
 
@@ -312,7 +310,7 @@ async def test_a_resume_into_a_destination_emptied_since(
 ) -> None:
     """The destination bucket was emptied (or deleted and made again) between the runs. The
     resume skipped the files the checkpoint marks done, completed with exit 0 and archived the
-    checkpoint: "completed", 8 of 8 done, and half the objects nowhere at the destination.
+    checkpoint: "completed", 20 of 20 done, and the objects done before nowhere at the destination.
     A destination with nothing under the job's prefix cannot hold any file marked done: the
     resume stops at its start with one line saying so (exit 2), the checkpoint as it was."""
     objects, done = await _stopped_half_way(buckets, s3, tmp_path, proxy.endpoint)
@@ -409,12 +407,12 @@ async def test_a_resume_from_a_moved_staging_folder_or_a_copied_checkpoint(
 async def test_a_source_that_gained_thousands_and_lost_some_between_runs(
     proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
-    """Stopped with part of 20 objects done; meanwhile 1,200 objects are added (before and
+    """Stopped with part of 20 objects done; meanwhile 1,000 objects are added (before and
     after the keys done, in key order) and 6 deleted (3 done, 3 not). The resume copies what
     is new or still to do, and its summary, report and archived checkpoint count the source
     as it is now: no deleted key counted, done or total."""
     objects, done = await _stopped_half_way(buckets, s3, tmp_path, proxy.endpoint)
-    more = {f"data/{c}{i:04d}": os.urandom(64) for c in "aZ" for i in range(600)}
+    more = {f"data/{c}{i:04d}": os.urandom(64) for c in "aZ" for i in range(500)}
     put_parallel(s3, buckets.source, more)
     pending = sorted(set(objects) - set(done))
     deleted = done[:3] + pending[:3]
