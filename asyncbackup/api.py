@@ -52,6 +52,7 @@ from .retry import (
     RetryPolicy,
     is_outage,
     raise_if_fatal,
+    worth_another_copy,
 )
 from .s3client import (
     S3Client,
@@ -97,6 +98,42 @@ def _warn_keys_outside(state: CheckpointState, config: BackupConfig, path: Path)
         prefix,
         first,
         prefix + first,
+    )
+
+
+async def _refuse_emptied_destination(
+    state: CheckpointState, config: BackupConfig, path: Path, dest_client: S3Client
+) -> None:
+    """Refuse to resume a checkpoint that marks files done into a destination with no object
+    under the job's prefix (one ListObjectsV2 of one key): the bucket was emptied, or deleted
+    and made again, since. The resume would skip every file marked done, complete, and archive
+    a checkpoint that calls them copied. Not checked: a checkpoint written by hand (or by a
+    version before ``config.dest_endpoint_url``, as ``check_dest_endpoint``), whose files may
+    be marked done with nothing copied yet; ``--dest-write-only``, which reads nothing there.
+    A listing that fails leaves it to the run's own requests."""
+    prefix = config.source_prefix
+    done = sum(1 for key, ok in state.files.items() if ok and key.startswith(prefix))
+    if not done or config.dest_write_only or "dest_endpoint_url" not in state.config:
+        return
+    listing = functools.partial(
+        dest_client.list_objects_v2,
+        Bucket=config.dest_bucket,
+        MaxKeys=1,
+        Prefix=config.dest_list_prefix,
+    )
+    try:
+        page = await RetryPolicy(config.max_attempts).call(listing)
+    except ObjectError as exc:
+        log.debug("could not look for the copies at the destination: %s", exc)
+        return
+    if page.get("Contents") or page.get("KeyCount"):
+        return
+    raise CheckpointMismatchError(
+        f"checkpoint {path} marks {done} files done, but the destination "
+        f"s3://{config.dest_bucket}/{config.dest_list_prefix} holds no object: it was emptied, "
+        "or deleted and made again, since; to copy them again, run `asyncbackup checkpoint "
+        f"verify {path} --mark-pending`, then this command (or start over with "
+        "--ignore-checkpoints)"
     )
 
 
@@ -389,6 +426,7 @@ async def run_backup(
         if resumed:
             _check_filters(state, config, path)
             check_dest_endpoint(path, state.config, endpoints[1])
+            await _refuse_emptied_destination(state, config, path, dest_client)
         state.config.update(_checkpoint_config(config, *endpoints))
         if resumed:
             log.info(
@@ -674,7 +712,7 @@ async def with_object_retries(
                     raise FatalRunError(
                         f"stopping: {exc} (on {item.key!r}); {refusal}, then run again to resume"
                     ) from exc
-            if not exc.retryable or attempt == _OBJECT_ATTEMPTS:
+            if not worth_another_copy(exc) or attempt == _OBJECT_ATTEMPTS:
                 if outage is not None:
                     outage.failed(exc, item.key)
                 raise
@@ -724,10 +762,9 @@ async def plan_backup(
     files: dict[str, bool] = {}
     errors: dict[str, str] = {}
     exists = path.exists() and not config.ignore_checkpoints
-    recorded: dict[str, Any] | None = None
+    state: CheckpointState | None = None
     if exists:
         state = await asyncio.to_thread(read_checkpoint, path)
-        recorded = state.config
         # What the run would refuse: the checkpoint of another job that maps to this name.
         check_identity(path, state, config.source_bucket, config.source_path, config.dest_bucket)
         _check_filters(state, config, path)
@@ -736,8 +773,9 @@ async def plan_backup(
     first: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         source_client, dest_client = await _open_stores(stack, config, dry_run=True)
-        if recorded is not None:
-            check_dest_endpoint(path, recorded, client_endpoint(dest_client))
+        if state is not None:
+            check_dest_endpoint(path, state.config, client_endpoint(dest_client))
+            await _refuse_emptied_destination(state, config, path, dest_client)
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
         async for page in _listing(config, source, dest_client, errors):
             for item in page:

@@ -318,6 +318,18 @@ _OUTAGE_CODES = THROTTLE_CODES | {
 }
 
 
+#: our multipart upload gone from under the copy (a lifecycle rule's
+#: AbortIncompleteMultipartUpload, another run's sweep of the key): no request of it can
+#: succeed again, but the object, started again with a new upload, can
+UPLOAD_GONE = "NoSuchUpload"
+
+
+def worth_another_copy(error: ObjectError) -> bool:
+    """Whether an object (an artifact) whose copy failed with ``error``, after its requests'
+    retries, is worth copying again whole: a retryable failure, or its upload gone."""
+    return error.retryable or error.code == UPLOAD_GONE
+
+
 def is_outage(error: ObjectError) -> bool:
     """Whether ``error`` (after all its retries) is one of the servers or the network -
     throttling, 5xx, timeouts, connections refused or dropped - rather than of its object."""

@@ -66,6 +66,14 @@ ERROR_ANSWERS: dict[str, tuple[int, str, str]] = {
         "The AWS Access Key Id you provided does not exist in our records.",
     ),
     "no_such_key": (404, "NoSuchKey", "The specified key does not exist."),
+    # an UploadPart or CompleteMultipartUpload of an upload aborted meanwhile (a lifecycle
+    # rule's AbortIncompleteMultipartUpload): moto answers 500 there, S3 this
+    "no_such_upload": (
+        404,
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload "
+        "may have been aborted or completed.",
+    ),
     "expired_token": (400, "ExpiredToken", "The provided token has expired."),
     "signature_mismatch": (
         403,

@@ -20,7 +20,14 @@ from ..errors import FatalRunError, IntegrityError, ObjectError
 from ..fetched import FetchedObject
 from ..localio import remove_temporary
 from ..pipeline import WorkItem
-from ..retry import ACCESS_DENIED, Backoff, RetryLog, RetryPolicy, raise_if_fatal
+from ..retry import (
+    ACCESS_DENIED,
+    Backoff,
+    RetryLog,
+    RetryPolicy,
+    raise_if_fatal,
+    worth_another_copy,
+)
 from ..s3client import S3Client, UploadCheck
 from ..sinks.s3 import S3Sink
 from ..staging import Staging, encode_segment, raise_if_unusable
@@ -134,7 +141,7 @@ class ArtifactCopier:
                             f"stopping: {exc} (on {item.key!r}); {refusal}, then run again "
                             "to resume"
                         ) from exc
-                if not exc.retryable or attempt == _ATTEMPTS:
+                if not worth_another_copy(exc) or attempt == _ATTEMPTS:
                     raise
                 self.retries.retrying(item.key, exc)
                 await self.sleep(self.backoff.delay(attempt))
