@@ -21,7 +21,7 @@ import threading
 import time
 import tracemalloc
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,21 @@ class Service:
             report = await task
             assert report.status == "completed"  # it ended before the cancellation came
 
+    async def plan_and_verify_cancelled(self) -> None:
+        kept = await run_backup(**self.options(on_complete="archive", ignore_checkpoints=True))
+        assert kept.archived_checkpoint is not None
+        where = Endpoints(endpoint_url=self.s3_server.endpoint)
+        for call in (
+            plan_backup(**self.options(skip_existing=True)),
+            verify_checkpoint(kept.archived_checkpoint, where),
+        ):
+            task = asyncio.create_task(call)
+            await asyncio.sleep(self.random.uniform(0.0, 0.1))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        kept.archived_checkpoint.unlink()
+
     async def stopped(self) -> None:
         stop = asyncio.Event()
         seen = _FirstDone()
@@ -293,6 +308,14 @@ class Service:
             report = await task
             assert report.status == "completed"  # it ended before the cancellation came
 
+    async def github_stopped(self) -> None:
+        options = github_config_for(self.github_api, self.s3_server.endpoint, self.buckets.dest)
+        options.update(ignore_checkpoints=True, include=("alpha", "beta", "old"))
+        stop = asyncio.Event()
+        stop.set()  # a service shutting down as the run starts
+        report = await run_github_backup(base_local_path=self.base / "gh", stop=stop, **options)
+        assert report.status == "stopped", report
+
     async def github_refused(self) -> None:
         options = github_config_for(self.github_api, self.s3_server.endpoint, self.buckets.dest)
         options["token"] = "ghp_wrongtoken0123456789abcdefXYZ0000"
@@ -308,10 +331,12 @@ class Service:
             self.refused_credentials,
             self.staging_full,
             self.cancelled,
+            self.plan_and_verify_cancelled,
             self.stopped,
             self.locked,
             self.github,
             self.github_cancelled,
+            self.github_stopped,
             self.github_refused,
         ):
             await run()
@@ -377,7 +402,7 @@ async def test_many_runs_of_every_ending_leave_the_process_as_they_found_it(
         for base in (tmp_path / "work", tmp_path / "work" / "gh", service.small_disk):
             assert list((base / ".tmp").iterdir()) == [], base
         assert s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads") is None
-        # one more cycle of 10 runs: what stays of it is bounded (botocore's endpoint
+        # one more cycle of 12 runs: what stays of it is bounded (botocore's endpoint
         # cache, of 100 entries, fills: eight cycles kept 225 kB, the last ones 6-9 kB each)
         assert size_last - size_first < 250_000, "\n".join(map(str, growth))
 
@@ -564,3 +589,37 @@ async def test_a_temporary_file_a_cancelled_run_left_is_removed_by_the_next_run_
     report = await run_backup(**options)  # the service's next run of the job
     assert report.status == "completed" and report.copied_files == 1
     assert [p.name for p in tmp_dir.iterdir()] == [], left
+
+
+def test_runs_in_threads_of_their_own_each_with_its_own_loop(
+    s3_server: S3Server, s3: Any, tmp_path: Path
+) -> None:
+    """A service that gives every backup a thread and a loop of its own (asyncio.run in one,
+    uvloop.run in another, at once): nothing the library keeps is bound to one loop."""
+    jobs = [_job_buckets(s3, f"thread{n}", numbered_objects(12)) for n in range(3)]
+    base = tmp_path / "work"
+    results: dict[int, Any] = {}
+
+    def backup(n: int, runner: Callable[[Awaitable[Any]], Any]) -> None:
+        options = _job(jobs[n], s3_server.endpoint, base, concurrency=4, fast_path=n != 1)
+        try:
+            results[n] = runner(plan_then_run(options))
+        except BaseException as exc:  # reported below
+            results[n] = exc
+
+    async def plan_then_run(options: dict[str, Any]) -> Any:
+        plan = await plan_backup(**options)
+        assert plan.copy_files == 12
+        return await run_backup(**options)
+
+    runners = (asyncio.run, uvloop.run, asyncio.run)
+    threads = [
+        threading.Thread(target=backup, args=(n, runner)) for n, runner in enumerate(runners)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for n, job in enumerate(jobs):
+        assert getattr(results[n], "status", results[n]) == "completed"
+        assert assert_same_objects(s3, job.source, job.dest) == 12
