@@ -263,6 +263,11 @@ class Service:
         with contextlib.suppress(asyncio.CancelledError):
             report = await task
             assert report.status == "completed"  # it ended before the cancellation came
+        # a service's time limit: the cancellation its timeout makes is not swallowed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.random.uniform(0.0, 0.4)):
+                report = await run_backup(**self.options(ignore_checkpoints=True))
+            assert report.status == "completed"
 
     async def stopped(self) -> None:
         stop = asyncio.Event()
