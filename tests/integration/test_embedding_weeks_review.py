@@ -48,6 +48,7 @@ from asyncbackup import (
 )
 from asyncbackup.checkpoint import checkpoint_path
 from asyncbackup.checkpoint_lock import CheckpointLock
+from asyncbackup.checkpoint_manager import CheckpointManager
 from tests.conftest import ACCESS_KEYS, Buckets, S3Server
 from tests.helpers import assert_same_objects, list_keys, numbered_objects, put_objects
 from tests.integration.github_org import TOKEN, running_org
@@ -150,10 +151,12 @@ class _FirstDone(NullObserver):
     def __init__(self, after: int = 3) -> None:
         self.after = after
         self.done = 0
+        self.keys: list[str] = []
         self.reached = asyncio.Event()
 
     def on_done(self, key: str, size: int) -> None:
         self.done += 1
+        self.keys.append(key)
         if self.done >= self.after:
             self.reached.set()
 
@@ -635,3 +638,118 @@ def test_runs_in_threads_of_their_own_each_with_its_own_loop(
     for n, job in enumerate(jobs):
         assert getattr(results[n], "status", results[n]) == "completed"
         assert assert_same_objects(s3, job.source, job.dest) == 12
+
+
+class _Heartbeat:
+    """A service's own work on the loop (a health endpoint, other runs): the longest the
+    loop left it waiting."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+    def __enter__(self) -> _Heartbeat:
+        self._task = asyncio.create_task(self._beat())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+@pytest.mark.parametrize("step", ["finish", "_compact"])
+async def test_a_cancelled_run_waiting_for_its_checkpoint_step_leaves_the_loop_to_others(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """A run cancelled while its checkpoint step runs in a thread (the archive at the end,
+    a compaction: a second on a slow disk, or with a checkpoint of a million files) waits
+    for that step before it lets go of the lock. It waited blocking the event loop: the
+    service's other runs, its health endpoint, everything on the loop stood still for as
+    long. It now waits with the loop free."""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    other = _job_buckets(s3, "other", numbered_objects(20))
+    in_step = threading.Event()
+    slow = getattr(CheckpointManager, step)
+
+    def slow_step(self: CheckpointManager, *args: Any, **kwargs: Any) -> Any:
+        if self.path.name.startswith(buckets.source):
+            in_step.set()
+            time.sleep(0.6)  # a slow disk
+        return slow(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, step, slow_step)
+    options = _options(s3_server, buckets, tmp_path)
+    with _Heartbeat() as heartbeat:
+        task = asyncio.create_task(run_backup(**options))
+        while not in_step.is_set():
+            await asyncio.sleep(0.01)
+        beside = asyncio.create_task(
+            run_backup(**_job(other, s3_server.endpoint, tmp_path / "other"))
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        report = await beside
+    assert report.status == "completed" and report.copied_files == 20
+    assert heartbeat.longest < 0.3, heartbeat.longest
+    # the step ended before the lock was let go: the job starts again at once
+    again = await run_backup(**options)
+    assert again.status == "completed"
+
+
+async def test_a_run_cancelled_again_while_it_waits_for_its_checkpoint_still_flushes_it(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service shutting down cancels again while a cancelled run waits for its checkpoint
+    to be written: the wait and the final flush go on, the cancellation comes after; and a
+    run under ``asyncio.timeout`` still ends in ``TimeoutError``."""
+    put_parallel(s3, buckets.source, numbered_objects(200))
+    compact = CheckpointManager._compact
+
+    def slow_compact(self: CheckpointManager, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # a slow disk
+        return compact(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "_compact", slow_compact)
+    seen = _FirstDone(5)
+    options = _options(s3_server, buckets, tmp_path, concurrency=1)
+    task = asyncio.create_task(run_backup(**options, observer=seen))
+    await seen.reached.wait()
+    for _ in range(3):  # the first stops the copies; the others come while it writes
+        task.cancel()
+        await asyncio.sleep(0.1)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    path = checkpoint_path(
+        base_local_path=tmp_path,
+        source_bucket=buckets.source,
+        source_path="data",
+        checkpoint_dir=None,
+    )
+    done = {key for key, ok in read_checkpoint(path).files.items() if ok}
+    assert done == set(seen.keys) and 5 <= len(done) < 200
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await run_backup(**options)
+    monkeypatch.setattr(CheckpointManager, "_compact", compact)
+    report = await run_backup(**{**options, "concurrency": 8})
+    assert report.status == "completed"
+    assert report.processed_files == 200 and report.skipped_files >= len(done)
