@@ -47,23 +47,38 @@ log = logging.getLogger("asyncbackup")
 
 
 async def in_thread_to_the_end(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``asyncio.to_thread(func, ...)`` that, cancelled, waits (blocking) for ``func`` to end
-    before the cancellation goes on. For the steps of a run that change the checkpoint's files
-    (loading it, archiving it at the end): they are over before the caller's ``close()``
-    releases the lock, so a run of the job started at once never has them change its files."""
+    """``asyncio.to_thread(func, ...)`` that, cancelled, waits for ``func`` to end before the
+    cancellation goes on. For the steps of a run that change the checkpoint's files (loading
+    it, archiving it at the end): they are over before the caller's ``close()`` releases the
+    lock, so a run of the job started at once never has them change its files."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-step") as pool:
         return await _to_the_end(pool.submit(func, *args, **kwargs), quiet=True)
 
 
 async def _to_the_end(future: concurrent.futures.Future[T], *, quiet: bool = False) -> T:
-    """``future``'s result. Cancelled meanwhile: wait (blocking) for it to end, then go on
-    with the cancellation - or raise its own failure instead, unless ``quiet``."""
+    """``future``'s result. Cancelled meanwhile (again and again): wait for it to end, then go
+    on with the cancellation - or raise its own failure instead, unless ``quiet``. The wait
+    leaves the event loop free: a program embedding ``run_backup`` has other work on it (other
+    runs, a health endpoint), which a blocking wait held up for as long as the step took."""
+    waiting = asyncio.wrap_future(future)
     try:
-        return await asyncio.shield(asyncio.wrap_future(future))
+        return await asyncio.shield(waiting)
     except asyncio.CancelledError:
+        await _until_done(waiting)
         with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
             future.result()
         raise
+
+
+async def _until_done(waiting: asyncio.Future[Any]) -> bool:
+    """Until ``waiting`` is done, whatever cancellations come meanwhile; whether one came."""
+    cancelled = False
+    while not waiting.done():
+        try:
+            await asyncio.wait([waiting])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 class CheckpointManager:
@@ -128,7 +143,7 @@ class CheckpointManager:
 
     async def open_async(self) -> None:
         """``open()`` in the writer thread, the event loop free meanwhile. Cancelled while it
-        runs, this waits (blocking) for it to end before the cancellation goes on, so that the
+        runs, this waits for it to end before the cancellation goes on, so that the
         ``close()`` the caller registered first releases the lock it took: a lock left behind
         would refuse every later run of the job in this process ("in use by another run")."""
         # quiet: open() releases the lock itself when it fails
@@ -368,13 +383,18 @@ class CheckpointManager:
 
     async def flush_final(self, state: CheckpointState) -> None:
         """``flush_async()`` that completes even if the caller is cancelled meanwhile: then it
-        waits (blocking) for the write to land before the cancellation goes on."""
+        waits for the write to land (the event loop free) before the cancellation goes on."""
         await _to_the_end(self._writer.submit(self._compact, state))
 
-    def settle(self) -> None:
-        """Wait (blocking) until every write asked for so far is done, or has failed."""
-        with contextlib.suppress(Exception):
-            self._writer.submit(lambda: None).result()
+    async def settle(self) -> None:
+        """Wait until every write asked for so far is done, or has failed, the event loop free.
+        A cancellation meanwhile neither cuts the wait short nor is raised here (the caller
+        has more to write first): it is made again, for the caller's next wait."""
+        if await _until_done(asyncio.wrap_future(self._writer.submit(lambda: None))):
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the same request, not one more: asyncio.timeout counts them
+                task.cancel()
 
     def finish(self, on_complete: str) -> Path | None:
         """Archive or delete the checkpoint of a completed backup; return the archive path."""

@@ -20,8 +20,9 @@ from pathlib import Path
 from .filemodes import FILE_MODE
 
 ALIVE = "alive"
-#: the prefixes (``<pid>-<token>-``) this process has given out: a temporary file with this
-#: process's pid and another prefix is a dead process's that had the same pid
+#: the prefixes (``<pid>-<token>-``) of this process's runs still going: a temporary file with
+#: this process's pid and another prefix is a dead process's that had the same pid, or that of
+#: a run of this process that has ended (a program embedding ``run_backup`` runs many)
 OWN_PREFIXES: set[str] = set()
 
 
@@ -107,6 +108,7 @@ class LivenessLock:
 
     def __init__(self, folder: Path, prefix: str) -> None:
         self.path = folder / f"{prefix}{ALIVE}"
+        self._prefix = prefix
         self._tried = False
         #: temporary files are named in worker threads: none before the lock is held
         self._taking = threading.Lock()
@@ -149,6 +151,9 @@ class LivenessLock:
             os.close(fd)
 
     def release(self) -> None:
-        """The run is over: its temporary files are gone, and so is the lock file."""
+        """The run is over: its temporary files are gone, and so is the lock file. A file it
+        left after all (an open that a slow disk finished after a cancellation had removed
+        the file) is a dead run's from now on, for the next run of this process too."""
         if self._finalizer is not None:
             self._finalizer()
+        OWN_PREFIXES.discard(self._prefix)

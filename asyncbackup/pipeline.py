@@ -276,7 +276,7 @@ class Pipeline:
         finally:
             # A compaction a cancellation interrupted may still be reading the state in the
             # writer thread: let it end before the state changes again.
-            self.manager.settle()
+            await self.manager.settle()
             # Whatever ended the run, the events already sent reach the file.
             self._drain_events()
             waiters, self._flush_waiters = self._flush_waiters, []
