@@ -2,7 +2,8 @@
 
 The public API is what ``__all__`` lists; everything else is internal. The GitHub backup is
 imported on first use: it brings aiohttp, which an S3 run whose requests all take the fast path
-never needs (75 ms of its start-up).
+never needs (75 ms of its start-up). So is the checkpoint's verification (``verify``, with the
+checkpoint tool it reads checkpoints with), which no backup run needs.
 """
 
 import logging as _logging
@@ -27,10 +28,19 @@ from .errors import (
 )
 from .progress import NullObserver, Observer
 from .report import BackupReport
-from .verify import Endpoints, VerifyResult, verify_checkpoint
 
 if _TYPE_CHECKING:
     from .github import GitHubBackupConfig, run_github_backup
+    from .verify import Endpoints, VerifyResult, verify_checkpoint
+
+#: the public names imported on first use, by the module they are in
+_LAZY = {
+    "GitHubBackupConfig": "github",
+    "run_github_backup": "github",
+    "Endpoints": "verify",
+    "VerifyResult": "verify",
+    "verify_checkpoint": "verify",
+}
 
 # A library prints nothing: without this, Python's last-resort handler prints the warnings
 # of the "asyncbackup" logger on stderr in a program that configured no logging.
@@ -67,10 +77,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _Any:
-    if name in ("GitHubBackupConfig", "run_github_backup"):
-        from . import github
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        value = getattr(github, name)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
         globals()[name] = value  # found directly from now on
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
