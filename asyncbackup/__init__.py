@@ -2,8 +2,9 @@
 
 The public API is what ``__all__`` lists; everything else is internal. Each name is imported
 on first use: the GitHub backup brings aiohttp, which an S3 run whose requests all take the
-fast path never needs (75 ms of its start-up), and the console commands' entry points
-(``asyncbackup.console``) must import next to nothing before they can take a Ctrl-C.
+fast path never needs (75 ms of its start-up), the checkpoint's verification (``verify``)
+is needed by no backup run, and the console commands' entry points (``asyncbackup.console``)
+must import next to nothing before they can take a Ctrl-C.
 """
 
 import logging as _logging

@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 from . import checkpoint_tool as tool
-from . import verify
 from .errors import AsyncBackupError, CheckpointError
 from .printable import json_dumps
 
@@ -234,6 +233,8 @@ async def _compact(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace) -> int:
+    from . import verify  # its clients and listings: only for this command
+
     where = verify.Endpoints(
         source_profile=args.source_profile,
         dest_profile=args.dest_profile,

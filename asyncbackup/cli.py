@@ -28,7 +28,6 @@ import orjson
 from .api import plan_backup, run_backup
 from .atomicfile import write_atomic, written_file
 from .checkpoint import now_iso, remedy
-from .checkpoint_cli import add_checkpoint_commands
 from .cli_options import (
     GITHUB_DESCRIPTION,
     add_common_arguments,
@@ -210,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_github_arguments(github)
     add_common_arguments(github)
     github.set_defaults(handler=_github_command)
+    from .checkpoint_cli import add_checkpoint_commands  # only this command has them
+
     add_checkpoint_commands(commands)
     return parser
 

@@ -43,6 +43,8 @@ log = logging.getLogger("asyncbackup")
 _MAX_SEGMENT_BYTES = 240
 _SPECIAL_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
 _HASHED = re.compile(r"~[0-9a-f]{16}\Z")  # the suffix of a cut segment
+#: a character ``encode_segment`` encodes whatever the file system's encoding
+_ENCODED = re.compile(r"[%\\\x00-\x1f\x7f]")
 _TMP_DIR = ".tmp"
 #: tries at making a folder and renaming a staged file into it, which another process
 #: sharing the staging tree may prune (empty) in between
@@ -75,15 +77,18 @@ def encode_segment(segment: str) -> str:
     """One key segment as one safe path component."""
     if segment in _SPECIAL_SEGMENTS:
         return _SPECIAL_SEGMENTS[segment]
-    encoded = "".join(
-        _encode_char(c)
-        if c in "%\\"
-        or ord(c) < 0x20
-        or ord(c) == 0x7F
-        or (not _FS_UTF8 and ord(c) > 0x7F and not _nameable(c))
-        else c
-        for c in segment
-    )
+    if (_FS_UTF8 or segment.isascii()) and _ENCODED.search(segment) is None:
+        encoded = segment  # no character to encode: the common case, without a look at each
+    else:
+        encoded = "".join(
+            _encode_char(c)
+            if c in "%\\"
+            or ord(c) < 0x20
+            or ord(c) == 0x7F
+            or (not _FS_UTF8 and ord(c) > 0x7F and not _nameable(c))
+            else c
+            for c in segment
+        )
     raw = encoded.encode("utf-8", "surrogatepass")
     if len(raw) > _MAX_SEGMENT_BYTES or _HASHED.search(encoded):
         digest = sha256(raw).hexdigest()[:16]
@@ -95,8 +100,14 @@ def encode_segment(segment: str) -> str:
 def relative_path_for_key(key: str) -> Path:
     """The path of ``key`` relative to the staging root; never absolute, never ``..``, never
     in the folder of conflicts."""
-    first, *rest = (encode_segment(segment) for segment in key.split("/"))
-    return Path(_RESERVED_FIRST.get(first, first), *rest)
+    return Path(*_segments_for_key(key))
+
+
+def _segments_for_key(key: str) -> list[str]:
+    """The components of ``relative_path_for_key(key)``."""
+    segments = [encode_segment(segment) for segment in key.split("/")]
+    segments[0] = _RESERVED_FIRST.get(segments[0], segments[0])
+    return segments
 
 
 def staging_root(base_local_path: Path, source_name: str) -> Path:
@@ -257,7 +268,7 @@ class Staging:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root))
 
     def path_for(self, key: str) -> Path:
-        path = self.root / relative_path_for_key(key)
+        path = self.root.joinpath(*_segments_for_key(key))  # root / relative_path_for_key(key)
         if not is_within(self.root, path):  # defence in depth; encoding already ensures it
             raise ValueError(f"key {key!r} maps outside staging")
         return path

@@ -352,6 +352,10 @@ class FastS3:
         self._refreshing = asyncio.Lock()
         self._refresh_failures = 0
         self._refresh_failure: BaseException | None = None
+        # the credentials object last read from the client, and its kind (``_credentials``)
+        self._source: Any = None
+        self._source_async = False
+        self._source_refreshes = False
 
     def _hand_back(self, reason: str) -> None:
         if self.enabled:
@@ -367,12 +371,15 @@ class FastS3:
         source = self.client._get_credentials()
         if source is None:
             raise NoCredentialsError()
-        if inspect.iscoroutinefunction(source.get_frozen_credentials):  # aiobotocore's
+        if source is not self._source:  # its kind, looked at once per credentials object
+            self._source = source
+            self._source_async = inspect.iscoroutinefunction(source.get_frozen_credentials)
+            self._source_refreshes = hasattr(source, "refresh_needed")
+        if self._source_async:  # aiobotocore's
             frozen: FrozenCredentials = await source.get_frozen_credentials()
             return frozen
         # botocore's (our LazyClient's): a refresh due asks STS or a process, off the loop
-        refresh_needed = getattr(source, "refresh_needed", None)
-        if refresh_needed is None or not refresh_needed():
+        if not self._source_refreshes or not source.refresh_needed():
             return source.get_frozen_credentials()  # type: ignore[no-any-return]
         return await self._refresh(source)
 

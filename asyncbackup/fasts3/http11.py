@@ -200,7 +200,10 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if b"\0" in value:
             raise BadResponse("the server's answer has a NUL in a header value")
-        self.headers.append((_header_text(name), _header_text(value)))
+        try:  # ``_header_text`` of each, without two calls for every header
+            self.headers.append((name.decode("utf-8"), value.decode("utf-8")))
+        except UnicodeDecodeError:
+            self.headers.append((_header_text(name), _header_text(value)))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
