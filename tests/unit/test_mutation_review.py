@@ -3,7 +3,17 @@ docstring names the mutant), where the mutant would change what a user gets."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
+from asyncbackup.checkpoint import CheckpointState, load_checkpoint, read_checkpoint
+from asyncbackup.checkpoint_manager import CheckpointManager
+from asyncbackup.errors import CheckpointCorruptError
 from asyncbackup.etags import clean_etag, is_md5_etag, multipart_parts
+from asyncbackup.journal import Changes, JournalWriter, journal_path
+from tests.unit.test_checkpoint import SEED_EXAMPLE
 
 
 def test_an_upper_case_etag_is_still_an_md5_and_a_part_count() -> None:
@@ -15,3 +25,48 @@ def test_an_upper_case_etag_is_still_an_md5_and_a_part_count() -> None:
     assert clean_etag(upper) == "9e107d9d372bb6826bd81d3542a419d6"
     assert is_md5_etag(upper)
     assert multipart_parts('"9E107D9D372BB6826BD81D3542A419D6-3"') == 3
+
+
+@pytest.mark.parametrize("config", [[], "cleanup", 7, None])
+def test_a_config_that_is_no_object_is_a_corrupt_checkpoint(tmp_path: Path, config: object) -> None:
+    """Mutants: the check that ``config`` is an object dropped, or a bad one replaced by
+    ``{}``. The config records where the copies went (``dest_prefix``, the endpoints): a
+    hand edit that broke it must stop the run with the corrupt-checkpoint advice, not be
+    forgotten (the resume then checks no endpoint, and verify looks for the copies in the
+    wrong place) nor crash the run later on a list's missing ``.get``."""
+    data = json.loads(SEED_EXAMPLE)
+    data["config"] = config
+    path = tmp_path / "bad.checkpoint"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointCorruptError, match="'config'"):
+        read_checkpoint(path)
+
+
+async def test_a_garbled_last_line_of_the_journal_is_cut_off_exactly(tmp_path: Path) -> None:
+    """Mutant: ``end -= len(torn) + 1`` in ``read_journal`` as ``end -= len(torn)``. A last
+    journal line that did not make it whole is left out, and the next run cuts the journal
+    back to its complete lines before appending (``JournalWriter.adopt``). One byte off, the
+    garbled line's first byte stays and the next line appended is glued to it: a journal
+    that no later load can read (a corrupt checkpoint, the done marks lost)."""
+    path = tmp_path / "x.checkpoint"
+    manager = CheckpointManager(path)
+    manager.open()
+    state = CheckpointState.new(source_bucket="b", source_path="p", dest_bucket="d", config={})
+    state.files = {"k1": False, "k2": False}
+    manager.flush(state)
+    changes = Changes()
+    state.files["k1"] = changes.files["k1"] = True
+    await manager.save_async(state, changes)
+    manager._writer.shutdown(wait=True)  # a SIGKILL: the files as they are
+    manager.journal.close()
+    journal = journal_path(path)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"files": {"k2": tr\n')  # a line garbled on its way down
+    loaded = load_checkpoint(path)
+    assert loaded.journal_batches == 1 and loaded.state.files == {"k1": True, "k2": False}
+    assert loaded.journal_valid_bytes == len(whole)
+    writer = JournalWriter(journal)
+    writer.adopt(loaded.journal_valid_bytes)
+    writer.append(b'{"files": {"k2": true}}\n')
+    writer.close()
+    assert load_checkpoint(path).state.files == {"k1": True, "k2": True}
