@@ -1,0 +1,72 @@
+"""Tests written by a mutation audit: each kills a mutant the rest of the suite let live (its
+docstring names the mutant), where the mutant would change what a user gets. Against moto
+over HTTP, through the recording proxy."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Buckets
+from tests.helpers import MiB, backup_data, put_multipart
+from tests.proxy import Rule, S3Proxy
+
+
+async def test_a_one_part_multipart_object_does_not_turn_off_the_checks_after_it(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mutant: ``FirstPartProbe.sizes`` taking ``parts > 0`` for ``parts > 1`` in its test of
+    a server that answers every part with the whole object's length. An object uploaded in
+    one part has that part as long as the whole object: no sign of such a server. Taken for
+    one, the bucket is said to refuse part-number HEADs, and the downloads of the multipart
+    objects after it are no longer checked against their ETags: a corrupted one is copied
+    and marked done."""
+    etag = put_multipart(s3, buckets.source, "data/0-one-part", (6 * MiB,))
+    assert etag.strip('"').endswith("-1")
+    put_multipart(s3, buckets.source, "data/1-uneven", (5 * MiB, 5 * MiB, 7 * MiB))
+    # a download of each corrupted once: the first one's is caught as any is (and then its
+    # layout asked); only the second one's ETag, in its true layout, can tell
+    proxy.add_rule(Rule("corrupt", method="GET", path=r"/data/0-one-part$", times=1))
+    proxy.add_rule(Rule("corrupt", method="GET", path=r"/data/1-uneven$", times=1))
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        report = await backup_data(
+            buckets,
+            tmp_path,
+            proxy.endpoint,
+            concurrency=1,
+            part_size=5 * MiB,
+            multipart_threshold=5 * MiB,
+        )
+    assert not report.errors, report.errors
+    for key in ("data/0-one-part", "data/1-uneven"):
+        source = s3.get_object(Bucket=buckets.source, Key=key)["Body"].read()
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == source, key
+    assert "refuses HEAD ?partNumber" not in caplog.text
+
+
+async def test_a_part_number_head_answered_without_headers_is_asked_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Mutant: ``FirstPartProbe.head`` without its ``answered_etag`` check. A ``HEAD
+    ?partNumber=1`` answered 200 with no headers (a server or a middlebox that failed after
+    the status line) tells no part length: taken as an answer, the first part is 0 bytes,
+    the source's layout unknown, and the copy is cut in parts of ``--part-size``. Its ETag
+    then differs from the source's: ``checkpoint verify`` compares it by size only, and
+    every incremental run copies the unchanged object again."""
+    etag = put_multipart(s3, buckets.source, "data/uniform", (6 * MiB, 6 * MiB, 2 * MiB))
+    proxy.add_rule(Rule("empty_200", method="HEAD", query="partNumber=", times=1))
+    report = await backup_data(
+        buckets,
+        tmp_path,
+        proxy.endpoint,
+        concurrency=1,
+        part_size=5 * MiB,
+        multipart_threshold=5 * MiB,
+    )
+    assert not report.errors, report.errors
+    assert s3.head_object(Bucket=buckets.dest, Key="data/uniform")["ETag"] == etag
+    source = s3.get_object(Bucket=buckets.source, Key="data/uniform")["Body"].read()
+    assert s3.get_object(Bucket=buckets.dest, Key="data/uniform")["Body"].read() == source
