@@ -13,6 +13,7 @@ from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.errors import CheckpointCorruptError
 from asyncbackup.etags import clean_etag, is_md5_etag, multipart_parts
 from asyncbackup.journal import Changes, JournalWriter, journal_path
+from asyncbackup.staging import Staging
 from tests.unit.test_checkpoint import SEED_EXAMPLE
 
 
@@ -70,3 +71,36 @@ async def test_a_garbled_last_line_of_the_journal_is_cut_off_exactly(tmp_path: P
     writer.append(b'{"files": {"k2": true}}\n')
     writer.close()
     assert load_checkpoint(path).state.files == {"k1": True, "k2": True}
+
+
+@pytest.mark.parametrize(
+    ("key", "twin"),
+    [("a/./b", "a/b"), ("%2E%2E/x", "../x"), ("%2E", "."), ("a/%/b", "a//b"), ("x%5Cy", "x\\y")],
+)
+def test_keys_a_naive_encoding_would_merge_keep_their_own_staged_bytes(
+    tmp_path: Path, key: str, twin: str
+) -> None:
+    """Mutants: ``.`` dropped from the special segments (pathlib then folds ``a/./b`` into
+    ``a/b``), or ``%`` no longer percent-encoded (``%2E%2E`` then spells the encoding of
+    ``..``). Two keys staged at one path: the second one's bytes replace the first one's
+    staged file, which is uploaded under the first key - a wrong copy, marked done."""
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    first = staging.store(key, b"bytes of " + key.encode())
+    second = staging.store(twin, b"bytes of " + twin.encode())
+    assert first != second
+    assert first.read_bytes() == b"bytes of " + key.encode()
+    assert second.read_bytes() == b"bytes of " + twin.encode()
+
+
+@pytest.mark.parametrize("length", [255, 256, 260])
+def test_a_key_segment_just_past_the_file_name_limit_is_staged(tmp_path: Path, length: int) -> None:
+    """Mutant: segments cut only past 260 bytes (``_MAX_SEGMENT_BYTES + 20``) instead of
+    240. A file name holds 255 bytes: a key with a 256-260 byte segment (a valid S3 key)
+    would fail to stage (ENAMETOOLONG) on every run, never backed up."""
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    key = "folder/" + "n" * length
+    staged = staging.store(key, b"data")
+    assert staged.read_bytes() == b"data"
+    assert all(len(part.encode()) <= 255 for part in staged.parts)
