@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Buckets
+from tests.conftest import Buckets, S3Server
 from tests.helpers import MiB, backup_data, put_multipart
+from tests.integration.test_verify_content import _backup, _verify
 from tests.proxy import Rule, S3Proxy
 
 
@@ -70,3 +71,20 @@ async def test_a_part_number_head_answered_without_headers_is_asked_again(
     assert s3.head_object(Bucket=buckets.dest, Key="data/uniform")["ETag"] == etag
     source = s3.get_object(Bucket=buckets.source, Key="data/uniform")["Body"].read()
     assert s3.get_object(Bucket=buckets.dest, Key="data/uniform")["Body"].read() == source
+
+
+async def test_verify_finds_a_short_copy_of_a_multipart_source(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Mutant: ``verify_state`` without its size comparison. The ETags of a multipart source
+    and of a copy rewritten in one PUT cannot be compared, so only the sizes tell a copy cut
+    short: without them, the copy is 'compared by size only' and the verify says OK."""
+    put_multipart(s3, buckets.source, "data/big.bin", (5 * MiB, 1 * MiB))
+    s3.put_object(Bucket=buckets.source, Key="data/small.bin", Body=b"small")
+    archived = await _backup(s3_server.endpoint, tmp_path / "scratch", buckets)
+    s3.put_object(Bucket=buckets.dest, Key="data/big.bin", Body=b"cut short")
+    code, out, report = await _verify(archived, proxy.endpoint)
+    assert code != 0, out
+    assert report["ok"] is False
+    assert [m["key"] for m in report["different"]] == ["data/big.bin"]
+    assert report["size_only"] == []
