@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import Buckets, S3Server
@@ -88,3 +89,22 @@ async def test_verify_finds_a_short_copy_of_a_multipart_source(
     assert report["ok"] is False
     assert [m["key"] for m in report["different"]] == ["data/big.bin"]
     assert report["size_only"] == []
+
+
+async def test_verify_checks_only_the_keys_marked_done(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Mutant: ``verify_state`` checking every key of the checkpoint, not only those marked
+    done. A key still pending (``false``: its copy not made yet, or marked to be copied
+    again) is not expected at the destination: reported missing, the verify of a sound
+    backup fails."""
+    for index in range(3):
+        s3.put_object(Bucket=buckets.source, Key=f"data/f{index}", Body=b"x" * index)
+    archived = await _backup(s3_server.endpoint, tmp_path / "scratch", buckets)
+    state = orjson.loads(archived.read_bytes())
+    state["files"]["data/pending"] = False  # listed by a run, not copied yet
+    archived.write_bytes(orjson.dumps(state))
+    code, out, report = await _verify(archived, proxy.endpoint)
+    assert code == 0, out
+    assert report["ok"] is True and report["missing"] == []
+    assert report["checked"] == 3
