@@ -108,3 +108,21 @@ async def test_verify_checks_only_the_keys_marked_done(
     assert code == 0, out
     assert report["ok"] is True and report["missing"] == []
     assert report["checked"] == 3
+
+
+async def test_a_copy_neither_side_may_be_read_of_is_not_said_checked_by_content(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Mutant: ``_verdict`` without its 'a HEAD refused' test. A copy of the source's size
+    whose single-part ETag differs is looked at with a HEAD of each side; when both are
+    refused (credentials that may list, not read), their two empty answers compared equal,
+    and a copy with other bytes was counted as checked by content."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=b"source bytes")
+    archived = await _backup(s3_server.endpoint, tmp_path / "scratch", buckets)
+    s3.put_object(Bucket=buckets.dest, Key="data/a.bin", Body=b"other! bytes")
+    for bucket in (buckets.source, buckets.dest):
+        proxy.add_rule(Rule("access_denied", method="HEAD", path=f"/{bucket}/data/"))
+    code, out, report = await _verify(archived, proxy.endpoint)
+    assert code == 0, out  # the sizes agree: compared by size only, as the report says
+    assert report["size_only"] == ["data/a.bin"], out
+    assert report["content_checked"] == 0
