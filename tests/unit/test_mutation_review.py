@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError, ParamValidationError
 
 from asyncbackup.checkpoint import CheckpointState, load_checkpoint, read_checkpoint
 from asyncbackup.checkpoint_manager import CheckpointManager
+from asyncbackup.credprocess import CredentialProcessTimeout
 from asyncbackup.errors import CheckpointCorruptError
 from asyncbackup.etags import clean_etag, is_md5_etag, multipart_parts
 from asyncbackup.journal import Changes, JournalWriter, journal_path
+from asyncbackup.retry import Backoff, classify
 from asyncbackup.staging import Staging
 from tests.unit.test_checkpoint import SEED_EXAMPLE
 
@@ -104,3 +107,49 @@ def test_a_key_segment_just_past_the_file_name_limit_is_staged(tmp_path: Path, l
     staged = staging.store(key, b"data")
     assert staged.read_bytes() == b"data"
     assert all(len(part.encode()) <= 255 for part in staged.parts)
+
+
+def _client_error(code: str | None, status: int) -> ClientError:
+    error = {"Code": code, "Message": "happened"} if code else {}
+    return ClientError(
+        {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("Throttling", 400),  # throttling named by its code alone, at a 4xx status
+        ("RequestLimitExceeded", 400),
+        (None, 429),  # a bare 429 from a proxy or a load balancer: no S3 body, no code
+        ("BadDigest", 400),  # a body damaged on the way: sent again, whole
+        ("RequestTimeout", 400),  # S3's idle timeout on a slow upload
+        ("IncompleteBody", 400),
+        ("XAmzContentSHA256Mismatch", 400),
+        ("OperationAborted", 409),  # a conflicting operation on the bucket, in progress
+    ],
+)
+def test_failures_another_attempt_mends_are_retried(code: str | None, status: int) -> None:
+    """Mutants: a throttle code, a transient code or the bare 429 dropped from what
+    ``classify`` retries. Each is a failure of the request, not of the object: not retried,
+    the object fails for this run (and a throttled run fails object after object)."""
+    assert classify(_client_error(code, status)).retryable
+
+
+def test_failures_no_other_attempt_mends_are_not_retried() -> None:
+    """Mutants: a credential process that timed out (after minutes), or a request botocore
+    refuses before sending it (a ``BotoCoreError``: a bad parameter, no region...), taken
+    for retryable. Each attempt fails the same way: eight attempts with backoff for every
+    object - with a credential process, minutes each - a run that seems hung."""
+    timeout = CredentialProcessTimeout(provider="custom-process", seconds=60)
+    assert not classify(timeout).retryable
+    assert not classify(ParamValidationError(report="Invalid bucket name")).retryable
+
+
+def test_a_server_asking_for_an_hour_s_pause_is_not_obeyed_whole() -> None:
+    """Mutant: ``Backoff.delay`` taking a ``Retry-After`` hint as it is, uncapped. A
+    server (or a proxy) answering ``Retry-After: 3600`` would hold the object's worker an
+    hour per attempt; the wait stays within three times the cap."""
+    backoff = Backoff(cap=20.0)
+    assert backoff.delay(1, hint=3600.0) <= 60.0
+    assert backoff.delay(1, hint=30.0) >= 30.0  # a hint within it is honoured
