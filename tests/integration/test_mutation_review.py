@@ -126,3 +126,20 @@ async def test_a_copy_neither_side_may_be_read_of_is_not_said_checked_by_content
     assert code == 0, out  # the sizes agree: compared by size only, as the report says
     assert report["size_only"] == ["data/a.bin"], out
     assert report["content_checked"] == 0
+
+
+async def test_a_copy_deleted_after_the_listing_is_reported_missing(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, proxy: S3Proxy
+) -> None:
+    """Mutant: ``_head`` without its 'not there' answer. A suspect copy (same size, another
+    single-part ETag) deleted between the listing and its HEAD answers 404: it is missing,
+    and the verify goes on to report it (and --mark-pending has it copied again), instead of
+    stopping with 'cannot read the destination object'."""
+    s3.put_object(Bucket=buckets.source, Key="data/a.bin", Body=b"source bytes")
+    s3.put_object(Bucket=buckets.source, Key="data/b.bin", Body=b"b")
+    archived = await _backup(s3_server.endpoint, tmp_path / "scratch", buckets)
+    s3.put_object(Bucket=buckets.dest, Key="data/a.bin", Body=b"other! bytes")
+    proxy.add_rule(Rule("no_such_key", method="HEAD", path=f"/{buckets.dest}/data/a.bin$"))
+    code, out, report = await _verify(archived, proxy.endpoint)
+    assert code == 1, out
+    assert report["missing"] == ["data/a.bin"] and report["content_checked"] == 1
