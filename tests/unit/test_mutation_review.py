@@ -15,7 +15,7 @@ from asyncbackup.credprocess import CredentialProcessTimeout
 from asyncbackup.errors import CheckpointCorruptError
 from asyncbackup.etags import clean_etag, is_md5_etag, multipart_parts
 from asyncbackup.journal import Changes, JournalWriter, journal_path
-from asyncbackup.retry import Backoff, classify
+from asyncbackup.retry import NOT_REFRESHED, Backoff, classify
 from asyncbackup.staging import Staging
 from tests.unit.test_checkpoint import SEED_EXAMPLE
 
@@ -153,3 +153,16 @@ def test_a_server_asking_for_an_hour_s_pause_is_not_obeyed_whole() -> None:
     backoff = Backoff(cap=20.0)
     assert backoff.delay(1, hint=3600.0) <= 60.0
     assert backoff.delay(1, hint=30.0) >= 30.0  # a hint within it is honoured
+
+
+def test_a_refused_refresh_of_the_credentials_is_the_runs_not_an_objects() -> None:
+    """Mutant: ``classify`` without its branch for the credential operations. STS refusing
+    the ``AssumeRole`` that refreshes a profile's credentials is the credentials' failure:
+    retried like a request, then the run stops (``raise_if_fatal``). Taken for the S3
+    request's own ``AccessDenied``, every object left fails one by one, no retry."""
+    refused = ClientError(
+        {"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "AssumeRole"
+    )
+    error = classify(refused)
+    assert error.code == NOT_REFRESHED and error.retryable
+    assert "AssumeRole" in error.message
