@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError, ParamValidationError
+from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
 
 from asyncbackup.checkpoint import CheckpointState, load_checkpoint, read_checkpoint
 from asyncbackup.checkpoint_manager import CheckpointManager
@@ -15,7 +15,7 @@ from asyncbackup.credprocess import CredentialProcessTimeout
 from asyncbackup.errors import CheckpointCorruptError
 from asyncbackup.etags import clean_etag, is_md5_etag, multipart_parts
 from asyncbackup.journal import Changes, JournalWriter, journal_path
-from asyncbackup.retry import NOT_REFRESHED, Backoff, classify
+from asyncbackup.retry import NOT_REFRESHED, STILL_EXPIRED, Backoff, classify, is_throttle
 from asyncbackup.staging import Staging
 from tests.unit.test_checkpoint import SEED_EXAMPLE
 
@@ -166,3 +166,20 @@ def test_a_refused_refresh_of_the_credentials_is_the_runs_not_an_objects() -> No
     error = classify(refused)
     assert error.code == NOT_REFRESHED and error.retryable
     assert "AssumeRole" in error.message
+
+
+def test_a_bare_503_is_throttling_for_the_concurrency_limit() -> None:
+    """Mutant: ``is_throttle`` without the 503 status. S3 answers a throttled HEAD 503 with
+    no body, hence no ``SlowDown`` code: the adaptive limit must still halve, or the run
+    keeps every worker hammering a prefix S3 asks it to slow down on."""
+    assert is_throttle(_client_error(None, 503))
+
+
+def test_credentials_that_are_not_there_or_expired_on_arrival_are_named() -> None:
+    """Mutants: no credentials taken for retryable (eight attempts an object, each failing
+    the same way), and botocore's bare RuntimeError for credentials refreshed but expired
+    already no longer recognised (it escaped ``classify``: the run ended on an unexpected
+    error instead of stopping on credentials that cannot be refreshed, with its advice)."""
+    assert not classify(NoCredentialsError()).retryable
+    expired = classify(RuntimeError(f"{STILL_EXPIRED}."))
+    assert expired.code == NOT_REFRESHED and "clock" in expired.message
