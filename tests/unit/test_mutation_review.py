@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
 
@@ -183,3 +184,15 @@ def test_credentials_that_are_not_there_or_expired_on_arrival_are_named() -> Non
     assert not classify(NoCredentialsError()).retryable
     expired = classify(RuntimeError(f"{STILL_EXPIRED}."))
     assert expired.code == NOT_REFRESHED and "clock" in expired.message
+
+
+def test_an_aiohttp_failure_mid_body_is_retried() -> None:
+    """Mutant: ``_aiohttp_error`` answering False. aiobotocore's and GitHub's client raise
+    aiohttp's own errors - a body cut short mid-download (``ClientPayloadError``), a
+    connection dropped: worth another attempt; unrecognised, they escaped ``classify``
+    (re-raised as they are), never retried."""
+    for exc in (
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        aiohttp.ServerDisconnectedError(),
+    ):
+        assert classify(exc).retryable
