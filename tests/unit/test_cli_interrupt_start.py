@@ -28,6 +28,21 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
+def _interrupted_at(
+    module: str, script: Path, words: list[str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``script words``, sent SIGINT as ``module`` starts being imported; no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", _HOOK, module, str(script), *words],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
 @pytest.mark.parametrize(
     ("command", "module"),
     [
@@ -51,14 +66,7 @@ def test_ctrl_c_during_start_up_is_exit_130_in_one_line(
     if module == "importlib.metadata":
         words = ["--version"]
     words += ["--base-local-path", str(tmp_path / "stage")]
-    done = subprocess.run(
-        [sys.executable, "-c", _HOOK, module, str(script), *words],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
+    done = _interrupted_at(module, script, words, tmp_path)
     assert done.stderr == f"{command}: interrupted before the run started; nothing was done\n"
     assert done.returncode == 130
     assert not (tmp_path / "stage").exists()  # nothing was started
@@ -72,14 +80,7 @@ def test_ctrl_c_during_start_up_replaces_the_last_runs_report(tmp_path: Path, mo
     script = Path(sys.executable).parent / "backup-s3"
     words = ["data", "--source-bucket", "a", "--dest-bucket", "b", "--report", str(report)]
     words += ["--base-local-path", str(tmp_path / "stage")]
-    done = subprocess.run(
-        [sys.executable, "-c", _HOOK, module, str(script), *words],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
+    done = _interrupted_at(module, script, words, tmp_path)
     assert done.returncode == 130
     written = json.loads(report.read_text())
     assert (written["status"], written["exit_code"]) == ("interrupted", 130)
