@@ -597,16 +597,24 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _main(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    try:
+        parser = build()
+    except KeyboardInterrupt:  # while it is made (it imports the checkpoint commands' module)
+        return interrupted_at_start(build(), argv)
+    return run(parser, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)
+    return _main(build_parser, argv)
 
 
 def main_s3(argv: Sequence[str] | None = None) -> int:
-    return run(build_s3_parser(), argv)
+    return _main(build_s3_parser, argv)
 
 
 def main_github(argv: Sequence[str] | None = None) -> int:
-    return run(build_github_parser(), argv)
+    return _main(build_github_parser, argv)
 
 
 def leave(code: int) -> NoReturn:

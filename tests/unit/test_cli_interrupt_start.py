@@ -51,6 +51,7 @@ def _interrupted_at(
         ("backup-s3", "orjson"),
         ("backup-s3", "botocore.session"),
         ("asyncbackup", "asyncbackup.checkpoint"),
+        ("asyncbackup", "asyncbackup.checkpoint_cli"),  # imported while its parser is made
         ("backup-github", "asyncbackup.cli_options"),
         ("backup-s3", "importlib.metadata"),  # in --version: while the flags are read
     ],
@@ -72,13 +73,23 @@ def test_ctrl_c_during_start_up_is_exit_130_in_one_line(
     assert not (tmp_path / "stage").exists()  # nothing was started
 
 
-@pytest.mark.parametrize("module", ["asyncbackup.api", "uvloop"])
-def test_ctrl_c_during_start_up_replaces_the_last_runs_report(tmp_path: Path, module: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [
+        ("backup-s3", "asyncbackup.api"),
+        ("backup-s3", "uvloop"),
+        ("asyncbackup", "asyncbackup.checkpoint_cli"),  # imported while its parser is made
+    ],
+)
+def test_ctrl_c_during_start_up_replaces_the_last_runs_report(
+    tmp_path: Path, command: str, module: str
+) -> None:
     """A monitor reading ``--report`` must not take the last run's result for this one's."""
     report = tmp_path / "report.json"
     report.write_text('{"status": "completed", "exit_code": 0}')
-    script = Path(sys.executable).parent / "backup-s3"
-    words = ["data", "--source-bucket", "a", "--dest-bucket", "b", "--report", str(report)]
+    script = Path(sys.executable).parent / command
+    words = ["s3"] if command == "asyncbackup" else []
+    words += ["data", "--source-bucket", "a", "--dest-bucket", "b", "--report", str(report)]
     words += ["--base-local-path", str(tmp_path / "stage")]
     done = _interrupted_at(module, script, words, tmp_path)
     assert done.returncode == 130
