@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_s3_arguments(s3)
     add_common_arguments(s3)
+    s3.add_argument("--version", action=_Version)
     s3.set_defaults(handler=_s3_command)
     github = commands.add_parser(
         "github",
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_github_arguments(github)
     add_common_arguments(github)
+    github.add_argument("--version", action=_Version)
     github.set_defaults(handler=_github_command)
     from .checkpoint_cli import add_checkpoint_commands  # only this command has them
 

@@ -15,14 +15,23 @@ from asyncbackup.cli import main, main_github, main_s3
 
 
 @pytest.mark.parametrize(
-    ("entry", "prog"),
-    [(main, "asyncbackup"), (main_s3, "backup-s3"), (main_github, "backup-github")],
+    ("entry", "words", "prog"),
+    [
+        (main, [], "asyncbackup"),
+        (main, ["s3"], "asyncbackup s3"),
+        (main, ["github"], "asyncbackup github"),
+        (main_s3, [], "backup-s3"),
+        (main_github, [], "backup-github"),
+    ],
 )
 def test_version_names_the_package_python_and_the_s3_libraries(
-    entry: Callable[[Sequence[str]], int], prog: str, capsys: pytest.CaptureFixture[str]
+    entry: Callable[[Sequence[str]], int],
+    words: list[str],
+    prog: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as ended:
-        entry(["--version"])
+        entry([*words, "--version"])
     assert ended.value.code == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
