@@ -42,6 +42,7 @@ from botocore.parsers import ResponseParserError
 
 from .credprocess import CredentialProcessTimeout
 from .errors import FatalRunError, ObjectError
+from .etags import OPAQUE_ETAG_SSE
 from .loglimit import FirstFew
 
 log = logging.getLogger("asyncbackup")
@@ -125,6 +126,17 @@ def sse_c_unreadable() -> ObjectError:
         "its HEAD was answered 400 Bad Request, as S3 answers for an object stored with "
         "Server Side Encryption and asked without its key" + SSE_C_ADVICE,
     )
+
+
+def kms_refusal(error: ObjectError, head: dict[str, Any] | None, what: str) -> ObjectError:
+    """``error``, S3's bare "Access Denied" to a GET or copy of an object, naming the object's
+    KMS key when ``head``, its HEAD (which needs no kms:Decrypt), shows one: the refusal is
+    then most likely the key's, which the bare answer does not say. ``what``: which object
+    and what its reading needs. ``error`` itself for any other object, or no HEAD."""
+    if head is None or head.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE:
+        return error
+    key_id = head.get("SSEKMSKeyId") or "of the object"
+    return ObjectError(error.code, f"{error.message} ({what.format(key=key_id)})")
 
 
 def _instant(text: object) -> datetime.datetime | None:

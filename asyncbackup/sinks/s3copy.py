@@ -39,13 +39,18 @@ from ..etags import (
 from ..fasts3 import FastS3
 from ..fetched import kept_fields
 from ..pipeline import WorkItem, primary_error
-from ..retry import ACCESS_DENIED, RetryPolicy
+from ..retry import ACCESS_DENIED, RetryPolicy, kms_refusal
 from ..s3client import S3Client
 from ..sources.layout import FirstPartProbe
 from ..tags import TAGGING, read_tags, tag_count
 from ..uploads import UploadJournal, tracked_upload
 
 _COPY_OBJECT_LIMIT = S3_MAX_PART_SIZE  # CopyObject copies at most 5 GiB
+#: what a copy refused by the source object's KMS key needs (``kms_refusal``)
+_KMS_COPY = (
+    "the source object is encrypted with the KMS key {key}: its copy needs kms:Decrypt on "
+    "that key, besides s3:GetObject on the source and s3:PutObject on the destination"
+)
 
 
 class ServerSideCopier:
@@ -100,27 +105,15 @@ class ServerSideCopier:
         except ObjectError as exc:
             if exc.code not in ACCESS_DENIED:
                 raise
-            key_id = await self._kms_key(item)
-            if key_id is None:
+            try:
+                head: dict[str, Any] | None = await self._head_source(item)
+            except ObjectError:
+                head = None
+            refusal = kms_refusal(exc, head, _KMS_COPY)
+            if refusal is exc:
                 raise
-            raise ObjectError(
-                exc.code,
-                f"{exc.message} (the source object is encrypted with the KMS key {key_id}: "
-                "its copy needs kms:Decrypt on that key, besides s3:GetObject on the source "
-                "and s3:PutObject on the destination)",
-            ) from exc
+            raise refusal from exc
         return item.size
-
-    async def _kms_key(self, item: WorkItem) -> str | None:
-        """The KMS key of a source object whose copy was refused, when its HEAD (which
-        needs no kms:Decrypt) shows one: S3's bare "Access Denied" does not name it."""
-        try:
-            head = await self._head_source(item)
-        except ObjectError:
-            return None
-        if head.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE:
-            return None
-        return str(head.get("SSEKMSKeyId") or "of the object")
 
     def _source(self, item: WorkItem) -> dict[str, str]:
         return {"Bucket": self.source_bucket, "Key": item.key}

@@ -26,21 +26,14 @@ from ..checksums import (
 )
 from ..config import ChecksumMode
 from ..errors import IntegrityError, ObjectError
-from ..etags import (
-    OPAQUE_ETAG_SSE,
-    answered_etag,
-    clean_etag,
-    etag_is_digest,
-    etag_is_md5,
-    multipart_parts,
-)
+from ..etags import answered_etag, clean_etag, etag_is_digest, etag_is_md5, multipart_parts
 from ..fasts3 import FastS3
 from ..fetched import FetchedObject, kept_fields
 from ..listing import RangeLister
 from ..localio import LocalIO, open_for_writing, remove_temporary
 from ..partfeed import ByteBudget, PartFeed
 from ..pipeline import WorkItem, primary_error
-from ..retry import ACCESS_DENIED, MISSING_CODES, RetryPolicy
+from ..retry import ACCESS_DENIED, MISSING_CODES, RetryPolicy, kms_refusal
 from ..s3client import S3Client
 from ..staging import Staging, raise_if_unusable
 from ..tags import TAGGING, read_tags, tag_count
@@ -56,6 +49,12 @@ from .receivers import (
 )
 
 log = logging.getLogger("asyncbackup")
+
+#: what a GET refused by the object's KMS key needs (``kms_refusal``)
+_KMS_READ = (
+    "the object is encrypted with the KMS key {key}: reading it needs kms:Decrypt on that key, "
+    "besides s3:GetObject; grant it in the key's policy, then run again"
+)
 
 IN_MEMORY_LIMIT = 1024 * 1024
 #: S3's additional checksums, in the order one is chosen to check a download whose ETag is
@@ -162,18 +161,14 @@ class S3Source:
             return exc.code in MISSING_CODES
         return False
 
-    async def _kms_key(self, key: str) -> str | None:
-        """The KMS key of an SSE-KMS (or DSSE-KMS) object whose GET was refused, as its HEAD
-        tells (a HEAD needs no kms:Decrypt, which S3's bare "Access Denied" to the GET does
-        not name); None for any other object, or when the HEAD fails too."""
+    async def _head_or_none(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD, or None when it fails too."""
         head = functools.partial(self.client.head_object, Bucket=self.bucket, Key=key)
         try:
             answer: dict[str, Any] = await self.retry.call(head)
         except ObjectError:
             return None
-        if answer.get("ServerSideEncryption") not in OPAQUE_ETAG_SSE:
-            return None
-        return str(answer.get("SSEKMSKeyId") or "of the object")
+        return answer
 
     async def fetch(self, item: WorkItem, staging: Staging) -> FetchedObject:
         """Download ``item``, verify it, and stage it under its key's path."""
@@ -569,14 +564,9 @@ class S3Source:
                     "ObjectChanged", "the object was replaced during the download", retryable=True
                 ) from exc
             if exc.code in ACCESS_DENIED and not head:
-                key_id = await self._kms_key(item.key)
-                if key_id is not None:
-                    raise ObjectError(
-                        exc.code,
-                        f"{exc.message} (the object is encrypted with the KMS key {key_id}: "
-                        "reading it needs kms:Decrypt on that key, besides s3:GetObject; "
-                        "grant it in the key's policy, then run again)",
-                    ) from exc
+                refusal = kms_refusal(exc, await self._head_or_none(item.key), _KMS_READ)
+                if refusal is not exc:
+                    raise refusal from exc
             raise
         size = int(head.get("ContentLength", written))
         if written != size:
