@@ -110,10 +110,14 @@ async def _refuse_emptied_destination(
     a checkpoint that calls them copied. Not checked: a checkpoint written by hand (or by a
     version before ``config.dest_endpoint_url``, as ``check_dest_endpoint``), whose files may
     be marked done with nothing copied yet; ``--dest-write-only``, which reads nothing there.
-    A listing that fails leaves it to the run's own requests."""
-    prefix = config.source_prefix
-    done = sum(1 for key, ok in state.files.items() if ok and key.startswith(prefix))
-    if not done or config.dest_write_only or "dest_endpoint_url" not in state.config:
+    A listing that fails leaves it to the run's own requests. The files marked done are
+    counted only then, with the destination found empty: not a walk of a million-file map at
+    the start of every resume."""
+    if (
+        not state.processed_files  # no file marked done, under the prefix or not
+        or config.dest_write_only
+        or "dest_endpoint_url" not in state.config
+    ):
         return
     listing = functools.partial(
         dest_client.list_objects_v2,
@@ -127,6 +131,10 @@ async def _refuse_emptied_destination(
         log.debug("could not look for the copies at the destination: %s", exc)
         return
     if page.get("Contents") or page.get("KeyCount"):
+        return
+    prefix = config.source_prefix
+    done = sum(1 for key, ok in state.files.items() if ok and key.startswith(prefix))
+    if not done:
         return
     raise CheckpointMismatchError(
         f"checkpoint {path} marks {done} files done, but the destination "
