@@ -41,7 +41,7 @@ from .tools import (
     discover,
     s5cmd_binary,
     source_commit,
-    tool_versions,
+    versions,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -525,11 +525,6 @@ def profile_runs(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -
     return out
 
 
-def _no_steps(job: Job) -> list[list[str]]:
-    """The server is not a tool: it only has a version to record."""
-    return []
-
-
 def compile_bytecode(checkouts: list[Path]) -> None:
     """Byte-compile each checkout's ``asyncbackup``, as ``pip install`` of a wheel does: an
     editable install under ``PYTHONDONTWRITEBYTECODE`` would otherwise compile every module
@@ -616,14 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     compile_bytecode([ROOT.parent, *([baseline] if baseline is not None else [])])
-    versions = tool_versions([*tools, Tool("seaweedfs", _no_steps, None, [str(weed), "version"])])
+    commands = {tool.name: tool.version for tool in tools if tool.version is not None}
+    printed = versions({**commands, "seaweedfs": [str(weed), "version"]})
     commit = source_commit(ROOT.parent)
-    print(f"asyncbackup at {commit}; " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
+    print(f"asyncbackup at {commit}; " + "; ".join(f"{k}: {v}" for k, v in printed.items()))
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": commit,
         "baseline_commit": source_commit(baseline) if baseline is not None else None,
-        "versions": versions,
+        "versions": printed,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "args": {
             name: str(value) if isinstance(value, Path) else value

