@@ -30,6 +30,7 @@ from .atomicfile import write_atomic, written_file
 from .checkpoint import now_iso, remedy
 from .cli_options import (
     GITHUB_DESCRIPTION,
+    Version,
     add_common_arguments,
     add_github_arguments,
     add_s3_arguments,
@@ -37,6 +38,7 @@ from .cli_options import (
     s3_config,
 )
 from .config import BackupConfig
+from .console import START_INTERRUPTED
 from .errors import AsyncBackupError, ConfigError
 from .fdlimit import raise_open_file_limit
 from .logformat import make_handler
@@ -110,43 +112,6 @@ def _command_parser(parser: argparse.ArgumentParser, parsed: argparse.Namespace)
         parser = chosen
 
 
-#: the libraries whose versions decide how a run talks to S3 and GitHub: a bug report needs them
-_LIBRARIES = ("botocore", "aiobotocore", "aiohttp", "httptools", "uvloop")
-
-
-def version_line(prog: str) -> str:
-    """``PROG VERSION (Python X.Y.Z; botocore A, ...)``: what ``--version`` prints."""
-    import importlib.metadata  # only here: 10 ms of every start-up otherwise
-    import platform
-
-    def version(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    libraries = ", ".join(f"{name} {version(name)}" for name in _LIBRARIES)
-    return f"{prog} {version('asyncbackup')} (Python {platform.python_version()}; {libraries})"
-
-
-class _Version(argparse.Action):
-    """``--version``: the line, on stdout, then exit 0 (the versions are read only then)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        kwargs.setdefault("help", "print the version of asyncbackup and its S3 libraries")
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        print(version_line(parser.prog))
-        parser.exit(0)
-
-
 class _ReportOnly(argparse.ArgumentParser):
     """Finds ``--report`` in a command line the real parser refused; never exits."""
 
@@ -179,9 +144,8 @@ def _report_unparsed(
 
 def interrupted_at_start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Ctrl-C before the run started: one line, the ``--report``, exit 130."""
-    message = "interrupted before the run started; nothing was done"
-    _say(f"{parser.prog}: {message}")
-    _report_unparsed(parser, argv, "interrupted", EXIT_INTERRUPTED, message)
+    _say(f"{parser.prog}: {START_INTERRUPTED}")
+    _report_unparsed(parser, argv, "interrupted", EXIT_INTERRUPTED, START_INTERRUPTED)
     return EXIT_INTERRUPTED
 
 
@@ -190,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Resumable, high-concurrency backups to S3.",
     )
-    parser.add_argument("--version", action=_Version)
+    parser.add_argument("--version", action=Version)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s3 = commands.add_parser(
         "s3",
@@ -200,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_s3_arguments(s3)
     add_common_arguments(s3)
-    s3.add_argument("--version", action=_Version)
     s3.set_defaults(handler=_s3_command)
     github = commands.add_parser(
         "github",
@@ -209,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_github_arguments(github)
     add_common_arguments(github)
-    github.add_argument("--version", action=_Version)
     github.set_defaults(handler=_github_command)
     from .checkpoint_cli import add_checkpoint_commands  # only this command has them
 
@@ -225,7 +187,6 @@ def build_s3_parser() -> argparse.ArgumentParser:
     )
     add_s3_arguments(parser)
     add_common_arguments(parser)
-    parser.add_argument("--version", action=_Version)
     parser.set_defaults(handler=_s3_command)
     return parser
 
@@ -234,7 +195,6 @@ def build_github_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="backup-github", description=GITHUB_DESCRIPTION)
     add_github_arguments(parser)
     add_common_arguments(parser)
-    parser.add_argument("--version", action=_Version)
     parser.set_defaults(handler=_github_command)
     return parser
 

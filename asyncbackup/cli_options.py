@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,45 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: the libraries whose versions decide how a run talks to S3 and GitHub: a bug report needs them
+_LIBRARIES = ("botocore", "aiobotocore", "aiohttp", "httptools", "uvloop")
+
+
+def version_line(prog: str) -> str:
+    """``PROG VERSION (Python X.Y.Z; botocore A, ...)``: what ``--version`` prints."""
+    import importlib.metadata  # only here: 10 ms of every start-up otherwise
+    import platform
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in _LIBRARIES)
+    return f"{prog} {version('asyncbackup')} (Python {platform.python_version()}; {libraries})"
+
+
+class Version(argparse.Action):
+    """``--version``: the line, on stdout, then exit 0 (the versions are read only then)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "print the version of asyncbackup and its S3 libraries")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_line(parser.prog))
+        parser.exit(0)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action=Version)
     out = parser.add_argument_group("output")
     out.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
     out.add_argument(

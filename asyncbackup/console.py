@@ -13,6 +13,8 @@ import sys
 from typing import NoReturn
 
 EXIT_INTERRUPTED = 130
+#: what a command interrupted before its run started says (also ``cli.interrupted_at_start``)
+START_INTERRUPTED = "interrupted before the run started; nothing was done"
 
 
 def _interrupted(parser: str, prog: str) -> NoReturn:
@@ -24,7 +26,7 @@ def _interrupted(parser: str, prog: str) -> NoReturn:
         code = cli.interrupted_at_start(getattr(cli, parser)(), None)
     except BaseException:  # another Ctrl-C: the exit code says it
         with contextlib.suppress(OSError, ValueError):
-            print(f"{prog}: interrupted before the run started; nothing was done", file=sys.stderr)
+            print(f"{prog}: {START_INTERRUPTED}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
