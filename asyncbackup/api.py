@@ -173,6 +173,7 @@ def _checkpoint_config(
         "storage_class": config.storage_class,
         "sse": config.sse,
         "sse_kms_key_id": config.sse_kms_key_id,
+        "request_payer": config.request_payer,
     }
 
 
@@ -293,6 +294,8 @@ async def open_job_destination(
         upload_params=_dest_params(config),
         check=check and not (worker and config.dest_write_only),
         prefix=config.dest_list_prefix,
+        # --direct's copies read the source, as do the HEADs of its part layouts
+        request_payer=config.request_payer if config.direct else None,
     )
 
 
@@ -317,6 +320,7 @@ async def _open_stores(
         max_pool_connections=config.concurrency + 8,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
+        request_payer=config.request_payer,
     )
 
     async def destination() -> tuple[S3Client | None, Exception | None]:

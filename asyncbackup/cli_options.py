@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import CHECKSUM_CHOICES, ON_COMPLETE_CHOICES, SSE_CHOICES, BackupConfig
+from .config import (
+    CHECKSUM_CHOICES,
+    ON_COMPLETE_CHOICES,
+    REQUEST_PAYER_CHOICES,
+    SSE_CHOICES,
+    BackupConfig,
+)
 from .logformat import LOG_FORMATS
 
 if TYPE_CHECKING:
@@ -177,6 +183,12 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--source-endpoint-url", help="S3 endpoint of the source")
     where.add_argument("--dest-endpoint-url", help="S3 endpoint of the destination")
     where.add_argument("--region", help="region for both clients (default: the profile's)")
+    where.add_argument(
+        "--request-payer",
+        choices=REQUEST_PAYER_CHOICES,
+        help="the source is a Requester Pays bucket and you agree to pay for its requests "
+        "and the bytes read: every request for it carries x-amz-request-payer",
+    )
     local = parser.add_argument_group("staging and checkpoints")
     local.add_argument(
         "--base-local-path",
@@ -496,6 +508,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id,
         copy_tags=args.copy_tags,
+        request_payer=args.request_payer,
         max_bandwidth=args.max_bandwidth,
         direct=args.direct,
         fast_path=args.fast_path,

@@ -20,6 +20,8 @@ S3_MAX_PARTS = 10_000
 OnComplete = Literal["archive", "delete"]
 SseMode = Literal["AES256", "aws:kms"]
 SSE_CHOICES: tuple[SseMode, ...] = ("AES256", "aws:kms")
+RequestPayer = Literal["requester"]
+REQUEST_PAYER_CHOICES: tuple[RequestPayer, ...] = ("requester",)
 ChecksumMode = Literal["md5", "crc32", "crc32c", "sha256", "none"]
 ON_COMPLETE_CHOICES: tuple[OnComplete, ...] = ("archive", "delete")
 CHECKSUM_CHOICES: tuple[ChecksumMode, ...] = ("md5", "crc32", "crc32c", "sha256", "none")
@@ -197,6 +199,8 @@ class BackupConfig:
     sse: SseMode | None = None
     sse_kms_key_id: str | None = None
     copy_tags: bool = False  # each object's tags (S3 object tagging) go with its copy
+    # "requester": the source is a Requester Pays bucket, and this account pays for reading it
+    request_payer: RequestPayer | None = None
     max_bandwidth: int | None = None
     direct: bool = False
     fast_path: bool = True  # the listing, GETs, PUTs, parts, CopyObject without botocore (fasts3/)
@@ -236,6 +240,8 @@ class BackupConfig:
             self.check_not_onto_source(source, dest)
         if self.sse is not None and self.sse not in SSE_CHOICES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_CHOICES)}")
+        if self.request_payer is not None and self.request_payer not in REQUEST_PAYER_CHOICES:
+            raise ConfigError("--request-payer takes one value: requester")
         if self.dest_write_only and self.skip_existing:
             raise ConfigError(
                 "--skip-existing lists the destination, which --dest-write-only says these "

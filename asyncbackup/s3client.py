@@ -49,6 +49,8 @@ from .retry import (
 
 log = logging.getLogger("asyncbackup")
 S3Client = Any  # aiobotocore builds the client class at run time; there is no static type
+#: a Requester Pays bucket serves other accounts only the requests that carry it
+REQUEST_PAYER_HEADER = "x-amz-request-payer"
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
 _REFUSED = CREDENTIALS_REFUSED | ACCESS_DENIED
@@ -108,9 +110,16 @@ class LazyClient:
     client made at once; every API method (``await client.get_object(...)``) from the
     aiobotocore client, made on the first call (``make``)."""
 
-    def __init__(self, control: Any, make: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(
+        self,
+        control: Any,
+        make: Callable[[], Awaitable[Any]],
+        request_headers: Mapping[str, str] | None = None,
+    ) -> None:
         #: the botocore client: prepares requests (the fast path's probe), never sends one
         self.control = control
+        #: headers every request carries, signed (``x-amz-request-payer``), the fast path's too
+        self.request_headers: Mapping[str, str] = dict(request_headers or {})
         self._make = make
         self._client: Any = None
         self._making = asyncio.Lock()
@@ -161,13 +170,16 @@ async def open_client(
     max_pool_connections: int,
     connect_timeout: float,
     read_timeout: float,
+    request_payer: str | None = None,
 ) -> S3Client:
     """An S3 client for ``role`` ("source" or "destination") living as long as ``stack``.
 
     Credentials and ``endpoint_url`` come from the standard chain and the profile; retries
     are ours (``retry.py``), so botocore's own are switched off. Checksums are declared by
     the sink (``--checksum``), not by botocore's newer default, which some S3-compatible
-    servers reject.
+    servers reject. With ``request_payer`` ("requester") every request the client sends
+    carries ``x-amz-request-payer`` (a Requester Pays bucket's reader agreeing to pay),
+    signed: the fast path's too (``LazyClient.request_headers``).
     """
     config: dict[str, Any] = {
         "max_pool_connections": max_pool_connections,
@@ -215,11 +227,21 @@ async def open_client(
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
 
         aio_config = {**config, "tcp_keepalive": True}
-        return await open_aio_client(
+        client = await open_aio_client(
             stack, profile=profile, region=region, options=options, config=aio_config
         )
+        if headers:
+            client.meta.events.register("before-sign.s3", functools.partial(_add, headers))
+        return client
 
-    return LazyClient(control, make)
+    headers = {REQUEST_PAYER_HEADER: request_payer} if request_payer else {}
+    return LazyClient(control, make, headers)
+
+
+def _add(headers: Mapping[str, str], request: Any, **_: Any) -> None:
+    """botocore's ``before-sign`` handler: ``headers`` on the request, then signed with it."""
+    for name, value in headers.items():
+        request.headers[name] = value
 
 
 def _control_client(
@@ -392,11 +414,13 @@ async def check_bucket(
             ) from None
         if code in _REFUSED:
             # S3 refuses a Requester Pays bucket's requests of another account that do not
-            # agree to pay (x-amz-request-payer, which asyncbackup never sends) the same way
+            # agree to pay (x-amz-request-payer: --request-payer) the same way
             payer = (
                 " (or its Requester Pays setting: such a bucket refuses the requests of other "
-                "accounts that do not agree to pay, and asyncbackup does not support it)"
-                if role == "source" and code in ACCESS_DENIED
+                "accounts that do not agree to pay; give --request-payer requester to pay)"
+                if role == "source"
+                and code in ACCESS_DENIED
+                and not getattr(client, "request_headers", None)
                 else ""
             )
             raise StoreUnavailableError(
@@ -541,10 +565,13 @@ async def open_destination(
     upload_params: Mapping[str, str] | None = None,
     check: bool = True,
     prefix: str = "",
+    request_payer: str | None = None,
 ) -> S3Client:
     """The destination client, its bucket checked usable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
-    aborted when given (``check_bucket``); not checked without ``check``."""
+    aborted when given (``check_bucket``); not checked without ``check``. With
+    ``request_payer`` its requests agree to pay (``open_client``): a server-side copy
+    reads the source."""
     client = await open_client(
         stack,
         role="destination",
@@ -554,6 +581,7 @@ async def open_destination(
         max_pool_connections=settings.concurrency * settings.part_concurrency + 8,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        request_payer=request_payer,
     )
     if not check:
         return client

@@ -368,6 +368,8 @@ async def verify_checkpoint(path: Path, where: Endpoints | None = None) -> Verif
             role="source",
             profile=source_profile,
             endpoint_url=source_endpoint,
+            # a Requester Pays source: its run agreed to pay (--request-payer), and so do we
+            request_payer="requester" if recorded.get("request_payer") == "requester" else None,
             **common,
         )
         dest_client = await open_client(

@@ -346,6 +346,8 @@ class FastS3:
         self.pool = pool
         self._stack = stack  # what the pool lives in (and another one, for another address)
         self.signer = SigV4Signer(target.region, target.service)
+        #: headers each request carries (``x-amz-request-payer``: the client's, signed)
+        self.headers: dict[str, str] = dict(getattr(client, "request_headers", None) or {})
         self.enabled = True
         self.fast_requests = 0  # answered by the fast path (for tests and the curious)
         # one refresh of the credentials in a thread at a time (``_credentials``)
@@ -444,7 +446,7 @@ class FastS3:
             method,
             path,
             query,
-            {"host": where.host, **headers},
+            {"host": where.host, **self.headers, **headers},
             credentials,
             payload_hash=payload_hash,
         )
