@@ -485,10 +485,11 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
     raise_open_file_limit()  # and its open files (fdlimit.py)
     collect_less()
+    code: int | None = None  # the run's, once it has ended and said so
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            code: int = runner.run(args.handler(args))
-            return code
+            code = runner.run(args.handler(args))
+        return code
     except AsyncBackupError as exc:
         if args.debug:
             _say(redact(traceback.format_exc()).rstrip("\n"))
@@ -496,6 +497,8 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         _report_end(args, "failed", exc.exit_code, f"{exc}")
         return exc.exit_code
     except KeyboardInterrupt:  # outside the run's own handling: making its loop, say
+        if code is not None:  # or closing it: the run ended, summary and report written
+            return code
         message = "interrupted; run the same command to resume"
         _fatal(args, f"{parser.prog}: {message}", EXIT_INTERRUPTED)
         _report_end(args, "interrupted", EXIT_INTERRUPTED, message)

@@ -1,0 +1,51 @@
+"""Ctrl-C after the run has ended, while its event loop closes (``asyncio.Runner.close``
+waits for the loop's executor threads): the run's outcome stands. The backup completed, its
+checkpoint was archived and its summary printed; the command went on to exit 130 and
+rewrote ``--report`` as "interrupted", which a monitor would take for a run to resume. The
+signal is real (``os.kill``), sent as the loop starts closing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.conftest import Buckets, S3Server
+from tests.helpers import cli_args
+
+# The CLI, with a real SIGINT sent to the process when the runner starts closing its loop.
+_HOOK = """
+import asyncio, os, signal
+closing = asyncio.Runner.close
+def close(self):
+    os.kill(os.getpid(), signal.SIGINT)
+    return closing(self)
+asyncio.Runner.close = close
+from asyncbackup.cli import console_s3
+console_s3()
+"""
+
+
+def test_ctrl_c_while_the_loop_closes_keeps_the_completed_outcome(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    for i in range(3):
+        s3.put_object(Bucket=buckets.source, Key=f"p/o{i}", Body=b"x" * (i + 1))
+    report = tmp_path / "report.json"
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
+    done = subprocess.run(
+        [sys.executable, "-c", _HOOK, "p", *args, "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "completed: copied 3 files" in done.stderr, done.stderr
+    assert "interrupted" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    written = orjson.loads(report.read_bytes())
+    assert written["status"] == "completed" and written["exit_code"] == 0, written
+    assert len(list((tmp_path / "checkpoints" / "archive").iterdir())) == 1
