@@ -28,7 +28,7 @@ if _TYPE_CHECKING:
         StagingFullError,
         StoreUnavailableError,
     )
-    from .github import GitHubBackupConfig, run_github_backup
+    from .github import GitHubBackupConfig, GitHubPlan, plan_github_backup, run_github_backup
     from .progress import NullObserver, Observer
     from .report import BackupReport
     from .verify import Endpoints, VerifyResult, verify_checkpoint
@@ -44,6 +44,8 @@ _WHERE = {
     "read_checkpoint": "checkpoint",
     "BackupConfig": "config",
     "GitHubBackupConfig": "github",
+    "GitHubPlan": "github",
+    "plan_github_backup": "github",
     "run_github_backup": "github",
     "NullObserver": "progress",
     "Observer": "progress",
@@ -87,6 +89,7 @@ __all__ = [
     "Endpoints",
     "FatalRunError",
     "GitHubBackupConfig",
+    "GitHubPlan",
     "IntegrityError",
     "NullObserver",
     "ObjectError",
@@ -96,6 +99,7 @@ __all__ = [
     "VerifyResult",
     "checkpoint_path",
     "plan_backup",
+    "plan_github_backup",
     "read_checkpoint",
     "run_backup",
     "run_github_backup",

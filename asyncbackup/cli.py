@@ -21,11 +21,11 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import orjson
 
-from .api import plan_backup, run_backup
+from .api import BackupPlan, plan_backup, run_backup
 from .atomicfile import write_atomic, written_file
 from .checkpoint import now_iso, remedy
 from .cli_options import (
@@ -51,10 +51,17 @@ from .report import BackupReport
 from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
 
 if TYPE_CHECKING:
-    pass
+    from .github.plan import GitHubPlan  # aiohttp: only for the github command
 
 log = logging.getLogger("asyncbackup")
 T = TypeVar("T")
+
+
+class _Plan(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+PlanT = TypeVar("PlanT", bound=_Plan)
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STDOUT_LOST = 120  # the interpreter's own code when it cannot flush stdout at exit
@@ -223,6 +230,10 @@ async def _github_command(args: argparse.Namespace) -> int:
 
     config = github_config(args)
     config.resolved_token()  # fail before any work when the token is missing
+    if args.dry_run:
+        from .github.plan import plan_github_backup
+
+        return await _show_plan(args, lambda: plan_github_backup(config), _github_plan_lines)
     return await _run_and_summarize(
         args, lambda observer, stop: run_github_backup(config, observer=observer, stop=stop)
     )
@@ -295,8 +306,42 @@ async def _with_progress(
 
 
 async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
+    return await _show_plan(args, lambda: plan_backup(config), _s3_plan_lines)
+
+
+def _s3_plan_lines(plan: BackupPlan) -> list[str]:
+    lines = [
+        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
+        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
+        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination",
+        *(f"  {printable(key)}" for key in plan.first_keys),
+    ]
+    if plan.copy_files > len(plan.first_keys):
+        lines.append(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
+    return lines
+
+
+def _github_plan_lines(plan: GitHubPlan) -> list[str]:
+    lines = [
+        f"dry run: would back up {plan.repositories} repositories of {plan.owner} "
+        f"({plan.artifacts} artifacts: bundles, wikis, metadata, release assets; "
+        f"{plan.done_artifacts} already done per checkpoint); {len(plan.left_out)} left out",
+        *(f"  {printable(name)}" for name in plan.first_repositories),
+    ]
+    if plan.repositories > len(plan.first_repositories):
+        lines.append(f"  ... and {plan.repositories - len(plan.first_repositories)} more")
+    lines += [f"  left out: {printable(name)} ({why})" for name, why in plan.left_out.items()]
+    return lines
+
+
+async def _show_plan(
+    args: argparse.Namespace,
+    make: Callable[[], Coroutine[Any, Any, PlanT]],
+    lines: Callable[[PlanT], list[str]],
+) -> int:
+    """A dry run: the plan ``make()`` makes, on stdout (``lines``) and in ``--report``."""
     _check_report_path(args)
-    plan = await _until_signal(plan_backup(config))
+    plan = await _until_signal(make())
     if plan is None:
         log.warning("interrupted; a dry run changes nothing")
         _report_end(args, "interrupted", EXIT_INTERRUPTED, "interrupted before the plan was made")
@@ -308,16 +353,8 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"cannot write --report {args.report}: {exc.strerror}; {remedy(exc)}"
             ) from exc
-    lines = [
-        f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
-        f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
-        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination",
-        *(f"  {printable(key)}" for key in plan.first_keys),
-    ]
-    if plan.copy_files > len(plan.first_keys):
-        lines.append(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
     try:
-        print("\n".join(lines))
+        print("\n".join(lines(plan)))
     except OSError:  # `| head -1` has what it wanted; the rest is lost, as Python says: 120
         return EXIT_STDOUT_LOST
     return EXIT_OK

@@ -385,6 +385,12 @@ def add_github_arguments(parser: argparse.ArgumentParser) -> None:
     github.add_argument("--skip-forks", action="store_true", help="leave out forks")
     github.add_argument("--skip-archived", action="store_true", help="leave out archived ones")
     github.add_argument("--no-wikis", action="store_true", help="do not back up wikis")
+    github.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the repositories that would be backed up (and those left out, and why), "
+        "and touch nothing",
+    )
     where = parser.add_argument_group("destination")
     where.add_argument("--dest-bucket", required=True)
     where.add_argument("--dest-profile", help="AWS profile for the destination")

@@ -133,28 +133,11 @@ async def run_github_backup(
         stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
         await manager.open_async()
         dest_client = await open_destination(stack, config)
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT},
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=config.connect_timeout, sock_read=config.read_timeout
-                ),
-                connector=aiohttp.TCPConnector(limit=config.api_concurrency + config.concurrency),
-            )
-        )
-        gate = RateGate(clock=clock, sleep=sleep)
-        client = GitHubClient(
-            session,
-            config.api_url,
-            token,
-            gate=gate,
-            slots=asyncio.Semaphore(config.api_concurrency),
-            max_attempts=config.max_attempts,
-            sleep=sleep,
-        )
-        repos_path, repos_params = await _resolve_owner(client, config)
+        client = await open_api_client(stack, config, token, clock=clock, sleep=sleep)
+        gate = client.gate
+        repos_path, repos_params = await resolve_owner(client, config)
         if not config.ignore_checkpoints:
-            await asyncio.to_thread(_check_same_server, path, config.api_url)
+            await asyncio.to_thread(check_same_server, path, config.api_url)
         dest_endpoint = client_endpoint(dest_client)
         state, resumed = await in_thread_to_the_end(
             manager.load_or_create,
@@ -307,7 +290,37 @@ async def run_github_backup(
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
-async def _resolve_owner(
+async def open_api_client(
+    stack: contextlib.AsyncExitStack,
+    config: GitHubBackupConfig,
+    token: str,
+    *,
+    clock: Clock | None = None,
+    sleep: Sleep | None = None,
+) -> GitHubClient:
+    """The GitHub API client of ``config``'s job, living as long as ``stack``."""
+    sleep = sleep or asyncio.sleep
+    session = await stack.enter_async_context(
+        aiohttp.ClientSession(
+            headers={"User-Agent": USER_AGENT},
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=config.connect_timeout, sock_read=config.read_timeout
+            ),
+            connector=aiohttp.TCPConnector(limit=config.api_concurrency + config.concurrency),
+        )
+    )
+    return GitHubClient(
+        session,
+        config.api_url,
+        token,
+        gate=RateGate(clock=clock, sleep=sleep),
+        slots=asyncio.Semaphore(config.api_concurrency),
+        max_attempts=config.max_attempts,
+        sleep=sleep,
+    )
+
+
+async def resolve_owner(
     client: GitHubClient, config: GitHubBackupConfig
 ) -> tuple[str, dict[str, str]]:
     """Check the token and the owner; the path that lists the owner's repositories."""
@@ -375,7 +388,7 @@ def _warn_if_public_only(kind: str, scopes: str | None) -> None:
     )
 
 
-def _check_same_server(path: Path, api_url: str) -> None:
+def check_same_server(path: Path, api_url: str) -> None:
     """A checkpoint of the same owner on another GitHub server is another job."""
     if not path.exists():
         return

@@ -8,10 +8,11 @@ import asyncbackup
 PUBLIC = {
     "AsyncBackupError", "BackupConfig", "BackupPlan", "BackupReport", "CheckpointCorruptError",
     "CheckpointError", "CheckpointLockedError", "CheckpointMismatchError", "CheckpointState",
-    "ConfigError", "Endpoints", "FatalRunError", "GitHubBackupConfig", "IntegrityError",
-    "NullObserver", "ObjectError", "Observer", "StagingFullError", "StoreUnavailableError",
-    "VerifyResult", "checkpoint_path", "plan_backup", "read_checkpoint", "run_backup",
-    "run_github_backup", "verify_checkpoint",
+    "ConfigError", "Endpoints", "FatalRunError", "GitHubBackupConfig", "GitHubPlan",
+    "IntegrityError", "NullObserver", "ObjectError", "Observer", "StagingFullError",
+    "StoreUnavailableError", "VerifyResult", "checkpoint_path", "plan_backup",
+    "plan_github_backup", "read_checkpoint", "run_backup", "run_github_backup",
+    "verify_checkpoint",
 }  # fmt: skip
 
 
