@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from .. import workerpool
-from ..checkpoint import CheckpointState, checkpoint_path, now_iso, read_checkpoint
+from ..checkpoint import CheckpointState, now_iso, read_checkpoint
 from ..checkpoint_identity import check_dest_endpoint, endpoint_for_checkpoint
 from ..checkpoint_manager import CheckpointManager, in_thread_to_the_end
 from ..checkpoint_tool import archived_versions
@@ -122,12 +122,7 @@ async def run_github_backup(
     token = config.resolved_token()
     sleep = sleep or asyncio.sleep
     started = time.monotonic()
-    path = checkpoint_path(
-        base_local_path=config.base_local_path,
-        source_bucket=config.source_name,
-        source_path=config.owner,
-        checkpoint_dir=config.checkpoint_dir,
-    )
+    path = config.checkpoint_file
     manager = CheckpointManager(path)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
@@ -232,12 +227,7 @@ async def run_github_backup(
             client,
             repos_path=repos_path,
             repos_params=repos_params,
-            repo_filter=RepoFilter(
-                include=config.include,
-                exclude=config.exclude,
-                skip_forks=config.skip_forks,
-                skip_archived=config.skip_archived,
-            ),
+            repo_filter=RepoFilter.of(config),
             wikis=config.wikis,
             previous_listing=previous[RELEASE_LISTING],
             note=pipeline.note,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..checkpoint import checkpoint_path
 from ..config import (
     ChecksumMode,
     MiB,
@@ -106,6 +107,16 @@ class GitHubBackupConfig:
     def source_name(self) -> str:
         """The checkpoint's ``source_bucket`` (``github``; the API URL is in its config)."""
         return SOURCE_NAME
+
+    @property
+    def checkpoint_file(self) -> Path:
+        """Where the job's checkpoint is (``<CHECKPOINT_DIR>/github_<owner>.checkpoint``)."""
+        return checkpoint_path(
+            base_local_path=self.base_local_path,
+            source_bucket=self.source_name,
+            source_path=self.owner,
+            checkpoint_dir=self.checkpoint_dir,
+        )
 
     def resolved_token(self) -> str:
         """The token, from ``token`` or the ``token_env`` variable; a clear error if neither."""

@@ -24,11 +24,14 @@ import fnmatch
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ObjectError
 from ..pipeline import WorkItem
 from .client import PER_PAGE, GitHubClient, GitHubError, PageTags, last_page_full, unseen_page
+
+if TYPE_CHECKING:
+    from .config import GitHubBackupConfig
 
 log = logging.getLogger("asyncbackup")
 
@@ -155,6 +158,16 @@ class RepoFilter:
     exclude: tuple[str, ...] = ()
     skip_forks: bool = False
     skip_archived: bool = False
+
+    @classmethod
+    def of(cls, config: GitHubBackupConfig) -> RepoFilter:
+        """The filter of ``config``'s flags (``--include``, ``--skip-forks``...)."""
+        return cls(
+            include=config.include,
+            exclude=config.exclude,
+            skip_forks=config.skip_forks,
+            skip_archived=config.skip_archived,
+        )
 
     def rejects(self, repo: Mapping[str, Any]) -> str | None:
         """Why ``repo`` is left out, or None when it is backed up."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointState, checkpoint_path, read_checkpoint
+from ..checkpoint import CheckpointState, read_checkpoint
 from ..checkpoint_identity import check_dest_endpoint, check_identity
 from ..s3client import client_endpoint, open_destination
 from .backup import check_same_server, open_api_client, resolve_owner
@@ -35,9 +36,7 @@ class GitHubPlan:
     checkpoint_exists: bool
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
-        out["checkpoint_path"] = str(self.checkpoint_path)
-        return out
+        return {**dataclasses.asdict(self), "checkpoint_path": str(self.checkpoint_path)}
 
 
 async def plan_github_backup(
@@ -51,12 +50,7 @@ async def plan_github_backup(
     elif options:
         raise TypeError("pass either a GitHubBackupConfig or keyword options, not both")
     token = config.resolved_token()
-    path = checkpoint_path(
-        base_local_path=config.base_local_path,
-        source_bucket=config.source_name,
-        source_path=config.owner,
-        checkpoint_dir=config.checkpoint_dir,
-    )
+    path = config.checkpoint_file
     state = await asyncio.to_thread(_live_checkpoint, path, config)
     files = state.files if state is not None else {}
     async with contextlib.AsyncExitStack() as stack:
@@ -69,12 +63,7 @@ async def plan_github_backup(
             client,
             repos_path=repos_path,
             repos_params=repos_params,
-            repo_filter=RepoFilter(
-                include=config.include,
-                exclude=config.exclude,
-                skip_forks=config.skip_forks,
-                skip_archived=config.skip_archived,
-            ),
+            repo_filter=RepoFilter.of(config),
             wikis=config.wikis,
             previous_listing={},
             note=lambda section, key, value: None,  # a run's notes: nothing is recorded
