@@ -164,6 +164,7 @@ def _checkpoint_config(
         "dest_profile": config.dest_profile,
         "include": list(config.include),
         "exclude": list(config.exclude),
+        "exclude_storage_classes": list(config.exclude_storage_classes),
         "dest_prefix": config.dest_prefix,
         "source_endpoint_url": endpoint_for_checkpoint(source_endpoint),
         "dest_endpoint_url": endpoint_for_checkpoint(dest_endpoint),
@@ -368,7 +369,11 @@ def _listing(
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
     listing = listing_or_stop(
-        source.list(config.source_prefix, streams=streams),
+        source.list(
+            config.source_prefix,
+            streams=streams,
+            skip_classes=frozenset(config.exclude_storage_classes),
+        ),
         f"the source bucket {config.source_bucket!r} under {config.source_prefix!r}",
         _LISTING_ADVICE,
     )
@@ -511,7 +516,11 @@ async def run_backup(
 def _warn_nothing_listed(config: BackupConfig) -> None:
     """A job of no objects completes, but is most often a mistyped SOURCE_PATH or filter:
     said, so a backup of nothing is not taken for a backup."""
-    filters = " or --include/--exclude" if KeyFilter(config.include, config.exclude).active else ""
+    named = [
+        *(["--include/--exclude"] if KeyFilter(config.include, config.exclude).active else []),
+        *(["--exclude-storage-class"] if config.exclude_storage_classes else []),
+    ]
+    filters = f" or {' and '.join(named)}" if named else ""
     pattern = any(c in config.source_path for c in "*?[")
     log.warning(
         "nothing to back up: no object under s3://%s/%s%s; check SOURCE_PATH%s%s",

@@ -302,6 +302,15 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip keys (relative to SOURCE_PATH) matching a pattern; repeatable",
     )
     select.add_argument(
+        "--exclude-storage-class",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        dest="exclude_storage_classes",
+        help="leave out objects the listing gives in this storage class (GLACIER, "
+        "DEEP_ARCHIVE: unreadable until restored, each one an error otherwise); repeatable",
+    )
+    select.add_argument(
         "--skip-existing",
         action="store_true",
         help="skip objects already at the destination with the same size and ETag "
@@ -508,6 +517,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         source_profile=args.source_profile,
         source_endpoint_url=args.source_endpoint_url,
         skip_existing=args.skip_existing,
+        exclude_storage_classes=tuple(args.exclude_storage_classes),
         dest_write_only=args.dest_write_only,
         dest_prefix=args.dest_prefix,
         storage_class=args.storage_class,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -161,6 +163,24 @@ def validate_transfer(settings: TransferSettings) -> None:
         raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_CHOICES)}")
 
 
+_STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def storage_classes(names: Sequence[str]) -> tuple[str, ...]:
+    """``--exclude-storage-class`` values: storage class names, in capitals, sorted, once."""
+    if isinstance(names, str):  # one name given where a sequence is wanted (the library)
+        names = (names,)
+    out = set()
+    for name in names:
+        if not _STORAGE_CLASS.fullmatch(str(name).strip().upper()):
+            raise ConfigError(
+                f"--exclude-storage-class {name!r} is not a storage class name (GLACIER, "
+                "DEEP_ARCHIVE...); give one class a flag, and the flag again for another"
+            )
+        out.add(str(name).strip().upper())
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BackupConfig:
     """Everything one S3-to-S3 backup needs. Field names follow the CLI flags."""
@@ -192,6 +212,8 @@ class BackupConfig:
     read_timeout: float = 60.0
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    # objects the listing gives in these storage classes (GLACIER, DEEP_ARCHIVE) are left out
+    exclude_storage_classes: tuple[str, ...] = ()
     skip_existing: bool = False
     dest_write_only: bool = False  # destination credentials that may write but not list
     dest_prefix: str | None = None
@@ -230,6 +252,9 @@ class BackupConfig:
         check_positive(processes=self.processes, list_streams=self.list_streams)
         object.__setattr__(self, "include", patterns("--include", self.include))
         object.__setattr__(self, "exclude", patterns("--exclude", self.exclude))
+        object.__setattr__(
+            self, "exclude_storage_classes", storage_classes(self.exclude_storage_classes)
+        )
         if self.dest_prefix is not None:
             object.__setattr__(self, "dest_prefix", normalize_source_path(self.dest_prefix))
         self._check_endpoint_urls()

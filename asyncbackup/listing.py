@@ -96,12 +96,17 @@ class RangeLister:
         *,
         streams: int = 1,
         page_keys: int | None = None,
+        skip_classes: frozenset[str] = frozenset(),
     ) -> None:
         if streams < 1:
             raise ValueError("streams must be at least 1")
         self.list_page = list_page
         self.prefix = prefix
         self.streams = streams
+        #: objects of these storage classes are left out (``--exclude-storage-class``),
+        #: counted in ``left_out`` (objects, bytes)
+        self.skip_classes = skip_classes
+        self.left_out = [0, 0]
         self.page_keys = page_keys or PAGE_KEYS
         #: ranges listed so far (1 when the listing never split), and probe requests sent
         self.ranges_started = 0
@@ -131,6 +136,14 @@ class RangeLister:
                 if isinstance(entry, _End):
                     if entry.failure is not None:
                         raise entry.failure
+                    if self.left_out[0]:
+                        log.info(
+                            "left out %d objects (%d bytes) in storage class %s "
+                            "(--exclude-storage-class)",
+                            self.left_out[0],
+                            self.left_out[1],
+                            " or ".join(sorted(self.skip_classes)),
+                        )
                     return
                 self._room.release()
                 delivered += 1
@@ -183,6 +196,8 @@ class RangeLister:
             # read after the answer: a split may have moved them
             upto, upto_first = key_range.upto, key_range.upto_first
             items: list[WorkItem] = []
+            ours: str | None = None  # the page's last key of this range
+            skip = self.skip_classes
             beyond = False
             previous = key_range.low
             for entry in answer.get("Contents", ()):
@@ -201,9 +216,15 @@ class RangeLister:
                 if upto is not None and key > upto and (upto_first is None or key >= upto_first):
                     beyond = True
                 elif not beyond and (after_first is None or key >= after_first):
-                    items.append(WorkItem(key, int(entry.get("Size", 0)), entry.get("ETag", "")))
-            if items:
-                key_range.position = items[-1].key
+                    ours = key
+                    size = int(entry.get("Size", 0))
+                    if skip and entry.get("StorageClass", "STANDARD") in skip:
+                        self.left_out[0] += 1
+                        self.left_out[1] += size
+                        continue
+                    items.append(WorkItem(key, size, entry.get("ETag", "")))
+            if ours is not None:  # listed, left out or not: a split goes on after it
+                key_range.position = ours
             token = answer.get("NextContinuationToken")
             last = beyond or not answer.get("IsTruncated")
             if not last and token:
