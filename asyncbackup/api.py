@@ -800,6 +800,8 @@ async def plan_backup(
                     if sample > 0 and (len(first) < sample or item.key < first[-1]):
                         bisect.insort(first, item.key)
                         del first[sample:]
+    if not listed:  # what the run would say: a dry run is how a filter is tried out
+        _warn_nothing_listed(config)
     return BackupPlan(
         listed_files=listed,
         listed_bytes=listed_bytes,

@@ -1,0 +1,173 @@
+"""Selection semantics (review s19b): SOURCE_PATH, --include/--exclude, --dest-prefix and
+--dry-run as a user of the AWS CLI, s5cmd or rclone reads them, against moto."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup import plan_backup, run_backup
+from tests.conftest import Buckets, S3Server
+from tests.helpers import cli_args, list_keys, put_objects, run_cli
+
+ODD = {
+    "data/a/": b"",
+    "data/empty": b"",
+    "data/x[1].txt": b"1",
+    "data/star*.txt": b"22",
+    "data/q?.txt": b"333",
+    "data/back\\slash.txt": b"4444",
+    "data/\u00fcn\u00efcode.txt": b"55555",
+    "data//double.txt": b"666666",
+    "data/sp ace.log": b"7777777",
+    "data/sub/deep/k.txt": b"88888888",
+    "data/Upper.TXT": b"999999999",
+    "data2/other.txt": b"x",
+    "dat/other.txt": b"x",
+}
+
+
+def _settings(buckets: Buckets, tmp_path: Path, endpoint: str, **options: Any) -> dict[str, Any]:
+    return {
+        "source_bucket": buckets.source,
+        "source_path": "data",
+        "dest_bucket": buckets.dest,
+        "base_local_path": tmp_path / "stage",
+        "endpoint_url": endpoint,
+        **options,
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"include": ("*.txt",)},
+        {"include": ("*.txt",), "exclude": ("*[[]*", "*\\*")},
+        {"exclude": ("*/",)},
+        {"include": ("[!a-z]*",)},
+        {"source_path": ""},
+        {"source_path": "/data/"},
+        {"dest_prefix": "bk"},
+        {"include": ("sub/*", "a/"), "dest_prefix": "bk/2024/"},
+    ],
+)
+async def test_a_dry_run_plans_what_the_run_copies(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    put_objects(s3, buckets.source, ODD)
+    settings = _settings(buckets, tmp_path, s3_server.endpoint, **options)
+    dest_prefix = options.get("dest_prefix")
+    prefix = "data/" if dest_prefix is None else dest_prefix.strip("/") + "/"
+    plan = await plan_backup(**settings)
+    report = await run_backup(**settings)
+    assert report.exit_code == 0, report.errors
+    copied = list_keys(s3, buckets.dest)
+    assert plan.copy_files == report.copied_files == len(copied)
+    assert plan.copy_bytes == report.copied_bytes
+    expected = [k.replace("data/", prefix, 1) for k in plan.first_keys]
+    assert sorted(copied) == sorted(expected)
+
+
+class _StopAfter:
+    def __init__(self, stop: Any, count: int) -> None:
+        self.stop, self.count = stop, count
+
+    def on_listed(self, files: int, size: int, skipped: int, skipped_bytes: int) -> None:
+        pass
+
+    def on_listing_done(self) -> None:
+        pass
+
+    def on_done(self, key: str, size: int) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.stop.set()
+
+    def on_failed(self, key: str, error: str) -> None:
+        pass
+
+    def on_flush(self, processed: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"include": ("*.txt",)},
+        {"skip_existing": True},
+        {"include": ("s*",), "skip_existing": True},
+    ],
+)
+async def test_a_dry_run_of_a_half_done_checkpoint_plans_what_the_resume_copies(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    put_objects(s3, buckets.source, ODD)
+    put_objects(s3, buckets.source, {f"data/s/{i:03d}.txt": bytes(i) for i in range(40)})
+    settings = _settings(buckets, tmp_path, s3_server.endpoint, concurrency=1, **options)
+    stop = asyncio.Event()
+    first = await run_backup(**settings, stop=stop, observer=_StopAfter(stop, 5))
+    assert first.status == "stopped", first
+    # one copied by this run, then changed at the source; one put there by someone else
+    s3.put_object(Bucket=buckets.source, Key="data/s/039.txt", Body=b"changed")
+    s3.put_object(Bucket=buckets.dest, Key="data/s/038.txt", Body=bytes(38))
+    plan = await plan_backup(**settings)
+    report = await run_backup(**settings)
+    assert report.exit_code == 0, report.errors
+    assert plan.copy_files == report.copied_files
+    assert plan.copy_bytes == report.copied_bytes
+    assert plan.done_files + plan.unchanged_files == report.skipped_files
+    assert plan.unchanged_files == report.unchanged_files
+
+
+@pytest.mark.parametrize(
+    ("source_path", "filters", "said"),
+    [
+        ("data", ["--include", "*.CSV"], "that the filters let through"),
+        ("logs/2024", [], "no object under s3://{}/logs/2024/; check SOURCE_PATH"),
+    ],
+)
+def test_a_dry_run_of_nothing_warns_as_the_run_does(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    source_path: str,
+    filters: list[str],
+    said: str,
+) -> None:
+    """A dry run is how a filter or SOURCE_PATH is tried out: one that lets nothing through
+    printed "would copy 0 files ... of 0 listed" and nothing else (the objects it listed and
+    left out counted nowhere), where the run itself warns "nothing to back up"."""
+    put_objects(s3, buckets.source, {"data/x.csv": b"1", "logs/2024-01/a.log": b"22"})
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
+    plan = run_cli([source_path, *args, *filters, "--dry-run", "--quiet"])
+    run = run_cli([source_path, *args, *filters, "--quiet"])
+    assert plan.returncode == run.returncode == 0, (plan.stderr, run.stderr)
+    assert "would copy 0 files" in plan.stdout
+    for result in (plan, run):
+        warning = [line for line in result.stderr.splitlines() if "WARNING" in line]
+        assert len(warning) == 1 and "nothing to back up" in warning[0], result.stderr
+        assert said.format(buckets.source) in warning[0], warning
+
+
+def test_the_glob_rules_the_readme_gives() -> None:
+    """``*`` crosses ``/``; matching is case-sensitive, as S3 keys are; a backslash is a
+    character, not an escape; a ``[`` left open is a character (fnmatch's rules, the AWS
+    CLI's too): no pattern is refused."""
+    from asyncbackup.filters import KeyFilter
+
+    assert KeyFilter(include=("*.csv",)).matches("a/b.csv")
+    assert not KeyFilter(include=("*.csv",)).matches("a/b.CSV")
+    assert KeyFilter(include=("tmp/*",)).matches("tmp/x/y")
+    assert KeyFilter(include=("a\\*",)).matches("a\\b")
+    assert KeyFilter(include=("x[1",)).matches("x[1") and not KeyFilter(include=("x[1",)).matches(
+        "x1"
+    )
+    assert KeyFilter(include=("x[[]1]",)).matches("x[1]")
+    # the order of the flags does not matter: --exclude '*' leaves out everything
+    assert not KeyFilter(include=("*.csv",), exclude=("*",)).matches("a.csv")
