@@ -732,6 +732,16 @@ async def with_object_retries(
     raise AssertionError("unreachable")
 
 
+def _refused_key(config: BackupConfig, item: WorkItem) -> str | None:
+    """Why the run would fail ``item`` before it sends anything (``config.dest_key``: the
+    folder marker SOURCE_PATH/ with ``--dest-prefix ''``), or None."""
+    try:
+        config.dest_key(item.key)
+    except ObjectError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class BackupPlan:
     """What a run would do (``--dry-run``): nothing is written, locked or copied."""
@@ -793,6 +803,8 @@ async def plan_backup(
                     done += 1
                 elif item.present:
                     unchanged += 1
+                elif (refused := _refused_key(config, item)) is not None:
+                    log.warning("%s (the run would fail it)", refused)
                 else:
                     copy += 1
                     copy_bytes += item.size

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,26 @@ def test_the_glob_rules_the_readme_gives() -> None:
     assert KeyFilter(include=("x[[]1]",)).matches("x[1]")
     # the order of the flags does not matter: --exclude '*' leaves out everything
     assert not KeyFilter(include=("*.csv",), exclude=("*",)).matches("a.csv")
+
+
+async def test_a_dry_run_to_the_bucket_root_says_the_folder_marker_would_fail(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``data/`` itself (the S3 console's "Create folder") has no key at the root with
+    ``--dest-prefix ''``: the run fails it (exit 1, as the README says), but the dry run
+    planned it as one more file to copy, and said nothing of it."""
+    put_objects(s3, buckets.source, {"data/": b"", "data/a.txt": b"1", "data/b/": b""})
+    settings = _settings(buckets, tmp_path, s3_server.endpoint, dest_prefix="")
+    with caplog.at_level(logging.WARNING, logger="asyncbackup"):
+        plan = await plan_backup(**settings)
+    report = await run_backup(**settings)
+    assert report.exit_code == 1 and list(report.errors) == ["data/"], report
+    assert sorted(list_keys(s3, buckets.dest)) == ["a.txt", "b/"]
+    assert (plan.copy_files, plan.copy_bytes) == (report.copied_files, report.copied_bytes)
+    assert plan.first_keys == ["data/a.txt", "data/b/"] and plan.listed_files == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "'data/'" in warned[0] and "--exclude ''" in warned[0], warned
