@@ -230,8 +230,8 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
     before = KeyFilter(
         recorded_patterns(path, stored, "include"), recorded_patterns(path, stored, "exclude")
     )
-    if (before.include, before.exclude) != (config.include, config.exclude):
-        now = KeyFilter(config.include, config.exclude)
+    now = KeyFilter(config.include, config.exclude)
+    if before.selection != now.selection:
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with {before.describe()}, this run has "
             f"{now.describe()}; resume with the same filters, or start over with "

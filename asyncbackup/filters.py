@@ -41,6 +41,12 @@ class KeyFilter:
         self._exclude = _compile(self.exclude)
 
     @property
+    def selection(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What the filter lets through, whatever the order (or repeats) of its patterns:
+        any include and no exclude."""
+        return frozenset(self.include), frozenset(self.exclude)
+
+    @property
     def active(self) -> bool:
         return bool(self.include or self.exclude)
 

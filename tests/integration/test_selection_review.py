@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import plan_backup, run_backup
+from asyncbackup import CheckpointMismatchError, plan_backup, run_backup
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args, list_keys, put_objects, run_cli
 
@@ -195,3 +195,37 @@ async def test_a_dry_run_to_the_bucket_root_says_the_folder_marker_would_fail(
     assert plan.first_keys == ["data/a.txt", "data/b/"] and plan.listed_files == 3
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "'data/'" in warned[0] and "--exclude ''" in warned[0], warned
+
+
+async def test_a_resume_with_the_same_filters_in_another_order_is_not_refused(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """An object is copied when it matches any --include and no --exclude: the order of the
+    flags selects nothing, yet a resume that gave them in another order (a wrapper script
+    rewritten, a cron line edited) was refused, exit 2, with a message quoting the same
+    patterns twice. Another selection is still refused."""
+    put_objects(
+        s3,
+        buckets.source,
+        {f"data/{i:02d}.{ext}": b"x" for i in range(20) for ext in ("csv", "txt", "log")},
+    )
+    stop = asyncio.Event()
+    first = await run_backup(
+        **_settings(buckets, tmp_path, s3_server.endpoint, concurrency=1),
+        include=("*.csv", "*.txt"),
+        exclude=("0*", "1*.log"),
+        stop=stop,
+        observer=_StopAfter(stop, 3),
+    )
+    assert first.status == "stopped"
+    settings = _settings(buckets, tmp_path, s3_server.endpoint)
+    with pytest.raises(CheckpointMismatchError, match=r"--include '\*\.csv'"):
+        await plan_backup(**settings, include=("*.csv",), exclude=("0*", "1*.log"))
+    reordered: dict[str, Any] = {
+        "include": ("*.txt", "*.csv", "*.txt"),
+        "exclude": ("1*.log", "0*"),
+    }
+    plan = await plan_backup(**settings, **reordered)
+    report = await run_backup(**settings, **reordered)
+    assert report.status == "completed" and report.resumed, report
+    assert plan.copy_files == report.copied_files == 20 - first.copied_files
