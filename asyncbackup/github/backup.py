@@ -310,8 +310,8 @@ async def run_github_backup(
 
 
 def _warn_nothing_selected(owner: str, lister: Lister) -> None:
-    """A pass that kept no repository completes, but is most often a mistyped filter (or
-    ``--include owner/name``, which no name matches): said, even with --quiet, as the S3
+    """A pass that kept no repository completes, but is most often a mistyped filter:
+    said, even with --quiet, as the S3
     command says a job of no objects, so a backup of nothing is not taken for a backup."""
     if not lister.left_out:
         log.warning("nothing to back up: the token sees no repository of %s", owner)
