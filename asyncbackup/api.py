@@ -220,8 +220,11 @@ def _check_stored_with(state: CheckpointState, config: BackupConfig, path: Path)
 
 
 def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> None:
-    """A resume must use the filters and the destination prefix the checkpoint was made with
-    (and the destination endpoint: ``check_dest_endpoint``, once the client is made)."""
+    """A resume must use the destination prefix the checkpoint was made with (and the
+    destination endpoint: ``check_dest_endpoint``, once the client is made), and filters
+    that let through no key the checkpoint's did not: the same, or ones that leave more out
+    (an ``--exclude`` added for an object that fails every run), whose files now left out
+    leave the checkpoint at the end of the listing (``forget_unlisted``)."""
     stored = state.config
     _check_dest_prefix(stored, config, path)
     _check_stored_with(state, config, path)
@@ -231,12 +234,21 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
         recorded_patterns(path, stored, "include"), recorded_patterns(path, stored, "exclude")
     )
     now = KeyFilter(config.include, config.exclude)
-    if before.selection != now.selection:
+    if before.selection == now.selection:
+        return
+    if not now.within(before):
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with {before.describe()}, this run has "
-            f"{now.describe()}; resume with the same filters, or start over with "
+            f"{now.describe()}; resume with the same filters (or ones that only leave more "
+            "out: an --exclude added, an --include removed), or start over with "
             "--ignore-checkpoints"
         )
+    log.info(
+        "checkpoint %s was made with %s; %s leave more out: the files left out leave the job",
+        path,
+        before.describe(),
+        now.describe(),
+    )
 
 
 def _check_dest_prefix(stored: dict[str, Any], config: BackupConfig, path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from asyncbackup import CheckpointMismatchError, plan_backup, run_backup
 from tests.conftest import Buckets, S3Server
-from tests.helpers import cli_args, list_keys, put_objects, run_cli
+from tests.helpers import cli_args, list_keys, load_json, put_objects, run_cli
 
 ODD = {
     "data/a/": b"",
@@ -219,8 +219,11 @@ async def test_a_resume_with_the_same_filters_in_another_order_is_not_refused(
     )
     assert first.status == "stopped"
     settings = _settings(buckets, tmp_path, s3_server.endpoint)
-    with pytest.raises(CheckpointMismatchError, match=r"--include '\*\.csv'"):
-        await plan_backup(**settings, include=("*.csv",), exclude=("0*", "1*.log"))
+    # an exclude dropped lets through keys the checkpoint's filters did not: refused
+    with pytest.raises(CheckpointMismatchError, match=r"this run has .* --exclude '0\*';"):
+        await plan_backup(**settings, include=("*.csv", "*.txt"), exclude=("0*",))
+    with pytest.raises(CheckpointMismatchError, match="only leave more out"):
+        await plan_backup(**settings, include=("*.csv", "*.txt", "*.log"), exclude=("0*",))
     reordered: dict[str, Any] = {
         "include": ("*.txt", "*.csv", "*.txt"),
         "exclude": ("1*.log", "0*"),
@@ -229,3 +232,39 @@ async def test_a_resume_with_the_same_filters_in_another_order_is_not_refused(
     report = await run_backup(**settings, **reordered)
     assert report.status == "completed" and report.resumed, report
     assert plan.copy_files == report.copied_files == 20 - first.copied_files
+
+
+def test_a_resume_that_leaves_out_a_failing_key_as_the_error_says_is_not_refused(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The folder marker SOURCE_PATH/ fails with --dest-prefix '' ("leave it out with
+    --exclude ''"), and the run keeps its checkpoint (exit 1). The next run, with the
+    --exclude '' the error asked for, was refused (exit 2: "resume with the same filters, or
+    start over with --ignore-checkpoints"), so the way out was to copy everything again. So
+    for any object that fails every night (an archived one): --exclude it, and resume. A
+    resume that only leaves more out resumes; its files now left out leave the checkpoint."""
+    put_objects(s3, buckets.source, {"data/": b"", "data/a.txt": b"1", "data/b.csv": b"22"})
+    args = ["data", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    args += ["--dest-prefix", ""]
+    first = run_cli(args)
+    assert first.returncode == 1 and "--exclude ''" in first.stderr, first.stderr
+    report = tmp_path / "report.json"
+    second = run_cli([*args, "--exclude", "", "--report", str(report)])
+    assert second.returncode == 0, second.stderr
+    summary = load_json(report)
+    assert summary["status"] == "completed" and summary["errors"] == {}, summary
+    assert summary["copied_files"] == 0 and summary["total_files"] == 2, summary
+    assert sorted(list_keys(s3, buckets.dest)) == ["a.txt", "b.csv"]
+
+
+def test_which_filters_only_leave_more_out() -> None:
+    from asyncbackup.filters import KeyFilter
+
+    made = KeyFilter(include=("*.csv", "*.txt"), exclude=("tmp/*",))
+    assert KeyFilter(include=("*.txt", "*.csv"), exclude=("tmp/*", "x")).within(made)
+    assert KeyFilter(include=("*.csv",), exclude=("tmp/*",)).within(made)
+    assert not KeyFilter(exclude=("tmp/*",)).within(made)  # no include: every key
+    assert not KeyFilter(include=("*.csv", "*.txt")).within(made)  # the exclude dropped
+    assert not KeyFilter(include=("*.log",), exclude=("tmp/*",)).within(made)
+    assert KeyFilter(exclude=("",)).within(KeyFilter())
+    assert KeyFilter(include=("*.csv",)).within(KeyFilter())
