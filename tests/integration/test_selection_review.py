@@ -26,6 +26,8 @@ ODD = {
     "data/sp ace.log": b"7777777",
     "data/sub/deep/k.txt": b"88888888",
     "data/Upper.TXT": b"999999999",
+    'data/p+l%41us&<amp>"q\u00a0.txt': b"10",
+    "data/\U0001f600.txt": b"12",
     "data2/other.txt": b"x",
     "dat/other.txt": b"x",
 }
@@ -170,6 +172,10 @@ def test_the_glob_rules_the_readme_gives() -> None:
         "x1"
     )
     assert KeyFilter(include=("x[[]1]",)).matches("x[1]")
+    assert KeyFilter(include=("x[*]",)).matches("x*") and not KeyFilter(include=("x[*]",)).matches(
+        "xa"
+    )
+    assert not KeyFilter(include=("tmp/",)).matches("tmp/a")  # the folder marker alone
     # the order of the flags does not matter: --exclude '*' leaves out everything
     assert not KeyFilter(include=("*.csv",), exclude=("*",)).matches("a.csv")
 
