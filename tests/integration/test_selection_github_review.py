@@ -74,3 +74,16 @@ async def test_a_pattern_with_the_owner_in_it_is_refused_before_anything_starts(
             await run_github_backup(**settings)
         assert github.seen == [] and github.git_seen == []
     assert s3.list_objects_v2(Bucket=buckets.dest).get("KeyCount") == 0
+
+
+async def test_an_owner_with_no_repository_is_a_warning_too(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asyncbackup")
+    async with running_org(tmp_path / "git") as github:
+        github.repos.clear()
+        settings = config(github, s3_server.endpoint, buckets.dest, tmp_path / "w")
+        report = await run_github_backup(**settings)
+    assert report.exit_code == 0 and report.total_files == 0, report
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["nothing to back up: the token sees no repository of acme"], warnings
