@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from asyncbackup import CheckpointMismatchError, plan_backup, run_backup
+from asyncbackup import BackupConfig, CheckpointMismatchError, plan_backup, run_backup
 from tests.conftest import Buckets, S3Server
 from tests.helpers import cli_args, list_keys, load_json, put_objects, run_cli
 
@@ -30,6 +30,8 @@ ODD = {
     "data/\U0001f600.txt": b"12",
     "data2/other.txt": b"x",
     "dat/other.txt": b"x",
+    "/lead/y.txt": b"13",
+    "//root.txt": b"14",
 }
 
 
@@ -54,6 +56,7 @@ def _settings(buckets: Buckets, tmp_path: Path, endpoint: str, **options: Any) -
         {"include": ("[!a-z]*",)},
         {"source_path": ""},
         {"source_path": "/data/"},
+        {"source_path": "", "include": ("/*",), "dest_prefix": "bk"},
         {"dest_prefix": "bk"},
         {"include": ("sub/*", "a/"), "dest_prefix": "bk/2024/"},
     ],
@@ -63,15 +66,13 @@ async def test_a_dry_run_plans_what_the_run_copies(
 ) -> None:
     put_objects(s3, buckets.source, ODD)
     settings = _settings(buckets, tmp_path, s3_server.endpoint, **options)
-    dest_prefix = options.get("dest_prefix")
-    prefix = "data/" if dest_prefix is None else dest_prefix.strip("/") + "/"
     plan = await plan_backup(**settings)
     report = await run_backup(**settings)
     assert report.exit_code == 0, report.errors
     copied = list_keys(s3, buckets.dest)
     assert plan.copy_files == report.copied_files == len(copied)
     assert plan.copy_bytes == report.copied_bytes
-    expected = [k.replace("data/", prefix, 1) for k in plan.first_keys]
+    expected = [BackupConfig(**settings).dest_key(key) for key in plan.first_keys]
     assert sorted(copied) == sorted(expected)
 
 
