@@ -222,8 +222,11 @@ def _check_stored_with(state: CheckpointState, config: BackupConfig, path: Path)
 
 
 def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> None:
-    """A resume must use the filters and the destination prefix the checkpoint was made with
-    (and the destination endpoint: ``check_dest_endpoint``, once the client is made)."""
+    """A resume must use the destination prefix the checkpoint was made with (and the
+    destination endpoint: ``check_dest_endpoint``, once the client is made), and filters
+    that let through no key the checkpoint's did not: the same, or ones that leave more out
+    (an ``--exclude`` added for an object that fails every run), whose files now left out
+    leave the checkpoint at the end of the listing (``forget_unlisted``)."""
     stored = state.config
     _check_dest_prefix(stored, config, path)
     _check_stored_with(state, config, path)
@@ -232,13 +235,22 @@ def _check_filters(state: CheckpointState, config: BackupConfig, path: Path) -> 
     before = KeyFilter(
         recorded_patterns(path, stored, "include"), recorded_patterns(path, stored, "exclude")
     )
-    if (before.include, before.exclude) != (config.include, config.exclude):
-        now = KeyFilter(config.include, config.exclude)
+    now = KeyFilter(config.include, config.exclude)
+    if before.selection == now.selection:
+        return
+    if not now.within(before):
         raise CheckpointMismatchError(
             f"checkpoint {path} was made with {before.describe()}, this run has "
-            f"{now.describe()}; resume with the same filters, or start over with "
+            f"{now.describe()}; resume with the same filters (or ones that only leave more "
+            "out: an --exclude added, an --include removed), or start over with "
             "--ignore-checkpoints"
         )
+    log.info(
+        "checkpoint %s was made with %s; %s leave more out: the files left out leave the job",
+        path,
+        before.describe(),
+        now.describe(),
+    )
 
 
 def _check_dest_prefix(stored: dict[str, Any], config: BackupConfig, path: Path) -> None:
@@ -745,6 +757,16 @@ async def with_object_retries(
     raise AssertionError("unreachable")
 
 
+def _refused_key(config: BackupConfig, item: WorkItem) -> str | None:
+    """Why the run would fail ``item`` before it sends anything (``config.dest_key``: the
+    folder marker SOURCE_PATH/ with ``--dest-prefix ''``), or None."""
+    try:
+        config.dest_key(item.key)
+    except ObjectError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class BackupPlan:
     """What a run would do (``--dry-run``): nothing is written, locked or copied."""
@@ -806,6 +828,8 @@ async def plan_backup(
                     done += 1
                 elif item.present:
                     unchanged += 1
+                elif (refused := _refused_key(config, item)) is not None:
+                    log.warning("%s (the run would fail it)", refused)
                 else:
                     copy += 1
                     copy_bytes += item.size
@@ -813,6 +837,8 @@ async def plan_backup(
                     if sample > 0 and (len(first) < sample or item.key < first[-1]):
                         bisect.insort(first, item.key)
                         del first[sample:]
+    if not listed:  # what the run would say: a dry run is how a filter is tried out
+        _warn_nothing_listed(config)
     return BackupPlan(
         listed_files=listed,
         listed_bytes=listed_bytes,

@@ -41,6 +41,20 @@ class KeyFilter:
         self._exclude = _compile(self.exclude)
 
     @property
+    def selection(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What the filter lets through, whatever the order (or repeats) of its patterns:
+        any include and no exclude."""
+        return frozenset(self.include), frozenset(self.exclude)
+
+    def within(self, other: KeyFilter) -> bool:
+        """Whether every key this filter lets through ``other`` lets through too, as their
+        patterns alone show: the same ones, or more excludes, or fewer includes (but some)."""
+        include, exclude = self.selection
+        other_include, other_exclude = other.selection
+        narrower_include = not other_include or (include and include <= other_include)
+        return bool(narrower_include) and exclude >= other_exclude
+
+    @property
     def active(self) -> bool:
         return bool(self.include or self.exclude)
 

@@ -259,6 +259,8 @@ async def run_github_backup(
             "check the token's access, --api-url and the network",
         )
         await pipeline.run(listing, copier.process)
+        if pipeline.result.listing_complete and not lister.repositories:
+            _warn_nothing_selected(config.owner, lister)
         stopped = pipeline.result.stopped
         await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
         log.info(
@@ -307,6 +309,27 @@ async def open_api_client(
         slots=asyncio.Semaphore(config.api_concurrency),
         max_attempts=config.max_attempts,
         sleep=sleep,
+    )
+
+
+def _warn_nothing_selected(owner: str, lister: Lister) -> None:
+    """A pass that kept no repository completes, but is most often a mistyped filter:
+    said, even with --quiet, as the S3
+    command says a job of no objects, so a backup of nothing is not taken for a backup."""
+    if not lister.left_out:
+        log.warning("nothing to back up: the token sees no repository of %s", owner)
+        return
+    name = next(iter(lister.left_out)).rpartition("/")[2]  # one left out, as an example
+    log.warning(
+        "nothing to back up: none of the %d repositories of %s passed the filters (%s); "
+        "--include and --exclude match the repository's name alone, case-insensitive "
+        "(%s, not %s/%s)",
+        len(lister.left_out),
+        owner,
+        lister.filter.describe(),
+        name,
+        owner,
+        name,
     )
 
 

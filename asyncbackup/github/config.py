@@ -79,6 +79,13 @@ class GitHubBackupConfig:
         object.__setattr__(self, "api_url", self.api_url.rstrip("/"))
         object.__setattr__(self, "include", patterns("--include", self.include))
         object.__setattr__(self, "exclude", patterns("--exclude", self.exclude))
+        for flag, found in (("--include", self.include), ("--exclude", self.exclude)):
+            for pattern in found:
+                if "/" in pattern:  # pasted as GitHub shows it: OWNER/NAME
+                    raise ConfigError(
+                        f"{flag} {pattern!r}: patterns match the repository's name alone, "
+                        f"which has no '/'; give {pattern.rpartition('/')[2]!r}"
+                    )
         if not _OWNER.match(self.owner):
             raise ConfigError(
                 f"OWNER {self.owner!r} is not a GitHub organisation or user name "

@@ -183,6 +183,13 @@ class RepoFilter:
             return "archived (--skip-archived)"
         return None
 
+    def describe(self) -> str:
+        """The filters as flags: ``--include 'x*' --skip-forks``."""
+        flags = [f"--include {p!r}" for p in self.include]
+        flags += [f"--exclude {p!r}" for p in self.exclude]
+        flags += ["--skip-forks"] * self.skip_forks + ["--skip-archived"] * self.skip_archived
+        return " ".join(flags) or "no filters"
+
 
 Note = Callable[[str, str, Any], None]
 
