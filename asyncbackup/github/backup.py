@@ -260,7 +260,7 @@ async def run_github_backup(
         )
         await pipeline.run(listing, copier.process)
         if pipeline.result.listing_complete and not lister.repositories:
-            _warn_nothing_selected(config.owner, lister)
+            warn_nothing_selected(config.owner, lister)
         stopped = pipeline.result.stopped
         await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
         log.info(
@@ -312,7 +312,7 @@ async def open_api_client(
     )
 
 
-def _warn_nothing_selected(owner: str, lister: Lister) -> None:
+def warn_nothing_selected(owner: str, lister: Lister) -> None:
     """A pass that kept no repository completes, but is most often a mistyped filter:
     said, even with --quiet, as the S3
     command says a job of no objects, so a backup of nothing is not taken for a backup."""

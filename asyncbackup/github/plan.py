@@ -17,7 +17,7 @@ from typing import Any
 from ..checkpoint import CheckpointState, read_checkpoint
 from ..checkpoint_identity import check_dest_endpoint, check_identity
 from ..s3client import client_endpoint, open_destination
-from .backup import check_same_server, open_api_client, resolve_owner
+from .backup import check_same_server, open_api_client, resolve_owner, warn_nothing_selected
 from .config import GitHubBackupConfig
 from .listing import BUNDLE, Artifact, Lister, RepoFilter
 
@@ -76,6 +76,8 @@ async def plan_github_backup(
                 done += files.get(item.key) is True
                 if isinstance(item, Artifact) and item.kind == BUNDLE:  # one a repository
                     repositories.append(f"{item.owner}/{item.repo}")
+        if not lister.repositories:
+            warn_nothing_selected(config.owner, lister)
         return GitHubPlan(
             owner=config.owner,
             repositories=lister.repositories,

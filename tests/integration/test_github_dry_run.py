@@ -130,3 +130,27 @@ async def test_dry_run_refuses_what_the_run_refuses(
     (line,) = [line for line in err.splitlines() if line.strip()]
     assert f"destination bucket '{buckets.dest}-missing' does not exist" in line, err
     assert not out
+
+
+async def test_a_dry_run_that_selects_nothing_warns_as_the_run_does(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    async with running_org(tmp_path / "git") as github:
+        code, out, err = await run_cli(
+            "acme",
+            "--dest-bucket",
+            buckets.dest,
+            "--base-local-path",
+            str(tmp_path / "work"),
+            "--endpoint-url",
+            s3_server.endpoint,
+            "--api-url",
+            github.api_url,
+            "--include",
+            "alpah",
+            "--quiet",
+            "--dry-run",
+        )
+    assert code == 0, err
+    assert out.startswith("dry run: would back up 0 repositories of acme"), out
+    assert "nothing to back up: none of the 5 repositories of acme passed the filters" in err
