@@ -523,36 +523,46 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     raise_open_file_limit()  # and its open files (fdlimit.py)
     collect_less()
     code: int | None = None  # the run's, once it has ended and said so
+    failure: Exception | None = None  # the run's error, said once the loop is closed
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            code = runner.run(args.handler(args))
+            try:
+                code = runner.run(args.handler(args))
+            except Exception as exc:
+                failure = exc
+                raise
         return code
-    except AsyncBackupError as exc:
-        if args.debug:
-            _say(redact(traceback.format_exc()).rstrip("\n"))
-        _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
-        _report_end(args, "failed", exc.exit_code, f"{exc}")
-        return exc.exit_code
     except KeyboardInterrupt:  # outside the run's own handling: making its loop, say
         if code is not None:  # or closing it: the run ended, summary and report written
             return code
+        if failure is not None:  # or closing it after the run failed: its error stands
+            return _failed(parser, args, failure)
         message = "interrupted; run the same command to resume"
         _fatal(args, f"{parser.prog}: {message}", EXIT_INTERRUPTED)
         _report_end(args, "interrupted", EXIT_INTERRUPTED, message)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug or an untranslated failure: still one line
-        if args.debug:
-            _say(redact(traceback.format_exc()).rstrip("\n"))
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        message = f"unexpected {type(exc).__name__}: {detail}"
-        _fatal(
-            args,
-            f"{parser.prog}: error: {message} (the checkpoint is valid; run with --debug for "
-            "details)",
-            EXIT_FATAL,
-        )
-        _report_end(args, "failed", EXIT_FATAL, message)
-        return EXIT_FATAL
+    except Exception as exc:
+        return _failed(parser, args, exc)
+
+
+def _failed(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: Exception) -> int:
+    """Say why the run failed (one line; the traceback too with --debug); its exit code."""
+    if args.debug:
+        _say(redact("".join(traceback.format_exception(exc))).rstrip("\n"))
+    if isinstance(exc, AsyncBackupError):
+        _fatal(args, f"{parser.prog}: error: {exc}", exc.exit_code)
+        _report_end(args, "failed", exc.exit_code, f"{exc}")
+        return exc.exit_code
+    # a bug or an untranslated failure: still one line
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    message = f"unexpected {type(exc).__name__}: {detail}"
+    _fatal(
+        args,
+        f"{parser.prog}: error: {message} (the checkpoint is valid; run with --debug for details)",
+        EXIT_FATAL,
+    )
+    _report_end(args, "failed", EXIT_FATAL, message)
+    return EXIT_FATAL
 
 
 def _report_end(args: argparse.Namespace, status: str, exit_code: int, message: str) -> None:

@@ -17,7 +17,14 @@ from typing import Any
 from ..checkpoint import CheckpointState, read_checkpoint
 from ..checkpoint_identity import check_dest_endpoint, check_identity
 from ..s3client import client_endpoint, open_destination
-from .backup import check_same_server, open_api_client, resolve_owner, warn_nothing_selected
+from .backup import (
+    ENDED_WITH_ERRORS,
+    check_same_server,
+    new_pass,
+    open_api_client,
+    resolve_owner,
+    warn_nothing_selected,
+)
 from .config import GitHubBackupConfig
 from .listing import BUNDLE, Artifact, Lister, RepoFilter
 
@@ -93,10 +100,14 @@ async def plan_github_backup(
 
 def _live_checkpoint(path: Path, config: GitHubBackupConfig) -> CheckpointState | None:
     """The checkpoint a run would resume (read, not locked), or None; the run's refusals of
-    another job's."""
+    another job's. That of a run which ended with errors is, as the run makes it, the start
+    of a new pass: every artifact looked at again (``new_pass``, on this copy only)."""
     if config.ignore_checkpoints or not path.exists():
         return None
     check_same_server(path, config.api_url)
     state = read_checkpoint(path)
     check_identity(path, state, config.source_name, config.owner, config.dest_bucket)
+    ended = state.extra.get(ENDED_WITH_ERRORS)
+    if isinstance(ended, dict):
+        new_pass(state, ended)
     return state

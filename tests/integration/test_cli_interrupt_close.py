@@ -49,3 +49,27 @@ def test_ctrl_c_while_the_loop_closes_keeps_the_completed_outcome(
     written = orjson.loads(report.read_bytes())
     assert written["status"] == "completed" and written["exit_code"] == 0, written
     assert len(list((tmp_path / "checkpoints" / "archive").iterdir())) == 1
+
+
+def test_ctrl_c_while_the_loop_closes_after_a_failure_keeps_the_error(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A run that failed (here: a destination bucket that does not exist, exit 2) closes its
+    loop before its error is said: a Ctrl-C then, pressed at an exit that waits for a thread,
+    turned the error into 'interrupted; run the same command to resume', exit 130, and a
+    --report saying "interrupted": the reason the backup failed was never shown."""
+    s3.put_object(Bucket=buckets.source, Key="p/o", Body=b"x")
+    report = tmp_path / "report.json"
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest + "-missing")
+    done = subprocess.run(
+        [sys.executable, "-c", _HOOK, "p", *args, "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"destination bucket '{buckets.dest}-missing' does not exist" in done.stderr, done.stderr
+    assert "interrupted" not in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    written = orjson.loads(report.read_bytes())
+    assert written["status"] == "failed" and written["exit_code"] == 2, written

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
-from asyncbackup import run_github_backup
+from asyncbackup import NullObserver, run_github_backup
 from asyncbackup.checkpoint import read_checkpoint
 from asyncbackup.github.plan import plan_github_backup
 from tests.conftest import Buckets, S3Server
@@ -154,3 +155,40 @@ async def test_a_dry_run_that_selects_nothing_warns_as_the_run_does(
     assert code == 0, err
     assert out.startswith("dry run: would back up 0 repositories of acme"), out
     assert "nothing to back up: none of the 5 repositories of acme passed the filters" in err
+
+
+async def test_dry_run_after_a_run_with_errors_counts_none_done_as_the_new_pass(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    """A run that ended with errors leaves its checkpoint for a new pass: the next run looks
+    at every artifact again (``new_pass``), none is skipped as done. The dry run said the
+    checkpoint marked all but the failed one done, which the run then did not skip."""
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        failing = True
+
+        async def broken_pulls(request: web.Request) -> web.StreamResponse | None:
+            if failing and request.path == "/api/repos/acme/alpha/pulls":
+                return web.Response(status=502, text="bad gateway")
+            return None
+
+        github.hooks.append(broken_pulls)
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, max_attempts=1)
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed_with_errors", first
+        assert set(first.errors) == {"github/acme/alpha/pulls.json"}
+        failing = False
+        plan = await plan_github_backup(**options)
+        assert plan.checkpoint_exists
+        done_per_checkpoint: list[int] = []
+
+        class Watch(NullObserver):
+            def on_listed(self, files: int, size: int, skipped: int, skipped_bytes: int) -> None:
+                done_per_checkpoint.append(skipped)
+
+        again = await run_github_backup(clock=clock, sleep=clock.sleep, observer=Watch(), **options)
+        assert again.status == "completed", again.errors
+        # the run skipped as done what the checkpoint still marked done after its new pass
+        assert plan.done_artifacts == sum(done_per_checkpoint), (plan, done_per_checkpoint)
+        assert plan.done_artifacts == 0, plan
