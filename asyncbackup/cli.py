@@ -321,6 +321,9 @@ def _s3_plan_lines(plan: BackupPlan) -> list[str]:
     return lines
 
 
+_SAMPLE = 20  # the repositories left out a GitHub dry run prints (as it prints the kept)
+
+
 def _github_plan_lines(plan: GitHubPlan) -> list[str]:
     lines = [
         f"dry run: would back up {plan.repositories} repositories of {plan.owner} "
@@ -330,7 +333,11 @@ def _github_plan_lines(plan: GitHubPlan) -> list[str]:
     ]
     if plan.repositories > len(plan.first_repositories):
         lines.append(f"  ... and {plan.repositories - len(plan.first_repositories)} more")
-    lines += [f"  left out: {printable(name)} ({why})" for name, why in plan.left_out.items()]
+    shown = list(plan.left_out.items())[:_SAMPLE]
+    lines += [f"  left out: {printable(name)} ({why})" for name, why in shown]
+    if len(plan.left_out) > len(shown):
+        more = len(plan.left_out) - len(shown)
+        lines.append(f"  ... and {more} more left out (every one in --report's left_out)")
     return lines
 
 
