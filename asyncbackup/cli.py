@@ -221,7 +221,10 @@ async def _run_and_summarize(
         log.warning(message)
         _report_end(args, "interrupted", EXIT_INTERRUPTED, message)
         return EXIT_INTERRUPTED
-    _summarize(report, args)
+    try:
+        _summarize(report, args)
+    except KeyboardInterrupt:  # the run has ended: a Ctrl-C while it is said changes nothing
+        _write_report(report, args)
     return report.exit_code
 
 
@@ -450,6 +453,11 @@ def _summarize(report: BackupReport, args: argparse.Namespace) -> None:
         log.handle(record)
     else:
         _say("\n".join(summary_lines(report)))
+    _write_report(report, args)
+
+
+def _write_report(report: BackupReport, args: argparse.Namespace) -> None:
+    """``--report``: the run's outcome, or no file (never an earlier run's)."""
     if args.report:
         try:
             write_report(args.report, report)

@@ -73,3 +73,39 @@ def test_ctrl_c_while_the_loop_closes_after_a_failure_keeps_the_error(
     assert done.returncode == 2, done.stderr
     written = orjson.loads(report.read_bytes())
     assert written["status"] == "failed" and written["exit_code"] == 2, written
+
+
+# The CLI, with a real SIGINT sent as the run's summary starts being printed (the run's own
+# signal handlers are gone by then).
+_SUMMARY_HOOK = """
+import os, signal
+import asyncbackup.cli as cli
+summarize = cli._summarize
+def interrupted(report, args):
+    os.kill(os.getpid(), signal.SIGINT)
+    return summarize(report, args)
+cli._summarize = interrupted
+cli.console_s3()
+"""
+
+
+def test_ctrl_c_while_the_summary_is_said_keeps_the_completed_outcome(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """The run completed and archived its checkpoint; a Ctrl-C as its summary is printed
+    made it exit 130 and write --report as interrupted. The outcome stands: exit 0, the
+    report says completed."""
+    s3.put_object(Bucket=buckets.source, Key="p/o", Body=b"x")
+    report = tmp_path / "report.json"
+    args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
+    done = subprocess.run(
+        [sys.executable, "-c", _SUMMARY_HOOK, "p", *args, "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "interrupted" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    written = orjson.loads(report.read_bytes())
+    assert written["status"] == "completed" and written["exit_code"] == 0, written
