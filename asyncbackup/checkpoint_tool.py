@@ -26,6 +26,7 @@ import fnmatch
 import logging
 import os
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -162,6 +163,8 @@ class CheckpointInfo:
     holder_pid: int | None
     journal_batches: int = 0  # applied from a journal not yet folded into the JSON file
     journal_folded: int = 0  # batches a stopped run left, folded in by this look
+    #: the flags the job was run with that its resume needs (``resume_options``)
+    options: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def in_use(self) -> bool:
@@ -201,7 +204,56 @@ def describe(
         holder_pid=lock_holder(path),
         journal_batches=journal_batches,
         journal_folded=journal_folded,
+        options=resume_options(state),
     )
+
+
+#: S3 checkpoint config -> the flag that set it, and the kind of value the run records:
+#: a list of texts (the flag once for each), a text, or a switch (true)
+_OPTION_FLAGS: dict[str, tuple[str, type]] = {
+    "include": ("--include", list),
+    "exclude": ("--exclude", list),
+    "exclude_storage_classes": ("--exclude-storage-class", list),
+    "dest_prefix": ("--dest-prefix", str),
+    "storage_class": ("--storage-class", str),
+    "sse": ("--sse", str),
+    "sse_kms_key_id": ("--sse-kms-key-id", str),
+    "copy_tags": ("--copy-tags", bool),
+    "skip_existing": ("--skip-existing", bool),
+    "direct": ("--direct", bool),
+    "request_payer": ("--request-payer", str),
+    "source_profile": ("--source-profile", str),
+    "dest_profile": ("--dest-profile", str),
+}
+
+
+def resume_options(state: CheckpointState) -> list[str]:
+    """The flags an S3 job's checkpoint records that a resume is checked against or that
+    change what is copied (filters, --dest-prefix, storage class, encryption...), and its
+    endpoints, in the order of ``_OPTION_FLAGS``. A value of another type than the run writes
+    (a hand edit) is left out, as is every option of a GitHub checkpoint."""
+    if is_github(state):
+        return []
+    config = state.config
+    out: list[str] = []
+    for name, (flag, kind) in _OPTION_FLAGS.items():
+        value = config.get(name)
+        if kind is bool and value is True:
+            out.append(flag)
+        elif kind is str and isinstance(value, str):
+            out += [flag, value]
+        elif kind is list and isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    out += [flag, item]
+    source, dest = config.get("source_endpoint_url"), config.get("dest_endpoint_url")
+    if isinstance(source, str) and source == dest:
+        out += ["--endpoint-url", source]
+    else:
+        for flag, value in (("--source-endpoint-url", source), ("--dest-endpoint-url", dest)):
+            if isinstance(value, str):
+                out += [flag, value]
+    return out
 
 
 def is_github(state: CheckpointState) -> bool:
@@ -675,6 +727,8 @@ def format_info(info: CheckpointInfo) -> str:
         f"({pct_bytes:.1f}%)",
         f"errors       {info.error_count:,}",
     ]
+    if info.options:  # as a shell takes them: quoted where needed
+        lines.append(printable(f"options      {shlex.join(info.options)}"))
     if info.journal_folded:
         lines.append(
             f"journal      {info.journal_folded:,} batches a stopped run left were folded into "
