@@ -29,6 +29,23 @@ console_s3()
 """
 
 
+def interrupted_run(
+    hook: str, args: list[str], report: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``backup-s3 p ARGS --report REPORT`` under ``hook``; its outcome and its report. No
+    traceback, and no word of an interruption: the run had ended when the signal came."""
+    done = subprocess.run(
+        [sys.executable, "-c", hook, "p", *args, "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "interrupted" not in done.stderr, done.stderr
+    written: dict[str, Any] = orjson.loads(report.read_bytes())
+    return done, written
+
+
 def test_ctrl_c_while_the_loop_closes_keeps_the_completed_outcome(
     s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
 ) -> None:
@@ -36,17 +53,9 @@ def test_ctrl_c_while_the_loop_closes_keeps_the_completed_outcome(
         s3.put_object(Bucket=buckets.source, Key=f"p/o{i}", Body=b"x" * (i + 1))
     report = tmp_path / "report.json"
     args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
-    done = subprocess.run(
-        [sys.executable, "-c", _HOOK, "p", *args, "--report", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
+    done, written = interrupted_run(_HOOK, args, report)
     assert "completed: copied 3 files" in done.stderr, done.stderr
-    assert "interrupted" not in done.stderr, done.stderr
     assert done.returncode == 0, done.stderr
-    written = orjson.loads(report.read_bytes())
     assert written["status"] == "completed" and written["exit_code"] == 0, written
     assert len(list((tmp_path / "checkpoints" / "archive").iterdir())) == 1
 
@@ -61,17 +70,9 @@ def test_ctrl_c_while_the_loop_closes_after_a_failure_keeps_the_error(
     s3.put_object(Bucket=buckets.source, Key="p/o", Body=b"x")
     report = tmp_path / "report.json"
     args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest + "-missing")
-    done = subprocess.run(
-        [sys.executable, "-c", _HOOK, "p", *args, "--report", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
+    done, written = interrupted_run(_HOOK, args, report)
     assert f"destination bucket '{buckets.dest}-missing' does not exist" in done.stderr, done.stderr
-    assert "interrupted" not in done.stderr, done.stderr
     assert done.returncode == 2, done.stderr
-    written = orjson.loads(report.read_bytes())
     assert written["status"] == "failed" and written["exit_code"] == 2, written
 
 
@@ -98,14 +99,6 @@ def test_ctrl_c_while_the_summary_is_said_keeps_the_completed_outcome(
     s3.put_object(Bucket=buckets.source, Key="p/o", Body=b"x")
     report = tmp_path / "report.json"
     args = cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)
-    done = subprocess.run(
-        [sys.executable, "-c", _SUMMARY_HOOK, "p", *args, "--report", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    assert "interrupted" not in done.stderr, done.stderr
+    done, written = interrupted_run(_SUMMARY_HOOK, args, report)
     assert done.returncode == 0, done.stderr
-    written = orjson.loads(report.read_bytes())
     assert written["status"] == "completed" and written["exit_code"] == 0, written

@@ -22,13 +22,19 @@ from tests.integration.github_org import TOKEN, config, running_org
 from tests.reliability import listing
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
+async def dry_run(
+    github: Any, endpoint: str, bucket: str, base: Path, *extra: str
+) -> tuple[int, str, str]:
+    """``asyncbackup github acme --dry-run`` against the loopback GitHub and S3: its exit
+    code, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "asyncbackup",
         "github",
-        *args,
+        "acme",
+        *("--dest-bucket", bucket, "--base-local-path", str(base), "--endpoint-url", endpoint),
+        *("--api-url", github.api_url, "--dry-run", *extra),
         env={**os.environ, "GITHUB_TOKEN": TOKEN},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -44,22 +50,16 @@ async def test_dry_run_lists_the_repositories_and_touches_nothing(
     base = tmp_path / "work"
     report = tmp_path / "plan.json"
     async with running_org(tmp_path / "git") as github:
-        code, out, err = await run_cli(
-            "acme",
-            "--dest-bucket",
-            buckets.dest,
-            "--base-local-path",
-            str(base),
-            "--endpoint-url",
+        code, out, err = await dry_run(
+            github,
             s3_server.endpoint,
-            "--api-url",
-            github.api_url,
+            buckets.dest,
+            base,
             "--skip-forks",
             "--exclude",
             "B*",
             "--report",
             str(report),
-            "--dry-run",
         )
         assert code == 0, err
         lines = out.splitlines()
@@ -115,17 +115,8 @@ async def test_dry_run_refuses_what_the_run_refuses(
 ) -> None:
     """A missing destination bucket: one line, exit 2, as the run."""
     async with running_org(tmp_path / "git") as github:
-        code, out, err = await run_cli(
-            "acme",
-            "--dest-bucket",
-            buckets.dest + "-missing",
-            "--base-local-path",
-            str(tmp_path / "work"),
-            "--endpoint-url",
-            s3_server.endpoint,
-            "--api-url",
-            github.api_url,
-            "--dry-run",
+        code, out, err = await dry_run(
+            github, s3_server.endpoint, buckets.dest + "-missing", tmp_path / "work"
         )
     assert code == 2, err
     (line,) = [line for line in err.splitlines() if line.strip()]
@@ -137,20 +128,14 @@ async def test_a_dry_run_that_selects_nothing_warns_as_the_run_does(
     tmp_path: Path, s3_server: S3Server, buckets: Buckets
 ) -> None:
     async with running_org(tmp_path / "git") as github:
-        code, out, err = await run_cli(
-            "acme",
-            "--dest-bucket",
-            buckets.dest,
-            "--base-local-path",
-            str(tmp_path / "work"),
-            "--endpoint-url",
+        code, out, err = await dry_run(
+            github,
             s3_server.endpoint,
-            "--api-url",
-            github.api_url,
+            buckets.dest,
+            tmp_path / "work",
             "--include",
             "alpah",
             "--quiet",
-            "--dry-run",
         )
     assert code == 0, err
     assert out.startswith("dry run: would back up 0 repositories of acme"), out
