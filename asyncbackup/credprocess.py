@@ -8,19 +8,31 @@ nothing. Each of our clients' sessions has its credential processes run through
 after ``NOTICE_AFTER`` seconds a warning says the run is waiting; after ``PROCESS_TIMEOUT``
 the process is killed and ``CredentialProcessTimeout`` raised, which stops the run as
 credentials that cannot be refreshed do (``retry.classify``). Output that is not JSON is such
-a failure too."""
+a failure too.
+
+A role with an MFA device (``mfa_serial``) has botocore ask for a code with ``getpass``, which
+falls back to standard input when there is no terminal: a run from cron failed "unexpected
+EOFError", and one whose standard input was a pipe nobody writes to waited for good.
+``ask_mfa_code`` asks on the terminal as before; with none, it takes a line from standard input
+(``echo CODE | backup-s3 ...``) within ``MFA_STDIN_WAIT`` seconds, else raises
+``MfaCodeUnavailable``: one line at the start, exit 2."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
+import os
+import select
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.credentials import ProcessProvider
+from botocore.credentials import AssumeRoleProvider, ProcessProvider
 from botocore.exceptions import CredentialRetrievalError
 
 log = logging.getLogger("asyncbackup")
@@ -30,6 +42,8 @@ log = logging.getLogger("asyncbackup")
 PROCESS_TIMEOUT = 300.0
 #: seconds after which a warning says the run is waiting for it
 NOTICE_AFTER = 30.0
+#: seconds a run with no terminal waits for an MFA code on its standard input
+MFA_STDIN_WAIT = 10.0
 
 
 class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
@@ -37,6 +51,50 @@ class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
         "the profile's credential_process gave no credentials in {seconds:.0f} s and was "
         "stopped; run the command by hand to see why"
     )
+
+
+class MfaCodeUnavailable(CredentialRetrievalError):  # type: ignore[misc]
+    fmt = (
+        "the profile's role needs an MFA code (mfa_serial), and there is no terminal to ask "
+        "for it on, nor a code on standard input (waited {seconds:.0f} s); run the command "
+        "from a terminal, give the code on its standard input, or use a profile without "
+        "mfa_serial"
+    )
+
+
+def ask_mfa_code(prompt: str) -> str:
+    """The MFA code botocore asks for (its ``mfa_prompter``): on the terminal, as botocore
+    asks; with none, the first line of standard input, if one comes in ``MFA_STDIN_WAIT``
+    seconds."""
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:
+        code = _line_from_stdin(MFA_STDIN_WAIT)
+        if code:
+            return code
+        raise MfaCodeUnavailable(provider="assume-role", seconds=MFA_STDIN_WAIT) from None
+    return getpass.getpass(prompt)
+
+
+def _line_from_stdin(wait: float) -> str:
+    """The first line of standard input, read a byte at a time (what follows it is left for
+    another code), or "" at its end or after ``wait`` seconds without one."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # none, or not a file
+        return ""
+    deadline = time.monotonic() + wait
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return ""
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode(errors="replace").strip()
 
 
 def _waiting() -> None:
@@ -126,12 +184,15 @@ async def bounded_exec(*args: Any, **kwargs: Any) -> _BoundedProcess:
 def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
     """Run the credential processes of ``session`` (a botocore session, or aiobotocore's with
     ``aio``) bounded: the profile's own, and those of the profiles an assumed role takes its
-    source credentials from. Resolves nothing: the providers are made, not asked."""
+    source credentials from; and ask for its roles' MFA codes with ``ask_mfa_code``. Resolves
+    nothing: the providers are made, not asked."""
     popen: Callable[..., Any] = bounded_exec if aio else BoundedPopen
     resolver = session.get_component("credential_provider")
     for provider in list(getattr(resolver, "providers", ())):
         if isinstance(provider, ProcessProvider):
             provider._popen = popen
+        if isinstance(provider, AssumeRoleProvider):
+            provider._prompter = ask_mfa_code
         builder: Any = getattr(provider, "_profile_provider_builder", None)
         make = getattr(builder, "_create_process_provider", None)
         if make is not None:

@@ -40,7 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from .credprocess import CredentialProcessTimeout
+from .credprocess import CredentialProcessTimeout, MfaCodeUnavailable
 from .errors import FatalRunError, ObjectError
 from .etags import OPAQUE_ETAG_SSE
 from .loglimit import FirstFew
@@ -269,7 +269,10 @@ def classify(exc: BaseException) -> ObjectError:
     if isinstance(exc, CREDENTIAL_ERRORS):
         # retried like a request (a provider's blip passes), then the run stops; a process
         # that did not answer in minutes is not asked again, nor a role that needs an MFA code
-        retryable = not isinstance(exc, (CredentialProcessTimeout, RefreshWithMFAUnsupportedError))
+        # (again, or with none to be had)
+        retryable = not isinstance(
+            exc, (CredentialProcessTimeout, RefreshWithMFAUnsupportedError, MfaCodeUnavailable)
+        )
         return ObjectError(
             NOT_REFRESHED,
             f"cannot refresh the credentials: {credentials_failure(exc)}",
