@@ -99,7 +99,13 @@ class _RefreshLog(logging.Filter):
 
 
 _REFRESH_LOG = _RefreshLog()
-for _name in ("botocore.credentials", "aiobotocore.credentials"):
+# (an SSO session's token is refreshed, and its failure warned about, the same way)
+for _name in (
+    "botocore.credentials",
+    "aiobotocore.credentials",
+    "botocore.tokens",
+    "aiobotocore.tokens",
+):
     logging.getLogger(_name).addFilter(_REFRESH_LOG)
 
 
@@ -108,9 +114,13 @@ class LazyClient:
     client made at once; every API method (``await client.get_object(...)``) from the
     aiobotocore client, made on the first call (``make``)."""
 
-    def __init__(self, control: Any, make: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(
+        self, control: Any, make: Callable[[], Awaitable[Any]], profile: str | None = None
+    ) -> None:
         #: the botocore client: prepares requests (the fast path's probe), never sends one
         self.control = control
+        #: the profile its credentials come from (a flag's, AWS_PROFILE's, "default")
+        self.profile = profile
         self._make = make
         self._client: Any = None
         self._making = asyncio.Lock()
@@ -200,8 +210,8 @@ async def open_client(
         ) from None
     except CREDENTIAL_ERRORS as exc:  # a credential process, SSO or STS failing at once
         raise ConfigError(
-            f"cannot get the {role} credentials: {credentials_failure(exc)}; check "
-            f"{profile_flag(role)}"
+            f"cannot get the {role} credentials: "
+            f"{credentials_failure(exc, _profile_name(profile))}; check {profile_flag(role)}"
         ) from None
     except (ValueError, BotoCoreError) as exc:
         raise ConfigError(
@@ -219,7 +229,7 @@ async def open_client(
             stack, profile=profile, region=region, options=options, config=aio_config
         )
 
-    return LazyClient(control, make)
+    return LazyClient(control, make, _profile_name(profile))
 
 
 def _control_client(
@@ -277,6 +287,15 @@ def _refuse_garbled_credentials(role: str, control: Any) -> None:
 def profile_flag(role: str) -> str:
     """The flag that gives the credentials of ``role`` (``source`` or ``destination``)."""
     return "--source-profile" if role == "source" else "--dest-profile"
+
+
+def _profile_name(profile: str | None) -> str:
+    """The profile botocore takes the credentials from: ``profile``, else the environment's,
+    else "default"."""
+    if profile is not None:
+        return profile
+    variable = _profile_variable()
+    return variable[1] if variable is not None and variable[1] else "default"
 
 
 def _profile_variable() -> tuple[str, str] | None:
@@ -404,9 +423,14 @@ async def check_bucket(
                 f"credentials of {flag} and the bucket policy{payer}"
             ) from None
         if code == NOT_REFRESHED:
+            cause = exc.__cause__
+            detail = (
+                credentials_failure(cause, getattr(client, "profile", None))
+                if isinstance(cause, CREDENTIAL_ERRORS)
+                else exc.message.removeprefix("cannot refresh the credentials: ")
+            )
             raise StoreUnavailableError(
-                f"cannot get the {role} credentials: "
-                f"{exc.message.removeprefix('cannot refresh the credentials: ')}; check {flag}"
+                f"cannot get the {role} credentials: {detail}; check {flag}"
             ) from None
         if code == "NoCredentials":
             raise StoreUnavailableError(

@@ -91,3 +91,61 @@ def test_a_role_with_mfa_and_no_terminal_stops_in_one_line(
     assert "MFA code" in line and "mfa_serial" in line and "terminal" in line, line
     assert time.monotonic() - started < 40
     assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+
+
+SSO_PROFILES = (
+    "\n[profile sso]\nsso_session = corp\nsso_account_id = 555555555555\n"
+    "sso_role_name = Backup\nregion = us-east-1\n"
+    "\n[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n"
+    "sso_region = us-east-1\nsso_registration_scopes = sso:account:access\n"
+    "\n[profile sso-legacy]\nsso_start_url = https://corp.awsapps.com/start\n"
+    "sso_region = us-east-1\nsso_account_id = 555555555555\nsso_role_name = Backup\n"
+    "region = us-east-1\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("profile", "side", "extra"),
+    [
+        ("sso", "source", ()),
+        ("sso", "source", ("--no-fast-path",)),
+        ("sso", "dest", ()),
+        ("sso-legacy", "source", ()),
+        ("sso-legacy", "dest", ("--no-fast-path",)),
+    ],
+    ids=["session-fast", "session-botocore", "session-dest", "legacy-fast", "legacy-dest"],
+)
+def test_an_sso_profile_not_signed_in_says_to_sign_in(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    profile: str,
+    side: str,
+    extra: tuple[str, ...],
+) -> None:
+    """An SSO profile with no token in the cache (``aws sso login`` never run on this
+    machine, or its cache cleared): the run said "Error loading SSO Token: Token for corp does
+    not exist; check --source-profile", which does not say how to get one, after botocore's
+    traceback "Refreshing token failed during the mandatory refresh period" at each attempt
+    (four) for a profile with an ``sso_session``. Now one line naming the command to run."""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    config = aws_env / "config"
+    config.write_text(config.read_text() + SSO_PROFILES)
+    source, dest = (profile, "dst") if side == "source" else ("src", profile)
+    args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", source)
+    args += ["--dest-profile", dest, *extra]
+    done = subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, HOME=str(aws_env)),  # (an SSO cache of no one)
+    )
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    role = "source" if side == "source" else "destination"
+    assert f"cannot get the {role} credentials" in line, line
+    assert f"aws sso login --profile {profile}" in line, line
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
