@@ -15,7 +15,12 @@ falls back to standard input when there is no terminal: a run from cron failed "
 EOFError", and one whose standard input was a pipe nobody writes to waited for good.
 ``ask_mfa_code`` asks on the terminal as before; with none, it takes a line from standard input
 (``echo CODE | backup-s3 ...``) within ``MFA_STDIN_WAIT`` seconds, else raises
-``MfaCodeUnavailable``: one line at the start, exit 2."""
+``MfaCodeUnavailable``: one line at the start, exit 2. A role's credentials are shared by every
+client of the process (``ROLE_CACHE``): each client, the fast path's and botocore's, the
+source's and the destination's, assumed the role on its own, and asked for a code each time;
+and a client whose role asks for one (``asks_for_mfa``) assumes it when it is made, before the
+run's first requests, which the source and the destination send at once (each asked).
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,10 @@ PROCESS_TIMEOUT = 300.0
 NOTICE_AFTER = 30.0
 #: seconds a run with no terminal waits for an MFA code on its standard input
 MFA_STDIN_WAIT = 10.0
+#: the credentials of the roles assumed by this process's clients, by botocore's key of the
+#: AssumeRole call (role, session name, external id, MFA device, duration), as the AWS CLI
+#: keeps them in ``~/.aws/cli/cache``; botocore asks STS again when they near their expiry
+ROLE_CACHE: dict[str, Any] = {}
 
 
 class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
@@ -56,7 +65,7 @@ class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
 class MfaCodeUnavailable(CredentialRetrievalError):  # type: ignore[misc]
     fmt = (
         "the profile's role needs an MFA code (mfa_serial), and there is no terminal to ask "
-        "for it on, nor a code on standard input (waited {seconds:.0f} s); run the command "
+        "for it on, nor a code on its standard input within {seconds:.0f} s; run the command "
         "from a terminal, give the code on its standard input, or use a profile without "
         "mfa_serial"
     )
@@ -75,6 +84,23 @@ def ask_mfa_code(prompt: str) -> str:
             return code
         raise MfaCodeUnavailable(provider="assume-role", seconds=MFA_STDIN_WAIT) from None
     return getpass.getpass(prompt)
+
+
+def asks_for_mfa(session: Any) -> bool:
+    """Whether the credentials of ``session`` (a botocore session) come from a role assumed
+    with an MFA code: its profile's, or that of a profile the role's credentials come from."""
+    profiles = session.full_config.get("profiles", {})
+    name = session.profile or "default"
+    seen = set()
+    while name in profiles and name not in seen:
+        seen.add(name)
+        profile = profiles[name]
+        if "role_arn" not in profile:
+            return False
+        if profile.get("mfa_serial"):
+            return True
+        name = profile.get("source_profile")
+    return False
 
 
 def _line_from_stdin(wait: float) -> str:
@@ -184,8 +210,8 @@ async def bounded_exec(*args: Any, **kwargs: Any) -> _BoundedProcess:
 def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
     """Run the credential processes of ``session`` (a botocore session, or aiobotocore's with
     ``aio``) bounded: the profile's own, and those of the profiles an assumed role takes its
-    source credentials from; and ask for its roles' MFA codes with ``ask_mfa_code``. Resolves
-    nothing: the providers are made, not asked."""
+    source credentials from; ask for its roles' MFA codes with ``ask_mfa_code``, and keep their
+    credentials in ``ROLE_CACHE``. Resolves nothing: the providers are made, not asked."""
     popen: Callable[..., Any] = bounded_exec if aio else BoundedPopen
     resolver = session.get_component("credential_provider")
     for provider in list(getattr(resolver, "providers", ())):
@@ -193,6 +219,7 @@ def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
             provider._popen = popen
         if isinstance(provider, AssumeRoleProvider):
             provider._prompter = ask_mfa_code
+            provider.cache = ROLE_CACHE
         builder: Any = getattr(provider, "_profile_provider_builder", None)
         make = getattr(builder, "_create_process_provider", None)
         if make is not None:

@@ -30,7 +30,7 @@ from botocore.exceptions import (
 from botocore.utils import get_environ_proxies
 
 from .botocore_setup import share_data_loader, tune_client
-from .credprocess import bound_credential_processes
+from .credprocess import asks_for_mfa, bound_credential_processes
 from .encryption import EncryptionNotApplied, check_applied
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
@@ -242,6 +242,13 @@ def _control_client(
     bound_credential_processes(session)
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
+    if asks_for_mfa(session):  # now, once: the other clients take them from ROLE_CACHE
+        try:
+            client._get_credentials().get_frozen_credentials()
+        except CREDENTIAL_ERRORS:
+            raise
+        except (BotoCoreError, ClientError):  # STS refusing: said by the first request's
+            pass
     return client
 
 

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from tests.conftest import Buckets, S3Server
-from tests.helpers import numbered_objects, put_objects
+from tests.conftest import ACCESS_KEYS, Buckets, S3Server
+from tests.helpers import assert_same_objects, numbered_objects, put_objects
+from tests.proxy import run_proxy
 from tests.reliability import CLI, one_error_line
 
 MFA_PROFILE = (
@@ -149,3 +151,50 @@ def test_an_sso_profile_not_signed_in_says_to_sign_in(
     assert f"cannot get the {role} credentials" in line, line
     assert f"aws sso login --profile {profile}" in line, line
     assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+
+
+def _caller(s3_server: S3Server, access_key: str) -> str:
+    """Who moto's STS says ``access_key`` is (an assumed role's ARN for its keys)."""
+    sts = boto3.client(
+        "sts",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key="not-checked",
+        region_name="us-east-1",
+    )
+    return str(sts.get_caller_identity()["Arn"])
+
+
+@pytest.mark.parametrize("source", ["src", "mfa"], ids=["dest-mfa", "both-mfa"])
+def test_one_mfa_code_serves_the_whole_run(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path, source: str
+) -> None:
+    """A destination profile whose role needs an MFA code, the code given once: the fast
+    path's client and the botocore client each assumed the role, and each asked for a code
+    (a second prompt on a terminal, for a code STS takes once; with the code on standard
+    input, the run stopped at the first multipart upload: no second code, exit 3). The same
+    profile named for both sides asked once a side. Now the role's credentials are shared by
+    the clients of the process, and one code serves the run."""
+    objects = {**numbered_objects(3), "data/big": os.urandom(6 * 1024 * 1024)}
+    put_objects(s3, buckets.source, objects)
+    config = aws_env / "config"
+    config.write_text(config.read_text() + MFA_PROFILE)
+    with run_proxy(s3_server.endpoint) as source_proxy, run_proxy(s3_server.endpoint) as dest:
+        args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", source)
+        args += ["--dest-profile", "mfa", "--multipart-threshold", "5MiB", "--part-size", "5MiB"]
+        args += ["--source-endpoint-url", source_proxy.endpoint]
+        args += ["--dest-endpoint-url", dest.endpoint]
+        process = _start(args, s3_server, subprocess.PIPE)
+        _, err = process.communicate("123456\n", timeout=120)
+        source_keys = {r.access_key for r in source_proxy.requests}
+        dest_keys = {r.access_key for r in dest.requests}
+    assert process.returncode == 0, err
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+    role = "arn:aws:sts::444444444444:assumed-role/backup/"
+    assert len(dest_keys) == 1 and all(
+        _caller(s3_server, k or "").startswith(role) for k in dest_keys
+    )
+    if source == "mfa":
+        assert source_keys == dest_keys  # (one role, assumed once)
+    else:
+        assert source_keys == {ACCESS_KEYS["src"][0]}
