@@ -7,6 +7,7 @@ what to do, exit 2, with no secret anywhere."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -198,3 +199,33 @@ def test_one_mfa_code_serves_the_whole_run(
         assert source_keys == dest_keys  # (one role, assumed once)
     else:
         assert source_keys == {ACCESS_KEYS["src"][0]}
+
+
+def test_worker_processes_take_the_role_assumed_with_the_mfa_code(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """``--processes`` with a source role that needs an MFA code, the code given: each worker
+    process assumed the role again and asked for a code of its own, where it has no standard
+    input (the protocol's) - "unexpected EOFError" (now "no code"), exit 2; on a terminal,
+    one prompt a process at once. Now the workers take the role's credentials from the main
+    process: one code, the run completes, every request signed by the one role's key."""
+    objects = numbered_objects(60)
+    put_objects(s3, buckets.source, objects)
+    config = aws_env / "config"
+    config.write_text(config.read_text() + MFA_PROFILE)
+    # (slow enough that the workers are ready before the main process has copied all)
+    with run_proxy(s3_server.endpoint, latency=0.1) as source_proxy:
+        args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", "mfa")
+        args += ["--dest-profile", "dst", "--processes", "2", "--concurrency", "4", "--debug"]
+        args += ["--source-endpoint-url", source_proxy.endpoint]
+        process = _start(args, s3_server, subprocess.PIPE)
+        _, err = process.communicate("123456\n", timeout=120)
+        source_keys = {r.access_key for r in source_proxy.requests}
+    assert process.returncode == 0, err
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+    copied = re.search(r"and (\d+) in worker pid", err)  # (--debug says it)
+    assert copied is not None and int(copied.group(1)) > 0, err
+    assert len(source_keys) == 1, source_keys
+    assert _caller(s3_server, source_keys.pop() or "").startswith(
+        "arn:aws:sts::444444444444:assumed-role/backup/"
+    )
