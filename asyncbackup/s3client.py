@@ -25,6 +25,7 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConfigParseError,
     ProfileNotFound,
 )
 from botocore.utils import get_environ_proxies
@@ -208,6 +209,8 @@ async def open_client(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
+    except ConfigParseError as exc:
+        raise ConfigError(_unreadable_file(exc)) from None
     except CREDENTIAL_ERRORS as exc:  # a credential process, SSO or STS failing at once
         raise ConfigError(
             f"cannot get the {role} credentials: "
@@ -250,6 +253,29 @@ def _control_client(
         except (BotoCoreError, ClientError):  # STS refusing: said by the first request's
             pass
     return client
+
+
+def _unreadable_file(exc: ConfigParseError) -> str:
+    """What to say of an AWS config or credentials file botocore cannot parse: what is wrong
+    with it when its first bytes tell (a Windows editor's byte-order mark, Windows
+    PowerShell's UTF-16), which no editor shows. Not botocore's parser error, which quotes the
+    line it stopped at: in a credentials file, a key."""
+    path = str(exc.kwargs.get("path", ""))
+    try:
+        with open(path, "rb") as file:
+            start = file.read(3)
+    except OSError:
+        start = b""
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        wrong = "it is saved as UTF-16 (Windows PowerShell's > does that); save it as UTF-8"
+    elif start == b"\xef\xbb\xbf":
+        wrong = (
+            'it starts with a byte-order mark (saved as "UTF-8 with BOM"); save it as UTF-8 '
+            "without one"
+        )
+    else:
+        wrong = "check its syntax ([profile NAME] sections of key = value lines)"
+    return f"cannot read the AWS file {path}: {wrong}"
 
 
 def _refuse_user_info(role: str, endpoint: str | None) -> None:

@@ -229,3 +229,48 @@ def test_worker_processes_take_the_role_assumed_with_the_mfa_code(
     assert _caller(s3_server, source_keys.pop() or "").startswith(
         "arn:aws:sts::444444444444:assumed-role/backup/"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "encoding", "says"),
+    [
+        ("config", "utf-8-sig", "byte-order mark"),
+        ("credentials", "utf-8-sig", "byte-order mark"),
+        ("config", "utf-16", "UTF-16"),
+    ],
+    ids=["config-bom", "credentials-bom", "config-utf16"],
+)
+def test_an_aws_file_saved_with_a_bom_says_so(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    name: str,
+    encoding: str,
+    says: str,
+) -> None:
+    """A config or credentials file saved by a Windows editor "UTF-8 with BOM" (Notepad's
+    choice for years), or by Windows PowerShell's ``>`` (UTF-16): botocore cannot parse it,
+    and the run said "cannot create the source S3 client: Unable to parse config file: PATH;
+    check the source's endpoint URL, --region and profile": none of which is wrong, and the
+    file looks right in any editor. Now the line says what is wrong with the file and how to
+    save it. (Windows line ends, also in these files, are read as they are.)"""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    path = aws_env / name
+    path.write_bytes(path.read_text().replace("\n", "\r\n").encode(encoding))
+    args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", "src")
+    done = subprocess.run(
+        [*CLI, *args, "--dest-profile", "dst"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert str(path) in line and says in line and "save it" in line, line
+    assert "endpoint URL" not in line, line
+    assert "secret" not in line
+    path.write_bytes(path.read_bytes().decode(encoding).encode())  # saved as UTF-8
+    again = subprocess.run(
+        [*CLI, *args, "--dest-profile", "dst"], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 3
