@@ -466,8 +466,16 @@ async def check_bucket(
                 f"cannot get the {role} credentials: {detail}; check {flag}"
             ) from None
         if code == "NoCredentials":
+            name = getattr(client, "profile", None)
+            has_none = (
+                f": profile {name!r} has none (keys under [{name}] in the credentials file, "
+                "not [profile ...] there; or a role_arn, credential_process or sso_session in "
+                "the config file)"
+                if name
+                else ""
+            )
             raise StoreUnavailableError(
-                f"no credentials for the {role}; set {flag} or the AWS_* variables"
+                f"no credentials for the {role}{has_none}; check {flag} or set the AWS_* variables"
             ) from None
         if isinstance(exc.__cause__, ClientError):
             raise StoreUnavailableError(

@@ -274,3 +274,31 @@ def test_an_aws_file_saved_with_a_bom_says_so(
     )
     assert again.returncode == 0, again.stderr
     assert assert_same_objects(s3, buckets.source, buckets.dest) == 3
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+def test_a_profile_without_keys_is_named(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path, fast_path: bool
+) -> None:
+    """The usual slip: the keys written in the credentials file under ``[profile prod]``
+    (the config file's spelling; the credentials file's is ``[prod]``). The profile exists
+    (its region, in the config file) and has no credentials: the run said "no credentials
+    for the destination; set --dest-profile or the AWS_* variables", to an operator who had
+    set --dest-profile. Now the line names the profile and where its keys go."""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    (aws_env / "config").write_text(
+        (aws_env / "config").read_text() + "\n[profile prod]\nregion = us-east-1\n"
+    )
+    with (aws_env / "credentials").open("a") as handle:
+        handle.write(
+            "[profile prod]\naws_access_key_id = AKIAPROD00000000TEST\n"
+            "aws_secret_access_key = prod-secret-0123456789abcdefghijklmnopqr\n"
+        )
+    args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", "src")
+    args += ["--dest-profile", "prod", *(() if fast_path else ("--no-fast-path",))]
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "no credentials for the destination" in line, line
+    assert "'prod'" in line and "[prod]" in line and "--dest-profile" in line, line
+    assert "prod-secret" not in done.stderr
