@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,91 @@ def test_a_profile_without_keys_is_named(
     assert "no credentials for the destination" in line, line
     assert "'prod'" in line and "[prod]" in line and "--dest-profile" in line, line
     assert "prod-secret" not in done.stderr
+
+
+_PRINTS_TO_STDERR = """
+import json, sys
+sys.stderr.write("vault: unlocked with stderr-secret-Hq4ZpX for AKIASOURCE00000TEST\\n")
+print(json.dumps({"Version": 1, "AccessKeyId": sys.argv[1], "SecretAccessKey": sys.argv[2]}))
+"""
+
+
+def test_each_side_runs_as_the_identity_its_profile_names(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """The cross-account set-up as written in ~/.aws: the source a role two deep (a role
+    assumed with the credentials of another, itself assumed with a ``credential_process``'s,
+    which prints to its stderr), with ``role_session_name``, ``external_id`` and
+    ``duration_seconds``; the destination a role assumed with the environment's keys
+    (``credential_source = Environment``). AWS_PROFILE and the AWS_* keys in the environment
+    too: a profile given wins over them (the README's table says so). Each side's requests
+    are signed as its role, on both paths, in a dry run and by ``checkpoint verify``; what
+    the process printed and the keys reach no output, report or checkpoint."""
+    put_objects(s3, buckets.source, numbered_objects(5))
+    script = aws_env / "vault.py"
+    script.write_text(_PRINTS_TO_STDERR)
+    key, secret = ACCESS_KEYS["src"]
+    (aws_env / "config").write_text(
+        (aws_env / "config").read_text()
+        + f"\n[profile vault]\nregion = us-east-1\ncredential_process = {sys.executable} "
+        f"{script} {key} {secret}\n"
+        "\n[profile hop]\nregion = us-east-1\nsource_profile = vault\n"
+        "role_arn = arn:aws:iam::111111111111:role/hop\n"
+        "\n[profile reader]\nregion = us-east-1\nsource_profile = hop\n"
+        "role_arn = arn:aws:iam::222222222222:role/reader\nrole_session_name = nightly\n"
+        "external_id = ext-7Qw\nduration_seconds = 3600\n"
+        "\n[profile writer]\nregion = us-east-1\ncredential_source = Environment\n"
+        "role_arn = arn:aws:iam::333333333333:role/writer\n"
+    )
+    env_key, env_secret = ACCESS_KEYS["dst"]
+    env = dict(
+        os.environ,
+        AWS_ENDPOINT_URL_STS=s3_server.endpoint,
+        AWS_PROFILE="default",
+        AWS_ACCESS_KEY_ID=env_key,
+        AWS_SECRET_ACCESS_KEY=env_secret,
+    )
+    reader = "arn:aws:sts::222222222222:assumed-role/reader/nightly"
+    writer = "arn:aws:sts::333333333333:assumed-role/writer/"
+    base = tmp_path / "w"
+    report = tmp_path / "report.json"
+    outputs: list[str] = []
+    with run_proxy(s3_server.endpoint) as source, run_proxy(s3_server.endpoint) as dest:
+        args = _args(s3_server, buckets, base)[:-2]  # (each side's endpoint, its proxy)
+        args += ["--report", str(report)]
+        args += ["--source-endpoint-url", source.endpoint, "--dest-endpoint-url", dest.endpoint]
+        args += ["--source-profile", "reader", "--dest-profile", "writer"]
+        for extra in (("--dry-run",), ("--no-fast-path",), ()):
+            source.requests.clear()
+            dest.requests.clear()
+            done = subprocess.run(
+                [*CLI, *args, *extra], capture_output=True, text=True, timeout=120, env=env
+            )
+            assert done.returncode == 0, done.stderr
+            outputs += [done.stdout, done.stderr]
+            outputs += [report.read_text()] if report.exists() else []
+            signed = (
+                {r.access_key or "" for r in source.requests},
+                {r.access_key or "" for r in dest.requests},
+            )
+            assert signed[0] and all(_caller(s3_server, k) == reader for k in signed[0]), extra
+            assert signed[1] and all(_caller(s3_server, k).startswith(writer) for k in signed[1])
+        assert assert_same_objects(s3, buckets.source, buckets.dest) == 5
+        archived = next((base / "checkpoints" / "archive").iterdir())
+        source.requests.clear()
+        dest.requests.clear()
+        verify = subprocess.run(
+            [sys.executable, "-m", "asyncbackup", "checkpoint", "verify", str(archived)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert verify.returncode == 0, verify.stderr
+        assert all(_caller(s3_server, r.access_key or "") == reader for r in source.requests)
+        assert dest.requests
+        assert all(_caller(s3_server, r.access_key or "").startswith(writer) for r in dest.requests)
+    outputs += [verify.stdout, verify.stderr, archived.read_text()]
+    for text in outputs:
+        for secret_text in ("stderr-secret-Hq4ZpX", secret, env_secret, "vault: unlocked"):
+            assert secret_text not in text
