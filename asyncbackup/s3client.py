@@ -482,6 +482,16 @@ async def check_bucket(
                 f"{role} bucket {bucket!r} is not usable ({exc}); check the bucket name, the "
                 "endpoint URL and --region"
             ) from None
+        unreached = getattr(exc.__cause__, "kwargs", {}).get("endpoint_url")
+        if isinstance(unreached, str) and bucket not in unreached:
+            # not a request of the bucket: the credentials' (STS assuming the profile's
+            # role, SSO), made under it
+            raise StoreUnavailableError(
+                f"cannot reach {redact(unreached)} ({code}) to get the {role} credentials "
+                f"(the STS or SSO endpoint of the profile of {flag}, not the bucket's); check "
+                "the network to it, and AWS_ENDPOINT_URL_STS or the profile's "
+                "sts_regional_endpoints"
+            ) from None
         raise StoreUnavailableError(
             f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"
         ) from None

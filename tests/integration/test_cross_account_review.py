@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -391,3 +392,32 @@ def test_each_side_runs_as_the_identity_its_profile_names(
     for text in outputs:
         for secret_text in ("stderr-secret-Hq4ZpX", secret, env_secret, "vault: unlocked"):
             assert secret_text not in text
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "botocore"])
+def test_an_sts_endpoint_out_of_reach_is_not_taken_for_the_bucket(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path, fast_path: bool
+) -> None:
+    """A role profile run where STS cannot be reached (a private subnet with an S3 gateway
+    endpoint and none for STS, a firewall, a mistyped AWS_ENDPOINT_URL_STS): the run said
+    "cannot reach the source endpoint (EndpointConnectionError); check the endpoint URL and
+    the network", of an S3 endpoint that answers. Now the line names the URL that could not
+    be reached and that it is where the profile's credentials come from."""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    (aws_env / "config").write_text(
+        (aws_env / "config").read_text() + "\n[profile reader]\nregion = us-east-1\n"
+        "role_arn = arn:aws:iam::222222222222:role/reader\nsource_profile = src\n"
+    )
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        sts = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", "reader")
+    args += ["--dest-profile", "dst", *(() if fast_path else ("--no-fast-path",))]
+    env = dict(os.environ, AWS_ENDPOINT_URL_STS=sts, AWS_MAX_ATTEMPTS="1")  # (STS's retries)
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(
+        "\n".join(x for x in done.stderr.splitlines() if not x.startswith("progress:"))
+    )
+    assert sts in line and "source credentials" in line and "--source-profile" in line, line
+    assert "cannot reach the source endpoint" not in line, line
