@@ -44,6 +44,7 @@ from .retry import (
     NOT_REFRESHED,
     STILL_EXPIRED,
     RetryPolicy,
+    classify,
     credentials_failure,
     error_code,
 )
@@ -194,7 +195,7 @@ async def open_client(
             options["endpoint_url"] = endpoint_url
             if _plain_http(endpoint_url):  # parses it: a malformed URL raises ValueError
                 options["verify"] = False
-        control = _control_client(profile, region, options, config)
+        control, mfa = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = profile_flag(role)
         variable = _profile_variable() if profile is None else None
@@ -223,6 +224,8 @@ async def open_client(
         ) from None
     _refuse_user_info(role, client_endpoint(control))
     _refuse_garbled_credentials(role, control)
+    if mfa:
+        _assume_now(role, profile, control)
 
     async def make() -> Any:
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
@@ -237,22 +240,16 @@ async def open_client(
 
 def _control_client(
     profile: str | None, region: str | None, options: dict[str, Any], config: dict[str, Any]
-) -> Any:
+) -> tuple[Any, bool]:
     """A plain botocore S3 client with the settings the aiobotocore one will have: the same
-    profile, region, endpoint and TLS, so the same credentials and request URLs."""
+    profile, region, endpoint and TLS, so the same credentials and request URLs; and whether
+    its credentials come from a role assumed with an MFA code."""
     session = botocore.session.Session(profile=profile)
     share_data_loader(session)
     bound_credential_processes(session)
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
-    if asks_for_mfa(session):  # now, once: the other clients take them from ROLE_CACHE
-        try:
-            client._get_credentials().get_frozen_credentials()
-        except CREDENTIAL_ERRORS:
-            raise
-        except (BotoCoreError, ClientError):  # STS refusing: said by the first request's
-            pass
-    return client
+    return client, asks_for_mfa(session)
 
 
 def _unreadable_file(exc: ConfigParseError) -> str:
@@ -276,6 +273,26 @@ def _unreadable_file(exc: ConfigParseError) -> str:
     else:
         wrong = "check its syntax ([profile NAME] sections of key = value lines)"
     return f"cannot read the AWS file {path}: {wrong}"
+
+
+def _assume_now(role: str, profile: str | None, control: Any) -> None:
+    """Assume the role of a client whose credentials need an MFA code, now: the clients made
+    after it take the credentials from ``ROLE_CACHE`` (the source's and the destination's
+    first requests, sent at once, asked for a code each). botocore assumes such a role once,
+    so any failure here is final: said as it is (STS refusing, not reached), where a request
+    would ask again and be told that the role "cannot be assumed again without a new MFA
+    code"."""
+    try:
+        control._get_credentials().get_frozen_credentials()
+    except CREDENTIAL_ERRORS as exc:
+        detail = credentials_failure(exc, _profile_name(profile))
+    except ClientError as exc:
+        detail = classify(exc).message.removeprefix("cannot refresh the credentials: ")
+    except BotoCoreError as exc:
+        detail = " ".join(str(exc).split())
+    else:
+        return
+    raise ConfigError(f"cannot get the {role} credentials: {detail}; check {profile_flag(role)}")
 
 
 def _refuse_user_info(role: str, endpoint: str | None) -> None:

@@ -6,6 +6,7 @@ what to do, exit 2, with no secret anywhere."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -20,6 +21,7 @@ import pytest
 
 from tests.conftest import ACCESS_KEYS, Buckets, S3Server
 from tests.helpers import assert_same_objects, numbered_objects, put_objects
+from tests.integration.test_credential_refresh_review import _RefusingSts
 from tests.proxy import run_proxy
 from tests.reliability import CLI, one_error_line
 
@@ -421,3 +423,39 @@ def test_an_sts_endpoint_out_of_reach_is_not_taken_for_the_bucket(
     )
     assert sts in line and "source credentials" in line and "--source-profile" in line, line
     assert "cannot reach the source endpoint" not in line, line
+
+
+async def test_a_role_with_mfa_that_sts_refuses_is_said_once(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, aws_env: Path
+) -> None:
+    """A role with an MFA device that STS refuses to give (a mistyped code, a trust policy
+    that does not name the user), the code given on standard input: the refusal was
+    retried, each time asking for another code, and the run ended saying that no code had
+    come on standard input, not that STS refused. Now the refusal is said, the code asked
+    for once."""
+    put_objects(s3, buckets.source, numbered_objects(3))
+    config = aws_env / "config"
+    config.write_text(config.read_text() + MFA_PROFILE)
+    sts = _RefusingSts(s3_server.endpoint, refuse=True)
+    await sts.start()
+    args = _args(s3_server, buckets, tmp_path / "w", "--source-profile", "mfa")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *CLI,
+            *args,
+            "--dest-profile",
+            "dst",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(os.environ, AWS_ENDPOINT_URL_STS=sts.endpoint),
+            start_new_session=True,  # (no terminal)
+        )
+        _, err = await asyncio.wait_for(process.communicate(b"123456\n"), 60)
+    finally:
+        await sts.close()
+    stderr = err.decode()
+    assert process.returncode == 2, stderr
+    line = one_error_line(stderr)
+    assert "cannot get the source credentials" in line and "--source-profile" in line, line
+    assert "AssumeRole was refused (InvalidClientTokenId" in line, line
