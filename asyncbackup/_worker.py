@@ -31,6 +31,7 @@ from typing import Any
 from . import wire
 from .api import _direct_copier, _open_stores, _staged_copier, open_job_destination
 from .config import BackupConfig
+from .credprocess import ROLE_CACHE
 from .errors import AsyncBackupError, FatalRunError
 from .memory import return_large_buffers_to_os
 from .pipeline import Process, primary_error
@@ -230,6 +231,7 @@ async def serve(in_fd: int, out_fd: int) -> int:
     root.setLevel(logging.WARNING)
     try:
         config = wire.config_from_wire(init["config"])
+        ROLE_CACHE.update(init.get("roles") or {})  # the main process's: not asked again
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
             budget = int(init["part_buffer_bytes"])

@@ -8,19 +8,36 @@ nothing. Each of our clients' sessions has its credential processes run through
 after ``NOTICE_AFTER`` seconds a warning says the run is waiting; after ``PROCESS_TIMEOUT``
 the process is killed and ``CredentialProcessTimeout`` raised, which stops the run as
 credentials that cannot be refreshed do (``retry.classify``). Output that is not JSON is such
-a failure too."""
+a failure too.
+
+A role with an MFA device (``mfa_serial``) has botocore ask for a code with ``getpass``, which
+falls back to standard input when there is no terminal: a run from cron failed "unexpected
+EOFError", and one whose standard input was a pipe nobody writes to waited for good.
+``ask_mfa_code`` asks on the terminal as before; with none, it takes a line from standard input
+(``echo CODE | backup-s3 ...``) within ``MFA_STDIN_WAIT`` seconds, else raises
+``MfaCodeUnavailable``: one line at the start, exit 2. A role's credentials are shared by every
+client of the process (``ROLE_CACHE``): each client, the fast path's and botocore's, the
+source's and the destination's, assumed the role on its own, and asked for a code each time;
+and a client whose role asks for one (``asks_for_mfa``) assumes it when it is made, before the
+run's first requests, which the source and the destination send at once (each asked).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
+import os
+import select
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.credentials import ProcessProvider
+from botocore.credentials import AssumeRoleProvider, ProcessProvider
 from botocore.exceptions import CredentialRetrievalError
 
 log = logging.getLogger("asyncbackup")
@@ -30,6 +47,12 @@ log = logging.getLogger("asyncbackup")
 PROCESS_TIMEOUT = 300.0
 #: seconds after which a warning says the run is waiting for it
 NOTICE_AFTER = 30.0
+#: seconds a run with no terminal waits for an MFA code on its standard input
+MFA_STDIN_WAIT = 10.0
+#: the credentials of the roles assumed by this process's clients, by botocore's key of the
+#: AssumeRole call (role, session name, external id, MFA device, duration), as the AWS CLI
+#: keeps them in ``~/.aws/cli/cache``; botocore asks STS again when they near their expiry
+ROLE_CACHE: dict[str, Any] = {}
 
 
 class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
@@ -37,6 +60,67 @@ class CredentialProcessTimeout(CredentialRetrievalError):  # type: ignore[misc]
         "the profile's credential_process gave no credentials in {seconds:.0f} s and was "
         "stopped; run the command by hand to see why"
     )
+
+
+class MfaCodeUnavailable(CredentialRetrievalError):  # type: ignore[misc]
+    fmt = (
+        "the profile's role needs an MFA code (mfa_serial), and there is no terminal to ask "
+        "for it on, nor a code on its standard input within {seconds:.0f} s; run the command "
+        "from a terminal, give the code on its standard input, or use a profile without "
+        "mfa_serial"
+    )
+
+
+def ask_mfa_code(prompt: str) -> str:
+    """The MFA code botocore asks for (its ``mfa_prompter``): on the terminal, as botocore
+    asks; with none, the first line of standard input, if one comes in ``MFA_STDIN_WAIT``
+    seconds."""
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:
+        code = _line_from_stdin(MFA_STDIN_WAIT)
+        if code:
+            return code
+        raise MfaCodeUnavailable(provider="assume-role", seconds=MFA_STDIN_WAIT) from None
+    return getpass.getpass(prompt)
+
+
+def asks_for_mfa(session: Any) -> bool:
+    """Whether the credentials of ``session`` (a botocore session) come from a role assumed
+    with an MFA code: its profile's, or that of a profile the role's credentials come from."""
+    profiles = session.full_config.get("profiles", {})
+    name = session.profile or "default"
+    seen = set()
+    while name in profiles and name not in seen:
+        seen.add(name)
+        profile = profiles[name]
+        if "role_arn" not in profile:
+            return False
+        if profile.get("mfa_serial"):
+            return True
+        name = profile.get("source_profile")
+    return False
+
+
+def _line_from_stdin(wait: float) -> str:
+    """The first line of standard input, read a byte at a time (what follows it is left for
+    another code), or "" at its end or after ``wait`` seconds without one."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # none, or not a file
+        return ""
+    deadline = time.monotonic() + wait
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return ""
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode(errors="replace").strip()
 
 
 def _waiting() -> None:
@@ -126,12 +210,16 @@ async def bounded_exec(*args: Any, **kwargs: Any) -> _BoundedProcess:
 def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
     """Run the credential processes of ``session`` (a botocore session, or aiobotocore's with
     ``aio``) bounded: the profile's own, and those of the profiles an assumed role takes its
-    source credentials from. Resolves nothing: the providers are made, not asked."""
+    source credentials from; ask for its roles' MFA codes with ``ask_mfa_code``, and keep their
+    credentials in ``ROLE_CACHE``. Resolves nothing: the providers are made, not asked."""
     popen: Callable[..., Any] = bounded_exec if aio else BoundedPopen
     resolver = session.get_component("credential_provider")
     for provider in list(getattr(resolver, "providers", ())):
         if isinstance(provider, ProcessProvider):
             provider._popen = popen
+        if isinstance(provider, AssumeRoleProvider):
+            provider._prompter = ask_mfa_code
+            provider.cache = ROLE_CACHE
         builder: Any = getattr(provider, "_profile_provider_builder", None)
         make = getattr(builder, "_create_process_provider", None)
         if make is not None:

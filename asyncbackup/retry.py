@@ -40,7 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from .credprocess import CredentialProcessTimeout
+from .credprocess import CredentialProcessTimeout, MfaCodeUnavailable
 from .errors import FatalRunError, ObjectError
 from .etags import OPAQUE_ETAG_SSE
 from .loglimit import FirstFew
@@ -269,7 +269,10 @@ def classify(exc: BaseException) -> ObjectError:
     if isinstance(exc, CREDENTIAL_ERRORS):
         # retried like a request (a provider's blip passes), then the run stops; a process
         # that did not answer in minutes is not asked again, nor a role that needs an MFA code
-        retryable = not isinstance(exc, (CredentialProcessTimeout, RefreshWithMFAUnsupportedError))
+        # (again, or with none to be had)
+        retryable = not isinstance(
+            exc, (CredentialProcessTimeout, RefreshWithMFAUnsupportedError, MfaCodeUnavailable)
+        )
         return ObjectError(
             NOT_REFRESHED,
             f"cannot refresh the credentials: {credentials_failure(exc)}",
@@ -378,11 +381,18 @@ CREDENTIAL_ERRORS = (
 )
 
 
-def credentials_failure(exc: BotoCoreError) -> str:
+def credentials_failure(exc: BotoCoreError, profile: str | None = None) -> str:
     """What to say of credentials that could not be fetched: what botocore says, except what
     a credential process printed on its standard error (a process that fails may print what
-    it was given or got: a key, a token), which is not repeated."""
+    it was given or got: a key, a token), which is not repeated. An SSO profile with no valid
+    token (never signed in on this machine, the session over) says how to sign in, naming
+    ``profile`` when known."""
     provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
+    if isinstance(exc, SSOError) or (isinstance(exc, TokenRetrievalError) and provider == "sso"):
+        return (
+            f"{_one_line(exc).rstrip('.')}; sign in with: aws sso login --profile "
+            f"{profile or 'PROFILE'}"
+        )
     if isinstance(exc, CredentialProcessTimeout):
         detail = _one_line(exc)
     elif isinstance(exc, RefreshWithMFAUnsupportedError):

@@ -25,12 +25,13 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConfigParseError,
     ProfileNotFound,
 )
 from botocore.utils import get_environ_proxies
 
 from .botocore_setup import share_data_loader, tune_client
-from .credprocess import bound_credential_processes
+from .credprocess import asks_for_mfa, bound_credential_processes
 from .encryption import EncryptionNotApplied, check_applied
 from .errors import ConfigError, ObjectError, StoreUnavailableError
 from .fasts3 import open_fast_s3
@@ -43,6 +44,7 @@ from .retry import (
     NOT_REFRESHED,
     STILL_EXPIRED,
     RetryPolicy,
+    classify,
     credentials_failure,
     error_code,
 )
@@ -101,7 +103,13 @@ class _RefreshLog(logging.Filter):
 
 
 _REFRESH_LOG = _RefreshLog()
-for _name in ("botocore.credentials", "aiobotocore.credentials"):
+# (an SSO session's token is refreshed, and its failure warned about, the same way)
+for _name in (
+    "botocore.credentials",
+    "aiobotocore.credentials",
+    "botocore.tokens",
+    "aiobotocore.tokens",
+):
     logging.getLogger(_name).addFilter(_REFRESH_LOG)
 
 
@@ -115,11 +123,14 @@ class LazyClient:
         control: Any,
         make: Callable[[], Awaitable[Any]],
         request_headers: Mapping[str, str] | None = None,
+        profile: str | None = None,
     ) -> None:
         #: the botocore client: prepares requests (the fast path's probe), never sends one
         self.control = control
         #: headers every request carries, signed (``x-amz-request-payer``), the fast path's too
         self.request_headers: Mapping[str, str] = dict(request_headers or {})
+        #: the profile its credentials come from (a flag's, AWS_PROFILE's, "default")
+        self.profile = profile
         self._make = make
         self._client: Any = None
         self._making = asyncio.Lock()
@@ -195,7 +206,7 @@ async def open_client(
             options["endpoint_url"] = endpoint_url
             if _plain_http(endpoint_url):  # parses it: a malformed URL raises ValueError
                 options["verify"] = False
-        control = _control_client(profile, region, options, config)
+        control, mfa = _control_client(profile, region, options, config)
     except ProfileNotFound:
         flag = profile_flag(role)
         variable = _profile_variable() if profile is None else None
@@ -210,10 +221,12 @@ async def open_client(
             f"{role} profile {profile!r} is not in the AWS config or credentials files; "
             f"check {flag}, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE"
         ) from None
+    except ConfigParseError as exc:
+        raise ConfigError(_unreadable_file(exc)) from None
     except CREDENTIAL_ERRORS as exc:  # a credential process, SSO or STS failing at once
         raise ConfigError(
-            f"cannot get the {role} credentials: {credentials_failure(exc)}; check "
-            f"{profile_flag(role)}"
+            f"cannot get the {role} credentials: "
+            f"{credentials_failure(exc, _profile_name(profile))}; check {profile_flag(role)}"
         ) from None
     except (ValueError, BotoCoreError) as exc:
         raise ConfigError(
@@ -222,6 +235,8 @@ async def open_client(
         ) from None
     _refuse_user_info(role, client_endpoint(control))
     _refuse_garbled_credentials(role, control)
+    if mfa:
+        _assume_now(role, profile, control)
 
     async def make() -> Any:
         from .aiosession import open_aio_client  # aiobotocore, aiohttp: only now
@@ -235,7 +250,7 @@ async def open_client(
         return client
 
     headers = {REQUEST_PAYER_HEADER: request_payer} if request_payer else {}
-    return LazyClient(control, make, headers)
+    return LazyClient(control, make, headers, _profile_name(profile))
 
 
 def _add(headers: Mapping[str, str], request: Any, **_: Any) -> None:
@@ -246,15 +261,59 @@ def _add(headers: Mapping[str, str], request: Any, **_: Any) -> None:
 
 def _control_client(
     profile: str | None, region: str | None, options: dict[str, Any], config: dict[str, Any]
-) -> Any:
+) -> tuple[Any, bool]:
     """A plain botocore S3 client with the settings the aiobotocore one will have: the same
-    profile, region, endpoint and TLS, so the same credentials and request URLs."""
+    profile, region, endpoint and TLS, so the same credentials and request URLs; and whether
+    its credentials come from a role assumed with an MFA code."""
     session = botocore.session.Session(profile=profile)
     share_data_loader(session)
     bound_credential_processes(session)
     client = session.create_client("s3", region_name=region, config=Config(**config), **options)
     tune_client(client)
-    return client
+    return client, asks_for_mfa(session)
+
+
+def _unreadable_file(exc: ConfigParseError) -> str:
+    """What to say of an AWS config or credentials file botocore cannot parse: what is wrong
+    with it when its first bytes tell (a Windows editor's byte-order mark, Windows
+    PowerShell's UTF-16), which no editor shows. Not botocore's parser error, which quotes the
+    line it stopped at: in a credentials file, a key."""
+    path = str(exc.kwargs.get("path", ""))
+    try:
+        with open(path, "rb") as file:
+            start = file.read(3)
+    except OSError:
+        start = b""
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        wrong = "it is saved as UTF-16 (Windows PowerShell's > does that); save it as UTF-8"
+    elif start == b"\xef\xbb\xbf":
+        wrong = (
+            'it starts with a byte-order mark (saved as "UTF-8 with BOM"); save it as UTF-8 '
+            "without one"
+        )
+    else:
+        wrong = "check its syntax ([profile NAME] sections of key = value lines)"
+    return f"cannot read the AWS file {path}: {wrong}"
+
+
+def _assume_now(role: str, profile: str | None, control: Any) -> None:
+    """Assume the role of a client whose credentials need an MFA code, now: the clients made
+    after it take the credentials from ``ROLE_CACHE`` (the source's and the destination's
+    first requests, sent at once, asked for a code each). botocore assumes such a role once,
+    so any failure here is final: said as it is (STS refusing, not reached), where a request
+    would ask again and be told that the role "cannot be assumed again without a new MFA
+    code"."""
+    try:
+        control._get_credentials().get_frozen_credentials()
+    except CREDENTIAL_ERRORS as exc:
+        detail = credentials_failure(exc, _profile_name(profile))
+    except ClientError as exc:
+        detail = classify(exc).message.removeprefix("cannot refresh the credentials: ")
+    except BotoCoreError as exc:
+        detail = " ".join(str(exc).split())
+    else:
+        return
+    raise ConfigError(f"cannot get the {role} credentials: {detail}; check {profile_flag(role)}")
 
 
 def _refuse_user_info(role: str, endpoint: str | None) -> None:
@@ -299,6 +358,15 @@ def _refuse_garbled_credentials(role: str, control: Any) -> None:
 def profile_flag(role: str) -> str:
     """The flag that gives the credentials of ``role`` (``source`` or ``destination``)."""
     return "--source-profile" if role == "source" else "--dest-profile"
+
+
+def _profile_name(profile: str | None) -> str:
+    """The profile botocore takes the credentials from: ``profile``, else the environment's,
+    else "default"."""
+    if profile is not None:
+        return profile
+    variable = _profile_variable()
+    return variable[1] if variable is not None and variable[1] else "default"
 
 
 def _profile_variable() -> tuple[str, str] | None:
@@ -428,18 +496,41 @@ async def check_bucket(
                 f"credentials of {flag} and the bucket policy{payer}"
             ) from None
         if code == NOT_REFRESHED:
+            cause = exc.__cause__
+            detail = (
+                credentials_failure(cause, getattr(client, "profile", None))
+                if isinstance(cause, CREDENTIAL_ERRORS)
+                else exc.message.removeprefix("cannot refresh the credentials: ")
+            )
             raise StoreUnavailableError(
-                f"cannot get the {role} credentials: "
-                f"{exc.message.removeprefix('cannot refresh the credentials: ')}; check {flag}"
+                f"cannot get the {role} credentials: {detail}; check {flag}"
             ) from None
         if code == "NoCredentials":
+            name = getattr(client, "profile", None)
+            has_none = (
+                f": profile {name!r} has none (keys under [{name}] in the credentials file, "
+                "not [profile ...] there; or a role_arn, credential_process or sso_session in "
+                "the config file)"
+                if name
+                else ""
+            )
             raise StoreUnavailableError(
-                f"no credentials for the {role}; set {flag} or the AWS_* variables"
+                f"no credentials for the {role}{has_none}; check {flag} or set the AWS_* variables"
             ) from None
         if isinstance(exc.__cause__, ClientError):
             raise StoreUnavailableError(
                 f"{role} bucket {bucket!r} is not usable ({exc}); check the bucket name, the "
                 "endpoint URL and --region"
+            ) from None
+        unreached = getattr(exc.__cause__, "kwargs", {}).get("endpoint_url")
+        if isinstance(unreached, str) and bucket not in unreached:
+            # not a request of the bucket: the credentials' (STS assuming the profile's
+            # role, SSO), made under it
+            raise StoreUnavailableError(
+                f"cannot reach {redact(unreached)} ({code}) to get the {role} credentials "
+                f"(the STS or SSO endpoint of the profile of {flag}, not the bucket's); check "
+                "the network to it, and AWS_ENDPOINT_URL_STS or the profile's "
+                "sts_regional_endpoints"
             ) from None
         raise StoreUnavailableError(
             f"cannot reach the {role} endpoint ({code}); check the endpoint URL and the network"

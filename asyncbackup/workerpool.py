@@ -34,6 +34,7 @@ from pathlib import Path
 
 from . import wire
 from .config import BackupConfig
+from .credprocess import ROLE_CACHE
 from .errors import AsyncBackupError, ConfigError, FatalRunError
 from .pipeline import Process, WorkItem
 from .uploads import Notes, settle
@@ -142,6 +143,9 @@ class WorkerPool:
                 "config": wire.config_to_wire(share_of(self.config, self.count + 1)),
                 "part_buffer_bytes": budget_share(self.count + 1),
                 "log_level": log.getEffectiveLevel(),
+                # the roles this process assumed: a worker assuming one with mfa_serial again
+                # would ask for a code of its own, with no standard input (the protocol's)
+                "roles": ROLE_CACHE,
             }
             for _ in range(self.count):
                 try:
