@@ -146,8 +146,10 @@ def read_timestamp(value: str) -> datetime.datetime:
     offset). ISO 8601 (XML bodies) by the standard library's parser (0.4 us, where dateutil's
     takes 25 us); anything else (RFC 822 headers, epoch seconds) by botocore's own."""
     if len(value) >= 19 and value[4] == "-" and value[10] == "T":
-        with contextlib.suppress(ValueError):
+        try:  # (not contextlib.suppress: its object costs as much as the parse, per copy)
             return datetime.datetime.fromisoformat(value)
+        except ValueError:
+            pass
     parsed: datetime.datetime = parse_timestamp(value)
     return parsed
 
