@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import html
 import http.client
 import re
@@ -203,12 +204,12 @@ _S = rb"[ \t\n]*"
 #: line feeds; an ``&`` must start one of XML's five named entities (``_ENTITY``)
 _TEXT = rb"[\t\n\x20-\x3b\x3d-\x7e]*"
 #: a member of CopyObjectResult as S3, SeaweedFS and moto send them: ``<Name>text</Name>``
-_COPY_MEMBER = re.compile(rb"<([A-Za-z][A-Za-z0-9]*)>(" + _TEXT + rb")</\1>")
+_COPY_MEMBER = rb"<([A-Za-z][A-Za-z0-9]*)>(" + _TEXT + rb")</\1>"
 #: CopyObject's whole document in the shape those servers send it (S3's declaration and
 #: namespace, or neither; moto's declaration in lower case; the keep-alive white space S3
 #: sends before it): a body this matches (its ``&`` all entities, no ``]]>``) is well-formed
 #: XML, read without an XML parser
-_COPY_DOCUMENT = re.compile(
+_COPY_DOCUMENT = (
     rb'(?:<\?xml version="1\.0" encoding="(?:UTF-8|utf-8)"\?>)?'
     + _S
     + rb'<CopyObjectResult(?: xmlns="http://s3\.amazonaws\.com/doc/2006-03-01/")?>'
@@ -221,8 +222,22 @@ _COPY_DOCUMENT = re.compile(
     + _S
 )
 _ENTITIES = {"&quot;": '"', "&amp;": "&", "&lt;": "<", "&gt;": ">", "&apos;": "'"}
-_ENTITY = re.compile(r"&(?:quot|amp|lt|gt|apos);")
-_NOT_ENTITY = re.compile(r"&(?!(?:quot|amp|lt|gt|apos);)")
+_ENTITY = r"&(?:quot|amp|lt|gt|apos);"
+_NOT_ENTITY = r"&(?!(?:quot|amp|lt|gt|apos);)"
+
+
+@functools.cache
+def _copy_patterns() -> tuple[
+    re.Pattern[bytes], re.Pattern[bytes], re.Pattern[str], re.Pattern[str]
+]:
+    """The patterns above, compiled at the first CopyObject answer rather than at import
+    (3.6 M instructions, which a staged run, with no CopyObject, need not pay)."""
+    return (
+        re.compile(_COPY_DOCUMENT),
+        re.compile(_COPY_MEMBER),
+        re.compile(_ENTITY),
+        re.compile(_NOT_ENTITY),
+    )
 
 
 def _copy_result_simple(body: bytes) -> dict[str, str] | None:
@@ -231,16 +246,17 @@ def _copy_result_simple(body: bytes) -> dict[str, str] | None:
     text as ``_copy_result_parsed`` gives for it (building an expat parser for every answer
     was two thirds of the parse). None for any other body (an ``<Error>``, an empty one,
     one not XML, other spellings of the same document): those go to the XML parser."""
-    document = _COPY_DOCUMENT.fullmatch(body)
+    document_pattern, member_pattern, entity, not_entity = _copy_patterns()
+    document = document_pattern.fullmatch(body)
     if document is None or b"]]>" in body:  # ``]]>`` may not stand in an element's text
         return None
     texts: dict[str, str] = {}
-    for name_bytes, text_bytes in _COPY_MEMBER.findall(document.group(1)):
+    for name_bytes, text_bytes in member_pattern.findall(document.group(1)):
         text = text_bytes.decode("ascii")
         if "&" in text:  # each one an entity, or no XML: the parser says what it is
-            if _NOT_ENTITY.search(text):
+            if not_entity.search(text):
                 return None
-            text = _ENTITY.sub(lambda entity: _ENTITIES[entity.group()], text)
+            text = entity.sub(lambda found: _ENTITIES[found.group()], text)
         name = name_bytes.decode("ascii")
         if name in _COPY_RESULT_MEMBERS and name not in texts:
             texts[name] = text

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -31,7 +33,7 @@ from asyncbackup.fasts3.responses import (
     response_fields,
 )
 from asyncbackup.retry import classify, is_throttle, retry_after
-from tests.helpers import open_test_client
+from tests.helpers import ROOT, open_test_client
 
 MODEL = ServiceModel(Loader().load_service_model("s3", "service-2"), "s3")
 
@@ -502,3 +504,18 @@ def test_an_error_in_a_200_listing_is_raised_as_botocore_raises_it(body: bytes) 
 )
 def test_keys_are_url_decoded_exactly_as_botocore_decodes_them(text: str) -> None:
     assert _url_decoded(text) == unquote_plus(text)
+
+
+def test_copy_patterns_are_compiled_at_the_first_copy_answer_not_at_import() -> None:
+    """A staged run reads no CopyObject answer: it does not pay for compiling their patterns
+    when the fast path is imported."""
+    code = (
+        "import asyncbackup.fasts3.responses as r\n"
+        "print(r._copy_patterns.cache_info().currsize)\n"
+        "r.copy_object_output([], 200, b'<CopyObjectResult></CopyObjectResult>')\n"
+        "print(r._copy_patterns.cache_info().currsize)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["0", "1"]
