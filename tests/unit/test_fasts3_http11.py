@@ -173,6 +173,31 @@ async def test_header_values_are_read_as_utf8_and_other_bytes_as_latin1() -> Non
     assert ("x-amz-meta-a", "\u00e9t\u00e9") in response.headers  # not UTF-8: a byte a char
 
 
+async def test_a_header_value_is_refused_for_a_nul_byte_and_for_no_other() -> None:
+    """Every byte value in a header (lenient parsing passes control characters on): the
+    answer is refused for a NUL, wherever it stands, and read for any other byte."""
+    values = [b"a" + bytes([byte]) + b"b" for byte in range(1, 256) if byte not in b"\r\n"]
+    values += [b"\x00", b"\x00ab", b"ab\x00", b"a\x00b"]
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        value = values[int(request.line.split()[1].lstrip("/"))]
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nx-amz-meta-v: " + value + b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        for index, value in enumerate(values):
+            if 0 in value:
+                with pytest.raises(http11.BadResponse, match="NUL"):
+                    await p.request("GET", f"/{index}", {"host": "h"})
+            else:
+                response = await p.request("GET", f"/{index}", {"host": "h"})
+                response.release()
+                assert response.headers[0][0] == "x-amz-meta-v"
+
+
 async def test_bodies_are_sent_whole_with_their_length() -> None:
     async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
         writer.write(answer(b"", f"x-got: {len(request.body)}"))
