@@ -124,7 +124,13 @@ def temp_root(base_local_path: Path) -> Path:
 
 def is_within(root: Path, path: Path) -> bool:
     root_s = os.path.abspath(root)
-    return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
+    path_s = os.path.abspath(path)
+    # The common case (a staged file's path) without commonpath()'s split of both paths,
+    # half of path_for(): normalised, a path that starts with root's components is within
+    # it; root_s with two leading slashes (which POSIX keeps) is left to commonpath().
+    if path_s.startswith(root_s + "/") and not root_s.startswith("//"):
+        return True
+    return os.path.commonpath([root_s, path_s]) == root_s
 
 
 def out_of_inodes(where: Path) -> bool:

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -33,6 +34,33 @@ HOSTILE_KEYS = [
     "%2E%2E/escaped",
     "ünïcode/ key with spaces",
 ]
+
+
+def test_is_within_answers_as_commonpath_does() -> None:
+    """``is_within`` answers without ``commonpath`` for a path below the root: the same
+    answer as ``commonpath`` for roots and paths of every shape (relative, ``.``, ``..``,
+    repeated and trailing slashes, ``/``, the two leading slashes POSIX keeps, a name that
+    only starts like the root's)."""
+
+    def by_commonpath(root: Path, path: Path) -> bool:
+        root_s = os.path.abspath(root)
+        return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
+
+    rng = random.Random(7)
+    parts = ["a", "b", "ab", "a b", ".", "..", "", "stage", "stage2", "st", "x.y", "\u00fc"]
+    roots = ["/", "//", "///", "/stage", "//stage", "/stage/", "stage", ".", "..", "/a/b"]
+    paths = []
+    for _ in range(20_000):
+        lead = rng.choice(["", "/", "//", "///", "/stage/", "//stage/", "stage/", "/stage"])
+        paths.append(lead + "/".join(rng.choices(parts, k=rng.randint(0, 5))))
+    roots += paths[:200]
+    inside = 0
+    for path in paths:
+        for root in rng.sample(roots, 5):
+            expected = by_commonpath(Path(root), Path(path))
+            assert is_within(Path(root), Path(path)) == expected, (root, path)
+            inside += expected
+    assert inside > 1_000
 
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS)
