@@ -248,11 +248,16 @@ def _copy_result_simple(body: bytes) -> dict[str, str] | None:
     one not XML, other spellings of the same document): those go to the XML parser."""
     document_pattern, member_pattern, entity, not_entity = _copy_patterns()
     document = document_pattern.fullmatch(body)
-    if document is None or b"]]>" in body:  # ``]]>`` may not stand in an element's text
+    if document is None:
         return None
     texts: dict[str, str] = {}
     for name_bytes, text_bytes in member_pattern.findall(document.group(1)):
         text = text_bytes.decode("ascii")
+        # ``]]>`` may not stand in an element's text (nor can it anywhere else in a body this
+        # shape). Looked for in the text, not in the bytes: ``b"]]>" in body`` first takes
+        # its operand for an int and formats the TypeError (see ``http11.on_header``).
+        if "]]>" in text:
+            return None
         if "&" in text:  # each one an entity, or no XML: the parser says what it is
             if not_entity.search(text):
                 return None
