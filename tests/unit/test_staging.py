@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup import liveness
+from asyncbackup import filemodes, liveness
+from asyncbackup import staging as staging_module
 from asyncbackup.liveness import LivenessLock
 from asyncbackup.sources.s3 import _temporary
 from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
@@ -437,3 +438,36 @@ def test_a_link_planted_as_a_runs_lock_file_is_not_followed(tmp_path: Path) -> N
     assert not elsewhere.exists()
     assert staging.store("k", b"x").read_bytes() == b"x"
     staging.close()
+
+
+def test_known_folders_are_remembered_by_their_text_and_forgotten_when_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder this process made is not made again for its next file; once ``remove``
+    deletes it (empty), the next file there makes it again, at once (no failed rename)."""
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    made: list[Path] = []
+    renames: list[Path] = []
+    real_make, real_rename = filemodes.make_folders, staging_module._rename
+
+    def make(path: Path) -> None:
+        made.append(path)
+        real_make(path)
+
+    def rename(tmp: Path, target: Path) -> None:
+        renames.append(target)
+        real_rename(tmp, target)
+
+    monkeypatch.setattr(staging_module, "make_folders", make)
+    monkeypatch.setattr(staging_module, "_rename", rename)
+    first = staging.store("d/a/1", b"1")
+    second = staging.store("d/a/2", b"2")
+    assert made == [first.parent] and renames == [first, second]
+    assert list(staging._made) == [str(first.parent)]
+    staging.remove(first)
+    staging.remove(second)  # d/a and d emptied: removed, and forgotten
+    assert not first.parent.exists() and not staging._made
+    third = staging.store("d/a/3", b"3")
+    assert made == [first.parent, first.parent] and renames == [first, second, third]
+    assert third.read_bytes() == b"3"
