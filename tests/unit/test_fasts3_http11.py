@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -372,6 +373,32 @@ async def test_refusals_connection_and_header_injection() -> None:
     with pytest.raises(ValueError, match="line break"):
         await closed.request("GET", "/", {"host": "h", "x-amz-meta-a": "b\r\nevil: 1"})
     await closed.close()
+
+
+def test_a_request_head_is_refused_for_any_line_break_in_it_and_sent_as_written() -> None:
+    """A CR or LF anywhere in the request target, a header's name or its value (alone, as
+    CR LF, at either end) refuses the request; every other head is the lines joined by
+    CR LF, then an empty line, in latin-1."""
+    rng = random.Random(11)
+    pieces = ["a", "b", " ", ":", "\r", "\n", "\r\n", "\n\r", "\t", "\u00e9", "-", "/"]
+    refused = 0
+    for _ in range(5_000):
+        target = "/" + "".join(rng.choices(pieces, k=rng.randint(0, 3)))
+        headers = {
+            "".join(rng.choices(pieces, k=rng.randint(1, 3))): "".join(
+                rng.choices(pieces, k=rng.randint(0, 4))
+            )
+            for _ in range(rng.randint(1, 4))
+        }
+        lines = [f"PUT {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+        if any("\r" in line or "\n" in line for line in lines):
+            refused += 1
+            with pytest.raises(ValueError, match="line break"):
+                http11._head("PUT", target, headers)
+        else:
+            expected = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            assert http11._head("PUT", target, headers) == expected
+    assert refused > 1_000 and 5_000 - refused > 100  # both kinds of head, many times
 
 
 async def test_an_answer_complete_while_reading_is_paused_leaves_a_reading_connection() -> None:
