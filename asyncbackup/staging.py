@@ -124,7 +124,13 @@ def temp_root(base_local_path: Path) -> Path:
 
 def is_within(root: Path, path: Path) -> bool:
     root_s = os.path.abspath(root)
-    return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
+    path_s = os.path.abspath(path)
+    # The common case (a staged file's path) without commonpath()'s split of both paths,
+    # half of path_for(): normalised, a path that starts with root's components is within
+    # it; root_s with two leading slashes (which POSIX keeps) is left to commonpath().
+    if path_s.startswith(root_s + "/") and not root_s.startswith("//"):
+        return True
+    return os.path.commonpath([root_s, path_s]) == root_s
 
 
 def out_of_inodes(where: Path) -> bool:
@@ -220,7 +226,9 @@ class Staging:
         # worker threads: one lock keeps a prune from removing a folder a commit just made.
         self._folders = threading.Lock()
         # folders known to exist: no mkdir (and stat) per file; the last ``_MADE_FOLDERS`` used
-        self._made: collections.OrderedDict[Path, None] = collections.OrderedDict()
+        # (by the folder's text: a Path's hash costs 10,000 instructions, and one is looked
+        # up for every staged file)
+        self._made: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._tmp_names = itertools.count()
         self._tmp_prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"  # unique per process
         #: held while this run writes temporary files: another run sharing the folder keeps them
@@ -325,7 +333,8 @@ class Staging:
 
         Another process sharing the tree (``--processes``), whose lock is not this one, may
         prune the folder, empty, between its creation and the rename: it is made again."""
-        folder = target.parent
+        # str(target.parent) (target has 2+ components), without making the Path
+        folder = os.path.dirname(target)  # noqa: PTH120
         if folder in self._made:
             self._made.move_to_end(folder)
             try:
@@ -335,7 +344,7 @@ class Staging:
                 self._made.pop(folder, None)
         for attempt in range(1, _MOVE_ATTEMPTS + 1):
             try:
-                make_folders(folder)
+                make_folders(target.parent)
                 _rename(tmp, target)
             except FileNotFoundError:
                 if attempt == _MOVE_ATTEMPTS or not tmp.exists():
@@ -377,5 +386,5 @@ class Staging:
                     parent.rmdir()
                 except OSError:
                     break
-                self._made.pop(parent, None)
+                self._made.pop(str(parent), None)
                 parent = parent.parent

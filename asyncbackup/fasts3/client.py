@@ -66,7 +66,14 @@ from .responses import (
     put_output,
     response_fields,
 )
-from .signer import EMPTY_SHA256, UNSIGNED_PAYLOAD, FrozenCredentials, SigV4Signer, encode_query
+from .signer import (
+    EMPTY_SHA256,
+    UNRESERVED_PATH,
+    UNSIGNED_PAYLOAD,
+    FrozenCredentials,
+    SigV4Signer,
+    encode_query,
+)
 from .target import Target, learn_region, leave_to_botocore, probe_target
 
 log = logging.getLogger("asyncbackup")
@@ -245,7 +252,9 @@ def copy_source(source: Any) -> str | None:
     bucket, key, version = source.get("Bucket"), source.get("Key"), source.get("VersionId")
     if not isinstance(bucket, str) or not isinstance(key, str) or bucket.startswith("arn:"):
         return None
-    header = quote(f"{bucket}/{key}".encode(), safe=_COPY_SOURCE_SAFE)
+    header = f"{bucket}/{key}"
+    if not UNRESERVED_PATH.fullmatch(header):  # else quote() would give it back as it is
+        header = quote(header.encode(), safe=_COPY_SOURCE_SAFE)
     if version is not None:
         header += f"?versionId={version}"
     return header

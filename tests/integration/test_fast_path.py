@@ -27,6 +27,7 @@ from asyncbackup import run_backup
 from asyncbackup.errors import IntegrityError
 from asyncbackup.fasts3 import open_fast_s3
 from asyncbackup.fasts3.client import USER_AGENT, put_headers
+from asyncbackup.fasts3.responses import _copy_result_parsed, _copy_result_simple
 from asyncbackup.retry import RetryPolicy, classify, is_throttle, retry_after
 from asyncbackup.sources.s3 import IN_MEMORY_LIMIT, S3Source
 from tests.conftest import Buckets, S3Server
@@ -442,6 +443,26 @@ async def test_direct_copy_goes_through_the_fast_path_and_keeps_objects_identica
         assert part_copies and not fast(part_copies, "PUT")
         # Server-side: no object body passed through this machine.
         assert not [r for r in proxy.requests if r.method == "GET" and not r.query]
+
+
+def test_moto_copy_answers_are_read_without_an_xml_parser(buckets: Buckets, s3: Any) -> None:
+    """The CopyObject answers of a real server (moto's, as sent), plain and with checksums:
+    the simple parse reads them (no expat parser built) to what expat reads."""
+    bodies: list[bytes] = []
+    s3.meta.events.register(
+        "after-call.s3.CopyObject",
+        lambda http_response, **_: bodies.append(http_response.content),
+    )
+    s3.put_object(Bucket=buckets.source, Key="k", Body=b"0123456789")
+    source = {"Bucket": buckets.source, "Key": "k"}
+    s3.copy_object(Bucket=buckets.dest, Key="a", CopySource=source)
+    s3.copy_object(Bucket=buckets.dest, Key="b", CopySource=source, ChecksumAlgorithm="SHA256")
+    assert len(bodies) == 2
+    for body in bodies:
+        simple = _copy_result_simple(body)
+        assert simple is not None and simple["ETag"] and simple["LastModified"], body
+        assert simple == _copy_result_parsed([], 200, body, "CopyObject")
+    assert "ChecksumSHA256" in (_copy_result_simple(bodies[1]) or {})
 
 
 async def test_copy_failures_are_classified_as_on_the_botocore_path(

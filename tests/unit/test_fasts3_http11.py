@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -171,6 +172,31 @@ async def test_header_values_are_read_as_utf8_and_other_bytes_as_latin1() -> Non
     # as aiobotocore reads them: the text whose UTF-8 botocore sends again is the same bytes
     assert ("content-disposition", utf8.decode()) in response.headers
     assert ("x-amz-meta-a", "\u00e9t\u00e9") in response.headers  # not UTF-8: a byte a char
+
+
+async def test_a_header_value_is_refused_for_a_nul_byte_and_for_no_other() -> None:
+    """Every byte value in a header (lenient parsing passes control characters on): the
+    answer is refused for a NUL, wherever it stands, and read for any other byte."""
+    values = [b"a" + bytes([byte]) + b"b" for byte in range(1, 256) if byte not in b"\r\n"]
+    values += [b"\x00", b"\x00ab", b"ab\x00", b"a\x00b"]
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        value = values[int(request.line.split()[1].lstrip("/"))]
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nx-amz-meta-v: " + value + b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server) as p:
+        for index, value in enumerate(values):
+            if 0 in value:
+                with pytest.raises(http11.BadResponse, match="NUL"):
+                    await p.request("GET", f"/{index}", {"host": "h"})
+            else:
+                response = await p.request("GET", f"/{index}", {"host": "h"})
+                response.release()
+                assert response.headers[0][0] == "x-amz-meta-v"
 
 
 async def test_bodies_are_sent_whole_with_their_length() -> None:
@@ -347,6 +373,32 @@ async def test_refusals_connection_and_header_injection() -> None:
     with pytest.raises(ValueError, match="line break"):
         await closed.request("GET", "/", {"host": "h", "x-amz-meta-a": "b\r\nevil: 1"})
     await closed.close()
+
+
+def test_a_request_head_is_refused_for_any_line_break_in_it_and_sent_as_written() -> None:
+    """A CR or LF anywhere in the request target, a header's name or its value (alone, as
+    CR LF, at either end) refuses the request; every other head is the lines joined by
+    CR LF, then an empty line, in latin-1."""
+    rng = random.Random(11)
+    pieces = ["a", "b", " ", ":", "\r", "\n", "\r\n", "\n\r", "\t", "\u00e9", "-", "/"]
+    refused = 0
+    for _ in range(5_000):
+        target = "/" + "".join(rng.choices(pieces, k=rng.randint(0, 3)))
+        headers = {
+            "".join(rng.choices(pieces, k=rng.randint(1, 3))): "".join(
+                rng.choices(pieces, k=rng.randint(0, 4))
+            )
+            for _ in range(rng.randint(1, 4))
+        }
+        lines = [f"PUT {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+        if any("\r" in line or "\n" in line for line in lines):
+            refused += 1
+            with pytest.raises(ValueError, match="line break"):
+                http11._head("PUT", target, headers)
+        else:
+            expected = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            assert http11._head("PUT", target, headers) == expected
+    assert refused > 1_000 and 5_000 - refused > 100  # both kinds of head, many times
 
 
 async def test_an_answer_complete_while_reading_is_paused_leaves_a_reading_connection() -> None:

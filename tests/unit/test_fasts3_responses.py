@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -17,7 +20,10 @@ from botocore.model import ServiceModel
 from botocore.parsers import RestXMLParser
 from botocore.utils import parse_timestamp
 
+from asyncbackup.fasts3 import responses
 from asyncbackup.fasts3.responses import (
+    _copy_result_parsed,
+    _copy_result_simple,
     _url_decoded,
     copy_object_output,
     list_objects_v2_output,
@@ -27,7 +33,7 @@ from asyncbackup.fasts3.responses import (
     response_fields,
 )
 from asyncbackup.retry import classify, is_throttle, retry_after
-from tests.helpers import open_test_client
+from tests.helpers import ROOT, open_test_client
 
 MODEL = ServiceModel(Loader().load_service_model("s3", "service-2"), "s3")
 
@@ -205,6 +211,158 @@ def test_an_error_in_a_200_copy_answer_is_raised_as_botocore_raises_it(body: byt
     assert classify(raised.value).retryable  # retried like any 500 or SlowDown
 
 
+#: CopyObject answers as servers send them, which the simple parse reads without expat
+SIMPLE_COPY_ANSWERS = [
+    COPY_ANSWERS[0],  # S3's
+    COPY_ANSWERS[1],  # moto's
+    COPY_ANSWERS[2],  # after S3's keep-alive white space
+    # SeaweedFS 4.48's (the benchmarks' server): no namespace, an ETag without quotes
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult><LastModified>'
+    b"2026-11-28T20:19:12.657Z</LastModified><ETag>480441842a668ac0ba62d4e4fbad6033</ETag>"
+    b"</CopyObjectResult>",
+    # moto 5's: its declaration in lower case, the checksum it computes
+    b'<?xml version="1.0" encoding="utf-8"?>\n<CopyObjectResult xmlns="http://s3.amazonaws.com/'
+    b'doc/2006-03-01/"><ETag>"781e5e245d69b566979b86e28d23f2c7"</ETag><LastModified>'
+    b"2026-11-28T20:22:26.000Z</LastModified><ChecksumCRC32>poTHxg==</ChecksumCRC32>"
+    b"</CopyObjectResult>",
+    # every entity XML names, a member twice (the first one counts), an empty member
+    b"<CopyObjectResult>\n  <ETag>&quot;a&amp;b&lt;c&gt;d&apos;&amp;amp;&quot;</ETag>\n"
+    b"  <ETag>second</ETag><ChecksumSHA256></ChecksumSHA256>\t</CopyObjectResult>\n",
+]
+#: bodies the simple parse leaves to expat: errors, and other spellings of a document
+#: (each one read by expat as before: ``test_copy_object_output_of_other_spellings``)
+EXPAT_COPY_ANSWERS = [
+    *COPY_ERRORS,
+    b"",
+    b"<CopyObjectResult><ETag>&#34;e&#34;</ETag></CopyObjectResult>",  # a character reference
+    b"<CopyObjectResult><ETag><![CDATA[e]]></ETag></CopyObjectResult>",
+    b"<CopyObjectResult><!-- c --><ETag>e</ETag></CopyObjectResult>",
+    b"<CopyObjectResult><ETag/></CopyObjectResult>",
+    b"<CopyObjectResult><ETag>a\r\nb</ETag></CopyObjectResult>",  # CR LF read as LF
+    b"<CopyObjectResult><ETag>\xc3\xa9</ETag></CopyObjectResult>",  # not ASCII
+    b"<CopyObjectResult><ETag>a]]>b</ETag></CopyObjectResult>",  # not XML
+    b"<CopyObjectResult><ETag>a&b</ETag></CopyObjectResult>",  # not XML
+    b"<CopyObjectResult><ETag>a&nbsp;b</ETag></CopyObjectResult>",  # not XML's entity
+    b"<CopyObjectResult><ETag><x>e</x></ETag></CopyObjectResult>",
+    b'<CopyObjectResult><ETag a="1">e</ETag></CopyObjectResult>',
+    b'<s3:CopyObjectResult xmlns:s3="urn:x"><s3:ETag>e</s3:ETag></s3:CopyObjectResult>',
+    b'<CopyObjectResult xmlns="urn:other"><ETag>e</ETag></CopyObjectResult>',
+    b"<Other><ETag>e</ETag></Other>",  # another root: read all the same
+    b'<?xml version="1.0"?><CopyObjectResult><ETag>e</ETag></CopyObjectResult>',
+    b'<?xml version="1.0" encoding="latin-1"?><CopyObjectResult></CopyObjectResult>',
+    b'<?xml version="1.0" encoding="UTF-8" ?><CopyObjectResult></CopyObjectResult>',
+    b"<CopyObjectResult><ETag>e</ETag>text</CopyObjectResult>",
+    b"<CopyObjectResult><ETag>e</ETag></CopyObjectResult><x/>",  # junk after it: not XML
+    b"<CopyObjectResult><ETag>e</ETag></CopyObjectResult",  # cut short
+    b"<CopyObjectResult><ETag>e</Etag></CopyObjectResult>",  # not XML
+    b"\xef\xbb\xbf<CopyObjectResult><ETag>e</ETag></CopyObjectResult>",  # a BOM
+]
+
+
+def parsed_or_raised(body: bytes) -> Any:
+    """What ``_copy_result_parsed`` (expat) makes of a 200's ``body``: its texts, or the
+    error it raises."""
+    try:
+        return _copy_result_parsed([("x-amz-request-id", "R")], 200, body, "CopyObject")
+    except ClientError as exc:
+        return ("raised", exc.response)
+
+
+@pytest.mark.parametrize("body", SIMPLE_COPY_ANSWERS)
+def test_copy_answers_as_servers_send_them_are_read_without_expat(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simple = _copy_result_simple(body)
+    assert simple is not None  # the fast case: no parser built for this answer
+    assert simple == parsed_or_raised(body)
+    assert list(simple) == list(parsed_or_raised(body))  # in the same order
+    ours = copy_object_output(COPY_HEADERS.items(), 200, body)
+    monkeypatch.setattr(responses, "_copy_result_simple", lambda body: None)
+    assert ours == copy_object_output(COPY_HEADERS.items(), 200, body)  # expat's output
+
+
+@pytest.mark.parametrize("body", EXPAT_COPY_ANSWERS)
+def test_copy_object_output_of_other_spellings_is_expats(body: bytes) -> None:
+    assert _copy_result_simple(body) is None
+    expected = parsed_or_raised(body)
+    try:
+        ours = copy_object_output([("x-amz-request-id", "R")], 200, body)
+    except ClientError as exc:
+        assert expected == ("raised", exc.response)
+    else:
+        assert isinstance(expected, dict)
+        assert {k: v for k, v in ours["CopyObjectResult"].items() if k != "LastModified"} == {
+            k: v for k, v in expected.items() if k != "LastModified"
+        }
+
+
+_FUZZ_PIECES = [
+    b"<",
+    b">",
+    b"/",
+    b"&",
+    b";",
+    b"&quot;",
+    b"&amp;",
+    b"&lt;",
+    b"&#34;",
+    b"]]>",
+    b'"',
+    b"'",
+    b" ",
+    b"\t",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\x01",
+    b"\x7f",
+    b"\xc3\xa9",
+    b"\xff",
+    b"=",
+    b"?",
+    b"!",
+    b"-",
+    b"e",
+    b"ETag",
+    b"<ETag>",
+    b"</ETag>",
+    b"<x>",
+    b"</x>",
+    b"<ETag/>",
+    b"<LastModified>",
+    b"</LastModified>",
+    b"<Error>",
+    b"</Error>",
+    b"xmlns",
+    b":",
+]
+
+
+def test_the_simple_parse_reads_what_expat_reads_or_declines() -> None:
+    """Random changes to real answers: whenever the simple parse reads a body, expat reads
+    it too, to the same texts in the same order (never an error expat would have raised)."""
+    rng = random.Random(19)
+    read = 0
+    for _ in range(20_000):
+        body = bytearray(rng.choice(SIMPLE_COPY_ANSWERS))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randint(0, len(body))
+            action = rng.randrange(3)
+            if action == 0:  # insert
+                body[at:at] = rng.choice(_FUZZ_PIECES)
+            elif action == 1:  # delete a few bytes
+                del body[at : at + rng.randint(1, 4)]
+            else:  # replace one byte
+                body[at : at + 1] = rng.choice(_FUZZ_PIECES)
+        simple = _copy_result_simple(bytes(body))
+        if simple is not None:
+            read += 1
+            expected = parsed_or_raised(bytes(body))
+            assert simple == expected, bytes(body)
+            assert list(simple) == list(expected), bytes(body)
+    assert read > 1_000  # the check above ran on many bodies, not a few
+
+
 @pytest.mark.parametrize("operation", ["PutObject", "UploadPart"])
 @pytest.mark.parametrize("body", COPY_ERRORS)
 def test_an_error_in_a_200_put_answer_is_raised_as_botocore_raises_it(
@@ -346,3 +504,18 @@ def test_an_error_in_a_200_listing_is_raised_as_botocore_raises_it(body: bytes) 
 )
 def test_keys_are_url_decoded_exactly_as_botocore_decodes_them(text: str) -> None:
     assert _url_decoded(text) == unquote_plus(text)
+
+
+def test_copy_patterns_are_compiled_at_the_first_copy_answer_not_at_import() -> None:
+    """A staged run reads no CopyObject answer: it does not pay for compiling their patterns
+    when the fast path is imported."""
+    code = (
+        "import asyncbackup.fasts3.responses as r\n"
+        "print(r._copy_patterns.cache_info().currsize)\n"
+        "r.copy_object_output([], 200, b'<CopyObjectResult></CopyObjectResult>')\n"
+        "print(r._copy_patterns.cache_info().currsize)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["0", "1"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -220,6 +222,48 @@ def test_key_encoding_keeps_slashes_and_encodes_once() -> None:
     assert encode_key("a b/c+d~e%20f//ü") == "a%20b/c%2Bd~e%2520f//%C3%BC"
     encoded: Any = encode_key("%2F")
     assert encoded == "%252F"
+
+
+def _keys_to_encode() -> list[str]:
+    """Every ASCII character alone and inside a plain key, a sample of the others, and
+    random keys made of them (what ``encode_key`` and ``copy_source`` take as given)."""
+    rng = random.Random(4)
+    chars = [chr(c) for c in range(128)]
+    chars += [chr(rng.randrange(128, 0x110000)) for _ in range(2_000)]
+    chars = [c for c in chars if not 0xD800 <= ord(c) < 0xE000] + ["\udc80"]  # a lone one
+    keys = ["", "/", "small/d000/000001-4096.bin", "a-b_c.d~e/f", "A" * 1024]
+    keys += chars + [f"dir/{c}name" for c in chars]
+    alphabet = [*"abcXYZ019-_.~/", *chars[:128], "\u00fc", "\u20ac", "\U0001f600"]
+    keys += ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(20_000)]
+    return keys
+
+
+def test_keys_with_nothing_to_encode_are_sent_as_they_are() -> None:
+    """``encode_key`` and ``copy_source`` skip ``quote()`` for a text it would give back as
+    it is: the same text for every key as ``quote()`` of its UTF-8 (an error where that
+    fails, a lone surrogate), and most keys are taken as they are."""
+    as_they_are = 0
+    for key in _keys_to_encode():
+        try:
+            expected: str | type[Exception] = quote(key.encode("utf-8"), safe="/~")
+        except UnicodeEncodeError:
+            expected = UnicodeEncodeError
+        try:
+            ours: str | type[Exception] = encode_key(key)
+        except UnicodeEncodeError:
+            ours = UnicodeEncodeError
+        assert ours == expected, repr(key)
+        as_they_are += ours == key
+        try:
+            expected = quote(f"bucket-1/{key}".encode(), safe="-._~/")
+        except UnicodeEncodeError:
+            expected = UnicodeEncodeError
+        try:
+            ours = copy_source({"Bucket": "bucket-1", "Key": key}) or ""
+        except UnicodeEncodeError:
+            ours = UnicodeEncodeError
+        assert ours == expected, repr(key)
+    assert as_they_are > 100
 
 
 #: CopyObject parameters as the direct copier sends them, and some it may send one day

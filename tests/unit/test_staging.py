@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncbackup import liveness
+from asyncbackup import filemodes, liveness
+from asyncbackup import staging as staging_module
 from asyncbackup.liveness import LivenessLock
 from asyncbackup.sources.s3 import _temporary
 from asyncbackup.staging import Staging, encode_segment, is_within, relative_path_for_key
@@ -33,6 +35,33 @@ HOSTILE_KEYS = [
     "%2E%2E/escaped",
     "ünïcode/ key with spaces",
 ]
+
+
+def test_is_within_answers_as_commonpath_does() -> None:
+    """``is_within`` answers without ``commonpath`` for a path below the root: the same
+    answer as ``commonpath`` for roots and paths of every shape (relative, ``.``, ``..``,
+    repeated and trailing slashes, ``/``, the two leading slashes POSIX keeps, a name that
+    only starts like the root's)."""
+
+    def by_commonpath(root: Path, path: Path) -> bool:
+        root_s = os.path.abspath(root)
+        return os.path.commonpath([root_s, os.path.abspath(path)]) == root_s
+
+    rng = random.Random(7)
+    parts = ["a", "b", "ab", "a b", ".", "..", "", "stage", "stage2", "st", "x.y", "\u00fc"]
+    roots = ["/", "//", "///", "/stage", "//stage", "/stage/", "stage", ".", "..", "/a/b"]
+    paths = []
+    for _ in range(20_000):
+        lead = rng.choice(["", "/", "//", "///", "/stage/", "//stage/", "stage/", "/stage"])
+        paths.append(lead + "/".join(rng.choices(parts, k=rng.randint(0, 5))))
+    roots += paths[:200]
+    inside = 0
+    for path in paths:
+        for root in rng.sample(roots, 5):
+            expected = by_commonpath(Path(root), Path(path))
+            assert is_within(Path(root), Path(path)) == expected, (root, path)
+            inside += expected
+    assert inside > 1_000
 
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS)
@@ -409,3 +438,36 @@ def test_a_link_planted_as_a_runs_lock_file_is_not_followed(tmp_path: Path) -> N
     assert not elsewhere.exists()
     assert staging.store("k", b"x").read_bytes() == b"x"
     staging.close()
+
+
+def test_known_folders_are_remembered_by_their_text_and_forgotten_when_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder this process made is not made again for its next file; once ``remove``
+    deletes it (empty), the next file there makes it again, at once (no failed rename)."""
+    staging = Staging(tmp_path, "bucket")
+    staging.prepare()
+    made: list[Path] = []
+    renames: list[Path] = []
+    real_make, real_rename = filemodes.make_folders, staging_module._rename
+
+    def make(path: Path) -> None:
+        made.append(path)
+        real_make(path)
+
+    def rename(tmp: Path, target: Path) -> None:
+        renames.append(target)
+        real_rename(tmp, target)
+
+    monkeypatch.setattr(staging_module, "make_folders", make)
+    monkeypatch.setattr(staging_module, "_rename", rename)
+    first = staging.store("d/a/1", b"1")
+    second = staging.store("d/a/2", b"2")
+    assert made == [first.parent] and renames == [first, second]
+    assert list(staging._made) == [str(first.parent)]
+    staging.remove(first)
+    staging.remove(second)  # d/a and d emptied: removed, and forgotten
+    assert not first.parent.exists() and not staging._made
+    third = staging.store("d/a/3", b"3")
+    assert made == [first.parent, first.parent] and renames == [first, second, third]
+    assert third.read_bytes() == b"3"
