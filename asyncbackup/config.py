@@ -95,6 +95,12 @@ def text_path(flag: str, path: str | os.PathLike[str] | None) -> Path | None:
         out = Path(path).expanduser()
     except RuntimeError as exc:  # no HOME, no password entry
         raise ConfigError(f"{flag} {path}: {exc}; give the full path") from None
+    text = str(out)
+    if text.startswith("//") and not text.startswith("///"):
+        # POSIX keeps exactly two leading slashes ("$PREFIX/stage" with PREFIX=/), which
+        # Linux takes for one; os.path.commonpath() drops them, so every staged path was
+        # found outside staging. The checkpoint records the path as the kernel sees it.
+        out = Path(text[1:])
     try:
         str(out).encode("utf-8")
     except UnicodeEncodeError:

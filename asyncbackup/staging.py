@@ -130,7 +130,8 @@ def is_within(root: Path, path: Path) -> bool:
     # it; root_s with two leading slashes (which POSIX keeps) is left to commonpath().
     if path_s.startswith(root_s + "/") and not root_s.startswith("//"):
         return True
-    return os.path.commonpath([root_s, path_s]) == root_s
+    # commonpath() drops the two leading slashes POSIX keeps: compared as it gives the root
+    return os.path.commonpath([root_s, path_s]) == os.path.commonpath([root_s])
 
 
 def out_of_inodes(where: Path) -> bool:

@@ -282,3 +282,19 @@ async def test_a_checkpoint_directory_refused_after_the_lock_is_taken_lets_the_l
         subprocess.run(["chattr", "-a", str(checkpoints)], check=True)
     report = await run_backup(**options)
     assert report.status == "completed"
+
+
+def test_a_staging_path_with_two_leading_slashes_backs_up(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``--base-local-path //tmp/...`` (``"$PREFIX/stage"`` with ``PREFIX=/``): POSIX keeps
+    the two slashes in a path, and ``os.path.commonpath`` drops them, so every staged path
+    was found "outside staging": each object failed with an unexpected ValueError."""
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"x")
+    s3.put_object(Bucket=buckets.source, Key="p/b/c", Body=b"y")
+    base = "/" + str(tmp_path / "stage")
+    done = run_cli(["p", *cli_args(s3_server.endpoint, Path(base), buckets.source, buckets.dest)])
+    assert done.returncode == 0, done.stderr
+    assert_identical(s3, buckets.source, buckets.dest)
+    (archived,) = (tmp_path / "stage" / "checkpoints" / "archive").iterdir()
+    assert read_valid(archived).config["base_local_path"] == str(tmp_path / "stage")
