@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from tests.conftest import ACCESS_KEYS, Buckets, S3Server
-from tests.helpers import assert_same_objects, numbered_objects, put_objects
+from tests.helpers import assert_same_objects, cli_args, numbered_objects, put_objects
 from tests.integration.test_credential_refresh_review import _RefusingSts
 from tests.proxy import run_proxy
 from tests.reliability import CLI, one_error_line
@@ -32,18 +32,7 @@ MFA_PROFILE = (
 
 
 def _args(s3_server: S3Server, buckets: Buckets, base: Path, *extra: str) -> list[str]:
-    return [
-        "data",
-        "--source-bucket",
-        buckets.source,
-        "--dest-bucket",
-        buckets.dest,
-        "--base-local-path",
-        str(base),
-        "--endpoint-url",
-        s3_server.endpoint,
-        *extra,
-    ]
+    return ["data", *cli_args(s3_server.endpoint, base, buckets.source, buckets.dest, *extra)]
 
 
 def _start(args: list[str], s3_server: S3Server, stdin: Any) -> subprocess.Popen[str]:
