@@ -313,34 +313,38 @@ async def _dry_run(config: BackupConfig, args: argparse.Namespace) -> int:
 
 
 def _s3_plan_lines(plan: BackupPlan) -> list[str]:
-    lines = [
+    return [
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
         f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
         f"done per checkpoint, {plan.unchanged_files} unchanged at the destination",
-        *(f"  {printable(key)}" for key in plan.first_keys),
+        *_sample(plan.first_keys, plan.copy_files),
     ]
-    if plan.copy_files > len(plan.first_keys):
-        lines.append(f"  ... and {plan.copy_files - len(plan.first_keys)} more")
-    return lines
 
 
 _SAMPLE = 20  # the repositories left out a GitHub dry run prints (as it prints the kept)
 
 
 def _github_plan_lines(plan: GitHubPlan) -> list[str]:
-    lines = [
+    left_out = [f"left out: {name} ({why})" for name, why in plan.left_out.items()]
+    return [
         f"dry run: would back up {plan.repositories} repositories of {plan.owner} "
         f"({plan.artifacts} artifacts: bundles, wikis, metadata, release assets; "
         f"{plan.done_artifacts} already done per checkpoint); {len(plan.left_out)} left out",
-        *(f"  {printable(name)}" for name in plan.first_repositories),
+        *_sample(plan.first_repositories, plan.repositories),
+        *_sample(
+            left_out[:_SAMPLE],
+            len(left_out),
+            "more left out (every one in --report's left_out)",
+        ),
     ]
-    if plan.repositories > len(plan.first_repositories):
-        lines.append(f"  ... and {plan.repositories - len(plan.first_repositories)} more")
-    shown = list(plan.left_out.items())[:_SAMPLE]
-    lines += [f"  left out: {printable(name)} ({why})" for name, why in shown]
-    if len(plan.left_out) > len(shown):
-        more = len(plan.left_out) - len(shown)
-        lines.append(f"  ... and {more} more left out (every one in --report's left_out)")
+
+
+def _sample(shown: Sequence[str], total: int, more: str = "more") -> list[str]:
+    """A dry run's lines for the first of ``total`` names, ``shown``: each indented and
+    escaped, then how many more there are."""
+    lines = [f"  {printable(name)}" for name in shown]
+    if total > len(shown):
+        lines.append(f"  ... and {total - len(shown)} {more}")
     return lines
 
 
