@@ -126,9 +126,8 @@ def is_within(root: Path, path: Path) -> bool:
     root_s = os.path.abspath(root)
     path_s = os.path.abspath(path)
     # The common case (a staged file's path) without commonpath()'s split of both paths,
-    # half of path_for(): normalised, a path that starts with root's components is within
-    # it; root_s with two leading slashes (which POSIX keeps) is left to commonpath().
-    if path_s.startswith(root_s + "/") and not root_s.startswith("//"):
+    # half of path_for(): normalised, a path that starts with root's components is within it.
+    if path_s.startswith(root_s + "/"):
         return True
     # commonpath() drops the two leading slashes POSIX keeps: compared as it gives the root
     return os.path.commonpath([root_s, path_s]) == os.path.commonpath([root_s])
