@@ -176,14 +176,13 @@ def storage_classes(names: Sequence[str]) -> tuple[str, ...]:
     """``--exclude-storage-class`` values: storage class names, in capitals, sorted, once."""
     if isinstance(names, str):  # one name given where a sequence is wanted (the library)
         names = (names,)
-    out = set()
-    for name in names:
-        if not _STORAGE_CLASS.fullmatch(str(name).strip().upper()):
+    out = {str(name).strip().upper(): name for name in names}
+    for upper, name in out.items():
+        if not _STORAGE_CLASS.fullmatch(upper):
             raise ConfigError(
                 f"--exclude-storage-class {name!r} is not a storage class name (GLACIER, "
                 "DEEP_ARCHIVE...); give one class a flag, and the flag again for another"
             )
-        out.add(str(name).strip().upper())
     return tuple(sorted(out))
 
 

@@ -313,9 +313,9 @@ async def open_api_client(
 
 
 def warn_nothing_selected(owner: str, lister: Lister) -> None:
-    """A pass that kept no repository completes, but is most often a mistyped filter:
-    said, even with --quiet, as the S3
-    command says a job of no objects, so a backup of nothing is not taken for a backup."""
+    """A pass that kept no repository completes, but is most often a mistyped filter: said,
+    even with --quiet, as the S3 command says a job of no objects, so a backup of nothing is
+    not taken for a backup."""
     if not lister.left_out:
         log.warning("nothing to back up: the token sees no repository of %s", owner)
         return
