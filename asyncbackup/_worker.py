@@ -167,12 +167,14 @@ async def _open(
     stack: contextlib.AsyncExitStack,
     journal: UploadJournal,
     part_buffer_bytes: int,
+    opaque_etags: bool,
 ) -> Process:
     """The copier, its clients opened (and their buckets checked) on ``stack``; its parts
-    held in memory bounded to ``part_buffer_bytes``, its share of the run's."""
+    held in memory bounded to ``part_buffer_bytes``, its share of the run's; the
+    destination's ETags no MD5s with ``opaque_etags`` (the main process asked)."""
     if config.direct:  # server-side: the destination's client is all it needs
         client = await open_job_destination(stack, config, worker=True)
-        return await _direct_copier(config, client, stack, journal)
+        return await _direct_copier(config, client, stack, journal, opaque_etags=opaque_etags)
     source_client, dest_client = await _open_stores(stack, config, worker=True)
     return await _staged_copier(
         config,
@@ -182,6 +184,7 @@ async def _open(
         stack,
         part_buffer_bytes=part_buffer_bytes,
         prepare=False,
+        opaque_etags=opaque_etags,
     )
 
 
@@ -235,7 +238,8 @@ async def serve(in_fd: int, out_fd: int) -> int:
         notes = Notes(channel)
         async with contextlib.AsyncExitStack() as stack:
             budget = int(init["part_buffer_bytes"])
-            opening = _open(config, stack, UploadJournal(notes), budget)
+            opaque = bool(init.get("opaque_etags"))
+            opening = _open(config, stack, UploadJournal(notes), budget, opaque)
             process = await _until_eof(reader, opening)
             if process is None:
                 return 0  # the main process went away while this one opened its clients

@@ -61,12 +61,14 @@ from .s3client import (
     client_endpoint,
     open_client,
     open_destination,
+    start_and_abort,
 )
 from .sinks.s3 import S3Sink
 from .sinks.s3copy import ServerSideCopier
 from .sources.s3 import S3Source
 from .staged import StagedCopier
 from .staging import Staging
+from .stamps import StampReader
 from .uploads import SECTION as UPLOADS_SECTION
 from .uploads import UploadJournal, abort_recorded_uploads, last_try_at_uploads
 from .workerpool import budget_share, share_of, start_worker_processes
@@ -407,6 +409,8 @@ def _listing(
             lambda key: key[dst_strip:],
             stored_unencrypted(errors),
             opaque=config.sse in OPAQUE_ETAG_SSE,
+            stamp=StampReader(dest_client, config.dest_bucket, source.retry).stamp,
+            limit=config.concurrency,
         )
     return listing
 
@@ -490,8 +494,11 @@ async def run_backup(
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
         upload_check = _upload_check(config, dest_client)
+        opaque = await opaque_dest_etags(config, dest_client)
         process = (
-            await _direct_copier(share, dest_client, stack, journal, upload_check)
+            await _direct_copier(
+                share, dest_client, stack, journal, upload_check, opaque_etags=opaque
+            )
             if config.direct
             else await _staged_copier(
                 share,
@@ -501,10 +508,13 @@ async def run_backup(
                 stack,
                 part_buffer_bytes=budget_share(config.processes),
                 upload_check=upload_check,
+                opaque_etags=opaque,
             )
         )
         if config.processes > 1:  # a share of the copying in worker processes
-            process = await start_worker_processes(stack, config, pipeline, process)
+            process = await start_worker_processes(
+                stack, config, pipeline, process, opaque_etags=opaque
+            )
         await pipeline.run(
             _listing(config, source, dest_client, state.errors), unless_deleted(process, source)
         )
@@ -523,6 +533,29 @@ async def run_backup(
             duration=time.monotonic() - started,
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
+
+
+async def opaque_dest_etags(config: BackupConfig, dest_client: S3Client) -> bool:
+    """Whether the copies' ETags will be no MD5s: SSE-KMS, asked (``--sse``) or, for
+    ``--skip-existing`` (which compares ETags, and stamps copies whose ETag cannot be their
+    source's: ``stamps.py``), the destination bucket's default encryption, which the answer
+    to an upload of the write-check key, started and aborted, names. A check that fails says
+    nothing: the run's own uploads tell what is wrong."""
+    if config.sse is not None or not config.skip_existing:
+        return config.sse in OPAQUE_ETAG_SSE
+    probe = functools.partial(
+        start_and_abort,
+        dest_client,
+        config.dest_bucket,
+        config.write_check_key,
+        _dest_params(config),
+    )
+    try:
+        answer = await RetryPolicy(config.max_attempts).call(probe)
+    except ObjectError as exc:
+        log.debug("the destination's encryption is unknown: %s", exc)
+        return False
+    return answer.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
 
 
 def _warn_nothing_listed(config: BackupConfig) -> None:
@@ -568,6 +601,8 @@ async def _direct_copier(
     stack: contextlib.AsyncExitStack,
     journal: UploadJournal,
     upload_check: UploadCheck | None = None,  # None in a worker process
+    *,
+    opaque_etags: bool = False,
 ) -> Process:
     copier = ServerSideCopier(
         client,
@@ -580,7 +615,9 @@ async def _direct_copier(
         extra_params=_dest_params(config),
         copy_tags=config.copy_tags,
         readable=not config.dest_write_only,
+        stamp=config.skip_existing,
     )
+    copier.opaque_etags = opaque_etags or copier.opaque_etags
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
@@ -602,6 +639,7 @@ async def _staged_copier(
     part_buffer_bytes: int,  # this process's share of the parts held in memory (budget_share)
     prepare: bool = True,  # False in a worker process: the main process prepared staging
     upload_check: UploadCheck | None = None,  # None in a worker process
+    opaque_etags: bool = False,  # the destination's ETags are no MD5s (opaque_dest_etags)
 ) -> Process:
     staging = Staging(config.base_local_path, config.source_bucket)
     stack.callback(staging.close)
@@ -627,7 +665,9 @@ async def _staged_copier(
         extra_params=_dest_params(config),
         bandwidth=upload_limit,
         readable=not config.dest_write_only,
+        stamp=config.skip_existing,
     )
+    sink.opaque_etags = opaque_etags or sink.opaque_etags
     sink.journal = journal
     if config.fast_path:
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)

@@ -384,7 +384,7 @@ class BackupConfig:
     def dest_write_probe(self) -> str | None:
         """With ``--dest-write-only``: the key whose upload, started and aborted, checks the
         destination at start (under the job's prefix, where a policy lets it write)."""
-        return self._write_check_key if self.dest_write_only else None
+        return self.write_check_key if self.dest_write_only else None
 
     @property
     def dest_settings_probe(self) -> str | None:
@@ -393,10 +393,10 @@ class BackupConfig:
         at start that the destination takes them (and applies the encryption) - not at every
         object's upload, after its download."""
         settings = self.sse or self.storage_class
-        return self._write_check_key if settings else None
+        return self.write_check_key if settings else None
 
     @property
-    def _write_check_key(self) -> str:
+    def write_check_key(self) -> str:
         """Under the job's prefix, where a policy lets it write; never an object's key."""
         return f"{self.dest_list_prefix}.asyncbackup-write-check"
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stamps import STAMP
+
 #: GetObject response fields that are copied to the destination as they are.
 PRESERVED_FIELDS = (
     "ContentType",
@@ -39,11 +41,14 @@ class FetchedObject:
 
 def kept_fields(head: dict[str, Any]) -> dict[str, Any]:
     """What a copy keeps of its source's GetObject or HeadObject answer: ``PRESERVED_FIELDS``
-    and user metadata. An ``Expires`` that is no date (S3 keeps any text; botocore leaves the
-    field out, the text in ``ExpiresString``) is ``ALREADY_EXPIRED``."""
+    and user metadata (but ``stamps.STAMP``). An ``Expires`` that is no date (S3 keeps any
+    text; botocore leaves the field out, the text in ``ExpiresString``) is
+    ``ALREADY_EXPIRED``."""
     fields = {name: head[name] for name in PRESERVED_FIELDS if head.get(name)}
     if "Expires" not in fields and head.get("ExpiresString"):
         fields["Expires"] = ALREADY_EXPIRED
-    if head.get("Metadata"):
-        fields["Metadata"] = dict(head["Metadata"])
+    # not the stamp of an earlier copy (a restore from a backup): a copy gets its own, or none
+    metadata = {k: v for k, v in (head.get("Metadata") or {}).items() if k.lower() != STAMP}
+    if metadata:
+        fields["Metadata"] = metadata
     return fields

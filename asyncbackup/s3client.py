@@ -422,12 +422,12 @@ async def check_bucket(
         uploading = False
         if write_probe is not None:
             uploading = True
-            await _start_and_abort(client, bucket, write_probe, params)
+            await start_and_abort(client, bucket, write_probe, params)
             return
         await listing()
         if settings_probe is not None:
             uploading = True
-            await _start_and_abort(client, bucket, settings_probe, params)
+            await start_and_abort(client, bucket, settings_probe, params)
 
     async def listing() -> None:
         if fast_timeouts is not None:
@@ -551,14 +551,15 @@ def upload_id_of(answer: Mapping[str, Any]) -> str:
     return str(upload_id)
 
 
-async def _start_and_abort(
+async def start_and_abort(
     client: S3Client, bucket: str, key: str, params: Mapping[str, str]
-) -> None:
+) -> dict[str, Any]:
     """Start a multipart upload of ``key`` (with the run's upload ``params``) and abort it:
     the bucket exists, these credentials may write there, and the destination takes the
     settings (and applies ``--sse``, as its answer says). An abort refused leaves an empty
-    upload, said once."""
-    answer = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
+    upload, said once. The answer to its start: the encryption the destination gives an
+    upload (``ServerSideEncryption``: the bucket's default, without ``--sse``)."""
+    answer: dict[str, Any] = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
     upload_id = upload_id_of(answer)
     try:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
@@ -570,6 +571,7 @@ async def _start_and_abort(
             error_code(exc),
         )
     check_applied(params, answer, "the write check's upload")
+    return answer
 
 
 class UploadCheck:
@@ -612,7 +614,7 @@ class UploadCheck:
     async def _ask(self) -> str | None:
         try:
             await RetryPolicy(self.attempts).call(
-                functools.partial(_start_and_abort, self.client, self.bucket, self.key, self.params)
+                functools.partial(start_and_abort, self.client, self.bucket, self.key, self.params)
             )
         except ObjectError as exc:
             if exc.code in _REFUSED:

@@ -115,8 +115,18 @@ class _Child:
 class WorkerPool:
     """N worker processes behind one ``process`` coroutine (see the module docstring)."""
 
-    def __init__(self, config: BackupConfig, notes: Notes, local: Process, count: int) -> None:
+    def __init__(
+        self,
+        config: BackupConfig,
+        notes: Notes,
+        local: Process,
+        count: int,
+        *,
+        opaque_etags: bool = False,
+    ) -> None:
         self.config = config
+        #: the destination's ETags are no MD5s (``api.opaque_dest_etags``), learned once
+        self.opaque_etags = opaque_etags
         self.notes = notes
         self.local = local
         self.count = count
@@ -146,6 +156,7 @@ class WorkerPool:
                 # the roles this process assumed: a worker assuming one with mfa_serial again
                 # would ask for a code of its own, with no standard input (the protocol's)
                 "roles": ROLE_CACHE,
+                "opaque_etags": self.opaque_etags,
             }
             for _ in range(self.count):
                 try:
@@ -357,11 +368,17 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 
 
 async def start_worker_processes(
-    stack: contextlib.AsyncExitStack, config: BackupConfig, notes: Notes, local: Process
+    stack: contextlib.AsyncExitStack,
+    config: BackupConfig,
+    notes: Notes,
+    local: Process,
+    *,
+    opaque_etags: bool = False,
 ) -> Process:
     """The ``process`` step of a run copied by ``config.processes`` processes: this one (with
     ``local``, whose staging is prepared) and ``processes - 1`` workers living as long as
-    ``stack``."""
+    ``stack``, told whether the destination's ETags are MD5s (``opaque_etags``)."""
     count = config.processes - 1
-    pool = await stack.enter_async_context(WorkerPool(config, notes, local, count))
+    pool = WorkerPool(config, notes, local, count, opaque_etags=opaque_etags)
+    pool = await stack.enter_async_context(pool)
     return pool.process

@@ -167,6 +167,10 @@ STREAM_FAULTS = (
     # a listing of SSE-KMS objects: every ETag looks like an MD5, and is none (each one
     # replaced by an MD5 of itself)
     "kms_etags",
+    # a bucket whose default encryption is SSE-KMS, as S3 answers an upload there: with
+    # x-amz-server-side-encryption: aws:kms (moto says it to a PutObject, not to a
+    # CreateMultipartUpload)
+    "kms_default",
     # a server that ignores the server-side encryption asked for: its answers carry no
     # x-amz-server-side-encryption header (S3 names the encryption it applied in each)
     "sse_ignored",
@@ -519,6 +523,8 @@ class S3Proxy:
                 for k, v in out_headers.items()
                 if not k.lower().startswith("x-amz-server-side-encryption")
             }
+        if fault == "kms_default" and status < 300:
+            out_headers["x-amz-server-side-encryption"] = "aws:kms"
         upstream_length = out_headers.pop(_UPSTREAM_LENGTH, None)
         region = self.regions.get(request.path.lstrip("/").split("/", 1)[0])
         if region is not None:  # the bucket's region, not the one moto made it in

@@ -22,7 +22,14 @@ from ..checksums import ALGORITHMS, Digests, Hasher, file_md5, multipart_etag
 from ..config import S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, ChecksumMode
 from ..encryption import AppliedCheck
 from ..errors import ConfigError, IntegrityError, ObjectError
-from ..etags import OPAQUE_ETAG_SSE, answered_etag, clean_etag, etag_is_md5
+from ..etags import (
+    OPAQUE_ETAG_SSE,
+    answered_etag,
+    clean_etag,
+    etag_is_md5,
+    is_md5_etag,
+    multipart_parts,
+)
 from ..fasts3 import FastS3
 from ..fasts3.client import carries_checksum
 from ..fetched import FetchedObject
@@ -31,6 +38,7 @@ from ..partfeed import ByteBudget, PartData, PartFeed, StagedPart, part_length
 from ..pipeline import primary_error
 from ..retry import RetryPolicy
 from ..s3client import S3Client
+from ..stamps import stamped
 from ..uploads import UploadJournal, tracked_upload
 
 log = logging.getLogger("asyncbackup")
@@ -112,6 +120,7 @@ class S3Sink:
         extra_params: dict[str, str] | None = None,
         bandwidth: TokenBucket | None = None,
         readable: bool = True,
+        stamp: bool = False,
     ) -> None:
         check_checksum_support(checksum)
         self.client = client
@@ -124,6 +133,11 @@ class S3Sink:
         self.part_budget = part_budget
         self.extra_params = dict(extra_params or {})
         self.bandwidth = bandwidth
+        #: a copy whose ETag will not be its source's carries the source's (--skip-existing:
+        #: ``stamps.py``), as its ETag would not tell the next run that it is the same
+        self.stamp = stamp
+        #: the destination's ETags are no MD5s: SSE-KMS, asked (--sse) or the bucket's own
+        self.opaque_etags = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
         #: the encryption --sse asked for, as the answers (or else the copies' HEADs, unless
         #: not ``readable``: --dest-write-only) say
         self.encryption = AppliedCheck(
@@ -154,12 +168,26 @@ class S3Sink:
             return params
         return {}
 
+    def _fields(self, fetched: FetchedObject, parts: int | None = None) -> dict[str, Any]:
+        """What the copy of ``fetched`` (uploaded in ``parts`` parts of the source's part
+        size, or in one PUT) is written with: its source's (``kept_fields``), and with
+        ``stamp`` the ETag of the version downloaded, where the copy's ETag cannot be it."""
+        if not self.stamp:
+            return fetched.metadata
+        if parts is None:
+            kept = is_md5_etag(fetched.etag)
+        else:
+            kept = multipart_parts(fetched.etag) == parts
+        if kept and fetched.digest_etag and not self.opaque_etags:
+            return fetched.metadata
+        return stamped(fetched.metadata, fetched.etag)
+
     def _put_params(self, fetched: FetchedObject, key: str, digests: Digests) -> dict[str, Any]:
         """PutObject's parameters for ``fetched`` under ``key``, but its body."""
         return {
             "Bucket": self.bucket,
             "Key": key,
-            **fetched.metadata,
+            **self._fields(fetched),
             **self.extra_params,
             **self._checksum_params(digests),
         }
@@ -323,7 +351,7 @@ class S3Sink:
         create: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
-            **fetched.metadata,
+            **self._fields(fetched, count if part_size == fetched.source_part_size else 0),
             **self.extra_params,
         }
         if self.checksum in ALGORITHMS:

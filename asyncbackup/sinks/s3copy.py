@@ -42,6 +42,7 @@ from ..pipeline import WorkItem, primary_error
 from ..retry import ACCESS_DENIED, RetryPolicy, kms_refusal
 from ..s3client import S3Client
 from ..sources.layout import FirstPartProbe
+from ..stamps import stamped
 from ..tags import TAGGING, read_tags, tag_count
 from ..uploads import UploadJournal, tracked_upload
 
@@ -67,6 +68,7 @@ class ServerSideCopier:
         extra_params: dict[str, str] | None = None,
         copy_tags: bool = False,
         readable: bool = True,
+        stamp: bool = False,
     ) -> None:
         self.client = client
         self.source_bucket = source_bucket
@@ -77,6 +79,12 @@ class ServerSideCopier:
         self.part_concurrency = part_concurrency
         self.extra_params = dict(extra_params or {})
         self.copy_tags = copy_tags  # --copy-tags
+        #: a copy whose ETag will not be its source's carries the source's (--skip-existing:
+        #: ``stamps.py``): a CopyObject then writes the source's metadata (a HEAD) with it, as
+        #: COPY cannot add one
+        self.stamp = stamp
+        #: the destination's ETags are no MD5s: SSE-KMS, asked (--sse) or the bucket's own
+        self.opaque_etags = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
         #: the encryption --sse asked for, as the answers (or else the copies' HEADs, unless
         #: not ``readable``: --dest-write-only) say
         self.encryption = AppliedCheck(
@@ -130,6 +138,9 @@ class ServerSideCopier:
             params["TaggingDirective"] = "COPY"
         if item.etag:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
+            if self.stamp and self.opaque_etags:  # the listed version's fields, stamped
+                params.update(stamped(kept_fields(await self._head_source(item)), item.etag))
+                params["MetadataDirective"] = "REPLACE"
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
         etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
@@ -167,7 +178,9 @@ class ServerSideCopier:
     async def _copy_parts(self, item: WorkItem, parts: int | None) -> None:
         sizes, same_layout = await self._layout(item, parts)
         head = await self._head_source(item)
-        create = self._create_params(item, head)
+        source_opaque = not etag_is_digest(head)
+        opaque = self.opaque_etags
+        create = self._create_params(item, head, stamp=opaque or source_opaque or not same_layout)
         if self.copy_tags and tag_count(head):  # UploadPartCopy copies no tags: they are set
             read = functools.partial(
                 read_tags, self.client, self.source_bucket, item.key, head.get("VersionId")
@@ -178,8 +191,6 @@ class ServerSideCopier:
         # it (a HEAD) before it is.
         # Where the ETags can be compared, the copy's must then be the source's too; not in
         # parts of our size, nor with SSE-KMS (an SSE-KMS source's ETag is no MD5s' either).
-        source_opaque = not etag_is_digest(head)
-        opaque = self.extra_params.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
         unchecked = not same_layout or opaque or source_opaque
         etag, encrypted = await self._copy_in(item, create, sizes)
         if unchecked or encrypted or etag == clean_etag(item.etag):
@@ -228,13 +239,18 @@ class ServerSideCopier:
 
         return await self.retry.call(head_object)
 
-    def _create_params(self, item: WorkItem, head: dict[str, Any]) -> dict[str, Any]:
+    def _create_params(
+        self, item: WorkItem, head: dict[str, Any], *, stamp: bool
+    ) -> dict[str, Any]:
         """CreateMultipartUpload's parameters for the copy of ``item``: the source's headers
-        and metadata (from ``head``, the source's HEAD)."""
+        and metadata (from ``head``, the source's HEAD); with ``stamp`` (the copy's ETag will
+        not be the source's) and ``self.stamp``, the listed ETag, the version the copy is
+        checked to be of."""
+        fields = kept_fields(head)
         return {
             "Bucket": self.dest_bucket,
             "Key": self.dest_key(item.key),
-            **kept_fields(head),  # what a staged copy keeps
+            **(stamped(fields, item.etag) if stamp and self.stamp else fields),
             **self.extra_params,
         }
 

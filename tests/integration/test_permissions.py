@@ -167,9 +167,11 @@ def test_a_staged_backup_needs_only_the_readme_policies(
     )
     assert verify.returncode == 0, verify.stderr
 
+    # --skip-existing reads the stamp of the copy sent in parts (its ETag is not its source's)
+    assert "`--skip-existing` adds `s3:GetObject` on the destination" in README.read_text()
     policies = {
         buckets.source: readme_policy("source", buckets.source),
-        buckets.dest: readme_policy("destination", buckets.dest),
+        buckets.dest: with_action(readme_policy("destination", buckets.dest), "s3:GetObject"),
     }
     seen = check_requests(proxy.seen(), policies)
     assert {
@@ -359,7 +361,11 @@ def test_a_backup_needs_to_list_only_the_prefix_it_copies(
     assert verify.returncode == 0, verify.stderr
     policies = {
         buckets.source: _narrowed(readme_policy("source", buckets.source), buckets.source, "p"),
-        buckets.dest: _narrowed(readme_policy("destination", buckets.dest), buckets.dest, "p"),
+        buckets.dest: _narrowed(
+            with_action(readme_policy("destination", buckets.dest), "s3:GetObject"),
+            buckets.dest,
+            "p",
+        ),
     }
     check_requests(proxy.seen(), policies)
 

@@ -1,0 +1,208 @@
+"""``--skip-existing`` where the destination's ETags cannot be compared with the source's.
+
+A destination bucket whose default encryption is SSE-KMS (common for backup accounts) gives
+every copy an ETag that is no MD5 (S3, Common Response Headers, ETag); so does a source of one
+part copied in parts (above ``--multipart-threshold``). Every such copy was made again at every
+run: a nightly job into a KMS bucket copied the whole bucket every night. Such a copy
+``--skip-existing`` makes now carries its source's ETag (``x-amz-meta-asyncbackup-source-etag``),
+which a later run reads with a HEAD where size matches and ETag does not; a copy whose ETag
+is its source's carries nothing. moto keeps MD5s: the proxy lists the destination as S3 lists
+a KMS bucket (``kms_etags``), and names the encryption in the answer to an upload started
+there (``kms_default``), as S3 does; moto itself encrypts by the bucket's default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbackup.stamps import STAMP, stamped
+from tests.conftest import Buckets
+from tests.helpers import cli_args
+from tests.proxy import Rule, S3Proxy
+from tests.reliability import put_parallel, run_cli
+
+MODES = {"staged": [], "direct": ["--direct"], "processes": ["--processes", "2"]}
+
+
+def _writes(proxy: S3Proxy, bucket: str) -> set[str]:
+    """The keys of ``bucket`` a PUT or POST was sent for (uploads, parts, copies), but the
+    upload started and aborted at start-up, which asks the bucket's encryption."""
+    keys = {
+        r.path.split("/", 2)[2]
+        for r in proxy.seen()
+        if r.method in ("PUT", "POST") and r.path.startswith(f"/{bucket}/")
+    }
+    return keys - {"p/.asyncbackup-write-check"}
+
+
+def _etag(s3: Any, bucket: str, key: str) -> str:
+    return str(s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+
+
+def _kms_destination(proxy: S3Proxy, s3: Any, bucket: str) -> None:
+    """``bucket`` encrypts every new object with SSE-KMS by default, listed and answered as
+    S3 lists and answers such a bucket."""
+    default = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "backup-key"}
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": default}]
+        },
+    )
+    proxy.add_rule(Rule("kms_etags", method="GET", path=f"^/{bucket}$", query="list-type"))
+    proxy.add_rule(Rule("kms_default", method="POST", path=f"^/{bucket}/", query="uploads"))
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_copies_a_kms_destination_lists_with_other_etags_are_not_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    objects = {f"p/{i:02d}": bytes([65 + i]) * (100 + i) for i in range(20)}
+    put_parallel(s3, buckets.source, objects)
+    _kms_destination(proxy, s3, buckets.dest)
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--quiet",
+        *MODES[mode],
+    ]
+    first = run_cli(args)
+    assert first.returncode == 0, first.stderr
+    for key in objects:  # each copy names the source version it was made of
+        head = s3.head_object(Bucket=buckets.dest, Key=key)
+        assert head["Metadata"].get(STAMP) == _etag(s3, buckets.source, key), head["Metadata"]
+    proxy.requests.clear()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert _writes(proxy, buckets.dest) == set()
+    # the same size, other bytes: the stamp names another version, so it is copied
+    s3.put_object(Bucket=buckets.source, Key="p/03", Body=b"z" * len(objects["p/03"]))
+    proxy.requests.clear()
+    third = run_cli(args)
+    assert third.returncode == 0, third.stderr
+    assert _writes(proxy, buckets.dest) == {"p/03"}
+    assert s3.get_object(Bucket=buckets.dest, Key="p/03")["Body"].read() == b"z" * 103
+
+
+def test_a_single_part_source_copied_in_parts_is_not_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Above ``--multipart-threshold`` a single-part source is uploaded in parts: its copy's
+    ETag (``...-1``) can never be the source's MD5, and the README told to raise the
+    threshold to stop copying it every run."""
+    body = bytes(range(256)) * (6 * 4096)  # 6 MiB, one part at the source
+    s3.put_object(Bucket=buckets.source, Key="p/big", Body=body)
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--multipart-threshold",
+        "5MiB",
+        "--quiet",
+    ]
+    assert run_cli(args).returncode == 0
+    assert "-" in _etag(s3, buckets.dest, "p/big")  # a multipart ETag: never the MD5
+    proxy.requests.clear()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert _writes(proxy, buckets.dest) == set()
+    assert not proxy.seen(method="GET", path=f"^/{buckets.source}/p/big")
+
+
+def test_copies_made_without_skip_existing_carry_no_stamp_and_are_copied_once_more(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A copy is written exactly as its source without ``--skip-existing``; the first
+    incremental run into a KMS bucket copies those again, stamped, and the next none. A dry
+    run says what the run would do."""
+    objects = {f"p/{i}": f"body {i}".encode() for i in range(4)}
+    put_parallel(s3, buckets.source, objects, Metadata={"owner": "ops"})
+    base = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)
+    assert run_cli(["p", *base, "--quiet"]).returncode == 0
+    assert s3.head_object(Bucket=buckets.dest, Key="p/0")["Metadata"] == {"owner": "ops"}
+    _kms_destination(proxy, s3, buckets.dest)
+    incremental = ["p", *base, "--skip-existing", "--quiet"]
+    plan = tmp_path / "plan.json"
+    dry = run_cli([*incremental, "--dry-run", "--report", str(plan)])
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(plan.read_text())["copy_files"] == 4
+    proxy.requests.clear()
+    assert run_cli(incremental).returncode == 0
+    assert _writes(proxy, buckets.dest) == set(objects)
+    metadata = s3.head_object(Bucket=buckets.dest, Key="p/0")["Metadata"]
+    assert metadata == {"owner": "ops", STAMP: _etag(s3, buckets.source, "p/0")}
+    dry = run_cli([*incremental, "--dry-run", "--report", str(plan)])
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(plan.read_text())
+    assert (planned["copy_files"], planned["unchanged_files"]) == (0, 4), planned
+    proxy.requests.clear()
+    assert run_cli(incremental).returncode == 0
+    assert _writes(proxy, buckets.dest) == set()
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_a_copy_whose_etag_is_its_sources_carries_no_stamp(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """Into a bucket that keeps MD5s, a copy keeps its source's ETag: it is written exactly
+    as its source (a restore puts back what was there), and the next run skips it on its
+    listing alone, no HEAD. A source's own stamp (a backup's copy) is not carried over."""
+    put_parallel(s3, buckets.source, {"p/plain": b"plain"}, Metadata={"k": "v"})
+    s3.put_object(Bucket=buckets.source, Key="p/restored", Body=b"r", Metadata={STAMP: "0" * 32})
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--quiet",
+        *MODES[mode],
+    ]
+    assert run_cli(args).returncode == 0
+    assert s3.head_object(Bucket=buckets.dest, Key="p/plain")["Metadata"] == {"k": "v"}
+    if mode != "direct":  # a CopyObject copies the source's metadata as it is
+        assert s3.head_object(Bucket=buckets.dest, Key="p/restored")["Metadata"] == {}
+    proxy.requests.clear()
+    assert run_cli(args).returncode == 0
+    assert _writes(proxy, buckets.dest) == set()
+    assert not proxy.seen(method="HEAD", path=f"^/{buckets.dest}/")
+
+
+def test_a_destination_that_refuses_the_heads_has_its_copies_made_again_with_one_warning(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """Credentials that may list and write the destination but not read it (no
+    ``s3:GetObject``): the stamps cannot be read, so the copies are made again, as before
+    stamps, and one warning says which permission would spare that; the run completes."""
+    objects = {f"p/{i}": f"body {i}".encode() for i in range(12)}
+    put_parallel(s3, buckets.source, objects)
+    _kms_destination(proxy, s3, buckets.dest)
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    assert run_cli([*args, "--skip-existing", "--quiet"]).returncode == 0
+    proxy.add_rule(Rule("access_denied", method="HEAD", path=f"^/{buckets.dest}/"))
+    proxy.requests.clear()
+    again = run_cli([*args, "--skip-existing"])
+    assert again.returncode == 0, again.stderr
+    assert _writes(proxy, buckets.dest) == set(objects)
+    warned = [line for line in again.stderr.splitlines() if "s3:GetObject" in line]
+    assert len(warned) == 1 and "copied again" in warned[0], again.stderr
+    assert len(proxy.seen(method="HEAD", path=f"^/{buckets.dest}/")) <= 12
+
+
+def test_the_stamp_replaces_a_copied_one_and_stays_within_the_metadata_limit() -> None:
+    etag = '"' + "a" * 32 + '"'
+    fields = {"ContentType": "text/plain", "Metadata": {STAMP: "old", "k": "v"}}
+    assert stamped(fields, etag) == {
+        "ContentType": "text/plain",
+        "Metadata": {"k": "v", STAMP: "a" * 32},
+    }
+    assert fields["Metadata"] == {STAMP: "old", "k": "v"}  # not changed in place
+    assert stamped({}, etag) == {"Metadata": {STAMP: "a" * 32}}
+    assert stamped(fields, "") is fields
+    full = {"Metadata": {"k": "v" * (2048 - 1 - len(STAMP) - 32)}}
+    assert stamped(full, etag)["Metadata"] == {"k": full["Metadata"]["k"], STAMP: "a" * 32}
+    over = {"Metadata": {"k": "v" * (2048 - len(STAMP) - 32)}}
+    assert stamped(over, etag) is over  # S3 would refuse the copy: written without it
