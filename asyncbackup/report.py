@@ -35,7 +35,9 @@ class BackupReport:
     ``skipped_files`` were already done (per checkpoint, or unchanged at the destination),
     ``unchanged_files`` of them found identical at the destination by this run;
     ``source_deleted_files`` were listed, then deleted from the source before their copy
-    (left out of the job: not copied, not errors).
+    (left out of the job: not copied, not errors); ``filtered_files`` and
+    ``class_excluded_files`` are in the source, but this run's listing left them out of the
+    job (``--include``/``--exclude``, ``--exclude-storage-class``).
     """
 
     status: Status
@@ -54,6 +56,8 @@ class BackupReport:
     resumed: bool = False
     failed_this_run: dict[str, str] = field(default_factory=dict)
     source_deleted_files: int = 0
+    filtered_files: int = 0
+    class_excluded_files: int = 0
 
     @property
     def exit_code(self) -> int:
