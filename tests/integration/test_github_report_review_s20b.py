@@ -1,0 +1,49 @@
+"""Review of what the end of a GitHub run tells a monitor: the counts of its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from asyncbackup import run_github_backup
+from tests.conftest import Buckets, S3Server
+from tests.github_server import add_commit
+from tests.integration.github_org import config, running_org
+
+
+async def test_a_releases_record_that_fails_is_not_counted_unchanged(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets, s3: Any
+) -> None:
+    # releases.json answers 304 (unchanged), but its release assets cannot be listed: it
+    # fails (ReleaseAssetsNotListed). It was counted among the artifacts found unchanged all
+    # the same, and the report took one off the artifacts copied to make up for it: a run
+    # that copied beta's new bundle and record said it copied one file.
+    base = tmp_path / "work"
+    async with running_org(tmp_path / "git") as github:
+        clock = github.clock
+        options = config(github, s3_server.endpoint, buckets.dest, base, max_attempts=2)
+        first = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert first.status == "completed", first.errors
+        add_commit(github.git_dir("beta"), "after the first backup")
+        github.repos["beta"].pushed_at = "2024-02-01T00:00:00Z"
+        keys = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]}
+        # the listing's look at its last pages (2 attempts), then its new reading (2 more)
+        refusals = [502] * 4
+
+        async def flaky_releases(request: web.Request) -> web.StreamResponse | None:
+            if request.path == "/api/repos/acme/alpha/releases" and refusals:
+                return web.Response(status=refusals.pop(0), text="bad gateway")
+            return None
+
+        github.hooks.append(flaky_releases)
+        second = await run_github_backup(clock=clock, sleep=clock.sleep, **options)
+        assert not refusals
+        assert set(second.failed_this_run) == {"github/acme/alpha/releases.json"}
+        after = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=buckets.dest)["Contents"]}
+        written = sorted(key for key, etag in after.items() if keys.get(key) != etag)
+        assert written == ["github/acme/beta.bundle", "github/acme/beta/repository.json"]
+        assert second.copied_files == len(written), second
+        listed = second.total_files
+        assert second.copied_files + second.skipped_files + len(second.failed_this_run) == listed
