@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from asyncbackup import run_github_backup
+from asyncbackup.run_output import report_document, summary_lines
 from tests.conftest import Buckets, S3Server
-from tests.github_server import add_commit
-from tests.integration.github_org import config, running_org
+from tests.github_server import FakeClock, FakeGitHub, add_commit
+from tests.integration.github_org import TOKEN, config, running_org
 
 
 async def test_a_releases_record_that_fails_is_not_counted_unchanged(
@@ -47,3 +48,34 @@ async def test_a_releases_record_that_fails_is_not_counted_unchanged(
         assert second.copied_files == len(written), second
         listed = second.total_files
         assert second.copied_files + second.skipped_files + len(second.failed_this_run) == listed
+
+
+async def test_the_report_tells_repositories_left_out_from_none_to_back_up(
+    tmp_path: Path, s3_server: S3Server, buckets: Buckets
+) -> None:
+    # A pass whose filters left every repository out and one over an owner with none both
+    # completed with every count 0: the report did not say which it was.
+    async with running_org(tmp_path / "git") as github:
+        options = config(github, s3_server.endpoint, buckets.dest, tmp_path / "a")
+        typo = await run_github_backup(
+            clock=github.clock, sleep=github.clock.sleep, include=("alpah",), **options
+        )
+        some = await run_github_backup(
+            clock=github.clock, sleep=github.clock.sleep, include=("alpha", "beta"), **options
+        )
+    server = FakeGitHub(tmp_path / "none", token=TOKEN, clock=FakeClock())
+    await server.start()
+    try:
+        options = config(server, s3_server.endpoint, buckets.dest, tmp_path / "b")
+        none = await run_github_backup(clock=server.clock, sleep=server.clock.sleep, **options)
+    finally:
+        await server.close()
+    for report in (typo, none):
+        assert report.status == "completed" and report.total_files == 0, report
+    left_out, empty = report_document(typo), report_document(none)
+    assert (left_out["repositories"], left_out["repositories_left_out"]) == (0, 5), left_out
+    assert (empty["repositories"], empty["repositories_left_out"]) == (0, 0), empty
+    assert "0 repositories, 5 left out by the filters" in summary_lines(typo)[0]
+    kept = report_document(some)
+    assert (kept["repositories"], kept["repositories_left_out"]) == (2, 3), kept
+    assert "2 repositories, 3 left out by the filters" in summary_lines(some)[0]
