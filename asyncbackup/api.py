@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from .errors import CheckpointMismatchError, ConfigError, FatalRunError, ObjectE
 from .etags import OPAQUE_ETAG_SSE
 from .fasts3 import FastS3, open_fast_s3
 from .filters import KeyFilter
-from .incremental import filtered, mark_unchanged
+from .incremental import LeftOut, filtered, mark_unchanged
 from .keptkeys import kept_key_checked
 from .listing import PROBES
 from .partfeed import ByteBudget
@@ -375,11 +375,16 @@ _LISTING_ADVICE = "check the credentials' access to it, the endpoint and the net
 
 
 def _listing(
-    config: BackupConfig, source: S3Source, dest_client: S3Client, errors: Mapping[str, str]
+    config: BackupConfig,
+    source: S3Source,
+    dest_client: S3Client,
+    errors: Mapping[str, str],
+    left_out: LeftOut,
 ) -> AsyncIterator[Sequence[WorkItem]]:
-    """What to copy: the source listing, filtered, and marked against the destination (but
-    for the objects the checkpoint's ``errors`` say it stored without ``--sse``: there with
-    the source's size and ETag, they are copied again)."""
+    """What to copy: the source listing, filtered (what is left out counted in
+    ``left_out``), and marked against the destination (but for the objects the checkpoint's
+    ``errors`` say it stored without ``--sse``: there with the source's size and ETag, they
+    are copied again)."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
     listing = listing_or_stop(
@@ -387,13 +392,14 @@ def _listing(
             config.source_prefix,
             streams=streams,
             skip_classes=frozenset(config.exclude_storage_classes),
+            left_out=left_out.storage_class,
         ),
         f"the source bucket {config.source_bucket!r} under {config.source_prefix!r}",
         _LISTING_ADVICE,
     )
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
-        listing = filtered(listing, key_filter, len(config.source_prefix))
+        listing = filtered(listing, key_filter, len(config.source_prefix), left_out.filters)
     if config.skip_existing:
         dest = S3Source(dest_client, config.dest_bucket, source.retry)
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
@@ -515,14 +521,16 @@ async def run_backup(
             process = await start_worker_processes(
                 stack, config, pipeline, process, opaque_etags=opaque
             )
+        left_out = LeftOut()
         await pipeline.run(
-            _listing(config, source, dest_client, state.errors), unless_deleted(process, source)
+            _listing(config, source, dest_client, state.errors, left_out),
+            unless_deleted(process, source),
         )
         if pipeline.result.listing_complete and pipeline.result.listed_files == 0:
             _warn_nothing_listed(config)
         stopped = pipeline.result.stopped
         await last_try_at_uploads(state, manager, dest_client, config, stopped=stopped)
-        return await in_thread_to_the_end(
+        report = await in_thread_to_the_end(
             conclude,
             manager,
             state,
@@ -531,6 +539,11 @@ async def run_backup(
             keep_archives=config.keep_archives,
             resumed=resumed,
             duration=time.monotonic() - started,
+        )
+        return replace(
+            report,
+            filtered_files=left_out.filters[0],
+            class_excluded_files=left_out.storage_class[0],
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
@@ -820,6 +833,9 @@ class BackupPlan:
     first_keys: list[str]
     checkpoint_path: Path
     checkpoint_exists: bool
+    #: objects the listing left out: by --include/--exclude, by --exclude-storage-class
+    filtered_files: int = 0
+    class_excluded_files: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
@@ -854,13 +870,14 @@ async def plan_backup(
         files, errors = state.files, state.errors
     listed = listed_bytes = done = unchanged = copy = copy_bytes = 0
     first: list[str] = []
+    left_out = LeftOut()
     async with contextlib.AsyncExitStack() as stack:
         source_client, dest_client = await _open_stores(stack, config, dry_run=True)
         if state is not None:
             check_dest_endpoint(path, state.config, client_endpoint(dest_client))
             await _refuse_emptied_destination(state, config, path, dest_client)
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
-        async for page in _listing(config, source, dest_client, errors):
+        async for page in _listing(config, source, dest_client, errors, left_out):
             for item in page:
                 listed += 1
                 listed_bytes += item.size
@@ -889,4 +906,6 @@ async def plan_backup(
         first_keys=first,
         checkpoint_path=path,
         checkpoint_exists=exists,
+        filtered_files=left_out.filters[0],
+        class_excluded_files=left_out.storage_class[0],
     )

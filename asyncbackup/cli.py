@@ -48,7 +48,14 @@ from .printable import escape_surrogates, printable
 from .progress import Observer
 from .redact import redact
 from .report import BackupReport
-from .run_output import ProgressDisplay, pick_progress, summary_lines, summary_record, write_report
+from .run_output import (
+    ProgressDisplay,
+    left_out_text,
+    pick_progress,
+    summary_lines,
+    summary_record,
+    write_report,
+)
 
 if TYPE_CHECKING:
     from .github.plan import GitHubPlan  # aiohttp: only for the github command
@@ -316,7 +323,8 @@ def _s3_plan_lines(plan: BackupPlan) -> list[str]:
     return [
         f"dry run: would copy {plan.copy_files} files ({plan.copy_bytes} bytes) of "
         f"{plan.listed_files} listed ({plan.listed_bytes} bytes); {plan.done_files} already "
-        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination",
+        f"done per checkpoint, {plan.unchanged_files} unchanged at the destination"
+        + left_out_text(plan.filtered_files, plan.class_excluded_files),
         *_sample(plan.first_keys, plan.copy_files),
     ]
 

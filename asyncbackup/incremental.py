@@ -15,7 +15,7 @@ each, a page's at once, ``limit`` in flight.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from .etags import clean_etag, is_md5_etag, multipart_parts
 from .filters import KeyFilter
@@ -24,11 +24,26 @@ from .pipeline import WorkItem, close_listing, for_each_bounded
 Listing = AsyncIterator[Sequence[WorkItem]]
 
 
-async def filtered(listing: Listing, key_filter: KeyFilter, strip: int) -> Listing:
-    """Only the items whose key, less its first ``strip`` characters, passes the filter."""
+@dataclass(slots=True)
+class LeftOut:
+    """The objects a listing left out of the job, ``[objects, bytes]`` each: by
+    ``--include``/``--exclude`` (``filters``) and by ``--exclude-storage-class``."""
+
+    filters: list[int] = field(default_factory=lambda: [0, 0])
+    storage_class: list[int] = field(default_factory=lambda: [0, 0])
+
+
+async def filtered(
+    listing: Listing, key_filter: KeyFilter, strip: int, left_out: list[int] | None = None
+) -> Listing:
+    """Only the items whose key, less its first ``strip`` characters, passes the filter;
+    the others counted in ``left_out`` (objects, bytes)."""
     try:
         async for page in listing:
             kept = [item for item in page if key_filter.matches(item.key[strip:])]
+            if left_out is not None and len(kept) < len(page):
+                left_out[0] += len(page) - len(kept)
+                left_out[1] += sum(item.size for item in page) - sum(item.size for item in kept)
             if kept or not page:
                 yield kept
     finally:

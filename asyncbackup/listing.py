@@ -97,6 +97,7 @@ class RangeLister:
         streams: int = 1,
         page_keys: int | None = None,
         skip_classes: frozenset[str] = frozenset(),
+        left_out: list[int] | None = None,
     ) -> None:
         if streams < 1:
             raise ValueError("streams must be at least 1")
@@ -104,9 +105,9 @@ class RangeLister:
         self.prefix = prefix
         self.streams = streams
         #: objects of these storage classes are left out (``--exclude-storage-class``),
-        #: counted in ``left_out`` (objects, bytes)
+        #: counted in ``left_out`` (objects, bytes; the caller's list, when it gives one)
         self.skip_classes = skip_classes
-        self.left_out = [0, 0]
+        self.left_out = left_out if left_out is not None else [0, 0]
         self.page_keys = page_keys or PAGE_KEYS
         #: ranges listed so far (1 when the listing never split), and probe requests sent
         self.ranges_started = 0

@@ -35,7 +35,12 @@ class BackupReport:
     ``skipped_files`` were already done (per checkpoint, or unchanged at the destination),
     ``unchanged_files`` of them found identical at the destination by this run;
     ``source_deleted_files`` were listed, then deleted from the source before their copy
-    (left out of the job: not copied, not errors).
+    (left out of the job: not copied, not errors); ``filtered_files`` and
+    ``class_excluded_files`` are in the source, but this run's listing left them out of the
+    job (``--include``/``--exclude``, ``--exclude-storage-class``). A GitHub run's
+    ``repositories`` are those its listing kept, ``repositories_left_out`` those its filters
+    left out (``--include``, ``--exclude``, ``--skip-forks``, ``--skip-archived``); None
+    for an S3 run.
     """
 
     status: Status
@@ -54,6 +59,10 @@ class BackupReport:
     resumed: bool = False
     failed_this_run: dict[str, str] = field(default_factory=dict)
     source_deleted_files: int = 0
+    filtered_files: int = 0
+    class_excluded_files: int = 0
+    repositories: int | None = None
+    repositories_left_out: int | None = None
 
     @property
     def exit_code(self) -> int:

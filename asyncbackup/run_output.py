@@ -75,6 +75,10 @@ def summary_record(report: BackupReport) -> dict[str, Any]:
         "files_skipped": report.skipped_files,
         "files_unchanged": report.unchanged_files,
         "files_deleted_from_source": report.source_deleted_files,
+        "files_filtered_out": report.filtered_files,
+        "files_excluded_by_storage_class": report.class_excluded_files,
+        "repositories": report.repositories,
+        "repositories_left_out": report.repositories_left_out,
         "duration_seconds": round(report.duration, 3),
         "bytes_per_second": round(bytes_rate, 1),
         "files_per_second": round(files_rate, 3),
@@ -91,6 +95,23 @@ def summary_record(report: BackupReport) -> dict[str, Any]:
         else None,
         "resumed": report.resumed,
     }
+
+
+def left_out_text(filtered: int, class_excluded: int) -> str:
+    """What a listing left out of the job, for a summary line (nothing when none)."""
+    return (f"; {filtered:,} left out by --include/--exclude" if filtered else "") + (
+        f"; {class_excluded:,} left out by --exclude-storage-class" if class_excluded else ""
+    )
+
+
+def _repositories(report: BackupReport) -> str:
+    """A GitHub run's repositories, kept and left out, for a summary line."""
+    if report.repositories is None:
+        return ""
+    left_out = report.repositories_left_out or 0
+    return f"; {report.repositories:,} repositories" + (
+        f", {left_out:,} left out by the filters" if left_out else ""
+    )
 
 
 def summary_lines(report: BackupReport) -> list[str]:
@@ -110,7 +131,9 @@ def summary_lines(report: BackupReport) -> list[str]:
             f"; {report.source_deleted_files:,} deleted from the source since listed (left out)"
             if report.source_deleted_files
             else ""
-        ),
+        )
+        + left_out_text(report.filtered_files, report.class_excluded_files)
+        + _repositories(report),
         f"job: {report.processed_files:,} of {report.total_files:,} files done "
         f"({human_bytes(report.processed_bytes)} of {human_bytes(report.total_bytes)}); "
         f"{len(report.errors):,} errors",

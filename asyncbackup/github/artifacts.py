@@ -293,7 +293,8 @@ class ArtifactCopier:
             )
             if fetched.unchanged:
                 if await self._at_destination(item.key):
-                    self.unchanged += 1
+                    if not item.unlisted:  # else it fails all the same (``_copy``): not done
+                        self.unchanged += 1
                     log.debug("%s is unchanged (304)", item.key)
                     return 0
                 fetched = await self.client.fetch_to_file(

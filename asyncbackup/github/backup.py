@@ -276,8 +276,11 @@ async def run_github_backup(
             git.commands.count("fetch"),
         )
         result = _as_reported(pipeline.result, copier)
-        return await in_thread_to_the_end(
+        report = await in_thread_to_the_end(
             _conclude, config, manager, state, result, resumed, started
+        )
+        return dataclasses.replace(
+            report, repositories=lister.repositories, repositories_left_out=len(lister.left_out)
         )
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 

@@ -125,12 +125,18 @@ class S3Source:
         self.first_part = FirstPartProbe(client, bucket, retry)
 
     def list(
-        self, prefix: str, *, streams: int = 1, skip_classes: frozenset[str] = frozenset()
+        self,
+        prefix: str,
+        *,
+        streams: int = 1,
+        skip_classes: frozenset[str] = frozenset(),
+        left_out: list[int] | None = None,
     ) -> AsyncIterator[Sequence[WorkItem]]:
         """Pages of ListObjectsV2 under ``prefix``, as they arrive: in key order with one
         stream, in up to ``streams`` streams over key ranges when one cannot keep up
-        (``listing.py``); without the objects of the storage classes ``skip_classes``.
-        Through the fast path, when ``fast`` is set."""
+        (``listing.py``); without the objects of the storage classes ``skip_classes``
+        (counted in ``left_out``: objects, bytes). Through the fast path, when ``fast`` is
+        set."""
 
         list_objects = (
             self.client.list_objects_v2 if self.fast is None else self.fast.list_objects_v2
@@ -151,7 +157,9 @@ class S3Source:
             answer: dict[str, Any] = await self.retry.call(functools.partial(request, params))
             return answer
 
-        return RangeLister(list_page, prefix, streams=streams, skip_classes=skip_classes).pages()
+        return RangeLister(
+            list_page, prefix, streams=streams, skip_classes=skip_classes, left_out=left_out
+        ).pages()
 
     async def deleted(self, key: str) -> bool:
         """Whether ``key`` is no longer in the bucket: its HEAD answers 404. (S3 answers 403
