@@ -380,6 +380,7 @@ def _listing(
     dest_client: S3Client,
     errors: Mapping[str, str],
     left_out: LeftOut,
+    dest_fast: FastS3 | None = None,
 ) -> AsyncIterator[Sequence[WorkItem]]:
     """What to copy: the source listing, filtered (what is left out counted in
     ``left_out``), and marked against the destination (but for the objects the checkpoint's
@@ -402,6 +403,7 @@ def _listing(
         listing = filtered(listing, key_filter, len(config.source_prefix), left_out.filters)
     if config.skip_existing:
         dest = S3Source(dest_client, config.dest_bucket, source.retry)
+        dest.fast = dest_fast  # its listing without botocore, as the source's
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
         dest_listing = listing_or_stop(
             dest.list(config.dest_list_prefix),
@@ -487,6 +489,7 @@ async def run_backup(
             source.fast = await _open_fast(
                 config, source_client, config.source_bucket, stack, connections
             )
+        dest_fast = await _dest_listing_fast(config, dest_client, stack)
         pipeline = Pipeline(
             manager=manager,
             state=state,
@@ -500,7 +503,7 @@ async def run_backup(
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
         upload_check = _upload_check(config, dest_client)
-        opaque = await opaque_dest_etags(config, dest_client)
+        opaque = await opaque_dest_etags(config, dest_fast or dest_client)
         process = (
             await _direct_copier(
                 share, dest_client, stack, journal, upload_check, opaque_etags=opaque
@@ -523,7 +526,7 @@ async def run_backup(
             )
         left_out = LeftOut()
         await pipeline.run(
-            _listing(config, source, dest_client, state.errors, left_out),
+            _listing(config, source, dest_client, state.errors, left_out, dest_fast),
             unless_deleted(process, source),
         )
         if pipeline.result.listing_complete and pipeline.result.listed_files == 0:
@@ -548,12 +551,13 @@ async def run_backup(
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
-async def opaque_dest_etags(config: BackupConfig, dest_client: S3Client) -> bool:
+async def opaque_dest_etags(config: BackupConfig, dest_client: S3Client | FastS3) -> bool:
     """Whether the copies' ETags will be no MD5s: SSE-KMS, asked (``--sse``) or, for
     ``--skip-existing`` (which compares ETags, and stamps copies whose ETag cannot be their
     source's: ``stamps.py``), the destination bucket's default encryption, which the answer
-    to an upload of the write-check key, started and aborted, names. A check that fails says
-    nothing: the run's own uploads tell what is wrong."""
+    to an upload of the write-check key, started and aborted, names (through the fast path,
+    given: no aiobotocore client made for it). A check that fails says nothing: the run's
+    own uploads tell what is wrong."""
     if config.sse is not None or not config.skip_existing:
         return config.sse in OPAQUE_ETAG_SSE
     probe = functools.partial(
@@ -725,6 +729,16 @@ async def _open_fast(
     )
 
 
+async def _dest_listing_fast(
+    config: BackupConfig, client: S3Client, stack: contextlib.AsyncExitStack
+) -> FastS3 | None:
+    """The fast path for the destination's listing (``--skip-existing``), on connections of
+    its own; None without the flag or the fast path."""
+    if not (config.fast_path and config.skip_existing):
+        return None
+    return await _open_fast(config, client, config.dest_bucket, stack, 1 + PROBES)
+
+
 class Outage:
     """Counts the objects that failed in a row, after all their retries, because the servers
     or the network failed (``is_outage``); a copied object, or one failed for a reason of its
@@ -877,7 +891,8 @@ async def plan_backup(
             check_dest_endpoint(path, state.config, client_endpoint(dest_client))
             await _refuse_emptied_destination(state, config, path, dest_client)
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
-        async for page in _listing(config, source, dest_client, errors, left_out):
+        dest_fast = await _dest_listing_fast(config, dest_client, stack)
+        async for page in _listing(config, source, dest_client, errors, left_out, dest_fast):
             for item in page:
                 listed += 1
                 listed_bytes += item.size

@@ -61,6 +61,7 @@ from .responses import (
     ERROR_BODY_LIMIT,
     client_error,
     copy_object_output,
+    create_multipart_upload_output,
     list_objects_v2_output,
     parse_error,
     put_output,
@@ -118,6 +119,7 @@ UPLOAD_PART_PARAMS = frozenset(
     | CHECKSUM_VALUES.keys()
 )
 _PART_QUERY = ("UploadId", "PartNumber")
+_ABORT_PARAMS = frozenset({"Bucket", "Key", "UploadId"})
 #: ListObjectsV2 parameters the fast path covers -> their query names (Bucket: in the path)
 LIST_QUERY: dict[str, str] = {
     "Bucket": "",
@@ -276,6 +278,22 @@ def copy_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
             return None
     if "x-amz-copy-source" not in headers:
         return None
+    return headers if _all_ascii(headers) else None
+
+
+def upload_headers(params: Mapping[str, Any]) -> dict[str, str] | None:
+    """The headers of a CreateMultipartUpload with ``params`` (PutObject's, but a body's
+    checksum: only its algorithm is named), or None when the fast path does not cover one."""
+    headers: dict[str, str] = {}
+    for name, value in params.items():
+        if name == "ContentMD5":
+            return None
+        if _object_header(name, value, PUT_HEADERS, headers):
+            continue
+        if name == "ChecksumAlgorithm":
+            headers["x-amz-checksum-algorithm"] = str(value)  # as given, as botocore sends it
+        elif name not in ("Bucket", "Key"):
+            return None
     return headers if _all_ascii(headers) else None
 
 
@@ -583,6 +601,44 @@ class FastS3:
             return await self._document(response, url, "CopyObject", copy_object_output)
         except _HandBack as exc:
             return await self._instead("copy_object", params, exc, signed)
+
+    async def create_multipart_upload(self, **params: Any) -> dict[str, Any]:
+        """CreateMultipartUpload in this bucket: the output botocore returns (``UploadId``,
+        and the encryption the upload gets: ``ServerSideEncryption``...)."""
+        headers = upload_headers(params) if self.enabled else None
+        if headers is None or params.get("Bucket") != self.bucket:
+            return await self._botocore("create_multipart_upload", params)
+        query = encode_query((("uploads", ""),))
+        response, url, signed = await self._send(
+            "POST", params["Key"], headers, None, EMPTY_SHA256, query=query
+        )
+        try:
+            return await self._document(
+                response, url, "CreateMultipartUpload", create_multipart_upload_output
+            )
+        except _HandBack as exc:
+            return await self._instead("create_multipart_upload", params, exc, signed)
+
+    async def abort_multipart_upload(self, **params: Any) -> dict[str, Any]:
+        """AbortMultipartUpload in this bucket: the output botocore returns."""
+        if not self.enabled or params.get("Bucket") != self.bucket or set(params) != _ABORT_PARAMS:
+            return await self._botocore("abort_multipart_upload", params)
+        query = encode_query((("uploadId", str(params["UploadId"])),))
+        response, url, signed = await self._send(
+            "DELETE", params["Key"], {}, None, EMPTY_SHA256, query=query
+        )
+
+        def output(headers: list[tuple[str, str]], status: int, body: bytes) -> dict[str, Any]:
+            return {
+                "ResponseMetadata": put_output(headers, status, body, "AbortMultipartUpload")[
+                    "ResponseMetadata"
+                ]
+            }
+
+        try:
+            return await self._document(response, url, "AbortMultipartUpload", output)
+        except _HandBack as exc:
+            return await self._instead("abort_multipart_upload", params, exc, signed)
 
     async def list_objects_v2(self, **params: Any) -> dict[str, Any]:
         """One page of ListObjectsV2 of this bucket, asked with ``encoding-type=url`` and

@@ -312,6 +312,38 @@ def copy_object_output(
     return out
 
 
+#: CreateMultipartUpload's header fields beside ``response_fields``' (its AbortDate, which
+#: nothing here reads, is left out)
+_UPLOAD_FIELDS = {
+    "x-amz-checksum-algorithm": "ChecksumAlgorithm",
+    "x-amz-checksum-type": "ChecksumType",
+    "x-amz-abort-rule-id": "AbortRuleId",
+}
+
+
+def create_multipart_upload_output(
+    headers: Iterable[tuple[str, str]], status: int, body: bytes
+) -> dict[str, Any]:
+    """CreateMultipartUpload's output as botocore returns it, from a 2xx answer: the header
+    fields (the encryption the upload gets among them) and the document's ``Bucket``, ``Key``
+    and ``UploadId``; an error a 200 carries in its body, raised. An answer without an
+    ``UploadId`` is an ``InternalError`` (a body cut short), as no upload can be named."""
+    listed = list(headers)
+    operation = "CreateMultipartUpload"
+    root = _checked_root(listed, status, body, operation)
+    out = response_fields(listed, status)
+    out.pop("Metadata", None)  # not one of this operation's fields
+    for name, value in listed:
+        field = _UPLOAD_FIELDS.get(name.lower())
+        if field is not None:
+            out[field] = value
+    texts = {} if root is None else {child.tag.rpartition("}")[2]: child.text for child in root}
+    if not texts.get("UploadId"):
+        raise client_error(500, listed, b"", operation)
+    out.update({name: texts[name] or "" for name in ("Bucket", "Key", "UploadId") if name in texts})
+    return out
+
+
 #: ListObjectsV2's members of an object (``Contents``) this parser returns, and their types
 _LISTED_MEMBERS: dict[str, type[int] | type[str]] = {
     "Key": str,

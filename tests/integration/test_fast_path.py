@@ -772,3 +772,46 @@ async def test_listing_failures_are_classified_as_on_the_botocore_path(
     assert results["slowdown"][1] == ("SlowDown", True, 2.0, True)
     assert results["internal"][1][:2] == ("InternalError", True)
     assert results["None"][1] == ("ok", 0)
+
+
+async def test_multipart_uploads_start_and_abort_as_on_the_botocore_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any
+) -> None:
+    """CreateMultipartUpload and AbortMultipartUpload (the start-up check's upload, which
+    tells the destination's encryption): the same fields on both paths (the encryption the
+    upload gets, a bucket's default named by S3 in the answer: ``kms_default``), the upload
+    gone after its abort; the errors as botocore's; a KMS key id, a storage class and a
+    checksum algorithm sent as botocore sends them."""
+    proxy.add_rule(
+        Rule("kms_default", method="POST", path=f"^/{buckets.source}/kms", query="uploads")
+    )
+    params = {"StorageClass": "STANDARD_IA", "ChecksumAlgorithm": "SHA256"}
+    answers: list[dict[str, Any]] = []
+    async with both_paths(proxy.endpoint, buckets.source) as (client, fast_s3):
+        for api in (client, fast_s3):
+            for key in ("plain key+é", "kms"):
+                started = await api.create_multipart_upload(
+                    Bucket=buckets.source, Key=key, **params
+                )
+                kept = ("Bucket", "Key", "ServerSideEncryption", "ChecksumAlgorithm")
+                answers.append({k: started.get(k) for k in kept})
+                assert started["UploadId"]
+                await api.abort_multipart_upload(
+                    Bucket=buckets.source, Key=key, UploadId=started["UploadId"]
+                )
+            gone = await outcome(
+                lambda a: a.abort_multipart_upload(Bucket=buckets.source, Key="k", UploadId="none"),
+                api,
+            )
+            answers.append({"abort of no upload": gone[:2]})
+        assert fast_s3.enabled
+    botocore_side, fast_side = answers[:3], answers[3:]
+    assert fast_side == botocore_side
+    assert botocore_side[1]["ServerSideEncryption"] == "aws:kms"
+    assert botocore_side[0]["Key"] == "plain key+é"
+    assert s3.list_multipart_uploads(Bucket=buckets.source).get("Uploads", []) == []
+    sent = fast_all(proxy.requests, "POST")
+    assert len(sent) == 2 and all(r.query == "uploads=" for r in sent), sent
+    assert sent[0].headers.get("x-amz-storage-class") == "STANDARD_IA"
+    assert sent[0].headers.get("x-amz-checksum-algorithm") == "SHA256"
+    assert len(fast_all(proxy.requests, "DELETE")) == 3

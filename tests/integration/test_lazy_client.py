@@ -32,7 +32,7 @@ def _run(args: list[str]) -> tuple[int, bool, bool]:
         [sys.executable, "-c", _RUN, *args], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    code, aiohttp, aiobotocore = done.stdout.split()
+    code, aiohttp, aiobotocore = done.stdout.splitlines()[-1].split()  # after a plan
     return int(code), aiohttp == "True", aiobotocore == "True"
 
 
@@ -49,6 +49,22 @@ def test_a_run_on_the_fast_path_never_imports_aiobotocore(
     # Off the fast path, botocore sends everything: the aiobotocore client is made.
     slow = _run(["data", *base, "--no-fast-path", "--ignore-checkpoints"])
     assert slow == (0, True, True)
+
+
+def test_an_incremental_run_on_the_fast_path_never_imports_aiobotocore(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """``--skip-existing`` lists the destination and asks its encryption (an upload started
+    and aborted) through the fast path: a nightly run with nothing to copy made the
+    aiobotocore client for them, a third of its time on a small bucket."""
+    put_objects(s3, buckets.source, numbered_objects(20))
+    base = [*cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest), "--quiet"]
+    assert _run(["data", *base, "--skip-existing"]) == (0, False, False)
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == 20
+    assert _run(["data", *base, "--skip-existing"]) == (0, False, False)  # nothing copied
+    assert _run(["data", *base, "--skip-existing", "--dry-run"])[0] == 0
+    uploads = s3.list_multipart_uploads(Bucket=buckets.dest).get("Uploads", [])
+    assert uploads == []  # each run's upload was aborted
 
 
 async def test_the_aiobotocore_client_is_made_once_on_first_use(
