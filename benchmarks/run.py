@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +149,14 @@ def one_run(
     expected: dict[str, tuple[int, str]],
     env: dict[str, str],
 ) -> dict[str, Any]:
-    wl.clear(s3, job.dest_bucket)
+    if mode == "incremental":  # over the copy the tool's direct run left: nothing to copy
+        if problem := wl.verify(s3, job.dest_bucket, job.prefix, expected):
+            return {"wall": 0.0, "peak_rss_mb": 0.0, "error": f"no copy to start from: {problem}"}
+    else:
+        wl.clear(s3, job.dest_bucket)
     job.stage.mkdir(parents=True, exist_ok=True)
     os.sync()  # the last run's staged data is written back now, not during this run
-    steps = tool.staged(job) if mode == "staged" else (tool.direct or (lambda _: []))(job)
+    steps = _steps(tool, mode)(job)
     server_before = cpu_seconds(job.endpoint)
     result = timed(steps, env, job.cpus)
     server_after = cpu_seconds(job.endpoint)
@@ -168,6 +172,11 @@ def one_run(
             result["error"] = f"incomplete staging: {problem}"
     result.pop("stderr", None)
     return result
+
+
+def _steps(tool: Tool, mode: str) -> Callable[[Job], list[list[str]]]:
+    steps = {"staged": tool.staged, "direct": tool.direct, "incremental": tool.incremental}
+    return steps[mode] or (lambda _: [])
 
 
 def median(runs: list[dict[str, Any]], field: str) -> float:
@@ -209,15 +218,16 @@ S5CMD_NAMES = ("s5cmd", "s5cmd-256")
 
 
 def vs_ours(cells: dict[str, Any], key: str) -> float | None:
-    """The table's "vs ours" of cell ``key`` ("TOOL/MODE"): staged, asyncbackup's median time
-    / this tool's (asyncbackup's own row: 1); direct, this tool's / s5cmd's. None when either
-    median is missing (all runs failed, or the tool is not installed). s5cmd's: the faster of
-    its runs at 64 workers and at its own 256 (``S5CMD_NAMES``)."""
+    """The table's "vs ours" of cell ``key`` ("TOOL/MODE"): staged and incremental,
+    asyncbackup's median time / this tool's (asyncbackup's own row: 1); direct, this tool's /
+    s5cmd's. None when either median is missing (all runs failed, or the tool is not
+    installed). s5cmd's: the faster of its runs at 64 workers and at its own 256
+    (``S5CMD_NAMES``)."""
     tool, mode = key.split("/")
     mine: float | None = cells[key].get("median_wall")
     base: float | None
-    if mode == "staged":
-        base = cells.get("asyncbackup/staged", {}).get("median_wall")
+    if mode in ("staged", "incremental"):
+        base = cells.get(f"asyncbackup/{mode}", {}).get("median_wall")
         if mine and base:
             return round(mine / base if tool == "asyncbackup" else base / mine, 3)
         return None
@@ -310,7 +320,7 @@ def bench_workload(
         result = one_run(tool, mode, job, s3, expected, env)
         release(where)
         print(
-            f"  {label} {tool.name:12} {mode:6} {result['wall']:7.2f}s "
+            f"  {label} {tool.name:12} {mode:11} {result['wall']:7.2f}s "
             f"{result['peak_rss_mb']:7.1f} MB  {result.get('error', 'ok')}",
             flush=True,
         )
@@ -322,8 +332,9 @@ def bench_workload(
     for rep in range(args.reps):
         shift = rep % len(tools)
         for tool in tools[shift:] + tools[:shift]:
-            for mode in ("staged", "direct"):
-                if mode == "direct" and tool.direct is None:
+            # incremental after direct: over the copy the tool's direct run just made
+            for mode in ("staged", "direct", "incremental"):
+                if mode != "staged" and getattr(tool, mode) is None:
                     continue
                 result = run(tool, mode, f"{tool.name}-{mode}-{rep + 1}", f"rep {rep + 1}")
                 cells.setdefault((tool.name, mode), []).append(result)
@@ -332,7 +343,7 @@ def bench_workload(
 
 def table(results: dict[str, Any]) -> str:
     head = (
-        f"{'workload':8} {'mode':6} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
+        f"{'workload':8} {'mode':11} {'tool':12} {'median s':>9} {'best s':>7} {'spread':>7} "
         f"{'obj/s':>8} {'MB/s':>7} {'RSS MB':>7} {'CPU s':>6} {'srv CPU':>7} {'vs ours':>8} "
         f"{'runs ok':>7}"
     )
@@ -344,7 +355,7 @@ def table(results: dict[str, Any]) -> str:
         for key, cell in cells.items():
             tool, mode = key.split("/")
             if not cell.get("median_wall"):
-                lines.append(f"{name:8} {mode:6} {tool:12} failed: {cell.get('error')}")
+                lines.append(f"{name:8} {mode:11} {tool:12} failed: {cell.get('error')}")
                 continue
             server = cell.get("server_cpu_seconds")
             server_cpu = f"{server:.1f}" if server is not None else "-"
@@ -352,7 +363,7 @@ def table(results: dict[str, Any]) -> str:
             runs = len(cell["runs"])
             runs_ok = f"{runs - cell.get('failed_runs', 0)}/{runs}"
             lines.append(
-                f"{name:8} {mode:6} {tool:12} {cell['median_wall']:9.2f} "
+                f"{name:8} {mode:11} {tool:12} {cell['median_wall']:9.2f} "
                 f"{cell['best_wall']:7.2f} {cell['spread']:6.0%} {cell['objects_per_s']:8.0f} "
                 f"{cell['mb_per_s']:7.1f} {cell['peak_rss_mb']:7.1f} {cell['cpu_seconds']:6.1f} "
                 f"{server_cpu:>7} {f'{ratio:.2f}x' if ratio else '-':>8} "
@@ -360,7 +371,9 @@ def table(results: dict[str, Any]) -> str:
             )
     lines.append(
         "vs ours (of the medians): staged = asyncbackup's time / this tool's time (target <= "
-        "0.80 against the fastest peer); direct = this tool's time / the faster s5cmd's. best: the "
+        "0.80 against the fastest peer); direct = this tool's time / the faster s5cmd's; "
+        "incremental (a nightly run over a destination that holds every copy already: nothing "
+        "to copy, both buckets listed and compared) = asyncbackup's time / this tool's. best: the "
         "fastest run; spread: (slowest - fastest) / median; CPU s: the tool's processes, "
         "srv CPU: the server's during the run (medians); runs ok: the runs that exited 0 with "
         "a complete copy (staged: and staging), the only ones the figures are of. bare-http "

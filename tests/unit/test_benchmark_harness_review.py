@@ -193,5 +193,30 @@ def test_a_workload_that_fails_loses_no_other_workloads_figures(
     assert "cells" not in results["mixed"]  # no figures of a workload cut short
     assert any(line.startswith("mixed: ") for line in run_mod.failed_runs(results))
     table = run_mod.table(results)
-    assert "small    staged flaky" in table
+    assert "small    staged      flaky" in table
     assert "mixed    failed:" in table
+
+
+def test_the_incremental_runs_start_from_a_complete_copy_and_copy_nothing(
+    s3: Any, buckets: Buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tool's incremental command (a nightly run: ``--skip-existing``, ``sync``) runs
+    after its direct copy, over a destination that holds every copy: timed only from there,
+    and a tool whose copy is missing has no figure (an error), not the figure of a copy."""
+    monkeypatch.setattr(run_mod, "KEPT", tmp_path / "kept")
+    monkeypatch.setattr(run_mod, "SOURCE", buckets.source)
+    monkeypatch.setattr(run_mod, "DEST", buckets.dest)
+    real = discover()[0][0]
+    assert real.incremental is not None
+    assert "--skip-existing" in real.incremental(Job("http://x", "s", "d", "small", tmp_path, 8))[0]
+    nothing = Tool("no-copy", real.staged, lambda _: [], None, real.incremental)
+    args = argparse.Namespace(quick=True, workloads=["small"], reps=1, concurrency=8)
+    args.pin = False
+    results = run_mod.bench_workloads(args, s3.meta.endpoint_url, [real, nothing], _env())
+    cells = results["small"]["cells"]
+    assert cells["asyncbackup/incremental"]["ok"], cells["asyncbackup/incremental"]
+    assert cells["asyncbackup/incremental"]["vs_ours"] == 1.0
+    # the no-copy tool's direct step copied nothing: its incremental run had no copy to start
+    # from (the staged run before it left one, but the direct run cleared it)
+    assert "no copy to start from" in cells["no-copy/incremental"]["error"]
+    assert "small    incremental asyncbackup" in run_mod.table(results)

@@ -149,7 +149,7 @@ def test_the_ratios_of_the_table_are_in_the_json() -> None:
     assert cells["aws/direct"]["vs_ours"] is None
     table = run_mod.table(results)
     assert "0.75x" in table and "1.50x" in table
-    assert "small    direct aws          failed: exit 1: boom" in table
+    assert "small    direct      aws          failed: exit 1: boom" in table
 
 
 def test_direct_ratios_are_against_the_faster_s5cmd() -> None:
