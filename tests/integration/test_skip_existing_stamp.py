@@ -206,3 +206,35 @@ def test_the_stamp_replaces_a_copied_one_and_stays_within_the_metadata_limit() -
     assert stamped(full, etag)["Metadata"] == {"k": full["Metadata"]["k"], STAMP: "a" * 32}
     over = {"Metadata": {"k": "v" * (2048 - len(STAMP) - 32)}}
     assert stamped(over, etag) is over  # S3 would refuse the copy: written without it
+
+
+def test_a_direct_copy_of_a_source_rewritten_during_it_never_names_the_listed_version(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A server may ignore ``x-amz-copy-source-if-match`` (moto does, as on its part
+    copies): a source rewritten (same size) between its listing and its CopyObject is then
+    copied as the new version, into a KMS bucket where no ETag tells. Stamped with the listed
+    ETag, that copy named a version it is not: once the source was put back as it was, every
+    later run skipped it, and the backup kept bytes the source no longer had."""
+    first, second = b"a" * 100, b"b" * 100
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=first)
+    _kms_destination(proxy, s3, buckets.dest)
+
+    def overwrite() -> None:
+        s3.put_object(Bucket=buckets.source, Key="p/x", Body=second)
+
+    proxy.add_rule(
+        Rule(None, method="PUT", path=f"^/{buckets.dest}/p/x$", times=1, action=overwrite)
+    )
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--direct",
+        "--quiet",
+    ]
+    run_cli(args)  # the source changed during it: copied or failed, never a lie
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=first)  # put back as it was
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert s3.get_object(Bucket=buckets.dest, Key="p/x")["Body"].read() == first
