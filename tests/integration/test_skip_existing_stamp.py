@@ -267,3 +267,26 @@ def test_a_source_whose_parts_differ_in_size_is_stamped_and_not_copied_again(
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     assert _writes(proxy, buckets.dest) == set()
+
+
+def test_the_encryption_is_asked_by_the_start_up_upload_a_storage_class_starts_anyway(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """With ``--storage-class`` the start-up check already starts and aborts an upload of
+    the write-check key, whose answer names the bucket's encryption: a second one was
+    started to ask it again (two uploads started and aborted at every run)."""
+    put_parallel(s3, buckets.source, {f"p/{i}": f"body {i}".encode() for i in range(3)})
+    _kms_destination(proxy, s3, buckets.dest)
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--storage-class",
+        "STANDARD_IA",
+        "--quiet",
+    ]
+    assert run_cli(args).returncode == 0
+    started = proxy.seen(method="POST", path=f"^/{buckets.dest}/p/.asyncbackup-write-check$")
+    assert len(started) == 1, started
+    head = s3.head_object(Bucket=buckets.dest, Key="p/0")  # the answer was read
+    assert head["Metadata"] == {STAMP: _etag(s3, buckets.source, "p/0")}, head
