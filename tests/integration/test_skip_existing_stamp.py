@@ -290,3 +290,34 @@ def test_the_encryption_is_asked_by_the_start_up_upload_a_storage_class_starts_a
     assert len(started) == 1, started
     head = s3.head_object(Bucket=buckets.dest, Key="p/0")  # the answer was read
     assert head["Metadata"] == {STAMP: _etag(s3, buckets.source, "p/0")}, head
+
+
+@pytest.mark.parametrize("mode", ["staged", "direct"])
+def test_a_resumed_file_done_whose_stamp_names_another_version_is_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """The README said a file a resumed checkpoint marks done stays done where the ETags
+    cannot match (``--sse aws:kms``): its copy's stamp now tells, and a source changed since
+    (same size) is copied again. Only the README was wrong: this pins what it now says."""
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"a" * 50)
+    s3.put_object(Bucket=buckets.source, Key="p/bad", Body=b"b" * 50)
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--sse",
+        "aws:kms",
+        "--max-attempts",
+        "1",
+        "--quiet",
+        *MODES[mode],
+    ]
+    proxy.add_rule(Rule("access_denied", method="PUT", path=f"^/{buckets.dest}/p/bad$"))
+    assert run_cli(args).returncode == 1  # p/a done, the checkpoint kept to resume
+    proxy.rules.clear()
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"z" * 50)
+    proxy.requests.clear()
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _writes(proxy, buckets.dest) == {"p/a", "p/bad"}
+    assert s3.get_object(Bucket=buckets.dest, Key="p/a")["Body"].read() == b"z" * 50
