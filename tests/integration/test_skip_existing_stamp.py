@@ -321,3 +321,24 @@ def test_a_resumed_file_done_whose_stamp_names_another_version_is_copied_again(
     assert resumed.returncode == 0, resumed.stderr
     assert _writes(proxy, buckets.dest) == {"p/a", "p/bad"}
     assert s3.get_object(Bucket=buckets.dest, Key="p/a")["Body"].read() == b"z" * 50
+
+
+def test_a_restore_with_skip_existing_out_of_a_kms_backup_carries_the_backups_etag(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The README said a restore from such a backup puts back the objects as they were: one
+    made with ``--skip-existing`` out of an SSE-KMS backup copies objects whose ETags cannot
+    be their copies', which carry the backup's ETag (README only: this pins what it now
+    says). The original's own metadata is put back, and no stamp of the backup's."""
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"a" * 50, Metadata={"owner": "ops"})
+    _kms_destination(proxy, s3, buckets.dest)
+    backup = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    assert run_cli([*backup, "--skip-existing", "--quiet"]).returncode == 0
+    s3.delete_object(Bucket=buckets.source, Key="p/a")  # lost
+    restore = ["p", *cli_args(proxy.endpoint, tmp_path / "r", buckets.dest, buckets.source)]
+    assert run_cli([*restore, "--quiet"]).returncode == 0
+    assert s3.head_object(Bucket=buckets.source, Key="p/a")["Metadata"] == {"owner": "ops"}
+    s3.delete_object(Bucket=buckets.source, Key="p/a")
+    assert run_cli([*restore, "--skip-existing", "--quiet"]).returncode == 0
+    restored = s3.head_object(Bucket=buckets.source, Key="p/a")["Metadata"]
+    assert restored == {"owner": "ops", STAMP: _etag(s3, buckets.dest, "p/a")}, restored
