@@ -292,13 +292,15 @@ async def open_job_destination(
     check: bool = True,
     dry_run: bool = False,
     worker: bool = False,
+    answers: list[dict[str, Any]] | None = None,
 ) -> S3Client:
     """The destination client of ``config``'s job, its bucket checked as the job's options
     say: under the job's prefix, through the fast path, or by an upload started and aborted
     with ``--dest-write-only``; and the job's upload settings (SSE-KMS key, storage class)
-    by such an upload, unless ``dry_run`` (which writes nothing). A ``worker`` process starts
-    no such upload (the main process did; a worker stopped between its start and its abort
-    would leave it): a write-only destination goes unchecked there, another is listed."""
+    by such an upload, unless ``dry_run`` (which writes nothing), whose answer is added to
+    ``answers``. A ``worker`` process starts no such upload (the main process did; a worker
+    stopped between its start and its abort would leave it): a write-only destination goes
+    unchecked there, another is listed."""
     probes = not (dry_run or worker)
     return await open_destination(
         stack,
@@ -311,6 +313,7 @@ async def open_job_destination(
         prefix=config.dest_list_prefix,
         # --direct's copies read the source, as do the HEADs of its part layouts
         request_payer=config.request_payer if config.direct else None,
+        answers=answers,
     )
 
 
@@ -320,12 +323,14 @@ async def _open_stores(
     *,
     dry_run: bool = False,
     worker: bool = False,
+    answers: list[dict[str, Any]] | None = None,
 ) -> tuple[S3Client, S3Client]:
     """Both clients, and both buckets checked, or one clear error (the source's when both
     fail). The source bucket is checked while the destination's client is made and its
     bucket checked: one round trip less before the first transfer. A dry run does not check
     a ``--dest-write-only`` destination: its check is an upload, and a dry run writes
-    nothing (nor could it list there)."""
+    nothing (nor could it list there). The answers to the uploads the destination's check
+    started: in ``answers``."""
     source_client = await open_client(
         stack,
         role="source",
@@ -342,7 +347,7 @@ async def _open_stores(
         try:  # a failure here waits for the source's check, whose failure is reported first
             check = not (dry_run and config.dest_write_only)
             opened = await open_job_destination(
-                stack, config, check=check, dry_run=dry_run, worker=worker
+                stack, config, check=check, dry_run=dry_run, worker=worker, answers=answers
             )
             return opened, None
         except Exception as exc:
@@ -453,7 +458,8 @@ async def run_backup(
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
         await manager.open_async()
-        source_client, dest_client = await _open_stores(stack, config)
+        answers: list[dict[str, Any]] = []  # to the uploads the start-up check started
+        source_client, dest_client = await _open_stores(stack, config, answers=answers)
         endpoints = client_endpoint(source_client), client_endpoint(dest_client)
         state, resumed = await in_thread_to_the_end(
             manager.load_or_create,
@@ -503,7 +509,7 @@ async def run_backup(
         journal = UploadJournal(pipeline)
         share = share_of(config, config.processes)  # this process's share of the copying
         upload_check = _upload_check(config, dest_client)
-        opaque = await opaque_dest_etags(config, dest_fast or dest_client)
+        opaque = await opaque_dest_etags(config, dest_fast or dest_client, answers)
         process = (
             await _direct_copier(
                 share, dest_client, stack, journal, upload_check, opaque_etags=opaque
@@ -551,15 +557,22 @@ async def run_backup(
     raise AssertionError("unreachable")  # pragma: no cover - the with block always returns
 
 
-async def opaque_dest_etags(config: BackupConfig, dest_client: S3Client | FastS3) -> bool:
+async def opaque_dest_etags(
+    config: BackupConfig,
+    dest_client: S3Client | FastS3,
+    answers: Sequence[Mapping[str, Any]] = (),
+) -> bool:
     """Whether the copies' ETags will be no MD5s: SSE-KMS, asked (``--sse``) or, for
     ``--skip-existing`` (which compares ETags, and stamps copies whose ETag cannot be their
     source's: ``stamps.py``), the destination bucket's default encryption, which the answer
-    to an upload of the write-check key, started and aborted, names (through the fast path,
-    given: no aiobotocore client made for it). A check that fails says nothing: the run's
-    own uploads tell what is wrong."""
+    to an upload of the write-check key, started and aborted, names: one of ``answers``
+    (the start-up check's, with a storage class), else one started now (through the fast
+    path, given: no aiobotocore client made for it). A check that fails says nothing: the
+    run's own uploads tell what is wrong."""
     if config.sse is not None or not config.skip_existing:
         return config.sse in OPAQUE_ETAG_SSE
+    if answers:
+        return answers[-1].get("ServerSideEncryption") in OPAQUE_ETAG_SSE
     probe = functools.partial(
         start_and_abort,
         dest_client,

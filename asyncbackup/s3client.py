@@ -396,6 +396,7 @@ async def check_bucket(
     settings_probe: str | None = None,
     upload_params: Mapping[str, str] | None = None,
     prefix: str = "",
+    answers: list[dict[str, Any]] | None = None,
 ) -> None:
     """Fail fast, with one clear line, when ``bucket`` cannot be used.
 
@@ -411,7 +412,9 @@ async def check_bucket(
     key and aborts it, for credentials that may write but not list (``--dest-write-only``);
     no object is written. With ``settings_probe`` (a key) such an upload, started with
     ``upload_params`` (SSE-KMS, a storage class), follows the listing: a KMS key or a class
-    the destination refuses is found before any object is downloaded for nothing.
+    the destination refuses is found before any object is downloaded for nothing. The answer
+    to such an upload's start (the encryption the destination gives an upload) is added to
+    ``answers``.
     """
     flag = profile_flag(role)
     params = dict(upload_params or {})
@@ -422,12 +425,16 @@ async def check_bucket(
         uploading = False
         if write_probe is not None:
             uploading = True
-            await start_and_abort(client, bucket, write_probe, params)
+            answered(await start_and_abort(client, bucket, write_probe, params))
             return
         await listing()
         if settings_probe is not None:
             uploading = True
-            await start_and_abort(client, bucket, settings_probe, params)
+            answered(await start_and_abort(client, bucket, settings_probe, params))
+
+    def answered(answer: dict[str, Any]) -> None:
+        if answers is not None:
+            answers.append(answer)
 
     async def listing() -> None:
         if fast_timeouts is not None:
@@ -659,12 +666,13 @@ async def open_destination(
     check: bool = True,
     prefix: str = "",
     request_payer: str | None = None,
+    answers: list[dict[str, Any]] | None = None,
 ) -> S3Client:
     """The destination client, its bucket checked usable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
-    aborted when given (``check_bucket``); not checked without ``check``. With
-    ``request_payer`` its requests agree to pay (``open_client``): a server-side copy
-    reads the source."""
+    aborted when given (``check_bucket``, which adds the answers to such uploads to
+    ``answers``); not checked without ``check``. With ``request_payer`` its requests agree
+    to pay (``open_client``): a server-side copy reads the source."""
     client = await open_client(
         stack,
         role="destination",
@@ -688,6 +696,7 @@ async def open_destination(
         settings_probe=settings_probe,
         upload_params=upload_params,
         prefix=prefix,
+        answers=answers,
     )
     return client
 

@@ -348,12 +348,12 @@ class S3Sink:
         """A multipart upload of the staged file, or of the parts ``feed`` hands over as they
         are downloaded (``fetched`` then describes the object from its GET's headers)."""
         count = max(1, -(-fetched.size // part_size))
-        create: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": key,
-            **self._fields(fetched, count if part_size == fetched.source_part_size else 0),
-            **self.extra_params,
-        }
+
+        def fields_now() -> dict[str, Any]:  # the source's layout may prove another at the end
+            return self._fields(fetched, count if part_size == fetched.source_part_size else 0)
+
+        fields = fields_now()
+        create: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **fields, **self.extra_params}
         if self.checksum in ALGORITHMS:
             create["ChecksumAlgorithm"] = ALGORITHMS[self.checksum]
         async with tracked_upload(self.client, self.retry, self.journal, create) as upload_id:
@@ -399,6 +399,18 @@ class S3Sink:
                 raise primary_error(group) from None
             if feed is not None:
                 await feed.verified  # the whole download checked out: only now complete
+                if fields_now() != fields:
+                    # the source's parts are not all the size of the first (the download
+                    # showed it, ``source_part_size`` is now None): its copy's ETag will not
+                    # be the source's, and the upload was started without the stamp that
+                    # would tell (made again at every run). Aborted; made again in parts of
+                    # our size (``FirstPartProbe.uneven``), stamped.
+                    raise ObjectError(
+                        "UnevenSourceParts",
+                        "the source's parts are not all of one size: copied again in parts "
+                        "of our size, with the source ETag --skip-existing reads",
+                        retryable=True,
+                    )
             response = await self.retry.call(
                 lambda: self.client.complete_multipart_upload(
                     Bucket=self.bucket,

@@ -136,15 +136,28 @@ class ServerSideCopier:
         }
         if self.copy_tags:  # S3's default; said, for servers whose default is not
             params["TaggingDirective"] = "COPY"
+        unstamped: dict[str, Any] | None = None  # the copy's parameters but the stamp
         if item.etag:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
             if self.stamp and self.opaque_etags:  # the listed version's fields, stamped
-                params.update(stamped(kept_fields(await self._head_source(item)), item.etag))
+                fields = kept_fields(await self._head_source(item))
+                unstamped = {**params, **fields, "MetadataDirective": "REPLACE"}
+                del unstamped["CopySourceIfMatch"]
+                params.update(stamped(fields, item.etag))
                 params["MetadataDirective"] = "REPLACE"
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
         response = await self.retry.call(functools.partial(copy_object, **params))
         etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
         await self.encryption.confirm(response, params["Key"])
+        if unstamped is not None:
+            # No ETag tells which version was copied, and a server may ignore the if-match:
+            # the stamp stays only if the source is still the listed version; else the copy
+            # (of whichever version) is written again without it, never skipped by it.
+            try:
+                await self._source_unchanged(item)
+            except ObjectError:
+                await self.retry.call(functools.partial(copy_object, **unstamped))
+                raise
         comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
         # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
         # is no MD5 (the listing does not say so), which only the source's HEAD tells.

@@ -50,6 +50,9 @@ class FirstPartProbe:
         self.bucket = bucket
         self.retry = retry
         self.refused = 0  # objects whose HEAD ?partNumber=1 the server refused
+        #: keys whose parts were found not all of one size, though the first part suggested
+        #: it (``S3Source._check_other_layout``): a copy made again goes in parts of our size
+        self.uneven: set[str] = set()
 
     async def head(self, key: str, number: int = 1) -> dict[str, Any] | None:
         async def attempt() -> dict[str, Any] | None:

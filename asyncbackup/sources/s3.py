@@ -391,6 +391,7 @@ class S3Source:
         if true_etag != clean_etag(fetched.etag):
             raise mismatch
         log.debug("%s: its source parts are not all the size of the first", key)
+        self.first_part.uneven.add(key)
 
     async def _check_opaque(
         self,
@@ -598,7 +599,7 @@ class S3Source:
     async def part_size(self, key: str, etag: str, size: int) -> int | None:
         """The source's part size, so the copy can have the same layout and the same ETag."""
         parts = multipart_parts(etag)
-        if parts is None or size <= 0:
+        if parts is None or size <= 0 or key in self.first_part.uneven:
             return None
         if parts == 1:
             return size

@@ -21,7 +21,7 @@ import pytest
 
 from asyncbackup.stamps import STAMP, stamped
 from tests.conftest import Buckets
-from tests.helpers import cli_args
+from tests.helpers import MiB, cli_args, put_multipart
 from tests.proxy import Rule, S3Proxy
 from tests.reliability import put_parallel, run_cli
 
@@ -206,3 +206,139 @@ def test_the_stamp_replaces_a_copied_one_and_stays_within_the_metadata_limit() -
     assert stamped(full, etag)["Metadata"] == {"k": full["Metadata"]["k"], STAMP: "a" * 32}
     over = {"Metadata": {"k": "v" * (2048 - len(STAMP) - 32)}}
     assert stamped(over, etag) is over  # S3 would refuse the copy: written without it
+
+
+def test_a_direct_copy_of_a_source_rewritten_during_it_never_names_the_listed_version(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A server may ignore ``x-amz-copy-source-if-match`` (moto does, as on its part
+    copies): a source rewritten (same size) between its listing and its CopyObject is then
+    copied as the new version, into a KMS bucket where no ETag tells. Stamped with the listed
+    ETag, that copy named a version it is not: once the source was put back as it was, every
+    later run skipped it, and the backup kept bytes the source no longer had."""
+    first, second = b"a" * 100, b"b" * 100
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=first)
+    _kms_destination(proxy, s3, buckets.dest)
+
+    def overwrite() -> None:
+        s3.put_object(Bucket=buckets.source, Key="p/x", Body=second)
+
+    proxy.add_rule(
+        Rule(None, method="PUT", path=f"^/{buckets.dest}/p/x$", times=1, action=overwrite)
+    )
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--direct",
+        "--quiet",
+    ]
+    run_cli(args)  # the source changed during it: copied or failed, never a lie
+    s3.put_object(Bucket=buckets.source, Key="p/x", Body=first)  # put back as it was
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert s3.get_object(Bucket=buckets.dest, Key="p/x")["Body"].read() == first
+
+
+@pytest.mark.parametrize("mode", ["staged", "processes"])
+def test_a_source_whose_parts_differ_in_size_is_stamped_and_not_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """Parts of 5, 6 and 1 MiB look like 5, 5 and 2 from the first part: the copy was
+    uploaded in those, so its ETag was not its source's, but it was started (and its fields
+    chosen) before the download showed it, and it carried no stamp: copied again at every
+    run, though the README says such copies carry one. It is now made once more in parts
+    of our size, stamped, and the next run copies nothing."""
+    put_multipart(s3, buckets.source, "p/uneven", (5 * MiB, 6 * MiB, 1 * MiB))
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--quiet",
+        *MODES[mode],
+    ]
+    first = run_cli(args)
+    assert first.returncode == 0, first.stderr
+    head = s3.head_object(Bucket=buckets.dest, Key="p/uneven")
+    assert head["Metadata"] == {STAMP: _etag(s3, buckets.source, "p/uneven")}, head
+    body = s3.get_object(Bucket=buckets.dest, Key="p/uneven")["Body"].read()
+    assert body == s3.get_object(Bucket=buckets.source, Key="p/uneven")["Body"].read()
+    proxy.requests.clear()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert _writes(proxy, buckets.dest) == set()
+
+
+def test_the_encryption_is_asked_by_the_start_up_upload_a_storage_class_starts_anyway(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """With ``--storage-class`` the start-up check already starts and aborts an upload of
+    the write-check key, whose answer names the bucket's encryption: a second one was
+    started to ask it again (two uploads started and aborted at every run)."""
+    put_parallel(s3, buckets.source, {f"p/{i}": f"body {i}".encode() for i in range(3)})
+    _kms_destination(proxy, s3, buckets.dest)
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--storage-class",
+        "STANDARD_IA",
+        "--quiet",
+    ]
+    assert run_cli(args).returncode == 0
+    started = proxy.seen(method="POST", path=f"^/{buckets.dest}/p/.asyncbackup-write-check$")
+    assert len(started) == 1, started
+    head = s3.head_object(Bucket=buckets.dest, Key="p/0")  # the answer was read
+    assert head["Metadata"] == {STAMP: _etag(s3, buckets.source, "p/0")}, head
+
+
+@pytest.mark.parametrize("mode", ["staged", "direct"])
+def test_a_resumed_file_done_whose_stamp_names_another_version_is_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """The README said a file a resumed checkpoint marks done stays done where the ETags
+    cannot match (``--sse aws:kms``): its copy's stamp now tells, and a source changed since
+    (same size) is copied again. Only the README was wrong: this pins what it now says."""
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"a" * 50)
+    s3.put_object(Bucket=buckets.source, Key="p/bad", Body=b"b" * 50)
+    args = [
+        "p",
+        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
+        "--skip-existing",
+        "--sse",
+        "aws:kms",
+        "--max-attempts",
+        "1",
+        "--quiet",
+        *MODES[mode],
+    ]
+    proxy.add_rule(Rule("access_denied", method="PUT", path=f"^/{buckets.dest}/p/bad$"))
+    assert run_cli(args).returncode == 1  # p/a done, the checkpoint kept to resume
+    proxy.rules.clear()
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"z" * 50)
+    proxy.requests.clear()
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _writes(proxy, buckets.dest) == {"p/a", "p/bad"}
+    assert s3.get_object(Bucket=buckets.dest, Key="p/a")["Body"].read() == b"z" * 50
+
+
+def test_a_restore_with_skip_existing_out_of_a_kms_backup_carries_the_backups_etag(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The README said a restore from such a backup puts back the objects as they were: one
+    made with ``--skip-existing`` out of an SSE-KMS backup copies objects whose ETags cannot
+    be their copies', which carry the backup's ETag (README only: this pins what it now
+    says). The original's own metadata is put back, and no stamp of the backup's."""
+    s3.put_object(Bucket=buckets.source, Key="p/a", Body=b"a" * 50, Metadata={"owner": "ops"})
+    _kms_destination(proxy, s3, buckets.dest)
+    backup = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    assert run_cli([*backup, "--skip-existing", "--quiet"]).returncode == 0
+    s3.delete_object(Bucket=buckets.source, Key="p/a")  # lost
+    restore = ["p", *cli_args(proxy.endpoint, tmp_path / "r", buckets.dest, buckets.source)]
+    assert run_cli([*restore, "--quiet"]).returncode == 0
+    assert s3.head_object(Bucket=buckets.source, Key="p/a")["Metadata"] == {"owner": "ops"}
+    s3.delete_object(Bucket=buckets.source, Key="p/a")
+    assert run_cli([*restore, "--skip-existing", "--quiet"]).returncode == 0
+    restored = s3.head_object(Bucket=buckets.source, Key="p/a")["Metadata"]
+    assert restored == {"owner": "ops", STAMP: _etag(s3, buckets.dest, "p/a")}, restored
