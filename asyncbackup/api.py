@@ -567,8 +567,8 @@ async def opaque_dest_etags(
     source's: ``stamps.py``), the destination bucket's default encryption, which the answer
     to an upload of the write-check key, started and aborted, names: one of ``answers``
     (the start-up check's, with a storage class), else one started now (through the fast
-    path, given: no aiobotocore client made for it). A check that fails says nothing: the
-    run's own uploads tell what is wrong."""
+    path, given: no aiobotocore client made for it). A check that fails is said in one
+    warning, and taken for no SSE-KMS."""
     if config.sse is not None or not config.skip_existing:
         return config.sse in OPAQUE_ETAG_SSE
     if answers:
@@ -583,7 +583,14 @@ async def opaque_dest_etags(
     try:
         answer = await RetryPolicy(config.max_attempts).call(probe)
     except ObjectError as exc:
-        log.debug("the destination's encryption is unknown: %s", exc)
+        log.warning(
+            "cannot tell the destination's encryption (an upload of %r, started to ask it: "
+            "%s): where the bucket encrypts with SSE-KMS by default, this run's copies carry "
+            "no source ETag (--skip-existing) and the next run copies them again; give --sse "
+            "aws:kms if it does",
+            config.write_check_key,
+            exc,
+        )
         return False
     return answer.get("ServerSideEncryption") in OPAQUE_ETAG_SSE
 

@@ -342,3 +342,21 @@ def test_a_restore_with_skip_existing_out_of_a_kms_backup_carries_the_backups_et
     assert run_cli([*restore, "--skip-existing", "--quiet"]).returncode == 0
     restored = s3.head_object(Bucket=buckets.source, Key="p/a")["Metadata"]
     assert restored == {"owner": "ops", STAMP: _etag(s3, buckets.dest, "p/a")}, restored
+
+
+def test_a_destination_whose_encryption_cannot_be_asked_is_said_in_one_warning(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """The start-up upload that asks the destination's encryption refused (a policy that
+    lets PutObject but not CreateMultipartUpload's key): the run goes on, the copies made in
+    one PUT each, and one warning says what that costs where the bucket is SSE-KMS, and what
+    to give. It was a debug line: copies into a KMS bucket went unstamped without a word."""
+    put_parallel(s3, buckets.source, {f"p/{i}": b"x" * i for i in range(1, 6)})
+    proxy.add_rule(Rule("access_denied", method="POST", path=f"^/{buckets.dest}/", query="uploads"))
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = run_cli([*args, "--skip-existing", "--max-attempts", "2"])
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warned) == 1, done.stderr
+    assert "encryption" in warned[0] and "--sse aws:kms" in warned[0], warned[0]
+    assert s3.get_object(Bucket=buckets.dest, Key="p/3")["Body"].read() == b"xxx"
