@@ -40,7 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from .credprocess import CredentialProcessTimeout, MfaCodeUnavailable
+from .credprocess import CredentialProcessTimeout, MfaCodeUnavailable, sso_profile
 from .errors import FatalRunError, ObjectError
 from .etags import OPAQUE_ETAG_SSE
 from .loglimit import FirstFew
@@ -386,12 +386,12 @@ def credentials_failure(exc: BotoCoreError, profile: str | None = None) -> str:
     a credential process printed on its standard error (a process that fails may print what
     it was given or got: a key, a token), which is not repeated. An SSO profile with no valid
     token (never signed in on this machine, the session over) says how to sign in, naming
-    ``profile`` when known."""
+    the SSO profile: the one the failure came from, else ``profile`` when known."""
     provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
     if isinstance(exc, SSOError) or (isinstance(exc, TokenRetrievalError) and provider == "sso"):
         return (
             f"{_one_line(exc).rstrip('.')}; sign in with: aws sso login --profile "
-            f"{profile or 'PROFILE'}"
+            f"{sso_profile(exc) or profile or 'PROFILE'}"
         )
     if isinstance(exc, CredentialProcessTimeout):
         detail = _one_line(exc)

@@ -1,0 +1,188 @@
+"""Profiles and credentials left over by earlier reviews: an SSO session that ends mid-run,
+profiles botocore cannot use, ``--direct`` with the profile in the environment. The SSO
+portal is a small HTTP server of the test's (``GetRoleCredentials``, as botocore asks it);
+S3 is moto behind the recording proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import Buckets, S3Server
+from tests.faulty_proxy import run_cli_async
+from tests.helpers import assert_same_objects
+from tests.proxy import S3Proxy
+from tests.reliability import put_parallel
+
+START_URL = "https://corp.awsapps.com/start"
+SSO_PROFILES = (
+    "\n[profile sso]\nsso_session = corp\nsso_account_id = 555555555555\n"
+    "sso_role_name = Backup\nregion = us-east-1\n"
+    "\n[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n"
+    "sso_region = us-east-1\nsso_registration_scopes = sso:account:access\n"
+    "\n[profile sso-legacy]\nsso_start_url = https://corp.awsapps.com/start\n"
+    "sso_region = us-east-1\nsso_account_id = 555555555555\nsso_role_name = Backup\n"
+    "region = us-east-1\n"
+)
+
+
+class SsoPortal:
+    """AWS SSO's portal as botocore asks it for role credentials: each answer's credentials
+    a new key, expiring ``lifetime`` seconds past the 10 minutes within which botocore must
+    refresh them (so that their refresh is due that soon); once ``ended``, the session is
+    over: 401 UnauthorizedException, as AWS answers a token whose session ended."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self.ended = False
+        self.calls = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _credentials(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.ended or request.headers.get("x-amz-sso_bearer_token") != "sso-token":
+            return web.json_response(
+                {"message": "Session token not found or invalid"},
+                status=401,
+                headers={"x-amzn-ErrorType": "UnauthorizedException"},
+            )
+        expiration = int((time.time() + 600 + self.lifetime) * 1000)
+        credentials = {
+            "accessKeyId": f"ASIASSO{self.calls:012d}",
+            "secretAccessKey": "sso-secret-0123456789abcdefghijklmnopqrstuv",
+            "sessionToken": f"sso-session-token-{self.calls}",
+            "expiration": expiration,
+        }
+        return web.json_response({"roleCredentials": credentials})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/federation/credentials", self._credentials)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def sso_portal() -> AsyncIterator[SsoPortal]:
+    portal = SsoPortal(lifetime=1.0)
+    await portal.start()
+    try:
+        yield portal
+    finally:
+        await portal.close()
+
+
+def _signed_in(aws_env: Path) -> dict[str, str]:
+    """The environment of a machine signed in to the SSO profiles (``aws sso login``): their
+    tokens in ``~/.aws/sso/cache``, good for hours."""
+    config = aws_env / "config"
+    config.write_text(config.read_text() + SSO_PROFILES)
+    cache = aws_env / ".aws" / "sso" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    token = {
+        "startUrl": START_URL,
+        "region": "us-east-1",
+        "accessToken": "sso-token",
+        "expiresAt": "2099-01-01T00:00:00Z",
+    }
+    for name in (START_URL, "corp"):  # the legacy profile's key, the sso-session's
+        digest = hashlib.sha1(name.encode()).hexdigest()
+        (cache / f"{digest}.json").write_text(json.dumps(token))
+    return {"HOME": str(aws_env)}
+
+
+@pytest.mark.parametrize(
+    ("profile", "side", "fast_path"),
+    [
+        ("sso", "source", True),
+        ("sso-legacy", "source", False),
+        ("sso", "dest", False),
+    ],
+    ids=["session-source-fast", "legacy-source-botocore", "session-dest-botocore"],
+)
+async def test_an_sso_session_over_mid_run_names_the_profile_to_sign_in(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    sso_portal: SsoPortal,
+    profile: str,
+    side: str,
+    fast_path: bool,
+) -> None:
+    """An SSO profile whose session ends during the run (its token's hours are over, or it
+    was signed out): the run stopped, exit 3, saying "sign in with: aws sso login --profile
+    PROFILE", the word PROFILE itself, where the start-up check's line names the profile.
+    Now the mid-run line names it too (the SSO profile the failure came from)."""
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    env = dict(os.environ, **_signed_in(aws_env), AWS_ENDPOINT_URL_SSO=sso_portal.endpoint)
+    source, dest = (profile, "dst") if side == "source" else ("src", profile)
+    proxy = S3Proxy(s3_server.endpoint, latency=0.15)
+    await proxy.start()
+    args = [
+        "s3",
+        "data",
+        "--source-bucket",
+        buckets.source,
+        "--dest-bucket",
+        buckets.dest,
+        "--base-local-path",
+        str(tmp_path / "w"),
+        "--endpoint-url",
+        proxy.endpoint,
+        "--source-profile",
+        source,
+        "--dest-profile",
+        dest,
+        "--concurrency",
+        "4",
+        "--max-attempts",
+        "3",
+        *(() if fast_path else ("--no-fast-path",)),
+    ]
+
+    async def end_session() -> None:
+        started = asyncio.get_running_loop().time()
+        while not proxy.seen(method="PUT") and asyncio.get_running_loop().time() - started < 30:
+            await asyncio.sleep(0.02)
+        sso_portal.ended = True
+
+    try:
+        ender = asyncio.create_task(end_session())
+        done = await run_cli_async(args, env=env)
+        await ender
+        sso_portal.ended = False
+        again = await run_cli_async(args, env=env)
+    finally:
+        await proxy.close()
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "stopping" in last and "CredentialsNotRefreshed" in last, last
+    assert f"aws sso login --profile {profile}" in last, last
+    assert again.returncode == 0, again.stderr  # signed in again, the run resumes
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
