@@ -19,9 +19,9 @@ from aiohttp import web
 
 from tests.conftest import Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
-from tests.helpers import assert_same_objects
+from tests.helpers import assert_same_objects, cli_args
 from tests.proxy import S3Proxy
-from tests.reliability import put_parallel
+from tests.reliability import one_error_line, put_parallel, run_cli
 
 START_URL = "https://corp.awsapps.com/start"
 SSO_PROFILES = (
@@ -186,3 +186,63 @@ async def test_an_sso_session_over_mid_run_names_the_profile_to_sign_in(
     assert f"aws sso login --profile {profile}" in last, last
     assert again.returncode == 0, again.stderr  # signed in again, the run resumes
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+BROKEN_PROFILES = (
+    "\n[profile nosource]\nrole_arn = arn:aws:iam::444444444444:role/backup\n"
+    "region = us-east-1\n"
+    "\n[profile chained]\nrole_arn = arn:aws:iam::444444444444:role/backup\n"
+    "source_profile = nosource\nregion = us-east-1\n"
+    "\n[profile gone]\nrole_arn = arn:aws:iam::444444444444:role/backup\n"
+    "source_profile = nosuch\nregion = us-east-1\n"
+    "\n[profile loop1]\nrole_arn = arn:aws:iam::444444444444:role/backup\n"
+    "source_profile = loop2\n"
+    "\n[profile loop2]\nrole_arn = arn:aws:iam::444444444444:role/backup\n"
+    "source_profile = loop1\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "variables", "named", "fix"),
+    [
+        (("--source-profile", "nosource"), {}, "nosource", "source_profile nor credential_source"),
+        (("--source-profile", "chained"), {}, "nosource", "source_profile nor credential_source"),
+        ((), {"AWS_PROFILE": "nosource"}, "nosource", "source_profile nor credential_source"),
+        (("--source-profile", "gone"), {}, "gone", "nosuch"),
+        (("--source-profile", "loop1"), {}, "loop1", "loop"),
+    ],
+    ids=["no-source", "chained", "environment", "source-missing", "cycle"],
+)
+def test_a_role_profile_botocore_cannot_use_is_named_in_one_line(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    flags: tuple[str, ...],
+    variables: dict[str, str],
+    named: str,
+    fix: str,
+) -> None:
+    """A profile with a ``role_arn`` that botocore cannot use (no ``source_profile`` nor
+    ``credential_source``, a ``source_profile`` that does not exist, a cycle): the line was
+    "cannot create the source S3 client: Partial credentials found in assume-role, missing:
+    source_profile or credential_source; check the source's endpoint URL, --region and
+    profile", which names no profile (the flag's own has a source_profile when the one it
+    names lacks it) and sends the reader to the endpoint and the region first. Now it names
+    the profile to fix, and says it is the AWS config file's; exit 2 as before."""
+    config = aws_env / "config"
+    config.write_text(config.read_text() + BROKEN_PROFILES)
+    args = [
+        "data",
+        *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest, *flags),
+        "--dest-profile",
+        "dst",
+    ]
+    done = run_cli(args, env=dict(os.environ, **variables))
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "cannot get the source credentials" in line, line
+    assert f"profile {named!r}" in line and fix in line, line
+    assert "AWS config file" in line and "--region" not in line, line
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
