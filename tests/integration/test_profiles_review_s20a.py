@@ -246,3 +246,18 @@ def test_a_role_profile_botocore_cannot_use_is_named_in_one_line(
     assert f"profile {named!r}" in line and fix in line, line
     assert "AWS config file" in line and "--region" not in line, line
     assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+
+
+def test_an_access_key_without_its_secret_in_the_environment_says_so(
+    s3_server: S3Server, buckets: Buckets, tmp_path: Path
+) -> None:
+    """AWS_ACCESS_KEY_ID set without AWS_SECRET_ACCESS_KEY, for a side given no profile: the
+    line says which variable is missing, and no profile is blamed."""
+    args = ["data", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    done = run_cli(
+        [*args, "--dest-profile", "dst"], env=dict(os.environ, AWS_ACCESS_KEY_ID="AKIAONLY")
+    )
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "cannot get the source credentials" in line, line
+    assert "AWS_SECRET_ACCESS_KEY" in line and "profile '" not in line, line
