@@ -280,7 +280,7 @@ class BackupConfig:
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
         if self.direct and (
-            self.source_profile != self.dest_profile
+            credentials_profile(self.source_profile) != credentials_profile(self.dest_profile)
             or (
                 (self.source_endpoint_url or self.dest_endpoint_url)
                 # one endpoint however its URL is spelled (a trailing /, the host's case, :80)
@@ -414,3 +414,18 @@ class BackupConfig:
 
     def part_size_for(self, size: int) -> int:
         return grown_part_size(self.part_size, size)
+
+
+def credentials_profile(profile: str | None) -> str | None:
+    """The profile a side given ``profile`` (its flag's, or None) takes its credentials from,
+    as botocore resolves it: ``profile`` when given; else none (None) when access keys in the
+    environment serve it, else the environment's profile (AWS_DEFAULT_PROFILE first), else
+    "default"."""
+    if profile is not None:
+        return profile
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return None
+    for name in ("AWS_DEFAULT_PROFILE", "AWS_PROFILE"):
+        if name in os.environ:
+            return os.environ[name] or "default"
+    return "default"

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import Buckets, S3Server
+from tests.conftest import ACCESS_KEYS, Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
-from tests.helpers import assert_same_objects, cli_args
-from tests.proxy import S3Proxy
+from tests.helpers import assert_same_objects, cli_args, numbered_objects, put_objects
+from tests.proxy import S3Proxy, run_proxy
 from tests.reliability import one_error_line, put_parallel, run_cli
 
 START_URL = "https://corp.awsapps.com/start"
@@ -261,3 +261,46 @@ def test_an_access_key_without_its_secret_in_the_environment_says_so(
     line = one_error_line(done.stderr)
     assert "cannot get the source credentials" in line, line
     assert "AWS_SECRET_ACCESS_KEY" in line and "profile '" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("variables", "copies"),
+    [
+        ({"AWS_PROFILE": "src"}, True),
+        ({"AWS_DEFAULT_PROFILE": "src", "AWS_PROFILE": "dst"}, True),
+        ({"AWS_PROFILE": "dst"}, False),
+        (
+            {"AWS_PROFILE": "src", "AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY": "x"},
+            False,
+        ),
+    ],
+    ids=["same", "default-profile-first", "other-profile", "keys-in-environment"],
+)
+def test_direct_takes_a_profile_given_once_as_flag_and_once_by_the_environment(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    variables: dict[str, str],
+    copies: bool,
+) -> None:
+    """``--direct`` needs one set of credentials for both sides. With AWS_PROFILE=src in the
+    environment, ``--source-profile src`` and no ``--dest-profile``, both sides are profile
+    src (the destination's from the environment), yet the run was refused, exit 2: "give the
+    same profile ... for source and destination". Now the side given no profile counts as the
+    one it resolves to: the environment's profile (AWS_DEFAULT_PROFILE first, as botocore
+    reads them), unless access keys in the environment serve it, which stays refused."""
+    objects = numbered_objects(5)
+    put_objects(s3, buckets.source, objects)
+    with run_proxy(s3_server.endpoint) as proxy:
+        args = ["data", *cli_args(proxy.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+        args += ["--direct", "--source-profile", "src"]
+        done = run_cli(args, env=dict(os.environ, **variables))
+        keys = {r.access_key for r in proxy.requests}
+    if not copies:
+        assert done.returncode == 2, done.stderr
+        assert "--direct" in one_error_line(done.stderr)
+        return
+    assert done.returncode == 0, done.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+    assert keys == {ACCESS_KEYS["src"][0]}  # one identity, both sides
