@@ -304,3 +304,29 @@ def test_direct_takes_a_profile_given_once_as_flag_and_once_by_the_environment(
     assert done.returncode == 0, done.stderr
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
     assert keys == {ACCESS_KEYS["src"][0]}  # one identity, both sides
+
+
+async def test_verify_of_a_run_given_no_profile_takes_the_credentials_of_its_own_environment(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A backup made with its credentials from AWS_PROFILE (no profile flag) records no
+    profile: ``checkpoint verify`` then uses the credentials its own environment gives
+    (another AWS_PROFILE: that one's), not the run's, and ``show`` lists no profile flag.
+    The README said the checkpoint's profiles are "as the clients resolved them"."""
+    objects = numbered_objects(4)
+    put_objects(s3, buckets.source, objects)
+    base = tmp_path / "w"
+    with run_proxy(s3_server.endpoint) as proxy:
+        args = ["s3", "data", *cli_args(proxy.endpoint, base, buckets.source, buckets.dest)]
+        done = await run_cli_async(args, env=dict(os.environ, AWS_PROFILE="src"))
+        assert done.returncode == 0, done.stderr
+        assert {r.access_key for r in proxy.requests} == {ACCESS_KEYS["src"][0]}
+        archived = next((base / "checkpoints" / "archive").iterdir())
+        proxy.requests.clear()
+        checked = await run_cli_async(
+            ["checkpoint", "verify", str(archived)], env=dict(os.environ, AWS_PROFILE="dst")
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert {r.access_key for r in proxy.requests} == {ACCESS_KEYS["dst"][0]}
+    shown = await run_cli_async(["checkpoint", "show", str(archived)])
+    assert "profile" not in shown.stdout, shown.stdout
