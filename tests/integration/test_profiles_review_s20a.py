@@ -115,13 +115,14 @@ def _signed_in(aws_env: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("profile", "side", "fast_path"),
+    ("profile", "side", "extra"),
     [
-        ("sso", "source", True),
-        ("sso-legacy", "source", False),
-        ("sso", "dest", False),
+        ("sso", "source", ()),
+        ("sso-legacy", "source", ("--no-fast-path",)),
+        ("sso", "dest", ("--no-fast-path",)),
+        ("sso-legacy", "dest", ("--processes", "2")),
     ],
-    ids=["session-source-fast", "legacy-source-botocore", "session-dest-botocore"],
+    ids=["session-source-fast", "legacy-source-botocore", "session-dest-botocore", "processes"],
 )
 async def test_an_sso_session_over_mid_run_names_the_profile_to_sign_in(
     s3_server: S3Server,
@@ -132,7 +133,7 @@ async def test_an_sso_session_over_mid_run_names_the_profile_to_sign_in(
     sso_portal: SsoPortal,
     profile: str,
     side: str,
-    fast_path: bool,
+    extra: tuple[str, ...],
 ) -> None:
     """An SSO profile whose session ends during the run (its token's hours are over, or it
     was signed out): the run stopped, exit 3, saying "sign in with: aws sso login --profile
@@ -163,12 +164,15 @@ async def test_an_sso_session_over_mid_run_names_the_profile_to_sign_in(
         "4",
         "--max-attempts",
         "3",
-        *(() if fast_path else ("--no-fast-path",)),
+        *extra,
     ]
 
     async def end_session() -> None:
         started = asyncio.get_running_loop().time()
-        while not proxy.seen(method="PUT") and asyncio.get_running_loop().time() - started < 30:
+        # once copies are being made (by every worker process: all have started)
+        while (
+            len(proxy.seen(method="PUT")) < 10 and asyncio.get_running_loop().time() - started < 30
+        ):
             await asyncio.sleep(0.02)
         sso_portal.ended = True
 
