@@ -334,3 +334,32 @@ async def test_verify_of_a_run_given_no_profile_takes_the_credentials_of_its_own
         assert {r.access_key for r in proxy.requests} == {ACCESS_KEYS["dst"][0]}
     shown = await run_cli_async(["checkpoint", "show", str(archived)])
     assert "profile" not in shown.stdout, shown.stdout
+
+
+@pytest.mark.parametrize("extra", [(), ("--no-fast-path",)], ids=["fast", "botocore"])
+def test_a_role_whose_source_is_an_sso_profile_names_the_sso_profile(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    extra: tuple[str, ...],
+) -> None:
+    """A role profile whose ``source_profile`` is an SSO profile not signed in: the line said
+    "sign in with: aws sso login --profile viasso", the role's profile, which has no SSO
+    settings for ``aws sso login`` to use. Now it names the SSO profile."""
+    config = aws_env / "config"
+    config.write_text(
+        config.read_text()
+        + SSO_PROFILES
+        + "\n[profile viasso]\nrole_arn = arn:aws:iam::444444444444:role/backup\n"
+        "source_profile = sso\nregion = us-east-1\n"
+    )
+    args = ["data", *cli_args(s3_server.endpoint, tmp_path / "w", buckets.source, buckets.dest)]
+    args += ["--source-profile", "viasso", "--dest-profile", "dst", *extra]
+    done = run_cli(args, env=dict(os.environ, HOME=str(aws_env)))  # (an SSO cache of no one)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "cannot get the source credentials" in line, line
+    assert line.count("aws sso login --profile sso;") == 1, line
+    assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
