@@ -363,3 +363,28 @@ def test_a_role_whose_source_is_an_sso_profile_names_the_sso_profile(
     assert "cannot get the source credentials" in line, line
     assert line.count("aws sso login --profile sso;") == 1, line
     assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same", "other"])
+def test_direct_takes_an_endpoint_given_once_as_flag_and_once_by_the_environment(
+    s3_server: S3Server, s3: Any, buckets: Buckets, tmp_path: Path, same: bool
+) -> None:
+    """``--direct`` needs one endpoint for both sides. ``--source-endpoint-url URL`` with
+    AWS_ENDPOINT_URL=URL in the environment (the destination's endpoint) was refused, exit
+    2, though both clients send to URL. Now the endpoints the clients use are compared (as
+    for a --dest-prefix onto the source); another endpoint there is still refused."""
+    objects = numbered_objects(5)
+    put_objects(s3, buckets.source, objects)
+    with run_proxy(s3_server.endpoint) as proxy:
+        environment = proxy.endpoint if same else s3_server.endpoint
+        args = ["data", "--source-bucket", buckets.source, "--dest-bucket", buckets.dest]
+        args += ["--base-local-path", str(tmp_path / "w"), "--direct"]
+        args += ["--source-endpoint-url", proxy.endpoint]
+        done = run_cli(args, env=dict(os.environ, AWS_ENDPOINT_URL=environment))
+    if not same:
+        assert done.returncode == 2, done.stderr
+        assert "--direct" in one_error_line(done.stderr)
+        assert not s3.list_objects_v2(Bucket=buckets.dest).get("Contents")
+        return
+    assert done.returncode == 0, done.stderr
+    assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
