@@ -211,8 +211,9 @@ def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
     """Run the credential processes of ``session`` (a botocore session, or aiobotocore's with
     ``aio``) bounded: the profile's own, and those of the profiles an assumed role takes its
     source credentials from; ask for its roles' MFA codes with ``ask_mfa_code``, and keep their
-    credentials in ``ROLE_CACHE``; have the failures of its SSO profiles name the profile
-    (``sso_profile``). Resolves nothing: the providers are made, not asked."""
+    credentials in ``ROLE_CACHE``; have the failures of its SSO and credential_process
+    profiles name the profile (``failed_profile``). Resolves nothing: the providers are made,
+    not asked."""
     popen: Callable[..., Any] = bounded_exec if aio else BoundedPopen
     resolver = session.get_component("credential_provider")
     for provider in list(getattr(resolver, "providers", ())):
@@ -221,56 +222,62 @@ def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
         if isinstance(provider, AssumeRoleProvider):
             provider._prompter = ask_mfa_code
             provider.cache = ROLE_CACHE
-        if isinstance(provider, SSOProvider):
-            _name_sso_failures(provider, aio=aio)
+        if isinstance(provider, (SSOProvider, ProcessProvider)):
+            _name_failures(provider, aio=aio)
         builder: Any = getattr(provider, "_profile_provider_builder", None)
         make = getattr(builder, "_create_process_provider", None)
         if make is not None:
-            builder._create_process_provider = _bounded_maker(make, popen)
+            builder._create_process_provider = _bounded_maker(make, popen, aio=aio)
         make_sso = getattr(builder, "_create_sso_provider", None)
         if make_sso is not None:
-            builder._create_sso_provider = _named_sso_maker(make_sso, aio=aio)
+            builder._create_sso_provider = _named_maker(make_sso, aio=aio)
 
 
-def _bounded_maker(make: Callable[[str], Any], popen: Callable[..., Any]) -> Callable[[str], Any]:
+def _bounded_maker(
+    make: Callable[[str], Any], popen: Callable[..., Any], *, aio: bool
+) -> Callable[[str], Any]:
     def create(profile_name: str) -> Any:
         provider = make(profile_name)
         provider._popen = popen
+        _name_failures(provider, aio=aio)
         return provider
 
     return create
 
 
-def _named_sso_maker(make: Callable[[str], Any], *, aio: bool) -> Callable[[str], Any]:
+def _named_maker(make: Callable[[str], Any], *, aio: bool) -> Callable[[str], Any]:
     def create(profile_name: str) -> Any:
         provider = make(profile_name)
-        _name_sso_failures(provider, aio=aio)
+        _name_failures(provider, aio=aio)
         return provider
 
     return create
 
 
-def sso_profile(exc: BaseException) -> str | None:
-    """The SSO profile whose session ``exc`` (an SSO failure) is: a refresh mid-run fails
-    far from the client that knows its profile, and ``aws sso login`` needs the name."""
-    name = getattr(exc, "sso_profile", None)
+def failed_profile(exc: BaseException) -> str | None:
+    """The profile whose credentials ``exc`` (an SSO or credential_process failure) failed
+    to give: a refresh mid-run fails far from the client that knows its profile, and what
+    to do (``aws sso login --profile``, run the profile's command) needs the name."""
+    name = getattr(exc, "failed_profile", None)
     return name if isinstance(name, str) else None
 
 
-def _name_sso_failures(provider: Any, *, aio: bool) -> None:
-    """Have the credentials ``provider`` (an SSO profile's) loads raise their SSO failures
-    (a session over, a token missing) with the profile's name on them (``sso_profile``):
-    those of the first fetch, and of every refresh after it."""
+def _name_failures(provider: Any, *, aio: bool) -> None:
+    """Have the credentials ``provider`` (an SSO or credential_process profile's) loads raise
+    their failures (a session over, a token missing, the process failing) with the profile's
+    name on them (``failed_profile``): those of the first fetch, and of every refresh after
+    it."""
     load, name = provider.load, provider._profile_name
 
     def named(exc: BaseException) -> None:
-        if isinstance(exc, (SSOError, TokenRetrievalError)) and sso_profile(exc) is None:
-            exc.sso_profile = name
+        failures = (SSOError, TokenRetrievalError, CredentialRetrievalError)
+        if isinstance(exc, failures) and failed_profile(exc) is None:
+            exc.failed_profile = name
 
     def refreshing(credentials: Any) -> Any:
-        if credentials is None:
-            return None
-        refresh = credentials._refresh_using
+        refresh = getattr(credentials, "_refresh_using", None)
+        if refresh is None:  # none, or keys that never change
+            return credentials
         if aio:
 
             async def refresh_async() -> Any:
@@ -296,8 +303,20 @@ def _name_sso_failures(provider: Any, *, aio: bool) -> None:
     if aio:
 
         async def load_async() -> Any:
-            return refreshing(await load())
+            try:
+                return refreshing(await load())
+            except Exception as exc:
+                named(exc)
+                raise
 
         provider.load = load_async
     else:
-        provider.load = lambda: refreshing(load())
+
+        def load_sync() -> Any:
+            try:
+                return refreshing(load())
+            except Exception as exc:
+                named(exc)
+                raise
+
+        provider.load = load_sync

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests import credproc
 from tests.conftest import ACCESS_KEYS, Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
 from tests.helpers import assert_same_objects, cli_args, numbered_objects, put_objects
+from tests.integration.test_credential_refresh_review import _run_with_process_failing
 from tests.proxy import S3Proxy, run_proxy
 from tests.reliability import one_error_line, put_parallel, run_cli
 
@@ -388,3 +390,27 @@ def test_direct_takes_an_endpoint_given_once_as_flag_and_once_by_the_environment
         return
     assert done.returncode == 0, done.stderr
     assert assert_same_objects(s3, buckets.source, buckets.dest) == len(objects)
+
+
+@pytest.mark.parametrize("extra", [(), ("--no-fast-path",)], ids=["fast", "botocore"])
+async def test_a_credential_process_failing_mid_run_names_its_profile(
+    s3_server: S3Server,
+    s3: Any,
+    buckets: Buckets,
+    tmp_path: Path,
+    aws_env: Path,
+    extra: tuple[str, ...],
+) -> None:
+    """Both sides' profiles with a ``credential_process`` (two accounts), the source's
+    failing mid-run: the line said "the profile's credential_process failed ... run the
+    command by hand to see why", naming neither the profile nor the side, so which of the two
+    commands to run was a guess. Now it names the profile."""
+    ledger = credproc.install(aws_env, {"csrc": 1.5, "cdst": 3600}, window=600)
+    objects = {f"data/o-{i:03d}": os.urandom(300 + i) for i in range(80)}
+    put_parallel(s3, buckets.source, objects)
+    done, _ = await _run_with_process_failing(s3_server, buckets, tmp_path, ledger, *extra)
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "stopping" in last and "credential_process" in last, last
+    assert "'csrc'" in last and "cdst" not in last, last
+    assert "secret-in-std" not in done.stderr
