@@ -373,6 +373,7 @@ async def _open_stores(
         raise failure
     # the endpoints a profile or the environment gave, which the flags did not show
     config.check_not_onto_source(client_endpoint(source_client), client_endpoint(dest_client))
+    config.check_direct_endpoints(client_endpoint(source_client), client_endpoint(dest_client))
     return source_client, dest_client
 
 

@@ -280,17 +280,11 @@ class BackupConfig:
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
         if self.direct and (
-            self.source_profile != self.dest_profile
-            or (
-                (self.source_endpoint_url or self.dest_endpoint_url)
-                # one endpoint however its URL is spelled (a trailing /, the host's case, :80)
-                and endpoint_for_checkpoint(source) != endpoint_for_checkpoint(dest)
-            )
+            credentials_profile(self.source_profile) != credentials_profile(self.dest_profile)
         ):
-            raise ConfigError(
-                "--direct copies server-side with one set of credentials on one endpoint: "
-                "give the same profile and endpoint for source and destination"
-            )
+            raise ConfigError(_DIRECT_NEEDS_ONE)
+        if source and dest:  # else checked once the clients are made
+            self.check_direct_endpoints(source, dest)
         if self.direct and self.max_bandwidth is not None:
             raise ConfigError(
                 "--max-bandwidth limits the bytes that pass through this machine, and --direct "
@@ -330,6 +324,17 @@ class BackupConfig:
     @property
     def same_profile(self) -> bool:
         return self.source_profile == self.dest_profile
+
+    def check_direct_endpoints(
+        self, source_endpoint: str | None, dest_endpoint: str | None
+    ) -> None:
+        """Refuse ``--direct`` across two endpoints, with the endpoints the clients use (a
+        flag's, a profile's, ``AWS_ENDPOINT_URL``'s): one endpoint however its URL is
+        spelled (a trailing /, the host's case, :80)."""
+        if self.direct and (
+            endpoint_for_checkpoint(source_endpoint) != endpoint_for_checkpoint(dest_endpoint)
+        ):
+            raise ConfigError(_DIRECT_NEEDS_ONE)
 
     def check_not_onto_source(self, source_endpoint: str | None, dest_endpoint: str | None) -> None:
         """Refuse copies into SOURCE_PATH's own area of the source bucket, with the endpoints
@@ -414,3 +419,24 @@ class BackupConfig:
 
     def part_size_for(self, size: int) -> int:
         return grown_part_size(self.part_size, size)
+
+
+_DIRECT_NEEDS_ONE = (
+    "--direct copies server-side with one set of credentials on one endpoint: give the same "
+    "profile and endpoint for source and destination"
+)
+
+
+def credentials_profile(profile: str | None) -> str | None:
+    """The profile a side given ``profile`` (its flag's, or None) takes its credentials from,
+    as botocore resolves it: ``profile`` when given; else none (None) when access keys in the
+    environment serve it, else the environment's profile (AWS_DEFAULT_PROFILE first), else
+    "default"."""
+    if profile is not None:
+        return profile
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return None
+    for name in ("AWS_DEFAULT_PROFILE", "AWS_PROFILE"):
+        if name in os.environ:
+            return os.environ[name] or "default"
+    return "default"

@@ -37,8 +37,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.credentials import AssumeRoleProvider, ProcessProvider
-from botocore.exceptions import CredentialRetrievalError
+from botocore.credentials import AssumeRoleProvider, ProcessProvider, SSOProvider
+from botocore.exceptions import CredentialRetrievalError, SSOError, TokenRetrievalError
 
 log = logging.getLogger("asyncbackup")
 
@@ -211,7 +211,9 @@ def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
     """Run the credential processes of ``session`` (a botocore session, or aiobotocore's with
     ``aio``) bounded: the profile's own, and those of the profiles an assumed role takes its
     source credentials from; ask for its roles' MFA codes with ``ask_mfa_code``, and keep their
-    credentials in ``ROLE_CACHE``. Resolves nothing: the providers are made, not asked."""
+    credentials in ``ROLE_CACHE``; have the failures of its SSO and credential_process
+    profiles name the profile (``failed_profile``). Resolves nothing: the providers are made,
+    not asked."""
     popen: Callable[..., Any] = bounded_exec if aio else BoundedPopen
     resolver = session.get_component("credential_provider")
     for provider in list(getattr(resolver, "providers", ())):
@@ -220,16 +222,101 @@ def bound_credential_processes(session: Any, *, aio: bool = False) -> None:
         if isinstance(provider, AssumeRoleProvider):
             provider._prompter = ask_mfa_code
             provider.cache = ROLE_CACHE
+        if isinstance(provider, (SSOProvider, ProcessProvider)):
+            _name_failures(provider, aio=aio)
         builder: Any = getattr(provider, "_profile_provider_builder", None)
         make = getattr(builder, "_create_process_provider", None)
         if make is not None:
-            builder._create_process_provider = _bounded_maker(make, popen)
+            builder._create_process_provider = _bounded_maker(make, popen, aio=aio)
+        make_sso = getattr(builder, "_create_sso_provider", None)
+        if make_sso is not None:
+            builder._create_sso_provider = _named_maker(make_sso, aio=aio)
 
 
-def _bounded_maker(make: Callable[[str], Any], popen: Callable[..., Any]) -> Callable[[str], Any]:
+def _bounded_maker(
+    make: Callable[[str], Any], popen: Callable[..., Any], *, aio: bool
+) -> Callable[[str], Any]:
     def create(profile_name: str) -> Any:
         provider = make(profile_name)
         provider._popen = popen
+        _name_failures(provider, aio=aio)
         return provider
 
     return create
+
+
+def _named_maker(make: Callable[[str], Any], *, aio: bool) -> Callable[[str], Any]:
+    def create(profile_name: str) -> Any:
+        provider = make(profile_name)
+        _name_failures(provider, aio=aio)
+        return provider
+
+    return create
+
+
+def failed_profile(exc: BaseException) -> str | None:
+    """The profile whose credentials ``exc`` (an SSO or credential_process failure) failed
+    to give: a refresh mid-run fails far from the client that knows its profile, and what
+    to do (``aws sso login --profile``, run the profile's command) needs the name."""
+    name = getattr(exc, "failed_profile", None)
+    return name if isinstance(name, str) else None
+
+
+def _name_failures(provider: Any, *, aio: bool) -> None:
+    """Have the credentials ``provider`` (an SSO or credential_process profile's) loads raise
+    their failures (a session over, a token missing, the process failing) with the profile's
+    name on them (``failed_profile``): those of the first fetch, and of every refresh after
+    it."""
+    load, name = provider.load, provider._profile_name
+
+    def named(exc: BaseException) -> None:
+        failures = (SSOError, TokenRetrievalError, CredentialRetrievalError)
+        if isinstance(exc, failures) and failed_profile(exc) is None:
+            exc.failed_profile = name
+
+    def refreshing(credentials: Any) -> Any:
+        refresh = getattr(credentials, "_refresh_using", None)
+        if refresh is None:  # none, or keys that never change
+            return credentials
+        if aio:
+
+            async def refresh_async() -> Any:
+                try:
+                    return await refresh()
+                except Exception as exc:
+                    named(exc)
+                    raise
+
+            credentials._refresh_using = refresh_async
+        else:
+
+            def refresh_sync() -> Any:
+                try:
+                    return refresh()
+                except Exception as exc:
+                    named(exc)
+                    raise
+
+            credentials._refresh_using = refresh_sync
+        return credentials
+
+    if aio:
+
+        async def load_async() -> Any:
+            try:
+                return refreshing(await load())
+            except Exception as exc:
+                named(exc)
+                raise
+
+        provider.load = load_async
+    else:
+
+        def load_sync() -> Any:
+            try:
+                return refreshing(load())
+            except Exception as exc:
+                named(exc)
+                raise
+
+        provider.load = load_sync

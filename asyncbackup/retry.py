@@ -40,7 +40,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from .credprocess import CredentialProcessTimeout, MfaCodeUnavailable
+from .credprocess import CredentialProcessTimeout, MfaCodeUnavailable, failed_profile
 from .errors import FatalRunError, ObjectError
 from .etags import OPAQUE_ETAG_SSE
 from .loglimit import FirstFew
@@ -386,15 +386,22 @@ def credentials_failure(exc: BotoCoreError, profile: str | None = None) -> str:
     a credential process printed on its standard error (a process that fails may print what
     it was given or got: a key, a token), which is not repeated. An SSO profile with no valid
     token (never signed in on this machine, the session over) says how to sign in, naming
-    ``profile`` when known."""
+    the SSO profile: the one the failure came from, else ``profile`` when known; a failed
+    credential process names its profile when known (the one the failure came from)."""
     provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
     if isinstance(exc, SSOError) or (isinstance(exc, TokenRetrievalError) and provider == "sso"):
         return (
             f"{_one_line(exc).rstrip('.')}; sign in with: aws sso login --profile "
-            f"{profile or 'PROFILE'}"
+            f"{failed_profile(exc) or profile or 'PROFILE'}"
         )
+    owner = failed_profile(exc)
+    process = (
+        f"the credential_process of profile {owner!r}"
+        if owner
+        else "the profile's credential_process"
+    )
     if isinstance(exc, CredentialProcessTimeout):
-        detail = _one_line(exc)
+        detail = _one_line(exc).replace("the profile's credential_process", process, 1)
     elif isinstance(exc, RefreshWithMFAUnsupportedError):
         detail = (
             "the profile's role (with mfa_serial) cannot be assumed again without a new MFA "
@@ -403,7 +410,7 @@ def credentials_failure(exc: BotoCoreError, profile: str | None = None) -> str:
         )
     elif provider == "custom-process":
         detail = (
-            "the profile's credential_process failed (its output is not repeated here: it "
+            f"{process} failed (its output is not repeated here: it "
             "may hold secrets; run the command by hand to see why)"
         )
     else:

@@ -26,6 +26,8 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConfigParseError,
+    InvalidConfigError,
+    PartialCredentialsError,
     ProfileNotFound,
 )
 from botocore.utils import get_environ_proxies
@@ -223,6 +225,8 @@ async def open_client(
         ) from None
     except ConfigParseError as exc:
         raise ConfigError(_unreadable_file(exc)) from None
+    except (InvalidConfigError, PartialCredentialsError) as exc:  # as the files have them
+        raise ConfigError(_unusable_credentials(role, profile, exc)) from None
     except CREDENTIAL_ERRORS as exc:  # a credential process, SSO or STS failing at once
         raise ConfigError(
             f"cannot get the {role} credentials: "
@@ -294,6 +298,41 @@ def _unreadable_file(exc: ConfigParseError) -> str:
     else:
         wrong = "check its syntax ([profile NAME] sections of key = value lines)"
     return f"cannot read the AWS file {path}: {wrong}"
+
+
+def _unusable_credentials(role: str, profile: str | None, exc: BotoCoreError) -> str:
+    """What to say of credentials botocore cannot use as they are written: a profile's role
+    with neither ``source_profile`` nor ``credential_source`` (naming the profile that lacks
+    them, which may be one a ``source_profile`` names), a ``source_profile`` that does not
+    exist, a cycle of them; or an access key in the environment without its secret."""
+    text = " ".join(str(exc).split()).rstrip(".")
+    if getattr(exc, "kwargs", {}).get("provider") == "env":
+        return (
+            f"cannot get the {role} credentials: {text}; set both AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY (or neither), or give {profile_flag(role)}"
+        )
+    name = _profile_name(profile)
+    if isinstance(exc, PartialCredentialsError):
+        name = _role_without_source(name)
+        text = "it has a role_arn, and neither source_profile nor credential_source"
+    return (
+        f"cannot get the {role} credentials: profile {name!r} cannot be used ({text}); fix "
+        f"it in the AWS config file, or check {profile_flag(role)}"
+    )
+
+
+def _role_without_source(name: str) -> str:
+    """The profile of the ``source_profile`` chain from ``name`` that has a ``role_arn`` and
+    nothing to assume it with: ``name`` itself, or a profile the chain names."""
+    profiles = botocore.session.Session().full_config.get("profiles", {})
+    seen = set()
+    while name not in seen:
+        seen.add(name)
+        following = profiles.get(name, {}).get("source_profile")
+        if following not in profiles:
+            break
+        name = following
+    return name
 
 
 def _assume_now(role: str, profile: str | None, control: Any) -> None:

@@ -176,7 +176,7 @@ async def test_credentials_that_cannot_be_refreshed_stop_the_run(
     )
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert "stopping" in last and "credential_process failed" in last, last
+    assert "stopping" in last and "credential_process of profile 'csrc' failed" in last, last
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files
     for path in files:
@@ -360,7 +360,8 @@ async def test_a_credential_process_failing_at_the_start_is_not_quoted(
         await dest.close()
     assert done.returncode == 2, done.stderr
     line = one_error_line(done.stderr)
-    assert "cannot get the source credentials" in line and "credential_process failed" in line
+    assert "cannot get the source credentials" in line
+    assert "credential_process of profile 'csrc' failed" in line, line
     assert "--source-profile" in line
     assert "secret-in-std" not in done.stderr + done.stdout + report.read_text()
 
