@@ -53,18 +53,22 @@ class StampReader:
         self.retry = retry
         #: the credentials may list the destination but not read it: no more HEADs
         self.refused = False
+        #: a HEAD answered: a refusal after it is the object's own (a policy on its key)
+        self.answered = False
 
     async def stamp(self, key: str) -> str | None:
         """The source ETag the copy under ``key`` was made of, or None: no stamp, the
-        object gone, a HEAD that failed (the object is then compared as without stamps)."""
+        object gone, a HEAD that failed (the object is then compared as without stamps).
+        Refused before any HEAD was answered, the credentials may not read the destination:
+        no more HEADs, one warning; refused after, the refusal is that object's."""
         if self.refused:
             return None
         head = functools.partial(self.client.head_object, Bucket=self.bucket, Key=key)
         try:
             answer: dict[str, Any] = await self.retry.call(head)
         except ObjectError as exc:
-            if exc.code in ACCESS_DENIED and not self.refused:  # said once: HEADs run at once
-                self.refused = True
+            if exc.code in ACCESS_DENIED and not self.answered and not self.refused:
+                self.refused = True  # said once: the first HEADs run at once
                 log.warning(
                     "--skip-existing cannot read the destination's copies (%s): a copy whose "
                     "ETag is not its source's is copied again; s3:GetObject on the destination "
@@ -72,5 +76,6 @@ class StampReader:
                     exc,
                 )
             return None
+        self.answered = True
         value = (answer.get("Metadata") or {}).get(STAMP)
         return clean_etag(value) if isinstance(value, str) else None

@@ -360,3 +360,24 @@ def test_a_destination_whose_encryption_cannot_be_asked_is_said_in_one_warning(
     assert len(warned) == 1, done.stderr
     assert "encryption" in warned[0] and "--sse aws:kms" in warned[0], warned[0]
     assert s3.get_object(Bucket=buckets.dest, Key="p/3")["Body"].read() == b"xxx"
+
+
+def test_one_copy_the_destination_refuses_to_show_costs_that_copy_alone(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A HEAD refused for one object (a bucket policy on its key) after others were
+    answered is that object's refusal, not the credentials': that copy is made again, the
+    others still known by their stamps. The first refusal turned the HEADs off for the run,
+    and every copy was made again."""
+    objects = {f"p/{i:02d}": f"body {i}".encode() for i in range(8)}
+    put_parallel(s3, buckets.source, objects)
+    _kms_destination(proxy, s3, buckets.dest)
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)]
+    incremental = [*args, "--skip-existing", "--concurrency", "1"]
+    assert run_cli([*incremental, "--quiet"]).returncode == 0
+    proxy.add_rule(Rule("access_denied", method="HEAD", path=f"^/{buckets.dest}/p/07$"))
+    proxy.requests.clear()
+    again = run_cli(incremental)
+    assert again.returncode == 0, again.stderr
+    assert _writes(proxy, buckets.dest) == {"p/07"}
+    assert "WARNING" not in again.stderr, again.stderr
