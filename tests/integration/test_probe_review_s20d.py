@@ -40,3 +40,23 @@ def test_the_encryption_probe_aborts_its_upload_through_a_lost_connection(
         r for r in proxy.seen() if r.method == "POST" and r.path.startswith(f"/{buckets.dest}/")
     ]
     assert len(started) == 1, started  # one upload started: its abort was what failed
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_an_upload_started_without_its_id_is_said_as_on_botocores_path(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, fast_path: bool
+) -> None:
+    """A 200 to CreateMultipartUpload without its UploadId (a server that failed after its
+    status line): botocore gives the answer as it is, and the caller's check of its id says
+    what is wrong (retried, an upload made or not: nobody can tell). The fast path raised
+    instead a ClientError "500" of no body, an answer from the server that no upload was
+    made: the warning of the probe said "500 (Internal Server Error)"."""
+    put_parallel(s3, buckets.source, {f"p/{i}": b"x" * i for i in range(1, 6)})
+    proxy.add_rule(Rule("empty_200", method="POST", path=f"^/{buckets.dest}/", query="uploads"))
+    extra = [] if fast_path else ["--no-fast-path"]
+    args = ["p", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, *extra)]
+    done = run_cli([*args, "--skip-existing", "--max-attempts", "2"])
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warned) == 1, done.stderr
+    assert "InternalError" in warned[0] and "without an UploadId" in warned[0], warned[0]
