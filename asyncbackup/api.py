@@ -580,6 +580,7 @@ async def opaque_dest_etags(
         config.dest_bucket,
         config.write_check_key,
         _dest_params(config),
+        config.max_attempts,
     )
     try:
         answer = await RetryPolicy(config.max_attempts).call(probe)

@@ -48,7 +48,6 @@ from .retry import (
     RetryPolicy,
     classify,
     credentials_failure,
-    error_code,
 )
 
 log = logging.getLogger("asyncbackup")
@@ -58,6 +57,8 @@ REQUEST_PAYER_HEADER = "x-amz-request-payer"
 
 #: answers to the start-up check that mean the credentials (or the policy) are refused
 _REFUSED = CREDENTIALS_REFUSED | ACCESS_DENIED
+#: an abort's answer when the upload is gone (an abort sent again after its answer was lost)
+_UPLOAD_GONE = ("NoSuchUpload", "404")
 #: what to check when the destination refuses to start an upload
 _UPLOAD_ADVICE = (
     "check that the credentials of --dest-profile may write there (s3:PutObject) and what "
@@ -464,12 +465,12 @@ async def check_bucket(
         uploading = False
         if write_probe is not None:
             uploading = True
-            answered(await start_and_abort(client, bucket, write_probe, params))
+            answered(await start_and_abort(client, bucket, write_probe, params, attempts))
             return
         await listing()
         if settings_probe is not None:
             uploading = True
-            answered(await start_and_abort(client, bucket, settings_probe, params))
+            answered(await start_and_abort(client, bucket, settings_probe, params, attempts))
 
     def answered(answer: dict[str, Any]) -> None:
         if answers is not None:
@@ -598,24 +599,32 @@ def upload_id_of(answer: Mapping[str, Any]) -> str:
 
 
 async def start_and_abort(
-    client: S3Client, bucket: str, key: str, params: Mapping[str, str]
+    client: S3Client, bucket: str, key: str, params: Mapping[str, str], attempts: int
 ) -> dict[str, Any]:
     """Start a multipart upload of ``key`` (with the run's upload ``params``) and abort it:
     the bucket exists, these credentials may write there, and the destination takes the
-    settings (and applies ``--sse``, as its answer says). An abort refused leaves an empty
-    upload, said once. The answer to its start: the encryption the destination gives an
-    upload (``ServerSideEncryption``: the bucket's default, without ``--sse``)."""
+    settings (and applies ``--sse``, as its answer says). The abort is tried ``attempts``
+    times (a failure of its own: the caller's retry of the whole would start another upload
+    and leave this one); one that fails leaves an empty upload, said once, and one gone
+    already (its answer was lost) is done. The answer to its start: the encryption the
+    destination gives an upload (``ServerSideEncryption``: the bucket's default, without
+    ``--sse``)."""
     answer: dict[str, Any] = await client.create_multipart_upload(Bucket=bucket, Key=key, **params)
     upload_id = upload_id_of(answer)
+    abort = functools.partial(
+        client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id
+    )
     try:
-        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    except ClientError as exc:
-        log.warning(
-            "the write check's upload of %r could not be aborted (%s): give the destination "
-            "credentials s3:AbortMultipartUpload, or uploads a failed run leaves stay too",
-            key,
-            error_code(exc),
-        )
+        await RetryPolicy(attempts).call(abort)
+    except ObjectError as exc:
+        if exc.code not in _UPLOAD_GONE:
+            log.warning(
+                "the write check's upload of %r could not be aborted (%s): give the "
+                "destination credentials s3:AbortMultipartUpload, or uploads a failed run "
+                "leaves stay too",
+                key,
+                exc.code,
+            )
     check_applied(params, answer, "the write check's upload")
     return answer
 
@@ -660,7 +669,14 @@ class UploadCheck:
     async def _ask(self) -> str | None:
         try:
             await RetryPolicy(self.attempts).call(
-                functools.partial(start_and_abort, self.client, self.bucket, self.key, self.params)
+                functools.partial(
+                    start_and_abort,
+                    self.client,
+                    self.bucket,
+                    self.key,
+                    self.params,
+                    self.attempts,
+                )
             )
         except ObjectError as exc:
             if exc.code in _REFUSED:

@@ -132,6 +132,16 @@ def listing(s3: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     return found
 
 
+def last_modified(s3: Any, bucket: str, prefix: str) -> dict[str, Any]:
+    """Relative key -> LastModified of every object under ``prefix/``: an object written
+    again (the same bytes, the same ETag) has a new one."""
+    found: dict[str, Any] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for item in page.get("Contents", ()):
+            found[item["Key"][len(prefix) + 1 :]] = item["LastModified"]
+    return found
+
+
 def _md5_of(s3: Any, bucket: str, key: str) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]

@@ -327,7 +327,10 @@ def create_multipart_upload_output(
     """CreateMultipartUpload's output as botocore returns it, from a 2xx answer: the header
     fields (the encryption the upload gets among them) and the document's ``Bucket``, ``Key``
     and ``UploadId``; an error a 200 carries in its body, raised. An answer without an
-    ``UploadId`` is an ``InternalError`` (a body cut short), as no upload can be named."""
+    ``UploadId`` (no body: a server that failed after its status line) is given as it is, as
+    botocore gives it: the caller's check of the id says what is wrong (``upload_id_of``: an
+    upload made or not, nobody can tell), where an error raised here would say the server
+    answered that none was made."""
     listed = list(headers)
     operation = "CreateMultipartUpload"
     root = _checked_root(listed, status, body, operation)
@@ -338,8 +341,6 @@ def create_multipart_upload_output(
         if field is not None:
             out[field] = value
     texts = {} if root is None else {child.tag.rpartition("}")[2]: child.text for child in root}
-    if not texts.get("UploadId"):
-        raise client_error(500, listed, b"", operation)
     out.update({name: texts[name] or "" for name in ("Bucket", "Key", "UploadId") if name in texts})
     return out
 

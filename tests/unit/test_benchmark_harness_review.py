@@ -220,3 +220,27 @@ def test_the_incremental_runs_start_from_a_complete_copy_and_copy_nothing(
     # from (the staged run before it left one, but the direct run cleared it)
     assert "no copy to start from" in cells["no-copy/incremental"]["error"]
     assert "small    incremental asyncbackup" in run_mod.table(results)
+
+
+def test_an_incremental_run_that_copies_again_is_no_incremental_figure(
+    s3: Any, buckets: Buckets, tmp_path: Path
+) -> None:
+    """A tool timed as "incremental" whose command copies every object again (here the
+    staged backup without ``--skip-existing``): the destination is complete and right before
+    and after, and the run exits 0, so its time was a figure of "nothing to copy" although it
+    copied the whole job. The objects it wrote again (a new LastModified) make it no figure."""
+    expected = _seed(s3, buckets.source, tmp_path / "data")
+    real = discover()[0][0]
+    assert real.direct is not None and real.incremental is not None
+    job = _job(s3.meta.endpoint_url, buckets, tmp_path / "direct")
+    assert "error" not in run_mod.one_run(real, "direct", job, s3, expected, _env())
+    again = Tool("copies-again", real.staged, real.direct, None, real.staged)
+    job = _job(s3.meta.endpoint_url, buckets, tmp_path / "again")
+    result = run_mod.one_run(again, "incremental", job, s3, expected, _env())
+    assert result["returncode"] == 0
+    assert wl.verify(s3, buckets.dest, "small", expected) is None
+    assert "copied 32 of 32 objects again" in result.get("error", ""), result
+    # the tool's own incremental command copies nothing: its figure stands
+    job = _job(s3.meta.endpoint_url, buckets, tmp_path / "incremental")
+    result = run_mod.one_run(real, "incremental", job, s3, expected, _env())
+    assert "error" not in result, result
