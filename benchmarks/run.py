@@ -185,8 +185,12 @@ def one_run(
 def _written_again(written: dict[str, Any], s3: Any, job: Job) -> int:
     """How many of the copies ``written`` (key -> LastModified) an incremental run wrote
     again: the tool compared nothing, or found a difference where there is none."""
-    now = wl.last_modified(s3, job.dest_bucket, job.prefix)
-    return sum(1 for key, when in written.items() if now.get(key) != when)
+    return _rewritten(written, wl.last_modified(s3, job.dest_bucket, job.prefix))
+
+
+def _rewritten(before: dict[str, Any], after: dict[str, Any]) -> int:
+    """How many of the objects ``before`` (key -> LastModified) have another one ``after``."""
+    return sum(1 for key, when in before.items() if after.get(key) != when)
 
 
 def _steps(tool: Tool, mode: str) -> Callable[[Job], list[list[str]]]:
@@ -435,27 +439,47 @@ def scale_no_server(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scale_with_server(
-    args: argparse.Namespace, endpoint: str, env: dict[str, str]
+    args: argparse.Namespace, endpoint: str, env: dict[str, str], tools: list[Tool]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    out["first_transfer"] = first_transfer(args, endpoint, env)
+    print("\n== scale: the large bucket", flush=True)
+    expected = seed_many(args, endpoint, env)
+    out["first_transfer"] = first_transfer(args, endpoint, env, len(expected))
+    out["nightly"] = incremental_scale(args, endpoint, env, tools, expected)
     out["huge_object"] = huge_object(args, endpoint, env)
     return out
 
 
-def first_transfer(args: argparse.Namespace, endpoint: str, env: dict[str, str]) -> dict[str, Any]:
-    """Listing to first transfer on a large bucket."""
+#: the large bucket's prefix (``seed_many``)
+MANY = "many"
+
+
+def seed_many(
+    args: argparse.Namespace, endpoint: str, env: dict[str, str]
+) -> dict[str, tuple[int, str]]:
+    """Upload the large bucket (100,000 objects of 16 bytes; 10,000 with ``--quick``) under
+    ``MANY``; its objects (relative key -> size and MD5)."""
     s3 = wl.client(endpoint)
+    wl.ensure_bucket(s3, SOURCE)  # made by the workloads, unless they did not run
+    wl.ensure_bucket(s3, DEST)
     count = 10_000 if args.quick else 100_000
-    prefix = "many"
-    print(f"\n== scale: first transfer on a {count:,}-object bucket", flush=True)
-    many = wl.Workload(prefix, ((count, 16),))
-    data = fresh_dir(WORK / "data" / prefix)
-    wl.generate(many, data)
+    many = wl.Workload(MANY, ((count, 16),))
+    data = fresh_dir(WORK / "data" / MANY)
+    expected = wl.generate(many, data)
     started = time.perf_counter()
-    wl.upload(s3, data, SOURCE, prefix, s5cmd_binary(), env)
+    wl.upload(s3, data, SOURCE, MANY, s5cmd_binary(), env)
     shutil.rmtree(data)
-    print(f"  seeded in {time.perf_counter() - started:.1f}s", flush=True)
+    print(f"  seeded {count:,} objects in {time.perf_counter() - started:.1f}s", flush=True)
+    return expected
+
+
+def first_transfer(
+    args: argparse.Namespace, endpoint: str, env: dict[str, str], count: int
+) -> dict[str, Any]:
+    """Listing to first transfer on the large bucket (``seed_many``, ``count`` objects)."""
+    s3 = wl.client(endpoint)
+    prefix = MANY
+    print(f"\n== scale: first transfer on a {count:,}-object bucket", flush=True)
     runs = []
     for _ in range(args.reps):
         wl.clear(s3, DEST)
@@ -471,6 +495,63 @@ def first_transfer(args: argparse.Namespace, endpoint: str, env: dict[str, str])
         "median_first_done_seconds": statistics.median(r["first_done_seconds"] for r in runs),
         "listing": listing_streams(endpoint, env, prefix),
     }
+
+
+def incremental_scale(
+    args: argparse.Namespace,
+    endpoint: str,
+    env: dict[str, str],
+    tools: list[Tool],
+    expected: dict[str, tuple[int, str]],
+) -> dict[str, Any]:
+    """A nightly run over the large bucket (``seed_many``) where nothing changed: each tool's
+    incremental command over a destination that holds a copy of every object (made once,
+    untimed), alternating, at most 3 runs each; a run that writes a copy again (its
+    LastModified moves) has no figure. Listing-bound: both buckets' pages, compared."""
+    s3 = wl.client(endpoint)
+    count = len(expected)
+    print(f"\n== scale: a nightly run over {count:,} unchanged objects", flush=True)
+    wl.clear(s3, DEST)
+    job = Job(endpoint, SOURCE, DEST, MANY, fresh_dir(WORK / "stage"), args.concurrency)
+    copier = next((t for t in tools if t.name == "s5cmd"), tools[0])
+    assert copier.direct is not None
+    started = time.perf_counter()
+    made = timed(copier.direct(job), env)
+    problem = wl.verify(s3, DEST, MANY, expected, sample=0) if made["returncode"] == 0 else None
+    if made["returncode"] != 0 or problem:
+        why = problem or f"exit {made['returncode']}"
+        raise RuntimeError(f"the copy to start from ({copier.name}) failed: {why}")
+    print(f"  copied once by {copier.name} in {time.perf_counter() - started:.1f}s", flush=True)
+    written = wl.last_modified(s3, DEST, MANY)
+    time.sleep(1.0)  # SeaweedFS's LastModified is in whole seconds
+    nightly = [t for t in tools if t.incremental is not None]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(min(args.reps, 3)):
+        shift = rep % len(nightly)
+        for tool in nightly[shift:] + nightly[:shift]:
+            assert tool.incremental is not None
+            job = Job(endpoint, SOURCE, DEST, MANY, fresh_dir(WORK / "stage"), args.concurrency)
+            result = timed(tool.incremental(job), env)
+            result.pop("stderr", None)
+            if result["returncode"] != 0:
+                result["error"] = f"exit {result['returncode']}"
+            elif again := _rewritten(written, wl.last_modified(s3, DEST, MANY)):
+                result["error"] = f"copied {again} of {count} objects again"
+                written = wl.last_modified(s3, DEST, MANY)
+                time.sleep(1.0)
+            runs.setdefault(tool.name, []).append(result)
+            print(
+                f"  rep {rep + 1} {tool.name:12} {result['wall']:7.2f}s "
+                f"{result['peak_rss_mb']:7.1f} MB  {result.get('error', 'ok')}",
+                flush=True,
+            )
+    wl.clear(s3, DEST)
+    medians = {
+        name: round(median(ok, "wall"), 3)
+        for name, results in runs.items()
+        if (ok := [r for r in results if "error" not in r])
+    }
+    return {"objects": count, "runs": runs, "median_wall": medians}
 
 
 def listing_streams(endpoint: str, env: dict[str, str], prefix: str) -> list[dict[str, Any]]:
@@ -578,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         "--huge-only",
         action="store_true",
         help="only the one-huge-object run (2 GiB; 256 MiB with --quick): its peak RSS",
+    )
+    parser.add_argument(
+        "--nightly-only",
+        action="store_true",
+        help="only the nightly run over the large bucket (100,000 unchanged objects; 10,000 "
+        "with --quick): each tool's incremental command",
     )
     parser.add_argument(
         "--variant",
@@ -688,6 +775,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{pinned}; "
             f"tools: {', '.join(t.name for t in tools)}"
         )
+        if args.nightly_only:
+            phase(
+                "nightly",
+                lambda: incremental_scale(
+                    args, endpoint, env, tools, seed_many(args, endpoint, env)
+                ),
+            )
+            print(f"\nresults written to {RESULTS / name}")
+            return 1 if "error" in report["nightly"] else 0
         if args.huge_only:
             phase("huge_object", huge_object, args, endpoint, env)
             print(f"\nresults written to {RESULTS / name}")
@@ -696,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         if "error" not in report["workloads"]:
             print("\n" + table(report["workloads"]), flush=True)
         if not args.no_scale:
-            phase("scale_server", scale_with_server, args, endpoint, env)
+            phase("scale_server", scale_with_server, args, endpoint, env, tools)
         if args.profile:
             phase("profile", profile_runs, args, endpoint, env)
     if not args.no_scale:

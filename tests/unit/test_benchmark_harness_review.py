@@ -13,6 +13,7 @@ the same layout with or without s5cmd.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -244,3 +245,26 @@ def test_an_incremental_run_that_copies_again_is_no_incremental_figure(
     job = _job(s3.meta.endpoint_url, buckets, tmp_path / "incremental")
     result = run_mod.one_run(real, "incremental", job, s3, expected, _env())
     assert "error" not in result, result
+
+
+def test_the_nightly_run_over_the_large_bucket_times_only_runs_that_copy_nothing(
+    s3: Any, buckets: Buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``incremental_scale``: the copy to start from made once, then each tool's incremental
+    command timed over it; a tool whose nightly command writes the copies again (here a
+    direct copy posing as one) has no figure."""
+    monkeypatch.setattr(run_mod, "WORK", tmp_path / "work")
+    monkeypatch.setattr(run_mod, "SOURCE", buckets.source)
+    monkeypatch.setattr(run_mod, "DEST", buckets.dest)
+    bodies = {f"d{i % 3}/{i:04d}": f"object {i}".encode() for i in range(30)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=buckets.source, Key=f"{run_mod.MANY}/{key}", Body=body)
+    expected = {key: (len(body), hashlib.md5(body).hexdigest()) for key, body in bodies.items()}
+    real = discover()[0][0]
+    again = Tool("copies-again", real.staged, real.direct, None, real.direct)
+    args = argparse.Namespace(quick=True, reps=1, concurrency=8)
+    out = run_mod.incremental_scale(args, s3.meta.endpoint_url, _env(), [real, again], expected)
+    assert out["objects"] == 30
+    assert set(out["median_wall"]) == {"asyncbackup"}, out
+    assert "copied 30 of 30 objects again" in out["runs"]["copies-again"][0]["error"]
+    assert wl.listing(s3, buckets.dest, run_mod.MANY) == {}  # cleared after
