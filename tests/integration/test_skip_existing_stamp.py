@@ -43,6 +43,12 @@ def _etag(s3: Any, bucket: str, key: str) -> str:
     return str(s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
 
 
+def _nightly(proxy: S3Proxy, tmp_path: Path, buckets: Buckets, *extra: str) -> list[str]:
+    """The command line of a quiet ``--skip-existing`` run of ``p`` through the proxy."""
+    args = cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest)
+    return ["p", *args, "--skip-existing", "--quiet", *extra]
+
+
 def _kms_destination(proxy: S3Proxy, s3: Any, bucket: str) -> None:
     """``bucket`` encrypts every new object with SSE-KMS by default, listed and answered as
     S3 lists and answers such a bucket."""
@@ -64,13 +70,7 @@ def test_copies_a_kms_destination_lists_with_other_etags_are_not_copied_again(
     objects = {f"p/{i:02d}": bytes([65 + i]) * (100 + i) for i in range(20)}
     put_parallel(s3, buckets.source, objects)
     _kms_destination(proxy, s3, buckets.dest)
-    args = [
-        "p",
-        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
-        "--skip-existing",
-        "--quiet",
-        *MODES[mode],
-    ]
+    args = _nightly(proxy, tmp_path, buckets, *MODES[mode])
     first = run_cli(args)
     assert first.returncode == 0, first.stderr
     for key in objects:  # each copy names the source version it was made of
@@ -154,13 +154,7 @@ def test_a_copy_whose_etag_is_its_sources_carries_no_stamp(
     listing alone, no HEAD. A source's own stamp (a backup's copy) is not carried over."""
     put_parallel(s3, buckets.source, {"p/plain": b"plain"}, Metadata={"k": "v"})
     s3.put_object(Bucket=buckets.source, Key="p/restored", Body=b"r", Metadata={STAMP: "0" * 32})
-    args = [
-        "p",
-        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
-        "--skip-existing",
-        "--quiet",
-        *MODES[mode],
-    ]
+    args = _nightly(proxy, tmp_path, buckets, *MODES[mode])
     assert run_cli(args).returncode == 0
     assert s3.head_object(Bucket=buckets.dest, Key="p/plain")["Metadata"] == {"k": "v"}
     if mode != "direct":  # a CopyObject copies the source's metadata as it is
@@ -250,13 +244,7 @@ def test_a_source_whose_parts_differ_in_size_is_stamped_and_not_copied_again(
     run, though the README says such copies carry one. It is now made once more in parts
     of our size, stamped, and the next run copies nothing."""
     put_multipart(s3, buckets.source, "p/uneven", (5 * MiB, 6 * MiB, 1 * MiB))
-    args = [
-        "p",
-        *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest),
-        "--skip-existing",
-        "--quiet",
-        *MODES[mode],
-    ]
+    args = _nightly(proxy, tmp_path, buckets, *MODES[mode])
     first = run_cli(args)
     assert first.returncode == 0, first.stderr
     head = s3.head_object(Bucket=buckets.dest, Key="p/uneven")
