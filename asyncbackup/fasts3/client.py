@@ -1,10 +1,12 @@
-"""ListObjectsV2, GetObject, PutObject, UploadPart and CopyObject, straight over HTTP/1.1
-(``http11.py``), signed by ``signer.py``.
+"""ListObjectsV2, GetObject, PutObject, UploadPart, CopyObject, and CreateMultipartUpload and
+AbortMultipartUpload (the start-up check's upload), straight over HTTP/1.1 (``http11.py``),
+signed by ``signer.py``.
 
 botocore spends about 1 ms of CPU on every request (events and hooks, serialisation, endpoint
 rules, signing, parsing); for a 4 KiB object that is most of the work. ``FastS3`` does the two
 hot requests of a staged backup, its multipart parts (which botocore SHA-256-signs over plain
-http), the CopyObject of a direct (server-side) copy and the source's listing pages itself:
+http), the CopyObject of a direct (server-side) copy, the listing pages (the source's, and
+the destination's for ``--skip-existing``) and the upload the start-up check starts and aborts:
 one ``http11.Pool`` of keep-alive connections sized to the concurrency, a signing key derived
 once a day, response headers (and CopyObject's result document) mapped to the fields botocore would
 return, errors raised as the same ``ClientError`` (a CopyObject's 200 carrying an ``<Error>``
