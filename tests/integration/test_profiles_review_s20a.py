@@ -22,19 +22,11 @@ from tests.conftest import ACCESS_KEYS, Buckets, S3Server
 from tests.faulty_proxy import run_cli_async
 from tests.helpers import assert_same_objects, cli_args, numbered_objects, put_objects
 from tests.integration.test_credential_refresh_review import _run_with_process_failing
+from tests.integration.test_cross_account_review import SSO_PROFILES
 from tests.proxy import S3Proxy, run_proxy
 from tests.reliability import one_error_line, put_parallel, run_cli
 
 START_URL = "https://corp.awsapps.com/start"
-SSO_PROFILES = (
-    "\n[profile sso]\nsso_session = corp\nsso_account_id = 555555555555\n"
-    "sso_role_name = Backup\nregion = us-east-1\n"
-    "\n[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n"
-    "sso_region = us-east-1\nsso_registration_scopes = sso:account:access\n"
-    "\n[profile sso-legacy]\nsso_start_url = https://corp.awsapps.com/start\n"
-    "sso_region = us-east-1\nsso_account_id = 555555555555\nsso_role_name = Backup\n"
-    "region = us-east-1\n"
-)
 
 
 class SsoPortal:
