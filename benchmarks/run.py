@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from . import workloads as wl
+from .delay import distant
 from .install import PEERS_VENV, WORK
 from .profile import py_spy, record, render, summarize
 from .server import cpu_seconds, seaweedfs
 from .tools import (
+    BARE,
     Job,
     Tool,
     asyncbackup_baseline,
@@ -53,10 +55,8 @@ def tool_env(endpoint: str, concurrency: int) -> dict[str, str]:
     """The environment every tool runs in: dummy keys, no CA bundle, a throwaway AWS config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
     config = WORK / "aws-config"
-    config.write_text(
-        "[default]\nregion = us-east-1\ns3 =\n"
-        f"    max_concurrent_requests = {concurrency}\n    max_queue_size = 10000\n"
-    )
+    limit = f"    max_concurrent_requests = {concurrency}\n" if concurrency else ""
+    config.write_text(f"[default]\nregion = us-east-1\ns3 =\n{limit}    max_queue_size = 10000\n")
     (WORK / "rclone.conf").write_text("")
     env.update(
         AWS_ACCESS_KEY_ID="bench",
@@ -148,7 +148,10 @@ def one_run(
     s3: Any,
     expected: dict[str, tuple[int, str]],
     env: dict[str, str],
+    server: str | None = None,
 ) -> dict[str, Any]:
+    """One timed run of ``tool`` in ``mode``, its copy verified; ``server``: the server's own
+    endpoint, when the job's is a relay in front of it (``--rtt``)."""
     written: dict[str, Any] | None = None  # incremental: when each copy was written
     if mode == "incremental":  # over the copy the tool's direct run left: nothing to copy
         if problem := wl.verify(s3, job.dest_bucket, job.prefix, expected):
@@ -162,9 +165,9 @@ def one_run(
     job.stage.mkdir(parents=True, exist_ok=True)
     os.sync()  # the last run's staged data is written back now, not during this run
     steps = _steps(tool, mode)(job)
-    server_before = cpu_seconds(job.endpoint)
+    server_before = cpu_seconds(server or job.endpoint)
     result = timed(steps, env, job.cpus)
-    server_after = cpu_seconds(job.endpoint)
+    server_after = cpu_seconds(server or job.endpoint)
     if server_before is not None and server_after is not None:
         result["server_cpu"] = server_after - server_before
     if result["returncode"] != 0:
@@ -278,7 +281,10 @@ def bench_workloads(
     endpoint: str,
     tools: list[Tool],
     env: dict[str, str],
+    tools_endpoint: str | None = None,
 ) -> dict[str, Any]:
+    """Every workload, every tool; ``tools_endpoint``: where the tools reach the server
+    (``--rtt``'s relay; by default ``endpoint``, where the harness seeds and verifies)."""
     s3 = wl.client(endpoint)
     wl.ensure_bucket(s3, SOURCE)
     wl.ensure_bucket(s3, DEST)
@@ -288,7 +294,7 @@ def bench_workloads(
             continue
         cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
         try:
-            bench_workload(args, endpoint, tools, env, s3, workload, cells)
+            bench_workload(args, endpoint, tools, env, s3, workload, cells, tools_endpoint)
         except Exception as exc:  # this workload has no figures; the others keep theirs
             error = f"{type(exc).__name__}: {exc}"
             print(f"error in workload {workload.name}: {error}", file=sys.stderr, flush=True)
@@ -320,6 +326,7 @@ def bench_workload(
     s3: Any,
     workload: wl.Workload,
     cells: dict[tuple[str, str], list[dict[str, Any]]],
+    tools_endpoint: str | None = None,
 ) -> None:
     """Seed ``workload``, then every repetition of every tool on it, into ``cells``."""
     tool_cpus = TOOL_CPUS if args.pin else None
@@ -335,8 +342,9 @@ def bench_workload(
     def run(tool: Tool, mode: str, stage: str, label: str) -> dict[str, Any]:
         """One timed run of ``tool``, its figures printed after ``label``."""
         where = KEPT / f"stage-{workload.name}-{stage}"
-        job = Job(endpoint, SOURCE, DEST, workload.name, where, args.concurrency, tool_cpus)
-        result = one_run(tool, mode, job, s3, expected, env)
+        reach = tools_endpoint or endpoint
+        job = Job(reach, SOURCE, DEST, workload.name, where, args.concurrency, tool_cpus)
+        result = one_run(tool, mode, job, s3, expected, env, endpoint)
         release(where)
         print(
             f"  {label} {tool.name:12} {mode:11} {result['wall']:7.2f}s "
@@ -706,9 +714,32 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start SeaweedFS with the tools' keys, so that it checks every signature",
     )
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="put the server this far away (a round trip added to every exchange, one more to "
+        "each new connection; benchmarks/delay.py) for the workloads; implies --no-scale",
+    )
+    parser.add_argument(
+        "--own-defaults",
+        action="store_true",
+        help="each tool at its own default concurrency (what a user gets without tuning), "
+        "not --concurrency; without s5cmd-256 (the same then) and bare-http (it takes a number)",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.reps == 3:
         args.reps = 2
+    if args.rtt < 0:
+        parser.error("--rtt must be 0 or more")
+    if args.rtt and (args.nightly_only or args.huge_only or args.profile):
+        parser.error(
+            "--rtt measures the workloads only: not with --nightly-only, --huge-only or --profile"
+        )
+    args.no_scale = args.no_scale or bool(args.rtt)
+    if args.own_defaults:
+        args.concurrency = 0
     weed = PEERS_VENV / "bin" / "weed"
     if not weed.exists():
         print("SeaweedFS is not installed: run python -m benchmarks.install", file=sys.stderr)
@@ -718,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     tools, notes = discover(
         args.fast_path_ab, args.variant, shlex.split(args.asyncbackup_args), bare=not args.auth
     )
+    if args.own_defaults:
+        tools = [tool for tool in tools if tool.name not in ("s5cmd-256", BARE.name)]
     baseline = args.baseline.resolve() if args.baseline else None
     if baseline is not None:
         tools.insert(1, asyncbackup_baseline(baseline))
@@ -768,12 +801,16 @@ def main(argv: list[str] | None = None) -> int:
     with (
         kept_trees(),
         seaweedfs(weed, WORK / "seaweedfs", server_log, auth, server_cpus) as endpoint,
+        contextlib.ExitStack() as stack,
     ):
-        env = tool_env(endpoint, args.concurrency)
+        tools_endpoint = stack.enter_context(distant(endpoint, args.rtt)) if args.rtt else None
+        env = tool_env(tools_endpoint or endpoint, args.concurrency)
+        away = f", reached through {tools_endpoint} ({args.rtt * 1000:g} ms away)"
         print(
             f"SeaweedFS at {endpoint}{' (signatures checked)' if auth else ''}"
-            f"{pinned}; "
+            f"{pinned}{away if tools_endpoint else ''}; "
             f"tools: {', '.join(t.name for t in tools)}"
+            f"{' at their own default concurrency' if args.own_defaults else ''}"
         )
         if args.nightly_only:
             phase(
@@ -788,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
             phase("huge_object", huge_object, args, endpoint, env)
             print(f"\nresults written to {RESULTS / name}")
             return 1 if "error" in report["huge_object"] else 0
-        phase("workloads", bench_workloads, args, endpoint, tools, env)
+        phase("workloads", bench_workloads, args, endpoint, tools, env, tools_endpoint)
         if "error" not in report["workloads"]:
             print("\n" + table(report["workloads"]), flush=True)
         if not args.no_scale:

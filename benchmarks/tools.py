@@ -29,7 +29,7 @@ class Job:
     dest_bucket: str
     prefix: str  # without slashes, e.g. "small"
     stage: Path  # an empty local directory for this run
-    concurrency: int
+    concurrency: int  # 0: each tool's own default
     cpus: frozenset[int] | None = None  # the CPUs the tool may run on (None: all)
 
 
@@ -131,8 +131,7 @@ def _asyncbackup(job: Job, *extra: str, script: Path | None = None) -> list[Argv
             job.endpoint,
             "--base-local-path",
             str(job.stage),
-            "--concurrency",
-            str(job.concurrency),
+            *(["--concurrency", str(job.concurrency)] if job.concurrency else []),
             "--on-complete",
             "delete",
             "--quiet",
@@ -190,7 +189,8 @@ def _s5cmd(binary: Path, *, own_workers: bool = False) -> Commands:
     workers: what a user runs it with, and faster than 64 on some loads."""
 
     def base(job: Job) -> Argv:
-        workers = [] if own_workers else ["--numworkers", str(job.concurrency)]
+        own = own_workers or not job.concurrency
+        workers = [] if own else ["--numworkers", str(job.concurrency)]
         return [str(binary), "--endpoint-url", job.endpoint, *workers]
 
     def staged(job: Job) -> list[Argv]:
@@ -214,7 +214,8 @@ def _rclone(binary: str) -> Commands:
     # The remote "bench" is configured through RCLONE_CONFIG_BENCH_* variables (see env.py).
     def base(job: Job) -> Argv:
         c = str(job.concurrency)
-        return [binary, "copy", "--transfers", c, "--checkers", c, "--s3-no-check-bucket"]
+        limits = ["--transfers", c, "--checkers", c] if job.concurrency else []
+        return [binary, "copy", *limits, "--s3-no-check-bucket"]
 
     def staged(job: Job) -> list[Argv]:
         src = f"bench:{job.source_bucket}/{job.prefix}"
