@@ -10,15 +10,20 @@ completed only once the whole download has checked out (``S3Source.fetch_streame
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 
 from .etags import is_md5_etag
 from .fetched import FetchedObject
+from .partfeed import ByteBudget
 from .pipeline import WorkItem
 from .sinks.s3 import S3Sink
 from .sources.s3 import IN_MEMORY_LIMIT, S3Source
 from .staging import Staging
+
+#: the small objects' budget is the parts' divided by this
+SMALL_BUDGET_SHARE = 4
 
 
 class StagedCopier:
@@ -30,12 +35,22 @@ class StagedCopier:
         dest_key: Callable[[str], str],
         *,
         cleanup: bool,
+        small_budget: ByteBudget | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
         self.staging = staging
         self.dest_key = dest_key
         self.cleanup = cleanup
+        #: the bytes of small objects held in memory at once (by default a quarter of the
+        #: parts' budget: 32 MiB of 128), so that what a run holds does not grow with its
+        #: concurrency. A budget of their own: a small object waits for it before its GET,
+        #: holding nothing, while a download in parts waits for the parts' budget holding a
+        #: slot of the source's limiter; in one budget, small objects holding all of it and
+        #: waiting for that slot would wait for good.
+        self.small_budget = small_budget or ByteBudget(
+            max(sink.part_budget.limit // SMALL_BUDGET_SHARE, IN_MEMORY_LIMIT)
+        )
 
     async def copy_once(self, item: WorkItem) -> int:
         """Copy ``item``; return its size once the destination has it whole."""
@@ -64,8 +79,17 @@ class StagedCopier:
                 budget=self.sink.part_budget,
                 upload=functools.partial(self.sink.put_stream, key=key),
             )
-        else:
-            fetched, uploaded = await self.source.fetch(item, self.staging), False
+            return await self._put(fetched, key, source_part_size, uploaded=uploaded)
+        # a small object is held in memory from its GET to its PUT (small_budget)
+        small = item.size <= IN_MEMORY_LIMIT
+        async with self.small_budget.hold(item.size) if small else contextlib.nullcontext():
+            fetched = await self.source.fetch(item, self.staging)
+            return await self._put(fetched, key, source_part_size, uploaded=False)
+
+    async def _put(
+        self, fetched: FetchedObject, key: str, source_part_size: int | None, *, uploaded: bool
+    ) -> int:
+        """Put ``fetched`` (unless ``uploaded`` already), then remove its staged file."""
         fetched.source_part_size = source_part_size
         try:
             if not uploaded:
