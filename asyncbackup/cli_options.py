@@ -224,9 +224,9 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument(
         "--concurrency",
         type=positive_int,
-        default=16,
+        default=128,
         metavar="N",
-        help="objects in flight (default 16)",
+        help="objects in flight (default 128)",
     )
     tuning.add_argument(
         "--multipart-threshold",

@@ -207,7 +207,7 @@ class BackupConfig:
     ignore_checkpoints: bool = False
     on_complete: OnComplete = "archive"
     keep_archives: int | None = None  # the job's newest archives kept; None: every one
-    concurrency: int = 16
+    concurrency: int = 128
     multipart_threshold: int = 64 * MiB
     part_size: int = 8 * MiB
     part_concurrency: int = 4

@@ -351,7 +351,9 @@ def test_a_staging_disk_out_of_inodes_says_inodes(
         line = one_error_line(done.stderr)
         assert "no free inodes left in staging directory" in line and "df -i" in line, line
         shutil.rmtree(base / buckets.source)
-        again = run_cli([*args, "--cleanup"])  # room again: files removed as they are copied
+        # room again: files removed as they are copied, 8 staged at most (one per object
+        # in flight: at the default 128, all 60 at once, as many as the first run)
+        again = run_cli([*args, "--cleanup", "--concurrency", "8"])
         assert again.returncode == 0, again.stderr
     assert assert_identical(s3, buckets.source, buckets.dest, "i/") == 60
 

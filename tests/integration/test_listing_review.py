@@ -230,7 +230,9 @@ def test_a_listing_that_fails_midway_stops_the_run_as_fatal(
     with run_proxy(s3_server.endpoint) as proxy:
         proxy.add_rule(Rule("access_denied", method="GET", query="continuation-token"))
         args = cli_args(proxy.endpoint, tmp_path / "stage", buckets.source, buckets.dest)
-        result = run_cli(["p", *args, "--list-streams", "1"])
+        # 16 in flight: some copied before the refusal (all 100 of the first page at once,
+        # at the default 128, none is done on moto by then)
+        result = run_cli(["p", *args, "--list-streams", "1", "--concurrency", "16"])
     assert result.returncode == 3, result.stderr
     assert "cannot list the source bucket" in result.stderr and "run again" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
