@@ -110,8 +110,17 @@ async def serve(upstream: str, rtt: float) -> None:
 def distant(endpoint: str, rtt: float) -> Iterator[str]:
     """``endpoint`` seen from ``rtt`` seconds away: the relay's endpoint, while it runs."""
     netloc = urlsplit(endpoint).netloc
+    with serving([sys.executable, "-m", "benchmarks.delay", netloc, str(rtt)]) as relay:
+        yield relay
+
+
+@contextlib.contextmanager
+def serving(argv: list[str]) -> Iterator[str]:
+    """A server in a process of its own (started from the repository's root), which prints
+    its endpoint on its first line and serves until its standard input closes: the endpoint,
+    while it runs."""
     with subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.delay", netloc, str(rtt)],
+        argv,
         cwd=Path(__file__).resolve().parent.parent,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

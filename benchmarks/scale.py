@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from asyncbackup.checkpoint_manager import CheckpointManager
 from asyncbackup.journal import Changes
 from asyncbackup.pipeline import Pipeline, WorkItem
 
+from .delay import serving
 from .install import WORK
 
 _TIMED_APPENDS = 1000
@@ -420,24 +421,10 @@ with run_proxy(sys.argv[1]) as proxy:
 """
 
 
-@contextlib.contextmanager
-def _latency_proxy(endpoint: str, latency: float) -> Iterator[str]:
+def _latency_proxy(endpoint: str, latency: float) -> contextlib.AbstractContextManager[str]:
     """A loopback proxy adding ``latency`` seconds to every request, in a process of its own
     (in this one it would take the event loop's CPU)."""
-    root = Path(__file__).resolve().parent.parent
-    with subprocess.Popen(
-        [sys.executable, "-c", _PROXY, endpoint, str(latency)],
-        cwd=root,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as process:
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            yield process.stdout.readline().strip()
-        finally:
-            process.stdin.close()
-            process.wait(10)
+    return serving([sys.executable, "-c", _PROXY, endpoint, str(latency)])
 
 
 def bench_listing(args: argparse.Namespace) -> dict[str, Any]:
