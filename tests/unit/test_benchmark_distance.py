@@ -7,6 +7,7 @@ unchanged, in order; a tool "at its own default" must be given no concurrency fl
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 import urllib.request
@@ -89,3 +90,21 @@ def test_at_their_own_defaults_the_aws_config_sets_no_concurrency(
     assert "max_concurrent_requests" not in (tmp_path / "aws-config").read_text()
     run_mod.tool_env("http://127.0.0.1:1", 64)
     assert "max_concurrent_requests = 64" in (tmp_path / "aws-config").read_text()
+
+
+def test_at_their_own_defaults_the_first_transfer_is_asyncbackups_own_default(
+    s3: Any, buckets: Buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--own-defaults`` without ``--rtt`` still runs the scale phase: its first transfer (the
+    harness's ``run_backup``) was given ``--concurrency 0``, which run_backup refuses, and the
+    whole phase (the nightly run, the huge object) had no figures."""
+    for n in range(3):
+        s3.put_object(Bucket=buckets.source, Key=f"{run_mod.MANY}/{n}", Body=b"x" * 16)
+    monkeypatch.setattr(run_mod, "WORK", tmp_path)
+    monkeypatch.setattr(run_mod, "SOURCE", buckets.source)
+    monkeypatch.setattr(run_mod, "DEST", buckets.dest)
+    monkeypatch.setattr(run_mod, "listing_streams", lambda *args: [])  # not this test's
+    args = argparse.Namespace(reps=1, concurrency=0)  # what --own-defaults sets
+    result = run_mod.first_transfer(args, s3.meta.endpoint_url, dict(os.environ), 3)
+    assert result["runs"][0]["status"] in ("stopped", "completed"), result
+    assert result["runs"][0]["first_done_seconds"] is not None, result
