@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import struct
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -108,3 +112,40 @@ def test_at_their_own_defaults_the_first_transfer_is_asyncbackups_own_default(
     result = run_mod.first_transfer(args, s3.meta.endpoint_url, dict(os.environ), 3)
     assert result["runs"][0]["status"] in ("stopped", "completed"), result
     assert result["runs"][0]["first_done_seconds"] is not None, result
+
+
+def test_a_peer_that_resets_its_connection_ends_the_relay_of_it_without_a_traceback() -> None:
+    """A server that resets a connection (or a tool killed mid-answer): the relay wrote on to
+    the reset side (uvloop raises RuntimeError on a closed transport, not a ConnectionError),
+    and printed "Unhandled exception in client_connected_cb" with a traceback into the
+    benchmark's output, once per such connection."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as upstream,
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.delay",
+                f"127.0.0.1:{upstream.getsockname()[1]}",
+                "0.02",
+            ],
+            cwd=Path(run_mod.__file__).resolve().parent.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as relay,
+    ):
+        assert relay.stdin is not None and relay.stdout is not None
+        port = int(relay.stdout.readline().strip().rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET")
+            server, _ = upstream.accept()
+            assert server.recv(16) == b"GET"
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            server.close()  # a reset
+            assert client.recv(16) == b""  # passed on as the end of the answer
+        time.sleep(0.3)  # the client's end reaches the reset side
+        _, errors = relay.communicate(timeout=10)
+    assert relay.returncode == 0
+    assert "Traceback" not in errors, errors
