@@ -45,12 +45,17 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if data:
-                writer.write(data)
-                await writer.drain()
-            else:  # end of stream
-                if writer.can_write_eof():
-                    writer.write_eof()
+            try:
+                if data:
+                    writer.write(data)
+                    await writer.drain()
+                else:  # end of stream
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+            except (ConnectionError, OSError, RuntimeError):
+                # the peer is gone: uvloop says so of a transport a reset closed with a
+                # RuntimeError, not a ConnectionError
                 return
 
     sender = asyncio.create_task(send())

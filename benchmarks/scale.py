@@ -350,7 +350,8 @@ async def _first_transfer(args: argparse.Namespace) -> dict[str, Any]:
         base_local_path=Path(args.stage),
         endpoint_url=args.endpoint,
         ignore_checkpoints=True,
-        concurrency=args.concurrency,
+        # 0: asyncbackup's own default (the harness's --own-defaults), as a Job's 0 is
+        **({"concurrency": args.concurrency} if args.concurrency else {}),
         observer=observer,
         stop=stop,
     )
@@ -468,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ft = sub.add_parser("first-transfer")
     for name in ("endpoint", "bucket", "prefix", "dest", "stage"):
         ft.add_argument(f"--{name}", required=True)
-    ft.add_argument("--concurrency", type=int, default=64)
+    ft.add_argument("--concurrency", type=int, default=64, help="0: asyncbackup's own default")
     ls = sub.add_parser("listing")
     for name in ("endpoint", "bucket", "prefix"):
         ls.add_argument(f"--{name}", required=True)

@@ -7,7 +7,12 @@ unchanged, in order; a tool "at its own default" must be given no concurrency fl
 
 from __future__ import annotations
 
+import argparse
 import os
+import socket
+import struct
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -89,3 +94,58 @@ def test_at_their_own_defaults_the_aws_config_sets_no_concurrency(
     assert "max_concurrent_requests" not in (tmp_path / "aws-config").read_text()
     run_mod.tool_env("http://127.0.0.1:1", 64)
     assert "max_concurrent_requests = 64" in (tmp_path / "aws-config").read_text()
+
+
+def test_at_their_own_defaults_the_first_transfer_is_asyncbackups_own_default(
+    s3: Any, buckets: Buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--own-defaults`` without ``--rtt`` still runs the scale phase: its first transfer (the
+    harness's ``run_backup``) was given ``--concurrency 0``, which run_backup refuses, and the
+    whole phase (the nightly run, the huge object) had no figures."""
+    for n in range(3):
+        s3.put_object(Bucket=buckets.source, Key=f"{run_mod.MANY}/{n}", Body=b"x" * 16)
+    monkeypatch.setattr(run_mod, "WORK", tmp_path)
+    monkeypatch.setattr(run_mod, "SOURCE", buckets.source)
+    monkeypatch.setattr(run_mod, "DEST", buckets.dest)
+    monkeypatch.setattr(run_mod, "listing_streams", lambda *args: [])  # not this test's
+    args = argparse.Namespace(reps=1, concurrency=0)  # what --own-defaults sets
+    result = run_mod.first_transfer(args, s3.meta.endpoint_url, dict(os.environ), 3)
+    assert result["runs"][0]["status"] in ("stopped", "completed"), result
+    assert result["runs"][0]["first_done_seconds"] is not None, result
+
+
+def test_a_peer_that_resets_its_connection_ends_the_relay_of_it_without_a_traceback() -> None:
+    """A server that resets a connection (or a tool killed mid-answer): the relay wrote on to
+    the reset side (uvloop raises RuntimeError on a closed transport, not a ConnectionError),
+    and printed "Unhandled exception in client_connected_cb" with a traceback into the
+    benchmark's output, once per such connection."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as upstream,
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.delay",
+                f"127.0.0.1:{upstream.getsockname()[1]}",
+                "0.02",
+            ],
+            cwd=Path(run_mod.__file__).resolve().parent.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as relay,
+    ):
+        assert relay.stdin is not None and relay.stdout is not None
+        port = int(relay.stdout.readline().strip().rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET")
+            server, _ = upstream.accept()
+            assert server.recv(16) == b"GET"
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            server.close()  # a reset
+            assert client.recv(16) == b""  # passed on as the end of the answer
+        time.sleep(0.3)  # the client's end reaches the reset side
+        _, errors = relay.communicate(timeout=10)
+    assert relay.returncode == 0
+    assert "Traceback" not in errors, errors
