@@ -57,8 +57,14 @@ def positive_int(text: str) -> int:
 
 
 class AutoProcesses(int):
-    """``--processes auto``: one per CPU this process may run on, and no more than
-    ``--concurrency`` (``s3_config``)."""
+    """``--processes auto``: one per CPU this process may run on, each with at least
+    ``AUTO_SHARE`` objects in flight (``s3_config``)."""
+
+
+#: the fewest objects in flight a process of ``--processes auto`` is given: at the default
+#: concurrency of 128, 8 processes at most (a worker costs its start-up and 50-70 MB; one
+#: with a few objects in flight waits on the stores rather than on its CPU)
+AUTO_SHARE = 16
 
 
 def process_count(text: str) -> int:
@@ -260,7 +266,7 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="copy in N processes: this one and N-1 workers, each with its own event loop and "
         "S3 clients, sharing --concurrency; for small objects, where one event loop is "
-        "CPU-bound; 'auto' = one per CPU, at most --concurrency (default 1)",
+        "CPU-bound; 'auto' = one per CPU, each with 16 objects in flight at least (default 1)",
     )
     tuning.add_argument(
         "--list-streams",
@@ -529,7 +535,7 @@ def s3_config(args: argparse.Namespace) -> BackupConfig:
         direct=args.direct,
         fast_path=args.fast_path,
         processes=(
-            min(args.processes, args.concurrency)
+            min(args.processes, max(1, args.concurrency // AUTO_SHARE))
             if isinstance(args.processes, AutoProcesses)
             else args.processes
         ),

@@ -81,3 +81,19 @@ def test_processes_auto_is_at_most_the_concurrency() -> None:
         ]
     )
     assert s3_config(args).processes == 1
+
+
+def test_processes_auto_gives_each_process_16_objects_in_flight_at_least() -> None:
+    """``auto`` on a machine of many CPUs: at the default concurrency of 128, 8 processes,
+    not one per CPU (64 Python processes of one or two objects each, 50-70 MB apiece)."""
+    from asyncbackup.cli import build_parser
+    from asyncbackup.cli_options import AutoProcesses, s3_config
+
+    argv = ["s3", "d", "--source-bucket", "a", "--dest-bucket", "b", "--base-local-path", "/s"]
+    args = build_parser().parse_args(argv)
+    args.processes = AutoProcesses(64)  # what process_count gives on 64 CPUs
+    assert s3_config(args).processes == 8
+    args.processes = AutoProcesses(2)
+    assert s3_config(args).processes == 2
+    args.concurrency = 20
+    assert s3_config(args).processes == 1
