@@ -55,8 +55,13 @@ def tool_env(endpoint: str, concurrency: int) -> dict[str, str]:
     """The environment every tool runs in: dummy keys, no CA bundle, a throwaway AWS config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
     config = WORK / "aws-config"
-    limit = f"    max_concurrent_requests = {concurrency}\n" if concurrency else ""
-    config.write_text(f"[default]\nregion = us-east-1\ns3 =\n{limit}    max_queue_size = 10000\n")
+    # concurrency 0 (--own-defaults): the CLI untuned, its own 10 requests and queue of 1,000
+    tuning = (
+        f"s3 =\n    max_concurrent_requests = {concurrency}\n    max_queue_size = 10000\n"
+        if concurrency
+        else ""
+    )
+    config.write_text(f"[default]\nregion = us-east-1\n{tuning}")
     (WORK / "rclone.conf").write_text("")
     env.update(
         AWS_ACCESS_KEY_ID="bench",

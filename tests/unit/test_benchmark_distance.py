@@ -91,7 +91,8 @@ def test_at_their_own_defaults_the_aws_config_sets_no_concurrency(
 ) -> None:
     monkeypatch.setattr(run_mod, "WORK", tmp_path)
     run_mod.tool_env("http://127.0.0.1:1", 0)
-    assert "max_concurrent_requests" not in (tmp_path / "aws-config").read_text()
+    untuned = (tmp_path / "aws-config").read_text()
+    assert "max_concurrent_requests" not in untuned and "max_queue_size" not in untuned
     run_mod.tool_env("http://127.0.0.1:1", 64)
     assert "max_concurrent_requests = 64" in (tmp_path / "aws-config").read_text()
 
