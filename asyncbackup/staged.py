@@ -35,20 +35,19 @@ class StagedCopier:
         dest_key: Callable[[str], str],
         *,
         cleanup: bool,
-        small_budget: ByteBudget | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
         self.staging = staging
         self.dest_key = dest_key
         self.cleanup = cleanup
-        #: the bytes of small objects held in memory at once (by default a quarter of the
+        #: the bytes of small objects held in memory at once (a quarter of the
         #: parts' budget: 32 MiB of 128), so that what a run holds does not grow with its
         #: concurrency. A budget of their own: a small object waits for it before its GET,
         #: holding nothing, while a download in parts waits for the parts' budget holding a
         #: slot of the source's limiter; in one budget, small objects holding all of it and
         #: waiting for that slot would wait for good.
-        self.small_budget = small_budget or ByteBudget(
+        self.small_budget = ByteBudget(
             max(sink.part_budget.limit // SMALL_BUDGET_SHARE, IN_MEMORY_LIMIT)
         )
 
