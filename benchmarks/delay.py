@@ -111,12 +111,10 @@ async def serve(upstream: str, rtt: float) -> None:
         await stdin_closed
 
 
-@contextlib.contextmanager
-def distant(endpoint: str, rtt: float) -> Iterator[str]:
+def distant(endpoint: str, rtt: float) -> contextlib.AbstractContextManager[str]:
     """``endpoint`` seen from ``rtt`` seconds away: the relay's endpoint, while it runs."""
     netloc = urlsplit(endpoint).netloc
-    with serving([sys.executable, "-m", "benchmarks.delay", netloc, str(rtt)]) as relay:
-        yield relay
+    return serving([sys.executable, "-m", "benchmarks.delay", netloc, str(rtt)])
 
 
 @contextlib.contextmanager

@@ -335,6 +335,7 @@ def bench_workload(
 ) -> None:
     """Seed ``workload``, then every repetition of every tool on it, into ``cells``."""
     tool_cpus = TOOL_CPUS if args.pin else None
+    reach = tools_endpoint or endpoint  # where the tools send their requests
     print(f"\n== {workload.name}: {workload.describe()}", flush=True)
     data = kept_dir(f"data-{workload.name}")
     expected = wl.generate(workload, data)
@@ -347,7 +348,6 @@ def bench_workload(
     def run(tool: Tool, mode: str, stage: str, label: str) -> dict[str, Any]:
         """One timed run of ``tool``, its figures printed after ``label``."""
         where = KEPT / f"stage-{workload.name}-{stage}"
-        reach = tools_endpoint or endpoint
         job = Job(reach, SOURCE, DEST, workload.name, where, args.concurrency, tool_cpus)
         result = one_run(tool, mode, job, s3, expected, env, endpoint)
         release(where)
