@@ -30,6 +30,7 @@ from .atomicfile import write_atomic, written_file
 from .checkpoint import now_iso, remedy
 from .cli_options import (
     GITHUB_DESCRIPTION,
+    AutoProcesses,
     Version,
     add_common_arguments,
     add_github_arguments,
@@ -40,7 +41,7 @@ from .cli_options import (
 from .config import BackupConfig
 from .console import START_INTERRUPTED
 from .errors import AsyncBackupError, ConfigError
-from .fdlimit import raise_open_file_limit
+from .fdlimit import BASE_FILES, FILES_PER_OBJECT, concurrency_within, raise_open_file_limit
 from .logformat import make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
@@ -537,6 +538,27 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return interrupted_at_start(parser, argv)
 
 
+def fit_open_files(args: argparse.Namespace, limit: int | None) -> None:
+    """Copy fewer objects at a time than ``--concurrency`` asks where the open-file limit
+    leaves no room for them (a hard limit of a few hundred), and say so: the run would fail
+    with 'Too many open files' on its staged files or its checkpoint."""
+    concurrency: int | None = getattr(args, "concurrency", None)
+    if concurrency is None or limit is None:
+        return
+    processes = getattr(args, "processes", 1)
+    if isinstance(processes, AutoProcesses):  # their number depends on the concurrency
+        processes = 1
+    fits = concurrency_within(limit, concurrency, processes)
+    if fits < concurrency:
+        needed = BASE_FILES + FILES_PER_OBJECT * -(-concurrency // processes)
+        log.warning(
+            "the open-file limit (ulimit -n) is %d, too low for --concurrency %d (about %d "
+            "files per object in flight): copying %d at a time; raise it (ulimit -n %d) for %d",
+            limit, concurrency, FILES_PER_OBJECT, fits, needed, concurrency,
+        )  # fmt: skip
+        args.concurrency = fits
+
+
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     open_standard_streams()
     escape_what_stdout_cannot_encode()
@@ -547,7 +569,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         raise
     configure_logging(args)
     return_large_buffers_to_os()  # the command line owns its process (see memory.py)
-    raise_open_file_limit()  # and its open files (fdlimit.py)
+    fit_open_files(args, raise_open_file_limit())  # and its open files (fdlimit.py)
     collect_less()
     code: int | None = None  # the run's, once it has ended and said so
     failure: Exception | None = None  # the run's error, said once the loop is closed

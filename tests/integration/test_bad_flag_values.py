@@ -135,6 +135,35 @@ def test_a_high_concurrency_under_a_low_soft_open_file_limit_completes(
     assert assert_identical(s3, buckets.source, buckets.dest) == 600
 
 
+def test_a_low_hard_open_file_limit_lowers_the_concurrency_and_completes(
+    s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A hard limit of open files no process may pass (a container's, ``ulimit -Hn``) too low
+    for the default 128 objects in flight: the run failed after a burst of 'Too many open
+    files' retries (exit 2, on the checkpoint's journal). It now copies as many at a time as
+    the limit leaves room for, says so in one warning naming ``ulimit -n``, and completes."""
+    put_parallel(s3, buckets.source, {f"h/{i:04d}": b"y" * 20_000 for i in range(600)})
+
+    def low_hard_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (120, 120))
+
+    args = ["h", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
+    done = subprocess.run(
+        [*CLI, *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=low_hard_limit,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Too many open files" not in done.stderr
+    [warning] = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert "WARNING" not in done.stderr.replace(warning, ""), done.stderr
+    assert "open-file limit (ulimit -n) is 120" in warning, warning
+    assert "copying 18 at a time" in warning and "ulimit -n 448" in warning, warning
+    assert assert_identical(s3, buckets.source, buckets.dest) == 600
+
+
 @pytest.mark.parametrize("variable", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_credentials_with_a_line_break_are_refused_in_one_line(
