@@ -647,7 +647,11 @@ async def _direct_copier(
         client,
         source_bucket=config.source_bucket,
         dest_bucket=config.dest_bucket,
-        retry=RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
+        retry=RetryPolicy(
+            config.max_attempts,
+            limiter=AdaptiveLimiter(config.concurrency * 4),
+            side="destination",  # --direct: the one set of credentials
+        ),
         dest_key=config.dest_key,
         part_size_for=config.part_size_for,
         part_concurrency=config.part_concurrency,
@@ -664,7 +668,12 @@ async def _direct_copier(
     lister = copier.fast.list_objects_v2 if copier.fast is not None else client.list_objects_v2
     copy = kept_key_checked(copier.copy, config, lister)
     return functools.partial(
-        with_object_retries, copy, retries=RetryLog(), outage=outage, upload_check=upload_check
+        with_object_retries,
+        copy,
+        retries=RetryLog(),
+        outage=outage,
+        upload_check=upload_check,
+        advice=fatal_advice(config),
     )
 
 
@@ -688,14 +697,20 @@ async def _staged_copier(
     source = S3Source(
         source_client,
         config.source_bucket,
-        RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
+        RetryPolicy(
+            config.max_attempts, limiter=AdaptiveLimiter(config.concurrency), side="source"
+        ),
         bandwidth=download_limit,
         copy_tags=config.copy_tags,
     )
     sink = S3Sink(
         dest_client,
         config.dest_bucket,
-        RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency * 4)),
+        RetryPolicy(
+            config.max_attempts,
+            limiter=AdaptiveLimiter(config.concurrency * 4),
+            side="destination",
+        ),
         checksum=config.checksum,
         multipart_threshold=config.multipart_threshold,
         part_size_for=config.part_size_for,
@@ -715,7 +730,12 @@ async def _staged_copier(
     lister = sink.fast.list_objects_v2 if sink.fast is not None else dest_client.list_objects_v2
     copy = kept_key_checked(copier.copy_once, config, lister)
     return functools.partial(
-        with_object_retries, copy, retries=RetryLog(), outage=outage, upload_check=upload_check
+        with_object_retries,
+        copy,
+        retries=RetryLog(),
+        outage=outage,
+        upload_check=upload_check,
+        advice=fatal_advice(config),
     )
 
 
@@ -805,6 +825,28 @@ def unless_deleted(process: Process, source: S3Source) -> Process:
     return copy
 
 
+#: what a run stopped by refused credentials or a missing bucket says to check (by side)
+_FATAL_ADVICE: Mapping[str, str] = {"": "check the credentials and buckets"}
+
+
+def fatal_advice(config: BackupConfig) -> dict[str, str]:
+    """``_FATAL_ADVICE`` for ``config``'s run, by the side whose request failed: with two
+    sets of credentials (two accounts), which of them to check."""
+    if config.direct:  # one set of credentials reads the source and writes the destination
+        return {
+            "": f"check the credentials of --dest-profile (--direct copies with them: they "
+            f"read bucket {config.source_bucket!r} and write bucket {config.dest_bucket!r}) "
+            "and both buckets"
+        }
+    return {
+        **_FATAL_ADVICE,
+        "source": f"check the source's credentials (--source-profile) and bucket "
+        f"{config.source_bucket!r}",
+        "destination": f"check the destination's credentials (--dest-profile) and bucket "
+        f"{config.dest_bucket!r}",
+    }
+
+
 async def with_object_retries(
     copy: Process,
     item: WorkItem,
@@ -812,11 +854,13 @@ async def with_object_retries(
     retries: RetryLog | None = None,
     outage: Outage | None = None,
     upload_check: UploadCheck | None = None,
+    advice: Mapping[str, str] = _FATAL_ADVICE,
 ) -> int:
     """Copy ``item``; retry the whole object when a retryable failure (a checksum mismatch,
     a version changed mid-copy) outlived its request-level retries; turn credential and
     bucket failures, and ``outage``'s run of failures, into a ``FatalRunError`` instead of
-    one error per object. ``retries`` logs the retries (a new one: every retry a warning)."""
+    one error per object, with ``advice`` (``fatal_advice``). ``retries`` logs the retries
+    (a new one: every retry a warning)."""
     retries = retries or RetryLog()
     for attempt in range(1, _OBJECT_ATTEMPTS + 1):
         try:
@@ -827,7 +871,7 @@ async def with_object_retries(
                     f"the destination refused --storage-class ({exc}); give a storage class "
                     "it supports, then run again to resume"
                 ) from exc
-            raise_if_fatal(exc, item.key, "check the credentials and buckets")
+            raise_if_fatal(exc, item.key, advice)
             if upload_check is not None and exc.code in ACCESS_DENIED:
                 refusal = await upload_check.refusal()
                 if refusal is not None:  # not the object's: every upload is refused

@@ -89,6 +89,9 @@ class ObjectError(AsyncBackupError):
         self.code = code
         self.message = redact(message)
         self.retryable = retryable
+        #: whose credentials sent the failed request, where known: ``"source"`` or
+        #: ``"destination"`` (set by the side's ``RetryPolicy``), for a fatal error's advice
+        self.side: str | None = None
 
 
 class IntegrityError(ObjectError):

@@ -19,7 +19,7 @@ import email.utils
 import logging
 import random
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -188,11 +188,12 @@ def needs_checksum(exc: ObjectError) -> bool:
     return exc.code == "InvalidRequest" and "Object Lock" in exc.message
 
 
-def raise_if_fatal(exc: ObjectError, key: str, advice: str) -> None:
+def raise_if_fatal(exc: ObjectError, key: str, advice: str | Mapping[str, str]) -> None:
     """Stop the run (``FatalRunError``) on a failure every other object would meet too: this
     machine's clock (its message says what to do), refused credentials or a missing bucket
     (then ``advice``), an upload without a checksum refused by an Object Lock bucket (then
-    ``--checksum none`` is the cause), rather than one error per object."""
+    ``--checksum none`` is the cause), rather than one error per object. ``advice`` may be
+    given by side (``ObjectError.side``), with ``""`` for a failure of neither or unknown."""
     if exc.code == CLOCK_SKEWED:
         raise FatalRunError(f"stopping on {key!r}: {exc}") from exc
     if needs_checksum(exc):
@@ -202,6 +203,8 @@ def raise_if_fatal(exc: ObjectError, key: str, advice: str) -> None:
             "(md5, crc32, crc32c or sha256), then run again to resume"
         ) from exc
     if exc.code in FATAL_CODES:
+        if not isinstance(advice, str):  # by the side that sent the request, where known
+            advice = advice.get(exc.side or "", advice[""])
         raise FatalRunError(
             f"stopping: {exc} (on {key!r}); {advice}, then run again to resume"
         ) from exc
@@ -529,6 +532,9 @@ class RetryPolicy:
     limiter: AdaptiveLimiter | None = None
     sleep: Sleep = asyncio.sleep
     retries: int = 0
+    #: whose credentials its requests are sent with (``"source"``, ``"destination"``): named
+    #: on the errors it raises, so that a fatal one says which credentials to check
+    side: str | None = None
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` until it succeeds, fails for good, or runs out of attempts."""
@@ -545,7 +551,7 @@ class RetryPolicy:
                     held = None
                     if is_throttle(exc) and self.limiter is not None:
                         self.limiter.throttled()
-                error = classify(exc)
+                error = self._classify(exc)
                 attempt += 1
                 if not error.retryable or attempt >= self.max_attempts:
                     raise error from exc
@@ -572,7 +578,13 @@ class RetryPolicy:
         except Exception as exc:
             if self.limiter is not None and is_throttle(exc):
                 self.limiter.throttled()
-            raise classify(exc) from exc
+            raise self._classify(exc) from exc
+
+    def _classify(self, exc: Exception) -> ObjectError:
+        error = classify(exc)
+        if error.side is None:  # an inner policy's (the other side's) stands
+            error.side = self.side
+        return error
 
 
 class RetryLog:

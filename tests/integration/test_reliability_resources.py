@@ -226,3 +226,55 @@ def test_credentials_revoked_mid_run_stop_the_run_cleanly(
     assert_done_means_copied(s3, state, buckets.source, buckets.dest)
     # A fatal error is not blamed on the object that met it.
     assert not state.errors
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+@pytest.mark.parametrize("extra", [(), ("--no-fast-path",)], ids=["fast", "botocore"])
+def test_credentials_refused_mid_run_name_their_side(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    side: str,
+    extra: tuple[str, ...],
+) -> None:
+    """A backup between two accounts (two profiles), one side's temporary credentials
+    expiring mid-run: the line said "check the credentials and buckets", so which of the two
+    to renew was a guess. It names the side, its flag and its bucket, not the other's."""
+    put_parallel(s3, buckets.source, {f"e/{i:03d}": os.urandom(50) for i in range(200)})
+    proxy.latency = 0.05
+    args = ["e", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    path = checkpoint_file(tmp_path, buckets.source, "e")
+    process = start_cli([*args, *extra])
+    wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
+    bucket = buckets.source if side == "source" else buckets.dest
+    proxy.add_rule(Rule("expired_token", path=f"^/{bucket}/"))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    line = one_error_line(stderr)
+    assert "ExpiredToken" in line and "run again to resume" in line, line
+    other = buckets.dest if side == "source" else buckets.source
+    flag = "--source-profile" if side == "source" else "--dest-profile"
+    assert f"check the {side}'s credentials ({flag}) and bucket {bucket!r}" in line, line
+    assert repr(other) not in line, line
+    assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
+
+
+def test_credentials_refused_mid_run_of_a_direct_copy_name_the_one_set(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """``--direct`` copies with one set of credentials (``--dest-profile``'s), which read the
+    source and write the destination: the line says so, and names both buckets."""
+    put_parallel(s3, buckets.source, {f"d/{i:03d}": os.urandom(50) for i in range(200)})
+    proxy.latency = 0.05
+    args = ["d", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    path = checkpoint_file(tmp_path, buckets.source, "d")
+    process = start_cli([*args, "--direct"])
+    wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
+    proxy.add_rule(Rule("expired_token", path=f"^/{buckets.dest}/"))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    line = one_error_line(stderr)
+    assert "ExpiredToken" in line and "check the credentials of --dest-profile" in line, line
+    assert repr(buckets.source) in line and repr(buckets.dest) in line, line
+    assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
