@@ -664,17 +664,8 @@ async def _direct_copier(
     copier.journal = journal
     if config.fast_path:  # CopyObject without botocore; the source bucket is only named in it
         copier.fast = await _open_fast(config, client, config.dest_bucket, stack)
-    outage = Outage(config.concurrency)
     lister = copier.fast.list_objects_v2 if copier.fast is not None else client.list_objects_v2
-    copy = kept_key_checked(copier.copy, config, lister)
-    return functools.partial(
-        with_object_retries,
-        copy,
-        retries=RetryLog(),
-        outage=outage,
-        upload_check=upload_check,
-        advice=fatal_advice(config),
-    )
+    return _retried(kept_key_checked(copier.copy, config, lister), config, upload_check)
 
 
 async def _staged_copier(
@@ -726,14 +717,18 @@ async def _staged_copier(
     if config.fast_path:
         source.fast, sink.fast = await _fast_paths(config, source_client, dest_client, stack)
     copier = StagedCopier(source, sink, staging, config.dest_key, cleanup=config.cleanup)
-    outage = Outage(config.concurrency)
     lister = sink.fast.list_objects_v2 if sink.fast is not None else dest_client.list_objects_v2
-    copy = kept_key_checked(copier.copy_once, config, lister)
+    return _retried(kept_key_checked(copier.copy_once, config, lister), config, upload_check)
+
+
+def _retried(copy: Process, config: BackupConfig, upload_check: UploadCheck | None) -> Process:
+    """``copy`` with the whole-object retries, outage stop and fatal errors of a run
+    (``with_object_retries``)."""
     return functools.partial(
         with_object_retries,
         copy,
         retries=RetryLog(),
-        outage=outage,
+        outage=Outage(config.concurrency),
         upload_check=upload_check,
         advice=fatal_advice(config),
     )

@@ -106,6 +106,21 @@ def test_an_interrupted_dry_run_exits_130_with_one_line(
     assert not base.exists()  # a dry run touches nothing
 
 
+def cli_with_open_files(args: list[str], soft: int, hard: int) -> subprocess.CompletedProcess[str]:
+    """The CLI started with these limits of open files (``ulimit -Sn``, ``ulimit -Hn``)."""
+
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit_open_files,
+    )
+
+
 def test_a_high_concurrency_under_a_low_soft_open_file_limit_completes(
     s3_server: S3Server, buckets: Buckets, s3: Any, tmp_path: Path
 ) -> None:
@@ -119,17 +134,8 @@ def test_a_high_concurrency_under_a_low_soft_open_file_limit_completes(
     if hard != resource.RLIM_INFINITY:
         hard = max(hard, 4096)  # the tests run as root, who may raise it
 
-    def low_soft_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-
     args = ["n", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
-    done = subprocess.run(
-        [*CLI, *args, "--concurrency", "300", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=low_soft_limit,
-    )
+    done = cli_with_open_files([*args, "--concurrency", "300", "--quiet"], 256, hard)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Too many open files" not in done.stderr
     assert assert_identical(s3, buckets.source, buckets.dest) == 600
@@ -144,17 +150,8 @@ def test_a_low_hard_open_file_limit_lowers_the_concurrency_and_completes(
     the limit leaves room for, says so in one warning naming ``ulimit -n``, and completes."""
     put_parallel(s3, buckets.source, {f"h/{i:04d}": b"y" * 20_000 for i in range(600)})
 
-    def low_hard_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (120, 120))
-
     args = ["h", *cli_args(s3_server.endpoint, tmp_path, buckets.source, buckets.dest)]
-    done = subprocess.run(
-        [*CLI, *args, "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=low_hard_limit,
-    )
+    done = cli_with_open_files([*args, "--quiet"], 120, 120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Too many open files" not in done.stderr
     [warning] = [line for line in done.stderr.splitlines() if "WARNING" in line]
