@@ -50,6 +50,8 @@ _PART_NUMBER = re.compile(r"(?<=[?&])partNumber=[^&]*&?")
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
 _NEXT_TOKEN = re.compile(rb"<NextContinuationToken>[^<]*</NextContinuationToken>")
 _ETAG = re.compile(rb"<ETag>[^<]*</ETag>")
+#: the request headers that name an ETag
+_CONDITIONS = frozenset({"if-match", "if-none-match", "x-amz-copy-source-if-match"})
 OTHER_ETAG = '"' + "0" * 32 + '"'  # what "other_etag" puts in an answer
 _BUCKET_REGION = "x-amz-bucket-region"
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
@@ -167,6 +169,10 @@ STREAM_FAULTS = (
     # a listing of SSE-KMS objects: every ETag looks like an MD5, and is none (each one
     # replaced by an MD5 of itself)
     "kms_etags",
+    # a bucket of SSE-KMS objects as S3 serves it: each ETag (listed, a HEAD's or a GET's)
+    # is opaque (an MD5 of the MD5), and conditions naming such an ETag hold (the proxy
+    # hands moto the MD5 behind it: ``S3Proxy.opaque``)
+    "kms_source",
     # a bucket whose default encryption is SSE-KMS, as S3 answers an upload there: with
     # x-amz-server-side-encryption: aws:kms (moto says it to a PutObject, not to a
     # CreateMultipartUpload)
@@ -341,6 +347,8 @@ class S3Proxy:
     fault_latency: float = 0.5  # what the "latency" fault adds
     in_flight: int = 0
     max_in_flight: int = 0
+    #: the opaque ETags "kms_source" answered, and the MD5 each stands for (quoted)
+    opaque: dict[str, str] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _runner: web.AppRunner | None = None
@@ -551,6 +559,12 @@ class S3Proxy:
             )
         if fault == "other_etag" and status < 300:
             payload = _ETAG.sub(f"<ETag>{OTHER_ETAG}</ETag>".encode(), payload, count=1)
+        if fault == "kms_source" and status < 300:
+            payload = _ETAG.sub(
+                lambda m: b"<ETag>" + self._opaque(m.group(0)[6:-7]) + b"</ETag>", payload
+            )
+            for name in [k for k in out_headers if k.lower() == "etag"]:
+                out_headers[name] = self._opaque(out_headers[name].encode()).decode()
         if fault == "kms_etags" and status < 300:  # each ETag an MD5 of itself: opaque
             payload = _ETAG.sub(
                 lambda m: b'<ETag>"' + hashlib.md5(m.group(0)).hexdigest().encode() + b'"</ETag>',
@@ -626,6 +640,14 @@ class S3Proxy:
         body = f"<Error><Code>{code}</Code>{detail}<RequestId>proxy</RequestId></Error>"
         return web.Response(status=status, body=body.encode(), headers=headers)
 
+    def _opaque(self, etag: bytes) -> bytes:
+        """The opaque ETag "kms_source" answers for ``etag`` (a quoted MD5, or XML's
+        ``&quot;MD5&quot;``), remembered for the conditions that name it."""
+        real = etag.replace(b"&quot;", b'"').decode()
+        opaque = '"' + hashlib.md5(real.encode()).hexdigest() + '"'
+        self.opaque[opaque] = real
+        return opaque.encode() if b"&quot;" not in etag else opaque.replace('"', "&quot;").encode()
+
     async def _forward(
         self,
         request: web.Request,
@@ -640,6 +662,9 @@ class S3Proxy:
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        for name, value in headers.items():  # a condition on an opaque ETag: on its MD5
+            if name.lower() in _CONDITIONS and value in self.opaque:
+                headers[name] = self.opaque[value]
         assert self._session is not None
         # raw_path and encoded=True: keys with "..", "//" or "%" reach the server as sent.
         raw_path = request.raw_path

@@ -94,6 +94,9 @@ class ServerSideCopier:
         #: where multipart copies in flight are recorded for a crash (set by the caller)
         self.journal: UploadJournal | None = None
         self.first_part = FirstPartProbe(client, source_bucket, retry)
+        #: a copy of this run showed an SSE-KMS source (``_copy_object``): single-part
+        #: copies are stamped from the start where a HEAD shows one (with ``stamp``)
+        self.source_opaque = False
 
     async def copy(self, item: WorkItem) -> int:
         """Copy ``item`` server-side; return its size once the destination has it whole."""
@@ -127,6 +130,32 @@ class ServerSideCopier:
         return {"Bucket": self.source_bucket, "Key": item.key}
 
     async def _copy_object(self, item: WorkItem) -> None:
+        head: dict[str, Any] | None = None  # the source's, where asked
+        stamp = False  # the copy carries the listed ETag (``stamps.py``)
+        if self.stamp and item.etag and (self.opaque_etags or self.source_opaque):
+            head = await self._head_source(item)
+            stamp = self.opaque_etags or not etag_is_digest(head)
+        response = await self._copy_once(item, head if stamp else None)
+        etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
+        comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
+        if not comparable or clean_etag(etag) == clean_etag(item.etag):
+            return
+        # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
+        # is no MD5 (the listing does not say so), which only the source's HEAD tells.
+        head = head or await self._head_source(item)
+        if etag_is_digest(head):
+            raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+        if self.stamp and not stamp and item.etag:
+            # An SSE-KMS source: its copy's ETag will never be its ETag, so --skip-existing
+            # would copy it again at every run, unless the copy says which version it is
+            # of. Made again, stamped; the source bucket's other objects likely are SSE-KMS
+            # too (its default encryption): from now on a HEAD of each tells before its copy.
+            self.source_opaque = True
+            await self._copy_once(item, head)
+
+    async def _copy_once(self, item: WorkItem, head: dict[str, Any] | None) -> dict[str, Any]:
+        """One CopyObject of ``item`` (retried), its answer; with the source's ``head``,
+        written with its metadata and the listed ETag stamped."""
         params: dict[str, Any] = {
             "Bucket": self.dest_bucket,
             "Key": self.dest_key(item.key),
@@ -139,15 +168,14 @@ class ServerSideCopier:
         unstamped: dict[str, Any] | None = None  # the copy's parameters but the stamp
         if item.etag:
             params["CopySourceIfMatch"] = item.etag  # the version that was listed, or an error
-            if self.stamp and self.opaque_etags:  # the listed version's fields, stamped
-                fields = kept_fields(await self._head_source(item))
+            if head is not None:  # the listed version's fields, stamped
+                fields = kept_fields(head)
                 unstamped = {**params, **fields, "MetadataDirective": "REPLACE"}
                 del unstamped["CopySourceIfMatch"]
                 params.update(stamped(fields, item.etag))
                 params["MetadataDirective"] = "REPLACE"
         copy_object = self.fast.copy_object if self.fast is not None else self.client.copy_object
-        response = await self.retry.call(functools.partial(copy_object, **params))
-        etag = answered_etag(response.get("CopyObjectResult", {}).get("ETag"), "CopyObject")
+        response: dict[str, Any] = await self.retry.call(functools.partial(copy_object, **params))
         await self.encryption.confirm(response, params["Key"])
         if unstamped is not None:
             # No ETag tells which version was copied, and a server may ignore the if-match:
@@ -158,15 +186,7 @@ class ServerSideCopier:
             except ObjectError:
                 await self.retry.call(functools.partial(copy_object, **unstamped))
                 raise
-        comparable = etag and etag_is_md5(item.etag, response) and etag_is_md5(etag, response)
-        # The answer tells the copy's encryption, not the source's: an SSE-KMS source's ETag
-        # is no MD5 (the listing does not say so), which only the source's HEAD tells.
-        if (
-            comparable
-            and clean_etag(etag) != clean_etag(item.etag)
-            and etag_is_digest(await self._head_source(item))
-        ):
-            raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
+        return response
 
     async def _layout(self, item: WorkItem, parts: int | None) -> tuple[list[int], bool]:
         """The source's part sizes (True: the ETag will match): uniform where the first part

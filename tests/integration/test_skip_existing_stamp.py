@@ -13,6 +13,7 @@ there (``kms_default``), as S3 does; moto itself encrypts by the bucket's defaul
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -369,3 +370,34 @@ def test_one_copy_the_destination_refuses_to_show_costs_that_copy_alone(
     assert again.returncode == 0, again.stderr
     assert _writes(proxy, buckets.dest) == {"p/07"}
     assert "WARNING" not in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("mode", ["staged", "direct"])
+def test_copies_of_a_kms_source_into_a_plain_destination_are_not_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path, mode: str
+) -> None:
+    """An SSE-KMS source (its bucket's default: nothing in its listing says so) copied into
+    a destination without SSE-KMS: each copy's ETag is its MD5, never the source's opaque
+    ETag. A staged copy knew from its GET, and was stamped; a ``--direct`` CopyObject was
+    not, so every ``--skip-existing`` run copied the whole bucket again. The copy is now
+    stamped there too: the first copy of the run that shows such a source is made again
+    stamped, and the rest are stamped from the start (a HEAD of the source each)."""
+    objects = {f"p/{i:02d}": bytes([97 + i]) * (200 + i) for i in range(12)}
+    put_parallel(s3, buckets.source, objects, ServerSideEncryption="aws:kms")
+    proxy.add_rule(Rule("kms_source", path=f"^/{buckets.source}(/|$)"))
+    args = _nightly(proxy, tmp_path, buckets, *MODES[mode])
+    first = run_cli(args)
+    assert first.returncode == 0, first.stderr
+    # the source's ETags as the proxy serves them: an MD5 of moto's (quoted) MD5
+    listed = {
+        key: hashlib.md5(f'"{_etag(s3, buckets.source, key)}"'.encode()).hexdigest()
+        for key in objects
+    }
+    for key in objects:  # each copy names the (opaque) ETag of the version it was made of
+        head = s3.head_object(Bucket=buckets.dest, Key=key)
+        assert head["Metadata"].get(STAMP) == listed[key], (key, head["Metadata"])
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == objects[key]
+    proxy.requests.clear()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert _writes(proxy, buckets.dest) == set()
