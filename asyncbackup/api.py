@@ -37,6 +37,7 @@ from .pipeline import (
     Pipeline,
     Process,
     SourceGone,
+    StartedListing,
     WorkItem,
     done_before,
     listing_or_stop,
@@ -386,23 +387,28 @@ def _listing(
     dest_client: S3Client,
     errors: Mapping[str, str],
     left_out: LeftOut,
+    stack: contextlib.AsyncExitStack,
     dest_fast: FastS3 | None = None,
 ) -> AsyncIterator[Sequence[WorkItem]]:
     """What to copy: the source listing, filtered (what is left out counted in
     ``left_out``), and marked against the destination (but for the objects the checkpoint's
     ``errors`` say it stored without ``--sse``: there with the source's size and ETag, they
-    are copied again)."""
+    are copied again). Both listings start now (``StartedListing``, closed by ``stack``):
+    their first pages are on the way while the caller gets ready to read them."""
     # --skip-existing walks both listings side by side: both must come in key order
     streams = 1 if config.skip_existing else config.list_streams
-    listing = listing_or_stop(
-        source.list(
-            config.source_prefix,
-            streams=streams,
-            skip_classes=frozenset(config.exclude_storage_classes),
-            left_out=left_out.storage_class,
+    listing: AsyncIterator[Sequence[WorkItem]] = _started(
+        stack,
+        listing_or_stop(
+            source.list(
+                config.source_prefix,
+                streams=streams,
+                skip_classes=frozenset(config.exclude_storage_classes),
+                left_out=left_out.storage_class,
+            ),
+            f"the source bucket {config.source_bucket!r} under {config.source_prefix!r}",
+            _LISTING_ADVICE,
         ),
-        f"the source bucket {config.source_bucket!r} under {config.source_prefix!r}",
-        _LISTING_ADVICE,
     )
     key_filter = KeyFilter(config.include, config.exclude)
     if key_filter.active:
@@ -411,10 +417,13 @@ def _listing(
         dest = S3Source(dest_client, config.dest_bucket, source.retry)
         dest.fast = dest_fast  # its listing without botocore, as the source's
         src_strip, dst_strip = len(config.source_prefix), len(config.dest_list_prefix)
-        dest_listing = listing_or_stop(
-            dest.list(config.dest_list_prefix),
-            f"the destination bucket {config.dest_bucket!r} under {config.dest_list_prefix!r}",
-            _LISTING_ADVICE,
+        dest_listing = _started(
+            stack,
+            listing_or_stop(
+                dest.list(config.dest_list_prefix),
+                f"the destination bucket {config.dest_bucket!r} under {config.dest_list_prefix!r}",
+                _LISTING_ADVICE,
+            ),
         )
         listing = mark_unchanged(
             listing,
@@ -427,6 +436,14 @@ def _listing(
             limit=config.concurrency,
         )
     return listing
+
+
+def _started(
+    stack: contextlib.AsyncExitStack, listing: AsyncIterator[Sequence[WorkItem]]
+) -> StartedListing:
+    started = StartedListing(listing)
+    stack.push_async_callback(started.aclose)
+    return started
 
 
 async def run_backup(
@@ -497,6 +514,10 @@ async def run_backup(
                 config, source_client, config.source_bucket, stack, connections
             )
         dest_fast = await _dest_listing_fast(config, dest_client, stack)
+        left_out = LeftOut()
+        # started now: the listings' round trips overlap the encryption's probe and the
+        # copiers' making; nothing is compared or copied before the probe has answered
+        listing = _listing(config, source, dest_client, state.errors, left_out, stack, dest_fast)
         pipeline = Pipeline(
             manager=manager,
             state=state,
@@ -531,11 +552,7 @@ async def run_backup(
             process = await start_worker_processes(
                 stack, config, pipeline, process, opaque_etags=opaque
             )
-        left_out = LeftOut()
-        await pipeline.run(
-            _listing(config, source, dest_client, state.errors, left_out, dest_fast),
-            unless_deleted(process, source),
-        )
+        await pipeline.run(listing, unless_deleted(process, source))
         if pipeline.result.listing_complete and pipeline.result.listed_files == 0:
             _warn_nothing_listed(config)
         stopped = pipeline.result.stopped
@@ -914,7 +931,8 @@ async def plan_backup(
             await _refuse_emptied_destination(state, config, path, dest_client)
         source = S3Source(source_client, config.source_bucket, RetryPolicy(config.max_attempts))
         dest_fast = await _dest_listing_fast(config, dest_client, stack)
-        async for page in _listing(config, source, dest_client, errors, left_out, dest_fast):
+        listing = _listing(config, source, dest_client, errors, left_out, stack, dest_fast)
+        async for page in listing:
             for item in page:
                 listed += 1
                 listed_bytes += item.size
