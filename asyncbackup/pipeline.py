@@ -168,6 +168,52 @@ async def listing_or_stop(
         await close_listing(pages)
 
 
+class StartedListing:
+    """``listing`` with its first page asked for at once, in a task of its own, rather than
+    when the run first reads it: its round trips (the fast path's new connection, the first
+    page) overlap what the run does before it reads (the upload ``--skip-existing`` starts to
+    ask the destination's encryption, the copiers made, worker processes started), and the
+    two listings ``--skip-existing`` walks side by side start together. The page waits for
+    its reader: nothing is compared or copied sooner, and a failure of the listing is raised
+    to the reader, where it was. Read from one task at a time, as any listing; ``aclose``
+    ends the task and closes the listing, read or not (the run's exit stack calls it: a run
+    that fails before it reads must not leave the task behind)."""
+
+    def __init__(self, listing: AsyncIterator[Sequence[WorkItem]]) -> None:
+        self._listing = listing
+        # a task of its own, not the run's TaskGroup: that group is the pipeline's, made
+        # later; this one ends with the page, or in aclose
+        self._first: asyncio.Task[Sequence[WorkItem] | None] | None = asyncio.ensure_future(
+            _first_page(listing)
+        )
+
+    def __aiter__(self) -> StartedListing:
+        return self
+
+    async def __anext__(self) -> Sequence[WorkItem]:
+        if self._first is None:
+            return await anext(self._listing)
+        first = self._first
+        page = await first
+        self._first = None  # read: the listing goes on from the reader's task
+        if page is None:
+            raise StopAsyncIteration
+        return page
+
+    async def aclose(self) -> None:
+        first, self._first = self._first, None
+        if first is not None:
+            first.cancel()
+            await asyncio.wait({first})
+            if not first.cancelled():
+                first.exception()  # the run ends for another reason: this one is not said
+        await close_listing(self._listing)
+
+
+async def _first_page(listing: AsyncIterator[Sequence[WorkItem]]) -> Sequence[WorkItem] | None:
+    return await anext(listing, None)
+
+
 def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one failure to report from a task group: the first that is not a cancellation."""
     leaves: list[BaseException] = []

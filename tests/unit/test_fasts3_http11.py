@@ -752,3 +752,40 @@ async def test_an_address_that_never_answers_gives_way_to_the_next_one() -> None
         finally:
             for sock in (*held, hole):
                 sock.close()
+
+
+async def test_warmed_connections_are_made_before_a_request_and_taken_by_the_requests() -> None:
+    """``warm`` opens connections before any request (the run's, while the buckets are
+    checked); the requests then take them, no new one made; one that cannot be made is
+    dropped unsaid, and the request says why; the pool's close ends one still being made."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(answer(request.line.encode()))
+        await writer.drain()
+        return True
+
+    async with serving(handler) as server, pool(server, limit=4) as p:
+        p.warm(2)
+        for _ in range(200):
+            if server.connections == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert server.connections == 2 and not server.requests  # made, nothing sent yet
+        results = await asyncio.gather(get(p, "/a"), get(p, "/b"))
+        assert list(results) == [(200, b"GET /a HTTP/1.1"), (200, b"GET /b HTTP/1.1")]
+        assert server.connections == 2  # the warmed ones
+        p.warm(8)  # no more than the limit: the two open, two more
+        await asyncio.sleep(0.1)
+        assert server.connections == 4
+        warming = pool(server, limit=4)
+        warming.warm(1)
+        await warming.close()  # at once, the connect under way: cancelled, nothing left
+        assert not warming._warming
+    async with serving(lambda *_: asyncio.sleep(0, False)) as server:
+        port = server.port
+    closed = http11.Pool("127.0.0.1", port, tls=None, limit=1, connect_timeout=2, read_timeout=2)
+    closed.warm(1)
+    await asyncio.sleep(0.1)  # its connect refused: dropped, its slot free
+    with pytest.raises(http11.ConnectError):
+        await closed.request("GET", "/", {"host": "h"})
+    await closed.close()
