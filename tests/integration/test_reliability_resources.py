@@ -278,3 +278,45 @@ def test_credentials_refused_mid_run_of_a_direct_copy_name_the_one_set(
     assert "ExpiredToken" in line and "check the credentials of --dest-profile" in line, line
     assert repr(buckets.source) in line and repr(buckets.dest) in line, line
     assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--multipart-threshold", "5MiB", "--part-size", "5MiB", "--concurrency", "4"),
+        ("--processes", "2"),
+    ],
+    ids=["parts", "processes"],
+)
+def test_credentials_refused_mid_run_name_their_side_in_parts_and_processes(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    side: str,
+    extra: tuple[str, ...],
+) -> None:
+    """As above, for objects downloaded while their parts go up (the destination's upload
+    runs beside the source's download) and for copies made in worker processes (their
+    errors sent to the main process)."""
+    size = 11 * 1024 * 1024 if "--part-size" in extra else 50
+    count = 40 if "--part-size" in extra else 200
+    put_parallel(s3, buckets.source, {f"e/{i:03d}": os.urandom(size) for i in range(count)})
+    proxy.latency = 0.3 if "--part-size" in extra else 0.05
+    args = ["e", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    path = checkpoint_file(tmp_path, buckets.source, "e")
+    process = start_cli([*args, *extra])
+    wait_for(lambda: path.exists() and read_valid(path).processed_files >= 2, timeout=60)
+    bucket = buckets.source if side == "source" else buckets.dest
+    proxy.add_rule(Rule("expired_token", path=f"^/{bucket}/"))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    # the uploads the stop left behind may not be aborted with expired credentials: said
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr, stderr
+    assert "ExpiredToken" in line and "run again to resume" in line, line
+    other = buckets.dest if side == "source" else buckets.source
+    flag = "--source-profile" if side == "source" else "--dest-profile"
+    assert f"check the {side}'s credentials ({flag}) and bucket {bucket!r}" in line, line
+    assert repr(other) not in line, line
