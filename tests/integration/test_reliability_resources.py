@@ -280,14 +280,18 @@ def test_credentials_refused_mid_run_of_a_direct_copy_name_the_one_set(
     assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
 
 
+MIB = 1024 * 1024
+
+
 @pytest.mark.parametrize("side", ["source", "destination"])
 @pytest.mark.parametrize(
     "extra",
     [
         ("--multipart-threshold", "5MiB", "--part-size", "5MiB", "--concurrency", "4"),
         ("--processes", "2"),
+        ("--concurrency", "4"),
     ],
-    ids=["parts", "processes"],
+    ids=["parts", "processes", "stream"],
 )
 def test_credentials_refused_mid_run_name_their_side_in_parts_and_processes(
     proxy: S3Proxy,
@@ -299,11 +303,12 @@ def test_credentials_refused_mid_run_name_their_side_in_parts_and_processes(
 ) -> None:
     """As above, for objects downloaded while their parts go up (the destination's upload
     runs beside the source's download) and for copies made in worker processes (their
-    errors sent to the main process)."""
-    size = 11 * 1024 * 1024 if "--part-size" in extra else 50
-    count = 40 if "--part-size" in extra else 200
+    errors sent to the main process), and for objects of more than 1 MiB streamed in one PUT
+    as they are downloaded."""
+    size = {"--part-size": 11 * MIB, "--processes": 50}.get(extra[0], 2 * MIB + 1)
+    count = 200 if "--processes" in extra else 40
     put_parallel(s3, buckets.source, {f"e/{i:03d}": os.urandom(size) for i in range(count)})
-    proxy.latency = 0.3 if "--part-size" in extra else 0.05
+    proxy.latency = 0.05 if "--processes" in extra else 0.3
     args = ["e", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
     path = checkpoint_file(tmp_path, buckets.source, "e")
     process = start_cli([*args, *extra])
