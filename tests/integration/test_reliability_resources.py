@@ -325,3 +325,22 @@ def test_credentials_refused_mid_run_name_their_side_in_parts_and_processes(
     flag = "--source-profile" if side == "source" else "--dest-profile"
     assert f"check the {side}'s credentials ({flag}) and bucket {bucket!r}" in line, line
     assert repr(other) not in line, line
+
+
+def test_credentials_refused_on_the_check_of_a_kept_key_name_the_destination(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A key ending in "/" with data is checked kept by a listing at the destination after
+    its copy (``keptkeys.py``): that listing refused with the destination's credentials
+    expired said "check the credentials and buckets", as if it could be the source's."""
+    put_parallel(s3, buckets.source, {"k/dir/": b"data"})
+    quoted = "dir"  # only the check lists under the key itself (prefix=k/dir/)
+    proxy.add_rule(Rule("expired_token", path=f"^/{buckets.dest}/?$", query=quoted))
+    args = ["k", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    done = run_cli(args)
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done.stderr)
+    assert "ExpiredToken" in line, line
+    assert (
+        f"check the destination's credentials (--dest-profile) and bucket {buckets.dest!r}" in line
+    ), line
