@@ -41,7 +41,13 @@ from .cli_options import (
 from .config import BackupConfig
 from .console import START_INTERRUPTED
 from .errors import AsyncBackupError, ConfigError
-from .fdlimit import BASE_FILES, FILES_PER_OBJECT, concurrency_within, raise_open_file_limit
+from .fdlimit import (
+    BASE_FILES,
+    FILES_PER_DIRECT_OBJECT,
+    FILES_PER_OBJECT,
+    concurrency_within,
+    raise_open_file_limit,
+)
 from .logformat import make_handler
 from .memory import collect_less, return_large_buffers_to_os
 from .pipeline import primary_error
@@ -548,13 +554,14 @@ def fit_open_files(args: argparse.Namespace, limit: int | None) -> None:
     processes = getattr(args, "processes", 1)
     if isinstance(processes, AutoProcesses):  # their number depends on the concurrency
         processes = 1
-    fits = concurrency_within(limit, concurrency, processes)
+    per_object = FILES_PER_DIRECT_OBJECT if getattr(args, "direct", False) else FILES_PER_OBJECT
+    fits = concurrency_within(limit, concurrency, processes, per_object)
     if fits < concurrency:
-        needed = BASE_FILES + FILES_PER_OBJECT * -(-concurrency // processes)
+        needed = BASE_FILES + per_object * -(-concurrency // processes)
         log.warning(
             "the open-file limit (ulimit -n) is %d, too low for --concurrency %d (about %d "
             "files per object in flight): copying %d at a time; raise it (ulimit -n %d) for %d",
-            limit, concurrency, FILES_PER_OBJECT, fits, needed, concurrency,
+            limit, concurrency, per_object, fits, needed, concurrency,
         )  # fmt: skip
         args.concurrency = fits
 

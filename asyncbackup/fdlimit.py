@@ -30,6 +30,11 @@ BASE_FILES = 64
 #: what an object in flight holds at most, about: a connection to each side, its staged file
 #: (measured: 279 open files for 128 in flight on the benchmark's mixed load, 145 with --direct)
 FILES_PER_OBJECT = 3
+#: with ``--direct``, nothing staged but a multipart copy's UploadPartCopy requests, the
+#: ``part_concurrency`` (4) of them at once, each on its connection (measured: 268 open files
+#: for 64 multipart copies in flight, 17 for none; a staged copy's parts are held to its
+#: parts budget instead)
+FILES_PER_DIRECT_OBJECT = 4
 
 Limits = tuple[int, int]
 
@@ -65,10 +70,13 @@ def raise_open_file_limit(
     return soft
 
 
-def concurrency_within(limit: int | None, concurrency: int, processes: int = 1) -> int:
+def concurrency_within(
+    limit: int | None, concurrency: int, processes: int = 1, per_object: int = FILES_PER_OBJECT
+) -> int:
     """The objects in flight, at most ``concurrency``, that ``limit`` open files in each of
-    ``processes`` processes (which share them) leave room for; 1 at least."""
+    ``processes`` processes (which share them) leave room for, each object holding
+    ``per_object`` files; 1 at least."""
     if limit is None:
         return concurrency
-    per_process = max(1, (limit - BASE_FILES) // FILES_PER_OBJECT)
+    per_process = max(1, (limit - BASE_FILES) // per_object)
     return min(concurrency, per_process * processes)

@@ -24,7 +24,7 @@ def kept_key_checked(
     ``a//b`` itself answers as if it were there; one of ``a//`` lists ``a/b``)."""
     if config.dest_write_only:
         return copy
-    retry = RetryPolicy(config.max_attempts)
+    retry = RetryPolicy(config.max_attempts, side="destination")  # named in a fatal error
 
     async def first_listed(prefix: str) -> dict[str, Any]:
         answer = await retry.call(

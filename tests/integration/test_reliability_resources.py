@@ -278,3 +278,69 @@ def test_credentials_refused_mid_run_of_a_direct_copy_name_the_one_set(
     assert "ExpiredToken" in line and "check the credentials of --dest-profile" in line, line
     assert repr(buckets.source) in line and repr(buckets.dest) in line, line
     assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--multipart-threshold", "5MiB", "--part-size", "5MiB", "--concurrency", "4"),
+        ("--processes", "2"),
+        ("--concurrency", "4"),
+    ],
+    ids=["parts", "processes", "stream"],
+)
+def test_credentials_refused_mid_run_name_their_side_in_parts_and_processes(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    s3: Any,
+    tmp_path: Path,
+    side: str,
+    extra: tuple[str, ...],
+) -> None:
+    """As above, for objects downloaded while their parts go up (the destination's upload
+    runs beside the source's download) and for copies made in worker processes (their
+    errors sent to the main process), and for objects of more than 1 MiB streamed in one PUT
+    as they are downloaded."""
+    size = {"--part-size": 11 * MIB, "--processes": 50}.get(extra[0], 2 * MIB + 1)
+    count = 200 if "--processes" in extra else 40
+    put_parallel(s3, buckets.source, {f"e/{i:03d}": os.urandom(size) for i in range(count)})
+    proxy.latency = 0.05 if "--processes" in extra else 0.3
+    args = ["e", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    path = checkpoint_file(tmp_path, buckets.source, "e")
+    process = start_cli([*args, *extra])
+    wait_for(lambda: path.exists() and read_valid(path).processed_files >= 2, timeout=60)
+    bucket = buckets.source if side == "source" else buckets.dest
+    proxy.add_rule(Rule("expired_token", path=f"^/{bucket}/"))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    # the uploads the stop left behind may not be aborted with expired credentials: said
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr, stderr
+    assert "ExpiredToken" in line and "run again to resume" in line, line
+    other = buckets.dest if side == "source" else buckets.source
+    flag = "--source-profile" if side == "source" else "--dest-profile"
+    assert f"check the {side}'s credentials ({flag}) and bucket {bucket!r}" in line, line
+    assert repr(other) not in line, line
+
+
+def test_credentials_refused_on_the_check_of_a_kept_key_name_the_destination(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """A key ending in "/" with data is checked kept by a listing at the destination after
+    its copy (``keptkeys.py``): that listing refused with the destination's credentials
+    expired said "check the credentials and buckets", as if it could be the source's."""
+    put_parallel(s3, buckets.source, {"k/dir/": b"data"})
+    quoted = "dir"  # only the check lists under the key itself (prefix=k/dir/)
+    proxy.add_rule(Rule("expired_token", path=f"^/{buckets.dest}/?$", query=quoted))
+    args = ["k", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
+    done = run_cli(args)
+    assert done.returncode == 3, done.stderr
+    line = one_error_line(done.stderr)
+    assert "ExpiredToken" in line, line
+    assert (
+        f"check the destination's credentials (--dest-profile) and bucket {buckets.dest!r}" in line
+    ), line

@@ -401,3 +401,43 @@ def test_copies_of_a_kms_source_into_a_plain_destination_are_not_copied_again(
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     assert _writes(proxy, buckets.dest) == set()
+
+
+def test_a_kms_source_replaced_before_its_stamped_copy_is_copied_again(
+    proxy: S3Proxy, buckets: Buckets, s3: Any, tmp_path: Path
+) -> None:
+    """``--direct``: the first copy of an SSE-KMS source is made again, stamped, once the
+    source's HEAD shows SSE-KMS. The source replaced (same size) just before that HEAD: the
+    second copy must not be stamped with the listed ETag, or the next run would skip a copy
+    of the old bytes. The object fails; the next run copies the new version, which the one
+    after skips."""
+    key = "p/00"
+    put_parallel(s3, buckets.source, {key: b"a" * 300}, ServerSideEncryption="aws:kms")
+
+    def replace() -> None:
+        s3.put_object(
+            Bucket=buckets.source, Key=key, Body=b"b" * 300, ServerSideEncryption="aws:kms"
+        )
+
+    source = f"^/{buckets.source}(/|$)"
+    proxy.add_rule(
+        Rule(
+            "kms_source", method="HEAD", path=f"^/{buckets.source}/{key}$", times=1, action=replace
+        )
+    )
+    proxy.add_rule(Rule("kms_source", path=source))
+    args = _nightly(proxy, tmp_path, buckets, "--direct")
+    first = run_cli(args)
+    assert first.returncode == 1, first.stderr
+    head = s3.head_object(Bucket=buckets.dest, Key=key)
+    if head["Metadata"].get(STAMP):  # a stamp only on the new version's bytes
+        assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == b"b" * 300
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert s3.get_object(Bucket=buckets.dest, Key=key)["Body"].read() == b"b" * 300
+    listed = hashlib.md5(f'"{_etag(s3, buckets.source, key)}"'.encode()).hexdigest()
+    assert s3.head_object(Bucket=buckets.dest, Key=key)["Metadata"].get(STAMP) == listed
+    proxy.requests.clear()
+    third = run_cli(args)
+    assert third.returncode == 0, third.stderr
+    assert _writes(proxy, buckets.dest) == set()

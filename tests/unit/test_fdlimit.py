@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import resource
 
-from asyncbackup.fdlimit import OPEN_MAX, concurrency_within, raise_open_file_limit
+from asyncbackup.fdlimit import (
+    FILES_PER_DIRECT_OBJECT,
+    OPEN_MAX,
+    concurrency_within,
+    raise_open_file_limit,
+)
 
 
 class System:
@@ -67,4 +72,6 @@ def test_concurrency_within_a_limit() -> None:
     assert concurrency_within(447, 128) == 127
     assert concurrency_within(256, 128) == 64
     assert concurrency_within(256, 128, processes=2) == 128  # each process its own files
+    # --direct: a multipart copy's 4 parts at once, each on its connection
+    assert concurrency_within(256, 128, 1, FILES_PER_DIRECT_OBJECT) == 48
     assert concurrency_within(10, 128) == 1  # the run tries; it fails in one line if it must
