@@ -243,21 +243,43 @@ def test_credentials_refused_mid_run_name_their_side(
     to renew was a guess. It names the side, its flag and its bucket, not the other's."""
     put_parallel(s3, buckets.source, {f"e/{i:03d}": os.urandom(50) for i in range(200)})
     proxy.latency = 0.05
+    stderr = expire_mid_run(proxy, buckets, tmp_path, side, list(extra), done=10)
+    assert_names_side(one_error_line(stderr), side, buckets)
+    path = checkpoint_file(tmp_path, buckets.source, "e")
+    assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
+
+
+def expire_mid_run(
+    proxy: S3Proxy,
+    buckets: Buckets,
+    tmp_path: Path,
+    side: str,
+    extra: list[str],
+    *,
+    done: int,
+    timeout: float = 60,
+) -> str:
+    """A quiet run of ``e`` whose ``side``'s token expires once ``done`` objects are done:
+    its stderr, once it stopped with exit 3."""
     args = ["e", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
     path = checkpoint_file(tmp_path, buckets.source, "e")
     process = start_cli([*args, *extra])
-    wait_for(lambda: path.exists() and read_valid(path).processed_files >= 10, timeout=60)
+    wait_for(lambda: path.exists() and read_valid(path).processed_files >= done, timeout=60)
     bucket = buckets.source if side == "source" else buckets.dest
     proxy.add_rule(Rule("expired_token", path=f"^/{bucket}/"))
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 3, stderr
-    line = one_error_line(stderr)
+    return str(stderr)
+
+
+def assert_names_side(line: str, side: str, buckets: Buckets) -> None:
+    """``line`` stops the run on an expired token of ``side``, and names that side's flag
+    and bucket, not the other's."""
     assert "ExpiredToken" in line and "run again to resume" in line, line
-    other = buckets.dest if side == "source" else buckets.source
+    bucket, other = (buckets.source, buckets.dest)[:: 1 if side == "source" else -1]
     flag = "--source-profile" if side == "source" else "--dest-profile"
     assert f"check the {side}'s credentials ({flag}) and bucket {bucket!r}" in line, line
     assert repr(other) not in line, line
-    assert_done_means_copied(s3, read_valid(path), buckets.source, buckets.dest)
 
 
 def test_credentials_refused_mid_run_of_a_direct_copy_name_the_one_set(
@@ -309,22 +331,11 @@ def test_credentials_refused_mid_run_name_their_side_in_parts_and_processes(
     count = 200 if "--processes" in extra else 40
     put_parallel(s3, buckets.source, {f"e/{i:03d}": os.urandom(size) for i in range(count)})
     proxy.latency = 0.05 if "--processes" in extra else 0.3
-    args = ["e", *cli_args(proxy.endpoint, tmp_path, buckets.source, buckets.dest, "--quiet")]
-    path = checkpoint_file(tmp_path, buckets.source, "e")
-    process = start_cli([*args, *extra])
-    wait_for(lambda: path.exists() and read_valid(path).processed_files >= 2, timeout=60)
-    bucket = buckets.source if side == "source" else buckets.dest
-    proxy.add_rule(Rule("expired_token", path=f"^/{bucket}/"))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 3, stderr
+    stderr = expire_mid_run(proxy, buckets, tmp_path, side, list(extra), done=2, timeout=120)
     # the uploads the stop left behind may not be aborted with expired credentials: said
     line = stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr, stderr
-    assert "ExpiredToken" in line and "run again to resume" in line, line
-    other = buckets.dest if side == "source" else buckets.source
-    flag = "--source-profile" if side == "source" else "--dest-profile"
-    assert f"check the {side}'s credentials ({flag}) and bucket {bucket!r}" in line, line
-    assert repr(other) not in line, line
+    assert_names_side(line, side, buckets)
 
 
 def test_credentials_refused_on_the_check_of_a_kept_key_name_the_destination(
