@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -294,7 +294,6 @@ async def open_job_destination(
     dry_run: bool = False,
     worker: bool = False,
     answers: list[dict[str, Any]] | None = None,
-    opened: Callable[[S3Client], Awaitable[None]] | None = None,
 ) -> S3Client:
     """The destination client of ``config``'s job, its bucket checked as the job's options
     say: under the job's prefix, through the fast path, or by an upload started and aborted
@@ -316,45 +315,7 @@ async def open_job_destination(
         # --direct's copies read the source, as do the HEADs of its part layouts
         request_payer=config.request_payer if config.direct else None,
         answers=answers,
-        opened=opened,
     )
-
-
-@dataclass(slots=True)
-class _ListingPaths:
-    """The listings' own fast paths (the source's; the destination's with
-    ``--skip-existing``, which the probe of ``opaque_dest_etags`` goes through too), each
-    opened as its client is made, before its bucket is checked, with the connections its
-    first requests take started at once (``http11.Pool.warm``): their connects' round trips
-    overlap the checks' instead of following them. None without the fast path."""
-
-    config: BackupConfig
-    stack: contextlib.AsyncExitStack
-    source: FastS3 | None = None
-    dest: FastS3 | None = None
-
-    async def open_source(self, client: S3Client) -> None:
-        config = self.config
-        if not config.fast_path:
-            return
-        # the listing's own connections: the copies do not hold it up
-        connections = config.list_streams + PROBES
-        self.source = await _open_fast(
-            config, client, config.source_bucket, self.stack, connections
-        )
-        if self.source is not None:
-            self.source.pool.warm(1)  # the first page's
-
-    async def open_dest(self, client: S3Client) -> None:
-        config = self.config
-        self.dest = await _dest_listing_fast(config, client, self.stack)
-        if self.dest is not None:
-            # the first page's, and the probe's when it is sent: no upload of the start-up
-            # check answered it already (--sse, a storage class, --dest-write-only)
-            probe = config.sse is None and not (
-                config.dest_write_probe or config.dest_settings_probe
-            )
-            self.dest.pool.warm(2 if probe else 1)
 
 
 async def _open_stores(
@@ -364,15 +325,13 @@ async def _open_stores(
     dry_run: bool = False,
     worker: bool = False,
     answers: list[dict[str, Any]] | None = None,
-    paths: _ListingPaths | None = None,
 ) -> tuple[S3Client, S3Client]:
     """Both clients, and both buckets checked, or one clear error (the source's when both
     fail). The source bucket is checked while the destination's client is made and its
     bucket checked: one round trip less before the first transfer. A dry run does not check
     a ``--dest-write-only`` destination: its check is an upload, and a dry run writes
     nothing (nor could it list there). The answers to the uploads the destination's check
-    started: in ``answers``. ``paths``: the listings' fast paths, opened as each client is
-    made, before the checks."""
+    started: in ``answers``."""
     source_client = await open_client(
         stack,
         role="source",
@@ -384,20 +343,12 @@ async def _open_stores(
         read_timeout=config.read_timeout,
         request_payer=config.request_payer,
     )
-    if paths is not None:
-        await paths.open_source(source_client)
 
     async def destination() -> tuple[S3Client | None, Exception | None]:
         try:  # a failure here waits for the source's check, whose failure is reported first
             check = not (dry_run and config.dest_write_only)
             opened = await open_job_destination(
-                stack,
-                config,
-                check=check,
-                dry_run=dry_run,
-                worker=worker,
-                answers=answers,
-                opened=paths.open_dest if paths is not None else None,
+                stack, config, check=check, dry_run=dry_run, worker=worker, answers=answers
             )
             return opened, None
         except Exception as exc:
@@ -526,8 +477,7 @@ async def run_backup(
         stack.callback(manager.close)  # first: a cancelled open_async() leaves a lock to release
         await manager.open_async()
         answers: list[dict[str, Any]] = []  # to the uploads the start-up check started
-        paths = _ListingPaths(config, stack)
-        source_client, dest_client = await _open_stores(stack, config, answers=answers, paths=paths)
+        source_client, dest_client = await _open_stores(stack, config, answers=answers)
         endpoints = client_endpoint(source_client), client_endpoint(dest_client)
         state, resumed = await in_thread_to_the_end(
             manager.load_or_create,
@@ -558,7 +508,12 @@ async def run_backup(
             config.source_bucket,
             RetryPolicy(config.max_attempts, limiter=AdaptiveLimiter(config.concurrency)),
         )
-        source.fast, dest_fast = paths.source, paths.dest
+        if config.fast_path:  # the listing's own connections: the copies do not hold it up
+            connections = config.list_streams + PROBES
+            source.fast = await _open_fast(
+                config, source_client, config.source_bucket, stack, connections
+            )
+        dest_fast = await _dest_listing_fast(config, dest_client, stack)
         left_out = LeftOut()
         # started now: the listings' round trips overlap the encryption's probe and the
         # copiers' making; nothing is compared or copied before the probe has answered

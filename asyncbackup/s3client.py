@@ -722,14 +722,12 @@ async def open_destination(
     prefix: str = "",
     request_payer: str | None = None,
     answers: list[dict[str, Any]] | None = None,
-    opened: Callable[[S3Client], Awaitable[None]] | None = None,
 ) -> S3Client:
     """The destination client, its bucket checked usable, or one clear error; checked
     through the fast path with ``fast_path``, by an upload of ``write_probe`` started and
     aborted when given (``check_bucket``, which adds the answers to such uploads to
     ``answers``); not checked without ``check``. With ``request_payer`` its requests agree
-    to pay (``open_client``): a server-side copy reads the source. ``opened`` is awaited
-    with the client once it is made, before the check."""
+    to pay (``open_client``): a server-side copy reads the source."""
     client = await open_client(
         stack,
         role="destination",
@@ -741,8 +739,6 @@ async def open_destination(
         read_timeout=settings.read_timeout,
         request_payer=request_payer,
     )
-    if opened is not None:
-        await opened(client)
     if not check:
         return client
     timeouts = (settings.connect_timeout, settings.read_timeout) if fast_path else None

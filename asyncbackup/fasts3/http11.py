@@ -451,7 +451,6 @@ class Pool:
         self._addresses_until = 0.0
         self._lookup: asyncio.Future[list[tuple[Any, ...]]] | None = None
         self.lookups = 0  # host name lookups made (for tests and the curious)
-        self._warming: set[asyncio.Task[None]] = set()
 
     async def request(
         self, method: str, target: str, headers: dict[str, str], body: Body = None
@@ -486,29 +485,6 @@ class Pool:
                 connection.abort()
                 raise
             return Response(connection)
-
-    def warm(self, count: int) -> None:
-        """Start ``count`` connections now (fewer near the limit), each kept idle for a
-        request: their connects' round trips overlap what the caller does before its first
-        requests (the run's bucket checks), rather than delay them. One that cannot be made
-        is dropped unsaid: a request then makes its own, and fails with the reason if it
-        must. They are tasks of the pool's own, cancelled by ``close``."""
-        for _ in range(min(count, self.limit - self._open)):
-            self._open += 1
-            task = asyncio.ensure_future(self._warm_one())
-            self._warming.add(task)
-            task.add_done_callback(self._warming.discard)
-
-    async def _warm_one(self) -> None:
-        try:
-            connection = await self._connect()
-        except BaseException as exc:
-            self._open -= 1
-            self._wake()
-            if not isinstance(exc, Exception):
-                raise  # cancelled (the pool closing)
-            return
-        self._put_back(connection)
 
     async def _acquire(self) -> _Connection:
         while True:
@@ -639,11 +615,6 @@ class Pool:
     async def close(self) -> None:
         """Close every connection; requests still running fail with ``Disconnected``."""
         self._closed = True
-        warming = set(self._warming)
-        for task in warming:
-            task.cancel()
-        if warming:
-            await asyncio.wait(warming)
         for connection in list(self._all):
             connection.abort()
         self._idle.clear()
