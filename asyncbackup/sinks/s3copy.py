@@ -145,7 +145,7 @@ class ServerSideCopier:
         head = head or await self._head_source(item)
         if etag_is_digest(head):
             raise IntegrityError(f"copy ETag {etag} differs from source {item.etag}")
-        if self.stamp and not stamp and item.etag:
+        if self.stamp and not stamp:  # (``comparable``: the listed ETag is an MD5's form)
             # An SSE-KMS source: its copy's ETag will never be its ETag, so --skip-existing
             # would copy it again at every run, unless the copy says which version it is
             # of. Made again, stamped; the source bucket's other objects likely are SSE-KMS
